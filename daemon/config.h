@@ -1,0 +1,48 @@
+/* layerbankd configuration: defaults, command-line options and the config file
+ * (same keys as the long options, "key = value" lines). */
+#ifndef LAYERBANK_DAEMON_CONFIG_H
+#define LAYERBANK_DAEMON_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "arena.h"
+#include "log.h"
+
+#define LBD_DEFAULT_SOCKET "/run/layerbank/layerbankd.sock"
+#define LBD_DEFAULT_ARENA_SIZE (1ull << 30)
+#define LBD_MAX_ARENA_SIZE (1ull << 40)
+#define LBD_NUMA_ALL (-1)
+
+struct lbd_config {
+	char socket_path[108];        /* sizeof(sun_path) */
+	uint64_t arena_size;          /* total bytes over all nodes, before page rounding */
+	enum lbd_hugepages hugepages;
+	int numa_node;                /* LBD_NUMA_ALL or a node number */
+	bool foreground;
+	enum lbd_log_level log_level;
+};
+
+void lbd_config_defaults(struct lbd_config *c);
+
+/* Parse "64M", "1G", "4096", "512k", "2GiB" (binary multiples). @return 0 or -EINVAL/-ERANGE. */
+int lbd_parse_size(const char *s, uint64_t *out);
+
+/*
+ * Parse argv into c (defaults first, then --config FILE if given, then the other options,
+ * so the command line wins over the file).
+ * @return 0 to run; 1 when --help or --version printed what was asked (exit 0);
+ *         -EINVAL with one line in err (errlen bytes) for a bad option, value or file:
+ *         the caller prints it and exits with status 2.
+ */
+int lbd_config_parse_args(struct lbd_config *c, int argc, char **argv, char *err, size_t errlen);
+
+/* Load "key = value" lines from path into c. @return 0 or -errno with err set ("FILE:LINE: ..."). */
+int lbd_config_load_file(struct lbd_config *c, const char *path, char *err, size_t errlen);
+
+/* The usage text printed by --help. */
+void lbd_config_usage(FILE *out);
+
+#endif

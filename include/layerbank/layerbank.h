@@ -1,0 +1,91 @@
+/* liblayerbank: the client side of layerbankd, the layer-wise activation cache bank.
+ *
+ * Threading: an lb_client is used by one thread at a time (like a liburing ring); give each
+ * thread its own. Errors: int-returning functions return 0 (or a count) on success and a
+ * negative errno value on failure, as listed at each function. */
+#ifndef LAYERBANK_LAYERBANK_H
+#define LAYERBANK_LAYERBANK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define LB_DEFAULT_SOCKET "/run/layerbank/layerbankd.sock"
+#define LB_SOCKET_ENV "LAYERBANK_SOCKET"
+#define LB_NAME_MAX 63
+
+struct lb_client;
+
+/*
+ * Connect to layerbankd, say HELLO, receive the arena fds and map every arena read-only.
+ * socket_path: NULL means $LAYERBANK_SOCKET, else LB_DEFAULT_SOCKET.
+ * name: a label for the daemon's log (NULL or up to LB_NAME_MAX bytes).
+ * @return 0 and *out set; -ENOENT/-ECONNREFUSED (no daemon there), -EACCES (socket
+ *         permissions), -EPROTO (protocol or arena ABI mismatch), -ENAMETOOLONG (path or
+ *         name too long), -ETIMEDOUT (the daemon did not answer within 5 s), -ENOMEM,
+ *         other -errno from socket calls.
+ */
+int lb_connect(const char *socket_path, const char *name, struct lb_client **out);
+
+/* Close the connection (BYE), unmap the arenas, free c. NULL is a no-op. */
+void lb_close(struct lb_client *c);
+
+/* The daemon's last error reply to c, a one-line message ("" when none). Valid until the next
+ * call on c. */
+const char *lb_last_error(const struct lb_client *c);
+
+enum lb_dtype { LB_DTYPE_F32 = 1, LB_DTYPE_F16 = 2, LB_DTYPE_BF16 = 3 };
+
+struct lb_model_desc {
+	const char *name;      /* 1..LB_NAME_MAX bytes */
+	uint64_t weights_hash; /* hash of the weights: models of other weights never share entries */
+	uint32_t n_layers;     /* 1..1024 */
+	uint32_t hidden;       /* hidden size, 1..65536 */
+	enum lb_dtype dtype;
+	uint32_t max_seq;      /* 1..1048576 */
+	uint32_t fp_chunks;    /* fingerprint chunks, 1..64; 0 means the default, 4 */
+	uint64_t fp_seed;      /* fingerprint projection seed */
+};
+
+/*
+ * Register a model (or find it registered with the same description).
+ * @return 0 and *model_id (>= 1) set; -EEXIST when a model of that name is registered with
+ *         another weights hash or shape (lb_last_error names the field); -EINVAL for a field
+ *         out of range; -ENOSPC when the daemon's model table is full; -EPIPE/-ECONNRESET when
+ *         the daemon went away.
+ */
+int lb_register_model(struct lb_client *c, const struct lb_model_desc *desc, uint32_t *model_id);
+
+struct lb_stats {
+	uint64_t page_size;   /* bytes of the arena's pages: 2097152 with hugepages, else 4096 */
+	uint64_t arena_bytes; /* over all arenas */
+	uint32_t numa_nodes;  /* arenas in use, one per node */
+	bool hugepages;
+	uint32_t clients;
+	uint32_t models;
+	uint64_t uptime_s;
+};
+
+/*
+ * Read the daemon's counters into *out; size is sizeof(*out) as the caller was compiled,
+ * so that the struct may grow.
+ * @return 0; -EINVAL (size too small); -EPIPE/-ECONNRESET (daemon gone); -EPROTO.
+ */
+int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size);
+
+/* Number of arenas mapped and the read-only base and size of arena i (NULL when out of range). */
+unsigned lb_arena_count(const struct lb_client *c);
+const void *lb_arena_base(const struct lb_client *c, unsigned i, size_t *bytes);
+
+/* The fd of arena i, for tests and tools that check its protection; -EINVAL when out of range.
+ * The fd stays owned by c. */
+int lb_arena_fd(const struct lb_client *c, unsigned i);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,138 @@
+/* layerbank control protocol: message structs, msgpack encoder and validating decoder.
+ * The normative description is PROTOCOL.md next to this file. Private to the project
+ * (linked into layerbankd and liblayerbank), never installed. */
+#ifndef LAYERBANK_PROTO_LBP_H
+#define LAYERBANK_PROTO_LBP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "layerbank/shm.h"
+
+#define LBP_VERSION 1u
+#define LBP_MAX_FRAME 65536u    /* bytes; a longer frame is rejected unread */
+#define LBP_MAX_NAME 63u        /* bytes of a model or client name, no NUL on the wire */
+#define LBP_MAX_ARENAS 8u       /* arena fds in one WELCOME */
+#define LBP_MAX_ERRMSG 200u     /* bytes of an ERROR message */
+#define LBP_MAX_LAYERS 1024u
+#define LBP_MAX_HIDDEN 65536u
+#define LBP_MAX_SEQ 1048576u
+#define LBP_MAX_FP_CHUNKS 64u
+
+enum lbp_type {
+	LBP_HELLO = 1,          /* client -> daemon */
+	LBP_WELCOME = 2,        /* daemon -> client, with arena fds (SCM_RIGHTS) */
+	LBP_REGISTER_MODEL = 3, /* client -> daemon */
+	LBP_MODEL = 4,          /* daemon -> client: the model id */
+	LBP_STATS = 5,          /* client -> daemon */
+	LBP_STATS_REPLY = 6,    /* daemon -> client */
+	LBP_BYE = 7,            /* client -> daemon; no reply, the daemon closes */
+	LBP_ERROR = 8,          /* daemon -> client */
+};
+#define LBP_TYPE_MIN LBP_HELLO
+#define LBP_TYPE_MAX LBP_ERROR
+
+enum lbp_dtype { LBP_DTYPE_F32 = 1, LBP_DTYPE_F16 = 2, LBP_DTYPE_BF16 = 3 };
+
+struct lbp_hello {
+	uint32_t shm_abi;             /* LB_SHM_ABI_VERSION the client was built with */
+	char name[LBP_MAX_NAME + 1];  /* free-form client name, NUL-terminated, may be empty */
+};
+
+struct lbp_arena_desc {
+	uint64_t bytes;
+	int32_t numa_node; /* -1: not bound */
+};
+
+struct lbp_welcome {
+	uint64_t client_id;
+	uint8_t boot_id[16];
+	uint64_t page_size;
+	uint32_t n_arenas; /* 1..LBP_MAX_ARENAS; that many fds travel with the frame */
+	struct lbp_arena_desc arenas[LBP_MAX_ARENAS];
+};
+
+struct lbp_fp_spec {
+	uint32_t chunks; /* 1..LBP_MAX_FP_CHUNKS */
+	uint32_t bits;   /* 256 for now: the only accepted value */
+	uint64_t seed;
+};
+
+struct lbp_register_model {
+	char name[LBP_MAX_NAME + 1]; /* 1..LBP_MAX_NAME bytes, NUL-terminated */
+	uint64_t weights_hash;
+	uint32_t n_layers; /* 1..LBP_MAX_LAYERS */
+	uint32_t hidden;   /* 1..LBP_MAX_HIDDEN */
+	uint32_t dtype;    /* enum lbp_dtype */
+	uint32_t max_seq;  /* 1..LBP_MAX_SEQ */
+	struct lbp_fp_spec fp;
+};
+
+struct lbp_model {
+	uint32_t model_id; /* >= 1 */
+	bool created;      /* false: the model existed and matched */
+};
+
+struct lbp_stats_reply {
+	uint64_t page_size;
+	uint64_t arena_bytes;  /* sum over arenas */
+	uint32_t numa_nodes;   /* arenas in use */
+	bool hugepages;        /* false: the 4 KiB fallback is in use */
+	uint32_t clients;      /* connections that completed HELLO */
+	uint32_t models;
+	uint64_t uptime_s;
+};
+
+struct lbp_error {
+	int32_t code;                    /* positive errno value */
+	char field[32];                  /* field at fault, "" when none */
+	char message[LBP_MAX_ERRMSG + 1];
+};
+
+struct lbp_msg {
+	enum lbp_type type;
+	union {
+		struct lbp_hello hello;
+		struct lbp_welcome welcome;
+		struct lbp_register_model reg;
+		struct lbp_model model;
+		struct lbp_stats_reply stats;
+		struct lbp_error error;
+	} u; /* STATS and BYE carry no body */
+};
+
+/* What the decoder found wrong: the field (or "frame") and a one-line reason. */
+struct lbp_fault {
+	char field[32];
+	char reason[128];
+};
+
+/*
+ * Encode m into buf (cap bytes).
+ * @return frame length on success; -EINVAL when a field is out of range (the encoder checks
+ *         the same limits as the decoder); -EMSGSIZE when cap is too small.
+ */
+int lbp_encode(const struct lbp_msg *m, void *buf, size_t cap);
+
+/*
+ * Decode and validate one frame. Every field is checked: types, ranges, unknown and missing
+ * keys, trailing bytes, lengths capped before any allocation.
+ * @return 0 and *out filled; -EPROTO (bad version), -EBADMSG (malformed: *fault says why),
+ *         -EMSGSIZE (len > LBP_MAX_FRAME), -ENOMEM.
+ */
+int lbp_decode(const void *buf, size_t len, struct lbp_msg *out, struct lbp_fault *fault);
+
+/* Build an ERROR message from an errno value, a field name and printf-style text. */
+void lbp_make_error(struct lbp_msg *m, int code, const char *field, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+const char *lbp_type_name(enum lbp_type t);
+
+/*
+ * Check an arena header as mapped by a client: magic, ABI version, sizes, offsets inside
+ * the mapping. @return 0, or -EPROTO with *why set to a static string.
+ */
+int lbp_arena_hdr_check(const struct lb_arena_hdr *h, size_t mapped_bytes, const char **why);
+
+#endif

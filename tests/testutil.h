@@ -1,0 +1,52 @@
+/* Test helpers: temporary folders, spawning and stopping layerbankd, skipping with a reason. */
+#ifndef LAYERBANK_TESTS_TESTUTIL_H
+#define LAYERBANK_TESTS_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/types.h>
+
+/* Exit code CTest reads as SKIP (SKIP_RETURN_CODE 77). */
+#define LBT_SKIP_CODE 77
+#define LBT_SKIP(...)                                       \
+	do {                                                \
+		printf("SKIP: ");                           \
+		printf(__VA_ARGS__);                        \
+		printf("\n");                               \
+		fflush(stdout);                             \
+		exit(LBT_SKIP_CODE);                        \
+	} while (0)
+
+/* Make a fresh folder under $TMPDIR (or /tmp) into out; aborts the test on failure. */
+void lbt_mkdtemp(char *out, size_t n);
+/* Remove a folder made by lbt_mkdtemp and everything in it. */
+void lbt_rmtree(const char *dir);
+
+/* HugePages_Free from /proc/meminfo, -1 when unreadable. */
+long lbt_hugepages_free(void);
+
+/*
+ * Start layerbankd --foreground --socket SOCK [args...] with stderr (and stdout) into log,
+ * and wait up to 10 s until the socket accepts connections.
+ * args: NULL-terminated extra arguments, may be NULL. @return the pid, or -1 (the daemon
+ * exited or never listened; its log is printed).
+ */
+pid_t lbt_daemon_start(const char *sock, const char *log, const char *const *args);
+
+/* SIGTERM, wait up to 10 s (then SIGKILL). @return the wait status, -1 on error. */
+int lbt_daemon_stop(pid_t pid);
+
+/* True while pid runs (not yet reaped and not a zombie). */
+int lbt_alive(pid_t pid);
+
+/*
+ * Run argv (argv[0] a path), stdout and stderr captured into out (NUL-terminated, cut at n-1).
+ * @return the wait status, -1 on error.
+ */
+int lbt_run(const char *const *argv, char *out, size_t n);
+
+/* Print a file to stdout (a daemon log when a test fails). */
+void lbt_cat(const char *path);
+
+#endif
