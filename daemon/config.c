@@ -1,2 +1,584 @@
-/* placeholder */
-#include <stddef.h>
+/* layerbankd configuration: one checker per key, shared by the command line (getopt_long)
+ * and the "key = value" config file, which is applied first so the command line wins. */
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <string.h>
+
+#define LBD_VERSION_STRING "0.1.0"
+
+#define LBD_MAX_NUMA_NODE 1023
+/* Longest config-file line, without its newline. */
+#define LBD_CONFIG_LINE_MAX 1024
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+void lbd_config_defaults(struct lbd_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	/* memcpy of the whole literal, NUL included, is safe: the assert checks it fits. */
+	_Static_assert(sizeof(LBD_DEFAULT_SOCKET) <= sizeof(c->socket_path), "default socket too long");
+	memcpy(c->socket_path, LBD_DEFAULT_SOCKET, sizeof(LBD_DEFAULT_SOCKET));
+	c->arena_size = LBD_DEFAULT_ARENA_SIZE;
+	c->hugepages = LBD_HP_TRY;
+	c->numa_node = LBD_NUMA_ALL;
+	c->foreground = false;
+	c->log_level = LBD_LOG_INFO;
+}
+
+/* Binary multiple for a suffix letter, as a shift; -1 when it is not one. */
+static int suffix_shift(char ch)
+{
+	switch (ch) {
+	case 'k': case 'K': return 10;
+	case 'm': case 'M': return 20;
+	case 'g': case 'G': return 30;
+	case 't': case 'T': return 40;
+	default: return -1;
+	}
+}
+
+int lbd_parse_size(const char *s, uint64_t *out)
+{
+	const char *p = s;
+	uint64_t v = 0;
+	int shift = 0;
+
+	/* Syntax first, so "99999999999999999999Q" is a bad size rather than an overflow. */
+	while (*p >= '0' && *p <= '9')
+		p++;
+	if (p == s)
+		return -EINVAL;
+	const char *end = p;
+	if (*p && suffix_shift(*p) >= 0) {
+		shift = suffix_shift(*p);
+		p++;
+		if (*p == 'i' || *p == 'I')
+			p++;
+		if (*p == 'b' || *p == 'B')
+			p++;
+		else if (p[-1] == 'i' || p[-1] == 'I')
+			return -EINVAL; /* "1Gi" */
+	} else if (*p == 'b' || *p == 'B') {
+		p++; /* "4096B" */
+	}
+	if (*p)
+		return -EINVAL;
+
+	for (const char *q = s; q < end; q++) {
+		unsigned d = (unsigned)(*q - '0');
+		if (v > (UINT64_MAX - d) / 10)
+			return -ERANGE;
+		v = v * 10 + d;
+	}
+	if (v > (UINT64_MAX >> shift))
+		return -ERANGE;
+	*out = v << shift;
+	return 0;
+}
+
+/* "1G" for 1 << 30, "1536M" for 1.5 GiB: the largest suffix that divides exactly. */
+static void format_size(char *buf, size_t n, uint64_t v)
+{
+	static const char suffixes[] = "KMGT";
+	int best = -1;
+
+	for (int i = 0; i < 4; i++)
+		if (v != 0 && (v & ((1ull << (10 * (i + 1))) - 1)) == 0)
+			best = i;
+	if (best < 0)
+		snprintf(buf, n, "%llu", (unsigned long long)v);
+	else
+		snprintf(buf, n, "%llu%c", (unsigned long long)(v >> (10 * (best + 1))), suffixes[best]);
+}
+
+/*
+ * Per-key checkers. who names the source for the message: "--hugepages" on the command
+ * line, "FILE:LINE: hugepages" in a config file. They write c only when the value is good.
+ */
+typedef int (*setter_fn)(struct lbd_config *c, const char *v, const char *who, char *err,
+			 size_t errlen);
+
+static int set_socket(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	size_t len = strlen(v);
+
+	if (len == 0) {
+		set_err(err, errlen, "%s: the socket path is empty", who);
+		return -EINVAL;
+	}
+	if (len >= sizeof(c->socket_path)) {
+		/* Reason before the value, so a cut-off line still says what is wrong. */
+		set_err(err, errlen, "%s: path is %zu bytes, a socket path holds at most %zu: '%s'",
+			who, len, sizeof(c->socket_path) - 1, v);
+		return -EINVAL;
+	}
+	memcpy(c->socket_path, v, len + 1);
+	return 0;
+}
+
+static int set_arena_size(struct lbd_config *c, const char *v, const char *who, char *err,
+			  size_t errlen)
+{
+	char max[32];
+	uint64_t size;
+	int rc = lbd_parse_size(v, &size);
+
+	format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
+	if (rc == -EINVAL) {
+		set_err(err, errlen, "%s: '%s' is not a size (examples: 4096, 512K, 64M, 1G)", who, v);
+		return -EINVAL;
+	}
+	if (rc == -ERANGE || size == 0 || size > LBD_MAX_ARENA_SIZE) {
+		set_err(err, errlen, "%s: '%s' is out of range (1 byte to %s)", who, v, max);
+		return -EINVAL;
+	}
+	c->arena_size = size;
+	return 0;
+}
+
+static int set_hugepages(struct lbd_config *c, const char *v, const char *who, char *err,
+			 size_t errlen)
+{
+	if (strcmp(v, "require") == 0)
+		c->hugepages = LBD_HP_REQUIRE;
+	else if (strcmp(v, "try") == 0)
+		c->hugepages = LBD_HP_TRY;
+	else if (strcmp(v, "off") == 0)
+		c->hugepages = LBD_HP_OFF;
+	else {
+		set_err(err, errlen, "%s: '%s' is not one of require|try|off", who, v);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int set_numa_node(struct lbd_config *c, const char *v, const char *who, char *err,
+			 size_t errlen)
+{
+	const char *p = v;
+	int node = 0;
+
+	if (strcmp(v, "all") == 0) {
+		c->numa_node = LBD_NUMA_ALL;
+		return 0;
+	}
+	/* Digits only: strtol would take signs, spaces and hex. Stop before node overflows. */
+	for (; *p >= '0' && *p <= '9' && node <= LBD_MAX_NUMA_NODE; p++)
+		node = node * 10 + (*p - '0');
+	if (p == v || *p || node > LBD_MAX_NUMA_NODE) {
+		set_err(err, errlen, "%s: '%s' is not a node number 0..%d or 'all'", who, v,
+			LBD_MAX_NUMA_NODE);
+		return -EINVAL;
+	}
+	c->numa_node = node;
+	return 0;
+}
+
+static int set_foreground(struct lbd_config *c, const char *v, const char *who, char *err,
+			  size_t errlen)
+{
+	static const char *const yes[] = { "true", "yes", "1" };
+	static const char *const no[] = { "false", "no", "0" };
+
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
+		if (strcmp(v, yes[i]) == 0) {
+			c->foreground = true;
+			return 0;
+		}
+		if (strcmp(v, no[i]) == 0) {
+			c->foreground = false;
+			return 0;
+		}
+	}
+	set_err(err, errlen, "%s: '%s' is not one of true|false|yes|no|1|0", who, v);
+	return -EINVAL;
+}
+
+static int set_log_level(struct lbd_config *c, const char *v, const char *who, char *err,
+			 size_t errlen)
+{
+	enum lbd_log_level level;
+
+	if (lbd_log_level_parse(v, &level) < 0) {
+		set_err(err, errlen, "%s: '%s' is not one of error|warn|info|debug", who, v);
+		return -EINVAL;
+	}
+	c->log_level = level;
+	return 0;
+}
+
+/* getopt_long values for options without a short form: above any char. */
+enum {
+	OPT_ARENA_SIZE = 256,
+	OPT_HUGEPAGES,
+	OPT_NUMA_NODE,
+	OPT_LOG_LEVEL,
+	OPT_VERSION,
+};
+
+/* The keys a config file may set, which are also the options taking a value or a flag. */
+struct config_key {
+	const char *name; /* long option and config-file key */
+	int val;          /* getopt_long value */
+	int has_arg;      /* on the command line; in the file every key takes a value */
+	const char *what; /* named in "missing value" messages */
+	setter_fn set;
+};
+
+static const struct config_key keys[] = {
+	{ "socket", 's', required_argument, "a socket path", set_socket },
+	{ "arena-size", OPT_ARENA_SIZE, required_argument, "a size such as 64M or 1G", set_arena_size },
+	{ "hugepages", OPT_HUGEPAGES, required_argument, "require|try|off", set_hugepages },
+	{ "numa-node", OPT_NUMA_NODE, required_argument, "a node number 0..1023 or 'all'", set_numa_node },
+	{ "foreground", 'f', no_argument, "true|false|yes|no|1|0", set_foreground },
+	{ "log-level", OPT_LOG_LEVEL, required_argument, "error|warn|info|debug", set_log_level },
+};
+#define N_KEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const struct config_key *key_by_name(const char *name)
+{
+	for (size_t i = 0; i < N_KEYS; i++)
+		if (strcmp(keys[i].name, name) == 0)
+			return &keys[i];
+	return NULL;
+}
+
+static const struct config_key *key_by_val(int val)
+{
+	for (size_t i = 0; i < N_KEYS; i++)
+		if (keys[i].val == val)
+			return &keys[i];
+	return NULL;
+}
+
+static const struct option long_options[] = {
+	{ "socket", required_argument, NULL, 's' },
+	{ "arena-size", required_argument, NULL, OPT_ARENA_SIZE },
+	{ "hugepages", required_argument, NULL, OPT_HUGEPAGES },
+	{ "numa-node", required_argument, NULL, OPT_NUMA_NODE },
+	{ "foreground", no_argument, NULL, 'f' },
+	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+	{ "config", required_argument, NULL, 'c' },
+	{ "help", no_argument, NULL, 'h' },
+	{ "version", no_argument, NULL, OPT_VERSION },
+	{ NULL, 0, NULL, 0 },
+};
+/* '+': stop at the first operand and never permute the caller's argv; ':': report a
+ * missing argument as ':' rather than '?'. */
+static const char short_options[] = "+:s:c:fh";
+
+/* Cut a '#' comment: one at the start of the line or after whitespace. */
+static void strip_comment(char *s)
+{
+	for (char *p = s; *p; p++) {
+		if (*p == '#' && (p == s || p[-1] == ' ' || p[-1] == '\t')) {
+			*p = '\0';
+			return;
+		}
+	}
+}
+
+/* Skip leading and cut trailing blanks ('\r' too, for files written on Windows). */
+static char *trim(char *s)
+{
+	char *end;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	end = s + strlen(s);
+	while (end > s && (end[-1] == ' ' || end[-1] == '\t' || end[-1] == '\r'))
+		*--end = '\0';
+	return s;
+}
+
+enum { LINE_EOF = -1, LINE_LONG = -2, LINE_NUL = -3, LINE_IOERR = -4 };
+
+/*
+ * One line into buf (LBD_CONFIG_LINE_MAX + 1 bytes), without its newline.
+ * @return its length, or LINE_EOF, LINE_LONG, LINE_NUL, LINE_IOERR (*ioerr set).
+ */
+static int read_line(FILE *f, char *buf, int *ioerr)
+{
+	size_t len = 0;
+	int ch;
+
+	while ((ch = getc(f)) != EOF && ch != '\n') {
+		/* A NUL would silently cut the line short in every string function after. */
+		if (ch == '\0')
+			return LINE_NUL;
+		if (len == LBD_CONFIG_LINE_MAX)
+			return LINE_LONG;
+		buf[len++] = (char)ch;
+	}
+	if (ferror(f)) {
+		*ioerr = errno ? errno : EIO;
+		return LINE_IOERR;
+	}
+	if (ch == EOF && len == 0)
+		return LINE_EOF;
+	buf[len] = '\0';
+	return (int)len;
+}
+
+static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err, size_t errlen)
+{
+	char buf[LBD_CONFIG_LINE_MAX + 1];
+	unsigned first_line[N_KEYS] = { 0 };
+	unsigned lineno = 0;
+	int ioerr = 0;
+	int n;
+
+	while ((n = read_line(f, buf, &ioerr)) >= 0) {
+		lineno++;
+		strip_comment(buf);
+		char *line = trim(buf);
+		if (*line == '\0')
+			continue;
+		char *eq = strchr(line, '=');
+		if (!eq) {
+			set_err(err, errlen, "%s:%u: '%s' has no '=' (lines are 'key = value')", path,
+				lineno, line);
+			return -EINVAL;
+		}
+		*eq = '\0';
+		char *name = trim(line);
+		char *value = trim(eq + 1);
+		const struct config_key *k = key_by_name(name);
+		if (!k) {
+			set_err(err, errlen,
+				"%s:%u: unknown key '%s' (keys: socket, arena-size, hugepages, "
+				"numa-node, foreground, log-level)", path, lineno, name);
+			return -EINVAL;
+		}
+		size_t ki = (size_t)(k - keys);
+		if (first_line[ki]) {
+			set_err(err, errlen, "%s:%u: %s: set again (first on line %u)", path, lineno,
+				name, first_line[ki]);
+			return -EINVAL;
+		}
+		first_line[ki] = lineno;
+		if (*value == '\0') {
+			set_err(err, errlen, "%s:%u: %s: empty value (expected %s)", path, lineno, name,
+				k->what);
+			return -EINVAL;
+		}
+		char who[PATH_MAX + 64];
+		snprintf(who, sizeof(who), "%s:%u: %s", path, lineno, name);
+		int rc = k->set(c, value, who, err, errlen);
+		if (rc < 0)
+			return rc;
+	}
+	switch (n) {
+	case LINE_LONG:
+		set_err(err, errlen, "%s:%u: line longer than %d bytes", path, lineno + 1,
+			LBD_CONFIG_LINE_MAX);
+		return -EINVAL;
+	case LINE_NUL:
+		set_err(err, errlen, "%s:%u: NUL byte in the line", path, lineno + 1);
+		return -EINVAL;
+	case LINE_IOERR:
+		set_err(err, errlen, "%s: %s", path, strerror(ioerr));
+		return -ioerr;
+	default:
+		return 0;
+	}
+}
+
+int lbd_config_load_file(struct lbd_config *c, const char *path, char *err, size_t errlen)
+{
+	/* Work on a copy: a file with an error on line 9 leaves c as it was. */
+	struct lbd_config tmp = *c;
+	FILE *f;
+	int rc;
+
+	f = fopen(path, "re");
+	if (!f) {
+		rc = -errno;
+		set_err(err, errlen, "%s: %s", path, strerror(-rc));
+		return rc;
+	}
+	errno = 0; /* getc may fail without setting it */
+	rc = load_lines(&tmp, f, path, err, errlen);
+	fclose(f);
+	if (rc == 0)
+		*c = tmp;
+	return rc;
+}
+
+/* getopt_long takes unique prefixes; say which options a shared one could mean. */
+static bool ambiguous(const char *name, size_t len, char *err, size_t errlen)
+{
+	char list[256] = "";
+	size_t used = 0;
+	int hits = 0;
+
+	for (const struct option *o = long_options; o->name; o++) {
+		if (len == 0 || strncmp(o->name, name, len) != 0)
+			continue;
+		int n = snprintf(list + used, sizeof(list) - used, "%s--%s", hits ? " or " : "",
+				 o->name);
+		if (n > 0 && (size_t)n < sizeof(list) - used)
+			used += (size_t)n;
+		hits++;
+	}
+	if (hits < 2)
+		return false;
+	set_err(err, errlen, "option '--%.*s' is ambiguous: %s", (int)len, name, list);
+	return true;
+}
+
+/*
+ * Name the option getopt_long choked on. arg is the argv element it was reading: with '+'
+ * in short_options nothing is permuted, so that is argv[optind before the call].
+ */
+static void bad_option(const char *arg, int ret, char *err, size_t errlen)
+{
+	const struct config_key *k;
+
+	if (ret == ':') {
+		if (optopt == 'c')
+			set_err(err, errlen, "--config: missing value (a file)");
+		else if ((k = key_by_val(optopt)))
+			set_err(err, errlen, "--%s: missing value (%s)", k->name, k->what);
+		else
+			set_err(err, errlen, "'%s': missing value", arg);
+		return;
+	}
+	if (strncmp(arg, "--", 2) == 0) {
+		size_t namelen = strcspn(arg, "=");
+		/* glibc sets optopt to the option's value for "--foreground=yes". */
+		if (optopt != 0 && arg[namelen] == '=')
+			set_err(err, errlen, "%.*s: takes no value, got '%s'", (int)namelen, arg,
+				arg + namelen + 1);
+		else if (!ambiguous(arg + 2, namelen - 2, err, errlen))
+			set_err(err, errlen, "unknown option '%.*s' (see --help)", (int)namelen, arg);
+		return;
+	}
+	set_err(err, errlen, "unknown option '-%c' (see --help)", optopt);
+}
+
+/*
+ * First pass: check the shape of argv, find --config, act on --help and --version.
+ * @return 0, 1 (help or version printed), -EINVAL.
+ */
+static int scan_args(int argc, char **argv, const char **config, char *err, size_t errlen)
+{
+	int ret;
+
+	optind = 0; /* glibc: reinitialise fully, so each call starts afresh */
+	opterr = 0;
+	*config = NULL;
+	for (;;) {
+		int at = optind ? optind : 1;
+		ret = getopt_long(argc, argv, short_options, long_options, NULL);
+		if (ret == -1)
+			break;
+		switch (ret) {
+		case '?':
+		case ':':
+			bad_option(at < argc ? argv[at] : "", ret, err, errlen);
+			return -EINVAL;
+		case 'h':
+			lbd_config_usage(stdout);
+			return 1;
+		case OPT_VERSION:
+			printf("layerbankd %s\n", LBD_VERSION_STRING);
+			return 1;
+		case 'c':
+			if (*config) {
+				set_err(err, errlen, "--config: given twice ('%s' and '%s')", *config,
+					optarg);
+				return -EINVAL;
+			}
+			if (*optarg == '\0') {
+				set_err(err, errlen, "--config: the file name is empty");
+				return -EINVAL;
+			}
+			*config = optarg;
+			break;
+		default:
+			break;
+		}
+	}
+	if (optind < argc) {
+		set_err(err, errlen, "unexpected argument '%s' (layerbankd takes only options)",
+			argv[optind]);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+int lbd_config_parse_args(struct lbd_config *c, int argc, char **argv, char *err, size_t errlen)
+{
+	struct lbd_config tmp;
+	const char *config;
+	int ret;
+
+	if (err && errlen)
+		err[0] = '\0';
+	ret = scan_args(argc, argv, &config, err, errlen);
+	if (ret != 0)
+		return ret;
+
+	lbd_config_defaults(&tmp);
+	/* The header promises -EINVAL for any bad file, whatever errno the open gave. */
+	if (config && lbd_config_load_file(&tmp, config, err, errlen) < 0)
+		return -EINVAL;
+
+	/* Second pass: the shape is known good, so only values can fail now. */
+	optind = 0;
+	opterr = 0;
+	while ((ret = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
+		const struct config_key *k = key_by_val(ret);
+		char who[64];
+
+		if (!k)
+			continue; /* --config, handled above */
+		snprintf(who, sizeof(who), "--%s", k->name);
+		if (k->set(&tmp, k->has_arg ? optarg : "true", who, err, errlen) < 0)
+			return -EINVAL;
+	}
+	*c = tmp;
+	return 0;
+}
+
+void lbd_config_usage(FILE *out)
+{
+	char size[32], max[32];
+
+	format_size(size, sizeof(size), LBD_DEFAULT_ARENA_SIZE);
+	format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
+	fprintf(out,
+		"Usage: layerbankd [OPTION]...\n"
+		"Hold transformer layer activations in a shared-memory arena for local clients.\n"
+		"\n"
+		"  -s, --socket PATH        control socket (default %s)\n"
+		"      --arena-size SIZE    arena bytes over all nodes, up to %s: 4096, 512K, 64M, 1G\n"
+		"                           (K/M/G/T are binary; default %s)\n"
+		"      --hugepages MODE     require|try|off: try falls back to 4 KiB pages (default try)\n"
+		"      --numa-node N|all    one arena on node N (0..%d), or one per node (default all)\n"
+		"  -f, --foreground         stay attached and log to stderr (default: detach, syslog)\n"
+		"      --log-level LEVEL    error|warn|info|debug (default info)\n"
+		"  -c, --config FILE        read 'key = value' lines first; the keys are the long\n"
+		"                           options above without dashes (foreground = true|false),\n"
+		"                           and the command line wins over the file\n"
+		"  -h, --help               print this help and exit\n"
+		"      --version            print the version and exit\n",
+		LBD_DEFAULT_SOCKET, max, size, LBD_MAX_NUMA_NODE);
+}

@@ -1,2 +1,78 @@
-/* placeholder */
-int main(void) { return 77; }
+/* layerbankd: parse the configuration, build arenas and socket, optionally detach, serve.
+ * Exit status: 0 clean stop, 1 start-up or runtime failure, 2 bad option or config. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "server.h"
+
+/* Classic double fork; the start-up errors were already reported on the terminal. */
+static int detach(void)
+{
+	pid_t pid = fork();
+	int fd;
+
+	if (pid < 0)
+		return -errno;
+	if (pid > 0)
+		_exit(0);
+	if (setsid() < 0)
+		return -errno;
+	pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid > 0)
+		_exit(0);
+	if (chdir("/") < 0)
+		return -errno;
+	fd = open("/dev/null", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	dup2(fd, 0);
+	dup2(fd, 1);
+	dup2(fd, 2);
+	if (fd > 2)
+		close(fd);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static struct lbd_config cfg;
+	static struct lbd_server server;
+	char err[512];
+	int ret;
+
+	ret = lbd_config_parse_args(&cfg, argc, argv, err, sizeof(err));
+	if (ret == 1)
+		return 0;
+	if (ret < 0) {
+		fprintf(stderr, "layerbankd: %s\n", err);
+		return 2;
+	}
+	lbd_log_setup(cfg.log_level, 0);
+	ret = lbd_server_setup(&server, &cfg, err, sizeof(err));
+	if (ret < 0) {
+		lbd_err("%s", err[0] ? err : strerror(-ret));
+		lbd_server_teardown(&server);
+		return 1;
+	}
+	if (!cfg.foreground) {
+		ret = detach();
+		if (ret < 0) {
+			lbd_err("cannot detach: %s", strerror(-ret));
+			lbd_server_teardown(&server);
+			return 1;
+		}
+		lbd_log_setup(cfg.log_level, 1);
+	}
+	ret = lbd_server_run(&server);
+	lbd_server_teardown(&server);
+	lbd_info("stopped");
+	return ret < 0 ? 1 : 0;
+}

@@ -1,2 +1,527 @@
-/* placeholder */
-#include <stddef.h>
+/* layerbankd control server: socket setup, connection lifecycle and message handling.
+ * Each connection has exactly one op in flight (a recv, or the send of its reply), so a
+ * completion is the only place a connection can be freed. */
+#include "server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <numa.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "log.h"
+
+struct lbd_conn {
+	struct lbd_op op; /* the connection's one op in flight */
+	struct lbd_server *s;
+	struct lbd_conn *prev, *next;
+	int fd;
+	bool sending;          /* op is the reply's send, else a recv */
+	bool close_after_send; /* the reply reports a protocol violation: hang up after it */
+	bool hello;
+	uint64_t client_id;
+	struct ucred cred;
+	char name[LBP_MAX_NAME + 1];
+	struct msghdr msg;
+	struct iovec iov;
+	_Alignas(struct cmsghdr) char cmsg[CMSG_SPACE(sizeof(int) * LBD_MAX_ARENAS)];
+	uint8_t rx[LBP_MAX_FRAME + 1]; /* one byte more than a frame may be: tells oversize apart */
+	uint8_t tx[LBP_MAX_FRAME];
+};
+
+#define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
+
+static void conn_on_op(struct lbd_op *op, int res);
+
+/* ---- connection lifecycle ---- */
+
+static void conn_free(struct lbd_conn *c)
+{
+	struct lbd_server *s = c->s;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		s->conns = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	s->n_conns--;
+	if (c->hello)
+		s->n_clients--;
+	close(c->fd);
+	free(c);
+}
+
+static void conn_recv(struct lbd_conn *c)
+{
+	c->sending = false;
+	if (lbd_loop_recv(&c->s->loop, c->fd, c->rx, sizeof(c->rx), &c->op) < 0) {
+		lbd_warn("client %" PRIu64 " (pid %d): submission queue full, dropping it", c->client_id,
+			 (int)c->cred.pid);
+		conn_free(c);
+	}
+}
+
+/* Encode m and send it, with fds when n_fds > 0. */
+static void conn_reply(struct lbd_conn *c, const struct lbp_msg *m, const int *fds, unsigned n_fds)
+{
+	int len = lbp_encode(m, c->tx, sizeof(c->tx));
+	if (len < 0) {
+		/* Our own message out of range: an internal bug, but one client's, not the daemon's. */
+		lbd_err("cannot encode %s for client %" PRIu64 ": %s", lbp_type_name(m->type),
+			c->client_id, strerror(-len));
+		conn_free(c);
+		return;
+	}
+	memset(&c->msg, 0, sizeof(c->msg));
+	c->iov.iov_base = c->tx;
+	c->iov.iov_len = (size_t)len;
+	c->msg.msg_iov = &c->iov;
+	c->msg.msg_iovlen = 1;
+	if (n_fds) {
+		struct cmsghdr *cm;
+		c->msg.msg_control = c->cmsg;
+		c->msg.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+		cm = CMSG_FIRSTHDR(&c->msg);
+		cm->cmsg_level = SOL_SOCKET;
+		cm->cmsg_type = SCM_RIGHTS;
+		cm->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+		memcpy(CMSG_DATA(cm), fds, sizeof(int) * n_fds);
+	}
+	c->sending = true;
+	if (lbd_loop_sendmsg(&c->s->loop, c->fd, &c->msg, &c->op) < 0) {
+		lbd_warn("client %" PRIu64 ": submission queue full, dropping it", c->client_id);
+		conn_free(c);
+	}
+}
+
+/* Reply with an ERROR; fatal ones (protocol violations) close the connection after the send. */
+static void conn_error(struct lbd_conn *c, bool fatal, int code, const char *field, const char *text)
+{
+	struct lbp_msg m;
+	lbp_make_error(&m, code, field, "%s", text);
+	if (fatal)
+		lbd_warn("client %" PRIu64 " (pid %d uid %u): %s%s%s; closing its connection",
+			 c->client_id, (int)c->cred.pid, (unsigned)c->cred.uid, field,
+			 *field ? ": " : "", text);
+	c->close_after_send = fatal;
+	conn_reply(c, &m, NULL, 0);
+}
+
+/* ---- messages ---- */
+
+static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
+{
+	struct timespec now;
+	memset(r, 0, sizeof(*r));
+	r->page_size = s->arenas[0].page_size;
+	r->hugepages = true;
+	for (unsigned i = 0; i < s->n_arenas; i++) {
+		r->arena_bytes += s->arenas[i].bytes;
+		if (s->arenas[i].page_size < r->page_size)
+			r->page_size = s->arenas[i].page_size;
+		r->hugepages = r->hugepages && s->arenas[i].huge;
+	}
+	r->numa_nodes = s->n_arenas;
+	r->clients = s->n_clients;
+	r->models = s->models.count;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	r->uptime_s = (uint64_t)(now.tv_sec - s->started.tv_sec);
+}
+
+static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
+{
+	struct lbd_server *s = c->s;
+	struct lbp_msg m = { .type = LBP_WELCOME };
+	int fds[LBD_MAX_ARENAS];
+	char text[128];
+
+	if (c->hello) {
+		conn_error(c, true, EPROTO, "type", "HELLO sent twice");
+		return;
+	}
+	if (h->shm_abi != LB_SHM_ABI_VERSION) {
+		snprintf(text, sizeof(text), "arena ABI %u is not supported; this daemon has ABI %u",
+			 h->shm_abi, LB_SHM_ABI_VERSION);
+		conn_error(c, true, EPROTO, "shm_abi", text);
+		return;
+	}
+	c->hello = true;
+	c->client_id = s->next_client_id++;
+	s->n_clients++;
+	memcpy(c->name, h->name, sizeof(c->name));
+	lbd_info("client %" PRIu64 " '%s' (pid %d uid %u) said HELLO", c->client_id, c->name,
+		 (int)c->cred.pid, (unsigned)c->cred.uid);
+
+	m.u.welcome.client_id = c->client_id;
+	memcpy(m.u.welcome.boot_id, s->boot_id, sizeof(s->boot_id));
+	m.u.welcome.page_size = s->arenas[0].page_size;
+	m.u.welcome.n_arenas = s->n_arenas;
+	for (unsigned i = 0; i < s->n_arenas; i++) {
+		m.u.welcome.arenas[i].bytes = s->arenas[i].bytes;
+		m.u.welcome.arenas[i].numa_node = s->arenas[i].node;
+		fds[i] = s->arenas[i].fd;
+	}
+	conn_reply(c, &m, fds, s->n_arenas);
+}
+
+static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
+{
+	struct lbp_msg m = { .type = LBP_MODEL };
+	const char *field = "";
+	char why[LBP_MAX_ERRMSG];
+	uint32_t id = 0;
+	int ret = lbd_models_register(&c->s->models, d, &id, &field, why, sizeof(why));
+
+	if (ret < 0) {
+		lbd_info("client %" PRIu64 ": REGISTER_MODEL refused: %s", c->client_id, why);
+		conn_error(c, false, -ret, field, why);
+		return;
+	}
+	if (ret == 1)
+		lbd_info("model %u '%s' registered: %u layers, hidden %u, weights 0x%016" PRIx64, id,
+			 d->name, d->n_layers, d->hidden, d->weights_hash);
+	m.u.model.model_id = id;
+	m.u.model.created = ret == 1;
+	conn_reply(c, &m, NULL, 0);
+}
+
+static void on_frame(struct lbd_conn *c, size_t len)
+{
+	struct lbp_msg m;
+	struct lbp_fault fault = { "", "" };
+	char text[LBP_MAX_ERRMSG];
+	int ret;
+
+	if (len > LBP_MAX_FRAME) {
+		snprintf(text, sizeof(text), "frame longer than %u bytes", LBP_MAX_FRAME);
+		conn_error(c, true, EMSGSIZE, "frame", text);
+		return;
+	}
+	ret = lbp_decode(c->rx, len, &m, &fault);
+	if (ret == -EPROTO) {
+		snprintf(text, sizeof(text), "unsupported protocol version (this daemon speaks %u)",
+			 LBP_VERSION);
+		conn_error(c, true, EPROTO, "version", text);
+		return;
+	}
+	if (ret < 0) {
+		conn_error(c, true, -ret, fault.field, fault.reason[0] ? fault.reason : strerror(-ret));
+		return;
+	}
+	if (!c->hello && m.type != LBP_HELLO) {
+		conn_error(c, true, EPROTO, "type", "HELLO expected first");
+		return;
+	}
+	switch (m.type) {
+	case LBP_HELLO:
+		on_hello(c, &m.u.hello);
+		return;
+	case LBP_REGISTER_MODEL:
+		on_register(c, &m.u.reg);
+		return;
+	case LBP_STATS: {
+		struct lbp_msg r = { .type = LBP_STATS_REPLY };
+		fill_stats(c->s, &r.u.stats);
+		conn_reply(c, &r, NULL, 0);
+		return;
+	}
+	case LBP_BYE:
+		lbd_info("client %" PRIu64 " said BYE", c->client_id);
+		conn_free(c);
+		return;
+	case LBP_WELCOME:
+	case LBP_MODEL:
+	case LBP_STATS_REPLY:
+	case LBP_ERROR:
+		break;
+	}
+	snprintf(text, sizeof(text), "%s is not a request", lbp_type_name(m.type));
+	conn_error(c, true, EPROTO, "type", text);
+}
+
+static void conn_on_op(struct lbd_op *op, int res)
+{
+	struct lbd_conn *c = container_of(op, struct lbd_conn, op);
+
+	if (c->sending) {
+		if (res < 0 || c->close_after_send) {
+			if (res < 0)
+				lbd_info("client %" PRIu64 ": send failed: %s", c->client_id,
+					 strerror(-res));
+			conn_free(c);
+			return;
+		}
+		conn_recv(c);
+		return;
+	}
+	if (res <= 0) {
+		if (res < 0 && res != -ECONNRESET)
+			lbd_info("client %" PRIu64 ": recv failed: %s", c->client_id, strerror(-res));
+		else if (c->hello)
+			lbd_info("client %" PRIu64 " disconnected", c->client_id);
+		conn_free(c);
+		return;
+	}
+	on_frame(c, (size_t)res);
+}
+
+/* ---- accept and signals ---- */
+
+static void arm_accept(struct lbd_server *s)
+{
+	if (lbd_loop_accept(&s->loop, s->listen_fd, &s->accept_op) < 0) {
+		lbd_err("cannot queue accept: stopping");
+		s->loop.stop = true;
+	}
+}
+
+static void on_accept(struct lbd_op *op, int res)
+{
+	struct lbd_server *s = container_of(op, struct lbd_server, accept_op);
+	struct lbd_conn *c;
+	socklen_t len = sizeof(c->cred);
+
+	if (res < 0) {
+		/* EMFILE and friends: the pending connection stays queued; say so and go on. */
+		lbd_warn("accept failed: %s", strerror(-res));
+		arm_accept(s);
+		return;
+	}
+	arm_accept(s);
+	if (s->n_conns >= LBD_MAX_CONNS || !(c = calloc(1, sizeof(*c)))) {
+		lbd_warn("refusing a connection: %u connections open", s->n_conns);
+		close(res);
+		return;
+	}
+	c->op.fn = conn_on_op;
+	c->s = s;
+	c->fd = res;
+	if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0)
+		c->cred.pid = -1;
+	c->next = s->conns;
+	if (s->conns)
+		s->conns->prev = c;
+	s->conns = c;
+	s->n_conns++;
+	lbd_debug("connection from pid %d uid %u gid %u", (int)c->cred.pid, (unsigned)c->cred.uid,
+		  (unsigned)c->cred.gid);
+	conn_recv(c);
+}
+
+static void arm_signal(struct lbd_server *s)
+{
+	if (lbd_loop_read(&s->loop, s->signal_fd, &s->siginfo, sizeof(s->siginfo), &s->signal_op) < 0)
+		s->loop.stop = true;
+}
+
+static void on_signal(struct lbd_op *op, int res)
+{
+	struct lbd_server *s = container_of(op, struct lbd_server, signal_op);
+	if (res == (int)sizeof(s->siginfo)) {
+		lbd_info("%s received: shutting down", strsignal((int)s->siginfo.ssi_signo));
+		s->loop.stop = true;
+		return;
+	}
+	lbd_warn("signalfd read returned %d", res);
+	arm_signal(s);
+}
+
+/* ---- setup ---- */
+
+static int setup_arenas(struct lbd_server *s, char *err, size_t errlen)
+{
+	int nodes[LBD_MAX_ARENAS];
+	unsigned n = 0;
+
+	if (s->cfg->numa_node != LBD_NUMA_ALL) {
+		nodes[n++] = s->cfg->numa_node;
+	} else if (numa_available() < 0) {
+		nodes[n++] = -1; /* no NUMA support: one unbound arena */
+	} else {
+		for (int node = 0; node <= numa_max_node() && n < LBD_MAX_ARENAS; node++)
+			if (numa_bitmask_isbitset(numa_all_nodes_ptr, (unsigned)node))
+				nodes[n++] = node;
+		if (n == 0)
+			nodes[n++] = -1;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		/* The size is the total: each node gets its share, rounded up by the arena. */
+		size_t share = (size_t)((s->cfg->arena_size + n - 1) / n);
+		int ret = lbd_arena_create(&s->arenas[i], share, nodes[i], s->cfg->hugepages,
+					   s->boot_id, i, err, errlen);
+		if (ret < 0)
+			return ret;
+		s->n_arenas++;
+	}
+	return 0;
+}
+
+/* Refuse to steal a live daemon's socket; remove a stale one left by a crash. */
+static int claim_socket_path(const char *path, char *err, size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd, live;
+
+	if (lstat(path, &st) < 0)
+		return errno == ENOENT ? 0 : -errno;
+	if (!S_ISSOCK(st.st_mode)) {
+		snprintf(err, errlen, "%s exists and is not a socket; not touching it", path);
+		return -EEXIST;
+	}
+	fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	live = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	if (live) {
+		/* A daemon killed a moment ago can still accept (its io_uring is torn down
+		 * asynchronously): it is live only if the process that listens still exists. */
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+		    kill(cred.pid, 0) < 0 && errno == ESRCH)
+			live = 0;
+	}
+	close(fd);
+	if (live) {
+		snprintf(err, errlen, "another layerbankd is listening on %s", path);
+		return -EADDRINUSE;
+	}
+	lbd_info("removing stale socket %s", path);
+	unlink(path);
+	return 0;
+}
+
+static int setup_socket(struct lbd_server *s, char *err, size_t errlen)
+{
+	const char *path = s->cfg->socket_path;
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	mode_t old;
+	int ret;
+
+	ret = claim_socket_path(path, err, errlen);
+	if (ret < 0) {
+		if (!*err)
+			snprintf(err, errlen, "%s: %s", path, strerror(-ret));
+		return ret;
+	}
+	s->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s->listen_fd < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "socket: %s", strerror(errno));
+		return ret;
+	}
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	/* Mode 0660 from the start: no window in which others could connect. */
+	old = umask(0117);
+	ret = bind(s->listen_fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (ret < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot bind %s: %s%s", path, strerror(errno),
+			 errno == ENOENT ? " (does its folder exist? --socket picks another path)" : "");
+		return ret;
+	}
+	s->socket_bound = true;
+	if (listen(s->listen_fd, 128) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "listen %s: %s", path, strerror(errno));
+		return ret;
+	}
+	return 0;
+}
+
+int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *err, size_t errlen)
+{
+	int ret;
+
+	memset(s, 0, sizeof(*s));
+	s->cfg = cfg;
+	s->listen_fd = -1;
+	s->signal_fd = -1;
+	s->next_client_id = 1;
+	s->accept_op.fn = on_accept;
+	s->signal_op.fn = on_signal;
+	err[0] = '\0';
+	clock_gettime(CLOCK_MONOTONIC, &s->started);
+	/* From the moment the socket exists a SIGTERM must mean a clean stop, not death by the
+	 * default action: hold it until the loop reads it from a signalfd. */
+	sigset_t mask;
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0) {
+		snprintf(err, errlen, "sigprocmask: %s", strerror(errno));
+		return -errno;
+	}
+	if (getrandom(s->boot_id, sizeof(s->boot_id), 0) != (ssize_t)sizeof(s->boot_id)) {
+		snprintf(err, errlen, "getrandom: %s", strerror(errno));
+		return -EIO;
+	}
+	ret = setup_arenas(s, err, errlen);
+	if (ret < 0)
+		return ret;
+	return setup_socket(s, err, errlen);
+}
+
+int lbd_server_run(struct lbd_server *s)
+{
+	sigset_t mask;
+	int ret;
+
+	/* Blocked since lbd_server_setup: a SIGTERM that came during start-up is read now. */
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	s->signal_fd = signalfd(-1, &mask, SFD_CLOEXEC);
+	if (s->signal_fd < 0)
+		return -errno;
+	signal(SIGPIPE, SIG_IGN);
+	ret = lbd_loop_init(&s->loop, 256);
+	if (ret < 0) {
+		lbd_err("io_uring_queue_init: %s", strerror(-ret));
+		return ret;
+	}
+	s->loop_ready = true;
+	arm_accept(s);
+	arm_signal(s);
+	struct lbp_stats_reply st;
+	fill_stats(s, &st);
+	lbd_info("ready on %s: %u arena(s), %" PRIu64 " MiB, %" PRIu64 "-byte pages%s",
+		 s->cfg->socket_path, st.numa_nodes, st.arena_bytes >> 20, st.page_size,
+		 st.hugepages ? " (hugetlb)" : " (no hugepages)");
+	ret = lbd_loop_run(&s->loop);
+	if (ret < 0)
+		lbd_err("event loop failed: %s", strerror(-ret));
+	return ret;
+}
+
+void lbd_server_teardown(struct lbd_server *s)
+{
+	/* The ring goes first: once it is gone no completion can land in a freed buffer. */
+	if (s->loop_ready)
+		lbd_loop_exit(&s->loop);
+	s->loop_ready = false;
+	while (s->conns)
+		conn_free(s->conns);
+	if (s->listen_fd >= 0)
+		close(s->listen_fd);
+	if (s->socket_bound)
+		unlink(s->cfg->socket_path);
+	if (s->signal_fd >= 0)
+		close(s->signal_fd);
+	for (unsigned i = 0; i < s->n_arenas; i++)
+		lbd_arena_destroy(&s->arenas[i]);
+	s->n_arenas = 0;
+	s->listen_fd = -1;
+	s->signal_fd = -1;
+	s->socket_bound = false;
+}

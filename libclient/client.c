@@ -1,2 +1,312 @@
-/* placeholder */
-#include <stddef.h>
+/* liblayerbank connection: socket, HELLO/WELCOME with arena fds, read-only arena mappings,
+ * and the request/reply calls of the control protocol. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "layerbank/layerbank.h"
+#include "lbp.h"
+
+#define LB_EXPORT __attribute__((visibility("default")))
+#define LB_REPLY_TIMEOUT_S 5
+
+struct lb_arena_map {
+	int fd;
+	const void *base; /* PROT_READ, MAP_SHARED: the daemon seals the memfd against writes */
+	size_t bytes;
+};
+
+/* Owned by one thread at a time (see layerbank.h). */
+struct lb_client {
+	int fd;
+	uint64_t client_id;
+	uint8_t boot_id[16];
+	unsigned n_arenas;
+	struct lb_arena_map arenas[LBP_MAX_ARENAS];
+	char last_error[LBP_MAX_ERRMSG + 64];
+	uint8_t buf[LBP_MAX_FRAME + 1];
+};
+
+static void close_fds(const int *fds, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		close(fds[i]);
+}
+
+/* Send req; receive one reply into rep, with up to max_fds fds into fds (*n_fds received).
+ * An ERROR reply is turned into -code with the message kept in last_error. */
+static int call(struct lb_client *c, const struct lbp_msg *req, struct lbp_msg *rep, int *fds,
+		unsigned max_fds, unsigned *n_fds)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * LBP_MAX_ARENAS)];
+		struct cmsghdr align;
+	} cmsg;
+	struct iovec iov = { c->buf, sizeof(c->buf) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct lbp_fault fault;
+	unsigned got = 0;
+	ssize_t n;
+	int len, ret;
+
+	c->last_error[0] = '\0';
+	len = lbp_encode(req, c->buf, sizeof(c->buf));
+	if (len < 0)
+		return len;
+	do
+		n = send(c->fd, c->buf, (size_t)len, MSG_NOSIGNAL);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN ? -ETIMEDOUT : -errno;
+
+	msg.msg_control = cmsg.buf;
+	msg.msg_controllen = sizeof(cmsg.buf);
+	do
+		n = recvmsg(c->fd, &msg, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return errno == EAGAIN ? -ETIMEDOUT : -errno;
+	if (n == 0)
+		return -ECONNRESET;
+	/* Take every fd the kernel gave us first, so that none leaks whatever comes next. */
+	for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
+			continue;
+		unsigned k = (unsigned)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+		int tmp[LBP_MAX_ARENAS];
+		memcpy(tmp, CMSG_DATA(cm), k * sizeof(int));
+		for (unsigned i = 0; i < k; i++) {
+			if (got < max_fds)
+				fds[got++] = tmp[i];
+			else
+				close(tmp[i]);
+		}
+	}
+	ret = lbp_decode(c->buf, (size_t)n, rep, &fault);
+	if (ret == 0 && (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)))
+		ret = -EPROTO;
+	if (ret < 0) {
+		snprintf(c->last_error, sizeof(c->last_error), "bad reply from layerbankd: %s %s",
+			 fault.field, fault.reason);
+		close_fds(fds, got);
+		return -EPROTO;
+	}
+	if (rep->type == LBP_ERROR) {
+		snprintf(c->last_error, sizeof(c->last_error), "%s%s%s", rep->u.error.field,
+			 rep->u.error.field[0] ? ": " : "", rep->u.error.message);
+		close_fds(fds, got);
+		return -rep->u.error.code;
+	}
+	if (n_fds)
+		*n_fds = got;
+	else
+		close_fds(fds, got);
+	return 0;
+}
+
+static int map_arenas(struct lb_client *c, const struct lbp_welcome *w, const int *fds, unsigned n)
+{
+	if (n != w->n_arenas) {
+		snprintf(c->last_error, sizeof(c->last_error), "WELCOME announced %u arenas, %u fds came",
+			 w->n_arenas, n);
+		close_fds(fds, n);
+		return -EPROTO;
+	}
+	for (unsigned i = 0; i < n; i++) {
+		struct lb_arena_map *a = &c->arenas[i];
+		const char *why = NULL;
+		struct stat st;
+
+		a->fd = fds[i];
+		c->n_arenas = i + 1;
+		if (fstat(a->fd, &st) < 0 || (uint64_t)st.st_size != w->arenas[i].bytes) {
+			why = "size differs from WELCOME";
+		} else {
+			void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, a->fd, 0);
+			if (p == MAP_FAILED) {
+				int e = errno;
+				snprintf(c->last_error, sizeof(c->last_error), "mmap arena %u: %s", i,
+					 strerror(e));
+				close_fds(fds + i + 1, n - i - 1);
+				return -e;
+			}
+			a->base = p;
+			a->bytes = (size_t)st.st_size;
+			const struct lb_arena_hdr *h = a->base;
+			if (lbp_arena_hdr_check(h, a->bytes, &why) == 0) {
+				if (memcmp(h->boot_id, w->boot_id, sizeof(h->boot_id)) != 0)
+					why = "boot id differs from WELCOME";
+				else if (h->arena_index != i)
+					why = "arena_index differs from its position in WELCOME";
+			}
+		}
+		if (why) {
+			snprintf(c->last_error, sizeof(c->last_error), "arena %u: %s", i, why);
+			close_fds(fds + i + 1, n - i - 1);
+			return -EPROTO;
+		}
+	}
+	return 0;
+}
+
+LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_client **out)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct timeval tv = { LB_REPLY_TIMEOUT_S, 0 };
+	struct lbp_msg req = { .type = LBP_HELLO }, rep;
+	int fds[LBP_MAX_ARENAS];
+	unsigned n_fds = 0;
+	struct lb_client *c;
+	int ret;
+
+	*out = NULL;
+	if (!socket_path)
+		socket_path = getenv(LB_SOCKET_ENV);
+	if (!socket_path || !*socket_path)
+		socket_path = LB_DEFAULT_SOCKET;
+	if (strlen(socket_path) >= sizeof(sa.sun_path) || (name && strlen(name) > LB_NAME_MAX))
+		return -ENAMETOOLONG;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return -ENOMEM;
+	c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (c->fd < 0) {
+		ret = -errno;
+		free(c);
+		return ret;
+	}
+	/* Bounded waits: a wedged daemon must not hang the worker. */
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	memcpy(sa.sun_path, socket_path, strlen(socket_path) + 1);
+	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		ret = -errno;
+		goto fail;
+	}
+	req.u.hello.shm_abi = LB_SHM_ABI_VERSION;
+	if (name)
+		memcpy(req.u.hello.name, name, strlen(name) + 1);
+	ret = call(c, &req, &rep, fds, LBP_MAX_ARENAS, &n_fds);
+	if (ret < 0)
+		goto fail;
+	if (rep.type != LBP_WELCOME) {
+		close_fds(fds, n_fds);
+		ret = -EPROTO;
+		goto fail;
+	}
+	ret = map_arenas(c, &rep.u.welcome, fds, n_fds);
+	if (ret < 0)
+		goto fail;
+	c->client_id = rep.u.welcome.client_id;
+	memcpy(c->boot_id, rep.u.welcome.boot_id, sizeof(c->boot_id));
+	*out = c;
+	return 0;
+fail:
+	lb_close(c);
+	return ret;
+}
+
+LB_EXPORT void lb_close(struct lb_client *c)
+{
+	if (!c)
+		return;
+	if (c->fd >= 0) {
+		struct lbp_msg bye = { .type = LBP_BYE };
+		int len = lbp_encode(&bye, c->buf, sizeof(c->buf));
+		if (len > 0)
+			(void)!send(c->fd, c->buf, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+		close(c->fd);
+	}
+	for (unsigned i = 0; i < c->n_arenas; i++) {
+		if (c->arenas[i].base)
+			munmap((void *)(uintptr_t)c->arenas[i].base, c->arenas[i].bytes);
+		close(c->arenas[i].fd);
+	}
+	free(c);
+}
+
+LB_EXPORT const char *lb_last_error(const struct lb_client *c)
+{
+	return c ? c->last_error : "";
+}
+
+LB_EXPORT int lb_register_model(struct lb_client *c, const struct lb_model_desc *d, uint32_t *model_id)
+{
+	struct lbp_msg req = { .type = LBP_REGISTER_MODEL }, rep;
+	struct lbp_register_model *r = &req.u.reg;
+	int ret;
+
+	if (!d || !d->name || !model_id)
+		return -EINVAL;
+	if (strlen(d->name) > LBP_MAX_NAME)
+		return -EINVAL;
+	memcpy(r->name, d->name, strlen(d->name) + 1);
+	r->weights_hash = d->weights_hash;
+	r->n_layers = d->n_layers;
+	r->hidden = d->hidden;
+	r->dtype = (uint32_t)d->dtype;
+	r->max_seq = d->max_seq;
+	r->fp.chunks = d->fp_chunks ? d->fp_chunks : 4;
+	r->fp.bits = 256;
+	r->fp.seed = d->fp_seed;
+	/* The encoder checks every range the daemon would: a bad field never leaves the process. */
+	ret = call(c, &req, &rep, NULL, 0, NULL);
+	if (ret == -EINVAL && !c->last_error[0])
+		snprintf(c->last_error, sizeof(c->last_error), "model description out of range");
+	if (ret < 0)
+		return ret;
+	if (rep.type != LBP_MODEL)
+		return -EPROTO;
+	*model_id = rep.u.model.model_id;
+	return 0;
+}
+
+LB_EXPORT int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size)
+{
+	struct lbp_msg req = { .type = LBP_STATS }, rep;
+	struct lb_stats st;
+	int ret;
+
+	if (!out || size < offsetof(struct lb_stats, uptime_s) + sizeof(out->uptime_s))
+		return -EINVAL;
+	ret = call(c, &req, &rep, NULL, 0, NULL);
+	if (ret < 0)
+		return ret;
+	if (rep.type != LBP_STATS_REPLY)
+		return -EPROTO;
+	memset(&st, 0, sizeof(st));
+	st.page_size = rep.u.stats.page_size;
+	st.arena_bytes = rep.u.stats.arena_bytes;
+	st.numa_nodes = rep.u.stats.numa_nodes;
+	st.hugepages = rep.u.stats.hugepages;
+	st.clients = rep.u.stats.clients;
+	st.models = rep.u.stats.models;
+	st.uptime_s = rep.u.stats.uptime_s;
+	memcpy(out, &st, size < sizeof(st) ? size : sizeof(st));
+	return 0;
+}
+
+LB_EXPORT unsigned lb_arena_count(const struct lb_client *c)
+{
+	return c->n_arenas;
+}
+
+LB_EXPORT const void *lb_arena_base(const struct lb_client *c, unsigned i, size_t *bytes)
+{
+	if (i >= c->n_arenas)
+		return NULL;
+	if (bytes)
+		*bytes = c->arenas[i].bytes;
+	return c->arenas[i].base;
+}
+
+LB_EXPORT int lb_arena_fd(const struct lb_client *c, unsigned i)
+{
+	return i < c->n_arenas ? c->arenas[i].fd : -EINVAL;
+}

@@ -1,2 +1,901 @@
-/* placeholder */
-#include <stddef.h>
+/* layerbank control protocol codec: struct lbp_msg <-> one msgpack frame (PROTOCOL.md).
+ * One field table per message drives both the encoder and the decoder, so the two cannot
+ * disagree on a key, a type or a range. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "lbp.h"
+
+#define PAGE_4K 4096u
+#define PAGE_2M 2097152u
+
+/*
+ * Limits of the pre-parse walk. msgpack-c allocates count * sizeof(msgpack_object) the
+ * moment it reads a container header, so nothing reaches it before these hold. The largest
+ * valid v1 frame (WELCOME with 8 arenas) has about 60 objects at depth 5.
+ */
+#define WALK_MAX_DEPTH 8u
+#define WALK_MAX_OBJECTS 256u
+
+/* Keys in the largest body (STATS_REPLY has 7). */
+#define MAX_KEYS 8u
+
+enum fkind {
+	F_UINT,   /* uint32_t or uint64_t (by size), min..max */
+	F_INT,    /* int32_t, min..max */
+	F_BOOL,
+	F_STR,    /* char[max + 1]: min..max bytes, NUL-terminated in C, no NUL on the wire */
+	F_BIN16,  /* uint8_t[16] */
+	F_PAGE,   /* uint64_t page size: 4096 or 2097152, the two kinds of arena page */
+	F_ARENA,  /* uint64_t arena size: a non-zero multiple of 4096 (every page size is one) */
+	F_MAP,    /* nested struct described by sub */
+	F_ARRAY,  /* array of sub structs of elem_size bytes, min..max of them, count at cnt_off */
+};
+
+struct table;
+
+struct field {
+	const char *key;
+	enum fkind kind;
+	size_t off;  /* in the body struct */
+	size_t size; /* of the C field */
+	int64_t min;
+	uint64_t max;
+	const struct table *sub; /* F_MAP, F_ARRAY */
+	size_t elem_size;        /* F_ARRAY */
+	size_t cnt_off;          /* F_ARRAY: the uint32_t element count */
+};
+
+struct table {
+	const struct field *f;
+	unsigned n;
+};
+
+#define FSIZE(S, k) sizeof(((S *)0)->k)
+#define UINT(S, k, lo, hi) { #k, F_UINT, offsetof(S, k), FSIZE(S, k), lo, hi, NULL, 0, 0 }
+#define INT(S, k, lo, hi) { #k, F_INT, offsetof(S, k), FSIZE(S, k), lo, hi, NULL, 0, 0 }
+#define KIND(S, k, kind) { #k, kind, offsetof(S, k), FSIZE(S, k), 0, 0, NULL, 0, 0 }
+#define STR(S, k, lo) { #k, F_STR, offsetof(S, k), FSIZE(S, k), lo, FSIZE(S, k) - 1, NULL, 0, 0 }
+#define MAP(S, k, t) { #k, F_MAP, offsetof(S, k), FSIZE(S, k), 0, 0, &t, 0, 0 }
+#define TABLE(a) { a, sizeof(a) / sizeof(a[0]) }
+
+static const struct field hello_f[] = {
+	UINT(struct lbp_hello, shm_abi, 0, UINT32_MAX),
+	STR(struct lbp_hello, name, 0),
+};
+
+static const struct field arena_f[] = {
+	KIND(struct lbp_arena_desc, bytes, F_ARENA),
+	INT(struct lbp_arena_desc, numa_node, -1, INT32_MAX),
+};
+static const struct table arena_t = TABLE(arena_f);
+
+static const struct field welcome_f[] = {
+	UINT(struct lbp_welcome, client_id, 0, UINT64_MAX),
+	KIND(struct lbp_welcome, boot_id, F_BIN16),
+	KIND(struct lbp_welcome, page_size, F_PAGE),
+	{ "arenas", F_ARRAY, offsetof(struct lbp_welcome, arenas), 0, 1, LBP_MAX_ARENAS, &arena_t,
+	  sizeof(struct lbp_arena_desc), offsetof(struct lbp_welcome, n_arenas) },
+};
+
+static const struct field fp_f[] = {
+	UINT(struct lbp_fp_spec, chunks, 1, LBP_MAX_FP_CHUNKS),
+	UINT(struct lbp_fp_spec, bits, 256, 256),
+	UINT(struct lbp_fp_spec, seed, 0, UINT64_MAX),
+};
+static const struct table fp_t = TABLE(fp_f);
+
+static const struct field reg_f[] = {
+	STR(struct lbp_register_model, name, 1),
+	UINT(struct lbp_register_model, weights_hash, 0, UINT64_MAX),
+	UINT(struct lbp_register_model, n_layers, 1, LBP_MAX_LAYERS),
+	UINT(struct lbp_register_model, hidden, 1, LBP_MAX_HIDDEN),
+	UINT(struct lbp_register_model, dtype, LBP_DTYPE_F32, LBP_DTYPE_BF16),
+	UINT(struct lbp_register_model, max_seq, 1, LBP_MAX_SEQ),
+	MAP(struct lbp_register_model, fp, fp_t),
+};
+
+static const struct field model_f[] = {
+	UINT(struct lbp_model, model_id, 1, UINT32_MAX),
+	KIND(struct lbp_model, created, F_BOOL),
+};
+
+static const struct field stats_f[] = {
+	KIND(struct lbp_stats_reply, page_size, F_PAGE),
+	UINT(struct lbp_stats_reply, arena_bytes, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, numa_nodes, 0, UINT32_MAX),
+	KIND(struct lbp_stats_reply, hugepages, F_BOOL),
+	UINT(struct lbp_stats_reply, clients, 0, UINT32_MAX),
+	UINT(struct lbp_stats_reply, models, 0, UINT32_MAX),
+	UINT(struct lbp_stats_reply, uptime_s, 0, UINT64_MAX),
+};
+
+static const struct field error_f[] = {
+	INT(struct lbp_error, code, 1, INT32_MAX),
+	STR(struct lbp_error, field, 0),
+	STR(struct lbp_error, message, 0),
+};
+
+/* Indexed by enum lbp_type; STATS and BYE have an empty body. */
+static const struct table bodies[LBP_TYPE_MAX + 1] = {
+	[LBP_HELLO] = TABLE(hello_f),
+	[LBP_WELCOME] = TABLE(welcome_f),
+	[LBP_REGISTER_MODEL] = TABLE(reg_f),
+	[LBP_MODEL] = TABLE(model_f),
+	[LBP_STATS] = { NULL, 0 },
+	[LBP_STATS_REPLY] = TABLE(stats_f),
+	[LBP_BYE] = { NULL, 0 },
+	[LBP_ERROR] = TABLE(error_f),
+};
+
+/* read_body() keeps one slot per key on the stack. */
+#define FITS(a) _Static_assert(sizeof(a) / sizeof(a[0]) <= MAX_KEYS, "raise MAX_KEYS for " #a)
+FITS(hello_f);
+FITS(arena_f);
+FITS(welcome_f);
+FITS(fp_f);
+FITS(reg_f);
+FITS(model_f);
+FITS(stats_f);
+FITS(error_f);
+_Static_assert(FSIZE(struct lbp_welcome, n_arenas) == sizeof(uint32_t), "F_ARRAY count");
+_Static_assert(LBP_MAX_ARENAS <= 9, "arena paths \"arenas[N].\" assume one digit");
+_Static_assert(sizeof(((struct lbp_error *)0)->field) == sizeof(((struct lbp_fault *)0)->field),
+	       "a fault's field travels in an ERROR");
+
+/* ---- faults ---- */
+
+/* Where a check is: the fault being built and the key path ("", "fp.", "arenas[3].") to it. */
+struct ctx {
+	int err; /* -EINVAL when encoding, -EBADMSG when decoding */
+	struct lbp_fault fault;
+	char path[sizeof(((struct lbp_fault *)0)->field)];
+	size_t path_len;
+};
+
+__attribute__((format(printf, 3, 0)))
+static int vfail(struct ctx *c, const char *field, const char *fmt, va_list ap)
+{
+	snprintf(c->fault.field, sizeof(c->fault.field), "%s", field);
+	vsnprintf(c->fault.reason, sizeof(c->fault.reason), fmt, ap);
+	return c->err;
+}
+
+/* Record a fault at the current key path + key. @return the context's error code. */
+__attribute__((format(printf, 3, 4)))
+static int fail(struct ctx *c, const char *key, const char *fmt, ...)
+{
+	char field[sizeof(c->fault.field)];
+	va_list ap;
+	int ret;
+
+	snprintf(field, sizeof(field), "%s%s", c->path, key);
+	va_start(ap, fmt);
+	ret = vfail(c, field, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+/* Record a fault at a whole field name, not below the current path. */
+__attribute__((format(printf, 3, 4)))
+static int fail_at(struct ctx *c, const char *field, const char *fmt, ...)
+{
+	va_list ap;
+	int ret;
+
+	va_start(ap, fmt);
+	ret = vfail(c, field, fmt, ap);
+	va_end(ap);
+	return ret;
+}
+
+/* The name of the map being read, for faults about the map itself: "body" at the top. */
+static void map_name(const struct ctx *c, char *out, size_t n)
+{
+	if (c->path_len)
+		snprintf(out, n, "%.*s", (int)c->path_len - 1, c->path);
+	else
+		snprintf(out, n, "body");
+}
+
+/* Enter a nested map: keys below it are reported as path + key. @return the old length. */
+static size_t path_push(struct ctx *c, const char *key, int index)
+{
+	size_t old = c->path_len;
+	int n;
+
+	if (index >= 0)
+		n = snprintf(c->path + old, sizeof(c->path) - old, "%s[%d].", key, index);
+	else
+		n = snprintf(c->path + old, sizeof(c->path) - old, "%s.", key);
+	if (n > 0)
+		c->path_len = strnlen(c->path, sizeof(c->path) - 1);
+	return old;
+}
+
+static void path_pop(struct ctx *c, size_t old)
+{
+	c->path_len = old;
+	c->path[old] = '\0';
+}
+
+static int fail_range(struct ctx *c, const struct field *f)
+{
+	switch (f->kind) {
+	case F_PAGE:
+		return fail(c, f->key, "out of range: must be %u or %u", PAGE_4K, PAGE_2M);
+	case F_ARENA:
+		return fail(c, f->key, "out of range: must be a non-zero multiple of %u", PAGE_4K);
+	case F_INT:
+		return fail(c, f->key, "out of range %lld..%llu", (long long)f->min,
+			    (unsigned long long)f->max);
+	default:
+		if ((uint64_t)f->min == f->max)
+			return fail(c, f->key, "out of range: must be %llu",
+				    (unsigned long long)f->max);
+		return fail(c, f->key, "out of range %lld..%llu", (long long)f->min,
+			    (unsigned long long)f->max);
+	}
+}
+
+/* The one range check, shared by encoder and decoder: v is an unsigned value for f. */
+static int check_uint(struct ctx *c, const struct field *f, uint64_t v)
+{
+	switch (f->kind) {
+	case F_PAGE:
+		return v == PAGE_4K || v == PAGE_2M ? 0 : fail_range(c, f);
+	case F_ARENA:
+		return v && v % PAGE_4K == 0 ? 0 : fail_range(c, f);
+	case F_INT:
+		return (f->min < 0 || v >= (uint64_t)f->min) && v <= f->max ? 0 : fail_range(c, f);
+	default:
+		return v >= (uint64_t)f->min && v <= f->max ? 0 : fail_range(c, f);
+	}
+}
+
+static int check_int(struct ctx *c, const struct field *f, int64_t v)
+{
+	if (v >= 0)
+		return check_uint(c, f, (uint64_t)v);
+	return f->kind == F_INT && v >= f->min ? 0 : fail_range(c, f);
+}
+
+/* Field access through memcpy: the tables locate fields by byte offset, and this keeps the
+ * compiler from having to trust that those offsets are aligned. */
+static uint64_t load_uint(const char *p, size_t size)
+{
+	uint32_t v32;
+	uint64_t v64;
+
+	if (size == sizeof(v32)) {
+		memcpy(&v32, p, sizeof(v32));
+		return v32;
+	}
+	memcpy(&v64, p, sizeof(v64));
+	return v64;
+}
+
+static void store_uint(char *p, size_t size, uint64_t v)
+{
+	uint32_t v32 = (uint32_t)v;
+
+	if (size == sizeof(v32))
+		memcpy(p, &v32, sizeof(v32));
+	else
+		memcpy(p, &v, sizeof(v));
+}
+
+static int32_t load_i32(const char *p)
+{
+	int32_t v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static void store_i32(char *p, int32_t v)
+{
+	memcpy(p, &v, sizeof(v));
+}
+
+static bool load_bool(const char *p)
+{
+	bool v;
+
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static void store_bool(char *p, bool v)
+{
+	memcpy(p, &v, sizeof(v));
+}
+
+/* ---- encoder ---- */
+
+static int check_body(struct ctx *c, const struct table *t, const char *base);
+
+/* Validate the C struct exactly as the decoder would validate the frame made from it. */
+static int check_field(struct ctx *c, const struct field *f, const char *base)
+{
+	const char *p = base + f->off;
+	size_t n, old;
+	uint32_t cnt;
+	int ret;
+
+	switch (f->kind) {
+	case F_UINT:
+	case F_PAGE:
+	case F_ARENA:
+		return check_uint(c, f, load_uint(p, f->size));
+	case F_INT:
+		return check_int(c, f, load_i32(p));
+	case F_STR:
+		n = strnlen(p, f->size);
+		if (n > f->max)
+			return fail(c, f->key, "not NUL-terminated within %zu bytes", f->size);
+		if (n < (uint64_t)f->min)
+			return fail(c, f->key, "empty");
+		return 0;
+	case F_BOOL:
+	case F_BIN16:
+		return 0;
+	case F_MAP:
+		old = path_push(c, f->key, -1);
+		ret = check_body(c, f->sub, p);
+		path_pop(c, old);
+		return ret;
+	case F_ARRAY:
+		cnt = (uint32_t)load_uint(base + f->cnt_off, sizeof(uint32_t));
+		if (cnt < (uint64_t)f->min || cnt > f->max)
+			return fail(c, f->key, "out of range %lld..%llu entries", (long long)f->min,
+				    (unsigned long long)f->max);
+		for (uint32_t i = 0; i < cnt; i++) {
+			old = path_push(c, f->key, (int)i);
+			ret = check_body(c, f->sub, p + i * f->elem_size);
+			path_pop(c, old);
+			if (ret)
+				return ret;
+		}
+		return 0;
+	}
+	return fail(c, f->key, "bad field kind");
+}
+
+static int check_body(struct ctx *c, const struct table *t, const char *base)
+{
+	for (unsigned i = 0; i < t->n; i++) {
+		int ret = check_field(c, &t->f[i], base);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+/* A packer sink that writes into the caller's buffer and never allocates. */
+struct sink {
+	char *p;
+	size_t cap;
+	size_t len;
+	bool full;
+};
+
+static int sink_write(void *data, const char *buf, size_t len)
+{
+	struct sink *s = data;
+
+	if (s->full || len > s->cap - s->len) {
+		s->full = true;
+		return -1;
+	}
+	if (len)
+		memcpy(s->p + s->len, buf, len);
+	s->len += len;
+	return 0;
+}
+
+static void pack_cstr(msgpack_packer *pk, const char *s)
+{
+	size_t n = strlen(s);
+
+	msgpack_pack_str(pk, n);
+	msgpack_pack_str_body(pk, s, n);
+}
+
+/* Pack a validated body. Pack results are not checked: the sink is the only thing that
+ * can fail, and it remembers that it did (struct sink.full). */
+static void pack_body(msgpack_packer *pk, const struct table *t, const char *base)
+{
+	msgpack_pack_map(pk, t->n);
+	for (unsigned i = 0; i < t->n; i++) {
+		const struct field *f = &t->f[i];
+		const char *p = base + f->off;
+		uint32_t cnt;
+
+		pack_cstr(pk, f->key);
+		switch (f->kind) {
+		case F_UINT:
+		case F_PAGE:
+		case F_ARENA:
+			msgpack_pack_uint64(pk, load_uint(p, f->size));
+			break;
+		case F_INT:
+			msgpack_pack_int32(pk, load_i32(p));
+			break;
+		case F_BOOL:
+			if (load_bool(p))
+				msgpack_pack_true(pk);
+			else
+				msgpack_pack_false(pk);
+			break;
+		case F_STR:
+			pack_cstr(pk, p);
+			break;
+		case F_BIN16:
+			msgpack_pack_bin(pk, 16);
+			msgpack_pack_bin_body(pk, p, 16);
+			break;
+		case F_MAP:
+			pack_body(pk, f->sub, p);
+			break;
+		case F_ARRAY:
+			cnt = (uint32_t)load_uint(base + f->cnt_off, sizeof(uint32_t));
+			msgpack_pack_array(pk, cnt);
+			for (uint32_t j = 0; j < cnt; j++)
+				pack_body(pk, f->sub, p + j * f->elem_size);
+			break;
+		}
+	}
+}
+
+int lbp_encode(const struct lbp_msg *m, void *buf, size_t cap)
+{
+	struct ctx c = { .err = -EINVAL };
+	struct sink s = { buf, cap < LBP_MAX_FRAME ? cap : LBP_MAX_FRAME, 0, false };
+	msgpack_packer pk;
+	int ret;
+
+	if (!m || m->type < LBP_TYPE_MIN || m->type > LBP_TYPE_MAX || (!buf && cap))
+		return -EINVAL;
+	ret = check_body(&c, &bodies[m->type], (const char *)&m->u);
+	if (ret)
+		return ret;
+	msgpack_packer_init(&pk, &s, sink_write);
+	msgpack_pack_array(&pk, 3);
+	msgpack_pack_uint32(&pk, LBP_VERSION);
+	msgpack_pack_uint32(&pk, (uint32_t)m->type);
+	pack_body(&pk, &bodies[m->type], (const char *)&m->u);
+	if (s.full)
+		return -EMSGSIZE;
+	return (int)s.len;
+}
+
+/* ---- decoder: raw pre-parse walk ---- */
+
+struct walk {
+	const uint8_t *p;
+	size_t len;
+	size_t off;
+	unsigned objs;
+	const char *why;
+};
+
+static uint64_t load_be(const uint8_t *p, unsigned n)
+{
+	uint64_t v = 0;
+
+	for (unsigned i = 0; i < n; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static int walk_bad(struct walk *w, const char *why)
+{
+	w->why = why;
+	return -EBADMSG;
+}
+
+/* Consume an n-byte big-endian header field into *v. */
+static int walk_hdr(struct walk *w, unsigned n, uint64_t *v)
+{
+	if (n > w->len - w->off)
+		return walk_bad(w, "truncated");
+	*v = load_be(w->p + w->off, n);
+	w->off += n;
+	return 0;
+}
+
+static int walk_skip(struct walk *w, uint64_t n)
+{
+	if (n > w->len - w->off)
+		return walk_bad(w, "truncated");
+	w->off += (size_t)n;
+	return 0;
+}
+
+static int walk_obj(struct walk *w, unsigned depth);
+
+/* Every element takes at least one byte, so a count the rest of the frame cannot hold is a
+ * lie; checking it here keeps a 5-byte "array of 2^32" from ever reaching msgpack-c. */
+static int walk_items(struct walk *w, uint64_t n, bool map, unsigned depth)
+{
+	uint64_t items = map ? 2 * n : n;
+
+	if (items > w->len - w->off)
+		return walk_bad(w, "truncated");
+	for (uint64_t i = 0; i < items; i++) {
+		int ret = walk_obj(w, depth + 1);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static int walk_obj(struct walk *w, unsigned depth)
+{
+	uint64_t n;
+	uint8_t b;
+	int ret;
+
+	if (depth > WALK_MAX_DEPTH)
+		return walk_bad(w, "nested deeper than 8 levels");
+	if (++w->objs > WALK_MAX_OBJECTS)
+		return walk_bad(w, "more than 256 objects");
+	if (w->off >= w->len)
+		return walk_bad(w, "truncated");
+	b = w->p[w->off++];
+	if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3)
+		return 0; /* fixint, nil, bool */
+	if (b <= 0x8f)
+		return walk_items(w, b & 0x0fu, true, depth);
+	if (b <= 0x9f)
+		return walk_items(w, b & 0x0fu, false, depth);
+	if (b <= 0xbf)
+		return walk_skip(w, b & 0x1fu);
+	switch (b) {
+	case 0xcc: case 0xd0: return walk_skip(w, 1);
+	case 0xcd: case 0xd1: return walk_skip(w, 2);
+	case 0xce: case 0xd2: return walk_skip(w, 4);
+	case 0xcf: case 0xd3: return walk_skip(w, 8);
+	case 0xc4: case 0xd9: /* bin8, str8 */
+		ret = walk_hdr(w, 1, &n);
+		return ret ? ret : walk_skip(w, n);
+	case 0xc5: case 0xda:
+		ret = walk_hdr(w, 2, &n);
+		return ret ? ret : walk_skip(w, n);
+	case 0xc6: case 0xdb:
+		ret = walk_hdr(w, 4, &n);
+		return ret ? ret : walk_skip(w, n);
+	case 0xdc: case 0xde: /* array16, map16 */
+		ret = walk_hdr(w, 2, &n);
+		return ret ? ret : walk_items(w, n, b == 0xde, depth);
+	case 0xdd: case 0xdf:
+		ret = walk_hdr(w, 4, &n);
+		return ret ? ret : walk_items(w, n, b == 0xdf, depth);
+	case 0xca: case 0xcb:
+		return walk_bad(w, "float not allowed");
+	case 0xc7: case 0xc8: case 0xc9:
+	case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+		return walk_bad(w, "ext not allowed");
+	default:
+		return walk_bad(w, "reserved byte 0xc1");
+	}
+}
+
+/*
+ * Version first: if the frame opens with a non-empty array whose first element is a
+ * non-negative integer, that is the version, whatever follows it. A later version may
+ * change everything after it and still get a clean -EPROTO from a version 1 peer.
+ */
+static bool peek_version(const uint8_t *p, size_t len, uint64_t *v)
+{
+	size_t off;
+	uint8_t b;
+
+	if (p[0] >= 0x91 && p[0] <= 0x9f)
+		off = 1;
+	else if (p[0] == 0xdc && len >= 3 && load_be(p + 1, 2))
+		off = 3;
+	else if (p[0] == 0xdd && len >= 5 && load_be(p + 1, 4))
+		off = 5;
+	else
+		return false;
+	if (off >= len)
+		return false;
+	b = p[off++];
+	if (b <= 0x7f) {
+		*v = b;
+		return true;
+	}
+	if (b >= 0xcc && b <= 0xd3) {
+		unsigned n = 1u << (b & 3u);
+		if (n > len - off)
+			return false;
+		*v = load_be(p + off, n);
+		/* int8..int64 with the sign bit set: negative, not a version */
+		return b <= 0xcf || !(p[off] & 0x80);
+	}
+	return false;
+}
+
+/* ---- decoder: msgpack objects to structs ---- */
+
+static int read_body(struct ctx *c, const struct table *t, const msgpack_object *o, char *base);
+
+static int read_uint(struct ctx *c, const struct field *f, const msgpack_object *o, uint64_t *v)
+{
+	int ret;
+
+	if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+		ret = check_uint(c, f, o->via.u64);
+	else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+		ret = check_int(c, f, o->via.i64);
+	else
+		return fail(c, f->key, "wrong type: expected %s",
+			    f->kind == F_INT ? "int" : "uint");
+	*v = o->via.u64;
+	return ret;
+}
+
+static int read_field(struct ctx *c, const struct field *f, const msgpack_object *o, char *base)
+{
+	char *p = base + f->off;
+	uint64_t v;
+	size_t old;
+	int ret;
+
+	switch (f->kind) {
+	case F_UINT:
+	case F_PAGE:
+	case F_ARENA:
+		ret = read_uint(c, f, o, &v);
+		if (!ret)
+			store_uint(p, f->size, v);
+		return ret;
+	case F_INT:
+		ret = read_uint(c, f, o, &v);
+		if (!ret)
+			store_i32(p, (int32_t)o->via.i64);
+		return ret;
+	case F_BOOL:
+		if (o->type != MSGPACK_OBJECT_BOOLEAN)
+			return fail(c, f->key, "wrong type: expected bool");
+		store_bool(p, o->via.boolean);
+		return 0;
+	case F_STR:
+		if (o->type != MSGPACK_OBJECT_STR)
+			return fail(c, f->key, "wrong type: expected str");
+		if (o->via.str.size > f->max)
+			return fail(c, f->key, "too long: max %llu bytes",
+				    (unsigned long long)f->max);
+		if (o->via.str.size < (uint64_t)f->min)
+			return fail(c, f->key, "empty");
+		if (o->via.str.size && memchr(o->via.str.ptr, '\0', o->via.str.size))
+			return fail(c, f->key, "embedded nul");
+		if (o->via.str.size)
+			memcpy(p, o->via.str.ptr, o->via.str.size);
+		p[o->via.str.size] = '\0';
+		return 0;
+	case F_BIN16:
+		if (o->type != MSGPACK_OBJECT_BIN)
+			return fail(c, f->key, "wrong type: expected bin");
+		if (o->via.bin.size != 16)
+			return fail(c, f->key, "wrong length: expected 16 bytes");
+		memcpy(p, o->via.bin.ptr, 16);
+		return 0;
+	case F_MAP:
+		if (o->type != MSGPACK_OBJECT_MAP)
+			return fail(c, f->key, "wrong type: expected map");
+		old = path_push(c, f->key, -1);
+		ret = read_body(c, f->sub, o, p);
+		path_pop(c, old);
+		return ret;
+	case F_ARRAY:
+		if (o->type != MSGPACK_OBJECT_ARRAY)
+			return fail(c, f->key, "wrong type: expected array");
+		if (o->via.array.size < (uint64_t)f->min || o->via.array.size > f->max)
+			return fail(c, f->key, "out of range %lld..%llu entries", (long long)f->min,
+				    (unsigned long long)f->max);
+		for (uint32_t i = 0; i < o->via.array.size; i++) {
+			const msgpack_object *e = &o->via.array.ptr[i];
+			char name[32];
+
+			if (e->type != MSGPACK_OBJECT_MAP) {
+				snprintf(name, sizeof(name), "%s[%u]", f->key, (unsigned)i);
+				return fail(c, name, "wrong type: expected map");
+			}
+			old = path_push(c, f->key, (int)i);
+			ret = read_body(c, f->sub, e, p + i * f->elem_size);
+			path_pop(c, old);
+			if (ret)
+				return ret;
+		}
+		store_uint(base + f->cnt_off, sizeof(uint32_t), o->via.array.size);
+		return 0;
+	}
+	return fail(c, f->key, "bad field kind");
+}
+
+/* Name a key from the wire for a fault: printable ASCII only, since it may end up in an
+ * ERROR frame and a log line. */
+static void key_name(char *out, size_t n, const msgpack_object_str *k)
+{
+	size_t i;
+
+	if (!k->size) {
+		snprintf(out, n, "\"\"");
+		return;
+	}
+	for (i = 0; i < k->size && i + 1 < n; i++) {
+		unsigned char ch = (unsigned char)k->ptr[i];
+		out[i] = ch > 0x20 && ch < 0x7f ? (char)ch : '?';
+	}
+	out[i] = '\0';
+}
+
+/* The map o against table t: each key known and present once, then every value checked. */
+static int read_body(struct ctx *c, const struct table *t, const msgpack_object *o, char *base)
+{
+	const msgpack_object *vals[MAX_KEYS] = { NULL };
+	char name[sizeof(c->path)];
+
+	for (uint32_t i = 0; i < o->via.map.size; i++) {
+		const msgpack_object_kv *kv = &o->via.map.ptr[i];
+		unsigned j;
+
+		if (kv->key.type != MSGPACK_OBJECT_STR) {
+			map_name(c, name, sizeof(name));
+			return fail_at(c, name, "wrong type: keys must be str");
+		}
+		for (j = 0; j < t->n; j++)
+			if (strlen(t->f[j].key) == kv->key.via.str.size &&
+			    !memcmp(t->f[j].key, kv->key.via.str.ptr, kv->key.via.str.size))
+				break;
+		if (j == t->n) {
+			key_name(name, sizeof(name), &kv->key.via.str);
+			return fail(c, name, "unknown key");
+		}
+		if (vals[j])
+			return fail(c, t->f[j].key, "duplicate key");
+		vals[j] = &kv->val;
+	}
+	for (unsigned j = 0; j < t->n; j++)
+		if (!vals[j])
+			return fail(c, t->f[j].key, "missing");
+	for (unsigned j = 0; j < t->n; j++) {
+		int ret = read_field(c, &t->f[j], vals[j], base);
+		if (ret)
+			return ret;
+	}
+	return 0;
+}
+
+static int read_frame(struct ctx *c, const msgpack_object *root, struct lbp_msg *m)
+{
+	const msgpack_object *e;
+
+	if (root->type != MSGPACK_OBJECT_ARRAY)
+		return fail(c, "frame", "wrong type: expected array");
+	if (root->via.array.size == 0)
+		return fail(c, "frame", "expected 3 elements, got 0");
+	e = &root->via.array.ptr[0];
+	if (e->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+		return fail(c, "version", "wrong type: expected uint");
+	if (e->via.u64 != LBP_VERSION) {
+		fail(c, "version", "unsupported version %llu (want %u)",
+		     (unsigned long long)e->via.u64, LBP_VERSION);
+		return -EPROTO;
+	}
+	if (root->via.array.size != 3)
+		return fail(c, "frame", "expected 3 elements, got %u",
+			    (unsigned)root->via.array.size);
+	e = &root->via.array.ptr[1];
+	if (e->type != MSGPACK_OBJECT_POSITIVE_INTEGER &&
+	    e->type != MSGPACK_OBJECT_NEGATIVE_INTEGER)
+		return fail(c, "type", "wrong type: expected uint");
+	if (e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER || e->via.u64 < LBP_TYPE_MIN ||
+	    e->via.u64 > LBP_TYPE_MAX)
+		return fail(c, "type", "out of range %u..%u", LBP_TYPE_MIN, LBP_TYPE_MAX);
+	m->type = (enum lbp_type)e->via.u64;
+	e = &root->via.array.ptr[2];
+	if (e->type != MSGPACK_OBJECT_MAP)
+		return fail(c, "body", "wrong type: expected map");
+	return read_body(c, &bodies[m->type], e, (char *)&m->u);
+}
+
+static int decode(struct ctx *c, const uint8_t *p, size_t len, struct lbp_msg *m)
+{
+	struct walk w = { p, len, 0, 0, NULL };
+	msgpack_unpacked u;
+	msgpack_unpack_return r;
+	size_t off = 0;
+	uint64_t v;
+	int ret;
+
+	if (len > LBP_MAX_FRAME) {
+		fail(c, "frame", "longer than %u bytes", LBP_MAX_FRAME);
+		return -EMSGSIZE;
+	}
+	if (len == 0)
+		return fail(c, "frame", "empty");
+	if (peek_version(p, len, &v) && v != LBP_VERSION) {
+		fail(c, "version", "unsupported version %llu (want %u)", (unsigned long long)v,
+		     LBP_VERSION);
+		return -EPROTO;
+	}
+	if (walk_obj(&w, 1))
+		return fail(c, "frame", "%s", w.why);
+	if (w.off != len)
+		return fail(c, "frame", "trailing bytes");
+
+	msgpack_unpacked_init(&u);
+	r = msgpack_unpack_next(&u, (const char *)p, len, &off);
+	if (r == MSGPACK_UNPACK_NOMEM_ERROR) {
+		fail(c, "frame", "out of memory");
+		ret = -ENOMEM;
+	} else if (r != MSGPACK_UNPACK_SUCCESS) {
+		ret = fail(c, "frame", "not msgpack");
+	} else if (off != len) {
+		ret = fail(c, "frame", "trailing bytes");
+	} else {
+		ret = read_frame(c, &u.data, m);
+	}
+	msgpack_unpacked_destroy(&u);
+	return ret;
+}
+
+int lbp_decode(const void *buf, size_t len, struct lbp_msg *out, struct lbp_fault *fault)
+{
+	struct ctx c = { .err = -EBADMSG };
+	struct lbp_msg m;
+	int ret;
+
+	/* Zero first: unused arena slots and string tails read as zero, never as stale data. */
+	memset(&m, 0, sizeof(m));
+	if (!buf && len)
+		ret = fail(&c, "frame", "no buffer");
+	else
+		ret = decode(&c, buf, len, &m);
+	if (fault)
+		*fault = c.fault;
+	if (!ret)
+		*out = m;
+	return ret;
+}
+
+/* ---- helpers ---- */
+
+/* A negative code is taken as -errno, so both `rc` and `-rc` do what the caller meant. */
+void lbp_make_error(struct lbp_msg *m, int code, const char *field, const char *fmt, ...)
+{
+	struct lbp_error *e = &m->u.error;
+	va_list ap;
+
+	memset(m, 0, sizeof(*m));
+	m->type = LBP_ERROR;
+	e->code = code < 0 && code != INT32_MIN ? -code : code;
+	snprintf(e->field, sizeof(e->field), "%s", field ? field : "");
+	va_start(ap, fmt);
+	if (vsnprintf(e->message, sizeof(e->message), fmt, ap) < 0)
+		e->message[0] = '\0';
+	va_end(ap);
+}
+
+const char *lbp_type_name(enum lbp_type t)
+{
+	switch (t) {
+	case LBP_HELLO: return "HELLO";
+	case LBP_WELCOME: return "WELCOME";
+	case LBP_REGISTER_MODEL: return "REGISTER_MODEL";
+	case LBP_MODEL: return "MODEL";
+	case LBP_STATS: return "STATS";
+	case LBP_STATS_REPLY: return "STATS_REPLY";
+	case LBP_BYE: return "BYE";
+	case LBP_ERROR: return "ERROR";
+	}
+	return "UNKNOWN";
+}

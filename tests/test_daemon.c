@@ -1,2 +1,275 @@
-/* placeholder */
-int main(void) { return 77; }
+/* layerbankd as a user runs it: options and exit codes, hugepages require/try, stats through
+ * layerbank-ctl, socket lifecycle, and an idle daemon that uses no CPU. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "layerbank/layerbank.h"
+#include "testutil.h"
+
+static char dir[256], sock[300], logpath[300];
+static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
+
+static int setup(void **state)
+{
+	(void)state;
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(sock, sizeof(sock), "%s/lb.sock", dir);
+	snprintf(logpath, sizeof(logpath), "%s/daemon.log", dir);
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	if (daemon_pid > 0 && lbt_alive(daemon_pid)) {
+		kill(daemon_pid, SIGKILL);
+		waitpid(daemon_pid, NULL, 0);
+	}
+	daemon_pid = -1;
+	lbt_rmtree(dir);
+	return 0;
+}
+
+static int run_daemon(const char *const *extra, char *out, size_t n)
+{
+	const char *argv[32] = { LB_DAEMON_PATH };
+	int k = 1;
+	for (int i = 0; extra[i]; i++)
+		argv[k++] = extra[i];
+	argv[k] = NULL;
+	return lbt_run(argv, out, n);
+}
+
+/* A bad option or value: one line on stderr, exit status 2, no socket left behind. */
+static void test_bad_options_exit_2(void **state)
+{
+	(void)state;
+	static const char *const cases[][4] = {
+		{ "--hugepages", "sometimes", NULL },
+		{ "--arena-size", "12Q", NULL },
+		{ "--arena-size", "0", NULL },
+		{ "--numa-node", "x", NULL },
+		{ "--log-level", "loud", NULL },
+		{ "--no-such-option", NULL },
+		{ "stray", NULL },
+		{ "--config", "/nonexistent/layerbankd.conf", NULL },
+	};
+	char out[4096];
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int st = run_daemon(cases[i], out, sizeof(out));
+		assert_true(WIFEXITED(st));
+		assert_int_equal(WEXITSTATUS(st), 2);
+		assert_non_null(strstr(out, "layerbankd: "));
+		/* exactly one line */
+		assert_non_null(strchr(out, '\n'));
+		assert_int_equal(strchr(out, '\n')[1], '\0');
+	}
+	const char *const help[] = { "--help", NULL };
+	int st = run_daemon(help, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_non_null(strstr(out, "--arena-size"));
+}
+
+static int ctl_stats_json(const char *s, json_object **out)
+{
+	const char *argv[] = { LB_CTL_PATH, "--socket", s, "stats", "--json", NULL };
+	char buf[4096];
+	int st = lbt_run(argv, buf, sizeof(buf));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		printf("layerbank-ctl: %s\n", buf);
+		return -1;
+	}
+	*out = json_tokener_parse(buf);
+	return *out ? 0 : -1;
+}
+
+static int64_t jint(json_object *o, const char *key)
+{
+	json_object *v;
+	assert_true(json_object_object_get_ex(o, key, &v));
+	return json_object_get_int64(v);
+}
+
+/* Acceptance 2, first half: with hugepages free, `require` starts and stats report 2 MiB pages. */
+static void test_require_with_hugepages_reports_2m_pages(void **state)
+{
+	(void)state;
+	const char *const args[] = { "--arena-size", "64M", "--hugepages", "require", NULL };
+	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	assert_true(pid > 0);
+	json_object *o;
+	assert_int_equal(ctl_stats_json(sock, &o), 0);
+	assert_int_equal(jint(o, "page_size"), 2097152);
+	assert_int_equal(jint(o, "arena_bytes"), 64 << 20);
+	assert_true(jint(o, "numa_nodes") >= 1);
+	assert_int_equal(jint(o, "clients"), 1); /* the ctl's own connection */
+	assert_int_equal(jint(o, "models"), 0);
+	assert_true(jint(o, "uptime_s") >= 0);
+	json_object_put(o);
+	int st = lbt_daemon_stop(pid);
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	/* SIGTERM is a clean stop: the socket is gone. */
+	assert_int_equal(access(sock, F_OK), -1);
+}
+
+/* Acceptance 2, second half: too few hugepages — require fails saying how to reserve them,
+ * try falls back to 4096-byte pages and says so. The shortage is provoked with an arena larger
+ * than what is free, so the test does not depend on the machine having none reserved. */
+static void test_hugepage_shortage_require_fails_try_falls_back(void **state)
+{
+	(void)state;
+	char size[32], out[8192];
+	long free_pages = lbt_hugepages_free();
+	assert_true(free_pages >= 0);
+	snprintf(size, sizeof(size), "%ldM", (free_pages + 8) * 2);
+
+	const char *const req[] = { "--foreground", "--socket", sock, "--arena-size", size,
+				    "--hugepages", "require", NULL };
+	int st = run_daemon(req, out, sizeof(out));
+	assert_true(WIFEXITED(st));
+	assert_int_not_equal(WEXITSTATUS(st), 0);
+	assert_non_null(strstr(out, "nr_hugepages"));
+	assert_non_null(strstr(out, "hugepages"));
+	assert_int_equal(access(sock, F_OK), -1);
+
+	const char *const args[] = { "--arena-size", size, "--hugepages", "try", NULL };
+	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	assert_true(pid > 0);
+	json_object *o;
+	assert_int_equal(ctl_stats_json(sock, &o), 0);
+	assert_int_equal(jint(o, "page_size"), 4096);
+	json_object *hp;
+	assert_true(json_object_object_get_ex(o, "hugepages", &hp));
+	assert_false(json_object_get_boolean(hp));
+	json_object_put(o);
+	assert_int_equal(lbt_daemon_stop(pid), 0);
+	/* ... and the log says it fell back. */
+	FILE *f = fopen(logpath, "r");
+	size_t n = fread(out, 1, sizeof(out) - 1, f);
+	out[n] = '\0';
+	fclose(f);
+	assert_non_null(strstr(out, "4096"));
+}
+
+static long cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024];
+	unsigned long ut, stt;
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* Fields after the ")" closing comm: state is field 3, utime 14, stime 15. */
+	char *p = strrchr(buf, ')');
+	assert_non_null(p);
+	assert_int_equal(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &stt), 2);
+	return (long)(ut + stt);
+}
+
+/* Acceptance 3: an idle daemon sleeps in io_uring: no CPU over a second. */
+static void test_idle_daemon_uses_no_cpu(void **state)
+{
+	(void)state;
+	const char *const args[] = { "--arena-size", "8M", "--hugepages", "off", NULL };
+	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	assert_true(pid > 0);
+	struct lb_client *c;
+	assert_int_equal(lb_connect(sock, "idle-test", &c), 0);
+	lb_close(c);
+	usleep(200 * 1000);
+	long before = cpu_ticks(pid);
+	sleep(1);
+	long after = cpu_ticks(pid);
+	printf("idle daemon CPU over 1 s: %ld ticks\n", after - before);
+	assert_true(after - before <= 1);
+	assert_int_equal(lbt_daemon_stop(pid), 0);
+}
+
+/* A second daemon on a live socket is refused; a stale socket file is reused. */
+static void test_socket_in_use_refused_stale_reclaimed(void **state)
+{
+	(void)state;
+	const char *const args[] = { "--arena-size", "4M", "--hugepages", "off", NULL };
+	char out[4096];
+	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	assert_true(pid > 0);
+	const char *const again[] = { "--foreground", "--socket", sock, "--arena-size", "4M",
+				      "--hugepages", "off", NULL };
+	int st = run_daemon(again, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+	assert_non_null(strstr(out, "another layerbankd"));
+	/* Killed hard, the first leaves its socket file behind ... */
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	assert_int_equal(access(sock, F_OK), 0);
+	/* ... which the next start takes over. */
+	pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	assert_true(pid > 0);
+	struct stat sb;
+	assert_int_equal(stat(sock, &sb), 0);
+	assert_int_equal(sb.st_mode & 0777, 0660);
+	st = lbt_daemon_stop(pid);
+	if (st != 0)
+		lbt_cat(logpath);
+	assert_int_equal(st, 0);
+}
+
+/* layerbank-ctl: a readable table, and a clear error when no daemon listens. */
+static void test_ctl_table_and_no_daemon(void **state)
+{
+	(void)state;
+	const char *const args[] = { "--arena-size", "4M", "--hugepages", "off", NULL };
+	char out[4096];
+	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	assert_true(pid > 0);
+	const char *const tab[] = { LB_CTL_PATH, "--socket", sock, "stats", NULL };
+	int st = lbt_run(tab, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_non_null(strstr(out, "page size"));
+	assert_non_null(strstr(out, "4096"));
+	assert_int_equal(lbt_daemon_stop(pid), 0);
+	st = lbt_run(tab, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
+	assert_non_null(strstr(out, "is layerbankd running?"));
+	const char *const bad[] = { LB_CTL_PATH, "--socket", sock, "frobnicate", NULL };
+	st = lbt_run(bad, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
+}
+
+/* `test_daemon hugepages` runs the tests that need 2 MiB pages, a separate CTest entry so that
+ * it alone reports SKIP on a machine without them. */
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "hugepages") == 0) {
+		const char *why;
+		const struct CMUnitTest huge[] = {
+			cmocka_unit_test_setup_teardown(test_require_with_hugepages_reports_2m_pages, setup,
+							teardown),
+		};
+		if (!lbt_hugepages_ensure(32, &why))
+			LBT_SKIP("%s", why);
+		return cmocka_run_group_tests_name("daemon_hugepages", huge, NULL, NULL);
+	}
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_bad_options_exit_2, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_hugepage_shortage_require_fails_try_falls_back, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_idle_daemon_uses_no_cpu, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_socket_in_use_refused_stale_reclaimed, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ctl_table_and_no_daemon, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

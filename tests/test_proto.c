@@ -1,2 +1,1816 @@
-/* placeholder */
-int main(void) { return 77; }
+/* Tests for the control protocol codec (proto/lbp.c) and the arena header check
+ * (proto/lbp_shm.c): round trips at the limits, the bad-input suite, encoder limits. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "lbp.h"
+
+#define MIB2 2097152u
+
+/* ---- sample messages ---- */
+
+static void fill(char *dst, size_t n, char ch)
+{
+	memset(dst, ch, n);
+	dst[n] = '\0';
+}
+
+/* Typical messages, one per type. */
+static struct lbp_msg sample(enum lbp_type t)
+{
+	struct lbp_msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.type = t;
+	switch (t) {
+	case LBP_HELLO:
+		m.u.hello.shm_abi = LB_SHM_ABI_VERSION;
+		strcpy(m.u.hello.name, "worker-0");
+		break;
+	case LBP_WELCOME:
+		m.u.welcome.client_id = 42;
+		for (unsigned i = 0; i < 16; i++)
+			m.u.welcome.boot_id[i] = (uint8_t)(0xf0 + i);
+		m.u.welcome.page_size = MIB2;
+		m.u.welcome.n_arenas = 2;
+		m.u.welcome.arenas[0].bytes = 4ull * MIB2;
+		m.u.welcome.arenas[0].numa_node = 0;
+		m.u.welcome.arenas[1].bytes = 2ull * MIB2;
+		m.u.welcome.arenas[1].numa_node = -1;
+		break;
+	case LBP_REGISTER_MODEL:
+		strcpy(m.u.reg.name, "llama-7b");
+		m.u.reg.weights_hash = 0x0123456789abcdefull;
+		m.u.reg.n_layers = 32;
+		m.u.reg.hidden = 4096;
+		m.u.reg.dtype = LBP_DTYPE_BF16;
+		m.u.reg.max_seq = 4096;
+		m.u.reg.fp.chunks = 8;
+		m.u.reg.fp.bits = 256;
+		m.u.reg.fp.seed = 7;
+		break;
+	case LBP_MODEL:
+		m.u.model.model_id = 3;
+		m.u.model.created = true;
+		break;
+	case LBP_STATS_REPLY:
+		m.u.stats.page_size = MIB2;
+		m.u.stats.arena_bytes = 6ull * MIB2;
+		m.u.stats.numa_nodes = 2;
+		m.u.stats.hugepages = true;
+		m.u.stats.clients = 5;
+		m.u.stats.models = 1;
+		m.u.stats.uptime_s = 3600;
+		break;
+	case LBP_ERROR:
+		m.u.error.code = EPROTO;
+		strcpy(m.u.error.field, "n_layers");
+		strcpy(m.u.error.message, "out of range 1..1024");
+		break;
+	case LBP_STATS:
+	case LBP_BYE:
+		break;
+	}
+	return m;
+}
+
+/* Every type typical, then every type at its upper and lower limits. @return the count. */
+static size_t all_samples(struct lbp_msg *out)
+{
+	size_t n = 0;
+	struct lbp_msg m;
+
+	for (int t = LBP_TYPE_MIN; t <= LBP_TYPE_MAX; t++)
+		out[n++] = sample((enum lbp_type)t);
+
+	m = sample(LBP_HELLO);
+	m.u.hello.shm_abi = UINT32_MAX;
+	fill(m.u.hello.name, LBP_MAX_NAME, 'h');
+	out[n++] = m;
+	m.u.hello.shm_abi = 0;
+	m.u.hello.name[0] = '\0';
+	out[n++] = m;
+
+	m = sample(LBP_WELCOME);
+	m.u.welcome.client_id = UINT64_MAX;
+	memset(m.u.welcome.boot_id, 0xff, 16);
+	m.u.welcome.page_size = 4096;
+	m.u.welcome.n_arenas = LBP_MAX_ARENAS;
+	for (unsigned i = 0; i < LBP_MAX_ARENAS; i++) {
+		m.u.welcome.arenas[i].bytes = UINT64_MAX - 4095 - i * 4096ull;
+		m.u.welcome.arenas[i].numa_node = i % 2 ? -1 : INT32_MAX - (int32_t)i;
+	}
+	out[n++] = m;
+	m = sample(LBP_WELCOME);
+	m.u.welcome.client_id = 0;
+	memset(m.u.welcome.boot_id, 0, 16);
+	m.u.welcome.n_arenas = 1;
+	m.u.welcome.arenas[0].bytes = 4096;
+	m.u.welcome.arenas[0].numa_node = -1;
+	m.u.welcome.arenas[1].bytes = 0; /* unused slots decode as zero */
+	m.u.welcome.arenas[1].numa_node = 0;
+	out[n++] = m;
+
+	m = sample(LBP_REGISTER_MODEL);
+	fill(m.u.reg.name, LBP_MAX_NAME, 'n');
+	m.u.reg.weights_hash = UINT64_MAX;
+	m.u.reg.n_layers = LBP_MAX_LAYERS;
+	m.u.reg.hidden = LBP_MAX_HIDDEN;
+	m.u.reg.dtype = LBP_DTYPE_BF16;
+	m.u.reg.max_seq = LBP_MAX_SEQ;
+	m.u.reg.fp.chunks = LBP_MAX_FP_CHUNKS;
+	m.u.reg.fp.seed = UINT64_MAX;
+	out[n++] = m;
+	strcpy(m.u.reg.name, "x");
+	m.u.reg.weights_hash = 0;
+	m.u.reg.n_layers = 1;
+	m.u.reg.hidden = 1;
+	m.u.reg.dtype = LBP_DTYPE_F32;
+	m.u.reg.max_seq = 1;
+	m.u.reg.fp.chunks = 1;
+	m.u.reg.fp.seed = 0;
+	out[n++] = m;
+
+	m = sample(LBP_MODEL);
+	m.u.model.model_id = UINT32_MAX;
+	m.u.model.created = false;
+	out[n++] = m;
+	m.u.model.model_id = 1;
+	out[n++] = m;
+
+	m = sample(LBP_STATS_REPLY);
+	m.u.stats.page_size = 4096;
+	m.u.stats.arena_bytes = UINT64_MAX;
+	m.u.stats.numa_nodes = UINT32_MAX;
+	m.u.stats.hugepages = false;
+	m.u.stats.clients = UINT32_MAX;
+	m.u.stats.models = UINT32_MAX;
+	m.u.stats.uptime_s = UINT64_MAX;
+	out[n++] = m;
+	memset(&m.u.stats, 0, sizeof(m.u.stats));
+	m.u.stats.page_size = 4096;
+	out[n++] = m;
+
+	m = sample(LBP_ERROR);
+	m.u.error.code = INT32_MAX;
+	fill(m.u.error.field, sizeof(m.u.error.field) - 1, 'f');
+	fill(m.u.error.message, LBP_MAX_ERRMSG, 'm');
+	out[n++] = m;
+	m.u.error.code = 1;
+	m.u.error.field[0] = '\0';
+	m.u.error.message[0] = '\0';
+	out[n++] = m;
+	return n;
+}
+
+#define MAX_SAMPLES 32
+
+static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
+{
+	assert_int_equal(a->type, b->type);
+	switch (a->type) {
+	case LBP_HELLO:
+		assert_int_equal(a->u.hello.shm_abi, b->u.hello.shm_abi);
+		assert_string_equal(a->u.hello.name, b->u.hello.name);
+		break;
+	case LBP_WELCOME:
+		assert_true(a->u.welcome.client_id == b->u.welcome.client_id);
+		assert_memory_equal(a->u.welcome.boot_id, b->u.welcome.boot_id, 16);
+		assert_true(a->u.welcome.page_size == b->u.welcome.page_size);
+		assert_int_equal(a->u.welcome.n_arenas, b->u.welcome.n_arenas);
+		for (unsigned i = 0; i < a->u.welcome.n_arenas; i++) {
+			assert_true(a->u.welcome.arenas[i].bytes == b->u.welcome.arenas[i].bytes);
+			assert_int_equal(a->u.welcome.arenas[i].numa_node,
+					 b->u.welcome.arenas[i].numa_node);
+		}
+		break;
+	case LBP_REGISTER_MODEL:
+		assert_string_equal(a->u.reg.name, b->u.reg.name);
+		assert_true(a->u.reg.weights_hash == b->u.reg.weights_hash);
+		assert_int_equal(a->u.reg.n_layers, b->u.reg.n_layers);
+		assert_int_equal(a->u.reg.hidden, b->u.reg.hidden);
+		assert_int_equal(a->u.reg.dtype, b->u.reg.dtype);
+		assert_int_equal(a->u.reg.max_seq, b->u.reg.max_seq);
+		assert_int_equal(a->u.reg.fp.chunks, b->u.reg.fp.chunks);
+		assert_int_equal(a->u.reg.fp.bits, b->u.reg.fp.bits);
+		assert_true(a->u.reg.fp.seed == b->u.reg.fp.seed);
+		break;
+	case LBP_MODEL:
+		assert_int_equal(a->u.model.model_id, b->u.model.model_id);
+		assert_int_equal(a->u.model.created, b->u.model.created);
+		break;
+	case LBP_STATS_REPLY:
+		assert_true(a->u.stats.page_size == b->u.stats.page_size);
+		assert_true(a->u.stats.arena_bytes == b->u.stats.arena_bytes);
+		assert_int_equal(a->u.stats.numa_nodes, b->u.stats.numa_nodes);
+		assert_int_equal(a->u.stats.hugepages, b->u.stats.hugepages);
+		assert_int_equal(a->u.stats.clients, b->u.stats.clients);
+		assert_int_equal(a->u.stats.models, b->u.stats.models);
+		assert_true(a->u.stats.uptime_s == b->u.stats.uptime_s);
+		break;
+	case LBP_ERROR:
+		assert_int_equal(a->u.error.code, b->u.error.code);
+		assert_string_equal(a->u.error.field, b->u.error.field);
+		assert_string_equal(a->u.error.message, b->u.error.message);
+		break;
+	case LBP_STATS:
+	case LBP_BYE:
+		break;
+	}
+}
+
+/* ---- frames ---- */
+
+static size_t enc(const struct lbp_msg *m, char *buf, size_t cap)
+{
+	int n = lbp_encode(m, buf, cap);
+
+	if (n <= 0)
+		fail_msg("encoding %s failed: %d", lbp_type_name(m->type), n);
+	return (size_t)n;
+}
+
+/* Decode from a heap copy of exactly n bytes, so that ASan sees any read past the frame. */
+static int dec(const void *p, size_t n, struct lbp_msg *out, struct lbp_fault *f)
+{
+	char *copy = malloc(n ? n : 1);
+	int rc;
+
+	assert_non_null(copy);
+	if (n)
+		memcpy(copy, p, n);
+	rc = lbp_decode(copy, n, out, f);
+	free(copy);
+	return rc;
+}
+
+static void expect_fault(int rc, int want, const struct lbp_fault *f, const char *field,
+			 const char *reason, const char *what)
+{
+	if (rc != want)
+		fail_msg("%s: rc %d, want %d (fault '%s': %s)", what, rc, want, f->field, f->reason);
+	if (field && strcmp(f->field, field))
+		fail_msg("%s: fault field '%s', want '%s' (%s)", what, f->field, field, f->reason);
+	if (reason && strncmp(f->reason, reason, strlen(reason)))
+		fail_msg("%s: fault reason '%s', want '%s...'", what, f->reason, reason);
+}
+
+static int dec_bytes(const uint8_t *p, size_t n, struct lbp_fault *f)
+{
+	struct lbp_msg m;
+
+	return dec(p, n, &m, f);
+}
+
+/* A hand-built frame: msgpack_packer straight into an sbuffer. */
+struct raw {
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+};
+
+static void raw_init(struct raw *r)
+{
+	msgpack_sbuffer_init(&r->sb);
+	msgpack_packer_init(&r->pk, &r->sb, msgpack_sbuffer_write);
+}
+
+static void raw_key(struct raw *r, const char *k)
+{
+	msgpack_pack_str(&r->pk, strlen(k));
+	msgpack_pack_str_body(&r->pk, k, strlen(k));
+}
+
+/* Start [version, type, {...n entries}]. */
+static void raw_frame(struct raw *r, uint64_t version, uint64_t type, uint32_t n)
+{
+	raw_init(r);
+	msgpack_pack_array(&r->pk, 3);
+	msgpack_pack_uint64(&r->pk, version);
+	msgpack_pack_uint64(&r->pk, type);
+	msgpack_pack_map(&r->pk, n);
+}
+
+static int raw_decode(struct raw *r, struct lbp_msg *m, struct lbp_fault *f)
+{
+	struct lbp_msg tmp;
+	int rc = dec(r->sb.data, r->sb.size, m ? m : &tmp, f);
+
+	msgpack_sbuffer_destroy(&r->sb);
+	return rc;
+}
+
+/* ---- a valid frame as a msgpack object tree, to break one part at a time ---- */
+
+struct dom {
+	char enc[2048];
+	msgpack_unpacked u;
+};
+
+static void dom_load(struct dom *d, const struct lbp_msg *m)
+{
+	size_t n = enc(m, d->enc, sizeof(d->enc)), off = 0;
+
+	msgpack_unpacked_init(&d->u);
+	assert_int_equal(msgpack_unpack_next(&d->u, d->enc, n, &off), MSGPACK_UNPACK_SUCCESS);
+}
+
+static void dom_free(struct dom *d)
+{
+	msgpack_unpacked_destroy(&d->u);
+}
+
+static msgpack_object *dom_body(struct dom *d)
+{
+	return &d->u.data.via.array.ptr[2];
+}
+
+static int dom_decode(struct dom *d, struct lbp_msg *out, struct lbp_fault *f)
+{
+	struct lbp_msg tmp;
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	int rc;
+
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	assert_int_equal(msgpack_pack_object(&pk, d->u.data), 0);
+	rc = dec(sb.data, sb.size, out ? out : &tmp, f);
+	msgpack_sbuffer_destroy(&sb);
+	return rc;
+}
+
+/*
+ * The object at path ("n_layers", "fp.chunks", "arenas[1].bytes", "" for the body).
+ * *map and *idx name the map entry holding it when the path ends in a key, else *map is NULL.
+ */
+static msgpack_object *dom_find(struct dom *d, const char *path, msgpack_object **map,
+				uint32_t *idx)
+{
+	msgpack_object *cur = dom_body(d);
+	const char *p = path;
+
+	if (map)
+		*map = NULL;
+	while (*p) {
+		char seg[64];
+		size_t n = strcspn(p, ".");
+		long index = -1;
+		char *br;
+		uint32_t k;
+
+		assert_true(n < sizeof(seg));
+		memcpy(seg, p, n);
+		seg[n] = '\0';
+		p += n;
+		if (*p == '.')
+			p++;
+		br = strchr(seg, '[');
+		if (br) {
+			index = strtol(br + 1, NULL, 10);
+			*br = '\0';
+		}
+		assert_int_equal(cur->type, MSGPACK_OBJECT_MAP);
+		for (k = 0; k < cur->via.map.size; k++) {
+			const msgpack_object *key = &cur->via.map.ptr[k].key;
+			if (key->via.str.size == strlen(seg) &&
+			    !memcmp(key->via.str.ptr, seg, key->via.str.size))
+				break;
+		}
+		if (k == cur->via.map.size)
+			fail_msg("no key %s in path %s", seg, path);
+		if (map)
+			*map = cur;
+		if (idx)
+			*idx = k;
+		cur = &cur->via.map.ptr[k].val;
+		if (index >= 0) {
+			assert_int_equal(cur->type, MSGPACK_OBJECT_ARRAY);
+			assert_true((uint32_t)index < cur->via.array.size);
+			cur = &cur->via.array.ptr[index];
+			if (map)
+				*map = NULL;
+		}
+	}
+	return cur;
+}
+
+static msgpack_object_kv *dom_alloc_kv(struct dom *d, uint32_t n)
+{
+	msgpack_object_kv *kv = msgpack_zone_malloc(d->u.zone, sizeof(*kv) * (n ? n : 1));
+
+	assert_non_null(kv);
+	return kv;
+}
+
+static void dom_set(struct dom *d, const char *path, msgpack_object v)
+{
+	*dom_find(d, path, NULL, NULL) = v;
+}
+
+static void dom_del(struct dom *d, const char *path)
+{
+	msgpack_object *map;
+	uint32_t idx, n = 0;
+	msgpack_object_kv *kv;
+
+	dom_find(d, path, &map, &idx);
+	assert_non_null(map);
+	kv = dom_alloc_kv(d, map->via.map.size - 1);
+	for (uint32_t i = 0; i < map->via.map.size; i++)
+		if (i != idx)
+			kv[n++] = map->via.map.ptr[i];
+	map->via.map.ptr = kv;
+	map->via.map.size = n;
+}
+
+static void dom_add_kv(struct dom *d, msgpack_object *map, msgpack_object_kv e)
+{
+	msgpack_object_kv *kv = dom_alloc_kv(d, map->via.map.size + 1);
+
+	memcpy(kv, map->via.map.ptr, sizeof(*kv) * map->via.map.size);
+	kv[map->via.map.size] = e;
+	map->via.map.ptr = kv;
+	map->via.map.size++;
+}
+
+static void dom_dup(struct dom *d, const char *path)
+{
+	msgpack_object *map;
+	uint32_t idx;
+
+	dom_find(d, path, &map, &idx);
+	assert_non_null(map);
+	dom_add_kv(d, map, map->via.map.ptr[idx]);
+}
+
+static msgpack_object o_nil(void)
+{
+	msgpack_object o;
+
+	memset(&o, 0, sizeof(o));
+	o.type = MSGPACK_OBJECT_NIL;
+	return o;
+}
+
+static msgpack_object o_bool(bool b)
+{
+	msgpack_object o = o_nil();
+
+	o.type = MSGPACK_OBJECT_BOOLEAN;
+	o.via.boolean = b;
+	return o;
+}
+
+static msgpack_object o_uint(uint64_t v)
+{
+	msgpack_object o = o_nil();
+
+	o.type = MSGPACK_OBJECT_POSITIVE_INTEGER;
+	o.via.u64 = v;
+	return o;
+}
+
+static msgpack_object o_int(int64_t v)
+{
+	msgpack_object o = o_nil();
+
+	if (v >= 0)
+		return o_uint((uint64_t)v);
+	o.type = MSGPACK_OBJECT_NEGATIVE_INTEGER;
+	o.via.i64 = v;
+	return o;
+}
+
+/* s must outlive the decode. */
+static msgpack_object o_str(const char *s, size_t n)
+{
+	msgpack_object o = o_nil();
+
+	o.type = MSGPACK_OBJECT_STR;
+	o.via.str.ptr = s;
+	o.via.str.size = (uint32_t)n;
+	return o;
+}
+
+static msgpack_object o_bin(const char *s, size_t n)
+{
+	msgpack_object o = o_nil();
+
+	o.type = MSGPACK_OBJECT_BIN;
+	o.via.bin.ptr = s;
+	o.via.bin.size = (uint32_t)n;
+	return o;
+}
+
+static msgpack_object o_array0(void)
+{
+	msgpack_object o = o_nil();
+
+	o.type = MSGPACK_OBJECT_ARRAY;
+	return o;
+}
+
+static msgpack_object o_map0(void)
+{
+	msgpack_object o = o_nil();
+
+	o.type = MSGPACK_OBJECT_MAP;
+	return o;
+}
+
+static void dom_add(struct dom *d, const char *mappath, const char *key, msgpack_object v)
+{
+	msgpack_object *map = dom_find(d, mappath, NULL, NULL);
+	msgpack_object_kv e;
+
+	assert_int_equal(map->type, MSGPACK_OBJECT_MAP);
+	e.key = o_str(key, strlen(key));
+	e.val = v;
+	dom_add_kv(d, map, e);
+}
+
+/* Every key path and array element of a body: "name", "fp", "fp.chunks", "arenas[0]"... */
+struct paths {
+	char p[64][32];
+	bool entry[64]; /* a map entry (can go missing or be duplicated), not an array element */
+	msgpack_object_type type[64];
+	unsigned n;
+};
+
+static void paths_add(struct paths *s, const char *p, bool entry, msgpack_object_type t)
+{
+	assert_true(s->n < 64);
+	assert_true(strlen(p) < sizeof(s->p[0]));
+	memcpy(s->p[s->n], p, strlen(p) + 1);
+	s->entry[s->n] = entry;
+	s->type[s->n] = t;
+	s->n++;
+}
+
+/* snprintf that fails the test instead of truncating. */
+__attribute__((format(printf, 3, 4)))
+static void path_fmt(char *out, size_t n, const char *fmt, ...)
+{
+	va_list ap;
+	int r;
+
+	va_start(ap, fmt);
+	r = vsnprintf(out, n, fmt, ap);
+	va_end(ap);
+	assert_true(r >= 0 && (size_t)r < n);
+}
+
+static void paths_collect(const msgpack_object *map, const char *prefix, struct paths *s)
+{
+	for (uint32_t i = 0; i < map->via.map.size; i++) {
+		const msgpack_object_kv *kv = &map->via.map.ptr[i];
+		char path[32], sub[32];
+
+		path_fmt(path, sizeof(path), "%s%.*s", prefix, (int)kv->key.via.str.size,
+			 kv->key.via.str.ptr);
+		paths_add(s, path, true, kv->val.type);
+		if (kv->val.type == MSGPACK_OBJECT_MAP) {
+			path_fmt(sub, sizeof(sub), "%s.", path);
+			paths_collect(&kv->val, sub, s);
+		}
+		if (kv->val.type != MSGPACK_OBJECT_ARRAY)
+			continue;
+		for (uint32_t j = 0; j < kv->val.via.array.size; j++) {
+			const msgpack_object *e = &kv->val.via.array.ptr[j];
+			path_fmt(sub, sizeof(sub), "%s[%u]", path, (unsigned)j);
+			paths_add(s, sub, false, e->type);
+			path_fmt(sub, sizeof(sub), "%s[%u].", path, (unsigned)j);
+			if (e->type == MSGPACK_OBJECT_MAP)
+				paths_collect(e, sub, s);
+		}
+	}
+}
+
+static const enum lbp_type body_types[] = {
+	LBP_HELLO, LBP_WELCOME, LBP_REGISTER_MODEL, LBP_MODEL, LBP_STATS_REPLY, LBP_ERROR,
+};
+#define N_BODY_TYPES (sizeof(body_types) / sizeof(body_types[0]))
+
+static void body_paths(enum lbp_type t, struct paths *s)
+{
+	struct lbp_msg m = sample(t);
+	struct dom d;
+
+	memset(s, 0, sizeof(*s));
+	dom_load(&d, &m);
+	paths_collect(dom_body(&d), "", s);
+	dom_free(&d);
+	assert_true(s->n > 0);
+}
+
+/* ---- round trips ---- */
+
+static void test_roundtrip_every_type_at_its_limits(void **state)
+{
+	struct lbp_msg s[MAX_SAMPLES], out;
+	struct lbp_fault f;
+	char buf[LBP_MAX_FRAME];
+	size_t n = all_samples(s);
+
+	(void)state;
+	for (size_t i = 0; i < n; i++) {
+		size_t len = enc(&s[i], buf, sizeof(buf));
+		memset(&out, 0xa5, sizeof(out));
+		expect_fault(dec(buf, len, &out, &f), 0, &f, "", "", lbp_type_name(s[i].type));
+		assert_msg_equal(&s[i], &out);
+	}
+}
+
+static void test_decode_zeroes_unused_arena_slots(void **state)
+{
+	struct lbp_msg m = sample(LBP_WELCOME), out;
+	char buf[512];
+	size_t len;
+
+	(void)state;
+	m.u.welcome.n_arenas = 1;
+	len = enc(&m, buf, sizeof(buf));
+	memset(&out, 0xa5, sizeof(out));
+	assert_int_equal(dec(buf, len, &out, NULL), 0);
+	for (unsigned i = 1; i < LBP_MAX_ARENAS; i++) {
+		assert_true(out.u.welcome.arenas[i].bytes == 0);
+		assert_int_equal(out.u.welcome.arenas[i].numa_node, 0);
+	}
+}
+
+static void test_decode_accepts_keys_in_any_order(void **state)
+{
+	struct lbp_msg m = sample(LBP_REGISTER_MODEL), out;
+	msgpack_object *body;
+	struct dom d;
+
+	(void)state;
+	dom_load(&d, &m);
+	body = dom_body(&d);
+	for (uint32_t i = 0, j = body->via.map.size - 1; i < j; i++, j--) {
+		msgpack_object_kv t = body->via.map.ptr[i];
+		body->via.map.ptr[i] = body->via.map.ptr[j];
+		body->via.map.ptr[j] = t;
+	}
+	assert_int_equal(dom_decode(&d, &out, NULL), 0);
+	assert_msg_equal(&m, &out);
+	dom_free(&d);
+}
+
+static void test_decode_accepts_wide_int_encodings(void **state)
+{
+	/* [1 as uint64, 7 (BYE) as int8, {}]: any integer width carrying the value is fine. */
+	static const uint8_t f1[] = { 0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, 1, 0xd0, 0x07, 0x80 };
+	/* The same frame with array16 and map32 headers. */
+	static const uint8_t f2[] = { 0xdc, 0, 3, 0xd3, 0, 0, 0, 0, 0, 0, 0, 1, 0xcd, 0, 7,
+				      0xdf, 0, 0, 0, 0 };
+	struct lbp_msg m;
+
+	(void)state;
+	assert_int_equal(dec(f1, sizeof(f1), &m, NULL), 0);
+	assert_int_equal(m.type, LBP_BYE);
+	assert_int_equal(dec(f2, sizeof(f2), &m, NULL), 0);
+	assert_int_equal(m.type, LBP_BYE);
+}
+
+static void test_decode_accepts_null_fault(void **state)
+{
+	static const uint8_t bad[] = { 0x93, 0x01, 0x09, 0x80 };
+	struct lbp_msg m;
+
+	(void)state;
+	assert_int_equal(lbp_decode(bad, sizeof(bad), &m, NULL), -EBADMSG);
+}
+
+static void test_decode_clears_fault_on_success(void **state)
+{
+	struct lbp_msg m = sample(LBP_STATS), out;
+	struct lbp_fault f;
+	char buf[64];
+	size_t len = enc(&m, buf, sizeof(buf));
+
+	(void)state;
+	memset(&f, 'x', sizeof(f));
+	assert_int_equal(lbp_decode(buf, len, &out, &f), 0);
+	assert_string_equal(f.field, "");
+	assert_string_equal(f.reason, "");
+}
+
+/* ---- framing ---- */
+
+static void test_decode_rejects_every_prefix_of_every_frame(void **state)
+{
+	struct lbp_msg s[MAX_SAMPLES];
+	struct lbp_fault f;
+	char buf[LBP_MAX_FRAME], what[128];
+	size_t n = all_samples(s);
+
+	(void)state;
+	for (size_t i = 0; i < n; i++) {
+		size_t len = enc(&s[i], buf, sizeof(buf));
+		for (size_t k = 0; k < len; k++) {
+			snprintf(what, sizeof(what), "%s sample %zu prefix %zu/%zu",
+				 lbp_type_name(s[i].type), i, k, len);
+			expect_fault(dec_bytes((const uint8_t *)buf, k, &f), -EBADMSG, &f, "frame",
+				     NULL, what);
+		}
+	}
+}
+
+static void test_decode_rejects_empty_frame(void **state)
+{
+	struct lbp_msg m;
+	struct lbp_fault f;
+
+	(void)state;
+	expect_fault(dec_bytes((const uint8_t *)"", 0, &f), -EBADMSG, &f, "frame", "empty", "len 0");
+	expect_fault(lbp_decode(NULL, 0, &m, &f), -EBADMSG, &f, "frame", NULL, "NULL, 0");
+}
+
+static void test_decode_rejects_frames_over_max_frame(void **state)
+{
+	struct lbp_msg m = sample(LBP_HELLO), out;
+	struct lbp_fault f;
+	char *buf = calloc(1, LBP_MAX_FRAME + 1);
+	size_t len;
+
+	(void)state;
+	assert_non_null(buf);
+	len = enc(&m, buf, LBP_MAX_FRAME);
+	expect_fault(dec(buf, LBP_MAX_FRAME + 1, &out, &f), -EMSGSIZE, &f, "frame", NULL, "max+1");
+	/* Exactly LBP_MAX_FRAME is read (and here refused for the padding, not the size). */
+	expect_fault(dec(buf, LBP_MAX_FRAME, &out, &f), -EBADMSG, &f, "frame", "trailing bytes",
+		     "max");
+	assert_int_equal(dec(buf, len, &out, &f), 0);
+	free(buf);
+}
+
+/* MODEL {model_id: 3, created: true}, byte for byte as PROTOCOL.md's example shows it. */
+static const uint8_t model_frame[] = { 0x93, 0x01, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l',
+				       '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e', 'a', 't', 'e',
+				       'd', 0xc3 };
+#define MODEL_LEN sizeof(model_frame)
+
+static void test_decode_rejects_trailing_bytes(void **state)
+{
+	uint8_t buf[2 * MODEL_LEN];
+	struct lbp_fault f;
+
+	(void)state;
+	memcpy(buf, model_frame, MODEL_LEN);
+	assert_int_equal(dec_bytes(buf, MODEL_LEN, &f), 0);
+	buf[MODEL_LEN] = 0xc0;
+	expect_fault(dec_bytes(buf, MODEL_LEN + 1, &f), -EBADMSG, &f, "frame", "trailing bytes",
+		     "nil after frame");
+	memcpy(buf + MODEL_LEN, model_frame, MODEL_LEN);
+	expect_fault(dec_bytes(buf, 2 * MODEL_LEN, &f), -EBADMSG, &f, "frame", "trailing bytes",
+		     "two frames");
+}
+
+static void test_decode_rejects_huge_declared_lengths(void **state)
+{
+	static const struct {
+		uint8_t b[24];
+		size_t n;
+		const char *what;
+	} cases[] = {
+		{ { 0xdd, 0xff, 0xff, 0xff, 0xff }, 5, "array32 2^32-1" },
+		{ { 0xdf, 0xff, 0xff, 0xff, 0xff }, 5, "map32 2^32-1" },
+		{ { 0xdb, 0xff, 0xff, 0xff, 0xff }, 5, "str32 2^32-1" },
+		{ { 0xc6, 0xff, 0xff, 0xff, 0xff }, 5, "bin32 2^32-1" },
+		{ { 0xdc, 0xff, 0xff }, 3, "array16" },
+		{ { 0xde, 0xff, 0xff }, 3, "map16" },
+		{ { 0xda, 0xff, 0xff }, 3, "str16" },
+		{ { 0xc5, 0xff, 0xff }, 3, "bin16" },
+		{ { 0xd9, 0xff }, 2, "str8" },
+		{ { 0xc4, 0xff }, 2, "bin8" },
+		{ { 0xdd, 0x80, 0, 0, 0 }, 5, "array32 2^31" },
+		{ { 0xdf, 0x40, 0, 0, 0 }, 5, "map32 2^30: 2^31 objects" },
+		{ { 0xdd, 0, 0, 0, 3, 1, 5, 0xdf, 0xff, 0xff, 0xff, 0xff }, 12, "body map32" },
+		{ { 0x93, 1, 5, 0xdf, 0x7f, 0xff, 0xff, 0xff }, 8, "body map32 2^31-1" },
+		{ { 0x93, 1, 1, 0x81, 0xa4, 'n', 'a', 'm', 'e', 0xdb, 0xff, 0xff, 0xff, 0xff }, 14,
+		  "name str32" },
+		{ { 0x93, 1, 2, 0x81, 0xa7, 'b', 'o', 'o', 't', '_', 'i', 'd', 0xc6, 0xff, 0xff, 0xff,
+		    0xff }, 17, "boot_id bin32" },
+		{ { 0x93, 1, 2, 0x81, 0xa6, 'a', 'r', 'e', 'n', 'a', 's', 0xdd, 0xff, 0xff, 0xff, 0xff },
+		  16, "arenas array32" },
+		/* Claims 8 map entries (16 objects) with 7 bytes left: still a lie. */
+		{ { 0x93, 1, 5, 0x88, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0 }, 11, "fixmap 8" },
+	};
+	struct lbp_fault f;
+	uint8_t *big;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		expect_fault(dec_bytes(cases[i].b, cases[i].n, &f), -EBADMSG, &f, "frame", "truncated",
+			     cases[i].what);
+	/* A count one past what the rest could hold, with plenty of bytes behind it. */
+	big = calloc(1, 1000);
+	assert_non_null(big);
+	big[0] = 0x93;
+	big[1] = 1;
+	big[2] = 5;
+	big[3] = 0xdc;
+	big[4] = 0x03;
+	big[5] = 0xe3; /* 995: one more than the 994 bytes behind the header */
+	expect_fault(dec_bytes(big, 1000, &f), -EBADMSG, &f, "frame", "truncated", "array16 995");
+	free(big);
+}
+
+static void test_decode_rejects_deep_nesting(void **state)
+{
+	struct lbp_fault f;
+	struct raw r;
+
+	(void)state;
+	/* Levels: frame 1, body 2, seven arrays at 3..9, the nil at 10. */
+	raw_frame(&r, LBP_VERSION, LBP_STATS, 1);
+	raw_key(&r, "x");
+	for (int i = 0; i < 7; i++)
+		msgpack_pack_array(&r.pk, 1);
+	msgpack_pack_nil(&r.pk);
+	expect_fault(raw_decode(&r, NULL, &f), -EBADMSG, &f, "frame", "nested deeper", "depth 10");
+
+	/* Five arrays put the nil at level 8, which passes the walk; the key is what is wrong. */
+	raw_frame(&r, LBP_VERSION, LBP_STATS, 1);
+	raw_key(&r, "x");
+	for (int i = 0; i < 5; i++)
+		msgpack_pack_array(&r.pk, 1);
+	msgpack_pack_nil(&r.pk);
+	expect_fault(raw_decode(&r, NULL, &f), -EBADMSG, &f, "x", "unknown key", "depth 8");
+
+	/* Deep nesting with nothing behind it. */
+	{
+		uint8_t b[4096];
+		memset(b, 0x91, sizeof(b));
+		expect_fault(dec_bytes(b, sizeof(b), &f), -EBADMSG, &f, "frame", NULL, "4096 x [");
+	}
+}
+
+static void test_decode_rejects_too_many_objects(void **state)
+{
+	struct lbp_fault f;
+	struct raw r;
+
+	(void)state;
+	raw_frame(&r, LBP_VERSION, LBP_STATS, 1);
+	raw_key(&r, "x");
+	msgpack_pack_array(&r.pk, 1000);
+	for (int i = 0; i < 1000; i++)
+		msgpack_pack_nil(&r.pk);
+	expect_fault(raw_decode(&r, NULL, &f), -EBADMSG, &f, "frame", "more than", "1000 nils");
+}
+
+static void test_decode_rejects_float_ext_and_reserved_bytes(void **state)
+{
+	static const struct {
+		uint8_t b[16];
+		size_t n;
+		const char *reason;
+	} cases[] = {
+		{ { 0x93, 1, 5, 0x81, 0xa1, 'x', 0xca, 0, 0, 0, 0 }, 11, "float" },
+		{ { 0x93, 1, 5, 0x81, 0xa1, 'x', 0xcb, 0, 0, 0, 0, 0, 0, 0, 0 }, 15, "float" },
+		{ { 0x93, 1, 5, 0x81, 0xa1, 'x', 0xd4, 1, 0 }, 9, "ext" },
+		{ { 0x93, 1, 5, 0x81, 0xa1, 'x', 0xd8, 1, 0 }, 9, "ext" },
+		{ { 0x93, 1, 5, 0x81, 0xa1, 'x', 0xc7, 1, 1, 0 }, 10, "ext" },
+		{ { 0x93, 1, 5, 0x81, 0xa1, 'x', 0xc1 }, 7, "reserved" },
+		{ { 0xc1 }, 1, "reserved" },
+		{ { 0x93, 0xca, 0x3f, 0x80, 0, 0, 5, 0x80 }, 8, "float" },
+	};
+	struct lbp_fault f;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		expect_fault(dec_bytes(cases[i].b, cases[i].n, &f), -EBADMSG, &f, "frame",
+			     cases[i].reason, cases[i].reason);
+}
+
+static void test_decode_rejects_other_versions(void **state)
+{
+	static const struct {
+		uint8_t b[16];
+		size_t n;
+		int rc;
+		const char *field;
+		const char *what;
+	} cases[] = {
+		{ { 0x93, 2, 5, 0x80 }, 4, -EPROTO, "version", "version 2" },
+		{ { 0x93, 0, 5, 0x80 }, 4, -EPROTO, "version", "version 0" },
+		{ { 0x93, 0x7f, 5, 0x80 }, 4, -EPROTO, "version", "version 127" },
+		{ { 0x93, 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 5, 0x80 }, 12, -EPROTO,
+		  "version", "version 2^64-1" },
+		{ { 0x93, 0xd0, 2, 5, 0x80 }, 5, -EPROTO, "version", "version 2 as int8" },
+		{ { 0x91, 2 }, 2, -EPROTO, "version", "[2]" },
+		{ { 0x95, 2, 0xc1 }, 3, -EPROTO, "version", "version 2, then anything" },
+		{ { 0xdc, 0, 2, 9, 0xc0 }, 5, -EPROTO, "version", "array16 version 9" },
+		{ { 0x93, 0xff, 5, 0x80 }, 4, -EBADMSG, "version", "version -1" },
+		{ { 0x93, 0xd0, 0xff, 5, 0x80 }, 5, -EBADMSG, "version", "version -1 as int8" },
+		{ { 0x93, 0xc0, 5, 0x80 }, 4, -EBADMSG, "version", "version nil" },
+		{ { 0x93, 0xa1, '1', 5, 0x80 }, 5, -EBADMSG, "version", "version \"1\"" },
+		{ { 0x93, 0xc3, 5, 0x80 }, 4, -EBADMSG, "version", "version true" },
+	};
+	struct lbp_fault f;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		expect_fault(dec_bytes(cases[i].b, cases[i].n, &f), cases[i].rc, &f, cases[i].field,
+			     NULL, cases[i].what);
+}
+
+static void test_decode_rejects_bad_top_level_shape(void **state)
+{
+	static const struct {
+		uint8_t b[16];
+		size_t n;
+		const char *field;
+		const char *what;
+	} cases[] = {
+		{ { 0x80 }, 1, "frame", "map" },
+		{ { 0x01 }, 1, "frame", "int" },
+		{ { 0xc0 }, 1, "frame", "nil" },
+		{ { 0xa1, 'x' }, 2, "frame", "str" },
+		{ { 0x90 }, 1, "frame", "[]" },
+		{ { 0x91, 1 }, 2, "frame", "[1]" },
+		{ { 0x92, 1, 5 }, 3, "frame", "[1, 5]" },
+		{ { 0x94, 1, 5, 0x80, 0xc0 }, 5, "frame", "4 elements" },
+		{ { 0x93, 1, 5, 0x90 }, 4, "body", "body []" },
+		{ { 0x93, 1, 5, 0xc0 }, 4, "body", "body nil" },
+		{ { 0x93, 1, 5, 0xa0 }, 4, "body", "body \"\"" },
+		{ { 0x93, 1, 0, 0x80 }, 4, "type", "type 0" },
+		{ { 0x93, 1, 9, 0x80 }, 4, "type", "type 9" },
+		{ { 0x93, 1, 0xcc, 0xff, 0x80 }, 5, "type", "type 255" },
+		{ { 0x93, 1, 0xff, 0x80 }, 4, "type", "type -1" },
+		{ { 0x93, 1, 0xc0, 0x80 }, 4, "type", "type nil" },
+		{ { 0x93, 1, 0xa1, '5', 0x80 }, 5, "type", "type \"5\"" },
+	};
+	struct lbp_fault f;
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		expect_fault(dec_bytes(cases[i].b, cases[i].n, &f), -EBADMSG, &f, cases[i].field,
+			     NULL, cases[i].what);
+}
+
+static void test_stats_and_bye_accept_only_an_empty_map(void **state)
+{
+	static const enum lbp_type types[] = { LBP_STATS, LBP_BYE };
+	struct lbp_fault f;
+	struct lbp_msg m;
+	struct raw r;
+
+	(void)state;
+	for (size_t i = 0; i < 2; i++) {
+		raw_frame(&r, LBP_VERSION, types[i], 0);
+		assert_int_equal(raw_decode(&r, &m, &f), 0);
+		assert_int_equal(m.type, types[i]);
+		raw_frame(&r, LBP_VERSION, types[i], 1);
+		raw_key(&r, "name");
+		raw_key(&r, "x");
+		expect_fault(raw_decode(&r, NULL, &f), -EBADMSG, &f, "name", "unknown key",
+			     lbp_type_name(types[i]));
+	}
+}
+
+/* ---- keys ---- */
+
+static void test_decode_rejects_each_missing_key(void **state)
+{
+	struct lbp_fault f;
+	char what[80];
+
+	(void)state;
+	for (size_t t = 0; t < N_BODY_TYPES; t++) {
+		struct lbp_msg m = sample(body_types[t]);
+		struct paths s;
+
+		body_paths(body_types[t], &s);
+		for (unsigned i = 0; i < s.n; i++) {
+			struct dom d;
+			if (!s.entry[i])
+				continue;
+			snprintf(what, sizeof(what), "%s without %s", lbp_type_name(m.type), s.p[i]);
+			dom_load(&d, &m);
+			dom_del(&d, s.p[i]);
+			expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, s.p[i], "missing", what);
+			dom_free(&d);
+		}
+	}
+}
+
+static void test_decode_rejects_each_duplicate_key(void **state)
+{
+	struct lbp_fault f;
+	char what[80];
+
+	(void)state;
+	for (size_t t = 0; t < N_BODY_TYPES; t++) {
+		struct lbp_msg m = sample(body_types[t]);
+		struct paths s;
+
+		body_paths(body_types[t], &s);
+		for (unsigned i = 0; i < s.n; i++) {
+			struct dom d;
+			if (!s.entry[i])
+				continue;
+			snprintf(what, sizeof(what), "%s with %s twice", lbp_type_name(m.type), s.p[i]);
+			dom_load(&d, &m);
+			dom_dup(&d, s.p[i]);
+			expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, s.p[i], "duplicate key",
+				     what);
+			dom_free(&d);
+		}
+	}
+}
+
+static void test_decode_rejects_unknown_key_in_every_map(void **state)
+{
+	struct lbp_fault f;
+	char what[80], want[48];
+
+	(void)state;
+	for (size_t t = 0; t < N_BODY_TYPES; t++) {
+		struct lbp_msg m = sample(body_types[t]);
+		struct paths s;
+		struct dom d;
+
+		body_paths(body_types[t], &s);
+		/* the body itself */
+		dom_load(&d, &m);
+		dom_add(&d, "", "bogus", o_uint(1));
+		expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "bogus", "unknown key",
+			     lbp_type_name(m.type));
+		dom_free(&d);
+		for (unsigned i = 0; i < s.n; i++) {
+			if (s.type[i] != MSGPACK_OBJECT_MAP)
+				continue;
+			snprintf(what, sizeof(what), "%s: bogus key in %s", lbp_type_name(m.type),
+				 s.p[i]);
+			snprintf(want, sizeof(want), "%s.bogus", s.p[i]);
+			dom_load(&d, &m);
+			dom_add(&d, s.p[i], "bogus", o_nil());
+			expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, want, "unknown key", what);
+			dom_free(&d);
+		}
+	}
+}
+
+static void test_decode_rejects_keys_that_are_not_strings(void **state)
+{
+	struct lbp_msg m = sample(LBP_REGISTER_MODEL);
+	struct lbp_fault f;
+	msgpack_object *map;
+	struct dom d;
+
+	(void)state;
+	dom_load(&d, &m);
+	dom_body(&d)->via.map.ptr[0].key = o_uint(1);
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "body", "wrong type", "int key");
+	dom_free(&d);
+
+	dom_load(&d, &m);
+	map = dom_find(&d, "fp", NULL, NULL);
+	map->via.map.ptr[1].key = o_bin("bits", 4);
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "fp", "wrong type", "bin key in fp");
+	dom_free(&d);
+
+	m = sample(LBP_WELCOME);
+	dom_load(&d, &m);
+	map = dom_find(&d, "arenas[1]", NULL, NULL);
+	map->via.map.ptr[0].key = o_nil();
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "arenas[1]", "wrong type",
+		     "nil key in arenas[1]");
+	dom_free(&d);
+}
+
+static void test_decode_names_unknown_keys_printably(void **state)
+{
+	static const char ugly[] = "a\x01 b\xff";
+	char longkey[100];
+	struct lbp_msg m = sample(LBP_MODEL);
+	struct lbp_fault f;
+	struct dom d;
+
+	(void)state;
+	dom_load(&d, &m);
+	dom_add(&d, "", ugly, o_nil());
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "a??b?", "unknown key", "ugly");
+	dom_free(&d);
+
+	fill(longkey, sizeof(longkey) - 1, 'k');
+	dom_load(&d, &m);
+	dom_add(&d, "", longkey, o_nil());
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, NULL, "unknown key", "long key");
+	assert_int_equal(strlen(f.field), sizeof(f.field) - 1);
+	dom_free(&d);
+
+	dom_load(&d, &m);
+	dom_add(&d, "", "", o_nil());
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "\"\"", "unknown key", "empty key");
+	dom_free(&d);
+}
+
+/* ---- values ---- */
+
+/* Integers are one class: a negative int where a uint belongs is a range fault, not a type
+ * fault, and has its own tests. */
+static bool same_class(msgpack_object_type a, msgpack_object_type b)
+{
+	bool ia = a == MSGPACK_OBJECT_POSITIVE_INTEGER || a == MSGPACK_OBJECT_NEGATIVE_INTEGER;
+	bool ib = b == MSGPACK_OBJECT_POSITIVE_INTEGER || b == MSGPACK_OBJECT_NEGATIVE_INTEGER;
+
+	return a == b || (ia && ib);
+}
+
+static void test_decode_rejects_wrong_type_for_every_field(void **state)
+{
+	const msgpack_object wrong[] = {
+		o_nil(), o_bool(true), o_uint(1), o_int(-1), o_str("x", 1),
+		o_bin("0123456789abcdef", 16), o_array0(), o_map0(),
+	};
+	struct lbp_fault f;
+	char what[96];
+
+	(void)state;
+	for (size_t t = 0; t < N_BODY_TYPES; t++) {
+		struct lbp_msg m = sample(body_types[t]);
+		struct paths s;
+
+		body_paths(body_types[t], &s);
+		for (unsigned i = 0; i < s.n; i++) {
+			for (size_t w = 0; w < sizeof(wrong) / sizeof(wrong[0]); w++) {
+				struct dom d;
+				if (same_class(s.type[i], wrong[w].type))
+					continue;
+				snprintf(what, sizeof(what), "%s: %s as msgpack type %d",
+					 lbp_type_name(m.type), s.p[i], (int)wrong[w].type);
+				dom_load(&d, &m);
+				dom_set(&d, s.p[i], wrong[w]);
+				expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, s.p[i],
+					     "wrong type", what);
+				dom_free(&d);
+			}
+		}
+	}
+}
+
+enum width { W_U32, W_U64, W_I32 };
+
+struct range_case {
+	enum lbp_type type;
+	const char *path;
+	size_t off; /* of the C field in struct lbp_msg */
+	enum width width;
+	bool neg;
+	uint64_t u;
+	int64_t s;
+	bool ok;
+};
+
+#define OFF(member) offsetof(struct lbp_msg, u.member)
+#define RU(t, path, member, w, v, ok) { LBP_##t, path, OFF(member), w, false, (v), 0, ok }
+#define RS(t, path, member, w, v, ok) { LBP_##t, path, OFF(member), w, true, 0, (v), ok }
+
+static const struct range_case ranges[] = {
+	RU(HELLO, "shm_abi", hello.shm_abi, W_U32, 0, true),
+	RU(HELLO, "shm_abi", hello.shm_abi, W_U32, UINT32_MAX, true),
+	RU(HELLO, "shm_abi", hello.shm_abi, W_U32, UINT32_MAX + 1ull, false),
+	RS(HELLO, "shm_abi", hello.shm_abi, W_U32, -1, false),
+
+	RU(WELCOME, "client_id", welcome.client_id, W_U64, 0, true),
+	RU(WELCOME, "client_id", welcome.client_id, W_U64, UINT64_MAX, true),
+	RS(WELCOME, "client_id", welcome.client_id, W_U64, -1, false),
+	RU(WELCOME, "page_size", welcome.page_size, W_U64, 4096, true),
+	RU(WELCOME, "page_size", welcome.page_size, W_U64, MIB2, true),
+	RU(WELCOME, "page_size", welcome.page_size, W_U64, 0, false),
+	RU(WELCOME, "page_size", welcome.page_size, W_U64, 4095, false),
+	RU(WELCOME, "page_size", welcome.page_size, W_U64, 4097, false),
+	RU(WELCOME, "page_size", welcome.page_size, W_U64, 8192, false),
+	RU(WELCOME, "page_size", welcome.page_size, W_U64, MIB2 - 1, false),
+	RU(WELCOME, "page_size", welcome.page_size, W_U64, MIB2 + 1, false),
+	RU(WELCOME, "page_size", welcome.page_size, W_U64, 1ull << 30, false),
+	RS(WELCOME, "page_size", welcome.page_size, W_U64, -4096, false),
+	RU(WELCOME, "arenas[0].bytes", welcome.arenas[0].bytes, W_U64, 4096, true),
+	RU(WELCOME, "arenas[0].bytes", welcome.arenas[0].bytes, W_U64, UINT64_MAX - 4095, true),
+	RU(WELCOME, "arenas[0].bytes", welcome.arenas[0].bytes, W_U64, 0, false),
+	RU(WELCOME, "arenas[0].bytes", welcome.arenas[0].bytes, W_U64, 4095, false),
+	RU(WELCOME, "arenas[0].bytes", welcome.arenas[0].bytes, W_U64, 4097, false),
+	RU(WELCOME, "arenas[0].bytes", welcome.arenas[0].bytes, W_U64, UINT64_MAX, false),
+	RS(WELCOME, "arenas[0].bytes", welcome.arenas[0].bytes, W_U64, -4096, false),
+	RS(WELCOME, "arenas[1].numa_node", welcome.arenas[1].numa_node, W_I32, -1, true),
+	RU(WELCOME, "arenas[1].numa_node", welcome.arenas[1].numa_node, W_I32, 0, true),
+	RU(WELCOME, "arenas[1].numa_node", welcome.arenas[1].numa_node, W_I32, INT32_MAX, true),
+	RS(WELCOME, "arenas[1].numa_node", welcome.arenas[1].numa_node, W_I32, -2, false),
+	RS(WELCOME, "arenas[1].numa_node", welcome.arenas[1].numa_node, W_I32, INT32_MIN, false),
+	RS(WELCOME, "arenas[1].numa_node", welcome.arenas[1].numa_node, W_I32, INT64_MIN, false),
+	RU(WELCOME, "arenas[1].numa_node", welcome.arenas[1].numa_node, W_I32,
+	   INT32_MAX + 1ull, false),
+	RU(WELCOME, "arenas[1].numa_node", welcome.arenas[1].numa_node, W_I32, UINT64_MAX, false),
+
+	RU(REGISTER_MODEL, "weights_hash", reg.weights_hash, W_U64, 0, true),
+	RU(REGISTER_MODEL, "weights_hash", reg.weights_hash, W_U64, UINT64_MAX, true),
+	RS(REGISTER_MODEL, "weights_hash", reg.weights_hash, W_U64, -1, false),
+	RU(REGISTER_MODEL, "n_layers", reg.n_layers, W_U32, 0, false),
+	RU(REGISTER_MODEL, "n_layers", reg.n_layers, W_U32, 1, true),
+	RU(REGISTER_MODEL, "n_layers", reg.n_layers, W_U32, LBP_MAX_LAYERS, true),
+	RU(REGISTER_MODEL, "n_layers", reg.n_layers, W_U32, LBP_MAX_LAYERS + 1, false),
+	RU(REGISTER_MODEL, "n_layers", reg.n_layers, W_U32, UINT32_MAX + 1ull, false),
+	RU(REGISTER_MODEL, "n_layers", reg.n_layers, W_U32, (1ull << 32) + 32, false),
+	RS(REGISTER_MODEL, "n_layers", reg.n_layers, W_U32, -1, false),
+	RU(REGISTER_MODEL, "hidden", reg.hidden, W_U32, 0, false),
+	RU(REGISTER_MODEL, "hidden", reg.hidden, W_U32, 1, true),
+	RU(REGISTER_MODEL, "hidden", reg.hidden, W_U32, LBP_MAX_HIDDEN, true),
+	RU(REGISTER_MODEL, "hidden", reg.hidden, W_U32, LBP_MAX_HIDDEN + 1, false),
+	RS(REGISTER_MODEL, "hidden", reg.hidden, W_U32, -4096, false),
+	RU(REGISTER_MODEL, "dtype", reg.dtype, W_U32, 0, false),
+	RU(REGISTER_MODEL, "dtype", reg.dtype, W_U32, LBP_DTYPE_F32, true),
+	RU(REGISTER_MODEL, "dtype", reg.dtype, W_U32, LBP_DTYPE_F16, true),
+	RU(REGISTER_MODEL, "dtype", reg.dtype, W_U32, LBP_DTYPE_BF16, true),
+	RU(REGISTER_MODEL, "dtype", reg.dtype, W_U32, LBP_DTYPE_BF16 + 1, false),
+	RU(REGISTER_MODEL, "max_seq", reg.max_seq, W_U32, 0, false),
+	RU(REGISTER_MODEL, "max_seq", reg.max_seq, W_U32, 1, true),
+	RU(REGISTER_MODEL, "max_seq", reg.max_seq, W_U32, LBP_MAX_SEQ, true),
+	RU(REGISTER_MODEL, "max_seq", reg.max_seq, W_U32, LBP_MAX_SEQ + 1, false),
+	RU(REGISTER_MODEL, "fp.chunks", reg.fp.chunks, W_U32, 0, false),
+	RU(REGISTER_MODEL, "fp.chunks", reg.fp.chunks, W_U32, 1, true),
+	RU(REGISTER_MODEL, "fp.chunks", reg.fp.chunks, W_U32, LBP_MAX_FP_CHUNKS, true),
+	RU(REGISTER_MODEL, "fp.chunks", reg.fp.chunks, W_U32, LBP_MAX_FP_CHUNKS + 1, false),
+	RU(REGISTER_MODEL, "fp.bits", reg.fp.bits, W_U32, 256, true),
+	RU(REGISTER_MODEL, "fp.bits", reg.fp.bits, W_U32, 255, false),
+	RU(REGISTER_MODEL, "fp.bits", reg.fp.bits, W_U32, 257, false),
+	RU(REGISTER_MODEL, "fp.bits", reg.fp.bits, W_U32, 0, false),
+	RU(REGISTER_MODEL, "fp.bits", reg.fp.bits, W_U32, 512, false),
+	RU(REGISTER_MODEL, "fp.seed", reg.fp.seed, W_U64, UINT64_MAX, true),
+	RS(REGISTER_MODEL, "fp.seed", reg.fp.seed, W_U64, INT64_MIN, false),
+
+	RU(MODEL, "model_id", model.model_id, W_U32, 0, false),
+	RU(MODEL, "model_id", model.model_id, W_U32, 1, true),
+	RU(MODEL, "model_id", model.model_id, W_U32, UINT32_MAX, true),
+	RU(MODEL, "model_id", model.model_id, W_U32, UINT32_MAX + 1ull, false),
+	RS(MODEL, "model_id", model.model_id, W_U32, -1, false),
+
+	RU(STATS_REPLY, "page_size", stats.page_size, W_U64, 4096, true),
+	RU(STATS_REPLY, "page_size", stats.page_size, W_U64, 0, false),
+	RU(STATS_REPLY, "page_size", stats.page_size, W_U64, MIB2 * 2, false),
+	RU(STATS_REPLY, "arena_bytes", stats.arena_bytes, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "arena_bytes", stats.arena_bytes, W_U64, -1, false),
+	RU(STATS_REPLY, "numa_nodes", stats.numa_nodes, W_U32, UINT32_MAX, true),
+	RU(STATS_REPLY, "numa_nodes", stats.numa_nodes, W_U32, UINT32_MAX + 1ull, false),
+	RU(STATS_REPLY, "clients", stats.clients, W_U32, UINT32_MAX + 1ull, false),
+	RS(STATS_REPLY, "clients", stats.clients, W_U32, -1, false),
+	RU(STATS_REPLY, "models", stats.models, W_U32, UINT32_MAX + 1ull, false),
+	RS(STATS_REPLY, "uptime_s", stats.uptime_s, W_U64, -1, false),
+
+	RU(ERROR, "code", error.code, W_I32, 0, false),
+	RU(ERROR, "code", error.code, W_I32, 1, true),
+	RU(ERROR, "code", error.code, W_I32, INT32_MAX, true),
+	RU(ERROR, "code", error.code, W_I32, INT32_MAX + 1ull, false),
+	RS(ERROR, "code", error.code, W_I32, -1, false),
+	RS(ERROR, "code", error.code, W_I32, -EPROTO, false),
+	RS(ERROR, "code", error.code, W_I32, INT32_MIN, false),
+};
+
+/* Put the case's value into the C field; false when the C type cannot hold it. */
+static bool range_store(struct lbp_msg *m, const struct range_case *c)
+{
+	char *p = (char *)m + c->off;
+
+	switch (c->width) {
+	case W_U32:
+		if (c->neg || c->u > UINT32_MAX)
+			return false;
+		*(uint32_t *)p = (uint32_t)c->u;
+		return true;
+	case W_U64:
+		if (c->neg)
+			return false;
+		*(uint64_t *)p = c->u;
+		return true;
+	case W_I32:
+		if (c->neg ? c->s < INT32_MIN : c->u > INT32_MAX)
+			return false;
+		*(int32_t *)p = c->neg ? (int32_t)c->s : (int32_t)c->u;
+		return true;
+	}
+	return false;
+}
+
+static void range_what(const struct range_case *c, char *out, size_t n)
+{
+	if (c->neg)
+		snprintf(out, n, "%s %s = %lld", lbp_type_name(c->type), c->path, (long long)c->s);
+	else
+		snprintf(out, n, "%s %s = %llu", lbp_type_name(c->type), c->path,
+			 (unsigned long long)c->u);
+}
+
+static void test_decode_checks_every_range_bound(void **state)
+{
+	struct lbp_msg out, want;
+	struct lbp_fault f;
+	char what[96];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++) {
+		const struct range_case *c = &ranges[i];
+		struct lbp_msg m = sample(c->type);
+		struct dom d;
+
+		range_what(c, what, sizeof(what));
+		dom_load(&d, &m);
+		dom_set(&d, c->path, c->neg ? o_int(c->s) : o_uint(c->u));
+		if (c->ok) {
+			expect_fault(dom_decode(&d, &out, &f), 0, &f, "", "", what);
+			want = m;
+			assert_true(range_store(&want, c));
+			assert_msg_equal(&want, &out);
+		} else {
+			expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, c->path, "out of range",
+				     what);
+		}
+		dom_free(&d);
+	}
+}
+
+static void test_encode_checks_every_range_bound(void **state)
+{
+	char buf[1024], what[96];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++) {
+		const struct range_case *c = &ranges[i];
+		struct lbp_msg m = sample(c->type);
+		int rc;
+
+		if (!range_store(&m, c))
+			continue; /* the C type cannot even hold it */
+		range_what(c, what, sizeof(what));
+		rc = lbp_encode(&m, buf, sizeof(buf));
+		if (c->ok ? rc <= 0 : rc != -EINVAL)
+			fail_msg("%s: encode returned %d", what, rc);
+	}
+}
+
+struct str_case {
+	enum lbp_type type;
+	const char *path;
+	size_t off; /* of the C char array */
+	size_t cap; /* its size */
+	size_t len;
+	bool nul;   /* put a NUL in the middle */
+	bool ok;
+	const char *reason;
+};
+
+#define SC(t, path, member, len, nul, ok, reason) \
+	{ LBP_##t, path, OFF(member), sizeof(((struct lbp_msg *)0)->u.member), len, nul, ok, reason }
+
+static const struct str_case strs[] = {
+	SC(HELLO, "name", hello.name, 0, false, true, NULL),
+	SC(HELLO, "name", hello.name, LBP_MAX_NAME, false, true, NULL),
+	SC(HELLO, "name", hello.name, LBP_MAX_NAME + 1, false, false, "too long"),
+	SC(HELLO, "name", hello.name, 1000, false, false, "too long"),
+	SC(HELLO, "name", hello.name, 5, true, false, "embedded nul"),
+	SC(HELLO, "name", hello.name, 1, true, false, "embedded nul"),
+	SC(REGISTER_MODEL, "name", reg.name, 0, false, false, "empty"),
+	SC(REGISTER_MODEL, "name", reg.name, 1, false, true, NULL),
+	SC(REGISTER_MODEL, "name", reg.name, LBP_MAX_NAME, false, true, NULL),
+	SC(REGISTER_MODEL, "name", reg.name, LBP_MAX_NAME + 1, false, false, "too long"),
+	SC(REGISTER_MODEL, "name", reg.name, 8, true, false, "embedded nul"),
+	SC(ERROR, "field", error.field, 0, false, true, NULL),
+	SC(ERROR, "field", error.field, 31, false, true, NULL),
+	SC(ERROR, "field", error.field, 32, false, false, "too long"),
+	SC(ERROR, "field", error.field, 4, true, false, "embedded nul"),
+	SC(ERROR, "message", error.message, 0, false, true, NULL),
+	SC(ERROR, "message", error.message, LBP_MAX_ERRMSG, false, true, NULL),
+	SC(ERROR, "message", error.message, LBP_MAX_ERRMSG + 1, false, false, "too long"),
+	SC(ERROR, "message", error.message, 30, true, false, "embedded nul"),
+};
+
+static void test_decode_checks_string_lengths_and_nul(void **state)
+{
+	static char text[1024];
+	struct lbp_msg out;
+	struct lbp_fault f;
+	char what[96];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+		const struct str_case *c = &strs[i];
+		struct lbp_msg m = sample(c->type);
+		struct dom d;
+
+		snprintf(what, sizeof(what), "%s %s of %zu bytes%s", lbp_type_name(c->type), c->path,
+			 c->len, c->nul ? " with a NUL" : "");
+		memset(text, 's', c->len);
+		if (c->nul)
+			text[c->len / 2] = '\0';
+		dom_load(&d, &m);
+		dom_set(&d, c->path, o_str(text, c->len));
+		if (c->ok) {
+			expect_fault(dom_decode(&d, &out, &f), 0, &f, "", "", what);
+			assert_int_equal(strlen((char *)&out + c->off), c->len);
+		} else {
+			expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, c->path, c->reason, what);
+		}
+		dom_free(&d);
+	}
+}
+
+static void test_encode_rejects_unterminated_and_empty_strings(void **state)
+{
+	char buf[1024], what[96];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+		const struct str_case *c = &strs[i];
+		struct lbp_msg m = sample(c->type);
+		char *p = (char *)&m + c->off;
+		int rc;
+
+		if (c->nul)
+			continue; /* a C string cannot carry one */
+		snprintf(what, sizeof(what), "%s %s of %zu bytes", lbp_type_name(c->type), c->path,
+			 c->len);
+		if (c->len < c->cap)
+			fill(p, c->len, 's');
+		else
+			memset(p, 's', c->cap); /* no terminator anywhere */
+		rc = lbp_encode(&m, buf, sizeof(buf));
+		if (c->ok ? rc <= 0 : rc != -EINVAL)
+			fail_msg("%s: encode returned %d", what, rc);
+	}
+}
+
+static void test_decode_checks_boot_id_length(void **state)
+{
+	static const char id[32] = { 0 };
+	static const size_t lens[] = { 0, 1, 15, 17, 32 };
+	struct lbp_fault f;
+	struct lbp_msg m = sample(LBP_WELCOME);
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+		struct dom d;
+		dom_load(&d, &m);
+		dom_set(&d, "boot_id", o_bin(id, lens[i]));
+		expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "boot_id", "wrong length",
+			     "boot_id");
+		dom_free(&d);
+	}
+}
+
+static void test_arena_count_limits(void **state)
+{
+	struct lbp_msg m = sample(LBP_WELCOME);
+	struct lbp_fault f;
+	msgpack_object *arr, one;
+	msgpack_object elems[LBP_MAX_ARENAS + 1];
+	char buf[1024];
+	struct dom d;
+
+	(void)state;
+	dom_load(&d, &m);
+	arr = dom_find(&d, "arenas", NULL, NULL);
+	arr->via.array.size = 0;
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "arenas", "out of range 1..8",
+		     "0 arenas");
+	one = arr->via.array.ptr[0];
+	for (unsigned i = 0; i <= LBP_MAX_ARENAS; i++)
+		elems[i] = one;
+	arr->via.array.ptr = elems;
+	arr->via.array.size = LBP_MAX_ARENAS + 1;
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "arenas", "out of range 1..8",
+		     "9 arenas");
+	arr->via.array.size = LBP_MAX_ARENAS;
+	expect_fault(dom_decode(&d, NULL, &f), 0, &f, "", "", "8 arenas");
+	dom_free(&d);
+
+	m.u.welcome.n_arenas = 0;
+	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
+	m.u.welcome.n_arenas = LBP_MAX_ARENAS + 1;
+	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
+	m.u.welcome.n_arenas = UINT32_MAX;
+	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
+}
+
+/* Small deterministic fuzzing: whatever the decoder accepts, the encoder must accept too. */
+static void test_decode_survives_mutated_frames(void **state)
+{
+	static const uint8_t spicy[] = { 0x00, 0x7f, 0x80, 0x90, 0xa0, 0xc0, 0xc1, 0xc4, 0xc6,
+					 0xca, 0xcf, 0xd3, 0xd4, 0xdb, 0xdd, 0xdf, 0xe0, 0xff };
+	struct lbp_msg s[MAX_SAMPLES], out, again;
+	uint8_t frame[1024], mut[1100];
+	char re[1024];
+	uint64_t x = 0x9e3779b97f4a7c15ull;
+	size_t n = all_samples(s);
+	unsigned accepted = 0;
+
+	(void)state;
+	for (unsigned it = 0; it < 40000; it++) {
+		size_t len = enc(&s[it % n], (char *)frame, sizeof(frame)), mlen = len;
+		unsigned edits;
+		int rc;
+
+		memcpy(mut, frame, len);
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		edits = 1 + (unsigned)(x >> 60) % 3;
+		for (unsigned e = 0; e < edits && mlen; e++) {
+			size_t pos;
+			x = x * 6364136223846793005ull + 1442695040888963407ull;
+			pos = (size_t)(x >> 33) % mlen;
+			switch ((x >> 20) % 5) {
+			case 0:
+				mut[pos] ^= (uint8_t)(1u << ((x >> 8) % 8));
+				break;
+			case 1:
+				mut[pos] = spicy[(x >> 8) % sizeof(spicy)];
+				break;
+			case 2:
+				mlen = pos;
+				break;
+			case 3:
+				memmove(mut + pos + 1, mut + pos, mlen - pos);
+				mut[pos] = spicy[(x >> 8) % sizeof(spicy)];
+				mlen++;
+				break;
+			default:
+				memmove(mut + pos, mut + pos + 1, mlen - pos - 1);
+				mlen--;
+				break;
+			}
+		}
+		rc = dec(mut, mlen, &out, NULL);
+		if (rc != 0 && rc != -EBADMSG && rc != -EPROTO)
+			fail_msg("iteration %u: rc %d", it, rc);
+		if (rc == 0) {
+			int elen = lbp_encode(&out, re, sizeof(re));
+			accepted++;
+			if (elen <= 0)
+				fail_msg("iteration %u: decoded %s does not encode: %d", it,
+					 lbp_type_name(out.type), elen);
+			assert_int_equal(dec(re, (size_t)elen, &again, NULL), 0);
+			assert_msg_equal(&out, &again);
+		}
+	}
+	assert_true(accepted > 0);
+}
+
+/* ---- encoder ---- */
+
+static void test_encode_rejects_unknown_type(void **state)
+{
+	struct lbp_msg m = sample(LBP_STATS);
+	char buf[64];
+
+	(void)state;
+	m.type = (enum lbp_type)0;
+	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
+	m.type = (enum lbp_type)(LBP_TYPE_MAX + 1);
+	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
+	assert_int_equal(lbp_encode(NULL, buf, sizeof(buf)), -EINVAL);
+}
+
+static void test_encode_reports_short_buffer_without_overrun(void **state)
+{
+	struct lbp_msg s[MAX_SAMPLES];
+	char full[LBP_MAX_FRAME];
+	size_t n = all_samples(s);
+
+	(void)state;
+	for (size_t i = 0; i < n; i++) {
+		size_t len = enc(&s[i], full, sizeof(full));
+		for (size_t cap = 0; cap <= len; cap++) {
+			/* Exactly cap bytes on the heap: ASan catches a write past them. */
+			char *buf = malloc(cap ? cap : 1);
+			int rc;
+			assert_non_null(buf);
+			rc = lbp_encode(&s[i], buf, cap);
+			if (cap < len)
+				assert_int_equal(rc, -EMSGSIZE);
+			else
+				assert_int_equal(rc, (int)len);
+			if (cap == len)
+				assert_memory_equal(buf, full, len);
+			free(buf);
+		}
+	}
+}
+
+static void test_encode_emits_the_documented_bytes(void **state)
+{
+	struct lbp_msg m = sample(LBP_MODEL);
+	char buf[64];
+
+	(void)state;
+	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), MODEL_LEN);
+	assert_memory_equal(buf, model_frame, MODEL_LEN);
+}
+
+/* ---- helpers ---- */
+
+static void test_make_error_truncates_and_normalises(void **state)
+{
+	char longfield[64], longtext[400], buf[512];
+	struct lbp_msg m, out;
+
+	(void)state;
+	fill(longfield, 40, 'f');
+	fill(longtext, 300, 't');
+	lbp_make_error(&m, EINVAL, longfield, "%s!", longtext);
+	assert_int_equal(m.type, LBP_ERROR);
+	assert_int_equal(m.u.error.code, EINVAL);
+	assert_int_equal(strlen(m.u.error.field), sizeof(m.u.error.field) - 1);
+	assert_int_equal(strlen(m.u.error.message), LBP_MAX_ERRMSG);
+	/* Whatever it builds goes on the wire. */
+	assert_int_equal(dec(buf, enc(&m, buf, sizeof(buf)), &out, NULL), 0);
+	assert_msg_equal(&m, &out);
+
+	lbp_make_error(&m, -EPROTO, NULL, "n_layers %u too big", 2000u);
+	assert_int_equal(m.u.error.code, EPROTO);
+	assert_string_equal(m.u.error.field, "");
+	assert_string_equal(m.u.error.message, "n_layers 2000 too big");
+}
+
+static void test_type_names(void **state)
+{
+	(void)state;
+	assert_string_equal(lbp_type_name(LBP_HELLO), "HELLO");
+	assert_string_equal(lbp_type_name(LBP_WELCOME), "WELCOME");
+	assert_string_equal(lbp_type_name(LBP_REGISTER_MODEL), "REGISTER_MODEL");
+	assert_string_equal(lbp_type_name(LBP_MODEL), "MODEL");
+	assert_string_equal(lbp_type_name(LBP_STATS), "STATS");
+	assert_string_equal(lbp_type_name(LBP_STATS_REPLY), "STATS_REPLY");
+	assert_string_equal(lbp_type_name(LBP_BYE), "BYE");
+	assert_string_equal(lbp_type_name(LBP_ERROR), "ERROR");
+	assert_string_equal(lbp_type_name((enum lbp_type)0), "UNKNOWN");
+	assert_string_equal(lbp_type_name((enum lbp_type)(LBP_TYPE_MAX + 1)), "UNKNOWN");
+	assert_string_equal(lbp_type_name((enum lbp_type)-1), "UNKNOWN");
+}
+
+/* ---- arena header ---- */
+
+static struct lb_arena_hdr good_hdr(uint64_t bytes, uint64_t page)
+{
+	struct lb_arena_hdr h;
+
+	memset(&h, 0, sizeof(h));
+	h.magic = LB_SHM_MAGIC;
+	h.abi_version = LB_SHM_ABI_VERSION;
+	h.hdr_size = LB_SHM_HDR_SIZE;
+	h.arena_bytes = bytes;
+	h.page_size = page;
+	memset(h.boot_id, 0x5a, sizeof(h.boot_id));
+	h.numa_node = -1;
+	h.arena_index = 0;
+	h.data_off = LB_SHM_DATA_ALIGN;
+	h.data_bytes = bytes - LB_SHM_DATA_ALIGN;
+	return h;
+}
+
+static void test_arena_hdr_accepts_valid_headers(void **state)
+{
+	struct lb_arena_hdr h;
+	const char *why = "unset";
+
+	(void)state;
+	h = good_hdr(8192, 4096);
+	assert_int_equal(lbp_arena_hdr_check(&h, 8192, &why), 0);
+	assert_null(why);
+	h = good_hdr(4ull * MIB2, MIB2);
+	h.numa_node = 3;
+	h.arena_index = LBP_MAX_ARENAS - 1;
+	assert_int_equal(lbp_arena_hdr_check(&h, 4 * MIB2, &why), 0);
+	h.data_bytes = 0;
+	assert_int_equal(lbp_arena_hdr_check(&h, 4 * MIB2, NULL), 0);
+	h = good_hdr(4096, 4096); /* header page only, empty data area */
+	assert_int_equal(lbp_arena_hdr_check(&h, 4096, NULL), 0);
+	h = good_hdr(1ull << 40, MIB2);
+	h.data_off = 1ull << 39;
+	h.data_bytes = 1ull << 39;
+	assert_int_equal(lbp_arena_hdr_check(&h, (size_t)1 << 40, NULL), 0);
+}
+
+static void test_arena_hdr_never_reads_past_a_short_mapping(void **state)
+{
+	const char *why = NULL;
+	void *p = malloc(64); /* ASan: any read of the header would land past this */
+
+	(void)state;
+	assert_non_null(p);
+	assert_int_equal(lbp_arena_hdr_check(p, 64, &why), -EPROTO);
+	assert_non_null(why);
+	assert_int_equal(lbp_arena_hdr_check(p, 0, NULL), -EPROTO);
+	assert_int_equal(lbp_arena_hdr_check(p, LB_SHM_HDR_SIZE - 1, NULL), -EPROTO);
+	free(p);
+}
+
+static void test_arena_hdr_rejects_each_bad_field(void **state)
+{
+	const size_t size = 4 * MIB2;
+	char what[32];
+
+	(void)state;
+	for (int c = 0;; c++) {
+		struct lb_arena_hdr h = good_hdr(size, MIB2);
+		size_t mapped = size;
+		const char *why = NULL;
+
+		switch (c) {
+		case 0: h.magic ^= 1; break;
+		case 1: h.magic = 0; break;
+		case 2: h.abi_version = LB_SHM_ABI_VERSION + 1; break;
+		case 3: h.abi_version = 0; break;
+		case 4: h.hdr_size = LB_SHM_HDR_SIZE - 8; break;
+		case 5: h.hdr_size = LB_SHM_HDR_SIZE + 8; break;
+		case 6: mapped = size + 4096; break;
+		case 7: mapped = size - 4096; break;
+		case 8: h.arena_bytes = size * 2; break;
+		case 9: h.page_size = 0; break;
+		case 10: h.page_size = 8192; break;
+		case 11: h.page_size = 1ull << 30; break;
+		case 12: h.page_size = MIB2 + 4096; break;
+		case 13: /* 4 KiB multiple, not a 2 MiB one */
+			h.arena_bytes = size + 4096;
+			h.data_bytes = h.arena_bytes - h.data_off;
+			mapped = size + 4096;
+			break;
+		case 14: h.data_off = 0; break;
+		case 15: h.data_off = 64; break;
+		case 16: h.data_off = LB_SHM_DATA_ALIGN + 1; h.data_bytes = 0; break;
+		case 17: h.data_off = size + LB_SHM_DATA_ALIGN; h.data_bytes = 0; break;
+		case 18: h.data_bytes = size - LB_SHM_DATA_ALIGN + 1; break;
+		case 19: h.data_bytes = UINT64_MAX; break;
+		case 20: h.data_bytes = UINT64_MAX - LB_SHM_DATA_ALIGN + 1; break; /* sum wraps to 0 */
+		case 21: h.numa_node = -2; break;
+		case 22: h.numa_node = INT32_MIN; break;
+		case 23: h.arena_index = LBP_MAX_ARENAS; break;
+		default:
+			if (c - 24 >= 7)
+				return;
+			h.reserved[c - 24] = 1;
+			break;
+		}
+		snprintf(what, sizeof(what), "case %d", c);
+		if (lbp_arena_hdr_check(&h, mapped, &why) != -EPROTO)
+			fail_msg("%s: header accepted", what);
+		if (!why || !*why)
+			fail_msg("%s: no reason given", what);
+		assert_int_equal(lbp_arena_hdr_check(&h, mapped, NULL), -EPROTO);
+	}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_roundtrip_every_type_at_its_limits),
+		cmocka_unit_test(test_decode_zeroes_unused_arena_slots),
+		cmocka_unit_test(test_decode_accepts_keys_in_any_order),
+		cmocka_unit_test(test_decode_accepts_wide_int_encodings),
+		cmocka_unit_test(test_decode_accepts_null_fault),
+		cmocka_unit_test(test_decode_clears_fault_on_success),
+		cmocka_unit_test(test_decode_rejects_every_prefix_of_every_frame),
+		cmocka_unit_test(test_decode_rejects_empty_frame),
+		cmocka_unit_test(test_decode_rejects_frames_over_max_frame),
+		cmocka_unit_test(test_decode_rejects_trailing_bytes),
+		cmocka_unit_test(test_decode_rejects_huge_declared_lengths),
+		cmocka_unit_test(test_decode_rejects_deep_nesting),
+		cmocka_unit_test(test_decode_rejects_too_many_objects),
+		cmocka_unit_test(test_decode_rejects_float_ext_and_reserved_bytes),
+		cmocka_unit_test(test_decode_rejects_other_versions),
+		cmocka_unit_test(test_decode_rejects_bad_top_level_shape),
+		cmocka_unit_test(test_stats_and_bye_accept_only_an_empty_map),
+		cmocka_unit_test(test_decode_rejects_each_missing_key),
+		cmocka_unit_test(test_decode_rejects_each_duplicate_key),
+		cmocka_unit_test(test_decode_rejects_unknown_key_in_every_map),
+		cmocka_unit_test(test_decode_rejects_keys_that_are_not_strings),
+		cmocka_unit_test(test_decode_names_unknown_keys_printably),
+		cmocka_unit_test(test_decode_rejects_wrong_type_for_every_field),
+		cmocka_unit_test(test_decode_checks_every_range_bound),
+		cmocka_unit_test(test_encode_checks_every_range_bound),
+		cmocka_unit_test(test_decode_checks_string_lengths_and_nul),
+		cmocka_unit_test(test_encode_rejects_unterminated_and_empty_strings),
+		cmocka_unit_test(test_decode_checks_boot_id_length),
+		cmocka_unit_test(test_arena_count_limits),
+		cmocka_unit_test(test_decode_survives_mutated_frames),
+		cmocka_unit_test(test_encode_rejects_unknown_type),
+		cmocka_unit_test(test_encode_reports_short_buffer_without_overrun),
+		cmocka_unit_test(test_encode_emits_the_documented_bytes),
+		cmocka_unit_test(test_make_error_truncates_and_normalises),
+		cmocka_unit_test(test_type_names),
+		cmocka_unit_test(test_arena_hdr_accepts_valid_headers),
+		cmocka_unit_test(test_arena_hdr_never_reads_past_a_short_mapping),
+		cmocka_unit_test(test_arena_hdr_rejects_each_bad_field),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -57,15 +57,20 @@ static void sleep_ms(long ms)
 	nanosleep(&ts, NULL);
 }
 
-static int can_connect(const char *sock)
+/* True when sock accepts connections from a listener created by pid: a killed daemon's
+ * socket can accept for a moment after its death (io_uring tears down asynchronously). */
+static int listens(const char *sock, pid_t pid)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	int ok;
-	if (fd < 0)
+	if (fd < 0 || strlen(sock) >= sizeof(sa.sun_path))
 		return 0;
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", sock);
-	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0;
+	memcpy(sa.sun_path, sock, strlen(sock) + 1);
+	ok = connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
+	     getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && cred.pid == pid;
 	close(fd);
 	return ok;
 }
@@ -116,7 +121,7 @@ pid_t lbt_daemon_start(const char *sock, const char *log, const char *const *arg
 		_exit(127);
 	}
 	for (int i = 0; i < 1000; i++) {
-		if (can_connect(sock))
+		if (listens(sock, pid))
 			return pid;
 		if (!lbt_alive(pid)) {
 			lbt_cat(log);
@@ -185,4 +190,50 @@ int lbt_run(const char *const *argv, char *out, size_t n)
 	if (waitpid(pid, &st, 0) < 0)
 		return -1;
 	return st;
+}
+
+static long hp_orig = -1;
+
+static void hp_restore(void)
+{
+	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "w");
+	if (f) {
+		fprintf(f, "%ld\n", hp_orig);
+		fclose(f);
+	}
+}
+
+int lbt_hugepages_ensure(long n, const char **why)
+{
+	long free_now = lbt_hugepages_free(), total = -1;
+	FILE *f;
+
+	if (free_now >= n)
+		return 1;
+	if (geteuid() != 0) {
+		*why = "not enough free 2 MiB hugepages and not root to reserve them "
+		       "(echo N > /proc/sys/vm/nr_hugepages)";
+		return 0;
+	}
+	f = fopen("/proc/sys/vm/nr_hugepages", "r+");
+	if (!f || fscanf(f, "%ld", &total) != 1) {
+		if (f)
+			fclose(f);
+		*why = "cannot read /proc/sys/vm/nr_hugepages";
+		return 0;
+	}
+	fclose(f);
+	if (hp_orig < 0) {
+		hp_orig = total;
+		atexit(hp_restore);
+	}
+	f = fopen("/proc/sys/vm/nr_hugepages", "w");
+	if (f) {
+		fprintf(f, "%ld\n", total + n - free_now);
+		fclose(f);
+	}
+	if (lbt_hugepages_free() >= n)
+		return 1;
+	*why = "the kernel could not reserve enough 2 MiB hugepages";
+	return 0;
 }

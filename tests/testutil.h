@@ -49,4 +49,12 @@ int lbt_run(const char *const *argv, char *out, size_t n);
 /* Print a file to stdout (a daemon log when a test fails). */
 void lbt_cat(const char *path);
 
+
+
+/*
+ * Make sure n 2 MiB hugepages are free: as root, raise /proc/sys/vm/nr_hugepages (the old
+ * value is put back at exit). @return 1 when n are free, 0 when not (not root, or the kernel
+ * could not find the memory); *why then says so.
+ */
+int lbt_hugepages_ensure(long n, const char **why);
 #endif

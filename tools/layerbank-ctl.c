@@ -1,2 +1,118 @@
-/* placeholder */
-int main(void) { return 77; }
+/* layerbank-ctl: talk to a running layerbankd from the command line.
+ * Exit status: 0 done, 1 the daemon could not be reached or refused, 2 bad usage. */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "layerbank/layerbank.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: layerbank-ctl [--socket PATH] COMMAND [ARGS]\n"
+		     "\n"
+		     "commands:\n"
+		     "  stats [--json]   the daemon's counters, as a table or one JSON object\n"
+		     "\n"
+		     "options:\n"
+		     "  -s, --socket PATH  daemon socket (default: $" LB_SOCKET_ENV " or " LB_DEFAULT_SOCKET ")\n"
+		     "  -h, --help         this text\n");
+}
+
+static int print_stats_json(const struct lb_stats *st)
+{
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "page_size", json_object_new_uint64(st->page_size));
+	json_object_object_add(o, "arena_bytes", json_object_new_uint64(st->arena_bytes));
+	json_object_object_add(o, "numa_nodes", json_object_new_uint64(st->numa_nodes));
+	json_object_object_add(o, "hugepages", json_object_new_boolean(st->hugepages));
+	json_object_object_add(o, "clients", json_object_new_uint64(st->clients));
+	json_object_object_add(o, "models", json_object_new_uint64(st->models));
+	json_object_object_add(o, "uptime_s", json_object_new_uint64(st->uptime_s));
+	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+	json_object_put(o);
+	return 0;
+}
+
+static void print_stats_table(const struct lb_stats *st)
+{
+	printf("%-12s %" PRIu64 " bytes (%s)\n", "page size", st->page_size,
+	       st->hugepages ? "hugetlb" : "no hugepages: 4 KiB fallback");
+	printf("%-12s %" PRIu64 " MiB in %u arena(s)\n", "arena", st->arena_bytes >> 20, st->numa_nodes);
+	printf("%-12s %u\n", "numa nodes", st->numa_nodes);
+	printf("%-12s %u\n", "clients", st->clients);
+	printf("%-12s %u\n", "models", st->models);
+	printf("%-12s %" PRIu64 " s\n", "uptime", st->uptime_s);
+}
+
+static int cmd_stats(const char *sock, int argc, char **argv)
+{
+	struct lb_client *c;
+	struct lb_stats st;
+	int json = 0, ret;
+
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--json") == 0) {
+			json = 1;
+		} else {
+			fprintf(stderr, "layerbank-ctl: stats: unknown argument '%s'\n", argv[i]);
+			return 2;
+		}
+	}
+	ret = lb_connect(sock, "layerbank-ctl", &c);
+	if (ret < 0) {
+		fprintf(stderr, "layerbank-ctl: cannot connect to %s: %s%s\n",
+			sock ? sock : "the default socket", strerror(-ret),
+			ret == -ENOENT || ret == -ECONNREFUSED ? " (is layerbankd running?)" : "");
+		return 1;
+	}
+	ret = lb_stats(c, &st, sizeof(st));
+	if (ret < 0) {
+		fprintf(stderr, "layerbank-ctl: stats: %s\n", *lb_last_error(c) ? lb_last_error(c) : strerror(-ret));
+		lb_close(c);
+		return 1;
+	}
+	lb_close(c);
+	if (json)
+		return print_stats_json(&st);
+	print_stats_table(&st);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *sock = NULL;
+	int ch;
+
+	opterr = 0;
+	/* '+': stop at the command, whose own options follow it. */
+	while ((ch = getopt_long(argc, argv, "+:s:h", opts, NULL)) != -1) {
+		switch (ch) {
+		case 's':
+			sock = optarg;
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			fprintf(stderr, "layerbank-ctl: %s '%s'; see --help\n",
+				ch == ':' ? "missing value for" : "unknown option", argv[optind - 1]);
+			return 2;
+		}
+	}
+	if (optind >= argc) {
+		usage(stderr);
+		return 2;
+	}
+	if (strcmp(argv[optind], "stats") == 0)
+		return cmd_stats(sock, argc - optind, argv + optind);
+	fprintf(stderr, "layerbank-ctl: unknown command '%s'; see --help\n", argv[optind]);
+	return 2;
+}

@@ -1,0 +1,54 @@
+/* layerbankd control server: the listening socket, client connections and their messages,
+ * driven by the io_uring loop. */
+#ifndef LAYERBANK_DAEMON_SERVER_H
+#define LAYERBANK_DAEMON_SERVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/signalfd.h>
+#include <time.h>
+
+#include "arena.h"
+#include "config.h"
+#include "loop.h"
+#include "models.h"
+
+#define LBD_MAX_CONNS 1024u
+#define LBD_MAX_ARENAS LBP_MAX_ARENAS
+
+struct lbd_conn;
+
+/* Owned by the daemon's main thread, which runs the loop and every callback. */
+struct lbd_server {
+	const struct lbd_config *cfg;
+	struct lbd_loop loop;
+	bool loop_ready;
+	int listen_fd;
+	int signal_fd;
+	bool socket_bound;      /* we created socket_path and must unlink it */
+	uint8_t boot_id[16];
+	struct timespec started; /* CLOCK_MONOTONIC */
+	struct lbd_arena arenas[LBD_MAX_ARENAS];
+	unsigned n_arenas;
+	struct lbd_models models;
+	struct lbd_conn *conns;  /* doubly linked list of live connections */
+	unsigned n_conns;
+	unsigned n_clients;      /* connections past HELLO */
+	uint64_t next_client_id;
+	struct lbd_op accept_op;
+	struct lbd_op signal_op;
+	struct signalfd_siginfo siginfo; /* target of the pending signalfd read */
+};
+
+/* Create the arenas and the listening socket. Errors go to err as one line (errlen bytes).
+ * @return 0 or -errno. */
+int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *err, size_t errlen);
+
+/* Start the loop (after any daemonising fork) and serve until SIGTERM/SIGINT.
+ * @return 0 on a clean stop, -errno when the loop failed. */
+int lbd_server_run(struct lbd_server *s);
+
+/* Close every connection, unlink the socket, free the arenas. Safe after a failed setup. */
+void lbd_server_teardown(struct lbd_server *s);
+
+#endif
