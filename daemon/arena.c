@@ -76,14 +76,17 @@ static long meminfo_field(const char *key)
 /*
  * Explain a hugetlb shortage in one line the operator can act on. A node-bound arena can only
  * use pages that sit on its node, and raising the global count spreads new pages over all
- * nodes, so for a bound arena the count and the command are the node's own.
+ * nodes, so for a bound arena on a multi-node machine the count and the command are the
+ * node's own.
  */
 static void explain_shortage(char *err, size_t errlen, size_t need, int node, int why)
 {
 	char path[128], where[24] = "";
 	long free_pages, total;
-	if (node >= 0) {
+	/* On a one-node machine the global count is the same pool and the familiar command. */
+	if (node >= 0)
 		snprintf(where, sizeof(where), " on node %d", node);
+	if (node >= 0 && numa_num_configured_nodes() > 1) {
 		snprintf(path, sizeof(path), SYSFS_NODE_HP, node, "free_hugepages");
 		free_pages = read_long(path);
 		snprintf(path, sizeof(path), SYSFS_NODE_HP, node, "nr_hugepages");
