@@ -30,96 +30,10 @@
 #define HUGE_NEED 4L
 /* Provoking a shortage costs a 4 KiB fallback arena as large as the free pool: cap it. */
 #define SHORTAGE_MAX_PAGES 256L
-#define NR_HUGEPAGES "/proc/sys/vm/nr_hugepages"
 
 static const uint8_t boot_id[16] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 };
 
 /* ---- helpers ---- */
-
-static long meminfo(const char *key)
-{
-	FILE *f = fopen("/proc/meminfo", "r");
-	char line[256];
-	size_t n = strlen(key);
-	long v = -1;
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, n) && line[n] == ':') {
-			sscanf(line + n + 1, "%ld", &v);
-			break;
-		}
-	fclose(f);
-	return v;
-}
-
-/* Free hugepages nobody has reserved yet: what a new mapping can have. -1: no hugetlb. */
-static long hugepages_avail(void)
-{
-	long free_pages = lbt_hugepages_free();
-	long rsvd = meminfo("HugePages_Rsvd");
-	if (free_pages < 0)
-		return -1;
-	return rsvd > 0 ? free_pages - rsvd : free_pages;
-}
-
-static long read_nr(void)
-{
-	FILE *f = fopen(NR_HUGEPAGES, "r");
-	long v = -1;
-	if (!f)
-		return -1;
-	if (fscanf(f, "%ld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
-}
-
-static int write_nr(long v)
-{
-	FILE *f = fopen(NR_HUGEPAGES, "w");
-	int rc;
-	if (!f)
-		return -1;
-	rc = fprintf(f, "%ld\n", v) < 0;
-	rc |= fclose(f) != 0;
-	return rc ? -1 : 0;
-}
-
-static long saved_nr = -1;
-
-static void hugepages_restore(void)
-{
-	if (saved_nr < 0)
-		return;
-	if (write_nr(saved_nr) < 0)
-		fprintf(stderr, "test_arena: could not restore %s to %ld\n", NR_HUGEPAGES, saved_nr);
-	saved_nr = -1;
-}
-
-/* Make HUGE_NEED pages available, reserving them as root. false: why says what is missing. */
-static bool hugepages_prepare(char *why, size_t n)
-{
-	long avail = hugepages_avail();
-	long nr = read_nr();
-	if (avail < 0 || nr < 0) {
-		snprintf(why, n, "hugetlb tests need 2 MiB hugetlb pages, which this kernel lacks");
-		return false;
-	}
-	if (avail >= HUGE_NEED)
-		return true;
-	if (geteuid() == 0 && write_nr(nr + HUGE_NEED - avail) == 0) {
-		saved_nr = nr;
-		atexit(hugepages_restore);
-		avail = hugepages_avail();
-		if (avail >= HUGE_NEED)
-			return true;
-		hugepages_restore();
-	}
-	snprintf(why, n, "hugetlb tests need %ld free 2 MiB hugepages, %ld free; reserve with "
-		 "'echo %ld > %s' (as root)", HUGE_NEED, avail, nr + HUGE_NEED - avail, NR_HUGEPAGES);
-	return false;
-}
 
 /* Send stderr (the daemon log) to a temporary file while a call runs. */
 struct capture {
@@ -489,7 +403,7 @@ static void test_destroy_twice_and_zeroed_is_safe(void **state)
 /* One page more than can be had; skip() where that is unknown or too costly to provoke. */
 static size_t short_size(void)
 {
-	long avail = hugepages_avail();
+	long avail = lbt_hugepages_avail();
 	if (avail < 0) {
 		printf("SKIP: this kernel has no 2 MiB hugetlb pages\n");
 		skip();
@@ -590,7 +504,7 @@ static void test_huge_require_creates_2m_arena(void **state)
 	check_header(&a, -1, 2);
 	/* Prefaulted: the pages left the free pool, and none is merely reserved. */
 	assert_int_equal(before - lbt_hugepages_free(), 4);
-	assert_int_equal(meminfo("HugePages_Rsvd"), 0);
+	assert_int_equal(lbt_meminfo("HugePages_Rsvd"), 0);
 	assert_int_equal(fcntl(a.fd, F_GET_SEALS) & ARENA_SEALS, ARENA_SEALS);
 	lbd_arena_destroy(&a);
 	assert_int_equal(lbt_hugepages_free(), before);
@@ -660,16 +574,16 @@ int main(void)
 		cmocka_unit_test(test_huge_arena_read_only_for_clients),
 		cmocka_unit_test(test_huge_numa_node0_binds),
 	};
-	char why[256];
+	const char *why;
 	bool have_huge;
 	int failed;
 
 	lbd_log_setup(LBD_LOG_INFO, 0);
-	have_huge = hugepages_prepare(why, sizeof(why));
+	have_huge = lbt_hugepages_ensure(HUGE_NEED, &why);
 	failed = cmocka_run_group_tests_name("arena", core, NULL, NULL);
 	if (have_huge)
 		failed += cmocka_run_group_tests_name("arena_hugetlb", huge, NULL, NULL);
-	hugepages_restore();
+	lbt_hugepages_restore();
 	if (failed)
 		return 1;
 	if (!have_huge)

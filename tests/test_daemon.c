@@ -18,15 +18,13 @@
 #include "layerbank/layerbank.h"
 #include "testutil.h"
 
-static char dir[256], sock[300], logpath[300];
+static struct lbt_env env;
 static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
 
 static int setup(void **state)
 {
 	(void)state;
-	lbt_mkdtemp(dir, sizeof(dir));
-	snprintf(sock, sizeof(sock), "%s/lb.sock", dir);
-	snprintf(logpath, sizeof(logpath), "%s/daemon.log", dir);
+	lbt_env_make(&env);
 	return 0;
 }
 
@@ -38,7 +36,7 @@ static int teardown(void **state)
 		waitpid(daemon_pid, NULL, 0);
 	}
 	daemon_pid = -1;
-	lbt_rmtree(dir);
+	lbt_env_remove(&env);
 	return 0;
 }
 
@@ -107,10 +105,10 @@ static void test_require_with_hugepages_reports_2m_pages(void **state)
 {
 	(void)state;
 	const char *const args[] = { "--arena-size", "64M", "--hugepages", "require", NULL };
-	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
 	json_object *o;
-	assert_int_equal(ctl_stats_json(sock, &o), 0);
+	assert_int_equal(ctl_stats_json(env.sock, &o), 0);
 	assert_int_equal(jint(o, "page_size"), 2097152);
 	assert_int_equal(jint(o, "arena_bytes"), 64 << 20);
 	assert_true(jint(o, "numa_nodes") >= 1);
@@ -121,7 +119,7 @@ static void test_require_with_hugepages_reports_2m_pages(void **state)
 	int st = lbt_daemon_stop(pid);
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	/* SIGTERM is a clean stop: the socket is gone. */
-	assert_int_equal(access(sock, F_OK), -1);
+	assert_int_equal(access(env.sock, F_OK), -1);
 }
 
 /* Acceptance 2, second half: too few hugepages — require fails saying how to reserve them,
@@ -131,24 +129,24 @@ static void test_hugepage_shortage_require_fails_try_falls_back(void **state)
 {
 	(void)state;
 	char size[32], out[8192];
-	long free_pages = lbt_hugepages_free();
+	long free_pages = lbt_hugepages_avail();
 	assert_true(free_pages >= 0);
 	snprintf(size, sizeof(size), "%ldM", (free_pages + 8) * 2);
 
-	const char *const req[] = { "--foreground", "--socket", sock, "--arena-size", size,
+	const char *const req[] = { "--foreground", "--socket", env.sock, "--arena-size", size,
 				    "--hugepages", "require", NULL };
 	int st = run_daemon(req, out, sizeof(out));
 	assert_true(WIFEXITED(st));
 	assert_int_not_equal(WEXITSTATUS(st), 0);
 	assert_non_null(strstr(out, "nr_hugepages"));
 	assert_non_null(strstr(out, "hugepages"));
-	assert_int_equal(access(sock, F_OK), -1);
+	assert_int_equal(access(env.sock, F_OK), -1);
 
 	const char *const args[] = { "--arena-size", size, "--hugepages", "try", NULL };
-	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
 	json_object *o;
-	assert_int_equal(ctl_stats_json(sock, &o), 0);
+	assert_int_equal(ctl_stats_json(env.sock, &o), 0);
 	assert_int_equal(jint(o, "page_size"), 4096);
 	json_object *hp;
 	assert_true(json_object_object_get_ex(o, "hugepages", &hp));
@@ -156,7 +154,7 @@ static void test_hugepage_shortage_require_fails_try_falls_back(void **state)
 	json_object_put(o);
 	assert_int_equal(lbt_daemon_stop(pid), 0);
 	/* ... and the log says it fell back. */
-	FILE *f = fopen(logpath, "r");
+	FILE *f = fopen(env.log, "r");
 	size_t n = fread(out, 1, sizeof(out) - 1, f);
 	out[n] = '\0';
 	fclose(f);
@@ -185,10 +183,10 @@ static void test_idle_daemon_uses_no_cpu(void **state)
 {
 	(void)state;
 	const char *const args[] = { "--arena-size", "8M", "--hugepages", "off", NULL };
-	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
 	struct lb_client *c;
-	assert_int_equal(lb_connect(sock, "idle-test", &c), 0);
+	assert_int_equal(lb_connect(env.sock, "idle-test", &c), 0);
 	lb_close(c);
 	usleep(200 * 1000);
 	long before = cpu_ticks(pid);
@@ -205,9 +203,9 @@ static void test_socket_in_use_refused_stale_reclaimed(void **state)
 	(void)state;
 	const char *const args[] = { "--arena-size", "4M", "--hugepages", "off", NULL };
 	char out[4096];
-	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
-	const char *const again[] = { "--foreground", "--socket", sock, "--arena-size", "4M",
+	const char *const again[] = { "--foreground", "--socket", env.sock, "--arena-size", "4M",
 				      "--hugepages", "off", NULL };
 	int st = run_daemon(again, out, sizeof(out));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
@@ -215,16 +213,16 @@ static void test_socket_in_use_refused_stale_reclaimed(void **state)
 	/* Killed hard, the first leaves its socket file behind ... */
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
-	assert_int_equal(access(sock, F_OK), 0);
+	assert_int_equal(access(env.sock, F_OK), 0);
 	/* ... which the next start takes over. */
-	pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
 	struct stat sb;
-	assert_int_equal(stat(sock, &sb), 0);
+	assert_int_equal(stat(env.sock, &sb), 0);
 	assert_int_equal(sb.st_mode & 0777, 0660);
 	st = lbt_daemon_stop(pid);
 	if (st != 0)
-		lbt_cat(logpath);
+		lbt_cat(env.log);
 	assert_int_equal(st, 0);
 }
 
@@ -234,9 +232,9 @@ static void test_ctl_table_and_no_daemon(void **state)
 	(void)state;
 	const char *const args[] = { "--arena-size", "4M", "--hugepages", "off", NULL };
 	char out[4096];
-	pid_t pid = daemon_pid = lbt_daemon_start(sock, logpath, args);
+	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
-	const char *const tab[] = { LB_CTL_PATH, "--socket", sock, "stats", NULL };
+	const char *const tab[] = { LB_CTL_PATH, "--socket", env.sock, "stats", NULL };
 	int st = lbt_run(tab, out, sizeof(out));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	assert_non_null(strstr(out, "page size"));
@@ -245,7 +243,7 @@ static void test_ctl_table_and_no_daemon(void **state)
 	st = lbt_run(tab, out, sizeof(out));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
 	assert_non_null(strstr(out, "is layerbankd running?"));
-	const char *const bad[] = { LB_CTL_PATH, "--socket", sock, "frobnicate", NULL };
+	const char *const bad[] = { LB_CTL_PATH, "--socket", env.sock, "frobnicate", NULL };
 	st = lbt_run(bad, out, sizeof(out));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
 }

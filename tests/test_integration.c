@@ -20,17 +20,15 @@
 
 #define N_CLIENTS 4
 
-static char dir[256], sock[300], logpath[300];
+static struct lbt_env env;
 static pid_t daemon_pid;
 
 static int setup(void **state)
 {
 	(void)state;
 	const char *const args[] = { "--arena-size", "16M", "--hugepages", "try", NULL };
-	lbt_mkdtemp(dir, sizeof(dir));
-	snprintf(sock, sizeof(sock), "%s/lb.sock", dir);
-	snprintf(logpath, sizeof(logpath), "%s/daemon.log", dir);
-	daemon_pid = lbt_daemon_start(sock, logpath, args);
+	lbt_env_make(&env);
+	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	return daemon_pid > 0 ? 0 : -1;
 }
 
@@ -39,7 +37,7 @@ static int teardown(void **state)
 	(void)state;
 	/* SIGTERM even after a failed assertion, so no daemon outlives the test. */
 	int st = lbt_daemon_stop(daemon_pid);
-	lbt_rmtree(dir);
+	lbt_env_remove(&env);
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }
 
@@ -59,7 +57,7 @@ static int client_child(int report_fd, int go_fd)
 	struct lb_client *c;
 	uint32_t id = 0;
 	char go;
-	if (lb_connect(sock, "integration", &c) < 0)
+	if (lb_connect(env.sock, "integration", &c) < 0)
 		return 10;
 	if (lb_register_model(c, &bert, &id) < 0)
 		return 11;
@@ -96,7 +94,7 @@ static void test_clients_share_models_and_stats(void **state)
 			first = id;
 		assert_int_equal(id, first); /* every process got the same model */
 	}
-	assert_int_equal(lb_connect(sock, "observer", &c), 0);
+	assert_int_equal(lb_connect(env.sock, "observer", &c), 0);
 	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
 	assert_int_equal(st.clients, N_CLIENTS + 1);
 	assert_int_equal(st.models, 1);
@@ -153,7 +151,7 @@ static void test_client_cannot_write_arena(void **state)
 	size_t bytes;
 	char path[64];
 
-	assert_int_equal(lb_connect(sock, "attacker", &c), 0);
+	assert_int_equal(lb_connect(env.sock, "attacker", &c), 0);
 	assert_true(lb_arena_count(c) >= 1);
 	const struct lb_arena_hdr *h = lb_arena_base(c, 0, &bytes);
 	assert_non_null(h);
@@ -191,14 +189,14 @@ static void test_connect_errors(void **state)
 	(void)state;
 	struct lb_client *c = (void *)1;
 	char missing[320];
-	snprintf(missing, sizeof(missing), "%s/nobody.sock", dir);
+	snprintf(missing, sizeof(missing), "%s/nobody.env.sock", env.dir);
 	assert_int_equal(lb_connect(missing, NULL, &c), -ENOENT);
 	assert_null(c);
 	char longname[200];
 	memset(longname, 'a', sizeof(longname) - 1);
 	longname[sizeof(longname) - 1] = '\0';
 	assert_int_equal(lb_connect(longname, NULL, &c), -ENAMETOOLONG);
-	assert_int_equal(lb_connect(sock, longname, &c), -ENAMETOOLONG);
+	assert_int_equal(lb_connect(env.sock, longname, &c), -ENAMETOOLONG);
 }
 
 int main(void)

@@ -21,7 +21,7 @@
 
 #define FRAMES 10000
 
-static char dir[256], sock[300], logpath[300];
+static struct lbt_env env;
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
 static uint64_t next(void)
@@ -38,8 +38,8 @@ static int dial(void)
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	assert_true(fd >= 0);
-	assert_true(strlen(sock) < sizeof(sa.sun_path));
-	memcpy(sa.sun_path, sock, strlen(sock) + 1);
+	assert_true(strlen(env.sock) < sizeof(sa.sun_path));
+	memcpy(sa.sun_path, env.sock, strlen(env.sock) + 1);
 	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
 	return fd;
 }
@@ -141,7 +141,7 @@ static void test_storm_of_bad_frames(void **state)
 	unsigned replies = 0, errors = 0, hangups = 0;
 
 	printf("seed 0x%016llx, %d frames\n", (unsigned long long)rng, FRAMES);
-	pid_t pid = lbt_daemon_start(sock, logpath, args);
+	pid_t pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
 	int fd = -1;
 	for (int i = 0; i < FRAMES; i++) {
@@ -161,7 +161,7 @@ static void test_storm_of_bad_frames(void **state)
 		int a = answer(fd);
 		if (a < 0) {
 			printf("frame %d (%zu bytes) got no answer within 2 s\n", i, len);
-			lbt_cat(logpath);
+			lbt_cat(env.log);
 		}
 		assert_true(a >= 0);
 		if (a == 1) {
@@ -191,7 +191,7 @@ static void test_storm_of_bad_frames(void **state)
 	uint32_t id;
 	const struct lb_model_desc d = { .name = "after-storm", .weights_hash = 7, .n_layers = 4,
 					 .hidden = 64, .dtype = LB_DTYPE_F32, .max_seq = 128 };
-	assert_int_equal(lb_connect(sock, "good", &c), 0);
+	assert_int_equal(lb_connect(env.sock, "good", &c), 0);
 	assert_int_equal(lb_register_model(c, &d, &id), 0);
 	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
 	assert_int_equal(st.clients, 1);
@@ -203,16 +203,14 @@ static void test_storm_of_bad_frames(void **state)
 static int setup(void **state)
 {
 	(void)state;
-	lbt_mkdtemp(dir, sizeof(dir));
-	snprintf(sock, sizeof(sock), "%s/lb.sock", dir);
-	snprintf(logpath, sizeof(logpath), "%s/daemon.log", dir);
+	lbt_env_make(&env);
 	return 0;
 }
 
 static int teardown(void **state)
 {
 	(void)state;
-	lbt_rmtree(dir);
+	lbt_env_remove(&env);
 	return 0;
 }
 

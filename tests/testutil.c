@@ -37,18 +37,50 @@ void lbt_rmtree(const char *dir)
 	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-long lbt_hugepages_free(void)
+void lbt_env_make(struct lbt_env *env)
+{
+	lbt_mkdtemp(env->dir, sizeof(env->dir));
+	if ((size_t)snprintf(env->sock, sizeof(env->sock), "%s/lb.sock", env->dir) >= sizeof(env->sock)) {
+		fprintf(stderr, "socket path under %s too long\n", env->dir);
+		abort();
+	}
+	snprintf(env->log, sizeof(env->log), "%s/daemon.log", env->dir);
+}
+
+void lbt_env_remove(struct lbt_env *env)
+{
+	lbt_rmtree(env->dir);
+}
+
+long lbt_meminfo(const char *key)
 {
 	FILE *f = fopen("/proc/meminfo", "r");
 	char line[256];
+	size_t n = strlen(key);
 	long v = -1;
 	if (!f)
 		return -1;
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "HugePages_Free: %ld", &v) == 1)
+		if (!strncmp(line, key, n) && line[n] == ':') {
+			if (sscanf(line + n + 1, "%ld", &v) != 1)
+				v = -1;
 			break;
+		}
 	fclose(f);
 	return v;
+}
+
+long lbt_hugepages_free(void)
+{
+	return lbt_meminfo("HugePages_Free");
+}
+
+long lbt_hugepages_avail(void)
+{
+	long free_pages = lbt_hugepages_free(), rsvd = lbt_meminfo("HugePages_Rsvd");
+	if (free_pages < 0)
+		return -1;
+	return rsvd > 0 ? free_pages - rsvd : free_pages;
 }
 
 static void sleep_ms(long ms)
@@ -192,48 +224,65 @@ int lbt_run(const char *const *argv, char *out, size_t n)
 	return st;
 }
 
+#define NR_HUGEPAGES "/proc/sys/vm/nr_hugepages"
+
 static long hp_orig = -1;
 
-static void hp_restore(void)
+static long read_nr(void)
 {
-	FILE *f = fopen("/proc/sys/vm/nr_hugepages", "w");
-	if (f) {
-		fprintf(f, "%ld\n", hp_orig);
-		fclose(f);
-	}
+	FILE *f = fopen(NR_HUGEPAGES, "r");
+	long v = -1;
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+static int write_nr(long v)
+{
+	FILE *f = fopen(NR_HUGEPAGES, "w");
+	int rc;
+	if (!f)
+		return -1;
+	rc = fprintf(f, "%ld\n", v) < 0;
+	rc |= fclose(f) != 0;
+	return rc ? -1 : 0;
+}
+
+void lbt_hugepages_restore(void)
+{
+	if (hp_orig < 0)
+		return;
+	if (write_nr(hp_orig) < 0)
+		fprintf(stderr, "could not restore %s to %ld\n", NR_HUGEPAGES, hp_orig);
+	hp_orig = -1;
 }
 
 int lbt_hugepages_ensure(long n, const char **why)
 {
-	long free_now = lbt_hugepages_free(), total = -1;
-	FILE *f;
+	static char text[256];
+	static int registered;
+	long avail = lbt_hugepages_avail(), nr = read_nr();
 
-	if (free_now >= n)
-		return 1;
-	if (geteuid() != 0) {
-		*why = "not enough free 2 MiB hugepages and not root to reserve them "
-		       "(echo N > /proc/sys/vm/nr_hugepages)";
+	if (avail < 0 || nr < 0) {
+		*why = "this kernel has no 2 MiB hugetlb pages";
 		return 0;
 	}
-	f = fopen("/proc/sys/vm/nr_hugepages", "r+");
-	if (!f || fscanf(f, "%ld", &total) != 1) {
-		if (f)
-			fclose(f);
-		*why = "cannot read /proc/sys/vm/nr_hugepages";
-		return 0;
-	}
-	fclose(f);
-	if (hp_orig < 0) {
-		hp_orig = total;
-		atexit(hp_restore);
-	}
-	f = fopen("/proc/sys/vm/nr_hugepages", "w");
-	if (f) {
-		fprintf(f, "%ld\n", total + n - free_now);
-		fclose(f);
-	}
-	if (lbt_hugepages_free() >= n)
+	if (avail >= n)
 		return 1;
-	*why = "the kernel could not reserve enough 2 MiB hugepages";
+	if (geteuid() == 0) {
+		if (hp_orig < 0)
+			hp_orig = nr;
+		if (!registered++)
+			atexit(lbt_hugepages_restore);
+		if (write_nr(nr + n - avail) == 0 && (avail = lbt_hugepages_avail()) >= n)
+			return 1;
+	}
+	snprintf(text, sizeof(text),
+		 "needs %ld available 2 MiB hugepages, %ld available; reserve them with "
+		 "'echo %ld > " NR_HUGEPAGES "' (as root)", n, avail, nr + n - avail);
+	*why = text;
 	return 0;
 }

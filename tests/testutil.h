@@ -18,13 +18,27 @@
 		exit(LBT_SKIP_CODE);                        \
 	} while (0)
 
+/* A test's own folder with the daemon's socket and log paths in it. */
+struct lbt_env {
+	char dir[200];
+	char sock[108]; /* sizeof(sun_path) */
+	char log[256];
+};
+/* Make env's folder (aborts on failure) and fill in its paths; lbt_env_remove deletes it. */
+void lbt_env_make(struct lbt_env *env);
+void lbt_env_remove(struct lbt_env *env);
+
 /* Make a fresh folder under $TMPDIR (or /tmp) into out; aborts the test on failure. */
 void lbt_mkdtemp(char *out, size_t n);
 /* Remove a folder made by lbt_mkdtemp and everything in it. */
 void lbt_rmtree(const char *dir);
 
+/* A /proc/meminfo field ("HugePages_Free"), -1 when unreadable. */
+long lbt_meminfo(const char *key);
 /* HugePages_Free from /proc/meminfo, -1 when unreadable. */
 long lbt_hugepages_free(void);
+/* Free hugepages no mapping has reserved yet: what a new mapping can have; -1: no hugetlb. */
+long lbt_hugepages_avail(void);
 
 /*
  * Start layerbankd --foreground --socket SOCK [args...] with stderr (and stdout) into log,
@@ -52,9 +66,10 @@ void lbt_cat(const char *path);
 
 
 /*
- * Make sure n 2 MiB hugepages are free: as root, raise /proc/sys/vm/nr_hugepages (the old
- * value is put back at exit). @return 1 when n are free, 0 when not (not root, or the kernel
- * could not find the memory); *why then says so.
+ * Make sure n 2 MiB hugepages are available: as root, raise /proc/sys/vm/nr_hugepages (the old
+ * value is put back by lbt_hugepages_restore, which also runs at exit). @return 1 when n are
+ * available, 0 when not; *why then says so, with the counts and the command to run.
  */
 int lbt_hugepages_ensure(long n, const char **why);
+void lbt_hugepages_restore(void);
 #endif
