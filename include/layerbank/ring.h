@@ -1,0 +1,353 @@
+/* layerbank rings: the per-client shared region (request ring, completion ring, staging) and
+ * the single-producer single-consumer ring both sides compile against. Part of the ABI.
+ *
+ * Trust: the region is writable by the client, so the daemon treats every byte of it as
+ * hostile. Each side keeps its own private copy of the layout (struct lb_ring_view) and never
+ * re-reads sizes or offsets from shared memory; the only shared words a side reads are the
+ * other side's index and the entries, and the consumer checks the producer's index before
+ * trusting it (lb_ring_sc_peek). */
+#ifndef LAYERBANK_RING_H
+#define LAYERBANK_RING_H
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define LB_CACHE_LINE 64u
+#define LB_RING_ENTRY_SIZE 64u
+#define LB_RING_MIN_ENTRIES 8u
+#define LB_RING_MAX_ENTRIES 65536u
+#define LB_REGION_MAGIC 0x4e4f494745524c42ULL /* "LBREGION" little-endian */
+
+/*
+ * The shared part of one ring. The producer writes only prod and doorbell; the consumer writes
+ * only cons and sleeping. Entries follow at LB_RING_HDR_SIZE.
+ */
+struct lb_ring_shared {
+	_Alignas(LB_CACHE_LINE) _Atomic uint32_t prod; /* producer's line: next slot to fill */
+	uint8_t pad0[LB_CACHE_LINE - sizeof(uint32_t)];
+	_Alignas(LB_CACHE_LINE) _Atomic uint32_t cons; /* consumer's line: next slot to take */
+	_Atomic uint32_t sleeping;                      /* 1 while the consumer may be asleep */
+	uint8_t pad1[LB_CACHE_LINE - 2 * sizeof(uint32_t)];
+	_Alignas(LB_CACHE_LINE) _Atomic uint32_t doorbell; /* futex word, bumped by a wake */
+	uint8_t pad2[LB_CACHE_LINE - sizeof(uint32_t)];
+};
+#define LB_RING_HDR_SIZE (3u * LB_CACHE_LINE)
+_Static_assert(offsetof(struct lb_ring_shared, prod) == 0, "abi");
+_Static_assert(offsetof(struct lb_ring_shared, cons) == 64, "abi");
+_Static_assert(offsetof(struct lb_ring_shared, sleeping) == 68, "abi");
+_Static_assert(offsetof(struct lb_ring_shared, doorbell) == 128, "abi");
+_Static_assert(sizeof(struct lb_ring_shared) == LB_RING_HDR_SIZE, "abi");
+_Static_assert(sizeof(_Atomic uint32_t) == 4 && _Alignof(_Atomic uint32_t) == 4, "abi");
+
+/* ---- ring entries ---- */
+
+enum lb_op {
+	LB_OP_PING = 1,
+	LB_OP_LOOKUP_DEEPEST = 2, /* payload: struct lb_query */
+	LB_OP_LOOKUP = 3,         /* payload: struct lb_query; layer: the one layer asked */
+	LB_OP_INSERT = 4,         /* payload: struct lb_insert_hdr, then the bytes */
+	LB_OP_RELEASE = 5,        /* lease: the one to end */
+	LB_OP_REPORT = 6,         /* lease: the entry reused; aux: drift as float bits */
+};
+#define LB_OP_MIN LB_OP_PING
+#define LB_OP_MAX LB_OP_REPORT
+
+/* Request: client -> daemon. Every field is checked by the daemon on its own copy. */
+struct lb_req {
+	uint8_t opcode;      /* enum lb_op */
+	uint8_t flags;       /* none defined: must be 0 */
+	uint16_t layer;      /* LOOKUP, INSERT: layer index; LOOKUP_DEEPEST: 0 */
+	uint32_t model_id;   /* from lb_register_model; 0 for PING, RELEASE, REPORT */
+	uint64_t user_data;  /* echoed in the completion */
+	uint32_t seq_len;    /* LOOKUP*, INSERT: tokens in the input */
+	uint32_t aux;        /* REPORT: drift (float bits) */
+	uint64_t lease;      /* RELEASE, REPORT: a lease from a hit or an insert */
+	uint32_t payload_off; /* offset of the payload inside the staging buffer */
+	uint32_t payload_len; /* bytes of payload; 0 when the opcode has none */
+	uint64_t reserved[3]; /* must be 0 */
+};
+_Static_assert(sizeof(struct lb_req) == LB_RING_ENTRY_SIZE, "abi");
+_Static_assert(offsetof(struct lb_req, user_data) == 8, "abi");
+_Static_assert(offsetof(struct lb_req, seq_len) == 16, "abi");
+_Static_assert(offsetof(struct lb_req, lease) == 24, "abi");
+_Static_assert(offsetof(struct lb_req, payload_off) == 32, "abi");
+_Static_assert(offsetof(struct lb_req, reserved) == 40, "abi");
+
+/* Completion: daemon -> client. */
+struct lb_cpl {
+	uint64_t user_data;  /* from the request */
+	int32_t status;      /* 0 hit/done, -ENOENT miss, other -errno for a refused request */
+	uint8_t opcode;
+	uint8_t arena;       /* hit/insert: arena index (WELCOME order) */
+	uint16_t layer;      /* hit: the layer found (deepest for LOOKUP_DEEPEST) */
+	uint64_t lease;      /* hit/insert: lease to RELEASE; 0 when none */
+	uint64_t entry_off;  /* hit/insert: offset of struct lb_entry_hdr in the arena */
+	uint32_t hamming;    /* hit: fingerprint distance to the entry (0 for an exact match) */
+	uint32_t reserved0;
+	uint64_t reserved[3];
+};
+_Static_assert(sizeof(struct lb_cpl) == LB_RING_ENTRY_SIZE, "abi");
+_Static_assert(offsetof(struct lb_cpl, status) == 8, "abi");
+_Static_assert(offsetof(struct lb_cpl, lease) == 16, "abi");
+_Static_assert(offsetof(struct lb_cpl, entry_off) == 24, "abi");
+_Static_assert(offsetof(struct lb_cpl, hamming) == 32, "abi");
+
+#define LB_FP_WORDS 4 /* 256-bit SimHash */
+#define LB_MAX_NDIM 4
+
+/* Lookup payload, in staging. thr[] follows: n_thr floats (per-layer similarity thresholds,
+ * layer 0 first); n_thr == 0 uses the daemon's thresholds. */
+struct lb_query {
+	uint64_t fp[LB_FP_WORDS]; /* SimHash of the input (lb_fingerprint) */
+	uint64_t exact[2];        /* XXH3-128 of the token ids (lb_token_hash) */
+	uint32_t n_thr;           /* 0, or the model's n_layers */
+	uint32_t reserved;        /* 0 */
+	/* float thr[n_thr]; */
+};
+_Static_assert(sizeof(struct lb_query) == 56, "abi");
+
+/* Insert payload, in staging: this header, then bytes of data (64-byte aligned start). */
+struct lb_insert_hdr {
+	uint64_t fp[LB_FP_WORDS];
+	uint64_t exact[2];
+	uint32_t dtype;             /* enum lb_dtype */
+	uint32_t ndim;              /* 1..LB_MAX_NDIM */
+	uint32_t shape[LB_MAX_NDIM]; /* unused dims 0; product * dtype size == bytes */
+	uint64_t bytes;
+};
+#define LB_INSERT_HDR_SIZE 128u /* data starts here, cache-line aligned */
+_Static_assert(sizeof(struct lb_insert_hdr) <= LB_INSERT_HDR_SIZE, "abi");
+
+/* In the arena before each entry's data: written by the daemon, read-only for clients. */
+struct lb_entry_hdr {
+	uint64_t magic;              /* LB_ENTRY_MAGIC while the entry is live */
+	uint32_t model_id;
+	uint16_t layer;
+	uint16_t dtype;
+	uint32_t seq_len;
+	uint32_t ndim;
+	uint32_t shape[LB_MAX_NDIM];
+	uint64_t bytes;              /* data bytes after this header */
+	uint64_t checksum;           /* XXH3-64 of the data, computed on the arena copy */
+	uint64_t reserved[2];
+};
+#define LB_ENTRY_MAGIC 0x5952544e45424cULL /* "LBENTRY" */
+#define LB_ENTRY_HDR_SIZE 128u
+_Static_assert(sizeof(struct lb_entry_hdr) == 80, "abi");
+_Static_assert(sizeof(struct lb_entry_hdr) <= LB_ENTRY_HDR_SIZE, "abi");
+_Static_assert(offsetof(struct lb_entry_hdr, bytes) == 48, "abi");
+
+/* ---- region layout ---- */
+
+/* At offset 0 of a client region; written by the daemon before the fd is passed. Either side
+ * computes the same layout from (req_entries, cpl_entries, staging_bytes) with
+ * lb_region_layout and must not trust these fields once the client runs. */
+struct lb_region_hdr {
+	uint64_t magic;         /* LB_REGION_MAGIC */
+	uint32_t abi_version;   /* LB_SHM_ABI_VERSION */
+	uint32_t hdr_size;      /* sizeof(struct lb_region_hdr) */
+	uint64_t region_bytes;
+	uint32_t req_entries;   /* power of two */
+	uint32_t cpl_entries;   /* power of two */
+	uint64_t req_off;       /* struct lb_ring_shared, then req_entries entries */
+	uint64_t cpl_off;
+	uint64_t staging_off;   /* 4096-aligned */
+	uint64_t staging_bytes; /* multiple of 4096 */
+};
+_Static_assert(sizeof(struct lb_region_hdr) == 64, "abi");
+_Static_assert(offsetof(struct lb_region_hdr, req_entries) == 24, "abi");
+_Static_assert(offsetof(struct lb_region_hdr, req_off) == 32, "abi");
+_Static_assert(offsetof(struct lb_region_hdr, staging_bytes) == 56, "abi");
+
+/* Fill h's sizes and offsets; @return region bytes, 0 when an argument is out of range. */
+static inline uint64_t lb_region_layout(struct lb_region_hdr *h, uint32_t req_entries,
+					uint32_t cpl_entries, uint64_t staging_bytes)
+{
+	uint64_t off = 4096;
+	if (req_entries < LB_RING_MIN_ENTRIES || req_entries > LB_RING_MAX_ENTRIES ||
+	    (req_entries & (req_entries - 1)) || cpl_entries < LB_RING_MIN_ENTRIES ||
+	    cpl_entries > LB_RING_MAX_ENTRIES || (cpl_entries & (cpl_entries - 1)) ||
+	    staging_bytes % 4096 || staging_bytes > (1ull << 32))
+		return 0;
+	memset(h, 0, sizeof(*h));
+	h->magic = LB_REGION_MAGIC;
+	h->hdr_size = sizeof(*h);
+	h->req_entries = req_entries;
+	h->cpl_entries = cpl_entries;
+	h->req_off = off;
+	off += LB_RING_HDR_SIZE + (uint64_t)req_entries * LB_RING_ENTRY_SIZE;
+	off = (off + 4095) & ~4095ull;
+	h->cpl_off = off;
+	off += LB_RING_HDR_SIZE + (uint64_t)cpl_entries * LB_RING_ENTRY_SIZE;
+	off = (off + 4095) & ~4095ull;
+	h->staging_off = off;
+	h->staging_bytes = staging_bytes;
+	h->region_bytes = off + staging_bytes;
+	return h->region_bytes;
+}
+
+/* ---- one side's private view of a ring ---- */
+
+/* Owned by the one thread that produces (or consumes) on this ring. */
+struct lb_ring_view {
+	struct lb_ring_shared *sh;
+	uint8_t *entries; /* [mask + 1][LB_RING_ENTRY_SIZE] */
+	uint32_t mask;
+	uint32_t local;   /* producer: our prod; consumer: our cons (never read back from sh) */
+	uint32_t cached;  /* producer: last cons seen; consumer: last prod seen */
+};
+
+static inline void lb_ring_view_init(struct lb_ring_view *v, void *ring, uint32_t entries)
+{
+	v->sh = (struct lb_ring_shared *)ring;
+	v->entries = (uint8_t *)ring + LB_RING_HDR_SIZE;
+	v->mask = entries - 1;
+	v->local = 0;
+	v->cached = 0;
+}
+
+/* Producer: copy one 64-byte entry in. @return false when the ring is full. */
+static inline bool lb_ring_sp_push(struct lb_ring_view *v, const void *entry)
+{
+	if (v->local - v->cached > v->mask) {
+		/* A1: pairs with R1 in lb_ring_sc_release: the consumer is done with the slot. */
+		v->cached = atomic_load_explicit(&v->sh->cons, memory_order_acquire);
+		/* A corrupt cons (hostile peer) can only make the ring look full or empty: the
+		 * distance is checked, and we never index with it. */
+		if (v->local - v->cached > v->mask)
+			return false;
+	}
+	memcpy(v->entries + (size_t)(v->local & v->mask) * LB_RING_ENTRY_SIZE, entry,
+	       LB_RING_ENTRY_SIZE);
+	v->local++;
+	/* R2: pairs with A2 in lb_ring_sc_peek: the entry is written before prod moves. */
+	atomic_store_explicit(&v->sh->prod, v->local, memory_order_release);
+	return true;
+}
+
+/*
+ * Consumer: number of entries ready (0 when empty). @return -EPROTO when the producer's index
+ * is impossible (more than the ring holds): the peer is broken or hostile.
+ */
+static inline int64_t lb_ring_sc_peek(struct lb_ring_view *v)
+{
+	uint32_t n = v->cached - v->local;
+	if (n == 0) {
+		/* A2: pairs with R2 in lb_ring_sp_push. */
+		v->cached = atomic_load_explicit(&v->sh->prod, memory_order_acquire);
+		n = v->cached - v->local;
+	}
+	if (n > v->mask + 1)
+		return -EPROTO;
+	return n;
+}
+
+/* Consumer: copy the oldest ready entry out (call lb_ring_sc_peek first). Copying before use
+ * is what makes the entry immune to a producer that rewrites it afterwards. */
+static inline void lb_ring_sc_copy(const struct lb_ring_view *v, void *out)
+{
+	memcpy(out, v->entries + (size_t)(v->local & v->mask) * LB_RING_ENTRY_SIZE,
+	       LB_RING_ENTRY_SIZE);
+}
+
+/* Consumer: hand the oldest slot back to the producer. */
+static inline void lb_ring_sc_release(struct lb_ring_view *v)
+{
+	v->local++;
+	/* R1: pairs with A1 in lb_ring_sp_push. */
+	atomic_store_explicit(&v->sh->cons, v->local, memory_order_release);
+}
+
+/* Consumer: pop one entry. @return 1, 0 when empty, -EPROTO (see lb_ring_sc_peek). */
+static inline int lb_ring_sc_pop(struct lb_ring_view *v, void *out)
+{
+	int64_t n = lb_ring_sc_peek(v);
+	if (n <= 0)
+		return (int)n;
+	lb_ring_sc_copy(v, out);
+	lb_ring_sc_release(v);
+	return 1;
+}
+
+/* ---- doorbell ---- */
+
+static inline long lb_futex(_Atomic uint32_t *word, int op, uint32_t val, const struct timespec *ts)
+{
+	/* Not FUTEX_PRIVATE_FLAG: the word is shared between processes. */
+	return syscall(SYS_futex, (uint32_t *)word, op, val, ts, NULL, 0);
+}
+
+/* Producer, after pushing: wake the consumer only if it said it may sleep. */
+static inline void lb_ring_sp_wake(struct lb_ring_view *v)
+{
+	/* F1: pairs with F2 in lb_ring_sc_wait: either the consumer sees our prod, or we see its
+	 * sleeping flag (store-load ordering needs a full fence on both sides). */
+	atomic_thread_fence(memory_order_seq_cst);
+	if (atomic_load_explicit(&v->sh->sleeping, memory_order_relaxed)) {
+		atomic_fetch_add_explicit(&v->sh->doorbell, 1, memory_order_relaxed);
+		lb_futex(&v->sh->doorbell, FUTEX_WAKE, 1, NULL);
+	}
+}
+
+static inline uint64_t lb_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/*
+ * Consumer: wait until an entry is ready: spin spin_ns, then sleep on the doorbell for at most
+ * timeout_ns (0: no limit). @return entries ready (> 0), 0 on time-out, -EPROTO.
+ */
+static inline int64_t lb_ring_sc_wait(struct lb_ring_view *v, uint64_t spin_ns, uint64_t timeout_ns)
+{
+	uint64_t start = lb_now_ns(), now;
+	int64_t n;
+
+	for (;;) {
+		n = lb_ring_sc_peek(v);
+		if (n != 0)
+			return n;
+		now = lb_now_ns();
+		if (now - start >= spin_ns)
+			break;
+		__builtin_ia32_pause();
+	}
+	for (;;) {
+		uint32_t bell = atomic_load_explicit(&v->sh->doorbell, memory_order_relaxed);
+		atomic_store_explicit(&v->sh->sleeping, 1, memory_order_relaxed);
+		/* F2: pairs with F1 in lb_ring_sp_wake. */
+		atomic_thread_fence(memory_order_seq_cst);
+		n = lb_ring_sc_peek(v);
+		if (n == 0) {
+			struct timespec ts, *tsp = NULL;
+			now = lb_now_ns();
+			if (timeout_ns) {
+				if (now - start >= timeout_ns) {
+					atomic_store_explicit(&v->sh->sleeping, 0, memory_order_relaxed);
+					return 0;
+				}
+				uint64_t left = timeout_ns - (now - start);
+				ts.tv_sec = (time_t)(left / 1000000000ull);
+				ts.tv_nsec = (long)(left % 1000000000ull);
+				tsp = &ts;
+			}
+			lb_futex(&v->sh->doorbell, FUTEX_WAIT, bell, tsp);
+			n = lb_ring_sc_peek(v);
+		}
+		atomic_store_explicit(&v->sh->sleeping, 0, memory_order_relaxed);
+		if (n != 0)
+			return n;
+	}
+}
+
+#endif
