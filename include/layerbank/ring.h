@@ -141,9 +141,9 @@ struct lb_entry_hdr {
 };
 #define LB_ENTRY_MAGIC 0x5952544e45424cULL /* "LBENTRY" */
 #define LB_ENTRY_HDR_SIZE 128u
-_Static_assert(sizeof(struct lb_entry_hdr) == 80, "abi");
+_Static_assert(sizeof(struct lb_entry_hdr) == 72, "abi");
 _Static_assert(sizeof(struct lb_entry_hdr) <= LB_ENTRY_HDR_SIZE, "abi");
-_Static_assert(offsetof(struct lb_entry_hdr, bytes) == 48, "abi");
+_Static_assert(offsetof(struct lb_entry_hdr, bytes) == 40, "abi");
 
 /* ---- region layout ---- */
 
