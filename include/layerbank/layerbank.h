@@ -85,6 +85,43 @@ const void *lb_arena_base(const struct lb_client *c, unsigned i, size_t *bytes);
  * The fd stays owned by c. */
 int lb_arena_fd(const struct lb_client *c, unsigned i);
 
+/* ---- fingerprints (LLMCache input fingerprint; specified in proto/PROTOCOL.md) ---- */
+
+#define LB_FP_BITS 256
+
+/* A projection, built once per (dim, chunks, seed, center) and shared by every call. */
+struct lb_fp_proj;
+
+/*
+ * Build the projection for embeddings of width dim, pooled into chunks chunks (0: 4), with
+ * the PRNG seeded by seed. center: NULL, or dim floats subtracted from every pooled chunk
+ * (for example the mean of the embedding table) so that the common component of all inputs
+ * does not dominate the hash. @return the projection, or NULL with errno EINVAL/ENOMEM.
+ */
+struct lb_fp_proj *lb_fp_proj_new(uint32_t dim, uint32_t chunks, uint64_t seed, const float *center);
+void lb_fp_proj_free(struct lb_fp_proj *p);
+
+/*
+ * SimHash of an input from its embedding-layer output emb [n_tokens][dim]: split into the
+ * projection's chunks, each mean-pooled, concatenated, projected, one bit per sign. Identical
+ * bits on every machine, process and code path (AVX-512 or scalar).
+ * @return 0; -EINVAL (n_tokens 0, NULL pointers).
+ */
+int lb_fingerprint(const struct lb_fp_proj *p, const float *emb, uint32_t n_tokens,
+		   uint64_t out[LB_FP_BITS / 64]);
+
+/* XXH3-128 of the token ids: the exact-match key. out[0] low, out[1] high 64 bits. */
+void lb_token_hash(const int32_t *tokens, uint32_t n_tokens, uint64_t out[2]);
+
+/* Bits that differ between two fingerprints, 0..256. */
+uint32_t lb_fp_hamming(const uint64_t a[LB_FP_BITS / 64], const uint64_t b[LB_FP_BITS / 64]);
+
+/* Estimated cosine similarity of two inputs: cos(pi * hamming / 256). */
+double lb_fp_similarity(uint32_t hamming);
+
+/* Largest hamming distance whose similarity is >= tau (tau in [-1, 1]). */
+uint32_t lb_fp_max_hamming(double tau);
+
 #ifdef __cplusplus
 }
 #endif
