@@ -1,0 +1,24 @@
+/* layerbank-bench: shared declarations of the benchmark modules. */
+#ifndef LAYERBANK_BENCH_H
+#define LAYERBANK_BENCH_H
+
+#include <stdint.h>
+
+/* One row of the index benchmark: an index of `entries` fingerprints. */
+struct lbb_index_row {
+	uint32_t entries;
+	double lookup_us;   /* mean cost of a near-duplicate lookup (a hit) */
+	double miss_us;     /* mean cost of a lookup with nothing within the radius */
+	double brute_us;    /* mean cost of the brute-force popcount scan, same queries */
+	double recall;      /* hits the index found / hits the brute-force scan found */
+};
+
+/*
+ * Build indexes of sizes[i] random fingerprints and time lookups of near-duplicate queries
+ * (hamming distances drawn as documented in bench/README.md) and of misses, against the
+ * brute-force scan. max_d: the search radius. @return 0, or -errno.
+ */
+int lbb_index_run(const uint32_t *sizes, unsigned n, uint32_t max_d, uint64_t seed,
+		  struct lbb_index_row *rows);
+
+#endif
