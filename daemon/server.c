@@ -240,7 +240,10 @@ static void on_frame(struct lbd_conn *c, size_t len)
 	case LBP_MODEL:
 	case LBP_STATS_REPLY:
 	case LBP_ERROR:
+	case LBP_MODEL_STATS_REPLY:
 		break;
+	case LBP_MODEL_STATS:
+		break; /* wired with the data plane */
 	}
 	snprintf(text, sizeof(text), "%s is not a request", lbp_type_name(m.type));
 	conn_error(c, true, EPROTO, "type", text);

@@ -19,10 +19,10 @@
  * valid v1 frame (WELCOME with 8 arenas) has about 60 objects at depth 5.
  */
 #define WALK_MAX_DEPTH 8u
-#define WALK_MAX_OBJECTS 256u
+#define WALK_MAX_OBJECTS 4096u
 
-/* Keys in the largest body (STATS_REPLY has 7). */
-#define MAX_KEYS 8u
+/* Keys in the largest body (STATS_REPLY has 21). */
+#define MAX_KEYS 24u
 
 enum fkind {
 	F_UINT,   /* uint32_t or uint64_t (by size), min..max */
@@ -66,7 +66,18 @@ struct table {
 static const struct field hello_f[] = {
 	UINT(struct lbp_hello, shm_abi, 0, UINT32_MAX),
 	STR(struct lbp_hello, name, 0),
+	UINT(struct lbp_hello, req_entries, 0, LBP_MAX_RING),
+	UINT(struct lbp_hello, cpl_entries, 0, LBP_MAX_RING),
+	UINT(struct lbp_hello, staging_bytes, 0, LBP_MAX_STAGING),
 };
+
+static const struct field region_f[] = {
+	UINT(struct lbp_region_desc, req_entries, 8, LBP_MAX_RING),
+	UINT(struct lbp_region_desc, cpl_entries, 8, LBP_MAX_RING),
+	UINT(struct lbp_region_desc, staging_bytes, 0, LBP_MAX_STAGING),
+	KIND(struct lbp_region_desc, bytes, F_ARENA),
+};
+static const struct table region_t = TABLE(region_f);
 
 static const struct field arena_f[] = {
 	KIND(struct lbp_arena_desc, bytes, F_ARENA),
@@ -80,6 +91,7 @@ static const struct field welcome_f[] = {
 	KIND(struct lbp_welcome, page_size, F_PAGE),
 	{ "arenas", F_ARRAY, offsetof(struct lbp_welcome, arenas), 0, 1, LBP_MAX_ARENAS, &arena_t,
 	  sizeof(struct lbp_arena_desc), offsetof(struct lbp_welcome, n_arenas) },
+	MAP(struct lbp_welcome, region, region_t),
 };
 
 static const struct field fp_f[] = {
@@ -112,6 +124,45 @@ static const struct field stats_f[] = {
 	UINT(struct lbp_stats_reply, clients, 0, UINT32_MAX),
 	UINT(struct lbp_stats_reply, models, 0, UINT32_MAX),
 	UINT(struct lbp_stats_reply, uptime_s, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, threads, 0, UINT32_MAX),
+	STR(struct lbp_stats_reply, policy, 1),
+	UINT(struct lbp_stats_reply, hits, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, misses, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, inserts, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, evictions, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, expirations, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, invalidations, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, entries, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, leases, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, bytes_used, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, bytes_budget, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, fragmentation_ppm, 0, 1000000),
+};
+
+static const struct field mstats_f[] = {
+	UINT(struct lbp_model_stats, model_id, 1, UINT32_MAX),
+	UINT(struct lbp_model_stats, first_layer, 0, LBP_MAX_LAYERS - 1),
+};
+
+static const struct field layer_f[] = {
+	UINT(struct lbp_layer_stats, hits, 0, UINT64_MAX),
+	UINT(struct lbp_layer_stats, misses, 0, UINT64_MAX),
+	UINT(struct lbp_layer_stats, inserts, 0, UINT64_MAX),
+	UINT(struct lbp_layer_stats, evictions, 0, UINT64_MAX),
+	UINT(struct lbp_layer_stats, entries, 0, UINT64_MAX),
+	UINT(struct lbp_layer_stats, bytes, 0, UINT64_MAX),
+	UINT(struct lbp_layer_stats, leases, 0, UINT64_MAX),
+};
+static const struct table layer_t = TABLE(layer_f);
+
+static const struct field mstats_reply_f[] = {
+	UINT(struct lbp_model_stats_reply, model_id, 1, UINT32_MAX),
+	STR(struct lbp_model_stats_reply, name, 1),
+	UINT(struct lbp_model_stats_reply, n_layers, 1, LBP_MAX_LAYERS),
+	UINT(struct lbp_model_stats_reply, first_layer, 0, LBP_MAX_LAYERS - 1),
+	{ "layers", F_ARRAY, offsetof(struct lbp_model_stats_reply, layers), 0, 0,
+	  LBP_MAX_STATS_LAYERS, &layer_t, sizeof(struct lbp_layer_stats),
+	  offsetof(struct lbp_model_stats_reply, n) },
 };
 
 static const struct field error_f[] = {
@@ -130,6 +181,8 @@ static const struct table bodies[LBP_TYPE_MAX + 1] = {
 	[LBP_STATS_REPLY] = TABLE(stats_f),
 	[LBP_BYE] = { NULL, 0 },
 	[LBP_ERROR] = TABLE(error_f),
+	[LBP_MODEL_STATS] = TABLE(mstats_f),
+	[LBP_MODEL_STATS_REPLY] = TABLE(mstats_reply_f),
 };
 
 /* read_body() keeps one slot per key on the stack. */
@@ -142,6 +195,10 @@ FITS(reg_f);
 FITS(model_f);
 FITS(stats_f);
 FITS(error_f);
+FITS(region_f);
+FITS(mstats_f);
+FITS(layer_f);
+FITS(mstats_reply_f);
 _Static_assert(FSIZE(struct lbp_welcome, n_arenas) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(LBP_MAX_ARENAS <= 9, "arena paths \"arenas[N].\" assume one digit");
 _Static_assert(sizeof(((struct lbp_error *)0)->field) == sizeof(((struct lbp_fault *)0)->field),
@@ -896,6 +953,8 @@ const char *lbp_type_name(enum lbp_type t)
 	case LBP_STATS_REPLY: return "STATS_REPLY";
 	case LBP_BYE: return "BYE";
 	case LBP_ERROR: return "ERROR";
+	case LBP_MODEL_STATS: return "MODEL_STATS";
+	case LBP_MODEL_STATS_REPLY: return "MODEL_STATS_REPLY";
 	}
 	return "UNKNOWN";
 }

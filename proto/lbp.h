@@ -19,6 +19,10 @@
 #define LBP_MAX_HIDDEN 65536u
 #define LBP_MAX_SEQ 1048576u
 #define LBP_MAX_FP_CHUNKS 64u
+#define LBP_MAX_STAGING (1ull << 32) /* bytes of a client's staging buffer */
+#define LBP_MAX_RING 65536u          /* entries of a ring (LB_RING_MAX_ENTRIES) */
+#define LBP_MAX_STATS_LAYERS 64u     /* layers in one MODEL_STATS_REPLY */
+#define LBP_MAX_POLICY 15u           /* bytes of an eviction policy name */
 
 enum lbp_type {
 	LBP_HELLO = 1,          /* client -> daemon */
@@ -29,15 +33,20 @@ enum lbp_type {
 	LBP_STATS_REPLY = 6,    /* daemon -> client */
 	LBP_BYE = 7,            /* client -> daemon; no reply, the daemon closes */
 	LBP_ERROR = 8,          /* daemon -> client */
+	LBP_MODEL_STATS = 9,    /* client -> daemon: per-layer counters of one model */
+	LBP_MODEL_STATS_REPLY = 10,
 };
 #define LBP_TYPE_MIN LBP_HELLO
-#define LBP_TYPE_MAX LBP_ERROR
+#define LBP_TYPE_MAX LBP_MODEL_STATS_REPLY
 
 enum lbp_dtype { LBP_DTYPE_F32 = 1, LBP_DTYPE_F16 = 2, LBP_DTYPE_BF16 = 3 };
 
 struct lbp_hello {
 	uint32_t shm_abi;             /* LB_SHM_ABI_VERSION the client was built with */
 	char name[LBP_MAX_NAME + 1];  /* free-form client name, NUL-terminated, may be empty */
+	uint32_t req_entries;         /* wished request ring size, 0: the daemon's default */
+	uint32_t cpl_entries;         /* wished completion ring size, 0: default */
+	uint64_t staging_bytes;       /* wished staging buffer size, 0: default */
 };
 
 struct lbp_arena_desc {
@@ -45,12 +54,22 @@ struct lbp_arena_desc {
 	int32_t numa_node; /* -1: not bound */
 };
 
+/* The client's region as granted (lb_region_layout computes the offsets from these). */
+struct lbp_region_desc {
+	uint32_t req_entries; /* power of two, LB_RING_MIN_ENTRIES..LBP_MAX_RING */
+	uint32_t cpl_entries;
+	uint64_t staging_bytes; /* multiple of 4096, <= LBP_MAX_STAGING */
+	uint64_t bytes;         /* the region memfd's size */
+};
+
 struct lbp_welcome {
 	uint64_t client_id;
 	uint8_t boot_id[16];
 	uint64_t page_size;
-	uint32_t n_arenas; /* 1..LBP_MAX_ARENAS; that many fds travel with the frame */
+	uint32_t n_arenas; /* 1..LBP_MAX_ARENAS; n_arenas + 1 fds travel with the frame: the
+			    * arenas in order, then the client's region */
 	struct lbp_arena_desc arenas[LBP_MAX_ARENAS];
+	struct lbp_region_desc region;
 };
 
 struct lbp_fp_spec {
@@ -82,6 +101,37 @@ struct lbp_stats_reply {
 	uint32_t clients;      /* connections that completed HELLO */
 	uint32_t models;
 	uint64_t uptime_s;
+	uint32_t threads;      /* service threads */
+	char policy[LBP_MAX_POLICY + 1]; /* eviction policy: lru, decay or ttl */
+	uint64_t hits;         /* lookups answered with an entry */
+	uint64_t misses;
+	uint64_t inserts;
+	uint64_t evictions;    /* entries dropped by the policy to make room */
+	uint64_t expirations;  /* entries dropped by their TTL */
+	uint64_t invalidations; /* entries dropped because a REPORT's drift was too large */
+	uint64_t entries;      /* live entries (one per cached layer of an input) */
+	uint64_t leases;       /* active leases */
+	uint64_t bytes_used;   /* arena bytes in live entries */
+	uint64_t bytes_budget; /* bytes entries may use */
+	uint32_t fragmentation_ppm; /* of the free arena space, parts per million */
+};
+
+struct lbp_model_stats {
+	uint32_t model_id;
+	uint32_t first_layer; /* the reply covers layers first_layer.. */
+};
+
+struct lbp_layer_stats {
+	uint64_t hits, misses, inserts, evictions, entries, bytes, leases;
+};
+
+struct lbp_model_stats_reply {
+	uint32_t model_id;
+	char name[LBP_MAX_NAME + 1];
+	uint32_t n_layers;    /* of the model */
+	uint32_t first_layer;
+	uint32_t n;           /* layers in this reply, 0..LBP_MAX_STATS_LAYERS */
+	struct lbp_layer_stats layers[LBP_MAX_STATS_LAYERS];
 };
 
 struct lbp_error {
@@ -99,6 +149,8 @@ struct lbp_msg {
 		struct lbp_model model;
 		struct lbp_stats_reply stats;
 		struct lbp_error error;
+		struct lbp_model_stats mstats;
+		struct lbp_model_stats_reply mstats_reply;
 	} u; /* STATS and BYE carry no body */
 };
 

@@ -36,6 +36,9 @@ static struct lbp_msg sample(enum lbp_type t)
 	case LBP_HELLO:
 		m.u.hello.shm_abi = LB_SHM_ABI_VERSION;
 		strcpy(m.u.hello.name, "worker-0");
+		m.u.hello.req_entries = 256;
+		m.u.hello.cpl_entries = 512;
+		m.u.hello.staging_bytes = 16u << 20;
 		break;
 	case LBP_WELCOME:
 		m.u.welcome.client_id = 42;
@@ -47,6 +50,10 @@ static struct lbp_msg sample(enum lbp_type t)
 		m.u.welcome.arenas[0].numa_node = 0;
 		m.u.welcome.arenas[1].bytes = 2ull * MIB2;
 		m.u.welcome.arenas[1].numa_node = -1;
+		m.u.welcome.region.req_entries = 256;
+		m.u.welcome.region.cpl_entries = 256;
+		m.u.welcome.region.staging_bytes = 1u << 20;
+		m.u.welcome.region.bytes = (1u << 20) + 65536;
 		break;
 	case LBP_REGISTER_MODEL:
 		strcpy(m.u.reg.name, "llama-7b");
@@ -71,6 +78,40 @@ static struct lbp_msg sample(enum lbp_type t)
 		m.u.stats.clients = 5;
 		m.u.stats.models = 1;
 		m.u.stats.uptime_s = 3600;
+		m.u.stats.threads = 2;
+		strcpy(m.u.stats.policy, "decay");
+		m.u.stats.hits = 1000;
+		m.u.stats.misses = 200;
+		m.u.stats.inserts = 300;
+		m.u.stats.evictions = 40;
+		m.u.stats.expirations = 5;
+		m.u.stats.invalidations = 6;
+		m.u.stats.entries = 250;
+		m.u.stats.leases = 3;
+		m.u.stats.bytes_used = 1u << 30;
+		m.u.stats.bytes_budget = 2u << 30;
+		m.u.stats.fragmentation_ppm = 12345;
+		break;
+	case LBP_MODEL_STATS:
+		m.u.mstats.model_id = 2;
+		m.u.mstats.first_layer = 64;
+		break;
+	case LBP_MODEL_STATS_REPLY:
+		m.u.mstats_reply.model_id = 2;
+		strcpy(m.u.mstats_reply.name, "bert-base");
+		m.u.mstats_reply.n_layers = 12;
+		m.u.mstats_reply.first_layer = 0;
+		m.u.mstats_reply.n = 3;
+		for (unsigned i = 0; i < 3; i++) {
+			struct lbp_layer_stats *l = &m.u.mstats_reply.layers[i];
+			l->hits = 10 + i;
+			l->misses = 20 + i;
+			l->inserts = 30 + i;
+			l->evictions = i;
+			l->entries = 7;
+			l->bytes = 393216ull * 7;
+			l->leases = i % 2;
+		}
 		break;
 	case LBP_ERROR:
 		m.u.error.code = EPROTO;
@@ -96,9 +137,26 @@ static size_t all_samples(struct lbp_msg *out)
 	m = sample(LBP_HELLO);
 	m.u.hello.shm_abi = UINT32_MAX;
 	fill(m.u.hello.name, LBP_MAX_NAME, 'h');
+	m.u.hello.req_entries = LBP_MAX_RING;
+	m.u.hello.cpl_entries = LBP_MAX_RING;
+	m.u.hello.staging_bytes = LBP_MAX_STAGING;
 	out[n++] = m;
 	m.u.hello.shm_abi = 0;
 	m.u.hello.name[0] = '\0';
+	m.u.hello.req_entries = 0;
+	m.u.hello.cpl_entries = 0;
+	m.u.hello.staging_bytes = 0;
+	out[n++] = m;
+
+	m = sample(LBP_MODEL_STATS_REPLY);
+	fill(m.u.mstats_reply.name, LBP_MAX_NAME, 's');
+	m.u.mstats_reply.n_layers = LBP_MAX_LAYERS;
+	m.u.mstats_reply.first_layer = LBP_MAX_LAYERS - 1;
+	m.u.mstats_reply.n = LBP_MAX_STATS_LAYERS;
+	for (unsigned i = 0; i < LBP_MAX_STATS_LAYERS; i++)
+		memset(&m.u.mstats_reply.layers[i], 0xff, sizeof(m.u.mstats_reply.layers[i]));
+	out[n++] = m;
+	m.u.mstats_reply.n = 0;
 	out[n++] = m;
 
 	m = sample(LBP_WELCOME);
@@ -156,9 +214,17 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.stats.clients = UINT32_MAX;
 	m.u.stats.models = UINT32_MAX;
 	m.u.stats.uptime_s = UINT64_MAX;
+	m.u.stats.threads = UINT32_MAX;
+	fill(m.u.stats.policy, LBP_MAX_POLICY, 'p');
+	m.u.stats.hits = m.u.stats.misses = m.u.stats.inserts = UINT64_MAX;
+	m.u.stats.evictions = m.u.stats.expirations = m.u.stats.invalidations = UINT64_MAX;
+	m.u.stats.entries = m.u.stats.leases = UINT64_MAX;
+	m.u.stats.bytes_used = m.u.stats.bytes_budget = UINT64_MAX;
+	m.u.stats.fragmentation_ppm = 1000000;
 	out[n++] = m;
 	memset(&m.u.stats, 0, sizeof(m.u.stats));
 	m.u.stats.page_size = 4096;
+	strcpy(m.u.stats.policy, "l");
 	out[n++] = m;
 
 	m = sample(LBP_ERROR);
@@ -182,6 +248,9 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 	case LBP_HELLO:
 		assert_int_equal(a->u.hello.shm_abi, b->u.hello.shm_abi);
 		assert_string_equal(a->u.hello.name, b->u.hello.name);
+		assert_int_equal(a->u.hello.req_entries, b->u.hello.req_entries);
+		assert_int_equal(a->u.hello.cpl_entries, b->u.hello.cpl_entries);
+		assert_true(a->u.hello.staging_bytes == b->u.hello.staging_bytes);
 		break;
 	case LBP_WELCOME:
 		assert_true(a->u.welcome.client_id == b->u.welcome.client_id);
@@ -193,6 +262,8 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 			assert_int_equal(a->u.welcome.arenas[i].numa_node,
 					 b->u.welcome.arenas[i].numa_node);
 		}
+		assert_memory_equal(&a->u.welcome.region, &b->u.welcome.region,
+				    sizeof(a->u.welcome.region));
 		break;
 	case LBP_REGISTER_MODEL:
 		assert_string_equal(a->u.reg.name, b->u.reg.name);
@@ -217,6 +288,31 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		assert_int_equal(a->u.stats.clients, b->u.stats.clients);
 		assert_int_equal(a->u.stats.models, b->u.stats.models);
 		assert_true(a->u.stats.uptime_s == b->u.stats.uptime_s);
+		assert_int_equal(a->u.stats.threads, b->u.stats.threads);
+		assert_string_equal(a->u.stats.policy, b->u.stats.policy);
+		assert_true(a->u.stats.hits == b->u.stats.hits);
+		assert_true(a->u.stats.misses == b->u.stats.misses);
+		assert_true(a->u.stats.inserts == b->u.stats.inserts);
+		assert_true(a->u.stats.evictions == b->u.stats.evictions);
+		assert_true(a->u.stats.expirations == b->u.stats.expirations);
+		assert_true(a->u.stats.invalidations == b->u.stats.invalidations);
+		assert_true(a->u.stats.entries == b->u.stats.entries);
+		assert_true(a->u.stats.leases == b->u.stats.leases);
+		assert_true(a->u.stats.bytes_used == b->u.stats.bytes_used);
+		assert_true(a->u.stats.bytes_budget == b->u.stats.bytes_budget);
+		assert_int_equal(a->u.stats.fragmentation_ppm, b->u.stats.fragmentation_ppm);
+		break;
+	case LBP_MODEL_STATS:
+		assert_memory_equal(&a->u.mstats, &b->u.mstats, sizeof(a->u.mstats));
+		break;
+	case LBP_MODEL_STATS_REPLY:
+		assert_int_equal(a->u.mstats_reply.model_id, b->u.mstats_reply.model_id);
+		assert_string_equal(a->u.mstats_reply.name, b->u.mstats_reply.name);
+		assert_int_equal(a->u.mstats_reply.n_layers, b->u.mstats_reply.n_layers);
+		assert_int_equal(a->u.mstats_reply.first_layer, b->u.mstats_reply.first_layer);
+		assert_int_equal(a->u.mstats_reply.n, b->u.mstats_reply.n);
+		assert_memory_equal(a->u.mstats_reply.layers, b->u.mstats_reply.layers,
+				    a->u.mstats_reply.n * sizeof(a->u.mstats_reply.layers[0]));
 		break;
 	case LBP_ERROR:
 		assert_int_equal(a->u.error.code, b->u.error.code);
@@ -598,6 +694,7 @@ static void paths_collect(const msgpack_object *map, const char *prefix, struct 
 
 static const enum lbp_type body_types[] = {
 	LBP_HELLO, LBP_WELCOME, LBP_REGISTER_MODEL, LBP_MODEL, LBP_STATS_REPLY, LBP_ERROR,
+	LBP_MODEL_STATS, LBP_MODEL_STATS_REPLY,
 };
 #define N_BODY_TYPES (sizeof(body_types) / sizeof(body_types[0]))
 
@@ -865,10 +962,10 @@ static void test_decode_rejects_too_many_objects(void **state)
 	(void)state;
 	raw_frame(&r, LBP_VERSION, LBP_STATS, 1);
 	raw_key(&r, "x");
-	msgpack_pack_array(&r.pk, 1000);
-	for (int i = 0; i < 1000; i++)
+	msgpack_pack_array(&r.pk, 5000);
+	for (int i = 0; i < 5000; i++)
 		msgpack_pack_nil(&r.pk);
-	expect_fault(raw_decode(&r, NULL, &f), -EBADMSG, &f, "frame", "more than", "1000 nils");
+	expect_fault(raw_decode(&r, NULL, &f), -EBADMSG, &f, "frame", "more than", "5000 nils");
 }
 
 static void test_decode_rejects_float_ext_and_reserved_bytes(void **state)
@@ -947,7 +1044,7 @@ static void test_decode_rejects_bad_top_level_shape(void **state)
 		{ { 0x93, 1, 5, 0xc0 }, 4, "body", "body nil" },
 		{ { 0x93, 1, 5, 0xa0 }, 4, "body", "body \"\"" },
 		{ { 0x93, 1, 0, 0x80 }, 4, "type", "type 0" },
-		{ { 0x93, 1, 9, 0x80 }, 4, "type", "type 9" },
+		{ { 0x93, 1, LBP_TYPE_MAX + 1, 0x80 }, 4, "type", "type past the last" },
 		{ { 0x93, 1, 0xcc, 0xff, 0x80 }, 5, "type", "type 255" },
 		{ { 0x93, 1, 0xff, 0x80 }, 4, "type", "type -1" },
 		{ { 0x93, 1, 0xc0, 0x80 }, 4, "type", "type nil" },
@@ -1509,8 +1606,8 @@ static void test_decode_survives_mutated_frames(void **state)
 	static const uint8_t spicy[] = { 0x00, 0x7f, 0x80, 0x90, 0xa0, 0xc0, 0xc1, 0xc4, 0xc6,
 					 0xca, 0xcf, 0xd3, 0xd4, 0xdb, 0xdd, 0xdf, 0xe0, 0xff };
 	struct lbp_msg s[MAX_SAMPLES], out, again;
-	uint8_t frame[1024], mut[1100];
-	char re[1024];
+	static uint8_t frame[16384], mut[16384 + 100];
+	static char re[16384];
 	uint64_t x = 0x9e3779b97f4a7c15ull;
 	size_t n = all_samples(s);
 	unsigned accepted = 0;
