@@ -6,6 +6,7 @@
 #include <getopt.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define LBD_VERSION_STRING "0.1.0"
@@ -39,6 +40,14 @@ void lbd_config_defaults(struct lbd_config *c)
 	c->numa_node = LBD_NUMA_ALL;
 	c->foreground = false;
 	c->log_level = LBD_LOG_INFO;
+	c->threads = LBD_DEFAULT_THREADS;
+	c->spin_us = LBD_DEFAULT_SPIN_US;
+	c->policy = LBD_POLICY_LRU;
+	c->ttl_s = LBD_DEFAULT_TTL_S;
+	c->half_life_s = LBD_DEFAULT_HALF_LIFE_S;
+	c->drift_max = LBD_DEFAULT_DRIFT_MAX;
+	c->tau = LBD_DEFAULT_TAU;
+	c->budget = 0;
 }
 
 /* Binary multiple for a suffix letter, as a shift; -1 when it is not one. */
@@ -223,6 +232,92 @@ static int set_log_level(struct lbd_config *c, const char *v, const char *who, c
 	return 0;
 }
 
+/* A whole number in min..max, digits only. */
+static int set_uint(unsigned *out, const char *v, unsigned min, unsigned max, const char *who,
+		    char *err, size_t errlen)
+{
+	uint64_t n = 0;
+	const char *p = v;
+
+	for (; *p >= '0' && *p <= '9' && n <= max; p++)
+		n = n * 10 + (uint64_t)(*p - '0');
+	if (p == v || *p || n < min || n > max) {
+		set_err(err, errlen, "%s: '%s' is not a whole number %u..%u", who, v, min, max);
+		return -EINVAL;
+	}
+	*out = (unsigned)n;
+	return 0;
+}
+
+/* A decimal number in min..max ("0.85", "1e-2"); no NaN, no infinity, nothing after it. */
+static int set_real(double *out, const char *v, double min, double max, const char *who,
+		    char *err, size_t errlen)
+{
+	char *end;
+	double d;
+
+	errno = 0;
+	d = strtod(v, &end);
+	if (end == v || *end || errno || !(d >= min && d <= max) || *v == ' ' || *v == '\t') {
+		set_err(err, errlen, "%s: '%s' is not a number %g..%g", who, v, min, max);
+		return -EINVAL;
+	}
+	*out = d;
+	return 0;
+}
+
+static int set_threads(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	return set_uint(&c->threads, v, 1, LBD_MAX_THREADS, who, err, errlen);
+}
+
+static int set_spin_us(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	return set_uint(&c->spin_us, v, 0, LBD_MAX_SPIN_US, who, err, errlen);
+}
+
+static int set_ttl(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	return set_uint(&c->ttl_s, v, 1, 365u * 24 * 3600, who, err, errlen);
+}
+
+static int set_half_life(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	return set_uint(&c->half_life_s, v, 1, 365u * 24 * 3600, who, err, errlen);
+}
+
+static int set_drift_max(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	return set_real(&c->drift_max, v, 0, 1e9, who, err, errlen);
+}
+
+static int set_tau(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	return set_real(&c->tau, v, -1, 1, who, err, errlen);
+}
+
+static int set_policy(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	if (lbd_policy_parse(v, &c->policy) < 0) {
+		set_err(err, errlen, "%s: '%s' is not one of lru|decay|ttl", who, v);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int set_budget(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	uint64_t size;
+	int rc = lbd_parse_size(v, &size);
+
+	if (rc < 0 || size > LBD_MAX_ARENA_SIZE) {
+		set_err(err, errlen, "%s: '%s' is not a size up to the arena's (0: all of it)", who, v);
+		return -EINVAL;
+	}
+	c->budget = size;
+	return 0;
+}
+
 /* getopt_long values for options without a short form: above any char. */
 enum {
 	OPT_ARENA_SIZE = 256,
@@ -230,6 +325,14 @@ enum {
 	OPT_NUMA_NODE,
 	OPT_LOG_LEVEL,
 	OPT_VERSION,
+	OPT_THREADS,
+	OPT_SPIN_US,
+	OPT_POLICY,
+	OPT_TTL,
+	OPT_HALF_LIFE,
+	OPT_DRIFT_MAX,
+	OPT_TAU,
+	OPT_BUDGET,
 };
 
 /* The keys a config file may set, which are also the options taking a value or a flag. */
@@ -248,6 +351,14 @@ static const struct config_key keys[] = {
 	{ "numa-node", OPT_NUMA_NODE, required_argument, "a node number 0..1023 or 'all'", set_numa_node },
 	{ "foreground", 'f', no_argument, "true|false|yes|no|1|0", set_foreground },
 	{ "log-level", OPT_LOG_LEVEL, required_argument, "error|warn|info|debug", set_log_level },
+	{ "threads", OPT_THREADS, required_argument, "a number of threads", set_threads },
+	{ "spin-us", OPT_SPIN_US, required_argument, "microseconds", set_spin_us },
+	{ "policy", OPT_POLICY, required_argument, "lru|decay|ttl", set_policy },
+	{ "ttl", OPT_TTL, required_argument, "seconds", set_ttl },
+	{ "half-life", OPT_HALF_LIFE, required_argument, "seconds", set_half_life },
+	{ "drift-max", OPT_DRIFT_MAX, required_argument, "a number", set_drift_max },
+	{ "tau", OPT_TAU, required_argument, "a similarity -1..1", set_tau },
+	{ "budget", OPT_BUDGET, required_argument, "a size", set_budget },
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -274,6 +385,14 @@ static const struct option long_options[] = {
 	{ "numa-node", required_argument, NULL, OPT_NUMA_NODE },
 	{ "foreground", no_argument, NULL, 'f' },
 	{ "log-level", required_argument, NULL, OPT_LOG_LEVEL },
+	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "spin-us", required_argument, NULL, OPT_SPIN_US },
+	{ "policy", required_argument, NULL, OPT_POLICY },
+	{ "ttl", required_argument, NULL, OPT_TTL },
+	{ "half-life", required_argument, NULL, OPT_HALF_LIFE },
+	{ "drift-max", required_argument, NULL, OPT_DRIFT_MAX },
+	{ "tau", required_argument, NULL, OPT_TAU },
+	{ "budget", required_argument, NULL, OPT_BUDGET },
 	{ "config", required_argument, NULL, 'c' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, OPT_VERSION },
@@ -575,10 +694,22 @@ void lbd_config_usage(FILE *out)
 		"      --numa-node N|all    one arena on node N (0..%d), or one per node (default all)\n"
 		"  -f, --foreground         stay attached and log to stderr (default: detach, syslog)\n"
 		"      --log-level LEVEL    error|warn|info|debug (default info)\n"
+		"      --threads N          service threads polling client rings (default %u)\n"
+		"      --spin-us N          a service thread spins N microseconds before it sleeps;\n"
+		"                           0 sleeps at once: slower, no CPU while idle (default %u)\n"
+		"      --policy P           eviction: lru|decay|ttl (default lru)\n"
+		"      --ttl S              ttl policy: entries expire after S seconds (default %u)\n"
+		"      --half-life S        decay policy: a hit counts half after S seconds (default %u)\n"
+		"      --drift-max X        a REPORT above X invalidates the entry (default %g)\n"
+		"      --tau X              similarity needed for reuse when a lookup brings no\n"
+		"                           thresholds, -1..1 (default %g)\n"
+		"      --budget SIZE        bytes entries may use (default 0: the whole arena)\n"
 		"  -c, --config FILE        read 'key = value' lines first; the keys are the long\n"
 		"                           options above without dashes (foreground = true|false),\n"
 		"                           and the command line wins over the file\n"
 		"  -h, --help               print this help and exit\n"
 		"      --version            print the version and exit\n",
-		LBD_DEFAULT_SOCKET, max, size, LBD_MAX_NUMA_NODE);
+		LBD_DEFAULT_SOCKET, max, size, LBD_MAX_NUMA_NODE, LBD_DEFAULT_THREADS,
+		LBD_DEFAULT_SPIN_US, LBD_DEFAULT_TTL_S, LBD_DEFAULT_HALF_LIFE_S, LBD_DEFAULT_DRIFT_MAX,
+		LBD_DEFAULT_TAU);
 }

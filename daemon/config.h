@@ -10,11 +10,20 @@
 
 #include "arena.h"
 #include "log.h"
+#include "store.h"
 
 #define LBD_DEFAULT_SOCKET "/run/layerbank/layerbankd.sock"
 #define LBD_DEFAULT_ARENA_SIZE (1ull << 30)
 #define LBD_MAX_ARENA_SIZE (1ull << 40)
 #define LBD_NUMA_ALL (-1)
+#define LBD_DEFAULT_THREADS 1u
+#define LBD_MAX_THREADS 64u
+#define LBD_DEFAULT_SPIN_US 50u
+#define LBD_MAX_SPIN_US 1000000u
+#define LBD_DEFAULT_TAU 0.85
+#define LBD_DEFAULT_DRIFT_MAX 0.05
+#define LBD_DEFAULT_TTL_S 3600u
+#define LBD_DEFAULT_HALF_LIFE_S 300u
 
 struct lbd_config {
 	char socket_path[108];        /* sizeof(sun_path) */
@@ -23,6 +32,14 @@ struct lbd_config {
 	int numa_node;                /* LBD_NUMA_ALL or a node number */
 	bool foreground;
 	enum lbd_log_level log_level;
+	unsigned threads;             /* service threads, 1..LBD_MAX_THREADS */
+	unsigned spin_us;             /* a service thread spins this long before sleeping */
+	enum lbd_policy policy;
+	unsigned ttl_s;               /* TTL policy */
+	unsigned half_life_s;         /* decay policy */
+	double drift_max;             /* REPORT drift above this invalidates the entry */
+	double tau;                   /* default similarity threshold, -1..1 */
+	uint64_t budget;              /* bytes entries may use, 0: the whole arena */
 };
 
 void lbd_config_defaults(struct lbd_config *c);

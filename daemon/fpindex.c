@@ -1,2 +1,631 @@
-/* placeholder */
-#include <stddef.h>
+/* layerbankd fingerprint index: multi-index hashing (Norouzi et al.) over m substrings of w bits,
+ * one Robin Hood table of entry slots per substring (plus one by id), every candidate verified
+ * by a 256-bit popcount. Exact within the radius: searches widen until nothing nearer can hide. */
+#include "fpindex.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+/*
+ * Entries live in dense slots [0, count): fp, ids and stamp are indexed by slot, and a removal
+ * moves the last slot into the hole, so verification reads a packed array and a rebuild walks
+ * it in order.
+ *
+ * Table t < m indexes substring t, bits [t*w, t*w + w) of the fingerprint; the 256 - m*w bits
+ * left over belong to no substring, which keeps the pigeonhole bound (an entry within d of the
+ * query still matches some substring within floor(d/m) bits) and are checked by the popcount.
+ * Table m maps ids to slots. A table is ncells 32-bit cells, Robin Hood linear probing: a cell
+ * holds a slot in its low 24 bits and its displacement from home in the high 8, saturated at
+ * DISP_SAT (then recomputed from the entry), so a lookup walks only the cells of its own home
+ * and reads no fingerprint to find them. ncells >= 2^w, and a key's home is key * ncells / 2^w,
+ * which is one-to-one: every cell at a key's home is a true candidate, never a hash collision.
+ */
+#define W_MIN 16u
+#define W_MAX 24u
+#define M_MAX (256u / W_MIN)
+#define SLOT_BITS 24u
+#define SLOT_MASK ((1u << SLOT_BITS) - 1)
+#define DISP_SAT 255u
+#define EMPTY UINT32_MAX /* slot SLOT_MASK, displacement DISP_SAT: never a real cell */
+#define NONE UINT32_MAX
+/* Slot SLOT_MASK would read as EMPTY, so at most SLOT_MASK entries (16.7 million). */
+#define MAX_ENTRIES SLOT_MASK
+#define MIN_CAP 64u
+/* Probes gathered before they are walked: their cache misses overlap. */
+#define BATCH 32u
+#define CAND_MAX 64u
+/* Arrays this large ask for transparent hugepages: a lookup touches a few random cache lines
+ * per probe across tens of MiB, and without them each one is also a TLB miss. */
+#define HUGE_BYTES ((size_t)4 << 20)
+#define HUGE_ALIGN ((size_t)2 << 20)
+
+_Static_assert(W_MAX <= 32 && W_MIN * M_MAX == 256, "keys fit 32 bits; W_MIN splits 256 evenly");
+_Static_assert(MAX_ENTRIES < EMPTY, "a full table cell never reads as EMPTY");
+
+struct lbd_fpindex {
+	uint32_t count;                  /* live entries, in slots [0, count) */
+	uint32_t cap;                    /* slots allocated; growing past it rebuilds */
+	uint32_t w, m;                   /* substring width and count */
+	uint32_t ncells;                 /* cells per table, cap + cap/8 + 1 >= 2^w once w > W_MIN */
+	uint16_t stamp;                  /* current search's mark in stamps[] */
+	bool popcnt;                     /* the CPU has POPCNT: use the compiled-for-it search */
+	uint64_t (*fp)[LBD_FP_WORDS];    /* [cap] fingerprints by slot */
+	uint32_t *ids;                   /* [cap] caller's id by slot */
+	uint16_t *stamps;                /* [cap] == stamp: accept() refused it in this search */
+	uint32_t *cells;                 /* [m + 1][ncells], table m by id */
+	uint32_t binom[W_MAX + 1];       /* C(w, r): keys at distance r from a w-bit key */
+};
+
+/* ---- memory ---- */
+
+static void *big_alloc(size_t bytes)
+{
+	void *p = NULL;
+	size_t align = bytes >= HUGE_BYTES ? HUGE_ALIGN : 64;
+	if (posix_memalign(&p, align, bytes))
+		return NULL;
+	/* Best effort: with THP off or on madvise-only kernels this may fail, which is harmless. */
+	if (bytes >= HUGE_BYTES)
+		(void)madvise(p, bytes & ~(HUGE_ALIGN - 1), MADV_HUGEPAGE);
+	return p;
+}
+
+/* ---- bits ---- */
+
+static inline uint32_t popcount_words(const uint64_t a[LBD_FP_WORDS], const uint64_t b[LBD_FP_WORDS])
+{
+	return (uint32_t)(__builtin_popcountll(a[0] ^ b[0]) + __builtin_popcountll(a[1] ^ b[1]) +
+			  __builtin_popcountll(a[2] ^ b[2]) + __builtin_popcountll(a[3] ^ b[3]));
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define HAVE_POPCNT_DISPATCH 1
+/* Without -mpopcnt gcc calls a libgcc routine per word; the attribute gets the instruction. */
+__attribute__((target("popcnt"))) static uint32_t hamming_popcnt(const uint64_t a[LBD_FP_WORDS],
+								  const uint64_t b[LBD_FP_WORDS])
+{
+	return popcount_words(a, b);
+}
+
+static bool cpu_has_popcnt(void)
+{
+	__builtin_cpu_init();
+	return __builtin_cpu_supports("popcnt");
+}
+#else
+#define HAVE_POPCNT_DISPATCH 0
+static bool cpu_has_popcnt(void)
+{
+	return false;
+}
+#endif
+
+uint32_t lbd_fp_hamming(const uint64_t a[LBD_FP_WORDS], const uint64_t b[LBD_FP_WORDS])
+{
+#if HAVE_POPCNT_DISPATCH
+	if (__builtin_cpu_supports("popcnt"))
+		return hamming_popcnt(a, b);
+#endif
+	return popcount_words(a, b);
+}
+
+static inline uint32_t sub_key(const struct lbd_fpindex *ix, const uint64_t fp[LBD_FP_WORDS], uint32_t t)
+{
+	uint32_t off = t * ix->w, wd = off >> 6, sh = off & 63;
+	uint64_t v = fp[wd] >> sh;
+	if (sh + ix->w > 64) /* straddles two words; then sh > 40, so the shift is defined */
+		v |= fp[wd + 1] << (64 - sh);
+	return (uint32_t)v & ((1u << ix->w) - 1);
+}
+
+static inline uint32_t key_home(const struct lbd_fpindex *ix, uint32_t key)
+{
+	return (uint32_t)(((uint64_t)key * ix->ncells) >> ix->w);
+}
+
+/* murmur3's finaliser: ids are often consecutive, homes must not be. */
+static inline uint32_t id_home(const struct lbd_fpindex *ix, uint32_t id)
+{
+	id ^= id >> 16;
+	id *= 0x85ebca6bu;
+	id ^= id >> 13;
+	id *= 0xc2b2ae35u;
+	id ^= id >> 16;
+	return (uint32_t)(((uint64_t)id * ix->ncells) >> 32);
+}
+
+static inline uint32_t slot_home(const struct lbd_fpindex *ix, uint32_t t, uint32_t slot)
+{
+	if (t == ix->m)
+		return id_home(ix, ix->ids[slot]);
+	return key_home(ix, sub_key(ix, ix->fp[slot], t));
+}
+
+/* ---- Robin Hood tables ---- */
+
+static inline uint32_t *table(const struct lbd_fpindex *ix, uint32_t t)
+{
+	return ix->cells + (size_t)t * ix->ncells;
+}
+
+static inline uint32_t cell_make(uint32_t slot, uint32_t disp)
+{
+	return slot | (disp < DISP_SAT ? disp : DISP_SAT) << SLOT_BITS;
+}
+
+static inline uint32_t cell_disp(const struct lbd_fpindex *ix, uint32_t t, uint32_t pos, uint32_t v)
+{
+	uint32_t d = v >> SLOT_BITS, h;
+	if (d < DISP_SAT)
+		return d;
+	h = slot_home(ix, t, v & SLOT_MASK);
+	return pos >= h ? pos - h : pos + ix->ncells - h;
+}
+
+static inline uint32_t next_pos(const struct lbd_fpindex *ix, uint32_t p)
+{
+	return p + 1 == ix->ncells ? 0 : p + 1;
+}
+
+static void rh_insert(struct lbd_fpindex *ix, uint32_t t, uint32_t slot, uint32_t home)
+{
+	uint32_t *c = table(ix, t);
+	uint32_t p = home, d = 0;
+	/* The table always has an empty cell: count <= cap < ncells. */
+	for (;;) {
+		uint32_t v = c[p], vd;
+		if (v == EMPTY) {
+			c[p] = cell_make(slot, d);
+			return;
+		}
+		vd = cell_disp(ix, t, p, v);
+		if (vd < d) { /* v's home is after ours: we take its cell, it moves on */
+			c[p] = cell_make(slot, d);
+			slot = v & SLOT_MASK;
+			d = vd;
+		}
+		d++;
+		p = next_pos(ix, p);
+	}
+}
+
+/* Position of slot's cell in table t, or NONE. */
+static uint32_t rh_find(const struct lbd_fpindex *ix, uint32_t t, uint32_t slot)
+{
+	const uint32_t *c = table(ix, t);
+	uint32_t p = slot_home(ix, t, slot);
+	for (uint32_t i = 0;; i++) {
+		uint32_t v = c[p], vd;
+		if (v == EMPTY)
+			return NONE;
+		vd = cell_disp(ix, t, p, v);
+		if (vd < i)
+			return NONE;
+		if (vd == i && (v & SLOT_MASK) == slot)
+			return p;
+		p = next_pos(ix, p);
+	}
+}
+
+/* Backward shift: no tombstones, so lookups never walk over dead cells. */
+static void rh_erase(struct lbd_fpindex *ix, uint32_t t, uint32_t p)
+{
+	uint32_t *c = table(ix, t);
+	for (;;) {
+		uint32_t q = next_pos(ix, p), v = c[q], vd;
+		if (v == EMPTY)
+			break;
+		vd = cell_disp(ix, t, q, v);
+		if (vd == 0)
+			break;
+		c[p] = cell_make(v & SLOT_MASK, vd - 1);
+		p = q;
+	}
+	c[p] = EMPTY;
+}
+
+static uint32_t find_id(const struct lbd_fpindex *ix, uint32_t id)
+{
+	const uint32_t *c = table(ix, ix->m);
+	uint32_t p = id_home(ix, id);
+	for (uint32_t i = 0;; i++) {
+		uint32_t v = c[p], vd;
+		if (v == EMPTY)
+			return NONE;
+		vd = cell_disp(ix, ix->m, p, v);
+		if (vd < i)
+			return NONE;
+		if (vd == i && ix->ids[v & SLOT_MASK] == id)
+			return v & SLOT_MASK;
+		p = next_pos(ix, p);
+	}
+}
+
+/*
+ * Fill table t from slots [0, count) in one pass, as if inserted in home order: a counting sort
+ * gives each home's run its first cell, then every slot is written once. Runs pushed past the
+ * end wrap, and those few cells take the ordinary insert. start: [ncells] scratch.
+ */
+static int bulk_build(struct lbd_fpindex *ix, uint32_t t, uint32_t *start)
+{
+	uint32_t *c = table(ix, t), *spill = NULL;
+	uint64_t pos = 0;
+	uint32_t nspill = 0;
+
+	memset(start, 0, (size_t)ix->ncells * sizeof(*start));
+	for (uint32_t s = 0; s < ix->count; s++)
+		start[slot_home(ix, t, s)]++;
+	for (uint32_t h = 0; h < ix->ncells; h++) {
+		uint32_t n = start[h];
+		if (pos < h)
+			pos = h;
+		start[h] = (uint32_t)pos;
+		pos += n;
+	}
+	if (pos > ix->ncells) {
+		spill = malloc((size_t)(pos - ix->ncells) * sizeof(*spill));
+		if (!spill)
+			return -ENOMEM;
+	}
+	memset(c, 0xff, (size_t)ix->ncells * sizeof(*c));
+	for (uint32_t s = 0; s < ix->count; s++) {
+		uint32_t h = slot_home(ix, t, s), p = start[h]++;
+		if (p < ix->ncells)
+			c[p] = cell_make(s, p - h);
+		else
+			spill[nspill++] = s;
+	}
+	for (uint32_t i = 0; i < nspill; i++)
+		rh_insert(ix, t, spill[i], slot_home(ix, t, spill[i]));
+	free(spill);
+	return 0;
+}
+
+/* Resize to cap slots, choosing w and m for it, and re-hash every entry. On failure the index
+ * is left as it was. */
+static int rebuild(struct lbd_fpindex *ix, uint32_t cap)
+{
+	struct lbd_fpindex old = *ix;
+	uint32_t ncells = cap + cap / 8 + 1, w = W_MIN, *start;
+	int rc = 0;
+
+	/* Widest w with 2^w <= ncells: homes stay one-to-one and a bucket holds about
+	 * count / 2^w < 1.2 entries; below 2^16 cells the homes are shared (any cell at a home is
+	 * still verified, so it costs time, not correctness). */
+	while (w < W_MAX && (2ull << w) <= ncells)
+		w++;
+	ix->cap = cap;
+	ix->ncells = ncells;
+	ix->w = w;
+	ix->m = 256 / w;
+	ix->fp = big_alloc((size_t)cap * sizeof(*ix->fp));
+	ix->ids = big_alloc((size_t)cap * sizeof(*ix->ids));
+	ix->stamps = big_alloc((size_t)cap * sizeof(*ix->stamps));
+	ix->cells = big_alloc((size_t)(ix->m + 1) * ncells * sizeof(*ix->cells));
+	start = big_alloc((size_t)ncells * sizeof(*start));
+	if (!ix->fp || !ix->ids || !ix->stamps || !ix->cells || !start) {
+		rc = -ENOMEM;
+		goto fail;
+	}
+	if (ix->count) {
+		memcpy(ix->fp, old.fp, (size_t)ix->count * sizeof(*ix->fp));
+		memcpy(ix->ids, old.ids, (size_t)ix->count * sizeof(*ix->ids));
+	}
+	memset(ix->stamps, 0, (size_t)cap * sizeof(*ix->stamps));
+	ix->stamp = 0;
+	ix->binom[0] = 1;
+	for (uint32_t r = 1; r <= W_MAX; r++)
+		ix->binom[r] = r <= w ? (uint32_t)((uint64_t)ix->binom[r - 1] * (w - r + 1) / r) : 0;
+	for (uint32_t t = 0; t <= ix->m; t++) {
+		rc = bulk_build(ix, t, start);
+		if (rc < 0)
+			goto fail;
+	}
+	free(start);
+	free(old.fp);
+	free(old.ids);
+	free(old.stamps);
+	free(old.cells);
+	return 0;
+fail:
+	free(start);
+	free(ix->fp);
+	free(ix->ids);
+	free(ix->stamps);
+	free(ix->cells);
+	*ix = old;
+	return rc;
+}
+
+/* ---- public: lifetime, insert, remove ---- */
+
+struct lbd_fpindex *lbd_fpindex_new(uint32_t capacity_hint)
+{
+	struct lbd_fpindex *ix = calloc(1, sizeof(*ix));
+	uint32_t cap = capacity_hint < MIN_CAP ? MIN_CAP : capacity_hint;
+	int rc;
+	if (!ix)
+		return NULL;
+	if (cap > MAX_ENTRIES)
+		cap = MAX_ENTRIES;
+	ix->popcnt = cpu_has_popcnt();
+	rc = rebuild(ix, cap);
+	if (rc < 0) {
+		free(ix);
+		errno = -rc;
+		return NULL;
+	}
+	return ix;
+}
+
+void lbd_fpindex_free(struct lbd_fpindex *ix)
+{
+	if (!ix)
+		return;
+	free(ix->fp);
+	free(ix->ids);
+	free(ix->stamps);
+	free(ix->cells);
+	free(ix);
+}
+
+uint32_t lbd_fpindex_count(const struct lbd_fpindex *ix)
+{
+	return ix->count;
+}
+
+int lbd_fpindex_insert(struct lbd_fpindex *ix, const uint64_t fp[LBD_FP_WORDS], uint32_t id)
+{
+	uint32_t s;
+	if (find_id(ix, id) != NONE)
+		return -EEXIST;
+	if (ix->count == ix->cap) {
+		/* x1.5 rather than x2: the tables are most of the memory and are sized by cap,
+		 * so this keeps them between 59% and 89% full; rebuilds stay amortised O(1). */
+		uint64_t cap = (uint64_t)ix->cap + ix->cap / 2;
+		int rc;
+		if (ix->cap >= MAX_ENTRIES)
+			return -ENOMEM;
+		rc = rebuild(ix, cap > MAX_ENTRIES ? MAX_ENTRIES : (uint32_t)cap);
+		if (rc < 0)
+			return rc;
+	}
+	s = ix->count++;
+	memcpy(ix->fp[s], fp, sizeof(ix->fp[s]));
+	ix->ids[s] = id;
+	ix->stamps[s] = 0;
+	for (uint32_t t = 0; t <= ix->m; t++)
+		rh_insert(ix, t, s, slot_home(ix, t, s));
+	return 0;
+}
+
+int lbd_fpindex_remove(struct lbd_fpindex *ix, const uint64_t fp[LBD_FP_WORDS], uint32_t id)
+{
+	uint32_t s = find_id(ix, id), last;
+	/* The index keeps its own copy of fp and removes by that: a caller passing another
+	 * fingerprint by mistake would otherwise leave cells pointing at a reused slot. */
+	(void)fp;
+	if (s == NONE)
+		return -ENOENT;
+	for (uint32_t t = 0; t <= ix->m; t++)
+		rh_erase(ix, t, rh_find(ix, t, s));
+	last = --ix->count;
+	if (s != last) { /* keep slots dense: the last entry takes the hole, its cells follow */
+		for (uint32_t t = 0; t <= ix->m; t++) {
+			uint32_t *c = table(ix, t), p = rh_find(ix, t, last);
+			c[p] = (c[p] & ~SLOT_MASK) | s;
+		}
+		memcpy(ix->fp[s], ix->fp[last], sizeof(ix->fp[s]));
+		ix->ids[s] = ix->ids[last];
+		ix->stamps[s] = ix->stamps[last];
+	}
+	return 0;
+}
+
+/* ---- search ---- */
+
+struct search {
+	const uint64_t *q;
+	uint32_t best;      /* distance of best_slot; max_d + 1 while there is none */
+	uint32_t best_slot; /* NONE until something within max_d is accepted */
+	lbd_fpindex_accept_fn accept;
+	void *ctx;
+	uint32_t ncand;
+	uint32_t cand[CAND_MAX];
+};
+
+/*
+ * Only a candidate nearer than the best so far is offered to accept(), so an entry found again
+ * through another substring is popcounted again (cheaper than checking a mark first) but
+ * accepted at most once; a refused one is marked so accept() is not asked twice.
+ */
+static inline __attribute__((always_inline)) void verify(struct lbd_fpindex *ix, struct search *s,
+							   uint32_t slot)
+{
+	uint32_t d = popcount_words(ix->fp[slot], s->q);
+	if (d >= s->best)
+		return;
+	if (s->accept) {
+		if (ix->stamps[slot] == ix->stamp)
+			return;
+		if (!s->accept(s->ctx, ix->ids[slot])) {
+			ix->stamps[slot] = ix->stamp;
+			return;
+		}
+	}
+	s->best = d;
+	s->best_slot = slot;
+}
+
+static inline __attribute__((always_inline)) void flush(struct lbd_fpindex *ix, struct search *s)
+{
+	for (uint32_t i = 0; i < s->ncand; i++)
+		verify(ix, s, s->cand[i]);
+	s->ncand = 0;
+}
+
+/*
+ * Look up n keys, key[i] in table tab[i]: first touch every home so the cache misses overlap,
+ * then walk each home's run and queue its slots (prefetching their fingerprints), then verify.
+ */
+static inline __attribute__((always_inline)) void probe(struct lbd_fpindex *ix, struct search *s,
+							  const uint32_t *tab, const uint32_t *key,
+							  uint32_t n)
+{
+	uint32_t home[BATCH];
+	for (uint32_t i = 0; i < n; i++) {
+		home[i] = key_home(ix, key[i]);
+		__builtin_prefetch(table(ix, tab[i]) + home[i]);
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		const uint32_t *c = table(ix, tab[i]);
+		uint32_t p = home[i];
+		for (uint32_t j = 0;; j++) {
+			uint32_t v = c[p], vd;
+			if (v == EMPTY)
+				break;
+			vd = cell_disp(ix, tab[i], p, v);
+			if (vd < j)
+				break;
+			if (vd == j) {
+				if (s->ncand == CAND_MAX)
+					flush(ix, s);
+				s->cand[s->ncand++] = v & SLOT_MASK;
+				__builtin_prefetch(ix->fp[v & SLOT_MASK]);
+			}
+			p = next_pos(ix, p);
+		}
+	}
+	flush(ix, s);
+}
+
+/* Next w-bit mask with the same number of set bits (Gosper's hack; x != 0). */
+static inline uint32_t next_comb(uint32_t x)
+{
+	uint32_t c = x & -x, r = x + c;
+	return (((r ^ x) >> 2) >> __builtin_ctz(c)) | r;
+}
+
+/* Every key at exactly r bits from qk in table t. */
+static inline __attribute__((always_inline)) void probe_round(struct lbd_fpindex *ix, struct search *s,
+								uint32_t t, uint32_t qk, uint32_t r)
+{
+	uint32_t tab[BATCH], key[BATCH], n = 0, end = 1u << ix->w;
+	for (uint32_t x = (1u << r) - 1; x < end; x = next_comb(x)) {
+		tab[n] = t;
+		key[n++] = qk ^ x;
+		if (n == BATCH) {
+			probe(ix, s, tab, key, n);
+			n = 0;
+		}
+	}
+	if (n)
+		probe(ix, s, tab, key, n);
+}
+
+/*
+ * Cost model for giving up on the tables: a probe costs about PROBE_COST scanned entries plus
+ * the candidates it brings (about count / 2^w, each a random read, ~CAND_COST scanned entries).
+ * Measured with bench_index: a scan streams 32 bytes per entry, a probe is a dependent miss.
+ */
+#define PROBE_COST 0u
+#define CAND_COST 0u
+
+/* Probes still needed if the best distance so far stands: steps (r, t), (r, t+1), ... until
+ * r*m + t reaches best. Saturates at UINT64_MAX / 2. */
+static uint64_t probes_left(const struct lbd_fpindex *ix, uint32_t r, uint32_t t, uint32_t best)
+{
+	uint64_t cost = 0;
+	uint32_t done = r * ix->m + t;
+	uint32_t steps = best > done ? best - done : 0;
+	while (steps && r <= ix->w) {
+		uint32_t take = ix->m - t < steps ? ix->m - t : steps;
+		cost += (uint64_t)take * ix->binom[r];
+		steps -= take;
+		r++;
+		t = 0;
+	}
+	return cost;
+}
+
+static inline __attribute__((always_inline)) bool scan_is_cheaper(const struct lbd_fpindex *ix,
+								   uint32_t r, uint32_t t, uint32_t best)
+{
+	uint64_t per = PROBE_COST + (uint64_t)CAND_COST * ix->count / (1u << ix->w);
+	return probes_left(ix, r, t, best) * per > ix->count;
+}
+
+/*
+ * Rounds r = 0, 1, ...: probe every key at exactly r bits from the query's substring, table by
+ * table. After table t of round r, an entry not seen yet differs by more than r bits in
+ * substrings 0..t and by at least r in the others, so it lies at r*m + t + 1 or further: once
+ * the best accepted distance is no more than that, or that is past max_d, the search is done.
+ */
+static inline __attribute__((always_inline)) void search_impl(struct lbd_fpindex *ix, struct search *s)
+{
+	uint32_t qk[M_MAX], tab[M_MAX];
+
+	if (scan_is_cheaper(ix, 0, 0, 1)) /* a few entries: not worth even one round */
+		goto scan;
+	/* Round 0 is m independent lookups: issue them together. */
+	for (uint32_t t = 0; t < ix->m; t++) {
+		qk[t] = sub_key(ix, s->q, t);
+		tab[t] = t;
+	}
+	probe(ix, s, tab, qk, ix->m);
+	if (s->best <= ix->m)
+		return;
+	for (uint32_t r = 1; r <= ix->w; r++) {
+		for (uint32_t t = 0; t < ix->m; t++) {
+			/* A miss with a wide radius can need more probes than there are entries. */
+			if (scan_is_cheaper(ix, r, t, s->best))
+				goto scan;
+			probe_round(ix, s, t, qk[t], r);
+			if (s->best <= r * ix->m + t + 1)
+				return;
+		}
+	}
+	return; /* every key of every substring probed: everything was seen */
+scan:
+	for (uint32_t i = 0; i < ix->count; i++)
+		verify(ix, s, i);
+}
+
+#if HAVE_POPCNT_DISPATCH
+__attribute__((target("popcnt"))) static void search_popcnt(struct lbd_fpindex *ix, struct search *s)
+{
+	search_impl(ix, s);
+}
+#endif
+
+static void search_generic(struct lbd_fpindex *ix, struct search *s)
+{
+	search_impl(ix, s);
+}
+
+int lbd_fpindex_nearest(struct lbd_fpindex *ix, const uint64_t q[LBD_FP_WORDS], uint32_t max_d,
+			lbd_fpindex_accept_fn accept, void *ctx, uint32_t *id, uint32_t *dist)
+{
+	struct search s = { .q = q, .best_slot = NONE, .accept = accept, .ctx = ctx };
+
+	s.best = (max_d < 256 ? max_d : 256) + 1;
+	if (!ix->count)
+		return -ENOENT;
+	if (accept && ++ix->stamp == 0) { /* marks wrapped: forget them all once in 65535 searches */
+		memset(ix->stamps, 0, (size_t)ix->count * sizeof(*ix->stamps));
+		ix->stamp = 1;
+	}
+#if HAVE_POPCNT_DISPATCH
+	if (ix->popcnt)
+		search_popcnt(ix, &s);
+	else
+#endif
+		search_generic(ix, &s);
+	if (s.best_slot == NONE)
+		return -ENOENT;
+	*id = ix->ids[s.best_slot];
+	*dist = s.best;
+	return 0;
+}

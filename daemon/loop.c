@@ -67,6 +67,15 @@ int lbd_loop_read(struct lbd_loop *l, int fd, void *buf, size_t len, struct lbd_
 	return 0;
 }
 
+int lbd_loop_timeout(struct lbd_loop *l, struct __kernel_timespec *ts, struct lbd_op *op)
+{
+	struct io_uring_sqe *sqe = get_sqe(l, op);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_timeout(sqe, ts, 0, 0);
+	return 0;
+}
+
 int lbd_loop_run(struct lbd_loop *l)
 {
 	while (!l->stop) {

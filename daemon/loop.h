@@ -33,6 +33,8 @@ int lbd_loop_accept(struct lbd_loop *l, int fd, struct lbd_op *op);
 int lbd_loop_recv(struct lbd_loop *l, int fd, void *buf, size_t len, struct lbd_op *op);
 int lbd_loop_sendmsg(struct lbd_loop *l, int fd, const struct msghdr *msg, struct lbd_op *op);
 int lbd_loop_read(struct lbd_loop *l, int fd, void *buf, size_t len, struct lbd_op *op);
+/* Complete after ts (which must stay valid until then) with res -ETIME. */
+int lbd_loop_timeout(struct lbd_loop *l, struct __kernel_timespec *ts, struct lbd_op *op);
 
 /* Submit and dispatch completions, sleeping in the kernel while there are none, until a
  * callback sets l->stop. @return 0, or -errno when io_uring itself fails. */

@@ -29,9 +29,10 @@ struct lbd_conn {
 	uint64_t client_id;
 	struct ucred cred;
 	char name[LBP_MAX_NAME + 1];
+	struct lbd_dpclient *dp; /* its data plane, once HELLO made one */
 	struct msghdr msg;
 	struct iovec iov;
-	_Alignas(struct cmsghdr) char cmsg[CMSG_SPACE(sizeof(int) * LBD_MAX_ARENAS)];
+	_Alignas(struct cmsghdr) char cmsg[CMSG_SPACE(sizeof(int) * (LBD_MAX_ARENAS + 1))];
 	uint8_t rx[LBP_MAX_FRAME + 1]; /* one byte more than a frame may be: tells oversize apart */
 	uint8_t tx[LBP_MAX_FRAME];
 };
@@ -54,6 +55,9 @@ static void conn_free(struct lbd_conn *c)
 	s->n_conns--;
 	if (c->hello)
 		s->n_clients--;
+	/* Its service thread ends its leases and frees the region. */
+	if (c->dp)
+		lbd_service_detach(&s->service, c->dp);
 	close(c->fd);
 	free(c);
 }
@@ -131,6 +135,8 @@ static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 	r->numa_nodes = s->n_arenas;
 	r->clients = s->n_clients;
 	r->models = s->models.count;
+	r->threads = s->cfg->threads;
+	lbd_store_stats(s->store, r);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	r->uptime_s = (uint64_t)(now.tv_sec - s->started.tv_sec);
 }
@@ -139,7 +145,7 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 {
 	struct lbd_server *s = c->s;
 	struct lbp_msg m = { .type = LBP_WELCOME };
-	int fds[LBD_MAX_ARENAS];
+	int fds[LBD_MAX_ARENAS + 1];
 	char text[128];
 
 	if (c->hello) {
@@ -150,6 +156,13 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 		snprintf(text, sizeof(text), "arena ABI %u is not supported; this daemon has ABI %u",
 			 h->shm_abi, LB_SHM_ABI_VERSION);
 		conn_error(c, true, EPROTO, "shm_abi", text);
+		return;
+	}
+	c->dp = lbd_dpclient_new(&s->limits, h->req_entries, h->cpl_entries, h->staging_bytes,
+				 s->next_client_id, c->cred.pid);
+	if (!c->dp) {
+		snprintf(text, sizeof(text), "cannot make the client's rings: %s", strerror(errno));
+		conn_error(c, true, errno, "staging_bytes", text);
 		return;
 	}
 	c->hello = true;
@@ -168,7 +181,13 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 		m.u.welcome.arenas[i].numa_node = s->arenas[i].node;
 		fds[i] = s->arenas[i].fd;
 	}
-	conn_reply(c, &m, fds, s->n_arenas);
+	m.u.welcome.region.req_entries = c->dp->layout.req_entries;
+	m.u.welcome.region.cpl_entries = c->dp->layout.cpl_entries;
+	m.u.welcome.region.staging_bytes = c->dp->layout.staging_bytes;
+	m.u.welcome.region.bytes = c->dp->bytes;
+	fds[s->n_arenas] = c->dp->fd;
+	lbd_service_attach(&s->service, c->dp);
+	conn_reply(c, &m, fds, s->n_arenas + 1);
 }
 
 static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
@@ -184,11 +203,17 @@ static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
 		conn_error(c, false, -ret, field, why);
 		return;
 	}
-	if (ret == 1)
+	m.u.model.created = ret == 1;
+	/* Every time, not only at creation: it is idempotent and retries a bank that failed. */
+	ret = lbd_store_add_model(c->s->store, id, d);
+	if (ret < 0) {
+		conn_error(c, false, -ret, "name", "cannot make the model's bank");
+		return;
+	}
+	if (m.u.model.created)
 		lbd_info("model %u '%s' registered: %u layers, hidden %u, weights 0x%016" PRIx64, id,
 			 d->name, d->n_layers, d->hidden, d->weights_hash);
 	m.u.model.model_id = id;
-	m.u.model.created = ret == 1;
 	conn_reply(c, &m, NULL, 0);
 }
 
@@ -242,8 +267,16 @@ static void on_frame(struct lbd_conn *c, size_t len)
 	case LBP_ERROR:
 	case LBP_MODEL_STATS_REPLY:
 		break;
-	case LBP_MODEL_STATS:
-		break; /* wired with the data plane */
+	case LBP_MODEL_STATS: {
+		struct lbp_msg r = { .type = LBP_MODEL_STATS_REPLY };
+		if (lbd_store_model_stats(c->s->store, m.u.mstats.model_id, m.u.mstats.first_layer,
+					  &r.u.mstats_reply) < 0) {
+			conn_error(c, false, ENOENT, "model_id", "no such model");
+			return;
+		}
+		conn_reply(c, &r, NULL, 0);
+		return;
+	}
 	}
 	snprintf(text, sizeof(text), "%s is not a request", lbp_type_name(m.type));
 	conn_error(c, true, EPROTO, "type", text);
@@ -334,6 +367,22 @@ static void on_signal(struct lbd_op *op, int res)
 	}
 	lbd_warn("signalfd read returned %d", res);
 	arm_signal(s);
+}
+
+static void arm_sweep(struct lbd_server *s)
+{
+	s->sweep_ts.tv_sec = 1;
+	s->sweep_ts.tv_nsec = 0;
+	if (lbd_loop_timeout(&s->loop, &s->sweep_ts, &s->sweep_op) < 0)
+		lbd_warn("cannot queue the TTL sweep");
+}
+
+static void on_sweep(struct lbd_op *op, int res)
+{
+	struct lbd_server *s = container_of(op, struct lbd_server, sweep_op);
+	(void)res; /* -ETIME: the second passed */
+	lbd_store_expire(s->store);
+	arm_sweep(s);
 }
 
 /* ---- setup ---- */
@@ -453,6 +502,7 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	s->next_client_id = 1;
 	s->accept_op.fn = on_accept;
 	s->signal_op.fn = on_signal;
+	s->sweep_op.fn = on_sweep;
 	err[0] = '\0';
 	clock_gettime(CLOCK_MONOTONIC, &s->started);
 	/* From the moment the socket exists a SIGTERM must mean a clean stop, not death by the
@@ -472,6 +522,21 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	ret = setup_arenas(s, err, errlen);
 	if (ret < 0)
 		return ret;
+	struct lbd_store_cfg scfg = {
+		.budget = cfg->budget,
+		.policy = cfg->policy,
+		.ttl_ns = (uint64_t)cfg->ttl_s * 1000000000ull,
+		.half_life_ns = (uint64_t)cfg->half_life_s * 1000000000ull,
+		.drift_max = cfg->drift_max,
+		.tau = cfg->tau,
+	};
+	s->store = lbd_store_new(s->arenas, s->n_arenas, &scfg);
+	if (!s->store) {
+		snprintf(err, errlen, "cannot set up the store: %s", strerror(errno));
+		return -ENOMEM;
+	}
+	s->limits = (struct lbd_region_limits){ .ring_default = 256, .ring_max = LBP_MAX_RING,
+						 .staging_default = 8u << 20, .staging_max = 1u << 30 };
 	return setup_socket(s, err, errlen);
 }
 
@@ -494,8 +559,17 @@ int lbd_server_run(struct lbd_server *s)
 		return ret;
 	}
 	s->loop_ready = true;
+	/* Threads start here, after any detaching fork: a fork keeps only the calling thread. */
+	ret = lbd_service_start(&s->service, s->store, s->cfg->threads, (uint64_t)s->cfg->spin_us * 1000);
+	if (ret < 0) {
+		lbd_err("cannot start service threads: %s", strerror(-ret));
+		return ret;
+	}
+	s->service_running = true;
 	arm_accept(s);
 	arm_signal(s);
+	if (s->cfg->policy == LBD_POLICY_TTL)
+		arm_sweep(s);
 	struct lbp_stats_reply st;
 	fill_stats(s, &st);
 	lbd_info("ready on %s: %u arena(s), %" PRIu64 " MiB, %" PRIu64 "-byte pages%s",
@@ -515,6 +589,12 @@ void lbd_server_teardown(struct lbd_server *s)
 	s->loop_ready = false;
 	while (s->conns)
 		conn_free(s->conns);
+	/* After the connections: their clients were handed to the threads, which free them. */
+	if (s->service_running)
+		lbd_service_stop(&s->service);
+	s->service_running = false;
+	lbd_store_free(s->store);
+	s->store = NULL;
 	if (s->listen_fd >= 0)
 		close(s->listen_fd);
 	if (s->socket_bound)

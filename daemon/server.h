@@ -12,6 +12,8 @@
 #include "config.h"
 #include "loop.h"
 #include "models.h"
+#include "service.h"
+#include "store.h"
 
 #define LBD_MAX_CONNS 1024u
 #define LBD_MAX_ARENAS LBP_MAX_ARENAS
@@ -31,6 +33,12 @@ struct lbd_server {
 	struct lbd_arena arenas[LBD_MAX_ARENAS];
 	unsigned n_arenas;
 	struct lbd_models models;
+	struct lbd_store *store;
+	struct lbd_service service;
+	bool service_running;
+	struct lbd_region_limits limits;
+	struct lbd_op sweep_op;    /* TTL sweeps, once a second, with the ttl policy */
+	struct __kernel_timespec sweep_ts;
 	struct lbd_conn *conns;  /* doubly linked list of live connections */
 	unsigned n_conns;
 	unsigned n_clients;      /* connections past HELLO */

@@ -10,28 +10,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "layerbank/layerbank.h"
-#include "lbp.h"
+#include "client_internal.h"
 
-#define LB_EXPORT __attribute__((visibility("default")))
 #define LB_REPLY_TIMEOUT_S 5
-
-struct lb_arena_map {
-	int fd;
-	const void *base; /* PROT_READ, MAP_SHARED: the daemon seals the memfd against writes */
-	size_t bytes;
-};
-
-/* Owned by one thread at a time (see layerbank.h). */
-struct lb_client {
-	int fd;
-	uint64_t client_id;
-	uint8_t boot_id[16];
-	unsigned n_arenas;
-	struct lb_arena_map arenas[LBP_MAX_ARENAS];
-	char last_error[LBP_MAX_ERRMSG + 64];
-	uint8_t buf[LBP_MAX_FRAME + 1];
-};
 
 static void close_fds(const int *fds, unsigned n)
 {
@@ -45,7 +26,7 @@ static int call(struct lb_client *c, const struct lbp_msg *req, struct lbp_msg *
 		unsigned max_fds, unsigned *n_fds)
 {
 	union {
-		char buf[CMSG_SPACE(sizeof(int) * LBP_MAX_ARENAS)];
+		char buf[CMSG_SPACE(sizeof(int) * (LBP_MAX_ARENAS + 1))];
 		struct cmsghdr align;
 	} cmsg;
 	struct iovec iov = { c->buf, sizeof(c->buf) };
@@ -79,7 +60,9 @@ static int call(struct lb_client *c, const struct lbp_msg *req, struct lbp_msg *
 		if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS)
 			continue;
 		unsigned k = (unsigned)((cm->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-		int tmp[LBP_MAX_ARENAS];
+		if (k > LBP_MAX_ARENAS + 1)
+			k = LBP_MAX_ARENAS + 1; /* cannot happen with our cmsg buffer; stay in tmp */
+		int tmp[LBP_MAX_ARENAS + 1];
 		memcpy(tmp, CMSG_DATA(cm), k * sizeof(int));
 		for (unsigned i = 0; i < k; i++) {
 			if (got < max_fds)
@@ -112,11 +95,18 @@ static int call(struct lb_client *c, const struct lbp_msg *req, struct lbp_msg *
 
 static int map_arenas(struct lb_client *c, const struct lbp_welcome *w, const int *fds, unsigned n)
 {
-	if (n != w->n_arenas) {
-		snprintf(c->last_error, sizeof(c->last_error), "WELCOME announced %u arenas, %u fds came",
-			 w->n_arenas, n);
+	if (n != w->n_arenas + 1) {
+		snprintf(c->last_error, sizeof(c->last_error),
+			 "WELCOME announced %u arenas and a region, %u fds came", w->n_arenas, n);
 		close_fds(fds, n);
 		return -EPROTO;
+	}
+	/* The region first: from here on every fd is owned by c, and lb_close frees it. */
+	int ret = lbi_region_map(c, fds[n - 1], &w->region);
+	n--;
+	if (ret < 0) {
+		close_fds(fds, n);
+		return ret;
 	}
 	for (unsigned i = 0; i < n; i++) {
 		struct lb_arena_map *a = &c->arenas[i];
@@ -160,7 +150,7 @@ LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_cl
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct timeval tv = { LB_REPLY_TIMEOUT_S, 0 };
 	struct lbp_msg req = { .type = LBP_HELLO }, rep;
-	int fds[LBP_MAX_ARENAS];
+	int fds[LBP_MAX_ARENAS + 1];
 	unsigned n_fds = 0;
 	struct lb_client *c;
 	int ret;
@@ -175,6 +165,9 @@ LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_cl
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
+	c->region_fd = -1;
+	c->reserved_off = UINT64_MAX;
+	c->spin_ns = 50000;
 	c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
 		ret = -errno;
@@ -192,7 +185,7 @@ LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_cl
 	req.u.hello.shm_abi = LB_SHM_ABI_VERSION;
 	if (name)
 		memcpy(req.u.hello.name, name, strlen(name) + 1);
-	ret = call(c, &req, &rep, fds, LBP_MAX_ARENAS, &n_fds);
+	ret = call(c, &req, &rep, fds, LBP_MAX_ARENAS + 1, &n_fds);
 	if (ret < 0)
 		goto fail;
 	if (rep.type != LBP_WELCOME) {
@@ -228,6 +221,7 @@ LB_EXPORT void lb_close(struct lb_client *c)
 			munmap((void *)(uintptr_t)c->arenas[i].base, c->arenas[i].bytes);
 		close(c->arenas[i].fd);
 	}
+	lbi_region_unmap(c);
 	free(c);
 }
 
@@ -288,6 +282,19 @@ LB_EXPORT int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size)
 	st.clients = rep.u.stats.clients;
 	st.models = rep.u.stats.models;
 	st.uptime_s = rep.u.stats.uptime_s;
+	st.threads = rep.u.stats.threads;
+	memcpy(st.policy, rep.u.stats.policy, sizeof(st.policy));
+	st.hits = rep.u.stats.hits;
+	st.misses = rep.u.stats.misses;
+	st.inserts = rep.u.stats.inserts;
+	st.evictions = rep.u.stats.evictions;
+	st.expirations = rep.u.stats.expirations;
+	st.invalidations = rep.u.stats.invalidations;
+	st.entries = rep.u.stats.entries;
+	st.leases = rep.u.stats.leases;
+	st.bytes_used = rep.u.stats.bytes_used;
+	st.bytes_budget = rep.u.stats.bytes_budget;
+	st.fragmentation = rep.u.stats.fragmentation_ppm / 1e6;
 	memcpy(out, &st, size < sizeof(st) ? size : sizeof(st));
 	return 0;
 }

@@ -325,7 +325,7 @@ static void test_unknown_option(void **state)
 	EXPECT_BAD("unknown option '-z'", "-z");
 	EXPECT_BAD("unknown option '-z'", "-fz");
 	EXPECT_BAD("unknown option '--bogus'", "--socket", "/tmp/a", "--bogus");
-	EXPECT_BAD("option '--h' is ambiguous: --hugepages or --help", "--h");
+	EXPECT_BAD("option '--h' is ambiguous: --hugepages or --half-life or --help", "--h");
 
 	/* A unique prefix is accepted, as everywhere getopt_long is used. */
 	assert_int_equal(PARSE(&c, err, "--fore", "--hug", "off"), 0);

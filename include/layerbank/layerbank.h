@@ -68,6 +68,17 @@ struct lb_stats {
 	uint32_t clients;
 	uint32_t models;
 	uint64_t uptime_s;
+	/* the data plane */
+	uint32_t threads;        /* service threads */
+	char policy[16];         /* eviction policy: lru, decay or ttl */
+	uint64_t hits, misses, inserts;
+	uint64_t evictions;      /* dropped by the policy to make room */
+	uint64_t expirations;    /* dropped by their TTL */
+	uint64_t invalidations;  /* dropped after a REPORT over the drift limit */
+	uint64_t entries;        /* cached layer outputs */
+	uint64_t leases;         /* held by clients now */
+	uint64_t bytes_used, bytes_budget;
+	double fragmentation;    /* of the free arena space, 0..1 */
 };
 
 /*
@@ -121,6 +132,99 @@ double lb_fp_similarity(uint32_t hamming);
 
 /* Largest hamming distance whose similarity is >= tau (tau in [-1, 1]). */
 uint32_t lb_fp_max_hamming(double tau);
+
+/* ---- the data plane: lookups, inserts and leases over the shared-memory rings ---- */
+
+/* What identifies an input: its fingerprint, the exact hash of its tokens, its length. */
+struct lb_key {
+	uint64_t fp[LB_FP_BITS / 64]; /* lb_fingerprint */
+	uint64_t exact[2];            /* lb_token_hash */
+	uint32_t seq_len;             /* tokens; hidden states are reused only at this length */
+};
+
+/* A hit: a read-only, zero-copy view of a cached activation, valid until its lease is
+ * released (lb_release) or the client closes. */
+struct lb_hit {
+	const void *data;
+	uint64_t bytes;
+	uint64_t lease;     /* pass to lb_release (and lb_report) */
+	uint64_t checksum;  /* XXH3-64 of the bytes, computed by the daemon on its copy */
+	uint32_t layer;     /* the layer whose output this is */
+	uint32_t hamming;   /* fingerprint distance to the cached input (0: exact match) */
+	enum lb_dtype dtype;
+	uint32_t ndim;
+	uint32_t shape[4];
+};
+
+/*
+ * The deepest layer whose cached output may be reused for this input: the nearest cached
+ * input of the same length, and the deepest layer of it whose similarity is at least that
+ * layer's threshold. tau: n_tau thresholds (layer 0 first; n_tau must be the model's n_layers),
+ * or NULL and 0 for the daemon's default.
+ * @return 0 and *hit; -ENOENT (a miss); -ESRCH (unknown model); -EINVAL (bad argument);
+ *         -EBUSY (async requests in flight, or too many leases held); -ETIMEDOUT (no answer
+ *         within 1 s); -EPROTO (the daemon broke the protocol).
+ */
+int lb_lookup_deepest(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
+		      const float *tau, uint32_t n_tau, struct lb_hit *hit);
+
+/* The cached output of one layer. Same returns as lb_lookup_deepest. */
+int lb_lookup(struct lb_client *c, uint32_t model_id, uint32_t layer, const struct lb_key *key,
+	      const float *tau, uint32_t n_tau, struct lb_hit *hit);
+
+/*
+ * A buffer of bytes in the client's staging memory to compute a layer's output into; then
+ * lb_insert_commit. One reservation at a time. @return the buffer (64-byte aligned), or NULL
+ * with errno EINVAL (0 bytes), ENOBUFS (larger than the staging buffer), EBUSY.
+ */
+void *lb_insert_reserve(struct lb_client *c, uint64_t bytes);
+
+struct lb_shape {
+	enum lb_dtype dtype;
+	uint32_t ndim;     /* 1..4 */
+	uint32_t dims[4];  /* product * dtype size == the reserved bytes */
+};
+
+/*
+ * Hand the reserved buffer to the daemon, which copies it into the arena as the output of
+ * layer for key. @return 0; -EEXIST (already cached); -ENOSPC (no room: everything is
+ * leased); -EINVAL (shape, layer, no reservation); -ESRCH; -ETIMEDOUT; -EPROTO.
+ */
+int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
+		     const struct lb_key *key, const struct lb_shape *shape);
+
+/* End a lease from a hit. @return 0, -EINVAL (unknown lease), -ETIMEDOUT. */
+int lb_release(struct lb_client *c, uint64_t lease);
+
+/* Tell the daemon how far a reused entry drifted from a fresh computation (relative error,
+ * >= 0); above its limit the entry is invalidated. The lease stays held. Same returns. */
+int lb_report(struct lb_client *c, uint64_t lease, float drift);
+
+/* A round trip through the rings. @return 0, -ETIMEDOUT. */
+int lb_ping(struct lb_client *c);
+
+/* How long a wait spins before it sleeps (default 50 us). */
+void lb_set_spin_us(struct lb_client *c, uint32_t us);
+
+/* ---- asynchronous forms, for batching ---- */
+
+struct lb_result {
+	uint64_t user_data; /* as submitted */
+	int status;         /* as the synchronous call would return */
+	struct lb_hit hit;  /* for a lookup with status 0 */
+};
+
+/* Queue a request without waiting. @return 0; -EAGAIN (ring or staging full: poll first);
+ * -EINVAL. */
+int lb_submit_lookup_deepest(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
+			     const float *tau, uint32_t n_tau, uint64_t user_data);
+int lb_submit_lookup(struct lb_client *c, uint32_t model_id, uint32_t layer, const struct lb_key *key,
+		     const float *tau, uint32_t n_tau, uint64_t user_data);
+int lb_submit_release(struct lb_client *c, uint64_t lease, uint64_t user_data);
+
+/* Collect up to max results, waiting up to timeout_us for the first (0: don't wait).
+ * @return the number collected (0 on time-out), -EPROTO. */
+int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, uint32_t timeout_us);
 
 #ifdef __cplusplus
 }

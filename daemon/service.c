@@ -1,0 +1,416 @@
+/* layerbankd service threads: ring polling, request validation and dispatch to the store,
+ * spin-then-sleep on the clients' doorbells (futex_waitv). */
+#include "service.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "log.h"
+
+#define BATCH 32u          /* requests taken from one client before looking at the next */
+#define MAX_WAITERS 128u   /* futex_waitv's limit: the control word and 127 clients */
+
+/* Owned by its thread, except the pending lists and ctl word, which the control thread
+ * touches under mu. */
+struct lbd_svc_thread {
+	struct lbd_service *svc;
+	pthread_t tid;
+	bool started;
+	pthread_mutex_t mu;
+	struct lbd_dpclient *to_add, *to_del; /* pending, under mu */
+	_Atomic uint32_t pending;             /* lists non-empty, or stop */
+	_Atomic uint32_t ctl;                 /* futex word: bumped to wake the thread */
+	_Atomic bool stop;
+	struct lbd_dpclient **c;              /* clients served, thread-private */
+	unsigned n, cap;
+};
+
+/* ---- regions ---- */
+
+struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint32_t req_entries,
+				      uint32_t cpl_entries, uint64_t staging_bytes, uint64_t client_id,
+				      pid_t pid)
+{
+	struct lbd_dpclient *c = calloc(1, sizeof(*c));
+	char name[48];
+	int e;
+
+	if (!c)
+		return NULL;
+	/* Clamp the wishes: a ring of the asked size rounded up to a power of two, staging to
+	 * whole pages, both within the daemon's bounds. */
+	uint32_t rq = req_entries ? req_entries : lim->ring_default;
+	uint32_t cq = cpl_entries ? cpl_entries : lim->ring_default;
+	rq = rq > lim->ring_max ? lim->ring_max : rq < LB_RING_MIN_ENTRIES ? LB_RING_MIN_ENTRIES : rq;
+	cq = cq > lim->ring_max ? lim->ring_max : cq < LB_RING_MIN_ENTRIES ? LB_RING_MIN_ENTRIES : cq;
+	while (rq & (rq - 1))
+		rq += rq & -rq;
+	while (cq & (cq - 1))
+		cq += cq & -cq;
+	uint64_t sb = staging_bytes ? staging_bytes : lim->staging_default;
+	sb = sb > lim->staging_max ? lim->staging_max : sb;
+	sb = (sb + 4095) & ~4095ull;
+
+	c->bytes = lb_region_layout(&c->layout, rq, cq, sb);
+	if (!c->bytes) {
+		free(c);
+		errno = EINVAL;
+		return NULL;
+	}
+	c->layout.abi_version = LB_SHM_ABI_VERSION;
+	snprintf(name, sizeof(name), "layerbank-client-%llu", (unsigned long long)client_id);
+	c->fd = memfd_create(name, MFD_CLOEXEC);
+	if (c->fd < 0)
+		goto fail;
+	if (ftruncate(c->fd, (off_t)c->bytes) < 0)
+		goto fail;
+	c->base = mmap(NULL, c->bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, c->fd, 0);
+	if (c->base == MAP_FAILED) {
+		c->base = NULL;
+		goto fail;
+	}
+	memcpy(c->base, &c->layout, sizeof(c->layout));
+	lb_ring_view_init(&c->req, c->base + c->layout.req_off, c->layout.req_entries);
+	lb_ring_view_init(&c->cpl, c->base + c->layout.cpl_off, c->layout.cpl_entries);
+	c->client_id = client_id;
+	c->pid = pid;
+	return c;
+fail:
+	e = errno;
+	if (c->fd >= 0)
+		close(c->fd);
+	free(c);
+	errno = e;
+	return NULL;
+}
+
+static void dpclient_free(struct lbd_service *s, struct lbd_dpclient *c)
+{
+	lbd_store_release_all(s->store, &c->leases);
+	lbd_leases_free(&c->leases);
+	if (c->base)
+		munmap(c->base, c->bytes);
+	close(c->fd);
+	free(c);
+}
+
+/* ---- one request ---- */
+
+static bool reserved_zero(const struct lb_req *r)
+{
+	return !r->flags && !r->reserved[0] && !r->reserved[1] && !r->reserved[2];
+}
+
+/* Payload bounds inside staging, overflow-safe. */
+static bool payload_ok(const struct lbd_dpclient *c, const struct lb_req *r, uint32_t min, uint64_t max)
+{
+	return r->payload_len >= min && r->payload_len <= max &&
+	       (uint64_t)r->payload_off + r->payload_len <= c->layout.staging_bytes &&
+	       r->payload_off % 8 == 0;
+}
+
+static void serve(struct lbd_service *s, struct lbd_dpclient *c, const struct lb_req *r, struct lb_cpl *out)
+{
+	const uint8_t *staging = c->base + c->layout.staging_off;
+
+	memset(out, 0, sizeof(*out));
+	out->user_data = r->user_data;
+	out->opcode = r->opcode;
+	if (!reserved_zero(r)) {
+		out->status = -EINVAL;
+		return;
+	}
+	switch (r->opcode) {
+	case LB_OP_PING:
+		if (r->model_id || r->lease || r->payload_len || r->layer || r->seq_len || r->aux)
+			out->status = -EINVAL;
+		return;
+	case LB_OP_LOOKUP:
+	case LB_OP_LOOKUP_DEEPEST: {
+		/* Copied out before use: the client may rewrite staging at any moment. */
+		struct {
+			struct lb_query q;
+			float thr[LBP_MAX_LAYERS];
+		} p;
+		if (r->lease || r->aux ||
+		    !payload_ok(c, r, sizeof(p.q), sizeof(p.q) + sizeof(p.thr)) ||
+		    (r->payload_len - sizeof(p.q)) % sizeof(float)) {
+			out->status = -EINVAL;
+			return;
+		}
+		memcpy(&p, staging + r->payload_off, r->payload_len);
+		if (p.q.reserved || p.q.n_thr != (r->payload_len - sizeof(p.q)) / sizeof(float)) {
+			out->status = -EINVAL;
+			return;
+		}
+		lbd_store_lookup(s->store, &c->leases, r, &p.q, p.thr, out);
+		return;
+	}
+	case LB_OP_INSERT: {
+		struct lb_insert_hdr h;
+		if (r->lease || r->aux || !payload_ok(c, r, LB_INSERT_HDR_SIZE, UINT32_MAX)) {
+			out->status = -EINVAL;
+			return;
+		}
+		memcpy(&h, staging + r->payload_off, sizeof(h));
+		lbd_store_insert(s->store, r, &h, staging + r->payload_off + LB_INSERT_HDR_SIZE, out);
+		return;
+	}
+	case LB_OP_RELEASE:
+	case LB_OP_REPORT: {
+		float drift;
+		if (r->model_id || r->payload_len || r->layer || r->seq_len ||
+		    (r->opcode == LB_OP_RELEASE && r->aux)) {
+			out->status = -EINVAL;
+			return;
+		}
+		if (r->opcode == LB_OP_RELEASE) {
+			lbd_store_release(s->store, &c->leases, r->lease, out);
+			return;
+		}
+		memcpy(&drift, &r->aux, sizeof(drift));
+		lbd_store_report(s->store, &c->leases, r->lease, drift, out);
+		return;
+	}
+	}
+	out->status = -EINVAL; /* unknown opcode */
+}
+
+/* Serve up to BATCH requests of one client. @return requests served. */
+static unsigned serve_client(struct lbd_service *s, struct lbd_dpclient *c)
+{
+	unsigned done = 0;
+	struct lb_req r;
+	struct lb_cpl out;
+
+	if (c->broken)
+		return 0;
+	while (done < BATCH) {
+		int64_t n = lb_ring_sc_peek(&c->req);
+		if (n < 0) {
+			lbd_warn("client %llu (pid %d): request ring indices are impossible; "
+				 "no more service for it", (unsigned long long)c->client_id, (int)c->pid);
+			c->broken = true;
+			break;
+		}
+		if (n == 0)
+			break;
+		/* A full completion ring stops this client only: it must read before it gets more. */
+		if (c->cpl.local - atomic_load_explicit(&c->cpl.sh->cons, memory_order_acquire) > c->cpl.mask)
+			break;
+		lb_ring_sc_copy(&c->req, &r);
+		lb_ring_sc_release(&c->req);
+		serve(s, c, &r, &out);
+		if (!lb_ring_sp_push(&c->cpl, &out)) {
+			/* Only a hostile client can make this happen after the check above. */
+			c->broken = true;
+			break;
+		}
+		done++;
+	}
+	if (done)
+		lb_ring_sp_wake(&c->cpl);
+	return done;
+}
+
+/* Work is waiting that this thread could do now. */
+static bool has_work(const struct lbd_svc_thread *t)
+{
+	for (unsigned i = 0; i < t->n; i++) {
+		struct lbd_dpclient *c = t->c[i];
+		if (c->broken)
+			continue;
+		uint32_t prod = atomic_load_explicit(&c->req.sh->prod, memory_order_acquire);
+		uint32_t cons_c = atomic_load_explicit(&c->cpl.sh->cons, memory_order_acquire);
+		if (prod != c->req.local && c->cpl.local - cons_c <= c->cpl.mask)
+			return true;
+	}
+	return false;
+}
+
+/* ---- the thread ---- */
+
+static void apply_pending(struct lbd_svc_thread *t)
+{
+	struct lbd_dpclient *add, *del;
+
+	pthread_mutex_lock(&t->mu);
+	add = t->to_add;
+	del = t->to_del;
+	t->to_add = t->to_del = NULL;
+	atomic_store_explicit(&t->pending, 0, memory_order_relaxed);
+	pthread_mutex_unlock(&t->mu);
+
+	for (; add; add = add->next_pending) {
+		if (t->n == t->cap) {
+			unsigned ncap = t->cap ? t->cap * 2 : 16;
+			struct lbd_dpclient **p = realloc(t->c, sizeof(*p) * ncap);
+			if (!p)
+				abort(); /* a few pointers: out of memory here is not survivable */
+			t->c = p;
+			t->cap = ncap;
+		}
+		t->c[t->n++] = add;
+	}
+	while (del) {
+		struct lbd_dpclient *next = del->next_pending;
+		for (unsigned i = 0; i < t->n; i++)
+			if (t->c[i] == del) {
+				t->c[i] = t->c[--t->n];
+				break;
+			}
+		dpclient_free(t->svc, del);
+		del = next;
+	}
+}
+
+static void sleep_on_doorbells(struct lbd_svc_thread *t)
+{
+	struct futex_waitv w[MAX_WAITERS];
+	unsigned n = 0;
+
+	memset(w, 0, sizeof(w));
+	w[n].uaddr = (uintptr_t)&t->ctl;
+	w[n].val = atomic_load_explicit(&t->ctl, memory_order_relaxed);
+	w[n++].flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
+	for (unsigned i = 0; i < t->n && n < MAX_WAITERS; i++) {
+		struct lb_ring_shared *sh = t->c[i]->req.sh;
+		if (t->c[i]->broken)
+			continue;
+		w[n].uaddr = (uintptr_t)&sh->doorbell;
+		w[n].val = atomic_load_explicit(&sh->doorbell, memory_order_relaxed);
+		w[n++].flags = FUTEX_32; /* shared: the word lives in the client's mapping too */
+		atomic_store_explicit(&sh->sleeping, 1, memory_order_relaxed);
+	}
+	/* F2 (per ring): pairs with F1 in lb_ring_sp_wake; and with the fence in kick(). */
+	atomic_thread_fence(memory_order_seq_cst);
+	if (!atomic_load_explicit(&t->pending, memory_order_relaxed) && !has_work(t)) {
+		/* Beyond futex_waitv's limit, clients are polled every millisecond. */
+		struct timespec ts, *tsp = NULL;
+		if (t->n >= MAX_WAITERS) {
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			ts.tv_nsec += 1000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			tsp = &ts;
+		}
+		syscall(SYS_futex_waitv, w, n, 0, tsp, CLOCK_MONOTONIC);
+	}
+	for (unsigned i = 0; i < t->n; i++)
+		atomic_store_explicit(&t->c[i]->req.sh->sleeping, 0, memory_order_relaxed);
+}
+
+static void *svc_main(void *arg)
+{
+	struct lbd_svc_thread *t = arg;
+	struct lbd_service *s = t->svc;
+	uint64_t idle_since = lb_now_ns();
+
+	while (!atomic_load_explicit(&t->stop, memory_order_acquire)) {
+		unsigned done = 0;
+		if (atomic_load_explicit(&t->pending, memory_order_acquire))
+			apply_pending(t);
+		for (unsigned i = 0; i < t->n; i++)
+			done += serve_client(s, t->c[i]);
+		if (done) {
+			idle_since = lb_now_ns();
+			continue;
+		}
+		if (lb_now_ns() - idle_since < s->spin_ns) {
+			__builtin_ia32_pause();
+			continue;
+		}
+		sleep_on_doorbells(t);
+		idle_since = lb_now_ns();
+	}
+	apply_pending(t);
+	for (unsigned i = 0; i < t->n; i++)
+		dpclient_free(s, t->c[i]);
+	free(t->c);
+	return NULL;
+}
+
+static void kick(struct lbd_svc_thread *t)
+{
+	atomic_store_explicit(&t->pending, 1, memory_order_release);
+	atomic_fetch_add_explicit(&t->ctl, 1, memory_order_seq_cst);
+	syscall(SYS_futex, &t->ctl, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, 1, NULL, NULL, 0);
+}
+
+int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_threads, uint64_t spin_ns)
+{
+	memset(s, 0, sizeof(*s));
+	s->store = st;
+	s->spin_ns = spin_ns;
+	s->t = calloc(n_threads, sizeof(*s->t));
+	if (!s->t)
+		return -ENOMEM;
+	s->n_threads = n_threads;
+	for (unsigned i = 0; i < n_threads; i++) {
+		struct lbd_svc_thread *t = &s->t[i];
+		t->svc = s;
+		pthread_mutex_init(&t->mu, NULL);
+		int ret = pthread_create(&t->tid, NULL, svc_main, t);
+		if (ret) {
+			lbd_service_stop(s);
+			return -ret;
+		}
+		t->started = true;
+	}
+	return 0;
+}
+
+void lbd_service_stop(struct lbd_service *s)
+{
+	for (unsigned i = 0; i < s->n_threads; i++) {
+		struct lbd_svc_thread *t = &s->t[i];
+		if (!t->started)
+			continue;
+		atomic_store_explicit(&t->stop, true, memory_order_release);
+		kick(t);
+		pthread_join(t->tid, NULL);
+		pthread_mutex_destroy(&t->mu);
+	}
+	free(s->t);
+	s->t = NULL;
+	s->n_threads = 0;
+}
+
+void lbd_service_attach(struct lbd_service *s, struct lbd_dpclient *c)
+{
+	struct lbd_svc_thread *t = &s->t[s->next];
+	c->thread = s->next;
+	s->next = (s->next + 1) % s->n_threads;
+	pthread_mutex_lock(&t->mu);
+	c->next_pending = t->to_add;
+	t->to_add = c;
+	pthread_mutex_unlock(&t->mu);
+	kick(t);
+}
+
+void lbd_service_detach(struct lbd_service *s, struct lbd_dpclient *c)
+{
+	struct lbd_svc_thread *t = &s->t[c->thread];
+	pthread_mutex_lock(&t->mu);
+	/* Still waiting to be added? Then it never ran: take it back out of that list. */
+	for (struct lbd_dpclient **p = &t->to_add; *p; p = &(*p)->next_pending)
+		if (*p == c) {
+			*p = c->next_pending;
+			pthread_mutex_unlock(&t->mu);
+			dpclient_free(s, c);
+			return;
+		}
+	c->next_pending = t->to_del;
+	t->to_del = c;
+	pthread_mutex_unlock(&t->mu);
+	kick(t);
+}

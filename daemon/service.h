@@ -1,0 +1,66 @@
+/* layerbankd service threads: each polls the request rings of its clients, serves them from
+ * the store and answers on their completion rings; spins a bounded time, then sleeps on the
+ * rings' doorbells. */
+#ifndef LAYERBANK_DAEMON_SERVICE_H
+#define LAYERBANK_DAEMON_SERVICE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "layerbank/ring.h"
+#include "store.h"
+
+
+
+/* One client's data plane: its region and leases. Created by the control thread at HELLO,
+ * then owned by one service thread until lbd_service_detach hands it back for freeing. */
+struct lbd_dpclient {
+	int fd;              /* region memfd, passed in WELCOME */
+	uint8_t *base;       /* daemon's read-write mapping */
+	uint64_t bytes;
+	struct lb_region_hdr layout; /* our own copy: never read back from the region */
+	struct lb_ring_view req;     /* we consume */
+	struct lb_ring_view cpl;     /* we produce */
+	struct lbd_leases leases;
+	uint64_t client_id;
+	pid_t pid;
+	bool broken;         /* the ring indices went impossible: no more service */
+	struct lbd_dpclient *next_pending;
+	unsigned thread;
+};
+
+struct lbd_svc_thread;
+
+struct lbd_service {
+	struct lbd_store *store;
+	uint64_t spin_ns;
+	unsigned n_threads;
+	struct lbd_svc_thread *t;
+	unsigned next; /* round-robin placement */
+};
+
+/* Region sizes the daemon grants: wished sizes (0: default) clamped to these bounds. */
+struct lbd_region_limits {
+	uint32_t ring_default, ring_max;
+	uint64_t staging_default, staging_max;
+};
+
+/* Create a client's region (memfd, mapped, rings initialised). @return NULL with errno. */
+struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint32_t req_entries,
+				      uint32_t cpl_entries, uint64_t staging_bytes, uint64_t client_id,
+				      pid_t pid);
+
+/* @return 0, or -errno (threads could not start). */
+int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_threads, uint64_t spin_ns);
+/* Stop and join the threads, freeing every client still attached. */
+void lbd_service_stop(struct lbd_service *s);
+
+/* Hand c to a service thread. */
+void lbd_service_attach(struct lbd_service *s, struct lbd_dpclient *c);
+/* The client went away: its thread releases its leases and frees it. c must not be used
+ * after this call. */
+void lbd_service_detach(struct lbd_service *s, struct lbd_dpclient *c);
+
+#endif

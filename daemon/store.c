@@ -1,0 +1,887 @@
+/* layerbankd store: banks of per-layer entries keyed by input, lookups (exact hash, then the
+ * nearest SimHash), inserts with room made by the eviction policy, leases, counters. */
+#include "store.h"
+
+#include <errno.h>
+#include <immintrin.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "alloc.h"
+#include "exactmap.h"
+#include "fpindex.h"
+#include "log.h"
+
+#define NONE UINT32_MAX
+#define SAMPLE 16u           /* entries looked at per eviction (exact below this many) */
+#define MAX_EVICT_ROUNDS 256 /* per insert, before giving up with -ENOSPC */
+#define NT_COPY_MIN (64u << 10) /* copies this large bypass the cache: read by other cores */
+
+/* A cached layer of an input. Slot ids are stable; gen changes on reuse. */
+struct entry {
+	uint32_t input;
+	uint32_t gen;
+	uint32_t leases;
+	uint32_t live_pos;  /* in st->live, while evictable or leased and published */
+	uint64_t off;       /* of struct lb_entry_hdr in its arena */
+	uint64_t bytes;     /* allocated */
+	uint64_t created_ns, last_ns;
+	double score;       /* decay policy: hits, decayed to score_ns */
+	uint64_t score_ns;
+	uint16_t layer;
+	uint8_t arena;
+	uint8_t state;      /* FREE, PENDING (being copied), LIVE, DOOMED (out of the index) */
+	uint32_t next_free;
+};
+enum { E_FREE = 0, E_PENDING, E_LIVE, E_DOOMED };
+
+/* An input: a token sequence seen before, with the layers cached for it. */
+struct input {
+	uint64_t fp[LB_FP_WORDS];
+	uint64_t exact[2];
+	uint32_t bank;       /* model_id - 1 */
+	uint32_t seq_len;
+	uint32_t n_cached;   /* layers with an entry (LIVE or PENDING) */
+	uint32_t *layer;     /* [n_layers]: entry slot or NONE */
+	uint32_t next_free;
+	uint8_t used;
+};
+
+struct bank {
+	struct lbp_register_model desc;
+	struct lbd_fpindex *fps;
+	struct lbd_exactmap *exact;
+	struct lbp_layer_stats *layer; /* [n_layers] */
+	uint32_t max_d_default;        /* radius for the default tau */
+};
+
+struct lbd_store {
+	pthread_mutex_t lock;
+	struct lbd_store_cfg cfg;
+	struct lbd_arena *arenas;
+	struct lbd_alloc *alloc[LBP_MAX_ARENAS];
+	unsigned n_arenas;
+	struct bank *banks;   /* [n_banks], index model_id - 1; desc.n_layers 0: none yet */
+	uint32_t n_banks;
+	struct entry *e;
+	uint32_t e_cap, e_free;
+	struct input *in;
+	uint32_t in_cap, in_free;
+	uint32_t *live;       /* LIVE or DOOMED-but-leased entries, for sampling */
+	uint32_t n_live, live_cap;
+	uint64_t rng;
+	struct lbp_stats_reply c; /* data-plane counters */
+};
+
+const char *lbd_policy_name(enum lbd_policy p)
+{
+	static const char *const names[] = { "lru", "decay", "ttl" };
+	return (unsigned)p < 3 ? names[p] : "?";
+}
+
+int lbd_policy_parse(const char *name, enum lbd_policy *out)
+{
+	for (int p = 0; p < 3; p++)
+		if (strcmp(name, lbd_policy_name((enum lbd_policy)p)) == 0) {
+			*out = (enum lbd_policy)p;
+			return 0;
+		}
+	return -1;
+}
+
+static uint64_t rnd(struct lbd_store *st)
+{
+	st->rng ^= st->rng << 13;
+	st->rng ^= st->rng >> 7;
+	st->rng ^= st->rng << 17;
+	return st->rng;
+}
+
+static uint32_t max_hamming(double tau)
+{
+	uint32_t h = 0;
+	while (h < 256 && cos(M_PI * (h + 1) / 256.0) >= tau)
+		h++;
+	return h;
+}
+
+static double similarity(uint32_t h)
+{
+	return cos(M_PI * h / 256.0);
+}
+
+/* ---- slot tables ---- */
+
+static int grow(void **arr, uint32_t *cap, size_t elem, uint32_t *free_head, size_t next_off)
+{
+	uint32_t old = *cap, ncap = old ? old * 2 : 1024;
+	char *p = realloc(*arr, (size_t)ncap * elem);
+	if (!p)
+		return -ENOMEM;
+	memset(p + (size_t)old * elem, 0, (size_t)(ncap - old) * elem);
+	/* Thread the new slots onto the free list, lowest first. */
+	for (uint32_t i = ncap; i-- > old;) {
+		memcpy(p + (size_t)i * elem + next_off, free_head, sizeof(uint32_t));
+		*free_head = i;
+	}
+	*arr = p;
+	*cap = ncap;
+	return 0;
+}
+
+static uint32_t entry_get(struct lbd_store *st)
+{
+	if (st->e_free == NONE &&
+	    grow((void **)&st->e, &st->e_cap, sizeof(*st->e), &st->e_free, offsetof(struct entry, next_free)))
+		return NONE;
+	uint32_t id = st->e_free;
+	struct entry *e = &st->e[id];
+	uint32_t gen = e->gen;
+	st->e_free = e->next_free;
+	memset(e, 0, sizeof(*e));
+	e->gen = gen + 1;
+	e->live_pos = NONE;
+	return id;
+}
+
+static void entry_put(struct lbd_store *st, uint32_t id)
+{
+	struct entry *e = &st->e[id];
+	e->state = E_FREE;
+	e->gen++;
+	e->next_free = st->e_free;
+	st->e_free = id;
+}
+
+static int live_add(struct lbd_store *st, uint32_t id)
+{
+	if (st->n_live == st->live_cap) {
+		uint32_t ncap = st->live_cap ? st->live_cap * 2 : 1024;
+		uint32_t *p = realloc(st->live, sizeof(*p) * ncap);
+		if (!p)
+			return -ENOMEM;
+		st->live = p;
+		st->live_cap = ncap;
+	}
+	st->e[id].live_pos = st->n_live;
+	st->live[st->n_live++] = id;
+	return 0;
+}
+
+static void live_del(struct lbd_store *st, uint32_t id)
+{
+	uint32_t pos = st->e[id].live_pos, last = st->live[--st->n_live];
+	st->live[pos] = last;
+	st->e[last].live_pos = pos;
+	st->e[id].live_pos = NONE;
+}
+
+/* ---- inputs ---- */
+
+static uint32_t input_new(struct lbd_store *st, uint32_t bank, uint32_t seq_len,
+			  const uint64_t fp[LB_FP_WORDS], const uint64_t exact[2])
+{
+	struct bank *b = &st->banks[bank];
+	if (st->in_free == NONE &&
+	    grow((void **)&st->in, &st->in_cap, sizeof(*st->in), &st->in_free, offsetof(struct input, next_free)))
+		return NONE;
+	uint32_t id = st->in_free;
+	struct input *in = &st->in[id];
+	uint32_t *layer = malloc(sizeof(uint32_t) * b->desc.n_layers);
+	if (!layer)
+		return NONE;
+	if (lbd_exactmap_insert(b->exact, exact, id) < 0) {
+		free(layer);
+		return NONE;
+	}
+	if (lbd_fpindex_insert(b->fps, fp, id) < 0) {
+		lbd_exactmap_remove(b->exact, exact);
+		free(layer);
+		return NONE;
+	}
+	st->in_free = in->next_free;
+	memset(in, 0, sizeof(*in));
+	memcpy(in->fp, fp, sizeof(in->fp));
+	memcpy(in->exact, exact, sizeof(in->exact));
+	in->bank = bank;
+	in->seq_len = seq_len;
+	in->layer = layer;
+	for (uint32_t l = 0; l < b->desc.n_layers; l++)
+		layer[l] = NONE;
+	in->used = 1;
+	return id;
+}
+
+static void input_drop_if_empty(struct lbd_store *st, uint32_t id)
+{
+	struct input *in = &st->in[id];
+	struct bank *b = &st->banks[in->bank];
+	if (in->n_cached)
+		return;
+	lbd_fpindex_remove(b->fps, in->fp, id);
+	lbd_exactmap_remove(b->exact, in->exact);
+	free(in->layer);
+	in->layer = NULL;
+	in->used = 0;
+	in->next_free = st->in_free;
+	st->in_free = id;
+}
+
+/* ---- entries ---- */
+
+/* Take the entry out of its input (no new hits); free it now if nobody leases it. */
+static void entry_unlink(struct lbd_store *st, uint32_t id)
+{
+	struct entry *e = &st->e[id];
+	struct input *in = &st->in[e->input];
+	struct lbp_layer_stats *ls = &st->banks[in->bank].layer[e->layer];
+
+	in->layer[e->layer] = NONE;
+	in->n_cached--;
+	ls->leases -= e->leases; /* the holders keep their bytes, but not as this layer's */
+	ls->entries--;
+	ls->bytes -= e->bytes;
+	st->c.entries--;
+	st->c.bytes_used -= e->bytes;
+	input_drop_if_empty(st, e->input);
+	e->state = E_DOOMED;
+	if (e->leases == 0) {
+		live_del(st, id);
+		lbd_alloc_put(st->alloc[e->arena], e->off);
+		entry_put(st, id);
+	}
+}
+
+/* The victim score: lower goes first. */
+static double victim_score(const struct lbd_store *st, const struct entry *e, uint64_t now)
+{
+	switch (st->cfg.policy) {
+	case LBD_POLICY_DECAY:
+		return e->score * exp2(-(double)(now - e->score_ns) / (double)st->cfg.half_life_ns);
+	case LBD_POLICY_TTL:
+		return (double)e->created_ns; /* oldest first: it expires first */
+	case LBD_POLICY_LRU:
+		break;
+	}
+	return (double)e->last_ns;
+}
+
+/* Evict one unleased LIVE entry chosen by the policy from a sample. @return 0, -ENOSPC. */
+static int evict_one(struct lbd_store *st, uint64_t now)
+{
+	uint32_t best = NONE, n = st->n_live;
+	double best_score = 0;
+
+	for (uint32_t k = 0; k < (n < SAMPLE ? n : SAMPLE); k++) {
+		/* Below SAMPLE entries look at every one: exact policy for small caches. */
+		uint32_t id = st->live[n <= SAMPLE ? k : (uint32_t)(rnd(st) % n)];
+		const struct entry *e = &st->e[id];
+		if (e->state != E_LIVE || e->leases)
+			continue;
+		double s = victim_score(st, e, now);
+		if (best == NONE || s < best_score) {
+			best = id;
+			best_score = s;
+		}
+	}
+	if (best == NONE && n > SAMPLE) {
+		/* The sample was all leased: scan for any candidate before giving up. */
+		for (uint32_t k = 0; k < n && best == NONE; k++)
+			if (st->e[st->live[k]].state == E_LIVE && !st->e[st->live[k]].leases)
+				best = st->live[k];
+	}
+	if (best == NONE)
+		return -ENOSPC;
+	st->banks[st->in[st->e[best].input].bank].layer[st->e[best].layer].evictions++;
+	st->c.evictions++;
+	entry_unlink(st, best);
+	return 0;
+}
+
+static bool expired(const struct lbd_store *st, const struct entry *e, uint64_t now)
+{
+	return st->cfg.policy == LBD_POLICY_TTL && now - e->created_ns > st->cfg.ttl_ns;
+}
+
+void lbd_store_expire(struct lbd_store *st)
+{
+	uint64_t now = lb_now_ns();
+	pthread_mutex_lock(&st->lock);
+	for (uint32_t k = 0; k < st->n_live;) {
+		uint32_t id = st->live[k];
+		struct entry *e = &st->e[id];
+		if (e->state == E_LIVE && expired(st, e, now)) {
+			st->c.expirations++;
+			entry_unlink(st, id); /* may move another entry into position k */
+			if (k < st->n_live && st->live[k] != id)
+				continue;
+		}
+		k++;
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+/* ---- leases ---- */
+
+static int lease_take(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, uint64_t *handle)
+{
+	if (ls->cap == 0 || ls->free_head == NONE) {
+		uint32_t old = ls->cap, ncap = old ? old * 2 : 64;
+		if (old >= LBD_MAX_LEASES)
+			return -EBUSY;
+		struct lbd_lease *p = realloc(ls->slot, sizeof(*p) * ncap);
+		if (!p)
+			return -ENOMEM;
+		memset(p + old, 0, sizeof(*p) * (ncap - old));
+		for (uint32_t i = old; i < ncap; i++)
+			p[i].next = i + 1 < ncap ? i + 1 : NONE;
+		ls->free_head = old; /* the list was empty: it is the new slots */
+		ls->slot = p;
+		ls->cap = ncap;
+	}
+	uint32_t s = ls->free_head;
+	struct lbd_lease *l = &ls->slot[s];
+	ls->free_head = l->next;
+	l->used = 1;
+	l->gen++;
+	l->entry = id;
+	ls->n_used++;
+	st->e[id].leases++;
+	st->c.leases++;
+	/* Slot + 1 in the high half, so that no valid handle is 0. */
+	*handle = ((uint64_t)(s + 1) << 32) | l->gen;
+	return 0;
+}
+
+/* Validate a handle from the client. @return the slot, or NONE. */
+static uint32_t lease_find(const struct lbd_leases *ls, uint64_t handle)
+{
+	uint64_t s = (handle >> 32);
+	if (s == 0 || s > ls->cap)
+		return NONE;
+	const struct lbd_lease *l = &ls->slot[s - 1];
+	if (!l->used || l->gen != (uint32_t)handle)
+		return NONE;
+	return (uint32_t)(s - 1);
+}
+
+static void lease_end(struct lbd_store *st, struct lbd_leases *ls, uint32_t s)
+{
+	struct lbd_lease *l = &ls->slot[s];
+	struct entry *e = &st->e[l->entry];
+
+	l->used = 0;
+	l->next = ls->free_head;
+	ls->free_head = s;
+	ls->n_used--;
+	st->c.leases--;
+	e->leases--;
+	if (e->state == E_LIVE)
+		st->banks[st->in[e->input].bank].layer[e->layer].leases--;
+	if (e->state == E_DOOMED && e->leases == 0) {
+		live_del(st, l->entry);
+		lbd_alloc_put(st->alloc[e->arena], e->off);
+		entry_put(st, l->entry);
+	}
+}
+
+void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, struct lb_cpl *cpl)
+{
+	pthread_mutex_lock(&st->lock);
+	uint32_t s = lease_find(ls, lease);
+	if (s == NONE)
+		cpl->status = -EINVAL;
+	else
+		lease_end(st, ls, s);
+	pthread_mutex_unlock(&st->lock);
+}
+
+void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
+		      struct lb_cpl *cpl)
+{
+	if (!isfinite(drift) || drift < 0) {
+		cpl->status = -EINVAL;
+		return;
+	}
+	pthread_mutex_lock(&st->lock);
+	uint32_t s = lease_find(ls, lease);
+	if (s == NONE) {
+		cpl->status = -EINVAL;
+	} else if (drift > st->cfg.drift_max) {
+		uint32_t id = ls->slot[s].entry;
+		struct entry *e = &st->e[id];
+		if (e->state == E_LIVE) {
+			/* The lease holder keeps its bytes; nobody else gets this entry again. */
+			st->c.invalidations++;
+			entry_unlink(st, id);
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+void lbd_store_release_all(struct lbd_store *st, struct lbd_leases *ls)
+{
+	pthread_mutex_lock(&st->lock);
+	for (uint32_t s = 0; s < ls->cap; s++)
+		if (ls->slot[s].used)
+			lease_end(st, ls, s);
+	pthread_mutex_unlock(&st->lock);
+}
+
+void lbd_leases_free(struct lbd_leases *ls)
+{
+	free(ls->slot);
+	memset(ls, 0, sizeof(*ls));
+}
+
+/* ---- lookups ---- */
+
+struct accept_ctx {
+	const struct lbd_store *st;
+	uint32_t seq_len;
+	int layer; /* -1: any cached layer */
+};
+
+static bool accept_input(void *p, uint32_t id)
+{
+	const struct accept_ctx *a = p;
+	const struct input *in = &a->st->in[id];
+	if (!in->used || in->seq_len != a->seq_len)
+		return false;
+	if (a->layer < 0)
+		return true;
+	uint32_t e = in->layer[a->layer];
+	return e != NONE && a->st->e[e].state == E_LIVE;
+}
+
+static struct bank *bank_of(struct lbd_store *st, uint32_t model_id)
+{
+	if (model_id == 0 || model_id > st->n_banks || st->banks[model_id - 1].desc.n_layers == 0)
+		return NULL;
+	return &st->banks[model_id - 1];
+}
+
+static void count_miss(struct lbd_store *st, struct bank *b, const struct lb_req *r, int from)
+{
+	st->c.misses++;
+	if (r->opcode == LB_OP_LOOKUP)
+		b->layer[r->layer].misses++;
+	else
+		for (uint32_t l = (uint32_t)from; l < b->desc.n_layers; l++)
+			b->layer[l].misses++;
+}
+
+void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
+		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl)
+{
+	uint64_t now = lb_now_ns();
+	uint32_t id = NONE, dist = 0, max_d = 0;
+	struct bank *b;
+
+	pthread_mutex_lock(&st->lock);
+	b = bank_of(st, r->model_id);
+	if (!b || r->seq_len == 0 || r->seq_len > b->desc.max_seq ||
+	    (q->n_thr != 0 && q->n_thr != b->desc.n_layers) ||
+	    (r->opcode == LB_OP_LOOKUP && r->layer >= b->desc.n_layers) ||
+	    (r->opcode == LB_OP_LOOKUP_DEEPEST && r->layer != 0)) {
+		cpl->status = b ? -EINVAL : -ESRCH;
+		goto out;
+	}
+	/* The search radius comes from the loosest threshold that matters. */
+	if (!q->n_thr) {
+		max_d = b->max_d_default;
+	} else {
+		for (uint32_t l = 0; l < q->n_thr; l++) {
+			if (!isfinite(thr[l]) || thr[l] < -1.0f || thr[l] > 1.0f) {
+				cpl->status = -EINVAL;
+				goto out;
+			}
+			if (r->opcode == LB_OP_LOOKUP && l != r->layer)
+				continue;
+			uint32_t d = max_hamming(thr[l]);
+			max_d = d > max_d ? d : max_d;
+		}
+	}
+	struct accept_ctx ac = { st, r->seq_len, r->opcode == LB_OP_LOOKUP ? (int)r->layer : -1 };
+	if (lbd_exactmap_find(b->exact, q->exact, &id) == 0 && accept_input(&ac, id))
+		dist = 0;
+	else if (lbd_fpindex_nearest(b->fps, q->fp, max_d, accept_input, &ac, &id, &dist) < 0)
+		id = NONE;
+
+	int hit_layer = -1;
+	if (id != NONE) {
+		const struct input *in = &st->in[id];
+		double sim = similarity(dist);
+		int top = r->opcode == LB_OP_LOOKUP ? r->layer : (int)b->desc.n_layers - 1;
+		int bottom = r->opcode == LB_OP_LOOKUP ? r->layer : 0;
+		for (int l = top; l >= bottom; l--) {
+			uint32_t e = in->layer[l];
+			double tau = q->n_thr ? thr[l] : st->cfg.tau;
+			if (e == NONE || st->e[e].state != E_LIVE || sim < tau)
+				continue;
+			if (expired(st, &st->e[e], now)) {
+				st->c.expirations++;
+				entry_unlink(st, e);
+				if (!in->used)
+					break; /* that was its last layer: the input is gone */
+				continue;
+			}
+			hit_layer = l;
+			break;
+		}
+	}
+	if (hit_layer < 0) {
+		count_miss(st, b, r, 0);
+		cpl->status = -ENOENT;
+		goto out;
+	}
+	uint32_t eid = st->in[id].layer[hit_layer];
+	struct entry *e = &st->e[eid];
+	int ret = lease_take(st, ls, eid, &cpl->lease);
+	if (ret < 0) {
+		cpl->status = ret;
+		goto out;
+	}
+	e->last_ns = now;
+	if (st->cfg.policy == LBD_POLICY_DECAY) {
+		e->score = victim_score(st, e, now) + 1.0;
+		e->score_ns = now;
+	}
+	st->c.hits++;
+	b->layer[hit_layer].leases++;
+	if (r->opcode == LB_OP_LOOKUP) {
+		b->layer[hit_layer].hits++;
+	} else {
+		for (int l = 0; l <= hit_layer; l++)
+			b->layer[l].hits++;
+		for (uint32_t l = (uint32_t)hit_layer + 1; l < b->desc.n_layers; l++)
+			b->layer[l].misses++;
+	}
+	cpl->status = 0;
+	cpl->arena = e->arena;
+	cpl->layer = (uint16_t)hit_layer;
+	cpl->entry_off = e->off;
+	cpl->hamming = dist;
+out:
+	pthread_mutex_unlock(&st->lock);
+}
+
+/* ---- inserts ---- */
+
+static uint32_t dtype_size(uint32_t dtype)
+{
+	switch (dtype) {
+	case LBP_DTYPE_F32:
+		return 4;
+	case LBP_DTYPE_F16:
+	case LBP_DTYPE_BF16:
+		return 2;
+	}
+	return 0;
+}
+
+/* Shape, dtype and byte count agree, without overflow. */
+static bool shape_ok(const struct lb_insert_hdr *h)
+{
+	uint64_t n = dtype_size(h->dtype);
+	if (!n || h->ndim < 1 || h->ndim > LB_MAX_NDIM)
+		return false;
+	for (uint32_t i = 0; i < LB_MAX_NDIM; i++) {
+		if (i >= h->ndim) {
+			if (h->shape[i])
+				return false;
+			continue;
+		}
+		if (!h->shape[i] || n > UINT64_MAX / h->shape[i])
+			return false;
+		n *= h->shape[i];
+	}
+	return n == h->bytes;
+}
+
+/* Non-temporal copy for large entries: other processes read them, this core will not. */
+__attribute__((target("avx512f"))) static void copy_nt_avx512(uint8_t *dst, const uint8_t *src, size_t n)
+{
+	size_t i = 0;
+	for (; i + 64 <= n; i += 64)
+		_mm512_stream_si512((void *)(dst + i), _mm512_loadu_si512((const void *)(src + i)));
+	_mm_sfence();
+	memcpy(dst + i, src + i, n - i);
+}
+
+static void copy_in(uint8_t *dst, const uint8_t *src, size_t n)
+{
+	/* dst is 64-byte aligned: entries start on LBD_ALLOC_ALIGN, data at +LB_ENTRY_HDR_SIZE. */
+	if (n >= NT_COPY_MIN && __builtin_cpu_supports("avx512f"))
+		copy_nt_avx512(dst, src, n);
+	else
+		memcpy(dst, src, n);
+}
+
+/* Room for need bytes: evict until under budget, then allocate, evicting on fragmentation. */
+static int make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned *arena, uint64_t *off)
+{
+	for (int round = 0; round < MAX_EVICT_ROUNDS; round++) {
+		if (st->c.bytes_used + need <= st->c.bytes_budget) {
+			for (unsigned i = 0; i < st->n_arenas; i++) {
+				if (lbd_alloc_get(st->alloc[i], need, off) == 0) {
+					*arena = i;
+					return 0;
+				}
+			}
+		}
+		if (evict_one(st, now) < 0)
+			return -ENOSPC;
+	}
+	return -ENOSPC;
+}
+
+void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct lb_insert_hdr *h,
+		      const uint8_t *data, struct lb_cpl *cpl)
+{
+	uint64_t now = lb_now_ns(), off = 0;
+	uint32_t id = NONE, eid;
+	unsigned arena = 0;
+	struct bank *b;
+	int ret;
+
+	if (!shape_ok(h) || h->bytes > (uint64_t)r->payload_len - LB_INSERT_HDR_SIZE) {
+		cpl->status = -EINVAL;
+		return;
+	}
+	uint64_t need = (LB_ENTRY_HDR_SIZE + h->bytes + LBD_ALLOC_ALIGN - 1) & ~(uint64_t)(LBD_ALLOC_ALIGN - 1);
+
+	pthread_mutex_lock(&st->lock);
+	b = bank_of(st, r->model_id);
+	if (!b || r->layer >= b->desc.n_layers || r->seq_len == 0 || r->seq_len > b->desc.max_seq) {
+		cpl->status = b ? -EINVAL : -ESRCH;
+		goto unlock;
+	}
+	if (lbd_exactmap_find(b->exact, h->exact, &id) == 0) {
+		if (st->in[id].seq_len != r->seq_len) {
+			cpl->status = -EINVAL; /* same tokens, other length: a lying client */
+			goto unlock;
+		}
+		if (st->in[id].layer[r->layer] != NONE) {
+			cpl->status = -EEXIST;
+			goto unlock;
+		}
+	}
+	ret = make_room(st, need, now, &arena, &off);
+	if (ret < 0) {
+		cpl->status = ret;
+		goto unlock;
+	}
+	/* make_room may have evicted the input we found: look again. */
+	if (lbd_exactmap_find(b->exact, h->exact, &id) < 0) {
+		id = input_new(st, (uint32_t)(b - st->banks), r->seq_len, h->fp, h->exact);
+		if (id == NONE) {
+			lbd_alloc_put(st->alloc[arena], off);
+			cpl->status = -ENOMEM;
+			goto unlock;
+		}
+	}
+	eid = entry_get(st);
+	if (eid == NONE) {
+		lbd_alloc_put(st->alloc[arena], off);
+		input_drop_if_empty(st, id);
+		cpl->status = -ENOMEM;
+		goto unlock;
+	}
+	struct entry *e = &st->e[eid];
+	e->state = E_PENDING;
+	e->input = id;
+	e->layer = (uint16_t)r->layer;
+	e->arena = (uint8_t)arena;
+	e->off = off;
+	e->bytes = need;
+	st->in[id].layer[r->layer] = eid;
+	st->in[id].n_cached++;
+	st->c.bytes_used += need;
+	uint32_t gen = e->gen;
+	pthread_mutex_unlock(&st->lock);
+
+	/* The copy runs unlocked: a PENDING entry is in no sample and gives no hits. */
+	uint8_t *base = (uint8_t *)st->arenas[arena].hdr;
+	struct lb_entry_hdr *eh = (struct lb_entry_hdr *)(base + off);
+	copy_in(base + off + LB_ENTRY_HDR_SIZE, data, h->bytes);
+	memset(eh, 0, sizeof(*eh));
+	eh->model_id = r->model_id;
+	eh->layer = r->layer;
+	eh->dtype = (uint16_t)h->dtype;
+	eh->seq_len = r->seq_len;
+	eh->ndim = h->ndim;
+	memcpy(eh->shape, h->shape, sizeof(eh->shape));
+	eh->bytes = h->bytes;
+	/* Of our own copy: the client may have changed its staging meanwhile. */
+	eh->checksum = XXH3_64bits(base + off + LB_ENTRY_HDR_SIZE, h->bytes);
+	eh->magic = LB_ENTRY_MAGIC;
+
+	pthread_mutex_lock(&st->lock);
+	e = &st->e[eid];
+	if (e->gen != gen || e->state != E_PENDING)
+		abort(); /* pending entries are never freed by anyone else */
+	e->created_ns = e->last_ns = e->score_ns = now;
+	e->score = 1.0;
+	if (live_add(st, eid) < 0) {
+		st->in[id].layer[r->layer] = NONE;
+		st->in[id].n_cached--;
+		st->c.bytes_used -= need;
+		lbd_alloc_put(st->alloc[arena], off);
+		entry_put(st, eid);
+		input_drop_if_empty(st, id);
+		cpl->status = -ENOMEM;
+		goto unlock;
+	}
+	e->state = E_LIVE;
+	b->layer[r->layer].inserts++;
+	b->layer[r->layer].entries++;
+	b->layer[r->layer].bytes += need;
+	st->c.inserts++;
+	st->c.entries++;
+	cpl->status = 0;
+	cpl->arena = (uint8_t)arena;
+	cpl->layer = r->layer;
+	cpl->entry_off = off;
+unlock:
+	pthread_mutex_unlock(&st->lock);
+}
+
+/* ---- setup and counters ---- */
+
+struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas, const struct lbd_store_cfg *cfg)
+{
+	struct lbd_store *st = calloc(1, sizeof(*st));
+	uint64_t data = 0;
+
+	if (!st)
+		return NULL;
+	pthread_mutex_init(&st->lock, NULL);
+	st->cfg = *cfg;
+	st->arenas = arenas;
+	st->n_arenas = n_arenas;
+	st->e_free = st->in_free = NONE;
+	st->rng = 0x9e3779b97f4a7c15ull;
+	for (unsigned i = 0; i < n_arenas; i++) {
+		const struct lb_arena_hdr *h = arenas[i].hdr;
+		st->alloc[i] = lbd_alloc_new(arenas[i].hdr, h->data_off, h->data_bytes & ~(uint64_t)(LBD_ALLOC_ALIGN - 1));
+		if (!st->alloc[i]) {
+			lbd_store_free(st);
+			return NULL;
+		}
+		data += h->data_bytes;
+	}
+	st->c.bytes_budget = cfg->budget && cfg->budget < data ? cfg->budget : data;
+	snprintf(st->c.policy, sizeof(st->c.policy), "%s", lbd_policy_name(cfg->policy));
+	return st;
+}
+
+void lbd_store_free(struct lbd_store *st)
+{
+	if (!st)
+		return;
+	for (uint32_t i = 0; i < st->in_cap; i++)
+		free(st->in[i].layer);
+	for (uint32_t i = 0; i < st->n_banks; i++) {
+		lbd_fpindex_free(st->banks[i].fps);
+		lbd_exactmap_free(st->banks[i].exact);
+		free(st->banks[i].layer);
+	}
+	for (unsigned i = 0; i < st->n_arenas; i++)
+		lbd_alloc_free_all(st->alloc[i]);
+	free(st->banks);
+	free(st->e);
+	free(st->in);
+	free(st->live);
+	pthread_mutex_destroy(&st->lock);
+	free(st);
+}
+
+int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lbp_register_model *d)
+{
+	int ret = 0;
+
+	if (model_id == 0)
+		return -EINVAL;
+	pthread_mutex_lock(&st->lock);
+	if (model_id > st->n_banks) {
+		struct bank *nb = realloc(st->banks, sizeof(*nb) * model_id);
+		if (!nb) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		memset(nb + st->n_banks, 0, sizeof(*nb) * (model_id - st->n_banks));
+		st->banks = nb;
+		st->n_banks = model_id;
+	}
+	struct bank *b = &st->banks[model_id - 1];
+	if (b->desc.n_layers)
+		goto out;
+	b->fps = lbd_fpindex_new(1024);
+	b->exact = lbd_exactmap_new(1024);
+	b->layer = calloc(d->n_layers, sizeof(*b->layer));
+	if (!b->fps || !b->exact || !b->layer) {
+		lbd_fpindex_free(b->fps);
+		lbd_exactmap_free(b->exact);
+		free(b->layer);
+		memset(b, 0, sizeof(*b));
+		ret = -ENOMEM;
+		goto out;
+	}
+	b->desc = *d;
+	b->max_d_default = max_hamming(st->cfg.tau);
+out:
+	pthread_mutex_unlock(&st->lock);
+	return ret;
+}
+
+void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r)
+{
+	struct lbd_alloc_stats as;
+	uint64_t free_b = 0, largest = 0;
+
+	pthread_mutex_lock(&st->lock);
+	r->hits = st->c.hits;
+	r->misses = st->c.misses;
+	r->inserts = st->c.inserts;
+	r->evictions = st->c.evictions;
+	r->expirations = st->c.expirations;
+	r->invalidations = st->c.invalidations;
+	r->entries = st->c.entries;
+	r->leases = st->c.leases;
+	r->bytes_used = st->c.bytes_used;
+	r->bytes_budget = st->c.bytes_budget;
+	memcpy(r->policy, st->c.policy, sizeof(r->policy));
+	for (unsigned i = 0; i < st->n_arenas; i++) {
+		lbd_alloc_stats(st->alloc[i], &as);
+		free_b += as.bytes_free;
+		largest = as.largest_free > largest ? as.largest_free : largest;
+	}
+	pthread_mutex_unlock(&st->lock);
+	r->fragmentation_ppm = free_b ? (uint32_t)(1e6 * (1.0 - (double)largest / (double)free_b)) : 0;
+}
+
+int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t first_layer,
+			  struct lbp_model_stats_reply *r)
+{
+	int ret = 0;
+	pthread_mutex_lock(&st->lock);
+	struct bank *b = bank_of(st, model_id);
+	if (!b) {
+		ret = -ENOENT;
+	} else {
+		r->model_id = model_id;
+		memcpy(r->name, b->desc.name, sizeof(r->name));
+		r->n_layers = b->desc.n_layers;
+		r->first_layer = first_layer;
+		r->n = 0;
+		for (uint32_t l = first_layer; l < b->desc.n_layers && r->n < LBP_MAX_STATS_LAYERS; l++)
+			r->layers[r->n++] = b->layer[l];
+	}
+	pthread_mutex_unlock(&st->lock);
+	return ret;
+}

@@ -1,0 +1,84 @@
+/* layerbankd store: the LLMCache banks. Per model, inputs indexed by exact token hash and by
+ * SimHash; per input, one entry per cached layer, held in the arenas; leases, eviction and
+ * counters. One mutex guards it all: lookups are short, and the long part of an insert (the
+ * copy into the arena) runs outside it. */
+#ifndef LAYERBANK_DAEMON_STORE_H
+#define LAYERBANK_DAEMON_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "layerbank/ring.h"
+#include "lbp.h"
+
+enum lbd_policy { LBD_POLICY_LRU = 0, LBD_POLICY_DECAY = 1, LBD_POLICY_TTL = 2 };
+
+struct lbd_store_cfg {
+	uint64_t budget;          /* bytes entries may use; 0: all of the arenas' data areas */
+	enum lbd_policy policy;
+	uint64_t ttl_ns;          /* TTL policy: entries older than this expire */
+	uint64_t half_life_ns;    /* decay policy: a hit's weight halves in this time */
+	double drift_max;         /* a REPORT above this invalidates the entry */
+	double tau;               /* similarity threshold when a lookup brings none */
+};
+
+/* A client's leases. Owned by the service thread serving the client; every call that takes
+ * one holds the store lock. */
+struct lbd_lease {
+	uint32_t entry;    /* entry slot */
+	uint32_t gen;      /* bumped each time the slot is reused: stale handles are refused */
+	uint32_t next;     /* free list */
+	uint8_t used;
+};
+
+struct lbd_leases {
+	struct lbd_lease *slot;
+	uint32_t cap, n_used, free_head;
+};
+
+#define LBD_MAX_LEASES 4096u /* per client; a hit beyond it is refused with -EBUSY */
+
+struct lbd_store;
+
+/* @return NULL with errno. The arenas stay owned by the caller and must outlive the store. */
+struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas,
+				const struct lbd_store_cfg *cfg);
+void lbd_store_free(struct lbd_store *st);
+
+/* Make a bank for a registered model (idempotent). @return 0, -ENOMEM, -EINVAL. */
+int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lbp_register_model *d);
+
+/*
+ * Serve one ring request (already copied out of the client's memory) into *cpl. payload is the
+ * daemon's own copy of the request's payload for lookups; for INSERT it is the client's staging
+ * (the data is copied into the arena and checksummed there; the header was copied by the
+ * caller into *ins). Every field is validated here. Never fails as a call: errors go to
+ * cpl->status.
+ */
+void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
+		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl);
+void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct lb_insert_hdr *ins,
+		      const uint8_t *data, struct lb_cpl *cpl);
+void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, struct lb_cpl *cpl);
+void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
+		      struct lb_cpl *cpl);
+
+/* End every lease of a client that went away. */
+void lbd_store_release_all(struct lbd_store *st, struct lbd_leases *ls);
+void lbd_leases_free(struct lbd_leases *ls);
+
+/* Drop entries whose TTL passed (TTL policy). */
+void lbd_store_expire(struct lbd_store *st);
+
+/* Fill the data-plane part of a STATS reply. */
+void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r);
+/* Per-layer counters of one model, from first_layer. @return 0, -ENOENT (no such model). */
+int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t first_layer,
+			  struct lbp_model_stats_reply *r);
+
+const char *lbd_policy_name(enum lbd_policy p);
+/* @return 0, or -1 for a name that is none of lru|decay|ttl. */
+int lbd_policy_parse(const char *name, enum lbd_policy *out);
+
+#endif

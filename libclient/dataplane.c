@@ -1,0 +1,345 @@
+/* liblayerbank data plane: the client's region, requests on the request ring, completions
+ * turned into zero-copy hits, and the synchronous calls built on submit + wait. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "client_internal.h"
+
+#define SYNC_TIMEOUT_NS 1000000000ull /* a synchronous call gives up after 1 s */
+#define STAGE_ALIGN 64u
+
+int lbi_region_map(struct lb_client *c, int fd, const struct lbp_region_desc *d)
+{
+	struct stat st;
+	uint64_t bytes;
+
+	c->region_fd = fd;
+	bytes = lb_region_layout(&c->layout, d->req_entries, d->cpl_entries, d->staging_bytes);
+	if (!bytes || bytes != d->bytes || fstat(fd, &st) < 0 || (uint64_t)st.st_size != bytes) {
+		snprintf(c->last_error, sizeof(c->last_error), "the client region does not match WELCOME");
+		return -EPROTO;
+	}
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+	if (p == MAP_FAILED) {
+		int e = errno;
+		snprintf(c->last_error, sizeof(c->last_error), "mmap client region: %s", strerror(e));
+		return -e;
+	}
+	c->region = p;
+	c->region_bytes = bytes;
+	const struct lb_region_hdr *h = p;
+	if (h->magic != LB_REGION_MAGIC || h->req_off != c->layout.req_off ||
+	    h->cpl_off != c->layout.cpl_off || h->staging_off != c->layout.staging_off) {
+		snprintf(c->last_error, sizeof(c->last_error), "the client region's header is wrong");
+		return -EPROTO;
+	}
+	lb_ring_view_init(&c->req, c->region + c->layout.req_off, c->layout.req_entries);
+	lb_ring_view_init(&c->cpl, c->region + c->layout.cpl_off, c->layout.cpl_entries);
+	c->staging = c->region + c->layout.staging_off;
+	return 0;
+}
+
+void lbi_region_unmap(struct lb_client *c)
+{
+	if (c->region)
+		munmap(c->region, c->region_bytes);
+	if (c->region_fd >= 0)
+		close(c->region_fd);
+	c->region = NULL;
+	c->region_fd = -1;
+}
+
+/* ---- staging ---- */
+
+/* bytes of staging for one payload. @return its offset, or UINT64_MAX when it does not fit. */
+static uint64_t stage(struct lb_client *c, uint64_t bytes)
+{
+	if (c->inflight == 0 && c->reserved_off == UINT64_MAX)
+		c->stage_used = 0; /* nothing refers to staging any more */
+	uint64_t off = c->stage_used;
+	if (bytes > c->layout.staging_bytes - off)
+		return UINT64_MAX;
+	c->stage_used = (off + bytes + STAGE_ALIGN - 1) & ~(uint64_t)(STAGE_ALIGN - 1);
+	if (c->stage_used > c->layout.staging_bytes)
+		c->stage_used = c->layout.staging_bytes;
+	return off;
+}
+
+/* ---- requests ---- */
+
+static int push(struct lb_client *c, const struct lb_req *r)
+{
+	if (!c->region)
+		return -ENOTCONN;
+	if (!lb_ring_sp_push(&c->req, r))
+		return -EAGAIN;
+	c->inflight++;
+	lb_ring_sp_wake(&c->req);
+	return 0;
+}
+
+static int submit_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint32_t layer,
+			const struct lb_key *key, const float *tau, uint32_t n_tau, uint64_t user_data)
+{
+	struct lb_req r;
+	struct lb_query q;
+	uint64_t len = sizeof(q) + (uint64_t)n_tau * sizeof(float), off;
+
+	if (!key || (n_tau && !tau) || n_tau > LBP_MAX_LAYERS || layer > UINT16_MAX)
+		return -EINVAL;
+	off = stage(c, len);
+	if (off == UINT64_MAX)
+		return -EAGAIN;
+	memset(&q, 0, sizeof(q));
+	memcpy(q.fp, key->fp, sizeof(q.fp));
+	memcpy(q.exact, key->exact, sizeof(q.exact));
+	q.n_thr = n_tau;
+	memcpy(c->staging + off, &q, sizeof(q));
+	if (n_tau)
+		memcpy(c->staging + off + sizeof(q), tau, n_tau * sizeof(float));
+	memset(&r, 0, sizeof(r));
+	r.opcode = op;
+	r.layer = (uint16_t)layer;
+	r.model_id = model_id;
+	r.user_data = user_data;
+	r.seq_len = key->seq_len;
+	r.payload_off = (uint32_t)off;
+	r.payload_len = (uint32_t)len;
+	return push(c, &r);
+}
+
+LB_EXPORT int lb_submit_lookup_deepest(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
+				       const float *tau, uint32_t n_tau, uint64_t user_data)
+{
+	return submit_query(c, LB_OP_LOOKUP_DEEPEST, model_id, 0, key, tau, n_tau, user_data);
+}
+
+LB_EXPORT int lb_submit_lookup(struct lb_client *c, uint32_t model_id, uint32_t layer,
+			       const struct lb_key *key, const float *tau, uint32_t n_tau,
+			       uint64_t user_data)
+{
+	return submit_query(c, LB_OP_LOOKUP, model_id, layer, key, tau, n_tau, user_data);
+}
+
+static int submit_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint32_t aux,
+			   uint64_t user_data)
+{
+	struct lb_req r;
+	memset(&r, 0, sizeof(r));
+	r.opcode = op;
+	r.lease = lease;
+	r.aux = aux;
+	r.user_data = user_data;
+	return push(c, &r);
+}
+
+LB_EXPORT int lb_submit_release(struct lb_client *c, uint64_t lease, uint64_t user_data)
+{
+	return submit_lease_op(c, LB_OP_RELEASE, lease, 0, user_data);
+}
+
+/* ---- completions ---- */
+
+/* Turn a completion into a result; a hit is checked against the arena it points into. */
+static void to_result(const struct lb_client *c, const struct lb_cpl *k, struct lb_result *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->user_data = k->user_data;
+	out->status = k->status;
+	if (k->status != 0 || (k->opcode != LB_OP_LOOKUP && k->opcode != LB_OP_LOOKUP_DEEPEST))
+		return;
+	const struct lb_entry_hdr *h = NULL;
+	if (k->arena < c->n_arenas && k->entry_off % 64 == 0 &&
+	    k->entry_off <= c->arenas[k->arena].bytes - LB_ENTRY_HDR_SIZE)
+		h = (const struct lb_entry_hdr *)((const uint8_t *)c->arenas[k->arena].base + k->entry_off);
+	if (!h || h->magic != LB_ENTRY_MAGIC ||
+	    h->bytes > c->arenas[k->arena].bytes - k->entry_off - LB_ENTRY_HDR_SIZE) {
+		out->status = -EPROTO;
+		return;
+	}
+	out->hit.data = (const uint8_t *)h + LB_ENTRY_HDR_SIZE;
+	out->hit.bytes = h->bytes;
+	out->hit.lease = k->lease;
+	out->hit.checksum = h->checksum;
+	out->hit.layer = k->layer;
+	out->hit.hamming = k->hamming;
+	out->hit.dtype = (enum lb_dtype)h->dtype;
+	out->hit.ndim = h->ndim;
+	memcpy(out->hit.shape, h->shape, sizeof(out->hit.shape));
+}
+
+LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, uint32_t timeout_us)
+{
+	unsigned n = 0;
+	struct lb_cpl k;
+
+	if (!c->region)
+		return -ENOTCONN;
+	if (max && timeout_us) {
+		int64_t ready = lb_ring_sc_wait(&c->cpl, c->spin_ns, (uint64_t)timeout_us * 1000);
+		if (ready < 0)
+			return (int)ready;
+	}
+	while (n < max) {
+		int ret = lb_ring_sc_pop(&c->cpl, &k);
+		if (ret < 0)
+			return ret;
+		if (ret == 0)
+			break;
+		c->inflight--;
+		to_result(c, &k, &out[n++]);
+	}
+	/* The daemon stops serving us while our completion ring is full: say there is room. */
+	if (n)
+		lb_ring_sp_wake(&c->req);
+	return (int)n;
+}
+
+/* Push r and wait for its completion (the only request in flight). */
+static int call(struct lb_client *c, struct lb_result *res)
+{
+	uint64_t start = lb_now_ns();
+	for (;;) {
+		uint64_t waited = lb_now_ns() - start;
+		if (waited >= SYNC_TIMEOUT_NS)
+			return -ETIMEDOUT;
+		int n = lb_poll(c, res, 1, (uint32_t)((SYNC_TIMEOUT_NS - waited) / 1000));
+		if (n < 0)
+			return n;
+		if (n == 1)
+			return res->status;
+	}
+}
+
+static int sync_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint32_t layer,
+		      const struct lb_key *key, const float *tau, uint32_t n_tau, struct lb_hit *hit)
+{
+	struct lb_result res;
+	int ret;
+
+	if (!hit)
+		return -EINVAL;
+	if (c->inflight)
+		return -EBUSY;
+	ret = submit_query(c, op, model_id, layer, key, tau, n_tau, 0);
+	if (ret < 0)
+		return ret;
+	ret = call(c, &res);
+	if (ret == 0)
+		*hit = res.hit;
+	return ret;
+}
+
+LB_EXPORT int lb_lookup_deepest(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
+				const float *tau, uint32_t n_tau, struct lb_hit *hit)
+{
+	return sync_query(c, LB_OP_LOOKUP_DEEPEST, model_id, 0, key, tau, n_tau, hit);
+}
+
+LB_EXPORT int lb_lookup(struct lb_client *c, uint32_t model_id, uint32_t layer, const struct lb_key *key,
+			const float *tau, uint32_t n_tau, struct lb_hit *hit)
+{
+	return sync_query(c, LB_OP_LOOKUP, model_id, layer, key, tau, n_tau, hit);
+}
+
+static int sync_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint32_t aux)
+{
+	struct lb_result res;
+	int ret;
+
+	if (c->inflight)
+		return -EBUSY;
+	ret = submit_lease_op(c, op, lease, aux, 0);
+	return ret < 0 ? ret : call(c, &res);
+}
+
+LB_EXPORT int lb_release(struct lb_client *c, uint64_t lease)
+{
+	return sync_lease_op(c, LB_OP_RELEASE, lease, 0);
+}
+
+LB_EXPORT int lb_report(struct lb_client *c, uint64_t lease, float drift)
+{
+	uint32_t bits;
+	if (!(drift >= 0) || isinf(drift))
+		return -EINVAL;
+	memcpy(&bits, &drift, sizeof(bits));
+	return sync_lease_op(c, LB_OP_REPORT, lease, bits);
+}
+
+LB_EXPORT int lb_ping(struct lb_client *c)
+{
+	return sync_lease_op(c, LB_OP_PING, 0, 0);
+}
+
+LB_EXPORT void lb_set_spin_us(struct lb_client *c, uint32_t us)
+{
+	c->spin_ns = (uint64_t)us * 1000;
+}
+
+/* ---- inserts ---- */
+
+LB_EXPORT void *lb_insert_reserve(struct lb_client *c, uint64_t bytes)
+{
+	uint64_t off;
+
+	if (!bytes) {
+		errno = EINVAL;
+		return NULL;
+	}
+	if (c->reserved_off != UINT64_MAX || !c->region) {
+		errno = EBUSY;
+		return NULL;
+	}
+	if (bytes > c->layout.staging_bytes - LB_INSERT_HDR_SIZE ||
+	    LB_INSERT_HDR_SIZE + bytes > UINT32_MAX) {
+		errno = ENOBUFS;
+		return NULL;
+	}
+	off = stage(c, LB_INSERT_HDR_SIZE + bytes);
+	if (off == UINT64_MAX) {
+		errno = EBUSY; /* staging is taken by requests in flight */
+		return NULL;
+	}
+	c->reserved_off = off;
+	c->reserved_bytes = bytes;
+	return c->staging + off + LB_INSERT_HDR_SIZE;
+}
+
+LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
+			       const struct lb_key *key, const struct lb_shape *shape)
+{
+	struct lb_insert_hdr h;
+	struct lb_req r;
+	struct lb_result res;
+	int ret;
+
+	if (c->reserved_off == UINT64_MAX || !key || !shape || shape->ndim < 1 ||
+	    shape->ndim > LB_MAX_NDIM || layer > UINT16_MAX)
+		return -EINVAL;
+	if (c->inflight)
+		return -EBUSY;
+	memset(&h, 0, sizeof(h));
+	memcpy(h.fp, key->fp, sizeof(h.fp));
+	memcpy(h.exact, key->exact, sizeof(h.exact));
+	h.dtype = (uint32_t)shape->dtype;
+	h.ndim = shape->ndim;
+	memcpy(h.shape, shape->dims, sizeof(uint32_t) * shape->ndim);
+	h.bytes = c->reserved_bytes;
+	memcpy(c->staging + c->reserved_off, &h, sizeof(h));
+	memset(&r, 0, sizeof(r));
+	r.opcode = LB_OP_INSERT;
+	r.layer = (uint16_t)layer;
+	r.model_id = model_id;
+	r.seq_len = key->seq_len;
+	r.payload_off = (uint32_t)c->reserved_off;
+	r.payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + c->reserved_bytes);
+	c->reserved_off = UINT64_MAX;
+	ret = push(c, &r);
+	return ret < 0 ? ret : call(c, &res);
+}
