@@ -530,8 +530,8 @@ static inline __attribute__((always_inline)) void probe_round(struct lbd_fpindex
  * the candidates it brings (about count / 2^w, each a random read, ~CAND_COST scanned entries).
  * Measured with bench_index: a scan streams 32 bytes per entry, a probe is a dependent miss.
  */
-#define PROBE_COST 0u
-#define CAND_COST 0u
+#define PROBE_COST 4u
+#define CAND_COST 4u
 
 /* Probes still needed if the best distance so far stands: steps (r, t), (r, t+1), ... until
  * r*m + t reaches best. Saturates at UINT64_MAX / 2. */

@@ -30,6 +30,7 @@ struct lbd_conn {
 	struct ucred cred;
 	char name[LBP_MAX_NAME + 1];
 	struct lbd_dpclient *dp; /* its data plane, once HELLO made one */
+	struct lbd_leases sock_leases; /* LOOKUP over the socket: taken and ended at once */
 	struct msghdr msg;
 	struct iovec iov;
 	_Alignas(struct cmsghdr) char cmsg[CMSG_SPACE(sizeof(int) * (LBD_MAX_ARENAS + 1))];
@@ -58,6 +59,7 @@ static void conn_free(struct lbd_conn *c)
 	/* Its service thread ends its leases and frees the region. */
 	if (c->dp)
 		lbd_service_detach(&s->service, c->dp);
+	lbd_leases_free(&c->sock_leases);
 	close(c->fd);
 	free(c);
 }
@@ -217,6 +219,25 @@ static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
 	conn_reply(c, &m, NULL, 0);
 }
 
+/* The ring's LOOKUP_DEEPEST, served on the control thread. */
+static void on_lookup(struct lbd_conn *c, const struct lbp_lookup *l)
+{
+	struct lbp_msg m = { .type = LBP_LOOKUP_REPLY };
+	struct lb_req r = { .opcode = LB_OP_LOOKUP_DEEPEST, .model_id = l->model_id, .seq_len = l->seq_len };
+	struct lb_query q = { .fp = { l->fp0, l->fp1, l->fp2, l->fp3 }, .exact = { l->exact_lo, l->exact_hi } };
+	struct lb_cpl cpl = { 0 };
+
+	lbd_store_lookup(c->s->store, &c->sock_leases, &r, &q, NULL, &cpl);
+	if (cpl.status == 0)
+		lbd_store_release(c->s->store, &c->sock_leases, cpl.lease, &cpl);
+	m.u.lookup_reply.status = cpl.status;
+	m.u.lookup_reply.layer = cpl.layer;
+	m.u.lookup_reply.hamming = cpl.hamming;
+	m.u.lookup_reply.arena = cpl.arena;
+	m.u.lookup_reply.entry_off = cpl.entry_off;
+	conn_reply(c, &m, NULL, 0);
+}
+
 static void on_frame(struct lbd_conn *c, size_t len)
 {
 	struct lbp_msg m;
@@ -266,7 +287,11 @@ static void on_frame(struct lbd_conn *c, size_t len)
 	case LBP_STATS_REPLY:
 	case LBP_ERROR:
 	case LBP_MODEL_STATS_REPLY:
+	case LBP_LOOKUP_REPLY:
 		break;
+	case LBP_LOOKUP:
+		on_lookup(c, &m.u.lookup);
+		return;
 	case LBP_MODEL_STATS: {
 		struct lbp_msg r = { .type = LBP_MODEL_STATS_REPLY };
 		if (lbd_store_model_stats(c->s->store, m.u.mstats.model_id, m.u.mstats.first_layer,

@@ -64,7 +64,6 @@ struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint3
 		errno = EINVAL;
 		return NULL;
 	}
-	c->layout.abi_version = LB_SHM_ABI_VERSION;
 	snprintf(name, sizeof(name), "layerbank-client-%llu", (unsigned long long)client_id);
 	c->fd = memfd_create(name, MFD_CLOEXEC);
 	if (c->fd < 0)
@@ -326,7 +325,7 @@ static void *svc_main(void *arg)
 			continue;
 		}
 		if (lb_now_ns() - idle_since < s->spin_ns) {
-			__builtin_ia32_pause();
+			lb_cpu_relax();
 			continue;
 		}
 		sleep_on_doorbells(t);

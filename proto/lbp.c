@@ -165,6 +165,25 @@ static const struct field mstats_reply_f[] = {
 	  offsetof(struct lbp_model_stats_reply, n) },
 };
 
+static const struct field lookup_f[] = {
+	UINT(struct lbp_lookup, model_id, 1, UINT32_MAX),
+	UINT(struct lbp_lookup, seq_len, 1, LBP_MAX_SEQ),
+	UINT(struct lbp_lookup, fp0, 0, UINT64_MAX),
+	UINT(struct lbp_lookup, fp1, 0, UINT64_MAX),
+	UINT(struct lbp_lookup, fp2, 0, UINT64_MAX),
+	UINT(struct lbp_lookup, fp3, 0, UINT64_MAX),
+	UINT(struct lbp_lookup, exact_lo, 0, UINT64_MAX),
+	UINT(struct lbp_lookup, exact_hi, 0, UINT64_MAX),
+};
+
+static const struct field lookup_reply_f[] = {
+	INT(struct lbp_lookup_reply, status, -4095, 0),
+	UINT(struct lbp_lookup_reply, layer, 0, LBP_MAX_LAYERS - 1),
+	UINT(struct lbp_lookup_reply, hamming, 0, 256),
+	UINT(struct lbp_lookup_reply, arena, 0, LBP_MAX_ARENAS - 1),
+	UINT(struct lbp_lookup_reply, entry_off, 0, UINT64_MAX),
+};
+
 static const struct field error_f[] = {
 	INT(struct lbp_error, code, 1, INT32_MAX),
 	STR(struct lbp_error, field, 0),
@@ -183,6 +202,8 @@ static const struct table bodies[LBP_TYPE_MAX + 1] = {
 	[LBP_ERROR] = TABLE(error_f),
 	[LBP_MODEL_STATS] = TABLE(mstats_f),
 	[LBP_MODEL_STATS_REPLY] = TABLE(mstats_reply_f),
+	[LBP_LOOKUP] = TABLE(lookup_f),
+	[LBP_LOOKUP_REPLY] = TABLE(lookup_reply_f),
 };
 
 /* read_body() keeps one slot per key on the stack. */
@@ -199,6 +220,8 @@ FITS(region_f);
 FITS(mstats_f);
 FITS(layer_f);
 FITS(mstats_reply_f);
+FITS(lookup_f);
+FITS(lookup_reply_f);
 _Static_assert(FSIZE(struct lbp_welcome, n_arenas) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(LBP_MAX_ARENAS <= 9, "arena paths \"arenas[N].\" assume one digit");
 _Static_assert(sizeof(((struct lbp_error *)0)->field) == sizeof(((struct lbp_fault *)0)->field),
@@ -955,6 +978,8 @@ const char *lbp_type_name(enum lbp_type t)
 	case LBP_ERROR: return "ERROR";
 	case LBP_MODEL_STATS: return "MODEL_STATS";
 	case LBP_MODEL_STATS_REPLY: return "MODEL_STATS_REPLY";
+	case LBP_LOOKUP: return "LOOKUP";
+	case LBP_LOOKUP_REPLY: return "LOOKUP_REPLY";
 	}
 	return "UNKNOWN";
 }

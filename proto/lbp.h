@@ -35,9 +35,11 @@ enum lbp_type {
 	LBP_ERROR = 8,          /* daemon -> client */
 	LBP_MODEL_STATS = 9,    /* client -> daemon: per-layer counters of one model */
 	LBP_MODEL_STATS_REPLY = 10,
+	LBP_LOOKUP = 11,        /* client -> daemon: LOOKUP_DEEPEST over the socket (diagnostics) */
+	LBP_LOOKUP_REPLY = 12,
 };
 #define LBP_TYPE_MIN LBP_HELLO
-#define LBP_TYPE_MAX LBP_MODEL_STATS_REPLY
+#define LBP_TYPE_MAX LBP_LOOKUP_REPLY
 
 enum lbp_dtype { LBP_DTYPE_F32 = 1, LBP_DTYPE_F16 = 2, LBP_DTYPE_BF16 = 3 };
 
@@ -134,6 +136,23 @@ struct lbp_model_stats_reply {
 	struct lbp_layer_stats layers[LBP_MAX_STATS_LAYERS];
 };
 
+/* The ring's LOOKUP_DEEPEST over the control socket, with the daemon's thresholds and no
+ * lease: for tools, and as the benchmark's baseline for the rings. */
+struct lbp_lookup {
+	uint32_t model_id;
+	uint32_t seq_len;
+	uint64_t fp0, fp1, fp2, fp3; /* the SimHash words */
+	uint64_t exact_lo, exact_hi;
+};
+
+struct lbp_lookup_reply {
+	int32_t status;     /* 0 hit, -ENOENT miss, other -errno */
+	uint32_t layer;
+	uint32_t hamming;
+	uint32_t arena;
+	uint64_t entry_off; /* of the entry's header in that arena */
+};
+
 struct lbp_error {
 	int32_t code;                    /* positive errno value */
 	char field[32];                  /* field at fault, "" when none */
@@ -151,6 +170,8 @@ struct lbp_msg {
 		struct lbp_error error;
 		struct lbp_model_stats mstats;
 		struct lbp_model_stats_reply mstats_reply;
+		struct lbp_lookup lookup;
+		struct lbp_lookup_reply lookup_reply;
 	} u; /* STATS and BYE carry no body */
 };
 

@@ -107,7 +107,7 @@ static void test_require_with_hugepages_reports_2m_pages(void **state)
 	const char *const args[] = { "--arena-size", "64M", "--hugepages", "require", NULL };
 	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
-	json_object *o;
+	json_object *o = NULL;
 	assert_int_equal(ctl_stats_json(env.sock, &o), 0);
 	assert_int_equal(jint(o, "page_size"), 2097152);
 	assert_int_equal(jint(o, "arena_bytes"), 64 << 20);
@@ -145,7 +145,7 @@ static void test_hugepage_shortage_require_fails_try_falls_back(void **state)
 	const char *const args[] = { "--arena-size", size, "--hugepages", "try", NULL };
 	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
-	json_object *o;
+	json_object *o = NULL;
 	assert_int_equal(ctl_stats_json(env.sock, &o), 0);
 	assert_int_equal(jint(o, "page_size"), 4096);
 	json_object *hp;

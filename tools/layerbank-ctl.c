@@ -31,6 +31,19 @@ static int print_stats_json(const struct lb_stats *st)
 	json_object_object_add(o, "clients", json_object_new_uint64(st->clients));
 	json_object_object_add(o, "models", json_object_new_uint64(st->models));
 	json_object_object_add(o, "uptime_s", json_object_new_uint64(st->uptime_s));
+	json_object_object_add(o, "threads", json_object_new_uint64(st->threads));
+	json_object_object_add(o, "policy", json_object_new_string(st->policy));
+	json_object_object_add(o, "hits", json_object_new_uint64(st->hits));
+	json_object_object_add(o, "misses", json_object_new_uint64(st->misses));
+	json_object_object_add(o, "inserts", json_object_new_uint64(st->inserts));
+	json_object_object_add(o, "evictions", json_object_new_uint64(st->evictions));
+	json_object_object_add(o, "expirations", json_object_new_uint64(st->expirations));
+	json_object_object_add(o, "invalidations", json_object_new_uint64(st->invalidations));
+	json_object_object_add(o, "entries", json_object_new_uint64(st->entries));
+	json_object_object_add(o, "leases", json_object_new_uint64(st->leases));
+	json_object_object_add(o, "bytes_used", json_object_new_uint64(st->bytes_used));
+	json_object_object_add(o, "bytes_budget", json_object_new_uint64(st->bytes_budget));
+	json_object_object_add(o, "fragmentation", json_object_new_double(st->fragmentation));
 	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
 	return 0;
@@ -45,6 +58,16 @@ static void print_stats_table(const struct lb_stats *st)
 	printf("%-12s %u\n", "clients", st->clients);
 	printf("%-12s %u\n", "models", st->models);
 	printf("%-12s %" PRIu64 " s\n", "uptime", st->uptime_s);
+	printf("%-12s %u, eviction policy %s\n", "threads", st->threads, st->policy);
+	uint64_t looked = st->hits + st->misses;
+	printf("%-12s %" PRIu64 " hits, %" PRIu64 " misses (%.1f%% hit rate), %" PRIu64 " inserts\n",
+	       "lookups", st->hits, st->misses, looked ? 100.0 * (double)st->hits / (double)looked : 0.0,
+	       st->inserts);
+	printf("%-12s %" PRIu64 " entries, %" PRIu64 " of %" PRIu64 " MiB, %" PRIu64 " leases, "
+	       "fragmentation %.1f%%\n", "cache", st->entries, st->bytes_used >> 20,
+	       st->bytes_budget >> 20, st->leases, 100.0 * st->fragmentation);
+	printf("%-12s %" PRIu64 " evicted, %" PRIu64 " expired, %" PRIu64 " invalidated\n", "dropped",
+	       st->evictions, st->expirations, st->invalidations);
 }
 
 static int cmd_stats(const char *sock, int argc, char **argv)

@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "layerbank/shm.h"
+
 #define LB_CACHE_LINE 64u
 #define LB_RING_ENTRY_SIZE 64u
 #define LB_RING_MIN_ENTRIES 8u
@@ -179,6 +181,7 @@ static inline uint64_t lb_region_layout(struct lb_region_hdr *h, uint32_t req_en
 		return 0;
 	memset(h, 0, sizeof(*h));
 	h->magic = LB_REGION_MAGIC;
+	h->abi_version = LB_SHM_ABI_VERSION;
 	h->hdr_size = sizeof(*h);
 	h->req_entries = req_entries;
 	h->cpl_entries = cpl_entries;
@@ -234,7 +237,8 @@ static inline bool lb_ring_sp_push(struct lb_ring_view *v, const void *entry)
 }
 
 /*
- * Consumer: number of entries ready (0 when empty). @return -EPROTO when the producer's index
+ * Consumer: at least this many entries are ready (0 when empty; the count may lag behind the
+ * producer, never run ahead of it). @return -EPROTO when the producer's index
  * is impossible (more than the ring holds): the peer is broken or hostile.
  */
 static inline int64_t lb_ring_sc_peek(struct lb_ring_view *v)
@@ -292,9 +296,20 @@ static inline void lb_ring_sp_wake(struct lb_ring_view *v)
 	 * sleeping flag (store-load ordering needs a full fence on both sides). */
 	atomic_thread_fence(memory_order_seq_cst);
 	if (atomic_load_explicit(&v->sh->sleeping, memory_order_relaxed)) {
-		atomic_fetch_add_explicit(&v->sh->doorbell, 1, memory_order_relaxed);
+		/* R3: pairs with A3 in lb_ring_sc_wait: a consumer whose doorbell snapshot sees
+		 * this bump also sees the entry pushed before it. */
+		atomic_fetch_add_explicit(&v->sh->doorbell, 1, memory_order_release);
 		lb_futex(&v->sh->doorbell, FUTEX_WAKE, 1, NULL);
 	}
+}
+
+static inline void lb_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
 }
 
 static inline uint64_t lb_now_ns(void)
@@ -320,10 +335,11 @@ static inline int64_t lb_ring_sc_wait(struct lb_ring_view *v, uint64_t spin_ns, 
 		now = lb_now_ns();
 		if (now - start >= spin_ns)
 			break;
-		__builtin_ia32_pause();
+		lb_cpu_relax();
 	}
 	for (;;) {
-		uint32_t bell = atomic_load_explicit(&v->sh->doorbell, memory_order_relaxed);
+		/* A3: pairs with R3 in lb_ring_sp_wake. */
+		uint32_t bell = atomic_load_explicit(&v->sh->doorbell, memory_order_acquire);
 		atomic_store_explicit(&v->sh->sleeping, 1, memory_order_relaxed);
 		/* F2: pairs with F1 in lb_ring_sp_wake. */
 		atomic_thread_fence(memory_order_seq_cst);
