@@ -202,7 +202,7 @@ static unsigned serve_client(struct lbd_service *s, struct lbd_dpclient *c)
 		if (n == 0)
 			break;
 		/* A full completion ring stops this client only: it must read before it gets more. */
-		if (c->cpl.local - atomic_load_explicit(&c->cpl.sh->cons, memory_order_acquire) > c->cpl.mask)
+		if (!lb_ring_sp_space(&c->cpl))
 			break;
 		lb_ring_sc_copy(&c->req, &r);
 		lb_ring_sc_release(&c->req);

@@ -36,16 +36,18 @@ struct lb_ring_shared {
 	_Alignas(LB_CACHE_LINE) _Atomic uint32_t prod; /* producer's line: next slot to fill */
 	uint8_t pad0[LB_CACHE_LINE - sizeof(uint32_t)];
 	_Alignas(LB_CACHE_LINE) _Atomic uint32_t cons; /* consumer's line: next slot to take */
-	_Atomic uint32_t sleeping;                      /* 1 while the consumer may be asleep */
-	uint8_t pad1[LB_CACHE_LINE - 2 * sizeof(uint32_t)];
+	uint8_t pad1[LB_CACHE_LINE - sizeof(uint32_t)];
+	/* The doorbell line is written only around a sleep, so the producer's check of
+	 * `sleeping` after every push reads a line that stays in its cache. */
 	_Alignas(LB_CACHE_LINE) _Atomic uint32_t doorbell; /* futex word, bumped by a wake */
-	uint8_t pad2[LB_CACHE_LINE - sizeof(uint32_t)];
+	_Atomic uint32_t sleeping;                         /* 1 while the consumer may sleep */
+	uint8_t pad2[LB_CACHE_LINE - 2 * sizeof(uint32_t)];
 };
 #define LB_RING_HDR_SIZE (3u * LB_CACHE_LINE)
 _Static_assert(offsetof(struct lb_ring_shared, prod) == 0, "abi");
 _Static_assert(offsetof(struct lb_ring_shared, cons) == 64, "abi");
-_Static_assert(offsetof(struct lb_ring_shared, sleeping) == 68, "abi");
 _Static_assert(offsetof(struct lb_ring_shared, doorbell) == 128, "abi");
+_Static_assert(offsetof(struct lb_ring_shared, sleeping) == 132, "abi");
 _Static_assert(sizeof(struct lb_ring_shared) == LB_RING_HDR_SIZE, "abi");
 _Static_assert(sizeof(_Atomic uint32_t) == 4 && _Alignof(_Atomic uint32_t) == 4, "abi");
 
@@ -217,17 +219,23 @@ static inline void lb_ring_view_init(struct lb_ring_view *v, void *ring, uint32_
 	v->cached = 0;
 }
 
+/* Producer: room for one more entry? Reads the consumer's index only when the cached one says
+ * full. */
+static inline bool lb_ring_sp_space(struct lb_ring_view *v)
+{
+	if (v->local - v->cached > v->mask)
+		/* A1: pairs with R1 in lb_ring_sc_release. */
+		v->cached = atomic_load_explicit(&v->sh->cons, memory_order_acquire);
+	return v->local - v->cached <= v->mask;
+}
+
 /* Producer: copy one 64-byte entry in. @return false when the ring is full. */
 static inline bool lb_ring_sp_push(struct lb_ring_view *v, const void *entry)
 {
-	if (v->local - v->cached > v->mask) {
-		/* A1: pairs with R1 in lb_ring_sc_release: the consumer is done with the slot. */
-		v->cached = atomic_load_explicit(&v->sh->cons, memory_order_acquire);
-		/* A corrupt cons (hostile peer) can only make the ring look full or empty: the
-		 * distance is checked, and we never index with it. */
-		if (v->local - v->cached > v->mask)
-			return false;
-	}
+	/* A corrupt cons (hostile peer) can only make the ring look full: the distance is
+	 * checked, and we never index with it. */
+	if (!lb_ring_sp_space(v))
+		return false;
 	memcpy(v->entries + (size_t)(v->local & v->mask) * LB_RING_ENTRY_SIZE, entry,
 	       LB_RING_ENTRY_SIZE);
 	v->local++;
@@ -266,7 +274,7 @@ static inline void lb_ring_sc_copy(const struct lb_ring_view *v, void *out)
 static inline void lb_ring_sc_release(struct lb_ring_view *v)
 {
 	v->local++;
-	/* R1: pairs with A1 in lb_ring_sp_push. */
+	/* R1: pairs with A1 in lb_ring_sp_space. */
 	atomic_store_explicit(&v->sh->cons, v->local, memory_order_release);
 }
 
