@@ -16,39 +16,49 @@
  * Table t < m indexes substring t, bits [t*w, t*w + w) of the fingerprint; the 256 - m*w bits
  * left over belong to no substring, which keeps the pigeonhole bound (an entry within d of the
  * query still matches some substring within floor(d/m) bits) and are checked by the popcount.
- * Table m maps ids to slots. A table is ncells 32-bit cells, Robin Hood linear probing: a cell
- * holds a slot in its low 24 bits and its displacement from home in the high 8, saturated at
- * DISP_SAT (then recomputed from the entry), so a lookup walks only the cells of its own home
- * and reads no fingerprint to find them. ncells >= 2^w, and a key's home is key * ncells / 2^w,
- * which is one-to-one: every cell at a key's home is a true candidate, never a hash collision.
+ * Table m maps ids to slots.
+ *
+ * A table is ncells 32-bit cells, Robin Hood linear probing. A cell holds a slot (24 bits), the
+ * low TAG_BITS of its key (the tag) and its displacement from its home (6 bits, saturated at
+ * DISP_SAT and then recomputed from the entry), so a lookup walks only the cells of its own
+ * home, skips the other tags, and reads no fingerprint but its true candidates'. A key's home is
+ * (key >> TAG_BITS) * ncells / 2^(w - TAG_BITS): order-preserving, and one-to-one when
+ * ncells >= 2^(w - TAG_BITS), which rebuild() arranges once the index holds 2^16 entries or so;
+ * below that homes are shared, which costs a few more candidates, never correctness.
  */
 #define W_MIN 16u
 #define W_MAX 24u
 #define M_MAX (256u / W_MIN)
 #define SLOT_BITS 24u
 #define SLOT_MASK ((1u << SLOT_BITS) - 1)
-#define DISP_SAT 255u
-#define EMPTY UINT32_MAX /* slot SLOT_MASK, displacement DISP_SAT: never a real cell */
+#define TAG_BITS 2u
+#define TAG_MASK ((1u << TAG_BITS) - 1)
+#define DISP_SHIFT (SLOT_BITS + TAG_BITS)
+#define DISP_SAT ((1u << (32 - DISP_SHIFT)) - 1)
+#define EMPTY UINT32_MAX /* slot SLOT_MASK: never a real cell */
 #define NONE UINT32_MAX
 /* Slot SLOT_MASK would read as EMPTY, so at most SLOT_MASK entries (16.7 million). */
 #define MAX_ENTRIES SLOT_MASK
 #define MIN_CAP 64u
-/* Probes gathered before they are walked: their cache misses overlap. */
-#define BATCH 32u
-#define CAND_MAX 64u
+/* Probes planned at once, probes and candidates in flight (see run_plan). */
+#define PLAN_MAX 512u
+#define PIPE 12u
+#define CAND_PIPE 8u
+#define CAND_RING 16u
 /* Arrays this large ask for transparent hugepages: a lookup touches a few random cache lines
  * per probe across tens of MiB, and without them each one is also a TLB miss. */
 #define HUGE_BYTES ((size_t)4 << 20)
 #define HUGE_ALIGN ((size_t)2 << 20)
 
 _Static_assert(W_MAX <= 32 && W_MIN * M_MAX == 256, "keys fit 32 bits; W_MIN splits 256 evenly");
+_Static_assert(CAND_PIPE < CAND_RING && (CAND_RING & (CAND_RING - 1)) == 0, "the queue holds the pipe");
 _Static_assert(MAX_ENTRIES < EMPTY, "a full table cell never reads as EMPTY");
 
 struct lbd_fpindex {
 	uint32_t count;                  /* live entries, in slots [0, count) */
 	uint32_t cap;                    /* slots allocated; growing past it rebuilds */
 	uint32_t w, m;                   /* substring width and count */
-	uint32_t ncells;                 /* cells per table, cap + cap/8 + 1 >= 2^w once w > W_MIN */
+	uint32_t ncells;                 /* cells per table, cap + cap/4 + 1 */
 	uint16_t stamp;                  /* current search's mark in stamps[] */
 	bool popcnt;                     /* the CPU has POPCNT: use the compiled-for-it search */
 	uint64_t (*fp)[LBD_FP_WORDS];    /* [cap] fingerprints by slot */
@@ -120,27 +130,28 @@ static inline uint32_t sub_key(const struct lbd_fpindex *ix, const uint64_t fp[L
 	return (uint32_t)v & ((1u << ix->w) - 1);
 }
 
-static inline uint32_t key_home(const struct lbd_fpindex *ix, uint32_t key)
+/* A table's view of an entry: its key (the substring, or a hash of the id), whose low bits are
+ * the tag and high bits give the home. */
+static inline uint32_t code_home(const struct lbd_fpindex *ix, uint32_t t, uint32_t code)
 {
-	return (uint32_t)(((uint64_t)key * ix->ncells) >> ix->w);
+	uint32_t bits = t < ix->m ? ix->w : 32;
+	return (uint32_t)(((uint64_t)(code >> TAG_BITS) * ix->ncells) >> (bits - TAG_BITS));
 }
 
 /* murmur3's finaliser: ids are often consecutive, homes must not be. */
-static inline uint32_t id_home(const struct lbd_fpindex *ix, uint32_t id)
+static inline uint32_t id_code(uint32_t id)
 {
 	id ^= id >> 16;
 	id *= 0x85ebca6bu;
 	id ^= id >> 13;
 	id *= 0xc2b2ae35u;
 	id ^= id >> 16;
-	return (uint32_t)(((uint64_t)id * ix->ncells) >> 32);
+	return id;
 }
 
-static inline uint32_t slot_home(const struct lbd_fpindex *ix, uint32_t t, uint32_t slot)
+static inline uint32_t slot_code(const struct lbd_fpindex *ix, uint32_t t, uint32_t slot)
 {
-	if (t == ix->m)
-		return id_home(ix, ix->ids[slot]);
-	return key_home(ix, sub_key(ix, ix->fp[slot], t));
+	return t < ix->m ? sub_key(ix, ix->fp[slot], t) : id_code(ix->ids[slot]);
 }
 
 /* ---- Robin Hood tables ---- */
@@ -150,17 +161,23 @@ static inline uint32_t *table(const struct lbd_fpindex *ix, uint32_t t)
 	return ix->cells + (size_t)t * ix->ncells;
 }
 
-static inline uint32_t cell_make(uint32_t slot, uint32_t disp)
+/* body: the slot and tag bits of a cell. */
+static inline uint32_t cell_make(uint32_t body, uint32_t disp)
 {
-	return slot | (disp < DISP_SAT ? disp : DISP_SAT) << SLOT_BITS;
+	return body | (disp < DISP_SAT ? disp : DISP_SAT) << DISP_SHIFT;
+}
+
+static inline uint32_t cell_body(uint32_t slot, uint32_t code)
+{
+	return slot | (code & TAG_MASK) << SLOT_BITS;
 }
 
 static inline uint32_t cell_disp(const struct lbd_fpindex *ix, uint32_t t, uint32_t pos, uint32_t v)
 {
-	uint32_t d = v >> SLOT_BITS, h;
+	uint32_t d = v >> DISP_SHIFT, h;
 	if (d < DISP_SAT)
 		return d;
-	h = slot_home(ix, t, v & SLOT_MASK);
+	h = code_home(ix, t, slot_code(ix, t, v & SLOT_MASK));
 	return pos >= h ? pos - h : pos + ix->ncells - h;
 }
 
@@ -169,21 +186,22 @@ static inline uint32_t next_pos(const struct lbd_fpindex *ix, uint32_t p)
 	return p + 1 == ix->ncells ? 0 : p + 1;
 }
 
-static void rh_insert(struct lbd_fpindex *ix, uint32_t t, uint32_t slot, uint32_t home)
+static void rh_insert(struct lbd_fpindex *ix, uint32_t t, uint32_t slot)
 {
 	uint32_t *c = table(ix, t);
-	uint32_t p = home, d = 0;
+	uint32_t code = slot_code(ix, t, slot), p = code_home(ix, t, code), d = 0;
+	uint32_t body = cell_body(slot, code);
 	/* The table always has an empty cell: count <= cap < ncells. */
 	for (;;) {
 		uint32_t v = c[p], vd;
 		if (v == EMPTY) {
-			c[p] = cell_make(slot, d);
+			c[p] = cell_make(body, d);
 			return;
 		}
 		vd = cell_disp(ix, t, p, v);
 		if (vd < d) { /* v's home is after ours: we take its cell, it moves on */
-			c[p] = cell_make(slot, d);
-			slot = v & SLOT_MASK;
+			c[p] = cell_make(body, d);
+			body = v & ((1u << DISP_SHIFT) - 1);
 			d = vd;
 		}
 		d++;
@@ -195,7 +213,7 @@ static void rh_insert(struct lbd_fpindex *ix, uint32_t t, uint32_t slot, uint32_
 static uint32_t rh_find(const struct lbd_fpindex *ix, uint32_t t, uint32_t slot)
 {
 	const uint32_t *c = table(ix, t);
-	uint32_t p = slot_home(ix, t, slot);
+	uint32_t p = code_home(ix, t, slot_code(ix, t, slot));
 	for (uint32_t i = 0;; i++) {
 		uint32_t v = c[p], vd;
 		if (v == EMPTY)
@@ -220,7 +238,7 @@ static void rh_erase(struct lbd_fpindex *ix, uint32_t t, uint32_t p)
 		vd = cell_disp(ix, t, q, v);
 		if (vd == 0)
 			break;
-		c[p] = cell_make(v & SLOT_MASK, vd - 1);
+		c[p] = cell_make(v & ((1u << DISP_SHIFT) - 1), vd - 1);
 		p = q;
 	}
 	c[p] = EMPTY;
@@ -229,7 +247,7 @@ static void rh_erase(struct lbd_fpindex *ix, uint32_t t, uint32_t p)
 static uint32_t find_id(const struct lbd_fpindex *ix, uint32_t id)
 {
 	const uint32_t *c = table(ix, ix->m);
-	uint32_t p = id_home(ix, id);
+	uint32_t code = id_code(id), p = code_home(ix, ix->m, code), tag = code & TAG_MASK;
 	for (uint32_t i = 0;; i++) {
 		uint32_t v = c[p], vd;
 		if (v == EMPTY)
@@ -237,7 +255,7 @@ static uint32_t find_id(const struct lbd_fpindex *ix, uint32_t id)
 		vd = cell_disp(ix, ix->m, p, v);
 		if (vd < i)
 			return NONE;
-		if (vd == i && ix->ids[v & SLOT_MASK] == id)
+		if (vd == i && (v >> SLOT_BITS & TAG_MASK) == tag && ix->ids[v & SLOT_MASK] == id)
 			return v & SLOT_MASK;
 		p = next_pos(ix, p);
 	}
@@ -256,7 +274,7 @@ static int bulk_build(struct lbd_fpindex *ix, uint32_t t, uint32_t *start)
 
 	memset(start, 0, (size_t)ix->ncells * sizeof(*start));
 	for (uint32_t s = 0; s < ix->count; s++)
-		start[slot_home(ix, t, s)]++;
+		start[code_home(ix, t, slot_code(ix, t, s))]++;
 	for (uint32_t h = 0; h < ix->ncells; h++) {
 		uint32_t n = start[h];
 		if (pos < h)
@@ -271,14 +289,14 @@ static int bulk_build(struct lbd_fpindex *ix, uint32_t t, uint32_t *start)
 	}
 	memset(c, 0xff, (size_t)ix->ncells * sizeof(*c));
 	for (uint32_t s = 0; s < ix->count; s++) {
-		uint32_t h = slot_home(ix, t, s), p = start[h]++;
+		uint32_t code = slot_code(ix, t, s), h = code_home(ix, t, code), p = start[h]++;
 		if (p < ix->ncells)
-			c[p] = cell_make(s, p - h);
+			c[p] = cell_make(cell_body(s, code), p - h);
 		else
 			spill[nspill++] = s;
 	}
 	for (uint32_t i = 0; i < nspill; i++)
-		rh_insert(ix, t, spill[i], slot_home(ix, t, spill[i]));
+		rh_insert(ix, t, spill[i]);
 	free(spill);
 	return 0;
 }
@@ -288,13 +306,16 @@ static int bulk_build(struct lbd_fpindex *ix, uint32_t t, uint32_t *start)
 static int rebuild(struct lbd_fpindex *ix, uint32_t cap)
 {
 	struct lbd_fpindex old = *ix;
-	uint32_t ncells = cap + cap / 8 + 1, w = W_MIN, *start;
+	uint32_t ncells = cap + cap / 4 + 1, hb = W_MIN, w, *start;
 	int rc = 0;
 
-	/* Widest w with 2^w <= ncells: homes stay one-to-one and a bucket holds about
-	 * count / 2^w < 1.2 entries; below 2^16 cells the homes are shared (any cell at a home is
-	 * still verified, so it costs time, not correctness). */
-	while (w < W_MAX && (2ull << w) <= ncells)
+	/* hb = log2(ncells) in [W_MIN, W_MAX]: with w = hb a key holds about count / 2^w < 1.25
+	 * entries. The tag allows w up to hb + TAG_BITS with homes still one-to-one; a wider w
+	 * means fewer candidates per probe but more probes per round, and fewer substrings, each
+	 * of which costs a round its reach. So widen w only while m stays (20 -> 21 bits: m = 12). */
+	while (hb < W_MAX && (2ull << hb) <= ncells)
+		hb++;
+	for (w = hb; w < W_MAX && w < hb + TAG_BITS && 256 / (w + 1) == 256 / hb;)
 		w++;
 	ix->cap = cap;
 	ix->ncells = ncells;
@@ -383,7 +404,7 @@ int lbd_fpindex_insert(struct lbd_fpindex *ix, const uint64_t fp[LBD_FP_WORDS], 
 		return -EEXIST;
 	if (ix->count == ix->cap) {
 		/* x1.5 rather than x2: the tables are most of the memory and are sized by cap,
-		 * so this keeps them between 59% and 89% full; rebuilds stay amortised O(1). */
+		 * so this keeps them between 53% and 80% full; rebuilds stay amortised O(1). */
 		uint64_t cap = (uint64_t)ix->cap + ix->cap / 2;
 		int rc;
 		if (ix->cap >= MAX_ENTRIES)
@@ -397,7 +418,7 @@ int lbd_fpindex_insert(struct lbd_fpindex *ix, const uint64_t fp[LBD_FP_WORDS], 
 	ix->ids[s] = id;
 	ix->stamps[s] = 0;
 	for (uint32_t t = 0; t <= ix->m; t++)
-		rh_insert(ix, t, s, slot_home(ix, t, s));
+		rh_insert(ix, t, s);
 	return 0;
 }
 
@@ -426,14 +447,29 @@ int lbd_fpindex_remove(struct lbd_fpindex *ix, const uint64_t fp[LBD_FP_WORDS], 
 
 /* ---- search ---- */
 
+/*
+ * A search walks the probes (table t, key at exactly r bits from the query's substring t) in
+ * the order of the rounds, r = 0, 1, ..., and within a round t = 0 .. m-1: the step (r, t).
+ * cursor is the next probe; step index r*m + t is also the distance below which nothing can be
+ * left unseen once the steps before it are done (see search_impl).
+ */
+struct cursor {
+	uint32_t r, t;
+	uint32_t x; /* w-bit mask of the r bits flipped */
+};
+
 struct search {
 	const uint64_t *q;
 	uint32_t best;      /* distance of best_slot; max_d + 1 while there is none */
 	uint32_t best_slot; /* NONE until something within max_d is accepted */
 	lbd_fpindex_accept_fn accept;
 	void *ctx;
-	uint32_t ncand;
-	uint32_t cand[CAND_MAX];
+	uint32_t qk[M_MAX];
+	uint32_t n;                 /* probes planned */
+	uint32_t probe[PLAN_MAX];   /* table | tag << 8 */
+	uint32_t home[PLAN_MAX];
+	uint32_t head, tail;        /* candidates queued: cand[head .. tail), free-running */
+	uint32_t cand[CAND_RING];
 };
 
 /*
@@ -459,46 +495,44 @@ static inline __attribute__((always_inline)) void verify(struct lbd_fpindex *ix,
 	s->best_slot = slot;
 }
 
-static inline __attribute__((always_inline)) void flush(struct lbd_fpindex *ix, struct search *s)
-{
-	for (uint32_t i = 0; i < s->ncand; i++)
-		verify(ix, s, s->cand[i]);
-	s->ncand = 0;
-}
-
 /*
- * Look up n keys, key[i] in table tab[i]: first touch every home so the cache misses overlap,
- * then walk each home's run and queue its slots (prefetching their fingerprints), then verify.
+ * Run the planned probes as a pipeline: the cells of probe i + PIPE are fetched while probe i
+ * is walked, and a candidate's fingerprint is fetched when it is queued and read CAND_PIPE
+ * candidates later. Every access here is a likely cache miss; overlapped, they cost a fraction
+ * of their latency each.
  */
-static inline __attribute__((always_inline)) void probe(struct lbd_fpindex *ix, struct search *s,
-							  const uint32_t *tab, const uint32_t *key,
-							  uint32_t n)
+static inline __attribute__((always_inline)) void run_plan(struct lbd_fpindex *ix, struct search *s)
 {
-	uint32_t home[BATCH];
+	uint32_t n = s->n;
+	for (uint32_t i = 0; i < n && i < PIPE; i++)
+		__builtin_prefetch(table(ix, s->probe[i] & 0xff) + s->home[i]);
 	for (uint32_t i = 0; i < n; i++) {
-		home[i] = key_home(ix, key[i]);
-		__builtin_prefetch(table(ix, tab[i]) + home[i]);
-	}
-	for (uint32_t i = 0; i < n; i++) {
-		const uint32_t *c = table(ix, tab[i]);
-		uint32_t p = home[i];
+		uint32_t t = s->probe[i] & 0xff, tag = s->probe[i] >> 8, p = s->home[i];
+		const uint32_t *c = table(ix, t);
+		if (i + PIPE < n)
+			__builtin_prefetch(table(ix, s->probe[i + PIPE] & 0xff) + s->home[i + PIPE]);
+		/* Robin Hood order: cells of earlier homes (displacement > j), then this home's run
+		 * (== j), then later homes' (< j) or an empty cell. */
 		for (uint32_t j = 0;; j++) {
 			uint32_t v = c[p], vd;
 			if (v == EMPTY)
 				break;
-			vd = cell_disp(ix, tab[i], p, v);
+			vd = cell_disp(ix, t, p, v);
 			if (vd < j)
 				break;
-			if (vd == j) {
-				if (s->ncand == CAND_MAX)
-					flush(ix, s);
-				s->cand[s->ncand++] = v & SLOT_MASK;
-				__builtin_prefetch(ix->fp[v & SLOT_MASK]);
+			if (vd == j && (v >> SLOT_BITS & TAG_MASK) == tag) {
+				uint32_t slot = v & SLOT_MASK;
+				__builtin_prefetch(ix->fp[slot]);
+				s->cand[s->tail++ % CAND_RING] = slot;
+				if (s->tail - s->head > CAND_PIPE)
+					verify(ix, s, s->cand[s->head++ % CAND_RING]);
 			}
 			p = next_pos(ix, p);
 		}
 	}
-	flush(ix, s);
+	while (s->head != s->tail)
+		verify(ix, s, s->cand[s->head++ % CAND_RING]);
+	s->n = 0;
 }
 
 /* Next w-bit mask with the same number of set bits (Gosper's hack; x != 0). */
@@ -508,33 +542,46 @@ static inline uint32_t next_comb(uint32_t x)
 	return (((r ^ x) >> 2) >> __builtin_ctz(c)) | r;
 }
 
-/* Every key at exactly r bits from qk in table t. */
-static inline __attribute__((always_inline)) void probe_round(struct lbd_fpindex *ix, struct search *s,
-								uint32_t t, uint32_t qk, uint32_t r)
+static inline void cursor_advance(const struct lbd_fpindex *ix, struct cursor *cur)
 {
-	uint32_t tab[BATCH], key[BATCH], n = 0, end = 1u << ix->w;
-	for (uint32_t x = (1u << r) - 1; x < end; x = next_comb(x)) {
-		tab[n] = t;
-		key[n++] = qk ^ x;
-		if (n == BATCH) {
-			probe(ix, s, tab, key, n);
-			n = 0;
-		}
+	if (cur->r && (cur->x = next_comb(cur->x)) < 1u << ix->w)
+		return;
+	if (++cur->t < ix->m) {
+		cur->x = (1u << cur->r) - 1;
+		return;
 	}
-	if (n)
-		probe(ix, s, tab, key, n);
+	cur->t = 0;
+	cur->r++;
+	cur->x = cur->r <= ix->w ? (1u << cur->r) - 1 : 0;
+}
+
+/*
+ * Plan the probes of the steps still needed if the best so far stands (step index < best), up
+ * to PLAN_MAX, stopping at the end of round `last_round`. Planning past a step that turns out
+ * to improve the best wastes a few probes; not planning ahead would leave every step's misses
+ * to wait for the previous step's.
+ */
+static inline __attribute__((always_inline)) void plan(struct lbd_fpindex *ix, struct search *s,
+							 struct cursor *cur, uint32_t last_round)
+{
+	while (s->n < PLAN_MAX && cur->r <= last_round && cur->r * ix->m + cur->t < s->best) {
+		uint32_t key = s->qk[cur->t] ^ cur->x;
+		s->probe[s->n] = cur->t | (key & TAG_MASK) << 8;
+		s->home[s->n++] = code_home(ix, cur->t, key);
+		cursor_advance(ix, cur);
+	}
 }
 
 /*
  * Cost model for giving up on the tables: a probe costs about PROBE_COST scanned entries plus
- * the candidates it brings (about count / 2^w, each a random read, ~CAND_COST scanned entries).
- * Measured with bench_index: a scan streams 32 bytes per entry, a probe is a dependent miss.
+ * the candidates it brings (about count / 2^w, each CAND_COST scanned entries). Measured with
+ * bench_index: a scan streams 32 bytes per entry; a probe and a candidate are each a random
+ * read, overlapped with others but still worth tens of streamed entries.
  */
 #define PROBE_COST 4u
 #define CAND_COST 4u
 
-/* Probes still needed if the best distance so far stands: steps (r, t), (r, t+1), ... until
- * r*m + t reaches best. Saturates at UINT64_MAX / 2. */
+/* Probes of steps (r, t), (r, t+1), ... up to step index best - 1, saturating. */
 static uint64_t probes_left(const struct lbd_fpindex *ix, uint32_t r, uint32_t t, uint32_t best)
 {
 	uint64_t cost = 0;
@@ -553,41 +600,36 @@ static uint64_t probes_left(const struct lbd_fpindex *ix, uint32_t r, uint32_t t
 static inline __attribute__((always_inline)) bool scan_is_cheaper(const struct lbd_fpindex *ix,
 								   uint32_t r, uint32_t t, uint32_t best)
 {
-	uint64_t per = PROBE_COST + (uint64_t)CAND_COST * ix->count / (1u << ix->w);
+	uint64_t per = PROBE_COST + (((uint64_t)CAND_COST * ix->count) >> ix->w);
 	return probes_left(ix, r, t, best) * per > ix->count;
 }
 
 /*
- * Rounds r = 0, 1, ...: probe every key at exactly r bits from the query's substring, table by
- * table. After table t of round r, an entry not seen yet differs by more than r bits in
- * substrings 0..t and by at least r in the others, so it lies at r*m + t + 1 or further: once
- * the best accepted distance is no more than that, or that is past max_d, the search is done.
+ * After step (r, t), an entry not seen yet differs by more than r bits in substrings 0..t and
+ * by at least r in the others (else one of the probes so far was its key): it lies at
+ * r*m + t + 1 or further. So once the best accepted distance is no more than the index of the
+ * next step, nothing nearer remains; and with best starting at max_d + 1 the same test ends a
+ * search that has seen everything within max_d. Near-duplicates end within a round or two.
  */
 static inline __attribute__((always_inline)) void search_impl(struct lbd_fpindex *ix, struct search *s)
 {
-	uint32_t qk[M_MAX], tab[M_MAX];
+	struct cursor cur = { 0, 0, 0 };
 
-	if (scan_is_cheaper(ix, 0, 0, 1)) /* a few entries: not worth even one round */
+	if (scan_is_cheaper(ix, 0, 0, ix->m)) /* a few entries: not worth one round */
 		goto scan;
-	/* Round 0 is m independent lookups: issue them together. */
-	for (uint32_t t = 0; t < ix->m; t++) {
-		qk[t] = sub_key(ix, s->q, t);
-		tab[t] = t;
+	for (uint32_t t = 0; t < ix->m; t++)
+		s->qk[t] = sub_key(ix, s->q, t);
+	/* Round 0 alone first: m independent lookups, and often the whole search. */
+	plan(ix, s, &cur, 0);
+	run_plan(ix, s);
+	while (cur.r <= ix->w && s->best > cur.r * ix->m + cur.t) {
+		/* A miss with a wide radius can need more probes than there are entries. */
+		if (scan_is_cheaper(ix, cur.r, cur.t, s->best))
+			goto scan;
+		plan(ix, s, &cur, ix->w);
+		run_plan(ix, s);
 	}
-	probe(ix, s, tab, qk, ix->m);
-	if (s->best <= ix->m)
-		return;
-	for (uint32_t r = 1; r <= ix->w; r++) {
-		for (uint32_t t = 0; t < ix->m; t++) {
-			/* A miss with a wide radius can need more probes than there are entries. */
-			if (scan_is_cheaper(ix, r, t, s->best))
-				goto scan;
-			probe_round(ix, s, t, qk[t], r);
-			if (s->best <= r * ix->m + t + 1)
-				return;
-		}
-	}
-	return; /* every key of every substring probed: everything was seen */
+	return; /* done, or every key of every substring probed: everything was seen */
 scan:
 	for (uint32_t i = 0; i < ix->count; i++)
 		verify(ix, s, i);
@@ -608,11 +650,16 @@ static void search_generic(struct lbd_fpindex *ix, struct search *s)
 int lbd_fpindex_nearest(struct lbd_fpindex *ix, const uint64_t q[LBD_FP_WORDS], uint32_t max_d,
 			lbd_fpindex_accept_fn accept, void *ctx, uint32_t *id, uint32_t *dist)
 {
-	struct search s = { .q = q, .best_slot = NONE, .accept = accept, .ctx = ctx };
+	struct search s;
 
-	s.best = (max_d < 256 ? max_d : 256) + 1;
 	if (!ix->count)
 		return -ENOENT;
+	s.q = q;
+	s.best = (max_d < 256 ? max_d : 256) + 1;
+	s.best_slot = NONE;
+	s.accept = accept;
+	s.ctx = ctx;
+	s.n = s.head = s.tail = 0;
 	if (accept && ++ix->stamp == 0) { /* marks wrapped: forget them all once in 65535 searches */
 		memset(ix->stamps, 0, (size_t)ix->count * sizeof(*ix->stamps));
 		ix->stamp = 1;

@@ -101,19 +101,6 @@ static uint64_t rnd(struct lbd_store *st)
 	return st->rng;
 }
 
-static uint32_t max_hamming(double tau)
-{
-	uint32_t h = 0;
-	while (h < 256 && cos(M_PI * (h + 1) / 256.0) >= tau)
-		h++;
-	return h;
-}
-
-static double similarity(uint32_t h)
-{
-	return cos(M_PI * h / 256.0);
-}
-
 /* ---- slot tables ---- */
 
 static int grow(void **arr, uint32_t *cap, size_t elem, uint32_t *free_head, size_t next_off)
@@ -502,7 +489,7 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 			}
 			if (r->opcode == LB_OP_LOOKUP && l != r->layer)
 				continue;
-			uint32_t d = max_hamming(thr[l]);
+			uint32_t d = lbp_fp_max_hamming(thr[l]);
 			max_d = d > max_d ? d : max_d;
 		}
 	}
@@ -515,7 +502,7 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 	int hit_layer = -1;
 	if (id != NONE) {
 		const struct input *in = &st->in[id];
-		double sim = similarity(dist);
+		double sim = lbp_fp_similarity(dist);
 		int top = r->opcode == LB_OP_LOOKUP ? r->layer : (int)b->desc.n_layers - 1;
 		int bottom = r->opcode == LB_OP_LOOKUP ? r->layer : 0;
 		for (int l = top; l >= bottom; l--) {
@@ -833,7 +820,7 @@ int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lb
 		goto out;
 	}
 	b->desc = *d;
-	b->max_d_default = max_hamming(st->cfg.tau);
+	b->max_d_default = lbp_fp_max_hamming(st->cfg.tau);
 out:
 	pthread_mutex_unlock(&st->lock);
 	return ret;

@@ -3,7 +3,6 @@
  * "Fingerprint"): the AVX-512 kernels and the scalar reference must agree bit for bit. */
 #include <errno.h>
 #include <stdatomic.h>
-#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <xxhash.h>
@@ -16,11 +15,11 @@
 
 #include "layerbank/layerbank.h"
 #include "fingerprint_internal.h"
+#include "lbp.h"
 
 #define LB_EXPORT __attribute__((visibility("default")))
 
-/* Fingerprints and token hashes are defined over little-endian words; the projection rows are
- * stored as such and read as 16-bit AVX-512 masks. */
+/* The token hash is defined over little-endian int32s, which we hash in place. */
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "fingerprint.c assumes a little-endian machine"
 #endif
@@ -31,9 +30,13 @@
 #define FP_MAX_DIM (1u << 20)
 /* dim * chunks: keeps the projection <= 512 MiB and every dot product below 2^44. */
 #define FP_MAX_ELEMS (1u << 24)
-/* Quantised values lie in [-2^20, 2^20]: 1024 of them per int32 lane cannot overflow. */
+/* Quantised values lie in [-2^20, 2^20]. An int32 lane of project_avx512 gains at most
+ * 8 * 2^20 per byte column, so it is folded into int64 every 128 columns (< 2^31). */
 #define FP_QBITS 20
-#define FP_LANE_BLOCKS 1024u
+#define FP_LANE_COLS 128u
+/* MXCSR at reset: round to nearest even, no flush-to-zero or denormals-are-zero, all
+ * exceptions masked. */
+#define FP_MXCSR_DEFAULT 0x1f80u
 /* Scratch up to this many elements (48 KiB) lives on the stack; beyond it, on the heap. */
 #define FP_STACK_ELEMS 4096u
 
@@ -41,12 +44,15 @@ struct lb_fp_proj {
 	uint32_t dim;
 	uint32_t chunks;
 	uint32_t elems;     /* dim * chunks: length of the pooled vector, chunk-major */
-	uint32_t row_words; /* 64-bit words per projection row: ceil(elems / 64) */
+	uint32_t row_words; /* 64-bit PRNG words per projection row: ceil(elems / 64) */
 	double *center;     /* [dim], or NULL; the caller's floats widened once (exact) */
-	/* [256][row_words * 4]: bit j % 16 of row i's element j / 16 is set iff entry (i, j) is +1,
-	 * i.e. the PRNG words of PROTOCOL.md stored little-endian; bits past elems are zero.
-	 * uint16_t so that the AVX-512 path reads each as a 16-lane mask. Read-only once built. */
-	uint16_t *rows;
+	/*
+	 * [row_words * 8][256], the sign matrix by byte columns: bit e of cols[g * 256 + i] is set
+	 * iff entry (i, 8 * g + e) is +1, i.e. byte g of row i's PRNG words (PROTOCOL.md) taken
+	 * little-endian; bits past elems are zero. Column-major so that one 16-byte load gives
+	 * 16 rows' signs for 8 elements (project_avx512). Read-only once built.
+	 */
+	uint8_t *cols;
 };
 
 /* Vigna's splitmix64: the PRNG named by PROTOCOL.md. */
@@ -64,7 +70,6 @@ LB_EXPORT struct lb_fp_proj *lb_fp_proj_new(uint32_t dim, uint32_t chunks, uint6
 {
 	struct lb_fp_proj *p;
 	uint64_t state = seed;
-	size_t row_u16;
 
 	if (chunks == 0)
 		chunks = FP_DEFAULT_CHUNKS;
@@ -80,10 +85,9 @@ LB_EXPORT struct lb_fp_proj *lb_fp_proj_new(uint32_t dim, uint32_t chunks, uint6
 	p->chunks = chunks;
 	p->elems = dim * chunks;
 	p->row_words = (p->elems + 63) / 64;
-	row_u16 = (size_t)p->row_words * 4;
-	/* 256 rows of whole 64-bit words: a multiple of 64 bytes, as aligned_alloc wants. */
-	p->rows = aligned_alloc(64, LB_FP_BITS * row_u16 * sizeof(uint16_t));
-	if (!p->rows)
+	/* A multiple of 256 bytes, as aligned_alloc wants. */
+	p->cols = aligned_alloc(64, (size_t)p->row_words * 8 * LB_FP_BITS);
+	if (!p->cols)
 		goto nomem;
 	if (center) {
 		p->center = malloc((size_t)dim * sizeof(double));
@@ -98,7 +102,8 @@ LB_EXPORT struct lb_fp_proj *lb_fp_proj_new(uint32_t dim, uint32_t chunks, uint6
 
 			if (w == p->row_words - 1 && p->elems % 64)
 				x &= (1ull << (p->elems % 64)) - 1;
-			memcpy(p->rows + i * row_u16 + (size_t)w * 4, &x, sizeof(x));
+			for (size_t b = 0; b < 8; b++)
+				p->cols[((size_t)w * 8 + b) * LB_FP_BITS + i] = (uint8_t)(x >> (8 * b));
 		}
 	}
 	return p;
@@ -112,13 +117,14 @@ LB_EXPORT void lb_fp_proj_free(struct lb_fp_proj *p)
 {
 	if (!p)
 		return;
-	free(p->rows);
+	free(p->cols);
 	free(p->center);
 	free(p);
 }
 
 /* Tokens [lo, hi) of chunk c: floor(c * n / k) .. floor((c + 1) * n / k). */
-static void chunk_bounds(const struct lb_fp_proj *p, uint32_t n, uint32_t c, uint64_t *lo, uint64_t *hi)
+static void chunk_bounds(const struct lb_fp_proj *p, uint32_t n, uint32_t c, uint64_t *lo,
+			 uint64_t *hi)
 {
 	*lo = (uint64_t)c * n / p->chunks;
 	*hi = (uint64_t)(c + 1) * n / p->chunks;
@@ -207,9 +213,12 @@ static int32_t round_half_even(double x)
 	return t;
 }
 
-/* q [qlen] = quantised v; NaN -> 0, +-inf -> +-2^20, zeros past elems. */
-static void quantise_scalar(const double *v, uint32_t elems, double scale, int32_t *q, size_t qlen)
+/* q [qlen] = quantised v; NaN -> 0, +-inf -> +-2^20, zeros past elems. @return sum of q. */
+static int64_t quantise_scalar(const double *v, uint32_t elems, double scale, int32_t *q,
+			       size_t qlen)
 {
+	int64_t all = 0;
+
 	for (uint32_t j = 0; j < elems; j++) {
 		double x = v[j];
 
@@ -221,36 +230,45 @@ static void quantise_scalar(const double *v, uint32_t elems, double scale, int32
 			q[j] = -(1 << FP_QBITS);
 		else
 			q[j] = round_half_even(x * scale);
+		all += q[j];
 	}
 	for (size_t j = elems; j < qlen; j++)
 		q[j] = 0;
+	return all;
 }
 
-/* Bit i = (sum_j sign(i, j) q_j > 0), with sign +1 for a set bit and -1 for a clear one; the
- * sum is 2 * (sum of q over set bits) - (sum of all q), exact in int64. */
-static void project_scalar(const struct lb_fp_proj *p, const int32_t *q, uint64_t out[FP_WORDS])
+/* t[m] = sum of q[e] over the set bits e of m, for the 16 subsets of 4 values. */
+static void subset_sums4(const int32_t *q, int32_t t[16])
 {
-	const size_t row_u16 = (size_t)p->row_words * 4;
-	int64_t all = 0;
+	t[0] = 0;
+	for (unsigned m = 1; m < 16; m++)
+		t[m] = t[m & (m - 1)] + q[__builtin_ctz(m)];
+}
 
-	for (uint32_t j = 0; j < p->elems; j++)
-		all += q[j];
-	memset(out, 0, FP_WORDS * sizeof(uint64_t));
-	for (size_t i = 0; i < LB_FP_BITS; i++) {
-		const uint16_t *row = p->rows + i * row_u16;
-		int64_t set = 0;
+/*
+ * Bit i = (sum_j sign(i, j) q_j > 0), with sign +1 for a set bit and -1 for a clear one. The
+ * sum is 2 * (sum of q over row i's set bits) - all (the sum of q), exact in int64; the first part
+ * is looked up 4 elements at a time in the table of their subset sums (the "four Russians").
+ */
+static void project_scalar(const struct lb_fp_proj *p, const int32_t *q, int64_t all,
+			   uint64_t out[FP_WORDS])
+{
+	const size_t ncols = (size_t)p->row_words * 8;
+	int64_t set[LB_FP_BITS] = { 0 };
 
-		for (uint32_t w = 0; w < p->row_words; w++) {
-			const int32_t *qw = q + (size_t)w * 64;
-			uint64_t bits;
+	for (size_t g = 0; g < ncols; g++) {
+		const uint8_t *col = p->cols + g * LB_FP_BITS;
+		int32_t lo[16], hi[16];
 
-			memcpy(&bits, row + (size_t)w * 4, sizeof(bits));
-			for (; bits; bits &= bits - 1)
-				set += qw[__builtin_ctzll(bits)];
-		}
-		if (2 * set - all > 0)
-			out[i / 64] |= 1ull << (i % 64);
+		subset_sums4(q + 8 * g, lo);
+		subset_sums4(q + 8 * g + 4, hi);
+		for (size_t i = 0; i < LB_FP_BITS; i++)
+			set[i] += lo[col[i] & 15] + hi[col[i] >> 4];
 	}
+	memset(out, 0, FP_WORDS * sizeof(uint64_t));
+	for (size_t i = 0; i < LB_FP_BITS; i++)
+		if (2 * set[i] - all > 0)
+			out[i / 64] |= 1ull << (i % 64);
 }
 
 /* ---- AVX-512F kernels: the same operations as the scalar code, 8 dimensions at a time ---- */
@@ -296,25 +314,41 @@ __attribute__((target("avx512f"))) static double pool_avx512(const struct lb_fp_
 			__m512d acc[4] = { _mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
 					   _mm512_setzero_pd() };
 
-			for (uint64_t t = lo; t < hi; t++) {
-				const float *row = emb + t * dim + d0;
-				__m512 xa = _mm512_maskz_loadu_ps(ma, row);
-				__m512 xb = _mm512_maskz_loadu_ps(mb, row + 16);
+			if (left >= 32) {
+				for (uint64_t t = lo; t < hi; t++) {
+					const float *row = emb + t * dim + d0;
 
-				acc[0] = _mm512_add_pd(acc[0], _mm512_cvtps_pd(_mm512_castps512_ps256(xa)));
-				acc[1] = _mm512_add_pd(acc[1], _mm512_cvtps_pd(_mm256_castpd_ps(
-						_mm512_extractf64x4_pd(_mm512_castps_pd(xa), 1))));
-				acc[2] = _mm512_add_pd(acc[2], _mm512_cvtps_pd(_mm512_castps512_ps256(xb)));
-				acc[3] = _mm512_add_pd(acc[3], _mm512_cvtps_pd(_mm256_castpd_ps(
-						_mm512_extractf64x4_pd(_mm512_castps_pd(xb), 1))));
+					/* Unrolled, so that the accumulators stay in registers. */
+#pragma GCC unroll 4
+					for (int g = 0; g < 4; g++)
+						acc[g] = _mm512_add_pd(acc[g], _mm512_cvtps_pd(
+								_mm256_loadu_ps(row + 8 * g)));
+				}
+			} else {
+				/* The last dimensions: masked loads, which never touch memory past
+				 * the row (nor fault there). */
+				for (uint64_t t = lo; t < hi; t++) {
+					const float *row = emb + t * dim + d0;
+					__m512 xa = _mm512_maskz_loadu_ps(ma, row);
+					__m512 xb = _mm512_maskz_loadu_ps(mb, row + 16);
+
+					acc[0] = _mm512_add_pd(acc[0], _mm512_cvtps_pd(
+							_mm512_castps512_ps256(xa)));
+					acc[1] = _mm512_add_pd(acc[1], _mm512_cvtps_pd(_mm256_castpd_ps(
+							_mm512_extractf64x4_pd(_mm512_castps_pd(xa), 1))));
+					acc[2] = _mm512_add_pd(acc[2], _mm512_cvtps_pd(
+							_mm512_castps512_ps256(xb)));
+					acc[3] = _mm512_add_pd(acc[3], _mm512_cvtps_pd(_mm256_castpd_ps(
+							_mm512_extractf64x4_pd(_mm512_castps_pd(xb), 1))));
+				}
 			}
 			for (int g = 0; g < 4; g++) {
 				const __mmask8 m = lanes8(left - 8 * g);
-				__m512d x = _mm512_div_pd(acc[g], cnt);
-				__m512d a;
+				__m512d x, a;
 
 				if (!m)
 					break;
+				x = _mm512_div_pd(acc[g], cnt);
 				if (p->center)
 					x = _mm512_sub_pd(x, _mm512_maskz_loadu_pd(m, p->center + d0 + 8 * g));
 				_mm512_mask_storeu_pd(vc + d0 + 8 * g, m, x);
@@ -328,9 +362,10 @@ __attribute__((target("avx512f"))) static double pool_avx512(const struct lb_fp_
 }
 
 /* As quantise_scalar; qlen is a multiple of 64. */
-__attribute__((target("avx512f"))) static void quantise_avx512(const double *v, uint32_t elems,
-								double scale, int32_t *q, size_t qlen)
+__attribute__((target("avx512f"))) static int64_t quantise_avx512(const double *v, uint32_t elems,
+								   double scale, int32_t *q, size_t qlen)
 {
+	__m512i all = _mm512_setzero_si512();
 	const __m512i absmask = _mm512_set1_epi64(0x7fffffffffffffffll);
 	const __m512i signmask = _mm512_set1_epi64((int64_t)0x8000000000000000ull);
 	const __m512i limit = _mm512_castpd_si512(_mm512_set1_pd((double)(1 << FP_QBITS)));
@@ -349,74 +384,78 @@ __attribute__((target("avx512f"))) static void quantise_avx512(const double *v, 
 
 		r = _mm512_mask_mov_pd(r, isinf, _mm512_castsi512_pd(
 			_mm512_or_si512(_mm512_and_si512(xi, signmask), limit)));
-		_mm256_storeu_si256((__m256i *)(q + j), _mm512_cvttpd_epi32(r));
+		const __m256i qi = _mm512_cvttpd_epi32(r);
+
+		_mm256_storeu_si256((__m256i *)(q + j), qi);
+		all = _mm512_add_epi64(all, _mm512_cvtepi32_epi64(qi));
 	}
+	return _mm512_reduce_add_epi64(all);
 }
 
-/* int64 sum of the 16 int32 lanes of a. */
-__attribute__((target("avx512f"))) static int64_t hsum_epi32(__m512i a)
+/* Lane m = sum of q[e] over the set bits e of m: subset_sums4 in one vector. */
+__attribute__((target("avx512f"))) static __m512i subset_sums4_avx512(const int32_t *q)
+{
+	__m512i t = _mm512_maskz_set1_epi32(0xaaaa, q[0]);
+
+	t = _mm512_add_epi32(t, _mm512_maskz_set1_epi32(0xcccc, q[1]));
+	t = _mm512_add_epi32(t, _mm512_maskz_set1_epi32(0xf0f0, q[2]));
+	return _mm512_add_epi32(t, _mm512_maskz_set1_epi32(0xff00, q[3]));
+}
+
+/* set[0..15] += the int32 lanes of a, widened. */
+__attribute__((target("avx512f"))) static void fold_epi32(int64_t *set, __m512i a)
 {
 	__m512i lo = _mm512_cvtepi32_epi64(_mm512_castsi512_si256(a));
 	__m512i hi = _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(a, 1));
 
-	return _mm512_reduce_add_epi64(_mm512_add_epi64(lo, hi));
+	_mm512_storeu_si512(set, _mm512_add_epi64(_mm512_loadu_si512(set), lo));
+	_mm512_storeu_si512(set + 8, _mm512_add_epi64(_mm512_loadu_si512(set + 8), hi));
 }
 
 /*
- * As project_scalar, 8 rows at a time: each 16-element block of q is loaded once and added,
- * under each row's 16 sign bits as a mask, into that row's int32 lanes, which are folded into
- * int64 every FP_LANE_BLOCKS blocks. Integer sums are exact in any order, so only the
- * quantised inputs have to match the scalar path.
+ * As project_scalar, all 256 rows at once in 16 vectors of int32 lanes: per byte column, the
+ * subset-sum tables of its two nibbles are two vectors, and one permute looks up 16 rows.
+ * (A masked add per 16 signs is 3x slower: it is bound by moves into mask registers.)
+ * Integer sums are exact in any order, so only the quantised inputs have to match the
+ * scalar path.
  */
 __attribute__((target("avx512f"))) static void project_avx512(const struct lb_fp_proj *p,
-							       const int32_t *q, uint64_t out[FP_WORDS])
+							       const int32_t *q, int64_t all,
+							       uint64_t out[FP_WORDS])
 {
-	const size_t blocks = (size_t)p->row_words * 4; /* 16-element blocks per row */
-	__m512i allv = _mm512_setzero_si512();
-	int64_t all;
+	const size_t ncols = (size_t)p->row_words * 8;
+	_Alignas(64) int64_t set[LB_FP_BITS] = { 0 };
 
-	for (size_t b = 0; b < blocks; b++) {
-		__m512i qv = _mm512_loadu_si512(q + 16 * b);
+	for (size_t g0 = 0; g0 < ncols; g0 += FP_LANE_COLS) {
+		const size_t g1 = ncols - g0 < FP_LANE_COLS ? ncols : g0 + FP_LANE_COLS;
+		__m512i acc[16];
 
-		allv = _mm512_add_epi64(allv, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(qv)));
-		allv = _mm512_add_epi64(allv, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(qv, 1)));
-	}
-	all = _mm512_reduce_add_epi64(allv);
-	memset(out, 0, FP_WORDS * sizeof(uint64_t));
-	for (size_t i0 = 0; i0 < LB_FP_BITS; i0 += 8) {
-		const uint16_t *r = p->rows + i0 * blocks;
-		int64_t set[8] = { 0 };
+		for (int k = 0; k < 16; k++)
+			acc[k] = _mm512_setzero_si512();
+		for (size_t g = g0; g < g1; g++) {
+			const __m512i lo = subset_sums4_avx512(q + 8 * g);
+			const __m512i hi = subset_sums4_avx512(q + 8 * g + 4);
+			const uint8_t *col = p->cols + g * LB_FP_BITS;
 
-		for (size_t b0 = 0; b0 < blocks; b0 += FP_LANE_BLOCKS) {
-			const size_t b1 = blocks - b0 < FP_LANE_BLOCKS ? blocks : b0 + FP_LANE_BLOCKS;
-			__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
-			__m512i a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+			/* Unrolled, so that the 16 accumulators stay in registers. */
+#pragma GCC unroll 16
+			for (int k = 0; k < 16; k++) {
+				/* vpermd reads only the low 4 bits of each index. */
+				__m512i idx = _mm512_cvtepu8_epi32(
+					_mm_loadu_si128((const __m128i *)(col + 16 * k)));
 
-			for (size_t b = b0; b < b1; b++) {
-				const __m512i qv = _mm512_loadu_si512(q + 16 * b);
-
-				a0 = _mm512_mask_add_epi32(a0, r[0 * blocks + b], a0, qv);
-				a1 = _mm512_mask_add_epi32(a1, r[1 * blocks + b], a1, qv);
-				a2 = _mm512_mask_add_epi32(a2, r[2 * blocks + b], a2, qv);
-				a3 = _mm512_mask_add_epi32(a3, r[3 * blocks + b], a3, qv);
-				a4 = _mm512_mask_add_epi32(a4, r[4 * blocks + b], a4, qv);
-				a5 = _mm512_mask_add_epi32(a5, r[5 * blocks + b], a5, qv);
-				a6 = _mm512_mask_add_epi32(a6, r[6 * blocks + b], a6, qv);
-				a7 = _mm512_mask_add_epi32(a7, r[7 * blocks + b], a7, qv);
+				acc[k] = _mm512_add_epi32(acc[k], _mm512_permutexvar_epi32(idx, lo));
+				acc[k] = _mm512_add_epi32(acc[k], _mm512_permutexvar_epi32(
+						_mm512_srli_epi32(idx, 4), hi));
 			}
-			set[0] += hsum_epi32(a0);
-			set[1] += hsum_epi32(a1);
-			set[2] += hsum_epi32(a2);
-			set[3] += hsum_epi32(a3);
-			set[4] += hsum_epi32(a4);
-			set[5] += hsum_epi32(a5);
-			set[6] += hsum_epi32(a6);
-			set[7] += hsum_epi32(a7);
 		}
-		for (size_t k = 0; k < 8; k++)
-			if (2 * set[k] - all > 0)
-				out[(i0 + k) / 64] |= 1ull << ((i0 + k) % 64);
+		for (int k = 0; k < 16; k++)
+			fold_epi32(set + 16 * k, acc[k]);
 	}
+	memset(out, 0, FP_WORDS * sizeof(uint64_t));
+	for (size_t i = 0; i < LB_FP_BITS; i++)
+		if (2 * set[i] - all > 0)
+			out[i / 64] |= 1ull << (i % 64);
 }
 #endif /* FP_HAVE_X86 */
 
@@ -439,15 +478,46 @@ int lbi_fp_have_avx512(void)
 #endif
 }
 
+/*
+ * The fingerprint on one path, v [elems] and q [qlen] its scratch. Not inlined: it must run
+ * wholly between the MXCSR switches in lbi_fingerprint_path, which a compiler that assumes
+ * the default environment could otherwise move floating-point work across.
+ */
+__attribute__((noinline)) static void fp_compute(const struct lb_fp_proj *p, const float *emb,
+						 uint32_t n_tokens, uint64_t out[FP_WORDS], int path,
+						 double *v, int32_t *q, size_t qlen)
+{
+	double m;
+	int64_t all;
+
+#if FP_HAVE_X86
+	if (path == LBI_FP_AVX512) {
+		m = pool_avx512(p, emb, n_tokens, v);
+		all = quantise_avx512(v, p->elems, quant_scale(m), q, qlen);
+		project_avx512(p, q, all, out);
+		return;
+	}
+#else
+	(void)path;
+#endif
+	pool_scalar(p, emb, n_tokens, v);
+	m = max_abs_scalar(v, p->elems);
+	all = quantise_scalar(v, p->elems, quant_scale(m), q, qlen);
+	project_scalar(p, q, all, out);
+}
+
 int lbi_fingerprint_path(const struct lb_fp_proj *p, const float *emb, uint32_t n_tokens,
 			 uint64_t out[LB_FP_BITS / 64], int path)
 {
 	_Alignas(64) double v_stack[FP_STACK_ELEMS];
 	_Alignas(64) int32_t q_stack[FP_STACK_ELEMS];
-	double *v = v_stack, m;
+	double *v = v_stack;
 	int32_t *q = q_stack;
 	void *heap = NULL;
 	size_t qlen;
+#if FP_HAVE_X86
+	unsigned int csr;
+#endif
 
 	if (!p || !emb || !out || n_tokens == 0)
 		return -EINVAL;
@@ -466,18 +536,16 @@ int lbi_fingerprint_path(const struct lb_fp_proj *p, const float *emb, uint32_t 
 		q = (int32_t *)(v + qlen);
 	}
 #if FP_HAVE_X86
-	if (path == LBI_FP_AVX512) {
-		m = pool_avx512(p, emb, n_tokens, v);
-		quantise_avx512(v, p->elems, quant_scale(m), q, qlen);
-		project_avx512(p, q, out);
-	} else
+	/* The caller's MXCSR may flush subnormals (DAZ/FTZ, as -ffast-math binaries and some ML
+	 * runtimes set) or round otherwise; the specification says IEEE defaults. Restoring it
+	 * afterwards also drops the exception flags our NaN and inf handling raised. */
+	csr = _mm_getcsr();
+	_mm_setcsr(FP_MXCSR_DEFAULT);
 #endif
-	{
-		pool_scalar(p, emb, n_tokens, v);
-		m = max_abs_scalar(v, p->elems);
-		quantise_scalar(v, p->elems, quant_scale(m), q, qlen);
-		project_scalar(p, q, out);
-	}
+	fp_compute(p, emb, n_tokens, out, path, v, q, qlen);
+#if FP_HAVE_X86
+	_mm_setcsr(csr);
+#endif
 	free(heap);
 	return 0;
 }
@@ -504,7 +572,8 @@ LB_EXPORT void lb_token_hash(const int32_t *tokens, uint32_t n_tokens, uint64_t 
 	out[1] = h.high64;
 }
 
-LB_EXPORT uint32_t lb_fp_hamming(const uint64_t a[LB_FP_BITS / 64], const uint64_t b[LB_FP_BITS / 64])
+LB_EXPORT uint32_t lb_fp_hamming(const uint64_t a[LB_FP_BITS / 64],
+				 const uint64_t b[LB_FP_BITS / 64])
 {
 	uint32_t h = 0;
 
@@ -513,71 +582,12 @@ LB_EXPORT uint32_t lb_fp_hamming(const uint64_t a[LB_FP_BITS / 64], const uint64
 	return h;
 }
 
-/*
- * cos(pi * h / 256) for h = 0..128, each the double nearest the exact value (computed with
- * 300-bit mpmath). A table rather than libm's cos: the library needs no libm, and the daemon,
- * clients and other implementations can agree on every threshold to the last bit.
- */
-static const double fp_cos[129] = {
-	0x1p+0, 0x1.fff62169b92dbp-1, 0x1.ffd886084cd0dp-1,
-	0x1.ffa72effef75dp-1, 0x1.ff621e3796d7ep-1, 0x1.ff095658e71adp-1,
-	0x1.fe9cdad01883ap-1, 0x1.fe1cafcbd5b09p-1, 0x1.fd88da3d12526p-1,
-	0x1.fce15fd6da67bp-1, 0x1.fc26470e19fd3p-1, 0x1.fb5797195d741p-1,
-	0x1.fa7557f08a517p-1, 0x1.f97f924c9099bp-1, 0x1.f8764fa714ba9p-1,
-	0x1.f7599a3a12077p-1, 0x1.f6297cff75cb0p-1, 0x1.f4e603b0b2f2dp-1,
-	0x1.f38f3ac64e589p-1, 0x1.f2252f7763adap-1, 0x1.f0a7efb9230d7p-1,
-	0x1.ef178a3e473c2p-1, 0x1.ed740e7684963p-1, 0x1.ebbd8c8df0b74p-1,
-	0x1.e9f4156c62ddap-1, 0x1.e817bab4cd10dp-1, 0x1.e6288ec48e112p-1,
-	0x1.e426a4b2bc17ep-1, 0x1.e212104f686e5p-1, 0x1.dfeae622dbe2bp-1,
-	0x1.ddb13b6ccc23cp-1, 0x1.db6526238a09bp-1, 0x1.d906bcf328d46p-1,
-	0x1.d696173c9e68bp-1, 0x1.d4134d14dc93ap-1, 0x1.d17e7743e35dcp-1,
-	0x1.ced7af43cc773p-1, 0x1.cc1f0f3fcfc5cp-1, 0x1.c954b213411f5p-1,
-	0x1.c678b3488739bp-1, 0x1.c38b2f180bdb1p-1, 0x1.c08c426725549p-1,
-	0x1.bd7c0ac6f952ap-1, 0x1.ba5aa673590d2p-1, 0x1.b728345196e3ep-1,
-	0x1.b3e4d3ef55712p-1, 0x1.b090a58150200p-1, 0x1.ad2bc9e21d511p-1,
-	0x1.a9b66290ea1a3p-1, 0x1.a63091b02fae2p-1, 0x1.a29a7a0462782p-1,
-	0x1.9ef43ef29af94p-1, 0x1.9b3e047f38741p-1, 0x1.9777ef4c7d742p-1,
-	0x1.93a22499263fbp-1, 0x1.8fbcca3ef940dp-1, 0x1.8bc806b151741p-1,
-	0x1.87c400fba2ebfp-1, 0x1.83b0e0bff976ep-1, 0x1.7f8ece3571771p-1,
-	0x1.7b5df226aafafp-1, 0x1.771e75f037261p-1, 0x1.72d0837efff96p-1,
-	0x1.6e74454eaa8afp-1, 0x1.6a09e667f3bcdp-1, 0x1.6591925f0783dp-1,
-	0x1.610b7551d2cdfp-1, 0x1.5c77bbe65018cp-1, 0x1.57d69348ceca0p-1,
-	0x1.5328292a35596p-1, 0x1.4e6cabbe3e5e9p-1, 0x1.49a449b9b0939p-1,
-	0x1.44cf325091dd6p-1, 0x1.3fed9534556d4p-1, 0x1.3affa292050b9p-1,
-	0x1.36058b10659f3p-1, 0x1.30ff7fce17035p-1, 0x1.2bedb25faf3eap-1,
-	0x1.26d054cdd12dfp-1, 0x1.21a799933eb59p-1, 0x1.1c73b39ae68c8p-1,
-	0x1.1734d63dedb49p-1, 0x1.11eb3541b4b23p-1, 0x1.0c9704d5d898fp-1,
-	0x1.073879922ffeep-1, 0x1.01cfc874c3eb7p-1, 0x1.f8ba4dbf89abap-2,
-	0x1.edc1952ef78d6p-2, 0x1.e2b5d3806f63bp-2, 0x1.d79775b86e389p-2,
-	0x1.cc66e9931c45ep-2, 0x1.c1249d8011ee7p-2, 0x1.b5d1009e15cc0p-2,
-	0x1.aa6c82b6d3fcap-2, 0x1.9ef7943a8ed8ap-2, 0x1.9372a63bc93d7p-2,
-	0x1.87de2a6aea963p-2, 0x1.7c3a9311dcce7p-2, 0x1.7088530fa459fp-2,
-	0x1.64c7ddd3f27c6p-2, 0x1.58f9a75ab1fddp-2, 0x1.4d1e24278e76ap-2,
-	0x1.4135c94176601p-2, 0x1.35410c2e18152p-2, 0x1.294062ed59f06p-2,
-	0x1.1d3443f4cdb3ep-2, 0x1.111d262b1f677p-2, 0x1.04fb80e37fdaep-2,
-	0x1.f19f97b215f1bp-3, 0x1.d934fe5454311p-3, 0x1.c0b826a7e4f63p-3,
-	0x1.a82a025b00451p-3, 0x1.8f8b83c69a60bp-3, 0x1.76dd9de50bf31p-3,
-	0x1.5e214448b3fc6p-3, 0x1.45576b1293e5ap-3, 0x1.2c8106e8e613ap-3,
-	0x1.139f0cedaf577p-3, 0x1.f564e56a9730ep-4, 0x1.c3785c79ec2d5p-4,
-	0x1.917a6bc29b42cp-4, 0x1.5f6d00a9aa419p-4, 0x1.2d52092ce19f6p-4,
-	0x1.f656e79f820e0p-5, 0x1.91f65f10dd814p-5, 0x1.2d865759455cdp-5,
-	0x1.92155f7a3667ep-6, 0x1.921d1fcdec784p-7, 0x0p+0,
-};
-
 LB_EXPORT double lb_fp_similarity(uint32_t hamming)
 {
-	if (hamming > LB_FP_BITS)
-		hamming = LB_FP_BITS;
-	/* cos(pi - x) = -cos(x), and rounding to nearest is symmetric. */
-	return hamming <= 128 ? fp_cos[hamming] : -fp_cos[LB_FP_BITS - hamming];
+	return lbp_fp_similarity(hamming);
 }
 
 LB_EXPORT uint32_t lb_fp_max_hamming(double tau)
 {
-	/* Walk the same values lb_fp_similarity returns, so that similarity(max_hamming(tau)) >= tau
-	 * holds exactly; tau > 1 or NaN admits nothing but identical bits: 0. */
-	for (uint32_t h = LB_FP_BITS; h > 0; h--)
-		if (lb_fp_similarity(h) >= tau)
-			return h;
-	return 0;
+	return lbp_fp_max_hamming(tau);
 }

@@ -202,6 +202,15 @@ void lbp_make_error(struct lbp_msg *m, int code, const char *field, const char *
 
 const char *lbp_type_name(enum lbp_type t);
 
+#define LBP_FP_BITS 256u
+
+/* Similarity of two fingerprints hamming bits apart: cos(pi * hamming / 256), the double
+ * nearest the exact value. */
+double lbp_fp_similarity(uint32_t hamming);
+
+/* The largest hamming distance whose similarity is >= tau (0 when none, or tau is NaN). */
+uint32_t lbp_fp_max_hamming(double tau);
+
 /*
  * Check an arena header as mapped by a client: magic, ABI version, sizes, offsets inside
  * the mapping. @return 0, or -EPROTO with *why set to a static string.

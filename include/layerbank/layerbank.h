@@ -107,7 +107,8 @@ struct lb_fp_proj;
  * Build the projection for embeddings of width dim, pooled into chunks chunks (0: 4), with
  * the PRNG seeded by seed. center: NULL, or dim floats subtracted from every pooled chunk
  * (for example the mean of the embedding table) so that the common component of all inputs
- * does not dominate the hash. @return the projection, or NULL with errno EINVAL/ENOMEM.
+ * does not dominate the hash. Limits: dim <= 2^20, dim * chunks <= 2^24.
+ * @return the projection, or NULL with errno EINVAL (out of limits) or ENOMEM.
  */
 struct lb_fp_proj *lb_fp_proj_new(uint32_t dim, uint32_t chunks, uint64_t seed, const float *center);
 void lb_fp_proj_free(struct lb_fp_proj *p);
@@ -116,7 +117,8 @@ void lb_fp_proj_free(struct lb_fp_proj *p);
  * SimHash of an input from its embedding-layer output emb [n_tokens][dim]: split into the
  * projection's chunks, each mean-pooled, concatenated, projected, one bit per sign. Identical
  * bits on every machine, process and code path (AVX-512 or scalar).
- * @return 0; -EINVAL (n_tokens 0, NULL pointers).
+ * @return 0; -EINVAL (n_tokens 0, NULL pointers); -ENOMEM (dim * chunks > 4096 needs a
+ *         scratch buffer, which could not be allocated).
  */
 int lb_fingerprint(const struct lb_fp_proj *p, const float *emb, uint32_t n_tokens,
 		   uint64_t out[LB_FP_BITS / 64]);
