@@ -96,6 +96,23 @@ static struct lbp_msg sample(enum lbp_type t)
 		m.u.mstats.model_id = 2;
 		m.u.mstats.first_layer = 64;
 		break;
+	case LBP_LOOKUP:
+		m.u.lookup.model_id = 1;
+		m.u.lookup.seq_len = 128;
+		m.u.lookup.fp0 = 1;
+		m.u.lookup.fp1 = UINT64_MAX;
+		m.u.lookup.fp2 = 0x1234;
+		m.u.lookup.fp3 = 0;
+		m.u.lookup.exact_lo = 77;
+		m.u.lookup.exact_hi = 88;
+		break;
+	case LBP_LOOKUP_REPLY:
+		m.u.lookup_reply.status = -ENOENT;
+		m.u.lookup_reply.layer = 11;
+		m.u.lookup_reply.hamming = 256;
+		m.u.lookup_reply.arena = 1;
+		m.u.lookup_reply.entry_off = 4096;
+		break;
 	case LBP_MODEL_STATS_REPLY:
 		m.u.mstats_reply.model_id = 2;
 		strcpy(m.u.mstats_reply.name, "bert-base");
@@ -304,6 +321,12 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		break;
 	case LBP_MODEL_STATS:
 		assert_memory_equal(&a->u.mstats, &b->u.mstats, sizeof(a->u.mstats));
+		break;
+	case LBP_LOOKUP:
+		assert_memory_equal(&a->u.lookup, &b->u.lookup, sizeof(a->u.lookup));
+		break;
+	case LBP_LOOKUP_REPLY:
+		assert_memory_equal(&a->u.lookup_reply, &b->u.lookup_reply, sizeof(a->u.lookup_reply));
 		break;
 	case LBP_MODEL_STATS_REPLY:
 		assert_int_equal(a->u.mstats_reply.model_id, b->u.mstats_reply.model_id);
@@ -694,7 +717,7 @@ static void paths_collect(const msgpack_object *map, const char *prefix, struct 
 
 static const enum lbp_type body_types[] = {
 	LBP_HELLO, LBP_WELCOME, LBP_REGISTER_MODEL, LBP_MODEL, LBP_STATS_REPLY, LBP_ERROR,
-	LBP_MODEL_STATS, LBP_MODEL_STATS_REPLY,
+	LBP_MODEL_STATS, LBP_MODEL_STATS_REPLY, LBP_LOOKUP, LBP_LOOKUP_REPLY,
 };
 #define N_BODY_TYPES (sizeof(body_types) / sizeof(body_types[0]))
 
