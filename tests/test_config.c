@@ -297,6 +297,51 @@ static void test_foreground_and_log_level(void **state)
 	EXPECT_BAD("--foreground: takes no value, got 'yes'", "--foreground=yes");
 }
 
+/* The data-plane options: defaults, good values, and each bound. */
+static void test_data_plane_options(void **state)
+{
+	(void)state;
+	struct lbd_config c;
+	char err[256];
+
+	assert_int_equal(PARSE0(&c, err), 0);
+	assert_int_equal(c.threads, LBD_DEFAULT_THREADS);
+	assert_int_equal(c.spin_us, LBD_DEFAULT_SPIN_US);
+	assert_int_equal(c.policy, LBD_POLICY_LRU);
+	assert_true(c.tau == LBD_DEFAULT_TAU);
+	assert_int_equal(c.budget, 0);
+
+	assert_int_equal(PARSE(&c, err, "--threads", "4", "--spin-us", "0", "--policy", "decay",
+			       "--half-life", "60", "--tau", "0.9", "--drift-max", "0.25", "--budget",
+			       "512M"), 0);
+	assert_int_equal(c.threads, 4);
+	assert_int_equal(c.spin_us, 0);
+	assert_int_equal(c.policy, LBD_POLICY_DECAY);
+	assert_int_equal(c.half_life_s, 60);
+	assert_true(c.tau == 0.9);
+	assert_true(c.drift_max == 0.25);
+	assert_int_equal(c.budget, 512ull << 20);
+	assert_int_equal(PARSE(&c, err, "--policy", "ttl", "--ttl", "1"), 0);
+	assert_int_equal(c.policy, LBD_POLICY_TTL);
+	assert_int_equal(c.ttl_s, 1);
+	assert_int_equal(PARSE(&c, err, "--tau", "-1"), 0);
+
+	EXPECT_BAD("--threads: '0' is not a whole number 1..64", "--threads", "0");
+	EXPECT_BAD("--threads: '65' is not a whole number 1..64", "--threads", "65");
+	EXPECT_BAD("--threads: 'two'", "--threads", "two");
+	EXPECT_BAD("--spin-us: '1000001'", "--spin-us", "1000001");
+	EXPECT_BAD("--spin-us: '-5'", "--spin-us", "-5");
+	EXPECT_BAD("--policy: 'fifo' is not one of lru|decay|ttl", "--policy", "fifo");
+	EXPECT_BAD("--ttl: '0'", "--ttl", "0");
+	EXPECT_BAD("--half-life: ''", "--half-life", "");
+	EXPECT_BAD("--tau: '1.5' is not a number -1..1", "--tau", "1.5");
+	EXPECT_BAD("--tau: 'nan'", "--tau", "nan");
+	EXPECT_BAD("--tau: '0.9x'", "--tau", "0.9x");
+	EXPECT_BAD("--drift-max: '-0.1'", "--drift-max", "-0.1");
+	EXPECT_BAD("--drift-max: 'inf'", "--drift-max", "inf");
+	EXPECT_BAD("--budget: '12Q'", "--budget", "12Q");
+}
+
 static void test_all_options_together(void **state)
 {
 	(void)state;
@@ -735,6 +780,7 @@ int main(void)
 		cmocka_unit_test(test_hugepages),
 		cmocka_unit_test(test_numa_node),
 		cmocka_unit_test(test_foreground_and_log_level),
+		cmocka_unit_test(test_data_plane_options),
 		cmocka_unit_test(test_all_options_together),
 		cmocka_unit_test(test_unknown_option),
 		cmocka_unit_test(test_missing_argument),
