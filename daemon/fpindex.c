@@ -6,7 +6,6 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 /*
  * Entries live in dense slots [0, count): fp, ids and stamp are indexed by slot, and a removal
@@ -45,10 +44,6 @@
 #define PIPE 12u
 #define CAND_PIPE 8u
 #define CAND_RING 16u
-/* Arrays this large ask for transparent hugepages: a lookup touches a few random cache lines
- * per probe across tens of MiB, and without them each one is also a TLB miss. */
-#define HUGE_BYTES ((size_t)4 << 20)
-#define HUGE_ALIGN ((size_t)2 << 20)
 
 _Static_assert(W_MAX <= 32 && W_MIN * M_MAX == 256, "keys fit 32 bits; W_MIN splits 256 evenly");
 _Static_assert(CAND_PIPE < CAND_RING && (CAND_RING & (CAND_RING - 1)) == 0, "the queue holds the pipe");
@@ -67,20 +62,6 @@ struct lbd_fpindex {
 	uint32_t *cells;                 /* [m + 1][ncells], table m by id */
 	uint32_t binom[W_MAX + 1];       /* C(w, r): keys at distance r from a w-bit key */
 };
-
-/* ---- memory ---- */
-
-static void *big_alloc(size_t bytes)
-{
-	void *p = NULL;
-	size_t align = bytes >= HUGE_BYTES ? HUGE_ALIGN : 64;
-	if (posix_memalign(&p, align, bytes))
-		return NULL;
-	/* Best effort: with THP off or on madvise-only kernels this may fail, which is harmless. */
-	if (bytes >= HUGE_BYTES)
-		(void)madvise(p, bytes & ~(HUGE_ALIGN - 1), MADV_HUGEPAGE);
-	return p;
-}
 
 /* ---- bits ---- */
 
@@ -301,31 +282,67 @@ static int bulk_build(struct lbd_fpindex *ix, uint32_t t, uint32_t *start)
 	return 0;
 }
 
+static uint64_t binom(uint32_t n, uint32_t k)
+{
+	uint64_t c = 1;
+	for (uint32_t i = 1; i <= k; i++)
+		c = c * (n - k + i) / i;
+	return c;
+}
+
+/*
+ * Substring width for cap entries in tables of 2^hb..2^(hb+1) cells. A wider w brings fewer
+ * candidates per probe (cap / 2^w) but more probes per round (C(w, r)) and fewer substrings
+ * (m = 256 / w), each of which is a step a round reaches further. w is the one with the least
+ * (probes + candidates) over near-duplicate hits at distances 0..HIT_D, the workload the index
+ * is for (bench_index measures the same); that is w = hb or a bit or two more: 16 bits at 10^4
+ * entries, 18 at 10^5, 21 at 10^6. Above hb + TAG_BITS homes would be shared, so it stops there.
+ */
+#define HIT_D 24u
+static uint32_t pick_w(uint32_t cap, uint32_t hb)
+{
+	uint32_t best_w = hb;
+	double best_cost = 0;
+	for (uint32_t w = hb; w <= hb + TAG_BITS && w <= W_MAX; w++) {
+		uint32_t m = 256 / w;
+		uint64_t probes = 0;
+		double cost;
+		/* A hit at distance d is certified when the steps with index < d are done;
+		 * round 0, all m steps, is always run. */
+		for (uint32_t d = 0; d <= HIT_D; d++) {
+			probes += m;
+			for (uint32_t step = m; step < d; step++)
+				probes += binom(w, step / m);
+		}
+		cost = (double)probes * (1.0 + (double)cap / (double)(1u << w));
+		if (w == hb || cost < best_cost) {
+			best_w = w;
+			best_cost = cost;
+		}
+	}
+	return best_w;
+}
+
 /* Resize to cap slots, choosing w and m for it, and re-hash every entry. On failure the index
  * is left as it was. */
 static int rebuild(struct lbd_fpindex *ix, uint32_t cap)
 {
 	struct lbd_fpindex old = *ix;
-	uint32_t ncells = cap + cap / 4 + 1, hb = W_MIN, w, *start;
+	uint32_t ncells = cap + cap / 4 + 1, hb = W_MIN, w, *start; /* hb: floor(log2(ncells)) */
 	int rc = 0;
 
-	/* hb = log2(ncells) in [W_MIN, W_MAX]: with w = hb a key holds about count / 2^w < 1.25
-	 * entries. The tag allows w up to hb + TAG_BITS with homes still one-to-one; a wider w
-	 * means fewer candidates per probe but more probes per round, and fewer substrings, each
-	 * of which costs a round its reach. So widen w only while m stays (20 -> 21 bits: m = 12). */
 	while (hb < W_MAX && (2ull << hb) <= ncells)
 		hb++;
-	for (w = hb; w < W_MAX && w < hb + TAG_BITS && 256 / (w + 1) == 256 / hb;)
-		w++;
+	w = pick_w(cap, hb);
 	ix->cap = cap;
 	ix->ncells = ncells;
 	ix->w = w;
 	ix->m = 256 / w;
-	ix->fp = big_alloc((size_t)cap * sizeof(*ix->fp));
-	ix->ids = big_alloc((size_t)cap * sizeof(*ix->ids));
-	ix->stamps = big_alloc((size_t)cap * sizeof(*ix->stamps));
-	ix->cells = big_alloc((size_t)(ix->m + 1) * ncells * sizeof(*ix->cells));
-	start = big_alloc((size_t)ncells * sizeof(*start));
+	ix->fp = malloc((size_t)cap * sizeof(*ix->fp));
+	ix->ids = malloc((size_t)cap * sizeof(*ix->ids));
+	ix->stamps = malloc((size_t)cap * sizeof(*ix->stamps));
+	ix->cells = malloc((size_t)(ix->m + 1) * ncells * sizeof(*ix->cells));
+	start = malloc((size_t)ncells * sizeof(*start));
 	if (!ix->fp || !ix->ids || !ix->stamps || !ix->cells || !start) {
 		rc = -ENOMEM;
 		goto fail;
@@ -336,9 +353,8 @@ static int rebuild(struct lbd_fpindex *ix, uint32_t cap)
 	}
 	memset(ix->stamps, 0, (size_t)cap * sizeof(*ix->stamps));
 	ix->stamp = 0;
-	ix->binom[0] = 1;
-	for (uint32_t r = 1; r <= W_MAX; r++)
-		ix->binom[r] = r <= w ? (uint32_t)((uint64_t)ix->binom[r - 1] * (w - r + 1) / r) : 0;
+	for (uint32_t r = 0; r <= W_MAX; r++)
+		ix->binom[r] = r <= w ? (uint32_t)binom(w, r) : 0;
 	for (uint32_t t = 0; t <= ix->m; t++) {
 		rc = bulk_build(ix, t, start);
 		if (rc < 0)
@@ -556,15 +572,15 @@ static inline void cursor_advance(const struct lbd_fpindex *ix, struct cursor *c
 }
 
 /*
- * Plan the probes of the steps still needed if the best so far stands (step index < best), up
- * to PLAN_MAX, stopping at the end of round `last_round`. Planning past a step that turns out
- * to improve the best wastes a few probes; not planning ahead would leave every step's misses
- * to wait for the previous step's.
+ * Plan up to limit probes of the steps still needed if the best so far stands (step index <
+ * best), stopping at the end of round last_round. Planning past a step that turns out to
+ * improve the best wastes a few probes; not planning ahead would leave every step's misses to
+ * wait for the previous step's.
  */
 static inline __attribute__((always_inline)) void plan(struct lbd_fpindex *ix, struct search *s,
-							 struct cursor *cur, uint32_t last_round)
+							 struct cursor *cur, uint32_t last_round, uint32_t limit)
 {
-	while (s->n < PLAN_MAX && cur->r <= last_round && cur->r * ix->m + cur->t < s->best) {
+	while (s->n < limit && cur->r <= last_round && cur->r * ix->m + cur->t < s->best) {
 		uint32_t key = s->qk[cur->t] ^ cur->x;
 		s->probe[s->n] = cur->t | (key & TAG_MASK) << 8;
 		s->home[s->n++] = code_home(ix, cur->t, key);
@@ -573,19 +589,19 @@ static inline __attribute__((always_inline)) void plan(struct lbd_fpindex *ix, s
 }
 
 /*
- * Cost model for giving up on the tables: a probe costs about PROBE_COST scanned entries plus
- * the candidates it brings (about count / 2^w, each CAND_COST scanned entries). Measured with
- * bench_index: a scan streams 32 bytes per entry; a probe and a candidate are each a random
- * read, overlapped with others but still worth tens of streamed entries.
+ * Cost model for giving up on the tables, in entries of a linear scan (which streams 32 bytes
+ * an entry): a probe costs PROBE_COST, plus CAND_COST for each candidate it brings (about
+ * count / 2^w). Both are random reads; bench_index measured a probe with its candidates at
+ * 20-40 scanned entries from 10^4 to 10^6 entries.
  */
-#define PROBE_COST 4u
-#define CAND_COST 4u
+#define PROBE_COST 16u
+#define CAND_COST 16u
 
-/* Probes of steps (r, t), (r, t+1), ... up to step index best - 1, saturating. */
-static uint64_t probes_left(const struct lbd_fpindex *ix, uint32_t r, uint32_t t, uint32_t best)
+/* Probes of steps (r, t), (r, t+1), ... up to step index best - 1. */
+static uint64_t probes_left(const struct lbd_fpindex *ix, const struct cursor *cur, uint32_t best)
 {
 	uint64_t cost = 0;
-	uint32_t done = r * ix->m + t;
+	uint32_t r = cur->r, t = cur->t, done = r * ix->m + t;
 	uint32_t steps = best > done ? best - done : 0;
 	while (steps && r <= ix->w) {
 		uint32_t take = ix->m - t < steps ? ix->m - t : steps;
@@ -597,36 +613,41 @@ static uint64_t probes_left(const struct lbd_fpindex *ix, uint32_t r, uint32_t t
 	return cost;
 }
 
-static inline __attribute__((always_inline)) bool scan_is_cheaper(const struct lbd_fpindex *ix,
-								   uint32_t r, uint32_t t, uint32_t best)
-{
-	uint64_t per = PROBE_COST + (((uint64_t)CAND_COST * ix->count) >> ix->w);
-	return probes_left(ix, r, t, best) * per > ix->count;
-}
-
 /*
  * After step (r, t), an entry not seen yet differs by more than r bits in substrings 0..t and
  * by at least r in the others (else one of the probes so far was its key): it lies at
  * r*m + t + 1 or further. So once the best accepted distance is no more than the index of the
  * next step, nothing nearer remains; and with best starting at max_d + 1 the same test ends a
  * search that has seen everything within max_d. Near-duplicates end within a round or two.
+ *
+ * A miss with a wide radius can need more probes than a scan of every entry costs. The search
+ * then scans instead, but only after spending a quarter of a scan on the tables: a query whose
+ * near-duplicate did not turn up in round 0 usually finds it within a few steps, after which
+ * what remains is cheap (rent, then buy).
  */
 static inline __attribute__((always_inline)) void search_impl(struct lbd_fpindex *ix, struct search *s)
 {
 	struct cursor cur = { 0, 0, 0 };
+	uint64_t per = PROBE_COST + (((uint64_t)CAND_COST * ix->count) >> ix->w);
+	uint64_t rent = ix->count / 4 / per, spent = ix->m;
 
-	if (scan_is_cheaper(ix, 0, 0, ix->m)) /* a few entries: not worth one round */
+	if (ix->m * per > ix->count) /* a few entries: not worth one round */
 		goto scan;
 	for (uint32_t t = 0; t < ix->m; t++)
 		s->qk[t] = sub_key(ix, s->q, t);
 	/* Round 0 alone first: m independent lookups, and often the whole search. */
-	plan(ix, s, &cur, 0);
+	plan(ix, s, &cur, 0, PLAN_MAX);
 	run_plan(ix, s);
 	while (cur.r <= ix->w && s->best > cur.r * ix->m + cur.t) {
-		/* A miss with a wide radius can need more probes than there are entries. */
-		if (scan_is_cheaper(ix, cur.r, cur.t, s->best))
-			goto scan;
-		plan(ix, s, &cur, ix->w);
+		uint32_t limit = PLAN_MAX;
+		if (probes_left(ix, &cur, s->best) * per > ix->count) {
+			if (spent >= rent)
+				goto scan;
+			if (rent - spent < limit)
+				limit = (uint32_t)(rent - spent);
+		}
+		plan(ix, s, &cur, ix->w, limit);
+		spent += s->n;
 		run_plan(ix, s);
 	}
 	return; /* done, or every key of every substring probed: everything was seen */

@@ -238,16 +238,11 @@ static bool has_work(const struct lbd_svc_thread *t)
 
 static void apply_pending(struct lbd_svc_thread *t)
 {
-	struct lbd_dpclient *add, *del;
+	struct lbd_dpclient *del;
 
+	/* The add list is walked under mu: lbd_service_detach relinks next_pending under mu. */
 	pthread_mutex_lock(&t->mu);
-	add = t->to_add;
-	del = t->to_del;
-	t->to_add = t->to_del = NULL;
-	atomic_store_explicit(&t->pending, 0, memory_order_relaxed);
-	pthread_mutex_unlock(&t->mu);
-
-	for (; add; add = add->next_pending) {
+	for (struct lbd_dpclient *add = t->to_add; add; add = add->next_pending) {
 		if (t->n == t->cap) {
 			unsigned ncap = t->cap ? t->cap * 2 : 16;
 			struct lbd_dpclient **p = realloc(t->c, sizeof(*p) * ncap);
@@ -258,6 +253,12 @@ static void apply_pending(struct lbd_svc_thread *t)
 		}
 		t->c[t->n++] = add;
 	}
+	del = t->to_del;
+	t->to_add = t->to_del = NULL;
+	atomic_store_explicit(&t->pending, 0, memory_order_relaxed);
+	pthread_mutex_unlock(&t->mu);
+
+	/* Nobody else knows the delete list's clients any more. */
 	while (del) {
 		struct lbd_dpclient *next = del->next_pending;
 		for (unsigned i = 0; i < t->n; i++)

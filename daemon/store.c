@@ -74,6 +74,7 @@ struct lbd_store {
 	uint32_t *live;       /* LIVE or DOOMED-but-leased entries, for sampling */
 	uint32_t n_live, live_cap;
 	uint64_t rng;
+	uint64_t pinned;      /* bytes no eviction can free: leased LIVE and PENDING entries */
 	struct lbp_stats_reply c; /* data-plane counters */
 };
 
@@ -230,6 +231,8 @@ static void entry_unlink(struct lbd_store *st, uint32_t id)
 	in->layer[e->layer] = NONE;
 	in->n_cached--;
 	ls->leases -= e->leases; /* the holders keep their bytes, but not as this layer's */
+	if (e->leases)
+		st->pinned -= e->bytes;
 	ls->entries--;
 	ls->bytes -= e->bytes;
 	st->c.entries--;
@@ -337,7 +340,8 @@ static int lease_take(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, 
 	l->gen++;
 	l->entry = id;
 	ls->n_used++;
-	st->e[id].leases++;
+	if (st->e[id].leases++ == 0 && st->e[id].state == E_LIVE)
+		st->pinned += st->e[id].bytes;
 	st->c.leases++;
 	/* Slot + 1 in the high half, so that no valid handle is 0. */
 	*handle = ((uint64_t)(s + 1) << 32) | l->gen;
@@ -367,8 +371,11 @@ static void lease_end(struct lbd_store *st, struct lbd_leases *ls, uint32_t s)
 	ls->n_used--;
 	st->c.leases--;
 	e->leases--;
-	if (e->state == E_LIVE)
+	if (e->state == E_LIVE) {
 		st->banks[st->in[e->input].bank].layer[e->layer].leases--;
+		if (e->leases == 0)
+			st->pinned -= e->bytes;
+	}
 	if (e->state == E_DOOMED && e->leases == 0) {
 		live_del(st, l->entry);
 		lbd_alloc_put(st->alloc[e->arena], e->off);
@@ -612,6 +619,9 @@ static void copy_in(uint8_t *dst, const uint8_t *src, size_t n)
 /* Room for need bytes: evict until under budget, then allocate, evicting on fragmentation. */
 static int make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned *arena, uint64_t *off)
 {
+	/* What eviction cannot free is not worth evicting for: fail before dropping anything. */
+	if (st->pinned >= st->c.bytes_budget || need > st->c.bytes_budget - st->pinned)
+		return -ENOSPC;
 	for (int round = 0; round < MAX_EVICT_ROUNDS; round++) {
 		if (st->c.bytes_used + need <= st->c.bytes_budget) {
 			for (unsigned i = 0; i < st->n_arenas; i++) {
@@ -689,6 +699,7 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 	st->in[id].layer[r->layer] = eid;
 	st->in[id].n_cached++;
 	st->c.bytes_used += need;
+	st->pinned += need;
 	uint32_t gen = e->gen;
 	pthread_mutex_unlock(&st->lock);
 
@@ -714,6 +725,7 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 		abort(); /* pending entries are never freed by anyone else */
 	e->created_ns = e->last_ns = e->score_ns = now;
 	e->score = 1.0;
+	st->pinned -= need;
 	if (live_add(st, eid) < 0) {
 		st->in[id].layer[r->layer] = NONE;
 		st->in[id].n_cached--;
