@@ -1,4 +1,4 @@
-/* layerbankd exact map: 128-bit token hash (+ sequence length) to entry id, open addressing.
+/* layerbankd exact map: 128-bit token hash to input id, open addressing.
  * The fast path for identical inputs. */
 #ifndef LAYERBANK_DAEMON_EXACTMAP_H
 #define LAYERBANK_DAEMON_EXACTMAP_H

@@ -163,8 +163,9 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 	c->dp = lbd_dpclient_new(&s->limits, h->req_entries, h->cpl_entries, h->staging_bytes,
 				 s->next_client_id, c->cred.pid);
 	if (!c->dp) {
-		snprintf(text, sizeof(text), "cannot make the client's rings: %s", strerror(errno));
-		conn_error(c, true, errno, "staging_bytes", text);
+		int e = errno ? errno : ENOMEM;
+		snprintf(text, sizeof(text), "cannot make the client's rings: %s", strerror(e));
+		conn_error(c, true, e, "staging_bytes", text);
 		return;
 	}
 	c->hello = true;
@@ -296,7 +297,7 @@ static void on_frame(struct lbd_conn *c, size_t len)
 		struct lbp_msg r = { .type = LBP_MODEL_STATS_REPLY };
 		if (lbd_store_model_stats(c->s->store, m.u.mstats.model_id, m.u.mstats.first_layer,
 					  &r.u.mstats_reply) < 0) {
-			conn_error(c, false, ENOENT, "model_id", "no such model");
+			conn_error(c, false, ESRCH, "model_id", "no such model");
 			return;
 		}
 		conn_reply(c, &r, NULL, 0);

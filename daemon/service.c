@@ -3,6 +3,7 @@
 #include "service.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -65,10 +66,13 @@ struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint3
 		return NULL;
 	}
 	snprintf(name, sizeof(name), "layerbank-client-%llu", (unsigned long long)client_id);
-	c->fd = memfd_create(name, MFD_CLOEXEC);
+	c->fd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
 	if (c->fd < 0)
 		goto fail;
 	if (ftruncate(c->fd, (off_t)c->bytes) < 0)
+		goto fail;
+	/* The client holds this fd: a shrink would turn our next access into SIGBUS. */
+	if (fcntl(c->fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
 		goto fail;
 	c->base = mmap(NULL, c->bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, c->fd, 0);
 	if (c->base == MAP_FAILED) {
@@ -128,7 +132,8 @@ static void serve(struct lbd_service *s, struct lbd_dpclient *c, const struct lb
 	}
 	switch (r->opcode) {
 	case LB_OP_PING:
-		if (r->model_id || r->lease || r->payload_len || r->layer || r->seq_len || r->aux)
+		if (r->model_id || r->lease || r->payload_off || r->payload_len || r->layer ||
+		    r->seq_len || r->aux)
 			out->status = -EINVAL;
 		return;
 	case LB_OP_LOOKUP:
@@ -153,19 +158,29 @@ static void serve(struct lbd_service *s, struct lbd_dpclient *c, const struct lb
 		return;
 	}
 	case LB_OP_INSERT: {
-		struct lb_insert_hdr h;
+		union {
+			struct lb_insert_hdr h;
+			uint8_t raw[LB_INSERT_HDR_SIZE];
+		} u;
 		if (r->lease || r->aux || !payload_ok(c, r, LB_INSERT_HDR_SIZE, UINT32_MAX)) {
 			out->status = -EINVAL;
 			return;
 		}
-		memcpy(&h, staging + r->payload_off, sizeof(h));
+		memcpy(&u, staging + r->payload_off, sizeof(u));
+		/* The header's unused tail is reserved: zero, so that it can gain a meaning. */
+		for (size_t i = sizeof(u.h); i < sizeof(u.raw); i++)
+			if (u.raw[i]) {
+				out->status = -EINVAL;
+				return;
+			}
+		struct lb_insert_hdr h = u.h;
 		lbd_store_insert(s->store, r, &h, staging + r->payload_off + LB_INSERT_HDR_SIZE, out);
 		return;
 	}
 	case LB_OP_RELEASE:
 	case LB_OP_REPORT: {
 		float drift;
-		if (r->model_id || r->payload_len || r->layer || r->seq_len ||
+		if (r->model_id || r->payload_off || r->payload_len || r->layer || r->seq_len ||
 		    (r->opcode == LB_OP_RELEASE && r->aux)) {
 			out->status = -EINVAL;
 			return;
@@ -285,7 +300,8 @@ static void sleep_on_doorbells(struct lbd_svc_thread *t)
 		if (t->c[i]->broken)
 			continue;
 		w[n].uaddr = (uintptr_t)&sh->doorbell;
-		w[n].val = atomic_load_explicit(&sh->doorbell, memory_order_relaxed);
+		/* A3: pairs with R3 in lb_ring_sp_wake. */
+		w[n].val = atomic_load_explicit(&sh->doorbell, memory_order_acquire);
 		w[n++].flags = FUTEX_32; /* shared: the word lives in the client's mapping too */
 		atomic_store_explicit(&sh->sleeping, 1, memory_order_relaxed);
 	}

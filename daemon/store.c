@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <immintrin.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -221,7 +222,22 @@ static void input_drop_if_empty(struct lbd_store *st, uint32_t id)
 
 /* ---- entries ---- */
 
-/* Take the entry out of its input (no new hits); free it now if nobody leases it. */
+/* Give an unlinked, unleased entry's memory back. Its header loses the magic first, so a
+ * reader holding no lease (a LOOKUP over the socket) cannot take old bytes for a live entry. */
+static void entry_free(struct lbd_store *st, uint32_t id)
+{
+	struct entry *e = &st->e[id];
+	struct lb_entry_hdr *h = (struct lb_entry_hdr *)((uint8_t *)st->arenas[e->arena].hdr + e->off);
+
+	atomic_store_explicit((_Atomic uint64_t *)&h->magic, 0, memory_order_release);
+	live_del(st, id);
+	lbd_alloc_put(st->alloc[e->arena], e->off);
+	st->c.bytes_used -= e->bytes;
+	entry_put(st, id);
+}
+
+/* Take the entry out of its input (no new hits); free it now if nobody leases it. A leased
+ * one keeps its bytes counted as used, and pinned, until the last lease ends. */
 static void entry_unlink(struct lbd_store *st, uint32_t id)
 {
 	struct entry *e = &st->e[id];
@@ -231,19 +247,13 @@ static void entry_unlink(struct lbd_store *st, uint32_t id)
 	in->layer[e->layer] = NONE;
 	in->n_cached--;
 	ls->leases -= e->leases; /* the holders keep their bytes, but not as this layer's */
-	if (e->leases)
-		st->pinned -= e->bytes;
 	ls->entries--;
 	ls->bytes -= e->bytes;
 	st->c.entries--;
-	st->c.bytes_used -= e->bytes;
 	input_drop_if_empty(st, e->input);
 	e->state = E_DOOMED;
-	if (e->leases == 0) {
-		live_del(st, id);
-		lbd_alloc_put(st->alloc[e->arena], e->off);
-		entry_put(st, id);
-	}
+	if (e->leases == 0)
+		entry_free(st, id);
 }
 
 /* The victim score: lower goes first. */
@@ -371,15 +381,12 @@ static void lease_end(struct lbd_store *st, struct lbd_leases *ls, uint32_t s)
 	ls->n_used--;
 	st->c.leases--;
 	e->leases--;
-	if (e->state == E_LIVE) {
+	if (e->state == E_LIVE)
 		st->banks[st->in[e->input].bank].layer[e->layer].leases--;
-		if (e->leases == 0)
-			st->pinned -= e->bytes;
-	}
-	if (e->state == E_DOOMED && e->leases == 0) {
-		live_del(st, l->entry);
-		lbd_alloc_put(st->alloc[e->arena], e->off);
-		entry_put(st, l->entry);
+	if (e->leases == 0) {
+		st->pinned -= e->bytes;
+		if (e->state == E_DOOMED)
+			entry_free(st, l->entry);
 	}
 }
 
@@ -706,8 +713,8 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 	/* The copy runs unlocked: a PENDING entry is in no sample and gives no hits. */
 	uint8_t *base = (uint8_t *)st->arenas[arena].hdr;
 	struct lb_entry_hdr *eh = (struct lb_entry_hdr *)(base + off);
+	memset(eh, 0, LB_ENTRY_HDR_SIZE); /* no magic until the data is in place */
 	copy_in(base + off + LB_ENTRY_HDR_SIZE, data, h->bytes);
-	memset(eh, 0, sizeof(*eh));
 	eh->model_id = r->model_id;
 	eh->layer = r->layer;
 	eh->dtype = (uint16_t)h->dtype;
@@ -717,7 +724,7 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 	eh->bytes = h->bytes;
 	/* Of our own copy: the client may have changed its staging meanwhile. */
 	eh->checksum = XXH3_64bits(base + off + LB_ENTRY_HDR_SIZE, h->bytes);
-	eh->magic = LB_ENTRY_MAGIC;
+	atomic_store_explicit((_Atomic uint64_t *)&eh->magic, LB_ENTRY_MAGIC, memory_order_release);
 
 	pthread_mutex_lock(&st->lock);
 	e = &st->e[eid];
@@ -732,6 +739,7 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 		st->c.bytes_used -= need;
 		lbd_alloc_put(st->alloc[arena], off);
 		entry_put(st, eid);
+		/* (its magic was never set) */
 		input_drop_if_empty(st, id);
 		cpl->status = -ENOMEM;
 		goto unlock;

@@ -16,12 +16,12 @@
 /*
  * Limits of the pre-parse walk. msgpack-c allocates count * sizeof(msgpack_object) the
  * moment it reads a container header, so nothing reaches it before these hold. The largest
- * valid v1 frame (WELCOME with 8 arenas) has about 60 objects at depth 5.
+ * valid v1 frame (MODEL_STATS_REPLY with 64 layers) has under 1000 objects at depth 5.
  */
 #define WALK_MAX_DEPTH 8u
 #define WALK_MAX_OBJECTS 4096u
 
-/* Keys in the largest body (STATS_REPLY has 21). */
+/* Keys in the largest body (STATS_REPLY has 20). */
 #define MAX_KEYS 24u
 
 enum fkind {
@@ -624,7 +624,7 @@ static int walk_obj(struct walk *w, unsigned depth)
 	if (depth > WALK_MAX_DEPTH)
 		return walk_bad(w, "nested deeper than 8 levels");
 	if (++w->objs > WALK_MAX_OBJECTS)
-		return walk_bad(w, "more than 256 objects");
+		return walk_bad(w, "more than 4096 objects");
 	if (w->off >= w->len)
 		return walk_bad(w, "truncated");
 	b = w->p[w->off++];

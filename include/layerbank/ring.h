@@ -26,7 +26,7 @@
 #define LB_RING_ENTRY_SIZE 64u
 #define LB_RING_MIN_ENTRIES 8u
 #define LB_RING_MAX_ENTRIES 65536u
-#define LB_REGION_MAGIC 0x4e4f494745524c42ULL /* "LBREGION" little-endian */
+#define LB_REGION_MAGIC 0x4e4f494745524c42ULL /* bytes "BLREGION" in memory */
 
 /*
  * The shared part of one ring. The producer writes only prod and doorbell; the consumer writes
@@ -92,7 +92,7 @@ struct lb_cpl {
 	uint8_t opcode;
 	uint8_t arena;       /* hit/insert: arena index (WELCOME order) */
 	uint16_t layer;      /* hit: the layer found (deepest for LOOKUP_DEEPEST) */
-	uint64_t lease;      /* hit/insert: lease to RELEASE; 0 when none */
+	uint64_t lease;      /* hit: lease to RELEASE; 0 otherwise (an insert holds none) */
 	uint64_t entry_off;  /* hit/insert: offset of struct lb_entry_hdr in the arena */
 	uint32_t hamming;    /* hit: fingerprint distance to the entry (0 for an exact match) */
 	uint32_t reserved0;
