@@ -1603,6 +1603,37 @@ static void test_stalled_completion_ring_does_not_block_others(void **state)
 	stop_daemon();
 }
 
+/* ---- a client cannot resize its region under the daemon ---- */
+
+/* The region memfd is sealed against shrinking: a shrink would make the daemon's next access
+ * to the rings a SIGBUS. */
+static void test_region_cannot_be_resized(void **state)
+{
+	(void)state;
+	START_DAEMON("--threads", "1");
+	struct lb_client *c = client("resizer");
+	int found = 0;
+	char path[64], target[256];
+
+	for (int fd = 3; fd < 1024; fd++) {
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		ssize_t n = readlink(path, target, sizeof(target) - 1);
+		if (n <= 0)
+			continue;
+		target[n] = '\0';
+		if (!strstr(target, "memfd:layerbank-client"))
+			continue;
+		found++;
+		assert_int_equal(ftruncate(fd, 0), -1);
+		assert_int_equal(errno, EPERM);
+		assert_int_equal(ftruncate(fd, 1 << 30), -1);
+	}
+	assert_int_equal(found, 1);
+	assert_int_equal(lb_ping(c), 0); /* and the daemon still serves */
+	bye(c);
+	stop_daemon();
+}
+
 /* ---- 9. no spinning ---- */
 
 static void test_spin_us_0_round_trip(void **state)
@@ -1732,6 +1763,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_impossible_ring_indices_spare_the_daemon, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_storm_of_processes_never_reads_a_wrong_byte, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stalled_completion_ring_does_not_block_others, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_region_cannot_be_resized, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_spin_us_0_round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_async_batch_of_64_lookups, setup, teardown),
 	};
