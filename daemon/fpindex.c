@@ -22,8 +22,8 @@
  * DISP_SAT and then recomputed from the entry), so a lookup walks only the cells of its own
  * home, skips the other tags, and reads no fingerprint but its true candidates'. A key's home is
  * (key >> TAG_BITS) * ncells / 2^(w - TAG_BITS): order-preserving, and one-to-one when
- * ncells >= 2^(w - TAG_BITS), which rebuild() arranges once the index holds 2^16 entries or so;
- * below that homes are shared, which costs a few more candidates, never correctness.
+ * ncells >= 2^(w - TAG_BITS), which rebuild() arranges from about 13,000 entries of capacity
+ * up; below that homes are shared, which costs a few more candidates, never correctness.
  */
 #define W_MIN 16u
 #define W_MAX 24u
@@ -46,7 +46,8 @@
 #define CAND_RING 16u
 
 _Static_assert(W_MAX <= 32 && W_MIN * M_MAX == 256, "keys fit 32 bits; W_MIN splits 256 evenly");
-_Static_assert(CAND_PIPE < CAND_RING && (CAND_RING & (CAND_RING - 1)) == 0, "the queue holds the pipe");
+_Static_assert(CAND_PIPE < CAND_RING && (CAND_RING & (CAND_RING - 1)) == 0,
+	       "the candidate queue is a power of two and holds the pipe");
 _Static_assert(MAX_ENTRIES < EMPTY, "a full table cell never reads as EMPTY");
 
 struct lbd_fpindex {
@@ -65,7 +66,8 @@ struct lbd_fpindex {
 
 /* ---- bits ---- */
 
-static inline uint32_t popcount_words(const uint64_t a[LBD_FP_WORDS], const uint64_t b[LBD_FP_WORDS])
+static inline uint32_t popcount_words(const uint64_t a[LBD_FP_WORDS],
+				      const uint64_t b[LBD_FP_WORDS])
 {
 	return (uint32_t)(__builtin_popcountll(a[0] ^ b[0]) + __builtin_popcountll(a[1] ^ b[1]) +
 			  __builtin_popcountll(a[2] ^ b[2]) + __builtin_popcountll(a[3] ^ b[3]));
@@ -102,7 +104,8 @@ uint32_t lbd_fp_hamming(const uint64_t a[LBD_FP_WORDS], const uint64_t b[LBD_FP_
 	return popcount_words(a, b);
 }
 
-static inline uint32_t sub_key(const struct lbd_fpindex *ix, const uint64_t fp[LBD_FP_WORDS], uint32_t t)
+static inline uint32_t sub_key(const struct lbd_fpindex *ix, const uint64_t fp[LBD_FP_WORDS],
+			       uint32_t t)
 {
 	uint32_t off = t * ix->w, wd = off >> 6, sh = off & 63;
 	uint64_t v = fp[wd] >> sh;
@@ -291,12 +294,12 @@ static uint64_t binom(uint32_t n, uint32_t k)
 }
 
 /*
- * Substring width for cap entries in tables of 2^hb..2^(hb+1) cells. A wider w brings fewer
- * candidates per probe (cap / 2^w) but more probes per round (C(w, r)) and fewer substrings
- * (m = 256 / w), each of which is a step a round reaches further. w is the one with the least
- * (probes + candidates) over near-duplicate hits at distances 0..HIT_D, the workload the index
- * is for (bench_index measures the same); that is w = hb or a bit or two more: 16 bits at 10^4
- * entries, 18 at 10^5, 21 at 10^6. Above hb + TAG_BITS homes would be shared, so it stops there.
+ * Substring width for cap entries; hb = floor(log2(cells per table)), at least W_MIN. A wider
+ * w brings fewer candidates per probe (cap / 2^w) but more probes per round (C(w, r)) and fewer
+ * substrings (m = 256 / w), and each substring is one step of reach per round. w is the one
+ * with the least (probes + candidates) over near-duplicate hits at distances 0..HIT_D, the
+ * workload the index is for (bench_index measures the same): w = hb or a bit or two more, so
+ * 16 bits at 10^4 entries, 18 at 10^5, 21 at 10^6. Past hb + TAG_BITS homes would be shared.
  */
 #define HIT_D 24u
 static uint32_t pick_w(uint32_t cap, uint32_t hb)
@@ -525,8 +528,10 @@ static inline __attribute__((always_inline)) void run_plan(struct lbd_fpindex *i
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t t = s->probe[i] & 0xff, tag = s->probe[i] >> 8, p = s->home[i];
 		const uint32_t *c = table(ix, t);
-		if (i + PIPE < n)
-			__builtin_prefetch(table(ix, s->probe[i + PIPE] & 0xff) + s->home[i + PIPE]);
+		if (i + PIPE < n) {
+			uint32_t ahead = i + PIPE;
+			__builtin_prefetch(table(ix, s->probe[ahead] & 0xff) + s->home[ahead]);
+		}
 		/* Robin Hood order: cells of earlier homes (displacement > j), then this home's run
 		 * (== j), then later homes' (< j) or an empty cell. */
 		for (uint32_t j = 0;; j++) {
@@ -578,7 +583,8 @@ static inline void cursor_advance(const struct lbd_fpindex *ix, struct cursor *c
  * wait for the previous step's.
  */
 static inline __attribute__((always_inline)) void plan(struct lbd_fpindex *ix, struct search *s,
-							 struct cursor *cur, uint32_t last_round, uint32_t limit)
+							 struct cursor *cur, uint32_t last_round,
+							 uint32_t limit)
 {
 	while (s->n < limit && cur->r <= last_round && cur->r * ix->m + cur->t < s->best) {
 		uint32_t key = s->qk[cur->t] ^ cur->x;
@@ -591,11 +597,11 @@ static inline __attribute__((always_inline)) void plan(struct lbd_fpindex *ix, s
 /*
  * Cost model for giving up on the tables, in entries of a linear scan (which streams 32 bytes
  * an entry): a probe costs PROBE_COST, plus CAND_COST for each candidate it brings (about
- * count / 2^w). Both are random reads; bench_index measured a probe with its candidates at
- * 20-40 scanned entries from 10^4 to 10^6 entries.
+ * count / 2^w). Both are random reads: measured with bench_index, a probe with its candidates
+ * cost as much as scanning 20 entries at 10^4 entries and 33 at 10^6.
  */
-#define PROBE_COST 16u
-#define CAND_COST 16u
+#define PROBE_COST 24u
+#define CAND_COST 24u
 
 /* Probes of steps (r, t), (r, t+1), ... up to step index best - 1. */
 static uint64_t probes_left(const struct lbd_fpindex *ix, const struct cursor *cur, uint32_t best)
@@ -621,15 +627,16 @@ static uint64_t probes_left(const struct lbd_fpindex *ix, const struct cursor *c
  * search that has seen everything within max_d. Near-duplicates end within a round or two.
  *
  * A miss with a wide radius can need more probes than a scan of every entry costs. The search
- * then scans instead, but only after spending a quarter of a scan on the tables: a query whose
+ * then scans instead, but only after spending an eighth of a scan on the tables: a query whose
  * near-duplicate did not turn up in round 0 usually finds it within a few steps, after which
  * what remains is cheap (rent, then buy).
  */
-static inline __attribute__((always_inline)) void search_impl(struct lbd_fpindex *ix, struct search *s)
+static inline __attribute__((always_inline)) void search_impl(struct lbd_fpindex *ix,
+								struct search *s)
 {
 	struct cursor cur = { 0, 0, 0 };
 	uint64_t per = PROBE_COST + (((uint64_t)CAND_COST * ix->count) >> ix->w);
-	uint64_t rent = ix->count / 4 / per, spent = ix->m;
+	uint64_t rent = ix->count / 8 / per, spent = ix->m;
 
 	if (ix->m * per > ix->count) /* a few entries: not worth one round */
 		goto scan;
@@ -657,7 +664,8 @@ scan:
 }
 
 #if HAVE_POPCNT_DISPATCH
-__attribute__((target("popcnt"))) static void search_popcnt(struct lbd_fpindex *ix, struct search *s)
+__attribute__((target("popcnt"))) static void search_popcnt(struct lbd_fpindex *ix,
+							    struct search *s)
 {
 	search_impl(ix, s);
 }
@@ -681,7 +689,8 @@ int lbd_fpindex_nearest(struct lbd_fpindex *ix, const uint64_t q[LBD_FP_WORDS], 
 	s.accept = accept;
 	s.ctx = ctx;
 	s.n = s.head = s.tail = 0;
-	if (accept && ++ix->stamp == 0) { /* marks wrapped: forget them all once in 65535 searches */
+	/* Marks wrap once in 65535 searches: then forget them all. */
+	if (accept && ++ix->stamp == 0) {
 		memset(ix->stamps, 0, (size_t)ix->count * sizeof(*ix->stamps));
 		ix->stamp = 1;
 	}

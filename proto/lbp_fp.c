@@ -63,10 +63,18 @@ double lbp_fp_similarity(uint32_t hamming)
 
 uint32_t lbp_fp_max_hamming(double tau)
 {
-	/* Walk the same values lbp_fp_similarity returns, so that similarity(max_hamming(tau)) >= tau
-	 * holds exactly; tau > 1 or NaN admits nothing but identical bits: 0. */
-	for (uint32_t h = LBP_FP_BITS; h > 0; h--)
-		if (lbp_fp_similarity(h) >= tau)
-			return h;
-	return 0;
+	/* Similarity falls as h grows: binary search over the same values lbp_fp_similarity
+	 * returns, so that similarity(max_hamming(tau)) >= tau holds exactly. tau > 1 or NaN
+	 * admits nothing but identical bits: 0. It runs per layer on every lookup, so no walk. */
+	uint32_t lo = 0, hi = LBP_FP_BITS;
+	if (lbp_fp_similarity(hi) >= tau)
+		return hi;
+	while (hi - lo > 1) { /* invariant: sim(lo) >= tau or lo == 0; sim(hi) < tau */
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (lbp_fp_similarity(mid) >= tau)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return lo;
 }
