@@ -26,7 +26,6 @@ struct lbd_dpclient {
 	struct lbd_leases leases;
 	uint64_t client_id;
 	pid_t pid;
-	bool broken;         /* the ring indices went impossible: no more service */
 	struct lbd_dpclient *next_pending;
 	unsigned thread;
 };

@@ -1,6 +1,10 @@
 /* Tests for include/layerbank/ring.h: order, full and empty, the size limits, index wrap across
- * 2^32, hostile indices from either peer, lb_region_layout, and the futex doorbell (wake,
- * time-out, no lost wake-ups in a ping-pong). The stamped stress test is test_ring_stress.c. */
+ * 2^32, the slots' stamps (a fresh ring is empty at any index, forged and stale stamps), hostile
+ * indices from either peer, lb_region_layout, and the futex doorbell (wake, time-out, no lost
+ * wake-ups in a ping-pong). The stamped stress test is test_ring_stress.c.
+ *
+ * An entry's bytes 0..59 are the message; bytes 60..63 (LB_RING_STAMP_OFF) are the ring's stamp,
+ * index | 1, written by the producer: entries compare equal on their first 60 bytes. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -13,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -36,7 +41,38 @@ static size_t ring_bytes(uint32_t entries)
 	return LB_RING_HDR_SIZE + (size_t)entries * LB_RING_ENTRY_SIZE;
 }
 
-/* A ring of entries slots whose shared indices and both views start at start. */
+/* Bytes of an entry that carry the message; the rest is the stamp. */
+#define MSG LB_RING_STAMP_OFF
+_Static_assert(LB_RING_STAMP_OFF == 60, "abi: the stamp is an entry's last 4 bytes");
+
+/* The stamp of index i, by the protocol's rule (not by lb_ring_stamp: this pins the ABI). */
+static uint32_t stamp_of(uint32_t i)
+{
+	return i | 1u;
+}
+
+static uint8_t *slot_of(const struct tring *t, uint32_t index)
+{
+	return (uint8_t *)t->ring + LB_RING_HDR_SIZE + (size_t)(index & (t->entries - 1)) * 64u;
+}
+
+/* The stamp bytes of slot index & mask, as a hostile peer or a debugger would see them. */
+static uint32_t slot_stamp(const struct tring *t, uint32_t index)
+{
+	uint32_t v;
+	memcpy(&v, slot_of(t, index) + LB_RING_STAMP_OFF, sizeof(v));
+	return v;
+}
+
+/* A hostile producer writes the stamp bytes of slot index & mask directly. */
+static void forge_stamp(struct tring *t, uint32_t index, uint32_t v)
+{
+	atomic_store_explicit((_Atomic uint32_t *)(slot_of(t, index) + LB_RING_STAMP_OFF), v,
+			      memory_order_release);
+}
+
+/* A ring of entries slots whose shared indices and both views start at start. Its slots are
+ * zero, as in a fresh region (a memfd starts zero-filled). */
 static struct tring *tring_new(uint32_t entries, uint32_t start)
 {
 	struct tring *t = calloc(1, sizeof(*t));
@@ -45,7 +81,7 @@ static struct tring *tring_new(uint32_t entries, uint32_t start)
 	assert_non_null(t->base);
 	memset(t->base, POISON, GUARD + ring_bytes(entries) + GUARD);
 	t->ring = t->base + GUARD;
-	memset(t->ring, 0, LB_RING_HDR_SIZE);
+	memset(t->ring, 0, ring_bytes(entries));
 	t->entries = entries;
 	lb_ring_view_init(&t->p, t->ring, entries);
 	lb_ring_view_init(&t->c, t->ring, entries);
@@ -72,26 +108,43 @@ static void assert_guards(const struct tring *t)
 	}
 }
 
-/* Entry number k: eight words derived from k, so any mix-up or tearing shows. */
+/* Entry number k: eight words derived from k, so any mix-up or tearing shows. Its stamp bytes
+ * (the high half of word 7) are never a stamp the ring would write there: push must ignore
+ * them. */
 static void mk(uint64_t out[8], uint64_t k)
 {
 	for (unsigned i = 0; i < 8; i++)
 		out[i] = (k << 8 | i) * 0x9e3779b97f4a7c15ull;
+	out[7] &= 0xffffffffull; /* stamp bytes: an even value, never index | 1 */
+	out[7] |= (uint64_t)((uint32_t)k * 2u + 0x5a5a5a5au) << 32;
 }
 
+/* Push entry k: its message in the slot of the producer's index, the ring's stamp after it. */
 static void push_k(struct tring *t, uint64_t k)
 {
 	uint64_t e[8];
+	uint32_t i = t->p.local;
 	mk(e, k);
 	assert_true(lb_ring_sp_push(&t->p, e));
+	assert_memory_equal(slot_of(t, i), e, MSG);
+	assert_int_equal(slot_stamp(t, i), stamp_of(i)); /* the ring's stamp, not the caller's */
+	assert_int_equal(t->p.local, i + 1u);
 }
 
+/* Pop entry k: the message compares equal on its first 60 bytes; bytes 60..63 come out as the
+ * stamp of the index it was taken from. */
 static void pop_k(struct tring *t, uint64_t k)
 {
 	uint64_t e[8], want[8];
+	uint32_t i = t->c.local, st;
 	mk(want, k);
+	assert_int_equal(lb_ring_sc_peek(&t->c), 1);
 	assert_int_equal(lb_ring_sc_pop(&t->c, e), 1);
-	assert_memory_equal(e, want, sizeof(e));
+	assert_memory_equal(e, want, MSG);
+	memcpy(&st, (uint8_t *)e + LB_RING_STAMP_OFF, sizeof(st));
+	assert_int_equal(st, stamp_of(i));
+	assert_int_equal(t->c.local, i + 1u);
+	assert_int_equal(atomic_load(&t->c.sh->cons), i + 1u);
 }
 
 static void assert_empty(struct tring *t)
@@ -112,7 +165,10 @@ static void fill_drain(struct tring *t, uint64_t first)
 		push_k(t, first + i);
 	mk(e, 0xdead);
 	assert_false(lb_ring_sp_push(&t->p, e));
-	assert_int_equal(lb_ring_sc_peek(&t->c), t->entries);
+	assert_int_equal(lb_ring_sc_peek(&t->c), 1);
+	/* Every slot carries the stamp of the index it holds. */
+	for (uint32_t i = 0; i < t->entries; i++)
+		assert_int_equal(slot_stamp(t, t->c.local + i), stamp_of(t->c.local + i));
 	for (uint32_t i = 0; i < t->entries; i++)
 		pop_k(t, first + i);
 	assert_empty(t);
@@ -133,10 +189,9 @@ static void test_push_pop_order(void **state)
 		unsigned in = round % 17, out = (round * 7) % 17;
 		for (unsigned i = 0; i < in && next_in - next_out < 16; i++)
 			push_k(t, next_in++);
-		/* peek may answer from its cached prod: never more than is there, never 0 then. */
+		/* peek looks at the next slot's stamp: 1 exactly when an entry is there. */
 		int64_t ready = lb_ring_sc_peek(&t->c);
-		assert_true(ready <= (int64_t)(next_in - next_out));
-		assert_true(ready > 0 || next_in == next_out);
+		assert_int_equal(ready, next_in != next_out);
 		for (unsigned i = 0; i < out && next_out < next_in; i++)
 			pop_k(t, next_out++);
 	}
@@ -205,10 +260,15 @@ static void test_index_wraparound(void **state)
 		assert_true(atomic_load(&t->p.sh->prod) < start); /* it did wrap */
 		for (unsigned i = 0; i < 8; i++) {
 			uint32_t slot = (start + i) & 7;
+			uint32_t st;
 			mk(e, i);
-			assert_memory_equal((uint8_t *)t->ring + LB_RING_HDR_SIZE + slot * 64u, e, 64);
+			assert_memory_equal((uint8_t *)t->ring + LB_RING_HDR_SIZE + slot * 64u, e, MSG);
+			/* index | 1: UINT32_MAX stamps itself, 0 and 1 both stamp 1 (other slots). */
+			memcpy(&st, (uint8_t *)t->ring + LB_RING_HDR_SIZE + slot * 64u + 60, sizeof(st));
+			assert_int_equal(st, (start + i) | 1u);
+			assert_int_not_equal(st, 0);
 		}
-		assert_int_equal(lb_ring_sc_peek(&t->c), 8);
+		assert_int_equal(lb_ring_sc_peek(&t->c), 1);
 		for (unsigned i = 0; i < 8; i++)
 			pop_k(t, i);
 		assert_empty(t);
@@ -227,39 +287,209 @@ static void test_index_wraparound(void **state)
 	}
 }
 
+/* ---- stamps ---- */
+
+/* A fresh region's slots are zero, and 0 is no index's stamp: a ring nobody has written to is
+ * empty whatever index the consumer starts at, UINT32_MAX included, and nothing is read. */
+static void assert_fresh_empty(struct lb_ring_view *v, uint32_t index)
+{
+	uint64_t e[8];
+	v->local = index;
+	memset(e, 0x5a, sizeof(e));
+	assert_int_not_equal(lb_ring_stamp(index), 0);
+	assert_int_equal(lb_ring_stamp(index), stamp_of(index));
+	assert_int_equal(lb_ring_sc_peek(v), 0);
+	assert_int_equal(lb_ring_sc_pop(v, e), 0);
+	for (unsigned i = 0; i < 8; i++)
+		assert_int_equal(e[i], 0x5a5a5a5a5a5a5a5aull);
+	assert_int_equal(v->local, index);
+}
+
+static void test_fresh_ring_is_empty_at_every_index(void **state)
+{
+	(void)state;
+	uint32_t sizes[] = {LB_RING_MIN_ENTRIES, 16, LB_RING_MAX_ENTRIES};
+
+	for (unsigned s = 0; s < 3; s++) {
+		struct tring *t = tring_new(sizes[s], 0);
+		/* Both ends of the index space and the middle, every index; elsewhere a spread
+		 * (65537 is odd: every residue of the low bits comes round). */
+		for (uint32_t i = 0; i < 4096; i++) {
+			assert_fresh_empty(&t->c, i);
+			assert_fresh_empty(&t->c, UINT32_MAX - i);
+			assert_fresh_empty(&t->c, 0x80000000u - 2048u + i);
+		}
+		for (uint32_t k = 0; k < 65536; k++)
+			assert_fresh_empty(&t->c, k * 65537u + (k >> 3));
+		/* wait, too: nothing after its time-out, spinning or sleeping. */
+		uint32_t special[] = {0, 1, 0x80000000u, UINT32_MAX - 1, UINT32_MAX};
+		for (unsigned i = 0; i < 5; i++) {
+			t->c.local = special[i];
+			assert_int_equal(lb_ring_sc_wait(&t->c, 0, MS), 0);
+			assert_int_equal(lb_ring_sc_wait(&t->c, 100000, MS), 0);
+			assert_int_equal(t->c.local, special[i]);
+		}
+		assert_int_equal(atomic_load(&t->c.sh->cons), 0); /* nothing was taken */
+		assert_guards(t);
+		tring_free(t);
+	}
+
+	/* The same in a region as the daemon makes it: a fresh memfd, both rings. */
+	struct lb_region_hdr h;
+	uint64_t bytes = lb_region_layout(&h, 8, 65536, 4096);
+	int fd = memfd_create("layerbank-test-ring", MFD_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)bytes), 0);
+	uint8_t *region = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	assert_true(region != MAP_FAILED);
+	close(fd);
+	struct lb_ring_view req, cpl;
+	lb_ring_view_init(&req, region + h.req_off, h.req_entries);
+	lb_ring_view_init(&cpl, region + h.cpl_off, h.cpl_entries);
+	for (uint32_t i = 0; i < 4096; i++) {
+		assert_fresh_empty(&req, i);
+		assert_fresh_empty(&req, UINT32_MAX - i);
+		assert_fresh_empty(&cpl, i * 17u);
+		assert_fresh_empty(&cpl, UINT32_MAX - i * 17u);
+	}
+	munmap(region, bytes);
+}
+
+/* A hostile producer can write a slot and its stamp itself. The stamp of the index the consumer
+ * expects makes that slot an entry, copied out like any other (its contents are the daemon's to
+ * validate); any other value there (the stamps of that slot's other laps included), and stamps
+ * forged in any other slot, make nothing ready. */
+static void assert_not_ready(struct tring *t, uint32_t index)
+{
+	uint64_t e[8];
+	memset(e, 0x5a, sizeof(e));
+	assert_int_equal(lb_ring_sc_peek(&t->c), 0);
+	assert_int_equal(lb_ring_sc_pop(&t->c, e), 0);
+	for (unsigned i = 0; i < 8; i++)
+		assert_int_equal(e[i], 0x5a5a5a5a5a5a5a5aull);
+	assert_int_equal(t->c.local, index);
+	assert_int_equal(atomic_load(&t->c.sh->cons), index);
+}
+
+static void test_forged_stamps(void **state)
+{
+	(void)state;
+	uint32_t starts[] = {0, 1, 2, 15, 1000, 0x7fffffffu, 0x80000000u, UINT32_MAX - 16,
+			     UINT32_MAX - 1, UINT32_MAX};
+
+	srand(4242);
+	for (unsigned s = 0; s < sizeof(starts) / sizeof(starts[0]); s++) {
+		const uint32_t c = starts[s];
+		struct tring *t = tring_new(16, c);
+		uint64_t e[8], forged[8];
+
+		/* The stamp of any other index, forged in that index's slot (for the expected slot:
+		 * its other laps). Nothing is ready. */
+		for (int64_t d = -80; d <= 80; d++) {
+			uint32_t j = c + (uint32_t)d;
+			if (j == c)
+				continue;
+			forge_stamp(t, j, stamp_of(j));
+			assert_not_ready(t, c);
+			forge_stamp(t, j, 0);
+		}
+		uint32_t far[] = {0x10000u, 0x7ffffff0u, 0x80000000u, 0xfffffff0u, 0xffff0000u};
+		for (unsigned i = 0; i < sizeof(far) / sizeof(far[0]); i++) {
+			forge_stamp(t, c + far[i], stamp_of(c + far[i])); /* same slot, another lap */
+			assert_not_ready(t, c);
+		}
+		/* The right stamp in every wrong slot. */
+		for (uint32_t k = 1; k < 16; k++) {
+			forge_stamp(t, c + k, stamp_of(c));
+			assert_not_ready(t, c);
+			forge_stamp(t, c + k, 0);
+		}
+		/* Any value but stamp_of(c) in the expected slot: ready exactly for that one. */
+		uint32_t vals[] = {0, c, c ^ 1u, c + 1u, c - 1u, stamp_of(c) + 2u, stamp_of(c) - 2u,
+				   ~stamp_of(c), c ^ 0x80000000u, 1, UINT32_MAX, 0xa5a5a5a5u};
+		for (unsigned i = 0; i < sizeof(vals) / sizeof(vals[0]); i++) {
+			forge_stamp(t, c, vals[i]);
+			if (vals[i] == stamp_of(c))
+				assert_int_equal(lb_ring_sc_peek(&t->c), 1);
+			else
+				assert_not_ready(t, c);
+		}
+		for (unsigned b = 0; b < 32; b++) { /* one bit off */
+			forge_stamp(t, c, stamp_of(c) ^ (1u << b));
+			assert_not_ready(t, c);
+		}
+		for (unsigned i = 0; i < 20000; i++) {
+			uint32_t v = (uint32_t)rand() * 2654435761u ^ (uint32_t)rand();
+			forge_stamp(t, c, v);
+			assert_int_equal(lb_ring_sc_peek(&t->c), v == stamp_of(c));
+		}
+		forge_stamp(t, c, 0);
+		assert_not_ready(t, c);
+
+		/* The forged entry: read as an entry, without prod moving, exactly once. */
+		mk(forged, 0xf00d);
+		memcpy(slot_of(t, c), forged, MSG);
+		forge_stamp(t, c, stamp_of(c));
+		assert_int_equal(atomic_load(&t->p.sh->prod), c);
+		assert_int_equal(lb_ring_sc_peek(&t->c), 1);
+		assert_int_equal(lb_ring_sc_pop(&t->c, e), 1);
+		assert_memory_equal(e, forged, MSG);
+		assert_int_equal((uint32_t)(e[7] >> 32), stamp_of(c));
+		assert_int_equal(t->c.local, c + 1u);
+		assert_int_equal(atomic_load(&t->c.sh->cons), c + 1u);
+		assert_not_ready(t, c + 1u); /* its stamp stays, but it is for c, not c + 1 */
+
+		/* A real producer takes over after it: two laps, the forged slot rewritten. */
+		t->p.local = c + 1u;
+		for (uint64_t k = 0; k < 32; k += 8) {
+			for (uint64_t i = 0; i < 8; i++)
+				push_k(t, k + i);
+			for (uint64_t i = 0; i < 8; i++)
+				pop_k(t, k + i);
+		}
+		assert_empty(t);
+		assert_guards(t);
+		tring_free(t);
+	}
+}
+
 /* ---- hostile indices ---- */
 
-/* A producer index more than the ring holds ahead (or behind: "ahead" by ~2^32) is refused
- * with -EPROTO by peek, pop and wait, and nothing is read or released. */
+/* The consumer never reads prod: a producer index set anywhere (far ahead, a full ring ahead,
+ * behind, or just one ahead) makes no entry ready; nothing is read, taken or waited for. Real
+ * entries behind a lying prod come out as usual, in order. */
 static void test_hostile_producer_index(void **state)
 {
 	(void)state;
-	uint32_t starts[] = {0, 1000, UINT32_MAX - 3};
-	uint32_t ahead[] = {17, 18, 100, 65537, 0x7fffffffu, 0x80000000u, 0xfffffff0u, UINT32_MAX};
+	uint32_t starts[] = {0, 1000, UINT32_MAX - 3, UINT32_MAX};
+	uint32_t ahead[] = {1, 2, 15, 16, 17, 18, 100, 65537, 0x7fffffffu, 0x80000000u, 0xfffffff0u,
+			    UINT32_MAX};
 
-	for (unsigned s = 0; s < 3; s++) {
+	for (unsigned s = 0; s < sizeof(starts) / sizeof(starts[0]); s++) {
 		for (unsigned a = 0; a < sizeof(ahead) / sizeof(ahead[0]); a++) {
 			struct tring *t = tring_new(16, starts[s]);
-			uint64_t e[8];
+			const uint32_t bogus = starts[s] + ahead[a];
 
-			atomic_store(&t->p.sh->prod, starts[s] + ahead[a]);
-			memset(e, 0x5a, sizeof(e));
-			assert_int_equal(lb_ring_sc_peek(&t->c), -EPROTO);
-			assert_int_equal(lb_ring_sc_pop(&t->c, e), -EPROTO);
-			assert_int_equal(lb_ring_sc_wait(&t->c, 0, MS), -EPROTO);
-			assert_int_equal(lb_ring_sc_wait(&t->c, 1000, 0), -EPROTO);
-			for (unsigned i = 0; i < 8; i++)
-				assert_int_equal(e[i], 0x5a5a5a5a5a5a5a5aull); /* nothing copied out */
-			assert_int_equal(t->c.local, starts[s]);              /* nothing taken */
-			assert_int_equal(atomic_load(&t->p.sh->cons), starts[s]);
+			atomic_store(&t->p.sh->prod, bogus);
+			assert_not_ready(t, starts[s]);
+			assert_int_equal(lb_ring_sc_wait(&t->c, 0, MS), 0);
+			assert_int_equal(lb_ring_sc_wait(&t->c, 1000, MS), 0);
+			assert_not_ready(t, starts[s]);
 			assert_int_equal(atomic_load(&t->p.sh->sleeping), 0);
+
+			/* Three real entries, prod set back to the lie after each push. */
+			for (uint64_t k = 0; k < 3; k++) {
+				push_k(t, k);
+				atomic_store(&t->p.sh->prod, bogus);
+			}
+			assert_int_equal(lb_ring_sc_wait(&t->c, 0, MS), 1);
+			for (uint64_t k = 0; k < 3; k++)
+				pop_k(t, k);
+			assert_empty(t);
+			assert_int_equal(atomic_load(&t->p.sh->prod), bogus);
+			assert_guards(t);
 			tring_free(t);
 		}
-		/* The boundary: exactly a full ring ahead is legitimate. */
-		struct tring *t = tring_new(16, starts[s]);
-		atomic_store(&t->p.sh->prod, starts[s] + 16);
-		assert_int_equal(lb_ring_sc_peek(&t->c), 16);
-		tring_free(t);
 	}
 }
 
@@ -310,11 +540,16 @@ static void test_hostile_consumer_index(void **state)
 		atomic_store(&t->p.sh->prod, prod);
 		atomic_store(&t->p.sh->cons, cons);
 		mk(e, i);
+		uint8_t before[64];
+		memcpy(before, slot_of(t, prod), 64);
 		bool ok = lb_ring_sp_push(&t->p, e);
 		assert_int_equal(ok, prod - cons <= 7u);
 		if (ok) {
-			assert_memory_equal((uint8_t *)t->ring + LB_RING_HDR_SIZE + (prod & 7) * 64u, e, 64);
+			assert_memory_equal(slot_of(t, prod), e, MSG);
+			assert_int_equal(slot_stamp(t, prod), stamp_of(prod));
 			assert_int_equal(atomic_load(&t->p.sh->prod), prod + 1);
+		} else {
+			assert_memory_equal(slot_of(t, prod), before, 64); /* not even the stamp */
 		}
 	}
 	assert_guards(t);
@@ -503,7 +738,8 @@ static void test_wake_sleeping_consumer(void **state)
 	assert_true(st == 'S' || st == '?'); /* '?': no /proc to ask */
 	assert_true(pushed);
 	assert_int_equal(w.n, 1);
-	assert_memory_equal(w.got, e, sizeof(e));
+	assert_memory_equal(w.got, e, MSG);
+	assert_int_equal((uint32_t)(w.got[7] >> 32), stamp_of(0));
 	assert_true(w.woke_ns - t0 < 1000 * MS); /* woken, not timed out after 10 s */
 	assert_int_equal(atomic_load(&w.t->c.sh->doorbell), 1);
 	assert_int_equal(atomic_load(&w.t->c.sh->sleeping), 0);
@@ -521,8 +757,8 @@ static void test_wake_without_sleeper(void **state)
 	assert_int_equal(atomic_load(&t->p.sh->doorbell), 0);
 	/* Entries already there: wait returns them at once, with or without a limit. */
 	push_k(t, 2);
-	assert_int_equal(lb_ring_sc_wait(&t->c, 0, 0), 2);
-	assert_int_equal(lb_ring_sc_wait(&t->c, 1000000, 0), 2);
+	assert_int_equal(lb_ring_sc_wait(&t->c, 0, 0), 1);
+	assert_int_equal(lb_ring_sc_wait(&t->c, 1000000, 0), 1);
 	pop_k(t, 1);
 	pop_k(t, 2);
 	tring_free(t);
@@ -660,6 +896,8 @@ int main(void)
 		cmocka_unit_test(test_full_and_empty),
 		cmocka_unit_test(test_min_and_max_sizes),
 		cmocka_unit_test(test_index_wraparound),
+		cmocka_unit_test(test_fresh_ring_is_empty_at_every_index),
+		cmocka_unit_test(test_forged_stamps),
 		cmocka_unit_test(test_hostile_producer_index),
 		cmocka_unit_test(test_hostile_consumer_index),
 		cmocka_unit_test(test_region_layout_examples),

@@ -3,9 +3,8 @@
  *
  * Trust: the region is writable by the client, so the daemon treats every byte of it as
  * hostile. Each side keeps its own private copy of the layout (struct lb_ring_view) and never
- * re-reads sizes or offsets from shared memory; the only shared words a side reads are the
- * other side's index and the entries, and the consumer checks the producer's index before
- * trusting it (lb_ring_sc_peek). */
+ * re-reads sizes or offsets from shared memory; the shared words a side reads are the entries
+ * (with their stamps), the consumer's index and the doorbell. Never an index to address with. */
 #ifndef LAYERBANK_RING_H
 #define LAYERBANK_RING_H
 
@@ -76,7 +75,9 @@ struct lb_req {
 	uint64_t lease;      /* RELEASE, REPORT: a lease from a hit or an insert */
 	uint32_t payload_off; /* offset of the payload inside the staging buffer */
 	uint32_t payload_len; /* bytes of payload; 0 when the opcode has none */
-	uint64_t reserved[3]; /* must be 0 */
+	uint64_t reserved[2]; /* must be 0 */
+	uint32_t reserved2;   /* must be 0 */
+	uint32_t stamp;       /* the ring's (LB_RING_STAMP_OFF): not part of the message */
 };
 _Static_assert(sizeof(struct lb_req) == LB_RING_ENTRY_SIZE, "abi");
 _Static_assert(offsetof(struct lb_req, user_data) == 8, "abi");
@@ -84,6 +85,7 @@ _Static_assert(offsetof(struct lb_req, seq_len) == 16, "abi");
 _Static_assert(offsetof(struct lb_req, lease) == 24, "abi");
 _Static_assert(offsetof(struct lb_req, payload_off) == 32, "abi");
 _Static_assert(offsetof(struct lb_req, reserved) == 40, "abi");
+_Static_assert(offsetof(struct lb_req, stamp) == 60, "abi");
 
 /* Completion: daemon -> client. */
 struct lb_cpl {
@@ -96,13 +98,16 @@ struct lb_cpl {
 	uint64_t entry_off;  /* hit/insert: offset of struct lb_entry_hdr in the arena */
 	uint32_t hamming;    /* hit: fingerprint distance to the entry (0 for an exact match) */
 	uint32_t reserved0;
-	uint64_t reserved[3];
+	uint64_t reserved[2];
+	uint32_t reserved1;
+	uint32_t stamp;      /* the ring's (LB_RING_STAMP_OFF) */
 };
 _Static_assert(sizeof(struct lb_cpl) == LB_RING_ENTRY_SIZE, "abi");
 _Static_assert(offsetof(struct lb_cpl, status) == 8, "abi");
 _Static_assert(offsetof(struct lb_cpl, lease) == 16, "abi");
 _Static_assert(offsetof(struct lb_cpl, entry_off) == 24, "abi");
 _Static_assert(offsetof(struct lb_cpl, hamming) == 32, "abi");
+_Static_assert(offsetof(struct lb_cpl, stamp) == 60, "abi");
 
 #define LB_FP_WORDS 4 /* 256-bit SimHash */
 #define LB_MAX_NDIM 4
@@ -207,7 +212,7 @@ struct lb_ring_view {
 	uint8_t *entries; /* [mask + 1][LB_RING_ENTRY_SIZE] */
 	uint32_t mask;
 	uint32_t local;   /* producer: our prod; consumer: our cons (never read back from sh) */
-	uint32_t cached;  /* producer: last cons seen; consumer: last prod seen */
+	uint32_t cached;  /* producer: last cons seen */
 };
 
 static inline void lb_ring_view_init(struct lb_ring_view *v, void *ring, uint32_t entries)
@@ -229,7 +234,28 @@ static inline bool lb_ring_sp_space(struct lb_ring_view *v)
 	return v->local - v->cached <= v->mask;
 }
 
-/* Producer: copy one 64-byte entry in. @return false when the ring is full. */
+/*
+ * Each slot's last 4 bytes are the ring's stamp: the producer writes the entry, then the stamp
+ * of its index with release; the consumer finds the next entry ready when that slot carries
+ * the stamp of the index it expects. So the consumer learns of an entry from the entry's own
+ * cache line and never reads `prod` (a line fewer to move between cores per message), and a
+ * hostile producer index cannot mislead it. A stamp is never 0 (a fresh, zeroed slot) and
+ * differs between laps: the index with its low bit set, as ring sizes are even.
+ */
+#define LB_RING_STAMP_OFF 60u
+static inline uint32_t lb_ring_stamp(uint32_t index)
+{
+	return index | 1u;
+}
+
+static inline _Atomic uint32_t *lb_ring_slot_stamp(const struct lb_ring_view *v, uint32_t index)
+{
+	return (_Atomic uint32_t *)(v->entries + (size_t)(index & v->mask) * LB_RING_ENTRY_SIZE +
+				    LB_RING_STAMP_OFF);
+}
+
+/* Producer: copy one 64-byte entry in (its stamp bytes are ignored). @return false when the
+ * ring is full. */
 static inline bool lb_ring_sp_push(struct lb_ring_view *v, const void *entry)
 {
 	/* A corrupt cons (hostile peer) can only make the ring look full: the distance is
@@ -237,29 +263,22 @@ static inline bool lb_ring_sp_push(struct lb_ring_view *v, const void *entry)
 	if (!lb_ring_sp_space(v))
 		return false;
 	memcpy(v->entries + (size_t)(v->local & v->mask) * LB_RING_ENTRY_SIZE, entry,
-	       LB_RING_ENTRY_SIZE);
+	       LB_RING_STAMP_OFF);
+	/* R2: pairs with A2 in lb_ring_sc_peek: the entry is written before its stamp. */
+	atomic_store_explicit(lb_ring_slot_stamp(v, v->local), lb_ring_stamp(v->local),
+			      memory_order_release);
 	v->local++;
-	/* R2: pairs with A2 in lb_ring_sc_peek: the entry is written before prod moves. */
-	atomic_store_explicit(&v->sh->prod, v->local, memory_order_release);
+	/* For observers only (tools, tests): no consumer waits on it. */
+	atomic_store_explicit(&v->sh->prod, v->local, memory_order_relaxed);
 	return true;
 }
 
-/*
- * Consumer: at least this many entries are ready (0 when empty; the count may lag behind the
- * producer, never run ahead of it). @return -EPROTO when the producer's index
- * is impossible (more than the ring holds): the peer is broken or hostile.
- */
-static inline int64_t lb_ring_sc_peek(struct lb_ring_view *v)
+/* Consumer: 1 when the next entry is ready, else 0. */
+static inline int64_t lb_ring_sc_peek(const struct lb_ring_view *v)
 {
-	uint32_t n = v->cached - v->local;
-	if (n == 0) {
-		/* A2: pairs with R2 in lb_ring_sp_push. */
-		v->cached = atomic_load_explicit(&v->sh->prod, memory_order_acquire);
-		n = v->cached - v->local;
-	}
-	if (n > v->mask + 1)
-		return -EPROTO;
-	return n;
+	/* A2: pairs with R2 in lb_ring_sp_push. */
+	return atomic_load_explicit(lb_ring_slot_stamp(v, v->local), memory_order_acquire) ==
+	       lb_ring_stamp(v->local);
 }
 
 /* Consumer: copy the oldest ready entry out (call lb_ring_sc_peek first). Copying before use
@@ -278,12 +297,11 @@ static inline void lb_ring_sc_release(struct lb_ring_view *v)
 	atomic_store_explicit(&v->sh->cons, v->local, memory_order_release);
 }
 
-/* Consumer: pop one entry. @return 1, 0 when empty, -EPROTO (see lb_ring_sc_peek). */
+/* Consumer: pop one entry. @return 1, or 0 when empty. */
 static inline int lb_ring_sc_pop(struct lb_ring_view *v, void *out)
 {
-	int64_t n = lb_ring_sc_peek(v);
-	if (n <= 0)
-		return (int)n;
+	if (!lb_ring_sc_peek(v))
+		return 0;
 	lb_ring_sc_copy(v, out);
 	lb_ring_sc_release(v);
 	return 1;
@@ -300,7 +318,7 @@ static inline long lb_futex(_Atomic uint32_t *word, int op, uint32_t val, const 
 /* Producer, after pushing: wake the consumer only if it said it may sleep. */
 static inline void lb_ring_sp_wake(struct lb_ring_view *v)
 {
-	/* F1: pairs with F2 in lb_ring_sc_wait: either the consumer sees our prod, or we see its
+	/* F1: pairs with F2 in lb_ring_sc_wait: either the consumer sees our stamp, or we see its
 	 * sleeping flag (store-load ordering needs a full fence on both sides). */
 	atomic_thread_fence(memory_order_seq_cst);
 	if (atomic_load_explicit(&v->sh->sleeping, memory_order_relaxed)) {
@@ -320,6 +338,8 @@ static inline void lb_cpu_relax(void)
 #endif
 }
 
+#define LB_SPIN_CHECK 32u /* polls between looks at the clock while spinning */
+
 static inline uint64_t lb_now_ns(void)
 {
 	struct timespec ts;
@@ -329,19 +349,20 @@ static inline uint64_t lb_now_ns(void)
 
 /*
  * Consumer: wait until an entry is ready: spin spin_ns, then sleep on the doorbell for at most
- * timeout_ns (0: no limit). @return entries ready (> 0), 0 on time-out, -EPROTO.
+ * timeout_ns (0: no limit). @return 1 when ready, 0 on time-out.
  */
 static inline int64_t lb_ring_sc_wait(struct lb_ring_view *v, uint64_t spin_ns, uint64_t timeout_ns)
 {
 	uint64_t start = lb_now_ns(), now;
 	int64_t n;
 
-	for (;;) {
+	/* Look at the clock once per LB_SPIN_CHECK polls: reading it costs as much as a poll,
+	 * and every poll it delays is latency added to the round trip. */
+	for (unsigned i = 1;; i++) {
 		n = lb_ring_sc_peek(v);
 		if (n != 0)
 			return n;
-		now = lb_now_ns();
-		if (now - start >= spin_ns)
+		if (spin_ns == 0 || (i % LB_SPIN_CHECK == 0 && lb_now_ns() - start >= spin_ns))
 			break;
 		lb_cpu_relax();
 	}
