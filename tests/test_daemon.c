@@ -161,23 +161,6 @@ static void test_hugepage_shortage_require_fails_try_falls_back(void **state)
 	assert_non_null(strstr(out, "4096"));
 }
 
-static long cpu_ticks(pid_t pid)
-{
-	char path[64], buf[1024];
-	unsigned long ut, stt;
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	FILE *f = fopen(path, "r");
-	assert_non_null(f);
-	size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	/* Fields after the ")" closing comm: state is field 3, utime 14, stime 15. */
-	char *p = strrchr(buf, ')');
-	assert_non_null(p);
-	assert_int_equal(sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &stt), 2);
-	return (long)(ut + stt);
-}
-
 /* Acceptance 3: an idle daemon sleeps in io_uring: no CPU over a second. */
 static void test_idle_daemon_uses_no_cpu(void **state)
 {
@@ -189,9 +172,10 @@ static void test_idle_daemon_uses_no_cpu(void **state)
 	assert_int_equal(lb_connect(env.sock, "idle-test", &c), 0);
 	lb_close(c);
 	usleep(200 * 1000);
-	long before = cpu_ticks(pid);
+	long before = lbt_cpu_ticks(pid);
+	assert_true(before >= 0);
 	sleep(1);
-	long after = cpu_ticks(pid);
+	long after = lbt_cpu_ticks(pid);
 	printf("idle daemon CPU over 1 s: %ld ticks\n", after - before);
 	assert_true(after - before <= 1);
 	assert_int_equal(lbt_daemon_stop(pid), 0);

@@ -286,3 +286,24 @@ int lbt_hugepages_ensure(long n, const char **why)
 	*why = text;
 	return 0;
 }
+
+long lbt_cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024];
+	unsigned long ut, stt;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* Fields after the ")" closing comm: state is field 3, utime 14, stime 15. */
+	char *p = strrchr(buf, ')');
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &stt) != 2)
+		return -1;
+	return (long)(ut + stt);
+}

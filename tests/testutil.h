@@ -60,6 +60,9 @@ int lbt_alive(pid_t pid);
  */
 int lbt_run(const char *const *argv, char *out, size_t n);
 
+/* CPU time (user + system, in clock ticks) pid has used; -1 when unreadable. */
+long lbt_cpu_ticks(pid_t pid);
+
 /* Print a file to stdout (a daemon log when a test fails). */
 void lbt_cat(const char *path);
 
