@@ -649,7 +649,7 @@ static void test_too_many_leases_is_ebusy(void **state)
 	struct lb_client *c = client("greedy");
 	uint32_t id = reg(c);
 	struct lb_key k;
-	struct lb_hit h, first;
+	struct lb_hit h, first = { 0 };
 	struct lb_stats st;
 
 	key_make(&k, 4096, E_SEQ);
