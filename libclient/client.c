@@ -299,6 +299,41 @@ LB_EXPORT int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size)
 	return 0;
 }
 
+LB_EXPORT int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name,
+			     struct lb_layer_stats *out, uint32_t max)
+{
+	struct lbp_msg req = { .type = LBP_MODEL_STATS }, rep;
+	uint32_t first = 0, n_layers = 0;
+	int ret;
+
+	if (model_id == 0 || (max && !out))
+		return -EINVAL;
+	/* The daemon answers in pages of at most LBP_MAX_STATS_LAYERS layers. */
+	do {
+		req.u.mstats.model_id = model_id;
+		req.u.mstats.first_layer = first;
+		ret = call(c, &req, &rep, NULL, 0, NULL);
+		if (ret < 0)
+			return ret;
+		if (rep.type != LBP_MODEL_STATS_REPLY || rep.u.mstats_reply.first_layer != first)
+			return -EPROTO;
+		const struct lbp_model_stats_reply *r = &rep.u.mstats_reply;
+		n_layers = r->n_layers;
+		if (first == 0 && name)
+			memcpy(name, r->name, LB_NAME_MAX + 1);
+		for (uint32_t i = 0; i < r->n && first + i < max; i++) {
+			const struct lbp_layer_stats *l = &r->layers[i];
+			out[first + i] = (struct lb_layer_stats){ l->hits, l->misses, l->inserts,
+								  l->evictions, l->entries, l->bytes,
+								  l->leases };
+		}
+		if (r->n == 0)
+			break;
+		first += r->n;
+	} while (first < n_layers && first < max);
+	return (int)n_layers;
+}
+
 LB_EXPORT unsigned lb_arena_count(const struct lb_client *c)
 {
 	return c->n_arenas;

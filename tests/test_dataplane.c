@@ -1688,6 +1688,62 @@ static void test_stalled_completion_ring_does_not_block_others(void **state)
 	stop_daemon();
 }
 
+/* ---- per-layer counters ---- */
+
+/* MODEL_STATS: a deepest hit at L counts for layers 0..L, a miss for the layers above;
+ * inserts, entries, bytes and leases per layer; paging past 64 layers. */
+static void test_per_layer_counters(void **state)
+{
+	(void)state;
+	START_DAEMON("--threads", "1");
+	struct lb_client *c = client("layers");
+	uint32_t id = reg(c);
+	struct lb_layer_stats ls[8];
+	char name[LB_NAME_MAX + 1];
+	struct lb_key k;
+	struct lb_hit h;
+
+	key_make(&k, 4242, E_SEQ);
+	for (uint32_t l = 0; l < 3; l++)
+		assert_int_equal(insert_gen(c, id, l, &k, HIDDEN, 4242 + l), 0);
+	assert_int_equal(lb_lookup_deepest(c, id, &k, NULL, 0, &h), 0); /* deepest: layer 2 */
+	assert_int_equal(h.layer, 2);
+	int n = lb_model_stats(c, id, name, ls, 8);
+	assert_int_equal(n, (int)model.n_layers);
+	assert_string_equal(name, model.name);
+	for (uint32_t l = 0; l < model.n_layers && l < 8; l++) {
+		assert_int_equal(ls[l].hits, l <= 2 ? 1 : 0);
+		assert_int_equal(ls[l].misses, l <= 2 ? 0 : 1);
+		assert_int_equal(ls[l].inserts, l <= 2 ? 1 : 0);
+		assert_int_equal(ls[l].entries, l <= 2 ? 1 : 0);
+		assert_int_equal(ls[l].leases, l == 2 ? 1 : 0);
+		assert_true(l <= 2 ? ls[l].bytes >= (uint64_t)E_SEQ * HIDDEN * 4 : ls[l].bytes == 0);
+	}
+	assert_int_equal(lb_release(c, h.lease), 0);
+	assert_int_equal(lb_model_stats(c, id, NULL, ls, 8), (int)model.n_layers);
+	assert_int_equal(ls[2].leases, 0);
+	assert_int_equal(lb_model_stats(c, 999, NULL, ls, 8), -ESRCH);
+
+	/* A model of 100 layers comes back in two pages. */
+	struct lb_model_desc big = model;
+	big.name = "deep";
+	big.n_layers = 100;
+	uint32_t deep;
+	assert_int_equal(lb_register_model(c, &big, &deep), 0);
+	struct lb_key kd;
+	key_make(&kd, 777, E_SEQ);
+	assert_int_equal(insert_gen(c, deep, 99, &kd, HIDDEN, 777), 0);
+	struct lb_layer_stats *all = calloc(100, sizeof(*all));
+	assert_int_equal(lb_model_stats(c, deep, name, all, 100), 100);
+	assert_string_equal(name, "deep");
+	assert_int_equal(all[99].inserts, 1);
+	assert_int_equal(all[98].inserts, 0);
+	assert_int_equal(all[0].inserts, 0);
+	free(all);
+	bye(c);
+	stop_daemon();
+}
+
 /* ---- a client cannot resize its region under the daemon ---- */
 
 /* The region memfd is sealed against shrinking: a shrink would make the daemon's next access
@@ -1849,6 +1905,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_storm_of_processes_never_reads_a_wrong_byte, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_stalled_completion_ring_does_not_block_others, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_region_cannot_be_resized, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_per_layer_counters, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_spin_us_0_round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_async_batch_of_64_lookups, setup, teardown),
 	};

@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "layerbank/layerbank.h"
@@ -21,9 +22,56 @@ static void usage(FILE *out)
 		     "  -h, --help         this text\n");
 }
 
-static int print_stats_json(const struct lb_stats *st)
+#define MAX_LAYERS 1024
+
+struct model_view {
+	uint32_t id, n_layers;
+	char name[LB_NAME_MAX + 1];
+	struct lb_layer_stats layer[MAX_LAYERS];
+};
+
+static json_object *model_json(const struct model_view *m)
 {
-	json_object *o = json_object_new_object();
+	json_object *o = json_object_new_object(), *layers = json_object_new_array();
+	json_object_object_add(o, "id", json_object_new_uint64(m->id));
+	json_object_object_add(o, "name", json_object_new_string(m->name));
+	json_object_object_add(o, "n_layers", json_object_new_uint64(m->n_layers));
+	for (uint32_t l = 0; l < m->n_layers && l < MAX_LAYERS; l++) {
+		const struct lb_layer_stats *x = &m->layer[l];
+		json_object *j = json_object_new_object();
+		json_object_object_add(j, "hits", json_object_new_uint64(x->hits));
+		json_object_object_add(j, "misses", json_object_new_uint64(x->misses));
+		json_object_object_add(j, "inserts", json_object_new_uint64(x->inserts));
+		json_object_object_add(j, "evictions", json_object_new_uint64(x->evictions));
+		json_object_object_add(j, "entries", json_object_new_uint64(x->entries));
+		json_object_object_add(j, "bytes", json_object_new_uint64(x->bytes));
+		json_object_object_add(j, "leases", json_object_new_uint64(x->leases));
+		json_object_array_add(layers, j);
+	}
+	json_object_object_add(o, "layers", layers);
+	return o;
+}
+
+static void model_table(const struct model_view *m)
+{
+	printf("\nmodel %u '%s', %u layers\n", m->id, m->name, m->n_layers);
+	printf("  %5s %10s %10s %6s %9s %9s %8s %9s %7s\n", "layer", "hits", "misses", "hit%",
+	       "inserts", "evicted", "entries", "MiB", "leases");
+	for (uint32_t l = 0; l < m->n_layers && l < MAX_LAYERS; l++) {
+		const struct lb_layer_stats *x = &m->layer[l];
+		uint64_t n = x->hits + x->misses;
+		printf("  %5u %10" PRIu64 " %10" PRIu64 " %6.1f %9" PRIu64 " %9" PRIu64 " %8" PRIu64
+		       " %9.1f %7" PRIu64 "\n", l, x->hits, x->misses,
+		       n ? 100.0 * (double)x->hits / (double)n : 0.0, x->inserts, x->evictions,
+		       x->entries, (double)x->bytes / (1 << 20), x->leases);
+	}
+}
+
+static int print_stats_json(const struct lb_stats *st, const struct model_view *mv, uint32_t n_models)
+{
+	json_object *o = json_object_new_object(), *models = json_object_new_array();
+	for (uint32_t i = 0; i < n_models; i++)
+		json_object_array_add(models, model_json(&mv[i]));
 	json_object_object_add(o, "page_size", json_object_new_uint64(st->page_size));
 	json_object_object_add(o, "arena_bytes", json_object_new_uint64(st->arena_bytes));
 	json_object_object_add(o, "numa_nodes", json_object_new_uint64(st->numa_nodes));
@@ -44,6 +92,7 @@ static int print_stats_json(const struct lb_stats *st)
 	json_object_object_add(o, "bytes_used", json_object_new_uint64(st->bytes_used));
 	json_object_object_add(o, "bytes_budget", json_object_new_uint64(st->bytes_budget));
 	json_object_object_add(o, "fragmentation", json_object_new_double(st->fragmentation));
+	json_object_object_add(o, "per_model", models);
 	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
 	return 0;
@@ -97,10 +146,27 @@ static int cmd_stats(const char *sock, int argc, char **argv)
 		lb_close(c);
 		return 1;
 	}
+	/* Model ids are 1..models, never reused. */
+	struct model_view *mv = calloc(st.models ? st.models : 1, sizeof(*mv));
+	uint32_t n_models = 0;
+	for (uint32_t id = 1; mv && id <= st.models; id++) {
+		struct model_view *m = &mv[n_models];
+		ret = lb_model_stats(c, id, m->name, m->layer, MAX_LAYERS);
+		if (ret < 0)
+			continue; /* registered, but its bank could not be made */
+		m->id = id;
+		m->n_layers = (uint32_t)ret;
+		n_models++;
+	}
 	lb_close(c);
-	if (json)
-		return print_stats_json(&st);
-	print_stats_table(&st);
+	if (json) {
+		print_stats_json(&st, mv, n_models);
+	} else {
+		print_stats_table(&st);
+		for (uint32_t i = 0; i < n_models; i++)
+			model_table(&mv[i]);
+	}
+	free(mv);
 	return 0;
 }
 

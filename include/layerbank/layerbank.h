@@ -88,6 +88,25 @@ struct lb_stats {
  */
 int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size);
 
+/* Counters of one layer of one model. */
+struct lb_layer_stats {
+	uint64_t hits;      /* lookups that reused this layer (a deepest hit at L counts 0..L) */
+	uint64_t misses;    /* lookups that could not reuse it */
+	uint64_t inserts;
+	uint64_t evictions;
+	uint64_t entries;   /* cached now */
+	uint64_t bytes;     /* arena bytes of those entries */
+	uint64_t leases;    /* held now */
+};
+
+/*
+ * Per-layer counters of model model_id: name (LB_NAME_MAX + 1 bytes, may be NULL) and up to
+ * max layers into out. @return the model's layer count (which may exceed max; only max were
+ * filled); -ESRCH (no such model); -EPIPE/-ECONNRESET; -EPROTO.
+ */
+int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name, struct lb_layer_stats *out,
+		   uint32_t max);
+
 /* Number of arenas mapped and the read-only base and size of arena i (NULL when out of range). */
 unsigned lb_arena_count(const struct lb_client *c);
 const void *lb_arena_base(const struct lb_client *c, unsigned i, size_t *bytes);
