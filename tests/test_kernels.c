@@ -1,0 +1,514 @@
+/* lbk_* kernels: every AVX-512 variant against its plain-C reference on odd sizes, the forced
+ * scalar dispatch path, threaded packed GEMM, and the norms/RoPE against double-precision
+ * formulas. Prints GEMM GFLOP/s on the BERT-base shapes and m=1 GEMV GB/s (no timed asserts). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels.h"
+
+static const int64_t odd[] = { 1, 7, 17, 65, 129 };
+#define N_ODD ((int)(sizeof(odd) / sizeof(odd[0])))
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+/* Uniform in [-1, 1), deterministic. */
+static float frand(void)
+{
+	rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+	return (float)((double)(rng_state >> 40) / (double)(1ull << 24)) * 2.0f - 1.0f;
+}
+
+static float *rand_buf(int64_t n, float scale, float offset)
+{
+	float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+	assert_non_null(p);
+	for (int64_t i = 0; i < n; i++)
+		p[i] = frand() * scale + offset;
+	return p;
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* Fails with the first element where |got - want| > rel * (abs + |want|). */
+static void expect_close(const float *got, const float *want, int64_t n, double rel, double abs,
+			 const char *what)
+{
+	for (int64_t i = 0; i < n; i++) {
+		double d = fabs((double)got[i] - (double)want[i]);
+		double tol = rel * (abs + fabs((double)want[i]));
+		if (!(d <= tol)) {
+			fail_msg("%s: element %lld: got %.9g want %.9g (|diff| %.3g > tol %.3g)", what,
+				 (long long)i, (double)got[i], (double)want[i], d, tol);
+		}
+	}
+}
+
+/*
+ * Dot-product tolerance: |fast - ref| <= 4e-6 * sqrt(k) * (1 + |ref|), inputs in [-1, 1].
+ * Both sums are fp32 in different orders (sequential vs 16 lanes + FMA). Each rounds ~k partial
+ * sums of size O(sqrt(k)) here, so the difference is a random walk of about
+ * FLT_EPSILON * sqrt(k) * sqrt(k) / 3; |ref| is itself ~sqrt(k)/3, and the "1 +" covers outputs
+ * that cancel to near 0. 4e-6 is about 32 FLT_EPSILON: margin for the unlucky elements without
+ * hiding an indexing bug (those are O(1) off).
+ */
+static double dot_tol(int64_t k)
+{
+	return 4e-6 * sqrt((double)k);
+}
+
+static void test_isa_force(void **state)
+{
+	(void)state;
+	enum lbk_isa best = lbk_isa();
+	printf("lbk_isa: %s\n", best == LBK_ISA_AVX512 ? "avx512"
+			       : best == LBK_ISA_AVX2	? "avx2"
+							: "scalar");
+	if (best < LBK_ISA_AVX512)
+		printf("note: no AVX-512 here; fast variants run their scalar fallbacks\n");
+	lbk_force_isa(LBK_ISA_SCALAR);
+	assert_int_equal(lbk_isa(), LBK_ISA_SCALAR);
+	lbk_force_isa(LBK_ISA_AVX512);
+	assert_int_equal(lbk_isa(), best);
+}
+
+/* ---- matmul and packed GEMM ---- */
+
+static void check_matmul(int64_t m, int64_t n, int64_t k, int with_bias)
+{
+	float *x = rand_buf(m * k, 1, 0), *w = rand_buf(n * k, 1, 0);
+	float *bias = with_bias ? rand_buf(n, 1, 0) : NULL;
+	float *y = rand_buf(m * n, 1, 0), *r = rand_buf(m * n, 1, 0);
+	char what[96];
+	snprintf(what, sizeof(what), "matmul m=%lld n=%lld k=%lld bias=%d isa=%d", (long long)m,
+		 (long long)n, (long long)k, with_bias, (int)lbk_isa());
+	lbk_matmul_ref(r, x, w, bias, m, n, k);
+	lbk_matmul(y, x, w, bias, m, n, k);
+	expect_close(y, r, m * n, dot_tol(k), 1.0, what);
+	free(x);
+	free(w);
+	free(bias);
+	free(y);
+	free(r);
+}
+
+static void test_matmul_odd(void **state)
+{
+	(void)state;
+	static const int64_t ms[] = { 1, 2, 3, 4, 5, 7, 17 };
+	for (int a = 0; a < (int)(sizeof(ms) / sizeof(ms[0])); a++)
+		for (int b = 0; b < N_ODD; b++)
+			for (int c = 0; c < N_ODD; c++)
+				check_matmul(ms[a], odd[b], odd[c], (a + b + c) & 1);
+	check_matmul(1, 33, 300, 1);
+	check_matmul(9, 100, 513, 0);
+}
+
+/* lbk_gemm with threads 1, 2 and 3 against the reference; thread counts must agree exactly
+ * (each output is computed by one thread with the same micro-kernel and k order). */
+static void check_gemm(int64_t m, int64_t n, int64_t k, int with_bias)
+{
+	float *x = rand_buf(m * k, 1, 0), *w = rand_buf(n * k, 1, 0);
+	float *bias = with_bias ? rand_buf(n, 1, 0) : NULL;
+	float *r = rand_buf(m * n, 1, 0);
+	float *y[3];
+	char what[96];
+	lbk_matmul_ref(r, x, w, bias, m, n, k);
+	struct lbk_packed *p = lbk_pack(w, n, k);
+	assert_non_null(p);
+	for (int t = 0; t < 3; t++) {
+		y[t] = rand_buf(m * n, 1, 0);
+		lbk_gemm(y[t], x, p, bias, m, t + 1);
+		snprintf(what, sizeof(what), "gemm m=%lld n=%lld k=%lld threads=%d isa=%d",
+			 (long long)m, (long long)n, (long long)k, t + 1, (int)lbk_isa());
+		expect_close(y[t], r, m * n, dot_tol(k), 1.0, what);
+	}
+	assert_memory_equal(y[0], y[1], (size_t)(m * n) * sizeof(float));
+	assert_memory_equal(y[0], y[2], (size_t)(m * n) * sizeof(float));
+	lbk_packed_free(p);
+	for (int t = 0; t < 3; t++)
+		free(y[t]);
+	free(x);
+	free(w);
+	free(bias);
+	free(r);
+}
+
+static void gemm_odd_sizes(void)
+{
+	static const int64_t ms[] = { 1, 7, 8, 9, 17, 65, 129 };
+	for (int a = 0; a < (int)(sizeof(ms) / sizeof(ms[0])); a++)
+		for (int b = 0; b < N_ODD; b++)
+			for (int c = 0; c < N_ODD; c++)
+				check_gemm(ms[a], odd[b], odd[c], (a + b + c) & 1);
+	/* k across the cache block (256), n across several 48-column panels */
+	check_gemm(13, 97, 257, 1);
+	check_gemm(16, 200, 600, 0);
+}
+
+static void test_gemm_odd(void **state)
+{
+	(void)state;
+	gemm_odd_sizes();
+}
+
+/* Regression guard for the forced-scalar dispatch path of every dispatched kernel family. */
+static void test_forced_scalar(void **state)
+{
+	(void)state;
+	lbk_force_isa(LBK_ISA_SCALAR);
+	gemm_odd_sizes();
+	check_matmul(7, 17, 65, 1);
+	check_matmul(1, 129, 129, 0);
+	lbk_force_isa(LBK_ISA_AVX512);
+}
+
+static void test_gemm_bert(void **state)
+{
+	(void)state;
+	static const int64_t shapes[3][2] = { { 768, 768 }, { 3072, 768 }, { 768, 3072 } };
+	const int64_t m = 128;
+	for (int s = 0; s < 3; s++) {
+		int64_t n = shapes[s][0], k = shapes[s][1];
+		float *x = rand_buf(m * k, 1, 0), *w = rand_buf(n * k, 1, 0);
+		float *bias = rand_buf(n, 1, 0);
+		float *y = rand_buf(m * n, 1, 0), *r = rand_buf(m * n, 1, 0);
+		struct lbk_packed *p = lbk_pack(w, n, k);
+		assert_non_null(p);
+		lbk_matmul_ref(r, x, w, bias, m, n, k);
+		for (int threads = 1; threads <= 2; threads++) {
+			char what[64];
+			snprintf(what, sizeof(what), "gemm bert n=%lld k=%lld threads=%d",
+				 (long long)n, (long long)k, threads);
+			lbk_gemm(y, x, p, bias, m, threads);
+			expect_close(y, r, m * n, dot_tol(k), 1.0, what);
+			int iters = 0;
+			double t0 = now_s(), dt;
+			do {
+				lbk_gemm(y, x, p, bias, m, threads);
+				iters++;
+				dt = now_s() - t0;
+			} while (dt < 0.4);
+			printf("gemm M=%lld N=%lld K=%lld threads=%d: %.1f GFLOP/s\n", (long long)m,
+			       (long long)n, (long long)k, threads,
+			       2.0 * (double)(m * n * k) * iters / dt / 1e9);
+		}
+		lbk_packed_free(p);
+		free(x);
+		free(w);
+		free(bias);
+		free(y);
+		free(r);
+	}
+}
+
+static void test_gemv_bandwidth(void **state)
+{
+	(void)state;
+	const int64_t n = 4096, k = 4096; /* 64 MiB of W: larger than the caches */
+	float *x = rand_buf(k, 1, 0), *w = rand_buf(n * k, 1, 0);
+	float *y = rand_buf(n, 1, 0), *r = rand_buf(n, 1, 0);
+	lbk_matmul_ref(r, x, w, NULL, 1, n, k);
+	lbk_matmul(y, x, w, NULL, 1, n, k);
+	expect_close(y, r, n, dot_tol(k), 1.0, "gemv 4096x4096");
+	int iters = 0;
+	double t0 = now_s(), dt;
+	do {
+		lbk_matmul(y, x, w, NULL, 1, n, k);
+		iters++;
+		dt = now_s() - t0;
+	} while (dt < 0.4);
+	printf("matmul m=1 N=%lld K=%lld: %.1f GB/s (%.1f GFLOP/s)\n", (long long)n, (long long)k,
+	       (double)(n * k) * 4.0 * iters / dt / 1e9, 2.0 * (double)(n * k) * iters / dt / 1e9);
+	free(x);
+	free(w);
+	free(y);
+	free(r);
+}
+
+/* ---- softmax, activations ---- */
+
+/*
+ * Softmax tolerance: relative (8 + 2 sqrt(n)) FLT_EPSILON. The exponentials differ by a few ulp
+ * (the AVX-512 polynomial against libm expf) and the normalising sums by the fp32 order
+ * (random walk ~sqrt(n) FLT_EPSILON); 1e-30 absolute for outputs that underflow to 0.
+ */
+static void check_softmax(int64_t n, float scale)
+{
+	float *a = rand_buf(n, scale, 0), *b = malloc((size_t)n * sizeof(float));
+	assert_non_null(b);
+	memcpy(b, a, (size_t)n * sizeof(float));
+	lbk_softmax(a, n);
+	lbk_softmax_ref(b, n);
+	double sum = 0;
+	for (int64_t i = 0; i < n; i++) {
+		assert_true(isfinite(a[i]) && a[i] >= 0.0f);
+		sum += a[i];
+	}
+	/* |sum - 1|: n roundings of the divided values, each <= FLT_EPSILON/2 relative */
+	assert_true(fabs(sum - 1.0) <= (double)n * FLT_EPSILON + 1e-6);
+	for (int64_t i = 0; i < n; i++) {
+		double d = fabs((double)a[i] - (double)b[i]);
+		double tol = (8.0 + 2.0 * sqrt((double)n)) * FLT_EPSILON * fabs((double)b[i]) + 1e-30;
+		if (!(d <= tol))
+			fail_msg("softmax n=%lld scale=%g [%lld]: %.9g vs %.9g", (long long)n,
+				 (double)scale, (long long)i, (double)a[i], (double)b[i]);
+	}
+	free(a);
+	free(b);
+}
+
+static void test_softmax(void **state)
+{
+	(void)state;
+	for (int i = 0; i < N_ODD; i++) {
+		check_softmax(odd[i], 1.0f);
+		check_softmax(odd[i], 10.0f);
+		check_softmax(odd[i], 1e4f); /* large inputs: exp of huge negatives underflows to 0 */
+	}
+	check_softmax(1000, 3.0f);
+	float one[1] = { 1e4f };
+	lbk_softmax(one, 1);
+	assert_true(one[0] == 1.0f);
+}
+
+/*
+ * SiLU-gate and GELU: per element, relative 4e-6 with 1 absolute (|diff| <= 4e-6 (1 + |ref|)):
+ * a few ulp from the exp polynomial and the tanh-through-exp identity, whose cancellation near
+ * tanh = 0 or 1 + tanh = 0 is absolute, about FLT_EPSILON times |x| <= 10 here.
+ */
+static void test_activations(void **state)
+{
+	(void)state;
+	for (int i = 0; i < N_ODD; i++) {
+		int64_t n = odd[i];
+		float *h = rand_buf(n, 10, 0), *g = rand_buf(n, 1, 0);
+		float *h2 = malloc((size_t)n * sizeof(float));
+		assert_non_null(h2);
+		memcpy(h2, h, (size_t)n * sizeof(float));
+		lbk_silu_mul(h, g, n);
+		lbk_silu_mul_ref(h2, g, n);
+		expect_close(h, h2, n, 4e-6, 1.0, "silu_mul");
+		float *x = rand_buf(n, 10, 0);
+		memcpy(h2, x, (size_t)n * sizeof(float));
+		lbk_gelu(x, n);
+		lbk_gelu_ref(h2, n);
+		expect_close(x, h2, n, 4e-6, 1.0, "gelu");
+		free(h);
+		free(g);
+		free(h2);
+		free(x);
+	}
+	/* extremes must stay finite and take the right limits */
+	float big[4] = { 1e4f, -1e4f, 100.0f, -100.0f }, gate[4] = { 1, 1, 1, 1 };
+	float gb[4];
+	memcpy(gb, big, sizeof(big));
+	lbk_gelu(gb, 4);
+	assert_true(gb[0] == 1e4f && gb[1] == 0.0f && gb[2] == 100.0f && gb[3] == 0.0f);
+	lbk_silu_mul(big, gate, 4);
+	assert_true(big[0] == 1e4f && big[1] == 0.0f && fabsf(big[2] - 100.0f) < 1e-4f);
+}
+
+/* ---- norms against double precision ---- */
+
+/*
+ * Norm tolerance: |got - exact| <= 32 FLT_EPSILON sqrt(n) (1 + |exact|). The fp32 sums of n
+ * terms (mean, squares) carry ~sqrt(n) FLT_EPSILON relative error; LayerNorm divides the
+ * deviation by sigma (~0.58 for these inputs offset by 3), amplifying the mean's error ~5x.
+ */
+static void test_norms(void **state)
+{
+	(void)state;
+	static const int64_t ns[] = { 1, 7, 17, 65, 129, 768, 4099 };
+	for (int i = 0; i < (int)(sizeof(ns) / sizeof(ns[0])); i++) {
+		int64_t n = ns[i];
+		float *x = rand_buf(n, 1, 3.0f), *wt = rand_buf(n, 1, 0), *bt = rand_buf(n, 1, 0);
+		float *o = rand_buf(n, 1, 0), *o2 = rand_buf(n, 1, 0), *ex = rand_buf(n, 1, 0);
+		const float eps = 1e-5f;
+		double tol = 32.0 * FLT_EPSILON * sqrt((double)n);
+
+		double ss = 0;
+		for (int64_t j = 0; j < n; j++)
+			ss += (double)x[j] * x[j];
+		double inv = 1.0 / sqrt(ss / (double)n + eps);
+		for (int64_t j = 0; j < n; j++)
+			ex[j] = (float)((double)wt[j] * x[j] * inv);
+		lbk_rmsnorm(o, x, wt, n, eps);
+		lbk_rmsnorm_ref(o2, x, wt, n, eps);
+		expect_close(o, ex, n, tol, 1.0, "rmsnorm");
+		expect_close(o2, ex, n, tol, 1.0, "rmsnorm_ref");
+
+		double mean = 0, var = 0;
+		for (int64_t j = 0; j < n; j++)
+			mean += x[j];
+		mean /= (double)n;
+		for (int64_t j = 0; j < n; j++)
+			var += ((double)x[j] - mean) * ((double)x[j] - mean);
+		var /= (double)n;
+		double linv = 1.0 / sqrt(var + eps);
+		for (int64_t j = 0; j < n; j++)
+			ex[j] = (float)(((double)x[j] - mean) * linv * wt[j] + bt[j]);
+		lbk_layernorm(o, x, wt, bt, n, eps);
+		lbk_layernorm_ref(o2, x, wt, bt, n, eps);
+		expect_close(o, ex, n, tol, 1.0, "layernorm");
+		expect_close(o2, ex, n, tol, 1.0, "layernorm_ref");
+		free(x);
+		free(wt);
+		free(bt);
+		free(o);
+		free(o2);
+		free(ex);
+	}
+}
+
+/* ---- RoPE against double precision ---- */
+
+/*
+ * RoPE tolerance: |got - exact| <= (16 + 4 pos) FLT_EPSILON (1 + |exact|). The fp32 angle
+ * pos * theta^(-2i/hs) is rounded to ~pos FLT_EPSILON absolute (powf and the product), which
+ * moves each rotated value by that much times |v| <= 1.4 here.
+ */
+static void test_rope(void **state)
+{
+	(void)state;
+	static const int64_t hss[] = { 2, 8, 64, 130 };
+	static const int64_t poss[] = { 0, 1, 17, 1000 };
+	static const int64_t heads[][2] = { { 1, 1 }, { 4, 2 }, { 6, 1 }, { 3, 3 } };
+	for (int a = 0; a < 4; a++)
+		for (int b = 0; b < 4; b++)
+			for (int c = 0; c < 4; c++) {
+				int64_t hs = hss[a], pos = poss[b];
+				int64_t nh = heads[c][0], nkv = heads[c][1];
+				float theta = c & 1 ? 500000.0f : 10000.0f;
+				float *q = rand_buf(nh * hs, 1, 0), *k = rand_buf(nkv * hs, 1, 0);
+				float *q1 = malloc((size_t)(nh * hs) * sizeof(float));
+				float *k1 = malloc((size_t)(nkv * hs) * sizeof(float));
+				float *q2 = malloc((size_t)(nh * hs) * sizeof(float));
+				float *k2 = malloc((size_t)(nkv * hs) * sizeof(float));
+				float *qe = malloc((size_t)(nh * hs) * sizeof(float));
+				float *ke = malloc((size_t)(nkv * hs) * sizeof(float));
+				assert_true(q1 && k1 && q2 && k2 && qe && ke);
+				memcpy(q1, q, (size_t)(nh * hs) * sizeof(float));
+				memcpy(q2, q, (size_t)(nh * hs) * sizeof(float));
+				memcpy(k1, k, (size_t)(nkv * hs) * sizeof(float));
+				memcpy(k2, k, (size_t)(nkv * hs) * sizeof(float));
+				for (int v = 0; v < 2; v++) {
+					const float *src = v ? k : q;
+					float *dst = v ? ke : qe;
+					int64_t nhh = v ? nkv : nh;
+					for (int64_t h = 0; h < nhh; h++)
+						for (int64_t i = 0; i < hs; i += 2) {
+							double ang = (double)pos *
+								     pow((double)theta,
+									 -(double)i / (double)hs);
+							double x0 = src[h * hs + i], x1 = src[h * hs + i + 1];
+							dst[h * hs + i] = (float)(x0 * cos(ang) - x1 * sin(ang));
+							dst[h * hs + i + 1] =
+								(float)(x0 * sin(ang) + x1 * cos(ang));
+						}
+				}
+				lbk_rope(q1, k1, pos, nh, nkv, hs, theta);
+				lbk_rope_ref(q2, k2, pos, nh, nkv, hs, theta);
+				double tol = (16.0 + 4.0 * (double)pos) * FLT_EPSILON;
+				expect_close(q1, qe, nh * hs, tol, 1.0, "rope q");
+				expect_close(k1, ke, nkv * hs, tol, 1.0, "rope k");
+				expect_close(q2, qe, nh * hs, tol, 1.0, "rope_ref q");
+				expect_close(k2, ke, nkv * hs, tol, 1.0, "rope_ref k");
+				free(q);
+				free(k);
+				free(q1);
+				free(k1);
+				free(q2);
+				free(k2);
+				free(qe);
+				free(ke);
+			}
+}
+
+static void test_embed(void **state)
+{
+	(void)state;
+	float *table = rand_buf(5 * 17, 1, 0), o[17];
+	lbk_embed(o, table, 3, 17);
+	assert_memory_equal(o, table + 3 * 17, sizeof(o));
+	free(table);
+}
+
+/* ---- attention ---- */
+
+/*
+ * Attention tolerance: |fast - ref| <= 2e-5 (1 + |ref|). Outputs are convex combinations of
+ * v in [-1, 1]. The scores are hs-term dot products (order differences ~sqrt(hs) FLT_EPSILON,
+ * times 1/sqrt(hs)); the online softmax rescales the running sum each time the max rises
+ * (at most seq times, one rounding each) where the reference exponentiates once.
+ */
+static void test_attention(void **state)
+{
+	(void)state;
+	static const int64_t seqs[] = { 1, 7, 17, 65 };
+	static const int64_t hss[] = { 1, 7, 16, 17, 64 };
+	static const int64_t heads[][2] = { { 1, 1 }, { 4, 2 }, { 6, 1 }, { 3, 3 } };
+	for (int a = 0; a < 4; a++)
+		for (int b = 0; b < 5; b++)
+			for (int c = 0; c < 4; c++)
+				for (int causal = 0; causal <= 1; causal++) {
+					int64_t seq = seqs[a], hs = hss[b];
+					int64_t nh = heads[c][0], nkv = heads[c][1];
+					float *q = rand_buf(seq * nh * hs, 3, 0);
+					float *k = rand_buf(seq * nkv * hs, 3, 0);
+					float *v = rand_buf(seq * nkv * hs, 1, 0);
+					float *o = rand_buf(seq * nh * hs, 1, 0);
+					float *r = rand_buf(seq * nh * hs, 1, 0);
+					char what[96];
+					snprintf(what, sizeof(what),
+						 "attention seq=%lld hs=%lld heads=%lld/%lld causal=%d",
+						 (long long)seq, (long long)hs, (long long)nh,
+						 (long long)nkv, causal);
+					lbk_attention(o, q, k, v, seq, nh, nkv, hs, causal);
+					lbk_attention_ref(r, q, k, v, seq, nh, nkv, hs, causal);
+					expect_close(o, r, seq * nh * hs, 2e-5, 1.0, what);
+					if (causal) /* position 0 sees only key 0: out = v[0] */
+						for (int64_t h = 0; h < nh; h++)
+							expect_close(o + h * hs,
+								     v + (h / (nh / nkv)) * hs, hs,
+								     2e-6, 1.0, "causal t=0");
+					free(q);
+					free(k);
+					free(v);
+					free(o);
+					free(r);
+				}
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_isa_force),
+		cmocka_unit_test(test_matmul_odd),
+		cmocka_unit_test(test_gemm_odd),
+		cmocka_unit_test(test_forced_scalar),
+		cmocka_unit_test(test_gemm_bert),
+		cmocka_unit_test(test_gemv_bandwidth),
+		cmocka_unit_test(test_softmax),
+		cmocka_unit_test(test_activations),
+		cmocka_unit_test(test_norms),
+		cmocka_unit_test(test_rope),
+		cmocka_unit_test(test_embed),
+		cmocka_unit_test(test_attention),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

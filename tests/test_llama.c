@@ -1,0 +1,740 @@
+/*
+ * The llama reference path: greedy output against llama2.c's golden text, scores against an
+ * independent fp64 forward pass, tokenizer round trips, hostile checkpoint and tokenizer files,
+ * and the layerbank-worker command line.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "model_llama.h"
+#include "testutil.h"
+#include "tokenizer.h"
+
+#define MODEL LB_DATA_DIR "/stories260K.bin"
+#define TOK LB_DATA_DIR "/tok512.bin"
+#define GREEDY LB_DATA_DIR "/stories260K.greedy.txt"
+#define VAL LB_DATA_DIR "/tinystories_val.txt"
+/* Paragraphs of tinystories_val.txt scored (those of 50..300 tokens, in file order). */
+#define N_PARA 32
+
+static char worker_path[PATH_MAX];
+
+/* Whole file as a NUL-terminated string; *len its size. Fails the test when unreadable. */
+static char *slurp(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	assert_non_null(f);
+	fseek(f, 0, SEEK_END);
+	long sz = ftell(f);
+	assert_true(sz >= 0);
+	fseek(f, 0, SEEK_SET);
+	char *buf = malloc((size_t)sz + 1);
+	assert_non_null(buf);
+	assert_int_equal(fread(buf, 1, (size_t)sz, f), (size_t)sz);
+	buf[sz] = '\0';
+	fclose(f);
+	if (len)
+		*len = (size_t)sz;
+	return buf;
+}
+
+static void spit(const char *path, const void *data, size_t len)
+{
+	FILE *f = fopen(path, "wb");
+	assert_non_null(f);
+	assert_int_equal(fwrite(data, 1, len, f), len);
+	assert_int_equal(fclose(f), 0);
+}
+
+/* Split text into paragraphs at blank lines; returns a NULL-terminated array of copies. */
+static char **paragraphs(const char *text)
+{
+	size_t cap = 64, n = 0;
+	char **out = malloc(cap * sizeof(char *));
+	const char *p = text;
+	while (*p) {
+		while (*p == '\n')
+			p++;
+		if (!*p)
+			break;
+		const char *e = strstr(p, "\n\n");
+		if (!e)
+			e = p + strlen(p);
+		size_t len = (size_t)(e - p);
+		while (len && p[len - 1] == '\n')
+			len--;
+		if (n + 2 > cap) {
+			cap *= 2;
+			out = realloc(out, cap * sizeof(char *));
+		}
+		out[n] = strndup(p, len);
+		n++;
+		p = e;
+	}
+	out[n] = NULL;
+	return out;
+}
+
+/* ---------- an independent fp64 forward pass of the same checkpoint ---------- */
+
+struct ref {
+	int dim, hid, nl, nh, nkv, vocab, seq, hs, kvd;
+	double *all;
+	double *emb, *rms_att, *wq, *wk, *wv, *wo, *rms_ffn, *w1, *w2, *w3, *rms_final, *wcls;
+};
+
+static void ref_load(struct ref *r, const char *path)
+{
+	size_t len;
+	char *raw = slurp(path, &len);
+	int32_t h[7];
+	memcpy(h, raw, sizeof(h));
+	r->dim = h[0];
+	r->hid = h[1];
+	r->nl = h[2];
+	r->nh = h[3];
+	r->nkv = h[4];
+	r->vocab = abs(h[5]);
+	r->seq = h[6];
+	r->hs = r->dim / r->nh;
+	r->kvd = r->nkv * r->hs;
+	size_t nf = (len - 28) / 4;
+	r->all = malloc(nf * sizeof(double));
+	assert_non_null(r->all);
+	for (size_t i = 0; i < nf; i++) {
+		float f;
+		memcpy(&f, raw + 28 + 4 * i, 4);
+		r->all[i] = f;
+	}
+	free(raw);
+	size_t d = (size_t)r->dim, L = (size_t)r->nl, hd = (size_t)r->hid, kv = (size_t)r->kvd;
+	double *p = r->all;
+	r->emb = p; p += (size_t)r->vocab * d;
+	r->rms_att = p; p += L * d;
+	r->wq = p; p += L * d * d;
+	r->wk = p; p += L * kv * d;
+	r->wv = p; p += L * kv * d;
+	r->wo = p; p += L * d * d;
+	r->rms_ffn = p; p += L * d;
+	r->w1 = p; p += L * hd * d;
+	r->w2 = p; p += L * d * hd;
+	r->w3 = p; p += L * hd * d;
+	r->rms_final = p; p += d;
+	p += (size_t)r->seq * (size_t)r->hs;
+	r->wcls = h[5] > 0 ? r->emb : p;
+}
+
+static void ref_mv(double *out, const double *w, const double *x, int rows, int cols)
+{
+	for (int i = 0; i < rows; i++) {
+		double s = 0;
+		for (int j = 0; j < cols; j++)
+			s += w[(size_t)i * (size_t)cols + (size_t)j] * x[j];
+		out[i] = s;
+	}
+}
+
+static void ref_norm(double *out, const double *x, const double *w, int n)
+{
+	double ss = 0;
+	for (int i = 0; i < n; i++)
+		ss += x[i] * x[i];
+	double sc = 1.0 / sqrt(ss / n + 1e-5);
+	for (int i = 0; i < n; i++)
+		out[i] = w[i] * x[i] * sc;
+}
+
+/* Summed NLL of toks[1..n-1] under the fp64 model. */
+static double ref_nll(const struct ref *r, const int32_t *toks, int n)
+{
+	int d = r->dim, kvd = r->kvd, hs = r->hs;
+	double *x = calloc((size_t)d, sizeof(double)), *xb = calloc((size_t)d, sizeof(double));
+	double *q = calloc((size_t)d, sizeof(double)), *o = calloc((size_t)d, sizeof(double));
+	double *h1 = calloc((size_t)r->hid, sizeof(double)), *h3 = calloc((size_t)r->hid, sizeof(double));
+	double *att = calloc((size_t)n, sizeof(double)), *lg = calloc((size_t)r->vocab, sizeof(double));
+	double *kc = calloc((size_t)r->nl * (size_t)n * (size_t)kvd, sizeof(double));
+	double *vc = calloc((size_t)r->nl * (size_t)n * (size_t)kvd, sizeof(double));
+	double total = 0;
+	for (int pos = 0; pos < n; pos++) {
+		memcpy(x, r->emb + (size_t)toks[pos] * (size_t)d, (size_t)d * sizeof(double));
+		for (int l = 0; l < r->nl; l++) {
+			double *kl = kc + (size_t)l * (size_t)n * (size_t)kvd;
+			double *vl = vc + (size_t)l * (size_t)n * (size_t)kvd;
+			double *k = kl + (size_t)pos * (size_t)kvd, *v = vl + (size_t)pos * (size_t)kvd;
+			ref_norm(xb, x, r->rms_att + (size_t)l * (size_t)d, d);
+			ref_mv(q, r->wq + (size_t)l * (size_t)d * (size_t)d, xb, d, d);
+			ref_mv(k, r->wk + (size_t)l * (size_t)kvd * (size_t)d, xb, kvd, d);
+			ref_mv(v, r->wv + (size_t)l * (size_t)kvd * (size_t)d, xb, kvd, d);
+			/* rotate each (even, odd) pair of every head by pos * 10000^(-j/hs) */
+			for (int vec = 0; vec < 2; vec++) {
+				double *a = vec ? k : q;
+				int len = vec ? kvd : d;
+				for (int i = 0; i < len; i += 2) {
+					double ang = pos * pow(10000.0, -(double)(i % hs) / hs);
+					double a0 = a[i], a1 = a[i + 1];
+					a[i] = a0 * cos(ang) - a1 * sin(ang);
+					a[i + 1] = a0 * sin(ang) + a1 * cos(ang);
+				}
+			}
+			for (int h = 0; h < r->nh; h++) {
+				int g = h / (r->nh / r->nkv);
+				double mx = -INFINITY, sum = 0;
+				for (int t = 0; t <= pos; t++) {
+					double s = 0;
+					for (int i = 0; i < hs; i++)
+						s += q[h * hs + i] * kl[(size_t)t * (size_t)kvd + (size_t)(g * hs + i)];
+					att[t] = s / sqrt((double)hs);
+					if (att[t] > mx)
+						mx = att[t];
+				}
+				for (int t = 0; t <= pos; t++)
+					sum += (att[t] = exp(att[t] - mx));
+				for (int i = 0; i < hs; i++) {
+					double acc = 0;
+					for (int t = 0; t <= pos; t++)
+						acc += att[t] / sum * vl[(size_t)t * (size_t)kvd + (size_t)(g * hs + i)];
+					xb[h * hs + i] = acc;
+				}
+			}
+			ref_mv(o, r->wo + (size_t)l * (size_t)d * (size_t)d, xb, d, d);
+			for (int i = 0; i < d; i++)
+				x[i] += o[i];
+			ref_norm(xb, x, r->rms_ffn + (size_t)l * (size_t)d, d);
+			ref_mv(h1, r->w1 + (size_t)l * (size_t)r->hid * (size_t)d, xb, r->hid, d);
+			ref_mv(h3, r->w3 + (size_t)l * (size_t)r->hid * (size_t)d, xb, r->hid, d);
+			for (int i = 0; i < r->hid; i++)
+				h1[i] = h1[i] / (1.0 + exp(-h1[i])) * h3[i];
+			ref_mv(o, r->w2 + (size_t)l * (size_t)d * (size_t)r->hid, h1, d, r->hid);
+			for (int i = 0; i < d; i++)
+				x[i] += o[i];
+		}
+		if (pos + 1 == n)
+			break;
+		ref_norm(xb, x, r->rms_final, d);
+		ref_mv(lg, r->wcls, xb, r->vocab, d);
+		double mx = lg[0], sum = 0;
+		for (int i = 1; i < r->vocab; i++)
+			if (lg[i] > mx)
+				mx = lg[i];
+		for (int i = 0; i < r->vocab; i++)
+			sum += exp(lg[i] - mx);
+		total += -(lg[toks[pos + 1]] - mx - log(sum));
+	}
+	free(x); free(xb); free(q); free(o); free(h1); free(h3); free(att); free(lg); free(kc); free(vc);
+	return total;
+}
+
+/* ---------- helpers ---------- */
+
+struct fixture {
+	struct lbw_llama m;
+	struct lbw_tokenizer t;
+};
+
+static int setup(void **state)
+{
+	struct fixture *fx = calloc(1, sizeof(*fx));
+	char err[256];
+	assert_non_null(fx);
+	if (lbw_llama_load(&fx->m, MODEL, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s\n", err);
+		return -1;
+	}
+	if (lbw_tokenizer_load(&fx->t, TOK, fx->m.cfg.vocab_size, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s\n", err);
+		return -1;
+	}
+	*state = fx;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *fx = *state;
+	lbw_tokenizer_free(&fx->t);
+	lbw_llama_free(&fx->m);
+	free(fx);
+	return 0;
+}
+
+/* Decode tokens (after the first) and join the pieces as raw bytes. */
+static char *detok(const struct lbw_tokenizer *t, const int32_t *toks, int n)
+{
+	size_t cap = 16, len = 0;
+	char *out = malloc(cap);
+	for (int i = 1; i < n; i++) {
+		const char *p = lbw_tokenizer_decode(t, toks[i - 1], toks[i]);
+		assert_non_null(p);
+		size_t pl = lbw_tokenizer_piece_len(t, p);
+		while (len + pl + 1 > cap)
+			out = realloc(out, cap *= 2);
+		memcpy(out + len, p, pl);
+		len += pl;
+	}
+	out[len] = '\0';
+	return out;
+}
+
+static int run_worker(const char *const *args, char *out, size_t n)
+{
+	const char *argv[24];
+	int i = 0;
+	argv[i++] = worker_path;
+	for (; args[i - 1]; i++)
+		argv[i] = args[i - 1];
+	argv[i] = NULL;
+	return lbt_run(argv, out, n);
+}
+
+/* ---------- tests ---------- */
+
+static void test_config_of_stories260k(void **state)
+{
+	struct fixture *fx = *state;
+	const struct lbw_llama_config *c = &fx->m.cfg;
+	assert_int_equal(c->dim, 64);
+	assert_int_equal(c->hidden_dim, 172);
+	assert_int_equal(c->n_layers, 5);
+	assert_int_equal(c->n_heads, 8);
+	assert_int_equal(c->n_kv_heads, 4);
+	assert_int_equal(c->vocab_size, 512);
+	assert_int_equal(c->seq_len, 512);
+	assert_int_equal(c->head_size, 8);
+	assert_int_equal(c->kv_dim, 32);
+	assert_true(c->shared_classifier);
+	assert_ptr_equal(fx->m.w.wcls, fx->m.w.token_embedding);
+}
+
+/* The library's greedy loop, as the CLI runs it, gives llama2.c's golden text. */
+static void test_greedy_matches_llama2c_library(void **state)
+{
+	struct fixture *fx = *state;
+	struct lbw_llama_state s;
+	char *want = slurp(GREEDY, NULL);
+	char *got = calloc(1, 65536);
+	size_t len = 0;
+	assert_int_equal(lbw_llama_state_init(&s, &fx->m.cfg), 0);
+	int32_t tok = LBW_TOK_BOS;
+	for (int32_t pos = 0; pos < 256; pos++) {
+		/* one layer at a time, as a layer cache will drive it */
+		lbw_llama_embed(&fx->m, &s, tok);
+		for (int32_t l = 0; l < fx->m.cfg.n_layers; l++)
+			lbw_llama_layer(&fx->m, &s, l, pos);
+		int32_t next = lbw_llama_argmax(lbw_llama_head(&fx->m, &s), fx->m.cfg.vocab_size);
+		if (next == LBW_TOK_BOS)
+			break;
+		const char *p = lbw_tokenizer_decode(&fx->t, tok, next);
+		len += (size_t)snprintf(got + len, 65536 - len, "%s", p);
+		tok = next;
+	}
+	got[len++] = '\n';
+	assert_string_equal(got, want);
+	lbw_llama_state_free(&s);
+	free(got);
+	free(want);
+}
+
+static void test_cli_generate_greedy_golden(void **state)
+{
+	(void)state;
+	static char out[65536];
+	char *want = slurp(GREEDY, NULL);
+	const char *args[] = { "generate", "--model", MODEL, "--tokenizer", TOK, "--steps", "256",
+			       "--temperature", "0", NULL };
+	int st = run_worker(args, out, sizeof(out));
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_string_equal(out, want);
+	/* --cache is accepted and changes nothing yet */
+	const char *args2[] = { "generate", "--model", MODEL, "--tokenizer", TOK, "--cache",
+				"/nonexistent.sock", NULL };
+	st = run_worker(args2, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_string_equal(out, want);
+	free(want);
+}
+
+static void test_score_matches_fp64_reference(void **state)
+{
+	struct fixture *fx = *state;
+	struct lbw_llama_state s;
+	struct ref r;
+	char dir[256], path[300];
+	static char out[4096];
+	char *text = slurp(VAL, NULL);
+	char **paras = paragraphs(text);
+	int32_t *toks = malloc(65536 * sizeof(int32_t));
+	double sum_ppt = 0, sum_nll = 0, max_diff = 0;
+	long sum_pred = 0;
+	int used = 0;
+
+	ref_load(&r, MODEL);
+	assert_int_equal(lbw_llama_state_init(&s, &fx->m.cfg), 0);
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/para.txt", dir);
+	for (int i = 0; paras[i] && used < N_PARA; i++) {
+		if (strlen(paras[i]) > 60000)
+			continue;
+		int n = lbw_tokenizer_encode(&fx->t, paras[i], 1, 0, toks);
+		if (n < 50 || n > 300)
+			continue;
+		double lib = 0;
+		assert_int_equal(lbw_llama_prompt(&fx->m, &s, toks, n, NULL, &lib), 0);
+		double ref = ref_nll(&r, toks, n);
+		double lib_ppt = lib / (n - 1), ref_ppt = ref / (n - 1);
+		if (fabs(lib_ppt - ref_ppt) > 1e-4)
+			fail_msg("paragraph %d: library nll %.6f, fp64 reference %.6f", i, lib_ppt, ref_ppt);
+
+		/* the CLI, on the paragraph written with a trailing newline (it drops one) */
+		size_t pl = strlen(paras[i]);
+		char *withnl = malloc(pl + 2);
+		memcpy(withnl, paras[i], pl);
+		memcpy(withnl + pl, "\n", 2);
+		spit(path, withnl, pl + 1);
+		free(withnl);
+		const char *args[] = { "score", "--model", MODEL, "--tokenizer", TOK, "--text-file",
+				       path, NULL };
+		int st = run_worker(args, out, sizeof(out));
+		assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+		int cn, cp;
+		double cx;
+		char tail;
+		if (sscanf(out, "tokens %d predicted %d nll_per_token %lf%c", &cn, &cp, &cx, &tail) != 4 ||
+		    tail != '\n' || strchr(out, '\n')[1] != '\0')
+			fail_msg("score printed: %s", out);
+		assert_int_equal(cn, n);
+		assert_int_equal(cp, n - 1);
+		if (fabs(cx - ref_ppt) > 1e-4)
+			fail_msg("paragraph %d: CLI nll %.6f, fp64 reference %.6f", i, cx, ref_ppt);
+		if (fabs(lib_ppt - ref_ppt) > max_diff)
+			max_diff = fabs(lib_ppt - ref_ppt);
+		sum_ppt += cx;
+		sum_nll += ref;
+		sum_pred += n - 1;
+		used++;
+	}
+	assert_int_equal(used, N_PARA);
+	double avg = sum_ppt / used;
+	printf("score over %d paragraphs (50..300 tokens): mean nll_per_token %.4f, "
+	       "token-weighted %.4f nats (perplexity %.3f); fp32 vs fp64 max |diff| %.2e\n",
+	       used, avg, sum_nll / (double)sum_pred, exp(sum_nll / (double)sum_pred), max_diff);
+	assert_true(avg >= 1.3 && avg <= 1.45);
+
+	lbt_rmtree(dir);
+	lbw_llama_state_free(&s);
+	free(r.all);
+	for (int i = 0; paras[i]; i++)
+		free(paras[i]);
+	free(paras);
+	free(toks);
+	free(text);
+}
+
+static void test_tokenizer_round_trip(void **state)
+{
+	struct fixture *fx = *state;
+	char *text = slurp(VAL, NULL);
+	char **paras = paragraphs(text);
+	int32_t *toks = malloc(65536 * sizeof(int32_t));
+	int done = 0;
+	for (int i = 0; paras[i] && done < 50; i++) {
+		if (strlen(paras[i]) > 60000)
+			continue;
+		int n = lbw_tokenizer_encode(&fx->t, paras[i], 1, 0, toks);
+		assert_true(n > 1);
+		assert_int_equal(toks[0], LBW_TOK_BOS);
+		assert_true((size_t)n < strlen(paras[i]) + 3);
+		char *back = detok(&fx->t, toks, n);
+		assert_string_equal(back, paras[i]);
+		free(back);
+		done++;
+	}
+	assert_int_equal(done, 50);
+
+	/* with EOS */
+	int n = lbw_tokenizer_encode(&fx->t, "Hi", 1, 1, toks);
+	assert_true(n >= 3);
+	assert_int_equal(toks[n - 1], LBW_TOK_EOS);
+
+	/* non-ASCII: whatever is not in the vocabulary is spelt in byte tokens and comes back */
+	const char *utf = "Zoë said: “¡Olé!” 日本語 — naïve café \xf0\x9f\x98\x80.";
+	n = lbw_tokenizer_encode(&fx->t, utf, 1, 0, toks);
+	int bytes = 0;
+	for (int i = 0; i < n; i++)
+		if (toks[i] >= LBW_TOK_BYTE0 && toks[i] < LBW_TOK_BYTE0 + 256)
+			bytes++;
+	assert_true(bytes >= 9); /* at least the three CJK characters */
+	char *back = detok(&fx->t, toks, n);
+	assert_string_equal(back, utf);
+	free(back);
+	/* "日" is E6 97 A5: spelt as three byte tokens */
+	n = lbw_tokenizer_encode(&fx->t, "日", 0, 0, toks);
+	int found = 0;
+	for (int i = 0; i + 2 < n; i++)
+		if (toks[i] == 0xE6 + 3 && toks[i + 1] == 0x97 + 3 && toks[i + 2] == 0xA5 + 3)
+			found = 1;
+	assert_true(found);
+
+	/* empty string: BOS only (no dummy prefix), or nothing */
+	n = lbw_tokenizer_encode(&fx->t, "", 1, 0, toks);
+	assert_int_equal(n, 1);
+	assert_int_equal(toks[0], LBW_TOK_BOS);
+	assert_int_equal(lbw_tokenizer_encode(&fx->t, "", 0, 0, toks), 0);
+
+	/* decode: leading space stripped after BOS only; range checked */
+	assert_null(lbw_tokenizer_decode(&fx->t, 0, -1));
+	assert_null(lbw_tokenizer_decode(&fx->t, 0, 512));
+	assert_string_equal(lbw_tokenizer_decode(&fx->t, LBW_TOK_BOS, 259), "t");
+	assert_string_equal(lbw_tokenizer_decode(&fx->t, 5, 259), " t");
+	assert_string_equal(lbw_tokenizer_decode(&fx->t, 5, 'A' + 3), "A");
+
+	for (int i = 0; paras[i]; i++)
+		free(paras[i]);
+	free(paras);
+	free(toks);
+	free(text);
+}
+
+static void test_bad_checkpoints(void **state)
+{
+	(void)state;
+	char dir[256], path[300], err[512];
+	struct lbw_llama m;
+	size_t len;
+	char *good = slurp(MODEL, &len);
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/bad.bin", dir);
+
+	/* truncated: at many cuts, including inside the header and one float short */
+	size_t cuts[] = { 0, 3, 27, 28, 1000, len / 2, len - 4 * 4096, len - 4, len - 1 };
+	for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+		spit(path, good, cuts[i]);
+		err[0] = '\0';
+		assert_int_equal(lbw_llama_load(&m, path, err, sizeof(err)), -EINVAL);
+		assert_true(strlen(err) > 10);
+		assert_null(m.data);
+	}
+	/* one byte too many */
+	char *longer = malloc(len + 1);
+	memcpy(longer, good, len);
+	longer[len] = 0;
+	spit(path, longer, len + 1);
+	assert_int_equal(lbw_llama_load(&m, path, err, sizeof(err)), -EINVAL);
+	printf("e.g. %s\n", err);
+	free(longer);
+
+	/* wrong header values */
+	struct {
+		int field;
+		int32_t value;
+	} bad[] = {
+		{ 0, 0 }, { 0, -64 }, { 0, 63 }, { 0, 1 << 30 }, { 1, 0 }, { 1, INT32_MAX },
+		{ 2, 0 }, { 2, 6 }, { 2, 100000 }, { 3, 0 }, { 3, 7 }, { 3, 3 }, { 3, 32 },
+		{ 4, 0 }, { 4, 3 }, { 4, 16 }, { 4, -4 }, { 5, 0 }, { 5, INT32_MIN }, { 5, 511 },
+		{ 5, -512 }, { 6, 0 }, { 6, -1 }, { 6, INT32_MAX },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int32_t hdr[7];
+		memcpy(hdr, good, sizeof(hdr));
+		memcpy(good + 4 * bad[i].field, &bad[i].value, 4);
+		spit(path, good, len);
+		memcpy(good, hdr, sizeof(hdr));
+		err[0] = '\0';
+		int rc = lbw_llama_load(&m, path, err, sizeof(err));
+		if (rc != -EINVAL)
+			fail_msg("header field %d = %d: rc %d", bad[i].field, (int)bad[i].value, rc);
+		assert_true(strlen(err) > 10);
+		/* the same check without a file */
+		struct lbw_llama_config c;
+		memcpy(hdr + bad[i].field, &bad[i].value, 4);
+		assert_int_equal(lbw_llama_check_header(hdr, len, &c, NULL, 0), -EINVAL);
+	}
+	/* an odd head size: dim 6, heads 2 -> head_size 3 */
+	int32_t odd[7] = { 6, 8, 1, 2, 2, 300, 4 };
+	struct lbw_llama_config c;
+	assert_int_equal(lbw_llama_check_header(odd, 1 << 20, &c, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "odd"));
+	/* the real header and size pass */
+	assert_int_equal(lbw_llama_check_header((const int32_t *)good, len, &c, NULL, 0), 0);
+	/* an unshared classifier needs vocab*dim more floats */
+	int32_t uns[7];
+	memcpy(uns, good, sizeof(uns));
+	uns[5] = -512;
+	assert_int_equal(lbw_llama_check_header(uns, len + 512 * 64 * 4, &c, NULL, 0), 0);
+	assert_false(c.shared_classifier);
+
+	/* missing file, directory */
+	assert_int_equal(lbw_llama_load(&m, "/nonexistent/model.bin", err, sizeof(err)), -ENOENT);
+	assert_int_equal(lbw_llama_load(&m, dir, err, sizeof(err)), -EINVAL);
+
+	/* out-of-range forward arguments */
+	assert_int_equal(lbw_llama_load(&m, MODEL, err, sizeof(err)), 0);
+	struct lbw_llama_state s;
+	assert_int_equal(lbw_llama_state_init(&s, &m.cfg), 0);
+	assert_null(lbw_llama_forward(&m, &s, 512, 0));
+	assert_null(lbw_llama_forward(&m, &s, -1, 0));
+	assert_null(lbw_llama_forward(&m, &s, 1, 512));
+	int32_t toks[2] = { 1, 600 };
+	assert_int_equal(lbw_llama_prompt(&m, &s, toks, 2, NULL, NULL), -EINVAL);
+	assert_int_equal(lbw_llama_prompt(&m, &s, toks, 0, NULL, NULL), -EINVAL);
+	lbw_llama_state_free(&s);
+	lbw_llama_free(&m);
+
+	lbt_rmtree(dir);
+	free(good);
+}
+
+static void test_bad_tokenizers(void **state)
+{
+	(void)state;
+	char dir[256], path[300], err[512];
+	struct lbw_tokenizer t;
+	size_t len;
+	char *good = slurp(TOK, &len);
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/tok.bin", dir);
+
+	size_t cuts[] = { 0, 2, 4, 8, 11, 100, len / 2, len - 1 };
+	for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
+		spit(path, good, cuts[i]);
+		err[0] = '\0';
+		assert_int_equal(lbw_tokenizer_load(&t, path, 512, err, sizeof(err)), -EINVAL);
+		assert_true(strlen(err) > 10);
+		assert_null(t.vocab);
+	}
+	/* the real file with the wrong vocab size: trailing bytes, or truncated */
+	assert_int_equal(lbw_tokenizer_load(&t, TOK, 500, err, sizeof(err)), -EINVAL);
+	assert_int_equal(lbw_tokenizer_load(&t, TOK, 600, err, sizeof(err)), -EINVAL);
+	assert_int_equal(lbw_tokenizer_load(&t, TOK, 100, err, sizeof(err)), -EINVAL);
+	/* max_token_length 0 / huge; a token length beyond it; negative */
+	int32_t v[] = { 0, -1, 1 << 30 };
+	for (size_t i = 0; i < 3; i++) {
+		char *c = malloc(len);
+		memcpy(c, good, len);
+		memcpy(c, &v[i], 4);
+		spit(path, c, len);
+		assert_int_equal(lbw_tokenizer_load(&t, path, 512, err, sizeof(err)), -EINVAL);
+		memcpy(c, good, len);
+		memcpy(c + 8, &v[i == 0 ? 1 : 2], 4); /* token 0's len */
+		spit(path, c, len);
+		assert_int_equal(lbw_tokenizer_load(&t, path, 512, err, sizeof(err)), -EINVAL);
+		free(c);
+	}
+	/* a NUL byte inside a piece */
+	char *c = malloc(len);
+	memcpy(c, good, len);
+	c[12] = '\0'; /* first byte of "<unk>" */
+	spit(path, c, len);
+	assert_int_equal(lbw_tokenizer_load(&t, path, 512, err, sizeof(err)), -EINVAL);
+	free(c);
+	assert_int_equal(lbw_tokenizer_load(&t, "/nonexistent/tok.bin", 512, err, sizeof(err)),
+			 -ENOENT);
+	assert_int_equal(lbw_tokenizer_load(&t, TOK, 512, err, sizeof(err)), 0);
+	lbw_tokenizer_free(&t);
+
+	lbt_rmtree(dir);
+	free(good);
+}
+
+static int count_lines(const char *s)
+{
+	int n = 0;
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+static void test_cli_errors(void **state)
+{
+	(void)state;
+	static char out[8192];
+	char dir[256], path[300];
+	struct {
+		const char *args[14];
+		int code;
+	} cases[] = {
+		{ { NULL }, 2 },
+		{ { "frobnicate", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--bogus", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--steps", "-1", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--steps", "12x", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "0.8", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "nan", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", NULL }, 2 },
+		{ { "generate", "--tokenizer", TOK, NULL }, 2 },
+		{ { "score", "--model", MODEL, "--tokenizer", TOK, NULL }, 2 },
+		{ { "score", "--model", MODEL, "--tokenizer", TOK, "--prompt", "x", NULL }, 2 },
+		{ { "generate", "--model", "/nonexistent/m.bin", "--tokenizer", TOK, NULL }, 1 },
+		{ { "score", "--model", "/nonexistent/m.bin", "--tokenizer", TOK, "--text-file", VAL,
+		    NULL }, 1 },
+		{ { "generate", "--model", MODEL, "--tokenizer", "/nonexistent/t.bin", NULL }, 1 },
+		{ { "generate", "--model", TOK, "--tokenizer", TOK, NULL }, 1 },
+		{ { "score", "--model", MODEL, "--tokenizer", TOK, "--text-file", "/nonexistent", NULL }, 1 },
+		{ { "score", "--model", MODEL, "--tokenizer", TOK, "--text-file", VAL, NULL }, 1 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int st = run_worker(cases[i].args, out, sizeof(out));
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != cases[i].code || count_lines(out) != 1)
+			fail_msg("case %zu: status %d, want exit %d with one line; printed: %s", i, st,
+				 cases[i].code, out);
+	}
+	/* an empty text file has nothing to score */
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/empty.txt", dir);
+	spit(path, "", 0);
+	const char *a[] = { "score", "--model", MODEL, "--tokenizer", TOK, "--text-file", path, NULL };
+	int st = run_worker(a, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1 && count_lines(out) == 1);
+	lbt_rmtree(dir);
+	/* a prompt is forced, then generation continues; --steps counts positions */
+	const char *g[] = { "generate", "--model", MODEL, "--tokenizer", TOK, "--prompt",
+			    "Once upon a time", "--steps", "10", NULL };
+	st = run_worker(g, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_true(strncmp(out, "Once upon a time", 16) == 0);
+	const char *h[] = { "--help", NULL };
+	st = run_worker(h, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_non_null(strstr(out, "temperature"));
+}
+
+int main(void)
+{
+	const char *need[] = { MODEL, TOK, GREEDY, VAL };
+	for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++)
+		if (access(need[i], R_OK) != 0)
+			LBT_SKIP("data file %s is absent", need[i]);
+	char self[PATH_MAX];
+	ssize_t r = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (r <= 0)
+		LBT_SKIP("cannot read /proc/self/exe");
+	self[r] = '\0';
+	snprintf(worker_path, sizeof(worker_path), "%s/../worker/layerbank-worker", dirname(self));
+	if (access(worker_path, X_OK) != 0)
+		LBT_SKIP("worker binary %s is not built", worker_path);
+
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_config_of_stories260k),
+		cmocka_unit_test(test_greedy_matches_llama2c_library),
+		cmocka_unit_test(test_cli_generate_greedy_golden),
+		cmocka_unit_test(test_score_matches_fp64_reference),
+		cmocka_unit_test(test_tokenizer_round_trip),
+		cmocka_unit_test(test_bad_checkpoints),
+		cmocka_unit_test(test_bad_tokenizers),
+		cmocka_unit_test(test_cli_errors),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,44 @@
+/* CPUID dispatch: which instruction set the lbk_* kernels run with, detected once and lowered
+ * on request by lbk_force_isa (tests run every kernel on each path). */
+#include <stdatomic.h>
+
+#include "kernels_internal.h"
+
+/* -1 until first detection; then the detected ISA. Written once, read by any thread. */
+static atomic_int g_detected = -1;
+/* The ceiling a test asked for with lbk_force_isa; LBK_ISA_AVX512 means "no ceiling". */
+static atomic_int g_ceiling = LBK_ISA_AVX512;
+
+static int detect(void)
+{
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+	    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+	    __builtin_cpu_supports("fma"))
+		return LBK_ISA_AVX512;
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+		return LBK_ISA_AVX2;
+	return LBK_ISA_SCALAR;
+}
+
+enum lbk_isa lbk_isa(void)
+{
+	int d = atomic_load_explicit(&g_detected, memory_order_relaxed);
+	if (d < 0) {
+		/* Idempotent: racing threads compute and store the same value. */
+		d = detect();
+		atomic_store_explicit(&g_detected, d, memory_order_relaxed);
+	}
+	int c = atomic_load_explicit(&g_ceiling, memory_order_relaxed);
+	return (enum lbk_isa)(d < c ? d : c);
+}
+
+void lbk_force_isa(enum lbk_isa isa)
+{
+	int v = (int)isa;
+	if (v < LBK_ISA_SCALAR)
+		v = LBK_ISA_SCALAR;
+	if (v > LBK_ISA_AVX512)
+		v = LBK_ISA_AVX512;
+	atomic_store_explicit(&g_ceiling, v, memory_order_relaxed);
+}

@@ -1,0 +1,411 @@
+/* Matrix products: lbk_matmul (GEMV for small m, packed GEMM otherwise), the panel packing of
+ * W and the register-blocked AVX-512 GEMM, split over n across pthreads. */
+#include <errno.h>
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels_internal.h"
+
+/*
+ * Micro-kernel tile: LBK_MR rows of x by LBK_NR columns of W (LBK_NV zmm vectors), i.e.
+ * LBK_MR * LBK_NV = 24 accumulators, 3 W vectors and a broadcast: 28 of the 32 zmm registers.
+ * Per k step: 3 loads + 8 broadcasts for 24 FMAs. LBK_KC bounds the k slice so that one
+ * panel slice (LBK_KC * LBK_NR floats = 48 KiB at 256) streams through L1/L2 while every
+ * m block reuses it.
+ */
+#define LBK_MR 8
+#define LBK_NV 3
+#define LBK_NR (LBK_NV * 16)
+#define LBK_KC 256
+
+/* Full unrolling of the mr/NV loops keeps acc[][] in registers (GCC at -O2 would not;
+ * clang reads "GCC unroll 16" as a partial count and then spills, so it gets its own). */
+#if defined(__clang__)
+#define LBK_UNROLL _Pragma("unroll")
+#else
+#define LBK_UNROLL _Pragma("GCC unroll 16")
+#endif
+
+struct lbk_packed {
+	int64_t n, k;
+	int64_t panels; /* ceil(n / LBK_NR) */
+	float *w;	/* [panels][k][LBK_NR], columns n..panels*LBK_NR zero */
+};
+
+void lbk_matmul_ref(float *y, const float *x, const float *w, const float *bias, int64_t m,
+		    int64_t n, int64_t k)
+{
+	for (int64_t i = 0; i < m; i++) {
+		for (int64_t j = 0; j < n; j++) {
+			float val = 0.0f;
+			for (int64_t l = 0; l < k; l++)
+				val += w[j * k + l] * x[i * k + l];
+			y[i * n + j] = val + (bias ? bias[j] : 0.0f);
+		}
+	}
+}
+
+struct lbk_packed *lbk_pack(const float *w, int64_t n, int64_t k)
+{
+	if (!w || n <= 0 || k <= 0) {
+		errno = EINVAL;
+		return NULL;
+	}
+	struct lbk_packed *p = malloc(sizeof(*p));
+	if (!p)
+		return NULL;
+	p->n = n;
+	p->k = k;
+	p->panels = (n + LBK_NR - 1) / LBK_NR;
+	size_t bytes = (size_t)p->panels * (size_t)k * LBK_NR * sizeof(float);
+	bytes = (bytes + 63) & ~(size_t)63;
+	p->w = aligned_alloc(64, bytes);
+	if (!p->w) {
+		free(p);
+		errno = ENOMEM;
+		return NULL;
+	}
+	for (int64_t pi = 0; pi < p->panels; pi++) {
+		float *dst = p->w + pi * k * LBK_NR; /* [k][LBK_NR] */
+		for (int64_t l = 0; l < k; l++) {
+			for (int64_t j = 0; j < LBK_NR; j++) {
+				int64_t col = pi * LBK_NR + j;
+				dst[l * LBK_NR + j] = col < n ? w[col * k + l] : 0.0f;
+			}
+		}
+	}
+	return p;
+}
+
+void lbk_packed_free(struct lbk_packed *p)
+{
+	if (!p)
+		return;
+	free(p->w);
+	free(p);
+}
+
+/* ---- scalar GEMM on the packed layout (forced-scalar path; same sums as the reference) ---- */
+
+static void gemm_scalar(float *y, const float *x, const struct lbk_packed *pw, const float *bias,
+			int64_t m, int64_t p0, int64_t p1)
+{
+	const int64_t n = pw->n, k = pw->k;
+	for (int64_t i = 0; i < m; i++) {
+		for (int64_t pi = p0; pi < p1; pi++) {
+			const float *panel = pw->w + pi * k * LBK_NR; /* [k][LBK_NR] */
+			for (int64_t j = 0; j < LBK_NR && pi * LBK_NR + j < n; j++) {
+				float val = 0.0f;
+				for (int64_t l = 0; l < k; l++)
+					val += panel[l * LBK_NR + j] * x[i * k + l];
+				int64_t col = pi * LBK_NR + j;
+				y[i * n + col] = val + (bias ? bias[col] : 0.0f);
+			}
+		}
+	}
+}
+
+/* ---- AVX-512 micro-kernel ---- */
+
+/*
+ * C[mr][ncols] (+)= A[mr][kc] . B[kc][LBK_NR]; a is x at (row i0, column k0), lda = k;
+ * b the panel slice [kc][LBK_NR]; c is y at (i0, panel column 0), ldc = n. first: the
+ * accumulators start from bias (or 0) instead of C. last: nothing more to add after this slice.
+ * mr is a compile-time constant at every call site (the switch in tile()), so the loops over
+ * r unroll and acc stays in registers.
+ */
+static inline __attribute__((always_inline)) LBK_TARGET_AVX512 void
+micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
+      __mmask16 mask[LBK_NV], const float *bias, int first)
+{
+	__m512 acc[LBK_MR][LBK_NV];
+	LBK_UNROLL
+	for (int r = 0; r < mr; r++)
+		LBK_UNROLL
+		for (int v = 0; v < LBK_NV; v++)
+			acc[r][v] = first ? (bias ? _mm512_maskz_loadu_ps(mask[v], bias + v * 16)
+						  : _mm512_setzero_ps())
+					  : _mm512_maskz_loadu_ps(mask[v], c + r * ldc + v * 16);
+	for (int64_t l = 0; l < kc; l++) {
+		__m512 bv[LBK_NV];
+		LBK_UNROLL
+		for (int v = 0; v < LBK_NV; v++)
+			bv[v] = _mm512_load_ps(b + l * LBK_NR + v * 16);
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++) {
+			__m512 av = _mm512_set1_ps(a[r * lda + l]);
+			LBK_UNROLL
+			for (int v = 0; v < LBK_NV; v++)
+				acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
+		}
+	}
+	LBK_UNROLL
+	for (int r = 0; r < mr; r++)
+		LBK_UNROLL
+		for (int v = 0; v < LBK_NV; v++)
+			_mm512_mask_storeu_ps(c + r * ldc + v * 16, mask[v], acc[r][v]);
+}
+
+#define LBK_TILE_CASE(R)                                                                   \
+	case R:                                                                            \
+		micro(R, kc, a, lda, b, c, ldc, mask, bias, first);                         \
+		break
+
+static LBK_TARGET_AVX512 void tile(int mr, int64_t kc, const float *a, int64_t lda,
+				   const float *b, float *c, int64_t ldc, int64_t ncols,
+				   const float *bias, int first)
+{
+	__mmask16 mask[LBK_NV];
+	for (int v = 0; v < LBK_NV; v++) {
+		int64_t left = ncols - v * 16;
+		mask[v] = left >= 16 ? (__mmask16)0xffff
+				     : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
+	}
+	_Static_assert(LBK_MR == 8, "tile() switch lists 1..LBK_MR");
+	switch (mr) {
+		LBK_TILE_CASE(8);
+		LBK_TILE_CASE(7);
+		LBK_TILE_CASE(6);
+		LBK_TILE_CASE(5);
+		LBK_TILE_CASE(4);
+		LBK_TILE_CASE(3);
+		LBK_TILE_CASE(2);
+		LBK_TILE_CASE(1);
+	default:
+		break;
+	}
+}
+
+/* Panels p0..p1 of y = x . W^T (+ bias), all m rows. */
+static LBK_TARGET_AVX512 void gemm_avx512(float *y, const float *x, const struct lbk_packed *pw,
+					  const float *bias, int64_t m, int64_t p0, int64_t p1)
+{
+	const int64_t n = pw->n, k = pw->k;
+	for (int64_t k0 = 0; k0 < k; k0 += LBK_KC) {
+		int64_t kc = k - k0 < LBK_KC ? k - k0 : LBK_KC;
+		for (int64_t pi = p0; pi < p1; pi++) {
+			const float *b = pw->w + pi * k * LBK_NR + k0 * LBK_NR; /* [kc][LBK_NR] */
+			int64_t col0 = pi * LBK_NR;
+			int64_t ncols = n - col0 < LBK_NR ? n - col0 : LBK_NR;
+			const float *bb = bias ? bias + col0 : NULL;
+			for (int64_t i0 = 0; i0 < m; i0 += LBK_MR) {
+				int mr = (int)(m - i0 < LBK_MR ? m - i0 : LBK_MR);
+				tile(mr, kc, x + i0 * k + k0, k, b, y + i0 * n + col0, n, ncols, bb,
+				     k0 == 0);
+			}
+		}
+	}
+}
+
+static void gemm_range(float *y, const float *x, const struct lbk_packed *pw, const float *bias,
+		       int64_t m, int64_t p0, int64_t p1)
+{
+	if (lbk_use_avx512())
+		gemm_avx512(y, x, pw, bias, m, p0, p1);
+	else
+		gemm_scalar(y, x, pw, bias, m, p0, p1);
+}
+
+/* One thread's share: panels [p0, p1). Owned by the calling lbk_gemm until joined. */
+struct gemm_job {
+	float *y;
+	const float *x;
+	const struct lbk_packed *pw;
+	const float *bias;
+	int64_t m, p0, p1;
+};
+
+static void *gemm_thread(void *arg)
+{
+	struct gemm_job *j = arg;
+	gemm_range(j->y, j->x, j->pw, j->bias, j->m, j->p0, j->p1);
+	return NULL;
+}
+
+#define LBK_MAX_THREADS 64
+
+/*
+ * Persistent pool: workers 1..LBK_MAX_THREADS-1, started on first need and parked on a
+ * condition variable for the life of the process. One lbk_gemm call at a time owns the pool
+ * (pool_owner); a concurrent caller that finds it taken spawns threads for its call instead.
+ */
+static pthread_mutex_t pool_owner = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+	pthread_mutex_t lock; /* guards every field below */
+	pthread_cond_t work;  /* workers wait here for job[id] != NULL */
+	pthread_cond_t done;  /* the owner waits here for pending == 0 */
+	int started;	      /* workers 1..started exist */
+	int pending;	      /* jobs handed out and not finished */
+	/* Set by the owner, cleared by worker id when it has finished the job. */
+	struct gemm_job *job[LBK_MAX_THREADS];
+} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0,
+	   { NULL } };
+
+static void *pool_worker(void *arg)
+{
+	int id = (int)(intptr_t)arg;
+	pthread_mutex_lock(&pool.lock);
+	for (;;) {
+		while (!pool.job[id])
+			pthread_cond_wait(&pool.work, &pool.lock);
+		struct gemm_job *j = pool.job[id];
+		pthread_mutex_unlock(&pool.lock);
+		gemm_thread(j);
+		pthread_mutex_lock(&pool.lock);
+		pool.job[id] = NULL;
+		if (--pool.pending == 0)
+			pthread_cond_signal(&pool.done);
+	}
+	return NULL;
+}
+
+/* Runs jobs[0] on the caller and jobs[1..threads-1] on pool workers; 0, or -1 (nothing run)
+ * when the pool is busy or no worker could be started. */
+static int pool_run(struct gemm_job *jobs, int threads)
+{
+	if (pthread_mutex_trylock(&pool_owner) != 0)
+		return -1;
+	pthread_mutex_lock(&pool.lock);
+	while (pool.started < threads - 1) {
+		pthread_t tid;
+		pthread_attr_t attr;
+		pthread_attr_init(&attr);
+		pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+		int rc = pthread_create(&tid, &attr, pool_worker, (void *)(intptr_t)(pool.started + 1));
+		pthread_attr_destroy(&attr);
+		if (rc != 0)
+			break;
+		pool.started++;
+	}
+	int workers = pool.started < threads - 1 ? pool.started : threads - 1;
+	if (workers < threads - 1) {
+		pthread_mutex_unlock(&pool.lock);
+		pthread_mutex_unlock(&pool_owner);
+		return -1;
+	}
+	for (int t = 1; t <= workers; t++)
+		pool.job[t] = &jobs[t];
+	pool.pending = workers;
+	pthread_cond_broadcast(&pool.work);
+	pthread_mutex_unlock(&pool.lock);
+
+	gemm_thread(&jobs[0]);
+
+	pthread_mutex_lock(&pool.lock);
+	while (pool.pending > 0)
+		pthread_cond_wait(&pool.done, &pool.lock);
+	pthread_mutex_unlock(&pool.lock);
+	pthread_mutex_unlock(&pool_owner);
+	return 0;
+}
+
+/* Fallback when the pool is busy: threads created for this call only. */
+static void spawn_run(struct gemm_job *jobs, int threads)
+{
+	pthread_t tids[LBK_MAX_THREADS];
+	int started[LBK_MAX_THREADS] = { 0 };
+	for (int t = 1; t < threads; t++) {
+		/* A thread that cannot start has its share run inline. */
+		started[t] = pthread_create(&tids[t], NULL, gemm_thread, &jobs[t]) == 0;
+		if (!started[t])
+			gemm_thread(&jobs[t]);
+	}
+	gemm_thread(&jobs[0]);
+	for (int t = 1; t < threads; t++)
+		if (started[t])
+			pthread_join(tids[t], NULL);
+}
+
+void lbk_gemm(float *y, const float *x, const struct lbk_packed *w, const float *bias, int64_t m,
+	      int threads)
+{
+	if (m <= 0 || !w)
+		return;
+	int64_t panels = w->panels;
+	if (threads > LBK_MAX_THREADS)
+		threads = LBK_MAX_THREADS;
+	if (threads > panels)
+		threads = (int)panels;
+	if (threads <= 1) {
+		gemm_range(y, x, w, bias, m, 0, panels);
+		return;
+	}
+	/* Contiguous panel ranges: thread t writes columns of its panels only. */
+	struct gemm_job jobs[LBK_MAX_THREADS];
+	for (int t = 0; t < threads; t++)
+		jobs[t] = (struct gemm_job){ y, x, w, bias, m, panels * t / threads,
+					     panels * (t + 1) / threads };
+	if (pool_run(jobs, threads) != 0)
+		spawn_run(jobs, threads);
+}
+
+/* ---- GEMV (m small): one dot product per output, four W rows share each x load ---- */
+
+static LBK_TARGET_AVX512 void gemv_avx512(float *y, const float *x, const float *w,
+					  const float *bias, int64_t n, int64_t k)
+{
+	int64_t kv = k & ~(int64_t)15;
+	__mmask16 tail = (__mmask16)((1u << (k - kv)) - 1);
+	int64_t j = 0;
+	for (; j + 4 <= n; j += 4) {
+		const float *w0 = w + j * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+		__m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+		int64_t l = 0;
+		for (; l < kv; l += 16) {
+			__m512 xv = _mm512_loadu_ps(x + l);
+			s0 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w0 + l), s0);
+			s1 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w1 + l), s1);
+			s2 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w2 + l), s2);
+			s3 = _mm512_fmadd_ps(xv, _mm512_loadu_ps(w3 + l), s3);
+		}
+		if (tail) {
+			__m512 xv = _mm512_maskz_loadu_ps(tail, x + l);
+			s0 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, w0 + l), s0);
+			s1 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, w1 + l), s1);
+			s2 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, w2 + l), s2);
+			s3 = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(tail, w3 + l), s3);
+		}
+		y[j + 0] = _mm512_reduce_add_ps(s0) + (bias ? bias[j + 0] : 0.0f);
+		y[j + 1] = _mm512_reduce_add_ps(s1) + (bias ? bias[j + 1] : 0.0f);
+		y[j + 2] = _mm512_reduce_add_ps(s2) + (bias ? bias[j + 2] : 0.0f);
+		y[j + 3] = _mm512_reduce_add_ps(s3) + (bias ? bias[j + 3] : 0.0f);
+	}
+	for (; j < n; j++) {
+		const float *wr = w + j * k;
+		__m512 s = _mm512_setzero_ps();
+		int64_t l = 0;
+		for (; l < kv; l += 16)
+			s = _mm512_fmadd_ps(_mm512_loadu_ps(x + l), _mm512_loadu_ps(wr + l), s);
+		if (tail)
+			s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, x + l),
+					    _mm512_maskz_loadu_ps(tail, wr + l), s);
+		y[j] = _mm512_reduce_add_ps(s) + (bias ? bias[j] : 0.0f);
+	}
+}
+
+/* Below this many rows, packing W costs more than it saves: one GEMV per row. */
+#define LBK_GEMV_MAX_M 4
+
+void lbk_matmul(float *y, const float *x, const float *w, const float *bias, int64_t m, int64_t n,
+		int64_t k)
+{
+	if (!lbk_use_avx512()) {
+		lbk_matmul_ref(y, x, w, bias, m, n, k);
+		return;
+	}
+	if (m < LBK_GEMV_MAX_M) {
+		for (int64_t i = 0; i < m; i++)
+			gemv_avx512(y + i * n, x + i * k, w, bias, n, k);
+		return;
+	}
+	struct lbk_packed *p = lbk_pack(w, n, k);
+	if (!p) { /* out of memory: the GEMV path needs none */
+		for (int64_t i = 0; i < m; i++)
+			gemv_avx512(y + i * n, x + i * k, w, bias, n, k);
+		return;
+	}
+	lbk_gemm(y, x, p, bias, m, 1);
+	lbk_packed_free(p);
+}

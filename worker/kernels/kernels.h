@@ -1,0 +1,67 @@
+/* layerbank transformer kernels (lbk_*): fp32, AVX-512 with a plain-C reference beside each,
+ * dispatched by CPUID at run time (AVX-512, then AVX2 where written, then scalar).
+ * Shapes are given in comments as in llama2.c; index math is 64-bit. */
+#ifndef LAYERBANK_KERNELS_H
+#define LAYERBANK_KERNELS_H
+
+#include <stdint.h>
+
+enum lbk_isa { LBK_ISA_SCALAR = 0, LBK_ISA_AVX2 = 1, LBK_ISA_AVX512 = 2 };
+
+/* The best ISA this CPU has; lbk_force_isa lowers it (tests compare the variants). */
+enum lbk_isa lbk_isa(void);
+void lbk_force_isa(enum lbk_isa isa);
+
+/* ---- matrix products. W is row-major [n][k] (a Linear layer's weight, llama2.c order). ---- */
+
+/* y[m][n] = x[m][k] . W^T (+ bias[n] when bias is not NULL). */
+void lbk_matmul(float *y, const float *x, const float *w, const float *bias, int64_t m, int64_t n,
+		int64_t k);
+void lbk_matmul_ref(float *y, const float *x, const float *w, const float *bias, int64_t m,
+		    int64_t n, int64_t k);
+
+/* W packed once into the micro-kernel's panel layout, for repeated GEMMs. */
+struct lbk_packed;
+struct lbk_packed *lbk_pack(const float *w, int64_t n, int64_t k);
+void lbk_packed_free(struct lbk_packed *p);
+/* y[m][n] = x[m][k] . W^T (+ bias), on up to threads threads (1: the caller's only). */
+void lbk_gemm(float *y, const float *x, const struct lbk_packed *w, const float *bias, int64_t m,
+	      int threads);
+
+/* ---- element-wise and row kernels ---- */
+
+void lbk_rmsnorm(float *o, const float *x, const float *weight, int64_t n, float eps);
+void lbk_rmsnorm_ref(float *o, const float *x, const float *weight, int64_t n, float eps);
+void lbk_layernorm(float *o, const float *x, const float *gamma, const float *beta, int64_t n,
+		   float eps);
+void lbk_layernorm_ref(float *o, const float *x, const float *gamma, const float *beta,
+		       int64_t n, float eps);
+/* In place, numerically stable (max subtracted). */
+void lbk_softmax(float *x, int64_t n);
+void lbk_softmax_ref(float *x, int64_t n);
+/* h[i] = silu(h[i]) * g[i] */
+void lbk_silu_mul(float *h, const float *g, int64_t n);
+void lbk_silu_mul_ref(float *h, const float *g, int64_t n);
+/* In place, tanh approximation as in GPT-2/BERT implementations. */
+void lbk_gelu(float *x, int64_t n);
+void lbk_gelu_ref(float *x, int64_t n);
+/* Rotate q [n_heads][head_size] and k [n_kv_heads][head_size] of position pos, pairs (2i, 2i+1),
+ * theta^(-2i/head_size), as llama2.c. */
+void lbk_rope(float *q, float *k, int64_t pos, int64_t n_heads, int64_t n_kv_heads,
+	      int64_t head_size, float theta);
+void lbk_rope_ref(float *q, float *k, int64_t pos, int64_t n_heads, int64_t n_kv_heads,
+		  int64_t head_size, float theta);
+/* o[d] = table[token][d] */
+void lbk_embed(float *o, const float *table, int64_t token, int64_t dim);
+
+/*
+ * Multi-head attention over a sequence, grouped-query (n_heads a multiple of n_kv_heads).
+ * q [seq][n_heads][hs], k and v [seq][n_kv_heads][hs], out [seq][n_heads][hs];
+ * causal: position t attends to 0..t; otherwise to all. Scale 1/sqrt(hs).
+ */
+void lbk_attention(float *out, const float *q, const float *k, const float *v, int64_t seq,
+		   int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal);
+void lbk_attention_ref(float *out, const float *q, const float *k, const float *v, int64_t seq,
+		       int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal);
+
+#endif

@@ -1,0 +1,433 @@
+/*
+ * Llama checkpoint loader (llama2.c legacy format) and the reference fp32 forward pass.
+ * The math is plain C here on purpose: it is the reference the lbk_* kernels will be held to.
+ */
+#include "model_llama.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void set_err(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+	if (!err || !errlen)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* Floats the file holds after the header, in llama2.c's order. */
+static uint64_t weight_floats(const struct lbw_llama_config *c)
+{
+	uint64_t dim = (uint64_t)c->dim, hid = (uint64_t)c->hidden_dim, L = (uint64_t)c->n_layers;
+	uint64_t kv = (uint64_t)c->kv_dim, V = (uint64_t)c->vocab_size;
+	uint64_t n = V * dim;          /* token_embedding */
+	n += L * dim;                  /* rms_att */
+	n += L * dim * dim;            /* wq */
+	n += 2 * L * kv * dim;         /* wk, wv */
+	n += L * dim * dim;            /* wo */
+	n += L * dim;                  /* rms_ffn */
+	n += 3 * L * hid * dim;        /* w1, w2, w3 */
+	n += dim;                      /* rms_final */
+	n += (uint64_t)c->seq_len * (uint64_t)c->head_size; /* freq_cis real + imag, [seq][hs/2] each */
+	if (!c->shared_classifier)
+		n += V * dim;          /* wcls */
+	return n;
+}
+
+int lbw_llama_check_header(const int32_t hdr[7], uint64_t file_size, struct lbw_llama_config *cfg,
+			   char *err, size_t errlen)
+{
+	struct lbw_llama_config c;
+	memset(&c, 0, sizeof(c));
+	c.dim = hdr[0];
+	c.hidden_dim = hdr[1];
+	c.n_layers = hdr[2];
+	c.n_heads = hdr[3];
+	c.n_kv_heads = hdr[4];
+	c.shared_classifier = hdr[5] > 0;
+	c.vocab_size = hdr[5] == INT32_MIN ? 0 : (hdr[5] < 0 ? -hdr[5] : hdr[5]);
+	c.seq_len = hdr[6];
+
+	struct {
+		const char *name;
+		int32_t v, max;
+	} f[] = {
+		{ "dim", c.dim, LBW_LLAMA_MAX_DIM },
+		{ "hidden_dim", c.hidden_dim, LBW_LLAMA_MAX_HIDDEN },
+		{ "n_layers", c.n_layers, LBW_LLAMA_MAX_LAYERS },
+		{ "n_heads", c.n_heads, LBW_LLAMA_MAX_DIM },
+		{ "n_kv_heads", c.n_kv_heads, LBW_LLAMA_MAX_DIM },
+		{ "vocab_size", c.vocab_size, LBW_LLAMA_MAX_VOCAB },
+		{ "seq_len", c.seq_len, LBW_LLAMA_MAX_SEQ },
+	};
+	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
+		if (f[i].v <= 0 || f[i].v > f[i].max) {
+			set_err(err, errlen, "bad checkpoint header: %s = %d (must be 1..%d)", f[i].name,
+				(int)f[i].v, (int)f[i].max);
+			return -EINVAL;
+		}
+	}
+	if (c.dim % c.n_heads) {
+		set_err(err, errlen, "bad checkpoint header: dim %d not a multiple of n_heads %d",
+			(int)c.dim, (int)c.n_heads);
+		return -EINVAL;
+	}
+	if (c.n_kv_heads > c.n_heads || c.n_heads % c.n_kv_heads) {
+		set_err(err, errlen, "bad checkpoint header: n_heads %d not a multiple of n_kv_heads %d",
+			(int)c.n_heads, (int)c.n_kv_heads);
+		return -EINVAL;
+	}
+	c.head_size = c.dim / c.n_heads;
+	if (c.head_size % 2) {
+		set_err(err, errlen, "bad checkpoint header: head_size %d is odd (RoPE needs pairs)",
+			(int)c.head_size);
+		return -EINVAL;
+	}
+	c.kv_dim = c.n_kv_heads * c.head_size;
+	uint64_t want = LBW_LLAMA_HEADER_BYTES + 4 * weight_floats(&c);
+	if (file_size != want) {
+		set_err(err, errlen,
+			"checkpoint size %llu bytes, but its header (dim %d hidden %d layers %d heads %d/%d "
+			"vocab %d seq %d) implies %llu: truncated or not a llama2.c checkpoint",
+			(unsigned long long)file_size, (int)c.dim, (int)c.hidden_dim, (int)c.n_layers,
+			(int)c.n_heads, (int)c.n_kv_heads, (int)hdr[5], (int)c.seq_len,
+			(unsigned long long)want);
+		return -EINVAL;
+	}
+	*cfg = c;
+	return 0;
+}
+
+static void map_weights(struct lbw_llama *m)
+{
+	const struct lbw_llama_config *c = &m->cfg;
+	uint64_t dim = (uint64_t)c->dim, hid = (uint64_t)c->hidden_dim, L = (uint64_t)c->n_layers;
+	uint64_t kv = (uint64_t)c->kv_dim, V = (uint64_t)c->vocab_size;
+	const float *p = (const float *)((const char *)m->data + LBW_LLAMA_HEADER_BYTES);
+	m->w.token_embedding = p; p += V * dim;
+	m->w.rms_att = p; p += L * dim;
+	m->w.wq = p; p += L * dim * dim;
+	m->w.wk = p; p += L * kv * dim;
+	m->w.wv = p; p += L * kv * dim;
+	m->w.wo = p; p += L * dim * dim;
+	m->w.rms_ffn = p; p += L * dim;
+	m->w.w1 = p; p += L * hid * dim;
+	m->w.w2 = p; p += L * dim * hid;
+	m->w.w3 = p; p += L * hid * dim;
+	m->w.rms_final = p; p += dim;
+	p += (uint64_t)c->seq_len * (uint64_t)c->head_size; /* freq_cis real + imag */
+	m->w.wcls = c->shared_classifier ? m->w.token_embedding : p;
+}
+
+int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errlen)
+{
+	struct stat st;
+	int32_t hdr[7];
+	int rc;
+
+	memset(m, 0, sizeof(*m));
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		rc = -errno;
+		set_err(err, errlen, "cannot open checkpoint %s: %s", path, strerror(errno));
+		return rc;
+	}
+	if (fstat(fd, &st) < 0) {
+		rc = -errno;
+		set_err(err, errlen, "cannot stat checkpoint %s: %s", path, strerror(errno));
+		goto out;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		set_err(err, errlen, "checkpoint %s is not a regular file", path);
+		rc = -EINVAL;
+		goto out;
+	}
+	if ((uint64_t)st.st_size < LBW_LLAMA_HEADER_BYTES) {
+		set_err(err, errlen, "checkpoint %s: %lld bytes, shorter than its 28-byte header", path,
+			(long long)st.st_size);
+		rc = -EINVAL;
+		goto out;
+	}
+	ssize_t r = pread(fd, hdr, sizeof(hdr), 0);
+	if (r != (ssize_t)sizeof(hdr)) {
+		set_err(err, errlen, "cannot read checkpoint header of %s", path);
+		rc = -EIO;
+		goto out;
+	}
+	rc = lbw_llama_check_header(hdr, (uint64_t)st.st_size, &m->cfg, err, errlen);
+	if (rc < 0)
+		goto out;
+	m->data_size = (size_t)st.st_size;
+	m->data = malloc(m->data_size);
+	if (!m->data) {
+		set_err(err, errlen, "out of memory for a %zu-byte checkpoint", m->data_size);
+		rc = -ENOMEM;
+		goto out;
+	}
+	size_t got = 0;
+	while (got < m->data_size) {
+		r = pread(fd, (char *)m->data + got, m->data_size - got, (off_t)got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			set_err(err, errlen, "checkpoint %s: read failed after %zu of %zu bytes%s%s", path,
+				got, m->data_size, r < 0 ? ": " : " (file shrank)",
+				r < 0 ? strerror(errno) : "");
+			rc = -EIO;
+			goto out;
+		}
+		got += (size_t)r;
+	}
+	/* The header read first must be the header loaded (the file may change under us). */
+	if (memcmp(m->data, hdr, sizeof(hdr))) {
+		set_err(err, errlen, "checkpoint %s changed while being read", path);
+		rc = -EIO;
+		goto out;
+	}
+	map_weights(m);
+	rc = 0;
+out:
+	close(fd);
+	if (rc < 0)
+		lbw_llama_free(m);
+	return rc;
+}
+
+void lbw_llama_free(struct lbw_llama *m)
+{
+	free(m->data);
+	memset(m, 0, sizeof(*m));
+}
+
+int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_config *c)
+{
+	size_t dim = (size_t)c->dim, hid = (size_t)c->hidden_dim;
+	size_t cache = (size_t)c->n_layers * (size_t)c->seq_len * (size_t)c->kv_dim;
+
+	memset(s, 0, sizeof(*s));
+	s->x = calloc(dim, sizeof(float));
+	s->xb = calloc(dim, sizeof(float));
+	s->xb2 = calloc(dim, sizeof(float));
+	s->hb = calloc(hid, sizeof(float));
+	s->hb2 = calloc(hid, sizeof(float));
+	s->q = calloc(dim, sizeof(float));
+	s->att = calloc((size_t)c->n_heads * (size_t)c->seq_len, sizeof(float));
+	s->logits = calloc((size_t)c->vocab_size, sizeof(float));
+	s->key_cache = calloc(cache, sizeof(float));
+	s->value_cache = calloc(cache, sizeof(float));
+	if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->att || !s->logits ||
+	    !s->key_cache || !s->value_cache) {
+		lbw_llama_state_free(s);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+void lbw_llama_state_free(struct lbw_llama_state *s)
+{
+	free(s->x);
+	free(s->xb);
+	free(s->xb2);
+	free(s->hb);
+	free(s->hb2);
+	free(s->q);
+	free(s->att);
+	free(s->logits);
+	free(s->key_cache);
+	free(s->value_cache);
+	memset(s, 0, sizeof(*s));
+}
+
+/* o = weight * x / rms(x), eps 1e-5, as llama2.c. o may alias x. */
+static void rmsnorm(float *o, const float *x, const float *weight, int32_t n)
+{
+	float ss = 0.0f;
+	for (int32_t j = 0; j < n; j++)
+		ss += x[j] * x[j];
+	ss /= (float)n;
+	ss += 1e-5f;
+	ss = 1.0f / sqrtf(ss);
+	for (int32_t j = 0; j < n; j++)
+		o[j] = weight[j] * (ss * x[j]);
+}
+
+static void softmax(float *x, int32_t n)
+{
+	float max = x[0];
+	for (int32_t i = 1; i < n; i++)
+		if (x[i] > max)
+			max = x[i];
+	float sum = 0.0f;
+	for (int32_t i = 0; i < n; i++) {
+		x[i] = expf(x[i] - max);
+		sum += x[i];
+	}
+	for (int32_t i = 0; i < n; i++)
+		x[i] /= sum;
+}
+
+/* xout[d] = w[d][n] @ x[n] */
+static void matmul(float *xout, const float *x, const float *w, int32_t n, int32_t d)
+{
+	for (int32_t i = 0; i < d; i++) {
+		const float *row = w + (size_t)i * (size_t)n;
+		float val = 0.0f;
+		for (int32_t j = 0; j < n; j++)
+			val += row[j] * x[j];
+		xout[i] = val;
+	}
+}
+
+void lbw_llama_embed(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t token)
+{
+	size_t dim = (size_t)m->cfg.dim;
+	memcpy(s->x, m->w.token_embedding + (size_t)token * dim, dim * sizeof(float));
+}
+
+void lbw_llama_layer(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t pos)
+{
+	const struct lbw_llama_config *c = &m->cfg;
+	const struct lbw_llama_weights *w = &m->w;
+	int32_t dim = c->dim, hid = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size;
+	int32_t kv_mul = c->n_heads / c->n_kv_heads;
+	size_t L = (size_t)l;
+	size_t loff = L * (size_t)c->seq_len * (size_t)kv_dim; /* this layer's cache */
+	float *x = s->x;
+	float *k = s->key_cache + loff + (size_t)pos * (size_t)kv_dim;
+	float *v = s->value_cache + loff + (size_t)pos * (size_t)kv_dim;
+
+	/* attention: QKV of the normed stream, K and V straight into the cache */
+	rmsnorm(s->xb, x, w->rms_att + L * (size_t)dim, dim);
+	matmul(s->q, s->xb, w->wq + L * (size_t)dim * (size_t)dim, dim, dim);
+	matmul(k, s->xb, w->wk + L * (size_t)kv_dim * (size_t)dim, dim, kv_dim);
+	matmul(v, s->xb, w->wv + L * (size_t)kv_dim * (size_t)dim, dim, kv_dim);
+
+	/* RoPE, computed exactly as llama2.c does (float powf/cosf/sinf) */
+	for (int32_t i = 0; i < dim; i += 2) {
+		int32_t head_dim = i % hs;
+		float freq = 1.0f / powf(10000.0f, (float)head_dim / (float)hs);
+		float val = (float)pos * freq;
+		float fcr = cosf(val), fci = sinf(val);
+		int rotn = i < kv_dim ? 2 : 1;
+		for (int r = 0; r < rotn; r++) {
+			float *vec = r == 0 ? s->q : k;
+			float v0 = vec[i], v1 = vec[i + 1];
+			vec[i] = v0 * fcr - v1 * fci;
+			vec[i + 1] = v0 * fci + v1 * fcr;
+		}
+	}
+
+	/* grouped-query attention over positions 0..pos */
+	for (int32_t h = 0; h < c->n_heads; h++) {
+		const float *q = s->q + (size_t)h * (size_t)hs;
+		float *att = s->att + (size_t)h * (size_t)c->seq_len;
+		size_t koff = loff + (size_t)(h / kv_mul) * (size_t)hs;
+		for (int32_t t = 0; t <= pos; t++) {
+			const float *kt = s->key_cache + koff + (size_t)t * (size_t)kv_dim;
+			float score = 0.0f;
+			for (int32_t i = 0; i < hs; i++)
+				score += q[i] * kt[i];
+			score /= sqrtf((float)hs);
+			att[t] = score;
+		}
+		softmax(att, pos + 1);
+		float *xb = s->xb + (size_t)h * (size_t)hs;
+		memset(xb, 0, (size_t)hs * sizeof(float));
+		for (int32_t t = 0; t <= pos; t++) {
+			const float *vt = s->value_cache + koff + (size_t)t * (size_t)kv_dim;
+			float a = att[t];
+			for (int32_t i = 0; i < hs; i++)
+				xb[i] += a * vt[i];
+		}
+	}
+	matmul(s->xb2, s->xb, w->wo + L * (size_t)dim * (size_t)dim, dim, dim);
+	for (int32_t i = 0; i < dim; i++)
+		x[i] += s->xb2[i];
+
+	/* FFN: w2(silu(w1 x) * w3 x) */
+	rmsnorm(s->xb, x, w->rms_ffn + L * (size_t)dim, dim);
+	matmul(s->hb, s->xb, w->w1 + L * (size_t)hid * (size_t)dim, dim, hid);
+	matmul(s->hb2, s->xb, w->w3 + L * (size_t)hid * (size_t)dim, dim, hid);
+	for (int32_t i = 0; i < hid; i++) {
+		float val = s->hb[i];
+		val *= 1.0f / (1.0f + expf(-val));
+		val *= s->hb2[i];
+		s->hb[i] = val;
+	}
+	matmul(s->xb, s->hb, w->w2 + L * (size_t)dim * (size_t)hid, hid, dim);
+	for (int32_t i = 0; i < dim; i++)
+		x[i] += s->xb[i];
+}
+
+float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s)
+{
+	rmsnorm(s->x, s->x, m->w.rms_final, m->cfg.dim);
+	matmul(s->logits, s->x, m->w.wcls, m->cfg.dim, m->cfg.vocab_size);
+	return s->logits;
+}
+
+float *lbw_llama_forward(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t token,
+			 int32_t pos)
+{
+	if (token < 0 || token >= m->cfg.vocab_size || pos < 0 || pos >= m->cfg.seq_len) {
+		errno = EINVAL;
+		return NULL;
+	}
+	lbw_llama_embed(m, s, token);
+	for (int32_t l = 0; l < m->cfg.n_layers; l++)
+		lbw_llama_layer(m, s, l, pos);
+	return lbw_llama_head(m, s);
+}
+
+double lbw_llama_nll(const float *logits, int32_t vocab, int32_t target)
+{
+	double max = logits[0];
+	for (int32_t i = 1; i < vocab; i++)
+		if (logits[i] > max)
+			max = logits[i];
+	double sum = 0.0;
+	for (int32_t i = 0; i < vocab; i++)
+		sum += exp((double)logits[i] - max);
+	return -((double)logits[target] - max - log(sum));
+}
+
+int32_t lbw_llama_argmax(const float *logits, int32_t vocab)
+{
+	int32_t best = 0;
+	for (int32_t i = 1; i < vocab; i++)
+		if (logits[i] > logits[best])
+			best = i;
+	return best;
+}
+
+int lbw_llama_prompt(const struct lbw_llama *m, struct lbw_llama_state *s, const int32_t *tokens,
+		     int32_t n, float *logits, double *nll)
+{
+	int32_t V = m->cfg.vocab_size;
+	if (n < 1 || n > m->cfg.seq_len)
+		return -EINVAL;
+	for (int32_t i = 0; i < n; i++)
+		if (tokens[i] < 0 || tokens[i] >= V)
+			return -EINVAL;
+	double sum = 0.0;
+	for (int32_t pos = 0; pos < n; pos++) {
+		const float *lg = lbw_llama_forward(m, s, tokens[pos], pos);
+		if (logits)
+			memcpy(logits + (size_t)pos * (size_t)V, lg, (size_t)V * sizeof(float));
+		if (pos + 1 < n)
+			sum += lbw_llama_nll(lg, V, tokens[pos + 1]);
+	}
+	if (nll)
+		*nll = sum;
+	return 0;
+}

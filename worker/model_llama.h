@@ -1,0 +1,127 @@
+/*
+ * Llama decoder in the llama2.c legacy checkpoint format: loading and validating the file, and a
+ * plain-C fp32 forward pass (one token at a time, KV cache) that matches llama2.c's forward().
+ */
+#ifndef LAYERBANK_WORKER_MODEL_LLAMA_H
+#define LAYERBANK_WORKER_MODEL_LLAMA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Caps on header fields: a header beyond them is rejected as hostile (-EINVAL). */
+#define LBW_LLAMA_MAX_DIM (1 << 16)
+#define LBW_LLAMA_MAX_HIDDEN (1 << 18)
+#define LBW_LLAMA_MAX_LAYERS 1024
+#define LBW_LLAMA_MAX_VOCAB (1 << 20)
+#define LBW_LLAMA_MAX_SEQ (1 << 20)
+/* Bytes of the legacy header: 7 int32. */
+#define LBW_LLAMA_HEADER_BYTES 28
+
+struct lbw_llama_config {
+	int32_t dim;        /* transformer width */
+	int32_t hidden_dim; /* FFN width */
+	int32_t n_layers;
+	int32_t n_heads;    /* query heads */
+	int32_t n_kv_heads; /* key/value heads (grouped-query attention) */
+	int32_t vocab_size; /* always positive here; the file's sign is in shared_classifier */
+	int32_t seq_len;    /* longest context, also the KV cache length */
+	int32_t head_size;  /* dim / n_heads, even */
+	int32_t kv_dim;     /* n_kv_heads * head_size */
+	int shared_classifier; /* 1: wcls is the token embedding (positive vocab_size in the file) */
+};
+
+/* Pointers into the loaded file (read-only after loading). */
+struct lbw_llama_weights {
+	const float *token_embedding; /* [vocab_size][dim] */
+	const float *rms_att;         /* [n_layers][dim] */
+	const float *wq;              /* [n_layers][dim][dim] (out = n_heads * head_size) */
+	const float *wk;              /* [n_layers][kv_dim][dim] */
+	const float *wv;              /* [n_layers][kv_dim][dim] */
+	const float *wo;              /* [n_layers][dim][dim] */
+	const float *rms_ffn;         /* [n_layers][dim] */
+	const float *w1;              /* [n_layers][hidden_dim][dim] */
+	const float *w2;              /* [n_layers][dim][hidden_dim] */
+	const float *w3;              /* [n_layers][hidden_dim][dim] */
+	const float *rms_final;       /* [dim] */
+	/* then freq_cis real and imag, each [seq_len][head_size / 2], unused */
+	const float *wcls;            /* [vocab_size][dim] */
+};
+
+/* A loaded model. Immutable after lbw_llama_load: any number of states may share it. */
+struct lbw_llama {
+	struct lbw_llama_config cfg;
+	struct lbw_llama_weights w;
+	void *data;       /* the whole file, malloc'd; owned */
+	size_t data_size; /* bytes of data, equal to the file size */
+};
+
+/* Activations and the KV cache of one sequence. Owned by one thread at a time. */
+struct lbw_llama_state {
+	float *x;           /* [dim] residual stream */
+	float *xb;          /* [dim] */
+	float *xb2;         /* [dim] */
+	float *hb;          /* [hidden_dim] */
+	float *hb2;         /* [hidden_dim] */
+	float *q;           /* [dim] */
+	float *att;         /* [n_heads][seq_len] */
+	float *logits;      /* [vocab_size] */
+	float *key_cache;   /* [n_layers][seq_len][kv_dim] */
+	float *value_cache; /* [n_layers][seq_len][kv_dim] */
+};
+
+/*
+ * Check a header against the caps and shape rules and the file size it implies.
+ * hdr: the 7 int32 as stored. On success fills cfg.
+ * @return 0; -EINVAL with a reason in err (bad field, or file_size not exactly what it implies).
+ */
+int lbw_llama_check_header(const int32_t hdr[7], uint64_t file_size, struct lbw_llama_config *cfg,
+			   char *err, size_t errlen);
+
+/*
+ * Read the checkpoint at path into memory and validate it.
+ * err (may be NULL) receives one line saying what is wrong.
+ * @return 0; -errno from open/fstat (-ENOENT, -EACCES, ...); -EINVAL bad header or size;
+ * -EIO short or failed read; -ENOMEM.
+ */
+int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errlen);
+/* Free what lbw_llama_load allocated; m is zeroed. Safe on a zeroed struct. */
+void lbw_llama_free(struct lbw_llama *m);
+
+/* Allocate a state (KV cache for cfg->seq_len positions). @return 0, -ENOMEM. */
+int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_config *cfg);
+void lbw_llama_state_free(struct lbw_llama_state *s);
+
+/*
+ * The forward pass in its three parts, for callers that hook a layer (a layer cache):
+ * embed copies token's row into s->x; layer runs layer l at position pos on s->x (reading the
+ * KV cache of positions 0..pos-1 of that layer and writing position pos); head applies the
+ * final RMSNorm and the classifier into s->logits. Arguments must be in range (the caller
+ * checked them; lbw_llama_forward does): token < vocab_size, l < n_layers, pos < seq_len.
+ */
+void lbw_llama_embed(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t token);
+void lbw_llama_layer(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t pos);
+float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s);
+
+/*
+ * One token at position pos through the whole model, as llama2.c's forward().
+ * @return s->logits ([vocab_size]); NULL with errno EINVAL when token or pos is out of range.
+ */
+float *lbw_llama_forward(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t token,
+			 int32_t pos);
+
+/*
+ * Run tokens[0..n-1] at positions 0..n-1. logits (may be NULL): [n][vocab_size], the logits after
+ * each position. nll (may be NULL): the summed negative log-likelihood, in double from the
+ * log-softmax of the float logits, of tokens[1..n-1] each given the positions before it.
+ * @return 0; -EINVAL when n < 1, n > seq_len or a token is out of range.
+ */
+int lbw_llama_prompt(const struct lbw_llama *m, struct lbw_llama_state *s, const int32_t *tokens,
+		     int32_t n, float *logits, double *nll);
+
+/* -log softmax(logits)[target] over vocab entries, in double. */
+double lbw_llama_nll(const float *logits, int32_t vocab, int32_t target);
+
+/* Index of the largest logit (the first on ties), as llama2.c's argmax sampler. */
+int32_t lbw_llama_argmax(const float *logits, int32_t vocab);
+
+#endif
