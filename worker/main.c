@@ -10,12 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <xxhash.h>
 
+#include "layerbank/layerbank.h"
 #include "model_llama.h"
 #include "tokenizer.h"
 
 #define EXIT_USAGE 2
 #define EXIT_LOAD 1
+#define EXIT_VOCAB 3 /* internal to score: reported as EXIT_LOAD */
 /* Largest --text-file read for score. */
 #define MAX_TEXT_BYTES (16u << 20)
 
@@ -25,6 +28,7 @@ static void usage(FILE *f)
 		"usage: layerbank-worker generate --model M --tokenizer T [--prompt S] [--steps N]\n"
 		"                                 [--temperature 0] [--cache SOCKET] [--stats]\n"
 		"       layerbank-worker score --model M --tokenizer T --text-file F [--cache SOCKET]\n"
+		"                              [--cache-layers all|L,L,...] [--revalidate P] [--tau X]\n"
 		"\n"
 		"generate  greedy decoding, printed as llama2.c's run.c prints it. --steps counts\n"
 		"          positions including BOS and the prompt (default 256; 0 or more than the\n"
@@ -34,15 +38,35 @@ static void usage(FILE *f)
 		"score     prints 'tokens N predicted P nll_per_token X': N tokens with BOS, P = N-1,\n"
 		"          X the mean negative log-likelihood (nats). The file is read whole; one\n"
 		"          trailing newline is dropped.\n"
-		"--cache   accepted; the layer cache is not used yet.\n");
+		"--cache   score: reuse and fill layerbankd's layer cache at SOCKET (a prefill resumes\n"
+		"          from the deepest cached layer's hidden states; layers above it, and their\n"
+		"          KV, are recomputed). Prints a second line 'cache hit_layer H computed C\n"
+		"          inserted I' (H -1: a miss). Without a daemon there, one warning and a plain\n"
+		"          run. generate decodes token by token, which needs every layer's KV, and\n"
+		"          does not use the cache.\n"
+		"--cache-layers  layers to insert: all (default) or a comma list of indices.\n"
+		"--revalidate P  recompute the top layer of a share P (0..1) of hits and report the\n"
+		"          drift (default 0).\n"
+		"--tau X   similarity threshold of every layer's lookup (default: the daemon's).\n");
 }
 
 struct opts {
 	const char *cmd, *model, *tokenizer, *prompt, *text_file, *cache;
+	const char *cache_layers, *revalidate_s, *tau_s; /* score --cache options, checked later */
 	long steps;
 	double temperature;
+	double revalidate, tau;
 	int stats;
 };
+
+/* A finite number, whole string. @return 0 or -1. */
+static int parse_real(const char *v, double *out)
+{
+	char *end;
+	errno = 0;
+	*out = strtod(v, &end);
+	return errno || end == v || *end || !isfinite(*out) ? -1 : 0;
+}
 
 /* @return 0, or -1 after printing one line on stderr. */
 static int parse(int argc, char **argv, struct opts *o)
@@ -77,6 +101,12 @@ static int parse(int argc, char **argv, struct opts *o)
 			slot = &o->prompt;
 		else if (!strcmp(a, "--text-file") && score)
 			slot = &o->text_file;
+		else if (!strcmp(a, "--cache-layers") && score)
+			slot = &o->cache_layers;
+		else if (!strcmp(a, "--revalidate") && score)
+			slot = &o->revalidate_s;
+		else if (!strcmp(a, "--tau") && score)
+			slot = &o->tau_s;
 		else if (strcmp(a, "--steps") || !gen) {
 			if (strcmp(a, "--temperature") || !gen) {
 				fprintf(stderr, "layerbank-worker %s: unknown option '%s'\n", o->cmd, a);
@@ -119,6 +149,23 @@ static int parse(int argc, char **argv, struct opts *o)
 	}
 	if (score && !o->text_file) {
 		fprintf(stderr, "layerbank-worker score: --text-file is required\n");
+		return -1;
+	}
+	if (gen && o->cache)
+		fprintf(stderr, "layerbank-worker generate: --cache ignored: token-by-token decoding "
+				"needs every layer's KV, which the cache does not hold\n");
+	if (score && (o->cache_layers || o->revalidate_s || o->tau_s) && !o->cache) {
+		fprintf(stderr, "layerbank-worker score: --cache-layers, --revalidate and --tau need "
+				"--cache\n");
+		return -1;
+	}
+	if (o->revalidate_s && (parse_real(o->revalidate_s, &o->revalidate) < 0 ||
+				o->revalidate < 0 || o->revalidate > 1)) {
+		fprintf(stderr, "layerbank-worker score: bad --revalidate '%s' (0..1)\n", o->revalidate_s);
+		return -1;
+	}
+	if (o->tau_s && (parse_real(o->tau_s, &o->tau) < 0 || o->tau < -1 || o->tau > 1)) {
+		fprintf(stderr, "layerbank-worker score: bad --tau '%s' (-1..1)\n", o->tau_s);
 		return -1;
 	}
 	return 0;
@@ -248,6 +295,194 @@ static char *read_text(const char *path)
 	return buf;
 }
 
+/* lb_layer_fn over the llama prefill. */
+struct llama_layers {
+	const struct lbw_llama *m;
+	struct lbw_llama_state *s;
+	int32_t n;
+};
+
+static int llama_layer(void *ctx, uint32_t layer, const float *in, float *out)
+{
+	struct llama_layers *x = ctx;
+	lbw_llama_layer_seq(x->m, x->s, (int32_t)layer, x->n, in, out);
+	return 0;
+}
+
+/* The cache's side of score: client, model id, projection, options. */
+struct score_cache {
+	struct lb_client *c;
+	struct lb_fp_proj *proj;
+	struct lb_lem_cfg cfg;
+	float *tau;
+	uint8_t *layers;
+};
+
+#define FP_SEED 0x6c61796572ull /* "layer" */
+#define FP_CHUNKS 4
+
+/* Parse --cache-layers into flags[n_layers]. @return 0 or -1 after a message. */
+static int parse_layers(const char *v, uint8_t *flags, int32_t n_layers)
+{
+	if (!strcmp(v, "all")) {
+		memset(flags, 1, (size_t)n_layers);
+		return 0;
+	}
+	memset(flags, 0, (size_t)n_layers);
+	const char *p = v;
+	for (;;) {
+		char *end;
+		errno = 0;
+		long l = strtol(p, &end, 10);
+		if (errno || end == p || l < 0 || l >= n_layers || (*end && *end != ',')) {
+			fprintf(stderr, "layerbank-worker score: bad --cache-layers '%s' (all, or layer "
+					"indices 0..%d separated by commas)\n", v, (int)n_layers - 1);
+			return -1;
+		}
+		flags[l] = 1;
+		if (!*end)
+			return 0;
+		p = end + 1;
+	}
+}
+
+static void cache_close(struct score_cache *sc)
+{
+	lb_close(sc->c);
+	lb_fp_proj_free(sc->proj);
+	free(sc->tau);
+	free(sc->layers);
+	memset(sc, 0, sizeof(*sc));
+}
+
+/*
+ * Connect, register the model and build its projection. @return 0 (sc->c NULL: the cache is
+ * away, warned about, run plain), or -1 on a bad option.
+ */
+static int cache_open(const struct opts *o, const struct lbw_llama *m, struct score_cache *sc)
+{
+	int32_t L = m->cfg.n_layers, dim = m->cfg.dim;
+	memset(sc, 0, sizeof(*sc));
+	sc->layers = malloc((size_t)L);
+	if (o->tau_s)
+		sc->tau = malloc((size_t)L * sizeof(float));
+	float *center = calloc((size_t)dim, sizeof(float));
+	double *acc = calloc((size_t)dim, sizeof(double));
+	if (!sc->layers || (o->tau_s && !sc->tau) || !center || !acc) {
+		fprintf(stderr, "layerbank-worker score: out of memory\n");
+		free(center);
+		free(acc);
+		cache_close(sc);
+		return -1;
+	}
+	if (parse_layers(o->cache_layers ? o->cache_layers : "all", sc->layers, L) < 0) {
+		free(center);
+		free(acc);
+		cache_close(sc);
+		return -1;
+	}
+	for (int32_t l = 0; sc->tau && l < L; l++)
+		sc->tau[l] = (float)o->tau;
+
+	/* The projection is centred on the embedding table's mean row. */
+	for (int32_t v = 0; v < m->cfg.vocab_size; v++)
+		for (int32_t j = 0; j < dim; j++)
+			acc[j] += m->w.token_embedding[(size_t)v * (size_t)dim + (size_t)j];
+	for (int32_t j = 0; j < dim; j++)
+		center[j] = (float)(acc[j] / (double)m->cfg.vocab_size);
+	free(acc);
+	sc->proj = lb_fp_proj_new((uint32_t)dim, FP_CHUNKS, FP_SEED, center);
+	free(center);
+
+	const char *why = NULL;
+	char name[LB_NAME_MAX + 1];
+	const char *base = strrchr(o->model, '/');
+	snprintf(name, sizeof(name), "%s", base ? base + 1 : o->model);
+	uint32_t model_id = 0;
+	int rc = sc->proj ? 0 : -errno;
+	if (rc == 0)
+		rc = lb_connect(o->cache, "layerbank-worker", &sc->c);
+	if (rc == 0) {
+		struct lb_model_desc d = {
+			.name = name,
+			.weights_hash = XXH3_64bits(m->data, m->data_size),
+			.n_layers = (uint32_t)L,
+			.hidden = (uint32_t)dim,
+			.dtype = LB_DTYPE_F32,
+			.max_seq = (uint32_t)m->cfg.seq_len,
+			.fp_chunks = FP_CHUNKS,
+			.fp_seed = FP_SEED,
+		};
+		rc = lb_register_model(sc->c, &d, &model_id);
+		if (rc < 0 && *lb_last_error(sc->c))
+			why = lb_last_error(sc->c);
+	}
+	if (rc < 0) {
+		fprintf(stderr, "layerbank-worker score: warning: layer cache %s unavailable (%s%s%s); "
+				"scoring without it\n", o->cache, strerror(-rc), why ? ": " : "",
+			why ? why : "");
+		lb_close(sc->c);
+		sc->c = NULL;
+		return 0;
+	}
+	sc->cfg = (struct lb_lem_cfg){
+		.model_id = model_id,
+		.n_layers = (uint32_t)L,
+		.hidden = (uint32_t)dim,
+		.proj = sc->proj,
+		.tau = sc->tau,
+		.cache_layers = sc->layers,
+		.revalidate = o->revalidate,
+		.seed = FP_SEED,
+	};
+	return 0;
+}
+
+/*
+ * The NLL of tokens[0..n-1] by the layer-major prefill, through the layer cache with --cache.
+ * @return 0; EXIT_VOCAB (a token out of range); EXIT_LOAD (after a message); EXIT_USAGE.
+ */
+static int score_tokens(const struct opts *o, const struct lbw_llama *m, struct lbw_llama_state *s,
+			const int32_t *toks, int32_t n, double *nll)
+{
+	for (int32_t i = 0; i < n; i++)
+		if (toks[i] < 0 || toks[i] >= m->cfg.vocab_size)
+			return EXIT_VOCAB;
+	struct score_cache sc;
+	memset(&sc, 0, sizeof(sc));
+	if (o->cache && cache_open(o, m, &sc) < 0)
+		return EXIT_USAGE;
+	struct lb_lem_cfg plain = { .n_layers = (uint32_t)m->cfg.n_layers, .hidden = (uint32_t)m->cfg.dim };
+	float *h = malloc((size_t)n * (size_t)m->cfg.dim * sizeof(float));
+	if (!h) {
+		fprintf(stderr, "layerbank-worker score: out of memory\n");
+		cache_close(&sc);
+		return EXIT_LOAD;
+	}
+	lbw_llama_embed_seq(m, toks, n, h);
+	struct llama_layers ctx = { m, s, n };
+	struct lb_lem_result res;
+	int rc = lb_lem_run(sc.c, sc.c ? &sc.cfg : &plain, toks, (uint32_t)n, h, llama_layer, &ctx, &res);
+	if (rc < 0) {
+		fprintf(stderr, "layerbank-worker score: layer manager: %s\n", strerror(-rc));
+		free(h);
+		cache_close(&sc);
+		return EXIT_LOAD;
+	}
+	*nll = lbw_llama_score_seq(m, s, toks, n, h);
+	printf("tokens %d predicted %d nll_per_token %.6f\n", n, n - 1, *nll / (double)(n - 1));
+	if (o->cache) {
+		printf("cache hit_layer %d computed %u inserted %u\n", (int)res.hit_layer,
+		       res.layers_computed, res.layers_inserted);
+		if (res.cache_error)
+			fprintf(stderr, "layerbank-worker score: warning: layer cache lost mid-run (%s); "
+					"finished without it\n", strerror(-res.cache_error));
+	}
+	free(h);
+	cache_close(&sc);
+	return 0;
+}
+
 static int score(const struct opts *o, const struct lbw_llama *m, struct lbw_llama_state *s,
 		 const struct lbw_tokenizer *t)
 {
@@ -280,11 +515,12 @@ static int score(const struct opts *o, const struct lbw_llama *m, struct lbw_lla
 	} else if (n > m->cfg.seq_len) {
 		fprintf(stderr, "layerbank-worker score: %s is %d tokens, more than the model's "
 				"seq_len %d\n", o->text_file, n, (int)m->cfg.seq_len);
-	} else if (lbw_llama_prompt(m, s, toks, n, NULL, &nll) < 0) {
-		fprintf(stderr, "layerbank-worker score: a token is out of the model's vocabulary\n");
 	} else {
-		printf("tokens %d predicted %d nll_per_token %.6f\n", n, n - 1, nll / (double)(n - 1));
-		rc = 0;
+		rc = score_tokens(o, m, s, toks, n, &nll);
+		if (rc == EXIT_VOCAB) {
+			fprintf(stderr, "layerbank-worker score: a token is out of the model's vocabulary\n");
+			rc = EXIT_LOAD;
+		}
 	}
 	free(toks);
 	return rc;

@@ -294,7 +294,9 @@ void lbw_llama_embed(const struct lbw_llama *m, struct lbw_llama_state *s, int32
 	memcpy(s->x, m->w.token_embedding + (size_t)token * dim, dim * sizeof(float));
 }
 
-void lbw_llama_layer(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t pos)
+/* Layer l at position pos on the residual stream x ([dim], updated in place). */
+static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float *x, int32_t l,
+		     int32_t pos)
 {
 	const struct lbw_llama_config *c = &m->cfg;
 	const struct lbw_llama_weights *w = &m->w;
@@ -302,7 +304,6 @@ void lbw_llama_layer(const struct lbw_llama *m, struct lbw_llama_state *s, int32
 	int32_t kv_mul = c->n_heads / c->n_kv_heads;
 	size_t L = (size_t)l;
 	size_t loff = L * (size_t)c->seq_len * (size_t)kv_dim; /* this layer's cache */
-	float *x = s->x;
 	float *k = s->key_cache + loff + (size_t)pos * (size_t)kv_dim;
 	float *v = s->value_cache + loff + (size_t)pos * (size_t)kv_dim;
 
@@ -367,6 +368,49 @@ void lbw_llama_layer(const struct lbw_llama *m, struct lbw_llama_state *s, int32
 	matmul(s->xb, s->hb, w->w2 + L * (size_t)dim * (size_t)hid, hid, dim);
 	for (int32_t i = 0; i < dim; i++)
 		x[i] += s->xb[i];
+}
+
+void lbw_llama_layer(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t pos)
+{
+	layer_at(m, s, s->x, l, pos);
+}
+
+/*
+ * Position-major inside one layer: position pos reads in[pos] and the K/V rows 0..pos - 1 this
+ * same call wrote, so the operations, and the bits, are those of lbw_llama_layer run token by
+ * token. out[pos] is written after in[pos] is read, so in may equal out.
+ */
+void lbw_llama_layer_seq(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t n,
+			 const float *in, float *out)
+{
+	size_t dim = (size_t)m->cfg.dim;
+	for (int32_t pos = 0; pos < n; pos++) {
+		float *x = out + (size_t)pos * dim;
+		if (x != in + (size_t)pos * dim)
+			memcpy(x, in + (size_t)pos * dim, dim * sizeof(float));
+		layer_at(m, s, x, l, pos);
+	}
+}
+
+void lbw_llama_embed_seq(const struct lbw_llama *m, const int32_t *tokens, int32_t n, float *h)
+{
+	size_t dim = (size_t)m->cfg.dim;
+	for (int32_t pos = 0; pos < n; pos++)
+		memcpy(h + (size_t)pos * dim, m->w.token_embedding + (size_t)tokens[pos] * dim,
+		       dim * sizeof(float));
+}
+
+double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
+			   const int32_t *tokens, int32_t n, const float *h)
+{
+	size_t dim = (size_t)m->cfg.dim;
+	double sum = 0.0;
+	for (int32_t pos = 0; pos + 1 < n; pos++) {
+		memcpy(s->x, h + (size_t)pos * dim, dim * sizeof(float));
+		const float *lg = lbw_llama_head(m, s);
+		sum += lbw_llama_nll(lg, m->cfg.vocab_size, tokens[pos + 1]);
+	}
+	return sum;
 }
 
 float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s)

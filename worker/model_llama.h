@@ -103,6 +103,26 @@ void lbw_llama_layer(const struct lbw_llama *m, struct lbw_llama_state *s, int32
 float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s);
 
 /*
+ * The layer-major prefill, for score and the layer cache (lb_lem_run). A cached layer holds
+ * hidden states, not KV: whoever resumes from a hit at layer L recomputes the KV of layers
+ * L + 1.. as part of this prefill, which is all scoring needs. Token-by-token decoding
+ * (generate, lbw_llama_forward) needs the KV of every layer and so does not use the cache.
+ *
+ * embed_seq: h [n][dim] = the embedding rows of tokens[0..n-1].
+ * layer_seq: layer l for positions 0..n-1 at once, causal attention within the sequence, RoPE per
+ *   position; in, out [n][dim] (in may equal out); uses s's KV cache of layer l as scratch. The
+ *   result is bit-identical to lbw_llama_layer run position by position.
+ * score_seq: the summed NLL of tokens[1..n-1] from the last layer's output h [n][dim] (final
+ *   RMSNorm and classifier per position; uses s->x and s->logits), as lbw_llama_prompt sums it.
+ * Arguments must be in range: 1 <= n <= seq_len, tokens < vocab_size, l < n_layers.
+ */
+void lbw_llama_embed_seq(const struct lbw_llama *m, const int32_t *tokens, int32_t n, float *h);
+void lbw_llama_layer_seq(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t n,
+			 const float *in, float *out);
+double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
+			   const int32_t *tokens, int32_t n, const float *h);
+
+/*
  * One token at position pos through the whole model, as llama2.c's forward().
  * @return s->logits ([vocab_size]); NULL with errno EINVAL when token or pos is out of range.
  */

@@ -247,6 +247,64 @@ int lb_submit_release(struct lb_client *c, uint64_t lease, uint64_t user_data);
  * @return the number collected (0 on time-out), -EPROTO. */
 int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, uint32_t timeout_us);
 
+
+/* ---- the layer execution manager (LLMCache): reuse the deepest cached layer, insert the rest ---- */
+
+/*
+ * Compute one layer of the model for a whole input: in and out are [n][hidden] floats.
+ * in may be a read-only view into the cache's arena, and in may equal out (a layer computed in
+ * place): a callback whose math cannot work in place must use its own scratch.
+ * @return 0, or a negative errno value, which lb_lem_run returns as is.
+ */
+typedef int (*lb_layer_fn)(void *ctx, uint32_t layer, const float *in, float *out);
+
+struct lb_lem_cfg {
+	uint32_t model_id;             /* from lb_register_model (unused when c is NULL) */
+	uint32_t n_layers;             /* 1..1024, as registered */
+	uint32_t hidden;               /* as registered; entries are f32 [n][hidden] */
+	const struct lb_fp_proj *proj; /* the fingerprint projection, width hidden */
+	const float *tau;              /* n_layers lookup thresholds, or NULL: the daemon's */
+	const uint8_t *cache_layers;   /* n_layers flags: insert layer l when nonzero; NULL: all */
+	double revalidate;             /* 0..1: share of hits whose top layer is recomputed */
+	uint64_t seed;                 /* of the revalidation draw, mixed with the input's hash */
+};
+
+struct lb_lem_result {
+	int32_t hit_layer;        /* the layer whose cached output was reused; -1: a miss */
+	uint32_t hit_hamming;     /* fingerprint distance of that hit */
+	uint32_t layers_computed; /* layers of the forward pass run by compute */
+	uint32_t layers_inserted; /* of those, committed to the cache */
+	uint32_t revalidated;     /* layers recomputed to check a hit (not in layers_computed) */
+	uint32_t reports;         /* REPORTs sent */
+	int cache_error;          /* 0, or the error that made this run fall back to plain */
+};
+
+/*
+ * Run the layers of one input of n tokens, reusing what the cache holds:
+ *  1. key = lb_fingerprint(h) + lb_token_hash(tokens) + n; lb_lookup_deepest.
+ *  2. On a hit at layer L (f32, [n][hidden], checked; anything else counts as a miss) the hit's
+ *     arena view is the input of layer L + 1 (zero copy) and its lease is released as soon as
+ *     layer L + 1 has read it. With probability revalidate, layer L is also recomputed from the
+ *     cached output of layer L - 1 (lb_lookup; from h when L = 0; skipped when L - 1 is not
+ *     cached) and the drift 1 - cosine(recomputed, cached) is sent with lb_report.
+ *  3. Layers L + 1 .. n_layers - 1 run through compute; a layer flagged in cache_layers is
+ *     computed straight into lb_insert_reserve's staging and lb_insert_commit'ed (-EEXIST and
+ *     -ENOSPC are not errors: the layer is just not inserted).
+ * A hit provides hidden states only, never a KV cache: a decoder's compute recomputes whatever
+ * attention state the layers above the hit need.
+ * c NULL runs plain (every layer computed, nothing inserted). So does the rest of a run once
+ * any lb_* call fails with something other than a miss (-ETIMEDOUT, -EPIPE, -ECONNRESET,
+ * -ENOTCONN, -EPROTO, -ESRCH, -EBUSY, ...): the error is in res->cache_error, and the run still
+ * succeeds. The manager keeps no state between runs; c is used by this thread only.
+ * h: [n][hidden]; in: the embedding layer's output; out: the last layer's output.
+ * res may be NULL.
+ * A revalidation that cannot get memory or its inputs is skipped.
+ * @return 0; -EINVAL (NULL cfg, tokens, h or compute, n 0, n_layers or hidden 0 or too large,
+ *         no proj while c is set); compute's error (the lease, if any, released first).
+ */
+int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, const int32_t *tokens, uint32_t n,
+	       float *h, lb_layer_fn compute, void *ctx, struct lb_lem_result *res);
+
 #ifdef __cplusplus
 }
 #endif

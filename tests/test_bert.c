@@ -1,0 +1,627 @@
+/*
+ * BERT / GPT-2 shaped encoders: the lbk_* forward against an independent fp64 forward on small
+ * shapes, determinism of generated weights, safetensors round trips and hostile files.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "model_bert.h"
+#include "safetensors.h"
+#include "testutil.h"
+
+/* Small shape of the reference checks: 2 layers, hidden 64, 4 heads, ffn 128, seq 17. */
+#define SEQ 17
+/* fp32 kernels against fp64 on outputs of unit scale (every output is LayerNorm'd). */
+#define TOL 2e-5
+
+static struct lbw_bert_config small(enum lbw_bert_style style)
+{
+	struct lbw_bert_config c = style == LBW_STYLE_BERT ? lbw_bert_config_base()
+							   : lbw_bert_config_gpt2();
+	c.n_layers = 2;
+	c.hidden = 64;
+	c.heads = 4;
+	c.ffn = 128;
+	c.vocab = 97;
+	c.max_seq = 32;
+	return c;
+}
+
+static uint64_t rng_state = 42;
+static float urand(void) /* [-1, 1) */
+{
+	rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+	return (float)((rng_state >> 40) / 8388608.0 - 1.0);
+}
+
+/* Generated weights with LayerNorm parameters moved off 1 / 0, so that a mix-up shows. */
+static struct lbw_bert *make(enum lbw_bert_style style, uint64_t seed)
+{
+	struct lbw_bert_config c = small(style);
+	struct lbw_bert *m = lbw_bert_alloc(&c);
+	assert_non_null(m);
+	lbw_bert_init_random(m, seed);
+	const int64_t h = c.hidden;
+	for (int64_t d = 0; d < h; d++) {
+		if (style == LBW_STYLE_BERT) { /* each style's unused pair stays 1 / 0 */
+			m->emb_ln_g[d] = 1.0f + 0.3f * urand();
+			m->emb_ln_b[d] = 0.2f * urand();
+		} else {
+			m->lnf_g[d] = 1.0f + 0.3f * urand();
+			m->lnf_b[d] = 0.2f * urand();
+		}
+		for (int l = 0; l < c.n_layers; l++) {
+			m->layers[l].ln1_g[d] = 1.0f + 0.3f * urand();
+			m->layers[l].ln1_b[d] = 0.2f * urand();
+			m->layers[l].ln2_g[d] = 1.0f + 0.3f * urand();
+			m->layers[l].ln2_b[d] = 0.2f * urand();
+		}
+	}
+	assert_int_equal(lbw_bert_pack(m), 0);
+	return m;
+}
+
+static void tokens(int32_t *t, int64_t n, int32_t vocab)
+{
+	for (int64_t i = 0; i < n; i++)
+		t[i] = (int32_t)((i * 37 + 11) % vocab);
+}
+
+/* ---- fp64 reference forward, written from the BERT / GPT-2 papers' equations ---- */
+
+static void ref_ln(double *x, const float *g, const float *b, int64_t n, double eps)
+{
+	double mean = 0, var = 0;
+	for (int64_t i = 0; i < n; i++)
+		mean += x[i];
+	mean /= (double)n;
+	for (int64_t i = 0; i < n; i++)
+		var += (x[i] - mean) * (x[i] - mean);
+	var /= (double)n;
+	for (int64_t i = 0; i < n; i++)
+		x[i] = (x[i] - mean) / sqrt(var + eps) * g[i] + b[i];
+}
+
+/* y[n_out] = W[n_out][n_in] x + b */
+static void ref_linear(double *y, const double *x, const float *w, const float *b, int64_t n_out,
+		       int64_t n_in)
+{
+	for (int64_t o = 0; o < n_out; o++) {
+		double s = b[o];
+		for (int64_t i = 0; i < n_in; i++)
+			s += (double)w[o * n_in + i] * x[i];
+		y[o] = s;
+	}
+}
+
+static double ref_gelu(double v)
+{
+	return 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+}
+
+static void ref_forward(const struct lbw_bert *m, int64_t n, const int32_t *tok, double *x)
+{
+	const int64_t h = m->cfg.hidden, f = m->cfg.ffn, nh = m->cfg.heads, hs = h / nh;
+	const int gpt2 = m->cfg.style == LBW_STYLE_GPT2;
+	const double eps = m->cfg.eps;
+	double *a = calloc((size_t)(n * h), sizeof(double));
+	double *q = calloc((size_t)(n * 3 * h), sizeof(double));
+	double *att = calloc((size_t)(n * h), sizeof(double));
+	double *u = calloc((size_t)f, sizeof(double)), *sc = calloc((size_t)n, sizeof(double));
+	double *tmp = calloc((size_t)h, sizeof(double));
+	for (int64_t t = 0; t < n; t++) {
+		for (int64_t d = 0; d < h; d++)
+			x[t * h + d] = (double)m->wte[tok[t] * h + d] + m->wpe[t * h + d] + m->wtt[d];
+		if (!gpt2)
+			ref_ln(x + t * h, m->emb_ln_g, m->emb_ln_b, h, eps);
+	}
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		const struct lbw_bert_layer_w *w = &m->layers[l];
+		for (int64_t t = 0; t < n; t++) {
+			memcpy(a + t * h, x + t * h, (size_t)h * sizeof(double));
+			if (gpt2)
+				ref_ln(a + t * h, w->ln1_g, w->ln1_b, h, eps);
+			ref_linear(q + t * 3 * h, a + t * h, w->wqkv, w->bqkv, 3 * h, h);
+		}
+		for (int64_t t = 0; t < n; t++)
+			for (int64_t hd = 0; hd < nh; hd++) {
+				int64_t last = gpt2 ? t : n - 1;
+				double mx = -INFINITY, sum = 0;
+				for (int64_t s = 0; s <= last; s++) {
+					double dot = 0;
+					for (int64_t i = 0; i < hs; i++)
+						dot += q[t * 3 * h + hd * hs + i] * q[s * 3 * h + h + hd * hs + i];
+					sc[s] = dot / sqrt((double)hs);
+					mx = fmax(mx, sc[s]);
+				}
+				for (int64_t s = 0; s <= last; s++)
+					sum += (sc[s] = exp(sc[s] - mx));
+				for (int64_t i = 0; i < hs; i++) {
+					double o = 0;
+					for (int64_t s = 0; s <= last; s++)
+						o += sc[s] / sum * q[s * 3 * h + 2 * h + hd * hs + i];
+					att[t * h + hd * hs + i] = o;
+				}
+			}
+		for (int64_t t = 0; t < n; t++) {
+			double *xt = x + t * h;
+			ref_linear(tmp, att + t * h, w->wo, w->bo, h, h);
+			for (int64_t d = 0; d < h; d++)
+				xt[d] += tmp[d];
+			double *in = a + t * h; /* FFN input */
+			memcpy(in, xt, (size_t)h * sizeof(double));
+			if (gpt2) {
+				ref_ln(in, w->ln2_g, w->ln2_b, h, eps);
+			} else {
+				ref_ln(xt, w->ln1_g, w->ln1_b, h, eps);
+				memcpy(in, xt, (size_t)h * sizeof(double));
+			}
+			ref_linear(u, in, w->w1, w->b1, f, h);
+			for (int64_t i = 0; i < f; i++)
+				u[i] = ref_gelu(u[i]);
+			ref_linear(tmp, u, w->w2, w->b2, h, f);
+			for (int64_t d = 0; d < h; d++)
+				xt[d] += tmp[d];
+			if (!gpt2)
+				ref_ln(xt, w->ln2_g, w->ln2_b, h, eps);
+		}
+	}
+	if (gpt2)
+		for (int64_t t = 0; t < n; t++)
+			ref_ln(x + t * h, m->lnf_g, m->lnf_b, h, eps);
+	free(a);
+	free(q);
+	free(att);
+	free(u);
+	free(sc);
+	free(tmp);
+}
+
+static void check_against_ref(enum lbw_bert_style style)
+{
+	struct lbw_bert *m = make(style, 7);
+	const int64_t h = m->cfg.hidden;
+	int32_t tok[SEQ];
+	tokens(tok, SEQ, m->cfg.vocab);
+	float *y = malloc(SEQ * (size_t)h * sizeof(float)), *y2 = malloc(SEQ * (size_t)h * sizeof(float));
+	double *r = malloc(SEQ * (size_t)h * sizeof(double));
+	assert_int_equal(lbw_bert_forward(m, SEQ, tok, y, 1), 0);
+	assert_int_equal(lbw_bert_forward(m, SEQ, tok, y2, 2), 0);
+	ref_forward(m, SEQ, tok, r);
+	double worst = 0, scale = 0;
+	for (int64_t i = 0; i < SEQ * h; i++) {
+		worst = fmax(worst, fabs(y[i] - r[i]));
+		scale = fmax(scale, fabs(r[i]));
+		assert_true(fabsf(y[i] - y2[i]) <= 1e-6f); /* threads split columns only */
+	}
+	printf("%s: max |ours - fp64| %.2e (outputs up to %.2f), tolerance %.0e\n",
+	       style == LBW_STYLE_BERT ? "BERT" : "GPT-2", worst, scale, TOL);
+	assert_true(worst <= TOL);
+	assert_true(scale > 0.5); /* the comparison is not vacuous */
+	/* three threads: uneven head groups (1, 1, 2 heads) */
+	assert_int_equal(lbw_bert_forward(m, SEQ, tok, y2, 3), 0);
+	for (int64_t i = 0; i < SEQ * h; i++)
+		assert_true(fabsf(y[i] - y2[i]) <= 1e-6f);
+	/* layer by layer through the public calls: the same as the whole forward */
+	if (style == LBW_STYLE_BERT) {
+		assert_int_equal(lbw_bert_embed(m, SEQ, tok, y2), 0);
+		for (int l = 0; l < m->cfg.n_layers; l++)
+			assert_int_equal(lbw_bert_layer(m, l, SEQ, y2, y2, 1), 0);
+		assert_memory_equal(y, y2, (size_t)SEQ * (size_t)h * sizeof(float));
+	}
+	/* causal: GPT-2's first position does not depend on later tokens */
+	if (style == LBW_STYLE_GPT2) {
+		tok[SEQ - 1] = (tok[SEQ - 1] + 1) % m->cfg.vocab;
+		assert_int_equal(lbw_bert_forward(m, SEQ, tok, y2, 1), 0);
+		assert_memory_equal(y, y2, (size_t)(SEQ - 1) * (size_t)h * sizeof(float));
+	}
+	free(y);
+	free(y2);
+	free(r);
+	lbw_bert_free(m);
+}
+
+static void test_bert_matches_fp64(void **state)
+{
+	(void)state;
+	check_against_ref(LBW_STYLE_BERT);
+}
+
+static void test_gpt2_matches_fp64(void **state)
+{
+	(void)state;
+	check_against_ref(LBW_STYLE_GPT2);
+}
+
+static void test_generate_deterministic(void **state)
+{
+	(void)state;
+	struct lbw_bert_config c = small(LBW_STYLE_BERT);
+	struct lbw_bert *a = lbw_bert_generate(&c, 1), *b = lbw_bert_generate(&c, 1),
+			*d = lbw_bert_generate(&c, 2);
+	assert_non_null(a);
+	assert_non_null(b);
+	assert_non_null(d);
+	size_t bytes = (size_t)a->n_params * sizeof(float);
+	assert_memory_equal(a->params, b->params, bytes);
+	assert_memory_not_equal(a->params, d->params, bytes);
+	/* ~N(0, 0.02) */
+	double s = 0, s2 = 0;
+	int64_t nw = (int64_t)c.vocab * c.hidden;
+	for (int64_t i = 0; i < nw; i++) {
+		s += a->wte[i];
+		s2 += (double)a->wte[i] * a->wte[i];
+	}
+	double mean = s / (double)nw, sd = sqrt(s2 / (double)nw - mean * mean);
+	assert_true(fabs(mean) < 0.002 && sd > 0.018 && sd < 0.022);
+	assert_true(a->layers[0].ln1_g[0] == 1.0f && a->layers[0].ln1_b[0] == 0.0f);
+	lbw_bert_free(a);
+	lbw_bert_free(b);
+	lbw_bert_free(d);
+}
+
+static void test_bad_arguments(void **state)
+{
+	(void)state;
+	struct lbw_bert_config c = small(LBW_STYLE_BERT);
+	c.heads = 5; /* 64 % 5 */
+	errno = 0;
+	assert_null(lbw_bert_alloc(&c));
+	assert_int_equal(errno, EINVAL);
+	c = small(LBW_STYLE_BERT);
+	struct lbw_bert *m = lbw_bert_generate(&c, 3);
+	assert_non_null(m);
+	int32_t tok[40] = { 0 };
+	float *y = calloc(40 * 64, sizeof(float));
+	assert_int_equal(lbw_bert_forward(m, 33, tok, y, 1), -EINVAL); /* beyond max_seq 32 */
+	assert_int_equal(lbw_bert_forward(m, 0, tok, y, 1), -EINVAL);
+	tok[3] = 97;
+	assert_int_equal(lbw_bert_forward(m, 5, tok, y, 1), -EINVAL);
+	tok[3] = -1;
+	assert_int_equal(lbw_bert_embed(m, 5, tok, y), -EINVAL);
+	assert_int_equal(lbw_bert_layer(m, 2, 5, y, y, 1), -EINVAL);
+	free(y);
+	lbw_bert_free(m);
+}
+
+/* ---- safetensors files written by the test ---- */
+
+struct ent {
+	char name[128];
+	int nd;
+	int64_t shape[2];
+	float *data; /* owned, in file layout */
+};
+
+struct file {
+	struct ent e[256];
+	int n;
+};
+
+/* name: "h.%d.x" style, %d replaced by layer. */
+static void add(struct file *f, const char *prefix, const char *name, int layer, const float *src,
+		int64_t d0, int64_t d1, int transpose)
+{
+	assert_true(f->n < 256);
+	struct ent *e = &f->e[f->n++];
+	char nm[96];
+	const char *pct = strstr(name, "%d");
+	if (pct)
+		snprintf(nm, sizeof(nm), "%.*s%d%s", (int)(pct - name), name, layer, pct + 2);
+	else
+		snprintf(nm, sizeof(nm), "%s", name);
+	snprintf(e->name, sizeof(e->name), "%s%s", prefix, nm);
+	int64_t count = d0 * (d1 ? d1 : 1);
+	e->data = malloc((size_t)count * sizeof(float));
+	if (!d1) {
+		e->nd = 1;
+		e->shape[0] = d0;
+		memcpy(e->data, src, (size_t)count * sizeof(float));
+	} else if (!transpose) {
+		e->nd = 2;
+		e->shape[0] = d0;
+		e->shape[1] = d1;
+		memcpy(e->data, src, (size_t)count * sizeof(float));
+	} else { /* src [d0][d1] (ours, [out][in]) written as Conv1D [d1][d0] */
+		e->nd = 2;
+		e->shape[0] = d1;
+		e->shape[1] = d0;
+		for (int64_t o = 0; o < d0; o++)
+			for (int64_t i = 0; i < d1; i++)
+				e->data[i * d0 + o] = src[o * d1 + i];
+	}
+}
+
+static void write_raw(const char *path, const char *hdr, uint64_t hlen, const void *data,
+		      size_t dlen)
+{
+	FILE *fp = fopen(path, "wb");
+	assert_non_null(fp);
+	unsigned char len[8];
+	for (int i = 0; i < 8; i++)
+		len[i] = (unsigned char)(hlen >> (8 * i));
+	assert_int_equal(fwrite(len, 1, 8, fp), 8);
+	if (hdr && *hdr)
+		assert_int_equal(fwrite(hdr, 1, strlen(hdr), fp), strlen(hdr));
+	if (dlen)
+		assert_int_equal(fwrite(data, 1, dlen, fp), dlen);
+	fclose(fp);
+}
+
+static void write_file(const char *path, struct file *f)
+{
+	size_t cap = 1 << 16, used = 0;
+	char *hdr = malloc(cap);
+	uint64_t off = 0;
+	used += (size_t)snprintf(hdr + used, cap - used, "{\"__metadata__\":{\"format\":\"pt\"}");
+	for (int i = 0; i < f->n; i++) {
+		struct ent *e = &f->e[i];
+		uint64_t bytes = (uint64_t)e->shape[0] * (e->nd == 2 ? (uint64_t)e->shape[1] : 1) * 4;
+		if (e->nd == 2)
+			used += (size_t)snprintf(hdr + used, cap - used,
+						 ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%lld,%lld],"
+						 "\"data_offsets\":[%llu,%llu]}",
+						 e->name, (long long)e->shape[0], (long long)e->shape[1],
+						 (unsigned long long)off, (unsigned long long)(off + bytes));
+		else
+			used += (size_t)snprintf(hdr + used, cap - used,
+						 ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%lld],"
+						 "\"data_offsets\":[%llu,%llu]}",
+						 e->name, (long long)e->shape[0], (unsigned long long)off,
+						 (unsigned long long)(off + bytes));
+		assert_true(used < cap - 16);
+		off += bytes;
+	}
+	used += (size_t)snprintf(hdr + used, cap - used, "}");
+	while (used % 8) /* padded with spaces, as the format allows */
+		hdr[used++] = ' ';
+	hdr[used] = 0;
+	char *data = malloc((size_t)off + 1);
+	off = 0;
+	for (int i = 0; i < f->n; i++) {
+		struct ent *e = &f->e[i];
+		size_t bytes = (size_t)e->shape[0] * (e->nd == 2 ? (size_t)e->shape[1] : 1) * 4;
+		memcpy(data + off, e->data, bytes);
+		off += bytes;
+		free(e->data);
+	}
+	write_raw(path, hdr, used, data, (size_t)off);
+	free(hdr);
+	free(data);
+	f->n = 0;
+}
+
+static void gpt2_file(const struct lbw_bert *m, struct file *f)
+{
+	const int64_t h = m->cfg.hidden, ff = m->cfg.ffn;
+	const char *p = "transformer.";
+	add(f, p, "wte.weight", 0, m->wte, m->cfg.vocab, h, 0);
+	add(f, p, "wpe.weight", 0, m->wpe, m->cfg.max_seq, h, 0);
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		const struct lbw_bert_layer_w *w = &m->layers[l];
+		add(f, p, "h.%d.ln_1.weight", l, w->ln1_g, h, 0, 0);
+		add(f, p, "h.%d.ln_1.bias", l, w->ln1_b, h, 0, 0);
+		add(f, p, "h.%d.attn.c_attn.weight", l, w->wqkv, 3 * h, h, 1);
+		add(f, p, "h.%d.attn.c_attn.bias", l, w->bqkv, 3 * h, 0, 0);
+		add(f, p, "h.%d.attn.c_proj.weight", l, w->wo, h, h, 1);
+		add(f, p, "h.%d.attn.c_proj.bias", l, w->bo, h, 0, 0);
+		add(f, p, "h.%d.ln_2.weight", l, w->ln2_g, h, 0, 0);
+		add(f, p, "h.%d.ln_2.bias", l, w->ln2_b, h, 0, 0);
+		add(f, p, "h.%d.mlp.c_fc.weight", l, w->w1, ff, h, 1);
+		add(f, p, "h.%d.mlp.c_fc.bias", l, w->b1, ff, 0, 0);
+		add(f, p, "h.%d.mlp.c_proj.weight", l, w->w2, h, ff, 1);
+		add(f, p, "h.%d.mlp.c_proj.bias", l, w->b2, h, 0, 0);
+	}
+	add(f, p, "ln_f.weight", 0, m->lnf_g, h, 0, 0);
+	add(f, p, "ln_f.bias", 0, m->lnf_b, h, 0, 0);
+}
+
+static void bert_file(const struct lbw_bert *m, struct file *f)
+{
+	const int64_t h = m->cfg.hidden, ff = m->cfg.ffn;
+	const char *p = "bert.";
+	static const char *const qkv[3] = { "query", "key", "value" };
+	float tt[2 * 64];
+	memcpy(tt, m->wtt, 64 * sizeof(float));
+	for (int i = 0; i < 64; i++)
+		tt[64 + i] = 5.0f; /* type 1: must not be used */
+	add(f, p, "embeddings.word_embeddings.weight", 0, m->wte, m->cfg.vocab, h, 0);
+	add(f, p, "embeddings.position_embeddings.weight", 0, m->wpe, m->cfg.max_seq, h, 0);
+	add(f, p, "embeddings.token_type_embeddings.weight", 0, tt, 2, h, 0);
+	add(f, p, "embeddings.LayerNorm.weight", 0, m->emb_ln_g, h, 0, 0);
+	add(f, p, "embeddings.LayerNorm.bias", 0, m->emb_ln_b, h, 0, 0);
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		const struct lbw_bert_layer_w *w = &m->layers[l];
+		char nm[96];
+		for (int i = 0; i < 3; i++) {
+			snprintf(nm, sizeof(nm), "encoder.layer.%s.attention.self.%s.weight", "%d", qkv[i]);
+			add(f, p, nm, l, w->wqkv + i * h * h, h, h, 0);
+			snprintf(nm, sizeof(nm), "encoder.layer.%s.attention.self.%s.bias", "%d", qkv[i]);
+			add(f, p, nm, l, w->bqkv + i * h, h, 0, 0);
+		}
+		add(f, p, "encoder.layer.%d.attention.output.dense.weight", l, w->wo, h, h, 0);
+		add(f, p, "encoder.layer.%d.attention.output.dense.bias", l, w->bo, h, 0, 0);
+		add(f, p, "encoder.layer.%d.attention.output.LayerNorm.weight", l, w->ln1_g, h, 0, 0);
+		add(f, p, "encoder.layer.%d.attention.output.LayerNorm.bias", l, w->ln1_b, h, 0, 0);
+		add(f, p, "encoder.layer.%d.intermediate.dense.weight", l, w->w1, ff, h, 0);
+		add(f, p, "encoder.layer.%d.intermediate.dense.bias", l, w->b1, ff, 0, 0);
+		add(f, p, "encoder.layer.%d.output.dense.weight", l, w->w2, h, ff, 0);
+		add(f, p, "encoder.layer.%d.output.dense.bias", l, w->b2, h, 0, 0);
+		add(f, p, "encoder.layer.%d.output.LayerNorm.weight", l, w->ln2_g, h, 0, 0);
+		add(f, p, "encoder.layer.%d.output.LayerNorm.bias", l, w->ln2_b, h, 0, 0);
+	}
+}
+
+static void roundtrip(enum lbw_bert_style style)
+{
+	char dir[256], path[320], err[256] = "";
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+	struct lbw_bert *m = make(style, 11), *ld = NULL;
+	static struct file f;
+	if (style == LBW_STYLE_GPT2)
+		gpt2_file(m, &f);
+	else
+		bert_file(m, &f);
+	write_file(path, &f);
+	int rc = lbw_bert_load_safetensors(path, 4, &ld, err, sizeof(err));
+	if (rc)
+		printf("load: %s\n", err);
+	assert_int_equal(rc, 0);
+	assert_int_equal(ld->cfg.style, style);
+	assert_int_equal(ld->cfg.n_layers, 2);
+	assert_int_equal(ld->cfg.hidden, 64);
+	assert_int_equal(ld->cfg.ffn, 128);
+	assert_int_equal(ld->cfg.vocab, 97);
+	assert_int_equal(ld->cfg.max_seq, 32);
+	assert_memory_equal(ld->params, m->params, (size_t)m->n_params * sizeof(float));
+	int32_t tok[SEQ];
+	tokens(tok, SEQ, 97);
+	float y[SEQ * 64], y2[SEQ * 64];
+	assert_int_equal(lbw_bert_forward(m, SEQ, tok, y, 1), 0);
+	assert_int_equal(lbw_bert_forward(ld, SEQ, tok, y2, 1), 0);
+	assert_memory_equal(y, y2, sizeof(y));
+	lbw_bert_free(m);
+	lbw_bert_free(ld);
+	lbt_rmtree(dir);
+}
+
+static void test_safetensors_gpt2_roundtrip(void **state)
+{
+	(void)state;
+	roundtrip(LBW_STYLE_GPT2);
+}
+
+static void test_safetensors_bert_roundtrip(void **state)
+{
+	(void)state;
+	roundtrip(LBW_STYLE_BERT);
+}
+
+/* A file of one header and 64 bytes of data: its error from lbw_st_open. */
+static int open_hdr(const char *dir, const char *hdr, char *err, size_t errlen)
+{
+	char path[320];
+	float data[16] = { 0 };
+	snprintf(path, sizeof(path), "%s/bad.safetensors", dir);
+	write_raw(path, hdr, strlen(hdr), data, sizeof(data));
+	struct lbw_st *st = NULL;
+	err[0] = 0;
+	int rc = lbw_st_open(path, &st, err, errlen);
+	if (rc == 0)
+		lbw_st_close(st);
+	else
+		printf("  rejected: %s\n", err);
+	return rc;
+}
+
+static void test_safetensors_hostile(void **state)
+{
+	(void)state;
+	char dir[256], path[320], err[256];
+	lbt_mkdtemp(dir, sizeof(dir));
+	struct lbw_st *st = NULL;
+	const char *ok = "{\"a\":{\"dtype\":\"F32\",\"shape\":[4,4],\"data_offsets\":[0,64]}}";
+	assert_int_equal(open_hdr(dir, ok, err, sizeof(err)), 0);
+	/* bad JSON, trailing garbage, not an object */
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",", err, sizeof(err)), -EINVAL);
+	assert_int_equal(open_hdr(dir, "{}x", err, sizeof(err)), -EINVAL);
+	assert_int_equal(open_hdr(dir, "[1,2]", err, sizeof(err)), -EINVAL);
+	assert_int_equal(open_hdr(dir, "{\"a\":3}", err, sizeof(err)), -EINVAL);
+	/* offsets out of range, reversed, negative */
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[4,5],\"data_offsets\":[0,80]}}", err, sizeof(err)), -EINVAL);
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[8,4]}}", err, sizeof(err)), -EINVAL);
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[-16,0]}}", err, sizeof(err)), -EINVAL);
+	/* shape x 4 bytes != byte length; bad shape entries; overflow */
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[4,3],\"data_offsets\":[0,64]}}", err, sizeof(err)), -EINVAL);
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[-4,-4],\"data_offsets\":[0,64]}}", err, sizeof(err)), -EINVAL);
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[\"4\",4],\"data_offsets\":[0,64]}}", err, sizeof(err)), -EINVAL);
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296],\"data_offsets\":[0,64]}}", err, sizeof(err)), -EINVAL);
+	/* overlap */
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[8],\"data_offsets\":[0,32]},"
+				       "\"b\":{\"dtype\":\"F32\",\"shape\":[8],\"data_offsets\":[16,48]}}", err, sizeof(err)), -EINVAL);
+	/* dtypes other than F32 */
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F16\",\"shape\":[4,8],\"data_offsets\":[0,64]}}", err, sizeof(err)), -ENOTSUP);
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"BF16\",\"shape\":[4,8],\"data_offsets\":[0,64]}}", err, sizeof(err)), -ENOTSUP);
+	/* missing fields */
+	assert_int_equal(open_hdr(dir, "{\"a\":{\"dtype\":\"F32\",\"shape\":[16]}}", err, sizeof(err)), -EINVAL);
+
+	/* header length beyond the file, huge, and a file shorter than the length field */
+	snprintf(path, sizeof(path), "%s/len.safetensors", dir);
+	write_raw(path, ok, 1000, NULL, 0);
+	assert_int_equal(lbw_st_open(path, &st, err, sizeof(err)), -EINVAL);
+	write_raw(path, ok, UINT64_MAX, NULL, 0);
+	assert_int_equal(lbw_st_open(path, &st, err, sizeof(err)), -EINVAL);
+	FILE *fp = fopen(path, "wb");
+	assert_non_null(fp);
+	fputs("abc", fp);
+	fclose(fp);
+	assert_int_equal(lbw_st_open(path, &st, err, sizeof(err)), -EINVAL);
+	assert_int_equal(lbw_st_open("/nonexistent/x.safetensors", &st, err, sizeof(err)), -ENOENT);
+
+	/* a whole model file, then truncated: the last tensors' offsets fall outside */
+	struct lbw_bert *m = make(LBW_STYLE_GPT2, 5), *ld = NULL;
+	static struct file f;
+	snprintf(path, sizeof(path), "%s/gpt2.safetensors", dir);
+	gpt2_file(m, &f);
+	write_file(path, &f);
+	assert_int_equal(truncate(path, 100000), 0);
+	assert_int_equal(lbw_bert_load_safetensors(path, 4, &ld, err, sizeof(err)), -EINVAL);
+	printf("  truncated: %s\n", err);
+	assert_null(ld);
+	assert_int_equal(truncate(path, 20), 0);
+	assert_int_equal(lbw_bert_load_safetensors(path, 4, &ld, err, sizeof(err)), -EINVAL);
+
+	/* a model tensor of the wrong shape (consistent with its bytes), and one missing */
+	gpt2_file(m, &f);
+	f.e[f.n - 1].shape[0] = 32; /* ln_f.bias [32] of 64 floats */
+	f.e[f.n - 1].nd = 2;
+	f.e[f.n - 1].shape[1] = 2;
+	write_file(path, &f);
+	assert_int_equal(lbw_bert_load_safetensors(path, 4, &ld, err, sizeof(err)), -EINVAL);
+	printf("  wrong shape: %s\n", err);
+	assert_non_null(strstr(err, "ln_f.bias"));
+	gpt2_file(m, &f);
+	free(f.e[5].data);
+	f.e[5] = f.e[--f.n]; /* drop h.0.attn.c_attn.bias */
+	write_file(path, &f);
+	assert_int_equal(lbw_bert_load_safetensors(path, 4, &ld, err, sizeof(err)), -EINVAL);
+	printf("  missing: %s\n", err);
+	assert_non_null(strstr(err, "missing tensor"));
+	/* heads that do not divide hidden */
+	gpt2_file(m, &f);
+	write_file(path, &f);
+	assert_int_equal(lbw_bert_load_safetensors(path, 5, &ld, err, sizeof(err)), -EINVAL);
+	assert_int_equal(lbw_bert_load_safetensors(path, 4, &ld, err, sizeof(err)), 0);
+	lbw_bert_free(ld);
+	/* neither style */
+	assert_int_equal(open_hdr(dir, ok, err, sizeof(err)), 0);
+	snprintf(path, sizeof(path), "%s/bad.safetensors", dir);
+	assert_int_equal(lbw_bert_load_safetensors(path, 0, &ld, err, sizeof(err)), -EINVAL);
+	lbw_bert_free(m);
+	lbt_rmtree(dir);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_bert_matches_fp64),
+		cmocka_unit_test(test_gpt2_matches_fp64),
+		cmocka_unit_test(test_generate_deterministic),
+		cmocka_unit_test(test_bad_arguments),
+		cmocka_unit_test(test_safetensors_gpt2_roundtrip),
+		cmocka_unit_test(test_safetensors_bert_roundtrip),
+		cmocka_unit_test(test_safetensors_hostile),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,418 @@
+/*
+ * The layer execution manager (lb_lem_run): hits at every depth give the plain result, inserts
+ * follow cache_layers, revalidation REPORTs, a dead daemon only costs time; and score --cache of
+ * layerbank-worker on stories260K: the second run is a full hit with a bit-identical NLL.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <libgen.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "layerbank/layerbank.h"
+#include "testutil.h"
+
+#define MODEL LB_DATA_DIR "/stories260K.bin"
+#define TOK LB_DATA_DIR "/tok512.bin"
+#define VAL LB_DATA_DIR "/tinystories_val.txt"
+
+#define TOY_LAYERS 6
+#define TOY_HIDDEN 16
+#define TOY_N 7
+#define TOY_SEED 42
+
+static char worker_path[PATH_MAX];
+static struct lbt_env env;
+static pid_t daemon_pid = -1;
+static struct lb_client *client;
+
+static int setup(void **state)
+{
+	(void)state;
+	lbt_env_make(&env);
+	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", NULL };
+	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	assert_true(daemon_pid > 0);
+	client = NULL;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	lb_close(client);
+	client = NULL;
+	if (daemon_pid > 0 && lbt_alive(daemon_pid)) {
+		kill(daemon_pid, SIGKILL);
+		waitpid(daemon_pid, NULL, 0);
+	}
+	daemon_pid = -1;
+	lbt_env_remove(&env);
+	return 0;
+}
+
+static void kill_daemon(void)
+{
+	assert_int_equal(kill(daemon_pid, SIGKILL), 0);
+	assert_int_equal(waitpid(daemon_pid, NULL, 0), daemon_pid);
+	daemon_pid = -1;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- the toy model: layer l adds l + 1 to every element ---- */
+
+struct toy {
+	uint32_t n;
+	unsigned calls;
+};
+
+static int toy_layer(void *ctx, uint32_t layer, const float *in, float *out)
+{
+	struct toy *t = ctx;
+	for (uint32_t i = 0; i < t->n * TOY_HIDDEN; i++)
+		out[i] = in[i] + (float)(layer + 1);
+	t->calls++;
+	return 0;
+}
+
+/* An embedding of n rows unique to seed, and its tokens. */
+static void toy_input(uint32_t seed, int32_t *tokens, float *h)
+{
+	uint64_t s = seed * 2654435761u + 1;
+	for (uint32_t i = 0; i < TOY_N; i++)
+		tokens[i] = (int32_t)(seed * 100 + i);
+	for (uint32_t i = 0; i < TOY_N * TOY_HIDDEN; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		h[i] = (float)((double)(s >> 40) / (double)(1u << 24) - 0.5);
+	}
+}
+
+static void toy_plain(float *h)
+{
+	struct toy t = { TOY_N, 0 };
+	for (uint32_t l = 0; l < TOY_LAYERS; l++)
+		toy_layer(&t, l, h, h);
+}
+
+static struct lb_fp_proj *toy_proj;
+
+static uint32_t toy_register(void)
+{
+	assert_int_equal(lb_connect(env.sock, "test_lem", &client), 0);
+	struct lb_model_desc d = { .name = "toy", .weights_hash = 7, .n_layers = TOY_LAYERS,
+				   .hidden = TOY_HIDDEN, .dtype = LB_DTYPE_F32, .max_seq = 64,
+				   .fp_chunks = 4, .fp_seed = TOY_SEED };
+	uint32_t id = 0;
+	assert_int_equal(lb_register_model(client, &d, &id), 0);
+	if (!toy_proj)
+		toy_proj = lb_fp_proj_new(TOY_HIDDEN, 4, TOY_SEED, NULL);
+	assert_non_null(toy_proj);
+	return id;
+}
+
+static struct lb_lem_cfg toy_cfg(uint32_t id, const uint8_t *layers, double reval)
+{
+	return (struct lb_lem_cfg){ .model_id = id, .n_layers = TOY_LAYERS, .hidden = TOY_HIDDEN,
+				    .proj = toy_proj, .cache_layers = layers, .revalidate = reval,
+				    .seed = 1 };
+}
+
+/* c NULL and bad arguments */
+static void test_plain_and_bad_args(void **state)
+{
+	(void)state;
+	int32_t tok[TOY_N];
+	float h[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+	toy_input(1, tok, h);
+	memcpy(want, h, sizeof(h));
+	toy_plain(want);
+	struct toy t = { TOY_N, 0 };
+	struct lb_lem_cfg cfg = toy_cfg(0, NULL, 0);
+	cfg.proj = NULL;
+	struct lb_lem_result res;
+	assert_int_equal(lb_lem_run(NULL, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+	assert_memory_equal(h, want, sizeof(h));
+	assert_int_equal(res.hit_layer, -1);
+	assert_int_equal(res.layers_computed, TOY_LAYERS);
+	assert_int_equal(res.layers_inserted, 0);
+	assert_int_equal(lb_lem_run(NULL, &cfg, tok, 0, h, toy_layer, &t, &res), -EINVAL);
+	assert_int_equal(lb_lem_run(NULL, NULL, tok, TOY_N, h, toy_layer, &t, &res), -EINVAL);
+	assert_int_equal(lb_lem_run(NULL, &cfg, tok, TOY_N, h, NULL, &t, &res), -EINVAL);
+	cfg.n_layers = 0;
+	assert_int_equal(lb_lem_run(NULL, &cfg, tok, TOY_N, h, toy_layer, &t, &res), -EINVAL);
+}
+
+/* A hit at every depth k (layers 0..k inserted by a first run) gives the plain output. */
+static void test_hit_at_every_depth(void **state)
+{
+	(void)state;
+	uint32_t id = toy_register();
+	for (uint32_t k = 0; k < TOY_LAYERS; k++) {
+		int32_t tok[TOY_N];
+		float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+		uint8_t layers[TOY_LAYERS];
+		for (uint32_t l = 0; l < TOY_LAYERS; l++)
+			layers[l] = l <= k;
+		toy_input(10 + k, tok, emb);
+		memcpy(want, emb, sizeof(emb));
+		toy_plain(want);
+		struct lb_lem_cfg cfg = toy_cfg(id, layers, 0);
+		struct lb_lem_result res;
+		struct toy t = { TOY_N, 0 };
+
+		memcpy(h, emb, sizeof(h));
+		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(res.hit_layer, -1);
+		assert_int_equal(res.layers_computed, TOY_LAYERS);
+		assert_int_equal(res.layers_inserted, k + 1);
+		assert_int_equal(res.cache_error, 0);
+
+		memcpy(h, emb, sizeof(h));
+		t.calls = 0;
+		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(res.hit_layer, (int32_t)k);
+		assert_int_equal(res.hit_hamming, 0);
+		assert_int_equal(res.layers_computed, TOY_LAYERS - 1 - k);
+		assert_int_equal(t.calls, TOY_LAYERS - 1 - k);
+		assert_int_equal(res.layers_inserted, 0);
+		assert_int_equal(res.reports, 0);
+
+		/* all layers flagged: from the hit's view straight into staging, the rest inserted */
+		struct lb_lem_cfg all = toy_cfg(id, NULL, 0);
+		memcpy(h, emb, sizeof(h));
+		assert_int_equal(lb_lem_run(client, &all, tok, TOY_N, h, toy_layer, &t, &res), 0);
+		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(res.hit_layer, (int32_t)k);
+		assert_int_equal(res.layers_inserted, TOY_LAYERS - 1 - k);
+		memcpy(h, emb, sizeof(h));
+		assert_int_equal(lb_lem_run(client, &all, tok, TOY_N, h, toy_layer, &t, &res), 0);
+		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(res.hit_layer, TOY_LAYERS - 1);
+		assert_int_equal(res.layers_computed, 0);
+	}
+	struct lb_stats st;
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	assert_int_equal(st.leases, 0); /* every lease released */
+}
+
+/* revalidate 1: every hit recomputes its layer and REPORTs drift 0: nothing is invalidated. */
+static void test_revalidate_reports(void **state)
+{
+	(void)state;
+	uint32_t id = toy_register();
+	const uint32_t depth[] = { 0, 3, TOY_LAYERS - 1 };
+	for (unsigned i = 0; i < 3; i++) {
+		uint32_t k = depth[i];
+		int32_t tok[TOY_N];
+		float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+		uint8_t layers[TOY_LAYERS];
+		for (uint32_t l = 0; l < TOY_LAYERS; l++)
+			layers[l] = l <= k;
+		toy_input(50 + k, tok, emb);
+		memcpy(want, emb, sizeof(emb));
+		toy_plain(want);
+		struct lb_lem_cfg cfg = toy_cfg(id, layers, 1.0);
+		struct lb_lem_result res;
+		struct toy t = { TOY_N, 0 };
+		memcpy(h, emb, sizeof(h));
+		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+		assert_int_equal(res.reports, 0);
+		memcpy(h, emb, sizeof(h));
+		t.calls = 0;
+		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(res.hit_layer, (int32_t)k);
+		assert_int_equal(res.revalidated, 1);
+		assert_int_equal(res.reports, 1);
+		assert_int_equal(t.calls, TOY_LAYERS - k); /* the layers above k, and k again */
+		assert_int_equal(res.cache_error, 0);
+	}
+	struct lb_stats st;
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	assert_int_equal(st.invalidations, 0);
+	assert_int_equal(st.leases, 0);
+}
+
+/* A daemon killed between two runs of one client: the second run completes plain. */
+static void test_daemon_killed_mid_run(void **state)
+{
+	(void)state;
+	uint32_t id = toy_register();
+	int32_t tok[TOY_N];
+	float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+	toy_input(90, tok, emb);
+	memcpy(want, emb, sizeof(emb));
+	toy_plain(want);
+	struct lb_lem_cfg cfg = toy_cfg(id, NULL, 1.0);
+	struct lb_lem_result res;
+	struct toy t = { TOY_N, 0 };
+	memcpy(h, emb, sizeof(h));
+	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+	assert_int_equal(res.layers_inserted, TOY_LAYERS);
+	kill_daemon();
+	double t0 = now_s();
+	for (int i = 0; i < 2; i++) {
+		memcpy(h, emb, sizeof(h));
+		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(res.hit_layer, -1);
+		assert_int_equal(res.layers_computed, TOY_LAYERS);
+		assert_true(res.cache_error < 0);
+	}
+	assert_true(now_s() - t0 < 10.0); /* one failed call per run, each at most ~1 s */
+}
+
+/* ---- layerbank-worker score --cache ---- */
+
+static int run_worker(const char *const *args, char *out, size_t n)
+{
+	const char *argv[24];
+	int i = 0;
+	argv[i++] = worker_path;
+	for (; args[i - 1]; i++)
+		argv[i] = args[i - 1];
+	argv[i] = NULL;
+	return lbt_run(argv, out, n);
+}
+
+/* The first and second paragraphs of tinystories_val.txt into files in env.dir. */
+static void write_paragraphs(char *p1, char *p2, size_t len)
+{
+	FILE *f = fopen(VAL, "rb");
+	assert_non_null(f);
+	static char text[1 << 16];
+	size_t got = fread(text, 1, sizeof(text) - 1, f);
+	fclose(f);
+	text[got] = '\0';
+	char *a = text;
+	while (*a == '\n')
+		a++;
+	char *e = strstr(a, "\n\n");
+	assert_non_null(e);
+	*e = '\0';
+	char *b = e + 2;
+	while (*b == '\n')
+		b++;
+	char *e2 = strstr(b, "\n\n");
+	assert_non_null(e2);
+	*e2 = '\0';
+	snprintf(p1, len, "%s/p1.txt", env.dir);
+	snprintf(p2, len, "%s/p2.txt", env.dir);
+	f = fopen(p1, "wb");
+	assert_non_null(f);
+	fputs(a, f);
+	fclose(f);
+	f = fopen(p2, "wb");
+	assert_non_null(f);
+	fputs(b, f);
+	fclose(f);
+}
+
+static char out[8192]; /* the last worker's stdout and stderr */
+
+/* Run score; the first line into nll_line, the cache line parsed (hit -2 when absent). */
+static void score(const char *file, int cache, char *nll_line, size_t len, int *hit, unsigned *computed,
+		  unsigned *inserted)
+{
+	const char *with[] = { "score", "--model", MODEL, "--tokenizer", TOK, "--text-file", file,
+			       "--cache", env.sock, NULL };
+	const char *without[] = { "score", "--model", MODEL, "--tokenizer", TOK, "--text-file", file,
+				  NULL };
+	int st = run_worker(cache ? with : without, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		printf("worker output: %s\n", out);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	const char *l = strstr(out, "tokens ");
+	assert_non_null(l);
+	const char *nl = strchr(l, '\n');
+	assert_non_null(nl);
+	snprintf(nll_line, len, "%.*s", (int)(nl - l), l);
+	*hit = -2;
+	const char *c = strstr(out, "cache hit_layer ");
+	if (c)
+		assert_int_equal(sscanf(c, "cache hit_layer %d computed %u inserted %u", hit, computed,
+					inserted), 3);
+}
+
+static void test_score_cache_cli(void **state)
+{
+	(void)state;
+	char p1[300], p2[300], plain[256], first[256], second[256], other[256], gone[256];
+	int hit;
+	unsigned comp = 0, ins = 0;
+	write_paragraphs(p1, p2, sizeof(p1));
+
+	score(p1, 0, plain, sizeof(plain), &hit, &comp, &ins);
+	assert_int_equal(hit, -2);
+	score(p1, 1, first, sizeof(first), &hit, &comp, &ins);
+	assert_int_equal(hit, -1);
+	assert_int_equal(comp, 5); /* stories260K: 5 layers */
+	assert_int_equal(ins, 5);
+	assert_string_equal(first, plain);
+	score(p1, 1, second, sizeof(second), &hit, &comp, &ins);
+	assert_int_equal(hit, 4);
+	assert_int_equal(comp, 0);
+	assert_int_equal(ins, 0);
+	assert_string_equal(second, plain);
+	score(p2, 1, other, sizeof(other), &hit, &comp, &ins);
+	assert_int_equal(hit, -1);
+	assert_int_equal(comp, 5);
+	assert_string_not_equal(other, plain);
+
+	/* the daemon dies: scoring goes on, plain, with the same result */
+	kill_daemon();
+	double t0 = now_s();
+	score(p1, 1, gone, sizeof(gone), &hit, &comp, &ins);
+	assert_true(now_s() - t0 < 30.0);
+	assert_string_equal(gone, plain);
+	/* one warning, then a plain run */
+	assert_non_null(strstr(out, "warning: layer cache"));
+	assert_int_equal(hit, -1);
+	assert_int_equal(comp, 5);
+	assert_int_equal(ins, 0);
+}
+
+int main(void)
+{
+	if (access(MODEL, R_OK) || access(TOK, R_OK) || access(VAL, R_OK))
+		LBT_SKIP("%s, %s or %s not found", MODEL, TOK, VAL);
+	char self[PATH_MAX];
+	ssize_t r = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (r <= 0)
+		LBT_SKIP("cannot read /proc/self/exe");
+	self[r] = '\0';
+	snprintf(worker_path, sizeof(worker_path), "%s/../worker/layerbank-worker", dirname(self));
+	if (access(worker_path, X_OK) != 0)
+		LBT_SKIP("worker binary %s is not built", worker_path);
+
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_plain_and_bad_args),
+		cmocka_unit_test_setup_teardown(test_hit_at_every_depth, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_revalidate_reports, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_daemon_killed_mid_run, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_score_cache_cli, setup, teardown),
+	};
+	int rc = cmocka_run_group_tests(tests, NULL, NULL);
+	lb_fp_proj_free(toy_proj);
+	return rc;
+}

@@ -1,0 +1,391 @@
+/*
+ * BERT / GPT-2 shaped encoders: generated weights, packing, and the layer-major forward pass
+ * (one layer for all positions at a time, so each weight matrix is streamed once per layer).
+ */
+#include "model_bert.h"
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+struct lbw_bert_config lbw_bert_config_base(void)
+{
+	return (struct lbw_bert_config){ 12, 768, 12, 3072, 30522, 512, LBW_STYLE_BERT, 1e-12f };
+}
+
+struct lbw_bert_config lbw_bert_config_gpt2(void)
+{
+	return (struct lbw_bert_config){ 12, 768, 12, 3072, 50257, 1024, LBW_STYLE_GPT2, 1e-5f };
+}
+
+static int config_ok(const struct lbw_bert_config *c)
+{
+	return c->n_layers >= 1 && c->n_layers <= LBW_BERT_MAX_LAYERS && c->hidden >= 1 &&
+	       c->hidden <= LBW_BERT_MAX_HIDDEN && c->heads >= 1 && c->hidden % c->heads == 0 &&
+	       c->ffn >= 1 && c->ffn <= LBW_BERT_MAX_FFN && c->vocab >= 1 &&
+	       c->vocab <= LBW_BERT_MAX_VOCAB && c->max_seq >= 1 && c->max_seq <= LBW_BERT_MAX_SEQ &&
+	       (c->style == LBW_STYLE_BERT || c->style == LBW_STYLE_GPT2) && c->eps > 0.0f;
+}
+
+/* Hand out consecutive slices of the parameter block (p NULL: count only). */
+static float *take(float *p, int64_t *off, int64_t count)
+{
+	float *r = p ? p + *off : NULL;
+	*off += count;
+	return r;
+}
+
+static int64_t layout(struct lbw_bert *m, float *p)
+{
+	const int64_t h = m->cfg.hidden, f = m->cfg.ffn;
+	int64_t off = 0;
+	m->wte = take(p, &off, (int64_t)m->cfg.vocab * h);
+	m->wpe = take(p, &off, (int64_t)m->cfg.max_seq * h);
+	m->wtt = take(p, &off, h);
+	m->emb_ln_g = take(p, &off, h);
+	m->emb_ln_b = take(p, &off, h);
+	m->lnf_g = take(p, &off, h);
+	m->lnf_b = take(p, &off, h);
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		struct lbw_bert_layer_w *w = &m->layers[l];
+		w->wqkv = take(p, &off, 3 * h * h);
+		w->bqkv = take(p, &off, 3 * h);
+		w->wo = take(p, &off, h * h);
+		w->bo = take(p, &off, h);
+		w->ln1_g = take(p, &off, h);
+		w->ln1_b = take(p, &off, h);
+		w->w1 = take(p, &off, f * h);
+		w->b1 = take(p, &off, f);
+		w->w2 = take(p, &off, h * f);
+		w->b2 = take(p, &off, h);
+		w->ln2_g = take(p, &off, h);
+		w->ln2_b = take(p, &off, h);
+	}
+	return off;
+}
+
+static void fill(float *p, int64_t n, float v)
+{
+	for (int64_t i = 0; i < n; i++)
+		p[i] = v;
+}
+
+struct lbw_bert *lbw_bert_alloc(const struct lbw_bert_config *cfg)
+{
+	if (!cfg || !config_ok(cfg)) {
+		errno = EINVAL;
+		return NULL;
+	}
+	struct lbw_bert *m = calloc(1, sizeof(*m));
+	if (!m)
+		return NULL;
+	m->cfg = *cfg;
+	m->layers = calloc((size_t)cfg->n_layers, sizeof(*m->layers));
+	if (!m->layers)
+		goto oom;
+	m->n_params = layout(m, NULL);
+	m->params = calloc((size_t)m->n_params, sizeof(float));
+	if (!m->params)
+		goto oom;
+	layout(m, m->params);
+	const int64_t h = cfg->hidden;
+	fill(m->emb_ln_g, h, 1.0f);
+	fill(m->lnf_g, h, 1.0f);
+	for (int l = 0; l < cfg->n_layers; l++) {
+		fill(m->layers[l].ln1_g, h, 1.0f);
+		fill(m->layers[l].ln2_g, h, 1.0f);
+	}
+	return m;
+oom:
+	lbw_bert_free(m);
+	errno = ENOMEM;
+	return NULL;
+}
+
+static uint64_t splitmix64(uint64_t *s)
+{
+	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* ~N(0, 0.02): four 16-bit uniforms summed (Irwin-Hall, variance 1/3), centred and scaled. */
+static void randn(float *p, int64_t n, uint64_t *s)
+{
+	const float scale = 0.02f * 1.7320508f / 65536.0f;
+	for (int64_t i = 0; i < n; i++) {
+		uint64_t r = splitmix64(s);
+		uint32_t sum = (uint32_t)(r & 0xffff) + (uint32_t)((r >> 16) & 0xffff) +
+			       (uint32_t)((r >> 32) & 0xffff) + (uint32_t)(r >> 48);
+		p[i] = ((float)sum - 2.0f * 65535.0f) * scale;
+	}
+}
+
+void lbw_bert_init_random(struct lbw_bert *m, uint64_t seed)
+{
+	const int64_t h = m->cfg.hidden, f = m->cfg.ffn;
+	uint64_t s = seed;
+	randn(m->wte, (int64_t)m->cfg.vocab * h, &s);
+	randn(m->wpe, (int64_t)m->cfg.max_seq * h, &s);
+	if (m->cfg.style == LBW_STYLE_BERT)
+		randn(m->wtt, h, &s);
+	else
+		fill(m->wtt, h, 0.0f);
+	fill(m->emb_ln_g, h, 1.0f);
+	fill(m->emb_ln_b, h, 0.0f);
+	fill(m->lnf_g, h, 1.0f);
+	fill(m->lnf_b, h, 0.0f);
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		struct lbw_bert_layer_w *w = &m->layers[l];
+		randn(w->wqkv, 3 * h * h, &s);
+		randn(w->bqkv, 3 * h, &s);
+		randn(w->wo, h * h, &s);
+		randn(w->bo, h, &s);
+		randn(w->w1, f * h, &s);
+		randn(w->b1, f, &s);
+		randn(w->w2, h * f, &s);
+		randn(w->b2, h, &s);
+		fill(w->ln1_g, h, 1.0f);
+		fill(w->ln1_b, h, 0.0f);
+		fill(w->ln2_g, h, 1.0f);
+		fill(w->ln2_b, h, 0.0f);
+	}
+}
+
+static void unpack(struct lbw_bert_layer_w *w)
+{
+	lbk_packed_free(w->pqkv);
+	lbk_packed_free(w->po);
+	lbk_packed_free(w->p1);
+	lbk_packed_free(w->p2);
+	w->pqkv = w->po = w->p1 = w->p2 = NULL;
+}
+
+int lbw_bert_pack(struct lbw_bert *m)
+{
+	const int64_t h = m->cfg.hidden, f = m->cfg.ffn;
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		struct lbw_bert_layer_w *w = &m->layers[l];
+		unpack(w);
+		w->pqkv = lbk_pack(w->wqkv, 3 * h, h);
+		w->po = lbk_pack(w->wo, h, h);
+		w->p1 = lbk_pack(w->w1, f, h);
+		w->p2 = lbk_pack(w->w2, h, f);
+		if (!w->pqkv || !w->po || !w->p1 || !w->p2) {
+			unpack(w);
+			return -ENOMEM;
+		}
+	}
+	return 0;
+}
+
+struct lbw_bert *lbw_bert_generate(const struct lbw_bert_config *cfg, uint64_t seed)
+{
+	struct lbw_bert *m = lbw_bert_alloc(cfg);
+	if (!m)
+		return NULL;
+	lbw_bert_init_random(m, seed);
+	if (lbw_bert_pack(m) != 0) {
+		lbw_bert_free(m);
+		errno = ENOMEM;
+		return NULL;
+	}
+	return m;
+}
+
+void lbw_bert_free(struct lbw_bert *m)
+{
+	if (!m)
+		return;
+	if (m->layers)
+		for (int l = 0; l < m->cfg.n_layers; l++)
+			unpack(&m->layers[l]);
+	free(m->layers);
+	free(m->params);
+	free(m);
+}
+
+int lbw_bert_embed(const struct lbw_bert *m, int64_t n, const int32_t *tokens, float *out)
+{
+	const int64_t h = m->cfg.hidden;
+	if (n < 1 || n > m->cfg.max_seq)
+		return -EINVAL;
+	for (int64_t t = 0; t < n; t++)
+		if (tokens[t] < 0 || tokens[t] >= m->cfg.vocab)
+			return -EINVAL;
+	for (int64_t t = 0; t < n; t++) {
+		float *o = out + t * h;
+		lbk_embed(o, m->wte, tokens[t], h);
+		const float *pe = m->wpe + t * h;
+		for (int64_t d = 0; d < h; d++)
+			o[d] += pe[d] + m->wtt[d];
+		if (m->cfg.style == LBW_STYLE_BERT)
+			lbk_layernorm(o, o, m->emb_ln_g, m->emb_ln_b, h, m->cfg.eps);
+	}
+	return 0;
+}
+
+static void add_rows(float *y, const float *x, int64_t count)
+{
+	for (int64_t i = 0; i < count; i++)
+		y[i] += x[i];
+}
+
+static void layernorm_rows(float *o, const float *x, const float *g, const float *b, int64_t n,
+			   int64_t h, float eps)
+{
+	for (int64_t t = 0; t < n; t++)
+		lbk_layernorm(o + t * h, x + t * h, g, b, h, eps);
+}
+
+/* Floats of scratch one layer needs for n positions. */
+static size_t scratch_floats(const struct lbw_bert *m, int64_t n)
+{
+	return (size_t)n * (size_t)(3 * m->cfg.hidden + 7 * m->cfg.hidden + m->cfg.ffn);
+}
+
+/* Attention of one group of heads: q k v o [seq][heads][hs], the group's own copies. */
+struct attn_job {
+	float *o;
+	const float *q, *k, *v;
+	int64_t n, heads, hs;
+	int causal;
+};
+
+static void *attn_run(void *arg)
+{
+	struct attn_job *j = arg;
+	lbk_attention(j->o, j->q, j->k, j->v, j->n, j->heads, j->heads, j->hs, j->causal);
+	return NULL;
+}
+
+#define LBW_ATTN_MAX_GROUPS 16
+
+/*
+ * att[n][h] = attention over qkv[n][3h], the heads split into up to threads groups run side by
+ * side: each group's q, k, v are gathered into [n][group heads][hs] (lbk_attention's layout)
+ * in gq, gk, gv, its output into go, then scattered back into att.
+ */
+static void attention_groups(const struct lbw_bert *m, int64_t n, const float *qkv, float *gq,
+			     float *gk, float *gv, float *go, float *att, int threads)
+{
+	const int64_t h = m->cfg.hidden, heads = m->cfg.heads, hs = h / heads;
+	int groups = threads < 1 ? 1 : threads;
+	if (groups > heads)
+		groups = (int)heads;
+	if (groups > LBW_ATTN_MAX_GROUPS)
+		groups = LBW_ATTN_MAX_GROUPS;
+	struct attn_job jobs[LBW_ATTN_MAX_GROUPS];
+	pthread_t tid[LBW_ATTN_MAX_GROUPS];
+	int started[LBW_ATTN_MAX_GROUPS] = { 0 };
+	for (int g = 0; g < groups; g++) {
+		int64_t h0 = heads * g / groups, hg = heads * (g + 1) / groups - h0, w = hg * hs;
+		int64_t base = n * h0 * hs; /* group g's block in gq, gk, gv, go */
+		for (int64_t t = 0; t < n; t++) {
+			const float *row = qkv + t * 3 * h + h0 * hs;
+			memcpy(gq + base + t * w, row, (size_t)w * sizeof(float));
+			memcpy(gk + base + t * w, row + h, (size_t)w * sizeof(float));
+			memcpy(gv + base + t * w, row + 2 * h, (size_t)w * sizeof(float));
+		}
+		jobs[g] = (struct attn_job){ go + base, gq + base, gk + base, gv + base, n, hg, hs,
+					     m->cfg.style == LBW_STYLE_GPT2 };
+	}
+	for (int g = 1; g < groups; g++)
+		started[g] = pthread_create(&tid[g], NULL, attn_run, &jobs[g]) == 0;
+	attn_run(&jobs[0]);
+	for (int g = 1; g < groups; g++) {
+		if (started[g])
+			pthread_join(tid[g], NULL);
+		else
+			attn_run(&jobs[g]); /* no thread to be had: the caller does it */
+	}
+	for (int g = 0; g < groups; g++) {
+		int64_t h0 = heads * g / groups, hg = heads * (g + 1) / groups - h0, w = hg * hs;
+		for (int64_t t = 0; t < n; t++)
+			memcpy(att + t * h + h0 * hs, go + n * h0 * hs + t * w, (size_t)w * sizeof(float));
+	}
+}
+
+/* One layer with caller's scratch buf [scratch_floats(m, n)]; arguments already checked. */
+static void layer_run(const struct lbw_bert *m, int l, int64_t n, const float *in, float *out,
+		      int threads, float *buf)
+{
+	const struct lbw_bert_layer_w *w = &m->layers[l];
+	const int64_t h = m->cfg.hidden, f = m->cfg.ffn;
+	const float eps = m->cfg.eps;
+	const int gpt2 = m->cfg.style == LBW_STYLE_GPT2;
+	/* qkv [n][3h]; gq gk gv go att res x [n][h] each; ff [n][f] */
+	float *qkv = buf, *gq = qkv + n * 3 * h, *gk = gq + n * h, *gv = gk + n * h, *go = gv + n * h;
+	float *att = go + n * h, *res = att + n * h, *x = res + n * h, *ff = x + n * h;
+
+	/* attention block: GPT-2 normalises its input first (pre-LN) */
+	const float *a_in = in;
+	if (gpt2) {
+		layernorm_rows(x, in, w->ln1_g, w->ln1_b, n, h, eps);
+		a_in = x;
+	}
+	lbk_gemm(qkv, a_in, w->pqkv, w->bqkv, n, threads);
+	attention_groups(m, n, qkv, gq, gk, gv, go, att, threads);
+	lbk_gemm(res, att, w->po, w->bo, n, threads);
+	add_rows(res, in, n * h); /* res = in + attention */
+	if (!gpt2) {
+		layernorm_rows(res, res, w->ln1_g, w->ln1_b, n, h, eps);
+		memcpy(x, res, (size_t)(n * h) * sizeof(float));
+	} else {
+		layernorm_rows(x, res, w->ln2_g, w->ln2_b, n, h, eps);
+	}
+	/* FFN on x; res is the residual it adds to */
+	lbk_gemm(ff, x, w->p1, w->b1, n, threads);
+	lbk_gelu(ff, n * f);
+	lbk_gemm(out, ff, w->p2, w->b2, n, threads);
+	add_rows(out, res, n * h);
+	if (!gpt2)
+		layernorm_rows(out, out, w->ln2_g, w->ln2_b, n, h, eps);
+}
+
+static int layer_ok(const struct lbw_bert *m, int l, int64_t n)
+{
+	if (l < 0 || l >= m->cfg.n_layers || n < 1 || n > m->cfg.max_seq)
+		return 0;
+	const struct lbw_bert_layer_w *w = &m->layers[l];
+	return w->pqkv && w->po && w->p1 && w->p2;
+}
+
+int lbw_bert_layer(const struct lbw_bert *m, int l, int64_t n, const float *in, float *out,
+		   int threads)
+{
+	if (!layer_ok(m, l, n))
+		return -EINVAL;
+	float *buf = malloc(scratch_floats(m, n) * sizeof(float));
+	if (!buf)
+		return -ENOMEM;
+	layer_run(m, l, n, in, out, threads, buf);
+	free(buf);
+	return 0;
+}
+
+int lbw_bert_forward(const struct lbw_bert *m, int64_t n, const int32_t *tokens, float *out,
+		     int threads)
+{
+	int rc = lbw_bert_embed(m, n, tokens, out);
+	if (rc)
+		return rc;
+	for (int l = 0; l < m->cfg.n_layers; l++)
+		if (!layer_ok(m, l, n))
+			return -EINVAL;
+	/* one scratch for every layer: a fresh one per layer costs its page faults each time */
+	float *buf = malloc(scratch_floats(m, n) * sizeof(float));
+	if (!buf)
+		return -ENOMEM;
+	for (int l = 0; l < m->cfg.n_layers; l++)
+		layer_run(m, l, n, out, out, threads, buf);
+	free(buf);
+	if (m->cfg.style == LBW_STYLE_GPT2)
+		layernorm_rows(out, out, m->lnf_g, m->lnf_b, n, m->cfg.hidden, m->cfg.eps);
+	return 0;
+}
