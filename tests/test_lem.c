@@ -10,7 +10,6 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <libgen.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -396,14 +395,7 @@ int main(void)
 {
 	if (access(MODEL, R_OK) || access(TOK, R_OK) || access(VAL, R_OK))
 		LBT_SKIP("%s, %s or %s not found", MODEL, TOK, VAL);
-	char self[PATH_MAX];
-	ssize_t r = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (r <= 0)
-		LBT_SKIP("cannot read /proc/self/exe");
-	self[r] = '\0';
-	snprintf(worker_path, sizeof(worker_path), "%s/../worker/layerbank-worker", dirname(self));
-	if (access(worker_path, X_OK) != 0)
-		LBT_SKIP("worker binary %s is not built", worker_path);
+	snprintf(worker_path, sizeof(worker_path), "%s", LB_WORKER_PATH);
 
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plain_and_bad_args),

@@ -10,7 +10,6 @@
 #include <cmocka.h>
 
 #include <errno.h>
-#include <libgen.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -721,14 +720,7 @@ int main(void)
 	for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++)
 		if (access(need[i], R_OK) != 0)
 			LBT_SKIP("data file %s is absent", need[i]);
-	char self[PATH_MAX];
-	ssize_t r = readlink("/proc/self/exe", self, sizeof(self) - 1);
-	if (r <= 0)
-		LBT_SKIP("cannot read /proc/self/exe");
-	self[r] = '\0';
-	snprintf(worker_path, sizeof(worker_path), "%s/../worker/layerbank-worker", dirname(self));
-	if (access(worker_path, X_OK) != 0)
-		LBT_SKIP("worker binary %s is not built", worker_path);
+	snprintf(worker_path, sizeof(worker_path), "%s", LB_WORKER_PATH);
 
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_config_of_stories260k),
