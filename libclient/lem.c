@@ -29,6 +29,14 @@ static void lem_fail(struct lem *m, int err)
 	m->c = NULL;
 }
 
+/* The daemon went away or broke the protocol: stop using it for the rest of the run. Other
+ * refusals (too many leases, no room) concern one request only. */
+static int gone(int err)
+{
+	return err == -ETIMEDOUT || err == -EPIPE || err == -ECONNRESET || err == -ENOTCONN ||
+	       err == -EPROTO;
+}
+
 static uint64_t splitmix64(uint64_t *s)
 {
 	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
@@ -91,10 +99,11 @@ static int revalidate(struct lem *m, const struct lb_hit *hit, const float *emb,
 	if (hit->layer > 0) {
 		rc = lb_lookup(m->c, cfg->model_id, hit->layer - 1, &m->key, cfg->tau,
 			       cfg->tau ? cfg->n_layers : 0, &prev);
-		if (rc == -ENOENT)
-			return 0;
 		if (rc < 0) {
-			lem_fail(m, rc);
+			/* Revalidation is optional: only a daemon that is gone ends the cache for
+			 * this run (and then the caller's lease went with the connection). */
+			if (gone(rc))
+				lem_fail(m, rc);
 			return 0;
 		}
 		have_prev = 1;

@@ -280,6 +280,200 @@ static void test_daemon_killed_mid_run(void **state)
 	assert_true(now_s() - t0 < 10.0); /* one failed call per run, each at most ~1 s */
 }
 
+/* ---- the daemon killed during a run, from inside a layer callback ---- */
+
+struct killer {
+	struct toy t;      /* first: toy_layer's context */
+	uint32_t at_layer; /* the layer whose computation kills the daemon */
+	int armed;         /* kill on the next computation of at_layer */
+	int killed;
+};
+
+static int killer_layer(void *ctx, uint32_t layer, const float *in, float *out)
+{
+	struct killer *k = ctx;
+	int rc = toy_layer(&k->t, layer, in, out);
+	if (k->armed && layer == k->at_layer) {
+		k->armed = 0;
+		k->killed = 1;
+		kill_daemon(); /* SIGKILL and reaped: gone before the callback returns */
+	}
+	return rc;
+}
+
+/*
+ * A first run inserts layers 0..1 of input seed (or nothing, miss 1); the second run (every layer
+ * flagged) kills the daemon while computing layer 2: it completes plain, in bounded time, and
+ * reports the fallback; a third run with the same client completes plain too.
+ */
+static void kill_during_run(uint32_t seed, int miss)
+{
+	uint32_t id = toy_register();
+	int32_t tok[TOY_N];
+	float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+	toy_input(seed, tok, emb);
+	memcpy(want, emb, sizeof(emb));
+	toy_plain(want);
+	const uint8_t first_layers[TOY_LAYERS] = { 1, 1, 0, 0, 0, 0 };
+	struct lb_lem_cfg cfg1 = toy_cfg(id, first_layers, 0);
+	struct lb_lem_cfg cfg = toy_cfg(id, NULL, 0);
+	struct lb_lem_result res;
+	struct killer k = { { TOY_N, 0 }, 2, 0, 0 };
+
+	if (!miss) {
+		memcpy(h, emb, sizeof(h));
+		assert_int_equal(lb_lem_run(client, &cfg1, tok, TOY_N, h, killer_layer, &k, &res), 0);
+		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(res.layers_inserted, 2);
+		assert_int_equal(res.cache_error, 0);
+	}
+
+	memcpy(h, emb, sizeof(h));
+	k.armed = 1;
+	k.t.calls = 0;
+	double t0 = now_s();
+	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, killer_layer, &k, &res), 0);
+	double dt = now_s() - t0;
+	assert_true(k.killed);
+	assert_true(dt < 5.0); /* no hang: a failed call or two, each at most ~1 s */
+	assert_memory_equal(h, want, sizeof(h));
+	assert_true(res.cache_error < 0);
+	if (miss) {
+		assert_int_equal(res.hit_layer, -1);
+		assert_int_equal(res.layers_computed, TOY_LAYERS);
+		assert_int_equal(k.t.calls, TOY_LAYERS);
+		assert_true(res.layers_inserted <= 2); /* layers 0 and 1, before the kill */
+	} else {
+		assert_int_equal(res.hit_layer, 1);
+		assert_int_equal(res.layers_computed, TOY_LAYERS - 2);
+		assert_int_equal(k.t.calls, TOY_LAYERS - 2);
+		assert_int_equal(res.layers_inserted, 0);
+	}
+
+	/* the next run of the same client: plain from the start */
+	memcpy(h, emb, sizeof(h));
+	k.t.calls = 0;
+	t0 = now_s();
+	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, killer_layer, &k, &res), 0);
+	assert_true(now_s() - t0 < 5.0);
+	assert_memory_equal(h, want, sizeof(h));
+	assert_int_equal(res.hit_layer, -1);
+	assert_int_equal(res.layers_computed, TOY_LAYERS);
+	assert_int_equal(k.t.calls, TOY_LAYERS);
+	assert_int_equal(res.layers_inserted, 0);
+	assert_true(res.cache_error < 0);
+}
+
+/* Killed while layer 2 reads the hit's arena view (layer 1) and writes into staging. */
+static void test_daemon_killed_in_callback_hit(void **state)
+{
+	(void)state;
+	kill_during_run(95, 0);
+}
+
+/* Killed on a miss, after layers 0 and 1 were committed, while layer 2 is computed into staging. */
+static void test_daemon_killed_in_callback_miss(void **state)
+{
+	(void)state;
+	kill_during_run(96, 1);
+}
+
+/* ---- drift: a recomputation far from the cached layer invalidates it ---- */
+
+static int setup_drift(void **state)
+{
+	(void)state;
+	lbt_env_make(&env);
+	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", "--drift-max", "0.01", NULL };
+	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	assert_true(daemon_pid > 0);
+	client = NULL;
+	return 0;
+}
+
+/* 0: the toy; 1: layer drift_layer negated (drift 2); 2: one element of it off by 0.01. */
+static int drift_mode;
+static uint32_t drift_layer;
+
+static int drift_toy_layer(void *ctx, uint32_t layer, const float *in, float *out)
+{
+	struct toy *t = ctx;
+	int rc = toy_layer(t, layer, in, out);
+	if (layer == drift_layer && drift_mode == 1)
+		for (uint32_t i = 0; i < t->n * TOY_HIDDEN; i++)
+			out[i] = -out[i];
+	else if (layer == drift_layer && drift_mode == 2)
+		out[0] += 0.01f;
+	return rc;
+}
+
+static uint64_t invalidations(void)
+{
+	struct lb_stats st;
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	return st.invalidations;
+}
+
+static void test_drift_invalidates(void **state)
+{
+	(void)state;
+	const uint32_t L = 3;
+	uint32_t id = toy_register();
+	int32_t tok[TOY_N];
+	float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+	uint8_t layers[TOY_LAYERS];
+	for (uint32_t l = 0; l < TOY_LAYERS; l++)
+		layers[l] = l <= L;
+	toy_input(120, tok, emb);
+	memcpy(want, emb, sizeof(emb));
+	toy_plain(want);
+	struct lb_lem_cfg ins = toy_cfg(id, layers, 0), rev = toy_cfg(id, layers, 1.0);
+	struct lb_lem_result res;
+	struct toy t = { TOY_N, 0 };
+	drift_layer = L;
+
+	drift_mode = 0;
+	memcpy(h, emb, sizeof(h));
+	assert_int_equal(lb_lem_run(client, &ins, tok, TOY_N, h, drift_toy_layer, &t, &res), 0);
+	assert_int_equal(res.layers_inserted, L + 1);
+
+	/* small drifts (identical, then one element off by 0.01): reported, not invalidated */
+	for (int mode = 0; mode <= 2; mode += 2) {
+		drift_mode = mode;
+		memcpy(h, emb, sizeof(h));
+		assert_int_equal(lb_lem_run(client, &rev, tok, TOY_N, h, drift_toy_layer, &t, &res), 0);
+		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(res.hit_layer, (int32_t)L);
+		assert_int_equal(res.revalidated, 1);
+		assert_int_equal(res.reports, 1);
+		assert_int_equal(res.cache_error, 0);
+		assert_int_equal(invalidations(), 0);
+	}
+
+	/* a large drift: the hit is still used for this run, then invalidated */
+	drift_mode = 1;
+	memcpy(h, emb, sizeof(h));
+	assert_int_equal(lb_lem_run(client, &rev, tok, TOY_N, h, drift_toy_layer, &t, &res), 0);
+	assert_memory_equal(h, want, sizeof(h)); /* layer L came from the cache, not recomputed */
+	assert_int_equal(res.hit_layer, (int32_t)L);
+	assert_int_equal(res.revalidated, 1);
+	assert_int_equal(res.reports, 1);
+	assert_int_equal(res.cache_error, 0);
+	assert_true(invalidations() >= 1);
+
+	/* the next lookup no longer reaches layer L */
+	drift_mode = 0;
+	memcpy(h, emb, sizeof(h));
+	assert_int_equal(lb_lem_run(client, &ins, tok, TOY_N, h, drift_toy_layer, &t, &res), 0);
+	assert_memory_equal(h, want, sizeof(h));
+	assert_true(res.hit_layer < (int32_t)L);
+	assert_int_equal(res.cache_error, 0);
+	assert_int_equal(invalidations(), 1);
+	struct lb_stats st;
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	assert_int_equal(st.leases, 0);
+}
+
 /* ---- layerbank-worker score --cache ---- */
 
 static int run_worker(const char *const *args, char *out, size_t n)
@@ -402,6 +596,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_hit_at_every_depth, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_revalidate_reports, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_killed_mid_run, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_daemon_killed_in_callback_hit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_daemon_killed_in_callback_miss, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_drift_invalidates, setup_drift, teardown),
 		cmocka_unit_test_setup_teardown(test_score_cache_cli, setup, teardown),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
