@@ -25,6 +25,8 @@
 #include "lbp.h"
 #include "kernels.h"
 #include "model_bert.h"
+#include "model_llama.h"
+#include "tokenizer.h"
 #ifdef LB_HAVE_OPENBLAS
 #include <cblas.h>
 #endif
@@ -641,6 +643,29 @@ static double torch_forward_ms(int threads, int blas_threads)
 	return ms;
 }
 
+/* stories260K greedy generation: 256 steps from BOS (an empty prompt), stopping at BOS as
+ * llama2.c does; tokens counts the steps run. */
+struct gen_arg {
+	const struct lbw_llama *m;
+	struct lbw_llama_state *s;
+	int tokens;
+};
+
+static void run_generate(void *a)
+{
+	struct gen_arg *g = a;
+	int32_t tok = LBW_TOK_BOS;
+	g->tokens = 0;
+	for (int32_t pos = 0; pos < 256 && pos < g->m->cfg.seq_len; pos++) {
+		int32_t next = lbw_llama_argmax(lbw_llama_forward(g->m, g->s, tok, pos),
+						g->m->cfg.vocab_size);
+		g->tokens++;
+		if (next == LBW_TOK_BOS)
+			break;
+		tok = next;
+	}
+}
+
 static int cmd_kernels(int argc, char **argv)
 {
 	int json = argc >= 2 && strcmp(argv[1], "--json") == 0;
@@ -745,6 +770,32 @@ static int cmd_kernels(int argc, char **argv)
 		have_torch = torch_ms[0] > 0 && torch_ms[1] > 0;
 	}
 
+	/* stories260K greedy tok/s: the lbk_* forward, then the plain-C reference, same run */
+	double stories_tok_s = -1, reference_tok_s = -1;
+	{
+		struct lbw_llama lm;
+		struct lbw_llama_state ls;
+		char err[256];
+		if (access(LB_DATA_DIR "/stories260K.bin", R_OK) == 0 &&
+		    access(LB_DATA_DIR "/tok512.bin", R_OK) == 0) {
+			int rc = lbw_llama_load(&lm, LB_DATA_DIR "/stories260K.bin", err, sizeof(err));
+			if (rc < 0) {
+				fprintf(stderr, "layerbank-bench: %s\n", err);
+				die("lbw_llama_load", -rc);
+			}
+			if (lbw_llama_state_init(&ls, &lm.cfg) < 0)
+				die("lbw_llama_state_init", ENOMEM);
+			struct gen_arg ga = { &lm, &ls, 0 };
+			for (int ref = 0; ref <= 1; ref++) {
+				lbw_llama_set_reference(&lm, ref);
+				double sec = time_median(run_generate, &ga, 11, 1.0);
+				*(ref ? &reference_tok_s : &stories_tok_s) = ga.tokens / sec;
+			}
+			lbw_llama_state_free(&ls);
+			lbw_llama_free(&lm);
+		}
+	}
+
 	if (json) {
 		json_object *o = json_object_new_object(), *ga = json_object_new_array();
 		for (int i = 0; i < nr; i++) {
@@ -778,6 +829,10 @@ static int cmd_kernels(int argc, char **argv)
 		json_object_object_add(o, "bert_forward_ms", bo);
 		json_object_object_add(o, "torch_forward_ms", to);
 		json_object_object_add(o, "ratio_torch", ro);
+		int have_st = stories_tok_s > 0 && reference_tok_s > 0;
+		json_object_object_add(o, "stories_tok_s", have_st ? json_object_new_double(stories_tok_s) : NULL);
+		json_object_object_add(o, "reference_tok_s", have_st ? json_object_new_double(reference_tok_s) : NULL);
+		json_object_object_add(o, "ratio_stories", have_st ? json_object_new_double(stories_tok_s / reference_tok_s) : NULL);
 		puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 		json_object_put(o);
 		return 0;
@@ -798,6 +853,12 @@ static int cmd_kernels(int argc, char **argv)
 			printf("  %d thread(s): ours %8.1f   PyTorch: not installed (/usr/bin/python3 cannot import torch)\n",
 			       t + 1, ours_ms[t]);
 	}
+	printf("stories260K greedy generation (256 steps, empty prompt, 1 thread):\n");
+	if (stories_tok_s > 0 && reference_tok_s > 0)
+		printf("  lbk_* kernels %10.0f tok/s   plain-C reference %10.0f tok/s   ratio %.2fx\n",
+		       stories_tok_s, reference_tok_s, stories_tok_s / reference_tok_s);
+	else
+		printf("  skipped: data absent (%s)\n", LB_DATA_DIR);
 	return 0;
 }
 

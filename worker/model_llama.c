@@ -1,8 +1,11 @@
 /*
  * Llama checkpoint loader (llama2.c legacy format) and the reference fp32 forward pass.
- * The math is plain C here on purpose: it is the reference the lbk_* kernels will be held to.
+ * Two forwards: the plain C of llama2.c (m->reference, the kernels' baseline and what they are
+ * held to) and the same math on the lbk_* kernels (the default).
  */
 #include "model_llama.h"
+
+#include "kernels.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -129,6 +132,42 @@ static void map_weights(struct lbw_llama *m)
 	m->w.wcls = c->shared_classifier ? m->w.token_embedding : p;
 }
 
+/* Pack every layer matrix once for lbk_gemm. Out of memory leaves m->packed NULL: the prefill
+ * then runs position by position on the GEMV, which needs no packing. */
+static void pack_weights(struct lbw_llama *m)
+{
+	const struct lbw_llama_config *c = &m->cfg;
+	int64_t dim = c->dim, hid = c->hidden_dim, kv = c->kv_dim;
+	int64_t nmat = (int64_t)c->n_layers * LBW_LLAMA_NMAT;
+	m->packed = calloc((size_t)nmat, sizeof(*m->packed));
+	if (!m->packed)
+		return;
+	for (int64_t l = 0; l < c->n_layers; l++) {
+		struct lbk_packed **p = m->packed + l * LBW_LLAMA_NMAT;
+		p[LBW_LLAMA_WQ] = lbk_pack(m->w.wq + l * dim * dim, dim, dim);
+		p[LBW_LLAMA_WK] = lbk_pack(m->w.wk + l * kv * dim, kv, dim);
+		p[LBW_LLAMA_WV] = lbk_pack(m->w.wv + l * kv * dim, kv, dim);
+		p[LBW_LLAMA_WO] = lbk_pack(m->w.wo + l * dim * dim, dim, dim);
+		p[LBW_LLAMA_W1] = lbk_pack(m->w.w1 + l * hid * dim, hid, dim);
+		p[LBW_LLAMA_W2] = lbk_pack(m->w.w2 + l * dim * hid, dim, hid);
+		p[LBW_LLAMA_W3] = lbk_pack(m->w.w3 + l * hid * dim, hid, dim);
+	}
+	for (int64_t i = 0; i < nmat; i++) {
+		if (!m->packed[i]) {
+			for (int64_t j = 0; j < nmat; j++)
+				lbk_packed_free(m->packed[j]);
+			free(m->packed);
+			m->packed = NULL;
+			return;
+		}
+	}
+}
+
+void lbw_llama_set_reference(struct lbw_llama *m, int on)
+{
+	m->reference = on != 0;
+}
+
 int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errlen)
 {
 	struct stat st;
@@ -195,6 +234,7 @@ int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errl
 		goto out;
 	}
 	map_weights(m);
+	pack_weights(m);
 	rc = 0;
 out:
 	close(fd);
@@ -205,6 +245,11 @@ out:
 
 void lbw_llama_free(struct lbw_llama *m)
 {
+	if (m->packed) {
+		for (int64_t i = 0; i < (int64_t)m->cfg.n_layers * LBW_LLAMA_NMAT; i++)
+			lbk_packed_free(m->packed[i]);
+		free(m->packed);
+	}
 	free(m->data);
 	memset(m, 0, sizeof(*m));
 }
@@ -294,8 +339,8 @@ void lbw_llama_embed(const struct lbw_llama *m, struct lbw_llama_state *s, int32
 	memcpy(s->x, m->w.token_embedding + (size_t)token * dim, dim * sizeof(float));
 }
 
-/* Layer l at position pos on the residual stream x ([dim], updated in place). */
-static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float *x, int32_t l,
+/* Layer l at position pos on the residual stream x ([dim], updated in place): plain C. */
+static void layer_at_ref(const struct lbw_llama *m, struct lbw_llama_state *s, float *x, int32_t l,
 		     int32_t pos)
 {
 	const struct lbw_llama_config *c = &m->cfg;
@@ -370,6 +415,116 @@ static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float
 		x[i] += s->xb[i];
 }
 
+/* layer_at_ref on the lbk_* kernels: GEMV matmuls, RMSNorm, RoPE, softmax, SiLU gate. The
+ * per-head scores and the weighted sum of V stay loops here (one query row against the cache;
+ * lbk_attention wants every query row of the sequence). */
+static void layer_at_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, float *x, int32_t l,
+			 int32_t pos)
+{
+	const struct lbw_llama_config *c = &m->cfg;
+	const struct lbw_llama_weights *w = &m->w;
+	int64_t dim = c->dim, hid = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size;
+	int64_t kv_mul = c->n_heads / c->n_kv_heads;
+	int64_t L = l;
+	int64_t loff = L * (int64_t)c->seq_len * kv_dim;
+	float *k = s->key_cache + loff + (int64_t)pos * kv_dim;
+	float *v = s->value_cache + loff + (int64_t)pos * kv_dim;
+
+	lbk_rmsnorm(s->xb, x, w->rms_att + L * dim, dim, 1e-5f);
+	lbk_matmul(s->q, s->xb, w->wq + L * dim * dim, NULL, 1, dim, dim);
+	lbk_matmul(k, s->xb, w->wk + L * kv_dim * dim, NULL, 1, kv_dim, dim);
+	lbk_matmul(v, s->xb, w->wv + L * kv_dim * dim, NULL, 1, kv_dim, dim);
+	lbk_rope(s->q, k, pos, c->n_heads, c->n_kv_heads, hs, 10000.0f);
+
+	float scale = sqrtf((float)hs);
+	for (int64_t h = 0; h < c->n_heads; h++) {
+		const float *q = s->q + h * hs;
+		float *att = s->att + h * (int64_t)c->seq_len;
+		int64_t koff = loff + (h / kv_mul) * hs;
+		for (int64_t t = 0; t <= pos; t++) {
+			const float *kt = s->key_cache + koff + t * kv_dim;
+			float score = 0.0f;
+			for (int64_t i = 0; i < hs; i++)
+				score += q[i] * kt[i];
+			att[t] = score / scale;
+		}
+		lbk_softmax(att, (int64_t)pos + 1);
+		float *xb = s->xb + h * hs;
+		memset(xb, 0, (size_t)hs * sizeof(float));
+		for (int64_t t = 0; t <= pos; t++) {
+			const float *vt = s->value_cache + koff + t * kv_dim;
+			float a = att[t];
+			for (int64_t i = 0; i < hs; i++)
+				xb[i] += a * vt[i];
+		}
+	}
+	lbk_matmul(s->xb2, s->xb, w->wo + L * dim * dim, NULL, 1, dim, dim);
+	for (int64_t i = 0; i < dim; i++)
+		x[i] += s->xb2[i];
+
+	lbk_rmsnorm(s->xb, x, w->rms_ffn + L * dim, dim, 1e-5f);
+	lbk_matmul(s->hb, s->xb, w->w1 + L * hid * dim, NULL, 1, hid, dim);
+	lbk_matmul(s->hb2, s->xb, w->w3 + L * hid * dim, NULL, 1, hid, dim);
+	lbk_silu_mul(s->hb, s->hb2, hid);
+	lbk_matmul(s->xb, s->hb, w->w2 + L * dim * hid, NULL, 1, dim, hid);
+	for (int64_t i = 0; i < dim; i++)
+		x[i] += s->xb[i];
+}
+
+static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float *x, int32_t l,
+		     int32_t pos)
+{
+	if (m->reference)
+		layer_at_ref(m, s, x, l, pos);
+	else
+		layer_at_lbk(m, s, x, l, pos);
+}
+
+/*
+ * The layer-major prefill on the kernels: every position's rows at once through the packed
+ * lbk_gemm, K and V straight into the cache rows 0..n-1 (the cache's [seq_len][kv_dim] is
+ * lbk_attention's [seq][n_kv_heads][hs]), causal lbk_attention. out already holds in.
+ * @return 0; -1 when the scratch could not be allocated (nothing was changed).
+ */
+static int layer_seq_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t n,
+			 float *out)
+{
+	const struct lbw_llama_config *c = &m->cfg;
+	int64_t dim = c->dim, hid = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size;
+	int64_t N = n, L = l;
+	/* calloc, not malloc: GCC flags malloc'd memory passed as const before its writes */
+	float *buf = calloc((size_t)(N * (3 * dim + 2 * hid)), sizeof(float));
+	if (!buf)
+		return -1;
+	float *xb = buf, *q = xb + N * dim, *ao = q + N * dim, *hb = ao + N * dim, *hb2 = hb + N * hid;
+	struct lbk_packed *const *P = m->packed + L * LBW_LLAMA_NMAT;
+	int64_t loff = L * (int64_t)c->seq_len * kv_dim;
+	float *kc = s->key_cache + loff, *vc = s->value_cache + loff;
+
+	for (int64_t t = 0; t < N; t++)
+		lbk_rmsnorm(xb + t * dim, out + t * dim, m->w.rms_att + L * dim, dim, 1e-5f);
+	lbk_gemm(q, xb, P[LBW_LLAMA_WQ], NULL, N, 1);
+	lbk_gemm(kc, xb, P[LBW_LLAMA_WK], NULL, N, 1);
+	lbk_gemm(vc, xb, P[LBW_LLAMA_WV], NULL, N, 1);
+	for (int64_t t = 0; t < N; t++)
+		lbk_rope(q + t * dim, kc + t * kv_dim, t, c->n_heads, c->n_kv_heads, hs, 10000.0f);
+	lbk_attention(ao, q, kc, vc, N, c->n_heads, c->n_kv_heads, hs, 1);
+	lbk_gemm(xb, ao, P[LBW_LLAMA_WO], NULL, N, 1);
+	for (int64_t i = 0; i < N * dim; i++)
+		out[i] += xb[i];
+
+	for (int64_t t = 0; t < N; t++)
+		lbk_rmsnorm(xb + t * dim, out + t * dim, m->w.rms_ffn + L * dim, dim, 1e-5f);
+	lbk_gemm(hb, xb, P[LBW_LLAMA_W1], NULL, N, 1);
+	lbk_gemm(hb2, xb, P[LBW_LLAMA_W3], NULL, N, 1);
+	lbk_silu_mul(hb, hb2, N * hid);
+	lbk_gemm(xb, hb, P[LBW_LLAMA_W2], NULL, N, 1);
+	for (int64_t i = 0; i < N * dim; i++)
+		out[i] += xb[i];
+	free(buf);
+	return 0;
+}
+
 void lbw_llama_layer(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t pos)
 {
 	layer_at(m, s, s->x, l, pos);
@@ -384,6 +539,13 @@ void lbw_llama_layer_seq(const struct lbw_llama *m, struct lbw_llama_state *s, i
 			 const float *in, float *out)
 {
 	size_t dim = (size_t)m->cfg.dim;
+	if (!m->reference && m->packed) {
+		if (out != in)
+			memmove(out, in, (size_t)n * dim * sizeof(float));
+		if (layer_seq_lbk(m, s, l, n, out) == 0)
+			return;
+		in = out; /* no scratch: position by position below, on the GEMV */
+	}
 	for (int32_t pos = 0; pos < n; pos++) {
 		float *x = out + (size_t)pos * dim;
 		if (x != in + (size_t)pos * dim)
@@ -415,8 +577,13 @@ double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
 
 float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s)
 {
-	rmsnorm(s->x, s->x, m->w.rms_final, m->cfg.dim);
-	matmul(s->logits, s->x, m->w.wcls, m->cfg.dim, m->cfg.vocab_size);
+	if (m->reference) {
+		rmsnorm(s->x, s->x, m->w.rms_final, m->cfg.dim);
+		matmul(s->logits, s->x, m->w.wcls, m->cfg.dim, m->cfg.vocab_size);
+	} else {
+		lbk_rmsnorm(s->x, s->x, m->w.rms_final, m->cfg.dim, 1e-5f);
+		lbk_matmul(s->logits, s->x, m->w.wcls, NULL, 1, m->cfg.vocab_size, m->cfg.dim);
+	}
 	return s->logits;
 }
 

@@ -47,13 +47,32 @@ struct lbw_llama_weights {
 	const float *wcls;            /* [vocab_size][dim] */
 };
 
-/* A loaded model. Immutable after lbw_llama_load: any number of states may share it. */
+struct lbk_packed;
+
+/* The layer matrices packed for lbk_gemm, per layer, in this order. */
+enum { LBW_LLAMA_WQ, LBW_LLAMA_WK, LBW_LLAMA_WV, LBW_LLAMA_WO, LBW_LLAMA_W1, LBW_LLAMA_W2,
+       LBW_LLAMA_W3, LBW_LLAMA_NMAT };
+
+/*
+ * A loaded model. Immutable after lbw_llama_load (and lbw_llama_set_reference): any number of
+ * states may share it.
+ */
 struct lbw_llama {
 	struct lbw_llama_config cfg;
 	struct lbw_llama_weights w;
 	void *data;       /* the whole file, malloc'd; owned */
 	size_t data_size; /* bytes of data, equal to the file size */
+	/* [n_layers * LBW_LLAMA_NMAT], packed once at load for the layer-major prefill; owned.
+	 * NULL (packing ran out of memory): the prefill runs position by position. */
+	struct lbk_packed **packed;
+	int reference; /* 1: the plain-C forward (the kernels' baseline), 0: the lbk_* kernels */
 };
+
+/*
+ * Choose the forward: on (1) the plain-C reference of llama2.c, off (0, the default after
+ * lbw_llama_load) the lbk_* kernels. Set it before sharing m between threads.
+ */
+void lbw_llama_set_reference(struct lbw_llama *m, int on);
 
 /* Activations and the KV cache of one sequence. Owned by one thread at a time. */
 struct lbw_llama_state {
@@ -110,8 +129,10 @@ float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s);
  *
  * embed_seq: h [n][dim] = the embedding rows of tokens[0..n-1].
  * layer_seq: layer l for positions 0..n-1 at once, causal attention within the sequence, RoPE per
- *   position; in, out [n][dim] (in may equal out); uses s's KV cache of layer l as scratch. The
- *   result is bit-identical to lbw_llama_layer run position by position.
+ *   position; in, out [n][dim] (in may equal out); uses s's KV cache of layer l as scratch. On
+ *   the reference path the result is bit-identical to lbw_llama_layer run position by position;
+ *   on the kernels (packed lbk_gemm, lbk_attention) it agrees to float rounding only, since the
+ *   GEMM and the GEMV sum in different orders.
  * score_seq: the summed NLL of tokens[1..n-1] from the last layer's output h [n][dim] (final
  *   RMSNorm and classifier per position; uses s->x and s->logits), as lbw_llama_prompt sums it.
  * Arguments must be in range: 1 <= n <= seq_len, tokens < vocab_size, l < n_layers.
