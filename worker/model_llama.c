@@ -293,44 +293,57 @@ void lbw_llama_state_free(struct lbw_llama_state *s)
 	memset(s, 0, sizeof(*s));
 }
 
-/* o = weight * x / rms(x), eps 1e-5, as llama2.c. o may alias x. */
-static void rmsnorm(float *o, const float *x, const float *weight, int32_t n)
+/* RoPE exactly as llama2.c computes it (float powf/cosf/sinf): the reference path's. */
+static void rope_llama2c(float *q, float *k, int64_t pos, int64_t n_heads, int64_t n_kv_heads,
+			 int64_t hs, float theta)
 {
-	float ss = 0.0f;
-	for (int32_t j = 0; j < n; j++)
-		ss += x[j] * x[j];
-	ss /= (float)n;
-	ss += 1e-5f;
-	ss = 1.0f / sqrtf(ss);
-	for (int32_t j = 0; j < n; j++)
-		o[j] = weight[j] * (ss * x[j]);
+	int64_t dim = n_heads * hs, kv_dim = n_kv_heads * hs;
+	for (int64_t i = 0; i < dim; i += 2) {
+		int64_t head_dim = i % hs;
+		float freq = 1.0f / powf(theta, (float)head_dim / (float)hs);
+		float val = (float)pos * freq;
+		float fcr = cosf(val), fci = sinf(val);
+		int rotn = i < kv_dim ? 2 : 1;
+		for (int r = 0; r < rotn; r++) {
+			float *vec = r == 0 ? q : k;
+			float v0 = vec[i], v1 = vec[i + 1];
+			vec[i] = v0 * fcr - v1 * fci;
+			vec[i + 1] = v0 * fci + v1 * fcr;
+		}
+	}
 }
 
-static void softmax(float *x, int32_t n)
+/* SiLU gate as llama2.c writes it: the reference path's. */
+static void silu_mul_llama2c(float *h, const float *g, int64_t n)
 {
-	float max = x[0];
-	for (int32_t i = 1; i < n; i++)
-		if (x[i] > max)
-			max = x[i];
-	float sum = 0.0f;
-	for (int32_t i = 0; i < n; i++) {
-		x[i] = expf(x[i] - max);
-		sum += x[i];
+	for (int64_t i = 0; i < n; i++) {
+		float val = h[i];
+		val *= 1.0f / (1.0f + expf(-val));
+		val *= g[i];
+		h[i] = val;
 	}
-	for (int32_t i = 0; i < n; i++)
-		x[i] /= sum;
 }
 
-/* xout[d] = w[d][n] @ x[n] */
-static void matmul(float *xout, const float *x, const float *w, int32_t n, int32_t d)
+/* The kernels a token-by-token layer runs on: the plain-C reference (the benchmark's
+ * baseline, llama2.c's arithmetic) or the lbk_* dispatchers. */
+struct llama_ops {
+	void (*rmsnorm)(float *o, const float *x, const float *w, int64_t n, float eps);
+	void (*matmul)(float *y, const float *x, const float *w, const float *bias, int64_t m,
+		       int64_t n, int64_t k);
+	void (*rope)(float *q, float *k, int64_t pos, int64_t n_heads, int64_t n_kv_heads,
+		     int64_t hs, float theta);
+	void (*softmax)(float *x, int64_t n);
+	void (*silu_mul)(float *h, const float *g, int64_t n);
+};
+
+static const struct llama_ops ops_ref = { lbk_rmsnorm_ref, lbk_matmul_ref, rope_llama2c,
+					  lbk_softmax_ref, silu_mul_llama2c };
+static const struct llama_ops ops_lbk = { lbk_rmsnorm, lbk_matmul, lbk_rope, lbk_softmax,
+					  lbk_silu_mul };
+
+static const struct llama_ops *ops_of(const struct lbw_llama *m)
 {
-	for (int32_t i = 0; i < d; i++) {
-		const float *row = w + (size_t)i * (size_t)n;
-		float val = 0.0f;
-		for (int32_t j = 0; j < n; j++)
-			val += row[j] * x[j];
-		xout[i] = val;
-	}
+	return m->reference ? &ops_ref : &ops_lbk;
 }
 
 void lbw_llama_embed(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t token)
@@ -339,103 +352,30 @@ void lbw_llama_embed(const struct lbw_llama *m, struct lbw_llama_state *s, int32
 	memcpy(s->x, m->w.token_embedding + (size_t)token * dim, dim * sizeof(float));
 }
 
-/* Layer l at position pos on the residual stream x ([dim], updated in place): plain C. */
-static void layer_at_ref(const struct lbw_llama *m, struct lbw_llama_state *s, float *x, int32_t l,
+/* Layer l at position pos on the residual stream x ([dim], updated in place). The per-head
+ * scores and the weighted sum of V stay loops: one query row against the cache, where
+ * lbk_attention wants every query row of the sequence. */
+static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float *x, int32_t l,
 		     int32_t pos)
 {
-	const struct lbw_llama_config *c = &m->cfg;
-	const struct lbw_llama_weights *w = &m->w;
-	int32_t dim = c->dim, hid = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size;
-	int32_t kv_mul = c->n_heads / c->n_kv_heads;
-	size_t L = (size_t)l;
-	size_t loff = L * (size_t)c->seq_len * (size_t)kv_dim; /* this layer's cache */
-	float *k = s->key_cache + loff + (size_t)pos * (size_t)kv_dim;
-	float *v = s->value_cache + loff + (size_t)pos * (size_t)kv_dim;
-
-	/* attention: QKV of the normed stream, K and V straight into the cache */
-	rmsnorm(s->xb, x, w->rms_att + L * (size_t)dim, dim);
-	matmul(s->q, s->xb, w->wq + L * (size_t)dim * (size_t)dim, dim, dim);
-	matmul(k, s->xb, w->wk + L * (size_t)kv_dim * (size_t)dim, dim, kv_dim);
-	matmul(v, s->xb, w->wv + L * (size_t)kv_dim * (size_t)dim, dim, kv_dim);
-
-	/* RoPE, computed exactly as llama2.c does (float powf/cosf/sinf) */
-	for (int32_t i = 0; i < dim; i += 2) {
-		int32_t head_dim = i % hs;
-		float freq = 1.0f / powf(10000.0f, (float)head_dim / (float)hs);
-		float val = (float)pos * freq;
-		float fcr = cosf(val), fci = sinf(val);
-		int rotn = i < kv_dim ? 2 : 1;
-		for (int r = 0; r < rotn; r++) {
-			float *vec = r == 0 ? s->q : k;
-			float v0 = vec[i], v1 = vec[i + 1];
-			vec[i] = v0 * fcr - v1 * fci;
-			vec[i + 1] = v0 * fci + v1 * fcr;
-		}
-	}
-
-	/* grouped-query attention over positions 0..pos */
-	for (int32_t h = 0; h < c->n_heads; h++) {
-		const float *q = s->q + (size_t)h * (size_t)hs;
-		float *att = s->att + (size_t)h * (size_t)c->seq_len;
-		size_t koff = loff + (size_t)(h / kv_mul) * (size_t)hs;
-		for (int32_t t = 0; t <= pos; t++) {
-			const float *kt = s->key_cache + koff + (size_t)t * (size_t)kv_dim;
-			float score = 0.0f;
-			for (int32_t i = 0; i < hs; i++)
-				score += q[i] * kt[i];
-			score /= sqrtf((float)hs);
-			att[t] = score;
-		}
-		softmax(att, pos + 1);
-		float *xb = s->xb + (size_t)h * (size_t)hs;
-		memset(xb, 0, (size_t)hs * sizeof(float));
-		for (int32_t t = 0; t <= pos; t++) {
-			const float *vt = s->value_cache + koff + (size_t)t * (size_t)kv_dim;
-			float a = att[t];
-			for (int32_t i = 0; i < hs; i++)
-				xb[i] += a * vt[i];
-		}
-	}
-	matmul(s->xb2, s->xb, w->wo + L * (size_t)dim * (size_t)dim, dim, dim);
-	for (int32_t i = 0; i < dim; i++)
-		x[i] += s->xb2[i];
-
-	/* FFN: w2(silu(w1 x) * w3 x) */
-	rmsnorm(s->xb, x, w->rms_ffn + L * (size_t)dim, dim);
-	matmul(s->hb, s->xb, w->w1 + L * (size_t)hid * (size_t)dim, dim, hid);
-	matmul(s->hb2, s->xb, w->w3 + L * (size_t)hid * (size_t)dim, dim, hid);
-	for (int32_t i = 0; i < hid; i++) {
-		float val = s->hb[i];
-		val *= 1.0f / (1.0f + expf(-val));
-		val *= s->hb2[i];
-		s->hb[i] = val;
-	}
-	matmul(s->xb, s->hb, w->w2 + L * (size_t)dim * (size_t)hid, hid, dim);
-	for (int32_t i = 0; i < dim; i++)
-		x[i] += s->xb[i];
-}
-
-/* layer_at_ref on the lbk_* kernels: GEMV matmuls, RMSNorm, RoPE, softmax, SiLU gate. The
- * per-head scores and the weighted sum of V stay loops here (one query row against the cache;
- * lbk_attention wants every query row of the sequence). */
-static void layer_at_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, float *x, int32_t l,
-			 int32_t pos)
-{
+	const struct llama_ops *k_ = ops_of(m);
 	const struct lbw_llama_config *c = &m->cfg;
 	const struct lbw_llama_weights *w = &m->w;
 	int64_t dim = c->dim, hid = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size;
 	int64_t kv_mul = c->n_heads / c->n_kv_heads;
 	int64_t L = l;
-	int64_t loff = L * (int64_t)c->seq_len * kv_dim;
+	int64_t loff = L * (int64_t)c->seq_len * kv_dim; /* this layer's cache */
 	float *k = s->key_cache + loff + (int64_t)pos * kv_dim;
 	float *v = s->value_cache + loff + (int64_t)pos * kv_dim;
 
-	lbk_rmsnorm(s->xb, x, w->rms_att + L * dim, dim, 1e-5f);
-	lbk_matmul(s->q, s->xb, w->wq + L * dim * dim, NULL, 1, dim, dim);
-	lbk_matmul(k, s->xb, w->wk + L * kv_dim * dim, NULL, 1, kv_dim, dim);
-	lbk_matmul(v, s->xb, w->wv + L * kv_dim * dim, NULL, 1, kv_dim, dim);
-	lbk_rope(s->q, k, pos, c->n_heads, c->n_kv_heads, hs, 10000.0f);
+	/* attention: QKV of the normed stream, K and V straight into the cache */
+	k_->rmsnorm(s->xb, x, w->rms_att + L * dim, dim, 1e-5f);
+	k_->matmul(s->q, s->xb, w->wq + L * dim * dim, NULL, 1, dim, dim);
+	k_->matmul(k, s->xb, w->wk + L * kv_dim * dim, NULL, 1, kv_dim, dim);
+	k_->matmul(v, s->xb, w->wv + L * kv_dim * dim, NULL, 1, kv_dim, dim);
+	k_->rope(s->q, k, pos, c->n_heads, c->n_kv_heads, hs, 10000.0f);
 
+	/* grouped-query attention over positions 0..pos */
 	float scale = sqrtf((float)hs);
 	for (int64_t h = 0; h < c->n_heads; h++) {
 		const float *q = s->q + h * hs;
@@ -448,7 +388,7 @@ static void layer_at_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, f
 				score += q[i] * kt[i];
 			att[t] = score / scale;
 		}
-		lbk_softmax(att, (int64_t)pos + 1);
+		k_->softmax(att, (int64_t)pos + 1);
 		float *xb = s->xb + h * hs;
 		memset(xb, 0, (size_t)hs * sizeof(float));
 		for (int64_t t = 0; t <= pos; t++) {
@@ -458,26 +398,18 @@ static void layer_at_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, f
 				xb[i] += a * vt[i];
 		}
 	}
-	lbk_matmul(s->xb2, s->xb, w->wo + L * dim * dim, NULL, 1, dim, dim);
+	k_->matmul(s->xb2, s->xb, w->wo + L * dim * dim, NULL, 1, dim, dim);
 	for (int64_t i = 0; i < dim; i++)
 		x[i] += s->xb2[i];
 
-	lbk_rmsnorm(s->xb, x, w->rms_ffn + L * dim, dim, 1e-5f);
-	lbk_matmul(s->hb, s->xb, w->w1 + L * hid * dim, NULL, 1, hid, dim);
-	lbk_matmul(s->hb2, s->xb, w->w3 + L * hid * dim, NULL, 1, hid, dim);
-	lbk_silu_mul(s->hb, s->hb2, hid);
-	lbk_matmul(s->xb, s->hb, w->w2 + L * dim * hid, NULL, 1, dim, hid);
+	/* FFN: w2(silu(w1 x) * w3 x) */
+	k_->rmsnorm(s->xb, x, w->rms_ffn + L * dim, dim, 1e-5f);
+	k_->matmul(s->hb, s->xb, w->w1 + L * hid * dim, NULL, 1, hid, dim);
+	k_->matmul(s->hb2, s->xb, w->w3 + L * hid * dim, NULL, 1, hid, dim);
+	k_->silu_mul(s->hb, s->hb2, hid);
+	k_->matmul(s->xb, s->hb, w->w2 + L * dim * hid, NULL, 1, dim, hid);
 	for (int64_t i = 0; i < dim; i++)
 		x[i] += s->xb[i];
-}
-
-static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float *x, int32_t l,
-		     int32_t pos)
-{
-	if (m->reference)
-		layer_at_ref(m, s, x, l, pos);
-	else
-		layer_at_lbk(m, s, x, l, pos);
 }
 
 /*
@@ -577,13 +509,9 @@ double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
 
 float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s)
 {
-	if (m->reference) {
-		rmsnorm(s->x, s->x, m->w.rms_final, m->cfg.dim);
-		matmul(s->logits, s->x, m->w.wcls, m->cfg.dim, m->cfg.vocab_size);
-	} else {
-		lbk_rmsnorm(s->x, s->x, m->w.rms_final, m->cfg.dim, 1e-5f);
-		lbk_matmul(s->logits, s->x, m->w.wcls, NULL, 1, m->cfg.vocab_size, m->cfg.dim);
-	}
+	const struct llama_ops *k = ops_of(m);
+	k->rmsnorm(s->x, s->x, m->w.rms_final, m->cfg.dim, 1e-5f);
+	k->matmul(s->logits, s->x, m->w.wcls, NULL, 1, m->cfg.vocab_size, m->cfg.dim);
 	return s->logits;
 }
 

@@ -42,7 +42,8 @@ void lbk_matmul_ref(float *y, const float *x, const float *w, const float *bias,
 			float val = 0.0f;
 			for (int64_t l = 0; l < k; l++)
 				val += w[j * k + l] * x[i * k + l];
-			y[i * n + j] = val + (bias ? bias[j] : 0.0f);
+			/* no + 0.0f without a bias: keeps the sign of a zero, as llama2.c's matmul */
+			y[i * n + j] = bias ? val + bias[j] : val;
 		}
 	}
 }
