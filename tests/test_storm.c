@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -22,6 +23,7 @@
 #define FRAMES 10000
 
 static struct lbt_env env;
+static pid_t daemon_pid = -1; /* ended by teardown even when an assertion fails half-way */
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
 static uint64_t next(void)
@@ -141,7 +143,7 @@ static void test_storm_of_bad_frames(void **state)
 	unsigned replies = 0, errors = 0, hangups = 0;
 
 	printf("seed 0x%016llx, %d frames\n", (unsigned long long)rng, FRAMES);
-	pid_t pid = lbt_daemon_start(env.sock, env.log, args);
+	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
 	assert_true(pid > 0);
 	int fd = -1;
 	for (int i = 0; i < FRAMES; i++) {
@@ -210,6 +212,11 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
+	if (daemon_pid > 0 && lbt_alive(daemon_pid)) {
+		kill(daemon_pid, SIGKILL);
+		waitpid(daemon_pid, NULL, 0);
+	}
+	daemon_pid = -1;
 	lbt_env_remove(&env);
 	return 0;
 }
