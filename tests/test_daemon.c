@@ -31,11 +31,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
 	(void)state;
-	if (daemon_pid > 0 && lbt_alive(daemon_pid)) {
-		kill(daemon_pid, SIGKILL);
-		waitpid(daemon_pid, NULL, 0);
-	}
-	daemon_pid = -1;
+	lbt_daemon_reap(&daemon_pid);
 	lbt_env_remove(&env);
 	return 0;
 }

@@ -61,11 +61,7 @@ static int teardown(void **state)
 		lb_close(clients[i]);
 		clients[i] = NULL;
 	}
-	if (daemon_pid > 0 && lbt_alive(daemon_pid)) {
-		kill(daemon_pid, SIGKILL);
-		waitpid(daemon_pid, NULL, 0);
-	}
-	daemon_pid = -1;
+	lbt_daemon_reap(&daemon_pid);
 	lbt_env_remove(&env);
 	return 0;
 }

@@ -185,6 +185,15 @@ int lbt_daemon_stop(pid_t pid)
 	return st;
 }
 
+void lbt_daemon_reap(pid_t *pid)
+{
+	if (*pid > 0 && lbt_alive(*pid)) {
+		kill(*pid, SIGKILL);
+		waitpid(*pid, NULL, 0);
+	}
+	*pid = -1;
+}
+
 int lbt_run(const char *const *argv, char *out, size_t n)
 {
 	int p[2];

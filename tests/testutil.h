@@ -51,6 +51,10 @@ pid_t lbt_daemon_start(const char *sock, const char *log, const char *const *arg
 /* SIGTERM, wait up to 10 s (then SIGKILL). @return the wait status, -1 on error. */
 int lbt_daemon_stop(pid_t pid);
 
+/* For teardowns: SIGKILL *pid and reap it if it still runs (a test failed half-way), then set
+ * *pid to -1. */
+void lbt_daemon_reap(pid_t *pid);
+
 /* True while pid runs (not yet reaped and not a zombie). */
 int lbt_alive(pid_t pid);
 
