@@ -300,6 +300,38 @@ static int count_layers(const struct lbw_st *st, const char *pre, const char *su
 	}
 }
 
+/*
+ * The model's shape from its tensors: vocab and width from the token embeddings, positions
+ * from the position embeddings, FFN width from the first FFN weight's dimension ffn_dim, the
+ * layer count from the names, heads as given (0: width / 64). Then allocate.
+ * @return 0 with *out set, or -EINVAL/-ENOMEM with the loader's error set.
+ */
+static int alloc_shaped(struct loader *ld, struct lbw_bert_config *c, const struct lbw_st_tensor *wte,
+			const struct lbw_st_tensor *wpe, const struct lbw_st_tensor *fc, int ffn_dim,
+			const char *layer_pre, const char *layer_suf, int heads, const char *what,
+			struct lbw_bert **out)
+{
+	if (!wte || !wpe || !fc || wte->ndim != 2 || wpe->ndim != 2 || fc->ndim != 2)
+		return fail(ld->err, ld->errlen, -EINVAL,
+			    "%s: token or position embeddings or the first FFN weight missing or not 2-D",
+			    what);
+	if (wte->shape[0] > LBW_BERT_MAX_VOCAB || wte->shape[1] > LBW_BERT_MAX_HIDDEN ||
+	    wpe->shape[0] > LBW_BERT_MAX_SEQ || fc->shape[ffn_dim] > LBW_BERT_MAX_FFN)
+		return fail(ld->err, ld->errlen, -EINVAL, "%s: shape out of range", what);
+	c->vocab = (int32_t)wte->shape[0];
+	c->hidden = (int32_t)wte->shape[1];
+	c->max_seq = (int32_t)wpe->shape[0];
+	c->ffn = (int32_t)fc->shape[ffn_dim];
+	c->n_layers = count_layers(ld->st, layer_pre, layer_suf);
+	c->heads = heads ? heads : (c->hidden >= 64 ? c->hidden / 64 : 1);
+	errno = EINVAL; /* unless lbw_bert_alloc says otherwise */
+	*out = lbw_bert_alloc(c);
+	if (!*out)
+		return fail(ld->err, ld->errlen, errno == ENOMEM ? -ENOMEM : -EINVAL,
+			    "%s: shape out of range", what);
+	return 0;
+}
+
 static int load_gpt2(struct loader *pl, int heads, struct lbw_bert **out)
 {
 	struct loader ld = *pl;
@@ -307,21 +339,11 @@ static int load_gpt2(struct loader *pl, int heads, struct lbw_bert **out)
 				       *wpe = lbw_st_find(ld.st, "wpe.weight"),
 				       *fc = lbw_st_find(ld.st, "h.0.mlp.c_fc.weight");
 	struct lbw_bert *m = NULL;
-	if (!wte || !wpe || !fc || wte->ndim != 2 || wpe->ndim != 2 || fc->ndim != 2)
-		return fail(ld.err, ld.errlen, -EINVAL, "GPT-2: wte, wpe or h.0.mlp.c_fc missing or not 2-D");
 	struct lbw_bert_config c = lbw_bert_config_gpt2();
-	c.vocab = (int32_t)wte->shape[0];
-	c.hidden = (int32_t)wte->shape[1];
-	c.max_seq = (int32_t)wpe->shape[0];
-	c.ffn = (int32_t)fc->shape[1];
-	c.n_layers = count_layers(ld.st, "h.", ".ln_1.weight");
-	c.heads = heads ? heads : (c.hidden >= 64 ? c.hidden / 64 : 1);
-	errno = EINVAL; /* unless lbw_bert_alloc says otherwise */
-	if (wte->shape[0] > LBW_BERT_MAX_VOCAB || wte->shape[1] > LBW_BERT_MAX_HIDDEN ||
-	    wpe->shape[0] > LBW_BERT_MAX_SEQ || fc->shape[1] > LBW_BERT_MAX_FFN ||
-	    !(m = lbw_bert_alloc(&c)))
-		return fail(ld.err, ld.errlen, errno == ENOMEM ? -ENOMEM : -EINVAL,
-			    "GPT-2: shape out of range");
+	/* Conv1D weights are [in][out]: the FFN width is c_fc's second dimension. */
+	int rc = alloc_shaped(&ld, &c, wte, wpe, fc, 1, "h.", ".ln_1.weight", heads, "GPT-2", &m);
+	if (rc < 0)
+		return rc;
 	const int64_t h = c.hidden, f = c.ffn;
 	NEED(t, c.vocab, h, "wte.weight");
 	copy(m->wte, t, 0);
@@ -373,22 +395,11 @@ static int load_bert(struct loader *pl, int heads, struct lbw_bert **out)
 		*wpe = lbw_st_find(ld.st, "embeddings.position_embeddings.weight"),
 		*fc = lbw_st_find(ld.st, "encoder.layer.0.intermediate.dense.weight");
 	struct lbw_bert *m = NULL;
-	if (!wte || !wpe || !fc || wte->ndim != 2 || wpe->ndim != 2 || fc->ndim != 2)
-		return fail(ld.err, ld.errlen, -EINVAL,
-			    "BERT: word or position embeddings or layer 0 intermediate missing or not 2-D");
 	struct lbw_bert_config c = lbw_bert_config_base();
-	c.vocab = (int32_t)wte->shape[0];
-	c.hidden = (int32_t)wte->shape[1];
-	c.max_seq = (int32_t)wpe->shape[0];
-	c.ffn = (int32_t)fc->shape[0];
-	c.n_layers = count_layers(ld.st, "encoder.layer.", ".attention.self.query.weight");
-	c.heads = heads ? heads : (c.hidden >= 64 ? c.hidden / 64 : 1);
-	errno = EINVAL; /* unless lbw_bert_alloc says otherwise */
-	if (wte->shape[0] > LBW_BERT_MAX_VOCAB || wte->shape[1] > LBW_BERT_MAX_HIDDEN ||
-	    wpe->shape[0] > LBW_BERT_MAX_SEQ || fc->shape[0] > LBW_BERT_MAX_FFN ||
-	    !(m = lbw_bert_alloc(&c)))
-		return fail(ld.err, ld.errlen, errno == ENOMEM ? -ENOMEM : -EINVAL,
-			    "BERT: shape out of range");
+	int rc = alloc_shaped(&ld, &c, wte, wpe, fc, 0, "encoder.layer.",
+			      ".attention.self.query.weight", heads, "BERT", &m);
+	if (rc < 0)
+		return rc;
 	const int64_t h = c.hidden, f = c.ffn;
 	NEED(t, c.vocab, h, "embeddings.word_embeddings.weight");
 	copy(m->wte, t, 0);
