@@ -94,9 +94,9 @@ fail:
 	return NULL;
 }
 
-static void dpclient_free(struct lbd_service *s, struct lbd_dpclient *c)
+void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c)
 {
-	lbd_store_release_all(s->store, &c->leases);
+	lbd_store_release_all(st, &c->leases);
 	lbd_leases_free(&c->leases);
 	if (c->base)
 		munmap(c->base, c->bytes);
@@ -119,7 +119,7 @@ static bool payload_ok(const struct lbd_dpclient *c, const struct lb_req *r, uin
 	       r->payload_off % 8 == 0;
 }
 
-static void serve(struct lbd_service *s, struct lbd_dpclient *c, const struct lb_req *r, struct lb_cpl *out)
+static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r, struct lb_cpl *out)
 {
 	const uint8_t *staging = c->base + c->layout.staging_off;
 
@@ -154,7 +154,7 @@ static void serve(struct lbd_service *s, struct lbd_dpclient *c, const struct lb
 			out->status = -EINVAL;
 			return;
 		}
-		lbd_store_lookup(s->store, &c->leases, r, &p.q, p.thr, out);
+		lbd_store_lookup(st, &c->leases, r, &p.q, p.thr, out);
 		return;
 	}
 	case LB_OP_INSERT: {
@@ -174,7 +174,7 @@ static void serve(struct lbd_service *s, struct lbd_dpclient *c, const struct lb
 				return;
 			}
 		struct lb_insert_hdr h = u.h;
-		lbd_store_insert(s->store, r, &h, staging + r->payload_off + LB_INSERT_HDR_SIZE, out);
+		lbd_store_insert(st, r, &h, staging + r->payload_off + LB_INSERT_HDR_SIZE, out);
 		return;
 	}
 	case LB_OP_RELEASE:
@@ -186,25 +186,25 @@ static void serve(struct lbd_service *s, struct lbd_dpclient *c, const struct lb
 			return;
 		}
 		if (r->opcode == LB_OP_RELEASE) {
-			lbd_store_release(s->store, &c->leases, r->lease, out);
+			lbd_store_release(st, &c->leases, r->lease, out);
 			return;
 		}
 		memcpy(&drift, &r->aux, sizeof(drift));
-		lbd_store_report(s->store, &c->leases, r->lease, drift, out);
+		lbd_store_report(st, &c->leases, r->lease, drift, out);
 		return;
 	}
 	}
 	out->status = -EINVAL; /* unknown opcode */
 }
 
-/* Serve up to BATCH requests of one client. @return requests served. */
-static unsigned serve_client(struct lbd_service *s, struct lbd_dpclient *c)
+/* Serve up to max requests of one client. @return requests served. */
+static unsigned serve_client(struct lbd_store *st, struct lbd_dpclient *c, unsigned max)
 {
 	unsigned done = 0;
 	struct lb_req r;
 	struct lb_cpl out;
 
-	while (done < BATCH) {
+	while (done < max) {
 		if (!lb_ring_sc_peek(&c->req))
 			break;
 		/* A full completion ring stops this client only: it must read before it gets more. */
@@ -212,13 +212,18 @@ static unsigned serve_client(struct lbd_service *s, struct lbd_dpclient *c)
 			break;
 		lb_ring_sc_copy(&c->req, &r);
 		lb_ring_sc_release(&c->req);
-		serve(s, c, &r, &out);
+		serve(st, c, &r, &out);
 		lb_ring_sp_push(&c->cpl, &out); /* cannot fail: room was checked, and only we produce */
 		done++;
 	}
 	if (done)
 		lb_ring_sp_wake(&c->cpl);
 	return done;
+}
+
+unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c)
+{
+	return serve_client(st, c, UINT32_MAX);
 }
 
 /* Work is waiting that this thread could do now. */
@@ -265,7 +270,7 @@ static void apply_pending(struct lbd_svc_thread *t)
 				t->c[i] = t->c[--t->n];
 				break;
 			}
-		dpclient_free(t->svc, del);
+		lbd_dpclient_free(t->svc->store, del);
 		del = next;
 	}
 }
@@ -319,7 +324,7 @@ static void *svc_main(void *arg)
 		if (atomic_load_explicit(&t->pending, memory_order_acquire))
 			apply_pending(t);
 		for (unsigned i = 0; i < t->n; i++)
-			done += serve_client(s, t->c[i]);
+			done += serve_client(s->store, t->c[i], BATCH);
 		if (done) {
 			idle_polls = 0;
 			continue;
@@ -338,7 +343,7 @@ static void *svc_main(void *arg)
 	}
 	apply_pending(t);
 	for (unsigned i = 0; i < t->n; i++)
-		dpclient_free(s, t->c[i]);
+		lbd_dpclient_free(s->store, t->c[i]);
 	free(t->c);
 	return NULL;
 }
@@ -410,7 +415,7 @@ void lbd_service_detach(struct lbd_service *s, struct lbd_dpclient *c)
 		if (*p == c) {
 			*p = c->next_pending;
 			pthread_mutex_unlock(&t->mu);
-			dpclient_free(s, c);
+			lbd_dpclient_free(s->store, c);
 			return;
 		}
 	c->next_pending = t->to_del;

@@ -51,6 +51,14 @@ struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint3
 				      uint32_t cpl_entries, uint64_t staging_bytes, uint64_t client_id,
 				      pid_t pid);
 
+/* Free a client no service thread holds (lbd_dpclient_pump's): its leases end first. */
+void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c);
+
+/* Serve every request waiting on c's ring, on the caller's thread: an in-process bank
+ * (daemon/local.h) runs the daemon's own validation and store code this way.
+ * @return requests served. */
+unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c);
+
 /* @return 0, or -errno (threads could not start). */
 int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_threads, uint64_t spin_ns);
 /* Stop and join the threads, freeing every client still attached. */

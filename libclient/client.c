@@ -145,6 +145,40 @@ static int map_arenas(struct lb_client *c, const struct lbp_welcome *w, const in
 	return 0;
 }
 
+static struct lb_client *client_new(void)
+{
+	struct lb_client *c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->fd = -1;
+	c->region_fd = -1;
+	c->reserved_off = UINT64_MAX;
+	c->spin_ns = 50000;
+	return c;
+}
+
+int lbi_client_local(const struct lbp_welcome *w, const int *fds, unsigned n, void (*pump)(void *),
+		     void *ctx, struct lb_client **out)
+{
+	struct lb_client *c = client_new();
+	*out = NULL;
+	if (!c) {
+		close_fds(fds, n);
+		return -ENOMEM;
+	}
+	int ret = map_arenas(c, w, fds, n);
+	if (ret < 0) {
+		lb_close(c);
+		return ret;
+	}
+	c->client_id = w->client_id;
+	memcpy(c->boot_id, w->boot_id, sizeof(c->boot_id));
+	c->pump = pump;
+	c->pump_ctx = ctx;
+	*out = c;
+	return 0;
+}
+
 LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_client **out)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -162,12 +196,9 @@ LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_cl
 		socket_path = LB_DEFAULT_SOCKET;
 	if (strlen(socket_path) >= sizeof(sa.sun_path) || (name && strlen(name) > LB_NAME_MAX))
 		return -ENAMETOOLONG;
-	c = calloc(1, sizeof(*c));
+	c = client_new();
 	if (!c)
 		return -ENOMEM;
-	c->region_fd = -1;
-	c->reserved_off = UINT64_MAX;
-	c->spin_ns = 50000;
 	c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (c->fd < 0) {
 		ret = -errno;
@@ -230,16 +261,11 @@ LB_EXPORT const char *lb_last_error(const struct lb_client *c)
 	return c ? c->last_error : "";
 }
 
-LB_EXPORT int lb_register_model(struct lb_client *c, const struct lb_model_desc *d, uint32_t *model_id)
+int lbi_model_msg(const struct lb_model_desc *d, struct lbp_register_model *r)
 {
-	struct lbp_msg req = { .type = LBP_REGISTER_MODEL }, rep;
-	struct lbp_register_model *r = &req.u.reg;
-	int ret;
-
-	if (!d || !d->name || !model_id)
+	if (!d || !d->name || strlen(d->name) > LBP_MAX_NAME)
 		return -EINVAL;
-	if (strlen(d->name) > LBP_MAX_NAME)
-		return -EINVAL;
+	memset(r, 0, sizeof(*r));
 	memcpy(r->name, d->name, strlen(d->name) + 1);
 	r->weights_hash = d->weights_hash;
 	r->n_layers = d->n_layers;
@@ -249,6 +275,17 @@ LB_EXPORT int lb_register_model(struct lb_client *c, const struct lb_model_desc 
 	r->fp.chunks = d->fp_chunks ? d->fp_chunks : 4;
 	r->fp.bits = 256;
 	r->fp.seed = d->fp_seed;
+	return 0;
+}
+
+LB_EXPORT int lb_register_model(struct lb_client *c, const struct lb_model_desc *d, uint32_t *model_id)
+{
+	struct lbp_msg req = { .type = LBP_REGISTER_MODEL }, rep;
+	struct lbp_register_model *r = &req.u.reg;
+	int ret;
+
+	if (!model_id || lbi_model_msg(d, r) < 0)
+		return -EINVAL;
 	/* The encoder checks every range the daemon would: a bad field never leaves the process. */
 	ret = call(c, &req, &rep, NULL, 0, NULL);
 	if (ret == -EINVAL && !c->last_error[0])

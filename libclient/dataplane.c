@@ -79,7 +79,10 @@ static int push(struct lb_client *c, const struct lb_req *r)
 	if (!lb_ring_sp_push(&c->req, r))
 		return -EAGAIN;
 	c->inflight++;
-	lb_ring_sp_wake(&c->req);
+	if (c->pump)
+		c->pump(c->pump_ctx);
+	else
+		lb_ring_sp_wake(&c->req);
 	return 0;
 }
 

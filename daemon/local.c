@@ -1,0 +1,161 @@
+/* In-process cache bank: one arena, the store and a client region made as layerbankd makes
+ * them; the client's requests are served by lbd_dpclient_pump inside each call. */
+#include "local.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "../libclient/client_internal.h"
+#include "arena.h"
+#include "models.h"
+#include "service.h"
+
+#define LOCAL_MAX_BUDGET (1ull << 40)
+#define LOCAL_STAGING (8u << 20) /* the daemon's default staging */
+
+struct lbd_local {
+	struct lbd_arena arena;
+	bool have_arena;
+	struct lbd_store *store;
+	struct lbd_models models;
+	struct lbd_dpclient *dp;
+	struct lb_client *client;
+};
+
+static void pump(void *ctx)
+{
+	struct lbd_local *l = ctx;
+	lbd_dpclient_pump(l->store, l->dp);
+}
+
+struct lbd_local *lbd_local_new(uint64_t budget, const struct lbd_store_cfg *cfg, char *err,
+				size_t errlen)
+{
+	uint8_t boot_id[16];
+	int fds[2] = { -1, -1 }, ret;
+
+	if (!budget || budget > LOCAL_MAX_BUDGET || !cfg) {
+		snprintf(err, errlen, "in-process bank: budget must be 1 byte .. 1 TiB");
+		errno = EINVAL;
+		return NULL;
+	}
+	struct lbd_local *l = calloc(1, sizeof(*l));
+	if (!l) {
+		snprintf(err, errlen, "in-process bank: out of memory");
+		errno = ENOMEM;
+		return NULL;
+	}
+	if (getrandom(boot_id, sizeof(boot_id), 0) != (ssize_t)sizeof(boot_id)) {
+		ret = -EIO;
+		snprintf(err, errlen, "in-process bank: getrandom failed");
+		goto fail;
+	}
+	/* The header and the allocator's rounding come on top of the entries' budget. */
+	ret = lbd_arena_create(&l->arena, (size_t)(budget + budget / 16 + (1u << 20)), -1, LBD_HP_OFF,
+			       boot_id, 0, err, errlen);
+	if (ret < 0)
+		goto fail;
+	l->have_arena = true;
+	struct lbd_store_cfg sc = *cfg;
+	sc.budget = budget;
+	l->store = lbd_store_new(&l->arena, 1, &sc);
+	if (!l->store) {
+		ret = -errno;
+		snprintf(err, errlen, "in-process bank: cannot set up the store: %s", strerror(errno));
+		goto fail;
+	}
+	struct lbd_region_limits lim = { .ring_default = 256, .ring_max = 256,
+					 .staging_default = LOCAL_STAGING, .staging_max = LOCAL_STAGING };
+	l->dp = lbd_dpclient_new(&lim, 0, 0, 0, 1, getpid());
+	if (!l->dp) {
+		ret = -errno;
+		snprintf(err, errlen, "in-process bank: cannot make the client region: %s", strerror(errno));
+		goto fail;
+	}
+	struct lbp_welcome w = { .client_id = 1, .page_size = l->arena.page_size, .n_arenas = 1 };
+	memcpy(w.boot_id, boot_id, sizeof(boot_id));
+	w.arenas[0].bytes = l->arena.bytes;
+	w.arenas[0].numa_node = -1;
+	w.region.req_entries = l->dp->layout.req_entries;
+	w.region.cpl_entries = l->dp->layout.cpl_entries;
+	w.region.staging_bytes = l->dp->layout.staging_bytes;
+	w.region.bytes = l->dp->bytes;
+	/* The client owns its fds, as after WELCOME: give it copies. */
+	fds[0] = fcntl(l->arena.fd, F_DUPFD_CLOEXEC, 0);
+	fds[1] = fcntl(l->dp->fd, F_DUPFD_CLOEXEC, 0);
+	if (fds[0] < 0 || fds[1] < 0) {
+		ret = -errno;
+		if (fds[0] >= 0)
+			close(fds[0]);
+		if (fds[1] >= 0)
+			close(fds[1]);
+		snprintf(err, errlen, "in-process bank: dup: %s", strerror(-ret));
+		goto fail;
+	}
+	ret = lbi_client_local(&w, fds, 2, pump, l, &l->client);
+	if (ret < 0) {
+		snprintf(err, errlen, "in-process bank: cannot map it: %s", strerror(-ret));
+		goto fail;
+	}
+	return l;
+fail:
+	lbd_local_free(l);
+	errno = -ret;
+	return NULL;
+}
+
+struct lb_client *lbd_local_client(struct lbd_local *l)
+{
+	return l->client;
+}
+
+int lbd_local_register(struct lbd_local *l, const struct lb_model_desc *d, uint32_t *model_id)
+{
+	struct lbp_msg m = { .type = LBP_REGISTER_MODEL }, back;
+	struct lbp_fault fault;
+	uint8_t buf[LBP_MAX_FRAME];
+	const char *field;
+	char why[LBP_MAX_ERRMSG];
+	uint32_t id;
+
+	if (!model_id || lbi_model_msg(d, &m.u.reg) < 0)
+		return -EINVAL;
+	/* Through the wire format: the bank accepts exactly what the daemon would. */
+	int len = lbp_encode(&m, buf, sizeof(buf));
+	if (len < 0)
+		return -EINVAL;
+	if (lbp_decode(buf, (size_t)len, &back, &fault) < 0 || back.type != LBP_REGISTER_MODEL)
+		return -EINVAL;
+	int ret = lbd_models_register(&l->models, &back.u.reg, &id, &field, why, sizeof(why));
+	if (ret < 0)
+		return ret;
+	ret = lbd_store_add_model(l->store, id, &back.u.reg);
+	if (ret < 0)
+		return ret;
+	*model_id = id;
+	return 0;
+}
+
+void lbd_local_stats(struct lbd_local *l, struct lbp_stats_reply *out)
+{
+	memset(out, 0, sizeof(*out));
+	lbd_store_stats(l->store, out);
+}
+
+void lbd_local_free(struct lbd_local *l)
+{
+	if (!l)
+		return;
+	lb_close(l->client);
+	if (l->dp)
+		lbd_dpclient_free(l->store, l->dp);
+	lbd_store_free(l->store);
+	if (l->have_arena)
+		lbd_arena_destroy(&l->arena);
+	free(l);
+}

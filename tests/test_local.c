@@ -1,0 +1,179 @@
+/*
+ * The in-process bank (daemon/local.h): the daemon's store behind a client of the same process.
+ * lb_lem_run reuses what it inserted, the budget holds under churn, bad input is refused as the
+ * daemon refuses it, and every lease ends.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "layerbank/layerbank.h"
+#include "local.h"
+
+#define LAYERS 4
+#define HIDDEN 32
+#define N 9
+
+struct toy {
+	unsigned calls;
+};
+
+/* layer l doubles and adds l */
+static int toy_layer(void *ctx, uint32_t layer, const float *in, float *out)
+{
+	struct toy *t = ctx;
+	for (uint32_t i = 0; i < N * HIDDEN; i++)
+		out[i] = in[i] * 2.0f + (float)layer;
+	t->calls++;
+	return 0;
+}
+
+static void toy_input(uint32_t seed, int32_t *tok, float *h)
+{
+	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
+	for (uint32_t i = 0; i < N; i++)
+		tok[i] = (int32_t)(seed * 31 + i);
+	for (uint32_t i = 0; i < N * HIDDEN; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		h[i] = (float)((double)(s >> 40) / (double)(1u << 24) - 0.5);
+	}
+}
+
+static const struct lbd_store_cfg cfg = { .policy = LBD_POLICY_LRU, .drift_max = 0.05, .tau = 0.95 };
+
+static struct lbd_local *bank(uint64_t budget, uint32_t *id)
+{
+	char err[256] = "";
+	struct lbd_local *l = lbd_local_new(budget, &cfg, err, sizeof(err));
+	assert_non_null(l);
+	struct lb_model_desc d = { .name = "toy", .weights_hash = 3, .n_layers = LAYERS,
+				   .hidden = HIDDEN, .dtype = LB_DTYPE_F32, .max_seq = 64,
+				   .fp_chunks = 4, .fp_seed = 5 };
+	assert_int_equal(lbd_local_register(l, &d, id), 0);
+	uint32_t again = 0;
+	assert_int_equal(lbd_local_register(l, &d, &again), 0); /* idempotent */
+	assert_int_equal(again, *id);
+	d.hidden = HIDDEN * 2;
+	assert_int_equal(lbd_local_register(l, &d, &again), -EEXIST);
+	d.name = "";
+	assert_int_equal(lbd_local_register(l, &d, &again), -EINVAL);
+	return l;
+}
+
+static void run(struct lbd_local *l, struct lb_lem_cfg *lc, uint32_t seed, struct lb_lem_result *res,
+		unsigned *calls)
+{
+	int32_t tok[N];
+	float h[N * HIDDEN], want[N * HIDDEN];
+	struct toy t = { 0 };
+	toy_input(seed, tok, h);
+	memcpy(want, h, sizeof(h));
+	for (uint32_t k = 0; k < LAYERS; k++)
+		toy_layer(&t, k, want, want);
+	t.calls = 0;
+	assert_int_equal(lb_lem_run(lbd_local_client(l), lc, tok, N, h, toy_layer, &t, res), 0);
+	assert_memory_equal(h, want, sizeof(h)); /* a hit gives the plain result */
+	assert_int_equal(res->cache_error, 0);
+	*calls = t.calls;
+}
+
+static void test_lem_reuses_inserts(void **state)
+{
+	(void)state;
+	uint32_t id;
+	struct lbd_local *l = bank(4u << 20, &id);
+	struct lb_fp_proj *proj = lb_fp_proj_new(HIDDEN, 4, 5, NULL);
+	assert_non_null(proj);
+	struct lb_lem_cfg lc = { .model_id = id, .n_layers = LAYERS, .hidden = HIDDEN, .proj = proj };
+	struct lb_lem_result res;
+	unsigned calls;
+
+	run(l, &lc, 1, &res, &calls);
+	assert_int_equal(res.hit_layer, -1);
+	assert_int_equal(calls, LAYERS);
+	assert_int_equal(res.layers_inserted, LAYERS);
+	run(l, &lc, 1, &res, &calls);
+	assert_int_equal(res.hit_layer, LAYERS - 1);
+	assert_int_equal(calls, 0);
+	run(l, &lc, 2, &res, &calls); /* another input: a miss */
+	assert_int_equal(res.hit_layer, -1);
+
+	struct lbp_stats_reply st;
+	lbd_local_stats(l, &st);
+	assert_int_equal(st.inserts, 2 * LAYERS);
+	assert_true(st.hits >= 1);
+	assert_int_equal(st.leases, 0);
+	assert_int_equal(st.entries, 2 * LAYERS);
+	lb_fp_proj_free(proj);
+	lbd_local_free(l);
+}
+
+/* Far more inputs than the budget holds: inserts keep working, bytes stay within the budget. */
+static void test_budget_holds(void **state)
+{
+	(void)state;
+	uint32_t id;
+	uint64_t budget = 64u << 10; /* about 14 entries of 9 x 32 floats with headers */
+	struct lbd_local *l = bank(budget, &id);
+	struct lb_fp_proj *proj = lb_fp_proj_new(HIDDEN, 4, 5, NULL);
+	struct lb_lem_cfg lc = { .model_id = id, .n_layers = LAYERS, .hidden = HIDDEN, .proj = proj };
+	struct lb_lem_result res;
+	unsigned calls;
+	for (uint32_t s = 100; s < 300; s++) {
+		run(l, &lc, s, &res, &calls);
+		struct lbp_stats_reply st;
+		lbd_local_stats(l, &st);
+		assert_true(st.bytes_used <= budget);
+	}
+	struct lbp_stats_reply st;
+	lbd_local_stats(l, &st);
+	assert_true(st.evictions > 0);
+	assert_int_equal(st.leases, 0);
+	run(l, &lc, 299, &res, &calls); /* the newest input is still there */
+	assert_int_equal(res.hit_layer, LAYERS - 1);
+	lb_fp_proj_free(proj);
+	lbd_local_free(l);
+}
+
+/* Requests are validated by the daemon's code: a forged lease and a bad model are refused. */
+static void test_bad_requests(void **state)
+{
+	(void)state;
+	uint32_t id;
+	struct lbd_local *l = bank(1u << 20, &id);
+	struct lb_client *c = lbd_local_client(l);
+	struct lb_key key = { .seq_len = N };
+	struct lb_hit hit;
+	assert_int_equal(lb_release(c, 12345), -EINVAL);
+	assert_int_equal(lb_lookup_deepest(c, id + 7, &key, NULL, 0, &hit), -ESRCH);
+	assert_int_equal(lb_lookup_deepest(c, id, &key, NULL, 0, &hit), -ENOENT);
+	assert_int_equal(lb_ping(c), 0);
+	lbd_local_free(l);
+}
+
+static void test_bad_budget(void **state)
+{
+	(void)state;
+	char err[256] = "";
+	assert_null(lbd_local_new(0, &cfg, err, sizeof(err)));
+	assert_int_equal(errno, EINVAL);
+	assert_true(err[0] != '\0');
+	lbd_local_free(NULL);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_lem_reuses_inserts),
+		cmocka_unit_test(test_budget_holds),
+		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_bad_budget),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
