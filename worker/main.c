@@ -1,8 +1,11 @@
 /*
  * layerbank-worker: the reference inference worker's command line. `generate` prints text as
- * llama2.c's run.c does (greedy); `score` prints the per-token NLL of a text file.
+ * llama2.c's run.c does (greedy); `score` prints the NLL of a text file; `serve` scores a stream
+ * of requests from stdin, as a member of a fleet (serve.h).
  */
 #include <errno.h>
+#include <limits.h>
+#include <stddef.h>
 #include <ctype.h>
 #include <math.h>
 #include <stdint.h>
@@ -10,162 +13,191 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <xxhash.h>
 
-#include "layerbank/layerbank.h"
+#include "cache.h"
+#include "config.h"
 #include "model_llama.h"
+#include "scorer.h"
+#include "serve.h"
 #include "tokenizer.h"
 
 #define EXIT_USAGE 2
 #define EXIT_LOAD 1
-#define EXIT_VOCAB 3 /* internal to score: reported as EXIT_LOAD */
 /* Largest --text-file read for score. */
 #define MAX_TEXT_BYTES (16u << 20)
+#define BERT_MODEL "bert-base"
+#define BERT_SEED 1
 
 static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: layerbank-worker generate --model M --tokenizer T [--prompt S] [--steps N]\n"
-		"                                 [--temperature 0] [--cache SOCKET] [--stats]\n"
-		"       layerbank-worker score --model M --tokenizer T --text-file F [--cache SOCKET]\n"
-		"                              [--cache-layers all|L,L,...] [--revalidate P] [--tau X]\n"
+		"                                 [--temperature 0] [--stats]\n"
+		"       layerbank-worker score --model M --tokenizer T --text-file F [CACHE OPTIONS]\n"
+		"       layerbank-worker serve --model M --tokenizer T [--max-tokens N] [CACHE OPTIONS]\n"
 		"\n"
+		"--model   a llama2.c checkpoint (stories260K.bin); score and serve also take\n"
+		"          'bert-base': a BERT-base-shaped encoder (12 x 768) with weights generated\n"
+		"          from --seed (default 1), scored through its tied embedding.\n"
 		"generate  greedy decoding, printed as llama2.c's run.c prints it. --steps counts\n"
 		"          positions including BOS and the prompt (default 256; 0 or more than the\n"
 		"          model's seq_len means seq_len). Only --temperature 0 is implemented:\n"
 		"          sampling with a temperature above 0 is rejected. --stats prints the\n"
-		"          achieved tokens/s on stderr.\n"
+		"          achieved tokens/s on stderr. It decodes token by token, which needs every\n"
+		"          layer's KV, and so does not use the layer cache.\n"
 		"score     prints 'tokens N predicted P nll_per_token X': N tokens with BOS, P = N-1,\n"
 		"          X the mean negative log-likelihood (nats). The file is read whole; one\n"
-		"          trailing newline is dropped.\n"
-		"--cache   score: reuse and fill layerbankd's layer cache at SOCKET (a prefill resumes\n"
-		"          from the deepest cached layer's hidden states; layers above it, and their\n"
-		"          KV, are recomputed). Prints a second line 'cache hit_layer H computed C\n"
-		"          inserted I' (H -1: a miss). Without a daemon there, one warning and a plain\n"
-		"          run. generate decodes token by token, which needs every layer's KV, and\n"
-		"          does not use the cache.\n"
-		"--cache-layers  layers to insert: all (default) or a comma list of indices.\n"
-		"--revalidate P  recompute the top layer of a share P (0..1) of hits and report the\n"
-		"          drift (default 0).\n"
-		"--tau X   similarity threshold of every layer's lookup (default: the daemon's).\n");
+		"          trailing newline is dropped. With a cache, a second line\n"
+		"          'cache hit_layer H computed C inserted I' (H -1: a miss).\n"
+		"serve     reads requests 'ID<TAB>TEXT' from stdin, one per line, and answers each on\n"
+		"          stdout: 'ID ok tokens=N nll=S hit=H computed=C us=T top1=a,b,...' (S the\n"
+		"          summed NLL of N-1 predictions, T microseconds of work, top1 the argmax after\n"
+		"          each position but the last) or 'ID err MESSAGE'. Prints 'ready ...' once the\n"
+		"          model is loaded; ends at end of input. --max-tokens cuts longer inputs.\n"
+		"\n"
+		"CACHE OPTIONS (score, serve): a prefill resumes from the deepest cached layer's hidden\n"
+		"states; layers above it, and their KV, are recomputed.\n"
+		"--cache SOCKET       layerbankd's shared bank. Without a daemon there: one warning,\n"
+		"                     and the work goes on without cache.\n"
+		"--private-cache SIZE an in-process bank of SIZE bytes (K, M, G suffixes) run by this\n"
+		"                     worker alone, with the daemon's code and defaults.\n"
+		"--cache-layers L     layers to insert: all (default) or a comma list of indices.\n"
+		"--revalidate P       recompute the top layer of a share P (0..1) of hits and report\n"
+		"                     the drift (default 0).\n"
+		"--tau X              similarity threshold of every layer's lookup (default: the\n"
+		"                     bank's).\n");
 }
 
 struct opts {
-	const char *cmd, *model, *tokenizer, *prompt, *text_file, *cache;
-	const char *cache_layers, *revalidate_s, *tau_s; /* score --cache options, checked later */
-	long steps;
-	double temperature;
-	double revalidate, tau;
+	const char *cmd, *model, *tokenizer, *prompt, *text_file;
+	const char *private_s, *max_tokens_s, *seed_s, *steps_s, *temperature_s;
+	struct lbw_cache_opts cache;
 	int stats;
 };
 
-/* A finite number, whole string. @return 0 or -1. */
-static int parse_real(const char *v, double *out)
+/* An integer in lo..hi, whole string. @return 0 or -1. */
+static int parse_long(const char *v, long lo, long hi, long *out)
 {
 	char *end;
 	errno = 0;
-	*out = strtod(v, &end);
-	return errno || end == v || *end || !isfinite(*out) ? -1 : 0;
+	*out = strtol(v, &end, 10);
+	return errno || end == v || *end || *out < lo || *out > hi ? -1 : 0;
+}
+
+/* The option table: which command takes which option, and where its value goes. */
+enum { GEN = 1, SCORE = 2, SERVE = 4 };
+
+static const char **slot_of(struct opts *o, const char *a, int cmd)
+{
+	static const struct {
+		const char *name;
+		int cmds;
+		size_t off;
+	} tab[] = {
+		{ "--model", GEN | SCORE | SERVE, offsetof(struct opts, model) },
+		{ "--tokenizer", GEN | SCORE | SERVE, offsetof(struct opts, tokenizer) },
+		{ "--prompt", GEN, offsetof(struct opts, prompt) },
+		{ "--steps", GEN, offsetof(struct opts, steps_s) },
+		{ "--temperature", GEN, offsetof(struct opts, temperature_s) },
+		{ "--text-file", SCORE, offsetof(struct opts, text_file) },
+		{ "--max-tokens", SERVE, offsetof(struct opts, max_tokens_s) },
+		{ "--seed", SCORE | SERVE, offsetof(struct opts, seed_s) },
+		{ "--private-cache", SCORE | SERVE, offsetof(struct opts, private_s) },
+		{ "--cache", GEN | SCORE | SERVE, offsetof(struct opts, cache.socket) },
+		{ "--cache-layers", SCORE | SERVE, offsetof(struct opts, cache.layers) },
+		{ "--revalidate", SCORE | SERVE, offsetof(struct opts, cache.revalidate) },
+		{ "--tau", SCORE | SERVE, offsetof(struct opts, cache.tau) },
+	};
+	for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
+		if (!strcmp(a, tab[i].name) && (tab[i].cmds & cmd))
+			return (const char **)(void *)((char *)o + tab[i].off);
+	return NULL;
 }
 
 /* @return 0, or -1 after printing one line on stderr. */
 static int parse(int argc, char **argv, struct opts *o)
 {
 	memset(o, 0, sizeof(*o));
-	o->steps = 256;
 	if (argc < 2) {
-		fprintf(stderr, "layerbank-worker: missing command (generate or score); see --help\n");
+		fprintf(stderr, "layerbank-worker: missing command (generate, score or serve); see --help\n");
 		return -1;
 	}
 	o->cmd = argv[1];
-	int gen = !strcmp(o->cmd, "generate"), score = !strcmp(o->cmd, "score");
-	if (!gen && !score) {
-		fprintf(stderr, "layerbank-worker: unknown command '%s' (generate or score)\n", o->cmd);
+	int cmd = !strcmp(o->cmd, "generate") ? GEN : !strcmp(o->cmd, "score") ? SCORE :
+		  !strcmp(o->cmd, "serve") ? SERVE : 0;
+	if (!cmd) {
+		fprintf(stderr, "layerbank-worker: unknown command '%s' (generate, score or serve)\n",
+			o->cmd);
 		return -1;
 	}
 	for (int i = 2; i < argc; i++) {
 		const char *a = argv[i];
-		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-		if (!strcmp(a, "--stats") && gen) {
+		if (!strcmp(a, "--stats") && cmd == GEN) {
 			o->stats = 1;
 			continue;
 		}
-		const char **slot = NULL;
-		if (!strcmp(a, "--model"))
-			slot = &o->model;
-		else if (!strcmp(a, "--tokenizer"))
-			slot = &o->tokenizer;
-		else if (!strcmp(a, "--cache"))
-			slot = &o->cache;
-		else if (!strcmp(a, "--prompt") && gen)
-			slot = &o->prompt;
-		else if (!strcmp(a, "--text-file") && score)
-			slot = &o->text_file;
-		else if (!strcmp(a, "--cache-layers") && score)
-			slot = &o->cache_layers;
-		else if (!strcmp(a, "--revalidate") && score)
-			slot = &o->revalidate_s;
-		else if (!strcmp(a, "--tau") && score)
-			slot = &o->tau_s;
-		else if (strcmp(a, "--steps") || !gen) {
-			if (strcmp(a, "--temperature") || !gen) {
-				fprintf(stderr, "layerbank-worker %s: unknown option '%s'\n", o->cmd, a);
-				return -1;
-			}
+		const char **slot = slot_of(o, a, cmd);
+		if (!slot) {
+			fprintf(stderr, "layerbank-worker %s: unknown option '%s'\n", o->cmd, a);
+			return -1;
 		}
-		if (!v) {
+		if (i + 1 >= argc) {
 			fprintf(stderr, "layerbank-worker %s: option %s needs a value\n", o->cmd, a);
 			return -1;
 		}
-		i++;
-		if (slot) {
-			*slot = v;
-		} else if (!strcmp(a, "--steps")) {
-			char *end;
-			errno = 0;
-			o->steps = strtol(v, &end, 10);
-			if (errno || end == v || *end || o->steps < 0 || o->steps > INT32_MAX) {
-				fprintf(stderr, "layerbank-worker generate: bad --steps '%s' (an integer >= 0)\n", v);
-				return -1;
-			}
-		} else {
-			char *end;
-			errno = 0;
-			o->temperature = strtod(v, &end);
-			if (errno || end == v || *end || !isfinite(o->temperature) || o->temperature < 0) {
-				fprintf(stderr, "layerbank-worker generate: bad --temperature '%s'\n", v);
-				return -1;
-			}
-			if (o->temperature > 0) {
-				fprintf(stderr, "layerbank-worker generate: --temperature %s: only greedy "
-						"decoding (--temperature 0) is implemented\n", v);
-				return -1;
-			}
-		}
+		*slot = argv[++i];
 	}
 	if (!o->model || !o->tokenizer) {
 		fprintf(stderr, "layerbank-worker %s: --model and --tokenizer are required\n", o->cmd);
 		return -1;
 	}
-	if (score && !o->text_file) {
+	if (cmd == SCORE && !o->text_file) {
 		fprintf(stderr, "layerbank-worker score: --text-file is required\n");
 		return -1;
 	}
-	if (gen && o->cache)
-		fprintf(stderr, "layerbank-worker generate: --cache ignored: token-by-token decoding "
-				"needs every layer's KV, which the cache does not hold\n");
-	if (score && (o->cache_layers || o->revalidate_s || o->tau_s) && !o->cache) {
-		fprintf(stderr, "layerbank-worker score: --cache-layers, --revalidate and --tau need "
-				"--cache\n");
+	if (cmd == GEN) {
+		long steps;
+		if (o->steps_s && parse_long(o->steps_s, 0, INT32_MAX, &steps) < 0) {
+			fprintf(stderr, "layerbank-worker generate: bad --steps '%s' (an integer >= 0)\n",
+				o->steps_s);
+			return -1;
+		}
+		if (o->temperature_s) {
+			char *end;
+			errno = 0;
+			double t = strtod(o->temperature_s, &end);
+			if (errno || end == o->temperature_s || *end || !isfinite(t) || t < 0) {
+				fprintf(stderr, "layerbank-worker generate: bad --temperature '%s'\n",
+					o->temperature_s);
+				return -1;
+			}
+			if (t > 0) {
+				fprintf(stderr, "layerbank-worker generate: --temperature %s: only greedy "
+						"decoding (--temperature 0) is implemented\n", o->temperature_s);
+				return -1;
+			}
+		}
+		if (o->cache.socket)
+			fprintf(stderr, "layerbank-worker generate: --cache ignored: token-by-token "
+					"decoding needs every layer's KV, which the cache does not hold\n");
+		return 0;
+	}
+	if (o->cache.socket && o->private_s) {
+		fprintf(stderr, "layerbank-worker %s: --cache and --private-cache exclude each other\n",
+			o->cmd);
 		return -1;
 	}
-	if (o->revalidate_s && (parse_real(o->revalidate_s, &o->revalidate) < 0 ||
-				o->revalidate < 0 || o->revalidate > 1)) {
-		fprintf(stderr, "layerbank-worker score: bad --revalidate '%s' (0..1)\n", o->revalidate_s);
-		return -1;
+	if (o->private_s) {
+		if (lbd_parse_size(o->private_s, &o->cache.private_bytes) < 0 || !o->cache.private_bytes) {
+			fprintf(stderr, "layerbank-worker %s: bad --private-cache '%s' (a size such as "
+					"64M)\n", o->cmd, o->private_s);
+			return -1;
+		}
 	}
-	if (o->tau_s && (parse_real(o->tau_s, &o->tau) < 0 || o->tau < -1 || o->tau > 1)) {
-		fprintf(stderr, "layerbank-worker score: bad --tau '%s' (-1..1)\n", o->tau_s);
+	if ((o->cache.layers || o->cache.revalidate || o->cache.tau) && !o->cache.socket &&
+	    !o->private_s) {
+		fprintf(stderr, "layerbank-worker %s: --cache-layers, --revalidate and --tau need "
+				"--cache or --private-cache\n", o->cmd);
 		return -1;
 	}
 	return 0;
@@ -191,42 +223,60 @@ static double now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-static int generate(const struct opts *o, const struct lbw_llama *m, struct lbw_llama_state *s,
-		    const struct lbw_tokenizer *t)
+static int generate(const struct opts *o)
 {
+	struct lbw_llama m;
+	struct lbw_llama_state s;
+	struct lbw_tokenizer t;
+	char err[512];
+	long steps_l = 256;
+
+	if (o->steps_s)
+		(void)parse_long(o->steps_s, 0, INT32_MAX, &steps_l); /* checked by parse */
+	if (lbw_llama_load(&m, o->model, err, sizeof(err)) < 0) {
+		fprintf(stderr, "layerbank-worker: %s\n", err);
+		return EXIT_LOAD;
+	}
+	if (lbw_tokenizer_load(&t, o->tokenizer, m.cfg.vocab_size, err, sizeof(err)) < 0) {
+		fprintf(stderr, "layerbank-worker: %s\n", err);
+		lbw_llama_free(&m);
+		return EXIT_LOAD;
+	}
 	const char *prompt = o->prompt ? o->prompt : "";
 	int32_t *toks = malloc((strlen(prompt) + 3) * sizeof(int32_t));
-	if (!toks) {
+	int rc = EXIT_LOAD;
+	if (!toks || lbw_llama_state_init(&s, &m.cfg) < 0) {
 		fprintf(stderr, "layerbank-worker generate: out of memory\n");
+		free(toks);
+		lbw_tokenizer_free(&t);
+		lbw_llama_free(&m);
 		return EXIT_LOAD;
 	}
-	int n = lbw_tokenizer_encode(t, prompt, 1, 0, toks);
+	int n = lbw_tokenizer_encode(&t, prompt, 1, 0, toks);
 	if (n < 1) {
 		fprintf(stderr, "layerbank-worker generate: cannot encode the prompt: %s\n", strerror(-n));
-		free(toks);
-		return EXIT_LOAD;
+		goto out;
 	}
-	int32_t steps = (int32_t)o->steps;
-	if (steps == 0 || steps > m->cfg.seq_len)
-		steps = m->cfg.seq_len;
+	int32_t steps = (int32_t)steps_l;
+	if (steps == 0 || steps > m.cfg.seq_len)
+		steps = m.cfg.seq_len;
 
 	double start = 0;
 	int32_t token = toks[0], next, pos = 0;
 	while (pos < steps) {
-		const float *logits = lbw_llama_forward(m, s, token, pos);
+		const float *logits = lbw_llama_forward(&m, &s, token, pos);
 		if (!logits) {
 			fprintf(stderr, "layerbank-worker generate: token %d out of range\n", (int)token);
-			free(toks);
-			return EXIT_LOAD;
+			goto out;
 		}
 		if (pos < n - 1)
 			next = toks[pos + 1];
 		else
-			next = lbw_llama_argmax(logits, m->cfg.vocab_size);
+			next = lbw_llama_argmax(logits, m.cfg.vocab_size);
 		pos++;
 		if (next == LBW_TOK_BOS)
 			break;
-		safe_print(lbw_tokenizer_decode(t, token, next));
+		safe_print(lbw_tokenizer_decode(&t, token, next));
 		fflush(stdout);
 		token = next;
 		if (start == 0)
@@ -238,8 +288,13 @@ static int generate(const struct opts *o, const struct lbw_llama *m, struct lbw_
 		double el = now_ms() - start;
 		fprintf(stderr, "achieved tok/s: %f\n", el > 0 ? (pos - 1) / el * 1000.0 : 0.0);
 	}
+	rc = 0;
+out:
 	free(toks);
-	return 0;
+	lbw_llama_state_free(&s);
+	lbw_tokenizer_free(&t);
+	lbw_llama_free(&m);
+	return rc;
 }
 
 /* Read path whole (at most MAX_TEXT_BYTES, no NUL inside) into a NUL-terminated string. */
@@ -295,244 +350,78 @@ static char *read_text(const char *path)
 	return buf;
 }
 
-/* lb_layer_fn over the llama prefill. */
-struct llama_layers {
-	const struct lbw_llama *m;
-	struct lbw_llama_state *s;
-	int32_t n;
-};
-
-static int llama_layer(void *ctx, uint32_t layer, const float *in, float *out)
-{
-	struct llama_layers *x = ctx;
-	lbw_llama_layer_seq(x->m, x->s, (int32_t)layer, x->n, in, out);
-	return 0;
-}
-
-/* The cache's side of score: client, model id, projection, options. */
-struct score_cache {
-	struct lb_client *c;
-	struct lb_fp_proj *proj;
-	struct lb_lem_cfg cfg;
-	float *tau;
-	uint8_t *layers;
-};
-
-#define FP_SEED 0x6c61796572ull /* "layer" */
-#define FP_CHUNKS 4
-
-/* Parse --cache-layers into flags[n_layers]. @return 0 or -1 after a message. */
-static int parse_layers(const char *v, uint8_t *flags, int32_t n_layers)
-{
-	if (!strcmp(v, "all")) {
-		memset(flags, 1, (size_t)n_layers);
-		return 0;
-	}
-	memset(flags, 0, (size_t)n_layers);
-	const char *p = v;
-	for (;;) {
-		char *end;
-		errno = 0;
-		long l = strtol(p, &end, 10);
-		if (errno || end == p || l < 0 || l >= n_layers || (*end && *end != ',')) {
-			fprintf(stderr, "layerbank-worker score: bad --cache-layers '%s' (all, or layer "
-					"indices 0..%d separated by commas)\n", v, (int)n_layers - 1);
-			return -1;
-		}
-		flags[l] = 1;
-		if (!*end)
-			return 0;
-		p = end + 1;
-	}
-}
-
-static void cache_close(struct score_cache *sc)
-{
-	lb_close(sc->c);
-	lb_fp_proj_free(sc->proj);
-	free(sc->tau);
-	free(sc->layers);
-	memset(sc, 0, sizeof(*sc));
-}
-
-/*
- * Connect, register the model and build its projection. @return 0 (sc->c NULL: the cache is
- * away, warned about, run plain), or -1 on a bad option.
- */
-static int cache_open(const struct opts *o, const struct lbw_llama *m, struct score_cache *sc)
-{
-	int32_t L = m->cfg.n_layers, dim = m->cfg.dim;
-	memset(sc, 0, sizeof(*sc));
-	sc->layers = malloc((size_t)L);
-	if (o->tau_s)
-		sc->tau = malloc((size_t)L * sizeof(float));
-	float *center = calloc((size_t)dim, sizeof(float));
-	double *acc = calloc((size_t)dim, sizeof(double));
-	if (!sc->layers || (o->tau_s && !sc->tau) || !center || !acc) {
-		fprintf(stderr, "layerbank-worker score: out of memory\n");
-		free(center);
-		free(acc);
-		cache_close(sc);
-		return -1;
-	}
-	if (parse_layers(o->cache_layers ? o->cache_layers : "all", sc->layers, L) < 0) {
-		free(center);
-		free(acc);
-		cache_close(sc);
-		return -1;
-	}
-	for (int32_t l = 0; sc->tau && l < L; l++)
-		sc->tau[l] = (float)o->tau;
-
-	/* The projection is centred on the embedding table's mean row. */
-	for (int32_t v = 0; v < m->cfg.vocab_size; v++)
-		for (int32_t j = 0; j < dim; j++)
-			acc[j] += m->w.token_embedding[(size_t)v * (size_t)dim + (size_t)j];
-	for (int32_t j = 0; j < dim; j++)
-		center[j] = (float)(acc[j] / (double)m->cfg.vocab_size);
-	free(acc);
-	sc->proj = lb_fp_proj_new((uint32_t)dim, FP_CHUNKS, FP_SEED, center);
-	free(center);
-
-	const char *why = NULL;
-	char name[LB_NAME_MAX + 1];
-	const char *base = strrchr(o->model, '/');
-	snprintf(name, sizeof(name), "%s", base ? base + 1 : o->model);
-	uint32_t model_id = 0;
-	int rc = sc->proj ? 0 : -errno;
-	if (rc == 0)
-		rc = lb_connect(o->cache, "layerbank-worker", &sc->c);
-	if (rc == 0) {
-		struct lb_model_desc d = {
-			.name = name,
-			.weights_hash = XXH3_64bits(m->data, m->data_size),
-			.n_layers = (uint32_t)L,
-			.hidden = (uint32_t)dim,
-			.dtype = LB_DTYPE_F32,
-			.max_seq = (uint32_t)m->cfg.seq_len,
-			.fp_chunks = FP_CHUNKS,
-			.fp_seed = FP_SEED,
-		};
-		rc = lb_register_model(sc->c, &d, &model_id);
-		if (rc < 0 && *lb_last_error(sc->c))
-			why = lb_last_error(sc->c);
-	}
-	if (rc < 0) {
-		fprintf(stderr, "layerbank-worker score: warning: layer cache %s unavailable (%s%s%s); "
-				"scoring without it\n", o->cache, strerror(-rc), why ? ": " : "",
-			why ? why : "");
-		lb_close(sc->c);
-		sc->c = NULL;
-		return 0;
-	}
-	sc->cfg = (struct lb_lem_cfg){
-		.model_id = model_id,
-		.n_layers = (uint32_t)L,
-		.hidden = (uint32_t)dim,
-		.proj = sc->proj,
-		.tau = sc->tau,
-		.cache_layers = sc->layers,
-		.revalidate = o->revalidate,
-		.seed = FP_SEED,
-	};
-	return 0;
-}
-
-/*
- * The NLL of tokens[0..n-1] by the layer-major prefill, through the layer cache with --cache.
- * @return 0; EXIT_VOCAB (a token out of range); EXIT_LOAD (after a message); EXIT_USAGE.
- */
-static int score_tokens(const struct opts *o, const struct lbw_llama *m, struct lbw_llama_state *s,
-			const int32_t *toks, int32_t n, double *nll)
-{
-	for (int32_t i = 0; i < n; i++)
-		if (toks[i] < 0 || toks[i] >= m->cfg.vocab_size)
-			return EXIT_VOCAB;
-	struct score_cache sc;
-	memset(&sc, 0, sizeof(sc));
-	if (o->cache && cache_open(o, m, &sc) < 0)
-		return EXIT_USAGE;
-	struct lb_lem_cfg plain = { .n_layers = (uint32_t)m->cfg.n_layers, .hidden = (uint32_t)m->cfg.dim };
-	float *h = malloc((size_t)n * (size_t)m->cfg.dim * sizeof(float));
-	if (!h) {
-		fprintf(stderr, "layerbank-worker score: out of memory\n");
-		cache_close(&sc);
-		return EXIT_LOAD;
-	}
-	lbw_llama_embed_seq(m, toks, n, h);
-	struct llama_layers ctx = { m, s, n };
-	struct lb_lem_result res;
-	int rc = lb_lem_run(sc.c, sc.c ? &sc.cfg : &plain, toks, (uint32_t)n, h, llama_layer, &ctx, &res);
-	if (rc < 0) {
-		fprintf(stderr, "layerbank-worker score: layer manager: %s\n", strerror(-rc));
-		free(h);
-		cache_close(&sc);
-		return EXIT_LOAD;
-	}
-	*nll = lbw_llama_score_seq(m, s, toks, n, h);
-	printf("tokens %d predicted %d nll_per_token %.6f\n", n, n - 1, *nll / (double)(n - 1));
-	if (o->cache) {
-		printf("cache hit_layer %d computed %u inserted %u\n", (int)res.hit_layer,
-		       res.layers_computed, res.layers_inserted);
-		if (res.cache_error)
-			fprintf(stderr, "layerbank-worker score: warning: layer cache lost mid-run (%s); "
-					"finished without it\n", strerror(-res.cache_error));
-	}
-	free(h);
-	cache_close(&sc);
-	return 0;
-}
-
-static int score(const struct opts *o, const struct lbw_llama *m, struct lbw_llama_state *s,
-		 const struct lbw_tokenizer *t)
+static int score(const struct opts *o, struct lbw_scorer *sc, const struct lbw_tokenizer *t,
+		 struct lbw_cache *wc)
 {
 	char *text = read_text(o->text_file);
 	if (!text)
 		return EXIT_LOAD;
-	/*
-	 * Every token spells at most max(max_token_length, 4) bytes, so a longer text cannot fit
-	 * in seq_len tokens: refuse it before the quadratic merge loop of encode runs on it.
-	 */
-	size_t per = t->max_token_length > 4 ? (size_t)t->max_token_length : 4;
-	if (strlen(text) > per * (size_t)m->cfg.seq_len) {
-		fprintf(stderr, "layerbank-worker score: %s is longer than the model's seq_len %d "
-				"tokens can hold\n", o->text_file, (int)m->cfg.seq_len);
-		free(text);
-		return EXIT_LOAD;
-	}
-	int32_t *toks = malloc((strlen(text) + 3) * sizeof(int32_t));
-	if (!toks) {
-		fprintf(stderr, "layerbank-worker score: out of memory\n");
-		free(text);
-		return EXIT_LOAD;
-	}
-	int n = lbw_tokenizer_encode(t, text, 1, 0, toks);
+	struct lbw_score r;
+	char err[256];
+	int rc = lbw_score_text(sc, t, wc, text, sc->max_seq, 0, &r, NULL, err, sizeof(err));
 	free(text);
-	int rc = EXIT_LOAD;
-	double nll = 0;
-	if (n < 2) {
-		fprintf(stderr, "layerbank-worker score: %s has no text to score\n", o->text_file);
-	} else if (n > m->cfg.seq_len) {
-		fprintf(stderr, "layerbank-worker score: %s is %d tokens, more than the model's "
-				"seq_len %d\n", o->text_file, n, (int)m->cfg.seq_len);
+	if (rc == -ENOMEM) {
+		fprintf(stderr, "layerbank-worker score: out of memory\n");
+		return EXIT_LOAD;
+	}
+	if (rc < 0) {
+		fprintf(stderr, "layerbank-worker score: %s: %s\n", o->text_file, err);
+		return EXIT_LOAD;
+	}
+	printf("tokens %d predicted %d nll_per_token %.6f\n", r.tokens, r.tokens - 1,
+	       r.nll / (double)(r.tokens - 1));
+	if (o->cache.socket || o->cache.private_bytes) {
+		printf("cache hit_layer %d computed %u inserted %u\n", (int)r.lem.hit_layer,
+		       r.lem.layers_computed, r.lem.layers_inserted);
+		if (r.lem.cache_error)
+			fprintf(stderr, "layerbank-worker score: warning: layer cache lost mid-run (%s); "
+					"finished without it\n", strerror(-r.lem.cache_error));
+	}
+	return 0;
+}
+
+/* The model score and serve run: a checkpoint, or the generated BERT-base shape. */
+static int open_scorer(const struct opts *o, struct lbw_scorer *sc, struct lbw_tokenizer *t)
+{
+	char err[512];
+	int rc;
+	if (!strcmp(o->model, BERT_MODEL)) {
+		long seed = BERT_SEED;
+		if (o->seed_s && parse_long(o->seed_s, 0, LONG_MAX, &seed) < 0) {
+			fprintf(stderr, "layerbank-worker %s: bad --seed '%s'\n", o->cmd, o->seed_s);
+			return EXIT_USAGE;
+		}
+		/* The tokenizer's vocabulary is the head's: shipped tokenizers hold 512 tokens. */
+		if (lbw_tokenizer_load(t, o->tokenizer, LBW_SERVE_BERT_VOCAB, err, sizeof(err)) < 0) {
+			fprintf(stderr, "layerbank-worker: %s\n", err);
+			return EXIT_LOAD;
+		}
+		rc = lbw_scorer_open_bert(sc, LBW_SERVE_BERT_VOCAB, (uint64_t)seed, err, sizeof(err));
 	} else {
-		rc = score_tokens(o, m, s, toks, n, &nll);
-		if (rc == EXIT_VOCAB) {
-			fprintf(stderr, "layerbank-worker score: a token is out of the model's vocabulary\n");
-			rc = EXIT_LOAD;
+		if (o->seed_s) {
+			fprintf(stderr, "layerbank-worker %s: --seed is for --model %s only\n", o->cmd,
+				BERT_MODEL);
+			return EXIT_USAGE;
+		}
+		rc = lbw_scorer_open_llama(sc, o->model, err, sizeof(err));
+		if (rc == 0 && lbw_tokenizer_load(t, o->tokenizer, sc->vocab, err, sizeof(err)) < 0) {
+			fprintf(stderr, "layerbank-worker: %s\n", err);
+			lbw_scorer_close(sc);
+			return EXIT_LOAD;
 		}
 	}
-	free(toks);
-	return rc;
+	if (rc < 0) {
+		fprintf(stderr, "layerbank-worker: %s\n", err);
+		if (!strcmp(o->model, BERT_MODEL))
+			lbw_tokenizer_free(t);
+		return EXIT_LOAD;
+	}
+	return 0;
 }
 
 int main(int argc, char **argv)
 {
 	struct opts o;
-	struct lbw_llama m;
-	struct lbw_llama_state s;
-	struct lbw_tokenizer t;
-	char err[512];
 
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -542,24 +431,36 @@ int main(int argc, char **argv)
 	}
 	if (parse(argc, argv, &o) < 0)
 		return EXIT_USAGE;
-	if (lbw_llama_load(&m, o.model, err, sizeof(err)) < 0) {
-		fprintf(stderr, "layerbank-worker: %s\n", err);
-		return EXIT_LOAD;
+	if (!strcmp(o.cmd, "generate"))
+		return generate(&o);
+
+	long max_tokens = 0;
+	if (o.max_tokens_s && parse_long(o.max_tokens_s, 2, INT32_MAX, &max_tokens) < 0) {
+		fprintf(stderr, "layerbank-worker serve: bad --max-tokens '%s' (an integer >= 2)\n",
+			o.max_tokens_s);
+		return EXIT_USAGE;
 	}
-	if (lbw_tokenizer_load(&t, o.tokenizer, m.cfg.vocab_size, err, sizeof(err)) < 0) {
-		fprintf(stderr, "layerbank-worker: %s\n", err);
-		lbw_llama_free(&m);
-		return EXIT_LOAD;
+	struct lbw_scorer sc;
+	struct lbw_tokenizer t;
+	int rc = open_scorer(&o, &sc, &t);
+	if (rc)
+		return rc;
+	struct lbw_cache wc;
+	char who[64];
+	snprintf(who, sizeof(who), "layerbank-worker %s", o.cmd);
+	if (lbw_cache_open(&wc, &o.cache, &sc, who) < 0) {
+		rc = EXIT_USAGE;
+	} else {
+		if (!strcmp(o.cmd, "score")) {
+			rc = score(&o, &sc, &t, &wc);
+		} else {
+			const char *mode = wc.local ? "private" : wc.c ? "shared" : "none";
+			int32_t cap = max_tokens && max_tokens < sc.max_seq ? (int32_t)max_tokens : sc.max_seq;
+			rc = lbw_serve(&sc, &t, &wc, cap, mode, stdin, stdout) < 0 ? EXIT_LOAD : 0;
+		}
+		lbw_cache_close(&wc);
 	}
-	if (lbw_llama_state_init(&s, &m.cfg) < 0) {
-		fprintf(stderr, "layerbank-worker: out of memory for the KV cache\n");
-		lbw_tokenizer_free(&t);
-		lbw_llama_free(&m);
-		return EXIT_LOAD;
-	}
-	int rc = !strcmp(o.cmd, "generate") ? generate(&o, &m, &s, &t) : score(&o, &m, &s, &t);
-	lbw_llama_state_free(&s);
 	lbw_tokenizer_free(&t);
-	lbw_llama_free(&m);
+	lbw_scorer_close(&sc);
 	return rc;
 }

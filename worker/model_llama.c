@@ -495,7 +495,7 @@ void lbw_llama_embed_seq(const struct lbw_llama *m, const int32_t *tokens, int32
 }
 
 double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
-			   const int32_t *tokens, int32_t n, const float *h)
+			   const int32_t *tokens, int32_t n, const float *h, int32_t *top1)
 {
 	size_t dim = (size_t)m->cfg.dim;
 	double sum = 0.0;
@@ -503,6 +503,8 @@ double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
 		memcpy(s->x, h + (size_t)pos * dim, dim * sizeof(float));
 		const float *lg = lbw_llama_head(m, s);
 		sum += lbw_llama_nll(lg, m->cfg.vocab_size, tokens[pos + 1]);
+		if (top1)
+			top1[pos] = lbw_llama_argmax(lg, m->cfg.vocab_size);
 	}
 	return sum;
 }

@@ -134,14 +134,15 @@ float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s);
  *   on the kernels (packed lbk_gemm, lbk_attention) it agrees to float rounding only, since the
  *   GEMM and the GEMV sum in different orders.
  * score_seq: the summed NLL of tokens[1..n-1] from the last layer's output h [n][dim] (final
- *   RMSNorm and classifier per position; uses s->x and s->logits), as lbw_llama_prompt sums it.
+ *   RMSNorm and classifier per position; uses s->x and s->logits), as lbw_llama_prompt sums it;
+ *   top1 (may be NULL): [n - 1], the argmax prediction after each position but the last.
  * Arguments must be in range: 1 <= n <= seq_len, tokens < vocab_size, l < n_layers.
  */
 void lbw_llama_embed_seq(const struct lbw_llama *m, const int32_t *tokens, int32_t n, float *h);
 void lbw_llama_layer_seq(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t n,
 			 const float *in, float *out);
 double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
-			   const int32_t *tokens, int32_t n, const float *h);
+			   const int32_t *tokens, int32_t n, const float *h, int32_t *top1);
 
 /*
  * One token at position pos through the whole model, as llama2.c's forward().

@@ -1,0 +1,187 @@
+/* The worker's layer cache: connect (or make an in-process bank), register, build the
+ * fingerprint projection and the per-layer options of lb_lem_run. */
+#include "cache.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "local.h"
+#include "log.h"
+#include "scorer.h"
+
+#define FP_SEED 0x6c61796572ull /* "layer" */
+#define FP_CHUNKS 4
+
+/* A finite number, whole string. @return 0 or -1. */
+static int parse_real(const char *v, double *out)
+{
+	char *end;
+	errno = 0;
+	*out = strtod(v, &end);
+	return errno || end == v || *end || !isfinite(*out) ? -1 : 0;
+}
+
+/* "all" or indices separated by commas into flags[n_layers]. @return 0 or -1 after a message. */
+static int parse_layers(const char *v, uint8_t *flags, int32_t n_layers, const char *who)
+{
+	if (!strcmp(v, "all")) {
+		memset(flags, 1, (size_t)n_layers);
+		return 0;
+	}
+	memset(flags, 0, (size_t)n_layers);
+	const char *p = v;
+	for (;;) {
+		char *end;
+		errno = 0;
+		long l = strtol(p, &end, 10);
+		if (errno || end == p || l < 0 || l >= n_layers || (*end && *end != ',')) {
+			fprintf(stderr, "%s: bad --cache-layers '%s' (all, or layer indices 0..%d "
+					"separated by commas)\n", who, v, (int)n_layers - 1);
+			return -1;
+		}
+		flags[l] = 1;
+		if (!*end)
+			return 0;
+		p = end + 1;
+	}
+}
+
+void lbw_cache_close(struct lbw_cache *wc)
+{
+	if (wc->local)
+		lbd_local_free(wc->local); /* frees its client too */
+	else
+		lb_close(wc->c);
+	lb_fp_proj_free(wc->proj);
+	free(wc->tau);
+	free(wc->layers);
+	memset(wc, 0, sizeof(*wc));
+}
+
+/* The projection is centred on the mean embedding row, where token embeddings cluster. */
+static struct lb_fp_proj *projection(const struct lbw_scorer *sc)
+{
+	float *center = calloc((size_t)sc->hidden, sizeof(float));
+	double *acc = calloc((size_t)sc->hidden, sizeof(double));
+	struct lb_fp_proj *p = NULL;
+	if (center && acc) {
+		for (int32_t v = 0; v < sc->vocab; v++)
+			for (int32_t j = 0; j < sc->hidden; j++)
+				acc[j] += sc->emb[(size_t)v * (size_t)sc->hidden + (size_t)j];
+		for (int32_t j = 0; j < sc->hidden; j++)
+			center[j] = (float)(acc[j] / (double)sc->vocab);
+		p = lb_fp_proj_new((uint32_t)sc->hidden, FP_CHUNKS, FP_SEED, center);
+	}
+	free(center);
+	free(acc);
+	return p;
+}
+
+/* The in-process bank, with the daemon's defaults for everything but the budget. */
+static int open_private(struct lbw_cache *wc, uint64_t bytes, const char *who)
+{
+	struct lbd_config d;
+	char err[256];
+	lbd_config_defaults(&d);
+	struct lbd_store_cfg cfg = {
+		.policy = d.policy,
+		.ttl_ns = (uint64_t)d.ttl_s * 1000000000ull,
+		.half_life_ns = (uint64_t)d.half_life_s * 1000000000ull,
+		.drift_max = d.drift_max,
+		.tau = d.tau,
+	};
+	lbd_log_setup(LBD_LOG_WARN, 0); /* the bank's start-up lines are the daemon's, not ours */
+	wc->local = lbd_local_new(bytes, &cfg, err, sizeof(err));
+	if (!wc->local) {
+		fprintf(stderr, "%s: %s\n", who, err);
+		return -1;
+	}
+	wc->c = lbd_local_client(wc->local);
+	return 0;
+}
+
+int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const struct lbw_scorer *sc,
+		   const char *who)
+{
+	int32_t L = sc->n_layers;
+	double tau = 0, reval = 0;
+	memset(wc, 0, sizeof(*wc));
+	if (o->tau && (parse_real(o->tau, &tau) < 0 || tau < -1 || tau > 1)) {
+		fprintf(stderr, "%s: bad --tau '%s' (-1..1)\n", who, o->tau);
+		return -1;
+	}
+	if (o->revalidate && (parse_real(o->revalidate, &reval) < 0 || reval < 0 || reval > 1)) {
+		fprintf(stderr, "%s: bad --revalidate '%s' (0..1)\n", who, o->revalidate);
+		return -1;
+	}
+	wc->layers = malloc((size_t)L);
+	wc->tau = o->tau ? malloc((size_t)L * sizeof(float)) : NULL;
+	wc->proj = projection(sc);
+	if (!wc->layers || (o->tau && !wc->tau) || !wc->proj) {
+		fprintf(stderr, "%s: out of memory\n", who);
+		lbw_cache_close(wc);
+		return -1;
+	}
+	if (parse_layers(o->layers ? o->layers : "all", wc->layers, L, who) < 0) {
+		lbw_cache_close(wc);
+		return -1;
+	}
+	for (int32_t l = 0; wc->tau && l < L; l++)
+		wc->tau[l] = (float)tau;
+
+	struct lb_model_desc d = {
+		.name = sc->name,
+		.weights_hash = sc->weights_hash,
+		.n_layers = (uint32_t)L,
+		.hidden = (uint32_t)sc->hidden,
+		.dtype = LB_DTYPE_F32,
+		.max_seq = (uint32_t)sc->max_seq,
+		.fp_chunks = FP_CHUNKS,
+		.fp_seed = FP_SEED,
+	};
+	uint32_t model_id = 0;
+	int rc;
+	if (o->socket) {
+		const char *why = NULL;
+		rc = lb_connect(o->socket, who, &wc->c);
+		if (rc == 0) {
+			rc = lb_register_model(wc->c, &d, &model_id);
+			if (rc < 0 && *lb_last_error(wc->c))
+				why = lb_last_error(wc->c);
+		}
+		if (rc < 0) {
+			fprintf(stderr, "%s: warning: layer cache %s unavailable (%s%s%s); running "
+					"without it\n", who, o->socket, strerror(-rc), why ? ": " : "",
+				why ? why : "");
+			lb_close(wc->c);
+			wc->c = NULL;
+		}
+	} else if (o->private_bytes) {
+		if (open_private(wc, o->private_bytes, who) < 0) {
+			lbw_cache_close(wc);
+			return -1;
+		}
+		rc = lbd_local_register(wc->local, &d, &model_id);
+		if (rc < 0) {
+			fprintf(stderr, "%s: cannot register %s with the in-process bank: %s\n", who,
+				sc->name, strerror(-rc));
+			lbw_cache_close(wc);
+			return -1;
+		}
+	}
+	wc->cfg = (struct lb_lem_cfg){
+		.model_id = model_id,
+		.n_layers = (uint32_t)L,
+		.hidden = (uint32_t)sc->hidden,
+		.proj = wc->proj,
+		.tau = wc->tau,
+		.cache_layers = wc->layers,
+		.revalidate = reval,
+		.seed = FP_SEED,
+	};
+	return 0;
+}

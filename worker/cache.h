@@ -1,0 +1,41 @@
+/* The worker's side of the layer cache: layerbankd's shared bank at a socket, or an in-process
+ * bank of the worker's own (the fleet benchmark's `private` mode), and the lb_lem_run
+ * configuration for one model: fingerprint projection, thresholds, layers to insert. */
+#ifndef LAYERBANK_WORKER_CACHE_H
+#define LAYERBANK_WORKER_CACHE_H
+
+#include <stdint.h>
+
+#include "layerbank/layerbank.h"
+
+struct lbd_local;
+struct lbw_scorer;
+
+struct lbw_cache_opts {
+	const char *socket;       /* layerbankd's socket, or NULL */
+	uint64_t private_bytes;   /* else, when > 0: an in-process bank with this budget */
+	const char *tau;          /* every layer's threshold (-1..1), or NULL: the bank's default */
+	const char *layers;       /* layers to insert: "all" (NULL) or indices "0,3,11" */
+	const char *revalidate;   /* share of hits to recompute, 0..1, or NULL: 0 */
+};
+
+/* Owned by one thread. c NULL: no cache (none asked for, or it was away). */
+struct lbw_cache {
+	struct lb_client *c;
+	struct lbd_local *local;  /* the in-process bank, when private */
+	struct lb_fp_proj *proj;
+	struct lb_lem_cfg cfg;    /* refers to proj, tau and layers */
+	float *tau;
+	uint8_t *layers;
+};
+
+/*
+ * Open the cache o asks for and register sc's model with it. A daemon that cannot be reached
+ * is a warning on stderr (who: the program's name) and a run without cache (c NULL).
+ * @return 0; -1 after one line on stderr for a bad option or no memory.
+ */
+int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const struct lbw_scorer *sc,
+		   const char *who);
+void lbw_cache_close(struct lbw_cache *wc);
+
+#endif

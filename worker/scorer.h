@@ -1,0 +1,56 @@
+/*
+ * A model as the fleet's worker scores text with it: embed, layers (lb_layer_fn, for lb_lem_run)
+ * and a head giving the next-token NLL and top-1 at every position. Two families: a llama2.c
+ * checkpoint, and a BERT-base-shaped encoder with generated weights (compute-heavy; its head is
+ * the tied embedding over the tokenizer's vocabulary, a fixed readout to measure fidelity by).
+ */
+#ifndef LAYERBANK_WORKER_SCORER_H
+#define LAYERBANK_WORKER_SCORER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct lbw_llama;
+struct lbw_llama_state;
+struct lbw_bert;
+struct lbk_packed;
+
+/* Owned by one thread. */
+struct lbw_scorer {
+	char name[64];           /* the name registered with the cache */
+	uint64_t weights_hash;
+	int32_t n_layers, hidden;
+	int32_t max_seq;         /* longest input */
+	int32_t vocab;           /* tokens the head scores (and the tokenizer's vocabulary) */
+	const float *emb;        /* [vocab][hidden] token embedding rows: the fingerprint is
+				  * centred on their mean */
+	int32_t n;               /* tokens of the input being run: set by lbw_scorer_embed */
+	struct lbw_llama *llama; /* one of llama and bert is set; owned */
+	struct lbw_llama_state *state;
+	struct lbw_bert *bert;
+	struct lbk_packed *head_w; /* bert: emb packed for the head */
+	float *logits;           /* bert: [max_seq][vocab] */
+};
+
+/* Load a llama2.c checkpoint. err gets one line. @return 0; as lbw_llama_load; -ENOMEM. */
+int lbw_scorer_open_llama(struct lbw_scorer *sc, const char *path, char *err, size_t errlen);
+/*
+ * A BERT-base-shaped encoder (12 layers, hidden 768, 12 heads, FFN 3072, 512 positions) with
+ * weights generated from seed, its head scoring the first vocab rows of its embedding.
+ * @return 0; -EINVAL (vocab outside 2..30522); -ENOMEM.
+ */
+int lbw_scorer_open_bert(struct lbw_scorer *sc, int32_t vocab, uint64_t seed, char *err,
+			 size_t errlen);
+void lbw_scorer_close(struct lbw_scorer *sc);
+
+/* h [n][hidden] = the embedding of tokens[0..n-1]; remembers n for the layers.
+ * Arguments in range: 1 <= n <= max_seq, tokens < vocab. */
+void lbw_scorer_embed(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, float *h);
+/* lb_layer_fn over ctx = the scorer: layer l of the input last embedded. @return 0, -ENOMEM. */
+int lbw_scorer_layer(void *ctx, uint32_t l, const float *in, float *out);
+/* The summed NLL of tokens[1..n-1] from the last layer's output h [n][hidden]; top1 (may be
+ * NULL): [n - 1] the argmax after each position but the last. */
+double lbw_scorer_head(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, const float *h,
+		       int32_t *top1);
+
+#endif

@@ -1,0 +1,159 @@
+/* One text scored through the layer cache, and the serve loop: requests in, results out, one
+ * line each. */
+#include "serve.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cache.h"
+#include "scorer.h"
+#include "tokenizer.h"
+
+static double now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
+		   const char *text, int32_t max_tokens, int cut, struct lbw_score *r, int32_t *top1,
+		   char *err, size_t errlen)
+{
+	double start = now_us();
+	memset(r, 0, sizeof(*r));
+	r->lem.hit_layer = -1;
+	if (max_tokens > sc->max_seq)
+		max_tokens = sc->max_seq;
+	/*
+	 * A token spells at most max(max_token_length, 4) bytes, so a longer text cannot fit in
+	 * max_tokens: cut it, or refuse it, before the quadratic merge loop of encode runs on it.
+	 */
+	size_t per = t->max_token_length > 4 ? (size_t)t->max_token_length : 4;
+	size_t len = strlen(text), limit = per * (size_t)max_tokens;
+	if (len > limit && !cut) {
+		snprintf(err, errlen, "longer than the model's %d tokens can hold", (int)max_tokens);
+		return -EINVAL;
+	}
+	char *owned = NULL;
+	if (len > limit) {
+		owned = strndup(text, limit);
+		if (!owned)
+			return -ENOMEM;
+		text = owned;
+		len = limit;
+	}
+	int32_t *toks = malloc((len + 3) * sizeof(int32_t));
+	if (!toks) {
+		free(owned);
+		return -ENOMEM;
+	}
+	int n = lbw_tokenizer_encode(t, text, 1, 0, toks);
+	free(owned);
+	int rc = 0;
+	if (n < 0) {
+		rc = n;
+		snprintf(err, errlen, "cannot encode: %s", strerror(-n));
+	} else if (n < 2) {
+		rc = -EINVAL;
+		snprintf(err, errlen, "no text to score");
+	} else if (n > max_tokens && !cut) {
+		rc = -EINVAL;
+		snprintf(err, errlen, "%d tokens, more than the model's %d", n, (int)max_tokens);
+	}
+	if (n > max_tokens)
+		n = max_tokens;
+	for (int32_t i = 0; rc == 0 && i < n; i++)
+		if (toks[i] < 0 || toks[i] >= sc->vocab) {
+			rc = -EINVAL;
+			snprintf(err, errlen, "a token is out of the model's vocabulary");
+		}
+	float *h = rc ? NULL : malloc((size_t)n * (size_t)sc->hidden * sizeof(float));
+	if (rc == 0 && !h)
+		rc = -ENOMEM;
+	if (rc == 0) {
+		lbw_scorer_embed(sc, toks, n, h);
+		rc = lb_lem_run(wc->c, &wc->cfg, toks, (uint32_t)n, h, lbw_scorer_layer, sc, &r->lem);
+		if (rc < 0)
+			snprintf(err, errlen, "layer computation: %s", strerror(-rc));
+	}
+	if (rc == 0) {
+		r->nll = lbw_scorer_head(sc, toks, n, h, top1);
+		r->tokens = n;
+		r->us = now_us() - start;
+	}
+	free(h);
+	free(toks);
+	return rc;
+}
+
+/* Answer one request line (NUL-terminated, newline removed). @return 0, -EIO. */
+static int serve_line(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
+		      int32_t max_tokens, char *line, int32_t *top1, FILE *out)
+{
+	char err[160];
+	char *tab = strchr(line, '\t'), *end;
+	errno = 0;
+	uint64_t id = tab ? strtoull(line, &end, 10) : 0;
+	if (!tab || errno || end != tab || end == line || line[0] == '-' || line[0] == '+') {
+		fprintf(out, "- err malformed request (want ID<TAB>TEXT, ID a decimal integer)\n");
+	} else {
+		struct lbw_score r;
+		int rc = lbw_score_text(sc, t, wc, tab + 1, max_tokens, 1, &r, top1, err, sizeof(err));
+		if (rc == -ENOMEM)
+			snprintf(err, sizeof(err), "out of memory");
+		if (rc < 0) {
+			fprintf(out, "%" PRIu64 " err %s\n", id, err);
+		} else {
+			fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d computed=%u inserted=%u "
+				"us=%.0f top1=", id, (int)r.tokens, r.nll, (int)r.lem.hit_layer,
+				r.lem.layers_computed, r.lem.layers_inserted, r.us);
+			for (int32_t i = 0; i + 1 < r.tokens; i++)
+				fprintf(out, i ? ",%d" : "%d", (int)top1[i]);
+			fputc('\n', out);
+		}
+	}
+	return fflush(out) == 0 && !ferror(out) ? 0 : -EIO;
+}
+
+int lbw_serve(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
+	      int32_t max_tokens, const char *mode, FILE *in, FILE *out)
+{
+	if (max_tokens > sc->max_seq)
+		max_tokens = sc->max_seq;
+	int32_t *top1 = malloc((size_t)max_tokens * sizeof(int32_t));
+	char *line = malloc(LBW_SERVE_MAX_LINE + 2);
+	if (!top1 || !line) {
+		free(top1);
+		free(line);
+		return -ENOMEM;
+	}
+	fprintf(out, "ready model=%s layers=%d hidden=%d cache=%s max_tokens=%d\n", sc->name,
+		(int)sc->n_layers, (int)sc->hidden, mode, (int)max_tokens);
+	int rc = fflush(out) == 0 ? 0 : -EIO;
+	while (rc == 0 && fgets(line, LBW_SERVE_MAX_LINE + 2, in)) {
+		size_t len = strlen(line);
+		if (len && line[len - 1] == '\n') {
+			line[--len] = '\0';
+			if (len && line[len - 1] == '\r')
+				line[--len] = '\0';
+		} else if (!feof(in)) {
+			/* Longer than a request may be: skip the rest of it. */
+			int ch;
+			while ((ch = fgetc(in)) != EOF && ch != '\n')
+				;
+			fprintf(out, "- err request longer than %u bytes\n", LBW_SERVE_MAX_LINE);
+			rc = fflush(out) == 0 ? 0 : -EIO;
+			continue;
+		}
+		if (len == 0)
+			continue;
+		rc = serve_line(sc, t, wc, max_tokens, line, top1, out);
+	}
+	free(top1);
+	free(line);
+	return rc;
+}

@@ -1,0 +1,48 @@
+/* Scoring one text through the layer cache, and `layerbank-worker serve`: a fleet member that
+ * scores requests read from a stream, one line each, and answers each on another. */
+#ifndef LAYERBANK_WORKER_SERVE_H
+#define LAYERBANK_WORKER_SERVE_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "layerbank/layerbank.h"
+
+struct lbw_scorer;
+struct lbw_tokenizer;
+struct lbw_cache;
+
+/* Tokens the BERT-base-shaped model's head scores: the shipped tokenizer's vocabulary. */
+#define LBW_SERVE_BERT_VOCAB 512
+/* Longest request line serve reads; a longer one is answered with an error and skipped. */
+#define LBW_SERVE_MAX_LINE (64u << 10)
+
+struct lbw_score {
+	int32_t tokens;           /* scored, BOS included: tokens - 1 predictions */
+	double nll;               /* their summed negative log-likelihood, nats */
+	struct lb_lem_result lem; /* what the cache did */
+	double us;                /* microseconds from tokenizing to the last logit */
+};
+
+/*
+ * Tokenize text (BOS first), run the layers through lb_lem_run on wc (plain when wc->c is NULL)
+ * and score it. An input of more than max_tokens tokens is cut to max_tokens when cut is set,
+ * refused otherwise. top1 (may be NULL): [max_tokens - 1] the argmax after each position.
+ * @return 0; -EINVAL with err saying why (no text, too long, a token outside the model's
+ * vocabulary); -ENOMEM; an error of the layer computation.
+ */
+int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
+		   const char *text, int32_t max_tokens, int cut, struct lbw_score *r, int32_t *top1,
+		   char *err, size_t errlen);
+
+/*
+ * Serve: print "ready model=NAME layers=L hidden=H cache=MODE max_tokens=N" on out, then for each
+ * line "ID<TAB>TEXT" of in (ID a decimal integer) one line on out, flushed:
+ *   "ID ok tokens=N nll=S hit=H computed=C inserted=I us=T top1=a,b,..."
+ * or "ID err MESSAGE" (ID "-" when the line had none). Bad requests never end the loop.
+ * @return 0 at end of input; -EIO when out cannot be written; -ENOMEM.
+ */
+int lbw_serve(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
+	      int32_t max_tokens, const char *mode, FILE *in, FILE *out);
+
+#endif
