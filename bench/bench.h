@@ -21,4 +21,8 @@ struct lbb_index_row {
 int lbb_index_run(const uint32_t *sizes, unsigned n, uint32_t max_d, uint64_t seed,
 		  struct lbb_index_row *rows);
 
+/* layerbank-bench workload (argv[0] "workload"): print the fleet's request stream or, with
+ * --summary, its make-up. @return the exit status: 0, 1 run-time failure, 2 bad options. */
+int bench_workload_main(int argc, char **argv);
+
 #endif
