@@ -475,16 +475,16 @@ static void test_deepest_layer_meets_per_layer_threshold(void **state)
 	assert_int_equal(h.layer, 3);
 	assert_int_equal(lb_release(c, h.lease), 0);
 
-	/* The daemon's default threshold (0.85) with no tau: 20 bits (0.94) hits, 60 (0.74) not. */
+	/* The daemon's default threshold (0.98) with no tau: 12 bits (0.989) hits, 24 (0.957) not. */
 	k = base;
 	k.exact[1] ^= 1;
-	key_flip(&k, 20);
+	key_flip(&k, 12);
 	assert_int_equal(lb_lookup_deepest(c, id, &k, NULL, 0, &h), 0);
 	assert_int_equal(h.layer, 3);
 	assert_int_equal(lb_release(c, h.lease), 0);
 	k = base;
 	k.exact[1] ^= 1;
-	key_flip(&k, 60);
+	key_flip(&k, 24);
 	assert_int_equal(lb_lookup_deepest(c, id, &k, NULL, 0, &h), -ENOENT);
 
 	/* A tau array of the wrong length is refused, not read past its end. */
