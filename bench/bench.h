@@ -25,4 +25,8 @@ int lbb_index_run(const uint32_t *sizes, unsigned n, uint32_t max_d, uint64_t se
  * --summary, its make-up. @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_workload_main(int argc, char **argv);
 
+/* layerbank-bench e2e (argv[0] "e2e"): the fleet benchmark, bench_e2e.c.
+ * @return the exit status: 0, 1 run-time failure, 2 bad options. */
+int bench_e2e_main(int argc, char **argv);
+
 #endif

@@ -108,9 +108,9 @@ static int serve_line(struct lbw_scorer *sc, const struct lbw_tokenizer *t, stru
 		if (rc < 0) {
 			fprintf(out, "%" PRIu64 " err %s\n", id, err);
 		} else {
-			fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d computed=%u inserted=%u "
-				"us=%.0f top1=", id, (int)r.tokens, r.nll, (int)r.lem.hit_layer,
-				r.lem.layers_computed, r.lem.layers_inserted, r.us);
+			fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d hamming=%u computed=%u "
+				"inserted=%u us=%.0f top1=", id, (int)r.tokens, r.nll, (int)r.lem.hit_layer,
+				r.lem.hit_hamming, r.lem.layers_computed, r.lem.layers_inserted, r.us);
 			for (int32_t i = 0; i + 1 < r.tokens; i++)
 				fprintf(out, i ? ",%d" : "%d", (int)top1[i]);
 			fputc('\n', out);

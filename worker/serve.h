@@ -38,7 +38,7 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 /*
  * Serve: print "ready model=NAME layers=L hidden=H cache=MODE max_tokens=N" on out, then for each
  * line "ID<TAB>TEXT" of in (ID a decimal integer) one line on out, flushed:
- *   "ID ok tokens=N nll=S hit=H computed=C inserted=I us=T top1=a,b,..."
+ *   "ID ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T top1=a,b,..."
  * or "ID err MESSAGE" (ID "-" when the line had none). Bad requests never end the loop.
  * @return 0 at end of input; -EIO when out cannot be written; -ENOMEM.
  */
