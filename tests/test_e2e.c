@@ -1,0 +1,178 @@
+/*
+ * The fleet end to end, in seconds: layerbank-bench e2e runs nocache, private and shared on a
+ * short stories260K stream (real weights, real text) and its JSON report holds together; and
+ * layerbank-worker serve answers bad requests with an error line and goes on.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <json-c/json.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "testutil.h"
+
+#define MODEL LB_DATA_DIR "/stories260K.bin"
+#define TOK LB_DATA_DIR "/tok512.bin"
+#define REQUESTS 80
+
+static char out[1 << 20];
+
+static json_object *get(json_object *o, const char *key)
+{
+	json_object *v = NULL;
+	if (!json_object_object_get_ex(o, key, &v))
+		fail_msg("no '%s' in the report", key);
+	return v;
+}
+
+static double num(json_object *o, const char *key)
+{
+	json_object *v = get(o, key);
+	assert_non_null(v);
+	return json_object_get_double(v);
+}
+
+static void check_mode(json_object *m, int layers)
+{
+	assert_non_null(m);
+	assert_int_equal(json_object_get_int(get(m, "errors")), 0);
+	assert_true(num(m, "rps") > 0);
+	assert_true(num(m, "p50_ms") > 0);
+	assert_true(num(m, "p99_ms") >= num(m, "p50_ms"));
+	json_object *h = get(m, "hit_rate_by_layer");
+	assert_int_equal(json_object_array_length(h), layers);
+	double prev = 1.0;
+	for (int l = 0; l < layers; l++) {
+		double v = json_object_get_double(json_object_array_get_idx(h, (size_t)l));
+		/* a request that reused layer l reused every layer below it */
+		assert_true(v >= 0 && v <= prev + 1e-12);
+		prev = v;
+	}
+	assert_true(num(m, "mean_reused_depth") >= 0 && num(m, "mean_reused_depth") <= layers);
+}
+
+static void test_fleet_report(void **state)
+{
+	(void)state;
+	char dir[200], png[300];
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(png, sizeof(png), "%s/fleet.png", dir);
+	const char *argv[] = { LB_BENCH_PATH, "e2e", "--model", "stories260k", "--workers", "2",
+			       "--requests", "80", "--json", "--quiet", "--plot", png, NULL };
+	int st = lbt_run(argv, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		printf("layerbank-bench e2e said:\n%s\n", out);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	const char *start = strchr(out, '{');
+	assert_non_null(start);
+	json_object *j = json_tokener_parse(start);
+	assert_non_null(j);
+	assert_int_equal(json_object_get_int(get(j, "workers")), 2);
+	assert_int_equal(json_object_get_int(get(j, "requests")), REQUESTS);
+	assert_string_equal(json_object_get_string(get(j, "model")), "stories260k");
+	int layers = json_object_get_int(get(j, "layers"));
+	assert_int_equal(layers, 5);
+	json_object *mix = get(j, "mix");
+	assert_int_equal(json_object_get_int(get(mix, "fresh")) + json_object_get_int(get(mix, "exact")) +
+				 json_object_get_int(get(mix, "near")), REQUESTS);
+
+	json_object *nc = get(j, "nocache"), *pv = get(j, "private"), *sh = get(j, "shared");
+	check_mode(nc, layers);
+	check_mode(pv, layers);
+	check_mode(sh, layers);
+	assert_true(num(nc, "mean_reused_depth") == 0);
+	/* Exact repeats are over half the stream: the shared bank must serve a good part of it. */
+	assert_true(num(sh, "hit_rate") > 0.25);
+	assert_true(num(sh, "mean_reused_depth") > 1.0);
+	/* Fidelity at the default tau: the acceptance figures of the fleet benchmark. */
+	assert_true(fabs(num(sh, "nll_rel_change")) <= 0.005);
+	assert_true(num(sh, "top1_agreement") >= 0.99);
+	assert_true(fabs(num(pv, "nll_rel_change")) <= 0.005);
+	assert_true(num(j, "speedup_shared_vs_nocache") > 0);
+	assert_true(num(j, "speedup_shared_vs_private") > 0);
+	json_object_put(j);
+
+	FILE *f = fopen(png, "rb");
+	assert_non_null(f);
+	unsigned char sig[8];
+	assert_int_equal(fread(sig, 1, 8, f), 8);
+	fclose(f);
+	assert_memory_equal(sig, "\x89PNG\r\n\x1a\n", 8);
+	lbt_rmtree(dir);
+}
+
+static void test_bad_options(void **state)
+{
+	(void)state;
+	const char *a[] = { LB_BENCH_PATH, "e2e", "--workers", "0", NULL };
+	int st = lbt_run(a, out, sizeof(out));
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 2);
+	assert_non_null(strstr(out, "--workers"));
+	const char *b[] = { LB_BENCH_PATH, "e2e", "--data", "/nonexistent", NULL };
+	st = lbt_run(b, out, sizeof(out));
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 1);
+	assert_non_null(strstr(out, "LAYERBANK_DATA"));
+}
+
+/* serve: an answer per request, errors included, in order; end of input ends it. */
+static void test_serve_protocol(void **state)
+{
+	(void)state;
+	char cmd[2048];
+	snprintf(cmd, sizeof(cmd),
+		 "printf '7\\tOnce upon a time there was a cat.\\nno tab here\\n8\\t\\n-1\\tx\\n"
+		 "9\\tOnce upon a time there was a cat.\\n' | %s serve --model %s --tokenizer %s "
+		 "--private-cache 8M", LB_WORKER_PATH, MODEL, TOK);
+	const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+	int st = lbt_run(argv, out, sizeof(out));
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	const char *r = strstr(out, "ready model=stories260K.bin layers=5 hidden=64 cache=private");
+	assert_non_null(r);
+	const char *a7 = strstr(out, "\n7 ok tokens=");
+	const char *bad = strstr(out, "\n- err malformed request");
+	const char *a8 = strstr(out, "\n8 err no text to score");
+	const char *a9 = strstr(out, "\n9 ok tokens=");
+	assert_non_null(a7);
+	assert_non_null(bad);
+	assert_non_null(a8);
+	assert_non_null(a9);
+	assert_true(r < a7 && a7 < bad && bad < a8 && a8 < a9);
+	/* the repeat is served from the worker's bank: deepest layer, same NLL and top-1 */
+	int hit7, hit9;
+	char nll7[64], nll9[64];
+	assert_int_equal(sscanf(a7, "\n7 ok tokens=%*d nll=%63s hit=%d", nll7, &hit7), 2);
+	assert_int_equal(sscanf(a9, "\n9 ok tokens=%*d nll=%63s hit=%d", nll9, &hit9), 2);
+	assert_int_equal(hit7, -1);
+	assert_int_equal(hit9, 4);
+	assert_string_equal(nll7, nll9);
+	const char *t7 = strstr(a7, "top1="), *t9 = strstr(a9, "top1=");
+	assert_non_null(t7);
+	assert_non_null(t9);
+	size_t n7 = strcspn(t7, "\n"), n9 = strcspn(t9, "\n");
+	assert_int_equal(n7, n9);
+	assert_memory_equal(t7, t9, n7);
+}
+
+int main(void)
+{
+	if (access(MODEL, R_OK) || access(TOK, R_OK) || access(LB_DATA_DIR "/tinystories_val.txt", R_OK))
+		LBT_SKIP("the shipped data is not at %s", LB_DATA_DIR);
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_serve_protocol),
+		cmocka_unit_test(test_bad_options),
+		cmocka_unit_test(test_fleet_report),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
