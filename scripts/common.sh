@@ -55,3 +55,54 @@ lb_hugepages_restore() {
 	[ -n "$LB_HP_ORIG" ] && echo "$LB_HP_ORIG" >/proc/sys/vm/nr_hugepages && LB_HP_ORIG=
 	return 0
 }
+
+# The shipped model and text: stories260K (karpathy/tinyllamas, MIT) and a TinyStories sample
+# (CDLA-Sharing-1.0). sha256 as listed in ../shared/data/README.md.
+LB_DATA_FILES=(stories260K.bin tok512.bin tinystories_val.txt)
+declare -A LB_DATA_SHA256=(
+	[stories260K.bin]=b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696
+	[tok512.bin]=037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312
+	[tinystories_val.txt]=5fc1fb0113df62b567fb271806cd645ce8d75f59c58ca0b764c03d3b6ff34ca6
+)
+declare -A LB_DATA_URL=(
+	[stories260K.bin]=https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K/stories260K.bin
+	[tok512.bin]=https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K/tok512.bin
+	[tinystories_val.txt]=https://huggingface.co/datasets/roneneldan/TinyStories/resolve/main/TinyStories-valid.txt
+)
+# The sample is the first lines of the public validation split.
+LB_TINYSTORIES_LINES=8659
+
+lb_data_ok() { # DIR: every file there with its sha256
+	local f
+	for f in "${LB_DATA_FILES[@]}"; do
+		[ -r "$1/$f" ] || return 1
+		[ "$(sha256sum "$1/$f" | cut -d' ' -f1)" = "${LB_DATA_SHA256[$f]}" ] || {
+			echo "warning: $1/$f does not have the expected sha256" >&2
+			return 1
+		}
+	done
+}
+
+# Print the data folder: $LAYERBANK_DATA, ../shared/data, ~/.cache/layerbank, else download
+# into ~/.cache/layerbank and check. @return 1 (after saying why) when none works.
+lb_find_data() {
+	local d cache=${XDG_CACHE_HOME:-$HOME/.cache}/layerbank f tmp
+	for d in ${LAYERBANK_DATA:+"$LAYERBANK_DATA"} "$ROOT/../shared/data" "$cache"; do
+		lb_data_ok "$d" 2>/dev/null && { (cd "$d" && pwd); return 0; }
+	done
+	echo "the model and text are not in \$LAYERBANK_DATA, $ROOT/../shared/data or $cache: downloading them" >&2
+	command -v curl >/dev/null || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq curl ca-certificates >/dev/null 2>&1; }
+	mkdir -p "$cache"
+	for f in "${LB_DATA_FILES[@]}"; do
+		tmp=$(mktemp "$cache/.$f.XXXXXX")
+		if ! curl -fsSL --max-time 300 "${LB_DATA_URL[$f]}" -o "$tmp" 2>/dev/null; then
+			echo "cannot download ${LB_DATA_URL[$f]}" >&2
+			rm -f "$tmp"
+			return 1
+		fi
+		[ "$f" = tinystories_val.txt ] && head -n "$LB_TINYSTORIES_LINES" "$tmp" >"$tmp.cut" && mv "$tmp.cut" "$tmp"
+		mv "$tmp" "$cache/$f"
+	done
+	lb_data_ok "$cache" || { echo "the downloaded files do not match their sha256" >&2; return 1; }
+	echo "$cache"
+}

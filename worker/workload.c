@@ -522,7 +522,7 @@ static uint32_t zipf_rank(const double *cum, uint32_t d, double x)
 struct lbw_workload_cfg lbw_workload_defaults(void)
 {
 	return (struct lbw_workload_cfg){
-		.n_requests = 400, .p_exact = 0.55, .p_near = 0.25, .zipf_s = 1.0, .seed = 1
+		.n_requests = 400, .p_exact = 0.65, .p_near = 0.20, .zipf_s = 1.0, .seed = 1
 	};
 }
 

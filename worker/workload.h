@@ -70,7 +70,7 @@ struct lbw_workload_cfg {
 	uint64_t seed;       /* every random choice follows from it */
 };
 
-/* n_requests 400, p_exact 0.55, p_near 0.25 (fresh 0.20), zipf_s 1.0, seed 1. */
+/* n_requests 400, p_exact 0.65, p_near 0.20 (fresh 0.15), zipf_s 1.0, seed 1. */
 struct lbw_workload_cfg lbw_workload_defaults(void);
 
 /* One request of the stream. */
