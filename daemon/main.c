@@ -74,5 +74,6 @@ int main(int argc, char **argv)
 	ret = lbd_server_run(&server);
 	lbd_server_teardown(&server);
 	lbd_info("stopped");
+	lbd_log_flush(1);
 	return ret < 0 ? 1 : 0;
 }
