@@ -423,12 +423,12 @@ static void send_status(struct lbd_server *s)
 	fill_stats(s, &st);
 	lookups = st.hits + st.misses;
 	if (lookups)
-		lbd_sd_notify("STATUS=%u clients, %" PRIu64 " lookups, hit rate %.1f%%, %" PRIu64
-			      " entries, %" PRIu64 " MiB cached", st.clients, lookups,
+		lbd_sd_notify("STATUS=clients %u, lookups %" PRIu64 ", hit rate %.1f%%, entries %" PRIu64
+			      ", cached %" PRIu64 " MiB", st.clients, lookups,
 			      100.0 * (double)st.hits / (double)lookups, st.entries, st.bytes_used >> 20);
 	else
-		lbd_sd_notify("STATUS=%u clients, 0 lookups, hit rate -, %" PRIu64 " entries",
-			      st.clients, st.entries);
+		lbd_sd_notify("STATUS=clients %u, lookups 0, hit rate -, entries %" PRIu64, st.clients,
+			      st.entries);
 }
 
 static void arm_status(struct lbd_server *s)
