@@ -333,6 +333,7 @@ enum {
 	OPT_DRIFT_MAX,
 	OPT_TAU,
 	OPT_BUDGET,
+	OPT_CHECK_CONFIG,
 };
 
 /* The keys a config file may set, which are also the options taking a value or a flag. */
@@ -396,6 +397,7 @@ static const struct option long_options[] = {
 	{ "config", required_argument, NULL, 'c' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, OPT_VERSION },
+	{ "check-config", no_argument, NULL, OPT_CHECK_CONFIG },
 	{ NULL, 0, NULL, 0 },
 };
 /* '+': stop at the first operand and never permute the caller's argv; ':': report a
@@ -480,9 +482,16 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 		char *value = trim(eq + 1);
 		const struct config_key *k = key_by_name(name);
 		if (!k) {
-			set_err(err, errlen,
-				"%s:%u: unknown key '%s' (keys: socket, arena-size, hugepages, "
-				"numa-node, foreground, log-level)", path, lineno, name);
+			char list[256] = "";
+			size_t used = 0;
+			for (size_t i = 0; i < N_KEYS; i++) {
+				int w = snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "",
+						 keys[i].name);
+				if (w > 0 && (size_t)w < sizeof(list) - used)
+					used += (size_t)w;
+			}
+			set_err(err, errlen, "%s:%u: unknown key '%s' (keys: %s)", path, lineno, name,
+				list);
 			return -EINVAL;
 		}
 		size_t ki = (size_t)(k - keys);
@@ -667,6 +676,10 @@ int lbd_config_parse_args(struct lbd_config *c, int argc, char **argv, char *err
 		const struct config_key *k = key_by_val(ret);
 		char who[64];
 
+		if (ret == OPT_CHECK_CONFIG) {
+			tmp.check_only = true;
+			continue;
+		}
 		if (!k)
 			continue; /* --config, handled above */
 		snprintf(who, sizeof(who), "--%s", k->name);
@@ -707,8 +720,17 @@ void lbd_config_usage(FILE *out)
 		"  -c, --config FILE        read 'key = value' lines first; the keys are the long\n"
 		"                           options above without dashes (foreground = true|false),\n"
 		"                           and the command line wins over the file\n"
+		"      --check-config       check the options and the config file, say so, exit 0\n"
+		"                           (2 on a bad one, as at start)\n"
 		"  -h, --help               print this help and exit\n"
-		"      --version            print the version and exit\n",
+		"      --version            print the version and exit\n"
+		"\n"
+		"Under systemd (layerbankd.service) it runs with --foreground: logs go to stderr with\n"
+		"journald's <N> priority prefixes, and it reports READY, STATUS, WATCHDOG and STOPPING\n"
+		"through $NOTIFY_SOCKET. With socket activation (layerbankd.socket) it takes the one\n"
+		"listening SOCK_SEQPACKET unix socket systemd passes ($LISTEN_FDS=1) instead of binding\n"
+		"--socket, and leaves the file in place at exit; any other passed fds are an error (1).\n"
+		"Exit status: 0 clean stop, 1 start-up or runtime failure, 2 bad option or config.\n",
 		LBD_DEFAULT_SOCKET, max, size, LBD_MAX_NUMA_NODE, LBD_DEFAULT_THREADS,
 		LBD_DEFAULT_SPIN_US, LBD_DEFAULT_TTL_S, LBD_DEFAULT_HALF_LIFE_S, LBD_DEFAULT_DRIFT_MAX,
 		LBD_DEFAULT_TAU);

@@ -44,6 +44,7 @@ struct lbd_config {
 	double drift_max;             /* REPORT drift above this invalidates the entry */
 	double tau;                   /* default similarity threshold, -1..1 */
 	uint64_t budget;              /* bytes entries may use, 0: the whole arena */
+	bool check_only;              /* --check-config: validate, print, exit 0 (no file key) */
 };
 
 void lbd_config_defaults(struct lbd_config *c);

@@ -55,6 +55,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "layerbankd: %s\n", err);
 		return 2;
 	}
+	if (cfg.check_only) {
+		printf("layerbankd: configuration OK\n");
+		return 0;
+	}
 	lbd_log_setup(cfg.log_level, 0);
 	ret = lbd_server_setup(&server, &cfg, err, sizeof(err));
 	if (ret < 0) {
@@ -74,5 +78,6 @@ int main(int argc, char **argv)
 	ret = lbd_server_run(&server);
 	lbd_server_teardown(&server);
 	lbd_info("stopped");
+	lbd_log_flush(1);
 	return ret < 0 ? 1 : 0;
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "sd.h"
 
 struct lbd_conn {
 	struct lbd_op op; /* the connection's one op in flight */
@@ -388,6 +389,7 @@ static void on_signal(struct lbd_op *op, int res)
 	struct lbd_server *s = container_of(op, struct lbd_server, signal_op);
 	if (res == (int)sizeof(s->siginfo)) {
 		lbd_info("%s received: shutting down", strsignal((int)s->siginfo.ssi_signo));
+		lbd_sd_notify("STOPPING=1\nSTATUS=shutting down");
 		s->loop.stop = true;
 		return;
 	}
@@ -409,6 +411,60 @@ static void on_sweep(struct lbd_op *op, int res)
 	(void)res; /* -ETIME: the second passed */
 	lbd_store_expire(s->store);
 	arm_sweep(s);
+}
+
+/* ---- systemd: status and watchdog ---- */
+
+static void send_status(struct lbd_server *s)
+{
+	struct lbp_stats_reply st;
+	uint64_t lookups;
+
+	fill_stats(s, &st);
+	lookups = st.hits + st.misses;
+	if (lookups)
+		lbd_sd_notify("STATUS=clients %u, lookups %" PRIu64 ", hit rate %.1f%%, entries %" PRIu64
+			      ", cached %" PRIu64 " MiB", st.clients, lookups,
+			      100.0 * (double)st.hits / (double)lookups, st.entries, st.bytes_used >> 20);
+	else
+		lbd_sd_notify("STATUS=clients %u, lookups 0, hit rate -, entries %" PRIu64, st.clients,
+			      st.entries);
+}
+
+static void arm_status(struct lbd_server *s)
+{
+	s->status_ts.tv_sec = LBD_STATUS_PERIOD_S;
+	s->status_ts.tv_nsec = 0;
+	if (lbd_loop_timeout(&s->loop, &s->status_ts, &s->status_op) < 0)
+		lbd_warn("cannot queue the status timer");
+}
+
+static void on_status(struct lbd_op *op, int res)
+{
+	struct lbd_server *s = container_of(op, struct lbd_server, status_op);
+	(void)res; /* -ETIME: the period passed */
+	send_status(s);
+	lbd_log_flush(0); /* rate-limit summaries of quiet events come out here */
+	arm_status(s);
+}
+
+/* Pinged from the loop itself: a loop that stops turning stops the pings, and systemd
+ * restarts the daemon (WatchdogSec= with Restart=on-failure). */
+static void arm_watchdog(struct lbd_server *s)
+{
+	uint64_t half = s->watchdog_ns / 2;
+	s->watchdog_ts.tv_sec = (long long)(half / 1000000000u);
+	s->watchdog_ts.tv_nsec = (long long)(half % 1000000000u);
+	if (lbd_loop_timeout(&s->loop, &s->watchdog_ts, &s->watchdog_op) < 0)
+		lbd_warn("cannot queue the watchdog timer");
+}
+
+static void on_watchdog(struct lbd_op *op, int res)
+{
+	struct lbd_server *s = container_of(op, struct lbd_server, watchdog_op);
+	(void)res;
+	lbd_sd_notify("WATCHDOG=1");
+	arm_watchdog(s);
 }
 
 /* ---- setup ---- */
@@ -509,11 +565,35 @@ static int setup_socket(struct lbd_server *s, char *err, size_t errlen)
 		return ret;
 	}
 	s->socket_bound = true;
+	snprintf(s->listen_path, sizeof(s->listen_path), "%s", path);
 	if (listen(s->listen_fd, 128) < 0) {
 		ret = -errno;
 		snprintf(err, errlen, "listen %s: %s", path, strerror(errno));
 		return ret;
 	}
+	return 0;
+}
+
+/* Socket activation: systemd created, bound and owns the socket (layerbankd.socket); it
+ * stays when we stop, so the next connection starts us again. @return 0 or -errno. */
+static int take_inherited_socket(struct lbd_server *s, char *err, size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	socklen_t len = sizeof(sa);
+	int fd = lbd_sd_listen_socket(err, errlen);
+
+	if (fd == -ENOENT)
+		return 0;
+	if (fd < 0)
+		return fd;
+	s->listen_fd = fd;
+	s->socket_inherited = true;
+	if (getsockname(fd, (struct sockaddr *)&sa, &len) == 0 && len > offsetof(struct sockaddr_un, sun_path))
+		snprintf(s->listen_path, sizeof(s->listen_path), "%.*s",
+			 (int)(len - offsetof(struct sockaddr_un, sun_path)), sa.sun_path);
+	if (strcmp(s->listen_path, s->cfg->socket_path) != 0)
+		lbd_info("socket activation: listening on %s from systemd, not on %s", s->listen_path,
+			 s->cfg->socket_path);
 	return 0;
 }
 
@@ -529,6 +609,8 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	s->accept_op.fn = on_accept;
 	s->signal_op.fn = on_signal;
 	s->sweep_op.fn = on_sweep;
+	s->status_op.fn = on_status;
+	s->watchdog_op.fn = on_watchdog;
 	err[0] = '\0';
 	clock_gettime(CLOCK_MONOTONIC, &s->started);
 	/* From the moment the socket exists a SIGTERM must mean a clean stop, not death by the
@@ -545,6 +627,10 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 		snprintf(err, errlen, "getrandom: %s", strerror(errno));
 		return -EIO;
 	}
+	/* The inherited socket first: a wrong one is an error before any memory is taken. */
+	ret = take_inherited_socket(s, err, errlen);
+	if (ret < 0)
+		return ret;
 	ret = setup_arenas(s, err, errlen);
 	if (ret < 0)
 		return ret;
@@ -563,7 +649,7 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	}
 	s->limits = (struct lbd_region_limits){ .ring_default = 256, .ring_max = LBP_MAX_RING,
 						 .staging_default = 8u << 20, .staging_max = 1u << 30 };
-	return setup_socket(s, err, errlen);
+	return s->socket_inherited ? 0 : setup_socket(s, err, errlen);
 }
 
 int lbd_server_run(struct lbd_server *s)
@@ -596,11 +682,21 @@ int lbd_server_run(struct lbd_server *s)
 	arm_signal(s);
 	if (s->cfg->policy == LBD_POLICY_TTL)
 		arm_sweep(s);
+	/* Timers only under systemd: an idle daemon outside it never wakes up. */
+	if (lbd_sd_notify_enabled())
+		arm_status(s);
+	s->watchdog_ns = lbd_sd_watchdog_ns();
+	if (s->watchdog_ns)
+		arm_watchdog(s);
 	struct lbp_stats_reply st;
 	fill_stats(s, &st);
-	lbd_info("ready on %s: %u arena(s), %" PRIu64 " MiB, %" PRIu64 "-byte pages%s",
-		 s->cfg->socket_path, st.numa_nodes, st.arena_bytes >> 20, st.page_size,
-		 st.hugepages ? " (hugetlb)" : " (no hugepages)");
+	lbd_info("ready on %s%s: %u arena(s), %" PRIu64 " MiB, %" PRIu64 "-byte pages%s",
+		 s->listen_path, s->socket_inherited ? " (from systemd)" : "", st.numa_nodes,
+		 st.arena_bytes >> 20, st.page_size, st.hugepages ? " (hugetlb)" : " (no hugepages)");
+	/* The socket listens (connections queue until the loop accepts them) and the service
+	 * threads run: clients can be served. */
+	lbd_sd_notify("READY=1");
+	send_status(s);
 	ret = lbd_loop_run(&s->loop);
 	if (ret < 0)
 		lbd_err("event loop failed: %s", strerror(-ret));

@@ -17,6 +17,7 @@
 
 #define LBD_MAX_CONNS 1024u
 #define LBD_MAX_ARENAS LBP_MAX_ARENAS
+#define LBD_STATUS_PERIOD_S 5
 
 struct lbd_conn;
 
@@ -28,6 +29,8 @@ struct lbd_server {
 	int listen_fd;
 	int signal_fd;
 	bool socket_bound;      /* we created socket_path and must unlink it */
+	bool socket_inherited;  /* listen_fd came from systemd, which owns the file */
+	char listen_path[108];  /* what listen_fd is bound to, for the log */
 	uint8_t boot_id[16];
 	struct timespec started; /* CLOCK_MONOTONIC */
 	struct lbd_arena arenas[LBD_MAX_ARENAS];
@@ -39,6 +42,11 @@ struct lbd_server {
 	struct lbd_region_limits limits;
 	struct lbd_op sweep_op;    /* TTL sweeps, once a second, with the ttl policy */
 	struct __kernel_timespec sweep_ts;
+	struct lbd_op status_op;   /* STATUS= to systemd every LBD_STATUS_PERIOD_S, with $NOTIFY_SOCKET */
+	struct __kernel_timespec status_ts;
+	struct lbd_op watchdog_op; /* WATCHDOG=1 every half of $WATCHDOG_USEC, from the loop */
+	struct __kernel_timespec watchdog_ts;
+	uint64_t watchdog_ns;      /* 0: no watchdog asked for */
 	struct lbd_conn *conns;  /* doubly linked list of live connections */
 	unsigned n_conns;
 	unsigned n_clients;      /* connections past HELLO */
@@ -48,15 +56,18 @@ struct lbd_server {
 	struct signalfd_siginfo siginfo; /* target of the pending signalfd read */
 };
 
-/* Create the arenas and the listening socket. Errors go to err as one line (errlen bytes).
- * @return 0 or -errno. */
+/* Create the arenas and the listening socket, or take the one systemd passed (socket
+ * activation). Errors go to err as one line (errlen bytes). @return 0 or -errno. */
 int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *err, size_t errlen);
 
-/* Start the loop (after any daemonising fork) and serve until SIGTERM/SIGINT.
+/* Start the loop (after any daemonising fork) and serve until SIGTERM/SIGINT. Under systemd
+ * ($NOTIFY_SOCKET) it sends READY=1 once the socket listens and the service threads run, a
+ * STATUS= line every LBD_STATUS_PERIOD_S, WATCHDOG=1 from the loop and STOPPING=1 on SIGTERM.
  * @return 0 on a clean stop, -errno when the loop failed. */
 int lbd_server_run(struct lbd_server *s);
 
-/* Close every connection, unlink the socket, free the arenas. Safe after a failed setup. */
+/* Close every connection, unlink the socket (unless systemd passed it), free the arenas.
+ * Safe after a failed setup. */
 void lbd_server_teardown(struct lbd_server *s);
 
 #endif

@@ -622,7 +622,8 @@ static void test_file_errors(void **state)
 
 	expect_file_err(fx, "socket = /tmp/a\n\nbogus = 1\n", 3,
 			"unknown key 'bogus' (keys: socket, arena-size, hugepages, numa-node, "
-			"foreground, log-level)");
+			"foreground, log-level, threads, spin-us, policy, ttl, half-life, drift-max, "
+			"tau, budget)");
 	expect_file_err(fx, "# comment\nconfig = /etc/other.conf\n", 2, "unknown key 'config'");
 	expect_file_err(fx, "--socket = /tmp/a\n", 1, "unknown key '--socket'");
 	expect_file_err(fx, "hugepages = try\nforeground\n", 2, "'foreground' has no '='");
