@@ -754,7 +754,7 @@ static void usage(FILE *f)
 		"cache, with a private in-process bank each (budget / workers bytes), and with\n"
 		"layerbankd's shared bank (budget bytes). Defaults: stories260k, 4 workers, exact 0.65,\n"
 		"near 0.20 (fresh the rest), zipf 1.0, seed 1; stories260k: 2000 requests, budget 64M,\n"
-		"512 tokens; bert-base: 240 requests, budget 256M, 128 tokens. --data: the folder with\n"
+		"512 tokens; bert-base: 400 requests, budget 256M, 128 tokens. --data: the folder with\n"
 		"stories260K.bin, tok512.bin and tinystories_val.txt (default $LAYERBANK_DATA, then\n"
 		"the source tree's ../shared/data).\n");
 }
@@ -894,7 +894,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		fprintf(stderr, "layerbank-bench e2e: --exact + --near must not exceed 1\n");
 		return -1;
 	}
-	o->wl.n_requests = (uint32_t)(requests > 0 ? requests : o->bert ? 240 : 2000);
+	o->wl.n_requests = (uint32_t)(requests > 0 ? requests : o->bert ? 400 : 2000);
 	o->max_tokens = (int)(max_tokens > 0 ? max_tokens : o->bert ? 128 : 512);
 	if (!have_budget)
 		o->budget = o->bert ? 256ull << 20 : 64ull << 20;
