@@ -620,8 +620,9 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	sigaddset(&mask, SIGTERM);
 	sigaddset(&mask, SIGINT);
 	if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0) {
-		snprintf(err, errlen, "sigprocmask: %s", strerror(errno));
-		return -errno;
+		int e = errno; /* snprintf may change errno */
+		snprintf(err, errlen, "sigprocmask: %s", strerror(e));
+		return -e;
 	}
 	if (getrandom(s->boot_id, sizeof(s->boot_id), 0) != (ssize_t)sizeof(s->boot_id)) {
 		snprintf(err, errlen, "getrandom: %s", strerror(errno));
