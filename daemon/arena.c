@@ -7,12 +7,12 @@
 #include <linux/memfd.h> /* MFD_HUGE_2MB; before sys/mman.h, which then skips its MFD_* */
 #include <numa.h>
 #include <numaif.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "errf.h"
 #include "log.h"
 
 #define SMALL_PAGE 4096u
@@ -21,19 +21,6 @@
 
 _Static_assert(LB_SHM_DATA_ALIGN % SMALL_PAGE == 0, "the data area starts on a page boundary");
 _Static_assert(LB_SHM_HDR_SIZE <= LB_SHM_DATA_ALIGN, "the header fits before the data area");
-
-static void say(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void say(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 size_t lbd_arena_round(size_t bytes, size_t page)
 {
@@ -101,15 +88,15 @@ static void explain_shortage(char *err, size_t errlen, size_t need, int node, in
 		total = read_long(path);
 	}
 	if (free_pages < 0 || total < 0) {
-		say(err, errlen, "need %zu hugepages of 2 MiB%s, free count unreadable (%s): "
+		lbp_errf(err, errlen, "need %zu hugepages of 2 MiB%s, free count unreadable (%s): "
 			"reserve them in %s (as root)", need, where, strerror(why), path);
 	} else if ((size_t)free_pages >= need) {
 		/* Enough in the pool, yet the kernel said no: a limit elsewhere is in the way. */
-		say(err, errlen, "need %zu hugepages of 2 MiB%s, %ld free, but mapping them failed "
+		lbp_errf(err, errlen, "need %zu hugepages of 2 MiB%s, %ld free, but mapping them failed "
 			"(%s): a hugetlb cgroup limit or the cpuset may forbid them", need, where,
 			free_pages, strerror(why));
 	} else {
-		say(err, errlen, "need %zu hugepages of 2 MiB%s, %ld free: reserve them with "
+		lbp_errf(err, errlen, "need %zu hugepages of 2 MiB%s, %ld free: reserve them with "
 			"'echo %zu > %s' (as root)", need, where, free_pages,
 			(size_t)total + need - (size_t)free_pages, path);
 	}
@@ -167,7 +154,7 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 	fd = memfd_create(name, flags);
 	if (fd < 0) {
 		rc = -errno;
-		say(err, errlen, "memfd_create(%s, %s) failed: %s%s", name, kind, strerror(-rc),
+		lbp_errf(err, errlen, "memfd_create(%s, %s) failed: %s%s", name, kind, strerror(-rc),
 		    huge && (rc == -EINVAL || rc == -ENOENT) ?
 			    " (no 2 MiB hugetlb support in this kernel)" : "");
 		return rc;
@@ -177,7 +164,7 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 		if (huge && rc == -ENOMEM)
 			explain_shortage(err, errlen, bytes / page, node, -rc);
 		else
-			say(err, errlen, "cannot size %s memfd to %zu bytes: %s", kind, bytes,
+			lbp_errf(err, errlen, "cannot size %s memfd to %zu bytes: %s", kind, bytes,
 			    strerror(-rc));
 		goto fail_fd;
 	}
@@ -188,7 +175,7 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 		if (huge && rc == -ENOMEM)
 			explain_shortage(err, errlen, bytes / page, node, -rc);
 		else
-			say(err, errlen, "cannot map %zu bytes of %s memory: %s", bytes, kind,
+			lbp_errf(err, errlen, "cannot map %zu bytes of %s memory: %s", bytes, kind,
 			    strerror(-rc));
 		goto fail_fd;
 	}
@@ -196,7 +183,7 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 	if (node >= 0) {
 		rc = bind_node(base, bytes, node);
 		if (rc < 0) {
-			say(err, errlen, "cannot bind arena %u to NUMA node %d: %s", index, node,
+			lbp_errf(err, errlen, "cannot bind arena %u to NUMA node %d: %s", index, node,
 			    strerror(-rc));
 			goto fail_map;
 		}
@@ -211,14 +198,14 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 	if (madvise(base, bytes, MADV_POPULATE_WRITE) < 0) {
 		rc = -errno;
 		if (rc == -EINVAL) {
-			say(err, errlen, "cannot prefault arena %u: MADV_POPULATE_WRITE unsupported "
+			lbp_errf(err, errlen, "cannot prefault arena %u: MADV_POPULATE_WRITE unsupported "
 				"(Linux >= 5.14 needed)", index);
 			rc = -EOPNOTSUPP;
 		} else if (huge) {
 			explain_shortage(err, errlen, bytes / page, node, -rc);
 			rc = -ENOMEM;
 		} else {
-			say(err, errlen, "cannot prefault %zu bytes of shared memory for arena %u "
+			lbp_errf(err, errlen, "cannot prefault %zu bytes of shared memory for arena %u "
 				"(%s): memory, a tmpfs or a memory cgroup limit is short", bytes,
 			    index, strerror(-rc));
 			rc = -ENOMEM;
@@ -258,29 +245,29 @@ int lbd_arena_create(struct lbd_arena *a, size_t bytes, int node, enum lbd_hugep
 	char thp[32];
 	int rc, seals;
 
-	say(err, errlen, "%s", "");
+	lbp_errf(err, errlen, "%s", "");
 	if (!a)
 		return -EINVAL;
 	reset(a);
 	if (!boot_id || (unsigned)hp > LBD_HP_REQUIRE || node < -1) {
-		say(err, errlen, "invalid arena arguments (boot_id %s, hugepages %d, node %d)",
+		lbp_errf(err, errlen, "invalid arena arguments (boot_id %s, hugepages %d, node %d)",
 		    boot_id ? "set" : "NULL", (int)hp, node);
 		return -EINVAL;
 	}
 	small = lbd_arena_round(bytes, SMALL_PAGE);
 	if (!small || small > (size_t)INT64_MAX) {
-		say(err, errlen, "arena size %zu bytes is %s", bytes, bytes ? "too large" : "zero");
+		lbp_errf(err, errlen, "arena size %zu bytes is %s", bytes, bytes ? "too large" : "zero");
 		return -EINVAL;
 	}
 	if (node >= 0) {
 		/* Never call into libnuma without it: it would print its own errors. */
 		if (numa_available() < 0) {
-			say(err, errlen, "NUMA node %d requested, but this system has no NUMA support",
+			lbp_errf(err, errlen, "NUMA node %d requested, but this system has no NUMA support",
 			    node);
 			return -EINVAL;
 		}
 		if (node > numa_max_node()) {
-			say(err, errlen, "NUMA node %d does not exist (highest node is %d)", node,
+			lbp_errf(err, errlen, "NUMA node %d does not exist (highest node is %d)", node,
 			    numa_max_node());
 			return -EINVAL;
 		}
@@ -290,12 +277,12 @@ int lbd_arena_create(struct lbd_arena *a, size_t bytes, int node, enum lbd_hugep
 	if (hp != LBD_HP_OFF) {
 		big = lbd_arena_round(bytes, LBD_HUGE_PAGE_SIZE);
 		if (!big || big > (size_t)INT64_MAX) {
-			say(err, errlen, "arena size %zu bytes is too large for 2 MiB pages", bytes);
+			lbp_errf(err, errlen, "arena size %zu bytes is too large for 2 MiB pages", bytes);
 			return -EINVAL;
 		}
 		rc = map_arena(a, big, node, true, index, why, sizeof(why));
 		if (rc < 0 && hp == LBD_HP_REQUIRE) {
-			say(err, errlen, "%s", why);
+			lbp_errf(err, errlen, "%s", why);
 			return rc;
 		}
 		/* TRY falls back on any hugetlb failure: 4 KiB pages may still work. */
@@ -325,7 +312,7 @@ int lbd_arena_create(struct lbd_arena *a, size_t bytes, int node, enum lbd_hugep
 	/* Seal after mapping: FUTURE_WRITE spares our mapping and refuses every later writer. */
 	if (fcntl(a->fd, F_ADD_SEALS, ARENA_SEALS) < 0) {
 		rc = -errno;
-		say(err, errlen, "cannot seal arena %u: %s (F_SEAL_FUTURE_WRITE needs Linux >= 5.1)",
+		lbp_errf(err, errlen, "cannot seal arena %u: %s (F_SEAL_FUTURE_WRITE needs Linux >= 5.1)",
 		    index, strerror(-rc));
 		lbd_arena_destroy(a);
 		return rc;
@@ -333,7 +320,7 @@ int lbd_arena_create(struct lbd_arena *a, size_t bytes, int node, enum lbd_hugep
 	seals = fcntl(a->fd, F_GET_SEALS);
 	if (seals < 0 || (seals & ARENA_SEALS) != ARENA_SEALS) {
 		rc = seals < 0 ? -errno : -EPERM;
-		say(err, errlen, "arena %u is not sealed as asked (seals 0x%x)", index,
+		lbp_errf(err, errlen, "arena %u is not sealed as asked (seals 0x%x)", index,
 		    seals < 0 ? 0 : (unsigned)seals);
 		lbd_arena_destroy(a);
 		return rc;

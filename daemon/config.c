@@ -5,29 +5,16 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "errf.h"
 
 #define LBD_VERSION_STRING "0.1.0"
 
 #define LBD_MAX_NUMA_NODE 1023
 /* Longest config-file line, without its newline. */
 #define LBD_CONFIG_LINE_MAX 1024
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || errlen == 0)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 void lbd_config_defaults(struct lbd_config *c)
 {
@@ -128,12 +115,12 @@ static int set_socket(struct lbd_config *c, const char *v, const char *who, char
 	size_t len = strlen(v);
 
 	if (len == 0) {
-		set_err(err, errlen, "%s: the socket path is empty", who);
+		lbp_errf(err, errlen, "%s: the socket path is empty", who);
 		return -EINVAL;
 	}
 	if (len >= sizeof(c->socket_path)) {
 		/* Reason before the value, so a cut-off line still says what is wrong. */
-		set_err(err, errlen, "%s: path is %zu bytes, a socket path holds at most %zu: '%s'",
+		lbp_errf(err, errlen, "%s: path is %zu bytes, a socket path holds at most %zu: '%s'",
 			who, len, sizeof(c->socket_path) - 1, v);
 		return -EINVAL;
 	}
@@ -150,11 +137,11 @@ static int set_arena_size(struct lbd_config *c, const char *v, const char *who, 
 
 	format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
 	if (rc == -EINVAL) {
-		set_err(err, errlen, "%s: '%s' is not a size (examples: 4096, 512K, 64M, 1G)", who, v);
+		lbp_errf(err, errlen, "%s: '%s' is not a size (examples: 4096, 512K, 64M, 1G)", who, v);
 		return -EINVAL;
 	}
 	if (rc == -ERANGE || size == 0 || size > LBD_MAX_ARENA_SIZE) {
-		set_err(err, errlen, "%s: '%s' is out of range (1 byte to %s)", who, v, max);
+		lbp_errf(err, errlen, "%s: '%s' is out of range (1 byte to %s)", who, v, max);
 		return -EINVAL;
 	}
 	c->arena_size = size;
@@ -171,7 +158,7 @@ static int set_hugepages(struct lbd_config *c, const char *v, const char *who, c
 	else if (strcmp(v, "off") == 0)
 		c->hugepages = LBD_HP_OFF;
 	else {
-		set_err(err, errlen, "%s: '%s' is not one of require|try|off", who, v);
+		lbp_errf(err, errlen, "%s: '%s' is not one of require|try|off", who, v);
 		return -EINVAL;
 	}
 	return 0;
@@ -191,7 +178,7 @@ static int set_numa_node(struct lbd_config *c, const char *v, const char *who, c
 	for (; *p >= '0' && *p <= '9' && node <= LBD_MAX_NUMA_NODE; p++)
 		node = node * 10 + (*p - '0');
 	if (p == v || *p || node > LBD_MAX_NUMA_NODE) {
-		set_err(err, errlen, "%s: '%s' is not a node number 0..%d or 'all'", who, v,
+		lbp_errf(err, errlen, "%s: '%s' is not a node number 0..%d or 'all'", who, v,
 			LBD_MAX_NUMA_NODE);
 		return -EINVAL;
 	}
@@ -215,7 +202,7 @@ static int set_foreground(struct lbd_config *c, const char *v, const char *who, 
 			return 0;
 		}
 	}
-	set_err(err, errlen, "%s: '%s' is not one of true|false|yes|no|1|0", who, v);
+	lbp_errf(err, errlen, "%s: '%s' is not one of true|false|yes|no|1|0", who, v);
 	return -EINVAL;
 }
 
@@ -225,7 +212,7 @@ static int set_log_level(struct lbd_config *c, const char *v, const char *who, c
 	enum lbd_log_level level;
 
 	if (lbd_log_level_parse(v, &level) < 0) {
-		set_err(err, errlen, "%s: '%s' is not one of error|warn|info|debug", who, v);
+		lbp_errf(err, errlen, "%s: '%s' is not one of error|warn|info|debug", who, v);
 		return -EINVAL;
 	}
 	c->log_level = level;
@@ -242,7 +229,7 @@ static int set_uint(unsigned *out, const char *v, unsigned min, unsigned max, co
 	for (; *p >= '0' && *p <= '9' && n <= max; p++)
 		n = n * 10 + (uint64_t)(*p - '0');
 	if (p == v || *p || n < min || n > max) {
-		set_err(err, errlen, "%s: '%s' is not a whole number %u..%u", who, v, min, max);
+		lbp_errf(err, errlen, "%s: '%s' is not a whole number %u..%u", who, v, min, max);
 		return -EINVAL;
 	}
 	*out = (unsigned)n;
@@ -259,7 +246,7 @@ static int set_real(double *out, const char *v, double min, double max, const ch
 	errno = 0;
 	d = strtod(v, &end);
 	if (end == v || *end || errno || !(d >= min && d <= max) || *v == ' ' || *v == '\t') {
-		set_err(err, errlen, "%s: '%s' is not a number %g..%g", who, v, min, max);
+		lbp_errf(err, errlen, "%s: '%s' is not a number %g..%g", who, v, min, max);
 		return -EINVAL;
 	}
 	*out = d;
@@ -299,7 +286,7 @@ static int set_tau(struct lbd_config *c, const char *v, const char *who, char *e
 static int set_policy(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
 {
 	if (lbd_policy_parse(v, &c->policy) < 0) {
-		set_err(err, errlen, "%s: '%s' is not one of lru|decay|ttl", who, v);
+		lbp_errf(err, errlen, "%s: '%s' is not one of lru|decay|ttl", who, v);
 		return -EINVAL;
 	}
 	return 0;
@@ -311,7 +298,7 @@ static int set_budget(struct lbd_config *c, const char *v, const char *who, char
 	int rc = lbd_parse_size(v, &size);
 
 	if (rc < 0 || size > LBD_MAX_ARENA_SIZE) {
-		set_err(err, errlen, "%s: '%s' is not a size up to the arena's (0: all of it)", who, v);
+		lbp_errf(err, errlen, "%s: '%s' is not a size up to the arena's (0: all of it)", who, v);
 		return -EINVAL;
 	}
 	c->budget = size;
@@ -473,7 +460,7 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 			continue;
 		char *eq = strchr(line, '=');
 		if (!eq) {
-			set_err(err, errlen, "%s:%u: '%s' has no '=' (lines are 'key = value')", path,
+			lbp_errf(err, errlen, "%s:%u: '%s' has no '=' (lines are 'key = value')", path,
 				lineno, line);
 			return -EINVAL;
 		}
@@ -490,19 +477,19 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 				if (w > 0 && (size_t)w < sizeof(list) - used)
 					used += (size_t)w;
 			}
-			set_err(err, errlen, "%s:%u: unknown key '%s' (keys: %s)", path, lineno, name,
+			lbp_errf(err, errlen, "%s:%u: unknown key '%s' (keys: %s)", path, lineno, name,
 				list);
 			return -EINVAL;
 		}
 		size_t ki = (size_t)(k - keys);
 		if (first_line[ki]) {
-			set_err(err, errlen, "%s:%u: %s: set again (first on line %u)", path, lineno,
+			lbp_errf(err, errlen, "%s:%u: %s: set again (first on line %u)", path, lineno,
 				name, first_line[ki]);
 			return -EINVAL;
 		}
 		first_line[ki] = lineno;
 		if (*value == '\0') {
-			set_err(err, errlen, "%s:%u: %s: empty value (expected %s)", path, lineno, name,
+			lbp_errf(err, errlen, "%s:%u: %s: empty value (expected %s)", path, lineno, name,
 				k->what);
 			return -EINVAL;
 		}
@@ -514,14 +501,14 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 	}
 	switch (n) {
 	case LINE_LONG:
-		set_err(err, errlen, "%s:%u: line longer than %d bytes", path, lineno + 1,
+		lbp_errf(err, errlen, "%s:%u: line longer than %d bytes", path, lineno + 1,
 			LBD_CONFIG_LINE_MAX);
 		return -EINVAL;
 	case LINE_NUL:
-		set_err(err, errlen, "%s:%u: NUL byte in the line", path, lineno + 1);
+		lbp_errf(err, errlen, "%s:%u: NUL byte in the line", path, lineno + 1);
 		return -EINVAL;
 	case LINE_IOERR:
-		set_err(err, errlen, "%s: %s", path, strerror(ioerr));
+		lbp_errf(err, errlen, "%s: %s", path, strerror(ioerr));
 		return -ioerr;
 	default:
 		return 0;
@@ -538,7 +525,7 @@ int lbd_config_load_file(struct lbd_config *c, const char *path, char *err, size
 	f = fopen(path, "re");
 	if (!f) {
 		rc = -errno;
-		set_err(err, errlen, "%s: %s", path, strerror(-rc));
+		lbp_errf(err, errlen, "%s: %s", path, strerror(-rc));
 		return rc;
 	}
 	errno = 0; /* getc may fail without setting it */
@@ -567,7 +554,7 @@ static bool ambiguous(const char *name, size_t len, char *err, size_t errlen)
 	}
 	if (hits < 2)
 		return false;
-	set_err(err, errlen, "option '--%.*s' is ambiguous: %s", (int)len, name, list);
+	lbp_errf(err, errlen, "option '--%.*s' is ambiguous: %s", (int)len, name, list);
 	return true;
 }
 
@@ -581,24 +568,24 @@ static void bad_option(const char *arg, int ret, char *err, size_t errlen)
 
 	if (ret == ':') {
 		if (optopt == 'c')
-			set_err(err, errlen, "--config: missing value (a file)");
+			lbp_errf(err, errlen, "--config: missing value (a file)");
 		else if ((k = key_by_val(optopt)))
-			set_err(err, errlen, "--%s: missing value (%s)", k->name, k->what);
+			lbp_errf(err, errlen, "--%s: missing value (%s)", k->name, k->what);
 		else
-			set_err(err, errlen, "'%s': missing value", arg);
+			lbp_errf(err, errlen, "'%s': missing value", arg);
 		return;
 	}
 	if (strncmp(arg, "--", 2) == 0) {
 		size_t namelen = strcspn(arg, "=");
 		/* glibc sets optopt to the option's value for "--foreground=yes". */
 		if (optopt != 0 && arg[namelen] == '=')
-			set_err(err, errlen, "%.*s: takes no value, got '%s'", (int)namelen, arg,
+			lbp_errf(err, errlen, "%.*s: takes no value, got '%s'", (int)namelen, arg,
 				arg + namelen + 1);
 		else if (!ambiguous(arg + 2, namelen - 2, err, errlen))
-			set_err(err, errlen, "unknown option '%.*s' (see --help)", (int)namelen, arg);
+			lbp_errf(err, errlen, "unknown option '%.*s' (see --help)", (int)namelen, arg);
 		return;
 	}
-	set_err(err, errlen, "unknown option '-%c' (see --help)", optopt);
+	lbp_errf(err, errlen, "unknown option '-%c' (see --help)", optopt);
 }
 
 /*
@@ -630,12 +617,12 @@ static int scan_args(int argc, char **argv, const char **config, char *err, size
 			return 1;
 		case 'c':
 			if (*config) {
-				set_err(err, errlen, "--config: given twice ('%s' and '%s')", *config,
+				lbp_errf(err, errlen, "--config: given twice ('%s' and '%s')", *config,
 					optarg);
 				return -EINVAL;
 			}
 			if (*optarg == '\0') {
-				set_err(err, errlen, "--config: the file name is empty");
+				lbp_errf(err, errlen, "--config: the file name is empty");
 				return -EINVAL;
 			}
 			*config = optarg;
@@ -645,7 +632,7 @@ static int scan_args(int argc, char **argv, const char **config, char *err, size
 		}
 	}
 	if (optind < argc) {
-		set_err(err, errlen, "unexpected argument '%s' (layerbankd takes only options)",
+		lbp_errf(err, errlen, "unexpected argument '%s' (layerbankd takes only options)",
 			argv[optind]);
 		return -EINVAL;
 	}

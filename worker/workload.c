@@ -7,12 +7,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "errf.h"
 
 /* Tries of one mutation kind before the next kind takes over (see lbw_workload_make). */
 #define MUT_TRIES 8
@@ -21,17 +22,6 @@
 #define MAX_APPEND 4
 #define MAX_REMOVE 4
 #define PUNCT_MARKS ",.!?"
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
 
 /* ---- corpus ---- */
 
@@ -50,18 +40,18 @@ static int read_all(const char *path, char **buf, size_t *len, char *err, size_t
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		int rc = -errno;
-		set_err(err, errlen, "cannot open corpus %s: %s", path, strerror(errno));
+		lbp_errf(err, errlen, "cannot open corpus %s: %s", path, strerror(errno));
 		return rc;
 	}
 	struct stat st;
 	if (fstat(fd, &st) != 0) {
 		int rc = -errno;
-		set_err(err, errlen, "cannot stat corpus %s: %s", path, strerror(errno));
+		lbp_errf(err, errlen, "cannot stat corpus %s: %s", path, strerror(errno));
 		close(fd);
 		return rc;
 	}
 	if (S_ISREG(st.st_mode) && st.st_size > (off_t)LBW_CORPUS_MAX_BYTES) {
-		set_err(err, errlen, "corpus %s: %lld bytes, more than the %u MiB cap", path,
+		lbp_errf(err, errlen, "corpus %s: %lld bytes, more than the %u MiB cap", path,
 			(long long)st.st_size, LBW_CORPUS_MAX_BYTES >> 20);
 		close(fd);
 		return -EFBIG;
@@ -77,7 +67,7 @@ static int read_all(const char *path, char **buf, size_t *len, char *err, size_t
 	for (;;) {
 		if (n + 1 >= cap) {
 			if (cap > LBW_CORPUS_MAX_BYTES + 1) {
-				set_err(err, errlen, "corpus %s: more than the %u MiB cap", path,
+				lbp_errf(err, errlen, "corpus %s: more than the %u MiB cap", path,
 					LBW_CORPUS_MAX_BYTES >> 20);
 				rc = -EFBIG;
 				goto out;
@@ -96,14 +86,14 @@ static int read_all(const char *path, char **buf, size_t *len, char *err, size_t
 			continue;
 		if (r < 0) {
 			rc = -errno;
-			set_err(err, errlen, "cannot read corpus %s: %s", path, strerror(errno));
+			lbp_errf(err, errlen, "cannot read corpus %s: %s", path, strerror(errno));
 			goto out;
 		}
 		if (r == 0)
 			break;
 		n += (size_t)r;
 		if (n > LBW_CORPUS_MAX_BYTES) {
-			set_err(err, errlen, "corpus %s: more than the %u MiB cap", path,
+			lbp_errf(err, errlen, "corpus %s: more than the %u MiB cap", path,
 				LBW_CORPUS_MAX_BYTES >> 20);
 			rc = -EFBIG;
 			goto out;
@@ -112,7 +102,7 @@ static int read_all(const char *path, char **buf, size_t *len, char *err, size_t
 out:
 	close(fd);
 	if (rc == -ENOMEM)
-		set_err(err, errlen, "corpus %s: out of memory", path);
+		lbp_errf(err, errlen, "corpus %s: out of memory", path);
 	if (rc) {
 		free(b);
 		return rc;
@@ -126,12 +116,12 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 			struct lbw_paragraphs *out, char *err, size_t errlen)
 {
 	if (!out || !path) {
-		set_err(err, errlen, "lbw_paragraphs_load: NULL argument");
+		lbp_errf(err, errlen, "lbw_paragraphs_load: NULL argument");
 		return -EINVAL;
 	}
 	memset(out, 0, sizeof(*out));
 	if (max_chars && min_chars > max_chars) {
-		set_err(err, errlen, "corpus length window %u..%u chars is empty", min_chars, max_chars);
+		lbp_errf(err, errlen, "corpus length window %u..%u chars is empty", min_chars, max_chars);
 		return -EINVAL;
 	}
 	char *b = NULL;
@@ -166,10 +156,10 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 	}
 	if (!n) {
 		if (max_chars)
-			set_err(err, errlen, "corpus %s: no line of %u..%u chars, the selection is empty",
+			lbp_errf(err, errlen, "corpus %s: no line of %u..%u chars, the selection is empty",
 				path, min_chars, max_chars);
 		else
-			set_err(err, errlen, "corpus %s: no line of %u or more chars, the selection is empty",
+			lbp_errf(err, errlen, "corpus %s: no line of %u or more chars, the selection is empty",
 				path, min_chars);
 		free(b);
 		return -EINVAL;
@@ -179,7 +169,7 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 		b = mem;
 	out->p = malloc((size_t)n * sizeof(char *));
 	if (!out->p) {
-		set_err(err, errlen, "corpus %s: out of memory", path);
+		lbp_errf(err, errlen, "corpus %s: out of memory", path);
 		free(b);
 		return -ENOMEM;
 	}
@@ -529,23 +519,23 @@ struct lbw_workload_cfg lbw_workload_defaults(void)
 static int check_cfg(const struct lbw_workload_cfg *c, char *err, size_t errlen)
 {
 	if (!isfinite(c->p_exact) || c->p_exact < 0 || c->p_exact > 1) {
-		set_err(err, errlen, "workload: p_exact %g not in [0, 1]", c->p_exact);
+		lbp_errf(err, errlen, "workload: p_exact %g not in [0, 1]", c->p_exact);
 		return -EINVAL;
 	}
 	if (!isfinite(c->p_near) || c->p_near < 0 || c->p_near > 1) {
-		set_err(err, errlen, "workload: p_near %g not in [0, 1]", c->p_near);
+		lbp_errf(err, errlen, "workload: p_near %g not in [0, 1]", c->p_near);
 		return -EINVAL;
 	}
 	if (c->p_exact + c->p_near > 1 + 1e-9) {
-		set_err(err, errlen, "workload: p_exact + p_near = %g exceeds 1", c->p_exact + c->p_near);
+		lbp_errf(err, errlen, "workload: p_exact + p_near = %g exceeds 1", c->p_exact + c->p_near);
 		return -EINVAL;
 	}
 	if (!isfinite(c->zipf_s) || c->zipf_s < 0 || c->zipf_s > LBW_MAX_ZIPF_S) {
-		set_err(err, errlen, "workload: zipf_s %g not in [0, %g]", c->zipf_s, LBW_MAX_ZIPF_S);
+		lbp_errf(err, errlen, "workload: zipf_s %g not in [0, %g]", c->zipf_s, LBW_MAX_ZIPF_S);
 		return -EINVAL;
 	}
 	if (c->n_requests < 1 || c->n_requests > LBW_MAX_REQUESTS) {
-		set_err(err, errlen, "workload: n_requests %u not in 1..%u", c->n_requests,
+		lbp_errf(err, errlen, "workload: n_requests %u not in 1..%u", c->n_requests,
 			LBW_MAX_REQUESTS);
 		return -EINVAL;
 	}
@@ -567,14 +557,14 @@ int lbw_workload_make(const struct lbw_paragraphs *p, const struct lbw_workload_
 		      struct lbw_workload *out, char *err, size_t errlen)
 {
 	if (!out || !p || !cfg) {
-		set_err(err, errlen, "lbw_workload_make: NULL argument");
+		lbp_errf(err, errlen, "lbw_workload_make: NULL argument");
 		if (out)
 			memset(out, 0, sizeof(*out));
 		return -EINVAL;
 	}
 	memset(out, 0, sizeof(*out));
 	if (!p->n || !p->p) {
-		set_err(err, errlen, "workload: the corpus holds no paragraph");
+		lbp_errf(err, errlen, "workload: the corpus holds no paragraph");
 		return -EINVAL;
 	}
 	int rc = check_cfg(cfg, err, errlen);
@@ -611,7 +601,7 @@ int lbw_workload_make(const struct lbw_paragraphs *p, const struct lbw_workload_
 		out->n = i + 1;
 		if (kind == LBW_REQ_FRESH) {
 			if (d == p->n) {
-				set_err(err, errlen,
+				lbp_errf(err, errlen,
 					"workload: all %u paragraphs of the corpus used up by request %u of %u; "
 					"lower the fresh share, widen the length window or ask for fewer requests",
 					p->n, i, cfg->n_requests);
@@ -651,7 +641,7 @@ int lbw_workload_make(const struct lbw_paragraphs *p, const struct lbw_workload_
 	return 0;
 fail:
 	if (rc == -ENOMEM)
-		set_err(err, errlen, "workload: out of memory");
+		lbp_errf(err, errlen, "workload: out of memory");
 	free(perm);
 	free(by_rank);
 	free(cum);

@@ -1,0 +1,14 @@
+/* One-line error messages into a caller's buffer: the err/errlen convention of the daemon's,
+ * the worker's and the benchmarks' loaders and parsers. */
+#ifndef LAYERBANK_PROTO_ERRF_H
+#define LAYERBANK_PROTO_ERRF_H
+
+#include <stddef.h>
+
+/* Format into err (errlen bytes, always NUL-terminated); nothing when err is NULL or errlen 0. */
+void lbp_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* lbp_errf, then @return rc: `return lbp_fail(err, errlen, -EINVAL, "...")`. */
+int lbp_fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+#endif
