@@ -3,6 +3,7 @@
 #define LAYERBANK_BENCH_H
 
 #include <stdint.h>
+#include <sys/types.h>
 
 /* One row of the index benchmark: an index of `entries` fingerprints. */
 struct lbb_index_row {
@@ -20,6 +21,9 @@ struct lbb_index_row {
  */
 int lbb_index_run(const uint32_t *sizes, unsigned n, uint32_t max_d, uint64_t seed,
 		  struct lbb_index_row *rows);
+
+/* SIGTERM *pid, wait up to 10 s (then SIGKILL), reap it and set *pid to -1; nothing for -1. */
+void lbb_stop(pid_t *pid);
 
 /* layerbank-bench workload (argv[0] "workload"): print the fleet's request stream or, with
  * --summary, its make-up. @return the exit status: 0, 1 run-time failure, 2 bad options. */

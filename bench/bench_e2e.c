@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "config.h"
 #include "plot.h"
 #include "workload.h"
 
@@ -92,20 +93,6 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void reap(pid_t *pid, int sig)
-{
-	if (*pid <= 0)
-		return;
-	kill(*pid, sig);
-	for (int i = 0; i < 1000 && waitpid(*pid, NULL, WNOHANG) == 0; i++)
-		usleep(10000);
-	if (waitpid(*pid, NULL, WNOHANG) == 0) {
-		kill(*pid, SIGKILL);
-		waitpid(*pid, NULL, 0);
-	}
-	*pid = -1;
-}
-
 static void stop_workers(void)
 {
 	/* End of input ends a worker; a worker that does not leave gets SIGTERM. */
@@ -122,7 +109,7 @@ static void stop_workers(void)
 			else
 				usleep(10000);
 		}
-		reap(&w->pid, SIGTERM);
+		lbb_stop(&w->pid);
 		if (w->out >= 0)
 			close(w->out);
 		free(w->buf);
@@ -135,7 +122,7 @@ static void cleanup(void)
 {
 	char path[128];
 	stop_workers();
-	reap(&fleet.daemon, SIGTERM);
+	lbb_stop(&fleet.daemon);
 	if (!fleet.dir[0])
 		return;
 	const char *names[] = { "lb.sock", "daemon.log" };
@@ -177,7 +164,7 @@ static void show_log(const char *path)
 
 static int start_daemon(const struct opts *o, const char *tau)
 {
-	char sock[128], log[128], budget[32], arena[32], path[128];
+	char sock[128], log[128], budget[32], arena[32];
 	snprintf(sock, sizeof(sock), "%s/lb.sock", fleet.dir);
 	snprintf(log, sizeof(log), "%s/daemon.log", fleet.dir);
 	snprintf(budget, sizeof(budget), "%llu", (unsigned long long)o->budget);
@@ -215,9 +202,8 @@ static int start_daemon(const struct opts *o, const char *tau)
 		}
 		usleep(10000);
 	}
-	snprintf(path, sizeof(path), "%s", log);
 	fprintf(stderr, "layerbank-bench e2e: layerbankd did not start\n");
-	show_log(path);
+	show_log(log);
 	return -EIO;
 }
 
@@ -429,6 +415,16 @@ static int send_request(struct worker *w, const struct lbw_request *r)
 
 /* ---- progress ---- */
 
+/* reused[l]: answers (of the first n) that reused layer l's output, directly or a deeper one's;
+ * a request not answered, or answered with an error, has hit -1. */
+static void count_reuse(const struct run *run, uint32_t n, int layers, long *reused)
+{
+	memset(reused, 0, (size_t)layers * sizeof(*reused));
+	for (uint32_t i = 0; i < n; i++)
+		for (int l = 0; l <= run->a[i].hit && l < layers; l++)
+			reused[l]++;
+}
+
 static void progress(const struct opts *o, const struct run *run, long done, long total, double t0,
 		     int layers, int final)
 {
@@ -440,10 +436,8 @@ static void progress(const struct opts *o, const struct run *run, long done, lon
 	if (!final && t - last < (tty ? 0.5 : 5.0))
 		return;
 	last = t;
-	long reused[MAX_LAYERS] = { 0 };
-	for (long i = 0; i < total; i++)
-		for (int l = 0; l <= run->a[i].hit && l < layers; l++)
-			reused[l]++;
+	long reused[MAX_LAYERS];
+	count_reuse(run, (uint32_t)total, layers, reused);
 	char bar[MAX_LAYERS * 4 + 1];
 	int len = 0;
 	for (int l = 0; l < layers; l++)
@@ -472,8 +466,8 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 {
 	double *lat = malloc(wl->n * sizeof(double));
 	size_t n = 0;
-	double nll = 0, pred = 0, depth = 0, any = 0;
-	long reused[MAX_LAYERS] = { 0 };
+	double nll = 0, pred = 0, depth = 0;
+	long reused[MAX_LAYERS];
 	for (uint32_t i = 0; i < wl->n; i++) {
 		const struct answer *a = &run->a[i];
 		if (!a->ok)
@@ -484,10 +478,8 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 		nll += a->nll;
 		pred += a->tokens - 1;
 		depth += a->hit + 1;
-		any += a->hit >= 0;
-		for (int l = 0; l <= a->hit && l < layers; l++)
-			reused[l]++;
 	}
+	count_reuse(run, wl->n, layers, reused);
 	if (lat)
 		qsort(lat, n, sizeof(double), cmp_double);
 	run->p50_ms = lat ? pct(lat, n, 0.50) : NAN;
@@ -496,7 +488,7 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 	run->rps = run->wall_s > 0 ? (double)wl->n / run->wall_s : 0;
 	run->nll_per_token = pred ? nll / pred : NAN;
 	run->mean_depth = n ? depth / (double)n : 0;
-	run->hit_rate = n ? any / (double)n : 0;
+	run->hit_rate = n ? (double)reused[0] / (double)n : 0; /* any reuse reuses layer 0 */
 	for (int l = 0; l < layers; l++)
 		run->hit_by_layer[l] = n ? (double)reused[l] / (double)n : 0;
 	run->nll_rel = run->top1 = NAN;
@@ -609,7 +601,7 @@ static int run_fleet(const struct opts *o, enum mode m, const char *tau,
 out:
 	stop_workers();
 	if (m == SHARED)
-		reap(&fleet.daemon, SIGTERM);
+		lbb_stop(&fleet.daemon);
 	return rc;
 }
 
@@ -773,28 +765,6 @@ static int num(const char *v, double lo, double hi, double *out)
 	return errno || end == v || *end || !isfinite(*out) || *out < lo || *out > hi ? -1 : 0;
 }
 
-static int parse_size(const char *v, uint64_t *out)
-{
-	char *end;
-	errno = 0;
-	unsigned long long n = strtoull(v, &end, 10);
-	unsigned shift = 0;
-	if (errno || end == v || v[0] == '-')
-		return -1;
-	if (*end == 'K' || *end == 'k')
-		shift = 10;
-	else if (*end == 'M' || *end == 'm')
-		shift = 20;
-	else if (*end == 'G' || *end == 'g')
-		shift = 30;
-	if (shift)
-		end++;
-	if (*end || n == 0 || n > (1ull << 40) >> shift)
-		return -1;
-	*out = (uint64_t)n << shift;
-	return 0;
-}
-
 static int parse(int argc, char **argv, struct opts *o)
 {
 	double v;
@@ -857,7 +827,7 @@ static int parse(int argc, char **argv, struct opts *o)
 				return bad(a, val, "an integer >= 0");
 			o->wl.seed = (uint64_t)v;
 		} else if (!strcmp(a, "--budget")) {
-			if (parse_size(val, &o->budget) < 0)
+			if (lbd_parse_size(val, &o->budget) < 0 || !o->budget || o->budget > 1ull << 40)
 				return bad(a, val, "a size such as 64M, up to 1T");
 			have_budget = 1;
 		} else if (!strcmp(a, "--max-tokens")) {

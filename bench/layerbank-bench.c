@@ -68,23 +68,25 @@ static pid_t spawn(const char *const *argv, const char *log)
 	return pid;
 }
 
-static void stop(pid_t *pid)
+void lbb_stop(pid_t *pid)
 {
 	if (*pid <= 0)
 		return;
 	kill(*pid, SIGTERM);
-	for (int i = 0; i < 500 && waitpid(*pid, NULL, WNOHANG) == 0; i++)
+	for (int i = 0; i < 1000 && waitpid(*pid, NULL, WNOHANG) == 0; i++)
 		sleep_ms(10);
-	kill(*pid, SIGKILL);
-	waitpid(*pid, NULL, 0);
+	if (waitpid(*pid, NULL, WNOHANG) == 0) {
+		kill(*pid, SIGKILL);
+		waitpid(*pid, NULL, 0);
+	}
 	*pid = -1;
 }
 
 static void cleanup(void)
 {
 	char path[400];
-	stop(&daemon_pid);
-	stop(&redis_pid);
+	lbb_stop(&daemon_pid);
+	lbb_stop(&redis_pid);
 	if (!dir[0])
 		return;
 	const char *names[] = { "daemon.log", "redis.log", "lb.sock", "redis.sock" };
@@ -321,7 +323,7 @@ static int redis_latency(uint64_t *ns, size_t n)
 			ns[i - 100] = t1 - t0;
 	}
 	close(fd);
-	stop(&redis_pid);
+	lbb_stop(&redis_pid);
 	return 0;
 }
 
@@ -452,7 +454,7 @@ static int cmd_ring(int argc, char **argv)
 	lb_close(c);
 
 	double tp1 = throughput(1, &k), tp2 = throughput(2, &k);
-	stop(&daemon_pid);
+	lbb_stop(&daemon_pid);
 
 	static const uint32_t sizes[] = { 10000, 100000, 1000000 };
 	struct lbb_index_row rows[3];
