@@ -349,16 +349,24 @@ static int corpus_word(struct gen *g, const char **w, size_t *len)
 	return 0;
 }
 
+/* A word of >= minlen letters of s, drawn uniformly. @return 0 when s has none. */
+static int random_word(struct gen *g, const char *s, size_t minlen, size_t *start, size_t *len)
+{
+	uint32_t n = count_words(s, minlen);
+	if (!n)
+		return 0;
+	nth_word(s, minlen, rng_below(&g->rng, n), start, len);
+	return 1;
+}
+
 /* Each mutation below builds g->out from base. @return 1 done, 0 cannot apply, -ENOMEM. */
 
 static int mut_word_swap(struct gen *g, const char *base)
 {
-	uint32_t n = count_words(base, 1);
 	size_t st = 0, l = 0, nl = 0;
 	const char *w;
-	if (!n)
+	if (!random_word(g, base, 1, &st, &l))
 		return 0;
-	nth_word(base, 1, rng_below(&g->rng, n), &st, &l);
 	if (!corpus_word(g, &w, &nl))
 		return 0;
 	if (sb_splice(&g->out, base, st, l, w, nl))
@@ -371,11 +379,9 @@ static int mut_word_swap(struct gen *g, const char *base)
 
 static int mut_typo(struct gen *g, const char *base)
 {
-	uint32_t n = count_words(base, 3);
 	size_t st = 0, l = 0;
-	if (!n)
+	if (!random_word(g, base, 3, &st, &l))
 		return 0;
-	nth_word(base, 3, rng_below(&g->rng, n), &st, &l);
 	uint32_t op = rng_below(&g->rng, 3);
 	if (op == 0) { /* swap letters i and i + 1 (no change when they are equal: retried) */
 		size_t i = st + rng_below(&g->rng, (uint32_t)l - 1);
@@ -402,23 +408,18 @@ static int mut_punct(struct gen *g, const char *base)
 				break;
 		return sb_splice(&g->out, base, i, 1, "", 0) ? -ENOMEM : 1;
 	}
-	uint32_t n = count_words(base, 1);
 	size_t at = strlen(base), st = 0, l = 0;
-	if (n) {
-		nth_word(base, 1, rng_below(&g->rng, n), &st, &l);
+	if (random_word(g, base, 1, &st, &l))
 		at = st + l;
-	}
 	const char *mark = &PUNCT_MARKS[rng_below(&g->rng, 4)];
 	return sb_splice(&g->out, base, at, 0, mark, 1) ? -ENOMEM : 1;
 }
 
 static int mut_case(struct gen *g, const char *base)
 {
-	uint32_t n = count_words(base, 1);
 	size_t st = 0, l = 0;
-	if (!n)
+	if (!random_word(g, base, 1, &st, &l))
 		return 0;
-	nth_word(base, 1, rng_below(&g->rng, n), &st, &l);
 	char c = base[st] ^ 0x20; /* an ASCII letter: bit 5 is its case */
 	return sb_splice(&g->out, base, st, 1, &c, 1) ? -ENOMEM : 1;
 }
