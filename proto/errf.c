@@ -5,6 +5,9 @@
 #include <stdio.h>
 
 static void verrf(char *err, size_t errlen, const char *fmt, va_list ap)
+	__attribute__((format(printf, 3, 0)));
+
+static void verrf(char *err, size_t errlen, const char *fmt, va_list ap)
 {
 	if (err && errlen)
 		vsnprintf(err, errlen, fmt, ap);
