@@ -290,7 +290,11 @@ static void on_frame(struct lbd_conn *c, size_t len)
 	case LBP_ERROR:
 	case LBP_MODEL_STATS_REPLY:
 	case LBP_LOOKUP_REPLY:
+	case LBP_SNAPSHOT_REPLY:
 		break;
+	case LBP_SNAPSHOT:
+		conn_error(c, false, EOPNOTSUPP, "type", "this daemon writes no snapshot");
+		return;
 	case LBP_LOOKUP:
 		on_lookup(c, &m.u.lookup);
 		return;
