@@ -727,7 +727,10 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 	atomic_store_explicit((_Atomic uint64_t *)&eh->magic, LB_ENTRY_MAGIC, memory_order_release);
 
 	pthread_mutex_lock(&st->lock);
+	/* Both tables may have moved while unlocked: st->e grows with other inserts, st->banks
+	 * with a model registered meanwhile (lbd_store_add_model reallocates it). */
 	e = &st->e[eid];
+	b = &st->banks[r->model_id - 1];
 	if (e->gen != gen || e->state != E_PENDING)
 		abort(); /* pending entries are never freed by anyone else */
 	e->created_ns = e->last_ns = e->score_ns = now;
