@@ -13,6 +13,7 @@
 #include "client_internal.h"
 
 #define LB_REPLY_TIMEOUT_S 5
+#define LB_SNAPSHOT_TIMEOUT_S 600
 
 static void close_fds(const int *fds, unsigned n)
 {
@@ -369,6 +370,30 @@ LB_EXPORT int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name,
 		first += r->n;
 	} while (first < n_layers && first < max);
 	return (int)n_layers;
+}
+
+LB_EXPORT int lb_snapshot(struct lb_client *c, struct lb_snapshot_info *out)
+{
+	struct lbp_msg req = { .type = LBP_SNAPSHOT }, rep;
+	struct timeval normal = { LB_REPLY_TIMEOUT_S, 0 }, longer = { LB_SNAPSHOT_TIMEOUT_S, 0 };
+	int ret;
+
+	if (!c)
+		return -EINVAL;
+	/* The daemon answers once the file is on disk: a large arena takes a while. */
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &longer, sizeof(longer));
+	ret = call(c, &req, &rep, NULL, 0, NULL);
+	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &normal, sizeof(normal));
+	if (ret < 0)
+		return ret;
+	if (rep.type != LBP_SNAPSHOT_REPLY)
+		return -EPROTO;
+	if (out) {
+		out->entries = rep.u.snapshot_reply.entries;
+		out->bytes = rep.u.snapshot_reply.bytes;
+		out->ms = rep.u.snapshot_reply.ms;
+	}
+	return 0;
 }
 
 LB_EXPORT unsigned lb_arena_count(const struct lb_client *c)
