@@ -268,7 +268,7 @@ static void snapshot_progress(void *ctx, uint64_t done, uint64_t total)
 /* Write the snapshot file now. @return 0 or -errno, with one line in err. */
 static int write_snapshot(struct lbd_server *s, struct lbd_snapshot_stats *st, char *err, size_t errlen)
 {
-	s->snap_ping_ns = lb_now_ns();
+	s->snap_ping_ns = 0; /* the first chunk written feeds systemd at once */
 	int ret = lbd_snapshot_write(s->cfg->snapshot_path, &s->models, s->store, s->boot_id,
 				     snapshot_progress, s, st, err, errlen);
 	if (ret < 0) {

@@ -15,11 +15,14 @@
 #include <grp.h>
 #include <inttypes.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -50,6 +53,7 @@ static int teardown(void **state)
 {
 	(void)state;
 	lbt_daemon_reap(&daemon_pid);
+	unsetenv("NOTIFY_SOCKET");
 	lbt_env_remove(&env);
 	return 0;
 }
@@ -885,7 +889,7 @@ static void test_daemon_restart_restores_the_cache(void **state)
 	assert_int_equal(log_lines("snapshot", "no such file yet", NULL), 1);
 	d_fill(20);
 	stop_daemon();
-	assert_int_equal(log_lines("snapshot", "80 entries", "written", NULL), 1);
+	assert_int_equal(log_lines("snapshot", "80 entries", "models written,", NULL), 1);
 	assert_int_equal(access(snap_path, R_OK), 0);
 	char tmp[320];
 	snprintf(tmp, sizeof(tmp), "%s.tmp", snap_path);
@@ -909,6 +913,58 @@ static void test_daemon_restart_restores_the_cache(void **state)
 	lb_release(c, hit.lease);
 	lb_close(c);
 	stop_daemon();
+}
+
+static int notify_socket(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_true(strlen(path) < sizeof(sa.sun_path));
+	strcpy(sa.sun_path, path);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+/* The next notify datagram holding want, within timeout_ms; 0 when none came. */
+static int notify_wait(int fd, const char *want, char *buf, size_t n, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	while (poll(&p, 1, timeout_ms) > 0) {
+		ssize_t r = recv(fd, buf, n - 1, 0);
+		assert_true(r >= 0);
+		buf[r] = '\0';
+		if (strstr(buf, want))
+			return 1;
+	}
+	return 0;
+}
+
+/* Under a service manager: READY=1 only once the snapshot is restored, and while it is
+ * written at stop, STOPPING=1 then EXTEND_TIMEOUT_USEC= with a STATUS= line. */
+static void test_ready_after_restore_and_stop_timeout_extended(void **state)
+{
+	(void)state;
+	char path[300], msg[512];
+
+	START("--snapshot", snap_path);
+	d_fill(30);
+	stop_daemon();
+	snprintf(path, sizeof(path), "%s/notify", env.dir);
+	int nfd = notify_socket(path);
+	setenv("NOTIFY_SOCKET", path, 1);
+	START("--snapshot", snap_path);
+	unsetenv("NOTIFY_SOCKET");
+	assert_true(notify_wait(nfd, "READY=1", msg, sizeof(msg), 5000));
+	/* The restore's line was written before READY was sent. */
+	assert_int_equal(log_lines("120 entries", "restored", NULL), 1);
+	assert_int_equal(kill(daemon_pid, SIGTERM), 0);
+	assert_true(notify_wait(nfd, "STOPPING=1", msg, sizeof(msg), 5000));
+	assert_true(notify_wait(nfd, "EXTEND_TIMEOUT_USEC=30000000", msg, sizeof(msg), 5000));
+	assert_non_null(strstr(msg, "STATUS=writing the snapshot"));
+	stop_daemon();
+	assert_int_equal(log_lines("120 entries", "models written,", NULL), 1);
+	close(nfd);
 }
 
 /* A bad file at start: one log line saying why, the daemon up and empty, the file left. */
@@ -1206,6 +1262,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_model_registered_differently_is_retired, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_failed_write_keeps_the_old_file, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_restart_restores_the_cache, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ready_after_restore_and_stop_timeout_extended, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_bad_snapshot_starts_empty, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_different_model_is_skipped, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_snapshot_message_and_ctl, setup, teardown),
