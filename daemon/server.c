@@ -751,12 +751,14 @@ static void restore_snapshot(struct lbd_server *s)
 	} else if (ret < 0) {
 		lbd_warn("snapshot %s rejected, starting empty: %s", path, err);
 	} else {
-		time_t now = time(NULL);
+		char out[96] = "";
+		if (st.entries_skipped || st.models_skipped)
+			snprintf(out, sizeof(out), "; left out: %" PRIu64 " entries (budget, room or ttl), %u models",
+				 st.entries_skipped, st.models_skipped);
 		lbd_info("snapshot %s: %" PRIu64 " entries (%.1f MiB of data) of %u models restored in %"
-			 PRIu64 " ms, written %lld s ago; %" PRIu64 " entries left out (budget, room, ttl)%s",
-			 path, st.entries, (double)st.data_bytes / (1 << 20), st.models - st.models_skipped,
-			 st.ms, (long long)(now - (time_t)st.written_s), st.entries_skipped,
-			 st.models_skipped ? ", some models refused" : "");
+			 PRIu64 " ms, written %lld s ago%s", path, st.entries,
+			 (double)st.data_bytes / (1 << 20), st.models - st.models_skipped, st.ms,
+			 (long long)(time(NULL) - (time_t)st.written_s), out);
 	}
 	/* Say now, not at stop, when the file cannot be written. */
 	char dir[PATH_MAX];

@@ -421,15 +421,15 @@ int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_
 	int ret;
 
 	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
-		return lbp_fail(err, errlen, -ENAMETOOLONG, "snapshot %s: path too long", path);
+		return lbp_fail(err, errlen, -ENAMETOOLONG, "snapshot not written: path too long (%s)", path);
 	/* Model records in registry order, retired models (empty names) left out. */
 	rec_of[0] = -1;
 	for (uint32_t i = 0; i < LBD_MAX_MODELS; i++)
 		rec_of[i + 1] = i < m->count && m->desc[i].name[0] ? (int32_t)n_models++ : -1;
 	ret = lbd_store_hold_all(st, &held, &items, &n_items);
 	if (ret < 0)
-		return lbp_fail(err, errlen, ret, "snapshot %s: cannot hold the entries: %s", path,
-				strerror(-ret));
+		return lbp_fail(err, errlen, ret, "snapshot not written: cannot hold the entries: %s (%s)",
+				strerror(-ret), path);
 	/* The layout is known before the first byte: the header can say how long the file is. */
 	file_bytes = LBD_SNAP_HDR_SIZE + (uint64_t)n_models * LBD_SNAP_MODEL_SIZE;
 	for (uint32_t k = 0; k < n_items; k++) {
@@ -544,9 +544,9 @@ fail:
 	lbd_store_release_all(st, &held);
 	lbd_leases_free(&held);
 	free(items);
-	return lbp_fail(err, errlen, ret, "snapshot %s: %s %s: %s", path, step,
-			strcmp(step, "rename") == 0 || strcmp(step, "buffers") == 0 ? path : tmp,
-			strerror(-ret));
+	/* The reason first: a long path cut off at the end of an ERROR message loses less. */
+	return lbp_fail(err, errlen, ret, "snapshot not written: %s (%s %s)", strerror(-ret), step,
+			strcmp(step, "buffers") == 0 ? path : tmp);
 }
 
 /* ---- the loader ---- */
