@@ -413,7 +413,22 @@ static void test_round_trip_restores_every_entry(void **state)
 	struct lbp_register_model da = desc("alpha", 0xa1, A_LAYERS, A_HIDDEN);
 	assert_memory_equal(&b.m.desc[a - 1], &da, sizeof(da));
 	assert_int_equal(b.m.provisional[a - 1], 1);
-	assert_int_equal(bank_stats(&b).entries, SMALL_ENTRIES);
+	/* The store's accounting: each entry 256 bytes (header and data rounded to 64), counted
+	 * per layer, none as an insert, nothing leased, all within the budget. */
+	struct lbp_stats_reply r = bank_stats(&b);
+	struct lbp_model_stats_reply ms;
+	assert_int_equal(r.entries, SMALL_ENTRIES);
+	assert_int_equal(r.bytes_used, SMALL_ENTRIES * 256);
+	assert_int_equal(r.inserts, 0);
+	assert_int_equal(r.leases, 0);
+	assert_int_equal(lbd_store_model_stats(b.st, a, 0, &ms), 0);
+	assert_int_equal(ms.n, A_LAYERS);
+	for (uint32_t l = 0; l < A_LAYERS; l++) {
+		assert_int_equal(ms.layers[l].entries, 3);
+		assert_int_equal(ms.layers[l].bytes, 3 * 256);
+	}
+	assert_int_equal(lbd_store_model_stats(b.st, bb, 0, &ms), 0);
+	assert_int_equal(ms.layers[1].entries, 1);
 	for (uint32_t in = 0; in < 3; in++)
 		for (uint32_t l = 0; l < A_LAYERS; l++)
 			assert_int_equal(bank_check(&b, a, in, l, A_SEQ, A_HIDDEN), 0);
@@ -642,6 +657,15 @@ static void test_over_budget_keeps_the_most_valuable(void **state)
 	id = model_id(&b, "m");
 	for (uint32_t in = 0; in < 8; in++)
 		assert_int_equal(bank_check(&b, id, in, 0, seq, 256), in >= 4 ? 0 : -ENOENT);
+	/* Restored entries are ordinary ones to the policy: new inserts evict them. */
+	for (uint32_t in = 100; in < 104; in++)
+		assert_int_equal(bank_insert(&b, id, in, 0, seq, 256), 0);
+	r = bank_stats(&b);
+	assert_int_equal(r.entries, 4);
+	assert_int_equal(r.evictions, 4);
+	assert_int_equal(r.bytes_used, 4 * need);
+	for (uint32_t in = 100; in < 104; in++)
+		assert_int_equal(bank_check(&b, id, in, 0, seq, 256), 0);
 	bank_free(&b);
 
 	/* Under ttl, entries older than the ttl would expire at once: they are left out. */
