@@ -38,6 +38,7 @@
 
 static struct lbt_env env;
 static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
+static pid_t kid_pid = -1;    /* a worker process, likewise */
 static char snap_path[300];
 
 static int setup(void **state)
@@ -53,6 +54,7 @@ static int teardown(void **state)
 {
 	(void)state;
 	lbt_daemon_reap(&daemon_pid);
+	lbt_daemon_reap(&kid_pid);
 	unsetenv("NOTIFY_SOCKET");
 	lbt_env_remove(&env);
 	return 0;
@@ -1176,6 +1178,70 @@ static void test_snapshot_message_and_ctl(void **state)
 	stop_daemon();
 }
 
+/* SNAPSHOT while a worker looks up and inserts through the rings: the service threads go on,
+ * entries inserted meanwhile simply may or may not be in the file, and every file is whole. */
+static void test_snapshot_while_serving(void **state)
+{
+	(void)state;
+	struct lbd_snapshot_stats chk;
+	char err[512];
+	size_t len;
+
+	START("--snapshot", snap_path, "--budget", "1M", "--threads", "2");
+	d_fill(10);
+	fflush(stdout);
+	pid_t kid = kid_pid = fork();
+	assert_true(kid >= 0);
+	if (kid == 0) {
+		uint32_t model;
+		struct lb_client *c = NULL;
+		if (lb_connect(env.sock, "worker", &c) < 0 || lb_register_model(c, &dmodel, &model) < 0)
+			_exit(2);
+		for (uint32_t r = 0; r < 3000; r++) {
+			struct lb_key k;
+			struct lb_hit hit;
+			uint32_t in = (r * 7919u) % 300;
+			key_of(in, &k);
+			if (lb_lookup_deepest(c, model, &k, NULL, 0, &hit) == 0) {
+				lb_release(c, hit.lease);
+				continue;
+			}
+			for (uint32_t l = 0; l < D_LAYERS; l++) {
+				int ret = d_insert(c, model, in, l);
+				if (ret < 0 && ret != -EEXIST && ret != -ENOSPC)
+					_exit(3);
+			}
+		}
+		lb_close(c);
+		_exit(0);
+	}
+	struct lb_client *c = connect_model(NULL, NULL);
+	for (int i = 0; i < 10; i++) {
+		struct lb_snapshot_info info;
+		assert_int_equal(lb_snapshot(c, &info), 0);
+		uint8_t *img = read_file(snap_path, &len);
+		assert_int_equal(info.bytes, len);
+		assert_int_equal(lbd_snapshot_load_mem(img, len, NULL, NULL, &chk, err, sizeof(err)), 0);
+		assert_int_equal(chk.entries, info.entries);
+		free(img);
+	}
+	struct lb_stats st;
+	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
+	lb_close(c);
+	int ws;
+	assert_int_equal(waitpid(kid, &ws, 0), kid);
+	kid_pid = -1;
+	assert_true(WIFEXITED(ws));
+	assert_int_equal(WEXITSTATUS(ws), 0);
+	printf("10 snapshots while serving: %" PRIu64 " hits, %" PRIu64 " inserts, %" PRIu64
+	       " evictions so far\n", st.hits, st.inserts, st.evictions);
+	stop_daemon();
+	START("--snapshot", snap_path, "--budget", "1M");
+	assert_int_equal(log_lines("entries", "restored", NULL), 1);
+	assert_true(d_stats().entries > 0);
+	stop_daemon();
+}
+
 /* ---- the acceptance test: a warm restart keeps the hit rate ---- */
 
 #define W_INPUTS 400
@@ -1290,6 +1356,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_daemon_bad_snapshot_starts_empty, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_different_model_is_skipped, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_snapshot_message_and_ctl, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_snapshot_while_serving, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_warm_restart_keeps_the_hit_rate, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
