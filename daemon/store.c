@@ -58,6 +58,8 @@ struct bank {
 	struct lbd_exactmap *exact;
 	struct lbp_layer_stats *layer; /* [n_layers] */
 	uint32_t max_d_default;        /* radius for the default tau */
+	bool retired;                  /* lbd_store_drop_model: answers as no model; its memory
+					* stays for inserts that were copying when it went */
 };
 
 struct lbd_store {
@@ -468,7 +470,8 @@ static bool accept_input(void *p, uint32_t id)
 
 static struct bank *bank_of(struct lbd_store *st, uint32_t model_id)
 {
-	if (model_id == 0 || model_id > st->n_banks || st->banks[model_id - 1].desc.n_layers == 0)
+	if (model_id == 0 || model_id > st->n_banks || st->banks[model_id - 1].desc.n_layers == 0 ||
+	    st->banks[model_id - 1].retired)
 		return NULL;
 	return &st->banks[model_id - 1];
 }
@@ -1104,6 +1107,7 @@ int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
 	if (!b) {
 		n = -ENOENT;
 	} else {
+		b->retired = true;
 		for (uint32_t k = 0; k < st->n_live;) {
 			uint32_t id = st->live[k];
 			struct entry *e = &st->e[id];

@@ -122,9 +122,10 @@ double lbd_store_item_value(const struct lbd_store *st, const struct lbd_store_i
  */
 int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it);
 
-/* Drop every live entry of a model from the index; leased ones stay readable by their holders
- * until released. Counted as neither eviction nor invalidation. @return entries dropped,
- * -ENOENT (no such model). */
+/* Retire a model: drop every live entry of it from the index (leased ones stay readable by
+ * their holders until released; counted as neither eviction nor invalidation), and answer for
+ * its id from now on as for no model (-ESRCH, -ENOENT). @return entries dropped, -ENOENT (no
+ * such model, or retired already). */
 int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id);
 
 const char *lbd_policy_name(enum lbd_policy p);

@@ -704,6 +704,12 @@ static void test_model_registered_differently_is_retired(void **state)
 	assert_int_equal(lbd_models_settle(&b.m, &other, why, sizeof(why)), a);
 	assert_string_equal(why, "model 'alpha' was restored from the snapshot with weights_hash 0xa1, not 0xa2");
 	assert_int_equal(lbd_store_drop_model(b.st, a), 12);
+	/* The retired id answers as no model's. */
+	assert_int_equal(bank_check(&b, a, 0, 0, A_SEQ, A_HIDDEN), -ESRCH);
+	assert_int_equal(bank_insert(&b, a, 50, 0, A_SEQ, A_HIDDEN), -ESRCH);
+	struct lbp_model_stats_reply ms;
+	assert_int_equal(lbd_store_model_stats(b.st, a, 0, &ms), -ENOENT);
+	assert_int_equal(lbd_store_drop_model(b.st, a), -ENOENT);
 	assert_int_equal(lbd_models_register(&b.m, &other, &id, &field, why, sizeof(why)), 1);
 	assert_true(id != a);
 	assert_int_equal(bank_stats(&b).entries, 2);
