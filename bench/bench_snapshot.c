@@ -49,8 +49,10 @@ static void scleanup(void)
 	lbb_stop(&sdaemon);
 	if (!sdir[0])
 		return;
+	/* Every file a run makes: no-such.snap is what the daemon started without a snapshot
+	 * writes when it stops. */
 	const char *names[] = { "daemon.log", "lb.sock", "bench.snap", "bench.snap.tmp", "plain",
-				"plain.tmp" };
+				"plain.tmp", "no-such.snap", "no-such.snap.tmp" };
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		snprintf(path, sizeof(path), "%s/%s", sdir, names[i]);
 		unlink(path);
