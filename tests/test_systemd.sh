@@ -42,9 +42,8 @@ guest_dir=/var/lib/layerbank-test # inside the tree: the guest's settings and it
 run=$(mktemp -d "${TMPDIR:-/tmp}/layerbank-test.XXXXXX") || exit 1
 export TMPDIR=$run
 machine=lbtest-$$
-nspawn_pid='' debootstrap_pid='' new_tree='' status=1 cg_dirs=() canaries=()
-run_nspawn_existed=$([ -e /run/systemd/nspawn ] && echo 1)
-run_systemd_existed=$([ -e /run/systemd ] && echo 1)
+nspawn_pid='' debootstrap_pid='' new_tree='' booted='' status=1 cg_dirs=() canaries=()
+run_nspawn_existed='' run_systemd_existed=''
 t0=$SECONDS
 
 say() { echo "test_systemd: $*"; }
@@ -104,12 +103,14 @@ cg_remove() {
 }
 
 # Processes whose root directory is the tree (the container's, whatever cgroup they are in).
+# (-ef: same device and inode, through the /proc/PID/root link; no process forked per PID.)
 tree_procs() {
-	local id p
-	id=$(stat -c %d:%i "$tree" 2>/dev/null) || return 0
+	local p
+	[ -d "$tree" ] || return 0
 	for p in /proc/[0-9]*; do
-		[ "$(stat -L -c %d:%i "$p/root" 2>/dev/null)" = "$id" ] && echo "${p#/proc/}"
+		[ "$p/root" -ef "$tree" ] && echo "${p#/proc/}"
 	done
+	return 0
 }
 
 # Lazily unmount whatever a killed debootstrap left mounted below DIR (deepest first).
@@ -175,15 +176,16 @@ stop_container() {
 # tree and the mount propagation folder, and the folders above them if it made those.
 clean_run_state() {
 	local id
+	[ -n "$booted" ] || return 0
 	id=$(stat -c %d:%i "$tree" 2>/dev/null)
 	[ -n "$id" ] && rm -f "/run/systemd/nspawn/locks/inode-$id"
 	[ -d "/run/systemd/nspawn/propagate/$machine" ] \
 		&& rm -rf --one-file-system "/run/systemd/nspawn/propagate/$machine"
 	rm -f "$cache/.#tree.lck"
-	if [ -z "$run_nspawn_existed" ]; then
+	if [ "$run_nspawn_existed" = no ]; then
 		rmdir /run/systemd/nspawn/locks /run/systemd/nspawn/propagate /run/systemd/nspawn 2>/dev/null
 	fi
-	[ -z "$run_systemd_existed" ] && rmdir /run/systemd 2>/dev/null
+	[ "$run_systemd_existed" = no ] && rmdir /run/systemd 2>/dev/null
 	return 0
 }
 
@@ -217,6 +219,9 @@ mkdir -p "$cache" || fail "cannot create $cache"
 # One run per tree at a time.
 exec 9>"$cache/lock"
 flock -w 60 9 || fail "another test_systemd holds $cache/lock"
+# Taken under the lock, so that a run that ends meanwhile is not mistaken for the host's.
+run_nspawn_existed=$([ -e /run/systemd/nspawn ] && echo yes || echo no)
+run_systemd_existed=$([ -e /run/systemd ] && echo yes || echo no)
 
 # ---- 1. the tree: debootstrap, cached under a key of the recipe and the packages --------------
 
@@ -393,6 +398,7 @@ done
 cg_setup
 say "booting $tree with systemd-nspawn (machine $machine)"
 t_boot=$SECONDS
+booted=1
 # --register=no --keep-unit: no machined or host systemd to ask (none runs here).
 # --private-network: no host network; --link-journal=no, --resolv-conf=off, --timezone=off:
 # nothing of the host's /var or /etc is linked, bound or copied in. After "--": the
@@ -417,8 +423,11 @@ t_boot=$((SECONDS - t_boot))
 done_ok=$(grep -qx DONE "$result" 2>/dev/null && echo 1)
 
 # ---- 5. power off, nothing left ----------------------------------------------------------------
-t_off=$SECONDS
+# The checks for leftovers must see the running container, or their silence proves nothing.
 running_before=$(kill -0 "$nspawn_pid" 2>/dev/null && echo 1)
+n_cg=$(cg_pids | wc -l) n_root=$(tree_procs | wc -l)
+say "running: $n_cg processes in the test's cgroups, $n_root with the tree as their root"
+t_off=$SECONDS
 stop_container
 t_off=$((SECONDS - t_off))
 left=$(cg_pids; tree_procs)
@@ -430,6 +439,8 @@ bad=
 [ -n "$done_ok" ] || { show "$run/boot.log" 60; bad="the guest did not finish within ${T_GUEST}s"; }
 [ -z "$bad" ] && ! grep -qx PASS "$result" && bad="the guest's checks failed"
 [ -z "$bad" ] && [ -z "$running_before" ] && bad="the container ended before it was powered off"
+[ -z "$bad" ] && { [ "$n_cg" -lt 2 ] || [ "$n_root" -lt 1 ]; } \
+	&& bad="the container's processes are not seen in its cgroups ($n_cg) or by their root ($n_root)"
 [ -z "$bad" ] && [ "$nspawn_rc" != 0 ] && { show "$run/boot.log" 20; bad="systemd-nspawn exited $nspawn_rc on power-off"; }
 [ -z "$bad" ] && [ -n "$left" ] && bad="processes of the container remain after power-off: $(echo $left)"
 [ -z "$bad" ] || fail "$bad"

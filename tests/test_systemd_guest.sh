@@ -4,6 +4,8 @@
 # the container's real systemd: sysusers and tmpfiles, start layerbankd.socket, connect,
 # systemctl status, the journal, stop. One line per check in $out; the last line is DONE,
 # after PASS or a FAIL line. It refuses to run anywhere but in that container.
+# No "producer | grep -q" below: grep -q exits at the first match, the producer may then die
+# of SIGPIPE, and pipefail would turn a match into a failure. Here-strings instead.
 set -uo pipefail
 dir=/var/lib/layerbank-test
 out=$dir/result
@@ -92,32 +94,33 @@ uid=$(awk '/^Uid:/ { print $2 }' "/proc/$pid/status" 2>/dev/null)
 ok "the daemon (pid $pid) runs as layerbank (uid $uid)"
 json=$(timeout $T setpriv --reuid=lbworker --regid=lbworker --init-groups -- "$CTL" stats --json 2>&1) \
 	|| fail "layerbank-ctl stats as lbworker (group layerbank) exited $?: $json"
-echo "$json" | grep -qE '"arena_bytes": ?67108864' && echo "$json" | grep -qE '"hugepages": ?false' \
+grep -qE '"arena_bytes": ?67108864' <<<"$json" && grep -qE '"hugepages": ?false' <<<"$json" \
 	|| fail "the daemon did not take the installed config (arena-size 64M, hugepages off): $json"
 ok "lbworker (group layerbank) connects; the daemon runs the unit's --config (64 MiB arena, no hugepages)"
 err=$(timeout $T setpriv --reuid=lbother --regid=lbother --init-groups -- "$CTL" stats 2>&1) \
 	&& fail "lbother (not in group layerbank) connected: $err"
-echo "$err" | grep -q 'Permission denied' || fail "lbother was refused, but not by the socket's mode: $err"
+grep -q 'Permission denied' <<<"$err" || fail "lbother was refused, but not by the socket's mode: $err"
 ok "lbother (not in group layerbank) is refused: $err"
 
 # ---- systemctl status: active, socket-activated, the daemon's STATUS= line ----
 status=$(timeout $T systemctl status --no-pager --lines=0 layerbankd.service 2>&1)
 echo "$status" >>"$out"
-echo "$status" | grep -q 'Active: active (running)' || fail "systemctl status does not say active (running)"
-echo "$status" | grep -q 'TriggeredBy: .*layerbankd.socket' || fail "systemctl status does not name the socket as trigger"
-echo "$status" | grep -qE 'Status: "clients [0-9]+, lookups [0-9]+, hit rate' || fail "systemctl status shows no STATUS= line"
-ok "systemctl status: active (running), triggered by layerbankd.socket, $(echo "$status" | grep -o 'Status: .*')"
+grep -q 'Active: active (running)' <<<"$status" || fail "systemctl status does not say active (running)"
+grep -q 'TriggeredBy: .*layerbankd.socket' <<<"$status" || fail "systemctl status does not name the socket as trigger"
+grep -qE 'Status: "clients [0-9]+, lookups [0-9]+, hit rate' <<<"$status" || fail "systemctl status shows no STATUS= line"
+ok "systemctl status: active (running), triggered by layerbankd.socket, $(grep -o 'Status: .*' <<<"$status")"
 
 # ---- the journal: the daemon's lines, with their priorities ----
 journal() { timeout $T journalctl -b --no-pager -o cat -u layerbankd.service "$@"; }
 ready="ready on $sock (from systemd)"
-has_ready() { journal -p info..info | grep -qF "$ready"; }
-has_hello() { journal | grep -q "'layerbank-ctl' (pid [0-9]* uid 0) said HELLO"; }
-has_stopped() { journal | grep -qx stopped; }
+has_ready() { grep -qF "$ready" <<<"$(journal -p info..info)"; }
+has_hello() { grep -q "'layerbank-ctl' (pid [0-9]* uid 0) said HELLO" <<<"$(journal)"; }
+has_stopped() { grep -qx stopped <<<"$(journal)"; }
 eventually has_ready || fail "the journal has no info-level line '$ready'"
 eventually has_hello || fail "the journal has no HELLO line from layerbank-ctl"
-journal | grep -q '^<[0-7]>' && fail "the journal shows raw <N> prefixes: $(journal | grep -m1 '^<[0-7]>')"
-ok "journal: '$(journal | grep -m1 -F "$ready")' at priority info, and the clients' HELLOs"
+lines=$(journal)
+grep -q '^<[0-7]>' <<<"$lines" && fail "the journal shows raw <N> prefixes: $(grep -m1 '^<[0-7]>' <<<"$lines")"
+ok "journal: '$(grep -m1 -F "$ready" <<<"$lines")' at priority info, and the clients' HELLOs"
 
 # ---- stop the service alone: the socket stays and starts it again ----
 run systemctl stop layerbankd.service || fail "systemctl stop layerbankd.service exited $?"
