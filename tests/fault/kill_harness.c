@@ -127,6 +127,8 @@ enum { PH_RUN, PH_QUIET, PH_EXIT };
 struct survivor_report {
 	_Atomic int ready, done;
 	uint64_t ops, lookups, hits, checked_bytes, rechecks, inserts, exists, nospc, errors;
+	uint64_t op_us[32]; /* ops by time taken: bucket b holds those of < 2^b microseconds */
+	uint64_t op_max_us;
 	char first_error[200];
 };
 
@@ -202,12 +204,20 @@ static int survivor_main(const char *sock, unsigned idx, uint64_t seed, struct s
 		return 1;
 	}
 	atomic_store(&r->ready, 1);
+	double t_op = lbf_now_us();
 	while (atomic_load(&sh->phase) == PH_RUN) {
 		uint64_t id = pick_key(&seed), what = rng_next(&seed) % 10;
 		uint32_t layer = (uint32_t)(rng_next(&seed) % LBF_LAYERS);
 		struct lb_key k;
 		struct lb_hit h;
 
+		/* One op: a lookup (with the insert after a miss, the release after a hit) or an
+		 * insert; timed from the end of the one before. */
+		double now = lbf_now_us();
+		uint64_t us = r->ops ? (uint64_t)(now - t_op) : 0;
+		t_op = now;
+		r->op_us[us ? 64 - __builtin_clzll(us) : 0]++;
+		r->op_max_us = us > r->op_max_us ? us : r->op_max_us;
 		r->ops++;
 		if (what >= 8) {
 			sv_insert(c, r, model, id, layer);
@@ -762,8 +772,12 @@ int main(int argc, char **argv)
 		print_series("time to reap by pidfd alone (its socket held by a live child)", &by_pidfd);
 
 	uint64_t ops = 0, hits = 0, bytes = 0, rechecks = 0, inserts = 0, exists = 0, nospc = 0, errors = 0;
+	uint64_t op_us[32] = { 0 }, op_max = 0;
 	for (unsigned i = 0; i < o.survivors; i++) {
 		const struct survivor_report *r = &sh->sv[i];
+		for (int b = 0; b < 32; b++)
+			op_us[b] += r->op_us[b];
+		op_max = r->op_max_us > op_max ? r->op_max_us : op_max;
 		ops += r->ops;
 		hits += r->hits;
 		bytes += r->checked_bytes;
@@ -781,6 +795,16 @@ int main(int argc, char **argv)
 	       PRIu64 " held views checked again at release, %" PRIu64 " inserts (%" PRIu64
 	       " already cached, %" PRIu64 " no room), %" PRIu64 " errors\n", ops, hits,
 	       (double)bytes / 1048576.0, rechecks, inserts, exists, nospc, errors);
+	uint64_t seen = 0, p50 = 0, p99 = 0;
+	for (int b = 0; b < 32; b++) {
+		seen += op_us[b];
+		if (!p50 && seen * 2 >= ops)
+			p50 = (uint64_t)1 << b;
+		if (!p99 && seen * 100 >= ops * 99)
+			p99 = (uint64_t)1 << b;
+	}
+	printf("survivors' ops: p50 under %" PRIu64 " us, p99 under %" PRIu64 " us, the slowest %.1f "
+	       "ms\n", p50, p99, (double)op_max / 1000);
 
 	/* ---- the daemon after the storm ---- */
 	struct lb_stats st;
