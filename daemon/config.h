@@ -3,6 +3,7 @@
 #ifndef LAYERBANK_DAEMON_CONFIG_H
 #define LAYERBANK_DAEMON_CONFIG_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -44,6 +45,7 @@ struct lbd_config {
 	double drift_max;             /* REPORT drift above this invalidates the entry */
 	double tau;                   /* default similarity threshold, -1..1 */
 	uint64_t budget;              /* bytes entries may use, 0: the whole arena */
+	char snapshot_path[PATH_MAX]; /* absolute; "" (the default, "none"): no snapshot */
 	bool check_only;              /* --check-config: validate, print, exit 0 (no file key) */
 };
 

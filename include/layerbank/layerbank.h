@@ -36,6 +36,21 @@ int lb_connect(const char *socket_path, const char *name, struct lb_client **out
 /* Close the connection (BYE), unmap the arenas, free c. NULL is a no-op. */
 void lb_close(struct lb_client *c);
 
+/*
+ * When the daemon goes away (killed, restarted), the client notices within about a
+ * millisecond of waiting (the control socket hangs up; waits look at it every 1 ms), fails the
+ * requests in flight with -ECONNRESET and from then on answers data-plane calls at once with
+ * -ENOTCONN — a worker treats both as a miss and computes. Hits already handed out stay
+ * readable until lb_release (which then returns 0): their arenas stay mapped in this process.
+ * Any later call tries to connect again, at most every 100 ms and for at most 10 ms a try;
+ * on success it registers the models registered so far again, and the model ids the
+ * application holds keep working (translated if the new daemon numbers them otherwise).
+ */
+/* true while connected to a daemon. */
+bool lb_connected(const struct lb_client *c);
+/* How many times c has connected again after losing the daemon. */
+uint32_t lb_reconnects(const struct lb_client *c);
+
 /* The daemon's last error reply to c, a one-line message ("" when none). Valid until the next
  * call on c. */
 const char *lb_last_error(const struct lb_client *c);
@@ -108,6 +123,23 @@ struct lb_layer_stats {
  */
 int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name, struct lb_layer_stats *out,
 		   uint32_t max);
+
+/* What a snapshot wrote. */
+struct lb_snapshot_info {
+	uint64_t entries; /* cached entries in the file */
+	uint64_t bytes;   /* the file's size */
+	uint64_t ms;      /* how long the write took, fsync and rename included */
+};
+
+/*
+ * Ask the daemon to write its snapshot file now (the one it was started with: --snapshot FILE),
+ * as it does when it stops; waits for the write, up to 600 s. An administrative call: only
+ * root and the daemon's own user may make it. out may be NULL.
+ * @return 0; -EPERM (the caller is neither root nor the daemon's user); -EOPNOTSUPP (the
+ *         daemon runs without --snapshot); the write's error (-ENOSPC, -EACCES, -EIO, ...,
+ *         with lb_last_error saying which file); -ETIMEDOUT; -EPIPE/-ECONNRESET; -EPROTO.
+ */
+int lb_snapshot(struct lb_client *c, struct lb_snapshot_info *out);
 
 /* Number of arenas mapped and the read-only base and size of arena i (NULL when out of range). */
 unsigned lb_arena_count(const struct lb_client *c);
