@@ -22,6 +22,8 @@ struct lb_client;
 
 /*
  * Connect to layerbankd, say HELLO, receive the arena fds and map every arena read-only.
+ * The connection belongs to the calling process: its exit ends the session and its leases,
+ * even while a child that inherited it across fork runs on; a child connects for itself.
  * socket_path: NULL means $LAYERBANK_SOCKET, else LB_DEFAULT_SOCKET.
  * name: a label for the daemon's log (NULL or up to LB_NAME_MAX bytes).
  * @return 0 and *out set; -ENOENT/-ECONNREFUSED (no daemon there), -EACCES (socket
