@@ -290,6 +290,11 @@ static void on_frame(struct lbd_conn *c, size_t len)
 	case LBP_ERROR:
 	case LBP_MODEL_STATS_REPLY:
 	case LBP_LOOKUP_REPLY:
+	case LBP_FLUSH_REPLY:
+	case LBP_CONFIG_REPLY:
+	case LBP_FLUSH:       /* served from the next commit on */
+	case LBP_CONFIG_GET:
+	case LBP_CONFIG_SET:
 		break;
 	case LBP_LOOKUP:
 		on_lookup(c, &m.u.lookup);

@@ -184,6 +184,40 @@ static const struct field lookup_reply_f[] = {
 	UINT(struct lbp_lookup_reply, entry_off, 0, UINT64_MAX),
 };
 
+static const struct field flush_f[] = {
+	UINT(struct lbp_flush, model_id, 0, UINT32_MAX),
+	INT(struct lbp_flush, layer, -1, LBP_MAX_LAYERS - 1),
+};
+
+static const struct field flush_reply_f[] = {
+	UINT(struct lbp_flush_reply, entries, 0, UINT64_MAX),
+	UINT(struct lbp_flush_reply, bytes, 0, UINT64_MAX),
+	UINT(struct lbp_flush_reply, leased, 0, UINT64_MAX),
+};
+
+static const struct field config_get_f[] = {
+	STR(struct lbp_config_get, key, 0),
+	UINT(struct lbp_config_get, first, 0, UINT32_MAX),
+};
+
+static const struct field config_item_f[] = {
+	STR(struct lbp_config_item, key, 1),
+	STR(struct lbp_config_item, value, 1),
+};
+static const struct table config_item_t = TABLE(config_item_f);
+
+static const struct field config_reply_f[] = {
+	UINT(struct lbp_config_reply, total, 0, UINT32_MAX),
+	UINT(struct lbp_config_reply, first, 0, UINT32_MAX),
+	{ "items", F_ARRAY, offsetof(struct lbp_config_reply, items), 0, 0, LBP_MAX_CONFIG_ITEMS,
+	  &config_item_t, sizeof(struct lbp_config_item), offsetof(struct lbp_config_reply, n) },
+};
+
+static const struct field config_set_f[] = {
+	STR(struct lbp_config_set, key, 1),
+	STR(struct lbp_config_set, value, 1),
+};
+
 static const struct field error_f[] = {
 	INT(struct lbp_error, code, 1, INT32_MAX),
 	STR(struct lbp_error, field, 0),
@@ -204,6 +238,11 @@ static const struct table bodies[LBP_TYPE_MAX + 1] = {
 	[LBP_MODEL_STATS_REPLY] = TABLE(mstats_reply_f),
 	[LBP_LOOKUP] = TABLE(lookup_f),
 	[LBP_LOOKUP_REPLY] = TABLE(lookup_reply_f),
+	[LBP_FLUSH] = TABLE(flush_f),
+	[LBP_FLUSH_REPLY] = TABLE(flush_reply_f),
+	[LBP_CONFIG_GET] = TABLE(config_get_f),
+	[LBP_CONFIG_REPLY] = TABLE(config_reply_f),
+	[LBP_CONFIG_SET] = TABLE(config_set_f),
 };
 
 /* read_body() keeps one slot per key on the stack. */
@@ -222,8 +261,15 @@ FITS(layer_f);
 FITS(mstats_reply_f);
 FITS(lookup_f);
 FITS(lookup_reply_f);
+FITS(flush_f);
+FITS(flush_reply_f);
+FITS(config_get_f);
+FITS(config_item_f);
+FITS(config_reply_f);
+FITS(config_set_f);
 _Static_assert(FSIZE(struct lbp_welcome, n_arenas) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(LBP_MAX_ARENAS <= 9, "arena paths \"arenas[N].\" assume one digit");
+_Static_assert(FSIZE(struct lbp_config_reply, n) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(sizeof(((struct lbp_error *)0)->field) == sizeof(((struct lbp_fault *)0)->field),
 	       "a fault's field travels in an ERROR");
 
@@ -980,6 +1026,11 @@ const char *lbp_type_name(enum lbp_type t)
 	case LBP_MODEL_STATS_REPLY: return "MODEL_STATS_REPLY";
 	case LBP_LOOKUP: return "LOOKUP";
 	case LBP_LOOKUP_REPLY: return "LOOKUP_REPLY";
+	case LBP_FLUSH: return "FLUSH";
+	case LBP_FLUSH_REPLY: return "FLUSH_REPLY";
+	case LBP_CONFIG_GET: return "CONFIG_GET";
+	case LBP_CONFIG_REPLY: return "CONFIG_REPLY";
+	case LBP_CONFIG_SET: return "CONFIG_SET";
 	}
 	return "UNKNOWN";
 }
