@@ -59,6 +59,7 @@ struct bank {
 	struct lbp_layer_stats *layer; /* [n_layers] */
 	double *tau;                   /* [n_layers]: the layer's own threshold, NAN: cfg.tau */
 	uint32_t max_d_default;        /* radius for the thresholds in effect: the loosest layer's */
+	uint32_t good_d_default;       /* and the tightest layer's: within it every layer's is met */
 };
 
 struct lbd_store {
@@ -480,16 +481,19 @@ static double layer_tau(const struct lbd_store *st, const struct bank *b, uint32
 	return isnan(b->tau[l]) ? st->cfg.tau : b->tau[l];
 }
 
-/* LOOKUP_DEEPEST's search radius without thresholds: that of the loosest layer. */
+/* LOOKUP_DEEPEST's radii without thresholds: the loosest layer's to search, the tightest
+ * layer's to stop early (good_d, lbd_fpindex_nearest). */
 static void bank_radius(const struct lbd_store *st, struct bank *b)
 {
-	uint32_t d = 0;
+	uint32_t max_d = 0, good_d = UINT32_MAX;
 
 	for (uint32_t l = 0; l < b->desc.n_layers; l++) {
-		uint32_t dl = lbp_fp_max_hamming(layer_tau(st, b, l));
-		d = dl > d ? dl : d;
+		uint32_t d = lbp_fp_max_hamming(layer_tau(st, b, l));
+		max_d = d > max_d ? d : max_d;
+		good_d = d < good_d ? d : good_d;
 	}
-	b->max_d_default = d;
+	b->max_d_default = max_d;
+	b->good_d_default = good_d;
 }
 
 static void count_miss(struct lbd_store *st, struct bank *b, const struct lb_req *r, int from)
@@ -506,7 +510,7 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl)
 {
 	uint64_t now = lb_now_ns();
-	uint32_t id = NONE, dist = 0, max_d = 0;
+	uint32_t id = NONE, dist = 0, max_d = 0, good_d = UINT32_MAX;
 	struct bank *b;
 
 	pthread_mutex_lock(&st->lock);
@@ -518,10 +522,18 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 		cpl->status = b ? -EINVAL : -ESRCH;
 		goto out;
 	}
-	/* The search radius comes from the loosest threshold that matters. */
+	/*
+	 * The search radius comes from the loosest threshold that matters. An entry within the
+	 * tightest one meets every threshold, so the index may stop at the first such entry
+	 * rather than prove it is the nearest (good_d).
+	 */
 	if (!q->n_thr) {
-		max_d = r->opcode == LB_OP_LOOKUP ? lbp_fp_max_hamming(layer_tau(st, b, r->layer))
-						  : b->max_d_default;
+		if (r->opcode == LB_OP_LOOKUP) {
+			max_d = good_d = lbp_fp_max_hamming(layer_tau(st, b, r->layer));
+		} else {
+			max_d = b->max_d_default;
+			good_d = b->good_d_default;
+		}
 	} else {
 		for (uint32_t l = 0; l < q->n_thr; l++) {
 			if (!isfinite(thr[l]) || thr[l] < -1.0f || thr[l] > 1.0f) {
@@ -532,12 +544,13 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 				continue;
 			uint32_t d = lbp_fp_max_hamming(thr[l]);
 			max_d = d > max_d ? d : max_d;
+			good_d = d < good_d ? d : good_d;
 		}
 	}
 	struct accept_ctx ac = { st, r->seq_len, r->opcode == LB_OP_LOOKUP ? (int)r->layer : -1 };
 	if (lbd_exactmap_find(b->exact, q->exact, &id) == 0 && accept_input(&ac, id))
 		dist = 0;
-	else if (lbd_fpindex_nearest(b->fps, q->fp, max_d, accept_input, &ac, &id, &dist) < 0)
+	else if (lbd_fpindex_nearest(b->fps, q->fp, max_d, good_d, accept_input, &ac, &id, &dist) < 0)
 		id = NONE;
 
 	int hit_layer = -1;
