@@ -1247,14 +1247,23 @@ static void test_top_in_tmux(void **state)
 	session_file("small", "exit", buf, sizeof(buf));
 	assert_string_equal(buf, "0\n");
 
-	/* The daemon going away ends top with status 1 and a line saying so, terminal restored. */
+	/* A daemon that goes away is waited for, and a new one on the socket is shown. */
 	top_session("gone", 100, 30);
 	wait_screen("gone", screen, sizeof(screen), "model topmodel", NULL);
 	lb_close(c);
 	stop_daemon();
+	wait_screen("gone", screen, sizeof(screen), "layerbankd went away", "waiting for it", NULL);
+	char path[512];
+	snprintf(path, sizeof(path), "%s/gone.exit", env.dir);
+	assert_int_equal(access(path, F_OK), -1); /* still running */
+	start_daemon();
+	wait_screen("gone", screen, sizeof(screen), "clients 1  models 0", NULL);
+	assert_null(strstr(screen, "went away"));
+	assert_int_equal(tmux(NULL, 0, "send-keys", "-t", "gone", "q", NULL), 0);
 	session_file("gone", "exit", buf, sizeof(buf));
-	assert_string_equal(buf, "1\n");
+	assert_string_equal(buf, "0\n");
 	assert_terminal_restored("gone");
+	stop_daemon();
 }
 
 static int top_teardown(void **state)

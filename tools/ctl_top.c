@@ -2,7 +2,8 @@
  * then per model and per layer the hit rate as a bar, lookups/s, entries, bytes and leases.
  * Plain termios and ANSI escapes (alternate screen, cursor moves, erase line); it fits
  * whatever TIOCGWINSZ says and drops the bars, then cuts lines, when the terminal is small.
- * The terminal is put back on q, SIGINT, SIGTERM, SIGHUP, ^Z and on any error. */
+ * The terminal is put back on q, SIGINT, SIGTERM, SIGHUP, ^Z and on any error. A daemon that
+ * goes away is waited for: liblayerbank reconnects, and the view goes on with the new one. */
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -213,6 +214,8 @@ static void fmt_uptime(char *out, size_t n, uint64_t s)
 		snprintf(out, n, "%" PRIu64 "s", s);
 }
 
+static double mono_s(void);
+
 /* ---- the view ---- */
 
 struct top {
@@ -223,6 +226,8 @@ struct top {
 	bool have_prev;
 	double t_cur; /* when cur was read (CLOCK_MONOTONIC seconds) */
 	double dt;    /* seconds between prev and cur */
+	bool away;        /* the daemon went away: the library is reconnecting */
+	double away_since;
 	struct frame f;
 };
 
@@ -274,6 +279,16 @@ static void stat_row(struct top *tp, const char *label, const struct lb_layer_st
 	row(&tp->f, "%-*s %s" RIGHT_FMT, LABEL_W, label, b, pct, now, rate, ent, mib, lea);
 }
 
+/* While the daemon is away: what happened, and that top waits for it. */
+static void draw_away(struct top *tp)
+{
+	struct frame *f = &tp->f;
+
+	row(f, "layerbankd %s  every %gs  q quits", ctl_socket_path(tp->sock), tp->interval);
+	row(f, "layerbankd went away %.0f s ago: waiting for it to come back",
+	    mono_s() - tp->away_since);
+}
+
 static void draw(struct top *tp)
 {
 	const struct lb_stats *st = &tp->cur.st;
@@ -289,6 +304,10 @@ static void draw(struct top *tp)
 	f->cols = tp->term.cols;
 	if (f->rows < 3 || f->cols < 20) {
 		row(f, "too small: %dx%d", f->cols, f->rows);
+		goto out;
+	}
+	if (tp->away) {
+		draw_away(tp);
 		goto out;
 	}
 	fmt_uptime(up, sizeof(up), st->uptime_s);
@@ -360,6 +379,12 @@ static double mono_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The library's answers while the daemon is away and it reconnects (liblayerbank(3)). */
+static bool daemon_away(int ret)
+{
+	return ret == -ECONNRESET || ret == -ENOTCONN || ret == -EPIPE || ret == -ETIMEDOUT;
+}
+
 /* Read the figures (the previous reading kept for rates) and draw them. @return 0, -errno. */
 static int refresh(struct top *tp, struct lb_client *c)
 {
@@ -371,8 +396,18 @@ static int refresh(struct top *tp, struct lb_client *c)
 	tp->cur = old;
 	tp->have_prev = tp->prev.models != NULL;
 	ret = ctl_view_read(c, &tp->cur);
-	if (ret < 0)
+	if (daemon_away(ret)) {
+		/* A new daemon's counters start again: no rates across the gap. */
+		ctl_view_free(&tp->cur);
+		ctl_view_free(&tp->prev);
+		if (!tp->away)
+			tp->away_since = t;
+		tp->away = true;
+	} else if (ret < 0) {
 		return ret;
+	} else {
+		tp->away = false;
+	}
 	tp->dt = t - tp->t_cur;
 	tp->t_cur = t;
 	draw(tp);
@@ -447,7 +482,7 @@ int ctl_cmd_top(const char *sock, int argc, char **argv)
 		if (got_winch) {
 			got_winch = 0;
 			term_size(&tp.term);
-			if (tp.cur.models) {
+			if (tp.cur.models || tp.away) {
 				draw(&tp);
 				if ((ret = write_all(tp.f.buf, tp.f.len)) < 0)
 					break;
