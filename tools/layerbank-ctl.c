@@ -65,6 +65,10 @@ int ctl_fail(struct lb_client *c, const char *cmd, int ret)
 {
 	const char *why = c ? lb_last_error(c) : "";
 
+	/* liblayerbank would reconnect on the next call; a one-shot command has none. */
+	if (ret == -ECONNRESET || ret == -ENOTCONN || ret == -EPIPE)
+		why = "layerbankd went away";
+
 	fprintf(stderr, "layerbank-ctl: %s: %s\n", cmd, *why ? why : strerror(-ret));
 	return CTL_FAIL;
 }
