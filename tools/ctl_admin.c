@@ -96,6 +96,8 @@ static int config_fail(struct lb_client *c, int ret)
 {
 	const char *why = lb_last_error(c);
 
+	if (!*why || ret == -ETIMEDOUT || ret == -ECONNRESET || ret == -ENOTCONN || ret == -EPIPE)
+		return ctl_fail(c, "config", ret);
 	if (strncmp(why, "key: ", 5) == 0 || strncmp(why, "value: ", 7) == 0)
 		why = strchr(why, ' ') + 1;
 	fprintf(stderr, "layerbank-ctl: config: %s\n", *why ? why : strerror(-ret));

@@ -70,6 +70,10 @@ int ctl_fail(struct lb_client *c, const char *cmd, int ret)
 	/* liblayerbank would reconnect on the next call; a one-shot command has none. */
 	if (ret == -ECONNRESET || ret == -ENOTCONN || ret == -EPIPE)
 		why = "layerbankd went away";
+	/* A FLUSH or a lower budget on a huge cache can outlast the library's wait for a reply;
+	 * the daemon still finishes it. */
+	if (ret == -ETIMEDOUT)
+		why = "no answer within 5 s; the daemon may still be at it (its log says when done)";
 
 	fprintf(stderr, "layerbank-ctl: %s: %s\n", cmd, *why ? why : strerror(-ret));
 	return CTL_FAIL;
