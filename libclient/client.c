@@ -657,7 +657,7 @@ LB_EXPORT int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name,
 		return -EINVAL;
 	/* The daemon answers in pages of at most LBP_MAX_STATS_LAYERS layers. */
 	do {
-		req.u.mstats.model_id = model_id;
+		req.u.mstats.model_id = lbi_model_id(c, model_id); /* the daemon's, after a reconnect */
 		req.u.mstats.first_layer = first;
 		ret = call(c, &req, &rep, NULL, 0, NULL);
 		if (ret < 0)
