@@ -515,9 +515,9 @@ int lbi_ready(struct lb_client *c)
 	c->remapped = false;
 	for (unsigned i = 0; ret == 0 && i < c->n_models; i++) {
 		now = lb_now_ns();
-		/* REGISTER_MODEL is answered at once, unlike HELLO: past the budget, give it
-		 * one more. */
-		set_timeouts(c->fd, now < deadline ? deadline - now : LBI_RECONNECT_BUDGET_NS);
+		/* REGISTER_MODEL is answered at once, unlike HELLO; a loaded machine still gets
+		 * LBI_REGISTER_WAIT_NS, or every attempt would fail there and start over. */
+		set_timeouts(c->fd, now < deadline ? deadline - now : LBI_REGISTER_WAIT_NS);
 		ret = register_once(c, &c->models[i].msg, &c->models[i].cur_id);
 		c->remapped |= c->models[i].cur_id != c->models[i].app_id;
 	}
