@@ -157,6 +157,61 @@ static void test_bad_requests(void **state)
 	lbd_local_free(l);
 }
 
+/* lbd_local_clear: entries, leases and counters gone, models kept under their ids, the rings
+ * still in step (requests after it are served as before). */
+static void test_clear_starts_over(void **state)
+{
+	(void)state;
+	uint32_t id;
+	struct lbd_local *l = bank(1u << 20, &id);
+	struct lb_fp_proj *proj = lb_fp_proj_new(HIDDEN, 4, 5, NULL);
+	struct lb_lem_cfg lc = { .model_id = id, .n_layers = LAYERS, .hidden = HIDDEN, .proj = proj };
+	struct lb_lem_result res;
+	unsigned calls;
+	run(l, &lc, 7, &res, &calls);
+	assert_int_equal(res.layers_inserted, LAYERS);
+
+	/* A hit whose lease is still held when the bank is cleared. */
+	int32_t tok[N];
+	float h[N * HIDDEN];
+	toy_input(7, tok, h);
+	struct lb_key key = { .seq_len = N };
+	struct lb_hit hit;
+	lb_token_hash(tok, N, key.exact);
+	assert_int_equal(lb_fingerprint(proj, h, N, key.fp), 0);
+	assert_int_equal(lb_lookup_deepest(lbd_local_client(l), id, &key, NULL, 0, &hit), 0);
+
+	struct lbp_stats_reply st;
+	struct lbp_model_stats_reply ms;
+	lbd_local_stats(l, &st);
+	assert_int_equal(st.leases, 1);
+	assert_int_equal(lbd_local_model_stats(l, id, 0, &ms), 0);
+	assert_int_equal(ms.n, LAYERS);
+	assert_int_equal(ms.layers[LAYERS - 1].leases, 1);
+	assert_int_equal(ms.layers[0].entries, 1);
+	assert_int_equal(lbd_local_model_stats(l, id + 1, 0, &ms), -ENOENT);
+
+	assert_int_equal(lbd_local_clear(l), 0);
+	lbd_local_stats(l, &st);
+	assert_int_equal(st.leases, 0);
+	assert_int_equal(st.entries, 0);
+	assert_int_equal(st.inserts, 0);
+	assert_int_equal(st.hits, 0);
+	assert_int_equal(st.bytes_used, 0);
+	assert_int_equal(lbd_local_model_stats(l, id, 0, &ms), 0);
+	assert_int_equal(ms.layers[0].entries, 0);
+	/* The lease ended with the clear; the model is still there, empty. */
+	assert_int_equal(lb_release(lbd_local_client(l), hit.lease), -EINVAL);
+	assert_int_equal(lb_lookup_deepest(lbd_local_client(l), id, &key, NULL, 0, &hit), -ENOENT);
+	run(l, &lc, 7, &res, &calls);
+	assert_int_equal(res.hit_layer, -1);
+	assert_int_equal(res.layers_inserted, LAYERS);
+	run(l, &lc, 7, &res, &calls);
+	assert_int_equal(res.hit_layer, LAYERS - 1);
+	lb_fp_proj_free(proj);
+	lbd_local_free(l);
+}
+
 static void test_bad_budget(void **state)
 {
 	(void)state;
@@ -173,6 +228,7 @@ int main(void)
 		cmocka_unit_test(test_lem_reuses_inserts),
 		cmocka_unit_test(test_budget_holds),
 		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_clear_starts_over),
 		cmocka_unit_test(test_bad_budget),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
