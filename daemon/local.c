@@ -21,7 +21,6 @@
 struct lbd_local {
 	struct lbd_arena arena;
 	bool have_arena;
-	struct lbd_store_cfg cfg; /* the store's, budget included: lbd_local_clear makes another */
 	struct lbd_store *store;
 	struct lbd_models models;
 	struct lbd_dpclient *dp;
@@ -62,9 +61,9 @@ struct lbd_local *lbd_local_new(uint64_t budget, const struct lbd_store_cfg *cfg
 	if (ret < 0)
 		goto fail;
 	l->have_arena = true;
-	l->cfg = *cfg;
-	l->cfg.budget = budget;
-	l->store = lbd_store_new(&l->arena, 1, &l->cfg);
+	struct lbd_store_cfg sc = *cfg;
+	sc.budget = budget;
+	l->store = lbd_store_new(&l->arena, 1, &sc);
 	if (!l->store) {
 		ret = -errno;
 		snprintf(err, errlen, "in-process bank: cannot set up the store: %s", strerror(errno));
@@ -157,24 +156,9 @@ int lbd_local_model_stats(struct lbd_local *l, uint32_t model_id, uint32_t first
 
 int lbd_local_clear(struct lbd_local *l)
 {
-	/* A new store over the same arena: its allocator starts empty, so the old entries' bytes
-	 * are simply free space (no lease can reach them once the old leases end). Built first,
-	 * so that running out of memory leaves the bank as it was. */
-	struct lbd_store *st = lbd_store_new(&l->arena, 1, &l->cfg);
-	if (!st)
-		return -ENOMEM;
-	for (uint32_t i = 0; i < l->models.count; i++) {
-		int ret = lbd_store_add_model(st, i + 1, &l->models.desc[i]);
-		if (ret < 0) {
-			lbd_store_free(st);
-			return ret;
-		}
-	}
 	lbd_store_release_all(l->store, &l->dp->leases);
 	lbd_leases_free(&l->dp->leases);
-	lbd_store_free(l->store);
-	l->store = st;
-	return 0;
+	return lbd_store_clear(l->store);
 }
 
 void lbd_local_free(struct lbd_local *l)

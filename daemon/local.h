@@ -38,11 +38,11 @@ int lbd_local_model_stats(struct lbd_local *l, uint32_t model_id, uint32_t first
 			  struct lbp_model_stats_reply *out);
 
 /*
- * Drop every entry and end every lease: the bank as lbd_local_new made it, counters at zero,
- * its models still registered under the same ids. The rings keep their positions and staging
- * its bytes. No request may be in flight (every completion taken). For a caller that runs
- * many independent sessions on one bank (the ring fuzzer), where a new bank each time would
- * cost a new arena and region. @return 0; -ENOMEM, with the bank unchanged.
+ * End every lease and drop every entry (lbd_store_clear): the bank answers as lbd_local_new's
+ * did, counters at zero, its models still registered under the same ids. The rings keep their
+ * positions and staging its bytes. For a caller that runs many independent sessions on one
+ * bank (the ring fuzzer), where a new bank each time would cost a new arena, region and store.
+ * @return 0; -EBUSY when an insert is being copied (never, from the bank's own thread).
  */
 int lbd_local_clear(struct lbd_local *l);
 
