@@ -464,7 +464,8 @@ static void emit(struct script *s, const void *p, size_t n)
 {
 	if (n > sizeof(s->b) - s->n)
 		die("script too long");
-	memcpy(s->b + s->n, p, n);
+	if (n)
+		memcpy(s->b + s->n, p, n);
 	s->n += n;
 }
 
