@@ -1,7 +1,8 @@
 /* libFuzzer target: the control-message decoder (proto/lbp.c lbp_decode) on arbitrary bytes.
- * A frame it rejects must come with a documented code and a printable fault; a frame it
- * accepts must survive a round trip: re-encoded, it decodes to the same message, the encoding
- * is stable and no longer than the input. */
+ * EPROTO comes exactly for the frames that announce another version; a frame it rejects comes
+ * with a documented code and a printable fault; a frame it accepts survives a round trip:
+ * re-encoded, it decodes to the same message, the encoding is stable and no longer than the
+ * input. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -38,6 +39,46 @@ static bool printable(const char *s, size_t cap)
 	return true;
 }
 
+/*
+ * PROTOCOL.md 2.4, written out again here: a frame that opens with a non-empty array header
+ * and a complete integer >= 0 (any encoding) carries that integer as its version. @return
+ * true with *v, else false.
+ */
+static bool leading_version(const uint8_t *p, size_t n, uint64_t *v)
+{
+	size_t at;
+	uint64_t count = 0;
+
+	if (n >= 1 && p[0] >= 0x91 && p[0] <= 0x9f)
+		at = 1;
+	else if (n >= 3 && p[0] == 0xdc && (count = (uint64_t)p[1] << 8 | p[2]))
+		at = 3;
+	else if (n >= 5 && p[0] == 0xdd &&
+		 (count = (uint64_t)p[1] << 24 | (uint64_t)p[2] << 16 | (uint64_t)p[3] << 8 | p[4]))
+		at = 5;
+	else
+		return false;
+	if (at >= n)
+		return false;
+	uint8_t b = p[at++];
+	if (b <= 0x7f) {
+		*v = b;
+		return true;
+	}
+	/* uint 8..64 (0xcc..0xcf), int 8..64 (0xd0..0xd3): 1, 2, 4 or 8 big-endian bytes */
+	if (b < 0xcc || b > 0xd3)
+		return false;
+	size_t len = (size_t)1 << (b & 3);
+	if (len > n - at)
+		return false;
+	if (b >= 0xd0 && (p[at] & 0x80))
+		return false; /* negative */
+	*v = 0;
+	for (size_t i = 0; i < len; i++)
+		*v = *v << 8 | p[at + i];
+	return true;
+}
+
 static void check_fault(int rc, size_t size, const struct lbp_fault *f)
 {
 	if (rc != -EPROTO && rc != -EBADMSG && rc != -EMSGSIZE && rc != -ENOMEM)
@@ -66,6 +107,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	memset(&b, 0x5a, sizeof(b));
 	memset(&fault, 0xa5, sizeof(fault));
 	rc = lbp_decode(data, size, &a, &fault);
+	uint64_t version;
+	bool other_version = size <= LBP_MAX_FRAME && leading_version(data, size, &version) &&
+			     version != LBP_VERSION;
+	if (other_version != (rc == -EPROTO))
+		broken("rc %d for a frame %s version 1 ('%s': %s)", rc,
+		       other_version ? "announcing a version other than" : "not announcing a version other than",
+		       fault.field, fault.reason);
 	if (rc < 0) {
 		check_fault(rc, size, &fault);
 		return 0;
