@@ -8,10 +8,14 @@
 /* One row of the index benchmark: an index of `entries` fingerprints. */
 struct lbb_index_row {
 	uint32_t entries;
-	double lookup_us;   /* mean cost of a near-duplicate lookup (a hit) */
+	double lookup_us;   /* mean cost of a near-duplicate lookup (a hit), as the daemon asks:
+			     * any entry within the radius will do (good_d = max_d) */
+	double exact_us;    /* the same hits, proven nearest (good_d 0) */
 	double miss_us;     /* mean cost of a lookup with nothing within the radius */
 	double brute_us;    /* mean cost of the brute-force popcount scan, same queries */
-	double recall;      /* hits the index found / hits the brute-force scan found */
+	double recall;      /* hits where the index's distance is the scan's best / hits the
+			     * scan found, for lookup_us's searches */
+	double exact_recall; /* the same for exact_us's */
 };
 
 /*
@@ -21,6 +25,11 @@ struct lbb_index_row {
  */
 int lbb_index_run(const uint32_t *sizes, unsigned n, uint32_t max_d, uint64_t seed,
 		  struct lbb_index_row *rows);
+
+/* Median µs of a round trip of one cache line between two spinning threads: the floor under
+ * any ring round trip on this machine (it moves with where the host places the vCPUs).
+ * @return -1 when the thread cannot be started. */
+double lbb_core_round_trip_us(void);
 
 /* SIGTERM *pid, wait up to 10 s (then SIGKILL), reap it and set *pid to -1; nothing for -1. */
 void lbb_stop(pid_t *pid);

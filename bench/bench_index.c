@@ -103,6 +103,7 @@ struct sized {
 	fp_t *hits;      /* [HIT_QUERIES] */
 	fp_t *misses;    /* [MISS_QUERIES] */
 	uint32_t *got;   /* [HIT_QUERIES] distances the index found, NONE for none */
+	uint32_t *got_exact; /* the same, exact searches */
 	struct lbd_fpindex *ix;
 };
 
@@ -113,6 +114,7 @@ static void sized_free(struct sized *z)
 	free(z->hits);
 	free(z->misses);
 	free(z->got);
+	free(z->got_exact);
 }
 
 static int sized_build(struct sized *z, uint32_t n, uint64_t seed)
@@ -126,8 +128,9 @@ static int sized_build(struct sized *z, uint32_t n, uint64_t seed)
 	z->hits = malloc(HIT_QUERIES * sizeof(*z->hits));
 	z->misses = malloc(MISS_QUERIES * sizeof(*z->misses));
 	z->got = malloc(HIT_QUERIES * sizeof(*z->got));
+	z->got_exact = malloc(HIT_QUERIES * sizeof(*z->got_exact));
 	z->ix = lbd_fpindex_new(n);
-	if (!z->fps || !z->hits || !z->misses || !z->got || !z->ix)
+	if (!z->fps || !z->hits || !z->misses || !z->got || !z->got_exact || !z->ix)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < n; i++) {
 		int rc;
@@ -145,30 +148,32 @@ static int sized_build(struct sized *z, uint32_t n, uint64_t seed)
 
 /* Mean µs per lookup of queries [0, nq); got: NULL, or [nq] distances found (NONE for none). */
 static double time_index(struct lbd_fpindex *ix, const fp_t *qs, uint32_t nq, uint32_t max_d,
-			 uint32_t *got)
+			 uint32_t good_d, uint32_t *got)
 {
 	double t0 = now_us();
 	for (uint32_t i = 0; i < nq; i++) {
 		uint32_t id, dist;
-		int rc = lbd_fpindex_nearest(ix, qs[i], max_d, NULL, NULL, &id, &dist);
+		int rc = lbd_fpindex_nearest(ix, qs[i], max_d, good_d, NULL, NULL, &id, &dist);
 		if (got)
 			got[i] = rc == 0 ? dist : NONE;
 	}
 	return (now_us() - t0) / nq;
 }
 
-/* Mean µs per brute-force scan of the first nbrute hit queries; the recall into row. */
+/* Mean µs per brute-force scan of the first nbrute hit queries; both recalls into row. */
 static double time_brute(const struct sized *z, uint32_t max_d, struct lbb_index_row *row)
 {
-	uint32_t found = 0, agreed = 0;
+	uint32_t found = 0, agreed = 0, agreed_exact = 0;
 	double t0 = now_us(), us;
 	for (uint32_t i = 0; i < z->nbrute; i++) {
 		uint32_t d = scan((const fp_t *)z->fps, z->n, z->hits[i], max_d);
 		found += d != NONE;
 		agreed += d != NONE && z->got[i] == d;
+		agreed_exact += d != NONE && z->got_exact[i] == d;
 	}
 	us = (now_us() - t0) / z->nbrute;
 	row->recall = found ? (double)agreed / found : 1.0;
+	row->exact_recall = found ? (double)agreed_exact / found : 1.0;
 	return us;
 }
 
@@ -199,10 +204,14 @@ int lbb_index_run(const uint32_t *sizes, unsigned n, uint32_t max_d, uint64_t se
 			struct lbb_index_row *row = &rows[i];
 			double us;
 			row->entries = z[i].n;
-			us = time_index(z[i].ix, (const fp_t *)z[i].hits, HIT_QUERIES, max_d,
+			us = time_index(z[i].ix, (const fp_t *)z[i].hits, HIT_QUERIES, max_d, max_d,
 					rep ? NULL : z[i].got);
 			row->lookup_us = min_of(rep, row->lookup_us, us);
-			us = time_index(z[i].ix, (const fp_t *)z[i].misses, MISS_QUERIES, max_d, NULL);
+			us = time_index(z[i].ix, (const fp_t *)z[i].hits, HIT_QUERIES, max_d, 0,
+					rep ? NULL : z[i].got_exact);
+			row->exact_us = min_of(rep, row->exact_us, us);
+			us = time_index(z[i].ix, (const fp_t *)z[i].misses, MISS_QUERIES, max_d, max_d,
+					NULL);
 			row->miss_us = min_of(rep, row->miss_us, us);
 			/* The same hit queries, fewer of them at large n. */
 			row->brute_us = min_of(rep, row->brute_us, time_brute(&z[i], max_d, row));

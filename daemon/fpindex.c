@@ -481,6 +481,7 @@ struct search {
 	const uint64_t *q;
 	uint32_t best;      /* distance of best_slot; max_d + 1 while there is none */
 	uint32_t best_slot; /* NONE until something within max_d is accepted */
+	uint32_t good;      /* a best within this ends the search (good_d) */
 	lbd_fpindex_accept_fn accept;
 	void *ctx;
 	uint32_t qk[M_MAX];
@@ -645,8 +646,9 @@ static inline __attribute__((always_inline)) void search_impl(struct lbd_fpindex
 	/* Round 0 alone first: m independent lookups, and often the whole search. */
 	plan(ix, s, &cur, 0, PLAN_MAX);
 	run_plan(ix, s);
-	while (cur.r <= ix->w && s->best > cur.r * ix->m + cur.t) {
-		uint32_t limit = PLAN_MAX;
+	while (s->best > s->good && cur.r <= ix->w && s->best > cur.r * ix->m + cur.t) {
+		/* With a good_d, one step's probes at a time, so a find ends the search soon. */
+		uint32_t limit = s->good && ix->binom[cur.r] < PLAN_MAX ? ix->binom[cur.r] : PLAN_MAX;
 		if (probes_left(ix, &cur, s->best) * per > ix->count) {
 			if (spent >= rent)
 				goto scan;
@@ -677,7 +679,8 @@ static void search_generic(struct lbd_fpindex *ix, struct search *s)
 }
 
 int lbd_fpindex_nearest(struct lbd_fpindex *ix, const uint64_t q[LBD_FP_WORDS], uint32_t max_d,
-			lbd_fpindex_accept_fn accept, void *ctx, uint32_t *id, uint32_t *dist)
+			uint32_t good_d, lbd_fpindex_accept_fn accept, void *ctx, uint32_t *id,
+			uint32_t *dist)
 {
 	struct search s;
 
@@ -686,6 +689,7 @@ int lbd_fpindex_nearest(struct lbd_fpindex *ix, const uint64_t q[LBD_FP_WORDS], 
 	s.q = q;
 	s.best = (max_d < 256 ? max_d : 256) + 1;
 	s.best_slot = NONE;
+	s.good = good_d;
 	s.accept = accept;
 	s.ctx = ctx;
 	s.n = s.head = s.tail = 0;

@@ -26,12 +26,18 @@ int lbd_fpindex_remove(struct lbd_fpindex *ix, const uint64_t fp[LBD_FP_WORDS], 
 typedef bool (*lbd_fpindex_accept_fn)(void *ctx, uint32_t id);
 
 /*
- * The accepted entry nearest to q with hamming distance <= max_d (ties: any). Exact: the
- * result equals a brute-force scan's best distance. accept may be NULL (accept all).
+ * The accepted entry nearest to q with hamming distance <= max_d (ties: any), except that a
+ * search which has found accepted entries within good_d bits may stop there and return the
+ * nearest of those it found (round 0: the entries that share a substring with q exactly).
+ * A caller for whom every entry within good_d is as good as the nearest (each threshold it
+ * applies is met) passes that radius and skips proving that nothing nearer exists, which is
+ * most of the cost of a near-duplicate hit in a large index. good_d 0: exact, the result
+ * equals a brute-force scan's best distance. accept may be NULL (accept all).
  * @return 0 with *id and *dist set; -ENOENT when nothing within max_d is accepted.
  */
 int lbd_fpindex_nearest(struct lbd_fpindex *ix, const uint64_t q[LBD_FP_WORDS], uint32_t max_d,
-			lbd_fpindex_accept_fn accept, void *ctx, uint32_t *id, uint32_t *dist);
+			uint32_t good_d, lbd_fpindex_accept_fn accept, void *ctx, uint32_t *id,
+			uint32_t *dist);
 
 uint32_t lbd_fpindex_count(const struct lbd_fpindex *ix);
 

@@ -481,7 +481,7 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl)
 {
 	uint64_t now = lb_now_ns();
-	uint32_t id = NONE, dist = 0, max_d = 0;
+	uint32_t id = NONE, dist = 0, max_d = 0, good_d = UINT32_MAX;
 	struct bank *b;
 
 	pthread_mutex_lock(&st->lock);
@@ -493,9 +493,13 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 		cpl->status = b ? -EINVAL : -ESRCH;
 		goto out;
 	}
-	/* The search radius comes from the loosest threshold that matters. */
+	/*
+	 * The search radius comes from the loosest threshold that matters. An entry within the
+	 * tightest one meets every threshold, so the index may stop at the first such entry
+	 * rather than prove it is the nearest (good_d).
+	 */
 	if (!q->n_thr) {
-		max_d = b->max_d_default;
+		max_d = good_d = b->max_d_default;
 	} else {
 		for (uint32_t l = 0; l < q->n_thr; l++) {
 			if (!isfinite(thr[l]) || thr[l] < -1.0f || thr[l] > 1.0f) {
@@ -506,12 +510,13 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 				continue;
 			uint32_t d = lbp_fp_max_hamming(thr[l]);
 			max_d = d > max_d ? d : max_d;
+			good_d = d < good_d ? d : good_d;
 		}
 	}
 	struct accept_ctx ac = { st, r->seq_len, r->opcode == LB_OP_LOOKUP ? (int)r->layer : -1 };
 	if (lbd_exactmap_find(b->exact, q->exact, &id) == 0 && accept_input(&ac, id))
 		dist = 0;
-	else if (lbd_fpindex_nearest(b->fps, q->fp, max_d, accept_input, &ac, &id, &dist) < 0)
+	else if (lbd_fpindex_nearest(b->fps, q->fp, max_d, good_d, accept_input, &ac, &id, &dist) < 0)
 		id = NONE;
 
 	int hit_layer = -1;

@@ -4,15 +4,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "client_internal.h"
 
-#define LB_REPLY_TIMEOUT_S 5
+#define LB_REPLY_TIMEOUT_NS 5000000000ull /* a control reply */
 
 static void close_fds(const int *fds, unsigned n)
 {
@@ -22,19 +24,29 @@ static void close_fds(const int *fds, unsigned n)
 
 /* Send req; receive one reply into rep, with up to max_fds fds into fds (*n_fds received).
  * An ERROR reply is turned into -code with the message kept in last_error. */
+static int call_once(struct lb_client *c, const struct lbp_msg *req, struct lbp_msg *rep, int *fds,
+		     unsigned max_fds, unsigned *n_fds);
+
+/* A control call on a connected client; the daemon's hang-up makes it lost (see lbi_lost). */
 static int call(struct lb_client *c, const struct lbp_msg *req, struct lbp_msg *rep, int *fds,
 		unsigned max_fds, unsigned *n_fds)
 {
-	union {
-		char buf[CMSG_SPACE(sizeof(int) * (LBP_MAX_ARENAS + 1))];
-		struct cmsghdr align;
-	} cmsg;
-	struct iovec iov = { c->buf, sizeof(c->buf) };
-	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
-	struct lbp_fault fault;
-	unsigned got = 0;
+	int ret;
+	if (c->lost) {
+		ret = lbi_ready(c);
+		if (ret < 0)
+			return ret;
+	}
+	ret = call_once(c, req, rep, fds, max_fds, n_fds);
+	if (ret == -ECONNRESET || ret == -EPIPE)
+		return lbi_lost(c);
+	return ret;
+}
+
+static int send_msg(struct lb_client *c, const struct lbp_msg *req)
+{
 	ssize_t n;
-	int len, ret;
+	int len;
 
 	c->last_error[0] = '\0';
 	len = lbp_encode(req, c->buf, sizeof(c->buf));
@@ -45,6 +57,24 @@ static int call(struct lb_client *c, const struct lbp_msg *req, struct lbp_msg *
 	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return errno == EAGAIN ? -ETIMEDOUT : -errno;
+	return 0;
+}
+
+/* Receive one reply into rep, with up to max_fds fds into fds (*n_fds received). An ERROR
+ * reply is turned into -code with the message kept in last_error. */
+static int recv_reply(struct lb_client *c, struct lbp_msg *rep, int *fds, unsigned max_fds,
+		      unsigned *n_fds)
+{
+	union {
+		char buf[CMSG_SPACE(sizeof(int) * (LBP_MAX_ARENAS + 1))];
+		struct cmsghdr align;
+	} cmsg;
+	struct iovec iov = { c->buf, sizeof(c->buf) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct lbp_fault fault;
+	unsigned got = 0;
+	ssize_t n;
+	int ret;
 
 	msg.msg_control = cmsg.buf;
 	msg.msg_controllen = sizeof(cmsg.buf);
@@ -91,6 +121,13 @@ static int call(struct lb_client *c, const struct lbp_msg *req, struct lbp_msg *
 	else
 		close_fds(fds, got);
 	return 0;
+}
+
+static int call_once(struct lb_client *c, const struct lbp_msg *req, struct lbp_msg *rep, int *fds,
+		     unsigned max_fds, unsigned *n_fds)
+{
+	int ret = send_msg(c, req);
+	return ret < 0 ? ret : recv_reply(c, rep, fds, max_fds, n_fds);
 }
 
 static int map_arenas(struct lb_client *c, const struct lbp_welcome *w, const int *fds, unsigned n)
@@ -153,8 +190,81 @@ static struct lb_client *client_new(void)
 	c->fd = -1;
 	c->region_fd = -1;
 	c->reserved_off = UINT64_MAX;
+	c->reserve_orphan = -1;
 	c->spin_ns = 50000;
 	return c;
+}
+
+static void unmap_arenas(struct lb_arena_map *a, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		if (a[i].base)
+			munmap((void *)(uintptr_t)a[i].base, a[i].bytes);
+		close(a[i].fd);
+	}
+}
+
+/* Close the socket and unmap what this connection mapped (not the orphans). */
+static void drop_conn(struct lb_client *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	unmap_arenas(c->arenas, c->n_arenas);
+	c->n_arenas = 0;
+	lbi_region_unmap(c);
+}
+
+static void set_timeouts(int fd, uint64_t ns)
+{
+	struct timeval tv = { (time_t)(ns / 1000000000ull), (suseconds_t)(ns % 1000000000ull / 1000) };
+	if (!tv.tv_sec && !tv.tv_usec)
+		tv.tv_usec = 1; /* 0 would mean no limit */
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
+/* Socket and HELLO, every wait bounded by timeout_ns. On failure the caller calls drop_conn.
+ * @return 0 or as lb_connect. */
+static int start_conn(struct lb_client *c, uint64_t timeout_ns)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct lbp_msg req = { .type = LBP_HELLO };
+
+	c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (c->fd < 0)
+		return -errno;
+	/* Bounded waits: a wedged daemon must not hang the worker. */
+	set_timeouts(c->fd, timeout_ns);
+	memcpy(sa.sun_path, c->socket_path, strlen(c->socket_path) + 1);
+	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		return errno == EINPROGRESS || errno == EAGAIN ? -ETIMEDOUT : -errno;
+	req.u.hello.shm_abi = LB_SHM_ABI_VERSION;
+	memcpy(req.u.hello.name, c->name, strlen(c->name) + 1);
+	return send_msg(c, &req);
+}
+
+/* WELCOME and the mappings, after start_conn. On failure the caller calls drop_conn.
+ * @return 0 or as lb_connect. */
+static int finish_conn(struct lb_client *c)
+{
+	struct lbp_msg rep;
+	int fds[LBP_MAX_ARENAS + 1];
+	unsigned n_fds = 0;
+	int ret = recv_reply(c, &rep, fds, LBP_MAX_ARENAS + 1, &n_fds);
+
+	if (ret < 0)
+		return ret;
+	if (rep.type != LBP_WELCOME) {
+		close_fds(fds, n_fds);
+		return -EPROTO;
+	}
+	ret = map_arenas(c, &rep.u.welcome, fds, n_fds);
+	if (ret < 0)
+		return ret;
+	c->client_id = rep.u.welcome.client_id;
+	memcpy(c->boot_id, rep.u.welcome.boot_id, sizeof(c->boot_id));
+	return 0;
 }
 
 int lbi_client_local(const struct lbp_welcome *w, const int *fds, unsigned n, void (*pump)(void *),
@@ -181,11 +291,7 @@ int lbi_client_local(const struct lbp_welcome *w, const int *fds, unsigned n, vo
 
 LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_client **out)
 {
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	struct timeval tv = { LB_REPLY_TIMEOUT_S, 0 };
-	struct lbp_msg req = { .type = LBP_HELLO }, rep;
-	int fds[LBP_MAX_ARENAS + 1];
-	unsigned n_fds = 0;
+	struct sockaddr_un sa;
 	struct lb_client *c;
 	int ret;
 
@@ -194,46 +300,35 @@ LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_cl
 		socket_path = getenv(LB_SOCKET_ENV);
 	if (!socket_path || !*socket_path)
 		socket_path = LB_DEFAULT_SOCKET;
+	_Static_assert(sizeof(((struct lb_client *)0)->socket_path) == sizeof(sa.sun_path),
+		       "the client keeps a path that fits sun_path");
 	if (strlen(socket_path) >= sizeof(sa.sun_path) || (name && strlen(name) > LB_NAME_MAX))
 		return -ENAMETOOLONG;
 	c = client_new();
 	if (!c)
 		return -ENOMEM;
-	c->fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (c->fd < 0) {
-		ret = -errno;
-		free(c);
+	memcpy(c->socket_path, socket_path, strlen(socket_path) + 1);
+	if (name)
+		memcpy(c->name, name, strlen(name) + 1);
+	ret = start_conn(c, LB_REPLY_TIMEOUT_NS);
+	if (ret == 0)
+		ret = finish_conn(c);
+	if (ret < 0) {
+		lb_close(c);
 		return ret;
 	}
-	/* Bounded waits: a wedged daemon must not hang the worker. */
-	setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	memcpy(sa.sun_path, socket_path, strlen(socket_path) + 1);
-	if (connect(c->fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		ret = -errno;
-		goto fail;
-	}
-	req.u.hello.shm_abi = LB_SHM_ABI_VERSION;
-	if (name)
-		memcpy(req.u.hello.name, name, strlen(name) + 1);
-	ret = call(c, &req, &rep, fds, LBP_MAX_ARENAS + 1, &n_fds);
-	if (ret < 0)
-		goto fail;
-	if (rep.type != LBP_WELCOME) {
-		close_fds(fds, n_fds);
-		ret = -EPROTO;
-		goto fail;
-	}
-	ret = map_arenas(c, &rep.u.welcome, fds, n_fds);
-	if (ret < 0)
-		goto fail;
-	c->client_id = rep.u.welcome.client_id;
-	memcpy(c->boot_id, rep.u.welcome.boot_id, sizeof(c->boot_id));
 	*out = c;
 	return 0;
-fail:
-	lb_close(c);
-	return ret;
+}
+
+static void orphan_free(struct lbi_orphan *o)
+{
+	unmap_arenas(o->arenas, o->n_arenas);
+	if (o->region)
+		munmap(o->region, o->region_bytes);
+	if (o->region_fd >= 0)
+		close(o->region_fd);
+	lbi_leases_free(&o->leases);
 }
 
 LB_EXPORT void lb_close(struct lb_client *c)
@@ -245,15 +340,198 @@ LB_EXPORT void lb_close(struct lb_client *c)
 		int len = lbp_encode(&bye, c->buf, sizeof(c->buf));
 		if (len > 0)
 			(void)!send(c->fd, c->buf, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
-		close(c->fd);
 	}
-	for (unsigned i = 0; i < c->n_arenas; i++) {
-		if (c->arenas[i].base)
-			munmap((void *)(uintptr_t)c->arenas[i].base, c->arenas[i].bytes);
-		close(c->arenas[i].fd);
-	}
-	lbi_region_unmap(c);
+	drop_conn(c);
+	for (unsigned i = 0; i < c->n_orphans; i++)
+		orphan_free(&c->orphans[i]);
+	free(c->orphans);
+	free(c->models);
+	lbi_leases_free(&c->leases);
 	free(c);
+}
+
+/* ---- losing the daemon and coming back ---- */
+
+bool lbi_hung_up(const struct lb_client *c)
+{
+	struct pollfd p = { c->fd, POLLRDHUP, 0 };
+	if (c->fd < 0)
+		return c->lost;
+	return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLRDHUP | POLLERR));
+}
+
+int lbi_lost(struct lb_client *c)
+{
+	bool reserved = c->reserved_off != UINT64_MAX && c->reserve_orphan < 0;
+
+	if (c->pump || c->lost)
+		return -ECONNRESET;
+	/* Hits point into the arenas and a reservation into the region: those stay mapped until
+	 * the application lets go of them. */
+	if (c->region || c->leases.n || c->untracked) {
+		struct lbi_orphan *o = realloc(c->orphans, (c->n_orphans + 1) * sizeof(*o));
+		if (o) {
+			c->orphans = o;
+			o += c->n_orphans;
+			o->n_arenas = c->n_arenas;
+			memcpy(o->arenas, c->arenas, sizeof(o->arenas));
+			o->region_fd = c->region_fd;
+			o->region = c->region;
+			o->region_bytes = c->region_bytes;
+			o->leases = c->leases;
+			o->reserved = reserved;
+			o->pinned = c->untracked;
+			o->staging = true;
+			if (reserved)
+				c->reserve_orphan = (int)c->n_orphans;
+			c->n_orphans++;
+		}
+		/* Without memory for the record the mappings are left in place for good: a
+		 * leak, where unmapping would crash the application. */
+		c->n_arenas = 0;
+		c->region = NULL;
+		c->region_fd = -1;
+		c->leases = (struct lbi_leases){ NULL, 0, 0 };
+		c->untracked = false;
+	}
+	drop_conn(c);
+	c->lost = true;
+	c->inflight = 0;
+	c->stage_used = 0;
+	c->retry_ns = lb_now_ns() + LBI_RETRY_NS;
+	snprintf(c->last_error, sizeof(c->last_error), "layerbankd went away; reconnecting");
+	return -ECONNRESET;
+}
+
+static void orphan_drop_if_unused(struct lb_client *c, unsigned i)
+{
+	struct lbi_orphan *o = &c->orphans[i];
+	if (o->leases.n || o->reserved || o->pinned || o->staging)
+		return;
+	orphan_free(o);
+	c->orphans[i] = c->orphans[--c->n_orphans];
+	if (c->reserve_orphan == (int)c->n_orphans)
+		c->reserve_orphan = (int)i;
+}
+
+bool lbi_orphan_release(struct lb_client *c, uint64_t lease)
+{
+	for (unsigned i = 0; i < c->n_orphans; i++) {
+		if (lbi_leases_take(&c->orphans[i].leases, lease)) {
+			orphan_drop_if_unused(c, i);
+			return true;
+		}
+	}
+	return false;
+}
+
+void lbi_orphan_unreserve(struct lb_client *c)
+{
+	int i = c->reserve_orphan;
+	c->reserve_orphan = -1;
+	if (i >= 0) {
+		c->orphans[i].reserved = false;
+		orphan_drop_if_unused(c, (unsigned)i);
+	}
+}
+
+uint32_t lbi_model_id(const struct lb_client *c, uint32_t app_id)
+{
+	if (c->remapped)
+		for (unsigned i = 0; i < c->n_models; i++)
+			if (c->models[i].app_id == app_id)
+				return c->models[i].cur_id;
+	return app_id;
+}
+
+/* REGISTER_MODEL on the open connection. @return 0 with *id, or -errno. */
+static int register_once(struct lb_client *c, const struct lbp_register_model *r, uint32_t *id)
+{
+	struct lbp_msg req = { .type = LBP_REGISTER_MODEL }, rep;
+	int ret;
+
+	req.u.reg = *r;
+	ret = call_once(c, &req, &rep, NULL, 0, NULL);
+	if (ret < 0)
+		return ret;
+	if (rep.type != LBP_MODEL)
+		return -EPROTO;
+	*id = rep.u.model.model_id;
+	return 0;
+}
+
+/* Wait up to ns for the socket to be readable (or hung up). */
+static bool readable(int fd, uint64_t ns)
+{
+	struct pollfd p = { fd, POLLIN, 0 };
+	return poll(&p, 1, (int)((ns + 999999) / 1000000)) > 0;
+}
+
+
+/*
+ * One step of coming back that never waits for the daemon (a worker must not stall on a
+ * daemon that is still starting): connect and say HELLO; the WELCOME is looked for at this
+ * and the next calls, without a new HELLO (each would cost the daemon a new region); then the
+ * models are registered again, each answer awaited at most LBI_RECONNECT_BUDGET_NS.
+ */
+int lbi_ready(struct lb_client *c)
+{
+	uint64_t now, deadline;
+	int ret = 0;
+
+	/* A new call: the bytes of the last insert before the loss are no longer read. */
+	for (unsigned i = c->n_orphans; i-- > 0;) {
+		if (c->orphans[i].staging) {
+			c->orphans[i].staging = false;
+			orphan_drop_if_unused(c, i);
+		}
+	}
+	if (!c->lost)
+		return c->region ? 0 : -ENOTCONN;
+	now = lb_now_ns();
+	deadline = now + LBI_RECONNECT_BUDGET_NS;
+	if (c->fd < 0) {
+		if (now < c->retry_ns)
+			return -ENOTCONN;
+		c->retry_ns = now + LBI_RETRY_NS;
+		c->hello_ns = now;
+		ret = start_conn(c, LBI_RECONNECT_BUDGET_NS);
+	}
+	if (ret == 0 && !readable(c->fd, 0)) {
+		if (lb_now_ns() - c->hello_ns < LB_REPLY_TIMEOUT_NS)
+			return -ENOTCONN; /* still coming */
+		ret = -ETIMEDOUT;
+	}
+	if (ret == 0)
+		ret = finish_conn(c);
+	c->remapped = false;
+	for (unsigned i = 0; ret == 0 && i < c->n_models; i++) {
+		now = lb_now_ns();
+		/* REGISTER_MODEL is answered at once, unlike HELLO: past the budget, give it
+		 * one more. */
+		set_timeouts(c->fd, now < deadline ? deadline - now : LBI_RECONNECT_BUDGET_NS);
+		ret = register_once(c, &c->models[i].msg, &c->models[i].cur_id);
+		c->remapped |= c->models[i].cur_id != c->models[i].app_id;
+	}
+	if (ret < 0) {
+		drop_conn(c);
+		return -ENOTCONN;
+	}
+	set_timeouts(c->fd, LB_REPLY_TIMEOUT_NS);
+	c->lost = false;
+	c->reconnects++;
+	c->last_error[0] = '\0';
+	return 0;
+}
+
+LB_EXPORT uint32_t lb_reconnects(const struct lb_client *c)
+{
+	return c->reconnects;
+}
+
+LB_EXPORT bool lb_connected(const struct lb_client *c)
+{
+	return c->region != NULL;
 }
 
 LB_EXPORT const char *lb_last_error(const struct lb_client *c)
@@ -294,7 +572,31 @@ LB_EXPORT int lb_register_model(struct lb_client *c, const struct lb_model_desc 
 		return ret;
 	if (rep.type != LBP_MODEL)
 		return -EPROTO;
-	*model_id = rep.u.model.model_id;
+	/* Kept to be registered again after a reconnect; the daemon gives one model one id. */
+	uint32_t id = rep.u.model.model_id;
+	for (unsigned i = 0; i < c->n_models; i++) {
+		if (c->models[i].cur_id == id) {
+			*model_id = c->models[i].app_id;
+			return 0;
+		}
+	}
+	struct lbi_model *m = realloc(c->models, (c->n_models + 1) * sizeof(*m));
+	if (!m)
+		return -ENOMEM;
+	c->models = m;
+	/* After a reconnect the daemon may give a new model an id the application already knows
+	 * for another one: the application then gets an unused one, translated on each request. */
+	uint32_t app = id, top = 0;
+	for (unsigned i = 0; i < c->n_models; i++) {
+		top = m[i].app_id > top ? m[i].app_id : top;
+		if (m[i].app_id == id)
+			app = 0;
+	}
+	if (!app)
+		app = top + 1;
+	c->remapped |= app != id;
+	m[c->n_models++] = (struct lbi_model){ *r, app, id };
+	*model_id = app;
 	return 0;
 }
 

@@ -2,6 +2,7 @@
 #ifndef LAYERBANK_LIBCLIENT_INTERNAL_H
 #define LAYERBANK_LIBCLIENT_INTERNAL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "layerbank/layerbank.h"
@@ -14,6 +15,43 @@ struct lb_arena_map {
 	int fd;
 	const void *base; /* PROT_READ, MAP_SHARED: the daemon seals the memfd against writes */
 	size_t bytes;
+};
+
+/* Leases the application holds, so that a lost daemon's can be told from a new one's (the
+ * daemon gives a client at most 4096 at a time, so the set stays small). */
+struct lbi_leases {
+	uint64_t *slot; /* open addressing, 0 = empty (no lease is 0) */
+	uint32_t cap, n;
+};
+
+/* Add lease (not 0). @return 0, -ENOMEM. */
+int lbi_leases_add(struct lbi_leases *s, uint64_t lease);
+/* @return true when lease was in s (and is no more). */
+bool lbi_leases_take(struct lbi_leases *s, uint64_t lease);
+void lbi_leases_free(struct lbi_leases *s);
+
+/*
+ * What a lost connection leaves behind while the application still holds pointers into it:
+ * the arena mappings (hits), the region (a reserved insert), and the leases that keep them.
+ * Freed when the last of those is let go, or by lb_close.
+ */
+struct lbi_orphan {
+	unsigned n_arenas;
+	struct lb_arena_map arenas[LBP_MAX_ARENAS];
+	int region_fd;
+	uint8_t *region;
+	uint64_t region_bytes;
+	struct lbi_leases leases;
+	bool reserved; /* an lb_insert_reserve into its staging is not committed yet */
+	bool staging;  /* the last insert's bytes may still be read, until the next call on c */
+	bool pinned;   /* it may have leases the set missed (no memory): kept until lb_close */
+};
+
+/* A model as the application registered it, to register again after a reconnect. */
+struct lbi_model {
+	struct lbp_register_model msg;
+	uint32_t app_id; /* the id lb_register_model returned: what the application passes */
+	uint32_t cur_id; /* the connected daemon's id for it */
 };
 
 /* Owned by one thread at a time (see layerbank.h). */
@@ -40,9 +78,47 @@ struct lb_client {
 	 * ring on this thread. NULL for a daemon's client. */
 	void (*pump)(void *ctx);
 	void *pump_ctx;
+	/* Reconnection (lb_connect's clients): where and as whom, what to register again. */
+	char socket_path[108];
+	char name[LB_NAME_MAX + 1];
+	bool lost;              /* the daemon went away; region and arenas are gone or orphaned */
+	uint64_t retry_ns;      /* next reconnection attempt */
+	uint64_t hello_ns;      /* when the pending HELLO of a reconnection was sent */
+	uint64_t hup_check_ns;  /* last look at the socket for a hang-up while waiting */
+	uint32_t reconnects;
+	struct lbi_leases leases;
+	bool untracked;         /* a hit's lease could not be added to leases (no memory) */
+	struct lbi_orphan *orphans;
+	unsigned n_orphans;
+	int reserve_orphan;     /* the reservation is in orphans[i]; -1: in the live region */
+	struct lbi_model *models;
+	unsigned n_models;
+	bool remapped;          /* some model's cur_id differs from its app_id */
 	char last_error[LBP_MAX_ERRMSG + 64];
 	uint8_t buf[LBP_MAX_FRAME + 1];
 };
+
+#define LBI_RETRY_NS 100000000ull          /* between reconnection attempts: 100 ms */
+#define LBI_RECONNECT_BUDGET_NS 10000000ull /* one attempt, HELLO to the last model: 10 ms */
+#define LBI_HUP_SLICE_NS 1000000ull         /* a wait looks at the socket this often: 1 ms */
+
+/*
+ * Make c usable for a data-plane call: 0 when connected; when the daemon was lost, try to
+ * connect again (at most every LBI_RETRY_NS, within LBI_RECONNECT_BUDGET_NS) and register the
+ * application's models again. @return 0, -ENOTCONN (not now: the caller answers a miss).
+ */
+int lbi_ready(struct lb_client *c);
+/* The daemon is gone: keep what the application still points into, drop the rest, and start
+ * trying to reconnect. @return -ECONNRESET. */
+int lbi_lost(struct lb_client *c);
+/* Has the daemon hung up the control socket? Cheap (one poll(2) with no wait). */
+bool lbi_hung_up(const struct lb_client *c);
+/* The daemon's id for the application's model_id. */
+uint32_t lbi_model_id(const struct lb_client *c, uint32_t app_id);
+/* A lease of a lost connection let go by the application. @return true when it was one. */
+bool lbi_orphan_release(struct lb_client *c, uint64_t lease);
+/* The reservation into a lost connection's staging is over. */
+void lbi_orphan_unreserve(struct lb_client *c);
 
 /* Map and check the region passed in WELCOME. @return 0, or -errno with last_error set. */
 int lbi_region_map(struct lb_client *c, int fd, const struct lbp_region_desc *d);

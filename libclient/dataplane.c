@@ -74,8 +74,6 @@ static uint64_t stage(struct lb_client *c, uint64_t bytes)
 
 static int push(struct lb_client *c, const struct lb_req *r)
 {
-	if (!c->region)
-		return -ENOTCONN;
 	if (!lb_ring_sp_push(&c->req, r))
 		return -EAGAIN;
 	c->inflight++;
@@ -95,6 +93,8 @@ static int submit_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint
 
 	if (!key || (n_tau && !tau) || n_tau > LBP_MAX_LAYERS || layer > UINT16_MAX)
 		return -EINVAL;
+	if (lbi_ready(c) < 0)
+		return -ENOTCONN;
 	off = stage(c, len);
 	if (off == UINT64_MAX)
 		return -EAGAIN;
@@ -108,7 +108,7 @@ static int submit_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint
 	memset(&r, 0, sizeof(r));
 	r.opcode = op;
 	r.layer = (uint16_t)layer;
-	r.model_id = model_id;
+	r.model_id = lbi_model_id(c, model_id);
 	r.user_data = user_data;
 	r.seq_len = key->seq_len;
 	r.payload_off = (uint32_t)off;
@@ -133,6 +133,13 @@ static int submit_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint
 			   uint64_t user_data)
 {
 	struct lb_req r;
+	/* A lease from a daemon that is gone ends here: its mapping may go, nothing is sent. */
+	if (op == LB_OP_RELEASE && lbi_orphan_release(c, lease))
+		return -ECONNRESET;
+	if (lbi_ready(c) < 0)
+		return -ENOTCONN;
+	if (op == LB_OP_RELEASE)
+		lbi_leases_take(&c->leases, lease);
 	memset(&r, 0, sizeof(r));
 	r.opcode = op;
 	r.lease = lease;
@@ -149,7 +156,7 @@ LB_EXPORT int lb_submit_release(struct lb_client *c, uint64_t lease, uint64_t us
 /* ---- completions ---- */
 
 /* Turn a completion into a result; a hit is checked against the arena it points into. */
-static void to_result(const struct lb_client *c, const struct lb_cpl *k, struct lb_result *out)
+static void to_result(struct lb_client *c, const struct lb_cpl *k, struct lb_result *out)
 {
 	memset(out, 0, sizeof(*out));
 	out->user_data = k->user_data;
@@ -165,6 +172,8 @@ static void to_result(const struct lb_client *c, const struct lb_cpl *k, struct 
 		out->status = -EPROTO;
 		return;
 	}
+	if (lbi_leases_add(&c->leases, k->lease) < 0)
+		c->untracked = true; /* then a lost connection's mappings stay until lb_close */
 	out->hit.data = (const uint8_t *)h + LB_ENTRY_HDR_SIZE;
 	out->hit.bytes = h->bytes;
 	out->hit.lease = k->lease;
@@ -182,11 +191,32 @@ LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, 
 	struct lb_cpl k;
 
 	if (!c->region)
-		return -ENOTCONN;
+		return c->lost ? -ECONNRESET : -ENOTCONN;
 	if (max && timeout_us) {
-		int64_t ready = lb_ring_sc_wait(&c->cpl, c->spin_ns, (uint64_t)timeout_us * 1000);
-		if (ready < 0)
-			return (int)ready;
+		/* In slices, looking at the socket between them: a daemon that died never rings
+		 * the doorbell, and a worker must learn of it in a millisecond, not a time-out. */
+		uint64_t now = lb_now_ns(), deadline = now + (uint64_t)timeout_us * 1000, spin = c->spin_ns;
+		for (;;) {
+			uint64_t left = deadline - now;
+			int64_t ready = lb_ring_sc_wait(&c->cpl, spin, left < LBI_HUP_SLICE_NS ? left : LBI_HUP_SLICE_NS);
+			if (ready < 0)
+				return (int)ready;
+			if (ready > 0)
+				break;
+			if (c->inflight && lbi_hung_up(c))
+				return lbi_lost(c);
+			now = lb_now_ns();
+			if (now >= deadline)
+				break;
+			spin = 0;
+		}
+	} else if (c->inflight && lb_ring_sc_peek(&c->cpl) == 0) {
+		uint64_t now = lb_now_ns();
+		if (now - c->hup_check_ns >= LBI_HUP_SLICE_NS) {
+			c->hup_check_ns = now;
+			if (lbi_hung_up(c))
+				return lbi_lost(c);
+		}
 	}
 	while (n < max) {
 		int ret = lb_ring_sc_pop(&c->cpl, &k);
@@ -263,6 +293,8 @@ static int sync_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint32
 
 LB_EXPORT int lb_release(struct lb_client *c, uint64_t lease)
 {
+	if (lbi_orphan_release(c, lease))
+		return 0; /* its daemon is gone, and so is the lease */
 	return sync_lease_op(c, LB_OP_RELEASE, lease, 0);
 }
 
@@ -295,8 +327,12 @@ LB_EXPORT void *lb_insert_reserve(struct lb_client *c, uint64_t bytes)
 		errno = EINVAL;
 		return NULL;
 	}
-	if (c->reserved_off != UINT64_MAX || !c->region) {
+	if (c->reserved_off != UINT64_MAX) {
 		errno = EBUSY;
+		return NULL;
+	}
+	if (lbi_ready(c) < 0) {
+		errno = ENOTCONN;
 		return NULL;
 	}
 	if (bytes > c->layout.staging_bytes - LB_INSERT_HDR_SIZE ||
@@ -325,6 +361,11 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 	if (c->reserved_off == UINT64_MAX || !key || !shape || shape->ndim < 1 ||
 	    shape->ndim > LB_MAX_NDIM || layer > UINT16_MAX)
 		return -EINVAL;
+	if (c->reserve_orphan >= 0) { /* reserved before the daemon went away */
+		c->reserved_off = UINT64_MAX;
+		lbi_orphan_unreserve(c);
+		return -ECONNRESET;
+	}
 	if (c->inflight)
 		return -EBUSY;
 	memset(&h, 0, sizeof(h));
@@ -338,7 +379,7 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 	memset(&r, 0, sizeof(r));
 	r.opcode = LB_OP_INSERT;
 	r.layer = (uint16_t)layer;
-	r.model_id = model_id;
+	r.model_id = lbi_model_id(c, model_id);
 	r.seq_len = key->seq_len;
 	r.payload_off = (uint32_t)c->reserved_off;
 	r.payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + c->reserved_bytes);

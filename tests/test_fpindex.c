@@ -96,7 +96,7 @@ static void check_query(struct lbd_fpindex *ix, const struct model *mo,
 			const uint64_t q[LBD_FP_WORDS], uint32_t max_d, filter_fn ok, void *ctx)
 {
 	uint32_t want = brute(mo, q, max_d, ok, ctx), id = NONE, dist = NONE;
-	int rc = lbd_fpindex_nearest(ix, q, max_d, ok, ctx, &id, &dist);
+	int rc = lbd_fpindex_nearest(ix, q, max_d, 0, ok, ctx, &id, &dist);
 	if (want == NONE) {
 		assert_int_equal(rc, -ENOENT);
 		return;
@@ -172,6 +172,60 @@ static void test_recall_w21_tagged_keys(void **state)
 	recall_run(1u << 20, 20000, 150, 4);
 }
 
+/*
+ * good_d: clusters of near-duplicates, where the nearest and a good-enough entry differ. The
+ * answer must lie within good_d when brute force finds something there, and be the exact
+ * nearest otherwise; never beyond max_d, never a miss when brute force hits.
+ */
+static void test_good_enough_radius(void **state)
+{
+	static const uint32_t goods[] = { 1, 8, 16, 45 };
+	uint64_t rng = 11, q[LBD_FP_WORDS];
+	struct lbd_fpindex *ix = lbd_fpindex_new(20000);
+	struct model mo;
+	uint32_t early = 0;
+	(void)state;
+	assert_non_null(ix);
+	model_init(&mo, 20000);
+	fill_random(ix, &mo, &rng);
+	/* Entries 10k+1 .. 10k+4 become copies of entry 10k with 1..30 bits flipped. */
+	for (uint32_t i = 1; i < mo.n; i += (i % 10 == 4 ? 7 : 1)) {
+		assert_int_equal(lbd_fpindex_remove(ix, mo.fp[i], i), 0);
+		flip_bits(&rng, mo.fp[i - i % 10], 1 + below(&rng, 30), mo.fp[i]);
+		assert_int_equal(lbd_fpindex_insert(ix, mo.fp[i], i), 0);
+	}
+	for (size_t g = 0; g < sizeof(goods) / sizeof(goods[0]); g++) {
+		for (uint32_t i = 0; i < 1000; i++) {
+			uint32_t max_d = i & 1 ? 45 : 64, id = NONE, dist = NONE, want;
+			int rc;
+			if (i % 8 == 7)
+				rand_fp(&rng, q);
+			else
+				flip_bits(&rng, mo.fp[below(&rng, mo.n / 10) * 10], below(&rng, 40), q);
+			want = brute(&mo, q, max_d, NULL, NULL);
+			rc = lbd_fpindex_nearest(ix, q, max_d, goods[g], NULL, NULL, &id, &dist);
+			if (want == NONE) {
+				assert_int_equal(rc, -ENOENT);
+				continue;
+			}
+			assert_int_equal(rc, 0);
+			assert_true(id < mo.n);
+			assert_int_equal(lbd_fp_hamming(mo.fp[id], q), dist);
+			if (want <= goods[g])
+				assert_true(dist <= goods[g]);
+			else
+				assert_int_equal(dist, want);
+			early += dist != want;
+		}
+	}
+	/* The clusters make some good-enough answers differ from the nearest: the test has
+	 * exercised the early end, not only searches that ran to the proof. */
+	print_message("early: %u\n", early);
+	assert_true(early > 0);
+	model_fini(&mo);
+	lbd_fpindex_free(ix);
+}
+
 /* Radius past 256 means "the nearest, however far". */
 static void test_unbounded_radius(void **state)
 {
@@ -238,7 +292,7 @@ static void test_accept_filter(void **state)
 			flip_bits(&rng, mo.fp[src], below(&rng, 30), q);
 			memset(c.calls, 0, mo.n * sizeof(*c.calls));
 			want = brute(&mo, q, radii[r], accept_odd_plain, NULL);
-			rc = lbd_fpindex_nearest(ix, q, radii[r], accept_odd, &c, &id, &dist);
+			rc = lbd_fpindex_nearest(ix, q, radii[r], 0, accept_odd, &c, &id, &dist);
 			if (want == NONE) {
 				assert_int_equal(rc, -ENOENT);
 				continue;
@@ -278,11 +332,11 @@ static void test_accept_marks_wrap(void **state)
 		uint32_t src = below(&rng, mo.n);
 		flip_bits(&rng, mo.fp[src], i % 5, q);
 		memset(calls, 0, sizeof(calls));
-		assert_int_equal(lbd_fpindex_nearest(ix, q, 256, accept_odd, &c, &id, &dist), 0);
+		assert_int_equal(lbd_fpindex_nearest(ix, q, 256, 0, accept_odd, &c, &id, &dist), 0);
 		assert_true(id & 1);
 		assert_int_equal(dist, brute(&mo, q, 256, accept_odd_plain, NULL));
 	}
-	assert_int_equal(lbd_fpindex_nearest(ix, q, 256, accept_none, NULL, &id, &dist), -ENOENT);
+	assert_int_equal(lbd_fpindex_nearest(ix, q, 256, 0, accept_none, NULL, &id, &dist), -ENOENT);
 	model_fini(&mo);
 	lbd_fpindex_free(ix);
 }
@@ -298,7 +352,7 @@ static void test_errors(void **state)
 	assert_non_null(ix);
 	rand_fp(&rng, a);
 	rand_fp(&rng, b);
-	assert_int_equal(lbd_fpindex_nearest(ix, a, 256, NULL, NULL, &id, &dist), -ENOENT);
+	assert_int_equal(lbd_fpindex_nearest(ix, a, 256, 0, NULL, NULL, &id, &dist), -ENOENT);
 	assert_int_equal(id, 99);
 	assert_int_equal(lbd_fpindex_remove(ix, a, 1), -ENOENT);
 	assert_int_equal(lbd_fpindex_insert(ix, a, 1), 0);
@@ -306,27 +360,27 @@ static void test_errors(void **state)
 	assert_int_equal(lbd_fpindex_insert(ix, b, 1), -EEXIST); /* the id decides, not the fp */
 	assert_int_equal(lbd_fpindex_count(ix), 1);
 	assert_int_equal(lbd_fpindex_remove(ix, a, 2), -ENOENT);
-	assert_int_equal(lbd_fpindex_nearest(ix, a, 0, NULL, NULL, &id, &dist), 0);
+	assert_int_equal(lbd_fpindex_nearest(ix, a, 0, 0, NULL, NULL, &id, &dist), 0);
 	assert_int_equal(id, 1);
 	assert_int_equal(dist, 0);
-	assert_int_equal(lbd_fpindex_nearest(ix, b, 0, NULL, NULL, &id, &dist), -ENOENT);
+	assert_int_equal(lbd_fpindex_nearest(ix, b, 0, 0, NULL, NULL, &id, &dist), -ENOENT);
 	assert_int_equal(lbd_fpindex_remove(ix, a, 1), 0);
 	assert_int_equal(lbd_fpindex_remove(ix, a, 1), -ENOENT);
 	assert_int_equal(lbd_fpindex_count(ix), 0);
-	assert_int_equal(lbd_fpindex_nearest(ix, a, 256, NULL, NULL, &id, &dist), -ENOENT);
+	assert_int_equal(lbd_fpindex_nearest(ix, a, 256, 0, NULL, NULL, &id, &dist), -ENOENT);
 	/* Removed ids come back, under any fingerprint; extreme ids are ordinary ids. */
 	assert_int_equal(lbd_fpindex_insert(ix, b, 1), 0);
 	assert_int_equal(lbd_fpindex_insert(ix, a, UINT32_MAX), 0);
 	assert_int_equal(lbd_fpindex_insert(ix, a, 0), 0);
-	assert_int_equal(lbd_fpindex_nearest(ix, b, 0, NULL, NULL, &id, &dist), 0);
+	assert_int_equal(lbd_fpindex_nearest(ix, b, 0, 0, NULL, NULL, &id, &dist), 0);
 	assert_int_equal(id, 1);
 	assert_int_equal(lbd_fpindex_remove(ix, a, UINT32_MAX), 0);
-	assert_int_equal(lbd_fpindex_nearest(ix, a, 0, NULL, NULL, &id, &dist), 0);
+	assert_int_equal(lbd_fpindex_nearest(ix, a, 0, 0, NULL, NULL, &id, &dist), 0);
 	assert_int_equal(id, 0);
 	assert_int_equal(lbd_fpindex_count(ix), 2);
 	/* The index removes by its own copy of the fingerprint, whatever the caller passes. */
 	assert_int_equal(lbd_fpindex_remove(ix, a, 1), 0);
-	assert_int_equal(lbd_fpindex_nearest(ix, b, 0, NULL, NULL, &id, &dist), -ENOENT);
+	assert_int_equal(lbd_fpindex_nearest(ix, b, 0, 0, NULL, NULL, &id, &dist), -ENOENT);
 	assert_int_equal(lbd_fpindex_count(ix), 1);
 	lbd_fpindex_free(ix);
 	lbd_fpindex_free(NULL);
@@ -355,7 +409,7 @@ static void test_growth_across_rebuilds(void **state)
 	}
 	assert_int_equal(lbd_fpindex_count(ix), mo.n);
 	for (uint32_t i = 0; i < mo.n; i++) {
-		assert_int_equal(lbd_fpindex_nearest(ix, mo.fp[i], 0, NULL, NULL, &id, &dist), 0);
+		assert_int_equal(lbd_fpindex_nearest(ix, mo.fp[i], 0, 0, NULL, NULL, &id, &dist), 0);
 		assert_int_equal(id, i);
 		assert_int_equal(dist, 0);
 	}
@@ -366,7 +420,7 @@ static void test_growth_across_rebuilds(void **state)
 	for (uint32_t i = 0; i < mo.n; i++)
 		assert_int_equal(lbd_fpindex_remove(ix, mo.fp[i], i), 0);
 	assert_int_equal(lbd_fpindex_count(ix), 0);
-	assert_int_equal(lbd_fpindex_nearest(ix, mo.fp[0], 256, NULL, NULL, &id, &dist), -ENOENT);
+	assert_int_equal(lbd_fpindex_nearest(ix, mo.fp[0], 256, 0, NULL, NULL, &id, &dist), -ENOENT);
 	model_fini(&mo);
 	lbd_fpindex_free(ix);
 }
@@ -391,11 +445,11 @@ static void test_duplicate_fingerprints(void **state)
 		assert_int_equal(lbd_fpindex_insert(ix, mo.fp[i], i), 0);
 		mo.live[i] = true;
 	}
-	assert_int_equal(lbd_fpindex_nearest(ix, mo.fp[0], 0, NULL, NULL, &id, &dist), 0);
+	assert_int_equal(lbd_fpindex_nearest(ix, mo.fp[0], 0, 0, NULL, NULL, &id, &dist), 0);
 	assert_int_equal(dist, 0);
 	assert_true(id % 2 == 0);
 	/* Refusing the even ids refuses every exact copy: the answer is the nearest odd one. */
-	assert_int_equal(lbd_fpindex_nearest(ix, mo.fp[0], 64, accept_odd_plain, NULL, &id, &dist),
+	assert_int_equal(lbd_fpindex_nearest(ix, mo.fp[0], 64, 0, accept_odd_plain, NULL, &id, &dist),
 			 0);
 	assert_true(id & 1);
 	assert_int_equal(dist, brute(&mo, mo.fp[0], 64, accept_odd_plain, NULL));
@@ -621,6 +675,7 @@ int main(void)
 		cmocka_unit_test(test_recall_w19_unindexed_bits),
 		cmocka_unit_test(test_recall_w21_tagged_keys),
 		cmocka_unit_test(test_unbounded_radius),
+		cmocka_unit_test(test_good_enough_radius),
 		cmocka_unit_test(test_accept_filter),
 		cmocka_unit_test(test_accept_marks_wrap),
 		cmocka_unit_test(test_growth_across_rebuilds),

@@ -34,6 +34,21 @@ int lb_connect(const char *socket_path, const char *name, struct lb_client **out
 /* Close the connection (BYE), unmap the arenas, free c. NULL is a no-op. */
 void lb_close(struct lb_client *c);
 
+/*
+ * When the daemon goes away (killed, restarted), the client notices within about a
+ * millisecond of waiting (the control socket hangs up; waits look at it every 1 ms), fails the
+ * requests in flight with -ECONNRESET and from then on answers data-plane calls at once with
+ * -ENOTCONN — a worker treats both as a miss and computes. Hits already handed out stay
+ * readable until lb_release (which then returns 0): their arenas stay mapped in this process.
+ * Any later call tries to connect again, at most every 100 ms and for at most 10 ms a try;
+ * on success it registers the models registered so far again, and the model ids the
+ * application holds keep working (translated if the new daemon numbers them otherwise).
+ */
+/* true while connected to a daemon. */
+bool lb_connected(const struct lb_client *c);
+/* How many times c has connected again after losing the daemon. */
+uint32_t lb_reconnects(const struct lb_client *c);
+
 /* The daemon's last error reply to c, a one-line message ("" when none). Valid until the next
  * call on c. */
 const char *lb_last_error(const struct lb_client *c);
