@@ -18,9 +18,10 @@
  *   2 STAGE      u32 off (modulo the staging size), u16 n, n bytes written there
  *   3 PUMP       the daemon serves the ring; bit 3 of the lead byte set: completions are left
  *                in their ring (back-pressure), else taken
- *   4 REPEAT     u16 n: the last request pushed again n times (at most 5000)
+ *   4 REPEAT     u16 n: the last request pushed again n times
  *   5..7         as PUMP
- * Integers are little-endian; a record cut short by the end of the input is zero-filled. At the
+ * Integers are little-endian; a record cut short by the end of the input is zero-filled. Past
+ * 8192 requests an input's requests are dropped, so that an input's time has a bound. At the
  * end every request is served and every lease released through the ring, then the bank is
  * cleared (lbd_local_clear) so that each input starts from the same state.
  */
@@ -41,7 +42,7 @@
 #define BUDGET (128u << 10)   /* small: a few inserts already evict */
 #define DRIFT_MAX 0.05
 #define TAU 0.98
-#define MAX_REPEAT 5000u
+#define MAX_REQUESTS 8192u    /* per input, repeats included: enough for the lease limit */
 #define MAX_GIVEN 8192u       /* leases remembered per input for REQ_LEASE */
 #define HELD_SLOTS 8192u      /* the held set: twice LBD_MAX_LEASES keeps probes short */
 #define N_RECENT 64u          /* successful inserts remembered for the must-find checks */
@@ -115,6 +116,7 @@ struct run {
 	uint32_t seen;                      /* completion index up to which we examined */
 	struct lb_req last;
 	bool have_last;
+	uint32_t n_requests; /* pushed from the input (MAX_REQUESTS at most) */
 
 	uint64_t *given;  /* [MAX_GIVEN]: leases handed out, in order (the first MAX_GIVEN) */
 	uint32_t n_given;
@@ -619,7 +621,8 @@ static void push(struct run *R, const struct lb_req *r)
 	if (R->pend_n == PENDING_CAP)
 		broken(r, "more requests in flight than the ring holds");
 	R->pending[(R->pend_head + R->pend_n++) % PENDING_CAP] = *r;
-	R->last = *r;
+	if (r != &R->last) /* REPEAT pushes the last one again */
+		R->last = *r;
 	R->have_last = true;
 }
 
@@ -674,6 +677,15 @@ static const uint8_t *take_span(struct input *in, size_t *n)
 	return p;
 }
 
+/* Push one of the input's requests, while under MAX_REQUESTS. */
+static void push_input(struct run *R, const struct lb_req *r)
+{
+	if (R->n_requests < MAX_REQUESTS) {
+		R->n_requests++;
+		push(R, r);
+	}
+}
+
 static void request(struct run *R, struct input *in, bool lease_ref)
 {
 	struct lb_req r;
@@ -689,7 +701,7 @@ static void request(struct run *R, struct input *in, bool lease_ref)
 	n = take_le(in, 2);
 	const uint8_t *p = take_span(in, &n);
 	stage(R, r.payload_off, p, n);
-	push(R, &r);
+	push_input(R, &r);
 }
 
 static void finish(struct run *R)
@@ -802,8 +814,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		}
 		case 4: {
 			uint32_t n = take_le(&in, 2);
-			for (uint32_t i = 0; R.have_last && i < n && i < MAX_REPEAT; i++)
-				push(&R, &R.last);
+			for (uint32_t i = 0; R.have_last && i < n && R.n_requests < MAX_REQUESTS; i++)
+				push_input(&R, &R.last);
 			break;
 		}
 		default:
