@@ -147,6 +147,20 @@ void lbd_local_stats(struct lbd_local *l, struct lbp_stats_reply *out)
 	lbd_store_stats(l->store, out);
 }
 
+int lbd_local_model_stats(struct lbd_local *l, uint32_t model_id, uint32_t first_layer,
+			  struct lbp_model_stats_reply *out)
+{
+	memset(out, 0, sizeof(*out));
+	return lbd_store_model_stats(l->store, model_id, first_layer, out);
+}
+
+int lbd_local_clear(struct lbd_local *l)
+{
+	lbd_store_release_all(l->store, &l->dp->leases);
+	lbd_leases_free(&l->dp->leases);
+	return lbd_store_clear(l->store);
+}
+
 void lbd_local_free(struct lbd_local *l)
 {
 	if (!l)

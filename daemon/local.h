@@ -32,6 +32,20 @@ int lbd_local_register(struct lbd_local *l, const struct lb_model_desc *d, uint3
 /* Hits, misses, inserts and evictions so far. */
 void lbd_local_stats(struct lbd_local *l, struct lbp_stats_reply *out);
 
+/* Per-layer counters of one model from first_layer, as MODEL_STATS answers them.
+ * @return 0, -ENOENT (no model with that id). */
+int lbd_local_model_stats(struct lbd_local *l, uint32_t model_id, uint32_t first_layer,
+			  struct lbp_model_stats_reply *out);
+
+/*
+ * End every lease and drop every entry (lbd_store_clear): the bank answers as lbd_local_new's
+ * did, counters at zero, its models still registered under the same ids. The rings keep their
+ * positions and staging its bytes. For a caller that runs many independent sessions on one
+ * bank (the ring fuzzer), where a new bank each time would cost a new arena, region and store.
+ * @return 0; -EBUSY when an insert is being copied (never, from the bank's own thread).
+ */
+int lbd_local_clear(struct lbd_local *l);
+
 /* Free the bank and its client (leases end with it). Safe on NULL. */
 void lbd_local_free(struct lbd_local *l);
 

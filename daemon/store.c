@@ -21,6 +21,7 @@
 #define SAMPLE 16u           /* entries looked at per eviction (exact below this many) */
 #define MAX_EVICT_ROUNDS 256 /* per insert, before giving up with -ENOSPC */
 #define NT_COPY_MIN (64u << 10) /* copies this large bypass the cache: read by other cores */
+#define RNG_SEED 0x9e3779b97f4a7c15ull /* eviction sampling: the same in every store */
 
 /* A cached layer of an input. Slot ids are stable; gen changes on reuse. */
 struct entry {
@@ -827,7 +828,7 @@ struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas, con
 	st->arenas = arenas;
 	st->n_arenas = n_arenas;
 	st->e_free = st->in_free = NONE;
-	st->rng = 0x9e3779b97f4a7c15ull;
+	st->rng = RNG_SEED;
 	for (unsigned i = 0; i < n_arenas; i++) {
 		const struct lb_arena_hdr *h = arenas[i].hdr;
 		st->alloc[i] = lbd_alloc_new(arenas[i].hdr, h->data_off, h->data_bytes & ~(uint64_t)(LBD_ALLOC_ALIGN - 1));
@@ -905,6 +906,40 @@ int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lb
 out:
 	pthread_mutex_unlock(&st->lock);
 	return ret;
+}
+
+int lbd_store_clear(struct lbd_store *st)
+{
+	pthread_mutex_lock(&st->lock);
+	if (st->c.leases || st->pinned) {
+		pthread_mutex_unlock(&st->lock);
+		return -EBUSY;
+	}
+	/* No lease: every entry in live[] is LIVE and goes at once, its input with its last one. */
+	while (st->n_live)
+		entry_unlink(st, st->live[st->n_live - 1]);
+	/* Free slots threaded lowest first, as grow() threads a new table's. */
+	st->e_free = st->in_free = NONE;
+	for (uint32_t i = st->e_cap; i-- > 0;) {
+		st->e[i].next_free = st->e_free;
+		st->e_free = i;
+	}
+	for (uint32_t i = st->in_cap; i-- > 0;) {
+		st->in[i].next_free = st->in_free;
+		st->in_free = i;
+	}
+	for (uint32_t b = 0; b < st->n_banks; b++)
+		if (st->banks[b].desc.n_layers)
+			memset(st->banks[b].layer, 0, sizeof(*st->banks[b].layer) * st->banks[b].desc.n_layers);
+	uint64_t budget = st->c.bytes_budget;
+	char policy[sizeof(st->c.policy)];
+	memcpy(policy, st->c.policy, sizeof(policy));
+	memset(&st->c, 0, sizeof(st->c));
+	st->c.bytes_budget = budget;
+	memcpy(st->c.policy, policy, sizeof(policy));
+	st->rng = RNG_SEED;
+	pthread_mutex_unlock(&st->lock);
+	return 0;
 }
 
 void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r)

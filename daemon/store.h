@@ -68,6 +68,15 @@ void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t leas
 void lbd_store_release_all(struct lbd_store *st, struct lbd_leases *ls);
 void lbd_leases_free(struct lbd_leases *ls);
 
+/*
+ * Drop every entry and zero the counters: the store as lbd_store_new made it, its models kept.
+ * Entry and input slots are handed out again in a new store's order and the allocator is left
+ * with one free block, so the same requests get the same answers and offsets as in a new store.
+ * For an in-process bank reused between independent runs (lbd_local_clear).
+ * @return 0; -EBUSY while a lease is held or an insert is being copied (nothing is dropped).
+ */
+int lbd_store_clear(struct lbd_store *st);
+
 /* Drop entries whose TTL passed (TTL policy). */
 void lbd_store_expire(struct lbd_store *st);
 

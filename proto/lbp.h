@@ -249,8 +249,10 @@ int lbp_encode(const struct lbp_msg *m, void *buf, size_t cap);
 /*
  * Decode and validate one frame. Every field is checked: types, ranges, unknown and missing
  * keys, trailing bytes, lengths capped before any allocation.
- * @return 0 and *out filled; -EPROTO (bad version), -EBADMSG (malformed: *fault says why),
- *         -EMSGSIZE (len > LBP_MAX_FRAME), -ENOMEM.
+ * @return 0 and *out filled, every byte of it: unused array slots, string tails, the rest of
+ *         the union and padding are zero, so decoded messages compare with memcmp; *fault is
+ *         then all zero. -EPROTO (bad version), -EBADMSG (malformed: *fault says why),
+ *         -EMSGSIZE (len > LBP_MAX_FRAME), -ENOMEM; *out is untouched.
  */
 int lbp_decode(const void *buf, size_t len, struct lbp_msg *out, struct lbp_fault *fault);
 

@@ -8,8 +8,10 @@ BUILD=${BUILD:-$ROOT/build}
 LB_PACKAGES=(build-essential cmake pkg-config liburing-dev libnuma-dev libmsgpack-dev
 	libcmocka-dev libjson-c-dev libxxhash-dev libopenblas-dev zlib1g-dev libsystemd-dev
 	tmux) # tmux: test_ctl_top drives layerbank-ctl top in it
-# A clang build (CI's sanitizer run) needs its sanitizer runtimes too.
-[ "${CC:-}" = clang ] && LB_PACKAGES+=(clang libclang-rt-14-dev)
+# A clang build (CI's sanitizer runs, scripts/fuzz) needs its runtimes too: ASan, UBSan, TSan
+# and libFuzzer (-fsanitize=fuzzer) are in libclang-rt-14-dev; llvm-14 has llvm-symbolizer,
+# which puts file and line into the sanitizers' and libFuzzer's reports.
+[ "${CC:-}" = clang ] && LB_PACKAGES+=(clang libclang-rt-14-dev llvm-14)
 
 lb_say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 

@@ -1108,6 +1108,7 @@ static void test_hostile_ring_entries_get_error_completions(void **state)
 		{ "ping model", REQ(.opcode = LB_OP_PING, .model_id = 1), -EINVAL },
 		{ "ping payload", REQ(.opcode = LB_OP_PING, .payload_len = 8), -EINVAL },
 		{ "ping aux", REQ(.opcode = LB_OP_PING, .aux = 1), -EINVAL },
+		{ "ping payload_off", REQ(.opcode = LB_OP_PING, .payload_off = 64), -EINVAL },
 		{ "lookup unknown model", REQ(.opcode = LB_OP_LOOKUP_DEEPEST, .model_id = 999, .seq_len = E_SEQ, .payload_len = ql), -ESRCH },
 		{ "lookup flags", REQ(.opcode = LB_OP_LOOKUP_DEEPEST, .flags = 2, .model_id = mid, .seq_len = E_SEQ, .payload_len = ql), -EINVAL },
 		{ "lookup reserved[1]", REQ(.opcode = LB_OP_LOOKUP_DEEPEST, .model_id = mid, .seq_len = E_SEQ, .payload_len = ql, .reserved = { 0, 5 }), -EINVAL },
@@ -1202,7 +1203,22 @@ static void test_hostile_ring_entries_get_error_completions(void **state)
 	assert_int_equal(k.user_data, 4343);
 	assert_int_equal(k.status, 0);
 	assert_int_not_equal(k.lease, 0);
-	raw_push(&r, &(struct lb_req){ .opcode = LB_OP_RELEASE, .lease = k.lease, .user_data = 4444 });
+	/* payload_off of an opcode without payload must be 0 too (PROTOCOL.md said it was ignored
+	 * until the ring fuzzer's reference checks disagreed with the daemon): refused, and the
+	 * lease is still held. */
+	uint64_t lease = k.lease;
+	raw_push(&r, &(struct lb_req){ .opcode = LB_OP_RELEASE, .lease = lease, .payload_off = 8,
+				       .user_data = 4400 });
+	raw_push(&r, &(struct lb_req){ .opcode = LB_OP_REPORT, .lease = lease, .payload_off = 8,
+				       .aux = float_bits(0.5f), .user_data = 4401 });
+	for (uint64_t u = 4400; u <= 4401; u++) {
+		assert_int_equal(raw_pop(&r, &k), 1);
+		assert_int_equal(k.user_data, u);
+		assert_int_equal(k.status, -EINVAL);
+	}
+	stats(good, &st);
+	assert_int_equal(st.leases, 1);
+	raw_push(&r, &(struct lb_req){ .opcode = LB_OP_RELEASE, .lease = lease, .user_data = 4444 });
 	assert_int_equal(raw_pop(&r, &k), 1);
 	assert_int_equal(k.user_data, 4444);
 	assert_int_equal(k.status, 0);

@@ -157,6 +157,77 @@ static void test_bad_requests(void **state)
 	lbd_local_free(l);
 }
 
+/* The deepest hit for input seed (there must be one). */
+static struct lb_hit hit_of(struct lbd_local *l, uint32_t id, const struct lb_fp_proj *proj,
+			    uint32_t seed)
+{
+	int32_t tok[N];
+	float h[N * HIDDEN];
+	struct lb_key key = { .seq_len = N };
+	struct lb_hit hit;
+	toy_input(seed, tok, h);
+	lb_token_hash(tok, N, key.exact);
+	assert_int_equal(lb_fingerprint(proj, h, N, key.fp), 0);
+	assert_int_equal(lb_lookup_deepest(lbd_local_client(l), id, &key, NULL, 0, &hit), 0);
+	return hit;
+}
+
+/* lbd_local_clear: entries, leases and counters gone, models kept under their ids, the rings
+ * still in step, and the same inserts land where they landed in the new bank. */
+static void test_clear_starts_over(void **state)
+{
+	(void)state;
+	uint32_t id;
+	struct lbd_local *l = bank(1u << 20, &id);
+	struct lb_fp_proj *proj = lb_fp_proj_new(HIDDEN, 4, 5, NULL);
+	struct lb_lem_cfg lc = { .model_id = id, .n_layers = LAYERS, .hidden = HIDDEN, .proj = proj };
+	struct lb_lem_result res;
+	unsigned calls;
+	run(l, &lc, 7, &res, &calls);
+	assert_int_equal(res.layers_inserted, LAYERS);
+	struct lb_hit fresh = hit_of(l, id, proj, 7);
+	assert_int_equal(lb_release(lbd_local_client(l), fresh.lease), 0);
+	for (uint32_t s = 200; s < 260; s++)
+		run(l, &lc, s, &res, &calls);
+
+	/* A lease still held when the bank is cleared. */
+	struct lb_hit held = hit_of(l, id, proj, 7);
+	struct lbp_stats_reply st;
+	struct lbp_model_stats_reply ms;
+	lbd_local_stats(l, &st);
+	assert_int_equal(st.leases, 1);
+	assert_int_equal(lbd_local_model_stats(l, id, 0, &ms), 0);
+	assert_int_equal(ms.n, LAYERS);
+	assert_int_equal(ms.layers[LAYERS - 1].leases, 1);
+	assert_int_equal(ms.layers[0].entries, 61);
+	assert_int_equal(lbd_local_model_stats(l, id + 1, 0, &ms), -ENOENT);
+
+	assert_int_equal(lbd_local_clear(l), 0);
+	lbd_local_stats(l, &st);
+	assert_int_equal(st.leases, 0);
+	assert_int_equal(st.entries, 0);
+	assert_int_equal(st.inserts, 0);
+	assert_int_equal(st.hits, 0);
+	assert_int_equal(st.misses, 0);
+	assert_int_equal(st.bytes_used, 0);
+	assert_int_equal(lbd_local_model_stats(l, id, 0, &ms), 0);
+	for (uint32_t k = 0; k < LAYERS; k++) {
+		assert_int_equal(ms.layers[k].entries, 0);
+		assert_int_equal(ms.layers[k].inserts, 0);
+		assert_int_equal(ms.layers[k].hits + ms.layers[k].misses, 0);
+	}
+	/* The lease ended with the clear; the model is still there, empty. */
+	assert_int_equal(lb_release(lbd_local_client(l), held.lease), -EINVAL);
+	run(l, &lc, 7, &res, &calls);
+	assert_int_equal(res.hit_layer, -1);
+	assert_int_equal(res.layers_inserted, LAYERS);
+	struct lb_hit again = hit_of(l, id, proj, 7);
+	assert_ptr_equal(again.data, fresh.data); /* the same offset as in the new bank */
+	assert_int_equal(lb_release(lbd_local_client(l), again.lease), 0);
+	lb_fp_proj_free(proj);
+	lbd_local_free(l);
+}
+
 static void test_bad_budget(void **state)
 {
 	(void)state;
@@ -173,6 +244,7 @@ int main(void)
 		cmocka_unit_test(test_lem_reuses_inserts),
 		cmocka_unit_test(test_budget_holds),
 		cmocka_unit_test(test_bad_requests),
+		cmocka_unit_test(test_clear_starts_over),
 		cmocka_unit_test(test_bad_budget),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

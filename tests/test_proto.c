@@ -940,6 +940,29 @@ static void test_decode_clears_fault_on_success(void **state)
 	assert_string_equal(f.reason, "");
 }
 
+/* Decoding writes every byte of the message, padding included (memcmp compares two decoded
+ * messages, as the fuzz target's round trip does), and a failed decode writes none. */
+static void test_decode_writes_every_byte(void **state)
+{
+	struct lbp_msg in[MAX_SAMPLES], a, b;
+	char buf[LBP_MAX_FRAME];
+	size_t n = all_samples(in);
+
+	(void)state;
+	for (size_t i = 0; i < n; i++) {
+		size_t len = enc(&in[i], buf, sizeof(buf));
+		memset(&a, 0x00, sizeof(a));
+		memset(&b, 0xff, sizeof(b));
+		assert_int_equal(dec(buf, len, &a, NULL), 0);
+		assert_int_equal(dec(buf, len, &b, NULL), 0);
+		assert_memory_equal(&a, &b, sizeof(a));
+		memset(&b, 0xff, sizeof(b));
+		assert_int_equal(dec(buf, len - 1, &b, NULL), -EBADMSG);
+		for (size_t k = 0; k < sizeof(b); k++)
+			assert_int_equal(((const uint8_t *)&b)[k], 0xff);
+	}
+}
+
 /* ---- framing ---- */
 
 static void test_decode_rejects_every_prefix_of_every_frame(void **state)
@@ -2147,6 +2170,7 @@ int main(void)
 		cmocka_unit_test(test_decode_accepts_wide_int_encodings),
 		cmocka_unit_test(test_decode_accepts_null_fault),
 		cmocka_unit_test(test_decode_clears_fault_on_success),
+		cmocka_unit_test(test_decode_writes_every_byte),
 		cmocka_unit_test(test_decode_rejects_every_prefix_of_every_frame),
 		cmocka_unit_test(test_decode_rejects_empty_frame),
 		cmocka_unit_test(test_decode_rejects_frames_over_max_frame),

@@ -1,0 +1,881 @@
+/*
+ * Seeds for the fuzz targets: every control message type encoded valid (typical and at its
+ * limits) and a few frames each check of PROTOCOL.md section 2 rejects, for fuzz_lbp_decode;
+ * scripts of ring requests (fuzz_ring_entry.c describes the format) that insert, hit, report,
+ * release, evict, expire, hit the lease limit, fill the completion ring and fail each check of
+ * Ring protocol 6, for fuzz_ring_entry; and fuzz_lbp_decode.dict, the body keys as they appear
+ * on the wire. Deterministic: test_fuzz_corpus checks that the committed files are these.
+ *
+ * Usage: fuzz_corpus_gen DIR   (writes DIR/corpus/<target>/ and DIR/fuzz_lbp_decode.dict,
+ * making the folders; tests/fuzz to regenerate the committed ones)
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <msgpack.h>
+
+#include "layerbank/ring.h"
+#include "lbp.h"
+
+static const char *root;
+
+__attribute__((format(printf, 1, 2), noreturn))
+static void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "fuzz_corpus_gen: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static void put(const char *target, const char *name, const void *p, size_t n)
+{
+	char path[4096];
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/corpus/%s/%s", root, target, name);
+	f = fopen(path, "wb");
+	if (!f || fwrite(p, 1, n, f) != n || fclose(f) != 0)
+		die("%s: %s", path, strerror(errno));
+}
+
+/* ---- control messages ---- */
+
+#define DECODE "fuzz_lbp_decode"
+
+static uint8_t frame[LBP_MAX_FRAME + 16];
+
+static size_t encode(const struct lbp_msg *m)
+{
+	int n = lbp_encode(m, frame, sizeof(frame));
+	if (n <= 0)
+		die("cannot encode %s: %d", lbp_type_name(m->type), n);
+	return (size_t)n;
+}
+
+static void put_msg(const char *name, const struct lbp_msg *m)
+{
+	put(DECODE, name, frame, encode(m));
+}
+
+static struct lbp_msg msg(enum lbp_type t)
+{
+	struct lbp_msg m;
+
+	memset(&m, 0, sizeof(m));
+	m.type = t;
+	switch (t) {
+	case LBP_HELLO:
+		m.u.hello.shm_abi = LB_SHM_ABI_VERSION;
+		strcpy(m.u.hello.name, "worker-0");
+		m.u.hello.staging_bytes = 8u << 20;
+		break;
+	case LBP_WELCOME:
+		m.u.welcome.client_id = 7;
+		for (unsigned i = 0; i < 16; i++)
+			m.u.welcome.boot_id[i] = (uint8_t)(i * 17);
+		m.u.welcome.page_size = 2097152;
+		m.u.welcome.n_arenas = 2;
+		m.u.welcome.arenas[0] = (struct lbp_arena_desc){ 1ull << 30, 0 };
+		m.u.welcome.arenas[1] = (struct lbp_arena_desc){ 1ull << 30, -1 };
+		m.u.welcome.region = (struct lbp_region_desc){ 256, 256, 8388608, 8433664 };
+		break;
+	case LBP_REGISTER_MODEL:
+		strcpy(m.u.reg.name, "stories260k");
+		m.u.reg.weights_hash = 0x0123456789abcdefull;
+		m.u.reg.n_layers = 5;
+		m.u.reg.hidden = 64;
+		m.u.reg.dtype = LBP_DTYPE_F32;
+		m.u.reg.max_seq = 512;
+		m.u.reg.fp = (struct lbp_fp_spec){ 64, 256, 3 };
+		break;
+	case LBP_MODEL:
+		m.u.model.model_id = 3;
+		m.u.model.created = true;
+		break;
+	case LBP_STATS_REPLY:
+		m.u.stats.page_size = 4096;
+		m.u.stats.arena_bytes = 1ull << 30;
+		m.u.stats.numa_nodes = 1;
+		m.u.stats.clients = 4;
+		m.u.stats.models = 1;
+		m.u.stats.uptime_s = 60;
+		m.u.stats.threads = 1;
+		strcpy(m.u.stats.policy, "lru");
+		m.u.stats.hits = 900;
+		m.u.stats.misses = 100;
+		m.u.stats.inserts = 500;
+		m.u.stats.entries = 480;
+		m.u.stats.bytes_used = 1u << 20;
+		m.u.stats.bytes_budget = 1ull << 30;
+		m.u.stats.fragmentation_ppm = 1234;
+		break;
+	case LBP_ERROR:
+		m.u.error.code = EBADMSG;
+		strcpy(m.u.error.field, "n_layers");
+		strcpy(m.u.error.message, "out of range 1..1024");
+		break;
+	case LBP_MODEL_STATS:
+		m.u.mstats.model_id = 1;
+		break;
+	case LBP_MODEL_STATS_REPLY:
+		m.u.mstats_reply.model_id = 1;
+		strcpy(m.u.mstats_reply.name, "bert-base");
+		m.u.mstats_reply.n_layers = 12;
+		m.u.mstats_reply.n = 2;
+		m.u.mstats_reply.layers[0] = (struct lbp_layer_stats){ 5, 1, 6, 0, 6, 393216, 1 };
+		m.u.mstats_reply.layers[1] = (struct lbp_layer_stats){ 4, 2, 6, 1, 5, 327680, 0 };
+		break;
+	case LBP_LOOKUP:
+		m.u.lookup = (struct lbp_lookup){ 1, 128, 1, 2, 3, 4, 5, 6 };
+		break;
+	case LBP_LOOKUP_REPLY:
+		m.u.lookup_reply = (struct lbp_lookup_reply){ 0, 4, 3, 0, 4096 };
+		break;
+	case LBP_FLUSH:
+		m.u.flush = (struct lbp_flush){ 1, 3 };
+		break;
+	case LBP_FLUSH_REPLY:
+		m.u.flush_reply = (struct lbp_flush_reply){ 25, 9830400, 2 };
+		break;
+	case LBP_CONFIG_GET:
+		strcpy(m.u.config_get.key, "tau.bert-base");
+		break;
+	case LBP_CONFIG_REPLY:
+		m.u.config_reply.total = 2;
+		m.u.config_reply.n = 2;
+		strcpy(m.u.config_reply.items[0].key, "budget");
+		strcpy(m.u.config_reply.items[0].value, "64M");
+		strcpy(m.u.config_reply.items[1].key, "tau");
+		strcpy(m.u.config_reply.items[1].value, "0.98");
+		break;
+	case LBP_CONFIG_SET:
+		strcpy(m.u.config_set.key, "policy");
+		strcpy(m.u.config_set.value, "decay");
+		break;
+	case LBP_SNAPSHOT_REPLY:
+		m.u.snapshot_reply = (struct lbp_snapshot_reply){ 682, 268566528, 2130 };
+		break;
+	case LBP_STATS:
+	case LBP_BYE:
+	case LBP_SNAPSHOT:
+		break;
+	}
+	return m;
+}
+
+/* Each type as its snake-case name, for file names. */
+static const char *type_file(enum lbp_type t)
+{
+	static char name[32];
+	const char *s = lbp_type_name(t);
+	size_t i;
+
+	for (i = 0; s[i] && i + 1 < sizeof(name); i++)
+		name[i] = s[i] == '_' ? '-' : (char)(s[i] | 0x20);
+	name[i] = '\0';
+	return name;
+}
+
+static void raw(const char *name, const void *p, size_t n)
+{
+	put(DECODE, name, p, n);
+}
+
+/* A frame written by hand with msgpack-c: [version, type, {key: value...}]. */
+struct hand {
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+};
+
+static void hand_start(struct hand *h, uint64_t version, uint64_t type, uint32_t keys)
+{
+	msgpack_sbuffer_init(&h->sb);
+	msgpack_packer_init(&h->pk, &h->sb, msgpack_sbuffer_write);
+	msgpack_pack_array(&h->pk, 3);
+	msgpack_pack_uint64(&h->pk, version);
+	msgpack_pack_uint64(&h->pk, type);
+	msgpack_pack_map(&h->pk, keys);
+}
+
+static void hand_key(struct hand *h, const char *k)
+{
+	msgpack_pack_str(&h->pk, strlen(k));
+	msgpack_pack_str_body(&h->pk, k, strlen(k));
+}
+
+static void hand_put(struct hand *h, const char *name)
+{
+	raw(name, h->sb.data, h->sb.size);
+	msgpack_sbuffer_destroy(&h->sb);
+}
+
+static void decode_seeds(void)
+{
+	struct lbp_msg m;
+	char name[64];
+	size_t n;
+
+	for (int t = LBP_TYPE_MIN; t <= LBP_TYPE_MAX; t++) {
+		m = msg((enum lbp_type)t);
+		snprintf(name, sizeof(name), "%s", type_file((enum lbp_type)t));
+		put_msg(name, &m);
+	}
+
+	/* At the limits. */
+	m = msg(LBP_HELLO);
+	m.u.hello.shm_abi = UINT32_MAX;
+	memset(m.u.hello.name, 'h', LBP_MAX_NAME);
+	m.u.hello.req_entries = m.u.hello.cpl_entries = LBP_MAX_RING;
+	m.u.hello.staging_bytes = LBP_MAX_STAGING;
+	put_msg("hello-max", &m);
+	memset(&m.u.hello, 0, sizeof(m.u.hello));
+	put_msg("hello-min", &m);
+
+	m = msg(LBP_WELCOME);
+	m.u.welcome.n_arenas = LBP_MAX_ARENAS;
+	for (unsigned i = 0; i < LBP_MAX_ARENAS; i++)
+		m.u.welcome.arenas[i] = (struct lbp_arena_desc){ UINT64_MAX - 4095 - 4096ull * i,
+								 i % 2 ? -1 : INT32_MAX };
+	m.u.welcome.region = (struct lbp_region_desc){ LBP_MAX_RING, 8, LBP_MAX_STAGING, 4096 };
+	put_msg("welcome-8-arenas", &m);
+
+	m = msg(LBP_REGISTER_MODEL);
+	memset(m.u.reg.name, 'n', LBP_MAX_NAME);
+	m.u.reg.n_layers = LBP_MAX_LAYERS;
+	m.u.reg.hidden = LBP_MAX_HIDDEN;
+	m.u.reg.dtype = LBP_DTYPE_BF16;
+	m.u.reg.max_seq = LBP_MAX_SEQ;
+	m.u.reg.fp.seed = UINT64_MAX;
+	put_msg("register-model-max", &m);
+
+	m = msg(LBP_STATS_REPLY);
+	m.u.stats.page_size = 2097152;
+	m.u.stats.hugepages = true;
+	m.u.stats.hits = m.u.stats.bytes_budget = UINT64_MAX;
+	strcpy(m.u.stats.policy, "decay");
+	m.u.stats.fragmentation_ppm = 1000000;
+	put_msg("stats-reply-max", &m);
+
+	m = msg(LBP_MODEL_STATS_REPLY);
+	m.u.mstats_reply.n_layers = LBP_MAX_LAYERS;
+	m.u.mstats_reply.first_layer = 960;
+	m.u.mstats_reply.n = LBP_MAX_STATS_LAYERS;
+	for (unsigned i = 0; i < LBP_MAX_STATS_LAYERS; i++)
+		m.u.mstats_reply.layers[i] = (struct lbp_layer_stats){ i, UINT64_MAX, 1, 0, i, 0, 0 };
+	put_msg("model-stats-reply-64-layers", &m);
+
+	m = msg(LBP_ERROR);
+	m.u.error.code = INT32_MAX;
+	memset(m.u.error.field, 'f', sizeof(m.u.error.field) - 1);
+	memset(m.u.error.message, 'm', LBP_MAX_ERRMSG);
+	put_msg("error-max", &m);
+
+	m = msg(LBP_LOOKUP_REPLY);
+	m.u.lookup_reply = (struct lbp_lookup_reply){ -4095, 1023, 256, 7, UINT64_MAX };
+	put_msg("lookup-reply-limits", &m);
+
+	/* Valid in other encodings: keys in reverse order, wide integers, str8 keys. */
+	struct hand h;
+	hand_start(&h, 1, LBP_MODEL, 2);
+	hand_key(&h, "created");
+	msgpack_pack_false(&h.pk);
+	hand_key(&h, "model_id");
+	msgpack_pack_uint64(&h.pk, 9);
+	hand_put(&h, "model-keys-reversed");
+	static const uint8_t wide[] = { 0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, 1, 0xd0, 0x05, 0xde, 0, 0 };
+	raw("stats-wide-ints", wide, sizeof(wide));
+	static const uint8_t str8[] = { 0x93, 0x01, 0x09, 0x82, 0xd9, 0x08, 'm', 'o', 'd', 'e', 'l',
+					'_', 'i', 'd', 0x01, 0xd9, 0x0b, 'f', 'i', 'r', 's', 't', '_',
+					'l', 'a', 'y', 'e', 'r', 0xcd, 0x03, 0xff };
+	raw("model-stats-str8-keys", str8, sizeof(str8));
+
+	/* Rejected, one per check. */
+	static const uint8_t v2[] = { 0x93, 0x02, 0x05, 0x80 };
+	raw("bad-version-2", v2, sizeof(v2));
+	static const uint8_t vneg[] = { 0x93, 0xff, 0x05, 0x80 };
+	raw("bad-version-negative", vneg, sizeof(vneg));
+	static const uint8_t v64[] = { 0xdc, 0x00, 0x03, 0xcf, 1, 0, 0, 0, 0, 0, 0, 0, 0x05, 0x80 };
+	raw("bad-version-array16-huge", v64, sizeof(v64));
+	static const uint8_t trailing[] = { 0x93, 0x01, 0x05, 0x80, 0x00 };
+	raw("bad-trailing-byte", trailing, sizeof(trailing));
+	m = msg(LBP_REGISTER_MODEL);
+	n = encode(&m);
+	raw("bad-truncated", frame, n - 3);
+	static const uint8_t flt[] = { 0x93, 0x01, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_',
+				       'i', 'd', 0xca, 0x3f, 0x80, 0, 0, 0xa7, 'c', 'r', 'e', 'a',
+				       't', 'e', 'd', 0xc3 };
+	raw("bad-float", flt, sizeof(flt));
+	static const uint8_t ext[] = { 0x93, 0x01, 0x05, 0xd4, 0x01, 0x00 };
+	raw("bad-ext", ext, sizeof(ext));
+	static const uint8_t c1[] = { 0x93, 0x01, 0x05, 0xc1 };
+	raw("bad-0xc1", c1, sizeof(c1));
+	static const uint8_t huge[] = { 0x93, 0x01, 0x05, 0xdf, 0xff, 0xff, 0xff, 0xff };
+	raw("bad-map32-count", huge, sizeof(huge));
+	static const uint8_t hugestr[] = { 0x93, 0x01, 0x01, 0x81, 0xdb, 0xff, 0xff, 0xff, 0xf0 };
+	raw("bad-str32-length", hugestr, sizeof(hugestr));
+	uint8_t deep[16] = { 0x93, 0x01, 0x05 };
+	memset(deep + 3, 0x91, sizeof(deep) - 4);
+	deep[sizeof(deep) - 1] = 0x80;
+	raw("bad-nesting", deep, sizeof(deep));
+	/* 4097 objects: [1, 5, {}] with an array of 4094 nils in the body's place. */
+	static uint8_t many[3 + 3 + 4094];
+	many[0] = 0x93;
+	many[1] = 0x01;
+	many[2] = 0x05;
+	many[3] = 0xdc;
+	many[4] = 4094 >> 8;
+	many[5] = 4094 & 0xff;
+	memset(many + 6, 0xc0, 4094);
+	raw("bad-object-count", many, sizeof(many));
+	static const uint8_t empty_array[] = { 0x90 };
+	raw("bad-empty-array", empty_array, sizeof(empty_array));
+	static const uint8_t type0[] = { 0x93, 0x01, 0x00, 0x80 };
+	raw("bad-type-0", type0, sizeof(type0));
+	static const uint8_t nomap[] = { 0x93, 0x01, 0x05, 0x90 };
+	raw("bad-body-array", nomap, sizeof(nomap));
+
+	hand_start(&h, 1, LBP_MODEL_STATS, 3);
+	hand_key(&h, "model_id");
+	msgpack_pack_uint32(&h.pk, 1);
+	hand_key(&h, "first_layer");
+	msgpack_pack_uint32(&h.pk, 0);
+	hand_key(&h, "bogus\x01key");
+	msgpack_pack_nil(&h.pk);
+	hand_put(&h, "bad-unknown-key");
+	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_key(&h, "model_id");
+	msgpack_pack_uint32(&h.pk, 1);
+	hand_key(&h, "model_id");
+	msgpack_pack_uint32(&h.pk, 2);
+	hand_put(&h, "bad-duplicate-key");
+	hand_start(&h, 1, LBP_MODEL_STATS, 1);
+	hand_key(&h, "model_id");
+	msgpack_pack_uint32(&h.pk, 1);
+	hand_put(&h, "bad-missing-key");
+	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	msgpack_pack_uint32(&h.pk, 1);
+	msgpack_pack_uint32(&h.pk, 1);
+	hand_key(&h, "first_layer");
+	msgpack_pack_uint32(&h.pk, 0);
+	hand_put(&h, "bad-int-key");
+	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_key(&h, "model_id");
+	msgpack_pack_str(&h.pk, 1);
+	msgpack_pack_str_body(&h.pk, "1", 1);
+	hand_key(&h, "first_layer");
+	msgpack_pack_uint32(&h.pk, 0);
+	hand_put(&h, "bad-wrong-type");
+	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_key(&h, "model_id");
+	msgpack_pack_uint32(&h.pk, 1);
+	hand_key(&h, "first_layer");
+	msgpack_pack_uint32(&h.pk, LBP_MAX_LAYERS);
+	hand_put(&h, "bad-out-of-range");
+
+	/* A name with a NUL inside: patch the encoded frame. */
+	m = msg(LBP_REGISTER_MODEL);
+	n = encode(&m);
+	uint8_t *at = memmem(frame, n, "stories260k", 11);
+	if (!at)
+		die("no name in the REGISTER_MODEL frame");
+	at[3] = 0;
+	raw("bad-embedded-nul", frame, n);
+	/* The boot id one byte short: bin8 of 15. */
+	m = msg(LBP_WELCOME);
+	n = encode(&m);
+	static const uint8_t bin16[] = { 0xc4, 16 };
+	at = memmem(frame, n, bin16, sizeof(bin16));
+	if (!at)
+		die("no boot_id in the WELCOME frame");
+	at[1] = 15;
+	memmove(at + 17, at + 18, n - (size_t)(at + 18 - frame));
+	raw("bad-boot-id-15", frame, n - 1);
+}
+
+/* The dictionary: every body key as a msgpack str, collected from the encoded seeds, and the
+ * type bytes the decoder treats specially. */
+struct dict {
+	char keys[128][40];
+	unsigned n;
+};
+
+static void dict_walk(struct dict *d, const msgpack_object *o)
+{
+	if (o->type == MSGPACK_OBJECT_ARRAY) {
+		for (uint32_t i = 0; i < o->via.array.size; i++)
+			dict_walk(d, &o->via.array.ptr[i]);
+		return;
+	}
+	if (o->type != MSGPACK_OBJECT_MAP)
+		return;
+	for (uint32_t i = 0; i < o->via.map.size; i++) {
+		const msgpack_object_kv *kv = &o->via.map.ptr[i];
+		char k[40];
+		bool seen = false;
+		snprintf(k, sizeof(k), "%.*s", (int)kv->key.via.str.size, kv->key.via.str.ptr);
+		for (unsigned j = 0; j < d->n; j++)
+			seen |= strcmp(d->keys[j], k) == 0;
+		if (!seen && d->n < 128)
+			snprintf(d->keys[d->n++], sizeof(d->keys[0]), "%s", k);
+		dict_walk(d, &kv->val);
+	}
+}
+
+static void write_dict(void)
+{
+	static struct dict d;
+	char path[4096];
+	FILE *f;
+
+	for (int t = LBP_TYPE_MIN; t <= LBP_TYPE_MAX; t++) {
+		struct lbp_msg m = msg((enum lbp_type)t);
+		if (t == LBP_MODEL_STATS_REPLY)
+			m.u.mstats_reply.n = 1;
+		size_t n = encode(&m), off = 0;
+		msgpack_unpacked u;
+		msgpack_unpacked_init(&u);
+		if (msgpack_unpack_next(&u, (const char *)frame, n, &off) != MSGPACK_UNPACK_SUCCESS)
+			die("cannot read back %s", lbp_type_name(m.type));
+		dict_walk(&d, &u.data);
+		msgpack_unpacked_destroy(&u);
+	}
+	snprintf(path, sizeof(path), "%s/fuzz_lbp_decode.dict", root);
+	f = fopen(path, "w");
+	if (!f)
+		die("%s: %s", path, strerror(errno));
+	fprintf(f, "# libFuzzer dictionary for fuzz_lbp_decode, written by fuzz_corpus_gen: every body\n"
+		   "# key as a msgpack fixstr (header byte, then the bytes), then the type bytes the\n"
+		   "# decoder treats specially.\n");
+	for (unsigned i = 0; i < d.n; i++)
+		fprintf(f, "key_%s=\"\\x%02x%s\"\n", d.keys[i], 0xa0 | (unsigned)strlen(d.keys[i]),
+			d.keys[i]);
+	fprintf(f, "frame_v1=\"\\x93\\x01\"\n"
+		   "str8=\"\\xd9\"\nstr32=\"\\xdb\"\nbin8=\"\\xc4\"\nbin32=\"\\xc6\"\n"
+		   "uint64=\"\\xcf\"\nint64=\"\\xd3\"\nint8=\"\\xd0\"\n"
+		   "array16=\"\\xdc\"\narray32=\"\\xdd\"\nmap16=\"\\xde\"\nmap32=\"\\xdf\"\n"
+		   "float32=\"\\xca\"\nfixext1=\"\\xd4\"\nreserved=\"\\xc1\"\n"
+		   "nil=\"\\xc0\"\ntrue=\"\\xc3\"\nfalse=\"\\xc2\"\n");
+	if (fclose(f) != 0)
+		die("%s: %s", path, strerror(errno));
+}
+
+/* ---- ring scripts (format: fuzz_ring_entry.c) ---- */
+
+#define RING "fuzz_ring_entry"
+
+enum { BANK_LRU, BANK_DECAY, BANK_TTL0 };
+/* The models fuzz_ring_entry registers, by id. */
+#define SMALL 1u  /* 4 layers, max_seq 256 */
+#define DEEP 2u   /* 1024 layers, max_seq 1048576 */
+
+struct script {
+	uint8_t b[65536];
+	size_t n;
+	uint64_t ud;
+};
+
+static void emit(struct script *s, const void *p, size_t n)
+{
+	if (n > sizeof(s->b) - s->n)
+		die("script too long");
+	if (n)
+		memcpy(s->b + s->n, p, n);
+	s->n += n;
+}
+
+static void emit_u8(struct script *s, uint8_t v)
+{
+	emit(s, &v, 1);
+}
+
+static void emit_le(struct script *s, uint32_t v, unsigned bytes)
+{
+	for (unsigned i = 0; i < bytes; i++)
+		emit_u8(s, (uint8_t)(v >> (8 * i)));
+}
+
+static void begin(struct script *s, uint8_t bank)
+{
+	s->n = 0;
+	s->ud = 100;
+	emit_u8(s, bank);
+}
+
+/* A request with its payload written at its payload_off; lease_ref >= 0 takes that lease. */
+static void req(struct script *s, struct lb_req r, const void *payload, size_t n, int lease_ref)
+{
+	if (!r.user_data)
+		r.user_data = s->ud++;
+	emit_u8(s, lease_ref >= 0 ? 1 : 0);
+	if (lease_ref >= 0)
+		emit_u8(s, (uint8_t)lease_ref);
+	emit(s, &r, LB_RING_STAMP_OFF);
+	emit_le(s, (uint32_t)n, 2);
+	emit(s, payload, n);
+}
+
+static void stage(struct script *s, uint32_t off, const void *p, size_t n)
+{
+	emit_u8(s, 2);
+	emit_le(s, off, 4);
+	emit_le(s, (uint32_t)n, 2);
+	emit(s, p, n);
+}
+
+static void pump(struct script *s, bool take)
+{
+	emit_u8(s, take ? 3 : 3 | 8);
+}
+
+static void repeat(struct script *s, uint16_t n)
+{
+	emit_u8(s, 4);
+	emit_le(s, n, 2);
+}
+
+static void done(struct script *s, const char *name)
+{
+	put(RING, name, s->b, s->n);
+}
+
+/* An input's key: fingerprint and token hash derived from a number. */
+static void key(uint32_t k, uint64_t fp[4], uint64_t exact[2])
+{
+	for (unsigned i = 0; i < 4; i++)
+		fp[i] = 0x9e3779b97f4a7c15ull * (k + 1) ^ (0xbf58476d1ce4e5b9ull * (i + 1));
+	exact[0] = 0x94d049bb133111ebull * (k + 1);
+	exact[1] = ~exact[0];
+}
+
+static void ping(struct script *s)
+{
+	req(s, (struct lb_req){ .opcode = LB_OP_PING }, NULL, 0, -1);
+}
+
+static void lookup(struct script *s, uint8_t op, uint32_t model, uint16_t layer, uint32_t seq_len,
+		   uint32_t k, const float *thr, uint32_t n_thr, uint32_t off)
+{
+	static uint8_t p[sizeof(struct lb_query) + 4 * LBP_MAX_LAYERS];
+	struct lb_query q = { .n_thr = n_thr };
+	key(k, q.fp, q.exact);
+	memcpy(p, &q, sizeof(q));
+	if (n_thr)
+		memcpy(p + sizeof(q), thr, 4 * n_thr);
+	req(s, (struct lb_req){ .opcode = op, .layer = layer, .model_id = model, .seq_len = seq_len,
+				.payload_off = off, .payload_len = (uint32_t)(sizeof(q) + 4 * n_thr) },
+	    p, sizeof(q) + 4 * n_thr, -1);
+}
+
+/* An insert of `floats` f32 values (the data written too when `with_data`). */
+static void insert(struct script *s, uint32_t model, uint16_t layer, uint32_t seq_len, uint32_t k,
+		   uint32_t floats, uint32_t off, bool with_data)
+{
+	static uint8_t p[LB_INSERT_HDR_SIZE + 4096];
+	struct lb_insert_hdr h = { .dtype = 1, .ndim = 2, .shape = { seq_len, floats / seq_len },
+				   .bytes = 4ull * floats };
+	size_t n = LB_INSERT_HDR_SIZE;
+	if (floats % seq_len)
+		die("insert: %u floats are not %u rows", floats, seq_len);
+	key(k, h.fp, h.exact);
+	memset(p, 0, sizeof(p));
+	memcpy(p, &h, sizeof(h));
+	if (with_data) {
+		if (4 * floats > sizeof(p) - n)
+			die("insert: too much data to write");
+		for (uint32_t i = 0; i < floats; i++) {
+			float v = (float)(k * 1000 + layer * 10 + i);
+			memcpy(p + n + 4 * i, &v, 4);
+		}
+		n += 4 * floats;
+	}
+	req(s, (struct lb_req){ .opcode = LB_OP_INSERT, .layer = layer, .model_id = model,
+				.seq_len = seq_len, .payload_off = off,
+				.payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + 4 * floats) },
+	    p, n, -1);
+}
+
+static void release(struct script *s, int lease_ref)
+{
+	req(s, (struct lb_req){ .opcode = LB_OP_RELEASE }, NULL, 0, lease_ref);
+}
+
+static void report(struct script *s, float drift, int lease_ref)
+{
+	uint32_t aux;
+	memcpy(&aux, &drift, 4);
+	req(s, (struct lb_req){ .opcode = LB_OP_REPORT, .aux = aux }, NULL, 0, lease_ref);
+}
+
+static void ring_seeds(void)
+{
+	struct script *s = malloc(sizeof(*s));
+	float thr[LBP_MAX_LAYERS];
+	if (!s)
+		die("out of memory");
+
+	begin(s, BANK_LRU);
+	ping(s);
+	pump(s, true);
+	done(s, "ping");
+
+	/* Insert, hit, report a small drift, release, release again (stale). */
+	begin(s, BANK_LRU);
+	insert(s, SMALL, 0, 4, 1, 16, 0, true);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 4, 1, NULL, 0, 4096);
+	report(s, 0.01f, 0);
+	release(s, 0);
+	release(s, 0);
+	pump(s, true);
+	done(s, "insert-hit-report-release");
+
+	/* Every layer of one input, then lookups of each layer with thresholds, and the deepest. */
+	begin(s, BANK_LRU);
+	for (uint16_t l = 0; l < 4; l++)
+		insert(s, SMALL, l, 8, 2, 64, 512u * l, true);
+	pump(s, true);
+	for (unsigned i = 0; i < 4; i++)
+		thr[i] = 0.9f + 0.02f * (float)i;
+	for (uint16_t l = 0; l < 4; l++)
+		lookup(s, LB_OP_LOOKUP, SMALL, l, 8, 2, thr, 4, 8192);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 8, 2, thr, 4, 8192 + 256);
+	pump(s, true);
+	done(s, "layers-and-thresholds");
+
+	/* The deep model: the longest threshold payload (4152 bytes). */
+	begin(s, BANK_LRU);
+	insert(s, DEEP, 1023, 1, 3, 32, 0, true);
+	for (unsigned i = 0; i < LBP_MAX_LAYERS; i++)
+		thr[i] = i % 2 ? -1.0f : 1.0f;
+	lookup(s, LB_OP_LOOKUP_DEEPEST, DEEP, 0, 1, 3, thr, LBP_MAX_LAYERS, 4096);
+	lookup(s, LB_OP_LOOKUP, DEEP, 1023, 1, 3, thr, LBP_MAX_LAYERS, 16384);
+	pump(s, true);
+	done(s, "deep-model-1024-thresholds");
+
+	/* A near duplicate: another token hash, the fingerprint a few bits away. */
+	begin(s, BANK_DECAY);
+	insert(s, SMALL, 2, 16, 4, 64, 0, true);
+	{
+		struct lb_query q = { 0 };
+		uint64_t exact[2];
+		key(4, q.fp, exact);
+		key(5, (uint64_t[4]){ 0 }, q.exact);
+		q.fp[0] ^= 0x1011;
+		req(s, (struct lb_req){ .opcode = LB_OP_LOOKUP_DEEPEST, .model_id = SMALL, .seq_len = 16,
+					.payload_off = 8192, .payload_len = sizeof(q) }, &q, sizeof(q), -1);
+	}
+	pump(s, true);
+	done(s, "near-duplicate");
+
+	/* Evictions: twelve entries of 16 KiB in a 128 KiB budget, then the first and the last. */
+	for (int bank = BANK_LRU; bank <= BANK_DECAY; bank++) {
+		begin(s, (uint8_t)bank);
+		for (uint32_t k = 10; k < 22; k++) {
+			insert(s, SMALL, 1, 16, k, 4096, 0, false);
+			pump(s, true);
+		}
+		lookup(s, LB_OP_LOOKUP, SMALL, 1, 16, 10, NULL, 0, 0);
+		lookup(s, LB_OP_LOOKUP, SMALL, 1, 16, 21, NULL, 0, 64);
+		pump(s, true);
+		done(s, bank == BANK_LRU ? "evict-lru" : "evict-decay");
+	}
+
+	/* TTL 0: the entry expires at its first lookup. */
+	begin(s, BANK_TTL0);
+	insert(s, SMALL, 3, 2, 30, 2, 0, true);
+	insert(s, SMALL, 0, 2, 30, 2, 512, true);
+	pump(s, true);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 2, 30, NULL, 0, 4096);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 2, 30, NULL, 0, 4096 + 64);
+	pump(s, true);
+	done(s, "ttl-expire");
+
+	/* A drift above the limit invalidates; the lease stays until released. */
+	begin(s, BANK_LRU);
+	insert(s, SMALL, 0, 3, 40, 3, 0, true);
+	lookup(s, LB_OP_LOOKUP, SMALL, 0, 3, 40, NULL, 0, 4096);
+	pump(s, true);
+	report(s, 1.0f, 0);
+	lookup(s, LB_OP_LOOKUP, SMALL, 0, 3, 40, NULL, 0, 4096);
+	release(s, 0);
+	pump(s, true);
+	done(s, "report-invalidates");
+
+	/* The same layer twice (EEXIST), the same tokens at another length (EINVAL), too large. */
+	begin(s, BANK_LRU);
+	insert(s, SMALL, 0, 4, 50, 4, 0, true);
+	insert(s, SMALL, 0, 4, 50, 4, 4096, true);
+	insert(s, SMALL, 1, 5, 50, 5, 8192, true);
+	insert(s, SMALL, 1, 4, 51, 40000, 12288, false);
+	pump(s, true);
+	done(s, "insert-exists-length-nospc");
+
+	/* Staging rewritten between the push and the serving: the daemon reads it then. */
+	begin(s, BANK_LRU);
+	insert(s, SMALL, 0, 1, 60, 4, 0, true);
+	stage(s, LB_INSERT_HDR_SIZE, "rewritten data!!", 16);
+	pump(s, true);
+	done(s, "staging-rewritten");
+
+	/* Back-pressure: completions left in their ring until it is full. */
+	begin(s, BANK_LRU);
+	ping(s);
+	repeat(s, 199);
+	pump(s, false);
+	ping(s);
+	repeat(s, 199);
+	pump(s, false);
+	pump(s, true);
+	done(s, "completion-ring-full");
+
+	/* The lease limit: 4100 hits of one entry, the last four refused (EBUSY). */
+	begin(s, BANK_LRU);
+	insert(s, SMALL, 0, 1, 70, 1, 0, true);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 1, 70, NULL, 0, 4096);
+	repeat(s, 4099);
+	pump(s, true);
+	done(s, "lease-limit");
+
+	/* Each check of Ring protocol 6, in order. */
+	begin(s, BANK_LRU);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .flags = 1 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .reserved = { 1, 0 } }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .reserved2 = 1 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = 0 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = 7 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = 255 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .layer = 1 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .model_id = 1 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .seq_len = 1 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .aux = 1 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .lease = 1 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .payload_len = 8 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .payload_off = 64 }, NULL, 0, -1);
+	pump(s, true);
+	done(s, "bad-common-fields");
+
+	begin(s, BANK_LRU);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 4, 1, NULL, 0, 4); /* payload_off not a multiple of 8 */
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 4, 1, NULL, 0, (8u << 20) - 48); /* past staging */
+	lookup(s, LB_OP_LOOKUP_DEEPEST, 3, 0, 4, 1, NULL, 0, 0);     /* no such model: ESRCH */
+	lookup(s, LB_OP_LOOKUP_DEEPEST, 0, 0, 4, 1, NULL, 0, 0);     /* model 0 */
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 0, 1, NULL, 0, 0); /* seq_len 0 */
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 257, 1, NULL, 0, 0); /* above max_seq */
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 1, 4, 1, NULL, 0, 0); /* DEEPEST with a layer */
+	lookup(s, LB_OP_LOOKUP, SMALL, 4, 4, 1, NULL, 0, 0);         /* layer >= n_layers */
+	for (unsigned i = 0; i < 4; i++)
+		thr[i] = 0.5f;
+	lookup(s, LB_OP_LOOKUP, SMALL, 0, 4, 1, thr, 3, 0);          /* n_thr not n_layers */
+	thr[2] = NAN;
+	lookup(s, LB_OP_LOOKUP, SMALL, 0, 4, 1, thr, 4, 0);
+	thr[2] = 1.5f;
+	lookup(s, LB_OP_LOOKUP, SMALL, 0, 4, 1, thr, 4, 0);
+	{
+		struct lb_query q = { .n_thr = 1 };                  /* n_thr against payload_len */
+		req(s, (struct lb_req){ .opcode = LB_OP_LOOKUP, .model_id = SMALL, .seq_len = 4,
+					.payload_off = 256, .payload_len = sizeof(q) }, &q, sizeof(q), -1);
+		q.n_thr = 0;
+		q.reserved = 1;
+		req(s, (struct lb_req){ .opcode = LB_OP_LOOKUP, .model_id = SMALL, .seq_len = 4,
+					.payload_off = 512, .payload_len = sizeof(q) }, &q, sizeof(q), -1);
+		req(s, (struct lb_req){ .opcode = LB_OP_LOOKUP, .model_id = SMALL, .seq_len = 4,
+					.payload_off = 768, .payload_len = sizeof(q) + 2 }, NULL, 0, -1);
+		req(s, (struct lb_req){ .opcode = LB_OP_LOOKUP, .model_id = SMALL, .seq_len = 4,
+					.payload_off = 768, .payload_len = sizeof(q), .aux = 1 }, NULL, 0, -1);
+	}
+	pump(s, true);
+	done(s, "bad-lookups");
+
+	begin(s, BANK_LRU);
+	{
+		uint8_t p[LB_INSERT_HDR_SIZE + 16] = { 0 };
+		struct lb_insert_hdr h = { .dtype = 1, .ndim = 1, .shape = { 4 }, .bytes = 16 };
+		struct lb_req r = { .opcode = LB_OP_INSERT, .model_id = SMALL, .seq_len = 1,
+				    .payload_len = sizeof(p) };
+		const struct lb_insert_hdr bad[] = {
+			{ .dtype = 0, .ndim = 1, .shape = { 4 }, .bytes = 16 },
+			{ .dtype = 4, .ndim = 1, .shape = { 4 }, .bytes = 16 },
+			{ .dtype = 1, .ndim = 0, .bytes = 16 },
+			{ .dtype = 1, .ndim = 5, .shape = { 4, 1, 1, 1 }, .bytes = 16 },
+			{ .dtype = 1, .ndim = 2, .shape = { 4, 0 }, .bytes = 16 },
+			{ .dtype = 1, .ndim = 1, .shape = { 4, 1 }, .bytes = 16 },
+			{ .dtype = 1, .ndim = 1, .shape = { 4 }, .bytes = 17 },
+			{ .dtype = 2, .ndim = 1, .shape = { 16 }, .bytes = 32 }, /* more than the payload */
+			{ .dtype = 1, .ndim = 4, .shape = { 65536, 65536, 65536, 65536 }, .bytes = 0 },
+		};
+		for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+			memcpy(p, &bad[i], sizeof(bad[i]));
+			r.payload_off = (uint32_t)(i * 256);
+			req(s, r, p, sizeof(p), -1);
+		}
+		memcpy(p, &h, sizeof(h));
+		p[100] = 1; /* the header's reserved tail */
+		r.payload_off = 4096;
+		req(s, r, p, sizeof(p), -1);
+		p[100] = 0;
+		r.payload_off = 8192;
+		r.payload_len = LB_INSERT_HDR_SIZE - 8;
+		req(s, r, p, sizeof(p), -1);
+		r.payload_len = sizeof(p);
+		r.layer = 4;
+		req(s, r, p, sizeof(p), -1);
+		r.layer = 0;
+		r.model_id = 9;
+		req(s, r, p, sizeof(p), -1); /* ESRCH */
+		r.model_id = SMALL;
+		r.seq_len = 0;
+		req(s, r, p, sizeof(p), -1);
+		r.seq_len = 1;
+		r.lease = 5;
+		req(s, r, p, sizeof(p), -1);
+	}
+	pump(s, true);
+	done(s, "bad-inserts");
+
+	begin(s, BANK_LRU);
+	insert(s, SMALL, 0, 2, 80, 2, 0, true);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 2, 80, NULL, 0, 4096);
+	pump(s, true);
+	report(s, NAN, 0);
+	report(s, -1.0f, 0);
+	report(s, INFINITY, 0);
+	req(s, (struct lb_req){ .opcode = LB_OP_RELEASE, .aux = 1 }, NULL, 0, 0);
+	req(s, (struct lb_req){ .opcode = LB_OP_RELEASE, .payload_off = 8 }, NULL, 0, 0);
+	req(s, (struct lb_req){ .opcode = LB_OP_RELEASE, .model_id = 1 }, NULL, 0, 0);
+	req(s, (struct lb_req){ .opcode = LB_OP_RELEASE, .lease = 0x100000002ull }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_RELEASE, .lease = 0xffffffff00000001ull }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_REPORT, .lease = 0 }, NULL, 0, -1);
+	pump(s, true);
+	done(s, "bad-leases");
+	free(s);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 2) {
+		fprintf(stderr, "usage: %s DIR\n", argv[0]);
+		return 2;
+	}
+	root = argv[1];
+	const char *dirs[] = { "corpus", "corpus/" DECODE, "corpus/" RING };
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		char path[4096];
+		snprintf(path, sizeof(path), "%s/%s", root, dirs[i]);
+		if (mkdir(path, 0755) < 0 && errno != EEXIST)
+			die("%s: %s", path, strerror(errno));
+	}
+	decode_seeds();
+	write_dict();
+	ring_seeds();
+	return 0;
+}
