@@ -94,10 +94,30 @@ fail:
 	return NULL;
 }
 
+void lbd_dpclient_allow(struct lbd_dpclient *c, uint32_t model_id)
+{
+	if (model_id == 0 || model_id > LBD_MAX_MODELS)
+		return;
+	/* R4: pairs with A4 in lbd_dpclient_may_use. The client sees MODEL only after this, and
+	 * its request reaches the service thread through the ring's R2/A2 and system calls. */
+	atomic_fetch_or_explicit(&c->models[(model_id - 1) / 64], 1ull << ((model_id - 1) % 64),
+				 memory_order_release);
+}
+
+bool lbd_dpclient_may_use(const struct lbd_dpclient *c, uint32_t model_id)
+{
+	if (model_id == 0 || model_id > LBD_MAX_MODELS)
+		return false;
+	/* A4: pairs with R4 in lbd_dpclient_allow. */
+	uint64_t w = atomic_load_explicit(&c->models[(model_id - 1) / 64], memory_order_acquire);
+	return (w >> ((model_id - 1) % 64)) & 1;
+}
+
 void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c)
 {
 	lbd_store_release_all(st, &c->leases);
 	lbd_leases_free(&c->leases);
+	lbd_store_account_close(st, c->account);
 	if (c->base)
 		munmap(c->base, c->bytes);
 	close(c->fd);
@@ -117,6 +137,17 @@ static bool payload_ok(const struct lbd_dpclient *c, const struct lb_req *r, uin
 	return r->payload_len >= min && r->payload_len <= max &&
 	       (uint64_t)r->payload_off + r->payload_len <= c->layout.staging_bytes &&
 	       r->payload_off % 8 == 0;
+}
+
+/* Step 3 of the checks (PROTOCOL.md, Ring protocol 6): a model that exists (-ESRCH) and that
+ * this client registered on its connection (-EACCES). The store is asked only on a refusal. */
+static bool model_ok(struct lbd_store *st, const struct lbd_dpclient *c, const struct lb_req *r,
+		     struct lb_cpl *out)
+{
+	if (lbd_dpclient_may_use(c, r->model_id))
+		return true;
+	out->status = lbd_store_has_model(st, r->model_id) ? -EACCES : -ESRCH;
+	return false;
 }
 
 static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r, struct lb_cpl *out)
@@ -154,6 +185,8 @@ static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_
 			out->status = -EINVAL;
 			return;
 		}
+		if (!model_ok(st, c, r, out))
+			return;
 		lbd_store_lookup(st, &c->leases, r, &p.q, p.thr, out);
 		return;
 	}
@@ -174,7 +207,13 @@ static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_
 				return;
 			}
 		struct lb_insert_hdr h = u.h;
-		lbd_store_insert(st, r, &h, staging + r->payload_off + LB_INSERT_HDR_SIZE, out);
+		if (!lbd_store_insert_hdr_ok(r, &h)) {
+			out->status = -EINVAL;
+			return;
+		}
+		if (!model_ok(st, c, r, out))
+			return;
+		lbd_store_insert(st, c->account, r, &h, staging + r->payload_off + LB_INSERT_HDR_SIZE, out);
 		return;
 	}
 	case LB_OP_RELEASE:
