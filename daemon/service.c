@@ -15,7 +15,17 @@
 
 #include "log.h"
 
-#define BATCH 32u          /* requests taken from one client before looking at the next */
+/*
+ * Requests taken from one client before looking at the next. While two or more clients have
+ * requests, each gets one per pass (round robin by request): a client that keeps its ring full
+ * cannot make another's request wait behind a batch of its own. A client that has had the
+ * thread to itself for FAIR_PASSES passes is served BATCH at a time again, which costs one
+ * wake-up check of its completion ring per batch instead of per request. The passes count, not
+ * a clock: a client doing one synchronous request at a time has none waiting for a pass or two
+ * after each completion, and must not be taken for gone.
+ */
+#define BATCH 32u
+#define FAIR_PASSES 64u
 #define MAX_WAITERS 128u   /* futex_waitv's limit: the control word and 127 clients */
 
 /* Owned by its thread, except the pending lists and ctl word, which the control thread
@@ -357,13 +367,22 @@ static void *svc_main(void *arg)
 	struct lbd_service *s = t->svc;
 	uint64_t idle_since = lb_now_ns();
 	unsigned idle_polls = 0;
+	unsigned since_shared = FAIR_PASSES; /* passes since two clients had requests in one */
 
 	while (!atomic_load_explicit(&t->stop, memory_order_acquire)) {
-		unsigned done = 0;
+		unsigned done = 0, busy = 0;
+		unsigned quantum = since_shared < FAIR_PASSES ? 1 : BATCH;
 		if (atomic_load_explicit(&t->pending, memory_order_acquire))
 			apply_pending(t);
-		for (unsigned i = 0; i < t->n; i++)
-			done += serve_client(s->store, t->c[i], BATCH);
+		for (unsigned i = 0; i < t->n; i++) {
+			unsigned d = serve_client(s->store, t->c[i], quantum);
+			done += d;
+			busy += d != 0;
+		}
+		if (busy > 1)
+			since_shared = 0;
+		else if (since_shared < FAIR_PASSES)
+			since_shared++;
 		if (done) {
 			idle_polls = 0;
 			continue;
