@@ -19,10 +19,10 @@
  * Requests taken from one client before looking at the next. While two or more clients have
  * requests, each gets one per pass (round robin by request): a client that keeps its ring full
  * cannot make another's request wait behind a batch of its own. A client that has had the
- * thread to itself for FAIR_PASSES passes is served BATCH at a time again, which costs one
- * wake-up check of its completion ring per batch instead of per request. The passes count, not
- * a clock: a client doing one synchronous request at a time has none waiting for a pass or two
- * after each completion, and must not be taken for gone.
+ * thread to itself for FAIR_PASSES passes, and is still alone, is served BATCH at a time
+ * again, which costs one wake-up check of its completion ring per batch instead of per
+ * request. The passes count, not a clock: a client doing one synchronous request at a time has
+ * none waiting for a pass or two after each completion, and must not be taken for gone.
  */
 #define BATCH 32u
 #define FAIR_PASSES 64u
@@ -275,16 +275,29 @@ unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c)
 	return serve_client(st, c, UINT32_MAX);
 }
 
+/* c has a request waiting and room for its completion: it could be served now. */
+static bool servable(const struct lbd_dpclient *c)
+{
+	uint32_t cons_c = atomic_load_explicit(&c->cpl.sh->cons, memory_order_acquire);
+	return lb_ring_sc_peek(&c->req) && c->cpl.local - cons_c <= c->cpl.mask;
+}
+
 /* Work is waiting that this thread could do now. */
 static bool has_work(const struct lbd_svc_thread *t)
 {
-	for (unsigned i = 0; i < t->n; i++) {
-		struct lbd_dpclient *c = t->c[i];
-		uint32_t cons_c = atomic_load_explicit(&c->cpl.sh->cons, memory_order_acquire);
-		if (lb_ring_sc_peek(&c->req) && c->cpl.local - cons_c <= c->cpl.mask)
+	for (unsigned i = 0; i < t->n; i++)
+		if (servable(t->c[i]))
 			return true;
-	}
 	return false;
+}
+
+/* Clients that could be served now, counted up to 2. */
+static unsigned servable_clients(const struct lbd_svc_thread *t)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < t->n && n < 2; i++)
+		n += servable(t->c[i]);
+	return n;
 }
 
 /* ---- the thread ---- */
@@ -371,9 +384,10 @@ static void *svc_main(void *arg)
 
 	while (!atomic_load_explicit(&t->stop, memory_order_acquire)) {
 		unsigned done = 0, busy = 0;
-		unsigned quantum = since_shared < FAIR_PASSES ? 1 : BATCH;
 		if (atomic_load_explicit(&t->pending, memory_order_acquire))
 			apply_pending(t);
+		/* The look for a second client costs a peek per client, once per batch. */
+		unsigned quantum = since_shared < FAIR_PASSES || servable_clients(t) > 1 ? 1 : BATCH;
 		for (unsigned i = 0; i < t->n; i++) {
 			unsigned d = serve_client(s->store, t->c[i], quantum);
 			done += d;

@@ -127,7 +127,22 @@ static void call(int fd, struct lbp_msg *m, struct lbp_msg *back, int *fds, unsi
 	assert_int_equal(lbp_decode(frame, (size_t)n, back, &fault), 0);
 }
 
+static void raw_connect(struct flooder *f, uint32_t entries, uint64_t staging);
+
 static void flooder_connect(struct flooder *f)
+{
+	raw_connect(f, FLOOD_RING, 4096);
+	/* Every request reads the same query at staging offset 0. */
+	struct lb_key k;
+	struct lb_query q = { .n_thr = 0 };
+	key_make(&k);
+	memcpy(q.fp, k.fp, sizeof(q.fp));
+	memcpy(q.exact, k.exact, sizeof(q.exact));
+	memcpy(f->region + f->lay.staging_off, &q, sizeof(q));
+}
+
+/* A client made by hand (HELLO with these ring and staging sizes, the model registered). */
+static void raw_connect(struct flooder *f, uint32_t entries, uint64_t staging)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct lbp_msg m = { .type = LBP_HELLO }, back;
@@ -139,8 +154,8 @@ static void flooder_connect(struct flooder *f)
 	assert_true(f->fd >= 0);
 	memcpy(sa.sun_path, env.sock, strlen(env.sock) + 1);
 	assert_int_equal(connect(f->fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-	m.u.hello = (struct lbp_hello){ .shm_abi = LB_SHM_ABI_VERSION, .req_entries = FLOOD_RING,
-					.cpl_entries = FLOOD_RING, .staging_bytes = 4096 };
+	m.u.hello = (struct lbp_hello){ .shm_abi = LB_SHM_ABI_VERSION, .req_entries = entries,
+					.cpl_entries = entries, .staging_bytes = staging };
 	strcpy(m.u.hello.name, "flooder");
 	call(f->fd, &m, &back, fds, &n_fds);
 	assert_int_equal(back.type, LBP_WELCOME);
@@ -148,7 +163,7 @@ static void flooder_connect(struct flooder *f)
 	for (unsigned i = 0; i + 1 < n_fds; i++)
 		close(fds[i]);
 	const struct lbp_region_desc *d = &back.u.welcome.region;
-	assert_int_equal(d->req_entries, FLOOD_RING);
+	assert_int_equal(d->req_entries, entries);
 	f->bytes = lb_region_layout(&f->lay, d->req_entries, d->cpl_entries, d->staging_bytes);
 	assert_int_equal(f->bytes, d->bytes);
 	void *p = mmap(NULL, f->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[n_fds - 1], 0);
@@ -170,14 +185,6 @@ static void flooder_connect(struct flooder *f)
 	call(f->fd, &m, &back, NULL, &n_fds);
 	assert_int_equal(back.type, LBP_MODEL);
 	f->model_id = back.u.model.model_id;
-
-	/* Every request reads the same query at staging offset 0. */
-	struct lb_key k;
-	struct lb_query q = { .n_thr = 0 };
-	key_make(&k);
-	memcpy(q.fp, k.fp, sizeof(q.fp));
-	memcpy(q.exact, k.exact, sizeof(q.exact));
-	memcpy(f->region + f->lay.staging_off, &q, sizeof(q));
 }
 
 /* Take every completion there is; then wake the daemon, which may have stopped for room. */
@@ -332,9 +339,108 @@ static void test_flooding_client_gets_its_share_and_no_more(void **state)
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 }
 
+/* ---- the order of service, seen through the store ---- */
+
+#define ORDER_N 200u
+#define ORDER_STRIDE 4096u /* staging bytes per insert: header area and 8 x 64 floats */
+
+/* Input i of the order test: distinct exact hashes and fingerprints far apart. */
+static void order_key(struct lb_key *k, uint32_t i)
+{
+	memset(k, 0, sizeof(*k));
+	for (int w = 0; w < 4; w++)
+		k->fp[w] = (0x9e3779b97f4a7c15ull * (i + 1)) ^ (0xbf58476d1ce4e5b9ull * (uint64_t)(w + 1) * (i + 7));
+	k->exact[0] = 0x0dde0000u + i;
+	k->exact[1] = i;
+	k->seq_len = 8;
+}
+
+/*
+ * Two clients' requests wait together: A's i-th inserts input i, B's i-th looks up input i + 1.
+ * Served one request of each in turn, every lookup of B comes before the insert it looks for:
+ * all miss. Served 32 of one client at a time (as before), B's lookups of inputs 2..32 would
+ * come after A's inserts of them and hit. The order the daemon takes waiting requests in does
+ * not depend on timing, so this holds on a loaded machine too.
+ */
+static void test_waiting_clients_are_served_one_request_each_in_turn(void **state)
+{
+	(void)state;
+	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", "--threads", "1",
+			       "--spin-us", "0", NULL };
+	static struct flooder a, b;
+	struct lb_key k;
+	struct lb_cpl cpl;
+
+	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	assert_true(daemon_pid > 0);
+	raw_connect(&a, 512, ORDER_N * ORDER_STRIDE);
+	raw_connect(&b, 512, 64 * 1024);
+	for (uint32_t i = 0; i < ORDER_N; i++) {
+		struct lb_insert_hdr h = { .dtype = LB_DTYPE_F32, .ndim = 2, .shape = { 8, 64 },
+					   .bytes = 8 * 64 * 4 };
+		order_key(&k, i);
+		memcpy(h.fp, k.fp, sizeof(h.fp));
+		memcpy(h.exact, k.exact, sizeof(h.exact));
+		memcpy(a.region + a.lay.staging_off + (uint64_t)i * ORDER_STRIDE, &h, sizeof(h));
+		struct lb_query q = { .n_thr = 0 };
+		order_key(&k, i + 1);
+		memcpy(q.fp, k.fp, sizeof(q.fp));
+		memcpy(q.exact, k.exact, sizeof(q.exact));
+		memcpy(b.region + b.lay.staging_off + (uint64_t)i * 64, &q, sizeof(q));
+	}
+	/* The service thread sleeps (spin-us 0); pushes without a wake leave it asleep. B's
+	 * lookups go in first: should it wake early, lookups served alone only miss. */
+	sleep_ns(100000000);
+	for (uint32_t i = 0; i < ORDER_N; i++) {
+		struct lb_req r = { .opcode = LB_OP_LOOKUP_DEEPEST, .model_id = b.model_id, .seq_len = 8,
+				    .user_data = i, .payload_off = i * 64,
+				    .payload_len = sizeof(struct lb_query) };
+		assert_true(lb_ring_sp_push(&b.req, &r));
+	}
+	for (uint32_t i = 0; i < ORDER_N; i++) {
+		struct lb_req r = { .opcode = LB_OP_INSERT, .model_id = a.model_id, .seq_len = 8,
+				    .user_data = i, .payload_off = i * ORDER_STRIDE,
+				    .payload_len = LB_INSERT_HDR_SIZE + 8 * 64 * 4 };
+		assert_true(lb_ring_sp_push(&a.req, &r));
+	}
+	lb_ring_sp_wake(&a.req);
+	lb_ring_sp_wake(&b.req);
+
+	unsigned hits = 0, misses = 0, inserted = 0;
+	for (uint32_t got = 0; got < ORDER_N;) {
+		assert_true(lb_ring_sc_wait(&a.cpl, 0, 5000000000ull) > 0);
+		while (lb_ring_sc_pop(&a.cpl, &cpl) == 1) {
+			assert_int_equal(cpl.user_data, got);
+			inserted += cpl.status == 0;
+			got++;
+		}
+	}
+	for (uint32_t got = 0; got < ORDER_N;) {
+		assert_true(lb_ring_sc_wait(&b.cpl, 0, 5000000000ull) > 0);
+		while (lb_ring_sc_pop(&b.cpl, &cpl) == 1) {
+			assert_int_equal(cpl.user_data, got);
+			hits += cpl.status == 0;
+			misses += cpl.status == -ENOENT;
+			got++;
+		}
+	}
+	printf("A's %u inserts and B's %u lookups of the next input, waiting together: %u inserted, "
+	       "%u hits, %u misses\n", ORDER_N, ORDER_N, inserted, hits, misses);
+	assert_int_equal(inserted, ORDER_N);
+	assert_int_equal(misses, ORDER_N);
+	assert_int_equal(hits, 0);
+	flooder_close(&a);
+	flooder_close(&b);
+	int st = lbt_daemon_stop(daemon_pid);
+	daemon_pid = -1;
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_waiting_clients_are_served_one_request_each_in_turn,
+						setup, teardown),
 		cmocka_unit_test_setup_teardown(test_flooding_client_gets_its_share_and_no_more, setup,
 						teardown),
 	};
