@@ -595,11 +595,54 @@ static int set_socket_access(const struct lbd_config *cfg, const char *path, cha
 	return 0;
 }
 
+/* Bind, set socket-group and socket-mode, listen: the socket at path is ready to accept under
+ * its final permissions. *bound: the file was made (and is the caller's to remove).
+ * @return 0 or -errno. */
+static int bind_and_listen(struct lbd_server *s, const char *path, bool *bound, char *err,
+			   size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	mode_t old;
+	int ret;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	/* The file never exists wider than socket-mode: the umask takes the other bits off at
+	 * bind (no other thread runs yet to be surprised by the process-wide umask). */
+	old = umask(~(mode_t)s->cfg->socket_mode & 0777);
+	ret = bind(s->listen_fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (ret < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot bind %s: %s%s", s->cfg->socket_path, strerror(-ret),
+			 ret == -ENOENT ? " (does its folder exist? --socket picks another path)" : "");
+		return ret;
+	}
+	*bound = true;
+	/* Group and exact mode before listen: until then a connect is refused whatever the
+	 * file's permissions, so nobody gets in under the wrong ones. */
+	ret = set_socket_access(s->cfg, path, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (listen(s->listen_fd, 128) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "listen %s: %s", path, strerror(-ret));
+		return ret;
+	}
+	return 0;
+}
+
+/*
+ * The socket is made under a name of its own (PATH.PID) and renamed to PATH once it listens
+ * with its final group and mode: a client that waits for PATH to appear never finds it
+ * refusing connections, and nobody connects under other permissions. RENAME_NOREPLACE keeps
+ * a second daemon started at the same moment from taking over the first one's path. When
+ * PATH.PID does not fit in sun_path, PATH itself is bound (connections are refused for the
+ * moment between bind and listen).
+ */
 static int setup_socket(struct lbd_server *s, char *err, size_t errlen)
 {
 	const char *path = s->cfg->socket_path;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	mode_t old;
+	char staged[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	int ret;
 
 	ret = claim_socket_path(path, err, errlen);
@@ -611,33 +654,31 @@ static int setup_socket(struct lbd_server *s, char *err, size_t errlen)
 	s->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (s->listen_fd < 0) {
 		ret = -errno;
-		snprintf(err, errlen, "socket: %s", strerror(errno));
+		snprintf(err, errlen, "socket: %s", strerror(-ret));
 		return ret;
 	}
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	/* The file never exists wider than socket-mode: the umask takes the other bits off at
-	 * bind (no other thread runs yet to be surprised by the process-wide umask). */
-	old = umask(~(mode_t)s->cfg->socket_mode & 0777);
-	ret = bind(s->listen_fd, (struct sockaddr *)&sa, sizeof(sa));
-	umask(old);
-	if (ret < 0) {
+	int n = snprintf(staged, sizeof(staged), "%s.%d", path, (int)getpid());
+	if (n < 0 || (size_t)n >= sizeof(staged)) {
+		ret = bind_and_listen(s, path, &s->socket_bound, err, errlen);
+		if (ret == 0)
+			snprintf(s->listen_path, sizeof(s->listen_path), "%s", path);
+		return ret;
+	}
+	unlink(staged); /* left by a daemon that crashed with our pid */
+	bool bound = false;
+	ret = bind_and_listen(s, staged, &bound, err, errlen);
+	if (ret == 0 && renameat2(AT_FDCWD, staged, AT_FDCWD, path, RENAME_NOREPLACE) < 0) {
 		ret = -errno;
-		snprintf(err, errlen, "cannot bind %s: %s%s", path, strerror(errno),
-			 errno == ENOENT ? " (does its folder exist? --socket picks another path)" : "");
+		snprintf(err, errlen, "cannot rename %s to %s: %s", staged, path,
+			 ret == -EEXIST ? "another layerbankd took the path meanwhile" : strerror(-ret));
+	}
+	if (ret < 0) {
+		if (bound)
+			unlink(staged);
 		return ret;
 	}
 	s->socket_bound = true;
 	snprintf(s->listen_path, sizeof(s->listen_path), "%s", path);
-	/* Group and exact mode before listen: until then a connect is refused whatever the
-	 * file's permissions, so nobody gets in under the wrong ones. */
-	ret = set_socket_access(s->cfg, path, err, errlen);
-	if (ret < 0)
-		return ret;
-	if (listen(s->listen_fd, 128) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "listen %s: %s", path, strerror(errno));
-		return ret;
-	}
 	return 0;
 }
 

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
 #include <signal.h>
@@ -288,6 +289,42 @@ static void test_socket_mode_and_group_as_configured(void **state)
 	umask(old);
 	expect_socket(0660, getegid());
 	stop_daemon();
+}
+
+/* A client that connects the moment the socket's file appears is accepted: the daemon makes
+ * the file listen, with its group and mode, under another name and renames it into place.
+ * (Binding in place, the window between bind and listen is a few microseconds: this can only
+ * catch it now and then, as the ring benchmark once did.) */
+static void test_socket_appears_listening(void **state)
+{
+	(void)state;
+	for (int round = 0; round < 5; round++) {
+		fflush(stdout);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			int fd = open(env.log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+			if (fd >= 0) {
+				dup2(fd, 1);
+				dup2(fd, 2);
+			}
+			execl(LB_DAEMON_PATH, LB_DAEMON_PATH, "--foreground", "--socket", env.sock,
+			      "--arena-size", "4M", "--hugepages", "off", "--socket-mode", "0600",
+			      (char *)NULL);
+			_exit(127);
+		}
+		daemon_pid = pid;
+		struct stat st;
+		for (uint64_t t0 = lb_now_ns(); stat(env.sock, &st) < 0;)
+			assert_true(lb_now_ns() - t0 < 10000000000ull && lbt_alive(pid));
+		int fd = raw_open();
+		if (fd < 0)
+			print_error("round %d: connect as the file appeared: %s\n", round, strerror(-fd));
+		assert_true(fd >= 0);
+		assert_int_equal(st.st_mode & 0777, 0600);
+		close(fd);
+		stop_daemon();
+	}
 }
 
 /* ---- allow-lists ---- */
@@ -807,6 +844,7 @@ int main(int argc, char **argv)
 	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_socket_mode_and_group_as_configured, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_socket_appears_listening, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_allow_list_refuses_registration, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_plane_refuses_unregistered_model_ids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_staging_capped_by_client_staging_max, setup, teardown),
