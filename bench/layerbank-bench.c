@@ -3,6 +3,7 @@
  *   layerbank-bench kernels [--json]
  *   layerbank-bench workload ...   (bench_workload.c)
  *   layerbank-bench e2e ...        (bench_e2e.c)
+ *   layerbank-bench snapshot ...   (bench_snapshot.c)
  * The ring benchmark starts its own layerbankd (and redis-server when installed) in a temporary
  * folder and stops them before it exits. */
 #include <errno.h>
@@ -906,9 +907,12 @@ int main(int argc, char **argv)
 		return bench_workload_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "e2e") == 0)
 		return bench_e2e_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "snapshot") == 0)
+		return bench_snapshot_main(argc - 1, argv + 1);
 	fprintf(stderr, "usage: layerbank-bench ring [--json] [--iters N] [--no-index]\n"
 			"       layerbank-bench kernels [--json]\n"
 			"       layerbank-bench workload [--summary] [options: see --help]\n"
-			"       layerbank-bench e2e [--json] [--plot FILE] [options: see --help]\n");
+			"       layerbank-bench e2e [--json] [--plot FILE] [options: see --help]\n"
+			"       layerbank-bench snapshot [--arena-size SIZE] [--dir DIR] [--json]\n");
 	return 2;
 }

@@ -9,6 +9,7 @@
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "errf.h"
 
@@ -501,6 +502,43 @@ static int set_insert_bytes(struct lbd_config *c, const char *v, const char *who
 	return 0;
 }
 
+/* A file the daemon writes at stop and reads at start; "none" for no snapshot. A relative
+ * path is made absolute here: the daemon leaves its working folder when it detaches. */
+static int set_snapshot(struct lbd_config *c, const char *v, const char *who, char *err,
+			size_t errlen)
+{
+	char path[PATH_MAX], cwd[PATH_MAX];
+	size_t len = strlen(v);
+	int n;
+
+	if (strcmp(v, "none") == 0) {
+		c->snapshot_path[0] = '\0';
+		return 0;
+	}
+	if (len == 0 || v[len - 1] == '/') {
+		lbp_errf(err, errlen, "%s: '%s' is not a file path (or 'none')", who, v);
+		return -EINVAL;
+	}
+	if (v[0] == '/') {
+		n = snprintf(path, sizeof(path), "%s", v);
+	} else {
+		if (!getcwd(cwd, sizeof(cwd))) {
+			lbp_errf(err, errlen, "%s: '%s' is relative and the working folder is unknown: %s",
+				 who, v, strerror(errno));
+			return -EINVAL;
+		}
+		n = snprintf(path, sizeof(path), "%s/%s", strcmp(cwd, "/") ? cwd : "", v);
+	}
+	/* Room for the ".tmp" the writer appends. */
+	if (n < 0 || (size_t)n + 4 >= sizeof(c->snapshot_path)) {
+		lbp_errf(err, errlen, "%s: path longer than %zu bytes: '%s'", who,
+			 sizeof(c->snapshot_path) - 5, v);
+		return -EINVAL;
+	}
+	memcpy(c->snapshot_path, path, (size_t)n + 1);
+	return 0;
+}
+
 /* getopt_long values for options without a short form: above any char. */
 enum {
 	OPT_ARENA_SIZE = 256,
@@ -516,6 +554,7 @@ enum {
 	OPT_DRIFT_MAX,
 	OPT_TAU,
 	OPT_BUDGET,
+	OPT_SNAPSHOT,
 	OPT_CHECK_CONFIG,
 	OPT_SOCKET_MODE,
 	OPT_SOCKET_GROUP,
@@ -551,6 +590,7 @@ static const struct config_key keys[] = {
 	{ "drift-max", OPT_DRIFT_MAX, required_argument, "a number", set_drift_max },
 	{ "tau", OPT_TAU, required_argument, "a similarity -1..1", set_tau },
 	{ "budget", OPT_BUDGET, required_argument, "a size", set_budget },
+	{ "snapshot", OPT_SNAPSHOT, required_argument, "a file path or 'none'", set_snapshot },
 	{ "socket-mode", OPT_SOCKET_MODE, required_argument, "an octal mode such as 0660", set_socket_mode },
 	{ "socket-group", OPT_SOCKET_GROUP, required_argument, "a group name or gid", set_socket_group },
 	{ "model-allow", OPT_MODEL_ALLOW, required_argument, "MODEL USER[,USER...]", set_model_allow },
@@ -590,6 +630,7 @@ static const struct option long_options[] = {
 	{ "drift-max", required_argument, NULL, OPT_DRIFT_MAX },
 	{ "tau", required_argument, NULL, OPT_TAU },
 	{ "budget", required_argument, NULL, OPT_BUDGET },
+	{ "snapshot", required_argument, NULL, OPT_SNAPSHOT },
 	{ "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
 	{ "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
 	{ "model-allow", required_argument, NULL, OPT_MODEL_ALLOW },
@@ -925,6 +966,8 @@ void lbd_config_usage(FILE *out)
 		"      --tau X              similarity needed for reuse when a lookup brings no\n"
 		"                           thresholds, -1..1 (default %g)\n"
 		"      --budget SIZE        bytes entries may use (default 0: the whole arena)\n"
+		"      --snapshot FILE      write the cache to FILE at stop (and on SNAPSHOT), restore\n"
+		"                           it at start; 'none' for no snapshot (the default)\n"
 		"      --socket-mode MODE   octal permissions of the socket it binds (default 0660)\n"
 		"      --socket-group GROUP its group, a name or gid (default none: the daemon's)\n"
 		"      --model-allow 'MODEL USER[,USER...]'\n"

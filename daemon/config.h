@@ -3,6 +3,7 @@
 #ifndef LAYERBANK_DAEMON_CONFIG_H
 #define LAYERBANK_DAEMON_CONFIG_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -57,6 +58,7 @@ struct lbd_config {
 	double drift_max;             /* REPORT drift above this invalidates the entry */
 	double tau;                   /* default similarity threshold, -1..1 */
 	uint64_t budget;              /* bytes entries may use, 0: the whole arena */
+	char snapshot_path[PATH_MAX]; /* absolute; "" (the default, "none"): no snapshot */
 	unsigned socket_mode;         /* permission bits of the bound socket, 0600..0777 */
 	int64_t socket_gid;           /* its group, or LBD_SOCKET_GROUP_OWN */
 	struct lbd_model_allow allow[LBD_MAX_ALLOW_MODELS]; /* model-allow lines, n_allow used */

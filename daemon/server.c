@@ -18,6 +18,7 @@
 
 #include "log.h"
 #include "sd.h"
+#include "snapshot.h"
 
 struct lbd_conn {
 	struct lbd_op op; /* the connection's one op in flight */
@@ -222,10 +223,9 @@ static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
 	const char *field = "";
 	char why[LBP_MAX_ERRMSG];
 	uint32_t id = 0;
-	int ret;
 
 	/* Before the registry: a user who may not use a model may not create it either (and so
-	 * cannot take its name with other weights first). */
+	 * cannot take its name with other weights first, nor retire a snapshot's model). */
 	if (!may_register(c, d->name)) {
 		snprintf(why, sizeof(why), "model '%s' is not open to uid %u (model-allow)", d->name,
 			 (unsigned)c->cred.uid);
@@ -234,7 +234,14 @@ static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
 		conn_error(c, false, EACCES, "name", why);
 		return;
 	}
-	ret = lbd_models_register(&c->s->models, d, &id, &field, why, sizeof(why));
+	/* A model restored from a snapshot is taken back when its first client disagrees. */
+	uint32_t retired = lbd_models_settle(&c->s->models, d, why, sizeof(why));
+	if (retired) {
+		int64_t n = lbd_store_drop_model(c->s->store, retired);
+		lbd_warn("client %" PRIu64 ": %s; the snapshot's model %u retired, its %" PRId64
+			 " entries dropped", c->client_id, why, retired, n > 0 ? n : 0);
+	}
+	int ret = lbd_models_register(&c->s->models, d, &id, &field, why, sizeof(why));
 	if (ret < 0) {
 		lbd_info("client %" PRIu64 ": REGISTER_MODEL refused: %s", c->client_id, why);
 		conn_error(c, false, -ret, field, why);
@@ -275,6 +282,74 @@ static void on_lookup(struct lbd_conn *c, const struct lbp_lookup *l)
 	m.u.lookup_reply.hamming = cpl.hamming;
 	m.u.lookup_reply.arena = cpl.arena;
 	m.u.lookup_reply.entry_off = cpl.entry_off;
+	conn_reply(c, &m, NULL, 0);
+}
+
+/* Keep systemd content while a long snapshot is written: the watchdog, and when stopping,
+ * the stop timeout (EXTEND_TIMEOUT_USEC pushes it 30 s ahead of each ping). */
+static void snapshot_progress(void *ctx, uint64_t done, uint64_t total)
+{
+	struct lbd_server *s = ctx;
+	uint64_t now = lb_now_ns();
+
+	if (now - s->snap_ping_ns < 1000000000ull)
+		return;
+	s->snap_ping_ns = now;
+	if (s->watchdog_ns)
+		lbd_sd_notify("WATCHDOG=1");
+	if (s->stopping)
+		lbd_sd_notify("EXTEND_TIMEOUT_USEC=30000000\nSTATUS=writing the snapshot: %" PRIu64
+			      " of %" PRIu64 " MiB", done >> 20, total >> 20);
+}
+
+/* Write the snapshot file now. @return 0 or -errno, with one line in err. */
+static int write_snapshot(struct lbd_server *s, struct lbd_snapshot_stats *st, char *err, size_t errlen)
+{
+	s->snap_ping_ns = 0; /* the first chunk written feeds systemd at once */
+	int ret = lbd_snapshot_write(s->cfg->snapshot_path, &s->models, s->store, s->boot_id,
+				     snapshot_progress, s, st, err, errlen);
+	if (ret < 0) {
+		lbd_err("%s", err);
+		return ret;
+	}
+	if (*err)
+		lbd_warn("%s", err); /* written, with a warning */
+	lbd_info("snapshot %s: %" PRIu64 " entries (%.1f MiB of data) of %u models written, %" PRIu64
+		 " bytes, in %" PRIu64 " ms", s->cfg->snapshot_path, st->entries,
+		 (double)st->data_bytes / (1 << 20), st->models, st->file_bytes, st->ms);
+	return 0;
+}
+
+/* SNAPSHOT: administrative, so only root and the daemon's own user may ask. */
+static void on_snapshot(struct lbd_conn *c)
+{
+	struct lbd_server *s = c->s;
+	struct lbp_msg m = { .type = LBP_SNAPSHOT_REPLY };
+	struct lbd_snapshot_stats st;
+	char text[LBP_MAX_ERRMSG], err[PATH_MAX + 200];
+	uid_t me = geteuid();
+
+	if (c->cred.uid != 0 && c->cred.uid != me) {
+		snprintf(text, sizeof(text), "SNAPSHOT is for root and the daemon's user (uid %u), not uid %u",
+			 (unsigned)me, (unsigned)c->cred.uid);
+		lbd_warn("client %" PRIu64 " (pid %d): %s", c->client_id, (int)c->cred.pid, text);
+		conn_error(c, false, EPERM, "", text);
+		return;
+	}
+	if (!s->cfg->snapshot_path[0]) {
+		conn_error(c, false, EOPNOTSUPP, "", "no snapshot file: layerbankd runs without --snapshot");
+		return;
+	}
+	lbd_info("client %" PRIu64 " (pid %d uid %u) asked for a snapshot", c->client_id,
+		 (int)c->cred.pid, (unsigned)c->cred.uid);
+	int ret = write_snapshot(s, &st, err, sizeof(err));
+	if (ret < 0) {
+		conn_error(c, false, -ret, "", err);
+		return;
+	}
+	m.u.snapshot_reply.entries = st.entries;
+	m.u.snapshot_reply.bytes = st.file_bytes;
+	m.u.snapshot_reply.ms = st.ms;
 	conn_reply(c, &m, NULL, 0);
 }
 
@@ -328,7 +403,11 @@ static void on_frame(struct lbd_conn *c, size_t len)
 	case LBP_ERROR:
 	case LBP_MODEL_STATS_REPLY:
 	case LBP_LOOKUP_REPLY:
+	case LBP_SNAPSHOT_REPLY:
 		break;
+	case LBP_SNAPSHOT:
+		on_snapshot(c);
+		return;
 	case LBP_LOOKUP:
 		on_lookup(c, &m.u.lookup);
 		return;
@@ -404,9 +483,12 @@ static void on_accept(struct lbd_op *op, int res)
 	c->op.fn = conn_on_op;
 	c->s = s;
 	c->fd = res;
-	/* Unknown credentials match no allow-list: not uid 0 of a zeroed struct. */
-	if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0)
-		c->cred = (struct ucred){ .pid = -1, .uid = (uid_t)-1, .gid = (gid_t)-1 };
+	if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0) {
+		/* Unknown: never taken for root (uid 0) by the administrative checks. */
+		c->cred.pid = -1;
+		c->cred.uid = (uid_t)-1;
+		c->cred.gid = (gid_t)-1;
+	}
 	c->next = s->conns;
 	if (s->conns)
 		s->conns->prev = c;
@@ -429,6 +511,7 @@ static void on_signal(struct lbd_op *op, int res)
 	if (res == (int)sizeof(s->siginfo)) {
 		lbd_info("%s received: shutting down", strsignal((int)s->siginfo.ssi_signo));
 		lbd_sd_notify("STOPPING=1\nSTATUS=shutting down");
+		s->stopping = true;
 		s->loop.stop = true;
 		return;
 	}
@@ -766,6 +849,37 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	return s->socket_inherited ? 0 : setup_socket(s, err, errlen);
 }
 
+/* At start: the file's entries back into the store, or one line saying why not. */
+static void restore_snapshot(struct lbd_server *s)
+{
+	const char *path = s->cfg->snapshot_path;
+	struct lbd_snapshot_stats st;
+	char err[PATH_MAX + 200];
+	int ret = lbd_snapshot_load(path, &s->models, s->store, &st, err, sizeof(err));
+
+	if (ret == -ENOENT) {
+		lbd_info("snapshot %s: no such file yet, starting empty", path);
+	} else if (ret < 0) {
+		lbd_warn("snapshot %s rejected, starting empty: %s", path, err);
+	} else {
+		char out[96] = "";
+		if (st.entries_skipped || st.models_skipped)
+			snprintf(out, sizeof(out), "; left out: %" PRIu64 " entries (budget, room or ttl), %u models",
+				 st.entries_skipped, st.models_skipped);
+		lbd_info("snapshot %s: %" PRIu64 " entries (%.1f MiB of data) of %u models restored in %"
+			 PRIu64 " ms, written %lld s ago%s", path, st.entries,
+			 (double)st.data_bytes / (1 << 20), st.models - st.models_skipped, st.ms,
+			 (long long)(time(NULL) - (time_t)st.written_s), out);
+	}
+	/* Say now, not at stop, when the file cannot be written. */
+	char dir[PATH_MAX];
+	const char *slash = strrchr(path, '/'); /* the path is absolute (config.c) */
+	snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) : 0, path);
+	if (access(dir[0] ? dir : "/", W_OK) < 0)
+		lbd_warn("snapshot %s: cannot write in %s (%s): the snapshot at stop will fail", path,
+			 dir[0] ? dir : "/", strerror(errno));
+}
+
 int lbd_server_run(struct lbd_server *s)
 {
 	sigset_t mask;
@@ -785,6 +899,9 @@ int lbd_server_run(struct lbd_server *s)
 		return ret;
 	}
 	s->loop_ready = true;
+	/* Before the service threads and the first accept: nobody sees a half-restored cache. */
+	if (s->cfg->snapshot_path[0])
+		restore_snapshot(s);
 	/* Threads start here, after any detaching fork: a fork keeps only the calling thread. */
 	ret = lbd_service_start(&s->service, s->store, s->cfg->threads, (uint64_t)s->cfg->spin_us * 1000);
 	if (ret < 0) {
@@ -814,6 +931,13 @@ int lbd_server_run(struct lbd_server *s)
 	ret = lbd_loop_run(&s->loop);
 	if (ret < 0)
 		lbd_err("event loop failed: %s", strerror(-ret));
+	/* Even after a failed loop: the store is intact, and the next start can use it. */
+	if (s->cfg->snapshot_path[0]) {
+		struct lbd_snapshot_stats snap;
+		char err[PATH_MAX + 200];
+		s->stopping = true;
+		write_snapshot(s, &snap, err, sizeof(err));
+	}
 	return ret;
 }
 

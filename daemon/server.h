@@ -54,14 +54,19 @@ struct lbd_server {
 	struct lbd_op accept_op;
 	struct lbd_op signal_op;
 	struct signalfd_siginfo siginfo; /* target of the pending signalfd read */
+	bool stopping;           /* a signal said stop: a snapshot written now extends systemd's
+				  * stop timeout as it goes */
+	uint64_t snap_ping_ns;   /* when a snapshot being written last fed systemd */
 };
 
 /* Create the arenas and the listening socket, or take the one systemd passed (socket
  * activation). Errors go to err as one line (errlen bytes). @return 0 or -errno. */
 int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *err, size_t errlen);
 
-/* Start the loop (after any daemonising fork) and serve until SIGTERM/SIGINT. Under systemd
- * ($NOTIFY_SOCKET) it sends READY=1 once the socket listens and the service threads run, a
+/* Start the loop (after any daemonising fork) and serve until SIGTERM/SIGINT. With
+ * --snapshot it first restores the snapshot file (a bad one is one log line and an empty
+ * start), and writes it again when the loop ends. Under systemd ($NOTIFY_SOCKET) it sends
+ * READY=1 once the snapshot is restored, the socket listens and the service threads run, a
  * STATUS= line every LBD_STATUS_PERIOD_S, WATCHDOG=1 from the loop and STOPPING=1 on SIGTERM.
  * @return 0 on a clean stop, -errno when the loop failed. */
 int lbd_server_run(struct lbd_server *s);

@@ -71,6 +71,8 @@ struct bank {
 	struct lbd_exactmap *exact;
 	struct lbp_layer_stats *layer; /* [n_layers] */
 	uint32_t max_d_default;        /* radius for the default tau */
+	bool retired;                  /* lbd_store_drop_model: answers as no model; its memory
+					* stays for inserts that were copying when it went */
 };
 
 struct lbd_store {
@@ -373,11 +375,13 @@ void lbd_store_expire(struct lbd_store *st)
 
 /* ---- leases ---- */
 
-static int lease_take(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, uint64_t *handle)
+/* A lease on entry id in ls, which may hold at most max leases. */
+static int lease_take_max(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, uint32_t max,
+			  uint64_t *handle)
 {
 	if (ls->cap == 0 || ls->free_head == NONE) {
 		uint32_t old = ls->cap, ncap = old ? old * 2 : 64;
-		if (old >= LBD_MAX_LEASES)
+		if (old >= max || old > UINT32_MAX / 4)
 			return -EBUSY;
 		struct lbd_lease *p = realloc(ls->slot, sizeof(*p) * ncap);
 		if (!p)
@@ -402,6 +406,11 @@ static int lease_take(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, 
 	/* Slot + 1 in the high half, so that no valid handle is 0. */
 	*handle = ((uint64_t)(s + 1) << 32) | l->gen;
 	return 0;
+}
+
+static int lease_take(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, uint64_t *handle)
+{
+	return lease_take_max(st, ls, id, LBD_MAX_LEASES, handle);
 }
 
 /* Validate a handle from the client. @return the slot, or NONE. */
@@ -507,7 +516,8 @@ static bool accept_input(void *p, uint32_t id)
 
 static struct bank *bank_of(struct lbd_store *st, uint32_t model_id)
 {
-	if (model_id == 0 || model_id > st->n_banks || st->banks[model_id - 1].desc.n_layers == 0)
+	if (model_id == 0 || model_id > st->n_banks || st->banks[model_id - 1].desc.n_layers == 0 ||
+	    st->banks[model_id - 1].retired)
 		return NULL;
 	return &st->banks[model_id - 1];
 }
@@ -795,7 +805,10 @@ void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_re
 	atomic_store_explicit((_Atomic uint64_t *)&eh->magic, LB_ENTRY_MAGIC, memory_order_release);
 
 	pthread_mutex_lock(&st->lock);
+	/* Both tables may have moved while unlocked: st->e grows with other inserts, st->banks
+	 * with a model registered meanwhile (lbd_store_add_model reallocates it). */
 	e = &st->e[eid];
+	b = &st->banks[r->model_id - 1];
 	if (e->gen != gen || e->state != E_PENDING)
 		abort(); /* pending entries are never freed by anyone else */
 	e->created_ns = e->last_ns = e->score_ns = now;
@@ -1014,4 +1027,222 @@ int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t firs
 	}
 	pthread_mutex_unlock(&st->lock);
 	return ret;
+}
+
+/* ---- snapshots: hold everything for a write, put entries back at start-up ---- */
+
+/* The decay policy's hit score of e, decayed to now (whatever the policy: a snapshot keeps
+ * it, so a restart under decay finds it). */
+static double decayed_score(const struct lbd_store *st, const struct entry *e, uint64_t now)
+{
+	if (!st->cfg.half_life_ns)
+		return e->score;
+	return e->score * exp2(-(double)(now - e->score_ns) / (double)st->cfg.half_life_ns);
+}
+
+int lbd_store_hold_all(struct lbd_store *st, struct lbd_leases *ls, struct lbd_store_item **items,
+		       uint32_t *n)
+{
+	uint64_t now, lease;
+	struct lbd_store_item *it;
+	uint32_t k = 0;
+	int ret = 0;
+
+	*items = NULL;
+	*n = 0;
+	pthread_mutex_lock(&st->lock);
+	now = lb_now_ns(); /* under the lock: no entry's last hit is later */
+	it = calloc(st->n_live ? st->n_live : 1, sizeof(*it));
+	if (!it) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	for (uint32_t i = 0; i < st->n_live; i++) {
+		uint32_t id = st->live[i];
+		struct entry *e = &st->e[id];
+		if (e->state != E_LIVE)
+			continue; /* doomed, held by a client only */
+		const struct input *in = &st->in[e->input];
+		const struct lb_entry_hdr *h =
+			(const struct lb_entry_hdr *)((const uint8_t *)st->arenas[e->arena].hdr + e->off);
+		/* The snapshot's own leases are not capped like a client's: it holds every entry. */
+		ret = lease_take_max(st, ls, id, UINT32_MAX, &lease);
+		if (ret < 0)
+			break;
+		st->banks[in->bank].layer[e->layer].leases++;
+		struct lbd_store_item *x = &it[k++];
+		x->model_id = in->bank + 1;
+		x->layer = e->layer;
+		/* The header fields: written by this daemon before the entry went live, unchanged
+		 * since (section 9 of the ring protocol). */
+		x->seq_len = h->seq_len;
+		x->dtype = h->dtype;
+		x->ndim = h->ndim;
+		memcpy(x->shape, h->shape, sizeof(x->shape));
+		x->bytes = h->bytes;
+		x->checksum = h->checksum;
+		memcpy(x->fp, in->fp, sizeof(x->fp));
+		memcpy(x->exact, in->exact, sizeof(x->exact));
+		x->idle_ns = now - e->last_ns;
+		x->age_ns = now - e->created_ns;
+		x->score = decayed_score(st, e, now);
+		x->data = (const uint8_t *)h + LB_ENTRY_HDR_SIZE;
+	}
+out:
+	pthread_mutex_unlock(&st->lock);
+	if (ret < 0) {
+		lbd_store_release_all(st, ls);
+		free(it);
+		return ret;
+	}
+	*items = it;
+	*n = k;
+	return 0;
+}
+
+double lbd_store_item_value(const struct lbd_store *st, const struct lbd_store_item *it)
+{
+	switch (st->cfg.policy) {
+	case LBD_POLICY_DECAY:
+		return it->score;
+	case LBD_POLICY_TTL:
+		return -(double)it->age_ns;
+	case LBD_POLICY_LRU:
+		break;
+	}
+	return -(double)it->idle_ns;
+}
+
+int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
+{
+	uint64_t now = lb_now_ns(), off = 0;
+	struct lb_insert_hdr h = { .dtype = it->dtype, .ndim = it->ndim, .bytes = it->bytes };
+	uint32_t id, eid;
+	unsigned arena = 0;
+	struct bank *b;
+	int ret = 0;
+
+	memcpy(h.shape, it->shape, sizeof(h.shape));
+	if (!shape_ok(&h) || !it->data)
+		return -EINVAL;
+	uint64_t need = (LB_ENTRY_HDR_SIZE + it->bytes + LBD_ALLOC_ALIGN - 1) & ~(uint64_t)(LBD_ALLOC_ALIGN - 1);
+
+	pthread_mutex_lock(&st->lock);
+	b = bank_of(st, it->model_id);
+	if (!b) {
+		ret = -ESRCH;
+		goto out;
+	}
+	if (it->layer >= b->desc.n_layers || it->seq_len == 0 || it->seq_len > b->desc.max_seq) {
+		ret = -EINVAL;
+		goto out;
+	}
+	if (st->cfg.policy == LBD_POLICY_TTL && it->age_ns > st->cfg.ttl_ns) {
+		ret = -ETIME; /* it would expire at once */
+		goto out;
+	}
+	if (lbd_exactmap_find(b->exact, it->exact, &id) == 0) {
+		if (st->in[id].seq_len != it->seq_len) {
+			ret = -EINVAL;
+			goto out;
+		}
+		if (st->in[id].layer[it->layer] != NONE) {
+			ret = -EEXIST;
+			goto out;
+		}
+	} else {
+		id = NONE;
+	}
+	/* No eviction: what is restored first was chosen as the more valuable. */
+	if (need > st->c.bytes_budget || st->c.bytes_used > st->c.bytes_budget - need) {
+		ret = -ENOSPC;
+		goto out;
+	}
+	ret = -ENOSPC;
+	for (unsigned i = 0; i < st->n_arenas && ret; i++)
+		if (lbd_alloc_get(st->alloc[i], need, &off) == 0) {
+			arena = i;
+			ret = 0;
+		}
+	if (ret)
+		goto out;
+	if (id == NONE) {
+		id = input_new(st, (uint32_t)(b - st->banks), it->seq_len, it->fp, it->exact);
+		if (id == NONE) {
+			lbd_alloc_put(st->alloc[arena], off);
+			ret = -ENOMEM;
+			goto out;
+		}
+	}
+	eid = entry_get(st);
+	if (eid == NONE || live_add(st, eid) < 0) {
+		if (eid != NONE)
+			entry_put(st, eid);
+		lbd_alloc_put(st->alloc[arena], off);
+		input_drop_if_empty(st, id);
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* Copied under the lock: restoring happens at start-up, before any client is served. */
+	uint8_t *base = (uint8_t *)st->arenas[arena].hdr;
+	struct lb_entry_hdr *eh = (struct lb_entry_hdr *)(base + off);
+	memset(eh, 0, LB_ENTRY_HDR_SIZE);
+	copy_in(base + off + LB_ENTRY_HDR_SIZE, it->data, it->bytes);
+	eh->model_id = it->model_id;
+	eh->layer = (uint16_t)it->layer;
+	eh->dtype = (uint16_t)it->dtype;
+	eh->seq_len = it->seq_len;
+	eh->ndim = it->ndim;
+	memcpy(eh->shape, it->shape, sizeof(eh->shape));
+	eh->bytes = it->bytes;
+	eh->checksum = it->checksum; /* the caller checked it against the data */
+	atomic_store_explicit((_Atomic uint64_t *)&eh->magic, LB_ENTRY_MAGIC, memory_order_release);
+
+	struct entry *e = &st->e[eid];
+	e->state = E_LIVE;
+	e->input = id;
+	e->layer = (uint16_t)it->layer;
+	e->arena = (uint8_t)arena;
+	e->off = off;
+	e->bytes = need;
+	/* Ages carry over; a monotonic clock younger than them (a reboot) clamps them to it. */
+	e->created_ns = now - (it->age_ns < now ? it->age_ns : now);
+	e->last_ns = now - (it->idle_ns < now ? it->idle_ns : now);
+	e->score = isfinite(it->score) && it->score > 0 ? it->score : 0;
+	e->score_ns = now;
+	st->in[id].layer[it->layer] = eid;
+	st->in[id].n_cached++;
+	st->c.bytes_used += need;
+	st->c.entries++;
+	b->layer[it->layer].entries++;
+	b->layer[it->layer].bytes += need;
+out:
+	pthread_mutex_unlock(&st->lock);
+	return ret;
+}
+
+int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
+{
+	int64_t n = 0;
+
+	pthread_mutex_lock(&st->lock);
+	struct bank *b = bank_of(st, model_id);
+	if (!b) {
+		n = -ENOENT;
+	} else {
+		b->retired = true;
+		for (uint32_t k = 0; k < st->n_live;) {
+			uint32_t id = st->live[k];
+			struct entry *e = &st->e[id];
+			if (e->state == E_LIVE && st->in[e->input].bank == model_id - 1) {
+				entry_unlink(st, id); /* may move another entry into position k */
+				n++;
+				if (k < st->n_live && st->live[k] != id)
+					continue;
+			}
+			k++;
+		}
+	}
+	pthread_mutex_unlock(&st->lock);
+	return n;
 }

@@ -99,6 +99,57 @@ void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r);
 int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t first_layer,
 			  struct lbp_model_stats_reply *r);
 
+/* One cached entry as a snapshot sees it (daemon/snapshot.h): the keys of its input, its
+ * header, where it stands for the eviction policy, and its data. */
+struct lbd_store_item {
+	uint32_t model_id;
+	uint32_t layer;
+	uint32_t seq_len;
+	uint32_t dtype;                /* enum lbp_dtype */
+	uint32_t ndim;                 /* 1..LB_MAX_NDIM */
+	uint32_t shape[LB_MAX_NDIM];   /* unused dims 0 */
+	uint64_t bytes;                /* data bytes: the product of shape times the dtype's size */
+	uint64_t checksum;             /* XXH3-64 of the data */
+	uint64_t fp[LB_FP_WORDS];      /* the input's fingerprint */
+	uint64_t exact[2];             /* the input's token hash */
+	uint64_t idle_ns;              /* since its last hit, or its insert */
+	uint64_t age_ns;               /* since its insert */
+	double score;                  /* the decay policy's hit score, decayed to now */
+	const uint8_t *data;           /* bytes bytes */
+};
+
+/*
+ * Hold every live entry for a snapshot: one lease each in ls (which, unlike a client's, has
+ * no LBD_MAX_LEASES cap), so that none is evicted or changes until lbd_store_release_all(st,
+ * ls). *items (malloc'd, the caller frees it) gets *n descriptions whose data point into the
+ * arenas, valid while the leases are held. The leases count in the stats like clients'.
+ * @return 0, or -ENOMEM with nothing held.
+ */
+int lbd_store_hold_all(struct lbd_store *st, struct lbd_leases *ls, struct lbd_store_item **items,
+		       uint32_t *n);
+
+/* What an item is worth to the store's policy, higher kept first: recency (lru), the hit
+ * score (decay), youth (ttl). */
+double lbd_store_item_value(const struct lbd_store *st, const struct lbd_store_item *it);
+
+/*
+ * Put an entry back, as it was when lbd_store_hold_all described it (its ages and score carry
+ * over): the store's checks of an insert, then room without any eviction, within the budget.
+ * The data is copied under the store lock: meant for start-up, before clients are served.
+ * checksum is trusted: the caller checked it against the data.
+ * @return 0; -ESRCH (no bank for model_id); -EINVAL (layer or seq_len out of the model's
+ *         range, shape inconsistent with bytes, the input cached with another seq_len);
+ *         -EEXIST (that input has that layer); -ENOSPC (not within the budget, or no block
+ *         fits); -ETIME (policy ttl: it would expire at once); -ENOMEM.
+ */
+int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it);
+
+/* Retire a model: drop every live entry of it from the index (leased ones stay readable by
+ * their holders until released; counted as neither eviction nor invalidation), and answer for
+ * its id from now on as for no model (-ESRCH, -ENOENT). @return entries dropped, -ENOENT (no
+ * such model, or retired already). */
+int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id);
+
 const char *lbd_policy_name(enum lbd_policy p);
 /* @return 0, or -1 for a name that is none of lru|decay|ttl. */
 int lbd_policy_parse(const char *name, enum lbd_policy *out);

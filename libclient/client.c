@@ -14,7 +14,8 @@
 
 #include "client_internal.h"
 
-#define LB_REPLY_TIMEOUT_NS 5000000000ull /* a control reply */
+#define LB_REPLY_TIMEOUT_NS 5000000000ull      /* a control reply */
+#define LB_SNAPSHOT_TIMEOUT_NS 600000000000ull /* SNAPSHOT's, once the file is on disk */
 
 static void close_fds(const int *fds, unsigned n)
 {
@@ -672,6 +673,31 @@ LB_EXPORT int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name,
 		first += r->n;
 	} while (first < n_layers && first < max);
 	return (int)n_layers;
+}
+
+LB_EXPORT int lb_snapshot(struct lb_client *c, struct lb_snapshot_info *out)
+{
+	struct lbp_msg req = { .type = LBP_SNAPSHOT }, rep;
+	int ret;
+
+	if (!c)
+		return -EINVAL;
+	/* The daemon answers once the file is on disk: a large arena takes a while. */
+	if (c->fd >= 0)
+		set_timeouts(c->fd, LB_SNAPSHOT_TIMEOUT_NS);
+	ret = call(c, &req, &rep, NULL, 0, NULL);
+	if (c->fd >= 0)
+		set_timeouts(c->fd, LB_REPLY_TIMEOUT_NS);
+	if (ret < 0)
+		return ret;
+	if (rep.type != LBP_SNAPSHOT_REPLY)
+		return -EPROTO;
+	if (out) {
+		out->entries = rep.u.snapshot_reply.entries;
+		out->bytes = rep.u.snapshot_reply.bytes;
+		out->ms = rep.u.snapshot_reply.ms;
+	}
+	return 0;
 }
 
 LB_EXPORT unsigned lb_arena_count(const struct lb_client *c)

@@ -185,13 +185,20 @@ static const struct field lookup_reply_f[] = {
 	UINT(struct lbp_lookup_reply, entry_off, 0, UINT64_MAX),
 };
 
+static const struct field snapshot_reply_f[] = {
+	UINT(struct lbp_snapshot_reply, entries, 0, UINT64_MAX),
+	UINT(struct lbp_snapshot_reply, bytes, 0, UINT64_MAX),
+	UINT(struct lbp_snapshot_reply, ms, 0, UINT64_MAX),
+};
+
 static const struct field error_f[] = {
 	INT(struct lbp_error, code, 1, INT32_MAX),
 	STR(struct lbp_error, field, 0),
 	STR(struct lbp_error, message, 0),
 };
 
-/* Indexed by enum lbp_type; STATS and BYE have an empty body. */
+/* Indexed by enum lbp_type; STATS, BYE and SNAPSHOT have an empty body, and so do the
+ * reserved numbers, which lbp_type_known keeps out. */
 static const struct table bodies[LBP_TYPE_MAX + 1] = {
 	[LBP_HELLO] = TABLE(hello_f),
 	[LBP_WELCOME] = TABLE(welcome_f),
@@ -205,6 +212,8 @@ static const struct table bodies[LBP_TYPE_MAX + 1] = {
 	[LBP_MODEL_STATS_REPLY] = TABLE(mstats_reply_f),
 	[LBP_LOOKUP] = TABLE(lookup_f),
 	[LBP_LOOKUP_REPLY] = TABLE(lookup_reply_f),
+	[LBP_SNAPSHOT] = { NULL, 0 },
+	[LBP_SNAPSHOT_REPLY] = TABLE(snapshot_reply_f),
 };
 
 /* read_body() keeps one slot per key on the stack. */
@@ -223,6 +232,7 @@ FITS(layer_f);
 FITS(mstats_reply_f);
 FITS(lookup_f);
 FITS(lookup_reply_f);
+FITS(snapshot_reply_f);
 _Static_assert(FSIZE(struct lbp_welcome, n_arenas) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(LBP_MAX_ARENAS <= 9, "arena paths \"arenas[N].\" assume one digit");
 _Static_assert(sizeof(((struct lbp_error *)0)->field) == sizeof(((struct lbp_fault *)0)->field),
@@ -540,7 +550,7 @@ int lbp_encode(const struct lbp_msg *m, void *buf, size_t cap)
 	msgpack_packer pk;
 	int ret;
 
-	if (!m || m->type < LBP_TYPE_MIN || m->type > LBP_TYPE_MAX || (!buf && cap))
+	if (!m || !lbp_type_known((uint64_t)m->type) || (!buf && cap))
 		return -EINVAL;
 	ret = check_body(&c, &bodies[m->type], (const char *)&m->u);
 	if (ret)
@@ -881,6 +891,8 @@ static int read_frame(struct ctx *c, const msgpack_object *root, struct lbp_msg 
 	if (e->type == MSGPACK_OBJECT_NEGATIVE_INTEGER || e->via.u64 < LBP_TYPE_MIN ||
 	    e->via.u64 > LBP_TYPE_MAX)
 		return fail(c, "type", "out of range %u..%u", LBP_TYPE_MIN, LBP_TYPE_MAX);
+	if (!lbp_type_known(e->via.u64))
+		return fail(c, "type", "unknown type %u", (unsigned)e->via.u64);
 	m->type = (enum lbp_type)e->via.u64;
 	e = &root->via.array.ptr[2];
 	if (e->type != MSGPACK_OBJECT_MAP)
@@ -981,6 +993,30 @@ const char *lbp_type_name(enum lbp_type t)
 	case LBP_MODEL_STATS_REPLY: return "MODEL_STATS_REPLY";
 	case LBP_LOOKUP: return "LOOKUP";
 	case LBP_LOOKUP_REPLY: return "LOOKUP_REPLY";
+	case LBP_SNAPSHOT: return "SNAPSHOT";
+	case LBP_SNAPSHOT_REPLY: return "SNAPSHOT_REPLY";
 	}
 	return "UNKNOWN";
+}
+
+bool lbp_type_known(uint64_t t)
+{
+	switch (t) {
+	case LBP_HELLO:
+	case LBP_WELCOME:
+	case LBP_REGISTER_MODEL:
+	case LBP_MODEL:
+	case LBP_STATS:
+	case LBP_STATS_REPLY:
+	case LBP_BYE:
+	case LBP_ERROR:
+	case LBP_MODEL_STATS:
+	case LBP_MODEL_STATS_REPLY:
+	case LBP_LOOKUP:
+	case LBP_LOOKUP_REPLY:
+	case LBP_SNAPSHOT:
+	case LBP_SNAPSHOT_REPLY:
+		return true;
+	}
+	return false;
 }

@@ -37,9 +37,12 @@ enum lbp_type {
 	LBP_MODEL_STATS_REPLY = 10,
 	LBP_LOOKUP = 11,        /* client -> daemon: LOOKUP_DEEPEST over the socket (diagnostics) */
 	LBP_LOOKUP_REPLY = 12,
+	/* 13..17 are reserved for the runtime administration messages. */
+	LBP_SNAPSHOT = 18,      /* client -> daemon: write the snapshot file now (administrative) */
+	LBP_SNAPSHOT_REPLY = 19,
 };
 #define LBP_TYPE_MIN LBP_HELLO
-#define LBP_TYPE_MAX LBP_LOOKUP_REPLY
+#define LBP_TYPE_MAX LBP_SNAPSHOT_REPLY
 
 enum lbp_dtype { LBP_DTYPE_F32 = 1, LBP_DTYPE_F16 = 2, LBP_DTYPE_BF16 = 3 };
 
@@ -154,6 +157,13 @@ struct lbp_lookup_reply {
 	uint64_t entry_off; /* of the entry's header in that arena */
 };
 
+/* What a SNAPSHOT wrote. */
+struct lbp_snapshot_reply {
+	uint64_t entries; /* cached entries in the file */
+	uint64_t bytes;   /* size of the file */
+	uint64_t ms;      /* milliseconds the write took, fsync and rename included */
+};
+
 struct lbp_error {
 	int32_t code;                    /* positive errno value */
 	char field[32];                  /* field at fault, "" when none */
@@ -173,7 +183,8 @@ struct lbp_msg {
 		struct lbp_model_stats_reply mstats_reply;
 		struct lbp_lookup lookup;
 		struct lbp_lookup_reply lookup_reply;
-	} u; /* STATS and BYE carry no body */
+		struct lbp_snapshot_reply snapshot_reply;
+	} u; /* STATS, BYE and SNAPSHOT carry no body */
 };
 
 /* What the decoder found wrong: the field (or "frame") and a one-line reason. */
@@ -202,6 +213,10 @@ void lbp_make_error(struct lbp_msg *m, int code, const char *field, const char *
 	__attribute__((format(printf, 4, 5)));
 
 const char *lbp_type_name(enum lbp_type t);
+
+/* True when t is a message type of this protocol version: LBP_TYPE_MIN..LBP_TYPE_MAX has
+ * gaps (reserved numbers), which encoder and decoder refuse like numbers outside it. */
+bool lbp_type_known(uint64_t t);
 
 #define LBP_FP_BITS 256u
 

@@ -451,6 +451,39 @@ static void test_file_model_allow(void **state)
 	expect_file_err(fx, "model-allow = alpha\n", 1, "model-allow: 'alpha' is not 'MODEL USER");
 }
 
+/* --snapshot: absolute as given, relative made absolute from the working folder (the daemon
+ * leaves it when it detaches), 'none' for none; not empty, not a folder, room for ".tmp". */
+static void test_snapshot_option(void **state)
+{
+	(void)state;
+	struct lbd_config c;
+	char err[256], cwd[PATH_MAX], want[PATH_MAX + 16], longp[PATH_MAX + 8];
+
+	assert_int_equal(PARSE0(&c, err), 0);
+	assert_string_equal(c.snapshot_path, "");
+	assert_int_equal(PARSE(&c, err, "--snapshot", "/var/lib/layerbank/cache.snap"), 0);
+	assert_string_equal(c.snapshot_path, "/var/lib/layerbank/cache.snap");
+	assert_int_equal(PARSE(&c, err, "--snapshot", "/x", "--snapshot", "none"), 0);
+	assert_string_equal(c.snapshot_path, "");
+	assert_non_null(getcwd(cwd, sizeof(cwd)));
+	assert_int_equal(PARSE(&c, err, "--snapshot", "sub/cache.snap"), 0);
+	snprintf(want, sizeof(want), "%s/sub/cache.snap", strcmp(cwd, "/") ? cwd : "");
+	assert_string_equal(c.snapshot_path, want);
+
+	EXPECT_BAD("--snapshot: '' is not a file path (or 'none')", "--snapshot", "");
+	EXPECT_BAD("--snapshot: '/var/lib/' is not a file path", "--snapshot", "/var/lib/");
+	memset(longp, 'a', sizeof(longp) - 1);
+	longp[0] = '/';
+	longp[sizeof(longp) - 1] = '\0';
+	EXPECT_BAD("--snapshot: path longer than", "--snapshot", longp);
+	/* The longest that still leaves room for the writer's ".tmp". */
+	longp[PATH_MAX - 5] = '\0';
+	assert_int_equal(PARSE(&c, err, "--snapshot", longp), 0);
+	longp[PATH_MAX - 5] = 'a';
+	longp[PATH_MAX - 4] = '\0';
+	EXPECT_BAD("--snapshot: path longer than", "--snapshot", longp);
+}
+
 static void test_all_options_together(void **state)
 {
 	(void)state;
@@ -545,7 +578,7 @@ static void test_usage_lists_every_option(void **state)
 	FILE *f = open_memstream(&buf, &len);
 	static const char *const want[] = {
 		"--socket", "--arena-size", "--hugepages", "--numa-node", "--foreground",
-		"--log-level", "--config", "--help", "--version", LBD_DEFAULT_SOCKET,
+		"--log-level", "--config", "--help", "--version", "--snapshot", LBD_DEFAULT_SOCKET,
 		"--socket-mode", "--socket-group", "--model-allow", "--client-staging-max",
 		"--client-insert-bytes", "default 0660",
 		"default 1G", "default try", "default all", "default info", "without dashes",
@@ -597,7 +630,8 @@ static void test_file_every_key(void **state)
 				      "hugepages = require\n"
 				      "numa-node = 1\n"
 				      "foreground = yes\n"
-				      "log-level = warn\n");
+				      "log-level = warn\n"
+				      "snapshot = /var/lib/layerbank/layerbankd.snap\n");
 
 	assert_int_equal(PARSE(&c, err, "--config", path), 0);
 	assert_string_equal(c.socket_path, "/tmp/from-file.sock");
@@ -606,6 +640,7 @@ static void test_file_every_key(void **state)
 	assert_int_equal(c.numa_node, 1);
 	assert_true(c.foreground);
 	assert_int_equal(c.log_level, LBD_LOG_WARN);
+	assert_string_equal(c.snapshot_path, "/var/lib/layerbank/layerbankd.snap");
 
 	/* Direct load on top of existing values: only named keys change. */
 	lbd_config_defaults(&c);
@@ -734,8 +769,8 @@ static void test_file_errors(void **state)
 	expect_file_err(fx, "socket = /tmp/a\n\nbogus = 1\n", 3,
 			"unknown key 'bogus' (keys: socket, arena-size, hugepages, numa-node, "
 			"foreground, log-level, threads, spin-us, policy, ttl, half-life, drift-max, "
-			"tau, budget, socket-mode, socket-group, model-allow, client-staging-max, "
-			"client-insert-bytes)");
+			"tau, budget, snapshot, socket-mode, socket-group, model-allow, "
+			"client-staging-max, client-insert-bytes)");
 	expect_file_err(fx, "# comment\nconfig = /etc/other.conf\n", 2, "unknown key 'config'");
 	expect_file_err(fx, "--socket = /tmp/a\n", 1, "unknown key '--socket'");
 	expect_file_err(fx, "hugepages = try\nforeground\n", 2, "'foreground' has no '='");
@@ -894,6 +929,7 @@ int main(void)
 		cmocka_unit_test(test_numa_node),
 		cmocka_unit_test(test_foreground_and_log_level),
 		cmocka_unit_test(test_data_plane_options),
+		cmocka_unit_test(test_snapshot_option),
 		cmocka_unit_test(test_isolation_options),
 		cmocka_unit_test(test_all_options_together),
 		cmocka_unit_test(test_unknown_option),

@@ -136,8 +136,14 @@ static struct lbp_msg sample(enum lbp_type t)
 		strcpy(m.u.error.field, "n_layers");
 		strcpy(m.u.error.message, "out of range 1..1024");
 		break;
+	case LBP_SNAPSHOT_REPLY:
+		m.u.snapshot_reply.entries = 1234;
+		m.u.snapshot_reply.bytes = 268435456 + 4096;
+		m.u.snapshot_reply.ms = 250;
+		break;
 	case LBP_STATS:
 	case LBP_BYE:
+	case LBP_SNAPSHOT:
 		break;
 	}
 	return m;
@@ -150,7 +156,8 @@ static size_t all_samples(struct lbp_msg *out)
 	struct lbp_msg m;
 
 	for (int t = LBP_TYPE_MIN; t <= LBP_TYPE_MAX; t++)
-		out[n++] = sample((enum lbp_type)t);
+		if (lbp_type_known((uint64_t)t))
+			out[n++] = sample((enum lbp_type)t);
 
 	m = sample(LBP_HELLO);
 	m.u.hello.shm_abi = UINT32_MAX;
@@ -255,10 +262,16 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.error.field[0] = '\0';
 	m.u.error.message[0] = '\0';
 	out[n++] = m;
+
+	m = sample(LBP_SNAPSHOT_REPLY);
+	m.u.snapshot_reply.entries = m.u.snapshot_reply.bytes = m.u.snapshot_reply.ms = UINT64_MAX;
+	out[n++] = m;
+	memset(&m.u.snapshot_reply, 0, sizeof(m.u.snapshot_reply));
+	out[n++] = m;
 	return n;
 }
 
-#define MAX_SAMPLES 32
+#define MAX_SAMPLES 40
 
 static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 {
@@ -345,8 +358,13 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		assert_string_equal(a->u.error.field, b->u.error.field);
 		assert_string_equal(a->u.error.message, b->u.error.message);
 		break;
+	case LBP_SNAPSHOT_REPLY:
+		assert_memory_equal(&a->u.snapshot_reply, &b->u.snapshot_reply,
+				    sizeof(a->u.snapshot_reply));
+		break;
 	case LBP_STATS:
 	case LBP_BYE:
+	case LBP_SNAPSHOT:
 		break;
 	}
 }
@@ -720,7 +738,7 @@ static void paths_collect(const msgpack_object *map, const char *prefix, struct 
 
 static const enum lbp_type body_types[] = {
 	LBP_HELLO, LBP_WELCOME, LBP_REGISTER_MODEL, LBP_MODEL, LBP_STATS_REPLY, LBP_ERROR,
-	LBP_MODEL_STATS, LBP_MODEL_STATS_REPLY, LBP_LOOKUP, LBP_LOOKUP_REPLY,
+	LBP_MODEL_STATS, LBP_MODEL_STATS_REPLY, LBP_LOOKUP, LBP_LOOKUP_REPLY, LBP_SNAPSHOT_REPLY,
 };
 #define N_BODY_TYPES (sizeof(body_types) / sizeof(body_types[0]))
 
@@ -1084,15 +1102,15 @@ static void test_decode_rejects_bad_top_level_shape(void **state)
 			     NULL, cases[i].what);
 }
 
-static void test_stats_and_bye_accept_only_an_empty_map(void **state)
+static void test_stats_bye_and_snapshot_accept_only_an_empty_map(void **state)
 {
-	static const enum lbp_type types[] = { LBP_STATS, LBP_BYE };
+	static const enum lbp_type types[] = { LBP_STATS, LBP_BYE, LBP_SNAPSHOT };
 	struct lbp_fault f;
 	struct lbp_msg m;
 	struct raw r;
 
 	(void)state;
-	for (size_t i = 0; i < 2; i++) {
+	for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
 		raw_frame(&r, LBP_VERSION, types[i], 0);
 		assert_int_equal(raw_decode(&r, &m, &f), 0);
 		assert_int_equal(m.type, types[i]);
@@ -1102,6 +1120,33 @@ static void test_stats_and_bye_accept_only_an_empty_map(void **state)
 		expect_fault(raw_decode(&r, NULL, &f), -EBADMSG, &f, "name", "unknown key",
 			     lbp_type_name(types[i]));
 	}
+}
+
+/* The numbers between LOOKUP_REPLY and SNAPSHOT are reserved: no body table backs them, so
+ * a frame with one is refused (field type) before its body is read, and the encoder refuses
+ * to make one. */
+static void test_reserved_types_are_refused_both_ways(void **state)
+{
+	struct lbp_fault f;
+	struct lbp_msg m;
+	struct raw r;
+	char buf[64], what[32];
+
+	(void)state;
+	for (unsigned t = LBP_LOOKUP_REPLY + 1; t < LBP_SNAPSHOT; t++) {
+		snprintf(what, sizeof(what), "type %u", t);
+		assert_false(lbp_type_known(t));
+		raw_frame(&r, LBP_VERSION, t, 0);
+		expect_fault(raw_decode(&r, NULL, &f), -EBADMSG, &f, "type", "unknown type", what);
+		memset(&m, 0, sizeof(m));
+		m.type = (enum lbp_type)t;
+		assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
+	}
+	assert_true(lbp_type_known(LBP_SNAPSHOT));
+	assert_true(lbp_type_known(LBP_SNAPSHOT_REPLY));
+	assert_false(lbp_type_known(0));
+	assert_false(lbp_type_known(LBP_TYPE_MAX + 1));
+	assert_false(lbp_type_known(UINT64_MAX));
 }
 
 /* ---- keys ---- */
@@ -1403,6 +1448,14 @@ static const struct range_case ranges[] = {
 	RS(ERROR, "code", error.code, W_I32, -1, false),
 	RS(ERROR, "code", error.code, W_I32, -EPROTO, false),
 	RS(ERROR, "code", error.code, W_I32, INT32_MIN, false),
+
+	RU(SNAPSHOT_REPLY, "entries", snapshot_reply.entries, W_U64, 0, true),
+	RU(SNAPSHOT_REPLY, "entries", snapshot_reply.entries, W_U64, UINT64_MAX, true),
+	RS(SNAPSHOT_REPLY, "entries", snapshot_reply.entries, W_U64, -1, false),
+	RU(SNAPSHOT_REPLY, "bytes", snapshot_reply.bytes, W_U64, UINT64_MAX, true),
+	RS(SNAPSHOT_REPLY, "bytes", snapshot_reply.bytes, W_U64, -1, false),
+	RU(SNAPSHOT_REPLY, "ms", snapshot_reply.ms, W_U64, UINT64_MAX, true),
+	RS(SNAPSHOT_REPLY, "ms", snapshot_reply.ms, W_U64, INT64_MIN, false),
 };
 
 /* Put the case's value into the C field; false when the C type cannot hold it. */
@@ -1703,6 +1756,8 @@ static void test_encode_rejects_unknown_type(void **state)
 	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
 	m.type = (enum lbp_type)(LBP_TYPE_MAX + 1);
 	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
+	m.type = (enum lbp_type)13; /* reserved */
+	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
 	assert_int_equal(lbp_encode(NULL, buf, sizeof(buf)), -EINVAL);
 }
 
@@ -1778,6 +1833,11 @@ static void test_type_names(void **state)
 	assert_string_equal(lbp_type_name(LBP_STATS_REPLY), "STATS_REPLY");
 	assert_string_equal(lbp_type_name(LBP_BYE), "BYE");
 	assert_string_equal(lbp_type_name(LBP_ERROR), "ERROR");
+	assert_string_equal(lbp_type_name(LBP_SNAPSHOT), "SNAPSHOT");
+	assert_string_equal(lbp_type_name(LBP_SNAPSHOT_REPLY), "SNAPSHOT_REPLY");
+	assert_int_equal(LBP_SNAPSHOT, 18);
+	assert_int_equal(LBP_SNAPSHOT_REPLY, 19);
+	assert_string_equal(lbp_type_name((enum lbp_type)15), "UNKNOWN");
 	assert_string_equal(lbp_type_name((enum lbp_type)0), "UNKNOWN");
 	assert_string_equal(lbp_type_name((enum lbp_type)(LBP_TYPE_MAX + 1)), "UNKNOWN");
 	assert_string_equal(lbp_type_name((enum lbp_type)-1), "UNKNOWN");
@@ -1914,7 +1974,8 @@ int main(void)
 		cmocka_unit_test(test_decode_rejects_float_ext_and_reserved_bytes),
 		cmocka_unit_test(test_decode_rejects_other_versions),
 		cmocka_unit_test(test_decode_rejects_bad_top_level_shape),
-		cmocka_unit_test(test_stats_and_bye_accept_only_an_empty_map),
+		cmocka_unit_test(test_stats_bye_and_snapshot_accept_only_an_empty_map),
+		cmocka_unit_test(test_reserved_types_are_refused_both_ways),
 		cmocka_unit_test(test_decode_rejects_each_missing_key),
 		cmocka_unit_test(test_decode_rejects_each_duplicate_key),
 		cmocka_unit_test(test_decode_rejects_unknown_key_in_every_map),

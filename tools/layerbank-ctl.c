@@ -16,6 +16,8 @@ static void usage(FILE *out)
 		     "\n"
 		     "commands:\n"
 		     "  stats [--json]   the daemon's counters, as a table or one JSON object\n"
+		     "  snapshot         have the daemon write its snapshot file now (root or the\n"
+		     "                   daemon's user; the daemon must run with --snapshot FILE)\n"
 		     "\n"
 		     "options:\n"
 		     "  -s, --socket PATH  daemon socket (default: $" LB_SOCKET_ENV " or " LB_DEFAULT_SOCKET ")\n"
@@ -121,6 +123,41 @@ static void print_stats_table(const struct lb_stats *st)
 	printf("%-12s %" PRIu64 " inserts over a client's quota\n", "refused", st->quota_refusals);
 }
 
+static int connect_or_say(const char *sock, struct lb_client **c)
+{
+	int ret = lb_connect(sock, "layerbank-ctl", c);
+	if (ret < 0)
+		fprintf(stderr, "layerbank-ctl: cannot connect to %s: %s%s\n",
+			sock ? sock : "the default socket", strerror(-ret),
+			ret == -ENOENT || ret == -ECONNREFUSED ? " (is layerbankd running?)" : "");
+	return ret;
+}
+
+static int cmd_snapshot(const char *sock, int argc, char **argv)
+{
+	struct lb_snapshot_info info;
+	struct lb_client *c;
+	int ret;
+
+	if (argc > 1) {
+		fprintf(stderr, "layerbank-ctl: snapshot: unknown argument '%s'\n", argv[1]);
+		return 2;
+	}
+	if (connect_or_say(sock, &c) < 0)
+		return 1;
+	ret = lb_snapshot(c, &info);
+	if (ret < 0) {
+		fprintf(stderr, "layerbank-ctl: snapshot: %s\n",
+			*lb_last_error(c) ? lb_last_error(c) : strerror(-ret));
+		lb_close(c);
+		return 1;
+	}
+	lb_close(c);
+	printf("snapshot written: %" PRIu64 " entries, %" PRIu64 " bytes (%.1f MiB), %" PRIu64 " ms\n",
+	       info.entries, info.bytes, (double)info.bytes / (1 << 20), info.ms);
+	return 0;
+}
+
 static int cmd_stats(const char *sock, int argc, char **argv)
 {
 	struct lb_client *c;
@@ -135,13 +172,8 @@ static int cmd_stats(const char *sock, int argc, char **argv)
 			return 2;
 		}
 	}
-	ret = lb_connect(sock, "layerbank-ctl", &c);
-	if (ret < 0) {
-		fprintf(stderr, "layerbank-ctl: cannot connect to %s: %s%s\n",
-			sock ? sock : "the default socket", strerror(-ret),
-			ret == -ENOENT || ret == -ECONNREFUSED ? " (is layerbankd running?)" : "");
+	if (connect_or_say(sock, &c) < 0)
 		return 1;
-	}
 	ret = lb_stats(c, &st, sizeof(st));
 	if (ret < 0) {
 		fprintf(stderr, "layerbank-ctl: stats: %s\n", *lb_last_error(c) ? lb_last_error(c) : strerror(-ret));
@@ -204,6 +236,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[optind], "stats") == 0)
 		return cmd_stats(sock, argc - optind, argv + optind);
+	if (strcmp(argv[optind], "snapshot") == 0)
+		return cmd_snapshot(sock, argc - optind, argv + optind);
 	fprintf(stderr, "layerbank-ctl: unknown command '%s'; see --help\n", argv[optind]);
 	return 2;
 }

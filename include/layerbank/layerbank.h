@@ -127,6 +127,23 @@ struct lb_layer_stats {
 int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name, struct lb_layer_stats *out,
 		   uint32_t max);
 
+/* What a snapshot wrote. */
+struct lb_snapshot_info {
+	uint64_t entries; /* cached entries in the file */
+	uint64_t bytes;   /* the file's size */
+	uint64_t ms;      /* how long the write took, fsync and rename included */
+};
+
+/*
+ * Ask the daemon to write its snapshot file now (the one it was started with: --snapshot FILE),
+ * as it does when it stops; waits for the write, up to 600 s. An administrative call: only
+ * root and the daemon's own user may make it. out may be NULL.
+ * @return 0; -EPERM (the caller is neither root nor the daemon's user); -EOPNOTSUPP (the
+ *         daemon runs without --snapshot); the write's error (-ENOSPC, -EACCES, -EIO, ...,
+ *         with lb_last_error saying which file); -ETIMEDOUT; -EPIPE/-ECONNRESET; -EPROTO.
+ */
+int lb_snapshot(struct lb_client *c, struct lb_snapshot_info *out);
+
 /* Number of arenas mapped and the read-only base and size of arena i (NULL when out of range). */
 unsigned lb_arena_count(const struct lb_client *c);
 const void *lb_arena_base(const struct lb_client *c, unsigned i, size_t *bytes);

@@ -1,0 +1,939 @@
+/* layerbankd snapshot: the file's records, the io_uring writer, and the loader that checks a
+ * whole image before it restores anything from it. */
+#include "snapshot.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <liburing.h>
+#include <limits.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "errf.h"
+#include "layerbank/ring.h"
+
+/* Byte offsets in the header, a model record and an entry record (PROTOCOL.md). */
+enum {
+	SH_MAGIC = 0, SH_VERSION = 8, SH_HDR_SIZE = 12, SH_SHM_ABI = 16, SH_N_MODELS = 20,
+	SH_N_ENTRIES = 24, SH_DATA_BYTES = 32, SH_FILE_BYTES = 40, SH_WRITTEN_S = 48,
+	SH_BOOT_ID = 56, SH_MODEL_SIZE = 72, SH_ENTRY_SIZE = 76, SH_RESERVED = 80,
+};
+enum {
+	SM_NAME = 0, SM_WEIGHTS = 64, SM_N_LAYERS = 72, SM_HIDDEN = 76, SM_DTYPE = 80,
+	SM_MAX_SEQ = 84, SM_FP_CHUNKS = 88, SM_FP_BITS = 92, SM_FP_SEED = 96, SM_N_ENTRIES = 104,
+	SM_RESERVED = 112,
+};
+enum {
+	SE_MODEL = 0, SE_LAYER = 4, SE_DTYPE = 6, SE_SEQ_LEN = 8, SE_NDIM = 12, SE_SHAPE = 16,
+	SE_BYTES = 32, SE_FP = 40, SE_EXACT = 72, SE_DATA_SUM = 88, SE_IDLE = 96, SE_AGE = 104,
+	SE_SCORE = 112,
+};
+/* Every record ends with the XXH3-64 of the bytes before it. */
+#define REC_SUM 120u
+#define NAME_FIELD 64u
+
+_Static_assert(LBD_SNAP_HDR_SIZE == 128 && LBD_SNAP_MODEL_SIZE == 128 && LBD_SNAP_ENTRY_SIZE == 128,
+	       "every record is 128 bytes, its checksum in the last 8");
+_Static_assert(LBD_SNAP_HDR_SIZE % LBD_SNAP_ALIGN == 0 && LBD_SNAP_MODEL_SIZE % LBD_SNAP_ALIGN == 0,
+	       "entry records start aligned");
+_Static_assert(LBP_MAX_NAME < NAME_FIELD, "a name and its NUL fit the name field");
+_Static_assert(LBP_MAX_LAYERS <= UINT16_MAX + 1u, "a layer fits the 16-bit field");
+
+/* ---- little-endian fields ---- */
+
+static void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	uint32_t v = 0;
+	for (int i = 3; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static uint64_t dbl_bits(double d)
+{
+	uint64_t v;
+	memcpy(&v, &d, sizeof(v));
+	return v;
+}
+
+static double bits_dbl(uint64_t v)
+{
+	double d;
+	memcpy(&d, &v, sizeof(d));
+	return d;
+}
+
+static void seal(uint8_t *rec)
+{
+	put64(rec + REC_SUM, XXH3_64bits(rec, REC_SUM));
+}
+
+static bool sealed(const uint8_t *rec)
+{
+	return get64(rec + REC_SUM) == XXH3_64bits(rec, REC_SUM);
+}
+
+static bool zero(const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (p[i])
+			return false;
+	return true;
+}
+
+static uint64_t pad(uint64_t n)
+{
+	return (n + LBD_SNAP_ALIGN - 1) & ~(uint64_t)(LBD_SNAP_ALIGN - 1);
+}
+
+static uint64_t ms_since(uint64_t t0)
+{
+	return (lb_now_ns() - t0) / 1000000u;
+}
+
+/* ---- records ---- */
+
+static void encode_header(uint8_t *h, uint32_t n_models, uint64_t n_entries, uint64_t data_bytes,
+			  uint64_t file_bytes, const uint8_t boot_id[16])
+{
+	memset(h, 0, LBD_SNAP_HDR_SIZE);
+	memcpy(h + SH_MAGIC, LBD_SNAP_MAGIC, 8);
+	put32(h + SH_VERSION, LBD_SNAP_VERSION);
+	put32(h + SH_HDR_SIZE, LBD_SNAP_HDR_SIZE);
+	put32(h + SH_SHM_ABI, LB_SHM_ABI_VERSION);
+	put32(h + SH_N_MODELS, n_models);
+	put64(h + SH_N_ENTRIES, n_entries);
+	put64(h + SH_DATA_BYTES, data_bytes);
+	put64(h + SH_FILE_BYTES, file_bytes);
+	put64(h + SH_WRITTEN_S, (uint64_t)time(NULL));
+	if (boot_id)
+		memcpy(h + SH_BOOT_ID, boot_id, 16);
+	put32(h + SH_MODEL_SIZE, LBD_SNAP_MODEL_SIZE);
+	put32(h + SH_ENTRY_SIZE, LBD_SNAP_ENTRY_SIZE);
+	seal(h);
+}
+
+static void encode_model(uint8_t *r, const struct lbp_register_model *d, uint64_t n_entries)
+{
+	memset(r, 0, LBD_SNAP_MODEL_SIZE);
+	memcpy(r + SM_NAME, d->name, strnlen(d->name, LBP_MAX_NAME));
+	put64(r + SM_WEIGHTS, d->weights_hash);
+	put32(r + SM_N_LAYERS, d->n_layers);
+	put32(r + SM_HIDDEN, d->hidden);
+	put32(r + SM_DTYPE, d->dtype);
+	put32(r + SM_MAX_SEQ, d->max_seq);
+	put32(r + SM_FP_CHUNKS, d->fp.chunks);
+	put32(r + SM_FP_BITS, d->fp.bits);
+	put64(r + SM_FP_SEED, d->fp.seed);
+	put64(r + SM_N_ENTRIES, n_entries);
+	seal(r);
+}
+
+static void encode_entry(uint8_t *r, uint32_t model, const struct lbd_store_item *it)
+{
+	memset(r, 0, LBD_SNAP_ENTRY_SIZE);
+	put32(r + SE_MODEL, model);
+	put16(r + SE_LAYER, (uint16_t)it->layer);
+	put16(r + SE_DTYPE, (uint16_t)it->dtype);
+	put32(r + SE_SEQ_LEN, it->seq_len);
+	put32(r + SE_NDIM, it->ndim);
+	for (int i = 0; i < LB_MAX_NDIM; i++)
+		put32(r + SE_SHAPE + 4 * i, it->shape[i]);
+	put64(r + SE_BYTES, it->bytes);
+	for (int i = 0; i < LB_FP_WORDS; i++)
+		put64(r + SE_FP + 8 * i, it->fp[i]);
+	put64(r + SE_EXACT, it->exact[0]);
+	put64(r + SE_EXACT + 8, it->exact[1]);
+	put64(r + SE_DATA_SUM, it->checksum);
+	put64(r + SE_IDLE, it->idle_ns);
+	put64(r + SE_AGE, it->age_ns);
+	put64(r + SE_SCORE, dbl_bits(isfinite(it->score) && it->score > 0 ? it->score : 0));
+	seal(r);
+}
+
+/* ---- the writer: chunks through an io_uring ---- */
+
+struct wbuf {
+	uint8_t *p;     /* LBD_SNAP_CHUNK bytes, page-aligned */
+	uint64_t off;   /* file offset of p[0] */
+	uint32_t len;   /* bytes to write */
+	uint32_t done;  /* written so far (short writes are resumed) */
+	bool busy;      /* in flight: the kernel reads it */
+};
+
+struct writer {
+	struct io_uring ring;
+	bool ring_ok;
+	int fd;
+	struct wbuf b[LBD_SNAP_DEPTH];
+	unsigned cur;      /* the buffer being filled */
+	uint32_t fill;     /* bytes in it */
+	uint64_t pos;      /* file offset of the next byte emitted */
+	uint64_t written;  /* bytes the kernel confirmed */
+	uint64_t total;    /* the file's size */
+	unsigned inflight;
+	lbd_snapshot_progress_fn progress;
+	void *ctx;
+};
+
+#define FSYNC_TAG LBD_SNAP_DEPTH /* user_data of the fsync; buffers are 0..DEPTH-1 */
+
+static int w_submit(struct writer *w, unsigned i)
+{
+	struct wbuf *b = &w->b[i];
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	int ret;
+
+	if (!sqe)
+		return -EBUSY; /* cannot happen: the ring has a slot per buffer and the fsync */
+	io_uring_prep_write(sqe, w->fd, b->p + b->done, b->len - b->done, b->off + b->done);
+	io_uring_sqe_set_data64(sqe, i);
+	ret = io_uring_submit(&w->ring);
+	return ret < 0 ? ret : 0;
+}
+
+/* Wait for one completion. @return its tag and *res, or -errno from io_uring. */
+static int w_wait(struct writer *w, int *res)
+{
+	struct io_uring_cqe *cqe;
+	int ret;
+
+	do
+		ret = io_uring_wait_cqe(&w->ring, &cqe);
+	while (ret == -EINTR);
+	if (ret < 0)
+		return ret;
+	uint64_t tag = io_uring_cqe_get_data64(cqe);
+	*res = cqe->res;
+	io_uring_cqe_seen(&w->ring, cqe);
+	return tag <= FSYNC_TAG ? (int)tag : -EIO;
+}
+
+/* Take one write's completion: resume a short one, free the buffer of a whole one. */
+static int w_reap(struct writer *w)
+{
+	int res, i = w_wait(w, &res);
+
+	if (i < 0)
+		return i;
+	if (i == FSYNC_TAG)
+		return -EIO; /* no fsync is in flight while writes are */
+	struct wbuf *b = &w->b[i];
+	if (res == -EINTR || res == -EAGAIN)
+		return w_submit(w, (unsigned)i);
+	if (res < 0 || res == 0) {
+		/* The buffer is no longer in flight even though the write failed. */
+		b->busy = false;
+		w->inflight--;
+		return res < 0 ? res : -EIO; /* 0 bytes: the file system takes no more */
+	}
+	b->done += (uint32_t)res;
+	w->written += (uint64_t)res;
+	if (b->done < b->len)
+		return w_submit(w, (unsigned)i);
+	b->busy = false;
+	w->inflight--;
+	if (w->progress)
+		w->progress(w->ctx, w->written, w->total);
+	return 0;
+}
+
+/* Send the buffer being filled, then make a free one current (waiting for one if need be). */
+static int w_flush(struct writer *w)
+{
+	struct wbuf *b = &w->b[w->cur];
+	int ret;
+
+	if (w->fill == 0)
+		return 0;
+	b->off = w->pos - w->fill;
+	b->len = w->fill;
+	b->done = 0;
+	b->busy = true;
+	w->inflight++;
+	w->fill = 0;
+	ret = w_submit(w, w->cur);
+	if (ret < 0) {
+		b->busy = false;
+		w->inflight--;
+		return ret;
+	}
+	for (;;) {
+		for (unsigned k = 0; k < LBD_SNAP_DEPTH; k++)
+			if (!w->b[k].busy) {
+				w->cur = k;
+				return 0;
+			}
+		ret = w_reap(w);
+		if (ret < 0)
+			return ret;
+	}
+}
+
+/* Append n bytes of src (NULL: zeros) to the file. */
+static int w_emit(struct writer *w, const void *src, uint64_t n)
+{
+	const uint8_t *s = src;
+
+	while (n) {
+		uint32_t room = LBD_SNAP_CHUNK - w->fill;
+		uint32_t k = n < room ? (uint32_t)n : room;
+		if (s) {
+			memcpy(w->b[w->cur].p + w->fill, s, k);
+			s += k;
+		} else {
+			memset(w->b[w->cur].p + w->fill, 0, k);
+		}
+		w->fill += k;
+		w->pos += k;
+		n -= k;
+		if (w->fill == LBD_SNAP_CHUNK) {
+			int ret = w_flush(w);
+			if (ret < 0)
+				return ret;
+		}
+	}
+	return 0;
+}
+
+/* The last buffer, every completion, then fsync, also through the ring. */
+static int w_finish(struct writer *w)
+{
+	struct io_uring_sqe *sqe;
+	int ret = w_flush(w), res;
+
+	while (ret == 0 && w->inflight)
+		ret = w_reap(w);
+	if (ret < 0)
+		return ret;
+	if (w->written != w->total)
+		return -EIO;
+	sqe = io_uring_get_sqe(&w->ring);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_fsync(sqe, w->fd, 0);
+	io_uring_sqe_set_data64(sqe, FSYNC_TAG);
+	ret = io_uring_submit(&w->ring);
+	if (ret < 0)
+		return ret;
+	ret = w_wait(w, &res);
+	if (ret < 0)
+		return ret;
+	return ret == FSYNC_TAG ? (res < 0 ? res : 0) : -EIO;
+}
+
+/* Wait out whatever is still in flight (after an error), so no buffer is freed under the
+ * kernel, then free everything. */
+static void w_free(struct writer *w)
+{
+	if (w->ring_ok) {
+		while (w->inflight) {
+			int res, i = w_wait(w, &res);
+			if (i < 0)
+				break;
+			if (i < (int)LBD_SNAP_DEPTH && w->b[i].busy) {
+				w->b[i].busy = false;
+				w->inflight--;
+			}
+		}
+		io_uring_queue_exit(&w->ring);
+	}
+	for (unsigned k = 0; k < LBD_SNAP_DEPTH; k++)
+		free(w->b[k].p);
+}
+
+/* fsync the folder holding path, so that the rename itself is on disk. */
+static int fsync_dir(const char *path)
+{
+	char dir[PATH_MAX];
+	const char *slash = strrchr(path, '/');
+	int fd, ret = 0;
+
+	if (!slash)
+		snprintf(dir, sizeof(dir), ".");
+	else if (slash == path)
+		snprintf(dir, sizeof(dir), "/");
+	else
+		snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+	fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_store *st,
+		       const uint8_t boot_id[16], lbd_snapshot_progress_fn progress, void *ctx,
+		       struct lbd_snapshot_stats *out, char *err, size_t errlen)
+{
+	uint64_t t0 = lb_now_ns(), n_entries = 0, data_bytes = 0, file_bytes;
+	int32_t rec_of[LBD_MAX_MODELS + 1];
+	uint64_t per_model[LBD_MAX_MODELS] = { 0 };
+	uint32_t n_models = 0, n_items = 0;
+	struct lbd_store_item *items = NULL;
+	struct lbd_leases held = { 0 };
+	struct writer w = { .fd = -1, .progress = progress, .ctx = ctx };
+	uint8_t rec[LBD_SNAP_ENTRY_SIZE];
+	char tmp[PATH_MAX];
+	const char *step = "";
+	int ret;
+
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+		return lbp_fail(err, errlen, -ENAMETOOLONG, "snapshot not written: path too long (%s)", path);
+	/* Model records in registry order, retired models (empty names) left out. */
+	rec_of[0] = -1;
+	for (uint32_t i = 0; i < LBD_MAX_MODELS; i++)
+		rec_of[i + 1] = i < m->count && m->desc[i].name[0] ? (int32_t)n_models++ : -1;
+	ret = lbd_store_hold_all(st, &held, &items, &n_items);
+	if (ret < 0)
+		return lbp_fail(err, errlen, ret, "snapshot not written: cannot hold the entries: %s (%s)",
+				strerror(-ret), path);
+	/* The layout is known before the first byte: the header can say how long the file is. */
+	file_bytes = LBD_SNAP_HDR_SIZE + (uint64_t)n_models * LBD_SNAP_MODEL_SIZE;
+	for (uint32_t k = 0; k < n_items; k++) {
+		const struct lbd_store_item *it = &items[k];
+		if (it->model_id > LBD_MAX_MODELS || rec_of[it->model_id] < 0)
+			continue; /* a retired model's entry, inserted while it was retired */
+		per_model[rec_of[it->model_id]]++;
+		n_entries++;
+		data_bytes += it->bytes;
+		file_bytes += LBD_SNAP_ENTRY_SIZE + pad(it->bytes);
+	}
+	w.total = file_bytes;
+
+	for (unsigned k = 0; k < LBD_SNAP_DEPTH; k++)
+		if (posix_memalign((void **)&w.b[k].p, 4096, LBD_SNAP_CHUNK)) {
+			ret = -ENOMEM;
+			step = "buffers";
+			goto fail;
+		}
+	ret = io_uring_queue_init(LBD_SNAP_DEPTH + 1, &w.ring, 0);
+	if (ret < 0) {
+		step = "io_uring_queue_init";
+		goto fail;
+	}
+	w.ring_ok = true;
+	/* A new file, never one that is there: O_EXCL does not follow a planted symlink. */
+	if (unlink(tmp) < 0 && errno != ENOENT) {
+		ret = -errno;
+		step = "unlink";
+		goto fail;
+	}
+	w.fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (w.fd < 0) {
+		ret = -errno;
+		step = "open";
+		goto fail;
+	}
+	/* Room up front: a full disk fails here, before anything is written. */
+	if (fallocate(w.fd, 0, 0, (off_t)file_bytes) < 0 && errno != EOPNOTSUPP && errno != ENOSYS) {
+		ret = -errno;
+		step = "fallocate";
+		goto fail;
+	}
+
+	step = "write";
+	encode_header(rec, n_models, n_entries, data_bytes, file_bytes, boot_id);
+	ret = w_emit(&w, rec, LBD_SNAP_HDR_SIZE);
+	for (uint32_t i = 0; ret == 0 && i < m->count; i++) {
+		if (rec_of[i + 1] < 0)
+			continue;
+		encode_model(rec, &m->desc[i], per_model[rec_of[i + 1]]);
+		ret = w_emit(&w, rec, LBD_SNAP_MODEL_SIZE);
+	}
+	for (uint32_t k = 0; ret == 0 && k < n_items; k++) {
+		const struct lbd_store_item *it = &items[k];
+		if (it->model_id > LBD_MAX_MODELS || rec_of[it->model_id] < 0)
+			continue;
+		encode_entry(rec, (uint32_t)rec_of[it->model_id], it);
+		ret = w_emit(&w, rec, LBD_SNAP_ENTRY_SIZE);
+		if (ret == 0)
+			ret = w_emit(&w, it->data, it->bytes); /* held: unchanged while we read */
+		if (ret == 0)
+			ret = w_emit(&w, NULL, pad(it->bytes) - it->bytes);
+	}
+	if (ret == 0) {
+		step = "write or fsync";
+		ret = w_finish(&w);
+	}
+	if (ret < 0)
+		goto fail;
+	if (close(w.fd) < 0) {
+		w.fd = -1;
+		ret = -errno;
+		step = "close";
+		goto fail;
+	}
+	w.fd = -1;
+	if (rename(tmp, path) < 0) {
+		ret = -errno;
+		step = "rename";
+		goto fail;
+	}
+	w_free(&w);
+	lbd_store_release_all(st, &held);
+	lbd_leases_free(&held);
+	free(items);
+	/* The new file is whole and in place; a lost folder fsync only risks the old one coming
+	 * back after a crash, so it is reported but not a failure of the write. */
+	ret = fsync_dir(path);
+	if (out) {
+		memset(out, 0, sizeof(*out));
+		out->models = n_models;
+		out->entries = n_entries;
+		out->data_bytes = data_bytes;
+		out->file_bytes = file_bytes;
+		out->written_s = (uint64_t)time(NULL);
+		out->ms = ms_since(t0);
+	}
+	if (ret < 0)
+		lbp_errf(err, errlen, "snapshot %s: written, but fsync of its folder failed: %s", path,
+			 strerror(-ret));
+	else
+		lbp_errf(err, errlen, "%s", "");
+	return 0;
+
+fail:
+	w_free(&w);
+	if (w.fd >= 0)
+		close(w.fd);
+	if (strcmp(step, "unlink") != 0 && strcmp(step, "open") != 0)
+		unlink(tmp);
+	lbd_store_release_all(st, &held);
+	lbd_leases_free(&held);
+	free(items);
+	/* The reason first: a long path cut off at the end of an ERROR message loses less. */
+	return lbp_fail(err, errlen, ret, "snapshot not written: %s (%s %s)", strerror(-ret), step,
+			strcmp(step, "buffers") == 0 ? path : tmp);
+}
+
+/* ---- the loader ---- */
+
+struct lmodel {
+	struct lbp_register_model d;
+	uint64_t n_entries; /* as the record says; checked against the entries */
+	uint64_t seen;
+	uint32_t id;        /* in the registry, once restored; 0: skipped */
+};
+
+struct lentry {
+	struct lbd_store_item it; /* data points into the image */
+	uint32_t model;           /* index of its model record */
+	uint64_t off;             /* of its record in the image, for messages */
+	double value;             /* to the store's policy */
+};
+
+static int dtype_size(uint32_t dtype)
+{
+	switch (dtype) {
+	case LBP_DTYPE_F32:
+		return 4;
+	case LBP_DTYPE_F16:
+	case LBP_DTYPE_BF16:
+		return 2;
+	}
+	return 0;
+}
+
+/* The model record at r, index i, into *lm. @return 0, or -EBADMSG with err set. */
+static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *err, size_t errlen)
+{
+	struct lbp_register_model *d = &lm->d;
+	size_t name_len = strnlen((const char *)r + SM_NAME, NAME_FIELD);
+
+	if (!sealed(r))
+		return lbp_fail(err, errlen, -EBADMSG, "model record %u: checksum mismatch", i);
+	if (name_len == 0 || name_len > LBP_MAX_NAME || !zero(r + SM_NAME + name_len, NAME_FIELD - name_len))
+		return lbp_fail(err, errlen, -EBADMSG, "model record %u: name not 1..%u bytes padded with NULs",
+				i, LBP_MAX_NAME);
+	memset(lm, 0, sizeof(*lm));
+	memcpy(d->name, r + SM_NAME, name_len);
+	d->weights_hash = get64(r + SM_WEIGHTS);
+	d->n_layers = get32(r + SM_N_LAYERS);
+	d->hidden = get32(r + SM_HIDDEN);
+	d->dtype = get32(r + SM_DTYPE);
+	d->max_seq = get32(r + SM_MAX_SEQ);
+	d->fp.chunks = get32(r + SM_FP_CHUNKS);
+	d->fp.bits = get32(r + SM_FP_BITS);
+	d->fp.seed = get64(r + SM_FP_SEED);
+	lm->n_entries = get64(r + SM_N_ENTRIES);
+	/* The ranges of REGISTER_MODEL (PROTOCOL.md 4.3): what a client could have registered. */
+	const char *bad = d->n_layers < 1 || d->n_layers > LBP_MAX_LAYERS ? "n_layers"
+			  : d->hidden < 1 || d->hidden > LBP_MAX_HIDDEN  ? "hidden"
+			  : !dtype_size(d->dtype)                        ? "dtype"
+			  : d->max_seq < 1 || d->max_seq > LBP_MAX_SEQ   ? "max_seq"
+			  : d->fp.chunks < 1 || d->fp.chunks > LBP_MAX_FP_CHUNKS ? "fp.chunks"
+			  : d->fp.bits != LBP_FP_BITS                    ? "fp.bits"
+			  : !zero(r + SM_RESERVED, 8)                    ? "reserved"
+									 : NULL;
+	if (bad)
+		return lbp_fail(err, errlen, -EBADMSG, "model record %u ('%s'): %s out of range", i,
+				d->name, bad);
+	return 0;
+}
+
+/* The entry record at img + off into *e. @return 0, or -EBADMSG with err set. */
+static int check_entry(const uint8_t *img, size_t len, uint64_t off, uint64_t k,
+		       const struct lmodel *models, uint32_t n_models, struct lentry *e, char *err,
+		       size_t errlen)
+{
+	const uint8_t *r = img + off;
+	struct lbd_store_item *it = &e->it;
+	uint64_t elems = 1;
+
+	if (len - off < LBD_SNAP_ENTRY_SIZE)
+		return lbp_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
+				"): %zu bytes left for its 128-byte record", k, off, (size_t)(len - off));
+	if (!sealed(r))
+		return lbp_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+				"): record checksum mismatch", k, off);
+	memset(e, 0, sizeof(*e));
+	e->off = off;
+	e->model = get32(r + SE_MODEL);
+	it->layer = get16(r + SE_LAYER);
+	it->dtype = get16(r + SE_DTYPE);
+	it->seq_len = get32(r + SE_SEQ_LEN);
+	it->ndim = get32(r + SE_NDIM);
+	for (int i = 0; i < LB_MAX_NDIM; i++)
+		it->shape[i] = get32(r + SE_SHAPE + 4 * i);
+	it->bytes = get64(r + SE_BYTES);
+	for (int i = 0; i < LB_FP_WORDS; i++)
+		it->fp[i] = get64(r + SE_FP + 8 * i);
+	it->exact[0] = get64(r + SE_EXACT);
+	it->exact[1] = get64(r + SE_EXACT + 8);
+	it->checksum = get64(r + SE_DATA_SUM);
+	it->idle_ns = get64(r + SE_IDLE);
+	it->age_ns = get64(r + SE_AGE);
+	it->score = bits_dbl(get64(r + SE_SCORE));
+
+	const char *bad = NULL;
+	if (e->model >= n_models) {
+		bad = "model index";
+	} else {
+		const struct lbp_register_model *d = &models[e->model].d;
+		it->model_id = e->model; /* a record index until restored */
+		if (it->layer >= d->n_layers)
+			bad = "layer";
+		else if (it->seq_len < 1 || it->seq_len > d->max_seq)
+			bad = "seq_len";
+	}
+	if (!bad && !dtype_size(it->dtype))
+		bad = "dtype";
+	if (!bad && (it->ndim < 1 || it->ndim > LB_MAX_NDIM))
+		bad = "ndim";
+	/* The shape's product times the element size is the byte count, without overflow. */
+	for (uint32_t i = 0; !bad && i < LB_MAX_NDIM; i++) {
+		if (i >= it->ndim ? it->shape[i] != 0 : it->shape[i] == 0)
+			bad = "shape";
+		else if (i < it->ndim && elems > UINT64_MAX / 8 / it->shape[i])
+			bad = "shape";
+		else if (i < it->ndim)
+			elems *= it->shape[i];
+	}
+	if (!bad && elems * (uint64_t)dtype_size(it->dtype) != it->bytes)
+		bad = "bytes (not the shape's)";
+	if (!bad && !(isfinite(it->score) && it->score >= 0))
+		bad = "score";
+	if (bad)
+		return lbp_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64 "): %s out of range",
+				k, off, bad);
+	uint64_t left = len - off - LBD_SNAP_ENTRY_SIZE;
+	if (it->bytes > left || pad(it->bytes) > left)
+		return lbp_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
+				"): %" PRIu64 " data bytes, %" PRIu64 " left", k, off, it->bytes, left);
+	it->data = r + LBD_SNAP_ENTRY_SIZE;
+	if (XXH3_64bits(it->data, it->bytes) != it->checksum)
+		return lbp_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+				"): data checksum mismatch", k, off);
+	if (!zero(it->data + it->bytes, pad(it->bytes) - it->bytes))
+		return lbp_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+				"): padding not zero", k, off);
+	return 0;
+}
+
+/* Order by model, input (token hash), layer: one input's entries side by side. */
+static int cmp_key(const void *a, const void *b)
+{
+	const struct lentry *x = *(const struct lentry *const *)a, *y = *(const struct lentry *const *)b;
+	if (x->model != y->model)
+		return x->model < y->model ? -1 : 1;
+	for (int i = 0; i < 2; i++)
+		if (x->it.exact[i] != y->it.exact[i])
+			return x->it.exact[i] < y->it.exact[i] ? -1 : 1;
+	if (x->it.layer != y->it.layer)
+		return x->it.layer < y->it.layer ? -1 : 1;
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Most valuable first; ties in file order. */
+static int cmp_value(const void *a, const void *b)
+{
+	const struct lentry *x = *(const struct lentry *const *)a, *y = *(const struct lentry *const *)b;
+	if (x->value != y->value)
+		return x->value > y->value ? -1 : 1;
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* The entries of one input must agree on its length and fingerprint, and name each layer once:
+ * a file whose writer broke that is not trusted at all. */
+static int check_inputs(struct lentry **by, uint64_t n, char *err, size_t errlen)
+{
+	qsort(by, n, sizeof(*by), cmp_key);
+	for (uint64_t k = 1; k < n; k++) {
+		const struct lentry *p = by[k - 1], *e = by[k];
+		if (p->model != e->model || memcmp(p->it.exact, e->it.exact, sizeof(e->it.exact)))
+			continue;
+		if (p->it.layer == e->it.layer)
+			return lbp_fail(err, errlen, -EBADMSG, "entries at offsets %" PRIu64 " and %" PRIu64
+					": the same input and layer twice", p->off, e->off);
+		if (p->it.seq_len != e->it.seq_len || memcmp(p->it.fp, e->it.fp, sizeof(e->it.fp)))
+			return lbp_fail(err, errlen, -EBADMSG, "entries at offsets %" PRIu64 " and %" PRIu64
+					": one input with two lengths or fingerprints", p->off, e->off);
+	}
+	return 0;
+}
+
+/* Everything but the entries: the header and the model table. */
+static int check_head(const uint8_t *img, size_t len, uint32_t *n_models, uint64_t *n_entries,
+		      uint64_t *data_bytes, uint64_t *written_s, char *err, size_t errlen)
+{
+	if (len < LBD_SNAP_HDR_SIZE)
+		return lbp_fail(err, errlen, -EBADMSG, "truncated: %zu bytes, shorter than the %u-byte header",
+				len, LBD_SNAP_HDR_SIZE);
+	if (memcmp(img + SH_MAGIC, LBD_SNAP_MAGIC, 8) != 0)
+		return lbp_fail(err, errlen, -EBADMSG, "not a layerbank snapshot (no %s magic)", LBD_SNAP_MAGIC);
+	/* The version before the checksum: another version may lay its header out otherwise. */
+	uint32_t version = get32(img + SH_VERSION);
+	if (version != LBD_SNAP_VERSION)
+		return lbp_fail(err, errlen, -EPROTO, "format version %u, this daemon reads version %u",
+				version, LBD_SNAP_VERSION);
+	if (!sealed(img))
+		return lbp_fail(err, errlen, -EBADMSG, "header checksum mismatch");
+	uint32_t abi = get32(img + SH_SHM_ABI);
+	if (abi != LB_SHM_ABI_VERSION)
+		return lbp_fail(err, errlen, -EPROTO, "written by a daemon of arena ABI %u, this one has ABI %u",
+				abi, LB_SHM_ABI_VERSION);
+	if (get32(img + SH_HDR_SIZE) != LBD_SNAP_HDR_SIZE || get32(img + SH_MODEL_SIZE) != LBD_SNAP_MODEL_SIZE ||
+	    get32(img + SH_ENTRY_SIZE) != LBD_SNAP_ENTRY_SIZE || !zero(img + SH_RESERVED, REC_SUM - SH_RESERVED))
+		return lbp_fail(err, errlen, -EBADMSG, "header: record sizes not 128, or reserved bytes not zero");
+	uint64_t file_bytes = get64(img + SH_FILE_BYTES);
+	if (file_bytes != len)
+		return lbp_fail(err, errlen, -EBADMSG, "%s: %zu bytes, the header says %" PRIu64,
+				len < file_bytes ? "truncated" : "bytes past the end", len, file_bytes);
+	*n_models = get32(img + SH_N_MODELS);
+	*n_entries = get64(img + SH_N_ENTRIES);
+	*data_bytes = get64(img + SH_DATA_BYTES);
+	*written_s = get64(img + SH_WRITTEN_S);
+	/* Counts capped by what the file can hold, before anything is allocated from them. */
+	if (*n_models > LBD_MAX_MODELS)
+		return lbp_fail(err, errlen, -EBADMSG, "header: %u models, at most %u", *n_models, LBD_MAX_MODELS);
+	uint64_t head = LBD_SNAP_HDR_SIZE + (uint64_t)*n_models * LBD_SNAP_MODEL_SIZE;
+	if (head > len || *n_entries > (len - head) / LBD_SNAP_ENTRY_SIZE)
+		return lbp_fail(err, errlen, -EBADMSG, "header: %u models and %" PRIu64
+				" entries do not fit in %zu bytes", *n_models, *n_entries, len);
+	return 0;
+}
+
+/* Register the image's models and restore its entries, most valuable first. */
+static void restore(struct lmodel *models, uint32_t n_models, struct lentry *ents, struct lentry **by,
+		    uint64_t n, struct lbd_models *m, struct lbd_store *st, struct lbd_snapshot_stats *out)
+{
+	for (uint32_t i = 0; i < n_models; i++) {
+		const char *field;
+		char why[LBP_MAX_ERRMSG];
+		uint32_t id = 0;
+		if (lbd_models_restore(m, &models[i].d, &id, &field, why, sizeof(why)) < 0 ||
+		    lbd_store_add_model(st, id, &models[i].d) < 0) {
+			out->models_skipped++;
+			continue;
+		}
+		models[i].id = id;
+	}
+	for (uint64_t k = 0; k < n; k++) {
+		ents[k].it.model_id = models[ents[k].model].id;
+		ents[k].value = lbd_store_item_value(st, &ents[k].it);
+		by[k] = &ents[k];
+	}
+	qsort(by, n, sizeof(*by), cmp_value);
+	for (uint64_t k = 0; k < n; k++) {
+		const struct lbd_store_item *it = &by[k]->it;
+		if (it->model_id && lbd_store_restore(st, it) == 0) {
+			out->entries++;
+			out->data_bytes += it->bytes;
+		} else {
+			out->entries_skipped++;
+		}
+	}
+}
+
+int lbd_snapshot_load_mem(const void *buf, size_t len, struct lbd_models *m, struct lbd_store *st,
+			  struct lbd_snapshot_stats *out, char *err, size_t errlen)
+{
+	const uint8_t *img = buf;
+	uint64_t t0 = lb_now_ns(), n_entries = 0, data_bytes = 0, sum = 0, written_s = 0;
+	struct lbd_snapshot_stats res = { 0 };
+	struct lmodel *models = NULL;
+	struct lentry *ents = NULL, **by = NULL;
+	uint32_t n_models = 0;
+	int ret;
+
+	if (!img && len)
+		return lbp_fail(err, errlen, -EBADMSG, "no image");
+	ret = check_head(img, len, &n_models, &n_entries, &data_bytes, &written_s, err, errlen);
+	if (ret < 0)
+		return ret;
+	models = calloc(n_models ? n_models : 1, sizeof(*models));
+	ents = calloc(n_entries ? n_entries : 1, sizeof(*ents));
+	by = calloc(n_entries ? n_entries : 1, sizeof(*by));
+	if (!models || !ents || !by) {
+		ret = lbp_fail(err, errlen, -ENOMEM, "out of memory for %" PRIu64 " entries", n_entries);
+		goto out;
+	}
+	for (uint32_t i = 0; i < n_models; i++) {
+		ret = check_model(img + LBD_SNAP_HDR_SIZE + (size_t)i * LBD_SNAP_MODEL_SIZE, i, &models[i],
+				  err, errlen);
+		if (ret < 0)
+			goto out;
+		for (uint32_t j = 0; j < i; j++)
+			if (strcmp(models[j].d.name, models[i].d.name) == 0) {
+				ret = lbp_fail(err, errlen, -EBADMSG, "model records %u and %u: both '%s'", j,
+					       i, models[i].d.name);
+				goto out;
+			}
+	}
+	uint64_t off = LBD_SNAP_HDR_SIZE + (uint64_t)n_models * LBD_SNAP_MODEL_SIZE;
+	for (uint64_t k = 0; k < n_entries; k++) {
+		ret = check_entry(img, len, off, k, models, n_models, &ents[k], err, errlen);
+		if (ret < 0)
+			goto out;
+		models[ents[k].model].seen++;
+		sum += ents[k].it.bytes;
+		off += LBD_SNAP_ENTRY_SIZE + pad(ents[k].it.bytes);
+		by[k] = &ents[k];
+	}
+	if (off != len) {
+		ret = lbp_fail(err, errlen, -EBADMSG, "%zu bytes after the last entry (offset %" PRIu64 ")",
+			       (size_t)(len - off), off);
+		goto out;
+	}
+	if (sum != data_bytes) {
+		ret = lbp_fail(err, errlen, -EBADMSG, "the entries hold %" PRIu64 " data bytes, the header says %"
+			       PRIu64, sum, data_bytes);
+		goto out;
+	}
+	for (uint32_t i = 0; i < n_models; i++)
+		if (models[i].seen != models[i].n_entries) {
+			ret = lbp_fail(err, errlen, -EBADMSG, "model record %u ('%s'): %" PRIu64
+				       " entries, the file has %" PRIu64, i, models[i].d.name,
+				       models[i].n_entries, models[i].seen);
+			goto out;
+		}
+	ret = check_inputs(by, n_entries, err, errlen);
+	if (ret < 0)
+		goto out;
+
+	/* Everything checked: from here on nothing is refused for what the file says. */
+	res.models = n_models;
+	res.file_bytes = len;
+	res.written_s = written_s;
+	if (m && st) {
+		restore(models, n_models, ents, by, n_entries, m, st, &res);
+	} else {
+		res.entries = n_entries;
+		res.data_bytes = data_bytes;
+	}
+	res.ms = ms_since(t0);
+	if (out)
+		*out = res;
+	lbp_errf(err, errlen, "%s", "");
+out:
+	free(models);
+	free(ents);
+	free(by);
+	return ret;
+}
+
+int lbd_snapshot_load(const char *path, struct lbd_models *m, struct lbd_store *st,
+		      struct lbd_snapshot_stats *out, char *err, size_t errlen)
+{
+	uint64_t t0 = lb_now_ns();
+	struct stat sb;
+	void *img = NULL;
+	int fd, ret;
+
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		ret = -errno;
+		if (ret == -ENOENT)
+			return ret;
+		return lbp_fail(err, errlen, ret, "%s", strerror(-ret));
+	}
+	if (fstat(fd, &sb) < 0) {
+		ret = -errno;
+		close(fd);
+		return lbp_fail(err, errlen, ret, "fstat: %s", strerror(-ret));
+	}
+	if (!S_ISREG(sb.st_mode)) {
+		close(fd);
+		return lbp_fail(err, errlen, -EINVAL, "not a regular file");
+	}
+	/* Mapped, not read: a large snapshot needs no second copy of itself in memory. The
+	 * daemon replaces the file by rename, never truncates it, so the mapping stays whole. */
+	if (sb.st_size > 0) {
+		img = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+		if (img == MAP_FAILED) {
+			ret = -errno;
+			close(fd);
+			return lbp_fail(err, errlen, ret, "mmap: %s", strerror(-ret));
+		}
+	}
+	close(fd);
+	ret = lbd_snapshot_load_mem(img, (size_t)sb.st_size, m, st, out, err, errlen);
+	if (img)
+		munmap(img, (size_t)sb.st_size);
+	if (ret == 0 && out)
+		out->ms = ms_since(t0);
+	return ret;
+}

@@ -1,0 +1,1369 @@
+/* The snapshot (daemon/snapshot.c, PROTOCOL.md "Snapshot file"): the documented layout, round
+ * trips byte for byte, every truncation and every flipped bit refused with nothing restored,
+ * foreign versions, sealed but inconsistent files, the budget keeping the most valuable
+ * entries; then layerbankd itself: restart with --snapshot, bad files as one log line and an
+ * empty start, a model registered differently after the restart, SNAPSHOT through the client
+ * library and layerbank-ctl, and the warm restart's hit rate. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <math.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "arena.h"
+#include "layerbank/layerbank.h"
+#include "layerbank/ring.h"
+#include "models.h"
+#include "snapshot.h"
+#include "store.h"
+#include "testutil.h"
+
+static struct lbt_env env;
+static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
+static pid_t kid_pid = -1;    /* a worker process, likewise */
+static char snap_path[300];
+
+static int setup(void **state)
+{
+	(void)state;
+	lbt_env_make(&env);
+	snprintf(snap_path, sizeof(snap_path), "%s/cache.snap", env.dir);
+	daemon_pid = -1;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	lbt_daemon_reap(&daemon_pid);
+	lbt_daemon_reap(&kid_pid);
+	unsetenv("NOTIFY_SOCKET");
+	lbt_env_remove(&env);
+	return 0;
+}
+
+/* ---- inputs and their data, the same in every process ---- */
+
+static uint64_t mix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static void input_keys(uint32_t input, uint64_t fp[4], uint64_t exact[2])
+{
+	for (int i = 0; i < 4; i++)
+		fp[i] = mix(input * 8u + (uint64_t)i);
+	exact[0] = mix(0x1000000u + input);
+	exact[1] = mix(0x2000000u + input);
+}
+
+static void fill_data(uint8_t *p, uint64_t n, uint32_t input, uint32_t layer)
+{
+	uint64_t s = mix(((uint64_t)input << 16) | layer);
+	for (uint64_t i = 0; i < n; i++) {
+		if (i % 8 == 0)
+			s = mix(s);
+		p[i] = (uint8_t)(s >> (8 * (i % 8)));
+	}
+}
+
+/* ---- an in-process bank: arena, store, registry ---- */
+
+struct bank {
+	struct lbd_arena arena;
+	struct lbd_store *st;
+	struct lbd_models m;
+};
+
+static void bank_make(struct bank *b, size_t arena_bytes, uint64_t budget, enum lbd_policy pol,
+		      uint64_t ttl_ns)
+{
+	static const uint8_t boot[16] = { 7 };
+	char err[256];
+	struct lbd_store_cfg cfg = {
+		.budget = budget,
+		.policy = pol,
+		.ttl_ns = ttl_ns ? ttl_ns : 3600ull * 1000000000ull,
+		.half_life_ns = 300ull * 1000000000ull,
+		.drift_max = 0.05,
+		.tau = 0.98,
+	};
+
+	memset(b, 0, sizeof(*b));
+	assert_int_equal(lbd_arena_create(&b->arena, arena_bytes, -1, LBD_HP_OFF, boot, 0, err, sizeof(err)), 0);
+	b->st = lbd_store_new(&b->arena, 1, &cfg);
+	assert_non_null(b->st);
+}
+
+static void bank_free(struct bank *b)
+{
+	lbd_store_free(b->st);
+	lbd_arena_destroy(&b->arena);
+}
+
+static struct lbp_register_model desc(const char *name, uint64_t weights, uint32_t n_layers,
+				      uint32_t hidden)
+{
+	struct lbp_register_model d = { .weights_hash = weights, .n_layers = n_layers, .hidden = hidden,
+					.dtype = LBP_DTYPE_F32, .max_seq = 256,
+					.fp = { .chunks = 4, .bits = 256, .seed = 7 } };
+	snprintf(d.name, sizeof(d.name), "%s", name);
+	return d;
+}
+
+static uint32_t bank_model(struct bank *b, const struct lbp_register_model *d)
+{
+	const char *field;
+	char why[256];
+	uint32_t id = 0;
+	assert_true(lbd_models_register(&b->m, d, &id, &field, why, sizeof(why)) >= 0);
+	assert_int_equal(lbd_store_add_model(b->st, id, d), 0);
+	return id;
+}
+
+/* The id of the model registered as name, 0 when none. */
+static uint32_t model_id(const struct bank *b, const char *name)
+{
+	for (uint32_t i = 0; i < b->m.count; i++)
+		if (strcmp(b->m.desc[i].name, name) == 0)
+			return i + 1;
+	return 0;
+}
+
+static int bank_insert(struct bank *b, uint32_t model, uint32_t input, uint32_t layer,
+		       uint32_t seq_len, uint32_t hidden)
+{
+	uint64_t bytes = (uint64_t)seq_len * hidden * 4;
+	uint8_t *data = malloc(bytes);
+	struct lb_req r = { .opcode = LB_OP_INSERT, .layer = (uint16_t)layer, .model_id = model,
+			    .seq_len = seq_len, .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + bytes) };
+	struct lb_insert_hdr h = { .dtype = LBP_DTYPE_F32, .ndim = 2, .shape = { seq_len, hidden },
+				   .bytes = bytes };
+	struct lb_cpl cpl = { 0 };
+
+	assert_non_null(data);
+	fill_data(data, bytes, input, layer);
+	input_keys(input, h.fp, h.exact);
+	lbd_store_insert(b->st, 0, &r, &h, data, &cpl);
+	free(data);
+	return cpl.status;
+}
+
+/* Look (model, input, layer) up by its token hash; on a hit check header and data byte for
+ * byte, then let the lease go. @return the lookup's status (0 hit, -ENOENT miss). */
+static int bank_check(struct bank *b, uint32_t model, uint32_t input, uint32_t layer,
+		      uint32_t seq_len, uint32_t hidden)
+{
+	struct lbd_leases ls = { 0 };
+	struct lb_req r = { .opcode = LB_OP_LOOKUP, .layer = (uint16_t)layer, .model_id = model,
+			    .seq_len = seq_len };
+	struct lb_query q = { .n_thr = 0 };
+	struct lb_cpl cpl = { 0 }, rel = { 0 };
+	uint64_t bytes = (uint64_t)seq_len * hidden * 4;
+
+	input_keys(input, q.fp, q.exact);
+	lbd_store_lookup(b->st, &ls, &r, &q, NULL, &cpl);
+	if (cpl.status == 0) {
+		const uint8_t *base = (const uint8_t *)b->arena.hdr + cpl.entry_off;
+		const struct lb_entry_hdr *eh = (const struct lb_entry_hdr *)base;
+		uint8_t *want = malloc(bytes);
+		assert_non_null(want);
+		fill_data(want, bytes, input, layer);
+		assert_true(eh->magic == LB_ENTRY_MAGIC);
+		assert_int_equal(eh->model_id, model);
+		assert_int_equal(eh->layer, layer);
+		assert_int_equal(eh->dtype, LBP_DTYPE_F32);
+		assert_int_equal(eh->seq_len, seq_len);
+		assert_int_equal(eh->ndim, 2);
+		assert_int_equal(eh->shape[0], seq_len);
+		assert_int_equal(eh->shape[1], hidden);
+		assert_true(eh->bytes == bytes);
+		assert_memory_equal(base + LB_ENTRY_HDR_SIZE, want, bytes);
+		assert_true(eh->checksum == XXH3_64bits(want, bytes));
+		free(want);
+		lbd_store_release(b->st, &ls, cpl.lease, &rel);
+		assert_int_equal(rel.status, 0);
+	}
+	lbd_leases_free(&ls);
+	return cpl.status;
+}
+
+static struct lbp_stats_reply bank_stats(struct bank *b)
+{
+	struct lbp_stats_reply r;
+	memset(&r, 0, sizeof(r));
+	lbd_store_stats(b->st, &r);
+	return r;
+}
+
+/* Nothing restored, nothing registered: what a refused file must leave. */
+static void assert_untouched(struct bank *b)
+{
+	struct lbp_stats_reply r = bank_stats(b);
+	assert_int_equal(b->m.count, 0);
+	assert_true(r.entries == 0 && r.bytes_used == 0 && r.leases == 0);
+}
+
+static uint8_t *read_file(const char *path, size_t *len)
+{
+	struct stat sb;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(fstat(fd, &sb), 0);
+	uint8_t *buf = malloc((size_t)sb.st_size + 1);
+	assert_non_null(buf);
+	assert_int_equal(pread(fd, buf, (size_t)sb.st_size, 0), sb.st_size);
+	close(fd);
+	*len = (size_t)sb.st_size;
+	return buf;
+}
+
+static void write_file(const char *path, const uint8_t *buf, size_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(write(fd, buf, len), (ssize_t)len);
+	close(fd);
+}
+
+/* ---- the small snapshot: two models, 14 entries, data not a multiple of 64 (padding) ---- */
+
+#define A_LAYERS 4
+#define A_HIDDEN 8
+#define A_SEQ 3 /* 96 data bytes: 32 of padding */
+#define B_LAYERS 2
+#define B_HIDDEN 4
+#define B_SEQ 5 /* 80 data bytes: 48 of padding */
+#define SMALL_ENTRIES 14
+#define SMALL_LEN (128 + 2 * 128 + SMALL_ENTRIES * (128 + 128))
+
+static void small_fill(struct bank *b)
+{
+	struct lbp_register_model da = desc("alpha", 0xa1, A_LAYERS, A_HIDDEN);
+	struct lbp_register_model db = desc("beta", 0xb2, B_LAYERS, B_HIDDEN);
+	uint32_t a = bank_model(b, &da), bb = bank_model(b, &db);
+
+	for (uint32_t in = 0; in < 3; in++)
+		for (uint32_t l = 0; l < A_LAYERS; l++)
+			assert_int_equal(bank_insert(b, a, in, l, A_SEQ, A_HIDDEN), 0);
+	for (uint32_t l = 0; l < B_LAYERS; l++)
+		assert_int_equal(bank_insert(b, bb, 7, l, B_SEQ, B_HIDDEN), 0);
+}
+
+/* Write the small snapshot to path; @return its image (*len bytes, malloc'd). */
+static uint8_t *small_image(const char *path, size_t *len)
+{
+	struct bank b;
+	struct lbd_snapshot_stats st;
+	char err[512];
+
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	small_fill(&b);
+	assert_int_equal(lbd_snapshot_write(path, &b.m, b.st, NULL, NULL, NULL, &st, err, sizeof(err)), 0);
+	assert_string_equal(err, "");
+	assert_int_equal(st.entries, SMALL_ENTRIES);
+	assert_int_equal(st.models, 2);
+	assert_int_equal(st.file_bytes, SMALL_LEN);
+	assert_int_equal(st.data_bytes, 12 * 96 + 2 * 80);
+	/* Its leases are gone once written. */
+	assert_int_equal(bank_stats(&b).leases, 0);
+	bank_free(&b);
+	return read_file(path, len);
+}
+
+static uint64_t le(const uint8_t *p, int n)
+{
+	uint64_t v = 0;
+	for (int i = n - 1; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static void put_le(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = 0; i < n; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* Recompute the checksum at the end of the 128-byte record at p. */
+static void reseal(uint8_t *p)
+{
+	put_le(p + 120, XXH3_64bits(p, 120), 8);
+}
+
+/* The file is what PROTOCOL.md says, field by field. */
+static void test_layout_is_the_documented_one(void **state)
+{
+	(void)state;
+	size_t len;
+	uint8_t *img = small_image(snap_path, &len);
+	uint8_t want[128];
+
+	assert_int_equal(len, SMALL_LEN);
+	assert_memory_equal(img, "LBSNAPSH", 8);
+	assert_int_equal(le(img + 8, 4), 1);             /* version */
+	assert_int_equal(le(img + 12, 4), 128);          /* hdr_size */
+	assert_int_equal(le(img + 16, 4), LB_SHM_ABI_VERSION);
+	assert_int_equal(le(img + 20, 4), 2);            /* models */
+	assert_int_equal(le(img + 24, 8), SMALL_ENTRIES);
+	assert_int_equal(le(img + 32, 8), 12 * 96 + 2 * 80);
+	assert_int_equal(le(img + 40, 8), SMALL_LEN);
+	uint64_t written = le(img + 48, 8);
+	assert_true(written <= (uint64_t)time(NULL) && written + 60 >= (uint64_t)time(NULL));
+	assert_int_equal(le(img + 72, 4), 128);
+	assert_int_equal(le(img + 76, 4), 128);
+	for (int i = 80; i < 120; i++)
+		assert_int_equal(img[i], 0);
+	assert_true(le(img + 120, 8) == XXH3_64bits(img, 120));
+
+	/* Model records, in registration order. */
+	const uint8_t *m = img + 128;
+	assert_string_equal((const char *)m, "alpha");
+	assert_true(le(m + 64, 8) == 0xa1);
+	assert_int_equal(le(m + 72, 4), A_LAYERS);
+	assert_int_equal(le(m + 76, 4), A_HIDDEN);
+	assert_int_equal(le(m + 80, 4), LBP_DTYPE_F32);
+	assert_int_equal(le(m + 84, 4), 256);
+	assert_int_equal(le(m + 88, 4), 4);
+	assert_int_equal(le(m + 92, 4), 256);
+	assert_int_equal(le(m + 96, 8), 7);
+	assert_int_equal(le(m + 104, 8), 12);
+	assert_true(le(m + 120, 8) == XXH3_64bits(m, 120));
+	assert_string_equal((const char *)m + 128, "beta");
+	assert_int_equal(le(m + 128 + 104, 8), 2);
+
+	/* Entry records: find the beta layer-1 entry by walking them, then check every field. */
+	size_t off = 128 + 2 * 128;
+	int found = 0;
+	for (int k = 0; k < SMALL_ENTRIES; k++) {
+		const uint8_t *e = img + off;
+		uint64_t bytes = le(e + 32, 8);
+		assert_true(le(e + 120, 8) == XXH3_64bits(e, 120));
+		assert_true(le(e + 88, 8) == XXH3_64bits(e + 128, bytes));
+		for (uint64_t i = bytes; i < ((bytes + 63) & ~63ull); i++)
+			assert_int_equal(e[128 + i], 0);
+		if (le(e, 4) == 1 && le(e + 4, 2) == 1) {
+			uint64_t fp[4], exact[2];
+			input_keys(7, fp, exact);
+			assert_int_equal(le(e + 6, 2), LBP_DTYPE_F32);
+			assert_int_equal(le(e + 8, 4), B_SEQ);
+			assert_int_equal(le(e + 12, 4), 2);
+			assert_int_equal(le(e + 16, 4), B_SEQ);
+			assert_int_equal(le(e + 20, 4), B_HIDDEN);
+			assert_int_equal(le(e + 24, 4), 0);
+			assert_int_equal(le(e + 28, 4), 0);
+			assert_int_equal(bytes, B_SEQ * B_HIDDEN * 4);
+			for (int i = 0; i < 4; i++)
+				assert_true(le(e + 40 + 8 * i, 8) == fp[i]);
+			assert_true(le(e + 72, 8) == exact[0] && le(e + 80, 8) == exact[1]);
+			double score;
+			uint64_t bits = le(e + 112, 8);
+			memcpy(&score, &bits, 8);
+			assert_true(score > 0.99 && score <= 1.0); /* an insert counts one hit */
+			fill_data(want, bytes, 7, 1);
+			assert_memory_equal(e + 128, want, bytes);
+			found++;
+		}
+		off += 128 + ((bytes + 63) & ~63ull);
+	}
+	assert_int_equal(off, len);
+	assert_int_equal(found, 1);
+	free(img);
+}
+
+/* Write, restore into a fresh daemon's store: the same entries, byte for byte, as hits. */
+static void test_round_trip_restores_every_entry(void **state)
+{
+	(void)state;
+	size_t len;
+	uint8_t *img = small_image(snap_path, &len);
+	struct bank b;
+	struct lbd_snapshot_stats st;
+	char err[512];
+
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.models, 2);
+	assert_int_equal(st.models_skipped, 0);
+	assert_int_equal(st.entries, SMALL_ENTRIES);
+	assert_int_equal(st.entries_skipped, 0);
+	assert_int_equal(st.file_bytes, len);
+	/* The models are back as registered, provisionally until a client vouches for them. */
+	uint32_t a = model_id(&b, "alpha"), bb = model_id(&b, "beta");
+	assert_true(a && bb);
+	struct lbp_register_model da = desc("alpha", 0xa1, A_LAYERS, A_HIDDEN);
+	assert_memory_equal(&b.m.desc[a - 1], &da, sizeof(da));
+	assert_int_equal(b.m.provisional[a - 1], 1);
+	/* The store's accounting: each entry 256 bytes (header and data rounded to 64), counted
+	 * per layer, none as an insert, nothing leased, all within the budget. */
+	struct lbp_stats_reply r = bank_stats(&b);
+	struct lbp_model_stats_reply ms;
+	assert_int_equal(r.entries, SMALL_ENTRIES);
+	assert_int_equal(r.bytes_used, SMALL_ENTRIES * 256);
+	assert_int_equal(r.inserts, 0);
+	assert_int_equal(r.leases, 0);
+	assert_int_equal(lbd_store_model_stats(b.st, a, 0, &ms), 0);
+	assert_int_equal(ms.n, A_LAYERS);
+	for (uint32_t l = 0; l < A_LAYERS; l++) {
+		assert_int_equal(ms.layers[l].entries, 3);
+		assert_int_equal(ms.layers[l].bytes, 3 * 256);
+	}
+	assert_int_equal(lbd_store_model_stats(b.st, bb, 0, &ms), 0);
+	assert_int_equal(ms.layers[1].entries, 1);
+	for (uint32_t in = 0; in < 3; in++)
+		for (uint32_t l = 0; l < A_LAYERS; l++)
+			assert_int_equal(bank_check(&b, a, in, l, A_SEQ, A_HIDDEN), 0);
+	for (uint32_t l = 0; l < B_LAYERS; l++)
+		assert_int_equal(bank_check(&b, bb, 7, l, B_SEQ, B_HIDDEN), 0);
+	assert_int_equal(bank_check(&b, a, 9, 0, A_SEQ, A_HIDDEN), -ENOENT);
+	/* Restored entries are ordinary ones: a second write holds the same. */
+	char again[320];
+	snprintf(again, sizeof(again), "%s/again.snap", env.dir);
+	assert_int_equal(lbd_snapshot_write(again, &b.m, b.st, NULL, NULL, NULL, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.entries, SMALL_ENTRIES);
+	assert_int_equal(st.file_bytes, len);
+	bank_free(&b);
+
+	/* Checking only (the fuzzer's entry point) restores nothing and needs no bank. */
+	assert_int_equal(lbd_snapshot_load_mem(img, len, NULL, NULL, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.entries, SMALL_ENTRIES);
+	free(img);
+}
+
+/* Every prefix of the file is refused as truncated, and leaves the bank as it was. */
+static void test_every_truncation_is_refused(void **state)
+{
+	(void)state;
+	size_t len;
+	uint8_t *img = small_image(snap_path, &len);
+	struct bank b;
+	char err[512];
+
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	for (size_t cut = 0; cut < len; cut++) {
+		/* A heap copy of exactly cut bytes: ASan sees any read past it. */
+		uint8_t *part = malloc(cut ? cut : 1);
+		assert_non_null(part);
+		memcpy(part, img, cut);
+		int ret = lbd_snapshot_load_mem(part, cut, &b.m, b.st, NULL, err, sizeof(err));
+		free(part);
+		if (ret != -EBADMSG || !strstr(err, "truncated"))
+			fail_msg("cut at %zu: %d '%s'", cut, ret, err);
+		assert_null(strchr(err, '\n'));
+	}
+	assert_untouched(&b);
+	/* A file cut by something else than us: the same through the file loader. */
+	write_file(snap_path, img, len - 100);
+	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, NULL, err, sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "truncated"));
+	write_file(snap_path, img, 0);
+	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, NULL, err, sizeof(err)), -EBADMSG);
+	assert_untouched(&b);
+	bank_free(&b);
+	free(img);
+}
+
+/* One flipped bit anywhere in the file — header, model record, entry record, data, padding,
+ * a checksum — is found, and nothing is restored. */
+static void test_every_flipped_bit_is_refused(void **state)
+{
+	(void)state;
+	size_t len;
+	uint8_t *img = small_image(snap_path, &len);
+	struct bank b;
+	char err[512];
+
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	for (size_t i = 0; i < len; i++) {
+		for (int bit = 0; bit < 8; bit += 3) {
+			img[i] ^= (uint8_t)(1u << bit);
+			int ret = lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err));
+			img[i] ^= (uint8_t)(1u << bit);
+			if (ret != -EBADMSG && ret != -EPROTO)
+				fail_msg("bit %d of byte %zu flipped: %d '%s'", bit, i, ret, err);
+		}
+	}
+	assert_untouched(&b);
+	/* And the messages say where. */
+	const struct {
+		size_t at;
+		const char *says;
+	} cases[] = {
+		{ 0, "not a layerbank snapshot" },
+		{ 9, "format version" },
+		{ 30, "header checksum mismatch" },
+		{ 125, "header checksum mismatch" },
+		{ 128 + 70, "model record 0: checksum mismatch" },
+		{ 256 + 3, "model record 1: checksum mismatch" },
+		{ 384 + 10, "entry 0 (offset 384): record checksum mismatch" },
+		{ 384 + 128 + 5, "entry 0 (offset 384): data checksum mismatch" },
+		{ 384 + 128 + 100, "entry 0 (offset 384): padding not zero" },
+		{ len - 1, "padding not zero" },
+	};
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+		img[cases[k].at] ^= 0x10;
+		lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err));
+		img[cases[k].at] ^= 0x10;
+		if (!strstr(err, cases[k].says))
+			fail_msg("byte %zu: '%s' lacks '%s'", cases[k].at, err, cases[k].says);
+	}
+	assert_untouched(&b);
+	bank_free(&b);
+	free(img);
+}
+
+/* Another format version or arena ABI is refused before anything else is believed. */
+static void test_foreign_version_and_abi_are_refused(void **state)
+{
+	(void)state;
+	size_t len;
+	uint8_t *img = small_image(snap_path, &len);
+	struct bank b;
+	char err[512];
+
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	put_le(img + 8, 2, 4);
+	reseal(img);
+	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
+	assert_string_equal(err, "format version 2, this daemon reads version 1");
+	/* A later version may move its checksum: the version is read first, unsealed or not. */
+	put_le(img + 120, 0, 8);
+	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
+	put_le(img + 8, 1, 4);
+	put_le(img + 16, LB_SHM_ABI_VERSION + 1, 4);
+	reseal(img);
+	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
+	assert_non_null(strstr(err, "arena ABI"));
+	assert_untouched(&b);
+	bank_free(&b);
+	free(img);
+}
+
+/* Files whose checksums hold but whose content a daemon never writes: refused as a whole. */
+static void test_sealed_but_inconsistent_files_are_refused(void **state)
+{
+	(void)state;
+	size_t len;
+	uint8_t *orig = small_image(snap_path, &len);
+	uint8_t *img = malloc(len + 64);
+	struct bank b;
+	char err[512];
+	const size_t m0 = 128, m1 = 256, e0 = 384, e1 = 384 + 256;
+
+	assert_non_null(img);
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+#define MUTATE(what, code)                                                                  \
+	do {                                                                                \
+		memcpy(img, orig, len);                                                     \
+		size_t n_ = len;                                                            \
+		code;                                                                       \
+		int ret_ = lbd_snapshot_load_mem(img, n_, &b.m, b.st, NULL, err, sizeof(err)); \
+		if (ret_ != -EBADMSG || !strstr(err, what))                                 \
+			fail_msg("%s: %d '%s'", what, ret_, err);                           \
+		assert_untouched(&b);                                                       \
+	} while (0)
+
+	MUTATE("both 'alpha'", { memcpy(img + m1, "alpha", 6); reseal(img + m1); });
+	MUTATE("name not 1..63", { memset(img + m0, 0, 64); reseal(img + m0); });
+	MUTATE("name not 1..63", { img[m0 + 40] = 'x'; reseal(img + m0); });
+	MUTATE("n_layers out of range", { put_le(img + m0 + 72, 0, 4); reseal(img + m0); });
+	MUTATE("n_layers out of range", { put_le(img + m0 + 72, 1025, 4); reseal(img + m0); });
+	MUTATE("fp.bits out of range", { put_le(img + m0 + 92, 128, 4); reseal(img + m0); });
+	MUTATE("reserved out of range", { img[m0 + 115] = 1; reseal(img + m0); });
+	MUTATE("entries, the file has", { put_le(img + m0 + 104, 11, 8); reseal(img + m0); });
+	MUTATE("model index out of range", { put_le(img + e0, 2, 4); reseal(img + e0); });
+	MUTATE("layer out of range", { put_le(img + e0 + 4, A_LAYERS, 2); reseal(img + e0); });
+	MUTATE("seq_len out of range", { put_le(img + e0 + 8, 257, 4); reseal(img + e0); });
+	MUTATE("dtype out of range", { put_le(img + e0 + 6, 4, 2); reseal(img + e0); });
+	MUTATE("shape out of range", { put_le(img + e0 + 24, 1, 4); reseal(img + e0); });
+	MUTATE("bytes (not the shape's)", { put_le(img + e0 + 20, A_HIDDEN + 1, 4); reseal(img + e0); });
+	MUTATE("score out of range", { put_le(img + e0 + 112, 0xfff8000000000000ull, 8); reseal(img + e0); });
+	/* The second entry claims the first one's layer of the same input. */
+	MUTATE("the same input and layer twice", {
+		put_le(img + e1 + 4, le(img + e0 + 4, 2), 2);
+		reseal(img + e1);
+	});
+	/* Or its input with another fingerprint. */
+	MUTATE("two lengths or fingerprints", {
+		img[e1 + 40] ^= 1;
+		reseal(img + e1);
+	});
+	MUTATE("data bytes, the header says", { put_le(img + 32, 1, 8); reseal(img); });
+	MUTATE("entries do not fit", { put_le(img + 24, UINT64_MAX / 2, 8); reseal(img); });
+	MUTATE("models, at most 256", { put_le(img + 20, 257, 4); reseal(img); });
+	MUTATE("bytes past the end", { memset(img + len, 0, 64); n_ = len + 64; });
+	MUTATE("bytes after the last entry", {
+		memset(img + len, 0, 64);
+		n_ = len + 64;
+		put_le(img + 40, n_, 8);
+		reseal(img);
+	});
+	MUTATE("record sizes", { put_le(img + 76, 64, 4); reseal(img); });
+#undef MUTATE
+	bank_free(&b);
+	free(img);
+	free(orig);
+}
+
+/* Restored into a smaller budget, the most recently used entries are the ones kept. */
+static void test_over_budget_keeps_the_most_valuable(void **state)
+{
+	(void)state;
+	struct bank a, b;
+	struct lbd_snapshot_stats st;
+	struct lbp_register_model d = desc("m", 1, 1, 256);
+	char err[512];
+	const uint32_t seq = 4, need = 128 + 4 * 256 * 4; /* 4224 bytes an entry */
+
+	bank_make(&a, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	uint32_t id = bank_model(&a, &d);
+	for (uint32_t in = 0; in < 8; in++)
+		assert_int_equal(bank_insert(&a, id, in, 0, seq, 256), 0);
+	/* Inputs 4..7 are hit afterwards, in reverse: the most recent is 4. */
+	for (uint32_t in = 8; in-- > 4;) {
+		struct timespec ts = { 0, 2000000 };
+		nanosleep(&ts, NULL);
+		assert_int_equal(bank_check(&a, id, in, 0, seq, 256), 0);
+	}
+	assert_int_equal(lbd_snapshot_write(snap_path, &a.m, a.st, NULL, NULL, NULL, &st, err, sizeof(err)), 0);
+	bank_free(&a);
+
+	bank_make(&b, 4u << 20, 4 * need + need / 2, LBD_POLICY_LRU, 0);
+	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.entries, 4);
+	assert_int_equal(st.entries_skipped, 4);
+	struct lbp_stats_reply r = bank_stats(&b);
+	assert_true(r.bytes_used <= r.bytes_budget);
+	assert_int_equal(r.entries, 4);
+	id = model_id(&b, "m");
+	for (uint32_t in = 0; in < 8; in++)
+		assert_int_equal(bank_check(&b, id, in, 0, seq, 256), in >= 4 ? 0 : -ENOENT);
+	/* Restored entries are ordinary ones to the policy: new inserts evict them. */
+	for (uint32_t in = 100; in < 104; in++)
+		assert_int_equal(bank_insert(&b, id, in, 0, seq, 256), 0);
+	r = bank_stats(&b);
+	assert_int_equal(r.entries, 4);
+	assert_int_equal(r.evictions, 4);
+	assert_int_equal(r.bytes_used, 4 * need);
+	for (uint32_t in = 100; in < 104; in++)
+		assert_int_equal(bank_check(&b, id, in, 0, seq, 256), 0);
+	bank_free(&b);
+
+	/* Under ttl, entries older than the ttl would expire at once: they are left out. */
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_TTL, 1000000 /* 1 ms */);
+	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.entries, 0);
+	assert_int_equal(st.entries_skipped, 8);
+	bank_free(&b);
+}
+
+/* A snapshot's model that the first client registers with other weights is retired, with its
+ * entries; one registered the same is confirmed and keeps them. */
+static void test_model_registered_differently_is_retired(void **state)
+{
+	(void)state;
+	size_t len;
+	uint8_t *img = small_image(snap_path, &len);
+	struct bank b;
+	char err[512], why[256];
+	const char *field;
+	uint32_t id;
+
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), 0);
+	uint32_t a = model_id(&b, "alpha"), bb = model_id(&b, "beta");
+
+	struct lbp_register_model same = desc("beta", 0xb2, B_LAYERS, B_HIDDEN);
+	assert_int_equal(lbd_models_settle(&b.m, &same, why, sizeof(why)), 0);
+	assert_int_equal(lbd_models_register(&b.m, &same, &id, &field, why, sizeof(why)), 0);
+	assert_int_equal(id, bb);
+	assert_int_equal(b.m.provisional[bb - 1], 0);
+
+	struct lbp_register_model other = desc("alpha", 0xa2, A_LAYERS, A_HIDDEN);
+	assert_int_equal(lbd_models_settle(&b.m, &other, why, sizeof(why)), a);
+	assert_string_equal(why, "model 'alpha' was restored from the snapshot with weights_hash 0xa1, not 0xa2");
+	assert_int_equal(lbd_store_drop_model(b.st, a), 12);
+	/* The retired id answers as no model's. */
+	assert_int_equal(bank_check(&b, a, 0, 0, A_SEQ, A_HIDDEN), -ESRCH);
+	assert_int_equal(bank_insert(&b, a, 50, 0, A_SEQ, A_HIDDEN), -ESRCH);
+	struct lbp_model_stats_reply ms;
+	assert_int_equal(lbd_store_model_stats(b.st, a, 0, &ms), -ENOENT);
+	assert_int_equal(lbd_store_drop_model(b.st, a), -ENOENT);
+	assert_int_equal(lbd_models_register(&b.m, &other, &id, &field, why, sizeof(why)), 1);
+	assert_true(id != a);
+	assert_int_equal(bank_stats(&b).entries, 2);
+	assert_int_equal(bank_check(&b, bb, 7, 1, B_SEQ, B_HIDDEN), 0);
+	/* The retired description is gone for good; the new one is the registration now. */
+	struct lbp_register_model old = desc("alpha", 0xa1, A_LAYERS, A_HIDDEN);
+	assert_int_equal(lbd_models_settle(&b.m, &old, why, sizeof(why)), 0);
+	assert_int_equal(lbd_models_register(&b.m, &old, &id, &field, why, sizeof(why)), -EEXIST);
+	/* A confirmed model is not retired by a later, different registration. */
+	struct lbp_register_model beta2 = desc("beta", 0xb3, B_LAYERS, B_HIDDEN);
+	assert_int_equal(lbd_models_settle(&b.m, &beta2, why, sizeof(why)), 0);
+	assert_int_equal(lbd_models_register(&b.m, &beta2, &id, &field, why, sizeof(why)), -EEXIST);
+
+	/* And the registry, loaded again with alpha taken by other weights, skips alpha only. */
+	bank_free(&b);
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	bank_model(&b, &other);
+	struct lbd_snapshot_stats st;
+	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.models_skipped, 1);
+	assert_int_equal(st.entries, 2);
+	assert_int_equal(st.entries_skipped, 12);
+	bank_free(&b);
+	free(img);
+}
+
+/* A write that fails leaves the old file as it was, and no .tmp behind. */
+static void test_failed_write_keeps_the_old_file(void **state)
+{
+	(void)state;
+	size_t len, len2;
+	uint8_t *img = small_image(snap_path, &len);
+	struct bank b;
+	char err[600], tmp[320], bad[320];
+
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	bank_model(&b, &(struct lbp_register_model){ 0 }); /* an unnamed model: never written */
+	snprintf(tmp, sizeof(tmp), "%s.tmp", snap_path);
+	/* A folder where the writer's temporary file goes: it cannot be replaced. */
+	assert_int_equal(mkdir(tmp, 0700), 0);
+	int ret = lbd_snapshot_write(snap_path, &b.m, b.st, NULL, NULL, NULL, NULL, err, sizeof(err));
+	assert_true(ret < 0);
+	assert_non_null(strstr(err, snap_path));
+	assert_null(strchr(err, '\n'));
+	uint8_t *now = read_file(snap_path, &len2);
+	assert_int_equal(len2, len);
+	assert_memory_equal(now, img, len);
+	free(now);
+	rmdir(tmp);
+	/* No such folder: the error names the file and the reason. */
+	snprintf(bad, sizeof(bad), "%s/no/such/dir/x.snap", env.dir);
+	assert_int_equal(lbd_snapshot_write(bad, &b.m, b.st, NULL, NULL, NULL, NULL, err, sizeof(err)), -ENOENT);
+	assert_non_null(strstr(err, "No such file"));
+	assert_int_equal(bank_stats(&b).leases, 0);
+	bank_free(&b);
+	free(img);
+}
+
+/* ---- layerbankd with --snapshot ---- */
+
+#define D_LAYERS 4
+#define D_HIDDEN 32
+
+static const struct lb_model_desc dmodel = {
+	.name = "snap-model", .weights_hash = 0x5eed, .n_layers = D_LAYERS, .hidden = D_HIDDEN,
+	.dtype = LB_DTYPE_F32, .max_seq = 512, .fp_chunks = 4, .fp_seed = 3,
+};
+
+static void start_daemon(const char *const *extra)
+{
+	const char *args[32];
+	int n = 0;
+	args[n++] = "--arena-size";
+	args[n++] = "16M";
+	args[n++] = "--hugepages";
+	args[n++] = "off";
+	for (int i = 0; extra && extra[i] && n < 31; i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	assert_true(daemon_pid > 0);
+	/* The socket accepts (queues) from the moment it is bound; the daemon answers once it
+	 * serves, which is after the restore. */
+	struct lb_client *c = NULL;
+	struct lb_stats st;
+	assert_int_equal(lb_connect(env.sock, "ready?", &c), 0);
+	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
+	lb_close(c);
+}
+#define START(...) start_daemon((const char *const[]){ __VA_ARGS__, NULL })
+
+static void stop_daemon(void)
+{
+	int st = lbt_daemon_stop(daemon_pid);
+	daemon_pid = -1;
+	if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
+		lbt_cat(env.log);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+static struct lb_client *connect_model(const struct lb_model_desc *d, uint32_t *model)
+{
+	struct lb_client *c = NULL;
+	assert_int_equal(lb_connect(env.sock, "test", &c), 0);
+	if (d)
+		assert_int_equal(lb_register_model(c, d, model), 0);
+	return c;
+}
+
+static uint32_t seq_of(uint32_t input)
+{
+	return 8 + input % 25;
+}
+
+static void key_of(uint32_t input, struct lb_key *k)
+{
+	input_keys(input, k->fp, k->exact);
+	k->seq_len = seq_of(input);
+}
+
+static int d_insert(struct lb_client *c, uint32_t model, uint32_t input, uint32_t layer)
+{
+	struct lb_key k;
+	uint64_t bytes = (uint64_t)seq_of(input) * D_HIDDEN * 4;
+	struct lb_shape sh = { LB_DTYPE_F32, 2, { seq_of(input), D_HIDDEN, 0, 0 } };
+	void *p;
+
+	key_of(input, &k);
+	p = lb_insert_reserve(c, bytes);
+	assert_non_null(p);
+	fill_data(p, bytes, input, layer);
+	return lb_insert_commit(c, model, layer, &k, &sh);
+}
+
+/* A hit on exactly (input, layer), its bytes checked. @return 0 or the lookup's status. */
+static int d_check(struct lb_client *c, uint32_t model, uint32_t input, uint32_t layer)
+{
+	struct lb_key k;
+	struct lb_hit hit;
+	uint64_t bytes = (uint64_t)seq_of(input) * D_HIDDEN * 4;
+
+	key_of(input, &k);
+	int ret = lb_lookup(c, model, layer, &k, NULL, 0, &hit);
+	if (ret < 0)
+		return ret;
+	uint8_t *want = malloc(bytes);
+	assert_non_null(want);
+	fill_data(want, bytes, input, layer);
+	assert_true(hit.bytes == bytes);
+	assert_int_equal(hit.layer, layer);
+	assert_int_equal(hit.hamming, 0);
+	assert_memory_equal(hit.data, want, bytes);
+	assert_true(hit.checksum == XXH3_64bits(want, bytes));
+	free(want);
+	assert_int_equal(lb_release(c, hit.lease), 0);
+	return 0;
+}
+
+static struct lb_stats d_stats(void)
+{
+	struct lb_client *c = connect_model(NULL, NULL);
+	struct lb_stats st;
+	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
+	lb_close(c);
+	return st;
+}
+
+/* Lines of the daemon's log holding every one of the (NULL-ended) words. */
+static int log_lines(const char *first, ...)
+{
+	FILE *f = fopen(env.log, "r");
+	char line[4096];
+	int n = 0;
+
+	assert_non_null(f);
+	while (fgets(line, sizeof(line), f)) {
+		va_list ap;
+		int all = 1;
+		va_start(ap, first);
+		for (const char *w = first; w; w = va_arg(ap, const char *))
+			all = all && strstr(line, w);
+		va_end(ap);
+		n += all;
+	}
+	fclose(f);
+	return n;
+}
+
+/* Insert inputs 0..n-1, every layer, into a daemon. */
+static void d_fill(uint32_t n)
+{
+	uint32_t model;
+	struct lb_client *c = connect_model(&dmodel, &model);
+	for (uint32_t in = 0; in < n; in++)
+		for (uint32_t l = 0; l < D_LAYERS; l++)
+			assert_int_equal(d_insert(c, model, in, l), 0);
+	lb_close(c);
+}
+
+/* SIGTERM writes the snapshot; the next start restores it before it serves: same entries,
+ * hits with the same bytes, READY (the socket) only after the restore. */
+static void test_daemon_restart_restores_the_cache(void **state)
+{
+	(void)state;
+	uint32_t model;
+
+	START("--snapshot", snap_path);
+	assert_int_equal(log_lines("snapshot", "no such file yet", NULL), 1);
+	d_fill(20);
+	stop_daemon();
+	assert_int_equal(log_lines("snapshot", "80 entries", "models written,", NULL), 1);
+	assert_int_equal(access(snap_path, R_OK), 0);
+	char tmp[320];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", snap_path);
+	assert_int_equal(access(tmp, F_OK), -1);
+
+	START("--snapshot", snap_path);
+	assert_int_equal(log_lines("snapshot", "80 entries", "restored", NULL), 1);
+	struct lb_stats st = d_stats();
+	assert_int_equal(st.entries, 80);
+	assert_int_equal(st.models, 1);
+	assert_int_equal(st.inserts, 0);
+	struct lb_client *c = connect_model(&dmodel, &model);
+	for (uint32_t in = 0; in < 20; in++)
+		for (uint32_t l = 0; l < D_LAYERS; l++)
+			assert_int_equal(d_check(c, model, in, l), 0);
+	struct lb_key k;
+	struct lb_hit hit;
+	key_of(3, &k);
+	assert_int_equal(lb_lookup_deepest(c, model, &k, NULL, 0, &hit), 0);
+	assert_int_equal(hit.layer, D_LAYERS - 1);
+	lb_release(c, hit.lease);
+	lb_close(c);
+	stop_daemon();
+}
+
+static int notify_socket(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	assert_true(strlen(path) < sizeof(sa.sun_path));
+	strcpy(sa.sun_path, path);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+/* The next notify datagram holding want, within timeout_ms; 0 when none came. */
+static int notify_wait(int fd, const char *want, char *buf, size_t n, int timeout_ms)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN };
+	while (poll(&p, 1, timeout_ms) > 0) {
+		ssize_t r = recv(fd, buf, n - 1, 0);
+		assert_true(r >= 0);
+		buf[r] = '\0';
+		if (strstr(buf, want))
+			return 1;
+	}
+	return 0;
+}
+
+/* Under a service manager: READY=1 only once the snapshot is restored, and while it is
+ * written at stop, STOPPING=1 then EXTEND_TIMEOUT_USEC= with a STATUS= line. */
+static void test_ready_after_restore_and_stop_timeout_extended(void **state)
+{
+	(void)state;
+	char path[300], msg[512];
+
+	START("--snapshot", snap_path);
+	d_fill(30);
+	stop_daemon();
+	snprintf(path, sizeof(path), "%s/notify", env.dir);
+	int nfd = notify_socket(path);
+	setenv("NOTIFY_SOCKET", path, 1);
+	START("--snapshot", snap_path);
+	unsetenv("NOTIFY_SOCKET");
+	assert_true(notify_wait(nfd, "READY=1", msg, sizeof(msg), 5000));
+	/* The restore's line was written before READY was sent. */
+	assert_int_equal(log_lines("120 entries", "restored", NULL), 1);
+	assert_int_equal(kill(daemon_pid, SIGTERM), 0);
+	assert_true(notify_wait(nfd, "STOPPING=1", msg, sizeof(msg), 5000));
+	assert_true(notify_wait(nfd, "EXTEND_TIMEOUT_USEC=30000000", msg, sizeof(msg), 5000));
+	assert_non_null(strstr(msg, "STATUS=writing the snapshot"));
+	stop_daemon();
+	assert_int_equal(log_lines("120 entries", "models written,", NULL), 1);
+	close(nfd);
+}
+
+/* A bad file at start: one log line saying why, the daemon up and empty, the file left. */
+static void test_daemon_bad_snapshot_starts_empty(void **state)
+{
+	(void)state;
+	char err[512];
+	size_t len;
+
+	START("--snapshot", snap_path);
+	d_fill(4);
+	stop_daemon();
+	uint8_t *good = read_file(snap_path, &len);
+	uint8_t *img = malloc(len);
+	assert_non_null(img);
+	const struct {
+		const char *what;
+		size_t at;   /* byte to flip, or the length to cut to */
+		int cut;
+		const char *says;
+	} cases[] = {
+		{ "truncated in the data", len - 200, 1, "truncated" },
+		{ "truncated in the header", 100, 1, "truncated" },
+		{ "empty", 0, 1, "truncated" },
+		{ "flipped header byte", 33, 0, "header checksum mismatch" },
+		{ "flipped entry byte", len - 300, 0, "checksum mismatch" },
+		{ "foreign version", 8, 0, "format version" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		printf("%s\n", cases[i].what);
+		memcpy(img, good, len);
+		if (!cases[i].cut)
+			img[cases[i].at] ^= 0x01;
+		write_file(snap_path, img, cases[i].cut ? cases[i].at : len);
+		START("--snapshot", snap_path);
+		if (log_lines("rejected, starting empty", cases[i].says, NULL) != 1 ||
+		    log_lines(" warn: ", NULL) + log_lines(" error: ", NULL) != 1) {
+			lbt_cat(env.log);
+			fail_msg("%s: not one line saying '%s'", cases[i].what, cases[i].says);
+		}
+		struct lb_stats st = d_stats();
+		assert_int_equal(st.entries, 0);
+		assert_int_equal(st.models, 0);
+		/* Serving as usual. */
+		uint32_t model;
+		struct lb_client *c = connect_model(&dmodel, &model);
+		assert_int_equal(d_insert(c, model, 1, 0), 0);
+		assert_int_equal(d_check(c, model, 1, 0), 0);
+		lb_close(c);
+		/* The bad file stays until the daemon's stop replaces it with a good one. */
+		size_t now_len;
+		uint8_t *still = read_file(snap_path, &now_len);
+		assert_int_equal(now_len, cases[i].cut ? cases[i].at : len);
+		assert_memory_equal(still, img, now_len);
+		free(still);
+		stop_daemon();
+		assert_int_equal(lbd_snapshot_load(snap_path, NULL, NULL, NULL, err, sizeof(err)), 0);
+	}
+	free(img);
+	free(good);
+}
+
+/* After the restart a client registers the snapshot's model with other weights: one line, that
+ * model's entries gone, the new description registered; the other model keeps its entries. */
+static void test_daemon_different_model_is_skipped(void **state)
+{
+	(void)state;
+	struct lb_model_desc other = dmodel, second = dmodel;
+	uint32_t model, m2;
+
+	second.name = "second-model";
+	START("--snapshot", snap_path);
+	d_fill(3);
+	struct lb_client *c = connect_model(&second, &m2);
+	for (uint32_t l = 0; l < D_LAYERS; l++)
+		assert_int_equal(d_insert(c, m2, 40, l), 0);
+	lb_close(c);
+	stop_daemon();
+
+	START("--snapshot", snap_path);
+	assert_int_equal(d_stats().entries, 16);
+	other.weights_hash = 0xbad;
+	c = connect_model(&other, &model);
+	if (log_lines("snapshot's model", "retired", "12 entries dropped", "weights_hash 0x5eed, not 0xbad", NULL) != 1) {
+		lbt_cat(env.log);
+		fail_msg("no line about the retired model");
+	}
+	struct lb_stats st = d_stats();
+	assert_int_equal(st.entries, 4);
+	assert_int_equal(d_check(c, model, 0, 0), -ENOENT);
+	/* The old description is refused now: the clients' one is the registration. */
+	uint32_t old;
+	struct lb_client *c2 = connect_model(NULL, NULL);
+	assert_int_equal(lb_register_model(c2, &dmodel, &old), -EEXIST);
+	assert_int_equal(lb_register_model(c2, &second, &m2), 0);
+	for (uint32_t l = 0; l < D_LAYERS; l++)
+		assert_int_equal(d_check(c2, m2, 40, l), 0);
+	lb_close(c2);
+	lb_close(c);
+	stop_daemon();
+}
+
+/* SNAPSHOT: through lb_snapshot and layerbank-ctl; refused without --snapshot, and for a peer
+ * that is neither root nor the daemon's user. */
+static void test_snapshot_message_and_ctl(void **state)
+{
+	(void)state;
+	struct lb_snapshot_info info;
+	struct lbd_snapshot_stats chk;
+	char out[4096], err[512];
+	uint32_t model;
+	size_t len;
+
+	START("--snapshot", snap_path);
+	d_fill(10);
+	struct lb_client *c = connect_model(&dmodel, &model);
+	/* A lease held across the write stays good, and the write's own leases end with it. */
+	struct lb_key k;
+	struct lb_hit hit;
+	key_of(2, &k);
+	assert_int_equal(lb_lookup(c, model, 1, &k, NULL, 0, &hit), 0);
+	assert_int_equal(lb_snapshot(c, &info), 0);
+	assert_int_equal(info.entries, 40);
+	uint8_t *img = read_file(snap_path, &len);
+	assert_int_equal(info.bytes, len);
+	assert_int_equal(lbd_snapshot_load_mem(img, len, NULL, NULL, &chk, err, sizeof(err)), 0);
+	assert_int_equal(chk.entries, 40);
+	free(img);
+	struct lb_stats st;
+	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
+	assert_int_equal(st.leases, 1);
+	assert_int_equal(lb_release(c, hit.lease), 0);
+	assert_int_equal(lb_snapshot(c, NULL), 0);
+	assert_int_equal(log_lines("asked for a snapshot", NULL), 2);
+
+	const char *argv[] = { LB_CTL_PATH, "--socket", env.sock, "snapshot", NULL };
+	int rc = lbt_run(argv, out, sizeof(out));
+	printf("layerbank-ctl snapshot: %s", out);
+	assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+	assert_non_null(strstr(out, "snapshot written: 40 entries"));
+	const char *extra[] = { LB_CTL_PATH, "--socket", env.sock, "snapshot", "now", NULL };
+	rc = lbt_run(extra, out, sizeof(out));
+	assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 2);
+
+	/* A peer that is neither root nor the daemon's user (as root: become nobody). */
+	if (geteuid() == 0) {
+		assert_int_equal(chmod(env.dir, 0711), 0);
+		assert_int_equal(chmod(env.sock, 0666), 0);
+		fflush(stdout);
+		pid_t pid = fork();
+		assert_true(pid >= 0);
+		if (pid == 0) {
+			struct lb_client *n = NULL;
+			if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+				_exit(3);
+			if (lb_connect(env.sock, "nobody", &n) < 0)
+				_exit(4);
+			int r = lb_snapshot(n, NULL);
+			int ok = r == -EPERM && strstr(lb_last_error(n), "root and the daemon's user");
+			lb_close(n);
+			_exit(ok ? 0 : 5);
+		}
+		int ws;
+		assert_int_equal(waitpid(pid, &ws, 0), pid);
+		assert_true(WIFEXITED(ws));
+		assert_int_equal(WEXITSTATUS(ws), 0);
+		assert_int_equal(log_lines("SNAPSHOT is for root", "uid 65534", NULL), 1);
+	} else {
+		printf("(not root: the refusal of another uid is not tried here)\n");
+	}
+	lb_close(c);
+	stop_daemon();
+
+	/* Without --snapshot: a clear refusal, the connection kept. */
+	START("--log-level", "info");
+	c = connect_model(NULL, NULL);
+	assert_int_equal(lb_snapshot(c, &info), -EOPNOTSUPP);
+	assert_non_null(strstr(lb_last_error(c), "--snapshot"));
+	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
+	lb_close(c);
+	rc = lbt_run(argv, out, sizeof(out));
+	assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 1);
+	assert_non_null(strstr(out, "layerbank-ctl: snapshot: "));
+	assert_non_null(strstr(out, "--snapshot"));
+	stop_daemon();
+}
+
+/* SNAPSHOT while a worker looks up and inserts through the rings: the service threads go on,
+ * entries inserted meanwhile simply may or may not be in the file, and every file is whole. */
+static void test_snapshot_while_serving(void **state)
+{
+	(void)state;
+	struct lbd_snapshot_stats chk;
+	char err[512];
+	size_t len;
+
+	START("--snapshot", snap_path, "--budget", "1M", "--threads", "2");
+	d_fill(10);
+	fflush(stdout);
+	pid_t kid = kid_pid = fork();
+	assert_true(kid >= 0);
+	if (kid == 0) {
+		uint32_t model;
+		struct lb_client *c = NULL;
+		if (lb_connect(env.sock, "worker", &c) < 0 || lb_register_model(c, &dmodel, &model) < 0)
+			_exit(2);
+		for (uint32_t r = 0; r < 3000; r++) {
+			struct lb_key k;
+			struct lb_hit hit;
+			uint32_t in = (r * 7919u) % 300;
+			key_of(in, &k);
+			if (lb_lookup_deepest(c, model, &k, NULL, 0, &hit) == 0) {
+				lb_release(c, hit.lease);
+				continue;
+			}
+			for (uint32_t l = 0; l < D_LAYERS; l++) {
+				int ret = d_insert(c, model, in, l);
+				if (ret < 0 && ret != -EEXIST && ret != -ENOSPC)
+					_exit(3);
+			}
+		}
+		lb_close(c);
+		_exit(0);
+	}
+	struct lb_client *c = connect_model(NULL, NULL);
+	for (int i = 0; i < 10; i++) {
+		struct lb_snapshot_info info;
+		assert_int_equal(lb_snapshot(c, &info), 0);
+		uint8_t *img = read_file(snap_path, &len);
+		assert_int_equal(info.bytes, len);
+		assert_int_equal(lbd_snapshot_load_mem(img, len, NULL, NULL, &chk, err, sizeof(err)), 0);
+		assert_int_equal(chk.entries, info.entries);
+		free(img);
+	}
+	struct lb_stats st;
+	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
+	lb_close(c);
+	int ws;
+	assert_int_equal(waitpid(kid, &ws, 0), kid);
+	kid_pid = -1;
+	assert_true(WIFEXITED(ws));
+	assert_int_equal(WEXITSTATUS(ws), 0);
+	printf("10 snapshots while serving: %" PRIu64 " hits, %" PRIu64 " inserts, %" PRIu64
+	       " evictions so far\n", st.hits, st.inserts, st.evictions);
+	stop_daemon();
+	START("--snapshot", snap_path, "--budget", "1M");
+	assert_int_equal(log_lines("entries", "restored", NULL), 1);
+	assert_true(d_stats().entries > 0);
+	stop_daemon();
+}
+
+/* ---- the acceptance test: a warm restart keeps the hit rate ---- */
+
+#define W_INPUTS 400
+#define W_REQUESTS 2000
+
+/* The request stream: Zipf(1) over W_INPUTS inputs, one seed. */
+static void stream(uint32_t *req)
+{
+	static double cdf[W_INPUTS];
+	double sum = 0;
+	uint64_t s = 42;
+
+	for (uint32_t i = 0; i < W_INPUTS; i++)
+		cdf[i] = sum += 1.0 / (i + 1);
+	for (uint32_t r = 0; r < W_REQUESTS; r++) {
+		s = mix(s);
+		double u = (double)(s >> 11) / 9007199254740992.0 * sum;
+		uint32_t lo = 0, hi = W_INPUTS - 1;
+		while (lo < hi) {
+			uint32_t mid = (lo + hi) / 2;
+			if (cdf[mid] < u)
+				lo = mid + 1;
+			else
+				hi = mid;
+		}
+		/* Popular inputs spread over the id space, not all short ones. */
+		req[r] = (lo * 2654435761u) % W_INPUTS;
+	}
+}
+
+/* Serve the stream as a worker would: the deepest hit, then insert the layers above it.
+ * @return the share of requests that hit. */
+static double serve(const uint32_t *req)
+{
+	uint32_t model, hits = 0;
+	struct lb_client *c = connect_model(&dmodel, &model);
+
+	for (uint32_t r = 0; r < W_REQUESTS; r++) {
+		struct lb_key k;
+		struct lb_hit hit;
+		int from = 0;
+		key_of(req[r], &k);
+		int ret = lb_lookup_deepest(c, model, &k, NULL, 0, &hit);
+		if (ret == 0) {
+			/* Whatever was restored must be what was inserted. */
+			uint64_t bytes = (uint64_t)k.seq_len * D_HIDDEN * 4;
+			uint8_t want[33 * D_HIDDEN * 4];
+			fill_data(want, bytes, req[r], hit.layer);
+			assert_true(hit.bytes == bytes);
+			assert_memory_equal(hit.data, want, bytes);
+			from = (int)hit.layer + 1;
+			hits++;
+			assert_int_equal(lb_release(c, hit.lease), 0);
+		} else {
+			assert_int_equal(ret, -ENOENT);
+		}
+		for (int l = from; l < D_LAYERS; l++) {
+			ret = d_insert(c, model, req[r], (uint32_t)l);
+			assert_true(ret == 0 || ret == -EEXIST || ret == -ENOSPC);
+		}
+	}
+	lb_close(c);
+	return (double)hits / W_REQUESTS;
+}
+
+static void test_warm_restart_keeps_the_hit_rate(void **state)
+{
+	(void)state;
+	static uint32_t req[W_REQUESTS];
+	/* About half of the stream's distinct entries fit: eviction decides what is kept. */
+	const char *const opts[] = { "--snapshot", snap_path, "--budget", "1536K", NULL };
+	const char *const cold_opts[] = { "--budget", "1536K", NULL };
+
+	stream(req);
+	start_daemon(opts);
+	double first = serve(req);
+	double warm = serve(req);
+	stop_daemon();
+	start_daemon(opts);
+	double restored = serve(req);
+	struct lb_stats st = d_stats();
+	stop_daemon();
+	start_daemon(cold_opts);
+	double cold = serve(req);
+	stop_daemon();
+	printf("hit rate of the stream (%u requests, %u inputs, Zipf 1, 1.5 MiB budget):\n"
+	       "  first pass %.1f%%, second pass (warm) %.1f%%\n"
+	       "  after a restart with --snapshot %.1f%% (%.1f%% of warm; %" PRIu64 " entries restored)\n"
+	       "  after a restart without it %.1f%% (%.1f%% of warm)\n",
+	       W_REQUESTS, W_INPUTS, 100 * first, 100 * warm, 100 * restored, 100 * restored / warm,
+	       st.entries, 100 * cold, 100 * cold / warm);
+	assert_true(warm > 0.3);
+	assert_true(restored >= 0.95 * warm);
+	/* The measure can fail: a restart without the snapshot does. */
+	assert_true(cold < 0.95 * warm);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_layout_is_the_documented_one, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_round_trip_restores_every_entry, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_every_truncation_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_every_flipped_bit_is_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_foreign_version_and_abi_are_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_sealed_but_inconsistent_files_are_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_over_budget_keeps_the_most_valuable, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_model_registered_differently_is_retired, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_failed_write_keeps_the_old_file, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_daemon_restart_restores_the_cache, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_ready_after_restore_and_stop_timeout_extended, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_daemon_bad_snapshot_starts_empty, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_daemon_different_model_is_skipped, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_snapshot_message_and_ctl, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_snapshot_while_serving, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_warm_restart_keeps_the_hit_rate, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
