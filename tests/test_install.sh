@@ -76,15 +76,17 @@ cmake -S "$src/tests/consumers/cmake" -B "$tmp/cbuild" -DCMAKE_PREFIX_PATH="$pre
 	|| { cat "$tmp/cmake.log"; fail "the find_package consumer did not build"; }
 "$tmp/cbuild/consumer_shared" "$sock" || fail "the find_package consumer (shared) failed"
 "$tmp/cbuild/consumer_static" "$sock" || fail "the find_package consumer (static) failed"
-readelf -d "$tmp/cbuild/consumer_shared" | grep -q 'NEEDED.*liblayerbank.so.0' \
+# Here-strings, not "producer | grep -q": under pipefail a producer killed by SIGPIPE when grep
+# stops at its first match would turn a match into a failure.
+grep -q 'NEEDED.*liblayerbank.so.0' <<<"$(readelf -d "$tmp/cbuild/consumer_shared")" \
 	|| fail "consumer_shared does not use liblayerbank.so.0"
-readelf -d "$tmp/cbuild/consumer_static" | grep -q 'liblayerbank' \
+grep -q 'liblayerbank' <<<"$(readelf -d "$tmp/cbuild/consumer_static")" \
 	&& fail "consumer_static links liblayerbank.so"
 echo "find_package consumers (layerbank::layerbank, layerbank::layerbank_static): ok"
 
 # The installed layerbank-ctl finds the installed library (RPATH $ORIGIN/../lib).
 out=$("$prefix/bin/layerbank-ctl" --socket "$sock" stats --json) || fail "installed layerbank-ctl: $out"
-echo "$out" | grep -q '"models":1' || echo "$out" | grep -q '"models": 1' || fail "stats: $out"
+grep -qE '"models": ?1' <<<"$out" || fail "stats: $out"
 
 kill -TERM "$daemon_pid"
 wait "$daemon_pid"

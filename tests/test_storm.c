@@ -56,7 +56,8 @@ static int answer(int fd)
 		struct cmsghdr align;
 	} cmsg;
 	struct pollfd p = { .fd = fd, .events = POLLIN };
-	if (poll(&p, 1, 2000) != 1)
+	/* Generous: a loaded CI machine under ASan; a daemon that never answers still fails. */
+	if (poll(&p, 1, 10000) != 1)
 		return -1;
 	struct iovec iov = { buf, sizeof(buf) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cmsg.b,
@@ -162,7 +163,7 @@ static void test_storm_of_bad_frames(void **state)
 		assert_int_equal(send(fd, buf, len, MSG_NOSIGNAL), (ssize_t)len);
 		int a = answer(fd);
 		if (a < 0) {
-			printf("frame %d (%zu bytes) got no answer within 2 s\n", i, len);
+			printf("frame %d (%zu bytes) got no answer within 10 s\n", i, len);
 			lbt_cat(env.log);
 		}
 		assert_true(a >= 0);
