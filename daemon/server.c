@@ -656,17 +656,27 @@ static int claim_socket_path(const char *path, char *err, size_t errlen)
 	return 0;
 }
 
-/* socket-group and socket-mode on the file bind made. chmod as well as the umask: a default
- * ACL on the folder would have replaced the umask's mask. @return 0 or -errno. */
+/* socket-group and socket-mode on the file bind made. chown only when the group is not
+ * already right: layerbankd.service forbids chown (SystemCallFilter=~@privileged) and keeps
+ * the default, the daemon's own group. chmod as well as the umask: a default ACL on the
+ * folder would have replaced the umask's mask. @return 0 or -errno. */
 static int set_socket_access(const struct lbd_config *cfg, const char *path, char *err, size_t errlen)
 {
 	gid_t gid = cfg->socket_gid == LBD_SOCKET_GROUP_OWN ? getegid() : (gid_t)cfg->socket_gid;
+	struct stat st;
 	int e;
 
-	if (fchownat(AT_FDCWD, path, (uid_t)-1, gid, AT_SYMLINK_NOFOLLOW) < 0) {
+	if (lstat(path, &st) < 0) {
+		e = errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(e));
+		return -e;
+	}
+	if (st.st_gid != gid && fchownat(AT_FDCWD, path, (uid_t)-1, gid, AT_SYMLINK_NOFOLLOW) < 0) {
 		e = errno;
 		snprintf(err, errlen, "cannot give %s to group %u: %s%s", path, (unsigned)gid,
-			 strerror(e), e == EPERM ? " (the daemon must be root or in that group)" : "");
+			 strerror(e),
+			 e == EPERM ? " (the daemon must be root or in that group; layerbankd.service "
+				      "forbids chown: set the socket unit's SocketGroup= instead)" : "");
 		return -e;
 	}
 	if (fchmodat(AT_FDCWD, path, (mode_t)cfg->socket_mode, 0) < 0) {

@@ -12,13 +12,18 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
@@ -295,25 +300,66 @@ static void test_socket_mode_and_group_as_configured(void **state)
  * the file listen, with its group and mode, under another name and renames it into place.
  * (Binding in place, the window between bind and listen is a few microseconds: this can only
  * catch it now and then, as the ring benchmark once did.) */
+/* The system calls a seccomp filter refuses with EPERM in deny_chown(), as
+ * layerbankd.service's SystemCallFilter=~@privileged (@chown) does. */
+static const long chown_calls[] = { __NR_chown, __NR_fchown, __NR_fchownat, __NR_lchown };
+
+/* In a child: refuse the chown family with EPERM from now on, exec'd programs included. */
+static int deny_chown(void)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)chown_calls[0], 4, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)chown_calls[1], 3, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)chown_calls[2], 2, 0),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (uint32_t)chown_calls[3], 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+	};
+	struct sock_fprog prog = { .len = sizeof(f) / sizeof(f[0]), .filter = f };
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+		return -1;
+	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
+}
+
+/* Start layerbankd on env.sock with args (NULL-ended) without waiting for it; under deny_chown
+ * when no_chown. @return its pid. */
+static pid_t spawn_daemon(const char *const *args, bool no_chown)
+{
+	const char *argv[32] = { LB_DAEMON_PATH, "--foreground", "--socket", env.sock, "--arena-size",
+				 "4M", "--hugepages", "off" };
+	int n = 8;
+	for (int i = 0; args[i] && n < 31; i++)
+		argv[n++] = args[i];
+	argv[n] = NULL;
+	fflush(stdout);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open(env.log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+		if (fd >= 0) {
+			dup2(fd, 1);
+			dup2(fd, 2);
+		}
+		if (no_chown && deny_chown() < 0) {
+			perror("seccomp");
+			_exit(126);
+		}
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	daemon_pid = pid;
+	return pid;
+}
+
 static void test_socket_appears_listening(void **state)
 {
 	(void)state;
 	for (int round = 0; round < 5; round++) {
-		fflush(stdout);
-		pid_t pid = fork();
-		assert_true(pid >= 0);
-		if (pid == 0) {
-			int fd = open(env.log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-			if (fd >= 0) {
-				dup2(fd, 1);
-				dup2(fd, 2);
-			}
-			execl(LB_DAEMON_PATH, LB_DAEMON_PATH, "--foreground", "--socket", env.sock,
-			      "--arena-size", "4M", "--hugepages", "off", "--socket-mode", "0600",
-			      (char *)NULL);
-			_exit(127);
-		}
-		daemon_pid = pid;
+		pid_t pid = spawn_daemon((const char *const[]){ "--socket-mode", "0600", NULL }, false);
 		struct stat st;
 		for (uint64_t t0 = lb_now_ns(); stat(env.sock, &st) < 0;)
 			assert_true(lb_now_ns() - t0 < 10000000000ull && lbt_alive(pid));
@@ -325,6 +371,49 @@ static void test_socket_appears_listening(void **state)
 		close(fd);
 		stop_daemon();
 	}
+}
+
+/* Under layerbankd.service chown is refused (SystemCallFilter=~@privileged): the default group
+ * needs none and the daemon starts; another group fails the start with one line that says
+ * what to do instead. */
+static void test_socket_without_chown(void **state)
+{
+	(void)state;
+#if !defined(__x86_64__)
+	skip(); /* the filter is written for x86-64 system call numbers */
+#endif
+	pid_t pid = spawn_daemon((const char *const[]){ "--log-level", "info", NULL }, true);
+	struct stat st;
+	for (uint64_t t0 = lb_now_ns(); stat(env.sock, &st) < 0;) {
+		if (!lbt_alive(pid))
+			lbt_cat(env.log);
+		assert_true(lb_now_ns() - t0 < 10000000000ull && lbt_alive(pid));
+	}
+	expect_socket(0660, getegid());
+	assert_int_equal(lb_ping(client("filtered")), 0);
+	for (unsigned i = 0; i < MAX_CLIENTS; i++) {
+		lb_close(clients[i]);
+		clients[i] = NULL;
+	}
+	stop_daemon();
+
+	char gid[16];
+	snprintf(gid, sizeof(gid), "%u", (unsigned)getegid() + 1);
+	pid = spawn_daemon((const char *const[]){ "--socket-group", gid, NULL }, true);
+	int status;
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	daemon_pid = -1;
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 1);
+	char log[4096] = "";
+	FILE *f = fopen(env.log, "r");
+	assert_non_null(f);
+	size_t got = fread(log, 1, sizeof(log) - 1, f);
+	log[got] = '\0';
+	fclose(f);
+	if (!strstr(log, "Operation not permitted") || !strstr(log, "SocketGroup="))
+		fail_msg("the log does not say why: %s", log);
+	assert_int_equal(access(env.sock, F_OK), -1); /* nothing left behind */
 }
 
 /* ---- allow-lists ---- */
@@ -845,6 +934,7 @@ int main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_socket_mode_and_group_as_configured, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_socket_appears_listening, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_socket_without_chown, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_allow_list_refuses_registration, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_data_plane_refuses_unregistered_model_ids, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_staging_capped_by_client_staging_max, setup, teardown),
