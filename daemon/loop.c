@@ -76,6 +76,25 @@ int lbd_loop_timeout(struct lbd_loop *l, struct __kernel_timespec *ts, struct lb
 	return 0;
 }
 
+int lbd_loop_poll(struct lbd_loop *l, int fd, unsigned events, struct lbd_op *op)
+{
+	struct io_uring_sqe *sqe = get_sqe(l, op);
+	if (!sqe)
+		return -EBUSY;
+	io_uring_prep_poll_add(sqe, fd, events);
+	return 0;
+}
+
+int lbd_loop_cancel(struct lbd_loop *l, struct lbd_op *target, struct lbd_op *op)
+{
+	struct io_uring_sqe *sqe = get_sqe(l, op);
+	if (!sqe)
+		return -EBUSY;
+	/* Matched by user_data: every op's is the lbd_op that owns it. */
+	io_uring_prep_cancel(sqe, target, 0);
+	return 0;
+}
+
 int lbd_loop_run(struct lbd_loop *l)
 {
 	while (!l->stop) {

@@ -35,6 +35,12 @@ int lbd_loop_sendmsg(struct lbd_loop *l, int fd, const struct msghdr *msg, struc
 int lbd_loop_read(struct lbd_loop *l, int fd, void *buf, size_t len, struct lbd_op *op);
 /* Complete after ts (which must stay valid until then) with res -ETIME. */
 int lbd_loop_timeout(struct lbd_loop *l, struct __kernel_timespec *ts, struct lbd_op *op);
+/* Complete once fd has one of the poll(2) events (one shot) with res the events it has. */
+int lbd_loop_poll(struct lbd_loop *l, int fd, unsigned events, struct lbd_op *op);
+/* Cancel target, an op queued earlier: target then completes with -ECANCELED, or with its own
+ * result if it was done already; either way it completes exactly once. op completes with
+ * the cancel's own result (0, -ENOENT: nothing to cancel, -EALREADY: finishing anyway). */
+int lbd_loop_cancel(struct lbd_loop *l, struct lbd_op *target, struct lbd_op *op);
 
 /* Submit and dispatch completions, sleeping in the kernel while there are none, until a
  * callback sets l->stop. @return 0, or -errno when io_uring itself fails. */

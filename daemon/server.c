@@ -1,18 +1,21 @@
 /* layerbankd control server: socket setup, connection lifecycle and message handling.
- * Each connection has exactly one op in flight (a recv, or the send of its reply), so a
- * completion is the only place a connection can be freed. */
+ * A connection has at most two ops in flight: a recv or the send of its reply, and a poll on
+ * its client process's pidfd. Whichever learns first that the client is gone ends it
+ * (conn_end) and cancels the other; the struct is freed by the last completion. */
 #include "server.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <numa.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -21,10 +24,15 @@
 #include "snapshot.h"
 
 struct lbd_conn {
-	struct lbd_op op; /* the connection's one op in flight */
+	struct lbd_op op;      /* the connection's recv or send: one at a time */
+	struct lbd_op pid_op;  /* the poll on pidfd: completes when the client's process exits */
 	struct lbd_server *s;
 	struct lbd_conn *prev, *next;
 	int fd;
+	int pidfd;             /* -1: not watched; the socket's hang-up alone ends the client */
+	bool io_busy;          /* op is in flight */
+	bool pid_busy;         /* pid_op is in flight */
+	bool ended;            /* conn_end ran: freed once neither op is in flight */
 	bool sending;          /* op is the reply's send, else a recv */
 	bool close_after_send; /* the reply reports a protocol violation: hang up after it */
 	bool hello;
@@ -43,12 +51,17 @@ struct lbd_conn {
 #define container_of(p, type, member) ((type *)(void *)((char *)(p)-offsetof(type, member)))
 
 static void conn_on_op(struct lbd_op *op, int res);
+static void conn_on_exit(struct lbd_op *op, int res);
 
 /* ---- connection lifecycle ---- */
 
-static void conn_free(struct lbd_conn *c)
+/* Free an ended connection once none of its ops is in flight: until then the kernel may still
+ * write into c->rx or read c->pidfd. */
+static void conn_release(struct lbd_conn *c)
 {
 	struct lbd_server *s = c->s;
+	if (!c->ended || c->io_busy || c->pid_busy)
+		return;
 	if (c->prev)
 		c->prev->next = c->next;
 	else
@@ -56,14 +69,41 @@ static void conn_free(struct lbd_conn *c)
 	if (c->next)
 		c->next->prev = c->prev;
 	s->n_conns--;
-	if (c->hello)
-		s->n_clients--;
-	/* Its service thread ends its leases and frees the region. */
-	if (c->dp)
-		lbd_service_detach(&s->service, c->dp);
-	lbd_leases_free(&c->sock_leases);
+	if (c->pidfd >= 0)
+		close(c->pidfd);
 	close(c->fd);
 	free(c);
+}
+
+/*
+ * End the client, once, however we learnt that it is gone (hang-up, BYE, its process's exit,
+ * a protocol violation, a full submission queue): it stops counting as a client, its service
+ * thread ends its leases and frees its region (ring requests not yet taken are dropped), and
+ * its ops still in flight are cancelled; the last of them to complete frees the struct.
+ * c must not be used after this call.
+ */
+static void conn_end(struct lbd_conn *c)
+{
+	struct lbd_server *s = c->s;
+
+	c->ended = true;
+	if (c->hello)
+		s->n_clients--;
+	if (c->dp)
+		lbd_service_detach(&s->service, c->dp);
+	c->dp = NULL;
+	lbd_leases_free(&c->sock_leases);
+	if (c->io_busy) {
+		/* The socket may live on in another process: tell it the session is over, and
+		 * shutdown also ends the recv or send should the cancel find no slot. */
+		shutdown(c->fd, SHUT_RDWR);
+		lbd_loop_cancel(&s->loop, &c->op, &s->cancel_op);
+	}
+	/* Without a slot for this cancel the poll ends when the process does. */
+	if (c->pid_busy && lbd_loop_cancel(&s->loop, &c->pid_op, &s->cancel_op) < 0)
+		lbd_warn("client %" PRIu64 ": submission queue full: its connection is freed when "
+			 "pid %d exits", c->client_id, (int)c->cred.pid);
+	conn_release(c);
 }
 
 static void conn_recv(struct lbd_conn *c)
@@ -72,8 +112,10 @@ static void conn_recv(struct lbd_conn *c)
 	if (lbd_loop_recv(&c->s->loop, c->fd, c->rx, sizeof(c->rx), &c->op) < 0) {
 		lbd_warn("client %" PRIu64 " (pid %d): submission queue full, dropping it", c->client_id,
 			 (int)c->cred.pid);
-		conn_free(c);
+		conn_end(c);
+		return;
 	}
+	c->io_busy = true;
 }
 
 /* Encode m and send it, with fds when n_fds > 0. */
@@ -84,7 +126,7 @@ static void conn_reply(struct lbd_conn *c, const struct lbp_msg *m, const int *f
 		/* Our own message out of range: an internal bug, but one client's, not the daemon's. */
 		lbd_err("cannot encode %s for client %" PRIu64 ": %s", lbp_type_name(m->type),
 			c->client_id, strerror(-len));
-		conn_free(c);
+		conn_end(c);
 		return;
 	}
 	memset(&c->msg, 0, sizeof(c->msg));
@@ -105,8 +147,10 @@ static void conn_reply(struct lbd_conn *c, const struct lbp_msg *m, const int *f
 	c->sending = true;
 	if (lbd_loop_sendmsg(&c->s->loop, c->fd, &c->msg, &c->op) < 0) {
 		lbd_warn("client %" PRIu64 ": submission queue full, dropping it", c->client_id);
-		conn_free(c);
+		conn_end(c);
+		return;
 	}
+	c->io_busy = true;
 }
 
 /* Reply with an ERROR; fatal ones (protocol violations) close the connection after the send. */
@@ -395,7 +439,7 @@ static void on_frame(struct lbd_conn *c, size_t len)
 	}
 	case LBP_BYE:
 		lbd_info("client %" PRIu64 " said BYE", c->client_id);
-		conn_free(c);
+		conn_end(c);
 		return;
 	case LBP_WELCOME:
 	case LBP_MODEL:
@@ -430,12 +474,17 @@ static void conn_on_op(struct lbd_op *op, int res)
 {
 	struct lbd_conn *c = container_of(op, struct lbd_conn, op);
 
+	c->io_busy = false;
+	if (c->ended) {
+		conn_release(c);
+		return;
+	}
 	if (c->sending) {
 		if (res < 0 || c->close_after_send) {
 			if (res < 0)
 				lbd_info("client %" PRIu64 ": send failed: %s", c->client_id,
 					 strerror(-res));
-			conn_free(c);
+			conn_end(c);
 			return;
 		}
 		conn_recv(c);
@@ -446,10 +495,79 @@ static void conn_on_op(struct lbd_op *op, int res)
 			lbd_info("client %" PRIu64 ": recv failed: %s", c->client_id, strerror(-res));
 		else if (c->hello)
 			lbd_info("client %" PRIu64 " disconnected", c->client_id);
-		conn_free(c);
+		conn_end(c);
 		return;
 	}
 	on_frame(c, (size_t)res);
+}
+
+/* The client's process exited: it is gone even if its socket lives on in a process that
+ * inherited it, and nobody is left to hang up. */
+static void conn_on_exit(struct lbd_op *op, int res)
+{
+	struct lbd_conn *c = container_of(op, struct lbd_conn, pid_op);
+
+	c->pid_busy = false;
+	if (c->ended) {
+		conn_release(c); /* the cancel of conn_end, or an exit that raced it */
+		return;
+	}
+	if (res < 0) {
+		lbd_warn("client %" PRIu64 " (pid %d): watching its process failed: %s; its socket "
+			 "alone tells when it is gone", c->client_id, (int)c->cred.pid, strerror(-res));
+		return;
+	}
+	if (c->hello)
+		lbd_info("client %" PRIu64 " (pid %d) exited: ending its session", c->client_id,
+			 (int)c->cred.pid);
+	conn_end(c);
+}
+
+static int pidfd_open_pid(pid_t pid)
+{
+#ifdef SYS_pidfd_open
+	int fd = (int)syscall(SYS_pidfd_open, pid, 0); /* always close-on-exec */
+	return fd < 0 ? -errno : fd;
+#else
+	(void)pid;
+	return -ENOSYS;
+#endif
+}
+
+/*
+ * Watch the process that connected (SO_PEERCRED's pid, taken at connect time) through a pidfd.
+ * A pid that exited and was reused before this call names a stranger: then the socket's
+ * hang-up still ends the client, as it does without pidfds. @return false when the process is
+ * gone already and c was ended.
+ */
+static bool conn_watch_pid(struct lbd_conn *c)
+{
+	struct lbd_server *s = c->s;
+	int fd;
+
+	/* pid 0: the peer is in a pid namespace we cannot see. */
+	if (!s->pidfd_ok || c->cred.pid <= 0)
+		return true;
+	fd = pidfd_open_pid(c->cred.pid);
+	if (fd == -ESRCH) {
+		lbd_debug("pid %d exited before its connection was accepted", (int)c->cred.pid);
+		conn_end(c);
+		return false;
+	}
+	if (fd < 0) {
+		lbd_warn("pid %d: pidfd_open: %s; its socket alone tells when it is gone",
+			 (int)c->cred.pid, strerror(-fd));
+		return true;
+	}
+	if (lbd_loop_poll(&s->loop, fd, POLLIN, &c->pid_op) < 0) {
+		lbd_warn("pid %d: submission queue full: its socket alone tells when it is gone",
+			 (int)c->cred.pid);
+		close(fd);
+		return true;
+	}
+	c->pidfd = fd;
+	c->pid_busy = true;
+	return true;
 }
 
 /* ---- accept and signals ---- */
@@ -481,8 +599,10 @@ static void on_accept(struct lbd_op *op, int res)
 		return;
 	}
 	c->op.fn = conn_on_op;
+	c->pid_op.fn = conn_on_exit;
 	c->s = s;
 	c->fd = res;
+	c->pidfd = -1;
 	if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0) {
 		/* Unknown: never taken for root (uid 0) by the administrative checks. */
 		c->cred.pid = -1;
@@ -496,7 +616,8 @@ static void on_accept(struct lbd_op *op, int res)
 	s->n_conns++;
 	lbd_debug("connection from pid %d uid %u gid %u", (int)c->cred.pid, (unsigned)c->cred.uid,
 		  (unsigned)c->cred.gid);
-	conn_recv(c);
+	if (conn_watch_pid(c))
+		conn_recv(c);
 }
 
 static void arm_signal(struct lbd_server *s)
@@ -533,6 +654,14 @@ static void on_sweep(struct lbd_op *op, int res)
 	(void)res; /* -ETIME: the second passed */
 	lbd_store_expire(s->store);
 	arm_sweep(s);
+}
+
+/* A cancel's own completion: the op it cancelled completes too and does the work. */
+static void on_cancelled(struct lbd_op *op, int res)
+{
+	(void)op;
+	if (res < 0 && res != -ENOENT && res != -EALREADY)
+		lbd_warn("cancel failed: %s", strerror(-res));
 }
 
 /* ---- systemd: status and watchdog ---- */
@@ -815,6 +944,7 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	s->sweep_op.fn = on_sweep;
 	s->status_op.fn = on_status;
 	s->watchdog_op.fn = on_watchdog;
+	s->cancel_op.fn = on_cancelled;
 	err[0] = '\0';
 	clock_gettime(CLOCK_MONOTONIC, &s->started);
 	/* From the moment the socket exists a SIGTERM must mean a clean stop, not death by the
@@ -919,6 +1049,15 @@ int lbd_server_run(struct lbd_server *s)
 		return ret;
 	}
 	s->service_running = true;
+	/* Probe once: a kernel (or a seccomp filter) without pidfd_open gets one line, not one
+	 * per client. */
+	ret = pidfd_open_pid(getpid());
+	s->pidfd_ok = ret >= 0;
+	if (ret >= 0)
+		close(ret);
+	else
+		lbd_warn("pidfd_open: %s: a client is ended by its socket's hang-up only, not while "
+			 "another process holds its socket", strerror(-ret));
 	arm_accept(s);
 	arm_signal(s);
 	if (s->cfg->policy == LBD_POLICY_TTL)
@@ -957,8 +1096,14 @@ void lbd_server_teardown(struct lbd_server *s)
 	if (s->loop_ready)
 		lbd_loop_exit(&s->loop);
 	s->loop_ready = false;
-	while (s->conns)
-		conn_free(s->conns);
+	while (s->conns) {
+		struct lbd_conn *c = s->conns;
+		c->io_busy = c->pid_busy = false; /* the ring is gone: nothing will complete */
+		if (c->ended)
+			conn_release(c);
+		else
+			conn_end(c);
+	}
 	/* After the connections: their clients were handed to the threads, which free them. */
 	if (s->service_running)
 		lbd_service_stop(&s->service);

@@ -47,9 +47,11 @@ struct lbd_server {
 	struct lbd_op watchdog_op; /* WATCHDOG=1 every half of $WATCHDOG_USEC, from the loop */
 	struct __kernel_timespec watchdog_ts;
 	uint64_t watchdog_ns;      /* 0: no watchdog asked for */
-	struct lbd_conn *conns;  /* doubly linked list of live connections */
+	struct lbd_conn *conns;  /* doubly linked list of connections, ended ones until freed */
 	unsigned n_conns;
-	unsigned n_clients;      /* connections past HELLO */
+	unsigned n_clients;      /* connections past HELLO and not ended */
+	bool pidfd_ok;           /* pidfd_open works here: client processes are watched */
+	struct lbd_op cancel_op; /* completions of cancels: the cancelled op reports itself */
 	uint64_t next_client_id;
 	struct lbd_op accept_op;
 	struct lbd_op signal_op;

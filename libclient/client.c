@@ -193,6 +193,12 @@ static struct lb_client *client_new(void)
 	c->reserved_off = UINT64_MAX;
 	c->reserve_orphan = -1;
 	c->spin_ns = 50000;
+	c->wait_ns = LBI_WAIT_NS;
+	const char *w = getenv(LBI_WAIT_ENV);
+	char *end;
+	unsigned long long us = w && *w ? strtoull(w, &end, 10) : 0;
+	if (us && !*end && us <= 600000000ull)
+		c->wait_ns = us * 1000;
 	return c;
 }
 
@@ -398,6 +404,7 @@ int lbi_lost(struct lb_client *c)
 	drop_conn(c);
 	c->lost = true;
 	c->inflight = 0;
+	c->n_stale = 0;
 	c->stage_used = 0;
 	c->retry_ns = lb_now_ns() + LBI_RETRY_NS;
 	snprintf(c->last_error, sizeof(c->last_error), "layerbankd went away; reconnecting");

@@ -11,6 +11,14 @@
 
 #define LB_EXPORT __attribute__((visibility("default")))
 
+#define LBI_RETRY_NS 100000000ull          /* between reconnection attempts: 100 ms */
+#define LBI_RECONNECT_BUDGET_NS 10000000ull /* one attempt, HELLO to the last model: 10 ms */
+#define LBI_HUP_SLICE_NS 1000000ull         /* a wait looks at the socket this often: 1 ms */
+#define LBI_WAIT_NS 5000000ull              /* a synchronous call's wait, by default: 5 ms */
+#define LBI_WAIT_ENV "LAYERBANK_WAIT_US"    /* overrides it at lb_connect */
+#define LBI_STALE_MAX 64u                   /* synchronous calls given up and still in flight */
+#define LBI_SYNC_TAG (1ull << 63)           /* user_data of synchronous calls */
+
 struct lb_arena_map {
 	int fd;
 	const void *base; /* PROT_READ, MAP_SHARED: the daemon seals the memfd against writes */
@@ -72,8 +80,14 @@ struct lb_client {
 	uint64_t stage_used;         /* bump allocator, reset when nothing is in flight */
 	uint64_t reserved_off;       /* lb_insert_reserve: the payload's offset, or UINT64_MAX */
 	uint64_t reserved_bytes;
-	uint32_t inflight;           /* requests pushed and not yet completed */
+	uint32_t inflight;           /* requests pushed and not yet completed, stale ones too */
 	uint64_t spin_ns;
+	uint64_t wait_ns;            /* how long a synchronous call waits (lb_set_wait_us) */
+	uint64_t sync_seq;
+	/* Synchronous calls that gave up waiting: their completions, when they come, are
+	 * swallowed (a hit's lease given back), never returned. */
+	uint64_t stale[LBI_STALE_MAX];
+	unsigned n_stale;
 	/* An in-process bank (lbi_client_local): called after each push, it serves the request
 	 * ring on this thread. NULL for a daemon's client. */
 	void (*pump)(void *ctx);
@@ -98,9 +112,6 @@ struct lb_client {
 	uint8_t buf[LBP_MAX_FRAME + 1];
 };
 
-#define LBI_RETRY_NS 100000000ull          /* between reconnection attempts: 100 ms */
-#define LBI_RECONNECT_BUDGET_NS 10000000ull /* one attempt, HELLO to the last model: 10 ms */
-#define LBI_HUP_SLICE_NS 1000000ull         /* a wait looks at the socket this often: 1 ms */
 
 /*
  * Make c usable for a data-plane call: 0 when connected; when the daemon was lost, try to

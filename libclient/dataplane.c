@@ -10,7 +10,9 @@
 
 #include "client_internal.h"
 
-#define SYNC_TIMEOUT_NS 1000000000ull /* a synchronous call gives up after 1 s */
+/* An insert's wait grows with its bytes, which the daemon copies and checksums (about
+ * 4 ms a MiB allowed on top of the wait). */
+#define INSERT_WAIT_NS_PER_MIB 4000000ull
 #define STAGE_ALIGN 64u
 
 int lbi_region_map(struct lb_client *c, int fd, const struct lbp_region_desc *d)
@@ -185,6 +187,36 @@ static void to_result(struct lb_client *c, const struct lb_cpl *k, struct lb_res
 	memcpy(out->hit.shape, h->shape, sizeof(out->hit.shape));
 }
 
+static bool stale_take(struct lb_client *c, uint64_t user_data)
+{
+	if (!(user_data & LBI_SYNC_TAG))
+		return false;
+	for (unsigned i = 0; i < c->n_stale; i++) {
+		if (c->stale[i] == user_data) {
+			c->stale[i] = c->stale[--c->n_stale];
+			return true;
+		}
+	}
+	return false;
+}
+
+static uint64_t sync_tag(struct lb_client *c)
+{
+	return LBI_SYNC_TAG | (++c->sync_seq & ~LBI_SYNC_TAG);
+}
+
+/* A hit nobody waits for any more: release its lease, itself a request nobody waits for. With
+ * the ring full or no room to remember it, the lease stays until the connection ends. */
+static void give_back(struct lb_client *c, uint64_t lease)
+{
+	struct lb_req r = { .opcode = LB_OP_RELEASE, .lease = lease };
+	if (c->n_stale == LBI_STALE_MAX)
+		return;
+	r.user_data = sync_tag(c);
+	if (push(c, &r) == 0)
+		c->stale[c->n_stale++] = r.user_data;
+}
+
 LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, uint32_t timeout_us)
 {
 	unsigned n = 0;
@@ -225,6 +257,12 @@ LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, 
 		if (ret == 0)
 			break;
 		c->inflight--;
+		if (c->n_stale && stale_take(c, k.user_data)) {
+			if (k.status == 0 && k.lease &&
+			    (k.opcode == LB_OP_LOOKUP || k.opcode == LB_OP_LOOKUP_DEEPEST))
+				give_back(c, k.lease);
+			continue;
+		}
 		to_result(c, &k, &out[n++]);
 	}
 	/* The daemon stops serving us while our completion ring is full: say there is room. */
@@ -233,18 +271,32 @@ LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, 
 	return (int)n;
 }
 
-/* Push r and wait for its completion (the only request in flight). */
-static int call(struct lb_client *c, struct lb_result *res)
+/* A synchronous call may start: nothing of the application's is in flight, and there is room
+ * to give up on it. */
+static int sync_ok(const struct lb_client *c)
+{
+	return c->inflight != c->n_stale || c->n_stale == LBI_STALE_MAX ? -EBUSY : 0;
+}
+
+/*
+ * Wait up to wait_ns for the completion of the request tagged tag. A worker must not stall on
+ * a daemon that is slow, stopped or dying (its socket hangs up only once the kernel has torn
+ * down its memory, tens of ms for a large arena): past the wait the call answers -ETIMEDOUT,
+ * the worker computes, and the completion is swallowed when it comes.
+ */
+static int call(struct lb_client *c, uint64_t tag, struct lb_result *res, uint64_t wait_ns)
 {
 	uint64_t start = lb_now_ns();
 	for (;;) {
 		uint64_t waited = lb_now_ns() - start;
-		if (waited >= SYNC_TIMEOUT_NS)
+		if (waited >= wait_ns) {
+			c->stale[c->n_stale++] = tag; /* room: sync_ok */
 			return -ETIMEDOUT;
-		int n = lb_poll(c, res, 1, (uint32_t)((SYNC_TIMEOUT_NS - waited) / 1000));
+		}
+		int n = lb_poll(c, res, 1, (uint32_t)((wait_ns - waited + 999) / 1000));
 		if (n < 0)
 			return n;
-		if (n == 1)
+		if (n == 1 && res->user_data == tag)
 			return res->status;
 	}
 }
@@ -255,14 +307,18 @@ static int sync_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint32
 	struct lb_result res;
 	int ret;
 
+	uint64_t tag;
+
 	if (!hit)
 		return -EINVAL;
-	if (c->inflight)
-		return -EBUSY;
-	ret = submit_query(c, op, model_id, layer, key, tau, n_tau, 0);
+	ret = sync_ok(c);
 	if (ret < 0)
 		return ret;
-	ret = call(c, &res);
+	tag = sync_tag(c);
+	ret = submit_query(c, op, model_id, layer, key, tau, n_tau, tag);
+	if (ret < 0)
+		return ret;
+	ret = call(c, tag, &res, c->wait_ns);
 	if (ret == 0)
 		*hit = res.hit;
 	return ret;
@@ -283,12 +339,14 @@ LB_EXPORT int lb_lookup(struct lb_client *c, uint32_t model_id, uint32_t layer, 
 static int sync_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint32_t aux)
 {
 	struct lb_result res;
-	int ret;
+	uint64_t tag;
+	int ret = sync_ok(c);
 
-	if (c->inflight)
-		return -EBUSY;
-	ret = submit_lease_op(c, op, lease, aux, 0);
-	return ret < 0 ? ret : call(c, &res);
+	if (ret < 0)
+		return ret;
+	tag = sync_tag(c);
+	ret = submit_lease_op(c, op, lease, aux, tag);
+	return ret < 0 ? ret : call(c, tag, &res, c->wait_ns);
 }
 
 LB_EXPORT int lb_release(struct lb_client *c, uint64_t lease)
@@ -315,6 +373,11 @@ LB_EXPORT int lb_ping(struct lb_client *c)
 LB_EXPORT void lb_set_spin_us(struct lb_client *c, uint32_t us)
 {
 	c->spin_ns = (uint64_t)us * 1000;
+}
+
+LB_EXPORT void lb_set_wait_us(struct lb_client *c, uint32_t us)
+{
+	c->wait_ns = us ? (uint64_t)us * 1000 : LBI_WAIT_NS;
 }
 
 /* ---- inserts ---- */
@@ -366,8 +429,9 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 		lbi_orphan_unreserve(c);
 		return -ECONNRESET;
 	}
-	if (c->inflight)
-		return -EBUSY;
+	ret = sync_ok(c);
+	if (ret < 0)
+		return ret;
 	memset(&h, 0, sizeof(h));
 	memcpy(h.fp, key->fp, sizeof(h.fp));
 	memcpy(h.exact, key->exact, sizeof(h.exact));
@@ -383,7 +447,10 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 	r.seq_len = key->seq_len;
 	r.payload_off = (uint32_t)c->reserved_off;
 	r.payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + c->reserved_bytes);
+	r.user_data = sync_tag(c);
 	c->reserved_off = UINT64_MAX;
 	ret = push(c, &r);
-	return ret < 0 ? ret : call(c, &res);
+	return ret < 0 ? ret
+		       : call(c, r.user_data, &res,
+			      c->wait_ns + (h.bytes >> 20) * INSERT_WAIT_NS_PER_MIB);
 }

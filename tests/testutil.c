@@ -129,6 +129,12 @@ void lbt_cat(const char *path)
 
 pid_t lbt_daemon_start(const char *sock, const char *log, const char *const *args)
 {
+	return lbt_daemon_start_hook(sock, log, args, NULL);
+}
+
+pid_t lbt_daemon_start_hook(const char *sock, const char *log, const char *const *args,
+			    void (*in_child)(void))
+{
 	const char *argv[64];
 	int n = 0;
 	argv[n++] = LB_DAEMON_PATH;
@@ -149,6 +155,8 @@ pid_t lbt_daemon_start(const char *sock, const char *log, const char *const *arg
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
+		if (in_child)
+			in_child();
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}

@@ -47,6 +47,10 @@ long lbt_hugepages_avail(void);
  * exited or never listened; its log is printed).
  */
 pid_t lbt_daemon_start(const char *sock, const char *log, const char *const *args);
+/* The same, with in_child (NULL: nothing) run in the daemon's process just before the exec:
+ * for a test that takes something away from the daemon (a seccomp filter, a limit). */
+pid_t lbt_daemon_start_hook(const char *sock, const char *log, const char *const *args,
+			    void (*in_child)(void));
 
 /* SIGTERM, wait up to 10 s (then SIGKILL). @return the wait status, -1 on error. */
 int lbt_daemon_stop(pid_t pid);

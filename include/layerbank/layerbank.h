@@ -22,6 +22,8 @@ struct lb_client;
 
 /*
  * Connect to layerbankd, say HELLO, receive the arena fds and map every arena read-only.
+ * The connection belongs to the calling process: its exit ends the session and its leases,
+ * even while a child that inherited it across fork runs on; a child connects for itself.
  * socket_path: NULL means $LAYERBANK_SOCKET, else LB_DEFAULT_SOCKET.
  * name: a label for the daemon's log (NULL or up to LB_NAME_MAX bytes).
  * @return 0 and *out set; -ENOENT/-ECONNREFUSED (no daemon there), -EACCES (socket
@@ -35,14 +37,15 @@ int lb_connect(const char *socket_path, const char *name, struct lb_client **out
 void lb_close(struct lb_client *c);
 
 /*
- * When the daemon goes away (killed, restarted), the client notices within about a
- * millisecond of waiting (the control socket hangs up; waits look at it every 1 ms), fails the
- * requests in flight with -ECONNRESET and from then on answers data-plane calls at once with
- * -ENOTCONN — a worker treats both as a miss and computes. Hits already handed out stay
- * readable until lb_release (which then returns 0): their arenas stay mapped in this process.
- * Any later call tries to connect again, at most every 100 ms and for at most 10 ms a try;
- * on success it registers the models registered so far again, and the model ids the
- * application holds keep working (translated if the new daemon numbers them otherwise).
+ * When the daemon goes away (killed, restarted): a synchronous call never waits more than
+ * lb_set_wait_us (5 ms) and then answers -ETIMEDOUT; once the daemon's socket hangs up (the
+ * kernel does it after tearing the daemon's memory down; waits look every 1 ms) the requests
+ * in flight fail with -ECONNRESET and later data-plane calls return -ENOTCONN at once — a
+ * worker treats all three as a miss and computes. Hits already handed out stay readable until
+ * lb_release (which then returns 0): their arenas stay mapped in this process. Later calls
+ * connect again by themselves, at most every 100 ms and without waiting for the daemon; they
+ * register the models registered so far again, and the model ids the application holds keep
+ * working (translated if the new daemon numbers them otherwise).
  */
 /* true while connected to a daemon. */
 bool lb_connected(const struct lb_client *c);
@@ -266,6 +269,15 @@ int lb_ping(struct lb_client *c);
 
 /* How long a wait spins before it sleeps (default 50 us). */
 void lb_set_spin_us(struct lb_client *c, uint32_t us);
+
+/*
+ * How long a synchronous call (lookup, insert, release, report, ping) waits for the daemon
+ * before it answers -ETIMEDOUT, which a worker treats as a miss: default 5 ms, or
+ * $LAYERBANK_WAIT_US at lb_connect; 0 restores the default. An insert waits 4 ms a MiB longer.
+ * A completion that comes after its call gave up is swallowed by later calls (a hit's lease
+ * given back); up to 64 such calls may be outstanding, then calls answer -EBUSY until they end.
+ */
+void lb_set_wait_us(struct lb_client *c, uint32_t us);
 
 /* ---- asynchronous forms, for batching ---- */
 
