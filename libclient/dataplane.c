@@ -440,6 +440,9 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 	memcpy(h.shape, shape->dims, sizeof(uint32_t) * shape->ndim);
 	h.bytes = c->reserved_bytes;
 	memcpy(c->staging + c->reserved_off, &h, sizeof(h));
+	/* The rest of the header area is reserved and must be zero, whatever an earlier request
+	 * left in this part of staging (a query staged while another was in flight). */
+	memset(c->staging + c->reserved_off + sizeof(h), 0, LB_INSERT_HDR_SIZE - sizeof(h));
 	memset(&r, 0, sizeof(r));
 	r.opcode = LB_OP_INSERT;
 	r.layer = (uint16_t)layer;

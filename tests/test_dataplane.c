@@ -1716,6 +1716,36 @@ static void test_stalled_completion_ring_does_not_block_others(void **state)
 	stop_daemon();
 }
 
+/* An insert reserved where earlier requests staged their queries: the library zeroes the
+ * header's reserved tail, which the daemon requires (it held the second query's bytes). */
+static void test_insert_header_tail_zeroed_over_old_queries(void **state)
+{
+	(void)state;
+	START_DAEMON("--threads", "1");
+	struct lb_client *c = client("reuser");
+	uint32_t mid = reg(c);
+	struct lb_result res[4];
+	struct lb_key k;
+
+	key_make(&k, 4711, E_SEQ);
+	/* Two in flight at once: staged at offsets 0 and 64, the second over bytes 64..119. */
+	assert_int_equal(lb_submit_lookup_deepest(c, mid, &k, NULL, 0, 1), 0);
+	assert_int_equal(lb_submit_lookup_deepest(c, mid, &k, NULL, 0, 2), 0);
+	for (int got = 0; got < 2;) {
+		int n = lb_poll(c, res, 4, 1000000);
+		assert_true(n > 0);
+		got += n;
+	}
+	/* Nothing in flight: the reservation starts at offset 0 again. */
+	assert_int_equal(insert_gen(c, mid, 0, &k, HIDDEN, 4711), 0);
+	struct lb_hit h;
+	assert_int_equal(lb_lookup_deepest(c, mid, &k, NULL, 0, &h), 0);
+	assert_int_equal(hit_check(&h, E_SEQ, HIDDEN, 4711), 0);
+	assert_int_equal(lb_release(c, h.lease), 0);
+	bye(c);
+	stop_daemon();
+}
+
 /* ---- per-layer counters ---- */
 
 /* MODEL_STATS: a deepest hit at L counts for layers 0..L, a miss for the layers above;
@@ -1934,6 +1964,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stalled_completion_ring_does_not_block_others, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_region_cannot_be_resized, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_per_layer_counters, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_insert_header_tail_zeroed_over_old_queries, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_spin_us_0_round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_async_batch_of_64_lookups, setup, teardown),
 	};
