@@ -97,7 +97,7 @@ int lbd_parse_size(const char *s, uint64_t *out)
 }
 
 /* "1G" for 1 << 30, "1536M" for 1.5 GiB: the largest suffix that divides exactly. */
-static void format_size(char *buf, size_t n, uint64_t v)
+void lbd_format_size(char *buf, size_t n, uint64_t v)
 {
 	static const char suffixes[] = "KMGT";
 	int best = -1;
@@ -143,7 +143,7 @@ static int set_arena_size(struct lbd_config *c, const char *v, const char *who, 
 	uint64_t size;
 	int rc = lbd_parse_size(v, &size);
 
-	format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
+	lbd_format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
 	if (rc == -EINVAL) {
 		lbp_errf(err, errlen, "%s: '%s' is not a size (examples: 4096, 512K, 64M, 1G)", who, v);
 		return -EINVAL;
@@ -791,6 +791,20 @@ int lbd_config_load_file(struct lbd_config *c, const char *path, char *err, size
 	return rc;
 }
 
+int lbd_config_set(struct lbd_config *c, const char *key, const char *value, const char *who,
+		   char *err, size_t errlen)
+{
+	const struct config_key *k = key_by_name(key);
+
+	if (!who)
+		who = key;
+	if (!k)
+		return lbp_fail(err, errlen, -ENOENT, "unknown key '%s'", key);
+	if (*value == '\0')
+		return lbp_fail(err, errlen, -EINVAL, "%s: empty value (expected %s)", who, k->what);
+	return k->set(c, value, who, err, errlen) < 0 ? -EINVAL : 0;
+}
+
 /* getopt_long takes unique prefixes; say which options a shared one could mean. */
 static bool ambiguous(const char *name, size_t len, char *err, size_t errlen)
 {
@@ -942,9 +956,9 @@ void lbd_config_usage(FILE *out)
 {
 	char size[32], max[32], staging[32];
 
-	format_size(size, sizeof(size), LBD_DEFAULT_ARENA_SIZE);
-	format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
-	format_size(staging, sizeof(staging), LBD_DEFAULT_STAGING_MAX);
+	lbd_format_size(size, sizeof(size), LBD_DEFAULT_ARENA_SIZE);
+	lbd_format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
+	lbd_format_size(staging, sizeof(staging), LBD_DEFAULT_STAGING_MAX);
 	fprintf(out,
 		"Usage: layerbankd [OPTION]...\n"
 		"Hold transformer layer activations in a shared-memory arena for local clients.\n"

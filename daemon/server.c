@@ -38,6 +38,7 @@ struct lbd_conn {
 	bool hello;
 	uint64_t client_id;
 	struct ucred cred;
+	bool cred_ok;          /* SO_PEERCRED answered: cred is the peer's, not a placeholder */
 	char name[LBP_MAX_NAME + 1];
 	struct lbd_dpclient *dp; /* its data plane, once HELLO made one */
 	struct lbd_leases sock_leases; /* LOOKUP over the socket: taken and ended at once */
@@ -397,6 +398,131 @@ static void on_snapshot(struct lbd_conn *c)
 	conn_reply(c, &m, NULL, 0);
 }
 
+/* ---- administrative messages ---- */
+
+/* A client string for a log line: printable ASCII only, so it cannot forge lines. */
+static const char *printable(const char *in, char *out, size_t n)
+{
+	size_t i = 0;
+
+	for (; in[i] && i + 1 < n; i++)
+		out[i] = in[i] >= 0x20 && in[i] < 0x7f ? in[i] : '?';
+	out[i] = '\0';
+	return out;
+}
+
+/* FLUSH and CONFIG_SET change what every client gets: only root and the daemon's own user may
+ * send them (the socket's group is for workers). @return true when c was refused. */
+static bool refuse_unless_admin(struct lbd_conn *c, enum lbp_type t)
+{
+	char text[LBP_MAX_ERRMSG];
+
+	if (c->cred_ok && (c->cred.uid == 0 || c->cred.uid == c->s->uid))
+		return false;
+	if (c->cred_ok)
+		snprintf(text, sizeof(text), "%s needs root or the daemon's user (uid %u); this "
+			 "connection is uid %u", lbp_type_name(t), (unsigned)c->s->uid,
+			 (unsigned)c->cred.uid);
+	else
+		snprintf(text, sizeof(text), "%s needs root or the daemon's user (uid %u); this "
+			 "connection's credentials are unknown", lbp_type_name(t), (unsigned)c->s->uid);
+	lbd_info("client %" PRIu64 " (pid %d uid %u): %s refused: not root or the daemon's user",
+		 c->client_id, (int)c->cred.pid, (unsigned)c->cred.uid, lbp_type_name(t));
+	conn_error(c, false, EPERM, "", text);
+	return true;
+}
+
+static struct lbd_runtime runtime_of(struct lbd_server *s)
+{
+	return (struct lbd_runtime){ s->store, &s->service, &s->models };
+}
+
+static void on_flush(struct lbd_conn *c, const struct lbp_flush *f)
+{
+	struct lbp_msg m = { .type = LBP_FLUSH_REPLY };
+	struct lbd_server *s = c->s;
+	struct lbd_flush_result r;
+	char text[LBP_MAX_ERRMSG], what[96];
+	int ret;
+
+	if (refuse_unless_admin(c, LBP_FLUSH))
+		return;
+	ret = lbd_store_flush(s->store, f->model_id, f->layer, &r);
+	if (ret == -ESRCH) {
+		snprintf(text, sizeof(text), "no model with id %u", f->model_id);
+		conn_error(c, false, ESRCH, "model_id", text);
+		return;
+	}
+	if (ret < 0) {
+		if (f->model_id == 0)
+			snprintf(text, sizeof(text), "layer %d of no model: model_id 0 flushes every "
+				 "layer of every model", f->layer);
+		else
+			snprintf(text, sizeof(text), "model %u has layers 0..%u, not %d", f->model_id,
+				 s->models.desc[f->model_id - 1].n_layers - 1, f->layer);
+		conn_error(c, false, EINVAL, "layer", text);
+		return;
+	}
+	if (f->model_id == 0)
+		snprintf(what, sizeof(what), "every model");
+	else if (f->layer < 0)
+		snprintf(what, sizeof(what), "model %u", f->model_id);
+	else
+		snprintf(what, sizeof(what), "model %u layer %d", f->model_id, f->layer);
+	lbd_info("client %" PRIu64 " (pid %d uid %u): FLUSH %s: %" PRIu64 " entries, %" PRIu64
+		 " bytes dropped (%" PRIu64 " under lease, freed when released)", c->client_id,
+		 (int)c->cred.pid, (unsigned)c->cred.uid, what, r.entries, r.bytes, r.leased);
+	m.u.flush_reply.entries = r.entries;
+	m.u.flush_reply.bytes = r.bytes;
+	m.u.flush_reply.leased = r.leased;
+	conn_reply(c, &m, NULL, 0);
+}
+
+static void on_config_get(struct lbd_conn *c, const struct lbp_config_get *g)
+{
+	struct lbp_msg m = { .type = LBP_CONFIG_REPLY };
+	struct lbd_runtime rt = runtime_of(c->s);
+	char text[LBP_MAX_ERRMSG];
+
+	if (lbd_runtime_get(&rt, g->key, g->first, &m.u.config_reply, text, sizeof(text)) < 0) {
+		conn_error(c, false, ENOENT, "key", text);
+		return;
+	}
+	conn_reply(c, &m, NULL, 0);
+}
+
+static void arm_sweep(struct lbd_server *s);
+
+static void on_config_set(struct lbd_conn *c, const struct lbp_config_set *set)
+{
+	struct lbp_msg m = { .type = LBP_CONFIG_REPLY };
+	struct lbd_runtime rt = runtime_of(c->s);
+	struct lbp_config_reply *r = &m.u.config_reply;
+	char text[LBP_MAX_ERRMSG], key[LBP_MAX_CONFIG_KEY + 1];
+	struct lbd_store_cfg sc;
+	uint64_t evicted;
+	int ret;
+
+	if (refuse_unless_admin(c, LBP_CONFIG_SET))
+		return;
+	ret = lbd_runtime_set(&rt, set->key, set->value, &r->items[0], &evicted, text, sizeof(text));
+	if (ret < 0) {
+		conn_error(c, false, -ret, ret == -ENOENT ? "key" : "value", text);
+		return;
+	}
+	r->total = r->n = 1;
+	lbd_info("client %" PRIu64 " (pid %d uid %u): CONFIG_SET %s = %s", c->client_id,
+		 (int)c->cred.pid, (unsigned)c->cred.uid, printable(r->items[0].key, key, sizeof(key)),
+		 r->items[0].value);
+	if (evicted)
+		lbd_info("budget lowered to %s: %" PRIu64 " entries evicted", r->items[0].value, evicted);
+	/* The TTL sweep runs while the policy is ttl: a switch to it starts the timer. */
+	lbd_store_get_cfg(c->s->store, &sc);
+	if (sc.policy == LBD_POLICY_TTL && !c->s->sweep_armed)
+		arm_sweep(c->s);
+	conn_reply(c, &m, NULL, 0);
+}
+
 static void on_frame(struct lbd_conn *c, size_t len)
 {
 	struct lbp_msg m;
@@ -447,8 +573,19 @@ static void on_frame(struct lbd_conn *c, size_t len)
 	case LBP_ERROR:
 	case LBP_MODEL_STATS_REPLY:
 	case LBP_LOOKUP_REPLY:
+	case LBP_FLUSH_REPLY:
+	case LBP_CONFIG_REPLY:
 	case LBP_SNAPSHOT_REPLY:
 		break;
+	case LBP_FLUSH:
+		on_flush(c, &m.u.flush);
+		return;
+	case LBP_CONFIG_GET:
+		on_config_get(c, &m.u.config_get);
+		return;
+	case LBP_CONFIG_SET:
+		on_config_set(c, &m.u.config_set);
+		return;
 	case LBP_SNAPSHOT:
 		on_snapshot(c);
 		return;
@@ -603,8 +740,10 @@ static void on_accept(struct lbd_op *op, int res)
 	c->s = s;
 	c->fd = res;
 	c->pidfd = -1;
-	if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) < 0) {
-		/* Unknown: never taken for root (uid 0) by the administrative checks. */
+	if (getsockopt(res, SOL_SOCKET, SO_PEERCRED, &c->cred, &len) == 0) {
+		c->cred_ok = true;
+	} else {
+		/* Not uid 0 by accident of calloc: an unknown peer is nobody's. */
 		c->cred.pid = -1;
 		c->cred.uid = (uid_t)-1;
 		c->cred.gid = (gid_t)-1;
@@ -644,16 +783,23 @@ static void arm_sweep(struct lbd_server *s)
 {
 	s->sweep_ts.tv_sec = 1;
 	s->sweep_ts.tv_nsec = 0;
-	if (lbd_loop_timeout(&s->loop, &s->sweep_ts, &s->sweep_op) < 0)
+	s->sweep_armed = lbd_loop_timeout(&s->loop, &s->sweep_ts, &s->sweep_op) == 0;
+	if (!s->sweep_armed)
 		lbd_warn("cannot queue the TTL sweep");
 }
 
 static void on_sweep(struct lbd_op *op, int res)
 {
 	struct lbd_server *s = container_of(op, struct lbd_server, sweep_op);
+	struct lbd_store_cfg sc;
 	(void)res; /* -ETIME: the second passed */
+	s->sweep_armed = false;
 	lbd_store_expire(s->store);
-	arm_sweep(s);
+	/* Only while the policy is ttl (CONFIG_SET may have changed it): an idle daemon with
+	 * another policy never wakes up. */
+	lbd_store_get_cfg(s->store, &sc);
+	if (sc.policy == LBD_POLICY_TTL)
+		arm_sweep(s);
 }
 
 /* A cancel's own completion: the op it cancelled completes too and does the work. */
@@ -945,6 +1091,7 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	s->status_op.fn = on_status;
 	s->watchdog_op.fn = on_watchdog;
 	s->cancel_op.fn = on_cancelled;
+	s->uid = geteuid();
 	err[0] = '\0';
 	clock_gettime(CLOCK_MONOTONIC, &s->started);
 	/* From the moment the socket exists a SIGTERM must mean a clean stop, not death by the

@@ -12,6 +12,7 @@
 #include "config.h"
 #include "loop.h"
 #include "models.h"
+#include "runtime.h"
 #include "service.h"
 #include "store.h"
 
@@ -40,8 +41,10 @@ struct lbd_server {
 	struct lbd_service service;
 	bool service_running;
 	struct lbd_region_limits limits;
-	struct lbd_op sweep_op;    /* TTL sweeps, once a second, with the ttl policy */
+	struct lbd_op sweep_op;    /* TTL sweeps, once a second, while the policy is ttl */
 	struct __kernel_timespec sweep_ts;
+	bool sweep_armed;
+	uid_t uid;                 /* ours: its peers, and root's, may FLUSH and CONFIG_SET */
 	struct lbd_op status_op;   /* STATUS= to systemd every LBD_STATUS_PERIOD_S, with $NOTIFY_SOCKET */
 	struct __kernel_timespec status_ts;
 	struct lbd_op watchdog_op; /* WATCHDOG=1 every half of $WATCHDOG_USEC, from the loop */

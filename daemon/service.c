@@ -405,8 +405,9 @@ static void *svc_main(void *arg)
 		 * LB_SPIN_CHECK polls, since each read delays the next poll. */
 		if (idle_polls++ == 0)
 			idle_since = lb_now_ns();
-		if (s->spin_ns &&
-		    (idle_polls % LB_SPIN_CHECK != 0 || lb_now_ns() - idle_since < s->spin_ns)) {
+		uint64_t spin_ns = atomic_load_explicit(&s->spin_ns, memory_order_relaxed);
+		if (spin_ns &&
+		    (idle_polls % LB_SPIN_CHECK != 0 || lb_now_ns() - idle_since < spin_ns)) {
 			lb_cpu_relax();
 			continue;
 		}
@@ -431,7 +432,7 @@ int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_th
 {
 	memset(s, 0, sizeof(*s));
 	s->store = st;
-	s->spin_ns = spin_ns;
+	atomic_init(&s->spin_ns, spin_ns); /* before any thread exists */
 	s->t = calloc(n_threads, sizeof(*s->t));
 	if (!s->t)
 		return -ENOMEM;
@@ -448,6 +449,16 @@ int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_th
 		t->started = true;
 	}
 	return 0;
+}
+
+void lbd_service_set_spin(struct lbd_service *s, uint64_t spin_ns)
+{
+	atomic_store_explicit(&s->spin_ns, spin_ns, memory_order_relaxed);
+}
+
+uint64_t lbd_service_spin(const struct lbd_service *s)
+{
+	return atomic_load_explicit(&s->spin_ns, memory_order_relaxed);
 }
 
 void lbd_service_stop(struct lbd_service *s)

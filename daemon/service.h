@@ -38,7 +38,9 @@ struct lbd_svc_thread;
 
 struct lbd_service {
 	struct lbd_store *store;
-	uint64_t spin_ns;
+	/* Written by the control thread (lbd_service_set_spin), read by every service thread at
+	 * each idle poll: relaxed, as nothing else is published with it. */
+	_Atomic uint64_t spin_ns;
 	unsigned n_threads;
 	struct lbd_svc_thread *t;
 	unsigned next; /* round-robin placement */
@@ -73,6 +75,11 @@ unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c);
 
 /* @return 0, or -errno (threads could not start). */
 int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_threads, uint64_t spin_ns);
+/* How long an idle thread spins before it sleeps, from its next idle poll on (a sleeping
+ * thread keeps sleeping until a doorbell rings). */
+void lbd_service_set_spin(struct lbd_service *s, uint64_t spin_ns);
+uint64_t lbd_service_spin(const struct lbd_service *s);
+
 /* Stop and join the threads, freeing every client still attached. */
 void lbd_service_stop(struct lbd_service *s);
 

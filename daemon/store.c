@@ -70,7 +70,9 @@ struct bank {
 	struct lbd_fpindex *fps;
 	struct lbd_exactmap *exact;
 	struct lbp_layer_stats *layer; /* [n_layers] */
-	uint32_t max_d_default;        /* radius for the default tau */
+	double *tau;                   /* [n_layers]: the layer's own threshold, NAN: cfg.tau */
+	uint32_t max_d_default;        /* radius for the thresholds in effect: the loosest layer's */
+	uint32_t good_d_default;       /* and the tightest layer's: within it every layer's is met */
 	bool retired;                  /* lbd_store_drop_model: answers as no model; its memory
 					* stays for inserts that were copying when it went */
 };
@@ -90,6 +92,7 @@ struct lbd_store {
 	uint32_t *live;       /* LIVE or DOOMED-but-leased entries, for sampling */
 	uint32_t n_live, live_cap;
 	uint64_t rng;
+	uint64_t data_bytes;  /* the arenas' data areas: the largest budget */
 	uint64_t pinned;      /* bytes no eviction can free: leased LIVE and PENDING entries */
 	struct account *acct; /* [acct_cap], id = slot + 1 */
 	uint32_t acct_cap, acct_free;
@@ -304,12 +307,21 @@ static void entry_unlink(struct lbd_store *st, uint32_t id)
 		entry_free(st, id);
 }
 
+/* Hits, each weighing half as much every half-life (kept whatever the policy: a snapshot
+ * keeps it, so a restart under decay finds it). */
+static double decayed_score(const struct lbd_store *st, const struct entry *e, uint64_t now)
+{
+	if (!st->cfg.half_life_ns)
+		return e->score;
+	return e->score * exp2(-(double)(now - e->score_ns) / (double)st->cfg.half_life_ns);
+}
+
 /* The victim score: lower goes first. */
 static double victim_score(const struct lbd_store *st, const struct entry *e, uint64_t now)
 {
 	switch (st->cfg.policy) {
 	case LBD_POLICY_DECAY:
-		return e->score * exp2(-(double)(now - e->score_ns) / (double)st->cfg.half_life_ns);
+		return decayed_score(st, e, now);
 	case LBD_POLICY_TTL:
 		return (double)e->created_ns; /* oldest first: it expires first */
 	case LBD_POLICY_LRU:
@@ -522,6 +534,27 @@ static struct bank *bank_of(struct lbd_store *st, uint32_t model_id)
 	return &st->banks[model_id - 1];
 }
 
+/* The threshold of layer l when a lookup brings none: the layer's own, else the default. */
+static double layer_tau(const struct lbd_store *st, const struct bank *b, uint32_t l)
+{
+	return isnan(b->tau[l]) ? st->cfg.tau : b->tau[l];
+}
+
+/* LOOKUP_DEEPEST's radii without thresholds: the loosest layer's to search, the tightest
+ * layer's to stop early (good_d, lbd_fpindex_nearest). */
+static void bank_radius(const struct lbd_store *st, struct bank *b)
+{
+	uint32_t max_d = 0, good_d = UINT32_MAX;
+
+	for (uint32_t l = 0; l < b->desc.n_layers; l++) {
+		uint32_t d = lbp_fp_max_hamming(layer_tau(st, b, l));
+		max_d = d > max_d ? d : max_d;
+		good_d = d < good_d ? d : good_d;
+	}
+	b->max_d_default = max_d;
+	b->good_d_default = good_d;
+}
+
 static void count_miss(struct lbd_store *st, struct bank *b, const struct lb_req *r, int from)
 {
 	st->c.misses++;
@@ -554,7 +587,12 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 	 * rather than prove it is the nearest (good_d).
 	 */
 	if (!q->n_thr) {
-		max_d = good_d = b->max_d_default;
+		if (r->opcode == LB_OP_LOOKUP) {
+			max_d = good_d = lbp_fp_max_hamming(layer_tau(st, b, r->layer));
+		} else {
+			max_d = b->max_d_default;
+			good_d = b->good_d_default;
+		}
 	} else {
 		for (uint32_t l = 0; l < q->n_thr; l++) {
 			if (!isfinite(thr[l]) || thr[l] < -1.0f || thr[l] > 1.0f) {
@@ -582,7 +620,7 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 		int bottom = r->opcode == LB_OP_LOOKUP ? r->layer : 0;
 		for (int l = top; l >= bottom; l--) {
 			uint32_t e = in->layer[l];
-			double tau = q->n_thr ? thr[l] : st->cfg.tau;
+			double tau = q->n_thr ? thr[l] : layer_tau(st, b, (uint32_t)l);
 			if (e == NONE || st->e[e].state != E_LIVE || sim < tau)
 				continue;
 			if (expired(st, &st->e[e], now)) {
@@ -609,10 +647,9 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 		goto out;
 	}
 	e->last_ns = now;
-	if (st->cfg.policy == LBD_POLICY_DECAY) {
-		e->score = victim_score(st, e, now) + 1.0;
-		e->score_ns = now;
-	}
+	/* Kept under every policy, so that one switched to decay at run time finds real scores. */
+	e->score = decayed_score(st, e, now) + 1.0;
+	e->score_ns = now;
 	st->c.hits++;
 	b->layer[hit_layer].leases++;
 	if (r->opcode == LB_OP_LOOKUP) {
@@ -864,6 +901,7 @@ struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas, con
 		}
 		data += h->data_bytes;
 	}
+	st->data_bytes = data;
 	st->c.bytes_budget = cfg->budget && cfg->budget < data ? cfg->budget : data;
 	snprintf(st->c.policy, sizeof(st->c.policy), "%s", lbd_policy_name(cfg->policy));
 	return st;
@@ -879,6 +917,7 @@ void lbd_store_free(struct lbd_store *st)
 		lbd_fpindex_free(st->banks[i].fps);
 		lbd_exactmap_free(st->banks[i].exact);
 		free(st->banks[i].layer);
+		free(st->banks[i].tau);
 	}
 	for (unsigned i = 0; i < st->n_arenas; i++)
 		lbd_alloc_free_all(st->alloc[i]);
@@ -914,16 +953,20 @@ int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lb
 	b->fps = lbd_fpindex_new(1024);
 	b->exact = lbd_exactmap_new(1024);
 	b->layer = calloc(d->n_layers, sizeof(*b->layer));
-	if (!b->fps || !b->exact || !b->layer) {
+	b->tau = malloc(d->n_layers * sizeof(*b->tau));
+	if (!b->fps || !b->exact || !b->layer || !b->tau) {
 		lbd_fpindex_free(b->fps);
 		lbd_exactmap_free(b->exact);
 		free(b->layer);
+		free(b->tau);
 		memset(b, 0, sizeof(*b));
 		ret = -ENOMEM;
 		goto out;
 	}
+	for (uint32_t l = 0; l < d->n_layers; l++)
+		b->tau[l] = NAN;
 	b->desc = *d;
-	b->max_d_default = lbp_fp_max_hamming(st->cfg.tau);
+	bank_radius(st, b);
 out:
 	pthread_mutex_unlock(&st->lock);
 	return ret;
@@ -1030,15 +1073,6 @@ int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t firs
 }
 
 /* ---- snapshots: hold everything for a write, put entries back at start-up ---- */
-
-/* The decay policy's hit score of e, decayed to now (whatever the policy: a snapshot keeps
- * it, so a restart under decay finds it). */
-static double decayed_score(const struct lbd_store *st, const struct entry *e, uint64_t now)
-{
-	if (!st->cfg.half_life_ns)
-		return e->score;
-	return e->score * exp2(-(double)(now - e->score_ns) / (double)st->cfg.half_life_ns);
-}
 
 int lbd_store_hold_all(struct lbd_store *st, struct lbd_leases *ls, struct lbd_store_item **items,
 		       uint32_t *n)
@@ -1245,4 +1279,106 @@ int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
 	}
 	pthread_mutex_unlock(&st->lock);
 	return n;
+}
+
+/* ---- run-time settings and flush ---- */
+
+void lbd_store_get_cfg(struct lbd_store *st, struct lbd_store_cfg *out)
+{
+	pthread_mutex_lock(&st->lock);
+	*out = st->cfg;
+	pthread_mutex_unlock(&st->lock);
+}
+
+uint64_t lbd_store_configure(struct lbd_store *st, const struct lbd_store_cfg *cfg)
+{
+	uint64_t now = lb_now_ns(), evicted = 0;
+
+	pthread_mutex_lock(&st->lock);
+	bool tau_changed = cfg->tau != st->cfg.tau;
+	st->cfg = *cfg;
+	snprintf(st->c.policy, sizeof(st->c.policy), "%s", lbd_policy_name(cfg->policy));
+	if (tau_changed)
+		for (uint32_t i = 0; i < st->n_banks; i++)
+			if (st->banks[i].desc.n_layers)
+				bank_radius(st, &st->banks[i]);
+	st->c.bytes_budget = cfg->budget && cfg->budget < st->data_bytes ? cfg->budget : st->data_bytes;
+	/* Down to the new budget as an insert would make room: by the policy, never an entry
+	 * under lease or being inserted; what those hold stays over the budget until they end. */
+	while (st->c.bytes_used > st->c.bytes_budget && evict_one(st, now) == 0)
+		evicted++;
+	pthread_mutex_unlock(&st->lock);
+	return evicted;
+}
+
+int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *tau, uint32_t n)
+{
+	int ret;
+
+	pthread_mutex_lock(&st->lock);
+	struct bank *b = bank_of(st, model_id);
+	if (!b) {
+		ret = -ESRCH;
+	} else {
+		ret = (int)b->desc.n_layers;
+		if (n)
+			memcpy(tau, b->tau, sizeof(*tau) * (n < b->desc.n_layers ? n : b->desc.n_layers));
+	}
+	pthread_mutex_unlock(&st->lock);
+	return ret;
+}
+
+int lbd_store_set_layer_tau(struct lbd_store *st, uint32_t model_id, uint32_t layer, double tau)
+{
+	int ret = 0;
+
+	pthread_mutex_lock(&st->lock);
+	struct bank *b = bank_of(st, model_id);
+	if (!b)
+		ret = -ESRCH;
+	else if (layer >= b->desc.n_layers || (!isnan(tau) && !(tau >= -1.0 && tau <= 1.0)))
+		ret = -EINVAL;
+	else {
+		b->tau[layer] = tau;
+		bank_radius(st, b);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return ret;
+}
+
+int lbd_store_flush(struct lbd_store *st, uint32_t model_id, int layer, struct lbd_flush_result *out)
+{
+	struct bank *b = NULL;
+	int ret = 0;
+
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&st->lock);
+	if (model_id) {
+		b = bank_of(st, model_id);
+		if (!b)
+			ret = -ESRCH;
+		else if (layer >= (int)b->desc.n_layers)
+			ret = -EINVAL;
+	} else if (layer >= 0) {
+		ret = -EINVAL; /* a layer is a layer of one model */
+	}
+	/* One pass over the sample list, which holds every LIVE entry. An entry under lease is
+	 * unlinked like an invalidated one: no lookup finds it again, and its holders keep reading
+	 * it unchanged until the last lease ends and lease_end frees it. */
+	for (uint32_t k = 0; ret == 0 && k < st->n_live;) {
+		uint32_t id = st->live[k];
+		struct entry *e = &st->e[id];
+		if (e->state == E_LIVE && (!b || st->in[e->input].bank == (uint32_t)(b - st->banks)) &&
+		    (layer < 0 || e->layer == (uint32_t)layer)) {
+			out->entries++;
+			out->bytes += e->bytes;
+			out->leased += e->leases != 0;
+			entry_unlink(st, id); /* may move another entry into position k */
+			if (k < st->n_live && st->live[k] != id)
+				continue;
+		}
+		k++;
+	}
+	pthread_mutex_unlock(&st->lock);
+	return ret;
 }

@@ -150,6 +150,43 @@ int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it);
  * such model, or retired already). */
 int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id);
 
+/* ---- run-time settings (CONFIG_SET) and FLUSH; each under the store lock, so the service
+ * threads see a setting change between two requests, never within one ---- */
+
+void lbd_store_get_cfg(struct lbd_store *st, struct lbd_store_cfg *out);
+
+/*
+ * Apply cfg (every field; budget 0: all of the arenas' data areas). A budget below bytes_used
+ * evicts, by the policy, until it is met or only entries under lease or being inserted are
+ * left. A new tau applies to every layer without a threshold of its own.
+ * @return the entries evicted.
+ */
+uint64_t lbd_store_configure(struct lbd_store *st, const struct lbd_store_cfg *cfg);
+
+/* The per-layer thresholds of a model into tau (the first n; tau may be NULL when n is 0):
+ * NAN for a layer that follows cfg.tau. @return the model's layer count; -ESRCH (no such
+ * model). */
+int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *tau, uint32_t n);
+
+/* Give a layer its own threshold (-1..1), or NAN: follow cfg.tau again, for lookups of the
+ * model that bring no thresholds. @return 0; -ESRCH (no such model); -EINVAL (layer, tau). */
+int lbd_store_set_layer_tau(struct lbd_store *st, uint32_t model_id, uint32_t layer, double tau);
+
+struct lbd_flush_result {
+	uint64_t entries; /* dropped: out of the index, no lookup finds them again */
+	uint64_t bytes;   /* their arena bytes */
+	uint64_t leased;  /* of those, held by a lease: freed when their last lease ends */
+};
+
+/*
+ * Drop the LIVE entries of every model (model_id 0), of one model (layer -1) or of one layer.
+ * Entries under lease stay valid for their holders until released; inserts still copying are
+ * not touched. Drops count as neither evictions nor expirations.
+ * @return 0; -ESRCH (no such model); -EINVAL (layer out of the model's range, or a layer with
+ *         model_id 0).
+ */
+int lbd_store_flush(struct lbd_store *st, uint32_t model_id, int layer, struct lbd_flush_result *out);
+
 const char *lbd_policy_name(enum lbd_policy p);
 /* @return 0, or -1 for a name that is none of lru|decay|ttl. */
 int lbd_policy_parse(const char *name, enum lbd_policy *out);

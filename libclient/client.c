@@ -515,9 +515,9 @@ int lbi_ready(struct lb_client *c)
 	c->remapped = false;
 	for (unsigned i = 0; ret == 0 && i < c->n_models; i++) {
 		now = lb_now_ns();
-		/* REGISTER_MODEL is answered at once, unlike HELLO: past the budget, give it
-		 * one more. */
-		set_timeouts(c->fd, now < deadline ? deadline - now : LBI_RECONNECT_BUDGET_NS);
+		/* REGISTER_MODEL is answered at once, unlike HELLO; a loaded machine still gets
+		 * LBI_REGISTER_WAIT_NS, or every attempt would fail there and start over. */
+		set_timeouts(c->fd, now < deadline ? deadline - now : LBI_REGISTER_WAIT_NS);
 		ret = register_once(c, &c->models[i].msg, &c->models[i].cur_id);
 		c->remapped |= c->models[i].cur_id != c->models[i].app_id;
 	}
@@ -658,7 +658,7 @@ LB_EXPORT int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name,
 		return -EINVAL;
 	/* The daemon answers in pages of at most LBP_MAX_STATS_LAYERS layers. */
 	do {
-		req.u.mstats.model_id = model_id;
+		req.u.mstats.model_id = lbi_model_id(c, model_id); /* the daemon's, after a reconnect */
 		req.u.mstats.first_layer = first;
 		ret = call(c, &req, &rep, NULL, 0, NULL);
 		if (ret < 0)
@@ -703,6 +703,116 @@ LB_EXPORT int lb_snapshot(struct lb_client *c, struct lb_snapshot_info *out)
 		out->entries = rep.u.snapshot_reply.entries;
 		out->bytes = rep.u.snapshot_reply.bytes;
 		out->ms = rep.u.snapshot_reply.ms;
+	}
+	return 0;
+}
+
+LB_EXPORT int lb_flush(struct lb_client *c, uint32_t model_id, int32_t layer,
+		       struct lb_flush_result *out)
+{
+	struct lbp_msg req = { .type = LBP_FLUSH }, rep;
+	int ret;
+
+	c->last_error[0] = '\0';
+	if (layer < -1 || layer >= (int32_t)LBP_MAX_LAYERS || (model_id == 0 && layer != -1)) {
+		if (model_id)
+			snprintf(c->last_error, sizeof(c->last_error),
+				 "layer %d is not -1 (every layer) or 0..%u", (int)layer,
+				 LBP_MAX_LAYERS - 1);
+		else
+			snprintf(c->last_error, sizeof(c->last_error),
+				 "layer %d of no model: model 0 means every layer of every model",
+				 (int)layer);
+		return -EINVAL;
+	}
+	/* The application's id, as lb_register_model gave it; the daemon's may differ after a
+	 * reconnect. */
+	req.u.flush.model_id = model_id ? lbi_model_id(c, model_id) : 0;
+	req.u.flush.layer = layer;
+	ret = call(c, &req, &rep, NULL, 0, NULL);
+	if (ret < 0)
+		return ret;
+	if (rep.type != LBP_FLUSH_REPLY)
+		return -EPROTO;
+	if (out)
+		*out = (struct lb_flush_result){ rep.u.flush_reply.entries, rep.u.flush_reply.bytes,
+						 rep.u.flush_reply.leased };
+	return 0;
+}
+
+_Static_assert(LB_CONFIG_KEY_MAX == LBP_MAX_CONFIG_KEY, "config key sizes");
+_Static_assert(LB_CONFIG_VALUE_MAX == LBP_MAX_CONFIG_VALUE, "config value sizes");
+
+/* A CONFIG_REPLY must be the page asked for, within its own total. */
+static int config_reply_ok(const struct lbp_msg *rep, uint32_t first)
+{
+	const struct lbp_config_reply *r = &rep->u.config_reply;
+
+	return rep->type == LBP_CONFIG_REPLY && r->first == first &&
+	       (r->n == 0 || (first < r->total && r->n <= r->total - first));
+}
+
+LB_EXPORT int lb_config_get(struct lb_client *c, const char *key, struct lb_config_item *out,
+			    uint32_t max)
+{
+	struct lbp_msg req = { .type = LBP_CONFIG_GET }, rep;
+	uint32_t first = 0, total;
+	int ret;
+
+	c->last_error[0] = '\0';
+	if (!key)
+		key = "";
+	if (strlen(key) > LBP_MAX_CONFIG_KEY || (max && !out)) {
+		snprintf(c->last_error, sizeof(c->last_error), "a setting's name is at most %u bytes",
+			 LBP_MAX_CONFIG_KEY);
+		return -EINVAL;
+	}
+	memcpy(req.u.config_get.key, key, strlen(key) + 1);
+	/* The daemon answers in pages of at most LBP_MAX_CONFIG_ITEMS. */
+	do {
+		req.u.config_get.first = first;
+		ret = call(c, &req, &rep, NULL, 0, NULL);
+		if (ret < 0)
+			return ret;
+		if (!config_reply_ok(&rep, first))
+			return -EPROTO;
+		const struct lbp_config_reply *r = &rep.u.config_reply;
+		total = r->total;
+		for (uint32_t i = 0; i < r->n && first + i < max; i++) {
+			memcpy(out[first + i].key, r->items[i].key, sizeof(out->key));
+			memcpy(out[first + i].value, r->items[i].value, sizeof(out->value));
+		}
+		if (r->n == 0)
+			break;
+		first += r->n;
+	} while (first < total && first < max);
+	return total > INT32_MAX ? INT32_MAX : (int)total;
+}
+
+LB_EXPORT int lb_config_set(struct lb_client *c, const char *key, const char *value,
+			    struct lb_config_item *now)
+{
+	struct lbp_msg req = { .type = LBP_CONFIG_SET }, rep;
+	int ret;
+
+	c->last_error[0] = '\0';
+	if (!key || !value || !*key || !*value || strlen(key) > LBP_MAX_CONFIG_KEY ||
+	    strlen(value) > LBP_MAX_CONFIG_VALUE) {
+		snprintf(c->last_error, sizeof(c->last_error),
+			 "a setting's name is 1..%u bytes and its value 1..%u", LBP_MAX_CONFIG_KEY,
+			 LBP_MAX_CONFIG_VALUE);
+		return -EINVAL;
+	}
+	memcpy(req.u.config_set.key, key, strlen(key) + 1);
+	memcpy(req.u.config_set.value, value, strlen(value) + 1);
+	ret = call(c, &req, &rep, NULL, 0, NULL);
+	if (ret < 0)
+		return ret;
+	if (!config_reply_ok(&rep, 0) || rep.u.config_reply.n != 1)
+		return -EPROTO;
+	if (now) {
+		memcpy(now->key, rep.u.config_reply.items[0].key, sizeof(now->key));
+		memcpy(now->value, rep.u.config_reply.items[0].value, sizeof(now->value));
 	}
 	return 0;
 }

@@ -13,6 +13,7 @@
 
 #define LBI_RETRY_NS 100000000ull          /* between reconnection attempts: 100 ms */
 #define LBI_RECONNECT_BUDGET_NS 10000000ull /* one attempt, HELLO to the last model: 10 ms */
+#define LBI_REGISTER_WAIT_NS 100000000ull   /* past that budget, each REGISTER_MODEL: 100 ms */
 #define LBI_HUP_SLICE_NS 1000000ull         /* a wait looks at the socket this often: 1 ms */
 #define LBI_WAIT_NS 5000000ull              /* a synchronous call's wait, by default: 5 ms */
 #define LBI_WAIT_ENV "LAYERBANK_WAIT_US"    /* overrides it at lb_connect */

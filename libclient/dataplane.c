@@ -439,10 +439,10 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 	h.ndim = shape->ndim;
 	memcpy(h.shape, shape->dims, sizeof(uint32_t) * shape->ndim);
 	h.bytes = c->reserved_bytes;
+	/* The header's tail is reserved and must be zero; staging may hold an earlier request's
+	 * bytes there (a lookup's query, when requests were given up on and offsets moved). */
+	memset(c->staging + c->reserved_off, 0, LB_INSERT_HDR_SIZE);
 	memcpy(c->staging + c->reserved_off, &h, sizeof(h));
-	/* The rest of the header area is reserved and must be zero, whatever an earlier request
-	 * left in this part of staging (a query staged while another was in flight). */
-	memset(c->staging + c->reserved_off + sizeof(h), 0, LB_INSERT_HDR_SIZE - sizeof(h));
 	memset(&r, 0, sizeof(r));
 	r.opcode = LB_OP_INSERT;
 	r.layer = (uint16_t)layer;

@@ -191,14 +191,47 @@ static const struct field snapshot_reply_f[] = {
 	UINT(struct lbp_snapshot_reply, ms, 0, UINT64_MAX),
 };
 
+static const struct field flush_f[] = {
+	UINT(struct lbp_flush, model_id, 0, UINT32_MAX),
+	INT(struct lbp_flush, layer, -1, LBP_MAX_LAYERS - 1),
+};
+
+static const struct field flush_reply_f[] = {
+	UINT(struct lbp_flush_reply, entries, 0, UINT64_MAX),
+	UINT(struct lbp_flush_reply, bytes, 0, UINT64_MAX),
+	UINT(struct lbp_flush_reply, leased, 0, UINT64_MAX),
+};
+
+static const struct field config_get_f[] = {
+	STR(struct lbp_config_get, key, 0),
+	UINT(struct lbp_config_get, first, 0, UINT32_MAX),
+};
+
+static const struct field config_item_f[] = {
+	STR(struct lbp_config_item, key, 1),
+	STR(struct lbp_config_item, value, 1),
+};
+static const struct table config_item_t = TABLE(config_item_f);
+
+static const struct field config_reply_f[] = {
+	UINT(struct lbp_config_reply, total, 0, UINT32_MAX),
+	UINT(struct lbp_config_reply, first, 0, UINT32_MAX),
+	{ "items", F_ARRAY, offsetof(struct lbp_config_reply, items), 0, 0, LBP_MAX_CONFIG_ITEMS,
+	  &config_item_t, sizeof(struct lbp_config_item), offsetof(struct lbp_config_reply, n) },
+};
+
+static const struct field config_set_f[] = {
+	STR(struct lbp_config_set, key, 1),
+	STR(struct lbp_config_set, value, 1),
+};
+
 static const struct field error_f[] = {
 	INT(struct lbp_error, code, 1, INT32_MAX),
 	STR(struct lbp_error, field, 0),
 	STR(struct lbp_error, message, 0),
 };
 
-/* Indexed by enum lbp_type; STATS, BYE and SNAPSHOT have an empty body, and so do the
- * reserved numbers, which lbp_type_known keeps out. */
+/* Indexed by enum lbp_type; STATS, BYE and SNAPSHOT have an empty body. */
 static const struct table bodies[LBP_TYPE_MAX + 1] = {
 	[LBP_HELLO] = TABLE(hello_f),
 	[LBP_WELCOME] = TABLE(welcome_f),
@@ -214,6 +247,11 @@ static const struct table bodies[LBP_TYPE_MAX + 1] = {
 	[LBP_LOOKUP_REPLY] = TABLE(lookup_reply_f),
 	[LBP_SNAPSHOT] = { NULL, 0 },
 	[LBP_SNAPSHOT_REPLY] = TABLE(snapshot_reply_f),
+	[LBP_FLUSH] = TABLE(flush_f),
+	[LBP_FLUSH_REPLY] = TABLE(flush_reply_f),
+	[LBP_CONFIG_GET] = TABLE(config_get_f),
+	[LBP_CONFIG_REPLY] = TABLE(config_reply_f),
+	[LBP_CONFIG_SET] = TABLE(config_set_f),
 };
 
 /* read_body() keeps one slot per key on the stack. */
@@ -233,8 +271,15 @@ FITS(mstats_reply_f);
 FITS(lookup_f);
 FITS(lookup_reply_f);
 FITS(snapshot_reply_f);
+FITS(flush_f);
+FITS(flush_reply_f);
+FITS(config_get_f);
+FITS(config_item_f);
+FITS(config_reply_f);
+FITS(config_set_f);
 _Static_assert(FSIZE(struct lbp_welcome, n_arenas) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(LBP_MAX_ARENAS <= 9, "arena paths \"arenas[N].\" assume one digit");
+_Static_assert(FSIZE(struct lbp_config_reply, n) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(sizeof(((struct lbp_error *)0)->field) == sizeof(((struct lbp_fault *)0)->field),
 	       "a fault's field travels in an ERROR");
 
@@ -995,28 +1040,16 @@ const char *lbp_type_name(enum lbp_type t)
 	case LBP_LOOKUP_REPLY: return "LOOKUP_REPLY";
 	case LBP_SNAPSHOT: return "SNAPSHOT";
 	case LBP_SNAPSHOT_REPLY: return "SNAPSHOT_REPLY";
+	case LBP_FLUSH: return "FLUSH";
+	case LBP_FLUSH_REPLY: return "FLUSH_REPLY";
+	case LBP_CONFIG_GET: return "CONFIG_GET";
+	case LBP_CONFIG_REPLY: return "CONFIG_REPLY";
+	case LBP_CONFIG_SET: return "CONFIG_SET";
 	}
 	return "UNKNOWN";
 }
 
 bool lbp_type_known(uint64_t t)
 {
-	switch (t) {
-	case LBP_HELLO:
-	case LBP_WELCOME:
-	case LBP_REGISTER_MODEL:
-	case LBP_MODEL:
-	case LBP_STATS:
-	case LBP_STATS_REPLY:
-	case LBP_BYE:
-	case LBP_ERROR:
-	case LBP_MODEL_STATS:
-	case LBP_MODEL_STATS_REPLY:
-	case LBP_LOOKUP:
-	case LBP_LOOKUP_REPLY:
-	case LBP_SNAPSHOT:
-	case LBP_SNAPSHOT_REPLY:
-		return true;
-	}
-	return false;
+	return t >= LBP_TYPE_MIN && t <= LBP_TYPE_MAX;
 }

@@ -23,6 +23,9 @@
 #define LBP_MAX_RING 65536u          /* entries of a ring (LB_RING_MAX_ENTRIES) */
 #define LBP_MAX_STATS_LAYERS 64u     /* layers in one MODEL_STATS_REPLY */
 #define LBP_MAX_POLICY 15u           /* bytes of an eviction policy name */
+#define LBP_MAX_CONFIG_KEY 127u      /* bytes of a setting's name: "tau." + a model name + ".1023" fits */
+#define LBP_MAX_CONFIG_VALUE 63u     /* bytes of a setting's value */
+#define LBP_MAX_CONFIG_ITEMS 32u     /* settings in one CONFIG_REPLY */
 
 enum lbp_type {
 	LBP_HELLO = 1,          /* client -> daemon */
@@ -37,7 +40,11 @@ enum lbp_type {
 	LBP_MODEL_STATS_REPLY = 10,
 	LBP_LOOKUP = 11,        /* client -> daemon: LOOKUP_DEEPEST over the socket (diagnostics) */
 	LBP_LOOKUP_REPLY = 12,
-	/* 13..17 are reserved for the runtime administration messages. */
+	LBP_FLUSH = 13,         /* client -> daemon, administrative: drop cached entries */
+	LBP_FLUSH_REPLY = 14,
+	LBP_CONFIG_GET = 15,    /* client -> daemon: read run-time settings */
+	LBP_CONFIG_REPLY = 16,  /* daemon -> client: the answer to CONFIG_GET and CONFIG_SET */
+	LBP_CONFIG_SET = 17,    /* client -> daemon, administrative: change one setting */
 	LBP_SNAPSHOT = 18,      /* client -> daemon: write the snapshot file now (administrative) */
 	LBP_SNAPSHOT_REPLY = 19,
 };
@@ -164,6 +171,41 @@ struct lbp_snapshot_reply {
 	uint64_t ms;      /* milliseconds the write took, fsync and rename included */
 };
 
+/* Drop cached entries: all of them, one model's, or one layer of one model. */
+struct lbp_flush {
+	uint32_t model_id; /* 0: every model */
+	int32_t layer;     /* -1: every layer; else one layer of model_id (which must not be 0) */
+};
+
+struct lbp_flush_reply {
+	uint64_t entries; /* entries dropped (taken out of the index: no lookup finds them again) */
+	uint64_t bytes;   /* their arena bytes */
+	uint64_t leased;  /* of those entries, held by a lease now: freed when the last one ends */
+};
+
+/* One run-time setting as text: "budget" = "64M", "tau.bert.3" = "0.95". */
+struct lbp_config_item {
+	char key[LBP_MAX_CONFIG_KEY + 1];
+	char value[LBP_MAX_CONFIG_VALUE + 1];
+};
+
+struct lbp_config_get {
+	char key[LBP_MAX_CONFIG_KEY + 1]; /* "": every setting; "tau.MODEL": every layer's */
+	uint32_t first;                   /* the first item wanted, for the pages of a long list */
+};
+
+struct lbp_config_reply {
+	uint32_t total; /* items the request matched */
+	uint32_t first; /* as asked (0 for CONFIG_SET) */
+	uint32_t n;     /* items in this reply: items first .. first + n - 1 */
+	struct lbp_config_item items[LBP_MAX_CONFIG_ITEMS];
+};
+
+struct lbp_config_set {
+	char key[LBP_MAX_CONFIG_KEY + 1];     /* 1..LBP_MAX_CONFIG_KEY bytes */
+	char value[LBP_MAX_CONFIG_VALUE + 1]; /* 1..LBP_MAX_CONFIG_VALUE bytes */
+};
+
 struct lbp_error {
 	int32_t code;                    /* positive errno value */
 	char field[32];                  /* field at fault, "" when none */
@@ -183,6 +225,11 @@ struct lbp_msg {
 		struct lbp_model_stats_reply mstats_reply;
 		struct lbp_lookup lookup;
 		struct lbp_lookup_reply lookup_reply;
+		struct lbp_flush flush;
+		struct lbp_flush_reply flush_reply;
+		struct lbp_config_get config_get;
+		struct lbp_config_reply config_reply;
+		struct lbp_config_set config_set;
 		struct lbp_snapshot_reply snapshot_reply;
 	} u; /* STATS, BYE and SNAPSHOT carry no body */
 };
@@ -214,8 +261,7 @@ void lbp_make_error(struct lbp_msg *m, int code, const char *field, const char *
 
 const char *lbp_type_name(enum lbp_type t);
 
-/* True when t is a message type of this protocol version: LBP_TYPE_MIN..LBP_TYPE_MAX has
- * gaps (reserved numbers), which encoder and decoder refuse like numbers outside it. */
+/* True when t is a message type of this protocol version (LBP_TYPE_MIN..LBP_TYPE_MAX). */
 bool lbp_type_known(uint64_t t);
 
 #define LBP_FP_BITS 256u

@@ -6,7 +6,8 @@ BUILD=${BUILD:-$ROOT/build}
 
 # Debian 12 packages the build and the tests need.
 LB_PACKAGES=(build-essential cmake pkg-config liburing-dev libnuma-dev libmsgpack-dev
-	libcmocka-dev libjson-c-dev libxxhash-dev libopenblas-dev zlib1g-dev libsystemd-dev)
+	libcmocka-dev libjson-c-dev libxxhash-dev libopenblas-dev zlib1g-dev libsystemd-dev
+	tmux) # tmux: test_ctl_top drives layerbank-ctl top in it
 # A clang build (CI's sanitizer run) needs its sanitizer runtimes too.
 [ "${CC:-}" = clang ] && LB_PACKAGES+=(clang libclang-rt-14-dev)
 

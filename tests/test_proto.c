@@ -136,6 +136,34 @@ static struct lbp_msg sample(enum lbp_type t)
 		strcpy(m.u.error.field, "n_layers");
 		strcpy(m.u.error.message, "out of range 1..1024");
 		break;
+	case LBP_FLUSH:
+		m.u.flush.model_id = 2;
+		m.u.flush.layer = 5;
+		break;
+	case LBP_FLUSH_REPLY:
+		m.u.flush_reply.entries = 12;
+		m.u.flush_reply.bytes = 12 * 393344ull;
+		m.u.flush_reply.leased = 2;
+		break;
+	case LBP_CONFIG_GET:
+		strcpy(m.u.config_get.key, "tau.bert-base");
+		m.u.config_get.first = 32;
+		break;
+	case LBP_CONFIG_REPLY:
+		m.u.config_reply.total = 7;
+		m.u.config_reply.first = 0;
+		m.u.config_reply.n = 3;
+		strcpy(m.u.config_reply.items[0].key, "tau");
+		strcpy(m.u.config_reply.items[0].value, "0.98");
+		strcpy(m.u.config_reply.items[1].key, "budget");
+		strcpy(m.u.config_reply.items[1].value, "64M");
+		strcpy(m.u.config_reply.items[2].key, "tau.bert-base.11");
+		strcpy(m.u.config_reply.items[2].value, "0.9");
+		break;
+	case LBP_CONFIG_SET:
+		strcpy(m.u.config_set.key, "budget");
+		strcpy(m.u.config_set.value, "256M");
+		break;
 	case LBP_SNAPSHOT_REPLY:
 		m.u.snapshot_reply.entries = 1234;
 		m.u.snapshot_reply.bytes = 268435456 + 4096;
@@ -263,6 +291,48 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.error.message[0] = '\0';
 	out[n++] = m;
 
+	m = sample(LBP_FLUSH);
+	m.u.flush.model_id = 0;
+	m.u.flush.layer = -1;
+	out[n++] = m;
+	m.u.flush.model_id = UINT32_MAX;
+	m.u.flush.layer = LBP_MAX_LAYERS - 1;
+	out[n++] = m;
+
+	m = sample(LBP_FLUSH_REPLY);
+	m.u.flush_reply.entries = m.u.flush_reply.bytes = m.u.flush_reply.leased = UINT64_MAX;
+	out[n++] = m;
+	memset(&m.u.flush_reply, 0, sizeof(m.u.flush_reply));
+	out[n++] = m;
+
+	m = sample(LBP_CONFIG_GET);
+	m.u.config_get.key[0] = '\0';
+	m.u.config_get.first = 0;
+	out[n++] = m;
+	fill(m.u.config_get.key, LBP_MAX_CONFIG_KEY, 'g');
+	m.u.config_get.first = UINT32_MAX;
+	out[n++] = m;
+
+	/* The largest CONFIG_REPLY: every item with the longest key and value. */
+	m = sample(LBP_CONFIG_REPLY);
+	m.u.config_reply.total = UINT32_MAX;
+	m.u.config_reply.first = UINT32_MAX;
+	m.u.config_reply.n = LBP_MAX_CONFIG_ITEMS;
+	for (unsigned i = 0; i < LBP_MAX_CONFIG_ITEMS; i++) {
+		fill(m.u.config_reply.items[i].key, LBP_MAX_CONFIG_KEY, (char)('a' + i % 26));
+		fill(m.u.config_reply.items[i].value, LBP_MAX_CONFIG_VALUE, (char)('A' + i % 26));
+	}
+	out[n++] = m;
+	memset(&m.u.config_reply, 0, sizeof(m.u.config_reply));
+	out[n++] = m;
+
+	m = sample(LBP_CONFIG_SET);
+	fill(m.u.config_set.key, LBP_MAX_CONFIG_KEY, 'k');
+	fill(m.u.config_set.value, LBP_MAX_CONFIG_VALUE, 'v');
+	out[n++] = m;
+	strcpy(m.u.config_set.key, "k");
+	strcpy(m.u.config_set.value, "v");
+	out[n++] = m;
 	m = sample(LBP_SNAPSHOT_REPLY);
 	m.u.snapshot_reply.entries = m.u.snapshot_reply.bytes = m.u.snapshot_reply.ms = UINT64_MAX;
 	out[n++] = m;
@@ -271,7 +341,7 @@ static size_t all_samples(struct lbp_msg *out)
 	return n;
 }
 
-#define MAX_SAMPLES 40
+#define MAX_SAMPLES 52
 
 static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 {
@@ -357,6 +427,30 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		assert_int_equal(a->u.error.code, b->u.error.code);
 		assert_string_equal(a->u.error.field, b->u.error.field);
 		assert_string_equal(a->u.error.message, b->u.error.message);
+		break;
+	case LBP_FLUSH:
+		assert_memory_equal(&a->u.flush, &b->u.flush, sizeof(a->u.flush));
+		break;
+	case LBP_FLUSH_REPLY:
+		assert_memory_equal(&a->u.flush_reply, &b->u.flush_reply, sizeof(a->u.flush_reply));
+		break;
+	case LBP_CONFIG_GET:
+		assert_string_equal(a->u.config_get.key, b->u.config_get.key);
+		assert_int_equal(a->u.config_get.first, b->u.config_get.first);
+		break;
+	case LBP_CONFIG_REPLY:
+		assert_int_equal(a->u.config_reply.total, b->u.config_reply.total);
+		assert_int_equal(a->u.config_reply.first, b->u.config_reply.first);
+		assert_int_equal(a->u.config_reply.n, b->u.config_reply.n);
+		for (unsigned i = 0; i < a->u.config_reply.n; i++) {
+			assert_string_equal(a->u.config_reply.items[i].key, b->u.config_reply.items[i].key);
+			assert_string_equal(a->u.config_reply.items[i].value,
+					    b->u.config_reply.items[i].value);
+		}
+		break;
+	case LBP_CONFIG_SET:
+		assert_string_equal(a->u.config_set.key, b->u.config_set.key);
+		assert_string_equal(a->u.config_set.value, b->u.config_set.value);
 		break;
 	case LBP_SNAPSHOT_REPLY:
 		assert_memory_equal(&a->u.snapshot_reply, &b->u.snapshot_reply,
@@ -738,7 +832,9 @@ static void paths_collect(const msgpack_object *map, const char *prefix, struct 
 
 static const enum lbp_type body_types[] = {
 	LBP_HELLO, LBP_WELCOME, LBP_REGISTER_MODEL, LBP_MODEL, LBP_STATS_REPLY, LBP_ERROR,
-	LBP_MODEL_STATS, LBP_MODEL_STATS_REPLY, LBP_LOOKUP, LBP_LOOKUP_REPLY, LBP_SNAPSHOT_REPLY,
+	LBP_MODEL_STATS, LBP_MODEL_STATS_REPLY, LBP_LOOKUP, LBP_LOOKUP_REPLY, LBP_FLUSH,
+	LBP_FLUSH_REPLY, LBP_CONFIG_GET, LBP_CONFIG_REPLY, LBP_CONFIG_SET,
+	LBP_SNAPSHOT_REPLY,
 };
 #define N_BODY_TYPES (sizeof(body_types) / sizeof(body_types[0]))
 
@@ -1122,28 +1218,12 @@ static void test_stats_bye_and_snapshot_accept_only_an_empty_map(void **state)
 	}
 }
 
-/* The numbers between LOOKUP_REPLY and SNAPSHOT are reserved: no body table backs them, so
- * a frame with one is refused (field type) before its body is read, and the encoder refuses
- * to make one. */
-static void test_reserved_types_are_refused_both_ways(void **state)
+/* Every number of LBP_TYPE_MIN..LBP_TYPE_MAX is a type; none outside. */
+static void test_type_range(void **state)
 {
-	struct lbp_fault f;
-	struct lbp_msg m;
-	struct raw r;
-	char buf[64], what[32];
-
 	(void)state;
-	for (unsigned t = LBP_LOOKUP_REPLY + 1; t < LBP_SNAPSHOT; t++) {
-		snprintf(what, sizeof(what), "type %u", t);
-		assert_false(lbp_type_known(t));
-		raw_frame(&r, LBP_VERSION, t, 0);
-		expect_fault(raw_decode(&r, NULL, &f), -EBADMSG, &f, "type", "unknown type", what);
-		memset(&m, 0, sizeof(m));
-		m.type = (enum lbp_type)t;
-		assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
-	}
-	assert_true(lbp_type_known(LBP_SNAPSHOT));
-	assert_true(lbp_type_known(LBP_SNAPSHOT_REPLY));
+	for (unsigned t = LBP_TYPE_MIN; t <= LBP_TYPE_MAX; t++)
+		assert_true(lbp_type_known(t));
 	assert_false(lbp_type_known(0));
 	assert_false(lbp_type_known(LBP_TYPE_MAX + 1));
 	assert_false(lbp_type_known(UINT64_MAX));
@@ -1449,6 +1529,34 @@ static const struct range_case ranges[] = {
 	RS(ERROR, "code", error.code, W_I32, -EPROTO, false),
 	RS(ERROR, "code", error.code, W_I32, INT32_MIN, false),
 
+	RU(FLUSH, "model_id", flush.model_id, W_U32, 0, true),
+	RU(FLUSH, "model_id", flush.model_id, W_U32, UINT32_MAX, true),
+	RU(FLUSH, "model_id", flush.model_id, W_U32, UINT32_MAX + 1ull, false),
+	RS(FLUSH, "model_id", flush.model_id, W_U32, -1, false),
+	RS(FLUSH, "layer", flush.layer, W_I32, -1, true),
+	RU(FLUSH, "layer", flush.layer, W_I32, 0, true),
+	RU(FLUSH, "layer", flush.layer, W_I32, LBP_MAX_LAYERS - 1, true),
+	RU(FLUSH, "layer", flush.layer, W_I32, LBP_MAX_LAYERS, false),
+	RS(FLUSH, "layer", flush.layer, W_I32, -2, false),
+	RS(FLUSH, "layer", flush.layer, W_I32, INT32_MIN, false),
+	RU(FLUSH, "layer", flush.layer, W_I32, UINT32_MAX, false),
+
+	RU(FLUSH_REPLY, "entries", flush_reply.entries, W_U64, UINT64_MAX, true),
+	RS(FLUSH_REPLY, "entries", flush_reply.entries, W_U64, -1, false),
+	RU(FLUSH_REPLY, "bytes", flush_reply.bytes, W_U64, 0, true),
+	RS(FLUSH_REPLY, "bytes", flush_reply.bytes, W_U64, -1, false),
+	RS(FLUSH_REPLY, "leased", flush_reply.leased, W_U64, -1, false),
+
+	RU(CONFIG_GET, "first", config_get.first, W_U32, 0, true),
+	RU(CONFIG_GET, "first", config_get.first, W_U32, UINT32_MAX, true),
+	RU(CONFIG_GET, "first", config_get.first, W_U32, UINT32_MAX + 1ull, false),
+	RS(CONFIG_GET, "first", config_get.first, W_U32, -1, false),
+
+	RU(CONFIG_REPLY, "total", config_reply.total, W_U32, UINT32_MAX, true),
+	RU(CONFIG_REPLY, "total", config_reply.total, W_U32, UINT32_MAX + 1ull, false),
+	RS(CONFIG_REPLY, "total", config_reply.total, W_U32, -1, false),
+	RU(CONFIG_REPLY, "first", config_reply.first, W_U32, UINT32_MAX + 1ull, false),
+	RS(CONFIG_REPLY, "first", config_reply.first, W_U32, -7, false),
 	RU(SNAPSHOT_REPLY, "entries", snapshot_reply.entries, W_U64, 0, true),
 	RU(SNAPSHOT_REPLY, "entries", snapshot_reply.entries, W_U64, UINT64_MAX, true),
 	RS(SNAPSHOT_REPLY, "entries", snapshot_reply.entries, W_U64, -1, false),
@@ -1573,6 +1681,30 @@ static const struct str_case strs[] = {
 	SC(ERROR, "message", error.message, LBP_MAX_ERRMSG, false, true, NULL),
 	SC(ERROR, "message", error.message, LBP_MAX_ERRMSG + 1, false, false, "too long"),
 	SC(ERROR, "message", error.message, 30, true, false, "embedded nul"),
+	SC(CONFIG_GET, "key", config_get.key, 0, false, true, NULL),
+	SC(CONFIG_GET, "key", config_get.key, LBP_MAX_CONFIG_KEY, false, true, NULL),
+	SC(CONFIG_GET, "key", config_get.key, LBP_MAX_CONFIG_KEY + 1, false, false, "too long"),
+	SC(CONFIG_GET, "key", config_get.key, 6, true, false, "embedded nul"),
+	SC(CONFIG_SET, "key", config_set.key, 0, false, false, "empty"),
+	SC(CONFIG_SET, "key", config_set.key, 1, false, true, NULL),
+	SC(CONFIG_SET, "key", config_set.key, LBP_MAX_CONFIG_KEY, false, true, NULL),
+	SC(CONFIG_SET, "key", config_set.key, LBP_MAX_CONFIG_KEY + 1, false, false, "too long"),
+	SC(CONFIG_SET, "key", config_set.key, 3, true, false, "embedded nul"),
+	SC(CONFIG_SET, "value", config_set.value, 0, false, false, "empty"),
+	SC(CONFIG_SET, "value", config_set.value, 1, false, true, NULL),
+	SC(CONFIG_SET, "value", config_set.value, LBP_MAX_CONFIG_VALUE, false, true, NULL),
+	SC(CONFIG_SET, "value", config_set.value, LBP_MAX_CONFIG_VALUE + 1, false, false, "too long"),
+	SC(CONFIG_SET, "value", config_set.value, 2, true, false, "embedded nul"),
+	SC(CONFIG_REPLY, "items[1].key", config_reply.items[1].key, 0, false, false, "empty"),
+	SC(CONFIG_REPLY, "items[1].key", config_reply.items[1].key, LBP_MAX_CONFIG_KEY, false, true,
+	   NULL),
+	SC(CONFIG_REPLY, "items[1].key", config_reply.items[1].key, LBP_MAX_CONFIG_KEY + 1, false,
+	   false, "too long"),
+	SC(CONFIG_REPLY, "items[2].value", config_reply.items[2].value, 0, false, false, "empty"),
+	SC(CONFIG_REPLY, "items[2].value", config_reply.items[2].value, LBP_MAX_CONFIG_VALUE + 1,
+	   false, false, "too long"),
+	SC(CONFIG_REPLY, "items[0].value", config_reply.items[0].value, 5, true, false,
+	   "embedded nul"),
 };
 
 static void test_decode_checks_string_lengths_and_nul(void **state)
@@ -1682,6 +1814,61 @@ static void test_arena_count_limits(void **state)
 	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
 }
 
+static void test_config_item_count_limits(void **state)
+{
+	struct lbp_msg m = sample(LBP_CONFIG_REPLY), out;
+	struct lbp_fault f;
+	msgpack_object *arr;
+	msgpack_object elems[LBP_MAX_CONFIG_ITEMS + 1];
+	char buf[1024];
+	struct dom d;
+
+	(void)state;
+	dom_load(&d, &m);
+	arr = dom_find(&d, "items", NULL, NULL);
+	for (unsigned i = 0; i <= LBP_MAX_CONFIG_ITEMS; i++)
+		elems[i] = arr->via.array.ptr[i % 3];
+	arr->via.array.ptr = elems;
+	arr->via.array.size = LBP_MAX_CONFIG_ITEMS + 1;
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "items", "out of range 0..32",
+		     "33 items");
+	arr->via.array.size = LBP_MAX_CONFIG_ITEMS;
+	expect_fault(dom_decode(&d, &out, &f), 0, &f, "", "", "32 items");
+	assert_int_equal(out.u.config_reply.n, LBP_MAX_CONFIG_ITEMS);
+	assert_string_equal(out.u.config_reply.items[31].key, "budget"); /* 31 % 3 */
+	arr->via.array.size = 0;
+	expect_fault(dom_decode(&d, &out, &f), 0, &f, "", "", "no items");
+	assert_int_equal(out.u.config_reply.n, 0);
+	/* An element that is not a map is named by its index. */
+	arr->via.array.size = 2;
+	elems[1] = o_str("tau", 3);
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "items[1]", "wrong type", "str item");
+	dom_free(&d);
+
+	m.u.config_reply.n = LBP_MAX_CONFIG_ITEMS + 1;
+	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
+}
+
+/* PROTOCOL.md 2.3 quotes the largest frames' sizes; the walk's limits must hold them. */
+static void test_largest_frames_are_as_documented(void **state)
+{
+	struct lbp_msg s[MAX_SAMPLES];
+	char buf[LBP_MAX_FRAME];
+	size_t n = all_samples(s), cfg = 0, mst = 0;
+
+	(void)state;
+	for (size_t i = 0; i < n; i++) {
+		size_t len = enc(&s[i], buf, sizeof(buf));
+		if (s[i].type == LBP_CONFIG_REPLY && len > cfg)
+			cfg = len;
+		if (s[i].type == LBP_MODEL_STATS_REPLY && len > mst)
+			mst = len;
+	}
+	printf("largest CONFIG_REPLY %zu bytes, MODEL_STATS_REPLY %zu bytes\n", cfg, mst);
+	assert_int_equal(cfg, 6595);
+	assert_true(mst <= 7483);
+}
+
 /* Small deterministic fuzzing: whatever the decoder accepts, the encoder must accept too. */
 static void test_decode_survives_mutated_frames(void **state)
 {
@@ -1755,8 +1942,6 @@ static void test_encode_rejects_unknown_type(void **state)
 	m.type = (enum lbp_type)0;
 	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
 	m.type = (enum lbp_type)(LBP_TYPE_MAX + 1);
-	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
-	m.type = (enum lbp_type)13; /* reserved */
 	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
 	assert_int_equal(lbp_encode(NULL, buf, sizeof(buf)), -EINVAL);
 }
@@ -1833,11 +2018,15 @@ static void test_type_names(void **state)
 	assert_string_equal(lbp_type_name(LBP_STATS_REPLY), "STATS_REPLY");
 	assert_string_equal(lbp_type_name(LBP_BYE), "BYE");
 	assert_string_equal(lbp_type_name(LBP_ERROR), "ERROR");
+	assert_string_equal(lbp_type_name(LBP_FLUSH), "FLUSH");
+	assert_string_equal(lbp_type_name(LBP_FLUSH_REPLY), "FLUSH_REPLY");
+	assert_string_equal(lbp_type_name(LBP_CONFIG_GET), "CONFIG_GET");
+	assert_string_equal(lbp_type_name(LBP_CONFIG_REPLY), "CONFIG_REPLY");
+	assert_string_equal(lbp_type_name(LBP_CONFIG_SET), "CONFIG_SET");
 	assert_string_equal(lbp_type_name(LBP_SNAPSHOT), "SNAPSHOT");
 	assert_string_equal(lbp_type_name(LBP_SNAPSHOT_REPLY), "SNAPSHOT_REPLY");
 	assert_int_equal(LBP_SNAPSHOT, 18);
 	assert_int_equal(LBP_SNAPSHOT_REPLY, 19);
-	assert_string_equal(lbp_type_name((enum lbp_type)15), "UNKNOWN");
 	assert_string_equal(lbp_type_name((enum lbp_type)0), "UNKNOWN");
 	assert_string_equal(lbp_type_name((enum lbp_type)(LBP_TYPE_MAX + 1)), "UNKNOWN");
 	assert_string_equal(lbp_type_name((enum lbp_type)-1), "UNKNOWN");
@@ -1975,7 +2164,7 @@ int main(void)
 		cmocka_unit_test(test_decode_rejects_other_versions),
 		cmocka_unit_test(test_decode_rejects_bad_top_level_shape),
 		cmocka_unit_test(test_stats_bye_and_snapshot_accept_only_an_empty_map),
-		cmocka_unit_test(test_reserved_types_are_refused_both_ways),
+		cmocka_unit_test(test_type_range),
 		cmocka_unit_test(test_decode_rejects_each_missing_key),
 		cmocka_unit_test(test_decode_rejects_each_duplicate_key),
 		cmocka_unit_test(test_decode_rejects_unknown_key_in_every_map),
@@ -1988,6 +2177,8 @@ int main(void)
 		cmocka_unit_test(test_encode_rejects_unterminated_and_empty_strings),
 		cmocka_unit_test(test_decode_checks_boot_id_length),
 		cmocka_unit_test(test_arena_count_limits),
+		cmocka_unit_test(test_config_item_count_limits),
+		cmocka_unit_test(test_largest_frames_are_as_documented),
 		cmocka_unit_test(test_decode_survives_mutated_frames),
 		cmocka_unit_test(test_encode_rejects_unknown_type),
 		cmocka_unit_test(test_encode_reports_short_buffer_without_overrun),

@@ -133,8 +133,11 @@ static void *worker_main(void *arg)
 			ret = lb_release(w->c, h.lease);
 			if (ret == -ECONNRESET || ret == -ENOTCONN || ret == -ETIMEDOUT)
 				w->gone++;
-			else if (ret != 0)
+			else if (ret != 0) {
+				print_message("worker: release: unexpected %d (%s)\n", ret,
+					      lb_last_error(w->c));
 				w->other_errors++;
+			}
 		} else if (ret == 0 || ret == -ENOENT) {
 			w->misses++;
 		} else if (ret == -ECONNRESET || ret == -ENOTCONN || ret == -ETIMEDOUT) {

@@ -1,44 +1,162 @@
-/* layerbank-ctl: talk to a running layerbankd from the command line.
+/* layerbank-ctl: talk to a running layerbankd from the command line. This file: the command
+ * line, what the commands share (ctl.h), and `stats`.
  * Exit status: 0 done, 1 the daemon could not be reached or refused, 2 bad usage. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "layerbank/layerbank.h"
+#include "ctl.h"
 
 static void usage(FILE *out)
 {
-	fprintf(out, "usage: layerbank-ctl [--socket PATH] COMMAND [ARGS]\n"
-		     "\n"
-		     "commands:\n"
-		     "  stats [--json]   the daemon's counters, as a table or one JSON object\n"
-		     "  snapshot         have the daemon write its snapshot file now (root or the\n"
-		     "                   daemon's user; the daemon must run with --snapshot FILE)\n"
-		     "\n"
-		     "options:\n"
-		     "  -s, --socket PATH  daemon socket (default: $" LB_SOCKET_ENV " or " LB_DEFAULT_SOCKET ")\n"
-		     "  -h, --help         this text\n");
+	fprintf(out,
+		"usage: layerbank-ctl [--socket PATH] COMMAND [ARGS]\n"
+		"\n"
+		"commands:\n"
+		"  stats [--json]                    the daemon's counters, as a table or one JSON object\n"
+		"  top [--interval SECS]             a live view, refreshed every SECS (default 1); q quits\n"
+		"  metrics                           the counters in Prometheus text format 0.0.4\n"
+		"  flush [--model M [--layer L]]     drop cached entries: all, one model's (name or id),\n"
+		"                                    or one layer's; leased ones when released\n"
+		"  config get [KEY]                  run-time settings: every one, or KEY\n"
+		"  config set KEY VALUE              change one: tau, tau.MODEL.LAYER, budget, policy,\n"
+		"                                    spin-us, ttl, half-life, drift-max\n"
+		"  snapshot                          write the snapshot file now (the daemon must run\n"
+		"                                    with --snapshot FILE)\n"
+		"\n"
+		"flush, config set and snapshot need root or the daemon's user.\n"
+		"\n"
+		"options:\n"
+		"  -s, --socket PATH  daemon socket (default: $" LB_SOCKET_ENV " or " LB_DEFAULT_SOCKET ")\n"
+		"  -h, --help         this text\n"
+		"\n"
+		"exit status: 0 done, 1 the daemon could not be reached or refused, 2 bad usage\n");
 }
 
-#define MAX_LAYERS 1024
+/* ---- shared by the commands ---- */
 
-struct model_view {
-	uint32_t id, n_layers;
-	char name[LB_NAME_MAX + 1];
-	struct lb_layer_stats layer[MAX_LAYERS];
-};
+const char *ctl_socket_path(const char *sock)
+{
+	const char *env = getenv(LB_SOCKET_ENV);
 
-static json_object *model_json(const struct model_view *m)
+	if (sock)
+		return sock;
+	return env && *env ? env : LB_DEFAULT_SOCKET;
+}
+
+int ctl_connect(const char *sock, struct lb_client **c)
+{
+	int ret = lb_connect(sock, "layerbank-ctl", c);
+
+	if (ret < 0) {
+		fprintf(stderr, "layerbank-ctl: cannot connect to %s: %s%s\n", ctl_socket_path(sock),
+			strerror(-ret),
+			ret == -ENOENT || ret == -ECONNREFUSED ? " (is layerbankd running?)" :
+			ret == -EACCES ? " (join the socket's group, usually layerbank)" : "");
+		return CTL_FAIL;
+	}
+	return CTL_OK;
+}
+
+int ctl_fail(struct lb_client *c, const char *cmd, int ret)
+{
+	const char *why = c ? lb_last_error(c) : "";
+
+	/* liblayerbank would reconnect on the next call; a one-shot command has none. */
+	if (ret == -ECONNRESET || ret == -ENOTCONN || ret == -EPIPE)
+		why = "layerbankd went away";
+	/* A FLUSH or a lower budget on a huge cache can outlast the library's wait for a reply;
+	 * the daemon still finishes it. */
+	if (ret == -ETIMEDOUT)
+		why = "no answer within 5 s; the daemon may still be at it (its log says when done)";
+
+	fprintf(stderr, "layerbank-ctl: %s: %s\n", cmd, *why ? why : strerror(-ret));
+	return CTL_FAIL;
+}
+
+int ctl_usage_error(const char *cmd, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "layerbank-ctl: %s: ", cmd);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, " (see --help)\n");
+	return CTL_USAGE;
+}
+
+void ctl_view_free(struct ctl_view *v)
+{
+	for (uint32_t i = 0; i < v->n_models; i++)
+		free(v->models[i].layer);
+	free(v->models);
+	memset(v, 0, sizeof(*v));
+}
+
+int ctl_view_read(struct lb_client *c, struct ctl_view *v)
+{
+	static struct lb_layer_stats scratch[1024]; /* LBP_MAX_LAYERS: the most a model has */
+	int ret;
+
+	ctl_view_free(v);
+	ret = lb_stats(c, &v->st, sizeof(v->st));
+	if (ret < 0)
+		return ret;
+	v->models = calloc(v->st.models ? v->st.models : 1, sizeof(*v->models));
+	if (!v->models)
+		return -ENOMEM;
+	/* Model ids are 1..models, never reused. */
+	for (uint32_t id = 1; id <= v->st.models; id++) {
+		struct ctl_model *m = &v->models[v->n_models];
+		ret = lb_model_stats(c, id, m->name, scratch, 1024);
+		if (ret == -ESRCH)
+			continue; /* registered, but its bank could not be made */
+		if (ret < 0)
+			return ret;
+		m->layer = malloc(sizeof(*m->layer) * (size_t)(ret ? ret : 1));
+		if (!m->layer)
+			return -ENOMEM;
+		m->id = id;
+		m->n_layers = (uint32_t)ret;
+		memcpy(m->layer, scratch, sizeof(*m->layer) * m->n_layers);
+		v->n_models++;
+	}
+	return 0;
+}
+
+const struct ctl_model *ctl_view_model(const struct ctl_view *v, const char *name)
+{
+	char *end;
+	unsigned long id;
+
+	for (uint32_t i = 0; i < v->n_models; i++)
+		if (strcmp(v->models[i].name, name) == 0)
+			return &v->models[i];
+	errno = 0;
+	id = strtoul(name, &end, 10);
+	if (*name < '0' || *name > '9' || *end || errno)
+		return NULL;
+	for (uint32_t i = 0; i < v->n_models; i++)
+		if (v->models[i].id == id)
+			return &v->models[i];
+	return NULL;
+}
+
+/* ---- stats ---- */
+
+static json_object *model_json(const struct ctl_model *m)
 {
 	json_object *o = json_object_new_object(), *layers = json_object_new_array();
 	json_object_object_add(o, "id", json_object_new_uint64(m->id));
 	json_object_object_add(o, "name", json_object_new_string(m->name));
 	json_object_object_add(o, "n_layers", json_object_new_uint64(m->n_layers));
-	for (uint32_t l = 0; l < m->n_layers && l < MAX_LAYERS; l++) {
+	for (uint32_t l = 0; l < m->n_layers; l++) {
 		const struct lb_layer_stats *x = &m->layer[l];
 		json_object *j = json_object_new_object();
 		json_object_object_add(j, "hits", json_object_new_uint64(x->hits));
@@ -54,12 +172,12 @@ static json_object *model_json(const struct model_view *m)
 	return o;
 }
 
-static void model_table(const struct model_view *m)
+static void model_table(const struct ctl_model *m)
 {
 	printf("\nmodel %u '%s', %u layers\n", m->id, m->name, m->n_layers);
 	printf("  %5s %10s %10s %6s %9s %9s %8s %9s %7s\n", "layer", "hits", "misses", "hit%",
 	       "inserts", "evicted", "entries", "MiB", "leases");
-	for (uint32_t l = 0; l < m->n_layers && l < MAX_LAYERS; l++) {
+	for (uint32_t l = 0; l < m->n_layers; l++) {
 		const struct lb_layer_stats *x = &m->layer[l];
 		uint64_t n = x->hits + x->misses;
 		printf("  %5u %10" PRIu64 " %10" PRIu64 " %6.1f %9" PRIu64 " %9" PRIu64 " %8" PRIu64
@@ -69,11 +187,12 @@ static void model_table(const struct model_view *m)
 	}
 }
 
-static int print_stats_json(const struct lb_stats *st, const struct model_view *mv, uint32_t n_models)
+static void print_stats_json(const struct ctl_view *v)
 {
+	const struct lb_stats *st = &v->st;
 	json_object *o = json_object_new_object(), *models = json_object_new_array();
-	for (uint32_t i = 0; i < n_models; i++)
-		json_object_array_add(models, model_json(&mv[i]));
+	for (uint32_t i = 0; i < v->n_models; i++)
+		json_object_array_add(models, model_json(&v->models[i]));
 	json_object_object_add(o, "page_size", json_object_new_uint64(st->page_size));
 	json_object_object_add(o, "arena_bytes", json_object_new_uint64(st->arena_bytes));
 	json_object_object_add(o, "numa_nodes", json_object_new_uint64(st->numa_nodes));
@@ -98,7 +217,6 @@ static int print_stats_json(const struct lb_stats *st, const struct model_view *
 	json_object_object_add(o, "per_model", models);
 	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
-	return 0;
 }
 
 static void print_stats_table(const struct lb_stats *st)
@@ -123,86 +241,40 @@ static void print_stats_table(const struct lb_stats *st)
 	printf("%-12s %" PRIu64 " inserts over a client's quota\n", "refused", st->quota_refusals);
 }
 
-static int connect_or_say(const char *sock, struct lb_client **c)
+int ctl_cmd_stats(const char *sock, int argc, char **argv)
 {
-	int ret = lb_connect(sock, "layerbank-ctl", c);
-	if (ret < 0)
-		fprintf(stderr, "layerbank-ctl: cannot connect to %s: %s%s\n",
-			sock ? sock : "the default socket", strerror(-ret),
-			ret == -ENOENT || ret == -ECONNREFUSED ? " (is layerbankd running?)" : "");
-	return ret;
-}
-
-static int cmd_snapshot(const char *sock, int argc, char **argv)
-{
-	struct lb_snapshot_info info;
+	struct ctl_view v = { 0 };
 	struct lb_client *c;
-	int ret;
-
-	if (argc > 1) {
-		fprintf(stderr, "layerbank-ctl: snapshot: unknown argument '%s'\n", argv[1]);
-		return 2;
-	}
-	if (connect_or_say(sock, &c) < 0)
-		return 1;
-	ret = lb_snapshot(c, &info);
-	if (ret < 0) {
-		fprintf(stderr, "layerbank-ctl: snapshot: %s\n",
-			*lb_last_error(c) ? lb_last_error(c) : strerror(-ret));
-		lb_close(c);
-		return 1;
-	}
-	lb_close(c);
-	printf("snapshot written: %" PRIu64 " entries, %" PRIu64 " bytes (%.1f MiB), %" PRIu64 " ms\n",
-	       info.entries, info.bytes, (double)info.bytes / (1 << 20), info.ms);
-	return 0;
-}
-
-static int cmd_stats(const char *sock, int argc, char **argv)
-{
-	struct lb_client *c;
-	struct lb_stats st;
 	int json = 0, ret;
 
 	for (int i = 1; i < argc; i++) {
-		if (strcmp(argv[i], "--json") == 0) {
+		if (strcmp(argv[i], "--json") == 0)
 			json = 1;
-		} else {
-			fprintf(stderr, "layerbank-ctl: stats: unknown argument '%s'\n", argv[i]);
-			return 2;
-		}
+		else
+			return ctl_usage_error("stats", "unknown argument '%s'", argv[i]);
 	}
-	if (connect_or_say(sock, &c) < 0)
-		return 1;
-	ret = lb_stats(c, &st, sizeof(st));
+	if (ctl_connect(sock, &c))
+		return CTL_FAIL;
+	ret = ctl_view_read(c, &v);
 	if (ret < 0) {
-		fprintf(stderr, "layerbank-ctl: stats: %s\n", *lb_last_error(c) ? lb_last_error(c) : strerror(-ret));
+		ret = ctl_fail(c, "stats", ret);
+		ctl_view_free(&v);
 		lb_close(c);
-		return 1;
-	}
-	/* Model ids are 1..models, never reused. */
-	struct model_view *mv = calloc(st.models ? st.models : 1, sizeof(*mv));
-	uint32_t n_models = 0;
-	for (uint32_t id = 1; mv && id <= st.models; id++) {
-		struct model_view *m = &mv[n_models];
-		ret = lb_model_stats(c, id, m->name, m->layer, MAX_LAYERS);
-		if (ret < 0)
-			continue; /* registered, but its bank could not be made */
-		m->id = id;
-		m->n_layers = (uint32_t)ret;
-		n_models++;
+		return ret;
 	}
 	lb_close(c);
 	if (json) {
-		print_stats_json(&st, mv, n_models);
+		print_stats_json(&v);
 	} else {
-		print_stats_table(&st);
-		for (uint32_t i = 0; i < n_models; i++)
-			model_table(&mv[i]);
+		print_stats_table(&v.st);
+		for (uint32_t i = 0; i < v.n_models; i++)
+			model_table(&v.models[i]);
 	}
-	free(mv);
-	return 0;
+	ctl_view_free(&v);
+	return CTL_OK;
 }
+
+/* ---- the command line ---- */
 
 int main(int argc, char **argv)
 {
@@ -210,6 +282,14 @@ int main(int argc, char **argv)
 		{ "socket", required_argument, NULL, 's' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
+	};
+	static const struct {
+		const char *name;
+		int (*run)(const char *sock, int argc, char **argv);
+	} cmds[] = {
+		{ "stats", ctl_cmd_stats },	{ "top", ctl_cmd_top },
+		{ "metrics", ctl_cmd_metrics }, { "flush", ctl_cmd_flush },
+		{ "config", ctl_cmd_config },	{ "snapshot", ctl_cmd_snapshot },
 	};
 	const char *sock = NULL;
 	int ch;
@@ -223,21 +303,20 @@ int main(int argc, char **argv)
 			break;
 		case 'h':
 			usage(stdout);
-			return 0;
+			return CTL_OK;
 		default:
 			fprintf(stderr, "layerbank-ctl: %s '%s'; see --help\n",
 				ch == ':' ? "missing value for" : "unknown option", argv[optind - 1]);
-			return 2;
+			return CTL_USAGE;
 		}
 	}
 	if (optind >= argc) {
 		usage(stderr);
-		return 2;
+		return CTL_USAGE;
 	}
-	if (strcmp(argv[optind], "stats") == 0)
-		return cmd_stats(sock, argc - optind, argv + optind);
-	if (strcmp(argv[optind], "snapshot") == 0)
-		return cmd_snapshot(sock, argc - optind, argv + optind);
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (strcmp(argv[optind], cmds[i].name) == 0)
+			return cmds[i].run(sock, argc - optind, argv + optind);
 	fprintf(stderr, "layerbank-ctl: unknown command '%s'; see --help\n", argv[optind]);
-	return 2;
+	return CTL_USAGE;
 }

@@ -147,6 +147,58 @@ struct lb_snapshot_info {
  */
 int lb_snapshot(struct lb_client *c, struct lb_snapshot_info *out);
 
+/* ---- administration: FLUSH and run-time settings ---- */
+
+/* What lb_flush dropped. */
+struct lb_flush_result {
+	uint64_t entries; /* taken out of the cache: no lookup finds them again */
+	uint64_t bytes;   /* their arena bytes */
+	uint64_t leased;  /* of those, held by a lease: freed when their last lease is released */
+};
+
+/*
+ * Drop cached entries: of every model (model_id 0, layer -1), of one model (layer -1) or of
+ * one layer of one model. An entry under lease stays readable and unchanged for its holder
+ * until lb_release; it is freed then. Needs root or the daemon's own user.
+ * out may be NULL.
+ * @return 0; -EPERM (not root or the daemon's user); -ESRCH (no such model); -EINVAL (layer
+ *         out of the model's range, below -1, or a layer with model_id 0); -EPIPE/-ECONNRESET;
+ *         -EPROTO. lb_last_error says why.
+ */
+int lb_flush(struct lb_client *c, uint32_t model_id, int32_t layer, struct lb_flush_result *out);
+
+#define LB_CONFIG_KEY_MAX 127
+#define LB_CONFIG_VALUE_MAX 63
+
+/* One run-time setting as text, as in layerbankd's config file: "budget" = "64M". */
+struct lb_config_item {
+	char key[LB_CONFIG_KEY_MAX + 1];
+	char value[LB_CONFIG_VALUE_MAX + 1];
+};
+
+/*
+ * Read run-time settings: key NULL or "" every one (tau, budget, policy, spin-us, ttl,
+ * half-life, drift-max, then tau.MODEL.LAYER for every layer with a threshold of its own),
+ * "tau.MODEL" every layer's threshold of that model, else the one setting. Up to max items
+ * into out.
+ * @return the number of items the key matched (may exceed max; only max were filled);
+ *         -ENOENT (no such setting: lb_last_error lists them); -EINVAL (key longer than
+ *         LB_CONFIG_KEY_MAX, out NULL with max > 0); -EPIPE/-ECONNRESET; -EPROTO.
+ */
+int lb_config_get(struct lb_client *c, const char *key, struct lb_config_item *out, uint32_t max);
+
+/*
+ * Change one run-time setting, with the syntax and checks of the config file (tau 0.95,
+ * budget 512M, policy lru|decay|ttl, spin-us 0..1000000, ttl and half-life in seconds,
+ * drift-max; tau.MODEL.LAYER a number or "default"); '_' may stand for '-' in a name. A lower
+ * budget evicts down to it at once, never an entry under lease. Needs root or the daemon's
+ * own user. now (may be NULL) receives the setting as in effect afterwards.
+ * @return 0; -EPERM (not root or the daemon's user); -ENOENT (no such setting); -EINVAL (value
+ *         refused, or key or value empty or too long); -EPIPE/-ECONNRESET; -EPROTO.
+ *         lb_last_error says why, in one line.
+ */
+int lb_config_set(struct lb_client *c, const char *key, const char *value, struct lb_config_item *now);
+
 /* Number of arenas mapped and the read-only base and size of arena i (NULL when out of range). */
 unsigned lb_arena_count(const struct lb_client *c);
 const void *lb_arena_base(const struct lb_client *c, unsigned i, size_t *bytes);
