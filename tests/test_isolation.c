@@ -185,6 +185,21 @@ static int lookup(struct lb_client *c, uint32_t model_id, uint64_t id)
 	return ret;
 }
 
+/* A hit kept (not released) until release_held: its lease pins the entry. */
+static struct lb_hit held;
+
+static int lookup_held(struct lb_client *c, uint32_t model_id, uint64_t id)
+{
+	struct lb_key k;
+	key_make(&k, id);
+	return lb_lookup_deepest(c, model_id, &k, NULL, 0, &held);
+}
+
+static void release_held(struct lb_client *c)
+{
+	assert_int_equal(lb_release(c, held.lease), 0);
+}
+
 /* ---- raw control frames: the socket's LOOKUP and the HELLO's granted region ---- */
 
 static uint8_t raw_buf[LBP_MAX_FRAME + 1];
@@ -539,7 +554,8 @@ static void test_staging_capped_by_client_staging_max(void **state)
 
 /* client-insert-bytes: a client's entries hold at most that many arena bytes. The insert past
  * it is -EDQUOT (counted in STATS, evicting nothing); other clients have their own; the bytes
- * come back when the policy evicts the entries, also after their inserter left. */
+ * come back when the policy evicts the entries, also after their inserter left, and when they
+ * are flushed (a leased one when its lease ends). */
 static void test_insert_quota(void **state)
 {
 	(void)state;
@@ -609,6 +625,20 @@ static void test_insert_quota(void **state)
 	for (uint64_t i = 0; i < 4; i++)
 		assert_int_equal(insert(d, id, 400 + i), 0);
 	assert_int_equal(insert(d, id, 404), -EDQUOT);
+
+	/* A flush gives the bytes back too; an entry flushed under a lease holds its bytes, and
+	 * its inserter's quota, until the lease ends. */
+	assert_int_equal(lookup_held(d, id, 400), 0);
+	struct lb_flush_result fr;
+	assert_int_equal(lb_flush(d, 0, -1, &fr), 0); /* the test runs as the daemon's user */
+	assert_int_equal(fr.entries, 6);
+	assert_int_equal(fr.leased, 1);
+	for (uint64_t i = 0; i < 3; i++)
+		assert_int_equal(insert(d, id, 410 + i), 0);
+	assert_int_equal(insert(d, id, 413), -EDQUOT);
+	release_held(d);
+	assert_int_equal(insert(d, id, 413), 0);
+	assert_int_equal(insert(d, id, 414), -EDQUOT);
 	bye(d);
 	stop_daemon();
 }
