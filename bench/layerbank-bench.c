@@ -143,11 +143,14 @@ static void make_key(struct lb_key *k, uint64_t seed)
 	k->seq_len = SEQ;
 }
 
+static const struct lb_model_desc bench_model = { .name = "bench-bert-base", .weights_hash = 42,
+						 .n_layers = LAYERS, .hidden = HIDDEN,
+						 .dtype = LB_DTYPE_F32, .max_seq = 512 };
+
 static struct lb_client *client(uint32_t *model)
 {
 	struct lb_client *c;
-	struct lb_model_desc d = { .name = "bench-bert-base", .weights_hash = 42, .n_layers = LAYERS,
-				   .hidden = HIDDEN, .dtype = LB_DTYPE_F32, .max_seq = 512 };
+	struct lb_model_desc d = bench_model;
 	int ret = lb_connect(sock_path, "layerbank-bench", &c);
 	if (ret < 0)
 		die("lb_connect", -ret);
@@ -214,6 +217,23 @@ static void socket_latency(uint32_t model, const struct lb_key *k, uint64_t *ns,
 		for (size_t i = 0; i < nf; i++)
 			close(fds[i]);
 	}
+	/* A connection names only the models it registered itself. */
+	m.type = LBP_REGISTER_MODEL;
+	memset(&m.u.reg, 0, sizeof(m.u.reg));
+	snprintf(m.u.reg.name, sizeof(m.u.reg.name), "%s", bench_model.name);
+	m.u.reg.weights_hash = bench_model.weights_hash;
+	m.u.reg.n_layers = bench_model.n_layers;
+	m.u.reg.hidden = bench_model.hidden;
+	m.u.reg.dtype = (uint32_t)bench_model.dtype;
+	m.u.reg.max_seq = bench_model.max_seq;
+	m.u.reg.fp = (struct lbp_fp_spec){ .chunks = 4, .bits = 256, .seed = bench_model.fp_seed };
+	len = lbp_encode(&m, buf, sizeof(buf));
+	if (len < 0 || send(fd, buf, (size_t)len, 0) != len)
+		die("send REGISTER_MODEL", errno);
+	ssize_t got = recv(fd, buf, sizeof(buf), 0);
+	if (got <= 0 || lbp_decode(buf, (size_t)got, &rep, NULL) < 0 || rep.type != LBP_MODEL ||
+	    rep.u.model.model_id != model)
+		die("REGISTER_MODEL over the socket", EPROTO);
 	m.type = LBP_LOOKUP;
 	memset(&m.u.lookup, 0, sizeof(m.u.lookup));
 	m.u.lookup.model_id = model;

@@ -4,7 +4,9 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -36,6 +38,11 @@ void lbd_config_defaults(struct lbd_config *c)
 	c->drift_max = LBD_DEFAULT_DRIFT_MAX;
 	c->tau = LBD_DEFAULT_TAU;
 	c->budget = 0;
+	c->socket_mode = LBD_DEFAULT_SOCKET_MODE;
+	c->socket_gid = LBD_SOCKET_GROUP_OWN;
+	c->n_allow = 0;
+	c->client_staging_max = LBD_DEFAULT_STAGING_MAX;
+	c->client_insert_bytes = 0;
 }
 
 /* Binary multiple for a suffix letter, as a shift; -1 when it is not one. */
@@ -306,6 +313,195 @@ static int set_budget(struct lbd_config *c, const char *v, const char *who, char
 	return 0;
 }
 
+/* Octal permission bits: the owner keeps read and write, or the daemon's own user (and a
+ * second daemon checking whether this one is live) could not connect. */
+static int set_socket_mode(struct lbd_config *c, const char *v, const char *who, char *err,
+			   size_t errlen)
+{
+	unsigned mode = 0;
+	const char *p = v;
+
+	for (; *p >= '0' && *p <= '7' && p - v < 4; p++)
+		mode = mode * 8 + (unsigned)(*p - '0');
+	if (p == v || *p || mode > 0777) {
+		lbp_errf(err, errlen, "%s: '%s' is not an octal mode 0600..0777 (such as 0660)", who, v);
+		return -EINVAL;
+	}
+	if ((mode & 0600) != 0600) {
+		lbp_errf(err, errlen, "%s: '%s' leaves the owner without read and write (0600)", who, v);
+		return -EINVAL;
+	}
+	c->socket_mode = mode;
+	return 0;
+}
+
+/* Digits only, below the invalid id (uid_t)-1. @return 0, or -1 when v is not that. */
+static int parse_id(const char *v, uint32_t *out)
+{
+	uint64_t n = 0;
+	const char *p = v;
+
+	for (; *p >= '0' && *p <= '9' && n < UINT32_MAX; p++)
+		n = n * 10 + (uint64_t)(*p - '0');
+	if (p == v || *p || n >= UINT32_MAX)
+		return -1;
+	*out = (uint32_t)n;
+	return 0;
+}
+
+/* A group name or gid, resolved now, so that --check-config catches an unknown one; 'none'
+ * keeps the daemon's own group. */
+static int set_socket_group(struct lbd_config *c, const char *v, const char *who, char *err,
+			    size_t errlen)
+{
+	struct group gr, *res = NULL;
+	char buf[4096];
+	uint32_t gid;
+
+	if (strcmp(v, "none") == 0) {
+		c->socket_gid = LBD_SOCKET_GROUP_OWN;
+		return 0;
+	}
+	if (parse_id(v, &gid) == 0) {
+		c->socket_gid = gid;
+		return 0;
+	}
+	int rc = getgrnam_r(v, &gr, buf, sizeof(buf), &res);
+	if (!res) {
+		lbp_errf(err, errlen, "%s: '%s' is not a group name or gid%s%s", who, v,
+			 rc ? ": " : "", rc ? strerror(rc) : "");
+		return -EINVAL;
+	}
+	c->socket_gid = gr.gr_gid;
+	return 0;
+}
+
+/* One user of a model-allow list: a uid, or a name resolved now. */
+static int allow_user(const char *item, uint32_t *uid, const char *who, char *err, size_t errlen)
+{
+	struct passwd pw, *res = NULL;
+	char buf[4096];
+
+	if (parse_id(item, uid) == 0)
+		return 0;
+	int rc = getpwnam_r(item, &pw, buf, sizeof(buf), &res);
+	if (!res) {
+		lbp_errf(err, errlen, "%s: '%s' is not a user name or uid%s%s", who, item,
+			 rc ? ": " : "", rc ? strerror(rc) : "");
+		return -EINVAL;
+	}
+	*uid = pw.pw_uid;
+	return 0;
+}
+
+/*
+ * "MODEL USER[,USER...]": the model name is everything before the last blank (it may hold
+ * blanks), the users a comma list without blanks. 'none' adds nothing: the example config's
+ * default. The users are resolved now, so that --check-config catches an unknown one.
+ */
+static int set_model_allow(struct lbd_config *c, const char *v, const char *who, char *err,
+			   size_t errlen)
+{
+	struct lbd_model_allow a;
+	const char *sp = NULL;
+
+	if (strcmp(v, "none") == 0)
+		return 0;
+	memset(&a, 0, sizeof(a));
+	for (const char *p = v; *p; p++)
+		if (*p == ' ' || *p == '\t')
+			sp = p;
+	const char *list = sp ? sp + 1 : v;
+	const char *end = sp;
+	while (end && end > v && (end[-1] == ' ' || end[-1] == '\t'))
+		end--;
+	size_t len = end ? (size_t)(end - v) : 0;
+	if (!sp || len == 0 || *list == '\0') {
+		lbp_errf(err, errlen, "%s: '%s' is not 'MODEL USER[,USER...]'", who, v);
+		return -EINVAL;
+	}
+	if (len > LBP_MAX_NAME) {
+		lbp_errf(err, errlen, "%s: model name of %zu bytes, at most %u: '%.*s'", who, len,
+			 LBP_MAX_NAME, (int)len, v);
+		return -EINVAL;
+	}
+	memcpy(a.model, v, len);
+	for (const char *p = list; *p;) {
+		char item[256];
+		size_t n = strcspn(p, ",");
+		if (n == 0 || n >= sizeof(item)) {
+			lbp_errf(err, errlen, "%s: '%s': %s user in the list", who, list,
+				 n ? "too long a" : "an empty");
+			return -EINVAL;
+		}
+		if (a.n_uids == LBD_MAX_ALLOW_UIDS) {
+			lbp_errf(err, errlen, "%s: more than %u users for model '%s'", who,
+				 LBD_MAX_ALLOW_UIDS, a.model);
+			return -EINVAL;
+		}
+		memcpy(item, p, n);
+		item[n] = '\0';
+		int rc = allow_user(item, &a.uids[a.n_uids], who, err, errlen);
+		if (rc < 0)
+			return rc;
+		a.n_uids++;
+		p += n;
+		if (*p == ',' && *++p == '\0') {
+			lbp_errf(err, errlen, "%s: '%s': an empty user in the list", who, list);
+			return -EINVAL;
+		}
+	}
+	if (lbd_config_model_allow(c, a.model)) {
+		lbp_errf(err, errlen, "%s: model '%s' has an allow-list already (one line per model)",
+			 who, a.model);
+		return -EINVAL;
+	}
+	if (c->n_allow == LBD_MAX_ALLOW_MODELS) {
+		lbp_errf(err, errlen, "%s: more than %u models with an allow-list", who,
+			 LBD_MAX_ALLOW_MODELS);
+		return -EINVAL;
+	}
+	c->allow[c->n_allow++] = a;
+	return 0;
+}
+
+const struct lbd_model_allow *lbd_config_model_allow(const struct lbd_config *c, const char *model)
+{
+	for (unsigned i = 0; i < c->n_allow; i++)
+		if (strcmp(c->allow[i].model, model) == 0)
+			return &c->allow[i];
+	return NULL;
+}
+
+/* Whole pages, within what HELLO can ask for (LBP_MAX_STAGING). */
+static int set_staging_max(struct lbd_config *c, const char *v, const char *who, char *err,
+			   size_t errlen)
+{
+	uint64_t size;
+	int rc = lbd_parse_size(v, &size);
+
+	if (rc < 0 || size < 4096 || size > LBD_MAX_STAGING_MAX || size % 4096) {
+		lbp_errf(err, errlen, "%s: '%s' is not a multiple of 4096 from 4096 to 4G", who, v);
+		return -EINVAL;
+	}
+	c->client_staging_max = size;
+	return 0;
+}
+
+static int set_insert_bytes(struct lbd_config *c, const char *v, const char *who, char *err,
+			    size_t errlen)
+{
+	uint64_t size;
+	int rc = lbd_parse_size(v, &size);
+
+	if (rc < 0 || size > LBD_MAX_ARENA_SIZE) {
+		lbp_errf(err, errlen, "%s: '%s' is not a size up to 1T (0: no limit)", who, v);
+		return -EINVAL;
+	}
+	c->client_insert_bytes = size;
+	return 0;
+}
+
 /* A file the daemon writes at stop and reads at start; "none" for no snapshot. A relative
  * path is made absolute here: the daemon leaves its working folder when it detaches. */
 static int set_snapshot(struct lbd_config *c, const char *v, const char *who, char *err,
@@ -360,6 +556,11 @@ enum {
 	OPT_BUDGET,
 	OPT_SNAPSHOT,
 	OPT_CHECK_CONFIG,
+	OPT_SOCKET_MODE,
+	OPT_SOCKET_GROUP,
+	OPT_MODEL_ALLOW,
+	OPT_STAGING_MAX,
+	OPT_INSERT_BYTES,
 };
 
 /* The keys a config file may set, which are also the options taking a value or a flag. */
@@ -370,6 +571,9 @@ struct config_key {
 	const char *what; /* named in "missing value" messages */
 	setter_fn set;
 };
+
+/* A list: may appear on several lines (and options), one per model. */
+#define KEY_REPEATS(k) ((k)->val == OPT_MODEL_ALLOW)
 
 static const struct config_key keys[] = {
 	{ "socket", 's', required_argument, "a socket path", set_socket },
@@ -387,6 +591,11 @@ static const struct config_key keys[] = {
 	{ "tau", OPT_TAU, required_argument, "a similarity -1..1", set_tau },
 	{ "budget", OPT_BUDGET, required_argument, "a size", set_budget },
 	{ "snapshot", OPT_SNAPSHOT, required_argument, "a file path or 'none'", set_snapshot },
+	{ "socket-mode", OPT_SOCKET_MODE, required_argument, "an octal mode such as 0660", set_socket_mode },
+	{ "socket-group", OPT_SOCKET_GROUP, required_argument, "a group name or gid", set_socket_group },
+	{ "model-allow", OPT_MODEL_ALLOW, required_argument, "MODEL USER[,USER...]", set_model_allow },
+	{ "client-staging-max", OPT_STAGING_MAX, required_argument, "a size", set_staging_max },
+	{ "client-insert-bytes", OPT_INSERT_BYTES, required_argument, "a size", set_insert_bytes },
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -422,6 +631,11 @@ static const struct option long_options[] = {
 	{ "tau", required_argument, NULL, OPT_TAU },
 	{ "budget", required_argument, NULL, OPT_BUDGET },
 	{ "snapshot", required_argument, NULL, OPT_SNAPSHOT },
+	{ "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
+	{ "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
+	{ "model-allow", required_argument, NULL, OPT_MODEL_ALLOW },
+	{ "client-staging-max", required_argument, NULL, OPT_STAGING_MAX },
+	{ "client-insert-bytes", required_argument, NULL, OPT_INSERT_BYTES },
 	{ "config", required_argument, NULL, 'c' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, OPT_VERSION },
@@ -510,7 +724,7 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 		char *value = trim(eq + 1);
 		const struct config_key *k = key_by_name(name);
 		if (!k) {
-			char list[256] = "";
+			char list[512] = "";
 			size_t used = 0;
 			for (size_t i = 0; i < N_KEYS; i++) {
 				int w = snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "",
@@ -523,7 +737,7 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 			return -EINVAL;
 		}
 		size_t ki = (size_t)(k - keys);
-		if (first_line[ki]) {
+		if (first_line[ki] && !KEY_REPEATS(k)) {
 			lbp_errf(err, errlen, "%s:%u: %s: set again (first on line %u)", path, lineno,
 				name, first_line[ki]);
 			return -EINVAL;
@@ -714,6 +928,7 @@ int lbd_config_parse_args(struct lbd_config *c, int argc, char **argv, char *err
 	/* Second pass: the shape is known good, so only values can fail now. */
 	optind = 0;
 	opterr = 0;
+	bool allow_from_cli = false;
 	while ((ret = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
 		const struct config_key *k = key_by_val(ret);
 		char who[64];
@@ -724,6 +939,11 @@ int lbd_config_parse_args(struct lbd_config *c, int argc, char **argv, char *err
 		}
 		if (!k)
 			continue; /* --config, handled above */
+		/* A list wins as a whole: the options replace the file's model-allow lines. */
+		if (ret == OPT_MODEL_ALLOW && !allow_from_cli) {
+			tmp.n_allow = 0;
+			allow_from_cli = true;
+		}
 		snprintf(who, sizeof(who), "--%s", k->name);
 		if (k->set(&tmp, k->has_arg ? optarg : "true", who, err, errlen) < 0)
 			return -EINVAL;
@@ -734,10 +954,11 @@ int lbd_config_parse_args(struct lbd_config *c, int argc, char **argv, char *err
 
 void lbd_config_usage(FILE *out)
 {
-	char size[32], max[32];
+	char size[32], max[32], staging[32];
 
 	lbd_format_size(size, sizeof(size), LBD_DEFAULT_ARENA_SIZE);
 	lbd_format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
+	lbd_format_size(staging, sizeof(staging), LBD_DEFAULT_STAGING_MAX);
 	fprintf(out,
 		"Usage: layerbankd [OPTION]...\n"
 		"Hold transformer layer activations in a shared-memory arena for local clients.\n"
@@ -761,6 +982,16 @@ void lbd_config_usage(FILE *out)
 		"      --budget SIZE        bytes entries may use (default 0: the whole arena)\n"
 		"      --snapshot FILE      write the cache to FILE at stop (and on SNAPSHOT), restore\n"
 		"                           it at start; 'none' for no snapshot (the default)\n"
+		"      --socket-mode MODE   octal permissions of the socket it binds (default 0660)\n"
+		"      --socket-group GROUP its group, a name or gid (default none: the daemon's)\n"
+		"      --model-allow 'MODEL USER[,USER...]'\n"
+		"                           only these users (names or uids) may register MODEL;\n"
+		"                           repeat per model; a model without a list is open to all\n"
+		"      --client-staging-max SIZE\n"
+		"                           largest staging buffer one client is given (default %s)\n"
+		"      --client-insert-bytes SIZE\n"
+		"                           arena bytes one client's entries may hold at once; more\n"
+		"                           is refused with EDQUOT (default 0: no limit)\n"
 		"  -c, --config FILE        read 'key = value' lines first; the keys are the long\n"
 		"                           options above without dashes (foreground = true|false),\n"
 		"                           and the command line wins over the file\n"
@@ -777,5 +1008,5 @@ void lbd_config_usage(FILE *out)
 		"Exit status: 0 clean stop, 1 start-up or runtime failure, 2 bad option or config.\n",
 		LBD_DEFAULT_SOCKET, max, size, LBD_MAX_NUMA_NODE, LBD_DEFAULT_THREADS,
 		LBD_DEFAULT_SPIN_US, LBD_DEFAULT_TTL_S, LBD_DEFAULT_HALF_LIFE_S, LBD_DEFAULT_DRIFT_MAX,
-		LBD_DEFAULT_TAU);
+		LBD_DEFAULT_TAU, staging);
 }

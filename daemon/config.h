@@ -29,6 +29,19 @@
 #define LBD_DEFAULT_DRIFT_MAX 0.05
 #define LBD_DEFAULT_TTL_S 3600u
 #define LBD_DEFAULT_HALF_LIFE_S 300u
+#define LBD_DEFAULT_SOCKET_MODE 0660u
+#define LBD_SOCKET_GROUP_OWN (-1)      /* socket_gid: keep the daemon's own group */
+#define LBD_MAX_ALLOW_MODELS 64u       /* model-allow lines */
+#define LBD_MAX_ALLOW_UIDS 32u         /* users on one model-allow line */
+#define LBD_DEFAULT_STAGING_MAX (1ull << 30)
+#define LBD_MAX_STAGING_MAX (1ull << 32) /* LBP_MAX_STAGING */
+
+/* The uids that may register one model (model-allow); a model without one is open to all. */
+struct lbd_model_allow {
+	char model[LBP_MAX_NAME + 1];
+	uint32_t n_uids;
+	uint32_t uids[LBD_MAX_ALLOW_UIDS];
+};
 
 struct lbd_config {
 	char socket_path[108];        /* sizeof(sun_path) */
@@ -46,6 +59,12 @@ struct lbd_config {
 	double tau;                   /* default similarity threshold, -1..1 */
 	uint64_t budget;              /* bytes entries may use, 0: the whole arena */
 	char snapshot_path[PATH_MAX]; /* absolute; "" (the default, "none"): no snapshot */
+	unsigned socket_mode;         /* permission bits of the bound socket, 0600..0777 */
+	int64_t socket_gid;           /* its group, or LBD_SOCKET_GROUP_OWN */
+	struct lbd_model_allow allow[LBD_MAX_ALLOW_MODELS]; /* model-allow lines, n_allow used */
+	unsigned n_allow;
+	uint64_t client_staging_max;  /* largest staging a client is granted, a multiple of 4096 */
+	uint64_t client_insert_bytes; /* arena bytes one client's entries may hold; 0: no limit */
 	bool check_only;              /* --check-config: validate, print, exit 0 (no file key) */
 };
 
@@ -77,6 +96,9 @@ int lbd_config_parse_args(struct lbd_config *c, int argc, char **argv, char *err
 
 /* Load "key = value" lines from path into c. @return 0 or -errno with err set ("FILE:LINE: ..."). */
 int lbd_config_load_file(struct lbd_config *c, const char *path, char *err, size_t errlen);
+
+/* The allow-list of model name, or NULL when the model is open to every client. */
+const struct lbd_model_allow *lbd_config_model_allow(const struct lbd_config *c, const char *model);
 
 /* The usage text printed by --help. */
 void lbd_config_usage(FILE *out);

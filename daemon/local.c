@@ -137,6 +137,7 @@ int lbd_local_register(struct lbd_local *l, const struct lb_model_desc *d, uint3
 	ret = lbd_store_add_model(l->store, id, &back.u.reg);
 	if (ret < 0)
 		return ret;
+	lbd_dpclient_allow(l->dp, id);
 	*model_id = id;
 	return 0;
 }

@@ -215,6 +215,14 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 		conn_error(c, true, e, "staging_bytes", text);
 		return;
 	}
+	/* Every client has an account, limited or not: its entries' bytes are counted alike. */
+	c->dp->account = lbd_store_account_open(s->store, s->cfg->client_insert_bytes);
+	if (!c->dp->account) {
+		lbd_dpclient_free(s->store, c->dp);
+		c->dp = NULL;
+		conn_error(c, true, ENOMEM, "staging_bytes", "cannot make the client's insert account");
+		return;
+	}
 	c->hello = true;
 	c->client_id = s->next_client_id++;
 	s->n_clients++;
@@ -240,12 +248,37 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 	conn_reply(c, &m, fds, s->n_arenas + 1);
 }
 
+/* The model's allow-list (model-allow) names the peer's uid, or the model has none. Root and
+ * the daemon's own user are not special: a list that wants them names them. */
+static bool may_register(const struct lbd_conn *c, const char *model)
+{
+	const struct lbd_model_allow *a = lbd_config_model_allow(c->s->cfg, model);
+
+	if (!a)
+		return true;
+	for (uint32_t i = 0; i < a->n_uids; i++)
+		if (a->uids[i] == (uint32_t)c->cred.uid && c->cred.uid != (uid_t)-1)
+			return true;
+	return false;
+}
+
 static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
 {
 	struct lbp_msg m = { .type = LBP_MODEL };
 	const char *field = "";
 	char why[LBP_MAX_ERRMSG];
 	uint32_t id = 0;
+
+	/* Before the registry: a user who may not use a model may not create it either (and so
+	 * cannot take its name with other weights first, nor retire a snapshot's model). */
+	if (!may_register(c, d->name)) {
+		snprintf(why, sizeof(why), "model '%s' is not open to uid %u (model-allow)", d->name,
+			 (unsigned)c->cred.uid);
+		lbd_info("client %" PRIu64 " (pid %d): REGISTER_MODEL refused: %s", c->client_id,
+			 (int)c->cred.pid, why);
+		conn_error(c, false, EACCES, "name", why);
+		return;
+	}
 	/* A model restored from a snapshot is taken back when its first client disagrees. */
 	uint32_t retired = lbd_models_settle(&c->s->models, d, why, sizeof(why));
 	if (retired) {
@@ -254,7 +287,6 @@ static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
 			 " entries dropped", c->client_id, why, retired, n > 0 ? n : 0);
 	}
 	int ret = lbd_models_register(&c->s->models, d, &id, &field, why, sizeof(why));
-
 	if (ret < 0) {
 		lbd_info("client %" PRIu64 ": REGISTER_MODEL refused: %s", c->client_id, why);
 		conn_error(c, false, -ret, field, why);
@@ -270,6 +302,7 @@ static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
 	if (m.u.model.created)
 		lbd_info("model %u '%s' registered: %u layers, hidden %u, weights 0x%016" PRIx64, id,
 			 d->name, d->n_layers, d->hidden, d->weights_hash);
+	lbd_dpclient_allow(c->dp, id);
 	m.u.model.model_id = id;
 	conn_reply(c, &m, NULL, 0);
 }
@@ -282,7 +315,11 @@ static void on_lookup(struct lbd_conn *c, const struct lbp_lookup *l)
 	struct lb_query q = { .fp = { l->fp0, l->fp1, l->fp2, l->fp3 }, .exact = { l->exact_lo, l->exact_hi } };
 	struct lb_cpl cpl = { 0 };
 
-	lbd_store_lookup(c->s->store, &c->sock_leases, &r, &q, NULL, &cpl);
+	/* As on the rings: a model this connection did not register is refused. */
+	if (!lbd_dpclient_may_use(c->dp, l->model_id))
+		cpl.status = lbd_store_has_model(c->s->store, l->model_id) ? -EACCES : -ESRCH;
+	else
+		lbd_store_lookup(c->s->store, &c->sock_leases, &r, &q, NULL, &cpl);
 	if (cpl.status == 0)
 		lbd_store_release(c->s->store, &c->sock_leases, cpl.lease, &cpl);
 	m.u.lookup_reply.status = cpl.status;
@@ -894,11 +931,86 @@ static int claim_socket_path(const char *path, char *err, size_t errlen)
 	return 0;
 }
 
+/* socket-group and socket-mode on the file bind made. chown only when the group is not
+ * already right: layerbankd.service forbids chown (SystemCallFilter=~@privileged) and keeps
+ * the default, the daemon's own group. chmod as well as the umask: a default ACL on the
+ * folder would have replaced the umask's mask. @return 0 or -errno. */
+static int set_socket_access(const struct lbd_config *cfg, const char *path, char *err, size_t errlen)
+{
+	gid_t gid = cfg->socket_gid == LBD_SOCKET_GROUP_OWN ? getegid() : (gid_t)cfg->socket_gid;
+	struct stat st;
+	int e;
+
+	if (lstat(path, &st) < 0) {
+		e = errno;
+		snprintf(err, errlen, "%s: %s", path, strerror(e));
+		return -e;
+	}
+	if (st.st_gid != gid && fchownat(AT_FDCWD, path, (uid_t)-1, gid, AT_SYMLINK_NOFOLLOW) < 0) {
+		e = errno;
+		snprintf(err, errlen, "cannot give %s to group %u: %s%s", path, (unsigned)gid,
+			 strerror(e),
+			 e == EPERM ? " (the daemon must be root or in that group; layerbankd.service "
+				      "forbids chown: set the socket unit's SocketGroup= instead)" : "");
+		return -e;
+	}
+	if (fchmodat(AT_FDCWD, path, (mode_t)cfg->socket_mode, 0) < 0) {
+		e = errno;
+		snprintf(err, errlen, "cannot set mode %04o on %s: %s", cfg->socket_mode, path, strerror(e));
+		return -e;
+	}
+	lbd_debug("socket %s: mode %04o, group %u", path, cfg->socket_mode, (unsigned)gid);
+	return 0;
+}
+
+/* Bind, set socket-group and socket-mode, listen: the socket at path is ready to accept under
+ * its final permissions. *bound: the file was made (and is the caller's to remove).
+ * @return 0 or -errno. */
+static int bind_and_listen(struct lbd_server *s, const char *path, bool *bound, char *err,
+			   size_t errlen)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	mode_t old;
+	int ret;
+
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+	/* The file never exists wider than socket-mode: the umask takes the other bits off at
+	 * bind (no other thread runs yet to be surprised by the process-wide umask). */
+	old = umask(~(mode_t)s->cfg->socket_mode & 0777);
+	ret = bind(s->listen_fd, (struct sockaddr *)&sa, sizeof(sa));
+	umask(old);
+	if (ret < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "cannot bind %s: %s%s", s->cfg->socket_path, strerror(-ret),
+			 ret == -ENOENT ? " (does its folder exist? --socket picks another path)" : "");
+		return ret;
+	}
+	*bound = true;
+	/* Group and exact mode before listen: until then a connect is refused whatever the
+	 * file's permissions, so nobody gets in under the wrong ones. */
+	ret = set_socket_access(s->cfg, path, err, errlen);
+	if (ret < 0)
+		return ret;
+	if (listen(s->listen_fd, 128) < 0) {
+		ret = -errno;
+		snprintf(err, errlen, "listen %s: %s", path, strerror(-ret));
+		return ret;
+	}
+	return 0;
+}
+
+/*
+ * The socket is made under a name of its own (PATH.PID) and renamed to PATH once it listens
+ * with its final group and mode: a client that waits for PATH to appear never finds it
+ * refusing connections, and nobody connects under other permissions. RENAME_NOREPLACE keeps
+ * a second daemon started at the same moment from taking over the first one's path. When
+ * PATH.PID does not fit in sun_path, PATH itself is bound (connections are refused for the
+ * moment between bind and listen).
+ */
 static int setup_socket(struct lbd_server *s, char *err, size_t errlen)
 {
 	const char *path = s->cfg->socket_path;
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	mode_t old;
+	char staged[sizeof(((struct sockaddr_un *)0)->sun_path)];
 	int ret;
 
 	ret = claim_socket_path(path, err, errlen);
@@ -910,27 +1022,31 @@ static int setup_socket(struct lbd_server *s, char *err, size_t errlen)
 	s->listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
 	if (s->listen_fd < 0) {
 		ret = -errno;
-		snprintf(err, errlen, "socket: %s", strerror(errno));
+		snprintf(err, errlen, "socket: %s", strerror(-ret));
 		return ret;
 	}
-	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
-	/* Mode 0660 from the start: no window in which others could connect. */
-	old = umask(0117);
-	ret = bind(s->listen_fd, (struct sockaddr *)&sa, sizeof(sa));
-	umask(old);
-	if (ret < 0) {
+	int n = snprintf(staged, sizeof(staged), "%s.%d", path, (int)getpid());
+	if (n < 0 || (size_t)n >= sizeof(staged)) {
+		ret = bind_and_listen(s, path, &s->socket_bound, err, errlen);
+		if (ret == 0)
+			snprintf(s->listen_path, sizeof(s->listen_path), "%s", path);
+		return ret;
+	}
+	unlink(staged); /* left by a daemon that crashed with our pid */
+	bool bound = false;
+	ret = bind_and_listen(s, staged, &bound, err, errlen);
+	if (ret == 0 && renameat2(AT_FDCWD, staged, AT_FDCWD, path, RENAME_NOREPLACE) < 0) {
 		ret = -errno;
-		snprintf(err, errlen, "cannot bind %s: %s%s", path, strerror(errno),
-			 errno == ENOENT ? " (does its folder exist? --socket picks another path)" : "");
+		snprintf(err, errlen, "cannot rename %s to %s: %s", staged, path,
+			 ret == -EEXIST ? "another layerbankd took the path meanwhile" : strerror(-ret));
+	}
+	if (ret < 0) {
+		if (bound)
+			unlink(staged);
 		return ret;
 	}
 	s->socket_bound = true;
 	snprintf(s->listen_path, sizeof(s->listen_path), "%s", path);
-	if (listen(s->listen_fd, 128) < 0) {
-		ret = -errno;
-		snprintf(err, errlen, "listen %s: %s", path, strerror(errno));
-		return ret;
-	}
 	return 0;
 }
 
@@ -954,6 +1070,9 @@ static int take_inherited_socket(struct lbd_server *s, char *err, size_t errlen)
 	if (strcmp(s->listen_path, s->cfg->socket_path) != 0)
 		lbd_info("socket activation: listening on %s from systemd, not on %s", s->listen_path,
 			 s->cfg->socket_path);
+	if (s->cfg->socket_mode != LBD_DEFAULT_SOCKET_MODE || s->cfg->socket_gid != LBD_SOCKET_GROUP_OWN)
+		lbd_info("socket activation: the socket's mode and group are the socket unit's "
+			 "(SocketMode=, SocketGroup=), not socket-mode and socket-group");
 	return 0;
 }
 
@@ -1010,8 +1129,10 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 		snprintf(err, errlen, "cannot set up the store: %s", strerror(errno));
 		return -ENOMEM;
 	}
+	/* The default staging, 8 MiB, is clamped to client-staging-max like any wish. */
 	s->limits = (struct lbd_region_limits){ .ring_default = 256, .ring_max = LBP_MAX_RING,
-						 .staging_default = 8u << 20, .staging_max = 1u << 30 };
+						 .staging_default = 8u << 20,
+						 .staging_max = cfg->client_staging_max };
 	return s->socket_inherited ? 0 : setup_socket(s, err, errlen);
 }
 

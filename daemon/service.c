@@ -15,7 +15,17 @@
 
 #include "log.h"
 
-#define BATCH 32u          /* requests taken from one client before looking at the next */
+/*
+ * Requests taken from one client before looking at the next. While two or more clients have
+ * requests, each gets one per pass (round robin by request): a client that keeps its ring full
+ * cannot make another's request wait behind a batch of its own. A client that has had the
+ * thread to itself for FAIR_PASSES passes, and is still alone, is served BATCH at a time
+ * again, which costs one wake-up check of its completion ring per batch instead of per
+ * request. The passes count, not a clock: a client doing one synchronous request at a time has
+ * none waiting for a pass or two after each completion, and must not be taken for gone.
+ */
+#define BATCH 32u
+#define FAIR_PASSES 64u
 #define MAX_WAITERS 128u   /* futex_waitv's limit: the control word and 127 clients */
 
 /* Owned by its thread, except the pending lists and ctl word, which the control thread
@@ -94,10 +104,30 @@ fail:
 	return NULL;
 }
 
+void lbd_dpclient_allow(struct lbd_dpclient *c, uint32_t model_id)
+{
+	if (model_id == 0 || model_id > LBD_MAX_MODELS)
+		return;
+	/* R4: pairs with A4 in lbd_dpclient_may_use. The client sees MODEL only after this, and
+	 * its request reaches the service thread through the ring's R2/A2 and system calls. */
+	atomic_fetch_or_explicit(&c->models[(model_id - 1) / 64], 1ull << ((model_id - 1) % 64),
+				 memory_order_release);
+}
+
+bool lbd_dpclient_may_use(const struct lbd_dpclient *c, uint32_t model_id)
+{
+	if (model_id == 0 || model_id > LBD_MAX_MODELS)
+		return false;
+	/* A4: pairs with R4 in lbd_dpclient_allow. */
+	uint64_t w = atomic_load_explicit(&c->models[(model_id - 1) / 64], memory_order_acquire);
+	return (w >> ((model_id - 1) % 64)) & 1;
+}
+
 void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c)
 {
 	lbd_store_release_all(st, &c->leases);
 	lbd_leases_free(&c->leases);
+	lbd_store_account_close(st, c->account);
 	if (c->base)
 		munmap(c->base, c->bytes);
 	close(c->fd);
@@ -117,6 +147,17 @@ static bool payload_ok(const struct lbd_dpclient *c, const struct lb_req *r, uin
 	return r->payload_len >= min && r->payload_len <= max &&
 	       (uint64_t)r->payload_off + r->payload_len <= c->layout.staging_bytes &&
 	       r->payload_off % 8 == 0;
+}
+
+/* Step 3 of the checks (PROTOCOL.md, Ring protocol 6): a model that exists (-ESRCH) and that
+ * this client registered on its connection (-EACCES). The store is asked only on a refusal. */
+static bool model_ok(struct lbd_store *st, const struct lbd_dpclient *c, const struct lb_req *r,
+		     struct lb_cpl *out)
+{
+	if (lbd_dpclient_may_use(c, r->model_id))
+		return true;
+	out->status = lbd_store_has_model(st, r->model_id) ? -EACCES : -ESRCH;
+	return false;
 }
 
 static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r, struct lb_cpl *out)
@@ -154,6 +195,8 @@ static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_
 			out->status = -EINVAL;
 			return;
 		}
+		if (!model_ok(st, c, r, out))
+			return;
 		lbd_store_lookup(st, &c->leases, r, &p.q, p.thr, out);
 		return;
 	}
@@ -174,7 +217,13 @@ static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_
 				return;
 			}
 		struct lb_insert_hdr h = u.h;
-		lbd_store_insert(st, r, &h, staging + r->payload_off + LB_INSERT_HDR_SIZE, out);
+		if (!lbd_store_insert_hdr_ok(r, &h)) {
+			out->status = -EINVAL;
+			return;
+		}
+		if (!model_ok(st, c, r, out))
+			return;
+		lbd_store_insert(st, c->account, r, &h, staging + r->payload_off + LB_INSERT_HDR_SIZE, out);
 		return;
 	}
 	case LB_OP_RELEASE:
@@ -226,16 +275,29 @@ unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c)
 	return serve_client(st, c, UINT32_MAX);
 }
 
+/* c has a request waiting and room for its completion: it could be served now. */
+static bool servable(const struct lbd_dpclient *c)
+{
+	uint32_t cons_c = atomic_load_explicit(&c->cpl.sh->cons, memory_order_acquire);
+	return lb_ring_sc_peek(&c->req) && c->cpl.local - cons_c <= c->cpl.mask;
+}
+
 /* Work is waiting that this thread could do now. */
 static bool has_work(const struct lbd_svc_thread *t)
 {
-	for (unsigned i = 0; i < t->n; i++) {
-		struct lbd_dpclient *c = t->c[i];
-		uint32_t cons_c = atomic_load_explicit(&c->cpl.sh->cons, memory_order_acquire);
-		if (lb_ring_sc_peek(&c->req) && c->cpl.local - cons_c <= c->cpl.mask)
+	for (unsigned i = 0; i < t->n; i++)
+		if (servable(t->c[i]))
 			return true;
-	}
 	return false;
+}
+
+/* Clients that could be served now, counted up to 2. */
+static unsigned servable_clients(const struct lbd_svc_thread *t)
+{
+	unsigned n = 0;
+	for (unsigned i = 0; i < t->n && n < 2; i++)
+		n += servable(t->c[i]);
+	return n;
 }
 
 /* ---- the thread ---- */
@@ -318,13 +380,23 @@ static void *svc_main(void *arg)
 	struct lbd_service *s = t->svc;
 	uint64_t idle_since = lb_now_ns();
 	unsigned idle_polls = 0;
+	unsigned since_shared = FAIR_PASSES; /* passes since two clients had requests in one */
 
 	while (!atomic_load_explicit(&t->stop, memory_order_acquire)) {
-		unsigned done = 0;
+		unsigned done = 0, busy = 0;
 		if (atomic_load_explicit(&t->pending, memory_order_acquire))
 			apply_pending(t);
-		for (unsigned i = 0; i < t->n; i++)
-			done += serve_client(s->store, t->c[i], BATCH);
+		/* The look for a second client costs a peek per client, once per batch. */
+		unsigned quantum = since_shared < FAIR_PASSES || servable_clients(t) > 1 ? 1 : BATCH;
+		for (unsigned i = 0; i < t->n; i++) {
+			unsigned d = serve_client(s->store, t->c[i], quantum);
+			done += d;
+			busy += d != 0;
+		}
+		if (busy > 1)
+			since_shared = 0;
+		else if (since_shared < FAIR_PASSES)
+			since_shared++;
 		if (done) {
 			idle_polls = 0;
 			continue;

@@ -10,13 +10,16 @@
 #include <sys/types.h>
 
 #include "layerbank/ring.h"
+#include "models.h"
 #include "store.h"
-
-
 
 /* One client's data plane: its region and leases. Created by the control thread at HELLO,
  * then owned by one service thread until lbd_service_detach hands it back for freeing. */
 struct lbd_dpclient {
+	/* Bit id - 1: the model ids the client registered on its connection, the only ones its
+	 * requests may name (a guessed id gets -EACCES, so the allow-lists cannot be got round).
+	 * Set by the control thread (lbd_dpclient_allow), read by the service thread. */
+	_Atomic uint64_t models[LBD_MAX_MODELS / 64];
 	int fd;              /* region memfd, passed in WELCOME */
 	uint8_t *base;       /* daemon's read-write mapping */
 	uint64_t bytes;
@@ -24,6 +27,7 @@ struct lbd_dpclient {
 	struct lb_ring_view req;     /* we consume */
 	struct lb_ring_view cpl;     /* we produce */
 	struct lbd_leases leases;
+	uint32_t account;    /* its insert account in the store (client-insert-bytes); 0: none */
 	uint64_t client_id;
 	pid_t pid;
 	struct lbd_dpclient *next_pending;
@@ -53,7 +57,15 @@ struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint3
 				      uint32_t cpl_entries, uint64_t staging_bytes, uint64_t client_id,
 				      pid_t pid);
 
-/* Free a client no service thread holds (lbd_dpclient_pump's): its leases end first. */
+/* c registered model_id: its requests may name it from now on. Called before the MODEL reply
+ * goes out, so the client's next request already sees it. */
+void lbd_dpclient_allow(struct lbd_dpclient *c, uint32_t model_id);
+
+/* Whether c may name model_id in a request (it registered it). */
+bool lbd_dpclient_may_use(const struct lbd_dpclient *c, uint32_t model_id);
+
+/* Free a client no service thread holds (lbd_dpclient_pump's): its leases end first, and its
+ * insert account is closed (its entries keep their charge until they go). */
 void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c);
 
 /* Serve every request waiting on c's ring, on the caller's thread: an in-process bank

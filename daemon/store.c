@@ -38,8 +38,21 @@ struct entry {
 	uint8_t arena;
 	uint8_t state;      /* FREE, PENDING (being copied), LIVE, DOOMED (out of the index) */
 	uint32_t next_free;
+	uint32_t account;   /* the inserting client's account charged with bytes; 0: none */
 };
 enum { E_FREE = 0, E_PENDING, E_LIVE, E_DOOMED };
+
+/* A client's insert account (client-insert-bytes): the arena bytes its entries hold, from the
+ * insert until the memory is freed (evicted, expired, invalidated or flushed, and the last
+ * lease on it ended). It outlives the client: entries stay after their inserter left and give
+ * their bytes back as they go; the account goes with the last of them. */
+struct account {
+	uint64_t used;      /* sum of bytes of the entries charged to it */
+	uint64_t limit;     /* 0: no limit */
+	uint32_t next_free;
+	uint8_t open;       /* its client is still connected */
+	uint8_t in_use;
+};
 
 /* An input: a token sequence seen before, with the layers cached for it. */
 struct input {
@@ -82,6 +95,8 @@ struct lbd_store {
 	uint64_t rng;
 	uint64_t data_bytes;  /* the arenas' data areas: the largest budget */
 	uint64_t pinned;      /* bytes no eviction can free: leased LIVE and PENDING entries */
+	struct account *acct; /* [acct_cap], id = slot + 1 */
+	uint32_t acct_cap, acct_free;
 	struct lbp_stats_reply c; /* data-plane counters */
 };
 
@@ -175,6 +190,36 @@ static void live_del(struct lbd_store *st, uint32_t id)
 	st->e[id].live_pos = NONE;
 }
 
+/* ---- insert accounts ---- */
+
+static struct account *account_of(struct lbd_store *st, uint32_t id)
+{
+	return id && id <= st->acct_cap && st->acct[id - 1].in_use ? &st->acct[id - 1] : NULL;
+}
+
+static void account_put(struct lbd_store *st, uint32_t id)
+{
+	struct account *a = &st->acct[id - 1];
+	a->in_use = 0;
+	a->next_free = st->acct_free;
+	st->acct_free = id - 1;
+}
+
+/* Give an entry's bytes back to the account that paid for them, exactly once. */
+static void uncharge(struct lbd_store *st, struct entry *e)
+{
+	struct account *a = account_of(st, e->account);
+
+	if (!e->account)
+		return;
+	if (!a || a->used < e->bytes)
+		abort(); /* every charge is given back once, to a live account */
+	a->used -= e->bytes;
+	if (!a->open && a->used == 0)
+		account_put(st, e->account);
+	e->account = 0;
+}
+
 /* ---- inputs ---- */
 
 static uint32_t input_new(struct lbd_store *st, uint32_t bank, uint32_t seq_len,
@@ -239,6 +284,7 @@ static void entry_free(struct lbd_store *st, uint32_t id)
 	live_del(st, id);
 	lbd_alloc_put(st->alloc[e->arena], e->off);
 	st->c.bytes_used -= e->bytes;
+	uncharge(st, e);
 	entry_put(st, id);
 }
 
@@ -657,6 +703,12 @@ static bool shape_ok(const struct lb_insert_hdr *h)
 	return n == h->bytes;
 }
 
+bool lbd_store_insert_hdr_ok(const struct lb_req *r, const struct lb_insert_hdr *h)
+{
+	return r->payload_len >= LB_INSERT_HDR_SIZE && shape_ok(h) &&
+	       h->bytes <= (uint64_t)r->payload_len - LB_INSERT_HDR_SIZE;
+}
+
 /* Non-temporal copy for large entries: other processes read them, this core will not. */
 __attribute__((target("avx512f"))) static void copy_nt_avx512(uint8_t *dst, const uint8_t *src, size_t n)
 {
@@ -697,8 +749,8 @@ static int make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned
 	return -ENOSPC;
 }
 
-void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct lb_insert_hdr *h,
-		      const uint8_t *data, struct lb_cpl *cpl)
+void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+		      const struct lb_insert_hdr *h, const uint8_t *data, struct lb_cpl *cpl)
 {
 	uint64_t now = lb_now_ns(), off = 0;
 	uint32_t id = NONE, eid;
@@ -706,7 +758,7 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 	struct bank *b;
 	int ret;
 
-	if (!shape_ok(h) || h->bytes > (uint64_t)r->payload_len - LB_INSERT_HDR_SIZE) {
+	if (!lbd_store_insert_hdr_ok(r, h)) {
 		cpl->status = -EINVAL;
 		return;
 	}
@@ -727,6 +779,13 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 			cpl->status = -EEXIST;
 			goto unlock;
 		}
+	}
+	/* The client's quota before the budget: an insert it may not pay for evicts nothing. */
+	struct account *a = account_of(st, account);
+	if (a && a->limit && (a->used > a->limit || need > a->limit - a->used)) {
+		st->c.quota_refusals++;
+		cpl->status = -EDQUOT;
+		goto unlock;
 	}
 	ret = make_room(st, need, now, &arena, &off);
 	if (ret < 0) {
@@ -760,6 +819,10 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 	st->in[id].n_cached++;
 	st->c.bytes_used += need;
 	st->pinned += need;
+	if (a) {
+		e->account = account;
+		a->used += need;
+	}
 	uint32_t gen = e->gen;
 	pthread_mutex_unlock(&st->lock);
 
@@ -794,6 +857,7 @@ void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct
 		st->in[id].n_cached--;
 		st->c.bytes_used -= need;
 		lbd_alloc_put(st->alloc[arena], off);
+		uncharge(st, e);
 		entry_put(st, eid);
 		/* (its magic was never set) */
 		input_drop_if_empty(st, id);
@@ -827,7 +891,7 @@ struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas, con
 	st->cfg = *cfg;
 	st->arenas = arenas;
 	st->n_arenas = n_arenas;
-	st->e_free = st->in_free = NONE;
+	st->e_free = st->in_free = st->acct_free = NONE;
 	st->rng = RNG_SEED;
 	for (unsigned i = 0; i < n_arenas; i++) {
 		const struct lb_arena_hdr *h = arenas[i].hdr;
@@ -862,6 +926,7 @@ void lbd_store_free(struct lbd_store *st)
 	free(st->e);
 	free(st->in);
 	free(st->live);
+	free(st->acct);
 	pthread_mutex_destroy(&st->lock);
 	free(st);
 }
@@ -942,6 +1007,58 @@ int lbd_store_clear(struct lbd_store *st)
 	return 0;
 }
 
+uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit)
+{
+	uint32_t id = 0;
+
+	pthread_mutex_lock(&st->lock);
+	if (st->acct_free != NONE ||
+	    grow((void **)&st->acct, &st->acct_cap, sizeof(*st->acct), &st->acct_free,
+		 offsetof(struct account, next_free)) == 0) {
+		struct account *a = &st->acct[st->acct_free];
+		id = st->acct_free + 1;
+		st->acct_free = a->next_free;
+		*a = (struct account){ .limit = limit, .open = 1, .in_use = 1 };
+	}
+	pthread_mutex_unlock(&st->lock);
+	if (!id)
+		errno = ENOMEM;
+	return id;
+}
+
+void lbd_store_account_close(struct lbd_store *st, uint32_t id)
+{
+	pthread_mutex_lock(&st->lock);
+	struct account *a = account_of(st, id);
+	if (a && a->open) {
+		a->open = 0;
+		if (a->used == 0)
+			account_put(st, id);
+	}
+	pthread_mutex_unlock(&st->lock);
+}
+
+void lbd_store_account_stats(struct lbd_store *st, uint32_t *accounts, uint64_t *charged)
+{
+	*accounts = 0;
+	*charged = 0;
+	pthread_mutex_lock(&st->lock);
+	for (uint32_t i = 0; i < st->acct_cap; i++)
+		if (st->acct[i].in_use) {
+			(*accounts)++;
+			*charged += st->acct[i].used;
+		}
+	pthread_mutex_unlock(&st->lock);
+}
+
+bool lbd_store_has_model(struct lbd_store *st, uint32_t model_id)
+{
+	pthread_mutex_lock(&st->lock);
+	bool has = bank_of(st, model_id) != NULL;
+	pthread_mutex_unlock(&st->lock);
+	return has;
+}
+
 void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r)
 {
 	struct lbd_alloc_stats as;
@@ -958,6 +1075,7 @@ void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r)
 	r->leases = st->c.leases;
 	r->bytes_used = st->c.bytes_used;
 	r->bytes_budget = st->c.bytes_budget;
+	r->quota_refusals = st->c.quota_refusals;
 	memcpy(r->policy, st->c.policy, sizeof(r->policy));
 	for (unsigned i = 0; i < st->n_arenas; i++) {
 		lbd_alloc_stats(st->alloc[i], &as);

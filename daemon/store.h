@@ -49,6 +49,13 @@ void lbd_store_free(struct lbd_store *st);
 /* Make a bank for a registered model (idempotent). @return 0, -ENOMEM, -EINVAL. */
 int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lbp_register_model *d);
 
+/* Whether model_id has a bank. */
+bool lbd_store_has_model(struct lbd_store *st, uint32_t model_id);
+
+/* An INSERT's header agrees with itself and its payload: dtype, shape and bytes (Ring protocol
+ * 8). lbd_store_insert checks it too; exported so that it can come before the model checks. */
+bool lbd_store_insert_hdr_ok(const struct lb_req *r, const struct lb_insert_hdr *h);
+
 /*
  * Serve one ring request (already copied out of the client's memory) into *cpl. payload is the
  * daemon's own copy of the request's payload for lookups; for INSERT it is the client's staging
@@ -58,11 +65,26 @@ int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lb
  */
 void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
 		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl);
-void lbd_store_insert(struct lbd_store *st, const struct lb_req *r, const struct lb_insert_hdr *ins,
-		      const uint8_t *data, struct lb_cpl *cpl);
+/* account: the inserting client's (lbd_store_account_open), charged with the entry's bytes;
+ * an insert beyond its limit is -EDQUOT. 0: none. */
+void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+		      const struct lb_insert_hdr *ins, const uint8_t *data, struct lb_cpl *cpl);
 void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, struct lb_cpl *cpl);
 void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
 		      struct lb_cpl *cpl);
+
+/*
+ * A client's insert account: the arena bytes (headers and alignment included, as bytes_used
+ * counts them) of the entries it inserted, from the insert until each entry's memory is
+ * freed. limit: the most it may hold, 0 for no limit. @return the account's id (>= 1), or 0
+ * with errno ENOMEM.
+ */
+uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit);
+/* The client left. Its entries keep their charge; the account goes with the last of them.
+ * 0 is a no-op. */
+void lbd_store_account_close(struct lbd_store *st, uint32_t id);
+/* Accounts alive (open, or closed with entries left) and the bytes charged to them all. */
+void lbd_store_account_stats(struct lbd_store *st, uint32_t *accounts, uint64_t *charged);
 
 /* End every lease of a client that went away. */
 void lbd_store_release_all(struct lbd_store *st, struct lbd_leases *ls);

@@ -642,6 +642,7 @@ LB_EXPORT int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size)
 	st.bytes_used = rep.u.stats.bytes_used;
 	st.bytes_budget = rep.u.stats.bytes_budget;
 	st.fragmentation = rep.u.stats.fragmentation_ppm / 1e6;
+	st.quota_refusals = rep.u.stats.quota_refusals;
 	memcpy(out, &st, size < sizeof(st) ? size : sizeof(st));
 	return 0;
 }

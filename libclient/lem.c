@@ -226,8 +226,8 @@ LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, cons
 			int r = lb_insert_commit(m.c, cfg->model_id, l, &m.key, &shape);
 			if (r == 0)
 				res->layers_inserted++;
-			else if (r != -EEXIST && r != -ENOSPC)
-				lem_fail(&m, r);
+			else if (r != -EEXIST && r != -ENOSPC && r != -EDQUOT)
+				lem_fail(&m, r); /* a full cache or quota still serves lookups */
 		}
 		cur = out;
 	}

@@ -21,7 +21,7 @@
 #define WALK_MAX_DEPTH 8u
 #define WALK_MAX_OBJECTS 4096u
 
-/* Keys in the largest body (STATS_REPLY has 20). */
+/* Keys in the largest body (STATS_REPLY has 21). */
 #define MAX_KEYS 24u
 
 enum fkind {
@@ -137,6 +137,7 @@ static const struct field stats_f[] = {
 	UINT(struct lbp_stats_reply, bytes_used, 0, UINT64_MAX),
 	UINT(struct lbp_stats_reply, bytes_budget, 0, UINT64_MAX),
 	UINT(struct lbp_stats_reply, fragmentation_ppm, 0, 1000000),
+	UINT(struct lbp_stats_reply, quota_refusals, 0, UINT64_MAX),
 };
 
 static const struct field mstats_f[] = {

@@ -126,6 +126,7 @@ struct lbp_stats_reply {
 	uint64_t bytes_used;   /* arena bytes in live entries */
 	uint64_t bytes_budget; /* bytes entries may use */
 	uint32_t fragmentation_ppm; /* of the free arena space, parts per million */
+	uint64_t quota_refusals; /* inserts refused with EDQUOT (client-insert-bytes) */
 };
 
 struct lbp_model_stats {

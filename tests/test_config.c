@@ -342,6 +342,115 @@ static void test_data_plane_options(void **state)
 	EXPECT_BAD("--budget: '12Q'", "--budget", "12Q");
 }
 
+/* Socket access, model allow-lists and per-client quotas: defaults, good values, each bound. */
+static void test_isolation_options(void **state)
+{
+	(void)state;
+	struct lbd_config c;
+	char err[512];
+
+	assert_int_equal(PARSE0(&c, err), 0);
+	assert_int_equal(c.socket_mode, 0660);
+	assert_int_equal(c.socket_gid, LBD_SOCKET_GROUP_OWN);
+	assert_int_equal(c.n_allow, 0);
+	assert_int_equal(c.client_staging_max, 1ull << 30);
+	assert_int_equal(c.client_insert_bytes, 0);
+	assert_null(lbd_config_model_allow(&c, "any"));
+
+	assert_int_equal(PARSE(&c, err, "--socket-mode", "600", "--socket-group", "0",
+			       "--client-staging-max", "64M", "--client-insert-bytes", "1G"), 0);
+	assert_int_equal(c.socket_mode, 0600);
+	assert_int_equal(c.socket_gid, 0);
+	assert_int_equal(c.client_staging_max, 64ull << 20);
+	assert_int_equal(c.client_insert_bytes, 1ull << 30);
+	assert_int_equal(PARSE(&c, err, "--socket-mode", "0777", "--socket-group", "root"), 0);
+	assert_int_equal(c.socket_mode, 0777);
+	assert_int_equal(c.socket_gid, 0);
+	assert_int_equal(PARSE(&c, err, "--socket-group", "4294967294", "--socket-group", "none"), 0);
+	assert_int_equal(c.socket_gid, LBD_SOCKET_GROUP_OWN);
+	assert_int_equal(PARSE(&c, err, "--client-staging-max", "4096", "--client-staging-max", "4G"), 0);
+	assert_int_equal(c.client_staging_max, 4ull << 30);
+
+	/* Users by name or uid; a model name may hold blanks (the users follow the last one). */
+	assert_int_equal(PARSE(&c, err, "--model-allow", "secret root,4242", "--model-allow",
+			       "my model  7", "--model-allow", "none"), 0);
+	assert_int_equal(c.n_allow, 2);
+	const struct lbd_model_allow *a = lbd_config_model_allow(&c, "secret");
+	assert_non_null(a);
+	assert_int_equal(a->n_uids, 2);
+	assert_int_equal(a->uids[0], 0);
+	assert_int_equal(a->uids[1], 4242);
+	a = lbd_config_model_allow(&c, "my model");
+	assert_non_null(a);
+	assert_int_equal(a->n_uids, 1);
+	assert_int_equal(a->uids[0], 7);
+	assert_null(lbd_config_model_allow(&c, "my"));
+
+	EXPECT_BAD("--socket-mode: '0400' leaves the owner without read and write", "--socket-mode", "0400");
+	EXPECT_BAD("--socket-mode: '1777' is not an octal mode 0600..0777", "--socket-mode", "1777");
+	EXPECT_BAD("--socket-mode: '0668'", "--socket-mode", "0668");
+	EXPECT_BAD("--socket-mode: '00660'", "--socket-mode", "00660");
+	EXPECT_BAD("--socket-mode: ''", "--socket-mode", "");
+	EXPECT_BAD("--socket-group: 'no-such-group-here' is not a group name or gid", "--socket-group",
+		   "no-such-group-here");
+	EXPECT_BAD("--socket-group: '4294967295'", "--socket-group", "4294967295");
+	EXPECT_BAD("--socket-group: '-1'", "--socket-group", "-1");
+	EXPECT_BAD("--model-allow: 'secret' is not 'MODEL USER[,USER...]'", "--model-allow", "secret");
+	EXPECT_BAD("--model-allow: ' root' is not 'MODEL USER", "--model-allow", " root");
+	EXPECT_BAD("--model-allow: 'no-such-user-here' is not a user name or uid", "--model-allow",
+		   "m root,no-such-user-here");
+	EXPECT_BAD("--model-allow: '1,,2': an empty user", "--model-allow", "m 1,,2");
+	EXPECT_BAD("--model-allow: '1,': an empty user", "--model-allow", "m 1,");
+	EXPECT_BAD("--model-allow: ',1': an empty user", "--model-allow", "m ,1");
+	EXPECT_BAD("--model-allow: model 'm' has an allow-list already", "--model-allow", "m 1",
+		   "--model-allow", "m 2");
+	EXPECT_BAD("model name of 64 bytes, at most 63",
+		   "--model-allow", "0123456789012345678901234567890123456789012345678901234567890123 1");
+	EXPECT_BAD("more than 32 users", "--model-allow",
+		   "m 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32,33");
+	EXPECT_BAD("--client-staging-max: '5000' is not a multiple of 4096", "--client-staging-max", "5000");
+	EXPECT_BAD("--client-staging-max: '0'", "--client-staging-max", "0");
+	EXPECT_BAD("--client-staging-max: '8G'", "--client-staging-max", "8G");
+	EXPECT_BAD("--client-insert-bytes: '2T' is not a size up to 1T", "--client-insert-bytes", "2T");
+	EXPECT_BAD("--client-insert-bytes: 'lots'", "--client-insert-bytes", "lots");
+}
+
+static void expect_file_err(struct fixture *fx, const char *text, int line, const char *want);
+
+/* model-allow is a list: one line per model in a file, and the command line's lines replace
+ * the file's as a whole. */
+static void test_file_model_allow(void **state)
+{
+	struct fixture *fx = *state;
+	struct lbd_config c;
+	char err[512];
+	const char *path = write_file(fx, "allow.conf",
+				      "model-allow = none\n"
+				      "model-allow = alpha root,10\n"
+				      "socket-mode = 0600\n"
+				      "model-allow = beta 11   # a comment\n");
+
+	assert_int_equal(PARSE(&c, err, "--config", path), 0);
+	assert_int_equal(c.n_allow, 2);
+	assert_int_equal(c.socket_mode, 0600);
+	assert_int_equal(lbd_config_model_allow(&c, "alpha")->uids[1], 10);
+	assert_int_equal(lbd_config_model_allow(&c, "beta")->uids[0], 11);
+
+	assert_int_equal(PARSE(&c, err, "--config", path, "--model-allow", "gamma 12"), 0);
+	assert_int_equal(c.n_allow, 1);
+	assert_null(lbd_config_model_allow(&c, "alpha"));
+	assert_int_equal(lbd_config_model_allow(&c, "gamma")->uids[0], 12);
+	/* 'none' on the command line drops the file's lists and adds none. */
+	assert_int_equal(PARSE(&c, err, "--model-allow", "none", "--config", path), 0);
+	assert_int_equal(c.n_allow, 0);
+
+	expect_file_err(fx, "model-allow = alpha 1\nmodel-allow = alpha 2\n", 2,
+			"model-allow: model 'alpha' has an allow-list already (one line per model)");
+	expect_file_err(fx, "socket-mode = 0660\nsocket-mode = 0600\n", 2,
+			"socket-mode: set again (first on line 1)");
+	expect_file_err(fx, "model-allow = alpha\n", 1, "model-allow: 'alpha' is not 'MODEL USER");
+}
+
 /* --snapshot: absolute as given, relative made absolute from the working folder (the daemon
  * leaves it when it detaches), 'none' for none; not empty, not a folder, room for ".tmp". */
 static void test_snapshot_option(void **state)
@@ -470,6 +579,8 @@ static void test_usage_lists_every_option(void **state)
 	static const char *const want[] = {
 		"--socket", "--arena-size", "--hugepages", "--numa-node", "--foreground",
 		"--log-level", "--config", "--help", "--version", "--snapshot", LBD_DEFAULT_SOCKET,
+		"--socket-mode", "--socket-group", "--model-allow", "--client-staging-max",
+		"--client-insert-bytes", "default 0660",
 		"default 1G", "default try", "default all", "default info", "without dashes",
 	};
 
@@ -658,7 +769,8 @@ static void test_file_errors(void **state)
 	expect_file_err(fx, "socket = /tmp/a\n\nbogus = 1\n", 3,
 			"unknown key 'bogus' (keys: socket, arena-size, hugepages, numa-node, "
 			"foreground, log-level, threads, spin-us, policy, ttl, half-life, drift-max, "
-			"tau, budget, snapshot)");
+			"tau, budget, snapshot, socket-mode, socket-group, model-allow, "
+			"client-staging-max, client-insert-bytes)");
 	expect_file_err(fx, "# comment\nconfig = /etc/other.conf\n", 2, "unknown key 'config'");
 	expect_file_err(fx, "--socket = /tmp/a\n", 1, "unknown key '--socket'");
 	expect_file_err(fx, "hugepages = try\nforeground\n", 2, "'foreground' has no '='");
@@ -818,6 +930,7 @@ int main(void)
 		cmocka_unit_test(test_foreground_and_log_level),
 		cmocka_unit_test(test_data_plane_options),
 		cmocka_unit_test(test_snapshot_option),
+		cmocka_unit_test(test_isolation_options),
 		cmocka_unit_test(test_all_options_together),
 		cmocka_unit_test(test_unknown_option),
 		cmocka_unit_test(test_missing_argument),
@@ -834,6 +947,7 @@ int main(void)
 						teardown_dir),
 		cmocka_unit_test_setup_teardown(test_file_errors, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_file_quotes_are_literal, setup_dir, teardown_dir),
+		cmocka_unit_test_setup_teardown(test_file_model_allow, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_file_nul_byte, setup_dir, teardown_dir),
 		cmocka_unit_test_setup_teardown(test_file_missing_or_unreadable, setup_dir,
 						teardown_dir),

@@ -897,6 +897,7 @@ static void test_metrics_exposition_format_and_figures(void **state)
 		{ "layerbank_leases", "leases" },
 		{ "layerbank_used_bytes", "bytes_used" },
 		{ "layerbank_budget_bytes", "bytes_budget" },
+		{ "layerbank_quota_refusals_total", "quota_refusals" },
 	};
 	static const struct {
 		const char *metric, *key;

@@ -662,6 +662,7 @@ static void test_too_many_leases_is_ebusy(void **state)
 	assert_int_equal(st.hits, LBD_MAX_LEASES);
 	/* Another client is not limited by this one's table. */
 	struct lb_client *other = client("other");
+	assert_int_equal(reg(other), id);
 	assert_int_equal(lb_lookup_deepest(other, id, &k, NULL, 0, &h), 0);
 	assert_int_equal(lb_release(other, h.lease), 0);
 	bye(other);
@@ -962,6 +963,32 @@ static void raw_connect(struct raw *r)
 	r->staging = r->region + r->lay.staging_off;
 }
 
+/* REGISTER_MODEL on the raw connection: a client's requests may name only models it
+ * registered itself. @return the model id. */
+static uint32_t raw_register(struct raw *r, const struct lb_model_desc *d)
+{
+	struct lbp_msg m = { .type = LBP_REGISTER_MODEL };
+	struct lbp_fault fault;
+
+	strcpy(m.u.reg.name, d->name);
+	m.u.reg.weights_hash = d->weights_hash;
+	m.u.reg.n_layers = d->n_layers;
+	m.u.reg.hidden = d->hidden;
+	m.u.reg.dtype = (uint32_t)d->dtype;
+	m.u.reg.max_seq = d->max_seq;
+	m.u.reg.fp.chunks = d->fp_chunks ? d->fp_chunks : 4;
+	m.u.reg.fp.bits = 256;
+	m.u.reg.fp.seed = d->fp_seed;
+	int len = lbp_encode(&m, raw_buf, sizeof(raw_buf));
+	assert_true(len > 0);
+	assert_int_equal(send(r->fd, raw_buf, (size_t)len, MSG_NOSIGNAL), len);
+	ssize_t n = recv(r->fd, raw_buf, sizeof(raw_buf), 0);
+	assert_true(n > 0);
+	assert_int_equal(lbp_decode(raw_buf, (size_t)n, &m, &fault), 0);
+	assert_int_equal(m.type, LBP_MODEL);
+	return m.u.model.model_id;
+}
+
 static void raw_close(struct raw *r)
 {
 	munmap(r->region, r->bytes);
@@ -1062,6 +1089,7 @@ static void test_hostile_ring_entries_get_error_completions(void **state)
 
 	/* Now by hand: fields the library never gets wrong. */
 	raw_connect(&r);
+	assert_int_equal(raw_register(&r, &model), mid);
 	const uint32_t sb = (uint32_t)r.lay.staging_bytes;
 	struct lb_query q = { .n_thr = 0 };
 	memcpy(q.fp, gk.fp, sizeof(q.fp));
@@ -1255,6 +1283,7 @@ static void test_insert_checksum_is_of_the_daemons_copy(void **state)
 	const uint64_t bytes = (uint64_t)seq * hidden * 4;
 
 	raw_connect(&r);
+	assert_int_equal(raw_register(&r, &model), mid);
 	assert_true(LB_INSERT_HDR_SIZE + bytes <= r.lay.staging_bytes);
 	for (uint32_t round = 0; round < 16; round++) {
 		struct lb_key key;
@@ -1319,6 +1348,7 @@ static void test_bogus_ring_indices_spare_the_daemon(void **state)
 	assert_int_equal(insert_gen(good, mid, 0, &gk, HIDDEN, 78), 0);
 
 	raw_connect(&r1);
+	assert_int_equal(raw_register(&r1, &model), mid);
 	raw_push(&r1, &(struct lb_req){ .opcode = LB_OP_PING, .user_data = 1 });
 	assert_int_equal(raw_pop(&r1, &k), 1);
 	assert_int_equal(k.status, 0);
@@ -1433,6 +1463,7 @@ static void test_bogus_ring_indices_spare_the_daemon(void **state)
 
 	/* A newcomer is served as usual. */
 	struct lb_client *late = client("late");
+	assert_int_equal(reg(late), mid);
 	assert_int_equal(lb_ping(late), 0);
 	assert_int_equal(lb_lookup_deepest(late, mid, &k2, NULL, 0, &h), 0);
 	assert_int_equal(hit_check(&h, E_SEQ, HIDDEN, 79), 0);
@@ -1672,6 +1703,7 @@ static void test_stalled_completion_ring_does_not_block_others(void **state)
 	for (int i = 0; i < 1000; i++)
 		assert_int_equal(lb_ping(y), 0);
 	struct lb_hit h;
+	assert_int_equal(reg(y), mid);
 	assert_int_equal(lb_lookup_deepest(y, mid, &k, NULL, 0, &h), -ENOENT);
 
 	/* X comes back: every completion arrives, each once. */
@@ -1697,6 +1729,36 @@ static void test_stalled_completion_ring_does_not_block_others(void **state)
 	assert_int_equal(lb_ping(x), 0); /* nothing in flight: synchronous calls work again */
 	bye(x);
 	bye(y);
+	stop_daemon();
+}
+
+/* An insert reserved where earlier requests staged their queries: the library zeroes the
+ * header's reserved tail, which the daemon requires (it held the second query's bytes). */
+static void test_insert_header_tail_zeroed_over_old_queries(void **state)
+{
+	(void)state;
+	START_DAEMON("--threads", "1");
+	struct lb_client *c = client("reuser");
+	uint32_t mid = reg(c);
+	struct lb_result res[4];
+	struct lb_key k;
+
+	key_make(&k, 4711, E_SEQ);
+	/* Two in flight at once: staged at offsets 0 and 64, the second over bytes 64..119. */
+	assert_int_equal(lb_submit_lookup_deepest(c, mid, &k, NULL, 0, 1), 0);
+	assert_int_equal(lb_submit_lookup_deepest(c, mid, &k, NULL, 0, 2), 0);
+	for (int got = 0; got < 2;) {
+		int n = lb_poll(c, res, 4, 1000000);
+		assert_true(n > 0);
+		got += n;
+	}
+	/* Nothing in flight: the reservation starts at offset 0 again. */
+	assert_int_equal(insert_gen(c, mid, 0, &k, HIDDEN, 4711), 0);
+	struct lb_hit h;
+	assert_int_equal(lb_lookup_deepest(c, mid, &k, NULL, 0, &h), 0);
+	assert_int_equal(hit_check(&h, E_SEQ, HIDDEN, 4711), 0);
+	assert_int_equal(lb_release(c, h.lease), 0);
+	bye(c);
 	stop_daemon();
 }
 
@@ -1918,6 +1980,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_stalled_completion_ring_does_not_block_others, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_region_cannot_be_resized, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_per_layer_counters, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_insert_header_tail_zeroed_over_old_queries, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_spin_us_0_round_trip, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_async_batch_of_64_lookups, setup, teardown),
 	};

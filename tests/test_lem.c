@@ -209,6 +209,46 @@ static void test_hit_at_every_depth(void **state)
 	assert_int_equal(st.leases, 0); /* every lease released */
 }
 
+/* A client over its insert quota (client-insert-bytes) is told -EDQUOT: the run goes on, the
+ * layers past the quota are just not inserted, and lookups still serve it. */
+static void test_insert_quota_is_not_an_error(void **state)
+{
+	(void)state;
+	/* Three toy entries: 128 header bytes and 7 x 16 floats each, 576 bytes. */
+	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", "--client-insert-bytes",
+			       "1728", NULL };
+	kill_daemon();
+	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	assert_true(daemon_pid > 0);
+	uint32_t id = toy_register();
+	struct lb_lem_cfg cfg = toy_cfg(id, NULL, 0);
+	int32_t tok[TOY_N];
+	float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+	struct lb_lem_result res;
+	struct toy t = { TOY_N, 0 };
+	struct lb_stats st;
+
+	toy_input(77, tok, emb);
+	memcpy(want, emb, sizeof(emb));
+	toy_plain(want);
+	memcpy(h, emb, sizeof(h));
+	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+	assert_memory_equal(h, want, sizeof(h));
+	assert_int_equal(res.layers_computed, TOY_LAYERS);
+	assert_int_equal(res.layers_inserted, 3);
+	assert_int_equal(res.cache_error, 0);
+	/* The next run reuses layer 2 and inserts nothing more. */
+	memcpy(h, emb, sizeof(h));
+	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+	assert_memory_equal(h, want, sizeof(h));
+	assert_int_equal(res.hit_layer, 2);
+	assert_int_equal(res.layers_inserted, 0);
+	assert_int_equal(res.cache_error, 0);
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	assert_int_equal(st.quota_refusals, 3 + 3);
+	assert_int_equal(st.entries, 3);
+}
+
 /* revalidate 1: every hit recomputes its layer and REPORTs drift 0: nothing is invalidated. */
 static void test_revalidate_reports(void **state)
 {
@@ -590,6 +630,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plain_and_bad_args),
 		cmocka_unit_test_setup_teardown(test_hit_at_every_depth, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_insert_quota_is_not_an_error, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_revalidate_reports, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_killed_mid_run, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_killed_in_callback_hit, setup, teardown),

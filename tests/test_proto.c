@@ -91,6 +91,7 @@ static struct lbp_msg sample(enum lbp_type t)
 		m.u.stats.bytes_used = 1u << 30;
 		m.u.stats.bytes_budget = 2u << 30;
 		m.u.stats.fragmentation_ppm = 12345;
+		m.u.stats.quota_refusals = 17;
 		break;
 	case LBP_MODEL_STATS:
 		m.u.mstats.model_id = 2;
@@ -273,6 +274,7 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.stats.entries = m.u.stats.leases = UINT64_MAX;
 	m.u.stats.bytes_used = m.u.stats.bytes_budget = UINT64_MAX;
 	m.u.stats.fragmentation_ppm = 1000000;
+	m.u.stats.quota_refusals = UINT64_MAX;
 	out[n++] = m;
 	memset(&m.u.stats, 0, sizeof(m.u.stats));
 	m.u.stats.page_size = 4096;
@@ -401,6 +403,7 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		assert_true(a->u.stats.bytes_used == b->u.stats.bytes_used);
 		assert_true(a->u.stats.bytes_budget == b->u.stats.bytes_budget);
 		assert_int_equal(a->u.stats.fragmentation_ppm, b->u.stats.fragmentation_ppm);
+		assert_true(a->u.stats.quota_refusals == b->u.stats.quota_refusals);
 		break;
 	case LBP_MODEL_STATS:
 		assert_memory_equal(&a->u.mstats, &b->u.mstats, sizeof(a->u.mstats));
@@ -1537,6 +1540,9 @@ static const struct range_case ranges[] = {
 	RS(STATS_REPLY, "clients", stats.clients, W_U32, -1, false),
 	RU(STATS_REPLY, "models", stats.models, W_U32, UINT32_MAX + 1ull, false),
 	RS(STATS_REPLY, "uptime_s", stats.uptime_s, W_U64, -1, false),
+	RU(STATS_REPLY, "quota_refusals", stats.quota_refusals, W_U64, UINT64_MAX, true),
+	RU(STATS_REPLY, "quota_refusals", stats.quota_refusals, W_U64, 0, true),
+	RS(STATS_REPLY, "quota_refusals", stats.quota_refusals, W_U64, -1, false),
 
 	RU(ERROR, "code", error.code, W_I32, 0, false),
 	RU(ERROR, "code", error.code, W_I32, 1, true),

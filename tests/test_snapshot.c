@@ -165,7 +165,7 @@ static int bank_insert(struct bank *b, uint32_t model, uint32_t input, uint32_t 
 	assert_non_null(data);
 	fill_data(data, bytes, input, layer);
 	input_keys(input, h.fp, h.exact);
-	lbd_store_insert(b->st, &r, &h, data, &cpl);
+	lbd_store_insert(b->st, 0, &r, &h, data, &cpl);
 	free(data);
 	return cpl.status;
 }

@@ -49,7 +49,7 @@ static void *inserter(void *p)
 		struct lb_cpl cpl = { 0 };
 		h.exact[0] = k + 1;
 		h.fp[0] = k;
-		lbd_store_insert(r->st, &req, &h, r->data, &cpl);
+		lbd_store_insert(r->st, 0, &req, &h, r->data, &cpl);
 		if (cpl.status == 0)
 			r->ok++;
 		atomic_store(&r->inserting, 1);

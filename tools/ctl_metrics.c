@@ -119,6 +119,8 @@ static void print_metrics(FILE *out, const struct ctl_view *v)
 	family(out, "layerbank_fragmentation_ratio", "gauge",
 	       "Of the free arena space, 1 - largest free block / free bytes.");
 	fprintf(out, "layerbank_fragmentation_ratio %.6f\n", st->fragmentation);
+	u64(out, "layerbank_quota_refusals_total", "counter",
+	    "Inserts refused because the client's entries held its insert quota.", st->quota_refusals);
 
 	family(out, "layerbank_model_layers", "gauge", "Layers of each registered model.");
 	for (uint32_t i = 0; i < v->n_models; i++) {

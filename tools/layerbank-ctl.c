@@ -213,6 +213,7 @@ static void print_stats_json(const struct ctl_view *v)
 	json_object_object_add(o, "bytes_used", json_object_new_uint64(st->bytes_used));
 	json_object_object_add(o, "bytes_budget", json_object_new_uint64(st->bytes_budget));
 	json_object_object_add(o, "fragmentation", json_object_new_double(st->fragmentation));
+	json_object_object_add(o, "quota_refusals", json_object_new_uint64(st->quota_refusals));
 	json_object_object_add(o, "per_model", models);
 	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
@@ -237,6 +238,7 @@ static void print_stats_table(const struct lb_stats *st)
 	       st->bytes_budget >> 20, st->leases, 100.0 * st->fragmentation);
 	printf("%-12s %" PRIu64 " evicted, %" PRIu64 " expired, %" PRIu64 " invalidated\n", "dropped",
 	       st->evictions, st->expirations, st->invalidations);
+	printf("%-12s %" PRIu64 " inserts over a client's quota\n", "refused", st->quota_refusals);
 }
 
 int ctl_cmd_stats(const char *sock, int argc, char **argv)

@@ -71,10 +71,14 @@ struct lb_model_desc {
 
 /*
  * Register a model (or find it registered with the same description).
+ * A client's requests may name only the models it registered on its own connection (others
+ * are refused with -EACCES), and a model with an allow-list (layerbankd's model-allow) may be
+ * registered only by the users on it.
  * @return 0 and *model_id (>= 1) set; -EEXIST when a model of that name is registered with
- *         another weights hash or shape (lb_last_error names the field); -EINVAL for a field
- *         out of range; -ENOSPC when the daemon's model table is full; -EPIPE/-ECONNRESET when
- *         the daemon went away.
+ *         another weights hash or shape (lb_last_error names the field); -EACCES when the
+ *         model's allow-list does not name this process's uid; -EINVAL for a field out of
+ *         range; -ENOSPC when the daemon's model table is full; -EPIPE/-ECONNRESET when the
+ *         daemon went away.
  */
 int lb_register_model(struct lb_client *c, const struct lb_model_desc *desc, uint32_t *model_id);
 
@@ -97,6 +101,7 @@ struct lb_stats {
 	uint64_t leases;         /* held by clients now */
 	uint64_t bytes_used, bytes_budget;
 	double fragmentation;    /* of the free arena space, 0..1 */
+	uint64_t quota_refusals; /* inserts refused with -EDQUOT: over a client's insert quota */
 };
 
 /*
@@ -269,7 +274,8 @@ struct lb_hit {
  * input of the same length, and the deepest layer of it whose similarity is at least that
  * layer's threshold. tau: n_tau thresholds (layer 0 first; n_tau must be the model's n_layers),
  * or NULL and 0 for the daemon's default.
- * @return 0 and *hit; -ENOENT (a miss); -ESRCH (unknown model); -EINVAL (bad argument);
+ * @return 0 and *hit; -ENOENT (a miss); -ESRCH (unknown model); -EACCES (a model this client
+ *         did not register); -EINVAL (bad argument);
  *         -EBUSY (async requests in flight, or too many leases held); -ETIMEDOUT (no answer
  *         within 1 s); -EPROTO (the daemon broke the protocol).
  */
@@ -296,7 +302,9 @@ struct lb_shape {
 /*
  * Hand the reserved buffer to the daemon, which copies it into the arena as the output of
  * layer for key. @return 0; -EEXIST (already cached); -ENOSPC (no room: everything is
- * leased); -EINVAL (shape, layer, no reservation); -ESRCH; -ETIMEDOUT; -EPROTO.
+ * leased); -EDQUOT (this client's entries hold its insert quota, layerbankd's
+ * client-insert-bytes, already: it frees up as they are evicted); -EINVAL (shape, layer, no
+ * reservation); -ESRCH; -EACCES (a model this client did not register); -ETIMEDOUT; -EPROTO.
  */
 int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
 		     const struct lb_key *key, const struct lb_shape *shape);
@@ -384,8 +392,8 @@ struct lb_lem_result {
  *     cached output of layer L - 1 (lb_lookup; from h when L = 0; skipped when L - 1 is not
  *     cached) and the drift 1 - cosine(recomputed, cached) is sent with lb_report.
  *  3. Layers L + 1 .. n_layers - 1 run through compute; a layer flagged in cache_layers is
- *     computed straight into lb_insert_reserve's staging and lb_insert_commit'ed (-EEXIST and
- *     -ENOSPC are not errors: the layer is just not inserted).
+ *     computed straight into lb_insert_reserve's staging and lb_insert_commit'ed (-EEXIST,
+ *     -ENOSPC and -EDQUOT are not errors: the layer is just not inserted).
  * A hit provides hidden states only, never a KV cache: a decoder's compute recomputes whatever
  * attention state the layers above the hit need.
  * c NULL runs plain (every layer computed, nothing inserted). So does the rest of a run once
