@@ -115,7 +115,7 @@ static void *worker_main(void *arg)
 		atomic_store(&w->paused, 0);
 		uint32_t i = n % 16;
 		struct lb_key k;
-		struct lb_hit h;
+		struct lb_hit h = { 0 }; /* a miss leaves it as it is: no stale lease from the last hit */
 		key_of(i, &k);
 		uint64_t t0 = now_ns();
 		int ret = lb_lookup_deepest(w->c, w->model_id, &k, NULL, 0, &h);
