@@ -1,6 +1,6 @@
 /* layerbank-bench: benchmarks that measure their baselines in the same run and print ratios.
  *   layerbank-bench ring [--json] [--iters N]
- *   layerbank-bench kernels [--json]  (bench_kernels.c)
+ *   layerbank-bench kernels [--json] [--only LIST] (bench_kernels.c)
  *   layerbank-bench workload ...   (bench_workload.c)
  *   layerbank-bench e2e ...        (bench_e2e.c)
  * The ring benchmark starts its own layerbankd (and redis-server when installed) in a temporary
@@ -536,7 +536,7 @@ int main(int argc, char **argv)
 	if (argc >= 2 && strcmp(argv[1], "e2e") == 0)
 		return bench_e2e_main(argc - 1, argv + 1);
 	fprintf(stderr, "usage: layerbank-bench ring [--json] [--iters N] [--no-index]\n"
-			"       layerbank-bench kernels [--json]\n"
+			"       layerbank-bench kernels [--json] [--only gemm,ops,bert,stories]\n"
 			"       layerbank-bench workload [--summary] [options: see --help]\n"
 			"       layerbank-bench e2e [--json] [--plot FILE] [options: see --help]\n");
 	return 2;
