@@ -1,12 +1,12 @@
 /* Matrix products: lbk_matmul (GEMV for small m, packed GEMM otherwise), the panel packing of
- * W and the register-blocked AVX-512 GEMM, split over n across pthreads. */
+ * W and the register-blocked AVX-512 and AVX2 GEMMs, split over n across pthreads. */
 #include <errno.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels_internal.h"
+#include "simd.h"
 
 /*
  * Micro-kernel tile: LBK_MR rows of x by LBK_NR columns of W (LBK_NV zmm vectors), i.e.
@@ -200,13 +200,100 @@ static LBK_TARGET_AVX512 void gemm_avx512(float *y, const float *x, const struct
 	}
 }
 
+/* ---- AVX2 micro-kernel: the same packed panels, a third of a panel (16 columns) at a time ---- */
+
+/*
+ * LBK_MR2 rows by 16 columns: 6 x 2 ymm accumulators, 2 W vectors and a broadcast, 15 of the
+ * 16 ymm registers (the classic Haswell shape). b is the panel slice at the sub-panel's first
+ * column, rows LBK_NR floats apart; the rest as micro().
+ */
+#define LBK_MR2 6
+
+static inline __attribute__((always_inline)) LBK_TARGET_AVX2 void
+micro2(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
+       __m256i mask[2], const float *bias, int first)
+{
+	__m256 acc[LBK_MR2][2];
+	LBK_UNROLL
+	for (int r = 0; r < mr; r++)
+		LBK_UNROLL
+		for (int v = 0; v < 2; v++)
+			acc[r][v] = first ? (bias ? _mm256_maskload_ps(bias + v * 8, mask[v])
+						  : _mm256_setzero_ps())
+					  : _mm256_maskload_ps(c + r * ldc + v * 8, mask[v]);
+	for (int64_t l = 0; l < kc; l++) {
+		__m256 b0 = _mm256_load_ps(b + l * LBK_NR), b1 = _mm256_load_ps(b + l * LBK_NR + 8);
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++) {
+			__m256 av = _mm256_broadcast_ss(a + r * lda + l);
+			acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+			acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+		}
+	}
+	LBK_UNROLL
+	for (int r = 0; r < mr; r++)
+		LBK_UNROLL
+		for (int v = 0; v < 2; v++)
+			_mm256_maskstore_ps(c + r * ldc + v * 8, mask[v], acc[r][v]);
+}
+
+#define LBK_TILE2_CASE(R)                                                                  \
+	case R:                                                                            \
+		micro2(R, kc, a, lda, b, c, ldc, mask, bias, first);                        \
+		break
+
+static LBK_TARGET_AVX2 void tile2(int mr, int64_t kc, const float *a, int64_t lda,
+				  const float *b, float *c, int64_t ldc, int64_t ncols,
+				  const float *bias, int first)
+{
+	__m256i mask[2] = { lbk_mask8(ncols), lbk_mask8(ncols - 8) };
+	_Static_assert(LBK_MR2 == 6, "tile2() switch lists 1..LBK_MR2");
+	switch (mr) {
+		LBK_TILE2_CASE(6);
+		LBK_TILE2_CASE(5);
+		LBK_TILE2_CASE(4);
+		LBK_TILE2_CASE(3);
+		LBK_TILE2_CASE(2);
+		LBK_TILE2_CASE(1);
+	default:
+		break;
+	}
+}
+
+static LBK_TARGET_AVX2 void gemm_avx2(float *y, const float *x, const struct lbk_packed *pw,
+				      const float *bias, int64_t m, int64_t p0, int64_t p1)
+{
+	const int64_t n = pw->n, k = pw->k;
+	for (int64_t k0 = 0; k0 < k; k0 += LBK_KC) {
+		int64_t kc = k - k0 < LBK_KC ? k - k0 : LBK_KC;
+		for (int64_t pi = p0; pi < p1; pi++) {
+			for (int64_t col0 = pi * LBK_NR; col0 < (pi + 1) * LBK_NR && col0 < n; col0 += 16) {
+				const float *b = pw->w + pi * k * LBK_NR + k0 * LBK_NR + (col0 - pi * LBK_NR);
+				int64_t ncols = n - col0 < 16 ? n - col0 : 16;
+				const float *bb = bias ? bias + col0 : NULL;
+				for (int64_t i0 = 0; i0 < m; i0 += LBK_MR2) {
+					int mr = (int)(m - i0 < LBK_MR2 ? m - i0 : LBK_MR2);
+					tile2(mr, kc, x + i0 * k + k0, k, b, y + i0 * n + col0, n, ncols,
+					      bb, k0 == 0);
+				}
+			}
+		}
+	}
+}
+
 static void gemm_range(float *y, const float *x, const struct lbk_packed *pw, const float *bias,
 		       int64_t m, int64_t p0, int64_t p1)
 {
-	if (lbk_use_avx512())
+	switch (lbk_isa()) {
+	case LBK_ISA_AVX512:
 		gemm_avx512(y, x, pw, bias, m, p0, p1);
-	else
+		break;
+	case LBK_ISA_AVX2:
+		gemm_avx2(y, x, pw, bias, m, p0, p1);
+		break;
+	default:
 		gemm_scalar(y, x, pw, bias, m, p0, p1);
+	}
 }
 
 /* One thread's share: panels [p0, p1). Owned by the calling lbk_gemm until joined. */
@@ -386,25 +473,78 @@ static LBK_TARGET_AVX512 void gemv_avx512(float *y, const float *x, const float 
 	}
 }
 
+static LBK_TARGET_AVX2 void gemv_avx2(float *y, const float *x, const float *w,
+				      const float *bias, int64_t n, int64_t k)
+{
+	int64_t kv = k & ~(int64_t)7;
+	__m256i tail = lbk_mask8(k - kv);
+	int has_tail = k > kv;
+	int64_t j = 0;
+	for (; j + 4 <= n; j += 4) {
+		const float *w0 = w + j * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+		__m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+		int64_t l = 0;
+		for (; l < kv; l += 8) {
+			__m256 xv = _mm256_loadu_ps(x + l);
+			s0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w0 + l), s0);
+			s1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w1 + l), s1);
+			s2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w2 + l), s2);
+			s3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w3 + l), s3);
+		}
+		if (has_tail) {
+			__m256 xv = _mm256_maskload_ps(x + l, tail);
+			s0 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w0 + l, tail), s0);
+			s1 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w1 + l, tail), s1);
+			s2 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w2 + l, tail), s2);
+			s3 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w3 + l, tail), s3);
+		}
+		y[j + 0] = lbk_hsum256(s0) + (bias ? bias[j + 0] : 0.0f);
+		y[j + 1] = lbk_hsum256(s1) + (bias ? bias[j + 1] : 0.0f);
+		y[j + 2] = lbk_hsum256(s2) + (bias ? bias[j + 2] : 0.0f);
+		y[j + 3] = lbk_hsum256(s3) + (bias ? bias[j + 3] : 0.0f);
+	}
+	for (; j < n; j++) {
+		const float *wr = w + j * k;
+		__m256 s = _mm256_setzero_ps();
+		int64_t l = 0;
+		for (; l < kv; l += 8)
+			s = _mm256_fmadd_ps(_mm256_loadu_ps(x + l), _mm256_loadu_ps(wr + l), s);
+		if (has_tail)
+			s = _mm256_fmadd_ps(_mm256_maskload_ps(x + l, tail),
+					    _mm256_maskload_ps(wr + l, tail), s);
+		y[j] = lbk_hsum256(s) + (bias ? bias[j] : 0.0f);
+	}
+}
+
 /* Below this many rows, packing W costs more than it saves: one GEMV per row. */
 #define LBK_GEMV_MAX_M 4
+
+static void gemv_rows(enum lbk_isa isa, float *y, const float *x, const float *w,
+		      const float *bias, int64_t m, int64_t n, int64_t k)
+{
+	for (int64_t i = 0; i < m; i++) {
+		if (isa == LBK_ISA_AVX512)
+			gemv_avx512(y + i * n, x + i * k, w, bias, n, k);
+		else
+			gemv_avx2(y + i * n, x + i * k, w, bias, n, k);
+	}
+}
 
 void lbk_matmul(float *y, const float *x, const float *w, const float *bias, int64_t m, int64_t n,
 		int64_t k)
 {
-	if (!lbk_use_avx512()) {
+	enum lbk_isa isa = lbk_isa();
+	if (isa == LBK_ISA_SCALAR) {
 		lbk_matmul_ref(y, x, w, bias, m, n, k);
 		return;
 	}
 	if (m < LBK_GEMV_MAX_M) {
-		for (int64_t i = 0; i < m; i++)
-			gemv_avx512(y + i * n, x + i * k, w, bias, n, k);
+		gemv_rows(isa, y, x, w, bias, m, n, k);
 		return;
 	}
 	struct lbk_packed *p = lbk_pack(w, n, k);
 	if (!p) { /* out of memory: the GEMV path needs none */
-		for (int64_t i = 0; i < m; i++)
-			gemv_avx512(y + i * n, x + i * k, w, bias, n, k);
+		gemv_rows(isa, y, x, w, bias, m, n, k);
 		return;
 	}
 	lbk_gemm(y, x, p, bias, m, 1);
