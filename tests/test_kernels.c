@@ -208,6 +208,58 @@ static void test_gemm_odd(void **state)
 	gemm_odd_sizes();
 }
 
+/*
+ * lbk_gemm_ex's epilogue (residual, GELU) against the two-pass composition it replaces: lbk_gemm,
+ * then res added, then lbk_gelu on the same tier. Bit for bit, since the epilogue runs the same
+ * operations in the same order on the same values; and threads 1 and 2 agree.
+ */
+static void check_gemm_ex(int64_t m, int64_t n, int64_t k, int with_bias, int with_res,
+			  enum lbk_act act)
+{
+	float *x = rand_buf(m * k, 1, 0), *w = rand_buf(n * k, 1, 0);
+	float *bias = with_bias ? rand_buf(n, 1, 0) : NULL, *res = with_res ? rand_buf(m * n, 2, 0) : NULL;
+	float *y = rand_buf(m * n, 1, 0), *y2 = rand_buf(m * n, 1, 0), *want = rand_buf(m * n, 1, 0);
+	struct lbk_packed *p = lbk_pack(w, n, k);
+	assert_non_null(p);
+	lbk_gemm(want, x, p, bias, m, 1);
+	if (res)
+		for (int64_t i = 0; i < m * n; i++)
+			want[i] += res[i];
+	if (act == LBK_ACT_GELU)
+		lbk_gelu(want, m * n);
+	lbk_gemm_ex(y, x, p, bias, res, m, 1, act);
+	lbk_gemm_ex(y2, x, p, bias, res, m, 2, act);
+	for (int64_t i = 0; i < m * n; i++)
+		if (memcmp(&y[i], &want[i], sizeof(float)) != 0 || memcmp(&y2[i], &want[i], sizeof(float)) != 0)
+			fail_msg("gemm_ex m=%lld n=%lld k=%lld bias=%d res=%d act=%d isa=%s [%lld]: %.9g / %.9g, want %.9g",
+				 (long long)m, (long long)n, (long long)k, with_bias, with_res, (int)act,
+				 isa_name(lbk_isa()), (long long)i, (double)y[i], (double)y2[i], (double)want[i]);
+	lbk_packed_free(p);
+	free(x);
+	free(w);
+	free(bias);
+	free(res);
+	free(y);
+	free(y2);
+	free(want);
+}
+
+static void test_gemm_epilogue(void **state)
+{
+	use_tier(state);
+	static const int64_t ms[] = { 1, 7, 9, 17 };
+	for (int a = 0; a < 4; a++)
+		for (int b = 0; b < N_ODD; b++)
+			for (int c = 0; c < 4; c++)
+				check_gemm_ex(ms[a], odd[b], odd[(b + c) % N_ODD], c & 1, (c >> 1) & 1,
+					      (a + b + c) & 1 ? LBK_ACT_GELU : LBK_ACT_NONE);
+	/* k across the cache block (256): the epilogue runs on the last slice only */
+	check_gemm_ex(13, 97, 600, 1, 1, LBK_ACT_GELU);
+	check_gemm_ex(8, 48, 257, 0, 1, LBK_ACT_NONE);
+	check_gemm_ex(128, 3072, 768, 1, 0, LBK_ACT_GELU);
+	check_gemm_ex(128, 768, 3072, 1, 1, LBK_ACT_NONE);
+}
+
 static void test_gemm_bert(void **state)
 {
 	(void)state;
@@ -595,6 +647,7 @@ int main(void)
 		cmocka_unit_test(test_isa_force),
 		TIERED(test_matmul_odd),
 		TIERED(test_gemm_odd),
+		TIERED(test_gemm_epilogue),
 		cmocka_unit_test(test_gemm_bert),
 		cmocka_unit_test(test_gemv_bandwidth),
 		TIERED(test_softmax),

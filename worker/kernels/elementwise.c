@@ -293,8 +293,6 @@ void lbk_silu_mul(float *h, const float *g, int64_t n)
 
 /* ---- GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ---- */
 
-#define LBK_GELU_C 0.7978845608028654f /* sqrt(2/pi) */
-
 void lbk_gelu_ref(float *x, int64_t n)
 {
 	for (int64_t i = 0; i < n; i++) {
@@ -303,36 +301,19 @@ void lbk_gelu_ref(float *x, int64_t n)
 	}
 }
 
-/* tanh(u) = 1 - 2 / (e^(2u) + 1): exact limits +-1 where e^(2u) saturates to inf or 0. */
 static LBK_TARGET_AVX512 void gelu_avx512(float *x, int64_t n)
 {
-	const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
 	for (int64_t i = 0; i < n; i += 16) {
 		__mmask16 mk = lbk_mask16(n - i);
-		__m512 v = _mm512_maskz_loadu_ps(mk, x + i);
-		__m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-		__m512 u = _mm512_mul_ps(_mm512_set1_ps(LBK_GELU_C),
-					 _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), v3, v));
-		__m512 e = lbk_exp512(_mm512_mul_ps(two, u));
-		__m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(e, one)));
-		__m512 r = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(one, t));
-		_mm512_mask_storeu_ps(x + i, mk, r);
+		_mm512_mask_storeu_ps(x + i, mk, lbk_gelu512(_mm512_maskz_loadu_ps(mk, x + i)));
 	}
 }
 
 static LBK_TARGET_AVX2 void gelu_avx2(float *x, int64_t n)
 {
-	const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
 	for (int64_t i = 0; i < n; i += 8) {
 		__m256i mk = lbk_mask8(n - i);
-		__m256 v = _mm256_maskload_ps(x + i, mk);
-		__m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
-		__m256 u = _mm256_mul_ps(_mm256_set1_ps(LBK_GELU_C),
-					 _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), v3, v));
-		__m256 e = lbk_exp256(_mm256_mul_ps(two, u));
-		__m256 t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(e, one)));
-		__m256 r = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(one, t));
-		_mm256_maskstore_ps(x + i, mk, r);
+		_mm256_maskstore_ps(x + i, mk, lbk_gelu256(_mm256_maskload_ps(x + i, mk)));
 	}
 }
 

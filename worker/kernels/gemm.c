@@ -88,21 +88,36 @@ void lbk_packed_free(struct lbk_packed *p)
 	free(p);
 }
 
+/* One GEMM: y [m][n] = act(x [m][k] . W^T + bias + res), shared by every thread's share. */
+struct gemm_op {
+	float *y;
+	const float *x;
+	const struct lbk_packed *pw;
+	const float *bias; /* [n] or NULL */
+	const float *res;  /* [m][n] or NULL; never y */
+	int64_t m;
+	enum lbk_act act;
+};
+
 /* ---- scalar GEMM on the packed layout (forced-scalar path; same sums as the reference) ---- */
 
-static void gemm_scalar(float *y, const float *x, const struct lbk_packed *pw, const float *bias,
-			int64_t m, int64_t p0, int64_t p1)
+static void gemm_scalar(const struct gemm_op *g, int64_t p0, int64_t p1)
 {
-	const int64_t n = pw->n, k = pw->k;
-	for (int64_t i = 0; i < m; i++) {
+	const int64_t n = g->pw->n, k = g->pw->k;
+	for (int64_t i = 0; i < g->m; i++) {
 		for (int64_t pi = p0; pi < p1; pi++) {
-			const float *panel = pw->w + pi * k * LBK_NR; /* [k][LBK_NR] */
+			const float *panel = g->pw->w + pi * k * LBK_NR; /* [k][LBK_NR] */
 			for (int64_t j = 0; j < LBK_NR && pi * LBK_NR + j < n; j++) {
 				float val = 0.0f;
 				for (int64_t l = 0; l < k; l++)
-					val += panel[l * LBK_NR + j] * x[i * k + l];
+					val += panel[l * LBK_NR + j] * g->x[i * k + l];
 				int64_t col = pi * LBK_NR + j;
-				y[i * n + col] = val + (bias ? bias[col] : 0.0f);
+				val += g->bias ? g->bias[col] : 0.0f;
+				if (g->res)
+					val += g->res[i * n + col];
+				if (g->act == LBK_ACT_GELU)
+					lbk_gelu_ref(&val, 1);
+				g->y[i * n + col] = val;
 			}
 		}
 	}
@@ -113,13 +128,14 @@ static void gemm_scalar(float *y, const float *x, const struct lbk_packed *pw, c
 /*
  * C[mr][ncols] (+)= A[mr][kc] . B[kc][LBK_NR]; a is x at (row i0, column k0), lda = k;
  * b the panel slice [kc][LBK_NR]; c is y at (i0, panel column 0), ldc = n. first: the
- * accumulators start from bias (or 0) instead of C. last: nothing more to add after this slice.
+ * accumulators start from bias (or 0) instead of C. The epilogue, on the last slice only:
+ * res (the residual at the tile, ldc apart, or NULL) is added and act applied before the store.
  * mr is a compile-time constant at every call site (the switch in tile()), so the loops over
  * r unroll and acc stays in registers.
  */
 static inline __attribute__((always_inline)) LBK_TARGET_AVX512 void
 micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
-      __mmask16 mask[LBK_NV], const float *bias, int first)
+      __mmask16 mask[LBK_NV], const float *bias, int first, const float *res, enum lbk_act act)
 {
 	__m512 acc[LBK_MR][LBK_NV];
 	LBK_UNROLL
@@ -142,6 +158,20 @@ micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
 				acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
 		}
 	}
+	if (res) {
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++)
+			LBK_UNROLL
+			for (int v = 0; v < LBK_NV; v++)
+				acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_maskz_loadu_ps(mask[v], res + r * ldc + v * 16));
+	}
+	if (act == LBK_ACT_GELU) {
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++)
+			LBK_UNROLL
+			for (int v = 0; v < LBK_NV; v++)
+				acc[r][v] = lbk_gelu512(acc[r][v]);
+	}
 	LBK_UNROLL
 	for (int r = 0; r < mr; r++)
 		LBK_UNROLL
@@ -151,12 +181,12 @@ micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
 
 #define LBK_TILE_CASE(R)                                                                   \
 	case R:                                                                            \
-		micro(R, kc, a, lda, b, c, ldc, mask, bias, first);                         \
+		micro(R, kc, a, lda, b, c, ldc, mask, bias, first, res, act);               \
 		break
 
 static LBK_TARGET_AVX512 void tile(int mr, int64_t kc, const float *a, int64_t lda,
 				   const float *b, float *c, int64_t ldc, int64_t ncols,
-				   const float *bias, int first)
+				   const float *bias, int first, const float *res, enum lbk_act act)
 {
 	__mmask16 mask[LBK_NV];
 	for (int v = 0; v < LBK_NV; v++) {
@@ -179,22 +209,24 @@ static LBK_TARGET_AVX512 void tile(int mr, int64_t kc, const float *a, int64_t l
 	}
 }
 
-/* Panels p0..p1 of y = x . W^T (+ bias), all m rows. */
-static LBK_TARGET_AVX512 void gemm_avx512(float *y, const float *x, const struct lbk_packed *pw,
-					  const float *bias, int64_t m, int64_t p0, int64_t p1)
+/* Panels p0..p1 of g's product, all m rows. */
+static LBK_TARGET_AVX512 void gemm_avx512(const struct gemm_op *g, int64_t p0, int64_t p1)
 {
-	const int64_t n = pw->n, k = pw->k;
+	const int64_t n = g->pw->n, k = g->pw->k, m = g->m;
 	for (int64_t k0 = 0; k0 < k; k0 += LBK_KC) {
 		int64_t kc = k - k0 < LBK_KC ? k - k0 : LBK_KC;
+		int last = k0 + kc == k;
+		enum lbk_act act = last ? g->act : LBK_ACT_NONE;
 		for (int64_t pi = p0; pi < p1; pi++) {
-			const float *b = pw->w + pi * k * LBK_NR + k0 * LBK_NR; /* [kc][LBK_NR] */
+			const float *b = g->pw->w + pi * k * LBK_NR + k0 * LBK_NR; /* [kc][LBK_NR] */
 			int64_t col0 = pi * LBK_NR;
 			int64_t ncols = n - col0 < LBK_NR ? n - col0 : LBK_NR;
-			const float *bb = bias ? bias + col0 : NULL;
+			const float *bb = g->bias ? g->bias + col0 : NULL;
 			for (int64_t i0 = 0; i0 < m; i0 += LBK_MR) {
 				int mr = (int)(m - i0 < LBK_MR ? m - i0 : LBK_MR);
-				tile(mr, kc, x + i0 * k + k0, k, b, y + i0 * n + col0, n, ncols, bb,
-				     k0 == 0);
+				const float *res = last && g->res ? g->res + i0 * n + col0 : NULL;
+				tile(mr, kc, g->x + i0 * k + k0, k, b, g->y + i0 * n + col0, n, ncols,
+				     bb, k0 == 0, res, act);
 			}
 		}
 	}
@@ -211,7 +243,7 @@ static LBK_TARGET_AVX512 void gemm_avx512(float *y, const float *x, const struct
 
 static inline __attribute__((always_inline)) LBK_TARGET_AVX2 void
 micro2(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
-       __m256i mask[2], const float *bias, int first)
+       __m256i mask[2], const float *bias, int first, const float *res, enum lbk_act act)
 {
 	__m256 acc[LBK_MR2][2];
 	LBK_UNROLL
@@ -230,6 +262,20 @@ micro2(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c
 			acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
 		}
 	}
+	if (res) {
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++)
+			LBK_UNROLL
+			for (int v = 0; v < 2; v++)
+				acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_maskload_ps(res + r * ldc + v * 8, mask[v]));
+	}
+	if (act == LBK_ACT_GELU) {
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++)
+			LBK_UNROLL
+			for (int v = 0; v < 2; v++)
+				acc[r][v] = lbk_gelu256(acc[r][v]);
+	}
 	LBK_UNROLL
 	for (int r = 0; r < mr; r++)
 		LBK_UNROLL
@@ -239,12 +285,12 @@ micro2(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c
 
 #define LBK_TILE2_CASE(R)                                                                  \
 	case R:                                                                            \
-		micro2(R, kc, a, lda, b, c, ldc, mask, bias, first);                        \
+		micro2(R, kc, a, lda, b, c, ldc, mask, bias, first, res, act);              \
 		break
 
 static LBK_TARGET_AVX2 void tile2(int mr, int64_t kc, const float *a, int64_t lda,
 				  const float *b, float *c, int64_t ldc, int64_t ncols,
-				  const float *bias, int first)
+				  const float *bias, int first, const float *res, enum lbk_act act)
 {
 	__m256i mask[2] = { lbk_mask8(ncols), lbk_mask8(ncols - 8) };
 	_Static_assert(LBK_MR2 == 6, "tile2() switch lists 1..LBK_MR2");
@@ -260,55 +306,53 @@ static LBK_TARGET_AVX2 void tile2(int mr, int64_t kc, const float *a, int64_t ld
 	}
 }
 
-static LBK_TARGET_AVX2 void gemm_avx2(float *y, const float *x, const struct lbk_packed *pw,
-				      const float *bias, int64_t m, int64_t p0, int64_t p1)
+static LBK_TARGET_AVX2 void gemm_avx2(const struct gemm_op *g, int64_t p0, int64_t p1)
 {
-	const int64_t n = pw->n, k = pw->k;
+	const int64_t n = g->pw->n, k = g->pw->k, m = g->m;
 	for (int64_t k0 = 0; k0 < k; k0 += LBK_KC) {
 		int64_t kc = k - k0 < LBK_KC ? k - k0 : LBK_KC;
+		int last = k0 + kc == k;
+		enum lbk_act act = last ? g->act : LBK_ACT_NONE;
 		for (int64_t pi = p0; pi < p1; pi++) {
 			for (int64_t col0 = pi * LBK_NR; col0 < (pi + 1) * LBK_NR && col0 < n; col0 += 16) {
-				const float *b = pw->w + pi * k * LBK_NR + k0 * LBK_NR + (col0 - pi * LBK_NR);
+				const float *b = g->pw->w + pi * k * LBK_NR + k0 * LBK_NR + (col0 - pi * LBK_NR);
 				int64_t ncols = n - col0 < 16 ? n - col0 : 16;
-				const float *bb = bias ? bias + col0 : NULL;
+				const float *bb = g->bias ? g->bias + col0 : NULL;
 				for (int64_t i0 = 0; i0 < m; i0 += LBK_MR2) {
 					int mr = (int)(m - i0 < LBK_MR2 ? m - i0 : LBK_MR2);
-					tile2(mr, kc, x + i0 * k + k0, k, b, y + i0 * n + col0, n, ncols,
-					      bb, k0 == 0);
+					const float *res = last && g->res ? g->res + i0 * n + col0 : NULL;
+					tile2(mr, kc, g->x + i0 * k + k0, k, b, g->y + i0 * n + col0, n,
+					      ncols, bb, k0 == 0, res, act);
 				}
 			}
 		}
 	}
 }
 
-static void gemm_range(float *y, const float *x, const struct lbk_packed *pw, const float *bias,
-		       int64_t m, int64_t p0, int64_t p1)
+static void gemm_range(const struct gemm_op *g, int64_t p0, int64_t p1)
 {
 	switch (lbk_isa()) {
 	case LBK_ISA_AVX512:
-		gemm_avx512(y, x, pw, bias, m, p0, p1);
+		gemm_avx512(g, p0, p1);
 		break;
 	case LBK_ISA_AVX2:
-		gemm_avx2(y, x, pw, bias, m, p0, p1);
+		gemm_avx2(g, p0, p1);
 		break;
 	default:
-		gemm_scalar(y, x, pw, bias, m, p0, p1);
+		gemm_scalar(g, p0, p1);
 	}
 }
 
-/* One thread's share: panels [p0, p1). Owned by the calling lbk_gemm until joined. */
+/* One thread's share: panels [p0, p1). Owned by the calling lbk_gemm_ex until joined. */
 struct gemm_job {
-	float *y;
-	const float *x;
-	const struct lbk_packed *pw;
-	const float *bias;
-	int64_t m, p0, p1;
+	const struct gemm_op *g;
+	int64_t p0, p1;
 };
 
 static void *gemm_thread(void *arg)
 {
 	struct gemm_job *j = arg;
-	gemm_range(j->y, j->x, j->pw, j->bias, j->m, j->p0, j->p1);
+	gemm_range(j->g, j->p0, j->p1);
 	return NULL;
 }
 
@@ -406,27 +450,33 @@ static void spawn_run(struct gemm_job *jobs, int threads)
 			pthread_join(tids[t], NULL);
 }
 
-void lbk_gemm(float *y, const float *x, const struct lbk_packed *w, const float *bias, int64_t m,
-	      int threads)
+void lbk_gemm_ex(float *y, const float *x, const struct lbk_packed *w, const float *bias,
+		 const float *res, int64_t m, int threads, enum lbk_act act)
 {
 	if (m <= 0 || !w)
 		return;
+	const struct gemm_op g = { y, x, w, bias, res, m, act == LBK_ACT_GELU ? act : LBK_ACT_NONE };
 	int64_t panels = w->panels;
 	if (threads > LBK_MAX_THREADS)
 		threads = LBK_MAX_THREADS;
 	if (threads > panels)
 		threads = (int)panels;
 	if (threads <= 1) {
-		gemm_range(y, x, w, bias, m, 0, panels);
+		gemm_range(&g, 0, panels);
 		return;
 	}
 	/* Contiguous panel ranges: thread t writes columns of its panels only. */
 	struct gemm_job jobs[LBK_MAX_THREADS];
 	for (int t = 0; t < threads; t++)
-		jobs[t] = (struct gemm_job){ y, x, w, bias, m, panels * t / threads,
-					     panels * (t + 1) / threads };
+		jobs[t] = (struct gemm_job){ &g, panels * t / threads, panels * (t + 1) / threads };
 	if (pool_run(jobs, threads) != 0)
 		spawn_run(jobs, threads);
+}
+
+void lbk_gemm(float *y, const float *x, const struct lbk_packed *w, const float *bias, int64_t m,
+	      int threads)
+{
+	lbk_gemm_ex(y, x, w, bias, NULL, m, threads, LBK_ACT_NONE);
 }
 
 /* ---- GEMV (m small): one dot product per output, four W rows share each x load ---- */

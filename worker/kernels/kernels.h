@@ -29,6 +29,21 @@ void lbk_packed_free(struct lbk_packed *p);
 void lbk_gemm(float *y, const float *x, const struct lbk_packed *w, const float *bias, int64_t m,
 	      int threads);
 
+/* What lbk_gemm_ex applies to each output last. */
+enum lbk_act {
+	LBK_ACT_NONE = 0,
+	LBK_ACT_GELU = 1, /* lbk_gelu's tanh approximation, the same vector code */
+};
+/*
+ * y[m][n] = act(x[m][k] . W^T + bias + res): res [m][n] a residual added to the product (NULL:
+ * none; it must not overlap y, which the kernel writes before it reads res), act applied after
+ * it. Both happen on the tile in registers before its last store, so neither costs a pass over
+ * y. Per element the result is that of lbk_gemm followed by adding res and lbk_gelu, bit for
+ * bit, on every tier. An unknown act is taken as LBK_ACT_NONE.
+ */
+void lbk_gemm_ex(float *y, const float *x, const struct lbk_packed *w, const float *bias,
+		 const float *res, int64_t m, int threads, enum lbk_act act);
+
 /* ---- element-wise and row kernels ---- */
 
 void lbk_rmsnorm(float *o, const float *x, const float *weight, int64_t n, float eps);

@@ -1,5 +1,5 @@
 /* Private to lbk: the vector helpers the AVX-512 and AVX2 variants share (tail masks, e^x,
- * horizontal sums), inline so that each lands inside its caller's target attribute. */
+ * GELU, horizontal sums), inline so that each lands inside its caller's target attribute. */
 #ifndef LAYERBANK_KERNELS_SIMD_H
 #define LAYERBANK_KERNELS_SIMD_H
 
@@ -50,6 +50,21 @@ static inline LBK_TARGET_AVX512 __m512 lbk_exp512(__m512 x)
 	return _mm512_scalef_ps(p, n);
 }
 
+/* GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+#define LBK_GELU_C 0.7978845608028654f /* sqrt(2/pi) */
+
+/* tanh(u) = 1 - 2 / (e^(2u) + 1): exact limits +-1 where e^(2u) saturates to inf or 0. */
+static inline LBK_TARGET_AVX512 __m512 lbk_gelu512(__m512 v)
+{
+	const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+	__m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
+	__m512 u = _mm512_mul_ps(_mm512_set1_ps(LBK_GELU_C),
+				 _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), v3, v));
+	__m512 e = lbk_exp512(_mm512_mul_ps(two, u));
+	__m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(e, one)));
+	return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(one, t));
+}
+
 /* ---- AVX2: 8 lanes ---- */
 
 /* Lane mask (all ones in the first `left` lanes) for maskload/maskstore; left clamped to 0..8. */
@@ -85,6 +100,17 @@ static inline LBK_TARGET_AVX2 __m256 lbk_exp256(__m256 x)
 	__m256 f1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
 	__m256 f2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
 	return _mm256_mul_ps(_mm256_mul_ps(p, f1), f2);
+}
+
+static inline LBK_TARGET_AVX2 __m256 lbk_gelu256(__m256 v)
+{
+	const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+	__m256 v3 = _mm256_mul_ps(_mm256_mul_ps(v, v), v);
+	__m256 u = _mm256_mul_ps(_mm256_set1_ps(LBK_GELU_C),
+				 _mm256_fmadd_ps(_mm256_set1_ps(0.044715f), v3, v));
+	__m256 e = lbk_exp256(_mm256_mul_ps(two, u));
+	__m256 t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(e, one)));
+	return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v), _mm256_add_ps(one, t));
 }
 
 static inline LBK_TARGET_AVX2 float lbk_hsum256(__m256 v)
