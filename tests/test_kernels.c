@@ -1,6 +1,7 @@
-/* lbk_* kernels: every AVX-512 variant against its plain-C reference on odd sizes, the forced
- * scalar dispatch path, threaded packed GEMM, and the norms/RoPE against double-precision
- * formulas. Prints GEMM GFLOP/s on the BERT-base shapes and m=1 GEMV GB/s (no timed asserts). */
+/* lbk_* kernels: every variant (AVX-512, AVX2, scalar: each tier forced in turn with
+ * lbk_force_isa) against its plain-C reference on odd sizes, threaded packed GEMM, and the
+ * norms/RoPE against double-precision formulas. Prints GEMM GFLOP/s on the BERT-base shapes and
+ * m=1 GEMV GB/s (no timed asserts). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -71,6 +72,45 @@ static double dot_tol(int64_t k)
 	return 4e-6 * sqrt((double)k);
 }
 
+static const char *isa_name(enum lbk_isa isa)
+{
+	return isa == LBK_ISA_AVX512 ? "avx512" : isa == LBK_ISA_AVX2 ? "avx2" : "scalar";
+}
+
+/*
+ * Tiered tests run once per tier, their state the tier to force: the kernels then take that
+ * variant (or its reference, for the scalar tier). A tier this CPU lacks is skipped with a
+ * note; the teardown lifts the ceiling again.
+ */
+static void use_tier(void **state)
+{
+	enum lbk_isa want = *(const enum lbk_isa *)*state;
+	lbk_force_isa(LBK_ISA_AVX512);
+	enum lbk_isa best = lbk_isa();
+	if (want > best) {
+		printf("SKIP: this CPU has no %s (best: %s)\n", isa_name(want), isa_name(best));
+		skip();
+	}
+	lbk_force_isa(want);
+	assert_int_equal(lbk_isa(), want);
+}
+
+static int lift_tier(void **state)
+{
+	(void)state;
+	lbk_force_isa(LBK_ISA_AVX512);
+	return 0;
+}
+
+static const enum lbk_isa tier_avx512 = LBK_ISA_AVX512, tier_avx2 = LBK_ISA_AVX2,
+			  tier_scalar = LBK_ISA_SCALAR;
+
+/* The three runs of a tiered test, named "test avx512" and so on. */
+#define TIERED(fn)                                                                          \
+	{ #fn " avx512", fn, NULL, lift_tier, (void *)&tier_avx512 },                     \
+	{ #fn " avx2", fn, NULL, lift_tier, (void *)&tier_avx2 },                         \
+	{ #fn " scalar", fn, NULL, lift_tier, (void *)&tier_scalar }
+
 static void test_isa_force(void **state)
 {
 	(void)state;
@@ -79,9 +119,11 @@ static void test_isa_force(void **state)
 			       : best == LBK_ISA_AVX2	? "avx2"
 							: "scalar");
 	if (best < LBK_ISA_AVX512)
-		printf("note: no AVX-512 here; fast variants run their scalar fallbacks\n");
+		printf("note: no AVX-512 here; its tier's tests are skipped\n");
 	lbk_force_isa(LBK_ISA_SCALAR);
 	assert_int_equal(lbk_isa(), LBK_ISA_SCALAR);
+	lbk_force_isa(LBK_ISA_AVX2);
+	assert_int_equal(lbk_isa(), best < LBK_ISA_AVX2 ? best : LBK_ISA_AVX2);
 	lbk_force_isa(LBK_ISA_AVX512);
 	assert_int_equal(lbk_isa(), best);
 }
@@ -108,7 +150,7 @@ static void check_matmul(int64_t m, int64_t n, int64_t k, int with_bias)
 
 static void test_matmul_odd(void **state)
 {
-	(void)state;
+	use_tier(state);
 	static const int64_t ms[] = { 1, 2, 3, 4, 5, 7, 17 };
 	for (int a = 0; a < (int)(sizeof(ms) / sizeof(ms[0])); a++)
 		for (int b = 0; b < N_ODD; b++)
@@ -162,19 +204,60 @@ static void gemm_odd_sizes(void)
 
 static void test_gemm_odd(void **state)
 {
-	(void)state;
+	use_tier(state);
 	gemm_odd_sizes();
 }
 
-/* Regression guard for the forced-scalar dispatch path of every dispatched kernel family. */
-static void test_forced_scalar(void **state)
+/*
+ * lbk_gemm_ex's epilogue (residual, GELU) against the two-pass composition it replaces: lbk_gemm,
+ * then res added, then lbk_gelu on the same tier. Bit for bit, since the epilogue runs the same
+ * operations in the same order on the same values; and threads 1 and 2 agree.
+ */
+static void check_gemm_ex(int64_t m, int64_t n, int64_t k, int with_bias, int with_res,
+			  enum lbk_act act)
 {
-	(void)state;
-	lbk_force_isa(LBK_ISA_SCALAR);
-	gemm_odd_sizes();
-	check_matmul(7, 17, 65, 1);
-	check_matmul(1, 129, 129, 0);
-	lbk_force_isa(LBK_ISA_AVX512);
+	float *x = rand_buf(m * k, 1, 0), *w = rand_buf(n * k, 1, 0);
+	float *bias = with_bias ? rand_buf(n, 1, 0) : NULL, *res = with_res ? rand_buf(m * n, 2, 0) : NULL;
+	float *y = rand_buf(m * n, 1, 0), *y2 = rand_buf(m * n, 1, 0), *want = rand_buf(m * n, 1, 0);
+	struct lbk_packed *p = lbk_pack(w, n, k);
+	assert_non_null(p);
+	lbk_gemm(want, x, p, bias, m, 1);
+	if (res)
+		for (int64_t i = 0; i < m * n; i++)
+			want[i] += res[i];
+	if (act == LBK_ACT_GELU)
+		lbk_gelu(want, m * n);
+	lbk_gemm_ex(y, x, p, bias, res, m, 1, act);
+	lbk_gemm_ex(y2, x, p, bias, res, m, 2, act);
+	for (int64_t i = 0; i < m * n; i++)
+		if (memcmp(&y[i], &want[i], sizeof(float)) != 0 || memcmp(&y2[i], &want[i], sizeof(float)) != 0)
+			fail_msg("gemm_ex m=%lld n=%lld k=%lld bias=%d res=%d act=%d isa=%s [%lld]: %.9g / %.9g, want %.9g",
+				 (long long)m, (long long)n, (long long)k, with_bias, with_res, (int)act,
+				 isa_name(lbk_isa()), (long long)i, (double)y[i], (double)y2[i], (double)want[i]);
+	lbk_packed_free(p);
+	free(x);
+	free(w);
+	free(bias);
+	free(res);
+	free(y);
+	free(y2);
+	free(want);
+}
+
+static void test_gemm_epilogue(void **state)
+{
+	use_tier(state);
+	static const int64_t ms[] = { 1, 7, 9, 17 };
+	for (int a = 0; a < 4; a++)
+		for (int b = 0; b < N_ODD; b++)
+			for (int c = 0; c < 4; c++)
+				check_gemm_ex(ms[a], odd[b], odd[(b + c) % N_ODD], c & 1, (c >> 1) & 1,
+					      (a + b + c) & 1 ? LBK_ACT_GELU : LBK_ACT_NONE);
+	/* k across the cache block (256): the epilogue runs on the last slice only */
+	check_gemm_ex(13, 97, 600, 1, 1, LBK_ACT_GELU);
+	check_gemm_ex(8, 48, 257, 0, 1, LBK_ACT_NONE);
+	check_gemm_ex(128, 3072, 768, 1, 0, LBK_ACT_GELU);
+	check_gemm_ex(128, 768, 3072, 1, 1, LBK_ACT_NONE);
 }
 
 static void test_gemm_bert(void **state)
@@ -274,7 +357,7 @@ static void check_softmax(int64_t n, float scale)
 
 static void test_softmax(void **state)
 {
-	(void)state;
+	use_tier(state);
 	for (int i = 0; i < N_ODD; i++) {
 		check_softmax(odd[i], 1.0f);
 		check_softmax(odd[i], 10.0f);
@@ -293,7 +376,7 @@ static void test_softmax(void **state)
  */
 static void test_activations(void **state)
 {
-	(void)state;
+	use_tier(state);
 	for (int i = 0; i < N_ODD; i++) {
 		int64_t n = odd[i];
 		float *h = rand_buf(n, 10, 0), *g = rand_buf(n, 1, 0);
@@ -332,7 +415,7 @@ static void test_activations(void **state)
  */
 static void test_norms(void **state)
 {
-	(void)state;
+	use_tier(state);
 	static const int64_t ns[] = { 1, 7, 17, 65, 129, 768, 4099 };
 	for (int i = 0; i < (int)(sizeof(ns) / sizeof(ns[0])); i++) {
 		int64_t n = ns[i];
@@ -453,17 +536,21 @@ static void test_embed(void **state)
 /*
  * Attention tolerance: |fast - ref| <= 2e-5 (1 + |ref|). Outputs are convex combinations of
  * v in [-1, 1]. The scores are hs-term dot products (order differences ~sqrt(hs) FLT_EPSILON,
- * times 1/sqrt(hs)); the online softmax rescales the running sum each time the max rises
- * (at most seq times, one rounding each) where the reference exponentiates once.
+ * times 1/sqrt(hs)); the tiled variants' exponentials are a polynomial within 2 ulp of expf,
+ * and their online softmax rescales the running sum each time a key block raises the max (at
+ * most seq / 16 times, one rounding each) where the reference exponentiates once.
  */
+#define ATT_TOL 2e-5
+
 static void test_attention(void **state)
 {
-	(void)state;
-	static const int64_t seqs[] = { 1, 7, 17, 65 };
-	static const int64_t hss[] = { 1, 7, 16, 17, 64 };
+	use_tier(state);
+	/* seq across the key blocks (16, 32) and query blocks (6, 8); hs across the vector widths */
+	static const int64_t seqs[] = { 1, 7, 17, 65, 129 };
+	static const int64_t hss[] = { 1, 7, 16, 17, 64, 65 };
 	static const int64_t heads[][2] = { { 1, 1 }, { 4, 2 }, { 6, 1 }, { 3, 3 } };
-	for (int a = 0; a < 4; a++)
-		for (int b = 0; b < 5; b++)
+	for (int a = 0; a < 5; a++)
+		for (int b = 0; b < 6; b++)
 			for (int c = 0; c < 4; c++)
 				for (int causal = 0; causal <= 1; causal++) {
 					int64_t seq = seqs[a], hs = hss[b];
@@ -475,12 +562,12 @@ static void test_attention(void **state)
 					float *r = rand_buf(seq * nh * hs, 1, 0);
 					char what[96];
 					snprintf(what, sizeof(what),
-						 "attention seq=%lld hs=%lld heads=%lld/%lld causal=%d",
+						 "attention seq=%lld hs=%lld heads=%lld/%lld causal=%d isa=%s",
 						 (long long)seq, (long long)hs, (long long)nh,
-						 (long long)nkv, causal);
+						 (long long)nkv, causal, isa_name(lbk_isa()));
 					lbk_attention(o, q, k, v, seq, nh, nkv, hs, causal);
 					lbk_attention_ref(r, q, k, v, seq, nh, nkv, hs, causal);
-					expect_close(o, r, seq * nh * hs, 2e-5, 1.0, what);
+					expect_close(o, r, seq * nh * hs, ATT_TOL, 1.0, what);
 					if (causal) /* position 0 sees only key 0: out = v[0] */
 						for (int64_t h = 0; h < nh; h++)
 							expect_close(o + h * hs,
@@ -494,21 +581,82 @@ static void test_attention(void **state)
 				}
 }
 
+/*
+ * lbk_attention_strided as the BERT layer uses it: q, k and v read in place from a fused
+ * qkv [seq][3 * dim] buffer, heads h0..h0+nh-1 of the layer's n_all (a thread's share), output
+ * into att [seq][dim + pad]. Compared with the reference on contiguous copies; every float of
+ * att outside those heads' columns must be left as it was.
+ */
+static void check_strided(int64_t seq, int64_t n_all, int64_t h0, int64_t nh, int64_t hs,
+			  int causal)
+{
+	const int64_t dim = n_all * hs, ldqkv = 3 * dim + 5, ldo = dim + 3;
+	float *qkv = rand_buf(seq * ldqkv, 3, 0);
+	float *att = rand_buf(seq * ldo, 1, 0), *before = malloc((size_t)(seq * ldo) * sizeof(float));
+	float *q = malloc((size_t)(seq * nh * hs) * sizeof(float));
+	float *k = malloc((size_t)(seq * nh * hs) * sizeof(float));
+	float *v = malloc((size_t)(seq * nh * hs) * sizeof(float));
+	float *r = malloc((size_t)(seq * nh * hs) * sizeof(float));
+	assert_true(before && q && k && v && r);
+	memcpy(before, att, (size_t)(seq * ldo) * sizeof(float));
+	for (int64_t t = 0; t < seq; t++) {
+		const float *row = qkv + t * ldqkv + h0 * hs;
+		memcpy(q + t * nh * hs, row, (size_t)(nh * hs) * sizeof(float));
+		memcpy(k + t * nh * hs, row + dim, (size_t)(nh * hs) * sizeof(float));
+		memcpy(v + t * nh * hs, row + 2 * dim, (size_t)(nh * hs) * sizeof(float));
+	}
+	lbk_attention_ref(r, q, k, v, seq, nh, nh, hs, causal);
+	lbk_attention_strided(att + h0 * hs, ldo, qkv + h0 * hs, ldqkv, qkv + dim + h0 * hs, ldqkv,
+			      qkv + 2 * dim + h0 * hs, ldqkv, seq, nh, nh, hs, causal);
+	char what[96];
+	snprintf(what, sizeof(what), "strided seq=%lld heads %lld..%lld of %lld hs=%lld causal=%d",
+		 (long long)seq, (long long)h0, (long long)(h0 + nh - 1), (long long)n_all,
+		 (long long)hs, causal);
+	for (int64_t t = 0; t < seq; t++) {
+		expect_close(att + t * ldo + h0 * hs, r + t * nh * hs, nh * hs, ATT_TOL, 1.0, what);
+		for (int64_t i = 0; i < ldo; i++)
+			if (i < h0 * hs || i >= (h0 + nh) * hs)
+				if (memcmp(&att[t * ldo + i], &before[t * ldo + i], sizeof(float)) != 0)
+					fail_msg("%s: wrote row %lld column %lld, outside its heads",
+						 what, (long long)t, (long long)i);
+	}
+	free(qkv);
+	free(att);
+	free(before);
+	free(q);
+	free(k);
+	free(v);
+	free(r);
+}
+
+static void test_attention_strided(void **state)
+{
+	use_tier(state);
+	for (int causal = 0; causal <= 1; causal++) {
+		check_strided(128, 12, 0, 6, 64, causal);
+		check_strided(128, 12, 6, 6, 64, causal);
+		check_strided(17, 5, 1, 3, 7, causal);
+		check_strided(65, 3, 2, 1, 17, causal);
+		check_strided(1, 2, 1, 1, 16, causal);
+	}
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_isa_force),
-		cmocka_unit_test(test_matmul_odd),
-		cmocka_unit_test(test_gemm_odd),
-		cmocka_unit_test(test_forced_scalar),
+		TIERED(test_matmul_odd),
+		TIERED(test_gemm_odd),
+		TIERED(test_gemm_epilogue),
 		cmocka_unit_test(test_gemm_bert),
 		cmocka_unit_test(test_gemv_bandwidth),
-		cmocka_unit_test(test_softmax),
-		cmocka_unit_test(test_activations),
-		cmocka_unit_test(test_norms),
+		TIERED(test_softmax),
+		TIERED(test_activations),
+		TIERED(test_norms),
 		cmocka_unit_test(test_rope),
 		cmocka_unit_test(test_embed),
-		cmocka_unit_test(test_attention),
+		TIERED(test_attention),
+		TIERED(test_attention_strided),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

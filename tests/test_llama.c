@@ -379,6 +379,81 @@ static void test_cli_generate_greedy_golden(void **state)
 	free(want);
 }
 
+/* generate's output for extra options (args ends with NULL), status checked. */
+static void generate_with(const char *const *extra, char *out, size_t n)
+{
+	const char *args[20] = { "generate", "--model", MODEL, "--tokenizer", TOK, "--steps", "256" };
+	int i = 7;
+	for (; *extra; extra++)
+		args[i++] = *extra;
+	args[i] = NULL;
+	int st = run_worker(args, out, n);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		fail_msg("generate exited with status %d: %s", st, out);
+}
+
+/*
+ * Sampling: one seed, one text; other seeds, other texts (256 steps of a 512-token model at
+ * T = 1: two seeds giving the same text would be a broken generator, not chance); a tiny
+ * temperature or top-p is greedy, byte for byte the golden text.
+ */
+static void test_cli_generate_sampling(void **state)
+{
+	(void)state;
+	static char a[65536], b[65536], c[65536];
+	char *want = slurp(GREEDY, NULL);
+	const char *s42[] = { "--temperature", "1", "--seed", "42", NULL };
+	const char *s43[] = { "--temperature", "1", "--seed", "43", NULL };
+	generate_with(s42, a, sizeof(a));
+	generate_with(s42, b, sizeof(b));
+	generate_with(s43, c, sizeof(c));
+	assert_string_equal(a, b);
+	assert_string_not_equal(a, c);
+	assert_string_not_equal(a, want);
+	const char *p42[] = { "--temperature", "0.9", "--topp", "0.9", "--seed", "42", NULL };
+	generate_with(p42, b, sizeof(b));
+	generate_with(p42, c, sizeof(c));
+	assert_string_equal(b, c);
+	assert_string_not_equal(a, b);
+	const char *tiny[] = { "--temperature", "1e-6", "--seed", "7", NULL };
+	generate_with(tiny, a, sizeof(a));
+	assert_string_equal(a, want);
+	const char *nucleus[] = { "--temperature", "1.5", "--topp", "1e-6", "--seed", "7", NULL };
+	generate_with(nucleus, a, sizeof(a));
+	assert_string_equal(a, want);
+	/* --seed and --topp change nothing at temperature 0 */
+	const char *greedy[] = { "--temperature", "0", "--seed", "3", "--topp", "0.5", NULL };
+	generate_with(greedy, a, sizeof(a));
+	assert_string_equal(a, want);
+	free(want);
+}
+
+/* $LBK_ISA caps the kernels' tier: greedy decoding gives the golden text on each; a value that
+ * names no tier is reported on one line and ignored. */
+static void test_cli_generate_each_tier(void **state)
+{
+	(void)state;
+	static char out[65536];
+	char *want = slurp(GREEDY, NULL);
+	const char *none[] = { NULL };
+	const char *tiers[] = { "avx512", "avx2", "scalar" };
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(setenv("LBK_ISA", tiers[i], 1), 0);
+		generate_with(none, out, sizeof(out));
+		if (strcmp(out, want) != 0)
+			fail_msg("LBK_ISA=%s: not the golden text: %s", tiers[i], out);
+	}
+	assert_int_equal(setenv("LBK_ISA", "avx1024", 1), 0);
+	generate_with(none, out, sizeof(out));
+	unsetenv("LBK_ISA");
+	const char *nl = strchr(out, '\n');
+	assert_non_null(nl);
+	assert_non_null(strstr(out, "LBK_ISA=avx1024 ignored"));
+	assert_true(strstr(out, "LBK_ISA=avx1024 ignored") < nl);
+	assert_string_equal(nl + 1, want);
+	free(want);
+}
+
 static void test_score_matches_fp64_reference(void **state)
 {
 	struct fixture *fx = *state;
@@ -683,8 +758,21 @@ static void test_cli_errors(void **state)
 		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--bogus", NULL }, 2 },
 		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--steps", "-1", NULL }, 2 },
 		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--steps", "12x", NULL }, 2 },
-		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "0.8", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "-0.5", NULL }, 2 },
 		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "nan", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "inf", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "1e39", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "hot", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--topp", "0", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--topp", "1.01", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--topp", "-0.5", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--topp", "nan", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--seed", "-1", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--seed", "1.5", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--seed", "99999999999999999999", NULL }, 2 },
+		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "0.8", "--seed",
+		    NULL }, 2 },
 		{ { "generate", "--model", MODEL, "--tokenizer", NULL }, 2 },
 		{ { "generate", "--tokenizer", TOK, NULL }, 2 },
 		{ { "score", "--model", MODEL, "--tokenizer", TOK, NULL }, 2 },
@@ -735,6 +823,8 @@ int main(void)
 		cmocka_unit_test(test_config_of_stories260k),
 		cmocka_unit_test(test_greedy_matches_llama2c_library),
 		cmocka_unit_test(test_cli_generate_greedy_golden),
+		cmocka_unit_test(test_cli_generate_sampling),
+		cmocka_unit_test(test_cli_generate_each_tier),
 		cmocka_unit_test(test_score_matches_fp64_reference),
 		cmocka_unit_test(test_tokenizer_round_trip),
 		cmocka_unit_test(test_bad_checkpoints),

@@ -1,9 +1,10 @@
 /*
  * layerbank-worker: the reference inference worker's command line. `generate` prints text as
- * llama2.c's run.c does (greedy); `score` prints the NLL of a text file; `serve` scores a stream
- * of requests from stdin, as a member of a fleet (serve.h).
+ * llama2.c's run.c does (greedy, or sampled with a temperature); `score` prints the NLL of a text
+ * file; `serve` scores a stream of requests from stdin, as a member of a fleet (serve.h).
  */
 #include <errno.h>
+#include <float.h>
 #include <limits.h>
 #include <stddef.h>
 #include <ctype.h>
@@ -17,6 +18,7 @@
 #include "cache.h"
 #include "config.h"
 #include "model_llama.h"
+#include "sampler.h"
 #include "scorer.h"
 #include "serve.h"
 #include "tokenizer.h"
@@ -32,19 +34,24 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 		"usage: layerbank-worker generate --model M --tokenizer T [--prompt S] [--steps N]\n"
-		"                                 [--temperature 0] [--stats]\n"
+		"                                 [--temperature T [--seed N] [--topp P]] [--stats]\n"
 		"       layerbank-worker score --model M --tokenizer T --text-file F [CACHE OPTIONS]\n"
 		"       layerbank-worker serve --model M --tokenizer T [--max-tokens N] [CACHE OPTIONS]\n"
 		"\n"
 		"--model   a llama2.c checkpoint (stories260K.bin); score and serve also take\n"
 		"          'bert-base': a BERT-base-shaped encoder (12 x 768) with weights generated\n"
-		"          from --seed (default 1), scored through its tied embedding.\n"
-		"generate  greedy decoding, printed as llama2.c's run.c prints it. --steps counts\n"
-		"          positions including BOS and the prompt (default 256; 0 or more than the\n"
-		"          model's seq_len means seq_len). Only --temperature 0 is implemented:\n"
-		"          sampling with a temperature above 0 is rejected. --stats prints the\n"
-		"          achieved tokens/s on stderr. It decodes token by token, which needs every\n"
-		"          layer's KV, and so does not use the layer cache.\n"
+		"          from --seed (default 1; for generate, --seed seeds the sampler), scored\n"
+		"          through its tied embedding.\n"
+		"generate  decodes and prints as llama2.c's run.c. --steps counts positions\n"
+		"          including BOS and the prompt (default 256; 0 or more than the model's\n"
+		"          seq_len means seq_len). --temperature 0 (the default) is greedy; T > 0\n"
+		"          samples from softmax(logits / T) with llama2.c's generator and draws:\n"
+		"          --seed N (default: the clock, as llama2.c; 0 too) makes it repeatable,\n"
+		"          --topp P in (0, 1] keeps the most likely tokens up to P (default 1:\n"
+		"          all; llama2.c's run defaults to 0.9). Both are ignored at temperature 0.\n"
+		"          --stats prints the achieved tokens/s (and the seed) on stderr. It decodes\n"
+		"          token by token, which needs every layer's KV, and so does not use the\n"
+		"          layer cache.\n"
 		"score     prints 'tokens N predicted P nll_per_token X': N tokens with BOS, P = N-1,\n"
 		"          X the mean negative log-likelihood (nats). The file is read whole; one\n"
 		"          trailing newline is dropped. With a cache, a second line\n"
@@ -71,10 +78,25 @@ static void usage(FILE *f)
 
 struct opts {
 	const char *cmd, *model, *tokenizer, *prompt, *text_file;
-	const char *private_s, *max_tokens_s, *seed_s, *steps_s, *temperature_s;
+	const char *private_s, *max_tokens_s, *seed_s, *steps_s, *temperature_s, *topp_s;
 	struct lbw_cache_opts cache;
 	int stats;
+	/* generate's sampler, from the options above */
+	float temperature, topp;
+	uint64_t sample_seed; /* 0: take the clock */
 };
+
+/* A finite float in [lo, hi] (lo_open: lo itself excluded), whole string. @return 0 or -1. */
+static int parse_float(const char *v, double lo, int lo_open, double hi, float *out)
+{
+	char *end;
+	errno = 0;
+	double d = strtod(v, &end);
+	if (errno || end == v || *end || !isfinite(d) || d < lo || (lo_open && d == lo) || d > hi)
+		return -1;
+	*out = (float)d;
+	return 0;
+}
 
 /* An integer in lo..hi, whole string. @return 0 or -1. */
 static int parse_long(const char *v, long lo, long hi, long *out)
@@ -100,9 +122,10 @@ static const char **slot_of(struct opts *o, const char *a, int cmd)
 		{ "--prompt", GEN, offsetof(struct opts, prompt) },
 		{ "--steps", GEN, offsetof(struct opts, steps_s) },
 		{ "--temperature", GEN, offsetof(struct opts, temperature_s) },
+		{ "--topp", GEN, offsetof(struct opts, topp_s) },
 		{ "--text-file", SCORE, offsetof(struct opts, text_file) },
 		{ "--max-tokens", SERVE, offsetof(struct opts, max_tokens_s) },
-		{ "--seed", SCORE | SERVE, offsetof(struct opts, seed_s) },
+		{ "--seed", GEN | SCORE | SERVE, offsetof(struct opts, seed_s) },
 		{ "--private-cache", SCORE | SERVE, offsetof(struct opts, private_s) },
 		{ "--cache", GEN | SCORE | SERVE, offsetof(struct opts, cache.socket) },
 		{ "--cache-layers", SCORE | SERVE, offsetof(struct opts, cache.layers) },
@@ -163,21 +186,26 @@ static int parse(int argc, char **argv, struct opts *o)
 				o->steps_s);
 			return -1;
 		}
-		if (o->temperature_s) {
-			char *end;
-			errno = 0;
-			double t = strtod(o->temperature_s, &end);
-			if (errno || end == o->temperature_s || *end || !isfinite(t) || t < 0) {
-				fprintf(stderr, "layerbank-worker generate: bad --temperature '%s'\n",
-					o->temperature_s);
-				return -1;
-			}
-			if (t > 0) {
-				fprintf(stderr, "layerbank-worker generate: --temperature %s: only greedy "
-						"decoding (--temperature 0) is implemented\n", o->temperature_s);
-				return -1;
-			}
+		o->temperature = 0.0f;
+		o->topp = 1.0f;
+		if (o->temperature_s &&
+		    parse_float(o->temperature_s, 0.0, 0, FLT_MAX, &o->temperature) < 0) {
+			fprintf(stderr, "layerbank-worker generate: bad --temperature '%s' (0 for greedy, "
+					"or a finite number above 0)\n", o->temperature_s);
+			return -1;
 		}
+		if (o->topp_s && parse_float(o->topp_s, 0.0, 1, 1.0, &o->topp) < 0) {
+			fprintf(stderr, "layerbank-worker generate: bad --topp '%s' (a number above 0 "
+					"and at most 1)\n", o->topp_s);
+			return -1;
+		}
+		long seed = 0;
+		if (o->seed_s && parse_long(o->seed_s, 0, LONG_MAX, &seed) < 0) {
+			fprintf(stderr, "layerbank-worker generate: bad --seed '%s' (an integer >= 0)\n",
+				o->seed_s);
+			return -1;
+		}
+		o->sample_seed = (uint64_t)seed;
 		if (o->cache.socket)
 			fprintf(stderr, "layerbank-worker generate: --cache ignored: token-by-token "
 					"decoding needs every layer's KV, which the cache does not hold\n");
@@ -229,6 +257,7 @@ static int generate(const struct opts *o)
 	struct lbw_llama m;
 	struct lbw_llama_state s;
 	struct lbw_tokenizer t;
+	struct lbw_sampler smp;
 	char err[512];
 	long steps_l = 256;
 
@@ -246,8 +275,16 @@ static int generate(const struct opts *o)
 	const char *prompt = o->prompt ? o->prompt : "";
 	int32_t *toks = malloc((strlen(prompt) + 3) * sizeof(int32_t));
 	int rc = EXIT_LOAD;
-	if (!toks || lbw_llama_state_init(&s, &m.cfg) < 0) {
+	/* llama2.c seeds from the clock when given none (or 0); the state must not be 0 */
+	uint64_t seed = o->sample_seed ? o->sample_seed : (uint64_t)time(NULL);
+	if (!seed)
+		seed = 1;
+	int have_state = toks && lbw_llama_state_init(&s, &m.cfg) == 0;
+	/* the options were checked by parse: out of memory is what is left */
+	if (!have_state || lbw_sampler_init(&smp, m.cfg.vocab_size, o->temperature, o->topp, seed) < 0) {
 		fprintf(stderr, "layerbank-worker generate: out of memory\n");
+		if (have_state)
+			lbw_llama_state_free(&s);
 		free(toks);
 		lbw_tokenizer_free(&t);
 		lbw_llama_free(&m);
@@ -273,7 +310,7 @@ static int generate(const struct opts *o)
 		if (pos < n - 1)
 			next = toks[pos + 1];
 		else
-			next = lbw_llama_argmax(logits, m.cfg.vocab_size);
+			next = lbw_sampler_next(&smp, logits);
 		pos++;
 		if (next == LBW_TOK_BOS)
 			break;
@@ -289,8 +326,11 @@ static int generate(const struct opts *o)
 		double el = now_ms() - start;
 		fprintf(stderr, "achieved tok/s: %f\n", el > 0 ? (pos - 1) / el * 1000.0 : 0.0);
 	}
+	if (o->stats && o->temperature > 0.0f)
+		fprintf(stderr, "seed: %llu\n", (unsigned long long)seed);
 	rc = 0;
 out:
+	lbw_sampler_free(&smp);
 	free(toks);
 	lbw_llama_state_free(&s);
 	lbw_tokenizer_free(&t);

@@ -230,12 +230,6 @@ int lbw_bert_embed(const struct lbw_bert *m, int64_t n, const int32_t *tokens, f
 	return 0;
 }
 
-static void add_rows(float *y, const float *x, int64_t count)
-{
-	for (int64_t i = 0; i < count; i++)
-		y[i] += x[i];
-}
-
 static void layernorm_rows(float *o, const float *x, const float *g, const float *b, int64_t n,
 			   int64_t h, float eps)
 {
@@ -246,33 +240,33 @@ static void layernorm_rows(float *o, const float *x, const float *g, const float
 /* Floats of scratch one layer needs for n positions. */
 static size_t scratch_floats(const struct lbw_bert *m, int64_t n)
 {
-	return (size_t)n * (size_t)(3 * m->cfg.hidden + 7 * m->cfg.hidden + m->cfg.ffn);
+	return (size_t)n * (size_t)(3 * m->cfg.hidden + 3 * m->cfg.hidden + m->cfg.ffn);
 }
 
-/* Attention of one group of heads: q k v o [seq][heads][hs], the group's own copies. */
+/* Attention of heads h0..h0+heads-1, read in place from qkv [n][3h] into att [n][h]. */
 struct attn_job {
-	float *o;
-	const float *q, *k, *v;
-	int64_t n, heads, hs;
+	float *att;
+	const float *qkv;
+	int64_t n, h, h0, heads, hs;
 	int causal;
 };
 
 static void *attn_run(void *arg)
 {
 	struct attn_job *j = arg;
-	lbk_attention(j->o, j->q, j->k, j->v, j->n, j->heads, j->heads, j->hs, j->causal);
+	const int64_t off = j->h0 * j->hs;
+	lbk_attention_strided(j->att + off, j->h, j->qkv + off, 3 * j->h, j->qkv + j->h + off,
+			      3 * j->h, j->qkv + 2 * j->h + off, 3 * j->h, j->n, j->heads, j->heads,
+			      j->hs, j->causal);
 	return NULL;
 }
 
 #define LBW_ATTN_MAX_GROUPS 16
 
-/*
- * att[n][h] = attention over qkv[n][3h], the heads split into up to threads groups run side by
- * side: each group's q, k, v are gathered into [n][group heads][hs] (lbk_attention's layout)
- * in gq, gk, gv, its output into go, then scattered back into att.
- */
-static void attention_groups(const struct lbw_bert *m, int64_t n, const float *qkv, float *gq,
-			     float *gk, float *gv, float *go, float *att, int threads)
+/* att[n][h] = attention over qkv[n][3h], the heads split into up to threads groups run side by
+ * side; each group reads its heads' columns of qkv and writes its columns of att. */
+static void attention_groups(const struct lbw_bert *m, int64_t n, const float *qkv, float *att,
+			     int threads)
 {
 	const int64_t h = m->cfg.hidden, heads = m->cfg.heads, hs = h / heads;
 	int groups = threads < 1 ? 1 : threads;
@@ -284,15 +278,8 @@ static void attention_groups(const struct lbw_bert *m, int64_t n, const float *q
 	pthread_t tid[LBW_ATTN_MAX_GROUPS];
 	int started[LBW_ATTN_MAX_GROUPS] = { 0 };
 	for (int g = 0; g < groups; g++) {
-		int64_t h0 = heads * g / groups, hg = heads * (g + 1) / groups - h0, w = hg * hs;
-		int64_t base = n * h0 * hs; /* group g's block in gq, gk, gv, go */
-		for (int64_t t = 0; t < n; t++) {
-			const float *row = qkv + t * 3 * h + h0 * hs;
-			memcpy(gq + base + t * w, row, (size_t)w * sizeof(float));
-			memcpy(gk + base + t * w, row + h, (size_t)w * sizeof(float));
-			memcpy(gv + base + t * w, row + 2 * h, (size_t)w * sizeof(float));
-		}
-		jobs[g] = (struct attn_job){ go + base, gq + base, gk + base, gv + base, n, hg, hs,
+		int64_t h0 = heads * g / groups, hg = heads * (g + 1) / groups - h0;
+		jobs[g] = (struct attn_job){ att, qkv, n, h, h0, hg, hs,
 					     m->cfg.style == LBW_STYLE_GPT2 };
 	}
 	for (int g = 1; g < groups; g++)
@@ -304,24 +291,22 @@ static void attention_groups(const struct lbw_bert *m, int64_t n, const float *q
 		else
 			attn_run(&jobs[g]); /* no thread to be had: the caller does it */
 	}
-	for (int g = 0; g < groups; g++) {
-		int64_t h0 = heads * g / groups, hg = heads * (g + 1) / groups - h0, w = hg * hs;
-		for (int64_t t = 0; t < n; t++)
-			memcpy(att + t * h + h0 * hs, go + n * h0 * hs + t * w, (size_t)w * sizeof(float));
-	}
 }
 
-/* One layer with caller's scratch buf [scratch_floats(m, n)]; arguments already checked. */
+/*
+ * One layer with caller's scratch buf [scratch_floats(m, n)]; arguments already checked. The
+ * residual adds and GELU run in the GEMMs' epilogues (lbk_gemm_ex), on the tiles in registers.
+ */
 static void layer_run(const struct lbw_bert *m, int l, int64_t n, const float *in, float *out,
 		      int threads, float *buf)
 {
 	const struct lbw_bert_layer_w *w = &m->layers[l];
-	const int64_t h = m->cfg.hidden, f = m->cfg.ffn;
+	const int64_t h = m->cfg.hidden;
 	const float eps = m->cfg.eps;
 	const int gpt2 = m->cfg.style == LBW_STYLE_GPT2;
-	/* qkv [n][3h]; gq gk gv go att res x [n][h] each; ff [n][f] */
-	float *qkv = buf, *gq = qkv + n * 3 * h, *gk = gq + n * h, *gv = gk + n * h, *go = gv + n * h;
-	float *att = go + n * h, *res = att + n * h, *x = res + n * h, *ff = x + n * h;
+	/* qkv [n][3h]; att res x [n][h] each; ff [n][f] */
+	float *qkv = buf, *att = qkv + n * 3 * h, *res = att + n * h, *x = res + n * h;
+	float *ff = x + n * h;
 
 	/* attention block: GPT-2 normalises its input first (pre-LN) */
 	const float *a_in = in;
@@ -330,20 +315,19 @@ static void layer_run(const struct lbw_bert *m, int l, int64_t n, const float *i
 		a_in = x;
 	}
 	lbk_gemm(qkv, a_in, w->pqkv, w->bqkv, n, threads);
-	attention_groups(m, n, qkv, gq, gk, gv, go, att, threads);
-	lbk_gemm(res, att, w->po, w->bo, n, threads);
-	add_rows(res, in, n * h); /* res = in + attention */
+	attention_groups(m, n, qkv, att, threads);
+	/* res = in + attention */
+	lbk_gemm_ex(res, att, w->po, w->bo, in, n, threads, LBK_ACT_NONE);
+	/* FFN on f_in; res is the residual it adds to (BERT's is its own normalised input) */
+	const float *f_in = res;
 	if (!gpt2) {
 		layernorm_rows(res, res, w->ln1_g, w->ln1_b, n, h, eps);
-		memcpy(x, res, (size_t)(n * h) * sizeof(float));
 	} else {
 		layernorm_rows(x, res, w->ln2_g, w->ln2_b, n, h, eps);
+		f_in = x;
 	}
-	/* FFN on x; res is the residual it adds to */
-	lbk_gemm(ff, x, w->p1, w->b1, n, threads);
-	lbk_gelu(ff, n * f);
-	lbk_gemm(out, ff, w->p2, w->b2, n, threads);
-	add_rows(out, res, n * h);
+	lbk_gemm_ex(ff, f_in, w->p1, w->b1, NULL, n, threads, LBK_ACT_GELU);
+	lbk_gemm_ex(out, ff, w->p2, w->b2, res, n, threads, LBK_ACT_NONE);
 	if (!gpt2)
 		layernorm_rows(out, out, w->ln2_g, w->ln2_b, n, h, eps);
 }

@@ -1,29 +1,41 @@
-/* Grouped-query multi-head attention over a whole sequence, causal or bidirectional: a
- * two-pass plain-C reference and an AVX-512 single pass with an online (running-max) softmax.
- * Neither allocates: out itself holds the running weighted sum. */
-#include <immintrin.h>
+/*
+ * Grouped-query multi-head attention over a whole sequence, causal or bidirectional: a two-pass
+ * plain-C reference, and tiled AVX-512 and AVX2 variants (a block of query rows against blocks
+ * of keys held in vector lanes, an online softmax, P.V with FMAs).
+ */
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
-#include "kernels_internal.h"
+#include "simd.h"
+
+/* One call's operands. Head h of position t: q + t * ldq + h * hs (likewise k, v with the kv
+ * head, out with h). */
+struct att {
+	float *out;
+	const float *q, *k, *v;
+	int64_t ldo, ldq, ldk, ldv;
+	int64_t seq, n_heads, n_kv_heads, hs;
+	int causal;
+};
 
 /*
  * Reference: for each query row, pass 1 finds the max score, pass 2 sums exp(score - max)
  * and accumulates exp(score - max) * v into out, which is then divided by the sum.
  */
-void lbk_attention_ref(float *out, const float *q, const float *k, const float *v, int64_t seq,
-		       int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal)
+static void attention_ref(const struct att *a)
 {
-	const int64_t group = n_heads / n_kv_heads;
+	const int64_t hs = a->hs, group = a->n_heads / a->n_kv_heads;
 	const float scale = 1.0f / sqrtf((float)hs);
-	for (int64_t t = 0; t < seq; t++) {
-		int64_t end = causal ? t + 1 : seq; /* keys 0..end-1 */
-		for (int64_t h = 0; h < n_heads; h++) {
-			const float *qt = q + (t * n_heads + h) * hs; /* [hs] */
-			float *ot = out + (t * n_heads + h) * hs;	/* [hs] */
+	for (int64_t t = 0; t < a->seq; t++) {
+		int64_t end = a->causal ? t + 1 : a->seq; /* keys 0..end-1 */
+		for (int64_t h = 0; h < a->n_heads; h++) {
+			const float *qt = a->q + t * a->ldq + h * hs; /* [hs] */
+			float *ot = a->out + t * a->ldo + h * hs;	/* [hs] */
 			int64_t kvh = h / group;
 			float max_val = -INFINITY;
 			for (int64_t s = 0; s < end; s++) {
-				const float *ks = k + (s * n_kv_heads + kvh) * hs;
+				const float *ks = a->k + s * a->ldk + kvh * hs;
 				float score = 0.0f;
 				for (int64_t i = 0; i < hs; i++)
 					score += qt[i] * ks[i];
@@ -35,8 +47,8 @@ void lbk_attention_ref(float *out, const float *q, const float *k, const float *
 				ot[i] = 0.0f;
 			float sum = 0.0f;
 			for (int64_t s = 0; s < end; s++) {
-				const float *ks = k + (s * n_kv_heads + kvh) * hs;
-				const float *vs = v + (s * n_kv_heads + kvh) * hs;
+				const float *ks = a->k + s * a->ldk + kvh * hs;
+				const float *vs = a->v + s * a->ldv + kvh * hs;
 				float score = 0.0f;
 				for (int64_t i = 0; i < hs; i++)
 					score += qt[i] * ks[i];
@@ -51,76 +63,301 @@ void lbk_attention_ref(float *out, const float *q, const float *k, const float *
 	}
 }
 
-static inline __mmask16 tail_mask(int64_t left)
+void lbk_attention_ref(float *out, const float *q, const float *k, const float *v, int64_t seq,
+		       int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal)
 {
-	return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+	struct att a = { out, q, k, v, n_heads * hs, n_heads * hs, n_kv_heads * hs, n_kv_heads * hs,
+			 seq, n_heads, n_kv_heads, hs, causal };
+	if (seq > 0 && n_heads > 0 && n_kv_heads > 0 && hs > 0 && n_heads % n_kv_heads == 0)
+		attention_ref(&a);
 }
 
-static LBK_TARGET_AVX512 void attention_avx512(float *out, const float *q, const float *k,
-					       const float *v, int64_t seq, int64_t n_heads,
-					       int64_t n_kv_heads, int64_t hs, int causal)
+/*
+ * The tiled variants. Per kv head, K is transposed once into kt [hs][seqp] (seqp: seq rounded
+ * up to the key block, the padding zero) so that a block of BK keys is BK/lanes vectors per
+ * dimension. Per head and block of BQ query rows:
+ *   S[BQ][BK] = Q . K^T, a register tile (broadcast q[r][i], FMA with the kt row);
+ *   per row: masked to the keys it may see, max m_new = max(m, max S), c = e^(m - m_new),
+ *   P = e^(S * scale - m_new) (the vector exp, within 2 ulp), l = l c + sum P;
+ *   O[BQ][hs] = O c + P . V, a register tile per HC columns (broadcast p[r][j], FMA with v[j]);
+ * and finally out = O / l. O lives in ob [BQ][hsp] (hsp: hs rounded up to HC), so the tiles
+ * load and store it unmasked. A block's last rows past seq repeat row seq-1 and are dropped.
+ * Causal blocks stop at the block's last row; each row masks the keys after it.
+ */
+#define A512_BQ 8  /* query rows a block: 8 x 2 score vectors, 16 of the 32 zmm */
+#define A512_BK 32 /* keys a block: 2 zmm of scores a row */
+#define A512_HC 32 /* V columns a P.V pass: 8 x 2 accumulators */
+#define A256_BQ 6  /* AVX2: 6 x 2 ymm scores, 12 of the 16 ymm */
+#define A256_BK 16
+#define A256_HC 16
+
+#if defined(__clang__)
+#define LBK_UNROLL _Pragma("unroll")
+#else
+#define LBK_UNROLL _Pragma("GCC unroll 16")
+#endif
+
+static int64_t round_up(int64_t x, int64_t to)
 {
-	const int64_t group = n_heads / n_kv_heads;
-	const float scale = 1.0f / sqrtf((float)hs);
-	for (int64_t t = 0; t < seq; t++) {
-		int64_t end = causal ? t + 1 : seq;
-		for (int64_t h = 0; h < n_heads; h++) {
-			const float *qt = q + (t * n_heads + h) * hs; /* [hs] */
-			float *ot = out + (t * n_heads + h) * hs;	/* [hs], running sum */
-			int64_t kvh = h / group;
-			for (int64_t i = 0; i < hs; i += 16)
-				_mm512_mask_storeu_ps(ot + i, tail_mask(hs - i), _mm512_setzero_ps());
-			float max_val = -INFINITY, sum = 0.0f;
-			for (int64_t s = 0; s < end; s++) {
-				const float *ks = k + (s * n_kv_heads + kvh) * hs;
-				const float *vs = v + (s * n_kv_heads + kvh) * hs;
-				__m512 acc = _mm512_setzero_ps();
-				for (int64_t i = 0; i < hs; i += 16) {
-					__mmask16 mk = tail_mask(hs - i);
-					acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, qt + i),
-							      _mm512_maskz_loadu_ps(mk, ks + i), acc);
+	return (x + to - 1) / to * to;
+}
+
+/* kt[i][s] = k[s][kvh][i] for s < seq, 0 for seq <= s < seqp. */
+static void transpose_k(float *kt, const struct att *a, int64_t kvh, int64_t seqp)
+{
+	const int64_t hs = a->hs;
+	for (int64_t s = 0; s < a->seq; s++) {
+		const float *ks = a->k + s * a->ldk + kvh * hs;
+		for (int64_t i = 0; i < hs; i++)
+			kt[i * seqp + s] = ks[i];
+	}
+	for (int64_t i = 0; i < hs; i++)
+		for (int64_t s = a->seq; s < seqp; s++)
+			kt[i * seqp + s] = 0.0f;
+}
+
+/* Keys row t (clamped to seq-1) may see: 0..lim-1. */
+static inline int64_t key_limit(const struct att *a, int64_t t)
+{
+	if (t > a->seq - 1)
+		t = a->seq - 1;
+	return a->causal ? t + 1 : a->seq;
+}
+
+/* ---- AVX-512 ---- */
+
+static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const float *kt,
+					  int64_t seqp, float *ob, int64_t hsp)
+{
+	enum { BQ = A512_BQ, BK = A512_BK, HC = A512_HC };
+	const int64_t hs = a->hs, seq = a->seq;
+	const int64_t kvh = h / (a->n_heads / a->n_kv_heads);
+	const __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)hs));
+	const __m512 ninf = _mm512_set1_ps(-INFINITY);
+	float pb[BQ][BK] __attribute__((aligned(64))); /* P of the block */
+	float m[BQ], l[BQ], c[BQ];
+	for (int64_t q0 = 0; q0 < seq; q0 += BQ) {
+		const int64_t rows = seq - q0 < BQ ? seq - q0 : BQ;
+		const int64_t kend = a->causal ? q0 + rows : seq;
+		const float *qr[BQ];
+		for (int r = 0; r < BQ; r++) {
+			qr[r] = a->q + (q0 + r < seq ? q0 + r : seq - 1) * a->ldq + h * hs;
+			m[r] = -INFINITY;
+			l[r] = 0.0f;
+		}
+		memset(ob, 0, (size_t)(BQ * hsp) * sizeof(float));
+		for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+			__m512 s[BQ][2];
+			LBK_UNROLL
+			for (int r = 0; r < BQ; r++)
+				s[r][0] = s[r][1] = _mm512_setzero_ps();
+			const float *b = kt + k0;
+			for (int64_t i = 0; i < hs; i++) {
+				__m512 b0 = _mm512_load_ps(b + i * seqp), b1 = _mm512_load_ps(b + i * seqp + 16);
+				LBK_UNROLL
+				for (int r = 0; r < BQ; r++) {
+					__m512 qv = _mm512_set1_ps(qr[r][i]);
+					s[r][0] = _mm512_fmadd_ps(qv, b0, s[r][0]);
+					s[r][1] = _mm512_fmadd_ps(qv, b1, s[r][1]);
 				}
-				float score = _mm512_reduce_add_ps(acc) * scale;
-				if (score > max_val) {
-					/* Rescale what was summed under the old max (0 on the first key). */
-					float c = expf(max_val - score);
-					max_val = score;
-					sum *= c;
-					__m512 cv = _mm512_set1_ps(c);
-					for (int64_t i = 0; i < hs; i += 16) {
-						__mmask16 mk = tail_mask(hs - i);
-						_mm512_mask_storeu_ps(
-							ot + i, mk,
-							_mm512_mul_ps(cv, _mm512_maskz_loadu_ps(mk, ot + i)));
+			}
+			LBK_UNROLL
+			for (int r = 0; r < BQ; r++) {
+				/* scaled scores, -inf where row r may not look (causal, or past seq) */
+				int64_t nv = key_limit(a, q0 + r) - k0;
+				const __mmask16 v0 = lbk_mask16(nv), v1 = lbk_mask16(nv - 16);
+				__m512 x0 = _mm512_mask_mul_ps(ninf, v0, s[r][0], scale);
+				__m512 x1 = _mm512_mask_mul_ps(ninf, v1, s[r][1], scale);
+				float mx = _mm512_reduce_max_ps(_mm512_max_ps(x0, x1));
+				float mn = mx > m[r] ? mx : m[r];
+				/* mn is finite: key 0 is in every row's first block */
+				c[r] = expf(m[r] - mn); /* 0 on the first block (m = -inf) */
+				m[r] = mn;
+				__m512 mv = _mm512_set1_ps(mn);
+				__m512 p0 = _mm512_maskz_mov_ps(v0, lbk_exp512(_mm512_sub_ps(x0, mv)));
+				__m512 p1 = _mm512_maskz_mov_ps(v1, lbk_exp512(_mm512_sub_ps(x1, mv)));
+				l[r] = l[r] * c[r] + _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
+				_mm512_store_ps(pb[r], p0);
+				_mm512_store_ps(pb[r] + 16, p1);
+			}
+			const int64_t nk = kend - k0 < BK ? kend - k0 : BK;
+			const float *vb = a->v + k0 * a->ldv + kvh * hs;
+			for (int64_t c0 = 0; c0 < hs; c0 += HC) {
+				const __mmask16 mk0 = lbk_mask16(hs - c0), mk1 = lbk_mask16(hs - c0 - 16);
+				__m512 o[BQ][2];
+				LBK_UNROLL
+				for (int r = 0; r < BQ; r++) {
+					__m512 cr = _mm512_set1_ps(c[r]);
+					o[r][0] = _mm512_mul_ps(cr, _mm512_load_ps(ob + r * hsp + c0));
+					o[r][1] = _mm512_mul_ps(cr, _mm512_load_ps(ob + r * hsp + c0 + 16));
+				}
+				for (int64_t j = 0; j < nk; j++) {
+					const float *vj = vb + j * a->ldv + c0;
+					__m512 v0 = _mm512_maskz_loadu_ps(mk0, vj);
+					__m512 v1 = _mm512_maskz_loadu_ps(mk1, vj + 16);
+					LBK_UNROLL
+					for (int r = 0; r < BQ; r++) {
+						__m512 p = _mm512_set1_ps(pb[r][j]);
+						o[r][0] = _mm512_fmadd_ps(p, v0, o[r][0]);
+						o[r][1] = _mm512_fmadd_ps(p, v1, o[r][1]);
 					}
 				}
-				float p = expf(score - max_val);
-				sum += p;
-				__m512 pv = _mm512_set1_ps(p);
-				for (int64_t i = 0; i < hs; i += 16) {
-					__mmask16 mk = tail_mask(hs - i);
-					__m512 o = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(mk, vs + i),
-								   _mm512_maskz_loadu_ps(mk, ot + i));
-					_mm512_mask_storeu_ps(ot + i, mk, o);
+				LBK_UNROLL
+				for (int r = 0; r < BQ; r++) {
+					_mm512_store_ps(ob + r * hsp + c0, o[r][0]);
+					_mm512_store_ps(ob + r * hsp + c0 + 16, o[r][1]);
 				}
 			}
-			__m512 inv = _mm512_set1_ps(1.0f / sum);
-			for (int64_t i = 0; i < hs; i += 16) {
-				__mmask16 mk = tail_mask(hs - i);
-				_mm512_mask_storeu_ps(ot + i, mk,
-						      _mm512_mul_ps(inv, _mm512_maskz_loadu_ps(mk, ot + i)));
-			}
+		}
+		for (int64_t r = 0; r < rows; r++) {
+			float *ot = a->out + (q0 + r) * a->ldo + h * hs;
+			__m512 inv = _mm512_set1_ps(1.0f / l[r]);
+			for (int64_t i = 0; i < hs; i += 16)
+				_mm512_mask_storeu_ps(ot + i, lbk_mask16(hs - i),
+						      _mm512_mul_ps(inv, _mm512_load_ps(ob + r * hsp + i)));
 		}
 	}
+}
+
+/* ---- AVX2 (the same algorithm in 8 lanes) ---- */
+
+static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const float *kt,
+				      int64_t seqp, float *ob, int64_t hsp)
+{
+	enum { BQ = A256_BQ, BK = A256_BK, HC = A256_HC };
+	const int64_t hs = a->hs, seq = a->seq;
+	const int64_t kvh = h / (a->n_heads / a->n_kv_heads);
+	const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)hs));
+	const __m256 ninf = _mm256_set1_ps(-INFINITY);
+	float pb[BQ][BK] __attribute__((aligned(32)));
+	float m[BQ], l[BQ], c[BQ];
+	for (int64_t q0 = 0; q0 < seq; q0 += BQ) {
+		const int64_t rows = seq - q0 < BQ ? seq - q0 : BQ;
+		const int64_t kend = a->causal ? q0 + rows : seq;
+		const float *qr[BQ];
+		for (int r = 0; r < BQ; r++) {
+			qr[r] = a->q + (q0 + r < seq ? q0 + r : seq - 1) * a->ldq + h * hs;
+			m[r] = -INFINITY;
+			l[r] = 0.0f;
+		}
+		memset(ob, 0, (size_t)(BQ * hsp) * sizeof(float));
+		for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+			__m256 s[BQ][2];
+			LBK_UNROLL
+			for (int r = 0; r < BQ; r++)
+				s[r][0] = s[r][1] = _mm256_setzero_ps();
+			const float *b = kt + k0;
+			for (int64_t i = 0; i < hs; i++) {
+				__m256 b0 = _mm256_load_ps(b + i * seqp), b1 = _mm256_load_ps(b + i * seqp + 8);
+				LBK_UNROLL
+				for (int r = 0; r < BQ; r++) {
+					__m256 qv = _mm256_broadcast_ss(qr[r] + i);
+					s[r][0] = _mm256_fmadd_ps(qv, b0, s[r][0]);
+					s[r][1] = _mm256_fmadd_ps(qv, b1, s[r][1]);
+				}
+			}
+			for (int r = 0; r < BQ; r++) {
+				int64_t nv = key_limit(a, q0 + r) - k0;
+				const __m256 v0 = _mm256_castsi256_ps(lbk_mask8(nv));
+				const __m256 v1 = _mm256_castsi256_ps(lbk_mask8(nv - 8));
+				__m256 x0 = _mm256_blendv_ps(ninf, _mm256_mul_ps(s[r][0], scale), v0);
+				__m256 x1 = _mm256_blendv_ps(ninf, _mm256_mul_ps(s[r][1], scale), v1);
+				float mx = lbk_hmax256(_mm256_max_ps(x0, x1));
+				float mn = mx > m[r] ? mx : m[r];
+				c[r] = expf(m[r] - mn);
+				m[r] = mn;
+				__m256 mv = _mm256_set1_ps(mn);
+				__m256 p0 = _mm256_and_ps(v0, lbk_exp256(_mm256_sub_ps(x0, mv)));
+				__m256 p1 = _mm256_and_ps(v1, lbk_exp256(_mm256_sub_ps(x1, mv)));
+				l[r] = l[r] * c[r] + lbk_hsum256(_mm256_add_ps(p0, p1));
+				_mm256_store_ps(pb[r], p0);
+				_mm256_store_ps(pb[r] + 8, p1);
+			}
+			const int64_t nk = kend - k0 < BK ? kend - k0 : BK;
+			const float *vb = a->v + k0 * a->ldv + kvh * hs;
+			for (int64_t c0 = 0; c0 < hs; c0 += HC) {
+				const __m256i mk0 = lbk_mask8(hs - c0), mk1 = lbk_mask8(hs - c0 - 8);
+				__m256 o[BQ][2];
+				LBK_UNROLL
+				for (int r = 0; r < BQ; r++) {
+					__m256 cr = _mm256_set1_ps(c[r]);
+					o[r][0] = _mm256_mul_ps(cr, _mm256_load_ps(ob + r * hsp + c0));
+					o[r][1] = _mm256_mul_ps(cr, _mm256_load_ps(ob + r * hsp + c0 + 8));
+				}
+				for (int64_t j = 0; j < nk; j++) {
+					const float *vj = vb + j * a->ldv + c0;
+					__m256 v0 = _mm256_maskload_ps(vj, mk0);
+					__m256 v1 = _mm256_maskload_ps(vj + 8, mk1);
+					LBK_UNROLL
+					for (int r = 0; r < BQ; r++) {
+						__m256 p = _mm256_broadcast_ss(&pb[r][j]);
+						o[r][0] = _mm256_fmadd_ps(p, v0, o[r][0]);
+						o[r][1] = _mm256_fmadd_ps(p, v1, o[r][1]);
+					}
+				}
+				LBK_UNROLL
+				for (int r = 0; r < BQ; r++) {
+					_mm256_store_ps(ob + r * hsp + c0, o[r][0]);
+					_mm256_store_ps(ob + r * hsp + c0 + 8, o[r][1]);
+				}
+			}
+		}
+		for (int64_t r = 0; r < rows; r++) {
+			float *ot = a->out + (q0 + r) * a->ldo + h * hs;
+			__m256 inv = _mm256_set1_ps(1.0f / l[r]);
+			for (int64_t i = 0; i < hs; i += 8)
+				_mm256_maskstore_ps(ot + i, lbk_mask8(hs - i),
+						    _mm256_mul_ps(inv, _mm256_load_ps(ob + r * hsp + i)));
+		}
+	}
+}
+
+/* The tiled variant of isa, with its scratch; the reference when the scratch cannot be had. */
+static void attention_tiled(const struct att *a, enum lbk_isa isa)
+{
+	const int64_t bk = isa == LBK_ISA_AVX512 ? A512_BK : A256_BK;
+	const int64_t bq = isa == LBK_ISA_AVX512 ? A512_BQ : A256_BQ;
+	const int64_t hc = isa == LBK_ISA_AVX512 ? A512_HC : A256_HC;
+	const int64_t seqp = round_up(a->seq, bk), hsp = round_up(a->hs, hc);
+	/* kt [hs][seqp], then ob [bq][hsp]; both offsets multiples of 16 floats (64 bytes) */
+	size_t kt_floats = (size_t)round_up(a->hs * seqp, 16);
+	size_t bytes = (kt_floats + (size_t)(bq * hsp)) * sizeof(float);
+	float *kt = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+	if (!kt) { /* out of memory: the reference needs none */
+		attention_ref(a);
+		return;
+	}
+	float *ob = kt + kt_floats;
+	const int64_t group = a->n_heads / a->n_kv_heads;
+	for (int64_t kvh = 0; kvh < a->n_kv_heads; kvh++) {
+		transpose_k(kt, a, kvh, seqp);
+		for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
+			if (isa == LBK_ISA_AVX512)
+				head_avx512(a, h, kt, seqp, ob, hsp);
+			else
+				head_avx2(a, h, kt, seqp, ob, hsp);
+		}
+	}
+	free(kt);
+}
+
+void lbk_attention_strided(float *out, int64_t ldo, const float *q, int64_t ldq, const float *k,
+			   int64_t ldk, const float *v, int64_t ldv, int64_t seq, int64_t n_heads,
+			   int64_t n_kv_heads, int64_t hs, int causal)
+{
+	if (seq <= 0 || n_heads <= 0 || n_kv_heads <= 0 || hs <= 0 || n_heads % n_kv_heads != 0)
+		return;
+	struct att a = { out, q, k, v, ldo, ldq, ldk, ldv, seq, n_heads, n_kv_heads, hs, causal };
+	enum lbk_isa isa = lbk_isa();
+	if (isa == LBK_ISA_SCALAR)
+		attention_ref(&a);
+	else
+		attention_tiled(&a, isa);
 }
 
 void lbk_attention(float *out, const float *q, const float *k, const float *v, int64_t seq,
 		   int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal)
 {
-	if (seq <= 0 || n_heads <= 0 || n_kv_heads <= 0 || hs <= 0)
-		return;
-	if (lbk_use_avx512())
-		attention_avx512(out, q, k, v, seq, n_heads, n_kv_heads, hs, causal);
-	else
-		lbk_attention_ref(out, q, k, v, seq, n_heads, n_kv_heads, hs, causal);
+	lbk_attention_strided(out, n_heads * hs, q, n_heads * hs, k, n_kv_heads * hs, v,
+			      n_kv_heads * hs, seq, n_heads, n_kv_heads, hs, causal);
 }

@@ -1,38 +1,11 @@
 /* Element-wise and row kernels: RMSNorm, LayerNorm, softmax, SiLU-gate, GELU, RoPE and the
- * embedding lookup, each an AVX-512 variant beside its plain-C reference. */
+ * embedding lookup, each an AVX-512 and an AVX2 variant beside its plain-C reference (RoPE and
+ * the lookup have one plain variant). */
 #include <immintrin.h>
 #include <math.h>
 #include <string.h>
 
-#include "kernels_internal.h"
-
-/* Mask of the first `left` lanes (left in 0..16). */
-static inline __mmask16 tail_mask(int64_t left)
-{
-	return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-}
-
-/*
- * e^x for 16 lanes: x = n ln2 + r, |r| <= ln2/2, Cephes' degree-6 polynomial for e^r, then
- * scalef by 2^n. Relative error about 2 ulp; x is clamped to [-104, 89] first, so the result
- * is 0 below (denormal range included) and +inf above, never NaN for finite x.
- */
-static inline LBK_TARGET_AVX512 __m512 exp512(__m512 x)
-{
-	x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
-	__m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-					_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-	__m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-	r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-	__m512 p = _mm512_set1_ps(1.9875691500e-4f);
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-	p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-	p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-	return _mm512_scalef_ps(p, n);
-}
+#include "simd.h"
 
 /* ---- RMSNorm: o = weight * x / sqrt(mean(x^2) + eps) ---- */
 
@@ -53,25 +26,50 @@ static LBK_TARGET_AVX512 void rmsnorm_avx512(float *o, const float *x, const flo
 {
 	__m512 acc = _mm512_setzero_ps();
 	for (int64_t j = 0; j < n; j += 16) {
-		__m512 v = _mm512_maskz_loadu_ps(tail_mask(n - j), x + j);
+		__m512 v = _mm512_maskz_loadu_ps(lbk_mask16(n - j), x + j);
 		acc = _mm512_fmadd_ps(v, v, acc);
 	}
 	float ss = _mm512_reduce_add_ps(acc) / (float)n + eps;
 	__m512 s = _mm512_set1_ps(1.0f / sqrtf(ss));
 	for (int64_t j = 0; j < n; j += 16) {
-		__mmask16 mk = tail_mask(n - j);
+		__mmask16 mk = lbk_mask16(n - j);
 		__m512 v = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(mk, x + j));
 		_mm512_mask_storeu_ps(o + j, mk,
 				      _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, weight + j), v));
 	}
 }
 
+static LBK_TARGET_AVX2 void rmsnorm_avx2(float *o, const float *x, const float *weight,
+					 int64_t n, float eps)
+{
+	__m256 acc = _mm256_setzero_ps();
+	for (int64_t j = 0; j < n; j += 8) {
+		__m256 v = _mm256_maskload_ps(x + j, lbk_mask8(n - j));
+		acc = _mm256_fmadd_ps(v, v, acc);
+	}
+	float ss = lbk_hsum256(acc) / (float)n + eps;
+	__m256 s = _mm256_set1_ps(1.0f / sqrtf(ss));
+	for (int64_t j = 0; j < n; j += 8) {
+		__m256i mk = lbk_mask8(n - j);
+		__m256 v = _mm256_mul_ps(s, _mm256_maskload_ps(x + j, mk));
+		_mm256_maskstore_ps(o + j, mk, _mm256_mul_ps(_mm256_maskload_ps(weight + j, mk), v));
+	}
+}
+
 void lbk_rmsnorm(float *o, const float *x, const float *weight, int64_t n, float eps)
 {
-	if (n > 0 && lbk_use_avx512())
+	if (n <= 0)
+		return;
+	switch (lbk_isa()) {
+	case LBK_ISA_AVX512:
 		rmsnorm_avx512(o, x, weight, n, eps);
-	else
+		break;
+	case LBK_ISA_AVX2:
+		rmsnorm_avx2(o, x, weight, n, eps);
+		break;
+	default:
 		lbk_rmsnorm_ref(o, x, weight, n, eps);
+	}
 }
 
 /* ---- LayerNorm: o = (x - mean) / sqrt(var + eps) * gamma + beta, two passes for var ---- */
@@ -97,19 +95,19 @@ static LBK_TARGET_AVX512 void layernorm_avx512(float *o, const float *x, const f
 {
 	__m512 acc = _mm512_setzero_ps();
 	for (int64_t j = 0; j < n; j += 16)
-		acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(tail_mask(n - j), x + j));
+		acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(lbk_mask16(n - j), x + j));
 	float mean = _mm512_reduce_add_ps(acc) / (float)n;
 	__m512 mv = _mm512_set1_ps(mean);
 	acc = _mm512_setzero_ps();
 	for (int64_t j = 0; j < n; j += 16) {
-		__mmask16 mk = tail_mask(n - j);
+		__mmask16 mk = lbk_mask16(n - j);
 		__m512 d = _mm512_maskz_sub_ps(mk, _mm512_maskz_loadu_ps(mk, x + j), mv);
 		acc = _mm512_fmadd_ps(d, d, acc);
 	}
 	float var = _mm512_reduce_add_ps(acc) / (float)n;
 	__m512 inv = _mm512_set1_ps(1.0f / sqrtf(var + eps));
 	for (int64_t j = 0; j < n; j += 16) {
-		__mmask16 mk = tail_mask(n - j);
+		__mmask16 mk = lbk_mask16(n - j);
 		__m512 d = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + j), mv), inv);
 		__m512 r = _mm512_fmadd_ps(d, _mm512_maskz_loadu_ps(mk, gamma + j),
 					   _mm512_maskz_loadu_ps(mk, beta + j));
@@ -117,13 +115,48 @@ static LBK_TARGET_AVX512 void layernorm_avx512(float *o, const float *x, const f
 	}
 }
 
+static LBK_TARGET_AVX2 void layernorm_avx2(float *o, const float *x, const float *gamma,
+					   const float *beta, int64_t n, float eps)
+{
+	__m256 acc = _mm256_setzero_ps();
+	for (int64_t j = 0; j < n; j += 8)
+		acc = _mm256_add_ps(acc, _mm256_maskload_ps(x + j, lbk_mask8(n - j)));
+	float mean = lbk_hsum256(acc) / (float)n;
+	__m256 mv = _mm256_set1_ps(mean);
+	acc = _mm256_setzero_ps();
+	for (int64_t j = 0; j < n; j += 8) {
+		__m256i mk = lbk_mask8(n - j);
+		/* lanes past n: 0 - mean, masked off before they are squared in */
+		__m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), mv),
+					 _mm256_castsi256_ps(mk));
+		acc = _mm256_fmadd_ps(d, d, acc);
+	}
+	float var = lbk_hsum256(acc) / (float)n;
+	__m256 inv = _mm256_set1_ps(1.0f / sqrtf(var + eps));
+	for (int64_t j = 0; j < n; j += 8) {
+		__m256i mk = lbk_mask8(n - j);
+		__m256 d = _mm256_mul_ps(_mm256_sub_ps(_mm256_maskload_ps(x + j, mk), mv), inv);
+		__m256 r = _mm256_fmadd_ps(d, _mm256_maskload_ps(gamma + j, mk),
+					   _mm256_maskload_ps(beta + j, mk));
+		_mm256_maskstore_ps(o + j, mk, r);
+	}
+}
+
 void lbk_layernorm(float *o, const float *x, const float *gamma, const float *beta, int64_t n,
 		   float eps)
 {
-	if (n > 0 && lbk_use_avx512())
+	if (n <= 0)
+		return;
+	switch (lbk_isa()) {
+	case LBK_ISA_AVX512:
 		layernorm_avx512(o, x, gamma, beta, n, eps);
-	else
+		break;
+	case LBK_ISA_AVX2:
+		layernorm_avx2(o, x, gamma, beta, n, eps);
+		break;
+	default:
 		lbk_layernorm_ref(o, x, gamma, beta, n, eps);
+	}
 }
 
 /* ---- softmax, in place, max subtracted ---- */
@@ -150,28 +183,61 @@ static LBK_TARGET_AVX512 void softmax_avx512(float *x, int64_t n)
 	__m512 mx = _mm512_set1_ps(-INFINITY);
 	for (int64_t i = 0; i < n; i += 16)
 		mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY),
-							    tail_mask(n - i), x + i));
+							    lbk_mask16(n - i), x + i));
 	__m512 mv = _mm512_set1_ps(_mm512_reduce_max_ps(mx));
 	__m512 sum = _mm512_setzero_ps();
 	for (int64_t i = 0; i < n; i += 16) {
-		__mmask16 mk = tail_mask(n - i);
-		__m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), mv));
+		__mmask16 mk = lbk_mask16(n - i);
+		__m512 e = lbk_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, x + i), mv));
 		sum = _mm512_mask_add_ps(sum, mk, sum, e);
 		_mm512_mask_storeu_ps(x + i, mk, e);
 	}
 	__m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(sum));
 	for (int64_t i = 0; i < n; i += 16) {
-		__mmask16 mk = tail_mask(n - i);
+		__mmask16 mk = lbk_mask16(n - i);
 		_mm512_mask_storeu_ps(x + i, mk, _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, x + i), inv));
+	}
+}
+
+static LBK_TARGET_AVX2 void softmax_avx2(float *x, int64_t n)
+{
+	const __m256 ninf = _mm256_set1_ps(-INFINITY);
+	__m256 mx = ninf;
+	for (int64_t i = 0; i < n; i += 8) {
+		__m256i mk = lbk_mask8(n - i);
+		__m256 v = _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + i, mk), _mm256_castsi256_ps(mk));
+		mx = _mm256_max_ps(mx, v);
+	}
+	__m256 mv = _mm256_set1_ps(lbk_hmax256(mx));
+	__m256 sum = _mm256_setzero_ps();
+	for (int64_t i = 0; i < n; i += 8) {
+		__m256i mk = lbk_mask8(n - i);
+		__m256 e = lbk_exp256(_mm256_sub_ps(_mm256_maskload_ps(x + i, mk), mv));
+		e = _mm256_and_ps(e, _mm256_castsi256_ps(mk));
+		sum = _mm256_add_ps(sum, e);
+		_mm256_maskstore_ps(x + i, mk, e);
+	}
+	__m256 inv = _mm256_set1_ps(1.0f / lbk_hsum256(sum));
+	for (int64_t i = 0; i < n; i += 8) {
+		__m256i mk = lbk_mask8(n - i);
+		_mm256_maskstore_ps(x + i, mk, _mm256_mul_ps(_mm256_maskload_ps(x + i, mk), inv));
 	}
 }
 
 void lbk_softmax(float *x, int64_t n)
 {
-	if (n > 0 && lbk_use_avx512())
+	if (n <= 0)
+		return;
+	switch (lbk_isa()) {
+	case LBK_ISA_AVX512:
 		softmax_avx512(x, n);
-	else
+		break;
+	case LBK_ISA_AVX2:
+		softmax_avx2(x, n);
+		break;
+	default:
 		lbk_softmax_ref(x, n);
+	}
 }
 
 /* ---- SiLU gate: h = h * sigmoid(h) * g ---- */
@@ -189,25 +255,43 @@ static LBK_TARGET_AVX512 void silu_mul_avx512(float *h, const float *g, int64_t 
 {
 	const __m512 one = _mm512_set1_ps(1.0f);
 	for (int64_t i = 0; i < n; i += 16) {
-		__mmask16 mk = tail_mask(n - i);
+		__mmask16 mk = lbk_mask16(n - i);
 		__m512 v = _mm512_maskz_loadu_ps(mk, h + i);
-		__m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));
+		__m512 e = lbk_exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));
 		__m512 s = _mm512_div_ps(v, _mm512_add_ps(one, e));
 		_mm512_mask_storeu_ps(h + i, mk, _mm512_mul_ps(s, _mm512_maskz_loadu_ps(mk, g + i)));
 	}
 }
 
+static LBK_TARGET_AVX2 void silu_mul_avx2(float *h, const float *g, int64_t n)
+{
+	const __m256 one = _mm256_set1_ps(1.0f);
+	for (int64_t i = 0; i < n; i += 8) {
+		__m256i mk = lbk_mask8(n - i);
+		__m256 v = _mm256_maskload_ps(h + i, mk);
+		__m256 e = lbk_exp256(_mm256_sub_ps(_mm256_setzero_ps(), v));
+		__m256 s = _mm256_div_ps(v, _mm256_add_ps(one, e));
+		_mm256_maskstore_ps(h + i, mk, _mm256_mul_ps(s, _mm256_maskload_ps(g + i, mk)));
+	}
+}
+
 void lbk_silu_mul(float *h, const float *g, int64_t n)
 {
-	if (n > 0 && lbk_use_avx512())
+	if (n <= 0)
+		return;
+	switch (lbk_isa()) {
+	case LBK_ISA_AVX512:
 		silu_mul_avx512(h, g, n);
-	else
+		break;
+	case LBK_ISA_AVX2:
+		silu_mul_avx2(h, g, n);
+		break;
+	default:
 		lbk_silu_mul_ref(h, g, n);
+	}
 }
 
 /* ---- GELU, tanh approximation: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) ---- */
-
-#define LBK_GELU_C 0.7978845608028654f /* sqrt(2/pi) */
 
 void lbk_gelu_ref(float *x, int64_t n)
 {
@@ -217,29 +301,36 @@ void lbk_gelu_ref(float *x, int64_t n)
 	}
 }
 
-/* tanh(u) = 1 - 2 / (e^(2u) + 1): exact limits +-1 where e^(2u) saturates to inf or 0. */
 static LBK_TARGET_AVX512 void gelu_avx512(float *x, int64_t n)
 {
-	const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
 	for (int64_t i = 0; i < n; i += 16) {
-		__mmask16 mk = tail_mask(n - i);
-		__m512 v = _mm512_maskz_loadu_ps(mk, x + i);
-		__m512 v3 = _mm512_mul_ps(_mm512_mul_ps(v, v), v);
-		__m512 u = _mm512_mul_ps(_mm512_set1_ps(LBK_GELU_C),
-					 _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), v3, v));
-		__m512 e = exp512(_mm512_mul_ps(two, u));
-		__m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(e, one)));
-		__m512 r = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), v), _mm512_add_ps(one, t));
-		_mm512_mask_storeu_ps(x + i, mk, r);
+		__mmask16 mk = lbk_mask16(n - i);
+		_mm512_mask_storeu_ps(x + i, mk, lbk_gelu512(_mm512_maskz_loadu_ps(mk, x + i)));
+	}
+}
+
+static LBK_TARGET_AVX2 void gelu_avx2(float *x, int64_t n)
+{
+	for (int64_t i = 0; i < n; i += 8) {
+		__m256i mk = lbk_mask8(n - i);
+		_mm256_maskstore_ps(x + i, mk, lbk_gelu256(_mm256_maskload_ps(x + i, mk)));
 	}
 }
 
 void lbk_gelu(float *x, int64_t n)
 {
-	if (n > 0 && lbk_use_avx512())
+	if (n <= 0)
+		return;
+	switch (lbk_isa()) {
+	case LBK_ISA_AVX512:
 		gelu_avx512(x, n);
-	else
+		break;
+	case LBK_ISA_AVX2:
+		gelu_avx2(x, n);
+		break;
+	default:
 		lbk_gelu_ref(x, n);
+	}
 }
 
 /* ---- RoPE, llama2.c's pairing: (2i, 2i+1) within each head, angle pos * theta^(-2i/hs) ---- */

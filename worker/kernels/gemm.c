@@ -1,12 +1,12 @@
 /* Matrix products: lbk_matmul (GEMV for small m, packed GEMM otherwise), the panel packing of
- * W and the register-blocked AVX-512 GEMM, split over n across pthreads. */
+ * W and the register-blocked AVX-512 and AVX2 GEMMs, split over n across pthreads. */
 #include <errno.h>
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels_internal.h"
+#include "simd.h"
 
 /*
  * Micro-kernel tile: LBK_MR rows of x by LBK_NR columns of W (LBK_NV zmm vectors), i.e.
@@ -88,21 +88,36 @@ void lbk_packed_free(struct lbk_packed *p)
 	free(p);
 }
 
+/* One GEMM: y [m][n] = act(x [m][k] . W^T + bias + res), shared by every thread's share. */
+struct gemm_op {
+	float *y;
+	const float *x;
+	const struct lbk_packed *pw;
+	const float *bias; /* [n] or NULL */
+	const float *res;  /* [m][n] or NULL; never y */
+	int64_t m;
+	enum lbk_act act;
+};
+
 /* ---- scalar GEMM on the packed layout (forced-scalar path; same sums as the reference) ---- */
 
-static void gemm_scalar(float *y, const float *x, const struct lbk_packed *pw, const float *bias,
-			int64_t m, int64_t p0, int64_t p1)
+static void gemm_scalar(const struct gemm_op *g, int64_t p0, int64_t p1)
 {
-	const int64_t n = pw->n, k = pw->k;
-	for (int64_t i = 0; i < m; i++) {
+	const int64_t n = g->pw->n, k = g->pw->k;
+	for (int64_t i = 0; i < g->m; i++) {
 		for (int64_t pi = p0; pi < p1; pi++) {
-			const float *panel = pw->w + pi * k * LBK_NR; /* [k][LBK_NR] */
+			const float *panel = g->pw->w + pi * k * LBK_NR; /* [k][LBK_NR] */
 			for (int64_t j = 0; j < LBK_NR && pi * LBK_NR + j < n; j++) {
 				float val = 0.0f;
 				for (int64_t l = 0; l < k; l++)
-					val += panel[l * LBK_NR + j] * x[i * k + l];
+					val += panel[l * LBK_NR + j] * g->x[i * k + l];
 				int64_t col = pi * LBK_NR + j;
-				y[i * n + col] = val + (bias ? bias[col] : 0.0f);
+				val += g->bias ? g->bias[col] : 0.0f;
+				if (g->res)
+					val += g->res[i * n + col];
+				if (g->act == LBK_ACT_GELU)
+					lbk_gelu_ref(&val, 1);
+				g->y[i * n + col] = val;
 			}
 		}
 	}
@@ -113,13 +128,14 @@ static void gemm_scalar(float *y, const float *x, const struct lbk_packed *pw, c
 /*
  * C[mr][ncols] (+)= A[mr][kc] . B[kc][LBK_NR]; a is x at (row i0, column k0), lda = k;
  * b the panel slice [kc][LBK_NR]; c is y at (i0, panel column 0), ldc = n. first: the
- * accumulators start from bias (or 0) instead of C. last: nothing more to add after this slice.
+ * accumulators start from bias (or 0) instead of C. The epilogue, on the last slice only:
+ * res (the residual at the tile, ldc apart, or NULL) is added and act applied before the store.
  * mr is a compile-time constant at every call site (the switch in tile()), so the loops over
  * r unroll and acc stays in registers.
  */
 static inline __attribute__((always_inline)) LBK_TARGET_AVX512 void
 micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
-      __mmask16 mask[LBK_NV], const float *bias, int first)
+      __mmask16 mask[LBK_NV], const float *bias, int first, const float *res, enum lbk_act act)
 {
 	__m512 acc[LBK_MR][LBK_NV];
 	LBK_UNROLL
@@ -142,6 +158,20 @@ micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
 				acc[r][v] = _mm512_fmadd_ps(av, bv[v], acc[r][v]);
 		}
 	}
+	if (res) {
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++)
+			LBK_UNROLL
+			for (int v = 0; v < LBK_NV; v++)
+				acc[r][v] = _mm512_add_ps(acc[r][v], _mm512_maskz_loadu_ps(mask[v], res + r * ldc + v * 16));
+	}
+	if (act == LBK_ACT_GELU) {
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++)
+			LBK_UNROLL
+			for (int v = 0; v < LBK_NV; v++)
+				acc[r][v] = lbk_gelu512(acc[r][v]);
+	}
 	LBK_UNROLL
 	for (int r = 0; r < mr; r++)
 		LBK_UNROLL
@@ -151,12 +181,12 @@ micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
 
 #define LBK_TILE_CASE(R)                                                                   \
 	case R:                                                                            \
-		micro(R, kc, a, lda, b, c, ldc, mask, bias, first);                         \
+		micro(R, kc, a, lda, b, c, ldc, mask, bias, first, res, act);               \
 		break
 
 static LBK_TARGET_AVX512 void tile(int mr, int64_t kc, const float *a, int64_t lda,
 				   const float *b, float *c, int64_t ldc, int64_t ncols,
-				   const float *bias, int first)
+				   const float *bias, int first, const float *res, enum lbk_act act)
 {
 	__mmask16 mask[LBK_NV];
 	for (int v = 0; v < LBK_NV; v++) {
@@ -179,49 +209,150 @@ static LBK_TARGET_AVX512 void tile(int mr, int64_t kc, const float *a, int64_t l
 	}
 }
 
-/* Panels p0..p1 of y = x . W^T (+ bias), all m rows. */
-static LBK_TARGET_AVX512 void gemm_avx512(float *y, const float *x, const struct lbk_packed *pw,
-					  const float *bias, int64_t m, int64_t p0, int64_t p1)
+/* Panels p0..p1 of g's product, all m rows. */
+static LBK_TARGET_AVX512 void gemm_avx512(const struct gemm_op *g, int64_t p0, int64_t p1)
 {
-	const int64_t n = pw->n, k = pw->k;
+	const int64_t n = g->pw->n, k = g->pw->k, m = g->m;
 	for (int64_t k0 = 0; k0 < k; k0 += LBK_KC) {
 		int64_t kc = k - k0 < LBK_KC ? k - k0 : LBK_KC;
+		int last = k0 + kc == k;
+		enum lbk_act act = last ? g->act : LBK_ACT_NONE;
 		for (int64_t pi = p0; pi < p1; pi++) {
-			const float *b = pw->w + pi * k * LBK_NR + k0 * LBK_NR; /* [kc][LBK_NR] */
+			const float *b = g->pw->w + pi * k * LBK_NR + k0 * LBK_NR; /* [kc][LBK_NR] */
 			int64_t col0 = pi * LBK_NR;
 			int64_t ncols = n - col0 < LBK_NR ? n - col0 : LBK_NR;
-			const float *bb = bias ? bias + col0 : NULL;
+			const float *bb = g->bias ? g->bias + col0 : NULL;
 			for (int64_t i0 = 0; i0 < m; i0 += LBK_MR) {
 				int mr = (int)(m - i0 < LBK_MR ? m - i0 : LBK_MR);
-				tile(mr, kc, x + i0 * k + k0, k, b, y + i0 * n + col0, n, ncols, bb,
-				     k0 == 0);
+				const float *res = last && g->res ? g->res + i0 * n + col0 : NULL;
+				tile(mr, kc, g->x + i0 * k + k0, k, b, g->y + i0 * n + col0, n, ncols,
+				     bb, k0 == 0, res, act);
 			}
 		}
 	}
 }
 
-static void gemm_range(float *y, const float *x, const struct lbk_packed *pw, const float *bias,
-		       int64_t m, int64_t p0, int64_t p1)
+/* ---- AVX2 micro-kernel: the same packed panels, a third of a panel (16 columns) at a time ---- */
+
+/*
+ * LBK_MR2 rows by 16 columns: 6 x 2 ymm accumulators, 2 W vectors and a broadcast, 15 of the
+ * 16 ymm registers (the classic Haswell shape). b is the panel slice at the sub-panel's first
+ * column, rows LBK_NR floats apart; the rest as micro().
+ */
+#define LBK_MR2 6
+
+static inline __attribute__((always_inline)) LBK_TARGET_AVX2 void
+micro2(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
+       __m256i mask[2], const float *bias, int first, const float *res, enum lbk_act act)
 {
-	if (lbk_use_avx512())
-		gemm_avx512(y, x, pw, bias, m, p0, p1);
-	else
-		gemm_scalar(y, x, pw, bias, m, p0, p1);
+	__m256 acc[LBK_MR2][2];
+	LBK_UNROLL
+	for (int r = 0; r < mr; r++)
+		LBK_UNROLL
+		for (int v = 0; v < 2; v++)
+			acc[r][v] = first ? (bias ? _mm256_maskload_ps(bias + v * 8, mask[v])
+						  : _mm256_setzero_ps())
+					  : _mm256_maskload_ps(c + r * ldc + v * 8, mask[v]);
+	for (int64_t l = 0; l < kc; l++) {
+		__m256 b0 = _mm256_load_ps(b + l * LBK_NR), b1 = _mm256_load_ps(b + l * LBK_NR + 8);
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++) {
+			__m256 av = _mm256_broadcast_ss(a + r * lda + l);
+			acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+			acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+		}
+	}
+	if (res) {
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++)
+			LBK_UNROLL
+			for (int v = 0; v < 2; v++)
+				acc[r][v] = _mm256_add_ps(acc[r][v], _mm256_maskload_ps(res + r * ldc + v * 8, mask[v]));
+	}
+	if (act == LBK_ACT_GELU) {
+		LBK_UNROLL
+		for (int r = 0; r < mr; r++)
+			LBK_UNROLL
+			for (int v = 0; v < 2; v++)
+				acc[r][v] = lbk_gelu256(acc[r][v]);
+	}
+	LBK_UNROLL
+	for (int r = 0; r < mr; r++)
+		LBK_UNROLL
+		for (int v = 0; v < 2; v++)
+			_mm256_maskstore_ps(c + r * ldc + v * 8, mask[v], acc[r][v]);
 }
 
-/* One thread's share: panels [p0, p1). Owned by the calling lbk_gemm until joined. */
+#define LBK_TILE2_CASE(R)                                                                  \
+	case R:                                                                            \
+		micro2(R, kc, a, lda, b, c, ldc, mask, bias, first, res, act);              \
+		break
+
+static LBK_TARGET_AVX2 void tile2(int mr, int64_t kc, const float *a, int64_t lda,
+				  const float *b, float *c, int64_t ldc, int64_t ncols,
+				  const float *bias, int first, const float *res, enum lbk_act act)
+{
+	__m256i mask[2] = { lbk_mask8(ncols), lbk_mask8(ncols - 8) };
+	_Static_assert(LBK_MR2 == 6, "tile2() switch lists 1..LBK_MR2");
+	switch (mr) {
+		LBK_TILE2_CASE(6);
+		LBK_TILE2_CASE(5);
+		LBK_TILE2_CASE(4);
+		LBK_TILE2_CASE(3);
+		LBK_TILE2_CASE(2);
+		LBK_TILE2_CASE(1);
+	default:
+		break;
+	}
+}
+
+static LBK_TARGET_AVX2 void gemm_avx2(const struct gemm_op *g, int64_t p0, int64_t p1)
+{
+	const int64_t n = g->pw->n, k = g->pw->k, m = g->m;
+	for (int64_t k0 = 0; k0 < k; k0 += LBK_KC) {
+		int64_t kc = k - k0 < LBK_KC ? k - k0 : LBK_KC;
+		int last = k0 + kc == k;
+		enum lbk_act act = last ? g->act : LBK_ACT_NONE;
+		for (int64_t pi = p0; pi < p1; pi++) {
+			for (int64_t col0 = pi * LBK_NR; col0 < (pi + 1) * LBK_NR && col0 < n; col0 += 16) {
+				const float *b = g->pw->w + pi * k * LBK_NR + k0 * LBK_NR + (col0 - pi * LBK_NR);
+				int64_t ncols = n - col0 < 16 ? n - col0 : 16;
+				const float *bb = g->bias ? g->bias + col0 : NULL;
+				for (int64_t i0 = 0; i0 < m; i0 += LBK_MR2) {
+					int mr = (int)(m - i0 < LBK_MR2 ? m - i0 : LBK_MR2);
+					const float *res = last && g->res ? g->res + i0 * n + col0 : NULL;
+					tile2(mr, kc, g->x + i0 * k + k0, k, b, g->y + i0 * n + col0, n,
+					      ncols, bb, k0 == 0, res, act);
+				}
+			}
+		}
+	}
+}
+
+static void gemm_range(const struct gemm_op *g, int64_t p0, int64_t p1)
+{
+	switch (lbk_isa()) {
+	case LBK_ISA_AVX512:
+		gemm_avx512(g, p0, p1);
+		break;
+	case LBK_ISA_AVX2:
+		gemm_avx2(g, p0, p1);
+		break;
+	default:
+		gemm_scalar(g, p0, p1);
+	}
+}
+
+/* One thread's share: panels [p0, p1). Owned by the calling lbk_gemm_ex until joined. */
 struct gemm_job {
-	float *y;
-	const float *x;
-	const struct lbk_packed *pw;
-	const float *bias;
-	int64_t m, p0, p1;
+	const struct gemm_op *g;
+	int64_t p0, p1;
 };
 
 static void *gemm_thread(void *arg)
 {
 	struct gemm_job *j = arg;
-	gemm_range(j->y, j->x, j->pw, j->bias, j->m, j->p0, j->p1);
+	gemm_range(j->g, j->p0, j->p1);
 	return NULL;
 }
 
@@ -319,27 +450,33 @@ static void spawn_run(struct gemm_job *jobs, int threads)
 			pthread_join(tids[t], NULL);
 }
 
-void lbk_gemm(float *y, const float *x, const struct lbk_packed *w, const float *bias, int64_t m,
-	      int threads)
+void lbk_gemm_ex(float *y, const float *x, const struct lbk_packed *w, const float *bias,
+		 const float *res, int64_t m, int threads, enum lbk_act act)
 {
 	if (m <= 0 || !w)
 		return;
+	const struct gemm_op g = { y, x, w, bias, res, m, act == LBK_ACT_GELU ? act : LBK_ACT_NONE };
 	int64_t panels = w->panels;
 	if (threads > LBK_MAX_THREADS)
 		threads = LBK_MAX_THREADS;
 	if (threads > panels)
 		threads = (int)panels;
 	if (threads <= 1) {
-		gemm_range(y, x, w, bias, m, 0, panels);
+		gemm_range(&g, 0, panels);
 		return;
 	}
 	/* Contiguous panel ranges: thread t writes columns of its panels only. */
 	struct gemm_job jobs[LBK_MAX_THREADS];
 	for (int t = 0; t < threads; t++)
-		jobs[t] = (struct gemm_job){ y, x, w, bias, m, panels * t / threads,
-					     panels * (t + 1) / threads };
+		jobs[t] = (struct gemm_job){ &g, panels * t / threads, panels * (t + 1) / threads };
 	if (pool_run(jobs, threads) != 0)
 		spawn_run(jobs, threads);
+}
+
+void lbk_gemm(float *y, const float *x, const struct lbk_packed *w, const float *bias, int64_t m,
+	      int threads)
+{
+	lbk_gemm_ex(y, x, w, bias, NULL, m, threads, LBK_ACT_NONE);
 }
 
 /* ---- GEMV (m small): one dot product per output, four W rows share each x load ---- */
@@ -386,25 +523,78 @@ static LBK_TARGET_AVX512 void gemv_avx512(float *y, const float *x, const float 
 	}
 }
 
+static LBK_TARGET_AVX2 void gemv_avx2(float *y, const float *x, const float *w,
+				      const float *bias, int64_t n, int64_t k)
+{
+	int64_t kv = k & ~(int64_t)7;
+	__m256i tail = lbk_mask8(k - kv);
+	int has_tail = k > kv;
+	int64_t j = 0;
+	for (; j + 4 <= n; j += 4) {
+		const float *w0 = w + j * k, *w1 = w0 + k, *w2 = w1 + k, *w3 = w2 + k;
+		__m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+		int64_t l = 0;
+		for (; l < kv; l += 8) {
+			__m256 xv = _mm256_loadu_ps(x + l);
+			s0 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w0 + l), s0);
+			s1 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w1 + l), s1);
+			s2 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w2 + l), s2);
+			s3 = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w3 + l), s3);
+		}
+		if (has_tail) {
+			__m256 xv = _mm256_maskload_ps(x + l, tail);
+			s0 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w0 + l, tail), s0);
+			s1 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w1 + l, tail), s1);
+			s2 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w2 + l, tail), s2);
+			s3 = _mm256_fmadd_ps(xv, _mm256_maskload_ps(w3 + l, tail), s3);
+		}
+		y[j + 0] = lbk_hsum256(s0) + (bias ? bias[j + 0] : 0.0f);
+		y[j + 1] = lbk_hsum256(s1) + (bias ? bias[j + 1] : 0.0f);
+		y[j + 2] = lbk_hsum256(s2) + (bias ? bias[j + 2] : 0.0f);
+		y[j + 3] = lbk_hsum256(s3) + (bias ? bias[j + 3] : 0.0f);
+	}
+	for (; j < n; j++) {
+		const float *wr = w + j * k;
+		__m256 s = _mm256_setzero_ps();
+		int64_t l = 0;
+		for (; l < kv; l += 8)
+			s = _mm256_fmadd_ps(_mm256_loadu_ps(x + l), _mm256_loadu_ps(wr + l), s);
+		if (has_tail)
+			s = _mm256_fmadd_ps(_mm256_maskload_ps(x + l, tail),
+					    _mm256_maskload_ps(wr + l, tail), s);
+		y[j] = lbk_hsum256(s) + (bias ? bias[j] : 0.0f);
+	}
+}
+
 /* Below this many rows, packing W costs more than it saves: one GEMV per row. */
 #define LBK_GEMV_MAX_M 4
+
+static void gemv_rows(enum lbk_isa isa, float *y, const float *x, const float *w,
+		      const float *bias, int64_t m, int64_t n, int64_t k)
+{
+	for (int64_t i = 0; i < m; i++) {
+		if (isa == LBK_ISA_AVX512)
+			gemv_avx512(y + i * n, x + i * k, w, bias, n, k);
+		else
+			gemv_avx2(y + i * n, x + i * k, w, bias, n, k);
+	}
+}
 
 void lbk_matmul(float *y, const float *x, const float *w, const float *bias, int64_t m, int64_t n,
 		int64_t k)
 {
-	if (!lbk_use_avx512()) {
+	enum lbk_isa isa = lbk_isa();
+	if (isa == LBK_ISA_SCALAR) {
 		lbk_matmul_ref(y, x, w, bias, m, n, k);
 		return;
 	}
 	if (m < LBK_GEMV_MAX_M) {
-		for (int64_t i = 0; i < m; i++)
-			gemv_avx512(y + i * n, x + i * k, w, bias, n, k);
+		gemv_rows(isa, y, x, w, bias, m, n, k);
 		return;
 	}
 	struct lbk_packed *p = lbk_pack(w, n, k);
 	if (!p) { /* out of memory: the GEMV path needs none */
-		for (int64_t i = 0; i < m; i++)
-			gemv_avx512(y + i * n, x + i * k, w, bias, n, k);
+		gemv_rows(isa, y, x, w, bias, m, n, k);
 		return;
 	}
 	lbk_gemm(y, x, p, bias, m, 1);

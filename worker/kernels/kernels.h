@@ -1,5 +1,5 @@
-/* layerbank transformer kernels (lbk_*): fp32, AVX-512 with a plain-C reference beside each,
- * dispatched by CPUID at run time (AVX-512, then AVX2 where written, then scalar).
+/* layerbank transformer kernels (lbk_*): fp32, AVX-512 and AVX2 variants with a plain-C
+ * reference beside each, dispatched by CPUID at run time (AVX-512, then AVX2, then scalar).
  * Shapes are given in comments as in llama2.c; index math is 64-bit. */
 #ifndef LAYERBANK_KERNELS_H
 #define LAYERBANK_KERNELS_H
@@ -8,7 +8,8 @@
 
 enum lbk_isa { LBK_ISA_SCALAR = 0, LBK_ISA_AVX2 = 1, LBK_ISA_AVX512 = 2 };
 
-/* The best ISA this CPU has; lbk_force_isa lowers it (tests compare the variants). */
+/* The best ISA this CPU has, capped by the environment variable LBK_ISA (avx512, avx2 or
+ * scalar) when it is set; lbk_force_isa lowers it further (tests compare the variants). */
 enum lbk_isa lbk_isa(void);
 void lbk_force_isa(enum lbk_isa isa);
 
@@ -27,6 +28,21 @@ void lbk_packed_free(struct lbk_packed *p);
 /* y[m][n] = x[m][k] . W^T (+ bias), on up to threads threads (1: the caller's only). */
 void lbk_gemm(float *y, const float *x, const struct lbk_packed *w, const float *bias, int64_t m,
 	      int threads);
+
+/* What lbk_gemm_ex applies to each output last. */
+enum lbk_act {
+	LBK_ACT_NONE = 0,
+	LBK_ACT_GELU = 1, /* lbk_gelu's tanh approximation, the same vector code */
+};
+/*
+ * y[m][n] = act(x[m][k] . W^T + bias + res): res [m][n] a residual added to the product (NULL:
+ * none; it must not overlap y, which the kernel writes before it reads res), act applied after
+ * it. Both happen on the tile in registers before its last store, so neither costs a pass over
+ * y. Per element the result is that of lbk_gemm followed by adding res and lbk_gelu, bit for
+ * bit, on every tier. An unknown act is taken as LBK_ACT_NONE.
+ */
+void lbk_gemm_ex(float *y, const float *x, const struct lbk_packed *w, const float *bias,
+		 const float *res, int64_t m, int threads, enum lbk_act act);
 
 /* ---- element-wise and row kernels ---- */
 
@@ -63,5 +79,16 @@ void lbk_attention(float *out, const float *q, const float *k, const float *v, i
 		   int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal);
 void lbk_attention_ref(float *out, const float *q, const float *k, const float *v, int64_t seq,
 		       int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal);
+/*
+ * The same with row strides in floats: head h of position t is q + t * ldq + h * hs, head g of
+ * k and v at k + t * ldk + g * hs and v + t * ldv + g * hs, out's at out + t * ldo + h * hs.
+ * Lets a caller read q, k and v straight out of a fused qkv [seq][3 * dim] buffer and run a
+ * subset of the heads (a thread's share) by offsetting the pointers. lbk_attention is this with
+ * ldq = ldo = n_heads * hs and ldk = ldv = n_kv_heads * hs. Nothing is done for seq, n_heads,
+ * n_kv_heads or hs below 1, or n_heads not a multiple of n_kv_heads.
+ */
+void lbk_attention_strided(float *out, int64_t ldo, const float *q, int64_t ldq, const float *k,
+			   int64_t ldk, const float *v, int64_t ldv, int64_t seq, int64_t n_heads,
+			   int64_t n_kv_heads, int64_t hs, int causal);
 
 #endif
