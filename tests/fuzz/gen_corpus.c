@@ -287,6 +287,7 @@ static void decode_seeds(void)
 
 	/* Valid in other encodings: keys in reverse order, wide integers, str8 keys. */
 	struct hand h;
+	uint8_t *at;
 	hand_start(&h, 1, LBP_MODEL, 2);
 	hand_key(&h, "created");
 	msgpack_pack_false(&h.pk);
@@ -383,10 +384,38 @@ static void decode_seeds(void)
 	msgpack_pack_uint32(&h.pk, LBP_MAX_LAYERS);
 	hand_put(&h, "bad-out-of-range");
 
+	/* Strings out of their lengths: a HELLO name of 64 bytes, a model name of none. */
+	char name64[LBP_MAX_NAME + 2];
+	memset(name64, 'x', sizeof(name64) - 1);
+	name64[sizeof(name64) - 1] = '\0';
+	hand_start(&h, 1, LBP_HELLO, 5);
+	hand_key(&h, "shm_abi");
+	msgpack_pack_uint32(&h.pk, LB_SHM_ABI_VERSION);
+	hand_key(&h, "name");
+	msgpack_pack_str(&h.pk, strlen(name64));
+	msgpack_pack_str_body(&h.pk, name64, strlen(name64));
+	hand_key(&h, "req_entries");
+	msgpack_pack_uint32(&h.pk, 0);
+	hand_key(&h, "cpl_entries");
+	msgpack_pack_uint32(&h.pk, 0);
+	hand_key(&h, "staging_bytes");
+	msgpack_pack_uint32(&h.pk, 0);
+	hand_put(&h, "bad-name-too-long");
+	m = msg(LBP_REGISTER_MODEL);
+	n = encode(&m);
+	static const uint8_t name_str[] = { 0xab, 's', 't', 'o', 'r', 'i', 'e', 's' };
+	uint8_t *name_at = memmem(frame, n, name_str, sizeof(name_str));
+	if (!name_at)
+		die("no name in the REGISTER_MODEL frame");
+	name_at[0] = 0xa0; /* an empty str, then the 11 bytes of the old one cut out */
+	memmove(name_at + 1, name_at + 12, n - (size_t)(name_at + 12 - frame));
+	raw("bad-name-empty", frame, n - 11);
+	raw("bad-empty-frame", frame, 0);
+
 	/* A name with a NUL inside: patch the encoded frame. */
 	m = msg(LBP_REGISTER_MODEL);
 	n = encode(&m);
-	uint8_t *at = memmem(frame, n, "stories260k", 11);
+	at = memmem(frame, n, "stories260k", 11);
 	if (!at)
 		die("no name in the REGISTER_MODEL frame");
 	at[3] = 0;
@@ -688,6 +717,24 @@ static void ring_seeds(void)
 		lookup(s, LB_OP_LOOKUP, SMALL, 1, 16, 21, NULL, 0, 64);
 		pump(s, true);
 		done(s, bank == BANK_LRU ? "evict-lru" : "evict-decay");
+	}
+
+	/* Eviction by sample: more than 16 live entries, then two inserts of 64 KiB (copied with
+	 * non-temporal stores where AVX-512 is there) that do not both fit. Then the same with
+	 * every small entry leased, so that a sample can hold no candidate. */
+	for (int leased = 0; leased <= 1; leased++) {
+		begin(s, BANK_LRU);
+		for (uint32_t k = 0; k < 20; k++) {
+			insert(s, SMALL, 0, 1, 200 + k, 4, 1024 * k, true);
+			if (leased)
+				lookup(s, LB_OP_LOOKUP, SMALL, 0, 1, 200 + k, NULL, 0, 1024 * k + 512);
+		}
+		pump(s, true);
+		insert(s, SMALL, 1, 16, 300, 16384, 65536, false);
+		pump(s, true);
+		insert(s, SMALL, 1, 16, 301, 16384, 262144, false);
+		pump(s, true);
+		done(s, leased ? "evict-sampled-leased" : "evict-sampled");
 	}
 
 	/* TTL 0: the entry expires at its first lookup. */
