@@ -322,20 +322,8 @@ static void test_daemon_killed_mid_insert(void **state)
 	lb_close(c);
 }
 
-#if defined(__SANITIZE_ADDRESS__)
-#define UNDER_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define UNDER_ASAN 1
-#endif
-#endif
-
 int main(void)
 {
-#ifdef UNDER_ASAN
-	/* The gcc build runs it (CI's first stage). */
-	LBT_SKIP("under ASan on 2 cores the 5 ms waits this test measures turn into time-outs");
-#endif
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_daemon_killed_and_back, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_daemon_killed_mid_insert, setup, teardown),
