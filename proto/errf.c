@@ -7,10 +7,16 @@
 static void verrf(char *err, size_t errlen, const char *fmt, va_list ap)
 	__attribute__((format(printf, 3, 0)));
 
+/* What goes in may come from outside (a model name read from a file can hold a newline):
+ * control characters become '?', so that the message stays one line wherever it is printed. */
 static void verrf(char *err, size_t errlen, const char *fmt, va_list ap)
 {
-	if (err && errlen)
-		vsnprintf(err, errlen, fmt, ap);
+	if (!err || !errlen)
+		return;
+	vsnprintf(err, errlen, fmt, ap);
+	for (char *p = err; *p; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
 }
 
 void lbp_errf(char *err, size_t errlen, const char *fmt, ...)

@@ -5,7 +5,8 @@
 
 #include <stddef.h>
 
-/* Format into err (errlen bytes, always NUL-terminated); nothing when err is NULL or errlen 0. */
+/* Format into err (errlen bytes, always NUL-terminated, control characters replaced by '?'
+ * so that it is one line); nothing when err is NULL or errlen 0. */
 void lbp_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 /* lbp_errf, then @return rc: `return lbp_fail(err, errlen, -EINVAL, "...")`. */
 int lbp_fail(char *err, size_t errlen, int rc, const char *fmt, ...)

@@ -3,8 +3,9 @@
  * limits) and a few frames each check of PROTOCOL.md section 2 rejects, for fuzz_lbp_decode;
  * scripts of ring requests (fuzz_ring_entry.c describes the format) that insert, hit, report,
  * release, evict, expire, hit the lease limit, fill the completion ring and fail each check of
- * Ring protocol 6, for fuzz_ring_entry; and fuzz_lbp_decode.dict, the body keys as they appear
- * on the wire. Deterministic: test_fuzz_corpus checks that the committed files are these.
+ * Ring protocol 6, for fuzz_ring_entry; snapshot files of every dtype and rank with up to
+ * three models, and files the loader's checks refuse, for fuzz_snapshot; and
+ * fuzz_lbp_decode.dict, the body keys as they appear on the wire. Deterministic: test_fuzz_corpus checks that the committed files are these.
  *
  * Usage: fuzz_corpus_gen DIR   (writes DIR/corpus/<target>/ and DIR/fuzz_lbp_decode.dict,
  * making the folders; tests/fuzz to regenerate the committed ones)
@@ -19,6 +20,7 @@
 #include <sys/stat.h>
 
 #include <msgpack.h>
+#include <xxhash.h>
 
 #include "layerbank/ring.h"
 #include "lbp.h"
@@ -907,6 +909,223 @@ static void ring_seeds(void)
 	free(s);
 }
 
+/* ---- snapshot files ---- */
+
+/*
+ * Files laid out from PROTOCOL.md "Snapshot file" by this independent writer, not by the
+ * daemon's (whose files carry the time and boot id they were written with). Each seed is a flag
+ * byte (fuzz_snapshot.c: bit 0 reseal, bits 1-2 the policy) and the file.
+ */
+#define SNAP "fuzz_snapshot"
+#define SNAP_MAX (64u << 10)
+
+struct snap {
+	uint8_t b[SNAP_MAX];
+	size_t n;                  /* bytes so far, the flag byte included */
+	uint32_t n_models;
+	uint64_t n_entries, data_bytes;
+	uint64_t model_entries[8];
+};
+
+static void le_at(uint8_t *p, uint64_t v, unsigned bytes)
+{
+	for (unsigned i = 0; i < bytes; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void seal_rec(uint8_t *rec)
+{
+	le_at(rec + 120, XXH3_64bits(rec, 120), 8);
+}
+
+static uint8_t *snap_grow(struct snap *s, size_t n)
+{
+	if (s->n + n > SNAP_MAX)
+		die("snapshot seed over %u bytes", SNAP_MAX);
+	uint8_t *p = s->b + s->n;
+	memset(p, 0, n);
+	s->n += n;
+	return p;
+}
+
+static void snap_begin(struct snap *s, uint8_t flags)
+{
+	memset(s, 0, sizeof(*s));
+	s->b[0] = flags;
+	s->n = 1 + 128; /* the header is written last, at snap_end */
+}
+
+struct smodel {
+	const char *name;
+	uint32_t n_layers, hidden, dtype, max_seq, fp_chunks;
+};
+
+static void snap_model(struct snap *s, const struct smodel *m)
+{
+	uint8_t *r = snap_grow(s, 128);
+	memcpy(r, m->name, strlen(m->name));
+	le_at(r + 64, 0x1234abcdu + s->n_models, 8); /* weights_hash */
+	le_at(r + 72, m->n_layers, 4);
+	le_at(r + 76, m->hidden, 4);
+	le_at(r + 80, m->dtype, 4);
+	le_at(r + 84, m->max_seq, 4);
+	le_at(r + 88, m->fp_chunks, 4);
+	le_at(r + 92, 256, 4);
+	le_at(r + 96, 7, 8); /* fp_seed */
+	s->n_models++;
+}
+
+/* One entry of input `input` (its keys from key()) with shape dims[0..ndim-1]. */
+static void snap_entry(struct snap *s, uint32_t model, uint16_t layer, uint16_t dtype,
+		       uint32_t seq_len, uint32_t input, uint32_t ndim, const uint32_t *dims,
+		       uint64_t idle_ns, double score)
+{
+	uint64_t fp[4], exact[2], elems = 1;
+	uint8_t *r = snap_grow(s, 128);
+	size_t at = (size_t)(r - s->b);
+
+	key(input, fp, exact);
+	le_at(r + 0, model, 4);
+	le_at(r + 4, layer, 2);
+	le_at(r + 6, dtype, 2);
+	le_at(r + 8, seq_len, 4);
+	le_at(r + 12, ndim, 4);
+	for (uint32_t i = 0; i < ndim; i++) {
+		le_at(r + 16 + 4 * i, dims[i], 4);
+		elems *= dims[i];
+	}
+	uint64_t bytes = elems * (dtype == LBP_DTYPE_F32 ? 4u : 2u);
+	le_at(r + 32, bytes, 8);
+	for (int i = 0; i < 4; i++)
+		le_at(r + 40 + 8 * i, fp[i], 8);
+	le_at(r + 72, exact[0], 8);
+	le_at(r + 80, exact[1], 8);
+	le_at(r + 96, idle_ns, 8);
+	le_at(r + 104, idle_ns * 3, 8); /* age_ns */
+	uint64_t bits;
+	memcpy(&bits, &score, 8);
+	le_at(r + 112, bits, 8);
+	uint8_t *d = snap_grow(s, (size_t)((bytes + 63) & ~63ull));
+	for (uint64_t i = 0; i < bytes; i++)
+		d[i] = (uint8_t)(input * 31u + layer * 7u + i);
+	r = s->b + at;
+	le_at(r + 88, XXH3_64bits(d, bytes), 8);
+	seal_rec(r);
+	s->n_entries++;
+	s->data_bytes += bytes;
+	if (model < 8)
+		s->model_entries[model]++;
+}
+
+/* The header and the models' entry counts; the model records' checksums. */
+static void snap_end(struct snap *s)
+{
+	uint8_t *h = s->b + 1;
+	memcpy(h, "LBSNAPSH", 8);
+	le_at(h + 8, 1, 4);
+	le_at(h + 12, 128, 4);
+	le_at(h + 16, LB_SHM_ABI_VERSION, 4);
+	le_at(h + 20, s->n_models, 4);
+	le_at(h + 24, s->n_entries, 8);
+	le_at(h + 32, s->data_bytes, 8);
+	le_at(h + 40, s->n - 1, 8);
+	le_at(h + 48, 1790000000u, 8); /* written_s: fixed, so that the seeds are deterministic */
+	for (int i = 0; i < 16; i++)
+		h[56 + i] = (uint8_t)(0xb0 + i);
+	le_at(h + 72, 128, 4);
+	le_at(h + 76, 128, 4);
+	seal_rec(h);
+	for (uint32_t i = 0; i < s->n_models; i++) {
+		uint8_t *r = s->b + 1 + 128 + 128 * (size_t)i;
+		le_at(r + 104, i < 8 ? s->model_entries[i] : 0, 8);
+		seal_rec(r);
+	}
+}
+
+static void snap_put(struct snap *s, const char *name)
+{
+	put(SNAP, name, s->b, s->n);
+}
+
+static void snapshot_seeds(void)
+{
+	static struct snap s;
+	static const struct smodel tiny = { "tiny", 3, 4, LBP_DTYPE_F32, 8, 4 };
+	static const struct smodel half = { "half-precision", 6, 8, LBP_DTYPE_F16, 16, 2 };
+	static const struct smodel wide = { "m", LBP_MAX_LAYERS, LBP_MAX_HIDDEN, LBP_DTYPE_BF16,
+					    LBP_MAX_SEQ, LBP_MAX_FP_CHUNKS };
+	const uint32_t d2[] = { 2, 4 }, d1[] = { 5 }, d3[] = { 1, 2, 3 }, d4[] = { 2, 1, 1, 3 };
+
+	snap_begin(&s, 1);
+	snap_end(&s);
+	snap_put(&s, "empty");
+
+	snap_begin(&s, 1);
+	snap_model(&s, &tiny);
+	snap_end(&s);
+	snap_put(&s, "model-no-entries");
+
+	/* One input through every layer, another through one. */
+	snap_begin(&s, 1);
+	snap_model(&s, &tiny);
+	for (uint16_t l = 0; l < 3; l++)
+		snap_entry(&s, 0, l, LBP_DTYPE_F32, 2, 1, 2, d2, 1000u * l, 0.5 * l);
+	snap_entry(&s, 0, 1, LBP_DTYPE_F32, 2, 2, 2, d2, 5, 2.0);
+	snap_end(&s);
+	snap_put(&s, "one-model");
+	s.b[0] = 2 | 1; /* decay order */
+	snap_put(&s, "one-model-decay");
+	s.b[0] = 4 | 1; /* ttl order */
+	snap_put(&s, "one-model-ttl");
+
+	/* Three models, every dtype, every rank, data that needs padding and data that does not. */
+	snap_begin(&s, 1);
+	snap_model(&s, &tiny);
+	snap_model(&s, &half);
+	snap_model(&s, &wide);
+	snap_entry(&s, 1, 0, LBP_DTYPE_F16, 16, 3, 1, d1, 0, 0.0);
+	snap_entry(&s, 1, 5, LBP_DTYPE_F16, 16, 3, 3, d3, 7, 1.5);
+	snap_entry(&s, 0, 2, LBP_DTYPE_F32, 8, 4, 4, d4, 9, 3.0);
+	snap_entry(&s, 2, LBP_MAX_LAYERS - 1, LBP_DTYPE_BF16, LBP_MAX_SEQ, 5, 2, d2, 11, 0.25);
+	snap_entry(&s, 0, 0, LBP_DTYPE_F32, 1, 6, 1, (const uint32_t[]){ 16 }, 0, 0.0);
+	snap_end(&s);
+	snap_put(&s, "three-models");
+	s.b[0] = 0; /* as is: the checksums are the writer's */
+	snap_put(&s, "three-models-raw");
+
+	/* Refused by the consistency checks of Reading 6, checksums right. */
+	snap_begin(&s, 1);
+	snap_model(&s, &tiny);
+	snap_entry(&s, 0, 1, LBP_DTYPE_F32, 2, 1, 2, d2, 0, 0.0);
+	snap_entry(&s, 0, 1, LBP_DTYPE_F32, 2, 1, 2, d2, 0, 0.0);
+	snap_end(&s);
+	snap_put(&s, "same-layer-twice");
+	snap_begin(&s, 1);
+	snap_model(&s, &tiny);
+	snap_entry(&s, 0, 0, LBP_DTYPE_F32, 2, 1, 2, d2, 0, 0.0);
+	snap_entry(&s, 0, 1, LBP_DTYPE_F32, 4, 1, 2, d2, 0, 0.0);
+	snap_end(&s);
+	snap_put(&s, "input-two-lengths");
+	snap_begin(&s, 1);
+	snap_model(&s, &tiny);
+	snap_model(&s, &tiny);
+	snap_end(&s);
+	snap_put(&s, "model-name-twice");
+
+	/* Header checks: another version (checked before the checksum), a file cut short. */
+	snap_begin(&s, 0);
+	snap_model(&s, &tiny);
+	snap_entry(&s, 0, 0, LBP_DTYPE_F32, 2, 1, 2, d2, 0, 0.0);
+	snap_end(&s);
+	le_at(s.b + 1 + 8, 2, 4);
+	snap_put(&s, "version-2");
+	le_at(s.b + 1 + 8, 1, 4);
+	s.n -= 64;
+	snap_put(&s, "truncated");
+	s.n = 1 + 100;
+	snap_put(&s, "truncated-header");
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 2) {
@@ -914,7 +1133,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	root = argv[1];
-	const char *dirs[] = { "corpus", "corpus/" DECODE, "corpus/" RING };
+	const char *dirs[] = { "corpus", "corpus/" DECODE, "corpus/" RING, "corpus/" SNAP };
 	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
 		char path[4096];
 		snprintf(path, sizeof(path), "%s/%s", root, dirs[i]);
@@ -924,5 +1143,6 @@ int main(int argc, char **argv)
 	decode_seeds();
 	write_dict();
 	ring_seeds();
+	snapshot_seeds();
 	return 0;
 }
