@@ -19,6 +19,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "errf.h"
 #include "log.h"
 #include "sd.h"
 #include "snapshot.h"
@@ -400,17 +401,6 @@ static void on_snapshot(struct lbd_conn *c)
 
 /* ---- administrative messages ---- */
 
-/* A client string for a log line: printable ASCII only, so it cannot forge lines. */
-static const char *printable(const char *in, char *out, size_t n)
-{
-	size_t i = 0;
-
-	for (; in[i] && i + 1 < n; i++)
-		out[i] = in[i] >= 0x20 && in[i] < 0x7f ? in[i] : '?';
-	out[i] = '\0';
-	return out;
-}
-
 /* FLUSH and CONFIG_SET change what every client gets: only root and the daemon's own user may
  * send them (the socket's group is for workers). @return true when c was refused. */
 static bool refuse_unless_admin(struct lbd_conn *c, enum lbp_type t)
@@ -512,7 +502,7 @@ static void on_config_set(struct lbd_conn *c, const struct lbp_config_set *set)
 	}
 	r->total = r->n = 1;
 	lbd_info("client %" PRIu64 " (pid %d uid %u): CONFIG_SET %s = %s", c->client_id,
-		 (int)c->cred.pid, (unsigned)c->cred.uid, printable(r->items[0].key, key, sizeof(key)),
+		 (int)c->cred.pid, (unsigned)c->cred.uid, lbp_printable(r->items[0].key, key, sizeof(key)),
 		 r->items[0].value);
 	if (evicted)
 		lbd_info("budget lowered to %s: %" PRIu64 " entries evicted", r->items[0].value, evicted);

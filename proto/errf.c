@@ -19,6 +19,18 @@ static void verrf(char *err, size_t errlen, const char *fmt, va_list ap)
 			*p = '?';
 }
 
+const char *lbp_printable(const char *in, char *out, size_t n)
+{
+	size_t i = 0;
+
+	if (!n)
+		return out;
+	for (; in[i] && i + 1 < n; i++)
+		out[i] = in[i] >= 0x20 && in[i] < 0x7f ? in[i] : '?';
+	out[i] = '\0';
+	return out;
+}
+
 void lbp_errf(char *err, size_t errlen, const char *fmt, ...)
 {
 	va_list ap;

@@ -12,4 +12,9 @@ void lbp_errf(char *err, size_t errlen, const char *fmt, ...) __attribute__((for
 int lbp_fail(char *err, size_t errlen, int rc, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
 
+/* in for a screen or a log line: printable ASCII only (anything else becomes '?'), cut to fit
+ * out (n bytes, NUL-terminated). Client-chosen strings such as model names go through it
+ * before a terminal sees them. @return out. */
+const char *lbp_printable(const char *in, char *out, size_t n);
+
 #endif

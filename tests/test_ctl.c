@@ -1041,6 +1041,25 @@ static void test_top_without_a_terminal(void **state)
 	stop_daemon();
 }
 
+/* A model name is the client's choice: stats shows it without letting an escape sequence or a
+ * line break through to the terminal. */
+static void test_stats_shows_a_hostile_name_harmlessly(void **state)
+{
+	char out[8192];
+	struct lb_client *c;
+
+	(void)state;
+	start_daemon();
+	assert_int_equal(lb_connect(env.sock, "name-test", &c), 0);
+	add_model(c, "evil\033[2J\nname\177", 2);
+	assert_int_equal(ctl(out, sizeof(out), "stats", NULL), 0);
+	assert_contains(out, "'evil?[2J?name?'");
+	assert_null(strchr(out, '\033'));
+	assert_null(strchr(out, '\177'));
+	lb_close(c);
+	stop_daemon();
+}
+
 /* ================= top, in tmux ================= */
 
 static char tmux_path[256];
@@ -1302,6 +1321,8 @@ int main(int argc, char **argv)
 		cmocka_unit_test_setup_teardown(test_metrics_exposition_format_and_figures, setup,
 						teardown),
 		cmocka_unit_test_setup_teardown(test_top_without_a_terminal, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_stats_shows_a_hostile_name_harmlessly, setup,
+						teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "errf.h"
 
 /* Set by the signal handlers, read by the loop; poll returns EINTR when one arrives. */
 static volatile sig_atomic_t got_quit, got_winch, got_tstp;
@@ -162,17 +163,6 @@ static void row(struct frame *f, const char *fmt, ...)
 	fb_put(f, at, strlen(at));
 	fb_put(f, text, (size_t)n);
 	fb_put(f, "\033[K", 3);
-}
-
-/* A model name for the screen: printable ASCII, so a name cannot send escapes. */
-static const char *screen_name(const char *in, char *out, size_t n)
-{
-	size_t i = 0;
-
-	for (; in[i] && i + 1 < n; i++)
-		out[i] = in[i] >= 0x20 && in[i] < 0x7f ? in[i] : '?';
-	out[i] = '\0';
-	return out;
 }
 
 static void bar(char *out, int width, double frac)
@@ -353,7 +343,7 @@ static void draw(struct top *tp)
 			psum.hits = pm->layer[0].hits;
 			psum.misses = pm->layer[0].misses;
 		}
-		row(f, "model %s (id %u, %u layers)", screen_name(m->name, name, sizeof(name)),
+		row(f, "model %s (id %u, %u layers)", lbp_printable(m->name, name, sizeof(name)),
 		    m->id, m->n_layers);
 		stat_row(tp, "  all", &sum, pm ? &psum : NULL);
 		for (uint32_t l = 0; l < m->n_layers; l++) {

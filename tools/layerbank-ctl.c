@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "errf.h"
 
 static void usage(FILE *out)
 {
@@ -174,7 +175,11 @@ static json_object *model_json(const struct ctl_model *m)
 
 static void model_table(const struct ctl_model *m)
 {
-	printf("\nmodel %u '%s', %u layers\n", m->id, m->name, m->n_layers);
+	char name[LB_NAME_MAX + 1];
+
+	/* A client chose the name: no escape sequence of its reaches the terminal. */
+	printf("\nmodel %u '%s', %u layers\n", m->id, lbp_printable(m->name, name, sizeof(name)),
+	       m->n_layers);
 	printf("  %5s %10s %10s %6s %9s %9s %8s %9s %7s\n", "layer", "hits", "misses", "hit%",
 	       "inserts", "evicted", "entries", "MiB", "leases");
 	for (uint32_t l = 0; l < m->n_layers; l++) {
