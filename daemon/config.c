@@ -13,8 +13,6 @@
 
 #include "errf.h"
 
-#define LBD_VERSION_STRING "0.1.0"
-
 #define LBD_MAX_NUMA_NODE 1023
 /* Longest config-file line, without its newline. */
 #define LBD_CONFIG_LINE_MAX 1024

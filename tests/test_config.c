@@ -553,7 +553,8 @@ static void test_help_and_version(void **state)
 	assert_int_equal(parse_capturing_stdout((const char *const[]){ "--version", NULL }, out,
 						sizeof(out)),
 			 1);
-	assert_string_equal(out, "layerbankd 0.1.0\n");
+	assert_string_equal(out, "layerbankd " LBD_VERSION_STRING "\n");
+	assert_true(strlen(LBD_VERSION_STRING) >= 5); /* x.y.z, not empty */
 
 	assert_int_equal(parse_capturing_stdout((const char *const[]){ "--help", NULL }, out,
 						sizeof(out)),
