@@ -46,6 +46,11 @@ int bench_e2e_main(int argc, char **argv);
  * arena against plain file I/O, bench_snapshot.c. @return the exit status: 0, 1, 2. */
 int bench_snapshot_main(int argc, char **argv);
 
+/* layerbank-bench flush (argv[0] "flush"): FLUSH of a full store, holding the lock for the
+ * whole pass and in batches, with a thread looking up beside it, bench_flush.c.
+ * @return the exit status: 0, 1 run-time failure, 2 bad options. */
+int bench_flush_main(int argc, char **argv);
+
 /* layerbank-bench kernels (argv[0] "kernels", argv[-1] main's argv[0]: it may re-execute
  * itself), bench_kernels.c. @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_kernels_main(int argc, char **argv);

@@ -1381,39 +1381,69 @@ int lbd_store_set_layer_tau(struct lbd_store *st, uint32_t model_id, uint32_t la
 	return ret;
 }
 
-int lbd_store_flush(struct lbd_store *st, uint32_t model_id, int layer, struct lbd_flush_result *out)
+int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, uint32_t batch,
+			    struct lbd_flush_result *out)
 {
-	struct bank *b = NULL;
+	uint64_t t0 = lb_now_ns();
+	uint32_t bank_ix = 0; /* an index: the bank array may move while the lock is let go */
 	int ret = 0;
 
 	memset(out, 0, sizeof(*out));
+	if (batch == 0)
+		batch = 1;
 	pthread_mutex_lock(&st->lock);
 	if (model_id) {
-		b = bank_of(st, model_id);
+		const struct bank *b = bank_of(st, model_id);
 		if (!b)
 			ret = -ESRCH;
 		else if (layer >= (int)b->desc.n_layers)
 			ret = -EINVAL;
+		else
+			bank_ix = (uint32_t)(b - st->banks);
 	} else if (layer >= 0) {
 		ret = -EINVAL; /* a layer is a layer of one model */
 	}
-	/* One pass over the sample list, which holds every LIVE entry. An entry under lease is
-	 * unlinked like an invalidated one: no lookup finds it again, and its holders keep reading
-	 * it unchanged until the last lease ends and lease_end frees it. */
-	for (uint32_t k = 0; ret == 0 && k < st->n_live;) {
-		uint32_t id = st->live[k];
-		struct entry *e = &st->e[id];
-		if (e->state == E_LIVE && (!b || st->in[e->input].bank == (uint32_t)(b - st->banks)) &&
-		    (layer < 0 || e->layer == (uint32_t)layer)) {
-			out->entries++;
-			out->bytes += e->bytes;
-			out->leased += e->leases != 0;
-			entry_unlink(st, id); /* may move another entry into position k */
-			if (k < st->n_live && st->live[k] != id)
-				continue;
+	/*
+	 * Passes over the sample list, which holds every LIVE entry, dropping those that were live
+	 * when the flush began (created by t0). An entry under lease is unlinked like an
+	 * invalidated one: no lookup finds it again, and its holders keep reading it unchanged
+	 * until the last lease ends and lease_end frees it. The lock is let go after every batch
+	 * of drops so that the service threads go on serving; meanwhile their evictions and
+	 * invalidations reorder the list (each moves the last entry into the hole), which can move
+	 * an entry the pass has not seen behind it: another pass follows until one drops nothing.
+	 * Entries inserted after t0 are kept, so the passes end however busy the inserters are.
+	 */
+	bool dropped = ret == 0;
+	while (dropped) {
+		dropped = false;
+		uint32_t in_batch = 0;
+		for (uint32_t k = 0; k < st->n_live;) {
+			uint32_t id = st->live[k];
+			struct entry *e = &st->e[id];
+			if (e->state == E_LIVE && e->created_ns <= t0 &&
+			    (!model_id || st->in[e->input].bank == bank_ix) &&
+			    (layer < 0 || e->layer == (uint32_t)layer)) {
+				out->entries++;
+				out->bytes += e->bytes;
+				out->leased += e->leases != 0;
+				entry_unlink(st, id); /* moves the last entry into position k */
+				dropped = true;
+				if (++in_batch == batch) {
+					in_batch = 0;
+					pthread_mutex_unlock(&st->lock);
+					pthread_mutex_lock(&st->lock);
+				}
+				if (k < st->n_live && st->live[k] != id)
+					continue;
+			}
+			k++;
 		}
-		k++;
 	}
 	pthread_mutex_unlock(&st->lock);
 	return ret;
+}
+
+int lbd_store_flush(struct lbd_store *st, uint32_t model_id, int layer, struct lbd_flush_result *out)
+{
+	return lbd_store_flush_batched(st, model_id, layer, LBD_FLUSH_BATCH, out);
 }

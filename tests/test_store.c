@@ -1,5 +1,6 @@
 /* The store (daemon/store.c) in process, where a test can time what the daemon's tests cannot:
- * models registered while inserts copy their data outside the lock. */
+ * models registered while inserts copy their data outside the lock; a flush that lets the lock
+ * go between batches while other threads insert, hit and invalidate. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -9,6 +10,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,10 +99,140 @@ static void test_models_registered_during_inserts(void **state)
 	lbd_arena_destroy(&arena);
 }
 
+/* ---- a flush in batches beside a busy service thread ---- */
+
+#define OLD_INPUTS 3000u
+#define SMALL 256u /* data bytes of an entry */
+
+struct busy {
+	struct lbd_store *st;
+	atomic_int stop;
+	atomic_uint rounds;       /* the thread's progress */
+	uint32_t inserted;        /* new inputs OLD_INPUTS + 1.. inserted */
+};
+
+static uint64_t mix(uint64_t x)
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* Input i's keys: random fingerprints, far apart, so that only its own token hash finds it. */
+static void keys(uint32_t i, uint64_t fp[4], uint64_t exact[2])
+{
+	for (int w = 0; w < 4; w++)
+		fp[w] = mix(i * 4u + (uint32_t)w);
+	exact[0] = i;
+	exact[1] = mix(i);
+}
+
+static int put_small(struct lbd_store *st, uint32_t input)
+{
+	static const uint8_t data[SMALL];
+	struct lb_req r = { .opcode = LB_OP_INSERT, .model_id = 1, .seq_len = 1,
+			    .payload_len = LB_INSERT_HDR_SIZE + SMALL };
+	struct lb_insert_hdr h = { .dtype = LBP_DTYPE_F32, .ndim = 1, .shape = { SMALL / 4 },
+				   .bytes = SMALL };
+	struct lb_cpl cpl = { 0 };
+
+	keys(input, h.fp, h.exact);
+	lbd_store_insert(st, 0, &r, &h, data, &cpl);
+	return cpl.status;
+}
+
+/* Look input up; on a hit, REPORT drift (1: invalidate it) or release. @return the status. */
+static int get_small(struct lbd_store *st, struct lbd_leases *ls, uint32_t input, bool invalidate)
+{
+	struct lb_req r = { .opcode = LB_OP_LOOKUP, .model_id = 1, .seq_len = 1 };
+	struct lb_query q = { .n_thr = 0 };
+	struct lb_cpl cpl = { 0 }, done = { 0 };
+
+	keys(input, q.fp, q.exact);
+	lbd_store_lookup(st, ls, &r, &q, NULL, &cpl);
+	if (cpl.status == 0) {
+		if (invalidate)
+			lbd_store_report(st, ls, cpl.lease, 1.0f, &done);
+		if (!invalidate || done.status == 0)
+			lbd_store_release(st, ls, cpl.lease, &done);
+	}
+	return cpl.status;
+}
+
+/* A service thread: inserts new inputs, invalidates every other one of them (each invalidation
+ * moves the last entry of the sample list into its hole, under the flush's feet), and looks up
+ * old inputs. */
+static void *busy_thread(void *p)
+{
+	struct busy *b = p;
+	struct lbd_leases ls = { 0 };
+
+	for (uint32_t i = OLD_INPUTS + 1; !atomic_load(&b->stop); i++) {
+		if (put_small(b->st, i) == 0) {
+			b->inserted++;
+			if (i % 2)
+				(void)get_small(b->st, &ls, i, true);
+		}
+		(void)get_small(b->st, &ls, 1 + i % OLD_INPUTS, false);
+		atomic_fetch_add(&b->rounds, 1);
+	}
+	lbd_leases_free(&ls);
+	return NULL;
+}
+
+static void test_flush_in_batches_beside_a_busy_thread(void **state)
+{
+	(void)state;
+	static const uint8_t boot[16] = { 2 };
+	struct lbd_arena arena;
+	struct lbd_store_cfg cfg = { .policy = LBD_POLICY_LRU, .ttl_ns = 1, .half_life_ns = 1,
+				     .drift_max = 0.05, .tau = 0.98 };
+	struct lbd_flush_result fr;
+	struct lbp_stats_reply s;
+	struct lbd_leases ls = { 0 };
+	struct busy b = { 0 };
+	char err[256];
+	pthread_t t;
+
+	assert_int_equal(lbd_arena_create(&arena, 64u << 20, -1, LBD_HP_OFF, boot, 0, err, sizeof(err)), 0);
+	b.st = lbd_store_new(&arena, 1, &cfg);
+	assert_non_null(b.st);
+	struct lbp_register_model d = model(1);
+	assert_int_equal(lbd_store_add_model(b.st, 1, &d), 0);
+	for (uint32_t i = 1; i <= OLD_INPUTS; i++)
+		assert_int_equal(put_small(b.st, i), 0);
+
+	assert_int_equal(pthread_create(&t, NULL, busy_thread, &b), 0);
+	while (atomic_load(&b.rounds) < 50)
+		; /* the thread is well under way */
+	/* Batches of 4: hundreds of lock hand-overs, each a chance for the thread to reorder. */
+	assert_int_equal(lbd_store_flush_batched(b.st, 0, -1, 4, &fr), 0);
+	atomic_store(&b.stop, 1);
+	pthread_join(t, NULL);
+
+	/* Every entry live when the flush began went, however the thread reordered the list: all
+	 * the old inputs (and new ones inserted before it began, counted in fr.entries too). */
+	for (uint32_t i = 1; i <= OLD_INPUTS; i++)
+		assert_int_equal(get_small(b.st, &ls, i, false), -ENOENT);
+	memset(&s, 0, sizeof(s));
+	lbd_store_stats(b.st, &s);
+	assert_true(fr.entries >= OLD_INPUTS);
+	assert_true(b.inserted > 0 && s.invalidations > 0);
+	/* Nothing lost and nothing counted twice: what is left is every insert neither
+	 * invalidated nor flushed. */
+	assert_int_equal(s.entries + fr.entries + s.invalidations, OLD_INPUTS + b.inserted);
+	assert_int_equal(s.leases, 0);
+	lbd_leases_free(&ls);
+	lbd_store_free(b.st);
+	lbd_arena_destroy(&arena);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_models_registered_during_inserts),
+		cmocka_unit_test(test_flush_in_batches_beside_a_busy_thread),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
