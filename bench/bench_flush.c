@@ -27,9 +27,11 @@
 struct reader {
 	struct lbd_store *st;
 	uint32_t inputs;
-	atomic_int stop, measuring;
-	atomic_uint_fast64_t done;  /* lookups finished, all told */
-	uint64_t worst_ns, lookups; /* of lookups that began or ended while measuring */
+	atomic_int stop;
+	atomic_uint_fast64_t w0, w1; /* the flush's window (lb_now_ns); w0 0: not measuring,
+				      * w1 0: not over yet */
+	atomic_uint_fast64_t done;   /* lookups finished, all told */
+	uint64_t worst_ns, lookups;  /* of the lookups that overlapped the window */
 };
 
 static void keys(uint32_t i, uint64_t fp[4], uint64_t exact[2])
@@ -72,16 +74,16 @@ static void *reader_main(void *p)
 		struct lb_query q = { .n_thr = 0 };
 		struct lb_cpl cpl = { 0 }, rel = { 0 };
 		keys(1 + i++ % rd->inputs, q.fp, q.exact);
-		int began_measured = atomic_load(&rd->measuring);
-		uint64_t t = lb_now_ns();
+		uint64_t t0 = lb_now_ns();
 		lbd_store_lookup(rd->st, &ls, &r, &q, NULL, &cpl);
-		t = lb_now_ns() - t;
+		uint64_t t1 = lb_now_ns();
 		if (cpl.status == 0)
 			lbd_store_release(rd->st, &ls, cpl.lease, &rel);
-		if (began_measured || atomic_load(&rd->measuring)) {
+		uint64_t w0 = atomic_load(&rd->w0), w1 = atomic_load(&rd->w1);
+		if (w0 && t1 >= w0 && (!w1 || t0 <= w1)) {
 			rd->lookups++;
-			if (t > rd->worst_ns)
-				rd->worst_ns = t;
+			if (t1 - t0 > rd->worst_ns)
+				rd->worst_ns = t1 - t0;
 		}
 		atomic_fetch_add(&rd->done, 1);
 	}
@@ -94,9 +96,9 @@ struct run {
 	uint64_t lookups;
 };
 
-/* Fill, then flush with the reader measuring. A lookup the flush blocked ends after the flush:
- * the reader counts it because it began while measuring, and its figures are read once two
- * more lookups have finished (the atomics order the reader's writes before them). */
+/* Fill, then flush with the reader measuring every lookup that overlaps the flush (one the
+ * flush blocked ends after it); its figures are read once two more lookups have finished
+ * (the atomics order the reader's writes before them). */
 static int one(struct reader *rd, uint32_t batch, struct run *out)
 {
 	struct lbd_flush_result fr;
@@ -108,14 +110,16 @@ static int one(struct reader *rd, uint32_t batch, struct run *out)
 		; /* the reader is past any lookup of the last run */
 	rd->worst_ns = 0;
 	rd->lookups = 0;
-	atomic_store(&rd->measuring, 1);
+	atomic_store(&rd->w1, 0);
 	uint64_t t = lb_now_ns();
+	atomic_store(&rd->w0, t);
 	ret = lbd_store_flush_batched(rd->st, 0, -1, batch, &fr);
+	atomic_store(&rd->w1, lb_now_ns());
 	t = lb_now_ns() - t;
-	atomic_store(&rd->measuring, 0);
 	seen = atomic_load(&rd->done);
 	while (atomic_load(&rd->done) < seen + 2)
 		;
+	atomic_store(&rd->w0, 0);
 	if (ret < 0)
 		return ret;
 	if (fr.entries != rd->inputs)

@@ -80,6 +80,7 @@ struct bank {
 
 struct lbd_store {
 	pthread_mutex_t lock;
+	atomic_uint acquired; /* times the lock was taken (store_lock): how FLUSH sees a hand-over */
 	struct lbd_store_cfg cfg;
 	struct lbd_arena *arenas;
 	struct lbd_alloc *alloc[LBP_MAX_ARENAS];
@@ -99,6 +100,14 @@ struct lbd_store {
 	uint32_t acct_cap, acct_free;
 	struct lbp_stats_reply c; /* data-plane counters */
 };
+
+/* Every taking of the store lock goes through here, so that a long holder that lets the lock go
+ * (FLUSH) can see whether another thread got it. */
+static void store_lock(struct lbd_store *st)
+{
+	pthread_mutex_lock(&st->lock);
+	atomic_fetch_add_explicit(&st->acquired, 1, memory_order_relaxed);
+}
 
 const char *lbd_policy_name(enum lbd_policy p)
 {
@@ -371,7 +380,7 @@ static bool expired(const struct lbd_store *st, const struct entry *e, uint64_t 
 void lbd_store_expire(struct lbd_store *st)
 {
 	uint64_t now = lb_now_ns();
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	for (uint32_t k = 0; k < st->n_live;) {
 		uint32_t id = st->live[k];
 		struct entry *e = &st->e[id];
@@ -460,7 +469,7 @@ static void lease_end(struct lbd_store *st, struct lbd_leases *ls, uint32_t s)
 
 void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, struct lb_cpl *cpl)
 {
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	uint32_t s = lease_find(ls, lease);
 	if (s == NONE)
 		cpl->status = -EINVAL;
@@ -476,7 +485,7 @@ void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t leas
 		cpl->status = -EINVAL;
 		return;
 	}
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	uint32_t s = lease_find(ls, lease);
 	if (s == NONE) {
 		cpl->status = -EINVAL;
@@ -494,7 +503,7 @@ void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t leas
 
 void lbd_store_release_all(struct lbd_store *st, struct lbd_leases *ls)
 {
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	for (uint32_t s = 0; s < ls->cap; s++)
 		if (ls->slot[s].used)
 			lease_end(st, ls, s);
@@ -573,7 +582,7 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 	uint32_t id = NONE, dist = 0, max_d = 0, good_d = UINT32_MAX;
 	struct bank *b;
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	b = bank_of(st, r->model_id);
 	if (!b || r->seq_len == 0 || r->seq_len > b->desc.max_seq ||
 	    (q->n_thr != 0 && q->n_thr != b->desc.n_layers) ||
@@ -764,7 +773,7 @@ void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_re
 	}
 	uint64_t need = (LB_ENTRY_HDR_SIZE + h->bytes + LBD_ALLOC_ALIGN - 1) & ~(uint64_t)(LBD_ALLOC_ALIGN - 1);
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	b = bank_of(st, r->model_id);
 	if (!b || r->layer >= b->desc.n_layers || r->seq_len == 0 || r->seq_len > b->desc.max_seq) {
 		cpl->status = b ? -EINVAL : -ESRCH;
@@ -842,7 +851,7 @@ void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_re
 	eh->checksum = XXH3_64bits(base + off + LB_ENTRY_HDR_SIZE, h->bytes);
 	atomic_store_explicit((_Atomic uint64_t *)&eh->magic, LB_ENTRY_MAGIC, memory_order_release);
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	/* Both tables may have moved while unlocked: st->e grows with other inserts, st->banks
 	 * with a model registered meanwhile (lbd_store_add_model reallocates it). */
 	e = &st->e[eid];
@@ -937,7 +946,7 @@ int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lb
 
 	if (model_id == 0)
 		return -EINVAL;
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	if (model_id > st->n_banks) {
 		struct bank *nb = realloc(st->banks, sizeof(*nb) * model_id);
 		if (!nb) {
@@ -975,7 +984,7 @@ out:
 
 int lbd_store_clear(struct lbd_store *st)
 {
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	if (st->c.leases || st->pinned) {
 		pthread_mutex_unlock(&st->lock);
 		return -EBUSY;
@@ -1011,7 +1020,7 @@ uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit)
 {
 	uint32_t id = 0;
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	if (st->acct_free != NONE ||
 	    grow((void **)&st->acct, &st->acct_cap, sizeof(*st->acct), &st->acct_free,
 		 offsetof(struct account, next_free)) == 0) {
@@ -1028,7 +1037,7 @@ uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit)
 
 void lbd_store_account_close(struct lbd_store *st, uint32_t id)
 {
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	struct account *a = account_of(st, id);
 	if (a && a->open) {
 		a->open = 0;
@@ -1042,7 +1051,7 @@ void lbd_store_account_stats(struct lbd_store *st, uint32_t *accounts, uint64_t 
 {
 	*accounts = 0;
 	*charged = 0;
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	for (uint32_t i = 0; i < st->acct_cap; i++)
 		if (st->acct[i].in_use) {
 			(*accounts)++;
@@ -1053,7 +1062,7 @@ void lbd_store_account_stats(struct lbd_store *st, uint32_t *accounts, uint64_t 
 
 bool lbd_store_has_model(struct lbd_store *st, uint32_t model_id)
 {
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	bool has = bank_of(st, model_id) != NULL;
 	pthread_mutex_unlock(&st->lock);
 	return has;
@@ -1064,7 +1073,7 @@ void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r)
 	struct lbd_alloc_stats as;
 	uint64_t free_b = 0, largest = 0;
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	r->hits = st->c.hits;
 	r->misses = st->c.misses;
 	r->inserts = st->c.inserts;
@@ -1090,7 +1099,7 @@ int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t firs
 			  struct lbp_model_stats_reply *r)
 {
 	int ret = 0;
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	struct bank *b = bank_of(st, model_id);
 	if (!b) {
 		ret = -ENOENT;
@@ -1119,7 +1128,7 @@ int lbd_store_hold_all(struct lbd_store *st, struct lbd_leases *ls, struct lbd_s
 
 	*items = NULL;
 	*n = 0;
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	now = lb_now_ns(); /* under the lock: no entry's last hit is later */
 	it = calloc(st->n_live ? st->n_live : 1, sizeof(*it));
 	if (!it) {
@@ -1196,7 +1205,7 @@ int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
 		return -EINVAL;
 	uint64_t need = (LB_ENTRY_HDR_SIZE + it->bytes + LBD_ALLOC_ALIGN - 1) & ~(uint64_t)(LBD_ALLOC_ALIGN - 1);
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	b = bank_of(st, it->model_id);
 	if (!b) {
 		ret = -ESRCH;
@@ -1294,7 +1303,7 @@ int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
 {
 	int64_t n = 0;
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	struct bank *b = bank_of(st, model_id);
 	if (!b) {
 		n = -ENOENT;
@@ -1320,7 +1329,7 @@ int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
 
 void lbd_store_get_cfg(struct lbd_store *st, struct lbd_store_cfg *out)
 {
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	*out = st->cfg;
 	pthread_mutex_unlock(&st->lock);
 }
@@ -1329,7 +1338,7 @@ uint64_t lbd_store_configure(struct lbd_store *st, const struct lbd_store_cfg *c
 {
 	uint64_t now = lb_now_ns(), evicted = 0;
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	bool tau_changed = cfg->tau != st->cfg.tau;
 	st->cfg = *cfg;
 	snprintf(st->c.policy, sizeof(st->c.policy), "%s", lbd_policy_name(cfg->policy));
@@ -1350,7 +1359,7 @@ int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *tau, u
 {
 	int ret;
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	struct bank *b = bank_of(st, model_id);
 	if (!b) {
 		ret = -ESRCH;
@@ -1367,7 +1376,7 @@ int lbd_store_set_layer_tau(struct lbd_store *st, uint32_t model_id, uint32_t la
 {
 	int ret = 0;
 
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	struct bank *b = bank_of(st, model_id);
 	if (!b)
 		ret = -ESRCH;
@@ -1381,6 +1390,25 @@ int lbd_store_set_layer_tau(struct lbd_store *st, uint32_t model_id, uint32_t la
 	return ret;
 }
 
+/*
+ * Let the lock go for a moment between two batches of a long job. A mutex is not fair: the
+ * holder that unlocks and locks again at once gets it back before a waiting service thread has
+ * even woken up, and the waiter starves. So wait until another thread has taken the lock, or
+ * LBD_HAND_OVER_US passed (nobody was waiting), then take it again.
+ */
+#define LBD_HAND_OVER_US 50u
+static void hand_over(struct lbd_store *st)
+{
+	unsigned seen = atomic_load_explicit(&st->acquired, memory_order_relaxed);
+	uint64_t t0 = lb_now_ns();
+
+	pthread_mutex_unlock(&st->lock);
+	while (atomic_load_explicit(&st->acquired, memory_order_relaxed) == seen &&
+	       lb_now_ns() - t0 < LBD_HAND_OVER_US * 1000u)
+		_mm_pause();
+	store_lock(st);
+}
+
 int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, uint32_t batch,
 			    struct lbd_flush_result *out)
 {
@@ -1391,7 +1419,7 @@ int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, 
 	memset(out, 0, sizeof(*out));
 	if (batch == 0)
 		batch = 1;
-	pthread_mutex_lock(&st->lock);
+	store_lock(st);
 	if (model_id) {
 		const struct bank *b = bank_of(st, model_id);
 		if (!b)
@@ -1430,8 +1458,7 @@ int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, 
 				dropped = true;
 				if (++in_batch == batch) {
 					in_batch = 0;
-					pthread_mutex_unlock(&st->lock);
-					pthread_mutex_lock(&st->lock);
+					hand_over(st);
 				}
 				if (k < st->n_live && st->live[k] != id)
 					continue;
