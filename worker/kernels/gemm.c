@@ -13,14 +13,15 @@
  * LBK_MR * LBK_NV = 24 accumulators, 3 W vectors and a broadcast: 28 of the 32 zmm registers.
  * Per k step: 3 loads + 8 broadcasts for 24 FMAs, which keeps both FMA pipes of a Zen 5 or
  * Skylake-X core busy (an L1-resident loop of this shape runs at ~95% of the FMA peak).
- * LBK_KC bounds the k slice: one panel slice (LBK_KC * LBK_NR floats = 72 KiB) and the x
- * slice (m * LBK_KC floats) stay in L2 while every m block reuses the panel slice. Larger
- * slices mean fewer passes over y; 384 measured better than 256 (a 48 KiB slice) and 768.
+ * LBK_KC bounds the k slice: one panel slice (LBK_KC * LBK_NR floats = 144 KiB) and the x
+ * slice (m * LBK_KC floats, 384 KiB at m = 128) stay in L2 (1 MiB on Zen 4/5 and Skylake-X)
+ * while every m block reuses the panel slice. Fewer slices mean fewer passes over y, which
+ * leaves L2 at n = 3072: with weights from DRAM, 768 measured better than 384 and 256.
  */
 #define LBK_MR 8
 #define LBK_NV 3
 #define LBK_NR (LBK_NV * 16)
-#define LBK_KC 384
+#define LBK_KC 768
 
 /*
  * W comes from DRAM in a real forward (a BERT-base layer's weights are 27 MiB): the hardware
