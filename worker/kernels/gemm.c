@@ -196,7 +196,7 @@ micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
 
 #define LBK_TILE_CASE(R)                                                                   \
 	case R:                                                                            \
-		micro(R, kc, a, lda, b, c, ldc, mask, bias, first, res, act, pf, npf);               \
+		micro(R, kc, a, lda, b, c, ldc, mask, bias, first, res, act, pf, npf);     \
 		break
 
 static LBK_TARGET_AVX512 void tile(int mr, int64_t kc, const float *a, int64_t lda,
@@ -261,7 +261,9 @@ static LBK_TARGET_AVX512 void gemm_avx512(const struct gemm_op *g, int64_t p0, i
 			int64_t col0 = pi * LBK_NR;
 			int64_t ncols = n - col0 < LBK_NR ? n - col0 : LBK_NR;
 			const float *bb = g->bias ? g->bias + col0 : NULL;
-			/* the next slice's lines, split evenly over this slice's m blocks */
+			/* the next slice's lines, split evenly over this slice's m blocks (a tile
+			 * prefetches at most kc / LBK_PF_STEP of them: with few m blocks the rest is
+			 * left to the hardware prefetcher) */
 			int64_t lines = 0;
 			const float *next = next_slice(g, p0, p1, pi, k0, &lines);
 			int64_t share = (lines + tiles - 1) / tiles;
