@@ -711,11 +711,14 @@ int bench_kernels_main(int argc, char **argv)
 		       "OpenBLAS GF/s", "% peak", "ratio");
 		for (int i = 0; i < nr; i++) {
 			double top = peak * rows[i].threads;
-			printf("  %6lld %6lld %7d %12.1f %6.1f%% %16.1f %6.1f%% %7.2fx\n", (long long)rows[i].n,
-			       (long long)rows[i].k, rows[i].threads, rows[i].ours,
-			       peak > 0 ? 100 * rows[i].ours / top : 0.0, rows[i].blas,
-			       peak > 0 && rows[i].blas > 0 ? 100 * rows[i].blas / top : 0.0,
-			       rows[i].blas > 0 ? rows[i].ours / rows[i].blas : 0.0);
+			char ours_pc[16] = "      -", blas_pc[16] = "      -";
+			if (peak > 0)
+				snprintf(ours_pc, sizeof(ours_pc), "%6.1f%%", 100 * rows[i].ours / top);
+			if (peak > 0 && rows[i].blas > 0)
+				snprintf(blas_pc, sizeof(blas_pc), "%6.1f%%", 100 * rows[i].blas / top);
+			printf("  %6lld %6lld %7d %12.1f %7s %16.1f %7s %7.2fx\n", (long long)rows[i].n,
+			       (long long)rows[i].k, rows[i].threads, rows[i].ours, ours_pc, rows[i].blas,
+			       blas_pc, rows[i].blas > 0 ? rows[i].ours / rows[i].blas : 0.0);
 		}
 	}
 	if (parts & PART_OPS)
