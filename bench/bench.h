@@ -31,6 +31,10 @@ int lbb_index_run(const uint32_t *sizes, unsigned n, uint32_t max_d, uint64_t se
  * @return -1 when the thread cannot be started. */
 double lbb_core_round_trip_us(void);
 
+/* One core's fp32 FMA peak in GFLOP/s on the tier lbk_isa() picks (AVX-512 or AVX2): the best
+ * of 15 runs of independent FMA chains, one thread. @return -1 on the scalar tier. */
+double lbb_fma_peak_gflops(void);
+
 /* SIGTERM *pid, wait up to 10 s (then SIGKILL), reap it and set *pid to -1; nothing for -1. */
 void lbb_stop(pid_t *pid);
 

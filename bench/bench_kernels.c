@@ -530,6 +530,9 @@ int bench_kernels_main(int argc, char **argv)
 	} rows[6];
 	const int64_t m = SEQ;
 	int nr = 0;
+	/* The ceiling the GEMM figures are read against: one core's FMA peak, measured now (the
+	 * clock of these vCPUs moves with what else runs); t threads have t times it. */
+	double peak = (parts & PART_GEMM) ? lbb_fma_peak_gflops() : -1;
 	for (int s = 0; s < 3 && (parts & PART_GEMM); s++) {
 		int64_t n = shapes[s][0], k = shapes[s][1];
 		float *x = malloc((size_t)(m * k) * sizeof(float)), *w = malloc((size_t)(n * k) * sizeof(float));
@@ -646,9 +649,14 @@ int bench_kernels_main(int argc, char **argv)
 			json_object_object_add(r, "ours_gflops", json_object_new_double(rows[i].ours));
 			json_object_object_add(r, "openblas_gflops", json_num(rows[i].blas));
 			json_object_object_add(r, "ratio", rows[i].blas > 0 ? json_object_new_double(rows[i].ours / rows[i].blas) : NULL);
+			double top = peak * rows[i].threads;
+			json_object_object_add(r, "ours_of_peak", json_num(peak > 0 ? rows[i].ours / top : -1));
+			json_object_object_add(r, "openblas_of_peak",
+					       json_num(peak > 0 && rows[i].blas > 0 ? rows[i].blas / top : -1));
 			json_object_array_add(ga, r);
 		}
 		json_object_object_add(o, "gemm", ga);
+		json_object_object_add(o, "fma_peak_gflops", json_num(peak));
 		json_object_object_add(o, "openblas_coretype", core ? json_object_new_string(core) : NULL);
 		json_object_object_add(o, "kernels", (parts & PART_OPS) ? ops_json() : NULL);
 		json_object *bo = NULL, *to = NULL, *ro = NULL, *tto = NULL, *tro = NULL;
@@ -692,13 +700,26 @@ int bench_kernels_main(int argc, char **argv)
 		return 0;
 	}
 	if (parts & PART_GEMM) {
+		if (peak > 0)
+			printf("FMA peak of one core (%s, independent FMA chains): %.1f GFLOP/s; %% peak: of "
+			       "threads x that\n", lbk_isa() == LBK_ISA_AVX512 ? "AVX-512" : "AVX2", peak);
+		else
+			printf("FMA peak: none on the scalar tier\n");
 		printf("GEMM y[M][N] = x[M][K] . W^T, M = %lld (BERT-base at seq %d); OpenBLAS core: %s\n",
 		       (long long)m, SEQ, core ? core : "(not built with OpenBLAS)");
-		printf("  %6s %6s %7s %12s %16s %8s\n", "N", "K", "threads", "ours GF/s", "OpenBLAS GF/s", "ratio");
-		for (int i = 0; i < nr; i++)
-			printf("  %6lld %6lld %7d %12.1f %16.1f %7.2fx\n", (long long)rows[i].n,
-			       (long long)rows[i].k, rows[i].threads, rows[i].ours, rows[i].blas,
-			       rows[i].blas > 0 ? rows[i].ours / rows[i].blas : 0.0);
+		printf("  %6s %6s %7s %12s %7s %16s %7s %8s\n", "N", "K", "threads", "ours GF/s", "% peak",
+		       "OpenBLAS GF/s", "% peak", "ratio");
+		for (int i = 0; i < nr; i++) {
+			double top = peak * rows[i].threads;
+			char ours_pc[16] = "      -", blas_pc[16] = "      -";
+			if (peak > 0)
+				snprintf(ours_pc, sizeof(ours_pc), "%6.1f%%", 100 * rows[i].ours / top);
+			if (peak > 0 && rows[i].blas > 0)
+				snprintf(blas_pc, sizeof(blas_pc), "%6.1f%%", 100 * rows[i].blas / top);
+			printf("  %6lld %6lld %7d %12.1f %7s %16.1f %7s %7.2fx\n", (long long)rows[i].n,
+			       (long long)rows[i].k, rows[i].threads, rows[i].ours, ours_pc, rows[i].blas,
+			       blas_pc, rows[i].blas > 0 ? rows[i].ours / rows[i].blas : 0.0);
+		}
 	}
 	if (parts & PART_OPS)
 		ops_print();

@@ -197,9 +197,12 @@ static void gemm_odd_sizes(void)
 		for (int b = 0; b < N_ODD; b++)
 			for (int c = 0; c < N_ODD; c++)
 				check_gemm(ms[a], odd[b], odd[c], (a + b + c) & 1);
-	/* k across the cache block (256), n across several 48-column panels */
-	check_gemm(13, 97, 257, 1);
-	check_gemm(16, 200, 600, 0);
+	/* k across the cache block (768: one slice and one more k step, two slices, three with a
+	 * last slice of one step, where the next-slice prefetch wraps to the first panel), n
+	 * across several 48-column panels */
+	check_gemm(13, 97, 769, 1);
+	check_gemm(16, 200, 1200, 0);
+	check_gemm(9, 150, 1537, 1);
 }
 
 static void test_gemm_odd(void **state)
@@ -253,9 +256,10 @@ static void test_gemm_epilogue(void **state)
 			for (int c = 0; c < 4; c++)
 				check_gemm_ex(ms[a], odd[b], odd[(b + c) % N_ODD], c & 1, (c >> 1) & 1,
 					      (a + b + c) & 1 ? LBK_ACT_GELU : LBK_ACT_NONE);
-	/* k across the cache block (256): the epilogue runs on the last slice only */
-	check_gemm_ex(13, 97, 600, 1, 1, LBK_ACT_GELU);
-	check_gemm_ex(8, 48, 257, 0, 1, LBK_ACT_NONE);
+	/* k across the cache block (768): the epilogue runs on the last slice only */
+	check_gemm_ex(13, 97, 1200, 1, 1, LBK_ACT_GELU);
+	check_gemm_ex(8, 48, 769, 0, 1, LBK_ACT_NONE);
+	check_gemm_ex(9, 150, 1537, 1, 1, LBK_ACT_GELU);
 	check_gemm_ex(128, 3072, 768, 1, 0, LBK_ACT_GELU);
 	check_gemm_ex(128, 768, 3072, 1, 1, LBK_ACT_NONE);
 }

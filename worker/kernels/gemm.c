@@ -11,14 +11,25 @@
 /*
  * Micro-kernel tile: LBK_MR rows of x by LBK_NR columns of W (LBK_NV zmm vectors), i.e.
  * LBK_MR * LBK_NV = 24 accumulators, 3 W vectors and a broadcast: 28 of the 32 zmm registers.
- * Per k step: 3 loads + 8 broadcasts for 24 FMAs. LBK_KC bounds the k slice so that one
- * panel slice (LBK_KC * LBK_NR floats = 48 KiB at 256) streams through L1/L2 while every
- * m block reuses it.
+ * Per k step: 3 loads + 8 broadcasts for 24 FMAs, which keeps both FMA pipes of a Zen 5 or
+ * Skylake-X core busy (an L1-resident loop of this shape runs at ~95% of the FMA peak).
+ * LBK_KC bounds the k slice: one panel slice (LBK_KC * LBK_NR floats = 144 KiB) and the x
+ * slice (m * LBK_KC floats, 384 KiB at m = 128) stay in L2 (1 MiB on Zen 4/5 and Skylake-X)
+ * while every m block reuses the panel slice. Fewer slices mean fewer passes over y, which
+ * leaves L2 at n = 3072: with weights from DRAM, 768 measured better than 384 and 256.
  */
 #define LBK_MR 8
 #define LBK_NV 3
 #define LBK_NR (LBK_NV * 16)
-#define LBK_KC 256
+#define LBK_KC 768
+
+/*
+ * W comes from DRAM in a real forward (a BERT-base layer's weights are 27 MiB): the hardware
+ * prefetcher alone leaves the first m block of each panel slice waiting on memory. So each
+ * tile also prefetches (into L2) its share of the next panel slice, one cache line every
+ * LBK_PF_STEP k steps, spreading the slice's fetch over the whole previous slice's work.
+ */
+#define LBK_PF_STEP 4
 
 /* Full unrolling of the mr/NV loops keeps acc[][] in registers (GCC at -O2 would not;
  * clang reads "GCC unroll 16" as a partial count and then spills, so it gets its own). */
@@ -131,11 +142,13 @@ static void gemm_scalar(const struct gemm_op *g, int64_t p0, int64_t p1)
  * accumulators start from bias (or 0) instead of C. The epilogue, on the last slice only:
  * res (the residual at the tile, ldc apart, or NULL) is added and act applied before the store.
  * mr is a compile-time constant at every call site (the switch in tile()), so the loops over
- * r unroll and acc stays in registers.
+ * r unroll and acc stays in registers. pf: npf cache lines (16 floats apart) to prefetch
+ * into L2, one every LBK_PF_STEP k steps (npf 0: none).
  */
 static inline __attribute__((always_inline)) LBK_TARGET_AVX512 void
 micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c, int64_t ldc,
-      __mmask16 mask[LBK_NV], const float *bias, int first, const float *res, enum lbk_act act)
+      __mmask16 mask[LBK_NV], const float *bias, int first, const float *res, enum lbk_act act,
+      const float *pf, int64_t npf)
 {
 	__m512 acc[LBK_MR][LBK_NV];
 	LBK_UNROLL
@@ -146,6 +159,8 @@ micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
 						  : _mm512_setzero_ps())
 					  : _mm512_maskz_loadu_ps(mask[v], c + r * ldc + v * 16);
 	for (int64_t l = 0; l < kc; l++) {
+		if (l % LBK_PF_STEP == 0 && l / LBK_PF_STEP < npf)
+			_mm_prefetch((const char *)(pf + l / LBK_PF_STEP * 16), _MM_HINT_T1);
 		__m512 bv[LBK_NV];
 		LBK_UNROLL
 		for (int v = 0; v < LBK_NV; v++)
@@ -181,12 +196,13 @@ micro(int mr, int64_t kc, const float *a, int64_t lda, const float *b, float *c,
 
 #define LBK_TILE_CASE(R)                                                                   \
 	case R:                                                                            \
-		micro(R, kc, a, lda, b, c, ldc, mask, bias, first, res, act);               \
+		micro(R, kc, a, lda, b, c, ldc, mask, bias, first, res, act, pf, npf);     \
 		break
 
 static LBK_TARGET_AVX512 void tile(int mr, int64_t kc, const float *a, int64_t lda,
 				   const float *b, float *c, int64_t ldc, int64_t ncols,
-				   const float *bias, int first, const float *res, enum lbk_act act)
+				   const float *bias, int first, const float *res, enum lbk_act act,
+				   const float *pf, int64_t npf)
 {
 	__mmask16 mask[LBK_NV];
 	for (int v = 0; v < LBK_NV; v++) {
@@ -209,10 +225,33 @@ static LBK_TARGET_AVX512 void tile(int mr, int64_t kc, const float *a, int64_t l
 	}
 }
 
+/*
+ * The panel slice the loops in gemm_avx512 visit after panel pi's slice at k0 (the next panel,
+ * or at the last one the next k slice's first): its start and its length in cache lines, or
+ * NULL when pi at k0 is the last.
+ */
+static const float *next_slice(const struct gemm_op *g, int64_t p0, int64_t p1, int64_t pi,
+			       int64_t k0, int64_t *lines)
+{
+	const int64_t k = g->pw->k;
+	if (pi + 1 == p1) {
+		k0 += LBK_KC;
+		pi = p0;
+	} else {
+		pi++;
+	}
+	if (k0 >= k)
+		return NULL;
+	int64_t kc = k - k0 < LBK_KC ? k - k0 : LBK_KC;
+	*lines = kc * LBK_NR / 16;
+	return g->pw->w + pi * k * LBK_NR + k0 * LBK_NR;
+}
+
 /* Panels p0..p1 of g's product, all m rows. */
 static LBK_TARGET_AVX512 void gemm_avx512(const struct gemm_op *g, int64_t p0, int64_t p1)
 {
 	const int64_t n = g->pw->n, k = g->pw->k, m = g->m;
+	const int64_t tiles = (m + LBK_MR - 1) / LBK_MR;
 	for (int64_t k0 = 0; k0 < k; k0 += LBK_KC) {
 		int64_t kc = k - k0 < LBK_KC ? k - k0 : LBK_KC;
 		int last = k0 + kc == k;
@@ -222,11 +261,19 @@ static LBK_TARGET_AVX512 void gemm_avx512(const struct gemm_op *g, int64_t p0, i
 			int64_t col0 = pi * LBK_NR;
 			int64_t ncols = n - col0 < LBK_NR ? n - col0 : LBK_NR;
 			const float *bb = g->bias ? g->bias + col0 : NULL;
-			for (int64_t i0 = 0; i0 < m; i0 += LBK_MR) {
+			/* the next slice's lines, split evenly over this slice's m blocks (a tile
+			 * prefetches at most kc / LBK_PF_STEP of them: with few m blocks the rest is
+			 * left to the hardware prefetcher) */
+			int64_t lines = 0;
+			const float *next = next_slice(g, p0, p1, pi, k0, &lines);
+			int64_t share = (lines + tiles - 1) / tiles;
+			for (int64_t i0 = 0, t = 0; i0 < m; i0 += LBK_MR, t++) {
 				int mr = (int)(m - i0 < LBK_MR ? m - i0 : LBK_MR);
 				const float *res = last && g->res ? g->res + i0 * n + col0 : NULL;
+				int64_t from = t * share < lines ? t * share : lines;
+				int64_t npf = lines - from < share ? lines - from : share;
 				tile(mr, kc, g->x + i0 * k + k0, k, b, g->y + i0 * n + col0, n, ncols,
-				     bb, k0 == 0, res, act);
+				     bb, k0 == 0, res, act, next ? next + from * 16 : NULL, npf);
 			}
 		}
 	}

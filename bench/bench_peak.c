@@ -1,0 +1,105 @@
+/* layerbank-bench, peak module: one core's fp32 FMA peak on the instruction-set tier the lbk_*
+ * kernels run with — independent FMA chains in registers, nothing loaded or stored. */
+#include "bench.h"
+
+#include <immintrin.h>
+#include <time.h>
+
+#include "kernels.h"
+
+#define RUNS 15
+#define RUN_S 0.02 /* each run long enough for the clock's granularity, short enough to
+		    * find a slice of time the other jobs on the machine leave alone */
+
+/*
+ * CHAINS accumulators, each its own dependency chain: a core with two FMA pipes of latency L
+ * needs 2L chains in flight (8 on Zen 4/5 and Skylake-X, L = 4); 16 covers latencies up to 8.
+ * The start values come from a volatile so that the compiler cannot prove two chains equal
+ * and fold them into one (which would time one chain's latency, not the pipes' throughput).
+ */
+#define CHAINS 16
+#define CHAINS2 12 /* AVX2: 16 ymm registers, 12 chains + 2 operands */
+
+/* The chains must stay in registers: fully unrolled (clang reads "GCC unroll" as a count). */
+#if defined(__clang__)
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL _Pragma("GCC unroll 16")
+#endif
+
+static volatile float seed[CHAINS] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16 };
+static volatile float sink;
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* iters iterations of CHAINS 16-lane FMAs; the chains stay finite and normal (1e-7 a step). */
+__attribute__((target("avx512f,fma"))) static void fma512(long iters)
+{
+	__m512 acc[CHAINS];
+	const __m512 x = _mm512_set1_ps(seed[0] * 1e-7f), y = _mm512_set1_ps(seed[0]);
+	for (int c = 0; c < CHAINS; c++)
+		acc[c] = _mm512_set1_ps(seed[c]);
+	for (long i = 0; i < iters; i++) {
+		UNROLL
+		for (int c = 0; c < CHAINS; c++)
+			acc[c] = _mm512_fmadd_ps(x, y, acc[c]);
+	}
+	__m512 s = acc[0];
+	for (int c = 1; c < CHAINS; c++)
+		s = _mm512_add_ps(s, acc[c]);
+	sink = _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx2,fma"))) static void fma256(long iters)
+{
+	__m256 acc[CHAINS2];
+	const __m256 x = _mm256_set1_ps(seed[0] * 1e-7f), y = _mm256_set1_ps(seed[0]);
+	for (int c = 0; c < CHAINS2; c++)
+		acc[c] = _mm256_set1_ps(seed[c]);
+	for (long i = 0; i < iters; i++) {
+		UNROLL
+		for (int c = 0; c < CHAINS2; c++)
+			acc[c] = _mm256_fmadd_ps(x, y, acc[c]);
+	}
+	__m256 s = acc[0];
+	for (int c = 1; c < CHAINS2; c++)
+		s = _mm256_add_ps(s, acc[c]);
+	float f[8];
+	_mm256_storeu_ps(f, s);
+	sink = f[0] + f[7];
+}
+
+double lbb_fma_peak_gflops(void)
+{
+	enum lbk_isa isa = lbk_isa();
+	if (isa == LBK_ISA_SCALAR)
+		return -1;
+	void (*run)(long) = isa == LBK_ISA_AVX512 ? fma512 : fma256;
+	/* flops of one iteration: chains x lanes x 2 (a multiply and an add) */
+	double flop = isa == LBK_ISA_AVX512 ? CHAINS * 16 * 2 : CHAINS2 * 8 * 2;
+	long iters = 1000;
+	double t;
+	/* grow the run until it lasts RUN_S (the first calls also warm the clock up) */
+	for (;;) {
+		double t0 = now_s();
+		run(iters);
+		t = now_s() - t0;
+		if (t >= RUN_S || iters > (1L << 40))
+			break;
+		iters *= t > RUN_S / 16 ? 2 : 8;
+	}
+	double best = t;
+	for (int r = 0; r < RUNS; r++) {
+		double t0 = now_s();
+		run(iters);
+		t = now_s() - t0;
+		if (t < best)
+			best = t;
+	}
+	return flop * (double)iters / best * 1e-9;
+}
