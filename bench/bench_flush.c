@@ -1,7 +1,7 @@
 /* layerbank-bench flush: what FLUSH of a full store costs the lookups served beside it. An
  * in-process store (the daemon's daemon/store.c) is filled with small entries; a reader thread
- * looks them up back to back and records how long each lookup took; then the whole store is
- * flushed, once holding the store lock for the whole pass (the baseline: what FLUSH did before)
+ * looks them up back to back (releasing each hit) and records how long each took; then the
+ * whole store is flushed, once holding the store lock for the whole pass (the baseline: what FLUSH did before)
  * and once in batches of LBD_FLUSH_BATCH drops (what it does now), interleaved, REPS times.
  * Printed: the flush's own time and the longest lookup during it, each way, and their ratios. */
 #include <errno.h>
@@ -74,11 +74,12 @@ static void *reader_main(void *p)
 		struct lb_query q = { .n_thr = 0 };
 		struct lb_cpl cpl = { 0 }, rel = { 0 };
 		keys(1 + i++ % rd->inputs, q.fp, q.exact);
+		/* The lookup and, on a hit, its release: each waits for the store lock. */
 		uint64_t t0 = lb_now_ns();
 		lbd_store_lookup(rd->st, &ls, &r, &q, NULL, &cpl);
-		uint64_t t1 = lb_now_ns();
 		if (cpl.status == 0)
 			lbd_store_release(rd->st, &ls, cpl.lease, &rel);
+		uint64_t t1 = lb_now_ns();
 		uint64_t w0 = atomic_load(&rd->w0), w1 = atomic_load(&rd->w1);
 		if (w0 && t1 >= w0 && (!w1 || t0 <= w1)) {
 			rd->lookups++;
