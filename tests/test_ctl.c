@@ -853,7 +853,7 @@ static const struct sample *find_sample(const struct exposition *x, const char *
 		    strcmp(x->s[i].layer, layer) == 0)
 			return &x->s[i];
 	fail_msg("no sample %s{model=\"%s\",layer=\"%s\"}", name, model, layer);
-	return NULL;
+	abort(); /* fail_msg does not return; the compiler must know there is no NULL */
 }
 
 static void wait_clients(struct lb_client *c, uint32_t n)
