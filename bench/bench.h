@@ -55,6 +55,10 @@ int bench_snapshot_main(int argc, char **argv);
  * @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_flush_main(int argc, char **argv);
 
+/* layerbank-bench churn (argv[0] "churn"): a steady client's lookups while another client
+ * connects and disconnects, against quiet windows, bench_churn.c. @return 0, 1, 2. */
+int bench_churn_main(int argc, char **argv);
+
 /* layerbank-bench kernels (argv[0] "kernels", argv[-1] main's argv[0]: it may re-execute
  * itself), bench_kernels.c. @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_kernels_main(int argc, char **argv);

@@ -5,6 +5,7 @@
  *   layerbank-bench e2e ...        (bench_e2e.c)
  *   layerbank-bench snapshot ...   (bench_snapshot.c)
  *   layerbank-bench flush ...      (bench_flush.c)
+ *   layerbank-bench churn ...      (bench_churn.c)
  * The ring benchmark starts its own layerbankd (and redis-server when installed) in a temporary
  * folder and stops them before it exits. */
 #include <errno.h>
@@ -561,11 +562,14 @@ int main(int argc, char **argv)
 		return bench_snapshot_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "flush") == 0)
 		return bench_flush_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "churn") == 0)
+		return bench_churn_main(argc - 1, argv + 1);
 	fprintf(stderr, "usage: layerbank-bench ring [--json] [--iters N] [--no-index]\n"
 			"       layerbank-bench kernels [--json] [--only gemm,ops,bert,stories]\n"
 			"       layerbank-bench workload [--summary] [options: see --help]\n"
 			"       layerbank-bench e2e [--json] [--plot FILE] [options: see --help]\n"
 			"       layerbank-bench snapshot [--arena-size SIZE] [--dir DIR] [--json]\n"
-			"       layerbank-bench flush [--entries N] [--json]\n");
+			"       layerbank-bench flush [--entries N] [--json]\n"
+			"       layerbank-bench churn [--json]\n");
 	return 2;
 }

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -123,15 +124,27 @@ bool lbd_dpclient_may_use(const struct lbd_dpclient *c, uint32_t model_id)
 	return (w >> ((model_id - 1) % 64)) & 1;
 }
 
-void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c)
+/* What the store holds for c: its leases and its insert account. */
+static void dpclient_retire(struct lbd_store *st, struct lbd_dpclient *c)
 {
 	lbd_store_release_all(st, &c->leases);
 	lbd_leases_free(&c->leases);
 	lbd_store_account_close(st, c->account);
+}
+
+/* c's memory: the slow part (the last reference to the region frees its pages). */
+static void dpclient_unmap(struct lbd_dpclient *c)
+{
 	if (c->base)
 		munmap(c->base, c->bytes);
 	close(c->fd);
 	free(c);
+}
+
+void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c)
+{
+	dpclient_retire(st, c);
+	dpclient_unmap(c);
 }
 
 /* ---- one request ---- */
@@ -300,6 +313,51 @@ static unsigned servable_clients(const struct lbd_svc_thread *t)
 	return n;
 }
 
+/* ---- the reaper ---- */
+
+static void *reaper_main(void *p)
+{
+	struct lbd_service *s = p;
+
+	/* Background work: where cores are few, the service threads go first. (Linux's nice is
+	 * per thread; a failure leaves the thread at the daemon's own priority.) */
+	(void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
+	pthread_mutex_lock(&s->reap_mu);
+	for (;;) {
+		struct lbd_dpclient *c = s->to_reap;
+		if (!c) {
+			if (s->reap_stop)
+				break;
+			pthread_cond_wait(&s->reap_cv, &s->reap_mu);
+			continue;
+		}
+		s->to_reap = NULL;
+		pthread_mutex_unlock(&s->reap_mu);
+		while (c) {
+			struct lbd_dpclient *next = c->next_pending;
+			dpclient_unmap(c);
+			c = next;
+		}
+		pthread_mutex_lock(&s->reap_mu);
+	}
+	pthread_mutex_unlock(&s->reap_mu);
+	return NULL;
+}
+
+/* Hand a retired client's memory to the reaper (or free it here when there is none). */
+static void reap_later(struct lbd_service *s, struct lbd_dpclient *c)
+{
+	if (!s->reaper_started) {
+		dpclient_unmap(c);
+		return;
+	}
+	pthread_mutex_lock(&s->reap_mu);
+	c->next_pending = s->to_reap;
+	s->to_reap = c;
+	pthread_cond_signal(&s->reap_cv);
+	pthread_mutex_unlock(&s->reap_mu);
+}
+
 /* ---- the thread ---- */
 
 static void apply_pending(struct lbd_svc_thread *t)
@@ -324,7 +382,8 @@ static void apply_pending(struct lbd_svc_thread *t)
 	atomic_store_explicit(&t->pending, 0, memory_order_relaxed);
 	pthread_mutex_unlock(&t->mu);
 
-	/* Nobody else knows the delete list's clients any more. */
+	/* Nobody else knows the delete list's clients any more: their leases go now (the store's
+	 * accounting is exact when the detach is seen), their memory on the reaper. */
 	while (del) {
 		struct lbd_dpclient *next = del->next_pending;
 		for (unsigned i = 0; i < t->n; i++)
@@ -332,7 +391,8 @@ static void apply_pending(struct lbd_svc_thread *t)
 				t->c[i] = t->c[--t->n];
 				break;
 			}
-		lbd_dpclient_free(t->svc->store, del);
+		dpclient_retire(t->svc->store, del);
+		reap_later(t->svc, del);
 		del = next;
 	}
 }
@@ -437,6 +497,10 @@ int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_th
 	if (!s->t)
 		return -ENOMEM;
 	s->n_threads = n_threads;
+	pthread_mutex_init(&s->reap_mu, NULL);
+	pthread_cond_init(&s->reap_cv, NULL);
+	/* Without a reaper the service threads free regions themselves: slower, not wrong. */
+	s->reaper_started = pthread_create(&s->reaper, NULL, reaper_main, s) == 0;
 	for (unsigned i = 0; i < n_threads; i++) {
 		struct lbd_svc_thread *t = &s->t[i];
 		t->svc = s;
@@ -475,6 +539,17 @@ void lbd_service_stop(struct lbd_service *s)
 	free(s->t);
 	s->t = NULL;
 	s->n_threads = 0;
+	/* Last: the service threads have handed over every region they were freeing. */
+	if (s->reaper_started) {
+		pthread_mutex_lock(&s->reap_mu);
+		s->reap_stop = true;
+		pthread_cond_signal(&s->reap_cv);
+		pthread_mutex_unlock(&s->reap_mu);
+		pthread_join(s->reaper, NULL);
+		s->reaper_started = false;
+	}
+	pthread_cond_destroy(&s->reap_cv);
+	pthread_mutex_destroy(&s->reap_mu);
 }
 
 void lbd_service_attach(struct lbd_service *s, struct lbd_dpclient *c)

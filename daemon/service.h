@@ -4,6 +4,7 @@
 #ifndef LAYERBANK_DAEMON_SERVICE_H
 #define LAYERBANK_DAEMON_SERVICE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -38,6 +39,15 @@ struct lbd_svc_thread;
 
 struct lbd_service {
 	struct lbd_store *store;
+	/* The reaper: unmaps, closes and frees the regions of clients that went away. Freeing an
+	 * 8 MiB region takes milliseconds (the kernel frees its pages), which a service thread
+	 * would otherwise spend not serving its other clients. */
+	pthread_t reaper;
+	bool reaper_started;
+	pthread_mutex_t reap_mu;
+	pthread_cond_t reap_cv;
+	struct lbd_dpclient *to_reap; /* under reap_mu, linked by next_pending */
+	bool reap_stop;               /* under reap_mu */
 	/* Written by the control thread (lbd_service_set_spin), read by every service thread at
 	 * each idle poll: relaxed, as nothing else is published with it. */
 	_Atomic uint64_t spin_ns;
