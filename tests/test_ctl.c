@@ -52,18 +52,13 @@ static int teardown(void **state)
 
 static void start_daemon(void)
 {
-	const char *const args[] = { "--arena-size", "16M", "--hugepages", "off", NULL };
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	daemon_pid = lbt_daemon_start_small(env.sock, env.log, NULL);
 	assert_true(daemon_pid > 0);
 }
 
 static void stop_daemon(void)
 {
-	int st = lbt_daemon_stop(daemon_pid);
-	if (st != 0)
-		lbt_cat(env.log);
-	assert_int_equal(st, 0);
-	daemon_pid = -1;
+	assert_true(lbt_daemon_stop_clean(&daemon_pid, env.log));
 }
 
 /* ---- the daemon as a worker sees it ---- */

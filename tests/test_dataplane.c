@@ -69,16 +69,7 @@ static int teardown(void **state)
 /* Start layerbankd in env with a small arena of 4 KiB pages, plus extra options. */
 static void start_daemon_args(const char *const *extra)
 {
-	const char *args[40];
-	int n = 0;
-	args[n++] = "--arena-size";
-	args[n++] = "16M";
-	args[n++] = "--hugepages";
-	args[n++] = "off";
-	for (int i = 0; extra && extra[i] && n < 39; i++)
-		args[n++] = extra[i];
-	args[n] = NULL;
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	daemon_pid = lbt_daemon_start_small(env.sock, env.log, extra);
 	assert_true(daemon_pid > 0);
 }
 #define START_DAEMON(...) start_daemon_args((const char *const[]){ __VA_ARGS__, NULL })
@@ -86,12 +77,7 @@ static void start_daemon_args(const char *const *extra)
 /* SIGTERM: the daemon must shut down cleanly (exit 0; under ASan that includes no leaks). */
 static void stop_daemon(void)
 {
-	int st = lbt_daemon_stop(daemon_pid);
-	daemon_pid = -1;
-	if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-		lbt_cat(env.log);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_true(lbt_daemon_stop_clean(&daemon_pid, env.log));
 }
 
 static pid_t spawn(void)

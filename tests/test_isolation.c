@@ -73,31 +73,16 @@ static int teardown(void **state)
 
 static void start_daemon_args(const char *const *extra)
 {
-	const char *args[40];
-	int n = 0;
-	args[n++] = "--arena-size";
-	args[n++] = "16M";
-	args[n++] = "--hugepages";
-	args[n++] = "off";
-	args[n++] = "--threads";
-	args[n++] = "1";
-	for (int i = 0; extra && extra[i] && n < 39; i++)
-		args[n++] = extra[i];
-	args[n] = NULL;
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	daemon_pid = lbt_daemon_start_small(env.sock, env.log, extra);
 	assert_true(daemon_pid > 0);
 }
-#define START_DAEMON(...) start_daemon_args((const char *const[]){ __VA_ARGS__, NULL })
+/* Every test here runs the daemon with one service thread. */
+#define START_DAEMON(...) start_daemon_args((const char *const[]){ "--threads", "1", __VA_ARGS__, NULL })
 
 /* SIGTERM: a clean stop (exit 0; under ASan no leaks) after all that was done to it. */
 static void stop_daemon(void)
 {
-	int st = lbt_daemon_stop(daemon_pid);
-	daemon_pid = -1;
-	if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-		lbt_cat(env.log);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_true(lbt_daemon_stop_clean(&daemon_pid, env.log));
 }
 
 static struct lb_client *client(const char *name)

@@ -780,16 +780,7 @@ static const struct lb_model_desc dmodel = {
 
 static void start_daemon(const char *const *extra)
 {
-	const char *args[32];
-	int n = 0;
-	args[n++] = "--arena-size";
-	args[n++] = "16M";
-	args[n++] = "--hugepages";
-	args[n++] = "off";
-	for (int i = 0; extra && extra[i] && n < 31; i++)
-		args[n++] = extra[i];
-	args[n] = NULL;
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	daemon_pid = lbt_daemon_start_small(env.sock, env.log, extra);
 	assert_true(daemon_pid > 0);
 	/* The socket accepts (queues) from the moment it is bound; the daemon answers once it
 	 * serves, which is after the restore. */
@@ -803,12 +794,7 @@ static void start_daemon(const char *const *extra)
 
 static void stop_daemon(void)
 {
-	int st = lbt_daemon_stop(daemon_pid);
-	daemon_pid = -1;
-	if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0))
-		lbt_cat(env.log);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_true(lbt_daemon_stop_clean(&daemon_pid, env.log));
 }
 
 static struct lb_client *connect_model(const struct lb_model_desc *d, uint32_t *model)

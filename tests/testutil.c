@@ -132,6 +132,16 @@ pid_t lbt_daemon_start(const char *sock, const char *log, const char *const *arg
 	return lbt_daemon_start_hook(sock, log, args, NULL);
 }
 
+pid_t lbt_daemon_start_small(const char *sock, const char *log, const char *const *extra)
+{
+	const char *args[48] = { "--arena-size", "16M", "--hugepages", "off" };
+	int n = 4;
+	for (int i = 0; extra && extra[i] && n < 47; i++)
+		args[n++] = extra[i];
+	args[n] = NULL;
+	return lbt_daemon_start(sock, log, args);
+}
+
 pid_t lbt_daemon_start_hook(const char *sock, const char *log, const char *const *args,
 			    void (*in_child)(void))
 {
@@ -191,6 +201,16 @@ int lbt_daemon_stop(pid_t pid)
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
 	return st;
+}
+
+bool lbt_daemon_stop_clean(pid_t *pid, const char *log)
+{
+	int st = lbt_daemon_stop(*pid);
+	bool clean = st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+	*pid = -1;
+	if (!clean)
+		lbt_cat(log);
+	return clean;
 }
 
 void lbt_daemon_reap(pid_t *pid)

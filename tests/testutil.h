@@ -2,6 +2,7 @@
 #ifndef LAYERBANK_TESTS_TESTUTIL_H
 #define LAYERBANK_TESTS_TESTUTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,8 +53,16 @@ pid_t lbt_daemon_start(const char *sock, const char *log, const char *const *arg
 pid_t lbt_daemon_start_hook(const char *sock, const char *log, const char *const *args,
 			    void (*in_child)(void));
 
+/* lbt_daemon_start with what most tests want first: a 16 MiB arena of 4 KiB pages
+ * ("--arena-size 16M --hugepages off"), then extra (NULL-terminated; NULL: nothing more). */
+pid_t lbt_daemon_start_small(const char *sock, const char *log, const char *const *extra);
+
 /* SIGTERM, wait up to 10 s (then SIGKILL). @return the wait status, -1 on error. */
 int lbt_daemon_stop(pid_t pid);
+
+/* lbt_daemon_stop(*pid), then *pid = -1; prints the daemon's log unless it exited 0.
+ * @return true when it exited 0 (a clean stop: under ASan that includes no leaks). */
+bool lbt_daemon_stop_clean(pid_t *pid, const char *log);
 
 /* For teardowns: SIGKILL *pid and reap it if it still runs (a test failed half-way), then set
  * *pid to -1. */
