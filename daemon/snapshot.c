@@ -565,18 +565,6 @@ struct lentry {
 	double value;             /* to the store's policy */
 };
 
-static int dtype_size(uint32_t dtype)
-{
-	switch (dtype) {
-	case LBP_DTYPE_F32:
-		return 4;
-	case LBP_DTYPE_F16:
-	case LBP_DTYPE_BF16:
-		return 2;
-	}
-	return 0;
-}
-
 /* The model record at r, index i, into *lm. @return 0, or -EBADMSG with err set. */
 static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *err, size_t errlen)
 {
@@ -602,7 +590,7 @@ static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *er
 	/* The ranges of REGISTER_MODEL (PROTOCOL.md 4.3): what a client could have registered. */
 	const char *bad = d->n_layers < 1 || d->n_layers > LBP_MAX_LAYERS ? "n_layers"
 			  : d->hidden < 1 || d->hidden > LBP_MAX_HIDDEN  ? "hidden"
-			  : !dtype_size(d->dtype)                        ? "dtype"
+			  : !lbp_dtype_size(d->dtype)                    ? "dtype"
 			  : d->max_seq < 1 || d->max_seq > LBP_MAX_SEQ   ? "max_seq"
 			  : d->fp.chunks < 1 || d->fp.chunks > LBP_MAX_FP_CHUNKS ? "fp.chunks"
 			  : d->fp.bits != LBP_FP_BITS                    ? "fp.bits"
@@ -659,11 +647,12 @@ static int check_entry(const uint8_t *img, size_t len, uint64_t off, uint64_t k,
 		else if (it->seq_len < 1 || it->seq_len > d->max_seq)
 			bad = "seq_len";
 	}
-	if (!bad && !dtype_size(it->dtype))
+	if (!bad && !lbp_dtype_size(it->dtype))
 		bad = "dtype";
 	if (!bad && (it->ndim < 1 || it->ndim > LB_MAX_NDIM))
 		bad = "ndim";
-	/* The shape's product times the element size is the byte count, without overflow. */
+	/* The store's shape check (shape_ok, which lbd_store_restore applies again), step by step
+	 * so that the reason names the field. */
 	for (uint32_t i = 0; !bad && i < LB_MAX_NDIM; i++) {
 		if (i >= it->ndim ? it->shape[i] != 0 : it->shape[i] == 0)
 			bad = "shape";
@@ -672,7 +661,7 @@ static int check_entry(const uint8_t *img, size_t len, uint64_t off, uint64_t k,
 		else if (i < it->ndim)
 			elems *= it->shape[i];
 	}
-	if (!bad && elems * (uint64_t)dtype_size(it->dtype) != it->bytes)
+	if (!bad && elems * (uint64_t)lbp_dtype_size(it->dtype) != it->bytes)
 		bad = "bytes (not the shape's)";
 	if (!bad && !(isfinite(it->score) && it->score >= 0))
 		bad = "score";

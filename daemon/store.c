@@ -681,22 +681,10 @@ out:
 
 /* ---- inserts ---- */
 
-static uint32_t dtype_size(uint32_t dtype)
-{
-	switch (dtype) {
-	case LBP_DTYPE_F32:
-		return 4;
-	case LBP_DTYPE_F16:
-	case LBP_DTYPE_BF16:
-		return 2;
-	}
-	return 0;
-}
-
 /* Shape, dtype and byte count agree, without overflow. */
 static bool shape_ok(const struct lb_insert_hdr *h)
 {
-	uint64_t n = dtype_size(h->dtype);
+	uint64_t n = lbp_dtype_size(h->dtype);
 	if (!n || h->ndim < 1 || h->ndim > LB_MAX_NDIM)
 		return false;
 	for (uint32_t i = 0; i < LB_MAX_NDIM; i++) {

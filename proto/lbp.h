@@ -53,6 +53,12 @@ enum lbp_type {
 
 enum lbp_dtype { LBP_DTYPE_F32 = 1, LBP_DTYPE_F16 = 2, LBP_DTYPE_BF16 = 3 };
 
+/* Bytes of one element of dtype; 0 for a value that is no dtype. */
+static inline uint32_t lbp_dtype_size(uint32_t dtype)
+{
+	return dtype == LBP_DTYPE_F32 ? 4 : dtype == LBP_DTYPE_F16 || dtype == LBP_DTYPE_BF16 ? 2 : 0;
+}
+
 struct lbp_hello {
 	uint32_t shm_abi;             /* LB_SHM_ABI_VERSION the client was built with */
 	char name[LBP_MAX_NAME + 1];  /* free-form client name, NUL-terminated, may be empty */
