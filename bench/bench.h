@@ -35,6 +35,14 @@ double lbb_core_round_trip_us(void);
  * of 15 runs of independent FMA chains, one thread. @return -1 on the scalar tier. */
 double lbb_fma_peak_gflops(void);
 
+/* Start argv (argv[0] a path) with stdout and stderr going to the file log. @return its pid,
+ * -1 with errno when fork failed. */
+pid_t lbb_spawn(const char *const *argv, const char *log);
+
+/* Wait up to seconds for the socket file at path to appear (a layerbankd or Redis listening).
+ * @return 0; -1 on time-out, or when *pid exited (then reaped and set to -1). */
+int lbb_wait_socket(const char *path, pid_t *pid, int seconds);
+
 /* SIGTERM *pid, wait up to 10 s (then SIGKILL), reap it and set *pid to -1; nothing for -1. */
 void lbb_stop(pid_t *pid);
 

@@ -53,33 +53,12 @@ static void start_daemon(void)
 {
 	const char *argv[] = { LB_DAEMON_PATH, "--foreground", "--socket", csock, "--arena-size", "16M",
 			       "--hugepages", "off", "--threads", "1", NULL };
-	struct lb_client *c = NULL;
 
-	cdaemon = fork();
+	cdaemon = lbb_spawn(argv, cdlog);
 	if (cdaemon < 0)
 		cdie("fork", errno);
-	if (cdaemon == 0) {
-		int fd = open(cdlog, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	for (int i = 0; i < 10000; i++) {
-		if (lb_connect(csock, "bench-probe", &c) == 0) {
-			lb_close(c);
-			return;
-		}
-		if (waitpid(cdaemon, NULL, WNOHANG) == cdaemon) {
-			cdaemon = -1;
-			cdie("layerbankd exited at start", EIO);
-		}
-		struct timespec ts = { 0, 1000000 };
-		nanosleep(&ts, NULL);
-	}
-	cdie("layerbankd did not answer within 10 s", ETIMEDOUT);
+	if (lbb_wait_socket(csock, &cdaemon, 10) < 0)
+		cdie("layerbankd did not start", cdaemon < 0 ? EIO : ETIMEDOUT);
 }
 
 struct churner {

@@ -179,29 +179,11 @@ static int start_daemon(const struct opts *o, const char *tau)
 		argv[n++] = tau;
 	}
 	argv[n] = NULL;
-	pid_t pid = fork();
-	if (pid < 0)
+	fleet.daemon = lbb_spawn(argv, log);
+	if (fleet.daemon < 0)
 		return -errno;
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	fleet.daemon = pid;
-	struct stat st;
-	for (int i = 0; i < 3000; i++) {
-		if (stat(sock, &st) == 0)
-			return 0;
-		if (waitpid(pid, NULL, WNOHANG) == pid) {
-			fleet.daemon = -1;
-			break;
-		}
-		usleep(10000);
-	}
+	if (lbb_wait_socket(sock, &fleet.daemon, 30) == 0)
+		return 0;
 	fprintf(stderr, "layerbank-bench e2e: layerbankd did not start\n");
 	show_log(log);
 	return -EIO;

@@ -76,18 +76,9 @@ static double start_daemon(const char *arena, const char *snapshot)
 	struct lb_stats st;
 
 	unlink(ssock);
-	sdaemon = fork();
+	sdaemon = lbb_spawn(argv, slog);
 	if (sdaemon < 0)
 		sdie("fork", errno);
-	if (sdaemon == 0) {
-		int fd = open(slog, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
 	for (int i = 0; i < 60000; i++) {
 		if (lb_connect(ssock, "bench", &c) == 0 && lb_stats(c, &st, sizeof(st)) == 0) {
 			double ms = now_ms() - t0;

@@ -51,7 +51,7 @@ static void sleep_ms(long ms)
 
 /* ---- processes ---- */
 
-static pid_t spawn(const char *const *argv, const char *log)
+pid_t lbb_spawn(const char *const *argv, const char *log)
 {
 	pid_t pid = fork();
 	if (pid == 0) {
@@ -99,14 +99,16 @@ static void on_signal(int sig)
 	exit(1); /* runs cleanup() */
 }
 
-static int wait_socket(const char *path, pid_t pid)
+int lbb_wait_socket(const char *path, pid_t *pid, int seconds)
 {
 	struct stat st;
-	for (int i = 0; i < 1000; i++) {
+	for (int i = 0; i < seconds * 100; i++) {
 		if (stat(path, &st) == 0)
 			return 0;
-		if (waitpid(pid, NULL, WNOHANG) == pid)
+		if (waitpid(*pid, NULL, WNOHANG) == *pid) {
+			*pid = -1;
 			return -1;
+		}
 		sleep_ms(10);
 	}
 	return -1;
@@ -310,8 +312,8 @@ static int redis_latency(uint64_t *ns, size_t n)
 	char hdr[64];
 
 	snprintf(log, sizeof(log), "%s/redis.log", dir);
-	redis_pid = spawn(argv, log);
-	if (redis_pid < 0 || wait_socket(redis_sock, redis_pid) < 0) {
+	redis_pid = lbb_spawn(argv, log);
+	if (redis_pid < 0 || lbb_wait_socket(redis_sock, &redis_pid, 10) < 0) {
 		redis_pid = -1;
 		return -1;
 	}
@@ -443,8 +445,8 @@ static int cmd_ring(int argc, char **argv)
 	const char *dargv[] = { LB_DAEMON_PATH, "--foreground", "--socket", sock_path, "--arena-size",
 				"256M", "--hugepages", "try", "--threads", "1", "--spin-us", "1000",
 				"--log-level", "warn", NULL };
-	daemon_pid = spawn(dargv, log);
-	if (daemon_pid < 0 || wait_socket(sock_path, daemon_pid) < 0)
+	daemon_pid = lbb_spawn(dargv, log);
+	if (daemon_pid < 0 || lbb_wait_socket(sock_path, &daemon_pid, 10) < 0)
 		die("starting layerbankd", ECHILD);
 
 	uint32_t model;
