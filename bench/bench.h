@@ -43,6 +43,12 @@ pid_t lbb_spawn(const char *const *argv, const char *log);
  * @return 0; -1 on time-out, or when *pid exited (then reaped and set to -1). */
 int lbb_wait_socket(const char *path, pid_t *pid, int seconds);
 
+/* qsort's comparison for doubles, ascending. */
+int lbb_cmp_double(const void *a, const void *b);
+
+/* The median of v[0..n) (n > 0), which it sorts. */
+double lbb_median(double *v, size_t n);
+
 /* SIGTERM *pid, wait up to 10 s (then SIGKILL), reap it and set *pid to -1; nothing for -1. */
 void lbb_stop(pid_t *pid);
 

@@ -42,12 +42,6 @@ static void *ponger(void *arg)
 	return NULL;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return (x > y) - (x < y);
-}
-
 double lbb_core_round_trip_us(void)
 {
 	struct pingpong p = { .n = TRIPS * BATCHES, .cpu = { -1, -1 } };
@@ -84,6 +78,5 @@ double lbb_core_round_trip_us(void)
 	pthread_join(t, NULL);
 	(void)pthread_setaffinity_np(pthread_self(), sizeof(saved), &saved);
 	/* The median batch: a batch in which either thread was preempted is an outlier. */
-	qsort(batch, BATCHES, sizeof(batch[0]), cmp_double);
-	return batch[BATCHES / 2];
+	return lbb_median(batch, BATCHES);
 }

@@ -432,12 +432,6 @@ static void progress(const struct opts *o, const struct run *run, long done, lon
 
 /* ---- one run of the fleet ---- */
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 static double pct(const double *sorted, size_t n, double p)
 {
 	return n ? sorted[(size_t)(p * (double)(n - 1) + 0.5)] : NAN;
@@ -463,7 +457,7 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 	}
 	count_reuse(run, wl->n, layers, reused);
 	if (lat)
-		qsort(lat, n, sizeof(double), cmp_double);
+		qsort(lat, n, sizeof(double), lbb_cmp_double);
 	run->p50_ms = lat ? pct(lat, n, 0.50) : NAN;
 	run->p99_ms = lat ? pct(lat, n, 0.99) : NAN;
 	free(lat);

@@ -92,15 +92,16 @@ static void *reader_main(void *p)
 	return NULL;
 }
 
-struct run {
-	double flush_ms, worst_us;
-	uint64_t lookups;
+/* One way of flushing, over the runs. */
+struct way {
+	double flush_ms[REPS], worst_us[REPS];
+	uint64_t lookups; /* during the last run */
 };
 
 /* Fill, then flush with the reader measuring every lookup that overlaps the flush (one the
  * flush blocked ends after it); its figures are read once two more lookups have finished
  * (the atomics order the reader's writes before them). */
-static int one(struct reader *rd, uint32_t batch, struct run *out)
+static int one(struct reader *rd, uint32_t batch, struct way *out, int i)
 {
 	struct lbd_flush_result fr;
 	int ret = fill(rd->st, rd->inputs);
@@ -125,34 +126,10 @@ static int one(struct reader *rd, uint32_t batch, struct run *out)
 		return ret;
 	if (fr.entries != rd->inputs)
 		return -EIO;
-	out->flush_ms = (double)t / 1e6;
-	out->worst_us = (double)rd->worst_ns / 1e3;
+	out->flush_ms[i] = (double)t / 1e6;
+	out->worst_us[i] = (double)rd->worst_ns / 1e3;
 	out->lookups = rd->lookups;
 	return 0;
-}
-
-static double best(const struct run *r, int n, int field)
-{
-	double b = 1e300;
-	for (int i = 0; i < n; i++) {
-		double v = field ? r[i].worst_us : r[i].flush_ms;
-		b = v < b ? v : b;
-	}
-	return b;
-}
-
-static double median(const struct run *r, int n, int field)
-{
-	double v[REPS];
-	for (int i = 0; i < n; i++)
-		v[i] = field ? r[i].worst_us : r[i].flush_ms;
-	for (int i = 1; i < n; i++)
-		for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-			double x = v[j];
-			v[j] = v[j - 1];
-			v[j - 1] = x;
-		}
-	return v[n / 2];
 }
 
 int bench_flush_main(int argc, char **argv)
@@ -167,7 +144,7 @@ int bench_flush_main(int argc, char **argv)
 					.dtype = LBP_DTYPE_F32, .max_seq = 1,
 					.fp = { .chunks = 4, .bits = 256, .seed = 1 }, .name = "flush" };
 	struct reader rd = { .inputs = 100000 };
-	struct run whole[REPS], batched[REPS];
+	struct way whole, batched;
 	struct lbd_arena arena;
 	bool json = false;
 	char err[256];
@@ -213,9 +190,9 @@ int bench_flush_main(int argc, char **argv)
 		return 1;
 	}
 	for (int i = 0; i < REPS && ret == 0; i++) {
-		ret = one(&rd, UINT32_MAX, &whole[i]);
+		ret = one(&rd, UINT32_MAX, &whole, i);
 		if (ret == 0)
-			ret = one(&rd, LBD_FLUSH_BATCH, &batched[i]);
+			ret = one(&rd, LBD_FLUSH_BATCH, &batched, i);
 	}
 	atomic_store(&rd.stop, 1);
 	pthread_join(t, NULL);
@@ -226,8 +203,9 @@ int bench_flush_main(int argc, char **argv)
 		return 1;
 	}
 
-	double w_flush = median(whole, REPS, 0), b_flush = median(batched, REPS, 0);
-	double w_worst = median(whole, REPS, 1), b_worst = median(batched, REPS, 1);
+	/* lbb_median sorts: [0] is then the best run. */
+	double w_flush = lbb_median(whole.flush_ms, REPS), b_flush = lbb_median(batched.flush_ms, REPS);
+	double w_worst = lbb_median(whole.worst_us, REPS), b_worst = lbb_median(batched.worst_us, REPS);
 	if (json) {
 		json_object *o = json_object_new_object();
 		json_object_object_add(o, "entries", json_object_new_int64(rd.inputs));
@@ -245,10 +223,9 @@ int bench_flush_main(int argc, char **argv)
 	       rd.inputs, REPS);
 	printf("  %-28s %14s %22s %16s\n", "", "flush ms", "longest lookup us", "lookups during");
 	printf("  %-28s %6.1f (%5.1f) %14.0f (%6.0f) %16" PRIu64 "\n", "one hold of the lock", w_flush,
-	       best(whole, REPS, 0), w_worst, best(whole, REPS, 1), whole[REPS - 1].lookups);
+	       whole.flush_ms[0], w_worst, whole.worst_us[0], whole.lookups);
 	printf("  batches of %-16u %6.1f (%5.1f) %14.0f (%6.0f) %16" PRIu64 "\n", LBD_FLUSH_BATCH,
-	       b_flush, best(batched, REPS, 0), b_worst, best(batched, REPS, 1),
-	       batched[REPS - 1].lookups);
+	       b_flush, batched.flush_ms[0], b_worst, batched.worst_us[0], batched.lookups);
 	printf("  longest lookup, one hold / batches: %.1fx; flush time, batches / one hold: %.2fx\n",
 	       w_worst / b_worst, b_flush / w_flush);
 	return 0;

@@ -39,12 +39,6 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 /* Median seconds of one call of fn(arg) over at least min_reps calls and min_s seconds. */
 static double time_median(void (*fn)(void *), void *arg, int min_reps, double min_s)
 {
@@ -58,8 +52,7 @@ static double time_median(void (*fn)(void *), void *arg, int min_reps, double mi
 		fn(arg);
 		t[n++] = now_s() - t0;
 	}
-	qsort(t, (size_t)n, sizeof(double), cmp_double);
-	return t[n / 2];
+	return lbb_median(t, (size_t)n);
 }
 
 struct gemm_arg {

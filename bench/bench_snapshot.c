@@ -179,18 +179,6 @@ static double plain_read_ms(const char *path, uint64_t bytes)
 	return now_ms() - t0;
 }
 
-static int cmp_d(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n)
-{
-	qsort(v, (size_t)n, sizeof(*v), cmp_d);
-	return v[n / 2];
-}
-
 static void key_of(uint64_t i, struct lb_key *k)
 {
 	uint64_t s = i * 0x9e3779b97f4a7c15ull + 1;
@@ -342,10 +330,10 @@ int bench_snapshot_main(int argc, char **argv)
 	lbb_stop(&sdaemon);
 
 	double mib = (double)info.bytes / (1 << 20);
-	double wd = median(w_daemon, REPS), ww = median(w_wall, REPS), wp = median(w_plain, REPS);
-	double lw = median(l_warm, REPS), lc = median(l_cold, REPS);
-	double rw = median(r_warm, REPS), rc = median(r_cold, REPS);
-	double sw = median(s_warm, REPS), sc = median(s_cold, REPS), se = median(s_empty, REPS);
+	double wd = lbb_median(w_daemon, REPS), ww = lbb_median(w_wall, REPS), wp = lbb_median(w_plain, REPS);
+	double lw = lbb_median(l_warm, REPS), lc = lbb_median(l_cold, REPS);
+	double rw = lbb_median(r_warm, REPS), rc = lbb_median(r_cold, REPS);
+	double sw = lbb_median(s_warm, REPS), sc = lbb_median(s_cold, REPS), se = lbb_median(s_empty, REPS);
 	if (json) {
 		json_object *o = json_object_new_object();
 		json_object_object_add(o, "arena", json_object_new_string(arena));

@@ -64,6 +64,18 @@ pid_t lbb_spawn(const char *const *argv, const char *log)
 	return pid;
 }
 
+int lbb_cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+double lbb_median(double *v, size_t n)
+{
+	qsort(v, n, sizeof(*v), lbb_cmp_double);
+	return v[n / 2];
+}
+
 void lbb_stop(pid_t *pid)
 {
 	if (*pid <= 0)
