@@ -106,7 +106,11 @@ struct lbd_store {
 static void store_lock(struct lbd_store *st)
 {
 	pthread_mutex_lock(&st->lock);
-	atomic_fetch_add_explicit(&st->acquired, 1, memory_order_relaxed);
+	/* Only the holder writes it: a plain load and store, not a locked read-modify-write on
+	 * every request. */
+	atomic_store_explicit(&st->acquired,
+			      atomic_load_explicit(&st->acquired, memory_order_relaxed) + 1,
+			      memory_order_relaxed);
 }
 
 const char *lbd_policy_name(enum lbd_policy p)
