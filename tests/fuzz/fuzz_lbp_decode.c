@@ -13,18 +13,7 @@
 #include "fuzz.h"
 #include "lbp.h"
 
-__attribute__((format(printf, 1, 2), noreturn))
-static void broken(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "fuzz_lbp_decode: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	abort();
-}
+#define broken(...) fuzz_broken("fuzz_lbp_decode", __VA_ARGS__)
 
 /* NUL-terminated inside its array, and only printable ASCII: it goes into ERROR frames and
  * log lines. */

@@ -146,11 +146,9 @@ static void broken(const struct lb_req *r, const char *fmt, ...)
 {
 	va_list ap;
 
-	fprintf(stderr, "fuzz_ring_entry: ");
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	fuzz_vreport("fuzz_ring_entry", fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
 	if (r)
 		fprintf(stderr, "  request: opcode %u flags %u layer %u model %u user_data %llu seq_len %u "
 			"aux 0x%x lease 0x%llx payload %u+%u reserved %llx %llx %x\n",

@@ -46,18 +46,7 @@ enum {
 	REC = 128,
 };
 
-__attribute__((format(printf, 1, 2), noreturn))
-static void fail(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "fuzz_snapshot: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
-	abort();
-}
+#define fail(...) fuzz_broken("fuzz_snapshot", __VA_ARGS__)
 
 static uint64_t get(const uint8_t *p, int n)
 {
