@@ -18,8 +18,9 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "config.h"
+#include "io.h"
 #include "plot.h"
+#include "size.h"
 #include "workload.h"
 
 #define MAX_WORKERS 64
@@ -367,31 +368,17 @@ static int on_answer(struct worker *w, char *line, void *ctx)
 	return 0;
 }
 
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 static int send_request(struct worker *w, const struct lbw_request *r)
 {
 	char head[24];
 	int n = snprintf(head, sizeof(head), "%u\t", r->id);
 	w->req = r->id;
 	w->sent = now_s();
-	int rc = write_all(w->in, head, (size_t)n);
+	int rc = lbu_write_all(w->in, head, (size_t)n);
 	if (rc == 0)
-		rc = write_all(w->in, r->text, strlen(r->text));
+		rc = lbu_write_all(w->in, r->text, strlen(r->text));
 	if (rc == 0)
-		rc = write_all(w->in, "\n", 1);
+		rc = lbu_write_all(w->in, "\n", 1);
 	return rc;
 }
 
@@ -803,7 +790,7 @@ static int parse(int argc, char **argv, struct opts *o)
 				return bad(a, val, "an integer >= 0");
 			o->wl.seed = (uint64_t)v;
 		} else if (!strcmp(a, "--budget")) {
-			if (lbd_parse_size(val, &o->budget) < 0 || !o->budget || o->budget > 1ull << 40)
+			if (lbu_parse_size(val, &o->budget) < 0 || !o->budget || o->budget > 1ull << 40)
 				return bad(a, val, "a size such as 64M, up to 1T");
 			have_budget = 1;
 		} else if (!strcmp(a, "--max-tokens")) {

@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "config.h"
+#include "size.h"
 #include "layerbank/layerbank.h"
 #include "layerbank/ring.h"
 
@@ -251,7 +251,7 @@ int bench_snapshot_main(int argc, char **argv)
 		switch (ch) {
 		case 'a':
 			arena = optarg;
-			if (lbd_parse_size(arena, &arena_bytes) < 0 || arena_bytes < (16u << 20)) {
+			if (lbu_parse_size(arena, &arena_bytes) < 0 || arena_bytes < (16u << 20)) {
 				fprintf(stderr, "layerbank-bench snapshot: --arena-size: '%s' is not a size of 16M or more\n", arena);
 				return 2;
 			}

@@ -509,7 +509,7 @@ static int render_panel(struct canvas *c, const struct bplot_panel *p, struct re
 		r[2] = fmin(r[2], 0), r[3] = fmax(r[3], 0);
 	if (axis_range(&ay, fixed ? p->ymin : r[2], fixed ? p->ymax : r[3], have, fixed,
 		       (plot.y1 - plot.y0) / 40))
-		return lbp_fail(err, errlen, -EINVAL, "panel '%s': the y values span more than a double",
+		return lbu_fail(err, errlen, -EINVAL, "panel '%s': the y values span more than a double",
 			    p->title ? p->title : "");
 	ay.p0 = plot.y1 - 1 - inset;
 	ay.p1 = plot.y0 + inset;
@@ -528,7 +528,7 @@ static int render_panel(struct canvas *c, const struct bplot_panel *p, struct re
 	plot.x1 = pr.x1 - PAD - 8;
 	if (p->kind == BPLOT_LINES) {
 		if (axis_range(&ax, r[0], r[1], have, 0, (plot.x1 - plot.x0) / 80))
-			return lbp_fail(err, errlen, -EINVAL, "panel '%s': the x values span more than a double",
+			return lbu_fail(err, errlen, -EINVAL, "panel '%s': the x values span more than a double",
 				    p->title ? p->title : "");
 		ax.p0 = plot.x0 + inset;
 		ax.p1 = plot.x1 - 1 - inset;
@@ -595,22 +595,22 @@ static int render_panel(struct canvas *c, const struct bplot_panel *p, struct re
 static int check_panel(const struct bplot_panel *p, int i, char *err, size_t errlen)
 {
 	if (p->kind != BPLOT_LINES && p->kind != BPLOT_BARS)
-		return lbp_fail(err, errlen, -EINVAL, "panel %d: unknown kind %d", i, (int)p->kind);
+		return lbu_fail(err, errlen, -EINVAL, "panel %d: unknown kind %d", i, (int)p->kind);
 	if (p->n_series < 0 || (p->n_series > 0 && !p->series))
-		return lbp_fail(err, errlen, -EINVAL, "panel %d: n_series %d with series %p", i, p->n_series,
+		return lbu_fail(err, errlen, -EINVAL, "panel %d: n_series %d with series %p", i, p->n_series,
 			    (const void *)p->series);
 	int autoy = p->ymin == 0 && p->ymax == 0;
 	if (!autoy && !(isfinite(p->ymin) && isfinite(p->ymax) && p->ymin < p->ymax))
-		return lbp_fail(err, errlen, -EINVAL,
+		return lbu_fail(err, errlen, -EINVAL,
 			    "panel %d: ymin %g, ymax %g: need finite ymin < ymax (or both 0)", i, p->ymin,
 			    p->ymax);
 	for (int k = 0; k < p->n_series; k++) {
 		const struct bplot_series *s = &p->series[k];
 		if (s->n < 0 || (s->n > 0 && !s->y))
-			return lbp_fail(err, errlen, -EINVAL, "panel %d series %d: n %d with y %p", i, k, s->n,
+			return lbu_fail(err, errlen, -EINVAL, "panel %d series %d: n %d with y %p", i, k, s->n,
 				    (const void *)s->y);
 		if (p->kind == BPLOT_BARS && s->n != p->series[0].n)
-			return lbp_fail(err, errlen, -EINVAL, "panel %d: bar series %d has %d values, series 0 has %d",
+			return lbu_fail(err, errlen, -EINVAL, "panel %d: bar series %d has %d values, series 0 has %d",
 				    i, k, s->n, p->series[0].n);
 	}
 	return 0;
@@ -620,18 +620,18 @@ static int check_args(const char *path, const struct bplot_panel *panels, int n_
 		      int w, int h, char *err, size_t errlen)
 {
 	if (!path || !*path)
-		return lbp_fail(err, errlen, -EINVAL, "no output path");
+		return lbu_fail(err, errlen, -EINVAL, "no output path");
 	if (!panels || n_panels < 1 || n_panels > BPLOT_MAX_PANELS)
-		return lbp_fail(err, errlen, -EINVAL, "need 1..%d panels, have %d", BPLOT_MAX_PANELS,
+		return lbu_fail(err, errlen, -EINVAL, "need 1..%d panels, have %d", BPLOT_MAX_PANELS,
 			    panels ? n_panels : 0);
 	if (cols < 1)
-		return lbp_fail(err, errlen, -EINVAL, "cols %d: need at least 1", cols);
+		return lbu_fail(err, errlen, -EINVAL, "cols %d: need at least 1", cols);
 	if (w < BPLOT_MIN_SIDE || w > BPLOT_MAX_SIDE || h < BPLOT_MIN_SIDE || h > BPLOT_MAX_SIDE)
-		return lbp_fail(err, errlen, -EINVAL, "panel size %dx%d: each side must be %d..%d", w, h,
+		return lbu_fail(err, errlen, -EINVAL, "panel size %dx%d: each side must be %d..%d", w, h,
 			    BPLOT_MIN_SIDE, BPLOT_MAX_SIDE);
 	long ncols = cols < n_panels ? cols : n_panels, nrows = (n_panels + ncols - 1) / ncols;
 	if (ncols * w * nrows * h > BPLOT_MAX_PIXELS)
-		return lbp_fail(err, errlen, -EINVAL, "figure %ldx%ld is over %ld pixels", ncols * w, nrows * h,
+		return lbu_fail(err, errlen, -EINVAL, "figure %ldx%ld is over %ld pixels", ncols * w, nrows * h,
 			    BPLOT_MAX_PIXELS);
 	for (int i = 0; i < n_panels; i++) {
 		int rc = check_panel(&panels[i], i, err, errlen);
@@ -710,7 +710,7 @@ static int png_write(const char *path, const struct canvas *c, char *err, size_t
 	uLongf zlen;
 	int rc = png_deflate(c, &z, &zlen);
 	if (rc)
-		return lbp_fail(err, errlen, rc, "out of memory compressing a %dx%d image", c->w, c->h);
+		return lbu_fail(err, errlen, rc, "out of memory compressing a %dx%d image", c->w, c->h);
 	be32(ihdr, (uint32_t)c->w);
 	be32(ihdr + 4, (uint32_t)c->h);
 	ihdr[8] = 8; /* bit depth; then colour type 2 (RGB), compression, filter, interlace 0 */
@@ -721,7 +721,7 @@ static int png_write(const char *path, const struct canvas *c, char *err, size_t
 	int fd = -1;
 	if (!tmp) {
 		free(z);
-		return lbp_fail(err, errlen, -ENOMEM, "out of memory");
+		return lbu_fail(err, errlen, -ENOMEM, "out of memory");
 	}
 	for (int tries = 0; fd < 0 && tries < 100; tries++) {
 		snprintf(tmp, tlen, "%s.tmp.%ld.%u", path, (long)getpid(), atomic_fetch_add(&tmp_seq, 1));
@@ -730,7 +730,7 @@ static int png_write(const char *path, const struct canvas *c, char *err, size_t
 			break;
 	}
 	if (fd < 0) {
-		rc = lbp_fail(err, errlen, -errno, "create %s: %s", tmp, strerror(errno));
+		rc = lbu_fail(err, errlen, -errno, "create %s: %s", tmp, strerror(errno));
 		goto out;
 	}
 	const char *step = "write";
@@ -748,7 +748,7 @@ static int png_write(const char *path, const struct canvas *c, char *err, size_t
 	if (!rc && rename(tmp, path))
 		rc = -errno, step = "rename";
 	if (rc) {
-		lbp_fail(err, errlen, rc, "%s %s%s%s: %s", step, tmp, *step == 'r' ? " to " : "",
+		lbu_fail(err, errlen, rc, "%s %s%s%s: %s", step, tmp, *step == 'r' ? " to " : "",
 		     *step == 'r' ? path : "", strerror(-rc));
 		unlink(tmp);
 	}
@@ -768,7 +768,7 @@ int bplot_write_png(const char *path, const struct bplot_panel *panels, int n_pa
 	struct canvas c = { .w = ncols * w, .h = nrows * h };
 	c.px = malloc((size_t)c.w * (size_t)c.h * 3);
 	if (!c.px)
-		return lbp_fail(err, errlen, -ENOMEM, "out of memory for a %dx%d image", c.w, c.h);
+		return lbu_fail(err, errlen, -ENOMEM, "out of memory for a %dx%d image", c.w, c.h);
 	memset(c.px, 0xff, (size_t)c.w * (size_t)c.h * 3);
 	for (int i = 0; i < n_panels && !rc; i++) {
 		struct rect pr = { (i % ncols) * w, (i / ncols) * h, (i % ncols + 1) * w, (i / ncols + 1) * h };

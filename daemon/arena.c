@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "errf.h"
+#include "io.h"
 #include "log.h"
 
 #define SMALL_PAGE 4096u
@@ -27,37 +28,6 @@ size_t lbd_arena_round(size_t bytes, size_t page)
 	if (!page || (page & (page - 1)) || bytes > SIZE_MAX - (page - 1))
 		return 0;
 	return (bytes + page - 1) & ~(page - 1);
-}
-
-/* First number in a file such as /proc/sys/vm/nr_hugepages; -1 when unreadable. */
-static long read_long(const char *path)
-{
-	FILE *f = fopen(path, "re");
-	long v = -1;
-	if (!f)
-		return -1;
-	if (fscanf(f, "%ld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
-}
-
-static long meminfo_field(const char *key)
-{
-	FILE *f = fopen("/proc/meminfo", "re");
-	char line[256];
-	size_t n = strlen(key);
-	long v = -1;
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, n) && line[n] == ':') {
-			if (sscanf(line + n + 1, "%ld", &v) != 1)
-				v = -1;
-			break;
-		}
-	fclose(f);
-	return v;
 }
 
 /*
@@ -75,28 +45,28 @@ static void explain_shortage(char *err, size_t errlen, size_t need, int node, in
 		snprintf(where, sizeof(where), " on node %d", node);
 	if (node >= 0 && numa_num_configured_nodes() > 1) {
 		snprintf(path, sizeof(path), SYSFS_NODE_HP, node, "free_hugepages");
-		free_pages = read_long(path);
+		free_pages = lbu_read_long(path);
 		snprintf(path, sizeof(path), SYSFS_NODE_HP, node, "nr_hugepages");
-		total = read_long(path);
+		total = lbu_read_long(path);
 	} else {
 		/* Free counts pages that other mappings have reserved but not yet touched. */
-		long rsvd = meminfo_field("HugePages_Rsvd");
-		free_pages = meminfo_field("HugePages_Free");
+		long rsvd = lbu_meminfo("HugePages_Rsvd");
+		free_pages = lbu_meminfo("HugePages_Free");
 		if (free_pages >= 0 && rsvd > 0)
 			free_pages = free_pages > rsvd ? free_pages - rsvd : 0;
 		snprintf(path, sizeof(path), "/proc/sys/vm/nr_hugepages");
-		total = read_long(path);
+		total = lbu_read_long(path);
 	}
 	if (free_pages < 0 || total < 0) {
-		lbp_errf(err, errlen, "need %zu hugepages of 2 MiB%s, free count unreadable (%s): "
+		lbu_errf(err, errlen, "need %zu hugepages of 2 MiB%s, free count unreadable (%s): "
 			"reserve them in %s (as root)", need, where, strerror(why), path);
 	} else if ((size_t)free_pages >= need) {
 		/* Enough in the pool, yet the kernel said no: a limit elsewhere is in the way. */
-		lbp_errf(err, errlen, "need %zu hugepages of 2 MiB%s, %ld free, but mapping them failed "
+		lbu_errf(err, errlen, "need %zu hugepages of 2 MiB%s, %ld free, but mapping them failed "
 			"(%s): a hugetlb cgroup limit or the cpuset may forbid them", need, where,
 			free_pages, strerror(why));
 	} else {
-		lbp_errf(err, errlen, "need %zu hugepages of 2 MiB%s, %ld free: reserve them with "
+		lbu_errf(err, errlen, "need %zu hugepages of 2 MiB%s, %ld free: reserve them with "
 			"'echo %zu > %s' (as root)", need, where, free_pages,
 			(size_t)total + need - (size_t)free_pages, path);
 	}
@@ -154,7 +124,7 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 	fd = memfd_create(name, flags);
 	if (fd < 0) {
 		rc = -errno;
-		lbp_errf(err, errlen, "memfd_create(%s, %s) failed: %s%s", name, kind, strerror(-rc),
+		lbu_errf(err, errlen, "memfd_create(%s, %s) failed: %s%s", name, kind, strerror(-rc),
 		    huge && (rc == -EINVAL || rc == -ENOENT) ?
 			    " (no 2 MiB hugetlb support in this kernel)" : "");
 		return rc;
@@ -164,7 +134,7 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 		if (huge && rc == -ENOMEM)
 			explain_shortage(err, errlen, bytes / page, node, -rc);
 		else
-			lbp_errf(err, errlen, "cannot size %s memfd to %zu bytes: %s", kind, bytes,
+			lbu_errf(err, errlen, "cannot size %s memfd to %zu bytes: %s", kind, bytes,
 			    strerror(-rc));
 		goto fail_fd;
 	}
@@ -175,7 +145,7 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 		if (huge && rc == -ENOMEM)
 			explain_shortage(err, errlen, bytes / page, node, -rc);
 		else
-			lbp_errf(err, errlen, "cannot map %zu bytes of %s memory: %s", bytes, kind,
+			lbu_errf(err, errlen, "cannot map %zu bytes of %s memory: %s", bytes, kind,
 			    strerror(-rc));
 		goto fail_fd;
 	}
@@ -183,7 +153,7 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 	if (node >= 0) {
 		rc = bind_node(base, bytes, node);
 		if (rc < 0) {
-			lbp_errf(err, errlen, "cannot bind arena %u to NUMA node %d: %s", index, node,
+			lbu_errf(err, errlen, "cannot bind arena %u to NUMA node %d: %s", index, node,
 			    strerror(-rc));
 			goto fail_map;
 		}
@@ -198,14 +168,14 @@ static int map_arena(struct lbd_arena *a, size_t bytes, int node, bool huge, uin
 	if (madvise(base, bytes, MADV_POPULATE_WRITE) < 0) {
 		rc = -errno;
 		if (rc == -EINVAL) {
-			lbp_errf(err, errlen, "cannot prefault arena %u: MADV_POPULATE_WRITE unsupported "
+			lbu_errf(err, errlen, "cannot prefault arena %u: MADV_POPULATE_WRITE unsupported "
 				"(Linux >= 5.14 needed)", index);
 			rc = -EOPNOTSUPP;
 		} else if (huge) {
 			explain_shortage(err, errlen, bytes / page, node, -rc);
 			rc = -ENOMEM;
 		} else {
-			lbp_errf(err, errlen, "cannot prefault %zu bytes of shared memory for arena %u "
+			lbu_errf(err, errlen, "cannot prefault %zu bytes of shared memory for arena %u "
 				"(%s): memory, a tmpfs or a memory cgroup limit is short", bytes,
 			    index, strerror(-rc));
 			rc = -ENOMEM;
@@ -245,29 +215,29 @@ int lbd_arena_create(struct lbd_arena *a, size_t bytes, int node, enum lbd_hugep
 	char thp[32];
 	int rc, seals;
 
-	lbp_errf(err, errlen, "%s", "");
+	lbu_errf(err, errlen, "%s", "");
 	if (!a)
 		return -EINVAL;
 	reset(a);
 	if (!boot_id || (unsigned)hp > LBD_HP_REQUIRE || node < -1) {
-		lbp_errf(err, errlen, "invalid arena arguments (boot_id %s, hugepages %d, node %d)",
+		lbu_errf(err, errlen, "invalid arena arguments (boot_id %s, hugepages %d, node %d)",
 		    boot_id ? "set" : "NULL", (int)hp, node);
 		return -EINVAL;
 	}
 	small = lbd_arena_round(bytes, SMALL_PAGE);
 	if (!small || small > (size_t)INT64_MAX) {
-		lbp_errf(err, errlen, "arena size %zu bytes is %s", bytes, bytes ? "too large" : "zero");
+		lbu_errf(err, errlen, "arena size %zu bytes is %s", bytes, bytes ? "too large" : "zero");
 		return -EINVAL;
 	}
 	if (node >= 0) {
 		/* Never call into libnuma without it: it would print its own errors. */
 		if (numa_available() < 0) {
-			lbp_errf(err, errlen, "NUMA node %d requested, but this system has no NUMA support",
+			lbu_errf(err, errlen, "NUMA node %d requested, but this system has no NUMA support",
 			    node);
 			return -EINVAL;
 		}
 		if (node > numa_max_node()) {
-			lbp_errf(err, errlen, "NUMA node %d does not exist (highest node is %d)", node,
+			lbu_errf(err, errlen, "NUMA node %d does not exist (highest node is %d)", node,
 			    numa_max_node());
 			return -EINVAL;
 		}
@@ -277,12 +247,12 @@ int lbd_arena_create(struct lbd_arena *a, size_t bytes, int node, enum lbd_hugep
 	if (hp != LBD_HP_OFF) {
 		big = lbd_arena_round(bytes, LBD_HUGE_PAGE_SIZE);
 		if (!big || big > (size_t)INT64_MAX) {
-			lbp_errf(err, errlen, "arena size %zu bytes is too large for 2 MiB pages", bytes);
+			lbu_errf(err, errlen, "arena size %zu bytes is too large for 2 MiB pages", bytes);
 			return -EINVAL;
 		}
 		rc = map_arena(a, big, node, true, index, why, sizeof(why));
 		if (rc < 0 && hp == LBD_HP_REQUIRE) {
-			lbp_errf(err, errlen, "%s", why);
+			lbu_errf(err, errlen, "%s", why);
 			return rc;
 		}
 		/* TRY falls back on any hugetlb failure: 4 KiB pages may still work. */
@@ -312,7 +282,7 @@ int lbd_arena_create(struct lbd_arena *a, size_t bytes, int node, enum lbd_hugep
 	/* Seal after mapping: FUTURE_WRITE spares our mapping and refuses every later writer. */
 	if (fcntl(a->fd, F_ADD_SEALS, ARENA_SEALS) < 0) {
 		rc = -errno;
-		lbp_errf(err, errlen, "cannot seal arena %u: %s (F_SEAL_FUTURE_WRITE needs Linux >= 5.1)",
+		lbu_errf(err, errlen, "cannot seal arena %u: %s (F_SEAL_FUTURE_WRITE needs Linux >= 5.1)",
 		    index, strerror(-rc));
 		lbd_arena_destroy(a);
 		return rc;
@@ -320,7 +290,7 @@ int lbd_arena_create(struct lbd_arena *a, size_t bytes, int node, enum lbd_hugep
 	seals = fcntl(a->fd, F_GET_SEALS);
 	if (seals < 0 || (seals & ARENA_SEALS) != ARENA_SEALS) {
 		rc = seals < 0 ? -errno : -EPERM;
-		lbp_errf(err, errlen, "arena %u is not sealed as asked (seals 0x%x)", index,
+		lbu_errf(err, errlen, "arena %u is not sealed as asked (seals 0x%x)", index,
 		    seals < 0 ? 0 : (unsigned)seals);
 		lbd_arena_destroy(a);
 		return rc;

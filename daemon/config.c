@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "errf.h"
+#include "size.h"
 
 #define LBD_MAX_NUMA_NODE 1023
 /* Longest config-file line, without its newline. */
@@ -43,72 +44,6 @@ void lbd_config_defaults(struct lbd_config *c)
 	c->client_insert_bytes = 0;
 }
 
-/* Binary multiple for a suffix letter, as a shift; -1 when it is not one. */
-static int suffix_shift(char ch)
-{
-	switch (ch) {
-	case 'k': case 'K': return 10;
-	case 'm': case 'M': return 20;
-	case 'g': case 'G': return 30;
-	case 't': case 'T': return 40;
-	default: return -1;
-	}
-}
-
-int lbd_parse_size(const char *s, uint64_t *out)
-{
-	const char *p = s;
-	uint64_t v = 0;
-	int shift = 0;
-
-	/* Syntax first, so "99999999999999999999Q" is a bad size rather than an overflow. */
-	while (*p >= '0' && *p <= '9')
-		p++;
-	if (p == s)
-		return -EINVAL;
-	const char *end = p;
-	if (*p && suffix_shift(*p) >= 0) {
-		shift = suffix_shift(*p);
-		p++;
-		if (*p == 'i' || *p == 'I')
-			p++;
-		if (*p == 'b' || *p == 'B')
-			p++;
-		else if (p[-1] == 'i' || p[-1] == 'I')
-			return -EINVAL; /* "1Gi" */
-	} else if (*p == 'b' || *p == 'B') {
-		p++; /* "4096B" */
-	}
-	if (*p)
-		return -EINVAL;
-
-	for (const char *q = s; q < end; q++) {
-		unsigned d = (unsigned)(*q - '0');
-		if (v > (UINT64_MAX - d) / 10)
-			return -ERANGE;
-		v = v * 10 + d;
-	}
-	if (v > (UINT64_MAX >> shift))
-		return -ERANGE;
-	*out = v << shift;
-	return 0;
-}
-
-/* "1G" for 1 << 30, "1536M" for 1.5 GiB: the largest suffix that divides exactly. */
-void lbd_format_size(char *buf, size_t n, uint64_t v)
-{
-	static const char suffixes[] = "KMGT";
-	int best = -1;
-
-	for (int i = 0; i < 4; i++)
-		if (v != 0 && (v & ((1ull << (10 * (i + 1))) - 1)) == 0)
-			best = i;
-	if (best < 0)
-		snprintf(buf, n, "%llu", (unsigned long long)v);
-	else
-		snprintf(buf, n, "%llu%c", (unsigned long long)(v >> (10 * (best + 1))), suffixes[best]);
-}
-
 /*
  * Per-key checkers. who names the source for the message: "--hugepages" on the command
  * line, "FILE:LINE: hugepages" in a config file. They write c only when the value is good.
@@ -121,12 +56,12 @@ static int set_socket(struct lbd_config *c, const char *v, const char *who, char
 	size_t len = strlen(v);
 
 	if (len == 0) {
-		lbp_errf(err, errlen, "%s: the socket path is empty", who);
+		lbu_errf(err, errlen, "%s: the socket path is empty", who);
 		return -EINVAL;
 	}
 	if (len >= sizeof(c->socket_path)) {
 		/* Reason before the value, so a cut-off line still says what is wrong. */
-		lbp_errf(err, errlen, "%s: path is %zu bytes, a socket path holds at most %zu: '%s'",
+		lbu_errf(err, errlen, "%s: path is %zu bytes, a socket path holds at most %zu: '%s'",
 			who, len, sizeof(c->socket_path) - 1, v);
 		return -EINVAL;
 	}
@@ -139,15 +74,15 @@ static int set_arena_size(struct lbd_config *c, const char *v, const char *who, 
 {
 	char max[32];
 	uint64_t size;
-	int rc = lbd_parse_size(v, &size);
+	int rc = lbu_parse_size(v, &size);
 
-	lbd_format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
+	lbu_format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
 	if (rc == -EINVAL) {
-		lbp_errf(err, errlen, "%s: '%s' is not a size (examples: 4096, 512K, 64M, 1G)", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not a size (examples: 4096, 512K, 64M, 1G)", who, v);
 		return -EINVAL;
 	}
 	if (rc == -ERANGE || size == 0 || size > LBD_MAX_ARENA_SIZE) {
-		lbp_errf(err, errlen, "%s: '%s' is out of range (1 byte to %s)", who, v, max);
+		lbu_errf(err, errlen, "%s: '%s' is out of range (1 byte to %s)", who, v, max);
 		return -EINVAL;
 	}
 	c->arena_size = size;
@@ -164,7 +99,7 @@ static int set_hugepages(struct lbd_config *c, const char *v, const char *who, c
 	else if (strcmp(v, "off") == 0)
 		c->hugepages = LBD_HP_OFF;
 	else {
-		lbp_errf(err, errlen, "%s: '%s' is not one of require|try|off", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not one of require|try|off", who, v);
 		return -EINVAL;
 	}
 	return 0;
@@ -184,7 +119,7 @@ static int set_numa_node(struct lbd_config *c, const char *v, const char *who, c
 	for (; *p >= '0' && *p <= '9' && node <= LBD_MAX_NUMA_NODE; p++)
 		node = node * 10 + (*p - '0');
 	if (p == v || *p || node > LBD_MAX_NUMA_NODE) {
-		lbp_errf(err, errlen, "%s: '%s' is not a node number 0..%d or 'all'", who, v,
+		lbu_errf(err, errlen, "%s: '%s' is not a node number 0..%d or 'all'", who, v,
 			LBD_MAX_NUMA_NODE);
 		return -EINVAL;
 	}
@@ -208,7 +143,7 @@ static int set_foreground(struct lbd_config *c, const char *v, const char *who, 
 			return 0;
 		}
 	}
-	lbp_errf(err, errlen, "%s: '%s' is not one of true|false|yes|no|1|0", who, v);
+	lbu_errf(err, errlen, "%s: '%s' is not one of true|false|yes|no|1|0", who, v);
 	return -EINVAL;
 }
 
@@ -218,7 +153,7 @@ static int set_log_level(struct lbd_config *c, const char *v, const char *who, c
 	enum lbd_log_level level;
 
 	if (lbd_log_level_parse(v, &level) < 0) {
-		lbp_errf(err, errlen, "%s: '%s' is not one of error|warn|info|debug", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not one of error|warn|info|debug", who, v);
 		return -EINVAL;
 	}
 	c->log_level = level;
@@ -235,7 +170,7 @@ static int set_uint(unsigned *out, const char *v, unsigned min, unsigned max, co
 	for (; *p >= '0' && *p <= '9' && n <= max; p++)
 		n = n * 10 + (uint64_t)(*p - '0');
 	if (p == v || *p || n < min || n > max) {
-		lbp_errf(err, errlen, "%s: '%s' is not a whole number %u..%u", who, v, min, max);
+		lbu_errf(err, errlen, "%s: '%s' is not a whole number %u..%u", who, v, min, max);
 		return -EINVAL;
 	}
 	*out = (unsigned)n;
@@ -252,7 +187,7 @@ static int set_real(double *out, const char *v, double min, double max, const ch
 	errno = 0;
 	d = strtod(v, &end);
 	if (end == v || *end || errno || !(d >= min && d <= max) || *v == ' ' || *v == '\t') {
-		lbp_errf(err, errlen, "%s: '%s' is not a number %g..%g", who, v, min, max);
+		lbu_errf(err, errlen, "%s: '%s' is not a number %g..%g", who, v, min, max);
 		return -EINVAL;
 	}
 	*out = d;
@@ -292,7 +227,7 @@ static int set_tau(struct lbd_config *c, const char *v, const char *who, char *e
 static int set_policy(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
 {
 	if (lbd_policy_parse(v, &c->policy) < 0) {
-		lbp_errf(err, errlen, "%s: '%s' is not one of lru|decay|ttl", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not one of lru|decay|ttl", who, v);
 		return -EINVAL;
 	}
 	return 0;
@@ -301,10 +236,10 @@ static int set_policy(struct lbd_config *c, const char *v, const char *who, char
 static int set_budget(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
 {
 	uint64_t size;
-	int rc = lbd_parse_size(v, &size);
+	int rc = lbu_parse_size(v, &size);
 
 	if (rc < 0 || size > LBD_MAX_ARENA_SIZE) {
-		lbp_errf(err, errlen, "%s: '%s' is not a size up to the arena's (0: all of it)", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not a size up to the arena's (0: all of it)", who, v);
 		return -EINVAL;
 	}
 	c->budget = size;
@@ -322,11 +257,11 @@ static int set_socket_mode(struct lbd_config *c, const char *v, const char *who,
 	for (; *p >= '0' && *p <= '7' && p - v < 4; p++)
 		mode = mode * 8 + (unsigned)(*p - '0');
 	if (p == v || *p || mode > 0777) {
-		lbp_errf(err, errlen, "%s: '%s' is not an octal mode 0600..0777 (such as 0660)", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not an octal mode 0600..0777 (such as 0660)", who, v);
 		return -EINVAL;
 	}
 	if ((mode & 0600) != 0600) {
-		lbp_errf(err, errlen, "%s: '%s' leaves the owner without read and write (0600)", who, v);
+		lbu_errf(err, errlen, "%s: '%s' leaves the owner without read and write (0600)", who, v);
 		return -EINVAL;
 	}
 	c->socket_mode = mode;
@@ -366,7 +301,7 @@ static int set_socket_group(struct lbd_config *c, const char *v, const char *who
 	}
 	int rc = getgrnam_r(v, &gr, buf, sizeof(buf), &res);
 	if (!res) {
-		lbp_errf(err, errlen, "%s: '%s' is not a group name or gid%s%s", who, v,
+		lbu_errf(err, errlen, "%s: '%s' is not a group name or gid%s%s", who, v,
 			 rc ? ": " : "", rc ? strerror(rc) : "");
 		return -EINVAL;
 	}
@@ -384,7 +319,7 @@ static int allow_user(const char *item, uint32_t *uid, const char *who, char *er
 		return 0;
 	int rc = getpwnam_r(item, &pw, buf, sizeof(buf), &res);
 	if (!res) {
-		lbp_errf(err, errlen, "%s: '%s' is not a user name or uid%s%s", who, item,
+		lbu_errf(err, errlen, "%s: '%s' is not a user name or uid%s%s", who, item,
 			 rc ? ": " : "", rc ? strerror(rc) : "");
 		return -EINVAL;
 	}
@@ -415,11 +350,11 @@ static int set_model_allow(struct lbd_config *c, const char *v, const char *who,
 		end--;
 	size_t len = end ? (size_t)(end - v) : 0;
 	if (!sp || len == 0 || *list == '\0') {
-		lbp_errf(err, errlen, "%s: '%s' is not 'MODEL USER[,USER...]'", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not 'MODEL USER[,USER...]'", who, v);
 		return -EINVAL;
 	}
 	if (len > LBP_MAX_NAME) {
-		lbp_errf(err, errlen, "%s: model name of %zu bytes, at most %u: '%.*s'", who, len,
+		lbu_errf(err, errlen, "%s: model name of %zu bytes, at most %u: '%.*s'", who, len,
 			 LBP_MAX_NAME, (int)len, v);
 		return -EINVAL;
 	}
@@ -428,12 +363,12 @@ static int set_model_allow(struct lbd_config *c, const char *v, const char *who,
 		char item[256];
 		size_t n = strcspn(p, ",");
 		if (n == 0 || n >= sizeof(item)) {
-			lbp_errf(err, errlen, "%s: '%s': %s user in the list", who, list,
+			lbu_errf(err, errlen, "%s: '%s': %s user in the list", who, list,
 				 n ? "too long a" : "an empty");
 			return -EINVAL;
 		}
 		if (a.n_uids == LBD_MAX_ALLOW_UIDS) {
-			lbp_errf(err, errlen, "%s: more than %u users for model '%s'", who,
+			lbu_errf(err, errlen, "%s: more than %u users for model '%s'", who,
 				 LBD_MAX_ALLOW_UIDS, a.model);
 			return -EINVAL;
 		}
@@ -445,17 +380,17 @@ static int set_model_allow(struct lbd_config *c, const char *v, const char *who,
 		a.n_uids++;
 		p += n;
 		if (*p == ',' && *++p == '\0') {
-			lbp_errf(err, errlen, "%s: '%s': an empty user in the list", who, list);
+			lbu_errf(err, errlen, "%s: '%s': an empty user in the list", who, list);
 			return -EINVAL;
 		}
 	}
 	if (lbd_config_model_allow(c, a.model)) {
-		lbp_errf(err, errlen, "%s: model '%s' has an allow-list already (one line per model)",
+		lbu_errf(err, errlen, "%s: model '%s' has an allow-list already (one line per model)",
 			 who, a.model);
 		return -EINVAL;
 	}
 	if (c->n_allow == LBD_MAX_ALLOW_MODELS) {
-		lbp_errf(err, errlen, "%s: more than %u models with an allow-list", who,
+		lbu_errf(err, errlen, "%s: more than %u models with an allow-list", who,
 			 LBD_MAX_ALLOW_MODELS);
 		return -EINVAL;
 	}
@@ -476,10 +411,10 @@ static int set_staging_max(struct lbd_config *c, const char *v, const char *who,
 			   size_t errlen)
 {
 	uint64_t size;
-	int rc = lbd_parse_size(v, &size);
+	int rc = lbu_parse_size(v, &size);
 
 	if (rc < 0 || size < 4096 || size > LBD_MAX_STAGING_MAX || size % 4096) {
-		lbp_errf(err, errlen, "%s: '%s' is not a multiple of 4096 from 4096 to 4G", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not a multiple of 4096 from 4096 to 4G", who, v);
 		return -EINVAL;
 	}
 	c->client_staging_max = size;
@@ -490,10 +425,10 @@ static int set_insert_bytes(struct lbd_config *c, const char *v, const char *who
 			    size_t errlen)
 {
 	uint64_t size;
-	int rc = lbd_parse_size(v, &size);
+	int rc = lbu_parse_size(v, &size);
 
 	if (rc < 0 || size > LBD_MAX_ARENA_SIZE) {
-		lbp_errf(err, errlen, "%s: '%s' is not a size up to 1T (0: no limit)", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not a size up to 1T (0: no limit)", who, v);
 		return -EINVAL;
 	}
 	c->client_insert_bytes = size;
@@ -514,14 +449,14 @@ static int set_snapshot(struct lbd_config *c, const char *v, const char *who, ch
 		return 0;
 	}
 	if (len == 0 || v[len - 1] == '/') {
-		lbp_errf(err, errlen, "%s: '%s' is not a file path (or 'none')", who, v);
+		lbu_errf(err, errlen, "%s: '%s' is not a file path (or 'none')", who, v);
 		return -EINVAL;
 	}
 	if (v[0] == '/') {
 		n = snprintf(path, sizeof(path), "%s", v);
 	} else {
 		if (!getcwd(cwd, sizeof(cwd))) {
-			lbp_errf(err, errlen, "%s: '%s' is relative and the working folder is unknown: %s",
+			lbu_errf(err, errlen, "%s: '%s' is relative and the working folder is unknown: %s",
 				 who, v, strerror(errno));
 			return -EINVAL;
 		}
@@ -529,7 +464,7 @@ static int set_snapshot(struct lbd_config *c, const char *v, const char *who, ch
 	}
 	/* Room for the ".tmp" the writer appends. */
 	if (n < 0 || (size_t)n + 4 >= sizeof(c->snapshot_path)) {
-		lbp_errf(err, errlen, "%s: path longer than %zu bytes: '%s'", who,
+		lbu_errf(err, errlen, "%s: path longer than %zu bytes: '%s'", who,
 			 sizeof(c->snapshot_path) - 5, v);
 		return -EINVAL;
 	}
@@ -713,7 +648,7 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 			continue;
 		char *eq = strchr(line, '=');
 		if (!eq) {
-			lbp_errf(err, errlen, "%s:%u: '%s' has no '=' (lines are 'key = value')", path,
+			lbu_errf(err, errlen, "%s:%u: '%s' has no '=' (lines are 'key = value')", path,
 				lineno, line);
 			return -EINVAL;
 		}
@@ -730,19 +665,19 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 				if (w > 0 && (size_t)w < sizeof(list) - used)
 					used += (size_t)w;
 			}
-			lbp_errf(err, errlen, "%s:%u: unknown key '%s' (keys: %s)", path, lineno, name,
+			lbu_errf(err, errlen, "%s:%u: unknown key '%s' (keys: %s)", path, lineno, name,
 				list);
 			return -EINVAL;
 		}
 		size_t ki = (size_t)(k - keys);
 		if (first_line[ki] && !KEY_REPEATS(k)) {
-			lbp_errf(err, errlen, "%s:%u: %s: set again (first on line %u)", path, lineno,
+			lbu_errf(err, errlen, "%s:%u: %s: set again (first on line %u)", path, lineno,
 				name, first_line[ki]);
 			return -EINVAL;
 		}
 		first_line[ki] = lineno;
 		if (*value == '\0') {
-			lbp_errf(err, errlen, "%s:%u: %s: empty value (expected %s)", path, lineno, name,
+			lbu_errf(err, errlen, "%s:%u: %s: empty value (expected %s)", path, lineno, name,
 				k->what);
 			return -EINVAL;
 		}
@@ -754,14 +689,14 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 	}
 	switch (n) {
 	case LINE_LONG:
-		lbp_errf(err, errlen, "%s:%u: line longer than %d bytes", path, lineno + 1,
+		lbu_errf(err, errlen, "%s:%u: line longer than %d bytes", path, lineno + 1,
 			LBD_CONFIG_LINE_MAX);
 		return -EINVAL;
 	case LINE_NUL:
-		lbp_errf(err, errlen, "%s:%u: NUL byte in the line", path, lineno + 1);
+		lbu_errf(err, errlen, "%s:%u: NUL byte in the line", path, lineno + 1);
 		return -EINVAL;
 	case LINE_IOERR:
-		lbp_errf(err, errlen, "%s: %s", path, strerror(ioerr));
+		lbu_errf(err, errlen, "%s: %s", path, strerror(ioerr));
 		return -ioerr;
 	default:
 		return 0;
@@ -778,7 +713,7 @@ int lbd_config_load_file(struct lbd_config *c, const char *path, char *err, size
 	f = fopen(path, "re");
 	if (!f) {
 		rc = -errno;
-		lbp_errf(err, errlen, "%s: %s", path, strerror(-rc));
+		lbu_errf(err, errlen, "%s: %s", path, strerror(-rc));
 		return rc;
 	}
 	errno = 0; /* getc may fail without setting it */
@@ -797,9 +732,9 @@ int lbd_config_set(struct lbd_config *c, const char *key, const char *value, con
 	if (!who)
 		who = key;
 	if (!k)
-		return lbp_fail(err, errlen, -ENOENT, "unknown key '%s'", key);
+		return lbu_fail(err, errlen, -ENOENT, "unknown key '%s'", key);
 	if (*value == '\0')
-		return lbp_fail(err, errlen, -EINVAL, "%s: empty value (expected %s)", who, k->what);
+		return lbu_fail(err, errlen, -EINVAL, "%s: empty value (expected %s)", who, k->what);
 	return k->set(c, value, who, err, errlen) < 0 ? -EINVAL : 0;
 }
 
@@ -821,7 +756,7 @@ static bool ambiguous(const char *name, size_t len, char *err, size_t errlen)
 	}
 	if (hits < 2)
 		return false;
-	lbp_errf(err, errlen, "option '--%.*s' is ambiguous: %s", (int)len, name, list);
+	lbu_errf(err, errlen, "option '--%.*s' is ambiguous: %s", (int)len, name, list);
 	return true;
 }
 
@@ -835,24 +770,24 @@ static void bad_option(const char *arg, int ret, char *err, size_t errlen)
 
 	if (ret == ':') {
 		if (optopt == 'c')
-			lbp_errf(err, errlen, "--config: missing value (a file)");
+			lbu_errf(err, errlen, "--config: missing value (a file)");
 		else if ((k = key_by_val(optopt)))
-			lbp_errf(err, errlen, "--%s: missing value (%s)", k->name, k->what);
+			lbu_errf(err, errlen, "--%s: missing value (%s)", k->name, k->what);
 		else
-			lbp_errf(err, errlen, "'%s': missing value", arg);
+			lbu_errf(err, errlen, "'%s': missing value", arg);
 		return;
 	}
 	if (strncmp(arg, "--", 2) == 0) {
 		size_t namelen = strcspn(arg, "=");
 		/* glibc sets optopt to the option's value for "--foreground=yes". */
 		if (optopt != 0 && arg[namelen] == '=')
-			lbp_errf(err, errlen, "%.*s: takes no value, got '%s'", (int)namelen, arg,
+			lbu_errf(err, errlen, "%.*s: takes no value, got '%s'", (int)namelen, arg,
 				arg + namelen + 1);
 		else if (!ambiguous(arg + 2, namelen - 2, err, errlen))
-			lbp_errf(err, errlen, "unknown option '%.*s' (see --help)", (int)namelen, arg);
+			lbu_errf(err, errlen, "unknown option '%.*s' (see --help)", (int)namelen, arg);
 		return;
 	}
-	lbp_errf(err, errlen, "unknown option '-%c' (see --help)", optopt);
+	lbu_errf(err, errlen, "unknown option '-%c' (see --help)", optopt);
 }
 
 /*
@@ -884,12 +819,12 @@ static int scan_args(int argc, char **argv, const char **config, char *err, size
 			return 1;
 		case 'c':
 			if (*config) {
-				lbp_errf(err, errlen, "--config: given twice ('%s' and '%s')", *config,
+				lbu_errf(err, errlen, "--config: given twice ('%s' and '%s')", *config,
 					optarg);
 				return -EINVAL;
 			}
 			if (*optarg == '\0') {
-				lbp_errf(err, errlen, "--config: the file name is empty");
+				lbu_errf(err, errlen, "--config: the file name is empty");
 				return -EINVAL;
 			}
 			*config = optarg;
@@ -899,7 +834,7 @@ static int scan_args(int argc, char **argv, const char **config, char *err, size
 		}
 	}
 	if (optind < argc) {
-		lbp_errf(err, errlen, "unexpected argument '%s' (layerbankd takes only options)",
+		lbu_errf(err, errlen, "unexpected argument '%s' (layerbankd takes only options)",
 			argv[optind]);
 		return -EINVAL;
 	}
@@ -954,9 +889,9 @@ void lbd_config_usage(FILE *out)
 {
 	char size[32], max[32], staging[32];
 
-	lbd_format_size(size, sizeof(size), LBD_DEFAULT_ARENA_SIZE);
-	lbd_format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
-	lbd_format_size(staging, sizeof(staging), LBD_DEFAULT_STAGING_MAX);
+	lbu_format_size(size, sizeof(size), LBD_DEFAULT_ARENA_SIZE);
+	lbu_format_size(max, sizeof(max), LBD_MAX_ARENA_SIZE);
+	lbu_format_size(staging, sizeof(staging), LBD_DEFAULT_STAGING_MAX);
 	fprintf(out,
 		"Usage: layerbankd [OPTION]...\n"
 		"Hold transformer layer activations in a shared-memory arena for local clients.\n"

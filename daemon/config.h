@@ -70,11 +70,6 @@ struct lbd_config {
 
 void lbd_config_defaults(struct lbd_config *c);
 
-/* Parse "64M", "1G", "4096", "512k", "2GiB" (binary multiples). @return 0 or -EINVAL/-ERANGE. */
-int lbd_parse_size(const char *s, uint64_t *out);
-/* The other way: "1G" for 1 << 30, "1536M", "4095": the largest suffix that divides exactly. */
-void lbd_format_size(char *buf, size_t n, uint64_t v);
-
 /*
  * Set one key (a config-file key: "budget", "spin-us") from its text, with the config file's
  * checker and message ("budget: '12Q' is not a size ..."; who, when not NULL, replaces the key

@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "errf.h"
+#include "size.h"
 
 #define NS_PER_S 1000000000ull
 #define TAU_PREFIX "tau."
@@ -74,7 +75,7 @@ static void gvalue(const struct lbd_runtime *rt, int g, char *buf, size_t n)
 		/* The budget in effect: 0 and sizes above the arenas' data areas read back as those. */
 		memset(&st, 0, sizeof(st));
 		lbd_store_stats(rt->store, &st);
-		lbd_format_size(buf, n, st.bytes_budget);
+		lbu_format_size(buf, n, st.bytes_budget);
 		return;
 	case G_POLICY:
 		snprintf(buf, n, "%s", lbd_policy_name(c.policy));
@@ -117,24 +118,24 @@ static int parse_layer_key(const struct lbd_runtime *rt, const char *key, uint32
 	uint32_t l = 0;
 
 	if (!dot || dot == name || !dot[1])
-		return lbp_fail(err, errlen, -ENOENT, "'%s' is not tau.MODEL.LAYER", key);
+		return lbu_fail(err, errlen, -ENOENT, "'%s' is not tau.MODEL.LAYER", key);
 	for (const char *p = dot + 1; *p; p++) {
 		if (*p < '0' || *p > '9' || l >= LBP_MAX_LAYERS)
-			return lbp_fail(err, errlen, -ENOENT, "'%s': '%s' is not a layer number", key,
+			return lbu_fail(err, errlen, -ENOENT, "'%s': '%s' is not a layer number", key,
 					dot + 1);
 		l = l * 10 + (uint32_t)(*p - '0');
 	}
 	*model_id = model_by_name(rt->models, name, (size_t)(dot - name));
 	if (!*model_id)
-		return lbp_fail(err, errlen, -ENOENT, "'%s': no model named '%.*s'", key,
+		return lbu_fail(err, errlen, -ENOENT, "'%s': no model named '%.*s'", key,
 				(int)(dot - name), name);
 	double tau[1];
 	int n = lbd_store_layer_taus(rt->store, *model_id, tau, 0);
 	if (n < 0)
-		return lbp_fail(err, errlen, -ENOENT, "'%s': model '%.*s' has no bank", key,
+		return lbu_fail(err, errlen, -ENOENT, "'%s': model '%.*s' has no bank", key,
 				(int)(dot - name), name);
 	if (l >= (uint32_t)n)
-		return lbp_fail(err, errlen, -ENOENT, "'%s': model '%.*s' has layers 0..%d", key,
+		return lbu_fail(err, errlen, -ENOENT, "'%s': model '%.*s' has layers 0..%d", key,
 				(int)(dot - name), name, n - 1);
 	*layer = l;
 	return 0;
@@ -182,7 +183,7 @@ static void emit_layers(const struct lbd_runtime *rt, struct lister *ls, uint32_
 
 static int unknown(const char *key, char *err, size_t errlen)
 {
-	return lbp_fail(err, errlen, -ENOENT,
+	return lbu_fail(err, errlen, -ENOENT,
 			"unknown setting '%s' (settings: tau, tau.MODEL.LAYER, budget, policy, "
 			"spin-us, ttl, half-life, drift-max)", key);
 }
@@ -258,7 +259,7 @@ int lbd_runtime_set(const struct lbd_runtime *rt, const char *key, const char *v
 		}
 		ret = lbd_store_set_layer_tau(rt->store, id, layer, tau);
 		if (ret < 0)
-			return lbp_fail(err, errlen, -ENOENT, "'%s': no such layer", key);
+			return lbu_fail(err, errlen, -ENOENT, "'%s': no such layer", key);
 	} else {
 		current(rt, &c, &sc);
 		ret = lbd_config_set(&c, gnames[g], value, NULL, err, errlen);
@@ -279,7 +280,7 @@ int lbd_runtime_set(const struct lbd_runtime *rt, const char *key, const char *v
 	}
 	ret = lbd_runtime_get(rt, key, 0, &one, err, errlen);
 	if (ret < 0 || one.n != 1)
-		return ret < 0 ? ret : lbp_fail(err, errlen, -ENOENT, "'%s' vanished", key);
+		return ret < 0 ? ret : lbu_fail(err, errlen, -ENOENT, "'%s' vanished", key);
 	*now = one.items[0];
 	return 0;
 }

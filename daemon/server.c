@@ -502,7 +502,7 @@ static void on_config_set(struct lbd_conn *c, const struct lbp_config_set *set)
 	}
 	r->total = r->n = 1;
 	lbd_info("client %" PRIu64 " (pid %d uid %u): CONFIG_SET %s = %s", c->client_id,
-		 (int)c->cred.pid, (unsigned)c->cred.uid, lbp_printable(r->items[0].key, key, sizeof(key)),
+		 (int)c->cred.pid, (unsigned)c->cred.uid, lbu_printable(r->items[0].key, key, sizeof(key)),
 		 r->items[0].value);
 	if (evicted)
 		lbd_info("budget lowered to %s: %" PRIu64 " entries evicted", r->items[0].value, evicted);

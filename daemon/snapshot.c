@@ -421,14 +421,14 @@ int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_
 	int ret;
 
 	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
-		return lbp_fail(err, errlen, -ENAMETOOLONG, "snapshot not written: path too long (%s)", path);
+		return lbu_fail(err, errlen, -ENAMETOOLONG, "snapshot not written: path too long (%s)", path);
 	/* Model records in registry order, retired models (empty names) left out. */
 	rec_of[0] = -1;
 	for (uint32_t i = 0; i < LBD_MAX_MODELS; i++)
 		rec_of[i + 1] = i < m->count && m->desc[i].name[0] ? (int32_t)n_models++ : -1;
 	ret = lbd_store_hold_all(st, &held, &items, &n_items);
 	if (ret < 0)
-		return lbp_fail(err, errlen, ret, "snapshot not written: cannot hold the entries: %s (%s)",
+		return lbu_fail(err, errlen, ret, "snapshot not written: cannot hold the entries: %s (%s)",
 				strerror(-ret), path);
 	/* The layout is known before the first byte: the header can say how long the file is. */
 	file_bytes = LBD_SNAP_HDR_SIZE + (uint64_t)n_models * LBD_SNAP_MODEL_SIZE;
@@ -529,10 +529,10 @@ int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_
 		out->ms = ms_since(t0);
 	}
 	if (ret < 0)
-		lbp_errf(err, errlen, "snapshot %s: written, but fsync of its folder failed: %s", path,
+		lbu_errf(err, errlen, "snapshot %s: written, but fsync of its folder failed: %s", path,
 			 strerror(-ret));
 	else
-		lbp_errf(err, errlen, "%s", "");
+		lbu_errf(err, errlen, "%s", "");
 	return 0;
 
 fail:
@@ -545,7 +545,7 @@ fail:
 	lbd_leases_free(&held);
 	free(items);
 	/* The reason first: a long path cut off at the end of an ERROR message loses less. */
-	return lbp_fail(err, errlen, ret, "snapshot not written: %s (%s %s)", strerror(-ret), step,
+	return lbu_fail(err, errlen, ret, "snapshot not written: %s (%s %s)", strerror(-ret), step,
 			strcmp(step, "buffers") == 0 ? path : tmp);
 }
 
@@ -572,9 +572,9 @@ static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *er
 	size_t name_len = strnlen((const char *)r + SM_NAME, NAME_FIELD);
 
 	if (!sealed(r))
-		return lbp_fail(err, errlen, -EBADMSG, "model record %u: checksum mismatch", i);
+		return lbu_fail(err, errlen, -EBADMSG, "model record %u: checksum mismatch", i);
 	if (name_len == 0 || name_len > LBP_MAX_NAME || !zero(r + SM_NAME + name_len, NAME_FIELD - name_len))
-		return lbp_fail(err, errlen, -EBADMSG, "model record %u: name not 1..%u bytes padded with NULs",
+		return lbu_fail(err, errlen, -EBADMSG, "model record %u: name not 1..%u bytes padded with NULs",
 				i, LBP_MAX_NAME);
 	memset(lm, 0, sizeof(*lm));
 	memcpy(d->name, r + SM_NAME, name_len);
@@ -597,7 +597,7 @@ static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *er
 			  : !zero(r + SM_RESERVED, 8)                    ? "reserved"
 									 : NULL;
 	if (bad)
-		return lbp_fail(err, errlen, -EBADMSG, "model record %u ('%s'): %s out of range", i,
+		return lbu_fail(err, errlen, -EBADMSG, "model record %u ('%s'): %s out of range", i,
 				d->name, bad);
 	return 0;
 }
@@ -612,10 +612,10 @@ static int check_entry(const uint8_t *img, size_t len, uint64_t off, uint64_t k,
 	uint64_t elems = 1;
 
 	if (len - off < LBD_SNAP_ENTRY_SIZE)
-		return lbp_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
+		return lbu_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
 				"): %zu bytes left for its 128-byte record", k, off, (size_t)(len - off));
 	if (!sealed(r))
-		return lbp_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
 				"): record checksum mismatch", k, off);
 	memset(e, 0, sizeof(*e));
 	e->off = off;
@@ -666,18 +666,18 @@ static int check_entry(const uint8_t *img, size_t len, uint64_t off, uint64_t k,
 	if (!bad && !(isfinite(it->score) && it->score >= 0))
 		bad = "score";
 	if (bad)
-		return lbp_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64 "): %s out of range",
+		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64 "): %s out of range",
 				k, off, bad);
 	uint64_t left = len - off - LBD_SNAP_ENTRY_SIZE;
 	if (it->bytes > left || pad(it->bytes) > left)
-		return lbp_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
+		return lbu_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
 				"): %" PRIu64 " data bytes, %" PRIu64 " left", k, off, it->bytes, left);
 	it->data = r + LBD_SNAP_ENTRY_SIZE;
 	if (XXH3_64bits(it->data, it->bytes) != it->checksum)
-		return lbp_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
 				"): data checksum mismatch", k, off);
 	if (!zero(it->data + it->bytes, pad(it->bytes) - it->bytes))
-		return lbp_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
 				"): padding not zero", k, off);
 	return 0;
 }
@@ -715,10 +715,10 @@ static int check_inputs(struct lentry **by, uint64_t n, char *err, size_t errlen
 		if (p->model != e->model || memcmp(p->it.exact, e->it.exact, sizeof(e->it.exact)))
 			continue;
 		if (p->it.layer == e->it.layer)
-			return lbp_fail(err, errlen, -EBADMSG, "entries at offsets %" PRIu64 " and %" PRIu64
+			return lbu_fail(err, errlen, -EBADMSG, "entries at offsets %" PRIu64 " and %" PRIu64
 					": the same input and layer twice", p->off, e->off);
 		if (p->it.seq_len != e->it.seq_len || memcmp(p->it.fp, e->it.fp, sizeof(e->it.fp)))
-			return lbp_fail(err, errlen, -EBADMSG, "entries at offsets %" PRIu64 " and %" PRIu64
+			return lbu_fail(err, errlen, -EBADMSG, "entries at offsets %" PRIu64 " and %" PRIu64
 					": one input with two lengths or fingerprints", p->off, e->off);
 	}
 	return 0;
@@ -729,27 +729,27 @@ static int check_head(const uint8_t *img, size_t len, uint32_t *n_models, uint64
 		      uint64_t *data_bytes, uint64_t *written_s, char *err, size_t errlen)
 {
 	if (len < LBD_SNAP_HDR_SIZE)
-		return lbp_fail(err, errlen, -EBADMSG, "truncated: %zu bytes, shorter than the %u-byte header",
+		return lbu_fail(err, errlen, -EBADMSG, "truncated: %zu bytes, shorter than the %u-byte header",
 				len, LBD_SNAP_HDR_SIZE);
 	if (memcmp(img + SH_MAGIC, LBD_SNAP_MAGIC, 8) != 0)
-		return lbp_fail(err, errlen, -EBADMSG, "not a layerbank snapshot (no %s magic)", LBD_SNAP_MAGIC);
+		return lbu_fail(err, errlen, -EBADMSG, "not a layerbank snapshot (no %s magic)", LBD_SNAP_MAGIC);
 	/* The version before the checksum: another version may lay its header out otherwise. */
 	uint32_t version = get32(img + SH_VERSION);
 	if (version != LBD_SNAP_VERSION)
-		return lbp_fail(err, errlen, -EPROTO, "format version %u, this daemon reads version %u",
+		return lbu_fail(err, errlen, -EPROTO, "format version %u, this daemon reads version %u",
 				version, LBD_SNAP_VERSION);
 	if (!sealed(img))
-		return lbp_fail(err, errlen, -EBADMSG, "header checksum mismatch");
+		return lbu_fail(err, errlen, -EBADMSG, "header checksum mismatch");
 	uint32_t abi = get32(img + SH_SHM_ABI);
 	if (abi != LB_SHM_ABI_VERSION)
-		return lbp_fail(err, errlen, -EPROTO, "written by a daemon of arena ABI %u, this one has ABI %u",
+		return lbu_fail(err, errlen, -EPROTO, "written by a daemon of arena ABI %u, this one has ABI %u",
 				abi, LB_SHM_ABI_VERSION);
 	if (get32(img + SH_HDR_SIZE) != LBD_SNAP_HDR_SIZE || get32(img + SH_MODEL_SIZE) != LBD_SNAP_MODEL_SIZE ||
 	    get32(img + SH_ENTRY_SIZE) != LBD_SNAP_ENTRY_SIZE || !zero(img + SH_RESERVED, REC_SUM - SH_RESERVED))
-		return lbp_fail(err, errlen, -EBADMSG, "header: record sizes not 128, or reserved bytes not zero");
+		return lbu_fail(err, errlen, -EBADMSG, "header: record sizes not 128, or reserved bytes not zero");
 	uint64_t file_bytes = get64(img + SH_FILE_BYTES);
 	if (file_bytes != len)
-		return lbp_fail(err, errlen, -EBADMSG, "%s: %zu bytes, the header says %" PRIu64,
+		return lbu_fail(err, errlen, -EBADMSG, "%s: %zu bytes, the header says %" PRIu64,
 				len < file_bytes ? "truncated" : "bytes past the end", len, file_bytes);
 	*n_models = get32(img + SH_N_MODELS);
 	*n_entries = get64(img + SH_N_ENTRIES);
@@ -757,10 +757,10 @@ static int check_head(const uint8_t *img, size_t len, uint32_t *n_models, uint64
 	*written_s = get64(img + SH_WRITTEN_S);
 	/* Counts capped by what the file can hold, before anything is allocated from them. */
 	if (*n_models > LBD_MAX_MODELS)
-		return lbp_fail(err, errlen, -EBADMSG, "header: %u models, at most %u", *n_models, LBD_MAX_MODELS);
+		return lbu_fail(err, errlen, -EBADMSG, "header: %u models, at most %u", *n_models, LBD_MAX_MODELS);
 	uint64_t head = LBD_SNAP_HDR_SIZE + (uint64_t)*n_models * LBD_SNAP_MODEL_SIZE;
 	if (head > len || *n_entries > (len - head) / LBD_SNAP_ENTRY_SIZE)
-		return lbp_fail(err, errlen, -EBADMSG, "header: %u models and %" PRIu64
+		return lbu_fail(err, errlen, -EBADMSG, "header: %u models and %" PRIu64
 				" entries do not fit in %zu bytes", *n_models, *n_entries, len);
 	return 0;
 }
@@ -809,7 +809,7 @@ int lbd_snapshot_load_mem(const void *buf, size_t len, struct lbd_models *m, str
 	int ret;
 
 	if (!img && len)
-		return lbp_fail(err, errlen, -EBADMSG, "no image");
+		return lbu_fail(err, errlen, -EBADMSG, "no image");
 	ret = check_head(img, len, &n_models, &n_entries, &data_bytes, &written_s, err, errlen);
 	if (ret < 0)
 		return ret;
@@ -817,7 +817,7 @@ int lbd_snapshot_load_mem(const void *buf, size_t len, struct lbd_models *m, str
 	ents = calloc(n_entries ? n_entries : 1, sizeof(*ents));
 	by = calloc(n_entries ? n_entries : 1, sizeof(*by));
 	if (!models || !ents || !by) {
-		ret = lbp_fail(err, errlen, -ENOMEM, "out of memory for %" PRIu64 " entries", n_entries);
+		ret = lbu_fail(err, errlen, -ENOMEM, "out of memory for %" PRIu64 " entries", n_entries);
 		goto out;
 	}
 	for (uint32_t i = 0; i < n_models; i++) {
@@ -827,7 +827,7 @@ int lbd_snapshot_load_mem(const void *buf, size_t len, struct lbd_models *m, str
 			goto out;
 		for (uint32_t j = 0; j < i; j++)
 			if (strcmp(models[j].d.name, models[i].d.name) == 0) {
-				ret = lbp_fail(err, errlen, -EBADMSG, "model records %u and %u: both '%s'", j,
+				ret = lbu_fail(err, errlen, -EBADMSG, "model records %u and %u: both '%s'", j,
 					       i, models[i].d.name);
 				goto out;
 			}
@@ -843,18 +843,18 @@ int lbd_snapshot_load_mem(const void *buf, size_t len, struct lbd_models *m, str
 		by[k] = &ents[k];
 	}
 	if (off != len) {
-		ret = lbp_fail(err, errlen, -EBADMSG, "%zu bytes after the last entry (offset %" PRIu64 ")",
+		ret = lbu_fail(err, errlen, -EBADMSG, "%zu bytes after the last entry (offset %" PRIu64 ")",
 			       (size_t)(len - off), off);
 		goto out;
 	}
 	if (sum != data_bytes) {
-		ret = lbp_fail(err, errlen, -EBADMSG, "the entries hold %" PRIu64 " data bytes, the header says %"
+		ret = lbu_fail(err, errlen, -EBADMSG, "the entries hold %" PRIu64 " data bytes, the header says %"
 			       PRIu64, sum, data_bytes);
 		goto out;
 	}
 	for (uint32_t i = 0; i < n_models; i++)
 		if (models[i].seen != models[i].n_entries) {
-			ret = lbp_fail(err, errlen, -EBADMSG, "model record %u ('%s'): %" PRIu64
+			ret = lbu_fail(err, errlen, -EBADMSG, "model record %u ('%s'): %" PRIu64
 				       " entries, the file has %" PRIu64, i, models[i].d.name,
 				       models[i].n_entries, models[i].seen);
 			goto out;
@@ -876,7 +876,7 @@ int lbd_snapshot_load_mem(const void *buf, size_t len, struct lbd_models *m, str
 	res.ms = ms_since(t0);
 	if (out)
 		*out = res;
-	lbp_errf(err, errlen, "%s", "");
+	lbu_errf(err, errlen, "%s", "");
 out:
 	free(models);
 	free(ents);
@@ -897,16 +897,16 @@ int lbd_snapshot_load(const char *path, struct lbd_models *m, struct lbd_store *
 		ret = -errno;
 		if (ret == -ENOENT)
 			return ret;
-		return lbp_fail(err, errlen, ret, "%s", strerror(-ret));
+		return lbu_fail(err, errlen, ret, "%s", strerror(-ret));
 	}
 	if (fstat(fd, &sb) < 0) {
 		ret = -errno;
 		close(fd);
-		return lbp_fail(err, errlen, ret, "fstat: %s", strerror(-ret));
+		return lbu_fail(err, errlen, ret, "fstat: %s", strerror(-ret));
 	}
 	if (!S_ISREG(sb.st_mode)) {
 		close(fd);
-		return lbp_fail(err, errlen, -EINVAL, "not a regular file");
+		return lbu_fail(err, errlen, -EINVAL, "not a regular file");
 	}
 	/* Mapped, not read: a large snapshot needs no second copy of itself in memory. The
 	 * daemon replaces the file by rename, never truncates it, so the mapping stays whole. */
@@ -915,7 +915,7 @@ int lbd_snapshot_load(const char *path, struct lbd_models *m, struct lbd_store *
 		if (img == MAP_FAILED) {
 			ret = -errno;
 			close(fd);
-			return lbp_fail(err, errlen, ret, "mmap: %s", strerror(-ret));
+			return lbu_fail(err, errlen, ret, "mmap: %s", strerror(-ret));
 		}
 	}
 	close(fd);

@@ -16,6 +16,7 @@
 #include "layerbank/layerbank.h"
 #include "fingerprint_internal.h"
 #include "lbp.h"
+#include "rng.h"
 
 #define LB_EXPORT __attribute__((visibility("default")))
 
@@ -55,16 +56,6 @@ struct lb_fp_proj {
 	uint8_t *cols;
 };
 
-/* Vigna's splitmix64: the PRNG named by PROTOCOL.md. */
-static uint64_t splitmix64(uint64_t *state)
-{
-	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 LB_EXPORT struct lb_fp_proj *lb_fp_proj_new(uint32_t dim, uint32_t chunks, uint64_t seed,
 					    const float *center)
 {
@@ -98,7 +89,7 @@ LB_EXPORT struct lb_fp_proj *lb_fp_proj_new(uint32_t dim, uint32_t chunks, uint6
 	}
 	for (size_t i = 0; i < LB_FP_BITS; i++) {
 		for (uint32_t w = 0; w < p->row_words; w++) {
-			uint64_t x = splitmix64(&state);
+			uint64_t x = lbu_splitmix64(&state);
 
 			if (w == p->row_words - 1 && p->elems % 64)
 				x &= (1ull << (p->elems % 64)) - 1;

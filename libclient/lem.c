@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "client_internal.h"
+#include "rng.h"
 
 #define LEM_MAX_LAYERS 1024u
 #define LEM_MAX_HIDDEN 65536u
@@ -35,14 +36,6 @@ static int gone(int err)
 {
 	return err == -ETIMEDOUT || err == -EPIPE || err == -ECONNRESET || err == -ENOTCONN ||
 	       err == -EPROTO;
-}
-
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
 }
 
 /* 1 - cosine(a, b) in double, clamped to >= 0; 0 when both are zero vectors. */
@@ -181,7 +174,7 @@ LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, cons
 	}
 	if (have_hit && m.c && cfg->revalidate > 0) {
 		uint64_t s = cfg->seed ^ m.key.exact[0] ^ (hit.lease * 0x9e3779b97f4a7c15ull);
-		double u = (double)(splitmix64(&s) >> 11) * 0x1.0p-53;
+		double u = (double)(lbu_splitmix64(&s) >> 11) * 0x1.0p-53;
 		if (u < cfg->revalidate) {
 			rc = revalidate(&m, &hit, h, n, compute, ctx);
 			if (rc < 0) {

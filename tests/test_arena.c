@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "arena.h"
+#include "io.h"
 #include "lbp.h"
 #include "log.h"
 #include "testutil.h"
@@ -504,7 +505,7 @@ static void test_huge_require_creates_2m_arena(void **state)
 	check_header(&a, -1, 2);
 	/* Prefaulted: the pages left the free pool, and none is merely reserved. */
 	assert_int_equal(before - lbt_hugepages_free(), 4);
-	assert_int_equal(lbt_meminfo("HugePages_Rsvd"), 0);
+	assert_int_equal(lbu_meminfo("HugePages_Rsvd"), 0);
 	assert_int_equal(fcntl(a.fd, F_GET_SEALS) & ARENA_SEALS, ARENA_SEALS);
 	lbd_arena_destroy(&a);
 	assert_int_equal(lbt_hugepages_free(), before);

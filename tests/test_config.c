@@ -1,5 +1,5 @@
 /* Tests for daemon/config.c: defaults, every option good and bad, the config file and its
- * FILE:LINE errors, the command line winning over the file, and lbd_parse_size. */
+ * FILE:LINE errors, the command line winning over the file, and lbu_parse_size. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "size.h"
 #include "testutil.h"
 
 #define MAX_ARGS 32
@@ -907,14 +908,14 @@ static void test_parse_size_table(void **state)
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		uint64_t v = 12345;
-		int rc = lbd_parse_size(cases[i].s, &v);
+		int rc = lbu_parse_size(cases[i].s, &v);
 		if (rc != cases[i].rc)
-			fail_msg("lbd_parse_size(\"%s\") = %d, want %d", cases[i].s, rc, cases[i].rc);
+			fail_msg("lbu_parse_size(\"%s\") = %d, want %d", cases[i].s, rc, cases[i].rc);
 		if (rc == 0 && v != cases[i].v)
-			fail_msg("lbd_parse_size(\"%s\") gave %llu, want %llu", cases[i].s,
+			fail_msg("lbu_parse_size(\"%s\") gave %llu, want %llu", cases[i].s,
 				 (unsigned long long)v, (unsigned long long)cases[i].v);
 		if (rc != 0 && v != 12345)
-			fail_msg("lbd_parse_size(\"%s\") wrote *out on failure", cases[i].s);
+			fail_msg("lbu_parse_size(\"%s\") wrote *out on failure", cases[i].s);
 	}
 }
 

@@ -23,19 +23,11 @@
 #include "layerbank/layerbank.h"
 #include "testutil.h"
 #include "../libclient/fingerprint_internal.h"
+#include "rng.h"
 
 #define WORDS (LB_FP_BITS / 64)
 
 /* ---- helpers ---- */
-
-static uint64_t splitmix64(uint64_t *state)
-{
-	uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
 
 /* 2^e as a double (-1022 <= e <= 1023), without libm. */
 static double pow2(int e)
@@ -65,7 +57,7 @@ static uint64_t rng_state = 0x5eed;
 
 static uint64_t rnd(void)
 {
-	return splitmix64(&rng_state);
+	return lbu_splitmix64(&rng_state);
 }
 
 /* Uniform in [-1, 1). */
@@ -195,7 +187,7 @@ static void ref_fingerprint(uint32_t dim, uint32_t k, uint64_t seed, const float
 		int64_t dot = 0;
 
 		for (size_t w = 0; w < words; w++) {
-			uint64_t x = splitmix64(&state);
+			uint64_t x = lbu_splitmix64(&state);
 
 			for (size_t b = 0; b < 64 && w * 64 + b < elems; b++)
 				dot += ((x >> b) & 1) ? q[w * 64 + b] : -(int64_t)q[w * 64 + b];
@@ -255,9 +247,9 @@ static void test_splitmix64_check_values(void **state)
 	uint64_t s0 = 0, s1 = 0x0123456789abcdefull;
 
 	(void)state;
-	assert_int_equal(splitmix64(&s0), 0xe220a8397b1dcdafull);
-	assert_int_equal(splitmix64(&s1), 0x157a3807a48faa9dull);
-	assert_int_equal(splitmix64(&s1), 0xd573529b34a1d093ull);
+	assert_int_equal(lbu_splitmix64(&s0), 0xe220a8397b1dcdafull);
+	assert_int_equal(lbu_splitmix64(&s1), 0x157a3807a48faa9dull);
+	assert_int_equal(lbu_splitmix64(&s1), 0xd573529b34a1d093ull);
 }
 
 /* PROTOCOL.md "Fingerprint", test vectors 1 and 2: the spec and the code must agree. */

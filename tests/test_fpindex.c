@@ -13,26 +13,19 @@
 
 #include "exactmap.h"
 #include "fpindex.h"
+#include "rng.h"
 
 #define NONE UINT32_MAX
 
-static uint64_t splitmix(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 static uint32_t below(uint64_t *s, uint32_t n)
 {
-	return (uint32_t)(splitmix(s) % n);
+	return (uint32_t)(lbu_splitmix64(s) % n);
 }
 
 static void rand_fp(uint64_t *s, uint64_t fp[LBD_FP_WORDS])
 {
 	for (int i = 0; i < LBD_FP_WORDS; i++)
-		fp[i] = splitmix(s);
+		fp[i] = lbu_splitmix64(s);
 }
 
 /* out = in with exactly k distinct random bits flipped. */
@@ -582,20 +575,20 @@ static void test_exactmap_growth(void **state)
 	assert_non_null(m);
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t s = 1000 + i;
-		key[0] = splitmix(&s);
-		key[1] = splitmix(&s);
+		key[0] = lbu_splitmix64(&s);
+		key[1] = lbu_splitmix64(&s);
 		assert_int_equal(lbd_exactmap_insert(m, key, i), 0);
 	}
 	assert_int_equal(lbd_exactmap_count(m), n);
 	for (uint32_t i = 0; i < n; i++) {
 		uint64_t s = 1000 + i;
-		key[0] = splitmix(&s);
-		key[1] = splitmix(&s);
+		key[0] = lbu_splitmix64(&s);
+		key[1] = lbu_splitmix64(&s);
 		assert_int_equal(lbd_exactmap_find(m, key, &id), 0);
 		assert_int_equal(id, i);
 	}
-	key[0] = splitmix(&rng);
-	key[1] = splitmix(&rng);
+	key[0] = lbu_splitmix64(&rng);
+	key[1] = lbu_splitmix64(&rng);
 	assert_int_equal(lbd_exactmap_find(m, key, &id), -ENOENT);
 	lbd_exactmap_free(m);
 }
@@ -615,8 +608,8 @@ static void exactmap_churn(uint32_t pool, uint32_t ops, uint64_t seed, bool coll
 	assert_non_null(ids);
 	assert_non_null(in);
 	for (uint32_t i = 0; i < pool; i++) {
-		keys[i][0] = splitmix(&rng);
-		keys[i][1] = splitmix(&rng);
+		keys[i][0] = lbu_splitmix64(&rng);
+		keys[i][1] = lbu_splitmix64(&rng);
 		if (colliding)
 			keys[i][0] = (keys[i][0] << 20) | low[i % 6];
 	}

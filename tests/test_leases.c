@@ -10,14 +10,7 @@
 #include <cmocka.h>
 
 #include "client_internal.h"
-
-static uint64_t splitmix(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
+#include "rng.h"
 
 static void test_against_reference(void **state)
 {
@@ -28,10 +21,10 @@ static void test_against_reference(void **state)
 	unsigned n = 0;
 	(void)state;
 	for (int step = 0; step < 50000; step++) {
-		uint64_t r = splitmix(&rng);
+		uint64_t r = lbu_splitmix64(&rng);
 		if (n < MAX && (n == 0 || r % 3 != 0)) {
 			/* small, clustered handles: neighbours collide in the table */
-			uint64_t lease = 1 + (splitmix(&rng) % 20000);
+			uint64_t lease = 1 + (lbu_splitmix64(&rng) % 20000);
 			bool dup = false;
 			for (unsigned i = 0; i < n; i++)
 				dup |= ref[i] == lease;

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "layerbank/ring.h"
+#include "rng.h"
 
 #if defined(__SANITIZE_THREAD__)
 #define LB_TSAN 1
@@ -58,27 +59,18 @@ _Static_assert(offsetof(struct elem, ring_stamp) == LB_RING_STAMP_OFF, "the ring
 
 #define NOT_A_STAMP 0xfeedfaceu /* even: never index | 1 */
 
-static uint64_t mix64(uint64_t x) /* splitmix64's finaliser */
-{
-	x ^= x >> 30;
-	x *= 0xbf58476d1ce4e5b9ull;
-	x ^= x >> 27;
-	x *= 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
 static uint64_t payload_word(uint64_t seq, unsigned i)
 {
-	return mix64(seq * 8 + i + 0x6c62616e6b000000ull);
+	return lbu_mix64(seq * 8 + i + 0x6c62616e6b000000ull);
 }
 
 static uint64_t elem_sum(const struct elem *s)
 {
-	uint64_t h = mix64(s->seq ^ 0x243f6a8885a308d3ull);
-	h = mix64(h ^ ((uint64_t)s->pid << 32 | s->phase));
+	uint64_t h = lbu_mix64(s->seq ^ 0x243f6a8885a308d3ull);
+	h = lbu_mix64(h ^ ((uint64_t)s->pid << 32 | s->phase));
 	for (unsigned i = 0; i < 4; i++)
-		h = mix64(h ^ s->payload[i]);
-	return mix64(h ^ s->tail);
+		h = lbu_mix64(h ^ s->payload[i]);
+	return lbu_mix64(h ^ s->tail);
 }
 
 static unsigned phase_of(uint64_t seq)

@@ -12,6 +12,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "io.h"
+
 void lbt_mkdtemp(char *out, size_t n)
 {
 	const char *base = getenv("TMPDIR");
@@ -52,32 +54,14 @@ void lbt_env_remove(struct lbt_env *env)
 	lbt_rmtree(env->dir);
 }
 
-long lbt_meminfo(const char *key)
-{
-	FILE *f = fopen("/proc/meminfo", "r");
-	char line[256];
-	size_t n = strlen(key);
-	long v = -1;
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (!strncmp(line, key, n) && line[n] == ':') {
-			if (sscanf(line + n + 1, "%ld", &v) != 1)
-				v = -1;
-			break;
-		}
-	fclose(f);
-	return v;
-}
-
 long lbt_hugepages_free(void)
 {
-	return lbt_meminfo("HugePages_Free");
+	return lbu_meminfo("HugePages_Free");
 }
 
 long lbt_hugepages_avail(void)
 {
-	long free_pages = lbt_hugepages_free(), rsvd = lbt_meminfo("HugePages_Rsvd");
+	long free_pages = lbt_hugepages_free(), rsvd = lbu_meminfo("HugePages_Rsvd");
 	if (free_pages < 0)
 		return -1;
 	return rsvd > 0 ? free_pages - rsvd : free_pages;

@@ -34,8 +34,6 @@ void lbt_mkdtemp(char *out, size_t n);
 /* Remove a folder made by lbt_mkdtemp and everything in it. */
 void lbt_rmtree(const char *dir);
 
-/* A /proc/meminfo field ("HugePages_Free"), -1 when unreadable. */
-long lbt_meminfo(const char *key);
 /* HugePages_Free from /proc/meminfo, -1 when unreadable. */
 long lbt_hugepages_free(void);
 /* Free hugepages no mapping has reserved yet: what a new mapping can have; -1: no hugetlb. */

@@ -21,6 +21,7 @@
 
 #include "ctl.h"
 #include "errf.h"
+#include "io.h"
 
 /* Set by the signal handlers, read by the loop; poll returns EINTR when one arrives. */
 static volatile sig_atomic_t got_quit, got_winch, got_tstp;
@@ -57,20 +58,6 @@ struct term {
 	int rows, cols;
 };
 
-static int write_all(const char *p, size_t n)
-{
-	while (n) {
-		ssize_t w = write(STDOUT_FILENO, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 static void term_size(struct term *t)
 {
 	struct winsize ws;
@@ -100,7 +87,7 @@ static int term_enter(struct term *t)
 		return -errno;
 	t->raw = true;
 	term_size(t);
-	return write_all(enter, sizeof(enter) - 1);
+	return lbu_write_all(STDOUT_FILENO, enter, sizeof(enter) - 1);
 }
 
 static void term_leave(struct term *t)
@@ -109,7 +96,7 @@ static void term_leave(struct term *t)
 
 	if (!t->raw)
 		return;
-	(void)write_all(leave, sizeof(leave) - 1);
+	(void)lbu_write_all(STDOUT_FILENO, leave, sizeof(leave) - 1);
 	tcsetattr(STDIN_FILENO, TCSAFLUSH, &t->saved);
 	t->raw = false;
 }
@@ -343,7 +330,7 @@ static void draw(struct top *tp)
 			psum.hits = pm->layer[0].hits;
 			psum.misses = pm->layer[0].misses;
 		}
-		row(f, "model %s (id %u, %u layers)", lbp_printable(m->name, name, sizeof(name)),
+		row(f, "model %s (id %u, %u layers)", lbu_printable(m->name, name, sizeof(name)),
 		    m->id, m->n_layers);
 		stat_row(tp, "  all", &sum, pm ? &psum : NULL);
 		for (uint32_t l = 0; l < m->n_layers; l++) {
@@ -401,7 +388,7 @@ static int refresh(struct top *tp, struct lb_client *c)
 	tp->dt = t - tp->t_cur;
 	tp->t_cur = t;
 	draw(tp);
-	return write_all(tp->f.buf, tp->f.len);
+	return lbu_write_all(STDOUT_FILENO, tp->f.buf, tp->f.len);
 }
 
 /* ^Z: give the terminal back, stop, and take it again when continued. */
@@ -474,7 +461,7 @@ int ctl_cmd_top(const char *sock, int argc, char **argv)
 			term_size(&tp.term);
 			if (tp.cur.models || tp.away) {
 				draw(&tp);
-				if ((ret = write_all(tp.f.buf, tp.f.len)) < 0)
+				if ((ret = lbu_write_all(STDOUT_FILENO, tp.f.buf, tp.f.len)) < 0)
 					break;
 			}
 		}

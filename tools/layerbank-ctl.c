@@ -178,7 +178,7 @@ static void model_table(const struct ctl_model *m)
 	char name[LB_NAME_MAX + 1];
 
 	/* A client chose the name: no escape sequence of its reaches the terminal. */
-	printf("\nmodel %u '%s', %u layers\n", m->id, lbp_printable(m->name, name, sizeof(name)),
+	printf("\nmodel %u '%s', %u layers\n", m->id, lbu_printable(m->name, name, sizeof(name)),
 	       m->n_layers);
 	printf("  %5s %10s %10s %6s %9s %9s %8s %9s %7s\n", "layer", "hits", "misses", "hit%",
 	       "inserts", "evicted", "entries", "MiB", "leases");

@@ -16,7 +16,7 @@
 #include <time.h>
 
 #include "cache.h"
-#include "config.h"
+#include "size.h"
 #include "model_llama.h"
 #include "sampler.h"
 #include "scorer.h"
@@ -217,7 +217,7 @@ static int parse(int argc, char **argv, struct opts *o)
 		return -1;
 	}
 	if (o->private_s) {
-		if (lbd_parse_size(o->private_s, &o->cache.private_bytes) < 0 || !o->cache.private_bytes) {
+		if (lbu_parse_size(o->private_s, &o->cache.private_bytes) < 0 || !o->cache.private_bytes) {
 			fprintf(stderr, "layerbank-worker %s: bad --private-cache '%s' (a size such as "
 					"64M)\n", o->cmd, o->private_s);
 			return -1;

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "rng.h"
 
 struct lbw_bert_config lbw_bert_config_base(void)
 {
@@ -106,20 +107,12 @@ oom:
 	return NULL;
 }
 
-static uint64_t splitmix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 /* ~N(0, 0.02): four 16-bit uniforms summed (Irwin-Hall, variance 1/3), centred and scaled. */
 static void randn(float *p, int64_t n, uint64_t *s)
 {
 	const float scale = 0.02f * 1.7320508f / 65536.0f;
 	for (int64_t i = 0; i < n; i++) {
-		uint64_t r = splitmix64(s);
+		uint64_t r = lbu_splitmix64(s);
 		uint32_t sum = (uint32_t)(r & 0xffff) + (uint32_t)((r >> 16) & 0xffff) +
 			       (uint32_t)((r >> 32) & 0xffff) + (uint32_t)(r >> 48);
 		p[i] = ((float)sum - 2.0f * 65535.0f) * scale;

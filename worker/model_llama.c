@@ -65,31 +65,31 @@ int lbw_llama_check_header(const int32_t hdr[7], uint64_t file_size, struct lbw_
 	};
 	for (size_t i = 0; i < sizeof(f) / sizeof(f[0]); i++) {
 		if (f[i].v <= 0 || f[i].v > f[i].max) {
-			lbp_errf(err, errlen, "bad checkpoint header: %s = %d (must be 1..%d)", f[i].name,
+			lbu_errf(err, errlen, "bad checkpoint header: %s = %d (must be 1..%d)", f[i].name,
 				(int)f[i].v, (int)f[i].max);
 			return -EINVAL;
 		}
 	}
 	if (c.dim % c.n_heads) {
-		lbp_errf(err, errlen, "bad checkpoint header: dim %d not a multiple of n_heads %d",
+		lbu_errf(err, errlen, "bad checkpoint header: dim %d not a multiple of n_heads %d",
 			(int)c.dim, (int)c.n_heads);
 		return -EINVAL;
 	}
 	if (c.n_kv_heads > c.n_heads || c.n_heads % c.n_kv_heads) {
-		lbp_errf(err, errlen, "bad checkpoint header: n_heads %d not a multiple of n_kv_heads %d",
+		lbu_errf(err, errlen, "bad checkpoint header: n_heads %d not a multiple of n_kv_heads %d",
 			(int)c.n_heads, (int)c.n_kv_heads);
 		return -EINVAL;
 	}
 	c.head_size = c.dim / c.n_heads;
 	if (c.head_size % 2) {
-		lbp_errf(err, errlen, "bad checkpoint header: head_size %d is odd (RoPE needs pairs)",
+		lbu_errf(err, errlen, "bad checkpoint header: head_size %d is odd (RoPE needs pairs)",
 			(int)c.head_size);
 		return -EINVAL;
 	}
 	c.kv_dim = c.n_kv_heads * c.head_size;
 	uint64_t want = LBW_LLAMA_HEADER_BYTES + 4 * weight_floats(&c);
 	if (file_size != want) {
-		lbp_errf(err, errlen,
+		lbu_errf(err, errlen,
 			"checkpoint size %llu bytes, but its header (dim %d hidden %d layers %d heads %d/%d "
 			"vocab %d seq %d) implies %llu: truncated or not a llama2.c checkpoint",
 			(unsigned long long)file_size, (int)c.dim, (int)c.hidden_dim, (int)c.n_layers,
@@ -168,28 +168,28 @@ int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errl
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		rc = -errno;
-		lbp_errf(err, errlen, "cannot open checkpoint %s: %s", path, strerror(errno));
+		lbu_errf(err, errlen, "cannot open checkpoint %s: %s", path, strerror(errno));
 		return rc;
 	}
 	if (fstat(fd, &st) < 0) {
 		rc = -errno;
-		lbp_errf(err, errlen, "cannot stat checkpoint %s: %s", path, strerror(errno));
+		lbu_errf(err, errlen, "cannot stat checkpoint %s: %s", path, strerror(errno));
 		goto out;
 	}
 	if (!S_ISREG(st.st_mode)) {
-		lbp_errf(err, errlen, "checkpoint %s is not a regular file", path);
+		lbu_errf(err, errlen, "checkpoint %s is not a regular file", path);
 		rc = -EINVAL;
 		goto out;
 	}
 	if ((uint64_t)st.st_size < LBW_LLAMA_HEADER_BYTES) {
-		lbp_errf(err, errlen, "checkpoint %s: %lld bytes, shorter than its 28-byte header", path,
+		lbu_errf(err, errlen, "checkpoint %s: %lld bytes, shorter than its 28-byte header", path,
 			(long long)st.st_size);
 		rc = -EINVAL;
 		goto out;
 	}
 	ssize_t r = pread(fd, hdr, sizeof(hdr), 0);
 	if (r != (ssize_t)sizeof(hdr)) {
-		lbp_errf(err, errlen, "cannot read checkpoint header of %s", path);
+		lbu_errf(err, errlen, "cannot read checkpoint header of %s", path);
 		rc = -EIO;
 		goto out;
 	}
@@ -199,7 +199,7 @@ int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errl
 	m->data_size = (size_t)st.st_size;
 	m->data = malloc(m->data_size);
 	if (!m->data) {
-		lbp_errf(err, errlen, "out of memory for a %zu-byte checkpoint", m->data_size);
+		lbu_errf(err, errlen, "out of memory for a %zu-byte checkpoint", m->data_size);
 		rc = -ENOMEM;
 		goto out;
 	}
@@ -209,7 +209,7 @@ int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errl
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r <= 0) {
-			lbp_errf(err, errlen, "checkpoint %s: read failed after %zu of %zu bytes%s%s", path,
+			lbu_errf(err, errlen, "checkpoint %s: read failed after %zu of %zu bytes%s%s", path,
 				got, m->data_size, r < 0 ? ": " : " (file shrank)",
 				r < 0 ? strerror(errno) : "");
 			rc = -EIO;
@@ -219,7 +219,7 @@ int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errl
 	}
 	/* The header read first must be the header loaded (the file may change under us). */
 	if (memcmp(m->data, hdr, sizeof(hdr))) {
-		lbp_errf(err, errlen, "checkpoint %s changed while being read", path);
+		lbu_errf(err, errlen, "checkpoint %s changed while being read", path);
 		rc = -EIO;
 		goto out;
 	}

@@ -39,46 +39,46 @@ static int parse_tensor(const char *name, json_object *v, const unsigned char *d
 {
 	json_object *dt, *shape, *offs;
 	if (strlen(name) >= LBW_ST_MAX_NAME)
-		return lbp_fail(err, errlen, -EINVAL, "tensor name longer than %d bytes", LBW_ST_MAX_NAME - 1);
+		return lbu_fail(err, errlen, -EINVAL, "tensor name longer than %d bytes", LBW_ST_MAX_NAME - 1);
 	snprintf(t->name, sizeof(t->name), "%s", name);
 	if (!json_object_is_type(v, json_type_object) ||
 	    !json_object_object_get_ex(v, "dtype", &dt) || !json_object_is_type(dt, json_type_string) ||
 	    !json_object_object_get_ex(v, "shape", &shape) || !json_object_is_type(shape, json_type_array) ||
 	    !json_object_object_get_ex(v, "data_offsets", &offs) ||
 	    !json_object_is_type(offs, json_type_array))
-		return lbp_fail(err, errlen, -EINVAL, "%s: needs dtype, shape and data_offsets", name);
+		return lbu_fail(err, errlen, -EINVAL, "%s: needs dtype, shape and data_offsets", name);
 	const char *dtype = json_object_get_string(dt);
 	if (strcmp(dtype, "F32") != 0)
-		return lbp_fail(err, errlen, -ENOTSUP, "%s: dtype %s not supported (only F32)", name, dtype);
+		return lbu_fail(err, errlen, -ENOTSUP, "%s: dtype %s not supported (only F32)", name, dtype);
 	size_t nd = json_object_array_length(shape);
 	if (nd > LBW_ST_MAX_DIMS)
-		return lbp_fail(err, errlen, -EINVAL, "%s: %zu dimensions (at most %d)", name, nd, LBW_ST_MAX_DIMS);
+		return lbu_fail(err, errlen, -EINVAL, "%s: %zu dimensions (at most %d)", name, nd, LBW_ST_MAX_DIMS);
 	t->ndim = (int)nd;
 	uint64_t count = 1;
 	for (size_t i = 0; i < nd; i++) {
 		json_object *d = json_object_array_get_idx(shape, i);
 		if (!json_object_is_type(d, json_type_int) || json_object_get_int64(d) < 0)
-			return lbp_fail(err, errlen, -EINVAL, "%s: shape[%zu] not a non-negative integer", name, i);
+			return lbu_fail(err, errlen, -EINVAL, "%s: shape[%zu] not a non-negative integer", name, i);
 		t->shape[i] = json_object_get_int64(d);
 		uint64_t dim = (uint64_t)t->shape[i];
 		if (dim && count > UINT64_MAX / 4 / dim)
-			return lbp_fail(err, errlen, -EINVAL, "%s: shape overflows", name);
+			return lbu_fail(err, errlen, -EINVAL, "%s: shape overflows", name);
 		count *= dim;
 	}
 	if (json_object_array_length(offs) != 2)
-		return lbp_fail(err, errlen, -EINVAL, "%s: data_offsets needs two integers", name);
+		return lbu_fail(err, errlen, -EINVAL, "%s: data_offsets needs two integers", name);
 	json_object *b = json_object_array_get_idx(offs, 0), *e = json_object_array_get_idx(offs, 1);
 	if (!json_object_is_type(b, json_type_int) || !json_object_is_type(e, json_type_int) ||
 	    json_object_get_int64(b) < 0 || json_object_get_int64(e) < 0)
-		return lbp_fail(err, errlen, -EINVAL, "%s: data_offsets not non-negative integers", name);
+		return lbu_fail(err, errlen, -EINVAL, "%s: data_offsets not non-negative integers", name);
 	uint64_t begin = (uint64_t)json_object_get_int64(b), end = (uint64_t)json_object_get_int64(e);
 	if (begin > end || end > data_len)
-		return lbp_fail(err, errlen, -EINVAL,
+		return lbu_fail(err, errlen, -EINVAL,
 			    "%s: data_offsets [%llu, %llu) outside the %llu bytes of data", name,
 			    (unsigned long long)begin, (unsigned long long)end,
 			    (unsigned long long)data_len);
 	if (end - begin != count * 4)
-		return lbp_fail(err, errlen, -EINVAL, "%s: shape needs %llu bytes, data_offsets give %llu",
+		return lbu_fail(err, errlen, -EINVAL, "%s: shape needs %llu bytes, data_offsets give %llu",
 			    name, (unsigned long long)(count * 4), (unsigned long long)(end - begin));
 	t->data = (const float *)(const void *)(data + begin);
 	t->bytes = end - begin;
@@ -97,22 +97,22 @@ static int parse_header(struct lbw_st *st, const char *json, size_t len, const u
 	json_tokener_free(tok);
 	int rc = 0;
 	if (!root || jerr != json_tokener_success) {
-		rc = lbp_fail(err, errlen, -EINVAL, "header is not valid JSON: %s",
+		rc = lbu_fail(err, errlen, -EINVAL, "header is not valid JSON: %s",
 			  json_tokener_error_desc(jerr));
 		goto out;
 	}
 	for (size_t i = used; i < len; i++) /* the format pads the header with spaces */
 		if (json[i] != ' ') {
-			rc = lbp_fail(err, errlen, -EINVAL, "bytes after the header's JSON object");
+			rc = lbu_fail(err, errlen, -EINVAL, "bytes after the header's JSON object");
 			goto out;
 		}
 	if (!json_object_is_type(root, json_type_object)) {
-		rc = lbp_fail(err, errlen, -EINVAL, "header is not a JSON object");
+		rc = lbu_fail(err, errlen, -EINVAL, "header is not a JSON object");
 		goto out;
 	}
 	int n = json_object_object_length(root);
 	if (n > LBW_ST_MAX_TENSORS) {
-		rc = lbp_fail(err, errlen, -EINVAL, "%d tensors (at most %d)", n, LBW_ST_MAX_TENSORS);
+		rc = lbu_fail(err, errlen, -EINVAL, "%d tensors (at most %d)", n, LBW_ST_MAX_TENSORS);
 		goto out;
 	}
 	st->t = calloc((size_t)n + 1, sizeof(*st->t));
@@ -124,7 +124,7 @@ static int parse_header(struct lbw_st *st, const char *json, size_t len, const u
 	{
 		if (strcmp(key, "__metadata__") == 0) {
 			if (!json_object_is_type(val, json_type_object)) {
-				rc = lbp_fail(err, errlen, -EINVAL, "__metadata__ is not an object");
+				rc = lbu_fail(err, errlen, -EINVAL, "__metadata__ is not an object");
 				goto out;
 			}
 			continue;
@@ -149,7 +149,7 @@ static int parse_header(struct lbw_st *st, const char *json, size_t len, const u
 		if (s[i].bytes == 0)
 			continue;
 		if (b < prev_end)
-			rc = lbp_fail(err, errlen, -EINVAL, "tensors %s and %s overlap", prev, s[i].name);
+			rc = lbu_fail(err, errlen, -EINVAL, "tensors %s and %s overlap", prev, s[i].name);
 		prev_end = b + s[i].bytes;
 		prev = s[i].name;
 	}
@@ -164,17 +164,17 @@ int lbw_st_open(const char *path, struct lbw_st **out, char *err, size_t errlen)
 	*out = NULL;
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		return lbp_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
+		return lbu_fail(err, errlen, -errno, "%s: %s", path, strerror(errno));
 	struct stat sb;
 	if (fstat(fd, &sb) != 0) {
 		int e = errno;
 		close(fd);
-		return lbp_fail(err, errlen, -e, "%s: %s", path, strerror(e));
+		return lbu_fail(err, errlen, -e, "%s: %s", path, strerror(e));
 	}
 	uint64_t size = (uint64_t)sb.st_size;
 	if (size < 8) {
 		close(fd);
-		return lbp_fail(err, errlen, -EINVAL, "%s: %llu bytes, shorter than the 8-byte length", path,
+		return lbu_fail(err, errlen, -EINVAL, "%s: %llu bytes, shorter than the 8-byte length", path,
 			    (unsigned long long)size);
 	}
 	struct lbw_st *st = calloc(1, sizeof(*st));
@@ -189,7 +189,7 @@ int lbw_st_open(const char *path, struct lbw_st **out, char *err, size_t errlen)
 	if (st->map == MAP_FAILED) {
 		st->map = NULL;
 		lbw_st_close(st);
-		return lbp_fail(err, errlen, -e, "%s: mmap: %s", path, strerror(e));
+		return lbu_fail(err, errlen, -e, "%s: mmap: %s", path, strerror(e));
 	}
 	const unsigned char *p = st->map;
 	uint64_t hlen = 0;
@@ -197,7 +197,7 @@ int lbw_st_open(const char *path, struct lbw_st **out, char *err, size_t errlen)
 		hlen = hlen << 8 | p[i];
 	int rc;
 	if (hlen > LBW_ST_MAX_HEADER || hlen > size - 8)
-		rc = lbp_fail(err, errlen, -EINVAL, "header length %llu beyond the file (%llu bytes) or cap",
+		rc = lbu_fail(err, errlen, -EINVAL, "header length %llu beyond the file (%llu bytes) or cap",
 			  (unsigned long long)hlen, (unsigned long long)size);
 	else
 		rc = parse_header(st, (const char *)p + 8, (size_t)hlen, p + 8 + hlen,
@@ -242,17 +242,17 @@ __attribute__((format(printf, 4, 5))) static const struct lbw_st_tensor *need(st
 	va_end(ap);
 	const struct lbw_st_tensor *t = lbw_st_find(ld->st, name);
 	if (!t) {
-		lbp_fail(ld->err, ld->errlen, -EINVAL, "missing tensor %s", name);
+		lbu_fail(ld->err, ld->errlen, -EINVAL, "missing tensor %s", name);
 		return NULL;
 	}
 	int ok = d1 ? t->ndim == 2 && t->shape[0] == d0 && t->shape[1] == d1
 		    : t->ndim == 1 && t->shape[0] == d0;
 	if (!ok) {
 		if (d1)
-			lbp_fail(ld->err, ld->errlen, -EINVAL, "%s: shape is not [%lld, %lld]", t->name,
+			lbu_fail(ld->err, ld->errlen, -EINVAL, "%s: shape is not [%lld, %lld]", t->name,
 			     (long long)d0, (long long)d1);
 		else
-			lbp_fail(ld->err, ld->errlen, -EINVAL, "%s: shape is not [%lld]", t->name,
+			lbu_fail(ld->err, ld->errlen, -EINVAL, "%s: shape is not [%lld]", t->name,
 			     (long long)d0);
 		return NULL;
 	}
@@ -303,12 +303,12 @@ static int alloc_shaped(struct loader *ld, struct lbw_bert_config *c, const stru
 			struct lbw_bert **out)
 {
 	if (!wte || !wpe || !fc || wte->ndim != 2 || wpe->ndim != 2 || fc->ndim != 2)
-		return lbp_fail(ld->err, ld->errlen, -EINVAL,
+		return lbu_fail(ld->err, ld->errlen, -EINVAL,
 			    "%s: token or position embeddings or the first FFN weight missing or not 2-D",
 			    what);
 	if (wte->shape[0] > LBW_BERT_MAX_VOCAB || wte->shape[1] > LBW_BERT_MAX_HIDDEN ||
 	    wpe->shape[0] > LBW_BERT_MAX_SEQ || fc->shape[ffn_dim] > LBW_BERT_MAX_FFN)
-		return lbp_fail(ld->err, ld->errlen, -EINVAL, "%s: shape out of range", what);
+		return lbu_fail(ld->err, ld->errlen, -EINVAL, "%s: shape out of range", what);
 	c->vocab = (int32_t)wte->shape[0];
 	c->hidden = (int32_t)wte->shape[1];
 	c->max_seq = (int32_t)wpe->shape[0];
@@ -318,7 +318,7 @@ static int alloc_shaped(struct loader *ld, struct lbw_bert_config *c, const stru
 	errno = EINVAL; /* unless lbw_bert_alloc says otherwise */
 	*out = lbw_bert_alloc(c);
 	if (!*out)
-		return lbp_fail(ld->err, ld->errlen, errno == ENOMEM ? -ENOMEM : -EINVAL,
+		return lbu_fail(ld->err, ld->errlen, errno == ENOMEM ? -ENOMEM : -EINVAL,
 			    "%s: shape out of range", what);
 	return 0;
 }
@@ -400,7 +400,7 @@ static int load_bert(struct loader *pl, int heads, struct lbw_bert **out)
 	t = lbw_st_find(ld.st, "embeddings.token_type_embeddings.weight");
 	if (t) {
 		if (t->ndim != 2 || t->shape[0] < 1 || t->shape[1] != h) {
-			lbp_fail(ld.err, ld.errlen, -EINVAL, "%s: shape is not [types, %lld]", t->name,
+			lbu_fail(ld.err, ld.errlen, -EINVAL, "%s: shape is not [types, %lld]", t->name,
 			     (long long)h);
 			goto bad;
 		}
@@ -452,7 +452,7 @@ int lbw_bert_load_safetensors(const char *path, int heads, struct lbw_bert **out
 {
 	*out = NULL;
 	if (heads < 0)
-		return lbp_fail(err, errlen, -EINVAL, "heads %d is negative", heads);
+		return lbu_fail(err, errlen, -EINVAL, "heads %d is negative", heads);
 	struct lbw_st *st;
 	int rc = lbw_st_open(path, &st, err, errlen);
 	if (rc)
@@ -463,12 +463,12 @@ int lbw_bert_load_safetensors(const char *path, int heads, struct lbw_bert **out
 	else if (lbw_st_find(st, "embeddings.word_embeddings.weight"))
 		rc = load_bert(&ld, heads, out);
 	else
-		rc = lbp_fail(err, errlen, -EINVAL, "neither GPT-2 (wte.weight) nor BERT (embeddings.*) tensors");
+		rc = lbu_fail(err, errlen, -EINVAL, "neither GPT-2 (wte.weight) nor BERT (embeddings.*) tensors");
 	lbw_st_close(st);
 	if (rc == 0 && (rc = lbw_bert_pack(*out)) != 0) {
 		lbw_bert_free(*out);
 		*out = NULL;
-		lbp_fail(err, errlen, rc, "out of memory packing the weights");
+		lbu_fail(err, errlen, rc, "out of memory packing the weights");
 	}
 	return rc;
 }

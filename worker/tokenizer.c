@@ -40,14 +40,14 @@ int lbw_tokenizer_load(struct lbw_tokenizer *t, const char *path, int32_t vocab_
 
 	memset(t, 0, sizeof(*t));
 	if (vocab_size < LBW_TOK_BYTE0 + 256) {
-		lbp_errf(err, errlen, "tokenizer: vocab_size %d too small (byte fallback needs %d)",
+		lbu_errf(err, errlen, "tokenizer: vocab_size %d too small (byte fallback needs %d)",
 			(int)vocab_size, LBW_TOK_BYTE0 + 256);
 		return -EINVAL;
 	}
 	FILE *f = fopen(path, "rb");
 	if (!f) {
 		rc = -errno;
-		lbp_errf(err, errlen, "cannot open tokenizer %s: %s", path, strerror(errno));
+		lbu_errf(err, errlen, "cannot open tokenizer %s: %s", path, strerror(errno));
 		return rc;
 	}
 	t->vocab_size = vocab_size;
@@ -55,7 +55,7 @@ int lbw_tokenizer_load(struct lbw_tokenizer *t, const char *path, int32_t vocab_
 	t->scores = calloc((size_t)vocab_size, sizeof(float));
 	t->sorted = calloc((size_t)vocab_size, sizeof(*t->sorted));
 	if (!t->vocab || !t->scores || !t->sorted) {
-		lbp_errf(err, errlen, "tokenizer: out of memory");
+		lbu_errf(err, errlen, "tokenizer: out of memory");
 		rc = -ENOMEM;
 		goto fail;
 	}
@@ -64,11 +64,11 @@ int lbw_tokenizer_load(struct lbw_tokenizer *t, const char *path, int32_t vocab_
 		t->byte_pieces[i * 2 + 1] = '\0';
 	}
 	if (fread(&t->max_token_length, sizeof(int32_t), 1, f) != 1) {
-		lbp_errf(err, errlen, "tokenizer %s: truncated header", path);
+		lbu_errf(err, errlen, "tokenizer %s: truncated header", path);
 		goto fail;
 	}
 	if (t->max_token_length < 1 || t->max_token_length > LBW_TOK_MAX_LEN) {
-		lbp_errf(err, errlen, "tokenizer %s: max_token_length %d not in 1..%d", path,
+		lbu_errf(err, errlen, "tokenizer %s: max_token_length %d not in 1..%d", path,
 			(int)t->max_token_length, LBW_TOK_MAX_LEN);
 		goto fail;
 	}
@@ -76,30 +76,30 @@ int lbw_tokenizer_load(struct lbw_tokenizer *t, const char *path, int32_t vocab_
 		int32_t len;
 		if (fread(&t->scores[n], sizeof(float), 1, f) != 1 ||
 		    fread(&len, sizeof(int32_t), 1, f) != 1) {
-			lbp_errf(err, errlen, "tokenizer %s: truncated at token %d of %d", path, (int)n,
+			lbu_errf(err, errlen, "tokenizer %s: truncated at token %d of %d", path, (int)n,
 				(int)vocab_size);
 			goto fail;
 		}
 		if (len < 0 || len > t->max_token_length) {
-			lbp_errf(err, errlen, "tokenizer %s: token %d has length %d (max_token_length %d)",
+			lbu_errf(err, errlen, "tokenizer %s: token %d has length %d (max_token_length %d)",
 				path, (int)n, (int)len, (int)t->max_token_length);
 			goto fail;
 		}
 		t->vocab[n] = malloc((size_t)len + 1);
 		if (!t->vocab[n]) {
-			lbp_errf(err, errlen, "tokenizer: out of memory");
+			lbu_errf(err, errlen, "tokenizer: out of memory");
 			rc = -ENOMEM;
 			goto fail;
 		}
 		t->vocab[n][len] = '\0';
 		if (len && fread(t->vocab[n], (size_t)len, 1, f) != 1) {
-			lbp_errf(err, errlen, "tokenizer %s: truncated in token %d of %d", path, (int)n,
+			lbu_errf(err, errlen, "tokenizer %s: truncated in token %d of %d", path, (int)n,
 				(int)vocab_size);
 			n++;
 			goto fail;
 		}
 		if (strlen(t->vocab[n]) != (size_t)len) {
-			lbp_errf(err, errlen, "tokenizer %s: token %d contains a NUL byte", path, (int)n);
+			lbu_errf(err, errlen, "tokenizer %s: token %d contains a NUL byte", path, (int)n);
 			n++;
 			goto fail;
 		}
@@ -107,7 +107,7 @@ int lbw_tokenizer_load(struct lbw_tokenizer *t, const char *path, int32_t vocab_
 		t->sorted[n].id = n;
 	}
 	if (fgetc(f) != EOF) {
-		lbp_errf(err, errlen, "tokenizer %s: trailing bytes after %d tokens (vocab size mismatch?)",
+		lbu_errf(err, errlen, "tokenizer %s: trailing bytes after %d tokens (vocab size mismatch?)",
 			path, (int)vocab_size);
 		goto fail;
 	}

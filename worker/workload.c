@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "errf.h"
+#include "rng.h"
 
 /* Tries of one mutation kind before the next kind takes over (see lbw_workload_make). */
 #define MUT_TRIES 8
@@ -40,18 +41,18 @@ static int read_all(const char *path, char **buf, size_t *len, char *err, size_t
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
 		int rc = -errno;
-		lbp_errf(err, errlen, "cannot open corpus %s: %s", path, strerror(errno));
+		lbu_errf(err, errlen, "cannot open corpus %s: %s", path, strerror(errno));
 		return rc;
 	}
 	struct stat st;
 	if (fstat(fd, &st) != 0) {
 		int rc = -errno;
-		lbp_errf(err, errlen, "cannot stat corpus %s: %s", path, strerror(errno));
+		lbu_errf(err, errlen, "cannot stat corpus %s: %s", path, strerror(errno));
 		close(fd);
 		return rc;
 	}
 	if (S_ISREG(st.st_mode) && st.st_size > (off_t)LBW_CORPUS_MAX_BYTES) {
-		lbp_errf(err, errlen, "corpus %s: %lld bytes, more than the %u MiB cap", path,
+		lbu_errf(err, errlen, "corpus %s: %lld bytes, more than the %u MiB cap", path,
 			(long long)st.st_size, LBW_CORPUS_MAX_BYTES >> 20);
 		close(fd);
 		return -EFBIG;
@@ -67,7 +68,7 @@ static int read_all(const char *path, char **buf, size_t *len, char *err, size_t
 	for (;;) {
 		if (n + 1 >= cap) {
 			if (cap > LBW_CORPUS_MAX_BYTES + 1) {
-				lbp_errf(err, errlen, "corpus %s: more than the %u MiB cap", path,
+				lbu_errf(err, errlen, "corpus %s: more than the %u MiB cap", path,
 					LBW_CORPUS_MAX_BYTES >> 20);
 				rc = -EFBIG;
 				goto out;
@@ -86,14 +87,14 @@ static int read_all(const char *path, char **buf, size_t *len, char *err, size_t
 			continue;
 		if (r < 0) {
 			rc = -errno;
-			lbp_errf(err, errlen, "cannot read corpus %s: %s", path, strerror(errno));
+			lbu_errf(err, errlen, "cannot read corpus %s: %s", path, strerror(errno));
 			goto out;
 		}
 		if (r == 0)
 			break;
 		n += (size_t)r;
 		if (n > LBW_CORPUS_MAX_BYTES) {
-			lbp_errf(err, errlen, "corpus %s: more than the %u MiB cap", path,
+			lbu_errf(err, errlen, "corpus %s: more than the %u MiB cap", path,
 				LBW_CORPUS_MAX_BYTES >> 20);
 			rc = -EFBIG;
 			goto out;
@@ -102,7 +103,7 @@ static int read_all(const char *path, char **buf, size_t *len, char *err, size_t
 out:
 	close(fd);
 	if (rc == -ENOMEM)
-		lbp_errf(err, errlen, "corpus %s: out of memory", path);
+		lbu_errf(err, errlen, "corpus %s: out of memory", path);
 	if (rc) {
 		free(b);
 		return rc;
@@ -116,12 +117,12 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 			struct lbw_paragraphs *out, char *err, size_t errlen)
 {
 	if (!out || !path) {
-		lbp_errf(err, errlen, "lbw_paragraphs_load: NULL argument");
+		lbu_errf(err, errlen, "lbw_paragraphs_load: NULL argument");
 		return -EINVAL;
 	}
 	memset(out, 0, sizeof(*out));
 	if (max_chars && min_chars > max_chars) {
-		lbp_errf(err, errlen, "corpus length window %u..%u chars is empty", min_chars, max_chars);
+		lbu_errf(err, errlen, "corpus length window %u..%u chars is empty", min_chars, max_chars);
 		return -EINVAL;
 	}
 	char *b = NULL;
@@ -156,10 +157,10 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 	}
 	if (!n) {
 		if (max_chars)
-			lbp_errf(err, errlen, "corpus %s: no line of %u..%u chars, the selection is empty",
+			lbu_errf(err, errlen, "corpus %s: no line of %u..%u chars, the selection is empty",
 				path, min_chars, max_chars);
 		else
-			lbp_errf(err, errlen, "corpus %s: no line of %u or more chars, the selection is empty",
+			lbu_errf(err, errlen, "corpus %s: no line of %u or more chars, the selection is empty",
 				path, min_chars);
 		free(b);
 		return -EINVAL;
@@ -169,7 +170,7 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 		b = mem;
 	out->p = malloc((size_t)n * sizeof(char *));
 	if (!out->p) {
-		lbp_errf(err, errlen, "corpus %s: out of memory", path);
+		lbu_errf(err, errlen, "corpus %s: out of memory", path);
 		free(b);
 		return -ENOMEM;
 	}
@@ -188,19 +189,11 @@ struct rng {
 	uint64_t s[4];
 };
 
-static uint64_t splitmix64(uint64_t *x)
-{
-	uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
 /* splitmix64 is a bijection of its counter, so the four words are never all zero. */
 static void rng_seed(struct rng *r, uint64_t seed)
 {
 	for (int i = 0; i < 4; i++)
-		r->s[i] = splitmix64(&seed);
+		r->s[i] = lbu_splitmix64(&seed);
 }
 
 static uint64_t rotl(uint64_t x, int k)
@@ -520,23 +513,23 @@ struct lbw_workload_cfg lbw_workload_defaults(void)
 static int check_cfg(const struct lbw_workload_cfg *c, char *err, size_t errlen)
 {
 	if (!isfinite(c->p_exact) || c->p_exact < 0 || c->p_exact > 1) {
-		lbp_errf(err, errlen, "workload: p_exact %g not in [0, 1]", c->p_exact);
+		lbu_errf(err, errlen, "workload: p_exact %g not in [0, 1]", c->p_exact);
 		return -EINVAL;
 	}
 	if (!isfinite(c->p_near) || c->p_near < 0 || c->p_near > 1) {
-		lbp_errf(err, errlen, "workload: p_near %g not in [0, 1]", c->p_near);
+		lbu_errf(err, errlen, "workload: p_near %g not in [0, 1]", c->p_near);
 		return -EINVAL;
 	}
 	if (c->p_exact + c->p_near > 1 + 1e-9) {
-		lbp_errf(err, errlen, "workload: p_exact + p_near = %g exceeds 1", c->p_exact + c->p_near);
+		lbu_errf(err, errlen, "workload: p_exact + p_near = %g exceeds 1", c->p_exact + c->p_near);
 		return -EINVAL;
 	}
 	if (!isfinite(c->zipf_s) || c->zipf_s < 0 || c->zipf_s > LBW_MAX_ZIPF_S) {
-		lbp_errf(err, errlen, "workload: zipf_s %g not in [0, %g]", c->zipf_s, LBW_MAX_ZIPF_S);
+		lbu_errf(err, errlen, "workload: zipf_s %g not in [0, %g]", c->zipf_s, LBW_MAX_ZIPF_S);
 		return -EINVAL;
 	}
 	if (c->n_requests < 1 || c->n_requests > LBW_MAX_REQUESTS) {
-		lbp_errf(err, errlen, "workload: n_requests %u not in 1..%u", c->n_requests,
+		lbu_errf(err, errlen, "workload: n_requests %u not in 1..%u", c->n_requests,
 			LBW_MAX_REQUESTS);
 		return -EINVAL;
 	}
@@ -558,14 +551,14 @@ int lbw_workload_make(const struct lbw_paragraphs *p, const struct lbw_workload_
 		      struct lbw_workload *out, char *err, size_t errlen)
 {
 	if (!out || !p || !cfg) {
-		lbp_errf(err, errlen, "lbw_workload_make: NULL argument");
+		lbu_errf(err, errlen, "lbw_workload_make: NULL argument");
 		if (out)
 			memset(out, 0, sizeof(*out));
 		return -EINVAL;
 	}
 	memset(out, 0, sizeof(*out));
 	if (!p->n || !p->p) {
-		lbp_errf(err, errlen, "workload: the corpus holds no paragraph");
+		lbu_errf(err, errlen, "workload: the corpus holds no paragraph");
 		return -EINVAL;
 	}
 	int rc = check_cfg(cfg, err, errlen);
@@ -602,7 +595,7 @@ int lbw_workload_make(const struct lbw_paragraphs *p, const struct lbw_workload_
 		out->n = i + 1;
 		if (kind == LBW_REQ_FRESH) {
 			if (d == p->n) {
-				lbp_errf(err, errlen,
+				lbu_errf(err, errlen,
 					"workload: all %u paragraphs of the corpus used up by request %u of %u; "
 					"lower the fresh share, widen the length window or ask for fewer requests",
 					p->n, i, cfg->n_requests);
@@ -642,7 +635,7 @@ int lbw_workload_make(const struct lbw_paragraphs *p, const struct lbw_workload_
 	return 0;
 fail:
 	if (rc == -ENOMEM)
-		lbp_errf(err, errlen, "workload: out of memory");
+		lbu_errf(err, errlen, "workload: out of memory");
 	free(perm);
 	free(by_rank);
 	free(cum);

@@ -19,7 +19,7 @@ static void verrf(char *err, size_t errlen, const char *fmt, va_list ap)
 			*p = '?';
 }
 
-const char *lbp_printable(const char *in, char *out, size_t n)
+const char *lbu_printable(const char *in, char *out, size_t n)
 {
 	size_t i = 0;
 
@@ -31,7 +31,7 @@ const char *lbp_printable(const char *in, char *out, size_t n)
 	return out;
 }
 
-void lbp_errf(char *err, size_t errlen, const char *fmt, ...)
+void lbu_errf(char *err, size_t errlen, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -39,7 +39,7 @@ void lbp_errf(char *err, size_t errlen, const char *fmt, ...)
 	va_end(ap);
 }
 
-int lbp_fail(char *err, size_t errlen, int rc, const char *fmt, ...)
+int lbu_fail(char *err, size_t errlen, int rc, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
