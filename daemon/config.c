@@ -31,7 +31,7 @@ void lbd_config_defaults(struct lbd_config *c)
 	c->log_level = LBD_LOG_INFO;
 	c->threads = LBD_DEFAULT_THREADS;
 	c->spin_us = LBD_DEFAULT_SPIN_US;
-	c->policy = LBD_POLICY_LRU;
+	c->policy = LBD_DEFAULT_POLICY;
 	c->ttl_s = LBD_DEFAULT_TTL_S;
 	c->half_life_s = LBD_DEFAULT_HALF_LIFE_S;
 	c->drift_max = LBD_DEFAULT_DRIFT_MAX;
@@ -42,6 +42,18 @@ void lbd_config_defaults(struct lbd_config *c)
 	c->n_allow = 0;
 	c->client_staging_max = LBD_DEFAULT_STAGING_MAX;
 	c->client_insert_bytes = 0;
+}
+
+void lbd_config_store_cfg(const struct lbd_config *c, struct lbd_store_cfg *out)
+{
+	*out = (struct lbd_store_cfg){
+		.budget = c->budget,
+		.policy = c->policy,
+		.ttl_ns = (uint64_t)c->ttl_s * 1000000000ull,
+		.half_life_ns = (uint64_t)c->half_life_s * 1000000000ull,
+		.drift_max = c->drift_max,
+		.tau = c->tau,
+	};
 }
 
 /*

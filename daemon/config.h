@@ -26,6 +26,7 @@
  * near-duplicate from another text's hidden states moves its NLL, and 0.98 is where the fleet
  * benchmark's NLL change falls under 0.1% (tau sweep in bench/README.md). */
 #define LBD_DEFAULT_TAU 0.98
+#define LBD_DEFAULT_POLICY LBD_POLICY_LRU
 #define LBD_DEFAULT_DRIFT_MAX 0.05
 #define LBD_DEFAULT_TTL_S 3600u
 #define LBD_DEFAULT_HALF_LIFE_S 300u
@@ -69,6 +70,9 @@ struct lbd_config {
 };
 
 void lbd_config_defaults(struct lbd_config *c);
+
+/* The store's settings in c: budget, policy, TTL, half-life, drift limit, tau. */
+void lbd_config_store_cfg(const struct lbd_config *c, struct lbd_store_cfg *out);
 
 /*
  * Set one key (a config-file key: "budget", "spin-us") from its text, with the config file's

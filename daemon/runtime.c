@@ -268,12 +268,7 @@ int lbd_runtime_set(const struct lbd_runtime *rt, const char *key, const char *v
 		if (g == G_SPIN_US) {
 			lbd_service_set_spin(rt->service, (uint64_t)c.spin_us * 1000);
 		} else {
-			sc.tau = c.tau;
-			sc.budget = c.budget;
-			sc.policy = c.policy;
-			sc.ttl_ns = (uint64_t)c.ttl_s * NS_PER_S;
-			sc.half_life_ns = (uint64_t)c.half_life_s * NS_PER_S;
-			sc.drift_max = c.drift_max;
+			lbd_config_store_cfg(&c, &sc);
 			*evicted = lbd_store_configure(rt->store, &sc);
 		}
 		key = gnames[g];

@@ -1106,14 +1106,8 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	ret = setup_arenas(s, err, errlen);
 	if (ret < 0)
 		return ret;
-	struct lbd_store_cfg scfg = {
-		.budget = cfg->budget,
-		.policy = cfg->policy,
-		.ttl_ns = (uint64_t)cfg->ttl_s * 1000000000ull,
-		.half_life_ns = (uint64_t)cfg->half_life_s * 1000000000ull,
-		.drift_max = cfg->drift_max,
-		.tau = cfg->tau,
-	};
+	struct lbd_store_cfg scfg;
+	lbd_config_store_cfg(cfg, &scfg);
 	s->store = lbd_store_new(s->arenas, s->n_arenas, &scfg);
 	if (!s->store) {
 		snprintf(err, errlen, "cannot set up the store: %s", strerror(errno));

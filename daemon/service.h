@@ -79,7 +79,7 @@ bool lbd_dpclient_may_use(const struct lbd_dpclient *c, uint32_t model_id);
 void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c);
 
 /* Serve every request waiting on c's ring, on the caller's thread: an in-process bank
- * (daemon/local.h) runs the daemon's own validation and store code this way.
+ * (inproc/inproc.h) runs the daemon's own validation and store code this way.
  * @return requests served. */
 unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c);
 

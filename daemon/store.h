@@ -94,7 +94,7 @@ void lbd_leases_free(struct lbd_leases *ls);
  * Drop every entry and zero the counters: the store as lbd_store_new made it, its models kept.
  * Entry and input slots are handed out again in a new store's order and the allocator is left
  * with one free block, so the same requests get the same answers and offsets as in a new store.
- * For an in-process bank reused between independent runs (lbd_local_clear).
+ * For an in-process bank reused between independent runs (lbip_bank_clear).
  * @return 0; -EBUSY while a lease is held or an insert is being copied (nothing is dropped).
  */
 int lbd_store_clear(struct lbd_store *st);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "client_internal.h"
+#include "client_local.h"
 
 #define LB_REPLY_TIMEOUT_NS 5000000000ull      /* a control reply */
 #define LB_SNAPSHOT_TIMEOUT_NS 600000000000ull /* SNAPSHOT's, once the file is on disk */
@@ -547,30 +548,13 @@ LB_EXPORT const char *lb_last_error(const struct lb_client *c)
 	return c ? c->last_error : "";
 }
 
-int lbi_model_msg(const struct lb_model_desc *d, struct lbp_register_model *r)
-{
-	if (!d || !d->name || strlen(d->name) > LBP_MAX_NAME)
-		return -EINVAL;
-	memset(r, 0, sizeof(*r));
-	memcpy(r->name, d->name, strlen(d->name) + 1);
-	r->weights_hash = d->weights_hash;
-	r->n_layers = d->n_layers;
-	r->hidden = d->hidden;
-	r->dtype = (uint32_t)d->dtype;
-	r->max_seq = d->max_seq;
-	r->fp.chunks = d->fp_chunks ? d->fp_chunks : 4;
-	r->fp.bits = 256;
-	r->fp.seed = d->fp_seed;
-	return 0;
-}
-
 LB_EXPORT int lb_register_model(struct lb_client *c, const struct lb_model_desc *d, uint32_t *model_id)
 {
 	struct lbp_msg req = { .type = LBP_REGISTER_MODEL }, rep;
 	struct lbp_register_model *r = &req.u.reg;
 	int ret;
 
-	if (!model_id || lbi_model_msg(d, r) < 0)
+	if (!model_id || lbp_register_from_desc(d, r) < 0)
 		return -EINVAL;
 	/* The encoder checks every range the daemon would: a bad field never leaves the process. */
 	ret = call(c, &req, &rep, NULL, 0, NULL);

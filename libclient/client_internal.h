@@ -136,17 +136,4 @@ void lbi_orphan_unreserve(struct lb_client *c);
 int lbi_region_map(struct lb_client *c, int fd, const struct lbp_region_desc *d);
 void lbi_region_unmap(struct lb_client *c);
 
-/* REGISTER_MODEL's body from d (the encoder then checks every range). @return 0, -EINVAL. */
-int lbi_model_msg(const struct lb_model_desc *d, struct lbp_register_model *r);
-
-/*
- * A client of an in-process bank: the caller made the arenas and the region as a daemon would
- * and describes them in w; fds (n = w->n_arenas + 1: the arenas, then the region) are owned by
- * the client from here on, even on failure. Every request is served by pump(ctx) inside the
- * call that submits it. Not exported from the shared library: the bank links the daemon's code.
- * @return 0 with *out set; as lb_connect after WELCOME (-EPROTO, -ENOMEM, -errno of mmap).
- */
-int lbi_client_local(const struct lbp_welcome *w, const int *fds, unsigned n, void (*pump)(void *),
-		     void *ctx, struct lb_client **out);
-
 #endif

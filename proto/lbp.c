@@ -588,6 +588,23 @@ static void pack_body(msgpack_packer *pk, const struct table *t, const char *bas
 	}
 }
 
+int lbp_register_from_desc(const struct lb_model_desc *d, struct lbp_register_model *r)
+{
+	if (!d || !d->name || strlen(d->name) > LBP_MAX_NAME)
+		return -EINVAL;
+	memset(r, 0, sizeof(*r));
+	memcpy(r->name, d->name, strlen(d->name) + 1);
+	r->weights_hash = d->weights_hash;
+	r->n_layers = d->n_layers;
+	r->hidden = d->hidden;
+	r->dtype = (uint32_t)d->dtype;
+	r->max_seq = d->max_seq;
+	r->fp.chunks = d->fp_chunks ? d->fp_chunks : 4;
+	r->fp.bits = 256;
+	r->fp.seed = d->fp_seed;
+	return 0;
+}
+
 int lbp_encode(const struct lbp_msg *m, void *buf, size_t cap)
 {
 	struct ctx c = { .err = -EINVAL };

@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "layerbank/layerbank.h"
 #include "layerbank/shm.h"
 
 #define LBP_VERSION 1u
@@ -105,6 +106,10 @@ struct lbp_register_model {
 	uint32_t max_seq;  /* 1..LBP_MAX_SEQ */
 	struct lbp_fp_spec fp;
 };
+
+/* REGISTER_MODEL's body from an lb_register_model description (lbp_encode then checks every
+ * range, as the daemon would). @return 0; -EINVAL (no description or name, a name too long). */
+int lbp_register_from_desc(const struct lb_model_desc *d, struct lbp_register_model *r);
 
 struct lbp_model {
 	uint32_t model_id; /* >= 1 */

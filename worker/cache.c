@@ -8,9 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
-#include "local.h"
-#include "log.h"
+#include "inproc.h"
 #include "scorer.h"
 
 #define FP_SEED 0x6c61796572ull /* "layer" */
@@ -53,8 +51,8 @@ static int parse_layers(const char *v, uint8_t *flags, int32_t n_layers, const c
 
 void lbw_cache_close(struct lbw_cache *wc)
 {
-	if (wc->local)
-		lbd_local_free(wc->local); /* frees its client too */
+	if (wc->bank)
+		lbip_bank_free(wc->bank); /* frees its client too */
 	else
 		lb_close(wc->c);
 	lb_fp_proj_free(wc->proj);
@@ -85,23 +83,13 @@ static struct lb_fp_proj *projection(const struct lbw_scorer *sc)
 /* The in-process bank, with the daemon's defaults for everything but the budget. */
 static int open_private(struct lbw_cache *wc, uint64_t bytes, const char *who)
 {
-	struct lbd_config d;
 	char err[256];
-	lbd_config_defaults(&d);
-	struct lbd_store_cfg cfg = {
-		.policy = d.policy,
-		.ttl_ns = (uint64_t)d.ttl_s * 1000000000ull,
-		.half_life_ns = (uint64_t)d.half_life_s * 1000000000ull,
-		.drift_max = d.drift_max,
-		.tau = d.tau,
-	};
-	lbd_log_setup(LBD_LOG_WARN, 0); /* the bank's start-up lines are the daemon's, not ours */
-	wc->local = lbd_local_new(bytes, &cfg, err, sizeof(err));
-	if (!wc->local) {
+	wc->bank = lbip_bank_new(bytes, NULL, err, sizeof(err));
+	if (!wc->bank) {
 		fprintf(stderr, "%s: %s\n", who, err);
 		return -1;
 	}
-	wc->c = lbd_local_client(wc->local);
+	wc->c = lbip_bank_client(wc->bank);
 	return 0;
 }
 
@@ -166,7 +154,7 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 			lbw_cache_close(wc);
 			return -1;
 		}
-		rc = lbd_local_register(wc->local, &d, &model_id);
+		rc = lbip_bank_register(wc->bank, &d, &model_id);
 		if (rc < 0) {
 			fprintf(stderr, "%s: cannot register %s with the in-process bank: %s\n", who,
 				sc->name, strerror(-rc));

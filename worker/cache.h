@@ -8,7 +8,7 @@
 
 #include "layerbank/layerbank.h"
 
-struct lbd_local;
+struct lbip_bank;
 struct lbw_scorer;
 
 struct lbw_cache_opts {
@@ -22,7 +22,7 @@ struct lbw_cache_opts {
 /* Owned by one thread. c NULL: no cache (none asked for, or it was away). */
 struct lbw_cache {
 	struct lb_client *c;
-	struct lbd_local *local;  /* the in-process bank, when private */
+	struct lbip_bank *bank;   /* the in-process bank, when private */
 	struct lb_fp_proj *proj;
 	struct lb_lem_cfg cfg;    /* refers to proj, tau and layers */
 	float *tau;

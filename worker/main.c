@@ -495,7 +495,7 @@ int main(int argc, char **argv)
 		if (!strcmp(o.cmd, "score")) {
 			rc = score(&o, &sc, &t, &wc);
 		} else {
-			const char *mode = wc.local ? "private" : wc.c ? "shared" : "none";
+			const char *mode = wc.bank ? "private" : wc.c ? "shared" : "none";
 			int32_t cap = max_tokens && max_tokens < sc.max_seq ? (int32_t)max_tokens : sc.max_seq;
 			rc = lbw_serve(&sc, &t, &wc, cap, mode, stdin, stdout) < 0 ? EXIT_LOAD : 0;
 		}

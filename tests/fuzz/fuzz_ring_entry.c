@@ -1,6 +1,6 @@
 /*
  * libFuzzer target: the daemon's validation and serving of ring requests (daemon/service.c
- * serve(), daemon/store.c) through an in-process bank (daemon/local.h), driven as a hostile
+ * serve(), daemon/store.c) through an in-process bank (inproc/inproc.h), driven as a hostile
  * client would: raw 64-byte request entries and staging bytes written into the client's region,
  * then the daemon's pump. Two models are registered so that well-formed requests reach the
  * store. Checked for every request: exactly one completion, in order, whose status is one that
@@ -23,7 +23,7 @@
  * Integers are little-endian; a record cut short by the end of the input is zero-filled. Past
  * 8192 requests an input's requests are dropped, so that an input's time has a bound. At the
  * end every request is served and every lease released through the ring, then the bank is
- * cleared (lbd_local_clear) so that each input starts from the same state.
+ * cleared (lbip_bank_clear) so that each input starts from the same state.
  */
 #include <errno.h>
 #include <math.h>
@@ -37,7 +37,8 @@
 
 #include "../../libclient/client_internal.h"
 #include "fuzz.h"
-#include "local.h"
+#include "inproc.h"
+#include "store.h"
 
 #define BUDGET (128u << 10)   /* small: a few inserts already evict */
 #define DRIFT_MAX 0.05
@@ -101,7 +102,7 @@ struct recent {
 
 /* One input's run: what the harness knows the daemon must have done. */
 struct run {
-	struct lbd_local *l;
+	struct lbip_bank *l;
 	struct lb_client *c;
 	enum bank_kind kind;
 	const uint8_t *staging;
@@ -136,7 +137,7 @@ struct run {
 	bool touched[N_MODELS];           /* a lookup or insert of it reached the store */
 };
 
-static struct lbd_local *banks[N_BANKS];
+static struct lbip_bank *banks[N_BANKS];
 static struct lb_req pending_reqs[PENDING_CAP];
 static uint64_t given_leases[MAX_GIVEN];
 static uint64_t held_leases[HELD_SLOTS]; /* empty between inputs: every lease is released */
@@ -161,7 +162,7 @@ static void broken(const struct lb_req *r, const char *fmt, ...)
 
 /* ---- the banks ---- */
 
-static struct lbd_local *bank_new(enum bank_kind kind)
+static struct lbip_bank *bank_new(enum bank_kind kind)
 {
 	struct lbd_store_cfg cfg = { .policy = LBD_POLICY_LRU, .drift_max = DRIFT_MAX, .tau = TAU,
 				     .half_life_ns = 1000000000ull, .ttl_ns = 3600000000000ull };
@@ -173,7 +174,7 @@ static struct lbd_local *bank_new(enum bank_kind kind)
 		cfg.policy = LBD_POLICY_TTL;
 		cfg.ttl_ns = 0;
 	}
-	struct lbd_local *l = lbd_local_new(BUDGET, &cfg, err, sizeof(err));
+	struct lbip_bank *l = lbip_bank_new(BUDGET, &cfg, err, sizeof(err));
 	if (!l)
 		broken(NULL, "cannot make a bank: %s", err);
 	for (size_t i = 0; i < N_MODELS; i++) {
@@ -182,7 +183,7 @@ static struct lbd_local *bank_new(enum bank_kind kind)
 					   .dtype = LB_DTYPE_F32, .max_seq = models[i].max_seq,
 					   .fp_chunks = 4, .fp_seed = 9 };
 		uint32_t id;
-		if (lbd_local_register(l, &d, &id) < 0)
+		if (lbip_bank_register(l, &d, &id) < 0)
 			broken(NULL, "cannot register %s", d.name);
 		if (models[i].id && models[i].id != id)
 			broken(NULL, "model ids differ between banks");
@@ -548,7 +549,7 @@ static void check_completion(struct run *R, const struct lb_req *r, const struct
 static void check_stats(struct run *R)
 {
 	struct lbp_stats_reply st;
-	lbd_local_stats(R->l, &st);
+	lbip_bank_stats(R->l, &st);
 	uint64_t drops = st.evictions + st.expirations + st.invalidations;
 	if (st.leases != R->n_out || st.hits != R->hits || st.misses != R->misses ||
 	    st.inserts != R->inserts)
@@ -577,7 +578,7 @@ static void pump(struct run *R, bool take)
 	struct lbp_stats_reply st;
 
 	R->c->pump(R->c->pump_ctx);
-	lbd_local_stats(R->l, &st);
+	lbip_bank_stats(R->l, &st);
 	uint64_t drops = st.evictions + st.expirations + st.invalidations;
 	R->dirty = drops != R->drops_seen;
 	R->drops_seen = drops;
@@ -735,13 +736,13 @@ static void finish(struct run *R)
 	struct lbp_stats_reply st;
 	struct lbp_model_stats_reply ms;
 	uint64_t entries = 0, bytes = 0, inserts = 0, evictions = 0;
-	lbd_local_stats(R->l, &st);
+	lbip_bank_stats(R->l, &st);
 	for (size_t i = 0; i < N_MODELS; i++) {
 		uint64_t looked = 0;
 		if (!R->touched[i])
 			continue;
 		for (uint32_t first = 0; first < models[i].n_layers; first += ms.n) {
-			if (lbd_local_model_stats(R->l, models[i].id, first, &ms) < 0 || !ms.n)
+			if (lbip_bank_model_stats(R->l, models[i].id, first, &ms) < 0 || !ms.n)
 				broken(NULL, "no stats for %s from layer %u", models[i].name, first);
 			for (uint32_t j = 0; j < ms.n; j++) {
 				const struct lbp_layer_stats *s = &ms.layers[j];
@@ -784,7 +785,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	memset(&R, 0, sizeof(R));
 	R.l = banks[kind];
-	R.c = lbd_local_client(R.l);
+	R.c = lbip_bank_client(R.l);
 	R.kind = kind;
 	R.staging = R.c->staging;
 	R.staging_bytes = R.c->layout.staging_bytes;
@@ -823,7 +824,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	finish(&R);
 
-	if (lbd_local_clear(R.l) < 0)
+	if (lbip_bank_clear(R.l) < 0)
 		broken(NULL, "cannot clear the bank");
 	for (uint32_t i = 0; i < R.n_written; i++)
 		memset(R.c->staging + R.written[i].lo, 0, R.written[i].hi - R.written[i].lo);

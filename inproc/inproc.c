@@ -1,6 +1,6 @@
 /* In-process cache bank: one arena, the store and a client region made as layerbankd makes
  * them; the client's requests are served by lbd_dpclient_pump inside each call. */
-#include "local.h"
+#include "inproc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -10,15 +10,19 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include "../libclient/client_internal.h"
 #include "arena.h"
+#include "client_local.h"
+#include "config.h"
+#include "lbp.h"
+#include "log.h"
 #include "models.h"
 #include "service.h"
+#include "store.h"
 
 #define LOCAL_MAX_BUDGET (1ull << 40)
 #define LOCAL_STAGING (8u << 20) /* the daemon's default staging */
 
-struct lbd_local {
+struct lbip_bank {
 	struct lbd_arena arena;
 	bool have_arena;
 	struct lbd_store *store;
@@ -29,22 +33,22 @@ struct lbd_local {
 
 static void pump(void *ctx)
 {
-	struct lbd_local *l = ctx;
+	struct lbip_bank *l = ctx;
 	lbd_dpclient_pump(l->store, l->dp);
 }
 
-struct lbd_local *lbd_local_new(uint64_t budget, const struct lbd_store_cfg *cfg, char *err,
+struct lbip_bank *lbip_bank_new(uint64_t budget, const struct lbd_store_cfg *cfg, char *err,
 				size_t errlen)
 {
 	uint8_t boot_id[16];
 	int fds[2] = { -1, -1 }, ret;
 
-	if (!budget || budget > LOCAL_MAX_BUDGET || !cfg) {
+	if (!budget || budget > LOCAL_MAX_BUDGET) {
 		snprintf(err, errlen, "in-process bank: budget must be 1 byte .. 1 TiB");
 		errno = EINVAL;
 		return NULL;
 	}
-	struct lbd_local *l = calloc(1, sizeof(*l));
+	struct lbip_bank *l = calloc(1, sizeof(*l));
 	if (!l) {
 		snprintf(err, errlen, "in-process bank: out of memory");
 		errno = ENOMEM;
@@ -61,7 +65,17 @@ struct lbd_local *lbd_local_new(uint64_t budget, const struct lbd_store_cfg *cfg
 	if (ret < 0)
 		goto fail;
 	l->have_arena = true;
-	struct lbd_store_cfg sc = *cfg;
+	/* The daemon's code logs through the process's one logger: its start-up lines are not the
+	 * host program's business, its warnings are. */
+	lbd_log_setup(LBD_LOG_WARN, 0);
+	struct lbd_store_cfg sc;
+	if (cfg) {
+		sc = *cfg;
+	} else {
+		struct lbd_config d;
+		lbd_config_defaults(&d);
+		lbd_config_store_cfg(&d, &sc);
+	}
 	sc.budget = budget;
 	l->store = lbd_store_new(&l->arena, 1, &sc);
 	if (!l->store) {
@@ -104,17 +118,17 @@ struct lbd_local *lbd_local_new(uint64_t budget, const struct lbd_store_cfg *cfg
 	}
 	return l;
 fail:
-	lbd_local_free(l);
+	lbip_bank_free(l);
 	errno = -ret;
 	return NULL;
 }
 
-struct lb_client *lbd_local_client(struct lbd_local *l)
+struct lb_client *lbip_bank_client(struct lbip_bank *l)
 {
 	return l->client;
 }
 
-int lbd_local_register(struct lbd_local *l, const struct lb_model_desc *d, uint32_t *model_id)
+int lbip_bank_register(struct lbip_bank *l, const struct lb_model_desc *d, uint32_t *model_id)
 {
 	struct lbp_msg m = { .type = LBP_REGISTER_MODEL }, back;
 	struct lbp_fault fault;
@@ -123,7 +137,7 @@ int lbd_local_register(struct lbd_local *l, const struct lb_model_desc *d, uint3
 	char why[LBP_MAX_ERRMSG];
 	uint32_t id;
 
-	if (!model_id || lbi_model_msg(d, &m.u.reg) < 0)
+	if (!model_id || lbp_register_from_desc(d, &m.u.reg) < 0)
 		return -EINVAL;
 	/* Through the wire format: the bank accepts exactly what the daemon would. */
 	int len = lbp_encode(&m, buf, sizeof(buf));
@@ -142,27 +156,27 @@ int lbd_local_register(struct lbd_local *l, const struct lb_model_desc *d, uint3
 	return 0;
 }
 
-void lbd_local_stats(struct lbd_local *l, struct lbp_stats_reply *out)
+void lbip_bank_stats(struct lbip_bank *l, struct lbp_stats_reply *out)
 {
 	memset(out, 0, sizeof(*out));
 	lbd_store_stats(l->store, out);
 }
 
-int lbd_local_model_stats(struct lbd_local *l, uint32_t model_id, uint32_t first_layer,
+int lbip_bank_model_stats(struct lbip_bank *l, uint32_t model_id, uint32_t first_layer,
 			  struct lbp_model_stats_reply *out)
 {
 	memset(out, 0, sizeof(*out));
 	return lbd_store_model_stats(l->store, model_id, first_layer, out);
 }
 
-int lbd_local_clear(struct lbd_local *l)
+int lbip_bank_clear(struct lbip_bank *l)
 {
 	lbd_store_release_all(l->store, &l->dp->leases);
 	lbd_leases_free(&l->dp->leases);
 	return lbd_store_clear(l->store);
 }
 
-void lbd_local_free(struct lbd_local *l)
+void lbip_bank_free(struct lbip_bank *l)
 {
 	if (!l)
 		return;
