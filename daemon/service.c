@@ -295,6 +295,7 @@ unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c)
 /* c has a request waiting and room for its completion: it could be served now. */
 static bool servable(const struct lbd_dpclient *c)
 {
+	/* A1 (the completion ring, we produce): pairs with R1 in the client's lb_ring_sc_release. */
 	uint32_t cons_c = atomic_load_explicit(&c->cpl.sh->cons, memory_order_acquire);
 	return lb_ring_sc_peek(&c->req) && c->cpl.local - cons_c <= c->cpl.mask;
 }
@@ -446,8 +447,10 @@ static void *svc_main(void *arg)
 	unsigned idle_polls = 0;
 	unsigned since_shared = FAIR_PASSES; /* passes since two clients had requests in one */
 
+	/* A5: pairs with R5 in lbd_service_stop. */
 	while (!atomic_load_explicit(&t->stop, memory_order_acquire)) {
 		unsigned done = 0, busy = 0;
+		/* A6: pairs with R6 in kick; the lists themselves are read under t->mu. */
 		if (atomic_load_explicit(&t->pending, memory_order_acquire))
 			apply_pending(t);
 		/* The look for a second client costs a peek per client, once per batch. */
@@ -487,7 +490,10 @@ static void *svc_main(void *arg)
 
 static void kick(struct lbd_svc_thread *t)
 {
+	/* R6: pairs with A6 in svc_main. */
 	atomic_store_explicit(&t->pending, 1, memory_order_release);
+	/* With F2 in sleep_on_doorbells: either the thread sees pending, or its futex wait sees
+	 * ctl changed. */
 	atomic_fetch_add_explicit(&t->ctl, 1, memory_order_seq_cst);
 	syscall(SYS_futex, &t->ctl, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, 1, NULL, NULL, 0);
 }
@@ -535,6 +541,7 @@ void lbd_service_stop(struct lbd_service *s)
 		struct lbd_svc_thread *t = &s->t[i];
 		if (!t->started)
 			continue;
+		/* R5: pairs with A5 in svc_main. */
 		atomic_store_explicit(&t->stop, true, memory_order_release);
 		kick(t);
 		pthread_join(t->tid, NULL);

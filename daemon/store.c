@@ -93,6 +93,7 @@ struct lbd_store {
 	uint32_t in_cap, in_free;
 	uint32_t *live;       /* LIVE or DOOMED-but-leased entries, for sampling */
 	uint32_t n_live, live_cap;
+	uint32_t n_pending;   /* PENDING entries: live_cap > n_live + n_pending (live_reserve) */
 	uint64_t rng;
 	uint64_t data_bytes;  /* the arenas' data areas: the largest budget */
 	uint64_t pinned;      /* bytes no eviction can free: leased LIVE and PENDING entries */
@@ -180,19 +181,28 @@ static void entry_put(struct lbd_store *st, uint32_t id)
 	st->e_free = id;
 }
 
-static int live_add(struct lbd_store *st, uint32_t id)
+/* Room in live[] for every entry placed so far (live, leased or pending), so that an entry
+ * going live later cannot fail for want of memory. @return 0, -ENOMEM. */
+static int live_reserve(struct lbd_store *st)
 {
-	if (st->n_live == st->live_cap) {
-		uint32_t ncap = st->live_cap ? st->live_cap * 2 : 1024;
-		uint32_t *p = realloc(st->live, sizeof(*p) * ncap);
-		if (!p)
-			return -ENOMEM;
-		st->live = p;
-		st->live_cap = ncap;
-	}
+	if (st->n_live + st->n_pending < st->live_cap)
+		return 0;
+	uint32_t ncap = st->live_cap ? st->live_cap * 2 : 1024;
+	uint32_t *p = realloc(st->live, sizeof(*p) * ncap);
+	if (!p)
+		return -ENOMEM;
+	st->live = p;
+	st->live_cap = ncap;
+	return 0;
+}
+
+/* Called only for an entry placed by entry_place, which reserved its room. */
+static void live_add(struct lbd_store *st, uint32_t id)
+{
+	if (st->n_live >= st->live_cap)
+		abort(); /* live_reserve was skipped */
 	st->e[id].live_pos = st->n_live;
 	st->live[st->n_live++] = id;
-	return 0;
 }
 
 static void live_del(struct lbd_store *st, uint32_t id)
@@ -286,14 +296,22 @@ static void input_drop_if_empty(struct lbd_store *st, uint32_t id)
 
 /* ---- entries ---- */
 
+static struct lb_entry_hdr *entry_hdr(const struct lbd_store *st, unsigned arena, uint64_t off)
+{
+	return (struct lb_entry_hdr *)((uint8_t *)st->arenas[arena].hdr + off);
+}
+
 /* Give an unlinked, unleased entry's memory back. Its header loses the magic first, so a
  * reader holding no lease (a LOOKUP over the socket) cannot take old bytes for a live entry. */
 static void entry_free(struct lbd_store *st, uint32_t id)
 {
 	struct entry *e = &st->e[id];
-	struct lb_entry_hdr *h = (struct lb_entry_hdr *)((uint8_t *)st->arenas[e->arena].hdr + e->off);
 
-	atomic_store_explicit((_Atomic uint64_t *)&h->magic, 0, memory_order_release);
+	/* E3: pairs with E2 in lb_entry_live: a reader that finds the magic gone stops there. A
+	 * reader without a lease may still race with the reuse of the block; one with a lease
+	 * never sees this, as a leased entry is not freed. */
+	atomic_store_explicit(lb_entry_magic(entry_hdr(st, e->arena, e->off)), 0,
+			      memory_order_release);
 	live_del(st, id);
 	lbd_alloc_put(st->alloc[e->arena], e->off);
 	st->c.bytes_used -= e->bytes;
@@ -579,15 +597,121 @@ static void count_miss(struct lbd_store *st, struct bank *b, const struct lb_req
 			b->layer[l].misses++;
 }
 
+/*
+ * The index's search radius for a lookup: the loosest threshold that matters (max_d), and the
+ * tightest (good_d): an entry within it meets every threshold, so the index may stop at the
+ * first such entry rather than prove it is the nearest. @return 0, -EINVAL (a threshold out
+ * of -1..1 or not a number).
+ */
+static int lookup_radius(const struct lbd_store *st, const struct bank *b, const struct lb_req *r,
+			 const struct lb_query *q, const float *thr, uint32_t *max_d, uint32_t *good_d)
+{
+	if (!q->n_thr) {
+		if (r->opcode == LB_OP_LOOKUP) {
+			*max_d = *good_d = lbp_fp_max_hamming(layer_tau(st, b, r->layer));
+		} else {
+			*max_d = b->max_d_default;
+			*good_d = b->good_d_default;
+		}
+		return 0;
+	}
+	*max_d = 0;
+	*good_d = UINT32_MAX;
+	for (uint32_t l = 0; l < q->n_thr; l++) {
+		if (!isfinite(thr[l]) || thr[l] < -1.0f || thr[l] > 1.0f)
+			return -EINVAL;
+		if (r->opcode == LB_OP_LOOKUP && l != r->layer)
+			continue;
+		uint32_t d = lbp_fp_max_hamming(thr[l]);
+		*max_d = d > *max_d ? d : *max_d;
+		*good_d = d < *good_d ? d : *good_d;
+	}
+	return 0;
+}
+
+/* The cached input a lookup is about: the exact token hash first, then the nearest
+ * fingerprint within the radius. @return its id with *dist, or NONE. */
+static uint32_t lookup_input(struct lbd_store *st, struct bank *b, const struct lb_req *r,
+			     const struct lb_query *q, uint32_t max_d, uint32_t good_d, uint32_t *dist)
+{
+	struct accept_ctx ac = { st, r->seq_len, r->opcode == LB_OP_LOOKUP ? (int)r->layer : -1 };
+	uint32_t id = NONE;
+
+	*dist = 0;
+	if (lbd_exactmap_find(b->exact, q->exact, &id) == 0 && accept_input(&ac, id))
+		return id;
+	if (lbd_fpindex_nearest(b->fps, q->fp, max_d, good_d, accept_input, &ac, &id, dist) < 0)
+		return NONE;
+	return id;
+}
+
+/* The deepest layer of input id a lookup may reuse at distance dist (LOOKUP: only its layer).
+ * Expired entries met on the way are dropped. @return the layer, or -1. */
+static int lookup_layer(struct lbd_store *st, const struct bank *b, const struct lb_req *r,
+			const struct lb_query *q, const float *thr, uint32_t id, uint32_t dist,
+			uint64_t now)
+{
+	const struct input *in = &st->in[id];
+	double sim = lbp_fp_similarity(dist);
+	int top = r->opcode == LB_OP_LOOKUP ? r->layer : (int)b->desc.n_layers - 1;
+	int bottom = r->opcode == LB_OP_LOOKUP ? r->layer : 0;
+
+	for (int l = top; l >= bottom; l--) {
+		uint32_t e = in->layer[l];
+		double tau = q->n_thr ? thr[l] : layer_tau(st, b, (uint32_t)l);
+		if (e == NONE || st->e[e].state != E_LIVE || sim < tau)
+			continue;
+		if (expired(st, &st->e[e], now)) {
+			st->c.expirations++;
+			entry_unlink(st, e);
+			if (!in->used)
+				return -1; /* that was its last layer: the input is gone */
+			continue;
+		}
+		return l;
+	}
+	return -1;
+}
+
+/* A hit on entry eid at layer: its lease, its place for the policy, the counters. @return 0
+ * with cpl filled, or the lease's error (-EBUSY, -ENOMEM). */
+static int lookup_hit(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
+		      const struct lb_req *r, uint32_t eid, int layer, uint64_t now, struct lb_cpl *cpl)
+{
+	struct entry *e = &st->e[eid];
+	int ret = lease_take(st, ls, eid, &cpl->lease);
+
+	if (ret < 0)
+		return ret;
+	e->last_ns = now;
+	/* Kept under every policy, so that one switched to decay at run time finds real scores. */
+	e->score = decayed_score(st, e, now) + 1.0;
+	e->score_ns = now;
+	st->c.hits++;
+	b->layer[layer].leases++;
+	if (r->opcode == LB_OP_LOOKUP) {
+		b->layer[layer].hits++;
+	} else {
+		for (int l = 0; l <= layer; l++)
+			b->layer[l].hits++;
+		for (uint32_t l = (uint32_t)layer + 1; l < b->desc.n_layers; l++)
+			b->layer[l].misses++;
+	}
+	cpl->arena = e->arena;
+	cpl->layer = (uint16_t)layer;
+	cpl->entry_off = e->off;
+	return 0;
+}
+
 void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
 		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl)
 {
 	uint64_t now = lb_now_ns();
-	uint32_t id = NONE, dist = 0, max_d = 0, good_d = UINT32_MAX;
-	struct bank *b;
+	uint32_t id, dist = 0, max_d = 0, good_d = 0;
+	int layer = -1;
 
 	store_lock(st);
-	b = bank_of(st, r->model_id);
+	struct bank *b = bank_of(st, r->model_id);
 	if (!b || r->seq_len == 0 || r->seq_len > b->desc.max_seq ||
 	    (q->n_thr != 0 && q->n_thr != b->desc.n_layers) ||
 	    (r->opcode == LB_OP_LOOKUP && r->layer >= b->desc.n_layers) ||
@@ -595,90 +719,20 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 		cpl->status = b ? -EINVAL : -ESRCH;
 		goto out;
 	}
-	/*
-	 * The search radius comes from the loosest threshold that matters. An entry within the
-	 * tightest one meets every threshold, so the index may stop at the first such entry
-	 * rather than prove it is the nearest (good_d).
-	 */
-	if (!q->n_thr) {
-		if (r->opcode == LB_OP_LOOKUP) {
-			max_d = good_d = lbp_fp_max_hamming(layer_tau(st, b, r->layer));
-		} else {
-			max_d = b->max_d_default;
-			good_d = b->good_d_default;
-		}
-	} else {
-		for (uint32_t l = 0; l < q->n_thr; l++) {
-			if (!isfinite(thr[l]) || thr[l] < -1.0f || thr[l] > 1.0f) {
-				cpl->status = -EINVAL;
-				goto out;
-			}
-			if (r->opcode == LB_OP_LOOKUP && l != r->layer)
-				continue;
-			uint32_t d = lbp_fp_max_hamming(thr[l]);
-			max_d = d > max_d ? d : max_d;
-			good_d = d < good_d ? d : good_d;
-		}
-	}
-	struct accept_ctx ac = { st, r->seq_len, r->opcode == LB_OP_LOOKUP ? (int)r->layer : -1 };
-	if (lbd_exactmap_find(b->exact, q->exact, &id) == 0 && accept_input(&ac, id))
-		dist = 0;
-	else if (lbd_fpindex_nearest(b->fps, q->fp, max_d, good_d, accept_input, &ac, &id, &dist) < 0)
-		id = NONE;
-
-	int hit_layer = -1;
-	if (id != NONE) {
-		const struct input *in = &st->in[id];
-		double sim = lbp_fp_similarity(dist);
-		int top = r->opcode == LB_OP_LOOKUP ? r->layer : (int)b->desc.n_layers - 1;
-		int bottom = r->opcode == LB_OP_LOOKUP ? r->layer : 0;
-		for (int l = top; l >= bottom; l--) {
-			uint32_t e = in->layer[l];
-			double tau = q->n_thr ? thr[l] : layer_tau(st, b, (uint32_t)l);
-			if (e == NONE || st->e[e].state != E_LIVE || sim < tau)
-				continue;
-			if (expired(st, &st->e[e], now)) {
-				st->c.expirations++;
-				entry_unlink(st, e);
-				if (!in->used)
-					break; /* that was its last layer: the input is gone */
-				continue;
-			}
-			hit_layer = l;
-			break;
-		}
-	}
-	if (hit_layer < 0) {
+	cpl->status = lookup_radius(st, b, r, q, thr, &max_d, &good_d);
+	if (cpl->status < 0)
+		goto out;
+	id = lookup_input(st, b, r, q, max_d, good_d, &dist);
+	if (id != NONE)
+		layer = lookup_layer(st, b, r, q, thr, id, dist, now);
+	if (layer < 0) {
 		count_miss(st, b, r, 0);
 		cpl->status = -ENOENT;
 		goto out;
 	}
-	uint32_t eid = st->in[id].layer[hit_layer];
-	struct entry *e = &st->e[eid];
-	int ret = lease_take(st, ls, eid, &cpl->lease);
-	if (ret < 0) {
-		cpl->status = ret;
-		goto out;
-	}
-	e->last_ns = now;
-	/* Kept under every policy, so that one switched to decay at run time finds real scores. */
-	e->score = decayed_score(st, e, now) + 1.0;
-	e->score_ns = now;
-	st->c.hits++;
-	b->layer[hit_layer].leases++;
-	if (r->opcode == LB_OP_LOOKUP) {
-		b->layer[hit_layer].hits++;
-	} else {
-		for (int l = 0; l <= hit_layer; l++)
-			b->layer[l].hits++;
-		for (uint32_t l = (uint32_t)hit_layer + 1; l < b->desc.n_layers; l++)
-			b->layer[l].misses++;
-	}
-	cpl->status = 0;
-	cpl->arena = e->arena;
-	cpl->layer = (uint16_t)hit_layer;
-	cpl->entry_off = e->off;
-	cpl->hamming = dist;
+	cpl->status = lookup_hit(st, ls, b, r, st->in[id].layer[layer], layer, now, cpl);
+	if (cpl->status == 0)
+		cpl->hamming = dist;
 out:
 	pthread_mutex_unlock(&st->lock);
 }
@@ -729,6 +783,46 @@ static void copy_in(uint8_t *dst, const uint8_t *src, size_t n)
 		memcpy(dst, src, n);
 }
 
+/*
+ * Write an entry at h: its data, then its header as tmpl has it, then the magic that makes it
+ * readable. The checksum is tmpl's when checksum_given (a snapshot checked it against the
+ * data), else computed on the arena copy: the client may change its staging meanwhile. The one
+ * place an entry is published, for inserts and restores alike.
+ */
+static void entry_publish(struct lb_entry_hdr *h, const struct lb_entry_hdr *tmpl,
+			  const uint8_t *data, bool checksum_given)
+{
+	const size_t body = offsetof(struct lb_entry_hdr, model_id); /* all but the magic */
+	uint8_t *dst = (uint8_t *)h + LB_ENTRY_HDR_SIZE;
+
+	/* The block may hold anything (a freed entry's bytes): no magic until all is in place. */
+	atomic_store_explicit(lb_entry_magic(h), 0, memory_order_relaxed);
+	memset((uint8_t *)h + body, 0, LB_ENTRY_HDR_SIZE - body);
+	copy_in(dst, data, tmpl->bytes);
+	memcpy((uint8_t *)h + body, (const uint8_t *)tmpl + body, sizeof(*h) - body);
+	if (!checksum_given)
+		h->checksum = XXH3_64bits(dst, tmpl->bytes);
+	/* E1: pairs with E2 in lb_entry_live: data and header are written before the magic. */
+	atomic_store_explicit(lb_entry_magic(h), LB_ENTRY_MAGIC, memory_order_release);
+}
+
+/* bytes of data and the header, rounded to the allocator's alignment. */
+static uint64_t entry_need(uint64_t bytes)
+{
+	return (LB_ENTRY_HDR_SIZE + bytes + LBD_ALLOC_ALIGN - 1) & ~(uint64_t)(LBD_ALLOC_ALIGN - 1);
+}
+
+/* A block of need bytes in the first arena that has one. @return 0, -ENOSPC. */
+static int alloc_any(struct lbd_store *st, uint64_t need, unsigned *arena, uint64_t *off)
+{
+	for (unsigned i = 0; i < st->n_arenas; i++)
+		if (lbd_alloc_get(st->alloc[i], need, off) == 0) {
+			*arena = i;
+			return 0;
+		}
+	return -ENOSPC;
+}
+
 /* Room for need bytes: evict until under budget, then allocate, evicting on fragmentation. */
 static int make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned *arena, uint64_t *off)
 {
@@ -736,146 +830,176 @@ static int make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned
 	if (st->pinned >= st->c.bytes_budget || need > st->c.bytes_budget - st->pinned)
 		return -ENOSPC;
 	for (int round = 0; round < MAX_EVICT_ROUNDS; round++) {
-		if (st->c.bytes_used + need <= st->c.bytes_budget) {
-			for (unsigned i = 0; i < st->n_arenas; i++) {
-				if (lbd_alloc_get(st->alloc[i], need, off) == 0) {
-					*arena = i;
-					return 0;
-				}
-			}
-		}
+		if (st->c.bytes_used + need <= st->c.bytes_budget && alloc_any(st, need, arena, off) == 0)
+			return 0;
 		if (evict_one(st, now) < 0)
 			return -ENOSPC;
 	}
 	return -ENOSPC;
 }
 
-void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
-		      const struct lb_insert_hdr *h, const uint8_t *data, struct lb_cpl *cpl)
+/*
+ * Whether an input with these keys may take an entry of layer: *id is the cached input with
+ * these tokens, or NONE. @return 0; -EINVAL (the same tokens cached at another length: a lying
+ * client or a corrupt file); -EEXIST (that layer is cached).
+ */
+static int input_check(struct lbd_store *st, struct bank *b, const uint64_t exact[2],
+		       uint32_t seq_len, uint32_t layer, uint32_t *id)
 {
-	uint64_t now = lb_now_ns(), off = 0;
-	uint32_t id = NONE, eid;
-	unsigned arena = 0;
-	struct bank *b;
-	int ret;
-
-	if (!lbd_store_insert_hdr_ok(r, h)) {
-		cpl->status = -EINVAL;
-		return;
+	if (lbd_exactmap_find(b->exact, exact, id) < 0) {
+		*id = NONE;
+		return 0;
 	}
-	uint64_t need = (LB_ENTRY_HDR_SIZE + h->bytes + LBD_ALLOC_ALIGN - 1) & ~(uint64_t)(LBD_ALLOC_ALIGN - 1);
+	if (st->in[*id].seq_len != seq_len)
+		return -EINVAL;
+	return st->in[*id].layer[layer] != NONE ? -EEXIST : 0;
+}
 
-	store_lock(st);
-	b = bank_of(st, r->model_id);
+/*
+ * Put a new entry of layer into the block at (arena, off): under the input with these keys
+ * (made if none is cached), counted in bytes_used, its room in live[] reserved. The caller
+ * sets its state and times. @return the entry, or NONE (no memory) with the block given back
+ * and nothing changed.
+ */
+static uint32_t entry_place(struct lbd_store *st, struct bank *b, const struct lb_insert_hdr *k,
+			    uint32_t seq_len, uint32_t layer, unsigned arena, uint64_t off, uint64_t need)
+{
+	uint32_t id = NONE, eid = NONE;
+
+	if (lbd_exactmap_find(b->exact, k->exact, &id) < 0)
+		id = input_new(st, (uint32_t)(b - st->banks), seq_len, k->fp, k->exact);
+	if (id != NONE)
+		eid = entry_get(st);
+	if (eid == NONE || live_reserve(st) < 0) {
+		if (eid != NONE)
+			entry_put(st, eid);
+		if (id != NONE)
+			input_drop_if_empty(st, id);
+		lbd_alloc_put(st->alloc[arena], off);
+		return NONE;
+	}
+	struct entry *e = &st->e[eid];
+	e->input = id;
+	e->layer = (uint16_t)layer;
+	e->arena = (uint8_t)arena;
+	e->off = off;
+	e->bytes = need;
+	st->in[id].layer[layer] = eid;
+	st->in[id].n_cached++;
+	st->c.bytes_used += need;
+	return eid;
+}
+
+/* A placed entry is found by lookups from now on. */
+static void entry_go_live(struct lbd_store *st, struct bank *b, uint32_t eid)
+{
+	struct entry *e = &st->e[eid];
+
+	e->state = E_LIVE;
+	live_add(st, eid);
+	b->layer[e->layer].entries++;
+	b->layer[e->layer].bytes += e->bytes;
+	st->c.entries++;
+}
+
+/*
+ * An insert's first phase, under the lock: the request against its model and the cache, the
+ * client's quota, room made by the policy, and a PENDING entry that no lookup finds and no
+ * eviction takes while its data is copied. @return the entry, or NONE with cpl->status set.
+ */
+static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+			       const struct lb_insert_hdr *h, uint64_t now, struct lb_cpl *cpl)
+{
+	uint64_t need = entry_need(h->bytes), off = 0;
+	struct bank *b = bank_of(st, r->model_id);
+	unsigned arena = 0;
+	uint32_t id;
+
 	if (!b || r->layer >= b->desc.n_layers || r->seq_len == 0 || r->seq_len > b->desc.max_seq) {
 		cpl->status = b ? -EINVAL : -ESRCH;
-		goto unlock;
+		return NONE;
 	}
-	if (lbd_exactmap_find(b->exact, h->exact, &id) == 0) {
-		if (st->in[id].seq_len != r->seq_len) {
-			cpl->status = -EINVAL; /* same tokens, other length: a lying client */
-			goto unlock;
-		}
-		if (st->in[id].layer[r->layer] != NONE) {
-			cpl->status = -EEXIST;
-			goto unlock;
-		}
-	}
+	cpl->status = input_check(st, b, h->exact, r->seq_len, r->layer, &id);
+	if (cpl->status < 0)
+		return NONE;
 	/* The client's quota before the budget: an insert it may not pay for evicts nothing. */
 	struct account *a = account_of(st, account);
 	if (a && a->limit && (a->used > a->limit || need > a->limit - a->used)) {
 		st->c.quota_refusals++;
 		cpl->status = -EDQUOT;
-		goto unlock;
+		return NONE;
 	}
-	ret = make_room(st, need, now, &arena, &off);
-	if (ret < 0) {
-		cpl->status = ret;
-		goto unlock;
-	}
-	/* make_room may have evicted the input we found: look again. */
-	if (lbd_exactmap_find(b->exact, h->exact, &id) < 0) {
-		id = input_new(st, (uint32_t)(b - st->banks), r->seq_len, h->fp, h->exact);
-		if (id == NONE) {
-			lbd_alloc_put(st->alloc[arena], off);
-			cpl->status = -ENOMEM;
-			goto unlock;
-		}
-	}
-	eid = entry_get(st);
+	cpl->status = make_room(st, need, now, &arena, &off);
+	if (cpl->status < 0)
+		return NONE;
+	/* make_room may have evicted the input found above: entry_place looks again. */
+	uint32_t eid = entry_place(st, b, h, r->seq_len, r->layer, arena, off, need);
 	if (eid == NONE) {
-		lbd_alloc_put(st->alloc[arena], off);
-		input_drop_if_empty(st, id);
 		cpl->status = -ENOMEM;
-		goto unlock;
+		return NONE;
 	}
-	struct entry *e = &st->e[eid];
-	e->state = E_PENDING;
-	e->input = id;
-	e->layer = (uint16_t)r->layer;
-	e->arena = (uint8_t)arena;
-	e->off = off;
-	e->bytes = need;
-	st->in[id].layer[r->layer] = eid;
-	st->in[id].n_cached++;
-	st->c.bytes_used += need;
+	st->e[eid].state = E_PENDING;
+	st->n_pending++;
 	st->pinned += need;
 	if (a) {
-		e->account = account;
+		st->e[eid].account = account;
 		a->used += need;
 	}
-	uint32_t gen = e->gen;
-	pthread_mutex_unlock(&st->lock);
+	return eid;
+}
 
-	/* The copy runs unlocked: a PENDING entry is in no sample and gives no hits. */
-	uint8_t *base = (uint8_t *)st->arenas[arena].hdr;
-	struct lb_entry_hdr *eh = (struct lb_entry_hdr *)(base + off);
-	memset(eh, 0, LB_ENTRY_HDR_SIZE); /* no magic until the data is in place */
-	copy_in(base + off + LB_ENTRY_HDR_SIZE, data, h->bytes);
-	eh->model_id = r->model_id;
-	eh->layer = r->layer;
-	eh->dtype = (uint16_t)h->dtype;
-	eh->seq_len = r->seq_len;
-	eh->ndim = h->ndim;
-	memcpy(eh->shape, h->shape, sizeof(eh->shape));
-	eh->bytes = h->bytes;
-	/* Of our own copy: the client may have changed its staging meanwhile. */
-	eh->checksum = XXH3_64bits(base + off + LB_ENTRY_HDR_SIZE, h->bytes);
-	atomic_store_explicit((_Atomic uint64_t *)&eh->magic, LB_ENTRY_MAGIC, memory_order_release);
-
-	store_lock(st);
+/* An insert's last phase, under the lock: the copied entry goes live. */
+static void insert_commit(struct lbd_store *st, uint32_t eid, uint32_t gen, const struct lb_req *r,
+			  uint64_t now, struct lb_cpl *cpl)
+{
 	/* Both tables may have moved while unlocked: st->e grows with other inserts, st->banks
 	 * with a model registered meanwhile (lbd_store_add_model reallocates it). */
-	e = &st->e[eid];
-	b = &st->banks[r->model_id - 1];
+	struct entry *e = &st->e[eid];
+	struct bank *b = &st->banks[r->model_id - 1];
+
 	if (e->gen != gen || e->state != E_PENDING)
 		abort(); /* pending entries are never freed by anyone else */
 	e->created_ns = e->last_ns = e->score_ns = now;
 	e->score = 1.0;
-	st->pinned -= need;
-	if (live_add(st, eid) < 0) {
-		st->in[id].layer[r->layer] = NONE;
-		st->in[id].n_cached--;
-		st->c.bytes_used -= need;
-		lbd_alloc_put(st->alloc[arena], off);
-		uncharge(st, e);
-		entry_put(st, eid);
-		/* (its magic was never set) */
-		input_drop_if_empty(st, id);
-		cpl->status = -ENOMEM;
-		goto unlock;
-	}
-	e->state = E_LIVE;
+	st->pinned -= e->bytes;
+	st->n_pending--;
+	entry_go_live(st, b, eid);
 	b->layer[r->layer].inserts++;
-	b->layer[r->layer].entries++;
-	b->layer[r->layer].bytes += need;
 	st->c.inserts++;
-	st->c.entries++;
 	cpl->status = 0;
-	cpl->arena = (uint8_t)arena;
+	cpl->arena = e->arena;
 	cpl->layer = r->layer;
-	cpl->entry_off = off;
-unlock:
+	cpl->entry_off = e->off;
+}
+
+void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+		      const struct lb_insert_hdr *h, const uint8_t *data, struct lb_cpl *cpl)
+{
+	uint64_t now = lb_now_ns();
+
+	if (!lbd_store_insert_hdr_ok(r, h)) {
+		cpl->status = -EINVAL;
+		return;
+	}
+	store_lock(st);
+	uint32_t eid = insert_reserve(st, account, r, h, now, cpl);
+	if (eid == NONE) {
+		pthread_mutex_unlock(&st->lock);
+		return;
+	}
+	uint32_t gen = st->e[eid].gen;
+	struct lb_entry_hdr *eh = entry_hdr(st, st->e[eid].arena, st->e[eid].off);
+	pthread_mutex_unlock(&st->lock);
+
+	/* The copy runs unlocked: a PENDING entry is in no sample and gives no hits. */
+	struct lb_entry_hdr tmpl = { .model_id = r->model_id, .layer = r->layer,
+				     .dtype = (uint16_t)h->dtype, .seq_len = r->seq_len,
+				     .ndim = h->ndim, .bytes = h->bytes };
+	memcpy(tmpl.shape, h->shape, sizeof(tmpl.shape));
+	entry_publish(eh, &tmpl, data, false);
+
+	store_lock(st);
+	insert_commit(st, eid, gen, r, now, cpl);
 	pthread_mutex_unlock(&st->lock);
 }
 
@@ -1183,109 +1307,66 @@ double lbd_store_item_value(const struct lbd_store *st, const struct lbd_store_i
 	return -(double)it->idle_ns;
 }
 
-int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
+/* Whether an item may go back into bank b: its layer, length and age. @return 0, -EINVAL,
+ * -ETIME (it would expire at once). */
+static int restore_check(const struct lbd_store *st, const struct bank *b,
+			 const struct lbd_store_item *it)
 {
-	uint64_t now = lb_now_ns(), off = 0;
-	struct lb_insert_hdr h = { .dtype = it->dtype, .ndim = it->ndim, .bytes = it->bytes };
-	uint32_t id, eid;
-	unsigned arena = 0;
-	struct bank *b;
-	int ret = 0;
-
-	memcpy(h.shape, it->shape, sizeof(h.shape));
-	if (!shape_ok(&h) || !it->data)
+	if (it->layer >= b->desc.n_layers || it->seq_len == 0 || it->seq_len > b->desc.max_seq)
 		return -EINVAL;
-	uint64_t need = (LB_ENTRY_HDR_SIZE + it->bytes + LBD_ALLOC_ALIGN - 1) & ~(uint64_t)(LBD_ALLOC_ALIGN - 1);
+	if (st->cfg.policy == LBD_POLICY_TTL && it->age_ns > st->cfg.ttl_ns)
+		return -ETIME;
+	return 0;
+}
 
-	store_lock(st);
-	b = bank_of(st, it->model_id);
-	if (!b) {
-		ret = -ESRCH;
-		goto out;
-	}
-	if (it->layer >= b->desc.n_layers || it->seq_len == 0 || it->seq_len > b->desc.max_seq) {
-		ret = -EINVAL;
-		goto out;
-	}
-	if (st->cfg.policy == LBD_POLICY_TTL && it->age_ns > st->cfg.ttl_ns) {
-		ret = -ETIME; /* it would expire at once */
-		goto out;
-	}
-	if (lbd_exactmap_find(b->exact, it->exact, &id) == 0) {
-		if (st->in[id].seq_len != it->seq_len) {
-			ret = -EINVAL;
-			goto out;
-		}
-		if (st->in[id].layer[it->layer] != NONE) {
-			ret = -EEXIST;
-			goto out;
-		}
-	} else {
-		id = NONE;
-	}
-	/* No eviction: what is restored first was chosen as the more valuable. */
-	if (need > st->c.bytes_budget || st->c.bytes_used > st->c.bytes_budget - need) {
-		ret = -ENOSPC;
-		goto out;
-	}
-	ret = -ENOSPC;
-	for (unsigned i = 0; i < st->n_arenas && ret; i++)
-		if (lbd_alloc_get(st->alloc[i], need, &off) == 0) {
-			arena = i;
-			ret = 0;
-		}
-	if (ret)
-		goto out;
-	if (id == NONE) {
-		id = input_new(st, (uint32_t)(b - st->banks), it->seq_len, it->fp, it->exact);
-		if (id == NONE) {
-			lbd_alloc_put(st->alloc[arena], off);
-			ret = -ENOMEM;
-			goto out;
-		}
-	}
-	eid = entry_get(st);
-	if (eid == NONE || live_add(st, eid) < 0) {
-		if (eid != NONE)
-			entry_put(st, eid);
-		lbd_alloc_put(st->alloc[arena], off);
-		input_drop_if_empty(st, id);
-		ret = -ENOMEM;
-		goto out;
-	}
-	/* Copied under the lock: restoring happens at start-up, before any client is served. */
-	uint8_t *base = (uint8_t *)st->arenas[arena].hdr;
-	struct lb_entry_hdr *eh = (struct lb_entry_hdr *)(base + off);
-	memset(eh, 0, LB_ENTRY_HDR_SIZE);
-	copy_in(base + off + LB_ENTRY_HDR_SIZE, it->data, it->bytes);
-	eh->model_id = it->model_id;
-	eh->layer = (uint16_t)it->layer;
-	eh->dtype = (uint16_t)it->dtype;
-	eh->seq_len = it->seq_len;
-	eh->ndim = it->ndim;
-	memcpy(eh->shape, it->shape, sizeof(eh->shape));
-	eh->bytes = it->bytes;
-	eh->checksum = it->checksum; /* the caller checked it against the data */
-	atomic_store_explicit((_Atomic uint64_t *)&eh->magic, LB_ENTRY_MAGIC, memory_order_release);
-
-	struct entry *e = &st->e[eid];
-	e->state = E_LIVE;
-	e->input = id;
-	e->layer = (uint16_t)it->layer;
-	e->arena = (uint8_t)arena;
-	e->off = off;
-	e->bytes = need;
-	/* Ages carry over; a monotonic clock younger than them (a reboot) clamps them to it. */
+/* The restored entry's place for the policy: ages carry over; a monotonic clock younger than
+ * them (a reboot) clamps them to it. */
+static void restore_ages(struct entry *e, const struct lbd_store_item *it, uint64_t now)
+{
 	e->created_ns = now - (it->age_ns < now ? it->age_ns : now);
 	e->last_ns = now - (it->idle_ns < now ? it->idle_ns : now);
 	e->score = isfinite(it->score) && it->score > 0 ? it->score : 0;
 	e->score_ns = now;
-	st->in[id].layer[it->layer] = eid;
-	st->in[id].n_cached++;
-	st->c.bytes_used += need;
-	st->c.entries++;
-	b->layer[it->layer].entries++;
-	b->layer[it->layer].bytes += need;
+}
+
+int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
+{
+	struct lb_insert_hdr h = { .dtype = it->dtype, .ndim = it->ndim, .bytes = it->bytes };
+	uint64_t now = lb_now_ns(), off = 0, need = entry_need(it->bytes);
+	unsigned arena = 0;
+	uint32_t id;
+	int ret;
+
+	memcpy(h.shape, it->shape, sizeof(h.shape));
+	memcpy(h.fp, it->fp, sizeof(h.fp));
+	memcpy(h.exact, it->exact, sizeof(h.exact));
+	if (!shape_ok(&h) || !it->data)
+		return -EINVAL;
+	store_lock(st);
+	struct bank *b = bank_of(st, it->model_id);
+	ret = b ? restore_check(st, b, it) : -ESRCH;
+	if (ret == 0)
+		ret = input_check(st, b, it->exact, it->seq_len, it->layer, &id);
+	/* No eviction: what is restored first was chosen as the more valuable. */
+	if (ret == 0 && (need > st->c.bytes_budget || st->c.bytes_used > st->c.bytes_budget - need))
+		ret = -ENOSPC;
+	if (ret == 0)
+		ret = alloc_any(st, need, &arena, &off);
+	if (ret < 0)
+		goto out;
+	uint32_t eid = entry_place(st, b, &h, it->seq_len, it->layer, arena, off, need);
+	if (eid == NONE) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	/* Copied under the lock: restoring happens at start-up, before any client is served. */
+	struct lb_entry_hdr tmpl = { .model_id = it->model_id, .layer = (uint16_t)it->layer,
+				     .dtype = (uint16_t)it->dtype, .seq_len = it->seq_len,
+				     .ndim = it->ndim, .bytes = it->bytes, .checksum = it->checksum };
+	memcpy(tmpl.shape, it->shape, sizeof(tmpl.shape));
+	entry_publish(entry_hdr(st, arena, off), &tmpl, it->data, true);
+	restore_ages(&st->e[eid], it, now);
+	entry_go_live(st, b, eid);
 out:
 	pthread_mutex_unlock(&st->lock);
 	return ret;

@@ -34,6 +34,8 @@ int lbi_region_map(struct lb_client *c, int fd, const struct lbp_region_desc *d)
 	}
 	c->region = p;
 	c->region_bytes = bytes;
+	/* Plain loads: the daemon wrote the header before it sent the fd (as for arenas,
+	 * lbp_arena_hdr_check). */
 	const struct lb_region_hdr *h = p;
 	if (h->magic != LB_REGION_MAGIC || h->req_off != c->layout.req_off ||
 	    h->cpl_off != c->layout.cpl_off || h->staging_off != c->layout.staging_off) {
@@ -169,7 +171,7 @@ static void to_result(struct lb_client *c, const struct lb_cpl *k, struct lb_res
 	if (k->arena < c->n_arenas && k->entry_off % 64 == 0 &&
 	    k->entry_off <= c->arenas[k->arena].bytes - LB_ENTRY_HDR_SIZE)
 		h = (const struct lb_entry_hdr *)((const uint8_t *)c->arenas[k->arena].base + k->entry_off);
-	if (!h || h->magic != LB_ENTRY_MAGIC ||
+	if (!h || !lb_entry_live(h) ||
 	    h->bytes > c->arenas[k->arena].bytes - k->entry_off - LB_ENTRY_HDR_SIZE) {
 		out->status = -EPROTO;
 		return;

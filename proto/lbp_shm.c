@@ -20,6 +20,8 @@ int lbp_arena_hdr_check(const struct lb_arena_hdr *h, size_t mapped_bytes, const
 	/* First, so that nothing below reads past a short mapping. */
 	if (mapped_bytes < sizeof(*h))
 		return bad(why, "mapping smaller than the arena header");
+	/* Plain loads, no acquire: the daemon wrote the header before the memfd was sealed and sent
+	 * (SCM_RIGHTS), and the kernel's sendmsg/recvmsg order those writes before our mapping. */
 	if (h->magic != LB_SHM_MAGIC)
 		return bad(why, "bad magic: not a layerbank arena");
 	if (h->abi_version != LB_SHM_ABI_VERSION)

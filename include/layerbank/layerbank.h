@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "layerbank/shm.h" /* LB_ABI_FIELD */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -68,6 +70,15 @@ struct lb_model_desc {
 	uint32_t fp_chunks;    /* fingerprint chunks, 1..64; 0 means the default, 4 */
 	uint64_t fp_seed;      /* fingerprint projection seed */
 };
+LB_ABI_FIELD_LP64(struct lb_model_desc, name, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_model_desc, weights_hash, 8, 8);
+LB_ABI_FIELD_LP64(struct lb_model_desc, n_layers, 16, 4);
+LB_ABI_FIELD_LP64(struct lb_model_desc, hidden, 20, 4);
+LB_ABI_FIELD_LP64(struct lb_model_desc, dtype, 24, 4);
+LB_ABI_FIELD_LP64(struct lb_model_desc, max_seq, 28, 4);
+LB_ABI_FIELD_LP64(struct lb_model_desc, fp_chunks, 32, 4);
+LB_ABI_FIELD_LP64(struct lb_model_desc, fp_seed, 40, 8);
+LB_ABI_SIZE_LP64(struct lb_model_desc, 48);
 
 /*
  * Register a model (or find it registered with the same description).
@@ -103,6 +114,28 @@ struct lb_stats {
 	double fragmentation;    /* of the free arena space, 0..1 */
 	uint64_t quota_refusals; /* inserts refused with -EDQUOT: over a client's insert quota */
 };
+LB_ABI_FIELD_LP64(struct lb_stats, page_size, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, arena_bytes, 8, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, numa_nodes, 16, 4);
+LB_ABI_FIELD_LP64(struct lb_stats, hugepages, 20, 1);
+LB_ABI_FIELD_LP64(struct lb_stats, clients, 24, 4);
+LB_ABI_FIELD_LP64(struct lb_stats, models, 28, 4);
+LB_ABI_FIELD_LP64(struct lb_stats, uptime_s, 32, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, threads, 40, 4);
+LB_ABI_FIELD_LP64(struct lb_stats, policy, 44, 16);
+LB_ABI_FIELD_LP64(struct lb_stats, hits, 64, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, misses, 72, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, inserts, 80, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, evictions, 88, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, expirations, 96, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, invalidations, 104, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, entries, 112, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, leases, 120, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, bytes_used, 128, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, bytes_budget, 136, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, fragmentation, 144, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, quota_refusals, 152, 8);
+LB_ABI_SIZE_LP64(struct lb_stats, 160);
 
 /*
  * Read the daemon's counters into *out; size is sizeof(*out) as the caller was compiled,
@@ -121,6 +154,14 @@ struct lb_layer_stats {
 	uint64_t bytes;     /* arena bytes of those entries */
 	uint64_t leases;    /* held now */
 };
+LB_ABI_FIELD_LP64(struct lb_layer_stats, hits, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_layer_stats, misses, 8, 8);
+LB_ABI_FIELD_LP64(struct lb_layer_stats, inserts, 16, 8);
+LB_ABI_FIELD_LP64(struct lb_layer_stats, evictions, 24, 8);
+LB_ABI_FIELD_LP64(struct lb_layer_stats, entries, 32, 8);
+LB_ABI_FIELD_LP64(struct lb_layer_stats, bytes, 40, 8);
+LB_ABI_FIELD_LP64(struct lb_layer_stats, leases, 48, 8);
+LB_ABI_SIZE_LP64(struct lb_layer_stats, 56);
 
 /*
  * Per-layer counters of model model_id: name (LB_NAME_MAX + 1 bytes, may be NULL) and up to
@@ -136,6 +177,10 @@ struct lb_snapshot_info {
 	uint64_t bytes;   /* the file's size */
 	uint64_t ms;      /* how long the write took, fsync and rename included */
 };
+LB_ABI_FIELD_LP64(struct lb_snapshot_info, entries, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_snapshot_info, bytes, 8, 8);
+LB_ABI_FIELD_LP64(struct lb_snapshot_info, ms, 16, 8);
+LB_ABI_SIZE_LP64(struct lb_snapshot_info, 24);
 
 /*
  * Ask the daemon to write its snapshot file now (the one it was started with: --snapshot FILE),
@@ -155,6 +200,10 @@ struct lb_flush_result {
 	uint64_t bytes;   /* their arena bytes */
 	uint64_t leased;  /* of those, held by a lease: freed when their last lease is released */
 };
+LB_ABI_FIELD_LP64(struct lb_flush_result, entries, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_flush_result, bytes, 8, 8);
+LB_ABI_FIELD_LP64(struct lb_flush_result, leased, 16, 8);
+LB_ABI_SIZE_LP64(struct lb_flush_result, 24);
 
 /*
  * Drop cached entries: of every model (model_id 0, layer -1), of one model (layer -1) or of
@@ -175,6 +224,9 @@ struct lb_config_item {
 	char key[LB_CONFIG_KEY_MAX + 1];
 	char value[LB_CONFIG_VALUE_MAX + 1];
 };
+LB_ABI_FIELD_LP64(struct lb_config_item, key, 0, 128);
+LB_ABI_FIELD_LP64(struct lb_config_item, value, 128, 64);
+LB_ABI_SIZE_LP64(struct lb_config_item, 192);
 
 /*
  * Read run-time settings: key NULL or "" every one (tau, budget, policy, spin-us, ttl,
@@ -254,6 +306,10 @@ struct lb_key {
 	uint64_t exact[2];            /* lb_token_hash */
 	uint32_t seq_len;             /* tokens; hidden states are reused only at this length */
 };
+LB_ABI_FIELD_LP64(struct lb_key, fp, 0, 32);
+LB_ABI_FIELD_LP64(struct lb_key, exact, 32, 16);
+LB_ABI_FIELD_LP64(struct lb_key, seq_len, 48, 4);
+LB_ABI_SIZE_LP64(struct lb_key, 56);
 
 /* A hit: a read-only, zero-copy view of a cached activation, valid until its lease is
  * released (lb_release) or the client closes. */
@@ -268,6 +324,16 @@ struct lb_hit {
 	uint32_t ndim;
 	uint32_t shape[4];
 };
+LB_ABI_FIELD_LP64(struct lb_hit, data, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_hit, bytes, 8, 8);
+LB_ABI_FIELD_LP64(struct lb_hit, lease, 16, 8);
+LB_ABI_FIELD_LP64(struct lb_hit, checksum, 24, 8);
+LB_ABI_FIELD_LP64(struct lb_hit, layer, 32, 4);
+LB_ABI_FIELD_LP64(struct lb_hit, hamming, 36, 4);
+LB_ABI_FIELD_LP64(struct lb_hit, dtype, 40, 4);
+LB_ABI_FIELD_LP64(struct lb_hit, ndim, 44, 4);
+LB_ABI_FIELD_LP64(struct lb_hit, shape, 48, 16);
+LB_ABI_SIZE_LP64(struct lb_hit, 64);
 
 /*
  * The deepest layer whose cached output may be reused for this input: the nearest cached
@@ -298,6 +364,10 @@ struct lb_shape {
 	uint32_t ndim;     /* 1..4 */
 	uint32_t dims[4];  /* product * dtype size == the reserved bytes */
 };
+LB_ABI_FIELD_LP64(struct lb_shape, dtype, 0, 4);
+LB_ABI_FIELD_LP64(struct lb_shape, ndim, 4, 4);
+LB_ABI_FIELD_LP64(struct lb_shape, dims, 8, 16);
+LB_ABI_SIZE_LP64(struct lb_shape, 24);
 
 /*
  * Hand the reserved buffer to the daemon, which copies it into the arena as the output of
@@ -338,6 +408,10 @@ struct lb_result {
 	int status;         /* as the synchronous call would return */
 	struct lb_hit hit;  /* for a lookup with status 0 */
 };
+LB_ABI_FIELD_LP64(struct lb_result, user_data, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_result, status, 8, 4);
+LB_ABI_FIELD_LP64(struct lb_result, hit, 16, 64);
+LB_ABI_SIZE_LP64(struct lb_result, 80);
 
 /* Queue a request without waiting. @return 0; -EAGAIN (ring or staging full: poll first);
  * -EINVAL. */
@@ -372,6 +446,15 @@ struct lb_lem_cfg {
 	double revalidate;             /* 0..1: share of hits whose top layer is recomputed */
 	uint64_t seed;                 /* of the revalidation draw, mixed with the input's hash */
 };
+LB_ABI_FIELD_LP64(struct lb_lem_cfg, model_id, 0, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_cfg, n_layers, 4, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_cfg, hidden, 8, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_cfg, proj, 16, 8);
+LB_ABI_FIELD_LP64(struct lb_lem_cfg, tau, 24, 8);
+LB_ABI_FIELD_LP64(struct lb_lem_cfg, cache_layers, 32, 8);
+LB_ABI_FIELD_LP64(struct lb_lem_cfg, revalidate, 40, 8);
+LB_ABI_FIELD_LP64(struct lb_lem_cfg, seed, 48, 8);
+LB_ABI_SIZE_LP64(struct lb_lem_cfg, 56);
 
 struct lb_lem_result {
 	int32_t hit_layer;        /* the layer whose cached output was reused; -1: a miss */
@@ -382,6 +465,14 @@ struct lb_lem_result {
 	uint32_t reports;         /* REPORTs sent */
 	int cache_error;          /* 0, or the error that made this run fall back to plain */
 };
+LB_ABI_FIELD_LP64(struct lb_lem_result, hit_layer, 0, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_result, hit_hamming, 4, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_result, layers_computed, 8, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_result, layers_inserted, 12, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_result, revalidated, 16, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_result, reports, 20, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_result, cache_error, 24, 4);
+LB_ABI_SIZE_LP64(struct lb_lem_result, 28);
 
 /*
  * Run the layers of one input of n tokens, reusing what the cache holds:

@@ -42,11 +42,14 @@ struct lb_ring_shared {
 	_Atomic uint32_t sleeping;                         /* 1 while the consumer may sleep */
 	uint8_t pad2[LB_CACHE_LINE - 2 * sizeof(uint32_t)];
 };
+LB_ABI_FIELD(struct lb_ring_shared, prod, 0, 4);
+LB_ABI_FIELD(struct lb_ring_shared, pad0, 4, 60);
+LB_ABI_FIELD(struct lb_ring_shared, cons, 64, 4);
+LB_ABI_FIELD(struct lb_ring_shared, pad1, 68, 60);
+LB_ABI_FIELD(struct lb_ring_shared, doorbell, 128, 4);
+LB_ABI_FIELD(struct lb_ring_shared, sleeping, 132, 4);
+LB_ABI_FIELD(struct lb_ring_shared, pad2, 136, 56);
 #define LB_RING_HDR_SIZE (3u * LB_CACHE_LINE)
-_Static_assert(offsetof(struct lb_ring_shared, prod) == 0, "abi");
-_Static_assert(offsetof(struct lb_ring_shared, cons) == 64, "abi");
-_Static_assert(offsetof(struct lb_ring_shared, doorbell) == 128, "abi");
-_Static_assert(offsetof(struct lb_ring_shared, sleeping) == 132, "abi");
 _Static_assert(sizeof(struct lb_ring_shared) == LB_RING_HDR_SIZE, "abi");
 _Static_assert(sizeof(_Atomic uint32_t) == 4 && _Alignof(_Atomic uint32_t) == 4, "abi");
 
@@ -79,13 +82,20 @@ struct lb_req {
 	uint32_t reserved2;   /* must be 0 */
 	uint32_t stamp;       /* the ring's (LB_RING_STAMP_OFF): not part of the message */
 };
+LB_ABI_FIELD(struct lb_req, opcode, 0, 1);
+LB_ABI_FIELD(struct lb_req, flags, 1, 1);
+LB_ABI_FIELD(struct lb_req, layer, 2, 2);
+LB_ABI_FIELD(struct lb_req, model_id, 4, 4);
+LB_ABI_FIELD(struct lb_req, user_data, 8, 8);
+LB_ABI_FIELD(struct lb_req, seq_len, 16, 4);
+LB_ABI_FIELD(struct lb_req, aux, 20, 4);
+LB_ABI_FIELD(struct lb_req, lease, 24, 8);
+LB_ABI_FIELD(struct lb_req, payload_off, 32, 4);
+LB_ABI_FIELD(struct lb_req, payload_len, 36, 4);
+LB_ABI_FIELD(struct lb_req, reserved, 40, 16);
+LB_ABI_FIELD(struct lb_req, reserved2, 56, 4);
+LB_ABI_FIELD(struct lb_req, stamp, 60, 4);
 _Static_assert(sizeof(struct lb_req) == LB_RING_ENTRY_SIZE, "abi");
-_Static_assert(offsetof(struct lb_req, user_data) == 8, "abi");
-_Static_assert(offsetof(struct lb_req, seq_len) == 16, "abi");
-_Static_assert(offsetof(struct lb_req, lease) == 24, "abi");
-_Static_assert(offsetof(struct lb_req, payload_off) == 32, "abi");
-_Static_assert(offsetof(struct lb_req, reserved) == 40, "abi");
-_Static_assert(offsetof(struct lb_req, stamp) == 60, "abi");
 
 /* Completion: daemon -> client. */
 struct lb_cpl {
@@ -102,12 +112,19 @@ struct lb_cpl {
 	uint32_t reserved1;
 	uint32_t stamp;      /* the ring's (LB_RING_STAMP_OFF) */
 };
+LB_ABI_FIELD(struct lb_cpl, user_data, 0, 8);
+LB_ABI_FIELD(struct lb_cpl, status, 8, 4);
+LB_ABI_FIELD(struct lb_cpl, opcode, 12, 1);
+LB_ABI_FIELD(struct lb_cpl, arena, 13, 1);
+LB_ABI_FIELD(struct lb_cpl, layer, 14, 2);
+LB_ABI_FIELD(struct lb_cpl, lease, 16, 8);
+LB_ABI_FIELD(struct lb_cpl, entry_off, 24, 8);
+LB_ABI_FIELD(struct lb_cpl, hamming, 32, 4);
+LB_ABI_FIELD(struct lb_cpl, reserved0, 36, 4);
+LB_ABI_FIELD(struct lb_cpl, reserved, 40, 16);
+LB_ABI_FIELD(struct lb_cpl, reserved1, 56, 4);
+LB_ABI_FIELD(struct lb_cpl, stamp, 60, 4);
 _Static_assert(sizeof(struct lb_cpl) == LB_RING_ENTRY_SIZE, "abi");
-_Static_assert(offsetof(struct lb_cpl, status) == 8, "abi");
-_Static_assert(offsetof(struct lb_cpl, lease) == 16, "abi");
-_Static_assert(offsetof(struct lb_cpl, entry_off) == 24, "abi");
-_Static_assert(offsetof(struct lb_cpl, hamming) == 32, "abi");
-_Static_assert(offsetof(struct lb_cpl, stamp) == 60, "abi");
 
 #define LB_FP_WORDS 4 /* 256-bit SimHash */
 #define LB_MAX_NDIM 4
@@ -121,6 +138,10 @@ struct lb_query {
 	uint32_t reserved;        /* 0 */
 	/* float thr[n_thr]; */
 };
+LB_ABI_FIELD(struct lb_query, fp, 0, 32);
+LB_ABI_FIELD(struct lb_query, exact, 32, 16);
+LB_ABI_FIELD(struct lb_query, n_thr, 48, 4);
+LB_ABI_FIELD(struct lb_query, reserved, 52, 4);
 _Static_assert(sizeof(struct lb_query) == 56, "abi");
 
 /* Insert payload, in staging: this header, then bytes of data (64-byte aligned start). */
@@ -132,10 +153,23 @@ struct lb_insert_hdr {
 	uint32_t shape[LB_MAX_NDIM]; /* unused dims 0; product * dtype size == bytes */
 	uint64_t bytes;
 };
+LB_ABI_FIELD(struct lb_insert_hdr, fp, 0, 32);
+LB_ABI_FIELD(struct lb_insert_hdr, exact, 32, 16);
+LB_ABI_FIELD(struct lb_insert_hdr, dtype, 48, 4);
+LB_ABI_FIELD(struct lb_insert_hdr, ndim, 52, 4);
+LB_ABI_FIELD(struct lb_insert_hdr, shape, 56, 16);
+LB_ABI_FIELD(struct lb_insert_hdr, bytes, 72, 8);
+_Static_assert(sizeof(struct lb_insert_hdr) == 80, "abi");
 #define LB_INSERT_HDR_SIZE 128u /* data starts here, cache-line aligned */
 _Static_assert(sizeof(struct lb_insert_hdr) <= LB_INSERT_HDR_SIZE, "abi");
 
-/* In the arena before each entry's data: written by the daemon, read-only for clients. */
+/*
+ * In the arena before each entry's data: written by the daemon, read-only for clients. The
+ * daemon writes the data and every other field first and the magic last (E1 in its
+ * entry_publish); a reader checks the magic with lb_entry_live before it trusts the rest. The
+ * fields do not change while the magic stands; it is cleared (E3) before the block is freed,
+ * which never happens while a lease on the entry is held.
+ */
 struct lb_entry_hdr {
 	uint64_t magic;              /* LB_ENTRY_MAGIC while the entry is live */
 	uint32_t model_id;
@@ -148,11 +182,34 @@ struct lb_entry_hdr {
 	uint64_t checksum;           /* XXH3-64 of the data, computed on the arena copy */
 	uint64_t reserved[2];
 };
+LB_ABI_FIELD(struct lb_entry_hdr, magic, 0, 8);
+LB_ABI_FIELD(struct lb_entry_hdr, model_id, 8, 4);
+LB_ABI_FIELD(struct lb_entry_hdr, layer, 12, 2);
+LB_ABI_FIELD(struct lb_entry_hdr, dtype, 14, 2);
+LB_ABI_FIELD(struct lb_entry_hdr, seq_len, 16, 4);
+LB_ABI_FIELD(struct lb_entry_hdr, ndim, 20, 4);
+LB_ABI_FIELD(struct lb_entry_hdr, shape, 24, 16);
+LB_ABI_FIELD(struct lb_entry_hdr, bytes, 40, 8);
+LB_ABI_FIELD(struct lb_entry_hdr, checksum, 48, 8);
+LB_ABI_FIELD(struct lb_entry_hdr, reserved, 56, 16);
 #define LB_ENTRY_MAGIC 0x5952544e45424cULL /* "LBENTRY" */
 #define LB_ENTRY_HDR_SIZE 128u
 _Static_assert(sizeof(struct lb_entry_hdr) == 72, "abi");
 _Static_assert(sizeof(struct lb_entry_hdr) <= LB_ENTRY_HDR_SIZE, "abi");
-_Static_assert(offsetof(struct lb_entry_hdr, bytes) == 40, "abi");
+_Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8, "abi");
+
+/* The magic as the atomic word both sides treat it as (entry headers are 64-byte aligned). */
+static inline _Atomic uint64_t *lb_entry_magic(const struct lb_entry_hdr *h)
+{
+	return (_Atomic uint64_t *)(uintptr_t)&h->magic;
+}
+
+/* Reader: is the entry at h live? When true, its header and data are there to read. */
+static inline bool lb_entry_live(const struct lb_entry_hdr *h)
+{
+	/* E2: pairs with E1 in the daemon's entry_publish (and sees E3's clearing). */
+	return atomic_load_explicit(lb_entry_magic(h), memory_order_acquire) == LB_ENTRY_MAGIC;
+}
 
 /* ---- region layout ---- */
 
@@ -171,10 +228,17 @@ struct lb_region_hdr {
 	uint64_t staging_off;   /* 4096-aligned */
 	uint64_t staging_bytes; /* multiple of 4096 */
 };
+LB_ABI_FIELD(struct lb_region_hdr, magic, 0, 8);
+LB_ABI_FIELD(struct lb_region_hdr, abi_version, 8, 4);
+LB_ABI_FIELD(struct lb_region_hdr, hdr_size, 12, 4);
+LB_ABI_FIELD(struct lb_region_hdr, region_bytes, 16, 8);
+LB_ABI_FIELD(struct lb_region_hdr, req_entries, 24, 4);
+LB_ABI_FIELD(struct lb_region_hdr, cpl_entries, 28, 4);
+LB_ABI_FIELD(struct lb_region_hdr, req_off, 32, 8);
+LB_ABI_FIELD(struct lb_region_hdr, cpl_off, 40, 8);
+LB_ABI_FIELD(struct lb_region_hdr, staging_off, 48, 8);
+LB_ABI_FIELD(struct lb_region_hdr, staging_bytes, 56, 8);
 _Static_assert(sizeof(struct lb_region_hdr) == 64, "abi");
-_Static_assert(offsetof(struct lb_region_hdr, req_entries) == 24, "abi");
-_Static_assert(offsetof(struct lb_region_hdr, req_off) == 32, "abi");
-_Static_assert(offsetof(struct lb_region_hdr, staging_bytes) == 56, "abi");
 
 /* Fill h's sizes and offsets; @return region bytes, 0 when an argument is out of range. */
 static inline uint64_t lb_region_layout(struct lb_region_hdr *h, uint32_t req_entries,
@@ -214,6 +278,12 @@ struct lb_ring_view {
 	uint32_t local;   /* producer: our prod; consumer: our cons (never read back from sh) */
 	uint32_t cached;  /* producer: last cons seen */
 };
+LB_ABI_FIELD_LP64(struct lb_ring_view, sh, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_ring_view, entries, 8, 8);
+LB_ABI_FIELD_LP64(struct lb_ring_view, mask, 16, 4);
+LB_ABI_FIELD_LP64(struct lb_ring_view, local, 20, 4);
+LB_ABI_FIELD_LP64(struct lb_ring_view, cached, 24, 4);
+LB_ABI_SIZE_LP64(struct lb_ring_view, 32);
 
 static inline void lb_ring_view_init(struct lb_ring_view *v, void *ring, uint32_t entries)
 {

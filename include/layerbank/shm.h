@@ -7,6 +7,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Pin one field of an ABI struct: its offset and its size. Every field of every struct in these
+ * headers is pinned, so that a change to the layout is a compile error, not a silent break. */
+#define LB_ABI_FIELD(type, field, off, size)                                                  \
+	_Static_assert(offsetof(type, field) == (off) && sizeof(((type *)0)->field) == (size), \
+		       #type "." #field " moved or changed size")
+/* The same for structs with pointers (the API's, not shared memory's): pinned where the
+ * library is built, LP64 (x86-64, AArch64). */
+#if defined(__LP64__)
+#define LB_ABI_FIELD_LP64(type, field, off, size) LB_ABI_FIELD(type, field, off, size)
+#define LB_ABI_SIZE_LP64(type, size) _Static_assert(sizeof(type) == (size), #type " changed size")
+#else
+#define LB_ABI_FIELD_LP64(type, field, off, size) _Static_assert(1, "not LP64")
+#define LB_ABI_SIZE_LP64(type, size) _Static_assert(1, "not LP64")
+#endif
+
 #define LB_SHM_MAGIC 0x4b4e41425259414cULL /* "LAYRBANK" little-endian */
 #define LB_SHM_ABI_VERSION 1u
 #define LB_SHM_HDR_SIZE 128u
@@ -30,18 +45,18 @@ struct lb_arena_hdr {
 	uint64_t data_bytes;  /* data_off + data_bytes <= arena_bytes */
 	uint64_t reserved[7]; /* zero */
 };
+LB_ABI_FIELD(struct lb_arena_hdr, magic, 0, 8);
+LB_ABI_FIELD(struct lb_arena_hdr, abi_version, 8, 4);
+LB_ABI_FIELD(struct lb_arena_hdr, hdr_size, 12, 4);
+LB_ABI_FIELD(struct lb_arena_hdr, arena_bytes, 16, 8);
+LB_ABI_FIELD(struct lb_arena_hdr, page_size, 24, 8);
+LB_ABI_FIELD(struct lb_arena_hdr, boot_id, 32, 16);
+LB_ABI_FIELD(struct lb_arena_hdr, numa_node, 48, 4);
+LB_ABI_FIELD(struct lb_arena_hdr, arena_index, 52, 4);
+LB_ABI_FIELD(struct lb_arena_hdr, data_off, 56, 8);
+LB_ABI_FIELD(struct lb_arena_hdr, data_bytes, 64, 8);
+LB_ABI_FIELD(struct lb_arena_hdr, reserved, 72, 56);
 
-_Static_assert(offsetof(struct lb_arena_hdr, magic) == 0, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, abi_version) == 8, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, hdr_size) == 12, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, arena_bytes) == 16, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, page_size) == 24, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, boot_id) == 32, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, numa_node) == 48, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, arena_index) == 52, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, data_off) == 56, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, data_bytes) == 64, "abi");
-_Static_assert(offsetof(struct lb_arena_hdr, reserved) == 72, "abi");
 _Static_assert(sizeof(struct lb_arena_hdr) == LB_SHM_HDR_SIZE, "abi");
 
 #endif
