@@ -2,6 +2,7 @@
 #ifndef LAYERBANK_BENCH_H
 #define LAYERBANK_BENCH_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -35,6 +36,13 @@ double lbb_core_round_trip_us(void);
  * of 15 runs of independent FMA chains, one thread. @return -1 on the scalar tier. */
 double lbb_fma_peak_gflops(void);
 
+/* ---- bench_util.c ---- */
+
+/* Print "layerbank-bench BENCH: what: strerror(err)" and exit 1 (atexit handlers clean up). */
+void lbb_die(const char *bench, const char *what, int err) __attribute__((noreturn));
+
+void lbb_sleep_ms(long ms);
+
 /* Start argv (argv[0] a path) with stdout and stderr going to the file log. @return its pid,
  * -1 with errno when fork failed. */
 pid_t lbb_spawn(const char *const *argv, const char *log);
@@ -46,11 +54,19 @@ int lbb_wait_socket(const char *path, pid_t *pid, int seconds);
 /* qsort's comparison for doubles, ascending. */
 int lbb_cmp_double(const void *a, const void *b);
 
+/* qsort's comparison for uint64_t, ascending. */
+int lbb_cmp_u64(const void *a, const void *b);
+
 /* The median of v[0..n) (n > 0), which it sorts. */
 double lbb_median(double *v, size_t n);
 
 /* SIGTERM *pid, wait up to 10 s (then SIGKILL), reap it and set *pid to -1; nothing for -1. */
 void lbb_stop(pid_t *pid);
+
+/* ---- the benchmarks, one file each ---- */
+
+/* layerbank-bench ring (argv[0] "ring"): bench_ring.c. @return the exit status: 0, 1, 2. */
+int bench_ring_main(int argc, char **argv);
 
 /* layerbank-bench workload (argv[0] "workload"): print the fleet's request stream or, with
  * --summary, its make-up. @return the exit status: 0, 1 run-time failure, 2 bad options. */

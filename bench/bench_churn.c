@@ -43,12 +43,6 @@ static void ccleanup(void)
 	cdir[0] = '\0';
 }
 
-static void cdie(const char *what, int err)
-{
-	fprintf(stderr, "layerbank-bench churn: %s: %s\n", what, strerror(err));
-	exit(1);
-}
-
 static void start_daemon(void)
 {
 	const char *argv[] = { LB_DAEMON_PATH, "--foreground", "--socket", csock, "--arena-size", "16M",
@@ -56,9 +50,9 @@ static void start_daemon(void)
 
 	cdaemon = lbb_spawn(argv, cdlog);
 	if (cdaemon < 0)
-		cdie("fork", errno);
+		lbb_die("churn", "fork", errno);
 	if (lbb_wait_socket(csock, &cdaemon, 10) < 0)
-		cdie("layerbankd did not start", cdaemon < 0 ? EIO : ETIMEDOUT);
+		lbb_die("churn", "layerbankd did not start", cdaemon < 0 ? EIO : ETIMEDOUT);
 }
 
 struct churner {
@@ -85,12 +79,6 @@ static void *churn_main(void *p)
 	return NULL;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
 struct figures {
 	double p50_us, p999_us, max_us;
 	uint64_t n;
@@ -101,7 +89,7 @@ static struct figures summarise(uint64_t *v, uint64_t n)
 	struct figures f = { 0, 0, 0, n };
 	if (!n)
 		return f;
-	qsort(v, n, sizeof(*v), cmp_u64);
+	qsort(v, n, sizeof(*v), lbb_cmp_u64);
 	f.p50_us = (double)v[n / 2] / 1e3;
 	f.p999_us = (double)v[n - 1 - n / 1000] / 1e3;
 	f.max_us = (double)v[n - 1] / 1e3;
@@ -132,7 +120,7 @@ int bench_churn_main(int argc, char **argv)
 	const char *tmp = getenv("TMPDIR");
 	snprintf(cdir, sizeof(cdir), "%s/layerbank-churn.XXXXXX", tmp && *tmp ? tmp : "/tmp");
 	if (!mkdtemp(cdir))
-		cdie("mkdtemp", errno);
+		lbb_die("churn", "mkdtemp", errno);
 	snprintf(csock, sizeof(csock), "%s/lb.sock", cdir);
 	snprintf(cdlog, sizeof(cdlog), "%s/daemon.log", cdir);
 	atexit(ccleanup);
@@ -142,16 +130,16 @@ int bench_churn_main(int argc, char **argv)
 	quiet = malloc(MAX_SAMPLES * sizeof(*quiet));
 	busy = malloc(MAX_SAMPLES * sizeof(*busy));
 	if (!quiet || !busy)
-		cdie("malloc", ENOMEM);
+		lbb_die("churn", "malloc", ENOMEM);
 	int ret = lb_connect(csock, "bench-steady", &c);
 	if (ret == 0)
 		ret = lb_register_model(c, &d, &model);
 	if (ret < 0)
-		cdie("connecting the steady client", -ret);
+		lbb_die("churn", "connecting the steady client", -ret);
 	/* Wait as long as it takes: the stall is what is measured, not the library's give-up. */
 	lb_set_wait_us(c, 2000000);
 	if (pthread_create(&t, NULL, churn_main, &ch) != 0)
-		cdie("pthread_create", EAGAIN);
+		lbb_die("churn", "pthread_create", EAGAIN);
 
 	struct lb_key key = { .seq_len = 1 };
 	for (int w = 0; w < 2 * WINDOWS; w++) {
@@ -167,7 +155,7 @@ int bench_churn_main(int argc, char **argv)
 			if (ret == 0)
 				lb_release(c, hit.lease);
 			else if (ret != -ENOENT)
-				cdie("lookup", -ret);
+				lbb_die("churn", "lookup", -ret);
 			v[(*n)++] = after - now;
 			now = after;
 		}

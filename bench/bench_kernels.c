@@ -26,12 +26,6 @@
 
 static char dir[64];
 
-static void die(const char *what, int err)
-{
-	fprintf(stderr, "layerbank-bench: %s: %s\n", what, strerror(err));
-	exit(1);
-}
-
 static double now_s(void)
 {
 	struct timespec ts;
@@ -91,7 +85,7 @@ static void run_forward(void *a)
 {
 	struct fwd_arg *f = a;
 	if (lbw_bert_forward(f->m, SEQ, f->tok, f->out, f->threads) != 0)
-		die("lbw_bert_forward", EINVAL);
+		lbb_die("kernels", "lbw_bert_forward", EINVAL);
 }
 
 /* BERT-base shaped, random weights, post-LN encoder layers as torch.nn builds them. */
@@ -350,7 +344,7 @@ static float *op_alloc(int64_t n, uint64_t *r)
 {
 	float *p = malloc((size_t)n * sizeof(float));
 	if (!p)
-		die("malloc", ENOMEM);
+		lbb_die("kernels", "malloc", ENOMEM);
 	for (int64_t i = 0; i < n; i++)
 		p[i] = (float)((*r = *r * 6364136223846793005ull + 1) >> 40) / 8388608.0f - 1.0f;
 	return p;
@@ -373,7 +367,7 @@ static void ops_run(void)
 	ob.pw[0] = lbk_pack(ob.w, HIDDEN, HIDDEN);
 	ob.pw[1] = lbk_pack(ob.w, FFN, HIDDEN);
 	if (!ob.pw[0] || !ob.pw[1])
-		die("lbk_pack", errno);
+		lbb_die("kernels", "lbk_pack", errno);
 	for (int64_t i = 0; i < act; i++)
 		ob.q[i] *= 3.0f; /* scores of a few units, as trained attention has */
 	enum lbk_isa best = lbk_isa();
@@ -509,7 +503,7 @@ int bench_kernels_main(int argc, char **argv)
 		setenv("OPENBLAS_CORETYPE", "SkylakeX", 1);
 		setenv("LB_BENCH_REEXEC", "1", 1);
 		execv("/proc/self/exe", argv - 1);
-		die("re-exec with OPENBLAS_CORETYPE", errno);
+		lbb_die("kernels", "re-exec with OPENBLAS_CORETYPE", errno);
 	}
 	const char *core = openblas_get_corename();
 #else
@@ -531,7 +525,7 @@ int bench_kernels_main(int argc, char **argv)
 		float *x = malloc((size_t)(m * k) * sizeof(float)), *w = malloc((size_t)(n * k) * sizeof(float));
 		float *y = malloc((size_t)(m * n) * sizeof(float)), *y2 = malloc((size_t)(m * n) * sizeof(float));
 		if (!x || !w || !y || !y2)
-			die("malloc", ENOMEM);
+			lbb_die("kernels", "malloc", ENOMEM);
 		uint64_t r = 1;
 		for (int64_t i = 0; i < m * k; i++)
 			x[i] = (float)((r = r * 6364136223846793005ull + 1) >> 40) / 8388608.0f - 1.0f;
@@ -539,7 +533,7 @@ int bench_kernels_main(int argc, char **argv)
 			w[i] = (float)((r = r * 6364136223846793005ull + 1) >> 40) / 8388608.0f - 1.0f;
 		struct lbk_packed *p = lbk_pack(w, n, k);
 		if (!p)
-			die("lbk_pack", errno);
+			lbb_die("kernels", "lbk_pack", errno);
 		for (int threads = 1; threads <= 2; threads++) {
 			struct gemm_arg g = { y, x, w, p, m, n, k, threads };
 			double flop = 2.0 * (double)m * (double)n * (double)k;
@@ -576,13 +570,13 @@ int bench_kernels_main(int argc, char **argv)
 		struct lbw_bert_config cfg = lbw_bert_config_base();
 		struct lbw_bert *model = lbw_bert_generate(&cfg, 1);
 		if (!model)
-			die("lbw_bert_generate", errno);
+			lbb_die("kernels", "lbw_bert_generate", errno);
 		int32_t tok[SEQ];
 		for (int i = 0; i < SEQ; i++)
 			tok[i] = (int32_t)((i * 7919 + 101) % cfg.vocab);
 		float *out = malloc((size_t)SEQ * HIDDEN * sizeof(float));
 		if (!out)
-			die("malloc", ENOMEM);
+			lbb_die("kernels", "malloc", ENOMEM);
 		for (int t = 0; t < 2; t++) {
 			struct fwd_arg fa = { model, tok, out, t + 1 };
 			ours_ms[t] = time_median(run_forward, &fa, 7, 1.0) * 1e3;
@@ -594,7 +588,7 @@ int bench_kernels_main(int argc, char **argv)
 	if (have_torch) {
 		snprintf(dir, sizeof(dir), "/tmp/lbbench.XXXXXX");
 		if (!mkdtemp(dir))
-			die("mkdtemp", errno);
+			lbb_die("kernels", "mkdtemp", errno);
 		for (int t = 0; t < 2; t++) {
 			torch_ms[t] = torch_best_ms(t + 1, default_ct, torch_core[t], sizeof(torch_core[t]));
 			tuned_ms[t] = torch_best_ms(t + 1, "SkylakeX", tuned_core[t], sizeof(tuned_core[t]));
@@ -616,10 +610,10 @@ int bench_kernels_main(int argc, char **argv)
 			int rc = lbw_llama_load(&lm, LB_DATA_DIR "/stories260K.bin", err, sizeof(err));
 			if (rc < 0) {
 				fprintf(stderr, "layerbank-bench: %s\n", err);
-				die("lbw_llama_load", -rc);
+				lbb_die("kernels", "lbw_llama_load", -rc);
 			}
 			if (lbw_llama_state_init(&ls, &lm.cfg) < 0)
-				die("lbw_llama_state_init", ENOMEM);
+				lbb_die("kernels", "lbw_llama_state_init", ENOMEM);
 			struct gen_arg ga = { &lm, &ls, 0 };
 			for (int ref = 0; ref <= 1; ref++) {
 				lbw_llama_set_reference(&lm, ref);

@@ -37,12 +37,6 @@ static double now_ms(void)
 	return (double)lb_now_ns() / 1e6;
 }
 
-static void sdie(const char *what, int err)
-{
-	fprintf(stderr, "layerbank-bench snapshot: %s: %s\n", what, strerror(err));
-	exit(1);
-}
-
 static void scleanup(void)
 {
 	char path[400];
@@ -78,7 +72,7 @@ static double start_daemon(const char *arena, const char *snapshot)
 	unlink(ssock);
 	sdaemon = lbb_spawn(argv, slog);
 	if (sdaemon < 0)
-		sdie("fork", errno);
+		lbb_die("snapshot", "fork", errno);
 	for (int i = 0; i < 60000; i++) {
 		if (lb_connect(ssock, "bench", &c) == 0 && lb_stats(c, &st, sizeof(st)) == 0) {
 			double ms = now_ms() - t0;
@@ -89,12 +83,12 @@ static double start_daemon(const char *arena, const char *snapshot)
 		c = NULL;
 		if (waitpid(sdaemon, NULL, WNOHANG) == sdaemon) {
 			sdaemon = -1;
-			sdie("layerbankd exited at start (its log: see --keep)", EIO);
+			lbb_die("snapshot", "layerbankd exited at start (its log: see --keep)", EIO);
 		}
 		struct timespec ts = { 0, 1000000 };
 		nanosleep(&ts, NULL);
 	}
-	sdie("layerbankd did not answer within 60 s", ETIMEDOUT);
+	lbb_die("snapshot", "layerbankd did not answer within 60 s", ETIMEDOUT);
 	return 0;
 }
 
@@ -127,7 +121,7 @@ static void uncache(const char *path)
 {
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
-		sdie(path, errno);
+		lbb_die("snapshot", path, errno);
 	fdatasync(fd);
 	posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
 	close(fd);
@@ -143,19 +137,19 @@ static double plain_write_ms(uint64_t bytes, const uint8_t *arena, uint64_t aren
 	double t0 = now_ms();
 	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (fd < 0)
-		sdie(tmp, errno);
+		lbb_die("snapshot", tmp, errno);
 	for (uint64_t off = 0; off < bytes;) {
 		size_t n = bytes - off < CHUNK ? (size_t)(bytes - off) : CHUNK;
 		ssize_t w = pwrite(fd, arena + off % (arena_bytes - CHUNK), n, (off_t)off);
 		if (w <= 0)
-			sdie("write", w < 0 ? errno : EIO);
+			lbb_die("snapshot", "write", w < 0 ? errno : EIO);
 		off += (uint64_t)w;
 	}
 	if (fsync(fd) < 0)
-		sdie("fsync", errno);
+		lbb_die("snapshot", "fsync", errno);
 	close(fd);
 	if (rename(tmp, dst) < 0)
-		sdie("rename", errno);
+		lbb_die("snapshot", "rename", errno);
 	return now_ms() - t0;
 }
 
@@ -167,11 +161,11 @@ static double plain_read_ms(const char *path, uint64_t bytes)
 	uint8_t *buf = malloc(bytes);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0 || !buf)
-		sdie(path, fd < 0 ? errno : ENOMEM);
+		lbb_die("snapshot", path, fd < 0 ? errno : ENOMEM);
 	for (uint64_t off = 0; off < bytes;) {
 		ssize_t r = pread(fd, buf + off, bytes - off, (off_t)off);
 		if (r <= 0)
-			sdie("read", r < 0 ? errno : EIO);
+			lbb_die("snapshot", "read", r < 0 ? errno : EIO);
 		off += (uint64_t)r;
 	}
 	close(fd);
@@ -206,25 +200,25 @@ static uint64_t fill(uint64_t *data_bytes)
 	int ret;
 
 	if ((ret = lb_connect(ssock, "bench-fill", &c)) < 0)
-		sdie("connect", -ret);
+		lbb_die("snapshot", "connect", -ret);
 	if ((ret = lb_register_model(c, &d, &model)) < 0 || (ret = lb_stats(c, &st, sizeof(st))) < 0)
-		sdie("register", -ret);
+		lbb_die("snapshot", "register", -ret);
 	uint64_t need = (LB_ENTRY_HDR_SIZE + SNAP_ACT + 63) & ~63ull;
 	uint64_t n = st.bytes_budget / need;
 	for (uint64_t i = 0; i < n; i++) {
 		struct lb_key k;
 		float *p = lb_insert_reserve(c, SNAP_ACT);
 		if (!p)
-			sdie("lb_insert_reserve", errno);
+			lbb_die("snapshot", "lb_insert_reserve", errno);
 		for (uint64_t j = 0; j < SNAP_ACT / sizeof(float); j++)
 			p[j] = (float)(i * 31 + j % 977) * 0.001f;
 		key_of(i / SNAP_LAYERS, &k);
 		ret = lb_insert_commit(c, model, (uint32_t)(i % SNAP_LAYERS), &k, &sh);
 		if (ret < 0)
-			sdie("lb_insert_commit", -ret);
+			lbb_die("snapshot", "lb_insert_commit", -ret);
 	}
 	if ((ret = lb_stats(c, &st, sizeof(st))) < 0)
-		sdie("stats", -ret);
+		lbb_die("snapshot", "stats", -ret);
 	lb_close(c);
 	if (st.evictions || st.entries != n)
 		fprintf(stderr, "layerbank-bench snapshot: %" PRIu64 " entries, %" PRIu64 " evicted\n",
@@ -275,7 +269,7 @@ int bench_snapshot_main(int argc, char **argv)
 	}
 	snprintf(sdir, sizeof(sdir), "%s/layerbank-bench-snap.XXXXXX", base && *base ? base : "/tmp");
 	if (!mkdtemp(sdir))
-		sdie("mkdtemp", errno);
+		lbb_die("snapshot", "mkdtemp", errno);
 	atexit(scleanup);
 	signal(SIGINT, son_signal);
 	signal(SIGTERM, son_signal);
@@ -294,11 +288,11 @@ int bench_snapshot_main(int argc, char **argv)
 	struct lb_client *c;
 	int ret = lb_connect(ssock, "bench", &c);
 	if (ret < 0)
-		sdie("connect", -ret);
+		lbb_die("snapshot", "connect", -ret);
 	for (int r = 0; r < REPS; r++) {
 		double t0 = now_ms();
 		if ((ret = lb_snapshot(c, &info)) < 0)
-			sdie("lb_snapshot", -ret);
+			lbb_die("snapshot", "lb_snapshot", -ret);
 		w_wall[r] = now_ms() - t0;
 		w_daemon[r] = (double)info.ms;
 	}

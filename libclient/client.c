@@ -1,5 +1,5 @@
-/* liblayerbank connection: socket, HELLO/WELCOME with arena fds, read-only arena mappings,
- * and the request/reply calls of the control protocol. */
+/* liblayerbank connection: socket, HELLO/WELCOME with arena fds, read-only arena mappings and
+ * the client's region, and the request/reply calls of the control protocol. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,6 +132,50 @@ static int call_once(struct lb_client *c, const struct lbp_msg *req, struct lbp_
 	return ret < 0 ? ret : recv_reply(c, rep, fds, max_fds, n_fds);
 }
 
+/* Map and check the region passed in WELCOME. @return 0, or -errno with last_error set. */
+static int region_map(struct lb_client *c, int fd, const struct lbp_region_desc *d)
+{
+	struct stat st;
+	uint64_t bytes;
+
+	c->region_fd = fd;
+	bytes = lb_region_layout(&c->layout, d->req_entries, d->cpl_entries, d->staging_bytes);
+	if (!bytes || bytes != d->bytes || fstat(fd, &st) < 0 || (uint64_t)st.st_size != bytes) {
+		snprintf(c->last_error, sizeof(c->last_error), "the client region does not match WELCOME");
+		return -EPROTO;
+	}
+	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+	if (p == MAP_FAILED) {
+		int e = errno;
+		snprintf(c->last_error, sizeof(c->last_error), "mmap client region: %s", strerror(e));
+		return -e;
+	}
+	c->region = p;
+	c->region_bytes = bytes;
+	/* Plain loads: the daemon wrote the header before it sent the fd (as for arenas,
+	 * lbp_arena_hdr_check). */
+	const struct lb_region_hdr *h = p;
+	if (h->magic != LB_REGION_MAGIC || h->req_off != c->layout.req_off ||
+	    h->cpl_off != c->layout.cpl_off || h->staging_off != c->layout.staging_off) {
+		snprintf(c->last_error, sizeof(c->last_error), "the client region's header is wrong");
+		return -EPROTO;
+	}
+	lb_ring_view_init(&c->req, c->region + c->layout.req_off, c->layout.req_entries);
+	lb_ring_view_init(&c->cpl, c->region + c->layout.cpl_off, c->layout.cpl_entries);
+	c->staging = c->region + c->layout.staging_off;
+	return 0;
+}
+
+static void region_unmap(struct lb_client *c)
+{
+	if (c->region)
+		munmap(c->region, c->region_bytes);
+	if (c->region_fd >= 0)
+		close(c->region_fd);
+	c->region = NULL;
+	c->region_fd = -1;
+}
+
 static int map_arenas(struct lb_client *c, const struct lbp_welcome *w, const int *fds, unsigned n)
 {
 	if (n != w->n_arenas + 1) {
@@ -141,7 +185,7 @@ static int map_arenas(struct lb_client *c, const struct lbp_welcome *w, const in
 		return -EPROTO;
 	}
 	/* The region first: from here on every fd is owned by c, and lb_close frees it. */
-	int ret = lbi_region_map(c, fds[n - 1], &w->region);
+	int ret = region_map(c, fds[n - 1], &w->region);
 	n--;
 	if (ret < 0) {
 		close_fds(fds, n);
@@ -220,7 +264,7 @@ static void drop_conn(struct lb_client *c)
 	c->fd = -1;
 	unmap_arenas(c->arenas, c->n_arenas);
 	c->n_arenas = 0;
-	lbi_region_unmap(c);
+	region_unmap(c);
 }
 
 static void set_timeouts(int fd, uint64_t ns)

@@ -132,8 +132,4 @@ bool lbi_orphan_release(struct lb_client *c, uint64_t lease);
 /* The reservation into a lost connection's staging is over. */
 void lbi_orphan_unreserve(struct lb_client *c);
 
-/* Map and check the region passed in WELCOME. @return 0, or -errno with last_error set. */
-int lbi_region_map(struct lb_client *c, int fd, const struct lbp_region_desc *d);
-void lbi_region_unmap(struct lb_client *c);
-
 #endif

@@ -1,5 +1,5 @@
-/* liblayerbank data plane: the client's region, requests on the request ring, completions
- * turned into zero-copy hits, and the synchronous calls built on submit + wait. */
+/* liblayerbank data plane: staging in the client's region, requests on the request ring,
+ * completions turned into zero-copy hits, and the synchronous calls built on submit + wait. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -14,49 +14,6 @@
  * 4 ms a MiB allowed on top of the wait). */
 #define INSERT_WAIT_NS_PER_MIB 4000000ull
 #define STAGE_ALIGN 64u
-
-int lbi_region_map(struct lb_client *c, int fd, const struct lbp_region_desc *d)
-{
-	struct stat st;
-	uint64_t bytes;
-
-	c->region_fd = fd;
-	bytes = lb_region_layout(&c->layout, d->req_entries, d->cpl_entries, d->staging_bytes);
-	if (!bytes || bytes != d->bytes || fstat(fd, &st) < 0 || (uint64_t)st.st_size != bytes) {
-		snprintf(c->last_error, sizeof(c->last_error), "the client region does not match WELCOME");
-		return -EPROTO;
-	}
-	void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-	if (p == MAP_FAILED) {
-		int e = errno;
-		snprintf(c->last_error, sizeof(c->last_error), "mmap client region: %s", strerror(e));
-		return -e;
-	}
-	c->region = p;
-	c->region_bytes = bytes;
-	/* Plain loads: the daemon wrote the header before it sent the fd (as for arenas,
-	 * lbp_arena_hdr_check). */
-	const struct lb_region_hdr *h = p;
-	if (h->magic != LB_REGION_MAGIC || h->req_off != c->layout.req_off ||
-	    h->cpl_off != c->layout.cpl_off || h->staging_off != c->layout.staging_off) {
-		snprintf(c->last_error, sizeof(c->last_error), "the client region's header is wrong");
-		return -EPROTO;
-	}
-	lb_ring_view_init(&c->req, c->region + c->layout.req_off, c->layout.req_entries);
-	lb_ring_view_init(&c->cpl, c->region + c->layout.cpl_off, c->layout.cpl_entries);
-	c->staging = c->region + c->layout.staging_off;
-	return 0;
-}
-
-void lbi_region_unmap(struct lb_client *c)
-{
-	if (c->region)
-		munmap(c->region, c->region_bytes);
-	if (c->region_fd >= 0)
-		close(c->region_fd);
-	c->region = NULL;
-	c->region_fd = -1;
-}
 
 /* ---- staging ---- */
 
