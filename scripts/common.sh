@@ -7,7 +7,7 @@ BUILD=${BUILD:-$ROOT/build}
 # Debian 12 packages the build and the tests need.
 LB_PACKAGES=(build-essential cmake pkg-config liburing-dev libnuma-dev libmsgpack-dev
 	libcmocka-dev libjson-c-dev libxxhash-dev libopenblas-dev zlib1g-dev libsystemd-dev
-	tmux) # tmux: test_ctl_top drives layerbank-ctl top in it
+	tmux python3 git) # tmux: test_ctl_top drives layerbank-ctl top in it; python3, git: scripts/check-tree
 # A clang build (CI's sanitizer runs, scripts/fuzz) needs its runtimes too: ASan, UBSan, TSan
 # and libFuzzer (-fsanitize=fuzzer) are in libclang-rt-14-dev; llvm-14 has llvm-symbolizer,
 # which puts file and line into the sanitizers' and libFuzzer's reports.
