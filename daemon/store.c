@@ -399,20 +399,38 @@ static bool expired(const struct lbd_store *st, const struct entry *e, uint64_t 
 	return st->cfg.policy == LBD_POLICY_TTL && now - e->created_ns > st->cfg.ttl_ns;
 }
 
+typedef bool (*pick_fn)(const struct lbd_store *st, const struct entry *e, const void *ctx);
+
+/*
+ * A walk over live[] for the entries to drop: the next LIVE entry from position *k that pick
+ * chooses, or NONE at the end. Unlinking it moves the last entry into its place (or leaves it
+ * there, DOOMED, while leased), so the walk goes on from the same *k; so it does after the
+ * lock was let go and live[] reordered.
+ */
+static uint32_t live_find(const struct lbd_store *st, uint32_t *k, pick_fn pick, const void *ctx)
+{
+	for (; *k < st->n_live; (*k)++) {
+		const struct entry *e = &st->e[st->live[*k]];
+		if (e->state == E_LIVE && pick(st, e, ctx))
+			return st->live[*k];
+	}
+	return NONE;
+}
+
+static bool pick_expired(const struct lbd_store *st, const struct entry *e, const void *now)
+{
+	return expired(st, e, *(const uint64_t *)now);
+}
+
 void lbd_store_expire(struct lbd_store *st)
 {
 	uint64_t now = lb_now_ns();
+	uint32_t id;
+
 	store_lock(st);
-	for (uint32_t k = 0; k < st->n_live;) {
-		uint32_t id = st->live[k];
-		struct entry *e = &st->e[id];
-		if (e->state == E_LIVE && expired(st, e, now)) {
-			st->c.expirations++;
-			entry_unlink(st, id); /* may move another entry into position k */
-			if (k < st->n_live && st->live[k] != id)
-				continue;
-		}
-		k++;
+	for (uint32_t k = 0; (id = live_find(st, &k, pick_expired, &now)) != NONE;) {
+		st->c.expirations++;
+		entry_unlink(st, id);
 	}
 	pthread_mutex_unlock(&st->lock);
 }
@@ -1372,6 +1390,11 @@ out:
 	return ret;
 }
 
+static bool pick_bank(const struct lbd_store *st, const struct entry *e, const void *bank)
+{
+	return st->in[e->input].bank == *(const uint32_t *)bank;
+}
+
 int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
 {
 	int64_t n = 0;
@@ -1381,18 +1404,10 @@ int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
 	if (!b) {
 		n = -ENOENT;
 	} else {
+		uint32_t bank = model_id - 1, id;
 		b->retired = true;
-		for (uint32_t k = 0; k < st->n_live;) {
-			uint32_t id = st->live[k];
-			struct entry *e = &st->e[id];
-			if (e->state == E_LIVE && st->in[e->input].bank == model_id - 1) {
-				entry_unlink(st, id); /* may move another entry into position k */
-				n++;
-				if (k < st->n_live && st->live[k] != id)
-					continue;
-			}
-			k++;
-		}
+		for (uint32_t k = 0; (id = live_find(st, &k, pick_bank, &bank)) != NONE; n++)
+			entry_unlink(st, id);
 	}
 	pthread_mutex_unlock(&st->lock);
 	return n;
@@ -1482,11 +1497,25 @@ static void hand_over(struct lbd_store *st)
 	store_lock(st);
 }
 
+/* What a flush drops: entries live when it began, of one bank (or all), of one layer (or all). */
+struct flush_pick {
+	uint64_t t0;
+	uint32_t bank; /* an index: the bank array may move while the lock is let go */
+	bool all_banks;
+	int layer;     /* -1: all */
+};
+
+static bool pick_flushed(const struct lbd_store *st, const struct entry *e, const void *ctx)
+{
+	const struct flush_pick *f = ctx;
+	return e->created_ns <= f->t0 && (f->all_banks || st->in[e->input].bank == f->bank) &&
+	       (f->layer < 0 || e->layer == (uint32_t)f->layer);
+}
+
 int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, uint32_t batch,
 			    struct lbd_flush_result *out)
 {
-	uint64_t t0 = lb_now_ns();
-	uint32_t bank_ix = 0; /* an index: the bank array may move while the lock is let go */
+	struct flush_pick f = { .t0 = lb_now_ns(), .all_banks = model_id == 0, .layer = layer };
 	int ret = 0;
 
 	memset(out, 0, sizeof(*out));
@@ -1500,7 +1529,7 @@ int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, 
 		else if (layer >= (int)b->desc.n_layers)
 			ret = -EINVAL;
 		else
-			bank_ix = (uint32_t)(b - st->banks);
+			f.bank = (uint32_t)(b - st->banks);
 	} else if (layer >= 0) {
 		ret = -EINVAL; /* a layer is a layer of one model */
 	}
@@ -1516,27 +1545,19 @@ int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, 
 	 */
 	bool dropped = ret == 0;
 	while (dropped) {
+		uint32_t id, in_batch = 0;
 		dropped = false;
-		uint32_t in_batch = 0;
-		for (uint32_t k = 0; k < st->n_live;) {
-			uint32_t id = st->live[k];
-			struct entry *e = &st->e[id];
-			if (e->state == E_LIVE && e->created_ns <= t0 &&
-			    (!model_id || st->in[e->input].bank == bank_ix) &&
-			    (layer < 0 || e->layer == (uint32_t)layer)) {
-				out->entries++;
-				out->bytes += e->bytes;
-				out->leased += e->leases != 0;
-				entry_unlink(st, id); /* moves the last entry into position k */
-				dropped = true;
-				if (++in_batch == batch) {
-					in_batch = 0;
-					hand_over(st);
-				}
-				if (k < st->n_live && st->live[k] != id)
-					continue;
+		for (uint32_t k = 0; (id = live_find(st, &k, pick_flushed, &f)) != NONE;) {
+			const struct entry *e = &st->e[id];
+			out->entries++;
+			out->bytes += e->bytes;
+			out->leased += e->leases != 0;
+			entry_unlink(st, id);
+			dropped = true;
+			if (++in_batch == batch) {
+				in_batch = 0;
+				hand_over(st);
 			}
-			k++;
 		}
 	}
 	pthread_mutex_unlock(&st->lock);
