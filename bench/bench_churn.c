@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "io.h"
 #include "layerbank/layerbank.h"
 #include "layerbank/ring.h"
 
@@ -35,11 +36,7 @@ static pid_t cdaemon = -1;
 static void ccleanup(void)
 {
 	lbb_stop(&cdaemon);
-	if (!cdir[0])
-		return;
-	unlink(csock);
-	unlink(cdlog);
-	rmdir(cdir);
+	lbu_rmtree(cdir);
 	cdir[0] = '\0';
 }
 

@@ -121,21 +121,9 @@ static void stop_workers(void)
 
 static void cleanup(void)
 {
-	char path[128];
 	stop_workers();
 	lbb_stop(&fleet.daemon);
-	if (!fleet.dir[0])
-		return;
-	const char *names[] = { "lb.sock", "daemon.log" };
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		snprintf(path, sizeof(path), "%s/%s", fleet.dir, names[i]);
-		unlink(path);
-	}
-	for (int i = 0; i < MAX_WORKERS; i++) {
-		snprintf(path, sizeof(path), "%s/worker%d.log", fleet.dir, i);
-		unlink(path);
-	}
-	rmdir(fleet.dir);
+	lbu_rmtree(fleet.dir);
 	fleet.dir[0] = '\0';
 }
 

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "io.h"
 #include "layerbank/layerbank.h"
 #include "layerbank/ring.h"
 #include "lbp.h"
@@ -34,17 +35,9 @@ static pid_t daemon_pid = -1, redis_pid = -1;
 
 static void cleanup(void)
 {
-	char path[400];
 	lbb_stop(&daemon_pid);
 	lbb_stop(&redis_pid);
-	if (!dir[0])
-		return;
-	const char *names[] = { "daemon.log", "redis.log", "lb.sock", "redis.sock" };
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
-		unlink(path);
-	}
-	rmdir(dir);
+	lbu_rmtree(dir);
 }
 
 static void on_signal(int sig)

@@ -18,9 +18,10 @@
 #include <unistd.h>
 
 #include "bench.h"
-#include "size.h"
+#include "io.h"
 #include "layerbank/layerbank.h"
 #include "layerbank/ring.h"
+#include "size.h"
 
 #define SNAP_SEQ 128
 #define SNAP_HIDDEN 768
@@ -39,19 +40,8 @@ static double now_ms(void)
 
 static void scleanup(void)
 {
-	char path[400];
 	lbb_stop(&sdaemon);
-	if (!sdir[0])
-		return;
-	/* Every file a run makes: no-such.snap is what the daemon started without a snapshot
-	 * writes when it stops. */
-	const char *names[] = { "daemon.log", "lb.sock", "bench.snap", "bench.snap.tmp", "plain",
-				"plain.tmp", "no-such.snap", "no-such.snap.tmp" };
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		snprintf(path, sizeof(path), "%s/%s", sdir, names[i]);
-		unlink(path);
-	}
-	rmdir(sdir);
+	lbu_rmtree(sdir);
 }
 
 static void son_signal(int sig)

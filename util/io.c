@@ -1,7 +1,8 @@
-/* Whole-file reads of /proc numbers and whole-buffer writes. */
+/* Whole-file reads of /proc numbers, whole-buffer writes, temporary folders removed. */
 #include "io.h"
 
 #include <errno.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -52,4 +53,21 @@ int lbu_write_all(int fd, const void *p, size_t n)
 		n -= (size_t)w;
 	}
 	return 0;
+}
+
+static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	if (flag == FTW_DP)
+		rmdir(path);
+	else
+		unlink(path);
+	return 0;
+}
+
+void lbu_rmtree(const char *dir)
+{
+	if (dir && *dir)
+		nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }

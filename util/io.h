@@ -1,5 +1,5 @@
 /* Small whole-file reads and whole-buffer writes: a /proc/meminfo field, all of a buffer to a
- * file descriptor through short writes and EINTR. */
+ * file descriptor through short writes and EINTR, a temporary folder removed with all in it. */
 #ifndef LAYERBANK_UTIL_IO_H
 #define LAYERBANK_UTIL_IO_H
 
@@ -14,5 +14,9 @@ long lbu_read_long(const char *path);
 
 /* Write all n bytes of p to fd, again after EINTR and short writes. @return 0, or -errno. */
 int lbu_write_all(int fd, const void *p, size_t n);
+
+/* Remove dir and everything below it, not following symbolic links; what cannot be removed
+ * stays (a best effort, for temporary folders). Nothing for NULL or "". */
+void lbu_rmtree(const char *dir);
 
 #endif
