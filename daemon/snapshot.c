@@ -404,127 +404,161 @@ static int fsync_dir(const char *path)
 	return ret;
 }
 
-int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_store *st,
-		       const uint8_t boot_id[16], lbd_snapshot_progress_fn progress, void *ctx,
-		       struct lbd_snapshot_stats *out, char *err, size_t errlen)
+/* What one snapshot writes: the entries it holds and the file's layout. */
+struct plan {
+	int32_t rec_of[LBD_MAX_MODELS + 1]; /* model id -> its model record; -1: left out */
+	uint64_t per_model[LBD_MAX_MODELS]; /* entries per model record */
+	uint32_t n_models;
+	struct lbd_leases held;             /* until plan_release: the entries stay unchanged */
+	struct lbd_store_item *items;
+	uint32_t n_items;
+	uint64_t n_entries, data_bytes, file_bytes;
+};
+
+/* Model records in registry order, retired models (empty names) left out. */
+static void plan_models(struct plan *p, const struct lbd_models *m)
 {
-	uint64_t t0 = lb_now_ns(), n_entries = 0, data_bytes = 0, file_bytes;
-	int32_t rec_of[LBD_MAX_MODELS + 1];
-	uint64_t per_model[LBD_MAX_MODELS] = { 0 };
-	uint32_t n_models = 0, n_items = 0;
-	struct lbd_store_item *items = NULL;
-	struct lbd_leases held = { 0 };
-	struct writer w = { .fd = -1, .progress = progress, .ctx = ctx };
-	uint8_t rec[LBD_SNAP_ENTRY_SIZE];
-	char tmp[PATH_MAX];
-	const char *step = "";
+	p->rec_of[0] = -1;
+	for (uint32_t i = 0; i < LBD_MAX_MODELS; i++)
+		p->rec_of[i + 1] = i < m->count && m->desc[i].name[0] ? (int32_t)p->n_models++ : -1;
+}
+
+/* The model record of an entry; -1 for a retired model's entry, inserted while it was retired. */
+static int32_t plan_record_of(const struct plan *p, const struct lbd_store_item *it)
+{
+	return it->model_id > LBD_MAX_MODELS ? -1 : p->rec_of[it->model_id];
+}
+
+/* The layout is known before the first byte: the header can say how long the file is. */
+static void plan_layout(struct plan *p)
+{
+	p->file_bytes = LBD_SNAP_HDR_SIZE + (uint64_t)p->n_models * LBD_SNAP_MODEL_SIZE;
+	for (uint32_t k = 0; k < p->n_items; k++) {
+		const struct lbd_store_item *it = &p->items[k];
+		int32_t r = plan_record_of(p, it);
+		if (r < 0)
+			continue;
+		p->per_model[r]++;
+		p->n_entries++;
+		p->data_bytes += it->bytes;
+		p->file_bytes += LBD_SNAP_ENTRY_SIZE + pad(it->bytes);
+	}
+}
+
+static void plan_release(struct plan *p, struct lbd_store *st)
+{
+	lbd_store_release_all(st, &p->held);
+	lbd_leases_free(&p->held);
+	free(p->items);
+}
+
+/* Name the step that failed, for the message. @return -errno. */
+static int failed_at(const char **step, const char *what)
+{
+	*step = what;
+	return -errno;
+}
+
+/* The buffers and the ring. @return 0, or -errno with *step set. */
+static int w_init(struct writer *w, const char **step)
+{
 	int ret;
 
-	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
-		return lbu_fail(err, errlen, -ENAMETOOLONG, "snapshot not written: path too long (%s)", path);
-	/* Model records in registry order, retired models (empty names) left out. */
-	rec_of[0] = -1;
-	for (uint32_t i = 0; i < LBD_MAX_MODELS; i++)
-		rec_of[i + 1] = i < m->count && m->desc[i].name[0] ? (int32_t)n_models++ : -1;
-	ret = lbd_store_hold_all(st, &held, &items, &n_items);
-	if (ret < 0)
-		return lbu_fail(err, errlen, ret, "snapshot not written: cannot hold the entries: %s (%s)",
-				strerror(-ret), path);
-	/* The layout is known before the first byte: the header can say how long the file is. */
-	file_bytes = LBD_SNAP_HDR_SIZE + (uint64_t)n_models * LBD_SNAP_MODEL_SIZE;
-	for (uint32_t k = 0; k < n_items; k++) {
-		const struct lbd_store_item *it = &items[k];
-		if (it->model_id > LBD_MAX_MODELS || rec_of[it->model_id] < 0)
-			continue; /* a retired model's entry, inserted while it was retired */
-		per_model[rec_of[it->model_id]]++;
-		n_entries++;
-		data_bytes += it->bytes;
-		file_bytes += LBD_SNAP_ENTRY_SIZE + pad(it->bytes);
-	}
-	w.total = file_bytes;
-
 	for (unsigned k = 0; k < LBD_SNAP_DEPTH; k++)
-		if (posix_memalign((void **)&w.b[k].p, 4096, LBD_SNAP_CHUNK)) {
-			ret = -ENOMEM;
-			step = "buffers";
-			goto fail;
+		if (posix_memalign((void **)&w->b[k].p, 4096, LBD_SNAP_CHUNK)) {
+			*step = "buffers";
+			return -ENOMEM;
 		}
-	ret = io_uring_queue_init(LBD_SNAP_DEPTH + 1, &w.ring, 0);
+	ret = io_uring_queue_init(LBD_SNAP_DEPTH + 1, &w->ring, 0);
 	if (ret < 0) {
-		step = "io_uring_queue_init";
-		goto fail;
+		*step = "io_uring_queue_init";
+		return ret;
 	}
-	w.ring_ok = true;
-	/* A new file, never one that is there: O_EXCL does not follow a planted symlink. */
-	if (unlink(tmp) < 0 && errno != ENOENT) {
-		ret = -errno;
-		step = "unlink";
-		goto fail;
-	}
-	w.fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-	if (w.fd < 0) {
-		ret = -errno;
-		step = "open";
-		goto fail;
-	}
-	/* Room up front: a full disk fails here, before anything is written. */
-	if (fallocate(w.fd, 0, 0, (off_t)file_bytes) < 0 && errno != EOPNOTSUPP && errno != ENOSYS) {
-		ret = -errno;
-		step = "fallocate";
-		goto fail;
-	}
+	w->ring_ok = true;
+	return 0;
+}
 
-	step = "write";
-	encode_header(rec, n_models, n_entries, data_bytes, file_bytes, boot_id);
-	ret = w_emit(&w, rec, LBD_SNAP_HDR_SIZE);
+/* The temporary file, with room for the whole image. @return 0, or -errno with *step set. */
+static int w_create(struct writer *w, const char *tmp, const char **step)
+{
+	/* A new file, never one that is there: O_EXCL does not follow a planted symlink. */
+	if (unlink(tmp) < 0 && errno != ENOENT)
+		return failed_at(step, "unlink");
+	w->fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (w->fd < 0)
+		return failed_at(step, "open");
+	/* Room up front: a full disk fails here, before anything is written. */
+	if (fallocate(w->fd, 0, 0, (off_t)w->total) < 0 && errno != EOPNOTSUPP && errno != ENOSYS)
+		return failed_at(step, "fallocate");
+	return 0;
+}
+
+/* The header, the model records, then each entry's record, data and padding. */
+static int emit_image(struct writer *w, const struct plan *p, const struct lbd_models *m,
+		      const uint8_t boot_id[16])
+{
+	uint8_t rec[LBD_SNAP_ENTRY_SIZE];
+	int ret;
+
+	encode_header(rec, p->n_models, p->n_entries, p->data_bytes, p->file_bytes, boot_id);
+	ret = w_emit(w, rec, LBD_SNAP_HDR_SIZE);
 	for (uint32_t i = 0; ret == 0 && i < m->count; i++) {
-		if (rec_of[i + 1] < 0)
+		if (p->rec_of[i + 1] < 0)
 			continue;
-		encode_model(rec, &m->desc[i], per_model[rec_of[i + 1]]);
-		ret = w_emit(&w, rec, LBD_SNAP_MODEL_SIZE);
+		encode_model(rec, &m->desc[i], p->per_model[p->rec_of[i + 1]]);
+		ret = w_emit(w, rec, LBD_SNAP_MODEL_SIZE);
 	}
-	for (uint32_t k = 0; ret == 0 && k < n_items; k++) {
-		const struct lbd_store_item *it = &items[k];
-		if (it->model_id > LBD_MAX_MODELS || rec_of[it->model_id] < 0)
+	for (uint32_t k = 0; ret == 0 && k < p->n_items; k++) {
+		const struct lbd_store_item *it = &p->items[k];
+		int32_t r = plan_record_of(p, it);
+		if (r < 0)
 			continue;
-		encode_entry(rec, (uint32_t)rec_of[it->model_id], it);
-		ret = w_emit(&w, rec, LBD_SNAP_ENTRY_SIZE);
+		encode_entry(rec, (uint32_t)r, it);
+		ret = w_emit(w, rec, LBD_SNAP_ENTRY_SIZE);
 		if (ret == 0)
-			ret = w_emit(&w, it->data, it->bytes); /* held: unchanged while we read */
+			ret = w_emit(w, it->data, it->bytes); /* held: unchanged while we read */
 		if (ret == 0)
-			ret = w_emit(&w, NULL, pad(it->bytes) - it->bytes);
+			ret = w_emit(w, NULL, pad(it->bytes) - it->bytes);
 	}
-	if (ret == 0) {
-		step = "write or fsync";
-		ret = w_finish(&w);
-	}
-	if (ret < 0)
-		goto fail;
-	if (close(w.fd) < 0) {
-		w.fd = -1;
-		ret = -errno;
-		step = "close";
-		goto fail;
-	}
-	w.fd = -1;
-	if (rename(tmp, path) < 0) {
-		ret = -errno;
-		step = "rename";
-		goto fail;
-	}
-	w_free(&w);
-	lbd_store_release_all(st, &held);
-	lbd_leases_free(&held);
-	free(items);
-	/* The new file is whole and in place; a lost folder fsync only risks the old one coming
-	 * back after a crash, so it is reported but not a failure of the write. */
-	ret = fsync_dir(path);
+	return ret;
+}
+
+/* Close the written file and put it in place of the old one. @return 0, or -errno with *step set. */
+static int w_publish(struct writer *w, const char *tmp, const char *path, const char **step)
+{
+	int fd = w->fd;
+
+	w->fd = -1;
+	if (close(fd) < 0)
+		return failed_at(step, "close");
+	if (rename(tmp, path) < 0)
+		return failed_at(step, "rename");
+	return 0;
+}
+
+/* After a failure: the half-written file closed and removed, but not when unlink or open failed,
+ * for then the file at tmp is not one this write made. */
+static void w_abandon(struct writer *w, const char *tmp, const char *step)
+{
+	if (w->fd >= 0)
+		close(w->fd);
+	if (strcmp(step, "unlink") != 0 && strcmp(step, "open") != 0)
+		unlink(tmp);
+}
+
+/* The new file is whole and in place; a lost folder fsync only risks the old one coming back
+ * after a crash, so it is reported but not a failure of the write. */
+static void report_written(const char *path, const struct plan *p, uint64_t t0,
+			  struct lbd_snapshot_stats *out, char *err, size_t errlen)
+{
+	int ret = fsync_dir(path);
+
 	if (out) {
 		memset(out, 0, sizeof(*out));
-		out->models = n_models;
-		out->entries = n_entries;
-		out->data_bytes = data_bytes;
-		out->file_bytes = file_bytes;
+		out->models = p->n_models;
+		out->entries = p->n_entries;
+		out->data_bytes = p->data_bytes;
+		out->file_bytes = p->file_bytes;
 		out->written_s = (uint64_t)time(NULL);
 		out->ms = ms_since(t0);
 	}
@@ -533,17 +567,49 @@ int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_
 			 strerror(-ret));
 	else
 		lbu_errf(err, errlen, "%s", "");
-	return 0;
+}
 
-fail:
+int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_store *st,
+		       const uint8_t boot_id[16], lbd_snapshot_progress_fn progress, void *ctx,
+		       struct lbd_snapshot_stats *out, char *err, size_t errlen)
+{
+	uint64_t t0 = lb_now_ns();
+	struct plan p = { .n_models = 0 };
+	struct writer w = { .fd = -1, .progress = progress, .ctx = ctx };
+	char tmp[PATH_MAX];
+	const char *step = "";
+	int ret;
+
+	if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp))
+		return lbu_fail(err, errlen, -ENAMETOOLONG, "snapshot not written: path too long (%s)", path);
+	plan_models(&p, m);
+	ret = lbd_store_hold_all(st, &p.held, &p.items, &p.n_items);
+	if (ret < 0)
+		return lbu_fail(err, errlen, ret, "snapshot not written: cannot hold the entries: %s (%s)",
+				strerror(-ret), path);
+	plan_layout(&p);
+	w.total = p.file_bytes;
+	ret = w_init(&w, &step);
+	if (ret == 0)
+		ret = w_create(&w, tmp, &step);
+	if (ret == 0) {
+		step = "write";
+		ret = emit_image(&w, &p, m, boot_id);
+	}
+	if (ret == 0) {
+		step = "write or fsync";
+		ret = w_finish(&w);
+	}
+	if (ret == 0)
+		ret = w_publish(&w, tmp, path, &step);
 	w_free(&w);
-	if (w.fd >= 0)
-		close(w.fd);
-	if (strcmp(step, "unlink") != 0 && strcmp(step, "open") != 0)
-		unlink(tmp);
-	lbd_store_release_all(st, &held);
-	lbd_leases_free(&held);
-	free(items);
+	if (ret < 0)
+		w_abandon(&w, tmp, step);
+	plan_release(&p, st);
+	if (ret == 0) {
+		report_written(path, &p, t0, out, err, errlen);
+		return 0;
+	}
 	/* The reason first: a long path cut off at the end of an ERROR message loses less. */
 	return lbu_fail(err, errlen, ret, "snapshot not written: %s (%s %s)", strerror(-ret), step,
 			strcmp(step, "buffers") == 0 ? path : tmp);

@@ -17,9 +17,12 @@
 /* One run's view of the cache: c stays NULL once any call failed (see lb_lem_run). */
 struct lem {
 	struct lb_client *c;
+	struct lb_client *client;     /* the caller's, kept when c is dropped: for its staging */
 	const struct lb_lem_cfg *cfg;
 	struct lb_key key;
 	struct lb_lem_result *res;
+	struct lb_hit hit;            /* held while have_hit: until the layer above has read it */
+	int have_hit;
 };
 
 /* A miss-like answer keeps the cache; anything else stops using it for the rest of the run. */
@@ -124,109 +127,142 @@ static int revalidate(struct lem *m, const struct lb_hit *hit, const float *emb,
 	return rc;
 }
 
+/* Fingerprint and token hash of the input: the key of every lookup and insert of this run. */
+static void lem_key(struct lem *m, const int32_t *tokens, const float *h, uint32_t n)
+{
+	int rc = lb_fingerprint(m->cfg->proj, h, n, m->key.fp);
+
+	if (rc < 0) {
+		lem_fail(m, rc);
+		return;
+	}
+	lb_token_hash(tokens, n, m->key.exact);
+	m->key.seq_len = n;
+}
+
+/* Hold the deepest cached layer of the input in m->hit, if one fits.
+ * @return the first layer to compute. */
+static uint32_t lem_lookup(struct lem *m, uint32_t n)
+{
+	const struct lb_lem_cfg *cfg = m->cfg;
+	int rc = lb_lookup_deepest(m->c, cfg->model_id, &m->key, cfg->tau, cfg->tau ? cfg->n_layers : 0,
+				   &m->hit);
+
+	if (rc != 0) {
+		if (rc != -ENOENT)
+			lem_fail(m, rc);
+		return 0;
+	}
+	if (!hit_fits(m, &m->hit, n)) {
+		lem_release(m, m->hit.lease);
+		return 0;
+	}
+	m->have_hit = 1;
+	m->res->hit_layer = (int32_t)m->hit.layer;
+	m->res->hit_hamming = m->hit.hamming;
+	return m->hit.layer + 1;
+}
+
+/* Is the hit among the share cfg->revalidate of hits drawn for revalidation? */
+static int lem_revalidate_drawn(const struct lem *m)
+{
+	uint64_t s = m->cfg->seed ^ m->key.exact[0] ^ (m->hit.lease * 0x9e3779b97f4a7c15ull);
+	double u = (double)(lbu_splitmix64(&s) >> 11) * 0x1.0p-53;
+
+	return u < m->cfg->revalidate;
+}
+
+/* Staging for the output of a layer to insert, or NULL: too large for staging, or busy (the
+ * layer is then computed without inserting). */
+static float *lem_stage(struct lem *m, const float **cur, float *h, uint64_t bytes)
+{
+	/* Staging is one buffer: an input still there moves to h first. */
+	if (*cur != h && !(m->have_hit && *cur == m->hit.data)) {
+		memcpy(h, *cur, bytes);
+		*cur = h;
+	}
+	return lb_insert_reserve(m->c, bytes);
+}
+
+static void lem_commit(struct lem *m, uint32_t l, uint32_t n)
+{
+	struct lb_shape shape = { .dtype = LB_DTYPE_F32, .ndim = 2, .dims = { n, m->cfg->hidden } };
+	int r = lb_insert_commit(m->c, m->cfg->model_id, l, &m->key, &shape);
+
+	if (r == 0)
+		m->res->layers_inserted++;
+	else if (r != -EEXIST && r != -ENOSPC && r != -EDQUOT)
+		lem_fail(m, r); /* a full cache or quota still serves lookups */
+}
+
+/* Run layer l from *cur, inserting its output when the config selects it; *cur becomes that
+ * output. @return 0, or compute's error. */
+static int lem_layer(struct lem *m, uint32_t l, const float **cur, float *h, uint32_t n,
+		     lb_layer_fn compute, void *ctx)
+{
+	const struct lb_lem_cfg *cfg = m->cfg;
+	float *out = h, *st = NULL;
+	int rc;
+
+	if (m->c && (!cfg->cache_layers || cfg->cache_layers[l]))
+		st = lem_stage(m, cur, h, (uint64_t)n * cfg->hidden * sizeof(float));
+	if (st)
+		out = st;
+	rc = compute(ctx, l, *cur, out);
+	m->res->layers_computed++;
+	if (m->have_hit && *cur == m->hit.data) {
+		lem_release(m, m->hit.lease);
+		m->have_hit = 0;
+	}
+	if (st && (rc < 0 || !m->c)) {
+		/* Give the reservation back without a commit (nothing is in flight). */
+		m->client->reserved_off = UINT64_MAX;
+		st = NULL;
+	}
+	if (rc < 0)
+		return rc;
+	if (st)
+		lem_commit(m, l, n);
+	*cur = out;
+	return 0;
+}
+
 LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, const int32_t *tokens,
 			 uint32_t n, float *h, lb_layer_fn compute, void *ctx, struct lb_lem_result *res)
 {
 	struct lb_lem_result dummy;
-	struct lem m;
-	struct lb_hit hit;
-	int have_hit = 0, rc;
+	struct lem m = { .c = c, .client = c, .cfg = cfg, .res = res ? res : &dummy };
+	uint32_t first = 0;   /* the first layer to compute */
+	const float *cur = h; /* the input of layer `first`: h, a hit's view or staging */
+	int rc;
 
 	if (!cfg || !tokens || !h || !compute || !n || !cfg->n_layers ||
 	    cfg->n_layers > LEM_MAX_LAYERS || !cfg->hidden || cfg->hidden > LEM_MAX_HIDDEN ||
 	    (c && !cfg->proj))
 		return -EINVAL;
-	if (!res)
-		res = &dummy;
-	memset(res, 0, sizeof(*res));
-	res->hit_layer = -1;
-	memset(&m, 0, sizeof(m));
-	m.c = c;
-	m.cfg = cfg;
-	m.res = res;
-
-	uint64_t count = (uint64_t)n * cfg->hidden, bytes = count * sizeof(float);
-	uint32_t first = 0;          /* the first layer to compute */
-	const float *cur = h;        /* the input of layer `first`: h, a hit's view or staging */
-
-	if (m.c) {
-		rc = lb_fingerprint(cfg->proj, h, n, m.key.fp);
-		if (rc < 0)
-			lem_fail(&m, rc);
-	}
-	if (m.c) {
-		lb_token_hash(tokens, n, m.key.exact);
-		m.key.seq_len = n;
-		rc = lb_lookup_deepest(m.c, cfg->model_id, &m.key, cfg->tau,
-				       cfg->tau ? cfg->n_layers : 0, &hit);
-		if (rc == 0) {
-			if (hit_fits(&m, &hit, n)) {
-				have_hit = 1;
-				res->hit_layer = (int32_t)hit.layer;
-				res->hit_hamming = hit.hamming;
-				first = hit.layer + 1;
-			} else {
-				lem_release(&m, hit.lease);
-			}
-		} else if (rc != -ENOENT) {
-			lem_fail(&m, rc);
+	memset(m.res, 0, sizeof(*m.res));
+	m.res->hit_layer = -1;
+	if (m.c)
+		lem_key(&m, tokens, h, n);
+	if (m.c)
+		first = lem_lookup(&m, n);
+	if (m.have_hit && m.c && cfg->revalidate > 0 && lem_revalidate_drawn(&m)) {
+		rc = revalidate(&m, &m.hit, h, n, compute, ctx);
+		if (rc < 0) {
+			lem_release(&m, m.hit.lease);
+			return rc;
 		}
 	}
-	if (have_hit && m.c && cfg->revalidate > 0) {
-		uint64_t s = cfg->seed ^ m.key.exact[0] ^ (hit.lease * 0x9e3779b97f4a7c15ull);
-		double u = (double)(lbu_splitmix64(&s) >> 11) * 0x1.0p-53;
-		if (u < cfg->revalidate) {
-			rc = revalidate(&m, &hit, h, n, compute, ctx);
-			if (rc < 0) {
-				lem_release(&m, hit.lease);
-				return rc;
-			}
-		}
-	}
-	if (have_hit)
-		cur = hit.data;
-
+	if (m.have_hit)
+		cur = m.hit.data;
 	for (uint32_t l = first; l < cfg->n_layers; l++) {
-		float *out = h;
-		int insert = m.c && (!cfg->cache_layers || cfg->cache_layers[l]);
-		if (insert) {
-			/* Staging is one buffer: an input still there moves to h first. */
-			if (cur != h && !(have_hit && cur == hit.data)) {
-				memcpy(h, cur, bytes);
-				cur = h;
-			}
-			float *st = lb_insert_reserve(m.c, bytes);
-			if (st)
-				out = st;
-			else
-				insert = 0; /* too large for staging, or busy: compute without inserting */
-		}
-		rc = compute(ctx, l, cur, out);
-		res->layers_computed++;
-		if (have_hit && cur == hit.data) {
-			lem_release(&m, hit.lease);
-			have_hit = 0;
-		}
-		if (insert && (rc < 0 || !m.c)) {
-			/* Give the reservation back without a commit (nothing is in flight). */
-			c->reserved_off = UINT64_MAX;
-			insert = 0;
-		}
+		rc = lem_layer(&m, l, &cur, h, n, compute, ctx);
 		if (rc < 0)
 			return rc;
-		if (insert) {
-			struct lb_shape shape = { .dtype = LB_DTYPE_F32, .ndim = 2, .dims = { n, cfg->hidden } };
-			int r = lb_insert_commit(m.c, cfg->model_id, l, &m.key, &shape);
-			if (r == 0)
-				res->layers_inserted++;
-			else if (r != -EEXIST && r != -ENOSPC && r != -EDQUOT)
-				lem_fail(&m, r); /* a full cache or quota still serves lookups */
-		}
-		cur = out;
 	}
 	if (cur != h)
-		memcpy(h, cur, bytes);
-	if (have_hit)
-		lem_release(&m, hit.lease);
+		memcpy(h, cur, (uint64_t)n * cfg->hidden * sizeof(float));
+	if (m.have_hit)
+		lem_release(&m, m.hit.lease);
 	return 0;
 }
