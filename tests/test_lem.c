@@ -32,36 +32,25 @@
 #define TOY_SEED 42
 
 static char worker_path[PATH_MAX];
-static struct lbt_env env;
-static pid_t daemon_pid = -1;
-static struct lb_client *client;
+static struct lbt_env env;      /* every test's fixture: the daemon, the client */
+static struct lb_client *client; /* toy_register's, closed by the teardown */
+
+/* A test's daemon, started with args before the test. */
+static int setup_with(void **state, const char *const *args)
+{
+	lbt_env_setup(state);
+	client = NULL;
+	return lbt_daemon_start(&env, args) > 0 ? 0 : -1;
+}
 
 static int setup(void **state)
 {
-	(void)state;
-	lbt_env_make(&env);
-	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", NULL };
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(daemon_pid > 0);
-	client = NULL;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	lb_close(client);
-	client = NULL;
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
+	return setup_with(state, LBT_ARGS(LBT_SMALL));
 }
 
 static void kill_daemon(void)
 {
-	assert_int_equal(kill(daemon_pid, SIGKILL), 0);
-	assert_int_equal(waitpid(daemon_pid, NULL, 0), daemon_pid);
-	daemon_pid = -1;
+	assert_true(lbt_daemon_kill(&env));
 }
 
 static double now_s(void)
@@ -110,7 +99,7 @@ static struct lb_fp_proj *toy_proj;
 
 static uint32_t toy_register(void)
 {
-	assert_int_equal(lb_connect(env.sock, "test_lem", &client), 0);
+	assert_int_equal(lbt_connect(&env, "test_lem", &client), 0);
 	struct lb_model_desc d = { .name = "toy", .weights_hash = 7, .n_layers = TOY_LAYERS,
 				   .hidden = TOY_HIDDEN, .dtype = LB_DTYPE_F32, .max_seq = 64,
 				   .fp_chunks = 4, .fp_seed = TOY_SEED };
@@ -215,11 +204,9 @@ static void test_insert_quota_is_not_an_error(void **state)
 {
 	(void)state;
 	/* Three toy entries: 128 header bytes and 7 x 16 floats each, 576 bytes. */
-	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", "--client-insert-bytes",
-			       "1728", NULL };
+	const char *const args[] = { LBT_SMALL, "--client-insert-bytes", "1728", NULL };
 	kill_daemon();
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(daemon_pid > 0);
+	assert_true(lbt_daemon_start(&env, args) > 0);
 	uint32_t id = toy_register();
 	struct lb_lem_cfg cfg = toy_cfg(id, NULL, 0);
 	int32_t tok[TOY_N];
@@ -418,13 +405,7 @@ static void test_daemon_killed_in_callback_miss(void **state)
 
 static int setup_drift(void **state)
 {
-	(void)state;
-	lbt_env_make(&env);
-	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", "--drift-max", "0.01", NULL };
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(daemon_pid > 0);
-	client = NULL;
-	return 0;
+	return setup_with(state, LBT_ARGS(LBT_SMALL, "--drift-max", "0.01"));
 }
 
 /* 0: the toy; 1: layer drift_layer negated (drift 2); 2: one element of it off by 0.01. */
@@ -621,6 +602,8 @@ static void test_score_cache_cli(void **state)
 	assert_int_equal(ins, 0);
 }
 
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, setup, lbt_env_teardown, &env)
+
 int main(void)
 {
 	if (access(MODEL, R_OK) || access(TOK, R_OK) || access(VAL, R_OK))
@@ -629,14 +612,15 @@ int main(void)
 
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plain_and_bad_args),
-		cmocka_unit_test_setup_teardown(test_hit_at_every_depth, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_insert_quota_is_not_an_error, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_revalidate_reports, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_killed_mid_run, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_killed_in_callback_hit, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_killed_in_callback_miss, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_drift_invalidates, setup_drift, teardown),
-		cmocka_unit_test_setup_teardown(test_score_cache_cli, setup, teardown),
+		TEST(test_hit_at_every_depth),
+		TEST(test_insert_quota_is_not_an_error),
+		TEST(test_revalidate_reports),
+		TEST(test_daemon_killed_mid_run),
+		TEST(test_daemon_killed_in_callback_hit),
+		TEST(test_daemon_killed_in_callback_miss),
+		cmocka_unit_test_prestate_setup_teardown(test_drift_invalidates, setup_drift,
+							 lbt_env_teardown, &env),
+		TEST(test_score_cache_cli),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	lb_fp_proj_free(toy_proj);
