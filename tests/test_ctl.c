@@ -132,16 +132,12 @@ static struct lb_layer_stats layer_stats(struct lb_client *c, uint32_t model, ui
 /* Run layerbank-ctl --socket SOCK args... (NULL-terminated). @return its exit status. */
 static int ctl(char *out, size_t n, ...)
 {
-	const char *argv[16] = { LB_CTL_PATH, "--socket", env.sock };
-	int k = 3, st;
 	va_list ap;
+	int st;
 
 	va_start(ap, n);
-	for (const char *a; (a = va_arg(ap, const char *)) != NULL && k < 15;)
-		argv[k++] = a;
+	st = lbt_vrun(LBT_ARGS(LB_CTL_PATH, "--socket", env.sock), out, n, ap);
 	va_end(ap);
-	argv[k] = NULL;
-	st = lbt_run(argv, out, n);
 	assert_true(WIFEXITED(st));
 	return WEXITSTATUS(st);
 }
@@ -1046,17 +1042,14 @@ static char tmux_sock[256];
 /* tmux -S SOCK args... (NULL-terminated) into out. @return its exit status. */
 static int tmux(char *out, size_t n, ...)
 {
-	const char *argv[24] = { tmux_path, "-S", tmux_sock };
 	char discard[4096];
-	int k = 3, st;
 	va_list ap;
+	int st;
 
 	va_start(ap, n);
-	for (const char *a; (a = va_arg(ap, const char *)) != NULL && k < 23;)
-		argv[k++] = a;
+	st = lbt_vrun(LBT_ARGS(tmux_path, "-S", tmux_sock), out ? out : discard,
+		      out ? n : sizeof(discard), ap);
 	va_end(ap);
-	argv[k] = NULL;
-	st = lbt_run(argv, out ? out : discard, out ? n : sizeof(discard));
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 

@@ -22,12 +22,7 @@ static struct lbt_env env; /* every test's fixture (lbt_env_setup, lbt_env_teard
 
 static int run_daemon(const char *const *extra, char *out, size_t n)
 {
-	const char *argv[32] = { LB_DAEMON_PATH };
-	int k = 1;
-	for (int i = 0; extra[i]; i++)
-		argv[k++] = extra[i];
-	argv[k] = NULL;
-	return lbt_run(argv, out, n);
+	return lbt_run_args(LBT_ARGS(LB_DAEMON_PATH), extra, out, n);
 }
 
 /* A bad option or value: one line on stderr, exit status 2, no socket left behind. */

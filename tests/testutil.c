@@ -132,19 +132,19 @@ void lbt_cat(const char *path)
 	fclose(f);
 }
 
+/* Append list (NULL-terminated; NULL: nothing) to argv[*n..], up to 63 arguments in all. */
+static void args_append(const char **argv, int *n, const char *const *list)
+{
+	for (int i = 0; list && list[i] && *n < 63; i++)
+		argv[(*n)++] = list[i];
+	argv[*n] = NULL;
+}
+
 pid_t lbt_daemon_spawn(struct lbt_env *env, const struct lbt_daemon_opts *o)
 {
-	const char *argv[64];
-	int n = 0;
-	argv[n++] = LB_DAEMON_PATH;
-	argv[n++] = "--foreground";
-	if (!o->no_socket) {
-		argv[n++] = "--socket";
-		argv[n++] = env->sock;
-	}
-	for (int i = 0; o->args && o->args[i] && n < 63; i++)
-		argv[n++] = o->args[i];
-	argv[n] = NULL;
+	const char *argv[64] = { LB_DAEMON_PATH, "--foreground", "--socket", env->sock };
+	int n = o->no_socket ? 2 : 4;
+	args_append(argv, &n, o->args);
 
 	fflush(stdout);
 	fflush(stderr);
@@ -342,6 +342,26 @@ int lbt_run(const char *const *argv, char *out, size_t n)
 	if (waitpid(pid, &st, 0) < 0)
 		return -1;
 	return st;
+}
+
+int lbt_run_args(const char *const *head, const char *const *tail, char *out, size_t n)
+{
+	const char *argv[64];
+	int k = 0;
+	args_append(argv, &k, head);
+	args_append(argv, &k, tail);
+	return lbt_run(argv, out, n);
+}
+
+int lbt_vrun(const char *const *head, char *out, size_t n, va_list ap)
+{
+	const char *argv[64];
+	int k = 0;
+	args_append(argv, &k, head);
+	for (const char *a; (a = va_arg(ap, const char *)) != NULL && k < 63;)
+		argv[k++] = a;
+	argv[k] = NULL;
+	return lbt_run(argv, out, n);
 }
 
 #define NR_HUGEPAGES "/proc/sys/vm/nr_hugepages"

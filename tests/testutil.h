@@ -3,6 +3,7 @@
 #ifndef LAYERBANK_TESTS_TESTUTIL_H
 #define LAYERBANK_TESTS_TESTUTIL_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -119,6 +120,11 @@ int lbt_alive(pid_t pid);
  * @return the wait status, -1 on error.
  */
 int lbt_run(const char *const *argv, char *out, size_t n);
+/* lbt_run of head's arguments (head[0] a path) followed by tail's (NULL: none), both
+ * NULL-terminated, 63 at the most. */
+int lbt_run_args(const char *const *head, const char *const *tail, char *out, size_t n);
+/* The same with a variadic caller's arguments, up to a NULL, as the tail. */
+int lbt_vrun(const char *const *head, char *out, size_t n, va_list ap);
 
 /* CPU time (user + system, in clock ticks) pid has used; -1 when unreadable. */
 long lbt_cpu_ticks(pid_t pid);
