@@ -278,6 +278,23 @@ static uint8_t *small_image(const char *path, size_t *len)
 	return read_file(path, len);
 }
 
+/* The start of a file test: the small image (written to snap_path too) and an empty bank of
+ * 4 MiB to restore it into. */
+static uint8_t *image_and_bank(size_t *len, struct bank *b)
+{
+	uint8_t *img = small_image(snap_path, len);
+	bank_make(b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	return img;
+}
+
+/* The end of a test of refused files: nothing was restored, the bank is as it was made. */
+static void end_refused(struct bank *b, uint8_t *img)
+{
+	assert_untouched(b);
+	bank_free(b);
+	free(img);
+}
+
 static uint64_t le(const uint8_t *p, int n)
 {
 	uint64_t v = 0;
@@ -383,12 +400,11 @@ static void test_round_trip_restores_every_entry(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	struct lbd_snapshot_stats st;
 	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
 	assert_int_equal(st.models, 2);
 	assert_int_equal(st.models_skipped, 0);
@@ -442,11 +458,10 @@ static void test_every_truncation_is_refused(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	for (size_t cut = 0; cut < len; cut++) {
 		/* A heap copy of exactly cut bytes: ASan sees any read past it. */
 		uint8_t *part = malloc(cut ? cut : 1);
@@ -465,9 +480,7 @@ static void test_every_truncation_is_refused(void **state)
 	assert_non_null(strstr(err, "truncated"));
 	write_file(snap_path, img, 0);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, NULL, err, sizeof(err)), -EBADMSG);
-	assert_untouched(&b);
-	bank_free(&b);
-	free(img);
+	end_refused(&b, img);
 }
 
 /* One flipped bit anywhere in the file — header, model record, entry record, data, padding,
@@ -476,11 +489,10 @@ static void test_every_flipped_bit_is_refused(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	for (size_t i = 0; i < len; i++) {
 		for (int bit = 0; bit < 8; bit += 3) {
 			img[i] ^= (uint8_t)(1u << bit);
@@ -514,9 +526,7 @@ static void test_every_flipped_bit_is_refused(void **state)
 		if (!strstr(err, cases[k].says))
 			fail_msg("byte %zu: '%s' lacks '%s'", cases[k].at, err, cases[k].says);
 	}
-	assert_untouched(&b);
-	bank_free(&b);
-	free(img);
+	end_refused(&b, img);
 }
 
 /* Another format version or arena ABI is refused before anything else is believed. */
@@ -524,11 +534,10 @@ static void test_foreign_version_and_abi_are_refused(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	put_le(img + 8, 2, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
@@ -541,9 +550,7 @@ static void test_foreign_version_and_abi_are_refused(void **state)
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
 	assert_non_null(strstr(err, "arena ABI"));
-	assert_untouched(&b);
-	bank_free(&b);
-	free(img);
+	end_refused(&b, img);
 }
 
 /* Files whose checksums hold but whose content a daemon never writes: refused as a whole. */
@@ -551,14 +558,13 @@ static void test_sealed_but_inconsistent_files_are_refused(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *orig = small_image(snap_path, &len);
-	uint8_t *img = malloc(len + 64);
 	struct bank b;
 	char err[512];
 	const size_t m0 = 128, m1 = 256, e0 = 384, e1 = 384 + 256;
+	uint8_t *orig = image_and_bank(&len, &b);
+	uint8_t *img = malloc(len + 64);
 
 	assert_non_null(img);
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 #define MUTATE(what, code)                                                                  \
 	do {                                                                                \
 		memcpy(img, orig, len);                                                     \
@@ -670,13 +676,12 @@ static void test_model_registered_differently_is_retired(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[512], why[256];
 	const char *field;
 	uint32_t id;
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), 0);
 	uint32_t a = model_id(&b, "alpha"), bb = model_id(&b, "beta");
 
@@ -727,11 +732,10 @@ static void test_failed_write_keeps_the_old_file(void **state)
 {
 	(void)state;
 	size_t len, len2;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[600], tmp[320], bad[320];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	bank_model(&b, &(struct lbp_register_model){ 0 }); /* an unnamed model: never written */
 	snprintf(tmp, sizeof(tmp), "%s.tmp", snap_path);
 	/* A folder where the writer's temporary file goes: it cannot be replaced. */
