@@ -79,13 +79,9 @@ static int toy_layer(void *ctx, uint32_t layer, const float *in, float *out)
 /* An embedding of n rows unique to seed, and its tokens. */
 static void toy_input(uint32_t seed, int32_t *tokens, float *h)
 {
-	uint64_t s = seed * 2654435761u + 1;
 	for (uint32_t i = 0; i < TOY_N; i++)
 		tokens[i] = (int32_t)(seed * 100 + i);
-	for (uint32_t i = 0; i < TOY_N * TOY_HIDDEN; i++) {
-		s = s * 6364136223846793005ull + 1442695040888963407ull;
-		h[i] = (float)((double)(s >> 40) / (double)(1u << 24) - 0.5);
-	}
+	lbt_fill_uniform(h, TOY_N * TOY_HIDDEN, seed * 2654435761u + 1);
 }
 
 static void toy_plain(float *h)

@@ -427,6 +427,14 @@ int lbt_hugepages_ensure(long n, const char **why)
 	return 0;
 }
 
+void lbt_fill_uniform(float *h, size_t n, uint64_t s)
+{
+	for (size_t i = 0; i < n; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		h[i] = (float)((double)(s >> 40) / (double)(1u << 24) - 0.5);
+	}
+}
+
 long lbt_cpu_ticks(pid_t pid)
 {
 	char path[64], buf[1024];

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/types.h>
@@ -128,6 +129,9 @@ int lbt_vrun(const char *const *head, char *out, size_t n, va_list ap);
 
 /* CPU time (user + system, in clock ticks) pid has used; -1 when unreadable. */
 long lbt_cpu_ticks(pid_t pid);
+
+/* n floats in [-0.5, 0.5) from a 64-bit LCG started at s: a toy model's input. */
+void lbt_fill_uniform(float *h, size_t n, uint64_t s);
 
 /* Print a file to stdout (a daemon log when a test fails). */
 void lbt_cat(const char *path);
