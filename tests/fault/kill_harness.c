@@ -408,16 +408,22 @@ static pid_t victim_pid = -1, grandchild_pid = -1;
 static struct lb_client *monitor;
 static unsigned failures;
 
+__attribute__((format(printf, 1, 0)))
+static void say_fail(const char *fmt, va_list ap)
+{
+	printf("FAIL: ");
+	vprintf(fmt, ap);
+	printf("\n");
+	fflush(stdout);
+}
+
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	printf("FAIL: ");
-	vprintf(fmt, ap);
-	printf("\n");
+	say_fail(fmt, ap);
 	va_end(ap);
-	fflush(stdout);
 	failures++;
 }
 
@@ -449,9 +455,7 @@ static _Noreturn void give_up(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	printf("FAIL: ");
-	vprintf(fmt, ap);
-	printf("\n");
+	say_fail(fmt, ap);
 	va_end(ap);
 	if (env.log[0] && env.pid > 0)
 		lbt_cat(env.log);
