@@ -52,6 +52,7 @@ struct answer {
 	int tokens;
 	double nll;
 	int hit;                /* deepest reused layer, -1: none */
+	unsigned computed;      /* layers the worker's forward pass ran */
 	double lat_ms;          /* send to answer, seen by the dispatcher */
 	int32_t *top1;          /* [tokens - 1] */
 };
@@ -64,6 +65,7 @@ struct run {
 	double hit_by_layer[MAX_LAYERS]; /* share of requests that reused layer l's output */
 	double hit_rate;        /* share of requests with any reuse */
 	double mean_depth;      /* layers reused per request */
+	uint64_t computed;      /* layers run by the workers' forward passes, all answers */
 	double nll_per_token;
 	double nll_rel, top1;   /* against nocache; NAN when there is none */
 	unsigned errors;
@@ -329,11 +331,11 @@ static int on_answer(struct worker *w, char *line, void *ctx)
 			fprintf(stderr, "layerbank-bench e2e: request %llu:%s\n", id, end);
 		return 0;
 	}
-	unsigned computed, inserted, hamming;
+	unsigned inserted, hamming;
 	double us;
 	int used = 0;
 	if (sscanf(end, " ok tokens=%d nll=%lf hit=%d hamming=%u computed=%u inserted=%u us=%lf top1=%n",
-		   &a->tokens, &a->nll, &a->hit, &hamming, &computed, &inserted, &us, &used) != 7 || !used ||
+		   &a->tokens, &a->nll, &a->hit, &hamming, &a->computed, &inserted, &us, &used) != 7 || !used ||
 	    a->tokens < 2 || a->tokens > 1 << 20) {
 		fprintf(stderr, "layerbank-bench e2e: bad answer '%.120s'\n", line);
 		return -EPROTO;
@@ -418,6 +420,7 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 	double *lat = malloc(wl->n * sizeof(double));
 	size_t n = 0;
 	double nll = 0, pred = 0, depth = 0;
+	uint64_t computed = 0;
 	long reused[MAX_LAYERS];
 	for (uint32_t i = 0; i < wl->n; i++) {
 		const struct answer *a = &run->a[i];
@@ -429,6 +432,7 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 		nll += a->nll;
 		pred += a->tokens - 1;
 		depth += a->hit + 1;
+		computed += a->computed;
 	}
 	count_reuse(run, wl->n, layers, reused);
 	if (lat)
@@ -439,6 +443,7 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 	run->rps = run->wall_s > 0 ? (double)wl->n / run->wall_s : 0;
 	run->nll_per_token = pred ? nll / pred : NAN;
 	run->mean_depth = n ? depth / (double)n : 0;
+	run->computed = computed;
 	run->hit_rate = n ? (double)reused[0] / (double)n : 0; /* any reuse reuses layer 0 */
 	for (int l = 0; l < layers; l++)
 		run->hit_by_layer[l] = n ? (double)reused[l] / (double)n : 0;
@@ -582,6 +587,7 @@ static json_object *run_json(const struct run *r, int layers)
 	json_object_object_add(o, "hit_rate_by_layer", h);
 	json_object_object_add(o, "hit_rate", json_num(r->hit_rate));
 	json_object_object_add(o, "mean_reused_depth", json_num(r->mean_depth));
+	json_object_object_add(o, "layers_computed", json_object_new_int64((int64_t)r->computed));
 	json_object_object_add(o, "nll_per_token", json_num(r->nll_per_token));
 	json_object_object_add(o, "nll_rel_change", json_num(r->nll_rel));
 	json_object_object_add(o, "top1_agreement", json_num(r->top1));

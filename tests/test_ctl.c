@@ -27,38 +27,21 @@
 #include "lbp.h"
 #include "testutil.h"
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
+static struct lbt_env env; /* every test's fixture (lbt_env_setup, lbt_env_teardown) */
 
 #define HIDDEN 32u
 #define SEQ 8u
 #define ENTRY_BYTES (SEQ * HIDDEN * 4u)
 #define ENTRY_ALLOC 1152u /* 128-byte header + ENTRY_BYTES, rounded up to 64 */
 
-static int setup(void **state)
-{
-	(void)state;
-	lbt_env_make(&env);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
-}
-
 static void start_daemon(void)
 {
-	daemon_pid = lbt_daemon_start_small(env.sock, env.log, NULL);
-	assert_true(daemon_pid > 0);
+	assert_true(lbt_daemon_start(&env, LBT_ARGS(LBT_SMALL)) > 0);
 }
 
 static void stop_daemon(void)
 {
-	assert_true(lbt_daemon_stop_clean(&daemon_pid, env.log));
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- the daemon as a worker sees it ---- */
@@ -149,16 +132,12 @@ static struct lb_layer_stats layer_stats(struct lb_client *c, uint32_t model, ui
 /* Run layerbank-ctl --socket SOCK args... (NULL-terminated). @return its exit status. */
 static int ctl(char *out, size_t n, ...)
 {
-	const char *argv[16] = { LB_CTL_PATH, "--socket", env.sock };
-	int k = 3, st;
 	va_list ap;
+	int st;
 
 	va_start(ap, n);
-	for (const char *a; (a = va_arg(ap, const char *)) != NULL && k < 15;)
-		argv[k++] = a;
+	st = lbt_vrun(LBT_ARGS(LB_CTL_PATH, "--socket", env.sock), out, n, ap);
 	va_end(ap);
-	argv[k] = NULL;
-	st = lbt_run(argv, out, n);
 	assert_true(WIFEXITED(st));
 	return WEXITSTATUS(st);
 }
@@ -1063,17 +1042,14 @@ static char tmux_sock[256];
 /* tmux -S SOCK args... (NULL-terminated) into out. @return its exit status. */
 static int tmux(char *out, size_t n, ...)
 {
-	const char *argv[24] = { tmux_path, "-S", tmux_sock };
 	char discard[4096];
-	int k = 3, st;
 	va_list ap;
+	int st;
 
 	va_start(ap, n);
-	for (const char *a; (a = va_arg(ap, const char *)) != NULL && k < 23;)
-		argv[k++] = a;
+	st = lbt_vrun(LBT_ARGS(tmux_path, "-S", tmux_sock), out ? out : discard,
+		      out ? n : sizeof(discard), ap);
 	va_end(ap);
-	argv[k] = NULL;
-	st = lbt_run(argv, out ? out : discard, out ? n : sizeof(discard));
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -1291,33 +1267,31 @@ static int top_teardown(void **state)
 	if (tmux_sock[0])
 		tmux(NULL, 0, "kill-server", NULL);
 	tmux_sock[0] = '\0';
-	return teardown(state);
+	return lbt_env_teardown(state);
 }
+
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, lbt_env_setup, lbt_env_teardown, &env)
 
 int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "top") == 0) {
 		const struct CMUnitTest top[] = {
-			cmocka_unit_test_setup_teardown(test_top_in_tmux, setup, top_teardown),
+			cmocka_unit_test_prestate_setup_teardown(test_top_in_tmux, lbt_env_setup,
+								 top_teardown, &env),
 		};
 		if (!find_tmux())
 			LBT_SKIP("no tmux in PATH (apt-get install tmux): top is driven through it");
 		return cmocka_run_group_tests_name("ctl_top", top, NULL, NULL);
 	}
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_flush_layer_model_all_and_leases_stay_valid, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_round_trips_and_effects, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_config_budget_shrinks_honouring_leases, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_config_policy_ttl_starts_the_sweep, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_admin_messages_need_root_or_the_daemons_user, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_metrics_exposition_format_and_figures, setup,
-						teardown),
-		cmocka_unit_test_setup_teardown(test_top_without_a_terminal, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stats_shows_a_hostile_name_harmlessly, setup,
-						teardown),
+		TEST(test_flush_layer_model_all_and_leases_stay_valid),
+		TEST(test_config_round_trips_and_effects),
+		TEST(test_config_budget_shrinks_honouring_leases),
+		TEST(test_config_policy_ttl_starts_the_sweep),
+		TEST(test_admin_messages_need_root_or_the_daemons_user),
+		TEST(test_metrics_exposition_format_and_figures),
+		TEST(test_top_without_a_terminal),
+		TEST(test_stats_shows_a_hostile_name_harmlessly),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,32 +18,11 @@
 #include "layerbank/layerbank.h"
 #include "testutil.h"
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
-
-static int setup(void **state)
-{
-	(void)state;
-	lbt_env_make(&env);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
-}
+static struct lbt_env env; /* every test's fixture (lbt_env_setup, lbt_env_teardown) */
 
 static int run_daemon(const char *const *extra, char *out, size_t n)
 {
-	const char *argv[32] = { LB_DAEMON_PATH };
-	int k = 1;
-	for (int i = 0; extra[i]; i++)
-		argv[k++] = extra[i];
-	argv[k] = NULL;
-	return lbt_run(argv, out, n);
+	return lbt_run_args(LBT_ARGS(LB_DAEMON_PATH), extra, out, n);
 }
 
 /* A bad option or value: one line on stderr, exit status 2, no socket left behind. */
@@ -101,8 +80,7 @@ static void test_require_with_hugepages_reports_2m_pages(void **state)
 {
 	(void)state;
 	const char *const args[] = { "--arena-size", "64M", "--hugepages", "require", NULL };
-	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(pid > 0);
+	assert_true(lbt_daemon_start(&env, args) > 0);
 	json_object *o = NULL;
 	assert_int_equal(ctl_stats_json(env.sock, &o), 0);
 	assert_int_equal(jint(o, "page_size"), 2097152);
@@ -112,8 +90,7 @@ static void test_require_with_hugepages_reports_2m_pages(void **state)
 	assert_int_equal(jint(o, "models"), 0);
 	assert_true(jint(o, "uptime_s") >= 0);
 	json_object_put(o);
-	int st = lbt_daemon_stop(pid);
-	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_true(lbt_daemon_stop(&env));
 	/* SIGTERM is a clean stop: the socket is gone. */
 	assert_int_equal(access(env.sock, F_OK), -1);
 }
@@ -139,8 +116,7 @@ static void test_hugepage_shortage_require_fails_try_falls_back(void **state)
 	assert_int_equal(access(env.sock, F_OK), -1);
 
 	const char *const args[] = { "--arena-size", size, "--hugepages", "try", NULL };
-	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(pid > 0);
+	assert_true(lbt_daemon_start(&env, args) > 0);
 	json_object *o = NULL;
 	assert_int_equal(ctl_stats_json(env.sock, &o), 0);
 	assert_int_equal(jint(o, "page_size"), 4096);
@@ -148,7 +124,7 @@ static void test_hugepage_shortage_require_fails_try_falls_back(void **state)
 	assert_true(json_object_object_get_ex(o, "hugepages", &hp));
 	assert_false(json_object_get_boolean(hp));
 	json_object_put(o);
-	assert_int_equal(lbt_daemon_stop(pid), 0);
+	assert_true(lbt_daemon_stop(&env));
 	/* ... and the log says it fell back. */
 	FILE *f = fopen(env.log, "r");
 	size_t n = fread(out, 1, sizeof(out) - 1, f);
@@ -162,7 +138,7 @@ static void test_idle_daemon_uses_no_cpu(void **state)
 {
 	(void)state;
 	const char *const args[] = { "--arena-size", "8M", "--hugepages", "off", NULL };
-	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	pid_t pid = lbt_daemon_start(&env, args);
 	assert_true(pid > 0);
 	struct lb_client *c;
 	assert_int_equal(lb_connect(env.sock, "idle-test", &c), 0);
@@ -174,7 +150,7 @@ static void test_idle_daemon_uses_no_cpu(void **state)
 	long after = lbt_cpu_ticks(pid);
 	printf("idle daemon CPU over 1 s: %ld ticks\n", after - before);
 	assert_true(after - before <= 1);
-	assert_int_equal(lbt_daemon_stop(pid), 0);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* A second daemon on a live socket is refused; a stale socket file is reused. */
@@ -183,27 +159,21 @@ static void test_socket_in_use_refused_stale_reclaimed(void **state)
 	(void)state;
 	const char *const args[] = { "--arena-size", "4M", "--hugepages", "off", NULL };
 	char out[4096];
-	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(pid > 0);
+	assert_true(lbt_daemon_start(&env, args) > 0);
 	const char *const again[] = { "--foreground", "--socket", env.sock, "--arena-size", "4M",
 				      "--hugepages", "off", NULL };
 	int st = run_daemon(again, out, sizeof(out));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
 	assert_non_null(strstr(out, "another layerbankd"));
 	/* Killed hard, the first leaves its socket file behind ... */
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
+	lbt_daemon_kill(&env);
 	assert_int_equal(access(env.sock, F_OK), 0);
 	/* ... which the next start takes over. */
-	pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(pid > 0);
+	assert_true(lbt_daemon_start(&env, args) > 0);
 	struct stat sb;
 	assert_int_equal(stat(env.sock, &sb), 0);
 	assert_int_equal(sb.st_mode & 0777, 0660);
-	st = lbt_daemon_stop(pid);
-	if (st != 0)
-		lbt_cat(env.log);
-	assert_int_equal(st, 0);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* layerbank-ctl: a readable table, and a clear error when no daemon listens. */
@@ -212,14 +182,13 @@ static void test_ctl_table_and_no_daemon(void **state)
 	(void)state;
 	const char *const args[] = { "--arena-size", "4M", "--hugepages", "off", NULL };
 	char out[4096];
-	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(pid > 0);
+	assert_true(lbt_daemon_start(&env, args) > 0);
 	const char *const tab[] = { LB_CTL_PATH, "--socket", env.sock, "stats", NULL };
 	int st = lbt_run(tab, out, sizeof(out));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
 	assert_non_null(strstr(out, "page size"));
 	assert_non_null(strstr(out, "4096"));
-	assert_int_equal(lbt_daemon_stop(pid), 0);
+	assert_true(lbt_daemon_stop(&env));
 	st = lbt_run(tab, out, sizeof(out));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1);
 	assert_non_null(strstr(out, "is layerbankd running?"));
@@ -228,6 +197,8 @@ static void test_ctl_table_and_no_daemon(void **state)
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 2);
 }
 
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, lbt_env_setup, lbt_env_teardown, &env)
+
 /* `test_daemon hugepages` runs the tests that need 2 MiB pages, a separate CTest entry so that
  * it alone reports SKIP on a machine without them. */
 int main(int argc, char **argv)
@@ -235,19 +206,18 @@ int main(int argc, char **argv)
 	if (argc > 1 && strcmp(argv[1], "hugepages") == 0) {
 		const char *why;
 		const struct CMUnitTest huge[] = {
-			cmocka_unit_test_setup_teardown(test_require_with_hugepages_reports_2m_pages, setup,
-							teardown),
+			TEST(test_require_with_hugepages_reports_2m_pages),
 		};
 		if (!lbt_hugepages_ensure(32, &why))
 			LBT_SKIP("%s", why);
 		return cmocka_run_group_tests_name("daemon_hugepages", huge, NULL, NULL);
 	}
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_bad_options_exit_2, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_hugepage_shortage_require_fails_try_falls_back, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_idle_daemon_uses_no_cpu, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_socket_in_use_refused_stale_reclaimed, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_ctl_table_and_no_daemon, setup, teardown),
+		TEST(test_bad_options_exit_2),
+		TEST(test_hugepage_shortage_require_fails_try_falls_back),
+		TEST(test_idle_daemon_uses_no_cpu),
+		TEST(test_socket_in_use_refused_stale_reclaimed),
+		TEST(test_ctl_table_and_no_daemon),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -29,77 +29,20 @@
 #include "store.h" /* LBD_MAX_LEASES */
 #include "testutil.h"
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
-#define MAX_KIDS 16
-static pid_t kids[MAX_KIDS];  /* worker processes, killed by teardown if still running */
-static unsigned n_kids;
-#define MAX_CLIENTS 16
-static struct lb_client *clients[MAX_CLIENTS]; /* the test process's, closed by teardown */
+static struct lbt_env env; /* every test's fixture: daemon, clients, worker processes */
 
 /* ---- daemon and process plumbing ---- */
 
-static int setup(void **state)
-{
-	(void)state;
-	lbt_env_make(&env);
-	daemon_pid = -1;
-	n_kids = 0;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	for (unsigned i = 0; i < n_kids; i++)
-		if (kids[i] > 0 && lbt_alive(kids[i])) {
-			kill(kids[i], SIGKILL);
-			waitpid(kids[i], NULL, 0);
-		}
-	n_kids = 0;
-	for (unsigned i = 0; i < MAX_CLIENTS; i++) {
-		lb_close(clients[i]);
-		clients[i] = NULL;
-	}
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
-}
-
 /* Start layerbankd in env with a small arena of 4 KiB pages, plus extra options. */
-static void start_daemon_args(const char *const *extra)
-{
-	daemon_pid = lbt_daemon_start_small(env.sock, env.log, extra);
-	assert_true(daemon_pid > 0);
-}
-#define START_DAEMON(...) start_daemon_args((const char *const[]){ __VA_ARGS__, NULL })
+#define START_DAEMON(...) assert_true(lbt_daemon_start(&env, LBT_ARGS(LBT_SMALL, __VA_ARGS__)) > 0)
 
-/* SIGTERM: the daemon must shut down cleanly (exit 0; under ASan that includes no leaks). */
-static void stop_daemon(void)
-{
-	assert_true(lbt_daemon_stop_clean(&daemon_pid, env.log));
-}
-
+/* A worker process, killed by the teardown unless reaped (lbt_reap: its exit code, or 128 +
+ * the signal). */
 static pid_t spawn(void)
 {
-	fflush(stdout);
-	fflush(stderr);
-	pid_t pid = fork();
+	pid_t pid = lbt_fork(&env);
 	assert_true(pid >= 0);
-	if (pid > 0 && n_kids < MAX_KIDS)
-		kids[n_kids++] = pid;
 	return pid;
-}
-
-/* Wait for a worker; @return its exit code, or 128 + signal. */
-static int reap(pid_t pid)
-{
-	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	for (unsigned i = 0; i < n_kids; i++)
-		if (kids[i] == pid)
-			kids[i] = -1;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 static void sleep_ms(long ms)
@@ -108,25 +51,13 @@ static void sleep_ms(long ms)
 	nanosleep(&ts, NULL);
 }
 
+/* A client of the test process, closed by the teardown unless closed before (lbt_close). */
 static struct lb_client *client(const char *name)
 {
 	struct lb_client *c = NULL;
-	assert_int_equal(lb_connect(env.sock, name, &c), 0);
+	assert_int_equal(lbt_connect(&env, name, &c), 0);
 	assert_non_null(c);
-	for (unsigned i = 0; i < MAX_CLIENTS; i++)
-		if (!clients[i]) {
-			clients[i] = c;
-			break;
-		}
 	return c;
-}
-
-static void bye(struct lb_client *c)
-{
-	for (unsigned i = 0; i < MAX_CLIENTS; i++)
-		if (clients[i] == c)
-			clients[i] = NULL;
-	lb_close(c);
 }
 
 static void stats(struct lb_client *c, struct lb_stats *st)
@@ -265,7 +196,7 @@ static void test_ping_and_stats_show_threads_and_policy(void **state)
 	assert_int_equal(st.leases, 0);
 	assert_int_equal(st.hits + st.misses + st.inserts, 0); /* pings are no lookups */
 	assert_true(st.bytes_budget > 0 && st.bytes_budget <= st.arena_bytes);
-	bye(c);
+	lbt_close(&env, c);
 
 	/* Other clients, served by the other threads, ping too. */
 	struct lb_client *cs[4];
@@ -275,8 +206,8 @@ static void test_ping_and_stats_show_threads_and_policy(void **state)
 		for (int i = 0; i < 4; i++)
 			assert_int_equal(lb_ping(cs[i]), 0);
 	for (int i = 0; i < 4; i++)
-		bye(cs[i]);
-	stop_daemon();
+		lbt_close(&env, cs[i]);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- 2. one process inserts, another reads the same bytes zero-copy ---- */
@@ -369,7 +300,7 @@ static void test_insert_in_one_process_hit_zero_copy_in_another(void **state)
 	pid_t a = spawn();
 	if (a == 0)
 		_exit(writer_child(p[1]));
-	assert_int_equal(reap(a), 0);
+	assert_int_equal(lbt_reap(&env, a), 0);
 	assert_int_equal(read(p[0], sums, sizeof(sums)), (ssize_t)sizeof(sums));
 	close(p[0]);
 	close(p[1]);
@@ -377,7 +308,7 @@ static void test_insert_in_one_process_hit_zero_copy_in_another(void **state)
 	pid_t b = spawn();
 	if (b == 0)
 		_exit(reader_child(sums));
-	assert_int_equal(reap(b), 0);
+	assert_int_equal(lbt_reap(&env, b), 0);
 
 	struct lb_client *c = client("observer");
 	struct lb_stats st;
@@ -386,8 +317,8 @@ static void test_insert_in_one_process_hit_zero_copy_in_another(void **state)
 	assert_int_equal(st.entries, 4);
 	assert_int_equal(st.hits, 2);
 	assert_int_equal(wait_leases(c, 0, 2000), 0);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- 3. the deepest layer whose threshold the similarity meets ---- */
@@ -477,8 +408,8 @@ static void test_deepest_layer_meets_per_layer_threshold(void **state)
 	assert_int_equal(lb_lookup_deepest(c, id, &base, tau, N_LAYERS - 1, &h), -EINVAL);
 	assert_int_equal(lb_lookup_deepest(c, id + 100, &base, NULL, 0, &h), -ESRCH);
 	assert_int_equal(wait_leases(c, 0, 0), 0);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- 4. leases ---- */
@@ -605,7 +536,7 @@ static void test_leased_entry_never_evicted(void **state)
 	stats(c, &st);
 	assert_int_equal(st.leases, 3);
 	kill(kid, SIGKILL);
-	assert_int_equal(reap(kid), 128 + SIGKILL);
+	assert_int_equal(lbt_reap(&env, kid), 128 + SIGKILL);
 	assert_int_equal(wait_leases(c, 0, 2000), 0);
 	/* And their entries are evictable again: 4 more inserts push all 3 out. */
 	for (uint64_t i = 0; i < 4; i++) {
@@ -618,8 +549,8 @@ static void test_leased_entry_never_evicted(void **state)
 	}
 	close(p[0]);
 	close(p[1]);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* A client's lease table is bounded: past LBD_MAX_LEASES a hit is refused with -EBUSY, and the
@@ -651,15 +582,15 @@ static void test_too_many_leases_is_ebusy(void **state)
 	assert_int_equal(reg(other), id);
 	assert_int_equal(lb_lookup_deepest(other, id, &k, NULL, 0, &h), 0);
 	assert_int_equal(lb_release(other, h.lease), 0);
-	bye(other);
+	lbt_close(&env, other);
 	assert_int_equal(lb_release(c, first.lease), 0);
 	assert_int_equal(lb_lookup_deepest(c, id, &k, NULL, 0, &h), 0);
 	assert_int_equal(hit_check(&h, E_SEQ, HIDDEN, 4096), 0);
-	bye(c);
+	lbt_close(&env, c);
 	c = client("observer");
 	assert_int_equal(wait_leases(c, 0, 2000), 0);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* An insert larger than the whole budget can never fit: it must fail without emptying the cache. */
@@ -687,8 +618,8 @@ static void test_oversized_insert_evicts_nothing(void **state)
 		assert_int_equal(lb_lookup_deepest(c, id, &k, NULL, 0, &h), 0);
 		assert_int_equal(lb_release(c, h.lease), 0);
 	}
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- 5. eviction policies ---- */
@@ -741,8 +672,8 @@ static void test_lru_evicts_least_recently_used(void **state)
 	assert_int_equal(st.entries, 4);
 	for (uint64_t i = 4; i <= 7; i++)
 		assert_int_equal(touch(c, id, i), 0);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 static void test_decay_keeps_the_often_hit_entry(void **state)
@@ -775,8 +706,8 @@ static void test_decay_keeps_the_often_hit_entry(void **state)
 	stats(c, &st);
 	assert_string_equal(st.policy, "decay");
 	assert_int_equal(st.evictions, 2);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 static void test_ttl_expires_entries(void **state)
@@ -825,8 +756,8 @@ static void test_ttl_expires_entries(void **state)
 	/* A fresh insert of the same key lives again. */
 	insert_keys(c, id, 1, 1);
 	assert_int_equal(touch(c, id, 1), 0);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 static void test_report_over_drift_max_invalidates(void **state)
@@ -876,8 +807,8 @@ static void test_report_over_drift_max_invalidates(void **state)
 	assert_int_equal(st.invalidations, 1);
 	assert_int_equal(st.evictions, 0);
 	assert_int_equal(st.leases, 0);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- 6. hostile ring entries ---- */
@@ -1250,8 +1181,8 @@ static void test_hostile_ring_entries_get_error_completions(void **state)
 		stats(good, &st);
 	}
 	assert_int_equal(st.clients, 1);
-	bye(good);
-	stop_daemon();
+	lbt_close(&env, good);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* A client rewriting its staging while the daemon copies an insert out of it: the entry's
@@ -1300,8 +1231,8 @@ static void test_insert_checksum_is_of_the_daemons_copy(void **state)
 		assert_int_equal(lb_release(good, h.lease), 0);
 	}
 	raw_close(&r);
-	bye(good);
-	stop_daemon();
+	lbt_close(&env, good);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* Push q, then make prod (which only observers read) say bogus before the wake. */
@@ -1427,7 +1358,7 @@ static void test_bogus_ring_indices_spare_the_daemon(void **state)
 
 	for (int i = 0; i < 200; i++)
 		assert_int_equal(lb_ping(good), 0);
-	assert_true(lbt_alive(daemon_pid));
+	assert_true(lbt_alive(env.pid));
 	assert_int_equal(lb_lookup_deepest(good, mid, &gk, NULL, 0, &h), 0);
 	assert_int_equal(hit_check(&h, E_SEQ, HIDDEN, 78), 0);
 	assert_int_equal(lb_release(good, h.lease), 0);
@@ -1439,10 +1370,10 @@ static void test_bogus_ring_indices_spare_the_daemon(void **state)
 	assert_int_equal(atomic_load(&r1.req.sh->cons), r1.req.local);
 	/* And the service thread goes back to sleep instead of spinning on either ring. */
 	sleep_ms(100);
-	long t0 = lbt_cpu_ticks(daemon_pid);
+	long t0 = lbt_cpu_ticks(env.pid);
 	assert_true(t0 >= 0);
 	sleep_ms(500);
-	long used = lbt_cpu_ticks(daemon_pid) - t0;
+	long used = lbt_cpu_ticks(env.pid) - t0;
 	if (used >= sysconf(_SC_CLK_TCK) / 10)
 		print_error("the idle daemon used %ld clock ticks in 500 ms\n", used);
 	assert_true(used < sysconf(_SC_CLK_TCK) / 10);
@@ -1454,7 +1385,7 @@ static void test_bogus_ring_indices_spare_the_daemon(void **state)
 	assert_int_equal(lb_lookup_deepest(late, mid, &k2, NULL, 0, &h), 0);
 	assert_int_equal(hit_check(&h, E_SEQ, HIDDEN, 79), 0);
 	assert_int_equal(lb_release(late, h.lease), 0);
-	bye(late);
+	lbt_close(&env, late);
 
 	/* r2 puts its cons right (and wakes the daemon, as after reading completions): every
 	 * request it pushed is answered, in order, once. */
@@ -1482,8 +1413,8 @@ static void test_bogus_ring_indices_spare_the_daemon(void **state)
 	}
 	assert_int_equal(st.clients, 1);
 	assert_int_equal(lb_ping(good), 0);
-	bye(good);
-	stop_daemon();
+	lbt_close(&env, good);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- 7. many processes, one key space, eviction pressure ---- */
@@ -1622,7 +1553,7 @@ static void test_storm_of_processes_never_reads_a_wrong_byte(void **state)
 	}
 	close(p[1]);
 	for (uint32_t i = 0; i < STORM_PROCS; i++)
-		assert_int_equal(reap(pids[i]), 0);
+		assert_int_equal(lbt_reap(&env, pids[i]), 0);
 	uint64_t hits = 0, inserts = 0;
 	for (uint32_t i = 0; i < STORM_PROCS; i++) {
 		struct storm_report rep;
@@ -1641,7 +1572,7 @@ static void test_storm_of_processes_never_reads_a_wrong_byte(void **state)
 		inserts += rep.inserts;
 	}
 	close(p[0]);
-	assert_true(lbt_alive(daemon_pid));
+	assert_true(lbt_alive(env.pid));
 	assert_int_equal(wait_leases(c, 0, 2000), 0);
 	stats(c, &st);
 	assert_int_equal(st.hits, hits);
@@ -1650,8 +1581,8 @@ static void test_storm_of_processes_never_reads_a_wrong_byte(void **state)
 	assert_true(st.evictions > 0);
 	assert_true(st.bytes_used <= st.bytes_budget);
 	assert_int_equal(lb_ping(c), 0);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- 8. a client that stops reading its completions slows nobody ---- */
@@ -1713,9 +1644,9 @@ static void test_stalled_completion_ring_does_not_block_others(void **state)
 	assert_int_equal(got, submitted);
 	assert_int_equal(lb_poll(x, res, 64, 0), 0);
 	assert_int_equal(lb_ping(x), 0); /* nothing in flight: synchronous calls work again */
-	bye(x);
-	bye(y);
-	stop_daemon();
+	lbt_close(&env, x);
+	lbt_close(&env, y);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* An insert reserved where earlier requests staged their queries: the library zeroes the
@@ -1744,8 +1675,8 @@ static void test_insert_header_tail_zeroed_over_old_queries(void **state)
 	assert_int_equal(lb_lookup_deepest(c, mid, &k, NULL, 0, &h), 0);
 	assert_int_equal(hit_check(&h, E_SEQ, HIDDEN, 4711), 0);
 	assert_int_equal(lb_release(c, h.lease), 0);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- per-layer counters ---- */
@@ -1800,8 +1731,8 @@ static void test_per_layer_counters(void **state)
 	assert_int_equal(all[98].inserts, 0);
 	assert_int_equal(all[0].inserts, 0);
 	free(all);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- a client cannot resize its region under the daemon ---- */
@@ -1831,8 +1762,8 @@ static void test_region_cannot_be_resized(void **state)
 	}
 	assert_int_equal(found, 1);
 	assert_int_equal(lb_ping(c), 0); /* and the daemon still serves */
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- 9. no spinning ---- */
@@ -1863,8 +1794,8 @@ static void test_spin_us_0_round_trip(void **state)
 		if (round % 10 == 0)
 			sleep_ms(20); /* let the service thread fall asleep: the doorbell must wake it */
 	}
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- 10. batching ---- */
@@ -1942,33 +1873,35 @@ static void test_async_batch_of_64_lookups(void **state)
 	}
 	stats(c, &st);
 	assert_int_equal(st.leases, 0);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
+
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, lbt_env_setup, lbt_env_teardown, &env)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_ping_and_stats_show_threads_and_policy, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_insert_in_one_process_hit_zero_copy_in_another, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_deepest_layer_meets_per_layer_threshold, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_leased_entry_never_evicted, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_too_many_leases_is_ebusy, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_oversized_insert_evicts_nothing, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_lru_evicts_least_recently_used, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_decay_keeps_the_often_hit_entry, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_ttl_expires_entries, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_report_over_drift_max_invalidates, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_hostile_ring_entries_get_error_completions, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_insert_checksum_is_of_the_daemons_copy, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bogus_ring_indices_spare_the_daemon, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_storm_of_processes_never_reads_a_wrong_byte, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_stalled_completion_ring_does_not_block_others, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_region_cannot_be_resized, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_per_layer_counters, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_insert_header_tail_zeroed_over_old_queries, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_spin_us_0_round_trip, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_async_batch_of_64_lookups, setup, teardown),
+		TEST(test_ping_and_stats_show_threads_and_policy),
+		TEST(test_insert_in_one_process_hit_zero_copy_in_another),
+		TEST(test_deepest_layer_meets_per_layer_threshold),
+		TEST(test_leased_entry_never_evicted),
+		TEST(test_too_many_leases_is_ebusy),
+		TEST(test_oversized_insert_evicts_nothing),
+		TEST(test_lru_evicts_least_recently_used),
+		TEST(test_decay_keeps_the_often_hit_entry),
+		TEST(test_ttl_expires_entries),
+		TEST(test_report_over_drift_max_invalidates),
+		TEST(test_hostile_ring_entries_get_error_completions),
+		TEST(test_insert_checksum_is_of_the_daemons_copy),
+		TEST(test_bogus_ring_indices_spare_the_daemon),
+		TEST(test_storm_of_processes_never_reads_a_wrong_byte),
+		TEST(test_stalled_completion_ring_does_not_block_others),
+		TEST(test_region_cannot_be_resized),
+		TEST(test_per_layer_counters),
+		TEST(test_insert_header_tail_zeroed_over_old_queries),
+		TEST(test_spin_us_0_round_trip),
+		TEST(test_async_batch_of_64_lookups),
 	};
 	/* A worker killed mid-write must not kill the test with SIGPIPE. */
 	signal(SIGPIPE, SIG_IGN);

@@ -45,23 +45,7 @@
  * machine's load keeps the flooder from running for a few milliseconds. */
 #define FLOOD_RING 65536u
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1;
-
-static int setup(void **state)
-{
-	(void)state;
-	lbt_env_make(&env);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
-}
+static struct lbt_env env; /* every test's fixture (lbt_env_setup, lbt_env_teardown) */
 
 static const struct lb_model_desc model = {
 	.name = "fair", .weights_hash = 0xfa12, .n_layers = 4, .hidden = 64,
@@ -276,14 +260,12 @@ static uint64_t sync_lookups(struct lb_client *c, uint32_t model_id, uint64_t ns
 static void test_flooding_client_gets_its_share_and_no_more(void **state)
 {
 	(void)state;
-	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", "--threads", "1", NULL };
 	struct lb_client *c;
 	static struct flooder f1, f2;
 	uint32_t id;
 	uint64_t alone = 0, beside = 0, flooded = 0;
 
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(daemon_pid > 0);
+	assert_true(lbt_daemon_start(&env, LBT_ARGS(LBT_SMALL, "--threads", "1")) > 0);
 	assert_int_equal(lb_connect(env.sock, "sync", &c), 0);
 	assert_int_equal(lb_register_model(c, &model, &id), 0);
 	flooder_connect(&f1);
@@ -334,9 +316,7 @@ static void test_flooding_client_gets_its_share_and_no_more(void **state)
 	flooder_close(&f1);
 	flooder_close(&f2);
 	lb_close(c);
-	int st = lbt_daemon_stop(daemon_pid);
-	daemon_pid = -1;
-	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- the order of service, seen through the store ---- */
@@ -365,14 +345,12 @@ static void order_key(struct lb_key *k, uint32_t i)
 static void test_waiting_clients_are_served_one_request_each_in_turn(void **state)
 {
 	(void)state;
-	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", "--threads", "1",
-			       "--spin-us", "0", NULL };
+	const char *const args[] = { LBT_SMALL, "--threads", "1", "--spin-us", "0", NULL };
 	static struct flooder a, b;
 	struct lb_key k;
 	struct lb_cpl cpl;
 
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(daemon_pid > 0);
+	assert_true(lbt_daemon_start(&env, args) > 0);
 	raw_connect(&a, 512, ORDER_N * ORDER_STRIDE);
 	raw_connect(&b, 512, 64 * 1024);
 	for (uint32_t i = 0; i < ORDER_N; i++) {
@@ -431,18 +409,16 @@ static void test_waiting_clients_are_served_one_request_each_in_turn(void **stat
 	assert_int_equal(hits, 0);
 	flooder_close(&a);
 	flooder_close(&b);
-	int st = lbt_daemon_stop(daemon_pid);
-	daemon_pid = -1;
-	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_true(lbt_daemon_stop(&env));
 }
+
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, lbt_env_setup, lbt_env_teardown, &env)
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_waiting_clients_are_served_one_request_each_in_turn,
-						setup, teardown),
-		cmocka_unit_test_setup_teardown(test_flooding_client_gets_its_share_and_no_more, setup,
-						teardown),
+		TEST(test_waiting_clients_are_served_one_request_each_in_turn),
+		TEST(test_flooding_client_gets_its_share_and_no_more),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,7 @@
 #include "config.h"
 #include "lbp.h"
 #include "store.h"
+#include "testutil.h"
 
 #define LAYERS 4
 #define HIDDEN 32
@@ -39,13 +40,9 @@ static int toy_layer(void *ctx, uint32_t layer, const float *in, float *out)
 
 static void toy_input(uint32_t seed, int32_t *tok, float *h)
 {
-	uint64_t s = seed * 0x9e3779b97f4a7c15ull + 1;
 	for (uint32_t i = 0; i < N; i++)
 		tok[i] = (int32_t)(seed * 31 + i);
-	for (uint32_t i = 0; i < N * HIDDEN; i++) {
-		s = s * 6364136223846793005ull + 1442695040888963407ull;
-		h[i] = (float)((double)(s >> 40) / (double)(1u << 24) - 0.5);
-	}
+	lbt_fill_uniform(h, N * HIDDEN, seed * 0x9e3779b97f4a7c15ull + 1);
 }
 
 static const struct lbd_store_cfg cfg = { .policy = LBD_POLICY_LRU, .drift_max = 0.05, .tau = 0.95 };

@@ -21,24 +21,23 @@
 #define N_CLIENTS 4
 
 static struct lbt_env env;
-static pid_t daemon_pid;
 
+/* Every test here has a daemon of its own. */
 static int setup(void **state)
 {
 	(void)state;
 	const char *const args[] = { "--arena-size", "16M", "--hugepages", "try", NULL };
 	lbt_env_make(&env);
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	return daemon_pid > 0 ? 0 : -1;
+	return lbt_daemon_start(&env, args) > 0 ? 0 : -1;
 }
 
 static int teardown(void **state)
 {
 	(void)state;
 	/* SIGTERM even after a failed assertion, so no daemon outlives the test. */
-	int st = lbt_daemon_stop(daemon_pid);
+	bool clean = lbt_daemon_stop(&env);
 	lbt_env_remove(&env);
-	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+	return clean ? 0 : -1;
 }
 
 static const struct lb_model_desc bert = {

@@ -38,71 +38,19 @@
 #include "store.h"
 #include "testutil.h"
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
-#define MAX_CLIENTS 16
-static struct lb_client *clients[MAX_CLIENTS]; /* closed by teardown */
-#define MAX_KIDS 8
-static pid_t kids[MAX_KIDS]; /* child processes, killed by teardown if still running */
+static struct lbt_env env; /* every test's fixture: daemon, clients, child processes */
 
-static int setup(void **state)
-{
-	(void)state;
-	lbt_env_make(&env);
-	daemon_pid = -1;
-	return 0;
-}
+/* Every test here runs the daemon with one service thread; it stops with SIGTERM, a clean stop
+ * (exit 0; under ASan no leaks) after all that was done to it. */
+#define START_DAEMON(...) \
+	assert_true(lbt_daemon_start(&env, LBT_ARGS(LBT_SMALL, "--threads", "1", __VA_ARGS__)) > 0)
 
-static int teardown(void **state)
-{
-	(void)state;
-	for (unsigned i = 0; i < MAX_KIDS; i++)
-		if (kids[i] > 0) {
-			kill(kids[i], SIGKILL);
-			waitpid(kids[i], NULL, 0);
-			kids[i] = 0;
-		}
-	for (unsigned i = 0; i < MAX_CLIENTS; i++) {
-		lb_close(clients[i]);
-		clients[i] = NULL;
-	}
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
-}
-
-static void start_daemon_args(const char *const *extra)
-{
-	daemon_pid = lbt_daemon_start_small(env.sock, env.log, extra);
-	assert_true(daemon_pid > 0);
-}
-/* Every test here runs the daemon with one service thread. */
-#define START_DAEMON(...) start_daemon_args((const char *const[]){ "--threads", "1", __VA_ARGS__, NULL })
-
-/* SIGTERM: a clean stop (exit 0; under ASan no leaks) after all that was done to it. */
-static void stop_daemon(void)
-{
-	assert_true(lbt_daemon_stop_clean(&daemon_pid, env.log));
-}
-
+/* A client of the test process, closed by the teardown unless closed before (lbt_close). */
 static struct lb_client *client(const char *name)
 {
 	struct lb_client *c = NULL;
-	assert_int_equal(lb_connect(env.sock, name, &c), 0);
-	for (unsigned i = 0; i < MAX_CLIENTS; i++)
-		if (!clients[i]) {
-			clients[i] = c;
-			break;
-		}
+	assert_int_equal(lbt_connect(&env, name, &c), 0);
 	return c;
-}
-
-static void bye(struct lb_client *c)
-{
-	for (unsigned i = 0; i < MAX_CLIENTS; i++)
-		if (clients[i] == c)
-			clients[i] = NULL;
-	lb_close(c);
 }
 
 static void stats(struct lb_client *c, struct lb_stats *st)
@@ -286,14 +234,14 @@ static void test_socket_mode_and_group_as_configured(void **state)
 	umask(old);
 	expect_socket(0600, getegid());
 	assert_int_equal(lb_ping(client("owner")), 0);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 
 	/* The defaults: 0660 and the daemon's own group, even under a umask of 0077. */
 	old = umask(0077);
 	START_DAEMON("--log-level", "info");
 	umask(old);
 	expect_socket(0660, getegid());
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* A client that connects the moment the socket's file appears is accepted: the daemon makes
@@ -325,41 +273,34 @@ static int deny_chown(void)
 	return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog);
 }
 
-/* Start layerbankd on env.sock with args (NULL-ended) without waiting for it; under deny_chown
- * when no_chown. @return its pid. */
-static pid_t spawn_daemon(const char *const *args, bool no_chown)
+/* In the daemon's process: deny_chown, or give up. */
+static void no_chown(void)
 {
-	const char *argv[32] = { LB_DAEMON_PATH, "--foreground", "--socket", env.sock, "--arena-size",
-				 "4M", "--hugepages", "off" };
-	int n = 8;
-	for (int i = 0; args[i] && n < 31; i++)
-		argv[n++] = args[i];
-	argv[n] = NULL;
-	fflush(stdout);
-	pid_t pid = fork();
-	assert_true(pid >= 0);
-	if (pid == 0) {
-		int fd = open(env.log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		if (fd >= 0) {
-			dup2(fd, 1);
-			dup2(fd, 2);
-		}
-		if (no_chown && deny_chown() < 0) {
-			perror("seccomp");
-			_exit(126);
-		}
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
+	if (deny_chown() < 0) {
+		perror("seccomp");
+		_exit(126);
 	}
-	daemon_pid = pid;
+}
+
+/* Start layerbankd with a 4 MiB arena and args (NULL-ended) without waiting for it; under
+ * deny_chown when chown_denied. @return its pid. */
+static pid_t spawn_daemon(bool chown_denied, const char *const *args)
+{
+	const struct lbt_daemon_opts o = { .args = args,
+					   .in_child = chown_denied ? no_chown : NULL };
+	pid_t pid = lbt_daemon_spawn(&env, &o);
+	assert_true(pid >= 0);
 	return pid;
 }
+#define SPAWN_DAEMON(chown_denied, ...) \
+	spawn_daemon(chown_denied, LBT_ARGS("--arena-size", "4M", "--hugepages", "off", \
+					    __VA_ARGS__))
 
 static void test_socket_appears_listening(void **state)
 {
 	(void)state;
 	for (int round = 0; round < 5; round++) {
-		pid_t pid = spawn_daemon((const char *const[]){ "--socket-mode", "0600", NULL }, false);
+		pid_t pid = SPAWN_DAEMON(false, "--socket-mode", "0600");
 		struct stat st;
 		for (uint64_t t0 = lb_now_ns(); stat(env.sock, &st) < 0;)
 			assert_true(lb_now_ns() - t0 < 10000000000ull && lbt_alive(pid));
@@ -369,7 +310,7 @@ static void test_socket_appears_listening(void **state)
 		assert_true(fd >= 0);
 		assert_int_equal(st.st_mode & 0777, 0600);
 		close(fd);
-		stop_daemon();
+		assert_true(lbt_daemon_stop(&env));
 	}
 }
 
@@ -382,7 +323,7 @@ static void test_socket_without_chown(void **state)
 #if !defined(__x86_64__)
 	skip(); /* the filter is written for x86-64 system call numbers */
 #endif
-	pid_t pid = spawn_daemon((const char *const[]){ "--log-level", "info", NULL }, true);
+	pid_t pid = SPAWN_DAEMON(true, "--log-level", "info");
 	struct stat st;
 	for (uint64_t t0 = lb_now_ns(); stat(env.sock, &st) < 0;) {
 		if (!lbt_alive(pid))
@@ -391,18 +332,15 @@ static void test_socket_without_chown(void **state)
 	}
 	expect_socket(0660, getegid());
 	assert_int_equal(lb_ping(client("filtered")), 0);
-	for (unsigned i = 0; i < MAX_CLIENTS; i++) {
-		lb_close(clients[i]);
-		clients[i] = NULL;
-	}
-	stop_daemon();
+	lbt_close_all(&env);
+	assert_true(lbt_daemon_stop(&env));
 
 	char gid[16];
 	snprintf(gid, sizeof(gid), "%u", (unsigned)getegid() + 1);
-	pid = spawn_daemon((const char *const[]){ "--socket-group", gid, NULL }, true);
+	pid = SPAWN_DAEMON(true, "--socket-group", gid);
 	int status;
 	assert_int_equal(waitpid(pid, &status, 0), pid);
-	daemon_pid = -1;
+	env.pid = -1;
 	assert_true(WIFEXITED(status));
 	assert_int_equal(WEXITSTATUS(status), 1);
 	char log[4096] = "";
@@ -446,8 +384,8 @@ static void test_allow_list_refuses_registration(void **state)
 	struct lb_stats st;
 	stats(c, &st);
 	assert_int_equal(st.models, 2);
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* A client names only model ids it registered itself: any other, guessed or learnt, is refused
@@ -506,9 +444,9 @@ static void test_data_plane_refuses_unregistered_model_ids(void **state)
 	assert_int_equal(back.type, LBP_MODEL);
 	assert_int_equal(raw_lookup(fd, id, 7), 0);
 	close(fd);
-	bye(a);
-	bye(b);
-	stop_daemon();
+	lbt_close(&env, a);
+	lbt_close(&env, b);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- quotas ---- */
@@ -533,8 +471,8 @@ static void test_staging_capped_by_client_staging_max(void **state)
 	assert_null(lb_insert_reserve(c, 65536));
 	assert_int_equal(errno, ENOBUFS);
 	assert_non_null(lb_insert_reserve(c, 65536 - LB_INSERT_HDR_SIZE));
-	bye(c);
-	stop_daemon();
+	lbt_close(&env, c);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* client-insert-bytes: a client's entries hold at most that many arena bytes. The insert past
@@ -585,7 +523,7 @@ static void test_insert_quota(void **state)
 
 	/* a leaves with four entries in the arena; c's and then e's inserts evict them all
 	 * (b's two first), charging a's closed account back down to nothing. */
-	bye(a);
+	lbt_close(&env, a);
 	struct lb_client *c = client("c"), *e = client("e");
 	assert_int_equal(lb_register_model(c, &m, &id), 0);
 	assert_int_equal(lb_register_model(e, &m, &id), 0);
@@ -601,9 +539,9 @@ static void test_insert_quota(void **state)
 		assert_int_equal(lookup(c, id, 300 + i), 0);
 	for (uint64_t i = 0; i < 4; i++)
 		assert_int_equal(lookup(c, id, 100 + i), -ENOENT);
-	bye(b);
-	bye(c);
-	bye(e);
+	lbt_close(&env, b);
+	lbt_close(&env, c);
+	lbt_close(&env, e);
 	/* Everyone left: the entries stay, and a new client's quota is whole. */
 	struct lb_client *d = client("d");
 	assert_int_equal(lb_register_model(d, &m, &id), 0);
@@ -624,8 +562,8 @@ static void test_insert_quota(void **state)
 	release_held(d);
 	assert_int_equal(insert(d, id, 413), 0);
 	assert_int_equal(insert(d, id, 414), -EDQUOT);
-	bye(d);
-	stop_daemon();
+	lbt_close(&env, d);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* The store's accounts, exactly: the bytes charged to all accounts equal the bytes of the
@@ -756,9 +694,7 @@ static void test_quota_accounting_in_the_store(void **state)
  * exits with its result. */
 static pid_t spawn_as(uid_t uid, gid_t gid, int (*fn)(void *), void *arg)
 {
-	fflush(stdout);
-	fflush(stderr);
-	pid_t pid = fork();
+	pid_t pid = lbt_fork(&env);
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		if (setgroups(0, NULL) < 0 || setgid(gid) < 0 || setuid(uid) < 0) {
@@ -767,22 +703,7 @@ static pid_t spawn_as(uid_t uid, gid_t gid, int (*fn)(void *), void *arg)
 		}
 		_exit(fn(arg));
 	}
-	for (unsigned i = 0; i < MAX_KIDS; i++)
-		if (!kids[i]) {
-			kids[i] = pid;
-			break;
-		}
 	return pid;
-}
-
-static int wait_kid(pid_t pid)
-{
-	int st;
-	assert_int_equal(waitpid(pid, &st, 0), pid);
-	for (unsigned i = 0; i < MAX_KIDS; i++)
-		if (kids[i] == pid)
-			kids[i] = 0;
-	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
 /* Connects with a plain connect() and through liblayerbank; expects want (0 or -errno). */
@@ -813,15 +734,15 @@ static void test_socket_group_refuses_non_members(void **state)
 	assert_int_equal(chmod(env.dir, 0711), 0); /* others may reach the socket's file */
 	START_DAEMON("--socket-group", "4321");
 	expect_socket(0660, group);
-	assert_int_equal(wait_kid(spawn_as(65534, 65534, kid_connect, &refused)), 0);
-	assert_int_equal(wait_kid(spawn_as(65534, group, kid_connect, &ok)), 0);
-	stop_daemon();
+	assert_int_equal(lbt_reap(&env, spawn_as(65534, 65534, kid_connect, &refused)), 0);
+	assert_int_equal(lbt_reap(&env, spawn_as(65534, group, kid_connect, &ok)), 0);
+	assert_true(lbt_daemon_stop(&env));
 
 	/* 0666 opens it to all. */
 	START_DAEMON("--socket-group", "4321", "--socket-mode", "0666");
 	expect_socket(0666, group);
-	assert_int_equal(wait_kid(spawn_as(65534, 65534, kid_connect, &ok)), 0);
-	stop_daemon();
+	assert_int_equal(lbt_reap(&env, spawn_as(65534, 65534, kid_connect, &ok)), 0);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 struct allow_kid {
@@ -914,12 +835,12 @@ static void test_allow_list_with_two_uids(void **state)
 	START_DAEMON("--socket-mode", "0666", "--model-allow", "secret nobody,4242");
 	assert_int_equal(pipe(p), 0);
 	k.pipe_w = p[1];
-	assert_int_equal(wait_kid(spawn_as(4242, 4242, kid_inserter, &k)), 0);
+	assert_int_equal(lbt_reap(&env, spawn_as(4242, 4242, kid_inserter, &k)), 0);
 	assert_int_equal(read(p[0], &k.id, sizeof(k.id)), (ssize_t)sizeof(k.id));
 	close(p[0]);
 	close(p[1]);
-	assert_int_equal(wait_kid(spawn_as(pw->pw_uid, pw->pw_gid, kid_reader, &k)), 0);
-	assert_int_equal(wait_kid(spawn_as(4243, 4243, kid_outsider, &k)), 0);
+	assert_int_equal(lbt_reap(&env, spawn_as(pw->pw_uid, pw->pw_gid, kid_reader, &k)), 0);
+	assert_int_equal(lbt_reap(&env, spawn_as(4243, 4243, kid_outsider, &k)), 0);
 
 	struct lb_client *root = client("root");
 	struct lb_model_desc m = model_named("secret");
@@ -930,9 +851,11 @@ static void test_allow_list_with_two_uids(void **state)
 	stats(root, &st);
 	assert_int_equal(st.hits, 1);    /* the reader's */
 	assert_int_equal(st.inserts, 2); /* the inserter's and the outsider's public one */
-	bye(root);
-	stop_daemon();
+	lbt_close(&env, root);
+	assert_true(lbt_daemon_stop(&env));
 }
+
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, lbt_env_setup, lbt_env_teardown, &env)
 
 int main(int argc, char **argv)
 {
@@ -941,19 +864,19 @@ int main(int argc, char **argv)
 			LBT_SKIP("not root: other uids (setuid) are needed to see the kernel refuse a "
 				 "non-member and two uids against one allow-list");
 		const struct CMUnitTest root_tests[] = {
-			cmocka_unit_test_setup_teardown(test_socket_group_refuses_non_members, setup, teardown),
-			cmocka_unit_test_setup_teardown(test_allow_list_with_two_uids, setup, teardown),
+			TEST(test_socket_group_refuses_non_members),
+			TEST(test_allow_list_with_two_uids),
 		};
 		return cmocka_run_group_tests(root_tests, NULL, NULL);
 	}
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_socket_mode_and_group_as_configured, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_socket_appears_listening, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_socket_without_chown, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_allow_list_refuses_registration, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_data_plane_refuses_unregistered_model_ids, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_staging_capped_by_client_staging_max, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_insert_quota, setup, teardown),
+		TEST(test_socket_mode_and_group_as_configured),
+		TEST(test_socket_appears_listening),
+		TEST(test_socket_without_chown),
+		TEST(test_allow_list_refuses_registration),
+		TEST(test_data_plane_refuses_unregistered_model_ids),
+		TEST(test_staging_capped_by_client_staging_max),
+		TEST(test_insert_quota),
 		cmocka_unit_test(test_quota_accounting_in_the_store),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -32,36 +32,25 @@
 #define TOY_SEED 42
 
 static char worker_path[PATH_MAX];
-static struct lbt_env env;
-static pid_t daemon_pid = -1;
-static struct lb_client *client;
+static struct lbt_env env;      /* every test's fixture: the daemon, the client */
+static struct lb_client *client; /* toy_register's, closed by the teardown */
+
+/* A test's daemon, started with args before the test. */
+static int setup_with(void **state, const char *const *args)
+{
+	lbt_env_setup(state);
+	client = NULL;
+	return lbt_daemon_start(&env, args) > 0 ? 0 : -1;
+}
 
 static int setup(void **state)
 {
-	(void)state;
-	lbt_env_make(&env);
-	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", NULL };
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(daemon_pid > 0);
-	client = NULL;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	lb_close(client);
-	client = NULL;
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
+	return setup_with(state, LBT_ARGS(LBT_SMALL));
 }
 
 static void kill_daemon(void)
 {
-	assert_int_equal(kill(daemon_pid, SIGKILL), 0);
-	assert_int_equal(waitpid(daemon_pid, NULL, 0), daemon_pid);
-	daemon_pid = -1;
+	assert_true(lbt_daemon_kill(&env));
 }
 
 static double now_s(void)
@@ -90,13 +79,9 @@ static int toy_layer(void *ctx, uint32_t layer, const float *in, float *out)
 /* An embedding of n rows unique to seed, and its tokens. */
 static void toy_input(uint32_t seed, int32_t *tokens, float *h)
 {
-	uint64_t s = seed * 2654435761u + 1;
 	for (uint32_t i = 0; i < TOY_N; i++)
 		tokens[i] = (int32_t)(seed * 100 + i);
-	for (uint32_t i = 0; i < TOY_N * TOY_HIDDEN; i++) {
-		s = s * 6364136223846793005ull + 1442695040888963407ull;
-		h[i] = (float)((double)(s >> 40) / (double)(1u << 24) - 0.5);
-	}
+	lbt_fill_uniform(h, TOY_N * TOY_HIDDEN, seed * 2654435761u + 1);
 }
 
 static void toy_plain(float *h)
@@ -106,11 +91,35 @@ static void toy_plain(float *h)
 		toy_layer(&t, l, h, h);
 }
 
+/* One input of the toy: its tokens and embedding, the plain output of all layers on it, and h,
+ * what a run starts from (the embedding) and leaves its output in. */
+struct toy_io {
+	int32_t tok[TOY_N];
+	float emb[TOY_N * TOY_HIDDEN];  /* [TOY_N][TOY_HIDDEN], as want and h */
+	float want[TOY_N * TOY_HIDDEN];
+	float h[TOY_N * TOY_HIDDEN];
+};
+
+static void toy_io(struct toy_io *io, uint32_t seed)
+{
+	toy_input(seed, io->tok, io->emb);
+	memcpy(io->want, io->emb, sizeof(io->emb));
+	toy_plain(io->want);
+}
+
+/* lb_lem_run of io's input from its embedding, with cfg and the layer callback fn(ctx). */
+static int toy_run(struct toy_io *io, const struct lb_lem_cfg *cfg, lb_layer_fn fn, void *ctx,
+		   struct lb_lem_result *res)
+{
+	memcpy(io->h, io->emb, sizeof(io->h));
+	return lb_lem_run(client, cfg, io->tok, TOY_N, io->h, fn, ctx, res);
+}
+
 static struct lb_fp_proj *toy_proj;
 
 static uint32_t toy_register(void)
 {
-	assert_int_equal(lb_connect(env.sock, "test_lem", &client), 0);
+	assert_int_equal(lbt_connect(&env, "test_lem", &client), 0);
 	struct lb_model_desc d = { .name = "toy", .weights_hash = 7, .n_layers = TOY_LAYERS,
 				   .hidden = TOY_HIDDEN, .dtype = LB_DTYPE_F32, .max_seq = 64,
 				   .fp_chunks = 4, .fp_seed = TOY_SEED };
@@ -160,30 +169,25 @@ static void test_hit_at_every_depth(void **state)
 	(void)state;
 	uint32_t id = toy_register();
 	for (uint32_t k = 0; k < TOY_LAYERS; k++) {
-		int32_t tok[TOY_N];
-		float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+		struct toy_io io;
 		uint8_t layers[TOY_LAYERS];
 		for (uint32_t l = 0; l < TOY_LAYERS; l++)
 			layers[l] = l <= k;
-		toy_input(10 + k, tok, emb);
-		memcpy(want, emb, sizeof(emb));
-		toy_plain(want);
+		toy_io(&io, 10 + k);
 		struct lb_lem_cfg cfg = toy_cfg(id, layers, 0);
 		struct lb_lem_result res;
 		struct toy t = { TOY_N, 0 };
 
-		memcpy(h, emb, sizeof(h));
-		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
-		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
+		assert_memory_equal(io.h, io.want, sizeof(io.h));
 		assert_int_equal(res.hit_layer, -1);
 		assert_int_equal(res.layers_computed, TOY_LAYERS);
 		assert_int_equal(res.layers_inserted, k + 1);
 		assert_int_equal(res.cache_error, 0);
 
-		memcpy(h, emb, sizeof(h));
 		t.calls = 0;
-		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
-		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
+		assert_memory_equal(io.h, io.want, sizeof(io.h));
 		assert_int_equal(res.hit_layer, (int32_t)k);
 		assert_int_equal(res.hit_hamming, 0);
 		assert_int_equal(res.layers_computed, TOY_LAYERS - 1 - k);
@@ -193,14 +197,12 @@ static void test_hit_at_every_depth(void **state)
 
 		/* all layers flagged: from the hit's view straight into staging, the rest inserted */
 		struct lb_lem_cfg all = toy_cfg(id, NULL, 0);
-		memcpy(h, emb, sizeof(h));
-		assert_int_equal(lb_lem_run(client, &all, tok, TOY_N, h, toy_layer, &t, &res), 0);
-		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(toy_run(&io, &all, toy_layer, &t, &res), 0);
+		assert_memory_equal(io.h, io.want, sizeof(io.h));
 		assert_int_equal(res.hit_layer, (int32_t)k);
 		assert_int_equal(res.layers_inserted, TOY_LAYERS - 1 - k);
-		memcpy(h, emb, sizeof(h));
-		assert_int_equal(lb_lem_run(client, &all, tok, TOY_N, h, toy_layer, &t, &res), 0);
-		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(toy_run(&io, &all, toy_layer, &t, &res), 0);
+		assert_memory_equal(io.h, io.want, sizeof(io.h));
 		assert_int_equal(res.hit_layer, TOY_LAYERS - 1);
 		assert_int_equal(res.layers_computed, 0);
 	}
@@ -215,32 +217,25 @@ static void test_insert_quota_is_not_an_error(void **state)
 {
 	(void)state;
 	/* Three toy entries: 128 header bytes and 7 x 16 floats each, 576 bytes. */
-	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", "--client-insert-bytes",
-			       "1728", NULL };
+	const char *const args[] = { LBT_SMALL, "--client-insert-bytes", "1728", NULL };
 	kill_daemon();
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(daemon_pid > 0);
+	assert_true(lbt_daemon_start(&env, args) > 0);
 	uint32_t id = toy_register();
 	struct lb_lem_cfg cfg = toy_cfg(id, NULL, 0);
-	int32_t tok[TOY_N];
-	float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+	struct toy_io io;
 	struct lb_lem_result res;
 	struct toy t = { TOY_N, 0 };
 	struct lb_stats st;
 
-	toy_input(77, tok, emb);
-	memcpy(want, emb, sizeof(emb));
-	toy_plain(want);
-	memcpy(h, emb, sizeof(h));
-	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
-	assert_memory_equal(h, want, sizeof(h));
+	toy_io(&io, 77);
+	assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
+	assert_memory_equal(io.h, io.want, sizeof(io.h));
 	assert_int_equal(res.layers_computed, TOY_LAYERS);
 	assert_int_equal(res.layers_inserted, 3);
 	assert_int_equal(res.cache_error, 0);
 	/* The next run reuses layer 2 and inserts nothing more. */
-	memcpy(h, emb, sizeof(h));
-	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
-	assert_memory_equal(h, want, sizeof(h));
+	assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
+	assert_memory_equal(io.h, io.want, sizeof(io.h));
 	assert_int_equal(res.hit_layer, 2);
 	assert_int_equal(res.layers_inserted, 0);
 	assert_int_equal(res.cache_error, 0);
@@ -257,24 +252,19 @@ static void test_revalidate_reports(void **state)
 	const uint32_t depth[] = { 0, 3, TOY_LAYERS - 1 };
 	for (unsigned i = 0; i < 3; i++) {
 		uint32_t k = depth[i];
-		int32_t tok[TOY_N];
-		float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+		struct toy_io io;
 		uint8_t layers[TOY_LAYERS];
 		for (uint32_t l = 0; l < TOY_LAYERS; l++)
 			layers[l] = l <= k;
-		toy_input(50 + k, tok, emb);
-		memcpy(want, emb, sizeof(emb));
-		toy_plain(want);
+		toy_io(&io, 50 + k);
 		struct lb_lem_cfg cfg = toy_cfg(id, layers, 1.0);
 		struct lb_lem_result res;
 		struct toy t = { TOY_N, 0 };
-		memcpy(h, emb, sizeof(h));
-		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+		assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
 		assert_int_equal(res.reports, 0);
-		memcpy(h, emb, sizeof(h));
 		t.calls = 0;
-		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
-		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
+		assert_memory_equal(io.h, io.want, sizeof(io.h));
 		assert_int_equal(res.hit_layer, (int32_t)k);
 		assert_int_equal(res.revalidated, 1);
 		assert_int_equal(res.reports, 1);
@@ -292,23 +282,18 @@ static void test_daemon_killed_mid_run(void **state)
 {
 	(void)state;
 	uint32_t id = toy_register();
-	int32_t tok[TOY_N];
-	float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
-	toy_input(90, tok, emb);
-	memcpy(want, emb, sizeof(emb));
-	toy_plain(want);
+	struct toy_io io;
+	toy_io(&io, 90);
 	struct lb_lem_cfg cfg = toy_cfg(id, NULL, 1.0);
 	struct lb_lem_result res;
 	struct toy t = { TOY_N, 0 };
-	memcpy(h, emb, sizeof(h));
-	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
+	assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
 	assert_int_equal(res.layers_inserted, TOY_LAYERS);
 	kill_daemon();
 	double t0 = now_s();
 	for (int i = 0; i < 2; i++) {
-		memcpy(h, emb, sizeof(h));
-		assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, toy_layer, &t, &res), 0);
-		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
+		assert_memory_equal(io.h, io.want, sizeof(io.h));
 		assert_int_equal(res.hit_layer, -1);
 		assert_int_equal(res.layers_computed, TOY_LAYERS);
 		assert_true(res.cache_error < 0);
@@ -345,11 +330,8 @@ static int killer_layer(void *ctx, uint32_t layer, const float *in, float *out)
 static void kill_during_run(uint32_t seed, int miss)
 {
 	uint32_t id = toy_register();
-	int32_t tok[TOY_N];
-	float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
-	toy_input(seed, tok, emb);
-	memcpy(want, emb, sizeof(emb));
-	toy_plain(want);
+	struct toy_io io;
+	toy_io(&io, seed);
 	const uint8_t first_layers[TOY_LAYERS] = { 1, 1, 0, 0, 0, 0 };
 	struct lb_lem_cfg cfg1 = toy_cfg(id, first_layers, 0);
 	struct lb_lem_cfg cfg = toy_cfg(id, NULL, 0);
@@ -357,22 +339,20 @@ static void kill_during_run(uint32_t seed, int miss)
 	struct killer k = { { TOY_N, 0 }, 2, 0, 0 };
 
 	if (!miss) {
-		memcpy(h, emb, sizeof(h));
-		assert_int_equal(lb_lem_run(client, &cfg1, tok, TOY_N, h, killer_layer, &k, &res), 0);
-		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(toy_run(&io, &cfg1, killer_layer, &k, &res), 0);
+		assert_memory_equal(io.h, io.want, sizeof(io.h));
 		assert_int_equal(res.layers_inserted, 2);
 		assert_int_equal(res.cache_error, 0);
 	}
 
-	memcpy(h, emb, sizeof(h));
 	k.armed = 1;
 	k.t.calls = 0;
 	double t0 = now_s();
-	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, killer_layer, &k, &res), 0);
+	assert_int_equal(toy_run(&io, &cfg, killer_layer, &k, &res), 0);
 	double dt = now_s() - t0;
 	assert_true(k.killed);
 	assert_true(dt < 5.0); /* no hang: a failed call or two, each at most ~1 s */
-	assert_memory_equal(h, want, sizeof(h));
+	assert_memory_equal(io.h, io.want, sizeof(io.h));
 	assert_true(res.cache_error < 0);
 	if (miss) {
 		assert_int_equal(res.hit_layer, -1);
@@ -387,12 +367,11 @@ static void kill_during_run(uint32_t seed, int miss)
 	}
 
 	/* the next run of the same client: plain from the start */
-	memcpy(h, emb, sizeof(h));
 	k.t.calls = 0;
 	t0 = now_s();
-	assert_int_equal(lb_lem_run(client, &cfg, tok, TOY_N, h, killer_layer, &k, &res), 0);
+	assert_int_equal(toy_run(&io, &cfg, killer_layer, &k, &res), 0);
 	assert_true(now_s() - t0 < 5.0);
-	assert_memory_equal(h, want, sizeof(h));
+	assert_memory_equal(io.h, io.want, sizeof(io.h));
 	assert_int_equal(res.hit_layer, -1);
 	assert_int_equal(res.layers_computed, TOY_LAYERS);
 	assert_int_equal(k.t.calls, TOY_LAYERS);
@@ -418,13 +397,7 @@ static void test_daemon_killed_in_callback_miss(void **state)
 
 static int setup_drift(void **state)
 {
-	(void)state;
-	lbt_env_make(&env);
-	const char *args[] = { "--arena-size", "16M", "--hugepages", "off", "--drift-max", "0.01", NULL };
-	daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(daemon_pid > 0);
-	client = NULL;
-	return 0;
+	return setup_with(state, LBT_ARGS(LBT_SMALL, "--drift-max", "0.01"));
 }
 
 /* 0: the toy; 1: layer drift_layer negated (drift 2); 2: one element of it off by 0.01. */
@@ -455,30 +428,25 @@ static void test_drift_invalidates(void **state)
 	(void)state;
 	const uint32_t L = 3;
 	uint32_t id = toy_register();
-	int32_t tok[TOY_N];
-	float h[TOY_N * TOY_HIDDEN], emb[TOY_N * TOY_HIDDEN], want[TOY_N * TOY_HIDDEN];
+	struct toy_io io;
 	uint8_t layers[TOY_LAYERS];
 	for (uint32_t l = 0; l < TOY_LAYERS; l++)
 		layers[l] = l <= L;
-	toy_input(120, tok, emb);
-	memcpy(want, emb, sizeof(emb));
-	toy_plain(want);
+	toy_io(&io, 120);
 	struct lb_lem_cfg ins = toy_cfg(id, layers, 0), rev = toy_cfg(id, layers, 1.0);
 	struct lb_lem_result res;
 	struct toy t = { TOY_N, 0 };
 	drift_layer = L;
 
 	drift_mode = 0;
-	memcpy(h, emb, sizeof(h));
-	assert_int_equal(lb_lem_run(client, &ins, tok, TOY_N, h, drift_toy_layer, &t, &res), 0);
+	assert_int_equal(toy_run(&io, &ins, drift_toy_layer, &t, &res), 0);
 	assert_int_equal(res.layers_inserted, L + 1);
 
 	/* small drifts (identical, then one element off by 0.01): reported, not invalidated */
 	for (int mode = 0; mode <= 2; mode += 2) {
 		drift_mode = mode;
-		memcpy(h, emb, sizeof(h));
-		assert_int_equal(lb_lem_run(client, &rev, tok, TOY_N, h, drift_toy_layer, &t, &res), 0);
-		assert_memory_equal(h, want, sizeof(h));
+		assert_int_equal(toy_run(&io, &rev, drift_toy_layer, &t, &res), 0);
+		assert_memory_equal(io.h, io.want, sizeof(io.h));
 		assert_int_equal(res.hit_layer, (int32_t)L);
 		assert_int_equal(res.revalidated, 1);
 		assert_int_equal(res.reports, 1);
@@ -488,9 +456,8 @@ static void test_drift_invalidates(void **state)
 
 	/* a large drift: the hit is still used for this run, then invalidated */
 	drift_mode = 1;
-	memcpy(h, emb, sizeof(h));
-	assert_int_equal(lb_lem_run(client, &rev, tok, TOY_N, h, drift_toy_layer, &t, &res), 0);
-	assert_memory_equal(h, want, sizeof(h)); /* layer L came from the cache, not recomputed */
+	assert_int_equal(toy_run(&io, &rev, drift_toy_layer, &t, &res), 0);
+	assert_memory_equal(io.h, io.want, sizeof(io.h)); /* layer L came from the cache, not recomputed */
 	assert_int_equal(res.hit_layer, (int32_t)L);
 	assert_int_equal(res.revalidated, 1);
 	assert_int_equal(res.reports, 1);
@@ -499,9 +466,8 @@ static void test_drift_invalidates(void **state)
 
 	/* the next lookup no longer reaches layer L */
 	drift_mode = 0;
-	memcpy(h, emb, sizeof(h));
-	assert_int_equal(lb_lem_run(client, &ins, tok, TOY_N, h, drift_toy_layer, &t, &res), 0);
-	assert_memory_equal(h, want, sizeof(h));
+	assert_int_equal(toy_run(&io, &ins, drift_toy_layer, &t, &res), 0);
+	assert_memory_equal(io.h, io.want, sizeof(io.h));
 	assert_true(res.hit_layer < (int32_t)L);
 	assert_int_equal(res.cache_error, 0);
 	assert_int_equal(invalidations(), 1);
@@ -514,13 +480,7 @@ static void test_drift_invalidates(void **state)
 
 static int run_worker(const char *const *args, char *out, size_t n)
 {
-	const char *argv[24];
-	int i = 0;
-	argv[i++] = worker_path;
-	for (; args[i - 1]; i++)
-		argv[i] = args[i - 1];
-	argv[i] = NULL;
-	return lbt_run(argv, out, n);
+	return lbt_run_args(LBT_ARGS(worker_path), args, out, n);
 }
 
 /* The first and second paragraphs of tinystories_val.txt into files in env.dir. */
@@ -621,6 +581,8 @@ static void test_score_cache_cli(void **state)
 	assert_int_equal(ins, 0);
 }
 
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, setup, lbt_env_teardown, &env)
+
 int main(void)
 {
 	if (access(MODEL, R_OK) || access(TOK, R_OK) || access(VAL, R_OK))
@@ -629,14 +591,15 @@ int main(void)
 
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plain_and_bad_args),
-		cmocka_unit_test_setup_teardown(test_hit_at_every_depth, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_insert_quota_is_not_an_error, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_revalidate_reports, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_killed_mid_run, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_killed_in_callback_hit, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_killed_in_callback_miss, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_drift_invalidates, setup_drift, teardown),
-		cmocka_unit_test_setup_teardown(test_score_cache_cli, setup, teardown),
+		TEST(test_hit_at_every_depth),
+		TEST(test_insert_quota_is_not_an_error),
+		TEST(test_revalidate_reports),
+		TEST(test_daemon_killed_mid_run),
+		TEST(test_daemon_killed_in_callback_hit),
+		TEST(test_daemon_killed_in_callback_miss),
+		cmocka_unit_test_prestate_setup_teardown(test_drift_invalidates, setup_drift,
+							 lbt_env_teardown, &env),
+		TEST(test_score_cache_cli),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);
 	lb_fp_proj_free(toy_proj);

@@ -289,13 +289,7 @@ static char *detok(const struct lbw_tokenizer *t, const int32_t *toks, int n)
 
 static int run_worker(const char *const *args, char *out, size_t n)
 {
-	const char *argv[24];
-	int i = 0;
-	argv[i++] = worker_path;
-	for (; args[i - 1]; i++)
-		argv[i] = args[i - 1];
-	argv[i] = NULL;
-	return lbt_run(argv, out, n);
+	return lbt_run_args(LBT_ARGS(worker_path), args, out, n);
 }
 
 /* ---------- tests ---------- */

@@ -26,10 +26,7 @@
 #define N_TOK 4u
 #define BYTES (HIDDEN * N_TOK * sizeof(float))
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1;
-
-static const char *const daemon_args[] = { "--arena-size", "16M", "--hugepages", "off", NULL };
+static struct lbt_env env; /* every test's fixture: its daemon, started by setup */
 
 static const struct lb_model_desc model = { .name = "reconnect", .weights_hash = 11,
 					    .n_layers = 2, .hidden = HIDDEN,
@@ -154,18 +151,8 @@ static void *worker_main(void *arg)
 
 static int setup(void **state)
 {
-	(void)state;
-	lbt_env_make(&env);
-	daemon_pid = lbt_daemon_start(env.sock, env.log, daemon_args);
-	return daemon_pid > 0 ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
+	lbt_env_setup(state);
+	return lbt_daemon_start(&env, LBT_ARGS(LBT_SMALL)) > 0 ? 0 : -1;
 }
 
 static uint64_t model_inserts(struct lb_client *c, uint32_t id)
@@ -207,9 +194,7 @@ static void test_daemon_killed_and_back(void **state)
 	unsigned hits_before = w.hits;
 
 	atomic_store(&w.down_ns, now_ns());
-	kill(daemon_pid, SIGKILL);
-	waitpid(daemon_pid, NULL, 0);
-	daemon_pid = -1;
+	lbt_daemon_kill(&env);
 	usleep(300 * 1000);
 	unsigned gone_while_down = w.gone, hits_down = w.hits;
 
@@ -226,8 +211,7 @@ static void test_daemon_killed_and_back(void **state)
 	atomic_store(&w.pause, 1);
 	while (!atomic_load(&w.paused))
 		usleep(1000);
-	daemon_pid = lbt_daemon_start(env.sock, env.log, daemon_args);
-	assert_true(daemon_pid > 0);
+	assert_true(lbt_daemon_start(&env, LBT_ARGS(LBT_SMALL)) > 0);
 	uint64_t up = now_ns();
 	assert_int_equal(lb_connect(env.sock, "other", &c3), 0);
 	lb_set_wait_us(c3, 1000000);
@@ -304,9 +288,7 @@ static void test_daemon_killed_mid_insert(void **state)
 	assert_int_equal(lb_register_model(c, &model, &id), 0);
 	float *p = lb_insert_reserve(c, BYTES);
 	assert_non_null(p);
-	kill(daemon_pid, SIGKILL);
-	waitpid(daemon_pid, NULL, 0);
-	daemon_pid = -1;
+	lbt_daemon_kill(&env);
 	for (uint32_t j = 0; j < BYTES / sizeof(float); j++)
 		p[j] = (float)j; /* still mapped */
 	key_of(7, &k);
@@ -325,8 +307,10 @@ static void test_daemon_killed_mid_insert(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_daemon_killed_and_back, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_killed_mid_insert, setup, teardown),
+		cmocka_unit_test_prestate_setup_teardown(test_daemon_killed_and_back, setup,
+							 lbt_env_teardown, &env),
+		cmocka_unit_test_prestate_setup_teardown(test_daemon_killed_mid_insert, setup,
+							 lbt_env_teardown, &env),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

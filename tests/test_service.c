@@ -23,25 +23,7 @@
 #include "layerbank/layerbank.h"
 #include "testutil.h"
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
-
-static int setup(void **state)
-{
-	(void)state;
-	lbt_env_make(&env);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	lbt_daemon_reap(&daemon_pid);
-	unsetenv("NOTIFY_SOCKET");
-	unsetenv("WATCHDOG_USEC");
-	lbt_env_remove(&env);
-	return 0;
-}
+static struct lbt_env env; /* every test's fixture (lbt_env_setup, lbt_env_teardown) */
 
 static int unix_socket(int type, const char *path, int do_listen)
 {
@@ -104,20 +86,19 @@ static uint32_t register_and_miss(struct lb_client *c, struct lb_key *key)
 static void test_notify_ready_status_watchdog_stopping(void **state)
 {
 	(void)state;
-	char path[256], msg[512];
+	char path[256], var[300], msg[512];
 	struct lb_client *c;
 	struct lb_key key;
 	snprintf(path, sizeof(path), "%s/notify", env.dir);
+	snprintf(var, sizeof(var), "NOTIFY_SOCKET=%s", path);
 	int nfd = unix_socket(SOCK_DGRAM, path, 0);
 
 	/* 200 ms: a ping every 100 ms. No $WATCHDOG_PID: the watchdog is the daemon's. */
-	setenv("NOTIFY_SOCKET", path, 1);
-	setenv("WATCHDOG_USEC", "200000", 1);
-	const char *const args[] = { "--arena-size", "8M", "--hugepages", "off", NULL };
-	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	unsetenv("NOTIFY_SOCKET");
-	unsetenv("WATCHDOG_USEC");
-	assert_true(pid > 0);
+	const struct lbt_daemon_opts o = {
+		.args = LBT_ARGS("--arena-size", "8M", "--hugepages", "off"),
+		.vars = LBT_ARGS(var, "WATCHDOG_USEC=200000"),
+	};
+	assert_true(lbt_daemon_start_opts(&env, &o) > 0);
 
 	int ready = 0, status = 0, pings = 0;
 	struct timespec t0;
@@ -159,8 +140,7 @@ static void test_notify_ready_status_watchdog_stopping(void **state)
 	assert_true(seen);
 	lb_close(c);
 
-	assert_int_equal(lbt_daemon_stop(pid), 0);
-	daemon_pid = -1;
+	assert_true(lbt_daemon_stop(&env));
 	int stopping = 0;
 	while (notify_recv(nfd, msg, sizeof(msg), 0))
 		stopping += strstr(msg, "STOPPING=1") != NULL;
@@ -174,53 +154,48 @@ static void test_no_notify_socket_is_a_noop(void **state)
 {
 	(void)state;
 	const char *const args[] = { "--arena-size", "4M", "--hugepages", "off", NULL };
-	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
-	assert_true(pid > 0);
-	assert_int_equal(lbt_daemon_stop(pid), 0);
-	daemon_pid = -1;
+	assert_true(lbt_daemon_start(&env, args) > 0);
+	assert_true(lbt_daemon_stop(&env));
 }
 
-/* Exec the daemon as systemd would after socket activation: fds[] become 3, 4, ...,
- * $LISTEN_FDS and $LISTEN_PID set in the child; stderr (the log) also announced as the
- * journal through $JOURNAL_STREAM. */
-static pid_t start_activated(const int *fds, int n, const char *log, const char *const *args)
+/* The descriptors start_activated hands over, for hand_over in the daemon's process. */
+static const int *handed_fds;
+static int n_handed;
+
+/* In the daemon's process before the exec, as systemd after socket activation: handed_fds
+ * become 3, 4, ..., $LISTEN_FDS and $LISTEN_PID are set, and stderr (the log) is announced as
+ * the journal through $JOURNAL_STREAM. */
+static void hand_over(void)
 {
-	const char *argv[32] = { LB_DAEMON_PATH, "--foreground" };
-	int k = 2;
-	for (int i = 0; args[i]; i++)
-		argv[k++] = args[i];
-	argv[k] = NULL;
-	fflush(stdout);
-	pid_t pid = fork();
-	if (pid < 0)
-		return -1;
-	if (pid == 0) {
-		char num[32];
-		struct stat st;
-		int out = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-		int moved[8];
-		if (out < 0 || n > 8)
+	char num[32];
+	struct stat st;
+	int moved[8];
+	if (n_handed > 8)
+		_exit(126);
+	/* Out of the way of 3.. first, then into place (dup2 clears FD_CLOEXEC). */
+	for (int i = 0; i < n_handed; i++)
+		moved[i] = fcntl(handed_fds[i], F_DUPFD_CLOEXEC, 20);
+	for (int i = 0; i < n_handed; i++)
+		if (dup2(moved[i], 3 + i) < 0)
 			_exit(126);
-		/* Out of the way of 3.. first, then into place (dup2 clears FD_CLOEXEC). */
-		for (int i = 0; i < n; i++)
-			moved[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 20);
-		for (int i = 0; i < n; i++)
-			if (dup2(moved[i], 3 + i) < 0)
-				_exit(126);
-		dup2(out, 1);
-		dup2(out, 2);
-		fstat(2, &st);
-		snprintf(num, sizeof(num), "%llu:%llu", (unsigned long long)st.st_dev,
-			 (unsigned long long)st.st_ino);
-		setenv("JOURNAL_STREAM", num, 1);
-		snprintf(num, sizeof(num), "%d", n);
-		setenv("LISTEN_FDS", num, 1);
-		snprintf(num, sizeof(num), "%d", (int)getpid());
-		setenv("LISTEN_PID", num, 1);
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	return pid;
+	fstat(2, &st);
+	snprintf(num, sizeof(num), "%llu:%llu", (unsigned long long)st.st_dev,
+		 (unsigned long long)st.st_ino);
+	setenv("JOURNAL_STREAM", num, 1);
+	snprintf(num, sizeof(num), "%d", n_handed);
+	setenv("LISTEN_FDS", num, 1);
+	snprintf(num, sizeof(num), "%d", (int)getpid());
+	setenv("LISTEN_PID", num, 1);
+}
+
+/* Start the daemon (no --socket of the test's: args say) with fds[] handed over, without
+ * waiting. @return its pid. */
+static pid_t start_activated(const int *fds, int n, const char *const *args)
+{
+	const struct lbt_daemon_opts o = { .args = args, .in_child = hand_over, .no_socket = true };
+	handed_fds = fds;
+	n_handed = n;
+	return lbt_daemon_spawn(&env, &o);
 }
 
 static void read_log(char *buf, size_t n)
@@ -244,7 +219,7 @@ static void test_socket_activation_serves_and_keeps_socket(void **state)
 	snprintf(other, sizeof(other), "%s/not-used.sock", env.dir);
 	int lfd = unix_socket(SOCK_SEQPACKET, env.sock, 1);
 	const char *const args[] = { "--socket", other, "--arena-size", "8M", "--hugepages", "off", NULL };
-	pid_t pid = daemon_pid = start_activated(&lfd, 1, env.log, args);
+	pid_t pid = start_activated(&lfd, 1, args);
 	assert_true(pid > 0);
 	close(lfd); /* the daemon holds it now; a connect queues until it accepts */
 
@@ -275,8 +250,7 @@ static void test_socket_activation_serves_and_keeps_socket(void **state)
 	lb_close(c);
 
 	assert_int_equal(access(other, F_OK), -1);
-	assert_int_equal(lbt_daemon_stop(pid), 0);
-	daemon_pid = -1;
+	assert_true(lbt_daemon_stop(&env));
 	/* systemd owns the socket: still there. */
 	struct stat st;
 	assert_int_equal(stat(env.sock, &st), 0);
@@ -309,10 +283,10 @@ static void test_socket_activation_wrong_fds_exit_1(void **state)
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		int st;
-		pid_t pid = daemon_pid = start_activated(cases[i].fds, cases[i].n, env.log, args);
+		pid_t pid = start_activated(cases[i].fds, cases[i].n, args);
 		assert_true(pid > 0);
 		assert_int_equal(waitpid(pid, &st, 0), pid);
-		daemon_pid = -1;
+		env.pid = -1;
 		read_log(log, sizeof(log));
 		printf("%s", log);
 		assert_true(WIFEXITED(st));
@@ -325,13 +299,15 @@ static void test_socket_activation_wrong_fds_exit_1(void **state)
 	close(lfd);
 }
 
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, lbt_env_setup, lbt_env_teardown, &env)
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_notify_ready_status_watchdog_stopping, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_no_notify_socket_is_a_noop, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_socket_activation_serves_and_keeps_socket, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_socket_activation_wrong_fds_exit_1, setup, teardown),
+		TEST(test_notify_ready_status_watchdog_stopping),
+		TEST(test_no_notify_socket_is_a_noop),
+		TEST(test_socket_activation_serves_and_keeps_socket),
+		TEST(test_socket_activation_wrong_fds_exit_1),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

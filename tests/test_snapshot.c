@@ -36,27 +36,13 @@
 #include "store.h"
 #include "testutil.h"
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1; /* killed by teardown when a test fails half-way */
-static pid_t kid_pid = -1;    /* a worker process, likewise */
+static struct lbt_env env; /* every test's fixture: daemon, clients, a worker process */
 static char snap_path[300];
 
 static int setup(void **state)
 {
-	(void)state;
-	lbt_env_make(&env);
+	lbt_env_setup(state);
 	snprintf(snap_path, sizeof(snap_path), "%s/cache.snap", env.dir);
-	daemon_pid = -1;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	lbt_daemon_reap(&daemon_pid);
-	lbt_daemon_reap(&kid_pid);
-	unsetenv("NOTIFY_SOCKET");
-	lbt_env_remove(&env);
 	return 0;
 }
 
@@ -292,6 +278,23 @@ static uint8_t *small_image(const char *path, size_t *len)
 	return read_file(path, len);
 }
 
+/* The start of a file test: the small image (written to snap_path too) and an empty bank of
+ * 4 MiB to restore it into. */
+static uint8_t *image_and_bank(size_t *len, struct bank *b)
+{
+	uint8_t *img = small_image(snap_path, len);
+	bank_make(b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	return img;
+}
+
+/* The end of a test of refused files: nothing was restored, the bank is as it was made. */
+static void end_refused(struct bank *b, uint8_t *img)
+{
+	assert_untouched(b);
+	bank_free(b);
+	free(img);
+}
+
 static uint64_t le(const uint8_t *p, int n)
 {
 	uint64_t v = 0;
@@ -397,12 +400,11 @@ static void test_round_trip_restores_every_entry(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	struct lbd_snapshot_stats st;
 	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
 	assert_int_equal(st.models, 2);
 	assert_int_equal(st.models_skipped, 0);
@@ -456,11 +458,10 @@ static void test_every_truncation_is_refused(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	for (size_t cut = 0; cut < len; cut++) {
 		/* A heap copy of exactly cut bytes: ASan sees any read past it. */
 		uint8_t *part = malloc(cut ? cut : 1);
@@ -479,9 +480,7 @@ static void test_every_truncation_is_refused(void **state)
 	assert_non_null(strstr(err, "truncated"));
 	write_file(snap_path, img, 0);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, NULL, err, sizeof(err)), -EBADMSG);
-	assert_untouched(&b);
-	bank_free(&b);
-	free(img);
+	end_refused(&b, img);
 }
 
 /* One flipped bit anywhere in the file — header, model record, entry record, data, padding,
@@ -490,11 +489,10 @@ static void test_every_flipped_bit_is_refused(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	for (size_t i = 0; i < len; i++) {
 		for (int bit = 0; bit < 8; bit += 3) {
 			img[i] ^= (uint8_t)(1u << bit);
@@ -528,9 +526,7 @@ static void test_every_flipped_bit_is_refused(void **state)
 		if (!strstr(err, cases[k].says))
 			fail_msg("byte %zu: '%s' lacks '%s'", cases[k].at, err, cases[k].says);
 	}
-	assert_untouched(&b);
-	bank_free(&b);
-	free(img);
+	end_refused(&b, img);
 }
 
 /* Another format version or arena ABI is refused before anything else is believed. */
@@ -538,11 +534,10 @@ static void test_foreign_version_and_abi_are_refused(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	put_le(img + 8, 2, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
@@ -555,9 +550,7 @@ static void test_foreign_version_and_abi_are_refused(void **state)
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
 	assert_non_null(strstr(err, "arena ABI"));
-	assert_untouched(&b);
-	bank_free(&b);
-	free(img);
+	end_refused(&b, img);
 }
 
 /* Files whose checksums hold but whose content a daemon never writes: refused as a whole. */
@@ -565,14 +558,13 @@ static void test_sealed_but_inconsistent_files_are_refused(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *orig = small_image(snap_path, &len);
-	uint8_t *img = malloc(len + 64);
 	struct bank b;
 	char err[512];
 	const size_t m0 = 128, m1 = 256, e0 = 384, e1 = 384 + 256;
+	uint8_t *orig = image_and_bank(&len, &b);
+	uint8_t *img = malloc(len + 64);
 
 	assert_non_null(img);
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 #define MUTATE(what, code)                                                                  \
 	do {                                                                                \
 		memcpy(img, orig, len);                                                     \
@@ -684,13 +676,12 @@ static void test_model_registered_differently_is_retired(void **state)
 {
 	(void)state;
 	size_t len;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[512], why[256];
 	const char *field;
 	uint32_t id;
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), 0);
 	uint32_t a = model_id(&b, "alpha"), bb = model_id(&b, "beta");
 
@@ -741,11 +732,10 @@ static void test_failed_write_keeps_the_old_file(void **state)
 {
 	(void)state;
 	size_t len, len2;
-	uint8_t *img = small_image(snap_path, &len);
 	struct bank b;
 	char err[600], tmp[320], bad[320];
+	uint8_t *img = image_and_bank(&len, &b);
 
-	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	bank_model(&b, &(struct lbp_register_model){ 0 }); /* an unnamed model: never written */
 	snprintf(tmp, sizeof(tmp), "%s.tmp", snap_path);
 	/* A folder where the writer's temporary file goes: it cannot be replaced. */
@@ -778,10 +768,12 @@ static const struct lb_model_desc dmodel = {
 	.dtype = LB_DTYPE_F32, .max_seq = 512, .fp_chunks = 4, .fp_seed = 3,
 };
 
-static void start_daemon(const char *const *extra)
+/* Start layerbankd with args, and vars (NAME=value, NULL-terminated; NULL: none) in its
+ * process only, and wait until it serves. */
+static void start_daemon(const char *const *args, const char *const *vars)
 {
-	daemon_pid = lbt_daemon_start_small(env.sock, env.log, extra);
-	assert_true(daemon_pid > 0);
+	const struct lbt_daemon_opts o = { .args = args, .vars = vars };
+	assert_true(lbt_daemon_start_opts(&env, &o) > 0);
 	/* The socket accepts (queues) from the moment it is bound; the daemon answers once it
 	 * serves, which is after the restore. */
 	struct lb_client *c = NULL;
@@ -790,12 +782,7 @@ static void start_daemon(const char *const *extra)
 	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
 	lb_close(c);
 }
-#define START(...) start_daemon((const char *const[]){ __VA_ARGS__, NULL })
-
-static void stop_daemon(void)
-{
-	assert_true(lbt_daemon_stop_clean(&daemon_pid, env.log));
-}
+#define START(...) start_daemon(LBT_ARGS(LBT_SMALL, __VA_ARGS__), NULL)
 
 static struct lb_client *connect_model(const struct lb_model_desc *d, uint32_t *model)
 {
@@ -906,7 +893,7 @@ static void test_daemon_restart_restores_the_cache(void **state)
 	START("--snapshot", snap_path);
 	assert_int_equal(log_lines("snapshot", "no such file yet", NULL), 1);
 	d_fill(20);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 	assert_int_equal(log_lines("snapshot", "80 entries", "models written,", NULL), 1);
 	assert_int_equal(access(snap_path, R_OK), 0);
 	char tmp[320];
@@ -930,7 +917,7 @@ static void test_daemon_restart_restores_the_cache(void **state)
 	assert_int_equal(hit.layer, D_LAYERS - 1);
 	lb_release(c, hit.lease);
 	lb_close(c);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 }
 
 static int notify_socket(const char *path)
@@ -963,24 +950,23 @@ static int notify_wait(int fd, const char *want, char *buf, size_t n, int timeou
 static void test_ready_after_restore_and_stop_timeout_extended(void **state)
 {
 	(void)state;
-	char path[300], msg[512];
+	char path[300], var[320], msg[512];
 
 	START("--snapshot", snap_path);
 	d_fill(30);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 	snprintf(path, sizeof(path), "%s/notify", env.dir);
 	int nfd = notify_socket(path);
-	setenv("NOTIFY_SOCKET", path, 1);
-	START("--snapshot", snap_path);
-	unsetenv("NOTIFY_SOCKET");
+	snprintf(var, sizeof(var), "NOTIFY_SOCKET=%s", path);
+	start_daemon(LBT_ARGS(LBT_SMALL, "--snapshot", snap_path), LBT_ARGS(var));
 	assert_true(notify_wait(nfd, "READY=1", msg, sizeof(msg), 5000));
 	/* The restore's line was written before READY was sent. */
 	assert_int_equal(log_lines("120 entries", "restored", NULL), 1);
-	assert_int_equal(kill(daemon_pid, SIGTERM), 0);
+	assert_int_equal(kill(env.pid, SIGTERM), 0);
 	assert_true(notify_wait(nfd, "STOPPING=1", msg, sizeof(msg), 5000));
 	assert_true(notify_wait(nfd, "EXTEND_TIMEOUT_USEC=30000000", msg, sizeof(msg), 5000));
 	assert_non_null(strstr(msg, "STATUS=writing the snapshot"));
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 	assert_int_equal(log_lines("120 entries", "models written,", NULL), 1);
 	close(nfd);
 }
@@ -994,7 +980,7 @@ static void test_daemon_bad_snapshot_starts_empty(void **state)
 
 	START("--snapshot", snap_path);
 	d_fill(4);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 	uint8_t *good = read_file(snap_path, &len);
 	uint8_t *img = malloc(len);
 	assert_non_null(img);
@@ -1038,7 +1024,7 @@ static void test_daemon_bad_snapshot_starts_empty(void **state)
 		assert_int_equal(now_len, cases[i].cut ? cases[i].at : len);
 		assert_memory_equal(still, img, now_len);
 		free(still);
-		stop_daemon();
+		assert_true(lbt_daemon_stop(&env));
 		assert_int_equal(lbd_snapshot_load(snap_path, NULL, NULL, NULL, err, sizeof(err)), 0);
 	}
 	free(img);
@@ -1060,7 +1046,7 @@ static void test_daemon_different_model_is_skipped(void **state)
 	for (uint32_t l = 0; l < D_LAYERS; l++)
 		assert_int_equal(d_insert(c, m2, 40, l), 0);
 	lb_close(c);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 
 	START("--snapshot", snap_path);
 	assert_int_equal(d_stats().entries, 16);
@@ -1082,7 +1068,7 @@ static void test_daemon_different_model_is_skipped(void **state)
 		assert_int_equal(d_check(c2, m2, 40, l), 0);
 	lb_close(c2);
 	lb_close(c);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* SNAPSHOT: through lb_snapshot and layerbank-ctl; refused without --snapshot, and for a peer
@@ -1154,7 +1140,7 @@ static void test_snapshot_message_and_ctl(void **state)
 		printf("(not root: the refusal of another uid is not tried here)\n");
 	}
 	lb_close(c);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 
 	/* Without --snapshot: a clear refusal, the connection kept. */
 	START("--log-level", "info");
@@ -1167,7 +1153,7 @@ static void test_snapshot_message_and_ctl(void **state)
 	assert_true(WIFEXITED(rc) && WEXITSTATUS(rc) == 1);
 	assert_non_null(strstr(out, "layerbank-ctl: snapshot: "));
 	assert_non_null(strstr(out, "--snapshot"));
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* SNAPSHOT while a worker looks up and inserts through the rings: the service threads go on,
@@ -1182,7 +1168,7 @@ static void test_snapshot_while_serving(void **state)
 	START("--snapshot", snap_path, "--budget", "1M", "--threads", "2");
 	d_fill(10);
 	fflush(stdout);
-	pid_t kid = kid_pid = fork();
+	pid_t kid = lbt_fork(&env);
 	assert_true(kid >= 0);
 	if (kid == 0) {
 		uint32_t model;
@@ -1220,18 +1206,14 @@ static void test_snapshot_while_serving(void **state)
 	struct lb_stats st;
 	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
 	lb_close(c);
-	int ws;
-	assert_int_equal(waitpid(kid, &ws, 0), kid);
-	kid_pid = -1;
-	assert_true(WIFEXITED(ws));
-	assert_int_equal(WEXITSTATUS(ws), 0);
+	assert_int_equal(lbt_reap(&env, kid), 0); /* exited 0 */
 	printf("10 snapshots while serving: %" PRIu64 " hits, %" PRIu64 " inserts, %" PRIu64
 	       " evictions so far\n", st.hits, st.inserts, st.evictions);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 	START("--snapshot", snap_path, "--budget", "1M");
 	assert_int_equal(log_lines("entries", "restored", NULL), 1);
 	assert_true(d_stats().entries > 0);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 }
 
 /* ---- the acceptance test: a warm restart keeps the hit rate ---- */
@@ -1304,21 +1286,19 @@ static void test_warm_restart_keeps_the_hit_rate(void **state)
 	(void)state;
 	static uint32_t req[W_REQUESTS];
 	/* About half of the stream's distinct entries fit: eviction decides what is kept. */
-	const char *const opts[] = { "--snapshot", snap_path, "--budget", "1536K", NULL };
-	const char *const cold_opts[] = { "--budget", "1536K", NULL };
 
 	stream(req);
-	start_daemon(opts);
+	START("--snapshot", snap_path, "--budget", "1536K");
 	double first = serve(req);
 	double warm = serve(req);
-	stop_daemon();
-	start_daemon(opts);
+	assert_true(lbt_daemon_stop(&env));
+	START("--snapshot", snap_path, "--budget", "1536K");
 	double restored = serve(req);
 	struct lb_stats st = d_stats();
-	stop_daemon();
-	start_daemon(cold_opts);
+	assert_true(lbt_daemon_stop(&env));
+	START("--budget", "1536K");
 	double cold = serve(req);
-	stop_daemon();
+	assert_true(lbt_daemon_stop(&env));
 	printf("hit rate of the stream (%u requests, %u inputs, Zipf 1, 1.5 MiB budget):\n"
 	       "  first pass %.1f%%, second pass (warm) %.1f%%\n"
 	       "  after a restart with --snapshot %.1f%% (%.1f%% of warm; %" PRIu64 " entries restored)\n"
@@ -1331,25 +1311,27 @@ static void test_warm_restart_keeps_the_hit_rate(void **state)
 	assert_true(cold < 0.95 * warm);
 }
 
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, setup, lbt_env_teardown, &env)
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_layout_is_the_documented_one, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_round_trip_restores_every_entry, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_every_truncation_is_refused, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_every_flipped_bit_is_refused, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_foreign_version_and_abi_are_refused, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_sealed_but_inconsistent_files_are_refused, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_over_budget_keeps_the_most_valuable, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_model_registered_differently_is_retired, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_failed_write_keeps_the_old_file, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_restart_restores_the_cache, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_ready_after_restore_and_stop_timeout_extended, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_bad_snapshot_starts_empty, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_daemon_different_model_is_skipped, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_snapshot_message_and_ctl, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_snapshot_while_serving, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_warm_restart_keeps_the_hit_rate, setup, teardown),
+		TEST(test_layout_is_the_documented_one),
+		TEST(test_round_trip_restores_every_entry),
+		TEST(test_every_truncation_is_refused),
+		TEST(test_every_flipped_bit_is_refused),
+		TEST(test_foreign_version_and_abi_are_refused),
+		TEST(test_sealed_but_inconsistent_files_are_refused),
+		TEST(test_over_budget_keeps_the_most_valuable),
+		TEST(test_model_registered_differently_is_retired),
+		TEST(test_failed_write_keeps_the_old_file),
+		TEST(test_daemon_restart_restores_the_cache),
+		TEST(test_ready_after_restore_and_stop_timeout_extended),
+		TEST(test_daemon_bad_snapshot_starts_empty),
+		TEST(test_daemon_different_model_is_skipped),
+		TEST(test_snapshot_message_and_ctl),
+		TEST(test_snapshot_while_serving),
+		TEST(test_warm_restart_keeps_the_hit_rate),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

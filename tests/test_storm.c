@@ -22,8 +22,7 @@
 
 #define FRAMES 10000
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1; /* ended by teardown even when an assertion fails half-way */
+static struct lbt_env env; /* the test's fixture (lbt_env_setup, lbt_env_teardown) */
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 
 static uint64_t next(void)
@@ -144,7 +143,7 @@ static void test_storm_of_bad_frames(void **state)
 	unsigned replies = 0, errors = 0, hangups = 0;
 
 	printf("seed 0x%016llx, %d frames\n", (unsigned long long)rng, FRAMES);
-	pid_t pid = daemon_pid = lbt_daemon_start(env.sock, env.log, args);
+	pid_t pid = lbt_daemon_start(&env, args);
 	assert_true(pid > 0);
 	int fd = -1;
 	for (int i = 0; i < FRAMES; i++) {
@@ -199,29 +198,14 @@ static void test_storm_of_bad_frames(void **state)
 	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
 	assert_int_equal(st.clients, 1);
 	lb_close(c);
-	int wst = lbt_daemon_stop(pid);
-	assert_true(WIFEXITED(wst) && WEXITSTATUS(wst) == 0);
-}
-
-static int setup(void **state)
-{
-	(void)state;
-	lbt_env_make(&env);
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
+	assert_true(lbt_daemon_stop(&env));
 }
 
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_storm_of_bad_frames, setup, teardown),
+		cmocka_unit_test_prestate_setup_teardown(test_storm_of_bad_frames, lbt_env_setup,
+							 lbt_env_teardown, &env),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,5 @@
-/* Test helpers: temporary folders, spawning and stopping layerbankd. */
+/* Test helpers: a test's fixture (its folder, layerbankd, clients and children), temporary
+ * folders, running programs, hugepages. */
 #include "testutil.h"
 
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "io.h"
+#include "layerbank/layerbank.h"
 
 void lbt_mkdtemp(char *out, size_t n)
 {
@@ -41,6 +43,8 @@ void lbt_rmtree(const char *dir)
 
 void lbt_env_make(struct lbt_env *env)
 {
+	memset(env, 0, sizeof(*env));
+	env->pid = -1;
 	lbt_mkdtemp(env->dir, sizeof(env->dir));
 	if ((size_t)snprintf(env->sock, sizeof(env->sock), "%s/lb.sock", env->dir) >= sizeof(env->sock)) {
 		fprintf(stderr, "socket path under %s too long\n", env->dir);
@@ -51,7 +55,24 @@ void lbt_env_make(struct lbt_env *env)
 
 void lbt_env_remove(struct lbt_env *env)
 {
+	lbt_close_all(env);
+	for (unsigned i = 0; i < LBT_MAX_KIDS; i++)
+		if (env->kids[i] > 0)
+			lbt_kill(env, env->kids[i]);
+	lbt_daemon_kill(env);
 	lbt_rmtree(env->dir);
+}
+
+int lbt_env_setup(void **state)
+{
+	lbt_env_make(*state);
+	return 0;
+}
+
+int lbt_env_teardown(void **state)
+{
+	lbt_env_remove(*state);
+	return 0;
 }
 
 long lbt_hugepages_free(void)
@@ -111,99 +132,177 @@ void lbt_cat(const char *path)
 	fclose(f);
 }
 
-pid_t lbt_daemon_start(const char *sock, const char *log, const char *const *args)
+/* Append list (NULL-terminated; NULL: nothing) to argv[*n..], up to 63 arguments in all. */
+static void args_append(const char **argv, int *n, const char *const *list)
 {
-	return lbt_daemon_start_hook(sock, log, args, NULL);
+	for (int i = 0; list && list[i] && *n < 63; i++)
+		argv[(*n)++] = list[i];
+	argv[*n] = NULL;
 }
 
-pid_t lbt_daemon_start_small(const char *sock, const char *log, const char *const *extra)
+pid_t lbt_daemon_spawn(struct lbt_env *env, const struct lbt_daemon_opts *o)
 {
-	const char *args[48] = { "--arena-size", "16M", "--hugepages", "off" };
-	int n = 4;
-	for (int i = 0; extra && extra[i] && n < 47; i++)
-		args[n++] = extra[i];
-	args[n] = NULL;
-	return lbt_daemon_start(sock, log, args);
-}
-
-pid_t lbt_daemon_start_hook(const char *sock, const char *log, const char *const *args,
-			    void (*in_child)(void))
-{
-	const char *argv[64];
-	int n = 0;
-	argv[n++] = LB_DAEMON_PATH;
-	argv[n++] = "--foreground";
-	argv[n++] = "--socket";
-	argv[n++] = sock;
-	for (int i = 0; args && args[i] && n < 62; i++)
-		argv[n++] = args[i];
-	argv[n] = NULL;
+	const char *argv[64] = { LB_DAEMON_PATH, "--foreground", "--socket", env->sock };
+	int n = o->no_socket ? 2 : 4;
+	args_append(argv, &n, o->args);
 
 	fflush(stdout);
-	pid_t pid = fork();
-	if (pid < 0)
-		return -1;
-	if (pid == 0) {
-		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	fflush(stderr);
+	env->pid = fork();
+	if (env->pid == 0) {
+		int fd = open(env->log, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 		if (fd >= 0) {
 			dup2(fd, 1);
 			dup2(fd, 2);
 		}
-		if (in_child)
-			in_child();
+		for (int i = 0; o->vars && o->vars[i]; i++)
+			putenv((char *)o->vars[i]);
+		if (o->in_child)
+			o->in_child();
 		execv(argv[0], (char *const *)argv);
 		_exit(127);
 	}
+	return env->pid;
+}
+
+pid_t lbt_daemon_start_opts(struct lbt_env *env, const struct lbt_daemon_opts *o)
+{
+	pid_t pid = lbt_daemon_spawn(env, o);
+	if (pid < 0)
+		return -1;
 	for (int i = 0; i < 1000; i++) {
-		if (listens(sock, pid))
+		if (listens(env->sock, pid))
 			return pid;
 		if (!lbt_alive(pid)) {
-			lbt_cat(log);
+			env->pid = -1;
+			lbt_cat(env->log);
 			return -1;
 		}
 		sleep_ms(10);
 	}
-	lbt_cat(log);
-	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
+	lbt_cat(env->log);
+	lbt_daemon_kill(env);
 	return -1;
 }
 
-int lbt_daemon_stop(pid_t pid)
+pid_t lbt_daemon_start(struct lbt_env *env, const char *const *args)
+{
+	const struct lbt_daemon_opts o = { .args = args };
+	return lbt_daemon_start_opts(env, &o);
+}
+
+bool lbt_daemon_stop(struct lbt_env *env)
+{
+	pid_t pid = env->pid, r = -1;
+	int st = 0;
+	env->pid = -1;
+	if (pid > 0 && kill(pid, SIGTERM) == 0) {
+		for (int i = 0; i < 1000 && (r = waitpid(pid, &st, WNOHANG)) == 0; i++)
+			sleep_ms(10);
+		if (r == 0) {
+			kill(pid, SIGKILL);
+			r = waitpid(pid, &st, 0);
+		}
+	}
+	if (r == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		return true;
+	if (pid <= 0)
+		printf("no layerbankd to stop\n");
+	else if (r != pid)
+		printf("layerbankd (pid %d) could not be stopped: %s\n", (int)pid, strerror(errno));
+	else if (WIFEXITED(st))
+		printf("layerbankd exited with status %d\n", WEXITSTATUS(st));
+	else
+		printf("layerbankd ended by signal %d\n", WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+	lbt_cat(env->log);
+	return false;
+}
+
+bool lbt_daemon_kill(struct lbt_env *env)
+{
+	pid_t r = env->pid > 0 ? waitpid(env->pid, NULL, WNOHANG) : -1;
+	if (r == 0) {
+		kill(env->pid, SIGKILL);
+		r = waitpid(env->pid, NULL, 0);
+	}
+	env->pid = -1;
+	return r > 0;
+}
+
+int lbt_connect(struct lbt_env *env, const char *name, struct lb_client **c)
+{
+	for (unsigned i = 0; i < LBT_MAX_CLIENTS; i++)
+		if (!env->clients[i]) {
+			int ret = lb_connect(env->sock, name, c);
+			if (ret == 0)
+				env->clients[i] = *c;
+			return ret;
+		}
+	*c = NULL;
+	return -EMFILE;
+}
+
+void lbt_close(struct lbt_env *env, struct lb_client *c)
+{
+	for (unsigned i = 0; c && i < LBT_MAX_CLIENTS; i++)
+		if (env->clients[i] == c)
+			env->clients[i] = NULL;
+	lb_close(c);
+}
+
+void lbt_close_all(struct lbt_env *env)
+{
+	for (unsigned i = 0; i < LBT_MAX_CLIENTS; i++)
+		lbt_close(env, env->clients[i]);
+}
+
+bool lbt_adopt(struct lbt_env *env, pid_t pid)
+{
+	for (unsigned i = 0; i < LBT_MAX_KIDS; i++)
+		if (env->kids[i] <= 0) {
+			env->kids[i] = pid;
+			return true;
+		}
+	return false;
+}
+
+void lbt_forget(struct lbt_env *env, pid_t pid)
+{
+	for (unsigned i = 0; i < LBT_MAX_KIDS; i++)
+		if (env->kids[i] == pid)
+			env->kids[i] = 0;
+}
+
+pid_t lbt_fork(struct lbt_env *env)
+{
+	fflush(stdout);
+	fflush(stderr);
+	pid_t pid = fork();
+	if (pid > 0 && !lbt_adopt(env, pid)) {
+		fprintf(stderr, "more than %d children\n", LBT_MAX_KIDS);
+		abort();
+	}
+	return pid;
+}
+
+int lbt_reap(struct lbt_env *env, pid_t pid)
 {
 	int st;
-	if (kill(pid, SIGTERM) < 0)
+	pid_t r = waitpid(pid, &st, 0);
+	lbt_forget(env, pid);
+	if (r != pid)
 		return -1;
-	for (int i = 0; i < 1000; i++) {
-		pid_t r = waitpid(pid, &st, WNOHANG);
-		if (r == pid)
-			return st;
-		if (r < 0)
-			return -1;
-		sleep_ms(10);
-	}
-	kill(pid, SIGKILL);
-	waitpid(pid, &st, 0);
-	return st;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-bool lbt_daemon_stop_clean(pid_t *pid, const char *log)
+void lbt_kill(struct lbt_env *env, pid_t pid)
 {
-	int st = lbt_daemon_stop(*pid);
-	bool clean = st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-	*pid = -1;
-	if (!clean)
-		lbt_cat(log);
-	return clean;
-}
-
-void lbt_daemon_reap(pid_t *pid)
-{
-	if (*pid > 0 && lbt_alive(*pid)) {
-		kill(*pid, SIGKILL);
-		waitpid(*pid, NULL, 0);
+	/* A zombie is only reaped; one not (yet) ours, a victim's child, is killed all the same. */
+	if (waitpid(pid, NULL, WNOHANG) != pid) {
+		kill(pid, SIGKILL);
+		waitpid(pid, NULL, 0);
 	}
-	*pid = -1;
+	lbt_forget(env, pid);
 }
 
 int lbt_run(const char *const *argv, char *out, size_t n)
@@ -243,6 +342,26 @@ int lbt_run(const char *const *argv, char *out, size_t n)
 	if (waitpid(pid, &st, 0) < 0)
 		return -1;
 	return st;
+}
+
+int lbt_run_args(const char *const *head, const char *const *tail, char *out, size_t n)
+{
+	const char *argv[64];
+	int k = 0;
+	args_append(argv, &k, head);
+	args_append(argv, &k, tail);
+	return lbt_run(argv, out, n);
+}
+
+int lbt_vrun(const char *const *head, char *out, size_t n, va_list ap)
+{
+	const char *argv[64];
+	int k = 0;
+	args_append(argv, &k, head);
+	for (const char *a; (a = va_arg(ap, const char *)) != NULL && k < 63;)
+		argv[k++] = a;
+	argv[k] = NULL;
+	return lbt_run(argv, out, n);
 }
 
 #define NR_HUGEPAGES "/proc/sys/vm/nr_hugepages"
@@ -306,6 +425,14 @@ int lbt_hugepages_ensure(long n, const char **why)
 		 "'echo %ld > " NR_HUGEPAGES "' (as root)", n, avail, nr + n - avail);
 	*why = text;
 	return 0;
+}
+
+void lbt_fill_uniform(float *h, size_t n, uint64_t s)
+{
+	for (size_t i = 0; i < n; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		h[i] = (float)((double)(s >> 40) / (double)(1u << 24) - 0.5);
+	}
 }
 
 long lbt_cpu_ticks(pid_t pid)

@@ -402,23 +402,28 @@ static void victim_main(const char *sock, enum vmode mode, uint64_t seed, int re
 
 /* ---- the harness ---- */
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1;
+static struct lbt_env env; /* the daemon's folder and the daemon (env.pid) */
 static pid_t survivor_pid[MAX_SURVIVORS];
 static pid_t victim_pid = -1, grandchild_pid = -1;
 static struct lb_client *monitor;
 static unsigned failures;
+
+__attribute__((format(printf, 1, 0)))
+static void say_fail(const char *fmt, va_list ap)
+{
+	printf("FAIL: ");
+	vprintf(fmt, ap);
+	printf("\n");
+	fflush(stdout);
+}
 
 static void fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void fail(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	printf("FAIL: ");
-	vprintf(fmt, ap);
-	printf("\n");
+	say_fail(fmt, ap);
 	va_end(ap);
-	fflush(stdout);
 	failures++;
 }
 
@@ -440,7 +445,6 @@ static void cleanup(void)
 	kill_wait(&grandchild_pid);
 	for (unsigned i = 0; i < MAX_SURVIVORS; i++)
 		kill_wait(&survivor_pid[i]);
-	lbt_daemon_reap(&daemon_pid);
 	if (env.dir[0])
 		lbt_env_remove(&env);
 	env.dir[0] = '\0';
@@ -451,11 +455,9 @@ static _Noreturn void give_up(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
-	printf("FAIL: ");
-	vprintf(fmt, ap);
-	printf("\n");
+	say_fail(fmt, ap);
 	va_end(ap);
-	if (env.log[0] && daemon_pid > 0)
+	if (env.log[0] && env.pid > 0)
 		lbt_cat(env.log);
 	cleanup();
 	exit(1);
@@ -465,7 +467,8 @@ static void stats(struct lb_stats *st)
 {
 	int ret = lb_stats(monitor, st, sizeof(*st));
 	if (ret < 0)
-		give_up("STATS: %s (daemon %s)", strerror(-ret), lbt_alive(daemon_pid) ? "up" : "gone");
+		give_up("STATS: %s (daemon %s)", strerror(-ret),
+			lbt_alive(env.pid) ? "up" : "gone");
 }
 
 /* Poll STATS until the daemon counts want clients. @return microseconds waited, or -1. */
@@ -490,8 +493,8 @@ static bool wait_quiet(uint32_t clients, int fds, int regions, struct lb_stats *
 {
 	for (int i = 0; i < 500; i++) {
 		stats(st);
-		if (st->leases == 0 && st->clients == clients && lbf_count_fds(daemon_pid) == fds &&
-		    lbf_count_regions(daemon_pid) == regions)
+		if (st->leases == 0 && st->clients == clients && lbf_count_fds(env.pid) == fds &&
+		    lbf_count_regions(env.pid) == regions)
 			return true;
 		lbf_sleep_us(10000);
 	}
@@ -625,8 +628,7 @@ int main(int argc, char **argv)
 	snprintf(threads, sizeof(threads), "%u", o.threads);
 	const char *const dargs[] = { "--arena-size", o.arena, "--hugepages", "off", "--threads",
 				      threads, "--policy", o.policy, "--log-level", "warn", NULL };
-	daemon_pid = lbt_daemon_start(env.sock, env.log, dargs);
-	if (daemon_pid < 0)
+	if (lbt_daemon_start(&env, dargs) < 0)
 		give_up("layerbankd did not start");
 	printf("kill harness: seed %" PRIu64 ", %u kills, %u survivors, arena %s, policy %s, %u "
 	       "service threads, kill delays up to %ld us\n", o.seed, o.kills, o.survivors, o.arena,
@@ -647,7 +649,7 @@ int main(int argc, char **argv)
 	bool pidfd = !strstr(logbuf, "pidfd_open");
 	if (!pidfd)
 		printf("the daemon has no pidfd_open: mode 'inherited' is left out\n");
-	int fd0 = lbf_count_fds(daemon_pid);
+	int fd0 = lbf_count_fds(env.pid);
 
 	uint64_t seed = o.seed;
 	for (unsigned i = 0; i < o.survivors; i++) {
@@ -666,7 +668,7 @@ int main(int argc, char **argv)
 	if (wait_clients(base_clients, REAP_TIMEOUT_US) < 0)
 		give_up("the survivors did not all connect");
 	lbf_sleep_us(300000); /* let them fill the arena */
-	int fd1 = lbf_count_fds(daemon_pid), regions1 = lbf_count_regions(daemon_pid);
+	int fd1 = lbf_count_fds(env.pid), regions1 = lbf_count_regions(env.pid);
 	printf("baseline: %u clients (survivors and this monitor), daemon descriptors %d, client "
 	       "regions mapped %d\n", base_clients, fd1, regions1);
 
@@ -752,7 +754,7 @@ int main(int argc, char **argv)
 		if (o.verbose)
 			printf("kill %u: %s, delay %ld us, reaped after %.0f us\n", k, vmode_name[mode],
 			       delay, t);
-		if (!lbt_alive(daemon_pid))
+		if (!lbt_alive(env.pid))
 			give_up("layerbankd died at kill %u", k);
 	}
 	double t_kills = lbf_now_us() - t_start;
@@ -812,13 +814,13 @@ int main(int argc, char **argv)
 	/* ---- the daemon after the storm ---- */
 	struct lb_stats st;
 	ret = lb_ping(monitor);
-	if (ret < 0 || !lbt_alive(daemon_pid))
+	if (ret < 0 || !lbt_alive(env.pid))
 		give_up("layerbankd is not up: PING %s", strerror(-ret));
 	bool quiet = wait_quiet(base_clients, fd1, regions1, &st);
 	printf("daemon: up (PING ok), clients %u (want %u), leases %" PRIu64 ", descriptors %d (baseline "
 	       "%d), client regions mapped %d (baseline %d); %" PRIu64 " hits, %" PRIu64 " inserts, %"
-	       PRIu64 " evictions\n", st.clients, base_clients, st.leases, lbf_count_fds(daemon_pid),
-	       fd1, lbf_count_regions(daemon_pid), regions1, st.hits, st.inserts, st.evictions);
+	       PRIu64 " evictions\n", st.clients, base_clients, st.leases, lbf_count_fds(env.pid),
+	       fd1, lbf_count_regions(env.pid), regions1, st.hits, st.inserts, st.evictions);
 	if (!quiet)
 		fail("the daemon did not come back to its baseline");
 	if (!st.evictions)
@@ -837,18 +839,14 @@ int main(int argc, char **argv)
 	}
 	quiet = wait_quiet(1, fd0, 1, &st);
 	printf("after the survivors left: clients %u, leases %" PRIu64 ", descriptors %d (at start %d)\n",
-	       st.clients, st.leases, lbf_count_fds(daemon_pid), fd0);
+	       st.clients, st.leases, lbf_count_fds(env.pid), fd0);
 	if (!quiet)
 		fail("the daemon kept something of the survivors");
 
 	lb_close(monitor);
 	monitor = NULL;
-	int dst = lbt_daemon_stop(daemon_pid);
-	daemon_pid = -1;
-	if (!WIFEXITED(dst) || WEXITSTATUS(dst) != 0) {
-		fail("layerbankd did not stop cleanly (status 0x%x)", dst);
-		lbt_cat(env.log);
-	}
+	if (!lbt_daemon_stop(&env)) /* it printed the status and the log */
+		fail("layerbankd did not stop cleanly");
 	free(times);
 	cleanup();
 	printf("%s\n", failures ? "FAILED" : "PASS");

@@ -1,7 +1,8 @@
 /* Clients SIGKILLed at chosen moments, each with what must hold after it: a lease shared with
  * a live client stays valid for that one; a client whose socket a child inherited is ended by
  * its pidfd; a client killed mid-insert or with both rings full leaves no entry, lease,
- * descriptor or mapping behind; and without pidfd_open the socket's hang-up still ends it. */
+ * descriptor or mapping behind; and without pidfd_open the socket's hang-up still ends it
+ * (`test_client_death nopidfd`, a CTest entry of its own: SKIP without seccomp or x86-64). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -27,78 +28,37 @@
 #include "faultutil.h"
 #include "testutil.h"
 
-static struct lbt_env env;
-static pid_t daemon_pid = -1;
-#define MAX_KIDS 8
-static pid_t kids[MAX_KIDS]; /* victims and their children, killed by teardown */
-static struct lb_client *mon;  /* the test's own client, closed by teardown */
+static struct lbt_env env;    /* every test's fixture: daemon, clients, victims */
+static struct lb_client *mon; /* the test's own client */
 
 static int setup(void **state)
 {
-	(void)state;
-	lbt_env_make(&env);
-	for (int i = 0; i < MAX_KIDS; i++)
-		kids[i] = -1;
+	lbt_env_setup(state);
 	/* A victim's child is handed to us when the victim dies, for us to reap. */
 	prctl(PR_SET_CHILD_SUBREAPER, 1UL);
 	return 0;
 }
-
-static void kill_kid(pid_t pid)
-{
-	for (int i = 0; i < MAX_KIDS; i++)
-		if (kids[i] == pid) {
-			kill(pid, SIGKILL);
-			waitpid(pid, NULL, 0);
-			kids[i] = -1;
-		}
-}
-
-static int teardown(void **state)
-{
-	(void)state;
-	for (int i = 0; i < MAX_KIDS; i++)
-		if (kids[i] > 0)
-			kill_kid(kids[i]);
-	lb_close(mon);
-	mon = NULL;
-	lbt_daemon_reap(&daemon_pid);
-	lbt_env_remove(&env);
-	return 0;
-}
-
-static void adopt(pid_t pid)
-{
-	for (int i = 0; i < MAX_KIDS; i++)
-		if (kids[i] < 0) {
-			kids[i] = pid;
-			return;
-		}
-	fail_msg("too many child processes");
-}
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, setup, lbt_env_teardown, &env)
 
 static uint32_t start(void (*in_child)(void))
 {
-	const char *const args[] = { "--arena-size", "8M", "--hugepages", "off", "--threads", "1",
-				     "--log-level", "info", NULL };
+	const struct lbt_daemon_opts o = {
+		.args = LBT_ARGS("--arena-size", "8M", "--hugepages", "off", "--threads", "1",
+				 "--log-level", "info"),
+		.in_child = in_child,
+	};
 	uint32_t model;
-	daemon_pid = lbt_daemon_start_hook(env.sock, env.log, args, in_child);
-	assert_true(daemon_pid > 0);
-	assert_int_equal(lb_connect(env.sock, "test", &mon), 0);
+	assert_true(lbt_daemon_start_opts(&env, &o) > 0);
+	assert_int_equal(lbt_connect(&env, "test", &mon), 0);
 	assert_int_equal(lb_register_model(mon, &lbf_model, &model), 0);
 	return model;
 }
 
 static void stop(void)
 {
-	lb_close(mon);
+	lbt_close(&env, mon);
 	mon = NULL;
-	int st = lbt_daemon_stop(daemon_pid);
-	daemon_pid = -1;
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		lbt_cat(env.log);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
+	assert_true(lbt_daemon_stop(&env));
 }
 
 static void stats(struct lb_stats *st)
@@ -126,12 +86,12 @@ static void wait_for(uint32_t clients, uint64_t leases)
 static void wait_fds(int fds, int regions)
 {
 	for (int i = 0; i < 300; i++) {
-		if (lbf_count_fds(daemon_pid) == fds && lbf_count_regions(daemon_pid) == regions)
+		if (lbf_count_fds(env.pid) == fds && lbf_count_regions(env.pid) == regions)
 			return;
 		lbf_sleep_us(10000);
 	}
 	printf("descriptors %d (want %d), client regions mapped %d (want %d)\n",
-	       lbf_count_fds(daemon_pid), fds, lbf_count_regions(daemon_pid), regions);
+	       lbf_count_fds(env.pid), fds, lbf_count_regions(env.pid), regions);
 	fail();
 }
 
@@ -141,15 +101,13 @@ static pid_t victim(void (*fn)(int ready, uint64_t arg), uint64_t arg, int *said
 {
 	int p[2], v = 0;
 	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
-	fflush(stdout);
-	pid_t pid = fork();
+	pid_t pid = lbt_fork(&env);
 	assert_true(pid >= 0);
 	if (pid == 0) {
 		close(p[0]);
 		fn(p[1], arg);
 		_exit(1);
 	}
-	adopt(pid);
 	close(p[1]);
 	struct pollfd pf = { .fd = p[0], .events = POLLIN };
 	assert_int_equal(poll(&pf, 1, 5000), 1);
@@ -225,7 +183,7 @@ static void test_shared_lease_outlives_a_killed_holder(void **state)
 	assert_int_equal(lb_model_stats(mon, model, NULL, ls, LBF_LAYERS), LBF_LAYERS);
 	assert_int_equal(ls[SHARED_LAYER].leases, 3);
 
-	kill_kid(v);
+	lbt_kill(&env, v);
 	wait_for(1, 1);
 	printf("leases on the entry: 3 before the kill, 1 after\n");
 	/* Ours holds: same bytes, same place, and the entry is still pinned by it. */
@@ -306,9 +264,7 @@ static int wait_kid(pid_t pid)
 	int st;
 	for (int i = 0; i < 500; i++) {
 		if (waitpid(pid, &st, WNOHANG) == pid) {
-			for (int k = 0; k < MAX_KIDS; k++)
-				if (kids[k] == pid)
-					kids[k] = -1;
+			lbt_forget(&env, pid);
 			return st;
 		}
 		lbf_sleep_us(10000);
@@ -340,13 +296,13 @@ static void test_inherited_socket_is_reaped_by_pidfd(void **state)
 		skip(); /* the daemon said it cannot watch processes here; the next test covers that */
 	for (uint64_t id = 1; id <= 3; id++)
 		assert_int_equal(lbf_insert(mon, model, id, 1), 0);
-	int fds = lbf_count_fds(daemon_pid), regions = lbf_count_regions(daemon_pid);
+	int fds = lbf_count_fds(env.pid), regions = lbf_count_regions(env.pid);
 	pid_t v = victim(lease_and_fork, 1, &kid);
-	adopt(kid);
+	assert_true(lbt_adopt(&env, kid));
 	wait_for(2, 3);
 
 	double t0 = lbf_now_us();
-	kill_kid(v);
+	lbt_kill(&env, v);
 	/* Nobody can hang up (the child holds the socket and uses it until the daemon closes it):
 	 * the victim's exit alone ends the session. */
 	wait_for(1, 0);
@@ -406,12 +362,12 @@ static void test_killed_mid_insert_or_flooding_leaves_nothing(void **state)
 	for (uint64_t id = 1; id <= 20; id++)
 		assert_int_equal(lbf_insert(mon, model, id, 0), 0);
 	stats(&before);
-	int fds = lbf_count_fds(daemon_pid), regions = lbf_count_regions(daemon_pid);
+	int fds = lbf_count_fds(env.pid), regions = lbf_count_regions(env.pid);
 
 	/* Between lb_insert_reserve and lb_insert_commit. */
 	pid_t v = victim(reserve_and_stop, 500, NULL);
 	wait_for(2, 0);
-	kill_kid(v);
+	lbt_kill(&env, v);
 	wait_for(1, 0);
 	wait_fds(fds, regions);
 	stats(&st);
@@ -434,7 +390,7 @@ static void test_killed_mid_insert_or_flooding_leaves_nothing(void **state)
 	lbf_key(&k, 3);
 	assert_int_equal(lb_lookup_deepest(mon, model, &k, NULL, 0, &h), 0);
 	assert_int_equal(lb_release(mon, h.lease), 0);
-	kill_kid(v);
+	lbt_kill(&env, v);
 	wait_for(1, 0);
 	wait_fds(fds, regions);
 	stats(&st);
@@ -488,30 +444,16 @@ static void test_without_pidfd_the_hangup_still_reaps(void **state)
 {
 	(void)state;
 	int kid, lines;
-
-	/* Can this process install the filter at all (a container may forbid seccomp)? */
-	pid_t probe = fork();
-	assert_true(probe >= 0);
-	if (probe == 0) {
-		no_pidfd_open();
-		_exit(syscall(SYS_pidfd_open, getpid(), 0) < 0 && errno == ENOSYS ? 0 : 1);
-	}
-	int pst;
-	assert_int_equal(waitpid(probe, &pst, 0), probe);
-	if (!WIFEXITED(pst) || WEXITSTATUS(pst) != 0) {
-		printf("SKIP: seccomp filters cannot be installed here\n");
-		skip();
-	}
 	uint32_t model = start(no_pidfd_open);
 	for (uint64_t id = 1; id <= 3; id++)
 		assert_int_equal(lbf_insert(mon, model, id, 0), 0);
-	int fds = lbf_count_fds(daemon_pid), regions = lbf_count_regions(daemon_pid);
+	int fds = lbf_count_fds(env.pid), regions = lbf_count_regions(env.pid);
 
 	/* Killed: its socket hangs up, which is enough. */
 	for (int i = 0; i < 3; i++) {
 		pid_t v = victim(hold_leases, 0, NULL);
 		wait_for(2, 1);
-		kill_kid(v);
+		lbt_kill(&env, v);
 		wait_for(1, 0);
 	}
 	wait_fds(fds, regions);
@@ -523,34 +465,71 @@ static void test_without_pidfd_the_hangup_still_reaps(void **state)
 
 	/* The limit: a socket held by a child keeps the client until the child goes too. */
 	pid_t v = victim(lease_and_fork, 0, &kid);
-	adopt(kid);
+	assert_true(lbt_adopt(&env, kid));
 	wait_for(2, 3);
-	kill_kid(v);
+	lbt_kill(&env, v);
 	lbf_sleep_us(300000);
 	wait_for(2, 3);
 	printf("without pidfd_open: a socket held by a child keeps the client (3 leases) until the "
 	       "child exits\n");
-	kill_kid(kid);
+	lbt_kill(&env, kid);
 	wait_for(1, 0);
 	wait_fds(fds, regions);
 	stop();
 }
-#else
-static void test_without_pidfd_the_hangup_still_reaps(void **state)
+
+/* Whether this process can install the filter at all (a container may forbid seccomp): NULL
+ * when it can, else why not. */
+static const char *no_pidfd_unavailable(void)
 {
-	(void)state;
-	printf("SKIP: the seccomp filter of this test is written for x86-64\n");
-	skip();
+	int st;
+	pid_t probe = fork();
+
+	if (probe < 0) {
+		perror("fork");
+		exit(1);
+	}
+	if (probe == 0) {
+		no_pidfd_open();
+		_exit(syscall(SYS_pidfd_open, getpid(), 0) < 0 && errno == ENOSYS ? 0 : 1);
+	}
+	if (waitpid(probe, &st, 0) != probe) {
+		perror("waitpid");
+		exit(1);
+	}
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? NULL
+						     : "seccomp filters cannot be installed here";
+}
+
+/* `test_client_death nopidfd`: the daemon without pidfd_open, a CTest entry of its own that
+ * reports SKIP where the filter cannot be had. */
+static int run_no_pidfd(void)
+{
+	const char *why = no_pidfd_unavailable();
+	const struct CMUnitTest tests[] = {
+		TEST(test_without_pidfd_the_hangup_still_reaps),
+	};
+
+	if (why)
+		LBT_SKIP("%s", why);
+	return cmocka_run_group_tests_name("client_death_nopidfd", tests, NULL, NULL);
+}
+#else
+static int run_no_pidfd(void)
+{
+	LBT_SKIP("the seccomp filter of this test is written for x86-64");
 }
 #endif
 
-int main(void)
+int main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_shared_lease_outlives_a_killed_holder, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_inherited_socket_is_reaped_by_pidfd, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_killed_mid_insert_or_flooding_leaves_nothing, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_without_pidfd_the_hangup_still_reaps, setup, teardown),
+		TEST(test_shared_lease_outlives_a_killed_holder),
+		TEST(test_inherited_socket_is_reaped_by_pidfd),
+		TEST(test_killed_mid_insert_or_flooding_leaves_nothing),
 	};
+
+	if (argc > 1 && strcmp(argv[1], "nopidfd") == 0)
+		return run_no_pidfd();
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
