@@ -568,6 +568,19 @@ static void test_safetensors_hostile(void **state)
 	fclose(fp);
 	assert_int_equal(lbw_st_open(path, &st, err, sizeof(err)), -EINVAL);
 	assert_int_equal(lbw_st_open("/nonexistent/x.safetensors", &st, err, sizeof(err)), -ENOENT);
+	/* what lbw_st_sniff takes for safetensors: a plausible length, then '{' */
+	assert_int_equal(lbw_st_sniff(path), 0); /* "abc" */
+	assert_int_equal(lbw_st_sniff("/nonexistent/x.safetensors"), -ENOENT);
+	write_raw(path, ok, strlen(ok), NULL, 0);
+	assert_int_equal(lbw_st_sniff(path), 1);
+	write_raw(path, ok, (uint64_t)LBW_ST_MAX_HEADER + 1, NULL, 0);
+	assert_int_equal(lbw_st_sniff(path), 0);
+	write_raw(path, "[1]", 3, NULL, 0);
+	assert_int_equal(lbw_st_sniff(path), 0);
+	/* stories260K's llama2.c header: dim 64 and hidden_dim 172 fill the length field */
+	int32_t llama[5] = { 5, 8, 4, 512, 512 };
+	write_raw(path, NULL, 64 | (uint64_t)172 << 32, llama, sizeof(llama));
+	assert_int_equal(lbw_st_sniff(path), 0);
 
 	/* a whole model file, then truncated: the last tensors' offsets fall outside */
 	struct lbw_bert *m = make(LBW_STYLE_GPT2, 5), *ld = NULL;
