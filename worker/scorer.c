@@ -58,7 +58,9 @@ static int wrap_bert(struct lbw_scorer *sc, struct lbw_bert *m, int32_t vocab, c
 	sc->emb = m->wte;
 	sc->head_w = lbk_pack(sc->emb, vocab, c->hidden);
 	sc->logits = malloc((size_t)c->max_seq * (size_t)vocab * sizeof(float));
-	if (!sc->head_w || !sc->logits) {
+	if (c->style == LBW_STYLE_GPT2)
+		sc->final = malloc((size_t)c->max_seq * (size_t)c->hidden * sizeof(float));
+	if (!sc->head_w || !sc->logits || (c->style == LBW_STYLE_GPT2 && !sc->final)) {
 		snprintf(err, errlen, "out of memory");
 		lbw_scorer_close(sc);
 		return -ENOMEM;
@@ -146,6 +148,7 @@ void lbw_scorer_close(struct lbw_scorer *sc)
 	lbw_bert_free(sc->bert);
 	lbk_packed_free(sc->head_w);
 	free(sc->logits);
+	free(sc->final);
 	memset(sc, 0, sizeof(*sc));
 }
 
@@ -173,6 +176,10 @@ double lbw_scorer_head(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, 
 {
 	if (sc->llama)
 		return lbw_llama_score_seq(sc->llama, sc->state, tokens, n, h, top1);
+	if (sc->final) {
+		lbw_bert_final(sc->bert, n, h, sc->final);
+		h = sc->final;
+	}
 	lbk_gemm(sc->logits, h, sc->head_w, NULL, n, 1);
 	double sum = 0;
 	for (int32_t pos = 0; pos + 1 < n; pos++) {

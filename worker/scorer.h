@@ -31,6 +31,8 @@ struct lbw_scorer {
 	struct lbw_bert *bert;
 	struct lbk_packed *head_w; /* bert: emb packed for the head */
 	float *logits;           /* bert: [max_seq][vocab] */
+	float *final;            /* bert of GPT-2 style: [max_seq][hidden] the head's input, the
+				  * last layer's output after ln_f; NULL for BERT style */
 };
 
 /* Load a llama2.c checkpoint. err gets one line. @return 0; as lbw_llama_load; -ENOMEM. */
