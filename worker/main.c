@@ -483,15 +483,15 @@ static int open_encoder(const struct opts *o, enum model_kind kind, struct lbw_s
 		fprintf(stderr, "layerbank-worker %s: bad --seed '%s'\n", o->cmd, o->seed_s);
 		return EXIT_USAGE;
 	}
-	if (lbw_tokenizer_load(t, o->tokenizer, LBW_SERVE_BERT_VOCAB, err, sizeof(err)) < 0) {
+	if (lbw_tokenizer_load(t, o->tokenizer, LBW_SERVE_ENCODER_VOCAB, err, sizeof(err)) < 0) {
 		fprintf(stderr, "layerbank-worker: %s\n", err);
 		return EXIT_LOAD;
 	}
 	if (kind == KIND_BERT_BASE)
-		rc = lbw_scorer_open_bert(sc, LBW_SERVE_BERT_VOCAB, (uint64_t)seed, err,
+		rc = lbw_scorer_open_bert(sc, LBW_SERVE_ENCODER_VOCAB, (uint64_t)seed, err,
 					  sizeof(err));
 	else
-		rc = lbw_scorer_open_safetensors(sc, o->model, LBW_SERVE_BERT_VOCAB, err,
+		rc = lbw_scorer_open_safetensors(sc, o->model, LBW_SERVE_ENCODER_VOCAB, err,
 						 sizeof(err));
 	if (rc < 0) {
 		fprintf(stderr, "layerbank-worker: %s\n", err);
