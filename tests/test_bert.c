@@ -1,6 +1,7 @@
 /*
  * BERT / GPT-2 shaped encoders: the lbk_* forward against an independent fp64 forward on small
- * shapes, determinism of generated weights, safetensors round trips and hostile files.
+ * shapes, determinism of generated weights, safetensors round trips and hostile files, and
+ * layerbank-worker score / serve on safetensors files written here, against the library.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,11 +14,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "model_bert.h"
 #include "safetensors.h"
 #include "testutil.h"
+#include "tokenizer.h"
 
 /* Small shape of the reference checks: 2 layers, hidden 64, 4 heads, ffn 128, seq 17. */
 #define SEQ 17
@@ -44,16 +48,16 @@ static float urand(void) /* [-1, 1) */
 	return (float)((rng_state >> 40) / 8388608.0 - 1.0);
 }
 
-/* Generated weights with LayerNorm parameters moved off 1 / 0, so that a mix-up shows. */
-static struct lbw_bert *make(enum lbw_bert_style style, uint64_t seed)
+/* Generated weights of shape c with LayerNorm parameters moved off 1 / 0, so that a mix-up
+ * shows. */
+static struct lbw_bert *make_shaped(struct lbw_bert_config c, uint64_t seed)
 {
-	struct lbw_bert_config c = small(style);
 	struct lbw_bert *m = lbw_bert_alloc(&c);
 	assert_non_null(m);
 	lbw_bert_init_random(m, seed);
 	const int64_t h = c.hidden;
 	for (int64_t d = 0; d < h; d++) {
-		if (style == LBW_STYLE_BERT) { /* each style's unused pair stays 1 / 0 */
+		if (c.style == LBW_STYLE_BERT) { /* each style's unused pair stays 1 / 0 */
 			m->emb_ln_g[d] = 1.0f + 0.3f * urand();
 			m->emb_ln_b[d] = 0.2f * urand();
 		} else {
@@ -69,6 +73,11 @@ static struct lbw_bert *make(enum lbw_bert_style style, uint64_t seed)
 	}
 	assert_int_equal(lbw_bert_pack(m), 0);
 	return m;
+}
+
+static struct lbw_bert *make(enum lbw_bert_style style, uint64_t seed)
+{
+	return make_shaped(small(style), seed);
 }
 
 static void tokens(int32_t *t, int64_t n, int32_t vocab)
@@ -431,13 +440,15 @@ static void bert_file(const struct lbw_bert *m, struct file *f)
 	const int64_t h = m->cfg.hidden, ff = m->cfg.ffn;
 	const char *p = "bert.";
 	static const char *const qkv[3] = { "query", "key", "value" };
-	float tt[2 * 64];
-	memcpy(tt, m->wtt, 64 * sizeof(float));
-	for (int i = 0; i < 64; i++)
-		tt[64 + i] = 5.0f; /* type 1: must not be used */
+	float *tt = malloc(2 * (size_t)h * sizeof(float));
+	assert_non_null(tt);
+	memcpy(tt, m->wtt, (size_t)h * sizeof(float));
+	for (int64_t i = 0; i < h; i++)
+		tt[h + i] = 5.0f; /* type 1: must not be used */
 	add(f, p, "embeddings.word_embeddings.weight", 0, m->wte, m->cfg.vocab, h, 0);
 	add(f, p, "embeddings.position_embeddings.weight", 0, m->wpe, m->cfg.max_seq, h, 0);
 	add(f, p, "embeddings.token_type_embeddings.weight", 0, tt, 2, h, 0);
+	free(tt);
 	add(f, p, "embeddings.LayerNorm.weight", 0, m->emb_ln_g, h, 0, 0);
 	add(f, p, "embeddings.LayerNorm.bias", 0, m->emb_ln_b, h, 0, 0);
 	for (int l = 0; l < m->cfg.n_layers; l++) {
@@ -568,6 +579,19 @@ static void test_safetensors_hostile(void **state)
 	fclose(fp);
 	assert_int_equal(lbw_st_open(path, &st, err, sizeof(err)), -EINVAL);
 	assert_int_equal(lbw_st_open("/nonexistent/x.safetensors", &st, err, sizeof(err)), -ENOENT);
+	/* what lbw_st_sniff takes for safetensors: a plausible length, then '{' */
+	assert_int_equal(lbw_st_sniff(path), 0); /* "abc" */
+	assert_int_equal(lbw_st_sniff("/nonexistent/x.safetensors"), -ENOENT);
+	write_raw(path, ok, strlen(ok), NULL, 0);
+	assert_int_equal(lbw_st_sniff(path), 1);
+	write_raw(path, ok, (uint64_t)LBW_ST_MAX_HEADER + 1, NULL, 0);
+	assert_int_equal(lbw_st_sniff(path), 0);
+	write_raw(path, "[1]", 3, NULL, 0);
+	assert_int_equal(lbw_st_sniff(path), 0);
+	/* stories260K's llama2.c header: dim 64 and hidden_dim 172 fill the length field */
+	int32_t llama[5] = { 5, 8, 4, 512, 512 };
+	write_raw(path, NULL, 64 | (uint64_t)172 << 32, llama, sizeof(llama));
+	assert_int_equal(lbw_st_sniff(path), 0);
 
 	/* a whole model file, then truncated: the last tensors' offsets fall outside */
 	struct lbw_bert *m = make(LBW_STYLE_GPT2, 5), *ld = NULL;
@@ -612,6 +636,322 @@ static void test_safetensors_hostile(void **state)
 	lbt_rmtree(dir);
 }
 
+/* ---- layerbank-worker score / serve --model FILE.safetensors ---- */
+
+#define TOK LB_DATA_DIR "/tok512.bin"
+/* The worker's head scores the tokenizer's 512 rows of the embedding. */
+#define TOK_VOCAB 512
+#define CLI_TEXT "Once upon a time, there was a little girl named Lily. She loved to play in " \
+		 "the park with her red ball."
+/*
+ * nll_per_token from the CLI (fp32 kernels and head, printed with 6 decimals: 5e-7 of rounding)
+ * against the library's fp32 forward with an fp64 head, on logits of a few units: the fp32
+ * head is good to a few 1e-7 (measured under every LBK_ISA tier: at most 5e-7 in all).
+ */
+#define CLI_TOL 1e-5
+
+/* A file's shape for the CLI: heads = hidden / 64 as the worker loads it, a vocabulary of
+ * more rows than the head scores (a head over all of them would score differently). */
+static struct lbw_bert_config cli_shape(enum lbw_bert_style style)
+{
+	struct lbw_bert_config c = small(style);
+	c.hidden = 128;
+	c.heads = 2;
+	c.ffn = 256;
+	c.vocab = 520;
+	c.max_seq = 128;
+	return c;
+}
+
+/* Write a checkpoint of the style and shape c to path; embeddings scaled by 4 so that the
+ * head's distribution is far from uniform and a wrong forward shows in the NLL. */
+static void write_model(const char *path, struct lbw_bert_config c, uint64_t seed)
+{
+	static struct file f;
+	struct lbw_bert *m = make_shaped(c, seed);
+	for (int64_t i = 0; i < (int64_t)c.vocab * c.hidden; i++)
+		m->wte[i] *= 4.0f;
+	if (c.style == LBW_STYLE_GPT2)
+		gpt2_file(m, &f);
+	else
+		bert_file(m, &f);
+	write_file(path, &f);
+	lbw_bert_free(m);
+}
+
+/* The summed NLL of text as the worker scores it: BOS and the text's tokens, the library's
+ * forward of the file, then log-softmax over the first TOK_VOCAB embedding rows in fp64. */
+static double ref_nll(const char *path, const char *text, int *n_out)
+{
+	struct lbw_tokenizer t;
+	struct lbw_bert *m = NULL;
+	char err[512];
+	assert_int_equal(lbw_tokenizer_load(&t, TOK, TOK_VOCAB, err, sizeof(err)), 0);
+	int32_t *tok = malloc((strlen(text) + 3) * sizeof(int32_t));
+	int n = lbw_tokenizer_encode(&t, text, 1, 0, tok);
+	assert_true(n >= 2 && n <= 128);
+	assert_int_equal(lbw_bert_load_safetensors(path, 0, &m, err, sizeof(err)), 0);
+	const int64_t h = m->cfg.hidden;
+	float *y = malloc((size_t)n * (size_t)h * sizeof(float));
+	assert_int_equal(lbw_bert_forward(m, n, tok, y, 1), 0);
+	double sum = 0, *lg = malloc(TOK_VOCAB * sizeof(double));
+	for (int pos = 0; pos + 1 < n; pos++) {
+		double mx = -INFINITY, se = 0;
+		for (int v = 0; v < TOK_VOCAB; v++) {
+			double d = 0;
+			for (int64_t k = 0; k < h; k++)
+				d += (double)y[pos * h + k] * m->wte[v * h + k];
+			lg[v] = d;
+			mx = fmax(mx, d);
+		}
+		for (int v = 0; v < TOK_VOCAB; v++)
+			se += exp(lg[v] - mx);
+		sum += mx + log(se) - lg[tok[pos + 1]];
+	}
+	*n_out = n;
+	free(lg);
+	free(y);
+	free(tok);
+	lbw_bert_free(m);
+	lbw_tokenizer_free(&t);
+	return sum;
+}
+
+/* layerbank-worker with args (NULL-terminated), stdin from in (NULL: /dev/null). */
+static int run_worker(const char *const *args, const char *in, char *out, size_t n)
+{
+	char cmd[4096];
+	size_t used = (size_t)snprintf(cmd, sizeof(cmd), "exec '%s'", LB_WORKER_PATH);
+	for (; *args; args++)
+		used += (size_t)snprintf(cmd + used, sizeof(cmd) - used, " '%s'", *args);
+	snprintf(cmd + used, sizeof(cmd) - used, " < '%s'", in ? in : "/dev/null");
+	assert_true(used < sizeof(cmd) - 64);
+	const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+	return lbt_run(argv, out, n);
+}
+
+static void need_tokenizer(void)
+{
+	if (access(TOK, R_OK) != 0) {
+		printf("SKIP: data file %s is absent\n", TOK);
+		skip();
+	}
+}
+
+static void spit(const char *path, const char *text)
+{
+	FILE *fp = fopen(path, "w");
+	assert_non_null(fp);
+	fputs(text, fp);
+	fclose(fp);
+}
+
+/* score prints the library's NLL; serve with a private bank serves a repeat from its top layer. */
+static void cli_scores(enum lbw_bert_style style)
+{
+	static char out[65536];
+	char dir[256], path[320], txt[320], req[320];
+	need_tokenizer();
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/%s.safetensors", dir, style ? "gpt2" : "bert");
+	snprintf(txt, sizeof(txt), "%s/text.txt", dir);
+	snprintf(req, sizeof(req), "%s/requests", dir);
+	write_model(path, cli_shape(style), 21);
+	spit(txt, CLI_TEXT "\n");
+	int n;
+	double want = ref_nll(path, CLI_TEXT, &n);
+
+	const char *a[] = { "score", "--model", path, "--tokenizer", TOK, "--text-file", txt,
+			    NULL };
+	int st = run_worker(a, NULL, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		fail_msg("score exited with status %d: %s", st, out);
+	int tokens, predicted;
+	double per;
+	assert_int_equal(sscanf(out, "tokens %d predicted %d nll_per_token %lf", &tokens,
+				&predicted, &per), 3);
+	printf("%s: %d tokens, nll_per_token %.6f, fp64 reference %.6f: |diff| %.1e, tolerance "
+	       "%.0e\n", style ? "GPT-2" : "BERT", tokens, per, want / (n - 1),
+	       fabs(per - want / (n - 1)), CLI_TOL);
+	assert_int_equal(tokens, n);
+	assert_int_equal(predicted, n - 1);
+	assert_true(fabs(per - want / (n - 1)) <= CLI_TOL);
+	assert_true(want / (n - 1) > 0.5); /* not a uniform head: ln 512 is 6.24 */
+
+	/* one serve session, the same text twice: a miss, then a hit at the top layer */
+	spit(req, "1\t" CLI_TEXT "\n2\t" CLI_TEXT "\n");
+	const char *b[] = { "serve", "--model", path, "--tokenizer", TOK, "--private-cache", "16M",
+			    NULL };
+	st = run_worker(b, req, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		fail_msg("serve exited with status %d: %s", st, out);
+	char ready[64];
+	snprintf(ready, sizeof(ready), "ready model=%s.safetensors-", style ? "gpt2" : "bert");
+	assert_non_null(strstr(out, ready));
+	const char *r1 = strstr(out, "\n1 ok "), *r2 = strstr(out, "\n2 ok ");
+	assert_non_null(r1);
+	assert_non_null(r2);
+	int t1, t2, hit1, hit2;
+	double nll1, nll2;
+	assert_int_equal(sscanf(r1, "\n1 ok tokens=%d nll=%lf hit=%d", &t1, &nll1, &hit1), 3);
+	assert_int_equal(sscanf(r2, "\n2 ok tokens=%d nll=%lf hit=%d", &t2, &nll2, &hit2), 3);
+	assert_int_equal(t1, n);
+	assert_int_equal(t2, n);
+	assert_int_equal(hit1, -1);
+	assert_int_equal(hit2, 1); /* the top of 2 layers */
+	assert_true(fabs(nll1 - want) <= CLI_TOL * (n - 1));
+	assert_true(nll1 == nll2); /* the hit gives the top layer's own output */
+	lbt_rmtree(dir);
+}
+
+static void test_cli_score_gpt2_file(void **state)
+{
+	(void)state;
+	cli_scores(LBW_STYLE_GPT2);
+}
+
+static void test_cli_score_bert_file(void **state)
+{
+	(void)state;
+	cli_scores(LBW_STYLE_BERT);
+}
+
+static void copy_file(const char *from, const char *to)
+{
+	FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+	char buf[65536];
+	size_t r;
+	assert_non_null(in);
+	assert_non_null(out);
+	while ((r = fread(buf, 1, sizeof(buf), in)) > 0)
+		assert_int_equal(fwrite(buf, 1, r, out), r);
+	fclose(in);
+	fclose(out);
+}
+
+/* The model name serve registers for path: "ready model=NAME ..." */
+static void served_name(const char *path, char *name, size_t n)
+{
+	static char out[4096];
+	const char *a[] = { "serve", "--model", path, "--tokenizer", TOK, NULL };
+	int st = run_worker(a, NULL, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	const char *r = strstr(out, "ready model=");
+	assert_non_null(r);
+	snprintf(name, n, "%.*s", (int)strcspn(r + 12, " "), r + 12);
+}
+
+/* The name and weights hash a file registers under follow its contents, not its folder. */
+static void test_cli_file_identity(void **state)
+{
+	(void)state;
+	char dir[256], a[320], b[320], c[320], na[96], nb[96], nc[96];
+	need_tokenizer();
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(a, sizeof(a), "%s/m.safetensors", dir);
+	snprintf(b, sizeof(b), "%s/sub", dir);
+	assert_int_equal(mkdir(b, 0700), 0);
+	snprintf(b, sizeof(b), "%s/sub/m.safetensors", dir);
+	snprintf(c, sizeof(c), "%s/other", dir);
+	assert_int_equal(mkdir(c, 0700), 0);
+	snprintf(c, sizeof(c), "%s/other/m.safetensors", dir);
+	write_model(a, cli_shape(LBW_STYLE_GPT2), 21);
+	copy_file(a, b);
+	write_model(c, cli_shape(LBW_STYLE_GPT2), 22);
+	served_name(a, na, sizeof(na));
+	served_name(b, nb, sizeof(nb));
+	served_name(c, nc, sizeof(nc));
+	printf("names: %s, %s (a copy elsewhere), %s (other weights)\n", na, nb, nc);
+	assert_string_equal(na, nb);
+	assert_string_not_equal(na, nc);
+	lbt_rmtree(dir);
+}
+
+static int count_lines(const char *s)
+{
+	int n = 0;
+	for (; *s; s++)
+		n += *s == '\n';
+	return n;
+}
+
+/* Bad files and uses: a status, one line, naming the problem. */
+static void test_cli_bad_files(void **state)
+{
+	(void)state;
+	static char out[8192];
+	char dir[256], good[320], cut[320], missing[320], small_vocab[320], junk[320], stub[320];
+	need_tokenizer();
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(good, sizeof(good), "%s/good.safetensors", dir);
+	snprintf(cut, sizeof(cut), "%s/cut.safetensors", dir);
+	snprintf(missing, sizeof(missing), "%s/missing.safetensors", dir);
+	snprintf(small_vocab, sizeof(small_vocab), "%s/vocab300.safetensors", dir);
+	snprintf(junk, sizeof(junk), "%s/junk.bin", dir);
+	snprintf(stub, sizeof(stub), "%s/stub.safetensors", dir);
+	struct lbw_bert_config c = cli_shape(LBW_STYLE_GPT2);
+	write_model(good, c, 21);
+	write_model(cut, c, 21);
+	assert_int_equal(truncate(cut, 500000), 0);
+	write_model(stub, c, 21);
+	assert_int_equal(truncate(stub, 5), 0);
+	/* h.1.attn.c_proj.weight dropped */
+	static struct file f;
+	struct lbw_bert *m = make_shaped(c, 21);
+	gpt2_file(m, &f);
+	int drop = -1;
+	for (int i = 0; i < f.n; i++)
+		if (!strcmp(f.e[i].name, "transformer.h.1.attn.c_proj.weight"))
+			drop = i;
+	assert_true(drop >= 0);
+	free(f.e[drop].data);
+	f.e[drop] = f.e[--f.n];
+	write_file(missing, &f);
+	lbw_bert_free(m);
+	c.vocab = 300;
+	write_model(small_vocab, c, 21);
+	spit(junk, "neither a llama2.c checkpoint nor a safetensors file, just text\n");
+	char txt[320];
+	snprintf(txt, sizeof(txt), "%s/text.txt", dir);
+	spit(txt, CLI_TEXT);
+
+	struct {
+		const char *cmd, *model, *extra;
+		int status;
+		const char *want, *want2;
+	} cases[] = {
+		{ "score", cut, NULL, 1, "cut.safetensors", "truncated" },
+		{ "score", stub, NULL, 1, "stub.safetensors", "shorter than the 8-byte length" },
+		{ "score", missing, NULL, 1, "missing tensor", "h.1.attn.c_proj.weight" },
+		{ "serve", missing, NULL, 1, "missing tensor", "h.1.attn.c_proj.weight" },
+		{ "score", small_vocab, NULL, 1, "vocabulary of 300 tokens", "511" },
+		{ "score", junk, NULL, 1, "junk.bin", "not a safetensors file, nor a llama2.c" },
+		{ "generate", good, NULL, 2, "good.safetensors", "not sampled" },
+		{ "score", good, "--seed", 2, "--seed", "bert-base" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *args[12] = { cases[i].cmd, "--model", cases[i].model, "--tokenizer",
+					 TOK };
+		int k = 5;
+		if (!strcmp(cases[i].cmd, "score")) {
+			args[k++] = "--text-file";
+			args[k++] = txt;
+		}
+		if (cases[i].extra) {
+			args[k++] = cases[i].extra;
+			args[k++] = "3";
+		}
+		args[k] = NULL;
+		int st = run_worker(args, NULL, out, sizeof(out));
+		printf("  %s %s: %s", cases[i].cmd, strrchr(cases[i].model, '/') + 1, out);
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != cases[i].status || count_lines(out) != 1 ||
+		    !strstr(out, cases[i].want) || !strstr(out, cases[i].want2))
+			fail_msg("case %zu: status %d, want exit %d, one line with '%s' and '%s'",
+				 i, st, cases[i].status, cases[i].want, cases[i].want2);
+	}
+	lbt_rmtree(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -622,6 +962,10 @@ int main(void)
 		cmocka_unit_test(test_safetensors_gpt2_roundtrip),
 		cmocka_unit_test(test_safetensors_bert_roundtrip),
 		cmocka_unit_test(test_safetensors_hostile),
+		cmocka_unit_test(test_cli_score_gpt2_file),
+		cmocka_unit_test(test_cli_score_bert_file),
+		cmocka_unit_test(test_cli_file_identity),
+		cmocka_unit_test(test_cli_bad_files),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -18,6 +18,7 @@
 #include "cache.h"
 #include "size.h"
 #include "model_llama.h"
+#include "safetensors.h"
 #include "sampler.h"
 #include "scorer.h"
 #include "serve.h"
@@ -29,6 +30,8 @@
 #define MAX_TEXT_BYTES (16u << 20)
 #define BERT_MODEL "bert-base"
 #define BERT_SEED 1
+/* A --model named so is read as safetensors even when its first bytes do not say so. */
+#define ST_EXT ".safetensors"
 
 static void usage(FILE *f)
 {
@@ -38,10 +41,15 @@ static void usage(FILE *f)
 		"       layerbank-worker score --model M --tokenizer T --text-file F [CACHE OPTIONS]\n"
 		"       layerbank-worker serve --model M --tokenizer T [--max-tokens N] [CACHE OPTIONS]\n"
 		"\n"
-		"--model   a llama2.c checkpoint (stories260K.bin); score and serve also take\n"
-		"          'bert-base': a BERT-base-shaped encoder (12 x 768) with weights generated\n"
-		"          from --seed (default 1; for generate, --seed seeds the sampler), scored\n"
-		"          through its tied embedding.\n"
+		"--model   a llama2.c checkpoint (stories260K.bin), for every command; score and\n"
+		"          serve also take encoders, scored through their tied embedding over the\n"
+		"          tokenizer's 512 tokens (generate refuses them):\n"
+		"          F.safetensors  a GPT-2- or BERT-style checkpoint: F32 tensors with\n"
+		"                         Hugging Face names (the style follows them), heads =\n"
+		"                         hidden / 64, a vocabulary of 512 or more. Told by its\n"
+		"                         header (or, when that is broken, by its name).\n"
+		"          bert-base      BERT-base-shaped (12 x 768), weights generated from\n"
+		"                         --seed (default 1; for generate it seeds the sampler).\n"
 		"generate  decodes and prints as llama2.c's run.c. --steps counts positions\n"
 		"          including BOS and the prompt (default 256; 0 or more than the model's\n"
 		"          seq_len means seq_len). --temperature 0 (the default) is greedy; T > 0\n"
@@ -232,6 +240,20 @@ static int parse(int argc, char **argv, struct opts *o)
 	return 0;
 }
 
+enum model_kind { KIND_LLAMA, KIND_BERT_BASE, KIND_SAFETENSORS };
+
+/* What --model names: the generated encoder; a safetensors file, known by its first bytes or
+ * its name (then lbw_st_open says what is wrong with it); else a llama2.c checkpoint. */
+static enum model_kind model_kind(const char *model)
+{
+	size_t n = strlen(model), e = strlen(ST_EXT);
+	if (!strcmp(model, BERT_MODEL))
+		return KIND_BERT_BASE;
+	if (lbw_st_sniff(model) == 1 || (n > e && !strcmp(model + n - e, ST_EXT)))
+		return KIND_SAFETENSORS;
+	return KIND_LLAMA;
+}
+
 /* llama2.c's safe_printf: skip empty pieces and lone bytes that are neither printable nor space. */
 static void safe_print(const char *piece)
 {
@@ -263,6 +285,12 @@ static int generate(const struct opts *o)
 
 	if (o->steps_s)
 		(void)parse_long(o->steps_s, 0, INT32_MAX, &steps_l); /* checked by parse */
+	if (model_kind(o->model) != KIND_LLAMA) {
+		fprintf(stderr, "layerbank-worker generate: %s is an encoder: encoders are scored "
+				"(score, serve), not sampled; generate takes a llama2.c "
+				"checkpoint\n", o->model);
+		return EXIT_USAGE;
+	}
 	if (lbw_llama_load(&m, o->model, err, sizeof(err)) < 0) {
 		fprintf(stderr, "layerbank-worker: %s\n", err);
 		return EXIT_LOAD;
@@ -421,43 +449,69 @@ static int score(const struct opts *o, struct lbw_scorer *sc, const struct lbw_t
 	return 0;
 }
 
-/* The model score and serve run: a checkpoint, or the generated BERT-base shape. */
-static int open_scorer(const struct opts *o, struct lbw_scorer *sc, struct lbw_tokenizer *t)
+/* A llama2.c checkpoint and a tokenizer of its vocabulary. */
+static int open_llama(const struct opts *o, struct lbw_scorer *sc, struct lbw_tokenizer *t)
 {
 	char err[512];
-	int rc;
-	if (!strcmp(o->model, BERT_MODEL)) {
-		long seed = BERT_SEED;
-		if (o->seed_s && parse_long(o->seed_s, 0, LONG_MAX, &seed) < 0) {
-			fprintf(stderr, "layerbank-worker %s: bad --seed '%s'\n", o->cmd, o->seed_s);
-			return EXIT_USAGE;
-		}
-		/* The tokenizer's vocabulary is the head's: shipped tokenizers hold 512 tokens. */
-		if (lbw_tokenizer_load(t, o->tokenizer, LBW_SERVE_BERT_VOCAB, err, sizeof(err)) < 0) {
-			fprintf(stderr, "layerbank-worker: %s\n", err);
-			return EXIT_LOAD;
-		}
-		rc = lbw_scorer_open_bert(sc, LBW_SERVE_BERT_VOCAB, (uint64_t)seed, err, sizeof(err));
-	} else {
-		if (o->seed_s) {
-			fprintf(stderr, "layerbank-worker %s: --seed is for --model %s only\n", o->cmd,
-				BERT_MODEL);
-			return EXIT_USAGE;
-		}
-		rc = lbw_scorer_open_llama(sc, o->model, err, sizeof(err));
-		if (rc == 0 && lbw_tokenizer_load(t, o->tokenizer, sc->vocab, err, sizeof(err)) < 0) {
-			fprintf(stderr, "layerbank-worker: %s\n", err);
-			lbw_scorer_close(sc);
-			return EXIT_LOAD;
-		}
+	int rc = lbw_scorer_open_llama(sc, o->model, err, sizeof(err));
+	if (rc == -EINVAL) {
+		fprintf(stderr, "layerbank-worker: %s: not a safetensors file, nor a llama2.c "
+				"checkpoint: %s\n", o->model, err);
+		return EXIT_LOAD;
 	}
 	if (rc < 0) {
 		fprintf(stderr, "layerbank-worker: %s\n", err);
-		if (!strcmp(o->model, BERT_MODEL))
-			lbw_tokenizer_free(t);
+		return EXIT_LOAD;
+	}
+	if (lbw_tokenizer_load(t, o->tokenizer, sc->vocab, err, sizeof(err)) < 0) {
+		fprintf(stderr, "layerbank-worker: %s\n", err);
+		lbw_scorer_close(sc);
 		return EXIT_LOAD;
 	}
 	return 0;
+}
+
+/* An encoder, generated or loaded, and the tokenizer whose vocabulary its head scores:
+ * shipped tokenizers hold 512 tokens. */
+static int open_encoder(const struct opts *o, enum model_kind kind, struct lbw_scorer *sc,
+			struct lbw_tokenizer *t)
+{
+	char err[512];
+	long seed = BERT_SEED;
+	int rc;
+	if (o->seed_s && parse_long(o->seed_s, 0, LONG_MAX, &seed) < 0) {
+		fprintf(stderr, "layerbank-worker %s: bad --seed '%s'\n", o->cmd, o->seed_s);
+		return EXIT_USAGE;
+	}
+	if (lbw_tokenizer_load(t, o->tokenizer, LBW_SERVE_ENCODER_VOCAB, err, sizeof(err)) < 0) {
+		fprintf(stderr, "layerbank-worker: %s\n", err);
+		return EXIT_LOAD;
+	}
+	if (kind == KIND_BERT_BASE)
+		rc = lbw_scorer_open_bert(sc, LBW_SERVE_ENCODER_VOCAB, (uint64_t)seed, err,
+					  sizeof(err));
+	else
+		rc = lbw_scorer_open_safetensors(sc, o->model, LBW_SERVE_ENCODER_VOCAB, err,
+						 sizeof(err));
+	if (rc < 0) {
+		fprintf(stderr, "layerbank-worker: %s\n", err);
+		lbw_tokenizer_free(t);
+		return EXIT_LOAD;
+	}
+	return 0;
+}
+
+/* The model score and serve run: a llama2.c checkpoint, the generated BERT-base shape or a
+ * safetensors checkpoint. */
+static int open_scorer(const struct opts *o, struct lbw_scorer *sc, struct lbw_tokenizer *t)
+{
+	enum model_kind kind = model_kind(o->model);
+	if (o->seed_s && kind != KIND_BERT_BASE) {
+		fprintf(stderr, "layerbank-worker %s: --seed is for --model %s only\n", o->cmd,
+			BERT_MODEL);
+		return EXIT_USAGE;
+	}
+	return kind == KIND_LLAMA ? open_llama(o, sc, t) : open_encoder(o, kind, sc, t);
 }
 
 int main(int argc, char **argv)

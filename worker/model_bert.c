@@ -362,7 +362,15 @@ int lbw_bert_forward(const struct lbw_bert *m, int64_t n, const int32_t *tokens,
 	for (int l = 0; l < m->cfg.n_layers; l++)
 		layer_run(m, l, n, out, out, threads, buf);
 	free(buf);
-	if (m->cfg.style == LBW_STYLE_GPT2)
-		layernorm_rows(out, out, m->lnf_g, m->lnf_b, n, m->cfg.hidden, m->cfg.eps);
+	lbw_bert_final(m, n, out, out);
 	return 0;
+}
+
+void lbw_bert_final(const struct lbw_bert *m, int64_t n, const float *in, float *out)
+{
+	const int64_t h = m->cfg.hidden;
+	if (m->cfg.style == LBW_STYLE_GPT2)
+		layernorm_rows(out, in, m->lnf_g, m->lnf_b, n, h, m->cfg.eps);
+	else if (out != in)
+		memcpy(out, in, (size_t)n * (size_t)h * sizeof(float));
 }

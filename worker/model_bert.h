@@ -94,9 +94,12 @@ int lbw_bert_embed(const struct lbw_bert *m, int64_t n, const int32_t *tokens, f
  */
 int lbw_bert_layer(const struct lbw_bert *m, int l, int64_t n, const float *in, float *out,
 		   int threads);
-/* Embed, every layer, then ln_f for GPT-2: out[n][hidden] the last hidden states.
+/* Embed, every layer, then lbw_bert_final: out[n][hidden] the last hidden states.
  * @return as lbw_bert_embed and lbw_bert_layer. */
 int lbw_bert_forward(const struct lbw_bert *m, int64_t n, const int32_t *tokens, float *out,
 		     int threads);
+/* out[n][hidden] = the last layer's output in[n][hidden] as a head reads it: GPT-2's final
+ * LayerNorm ln_f; BERT has none (a copy). in and out may be the same buffer. */
+void lbw_bert_final(const struct lbw_bert *m, int64_t n, const float *in, float *out);
 
 #endif

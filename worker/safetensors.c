@@ -72,11 +72,13 @@ static int parse_tensor(const char *name, json_object *v, const unsigned char *d
 	    json_object_get_int64(b) < 0 || json_object_get_int64(e) < 0)
 		return lbu_fail(err, errlen, -EINVAL, "%s: data_offsets not non-negative integers", name);
 	uint64_t begin = (uint64_t)json_object_get_int64(b), end = (uint64_t)json_object_get_int64(e);
-	if (begin > end || end > data_len)
+	if (begin > end)
+		return lbu_fail(err, errlen, -EINVAL, "%s: data_offsets [%llu, %llu) reversed",
+				name, (unsigned long long)begin, (unsigned long long)end);
+	if (end > data_len)
 		return lbu_fail(err, errlen, -EINVAL,
-			    "%s: data_offsets [%llu, %llu) outside the %llu bytes of data", name,
-			    (unsigned long long)begin, (unsigned long long)end,
-			    (unsigned long long)data_len);
+				"%s: ends at byte %llu of %llu bytes of data: file truncated?",
+				name, (unsigned long long)end, (unsigned long long)data_len);
 	if (end - begin != count * 4)
 		return lbu_fail(err, errlen, -EINVAL, "%s: shape needs %llu bytes, data_offsets give %llu",
 			    name, (unsigned long long)(count * 4), (unsigned long long)(end - begin));
@@ -90,7 +92,7 @@ static int parse_header(struct lbw_st *st, const char *json, size_t len, const u
 {
 	json_tokener *tok = json_tokener_new();
 	if (!tok)
-		return -ENOMEM;
+		return lbu_fail(err, errlen, -ENOMEM, "out of memory parsing the header");
 	json_object *root = json_tokener_parse_ex(tok, json, (int)len);
 	enum json_tokener_error jerr = json_tokener_get_error(tok);
 	size_t used = json_tokener_get_parse_end(tok);
@@ -117,7 +119,7 @@ static int parse_header(struct lbw_st *st, const char *json, size_t len, const u
 	}
 	st->t = calloc((size_t)n + 1, sizeof(*st->t));
 	if (!st->t) {
-		rc = -ENOMEM;
+		rc = lbu_fail(err, errlen, -ENOMEM, "out of memory for %d tensors", n);
 		goto out;
 	}
 	json_object_object_foreach(root, key, val)
@@ -137,7 +139,7 @@ static int parse_header(struct lbw_st *st, const char *json, size_t len, const u
 	/* No two tensors share a byte (empty tensors take none). */
 	struct lbw_st_tensor *s = malloc((size_t)st->n * sizeof(*s) + 1);
 	if (!s) {
-		rc = -ENOMEM;
+		rc = lbu_fail(err, errlen, -ENOMEM, "out of memory for %d tensors", st->n);
 		goto out;
 	}
 	memcpy(s, st->t, (size_t)st->n * sizeof(*s));
@@ -157,6 +159,40 @@ static int parse_header(struct lbw_st *st, const char *json, size_t len, const u
 out:
 	json_object_put(root);
 	return rc;
+}
+
+static uint64_t le64(const unsigned char *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* Put "path: " before the message in err. */
+static void name_file(char *err, size_t errlen, const char *path)
+{
+	char msg[512];
+	if (!err || !errlen)
+		return;
+	snprintf(msg, sizeof(msg), "%s", err);
+	lbu_errf(err, errlen, "%s: %s", path, msg);
+}
+
+/* The mapped file's header: its length field, then the JSON. */
+static int read_header(struct lbw_st *st, char *err, size_t errlen)
+{
+	const unsigned char *p = st->map;
+	uint64_t size = st->map_size, hlen = le64(p);
+	if (hlen > LBW_ST_MAX_HEADER)
+		return lbu_fail(err, errlen, -EINVAL, "header length %llu above the cap of %u",
+				(unsigned long long)hlen, LBW_ST_MAX_HEADER);
+	if (hlen > size - 8)
+		return lbu_fail(err, errlen, -EINVAL,
+				"header length %llu, but %llu bytes follow it: file truncated?",
+				(unsigned long long)hlen, (unsigned long long)(size - 8));
+	return parse_header(st, (const char *)p + 8, (size_t)hlen, p + 8 + hlen, size - 8 - hlen,
+			    err, errlen);
 }
 
 int lbw_st_open(const char *path, struct lbw_st **out, char *err, size_t errlen)
@@ -180,7 +216,7 @@ int lbw_st_open(const char *path, struct lbw_st **out, char *err, size_t errlen)
 	struct lbw_st *st = calloc(1, sizeof(*st));
 	if (!st) {
 		close(fd);
-		return -ENOMEM;
+		return lbu_fail(err, errlen, -ENOMEM, "%s: out of memory", path);
 	}
 	st->map_size = (size_t)size;
 	st->map = mmap(NULL, st->map_size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -191,23 +227,32 @@ int lbw_st_open(const char *path, struct lbw_st **out, char *err, size_t errlen)
 		lbw_st_close(st);
 		return lbu_fail(err, errlen, -e, "%s: mmap: %s", path, strerror(e));
 	}
-	const unsigned char *p = st->map;
-	uint64_t hlen = 0;
-	for (int i = 7; i >= 0; i--)
-		hlen = hlen << 8 | p[i];
-	int rc;
-	if (hlen > LBW_ST_MAX_HEADER || hlen > size - 8)
-		rc = lbu_fail(err, errlen, -EINVAL, "header length %llu beyond the file (%llu bytes) or cap",
-			  (unsigned long long)hlen, (unsigned long long)size);
-	else
-		rc = parse_header(st, (const char *)p + 8, (size_t)hlen, p + 8 + hlen,
-				  size - 8 - hlen, err, errlen);
+	int rc = read_header(st, err, errlen);
 	if (rc) {
+		name_file(err, errlen, path);
 		lbw_st_close(st);
 		return rc;
 	}
 	*out = st;
 	return 0;
+}
+
+int lbw_st_sniff(const char *path)
+{
+	unsigned char b[9];
+	/* O_NONBLOCK: a FIFO given by mistake must not hang the open */
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+	if (fd < 0)
+		return -errno;
+	ssize_t r = pread(fd, b, sizeof(b), 0);
+	int e = errno;
+	close(fd);
+	if (r < 0)
+		return -e;
+	if (r < (ssize_t)sizeof(b))
+		return 0;
+	uint64_t hlen = le64(b);
+	return hlen >= 2 && hlen <= LBW_ST_MAX_HEADER && b[8] == '{';
 }
 
 const struct lbw_st_tensor *lbw_st_find(const struct lbw_st *st, const char *name)
@@ -464,11 +509,13 @@ int lbw_bert_load_safetensors(const char *path, int heads, struct lbw_bert **out
 		rc = load_bert(&ld, heads, out);
 	else
 		rc = lbu_fail(err, errlen, -EINVAL, "neither GPT-2 (wte.weight) nor BERT (embeddings.*) tensors");
+	if (rc)
+		name_file(err, errlen, path);
 	lbw_st_close(st);
 	if (rc == 0 && (rc = lbw_bert_pack(*out)) != 0) {
 		lbw_bert_free(*out);
 		*out = NULL;
-		lbu_fail(err, errlen, rc, "out of memory packing the weights");
+		lbu_fail(err, errlen, rc, "%s: out of memory packing the weights", path);
 	}
 	return rc;
 }

@@ -1,4 +1,4 @@
-/* The fleet worker's two model families behind one embed / layer / head interface. */
+/* The fleet worker's model families behind one embed / layer / head interface. */
 #include "scorer.h"
 
 #include <errno.h>
@@ -10,6 +10,7 @@
 #include "kernels.h"
 #include "model_bert.h"
 #include "model_llama.h"
+#include "safetensors.h"
 
 int lbw_scorer_open_llama(struct lbw_scorer *sc, const char *path, char *err, size_t errlen)
 {
@@ -47,6 +48,30 @@ int lbw_scorer_open_llama(struct lbw_scorer *sc, const char *path, char *err, si
 	return 0;
 }
 
+/* Take the encoder m (owned from here on) with its head over the first vocab rows of its
+ * token embedding. */
+static int wrap_bert(struct lbw_scorer *sc, struct lbw_bert *m, int32_t vocab, char *err,
+		     size_t errlen)
+{
+	const struct lbw_bert_config *c = &m->cfg;
+	sc->bert = m;
+	sc->emb = m->wte;
+	sc->head_w = lbk_pack(sc->emb, vocab, c->hidden);
+	sc->logits = malloc((size_t)c->max_seq * (size_t)vocab * sizeof(float));
+	if (c->style == LBW_STYLE_GPT2)
+		sc->final = malloc((size_t)c->max_seq * (size_t)c->hidden * sizeof(float));
+	if (!sc->head_w || !sc->logits || (c->style == LBW_STYLE_GPT2 && !sc->final)) {
+		snprintf(err, errlen, "out of memory");
+		lbw_scorer_close(sc);
+		return -ENOMEM;
+	}
+	sc->n_layers = c->n_layers;
+	sc->hidden = c->hidden;
+	sc->max_seq = c->max_seq;
+	sc->vocab = vocab;
+	return 0;
+}
+
 int lbw_scorer_open_bert(struct lbw_scorer *sc, int32_t vocab, uint64_t seed, char *err,
 			 size_t errlen)
 {
@@ -57,28 +82,58 @@ int lbw_scorer_open_bert(struct lbw_scorer *sc, int32_t vocab, uint64_t seed, ch
 			 (int)vocab, (int)cfg.vocab);
 		return -EINVAL;
 	}
-	sc->bert = lbw_bert_generate(&cfg, seed);
-	if (!sc->bert) {
+	struct lbw_bert *m = lbw_bert_generate(&cfg, seed);
+	if (!m) {
 		int e = errno;
 		snprintf(err, errlen, "cannot generate the BERT-base weights: %s", strerror(e));
 		return -e;
 	}
-	sc->emb = sc->bert->wte;
-	sc->head_w = lbk_pack(sc->emb, vocab, cfg.hidden);
-	sc->logits = malloc((size_t)cfg.max_seq * (size_t)vocab * sizeof(float));
-	if (!sc->head_w || !sc->logits) {
-		snprintf(err, errlen, "out of memory");
-		lbw_scorer_close(sc);
-		return -ENOMEM;
-	}
+	int rc = wrap_bert(sc, m, vocab, err, errlen);
+	if (rc < 0)
+		return rc;
 	snprintf(sc->name, sizeof(sc->name), "bert-base-generated-%016llx", (unsigned long long)seed);
 	/* The weights are a function of the seed and the shape: hash those. */
 	uint64_t id[2] = { seed, (uint64_t)cfg.n_layers << 32 | (uint64_t)cfg.hidden };
 	sc->weights_hash = XXH3_64bits(id, sizeof(id));
-	sc->n_layers = cfg.n_layers;
-	sc->hidden = cfg.hidden;
-	sc->max_seq = cfg.max_seq;
-	sc->vocab = vocab;
+	return 0;
+}
+
+/* What a loaded encoder computes with: its shape, style and epsilon, then every weight. */
+static uint64_t bert_hash(const struct lbw_bert *m)
+{
+	const struct lbw_bert_config *c = &m->cfg;
+	uint32_t eps;
+	memcpy(&eps, &c->eps, sizeof(eps));
+	uint64_t shape[8] = {
+		(uint64_t)c->n_layers, (uint64_t)c->hidden,  (uint64_t)c->heads, (uint64_t)c->ffn,
+		(uint64_t)c->vocab,    (uint64_t)c->max_seq, (uint64_t)c->style, eps,
+	};
+	return XXH3_64bits_withSeed(m->params, (size_t)m->n_params * sizeof(float),
+				    XXH3_64bits(shape, sizeof(shape)));
+}
+
+int lbw_scorer_open_safetensors(struct lbw_scorer *sc, const char *path, int32_t vocab,
+				char *err, size_t errlen)
+{
+	struct lbw_bert *m;
+	memset(sc, 0, sizeof(*sc));
+	int rc = lbw_bert_load_safetensors(path, 0, &m, err, errlen);
+	if (rc < 0)
+		return rc;
+	if (vocab < 2 || vocab > m->cfg.vocab) {
+		snprintf(err, errlen, "%s: a vocabulary of %d tokens; the tokenizer's ids reach %d",
+			 path, (int)m->cfg.vocab, (int)vocab - 1);
+		lbw_bert_free(m);
+		return -EINVAL;
+	}
+	rc = wrap_bert(sc, m, vocab, err, errlen);
+	if (rc < 0)
+		return rc;
+	/* Named by file and weights: another file under the same name registers apart. */
+	const char *base = strrchr(path, '/');
+	sc->weights_hash = bert_hash(m);
+	snprintf(sc->name, sizeof(sc->name), "%.46s-%016llx", base ? base + 1 : path,
+		 (unsigned long long)sc->weights_hash);
 	return 0;
 }
 
@@ -93,6 +148,7 @@ void lbw_scorer_close(struct lbw_scorer *sc)
 	lbw_bert_free(sc->bert);
 	lbk_packed_free(sc->head_w);
 	free(sc->logits);
+	free(sc->final);
 	memset(sc, 0, sizeof(*sc));
 }
 
@@ -120,6 +176,10 @@ double lbw_scorer_head(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, 
 {
 	if (sc->llama)
 		return lbw_llama_score_seq(sc->llama, sc->state, tokens, n, h, top1);
+	if (sc->final) {
+		lbw_bert_final(sc->bert, n, h, sc->final);
+		h = sc->final;
+	}
 	lbk_gemm(sc->logits, h, sc->head_w, NULL, n, 1);
 	double sum = 0;
 	for (int32_t pos = 0; pos + 1 < n; pos++) {

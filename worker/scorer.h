@@ -1,8 +1,9 @@
 /*
  * A model as the fleet's worker scores text with it: embed, layers (lb_layer_fn, for lb_lem_run)
  * and a head giving the next-token NLL and top-1 at every position. Two families: a llama2.c
- * checkpoint, and a BERT-base-shaped encoder with generated weights (compute-heavy; its head is
- * the tied embedding over the tokenizer's vocabulary, a fixed readout to measure fidelity by).
+ * checkpoint, and encoders (a BERT-base-shaped one with generated weights, compute-heavy, or a
+ * GPT-2- or BERT-style safetensors checkpoint), whose head is the tied embedding over the
+ * tokenizer's vocabulary: a fixed readout to measure fidelity by.
  */
 #ifndef LAYERBANK_WORKER_SCORER_H
 #define LAYERBANK_WORKER_SCORER_H
@@ -30,6 +31,8 @@ struct lbw_scorer {
 	struct lbw_bert *bert;
 	struct lbk_packed *head_w; /* bert: emb packed for the head */
 	float *logits;           /* bert: [max_seq][vocab] */
+	float *final;            /* bert of GPT-2 style: [max_seq][hidden] the head's input, the
+				  * last layer's output after ln_f; NULL for BERT style */
 };
 
 /* Load a llama2.c checkpoint. err gets one line. @return 0; as lbw_llama_load; -ENOMEM. */
@@ -41,6 +44,17 @@ int lbw_scorer_open_llama(struct lbw_scorer *sc, const char *path, char *err, si
  */
 int lbw_scorer_open_bert(struct lbw_scorer *sc, int32_t vocab, uint64_t seed, char *err,
 			 size_t errlen);
+/*
+ * A GPT-2- or BERT-style safetensors checkpoint (lbw_bert_load_safetensors: style from the
+ * tensor names, heads hidden / 64), its head scoring the first vocab rows of its token
+ * embedding. Named "FILE-HASH" (FILE the path's last component, cut to 46 bytes), its
+ * weights_hash an XXH3 of its shape and weights: two files of other weights never share cache
+ * entries. err gets one line naming the file.
+ * @return 0; -EINVAL (vocab outside 2..the checkpoint's vocabulary); the errors of
+ * lbw_bert_load_safetensors; -ENOMEM.
+ */
+int lbw_scorer_open_safetensors(struct lbw_scorer *sc, const char *path, int32_t vocab,
+				char *err, size_t errlen);
 void lbw_scorer_close(struct lbw_scorer *sc);
 
 /* h [n][hidden] = the embedding of tokens[0..n-1]; remembers n for the layers.

@@ -12,8 +12,9 @@ struct lbw_scorer;
 struct lbw_tokenizer;
 struct lbw_cache;
 
-/* Tokens the BERT-base-shaped model's head scores: the shipped tokenizer's vocabulary. */
-#define LBW_SERVE_BERT_VOCAB 512
+/* Tokens an encoder's head scores (bert-base, a safetensors file): the shipped tokenizer's
+ * vocabulary. */
+#define LBW_SERVE_ENCODER_VOCAB 512
 /* Longest request line serve reads; a longer one is answered with an error and skipped. */
 #define LBW_SERVE_MAX_LINE (64u << 10)
 
