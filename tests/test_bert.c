@@ -504,7 +504,7 @@ static void roundtrip(enum lbw_bert_style style)
 	assert_memory_equal(y, y2, sizeof(y));
 	lbw_bert_free(m);
 	lbw_bert_free(ld);
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 }
 
 static void test_safetensors_gpt2_roundtrip(void **state)
@@ -633,7 +633,7 @@ static void test_safetensors_hostile(void **state)
 	snprintf(path, sizeof(path), "%s/bad.safetensors", dir);
 	assert_int_equal(lbw_bert_load_safetensors(path, 0, &ld, err, sizeof(err)), -EINVAL);
 	lbw_bert_free(m);
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 }
 
 /* ---- layerbank-worker score / serve --model FILE.safetensors ---- */
@@ -801,7 +801,7 @@ static void cli_scores(enum lbw_bert_style style)
 	assert_int_equal(hit2, 1); /* the top of 2 layers */
 	assert_true(fabs(nll1 - want) <= CLI_TOL * (n - 1));
 	assert_true(nll1 == nll2); /* the hit gives the top layer's own output */
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 }
 
 static void test_cli_score_gpt2_file(void **state)
@@ -864,7 +864,7 @@ static void test_cli_file_identity(void **state)
 	printf("names: %s, %s (a copy elsewhere), %s (other weights)\n", na, nb, nc);
 	assert_string_equal(na, nb);
 	assert_string_not_equal(na, nc);
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 }
 
 static int count_lines(const char *s)
@@ -949,7 +949,7 @@ static void test_cli_bad_files(void **state)
 			fail_msg("case %zu: status %d, want exit %d, one line with '%s' and '%s'",
 				 i, st, cases[i].status, cases[i].want, cases[i].want2);
 	}
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 }
 
 int main(void)

@@ -83,7 +83,7 @@ static int setup_dir(void **state)
 static int teardown_dir(void **state)
 {
 	struct fixture *fx = *state;
-	lbt_rmtree(fx->dir);
+	lbu_rmtree(fx->dir);
 	free(fx);
 	return 0;
 }

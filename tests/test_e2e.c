@@ -133,7 +133,7 @@ static void test_fleet_report(void **state)
 	assert_int_equal(fread(sig, 1, 8, f), 8);
 	fclose(f);
 	assert_memory_equal(sig, "\x89PNG\r\n\x1a\n", 8);
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 }
 
 static void test_bad_options(void **state)

@@ -514,7 +514,7 @@ static void test_score_matches_fp64_reference(void **state)
 	       used, avg, sum_nll / (double)sum_pred, exp(sum_nll / (double)sum_pred), max_diff);
 	assert_true(avg >= 1.3 && avg <= 1.45);
 
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 	lbw_llama_state_free(&s);
 	free(r.all);
 	for (int i = 0; paras[i]; i++)
@@ -674,7 +674,7 @@ static void test_bad_checkpoints(void **state)
 	lbw_llama_state_free(&s);
 	lbw_llama_free(&m);
 
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 	free(good);
 }
 
@@ -726,7 +726,7 @@ static void test_bad_tokenizers(void **state)
 	assert_int_equal(lbw_tokenizer_load(&t, TOK, 512, err, sizeof(err)), 0);
 	lbw_tokenizer_free(&t);
 
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 	free(good);
 }
 
@@ -792,7 +792,7 @@ static void test_cli_errors(void **state)
 	const char *a[] = { "score", "--model", MODEL, "--tokenizer", TOK, "--text-file", path, NULL };
 	int st = run_worker(a, out, sizeof(out));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 1 && count_lines(out) == 1);
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 	/* a prompt is forced, then generation continues; --steps counts positions */
 	const char *g[] = { "generate", "--model", MODEL, "--tokenizer", TOK, "--prompt",
 			    "Once upon a time", "--steps", "10", NULL };

@@ -96,7 +96,7 @@ static void test_journal_detected_by_dev_ino_only(void **state)
 		 (unsigned long long)st.st_ino);
 	assert_int_equal(lbd_log_detect(fileno(f), env), LBD_LOG_PLAIN);
 	fclose(f);
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 }
 
 /* Journal lines carry sd-daemon's <N> and no timestamp; plain lines a timestamp and level. */

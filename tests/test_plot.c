@@ -202,7 +202,7 @@ static int make_dir(void **state)
 
 static int remove_dir(void **state)
 {
-	lbt_rmtree(*state);
+	lbu_rmtree(*state);
 	free(*state);
 	return 0;
 }

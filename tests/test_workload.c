@@ -503,7 +503,7 @@ static void test_corpus_exhaustion(void **state)
 		   "Birds sing songs in the tall green trees.\nFish swim in the deep blue sea.\n"
 		   "\nThe sun is warm and bright in summer.\n");
 	assert_int_equal(lbw_paragraphs_load(path, 1, 0, &p, err, sizeof(err)), 0);
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 	assert_int_equal(p.n, 5);
 
 	struct lbw_workload_cfg c = lbw_workload_defaults();
@@ -597,7 +597,7 @@ static void test_loader(void **state)
 	err[0] = '\0';
 	assert_int_equal(lbw_paragraphs_load(big, 0, 0, &p, err, sizeof(err)), -EFBIG);
 	assert_true(strlen(err) > 0);
-	lbt_rmtree(dir);
+	lbu_rmtree(dir);
 	assert_int_not_equal(access(dir, F_OK), 0);
 }
 

@@ -28,19 +28,6 @@ void lbt_mkdtemp(char *out, size_t n)
 	}
 }
 
-static int rm_one(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	(void)sb;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-void lbt_rmtree(const char *dir)
-{
-	nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
 void lbt_env_make(struct lbt_env *env)
 {
 	memset(env, 0, sizeof(*env));
@@ -60,7 +47,7 @@ void lbt_env_remove(struct lbt_env *env)
 		if (env->kids[i] > 0)
 			lbt_kill(env, env->kids[i]);
 	lbt_daemon_kill(env);
-	lbt_rmtree(env->dir);
+	lbu_rmtree(env->dir);
 }
 
 int lbt_env_setup(void **state)
@@ -370,14 +357,7 @@ static long hp_orig = -1;
 
 static long read_nr(void)
 {
-	FILE *f = fopen(NR_HUGEPAGES, "r");
-	long v = -1;
-	if (!f)
-		return -1;
-	if (fscanf(f, "%ld", &v) != 1)
-		v = -1;
-	fclose(f);
-	return v;
+	return lbu_read_long(NR_HUGEPAGES);
 }
 
 static int write_nr(long v)

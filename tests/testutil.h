@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <sys/types.h>
 
+#include "io.h"
+
 /* Exit code CTest reads as SKIP (SKIP_RETURN_CODE 77). */
 #define LBT_SKIP_CODE 77
 #define LBT_SKIP(...)                                       \
@@ -105,8 +107,7 @@ void lbt_kill(struct lbt_env *env, pid_t pid);
 
 /* Make a fresh folder under $TMPDIR (or /tmp) into out; aborts the test on failure. */
 void lbt_mkdtemp(char *out, size_t n);
-/* Remove a folder made by lbt_mkdtemp and everything in it. */
-void lbt_rmtree(const char *dir);
+/* Remove it again, with everything in it: lbu_rmtree (util/io.h). */
 
 /* HugePages_Free from /proc/meminfo, -1 when unreadable. */
 long lbt_hugepages_free(void);

@@ -58,11 +58,9 @@ int lbu_write_all(int fd, const void *p, size_t n)
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
 	(void)st;
+	(void)flag;
 	(void)ftw;
-	if (flag == FTW_DP)
-		rmdir(path);
-	else
-		unlink(path);
+	remove(path); /* a file or, FTW_DEPTH, an emptied folder; on to the next either way */
 	return 0;
 }
 
