@@ -655,7 +655,7 @@ struct change {
 static void dom_change(struct dom *d, const struct change *c)
 {
 	msgpack_object *map, *v;
-	uint32_t idx;
+	uint32_t idx = 0;
 
 	v = dom_find(d, c->path, &map, &idx);
 	if (c->op == OP_SET) {
