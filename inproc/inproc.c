@@ -43,6 +43,9 @@ struct lbip_bank *lbip_bank_new(uint64_t budget, const struct lbd_store_cfg *cfg
 	uint8_t boot_id[16];
 	int fds[2] = { -1, -1 }, ret;
 
+	/* The daemon's code logs through the process's one logger: its start-up lines are not the
+	 * host program's business, its warnings are. */
+	lbd_log_setup(LBD_LOG_WARN, 0);
 	if (!budget || budget > LOCAL_MAX_BUDGET) {
 		snprintf(err, errlen, "in-process bank: budget must be 1 byte .. 1 TiB");
 		errno = EINVAL;
@@ -65,9 +68,6 @@ struct lbip_bank *lbip_bank_new(uint64_t budget, const struct lbd_store_cfg *cfg
 	if (ret < 0)
 		goto fail;
 	l->have_arena = true;
-	/* The daemon's code logs through the process's one logger: its start-up lines are not the
-	 * host program's business, its warnings are. */
-	lbd_log_setup(LBD_LOG_WARN, 0);
 	struct lbd_store_cfg sc;
 	if (cfg) {
 		sc = *cfg;
