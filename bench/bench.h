@@ -43,6 +43,13 @@ void lbb_die(const char *bench, const char *what, int err) __attribute__((noretu
 
 void lbb_sleep_ms(long ms);
 
+/*
+ * A new folder base/layerbank-bench-NAME.XXXXXX into dir (n bytes; base NULL or "": $TMPDIR, else
+ * /tmp), and cleanup to run at exit, SIGINT and SIGTERM (it stops what the benchmark started and
+ * removes the folder). Dies when the folder cannot be made.
+ */
+void lbb_tempdir(char *dir, size_t n, const char *base, const char *bench, void (*cleanup)(void));
+
 /* Start argv (argv[0] a path) with stdout and stderr going to the file log. @return its pid,
  * -1 with errno when fork failed. */
 pid_t lbb_spawn(const char *const *argv, const char *log);

@@ -114,14 +114,9 @@ int bench_churn_main(int argc, char **argv)
 		}
 		json = true;
 	}
-	const char *tmp = getenv("TMPDIR");
-	snprintf(cdir, sizeof(cdir), "%s/layerbank-churn.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-	if (!mkdtemp(cdir))
-		lbb_die("churn", "mkdtemp", errno);
+	lbb_tempdir(cdir, sizeof(cdir), NULL, "churn", ccleanup);
 	snprintf(csock, sizeof(csock), "%s/lb.sock", cdir);
 	snprintf(cdlog, sizeof(cdlog), "%s/daemon.log", cdir);
-	atexit(ccleanup);
-	signal(SIGINT, exit);
 	start_daemon();
 
 	quiet = malloc(MAX_SAMPLES * sizeof(*quiet));

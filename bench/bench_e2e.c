@@ -129,12 +129,6 @@ static void cleanup(void)
 	fleet.dir[0] = '\0';
 }
 
-static void on_signal(int sig)
-{
-	(void)sig;
-	exit(1); /* runs cleanup() */
-}
-
 /* Print the last lines of a log file to stderr. */
 static void show_log(const char *path)
 {
@@ -861,14 +855,7 @@ int bench_e2e_main(int argc, char **argv)
 		return 1;
 	}
 
-	snprintf(fleet.dir, sizeof(fleet.dir), "/tmp/lbe2e.XXXXXX");
-	if (!mkdtemp(fleet.dir)) {
-		fprintf(stderr, "layerbank-bench e2e: mkdtemp: %s\n", strerror(errno));
-		return 1;
-	}
-	atexit(cleanup);
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
+	lbb_tempdir(fleet.dir, sizeof(fleet.dir), NULL, "e2e", cleanup);
 	signal(SIGPIPE, SIG_IGN);
 
 	struct run runs[N_MODES], sweep[N_TAU];

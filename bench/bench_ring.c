@@ -40,12 +40,6 @@ static void cleanup(void)
 	lbu_rmtree(dir);
 }
 
-static void on_signal(int sig)
-{
-	(void)sig;
-	exit(1); /* runs cleanup() */
-}
-
 /* ---- statistics ---- */
 
 static double pct_us(uint64_t *ns, size_t n, double p)
@@ -355,14 +349,7 @@ int bench_ring_main(int argc, char **argv)
 		}
 	}
 
-	const char *tmp = getenv("TMPDIR");
-	if ((size_t)snprintf(dir, sizeof(dir), "%s/layerbank-bench.XXXXXX", tmp && *tmp ? tmp : "/tmp") >= sizeof(dir))
-		snprintf(dir, sizeof(dir), "/tmp/layerbank-bench.XXXXXX");
-	if (!mkdtemp(dir))
-		lbb_die("ring", "mkdtemp", errno);
-	atexit(cleanup);
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
+	lbb_tempdir(dir, sizeof(dir), NULL, "ring", cleanup);
 	snprintf(sock_path, sizeof(sock_path), "%s/lb.sock", dir);
 	snprintf(redis_sock, sizeof(redis_sock), "%s/redis.sock", dir);
 

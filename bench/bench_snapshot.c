@@ -44,12 +44,6 @@ static void scleanup(void)
 	lbu_rmtree(sdir);
 }
 
-static void son_signal(int sig)
-{
-	(void)sig;
-	exit(1); /* runs scleanup() */
-}
-
 /* Start the daemon; @return ms from fork to its first answer (it answers after the restore). */
 static double start_daemon(const char *arena, const char *snapshot)
 {
@@ -226,7 +220,7 @@ int bench_snapshot_main(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
-	const char *arena = "256M", *base = getenv("TMPDIR");
+	const char *arena = "256M", *base = NULL;
 	uint64_t arena_bytes;
 	int json = 0, ch;
 
@@ -257,12 +251,7 @@ int bench_snapshot_main(int argc, char **argv)
 			return 2;
 		}
 	}
-	snprintf(sdir, sizeof(sdir), "%s/layerbank-bench-snap.XXXXXX", base && *base ? base : "/tmp");
-	if (!mkdtemp(sdir))
-		lbb_die("snapshot", "mkdtemp", errno);
-	atexit(scleanup);
-	signal(SIGINT, son_signal);
-	signal(SIGTERM, son_signal);
+	lbb_tempdir(sdir, sizeof(sdir), base, "snapshot", scleanup);
 	snprintf(ssock, sizeof(ssock), "%s/lb.sock", sdir);
 	snprintf(slog, sizeof(slog), "%s/daemon.log", sdir);
 	snprintf(spath, sizeof(spath), "%s/bench.snap", sdir);

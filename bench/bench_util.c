@@ -24,6 +24,30 @@ void lbb_sleep_ms(long ms)
 	nanosleep(&ts, NULL);
 }
 
+static void exit_on_signal(int sig)
+{
+	(void)sig;
+	exit(1); /* runs the atexit cleanup */
+}
+
+void lbb_tempdir(char *dir, size_t n, const char *base, const char *bench, void (*cleanup)(void))
+{
+	if (!base || !*base)
+		base = getenv("TMPDIR");
+	if (!base || !*base)
+		base = "/tmp";
+	if ((size_t)snprintf(dir, n, "%s/layerbank-bench-%s.XXXXXX", base, bench) >= n)
+		lbb_die(bench, "the temporary folder's path is too long", ENAMETOOLONG);
+	if (!mkdtemp(dir)) {
+		int e = errno;
+		dir[0] = '\0';
+		lbb_die(bench, "mkdtemp", e);
+	}
+	atexit(cleanup);
+	signal(SIGINT, exit_on_signal);
+	signal(SIGTERM, exit_on_signal);
+}
+
 /* ---- processes ---- */
 
 pid_t lbb_spawn(const char *const *argv, const char *log)
