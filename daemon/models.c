@@ -35,6 +35,8 @@ static int differs(const struct lbp_register_model *e, const struct lbp_register
 		{ "fp.chunks", e->fp.chunks, d->fp.chunks, 0 },
 		{ "fp.bits", e->fp.bits, d->fp.bits, 0 },
 		{ "fp.seed", e->fp.seed, d->fp.seed, 1 },
+		{ "kv.dim", e->kv.dim, d->kv.dim, 0 },
+		{ "kv.block_tokens", e->kv.block_tokens, d->kv.block_tokens, 0 },
 	};
 	for (size_t k = 0; k < sizeof(f) / sizeof(f[0]); k++) {
 		if (f[k].have == f[k].want)
@@ -47,6 +49,17 @@ static int differs(const struct lbp_register_model *e, const struct lbp_register
 		return 1;
 	}
 	return 0;
+}
+
+int lbd_models_valid(const struct lbp_register_model *d, const char **field, char *why,
+		     size_t whylen)
+{
+	if ((d->kv.dim == 0) == (d->kv.block_tokens == 0))
+		return 0;
+	*field = "kv.block_tokens";
+	snprintf(why, whylen, "model '%s': kv.block_tokens %u with kv.dim %u (both 0: no prefix "
+		 "blocks; else both at least 1)", d->name, d->kv.block_tokens, d->kv.dim);
+	return -EINVAL;
 }
 
 static int add(struct lbd_models *m, const struct lbp_register_model *d, uint8_t provisional,

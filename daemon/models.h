@@ -18,6 +18,11 @@ struct lbd_models {
 	uint32_t count;
 };
 
+/* What the codec's ranges cannot say: kv.dim and kv.block_tokens both 0 (no prefix blocks) or
+ * both at least 1. @return 0; -EINVAL with *field and why set. */
+int lbd_models_valid(const struct lbp_register_model *d, const char **field, char *why,
+		     size_t whylen);
+
 /*
  * Register d or find its twin. @return 1 (created) or 0 (existing, equal) with *id set;
  * -EEXIST when the name is taken by another description, with *field naming the first field

@@ -280,6 +280,10 @@ static void on_register(struct lbd_conn *c, const struct lbp_register_model *d)
 		conn_error(c, false, EACCES, "name", why);
 		return;
 	}
+	if (lbd_models_valid(d, &field, why, sizeof(why)) < 0) {
+		conn_error(c, false, EINVAL, field, why);
+		return;
+	}
 	/* A model restored from a snapshot is taken back when its first client disagrees. */
 	uint32_t retired = lbd_models_settle(&c->s->models, d, why, sizeof(why));
 	if (retired) {

@@ -177,90 +177,161 @@ static bool model_ok(struct lbd_store *st, const struct lbd_dpclient *c, const s
 	return false;
 }
 
-static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r, struct lb_cpl *out)
+static const uint8_t *staging_of(const struct lbd_dpclient *c)
 {
-	const uint8_t *staging = c->base + c->layout.staging_off;
+	return c->base + c->layout.staging_off;
+}
 
-	memset(out, 0, sizeof(*out));
-	out->user_data = r->user_data;
-	out->opcode = r->opcode;
-	if (!reserved_zero(r)) {
+static void serve_ping(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r,
+		       struct lb_cpl *out)
+{
+	(void)st;
+	(void)c;
+	if (r->model_id || r->lease || r->payload_off || r->payload_len || r->layer || r->seq_len ||
+	    r->aux)
+		out->status = -EINVAL;
+}
+
+static void serve_lookup(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r,
+			 struct lb_cpl *out)
+{
+	/* Copied out before use: the client may rewrite staging at any moment. */
+	struct {
+		struct lb_query q;
+		float thr[LBP_MAX_LAYERS];
+	} p;
+	if (r->lease || r->aux || !payload_ok(c, r, sizeof(p.q), sizeof(p.q) + sizeof(p.thr)) ||
+	    (r->payload_len - sizeof(p.q)) % sizeof(float)) {
 		out->status = -EINVAL;
 		return;
 	}
-	switch (r->opcode) {
-	case LB_OP_PING:
-		if (r->model_id || r->lease || r->payload_off || r->payload_len || r->layer ||
-		    r->seq_len || r->aux)
-			out->status = -EINVAL;
+	memcpy(&p, staging_of(c) + r->payload_off, r->payload_len);
+	if (p.q.reserved || p.q.n_thr != (r->payload_len - sizeof(p.q)) / sizeof(float)) {
+		out->status = -EINVAL;
 		return;
-	case LB_OP_LOOKUP:
-	case LB_OP_LOOKUP_DEEPEST: {
-		/* Copied out before use: the client may rewrite staging at any moment. */
-		struct {
-			struct lb_query q;
-			float thr[LBP_MAX_LAYERS];
-		} p;
-		if (r->lease || r->aux ||
-		    !payload_ok(c, r, sizeof(p.q), sizeof(p.q) + sizeof(p.thr)) ||
-		    (r->payload_len - sizeof(p.q)) % sizeof(float)) {
-			out->status = -EINVAL;
-			return;
-		}
-		memcpy(&p, staging + r->payload_off, r->payload_len);
-		if (p.q.reserved || p.q.n_thr != (r->payload_len - sizeof(p.q)) / sizeof(float)) {
-			out->status = -EINVAL;
-			return;
-		}
-		if (!model_ok(st, c, r, out))
-			return;
+	}
+	if (model_ok(st, c, r, out))
 		lbd_store_lookup(st, &c->leases, r, &p.q, p.thr, out);
+}
+
+/* An insert's header area (LB_INSERT_HDR_SIZE bytes at the payload) copied out into hdr (size
+ * bytes of it, the rest reserved: zero, so that it can gain a meaning). @return false when the
+ * request or the reserved bytes are wrong. */
+static bool insert_hdr(const struct lbd_dpclient *c, const struct lb_req *r, void *hdr, size_t size)
+{
+	uint8_t raw[LB_INSERT_HDR_SIZE];
+
+	if (r->lease || r->aux || !payload_ok(c, r, LB_INSERT_HDR_SIZE, UINT32_MAX))
+		return false;
+	memcpy(raw, staging_of(c) + r->payload_off, sizeof(raw));
+	for (size_t i = size; i < sizeof(raw); i++)
+		if (raw[i])
+			return false;
+	memcpy(hdr, raw, size);
+	return true;
+}
+
+static void serve_insert(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r,
+			 struct lb_cpl *out)
+{
+	struct lb_insert_hdr h;
+
+	if (!insert_hdr(c, r, &h, sizeof(h)) || !lbd_store_insert_hdr_ok(r, &h)) {
+		out->status = -EINVAL;
 		return;
 	}
-	case LB_OP_INSERT: {
-		union {
-			struct lb_insert_hdr h;
-			uint8_t raw[LB_INSERT_HDR_SIZE];
-		} u;
-		if (r->lease || r->aux || !payload_ok(c, r, LB_INSERT_HDR_SIZE, UINT32_MAX)) {
-			out->status = -EINVAL;
-			return;
-		}
-		memcpy(&u, staging + r->payload_off, sizeof(u));
-		/* The header's unused tail is reserved: zero, so that it can gain a meaning. */
-		for (size_t i = sizeof(u.h); i < sizeof(u.raw); i++)
-			if (u.raw[i]) {
-				out->status = -EINVAL;
-				return;
-			}
-		struct lb_insert_hdr h = u.h;
-		if (!lbd_store_insert_hdr_ok(r, &h)) {
-			out->status = -EINVAL;
-			return;
-		}
-		if (!model_ok(st, c, r, out))
-			return;
-		lbd_store_insert(st, c->account, r, &h, staging + r->payload_off + LB_INSERT_HDR_SIZE, out);
+	if (model_ok(st, c, r, out))
+		lbd_store_insert(st, c->account, r, &h,
+				 staging_of(c) + r->payload_off + LB_INSERT_HDR_SIZE, out);
+}
+
+static void serve_lease_op(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r,
+			   struct lb_cpl *out)
+{
+	float drift;
+
+	if (r->model_id || r->payload_off || r->payload_len || r->layer || r->seq_len ||
+	    (r->opcode == LB_OP_RELEASE && r->aux)) {
+		out->status = -EINVAL;
 		return;
 	}
-	case LB_OP_RELEASE:
-	case LB_OP_REPORT: {
-		float drift;
-		if (r->model_id || r->payload_off || r->payload_len || r->layer || r->seq_len ||
-		    (r->opcode == LB_OP_RELEASE && r->aux)) {
-			out->status = -EINVAL;
-			return;
-		}
-		if (r->opcode == LB_OP_RELEASE) {
-			lbd_store_release(st, &c->leases, r->lease, out);
-			return;
-		}
-		memcpy(&drift, &r->aux, sizeof(drift));
-		lbd_store_report(st, &c->leases, r->lease, drift, out);
+	if (r->opcode == LB_OP_RELEASE) {
+		lbd_store_release(st, &c->leases, r->lease, out);
 		return;
 	}
+	memcpy(&drift, &r->aux, sizeof(drift));
+	lbd_store_report(st, &c->leases, r->lease, drift, out);
+}
+
+/* The keys are copied out, and a hit's answers written over them (Ring protocol 8): the
+ * client's staging is the client's, so what it does to them meanwhile harms only itself. */
+static void serve_lookup_prefix(struct lbd_store *st, struct lbd_dpclient *c,
+				const struct lb_req *r, struct lb_cpl *out)
+{
+	struct lb_prefix_query q;
+	uint64_t keys[LB_PREFIX_MAX_BLOCKS][2];
+	struct lb_prefix_block blk[LB_PREFIX_MAX_BLOCKS];
+	const uint64_t key_bytes = sizeof(keys[0]);
+
+	if (r->lease || r->aux || r->layer || r->seq_len ||
+	    !payload_ok(c, r, sizeof(q) + key_bytes, sizeof(q) + sizeof(keys)) ||
+	    (r->payload_len - sizeof(q)) % key_bytes) {
+		out->status = -EINVAL;
+		return;
 	}
-	out->status = -EINVAL; /* unknown opcode */
+	memcpy(&q, staging_of(c) + r->payload_off, sizeof(q));
+	if (q.reserved || q.n_keys != (r->payload_len - sizeof(q)) / key_bytes) {
+		out->status = -EINVAL;
+		return;
+	}
+	memcpy(keys, staging_of(c) + r->payload_off + sizeof(q), q.n_keys * key_bytes);
+	if (!model_ok(st, c, r, out))
+		return;
+	lbd_store_lookup_prefix(st, &c->leases, r, (const uint64_t(*)[2])keys, q.n_keys, blk, out);
+	if (out->status == 0)
+		memcpy(c->base + c->layout.staging_off + r->payload_off + sizeof(q), blk,
+		       out->count * sizeof(blk[0]));
+}
+
+static void serve_insert_block(struct lbd_store *st, struct lbd_dpclient *c,
+			       const struct lb_req *r, struct lb_cpl *out)
+{
+	struct lb_block_hdr h;
+
+	if (r->layer || !insert_hdr(c, r, &h, sizeof(h)) || !lbd_store_block_hdr_ok(r, &h)) {
+		out->status = -EINVAL;
+		return;
+	}
+	if (model_ok(st, c, r, out))
+		lbd_store_insert_block(st, c->account, r, &h,
+				       staging_of(c) + r->payload_off + LB_INSERT_HDR_SIZE, out);
+}
+
+typedef void (*serve_fn)(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r,
+			 struct lb_cpl *out);
+
+/* Indexed by enum lb_op. */
+static const serve_fn serve_op[LB_OP_MAX + 1] = {
+	[LB_OP_PING] = serve_ping,
+	[LB_OP_LOOKUP_DEEPEST] = serve_lookup,
+	[LB_OP_LOOKUP] = serve_lookup,
+	[LB_OP_INSERT] = serve_insert,
+	[LB_OP_RELEASE] = serve_lease_op,
+	[LB_OP_REPORT] = serve_lease_op,
+	[LB_OP_LOOKUP_PREFIX] = serve_lookup_prefix,
+	[LB_OP_INSERT_BLOCK] = serve_insert_block,
+};
+
+static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r, struct lb_cpl *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->user_data = r->user_data;
+	out->opcode = r->opcode;
+	if (!reserved_zero(r) || r->opcode < LB_OP_MIN || r->opcode > LB_OP_MAX) {
+		out->status = -EINVAL; /* unknown opcode */
+		return;
+	}
+	serve_op[r->opcode](st, c, r, out);
 }
 
 /* Serve up to max requests of one client. @return requests served. */

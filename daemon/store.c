@@ -1,12 +1,12 @@
-/* layerbankd store: banks of per-layer entries keyed by input, lookups (exact hash, then the
- * nearest SimHash), inserts with room made by the eviction policy, leases, counters. */
-#include "store.h"
+/* layerbankd store, the core: banks, the slot tables of entries, inputs and prefix blocks, the
+ * lists of live entries and eviction candidates, room made by the policy, leases, accounts,
+ * run-time settings, FLUSH and counters. Lookups and inserts are in store_layer.c (layer
+ * entries) and store_block.c (prefix blocks), snapshots in store_snap.c. */
+#include "store_internal.h"
 
 #include <errno.h>
 #include <immintrin.h>
 #include <math.h>
-#include <stdatomic.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,94 +17,14 @@
 #include "fpindex.h"
 #include "log.h"
 
-#define NONE UINT32_MAX
-#define SAMPLE 16u           /* entries looked at per eviction (exact below this many) */
+#define SAMPLE 16u           /* candidates looked at per eviction (exact below this many) */
 #define MAX_EVICT_ROUNDS 256 /* per insert, before giving up with -ENOSPC */
 #define NT_COPY_MIN (64u << 10) /* copies this large bypass the cache: read by other cores */
 #define RNG_SEED 0x9e3779b97f4a7c15ull /* eviction sampling: the same in every store */
 
-/* A cached layer of an input. Slot ids are stable; gen changes on reuse. */
-struct entry {
-	uint32_t input;
-	uint32_t gen;
-	uint32_t leases;
-	uint32_t live_pos;  /* in st->live, while evictable or leased and published */
-	uint64_t off;       /* of struct lb_entry_hdr in its arena */
-	uint64_t bytes;     /* allocated */
-	uint64_t created_ns, last_ns;
-	double score;       /* decay policy: hits, decayed to score_ns */
-	uint64_t score_ns;
-	uint16_t layer;
-	uint8_t arena;
-	uint8_t state;      /* FREE, PENDING (being copied), LIVE, DOOMED (out of the index) */
-	uint32_t next_free;
-	uint32_t account;   /* the inserting client's account charged with bytes; 0: none */
-};
-enum { E_FREE = 0, E_PENDING, E_LIVE, E_DOOMED };
-
-/* A client's insert account (client-insert-bytes): the arena bytes its entries hold, from the
- * insert until the memory is freed (evicted, expired, invalidated or flushed, and the last
- * lease on it ended). It outlives the client: entries stay after their inserter left and give
- * their bytes back as they go; the account goes with the last of them. */
-struct account {
-	uint64_t used;      /* sum of bytes of the entries charged to it */
-	uint64_t limit;     /* 0: no limit */
-	uint32_t next_free;
-	uint8_t open;       /* its client is still connected */
-	uint8_t in_use;
-};
-
-/* An input: a token sequence seen before, with the layers cached for it. */
-struct input {
-	uint64_t fp[LB_FP_WORDS];
-	uint64_t exact[2];
-	uint32_t bank;       /* model_id - 1 */
-	uint32_t seq_len;
-	uint32_t n_cached;   /* layers with an entry (LIVE or PENDING) */
-	uint32_t *layer;     /* [n_layers]: entry slot or NONE */
-	uint32_t next_free;
-	uint8_t used;
-};
-
-struct bank {
-	struct lbp_register_model desc;
-	struct lbd_fpindex *fps;
-	struct lbd_exactmap *exact;
-	struct lbp_layer_stats *layer; /* [n_layers] */
-	double *tau;                   /* [n_layers]: the layer's own threshold, NAN: cfg.tau */
-	uint32_t max_d_default;        /* radius for the thresholds in effect: the loosest layer's */
-	uint32_t good_d_default;       /* and the tightest layer's: within it every layer's is met */
-	bool retired;                  /* lbd_store_drop_model: answers as no model; its memory
-					* stays for inserts that were copying when it went */
-};
-
-struct lbd_store {
-	pthread_mutex_t lock;
-	atomic_uint acquired; /* times the lock was taken (store_lock): how FLUSH sees a hand-over */
-	struct lbd_store_cfg cfg;
-	struct lbd_arena *arenas;
-	struct lbd_alloc *alloc[LBP_MAX_ARENAS];
-	unsigned n_arenas;
-	struct bank *banks;   /* [n_banks], index model_id - 1; desc.n_layers 0: none yet */
-	uint32_t n_banks;
-	struct entry *e;
-	uint32_t e_cap, e_free;
-	struct input *in;
-	uint32_t in_cap, in_free;
-	uint32_t *live;       /* LIVE or DOOMED-but-leased entries, for sampling */
-	uint32_t n_live, live_cap;
-	uint32_t n_pending;   /* PENDING entries: live_cap > n_live + n_pending (live_reserve) */
-	uint64_t rng;
-	uint64_t data_bytes;  /* the arenas' data areas: the largest budget */
-	uint64_t pinned;      /* bytes no eviction can free: leased LIVE and PENDING entries */
-	struct account *acct; /* [acct_cap], id = slot + 1 */
-	uint32_t acct_cap, acct_free;
-	struct lbp_stats_reply c; /* data-plane counters */
-};
-
 /* Every taking of the store lock goes through here, so that a long holder that lets the lock go
  * (FLUSH) can see whether another thread got it. */
-static void store_lock(struct lbd_store *st)
+void store_lock(struct lbd_store *st)
 {
 	pthread_mutex_lock(&st->lock);
 	/* Only the holder writes it: a plain load and store, not a locked read-modify-write on
@@ -138,9 +58,9 @@ static uint64_t rnd(struct lbd_store *st)
 	return st->rng;
 }
 
-/* ---- slot tables ---- */
+/* ---- slot tables and lists ---- */
 
-static int grow(void **arr, uint32_t *cap, size_t elem, uint32_t *free_head, size_t next_off)
+int store_grow(void **arr, uint32_t *cap, size_t elem, uint32_t *free_head, size_t next_off)
 {
 	uint32_t old = *cap, ncap = old ? old * 2 : 1024;
 	char *p = realloc(*arr, (size_t)ncap * elem);
@@ -157,10 +77,11 @@ static int grow(void **arr, uint32_t *cap, size_t elem, uint32_t *free_head, siz
 	return 0;
 }
 
-static uint32_t entry_get(struct lbd_store *st)
+uint32_t store_entry_new(struct lbd_store *st, uint8_t kind, uint32_t bank)
 {
 	if (st->e_free == NONE &&
-	    grow((void **)&st->e, &st->e_cap, sizeof(*st->e), &st->e_free, offsetof(struct entry, next_free)))
+	    store_grow((void **)&st->e, &st->e_cap, sizeof(*st->e), &st->e_free,
+		       offsetof(struct entry, next_free)))
 		return NONE;
 	uint32_t id = st->e_free;
 	struct entry *e = &st->e[id];
@@ -168,11 +89,13 @@ static uint32_t entry_get(struct lbd_store *st)
 	st->e_free = e->next_free;
 	memset(e, 0, sizeof(*e));
 	e->gen = gen + 1;
-	e->live_pos = NONE;
+	e->live_pos = e->cand_pos = e->owner = NONE;
+	e->kind = kind;
+	e->bank = bank;
 	return id;
 }
 
-static void entry_put(struct lbd_store *st, uint32_t id)
+void store_entry_put(struct lbd_store *st, uint32_t id)
 {
 	struct entry *e = &st->e[id];
 	e->state = E_FREE;
@@ -181,36 +104,59 @@ static void entry_put(struct lbd_store *st, uint32_t id)
 	st->e_free = id;
 }
 
-/* Room in live[] for every entry placed so far (live, leased or pending), so that an entry
- * going live later cannot fail for want of memory. @return 0, -ENOMEM. */
-static int live_reserve(struct lbd_store *st)
+/* A list of entry ids with each one's position in the entry (pos_off): O(1) add and delete. */
+static int list_room(uint32_t **list, uint32_t *cap, uint32_t need)
 {
-	if (st->n_live + st->n_pending < st->live_cap)
+	if (need <= *cap)
 		return 0;
-	uint32_t ncap = st->live_cap ? st->live_cap * 2 : 1024;
-	uint32_t *p = realloc(st->live, sizeof(*p) * ncap);
+	uint32_t ncap = *cap ? *cap * 2 : 1024;
+	while (ncap < need)
+		ncap *= 2;
+	uint32_t *p = realloc(*list, sizeof(*p) * ncap);
 	if (!p)
 		return -ENOMEM;
-	st->live = p;
-	st->live_cap = ncap;
+	*list = p;
+	*cap = ncap;
 	return 0;
 }
 
-/* Called only for an entry placed by entry_place, which reserved its room. */
-static void live_add(struct lbd_store *st, uint32_t id)
+static void list_add(struct lbd_store *st, uint32_t *list, uint32_t *n, uint32_t cap,
+		     size_t pos_off, uint32_t id)
 {
-	if (st->n_live >= st->live_cap)
-		abort(); /* live_reserve was skipped */
-	st->e[id].live_pos = st->n_live;
-	st->live[st->n_live++] = id;
+	if (*n >= cap)
+		abort(); /* the room was reserved (store_live_reserve) */
+	memcpy((char *)&st->e[id] + pos_off, n, sizeof(uint32_t));
+	list[(*n)++] = id;
 }
 
-static void live_del(struct lbd_store *st, uint32_t id)
+static void list_del(struct lbd_store *st, uint32_t *list, uint32_t *n, size_t pos_off, uint32_t id)
 {
-	uint32_t pos = st->e[id].live_pos, last = st->live[--st->n_live];
-	st->live[pos] = last;
-	st->e[last].live_pos = pos;
-	st->e[id].live_pos = NONE;
+	uint32_t pos, last = list[--*n], none = NONE;
+	memcpy(&pos, (char *)&st->e[id] + pos_off, sizeof(pos));
+	list[pos] = last;
+	memcpy((char *)&st->e[last] + pos_off, &pos, sizeof(pos));
+	memcpy((char *)&st->e[id] + pos_off, &none, sizeof(none));
+}
+
+int store_live_reserve(struct lbd_store *st)
+{
+	uint32_t need = st->n_live + st->n_pending + 1;
+	if (list_room(&st->live, &st->live_cap, need) < 0 ||
+	    list_room(&st->cand, &st->cand_cap, need) < 0)
+		return -ENOMEM;
+	return 0;
+}
+
+void store_cand_add(struct lbd_store *st, uint32_t id)
+{
+	if (st->e[id].cand_pos == NONE)
+		list_add(st, st->cand, &st->n_cand, st->cand_cap, offsetof(struct entry, cand_pos), id);
+}
+
+void store_cand_del(struct lbd_store *st, uint32_t id)
+{
+	if (st->e[id].cand_pos != NONE)
+		list_del(st, st->cand, &st->n_cand, offsetof(struct entry, cand_pos), id);
 }
 
 /* ---- insert accounts ---- */
@@ -243,14 +189,28 @@ static void uncharge(struct lbd_store *st, struct entry *e)
 	e->account = 0;
 }
 
-/* ---- inputs ---- */
+struct account *store_quota(struct lbd_store *st, uint32_t account, uint64_t need, int *err)
+{
+	struct account *a = account_of(st, account);
+
+	*err = 0;
+	if (a && a->limit && (a->used > a->limit || need > a->limit - a->used)) {
+		st->c.quota_refusals++;
+		*err = -EDQUOT;
+		return NULL;
+	}
+	return a;
+}
+
+/* ---- inputs and blocks: what entries belong to ---- */
 
 static uint32_t input_new(struct lbd_store *st, uint32_t bank, uint32_t seq_len,
-			  const uint64_t fp[LB_FP_WORDS], const uint64_t exact[2])
+			 const uint64_t fp[LB_FP_WORDS], const uint64_t exact[2])
 {
 	struct bank *b = &st->banks[bank];
 	if (st->in_free == NONE &&
-	    grow((void **)&st->in, &st->in_cap, sizeof(*st->in), &st->in_free, offsetof(struct input, next_free)))
+	    store_grow((void **)&st->in, &st->in_cap, sizeof(*st->in), &st->in_free,
+		       offsetof(struct input, next_free)))
 		return NONE;
 	uint32_t id = st->in_free;
 	struct input *in = &st->in[id];
@@ -294,15 +254,143 @@ static void input_drop_if_empty(struct lbd_store *st, uint32_t id)
 	st->in_free = id;
 }
 
+/* A layer entry leaves its input (no new hits). */
+static void layer_detach(struct lbd_store *st, struct entry *e)
+{
+	struct input *in = &st->in[e->owner];
+	struct lbp_layer_stats *ls = &st->banks[e->bank].layer[e->layer];
+
+	in->layer[e->layer] = NONE;
+	in->n_cached--;
+	if (e->state == E_LIVE) {
+		ls->leases -= e->leases; /* the holders keep their bytes, but not as this layer's */
+		ls->entries--;
+		ls->bytes -= e->bytes;
+		st->c.entries--;
+	}
+	input_drop_if_empty(st, e->owner);
+	e->owner = NONE;
+}
+
+/* ---- the tree of prefix blocks ---- */
+
+static uint32_t block_new(struct lbd_store *st, struct bank *b, const uint64_t key[2],
+			 uint32_t index, uint32_t parent, uint32_t eid)
+{
+	if (st->blk_free == NONE &&
+	    store_grow((void **)&st->blk, &st->blk_cap, sizeof(*st->blk), &st->blk_free,
+		       offsetof(struct block, next_free)))
+		return NONE;
+	uint32_t id = st->blk_free;
+	if (lbd_exactmap_insert(b->blocks, key, id) < 0)
+		return NONE;
+	struct block *k = &st->blk[id];
+	st->blk_free = k->next_free;
+	*k = (struct block){ .key = { key[0], key[1] }, .bank = (uint32_t)(b - st->banks),
+			     .entry = eid, .index = index, .parent = parent, .child = NONE,
+			     .next = NONE, .prev = NONE, .used = 1 };
+	if (parent != NONE) {
+		struct block *p = &st->blk[parent];
+		k->next = p->child;
+		if (p->child != NONE)
+			st->blk[p->child].prev = id;
+		p->child = id;
+	}
+	st->e[eid].owner = id;
+	return id;
+}
+
+void store_block_hold(struct lbd_store *st, uint32_t blk)
+{
+	if (st->blk[blk].n_children++ == 0)
+		store_cand_del(st, st->blk[blk].entry);
+}
+
+void store_block_unhold(struct lbd_store *st, uint32_t blk)
+{
+	struct block *k = &st->blk[blk];
+	if (--k->n_children == 0 && st->e[k->entry].state == E_LIVE)
+		store_cand_add(st, k->entry); /* a leaf again */
+}
+
+static void entry_drop(struct lbd_store *st, uint32_t id, struct tally *t);
+
+/* One block with no child left goes: out of its parent's children and its bank's map, its
+ * slot free; its entry dropped, or, PENDING, left without an owner for its commit to drop. */
+static void block_remove(struct lbd_store *st, uint32_t id, struct tally *t)
+{
+	struct block *k = &st->blk[id];
+	uint32_t eid = k->entry;
+
+	if (k->parent != NONE) {
+		if (k->prev != NONE)
+			st->blk[k->prev].next = k->next;
+		else
+			st->blk[k->parent].child = k->next;
+		if (k->next != NONE)
+			st->blk[k->next].prev = k->prev;
+		store_block_unhold(st, k->parent);
+	}
+	lbd_exactmap_remove(st->banks[k->bank].blocks, k->key);
+	k->used = 0;
+	k->next_free = st->blk_free;
+	st->blk_free = id;
+	st->e[eid].owner = NONE;
+	if (st->e[eid].state == E_LIVE)
+		entry_drop(st, eid, t);
+}
+
+/* Block root and everything under it, leaves first (no recursion: a chain may be long). */
+static void block_unlink_tree(struct lbd_store *st, uint32_t root, struct tally *t)
+{
+	uint32_t x = root;
+
+	for (;;) {
+		while (st->blk[x].child != NONE)
+			x = st->blk[x].child;
+		uint32_t up = st->blk[x].parent;
+		bool last = x == root;
+		block_remove(st, x, t);
+		if (last)
+			return;
+		x = up;
+	}
+}
+
 /* ---- entries ---- */
 
-static struct lb_entry_hdr *entry_hdr(const struct lbd_store *st, unsigned arena, uint64_t off)
+struct lb_entry_hdr *store_entry_hdr(const struct lbd_store *st, unsigned arena, uint64_t off)
 {
 	return (struct lb_entry_hdr *)((uint8_t *)st->arenas[arena].hdr + off);
 }
 
-/* Give an unlinked, unleased entry's memory back. Its header loses the magic first, so a
- * reader holding no lease (a LOOKUP over the socket) cannot take old bytes for a live entry. */
+uint64_t store_entry_need(uint64_t bytes)
+{
+	return (LB_ENTRY_HDR_SIZE + bytes + LBD_ALLOC_ALIGN - 1) & ~(uint64_t)(LBD_ALLOC_ALIGN - 1);
+}
+
+bool store_shape_ok(uint32_t dtype, uint32_t ndim, const uint32_t shape[LB_MAX_NDIM],
+		    uint64_t bytes)
+{
+	uint64_t n = lbp_dtype_size(dtype);
+	if (!n || ndim < 1 || ndim > LB_MAX_NDIM)
+		return false;
+	for (uint32_t i = 0; i < LB_MAX_NDIM; i++) {
+		if (i >= ndim) {
+			if (shape[i])
+				return false;
+			continue;
+		}
+		if (!shape[i] || n > UINT64_MAX / shape[i])
+			return false;
+		n *= shape[i];
+	}
+	return n == bytes;
+}
+
+/* Give an unlinked, unleased (or never published) entry's memory back. Its header loses the
+ * magic first, so a reader holding no lease (a LOOKUP over the socket) cannot take old bytes
+ * for a live entry. */
 static void entry_free(struct lbd_store *st, uint32_t id)
 {
 	struct entry *e = &st->e[id];
@@ -310,476 +398,180 @@ static void entry_free(struct lbd_store *st, uint32_t id)
 	/* E3: pairs with E2 in lb_entry_live: a reader that finds the magic gone stops there. A
 	 * reader without a lease may still race with the reuse of the block; one with a lease
 	 * never sees this, as a leased entry is not freed. */
-	atomic_store_explicit(lb_entry_magic(entry_hdr(st, e->arena, e->off)), 0,
+	atomic_store_explicit(lb_entry_magic(store_entry_hdr(st, e->arena, e->off)), 0,
 			      memory_order_release);
-	live_del(st, id);
+	if (e->live_pos != NONE)
+		list_del(st, st->live, &st->n_live, offsetof(struct entry, live_pos), id);
 	lbd_alloc_put(st->alloc[e->arena], e->off);
 	st->c.bytes_used -= e->bytes;
 	uncharge(st, e);
-	entry_put(st, id);
+	store_entry_put(st, id);
 }
 
-/* Take the entry out of its input (no new hits); free it now if nobody leases it. A leased
- * one keeps its bytes counted as used, and pinned, until the last lease ends. */
-static void entry_unlink(struct lbd_store *st, uint32_t id)
+static void tally_add(struct tally *t, const struct entry *e)
+{
+	if (!t)
+		return;
+	t->entries++;
+	t->bytes += e->bytes;
+	t->leased += e->leases != 0;
+}
+
+/* Take one entry out of the index: detached from its input, or for a block its tree node
+ * gone already (block_remove); freed now if nobody leases it. A leased one keeps its
+ * bytes counted as used, and pinned, until the last lease ends. */
+static void entry_drop(struct lbd_store *st, uint32_t id, struct tally *t)
 {
 	struct entry *e = &st->e[id];
-	struct input *in = &st->in[e->input];
-	struct lbp_layer_stats *ls = &st->banks[in->bank].layer[e->layer];
 
-	in->layer[e->layer] = NONE;
-	in->n_cached--;
-	ls->leases -= e->leases; /* the holders keep their bytes, but not as this layer's */
-	ls->entries--;
-	ls->bytes -= e->bytes;
-	st->c.entries--;
-	input_drop_if_empty(st, e->input);
+	tally_add(t, e);
+	store_cand_del(st, id);
+	if (e->kind == K_LAYER)
+		layer_detach(st, e);
+	else
+		st->c.blocks--; /* block_remove took it out of the tree */
 	e->state = E_DOOMED;
 	if (e->leases == 0)
 		entry_free(st, id);
 }
 
+void store_entry_unlink(struct lbd_store *st, uint32_t id, struct tally *t)
+{
+	if (st->e[id].kind == K_BLOCK)
+		block_unlink_tree(st, st->e[id].owner, t); /* entry_drop for each of the subtree */
+	else
+		entry_drop(st, id, t);
+}
+
 /* Hits, each weighing half as much every half-life (kept whatever the policy: a snapshot
  * keeps it, so a restart under decay finds it). */
-static double decayed_score(const struct lbd_store *st, const struct entry *e, uint64_t now)
+double store_decayed_score(const struct lbd_store *st, const struct entry *e, uint64_t now)
 {
 	if (!st->cfg.half_life_ns)
 		return e->score;
 	return e->score * exp2(-(double)(now - e->score_ns) / (double)st->cfg.half_life_ns);
 }
 
-/* The victim score: lower goes first. */
-static double victim_score(const struct lbd_store *st, const struct entry *e, uint64_t now)
-{
-	switch (st->cfg.policy) {
-	case LBD_POLICY_DECAY:
-		return decayed_score(st, e, now);
-	case LBD_POLICY_TTL:
-		return (double)e->created_ns; /* oldest first: it expires first */
-	case LBD_POLICY_LRU:
-		break;
-	}
-	return (double)e->last_ns;
-}
-
-/* Evict one unleased LIVE entry chosen by the policy from a sample. @return 0, -ENOSPC. */
-static int evict_one(struct lbd_store *st, uint64_t now)
-{
-	uint32_t best = NONE, n = st->n_live;
-	double best_score = 0;
-
-	for (uint32_t k = 0; k < (n < SAMPLE ? n : SAMPLE); k++) {
-		/* Below SAMPLE entries look at every one: exact policy for small caches. */
-		uint32_t id = st->live[n <= SAMPLE ? k : (uint32_t)(rnd(st) % n)];
-		const struct entry *e = &st->e[id];
-		if (e->state != E_LIVE || e->leases)
-			continue;
-		double s = victim_score(st, e, now);
-		if (best == NONE || s < best_score) {
-			best = id;
-			best_score = s;
-		}
-	}
-	if (best == NONE && n > SAMPLE) {
-		/* The sample was all leased: scan for any candidate before giving up. */
-		for (uint32_t k = 0; k < n && best == NONE; k++)
-			if (st->e[st->live[k]].state == E_LIVE && !st->e[st->live[k]].leases)
-				best = st->live[k];
-	}
-	if (best == NONE)
-		return -ENOSPC;
-	st->banks[st->in[st->e[best].input].bank].layer[st->e[best].layer].evictions++;
-	st->c.evictions++;
-	entry_unlink(st, best);
-	return 0;
-}
-
-static bool expired(const struct lbd_store *st, const struct entry *e, uint64_t now)
+bool store_expired(const struct lbd_store *st, const struct entry *e, uint64_t now)
 {
 	return st->cfg.policy == LBD_POLICY_TTL && now - e->created_ns > st->cfg.ttl_ns;
 }
 
-typedef bool (*pick_fn)(const struct lbd_store *st, const struct entry *e, const void *ctx);
+/* ---- placing, copying and publishing an entry ---- */
 
-/*
- * A walk over live[] for the entries to drop: the next LIVE entry from position *k that pick
- * chooses, or NONE at the end. Unlinking it moves the last entry into its place (or leaves it
- * there, DOOMED, while leased), so the walk goes on from the same *k; so it does after the
- * lock was let go and live[] reordered.
- */
-static uint32_t live_find(const struct lbd_store *st, uint32_t *k, pick_fn pick, const void *ctx)
+/* A new entry of kind in bank in the block at (arena, off): counted as used, its room in the
+ * lists reserved. @return it; NONE (no memory) with the block given back. */
+static uint32_t entry_place(struct lbd_store *st, uint8_t kind, uint32_t bank, unsigned arena,
+			    uint64_t off, uint64_t need)
 {
-	for (; *k < st->n_live; (*k)++) {
-		const struct entry *e = &st->e[st->live[*k]];
-		if (e->state == E_LIVE && pick(st, e, ctx))
-			return st->live[*k];
+	uint32_t eid = store_entry_new(st, kind, bank);
+
+	if (eid != NONE && store_live_reserve(st) < 0) {
+		store_entry_put(st, eid);
+		eid = NONE;
 	}
-	return NONE;
-}
-
-static bool pick_expired(const struct lbd_store *st, const struct entry *e, const void *now)
-{
-	return expired(st, e, *(const uint64_t *)now);
-}
-
-void lbd_store_expire(struct lbd_store *st)
-{
-	uint64_t now = lb_now_ns();
-	uint32_t id;
-
-	store_lock(st);
-	for (uint32_t k = 0; (id = live_find(st, &k, pick_expired, &now)) != NONE;) {
-		st->c.expirations++;
-		entry_unlink(st, id);
-	}
-	pthread_mutex_unlock(&st->lock);
-}
-
-/* ---- leases ---- */
-
-/* A lease on entry id in ls, which may hold at most max leases. */
-static int lease_take_max(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, uint32_t max,
-			  uint64_t *handle)
-{
-	if (ls->cap == 0 || ls->free_head == NONE) {
-		uint32_t old = ls->cap, ncap = old ? old * 2 : 64;
-		if (old >= max || old > UINT32_MAX / 4)
-			return -EBUSY;
-		struct lbd_lease *p = realloc(ls->slot, sizeof(*p) * ncap);
-		if (!p)
-			return -ENOMEM;
-		memset(p + old, 0, sizeof(*p) * (ncap - old));
-		for (uint32_t i = old; i < ncap; i++)
-			p[i].next = i + 1 < ncap ? i + 1 : NONE;
-		ls->free_head = old; /* the list was empty: it is the new slots */
-		ls->slot = p;
-		ls->cap = ncap;
-	}
-	uint32_t s = ls->free_head;
-	struct lbd_lease *l = &ls->slot[s];
-	ls->free_head = l->next;
-	l->used = 1;
-	l->gen++;
-	l->entry = id;
-	ls->n_used++;
-	if (st->e[id].leases++ == 0 && st->e[id].state == E_LIVE)
-		st->pinned += st->e[id].bytes;
-	st->c.leases++;
-	/* Slot + 1 in the high half, so that no valid handle is 0. */
-	*handle = ((uint64_t)(s + 1) << 32) | l->gen;
-	return 0;
-}
-
-static int lease_take(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, uint64_t *handle)
-{
-	return lease_take_max(st, ls, id, LBD_MAX_LEASES, handle);
-}
-
-/* Validate a handle from the client. @return the slot, or NONE. */
-static uint32_t lease_find(const struct lbd_leases *ls, uint64_t handle)
-{
-	uint64_t s = (handle >> 32);
-	if (s == 0 || s > ls->cap)
+	if (eid == NONE) {
+		lbd_alloc_put(st->alloc[arena], off);
 		return NONE;
-	const struct lbd_lease *l = &ls->slot[s - 1];
-	if (!l->used || l->gen != (uint32_t)handle)
+	}
+	struct entry *e = &st->e[eid];
+	e->arena = (uint8_t)arena;
+	e->off = off;
+	e->bytes = need;
+	st->c.bytes_used += need;
+	return eid;
+}
+
+uint32_t store_layer_place(struct lbd_store *st, struct bank *b, const uint64_t fp[LB_FP_WORDS],
+			   const uint64_t exact[2], uint32_t seq_len, uint32_t layer,
+			   unsigned arena, uint64_t off, uint64_t need)
+{
+	uint32_t id = NONE, bank = (uint32_t)(b - st->banks);
+
+	if (lbd_exactmap_find(b->exact, exact, &id) < 0)
+		id = input_new(st, bank, seq_len, fp, exact);
+	if (id == NONE) {
+		lbd_alloc_put(st->alloc[arena], off);
 		return NONE;
-	return (uint32_t)(s - 1);
-}
-
-static void lease_end(struct lbd_store *st, struct lbd_leases *ls, uint32_t s)
-{
-	struct lbd_lease *l = &ls->slot[s];
-	struct entry *e = &st->e[l->entry];
-
-	l->used = 0;
-	l->next = ls->free_head;
-	ls->free_head = s;
-	ls->n_used--;
-	st->c.leases--;
-	e->leases--;
-	if (e->state == E_LIVE)
-		st->banks[st->in[e->input].bank].layer[e->layer].leases--;
-	if (e->leases == 0) {
-		st->pinned -= e->bytes;
-		if (e->state == E_DOOMED)
-			entry_free(st, l->entry);
 	}
-}
-
-void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, struct lb_cpl *cpl)
-{
-	store_lock(st);
-	uint32_t s = lease_find(ls, lease);
-	if (s == NONE)
-		cpl->status = -EINVAL;
-	else
-		lease_end(st, ls, s);
-	pthread_mutex_unlock(&st->lock);
-}
-
-void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
-		      struct lb_cpl *cpl)
-{
-	if (!isfinite(drift) || drift < 0) {
-		cpl->status = -EINVAL;
-		return;
-	}
-	store_lock(st);
-	uint32_t s = lease_find(ls, lease);
-	if (s == NONE) {
-		cpl->status = -EINVAL;
-	} else if (drift > st->cfg.drift_max) {
-		uint32_t id = ls->slot[s].entry;
-		struct entry *e = &st->e[id];
-		if (e->state == E_LIVE) {
-			/* The lease holder keeps its bytes; nobody else gets this entry again. */
-			st->c.invalidations++;
-			entry_unlink(st, id);
-		}
-	}
-	pthread_mutex_unlock(&st->lock);
-}
-
-void lbd_store_release_all(struct lbd_store *st, struct lbd_leases *ls)
-{
-	store_lock(st);
-	for (uint32_t s = 0; s < ls->cap; s++)
-		if (ls->slot[s].used)
-			lease_end(st, ls, s);
-	pthread_mutex_unlock(&st->lock);
-}
-
-void lbd_leases_free(struct lbd_leases *ls)
-{
-	free(ls->slot);
-	memset(ls, 0, sizeof(*ls));
-}
-
-/* ---- lookups ---- */
-
-struct accept_ctx {
-	const struct lbd_store *st;
-	uint32_t seq_len;
-	int layer; /* -1: any cached layer */
-};
-
-static bool accept_input(void *p, uint32_t id)
-{
-	const struct accept_ctx *a = p;
-	const struct input *in = &a->st->in[id];
-	if (!in->used || in->seq_len != a->seq_len)
-		return false;
-	if (a->layer < 0)
-		return true;
-	uint32_t e = in->layer[a->layer];
-	return e != NONE && a->st->e[e].state == E_LIVE;
-}
-
-static struct bank *bank_of(struct lbd_store *st, uint32_t model_id)
-{
-	if (model_id == 0 || model_id > st->n_banks || st->banks[model_id - 1].desc.n_layers == 0 ||
-	    st->banks[model_id - 1].retired)
-		return NULL;
-	return &st->banks[model_id - 1];
-}
-
-/* The threshold of layer l when a lookup brings none: the layer's own, else the default. */
-static double layer_tau(const struct lbd_store *st, const struct bank *b, uint32_t l)
-{
-	return isnan(b->tau[l]) ? st->cfg.tau : b->tau[l];
-}
-
-/* LOOKUP_DEEPEST's radii without thresholds: the loosest layer's to search, the tightest
- * layer's to stop early (good_d, lbd_fpindex_nearest). */
-static void bank_radius(const struct lbd_store *st, struct bank *b)
-{
-	uint32_t max_d = 0, good_d = UINT32_MAX;
-
-	for (uint32_t l = 0; l < b->desc.n_layers; l++) {
-		uint32_t d = lbp_fp_max_hamming(layer_tau(st, b, l));
-		max_d = d > max_d ? d : max_d;
-		good_d = d < good_d ? d : good_d;
-	}
-	b->max_d_default = max_d;
-	b->good_d_default = good_d;
-}
-
-static void count_miss(struct lbd_store *st, struct bank *b, const struct lb_req *r, int from)
-{
-	st->c.misses++;
-	if (r->opcode == LB_OP_LOOKUP)
-		b->layer[r->layer].misses++;
-	else
-		for (uint32_t l = (uint32_t)from; l < b->desc.n_layers; l++)
-			b->layer[l].misses++;
-}
-
-/*
- * The index's search radius for a lookup: the loosest threshold that matters (max_d), and the
- * tightest (good_d): an entry within it meets every threshold, so the index may stop at the
- * first such entry rather than prove it is the nearest. @return 0, -EINVAL (a threshold out
- * of -1..1 or not a number).
- */
-static int lookup_radius(const struct lbd_store *st, const struct bank *b, const struct lb_req *r,
-			 const struct lb_query *q, const float *thr, uint32_t *max_d, uint32_t *good_d)
-{
-	if (!q->n_thr) {
-		if (r->opcode == LB_OP_LOOKUP) {
-			*max_d = *good_d = lbp_fp_max_hamming(layer_tau(st, b, r->layer));
-		} else {
-			*max_d = b->max_d_default;
-			*good_d = b->good_d_default;
-		}
-		return 0;
-	}
-	*max_d = 0;
-	*good_d = UINT32_MAX;
-	for (uint32_t l = 0; l < q->n_thr; l++) {
-		if (!isfinite(thr[l]) || thr[l] < -1.0f || thr[l] > 1.0f)
-			return -EINVAL;
-		if (r->opcode == LB_OP_LOOKUP && l != r->layer)
-			continue;
-		uint32_t d = lbp_fp_max_hamming(thr[l]);
-		*max_d = d > *max_d ? d : *max_d;
-		*good_d = d < *good_d ? d : *good_d;
-	}
-	return 0;
-}
-
-/* The cached input a lookup is about: the exact token hash first, then the nearest
- * fingerprint within the radius. @return its id with *dist, or NONE. */
-static uint32_t lookup_input(struct lbd_store *st, struct bank *b, const struct lb_req *r,
-			     const struct lb_query *q, uint32_t max_d, uint32_t good_d, uint32_t *dist)
-{
-	struct accept_ctx ac = { st, r->seq_len, r->opcode == LB_OP_LOOKUP ? (int)r->layer : -1 };
-	uint32_t id = NONE;
-
-	*dist = 0;
-	if (lbd_exactmap_find(b->exact, q->exact, &id) == 0 && accept_input(&ac, id))
-		return id;
-	if (lbd_fpindex_nearest(b->fps, q->fp, max_d, good_d, accept_input, &ac, &id, dist) < 0)
+	uint32_t eid = entry_place(st, K_LAYER, bank, arena, off, need);
+	if (eid == NONE) {
+		input_drop_if_empty(st, id);
 		return NONE;
-	return id;
-}
-
-/* The deepest layer of input id a lookup may reuse at distance dist (LOOKUP: only its layer).
- * Expired entries met on the way are dropped. @return the layer, or -1. */
-static int lookup_layer(struct lbd_store *st, const struct bank *b, const struct lb_req *r,
-			const struct lb_query *q, const float *thr, uint32_t id, uint32_t dist,
-			uint64_t now)
-{
-	const struct input *in = &st->in[id];
-	double sim = lbp_fp_similarity(dist);
-	int top = r->opcode == LB_OP_LOOKUP ? r->layer : (int)b->desc.n_layers - 1;
-	int bottom = r->opcode == LB_OP_LOOKUP ? r->layer : 0;
-
-	for (int l = top; l >= bottom; l--) {
-		uint32_t e = in->layer[l];
-		double tau = q->n_thr ? thr[l] : layer_tau(st, b, (uint32_t)l);
-		if (e == NONE || st->e[e].state != E_LIVE || sim < tau)
-			continue;
-		if (expired(st, &st->e[e], now)) {
-			st->c.expirations++;
-			entry_unlink(st, e);
-			if (!in->used)
-				return -1; /* that was its last layer: the input is gone */
-			continue;
-		}
-		return l;
 	}
-	return -1;
+	st->e[eid].owner = id;
+	st->e[eid].layer = (uint16_t)layer;
+	st->in[id].layer[layer] = eid;
+	st->in[id].n_cached++;
+	return eid;
 }
 
-/* A hit on entry eid at layer: its lease, its place for the policy, the counters. @return 0
- * with cpl filled, or the lease's error (-EBUSY, -ENOMEM). */
-static int lookup_hit(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
-		      const struct lb_req *r, uint32_t eid, int layer, uint64_t now, struct lb_cpl *cpl)
+uint32_t store_block_place(struct lbd_store *st, struct bank *b, const uint64_t key[2],
+			   uint32_t index, uint32_t parent, unsigned arena, uint64_t off,
+			   uint64_t need)
+{
+	uint32_t eid = entry_place(st, K_BLOCK, (uint32_t)(b - st->banks), arena, off, need);
+
+	if (eid != NONE && block_new(st, b, key, index, parent, eid) == NONE) {
+		entry_free(st, eid);
+		return NONE;
+	}
+	return eid;
+}
+
+void store_entry_pending(struct lbd_store *st, uint32_t eid, struct account *a, uint32_t account)
 {
 	struct entry *e = &st->e[eid];
-	int ret = lease_take(st, ls, eid, &cpl->lease);
 
-	if (ret < 0)
-		return ret;
-	e->last_ns = now;
-	/* Kept under every policy, so that one switched to decay at run time finds real scores. */
-	e->score = decayed_score(st, e, now) + 1.0;
-	e->score_ns = now;
-	st->c.hits++;
-	b->layer[layer].leases++;
-	if (r->opcode == LB_OP_LOOKUP) {
-		b->layer[layer].hits++;
+	e->state = E_PENDING;
+	st->pinned += e->bytes;
+	st->n_pending++;
+	if (a) {
+		e->account = account;
+		a->used += e->bytes;
+	}
+}
+
+void store_entry_copied(struct lbd_store *st, uint32_t eid, uint32_t gen, uint64_t now)
+{
+	struct entry *e = &st->e[eid];
+
+	if (e->gen != gen || e->state != E_PENDING)
+		abort(); /* pending entries are never freed by anyone else */
+	e->created_ns = e->last_ns = e->score_ns = now;
+	e->score = 1.0;
+	st->pinned -= e->bytes;
+	st->n_pending--;
+}
+
+void store_entry_abandon(struct lbd_store *st, uint32_t eid)
+{
+	struct entry *e = &st->e[eid];
+
+	if (e->kind == K_LAYER && e->owner != NONE)
+		layer_detach(st, e);
+	else if (e->kind == K_BLOCK && e->owner != NONE)
+		block_unlink_tree(st, e->owner, NULL); /* any children being placed are cut too */
+	entry_free(st, eid);
+}
+
+void store_entry_go_live(struct lbd_store *st, uint32_t eid)
+{
+	struct entry *e = &st->e[eid];
+
+	e->state = E_LIVE;
+	list_add(st, st->live, &st->n_live, st->live_cap, offsetof(struct entry, live_pos), eid);
+	if (e->kind == K_LAYER) {
+		struct lbp_layer_stats *ls = &st->banks[e->bank].layer[e->layer];
+		ls->entries++;
+		ls->bytes += e->bytes;
+		st->c.entries++;
+		store_cand_add(st, eid);
 	} else {
-		for (int l = 0; l <= layer; l++)
-			b->layer[l].hits++;
-		for (uint32_t l = (uint32_t)layer + 1; l < b->desc.n_layers; l++)
-			b->layer[l].misses++;
+		st->c.blocks++;
+		if (st->blk[e->owner].n_children == 0)
+			store_cand_add(st, eid); /* a leaf: evictable */
 	}
-	cpl->arena = e->arena;
-	cpl->layer = (uint16_t)layer;
-	cpl->entry_off = e->off;
-	return 0;
-}
-
-void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
-		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl)
-{
-	uint64_t now = lb_now_ns();
-	uint32_t id, dist = 0, max_d = 0, good_d = 0;
-	int layer = -1;
-
-	store_lock(st);
-	struct bank *b = bank_of(st, r->model_id);
-	if (!b || r->seq_len == 0 || r->seq_len > b->desc.max_seq ||
-	    (q->n_thr != 0 && q->n_thr != b->desc.n_layers) ||
-	    (r->opcode == LB_OP_LOOKUP && r->layer >= b->desc.n_layers) ||
-	    (r->opcode == LB_OP_LOOKUP_DEEPEST && r->layer != 0)) {
-		cpl->status = b ? -EINVAL : -ESRCH;
-		goto out;
-	}
-	cpl->status = lookup_radius(st, b, r, q, thr, &max_d, &good_d);
-	if (cpl->status < 0)
-		goto out;
-	id = lookup_input(st, b, r, q, max_d, good_d, &dist);
-	if (id != NONE)
-		layer = lookup_layer(st, b, r, q, thr, id, dist, now);
-	if (layer < 0) {
-		count_miss(st, b, r, 0);
-		cpl->status = -ENOENT;
-		goto out;
-	}
-	cpl->status = lookup_hit(st, ls, b, r, st->in[id].layer[layer], layer, now, cpl);
-	if (cpl->status == 0)
-		cpl->hamming = dist;
-out:
-	pthread_mutex_unlock(&st->lock);
-}
-
-/* ---- inserts ---- */
-
-/* Shape, dtype and byte count agree, without overflow. */
-static bool shape_ok(const struct lb_insert_hdr *h)
-{
-	uint64_t n = lbp_dtype_size(h->dtype);
-	if (!n || h->ndim < 1 || h->ndim > LB_MAX_NDIM)
-		return false;
-	for (uint32_t i = 0; i < LB_MAX_NDIM; i++) {
-		if (i >= h->ndim) {
-			if (h->shape[i])
-				return false;
-			continue;
-		}
-		if (!h->shape[i] || n > UINT64_MAX / h->shape[i])
-			return false;
-		n *= h->shape[i];
-	}
-	return n == h->bytes;
-}
-
-bool lbd_store_insert_hdr_ok(const struct lb_req *r, const struct lb_insert_hdr *h)
-{
-	return r->payload_len >= LB_INSERT_HDR_SIZE && shape_ok(h) &&
-	       h->bytes <= (uint64_t)r->payload_len - LB_INSERT_HDR_SIZE;
 }
 
 /* Non-temporal copy for large entries: other processes read them, this core will not. */
@@ -801,14 +593,8 @@ static void copy_in(uint8_t *dst, const uint8_t *src, size_t n)
 		memcpy(dst, src, n);
 }
 
-/*
- * Write an entry at h: its data, then its header as tmpl has it, then the magic that makes it
- * readable. The checksum is tmpl's when checksum_given (a snapshot checked it against the
- * data), else computed on the arena copy: the client may change its staging meanwhile. The one
- * place an entry is published, for inserts and restores alike.
- */
-static void entry_publish(struct lb_entry_hdr *h, const struct lb_entry_hdr *tmpl,
-			  const uint8_t *data, bool checksum_given)
+void store_entry_publish(struct lb_entry_hdr *h, const struct lb_entry_hdr *tmpl,
+			 const uint8_t *data, bool checksum_given)
 {
 	const size_t body = offsetof(struct lb_entry_hdr, model_id); /* all but the magic */
 	uint8_t *dst = (uint8_t *)h + LB_ENTRY_HDR_SIZE;
@@ -824,14 +610,56 @@ static void entry_publish(struct lb_entry_hdr *h, const struct lb_entry_hdr *tmp
 	atomic_store_explicit(lb_entry_magic(h), LB_ENTRY_MAGIC, memory_order_release);
 }
 
-/* bytes of data and the header, rounded to the allocator's alignment. */
-static uint64_t entry_need(uint64_t bytes)
+/* ---- room and eviction ---- */
+
+/* The victim score: lower goes first. */
+static double victim_score(const struct lbd_store *st, const struct entry *e, uint64_t now)
 {
-	return (LB_ENTRY_HDR_SIZE + bytes + LBD_ALLOC_ALIGN - 1) & ~(uint64_t)(LBD_ALLOC_ALIGN - 1);
+	switch (st->cfg.policy) {
+	case LBD_POLICY_DECAY:
+		return store_decayed_score(st, e, now);
+	case LBD_POLICY_TTL:
+		return (double)e->created_ns; /* oldest first: it expires first */
+	case LBD_POLICY_LRU:
+		break;
+	}
+	return (double)e->last_ns;
 }
 
-/* A block of need bytes in the first arena that has one. @return 0, -ENOSPC. */
-static int alloc_any(struct lbd_store *st, uint64_t need, unsigned *arena, uint64_t *off)
+/* Evict one unleased candidate chosen by the policy from a sample. @return 0, -ENOSPC. */
+static int evict_one(struct lbd_store *st, uint64_t now)
+{
+	uint32_t best = NONE, n = st->n_cand;
+	double best_score = 0;
+
+	for (uint32_t k = 0; k < (n < SAMPLE ? n : SAMPLE); k++) {
+		/* Below SAMPLE candidates look at every one: exact policy for small caches. */
+		uint32_t id = st->cand[n <= SAMPLE ? k : (uint32_t)(rnd(st) % n)];
+		const struct entry *e = &st->e[id];
+		if (e->leases)
+			continue;
+		double s = victim_score(st, e, now);
+		if (best == NONE || s < best_score) {
+			best = id;
+			best_score = s;
+		}
+	}
+	if (best == NONE && n > SAMPLE) {
+		/* The sample was all leased: scan for any candidate before giving up. */
+		for (uint32_t k = 0; k < n && best == NONE; k++)
+			if (!st->e[st->cand[k]].leases)
+				best = st->cand[k];
+	}
+	if (best == NONE)
+		return -ENOSPC;
+	if (st->e[best].kind == K_LAYER)
+		st->banks[st->e[best].bank].layer[st->e[best].layer].evictions++;
+	st->c.evictions++;
+	store_entry_unlink(st, best, NULL); /* a leaf: nothing below it */
+	return 0;
+}
+
+int store_alloc_any(struct lbd_store *st, uint64_t need, unsigned *arena, uint64_t *off)
 {
 	for (unsigned i = 0; i < st->n_arenas; i++)
 		if (lbd_alloc_get(st->alloc[i], need, off) == 0) {
@@ -841,14 +669,15 @@ static int alloc_any(struct lbd_store *st, uint64_t need, unsigned *arena, uint6
 	return -ENOSPC;
 }
 
-/* Room for need bytes: evict until under budget, then allocate, evicting on fragmentation. */
-static int make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned *arena, uint64_t *off)
+int store_make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned *arena,
+		    uint64_t *off)
 {
 	/* What eviction cannot free is not worth evicting for: fail before dropping anything. */
 	if (st->pinned >= st->c.bytes_budget || need > st->c.bytes_budget - st->pinned)
 		return -ENOSPC;
 	for (int round = 0; round < MAX_EVICT_ROUNDS; round++) {
-		if (st->c.bytes_used + need <= st->c.bytes_budget && alloc_any(st, need, arena, off) == 0)
+		if (st->c.bytes_used + need <= st->c.bytes_budget &&
+		    store_alloc_any(st, need, arena, off) == 0)
 			return 0;
 		if (evict_one(st, now) < 0)
 			return -ENOSPC;
@@ -857,171 +686,285 @@ static int make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned
 }
 
 /*
- * Whether an input with these keys may take an entry of layer: *id is the cached input with
- * these tokens, or NONE. @return 0; -EINVAL (the same tokens cached at another length: a lying
- * client or a corrupt file); -EEXIST (that layer is cached).
+ * A walk over live[] for the entries to drop: the next LIVE entry from position *k that pick
+ * chooses, or NONE at the end. Dropping one moves the last entry into its place (or leaves it
+ * there, DOOMED, while leased), so the walk goes on from the same *k; so it does after the lock
+ * was let go and live[] reordered. A block drops with its subtree, which can move entries the
+ * walk has not seen behind it: a walk that must drop every match repeats until a pass drops
+ * nothing (drop_all).
  */
-static int input_check(struct lbd_store *st, struct bank *b, const uint64_t exact[2],
-		       uint32_t seq_len, uint32_t layer, uint32_t *id)
+typedef bool (*pick_fn)(const struct lbd_store *st, const struct entry *e, const void *ctx);
+
+static uint32_t live_find(const struct lbd_store *st, uint32_t *k, pick_fn pick, const void *ctx)
 {
-	if (lbd_exactmap_find(b->exact, exact, id) < 0) {
-		*id = NONE;
-		return 0;
+	for (; *k < st->n_live; (*k)++) {
+		const struct entry *e = &st->e[st->live[*k]];
+		if (e->state == E_LIVE && pick(st, e, ctx))
+			return st->live[*k];
 	}
-	if (st->in[*id].seq_len != seq_len)
-		return -EINVAL;
-	return st->in[*id].layer[layer] != NONE ? -EEXIST : 0;
+	return NONE;
 }
 
-/*
- * Put a new entry of layer into the block at (arena, off): under the input with these keys
- * (made if none is cached), counted in bytes_used, its room in live[] reserved. The caller
- * sets its state and times. @return the entry, or NONE (no memory) with the block given back
- * and nothing changed.
- */
-static uint32_t entry_place(struct lbd_store *st, struct bank *b, const struct lb_insert_hdr *k,
-			    uint32_t seq_len, uint32_t layer, unsigned arena, uint64_t off, uint64_t need)
+/* Drop every LIVE entry pick chooses, adding to t; batch > 0 lets the lock go after every batch
+ * drops (hand_over). */
+static void hand_over(struct lbd_store *st);
+static void drop_all(struct lbd_store *st, pick_fn pick, const void *ctx, uint32_t batch,
+		     struct tally *t)
 {
-	uint32_t id = NONE, eid = NONE;
+	bool dropped = true;
 
-	if (lbd_exactmap_find(b->exact, k->exact, &id) < 0)
-		id = input_new(st, (uint32_t)(b - st->banks), seq_len, k->fp, k->exact);
-	if (id != NONE)
-		eid = entry_get(st);
-	if (eid == NONE || live_reserve(st) < 0) {
-		if (eid != NONE)
-			entry_put(st, eid);
-		if (id != NONE)
-			input_drop_if_empty(st, id);
-		lbd_alloc_put(st->alloc[arena], off);
-		return NONE;
+	while (dropped) {
+		uint32_t id, in_batch = 0;
+		dropped = false;
+		for (uint32_t k = 0; (id = live_find(st, &k, pick, ctx)) != NONE;) {
+			store_entry_unlink(st, id, t);
+			dropped = true;
+			if (batch && ++in_batch == batch) {
+				in_batch = 0;
+				hand_over(st);
+			}
+		}
 	}
-	struct entry *e = &st->e[eid];
-	e->input = id;
-	e->layer = (uint16_t)layer;
-	e->arena = (uint8_t)arena;
-	e->off = off;
-	e->bytes = need;
-	st->in[id].layer[layer] = eid;
-	st->in[id].n_cached++;
-	st->c.bytes_used += need;
-	return eid;
 }
 
-/* A placed entry is found by lookups from now on. */
-static void entry_go_live(struct lbd_store *st, struct bank *b, uint32_t eid)
+static bool pick_expired(const struct lbd_store *st, const struct entry *e, const void *now)
 {
-	struct entry *e = &st->e[eid];
-
-	e->state = E_LIVE;
-	live_add(st, eid);
-	b->layer[e->layer].entries++;
-	b->layer[e->layer].bytes += e->bytes;
-	st->c.entries++;
+	return store_expired(st, e, *(const uint64_t *)now);
 }
 
-/*
- * An insert's first phase, under the lock: the request against its model and the cache, the
- * client's quota, room made by the policy, and a PENDING entry that no lookup finds and no
- * eviction takes while its data is copied. @return the entry, or NONE with cpl->status set.
- */
-static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const struct lb_req *r,
-			       const struct lb_insert_hdr *h, uint64_t now, struct lb_cpl *cpl)
-{
-	uint64_t need = entry_need(h->bytes), off = 0;
-	struct bank *b = bank_of(st, r->model_id);
-	unsigned arena = 0;
-	uint32_t id;
-
-	if (!b || r->layer >= b->desc.n_layers || r->seq_len == 0 || r->seq_len > b->desc.max_seq) {
-		cpl->status = b ? -EINVAL : -ESRCH;
-		return NONE;
-	}
-	cpl->status = input_check(st, b, h->exact, r->seq_len, r->layer, &id);
-	if (cpl->status < 0)
-		return NONE;
-	/* The client's quota before the budget: an insert it may not pay for evicts nothing. */
-	struct account *a = account_of(st, account);
-	if (a && a->limit && (a->used > a->limit || need > a->limit - a->used)) {
-		st->c.quota_refusals++;
-		cpl->status = -EDQUOT;
-		return NONE;
-	}
-	cpl->status = make_room(st, need, now, &arena, &off);
-	if (cpl->status < 0)
-		return NONE;
-	/* make_room may have evicted the input found above: entry_place looks again. */
-	uint32_t eid = entry_place(st, b, h, r->seq_len, r->layer, arena, off, need);
-	if (eid == NONE) {
-		cpl->status = -ENOMEM;
-		return NONE;
-	}
-	st->e[eid].state = E_PENDING;
-	st->n_pending++;
-	st->pinned += need;
-	if (a) {
-		st->e[eid].account = account;
-		a->used += need;
-	}
-	return eid;
-}
-
-/* An insert's last phase, under the lock: the copied entry goes live. */
-static void insert_commit(struct lbd_store *st, uint32_t eid, uint32_t gen, const struct lb_req *r,
-			  uint64_t now, struct lb_cpl *cpl)
-{
-	/* Both tables may have moved while unlocked: st->e grows with other inserts, st->banks
-	 * with a model registered meanwhile (lbd_store_add_model reallocates it). */
-	struct entry *e = &st->e[eid];
-	struct bank *b = &st->banks[r->model_id - 1];
-
-	if (e->gen != gen || e->state != E_PENDING)
-		abort(); /* pending entries are never freed by anyone else */
-	e->created_ns = e->last_ns = e->score_ns = now;
-	e->score = 1.0;
-	st->pinned -= e->bytes;
-	st->n_pending--;
-	entry_go_live(st, b, eid);
-	b->layer[r->layer].inserts++;
-	st->c.inserts++;
-	cpl->status = 0;
-	cpl->arena = e->arena;
-	cpl->layer = r->layer;
-	cpl->entry_off = e->off;
-}
-
-void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
-		      const struct lb_insert_hdr *h, const uint8_t *data, struct lb_cpl *cpl)
+void lbd_store_expire(struct lbd_store *st)
 {
 	uint64_t now = lb_now_ns();
+	struct tally t = { 0 };
 
-	if (!lbd_store_insert_hdr_ok(r, h)) {
+	store_lock(st);
+	drop_all(st, pick_expired, &now, 0, &t);
+	st->c.expirations += t.entries;
+	store_unlock(st);
+}
+
+/* ---- leases ---- */
+
+/* A free slot of ls, grown up to max. @return the slot, or NONE with *err. */
+static uint32_t lease_slot(struct lbd_leases *ls, uint32_t max, int *err)
+{
+	if (ls->cap == 0 || ls->free_head == NONE) {
+		uint32_t old = ls->cap, ncap = old ? old * 2 : 64;
+		if (old >= max || old > UINT32_MAX / 4) {
+			*err = -EBUSY;
+			return NONE;
+		}
+		struct lbd_lease *p = realloc(ls->slot, sizeof(*p) * ncap);
+		if (!p) {
+			*err = -ENOMEM;
+			return NONE;
+		}
+		memset(p + old, 0, sizeof(*p) * (ncap - old));
+		for (uint32_t i = old; i < ncap; i++)
+			p[i].next = i + 1 < ncap ? i + 1 : NONE;
+		ls->free_head = old; /* the list was empty: it is the new slots */
+		ls->slot = p;
+		ls->cap = ncap;
+	}
+	return ls->free_head;
+}
+
+static void lease_pin(struct lbd_store *st, uint32_t id)
+{
+	struct entry *e = &st->e[id];
+
+	if (e->leases++ == 0 && e->state == E_LIVE)
+		st->pinned += e->bytes;
+	if (e->kind == K_LAYER && e->state == E_LIVE)
+		st->banks[e->bank].layer[e->layer].leases++;
+}
+
+static void lease_unpin(struct lbd_store *st, uint32_t id)
+{
+	struct entry *e = &st->e[id];
+
+	e->leases--;
+	if (e->kind == K_LAYER && e->state == E_LIVE)
+		st->banks[e->bank].layer[e->layer].leases--;
+	if (e->leases == 0) {
+		st->pinned -= e->bytes;
+		if (e->state == E_DOOMED)
+			entry_free(st, id);
+	}
+}
+
+int store_lease_take(struct lbd_store *st, struct lbd_leases *ls, const uint32_t *ids, uint32_t n,
+		     uint32_t max, uint64_t *handle)
+{
+	int err = 0;
+	uint32_t *more = NULL;
+	uint32_t s = lease_slot(ls, max, &err);
+
+	if (s == NONE)
+		return err;
+	if (n > 1) {
+		more = malloc(sizeof(*more) * (n - 1));
+		if (!more)
+			return -ENOMEM;
+		memcpy(more, ids + 1, sizeof(*more) * (n - 1));
+	}
+	struct lbd_lease *l = &ls->slot[s];
+	ls->free_head = l->next;
+	l->used = 1;
+	l->gen++;
+	l->entry = ids[0];
+	l->n_more = n - 1;
+	l->more = more;
+	ls->n_used++;
+	for (uint32_t i = 0; i < n; i++)
+		lease_pin(st, ids[i]);
+	st->c.leases++;
+	/* Slot + 1 in the high half, so that no valid handle is 0. */
+	*handle = ((uint64_t)(s + 1) << 32) | l->gen;
+	return 0;
+}
+
+/* Validate a handle from the client. @return the slot, or NONE. */
+static uint32_t lease_find(const struct lbd_leases *ls, uint64_t handle)
+{
+	uint64_t s = (handle >> 32);
+	if (s == 0 || s > ls->cap)
+		return NONE;
+	const struct lbd_lease *l = &ls->slot[s - 1];
+	if (!l->used || l->gen != (uint32_t)handle)
+		return NONE;
+	return (uint32_t)(s - 1);
+}
+
+static void lease_end(struct lbd_store *st, struct lbd_leases *ls, uint32_t s)
+{
+	struct lbd_lease *l = &ls->slot[s];
+
+	l->used = 0;
+	l->next = ls->free_head;
+	ls->free_head = s;
+	ls->n_used--;
+	st->c.leases--;
+	lease_unpin(st, l->entry);
+	for (uint32_t i = 0; i < l->n_more; i++)
+		lease_unpin(st, l->more[i]);
+	free(l->more);
+	l->more = NULL;
+	l->n_more = 0;
+}
+
+void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, struct lb_cpl *cpl)
+{
+	store_lock(st);
+	uint32_t s = lease_find(ls, lease);
+	if (s == NONE)
+		cpl->status = -EINVAL;
+	else
+		lease_end(st, ls, s);
+	store_unlock(st);
+}
+
+void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
+		      struct lb_cpl *cpl)
+{
+	if (!isfinite(drift) || drift < 0) {
 		cpl->status = -EINVAL;
 		return;
 	}
 	store_lock(st);
-	uint32_t eid = insert_reserve(st, account, r, h, now, cpl);
-	if (eid == NONE) {
-		pthread_mutex_unlock(&st->lock);
-		return;
+	uint32_t s = lease_find(ls, lease);
+	/* A drift is of one layer's output: a prefix hit (exact blocks) has none to report. */
+	if (s == NONE || ls->slot[s].n_more || st->e[ls->slot[s].entry].kind != K_LAYER) {
+		cpl->status = -EINVAL;
+	} else if (drift > st->cfg.drift_max) {
+		uint32_t id = ls->slot[s].entry;
+		if (st->e[id].state == E_LIVE) {
+			/* The lease holder keeps its bytes; nobody else gets this entry again. */
+			st->c.invalidations++;
+			store_entry_unlink(st, id, NULL);
+		}
 	}
-	uint32_t gen = st->e[eid].gen;
-	struct lb_entry_hdr *eh = entry_hdr(st, st->e[eid].arena, st->e[eid].off);
-	pthread_mutex_unlock(&st->lock);
-
-	/* The copy runs unlocked: a PENDING entry is in no sample and gives no hits. */
-	struct lb_entry_hdr tmpl = { .model_id = r->model_id, .layer = r->layer,
-				     .dtype = (uint16_t)h->dtype, .seq_len = r->seq_len,
-				     .ndim = h->ndim, .bytes = h->bytes };
-	memcpy(tmpl.shape, h->shape, sizeof(tmpl.shape));
-	entry_publish(eh, &tmpl, data, false);
-
-	store_lock(st);
-	insert_commit(st, eid, gen, r, now, cpl);
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 }
 
-/* ---- setup and counters ---- */
+void lbd_store_release_all(struct lbd_store *st, struct lbd_leases *ls)
+{
+	store_lock(st);
+	for (uint32_t s = 0; s < ls->cap; s++)
+		if (ls->slot[s].used)
+			lease_end(st, ls, s);
+	store_unlock(st);
+}
+
+void lbd_leases_free(struct lbd_leases *ls)
+{
+	for (uint32_t s = 0; s < ls->cap; s++)
+		free(ls->slot[s].more); /* NULL for slots release_all ended */
+	free(ls->slot);
+	memset(ls, 0, sizeof(*ls));
+}
+
+/* ---- banks ---- */
+
+struct bank *store_bank_of(struct lbd_store *st, uint32_t model_id)
+{
+	if (model_id == 0 || model_id > st->n_banks || st->banks[model_id - 1].desc.n_layers == 0 ||
+	    st->banks[model_id - 1].retired)
+		return NULL;
+	return &st->banks[model_id - 1];
+}
+
+/* The threshold of layer l when a lookup brings none: the layer's own, else the default. */
+double store_layer_tau(const struct lbd_store *st, const struct bank *b, uint32_t l)
+{
+	return isnan(b->tau[l]) ? st->cfg.tau : b->tau[l];
+}
+
+/* LOOKUP_DEEPEST's radii without thresholds: the loosest layer's to search, the tightest
+ * layer's to stop early (good_d, lbd_fpindex_nearest). */
+static void bank_radius(const struct lbd_store *st, struct bank *b)
+{
+	uint32_t max_d = 0, good_d = UINT32_MAX;
+
+	for (uint32_t l = 0; l < b->desc.n_layers; l++) {
+		uint32_t d = lbp_fp_max_hamming(store_layer_tau(st, b, l));
+		max_d = d > max_d ? d : max_d;
+		good_d = d < good_d ? d : good_d;
+	}
+	b->max_d_default = max_d;
+	b->good_d_default = good_d;
+}
+
+static void bank_free(struct bank *b)
+{
+	lbd_fpindex_free(b->fps);
+	lbd_exactmap_free(b->exact);
+	lbd_exactmap_free(b->blocks);
+	free(b->layer);
+	free(b->tau);
+	memset(b, 0, sizeof(*b));
+}
+
+/* A bank for model d. @return 0, -ENOMEM (b left empty). */
+static int bank_init(struct lbd_store *st, struct bank *b, const struct lbp_register_model *d)
+{
+	b->fps = lbd_fpindex_new(1024);
+	b->exact = lbd_exactmap_new(1024);
+	b->blocks = d->kv.dim ? lbd_exactmap_new(1024) : NULL;
+	b->layer = calloc(d->n_layers, sizeof(*b->layer));
+	b->tau = malloc(d->n_layers * sizeof(*b->tau));
+	if (!b->fps || !b->exact || (d->kv.dim && !b->blocks) || !b->layer || !b->tau) {
+		bank_free(b);
+		return -ENOMEM;
+	}
+	for (uint32_t l = 0; l < d->n_layers; l++)
+		b->tau[l] = NAN;
+	b->desc = *d;
+	bank_radius(st, b);
+	return 0;
+}
+
+/* ---- setup ---- */
 
 struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas, const struct lbd_store_cfg *cfg)
 {
@@ -1034,7 +977,7 @@ struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas, con
 	st->cfg = *cfg;
 	st->arenas = arenas;
 	st->n_arenas = n_arenas;
-	st->e_free = st->in_free = st->acct_free = NONE;
+	st->e_free = st->in_free = st->blk_free = st->acct_free = NONE;
 	st->rng = RNG_SEED;
 	for (unsigned i = 0; i < n_arenas; i++) {
 		const struct lb_arena_hdr *h = arenas[i].hdr;
@@ -1057,18 +1000,16 @@ void lbd_store_free(struct lbd_store *st)
 		return;
 	for (uint32_t i = 0; i < st->in_cap; i++)
 		free(st->in[i].layer);
-	for (uint32_t i = 0; i < st->n_banks; i++) {
-		lbd_fpindex_free(st->banks[i].fps);
-		lbd_exactmap_free(st->banks[i].exact);
-		free(st->banks[i].layer);
-		free(st->banks[i].tau);
-	}
+	for (uint32_t i = 0; i < st->n_banks; i++)
+		bank_free(&st->banks[i]);
 	for (unsigned i = 0; i < st->n_arenas; i++)
 		lbd_alloc_free_all(st->alloc[i]);
 	free(st->banks);
 	free(st->e);
 	free(st->in);
+	free(st->blk);
 	free(st->live);
+	free(st->cand);
 	free(st->acct);
 	pthread_mutex_destroy(&st->lock);
 	free(st);
@@ -1091,51 +1032,44 @@ int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lb
 		st->banks = nb;
 		st->n_banks = model_id;
 	}
-	struct bank *b = &st->banks[model_id - 1];
-	if (b->desc.n_layers)
-		goto out;
-	b->fps = lbd_fpindex_new(1024);
-	b->exact = lbd_exactmap_new(1024);
-	b->layer = calloc(d->n_layers, sizeof(*b->layer));
-	b->tau = malloc(d->n_layers * sizeof(*b->tau));
-	if (!b->fps || !b->exact || !b->layer || !b->tau) {
-		lbd_fpindex_free(b->fps);
-		lbd_exactmap_free(b->exact);
-		free(b->layer);
-		free(b->tau);
-		memset(b, 0, sizeof(*b));
-		ret = -ENOMEM;
-		goto out;
-	}
-	for (uint32_t l = 0; l < d->n_layers; l++)
-		b->tau[l] = NAN;
-	b->desc = *d;
-	bank_radius(st, b);
+	if (!st->banks[model_id - 1].desc.n_layers)
+		ret = bank_init(st, &st->banks[model_id - 1], d);
 out:
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 	return ret;
 }
+
+bool lbd_store_has_model(struct lbd_store *st, uint32_t model_id)
+{
+	store_lock(st);
+	bool has = store_bank_of(st, model_id) != NULL;
+	store_unlock(st);
+	return has;
+}
+
+/* Free slots threaded lowest first, as store_grow() threads a new table's. */
+#define RETHREAD(arr, cap, head)                                                                \
+	do {                                                                                    \
+		(head) = NONE;                                                                  \
+		for (uint32_t i_ = (cap); i_-- > 0;) {                                          \
+			(arr)[i_].next_free = (head);                                           \
+			(head) = i_;                                                            \
+		}                                                                               \
+	} while (0)
 
 int lbd_store_clear(struct lbd_store *st)
 {
 	store_lock(st);
 	if (st->c.leases || st->pinned) {
-		pthread_mutex_unlock(&st->lock);
+		store_unlock(st);
 		return -EBUSY;
 	}
-	/* No lease: every entry in live[] is LIVE and goes at once, its input with its last one. */
+	/* No lease: every entry in live[] is LIVE and goes at once, its owner with its last one. */
 	while (st->n_live)
-		entry_unlink(st, st->live[st->n_live - 1]);
-	/* Free slots threaded lowest first, as grow() threads a new table's. */
-	st->e_free = st->in_free = NONE;
-	for (uint32_t i = st->e_cap; i-- > 0;) {
-		st->e[i].next_free = st->e_free;
-		st->e_free = i;
-	}
-	for (uint32_t i = st->in_cap; i-- > 0;) {
-		st->in[i].next_free = st->in_free;
-		st->in_free = i;
-	}
+		store_entry_unlink(st, st->live[st->n_live - 1], NULL);
+	RETHREAD(st->e, st->e_cap, st->e_free);
+	RETHREAD(st->in, st->in_cap, st->in_free);
+	RETHREAD(st->blk, st->blk_cap, st->blk_free);
 	for (uint32_t b = 0; b < st->n_banks; b++)
 		if (st->banks[b].desc.n_layers)
 			memset(st->banks[b].layer, 0, sizeof(*st->banks[b].layer) * st->banks[b].desc.n_layers);
@@ -1146,9 +1080,36 @@ int lbd_store_clear(struct lbd_store *st)
 	st->c.bytes_budget = budget;
 	memcpy(st->c.policy, policy, sizeof(policy));
 	st->rng = RNG_SEED;
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 	return 0;
 }
+
+static bool pick_bank(const struct lbd_store *st, const struct entry *e, const void *bank)
+{
+	(void)st;
+	return e->bank == *(const uint32_t *)bank;
+}
+
+int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
+{
+	struct tally t = { 0 };
+	int64_t n;
+
+	store_lock(st);
+	struct bank *b = store_bank_of(st, model_id);
+	if (!b) {
+		n = -ENOENT;
+	} else {
+		uint32_t bank = model_id - 1;
+		b->retired = true;
+		drop_all(st, pick_bank, &bank, 0, &t);
+		n = (int64_t)t.entries;
+	}
+	store_unlock(st);
+	return n;
+}
+
+/* ---- insert accounts ---- */
 
 uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit)
 {
@@ -1156,14 +1117,14 @@ uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit)
 
 	store_lock(st);
 	if (st->acct_free != NONE ||
-	    grow((void **)&st->acct, &st->acct_cap, sizeof(*st->acct), &st->acct_free,
-		 offsetof(struct account, next_free)) == 0) {
+	    store_grow((void **)&st->acct, &st->acct_cap, sizeof(*st->acct), &st->acct_free,
+		       offsetof(struct account, next_free)) == 0) {
 		struct account *a = &st->acct[st->acct_free];
 		id = st->acct_free + 1;
 		st->acct_free = a->next_free;
 		*a = (struct account){ .limit = limit, .open = 1, .in_use = 1 };
 	}
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 	if (!id)
 		errno = ENOMEM;
 	return id;
@@ -1178,7 +1139,7 @@ void lbd_store_account_close(struct lbd_store *st, uint32_t id)
 		if (a->used == 0)
 			account_put(st, id);
 	}
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 }
 
 void lbd_store_account_stats(struct lbd_store *st, uint32_t *accounts, uint64_t *charged)
@@ -1191,16 +1152,10 @@ void lbd_store_account_stats(struct lbd_store *st, uint32_t *accounts, uint64_t 
 			(*accounts)++;
 			*charged += st->acct[i].used;
 		}
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 }
 
-bool lbd_store_has_model(struct lbd_store *st, uint32_t model_id)
-{
-	store_lock(st);
-	bool has = bank_of(st, model_id) != NULL;
-	pthread_mutex_unlock(&st->lock);
-	return has;
-}
+/* ---- counters ---- */
 
 void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r)
 {
@@ -1219,13 +1174,17 @@ void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r)
 	r->bytes_used = st->c.bytes_used;
 	r->bytes_budget = st->c.bytes_budget;
 	r->quota_refusals = st->c.quota_refusals;
+	r->blocks = st->c.blocks;
+	r->prefix_hits = st->c.prefix_hits;
+	r->prefix_misses = st->c.prefix_misses;
+	r->blocks_served = st->c.blocks_served;
 	memcpy(r->policy, st->c.policy, sizeof(r->policy));
 	for (unsigned i = 0; i < st->n_arenas; i++) {
 		lbd_alloc_stats(st->alloc[i], &as);
 		free_b += as.bytes_free;
 		largest = as.largest_free > largest ? as.largest_free : largest;
 	}
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 	r->fragmentation_ppm = free_b ? (uint32_t)(1e6 * (1.0 - (double)largest / (double)free_b)) : 0;
 }
 
@@ -1234,7 +1193,7 @@ int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t firs
 {
 	int ret = 0;
 	store_lock(st);
-	struct bank *b = bank_of(st, model_id);
+	struct bank *b = store_bank_of(st, model_id);
 	if (!b) {
 		ret = -ENOENT;
 	} else {
@@ -1246,180 +1205,87 @@ int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t firs
 		for (uint32_t l = first_layer; l < b->desc.n_layers && r->n < LBP_MAX_STATS_LAYERS; l++)
 			r->layers[r->n++] = b->layer[l];
 	}
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 	return ret;
 }
 
-/* ---- snapshots: hold everything for a write, put entries back at start-up ---- */
+/* ---- invariants ---- */
 
-int lbd_store_hold_all(struct lbd_store *st, struct lbd_leases *ls, struct lbd_store_item **items,
-		       uint32_t *n)
+static int bad(char *why, size_t n, const char *what, uint32_t id)
 {
-	uint64_t now, lease;
-	struct lbd_store_item *it;
-	uint32_t k = 0;
-	int ret = 0;
+	snprintf(why, n, "%s (slot %u)", what, id);
+	return -EPROTO;
+}
 
-	*items = NULL;
-	*n = 0;
-	store_lock(st);
-	now = lb_now_ns(); /* under the lock: no entry's last hit is later */
-	it = calloc(st->n_live ? st->n_live : 1, sizeof(*it));
-	if (!it) {
-		ret = -ENOMEM;
-		goto out;
+/* Each block's place in the tree: its parent in use, one place up, counting it. */
+static int check_blocks(const struct lbd_store *st, char *why, size_t n)
+{
+	for (uint32_t i = 0; i < st->blk_cap; i++) {
+		const struct block *k = &st->blk[i];
+		uint32_t kids = 0;
+		if (!k->used)
+			continue;
+		if (st->e[k->entry].owner != i || st->e[k->entry].kind != K_BLOCK)
+			return bad(why, n, "block and entry disagree", i);
+		if (k->parent != NONE && (!st->blk[k->parent].used ||
+					  st->blk[k->parent].index + 1 != k->index))
+			return bad(why, n, "block without its parent: a hole", i);
+		if (k->parent == NONE && k->index)
+			return bad(why, n, "block past 0 without a parent", i);
+		for (uint32_t c = k->child; c != NONE; c = st->blk[c].next)
+			if (st->blk[c].parent != i || ++kids > st->blk_cap)
+				return bad(why, n, "child list broken", i);
+		if (kids != k->n_children)
+			return bad(why, n, "child count wrong", i);
 	}
-	for (uint32_t i = 0; i < st->n_live; i++) {
-		uint32_t id = st->live[i];
-		struct entry *e = &st->e[id];
-		if (e->state != E_LIVE)
-			continue; /* doomed, held by a client only */
-		const struct input *in = &st->in[e->input];
-		const struct lb_entry_hdr *h =
-			(const struct lb_entry_hdr *)((const uint8_t *)st->arenas[e->arena].hdr + e->off);
-		/* The snapshot's own leases are not capped like a client's: it holds every entry. */
-		ret = lease_take_max(st, ls, id, UINT32_MAX, &lease);
-		if (ret < 0)
-			break;
-		st->banks[in->bank].layer[e->layer].leases++;
-		struct lbd_store_item *x = &it[k++];
-		x->model_id = in->bank + 1;
-		x->layer = e->layer;
-		/* The header fields: written by this daemon before the entry went live, unchanged
-		 * since (section 9 of the ring protocol). */
-		x->seq_len = h->seq_len;
-		x->dtype = h->dtype;
-		x->ndim = h->ndim;
-		memcpy(x->shape, h->shape, sizeof(x->shape));
-		x->bytes = h->bytes;
-		x->checksum = h->checksum;
-		memcpy(x->fp, in->fp, sizeof(x->fp));
-		memcpy(x->exact, in->exact, sizeof(x->exact));
-		x->idle_ns = now - e->last_ns;
-		x->age_ns = now - e->created_ns;
-		x->score = decayed_score(st, e, now);
-		x->data = (const uint8_t *)h + LB_ENTRY_HDR_SIZE;
-	}
-out:
-	pthread_mutex_unlock(&st->lock);
-	if (ret < 0) {
-		lbd_store_release_all(st, ls);
-		free(it);
-		return ret;
-	}
-	*items = it;
-	*n = k;
 	return 0;
 }
 
-double lbd_store_item_value(const struct lbd_store *st, const struct lbd_store_item *it)
+/* An entry is a candidate exactly when LIVE and a layer's or a leaf block's; in live[] exactly
+ * when LIVE, or DOOMED and leased. */
+static int check_lists(const struct lbd_store *st, char *why, size_t n)
 {
-	switch (st->cfg.policy) {
-	case LBD_POLICY_DECAY:
-		return it->score;
-	case LBD_POLICY_TTL:
-		return -(double)it->age_ns;
-	case LBD_POLICY_LRU:
-		break;
-	}
-	return -(double)it->idle_ns;
-}
+	uint64_t used = 0, live = 0, cand = 0;
 
-/* Whether an item may go back into bank b: its layer, length and age. @return 0, -EINVAL,
- * -ETIME (it would expire at once). */
-static int restore_check(const struct lbd_store *st, const struct bank *b,
-			 const struct lbd_store_item *it)
-{
-	if (it->layer >= b->desc.n_layers || it->seq_len == 0 || it->seq_len > b->desc.max_seq)
-		return -EINVAL;
-	if (st->cfg.policy == LBD_POLICY_TTL && it->age_ns > st->cfg.ttl_ns)
-		return -ETIME;
+	for (uint32_t i = 0; i < st->e_cap; i++) {
+		const struct entry *e = &st->e[i];
+		bool is_cand = e->state == E_LIVE &&
+			       (e->kind == K_LAYER || st->blk[e->owner].n_children == 0);
+		bool is_live = e->state == E_LIVE || (e->state == E_DOOMED && e->leases);
+		if (e->state == E_FREE)
+			continue;
+		used += e->bytes;
+		live += is_live;
+		cand += is_cand;
+		if (is_cand != (e->cand_pos != NONE) ||
+		    (e->cand_pos != NONE && st->cand[e->cand_pos] != i))
+			return bad(why, n, "candidate list wrong", i);
+		if (is_live != (e->live_pos != NONE) ||
+		    (e->live_pos != NONE && st->live[e->live_pos] != i))
+			return bad(why, n, "live list wrong", i);
+	}
+	if (live != st->n_live || cand != st->n_cand || used != st->c.bytes_used)
+		return bad(why, n, "list lengths or bytes_used wrong", NONE);
 	return 0;
 }
 
-/* The restored entry's place for the policy: ages carry over; a monotonic clock younger than
- * them (a reboot) clamps them to it. */
-static void restore_ages(struct entry *e, const struct lbd_store_item *it, uint64_t now)
+int lbd_store_check(struct lbd_store *st, char *why, size_t n)
 {
-	e->created_ns = now - (it->age_ns < now ? it->age_ns : now);
-	e->last_ns = now - (it->idle_ns < now ? it->idle_ns : now);
-	e->score = isfinite(it->score) && it->score > 0 ? it->score : 0;
-	e->score_ns = now;
-}
-
-int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
-{
-	struct lb_insert_hdr h = { .dtype = it->dtype, .ndim = it->ndim, .bytes = it->bytes };
-	uint64_t now = lb_now_ns(), off = 0, need = entry_need(it->bytes);
-	unsigned arena = 0;
-	uint32_t id;
-	int ret;
-
-	memcpy(h.shape, it->shape, sizeof(h.shape));
-	memcpy(h.fp, it->fp, sizeof(h.fp));
-	memcpy(h.exact, it->exact, sizeof(h.exact));
-	if (!shape_ok(&h) || !it->data)
-		return -EINVAL;
 	store_lock(st);
-	struct bank *b = bank_of(st, it->model_id);
-	ret = b ? restore_check(st, b, it) : -ESRCH;
+	int ret = check_blocks(st, why, n);
 	if (ret == 0)
-		ret = input_check(st, b, it->exact, it->seq_len, it->layer, &id);
-	/* No eviction: what is restored first was chosen as the more valuable. */
-	if (ret == 0 && (need > st->c.bytes_budget || st->c.bytes_used > st->c.bytes_budget - need))
-		ret = -ENOSPC;
-	if (ret == 0)
-		ret = alloc_any(st, need, &arena, &off);
-	if (ret < 0)
-		goto out;
-	uint32_t eid = entry_place(st, b, &h, it->seq_len, it->layer, arena, off, need);
-	if (eid == NONE) {
-		ret = -ENOMEM;
-		goto out;
-	}
-	/* Copied under the lock: restoring happens at start-up, before any client is served. */
-	struct lb_entry_hdr tmpl = { .model_id = it->model_id, .layer = (uint16_t)it->layer,
-				     .dtype = (uint16_t)it->dtype, .seq_len = it->seq_len,
-				     .ndim = it->ndim, .bytes = it->bytes, .checksum = it->checksum };
-	memcpy(tmpl.shape, it->shape, sizeof(tmpl.shape));
-	entry_publish(entry_hdr(st, arena, off), &tmpl, it->data, true);
-	restore_ages(&st->e[eid], it, now);
-	entry_go_live(st, b, eid);
-out:
-	pthread_mutex_unlock(&st->lock);
+		ret = check_lists(st, why, n);
+	store_unlock(st);
 	return ret;
 }
 
-static bool pick_bank(const struct lbd_store *st, const struct entry *e, const void *bank)
-{
-	return st->in[e->input].bank == *(const uint32_t *)bank;
-}
-
-int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
-{
-	int64_t n = 0;
-
-	store_lock(st);
-	struct bank *b = bank_of(st, model_id);
-	if (!b) {
-		n = -ENOENT;
-	} else {
-		uint32_t bank = model_id - 1, id;
-		b->retired = true;
-		for (uint32_t k = 0; (id = live_find(st, &k, pick_bank, &bank)) != NONE; n++)
-			entry_unlink(st, id);
-	}
-	pthread_mutex_unlock(&st->lock);
-	return n;
-}
-
-/* ---- run-time settings and flush ---- */
+/* ---- run-time settings ---- */
 
 void lbd_store_get_cfg(struct lbd_store *st, struct lbd_store_cfg *out)
 {
 	store_lock(st);
 	*out = st->cfg;
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 }
 
 uint64_t lbd_store_configure(struct lbd_store *st, const struct lbd_store_cfg *cfg)
@@ -1439,7 +1305,7 @@ uint64_t lbd_store_configure(struct lbd_store *st, const struct lbd_store_cfg *c
 	 * under lease or being inserted; what those hold stays over the budget until they end. */
 	while (st->c.bytes_used > st->c.bytes_budget && evict_one(st, now) == 0)
 		evicted++;
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 	return evicted;
 }
 
@@ -1448,7 +1314,7 @@ int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *tau, u
 	int ret;
 
 	store_lock(st);
-	struct bank *b = bank_of(st, model_id);
+	struct bank *b = store_bank_of(st, model_id);
 	if (!b) {
 		ret = -ESRCH;
 	} else {
@@ -1456,7 +1322,7 @@ int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *tau, u
 		if (n)
 			memcpy(tau, b->tau, sizeof(*tau) * (n < b->desc.n_layers ? n : b->desc.n_layers));
 	}
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 	return ret;
 }
 
@@ -1465,7 +1331,7 @@ int lbd_store_set_layer_tau(struct lbd_store *st, uint32_t model_id, uint32_t la
 	int ret = 0;
 
 	store_lock(st);
-	struct bank *b = bank_of(st, model_id);
+	struct bank *b = store_bank_of(st, model_id);
 	if (!b)
 		ret = -ESRCH;
 	else if (layer >= b->desc.n_layers || (!isnan(tau) && !(tau >= -1.0 && tau <= 1.0)))
@@ -1474,9 +1340,11 @@ int lbd_store_set_layer_tau(struct lbd_store *st, uint32_t model_id, uint32_t la
 		b->tau[layer] = tau;
 		bank_radius(st, b);
 	}
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 	return ret;
 }
+
+/* ---- flush ---- */
 
 /*
  * Let the lock go for a moment between two batches of a long job. A mutex is not fair: the
@@ -1490,14 +1358,15 @@ static void hand_over(struct lbd_store *st)
 	unsigned seen = atomic_load_explicit(&st->acquired, memory_order_relaxed);
 	uint64_t t0 = lb_now_ns();
 
-	pthread_mutex_unlock(&st->lock);
+	store_unlock(st);
 	while (atomic_load_explicit(&st->acquired, memory_order_relaxed) == seen &&
 	       lb_now_ns() - t0 < LBD_HAND_OVER_US * 1000u)
 		_mm_pause();
 	store_lock(st);
 }
 
-/* What a flush drops: entries live when it began, of one bank (or all), of one layer (or all). */
+/* What a flush drops: entries live when it began, of one bank (or all), of one layer (or all:
+ * then prefix blocks too). */
 struct flush_pick {
 	uint64_t t0;
 	uint32_t bank; /* an index: the bank array may move while the lock is let go */
@@ -1508,22 +1377,22 @@ struct flush_pick {
 static bool pick_flushed(const struct lbd_store *st, const struct entry *e, const void *ctx)
 {
 	const struct flush_pick *f = ctx;
-	return e->created_ns <= f->t0 && (f->all_banks || st->in[e->input].bank == f->bank) &&
-	       (f->layer < 0 || e->layer == (uint32_t)f->layer);
+	(void)st;
+	return e->created_ns <= f->t0 && (f->all_banks || e->bank == f->bank) &&
+	       (f->layer < 0 || (e->kind == K_LAYER && e->layer == (uint32_t)f->layer));
 }
 
 int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, uint32_t batch,
 			    struct lbd_flush_result *out)
 {
 	struct flush_pick f = { .t0 = lb_now_ns(), .all_banks = model_id == 0, .layer = layer };
+	struct tally t = { 0 };
 	int ret = 0;
 
 	memset(out, 0, sizeof(*out));
-	if (batch == 0)
-		batch = 1;
 	store_lock(st);
 	if (model_id) {
-		const struct bank *b = bank_of(st, model_id);
+		const struct bank *b = store_bank_of(st, model_id);
 		if (!b)
 			ret = -ESRCH;
 		else if (layer >= (int)b->desc.n_layers)
@@ -1534,33 +1403,22 @@ int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, 
 		ret = -EINVAL; /* a layer is a layer of one model */
 	}
 	/*
-	 * Passes over the sample list, which holds every LIVE entry, dropping those that were live
-	 * when the flush began (created by t0). An entry under lease is unlinked like an
-	 * invalidated one: no lookup finds it again, and its holders keep reading it unchanged
-	 * until the last lease ends and lease_end frees it. The lock is let go after every batch
-	 * of drops so that the service threads go on serving; meanwhile their evictions and
-	 * invalidations reorder the list (each moves the last entry into the hole), which can move
-	 * an entry the pass has not seen behind it: another pass follows until one drops nothing.
-	 * Entries inserted after t0 are kept, so the passes end however busy the inserters are.
+	 * Passes over live[], which holds every LIVE entry, dropping those that were live when the
+	 * flush began (created by t0). An entry under lease is unlinked like an invalidated one:
+	 * no lookup finds it again, and its holders keep reading it unchanged until the last lease
+	 * ends and frees it. The lock is let go after every batch of drops so that the service
+	 * threads go on serving; meanwhile their evictions and invalidations reorder the list,
+	 * which can move an entry the pass has not seen behind it: another pass follows until one
+	 * drops nothing (drop_all). Entries inserted after t0 are kept, so the passes end however
+	 * busy the inserters are; but a block inserted since, under a block the flush drops, goes
+	 * with it (a chain has no holes).
 	 */
-	bool dropped = ret == 0;
-	while (dropped) {
-		uint32_t id, in_batch = 0;
-		dropped = false;
-		for (uint32_t k = 0; (id = live_find(st, &k, pick_flushed, &f)) != NONE;) {
-			const struct entry *e = &st->e[id];
-			out->entries++;
-			out->bytes += e->bytes;
-			out->leased += e->leases != 0;
-			entry_unlink(st, id);
-			dropped = true;
-			if (++in_batch == batch) {
-				in_batch = 0;
-				hand_over(st);
-			}
-		}
-	}
-	pthread_mutex_unlock(&st->lock);
+	if (ret == 0)
+		drop_all(st, pick_flushed, &f, batch ? batch : 1, &t);
+	store_unlock(st);
+	out->entries = t.entries;
+	out->bytes = t.bytes;
+	out->leased = t.leased;
 	return ret;
 }
 

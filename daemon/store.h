@@ -24,11 +24,13 @@ struct lbd_store_cfg {
 };
 
 /* A client's leases. Owned by the service thread serving the client; every call that takes
- * one holds the store lock. */
+ * one holds the store lock. A lease holds one entry, or the blocks of a prefix hit. */
 struct lbd_lease {
-	uint32_t entry;    /* entry slot */
+	uint32_t entry;    /* entry slot (a prefix hit's first block) */
 	uint32_t gen;      /* bumped each time the slot is reused: stale handles are refused */
 	uint32_t next;     /* free list */
+	uint32_t n_more;   /* a prefix hit's other blocks */
+	uint32_t *more;    /* [n_more], malloc'd; NULL when none */
 	uint8_t used;
 };
 
@@ -70,8 +72,31 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
 		      const struct lb_insert_hdr *ins, const uint8_t *data, struct lb_cpl *cpl);
 void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, struct lb_cpl *cpl);
+/* REPORT: -EINVAL for a prefix hit's lease (exact blocks drift by nothing). */
 void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
 		      struct lb_cpl *cpl);
+
+/* An INSERT_BLOCK's header agrees with itself and its payload: key not 0, dtype, shape and
+ * bytes (Ring protocol 8); the model's block geometry is checked by lbd_store_insert_block. */
+bool lbd_store_block_hdr_ok(const struct lb_req *r, const struct lb_block_hdr *h);
+
+/*
+ * LOOKUP_PREFIX (Ring protocol 10): keys[0..n) (the client's, copied out) -> the longest run of
+ * cached blocks from block 0, all held by one lease in ls; out[i] (n of them) says where block i
+ * is. cpl: status 0 with count and lease, -ENOENT (not even block 0), -ESRCH, -EINVAL (a model
+ * without prefix blocks), -EBUSY, -ENOMEM.
+ */
+void lbd_store_lookup_prefix(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
+			     const uint64_t (*keys)[2], uint32_t n, struct lb_prefix_block *out,
+			     struct lb_cpl *cpl);
+/*
+ * INSERT_BLOCK (Ring protocol 10): h (copied out) and its data in the client's staging (copied
+ * into the arena and checksummed there), charged to account. cpl: status 0 with arena and
+ * entry_off, -EEXIST, -ENOENT (the parent is not cached, or went while this one was copied),
+ * -EINVAL (a geometry not the model's), -ESRCH, -EDQUOT, -ENOSPC, -ENOMEM.
+ */
+void lbd_store_insert_block(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+			    const struct lb_block_hdr *h, const uint8_t *data, struct lb_cpl *cpl);
 
 /*
  * A client's insert account: the arena bytes (headers and alignment included, as bytes_used
@@ -108,19 +133,22 @@ void lbd_store_stats(struct lbd_store *st, struct lbp_stats_reply *r);
 int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t first_layer,
 			  struct lbp_model_stats_reply *r);
 
-/* One cached entry as a snapshot sees it (daemon/snapshot.h): the keys of its input, its
- * header, where it stands for the eviction policy, and its data. */
+/* One cached entry as a snapshot sees it (daemon/snapshot.h): the keys of its input (or its
+ * block's place in the tree), its header, where it stands for the eviction policy, and its
+ * data. */
 struct lbd_store_item {
 	uint32_t model_id;
-	uint32_t layer;
+	uint32_t layer;                /* LB_ENTRY_LAYER_BLOCK for a prefix block */
 	uint32_t seq_len;
 	uint32_t dtype;                /* enum lbp_dtype */
 	uint32_t ndim;                 /* 1..LB_MAX_NDIM */
 	uint32_t shape[LB_MAX_NDIM];   /* unused dims 0 */
 	uint64_t bytes;                /* data bytes: the product of shape times the dtype's size */
 	uint64_t checksum;             /* XXH3-64 of the data */
-	uint64_t fp[LB_FP_WORDS];      /* the input's fingerprint */
-	uint64_t exact[2];             /* the input's token hash */
+	uint64_t fp[LB_FP_WORDS];      /* the input's fingerprint; a block's: 0 */
+	uint64_t exact[2];             /* the input's token hash; a block's key */
+	uint64_t parent[2];            /* a block's parent's key (0, 0 for block 0); else 0 */
+	uint32_t index;                /* a block's place in its chain; else 0 */
 	uint64_t idle_ns;              /* since its last hit, or its insert */
 	uint64_t age_ns;               /* since its insert */
 	double score;                  /* the decay policy's hit score, decayed to now */
@@ -146,10 +174,13 @@ double lbd_store_item_value(const struct lbd_store *st, const struct lbd_store_i
  * over): the store's checks of an insert, then room without any eviction, within the budget.
  * The data is copied under the store lock: meant for start-up, before clients are served.
  * checksum is trusted: the caller checked it against the data.
+ * A prefix block goes back under its parent, which must be back already (restore parents
+ * first: lbd_store_item_value ranks a parent at least as high as its children).
  * @return 0; -ESRCH (no bank for model_id); -EINVAL (layer or seq_len out of the model's
- *         range, shape inconsistent with bytes, the input cached with another seq_len);
- *         -EEXIST (that input has that layer); -ENOSPC (not within the budget, or no block
- *         fits); -ETIME (policy ttl: it would expire at once); -ENOMEM.
+ *         range, shape inconsistent with bytes, the input cached with another seq_len, a
+ *         block's geometry not the model's); -EEXIST (that input has that layer, or the block
+ *         is back); -ENOENT (a block whose parent is not back); -ENOSPC (not within the
+ *         budget, or no block fits); -ETIME (policy ttl: it would expire at once); -ENOMEM.
  */
 int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it);
 
@@ -206,6 +237,14 @@ int lbd_store_flush(struct lbd_store *st, uint32_t model_id, int layer, struct l
  * benchmark that measures what batching gives and for tests. */
 int lbd_store_flush_batched(struct lbd_store *st, uint32_t model_id, int layer, uint32_t batch,
 			    struct lbd_flush_result *out);
+
+/*
+ * The store's invariants, for tests and fuzzers: every prefix block's parent cached one place
+ * up (no chain has a hole) and its child count right; the eviction candidates exactly the LIVE
+ * layer entries and LIVE leaf blocks; the live list exactly the LIVE entries and the leased
+ * DOOMED ones; bytes_used their sum. @return 0; -EPROTO with why (n bytes) saying what broke.
+ */
+int lbd_store_check(struct lbd_store *st, char *why, size_t n);
 
 const char *lbd_policy_name(enum lbd_policy p);
 /* @return 0, or -1 for a name that is none of lru|decay|ttl. */

@@ -145,15 +145,16 @@ int lbip_bank_register(struct lbip_bank *l, const struct lb_model_desc *d, uint3
 		return -EINVAL;
 	if (lbp_decode(buf, (size_t)len, &back, &fault) < 0 || back.type != LBP_REGISTER_MODEL)
 		return -EINVAL;
-	int ret = lbd_models_register(&l->models, &back.u.reg, &id, &field, why, sizeof(why));
+	int ret = lbd_models_valid(&back.u.reg, &field, why, sizeof(why));
+	if (ret == 0)
+		ret = lbd_models_register(&l->models, &back.u.reg, &id, &field, why, sizeof(why));
 	if (ret < 0)
 		return ret;
 	ret = lbd_store_add_model(l->store, id, &back.u.reg);
 	if (ret < 0)
 		return ret;
 	lbd_dpclient_allow(l->dp, id);
-	*model_id = id;
-	return 0;
+	return lbi_client_model(l->client, &back.u.reg, id, model_id);
 }
 
 void lbip_bank_stats(struct lbip_bank *l, struct lbp_stats_reply *out)
@@ -174,6 +175,11 @@ int lbip_bank_clear(struct lbip_bank *l)
 	lbd_store_release_all(l->store, &l->dp->leases);
 	lbd_leases_free(&l->dp->leases);
 	return lbd_store_clear(l->store);
+}
+
+struct lbd_store *lbip_bank_store(struct lbip_bank *l)
+{
+	return l->store;
 }
 
 void lbip_bank_free(struct lbip_bank *l)

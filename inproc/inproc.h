@@ -11,6 +11,7 @@
 #include "layerbank/layerbank.h"
 
 struct lbip_bank;
+struct lbd_store;
 struct lbd_store_cfg;
 struct lbp_stats_reply;
 struct lbp_model_stats_reply;
@@ -50,6 +51,9 @@ int lbip_bank_model_stats(struct lbip_bank *b, uint32_t model_id, uint32_t first
  * @return 0; -EBUSY when an insert is being copied (never, from the bank's own thread).
  */
 int lbip_bank_clear(struct lbip_bank *b);
+
+/* The bank's store, for tests and fuzzers that check its invariants (lbd_store_check). */
+struct lbd_store *lbip_bank_store(struct lbip_bank *b);
 
 /* Free the bank and its client (leases end with it). Safe on NULL. */
 void lbip_bank_free(struct lbip_bank *b);

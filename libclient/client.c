@@ -608,8 +608,21 @@ LB_EXPORT int lb_register_model(struct lb_client *c, const struct lb_model_desc 
 		return ret;
 	if (rep.type != LBP_MODEL)
 		return -EPROTO;
+	return lbi_client_model(c, r, rep.u.model.model_id, model_id);
+}
+
+const struct lbp_register_model *lbi_model_desc(const struct lb_client *c, uint32_t app_id)
+{
+	for (unsigned i = 0; i < c->n_models; i++)
+		if (c->models[i].app_id == app_id)
+			return &c->models[i].msg;
+	return NULL;
+}
+
+int lbi_client_model(struct lb_client *c, const struct lbp_register_model *r, uint32_t id,
+		     uint32_t *model_id)
+{
 	/* Kept to be registered again after a reconnect; the daemon gives one model one id. */
-	uint32_t id = rep.u.model.model_id;
 	for (unsigned i = 0; i < c->n_models; i++) {
 		if (c->models[i].cur_id == id) {
 			*model_id = c->models[i].app_id;
@@ -671,6 +684,10 @@ LB_EXPORT int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size)
 	st.bytes_budget = rep.u.stats.bytes_budget;
 	st.fragmentation = rep.u.stats.fragmentation_ppm / 1e6;
 	st.quota_refusals = rep.u.stats.quota_refusals;
+	st.blocks = rep.u.stats.blocks;
+	st.prefix_hits = rep.u.stats.prefix_hits;
+	st.prefix_misses = rep.u.stats.prefix_misses;
+	st.blocks_served = rep.u.stats.blocks_served;
 	memcpy(out, &st, size < sizeof(st) ? size : sizeof(st));
 	return 0;
 }

@@ -127,6 +127,8 @@ int lbi_lost(struct lb_client *c);
 bool lbi_hung_up(const struct lb_client *c);
 /* The daemon's id for the application's model_id. */
 uint32_t lbi_model_id(const struct lb_client *c, uint32_t app_id);
+/* The model the application registered as app_id, as registered; NULL when it did not. */
+const struct lbp_register_model *lbi_model_desc(const struct lb_client *c, uint32_t app_id);
 /* A lease of a lost connection let go by the application. @return true when it was one. */
 bool lbi_orphan_release(struct lb_client *c, uint64_t lease);
 /* The reservation into a lost connection's staging is over. */

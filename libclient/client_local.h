@@ -18,4 +18,10 @@
 int lbi_client_local(const struct lbp_welcome *w, const int *fds, unsigned n, void (*pump)(void *),
 		     void *ctx, struct lb_client **out);
 
+/* The model r, registered by whoever serves c as id, is c's: c's calls check their answers
+ * against r (prefix blocks' geometry) and a reconnect registers it again. *model_id: the id
+ * the application uses (id, unless another model of c has it). @return 0, -ENOMEM. */
+int lbi_client_model(struct lb_client *c, const struct lbp_register_model *r, uint32_t id,
+		     uint32_t *model_id);
+
 #endif

@@ -122,6 +122,14 @@ static void to_result(struct lb_client *c, const struct lb_cpl *k, struct lb_res
 	memset(out, 0, sizeof(*out));
 	out->user_data = k->user_data;
 	out->status = k->status;
+	if (k->status == 0 && k->opcode == LB_OP_LOOKUP_PREFIX) {
+		/* Its blocks are checked by lb_lookup_prefix, which reads the answers in staging. */
+		if (lbi_leases_add(&c->leases, k->lease) < 0)
+			c->untracked = true;
+		out->hit.lease = k->lease;
+		out->hit.layer = k->count;
+		return;
+	}
 	if (k->status != 0 || (k->opcode != LB_OP_LOOKUP && k->opcode != LB_OP_LOOKUP_DEEPEST))
 		return;
 	const struct lb_entry_hdr *h = NULL;
@@ -218,7 +226,8 @@ LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, 
 		c->inflight--;
 		if (c->n_stale && stale_take(c, k.user_data)) {
 			if (k.status == 0 && k.lease &&
-			    (k.opcode == LB_OP_LOOKUP || k.opcode == LB_OP_LOOKUP_DEEPEST))
+			    (k.opcode == LB_OP_LOOKUP || k.opcode == LB_OP_LOOKUP_DEEPEST ||
+			     k.opcode == LB_OP_LOOKUP_PREFIX))
 				give_back(c, k.lease);
 			continue;
 		}
@@ -372,25 +381,50 @@ LB_EXPORT void *lb_insert_reserve(struct lb_client *c, uint64_t bytes)
 	return c->staging + off + LB_INSERT_HDR_SIZE;
 }
 
+/* The reservation is over, not sent. @return -ECONNRESET when it was a lost connection's. */
+static int unreserve(struct lb_client *c)
+{
+	c->reserved_off = UINT64_MAX;
+	if (c->reserve_orphan < 0)
+		return 0;
+	lbi_orphan_unreserve(c);
+	return -ECONNRESET;
+}
+
+/* Send the reservation as op (INSERT, INSERT_BLOCK) with hdr (size bytes) in front of its data
+ * and wait for the answer. r: the request's fields but the payload's. */
+static int commit_reserved(struct lb_client *c, struct lb_req *r, const void *hdr, size_t size)
+{
+	struct lb_result res;
+	uint64_t bytes = c->reserved_bytes;
+	int ret;
+
+	if (c->reserve_orphan >= 0) /* reserved before the daemon went away */
+		return unreserve(c);
+	ret = sync_ok(c);
+	if (ret < 0)
+		return ret;
+	/* The header's tail is reserved and must be zero; staging may hold an earlier request's
+	 * bytes there (a lookup's query, when requests were given up on and offsets moved). */
+	memset(c->staging + c->reserved_off, 0, LB_INSERT_HDR_SIZE);
+	memcpy(c->staging + c->reserved_off, hdr, size);
+	r->payload_off = (uint32_t)c->reserved_off;
+	r->payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + bytes);
+	r->user_data = sync_tag(c);
+	c->reserved_off = UINT64_MAX;
+	ret = push(c, r);
+	return ret < 0 ? ret
+		       : call(c, r->user_data, &res, c->wait_ns + (bytes >> 20) * INSERT_WAIT_NS_PER_MIB);
+}
+
 LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
 			       const struct lb_key *key, const struct lb_shape *shape)
 {
 	struct lb_insert_hdr h;
-	struct lb_req r;
-	struct lb_result res;
-	int ret;
 
 	if (c->reserved_off == UINT64_MAX || !key || !shape || shape->ndim < 1 ||
 	    shape->ndim > LB_MAX_NDIM || layer > UINT16_MAX)
 		return -EINVAL;
-	if (c->reserve_orphan >= 0) { /* reserved before the daemon went away */
-		c->reserved_off = UINT64_MAX;
-		lbi_orphan_unreserve(c);
-		return -ECONNRESET;
-	}
-	ret = sync_ok(c);
-	if (ret < 0)
-		return ret;
 	memset(&h, 0, sizeof(h));
 	memcpy(h.fp, key->fp, sizeof(h.fp));
 	memcpy(h.exact, key->exact, sizeof(h.exact));
@@ -398,21 +432,104 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 	h.ndim = shape->ndim;
 	memcpy(h.shape, shape->dims, sizeof(uint32_t) * shape->ndim);
 	h.bytes = c->reserved_bytes;
-	/* The header's tail is reserved and must be zero; staging may hold an earlier request's
-	 * bytes there (a lookup's query, when requests were given up on and offsets moved). */
-	memset(c->staging + c->reserved_off, 0, LB_INSERT_HDR_SIZE);
-	memcpy(c->staging + c->reserved_off, &h, sizeof(h));
-	memset(&r, 0, sizeof(r));
-	r.opcode = LB_OP_INSERT;
-	r.layer = (uint16_t)layer;
-	r.model_id = lbi_model_id(c, model_id);
-	r.seq_len = key->seq_len;
-	r.payload_off = (uint32_t)c->reserved_off;
-	r.payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + c->reserved_bytes);
-	r.user_data = sync_tag(c);
-	c->reserved_off = UINT64_MAX;
+	struct lb_req r = { .opcode = LB_OP_INSERT, .layer = (uint16_t)layer,
+			    .model_id = lbi_model_id(c, model_id), .seq_len = key->seq_len };
+	return commit_reserved(c, &r, &h, sizeof(h));
+}
+
+/* ---- prefix blocks ---- */
+
+/* Data bytes of one block of the model d. */
+static uint64_t block_bytes(const struct lbp_register_model *d)
+{
+	return (uint64_t)d->n_layers * 2 * d->kv.block_tokens * d->kv.dim * lbp_dtype_size(d->dtype);
+}
+
+LB_EXPORT int lb_insert_block(struct lb_client *c, uint32_t model_id, const uint64_t key[2],
+			      const uint64_t parent[2], uint32_t index)
+{
+	const struct lbp_register_model *d = lbi_model_desc(c, model_id);
+
+	if (c->reserved_off == UINT64_MAX || !key || (index && !parent))
+		return -EINVAL;
+	if (!d || !d->kv.dim || c->reserved_bytes != block_bytes(d) ||
+	    ((uint64_t)index + 1) * d->kv.block_tokens > d->max_seq) {
+		int ret = unreserve(c);
+		return ret < 0 ? ret : d ? -EINVAL : -EACCES;
+	}
+	struct lb_block_hdr h = { .key = { key[0], key[1] }, .index = index, .dtype = d->dtype,
+				  .ndim = 4, .shape = { d->n_layers, 2, d->kv.block_tokens, d->kv.dim },
+				  .bytes = c->reserved_bytes };
+	if (index)
+		memcpy(h.parent, parent, sizeof(h.parent));
+	struct lb_req r = { .opcode = LB_OP_INSERT_BLOCK, .model_id = lbi_model_id(c, model_id),
+			    .seq_len = (index + 1) * d->kv.block_tokens };
+	return commit_reserved(c, &r, &h, sizeof(h));
+}
+
+/* Block i of a prefix hit, checked against what was asked (Ring protocol 9): where it is, that
+ * it is live, of this model, this key and this size. @return its data, or NULL. */
+static const void *prefix_block(const struct lb_client *c, const struct lbp_register_model *d,
+				uint32_t model, const uint64_t key[2], const struct lb_prefix_block *a)
+{
+	uint64_t bytes = block_bytes(d);
+
+	if (a->arena >= c->n_arenas || a->reserved || a->entry_off % 64 ||
+	    a->entry_off > c->arenas[a->arena].bytes - LB_ENTRY_HDR_SIZE ||
+	    bytes > c->arenas[a->arena].bytes - a->entry_off - LB_ENTRY_HDR_SIZE)
+		return NULL;
+	const struct lb_entry_hdr *h =
+		(const struct lb_entry_hdr *)((const uint8_t *)c->arenas[a->arena].base + a->entry_off);
+	if (!lb_entry_live(h) || h->model_id != model || h->layer != LB_ENTRY_LAYER_BLOCK ||
+	    h->bytes != bytes || h->key[0] != key[0] || h->key[1] != key[1])
+		return NULL;
+	return (const uint8_t *)h + LB_ENTRY_HDR_SIZE;
+}
+
+LB_EXPORT int lb_lookup_prefix(struct lb_client *c, uint32_t model_id, const uint64_t (*keys)[2],
+			       uint32_t n_keys, const void **blocks, uint64_t *lease)
+{
+	const struct lbp_register_model *d = lbi_model_desc(c, model_id);
+	struct lb_prefix_query q = { .n_keys = n_keys };
+	uint64_t len = sizeof(q) + (uint64_t)n_keys * sizeof(keys[0]), off;
+	struct lb_result res;
+	int ret;
+
+	if (!keys || !blocks || !lease || !n_keys || n_keys > LB_PREFIX_MAX_BLOCKS)
+		return -EINVAL;
+	if (!d || !d->kv.dim)
+		return d ? -EINVAL : -EACCES;
+	ret = sync_ok(c);
+	if (ret < 0)
+		return ret;
+	if (lbi_ready(c) < 0)
+		return -ENOTCONN;
+	off = stage(c, len);
+	if (off == UINT64_MAX)
+		return -EAGAIN;
+	memcpy(c->staging + off, &q, sizeof(q));
+	memcpy(c->staging + off + sizeof(q), keys, len - sizeof(q));
+	struct lb_req r = { .opcode = LB_OP_LOOKUP_PREFIX, .model_id = lbi_model_id(c, model_id),
+			    .user_data = sync_tag(c), .payload_off = (uint32_t)off,
+			    .payload_len = (uint32_t)len };
 	ret = push(c, &r);
-	return ret < 0 ? ret
-		       : call(c, r.user_data, &res,
-			      c->wait_ns + (h.bytes >> 20) * INSERT_WAIT_NS_PER_MIB);
+	if (ret == 0)
+		ret = call(c, r.user_data, &res, c->wait_ns);
+	if (ret < 0)
+		return ret;
+	/* The answers, written over the keys, are read before staging is used again. */
+	uint32_t n = res.hit.layer;
+	for (uint32_t i = 0; i < n && n <= n_keys; i++) {
+		struct lb_prefix_block a;
+		memcpy(&a, c->staging + off + sizeof(q) + i * sizeof(a), sizeof(a));
+		blocks[i] = prefix_block(c, d, r.model_id, keys[i], &a);
+		if (!blocks[i])
+			n = 0;
+	}
+	if (n == 0 || n > n_keys) {
+		lb_release(c, res.hit.lease);
+		return -EPROTO;
+	}
+	*lease = res.hit.lease;
+	return (int)n;
 }

@@ -21,8 +21,8 @@
 #define WALK_MAX_DEPTH 8u
 #define WALK_MAX_OBJECTS 4096u
 
-/* Keys in the largest body (STATS_REPLY has 21). */
-#define MAX_KEYS 24u
+/* Keys in the largest body (STATS_REPLY has 25). */
+#define MAX_KEYS 32u
 
 enum fkind {
 	F_UINT,   /* uint32_t or uint64_t (by size), min..max */
@@ -101,6 +101,12 @@ static const struct field fp_f[] = {
 };
 static const struct table fp_t = TABLE(fp_f);
 
+static const struct field kv_f[] = {
+	UINT(struct lbp_kv_spec, dim, 0, LBP_MAX_HIDDEN),
+	UINT(struct lbp_kv_spec, block_tokens, 0, LBP_MAX_BLOCK_TOKENS),
+};
+static const struct table kv_t = TABLE(kv_f);
+
 static const struct field reg_f[] = {
 	STR(struct lbp_register_model, name, 1),
 	UINT(struct lbp_register_model, weights_hash, 0, UINT64_MAX),
@@ -109,6 +115,7 @@ static const struct field reg_f[] = {
 	UINT(struct lbp_register_model, dtype, LBP_DTYPE_F32, LBP_DTYPE_BF16),
 	UINT(struct lbp_register_model, max_seq, 1, LBP_MAX_SEQ),
 	MAP(struct lbp_register_model, fp, fp_t),
+	MAP(struct lbp_register_model, kv, kv_t),
 };
 
 static const struct field model_f[] = {
@@ -138,6 +145,10 @@ static const struct field stats_f[] = {
 	UINT(struct lbp_stats_reply, bytes_budget, 0, UINT64_MAX),
 	UINT(struct lbp_stats_reply, fragmentation_ppm, 0, 1000000),
 	UINT(struct lbp_stats_reply, quota_refusals, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, blocks, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, prefix_hits, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, prefix_misses, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, blocks_served, 0, UINT64_MAX),
 };
 
 static const struct field mstats_f[] = {
@@ -260,6 +271,7 @@ FITS(hello_f);
 FITS(arena_f);
 FITS(welcome_f);
 FITS(fp_f);
+FITS(kv_f);
 FITS(reg_f);
 FITS(model_f);
 FITS(stats_f);
@@ -602,6 +614,9 @@ int lbp_register_from_desc(const struct lb_model_desc *d, struct lbp_register_mo
 	r->fp.chunks = d->fp_chunks ? d->fp_chunks : 4;
 	r->fp.bits = 256;
 	r->fp.seed = d->fp_seed;
+	r->kv.dim = d->kv_dim;
+	/* The default only where blocks are asked for: block_tokens without kv_dim is refused. */
+	r->kv.block_tokens = d->kv_dim && !d->block_tokens ? LB_BLOCK_TOKENS_DEFAULT : d->block_tokens;
 	return 0;
 }
 

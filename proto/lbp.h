@@ -11,7 +11,7 @@
 #include "layerbank/layerbank.h"
 #include "layerbank/shm.h"
 
-#define LBP_VERSION 1u
+#define LBP_VERSION 2u /* 2: REGISTER_MODEL kv, STATS_REPLY prefix counters */
 #define LBP_MAX_FRAME 65536u    /* bytes; a longer frame is rejected unread */
 #define LBP_MAX_NAME 63u        /* bytes of a model or client name, no NUL on the wire */
 #define LBP_MAX_ARENAS 8u       /* arena fds in one WELCOME */
@@ -20,6 +20,7 @@
 #define LBP_MAX_HIDDEN 65536u
 #define LBP_MAX_SEQ 1048576u
 #define LBP_MAX_FP_CHUNKS 64u
+#define LBP_MAX_BLOCK_TOKENS 1024u  /* tokens of a prefix block */
 #define LBP_MAX_STAGING (1ull << 32) /* bytes of a client's staging buffer */
 #define LBP_MAX_RING 65536u          /* entries of a ring (LB_RING_MAX_ENTRIES) */
 #define LBP_MAX_STATS_LAYERS 64u     /* layers in one MODEL_STATS_REPLY */
@@ -97,6 +98,13 @@ struct lbp_fp_spec {
 	uint64_t seed;
 };
 
+/* Prefix blocks: both 0 for a model without them; else dim >= 1 and block_tokens >= 1 (the
+ * registry checks the pair, lbd_models_register). */
+struct lbp_kv_spec {
+	uint32_t dim;          /* one position's K (or V) row of a layer: 0..LBP_MAX_HIDDEN */
+	uint32_t block_tokens; /* 0..LBP_MAX_BLOCK_TOKENS */
+};
+
 struct lbp_register_model {
 	char name[LBP_MAX_NAME + 1]; /* 1..LBP_MAX_NAME bytes, NUL-terminated */
 	uint64_t weights_hash;
@@ -105,6 +113,7 @@ struct lbp_register_model {
 	uint32_t dtype;    /* enum lbp_dtype */
 	uint32_t max_seq;  /* 1..LBP_MAX_SEQ */
 	struct lbp_fp_spec fp;
+	struct lbp_kv_spec kv;
 };
 
 /* REGISTER_MODEL's body from an lb_register_model description (lbp_encode then checks every
@@ -138,6 +147,10 @@ struct lbp_stats_reply {
 	uint64_t bytes_budget; /* bytes entries may use */
 	uint32_t fragmentation_ppm; /* of the free arena space, parts per million */
 	uint64_t quota_refusals; /* inserts refused with EDQUOT (client-insert-bytes) */
+	uint64_t blocks;         /* live prefix blocks (not in entries) */
+	uint64_t prefix_hits;    /* LOOKUP_PREFIX answered with at least block 0 */
+	uint64_t prefix_misses;  /* LOOKUP_PREFIX without even block 0 */
+	uint64_t blocks_served;  /* blocks those hits gave out */
 };
 
 struct lbp_model_stats {

@@ -69,6 +69,11 @@ struct lb_model_desc {
 	uint32_t max_seq;      /* 1..1048576 */
 	uint32_t fp_chunks;    /* fingerprint chunks, 1..64; 0 means the default, 4 */
 	uint64_t fp_seed;      /* fingerprint projection seed */
+	/* Prefix blocks (causal models only: a position's K and V depend on the positions before
+	 * it alone): kv_dim is the width of one position's K (and V) row of a layer, n_kv_heads *
+	 * head_size, 1..65536; 0 for a model without prefix blocks (encoders). */
+	uint32_t kv_dim;
+	uint32_t block_tokens; /* tokens of a block, 1..1024; 0 means LB_BLOCK_TOKENS_DEFAULT */
 };
 LB_ABI_FIELD_LP64(struct lb_model_desc, name, 0, 8);
 LB_ABI_FIELD_LP64(struct lb_model_desc, weights_hash, 8, 8);
@@ -78,7 +83,11 @@ LB_ABI_FIELD_LP64(struct lb_model_desc, dtype, 24, 4);
 LB_ABI_FIELD_LP64(struct lb_model_desc, max_seq, 28, 4);
 LB_ABI_FIELD_LP64(struct lb_model_desc, fp_chunks, 32, 4);
 LB_ABI_FIELD_LP64(struct lb_model_desc, fp_seed, 40, 8);
-LB_ABI_SIZE_LP64(struct lb_model_desc, 48);
+LB_ABI_FIELD_LP64(struct lb_model_desc, kv_dim, 48, 4);
+LB_ABI_FIELD_LP64(struct lb_model_desc, block_tokens, 52, 4);
+LB_ABI_SIZE_LP64(struct lb_model_desc, 56);
+
+#define LB_BLOCK_TOKENS_DEFAULT 16u
 
 /*
  * Register a model (or find it registered with the same description).
@@ -113,6 +122,11 @@ struct lb_stats {
 	uint64_t bytes_used, bytes_budget;
 	double fragmentation;    /* of the free arena space, 0..1 */
 	uint64_t quota_refusals; /* inserts refused with -EDQUOT: over a client's insert quota */
+	/* prefix blocks */
+	uint64_t blocks;         /* cached prefix blocks (not counted in entries) */
+	uint64_t prefix_hits;    /* LOOKUP_PREFIX answered with at least the first block */
+	uint64_t prefix_misses;  /* LOOKUP_PREFIX that found not even the first */
+	uint64_t blocks_served;  /* blocks handed out by the hits */
 };
 LB_ABI_FIELD_LP64(struct lb_stats, page_size, 0, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, arena_bytes, 8, 8);
@@ -135,7 +149,11 @@ LB_ABI_FIELD_LP64(struct lb_stats, bytes_used, 128, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, bytes_budget, 136, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, fragmentation, 144, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, quota_refusals, 152, 8);
-LB_ABI_SIZE_LP64(struct lb_stats, 160);
+LB_ABI_FIELD_LP64(struct lb_stats, blocks, 160, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, prefix_hits, 168, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, prefix_misses, 176, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, blocks_served, 184, 8);
+LB_ABI_SIZE_LP64(struct lb_stats, 192);
 
 /*
  * Read the daemon's counters into *out; size is sizeof(*out) as the caller was compiled,
@@ -424,7 +442,141 @@ int lb_submit_release(struct lb_client *c, uint64_t lease, uint64_t user_data);
 /* Collect up to max results, waiting up to timeout_us for the first (0: don't wait).
  * @return the number collected (0 on time-out), -EPROTO. */
 int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, uint32_t timeout_us);
+/* ---- prefix blocks: the exact K and V of token prefixes, for causal models ---- */
 
+/*
+ * A causal model's input is cut into blocks of block_tokens tokens (the model's registration).
+ * Block i holds, for every layer, the K (after RoPE) and V rows of positions [i B, (i + 1) B),
+ * f32 [n_layers][2][block_tokens][kv_dim]: K of layer l at (2 l) B kv_dim floats, V at
+ * (2 l + 1) B kv_dim. Its key names the whole prefix of tokens [0, (i + 1) B): a chained
+ * XXH3-128 (PROTOCOL.md, Ring protocol 14). A causal model's states before the first differing
+ * token are exact, so a cached prefix is reused as is: no approximation.
+ */
+
+/* The chained keys of the full blocks of tokens, keys[i][0] low and [1] high 64 bits of block
+ * i's. Computes at most max of them. @return the number of full blocks: n_tokens / block_tokens
+ * (0 for block_tokens 0). */
+uint32_t lb_block_keys(const int32_t *tokens, uint32_t n_tokens, uint32_t block_tokens,
+		       uint64_t (*keys)[2], uint32_t max);
+
+/*
+ * The longest run of cached blocks from the start of a prefix: keys[0..n_keys) from
+ * lb_block_keys (n_keys 1..LB_PREFIX_MAX_BLOCKS). On a hit, blocks[i] for i < the count is block
+ * i's data: read-only, zero copy, in the layout above, checked against the model's registration;
+ * one lease covers them all until lb_release(*lease).
+ * @return the number of blocks found from the start (>= 1); -ENOENT (not even block 0); -ESRCH;
+ *         -EACCES; -EINVAL (bad argument, a model registered without kv_dim); -EBUSY (requests
+ *         in flight, or too many leases held); -ETIMEDOUT; -EPROTO (an answer that does not
+ *         check: the lease is given back).
+ */
+int lb_lookup_prefix(struct lb_client *c, uint32_t model_id, const uint64_t (*keys)[2],
+		     uint32_t n_keys, const void **blocks, uint64_t *lease);
+
+/*
+ * Insert block index of a prefix from the buffer lb_insert_reserve gave (its data, bytes of
+ * n_layers * 2 * block_tokens * kv_dim f32 as registered): key is its key, parent the key of
+ * block index - 1 (ignored for block 0). The parent must be cached: a chain has no holes.
+ * @return 0; -EEXIST (cached already); -ENOENT (the parent is not cached); -ENOSPC; -EDQUOT;
+ *         -EINVAL (no reservation, a size that is not the model's block size, a model without
+ *         kv_dim); -ESRCH; -EACCES; -ETIMEDOUT; -EPROTO.
+ */
+int lb_insert_block(struct lb_client *c, uint32_t model_id, const uint64_t key[2],
+		    const uint64_t parent[2], uint32_t index);
+
+/* A sequence's K and V as blocks: block i of positions [i B, (i + 1) B) at block[i], in the
+ * layout above. Cached blocks point into the arena (read-only); the caller's own into its
+ * memory. */
+struct lb_kv_view {
+	uint32_t n_layers;
+	uint32_t kv_dim;
+	uint32_t block_tokens;
+	uint32_t n_blocks;   /* entries of block: the longest sequence, in blocks */
+	const float **block; /* [n_blocks], the caller's array */
+};
+LB_ABI_FIELD_LP64(struct lb_kv_view, n_layers, 0, 4);
+LB_ABI_FIELD_LP64(struct lb_kv_view, kv_dim, 4, 4);
+LB_ABI_FIELD_LP64(struct lb_kv_view, block_tokens, 8, 4);
+LB_ABI_FIELD_LP64(struct lb_kv_view, n_blocks, 12, 4);
+LB_ABI_FIELD_LP64(struct lb_kv_view, block, 16, 8);
+LB_ABI_SIZE_LP64(struct lb_kv_view, 24);
+
+/* The K (v = 0) or V (v = 1) row of position t of layer l. */
+static inline const float *lb_kv_row(const struct lb_kv_view *kv, uint32_t l, uint32_t v,
+				     uint32_t t)
+{
+	uint64_t B = kv->block_tokens;
+	return kv->block[t / B] + ((2 * (uint64_t)l + v) * B + t % B) * kv->kv_dim;
+}
+
+/*
+ * Compute layer `layer` for positions [p, n) of a sequence: read the K and V rows of positions
+ * [0, p) through kv and write those of [p, n) into the caller's own blocks (kv->block[i] for i
+ * >= p / block_tokens is one of the caller's, own + i block-sizes; never write through a
+ * cached one). The hidden states are the caller's (ctx): layer 0 starts from the embeddings of
+ * tokens p..n-1. @return 0, or a negative errno, which lb_prefix_run returns as is.
+ */
+typedef int (*lb_prefix_fn)(void *ctx, uint32_t layer, uint32_t p, uint32_t n,
+			    const struct lb_kv_view *kv);
+
+struct lb_prefix_cfg {
+	uint32_t model_id;     /* from lb_register_model (unused when c is NULL) */
+	uint32_t n_layers;     /* as registered */
+	uint32_t kv_dim;       /* as registered */
+	uint32_t block_tokens; /* as registered (0: LB_BLOCK_TOKENS_DEFAULT) */
+};
+LB_ABI_FIELD_LP64(struct lb_prefix_cfg, model_id, 0, 4);
+LB_ABI_FIELD_LP64(struct lb_prefix_cfg, n_layers, 4, 4);
+LB_ABI_FIELD_LP64(struct lb_prefix_cfg, kv_dim, 8, 4);
+LB_ABI_FIELD_LP64(struct lb_prefix_cfg, block_tokens, 12, 4);
+LB_ABI_SIZE_LP64(struct lb_prefix_cfg, 16);
+
+struct lb_prefix_result {
+	uint32_t reused_tokens;   /* positions whose K and V came from the cache: p */
+	uint32_t computed_tokens; /* positions computed: n - p */
+	uint32_t blocks_found;    /* blocks of the hit */
+	uint32_t blocks_inserted; /* new full blocks committed to the cache */
+	uint64_t lease;           /* the hit's, held until lb_prefix_done (0: none) */
+	int cache_error;          /* 0, or the error that made the run go on without the cache */
+};
+LB_ABI_FIELD_LP64(struct lb_prefix_result, reused_tokens, 0, 4);
+LB_ABI_FIELD_LP64(struct lb_prefix_result, computed_tokens, 4, 4);
+LB_ABI_FIELD_LP64(struct lb_prefix_result, blocks_found, 8, 4);
+LB_ABI_FIELD_LP64(struct lb_prefix_result, blocks_inserted, 12, 4);
+LB_ABI_FIELD_LP64(struct lb_prefix_result, lease, 16, 8);
+LB_ABI_FIELD_LP64(struct lb_prefix_result, cache_error, 24, 4);
+LB_ABI_SIZE_LP64(struct lb_prefix_result, 32);
+
+/*
+ * Prefill tokens[0..n), reusing the longest cached prefix (lb_prefix_cfg: the model as
+ * registered, its geometry equal to kv's):
+ *  1. lb_block_keys, lb_lookup_prefix: the first p = min(found * block_tokens, n - 1) positions
+ *     are cached (the last position is always computed: its output is what a caller wants).
+ *  2. kv->block[i] = the cached block i for i < found, else own + i * block floats (own: the
+ *     caller's memory for kv->n_blocks blocks; kv's geometry and array are the caller's too);
+ *     compute(ctx, l, p, n, kv) for every layer.
+ *  3. The full blocks from p / block_tokens on are inserted (lb_prefix_insert).
+ * The hit's blocks stay readable through kv until lb_prefix_done, so that the caller can go on
+ * decoding from them. c NULL runs plain (p = 0, nothing inserted), and so does the rest of a run
+ * once a cache call fails with anything but a miss or a full cache (cache_error says which).
+ * @return 0; -EINVAL (NULL arguments, n 0, n above kv->n_blocks blocks, a cfg unlike kv's);
+ *         compute's error (the lease given back first).
+ */
+int lb_prefix_run(struct lb_client *c, const struct lb_prefix_cfg *cfg, const int32_t *tokens,
+		  uint32_t n, float *own, struct lb_kv_view *kv, lb_prefix_fn compute, void *ctx,
+		  struct lb_prefix_result *res);
+
+/*
+ * Insert the full blocks [first, n / block_tokens) of tokens[0..n) from kv (the caller's, or
+ * cached: a cached block is skipped as -EEXIST), each after its parent, through lb_insert_reserve
+ * and lb_insert_block; -EEXIST, -ENOSPC and -EDQUOT skip a block (and, but for -EEXIST, those
+ * after it: they would have no parent). For a sequence that grew (decoded tokens).
+ * @return the blocks inserted; -EINVAL; another cache error (the caller goes on without it).
+ */
+int lb_prefix_insert(struct lb_client *c, const struct lb_prefix_cfg *cfg, const int32_t *tokens,
+		     uint32_t n, const struct lb_kv_view *kv, uint32_t first);
+
+/* End a run: give back the hit's lease (res->lease, then 0). Safe when there is none. */
+void lb_prefix_done(struct lb_client *c, struct lb_prefix_result *res);
 
 /* ---- the layer execution manager (LLMCache): reuse the deepest cached layer, insert the rest ---- */
 

@@ -62,9 +62,11 @@ enum lb_op {
 	LB_OP_INSERT = 4,         /* payload: struct lb_insert_hdr, then the bytes */
 	LB_OP_RELEASE = 5,        /* lease: the one to end */
 	LB_OP_REPORT = 6,         /* lease: the entry reused; aux: drift as float bits */
+	LB_OP_LOOKUP_PREFIX = 7,  /* payload: struct lb_prefix_query, then the block keys */
+	LB_OP_INSERT_BLOCK = 8,   /* payload: struct lb_block_hdr, then the bytes */
 };
 #define LB_OP_MIN LB_OP_PING
-#define LB_OP_MAX LB_OP_REPORT
+#define LB_OP_MAX LB_OP_INSERT_BLOCK
 
 /* Request: client -> daemon. Every field is checked by the daemon on its own copy. */
 struct lb_req {
@@ -107,7 +109,7 @@ struct lb_cpl {
 	uint64_t lease;      /* hit: lease to RELEASE; 0 otherwise (an insert holds none) */
 	uint64_t entry_off;  /* hit/insert: offset of struct lb_entry_hdr in the arena */
 	uint32_t hamming;    /* hit: fingerprint distance to the entry (0 for an exact match) */
-	uint32_t reserved0;
+	uint32_t count;      /* LOOKUP_PREFIX hit: blocks found, written to the payload */
 	uint64_t reserved[2];
 	uint32_t reserved1;
 	uint32_t stamp;      /* the ring's (LB_RING_STAMP_OFF) */
@@ -120,7 +122,7 @@ LB_ABI_FIELD(struct lb_cpl, layer, 14, 2);
 LB_ABI_FIELD(struct lb_cpl, lease, 16, 8);
 LB_ABI_FIELD(struct lb_cpl, entry_off, 24, 8);
 LB_ABI_FIELD(struct lb_cpl, hamming, 32, 4);
-LB_ABI_FIELD(struct lb_cpl, reserved0, 36, 4);
+LB_ABI_FIELD(struct lb_cpl, count, 36, 4);
 LB_ABI_FIELD(struct lb_cpl, reserved, 40, 16);
 LB_ABI_FIELD(struct lb_cpl, reserved1, 56, 4);
 LB_ABI_FIELD(struct lb_cpl, stamp, 60, 4);
@@ -163,6 +165,56 @@ _Static_assert(sizeof(struct lb_insert_hdr) == 80, "abi");
 #define LB_INSERT_HDR_SIZE 128u /* data starts here, cache-line aligned */
 _Static_assert(sizeof(struct lb_insert_hdr) <= LB_INSERT_HDR_SIZE, "abi");
 
+/* ---- prefix blocks (causal models): the K and V of every layer for block_tokens positions,
+ * keyed by a chained hash of the tokens up to the block's end (PROTOCOL.md, Ring protocol 14) */
+
+#define LB_PREFIX_MAX_BLOCKS 256u /* keys of one LOOKUP_PREFIX */
+
+/* LOOKUP_PREFIX payload, in staging: this header, then n_keys keys of 16 bytes (key[0], key[1]),
+ * block 0 first. The daemon answers in place: for each block found, a struct lb_prefix_block
+ * over its key (the client's staging is its to write while the request is in flight). */
+struct lb_prefix_query {
+	uint32_t n_keys;   /* 1..LB_PREFIX_MAX_BLOCKS */
+	uint32_t reserved; /* 0 */
+	/* uint64_t key[n_keys][2]; */
+};
+LB_ABI_FIELD(struct lb_prefix_query, n_keys, 0, 4);
+LB_ABI_FIELD(struct lb_prefix_query, reserved, 4, 4);
+_Static_assert(sizeof(struct lb_prefix_query) == 8, "abi");
+
+struct lb_prefix_block {
+	uint64_t entry_off; /* of the block's struct lb_entry_hdr */
+	uint32_t arena;     /* its arena, by its position in WELCOME */
+	uint32_t reserved;  /* 0 */
+};
+LB_ABI_FIELD(struct lb_prefix_block, entry_off, 0, 8);
+LB_ABI_FIELD(struct lb_prefix_block, arena, 8, 4);
+LB_ABI_FIELD(struct lb_prefix_block, reserved, 12, 4);
+_Static_assert(sizeof(struct lb_prefix_block) == 16, "abi: one per key, in its place");
+
+/* INSERT_BLOCK payload, in staging: this header in LB_INSERT_HDR_SIZE bytes, then the data:
+ * f32 (the model's dtype) [n_layers][2][block_tokens][kv_dim], K then V of each layer. */
+struct lb_block_hdr {
+	uint64_t key[2];    /* the block's chained key */
+	uint64_t parent[2]; /* the previous block's key; 0, 0 for block 0 */
+	uint32_t index;     /* the block's place in the chain: 0 first */
+	uint32_t dtype;     /* enum lb_dtype: the model's */
+	uint32_t ndim;      /* 4 */
+	uint32_t shape[LB_MAX_NDIM]; /* n_layers, 2, block_tokens, kv_dim: the model's */
+	uint32_t reserved;  /* 0 */
+	uint64_t bytes;     /* product of shape times the dtype's size */
+};
+LB_ABI_FIELD(struct lb_block_hdr, key, 0, 16);
+LB_ABI_FIELD(struct lb_block_hdr, parent, 16, 16);
+LB_ABI_FIELD(struct lb_block_hdr, index, 32, 4);
+LB_ABI_FIELD(struct lb_block_hdr, dtype, 36, 4);
+LB_ABI_FIELD(struct lb_block_hdr, ndim, 40, 4);
+LB_ABI_FIELD(struct lb_block_hdr, shape, 44, 16);
+LB_ABI_FIELD(struct lb_block_hdr, reserved, 60, 4);
+LB_ABI_FIELD(struct lb_block_hdr, bytes, 64, 8);
+_Static_assert(sizeof(struct lb_block_hdr) == 72, "abi");
+_Static_assert(sizeof(struct lb_block_hdr) <= LB_INSERT_HDR_SIZE, "abi");
+
 /*
  * In the arena before each entry's data: written by the daemon, read-only for clients. The
  * daemon writes the data and every other field first and the magic last (E1 in its
@@ -180,7 +232,7 @@ struct lb_entry_hdr {
 	uint32_t shape[LB_MAX_NDIM];
 	uint64_t bytes;              /* data bytes after this header */
 	uint64_t checksum;           /* XXH3-64 of the data, computed on the arena copy */
-	uint64_t reserved[2];
+	uint64_t key[2];             /* the input's token hash; a block's chained key */
 };
 LB_ABI_FIELD(struct lb_entry_hdr, magic, 0, 8);
 LB_ABI_FIELD(struct lb_entry_hdr, model_id, 8, 4);
@@ -191,8 +243,9 @@ LB_ABI_FIELD(struct lb_entry_hdr, ndim, 20, 4);
 LB_ABI_FIELD(struct lb_entry_hdr, shape, 24, 16);
 LB_ABI_FIELD(struct lb_entry_hdr, bytes, 40, 8);
 LB_ABI_FIELD(struct lb_entry_hdr, checksum, 48, 8);
-LB_ABI_FIELD(struct lb_entry_hdr, reserved, 56, 16);
+LB_ABI_FIELD(struct lb_entry_hdr, key, 56, 16);
 #define LB_ENTRY_MAGIC 0x5952544e45424cULL /* "LBENTRY" */
+#define LB_ENTRY_LAYER_BLOCK 0xffffu        /* layer of a prefix block entry */
 #define LB_ENTRY_HDR_SIZE 128u
 _Static_assert(sizeof(struct lb_entry_hdr) == 72, "abi");
 _Static_assert(sizeof(struct lb_entry_hdr) <= LB_ENTRY_HDR_SIZE, "abi");

@@ -23,7 +23,7 @@
 #endif
 
 #define LB_SHM_MAGIC 0x4b4e41425259414cULL /* "LAYRBANK" little-endian */
-#define LB_SHM_ABI_VERSION 1u
+#define LB_SHM_ABI_VERSION 2u /* 2: prefix blocks (LOOKUP_PREFIX, INSERT_BLOCK) */
 #define LB_SHM_HDR_SIZE 128u
 /* The data area starts on this boundary: the header never shares a 4 KiB page with data. */
 #define LB_SHM_DATA_ALIGN 4096u

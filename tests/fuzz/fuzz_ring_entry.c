@@ -476,7 +476,7 @@ static void check_completion(struct run *R, const struct lb_req *r, const struct
 	if (!(allowed & got))
 		broken(r, "status %d, allowed mask 0x%x (ok 1 noent 2 srch 4 inval 8 exist 16 nospc 32 "
 		       "busy 64 nomem 128)", k->status, allowed);
-	if (k->reserved0 || k->reserved[0] || k->reserved[1] || k->reserved1)
+	if (k->count || k->reserved[0] || k->reserved[1] || k->reserved1)
 		broken(r, "completion with reserved fields set");
 	if (v.valid && v.m)
 		R->touched[v.m - models] = true;

@@ -1,0 +1,295 @@
+/* layerbankd store, layer entries: LOOKUP_DEEPEST and LOOKUP (the exact token hash, then the
+ * nearest fingerprint, then the deepest layer within its threshold) and INSERT (reserve under
+ * the lock, copy unlocked, commit under the lock). */
+#include "store_internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "exactmap.h"
+#include "fpindex.h"
+
+struct accept_ctx {
+	const struct lbd_store *st;
+	uint32_t seq_len;
+	int layer; /* -1: any cached layer */
+};
+
+static bool accept_input(void *p, uint32_t id)
+{
+	const struct accept_ctx *a = p;
+	const struct input *in = &a->st->in[id];
+	if (!in->used || in->seq_len != a->seq_len)
+		return false;
+	if (a->layer < 0)
+		return true;
+	uint32_t e = in->layer[a->layer];
+	return e != NONE && a->st->e[e].state == E_LIVE;
+}
+
+static void count_miss(struct lbd_store *st, struct bank *b, const struct lb_req *r, int from)
+{
+	st->c.misses++;
+	if (r->opcode == LB_OP_LOOKUP)
+		b->layer[r->layer].misses++;
+	else
+		for (uint32_t l = (uint32_t)from; l < b->desc.n_layers; l++)
+			b->layer[l].misses++;
+}
+
+/*
+ * The index's search radius for a lookup: the loosest threshold that matters (max_d), and the
+ * tightest (good_d): an entry within it meets every threshold, so the index may stop at the
+ * first such entry rather than prove it is the nearest. @return 0, -EINVAL (a threshold out
+ * of -1..1 or not a number).
+ */
+static int lookup_radius(const struct lbd_store *st, const struct bank *b, const struct lb_req *r,
+			 const struct lb_query *q, const float *thr, uint32_t *max_d, uint32_t *good_d)
+{
+	if (!q->n_thr) {
+		if (r->opcode == LB_OP_LOOKUP) {
+			*max_d = *good_d = lbp_fp_max_hamming(store_layer_tau(st, b, r->layer));
+		} else {
+			*max_d = b->max_d_default;
+			*good_d = b->good_d_default;
+		}
+		return 0;
+	}
+	*max_d = 0;
+	*good_d = UINT32_MAX;
+	for (uint32_t l = 0; l < q->n_thr; l++) {
+		if (!isfinite(thr[l]) || thr[l] < -1.0f || thr[l] > 1.0f)
+			return -EINVAL;
+		if (r->opcode == LB_OP_LOOKUP && l != r->layer)
+			continue;
+		uint32_t d = lbp_fp_max_hamming(thr[l]);
+		*max_d = d > *max_d ? d : *max_d;
+		*good_d = d < *good_d ? d : *good_d;
+	}
+	return 0;
+}
+
+/* The cached input a lookup is about: the exact token hash first, then the nearest
+ * fingerprint within the radius. @return its id with *dist, or NONE. */
+static uint32_t lookup_input(struct lbd_store *st, struct bank *b, const struct lb_req *r,
+			     const struct lb_query *q, uint32_t max_d, uint32_t good_d, uint32_t *dist)
+{
+	struct accept_ctx ac = { st, r->seq_len, r->opcode == LB_OP_LOOKUP ? (int)r->layer : -1 };
+	uint32_t id = NONE;
+
+	*dist = 0;
+	if (lbd_exactmap_find(b->exact, q->exact, &id) == 0 && accept_input(&ac, id))
+		return id;
+	if (lbd_fpindex_nearest(b->fps, q->fp, max_d, good_d, accept_input, &ac, &id, dist) < 0)
+		return NONE;
+	return id;
+}
+
+/* The deepest layer of input id a lookup may reuse at distance dist (LOOKUP: only its layer).
+ * Expired entries met on the way are dropped. @return the layer, or -1. */
+static int lookup_layer(struct lbd_store *st, const struct bank *b, const struct lb_req *r,
+			const struct lb_query *q, const float *thr, uint32_t id, uint32_t dist,
+			uint64_t now)
+{
+	const struct input *in = &st->in[id];
+	double sim = lbp_fp_similarity(dist);
+	int top = r->opcode == LB_OP_LOOKUP ? r->layer : (int)b->desc.n_layers - 1;
+	int bottom = r->opcode == LB_OP_LOOKUP ? r->layer : 0;
+
+	for (int l = top; l >= bottom; l--) {
+		uint32_t e = in->layer[l];
+		double tau = q->n_thr ? thr[l] : store_layer_tau(st, b, (uint32_t)l);
+		if (e == NONE || st->e[e].state != E_LIVE || sim < tau)
+			continue;
+		if (store_expired(st, &st->e[e], now)) {
+			st->c.expirations++;
+			store_entry_unlink(st, e, NULL);
+			if (!in->used)
+				return -1; /* that was its last layer: the input is gone */
+			continue;
+		}
+		return l;
+	}
+	return -1;
+}
+
+/* A hit on entry eid at layer: its lease, its place for the policy, the counters. @return 0
+ * with cpl filled, or the lease's error (-EBUSY, -ENOMEM). */
+static int lookup_hit(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
+		      const struct lb_req *r, uint32_t eid, int layer, uint64_t now, struct lb_cpl *cpl)
+{
+	struct entry *e = &st->e[eid];
+	int ret = store_lease_take(st, ls, &eid, 1, LBD_MAX_LEASES, &cpl->lease);
+
+	if (ret < 0)
+		return ret;
+	e->last_ns = now;
+	/* Kept under every policy, so that one switched to decay at run time finds real scores. */
+	e->score = store_decayed_score(st, e, now) + 1.0;
+	e->score_ns = now;
+	st->c.hits++;
+	if (r->opcode == LB_OP_LOOKUP) {
+		b->layer[layer].hits++;
+	} else {
+		for (int l = 0; l <= layer; l++)
+			b->layer[l].hits++;
+		for (uint32_t l = (uint32_t)layer + 1; l < b->desc.n_layers; l++)
+			b->layer[l].misses++;
+	}
+	cpl->arena = e->arena;
+	cpl->layer = (uint16_t)layer;
+	cpl->entry_off = e->off;
+	return 0;
+}
+
+void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
+		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl)
+{
+	uint64_t now = lb_now_ns();
+	uint32_t id, dist = 0, max_d = 0, good_d = 0;
+	int layer = -1;
+
+	store_lock(st);
+	struct bank *b = store_bank_of(st, r->model_id);
+	if (!b || r->seq_len == 0 || r->seq_len > b->desc.max_seq ||
+	    (q->n_thr != 0 && q->n_thr != b->desc.n_layers) ||
+	    (r->opcode == LB_OP_LOOKUP && r->layer >= b->desc.n_layers) ||
+	    (r->opcode == LB_OP_LOOKUP_DEEPEST && r->layer != 0)) {
+		cpl->status = b ? -EINVAL : -ESRCH;
+		goto out;
+	}
+	cpl->status = lookup_radius(st, b, r, q, thr, &max_d, &good_d);
+	if (cpl->status < 0)
+		goto out;
+	id = lookup_input(st, b, r, q, max_d, good_d, &dist);
+	if (id != NONE)
+		layer = lookup_layer(st, b, r, q, thr, id, dist, now);
+	if (layer < 0) {
+		count_miss(st, b, r, 0);
+		cpl->status = -ENOENT;
+		goto out;
+	}
+	cpl->status = lookup_hit(st, ls, b, r, st->in[id].layer[layer], layer, now, cpl);
+	if (cpl->status == 0)
+		cpl->hamming = dist;
+out:
+	store_unlock(st);
+}
+
+/* ---- inserts ---- */
+
+bool lbd_store_insert_hdr_ok(const struct lb_req *r, const struct lb_insert_hdr *h)
+{
+	return r->payload_len >= LB_INSERT_HDR_SIZE &&
+	       store_shape_ok(h->dtype, h->ndim, h->shape, h->bytes) &&
+	       h->bytes <= (uint64_t)r->payload_len - LB_INSERT_HDR_SIZE;
+}
+
+/*
+ * Whether an input with these keys may take an entry of layer: *id is the cached input with
+ * these tokens, or NONE. @return 0; -EINVAL (the same tokens cached at another length: a lying
+ * client or a corrupt file); -EEXIST (that layer is cached).
+ */
+static int input_check(struct lbd_store *st, struct bank *b, const uint64_t exact[2],
+		       uint32_t seq_len, uint32_t layer, uint32_t *id)
+{
+	if (lbd_exactmap_find(b->exact, exact, id) < 0) {
+		*id = NONE;
+		return 0;
+	}
+	if (st->in[*id].seq_len != seq_len)
+		return -EINVAL;
+	return st->in[*id].layer[layer] != NONE ? -EEXIST : 0;
+}
+
+/*
+ * An insert's first phase, under the lock: the request against its model and the cache, the
+ * client's quota, room made by the policy, and a PENDING entry that no lookup finds and no
+ * eviction takes while its data is copied. @return the entry, or NONE with cpl->status set.
+ */
+static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+			       const struct lb_insert_hdr *h, uint64_t now, struct lb_cpl *cpl)
+{
+	uint64_t need = store_entry_need(h->bytes), off = 0;
+	struct bank *b = store_bank_of(st, r->model_id);
+	unsigned arena = 0;
+	uint32_t id;
+
+	if (!b || r->layer >= b->desc.n_layers || r->seq_len == 0 || r->seq_len > b->desc.max_seq) {
+		cpl->status = b ? -EINVAL : -ESRCH;
+		return NONE;
+	}
+	cpl->status = input_check(st, b, h->exact, r->seq_len, r->layer, &id);
+	if (cpl->status < 0)
+		return NONE;
+	/* The client's quota before the budget: an insert it may not pay for evicts nothing. */
+	struct account *a = store_quota(st, account, need, &cpl->status);
+	if (cpl->status < 0)
+		return NONE;
+	cpl->status = store_make_room(st, need, now, &arena, &off);
+	if (cpl->status < 0)
+		return NONE;
+	/* make_room may have evicted the input found above: the place looks again. */
+	uint32_t eid = store_layer_place(st, b, h->fp, h->exact, r->seq_len, r->layer, arena, off,
+					 need);
+	if (eid == NONE) {
+		cpl->status = -ENOMEM;
+		return NONE;
+	}
+	store_entry_pending(st, eid, a, account);
+	return eid;
+}
+
+/* An insert's last phase, under the lock: the copied entry goes live. */
+static void insert_commit(struct lbd_store *st, uint32_t eid, uint32_t gen, const struct lb_req *r,
+			  uint64_t now, struct lb_cpl *cpl)
+{
+	/* Both tables may have moved while unlocked: st->e grows with other inserts, st->banks
+	 * with a model registered meanwhile (lbd_store_add_model reallocates it). */
+	struct entry *e = &st->e[eid];
+	struct bank *b = &st->banks[r->model_id - 1];
+
+	store_entry_copied(st, eid, gen, now);
+	store_entry_go_live(st, eid);
+	b->layer[r->layer].inserts++;
+	st->c.inserts++;
+	cpl->status = 0;
+	cpl->arena = e->arena;
+	cpl->layer = r->layer;
+	cpl->entry_off = e->off;
+}
+
+void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+		      const struct lb_insert_hdr *h, const uint8_t *data, struct lb_cpl *cpl)
+{
+	uint64_t now = lb_now_ns();
+
+	if (!lbd_store_insert_hdr_ok(r, h)) {
+		cpl->status = -EINVAL;
+		return;
+	}
+	store_lock(st);
+	uint32_t eid = insert_reserve(st, account, r, h, now, cpl);
+	if (eid == NONE) {
+		store_unlock(st);
+		return;
+	}
+	uint32_t gen = st->e[eid].gen;
+	struct lb_entry_hdr *eh = store_entry_hdr(st, st->e[eid].arena, st->e[eid].off);
+	store_unlock(st);
+
+	/* The copy runs unlocked: a PENDING entry is in no sample and gives no hits. */
+	struct lb_entry_hdr tmpl = { .model_id = r->model_id, .layer = r->layer,
+				     .dtype = (uint16_t)h->dtype, .seq_len = r->seq_len,
+				     .ndim = h->ndim, .bytes = h->bytes,
+				     .key = { h->exact[0], h->exact[1] } };
+	memcpy(tmpl.shape, h->shape, sizeof(tmpl.shape));
+	store_entry_publish(eh, &tmpl, data, false);
+
+	store_lock(st);
+	insert_commit(st, eid, gen, r, now, cpl);
+	store_unlock(st);
+}
+
