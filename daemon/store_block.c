@@ -168,6 +168,7 @@ static void block_commit(struct lbd_store *st, uint32_t eid, uint32_t gen, uint6
 		return;
 	}
 	store_entry_go_live(st, eid);
+	st->c.inserts++;
 	cpl->status = 0;
 	cpl->arena = e->arena;
 	cpl->entry_off = e->off;

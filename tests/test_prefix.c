@@ -21,6 +21,7 @@
 #include "lbp.h"
 #include "rng.h"
 #include "store.h"
+#include "testutil.h"
 
 #define LAYERS 3
 #define KV 8
@@ -127,6 +128,18 @@ static void test_keys_chain(void **state)
 	lb_block_keys(c, 8, B, kc, 2);
 	assert_memory_not_equal(kc[1], ka[1], sizeof(kc[1]));
 	assert_int_equal(lb_block_keys(a, 40, 0, ka, 10), 0);
+
+	/* PROTOCOL.md's test vectors (Ring protocol 14), also computed by an independent
+	 * implementation (Python's xxhash). */
+	int32_t v[48];
+	uint64_t kv[3][2];
+	const uint64_t want[3][2] = { { 0x788ec572d3f83397ull, 0x622243d7387e85a8ull },
+				      { 0xe259aa7cff31bacdull, 0x829b66285d7b5e67ull },
+				      { 0x66615edbbafb8e53ull, 0x7ea7c4a512fd11cfull } };
+	for (int i = 0; i < 48; i++)
+		v[i] = i + 1;
+	assert_int_equal(lb_block_keys(v, 48, 16, kv, 3), 3);
+	assert_memory_equal(kv, want, sizeof(want));
 }
 
 static void test_longest_run_and_refusals(void **state)
@@ -364,6 +377,45 @@ static void test_prefix_run(void **state)
 	fix_close(&f);
 }
 
+/* Through a real layerbankd: a child process inserts a chain and exits; this process finds it,
+ * zero copy, with the bytes the child wrote, and the daemon's counters agree. */
+static void test_across_processes(void **state)
+{
+	(void)state;
+	struct lbt_env env;
+	int32_t t[64];
+
+	lbt_env_make(&env);
+	assert_true(lbt_daemon_start(&env, LBT_ARGS(LBT_SMALL)) > 0);
+	tokens_of(t, 64, 8, 0);
+	struct lb_model_desc d = { .name = "toy-decoder", .weights_hash = 7, .n_layers = LAYERS,
+				   .hidden = 16, .dtype = LB_DTYPE_F32, .max_seq = MAX_BLOCKS * B,
+				   .kv_dim = KV, .block_tokens = B };
+	pid_t kid = lbt_fork(&env);
+	assert_true(kid >= 0);
+	if (kid == 0) {
+		struct fix f;
+		if (lb_connect(env.sock, "inserter", &f.c) < 0 ||
+		    lb_register_model(f.c, &d, &f.model) < 0 || insert_chain(&f, t, 5) < 0)
+			_exit(1);
+		lb_close(f.c);
+		_exit(0);
+	}
+	assert_int_equal(lbt_reap(&env, kid), 0);
+	struct fix f = { 0 };
+	assert_int_equal(lbt_connect(&env, "reader", &f.c), 0);
+	assert_int_equal(lb_register_model(f.c, &d, &f.model), 0);
+	assert_int_equal(found_of(&f, t, 8), 5);
+	struct lb_stats st;
+	assert_int_equal(lb_stats(f.c, &st, sizeof(st)), 0);
+	assert_int_equal(st.blocks, 5);
+	assert_int_equal(st.prefix_hits, 1);
+	assert_int_equal(st.blocks_served, 5);
+	assert_int_equal(st.entries, 0);
+	assert_true(lbt_daemon_stop(&env));
+	lbt_env_remove(&env);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -373,6 +425,7 @@ int main(void)
 		cmocka_unit_test(test_leaves_go_first),
 		cmocka_unit_test(test_drops_take_subtrees),
 		cmocka_unit_test(test_prefix_run),
+		cmocka_unit_test(test_across_processes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
