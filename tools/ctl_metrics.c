@@ -121,6 +121,14 @@ static void print_metrics(FILE *out, const struct ctl_view *v)
 	fprintf(out, "layerbank_fragmentation_ratio %.6f\n", st->fragmentation);
 	u64(out, "layerbank_quota_refusals_total", "counter",
 	    "Inserts refused because the client's entries held its insert quota.", st->quota_refusals);
+	u64(out, "layerbank_blocks", "gauge", "Live prefix blocks (not counted in entries).",
+	    st->blocks);
+	u64(out, "layerbank_prefix_hits_total", "counter",
+	    "Prefix lookups that found at least the first block.", st->prefix_hits);
+	u64(out, "layerbank_prefix_misses_total", "counter",
+	    "Prefix lookups that found not even the first block.", st->prefix_misses);
+	u64(out, "layerbank_blocks_served_total", "counter", "Blocks the prefix hits gave out.",
+	    st->blocks_served);
 
 	family(out, "layerbank_model_layers", "gauge", "Layers of each registered model.");
 	for (uint32_t i = 0; i < v->n_models; i++) {

@@ -219,6 +219,10 @@ static void print_stats_json(const struct ctl_view *v)
 	json_object_object_add(o, "bytes_budget", json_object_new_uint64(st->bytes_budget));
 	json_object_object_add(o, "fragmentation", json_object_new_double(st->fragmentation));
 	json_object_object_add(o, "quota_refusals", json_object_new_uint64(st->quota_refusals));
+	json_object_object_add(o, "blocks", json_object_new_uint64(st->blocks));
+	json_object_object_add(o, "prefix_hits", json_object_new_uint64(st->prefix_hits));
+	json_object_object_add(o, "prefix_misses", json_object_new_uint64(st->prefix_misses));
+	json_object_object_add(o, "blocks_served", json_object_new_uint64(st->blocks_served));
 	json_object_object_add(o, "per_model", models);
 	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
@@ -244,6 +248,10 @@ static void print_stats_table(const struct lb_stats *st)
 	printf("%-12s %" PRIu64 " evicted, %" PRIu64 " expired, %" PRIu64 " invalidated\n", "dropped",
 	       st->evictions, st->expirations, st->invalidations);
 	printf("%-12s %" PRIu64 " inserts over a client's quota\n", "refused", st->quota_refusals);
+	uint64_t asked = st->prefix_hits + st->prefix_misses;
+	printf("%-12s %" PRIu64 " blocks cached; %" PRIu64 " lookups, %.1f%% hit, %" PRIu64
+	       " blocks served\n", "prefixes", st->blocks, asked,
+	       asked ? 100.0 * (double)st->prefix_hits / (double)asked : 0.0, st->blocks_served);
 }
 
 int ctl_cmd_stats(const char *sock, int argc, char **argv)
