@@ -772,6 +772,10 @@ static void test_cli_errors(void **state)
 		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--seed", "99999999999999999999", NULL }, 2 },
 		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "0.8", "--seed",
 		    NULL }, 2 },
+		{ { "generate", "--model", "llama-110m", "--tokenizer", TOK, "--seed", "-1", NULL },
+		  2 },
+		{ { "score", "--model", "llama-110m", "--tokenizer", TOK, "--text-file", VAL,
+		    "--seed", "x", NULL }, 2 },
 		{ { "generate", "--model", MODEL, "--tokenizer", NULL }, 2 },
 		{ { "generate", "--tokenizer", TOK, NULL }, 2 },
 		{ { "score", "--model", MODEL, "--tokenizer", TOK, NULL }, 2 },
@@ -1007,11 +1011,11 @@ static double rms_of(const float *x, int32_t n)
 	return sqrt(s / n);
 }
 
-/* Tokens of PROMPT_110M, then greedy ones on the reference path up to n in all; logits
- * [n][vocab] after each; rms [n_layers] the residual stream after each layer at the last
- * position. @return n. */
+/* toks (room for strlen + 3, as lbw_tokenizer_encode wants): the tokens of PROMPT_110M, then 4
+ * greedy ones on the reference path, n in all; logits [n][vocab] after each; rms [n_layers] the
+ * residual stream's after each layer at the last position. @return n. */
 #define PROMPT_110M "Once upon a time"
-#define MAX_110M 12
+#define MAX_110M 12 /* most positions run */
 static int reference_run(struct fixture *fx, struct lbw_llama *m, int32_t *toks, float *logits,
 			 double *rms)
 {
@@ -1062,7 +1066,7 @@ static void test_llama_110m(void **state)
 	assert_int_equal(m->data_size, LBW_LLAMA_HEADER_BYTES + 4 * (np + 2048 * 64));
 	assert_non_null(m->packed);
 
-	int32_t toks[MAX_110M];
+	int32_t toks[sizeof(PROMPT_110M) + 3]; /* what lbw_tokenizer_encode may use */
 	static float ref[MAX_110M * 512], lbk[MAX_110M * 512];
 	double rms[12];
 	double t0 = seconds();
@@ -1090,6 +1094,144 @@ static void test_llama_110m(void **state)
 	assert_true(rms[11] > rms[0] && rms[11] < 10.0);
 }
 
+/*
+ * What `generate --steps steps` prints from an empty prompt, greedy, into out: llama2.c's loop
+ * (a BOS ends it) and its safe_printf (a lone byte neither printable nor space is dropped).
+ * @return the tokens generated.
+ */
+static int greedy_text(const struct lbw_llama *m, const struct lbw_tokenizer *t, int steps,
+		       char *out, size_t cap)
+{
+	struct lbw_llama_state s;
+	size_t len = 0;
+	int pos = 0;
+	assert_int_equal(lbw_llama_state_init(&s, &m->cfg), 0);
+	for (int32_t tok = LBW_TOK_BOS; pos < steps; pos++) {
+		const float *lg = lbw_llama_forward(m, &s, tok, pos);
+		int32_t next = lbw_llama_argmax(lg, m->cfg.vocab_size);
+		if (next == LBW_TOK_BOS)
+			break;
+		const char *p = lbw_tokenizer_decode(t, tok, next);
+		unsigned char b = (unsigned char)p[0];
+		if (!(b && !p[1] && !isprint(b) && !isspace(b)))
+			len += (size_t)snprintf(out + len, cap - len, "%s", p);
+		tok = next;
+	}
+	snprintf(out + len, cap - len, "\n");
+	lbw_llama_state_free(&s);
+	return pos;
+}
+
+/* generate --model llama-110m prints the library's greedy text of the model of --seed (1 by
+ * default): the same text for the same seed, another for another. */
+static void test_cli_llama_110m_generate(void **state)
+{
+	struct fixture *fx = *state;
+	static char want[4096], out[4096];
+	int n = greedy_text(big_model(fx), &fx->t, 8, want, sizeof(want));
+	assert_int_equal(n, 8);
+	const char *seed[] = { NULL, "1", "2" };
+	for (int i = 0; i < 3; i++) {
+		const char *args[] = { "generate", "--model", "llama-110m", "--tokenizer", TOK,
+				       "--steps", "8", seed[i] ? "--seed" : NULL, seed[i], NULL };
+		double t0 = seconds();
+		int st = run_worker(args, out, sizeof(out));
+		printf("generate --steps 8 --seed %s: %zu bytes of text in %.2f s\n",
+		       seed[i] ? seed[i] : "(none)", strlen(out) - 1, seconds() - t0);
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+			fail_msg("generate exited with status %d: %s", st, out);
+		if (i < 2)
+			assert_string_equal(out, want);
+		else
+			assert_string_not_equal(out, want);
+	}
+}
+
+/* layerbank-worker args (NULL-terminated) with stdin from in. */
+static int run_worker_in(const char *const *args, const char *in, char *out, size_t n)
+{
+	char cmd[4096];
+	size_t used = (size_t)snprintf(cmd, sizeof(cmd), "exec '%s'", worker_path);
+	for (; *args; args++)
+		used += (size_t)snprintf(cmd + used, sizeof(cmd) - used, " '%s'", *args);
+	snprintf(cmd + used, sizeof(cmd) - used, " < '%s'", in);
+	assert_true(used < sizeof(cmd) - 64);
+	const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+	return lbt_run(argv, out, n);
+}
+
+#define TEXT_110M "Once upon a time, there was a little girl named Lily. She liked to play outside."
+
+/* score --model llama-110m prints the NLL the library computes (the layer-major prefill against
+ * the token-by-token forward: float rounding apart, tolerance 1e-4 per token). */
+static void test_cli_llama_110m_score(void **state)
+{
+	struct fixture *fx = *state;
+	struct lbw_llama *m = big_model(fx);
+	struct lbw_llama_state s;
+	static char out[4096];
+	char dir[256], path[300];
+	int32_t toks[256];
+	int n = lbw_tokenizer_encode(&fx->t, TEXT_110M, 1, 0, toks);
+	double lib;
+	assert_int_equal(lbw_llama_state_init(&s, &m->cfg), 0);
+	assert_int_equal(lbw_llama_prompt(m, &s, toks, n, NULL, &lib), 0);
+	lbw_llama_state_free(&s);
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/text.txt", dir);
+	spit(path, TEXT_110M "\n", strlen(TEXT_110M) + 1);
+	const char *args[] = { "score", "--model", "llama-110m", "--tokenizer", TOK, "--text-file",
+			       path, NULL };
+	int st = run_worker(args, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		fail_msg("score exited with status %d: %s", st, out);
+	int cn, cp;
+	double cx;
+	assert_int_equal(sscanf(out, "tokens %d predicted %d nll_per_token %lf", &cn, &cp, &cx), 3);
+	printf("score: %d tokens, nll_per_token %.6f (ln 512 = %.3f), library %.6f\n", cn, cx,
+	       log(512.0), lib / (n - 1));
+	assert_int_equal(cn, n);
+	assert_int_equal(cp, n - 1);
+	assert_true(isfinite(cx) && cx > 0);
+	assert_true(fabs(cx - lib / (n - 1)) <= 1e-4);
+	lbu_rmtree(dir);
+}
+
+/* serve registers llama-110m under a name carrying the seed; with a private bank a repeat is
+ * served from the top layer with the same NLL. */
+static void test_cli_llama_110m_serve(void **state)
+{
+	(void)state;
+	static char out[8192];
+	char dir[256], req[300];
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(req, sizeof(req), "%s/requests", dir);
+	spit(req, "1\t" TEXT_110M "\n2\t" TEXT_110M "\n", 2 * strlen(TEXT_110M) + 6);
+	const char *a[] = { "serve", "--model", "llama-110m", "--tokenizer", TOK, "--private-cache",
+			    "16M", NULL };
+	int st = run_worker_in(a, req, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		fail_msg("serve exited with status %d: %s", st, out);
+	assert_non_null(strstr(out, "ready model=llama-110m-generated-0000000000000001 layers=12 "
+				    "hidden=768 "));
+	const char *r1 = strstr(out, "\n1 ok "), *r2 = strstr(out, "\n2 ok ");
+	int t1, t2, hit1, hit2;
+	double nll1, nll2;
+	assert_non_null(r1);
+	assert_non_null(r2);
+	assert_int_equal(sscanf(r1, "\n1 ok tokens=%d nll=%lf hit=%d", &t1, &nll1, &hit1), 3);
+	assert_int_equal(sscanf(r2, "\n2 ok tokens=%d nll=%lf hit=%d", &t2, &nll2, &hit2), 3);
+	assert_int_equal(hit1, -1);
+	assert_int_equal(hit2, 11);
+	assert_true(t1 == t2 && nll1 == nll2);
+	const char *b[] = { "serve", "--model", "llama-110m", "--tokenizer", TOK, "--seed", "2",
+			    NULL };
+	st = run_worker_in(b, "/dev/null", out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_non_null(strstr(out, "ready model=llama-110m-generated-0000000000000002 "));
+	lbu_rmtree(dir);
+}
+
 int main(void)
 {
 	const char *need[] = { MODEL, TOK, GREEDY, VAL };
@@ -1113,6 +1255,9 @@ int main(void)
 		cmocka_unit_test(test_generated_weights),
 		cmocka_unit_test(test_generated_bad_shapes),
 		cmocka_unit_test(test_llama_110m),
+		cmocka_unit_test(test_cli_llama_110m_generate),
+		cmocka_unit_test(test_cli_llama_110m_score),
+		cmocka_unit_test(test_cli_llama_110m_serve),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
