@@ -1,7 +1,7 @@
 /*
  * The llama reference path: greedy output against llama2.c's golden text, scores against an
  * independent fp64 forward pass, tokenizer round trips, hostile checkpoint and tokenizer files,
- * and the layerbank-worker command line.
+ * the generated decoders (lbw_llama_generate, llama-110m) and the layerbank-worker command line.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -9,13 +9,16 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "model_llama.h"
@@ -241,6 +244,7 @@ static double ref_nll(const struct ref *r, const int32_t *toks, int n)
 struct fixture {
 	struct lbw_llama m;
 	struct lbw_tokenizer t;
+	struct lbw_llama big; /* llama-110m of seed 1, made by big_model on first use */
 };
 
 static int setup(void **state)
@@ -265,6 +269,7 @@ static int teardown(void **state)
 	struct fixture *fx = *state;
 	lbw_tokenizer_free(&fx->t);
 	lbw_llama_free(&fx->m);
+	lbw_llama_free(&fx->big);
 	free(fx);
 	return 0;
 }
@@ -767,6 +772,10 @@ static void test_cli_errors(void **state)
 		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--seed", "99999999999999999999", NULL }, 2 },
 		{ { "generate", "--model", MODEL, "--tokenizer", TOK, "--temperature", "0.8", "--seed",
 		    NULL }, 2 },
+		{ { "generate", "--model", "llama-110m", "--tokenizer", TOK, "--seed", "-1", NULL },
+		  2 },
+		{ { "score", "--model", "llama-110m", "--tokenizer", TOK, "--text-file", VAL,
+		    "--seed", "x", NULL }, 2 },
 		{ { "generate", "--model", MODEL, "--tokenizer", NULL }, 2 },
 		{ { "generate", "--tokenizer", TOK, NULL }, 2 },
 		{ { "score", "--model", MODEL, "--tokenizer", TOK, NULL }, 2 },
@@ -805,6 +814,424 @@ static void test_cli_errors(void **state)
 	assert_non_null(strstr(out, "temperature"));
 }
 
+/* ---------- generated decoders ---------- */
+
+/* The parameters of a shared-classifier shape: embedding, then per layer two RMSNorm gains,
+ * wq and wo, wk and wv, w1 w2 w3; the final gain. */
+static int64_t n_params(const struct lbw_llama_config *c)
+{
+	int64_t d = c->dim, kv = c->kv_dim, h = c->hidden_dim;
+	int64_t layer = 2 * d + 2 * d * d + 2 * kv * d + 3 * h * d;
+	return (int64_t)c->vocab_size * d + c->n_layers * layer + d;
+}
+
+/* A small shape through the same generator, for what runs it several times. */
+static struct lbw_llama_config small_shape(void)
+{
+	return (struct lbw_llama_config){ .dim = 96, .hidden_dim = 160, .n_layers = 3, .n_heads = 6,
+					  .n_kv_heads = 2, .vocab_size = 512, .seq_len = 64 };
+}
+
+static void generate_ok(struct lbw_llama *m, const struct lbw_llama_config *c, uint64_t seed)
+{
+	char err[256];
+	int rc = lbw_llama_generate(m, c, seed, err, sizeof(err));
+	if (rc != 0)
+		fail_msg("lbw_llama_generate: %d: %s", rc, err);
+}
+
+/* n greedy tokens after BOS, token by token on m's current path; logits (may be NULL):
+ * [n][vocab_size], the logits each was chosen from. */
+static void greedy_tokens(const struct lbw_llama *m, int n, int32_t *out, float *logits)
+{
+	struct lbw_llama_state s;
+	size_t V = (size_t)m->cfg.vocab_size;
+	assert_int_equal(lbw_llama_state_init(&s, &m->cfg), 0);
+	int32_t tok = LBW_TOK_BOS;
+	for (int pos = 0; pos < n; pos++) {
+		const float *lg = lbw_llama_forward(m, &s, tok, pos);
+		assert_non_null(lg);
+		if (logits)
+			memcpy(logits + (size_t)pos * V, lg, V * sizeof(float));
+		out[pos] = tok = lbw_llama_argmax(lg, m->cfg.vocab_size);
+	}
+	lbw_llama_state_free(&s);
+}
+
+static double seconds(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The fixture's llama-110m, generated on first use. */
+static struct lbw_llama *big_model(struct fixture *fx)
+{
+	if (fx->big.data)
+		return &fx->big;
+	struct lbw_llama_config c = lbw_llama_config_110m();
+	struct rusage ru;
+	double t0 = seconds();
+	generate_ok(&fx->big, &c, 1);
+	double el = seconds() - t0;
+	getrusage(RUSAGE_SELF, &ru);
+	printf("llama-110m generated in %.2f s; this process's peak RSS %ld MB\n", el,
+	       ru.ru_maxrss / 1024);
+	return &fx->big;
+}
+
+/*
+ * One seed, the same bytes, greedy tokens and logits; another seed, other bytes and logits (its
+ * greedy tokens may agree: a small random model with a tied classifier tends to predict the
+ * token it was fed, BOS after BOS). The bytes are a checkpoint: written to a file,
+ * lbw_llama_load gives back the same model.
+ */
+static void test_generated_deterministic(void **state)
+{
+	(void)state;
+	struct lbw_llama_config c = small_shape();
+	struct lbw_llama a, b, d, f;
+	int32_t ta[16], tb[16], td[16], tf[16];
+	static float la[16 * 512], lb[16 * 512], ld[16 * 512], lf[16 * 512];
+	char dir[256], path[300], err[256];
+	generate_ok(&a, &c, 1);
+	generate_ok(&b, &c, 1);
+	generate_ok(&d, &c, 2);
+	assert_int_equal(a.data_size, b.data_size);
+	assert_memory_equal(a.data, b.data, a.data_size);
+	assert_memory_not_equal(a.data, d.data, a.data_size);
+	greedy_tokens(&a, 16, ta, la);
+	greedy_tokens(&b, 16, tb, lb);
+	greedy_tokens(&d, 16, td, ld);
+	assert_memory_equal(ta, tb, sizeof(ta));
+	assert_memory_equal(la, lb, sizeof(la));
+	assert_memory_not_equal(la, ld, sizeof(la));
+
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/gen.bin", dir);
+	spit(path, a.data, a.data_size);
+	assert_int_equal(lbw_llama_load(&f, path, err, sizeof(err)), 0);
+	assert_memory_equal(&f.cfg, &a.cfg, sizeof(f.cfg));
+	assert_memory_equal(f.data, a.data, a.data_size);
+	assert_non_null(a.packed);
+	greedy_tokens(&f, 16, tf, lf);
+	assert_memory_equal(ta, tf, sizeof(ta));
+	assert_memory_equal(la, lf, sizeof(la));
+	lbu_rmtree(dir);
+	lbw_llama_free(&a);
+	lbw_llama_free(&b);
+	lbw_llama_free(&d);
+	lbw_llama_free(&f);
+}
+
+/* Mean and standard deviation of p[0..n-1]. */
+static void moments(const float *p, int64_t n, double *mean, double *sd)
+{
+	double s = 0, s2 = 0;
+	for (int64_t i = 0; i < n; i++) {
+		s += p[i];
+		s2 += (double)p[i] * p[i];
+	}
+	*mean = s / (double)n;
+	*sd = sqrt(s2 / (double)n - *mean * *mean);
+}
+
+/* What each tensor holds: matrices ~N(0, 0.02), gains 1, the classifier the embedding. */
+static void test_generated_weights(void **state)
+{
+	(void)state;
+	struct lbw_llama_config c = small_shape();
+	struct lbw_llama m;
+	generate_ok(&m, &c, 5);
+	const struct lbw_llama_weights *w = &m.w;
+	int64_t d = c.dim, L = c.n_layers, kv = c.n_kv_heads * (d / c.n_heads), h = c.hidden_dim;
+	struct {
+		const char *name;
+		const float *p;
+		int64_t n;
+	} mat[] = {
+		{ "token_embedding", w->token_embedding, 512 * d },
+		{ "wq", w->wq, L * d * d },
+		{ "wk", w->wk, L * kv * d },
+		{ "wv", w->wv, L * kv * d },
+		{ "wo", w->wo, L * d * d },
+		{ "w1", w->w1, L * h * d },
+		{ "w2", w->w2, L * d * h },
+		{ "w3", w->w3, L * h * d },
+	};
+	for (size_t i = 0; i < sizeof(mat) / sizeof(mat[0]); i++) {
+		double mean, sd;
+		moments(mat[i].p, mat[i].n, &mean, &sd);
+		if (fabs(mean) > 0.001 || fabs(sd - 0.02) > 0.001)
+			fail_msg("%s: mean %.5f sd %.5f, want ~N(0, 0.02)", mat[i].name, mean, sd);
+	}
+	for (int64_t i = 0; i < L * d; i++)
+		assert_true(w->rms_att[i] == 1.0f && w->rms_ffn[i] == 1.0f);
+	for (int64_t i = 0; i < d; i++)
+		assert_true(w->rms_final[i] == 1.0f);
+	assert_ptr_equal(w->wcls, w->token_embedding);
+	assert_true(m.cfg.shared_classifier);
+	assert_int_equal(m.cfg.kv_dim, kv);
+	lbw_llama_free(&m);
+}
+
+/* A shape lbw_llama_check_header refuses is refused, with one line, m left zeroed. */
+static void test_generated_bad_shapes(void **state)
+{
+	(void)state;
+	struct {
+		const char *why;
+		int field;
+		int32_t value;
+	} bad[] = {
+		{ "dim 0", 0, 0 }, { "dim 100, 6 heads", 0, 100 }, { "hidden_dim -1", 1, -1 },
+		{ "no layers", 2, 0 }, { "4 kv heads of 6", 4, 4 }, { "head_size 3", 0, 18 },
+		{ "vocab -512", 5, -512 }, { "vocab 0", 5, 0 }, { "seq_len 0", 6, 0 },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct lbw_llama_config c = small_shape();
+		int32_t *f[] = { &c.dim, &c.hidden_dim, &c.n_layers, &c.n_heads, &c.n_kv_heads,
+				 &c.vocab_size, &c.seq_len };
+		*f[bad[i].field] = bad[i].value;
+		struct lbw_llama m;
+		char err[256] = "";
+		int rc = lbw_llama_generate(&m, &c, 1, err, sizeof(err));
+		if (rc != -EINVAL || strlen(err) < 10 || strchr(err, '\n') || m.data || m.packed)
+			fail_msg("%s: rc %d, err '%s'", bad[i].why, rc, err);
+	}
+}
+
+/* Root mean square of x[0..n-1]. */
+static double rms_of(const float *x, int32_t n)
+{
+	double s = 0;
+	for (int32_t i = 0; i < n; i++)
+		s += (double)x[i] * x[i];
+	return sqrt(s / n);
+}
+
+/* toks (room for strlen + 3, as lbw_tokenizer_encode wants): the tokens of PROMPT_110M, then 4
+ * greedy ones on the reference path, n in all; logits [n][vocab] after each; rms [n_layers] the
+ * residual stream's after each layer at the last position. @return n. */
+#define PROMPT_110M "Once upon a time"
+#define MAX_110M 12 /* most positions run */
+static int reference_run(struct fixture *fx, struct lbw_llama *m, int32_t *toks, float *logits,
+			 double *rms)
+{
+	struct lbw_llama_state s;
+	int32_t V = m->cfg.vocab_size;
+	int n = lbw_tokenizer_encode(&fx->t, PROMPT_110M, 1, 0, toks);
+	assert_true(n > 1 && n <= MAX_110M - 4);
+	int total = n + 4;
+	lbw_llama_set_reference(m, 1);
+	assert_int_equal(lbw_llama_state_init(&s, &m->cfg), 0);
+	for (int pos = 0; pos < total; pos++) {
+		lbw_llama_embed(m, &s, toks[pos]);
+		for (int32_t l = 0; l < m->cfg.n_layers; l++) {
+			lbw_llama_layer(m, &s, l, pos);
+			rms[l] = rms_of(s.x, m->cfg.dim);
+		}
+		const float *lg = lbw_llama_head(m, &s);
+		memcpy(logits + (size_t)pos * (size_t)V, lg, (size_t)V * sizeof(float));
+		if (pos + 1 >= n && pos + 1 < total)
+			toks[pos + 1] = lbw_llama_argmax(lg, V);
+	}
+	lbw_llama_state_free(&s);
+	lbw_llama_set_reference(m, 0);
+	return total;
+}
+
+/* The shape and parameter count of llama-110m; the plain-C reference and the kernels agree on
+ * the logits of a short prompt and the greedy tokens after it; the residual stream grows
+ * without blowing up (so the output projections are drawn unscaled). */
+#define TOL_110M 1e-4
+static void test_llama_110m(void **state)
+{
+	struct fixture *fx = *state;
+	struct lbw_llama *m = big_model(fx);
+	const struct lbw_llama_config *c = &m->cfg;
+	struct lbw_llama_config want = lbw_llama_config_110m();
+	assert_memory_equal(c, &want, sizeof(want));
+	int32_t got[] = { c->dim,        c->hidden_dim, c->n_layers,  c->n_heads,
+			  c->n_kv_heads, c->vocab_size, c->seq_len,   c->head_size,
+			  c->kv_dim,     c->shared_classifier };
+	int32_t shape[] = { 768, 2048, 12, 12, 4, 512, 2048, 64, 256, 1 };
+	assert_memory_equal(got, shape, sizeof(shape));
+	/* the parameters run from the embedding to the final gain, the classifier shared */
+	int64_t np = m->w.rms_final + c->dim - m->w.token_embedding;
+	printf("llama-110m: %lld parameters (%.1f MB of fp32)\n", (long long)np, np * 4.0 / 1e6);
+	assert_int_equal(np, 75909888);
+	assert_int_equal(n_params(c), 75909888);
+	assert_int_equal(m->data_size, LBW_LLAMA_HEADER_BYTES + 4 * (np + 2048 * 64));
+	assert_non_null(m->packed);
+
+	int32_t toks[sizeof(PROMPT_110M) + 3]; /* what lbw_tokenizer_encode may use */
+	static float ref[MAX_110M * 512], lbk[MAX_110M * 512];
+	double rms[12];
+	double t0 = seconds();
+	int n = reference_run(fx, m, toks, ref, rms);
+	double t1 = seconds();
+	struct lbw_llama_state s;
+	assert_int_equal(lbw_llama_state_init(&s, c), 0);
+	assert_int_equal(lbw_llama_prompt(m, &s, toks, n, lbk, NULL), 0);
+	double t2 = seconds(), maxd = 0, maxl = 0;
+	lbw_llama_state_free(&s);
+	for (int i = 0; i < n * 512; i++) {
+		maxd = fmax(maxd, fabs((double)ref[i] - lbk[i]));
+		maxl = fmax(maxl, fabs((double)ref[i]));
+	}
+	printf("%d positions: reference %.2f s, kernels %.2f s; logits max |diff| %.2e (largest "
+	       "|logit| %.2f), tolerance %.0e\n", n, t1 - t0, t2 - t1, maxd, maxl, TOL_110M);
+	assert_true(maxd <= TOL_110M);
+	for (int pos = 0; pos + 1 < n; pos++)
+		assert_int_equal(lbw_llama_argmax(lbk + pos * 512, 512),
+				 lbw_llama_argmax(ref + pos * 512, 512));
+	printf("residual RMS after each layer at the last position:");
+	for (int l = 0; l < 12; l++)
+		printf(" %.2f", rms[l]);
+	printf("\n");
+	assert_true(rms[11] > rms[0] && rms[11] < 10.0);
+}
+
+/*
+ * What `generate --steps steps` prints from an empty prompt, greedy, into out: llama2.c's loop
+ * (a BOS ends it) and its safe_printf (a lone byte neither printable nor space is dropped).
+ * @return the tokens generated.
+ */
+static int greedy_text(const struct lbw_llama *m, const struct lbw_tokenizer *t, int steps,
+		       char *out, size_t cap)
+{
+	struct lbw_llama_state s;
+	size_t len = 0;
+	int pos = 0;
+	assert_int_equal(lbw_llama_state_init(&s, &m->cfg), 0);
+	for (int32_t tok = LBW_TOK_BOS; pos < steps; pos++) {
+		const float *lg = lbw_llama_forward(m, &s, tok, pos);
+		int32_t next = lbw_llama_argmax(lg, m->cfg.vocab_size);
+		if (next == LBW_TOK_BOS)
+			break;
+		const char *p = lbw_tokenizer_decode(t, tok, next);
+		unsigned char b = (unsigned char)p[0];
+		if (!(b && !p[1] && !isprint(b) && !isspace(b)))
+			len += (size_t)snprintf(out + len, cap - len, "%s", p);
+		tok = next;
+	}
+	snprintf(out + len, cap - len, "\n");
+	lbw_llama_state_free(&s);
+	return pos;
+}
+
+/* generate --model llama-110m prints the library's greedy text of the model of --seed (1 by
+ * default): the same text for the same seed, another for another. */
+static void test_cli_llama_110m_generate(void **state)
+{
+	struct fixture *fx = *state;
+	static char want[4096], out[4096];
+	int n = greedy_text(big_model(fx), &fx->t, 8, want, sizeof(want));
+	assert_int_equal(n, 8);
+	const char *seed[] = { NULL, "1", "2" };
+	for (int i = 0; i < 3; i++) {
+		const char *args[] = { "generate", "--model", "llama-110m", "--tokenizer", TOK,
+				       "--steps", "8", seed[i] ? "--seed" : NULL, seed[i], NULL };
+		double t0 = seconds();
+		int st = run_worker(args, out, sizeof(out));
+		printf("generate --steps 8 --seed %s: %zu bytes of text in %.2f s\n",
+		       seed[i] ? seed[i] : "(none)", strlen(out) - 1, seconds() - t0);
+		if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+			fail_msg("generate exited with status %d: %s", st, out);
+		if (i < 2)
+			assert_string_equal(out, want);
+		else
+			assert_string_not_equal(out, want);
+	}
+}
+
+/* layerbank-worker args (NULL-terminated) with stdin from in. */
+static int run_worker_in(const char *const *args, const char *in, char *out, size_t n)
+{
+	char cmd[4096];
+	size_t used = (size_t)snprintf(cmd, sizeof(cmd), "exec '%s'", worker_path);
+	for (; *args; args++)
+		used += (size_t)snprintf(cmd + used, sizeof(cmd) - used, " '%s'", *args);
+	snprintf(cmd + used, sizeof(cmd) - used, " < '%s'", in);
+	assert_true(used < sizeof(cmd) - 64);
+	const char *argv[] = { "/bin/sh", "-c", cmd, NULL };
+	return lbt_run(argv, out, n);
+}
+
+#define TEXT_110M "Once upon a time, there was a little girl named Lily. She liked to play outside."
+
+/* score --model llama-110m prints the NLL the library computes (the layer-major prefill against
+ * the token-by-token forward: float rounding apart, tolerance 1e-4 per token). */
+static void test_cli_llama_110m_score(void **state)
+{
+	struct fixture *fx = *state;
+	struct lbw_llama *m = big_model(fx);
+	struct lbw_llama_state s;
+	static char out[4096];
+	char dir[256], path[300];
+	int32_t toks[256];
+	int n = lbw_tokenizer_encode(&fx->t, TEXT_110M, 1, 0, toks);
+	double lib;
+	assert_int_equal(lbw_llama_state_init(&s, &m->cfg), 0);
+	assert_int_equal(lbw_llama_prompt(m, &s, toks, n, NULL, &lib), 0);
+	lbw_llama_state_free(&s);
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/text.txt", dir);
+	spit(path, TEXT_110M "\n", strlen(TEXT_110M) + 1);
+	const char *args[] = { "score", "--model", "llama-110m", "--tokenizer", TOK, "--text-file",
+			       path, NULL };
+	int st = run_worker(args, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		fail_msg("score exited with status %d: %s", st, out);
+	int cn, cp;
+	double cx;
+	assert_int_equal(sscanf(out, "tokens %d predicted %d nll_per_token %lf", &cn, &cp, &cx), 3);
+	printf("score: %d tokens, nll_per_token %.6f (ln 512 = %.3f), library %.6f\n", cn, cx,
+	       log(512.0), lib / (n - 1));
+	assert_int_equal(cn, n);
+	assert_int_equal(cp, n - 1);
+	assert_true(isfinite(cx) && cx > 0);
+	assert_true(fabs(cx - lib / (n - 1)) <= 1e-4);
+	lbu_rmtree(dir);
+}
+
+/* serve registers llama-110m under a name carrying the seed; with a private bank a repeat is
+ * served from the top layer with the same NLL. */
+static void test_cli_llama_110m_serve(void **state)
+{
+	(void)state;
+	static char out[8192];
+	char dir[256], req[300];
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(req, sizeof(req), "%s/requests", dir);
+	spit(req, "1\t" TEXT_110M "\n2\t" TEXT_110M "\n", 2 * strlen(TEXT_110M) + 6);
+	const char *a[] = { "serve", "--model", "llama-110m", "--tokenizer", TOK, "--private-cache",
+			    "16M", NULL };
+	int st = run_worker_in(a, req, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		fail_msg("serve exited with status %d: %s", st, out);
+	assert_non_null(strstr(out, "ready model=llama-110m-generated-0000000000000001 layers=12 "
+				    "hidden=768 "));
+	const char *r1 = strstr(out, "\n1 ok "), *r2 = strstr(out, "\n2 ok ");
+	int t1, t2, hit1, hit2;
+	double nll1, nll2;
+	assert_non_null(r1);
+	assert_non_null(r2);
+	assert_int_equal(sscanf(r1, "\n1 ok tokens=%d nll=%lf hit=%d", &t1, &nll1, &hit1), 3);
+	assert_int_equal(sscanf(r2, "\n2 ok tokens=%d nll=%lf hit=%d", &t2, &nll2, &hit2), 3);
+	assert_int_equal(hit1, -1);
+	assert_int_equal(hit2, 11);
+	assert_true(t1 == t2 && nll1 == nll2);
+	const char *b[] = { "serve", "--model", "llama-110m", "--tokenizer", TOK, "--seed", "2",
+			    NULL };
+	st = run_worker_in(b, "/dev/null", out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_non_null(strstr(out, "ready model=llama-110m-generated-0000000000000002 "));
+	lbu_rmtree(dir);
+}
+
 int main(void)
 {
 	const char *need[] = { MODEL, TOK, GREEDY, VAL };
@@ -824,6 +1251,13 @@ int main(void)
 		cmocka_unit_test(test_bad_checkpoints),
 		cmocka_unit_test(test_bad_tokenizers),
 		cmocka_unit_test(test_cli_errors),
+		cmocka_unit_test(test_generated_deterministic),
+		cmocka_unit_test(test_generated_weights),
+		cmocka_unit_test(test_generated_bad_shapes),
+		cmocka_unit_test(test_llama_110m),
+		cmocka_unit_test(test_cli_llama_110m_generate),
+		cmocka_unit_test(test_cli_llama_110m_score),
+		cmocka_unit_test(test_cli_llama_110m_serve),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -29,7 +29,9 @@
 /* Largest --text-file read for score. */
 #define MAX_TEXT_BYTES (16u << 20)
 #define BERT_MODEL "bert-base"
-#define BERT_SEED 1
+#define LLAMA_GEN_MODEL LBW_LLAMA_110M_NAME
+/* The seed of bert-base's and llama-110m's weights without --seed. */
+#define GEN_SEED 1
 /* A --model named so is read as safetensors even when its first bytes do not say so. */
 #define ST_EXT ".safetensors"
 
@@ -41,9 +43,13 @@ static void usage(FILE *f)
 		"       layerbank-worker score --model M --tokenizer T --text-file F [CACHE OPTIONS]\n"
 		"       layerbank-worker serve --model M --tokenizer T [--max-tokens N] [CACHE OPTIONS]\n"
 		"\n"
-		"--model   a llama2.c checkpoint (stories260K.bin), for every command; score and\n"
-		"          serve also take encoders, scored through their tied embedding over the\n"
-		"          tokenizer's 512 tokens (generate refuses them):\n"
+		"--model   for every command: a llama2.c checkpoint (stories260K.bin), or\n"
+		"          llama-110m     llama-shaped (12 layers, dim 768, 12/4 heads, FFN\n"
+		"                         2048, 512 tokens, 2048 positions), weights generated\n"
+		"                         from --seed (default 1; at a temperature above 0\n"
+		"                         generate's sampler takes it too).\n"
+		"          score and serve also take encoders, scored through their tied\n"
+		"          embedding over the tokenizer's 512 tokens (generate refuses them):\n"
 		"          F.safetensors  a GPT-2- or BERT-style checkpoint: F32 tensors with\n"
 		"                         Hugging Face names (the style follows them), heads =\n"
 		"                         hidden / 64, a vocabulary of 512 or more. Told by its\n"
@@ -240,15 +246,17 @@ static int parse(int argc, char **argv, struct opts *o)
 	return 0;
 }
 
-enum model_kind { KIND_LLAMA, KIND_BERT_BASE, KIND_SAFETENSORS };
+enum model_kind { KIND_LLAMA, KIND_LLAMA_110M, KIND_BERT_BASE, KIND_SAFETENSORS };
 
-/* What --model names: the generated encoder; a safetensors file, known by its first bytes or
- * its name (then lbw_st_open says what is wrong with it); else a llama2.c checkpoint. */
+/* What --model names: a generated model; a safetensors file, known by its first bytes or its
+ * name (then lbw_st_open says what is wrong with it); else a llama2.c checkpoint. */
 static enum model_kind model_kind(const char *model)
 {
 	size_t n = strlen(model), e = strlen(ST_EXT);
 	if (!strcmp(model, BERT_MODEL))
 		return KIND_BERT_BASE;
+	if (!strcmp(model, LLAMA_GEN_MODEL))
+		return KIND_LLAMA_110M;
 	if (lbw_st_sniff(model) == 1 || (n > e && !strcmp(model + n - e, ST_EXT)))
 		return KIND_SAFETENSORS;
 	return KIND_LLAMA;
@@ -274,6 +282,18 @@ static double now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* The decoder generate runs: a llama2.c checkpoint, or llama-110m generated from --seed (parse
+ * checked it). err gets one line. @return as lbw_llama_load or lbw_llama_generate. */
+static int open_decoder(const struct opts *o, struct lbw_llama *m, char *err, size_t errlen)
+{
+	if (model_kind(o->model) == KIND_LLAMA_110M) {
+		struct lbw_llama_config c = lbw_llama_config_110m();
+		uint64_t seed = o->seed_s ? o->sample_seed : GEN_SEED;
+		return lbw_llama_generate(m, &c, seed, err, errlen);
+	}
+	return lbw_llama_load(m, o->model, err, errlen);
+}
+
 static int generate(const struct opts *o)
 {
 	struct lbw_llama m;
@@ -285,13 +305,14 @@ static int generate(const struct opts *o)
 
 	if (o->steps_s)
 		(void)parse_long(o->steps_s, 0, INT32_MAX, &steps_l); /* checked by parse */
-	if (model_kind(o->model) != KIND_LLAMA) {
+	enum model_kind kind = model_kind(o->model);
+	if (kind != KIND_LLAMA && kind != KIND_LLAMA_110M) {
 		fprintf(stderr, "layerbank-worker generate: %s is an encoder: encoders are scored "
 				"(score, serve), not sampled; generate takes a llama2.c "
-				"checkpoint\n", o->model);
+				"checkpoint or " LLAMA_GEN_MODEL "\n", o->model);
 		return EXIT_USAGE;
 	}
-	if (lbw_llama_load(&m, o->model, err, sizeof(err)) < 0) {
+	if (open_decoder(o, &m, err, sizeof(err)) < 0) {
 		fprintf(stderr, "layerbank-worker: %s\n", err);
 		return EXIT_LOAD;
 	}
@@ -449,11 +470,13 @@ static int score(const struct opts *o, struct lbw_scorer *sc, const struct lbw_t
 	return 0;
 }
 
-/* A llama2.c checkpoint and a tokenizer of its vocabulary. */
-static int open_llama(const struct opts *o, struct lbw_scorer *sc, struct lbw_tokenizer *t)
+/* A llama2.c checkpoint, or llama-110m of seed, and a tokenizer of its vocabulary. */
+static int open_llama(const struct opts *o, enum model_kind kind, uint64_t seed,
+		      struct lbw_scorer *sc, struct lbw_tokenizer *t)
 {
 	char err[512];
-	int rc = lbw_scorer_open_llama(sc, o->model, err, sizeof(err));
+	int rc = kind == KIND_LLAMA_110M ? lbw_scorer_open_llama_110m(sc, seed, err, sizeof(err)) :
+		 lbw_scorer_open_llama(sc, o->model, err, sizeof(err));
 	if (rc == -EINVAL) {
 		fprintf(stderr, "layerbank-worker: %s: not a safetensors file, nor a llama2.c "
 				"checkpoint: %s\n", o->model, err);
@@ -473,23 +496,17 @@ static int open_llama(const struct opts *o, struct lbw_scorer *sc, struct lbw_to
 
 /* An encoder, generated or loaded, and the tokenizer whose vocabulary its head scores:
  * shipped tokenizers hold 512 tokens. */
-static int open_encoder(const struct opts *o, enum model_kind kind, struct lbw_scorer *sc,
-			struct lbw_tokenizer *t)
+static int open_encoder(const struct opts *o, enum model_kind kind, uint64_t seed,
+			struct lbw_scorer *sc, struct lbw_tokenizer *t)
 {
 	char err[512];
-	long seed = BERT_SEED;
 	int rc;
-	if (o->seed_s && parse_long(o->seed_s, 0, LONG_MAX, &seed) < 0) {
-		fprintf(stderr, "layerbank-worker %s: bad --seed '%s'\n", o->cmd, o->seed_s);
-		return EXIT_USAGE;
-	}
 	if (lbw_tokenizer_load(t, o->tokenizer, LBW_SERVE_ENCODER_VOCAB, err, sizeof(err)) < 0) {
 		fprintf(stderr, "layerbank-worker: %s\n", err);
 		return EXIT_LOAD;
 	}
 	if (kind == KIND_BERT_BASE)
-		rc = lbw_scorer_open_bert(sc, LBW_SERVE_ENCODER_VOCAB, (uint64_t)seed, err,
-					  sizeof(err));
+		rc = lbw_scorer_open_bert(sc, LBW_SERVE_ENCODER_VOCAB, seed, err, sizeof(err));
 	else
 		rc = lbw_scorer_open_safetensors(sc, o->model, LBW_SERVE_ENCODER_VOCAB, err,
 						 sizeof(err));
@@ -501,17 +518,24 @@ static int open_encoder(const struct opts *o, enum model_kind kind, struct lbw_s
 	return 0;
 }
 
-/* The model score and serve run: a llama2.c checkpoint, the generated BERT-base shape or a
- * safetensors checkpoint. */
+/* The model score and serve run: a llama2.c checkpoint, a generated model (llama-110m, the
+ * BERT-base shape) of --seed, or a safetensors checkpoint. */
 static int open_scorer(const struct opts *o, struct lbw_scorer *sc, struct lbw_tokenizer *t)
 {
 	enum model_kind kind = model_kind(o->model);
-	if (o->seed_s && kind != KIND_BERT_BASE) {
-		fprintf(stderr, "layerbank-worker %s: --seed is for --model %s only\n", o->cmd,
-			BERT_MODEL);
+	long seed = GEN_SEED;
+	if (o->seed_s && kind != KIND_BERT_BASE && kind != KIND_LLAMA_110M) {
+		fprintf(stderr, "layerbank-worker %s: --seed is for --model %s and %s only\n",
+			o->cmd, BERT_MODEL, LLAMA_GEN_MODEL);
 		return EXIT_USAGE;
 	}
-	return kind == KIND_LLAMA ? open_llama(o, sc, t) : open_encoder(o, kind, sc, t);
+	if (o->seed_s && parse_long(o->seed_s, 0, LONG_MAX, &seed) < 0) {
+		fprintf(stderr, "layerbank-worker %s: bad --seed '%s'\n", o->cmd, o->seed_s);
+		return EXIT_USAGE;
+	}
+	if (kind == KIND_LLAMA || kind == KIND_LLAMA_110M)
+		return open_llama(o, kind, (uint64_t)seed, sc, t);
+	return open_encoder(o, kind, (uint64_t)seed, sc, t);
 }
 
 int main(int argc, char **argv)

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "kernels.h"
-#include "rng.h"
+#include "randn.h"
 
 struct lbw_bert_config lbw_bert_config_base(void)
 {
@@ -107,16 +107,10 @@ oom:
 	return NULL;
 }
 
-/* ~N(0, 0.02): four 16-bit uniforms summed (Irwin-Hall, variance 1/3), centred and scaled. */
+/* Matrices, embeddings and biases: ~N(0, 0.02), as GPT-2 and BERT initialise them. */
 static void randn(float *p, int64_t n, uint64_t *s)
 {
-	const float scale = 0.02f * 1.7320508f / 65536.0f;
-	for (int64_t i = 0; i < n; i++) {
-		uint64_t r = lbu_splitmix64(s);
-		uint32_t sum = (uint32_t)(r & 0xffff) + (uint32_t)((r >> 16) & 0xffff) +
-			       (uint32_t)((r >> 32) & 0xffff) + (uint32_t)(r >> 48);
-		p[i] = ((float)sum - 2.0f * 65535.0f) * scale;
-	}
+	lbw_randn(p, n, 0.02f, s);
 }
 
 void lbw_bert_init_random(struct lbw_bert *m, uint64_t seed)

@@ -1,6 +1,7 @@
 /*
- * Llama decoder in the llama2.c legacy checkpoint format: loading and validating the file, and a
- * plain-C fp32 forward pass (one token at a time, KV cache) that matches llama2.c's forward().
+ * Llama decoder in the llama2.c legacy checkpoint format: loading and validating the file (or
+ * generating one from a seed), and a plain-C fp32 forward pass (one token at a time, KV cache)
+ * that matches llama2.c's forward().
  */
 #ifndef LAYERBANK_WORKER_MODEL_LLAMA_H
 #define LAYERBANK_WORKER_MODEL_LLAMA_H
@@ -54,13 +55,13 @@ enum { LBW_LLAMA_WQ, LBW_LLAMA_WK, LBW_LLAMA_WV, LBW_LLAMA_WO, LBW_LLAMA_W1, LBW
        LBW_LLAMA_W3, LBW_LLAMA_NMAT };
 
 /*
- * A loaded model. Immutable after lbw_llama_load (and lbw_llama_set_reference): any number of
- * states may share it.
+ * A loaded or generated model. Immutable after lbw_llama_load or lbw_llama_generate (and
+ * lbw_llama_set_reference): any number of states may share it.
  */
 struct lbw_llama {
 	struct lbw_llama_config cfg;
 	struct lbw_llama_weights w;
-	void *data;       /* the whole file, malloc'd; owned */
+	void *data;       /* the whole file (or the generated one), malloc'd; owned */
 	size_t data_size; /* bytes of data, equal to the file size */
 	/* [n_layers * LBW_LLAMA_NMAT], packed once at load for the layer-major prefill; owned.
 	 * NULL (packing ran out of memory): the prefill runs position by position. */
@@ -103,8 +104,36 @@ int lbw_llama_check_header(const int32_t hdr[7], uint64_t file_size, struct lbw_
  * -EIO short or failed read; -ENOMEM.
  */
 int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errlen);
-/* Free what lbw_llama_load allocated; m is zeroed. Safe on a zeroed struct. */
+/* Free what lbw_llama_load or lbw_llama_generate allocated; m is zeroed. Safe on a zeroed
+ * struct. */
 void lbw_llama_free(struct lbw_llama *m);
+
+/* The name `layerbank-worker --model` gives the generated decoder of lbw_llama_config_110m. */
+#define LBW_LLAMA_110M_NAME "llama-110m"
+/* Standard deviation of the generated matrices and token embedding, GPT-2's and bert-base's. */
+#define LBW_LLAMA_GEN_STD 0.02f
+
+/*
+ * The shape of llama-110m, a decoder for speed work: 12 layers, dim 768, 12 query heads and 4
+ * KV heads of 64, FFN 2048, the tokenizer's 512 tokens, seq_len 2048, shared classifier.
+ * 75,909,888 parameters: llama2.c's stories110M shape (its label) less the 32000-token
+ * vocabulary (24.2M of its 110M) and less K and V for 8 of its 12 KV heads (9.4M).
+ */
+struct lbw_llama_config lbw_llama_config_110m(void);
+
+/*
+ * Fill m as lbw_llama_load fills it from a file, with weights generated from seed: m->data is a
+ * llama2.c legacy checkpoint (header, then the weights; written to a file, lbw_llama_load reads
+ * it back as this model), m->w points into it, the classifier is the token embedding and the
+ * layer matrices are packed. Of cfg the seven header fields are read (head_size, kv_dim and
+ * shared_classifier follow from them). Every matrix and the embedding are ~N(0,
+ * LBW_LLAMA_GEN_STD) from lbw_randn, in the file's order from one splitmix64 state seeded with
+ * seed; the RMSNorm gains are 1; the unused freq_cis tables 0. Same cfg and seed, same bytes.
+ * err (may be NULL) receives one line.
+ * @return 0; -EINVAL a shape lbw_llama_check_header would refuse; -ENOMEM.
+ */
+int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, uint64_t seed,
+		       char *err, size_t errlen);
 
 /* Allocate a state (KV cache for cfg->seq_len positions). @return 0, -ENOMEM. */
 int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_config *cfg);

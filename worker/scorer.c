@@ -12,7 +12,8 @@
 #include "model_llama.h"
 #include "safetensors.h"
 
-int lbw_scorer_open_llama(struct lbw_scorer *sc, const char *path, char *err, size_t errlen)
+/* sc zeroed, with a zeroed model and state for open_llama_end to finish. @return 0, -ENOMEM. */
+static int open_llama_begin(struct lbw_scorer *sc, char *err, size_t errlen)
 {
 	memset(sc, 0, sizeof(*sc));
 	sc->llama = calloc(1, sizeof(*sc->llama));
@@ -22,29 +23,56 @@ int lbw_scorer_open_llama(struct lbw_scorer *sc, const char *path, char *err, si
 		lbw_scorer_close(sc);
 		return -ENOMEM;
 	}
-	int rc = lbw_llama_load(sc->llama, path, err, errlen);
+	return 0;
+}
+
+/* rc: how loading or generating sc->llama went. On success the KV cache, the shape and the
+ * weights hash, an XXH3 of the checkpoint's bytes; on failure sc is closed. @return rc; -ENOMEM. */
+static int open_llama_end(struct lbw_scorer *sc, int rc, char *err, size_t errlen)
+{
+	if (rc == 0 && lbw_llama_state_init(sc->state, &sc->llama->cfg) < 0) {
+		snprintf(err, errlen, "out of memory for the KV cache");
+		rc = -ENOMEM;
+	}
 	if (rc < 0) {
-		free(sc->llama);
-		sc->llama = NULL;
 		lbw_scorer_close(sc);
 		return rc;
 	}
-	if (lbw_llama_state_init(sc->state, &sc->llama->cfg) < 0) {
-		free(sc->state);
-		sc->state = NULL;
-		snprintf(err, errlen, "out of memory for the KV cache");
-		lbw_scorer_close(sc);
-		return -ENOMEM;
-	}
 	const struct lbw_llama_config *c = &sc->llama->cfg;
-	const char *base = strrchr(path, '/');
-	snprintf(sc->name, sizeof(sc->name), "%s", base ? base + 1 : path);
 	sc->weights_hash = XXH3_64bits(sc->llama->data, sc->llama->data_size);
 	sc->n_layers = c->n_layers;
 	sc->hidden = c->dim;
 	sc->max_seq = c->seq_len;
 	sc->vocab = c->vocab_size;
 	sc->emb = sc->llama->w.token_embedding;
+	return 0;
+}
+
+int lbw_scorer_open_llama(struct lbw_scorer *sc, const char *path, char *err, size_t errlen)
+{
+	int rc = open_llama_begin(sc, err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = open_llama_end(sc, lbw_llama_load(sc->llama, path, err, errlen), err, errlen);
+	if (rc < 0)
+		return rc;
+	const char *base = strrchr(path, '/');
+	snprintf(sc->name, sizeof(sc->name), "%s", base ? base + 1 : path);
+	return 0;
+}
+
+int lbw_scorer_open_llama_110m(struct lbw_scorer *sc, uint64_t seed, char *err, size_t errlen)
+{
+	struct lbw_llama_config cfg = lbw_llama_config_110m();
+	int rc = open_llama_begin(sc, err, errlen);
+	if (rc < 0)
+		return rc;
+	rc = lbw_llama_generate(sc->llama, &cfg, seed, err, errlen);
+	rc = open_llama_end(sc, rc, err, errlen);
+	if (rc < 0)
+		return rc;
+	snprintf(sc->name, sizeof(sc->name), LBW_LLAMA_110M_NAME "-generated-%016llx",
+		 (unsigned long long)seed);
 	return 0;
 }
 

@@ -1,9 +1,10 @@
 /*
  * A model as the fleet's worker scores text with it: embed, layers (lb_layer_fn, for lb_lem_run)
  * and a head giving the next-token NLL and top-1 at every position. Two families: a llama2.c
- * checkpoint, and encoders (a BERT-base-shaped one with generated weights, compute-heavy, or a
- * GPT-2- or BERT-style safetensors checkpoint), whose head is the tied embedding over the
- * tokenizer's vocabulary: a fixed readout to measure fidelity by.
+ * checkpoint (or llama-110m, one generated from a seed), and encoders (a BERT-base-shaped one
+ * with generated weights, compute-heavy, or a GPT-2- or BERT-style safetensors checkpoint),
+ * whose head is the tied embedding over the tokenizer's vocabulary: a fixed readout to measure
+ * fidelity by.
  */
 #ifndef LAYERBANK_WORKER_SCORER_H
 #define LAYERBANK_WORKER_SCORER_H
@@ -35,8 +36,16 @@ struct lbw_scorer {
 				  * last layer's output after ln_f; NULL for BERT style */
 };
 
-/* Load a llama2.c checkpoint. err gets one line. @return 0; as lbw_llama_load; -ENOMEM. */
+/* Load a llama2.c checkpoint. Named by the path's last component, its weights_hash an XXH3 of
+ * the file. err gets one line. @return 0; as lbw_llama_load; -ENOMEM. */
 int lbw_scorer_open_llama(struct lbw_scorer *sc, const char *path, char *err, size_t errlen);
+/*
+ * llama-110m (lbw_llama_config_110m) with weights generated from seed (lbw_llama_generate).
+ * Named "llama-110m-generated-SEED" (SEED in 16 hex digits), its weights_hash an XXH3 of the
+ * generated checkpoint's bytes, as a file's: it changes with the seed and with the generator.
+ * @return 0; -ENOMEM.
+ */
+int lbw_scorer_open_llama_110m(struct lbw_scorer *sc, uint64_t seed, char *err, size_t errlen);
 /*
  * A BERT-base-shaped encoder (12 layers, hidden 768, 12 heads, FFN 3072, 512 positions) with
  * weights generated from seed, its head scoring the first vocab rows of its embedding.
