@@ -159,10 +159,14 @@ struct lbw_chat_cfg {
  * gen 8..32, open 8, zipf_s 1.0, seed 1. */
 struct lbw_chat_cfg lbw_chat_defaults(void);
 
-/* A system prompt: whole corpus paragraphs joined by single spaces. */
+/* A system prompt: whole corpus paragraphs joined by single spaces. Its tokens are its
+ * paragraphs' encodings one after the other, as a prompt joins pieces: decoded after BOS they
+ * give text back, but merges never cross a paragraph's start (encoding text whole may differ
+ * there). */
 struct lbw_chat_sys {
 	char *text;         /* NUL-terminated; owned by the stream */
-	int32_t *tokens;    /* [n_tokens] text encoded without BOS or EOS; owned by the stream */
+	int32_t *tokens;    /* [n_tokens] each paragraph encoded without BOS or EOS, in order;
+			     * owned by the stream */
 	uint32_t n_tokens;  /* in sys_tokens_min..sys_tokens_max */
 	uint32_t target;    /* the drawn target count (see lbw_chat_make) */
 	uint32_t *paras;    /* [n_paras] indices in lbw_paragraphs.p, in text order; owned */
@@ -201,10 +205,10 @@ struct lbw_chat {
  * same p, t and cfg give a byte-identical stream:
  *  1. System prompts 0..systems-1, each: a target token count uniform in
  *     sys_tokens_min..sys_tokens_max, then paragraphs drawn without replacement (one seeded
- *     shuffle of p serves the whole stream) and appended, joined by one space, while the
- *     count of the whole text, encoded, is below the target. A paragraph that would take the
- *     count past sys_tokens_max is passed over and stays in the pool; after 64 passes in a row
- *     the prompt ends as it is if it holds at least sys_tokens_min tokens.
+ *     shuffle of p serves the whole stream) and appended while the prompt's token count is
+ *     below the target. A paragraph that would take the count past sys_tokens_max is passed
+ *     over and stays in the pool; after 64 passes in a row the prompt ends as it is if it
+ *     holds at least sys_tokens_min tokens (else -ENOSPC).
  *  2. Conversations 0..open-1 open (fewer when conversations < open). Opening one draws its
  *     system prompt, rank k with probability proportional to 1/(k+1)^zipf_s, then its turn
  *     count uniform in turns_min..turns_max.
@@ -213,9 +217,9 @@ struct lbw_chat {
  *     the shuffle, never used before by a turn or a system prompt. After its last turn the
  *     conversation closes and the next one opens in its place; the stream ends when none is
  *     left open.
- * Every text (system prompt or paragraph) is encoded on its own by lbw_tokenizer_encode
- * without BOS or EOS (with its dummy-prefix space), so prompts concatenate exact token
- * sequences: see lbw_chat_prompt.
+ * Every paragraph (of a system prompt or a turn) is encoded on its own by
+ * lbw_tokenizer_encode without BOS or EOS (with its dummy-prefix space), so prompts
+ * concatenate exact token sequences: see lbw_chat_prompt.
  * err (may be NULL) receives one line saying what is wrong. On failure *out is zeroed and
  * nothing is left allocated.
  * @return 0; -EINVAL NULL argument, empty p, a tokenizer that was not loaded, cfg out of range

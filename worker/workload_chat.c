@@ -121,50 +121,46 @@ static int encode(const struct lbw_tokenizer *t, const char *text, int32_t **tok
 	return 0;
 }
 
-/* a + " " + b (or b when a is NULL) in a new string; NULL when out of memory. */
-static char *join(const char *a, const char *b)
+/* *dst + " " + src (just src when *dst is NULL) into *dst, reallocated. @return 0, -ENOMEM. */
+static int text_append(char **dst, const char *src)
 {
-	size_t la = a ? strlen(a) + 1 : 0, lb = strlen(b);
-	char *s = malloc(la + lb + 1);
+	size_t la = *dst ? strlen(*dst) + 1 : 0, lb = strlen(src);
+	char *s = realloc(*dst, la + lb + 1);
 	if (!s)
-		return NULL;
-	if (a) {
-		memcpy(s, a, la - 1);
+		return -ENOMEM;
+	if (la)
 		s[la - 1] = ' ';
-	}
-	memcpy(s + la, b, lb + 1);
-	return s;
+	memcpy(s + la, src, lb + 1);
+	*dst = s;
+	return 0;
 }
 
-/* Append paragraph idx to s when the whole text stays within max tokens.
+/* Append paragraph idx (text para) to s when its tokens keep s within max.
  * @return 1 appended, 0 passed over, -errno. */
 static int sys_try(const struct lbw_tokenizer *t, struct lbw_chat_sys *s, uint32_t idx,
 		   const char *para, uint32_t max)
 {
-	char *text = join(s->text, para);
 	int32_t *tok = NULL;
 	uint32_t n = 0;
-	if (!text)
-		return -ENOMEM;
-	int rc = encode(t, text, &tok, &n);
-	if (rc || n > max) {
-		free(text);
+	int rc = encode(t, para, &tok, &n);
+	if (rc || n > max - s->n_tokens) {
 		free(tok);
 		return rc;
 	}
-	uint32_t *paras = realloc(s->paras, ((size_t)s->n_paras + 1) * sizeof(*paras));
-	if (!paras) {
-		free(text);
+	int32_t *all = realloc(s->tokens, ((size_t)s->n_tokens + n + 1) * sizeof(*all));
+	uint32_t *paras = all ? realloc(s->paras, ((size_t)s->n_paras + 1) * sizeof(*paras)) : NULL;
+	if (all)
+		s->tokens = all;
+	if (paras)
+		s->paras = paras;
+	if (!paras || text_append(&s->text, para)) {
 		free(tok);
 		return -ENOMEM;
 	}
-	paras[s->n_paras++] = idx;
-	s->paras = paras;
-	free(s->text);
-	free(s->tokens);
-	s->text = text;
-	s->tokens = tok;
-	s->n_tokens = n;
+	memcpy(s->tokens + s->n_tokens, tok, (size_t)n * sizeof(*tok));
+	s->n_tokens += n;
+	s->paras[s->n_paras++] = idx;
+	free(tok);
 	return 1;
 }
 
