@@ -126,8 +126,8 @@ static int parse_range(const char *s, uint32_t lo, uint32_t hi, uint32_t *a, uin
 	memcpy(buf, s, strlen(s) + 1);
 	if (dash)
 		buf[dash - s] = '\0';
-	if (parse_u64(buf, lo, hi, &x) || parse_u64(dash ? buf + (dash - s) + 1 : buf, lo, hi, &y) ||
-	    x > y)
+	const char *hi_s = dash ? buf + (dash - s) + 1 : buf;
+	if (parse_u64(buf, lo, hi, &x) || parse_u64(hi_s, lo, hi, &y) || x > y)
 		return -EINVAL;
 	*a = (uint32_t)x;
 	*b = (uint32_t)y;
@@ -142,7 +142,8 @@ static int opt_chat(struct wl_opts *o, int ch, const char *arg)
 	switch (ch) {
 	case 'C':
 		if (parse_u64(arg, 1, LBW_CHAT_MAX_CONVS, &v))
-			return bad_usage("--conversations wants an integer in 1..1000000, got", arg);
+			return bad_usage("--conversations wants an integer in 1..1000000, got",
+					 arg);
 		c->conversations = (uint32_t)v;
 		return 0;
 	case 'Y':
@@ -151,7 +152,8 @@ static int opt_chat(struct wl_opts *o, int ch, const char *arg)
 		c->systems = (uint32_t)v;
 		return 0;
 	case 'T':
-		if (parse_range(arg, 1, LBW_CHAT_MAX_SYS_TOKENS, &c->sys_tokens_min, &c->sys_tokens_max))
+		if (parse_range(arg, 1, LBW_CHAT_MAX_SYS_TOKENS, &c->sys_tokens_min,
+				&c->sys_tokens_max))
 			return bad_usage("--system-tokens wants MIN-MAX within 1..4096, got", arg);
 		return 0;
 	case 'U':
@@ -223,8 +225,8 @@ static int opt_common(struct wl_opts *o, int ch, const char *arg)
 		return 0;
 	case 'b':
 		if (parse_u64(arg, 0, UINT32_MAX, &o->max_chars))
-			return bad_usage("--max-chars wants an integer in 0..4294967295 (0: no limit), got",
-					 arg);
+			return bad_usage("--max-chars wants an integer in 0..4294967295 "
+					 "(0: no limit), got", arg);
 		return 0;
 	case 'S':
 		o->summary = 1;
@@ -258,20 +260,26 @@ static int parse_opt(struct wl_opts *o, int ch, const char *arg, const char *nam
 static int parse_args(int argc, char **argv, struct wl_opts *o)
 {
 	static const struct option opts[] = {
-		{ "requests", required_argument, NULL, 'n' }, { "exact", required_argument, NULL, 'e' },
-		{ "near", required_argument, NULL, 'r' },     { "zipf", required_argument, NULL, 'z' },
-		{ "seed", required_argument, NULL, 's' },     { "data", required_argument, NULL, 'd' },
+		{ "requests", required_argument, NULL, 'n' },
+		{ "exact", required_argument, NULL, 'e' },
+		{ "near", required_argument, NULL, 'r' },
+		{ "zipf", required_argument, NULL, 'z' },
+		{ "seed", required_argument, NULL, 's' },
+		{ "data", required_argument, NULL, 'd' },
 		{ "min-chars", required_argument, NULL, 'a' },
 		{ "max-chars", required_argument, NULL, 'b' },
-		{ "summary", no_argument, NULL, 'S' },        { "help", no_argument, NULL, 'h' },
+		{ "summary", no_argument, NULL, 'S' },
+		{ "help", no_argument, NULL, 'h' },
 		{ "chat", no_argument, NULL, 'c' },
 		{ "conversations", required_argument, NULL, 'C' },
 		{ "systems", required_argument, NULL, 'Y' },
 		{ "system-tokens", required_argument, NULL, 'T' },
-		{ "turns", required_argument, NULL, 'U' },    { "gen", required_argument, NULL, 'G' },
+		{ "turns", required_argument, NULL, 'U' },
+		{ "gen", required_argument, NULL, 'G' },
 		{ "open", required_argument, NULL, 'O' },
 		{ "tokenizer", required_argument, NULL, 'k' },
-		{ "vocab", required_argument, NULL, 'V' },    { NULL, 0, NULL, 0 }
+		{ "vocab", required_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 }
 	};
 	int ch, idx = -1;
 	*o = (struct wl_opts){ .score = lbw_workload_defaults(), .chat = lbw_chat_defaults(),
@@ -358,8 +366,8 @@ static void print_chat(const struct lbw_chat *c)
 		char dep[16] = "-";
 		if (r->depends_on != LBW_CHAT_NONE)
 			snprintf(dep, sizeof(dep), "%u", r->depends_on);
-		printf("%u\t%u\t%u\t%u\t%s\t%u\t%u\t%s\n", r->id, r->conv, r->turn, r->sys, dep, r->gen,
-		       r->n_tokens, r->text);
+		printf("%u\t%u\t%u\t%u\t%s\t%u\t%u\t%s\n", r->id, r->conv, r->turn, r->sys, dep,
+		       r->gen, r->n_tokens, r->text);
 	}
 }
 
@@ -394,8 +402,9 @@ static void chat_summary_systems(const struct lbw_chat *c, const struct lbw_chat
 	       cfg->sys_tokens_min, cfg->sys_tokens_max, cfg->zipf_s);
 	for (uint32_t k = 0; k < c->n_sys; k++) {
 		const struct lbw_chat_sys *s = &c->sys[k];
-		printf("  %3u  %4u tokens (target %u, %u paragraphs)  %6u conversations  %5.1f%%\n", k,
-		       s->n_tokens, s->target, s->n_paras, s->convs, 100.0 * s->convs / c->n_convs);
+		double share = 100.0 * s->convs / c->n_convs;
+		printf("  %3u  %4u tokens (target %u, %u paragraphs)  %6u conversations  %5.1f%%\n",
+		       k, s->n_tokens, s->target, s->n_paras, s->convs, share);
 	}
 }
 

@@ -55,8 +55,8 @@ static int check_range(const char *what, uint32_t lo, uint32_t hi, uint32_t cap,
 		       size_t errlen)
 {
 	if (lo < 1 || hi > cap || lo > hi)
-		return lbu_fail(err, errlen, -EINVAL, "chat: %s %u..%u not a range within 1..%u", what,
-				lo, hi, cap);
+		return lbu_fail(err, errlen, -EINVAL, "chat: %s %u..%u not a range within 1..%u",
+				what, lo, hi, cap);
 	return 0;
 }
 
@@ -175,7 +175,7 @@ static int sys_build(struct chat_gen *g, uint32_t k)
 		int rc = peek_para(g, &idx);
 		if (rc)
 			return lbu_fail(g->err, g->errlen, rc,
-					"chat: all %u paragraphs of the corpus used up by system prompt %u",
+					"chat: all %u paragraphs used up by system prompt %u",
 					g->p->n, k);
 		rc = sys_try(g->t, s, idx, g->p->p[idx], c->sys_tokens_max);
 		if (rc < 0)
@@ -239,7 +239,8 @@ static int turn_make(struct chat_gen *g, struct conv *cv)
 	r->text = strdup(g->p->p[r->para]);
 	int rc = r->text ? encode(g->t, r->text, &r->tokens, &r->n_tokens) : -ENOMEM;
 	if (rc)
-		return lbu_fail(g->err, g->errlen, rc, "chat: request %u: %s", r->id, strerror(-rc));
+		return lbu_fail(g->err, g->errlen, rc, "chat: request %u: %s", r->id,
+				strerror(-rc));
 	cv->last_req = r->id;
 	cv->next++;
 	return 0;
@@ -298,8 +299,10 @@ static int gen_init(struct chat_gen *g)
 	g->out->n_sys = c->systems;
 	for (uint32_t i = 0; i < g->p->n; i++)
 		g->perm[i] = i;
-	for (uint32_t k = 0; k < c->systems; k++)
-		g->cum[k] = (k ? g->cum[k - 1] : 0) + (c->zipf_s == 0 ? 1.0 : pow(k + 1.0, -c->zipf_s));
+	for (uint32_t k = 0; k < c->systems; k++) {
+		double wk = c->zipf_s == 0 ? 1.0 : pow(k + 1.0, -c->zipf_s);
+		g->cum[k] = (k ? g->cum[k - 1] : 0) + wk;
+	}
 	lbw_rng_seed(&g->rng, c->seed);
 	return 0;
 }
@@ -321,7 +324,8 @@ int lbw_chat_make(const struct lbw_paragraphs *p, const struct lbw_tokenizer *t,
 	if (rc)
 		return rc;
 
-	struct chat_gen g = { .p = p, .t = t, .cfg = cfg, .out = out, .err = err, .errlen = errlen };
+	struct chat_gen g = { .p = p, .t = t, .cfg = cfg, .out = out, .err = err,
+			      .errlen = errlen };
 	rc = gen_init(&g);
 	for (uint32_t k = 0; !rc && k < cfg->systems; k++)
 		rc = sys_build(&g, k);
