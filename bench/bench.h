@@ -75,8 +75,9 @@ void lbb_stop(pid_t *pid);
 /* layerbank-bench ring (argv[0] "ring"): bench_ring.c. @return the exit status: 0, 1, 2. */
 int bench_ring_main(int argc, char **argv);
 
-/* layerbank-bench workload (argv[0] "workload"): print the fleet's request stream or, with
- * --summary, its make-up. @return the exit status: 0, 1 run-time failure, 2 bad options. */
+/* layerbank-bench workload (argv[0] "workload"): print the fleet's scoring request stream, or
+ * with --chat its chat stream, or with --summary the make-up of either.
+ * @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_workload_main(int argc, char **argv);
 
 /* layerbank-bench e2e (argv[0] "e2e"): the fleet benchmark, bench_e2e.c.

@@ -1,6 +1,6 @@
 /*
- * The request stream: corpus loading, a xoshiro256** generator, Zipf picks over a growing
- * cumulative table, and the six near-duplicate mutations.
+ * The request stream: corpus loading, Zipf picks over a growing cumulative table (xoshiro.h
+ * draws every choice), and the six near-duplicate mutations.
  */
 #include "workload.h"
 
@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 #include "errf.h"
-#include "rng.h"
+#include "xoshiro.h"
 
 /* Tries of one mutation kind before the next kind takes over (see lbw_workload_make). */
 #define MUT_TRIES 8
@@ -183,54 +183,6 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 	return 0;
 }
 
-/* ---- random numbers ---- */
-
-struct rng {
-	uint64_t s[4];
-};
-
-/* splitmix64 is a bijection of its counter, so the four words are never all zero. */
-static void rng_seed(struct rng *r, uint64_t seed)
-{
-	for (int i = 0; i < 4; i++)
-		r->s[i] = lbu_splitmix64(&seed);
-}
-
-static uint64_t rotl(uint64_t x, int k)
-{
-	return (x << k) | (x >> (64 - k));
-}
-
-/* xoshiro256** (Blackman and Vigna). */
-static uint64_t rng_next(struct rng *r)
-{
-	uint64_t *s = r->s;
-	uint64_t res = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-	s[2] ^= s[0];
-	s[3] ^= s[1];
-	s[1] ^= s[2];
-	s[0] ^= s[3];
-	s[2] ^= t;
-	s[3] = rotl(s[3], 45);
-	return res;
-}
-
-/* Uniform in [0, 1), 53 bits. */
-static double rng_unit(struct rng *r)
-{
-	return (double)(rng_next(r) >> 11) * 0x1.0p-53;
-}
-
-/* Uniform in [0, n), n >= 1, without modulo bias: draws below 2^64 mod n are redrawn. */
-static uint32_t rng_below(struct rng *r, uint32_t n)
-{
-	uint64_t lim = -(uint64_t)n % n, x;
-	do
-		x = rng_next(r);
-	while (x < lim);
-	return (uint32_t)(x % n);
-}
-
 /* ---- words and text ---- */
 
 static int is_letter(char c)
@@ -322,7 +274,7 @@ static int sb_splice(struct sbuf *b, const char *s, size_t at, size_t cut, const
 
 struct gen {
 	const struct lbw_paragraphs *p;
-	struct rng rng;
+	struct lbw_rng rng;
 	struct sbuf out;  /* the mutation being built */
 };
 
@@ -330,12 +282,12 @@ struct gen {
 static int corpus_word(struct gen *g, const char **w, size_t *len)
 {
 	for (int t = 0; t < WORD_TRIES; t++) {
-		const char *s = g->p->p[rng_below(&g->rng, g->p->n)];
+		const char *s = g->p->p[lbw_rng_below(&g->rng, g->p->n)];
 		uint32_t n = count_words(s, 1);
 		if (!n)
 			continue;
 		size_t st = 0;
-		nth_word(s, 1, rng_below(&g->rng, n), &st, len);
+		nth_word(s, 1, lbw_rng_below(&g->rng, n), &st, len);
 		*w = s + st;
 		return 1;
 	}
@@ -348,7 +300,7 @@ static int random_word(struct gen *g, const char *s, size_t minlen, size_t *star
 	uint32_t n = count_words(s, minlen);
 	if (!n)
 		return 0;
-	nth_word(s, minlen, rng_below(&g->rng, n), start, len);
+	nth_word(s, minlen, lbw_rng_below(&g->rng, n), start, len);
 	return 1;
 }
 
@@ -375,13 +327,13 @@ static int mut_typo(struct gen *g, const char *base)
 	size_t st = 0, l = 0;
 	if (!random_word(g, base, 3, &st, &l))
 		return 0;
-	uint32_t op = rng_below(&g->rng, 3);
+	uint32_t op = lbw_rng_below(&g->rng, 3);
 	if (op == 0) { /* swap letters i and i + 1 (no change when they are equal: retried) */
-		size_t i = st + rng_below(&g->rng, (uint32_t)l - 1);
+		size_t i = st + lbw_rng_below(&g->rng, (uint32_t)l - 1);
 		char two[2] = { base[i + 1], base[i] };
 		return sb_splice(&g->out, base, i, 2, two, 2) ? -ENOMEM : 1;
 	}
-	size_t i = st + rng_below(&g->rng, (uint32_t)l);
+	size_t i = st + lbw_rng_below(&g->rng, (uint32_t)l);
 	if (op == 1) /* drop letter i */
 		return sb_splice(&g->out, base, i, 1, "", 0) ? -ENOMEM : 1;
 	return sb_splice(&g->out, base, i, 0, &base[i], 1) ? -ENOMEM : 1; /* double it */
@@ -393,8 +345,8 @@ static int mut_punct(struct gen *g, const char *base)
 	uint32_t marks = 0;
 	for (const char *c = base; *c; c++)
 		marks += strchr(PUNCT_MARKS, *c) != NULL;
-	if (marks && rng_below(&g->rng, 2) == 0) {
-		uint32_t k = rng_below(&g->rng, marks);
+	if (marks && lbw_rng_below(&g->rng, 2) == 0) {
+		uint32_t k = lbw_rng_below(&g->rng, marks);
 		size_t i = 0;
 		for (;; i++)
 			if (strchr(PUNCT_MARKS, base[i]) && k-- == 0)
@@ -404,7 +356,7 @@ static int mut_punct(struct gen *g, const char *base)
 	size_t at = strlen(base), st = 0, l = 0;
 	if (random_word(g, base, 1, &st, &l))
 		at = st + l;
-	const char *mark = &PUNCT_MARKS[rng_below(&g->rng, 4)];
+	const char *mark = &PUNCT_MARKS[lbw_rng_below(&g->rng, 4)];
 	return sb_splice(&g->out, base, at, 0, mark, 1) ? -ENOMEM : 1;
 }
 
@@ -419,7 +371,7 @@ static int mut_case(struct gen *g, const char *base)
 
 static int mut_append(struct gen *g, const char *base)
 {
-	uint32_t k = 1 + rng_below(&g->rng, MAX_APPEND);
+	uint32_t k = 1 + lbw_rng_below(&g->rng, MAX_APPEND);
 	g->out.len = 0;
 	if (sb_put(&g->out, base, strlen(base)))
 		return -ENOMEM;
@@ -441,7 +393,7 @@ static int mut_remove(struct gen *g, const char *base)
 	if (n < 4)
 		return 0;
 	uint32_t most = n - 3 < MAX_REMOVE ? n - 3 : MAX_REMOVE;
-	uint32_t k = 1 + rng_below(&g->rng, most);
+	uint32_t k = 1 + lbw_rng_below(&g->rng, most);
 	nth_word(base, 1, n - k - 1, &st, &l);
 	g->out.len = 0;
 	return sb_put(&g->out, base, st + l) ? -ENOMEM : 1;
@@ -470,7 +422,7 @@ static int mut_apply(struct gen *g, enum lbw_mutation m, const char *base)
 /* A near-duplicate of base into *text (malloc'd), its kind into *mut. @return 0 or -ENOMEM. */
 static int mutate(struct gen *g, const char *base, enum lbw_mutation *mut, char **text)
 {
-	enum lbw_mutation m = (enum lbw_mutation)(1 + rng_below(&g->rng, LBW_MUT_COUNT - 1));
+	enum lbw_mutation m = (enum lbw_mutation)(1 + lbw_rng_below(&g->rng, LBW_MUT_COUNT - 1));
 	for (int k = 0; k < LBW_MUT_COUNT - 1; k++) {
 		for (int t = 0; t < MUT_TRIES; t++) {
 			int rc = mut_apply(g, m, base);
@@ -487,20 +439,6 @@ static int mutate(struct gen *g, const char *base, enum lbw_mutation *mut, char 
 		m = m == LBW_MUT_REMOVE ? LBW_MUT_WORD_SWAP : m + 1;
 	}
 	abort(); /* broken invariant: PUNCT always applies and always changes the text */
-}
-
-/* The rank k in [0, d) with cum[k - 1] <= x < cum[k]; d - 1 when x rounds up to cum[d - 1]. */
-static uint32_t zipf_rank(const double *cum, uint32_t d, double x)
-{
-	uint32_t lo = 0, hi = d - 1;
-	while (lo < hi) {
-		uint32_t mid = lo + (hi - lo) / 2;
-		if (cum[mid] > x)
-			hi = mid;
-		else
-			lo = mid + 1;
-	}
-	return lo;
 }
 
 struct lbw_workload_cfg lbw_workload_defaults(void)
@@ -579,11 +517,11 @@ int lbw_workload_make(const struct lbw_paragraphs *p, const struct lbw_workload_
 	}
 	for (uint32_t i = 0; i < p->n; i++)
 		perm[i] = i;
-	rng_seed(&g.rng, cfg->seed);
+	lbw_rng_seed(&g.rng, cfg->seed);
 
 	for (uint32_t i = 0; i < cfg->n_requests; i++) {
 		struct lbw_request *r = &out->r[i];
-		double u = rng_unit(&g.rng);
+		double u = lbw_rng_unit(&g.rng);
 		enum lbw_req_kind kind = u < cfg->p_exact ? LBW_REQ_EXACT
 				       : u < cfg->p_exact + cfg->p_near ? LBW_REQ_NEAR
 									: LBW_REQ_FRESH;
@@ -603,7 +541,7 @@ int lbw_workload_make(const struct lbw_paragraphs *p, const struct lbw_workload_
 				goto fail;
 			}
 			/* one step of a Fisher-Yates shuffle: perm[0..d] is the issue order */
-			uint32_t j = d + rng_below(&g.rng, p->n - d), t = perm[d];
+			uint32_t j = d + lbw_rng_below(&g.rng, p->n - d), t = perm[d];
 			perm[d] = perm[j];
 			perm[j] = t;
 			by_rank[d] = perm[d];
@@ -612,7 +550,7 @@ int lbw_workload_make(const struct lbw_paragraphs *p, const struct lbw_workload_
 			r->doc = perm[d++];
 			r->text = strdup(p->p[r->doc]);
 		} else {
-			r->doc = by_rank[zipf_rank(cum, d, rng_unit(&g.rng) * cum[d - 1])];
+			r->doc = by_rank[lbw_cum_pick(cum, d, lbw_rng_unit(&g.rng) * cum[d - 1])];
 			if (kind == LBW_REQ_EXACT) {
 				r->text = strdup(p->p[r->doc]);
 			} else {
