@@ -19,7 +19,8 @@
 	"usage: layerbank-bench workload [--requests N] [--exact P] [--near P] [--zipf S] "     \
 	"[--seed N] [--data FILE] [--min-chars N] [--max-chars N] [--summary]; "                \
 	"layerbank-bench workload --chat [--conversations N] [--systems N] "                    \
-	"[--system-tokens MIN-MAX] [--turns MIN-MAX] [--gen MIN-MAX] [--open N] [--zipf S] "    \
+	"[--system-tokens MIN-MAX] [--turns MIN-MAX] [--gen MIN-MAX] [--open N] "               \
+	"[--max-tokens N] [--zipf S] "                                                          \
 	"[--seed N] [--data FILE] [--tokenizer FILE] [--vocab N] [--min-chars N] "              \
 	"[--max-chars N] [--summary]"
 
@@ -169,6 +170,11 @@ static int opt_chat(struct wl_opts *o, int ch, const char *arg)
 			return bad_usage("--open wants an integer in 1..4096, got", arg);
 		c->open = (uint32_t)v;
 		return 0;
+	case 'M':
+		if (parse_u64(arg, 0, LBW_CHAT_MAX_TOKENS, &v))
+			return bad_usage("--max-tokens wants an integer in 0..1048576, got", arg);
+		c->max_tokens = (uint32_t)v;
+		return 0;
 	case 'k':
 		o->tokenizer = arg;
 		return 0;
@@ -277,6 +283,7 @@ static int parse_args(int argc, char **argv, struct wl_opts *o)
 		{ "turns", required_argument, NULL, 'U' },
 		{ "gen", required_argument, NULL, 'G' },
 		{ "open", required_argument, NULL, 'O' },
+		{ "max-tokens", required_argument, NULL, 'M' },
 		{ "tokenizer", required_argument, NULL, 'k' },
 		{ "vocab", required_argument, NULL, 'V' },
 		{ NULL, 0, NULL, 0 }

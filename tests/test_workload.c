@@ -989,6 +989,46 @@ static void test_chat_dependencies(void **state)
 	}
 }
 
+
+/* A context cap: every turn's prompt and generation fit in max_tokens (answers as long as
+ * drawn); a conversation ends before a turn that would not, each of its requests counting the
+ * turns it really has; a cap no first turn fits is refused. */
+static void test_chat_max_tokens(void **state)
+{
+	(void)state;
+	struct lbw_chat_cfg c = lbw_chat_defaults();
+	struct lbw_chat w, all;
+	char err[256];
+
+	chat_make(&corpus, &c, &all);
+	c.max_tokens = 512;
+	chat_make(&corpus, &c, &w);
+	assert_true(w.n < all.n);
+	assert_int_equal(w.n_convs, c.conversations);
+	uint32_t *turns = calloc(w.n_convs, sizeof(uint32_t)), ended = 0;
+	assert_non_null(turns);
+	for (uint32_t i = 0; i < w.n; i++) {
+		const struct lbw_chat_req *r = &w.r[i];
+		assert_true(lbw_chat_prompt_len(&w, i, NULL) + r->gen <= 512);
+		assert_int_equal(r->turn, turns[r->conv]++);
+		if (r->depends_on != LBW_CHAT_NONE)
+			assert_int_equal(w.r[r->depends_on].n_turns, r->n_turns);
+	}
+	for (uint32_t i = 0; i < w.n; i++)
+		assert_int_equal(w.r[i].n_turns, turns[w.r[i].conv]);
+	for (uint32_t v = 0; v < w.n_convs; v++)
+		ended += turns[v] < c.turns_max;
+	assert_true(ended > 0);
+	free(turns);
+	lbw_chat_free(&w);
+	lbw_chat_free(&all);
+	c.max_tokens = 100; /* below every system prompt */
+	assert_int_equal(lbw_chat_make(&corpus, &tok, &c, &w, err, sizeof(err)), -ENOSPC);
+	assert_non_null(strstr(err, "100 tokens"));
+	c.max_tokens = LBW_CHAT_MAX_TOKENS + 1;
+	assert_int_equal(lbw_chat_make(&corpus, &tok, &c, &w, err, sizeof(err)), -EINVAL);
+}
+
 /* Answer of request id: len tokens in 3..511 from a seed, or none. */
 static int32_t *fake_answer(uint32_t id, uint32_t len)
 {
@@ -1291,6 +1331,7 @@ int main(void)
 		cmocka_unit_test(test_chat_zipf_popularity),
 		cmocka_unit_test(test_chat_paragraphs_used_once),
 		cmocka_unit_test(test_chat_dependencies),
+		cmocka_unit_test(test_chat_max_tokens),
 		cmocka_unit_test(test_chat_prompt_prefixes),
 		cmocka_unit_test(test_chat_prompt_bad_args),
 		cmocka_unit_test(test_chat_bad_configs),

@@ -137,6 +137,7 @@ struct lbw_tokenizer;
 #define LBW_CHAT_MAX_TURNS 64u
 #define LBW_CHAT_MAX_GEN 4096u
 #define LBW_CHAT_MAX_OPEN 4096u
+#define LBW_CHAT_MAX_TOKENS 1048576u
 /* depends_on of a conversation's first turn. */
 #define LBW_CHAT_NONE UINT32_MAX
 
@@ -151,6 +152,8 @@ struct lbw_chat_cfg {
 	uint32_t gen_min;        /* tokens to generate per turn: min <= max <= LBW_CHAT_MAX_GEN */
 	uint32_t gen_max;
 	uint32_t open;           /* conversations open at once, 1..LBW_CHAT_MAX_OPEN */
+	uint32_t max_tokens;     /* a model's context, 0..LBW_CHAT_MAX_TOKENS: a turn's prompt and
+				  * generation (answers as long as drawn) fit in it; 0: no limit */
 	double zipf_s;           /* system prompt popularity exponent, in [0, LBW_MAX_ZIPF_S] */
 	uint64_t seed;           /* every random choice follows from it */
 };

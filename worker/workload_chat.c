@@ -46,7 +46,7 @@ struct lbw_chat_cfg lbw_chat_defaults(void)
 	return (struct lbw_chat_cfg){
 		.conversations = 114, .systems = 4, .sys_tokens_min = 100, .sys_tokens_max = 300,
 		.turns_min = 1, .turns_max = 6, .gen_min = 8, .gen_max = 32, .open = 8,
-		.zipf_s = 1.0, .seed = 1
+		.max_tokens = 0, .zipf_s = 1.0, .seed = 1
 	};
 }
 
@@ -79,6 +79,9 @@ static int check_cfg(const struct lbw_chat_cfg *c, char *err, size_t errlen)
 		if (rc)
 			return rc;
 	}
+	if (c->max_tokens > LBW_CHAT_MAX_TOKENS)
+		return lbu_fail(err, errlen, -EINVAL, "chat: max_tokens %u above %u", c->max_tokens,
+				LBW_CHAT_MAX_TOKENS);
 	if (!isfinite(c->zipf_s) || c->zipf_s < 0 || c->zipf_s > LBW_MAX_ZIPF_S)
 		return lbu_fail(err, errlen, -EINVAL, "chat: zipf_s %g not in [0, %g]", c->zipf_s,
 				LBW_MAX_ZIPF_S);
@@ -220,6 +223,30 @@ static struct lbw_chat_req *req_add(struct chat_gen *g)
 	return r;
 }
 
+/* Request r of *cv fits in cfg->max_tokens? If not it goes (its paragraph stays used): a first
+ * turn is drawn again (-EAGAIN), a later one ends the conversation, its earlier requests
+ * saying so (n_turns). @return 0, -EAGAIN. */
+static int turn_fits(struct chat_gen *g, struct conv *cv, struct lbw_chat_req *r)
+{
+	uint32_t cap = g->cfg->max_tokens;
+
+	if (!cap || lbw_chat_prompt_len(g->out, r->id, NULL) + r->gen <= (int64_t)cap)
+		return 0;
+	free(r->text);
+	free(r->tokens);
+	g->out->n--;
+	if (cv->next == 0)
+		return -EAGAIN;
+	cv->turns = cv->next;
+	for (uint32_t id = cv->last_req; id != LBW_CHAT_NONE; id = g->out->r[id].depends_on)
+		g->out->r[id].n_turns = cv->turns;
+	return 0;
+}
+
+/* A first turn that does not fit the context is drawn again this many times before the
+ * stream is refused (the system prompts leave no room). */
+#define FIRST_TURN_TRIES 16
+
 /* The next turn of *cv (step 3 of lbw_chat_make). @return 0 or -errno, err set. */
 static int turn_make(struct chat_gen *g, struct conv *cv)
 {
@@ -241,9 +268,27 @@ static int turn_make(struct chat_gen *g, struct conv *cv)
 	if (rc)
 		return lbu_fail(g->err, g->errlen, rc, "chat: request %u: %s", r->id,
 				strerror(-rc));
+	if (turn_fits(g, cv, r) < 0)
+		return -EAGAIN;
+	if (cv->next == cv->turns)
+		return 0; /* it did not fit: the conversation ended before it */
 	cv->last_req = r->id;
 	cv->next++;
 	return 0;
+}
+
+/* turn_make, a first turn drawn again while it does not fit the context. */
+static int turn_make_fitting(struct chat_gen *g, struct conv *cv)
+{
+	for (int i = 0; i < FIRST_TURN_TRIES; i++) {
+		int rc = turn_make(g, cv);
+		if (rc != -EAGAIN)
+			return rc;
+	}
+	return lbu_fail(g->err, g->errlen, -ENOSPC, "chat: conversation %u: no first turn fits in "
+			"%u tokens after %d paragraphs (system prompt %u tokens); allow more tokens or "
+			"shorter system prompts", cv->id, g->cfg->max_tokens, FIRST_TURN_TRIES,
+			g->out->sys[cv->sys].n_tokens);
 }
 
 /* Steps 2 and 3 of lbw_chat_make. @return 0 or -errno, err set. */
@@ -255,7 +300,7 @@ static int convs_run(struct chat_gen *g)
 	while (g->n_open) {
 		uint32_t k = lbw_rng_below(&g->rng, g->n_open);
 		struct conv *cv = &g->open[k];
-		int rc = turn_make(g, cv);
+		int rc = turn_make_fitting(g, cv);
 		if (rc)
 			return rc;
 		if (cv->next < cv->turns)
