@@ -645,6 +645,43 @@ static void test_attention_strided(void **state)
 	}
 }
 
+/*
+ * Causal rows do not depend on later rows: the first n rows of a causal lbk_attention over seq
+ * positions equal, bit for bit, a call over those n positions alone (the property prefix reuse
+ * builds on).
+ */
+static void expect_rows_equal(const float *got, const float *want, int64_t rows, int64_t width,
+			      const char *what)
+{
+	for (int64_t i = 0; i < rows * width; i++)
+		if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+			fail_msg("%s: row %lld column %lld: %.9g (%08x), want %.9g (%08x)", what,
+				 (long long)(i / width), (long long)(i % width), (double)got[i],
+				 *(const uint32_t *)&got[i], (double)want[i], *(const uint32_t *)&want[i]);
+}
+
+/*
+ * Regression: a row whose running output has cancelled to -0 (a denormal scaled to zero by the
+ * online softmax) must not turn +0 when a later row of its query block makes the tile add the
+ * P.V of keys the row cannot see (0 * v, +0 for v > 0). Row 32 of one head of size 1: key 0
+ * contributes v = -(smallest denormal), key 32 raises the max by 1 (c = e^-1 scales that to -0),
+ * keys 33.. hold v = 1. Row 32 of a call over 33 positions and of one over 64 must agree.
+ */
+static void test_attention_causal_signed_zero(void **state)
+{
+	use_tier(state);
+	enum { S = 64 };
+	float q[S], k[S], v[S], o33[33], o64[S];
+	for (int t = 0; t < S; t++) {
+		q[t] = 1.0f;
+		k[t] = t == 0 ? 0.0f : t == 32 ? 1.0f : -100.0f;
+		v[t] = t == 0 ? -0x1p-149f : t <= 32 ? -0.0f : 1.0f;
+	}
+	lbk_attention(o33, q, k, v, 33, 1, 1, 1, 1);
+	lbk_attention(o64, q, k, v, S, 1, 1, 1, 1);
+	expect_rows_equal(o64, o33, 33, 1, "causal rows 0..32 of 64 against a call over 33");
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -661,6 +698,7 @@ int main(void)
 		cmocka_unit_test(test_embed),
 		TIERED(test_attention),
 		TIERED(test_attention_strided),
+		TIERED(test_attention_causal_signed_zero),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -83,6 +83,12 @@ void lbk_attention_ref(float *out, const float *q, const float *k, const float *
  * and finally out = O / l. O lives in ob [BQ][hsp] (hsp: hs rounded up to HC), so the tiles
  * load and store it unmasked. A block's last rows past seq repeat row seq-1 and are dropped.
  * Causal blocks stop at the block's last row; each row masks the keys after it.
+ *
+ * Signed zeros: a key a row may not see still passes through the P.V tile when another row of
+ * its block sees it, as O + 0 * v, which is O itself unless O is -0 (a running sum a rescale c
+ * rounded to zero) and 0 * v is +0. A row's O thus depends on its neighbours only in the sign
+ * of a zero, and the output is written as inv O + 0, where either zero becomes +0: a causal row
+ * is the same bits whatever rows share its call.
  */
 #define A512_BQ 8  /* query rows a block: 8 x 2 score vectors, 16 of the 32 zmm */
 #define A512_BK 32 /* keys a block: 2 zmm of scores a row */
@@ -212,9 +218,11 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 		for (int64_t r = 0; r < rows; r++) {
 			float *ot = a->out + (q0 + r) * a->ldo + h * hs;
 			__m512 inv = _mm512_set1_ps(1.0f / l[r]);
+			/* inv O + 0: a zero leaves as +0 (see "signed zeros" above) */
 			for (int64_t i = 0; i < hs; i += 16)
 				_mm512_mask_storeu_ps(ot + i, lbk_mask16(hs - i),
-						      _mm512_mul_ps(inv, _mm512_load_ps(ob + r * hsp + i)));
+						      _mm512_fmadd_ps(inv, _mm512_load_ps(ob + r * hsp + i),
+								      _mm512_setzero_ps()));
 		}
 	}
 }
@@ -307,7 +315,8 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 			__m256 inv = _mm256_set1_ps(1.0f / l[r]);
 			for (int64_t i = 0; i < hs; i += 8)
 				_mm256_maskstore_ps(ot + i, lbk_mask8(hs - i),
-						    _mm256_mul_ps(inv, _mm256_load_ps(ob + r * hsp + i)));
+						    _mm256_fmadd_ps(inv, _mm256_load_ps(ob + r * hsp + i),
+								    _mm256_setzero_ps()));
 		}
 	}
 }
