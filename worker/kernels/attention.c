@@ -1,7 +1,9 @@
 /*
- * Grouped-query multi-head attention over a whole sequence, causal or bidirectional: a two-pass
- * plain-C reference, and tiled AVX-512 and AVX2 variants (a block of query rows against blocks
- * of keys held in vector lanes, an online softmax, P.V with FMAs).
+ * Grouped-query multi-head attention, causal or bidirectional, with K and V read through a table
+ * of blocks of positions (a contiguous sequence is one block): a two-pass plain-C reference, and
+ * tiled AVX-512 and AVX2 variants (a block of query rows against blocks of keys held in vector
+ * lanes, an online softmax, P.V with FMAs). lbk_attention, lbk_attention_strided and
+ * lbk_attention_paged all run this one code.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -9,33 +11,59 @@
 
 #include "simd.h"
 
-/* One call's operands. Head h of position t: q + t * ldq + h * hs (likewise k, v with the kv
- * head, out with h). */
+/* bshift of a contiguous sequence: one block holds every position an int64_t index reaches. */
+#define ONE_BLOCK 62
+
+/*
+ * One call's operands. Query row r is position pos0 + r: its head h is q + r * ldq + h * hs, its
+ * output out + r * ldo + h * hs. Key s of kv head g is kv_row(kblk, bshift, ldk, s) + g * hs,
+ * its value likewise through vblk and ldv. Blocks are only read, and only the rows of keys
+ * 0..nkeys-1, and in them only the n_kv_heads * hs floats of the heads.
+ */
 struct att {
 	float *out;
-	const float *q, *k, *v;
+	const float *q;
+	const float *const *kblk, *const *vblk; /* block tables, [(nkeys - 1) >> bshift + 1] */
 	int64_t ldo, ldq, ldk, ldv;
-	int64_t seq, n_heads, n_kv_heads, hs;
-	int causal;
+	int bshift;	  /* 2^bshift positions a block, 0..ONE_BLOCK */
+	int64_t pos0, nq; /* query rows: positions pos0 .. pos0+nq-1 */
+	int64_t nkeys;	  /* keys 0..nkeys-1: pos0 + nq when causal */
+	int64_t n_heads, n_kv_heads, hs;
+	int causal; /* row r sees keys 0..pos0+r; otherwise all nkeys (and pos0 is 0) */
 };
+
+/* Position s's row (every kv head, ld floats apart) in a block table. */
+static inline const float *kv_row(const float *const *blk, int bshift, int64_t ld, int64_t s)
+{
+	return blk[s >> bshift] + (s & (((int64_t)1 << bshift) - 1)) * ld;
+}
+
+/* Query row r (clamped to the last) may see keys 0..key_limit-1. */
+static inline int64_t key_limit(const struct att *a, int64_t r)
+{
+	if (r > a->nq - 1)
+		r = a->nq - 1;
+	return a->causal ? a->pos0 + r + 1 : a->nkeys;
+}
 
 /*
  * Reference: for each query row, pass 1 finds the max score, pass 2 sums exp(score - max)
- * and accumulates exp(score - max) * v into out, which is then divided by the sum.
+ * and accumulates exp(score - max) * v into out, which is then divided by the sum. A row reads
+ * only its own keys, so its bits depend on nothing else in the call.
  */
 static void attention_ref(const struct att *a)
 {
 	const int64_t hs = a->hs, group = a->n_heads / a->n_kv_heads;
 	const float scale = 1.0f / sqrtf((float)hs);
-	for (int64_t t = 0; t < a->seq; t++) {
-		int64_t end = a->causal ? t + 1 : a->seq; /* keys 0..end-1 */
+	for (int64_t r = 0; r < a->nq; r++) {
+		const int64_t end = key_limit(a, r); /* keys 0..end-1 */
 		for (int64_t h = 0; h < a->n_heads; h++) {
-			const float *qt = a->q + t * a->ldq + h * hs; /* [hs] */
-			float *ot = a->out + t * a->ldo + h * hs;	/* [hs] */
-			int64_t kvh = h / group;
+			const float *qt = a->q + r * a->ldq + h * hs; /* [hs] */
+			float *ot = a->out + r * a->ldo + h * hs;	/* [hs] */
+			const int64_t kvh = h / group;
 			float max_val = -INFINITY;
 			for (int64_t s = 0; s < end; s++) {
-				const float *ks = a->k + s * a->ldk + kvh * hs;
+				const float *ks = kv_row(a->kblk, a->bshift, a->ldk, s) + kvh * hs;
 				float score = 0.0f;
 				for (int64_t i = 0; i < hs; i++)
 					score += qt[i] * ks[i];
@@ -47,8 +75,8 @@ static void attention_ref(const struct att *a)
 				ot[i] = 0.0f;
 			float sum = 0.0f;
 			for (int64_t s = 0; s < end; s++) {
-				const float *ks = a->k + s * a->ldk + kvh * hs;
-				const float *vs = a->v + s * a->ldv + kvh * hs;
+				const float *ks = kv_row(a->kblk, a->bshift, a->ldk, s) + kvh * hs;
+				const float *vs = kv_row(a->vblk, a->bshift, a->ldv, s) + kvh * hs;
 				float score = 0.0f;
 				for (int64_t i = 0; i < hs; i++)
 					score += qt[i] * ks[i];
@@ -63,17 +91,8 @@ static void attention_ref(const struct att *a)
 	}
 }
 
-void lbk_attention_ref(float *out, const float *q, const float *k, const float *v, int64_t seq,
-		       int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal)
-{
-	struct att a = { out, q, k, v, n_heads * hs, n_heads * hs, n_kv_heads * hs, n_kv_heads * hs,
-			 seq, n_heads, n_kv_heads, hs, causal };
-	if (seq > 0 && n_heads > 0 && n_kv_heads > 0 && hs > 0 && n_heads % n_kv_heads == 0)
-		attention_ref(&a);
-}
-
 /*
- * The tiled variants. Per kv head, K is transposed once into kt [hs][seqp] (seqp: seq rounded
+ * The tiled variants. Per kv head, K is transposed once into kt [hs][ldkt] (ldkt: nkeys rounded
  * up to the key block, the padding zero) so that a block of BK keys is BK/lanes vectors per
  * dimension. Per head and block of BQ query rows:
  *   S[BQ][BK] = Q . K^T, a register tile (broadcast q[r][i], FMA with the kt row);
@@ -81,8 +100,15 @@ void lbk_attention_ref(float *out, const float *q, const float *k, const float *
  *   P = e^(S * scale - m_new) (the vector exp, within 2 ulp), l = l c + sum P;
  *   O[BQ][hs] = O c + P . V, a register tile per HC columns (broadcast p[r][j], FMA with v[j]);
  * and finally out = O / l. O lives in ob [BQ][hsp] (hsp: hs rounded up to HC), so the tiles
- * load and store it unmasked. A block's last rows past seq repeat row seq-1 and are dropped.
+ * load and store it unmasked. A block's last rows past nq repeat row nq-1 and are dropped.
  * Causal blocks stop at the block's last row; each row masks the keys after it.
+ *
+ * Batch invariance: key blocks start at key 0 and hold BK keys whatever the call, so a key sits
+ * in the same lane of the same block for every row that sees it, and each row's scores, max,
+ * sums and P.V run in an order fixed by its position alone. A block entirely past a row
+ * (causal, reached for a later row of its query block) is masked whole for it: its max is -inf,
+ * c = e^0 = 1 exactly, P = +0, so m, l and O are multiplied by 1 and added +0 and 0 * v: unchanged
+ * for finite v, but for the sign of a zero:
  *
  * Signed zeros: a key a row may not see still passes through the P.V tile when another row of
  * its block sees it, as O + 0 * v, which is O itself unless O is -0 (a running sum a rescale c
@@ -108,46 +134,41 @@ static int64_t round_up(int64_t x, int64_t to)
 	return (x + to - 1) / to * to;
 }
 
-/* kt[i][s] = k[s][kvh][i] for s < seq, 0 for seq <= s < seqp. */
-static void transpose_k(float *kt, const struct att *a, int64_t kvh, int64_t seqp)
+/* kt[i][s] = k[s][kvh][i] for s < nkeys, 0 for nkeys <= s < ldkt. */
+static void transpose_k(float *kt, int64_t ldkt, const struct att *a, int64_t kvh)
 {
 	const int64_t hs = a->hs;
-	for (int64_t s = 0; s < a->seq; s++) {
-		const float *ks = a->k + s * a->ldk + kvh * hs;
+	for (int64_t s = 0; s < a->nkeys; s++) {
+		const float *ks = kv_row(a->kblk, a->bshift, a->ldk, s) + kvh * hs;
 		for (int64_t i = 0; i < hs; i++)
-			kt[i * seqp + s] = ks[i];
+			kt[i * ldkt + s] = ks[i];
 	}
 	for (int64_t i = 0; i < hs; i++)
-		for (int64_t s = a->seq; s < seqp; s++)
-			kt[i * seqp + s] = 0.0f;
-}
-
-/* Keys row t (clamped to seq-1) may see: 0..lim-1. */
-static inline int64_t key_limit(const struct att *a, int64_t t)
-{
-	if (t > a->seq - 1)
-		t = a->seq - 1;
-	return a->causal ? t + 1 : a->seq;
+		for (int64_t s = a->nkeys; s < ldkt; s++)
+			kt[i * ldkt + s] = 0.0f;
 }
 
 /* ---- AVX-512 ---- */
 
 static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const float *kt,
-					  int64_t seqp, float *ob, int64_t hsp)
+					  int64_t ldkt, float *ob, int64_t hsp)
 {
 	enum { BQ = A512_BQ, BK = A512_BK, HC = A512_HC };
-	const int64_t hs = a->hs, seq = a->seq;
+	const int64_t hs = a->hs, nq = a->nq;
 	const int64_t kvh = h / (a->n_heads / a->n_kv_heads);
 	const __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)hs));
 	const __m512 ninf = _mm512_set1_ps(-INFINITY);
 	float pb[BQ][BK] __attribute__((aligned(64))); /* P of the block */
 	float m[BQ], l[BQ], c[BQ];
-	for (int64_t q0 = 0; q0 < seq; q0 += BQ) {
-		const int64_t rows = seq - q0 < BQ ? seq - q0 : BQ;
-		const int64_t kend = a->causal ? q0 + rows : seq;
+	int64_t lim[BQ];     /* row r sees keys 0..lim[r]-1 */
+	const float *vr[BK]; /* the block's value rows, head kvh */
+	for (int64_t q0 = 0; q0 < nq; q0 += BQ) {
+		const int64_t rows = nq - q0 < BQ ? nq - q0 : BQ;
+		const int64_t kend = a->causal ? a->pos0 + q0 + rows : a->nkeys;
 		const float *qr[BQ];
 		for (int r = 0; r < BQ; r++) {
-			qr[r] = a->q + (q0 + r < seq ? q0 + r : seq - 1) * a->ldq + h * hs;
+			qr[r] = a->q + (q0 + r < nq ? q0 + r : nq - 1) * a->ldq + h * hs;
+			lim[r] = key_limit(a, q0 + r);
 			m[r] = -INFINITY;
 			l[r] = 0.0f;
 		}
@@ -159,7 +180,7 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 				s[r][0] = s[r][1] = _mm512_setzero_ps();
 			const float *b = kt + k0;
 			for (int64_t i = 0; i < hs; i++) {
-				__m512 b0 = _mm512_load_ps(b + i * seqp), b1 = _mm512_load_ps(b + i * seqp + 16);
+				__m512 b0 = _mm512_load_ps(b + i * ldkt), b1 = _mm512_load_ps(b + i * ldkt + 16);
 				LBK_UNROLL
 				for (int r = 0; r < BQ; r++) {
 					__m512 qv = _mm512_set1_ps(qr[r][i]);
@@ -169,8 +190,8 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 			}
 			LBK_UNROLL
 			for (int r = 0; r < BQ; r++) {
-				/* scaled scores, -inf where row r may not look (causal, or past seq) */
-				int64_t nv = key_limit(a, q0 + r) - k0;
+				/* scaled scores, -inf where row r may not look (causal, or past nkeys) */
+				const int64_t nv = lim[r] - k0;
 				const __mmask16 v0 = lbk_mask16(nv), v1 = lbk_mask16(nv - 16);
 				__m512 x0 = _mm512_mask_mul_ps(ninf, v0, s[r][0], scale);
 				__m512 x1 = _mm512_mask_mul_ps(ninf, v1, s[r][1], scale);
@@ -187,7 +208,8 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 				_mm512_store_ps(pb[r] + 16, p1);
 			}
 			const int64_t nk = kend - k0 < BK ? kend - k0 : BK;
-			const float *vb = a->v + k0 * a->ldv + kvh * hs;
+			for (int64_t j = 0; j < nk; j++)
+				vr[j] = kv_row(a->vblk, a->bshift, a->ldv, k0 + j) + kvh * hs;
 			for (int64_t c0 = 0; c0 < hs; c0 += HC) {
 				const __mmask16 mk0 = lbk_mask16(hs - c0), mk1 = lbk_mask16(hs - c0 - 16);
 				__m512 o[BQ][2];
@@ -198,7 +220,7 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 					o[r][1] = _mm512_mul_ps(cr, _mm512_load_ps(ob + r * hsp + c0 + 16));
 				}
 				for (int64_t j = 0; j < nk; j++) {
-					const float *vj = vb + j * a->ldv + c0;
+					const float *vj = vr[j] + c0;
 					__m512 v0 = _mm512_maskz_loadu_ps(mk0, vj);
 					__m512 v1 = _mm512_maskz_loadu_ps(mk1, vj + 16);
 					LBK_UNROLL
@@ -230,21 +252,24 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 /* ---- AVX2 (the same algorithm in 8 lanes) ---- */
 
 static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const float *kt,
-				      int64_t seqp, float *ob, int64_t hsp)
+				      int64_t ldkt, float *ob, int64_t hsp)
 {
 	enum { BQ = A256_BQ, BK = A256_BK, HC = A256_HC };
-	const int64_t hs = a->hs, seq = a->seq;
+	const int64_t hs = a->hs, nq = a->nq;
 	const int64_t kvh = h / (a->n_heads / a->n_kv_heads);
 	const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)hs));
 	const __m256 ninf = _mm256_set1_ps(-INFINITY);
 	float pb[BQ][BK] __attribute__((aligned(32)));
 	float m[BQ], l[BQ], c[BQ];
-	for (int64_t q0 = 0; q0 < seq; q0 += BQ) {
-		const int64_t rows = seq - q0 < BQ ? seq - q0 : BQ;
-		const int64_t kend = a->causal ? q0 + rows : seq;
+	int64_t lim[BQ];
+	const float *vr[BK];
+	for (int64_t q0 = 0; q0 < nq; q0 += BQ) {
+		const int64_t rows = nq - q0 < BQ ? nq - q0 : BQ;
+		const int64_t kend = a->causal ? a->pos0 + q0 + rows : a->nkeys;
 		const float *qr[BQ];
 		for (int r = 0; r < BQ; r++) {
-			qr[r] = a->q + (q0 + r < seq ? q0 + r : seq - 1) * a->ldq + h * hs;
+			qr[r] = a->q + (q0 + r < nq ? q0 + r : nq - 1) * a->ldq + h * hs;
+			lim[r] = key_limit(a, q0 + r);
 			m[r] = -INFINITY;
 			l[r] = 0.0f;
 		}
@@ -256,7 +281,7 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 				s[r][0] = s[r][1] = _mm256_setzero_ps();
 			const float *b = kt + k0;
 			for (int64_t i = 0; i < hs; i++) {
-				__m256 b0 = _mm256_load_ps(b + i * seqp), b1 = _mm256_load_ps(b + i * seqp + 8);
+				__m256 b0 = _mm256_load_ps(b + i * ldkt), b1 = _mm256_load_ps(b + i * ldkt + 8);
 				LBK_UNROLL
 				for (int r = 0; r < BQ; r++) {
 					__m256 qv = _mm256_broadcast_ss(qr[r] + i);
@@ -265,7 +290,7 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 				}
 			}
 			for (int r = 0; r < BQ; r++) {
-				int64_t nv = key_limit(a, q0 + r) - k0;
+				const int64_t nv = lim[r] - k0;
 				const __m256 v0 = _mm256_castsi256_ps(lbk_mask8(nv));
 				const __m256 v1 = _mm256_castsi256_ps(lbk_mask8(nv - 8));
 				__m256 x0 = _mm256_blendv_ps(ninf, _mm256_mul_ps(s[r][0], scale), v0);
@@ -282,7 +307,8 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 				_mm256_store_ps(pb[r] + 8, p1);
 			}
 			const int64_t nk = kend - k0 < BK ? kend - k0 : BK;
-			const float *vb = a->v + k0 * a->ldv + kvh * hs;
+			for (int64_t j = 0; j < nk; j++)
+				vr[j] = kv_row(a->vblk, a->bshift, a->ldv, k0 + j) + kvh * hs;
 			for (int64_t c0 = 0; c0 < hs; c0 += HC) {
 				const __m256i mk0 = lbk_mask8(hs - c0), mk1 = lbk_mask8(hs - c0 - 8);
 				__m256 o[BQ][2];
@@ -293,7 +319,7 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 					o[r][1] = _mm256_mul_ps(cr, _mm256_load_ps(ob + r * hsp + c0 + 8));
 				}
 				for (int64_t j = 0; j < nk; j++) {
-					const float *vj = vb + j * a->ldv + c0;
+					const float *vj = vr[j] + c0;
 					__m256 v0 = _mm256_maskload_ps(vj, mk0);
 					__m256 v1 = _mm256_maskload_ps(vj + 8, mk1);
 					LBK_UNROLL
@@ -327,11 +353,14 @@ static void attention_tiled(const struct att *a, enum lbk_isa isa)
 	const int64_t bk = isa == LBK_ISA_AVX512 ? A512_BK : A256_BK;
 	const int64_t bq = isa == LBK_ISA_AVX512 ? A512_BQ : A256_BQ;
 	const int64_t hc = isa == LBK_ISA_AVX512 ? A512_HC : A256_HC;
-	const int64_t seqp = round_up(a->seq, bk), hsp = round_up(a->hs, hc);
-	/* kt [hs][seqp], then ob [bq][hsp]; both offsets multiples of 16 floats (64 bytes) */
-	size_t kt_floats = (size_t)round_up(a->hs * seqp, 16);
-	size_t bytes = (kt_floats + (size_t)(bq * hsp)) * sizeof(float);
-	float *kt = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+	const int64_t ldkt = round_up(a->nkeys, bk), hsp = round_up(a->hs, hc);
+	/* kt [hs][ldkt], then ob [bq][hsp]: both multiples of 16 floats (64 bytes) */
+	int64_t kt_floats, bytes;
+	float *kt = NULL;
+	if (!__builtin_mul_overflow(a->hs, ldkt, &kt_floats) &&
+	    !__builtin_add_overflow(kt_floats, bq * hsp, &bytes) &&
+	    !__builtin_mul_overflow(bytes, (int64_t)sizeof(float), &bytes))
+		kt = aligned_alloc(64, (size_t)bytes);
 	if (!kt) { /* out of memory: the reference needs none */
 		attention_ref(a);
 		return;
@@ -339,29 +368,56 @@ static void attention_tiled(const struct att *a, enum lbk_isa isa)
 	float *ob = kt + kt_floats;
 	const int64_t group = a->n_heads / a->n_kv_heads;
 	for (int64_t kvh = 0; kvh < a->n_kv_heads; kvh++) {
-		transpose_k(kt, a, kvh, seqp);
+		transpose_k(kt, ldkt, a, kvh);
 		for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
 			if (isa == LBK_ISA_AVX512)
-				head_avx512(a, h, kt, seqp, ob, hsp);
+				head_avx512(a, h, kt, ldkt, ob, hsp);
 			else
-				head_avx2(a, h, kt, seqp, ob, hsp);
+				head_avx2(a, h, kt, ldkt, ob, hsp);
 		}
 	}
 	free(kt);
+}
+
+/* a on this call's tier: the reference on the scalar one. */
+static void attention_run(const struct att *a)
+{
+	enum lbk_isa isa = lbk_isa();
+	if (isa == LBK_ISA_SCALAR)
+		attention_ref(a);
+	else
+		attention_tiled(a, isa);
+}
+
+/* Nonzero when a's sizes leave anything to do (the public entries' "nothing is done" rule);
+ * nkeys up to 2^ONE_BLOCK: one block of a contiguous sequence holds them all. */
+static int att_valid(const struct att *a)
+{
+	return a->nq > 0 && a->nkeys <= ((int64_t)1 << ONE_BLOCK) && a->n_heads > 0 &&
+	       a->n_kv_heads > 0 && a->hs > 0 && a->n_heads % a->n_kv_heads == 0;
+}
+
+/* A contiguous sequence as a table of one block: *kb = k, *vb = v. */
+static struct att att_contiguous(float *out, int64_t ldo, const float *q, int64_t ldq,
+				 const float *const *kb, int64_t ldk, const float *const *vb,
+				 int64_t ldv, int64_t seq, int64_t n_heads, int64_t n_kv_heads,
+				 int64_t hs, int causal)
+{
+	return (struct att){ .out = out, .q = q, .kblk = kb, .vblk = vb, .ldo = ldo, .ldq = ldq,
+			     .ldk = ldk, .ldv = ldv, .bshift = ONE_BLOCK, .pos0 = 0, .nq = seq,
+			     .nkeys = seq, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .hs = hs,
+			     .causal = causal };
 }
 
 void lbk_attention_strided(float *out, int64_t ldo, const float *q, int64_t ldq, const float *k,
 			   int64_t ldk, const float *v, int64_t ldv, int64_t seq, int64_t n_heads,
 			   int64_t n_kv_heads, int64_t hs, int causal)
 {
-	if (seq <= 0 || n_heads <= 0 || n_kv_heads <= 0 || hs <= 0 || n_heads % n_kv_heads != 0)
-		return;
-	struct att a = { out, q, k, v, ldo, ldq, ldk, ldv, seq, n_heads, n_kv_heads, hs, causal };
-	enum lbk_isa isa = lbk_isa();
-	if (isa == LBK_ISA_SCALAR)
-		attention_ref(&a);
-	else
-		attention_tiled(&a, isa);
+	const float *kb = k, *vb = v;
+	struct att a = att_contiguous(out, ldo, q, ldq, &kb, ldk, &vb, ldv, seq, n_heads,
+				      n_kv_heads, hs, causal);
+	if (att_valid(&a))
+		attention_run(&a);
 }
 
 void lbk_attention(float *out, const float *q, const float *k, const float *v, int64_t seq,
@@ -369,4 +425,51 @@ void lbk_attention(float *out, const float *q, const float *k, const float *v, i
 {
 	lbk_attention_strided(out, n_heads * hs, q, n_heads * hs, k, n_kv_heads * hs, v,
 			      n_kv_heads * hs, seq, n_heads, n_kv_heads, hs, causal);
+}
+
+void lbk_attention_ref(float *out, const float *q, const float *k, const float *v, int64_t seq,
+		       int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal)
+{
+	const float *kb = k, *vb = v;
+	struct att a = att_contiguous(out, n_heads * hs, q, n_heads * hs, &kb, n_kv_heads * hs, &vb,
+				      n_kv_heads * hs, seq, n_heads, n_kv_heads, hs, causal);
+	if (att_valid(&a))
+		attention_ref(&a);
+}
+
+/* The causal call lbk_attention_paged describes; 0 when its arguments leave nothing to do. */
+static int att_paged(struct att *a, float *out, int64_t ldo, const float *q, int64_t ldq,
+		     int64_t pos0, int64_t nq, const float *const *kblk, const float *const *vblk,
+		     int64_t ldk, int64_t ldv, int bshift, int64_t n_heads, int64_t n_kv_heads,
+		     int64_t hs)
+{
+	if (pos0 < 0 || nq < 1 || pos0 > INT64_MAX - nq || bshift < 0 || bshift > ONE_BLOCK)
+		return 0;
+	*a = (struct att){ .out = out, .q = q, .kblk = kblk, .vblk = vblk, .ldo = ldo, .ldq = ldq,
+			   .ldk = ldk, .ldv = ldv, .bshift = bshift, .pos0 = pos0, .nq = nq,
+			   .nkeys = pos0 + nq, .n_heads = n_heads, .n_kv_heads = n_kv_heads, .hs = hs,
+			   .causal = 1 };
+	return att_valid(a);
+}
+
+void lbk_attention_paged(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t pos0,
+			 int64_t nq, const float *const *kblk, const float *const *vblk,
+			 int64_t ldk, int64_t ldv, int bshift, int64_t n_heads, int64_t n_kv_heads,
+			 int64_t hs)
+{
+	struct att a;
+	if (att_paged(&a, out, ldo, q, ldq, pos0, nq, kblk, vblk, ldk, ldv, bshift, n_heads,
+		      n_kv_heads, hs))
+		attention_run(&a);
+}
+
+void lbk_attention_paged_ref(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t pos0,
+			     int64_t nq, const float *const *kblk, const float *const *vblk,
+			     int64_t ldk, int64_t ldv, int bshift, int64_t n_heads,
+			     int64_t n_kv_heads, int64_t hs)
+{
+	struct att a;
+	if (att_paged(&a, out, ldo, q, ldq, pos0, nq, kblk, vblk, ldk, ldv, bshift, n_heads,
+		      n_kv_heads, hs))
+		attention_ref(&a);
 }
