@@ -6,6 +6,9 @@
  * lbk_attention_paged all run this one code.
  */
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,6 +118,12 @@ static void attention_ref(const struct att *a)
  * rounded to zero) and 0 * v is +0. A row's O thus depends on its neighbours only in the sign
  * of a zero, and the output is written as inv O + 0, where either zero becomes +0: a causal row
  * is the same bits whatever rows share its call.
+ *
+ * Scratch: kt and ob live in a per-thread buffer kept from call to call (see scratch()). When it
+ * cannot be had (allocation failure, or lbk_attention_scratch_limit), the same code runs from the
+ * stack: each key block is transposed into a tile, KT_TILE dimensions at a time, and O is kept
+ * HC columns at a time (the scores recomputed for each HC columns). Every output is then made by
+ * the same operations on the same values in the same order: the same bits, only slower.
  */
 #define A512_BQ 8  /* query rows a block: 8 x 2 score vectors, 16 of the 32 zmm */
 #define A512_BK 32 /* keys a block: 2 zmm of scores a row */
@@ -122,6 +131,7 @@ static void attention_ref(const struct att *a)
 #define A256_BQ 6  /* AVX2: 6 x 2 ymm scores, 12 of the 16 ymm */
 #define A256_BK 16
 #define A256_HC 16
+#define KT_TILE 64 /* dimensions of a key block the scratch-free path transposes at a time */
 
 #if defined(__clang__)
 #define LBK_UNROLL _Pragma("unroll")
@@ -132,6 +142,55 @@ static void attention_ref(const struct att *a)
 static int64_t round_up(int64_t x, int64_t to)
 {
 	return (x + to - 1) / to * to;
+}
+
+/*
+ * The calling thread's scratch of at least bytes (a multiple of 64), 64-byte aligned; NULL when
+ * it cannot be had. Grown by half again at least, never shrunk; the pthread key's destructor
+ * frees it when the thread exits (the main thread's stays reachable until the process ends).
+ */
+static _Thread_local struct {
+	float *p;
+	size_t cap;
+} tl_scratch;
+static pthread_key_t scratch_key;
+static int scratch_key_ok;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static atomic_size_t g_scratch_limit = SIZE_MAX; /* lbk_attention_scratch_limit */
+
+static void scratch_key_make(void)
+{
+	scratch_key_ok = pthread_key_create(&scratch_key, free) == 0;
+}
+
+static float *scratch(size_t bytes)
+{
+	const size_t limit = atomic_load_explicit(&g_scratch_limit, memory_order_relaxed);
+	if (bytes > limit)
+		return NULL;
+	if (bytes <= tl_scratch.cap)
+		return tl_scratch.p;
+	pthread_once(&scratch_once, scratch_key_make);
+	if (!scratch_key_ok) /* no destructor: a thread's buffer would leak at its exit */
+		return NULL;
+	size_t want = tl_scratch.cap + tl_scratch.cap / 2;
+	want = want < bytes ? bytes : want > limit ? bytes : (want + 63) & ~(size_t)63;
+	float *p = aligned_alloc(64, want);
+	if (!p)
+		return NULL;
+	if (pthread_setspecific(scratch_key, p) != 0) { /* the key still holds the old buffer */
+		free(p);
+		return NULL;
+	}
+	free(tl_scratch.p);
+	tl_scratch.p = p;
+	tl_scratch.cap = want;
+	return p;
+}
+
+void lbk_attention_scratch_limit(size_t bytes)
+{
+	atomic_store_explicit(&g_scratch_limit, bytes, memory_order_relaxed);
 }
 
 /* kt[i][s] = k[s][kvh][i] for s < nkeys, 0 for nkeys <= s < ldkt. */
@@ -148,10 +207,31 @@ static void transpose_k(float *kt, int64_t ldkt, const struct att *a, int64_t kv
 			kt[i * ldkt + s] = 0.0f;
 }
 
+/* The scratch-free path's tile[i][j] = k[k0 + j][kvh][i0 + i] for i < ni and j < nk, 0 for
+ * nk <= j < bk: dimensions i0..i0+ni-1 of a key block. */
+static void tile_k(float *tile, int64_t bk, const struct att *a, int64_t kvh, int64_t k0,
+		   int64_t nk, int64_t i0, int64_t ni)
+{
+	for (int64_t j = 0; j < nk; j++) {
+		const float *ks = kv_row(a->kblk, a->bshift, a->ldk, k0 + j) + kvh * a->hs + i0;
+		for (int64_t i = 0; i < ni; i++)
+			tile[i * bk + j] = ks[i];
+	}
+	for (int64_t i = 0; i < ni; i++)
+		for (int64_t j = nk; j < bk; j++)
+			tile[i * bk + j] = 0.0f;
+}
+
+/*
+ * The head functions: head h, output columns cb..ce-1 (all of hs; or one HC-column slice, in the
+ * scratch-free path). kt: the kv head's K transposed [hs][ldkt], or NULL: each key block is then
+ * transposed into tile, KT_TILE dimensions at a time. ob [BQ][ldob]: O of columns cb..ce-1.
+ */
+
 /* ---- AVX-512 ---- */
 
 static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const float *kt,
-					  int64_t ldkt, float *ob, int64_t hsp)
+					  int64_t ldkt, float *ob, int64_t ldob, int64_t cb, int64_t ce)
 {
 	enum { BQ = A512_BQ, BK = A512_BK, HC = A512_HC };
 	const int64_t hs = a->hs, nq = a->nq;
@@ -159,6 +239,7 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 	const __m512 scale = _mm512_set1_ps(1.0f / sqrtf((float)hs));
 	const __m512 ninf = _mm512_set1_ps(-INFINITY);
 	float pb[BQ][BK] __attribute__((aligned(64))); /* P of the block */
+	float tile[KT_TILE * BK] __attribute__((aligned(64)));
 	float m[BQ], l[BQ], c[BQ];
 	int64_t lim[BQ];     /* row r sees keys 0..lim[r]-1 */
 	const float *vr[BK]; /* the block's value rows, head kvh */
@@ -172,20 +253,29 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 			m[r] = -INFINITY;
 			l[r] = 0.0f;
 		}
-		memset(ob, 0, (size_t)(BQ * hsp) * sizeof(float));
+		memset(ob, 0, (size_t)(BQ * ldob) * sizeof(float));
 		for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+			const int64_t nk = kend - k0 < BK ? kend - k0 : BK;
 			__m512 s[BQ][2];
 			LBK_UNROLL
 			for (int r = 0; r < BQ; r++)
 				s[r][0] = s[r][1] = _mm512_setzero_ps();
-			const float *b = kt + k0;
-			for (int64_t i = 0; i < hs; i++) {
-				__m512 b0 = _mm512_load_ps(b + i * ldkt), b1 = _mm512_load_ps(b + i * ldkt + 16);
-				LBK_UNROLL
-				for (int r = 0; r < BQ; r++) {
-					__m512 qv = _mm512_set1_ps(qr[r][i]);
-					s[r][0] = _mm512_fmadd_ps(qv, b0, s[r][0]);
-					s[r][1] = _mm512_fmadd_ps(qv, b1, s[r][1]);
+			for (int64_t i0 = 0, ni; i0 < hs; i0 += ni) {
+				const float *b = kt ? kt + k0 : tile, *qi[BQ];
+				const int64_t ld = kt ? ldkt : BK;
+				ni = kt ? hs : hs - i0 < KT_TILE ? hs - i0 : KT_TILE;
+				if (!kt)
+					tile_k(tile, BK, a, kvh, k0, nk, i0, ni);
+				for (int r = 0; r < BQ; r++)
+					qi[r] = qr[r] + i0;
+				for (int64_t i = 0; i < ni; i++) {
+					__m512 b0 = _mm512_load_ps(b + i * ld), b1 = _mm512_load_ps(b + i * ld + 16);
+					LBK_UNROLL
+					for (int r = 0; r < BQ; r++) {
+						__m512 qv = _mm512_set1_ps(qi[r][i]);
+						s[r][0] = _mm512_fmadd_ps(qv, b0, s[r][0]);
+						s[r][1] = _mm512_fmadd_ps(qv, b1, s[r][1]);
+					}
 				}
 			}
 			LBK_UNROLL
@@ -207,17 +297,17 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 				_mm512_store_ps(pb[r], p0);
 				_mm512_store_ps(pb[r] + 16, p1);
 			}
-			const int64_t nk = kend - k0 < BK ? kend - k0 : BK;
 			for (int64_t j = 0; j < nk; j++)
 				vr[j] = kv_row(a->vblk, a->bshift, a->ldv, k0 + j) + kvh * hs;
-			for (int64_t c0 = 0; c0 < hs; c0 += HC) {
-				const __mmask16 mk0 = lbk_mask16(hs - c0), mk1 = lbk_mask16(hs - c0 - 16);
+			for (int64_t c0 = cb; c0 < ce; c0 += HC) {
+				const __mmask16 mk0 = lbk_mask16(ce - c0), mk1 = lbk_mask16(ce - c0 - 16);
+				float *oc = ob + (c0 - cb);
 				__m512 o[BQ][2];
 				LBK_UNROLL
 				for (int r = 0; r < BQ; r++) {
 					__m512 cr = _mm512_set1_ps(c[r]);
-					o[r][0] = _mm512_mul_ps(cr, _mm512_load_ps(ob + r * hsp + c0));
-					o[r][1] = _mm512_mul_ps(cr, _mm512_load_ps(ob + r * hsp + c0 + 16));
+					o[r][0] = _mm512_mul_ps(cr, _mm512_load_ps(oc + r * ldob));
+					o[r][1] = _mm512_mul_ps(cr, _mm512_load_ps(oc + r * ldob + 16));
 				}
 				for (int64_t j = 0; j < nk; j++) {
 					const float *vj = vr[j] + c0;
@@ -232,8 +322,8 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 				}
 				LBK_UNROLL
 				for (int r = 0; r < BQ; r++) {
-					_mm512_store_ps(ob + r * hsp + c0, o[r][0]);
-					_mm512_store_ps(ob + r * hsp + c0 + 16, o[r][1]);
+					_mm512_store_ps(oc + r * ldob, o[r][0]);
+					_mm512_store_ps(oc + r * ldob + 16, o[r][1]);
 				}
 			}
 		}
@@ -241,9 +331,9 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 			float *ot = a->out + (q0 + r) * a->ldo + h * hs;
 			__m512 inv = _mm512_set1_ps(1.0f / l[r]);
 			/* inv O + 0: a zero leaves as +0 (see "signed zeros" above) */
-			for (int64_t i = 0; i < hs; i += 16)
-				_mm512_mask_storeu_ps(ot + i, lbk_mask16(hs - i),
-						      _mm512_fmadd_ps(inv, _mm512_load_ps(ob + r * hsp + i),
+			for (int64_t i = cb; i < ce; i += 16)
+				_mm512_mask_storeu_ps(ot + i, lbk_mask16(ce - i),
+						      _mm512_fmadd_ps(inv, _mm512_load_ps(ob + r * ldob + (i - cb)),
 								      _mm512_setzero_ps()));
 		}
 	}
@@ -252,7 +342,7 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 /* ---- AVX2 (the same algorithm in 8 lanes) ---- */
 
 static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const float *kt,
-				      int64_t ldkt, float *ob, int64_t hsp)
+				      int64_t ldkt, float *ob, int64_t ldob, int64_t cb, int64_t ce)
 {
 	enum { BQ = A256_BQ, BK = A256_BK, HC = A256_HC };
 	const int64_t hs = a->hs, nq = a->nq;
@@ -260,6 +350,7 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 	const __m256 scale = _mm256_set1_ps(1.0f / sqrtf((float)hs));
 	const __m256 ninf = _mm256_set1_ps(-INFINITY);
 	float pb[BQ][BK] __attribute__((aligned(32)));
+	float tile[KT_TILE * BK] __attribute__((aligned(32)));
 	float m[BQ], l[BQ], c[BQ];
 	int64_t lim[BQ];
 	const float *vr[BK];
@@ -273,20 +364,29 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 			m[r] = -INFINITY;
 			l[r] = 0.0f;
 		}
-		memset(ob, 0, (size_t)(BQ * hsp) * sizeof(float));
+		memset(ob, 0, (size_t)(BQ * ldob) * sizeof(float));
 		for (int64_t k0 = 0; k0 < kend; k0 += BK) {
+			const int64_t nk = kend - k0 < BK ? kend - k0 : BK;
 			__m256 s[BQ][2];
 			LBK_UNROLL
 			for (int r = 0; r < BQ; r++)
 				s[r][0] = s[r][1] = _mm256_setzero_ps();
-			const float *b = kt + k0;
-			for (int64_t i = 0; i < hs; i++) {
-				__m256 b0 = _mm256_load_ps(b + i * ldkt), b1 = _mm256_load_ps(b + i * ldkt + 8);
-				LBK_UNROLL
-				for (int r = 0; r < BQ; r++) {
-					__m256 qv = _mm256_broadcast_ss(qr[r] + i);
-					s[r][0] = _mm256_fmadd_ps(qv, b0, s[r][0]);
-					s[r][1] = _mm256_fmadd_ps(qv, b1, s[r][1]);
+			for (int64_t i0 = 0, ni; i0 < hs; i0 += ni) {
+				const float *b = kt ? kt + k0 : tile, *qi[BQ];
+				const int64_t ld = kt ? ldkt : BK;
+				ni = kt ? hs : hs - i0 < KT_TILE ? hs - i0 : KT_TILE;
+				if (!kt)
+					tile_k(tile, BK, a, kvh, k0, nk, i0, ni);
+				for (int r = 0; r < BQ; r++)
+					qi[r] = qr[r] + i0;
+				for (int64_t i = 0; i < ni; i++) {
+					__m256 b0 = _mm256_load_ps(b + i * ld), b1 = _mm256_load_ps(b + i * ld + 8);
+					LBK_UNROLL
+					for (int r = 0; r < BQ; r++) {
+						__m256 qv = _mm256_broadcast_ss(qi[r] + i);
+						s[r][0] = _mm256_fmadd_ps(qv, b0, s[r][0]);
+						s[r][1] = _mm256_fmadd_ps(qv, b1, s[r][1]);
+					}
 				}
 			}
 			for (int r = 0; r < BQ; r++) {
@@ -306,17 +406,17 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 				_mm256_store_ps(pb[r], p0);
 				_mm256_store_ps(pb[r] + 8, p1);
 			}
-			const int64_t nk = kend - k0 < BK ? kend - k0 : BK;
 			for (int64_t j = 0; j < nk; j++)
 				vr[j] = kv_row(a->vblk, a->bshift, a->ldv, k0 + j) + kvh * hs;
-			for (int64_t c0 = 0; c0 < hs; c0 += HC) {
-				const __m256i mk0 = lbk_mask8(hs - c0), mk1 = lbk_mask8(hs - c0 - 8);
+			for (int64_t c0 = cb; c0 < ce; c0 += HC) {
+				const __m256i mk0 = lbk_mask8(ce - c0), mk1 = lbk_mask8(ce - c0 - 8);
+				float *oc = ob + (c0 - cb);
 				__m256 o[BQ][2];
 				LBK_UNROLL
 				for (int r = 0; r < BQ; r++) {
 					__m256 cr = _mm256_set1_ps(c[r]);
-					o[r][0] = _mm256_mul_ps(cr, _mm256_load_ps(ob + r * hsp + c0));
-					o[r][1] = _mm256_mul_ps(cr, _mm256_load_ps(ob + r * hsp + c0 + 8));
+					o[r][0] = _mm256_mul_ps(cr, _mm256_load_ps(oc + r * ldob));
+					o[r][1] = _mm256_mul_ps(cr, _mm256_load_ps(oc + r * ldob + 8));
 				}
 				for (int64_t j = 0; j < nk; j++) {
 					const float *vj = vr[j] + c0;
@@ -331,52 +431,60 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 				}
 				LBK_UNROLL
 				for (int r = 0; r < BQ; r++) {
-					_mm256_store_ps(ob + r * hsp + c0, o[r][0]);
-					_mm256_store_ps(ob + r * hsp + c0 + 8, o[r][1]);
+					_mm256_store_ps(oc + r * ldob, o[r][0]);
+					_mm256_store_ps(oc + r * ldob + 8, o[r][1]);
 				}
 			}
 		}
 		for (int64_t r = 0; r < rows; r++) {
 			float *ot = a->out + (q0 + r) * a->ldo + h * hs;
 			__m256 inv = _mm256_set1_ps(1.0f / l[r]);
-			for (int64_t i = 0; i < hs; i += 8)
-				_mm256_maskstore_ps(ot + i, lbk_mask8(hs - i),
-						    _mm256_fmadd_ps(inv, _mm256_load_ps(ob + r * hsp + i),
+			for (int64_t i = cb; i < ce; i += 8)
+				_mm256_maskstore_ps(ot + i, lbk_mask8(ce - i),
+						    _mm256_fmadd_ps(inv, _mm256_load_ps(ob + r * ldob + (i - cb)),
 								    _mm256_setzero_ps()));
 		}
 	}
 }
 
-/* The tiled variant of isa, with its scratch; the reference when the scratch cannot be had. */
+static void head(enum lbk_isa isa, const struct att *a, int64_t h, const float *kt, int64_t ldkt,
+		 float *ob, int64_t ldob, int64_t cb, int64_t ce)
+{
+	if (isa == LBK_ISA_AVX512)
+		head_avx512(a, h, kt, ldkt, ob, ldob, cb, ce);
+	else
+		head_avx2(a, h, kt, ldkt, ob, ldob, cb, ce);
+}
+
+/* The tiled variant of isa: from the thread's scratch, or without it (the same bits). */
 static void attention_tiled(const struct att *a, enum lbk_isa isa)
 {
 	const int64_t bk = isa == LBK_ISA_AVX512 ? A512_BK : A256_BK;
 	const int64_t bq = isa == LBK_ISA_AVX512 ? A512_BQ : A256_BQ;
 	const int64_t hc = isa == LBK_ISA_AVX512 ? A512_HC : A256_HC;
-	const int64_t ldkt = round_up(a->nkeys, bk), hsp = round_up(a->hs, hc);
+	const int64_t ldkt = round_up(a->nkeys, bk), hsp = round_up(a->hs, hc), hs = a->hs;
+	const int64_t group = a->n_heads / a->n_kv_heads;
 	/* kt [hs][ldkt], then ob [bq][hsp]: both multiples of 16 floats (64 bytes) */
 	int64_t kt_floats, bytes;
 	float *kt = NULL;
-	if (!__builtin_mul_overflow(a->hs, ldkt, &kt_floats) &&
+	if (!__builtin_mul_overflow(hs, ldkt, &kt_floats) &&
 	    !__builtin_add_overflow(kt_floats, bq * hsp, &bytes) &&
 	    !__builtin_mul_overflow(bytes, (int64_t)sizeof(float), &bytes))
-		kt = aligned_alloc(64, (size_t)bytes);
-	if (!kt) { /* out of memory: the reference needs none */
-		attention_ref(a);
+		kt = scratch((size_t)bytes);
+	if (kt) {
+		for (int64_t kvh = 0; kvh < a->n_kv_heads; kvh++) {
+			transpose_k(kt, ldkt, a, kvh);
+			for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
+				head(isa, a, h, kt, ldkt, kt + kt_floats, hsp, 0, hs);
+		}
 		return;
 	}
-	float *ob = kt + kt_floats;
-	const int64_t group = a->n_heads / a->n_kv_heads;
-	for (int64_t kvh = 0; kvh < a->n_kv_heads; kvh++) {
-		transpose_k(kt, ldkt, a, kvh);
-		for (int64_t h = kvh * group; h < (kvh + 1) * group; h++) {
-			if (isa == LBK_ISA_AVX512)
-				head_avx512(a, h, kt, ldkt, ob, hsp);
-			else
-				head_avx2(a, h, kt, ldkt, ob, hsp);
-		}
-	}
-	free(kt);
+	/* no scratch: HC columns of O at a time, from the stack */
+	_Static_assert(A512_BQ * A512_HC >= A256_BQ * A256_HC, "ob below holds either tier's");
+	float ob[A512_BQ * A512_HC] __attribute__((aligned(64)));
+	for (int64_t h = 0; h < a->n_heads; h++)
+		for (int64_t cb = 0; cb < hs; cb += hc)
+			head(isa, a, h, NULL, 0, ob, hc, cb, cb + hc < hs ? cb + hc : hs);
 }
 
 /* a on this call's tier: the reference on the scalar one. */

@@ -4,6 +4,7 @@
 #ifndef LAYERBANK_KERNELS_H
 #define LAYERBANK_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum lbk_isa { LBK_ISA_SCALAR = 0, LBK_ISA_AVX2 = 1, LBK_ISA_AVX512 = 2 };
@@ -105,17 +106,23 @@ void lbk_attention_strided(float *out, int64_t ldo, const float *q, int64_t ldq,
  * Nothing is done for nq, n_heads, n_kv_heads or hs below 1, pos0 below 0, n_heads not a multiple
  * of n_kv_heads, bshift outside 0..62, or pos0 + nq above 2^62.
  *
- * Batch invariance. On a given tier (lbk_isa() at the call) a row's output depends, bit for bit,
- * only on its query, its position and the K and V rows of keys 0 .. its position:
+ * Batch invariance. With one build of lbk on one tier (lbk_isa() at the call), a row's output
+ * depends, bit for bit, only on its query, its position and the K and V rows of keys 0 .. its
+ * position:
  *   - not on the rest of the call: nq, pos0 and the other rows (a prefill of n rows is the same
  *     bits as n calls of one row each, and as the prefill split into calls at any points);
- *   - not on bshift nor on where the blocks are;
+ *   - not on bshift, ldk, ldv nor on where the blocks are; not on whether the call had its
+ *     scratch (lbk_attention_scratch_limit);
  *   - and it equals the row of that position of a causal lbk_attention / lbk_attention_strided
  *     over the same K and V stored contiguously (they run this code with one block).
- * Provided the V rows of the call's keys are finite: on the AVX-512 and AVX2 tiers a key a row
- * cannot see but a later row of the call can still enters it as 0 * v, so an inf or NaN there
- * would reach it. Across tiers results differ by float rounding (the vector exp and the
- * summation order; tests hold the SIMD tiers to within 2e-5 (1 + |ref|) of the reference).
+ * Provided the V rows of keys pos0 .. pos0+nq-1 are finite: on the AVX-512 and AVX2 tiers a key
+ * a row cannot see but a later row of its call can still enters the row as 0 * v, which an inf
+ * or NaN there would turn NaN. Across tiers the bits differ: the scalar tier is
+ * lbk_attention_paged_ref, and the SIMD tiers are within float rounding of it (the vector exp
+ * and the summation order; the tests hold them to 2e-5 (1 + |ref|)).
+ *
+ * Cost: per kv head, a call first transposes the keys 0 .. pos0+nq-1 into its scratch (a one-row
+ * call at position t: t + 1 rows of hs floats), then computes the scores from that copy.
  */
 void lbk_attention_paged(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t pos0,
 			 int64_t nq, const float *const *kblk, const float *const *vblk,
@@ -127,5 +134,16 @@ void lbk_attention_paged_ref(float *out, int64_t ldo, const float *q, int64_t ld
 			     int64_t nq, const float *const *kblk, const float *const *vblk,
 			     int64_t ldk, int64_t ldv, int bshift, int64_t n_heads,
 			     int64_t n_kv_heads, int64_t hs);
+
+/*
+ * Scratch of the AVX-512 and AVX2 attention: one buffer per thread, about 4 hs (keys + 8) bytes
+ * (keys rounded up to 32; hs to 32 in the second term), kept from call to call (grown by half
+ * at least when a call needs more) and freed when the thread exits: no allocation per call once
+ * a thread has seen its longest sequence. When it cannot be allocated, or would pass this limit
+ * (bytes a thread may hold; none by default), the call runs without it, from the stack: the
+ * same bits, a few times slower (the scores are recomputed per 16 or 32 columns of V). Nothing
+ * fails either way. Tests use 0 to run that path; a worker may use it to cap its memory.
+ */
+void lbk_attention_scratch_limit(size_t bytes);
 
 #endif
