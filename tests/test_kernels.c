@@ -1,7 +1,8 @@
 /* lbk_* kernels: every variant (AVX-512, AVX2, scalar: each tier forced in turn with
- * lbk_force_isa) against its plain-C reference on odd sizes, threaded packed GEMM, and the
- * norms/RoPE against double-precision formulas. Prints GEMM GFLOP/s on the BERT-base shapes and
- * m=1 GEMV GB/s (no timed asserts). */
+ * lbk_force_isa) against its plain-C reference on odd sizes, threaded packed GEMM, the
+ * norms/RoPE against double-precision formulas, and paged attention's batch invariance (bit for
+ * bit) over blocks mapped apart. Prints GEMM GFLOP/s on the BERT-base shapes and m=1 GEMV GB/s
+ * (no timed asserts). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -10,10 +11,13 @@
 
 #include <float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "kernels.h"
 
@@ -99,6 +103,7 @@ static int lift_tier(void **state)
 {
 	(void)state;
 	lbk_force_isa(LBK_ISA_AVX512);
+	lbk_attention_scratch_limit(SIZE_MAX);
 	return 0;
 }
 
@@ -645,6 +650,374 @@ static void test_attention_strided(void **state)
 	}
 }
 
+/*
+ * Causal rows do not depend on later rows: the first n rows of a causal lbk_attention over seq
+ * positions equal, bit for bit, a call over those n positions alone (the property prefix reuse
+ * builds on).
+ */
+static void expect_rows_equal(const float *got, const float *want, int64_t rows, int64_t width,
+			      const char *what)
+{
+	for (int64_t i = 0; i < rows * width; i++)
+		if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+			fail_msg("%s: row %lld column %lld: %.9g (%08x), want %.9g (%08x)", what,
+				 (long long)(i / width), (long long)(i % width), (double)got[i],
+				 *(const uint32_t *)&got[i], (double)want[i], *(const uint32_t *)&want[i]);
+}
+
+/*
+ * Regression: a row whose running output has cancelled to -0 (a denormal scaled to zero by the
+ * online softmax) must not turn +0 when a later row of its query block makes the tile add the
+ * P.V of keys the row cannot see (0 * v, +0 for v > 0). Row 32 of one head of size 1: key 0
+ * contributes v = -(smallest denormal), key 32 raises the max by 1 (c = e^-1 scales that to -0),
+ * keys 33.. hold v = 1. Row 32 of a call over 33 positions and of one over 64 must agree.
+ */
+static void test_attention_causal_signed_zero(void **state)
+{
+	use_tier(state);
+	enum { S = 64 };
+	float q[S], k[S], v[S], o33[33], o64[S];
+	for (int t = 0; t < S; t++) {
+		q[t] = 1.0f;
+		k[t] = t == 0 ? 0.0f : t == 32 ? 1.0f : -100.0f;
+		v[t] = t == 0 ? -0x1p-149f : t <= 32 ? -0.0f : 1.0f;
+	}
+	lbk_attention(o33, q, k, v, 33, 1, 1, 1, 1);
+	lbk_attention(o64, q, k, v, S, 1, 1, 1, 1);
+	expect_rows_equal(o64, o33, 33, 1, "causal rows 0..32 of 64 against a call over 33");
+}
+
+/* ---- paged attention ---- */
+
+/*
+ * A K or V cache in blocks of 2^bshift positions, each block a read-only mapping of its own, the
+ * blocks in shuffled order (block b in slot 7919 b mod nblk of one reserved range, so a table's
+ * addresses go up and down) and each followed by a PROT_NONE guard page; the test writes the rows
+ * through a second, writable mapping of the same memfd, as a decoder publishes them.
+ * Rows not yet published hold NaN. Two layouts:
+ *   packed:  rows ld = width + 1 floats apart (the extra float NaN), the block 64-byte aligned
+ *            and ending less than 64 bytes before its guard page;
+ *   guarded: one page a row, and a row not yet published is PROT_NONE in the kernel's view: a
+ *            kernel that reads any byte of a key it was not given faults.
+ */
+struct kv_blocks {
+	float **blk;	/* [nblk] the kernel's view: row s at blk[s >> bshift] + (s & mask) * ld */
+	char *rw;	/* writable view, block b at rw + b * blk_len */
+	char *res;	/* the reserved range: nblk slots of blk_len and a guard page */
+	size_t blk_len; /* bytes a block takes in the memfd (whole pages); one guard page after */
+	size_t off;	/* of the block's row 0 in its pages */
+	int fd;
+	int64_t nblk, ld, width; /* width: floats of a row that hold data (n_kv_heads * hs) */
+	int bshift, guarded;
+};
+
+static size_t page_size(void)
+{
+	return (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static void kv_make(struct kv_blocks *kv, int64_t seq, int64_t width, int bshift, int guarded)
+{
+	const size_t pg = page_size();
+	const int64_t B = (int64_t)1 << bshift;
+	kv->bshift = bshift;
+	kv->guarded = guarded;
+	kv->width = width;
+	kv->ld = guarded ? (int64_t)(pg / sizeof(float)) : width + 1;
+	assert_true(width <= kv->ld);
+	kv->nblk = (seq + B - 1) >> bshift;
+	const size_t bytes = (size_t)(B * kv->ld) * sizeof(float);
+	kv->blk_len = (bytes + pg - 1) / pg * pg;
+	kv->off = guarded ? 0 : (kv->blk_len - bytes) & ~(size_t)63;
+	kv->fd = memfd_create("lbk-test-kv", MFD_CLOEXEC);
+	assert_true(kv->fd >= 0);
+	const size_t total = kv->blk_len * (size_t)kv->nblk;
+	assert_int_equal(ftruncate(kv->fd, (off_t)total), 0);
+	kv->rw = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, kv->fd, 0);
+	assert_true(kv->rw != MAP_FAILED);
+	for (size_t i = 0; i < total / sizeof(float); i++)
+		((float *)kv->rw)[i] = NAN;
+	kv->blk = calloc((size_t)kv->nblk, sizeof(*kv->blk));
+	assert_non_null(kv->blk);
+	kv->res = mmap(NULL, (kv->blk_len + pg) * (size_t)kv->nblk, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	assert_true(kv->res != MAP_FAILED);
+	assert_true(kv->nblk % 7919 != 0);
+	for (int64_t b = 0; b < kv->nblk; b++) {
+		char *m = kv->res + (kv->blk_len + pg) * (size_t)(b * 7919 % kv->nblk);
+		void *got = mmap(m, kv->blk_len, guarded ? PROT_NONE : PROT_READ, MAP_SHARED | MAP_FIXED,
+				 kv->fd, (off_t)(kv->blk_len * (size_t)b));
+		assert_true(got == m);
+		kv->blk[b] = (float *)(m + kv->off);
+	}
+}
+
+/* Rows from..to-1 of src [seq][width] into their blocks, through the writable view; guarded rows
+ * become readable in the kernel's. */
+static void kv_publish(struct kv_blocks *kv, const float *src, int64_t from, int64_t to)
+{
+	const int64_t B = (int64_t)1 << kv->bshift;
+	for (int64_t s = from; s < to;) {
+		const int64_t b = s >> kv->bshift, end = (b + 1) * B < to ? (b + 1) * B : to;
+		if (kv->guarded)
+			assert_int_equal(mprotect(kv->blk[b] + (s - b * B) * kv->ld,
+						  (size_t)((end - s) * kv->ld) * sizeof(float), PROT_READ),
+					 0);
+		float *w = (float *)(kv->rw + kv->blk_len * (size_t)b + kv->off);
+		for (; s < end; s++)
+			memcpy(w + (s - b * B) * kv->ld, src + s * kv->width,
+			       (size_t)kv->width * sizeof(float));
+	}
+}
+
+static void kv_free(struct kv_blocks *kv)
+{
+	munmap(kv->res, (kv->blk_len + page_size()) * (size_t)kv->nblk);
+	munmap(kv->rw, kv->blk_len * (size_t)kv->nblk);
+	close(kv->fd);
+	free(kv->blk);
+}
+
+/* One paged attention case: its sizes, and out rows ldo = n_heads * hs + 1 floats apart (the
+ * extra float a sentinel no call may write). */
+struct paged_case {
+	int64_t seq, hs, nh, nkv;
+	const float *q, *k, *v; /* [seq][nh][hs], [seq][nkv][hs] x2 */
+	const float *want;	/* [seq][nh][hs]: causal lbk_attention on contiguous K and V */
+	int64_t ldo;
+	char what[128];
+};
+
+/* Rows of out [seq][ldo] against c->want, bit for bit; the sentinel column untouched. */
+static void expect_paged_rows(const struct paged_case *c, const float *out, const char *how)
+{
+	const int64_t w = c->nh * c->hs;
+	char what[200];
+	snprintf(what, sizeof(what), "%s, %s", c->what, how);
+	for (int64_t t = 0; t < c->seq; t++) {
+		expect_rows_equal(out + t * c->ldo, c->want + t * w, 1, w, what);
+		if (!isnan(out[t * c->ldo + w]))
+			fail_msg("%s: row %lld: wrote past the row's heads", what, (long long)t);
+	}
+}
+
+static float *nan_buf(int64_t n)
+{
+	float *p = malloc((size_t)n * sizeof(float));
+	assert_non_null(p);
+	for (int64_t i = 0; i < n; i++)
+		p[i] = NAN;
+	return p;
+}
+
+/* Calls of nq rows at pos0 = 0, sizes from chunk[] in turn, each after publishing its rows
+ * (later rows still NaN or unmapped); a chunk table of { seq } is one prefill. */
+static void paged_run(const struct paged_case *c, struct kv_blocks *kb, struct kv_blocks *vb,
+		      const int64_t *chunk, int n_chunk, float *out)
+{
+	for (int64_t pos0 = 0, i = 0; pos0 < c->seq; i++) {
+		int64_t nq = chunk[i % n_chunk];
+		if (nq > c->seq - pos0)
+			nq = c->seq - pos0;
+		kv_publish(kb, c->k, pos0, pos0 + nq);
+		kv_publish(vb, c->v, pos0, pos0 + nq);
+		lbk_attention_paged(out + pos0 * c->ldo, c->ldo, c->q + pos0 * c->nh * c->hs,
+				    c->nh * c->hs, pos0, nq, (const float *const *)kb->blk,
+				    (const float *const *)vb->blk, kb->ld, vb->ld, kb->bshift, c->nh,
+				    c->nkv, c->hs);
+		pos0 += nq;
+	}
+}
+
+/*
+ * Every way of cutting the case into calls against the same blocks of 2^bshift positions gives
+ * c->want bit for bit: one row a call, a split prefill at several points, one prefill (on blocks
+ * already full: keys past a row hold real values then). Each run has fresh blocks that hold only
+ * the rows published so far.
+ */
+static void check_paged_splits(const struct paged_case *c, int bshift, int guarded)
+{
+	static const int64_t one[] = { 1 }, split[] = { 3, 1, 9, 16, 2, 40, 7 };
+	const int64_t whole[] = { c->seq };
+	const int64_t kvw = c->nkv * c->hs;
+	float *out = nan_buf(c->seq * c->ldo);
+	char how[64];
+	struct kv_blocks kb, vb;
+	for (int run = 0; run < 2; run++) {
+		kv_make(&kb, c->seq, kvw, bshift, guarded);
+		kv_make(&vb, c->seq, kvw, bshift, guarded);
+		snprintf(how, sizeof(how), "block 2^%d %s, %s", bshift, guarded ? "guarded" : "packed",
+			 run == 0 ? "one row a call" : "split 3,1,9,16,2,40,7");
+		paged_run(c, &kb, &vb, run == 0 ? one : split, run == 0 ? 1 : 7, out);
+		expect_paged_rows(c, out, how);
+		if (run == 1) { /* the blocks are full now */
+			for (int64_t i = 0; i < c->seq * c->ldo; i++)
+				out[i] = NAN;
+			snprintf(how, sizeof(how), "block 2^%d %s, one prefill", bshift,
+				 guarded ? "guarded" : "packed");
+			paged_run(c, &kb, &vb, whole, 1, out);
+			expect_paged_rows(c, out, how);
+		}
+		kv_free(&kb);
+		kv_free(&vb);
+	}
+	free(out);
+}
+
+/*
+ * One case on this tier: causal lbk_attention on contiguous K and V is the reference within
+ * ATT_TOL (bit for bit on the scalar tier, which runs it), and lbk_attention_paged on every
+ * block size and cut reproduces it bit for bit; lbk_attention_paged_ref reproduces
+ * lbk_attention_ref likewise.
+ */
+static void check_paged_case(int64_t seq, int64_t hs, int64_t nh, int64_t nkv, const int *bshifts,
+			     int n_bshift, int guarded)
+{
+	struct paged_case c = { .seq = seq, .hs = hs, .nh = nh, .nkv = nkv, .ldo = nh * hs + 1 };
+	float *q = rand_buf(seq * nh * hs, 3, 0), *k = rand_buf(seq * nkv * hs, 3, 0);
+	float *v = rand_buf(seq * nkv * hs, 1, 0), *want = rand_buf(seq * nh * hs, 1, 0);
+	float *ref = rand_buf(seq * nh * hs, 1, 0);
+	c.q = q;
+	c.k = k;
+	c.v = v;
+	c.want = want;
+	snprintf(c.what, sizeof(c.what), "paged seq=%lld hs=%lld heads=%lld/%lld isa=%s",
+		 (long long)seq, (long long)hs, (long long)nh, (long long)nkv, isa_name(lbk_isa()));
+	lbk_attention(want, q, k, v, seq, nh, nkv, hs, 1);
+	lbk_attention_ref(ref, q, k, v, seq, nh, nkv, hs, 1);
+	expect_close(want, ref, seq * nh * hs, ATT_TOL, 1.0, c.what);
+	if (lbk_isa() == LBK_ISA_SCALAR)
+		expect_rows_equal(want, ref, seq, nh * hs, c.what);
+	for (int b = 0; b < n_bshift; b++)
+		check_paged_splits(&c, bshifts[b], guarded);
+
+	/* the reference through blocks of the first size: lbk_attention_ref's bits */
+	struct kv_blocks kb, vb;
+	kv_make(&kb, seq, nkv * hs, bshifts[0], guarded);
+	kv_make(&vb, seq, nkv * hs, bshifts[0], guarded);
+	kv_publish(&kb, k, 0, seq);
+	kv_publish(&vb, v, 0, seq);
+	float *out = nan_buf(seq * c.ldo);
+	int64_t half = seq / 2;
+	lbk_attention_paged_ref(out, c.ldo, q, nh * hs, 0, half, (const float *const *)kb.blk,
+				(const float *const *)vb.blk, kb.ld, vb.ld, kb.bshift, nh, nkv, hs);
+	lbk_attention_paged_ref(out + half * c.ldo, c.ldo, q + half * nh * hs, nh * hs, half,
+				seq - half, (const float *const *)kb.blk, (const float *const *)vb.blk,
+				kb.ld, vb.ld, kb.bshift, nh, nkv, hs);
+	c.want = ref;
+	expect_paged_rows(&c, out, "lbk_attention_paged_ref in two calls");
+	kv_free(&kb);
+	kv_free(&vb);
+	free(out);
+	free(q);
+	free(k);
+	free(v);
+	free(want);
+	free(ref);
+}
+
+static const int paged_bshifts[] = { 0, 1, 4, 6 };
+#define N_PAGED_BSHIFTS ((int)(sizeof(paged_bshifts) / sizeof(paged_bshifts[0])))
+
+/* Batch invariance on odd sizes: sequences across the query (6, 8) and key (16, 32) blocks, head
+ * sizes across the vector widths, block sizes 1, 2, 16, 64; packed blocks, NaN past the rows. */
+static void test_attention_paged(void **state)
+{
+	use_tier(state);
+	static const int64_t seqs[] = { 1, 7, 33, 100, 257 };
+	static const int64_t hss[] = { 1, 7, 17, 64, 80 };
+	static const int64_t heads[][2] = { { 1, 1 }, { 4, 2 }, { 12, 4 } };
+	for (int a = 0; a < 5; a++)
+		for (int b = 0; b < 5; b++)
+			for (int h = 0; h < 3; h++)
+				check_paged_case(seqs[a], hss[b], heads[h][0], heads[h][1], paged_bshifts,
+						 N_PAGED_BSHIFTS, 0);
+}
+
+/* The same with one page a row and the rows a call was not given unmapped (PROT_NONE): a read
+ * of anything but keys 0..pos0+nq-1 faults. */
+static void test_attention_paged_guarded(void **state)
+{
+	use_tier(state);
+	static const int64_t seqs[] = { 7, 40, 100 };
+	static const int64_t hss[] = { 1, 17, 80 };
+	for (int a = 0; a < 3; a++)
+		for (int b = 0; b < 3; b++)
+			check_paged_case(seqs[a], hss[b], 4, 2, paged_bshifts, N_PAGED_BSHIFTS, 1);
+}
+
+/*
+ * Attention without its scratch (what an allocation failure leaves): the stack path must give
+ * the scratch path's bits, causal and bidirectional, contiguous and paged one row a call, on
+ * head sizes across its dimension tiles (64) and column slices (16, 32).
+ */
+static void check_no_scratch(int64_t seq, int64_t hs, int64_t nh, int64_t nkv, int causal)
+{
+	const int64_t w = nh * hs, kvw = nkv * hs;
+	float *q = rand_buf(seq * w, 3, 0), *k = rand_buf(seq * kvw, 3, 0), *v = rand_buf(seq * kvw, 1, 0);
+	float *want = rand_buf(seq * w, 1, 0), *got = rand_buf(seq * w, 1, 0);
+	char what[128];
+	snprintf(what, sizeof(what), "no scratch seq=%lld hs=%lld heads=%lld/%lld causal=%d isa=%s",
+		 (long long)seq, (long long)hs, (long long)nh, (long long)nkv, causal,
+		 isa_name(lbk_isa()));
+	lbk_attention_scratch_limit(SIZE_MAX);
+	lbk_attention(want, q, k, v, seq, nh, nkv, hs, causal);
+	lbk_attention_scratch_limit(0);
+	lbk_attention(got, q, k, v, seq, nh, nkv, hs, causal);
+	expect_rows_equal(got, want, seq, w, what);
+	if (causal) {
+		const float *kb[1] = { k }, *vb[1] = { v };
+		memset(got, 0, (size_t)(seq * w) * sizeof(float));
+		for (int64_t t = 0; t < seq; t++)
+			lbk_attention_paged(got + t * w, w, q + t * w, w, t, 1, kb, vb, kvw, kvw, 62, nh,
+					    nkv, hs);
+		expect_rows_equal(got, want, seq, w, what);
+	}
+	lbk_attention_scratch_limit(SIZE_MAX);
+	free(q);
+	free(k);
+	free(v);
+	free(want);
+	free(got);
+}
+
+static void test_attention_no_scratch(void **state)
+{
+	use_tier(state);
+	static const int64_t seqs[] = { 1, 7, 40, 100 };
+	static const int64_t hss[] = { 1, 7, 17, 64, 80, 130 };
+	static const int64_t heads[][2] = { { 1, 1 }, { 4, 2 }, { 6, 1 } };
+	for (int a = 0; a < 4; a++)
+		for (int b = 0; b < 6; b++)
+			for (int c = 0; c < 3; c++)
+				for (int causal = 0; causal <= 1; causal++)
+					check_no_scratch(seqs[a], hss[b], heads[c][0], heads[c][1], causal);
+}
+
+static void *attention_in_thread(void *arg)
+{
+	float *buf = arg; /* q k v out, [40][2][17] each */
+	lbk_attention(buf + 3 * 40 * 34, buf, buf + 40 * 34, buf + 2 * 40 * 34, 40, 2, 2, 17, 1);
+	return NULL;
+}
+
+/* A thread's attention scratch goes with the thread (LeakSanitizer, in the ASan build, reports
+ * it otherwise); the thread's result is the caller's. */
+static void test_attention_thread_scratch(void **state)
+{
+	use_tier(state);
+	float *buf = rand_buf(4 * 40 * 34, 1, 0), *want = rand_buf(40 * 34, 1, 0);
+	lbk_attention(want, buf, buf + 40 * 34, buf + 2 * 40 * 34, 40, 2, 2, 17, 1);
+	for (int i = 0; i < 3; i++) {
+		pthread_t t;
+		assert_int_equal(pthread_create(&t, NULL, attention_in_thread, buf), 0);
+		assert_int_equal(pthread_join(t, NULL), 0);
+		expect_rows_equal(buf + 3 * 40 * 34, want, 40, 34, "attention in a thread");
+	}
+	free(buf);
+	free(want);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -661,6 +1034,11 @@ int main(void)
 		cmocka_unit_test(test_embed),
 		TIERED(test_attention),
 		TIERED(test_attention_strided),
+		TIERED(test_attention_causal_signed_zero),
+		TIERED(test_attention_paged),
+		TIERED(test_attention_paged_guarded),
+		TIERED(test_attention_no_scratch),
+		TIERED(test_attention_thread_scratch),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
 #ifndef LAYERBANK_KERNELS_H
 #define LAYERBANK_KERNELS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum lbk_isa { LBK_ISA_SCALAR = 0, LBK_ISA_AVX2 = 1, LBK_ISA_AVX512 = 2 };
@@ -73,7 +74,8 @@ void lbk_embed(float *o, const float *table, int64_t token, int64_t dim);
 /*
  * Multi-head attention over a sequence, grouped-query (n_heads a multiple of n_kv_heads).
  * q [seq][n_heads][hs], k and v [seq][n_kv_heads][hs], out [seq][n_heads][hs];
- * causal: position t attends to 0..t; otherwise to all. Scale 1/sqrt(hs).
+ * causal: position t attends to 0..t; otherwise to all. Scale 1/sqrt(hs). A causal row is,
+ * bit for bit, lbk_attention_paged's row of the same position (below): the same code.
  */
 void lbk_attention(float *out, const float *q, const float *k, const float *v, int64_t seq,
 		   int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal);
@@ -85,10 +87,63 @@ void lbk_attention_ref(float *out, const float *q, const float *k, const float *
  * Lets a caller read q, k and v straight out of a fused qkv [seq][3 * dim] buffer and run a
  * subset of the heads (a thread's share) by offsetting the pointers. lbk_attention is this with
  * ldq = ldo = n_heads * hs and ldk = ldv = n_kv_heads * hs. Nothing is done for seq, n_heads,
- * n_kv_heads or hs below 1, or n_heads not a multiple of n_kv_heads.
+ * n_kv_heads or hs below 1, seq above 2^62, or n_heads not a multiple of n_kv_heads.
  */
 void lbk_attention_strided(float *out, int64_t ldo, const float *q, int64_t ldq, const float *k,
 			   int64_t ldk, const float *v, int64_t ldv, int64_t seq, int64_t n_heads,
 			   int64_t n_kv_heads, int64_t hs, int causal);
+
+/*
+ * Causal attention of nq query rows at positions pos0 .. pos0+nq-1 over keys 0 .. pos0+nq-1 whose
+ * K and V rows sit in blocks of 2^bshift positions, so that a decoder runs its new positions
+ * against cached blocks in place. Position s's key row [n_kv_heads][hs] is
+ *   kblk[s >> bshift] + (s & (2^bshift - 1)) * ldk
+ * (kv head g at + g * hs), its value row likewise through vblk and ldv. Blocks are separate
+ * allocations anywhere in memory; they are only read, and only the first n_kv_heads * hs floats
+ * of the rows of keys 0 .. pos0+nq-1 (the rest of a block may hold anything, unwritten memory
+ * included). Query row r, head h, is q + r * ldq + h * hs; it sees keys 0 .. pos0 + r, and its
+ * output goes to out + r * ldo + h * hs. Grouped-query as lbk_attention, scale 1/sqrt(hs).
+ * Nothing is done for nq, n_heads, n_kv_heads or hs below 1, pos0 below 0, n_heads not a multiple
+ * of n_kv_heads, bshift outside 0..62, or pos0 + nq above 2^62.
+ *
+ * Batch invariance. With one build of lbk on one tier (lbk_isa() at the call), a row's output
+ * depends, bit for bit, only on its query, its position and the K and V rows of keys 0 .. its
+ * position:
+ *   - not on the rest of the call: nq, pos0 and the other rows (a prefill of n rows is the same
+ *     bits as n calls of one row each, and as the prefill split into calls at any points);
+ *   - not on bshift, ldk, ldv nor on where the blocks are; not on whether the call had its
+ *     scratch (lbk_attention_scratch_limit);
+ *   - and it equals the row of that position of a causal lbk_attention / lbk_attention_strided
+ *     over the same K and V stored contiguously (they run this code with one block).
+ * Provided the V rows of keys pos0 .. pos0+nq-1 are finite: on the AVX-512 and AVX2 tiers a key
+ * a row cannot see but a later row of its call can still enters the row as 0 * v, which an inf
+ * or NaN there would turn NaN. Across tiers the bits differ: the scalar tier is
+ * lbk_attention_paged_ref, and the SIMD tiers are within float rounding of it (the vector exp
+ * and the summation order; the tests hold them to 2e-5 (1 + |ref|)).
+ *
+ * Cost: per kv head, a call first transposes the keys 0 .. pos0+nq-1 into its scratch (a one-row
+ * call at position t: t + 1 rows of hs floats), then computes the scores from that copy.
+ */
+void lbk_attention_paged(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t pos0,
+			 int64_t nq, const float *const *kblk, const float *const *vblk,
+			 int64_t ldk, int64_t ldv, int bshift, int64_t n_heads, int64_t n_kv_heads,
+			 int64_t hs);
+/* The plain-C reference, which the scalar tier runs: lbk_attention_paged's bits on that tier,
+ * and lbk_attention_ref's causal rows; batch invariant in the same sense on every tier. */
+void lbk_attention_paged_ref(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t pos0,
+			     int64_t nq, const float *const *kblk, const float *const *vblk,
+			     int64_t ldk, int64_t ldv, int bshift, int64_t n_heads,
+			     int64_t n_kv_heads, int64_t hs);
+
+/*
+ * Scratch of the AVX-512 and AVX2 attention: one buffer per thread, about 4 hs (keys + 8) bytes
+ * (keys rounded up to 32; hs to 32 in the second term), kept from call to call (grown by half
+ * at least when a call needs more) and freed when the thread exits: no allocation per call once
+ * a thread has seen its longest sequence. When it cannot be allocated, or would pass this limit
+ * (bytes a thread may hold; none by default), the call runs without it, from the stack: the
+ * same bits, a few times slower (the scores are recomputed per 16 or 32 columns of V). Nothing
+ * fails either way. Tests use 0 to run that path; a worker may use it to cap its memory.
+ */
+void lbk_attention_scratch_limit(size_t bytes);
 
 #endif
