@@ -353,9 +353,10 @@ void lbw_llama_free(struct lbw_llama *m)
 int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_config *c)
 {
 	size_t dim = (size_t)c->dim, hid = (size_t)c->hidden_dim;
-	size_t cache = (size_t)c->n_layers * (size_t)c->seq_len * (size_t)c->kv_dim;
 
 	memset(s, 0, sizeof(*s));
+	s->n_blocks = (c->seq_len + LBW_LLAMA_BLOCK - 1) / LBW_LLAMA_BLOCK;
+	s->block_floats = (uint64_t)c->n_layers * 2 * LBW_LLAMA_BLOCK * (uint64_t)c->kv_dim;
 	s->x = calloc(dim, sizeof(float));
 	s->xb = calloc(dim, sizeof(float));
 	s->xb2 = calloc(dim, sizeof(float));
@@ -364,14 +365,22 @@ int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_confi
 	s->q = calloc(dim, sizeof(float));
 	s->att = calloc((size_t)c->n_heads * (size_t)c->seq_len, sizeof(float));
 	s->logits = calloc((size_t)c->vocab_size, sizeof(float));
-	s->key_cache = calloc(cache, sizeof(float));
-	s->value_cache = calloc(cache, sizeof(float));
+	s->kv = calloc((size_t)s->n_blocks * s->block_floats, sizeof(float));
+	s->table = calloc((size_t)s->n_blocks, sizeof(*s->table));
+	s->blk = calloc(2 * (size_t)s->n_blocks, sizeof(*s->blk));
 	if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->att || !s->logits ||
-	    !s->key_cache || !s->value_cache) {
+	    !s->kv || !s->table || !s->blk) {
 		lbw_llama_state_free(s);
 		return -ENOMEM;
 	}
+	lbw_llama_state_reset(s);
 	return 0;
+}
+
+void lbw_llama_state_reset(struct lbw_llama_state *s)
+{
+	for (int32_t i = 0; i < s->n_blocks; i++)
+		s->table[i] = s->kv + (size_t)i * s->block_floats;
 }
 
 void lbw_llama_state_free(struct lbw_llama_state *s)
@@ -384,9 +393,33 @@ void lbw_llama_state_free(struct lbw_llama_state *s)
 	free(s->q);
 	free(s->att);
 	free(s->logits);
-	free(s->key_cache);
-	free(s->value_cache);
+	free(s->kv);
+	free(s->table);
+	free(s->blk);
+	free(s->scratch);
 	memset(s, 0, sizeof(*s));
+}
+
+/* ---- K and V rows through the table ---- */
+
+/* The row (v: 0 K, 1 V) of layer l, position t, to read. */
+static const float *kv_row(const struct lbw_llama_state *s, int64_t kv_dim, int64_t l, int v,
+			   int64_t t)
+{
+	int64_t B = LBW_LLAMA_BLOCK;
+	return s->table[t / B] + ((2 * l + v) * B + t % B) * kv_dim;
+}
+
+/* The same row to write: the state's own block, which the table must point at (a cached block
+ * is never written: lbw_llama_rows' callers compute only positions past a hit). */
+static float *kv_row_own(const struct lbw_llama_state *s, int64_t kv_dim, int64_t l, int v,
+			 int64_t t)
+{
+	int64_t B = LBW_LLAMA_BLOCK;
+	float *own = s->kv + (size_t)(t / B) * s->block_floats;
+	if (s->table[t / B] != own)
+		abort(); /* a write into a cached block: the caller broke the contract above */
+	return own + ((2 * l + v) * B + t % B) * kv_dim;
 }
 
 /* RoPE exactly as llama2.c computes it (float powf/cosf/sinf): the reference path's. */
@@ -460,9 +493,7 @@ static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float
 	int64_t dim = c->dim, hid = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size;
 	int64_t kv_mul = c->n_heads / c->n_kv_heads;
 	int64_t L = l;
-	int64_t loff = L * (int64_t)c->seq_len * kv_dim; /* this layer's cache */
-	float *k = s->key_cache + loff + (int64_t)pos * kv_dim;
-	float *v = s->value_cache + loff + (int64_t)pos * kv_dim;
+	float *k = kv_row_own(s, kv_dim, L, 0, pos), *v = kv_row_own(s, kv_dim, L, 1, pos);
 
 	/* attention: QKV of the normed stream, K and V straight into the cache */
 	k_->rmsnorm(s->xb, x, w->rms_att + L * dim, dim, 1e-5f);
@@ -476,9 +507,9 @@ static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float
 	for (int64_t h = 0; h < c->n_heads; h++) {
 		const float *q = s->q + h * hs;
 		float *att = s->att + h * (int64_t)c->seq_len;
-		int64_t koff = loff + (h / kv_mul) * hs;
+		int64_t koff = (h / kv_mul) * hs;
 		for (int64_t t = 0; t <= pos; t++) {
-			const float *kt = s->key_cache + koff + t * kv_dim;
+			const float *kt = kv_row(s, kv_dim, L, 0, t) + koff;
 			float score = 0.0f;
 			for (int64_t i = 0; i < hs; i++)
 				score += q[i] * kt[i];
@@ -488,7 +519,7 @@ static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float
 		float *xb = s->xb + h * hs;
 		memset(xb, 0, (size_t)hs * sizeof(float));
 		for (int64_t t = 0; t <= pos; t++) {
-			const float *vt = s->value_cache + koff + t * kv_dim;
+			const float *vt = kv_row(s, kv_dim, L, 1, t) + koff;
 			float a = att[t];
 			for (int64_t i = 0; i < hs; i++)
 				xb[i] += a * vt[i];
@@ -508,78 +539,133 @@ static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float
 		x[i] += s->xb[i];
 }
 
+/* Room for n floats of the state's scratch. @return it, or NULL (no memory). */
+static float *scratch(struct lbw_llama_state *s, size_t n)
+{
+	if (n > s->scratch_floats) {
+		/* calloc, not realloc: GCC flags memory passed as const before its writes */
+		float *p = calloc(n, sizeof(float));
+		if (!p)
+			return NULL;
+		free(s->scratch);
+		s->scratch = p;
+		s->scratch_floats = n;
+	}
+	return s->scratch;
+}
+
+/* Attention of rows q [n][dim] at positions pos0.. over layer l's K and V through the table,
+ * into ao [n][dim]. */
+static void attention_rows(const struct lbw_llama *m, struct lbw_llama_state *s, int64_t l,
+			   int64_t pos0, int64_t n, const float *q, float *ao)
+{
+	const struct lbw_llama_config *c = &m->cfg;
+	int64_t B = LBW_LLAMA_BLOCK, kv_dim = c->kv_dim, blocks = (pos0 + n + B - 1) / B;
+	const float **kb = s->blk, **vb = s->blk + s->n_blocks;
+
+	for (int64_t i = 0; i < blocks; i++) {
+		kb[i] = s->table[i] + 2 * l * B * kv_dim;
+		vb[i] = s->table[i] + (2 * l + 1) * B * kv_dim;
+	}
+	_Static_assert(LBW_LLAMA_BLOCK == 16, "bshift below");
+	lbk_attention_paged(ao, c->dim, q, c->dim, pos0, n, kb, vb, kv_dim, kv_dim, 4, c->n_heads,
+			    c->n_kv_heads, c->head_size);
+}
+
 /*
- * The layer-major prefill on the kernels: every position's rows at once through the packed
- * lbk_gemm, K and V straight into the cache rows 0..n-1 (the cache's [seq_len][kv_dim] is
- * lbk_attention's [seq][n_kv_heads][hs]), causal lbk_attention. out already holds in.
+ * Layer l of rows x [n][dim] at positions pos0.. on the kernels: the packed lbk_gemm for every
+ * matrix (for one row too: a decode step sums as a prefill row does), row by row what is per
+ * row (norms, RoPE, SiLU), K and V into the own blocks, lbk_attention_paged.
  * @return 0; -1 when the scratch could not be allocated (nothing was changed).
  */
-static int layer_seq_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t n,
-			 float *out)
+static int rows_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t pos0,
+		    int32_t n, float *x)
 {
 	const struct lbw_llama_config *c = &m->cfg;
 	int64_t dim = c->dim, hid = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size;
 	int64_t N = n, L = l;
-	/* calloc, not malloc: GCC flags malloc'd memory passed as const before its writes */
-	float *buf = calloc((size_t)(N * (3 * dim + 2 * hid)), sizeof(float));
+	float *buf = scratch(s, (size_t)(N * (3 * dim + 2 * hid + 2 * kv_dim)));
 	if (!buf)
 		return -1;
 	float *xb = buf, *q = xb + N * dim, *ao = q + N * dim, *hb = ao + N * dim, *hb2 = hb + N * hid;
+	float *kn = hb2 + N * hid, *vn = kn + N * kv_dim;
 	struct lbk_packed *const *P = m->packed + L * LBW_LLAMA_NMAT;
-	int64_t loff = L * (int64_t)c->seq_len * kv_dim;
-	float *kc = s->key_cache + loff, *vc = s->value_cache + loff;
 
 	for (int64_t t = 0; t < N; t++)
-		lbk_rmsnorm(xb + t * dim, out + t * dim, m->w.rms_att + L * dim, dim, 1e-5f);
+		lbk_rmsnorm(xb + t * dim, x + t * dim, m->w.rms_att + L * dim, dim, 1e-5f);
 	lbk_gemm(q, xb, P[LBW_LLAMA_WQ], NULL, N, 1);
-	lbk_gemm(kc, xb, P[LBW_LLAMA_WK], NULL, N, 1);
-	lbk_gemm(vc, xb, P[LBW_LLAMA_WV], NULL, N, 1);
-	for (int64_t t = 0; t < N; t++)
-		lbk_rope(q + t * dim, kc + t * kv_dim, t, c->n_heads, c->n_kv_heads, hs, 10000.0f);
-	lbk_attention(ao, q, kc, vc, N, c->n_heads, c->n_kv_heads, hs, 1);
+	lbk_gemm(kn, xb, P[LBW_LLAMA_WK], NULL, N, 1);
+	lbk_gemm(vn, xb, P[LBW_LLAMA_WV], NULL, N, 1);
+	for (int64_t t = 0; t < N; t++) {
+		lbk_rope(q + t * dim, kn + t * kv_dim, pos0 + t, c->n_heads, c->n_kv_heads, hs,
+			 10000.0f);
+		memcpy(kv_row_own(s, kv_dim, L, 0, pos0 + t), kn + t * kv_dim,
+		       (size_t)kv_dim * sizeof(float));
+		memcpy(kv_row_own(s, kv_dim, L, 1, pos0 + t), vn + t * kv_dim,
+		       (size_t)kv_dim * sizeof(float));
+	}
+	attention_rows(m, s, L, pos0, N, q, ao);
 	lbk_gemm(xb, ao, P[LBW_LLAMA_WO], NULL, N, 1);
 	for (int64_t i = 0; i < N * dim; i++)
-		out[i] += xb[i];
+		x[i] += xb[i];
 
 	for (int64_t t = 0; t < N; t++)
-		lbk_rmsnorm(xb + t * dim, out + t * dim, m->w.rms_ffn + L * dim, dim, 1e-5f);
+		lbk_rmsnorm(xb + t * dim, x + t * dim, m->w.rms_ffn + L * dim, dim, 1e-5f);
 	lbk_gemm(hb, xb, P[LBW_LLAMA_W1], NULL, N, 1);
 	lbk_gemm(hb2, xb, P[LBW_LLAMA_W3], NULL, N, 1);
-	lbk_silu_mul(hb, hb2, N * hid);
+	for (int64_t t = 0; t < N; t++)
+		lbk_silu_mul(hb + t * hid, hb2 + t * hid, hid);
 	lbk_gemm(xb, hb, P[LBW_LLAMA_W2], NULL, N, 1);
 	for (int64_t i = 0; i < N * dim; i++)
-		out[i] += xb[i];
-	free(buf);
+		x[i] += xb[i];
+	return 0;
+}
+
+int lbw_llama_rows(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t pos0,
+		   int32_t n, float *x)
+{
+	size_t dim = (size_t)m->cfg.dim;
+
+	if (!m->reference && m->packed)
+		return rows_lbk(m, s, l, pos0, n, x) == 0 ? 0 : -ENOMEM;
+	/* The reference, and the kernels without packed weights: position by position. */
+	for (int32_t t = 0; t < n; t++)
+		layer_at(m, s, x + (size_t)t * dim, l, pos0 + t);
 	return 0;
 }
 
 void lbw_llama_layer(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t pos)
 {
-	layer_at(m, s, s->x, l, pos);
+	if (lbw_llama_rows(m, s, l, pos, 1, s->x) < 0)
+		layer_at(m, s, s->x, l, pos); /* no scratch: the GEMV */
 }
 
-/*
- * Position-major inside one layer: position pos reads in[pos] and the K/V rows 0..pos - 1 this
- * same call wrote, so the operations, and the bits, are those of lbw_llama_layer run token by
- * token. out[pos] is written after in[pos] is read, so in may equal out.
- */
 void lbw_llama_layer_seq(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t n,
 			 const float *in, float *out)
 {
 	size_t dim = (size_t)m->cfg.dim;
-	if (!m->reference && m->packed) {
-		if (out != in)
-			memmove(out, in, (size_t)n * dim * sizeof(float));
-		if (layer_seq_lbk(m, s, l, n, out) == 0)
-			return;
-		in = out; /* no scratch: position by position below, on the GEMV */
+	if (out != in)
+		memmove(out, in, (size_t)n * dim * sizeof(float));
+	if (lbw_llama_rows(m, s, l, 0, n, out) < 0)
+		for (int32_t pos = 0; pos < n; pos++) /* no scratch: position by position */
+			layer_at(m, s, out + (size_t)pos * dim, l, pos);
+}
+
+int lbw_llama_prefill(const struct lbw_llama *m, struct lbw_llama_state *s, const int32_t *tokens,
+		      int32_t pos0, int32_t n, float *x)
+{
+	if (n < 1 || pos0 < 0 || pos0 > m->cfg.seq_len - n)
+		return -EINVAL;
+	for (int32_t i = 0; i < n; i++)
+		if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab_size)
+			return -EINVAL;
+	lbw_llama_embed_seq(m, tokens, n, x);
+	for (int32_t l = 0; l < m->cfg.n_layers; l++) {
+		int rc = lbw_llama_rows(m, s, l, pos0, n, x);
+		if (rc < 0)
+			return rc;
 	}
-	for (int32_t pos = 0; pos < n; pos++) {
-		float *x = out + (size_t)pos * dim;
-		if (x != in + (size_t)pos * dim)
-			memcpy(x, in + (size_t)pos * dim, dim * sizeof(float));
-		layer_at(m, s, x, l, pos);
-	}
+	return 0;
 }
 
 void lbw_llama_embed_seq(const struct lbw_llama *m, const int32_t *tokens, int32_t n, float *h)
@@ -603,6 +689,13 @@ double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
 			top1[pos] = lbw_llama_argmax(lg, m->cfg.vocab_size);
 	}
 	return sum;
+}
+
+float *lbw_llama_head_row(const struct lbw_llama *m, struct lbw_llama_state *s, const float *row)
+{
+	if (row != s->x)
+		memcpy(s->x, row, (size_t)m->cfg.dim * sizeof(float));
+	return lbw_llama_head(m, s);
 }
 
 float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s)

@@ -75,7 +75,16 @@ struct lbw_llama {
  */
 void lbw_llama_set_reference(struct lbw_llama *m, int on);
 
-/* Activations and the KV cache of one sequence. Owned by one thread at a time. */
+/* Tokens of a KV block: the state's K and V are blocks of this many positions, the layout of
+ * layerbank's prefix blocks (layerbank.h), so that cached blocks stand in for the state's own. */
+#define LBW_LLAMA_BLOCK 16
+
+/*
+ * Activations and the KV of one sequence. Owned by one thread at a time. The K and V rows of
+ * position t, layer l: table[t / B] + ((2 l) B + t % B) kv_dim, V at (2 l + 1); table[i] is the
+ * state's own block i (kv + i * block_floats) unless a caller pointed it at a cached, read-only
+ * block holding the same positions (a prefix hit), which is then never written.
+ */
 struct lbw_llama_state {
 	float *x;           /* [dim] residual stream */
 	float *xb;          /* [dim] */
@@ -85,8 +94,13 @@ struct lbw_llama_state {
 	float *q;           /* [dim] */
 	float *att;         /* [n_heads][seq_len] */
 	float *logits;      /* [vocab_size] */
-	float *key_cache;   /* [n_layers][seq_len][kv_dim] */
-	float *value_cache; /* [n_layers][seq_len][kv_dim] */
+	float *kv;          /* [n_blocks][n_layers][2][LBW_LLAMA_BLOCK][kv_dim]: the own blocks */
+	const float **table; /* [n_blocks] */
+	int32_t n_blocks;   /* seq_len rounded up to blocks */
+	uint64_t block_floats; /* of one block: n_layers * 2 * LBW_LLAMA_BLOCK * kv_dim */
+	float *scratch;     /* the row-major layer's, grown as rows need it */
+	size_t scratch_floats;
+	const float **blk;  /* [2][n_blocks] one layer's K and V block pointers */
 };
 
 /*
@@ -139,6 +153,31 @@ int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, 
 int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_config *cfg);
 void lbw_llama_state_free(struct lbw_llama_state *s);
 
+/* Point table[i] back at the own blocks: a new sequence, or one that gave its cached blocks
+ * back. */
+void lbw_llama_state_reset(struct lbw_llama_state *s);
+
+/*
+ * Layer l for the n rows of x ([n][dim], in place) at positions pos0 .. pos0 + n - 1: their K
+ * and V written to the state's own blocks, attention over positions 0 .. pos0 + n - 1 through
+ * the table. Row by row the arithmetic is the same whatever n and pos0 (on the kernels, the
+ * packed lbk_gemm and lbk_attention_paged are batch-invariant; the reference runs position by
+ * position): a prefill of n rows gives the bits of n one-row decode steps, and a prefix whose
+ * K and V come from a cache gives the bits of computing it. The rows' blocks must be own.
+ * @return 0; -ENOMEM (the scratch could not grow: nothing changed).
+ */
+int lbw_llama_rows(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l, int32_t pos0,
+		   int32_t n, float *x);
+
+/* x [n][dim] = the embedding rows of tokens[0..n-1]; then every layer of positions pos0 .. pos0
+ * + n - 1 (lbw_llama_rows): x holds the last layer's output of each. @return 0, -EINVAL (a
+ * token or position out of range), -ENOMEM. */
+int lbw_llama_prefill(const struct lbw_llama *m, struct lbw_llama_state *s, const int32_t *tokens,
+		      int32_t pos0, int32_t n, float *x);
+
+/* The final RMSNorm and the classifier of one row (the last layer's output) into s->logits. */
+float *lbw_llama_head_row(const struct lbw_llama *m, struct lbw_llama_state *s, const float *row);
+
 /*
  * The forward pass in its three parts, for callers that hook a layer (a layer cache):
  * embed copies token's row into s->x; layer runs layer l at position pos on s->x (reading the
@@ -153,15 +192,12 @@ float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s);
 /*
  * The layer-major prefill, for score and the layer cache (lb_lem_run). A cached layer holds
  * hidden states, not KV: whoever resumes from a hit at layer L recomputes the KV of layers
- * L + 1.. as part of this prefill, which is all scoring needs. Token-by-token decoding
- * (generate, lbw_llama_forward) needs the KV of every layer and so does not use the cache.
+ * L + 1.. as part of this prefill, which is all scoring needs. A decoder reuses KV through
+ * prefix blocks instead (lb_prefix_run and the state's table).
  *
  * embed_seq: h [n][dim] = the embedding rows of tokens[0..n-1].
- * layer_seq: layer l for positions 0..n-1 at once, causal attention within the sequence, RoPE per
- *   position; in, out [n][dim] (in may equal out); uses s's KV cache of layer l as scratch. On
- *   the reference path the result is bit-identical to lbw_llama_layer run position by position;
- *   on the kernels (packed lbk_gemm, lbk_attention) it agrees to float rounding only, since the
- *   GEMM and the GEMV sum in different orders.
+ * layer_seq: layer l for positions 0..n-1 at once (lbw_llama_rows), in, out [n][dim] (in may
+ *   equal out); bit-identical to lbw_llama_layer run position by position, on every path.
  * score_seq: the summed NLL of tokens[1..n-1] from the last layer's output h [n][dim] (final
  *   RMSNorm and classifier per position; uses s->x and s->logits), as lbw_llama_prompt sums it;
  *   top1 (may be NULL): [n - 1], the argmax prediction after each position but the last.
