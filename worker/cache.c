@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "inproc.h"
+#include "model_llama.h"
 #include "scorer.h"
 
 #define FP_SEED 0x6c61796572ull /* "layer" */
@@ -131,6 +132,9 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 		.max_seq = (uint32_t)sc->max_seq,
 		.fp_chunks = FP_CHUNKS,
 		.fp_seed = FP_SEED,
+		/* A decoder's prefix blocks: the llama state's layout (generate, serve's gen). */
+		.kv_dim = (uint32_t)sc->kv_dim,
+		.block_tokens = sc->kv_dim ? LBW_LLAMA_BLOCK : 0,
 	};
 	uint32_t model_id = 0;
 	int rc;

@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "gen.h"
 #include "size.h"
 #include "model_llama.h"
 #include "safetensors.h"
@@ -140,7 +141,7 @@ static const char **slot_of(struct opts *o, const char *a, int cmd)
 		{ "--text-file", SCORE, offsetof(struct opts, text_file) },
 		{ "--max-tokens", SERVE, offsetof(struct opts, max_tokens_s) },
 		{ "--seed", GEN | SCORE | SERVE, offsetof(struct opts, seed_s) },
-		{ "--private-cache", SCORE | SERVE, offsetof(struct opts, private_s) },
+		{ "--private-cache", GEN | SCORE | SERVE, offsetof(struct opts, private_s) },
 		{ "--cache", GEN | SCORE | SERVE, offsetof(struct opts, cache.socket) },
 		{ "--cache-layers", SCORE | SERVE, offsetof(struct opts, cache.layers) },
 		{ "--revalidate", SCORE | SERVE, offsetof(struct opts, cache.revalidate) },
@@ -220,10 +221,6 @@ static int parse(int argc, char **argv, struct opts *o)
 			return -1;
 		}
 		o->sample_seed = (uint64_t)seed;
-		if (o->cache.socket)
-			fprintf(stderr, "layerbank-worker generate: --cache ignored: token-by-token "
-					"decoding needs every layer's KV, which the cache does not hold\n");
-		return 0;
 	}
 	if (o->cache.socket && o->private_s) {
 		fprintf(stderr, "layerbank-worker %s: --cache and --private-cache exclude each other\n",
@@ -282,108 +279,104 @@ static double now_ms(void)
 	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
-/* The decoder generate runs: a llama2.c checkpoint, or llama-110m generated from --seed (parse
- * checked it). err gets one line. @return as lbw_llama_load or lbw_llama_generate. */
-static int open_decoder(const struct opts *o, struct lbw_llama *m, char *err, size_t errlen)
+/* What generate's sampler needs to print as llama2.c's run does: the piece of each token after
+ * the one before it. */
+struct printer {
+	const struct lbw_tokenizer *t;
+	struct lbw_sampler *smp;
+	int32_t prev;
+	double first_ms; /* when the first sampled token came */
+};
+
+/* lbw_next_fn: sample the next token and print it (not the stop, BOS). */
+static int32_t sample_print(void *ctx, const float *logits)
 {
-	if (model_kind(o->model) == KIND_LLAMA_110M) {
-		struct lbw_llama_config c = lbw_llama_config_110m();
-		uint64_t seed = o->seed_s ? o->sample_seed : GEN_SEED;
-		return lbw_llama_generate(m, &c, seed, err, errlen);
+	struct printer *p = ctx;
+	int32_t next = lbw_sampler_next(p->smp, logits);
+	if (next != LBW_TOK_BOS) {
+		safe_print(lbw_tokenizer_decode(p->t, p->prev, next));
+		fflush(stdout);
+		p->prev = next;
 	}
-	return lbw_llama_load(m, o->model, err, errlen);
+	if (p->first_ms == 0)
+		p->first_ms = now_ms();
+	return next;
 }
 
-static int generate(const struct opts *o)
+/* The stderr lines of a run: the cache's, and --stats. */
+static void generate_report(const struct opts *o, const struct lbw_cache *wc,
+			    const struct lbw_gen_result *r, const struct printer *p, uint64_t seed)
 {
-	struct lbw_llama m;
-	struct lbw_llama_state s;
-	struct lbw_tokenizer t;
-	struct lbw_sampler smp;
-	char err[512];
-	long steps_l = 256;
-
-	if (o->steps_s)
-		(void)parse_long(o->steps_s, 0, INT32_MAX, &steps_l); /* checked by parse */
-	enum model_kind kind = model_kind(o->model);
-	if (kind != KIND_LLAMA && kind != KIND_LLAMA_110M) {
-		fprintf(stderr, "layerbank-worker generate: %s is an encoder: encoders are scored "
-				"(score, serve), not sampled; generate takes a llama2.c "
-				"checkpoint or " LLAMA_GEN_MODEL "\n", o->model);
-		return EXIT_USAGE;
+	if (wc->c) {
+		fprintf(stderr, "cache prompt_tokens=%d reused_tokens=%d computed_tokens=%d "
+				"ttft_ms=%.3f\n", (int)r->prompt_tokens, (int)r->reused_tokens,
+			(int)r->computed_tokens, r->ttft_us / 1e3);
+		if (r->cache_error)
+			fprintf(stderr, "layerbank-worker generate: warning: prefix cache lost mid-run "
+					"(%s); finished without it\n", strerror(-r->cache_error));
 	}
-	if (open_decoder(o, &m, err, sizeof(err)) < 0) {
-		fprintf(stderr, "layerbank-worker: %s\n", err);
-		return EXIT_LOAD;
-	}
-	if (lbw_tokenizer_load(&t, o->tokenizer, m.cfg.vocab_size, err, sizeof(err)) < 0) {
-		fprintf(stderr, "layerbank-worker: %s\n", err);
-		lbw_llama_free(&m);
-		return EXIT_LOAD;
-	}
-	const char *prompt = o->prompt ? o->prompt : "";
-	int32_t *toks = malloc((strlen(prompt) + 3) * sizeof(int32_t));
-	int rc = EXIT_LOAD;
-	/* llama2.c seeds from the clock when given none (or 0); the state must not be 0 */
-	uint64_t seed = o->sample_seed ? o->sample_seed : (uint64_t)time(NULL);
-	if (!seed)
-		seed = 1;
-	int have_state = toks && lbw_llama_state_init(&s, &m.cfg) == 0;
-	/* the options were checked by parse: out of memory is what is left */
-	if (!have_state || lbw_sampler_init(&smp, m.cfg.vocab_size, o->temperature, o->topp, seed) < 0) {
-		fprintf(stderr, "layerbank-worker generate: out of memory\n");
-		if (have_state)
-			lbw_llama_state_free(&s);
-		free(toks);
-		lbw_tokenizer_free(&t);
-		lbw_llama_free(&m);
-		return EXIT_LOAD;
-	}
-	int n = lbw_tokenizer_encode(&t, prompt, 1, 0, toks);
-	if (n < 1) {
-		fprintf(stderr, "layerbank-worker generate: cannot encode the prompt: %s\n", strerror(-n));
-		goto out;
-	}
-	int32_t steps = (int32_t)steps_l;
-	if (steps == 0 || steps > m.cfg.seq_len)
-		steps = m.cfg.seq_len;
-
-	double start = 0;
-	int32_t token = toks[0], next, pos = 0;
-	while (pos < steps) {
-		const float *logits = lbw_llama_forward(&m, &s, token, pos);
-		if (!logits) {
-			fprintf(stderr, "layerbank-worker generate: token %d out of range\n", (int)token);
-			goto out;
-		}
-		if (pos < n - 1)
-			next = toks[pos + 1];
-		else
-			next = lbw_sampler_next(&smp, logits);
-		pos++;
-		if (next == LBW_TOK_BOS)
-			break;
-		safe_print(lbw_tokenizer_decode(&t, token, next));
-		fflush(stdout);
-		token = next;
-		if (start == 0)
-			start = now_ms();
-	}
-	printf("\n");
-	fflush(stdout);
-	if (o->stats && pos > 1) {
-		double el = now_ms() - start;
-		fprintf(stderr, "achieved tok/s: %f\n", el > 0 ? (pos - 1) / el * 1000.0 : 0.0);
+	if (o->stats && r->generated > 1) {
+		double el = now_ms() - p->first_ms;
+		fprintf(stderr, "achieved tok/s: %f\n", el > 0 ? (r->generated - 1) / el * 1000.0 : 0.0);
 	}
 	if (o->stats && o->temperature > 0.0f)
 		fprintf(stderr, "seed: %llu\n", (unsigned long long)seed);
+}
+
+/*
+ * generate as llama2.c's run: --steps positions, BOS and the prompt among them, the prompt's
+ * tokens printed as they come, then sampled ones. The prompt is prefilled at once (reusing the
+ * cache's longest prefix of it); the text is the same as token by token, and with the cache as
+ * without (lbw_generate).
+ */
+static int generate(const struct opts *o, struct lbw_scorer *sc, const struct lbw_tokenizer *t,
+		    struct lbw_cache *wc)
+{
+	long steps_l = 256;
+	struct lbw_sampler smp;
+	struct lbw_gen_result r;
+	int rc = EXIT_LOAD;
+
+	if (o->steps_s)
+		(void)parse_long(o->steps_s, 0, INT32_MAX, &steps_l); /* checked by parse */
+	int32_t steps = steps_l == 0 || steps_l > sc->max_seq ? sc->max_seq : (int32_t)steps_l;
+	const char *prompt = o->prompt ? o->prompt : "";
+	/* llama2.c seeds from the clock when given none (or 0); the state must not be 0 */
+	uint64_t seed = o->sample_seed ? o->sample_seed : (uint64_t)time(NULL);
+	seed = seed ? seed : 1;
+	int32_t *toks = malloc((strlen(prompt) + 3) * sizeof(int32_t));
+	int32_t *out = malloc((size_t)sc->max_seq * sizeof(int32_t));
+	if (!toks || !out || lbw_sampler_init(&smp, sc->vocab, o->temperature, o->topp, seed) < 0) {
+		fprintf(stderr, "layerbank-worker generate: out of memory\n");
+		goto out;
+	}
+	int n = lbw_tokenizer_encode(t, prompt, 1, 0, toks);
+	if (n < 1) {
+		fprintf(stderr, "layerbank-worker generate: cannot encode the prompt: %s\n", strerror(-n));
+		goto out_smp;
+	}
+	/* llama2.c prints each position's next token: the prompt's up to position steps - 1. */
+	for (int32_t i = 0; i + 1 < n && i < steps; i++)
+		safe_print(lbw_tokenizer_decode(t, toks[i], toks[i + 1]));
+	fflush(stdout);
+	struct printer p = { t, &smp, toks[n - 1], 0 };
+	int32_t max_new = steps >= n ? steps - n + 1 : 0;
+	int got = max_new ? lbw_generate(sc, wc, toks, n, max_new, sample_print, &p, out, &r) : 0;
+	printf("\n");
+	fflush(stdout);
+	if (got < 0) {
+		fprintf(stderr, "layerbank-worker generate: %s\n", got == -ENOMEM ? "out of memory"
+				: "a prompt token is out of the model's vocabulary");
+		goto out_smp;
+	}
+	if (max_new)
+		generate_report(o, wc, &r, &p, seed);
 	rc = 0;
-out:
+out_smp:
 	lbw_sampler_free(&smp);
+out:
 	free(toks);
-	lbw_llama_state_free(&s);
-	lbw_tokenizer_free(&t);
-	lbw_llama_free(&m);
+	free(out);
 	return rc;
 }
 
@@ -550,8 +543,14 @@ int main(int argc, char **argv)
 	}
 	if (parse(argc, argv, &o) < 0)
 		return EXIT_USAGE;
-	if (!strcmp(o.cmd, "generate"))
-		return generate(&o);
+	int is_gen = !strcmp(o.cmd, "generate");
+	enum model_kind kind = model_kind(o.model);
+	if (is_gen && kind != KIND_LLAMA && kind != KIND_LLAMA_110M) {
+		fprintf(stderr, "layerbank-worker generate: %s is an encoder: encoders are scored "
+				"(score, serve), not sampled; generate takes a llama2.c "
+				"checkpoint or " LLAMA_GEN_MODEL "\n", o.model);
+		return EXIT_USAGE;
+	}
 
 	long max_tokens = 0;
 	if (o.max_tokens_s && parse_long(o.max_tokens_s, 2, INT32_MAX, &max_tokens) < 0) {
@@ -561,7 +560,9 @@ int main(int argc, char **argv)
 	}
 	struct lbw_scorer sc;
 	struct lbw_tokenizer t;
-	int rc = open_scorer(&o, &sc, &t);
+	/* generate's --seed is its sampler's, and llama-110m's weights' */
+	int rc = is_gen ? open_llama(&o, kind, o.seed_s ? o.sample_seed : GEN_SEED, &sc, &t)
+			: open_scorer(&o, &sc, &t);
 	if (rc)
 		return rc;
 	struct lbw_cache wc;
@@ -570,7 +571,9 @@ int main(int argc, char **argv)
 	if (lbw_cache_open(&wc, &o.cache, &sc, who) < 0) {
 		rc = EXIT_USAGE;
 	} else {
-		if (!strcmp(o.cmd, "score")) {
+		if (is_gen) {
+			rc = generate(&o, &sc, &t, &wc);
+		} else if (!strcmp(o.cmd, "score")) {
 			rc = score(&o, &sc, &t, &wc);
 		} else {
 			const char *mode = wc.bank ? "private" : wc.c ? "shared" : "none";

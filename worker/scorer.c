@@ -42,6 +42,7 @@ static int open_llama_end(struct lbw_scorer *sc, int rc, char *err, size_t errle
 	sc->weights_hash = XXH3_64bits(sc->llama->data, sc->llama->data_size);
 	sc->n_layers = c->n_layers;
 	sc->hidden = c->dim;
+	sc->kv_dim = c->kv_dim;
 	sc->max_seq = c->seq_len;
 	sc->vocab = c->vocab_size;
 	sc->emb = sc->llama->w.token_embedding;

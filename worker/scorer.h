@@ -22,6 +22,7 @@ struct lbw_scorer {
 	char name[64];           /* the name registered with the cache */
 	uint64_t weights_hash;
 	int32_t n_layers, hidden;
+	int32_t kv_dim;          /* a decoder's K (and V) row of a layer; 0 for an encoder */
 	int32_t max_seq;         /* longest input */
 	int32_t vocab;           /* tokens the head scores (and the tokenizer's vocabulary) */
 	const float *emb;        /* [vocab][hidden] token embedding rows: the fingerprint is

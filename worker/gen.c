@@ -1,0 +1,133 @@
+/* Generation with exact prefix reuse: lb_prefix_run over the llama state's blocks, then decode
+ * steps, then the new blocks inserted. */
+#include "gen.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cache.h"
+#include "layerbank/layerbank.h"
+#include "model_llama.h"
+#include "scorer.h"
+#include "tokenizer.h"
+
+static double now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+/* A prefill in progress: its rows, [n][dim] for positions p.. as lb_prefix_run says. */
+struct prefill {
+	const struct lbw_llama *m;
+	struct lbw_llama_state *s;
+	const int32_t *tokens;
+	float *x;
+};
+
+/* lb_prefix_fn: layer l of positions [p, n); the state's table is kv's (its own array). */
+static int prefill_layer(void *ctx, uint32_t l, uint32_t p, uint32_t n,
+			 const struct lb_kv_view *kv)
+{
+	struct prefill *f = ctx;
+	(void)kv;
+	if (l == 0)
+		lbw_llama_embed_seq(f->m, f->tokens + p, (int32_t)(n - p), f->x);
+	return lbw_llama_rows(f->m, f->s, (int32_t)l, (int32_t)p, (int32_t)(n - p), f->x);
+}
+
+/* The view of the state's K and V that lb_prefix_run fills (the state's table). */
+static struct lb_kv_view kv_of(const struct lbw_llama *m, struct lbw_llama_state *s)
+{
+	return (struct lb_kv_view){ .n_layers = (uint32_t)m->cfg.n_layers,
+				    .kv_dim = (uint32_t)m->cfg.kv_dim,
+				    .block_tokens = LBW_LLAMA_BLOCK,
+				    .n_blocks = (uint32_t)s->n_blocks, .block = s->table };
+}
+
+static int32_t greedy(const float *logits, int32_t vocab)
+{
+	return lbw_llama_argmax(logits, vocab);
+}
+
+/* Decode after the prefill: first is the first token sampled, at position n. @return the
+ * tokens generated. */
+static int32_t decode(struct lbw_scorer *sc, int32_t n, int32_t max_new, int32_t first,
+		      lbw_next_fn next, void *ctx, int32_t *out)
+{
+	const struct lbw_llama *m = sc->llama;
+	int32_t got = 0, token = first;
+
+	while (token != LBW_TOK_BOS) {
+		out[got++] = token;
+		/* out[got - 1] is fed at position n + got - 1, which the context must hold. */
+		if (got == max_new || n + got - 1 >= m->cfg.seq_len)
+			break;
+		const float *lg = lbw_llama_forward(m, sc->state, token, n + got - 1);
+		token = next ? next(ctx, lg) : greedy(lg, m->cfg.vocab_size);
+	}
+	return got;
+}
+
+int lbw_generate(struct lbw_scorer *sc, struct lbw_cache *wc, const int32_t *prompt, int32_t n,
+		 int32_t max_new, lbw_next_fn next, void *ctx, int32_t *out,
+		 struct lbw_gen_result *res)
+{
+	const struct lbw_llama *m = sc->llama;
+	double t0 = now_us();
+
+	memset(res, 0, sizeof(*res));
+	if (!m || n < 1 || n > m->cfg.seq_len || max_new < 0)
+		return -EINVAL;
+	for (int32_t i = 0; i < n; i++)
+		if (prompt[i] < 0 || prompt[i] >= m->cfg.vocab_size)
+			return -EINVAL;
+	struct prefill f = { m, sc->state, prompt, malloc((size_t)n * m->cfg.dim * sizeof(float)) };
+	if (!f.x)
+		return -ENOMEM;
+	struct lb_kv_view kv = kv_of(m, sc->state);
+	struct lb_prefix_cfg pc = { wc->cfg.model_id, kv.n_layers, kv.kv_dim, kv.block_tokens };
+	struct lb_prefix_result pr;
+	int rc = lb_prefix_run(wc->c, &pc, (const int32_t *)prompt, (uint32_t)n, sc->state->kv, &kv,
+			       prefill_layer, &f, &pr);
+	int32_t got = 0;
+	if (rc == 0 && max_new > 0) {
+		size_t last = (size_t)(n - 1 - (int32_t)pr.reused_tokens) * (size_t)m->cfg.dim;
+		const float *lg = lbw_llama_head_row(m, sc->state, f.x + last);
+		int32_t first = next ? next(ctx, lg) : greedy(lg, m->cfg.vocab_size);
+		res->ttft_us = now_us() - t0;
+		got = decode(sc, n, max_new, first, next, ctx, out);
+	}
+	free(f.x);
+	/* The full blocks of what has K and V: the prompt and the tokens fed back (all but the
+	 * last generated). */
+	if (rc == 0 && wc->c && got > 1) {
+		int32_t fed = n + got - 1, *all = malloc((size_t)fed * sizeof(int32_t));
+		if (all) {
+			memcpy(all, prompt, (size_t)n * sizeof(int32_t));
+			memcpy(all + n, out, (size_t)(got - 1) * sizeof(int32_t));
+			int ins = lb_prefix_insert(wc->c, &pc, all, (uint32_t)fed, &kv,
+						   (uint32_t)n / LBW_LLAMA_BLOCK);
+			if (ins > 0)
+				pr.blocks_inserted += (uint32_t)ins;
+			else if (ins < 0 && !pr.cache_error)
+				pr.cache_error = ins;
+			free(all);
+		}
+	}
+	lb_prefix_done(wc->c, &pr);
+	lbw_llama_state_reset(sc->state);
+	if (rc < 0)
+		return rc;
+	res->prompt_tokens = n;
+	res->reused_tokens = (int32_t)pr.reused_tokens;
+	res->computed_tokens = (int32_t)pr.computed_tokens;
+	res->generated = got;
+	res->blocks_inserted = pr.blocks_inserted;
+	res->cache_error = pr.cache_error;
+	res->us = now_us() - t0;
+	return got;
+}

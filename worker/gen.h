@@ -1,0 +1,40 @@
+/* Generation from a decoder with exact prefix reuse: the prompt's longest cached prefix of
+ * blocks is read from the bank (zero copy), only the rest is prefilled, tokens are decoded, and
+ * the full blocks of the prompt and of what was fed back are inserted for the next turn. */
+#ifndef LAYERBANK_WORKER_GEN_H
+#define LAYERBANK_WORKER_GEN_H
+
+#include <stdint.h>
+
+struct lbw_scorer;
+struct lbw_cache;
+
+struct lbw_gen_result {
+	int32_t prompt_tokens;    /* the prompt, BOS included */
+	int32_t reused_tokens;    /* positions whose K and V came from the cache */
+	int32_t computed_tokens;  /* prompt positions prefilled */
+	int32_t generated;        /* tokens sampled (the stop, BOS, not counted) */
+	uint32_t blocks_inserted;
+	double ttft_us;           /* from the start to the first token sampled */
+	double us;                /* the whole run */
+	int cache_error;          /* 0, or the cache's error: the run went on without it */
+};
+
+/* Choose the next token from a position's logits ([vocab]); may print it. */
+typedef int32_t (*lbw_next_fn)(void *ctx, const float *logits);
+
+/*
+ * Generate after prompt[0..n) (BOS first, tokens < vocab): prefill it through lb_prefix_run on
+ * wc (plain when wc->c is NULL), then sample up to max_new tokens with next (greedy when NULL)
+ * into out, each but the last fed back, stopping at BOS (not stored) or at the model's
+ * context. Then the full blocks of the prompt and of the tokens fed back are inserted and the
+ * hit's blocks given back. The text, logits and tokens are the same with and without the
+ * cache, bit for bit (the forward is batch-invariant: lbw_llama_rows).
+ * @return the tokens generated; -EINVAL (not a decoder, n outside 1..the context, a token out
+ * of the vocabulary); -ENOMEM.
+ */
+int lbw_generate(struct lbw_scorer *sc, struct lbw_cache *wc, const int32_t *prompt, int32_t n,
+		 int32_t max_new, lbw_next_fn next, void *ctx, int32_t *out,
+		 struct lbw_gen_result *res);
+
+#endif
