@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "cache.h"
+#include "gen.h"
 #include "scorer.h"
 #include "tokenizer.h"
 
@@ -90,31 +91,116 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 	return rc;
 }
 
-/* Answer one request line (NUL-terminated, newline removed). @return 0, -EIO. */
-static int serve_line(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
-		      int32_t max_tokens, char *line, int32_t *top1, FILE *out)
+/* Request ID's text scored: its answer line. */
+static void serve_score(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
+			int32_t max_tokens, uint64_t id, const char *text, int32_t *top1, FILE *out)
 {
 	char err[160];
+	struct lbw_score r;
+	int rc = lbw_score_text(sc, t, wc, text, max_tokens, 1, &r, top1, err, sizeof(err));
+	if (rc == -ENOMEM)
+		snprintf(err, sizeof(err), "out of memory");
+	if (rc < 0) {
+		fprintf(out, "%" PRIu64 " err %s\n", id, err);
+		return;
+	}
+	fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d hamming=%u computed=%u "
+		"inserted=%u us=%.0f top1=", id, (int)r.tokens, r.nll, (int)r.lem.hit_layer,
+		r.lem.hit_hamming, r.lem.layers_computed, r.lem.layers_inserted, r.us);
+	for (int32_t i = 0; i + 1 < r.tokens; i++)
+		fprintf(out, i ? ",%d" : "%d", (int)top1[i]);
+	fputc('\n', out);
+}
+
+/* "@a,b,c": token ids into toks (cap of them). @return the count; -EINVAL. */
+static int parse_ids(const char *s, int32_t *toks, int32_t cap)
+{
+	int32_t n = 0;
+	const char *p = s + 1;
+	for (;;) {
+		char *end;
+		errno = 0;
+		long v = strtol(p, &end, 10);
+		if (errno || end == p || v < 0 || v > INT32_MAX || n == cap || (*end && *end != ','))
+			return -EINVAL;
+		toks[n++] = (int32_t)v;
+		if (!*end)
+			return n;
+		p = end + 1;
+	}
+}
+
+/* A generation request's prompt: "@ids" as they are, else the text tokenized (BOS first). */
+static int gen_prompt(const struct lbw_tokenizer *t, const char *prompt, int32_t *toks,
+		      int32_t cap, char *err, size_t errlen)
+{
+	int n;
+	if (prompt[0] == '@') {
+		n = parse_ids(prompt, toks, cap);
+		if (n < 0)
+			snprintf(err, errlen, "bad token ids (want @ID,ID,... within the context)");
+		return n;
+	}
+	size_t per = t->max_token_length > 4 ? (size_t)t->max_token_length : 4;
+	if (strlen(prompt) > per * (size_t)cap) {
+		snprintf(err, errlen, "prompt longer than the model's %d tokens", (int)cap);
+		return -EINVAL;
+	}
+	n = lbw_tokenizer_encode(t, prompt, 1, 0, toks);
+	if (n < 0 || n > cap) {
+		snprintf(err, errlen, "prompt of %d tokens, more than the model's %d", n, (int)cap);
+		return -EINVAL;
+	}
+	return n;
+}
+
+/* Request ID generates (greedy) up to max_new tokens after its prompt: its answer line. */
+static void serve_gen(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
+		      uint64_t id, long max_new, const char *prompt, int32_t *buf, FILE *out)
+{
+	char err[160] = "";
+	struct lbw_gen_result r;
+	int32_t cap = sc->max_seq, *toks = buf, *gen = buf + cap;
+	int n = sc->llama ? gen_prompt(t, prompt, toks, cap, err, sizeof(err)) : -EINVAL;
+	if (!sc->llama)
+		snprintf(err, sizeof(err), "gen needs a decoder");
+	int got = n > 0 ? lbw_generate(sc, wc, toks, n, (int32_t)max_new, NULL, NULL, gen, &r) : n;
+	if (got < 0) {
+		if (!err[0])
+			snprintf(err, sizeof(err), "%s", got == -ENOMEM ? "out of memory"
+				 : "a prompt token is out of the model's vocabulary");
+		fprintf(out, "%" PRIu64 " err %s\n", id, err);
+		return;
+	}
+	fprintf(out, "%" PRIu64 " ok gen prompt=%d reused=%d computed=%d inserted=%u ttft_us=%.0f "
+		"us=%.0f out=", id, (int)r.prompt_tokens, (int)r.reused_tokens,
+		(int)r.computed_tokens, r.blocks_inserted, r.ttft_us, r.us);
+	for (int32_t i = 0; i < got; i++)
+		fprintf(out, i ? ",%d" : "%d", (int)gen[i]);
+	fputc('\n', out);
+}
+
+/* One request line: "ID<TAB>TEXT" scores, "ID<TAB>gen:N<TAB>PROMPT" generates. */
+static int serve_line(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
+		      int32_t max_tokens, char *line, int32_t *buf, FILE *out)
+{
 	char *tab = strchr(line, '\t'), *end;
 	errno = 0;
 	uint64_t id = tab ? strtoull(line, &end, 10) : 0;
 	if (!tab || errno || end != tab || end == line || line[0] == '-' || line[0] == '+') {
-		fprintf(out, "- err malformed request (want ID<TAB>TEXT, ID a decimal integer)\n");
+		fprintf(out, "- err malformed request (want ID<TAB>TEXT or ID<TAB>gen:N<TAB>PROMPT, "
+			     "ID a decimal integer)\n");
+	} else if (!strncmp(tab + 1, "gen:", 4)) {
+		char *tab2 = strchr(tab + 1, '\t');
+		errno = 0;
+		long n = strtol(tab + 5, &end, 10);
+		if (!tab2 || errno || end != tab2 || end == tab + 5 || n < 1 || n > sc->max_seq)
+			fprintf(out, "%" PRIu64 " err malformed gen (want gen:N<TAB>PROMPT, N 1..%d)\n",
+				id, (int)sc->max_seq);
+		else
+			serve_gen(sc, t, wc, id, n, tab2 + 1, buf, out);
 	} else {
-		struct lbw_score r;
-		int rc = lbw_score_text(sc, t, wc, tab + 1, max_tokens, 1, &r, top1, err, sizeof(err));
-		if (rc == -ENOMEM)
-			snprintf(err, sizeof(err), "out of memory");
-		if (rc < 0) {
-			fprintf(out, "%" PRIu64 " err %s\n", id, err);
-		} else {
-			fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d hamming=%u computed=%u "
-				"inserted=%u us=%.0f top1=", id, (int)r.tokens, r.nll, (int)r.lem.hit_layer,
-				r.lem.hit_hamming, r.lem.layers_computed, r.lem.layers_inserted, r.us);
-			for (int32_t i = 0; i + 1 < r.tokens; i++)
-				fprintf(out, i ? ",%d" : "%d", (int)top1[i]);
-			fputc('\n', out);
-		}
+		serve_score(sc, t, wc, max_tokens, id, tab + 1, buf, out);
 	}
 	return fflush(out) == 0 && !ferror(out) ? 0 : -EIO;
 }
@@ -124,7 +210,8 @@ int lbw_serve(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_c
 {
 	if (max_tokens > sc->max_seq)
 		max_tokens = sc->max_seq;
-	int32_t *top1 = malloc((size_t)max_tokens * sizeof(int32_t));
+	/* top1 of a scored text, or a generation's prompt and tokens */
+	int32_t *top1 = malloc(2 * (size_t)sc->max_seq * sizeof(int32_t));
 	char *line = malloc(LBW_SERVE_MAX_LINE + 2);
 	if (!top1 || !line) {
 		free(top1);
