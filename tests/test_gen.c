@@ -1,0 +1,301 @@
+/*
+ * Generation with exact prefix reuse on stories260K's real weights: for many prompts and prefix
+ * lengths (on a block edge and not), prefixes written by a prefill or by decode steps, on the
+ * kernels (each tier) and on the plain-C reference, the tokens and the logits with a cache are
+ * those without it, bit for bit. Through the CLI and a real layerbankd: the same text, the cache
+ * line, and a run whose daemon is killed half-way that still ends with the same text.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cache.h"
+#include "gen.h"
+#include "kernels.h"
+#include "model_llama.h"
+#include "scorer.h"
+#include "testutil.h"
+#include "tokenizer.h"
+#include "workload.h"
+
+#define MODEL LB_DATA_DIR "/stories260K.bin"
+#define TOK LB_DATA_DIR "/tok512.bin"
+#define TEXT LB_DATA_DIR "/tinystories_val.txt"
+#define MAX_TOK 512
+
+struct fix {
+	struct lbw_scorer sc;
+	struct lbw_tokenizer t;
+	struct lbw_paragraphs p;
+	struct lbw_cache plain, bank;
+};
+
+static int setup(void **state)
+{
+	static struct fix f;
+	char err[256];
+	if (lbw_scorer_open_llama(&f.sc, MODEL, err, sizeof(err)) < 0 ||
+	    lbw_tokenizer_load(&f.t, TOK, 512, err, sizeof(err)) < 0 ||
+	    lbw_paragraphs_load(TEXT, 100, 600, &f.p, err, sizeof(err)) < 0)
+		LBT_SKIP("stories260K and its data are needed (%s)", err);
+	struct lbw_cache_opts o = { .private_bytes = 64u << 20 };
+	memset(&f.plain, 0, sizeof(f.plain));
+	if (lbw_cache_open(&f.bank, &o, &f.sc, "test_gen") < 0 || !f.bank.c)
+		return -1;
+	*state = &f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fix *f = *state;
+	lbw_cache_close(&f->bank);
+	lbw_paragraphs_free(&f->p);
+	lbw_tokenizer_free(&f->t);
+	lbw_scorer_close(&f->sc);
+	return 0;
+}
+
+/* What a run gave: its tokens and every position's logits it sampled from. */
+struct run {
+	int32_t out[MAX_TOK];
+	int got;
+	float logits[64][512];
+	int n_logits;
+	struct lbw_gen_result r;
+};
+
+static int32_t keep_logits(void *ctx, const float *logits)
+{
+	struct run *x = ctx;
+	if (x->n_logits < 64)
+		memcpy(x->logits[x->n_logits++], logits, sizeof(x->logits[0]));
+	return lbw_llama_argmax(logits, 512);
+}
+
+static void gen(struct fix *f, struct lbw_cache *wc, const int32_t *prompt, int n, int max_new,
+		struct run *x)
+{
+	memset(x, 0, sizeof(*x));
+	x->got = lbw_generate(&f->sc, wc, prompt, n, max_new, keep_logits, x, x->out, &x->r);
+	assert_true(x->got >= 0); /* 0: BOS came first, the stop */
+	assert_int_equal(x->r.cache_error, 0);
+}
+
+/* With the bank as without it: the same tokens, the same logits to the bit. @return the
+ * positions reused. */
+static int same_with_bank(struct fix *f, const int32_t *prompt, int n, int max_new)
+{
+	static struct run a, b;
+	gen(f, &f->plain, prompt, n, max_new, &a);
+	gen(f, &f->bank, prompt, n, max_new, &b);
+	assert_int_equal(a.got, b.got);
+	assert_memory_equal(a.out, b.out, (size_t)a.got * sizeof(int32_t));
+	assert_int_equal(a.n_logits, b.n_logits);
+	assert_memory_equal(a.logits, b.logits, (size_t)a.n_logits * sizeof(a.logits[0]));
+	assert_int_equal(a.r.reused_tokens, 0);
+	assert_int_equal(b.r.reused_tokens + b.r.computed_tokens, n);
+	return b.r.reused_tokens;
+}
+
+/* Tokens of paragraph i, BOS first, at most cap. */
+static int para_tokens(struct fix *f, uint32_t i, int32_t *toks, int cap)
+{
+	int32_t tmp[2048];
+	int n = lbw_tokenizer_encode(&f->t, f->p.p[i % f->p.n], 1, 0, tmp);
+	assert_true(n > 1);
+	n = n < cap ? n : cap;
+	memcpy(toks, tmp, (size_t)n * sizeof(int32_t));
+	return n;
+}
+
+/*
+ * Prompts that share a prefix of L tokens with one generated before (L on a block edge and
+ * not, short and long), then go on with another paragraph: reused, and nothing changes.
+ */
+static void check_prefixes(struct fix *f, uint32_t first, uint32_t count)
+{
+	const int lens[] = { 1, 15, 16, 17, 31, 32, 40, 47, 64, 99 };
+	int32_t a[MAX_TOK], b[MAX_TOK];
+	int reused = 0;
+
+	for (uint32_t i = first; i < first + count; i++) {
+		int na = para_tokens(f, i, a, 200);
+		same_with_bank(f, a, na, 24);
+		int L = lens[i % (sizeof(lens) / sizeof(lens[0]))];
+		L = L < na ? L : na;
+		memcpy(b, a, (size_t)L * sizeof(int32_t));
+		int nb = L + para_tokens(f, i + 1000, b + L, 200) - 1; /* no second BOS */
+		memmove(b + L, b + L + 1, (size_t)(nb - L) * sizeof(int32_t));
+		int got = same_with_bank(f, b, nb, 24);
+		/* more may be cached: stories often open alike ("Once upon a time, there was") */
+		if (L >= 16)
+			assert_true(got >= (L / 16) * 16 - (L == nb ? 1 : 0));
+		reused += got;
+	}
+	assert_true(reused > 0);
+}
+
+static void test_prefixes_on_the_kernels(void **state)
+{
+	check_prefixes(*state, 0, 30);
+}
+
+/* Every tier the CPU has, and the plain-C reference: the same within each. */
+static void test_prefixes_on_every_path(void **state)
+{
+	struct fix *f = *state;
+	lbk_force_isa(LBK_ISA_AVX2);
+	check_prefixes(f, 40, 6);
+	lbk_force_isa(LBK_ISA_SCALAR);
+	check_prefixes(f, 50, 4);
+	lbk_force_isa(LBK_ISA_AVX512);
+	lbw_llama_set_reference(f->sc.llama, 1);
+	check_prefixes(f, 60, 4);
+	lbw_llama_set_reference(f->sc.llama, 0);
+}
+
+/* A prompt whose prefix was written by decode steps (a generation's own blocks): the next turn
+ * of a conversation finds it, and gets what a plain run gets. */
+static void test_prefix_written_by_decoding(void **state)
+{
+	struct fix *f = *state;
+	static struct run first, plain, cached;
+	int32_t p[MAX_TOK];
+
+	for (uint32_t i = 70; i < 76; i++) {
+		int n = para_tokens(f, i, p, 60);
+		gen(f, &f->bank, p, n, 80, &first);
+		/* the next turn: the prompt, the answer fed back, a new paragraph */
+		int m = n;
+		memcpy(p + m, first.out, (size_t)(first.got - 1) * sizeof(int32_t));
+		m += first.got - 1;
+		int extra = para_tokens(f, i + 2000, p + m, 60);
+		memmove(p + m, p + m + 1, (size_t)(extra - 1) * sizeof(int32_t));
+		m += extra - 1;
+		gen(f, &f->plain, p, m, 24, &plain);
+		gen(f, &f->bank, p, m, 24, &cached);
+		assert_true(cached.r.reused_tokens >= ((n + first.got - 1) / 16) * 16 - 16);
+		assert_true(cached.r.reused_tokens > n); /* past the prompt: decoded blocks */
+		assert_int_equal(plain.got, cached.got);
+		assert_memory_equal(plain.out, cached.out, (size_t)plain.got * sizeof(int32_t));
+		assert_memory_equal(plain.logits, cached.logits,
+				    (size_t)plain.n_logits * sizeof(plain.logits[0]));
+	}
+}
+
+/* Run the worker with args (NULL-terminated), stdout and stderr to files in dir. @return pid. */
+static pid_t worker_start(struct lbt_env *env, const char *const *args, const char *dir)
+{
+	char out[300], err[300];
+	snprintf(out, sizeof(out), "%s/out", dir);
+	snprintf(err, sizeof(err), "%s/err", dir);
+	pid_t pid = lbt_fork(env);
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		if (!freopen(out, "w", stdout) || !freopen(err, "w", stderr))
+			_exit(126);
+		execv(LB_WORKER_PATH, (char *const *)args);
+		_exit(127);
+	}
+	return pid;
+}
+
+static long file_size(const char *dir, const char *name)
+{
+	char path[300];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	FILE *fp = fopen(path, "r");
+	if (!fp)
+		return -1;
+	fseek(fp, 0, SEEK_END);
+	long n = ftell(fp);
+	fclose(fp);
+	return n;
+}
+
+/* The file dir/name, whole, malloc'd (the caller frees it). */
+static char *slurp(const char *dir, const char *name)
+{
+	char path[300];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	FILE *fp = fopen(path, "r");
+	assert_non_null(fp);
+	char *b = calloc(1, 65536);
+	assert_non_null(b);
+	size_t n = fread(b, 1, 65535, fp);
+	b[n] = '\0';
+	fclose(fp);
+	return b;
+}
+
+/*
+ * Through the CLI and a real layerbankd, on llama-110m (slow enough to be caught half-way): a
+ * first run fills the bank; a second reuses the prompt's blocks and is killed out from under:
+ * the daemon dies while it decodes. It ends all the same, with the first run's text, one line
+ * saying the cache went, and exit 0.
+ */
+static void test_cli_daemon_killed_mid_run(void **state)
+{
+	struct fix *f = *state;
+	struct lbt_env env;
+	char steps[16];
+	int32_t tmp[2048];
+
+	lbt_env_make(&env);
+	assert_true(lbt_daemon_start(&env, LBT_ARGS("--arena-size", "64M", "--hugepages", "off")) > 0);
+	const char *prompt = f->p.p[7];
+	int n = lbw_tokenizer_encode(&f->t, prompt, 1, 0, tmp);
+	snprintf(steps, sizeof(steps), "%d", n + 40);
+	const char *args[] = { LB_WORKER_PATH, "generate", "--model", "llama-110m", "--tokenizer",
+			       TOK, "--prompt", prompt, "--steps", steps, "--cache", env.sock, NULL };
+	char d1[256], d2[256];
+	snprintf(d1, sizeof(d1), "%s/run1", env.dir);
+	snprintf(d2, sizeof(d2), "%s/run2", env.dir);
+	assert_int_equal(mkdir(d1, 0700), 0);
+	assert_int_equal(mkdir(d2, 0700), 0);
+	assert_int_equal(lbt_reap(&env, worker_start(&env, args, d1)), 0);
+	char *err1 = slurp(d1, "err"), *out1 = slurp(d1, "out");
+	assert_non_null(strstr(err1, "reused_tokens=0 "));
+
+	pid_t w = worker_start(&env, args, d2);
+	/* the prompt is printed before its prefill; a few generated bytes mean decoding */
+	long printed = 0, target = (long)strlen(prompt) + 4;
+	for (int i = 0; i < 3000 && (printed = file_size(d2, "out")) < target; i++)
+		usleep(10000);
+	assert_true(printed >= target);
+	assert_true(lbt_daemon_kill(&env));
+	assert_int_equal(lbt_reap(&env, w), 0);
+	char *err = slurp(d2, "err"), *out = slurp(d2, "out");
+	assert_string_equal(out, out1);
+	assert_null(strstr(err, "reused_tokens=0 "));
+	assert_non_null(strstr(err, "reused_tokens="));
+	assert_non_null(strstr(err, "prefix cache lost mid-run"));
+	free(err1);
+	free(out1);
+	free(err);
+	free(out);
+	lbt_env_remove(&env);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_prefixes_on_the_kernels),
+		cmocka_unit_test(test_prefixes_on_every_path),
+		cmocka_unit_test(test_prefix_written_by_decoding),
+		cmocka_unit_test(test_cli_daemon_killed_mid_run),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
