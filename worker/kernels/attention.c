@@ -199,14 +199,23 @@ void lbk_attention_scratch_limit(size_t bytes)
 	atomic_store_explicit(&g_scratch_limit, bytes, memory_order_relaxed);
 }
 
-/* kt[i][s] = k[s][kvh][i] for s < nkeys, 0 for nkeys <= s < ldkt. */
+/*
+ * kt[i][s] = k[s][kvh][i] for s < nkeys, 0 for nkeys <= s < ldkt. Sixteen keys a pass, so that
+ * each pass writes whole cache lines of kt's rows (key by key, a kt row of ldkt floats apart
+ * from the next, every store would miss).
+ */
 static void transpose_k(float *kt, int64_t ldkt, const struct att *a, int64_t kvh)
 {
+	enum { TS = 16 };
 	const int64_t hs = a->hs;
-	for (int64_t s = 0; s < a->nkeys; s++) {
-		const float *ks = kv_row(a->kblk, a->bshift, a->ldk, s) + kvh * hs;
+	for (int64_t s0 = 0; s0 < a->nkeys; s0 += TS) {
+		const int64_t n = a->nkeys - s0 < TS ? a->nkeys - s0 : TS;
+		const float *ks[TS];
+		for (int64_t j = 0; j < n; j++)
+			ks[j] = kv_row(a->kblk, a->bshift, a->ldk, s0 + j) + kvh * hs;
 		for (int64_t i = 0; i < hs; i++)
-			kt[i * ldkt + s] = ks[i];
+			for (int64_t j = 0; j < n; j++)
+				kt[i * ldkt + s0 + j] = ks[j][i];
 	}
 	for (int64_t i = 0; i < hs; i++)
 		for (int64_t s = a->nkeys; s < ldkt; s++)
@@ -472,7 +481,12 @@ static void attention_tiled(const struct att *a, enum lbk_isa isa)
 	const int64_t bk = isa == LBK_ISA_AVX512 ? A512_BK : A256_BK;
 	const int64_t bq = isa == LBK_ISA_AVX512 ? A512_BQ : A256_BQ;
 	const int64_t hc = isa == LBK_ISA_AVX512 ? A512_HC : A256_HC;
-	const int64_t ldkt = round_up(a->nkeys, bk), hsp = round_up(a->hs, hc), hs = a->hs;
+	const int64_t hsp = round_up(a->hs, hc), hs = a->hs;
+	/* kt's rows ldkt floats apart: keys rounded up to the key block, and one more block when
+	 * that is a multiple of 1 KiB, whose rows would share the same few L1 sets */
+	int64_t ldkt = round_up(a->nkeys, bk);
+	if (ldkt % 256 == 0)
+		ldkt += bk;
 	const int64_t group = a->n_heads / a->n_kv_heads;
 	/* kt [hs][ldkt], then ob [bq][hsp]: both multiples of 16 floats (64 bytes) */
 	int64_t kt_floats, bytes;
