@@ -260,6 +260,11 @@ static void run_generate(void *a)
 #define HEADS 12
 #define HS (HIDDEN / HEADS)
 #define FFN 3072
+/* One decode step: a row at position DEC_POS against its cache in blocks of 16 positions,
+ * grouped-query HEADS / DEC_KV. */
+#define DEC_POS 1023
+#define DEC_KV 4
+#define DEC_BLOCKS ((DEC_POS + 16) / 16)
 
 /* The buffers every op reads and writes: one BERT-base layer's worth at seq 128. */
 struct op_bufs {
@@ -268,6 +273,8 @@ struct op_bufs {
 	float *ff;		  /* [SEQ][FFN] */
 	float *w;		  /* [FFN][HIDDEN] */
 	struct lbk_packed *pw[2]; /* w packed as [HIDDEN][HIDDEN] and [FFN][HIDDEN] */
+	float *dk, *dv;		  /* [DEC_POS + 1][DEC_KV][HS]: a decoder's K and V cache */
+	const float *kb[DEC_BLOCKS], *vb[DEC_BLOCKS]; /* their blocks of 16 positions */
 };
 
 static struct op_bufs ob;
@@ -282,6 +289,13 @@ static void op_attention_causal(void *a)
 {
 	(void)a;
 	lbk_attention(ob.o, ob.q, ob.k, ob.v, SEQ, HEADS, HEADS, HS, 1);
+}
+
+static void op_attention_decode(void *a)
+{
+	(void)a;
+	lbk_attention_paged(ob.o, HIDDEN, ob.q, HIDDEN, DEC_POS, 1, ob.kb, ob.vb, DEC_KV * HS,
+			    DEC_KV * HS, 4, HEADS, DEC_KV, HS);
 }
 
 static void op_layernorm(void *a)
@@ -332,6 +346,7 @@ struct op_row {
 static struct op_row op_rows[] = {
 	{ "attention", "12 heads x 128 x 64, bidirectional", op_attention, 0, { 0 } },
 	{ "attention_causal", "12 heads x 128 x 64, causal", op_attention_causal, 0, { 0 } },
+	{ "attention_decode", "1 row at 1023, 12/4 heads x 64, B=16", op_attention_decode, 0, { 0 } },
 	{ "layernorm", "128 rows x 768", op_layernorm, 0, { 0 } },
 	{ "gelu", "128 x 3072 (and a copy of it)", op_gelu, 0, { 0 } },
 	{ "softmax", "128 rows x 128", op_softmax, 0, { 0 } },
@@ -364,6 +379,12 @@ static void ops_run(void)
 	ob.beta = op_alloc(HIDDEN, &r);
 	ob.ff = op_alloc((int64_t)SEQ * FFN, &r);
 	ob.w = op_alloc((int64_t)FFN * HIDDEN, &r);
+	ob.dk = op_alloc((DEC_POS + 1) * DEC_KV * HS, &r);
+	ob.dv = op_alloc((DEC_POS + 1) * DEC_KV * HS, &r);
+	for (int b = 0; b < DEC_BLOCKS; b++) {
+		ob.kb[b] = ob.dk + (int64_t)b * 16 * DEC_KV * HS;
+		ob.vb[b] = ob.dv + (int64_t)b * 16 * DEC_KV * HS;
+	}
 	ob.pw[0] = lbk_pack(ob.w, HIDDEN, HIDDEN);
 	ob.pw[1] = lbk_pack(ob.w, FFN, HIDDEN);
 	if (!ob.pw[0] || !ob.pw[1])
@@ -395,6 +416,8 @@ static void ops_run(void)
 	free(ob.beta);
 	free(ob.ff);
 	free(ob.w);
+	free(ob.dk);
+	free(ob.dv);
 }
 
 static const char *const tier_name[N_TIERS] = { "scalar", "avx2", "avx512" };

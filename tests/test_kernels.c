@@ -695,8 +695,8 @@ static void test_attention_causal_signed_zero(void **state)
  * addresses go up and down) and each followed by a PROT_NONE guard page; the test writes the rows
  * through a second, writable mapping of the same memfd, as a decoder publishes them.
  * Rows not yet published hold NaN. Two layouts:
- *   packed:  rows ld = width + 1 floats apart (the extra float NaN), the block 64-byte aligned
- *            and ending less than 64 bytes before its guard page;
+ *   packed:  rows ld = width + pad floats apart (the pad NaN; K and V pad differently), the
+ *            block 64-byte aligned and ending less than 64 bytes before its guard page;
  *   guarded: one page a row, and a row not yet published is PROT_NONE in the kernel's view: a
  *            kernel that reads any byte of a key it was not given faults.
  */
@@ -716,14 +716,15 @@ static size_t page_size(void)
 	return (size_t)sysconf(_SC_PAGESIZE);
 }
 
-static void kv_make(struct kv_blocks *kv, int64_t seq, int64_t width, int bshift, int guarded)
+static void kv_make(struct kv_blocks *kv, int64_t seq, int64_t width, int64_t pad, int bshift,
+		    int guarded)
 {
 	const size_t pg = page_size();
 	const int64_t B = (int64_t)1 << bshift;
 	kv->bshift = bshift;
 	kv->guarded = guarded;
 	kv->width = width;
-	kv->ld = guarded ? (int64_t)(pg / sizeof(float)) : width + 1;
+	kv->ld = guarded ? (int64_t)(pg / sizeof(float)) : width + pad;
 	assert_true(width <= kv->ld);
 	kv->nblk = (seq + B - 1) >> bshift;
 	const size_t bytes = (size_t)(B * kv->ld) * sizeof(float);
@@ -844,8 +845,8 @@ static void check_paged_splits(const struct paged_case *c, int bshift, int guard
 	char how[64];
 	struct kv_blocks kb, vb;
 	for (int run = 0; run < 2; run++) {
-		kv_make(&kb, c->seq, kvw, bshift, guarded);
-		kv_make(&vb, c->seq, kvw, bshift, guarded);
+		kv_make(&kb, c->seq, kvw, 1, bshift, guarded);
+		kv_make(&vb, c->seq, kvw, 3, bshift, guarded);
 		snprintf(how, sizeof(how), "block 2^%d %s, %s", bshift, guarded ? "guarded" : "packed",
 			 run == 0 ? "one row a call" : "split 3,1,9,16,2,40,7");
 		paged_run(c, &kb, &vb, run == 0 ? one : split, run == 0 ? 1 : 7, out);
@@ -893,8 +894,8 @@ static void check_paged_case(int64_t seq, int64_t hs, int64_t nh, int64_t nkv, c
 
 	/* the reference through blocks of the first size: lbk_attention_ref's bits */
 	struct kv_blocks kb, vb;
-	kv_make(&kb, seq, nkv * hs, bshifts[0], guarded);
-	kv_make(&vb, seq, nkv * hs, bshifts[0], guarded);
+	kv_make(&kb, seq, nkv * hs, 1, bshifts[0], guarded);
+	kv_make(&vb, seq, nkv * hs, 3, bshifts[0], guarded);
 	kv_publish(&kb, k, 0, seq);
 	kv_publish(&vb, v, 0, seq);
 	float *out = nan_buf(seq * c.ldo);

@@ -41,6 +41,12 @@ static inline const float *kv_row(const float *const *blk, int bshift, int64_t l
 	return blk[s >> bshift] + (s & (((int64_t)1 << bshift) - 1)) * ld;
 }
 
+/* The first position of the block after position s's. */
+static inline int64_t block_end(int bshift, int64_t s)
+{
+	return (s | (((int64_t)1 << bshift) - 1)) + 1;
+}
+
 /* Query row r (clamped to the last) may see keys 0..key_limit-1. */
 static inline int64_t key_limit(const struct att *a, int64_t r)
 {
@@ -193,14 +199,23 @@ void lbk_attention_scratch_limit(size_t bytes)
 	atomic_store_explicit(&g_scratch_limit, bytes, memory_order_relaxed);
 }
 
-/* kt[i][s] = k[s][kvh][i] for s < nkeys, 0 for nkeys <= s < ldkt. */
+/*
+ * kt[i][s] = k[s][kvh][i] for s < nkeys, 0 for nkeys <= s < ldkt. Sixteen keys a pass, so that
+ * each pass writes whole cache lines of kt's rows (key by key, a kt row of ldkt floats apart
+ * from the next, every store would miss).
+ */
 static void transpose_k(float *kt, int64_t ldkt, const struct att *a, int64_t kvh)
 {
+	enum { TS = 16 };
 	const int64_t hs = a->hs;
-	for (int64_t s = 0; s < a->nkeys; s++) {
-		const float *ks = kv_row(a->kblk, a->bshift, a->ldk, s) + kvh * hs;
+	for (int64_t s0 = 0; s0 < a->nkeys; s0 += TS) {
+		const int64_t n = a->nkeys - s0 < TS ? a->nkeys - s0 : TS;
+		const float *ks[TS];
+		for (int64_t j = 0; j < n; j++)
+			ks[j] = kv_row(a->kblk, a->bshift, a->ldk, s0 + j) + kvh * hs;
 		for (int64_t i = 0; i < hs; i++)
-			kt[i * ldkt + s] = ks[i];
+			for (int64_t j = 0; j < n; j++)
+				kt[i * ldkt + s0 + j] = ks[j][i];
 	}
 	for (int64_t i = 0; i < hs; i++)
 		for (int64_t s = a->nkeys; s < ldkt; s++)
@@ -241,8 +256,7 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 	float pb[BQ][BK] __attribute__((aligned(64))); /* P of the block */
 	float tile[KT_TILE * BK] __attribute__((aligned(64)));
 	float m[BQ], l[BQ], c[BQ];
-	int64_t lim[BQ];     /* row r sees keys 0..lim[r]-1 */
-	const float *vr[BK]; /* the block's value rows, head kvh */
+	int64_t lim[BQ]; /* row r sees keys 0..lim[r]-1 */
 	for (int64_t q0 = 0; q0 < nq; q0 += BQ) {
 		const int64_t rows = nq - q0 < BQ ? nq - q0 : BQ;
 		const int64_t kend = a->causal ? a->pos0 + q0 + rows : a->nkeys;
@@ -297,8 +311,6 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 				_mm512_store_ps(pb[r], p0);
 				_mm512_store_ps(pb[r] + 16, p1);
 			}
-			for (int64_t j = 0; j < nk; j++)
-				vr[j] = kv_row(a->vblk, a->bshift, a->ldv, k0 + j) + kvh * hs;
 			for (int64_t c0 = cb; c0 < ce; c0 += HC) {
 				const __mmask16 mk0 = lbk_mask16(ce - c0), mk1 = lbk_mask16(ce - c0 - 16);
 				float *oc = ob + (c0 - cb);
@@ -309,15 +321,20 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 					o[r][0] = _mm512_mul_ps(cr, _mm512_load_ps(oc + r * ldob));
 					o[r][1] = _mm512_mul_ps(cr, _mm512_load_ps(oc + r * ldob + 16));
 				}
-				for (int64_t j = 0; j < nk; j++) {
-					const float *vj = vr[j] + c0;
-					__m512 v0 = _mm512_maskz_loadu_ps(mk0, vj);
-					__m512 v1 = _mm512_maskz_loadu_ps(mk1, vj + 16);
-					LBK_UNROLL
-					for (int r = 0; r < BQ; r++) {
-						__m512 p = _mm512_set1_ps(pb[r][j]);
-						o[r][0] = _mm512_fmadd_ps(p, v0, o[r][0]);
-						o[r][1] = _mm512_fmadd_ps(p, v1, o[r][1]);
+				/* keys k0+j0 .. k0+j1-1: a run of rows of one block */
+				for (int64_t j0 = 0, j1; j0 < nk; j0 = j1) {
+					const float *vj = kv_row(a->vblk, a->bshift, a->ldv, k0 + j0) + kvh * hs + c0;
+					j1 = block_end(a->bshift, k0 + j0) - k0;
+					j1 = j1 < nk ? j1 : nk;
+					for (int64_t j = j0; j < j1; j++, vj += a->ldv) {
+						__m512 v0 = _mm512_maskz_loadu_ps(mk0, vj);
+						__m512 v1 = _mm512_maskz_loadu_ps(mk1, vj + 16);
+						LBK_UNROLL
+						for (int r = 0; r < BQ; r++) {
+							__m512 p = _mm512_set1_ps(pb[r][j]);
+							o[r][0] = _mm512_fmadd_ps(p, v0, o[r][0]);
+							o[r][1] = _mm512_fmadd_ps(p, v1, o[r][1]);
+						}
 					}
 				}
 				LBK_UNROLL
@@ -353,7 +370,6 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 	float tile[KT_TILE * BK] __attribute__((aligned(32)));
 	float m[BQ], l[BQ], c[BQ];
 	int64_t lim[BQ];
-	const float *vr[BK];
 	for (int64_t q0 = 0; q0 < nq; q0 += BQ) {
 		const int64_t rows = nq - q0 < BQ ? nq - q0 : BQ;
 		const int64_t kend = a->causal ? a->pos0 + q0 + rows : a->nkeys;
@@ -406,8 +422,6 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 				_mm256_store_ps(pb[r], p0);
 				_mm256_store_ps(pb[r] + 8, p1);
 			}
-			for (int64_t j = 0; j < nk; j++)
-				vr[j] = kv_row(a->vblk, a->bshift, a->ldv, k0 + j) + kvh * hs;
 			for (int64_t c0 = cb; c0 < ce; c0 += HC) {
 				const __m256i mk0 = lbk_mask8(ce - c0), mk1 = lbk_mask8(ce - c0 - 8);
 				float *oc = ob + (c0 - cb);
@@ -418,15 +432,20 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 					o[r][0] = _mm256_mul_ps(cr, _mm256_load_ps(oc + r * ldob));
 					o[r][1] = _mm256_mul_ps(cr, _mm256_load_ps(oc + r * ldob + 8));
 				}
-				for (int64_t j = 0; j < nk; j++) {
-					const float *vj = vr[j] + c0;
-					__m256 v0 = _mm256_maskload_ps(vj, mk0);
-					__m256 v1 = _mm256_maskload_ps(vj + 8, mk1);
-					LBK_UNROLL
-					for (int r = 0; r < BQ; r++) {
-						__m256 p = _mm256_broadcast_ss(&pb[r][j]);
-						o[r][0] = _mm256_fmadd_ps(p, v0, o[r][0]);
-						o[r][1] = _mm256_fmadd_ps(p, v1, o[r][1]);
+				/* keys k0+j0 .. k0+j1-1: a run of rows of one block */
+				for (int64_t j0 = 0, j1; j0 < nk; j0 = j1) {
+					const float *vj = kv_row(a->vblk, a->bshift, a->ldv, k0 + j0) + kvh * hs + c0;
+					j1 = block_end(a->bshift, k0 + j0) - k0;
+					j1 = j1 < nk ? j1 : nk;
+					for (int64_t j = j0; j < j1; j++, vj += a->ldv) {
+						__m256 v0 = _mm256_maskload_ps(vj, mk0);
+						__m256 v1 = _mm256_maskload_ps(vj + 8, mk1);
+						LBK_UNROLL
+						for (int r = 0; r < BQ; r++) {
+							__m256 p = _mm256_broadcast_ss(&pb[r][j]);
+							o[r][0] = _mm256_fmadd_ps(p, v0, o[r][0]);
+							o[r][1] = _mm256_fmadd_ps(p, v1, o[r][1]);
+						}
 					}
 				}
 				LBK_UNROLL
@@ -462,7 +481,12 @@ static void attention_tiled(const struct att *a, enum lbk_isa isa)
 	const int64_t bk = isa == LBK_ISA_AVX512 ? A512_BK : A256_BK;
 	const int64_t bq = isa == LBK_ISA_AVX512 ? A512_BQ : A256_BQ;
 	const int64_t hc = isa == LBK_ISA_AVX512 ? A512_HC : A256_HC;
-	const int64_t ldkt = round_up(a->nkeys, bk), hsp = round_up(a->hs, hc), hs = a->hs;
+	const int64_t hsp = round_up(a->hs, hc), hs = a->hs;
+	/* kt's rows ldkt floats apart: keys rounded up to the key block, and one more block when
+	 * that is a multiple of 1 KiB, whose rows would share the same few L1 sets */
+	int64_t ldkt = round_up(a->nkeys, bk);
+	if (ldkt % 256 == 0)
+		ldkt += bk;
 	const int64_t group = a->n_heads / a->n_kv_heads;
 	/* kt [hs][ldkt], then ob [bq][hsp]: both multiples of 16 floats (64 bytes) */
 	int64_t kt_floats, bytes;

@@ -136,13 +136,14 @@ void lbk_attention_paged_ref(float *out, int64_t ldo, const float *q, int64_t ld
 			     int64_t n_kv_heads, int64_t hs);
 
 /*
- * Scratch of the AVX-512 and AVX2 attention: one buffer per thread, about 4 hs (keys + 8) bytes
- * (keys rounded up to 32; hs to 32 in the second term), kept from call to call (grown by half
- * at least when a call needs more) and freed when the thread exits: no allocation per call once
- * a thread has seen its longest sequence. When it cannot be allocated, or would pass this limit
- * (bytes a thread may hold; none by default), the call runs without it, from the stack: the
- * same bits, a few times slower (the scores are recomputed per 16 or 32 columns of V). Nothing
- * fails either way. Tests use 0 to run that path; a worker may use it to cap its memory.
+ * Scratch of the AVX-512 and AVX2 attention: one buffer per thread holding one kv head's K
+ * transposed (hs x keys floats, keys rounded up to 32) and an 8-row output tile, about
+ * 4 hs (keys + 8) bytes; kept from call to call (grown by half at least when a call needs more)
+ * and freed when the thread exits: no allocation per call once a thread has seen its longest
+ * sequence. When it cannot be allocated, or would pass this limit (bytes a thread may hold;
+ * none by default), the call runs without it, from the stack: the same bits, a few times slower
+ * (the scores are recomputed for each 32 (AVX2: 16) output columns). Nothing fails either way.
+ * Tests use 0 to run that path; a worker may use it to cap its memory.
  */
 void lbk_attention_scratch_limit(size_t bytes);
 
