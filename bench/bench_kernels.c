@@ -420,8 +420,6 @@ static void ops_run(void)
 	free(ob.dv);
 }
 
-static const char *const tier_name[N_TIERS] = { "scalar", "avx2", "avx512" };
-
 static json_object *ops_json(void)
 {
 	json_object *a = json_object_new_array();
@@ -431,7 +429,7 @@ static json_object *ops_json(void)
 		json_object_object_add(r, "shape", json_object_new_string(op_rows[i].shape));
 		json_object_object_add(r, "unit", json_object_new_string(op_rows[i].flop > 0 ? "gflops" : "us"));
 		for (int t = 0; t < N_TIERS; t++)
-			json_object_object_add(r, tier_name[t], op_rows[i].val[t] >= 0
+			json_object_object_add(r, lbk_isa_name((enum lbk_isa)t), op_rows[i].val[t] >= 0
 						     ? json_object_new_double(op_rows[i].val[t]) : NULL);
 		json_object_array_add(a, r);
 	}

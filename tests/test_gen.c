@@ -289,6 +289,47 @@ static void test_cli_daemon_killed_mid_run(void **state)
 	lbt_env_remove(&env);
 }
 
+/* The cache= fields of a generate run with --cache, LBK_ISA=isa, in dir: its reused tokens. */
+static int tier_run(struct lbt_env *env, const char *isa, const char *prompt, const char *dir)
+{
+	const char *args[] = { LB_WORKER_PATH, "generate", "--model", MODEL, "--tokenizer", TOK,
+			       "--prompt", prompt, "--steps", "120", "--cache", env->sock, NULL };
+	assert_int_equal(mkdir(dir, 0700), 0);
+	assert_int_equal(setenv("LBK_ISA", isa, 1), 0);
+	pid_t w = worker_start(env, args, dir);
+	unsetenv("LBK_ISA");
+	assert_int_equal(lbt_reap(env, w), 0);
+	char *err = slurp(dir, "err");
+	const char *r = strstr(err, "reused_tokens=");
+	assert_non_null(r);
+	int reused = atoi(r + strlen("reused_tokens="));
+	free(err);
+	return reused;
+}
+
+/*
+ * Blocks are exact only between forwards that give the same bits: a worker on another kernel
+ * tier (the tiers round differently) registers apart and never reads them. Two tiers every
+ * x86-64 with AVX2 has: scalar and avx2.
+ */
+static void test_cli_tiers_share_no_blocks(void **state)
+{
+	struct fix *f = *state;
+	struct lbt_env env;
+	char d[3][256];
+
+	if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+		skip();
+	lbt_env_make(&env);
+	assert_true(lbt_daemon_start(&env, LBT_ARGS("--arena-size", "16M", "--hugepages", "off")) > 0);
+	for (int i = 0; i < 3; i++)
+		snprintf(d[i], sizeof(d[i]), "%s/run%d", env.dir, i);
+	assert_int_equal(tier_run(&env, "scalar", f->p.p[9], d[0]), 0);
+	assert_true(tier_run(&env, "scalar", f->p.p[9], d[1]) >= 16);
+	assert_int_equal(tier_run(&env, "avx2", f->p.p[9], d[2]), 0);
+	lbt_env_remove(&env);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -296,6 +337,7 @@ int main(void)
 		cmocka_unit_test(test_prefixes_on_every_path),
 		cmocka_unit_test(test_prefix_written_by_decoding),
 		cmocka_unit_test(test_cli_daemon_killed_mid_run),
+		cmocka_unit_test(test_cli_tiers_share_no_blocks),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "inproc.h"
+#include "kernels.h"
 #include "model_llama.h"
 #include "scorer.h"
 
@@ -123,8 +124,17 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 	for (int32_t l = 0; wc->tau && l < L; l++)
 		wc->tau[l] = (float)tau;
 
+	/* A decoder's prefix blocks are reused as exact: only between workers whose forwards give
+	 * the same bits, so on one kernel tier (the tiers round differently). The tier, or "ref"
+	 * for the plain-C forward, is part of the name it registers. */
+	char name[LB_NAME_MAX + 1];
+	if (sc->kv_dim)
+		snprintf(name, sizeof(name), "%.*s@%s", (int)(LB_NAME_MAX - 7), sc->name,
+			 sc->llama && sc->llama->reference ? "ref" : lbk_isa_name(lbk_isa()));
+	else
+		snprintf(name, sizeof(name), "%s", sc->name);
 	struct lb_model_desc d = {
-		.name = sc->name,
+		.name = name,
 		.weights_hash = sc->weights_hash,
 		.n_layers = (uint32_t)L,
 		.hidden = (uint32_t)sc->hidden,

@@ -27,15 +27,21 @@ static int cpu_isa(void)
 /* The CPU's ISA, capped by $LBK_ISA (avx512, avx2 or scalar): a whole program, a worker or
  * the benchmark, can then be run on a lower tier. A value that names no tier is ignored
  * with one line on stderr. */
+static const char *const isa_names[] = { "scalar", "avx2", "avx512" };
+
+const char *lbk_isa_name(enum lbk_isa isa)
+{
+	return (unsigned)isa < 3 ? isa_names[isa] : "?";
+}
+
 static int detect(void)
 {
-	static const char *const names[] = { "scalar", "avx2", "avx512" };
 	int isa = cpu_isa();
 	const char *env = getenv("LBK_ISA");
 	if (!env || !*env)
 		return isa;
 	for (int i = 0; i < 3; i++)
-		if (!strcmp(env, names[i]))
+		if (!strcmp(env, isa_names[i]))
 			return i < isa ? i : isa;
 	fprintf(stderr, "lbk: LBK_ISA=%s ignored (avx512, avx2 or scalar)\n", env);
 	return isa;

@@ -13,6 +13,8 @@ enum lbk_isa { LBK_ISA_SCALAR = 0, LBK_ISA_AVX2 = 1, LBK_ISA_AVX512 = 2 };
  * scalar) when it is set; lbk_force_isa lowers it further (tests compare the variants). */
 enum lbk_isa lbk_isa(void);
 void lbk_force_isa(enum lbk_isa isa);
+/* "scalar", "avx2" or "avx512" (as $LBK_ISA spells them); "?" for another value. */
+const char *lbk_isa_name(enum lbk_isa isa);
 
 /* ---- matrix products. W is row-major [n][k] (a Linear layer's weight, llama2.c order). ---- */
 
