@@ -100,6 +100,7 @@ static struct lbp_msg msg(enum lbp_type t)
 		m.u.reg.dtype = LBP_DTYPE_F32;
 		m.u.reg.max_seq = 512;
 		m.u.reg.fp = (struct lbp_fp_spec){ 64, 256, 3 };
+		m.u.reg.kv = (struct lbp_kv_spec){ 32, 16 }; /* 4 KV heads of 8 */
 		break;
 	case LBP_MODEL:
 		m.u.model.model_id = 3;
@@ -121,6 +122,10 @@ static struct lbp_msg msg(enum lbp_type t)
 		m.u.stats.bytes_used = 1u << 20;
 		m.u.stats.bytes_budget = 1ull << 30;
 		m.u.stats.fragmentation_ppm = 1234;
+		m.u.stats.blocks = 40;
+		m.u.stats.prefix_hits = 12;
+		m.u.stats.prefix_misses = 3;
+		m.u.stats.blocks_served = 57;
 		break;
 	case LBP_ERROR:
 		m.u.error.code = EBADMSG;
@@ -259,12 +264,16 @@ static void decode_seeds(void)
 	m.u.reg.dtype = LBP_DTYPE_BF16;
 	m.u.reg.max_seq = LBP_MAX_SEQ;
 	m.u.reg.fp.seed = UINT64_MAX;
+	m.u.reg.kv = (struct lbp_kv_spec){ LBP_MAX_HIDDEN, LBP_MAX_BLOCK_TOKENS };
 	put_msg("register-model-max", &m);
+	m = msg(LBP_REGISTER_MODEL);
+	m.u.reg.kv = (struct lbp_kv_spec){ 0, 0 }; /* an encoder: no prefix blocks */
+	put_msg("register-model-no-kv", &m);
 
 	m = msg(LBP_STATS_REPLY);
 	m.u.stats.page_size = 2097152;
 	m.u.stats.hugepages = true;
-	m.u.stats.hits = m.u.stats.bytes_budget = UINT64_MAX;
+	m.u.stats.hits = m.u.stats.bytes_budget = m.u.stats.blocks_served = UINT64_MAX;
 	strcpy(m.u.stats.policy, "decay");
 	m.u.stats.fragmentation_ppm = 1000000;
 	put_msg("stats-reply-max", &m);
@@ -290,51 +299,54 @@ static void decode_seeds(void)
 	/* Valid in other encodings: keys in reverse order, wide integers, str8 keys. */
 	struct hand h;
 	uint8_t *at;
-	hand_start(&h, 1, LBP_MODEL, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL, 2);
 	hand_key(&h, "created");
 	msgpack_pack_false(&h.pk);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint64(&h.pk, 9);
 	hand_put(&h, "model-keys-reversed");
-	static const uint8_t wide[] = { 0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, 1, 0xd0, 0x05, 0xde, 0, 0 };
+	static const uint8_t wide[] = { 0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, LBP_VERSION, 0xd0, 0x05,
+					0xde, 0, 0 };
 	raw("stats-wide-ints", wide, sizeof(wide));
-	static const uint8_t str8[] = { 0x93, 0x01, 0x09, 0x82, 0xd9, 0x08, 'm', 'o', 'd', 'e', 'l',
+	static const uint8_t str8[] = { 0x93, LBP_VERSION, 0x09, 0x82, 0xd9, 0x08, 'm', 'o', 'd', 'e', 'l',
 					'_', 'i', 'd', 0x01, 0xd9, 0x0b, 'f', 'i', 'r', 's', 't', '_',
 					'l', 'a', 'y', 'e', 'r', 0xcd, 0x03, 0xff };
 	raw("model-stats-str8-keys", str8, sizeof(str8));
 
-	/* Rejected, one per check. */
-	static const uint8_t v2[] = { 0x93, 0x02, 0x05, 0x80 };
-	raw("bad-version-2", v2, sizeof(v2));
+	/* Rejected, one per check. Version 1 is the protocol before prefix blocks. */
+	static const uint8_t v1[] = { 0x93, 0x01, 0x05, 0x80 };
+	raw("bad-version-1", v1, sizeof(v1));
+	static const uint8_t v3[] = { 0x93, 0x03, 0x05, 0x80 };
+	raw("bad-version-3", v3, sizeof(v3));
 	static const uint8_t vneg[] = { 0x93, 0xff, 0x05, 0x80 };
 	raw("bad-version-negative", vneg, sizeof(vneg));
 	static const uint8_t v64[] = { 0xdc, 0x00, 0x03, 0xcf, 1, 0, 0, 0, 0, 0, 0, 0, 0x05, 0x80 };
 	raw("bad-version-array16-huge", v64, sizeof(v64));
-	static const uint8_t trailing[] = { 0x93, 0x01, 0x05, 0x80, 0x00 };
+	static const uint8_t trailing[] = { 0x93, LBP_VERSION, 0x05, 0x80, 0x00 };
 	raw("bad-trailing-byte", trailing, sizeof(trailing));
 	m = msg(LBP_REGISTER_MODEL);
 	n = encode(&m);
 	raw("bad-truncated", frame, n - 3);
-	static const uint8_t flt[] = { 0x93, 0x01, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_',
+	static const uint8_t flt[] = { 0x93, LBP_VERSION, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_',
 				       'i', 'd', 0xca, 0x3f, 0x80, 0, 0, 0xa7, 'c', 'r', 'e', 'a',
 				       't', 'e', 'd', 0xc3 };
 	raw("bad-float", flt, sizeof(flt));
-	static const uint8_t ext[] = { 0x93, 0x01, 0x05, 0xd4, 0x01, 0x00 };
+	static const uint8_t ext[] = { 0x93, LBP_VERSION, 0x05, 0xd4, 0x01, 0x00 };
 	raw("bad-ext", ext, sizeof(ext));
-	static const uint8_t c1[] = { 0x93, 0x01, 0x05, 0xc1 };
+	static const uint8_t c1[] = { 0x93, LBP_VERSION, 0x05, 0xc1 };
 	raw("bad-0xc1", c1, sizeof(c1));
-	static const uint8_t huge[] = { 0x93, 0x01, 0x05, 0xdf, 0xff, 0xff, 0xff, 0xff };
+	static const uint8_t huge[] = { 0x93, LBP_VERSION, 0x05, 0xdf, 0xff, 0xff, 0xff, 0xff };
 	raw("bad-map32-count", huge, sizeof(huge));
-	static const uint8_t hugestr[] = { 0x93, 0x01, 0x01, 0x81, 0xdb, 0xff, 0xff, 0xff, 0xf0 };
+	static const uint8_t hugestr[] = { 0x93, LBP_VERSION, 0x01, 0x81, 0xdb, 0xff, 0xff, 0xff, 0xf0 };
 	raw("bad-str32-length", hugestr, sizeof(hugestr));
-	uint8_t deep[16] = { 0x93, 0x01, 0x05 };
+	uint8_t deep[16] = { 0x93, LBP_VERSION, 0x05 };
 	memset(deep + 3, 0x91, sizeof(deep) - 4);
 	deep[sizeof(deep) - 1] = 0x80;
 	raw("bad-nesting", deep, sizeof(deep));
 	/* 4097 objects: [1, 5, {}] with an array of 4094 nils in the body's place. */
 	static uint8_t many[3 + 3 + 4094];
 	many[0] = 0x93;
-	many[1] = 0x01;
+	many[1] = LBP_VERSION;
 	many[2] = 0x05;
 	many[3] = 0xdc;
 	many[4] = 4094 >> 8;
@@ -343,12 +355,12 @@ static void decode_seeds(void)
 	raw("bad-object-count", many, sizeof(many));
 	static const uint8_t empty_array[] = { 0x90 };
 	raw("bad-empty-array", empty_array, sizeof(empty_array));
-	static const uint8_t type0[] = { 0x93, 0x01, 0x00, 0x80 };
+	static const uint8_t type0[] = { 0x93, LBP_VERSION, 0x00, 0x80 };
 	raw("bad-type-0", type0, sizeof(type0));
-	static const uint8_t nomap[] = { 0x93, 0x01, 0x05, 0x90 };
+	static const uint8_t nomap[] = { 0x93, LBP_VERSION, 0x05, 0x90 };
 	raw("bad-body-array", nomap, sizeof(nomap));
 
-	hand_start(&h, 1, LBP_MODEL_STATS, 3);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 3);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_key(&h, "first_layer");
@@ -356,30 +368,30 @@ static void decode_seeds(void)
 	hand_key(&h, "bogus\x01key");
 	msgpack_pack_nil(&h.pk);
 	hand_put(&h, "bad-unknown-key");
-	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 2);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 2);
 	hand_put(&h, "bad-duplicate-key");
-	hand_start(&h, 1, LBP_MODEL_STATS, 1);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 1);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_put(&h, "bad-missing-key");
-	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 2);
 	msgpack_pack_uint32(&h.pk, 1);
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_key(&h, "first_layer");
 	msgpack_pack_uint32(&h.pk, 0);
 	hand_put(&h, "bad-int-key");
-	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 2);
 	hand_key(&h, "model_id");
 	msgpack_pack_str(&h.pk, 1);
 	msgpack_pack_str_body(&h.pk, "1", 1);
 	hand_key(&h, "first_layer");
 	msgpack_pack_uint32(&h.pk, 0);
 	hand_put(&h, "bad-wrong-type");
-	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 2);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_key(&h, "first_layer");
@@ -390,7 +402,7 @@ static void decode_seeds(void)
 	char name64[LBP_MAX_NAME + 2];
 	memset(name64, 'x', sizeof(name64) - 1);
 	name64[sizeof(name64) - 1] = '\0';
-	hand_start(&h, 1, LBP_HELLO, 5);
+	hand_start(&h, LBP_VERSION, LBP_HELLO, 5);
 	hand_key(&h, "shm_abi");
 	msgpack_pack_uint32(&h.pk, LB_SHM_ABI_VERSION);
 	hand_key(&h, "name");
@@ -491,8 +503,8 @@ static void write_dict(void)
 	for (unsigned i = 0; i < d.n; i++)
 		fprintf(f, "key_%s=\"\\x%02x%s\"\n", d.keys[i], 0xa0 | (unsigned)strlen(d.keys[i]),
 			d.keys[i]);
-	fprintf(f, "frame_v1=\"\\x93\\x01\"\n"
-		   "str8=\"\\xd9\"\nstr32=\"\\xdb\"\nbin8=\"\\xc4\"\nbin32=\"\\xc6\"\n"
+	fprintf(f, "frame_v%u=\"\\x93\\x%02x\"\n", LBP_VERSION, LBP_VERSION);
+	fprintf(f, "str8=\"\\xd9\"\nstr32=\"\\xdb\"\nbin8=\"\\xc4\"\nbin32=\"\\xc6\"\n"
 		   "uint64=\"\\xcf\"\nint64=\"\\xd3\"\nint8=\"\\xd0\"\n"
 		   "array16=\"\\xdc\"\narray32=\"\\xdd\"\nmap16=\"\\xde\"\nmap32=\"\\xdf\"\n"
 		   "float32=\"\\xca\"\nfixext1=\"\\xd4\"\nreserved=\"\\xc1\"\n"
