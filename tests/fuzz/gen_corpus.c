@@ -754,7 +754,8 @@ static void lookup_prefix(struct script *s, const uint64_t (*keys)[2], uint32_t 
 
 static void prefix_seeds(struct script *s)
 {
-	static uint64_t a[LB_PREFIX_MAX_BLOCKS][2], b[LB_PREFIX_MAX_BLOCKS][2];
+	/* One key more than a lookup may bring: the last one stays 0, for the lookup of 257. */
+	static uint64_t a[LB_PREFIX_MAX_BLOCKS + 1][2], b[LB_PREFIX_MAX_BLOCKS + 1][2];
 
 	/* A chain of six blocks with their data, the longest run of eight keys (six), REPORT on
 	 * its lease (refused), RELEASE, RELEASE again (stale), and keys that start at block 1. */
