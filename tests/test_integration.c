@@ -1,6 +1,6 @@
 /* End to end through liblayerbank: several client processes against one layerbankd —
- * handshake and arena mapping, model registration (and conflicts), stats, and an arena that
- * no client can write by any route. */
+ * handshake and arena mapping, model registration (conflicts, and the registry's rules for kv
+ * on the wire), stats, and an arena that no client can write by any route. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -11,11 +11,15 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "layerbank/layerbank.h"
 #include "layerbank/shm.h"
+#include "lbp.h"
 #include "testutil.h"
 
 #define N_CLIENTS 4
@@ -142,6 +146,101 @@ static void test_clients_share_models_and_stats(void **state)
 	close(go[1]);
 }
 
+/* ---- the registry's rules for kv, as a client on the wire meets them ---- */
+
+/* A raw control connection to env's daemon, past HELLO (WELCOME's descriptors closed). */
+static int raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct timeval tv = { 5, 0 };
+	int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	assert_true(fd >= 0);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	memcpy(sa.sun_path, env.sock, strlen(env.sock) + 1);
+	assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	return fd;
+}
+
+/* Send m and read the answer into *back, closing any descriptors that come with it. */
+static void raw_call(int fd, const struct lbp_msg *m, struct lbp_msg *back)
+{
+	static uint8_t buf[LBP_MAX_FRAME + 1];
+	union {
+		char b[CMSG_SPACE(sizeof(int) * (LBP_MAX_ARENAS + 1))];
+		struct cmsghdr align;
+	} cm;
+	struct iovec iov = { buf, sizeof(buf) };
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.b,
+			      .msg_controllen = sizeof(cm.b) };
+	int len = lbp_encode(m, buf, sizeof(buf));
+
+	assert_true(len > 0);
+	assert_int_equal(send(fd, buf, (size_t)len, MSG_NOSIGNAL), len);
+	ssize_t n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+	assert_true(n > 0);
+	for (struct cmsghdr *h = CMSG_FIRSTHDR(&msg); h; h = CMSG_NXTHDR(&msg, h))
+		for (size_t i = 0; h->cmsg_type == SCM_RIGHTS &&
+				   i < (h->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++)
+			close(((int *)(void *)CMSG_DATA(h))[i]);
+	assert_int_equal(lbp_decode(buf, (size_t)n, back, NULL), 0);
+}
+
+/* REGISTER_MODEL as sent, in order, on one connection: what the daemon answers. */
+static const struct kv_case {
+	const char *name;
+	uint32_t dim, block_tokens;
+	int code;          /* 0: MODEL; else ERROR's code */
+	const char *field; /* ERROR's field */
+	bool created;      /* MODEL's */
+} kv_cases[] = {
+	{ "encoder", 0, 0, 0, NULL, true }, /* no prefix blocks */
+	{ "decoder", 128, 16, 0, NULL, true },
+	{ "decoder", 128, 16, 0, NULL, false },
+	{ "widest", LBP_MAX_HIDDEN, LBP_MAX_BLOCK_TOKENS, 0, NULL, true },
+	/* Both 0 or both at least 1: ranges the codec takes, pairs the registry refuses. */
+	{ "rows-no-blocks", 128, 0, EINVAL, "kv.block_tokens", false },
+	{ "blocks-no-rows", 0, 16, EINVAL, "kv.block_tokens", false },
+	{ "decoder", 128, 0, EINVAL, "kv.block_tokens", false }, /* before the name's parameters */
+	/* The same name with another kv is another model: the first field that differs. */
+	{ "decoder", 64, 16, EEXIST, "kv.dim", false },
+	{ "decoder", 128, 32, EEXIST, "kv.block_tokens", false },
+	{ "encoder", 128, 16, EEXIST, "kv.dim", false },
+};
+
+static void test_register_model_kv_pairs(void **state)
+{
+	(void)state;
+	struct lbp_msg m = { .type = LBP_HELLO }, back;
+	int fd = raw_connect();
+
+	m.u.hello.shm_abi = LB_SHM_ABI_VERSION;
+	raw_call(fd, &m, &back);
+	assert_int_equal(back.type, LBP_WELCOME);
+	for (size_t i = 0; i < sizeof(kv_cases) / sizeof(kv_cases[0]); i++) {
+		const struct kv_case *k = &kv_cases[i];
+		m = (struct lbp_msg){ .type = LBP_REGISTER_MODEL };
+		assert_int_equal(lbp_register_from_desc(&bert, &m.u.reg), 0);
+		strcpy(m.u.reg.name, k->name);
+		m.u.reg.kv = (struct lbp_kv_spec){ k->dim, k->block_tokens };
+		raw_call(fd, &m, &back); /* an ERROR leaves the connection open: the next call works */
+		if (k->code) {
+			if (back.type != LBP_ERROR || back.u.error.code != k->code ||
+			    strcmp(back.u.error.field, k->field))
+				fail_msg("case %zu (%s): type %d code %d field '%s'", i, k->name,
+					 back.type, back.u.error.code, back.u.error.field);
+			continue;
+		}
+		if (back.type != LBP_MODEL || back.u.model.created != k->created)
+			fail_msg("case %zu (%s): type %d created %d", i, k->name, back.type,
+				 back.u.model.created);
+	}
+	m = (struct lbp_msg){ .type = LBP_STATS };
+	raw_call(fd, &m, &back);
+	assert_int_equal(back.type, LBP_STATS_REPLY);
+	assert_int_equal(back.u.stats.models, 3);
+	close(fd);
+}
+
 /* The arena a client receives is readable, valid, and not writable by any route. */
 static void test_client_cannot_write_arena(void **state)
 {
@@ -203,6 +302,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_clients_share_models_and_stats, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_client_cannot_write_arena, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_register_model_kv_pairs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_connect_errors, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

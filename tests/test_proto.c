@@ -65,6 +65,8 @@ static struct lbp_msg sample(enum lbp_type t)
 		m.u.reg.fp.chunks = 8;
 		m.u.reg.fp.bits = 256;
 		m.u.reg.fp.seed = 7;
+		m.u.reg.kv.dim = 4096; /* 32 KV heads of 128 */
+		m.u.reg.kv.block_tokens = 16;
 		break;
 	case LBP_MODEL:
 		m.u.model.model_id = 3;
@@ -92,6 +94,10 @@ static struct lbp_msg sample(enum lbp_type t)
 		m.u.stats.bytes_budget = 2u << 30;
 		m.u.stats.fragmentation_ppm = 12345;
 		m.u.stats.quota_refusals = 17;
+		m.u.stats.blocks = 90;
+		m.u.stats.prefix_hits = 70;
+		m.u.stats.prefix_misses = 30;
+		m.u.stats.blocks_served = 420;
 		break;
 	case LBP_MODEL_STATS:
 		m.u.mstats.model_id = 2;
@@ -241,6 +247,8 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.reg.max_seq = LBP_MAX_SEQ;
 	m.u.reg.fp.chunks = LBP_MAX_FP_CHUNKS;
 	m.u.reg.fp.seed = UINT64_MAX;
+	m.u.reg.kv.dim = LBP_MAX_HIDDEN;
+	m.u.reg.kv.block_tokens = LBP_MAX_BLOCK_TOKENS;
 	out[n++] = m;
 	strcpy(m.u.reg.name, "x");
 	m.u.reg.weights_hash = 0;
@@ -250,6 +258,8 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.reg.max_seq = 1;
 	m.u.reg.fp.chunks = 1;
 	m.u.reg.fp.seed = 0;
+	m.u.reg.kv.dim = 0; /* no prefix blocks: an encoder */
+	m.u.reg.kv.block_tokens = 0;
 	out[n++] = m;
 
 	m = sample(LBP_MODEL);
@@ -275,6 +285,8 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.stats.bytes_used = m.u.stats.bytes_budget = UINT64_MAX;
 	m.u.stats.fragmentation_ppm = 1000000;
 	m.u.stats.quota_refusals = UINT64_MAX;
+	m.u.stats.blocks = m.u.stats.prefix_hits = m.u.stats.prefix_misses = UINT64_MAX;
+	m.u.stats.blocks_served = UINT64_MAX;
 	out[n++] = m;
 	memset(&m.u.stats, 0, sizeof(m.u.stats));
 	m.u.stats.page_size = 4096;
@@ -377,6 +389,8 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		assert_int_equal(a->u.reg.fp.chunks, b->u.reg.fp.chunks);
 		assert_int_equal(a->u.reg.fp.bits, b->u.reg.fp.bits);
 		assert_true(a->u.reg.fp.seed == b->u.reg.fp.seed);
+		assert_int_equal(a->u.reg.kv.dim, b->u.reg.kv.dim);
+		assert_int_equal(a->u.reg.kv.block_tokens, b->u.reg.kv.block_tokens);
 		break;
 	case LBP_MODEL:
 		assert_int_equal(a->u.model.model_id, b->u.model.model_id);
@@ -404,6 +418,10 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		assert_true(a->u.stats.bytes_budget == b->u.stats.bytes_budget);
 		assert_int_equal(a->u.stats.fragmentation_ppm, b->u.stats.fragmentation_ppm);
 		assert_true(a->u.stats.quota_refusals == b->u.stats.quota_refusals);
+		assert_true(a->u.stats.blocks == b->u.stats.blocks);
+		assert_true(a->u.stats.prefix_hits == b->u.stats.prefix_hits);
+		assert_true(a->u.stats.prefix_misses == b->u.stats.prefix_misses);
+		assert_true(a->u.stats.blocks_served == b->u.stats.blocks_served);
 		break;
 	case LBP_MODEL_STATS:
 		assert_memory_equal(&a->u.mstats, &b->u.mstats, sizeof(a->u.mstats));
@@ -861,10 +879,11 @@ static void test_decode_accepts_keys_in_any_order(void **state)
 
 static void test_decode_accepts_wide_int_encodings(void **state)
 {
-	/* [1 as uint64, 7 (BYE) as int8, {}]: any integer width carrying the value is fine. */
-	static const uint8_t f1[] = { 0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, 1, 0xd0, 0x07, 0x80 };
+	/* [2 as uint64, 7 (BYE) as int8, {}]: any integer width carrying the value is fine. */
+	static const uint8_t f1[] = { 0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, LBP_VERSION, 0xd0, 0x07,
+				      0x80 };
 	/* The same frame with array16 and map32 headers. */
-	static const uint8_t f2[] = { 0xdc, 0, 3, 0xd3, 0, 0, 0, 0, 0, 0, 0, 1, 0xcd, 0, 7,
+	static const uint8_t f2[] = { 0xdc, 0, 3, 0xd3, 0, 0, 0, 0, 0, 0, 0, LBP_VERSION, 0xcd, 0, 7,
 				      0xdf, 0, 0, 0, 0 };
 	struct lbp_msg m;
 
@@ -877,7 +896,7 @@ static void test_decode_accepts_wide_int_encodings(void **state)
 
 static void test_decode_accepts_null_fault(void **state)
 {
-	static const uint8_t bad[] = { 0x93, 0x01, 0x09, 0x80 };
+	static const uint8_t bad[] = { 0x93, LBP_VERSION, 0x09, 0x80 };
 	struct lbp_msg m;
 
 	(void)state;
@@ -971,7 +990,7 @@ static void test_decode_rejects_frames_over_max_frame(void **state)
 }
 
 /* MODEL {model_id: 3, created: true}, byte for byte as PROTOCOL.md's example shows it. */
-#define MODEL_FRAME 0x93, 0x01, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, \
+#define MODEL_FRAME 0x93, 0x02, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, \
 		    0xa7, 'c', 'r', 'e', 'a', 't', 'e', 'd', 0xc3
 static const uint8_t model_frame[] = { MODEL_FRAME };
 #define MODEL_LEN sizeof(model_frame)
@@ -1016,19 +1035,20 @@ static const struct frame_case bad_frames[] = {
 	TRUNCATED("bin8", 0xc4, 0xff),
 	TRUNCATED("array32 2^31", 0xdd, 0x80, 0, 0, 0),
 	TRUNCATED("map32 2^30: 2^31 objects", 0xdf, 0x40, 0, 0, 0),
-	TRUNCATED("body map32", 0xdd, 0, 0, 0, 3, 1, 5, 0xdf, 0xff, 0xff, 0xff, 0xff),
-	TRUNCATED("body map32 2^31-1", 0x93, 1, 5, 0xdf, 0x7f, 0xff, 0xff, 0xff),
-	TRUNCATED("name str32", 0x93, 1, 1, 0x81, 0xa4, 'n', 'a', 'm', 'e', 0xdb, 0xff, 0xff, 0xff,
-		  0xff),
-	TRUNCATED("boot_id bin32", 0x93, 1, 2, 0x81, 0xa7, 'b', 'o', 'o', 't', '_', 'i', 'd', 0xc6,
-		  0xff, 0xff, 0xff, 0xff),
-	TRUNCATED("arenas array32", 0x93, 1, 2, 0x81, 0xa6, 'a', 'r', 'e', 'n', 'a', 's', 0xdd,
-		  0xff, 0xff, 0xff, 0xff),
+	TRUNCATED("body map32", 0xdd, 0, 0, 0, 3, LBP_VERSION, 5, 0xdf, 0xff, 0xff, 0xff, 0xff),
+	TRUNCATED("body map32 2^31-1", 0x93, LBP_VERSION, 5, 0xdf, 0x7f, 0xff, 0xff, 0xff),
+	TRUNCATED("name str32", 0x93, LBP_VERSION, 1, 0x81, 0xa4, 'n', 'a', 'm', 'e', 0xdb, 0xff,
+		  0xff, 0xff, 0xff),
+	TRUNCATED("boot_id bin32", 0x93, LBP_VERSION, 2, 0x81, 0xa7, 'b', 'o', 'o', 't', '_', 'i',
+		  'd', 0xc6, 0xff, 0xff, 0xff, 0xff),
+	TRUNCATED("arenas array32", 0x93, LBP_VERSION, 2, 0x81, 0xa6, 'a', 'r', 'e', 'n', 'a', 's',
+		  0xdd, 0xff, 0xff, 0xff, 0xff),
 	/* Claims 8 map entries (16 objects) with 7 bytes left: still a lie. */
-	TRUNCATED("fixmap 8", 0x93, 1, 5, 0x88, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0),
+	TRUNCATED("fixmap 8", 0x93, LBP_VERSION, 5, 0x88, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0, 0xc0),
 	/* A count one past what the rest could hold, with plenty of bytes behind it: 995, one
 	 * more than the 994 bytes behind the header. */
-	{ B(0x93, 1, 5, 0xdc, 0x03, 0xe3), -EBADMSG, "frame", "truncated", "array16 995", 1000, 0 },
+	{ B(0x93, LBP_VERSION, 5, 0xdc, 0x03, 0xe3), -EBADMSG, "frame", "truncated", "array16 995",
+	  1000, 0 },
 
 	/* Nesting: frame 1, body 2, seven arrays at 3..9, the nil at 10. Five arrays put the nil
 	 * at level 8, which passes the walk; the key is what is wrong. */
@@ -1043,24 +1063,30 @@ static const struct frame_case bad_frames[] = {
 	  "more than", "5000 nils", 9 + 5000, 0xc0 },
 
 	/* Floats, ext types, the reserved byte. */
-	BAD_BYTE("float", 0x93, 1, 5, 0x81, 0xa1, 'x', 0xca, 0, 0, 0, 0),
-	BAD_BYTE("float", 0x93, 1, 5, 0x81, 0xa1, 'x', 0xcb, 0, 0, 0, 0, 0, 0, 0, 0),
-	BAD_BYTE("ext", 0x93, 1, 5, 0x81, 0xa1, 'x', 0xd4, 1, 0),
-	BAD_BYTE("ext", 0x93, 1, 5, 0x81, 0xa1, 'x', 0xd8, 1, 0),
-	BAD_BYTE("ext", 0x93, 1, 5, 0x81, 0xa1, 'x', 0xc7, 1, 1, 0),
-	BAD_BYTE("reserved", 0x93, 1, 5, 0x81, 0xa1, 'x', 0xc1),
+	BAD_BYTE("float", 0x93, LBP_VERSION, 5, 0x81, 0xa1, 'x', 0xca, 0, 0, 0, 0),
+	BAD_BYTE("float", 0x93, LBP_VERSION, 5, 0x81, 0xa1, 'x', 0xcb, 0, 0, 0, 0, 0, 0, 0, 0),
+	BAD_BYTE("ext", 0x93, LBP_VERSION, 5, 0x81, 0xa1, 'x', 0xd4, 1, 0),
+	BAD_BYTE("ext", 0x93, LBP_VERSION, 5, 0x81, 0xa1, 'x', 0xd8, 1, 0),
+	BAD_BYTE("ext", 0x93, LBP_VERSION, 5, 0x81, 0xa1, 'x', 0xc7, 1, 1, 0),
+	BAD_BYTE("reserved", 0x93, LBP_VERSION, 5, 0x81, 0xa1, 'x', 0xc1),
 	BAD_BYTE("reserved", 0xc1),
 	BAD_BYTE("float", 0x93, 0xca, 0x3f, 0x80, 0, 0, 5, 0x80),
 
-	/* Other versions: -EPROTO, unless it is no version at all. */
-	VERSION(-EPROTO, "version 2", 0x93, 2, 5, 0x80),
+	/* Other versions: -EPROTO, unless it is no version at all. Version 1, the protocol before
+	 * prefix blocks, is one of them: a whole, once valid version 1 frame is refused as such. */
+	REFUSE(-EPROTO, "version", "unsupported version 1 (want 2)", "version 1 MODEL", 0x93, 0x01,
+	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
+	       'a', 't', 'e', 'd', 0xc3),
+	REFUSE(-EPROTO, "version", "unsupported version 3 (want 2)", "version 3", 0x93, 3, 5, 0x80),
+	VERSION(-EPROTO, "version 1", 0x93, 1, 5, 0x80),
 	VERSION(-EPROTO, "version 0", 0x93, 0, 5, 0x80),
 	VERSION(-EPROTO, "version 127", 0x93, 0x7f, 5, 0x80),
 	VERSION(-EPROTO, "version 2^64-1", 0x93, 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
 		0xff, 5, 0x80),
-	VERSION(-EPROTO, "version 2 as int8", 0x93, 0xd0, 2, 5, 0x80),
-	VERSION(-EPROTO, "[2]", 0x91, 2),
-	VERSION(-EPROTO, "version 2, then anything", 0x95, 2, 0xc1),
+	VERSION(-EPROTO, "version 1 as int8", 0x93, 0xd0, 1, 5, 0x80),
+	VERSION(-EPROTO, "version 1 as uint64", 0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, 1, 5, 0x80),
+	VERSION(-EPROTO, "[1]", 0x91, 1),
+	VERSION(-EPROTO, "version 1, then anything", 0x95, 1, 0xc1),
 	VERSION(-EPROTO, "array16 version 9", 0xdc, 0, 2, 9, 0xc0),
 	VERSION(-EBADMSG, "version -1", 0x93, 0xff, 5, 0x80),
 	VERSION(-EBADMSG, "version -1 as int8", 0x93, 0xd0, 0xff, 5, 0x80),
@@ -1074,18 +1100,18 @@ static const struct frame_case bad_frames[] = {
 	SHAPE("frame", "nil", 0xc0),
 	SHAPE("frame", "str", 0xa1, 'x'),
 	SHAPE("frame", "[]", 0x90),
-	SHAPE("frame", "[1]", 0x91, 1),
-	SHAPE("frame", "[1, 5]", 0x92, 1, 5),
-	SHAPE("frame", "4 elements", 0x94, 1, 5, 0x80, 0xc0),
-	SHAPE("body", "body []", 0x93, 1, 5, 0x90),
-	SHAPE("body", "body nil", 0x93, 1, 5, 0xc0),
-	SHAPE("body", "body \"\"", 0x93, 1, 5, 0xa0),
-	SHAPE("type", "type 0", 0x93, 1, 0, 0x80),
-	SHAPE("type", "type past the last", 0x93, 1, LBP_TYPE_MAX + 1, 0x80),
-	SHAPE("type", "type 255", 0x93, 1, 0xcc, 0xff, 0x80),
-	SHAPE("type", "type -1", 0x93, 1, 0xff, 0x80),
-	SHAPE("type", "type nil", 0x93, 1, 0xc0, 0x80),
-	SHAPE("type", "type \"5\"", 0x93, 1, 0xa1, '5', 0x80),
+	SHAPE("frame", "[version]", 0x91, LBP_VERSION),
+	SHAPE("frame", "[version, 5]", 0x92, LBP_VERSION, 5),
+	SHAPE("frame", "4 elements", 0x94, LBP_VERSION, 5, 0x80, 0xc0),
+	SHAPE("body", "body []", 0x93, LBP_VERSION, 5, 0x90),
+	SHAPE("body", "body nil", 0x93, LBP_VERSION, 5, 0xc0),
+	SHAPE("body", "body \"\"", 0x93, LBP_VERSION, 5, 0xa0),
+	SHAPE("type", "type 0", 0x93, LBP_VERSION, 0, 0x80),
+	SHAPE("type", "type past the last", 0x93, LBP_VERSION, LBP_TYPE_MAX + 1, 0x80),
+	SHAPE("type", "type 255", 0x93, LBP_VERSION, 0xcc, 0xff, 0x80),
+	SHAPE("type", "type -1", 0x93, LBP_VERSION, 0xff, 0x80),
+	SHAPE("type", "type nil", 0x93, LBP_VERSION, 0xc0, 0x80),
+	SHAPE("type", "type \"5\"", 0x93, LBP_VERSION, 0xa1, '5', 0x80),
 
 	/* STATS, BYE and SNAPSHOT take an empty map and nothing else. */
 	WITH_NAME(LBP_STATS),
@@ -1149,6 +1175,7 @@ static const struct {
 	/* Keys that are not strings, named by the map holding them. */
 	{ KEY(REGISTER_MODEL, "name", O_UINT(1)), "body", "wrong type" },
 	{ KEY(REGISTER_MODEL, "fp.bits", O_BIN("bits", 4)), "fp", "wrong type" },
+	{ KEY(REGISTER_MODEL, "kv.block_tokens", O_NIL), "kv", "wrong type" },
 	{ KEY(WELCOME, "arenas[1].bytes", O_NIL), "arenas[1]", "wrong type" },
 	/* Unknown keys, named printably. */
 	{ ADD(MODEL, "", "a\x01 b\xff", O_NIL), "a??b?", "unknown key" },
@@ -1342,6 +1369,21 @@ static const struct range_case ranges[] = {
 	RU(REGISTER_MODEL, "fp.bits", reg.fp.bits, W_U32, 512, false),
 	RU(REGISTER_MODEL, "fp.seed", reg.fp.seed, W_U64, UINT64_MAX, true),
 	RS(REGISTER_MODEL, "fp.seed", reg.fp.seed, W_U64, INT64_MIN, false),
+	/* The codec checks each of kv's ranges alone: that dim and block_tokens are both 0 or both
+	 * at least 1 is the registry's rule (lbd_models_valid), so a lone 0 decodes here. */
+	RU(REGISTER_MODEL, "kv.dim", reg.kv.dim, W_U32, 0, true),
+	RU(REGISTER_MODEL, "kv.dim", reg.kv.dim, W_U32, 1, true),
+	RU(REGISTER_MODEL, "kv.dim", reg.kv.dim, W_U32, LBP_MAX_HIDDEN, true),
+	RU(REGISTER_MODEL, "kv.dim", reg.kv.dim, W_U32, LBP_MAX_HIDDEN + 1, false),
+	RU(REGISTER_MODEL, "kv.dim", reg.kv.dim, W_U32, UINT32_MAX + 1ull, false),
+	RS(REGISTER_MODEL, "kv.dim", reg.kv.dim, W_U32, -1, false),
+	RU(REGISTER_MODEL, "kv.block_tokens", reg.kv.block_tokens, W_U32, 0, true),
+	RU(REGISTER_MODEL, "kv.block_tokens", reg.kv.block_tokens, W_U32, 1, true),
+	RU(REGISTER_MODEL, "kv.block_tokens", reg.kv.block_tokens, W_U32, LBP_MAX_BLOCK_TOKENS, true),
+	RU(REGISTER_MODEL, "kv.block_tokens", reg.kv.block_tokens, W_U32, LBP_MAX_BLOCK_TOKENS + 1,
+	   false),
+	RU(REGISTER_MODEL, "kv.block_tokens", reg.kv.block_tokens, W_U32, UINT64_MAX, false),
+	RS(REGISTER_MODEL, "kv.block_tokens", reg.kv.block_tokens, W_U32, -16, false),
 
 	RU(MODEL, "model_id", model.model_id, W_U32, 0, false),
 	RU(MODEL, "model_id", model.model_id, W_U32, 1, true),
@@ -1363,6 +1405,15 @@ static const struct range_case ranges[] = {
 	RU(STATS_REPLY, "quota_refusals", stats.quota_refusals, W_U64, UINT64_MAX, true),
 	RU(STATS_REPLY, "quota_refusals", stats.quota_refusals, W_U64, 0, true),
 	RS(STATS_REPLY, "quota_refusals", stats.quota_refusals, W_U64, -1, false),
+	RU(STATS_REPLY, "blocks", stats.blocks, W_U64, 0, true),
+	RU(STATS_REPLY, "blocks", stats.blocks, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "blocks", stats.blocks, W_U64, -1, false),
+	RU(STATS_REPLY, "prefix_hits", stats.prefix_hits, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "prefix_hits", stats.prefix_hits, W_U64, -1, false),
+	RU(STATS_REPLY, "prefix_misses", stats.prefix_misses, W_U64, 0, true),
+	RS(STATS_REPLY, "prefix_misses", stats.prefix_misses, W_U64, INT64_MIN, false),
+	RU(STATS_REPLY, "blocks_served", stats.blocks_served, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "blocks_served", stats.blocks_served, W_U64, -1, false),
 
 	RU(ERROR, "code", error.code, W_I32, 0, false),
 	RU(ERROR, "code", error.code, W_I32, 1, true),

@@ -100,9 +100,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	bool other_version = size <= LBP_MAX_FRAME && leading_version(data, size, &version) &&
 			     version != LBP_VERSION;
 	if (other_version != (rc == -EPROTO))
-		broken("rc %d for a frame %s version 1 ('%s': %s)", rc,
+		broken("rc %d for a frame %s version %u ('%s': %s)", rc,
 		       other_version ? "announcing a version other than" : "not announcing a version other than",
-		       fault.field, fault.reason);
+		       LBP_VERSION, fault.field, fault.reason);
 	if (rc < 0) {
 		check_fault(rc, size, &fault);
 		return 0;

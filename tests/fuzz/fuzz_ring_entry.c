@@ -1,13 +1,17 @@
 /*
  * libFuzzer target: the daemon's validation and serving of ring requests (daemon/service.c
- * serve(), daemon/store.c) through an in-process bank (inproc/inproc.h), driven as a hostile
+ * serve(), daemon/store*.c) through an in-process bank (inproc/inproc.h), driven as a hostile
  * client would: raw 64-byte request entries and staging bytes written into the client's region,
- * then the daemon's pump. Two models are registered so that well-formed requests reach the
- * store. Checked for every request: exactly one completion, in order, whose status is one that
- * PROTOCOL.md (Ring protocol 6, 7, 10, 11) allows, predicted by an independent model of the
- * checks; hits and inserts name sound entries. After each pump the STATS counters agree with the
- * completions; after each input, once every lease was released, none is left and the per-layer
- * counters add up to the totals.
+ * then the daemon's pump. Three models are registered so that well-formed requests reach the
+ * store, one of them with prefix blocks (kv). Checked for every request: exactly one
+ * completion, in order, whose status is one that PROTOCOL.md (Ring protocol 6, 7, 8, 10, 11, 14)
+ * allows, predicted by an independent model of the checks in their order; hits, inserts and
+ * prefix hits name sound entries (a prefix hit's answers, written in place over its keys, each
+ * the block asked for, with the data its insert sent). After each pump the STATS counters agree
+ * with the completions and the store's invariants hold (lbd_store_check: no chain of blocks has
+ * a hole, the eviction candidates are the leaves); after each input, once every lease was
+ * released, none is left, the per-layer counters add up to the totals, and a budget of one byte
+ * evicts everything (nothing is held any more).
  *
  * Input: byte 0 picks the bank (eviction lru, decay, or ttl 0: every entry expired when looked
  * up); then records, each led by one byte whose low 3 bits say what follows:
@@ -24,6 +28,11 @@
  * 8192 requests an input's requests are dropped, so that an input's time has a bound. At the
  * end every request is served and every lease released through the ring, then the bank is
  * cleared (lbip_bank_clear) so that each input starts from the same state.
+ *
+ * The daemon reads a payload when it serves the request and writes a prefix hit's answers over
+ * its keys before the next request: the target keeps a shadow of staging (what it wrote, and
+ * the answers the model expects, in completion order), reads every payload from it as the
+ * daemon saw it, and compares the payloads' bytes with the real staging after each pump.
  */
 #include <errno.h>
 #include <math.h>
@@ -45,25 +54,32 @@
 #define TAU 0.98
 #define MAX_REQUESTS 8192u    /* per input, repeats included: enough for the lease limit */
 #define MAX_GIVEN 8192u       /* leases remembered per input for REQ_LEASE */
-#define HELD_SLOTS 8192u      /* the held set: twice LBD_MAX_LEASES keeps probes short */
+#define HELD_SLOTS 8192u      /* a lease set: twice LBD_MAX_LEASES keeps probes short */
 #define N_RECENT 64u          /* successful inserts remembered for the must-find checks */
+#define BLOCK_SLOTS 16384u    /* the block table: twice the inserts an input can make */
 #define PENDING_CAP 1024u     /* >= the request ring's entries */
 #define DIRTY_MAX 32u
 #define LOOKUP_MAX_PAYLOAD (sizeof(struct lb_query) + LBP_MAX_LAYERS * sizeof(float))
+#define KEY_BYTES 16u         /* a block key in a LOOKUP_PREFIX payload */
+#define PREFIX_MAX_PAYLOAD (sizeof(struct lb_prefix_query) + KEY_BYTES * LB_PREFIX_MAX_BLOCKS)
 
 enum bank_kind { BANK_LRU, BANK_DECAY, BANK_TTL0, N_BANKS };
 
 struct model {
 	const char *name;
 	uint32_t n_layers, max_seq;
-	uint32_t id; /* as registered: the same in every bank */
+	uint32_t kv_dim, block_tokens; /* prefix blocks; 0: none */
+	uint32_t id;                   /* as registered: the same in every bank */
 };
 
 static struct model models[] = {
-	{ "fuzz-small", 4, 256, 0 },
-	{ "fuzz-deep", LBP_MAX_LAYERS, LBP_MAX_SEQ, 0 }, /* the largest threshold payload */
+	{ "fuzz-small", 4, 256, 0, 0, 0 },
+	{ "fuzz-deep", LBP_MAX_LAYERS, LBP_MAX_SEQ, 0, 0, 0 }, /* the largest threshold payload */
+	/* Blocks of f32 [2][2][4][32], 2 KiB: some 60 fit the budget; chains of up to 16. */
+	{ "fuzz-prefix", 2, 64, 32, 4, 0 },
 };
 #define N_MODELS (sizeof(models) / sizeof(models[0]))
+#define KV_MODEL 2 /* the one with blocks */
 
 /* Allowed statuses, as a mask. */
 enum {
@@ -100,15 +116,36 @@ struct recent {
 	uint64_t epoch;
 };
 
+/* A prefix block's latest successful insert in this input: every cached block is one of them
+ * (each input starts from an empty store), and blocks never move. */
+struct blk {
+	uint32_t model_id;  /* 0: a free slot */
+	uint32_t index;
+	uint64_t key[2], parent[2];
+	uint64_t checksum;  /* XXH3-64 of the data the insert sent */
+	uint64_t off;       /* of its entry header in arena 0 */
+	uint64_t epoch;
+	uint32_t pins;      /* prefix hits' leases held on it (not counted under ttl) */
+};
+
+/* A set of lease handles, each with a value: linear probing, deletion by backward shift (no
+ * tombstones). */
+struct hset {
+	uint64_t *slot; /* [HELD_SLOTS], 0: free */
+	uint32_t *val;  /* [HELD_SLOTS], beside slot; NULL: none kept */
+	uint32_t n;
+};
+
 /* One input's run: what the harness knows the daemon must have done. */
 struct run {
 	struct lbip_bank *l;
 	struct lb_client *c;
 	enum bank_kind kind;
-	const uint8_t *staging;
+	const uint8_t *staging;  /* the region's, which the daemon reads and writes */
+	uint8_t *shadow;         /* what it holds as the daemon met it, request by request */
 	uint64_t staging_bytes;
-	/* Staging this input wrote, zeroed at the end: a few ranges, not their hull, which can
-	 * span all 8 MiB. Past DIRTY_MAX the last range grows to cover the rest. */
+	/* Staging this input (or a prefix hit's answer) wrote, zeroed at the end: a few ranges,
+	 * not their hull, which can span all 8 MiB. Past DIRTY_MAX the last range grows. */
 	struct { uint64_t lo, hi; } written[DIRTY_MAX];
 	uint32_t n_written;
 
@@ -121,26 +158,35 @@ struct run {
 
 	uint64_t *given;  /* [MAX_GIVEN]: leases handed out, in order (the first MAX_GIVEN) */
 	uint32_t n_given;
-	uint64_t *held;   /* [HELD_SLOTS]: the leases held now, a set (0: free slot) */
-	uint32_t n_out;
+	struct hset held;    /* the leases held now; .n is what STATS leases must say */
+	struct hset pheld;   /* those of them that a prefix hit gave: the run's last block */
 
 	struct recent recent[N_RECENT];
 	uint32_t n_recent;
+	struct blk *blk;     /* [BLOCK_SLOTS] */
+	uint32_t *blk_used;  /* [BLOCK_SLOTS] the slots taken, to clear them at the end */
+	uint32_t n_blk;
 	/* Bumped whenever entries may have been dropped (evicted, expired, invalidated) since the
 	 * last look: an insert of an older epoch may be gone. A pump in which anything was dropped
-	 * is "dirty": the must-find checks and the arena reads are off for its requests. */
+	 * is "dirty": the must-find checks and the arena reads are off for its requests (but for
+	 * a prefix hit's blocks, which its lease holds). */
 	uint64_t epoch, drops_seen;
 	bool dirty;
 
-	uint64_t hits, misses, inserts, reports_over;
+	uint64_t hits, misses, inserts, reports_over; /* inserts: of layers and blocks */
+	uint64_t block_inserts, prefix_hits, prefix_misses, blocks_served;
 	uint64_t layer_lookups[N_MODELS]; /* expected sum of per-layer hits + misses */
 	bool touched[N_MODELS];           /* a lookup or insert of it reached the store */
 };
 
 static struct lbip_bank *banks[N_BANKS];
 static struct lb_req pending_reqs[PENDING_CAP];
+static struct lb_cpl got[PENDING_CAP]; /* one pump's completions */
 static uint64_t given_leases[MAX_GIVEN];
-static uint64_t held_leases[HELD_SLOTS]; /* empty between inputs: every lease is released */
+static uint64_t held_leases[HELD_SLOTS], prefix_leases[HELD_SLOTS]; /* empty between inputs */
+static uint32_t prefix_last[HELD_SLOTS];
+static struct blk blocks[BLOCK_SLOTS];                               /* empty between inputs */
+static uint32_t blocks_used[BLOCK_SLOTS];
 
 __attribute__((format(printf, 2, 3), noreturn))
 static void broken(const struct lb_req *r, const char *fmt, ...)
@@ -181,7 +227,8 @@ static struct lbip_bank *bank_new(enum bank_kind kind)
 		struct lb_model_desc d = { .name = models[i].name, .weights_hash = 1 + i,
 					   .n_layers = models[i].n_layers, .hidden = 64,
 					   .dtype = LB_DTYPE_F32, .max_seq = models[i].max_seq,
-					   .fp_chunks = 4, .fp_seed = 9 };
+					   .fp_chunks = 4, .fp_seed = 9, .kv_dim = models[i].kv_dim,
+					   .block_tokens = models[i].block_tokens };
 		uint32_t id;
 		if (lbip_bank_register(l, &d, &id) < 0)
 			broken(NULL, "cannot register %s", d.name);
@@ -200,7 +247,144 @@ static const struct model *model_of(uint32_t id)
 	return NULL;
 }
 
-/* ---- the reference checks (PROTOCOL.md, Ring protocol 6 and 10) ---- */
+static uint32_t prefix_model(void)
+{
+	return models[KV_MODEL].id;
+}
+
+/* A block's data bytes (section 14: f32 [n_layers][2][block_tokens][kv_dim]). */
+static uint64_t block_bytes(const struct model *m)
+{
+	return (uint64_t)m->n_layers * 2 * m->block_tokens * m->kv_dim * sizeof(float);
+}
+
+/* What an entry of bytes occupies (section 9). */
+static uint64_t entry_need(uint64_t bytes)
+{
+	return (LB_ENTRY_HDR_SIZE + bytes + 63) & ~63ull;
+}
+
+/* ---- lease sets ---- */
+
+static uint32_t hset_home(uint64_t h)
+{
+	return (uint32_t)((h * 0x9e3779b97f4a7c15ull) >> 32) & (HELD_SLOTS - 1);
+}
+
+static int64_t hset_find(const struct hset *s, uint64_t h)
+{
+	if (!h)
+		return -1;
+	for (uint32_t i = hset_home(h);; i = (i + 1) & (HELD_SLOTS - 1)) {
+		if (s->slot[i] == h)
+			return i;
+		if (!s->slot[i])
+			return -1;
+	}
+}
+
+static bool hset_has(const struct hset *s, uint64_t h)
+{
+	return hset_find(s, h) >= 0;
+}
+
+static void hset_add(struct hset *s, uint64_t h, uint32_t v)
+{
+	uint32_t i = hset_home(h);
+	while (s->slot[i])
+		i = (i + 1) & (HELD_SLOTS - 1);
+	s->slot[i] = h;
+	if (s->val)
+		s->val[i] = v;
+	s->n++;
+}
+
+static void hset_del(struct hset *s, uint64_t h)
+{
+	uint32_t i = (uint32_t)hset_find(s, h), j = i;
+	for (;;) {
+		j = (j + 1) & (HELD_SLOTS - 1);
+		if (!s->slot[j])
+			break;
+		/* Move j into the hole at i unless its home lies cyclically in (i, j]. */
+		uint32_t k = hset_home(s->slot[j]);
+		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
+			continue;
+		s->slot[i] = s->slot[j];
+		if (s->val)
+			s->val[i] = s->val[j];
+		i = j;
+	}
+	s->slot[i] = 0;
+	s->n--;
+}
+
+/* ---- the block table ---- */
+
+static bool key_eq(const uint64_t a[2], const uint64_t b[2])
+{
+	return a[0] == b[0] && a[1] == b[1];
+}
+
+static uint32_t blk_home(uint32_t model_id, const uint64_t key[2])
+{
+	uint64_t h = (key[0] ^ (key[1] * 0xbf58476d1ce4e5b9ull) ^ model_id) * 0x9e3779b97f4a7c15ull;
+	return (uint32_t)(h >> 32) & (BLOCK_SLOTS - 1);
+}
+
+/* The record of model_id's block key, or NULL when this input never inserted it. */
+static struct blk *blk_find(const struct run *R, uint32_t model_id, const uint64_t key[2])
+{
+	for (uint32_t i = blk_home(model_id, key);; i = (i + 1) & (BLOCK_SLOTS - 1)) {
+		struct blk *b = &R->blk[i];
+		if (!b->model_id)
+			return NULL;
+		if (b->model_id == model_id && key_eq(b->key, key))
+			return b;
+	}
+}
+
+/* The record for an insert of model_id's block key: the one there, or a new one. */
+static struct blk *blk_put(struct run *R, uint32_t model_id, const uint64_t key[2])
+{
+	struct blk *b = blk_find(R, model_id, key);
+	if (b)
+		return b;
+	if (R->n_blk >= BLOCK_SLOTS / 2)
+		broken(NULL, "more block inserts than an input can make");
+	uint32_t i = blk_home(model_id, key);
+	while (R->blk[i].model_id)
+		i = (i + 1) & (BLOCK_SLOTS - 1);
+	R->blk_used[R->n_blk++] = i;
+	R->blk[i].model_id = model_id;
+	memcpy(R->blk[i].key, key, sizeof(R->blk[i].key));
+	return &R->blk[i];
+}
+
+/* Held by a prefix hit's lease (section 11: never evicted then), or inserted in this drop
+ * epoch with nothing dropped in this pump yet: still cached. */
+static bool blk_sure(const struct run *R, const struct blk *b)
+{
+	return b && (b->pins || (!R->dirty && b->epoch == R->epoch));
+}
+
+/* A prefix hit's lease is taken (by 1) or ended (by -1): its run's blocks, from the last one
+ * up through the parents, gain or lose a pin. Not under ttl, where held blocks still expire
+ * and their keys can come back elsewhere in the tree. */
+static void blk_pin(struct run *R, uint32_t model_id, uint32_t last, int by)
+{
+	if (R->kind == BANK_TTL0)
+		return;
+	for (struct blk *b = &R->blk[last];; b = blk_find(R, model_id, b->parent)) {
+		if (!b || (by < 0 && !b->pins))
+			broken(NULL, "the model lost a held block");
+		b->pins += (uint32_t)by;
+		if (!b->index)
+			return;
+	}
+}
+
+/* ---- the reference checks (PROTOCOL.md, Ring protocol 6, 8, 10 and 14) ---- */
 
 static uint32_t dtype_size(uint32_t dtype)
 {
@@ -208,74 +392,24 @@ static uint32_t dtype_size(uint32_t dtype)
 }
 
 /* Section 8: a valid shape whose element count times the element size is bytes. */
-static bool shape_valid(const struct lb_insert_hdr *h)
+static bool shape_valid(uint32_t dtype, uint32_t ndim, const uint32_t shape[LB_MAX_NDIM],
+			uint64_t bytes)
 {
-	unsigned __int128 n = dtype_size(h->dtype);
-	if (!n || h->ndim < 1 || h->ndim > LB_MAX_NDIM)
+	unsigned __int128 n = dtype_size(dtype);
+	if (!n || ndim < 1 || ndim > LB_MAX_NDIM)
 		return false;
 	for (uint32_t i = 0; i < LB_MAX_NDIM; i++) {
-		if ((i < h->ndim) != (h->shape[i] != 0))
+		if ((i < ndim) != (shape[i] != 0))
 			return false;
-		if (i < h->ndim)
-			n *= h->shape[i];
+		if (i < ndim)
+			n *= shape[i];
 	}
-	return n == h->bytes; /* four 32-bit factors and a size of 4 fit in 128 bits */
+	return n == bytes; /* four 32-bit factors and a size of 4 fit in 128 bits */
 }
 
 static bool payload_inside(const struct run *R, const struct lb_req *r)
 {
 	return r->payload_off % 8 == 0 && (uint64_t)r->payload_off + r->payload_len <= R->staging_bytes;
-}
-
-/* The held set: linear probing, deletion by backward shift (no tombstones). Handles are
- * opaque, so they are hashed whole. */
-static uint32_t held_home(uint64_t h)
-{
-	return (uint32_t)((h * 0x9e3779b97f4a7c15ull) >> 32) & (HELD_SLOTS - 1);
-}
-
-static int64_t held_find(const struct run *R, uint64_t h)
-{
-	if (!h)
-		return -1;
-	for (uint32_t i = held_home(h);; i = (i + 1) & (HELD_SLOTS - 1)) {
-		if (R->held[i] == h)
-			return i;
-		if (!R->held[i])
-			return -1;
-	}
-}
-
-static bool lease_held(const struct run *R, uint64_t h)
-{
-	return held_find(R, h) >= 0;
-}
-
-static void held_add(struct run *R, uint64_t h)
-{
-	uint32_t i = held_home(h);
-	while (R->held[i])
-		i = (i + 1) & (HELD_SLOTS - 1);
-	R->held[i] = h;
-	R->n_out++;
-}
-
-static void held_del(struct run *R, uint64_t h)
-{
-	uint32_t i = (uint32_t)held_find(R, h), j = i;
-	for (;;) {
-		j = (j + 1) & (HELD_SLOTS - 1);
-		if (!R->held[j])
-			break;
-		/* Move j into the hole at i unless its home lies cyclically in (i, j]. */
-		uint32_t k = held_home(R->held[j]);
-		if (i <= j ? (i < k && k <= j) : (i < k || k <= j))
-			continue;
-		R->held[i] = R->held[j];
-		i = j;
-	}
-	R->held[i] = 0;
-	R->n_out--;
 }
 
 /* The newest insert of this input with the same model and token hash (and layer, unless
@@ -298,19 +432,224 @@ struct verdict {
 	bool valid;                /* passed the checks of section 6 */
 	const struct model *m;
 	int must_layer;            /* lookups: a live entry at this layer or deeper exists, or -1 */
+	uint32_t must, can;        /* LOOKUP_PREFIX: the run is at least must, at most can long */
 	struct lb_query q;         /* lookups */
 	struct lb_insert_hdr h;    /* inserts */
+	struct lb_prefix_query pq; /* prefix lookups */
+	struct lb_block_hdr bh;    /* block inserts */
 	float thr[LBP_MAX_LAYERS]; /* lookups: q.n_thr of them */
+	uint64_t keys[LB_PREFIX_MAX_BLOCKS][2]; /* prefix lookups: pq.n_keys of them */
 };
+
+static unsigned expect_lease_op(const struct run *R, const struct lb_req *r)
+{
+	if (r->layer || r->model_id || r->seq_len || r->payload_len || r->payload_off ||
+	    (r->opcode == LB_OP_RELEASE && r->aux))
+		return S_INVAL;
+	if (r->opcode == LB_OP_REPORT) {
+		float drift;
+		memcpy(&drift, &r->aux, sizeof(drift));
+		if (!isfinite(drift) || drift < 0)
+			return S_INVAL;
+	}
+	if (!hset_has(&R->held, r->lease))
+		return S_INVAL;
+	/* Section 10: a prefix hit's blocks are exact; REPORT on its lease is refused. */
+	return r->opcode == LB_OP_REPORT && hset_has(&R->pheld, r->lease) ? S_INVAL : S_OK;
+}
+
+static unsigned expect_lookup(const struct run *R, const struct lb_req *r, struct verdict *v)
+{
+	/* Step 2: zero fields, the payload in staging, the query consistent with its length. */
+	if (r->aux || r->lease || !payload_inside(R, r) ||
+	    r->payload_len < sizeof(struct lb_query) || r->payload_len > LOOKUP_MAX_PAYLOAD ||
+	    (r->payload_len - sizeof(struct lb_query)) % sizeof(float))
+		return S_INVAL;
+	memcpy(&v->q, R->shadow + r->payload_off, sizeof(v->q));
+	memcpy(v->thr, R->shadow + r->payload_off + sizeof(v->q), r->payload_len - sizeof(v->q));
+	if (v->q.reserved || v->q.n_thr != (r->payload_len - sizeof(v->q)) / sizeof(float))
+		return S_INVAL;
+	/* Step 3. */
+	v->m = model_of(r->model_id);
+	if (!v->m)
+		return S_SRCH;
+	/* Step 4. */
+	if (!r->seq_len || r->seq_len > v->m->max_seq ||
+	    (r->opcode == LB_OP_LOOKUP ? r->layer >= v->m->n_layers : r->layer != 0) ||
+	    (v->q.n_thr && v->q.n_thr != v->m->n_layers))
+		return S_INVAL;
+	for (uint32_t i = 0; i < v->q.n_thr; i++)
+		if (!isfinite(v->thr[i]) || v->thr[i] < -1.0f || v->thr[i] > 1.0f)
+			return S_INVAL;
+	v->valid = true;
+	/* Section 10: an exact token-hash match of the same length is the candidate, at distance
+	 * 0, whose similarity 1 passes any threshold; unless something was dropped since it went
+	 * in, or the bank expires everything, the lookup must hit. */
+	const struct recent *e = NULL;
+	if (!R->dirty && R->kind != BANK_TTL0) {
+		uint32_t n = R->n_recent < N_RECENT ? R->n_recent : N_RECENT;
+		for (uint32_t i = 0; i < n; i++) {
+			const struct recent *x = &R->recent[i];
+			if (x->epoch == R->epoch && x->model_id == r->model_id &&
+			    x->seq_len == r->seq_len && x->exact[0] == v->q.exact[0] &&
+			    x->exact[1] == v->q.exact[1] &&
+			    (r->opcode == LB_OP_LOOKUP_DEEPEST || x->layer == r->layer) &&
+			    (!e || x->layer > e->layer))
+				e = x;
+		}
+	}
+	unsigned allowed = S_NOMEM | (R->held.n >= LBD_MAX_LEASES ? S_BUSY : S_OK);
+	if (e) {
+		v->must_layer = (int)e->layer;
+		return allowed;
+	}
+	return allowed | S_NOENT;
+}
+
+/* Room (section 12) for need bytes while keep bytes cannot be evicted for it: with no lease
+ * held nothing else is pinned, and fewer than 256 entries can all be evicted within one
+ * insert's rounds. */
+static unsigned room(const struct run *R, uint64_t need, uint64_t keep)
+{
+	unsigned allowed = S_NOMEM;
+	if (need + keep <= BUDGET)
+		allowed |= S_OK;
+	if (need + keep > BUDGET || R->held.n || R->inserts >= 255)
+		allowed |= S_NOSPC;
+	return allowed;
+}
+
+static unsigned expect_insert(const struct run *R, const struct lb_req *r, struct verdict *v)
+{
+	static const uint8_t zero[LB_INSERT_HDR_SIZE - sizeof(struct lb_insert_hdr)];
+	if (r->aux || r->lease || !payload_inside(R, r) || r->payload_len < LB_INSERT_HDR_SIZE)
+		return S_INVAL;
+	memcpy(&v->h, R->shadow + r->payload_off, sizeof(v->h));
+	if (memcmp(R->shadow + r->payload_off + sizeof(v->h), zero, sizeof(zero)))
+		return S_INVAL;
+	if (!shape_valid(v->h.dtype, v->h.ndim, v->h.shape, v->h.bytes) ||
+	    v->h.bytes > r->payload_len - LB_INSERT_HDR_SIZE)
+		return S_INVAL;
+	v->m = model_of(r->model_id);
+	if (!v->m)
+		return S_SRCH;
+	if (r->layer >= v->m->n_layers || !r->seq_len || r->seq_len > v->m->max_seq)
+		return S_INVAL;
+	v->valid = true;
+	unsigned allowed = room(R, entry_need(v->h.bytes), 0);
+	/* Section 10, INSERT step 1: an input with that token hash exists. */
+	const struct recent *same = recent_of(R, r->model_id, v->h.exact, -1);
+	if (same) {
+		const struct recent *at_layer = recent_of(R, r->model_id, v->h.exact, r->layer);
+		bool sure = !R->dirty && same->epoch == R->epoch;
+		if (same->seq_len != r->seq_len)
+			return sure ? S_INVAL : allowed | S_INVAL;
+		if (at_layer && at_layer->seq_len == r->seq_len)
+			return sure && at_layer->epoch == R->epoch ? S_EXIST : allowed | S_EXIST;
+	}
+	return allowed;
+}
+
+/* The run of blocks keys[0..n) can name from block 0 (each one this input inserted, at its
+ * place under the one before: *can) and the part of it certainly still cached (*must). */
+static void prefix_bounds(const struct run *R, uint32_t model_id, const uint64_t (*keys)[2],
+			  uint32_t n, uint32_t *must, uint32_t *can)
+{
+	bool sure = R->kind != BANK_TTL0; /* there, a lookup finds every block expired */
+
+	*must = *can = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		const struct blk *b = blk_find(R, model_id, keys[i]);
+		if (!b || b->index != i || (i && !key_eq(b->parent, keys[i - 1])))
+			break;
+		*can = i + 1;
+		sure = sure && blk_sure(R, b);
+		if (sure)
+			*must = i + 1;
+	}
+}
+
+static unsigned expect_lookup_prefix(const struct run *R, const struct lb_req *r,
+				     struct verdict *v)
+{
+	const size_t pq = sizeof(struct lb_prefix_query);
+
+	/* Step 2: the zero fields, the payload in staging, n_keys consistent with its length. */
+	if (r->layer || r->seq_len || r->aux || r->lease || !payload_inside(R, r) ||
+	    r->payload_len < pq + KEY_BYTES || r->payload_len > PREFIX_MAX_PAYLOAD ||
+	    (r->payload_len - pq) % KEY_BYTES)
+		return S_INVAL;
+	memcpy(&v->pq, R->shadow + r->payload_off, pq);
+	if (v->pq.reserved || v->pq.n_keys != (r->payload_len - pq) / KEY_BYTES)
+		return S_INVAL;
+	memcpy(v->keys, R->shadow + r->payload_off + pq, (size_t)v->pq.n_keys * KEY_BYTES);
+	/* Step 3, then step 4: a model with blocks. */
+	v->m = model_of(r->model_id);
+	if (!v->m)
+		return S_SRCH;
+	if (!v->m->kv_dim)
+		return S_INVAL;
+	v->valid = true;
+	prefix_bounds(R, r->model_id, (const uint64_t(*)[2])v->keys, v->pq.n_keys, &v->must, &v->can);
+	if (!v->can)
+		return S_NOENT; /* an empty run: a miss, and no lease is asked for */
+	unsigned allowed = S_NOMEM | (R->held.n >= LBD_MAX_LEASES ? S_BUSY : S_OK);
+	return v->must ? allowed : allowed | S_NOENT;
+}
+
+static unsigned expect_insert_block(const struct run *R, const struct lb_req *r,
+				    struct verdict *v)
+{
+	static const uint8_t zero[LB_INSERT_HDR_SIZE - sizeof(struct lb_block_hdr)];
+	const struct lb_block_hdr *h = &v->bh;
+
+	/* Step 2: the zero fields, the payload, the header consistent with itself (section 8). */
+	if (r->layer || r->aux || r->lease || !payload_inside(R, r) ||
+	    r->payload_len < LB_INSERT_HDR_SIZE)
+		return S_INVAL;
+	memcpy(&v->bh, R->shadow + r->payload_off, sizeof(v->bh));
+	if (memcmp(R->shadow + r->payload_off + sizeof(v->bh), zero, sizeof(zero)) ||
+	    (!h->key[0] && !h->key[1]) || h->reserved ||
+	    (!h->index && (h->parent[0] || h->parent[1])) ||
+	    !shape_valid(h->dtype, h->ndim, h->shape, h->bytes) ||
+	    h->bytes > r->payload_len - LB_INSERT_HDR_SIZE)
+		return S_INVAL;
+	/* Step 3, then step 4: a model with blocks, and its geometry. */
+	const struct model *m = v->m = model_of(r->model_id);
+	if (!m)
+		return S_SRCH;
+	uint64_t end = ((uint64_t)h->index + 1) * m->block_tokens;
+	if (!m->kv_dim || h->dtype != LB_DTYPE_F32 || h->ndim != 4 || h->shape[0] != m->n_layers ||
+	    h->shape[1] != 2 || h->shape[2] != m->block_tokens || h->shape[3] != m->kv_dim ||
+	    end > m->max_seq || r->seq_len != end)
+		return S_INVAL;
+	v->valid = true;
+	/* Section 10, INSERT_BLOCK step 1: cached already; then the parent at its place. */
+	const struct blk *self = blk_find(R, r->model_id, h->key);
+	if (blk_sure(R, self))
+		return S_EXIST;
+	unsigned exist = self ? S_EXIST : 0;
+	if (h->index) {
+		const struct blk *p = blk_find(R, r->model_id, h->parent);
+		if (!p || p->index != h->index - 1)
+			return exist | S_NOENT;
+		if (!blk_sure(R, p))
+			exist |= S_NOENT;
+	}
+	/* Step 3: its ancestors stay (a parent is not evicted for its child), all of one size. */
+	uint64_t need = entry_need(h->bytes);
+	return exist | room(R, need, need * h->index);
+}
 
 /* The statuses the request may complete with, given what this input did so far. */
 static unsigned expect(const struct run *R, const struct lb_req *r, struct verdict *v)
 {
-	/* Field by field: q, h and thr are filled before they are read, and clearing 4 KiB per
-	 * request would cost more than the daemon's work. */
+	/* Field by field: the rest is filled before it is read, and clearing 8 KiB per request
+	 * would cost more than the daemon's work. */
 	v->valid = false;
 	v->m = NULL;
 	v->must_layer = -1;
+	v->must = v->can = 0;
 	/* Step 1. */
 	if (r->flags || r->reserved[0] || r->reserved[1] || r->reserved2 || r->opcode < LB_OP_MIN ||
 	    r->opcode > LB_OP_MAX)
@@ -322,125 +661,51 @@ static unsigned expect(const struct run *R, const struct lb_req *r, struct verdi
 			return S_INVAL;
 		return S_OK;
 	case LB_OP_RELEASE:
-	case LB_OP_REPORT: {
-		if (r->layer || r->model_id || r->seq_len || r->payload_len || r->payload_off ||
-		    (r->opcode == LB_OP_RELEASE && r->aux))
-			return S_INVAL;
-		if (r->opcode == LB_OP_REPORT) {
-			float drift;
-			memcpy(&drift, &r->aux, sizeof(drift));
-			if (!isfinite(drift) || drift < 0)
-				return S_INVAL;
-		}
-		v->valid = true;
-		return lease_held(R, r->lease) ? S_OK : S_INVAL;
-	}
+	case LB_OP_REPORT:
+		return expect_lease_op(R, r);
 	case LB_OP_LOOKUP_DEEPEST:
-	case LB_OP_LOOKUP: {
-		/* Step 2: zero fields, the payload in staging, the query consistent with its length. */
-		if (r->aux || r->lease || !payload_inside(R, r) ||
-		    r->payload_len < sizeof(struct lb_query) || r->payload_len > LOOKUP_MAX_PAYLOAD ||
-		    (r->payload_len - sizeof(struct lb_query)) % sizeof(float))
-			return S_INVAL;
-		memcpy(&v->q, R->staging + r->payload_off, sizeof(v->q));
-		memcpy(v->thr, R->staging + r->payload_off + sizeof(v->q),
-		       r->payload_len - sizeof(v->q));
-		if (v->q.reserved || v->q.n_thr != (r->payload_len - sizeof(v->q)) / sizeof(float))
-			return S_INVAL;
-		/* Step 3. */
-		v->m = model_of(r->model_id);
-		if (!v->m)
-			return S_SRCH;
-		/* Step 4. */
-		if (!r->seq_len || r->seq_len > v->m->max_seq ||
-		    (r->opcode == LB_OP_LOOKUP ? r->layer >= v->m->n_layers : r->layer != 0) ||
-		    (v->q.n_thr && v->q.n_thr != v->m->n_layers))
-			return S_INVAL;
-		for (uint32_t i = 0; i < v->q.n_thr; i++)
-			if (!isfinite(v->thr[i]) || v->thr[i] < -1.0f || v->thr[i] > 1.0f)
-				return S_INVAL;
-		v->valid = true;
-		/* Section 10: an exact token-hash match of the same length is the candidate, at
-		 * distance 0, whose similarity 1 passes any threshold; unless something was dropped
-		 * since it went in, or the bank expires everything, the lookup must hit. */
-		const struct recent *e = NULL;
-		if (!R->dirty && R->kind != BANK_TTL0) {
-			uint32_t n = R->n_recent < N_RECENT ? R->n_recent : N_RECENT;
-			for (uint32_t i = 0; i < n; i++) {
-				const struct recent *x = &R->recent[i];
-				if (x->epoch == R->epoch && x->model_id == r->model_id &&
-				    x->seq_len == r->seq_len && x->exact[0] == v->q.exact[0] &&
-				    x->exact[1] == v->q.exact[1] &&
-				    (r->opcode == LB_OP_LOOKUP_DEEPEST || x->layer == r->layer) &&
-				    (!e || x->layer > e->layer))
-					e = x;
-			}
-		}
-		unsigned allowed = S_NOMEM | (R->n_out >= LBD_MAX_LEASES ? S_BUSY : S_OK);
-		if (e) {
-			v->must_layer = (int)e->layer;
-			return allowed;
-		}
-		return allowed | S_NOENT;
-	}
-	case LB_OP_INSERT: {
-		static const uint8_t zero[LB_INSERT_HDR_SIZE - sizeof(struct lb_insert_hdr)];
-		if (r->aux || r->lease || !payload_inside(R, r) || r->payload_len < LB_INSERT_HDR_SIZE)
-			return S_INVAL;
-		memcpy(&v->h, R->staging + r->payload_off, sizeof(v->h));
-		if (memcmp(R->staging + r->payload_off + sizeof(v->h), zero, sizeof(zero)))
-			return S_INVAL;
-		if (!shape_valid(&v->h) || v->h.bytes > r->payload_len - LB_INSERT_HDR_SIZE)
-			return S_INVAL;
-		v->m = model_of(r->model_id);
-		if (!v->m)
-			return S_SRCH;
-		if (r->layer >= v->m->n_layers || !r->seq_len || r->seq_len > v->m->max_seq)
-			return S_INVAL;
-		v->valid = true;
-		uint64_t need = (LB_ENTRY_HDR_SIZE + v->h.bytes + 63) & ~63ull;
-		unsigned allowed = S_NOMEM;
-		/* Room (section 12): with no lease held nothing is pinned, and fewer than 256 entries
-		 * can all be evicted within one insert's rounds. */
-		if (need <= BUDGET)
-			allowed |= S_OK;
-		if (need > BUDGET || R->n_out || R->inserts >= 255)
-			allowed |= S_NOSPC;
-		/* Section 10, INSERT step 1: an input with that token hash exists. */
-		const struct recent *same = recent_of(R, r->model_id, v->h.exact, -1);
-		if (same) {
-			const struct recent *at_layer = recent_of(R, r->model_id, v->h.exact, r->layer);
-			bool sure = !R->dirty && same->epoch == R->epoch;
-			if (same->seq_len != r->seq_len)
-				return sure ? S_INVAL : allowed | S_INVAL;
-			if (at_layer && at_layer->seq_len == r->seq_len)
-				return sure && at_layer->epoch == R->epoch ? S_EXIST : allowed | S_EXIST;
-		}
-		return allowed;
-	}
+	case LB_OP_LOOKUP:
+		return expect_lookup(R, r, v);
+	case LB_OP_INSERT:
+		return expect_insert(R, r, v);
+	case LB_OP_LOOKUP_PREFIX:
+		return expect_lookup_prefix(R, r, v);
+	case LB_OP_INSERT_BLOCK:
+		return expect_insert_block(R, r, v);
 	}
 	return S_INVAL; /* not reached: the opcode was checked */
 }
 
 /* ---- completions ---- */
 
+static void mark_written(struct run *R, uint64_t off, uint64_t n)
+{
+	if (R->n_written < DIRTY_MAX) {
+		R->written[R->n_written].lo = off;
+		R->written[R->n_written++].hi = off + n;
+	} else {
+		uint64_t *lo = &R->written[DIRTY_MAX - 1].lo, *hi = &R->written[DIRTY_MAX - 1].hi;
+		*lo = off < *lo ? off : *lo;
+		*hi = off + n > *hi ? off + n : *hi;
+	}
+}
+
+/* The entry header at (arena, off) of a completion or an answer, within the arena's data. */
 static const struct lb_entry_hdr *entry_at(const struct run *R, const struct lb_req *r,
-					   const struct lb_cpl *k)
+					   unsigned arena, uint64_t off)
 {
 	const struct lb_arena_map *a = &R->c->arenas[0];
-	if (k->arena != 0 || k->entry_off % 64 ||
-	    k->entry_off < ((const struct lb_arena_hdr *)a->base)->data_off ||
-	    k->entry_off > a->bytes - LB_ENTRY_HDR_SIZE)
-		broken(r, "completion names arena %u offset %llu", k->arena,
-		       (unsigned long long)k->entry_off);
-	return (const struct lb_entry_hdr *)((const uint8_t *)a->base + k->entry_off);
+	if (arena != 0 || off % 64 || off < ((const struct lb_arena_hdr *)a->base)->data_off ||
+	    off > a->bytes - LB_ENTRY_HDR_SIZE)
+		broken(r, "entry named at arena %u offset %llu", arena, (unsigned long long)off);
+	return (const struct lb_entry_hdr *)((const uint8_t *)a->base + off);
 }
 
 /* The entry's header and data as section 9 says. Only in a pump that dropped nothing: an entry
  * dropped later in the same pump may already hold another's bytes. */
 static const uint8_t *check_entry(const struct run *R, const struct lb_req *r, const struct lb_cpl *k)
 {
-	const struct lb_entry_hdr *e = entry_at(R, r, k);
+	const struct lb_entry_hdr *e = entry_at(R, r, k->arena, k->entry_off);
 	const struct lb_arena_map *a = &R->c->arenas[0];
 	if (R->dirty)
 		return NULL;
@@ -455,6 +720,28 @@ static const uint8_t *check_entry(const struct run *R, const struct lb_req *r, c
 	return data;
 }
 
+/* The block entry b says is there (sections 9 and 14): exactly that block, as inserted. */
+static void check_block_entry(const struct run *R, const struct lb_req *r, const struct blk *b)
+{
+	const struct model *m = model_of(b->model_id);
+	const struct lb_entry_hdr *e = entry_at(R, r, 0, b->off);
+	const uint32_t shape[LB_MAX_NDIM] = { m->n_layers, 2, m->block_tokens, m->kv_dim };
+
+	if (e->magic != LB_ENTRY_MAGIC || e->model_id != b->model_id ||
+	    e->layer != LB_ENTRY_LAYER_BLOCK || !key_eq(e->key, b->key) ||
+	    e->bytes != block_bytes(m) || e->seq_len != (b->index + 1) * m->block_tokens ||
+	    e->dtype != LB_DTYPE_F32 || e->ndim != 4 || memcmp(e->shape, shape, sizeof(shape)))
+		broken(r, "block %u at %llu: magic %llx model %u layer 0x%x key %016llx%016llx "
+		       "seq_len %u bytes %llu dtype %u ndim %u, not the block inserted there", b->index,
+		       (unsigned long long)b->off, (unsigned long long)e->magic, e->model_id, e->layer,
+		       (unsigned long long)e->key[1], (unsigned long long)e->key[0], e->seq_len,
+		       (unsigned long long)e->bytes, e->dtype, e->ndim);
+	if (e->checksum != b->checksum ||
+	    XXH3_64bits((const uint8_t *)e + LB_ENTRY_HDR_SIZE, e->bytes) != b->checksum)
+		broken(r, "block %u at %llu: its data or checksum is not what its insert sent",
+		       b->index, (unsigned long long)b->off);
+}
+
 static void record_insert(struct run *R, const struct lb_req *r, const struct lb_insert_hdr *h)
 {
 	struct recent *e = &R->recent[R->n_recent++ % N_RECENT];
@@ -465,82 +752,175 @@ static void record_insert(struct run *R, const struct lb_req *r, const struct lb
 	e->epoch = R->epoch;
 }
 
-static void check_completion(struct run *R, const struct lb_req *r, const struct lb_cpl *k)
+/* A hit's new lease: non-zero, not held already, within the client's limit. */
+static void take_lease(struct run *R, const struct lb_req *r, uint64_t lease)
 {
-	struct verdict v;
-	unsigned allowed = expect(R, r, &v), got = status_bit(k->status);
+	if (!lease || hset_has(&R->held, lease))
+		broken(r, "hit with lease 0x%llx: zero or already held", (unsigned long long)lease);
+	if (R->held.n >= LBD_MAX_LEASES)
+		broken(r, "a hit beyond %u leases held", LBD_MAX_LEASES);
+	hset_add(&R->held, lease, 0);
+	if (R->n_given < MAX_GIVEN)
+		R->given[R->n_given++] = lease;
+}
+
+static void check_lookup_done(struct run *R, const struct lb_req *r, const struct lb_cpl *k,
+			      const struct verdict *v)
+{
+	const struct model *m = v->m;
+	if (k->status == 0 || k->status == -ENOENT)
+		R->layer_lookups[m - models] += r->opcode == LB_OP_LOOKUP ? 1 : m->n_layers;
+	if (k->status == -ENOENT)
+		R->misses++;
+	if (k->status)
+		return;
+	R->hits++;
+	if (k->layer >= m->n_layers || (r->opcode == LB_OP_LOOKUP && k->layer != r->layer))
+		broken(r, "hit at layer %u", k->layer);
+	double tau = v->q.n_thr ? (double)v->thr[k->layer] : TAU;
+	if (k->hamming > LBP_FP_BITS || lbp_fp_similarity(k->hamming) < tau)
+		broken(r, "hit at hamming %u below the threshold %g of layer %u", k->hamming, tau,
+		       k->layer);
+	if (v->must_layer >= 0 && ((int)k->layer < v->must_layer || k->hamming != 0))
+		broken(r, "exact match hit at layer %u hamming %u, want layer >= %d and 0", k->layer,
+		       k->hamming, v->must_layer);
+	take_lease(R, r, k->lease);
+	check_entry(R, r, k);
+}
+
+static void check_insert_done(struct run *R, const struct lb_req *r, const struct lb_cpl *k,
+			      const struct verdict *v)
+{
+	if (k->status)
+		return;
+	R->inserts++;
+	if (k->layer != r->layer)
+		broken(r, "insert completed at layer %u", k->layer);
+	const uint8_t *data = check_entry(R, r, k);
+	const struct lb_entry_hdr *e = entry_at(R, r, k->arena, k->entry_off);
+	if (data && (e->dtype != v->h.dtype || e->ndim != v->h.ndim || e->bytes != v->h.bytes ||
+		     memcmp(e->shape, v->h.shape, sizeof(e->shape)) || !key_eq(e->key, v->h.exact) ||
+		     memcmp(data, R->shadow + r->payload_off + LB_INSERT_HDR_SIZE, v->h.bytes)))
+		broken(r, "inserted entry differs from the request's header or data");
+	record_insert(R, r, &v->h);
+}
+
+/*
+ * A prefix hit: count within the run the model allows, one new lease, and the answers the
+ * daemon wrote over the keys (section 8), which the shadow gets as the model expects them (the
+ * pump's end compares them with what is there). held: the lease is still held when the pump
+ * ends, so every block of the run is still there as inserted, whatever the pump dropped.
+ */
+static void check_prefix_done(struct run *R, const struct lb_req *r, const struct lb_cpl *k,
+			      const struct verdict *v, bool held)
+{
+	if (k->status == -ENOENT)
+		R->prefix_misses++;
+	if (k->status)
+		return;
+	if (k->count < v->must || k->count > v->can || !k->count)
+		broken(r, "prefix hit of %u blocks, the model says %u..%u of %u keys", k->count,
+		       v->must, v->can, v->pq.n_keys);
+	take_lease(R, r, k->lease);
+	R->prefix_hits++;
+	R->blocks_served += k->count;
+	uint64_t at = r->payload_off + sizeof(struct lb_prefix_query);
+	for (uint32_t i = 0; i < k->count; i++) {
+		const struct blk *b = blk_find(R, r->model_id, v->keys[i]);
+		struct lb_prefix_block a = { .entry_off = b->off, .arena = 0 };
+		memcpy(R->shadow + at + (uint64_t)i * sizeof(a), &a, sizeof(a));
+		if (held)
+			check_block_entry(R, r, b);
+	}
+	mark_written(R, at, (uint64_t)k->count * sizeof(struct lb_prefix_block));
+	uint32_t last = (uint32_t)(blk_find(R, r->model_id, v->keys[k->count - 1]) - R->blk);
+	hset_add(&R->pheld, k->lease, last);
+	blk_pin(R, r->model_id, last, 1);
+}
+
+static void check_block_done(struct run *R, const struct lb_req *r, const struct lb_cpl *k,
+			     const struct verdict *v)
+{
+	if (k->status)
+		return;
+	R->inserts++;
+	R->block_inserts++;
+	entry_at(R, r, k->arena, k->entry_off);
+	struct blk *b = blk_put(R, r->model_id, v->bh.key);
+	memcpy(b->parent, v->bh.parent, sizeof(b->parent));
+	b->index = v->bh.index;
+	b->checksum = XXH3_64bits(R->shadow + r->payload_off + LB_INSERT_HDR_SIZE, v->bh.bytes);
+	b->off = k->entry_off;
+	b->epoch = R->epoch;
+	if (!R->dirty)
+		check_block_entry(R, r, b);
+}
+
+/* Section 7: every field not listed for the opcode and status is 0. */
+static void check_fields(const struct lb_req *r, const struct lb_cpl *k)
+{
+	bool ok = k->status == 0, lookup = r->opcode == LB_OP_LOOKUP ||
+					    r->opcode == LB_OP_LOOKUP_DEEPEST;
+	bool hit = ok && lookup, phit = ok && r->opcode == LB_OP_LOOKUP_PREFIX;
+	bool ins = ok && r->opcode == LB_OP_INSERT, bins = ok && r->opcode == LB_OP_INSERT_BLOCK;
+
+	if (k->reserved[0] || k->reserved[1] || k->reserved1)
+		broken(r, "completion with reserved fields set");
+	if ((!hit && !phit && k->lease) || (!hit && k->hamming) || (!phit && k->count) ||
+	    (!hit && !ins && k->layer) || (!hit && !ins && !bins && (k->arena || k->entry_off)))
+		broken(r, "status %d with fields set: arena %u layer %u lease %llx off %llu hamming %u "
+		       "count %u", k->status, k->arena, k->layer, (unsigned long long)k->lease,
+		       (unsigned long long)k->entry_off, k->hamming, k->count);
+}
+
+static void check_completion(struct run *R, const struct lb_req *r, const struct lb_cpl *k,
+			     bool lease_kept)
+{
+	static struct verdict v;
+	unsigned allowed = expect(R, r, &v), got_bit = status_bit(k->status);
 
 	if (k->user_data != r->user_data || k->opcode != r->opcode)
 		broken(r, "completion out of order: user_data %llu opcode %u",
 		       (unsigned long long)k->user_data, k->opcode);
-	if (!(allowed & got))
+	if (!(allowed & got_bit))
 		broken(r, "status %d, allowed mask 0x%x (ok 1 noent 2 srch 4 inval 8 exist 16 nospc 32 "
 		       "busy 64 nomem 128)", k->status, allowed);
-	if (k->count || k->reserved[0] || k->reserved[1] || k->reserved1)
-		broken(r, "completion with reserved fields set");
+	check_fields(r, k);
 	if (v.valid && v.m)
 		R->touched[v.m - models] = true;
-	bool hit = k->status == 0 && (r->opcode == LB_OP_LOOKUP || r->opcode == LB_OP_LOOKUP_DEEPEST);
-	bool inserted = k->status == 0 && r->opcode == LB_OP_INSERT;
-	/* Section 7: every field not listed for the opcode and status is 0. */
-	if ((!hit && (k->lease || k->hamming)) || (!hit && !inserted && (k->arena || k->layer || k->entry_off)))
-		broken(r, "status %d with fields set: arena %u layer %u lease %llx off %llu hamming %u",
-		       k->status, k->arena, k->layer, (unsigned long long)k->lease,
-		       (unsigned long long)k->entry_off, k->hamming);
-
-	if (r->opcode == LB_OP_LOOKUP || r->opcode == LB_OP_LOOKUP_DEEPEST) {
-		const struct model *m = v.m;
-		if (k->status == 0 || k->status == -ENOENT)
-			R->layer_lookups[m - models] += r->opcode == LB_OP_LOOKUP ? 1 : m->n_layers;
-		if (k->status == -ENOENT)
-			R->misses++;
-		if (!hit)
-			return;
-		R->hits++;
-		if (k->layer >= m->n_layers || (r->opcode == LB_OP_LOOKUP && k->layer != r->layer))
-			broken(r, "hit at layer %u", k->layer);
-		double tau = v.q.n_thr ? (double)v.thr[k->layer] : TAU;
-		if (k->hamming > LBP_FP_BITS || lbp_fp_similarity(k->hamming) < tau)
-			broken(r, "hit at hamming %u below the threshold %g of layer %u", k->hamming, tau,
-			       k->layer);
-		if (v.must_layer >= 0 && ((int)k->layer < v.must_layer || k->hamming != 0))
-			broken(r, "exact match hit at layer %u hamming %u, want layer >= %d and 0",
-			       k->layer, k->hamming, v.must_layer);
-		if (!k->lease || lease_held(R, k->lease))
-			broken(r, "hit with lease 0x%llx: zero or already held", (unsigned long long)k->lease);
-		if (R->n_out >= LBD_MAX_LEASES)
-			broken(r, "a hit beyond %u leases held", LBD_MAX_LEASES);
-		held_add(R, k->lease);
-		if (R->n_given < MAX_GIVEN)
-			R->given[R->n_given++] = k->lease;
-		check_entry(R, r, k);
+	switch (r->opcode) {
+	case LB_OP_LOOKUP:
+	case LB_OP_LOOKUP_DEEPEST:
+		check_lookup_done(R, r, k, &v);
 		return;
-	}
-	if (r->opcode == LB_OP_INSERT) {
-		if (!inserted)
-			return;
-		R->inserts++;
-		if (k->layer != r->layer)
-			broken(r, "insert completed at layer %u", k->layer);
-		const uint8_t *data = check_entry(R, r, k);
-		const struct lb_entry_hdr *e = entry_at(R, r, k);
-		if (data && (e->dtype != v.h.dtype || e->ndim != v.h.ndim || e->bytes != v.h.bytes ||
-			     memcmp(e->shape, v.h.shape, sizeof(e->shape)) ||
-			     memcmp(data, R->staging + r->payload_off + LB_INSERT_HDR_SIZE, v.h.bytes)))
-			broken(r, "inserted entry differs from the request's header or data");
-		record_insert(R, r, &v.h);
+	case LB_OP_INSERT:
+		check_insert_done(R, r, k, &v);
 		return;
-	}
-	if ((r->opcode == LB_OP_RELEASE || r->opcode == LB_OP_REPORT) && k->status == 0) {
-		if (!lease_held(R, r->lease))
+	case LB_OP_LOOKUP_PREFIX:
+		check_prefix_done(R, r, k, &v, lease_kept);
+		return;
+	case LB_OP_INSERT_BLOCK:
+		check_block_done(R, r, k, &v);
+		return;
+	case LB_OP_RELEASE:
+	case LB_OP_REPORT:
+		if (k->status)
+			return;
+		if (!hset_has(&R->held, r->lease))
 			broken(r, "lease op succeeded on a lease not held");
 		if (r->opcode == LB_OP_RELEASE) {
-			held_del(R, r->lease);
+			int64_t at = hset_find(&R->pheld, r->lease);
+			hset_del(&R->held, r->lease);
+			if (at >= 0) { /* the run's one lease: every block's hold ends */
+				blk_pin(R, prefix_model(), R->pheld.val[at], -1);
+				hset_del(&R->pheld, r->lease);
+			}
 		} else {
 			float drift;
 			memcpy(&drift, &r->aux, sizeof(drift));
 			R->reports_over += drift > DRIFT_MAX;
 		}
+		return;
 	}
 }
 
@@ -551,16 +931,27 @@ static void check_stats(struct run *R)
 	struct lbp_stats_reply st;
 	lbip_bank_stats(R->l, &st);
 	uint64_t drops = st.evictions + st.expirations + st.invalidations;
-	if (st.leases != R->n_out || st.hits != R->hits || st.misses != R->misses ||
+	if (st.leases != R->held.n || st.hits != R->hits || st.misses != R->misses ||
 	    st.inserts != R->inserts)
 		broken(NULL, "STATS leases %llu hits %llu misses %llu inserts %llu, completions say "
 		       "%u %llu %llu %llu", (unsigned long long)st.leases, (unsigned long long)st.hits,
-		       (unsigned long long)st.misses, (unsigned long long)st.inserts, R->n_out,
+		       (unsigned long long)st.misses, (unsigned long long)st.inserts, R->held.n,
 		       (unsigned long long)R->hits, (unsigned long long)R->misses,
 		       (unsigned long long)R->inserts);
-	if (drops > st.inserts || st.entries != st.inserts - drops)
-		broken(NULL, "STATS entries %llu, inserts %llu, dropped %llu",
-		       (unsigned long long)st.entries, (unsigned long long)st.inserts,
+	if (st.prefix_hits != R->prefix_hits || st.prefix_misses != R->prefix_misses ||
+	    st.blocks_served != R->blocks_served)
+		broken(NULL, "STATS prefix hits %llu misses %llu blocks served %llu, completions say "
+		       "%llu %llu %llu", (unsigned long long)st.prefix_hits,
+		       (unsigned long long)st.prefix_misses, (unsigned long long)st.blocks_served,
+		       (unsigned long long)R->prefix_hits, (unsigned long long)R->prefix_misses,
+		       (unsigned long long)R->blocks_served);
+	/* Blocks count in inserts and drops, not in entries (STATS_REPLY, 4.5). */
+	if (drops > st.inserts || st.entries + st.blocks != st.inserts - drops ||
+	    st.blocks > R->block_inserts || st.entries > st.inserts - R->block_inserts ||
+	    (!drops && st.blocks != R->block_inserts))
+		broken(NULL, "STATS entries %llu blocks %llu, inserts %llu (%llu blocks), dropped %llu",
+		       (unsigned long long)st.entries, (unsigned long long)st.blocks,
+		       (unsigned long long)st.inserts, (unsigned long long)R->block_inserts,
 		       (unsigned long long)drops);
 	if (st.bytes_budget != BUDGET || st.bytes_used > st.bytes_budget)
 		broken(NULL, "STATS bytes_used %llu of budget %llu", (unsigned long long)st.bytes_used,
@@ -571,31 +962,83 @@ static void check_stats(struct run *R)
 		       (unsigned long long)st.expirations);
 }
 
+static void check_store(struct run *R)
+{
+	char why[160] = "";
+	if (lbd_store_check(lbip_bank_store(R->l), why, sizeof(why)) < 0)
+		broken(NULL, "store invariant broken: %s", why);
+}
+
+/* Whether a RELEASE of lease succeeds among the pump's completions after the i-th of n: then
+ * what it held may be gone by the pump's end. */
+static bool released_after(const struct run *R, uint64_t lease, uint32_t i, uint32_t n)
+{
+	for (uint32_t j = i + 1; j < n; j++) {
+		const struct lb_req *r = &R->pending[(R->pend_head + j) % PENDING_CAP];
+		if (r->opcode == LB_OP_RELEASE && got[j].status == 0 && r->lease == lease)
+			return true;
+	}
+	return false;
+}
+
+/* The payloads the daemon served in this pump are in staging as the shadow has them: answers
+ * where the model expects them, nothing else written (of an insert's, its header area). */
+static void check_staging(const struct run *R, uint32_t n)
+{
+	for (uint32_t j = 0; j < n; j++) {
+		const struct lb_req *r = &R->pending[(R->pend_head + j) % PENDING_CAP];
+		bool ins = r->opcode == LB_OP_INSERT || r->opcode == LB_OP_INSERT_BLOCK;
+		uint64_t cap = ins ? LB_INSERT_HDR_SIZE : LOOKUP_MAX_PAYLOAD;
+		uint64_t len = r->payload_len < cap ? r->payload_len : cap;
+		if (!payload_inside(R, r))
+			continue;
+		for (uint64_t at = r->payload_off; at < r->payload_off + len; at += KEY_BYTES) {
+			uint64_t k = r->payload_off + len - at < KEY_BYTES ? r->payload_off + len - at
+									  : KEY_BYTES;
+			if (!memcmp(R->staging + at, R->shadow + at, k))
+				continue;
+			uint64_t w[2][2] = { { 0 } };
+			memcpy(w[0], R->staging + at, k);
+			memcpy(w[1], R->shadow + at, k);
+			broken(r, "staging at %llu holds %016llx %016llx, the model expects %016llx %016llx "
+			       "(a prefix hit's answer, or bytes nobody should have written)",
+			       (unsigned long long)at, (unsigned long long)w[0][0],
+			       (unsigned long long)w[0][1], (unsigned long long)w[1][0],
+			       (unsigned long long)w[1][1]);
+		}
+	}
+}
+
 /* Serve the ring, then check every new completion, in order, against what was pushed. */
 static void pump(struct run *R, bool take)
 {
 	struct lb_ring_view *cpl = &R->c->cpl;
 	struct lbp_stats_reply st;
+	uint32_t n = 0;
 
 	R->c->pump(R->c->pump_ctx);
 	lbip_bank_stats(R->l, &st);
 	uint64_t drops = st.evictions + st.expirations + st.invalidations;
 	R->dirty = drops != R->drops_seen;
 	R->drops_seen = drops;
-	while (R->seen - cpl->local <= cpl->mask &&
-	       atomic_load_explicit(lb_ring_slot_stamp(cpl, R->seen), memory_order_acquire) ==
-		       lb_ring_stamp(R->seen)) {
-		struct lb_cpl k;
-		memcpy(&k, cpl->entries + (size_t)(R->seen & cpl->mask) * LB_RING_ENTRY_SIZE, sizeof(k));
-		if (!R->pend_n)
-			broken(NULL, "a completion (user_data %llu) for no request",
-			       (unsigned long long)k.user_data);
-		const struct lb_req *r = &R->pending[R->pend_head];
-		check_completion(R, r, &k);
-		R->pend_head = (R->pend_head + 1) % PENDING_CAP;
-		R->pend_n--;
-		R->seen++;
+	while (R->seen + n - cpl->local <= cpl->mask &&
+	       atomic_load_explicit(lb_ring_slot_stamp(cpl, R->seen + n), memory_order_acquire) ==
+		       lb_ring_stamp(R->seen + n)) {
+		if (n == R->pend_n)
+			broken(NULL, "a completion for no request");
+		memcpy(&got[n], cpl->entries + (size_t)((R->seen + n) & cpl->mask) * LB_RING_ENTRY_SIZE,
+		       sizeof(got[n]));
+		n++;
 	}
+	for (uint32_t j = 0; j < n; j++) {
+		const struct lb_req *r = &R->pending[(R->pend_head + j) % PENDING_CAP];
+		bool phit = r->opcode == LB_OP_LOOKUP_PREFIX && got[j].status == 0;
+		check_completion(R, r, &got[j], phit && !released_after(R, got[j].lease, j, n));
+	}
+	check_staging(R, n);
+	R->pend_head = (R->pend_head + n) % PENDING_CAP;
+	R->pend_n -= n;
+	R->seen += n;
 	/* Back-pressure (section 5): a request left waiting means the completion ring is full. */
 	if (R->pend_n && R->seen - cpl->local != cpl->mask + 1)
 		broken(&R->pending[R->pend_head], "request not served with room for its completion");
@@ -603,6 +1046,9 @@ static void pump(struct run *R, bool take)
 		R->epoch++; /* what this pump inserted may be gone already */
 	R->dirty = false;
 	check_stats(R);
+	/* A pump that served nothing changed nothing: the walk over the store is skipped. */
+	if (n)
+		check_store(R);
 	if (take)
 		while (cpl->local != R->seen)
 			lb_ring_sc_release(cpl);
@@ -632,14 +1078,8 @@ static void stage(struct run *R, uint64_t off, const uint8_t *p, size_t n)
 	if (n > R->staging_bytes - off)
 		n = (size_t)(R->staging_bytes - off);
 	memcpy(R->c->staging + off, p, n);
-	if (R->n_written < DIRTY_MAX) {
-		R->written[R->n_written].lo = off;
-		R->written[R->n_written++].hi = off + n;
-	} else {
-		uint64_t *lo = &R->written[DIRTY_MAX - 1].lo, *hi = &R->written[DIRTY_MAX - 1].hi;
-		*lo = off < *lo ? off : *lo;
-		*hi = off + n > *hi ? off + n : *hi;
-	}
+	memcpy(R->shadow + off, p, n);
+	mark_written(R, off, n);
 }
 
 /* ---- input ---- */
@@ -703,9 +1143,12 @@ static void request(struct run *R, struct input *in, bool lease_ref)
 	push_input(R, &r);
 }
 
-static void finish(struct run *R)
+/* ---- the end of an input ---- */
+
+/* Every request served and checked, then every lease released through the ring: each must
+ * succeed, a prefix hit's one RELEASE for all its blocks. */
+static void release_everything(struct run *R)
 {
-	/* Every request served and checked. */
 	for (unsigned i = 0; R->pend_n; i++) {
 		if (i > PENDING_CAP)
 			broken(&R->pending[R->pend_head], "requests never served");
@@ -714,28 +1157,32 @@ static void finish(struct run *R)
 	pump(R, true);
 	if (R->pend_n || R->seen != R->c->cpl.local)
 		broken(NULL, "completions left over");
-	/* Every lease released through the ring: each must succeed. */
 	static uint64_t out[LBD_MAX_LEASES];
 	uint32_t n = 0;
-	for (uint32_t i = 0; R->n_out && i < HELD_SLOTS; i++)
-		if (R->held[i])
-			out[n++] = R->held[i];
+	for (uint32_t i = 0; R->held.n && i < HELD_SLOTS; i++)
+		if (R->held.slot[i])
+			out[n++] = R->held.slot[i];
 	for (uint32_t i = 0; i < n; i++) {
 		struct lb_req r = { .opcode = LB_OP_RELEASE, .lease = out[i], .user_data = i };
 		push(R, &r);
 	}
 	while (R->pend_n)
 		pump(R, true);
-	if (R->n_out)
-		broken(NULL, "%u leases held after releasing all", R->n_out);
+	if (R->held.n || R->pheld.n)
+		broken(NULL, "%u leases held after releasing all", R->held.n);
+	check_store(R);
+}
 
-	/* The per-layer counters add up to the totals (nothing is leased: no dropped entry
-	 * still holds bytes). A model no request reached is skipped, reading the 1024 layers of
-	 * one would cost more than the rest of a small input: its counters show up as a
-	 * difference from the totals all the same. */
+/* The per-layer counters add up to the totals (nothing is leased: no dropped entry still holds
+ * bytes), prefix blocks aside. A model no request reached is skipped, reading the 1024 layers of
+ * one would cost more than the rest of a small input: its counters show up as a difference from
+ * the totals all the same. */
+static void check_layer_sums(struct run *R)
+{
 	struct lbp_stats_reply st;
-	struct lbp_model_stats_reply ms;
+	static struct lbp_model_stats_reply ms;
 	uint64_t entries = 0, bytes = 0, inserts = 0, evictions = 0;
+
 	lbip_bank_stats(R->l, &st);
 	for (size_t i = 0; i < N_MODELS; i++) {
 		uint64_t looked = 0;
@@ -760,14 +1207,44 @@ static void finish(struct run *R)
 			broken(NULL, "%s: per-layer hits + misses %llu, lookups say %llu", models[i].name,
 			       (unsigned long long)looked, (unsigned long long)R->layer_lookups[i]);
 	}
-	if (st.leases || entries != st.entries || bytes != st.bytes_used || inserts != st.inserts ||
-	    evictions != st.evictions)
-		broken(NULL, "per-layer sums (entries %llu bytes %llu inserts %llu evictions %llu) vs "
-		       "STATS (%llu %llu %llu %llu, leases %llu)", (unsigned long long)entries,
-		       (unsigned long long)bytes, (unsigned long long)inserts,
-		       (unsigned long long)evictions, (unsigned long long)st.entries,
-		       (unsigned long long)st.bytes_used, (unsigned long long)st.inserts,
-		       (unsigned long long)st.evictions, (unsigned long long)st.leases);
+	/* Every block is of the one kv model's size. Dropped blocks are evictions but under ttl,
+	 * where some may have expired instead. */
+	uint64_t block_drops = R->block_inserts - st.blocks;
+	uint64_t blocks_bytes = st.blocks * entry_need(block_bytes(&models[KV_MODEL]));
+	bool ev = R->kind == BANK_TTL0 ? evictions <= st.evictions &&
+						 st.evictions <= evictions + block_drops
+				       : evictions + block_drops == st.evictions;
+	if (st.leases || entries != st.entries || bytes + blocks_bytes != st.bytes_used ||
+	    inserts + R->block_inserts != st.inserts || !ev)
+		broken(NULL, "per-layer sums (entries %llu bytes %llu inserts %llu evictions %llu) and "
+		       "blocks (%llu inserted, %llu cached) vs STATS (%llu %llu %llu %llu, leases %llu)",
+		       (unsigned long long)entries, (unsigned long long)bytes,
+		       (unsigned long long)inserts, (unsigned long long)evictions,
+		       (unsigned long long)R->block_inserts, (unsigned long long)st.blocks,
+		       (unsigned long long)st.entries, (unsigned long long)st.bytes_used,
+		       (unsigned long long)st.inserts, (unsigned long long)st.evictions,
+		       (unsigned long long)st.leases);
+}
+
+/* With no lease held nothing pins anything (a RELEASE ended each hit's hold, a prefix hit's on
+ * every block): lowering the budget to one byte evicts every entry and block, leaves first. */
+static void check_all_evictable(struct run *R)
+{
+	struct lbd_store *store = lbip_bank_store(R->l);
+	struct lbd_store_cfg cfg, tiny;
+	struct lbp_stats_reply st;
+
+	lbd_store_get_cfg(store, &cfg);
+	tiny = cfg;
+	tiny.budget = 1;
+	lbd_store_configure(store, &tiny);
+	lbip_bank_stats(R->l, &st);
+	if (st.entries || st.blocks || st.bytes_used)
+		broken(NULL, "with no lease held, a budget of one byte leaves %llu entries, %llu "
+		       "blocks, %llu bytes", (unsigned long long)st.entries,
+		       (unsigned long long)st.blocks, (unsigned long long)st.bytes_used);
+	check_store(R);
+	lbd_store_configure(store, &cfg);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -789,10 +1266,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	R.kind = kind;
 	R.staging = R.c->staging;
 	R.staging_bytes = R.c->layout.staging_bytes;
+	static uint8_t *shadow;
+	if (!shadow && !(shadow = calloc(1, R.staging_bytes)))
+		broken(NULL, "no memory for the shadow of staging");
+	R.shadow = shadow;
 	R.seen = R.c->cpl.local;
 	R.pending = pending_reqs;
 	R.given = given_leases;
-	R.held = held_leases;
+	R.held.slot = held_leases;
+	R.pheld.slot = prefix_leases;
+	R.pheld.val = prefix_last;
+	R.blk = blocks;
+	R.blk_used = blocks_used;
 
 	while (in.n) {
 		uint8_t op = 0;
@@ -822,11 +1307,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 	}
-	finish(&R);
+	release_everything(&R);
+	check_layer_sums(&R);
+	check_all_evictable(&R);
 
 	if (lbip_bank_clear(R.l) < 0)
 		broken(NULL, "cannot clear the bank");
-	for (uint32_t i = 0; i < R.n_written; i++)
+	for (uint32_t i = 0; i < R.n_written; i++) {
 		memset(R.c->staging + R.written[i].lo, 0, R.written[i].hi - R.written[i].lo);
+		memset(R.shadow + R.written[i].lo, 0, R.written[i].hi - R.written[i].lo);
+	}
+	for (uint32_t i = 0; i < R.n_blk; i++)
+		memset(&R.blk[R.blk_used[i]], 0, sizeof(R.blk[0]));
 	return 0;
 }

@@ -3,9 +3,11 @@
  * limits) and a few frames each check of PROTOCOL.md section 2 rejects, for fuzz_lbp_decode;
  * scripts of ring requests (fuzz_ring_entry.c describes the format) that insert, hit, report,
  * release, evict, expire, hit the lease limit, fill the completion ring and fail each check of
- * Ring protocol 6, for fuzz_ring_entry; snapshot files of every dtype and rank with up to
- * three models, and files the loader's checks refuse, for fuzz_snapshot; and
- * fuzz_lbp_decode.dict, the body keys as they appear on the wire. Deterministic: test_fuzz_corpus checks that the committed files are these.
+ * Ring protocol 6, and insert and look up chains of prefix blocks (their keys from
+ * lb_block_keys, so that they chain as a client's do), for fuzz_ring_entry; snapshot files of
+ * every dtype and rank with up to three models, and files the loader's checks refuse, for
+ * fuzz_snapshot; and fuzz_lbp_decode.dict, the body keys as they appear on the wire.
+ * Deterministic: test_fuzz_corpus checks that the committed files are these.
  *
  * Usage: fuzz_corpus_gen DIR   (writes DIR/corpus/<target>/ and DIR/fuzz_lbp_decode.dict,
  * making the folders; tests/fuzz to regenerate the committed ones)
@@ -22,6 +24,7 @@
 #include <msgpack.h>
 #include <xxhash.h>
 
+#include "layerbank/layerbank.h"
 #include "layerbank/ring.h"
 #include "lbp.h"
 
@@ -100,6 +103,7 @@ static struct lbp_msg msg(enum lbp_type t)
 		m.u.reg.dtype = LBP_DTYPE_F32;
 		m.u.reg.max_seq = 512;
 		m.u.reg.fp = (struct lbp_fp_spec){ 64, 256, 3 };
+		m.u.reg.kv = (struct lbp_kv_spec){ 32, 16 }; /* 4 KV heads of 8 */
 		break;
 	case LBP_MODEL:
 		m.u.model.model_id = 3;
@@ -121,6 +125,10 @@ static struct lbp_msg msg(enum lbp_type t)
 		m.u.stats.bytes_used = 1u << 20;
 		m.u.stats.bytes_budget = 1ull << 30;
 		m.u.stats.fragmentation_ppm = 1234;
+		m.u.stats.blocks = 40;
+		m.u.stats.prefix_hits = 12;
+		m.u.stats.prefix_misses = 3;
+		m.u.stats.blocks_served = 57;
 		break;
 	case LBP_ERROR:
 		m.u.error.code = EBADMSG;
@@ -259,12 +267,16 @@ static void decode_seeds(void)
 	m.u.reg.dtype = LBP_DTYPE_BF16;
 	m.u.reg.max_seq = LBP_MAX_SEQ;
 	m.u.reg.fp.seed = UINT64_MAX;
+	m.u.reg.kv = (struct lbp_kv_spec){ LBP_MAX_HIDDEN, LBP_MAX_BLOCK_TOKENS };
 	put_msg("register-model-max", &m);
+	m = msg(LBP_REGISTER_MODEL);
+	m.u.reg.kv = (struct lbp_kv_spec){ 0, 0 }; /* an encoder: no prefix blocks */
+	put_msg("register-model-no-kv", &m);
 
 	m = msg(LBP_STATS_REPLY);
 	m.u.stats.page_size = 2097152;
 	m.u.stats.hugepages = true;
-	m.u.stats.hits = m.u.stats.bytes_budget = UINT64_MAX;
+	m.u.stats.hits = m.u.stats.bytes_budget = m.u.stats.blocks_served = UINT64_MAX;
 	strcpy(m.u.stats.policy, "decay");
 	m.u.stats.fragmentation_ppm = 1000000;
 	put_msg("stats-reply-max", &m);
@@ -290,51 +302,55 @@ static void decode_seeds(void)
 	/* Valid in other encodings: keys in reverse order, wide integers, str8 keys. */
 	struct hand h;
 	uint8_t *at;
-	hand_start(&h, 1, LBP_MODEL, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL, 2);
 	hand_key(&h, "created");
 	msgpack_pack_false(&h.pk);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint64(&h.pk, 9);
 	hand_put(&h, "model-keys-reversed");
-	static const uint8_t wide[] = { 0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, 1, 0xd0, 0x05, 0xde, 0, 0 };
+	static const uint8_t wide[] = { 0x93, 0xcf, 0, 0, 0, 0, 0, 0, 0, LBP_VERSION, 0xd0, 0x05,
+					0xde, 0, 0 };
 	raw("stats-wide-ints", wide, sizeof(wide));
-	static const uint8_t str8[] = { 0x93, 0x01, 0x09, 0x82, 0xd9, 0x08, 'm', 'o', 'd', 'e', 'l',
-					'_', 'i', 'd', 0x01, 0xd9, 0x0b, 'f', 'i', 'r', 's', 't', '_',
+	static const uint8_t str8[] = { 0x93, LBP_VERSION, 0x09, 0x82, 0xd9, 0x08, 'm', 'o', 'd',
+					'e', 'l', '_', 'i', 'd', 0x01, 0xd9, 0x0b, 'f', 'i', 'r', 's', 't', '_',
 					'l', 'a', 'y', 'e', 'r', 0xcd, 0x03, 0xff };
 	raw("model-stats-str8-keys", str8, sizeof(str8));
 
-	/* Rejected, one per check. */
-	static const uint8_t v2[] = { 0x93, 0x02, 0x05, 0x80 };
-	raw("bad-version-2", v2, sizeof(v2));
+	/* Rejected, one per check. Version 1 is the protocol before prefix blocks. */
+	static const uint8_t v1[] = { 0x93, 0x01, 0x05, 0x80 };
+	raw("bad-version-1", v1, sizeof(v1));
+	static const uint8_t v3[] = { 0x93, 0x03, 0x05, 0x80 };
+	raw("bad-version-3", v3, sizeof(v3));
 	static const uint8_t vneg[] = { 0x93, 0xff, 0x05, 0x80 };
 	raw("bad-version-negative", vneg, sizeof(vneg));
 	static const uint8_t v64[] = { 0xdc, 0x00, 0x03, 0xcf, 1, 0, 0, 0, 0, 0, 0, 0, 0x05, 0x80 };
 	raw("bad-version-array16-huge", v64, sizeof(v64));
-	static const uint8_t trailing[] = { 0x93, 0x01, 0x05, 0x80, 0x00 };
+	static const uint8_t trailing[] = { 0x93, LBP_VERSION, 0x05, 0x80, 0x00 };
 	raw("bad-trailing-byte", trailing, sizeof(trailing));
 	m = msg(LBP_REGISTER_MODEL);
 	n = encode(&m);
 	raw("bad-truncated", frame, n - 3);
-	static const uint8_t flt[] = { 0x93, 0x01, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_',
-				       'i', 'd', 0xca, 0x3f, 0x80, 0, 0, 0xa7, 'c', 'r', 'e', 'a',
+	static const uint8_t flt[] = { 0x93, LBP_VERSION, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l',
+				       '_', 'i', 'd', 0xca, 0x3f, 0x80, 0, 0, 0xa7, 'c', 'r', 'e', 'a',
 				       't', 'e', 'd', 0xc3 };
 	raw("bad-float", flt, sizeof(flt));
-	static const uint8_t ext[] = { 0x93, 0x01, 0x05, 0xd4, 0x01, 0x00 };
+	static const uint8_t ext[] = { 0x93, LBP_VERSION, 0x05, 0xd4, 0x01, 0x00 };
 	raw("bad-ext", ext, sizeof(ext));
-	static const uint8_t c1[] = { 0x93, 0x01, 0x05, 0xc1 };
+	static const uint8_t c1[] = { 0x93, LBP_VERSION, 0x05, 0xc1 };
 	raw("bad-0xc1", c1, sizeof(c1));
-	static const uint8_t huge[] = { 0x93, 0x01, 0x05, 0xdf, 0xff, 0xff, 0xff, 0xff };
+	static const uint8_t huge[] = { 0x93, LBP_VERSION, 0x05, 0xdf, 0xff, 0xff, 0xff, 0xff };
 	raw("bad-map32-count", huge, sizeof(huge));
-	static const uint8_t hugestr[] = { 0x93, 0x01, 0x01, 0x81, 0xdb, 0xff, 0xff, 0xff, 0xf0 };
+	static const uint8_t hugestr[] = { 0x93, LBP_VERSION, 0x01, 0x81, 0xdb, 0xff, 0xff, 0xff,
+					   0xf0 };
 	raw("bad-str32-length", hugestr, sizeof(hugestr));
-	uint8_t deep[16] = { 0x93, 0x01, 0x05 };
+	uint8_t deep[16] = { 0x93, LBP_VERSION, 0x05 };
 	memset(deep + 3, 0x91, sizeof(deep) - 4);
 	deep[sizeof(deep) - 1] = 0x80;
 	raw("bad-nesting", deep, sizeof(deep));
 	/* 4097 objects: [1, 5, {}] with an array of 4094 nils in the body's place. */
 	static uint8_t many[3 + 3 + 4094];
 	many[0] = 0x93;
-	many[1] = 0x01;
+	many[1] = LBP_VERSION;
 	many[2] = 0x05;
 	many[3] = 0xdc;
 	many[4] = 4094 >> 8;
@@ -343,12 +359,12 @@ static void decode_seeds(void)
 	raw("bad-object-count", many, sizeof(many));
 	static const uint8_t empty_array[] = { 0x90 };
 	raw("bad-empty-array", empty_array, sizeof(empty_array));
-	static const uint8_t type0[] = { 0x93, 0x01, 0x00, 0x80 };
+	static const uint8_t type0[] = { 0x93, LBP_VERSION, 0x00, 0x80 };
 	raw("bad-type-0", type0, sizeof(type0));
-	static const uint8_t nomap[] = { 0x93, 0x01, 0x05, 0x90 };
+	static const uint8_t nomap[] = { 0x93, LBP_VERSION, 0x05, 0x90 };
 	raw("bad-body-array", nomap, sizeof(nomap));
 
-	hand_start(&h, 1, LBP_MODEL_STATS, 3);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 3);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_key(&h, "first_layer");
@@ -356,30 +372,30 @@ static void decode_seeds(void)
 	hand_key(&h, "bogus\x01key");
 	msgpack_pack_nil(&h.pk);
 	hand_put(&h, "bad-unknown-key");
-	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 2);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 2);
 	hand_put(&h, "bad-duplicate-key");
-	hand_start(&h, 1, LBP_MODEL_STATS, 1);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 1);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_put(&h, "bad-missing-key");
-	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 2);
 	msgpack_pack_uint32(&h.pk, 1);
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_key(&h, "first_layer");
 	msgpack_pack_uint32(&h.pk, 0);
 	hand_put(&h, "bad-int-key");
-	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 2);
 	hand_key(&h, "model_id");
 	msgpack_pack_str(&h.pk, 1);
 	msgpack_pack_str_body(&h.pk, "1", 1);
 	hand_key(&h, "first_layer");
 	msgpack_pack_uint32(&h.pk, 0);
 	hand_put(&h, "bad-wrong-type");
-	hand_start(&h, 1, LBP_MODEL_STATS, 2);
+	hand_start(&h, LBP_VERSION, LBP_MODEL_STATS, 2);
 	hand_key(&h, "model_id");
 	msgpack_pack_uint32(&h.pk, 1);
 	hand_key(&h, "first_layer");
@@ -390,7 +406,7 @@ static void decode_seeds(void)
 	char name64[LBP_MAX_NAME + 2];
 	memset(name64, 'x', sizeof(name64) - 1);
 	name64[sizeof(name64) - 1] = '\0';
-	hand_start(&h, 1, LBP_HELLO, 5);
+	hand_start(&h, LBP_VERSION, LBP_HELLO, 5);
 	hand_key(&h, "shm_abi");
 	msgpack_pack_uint32(&h.pk, LB_SHM_ABI_VERSION);
 	hand_key(&h, "name");
@@ -491,8 +507,8 @@ static void write_dict(void)
 	for (unsigned i = 0; i < d.n; i++)
 		fprintf(f, "key_%s=\"\\x%02x%s\"\n", d.keys[i], 0xa0 | (unsigned)strlen(d.keys[i]),
 			d.keys[i]);
-	fprintf(f, "frame_v1=\"\\x93\\x01\"\n"
-		   "str8=\"\\xd9\"\nstr32=\"\\xdb\"\nbin8=\"\\xc4\"\nbin32=\"\\xc6\"\n"
+	fprintf(f, "frame_v%u=\"\\x93\\x%02x\"\n", LBP_VERSION, LBP_VERSION);
+	fprintf(f, "str8=\"\\xd9\"\nstr32=\"\\xdb\"\nbin8=\"\\xc4\"\nbin32=\"\\xc6\"\n"
 		   "uint64=\"\\xcf\"\nint64=\"\\xd3\"\nint8=\"\\xd0\"\n"
 		   "array16=\"\\xdc\"\narray32=\"\\xdd\"\nmap16=\"\\xde\"\nmap32=\"\\xdf\"\n"
 		   "float32=\"\\xca\"\nfixext1=\"\\xd4\"\nreserved=\"\\xc1\"\n"
@@ -509,6 +525,12 @@ enum { BANK_LRU, BANK_DECAY, BANK_TTL0 };
 /* The models fuzz_ring_entry registers, by id. */
 #define SMALL 1u  /* 4 layers, max_seq 256 */
 #define DEEP 2u   /* 1024 layers, max_seq 1048576 */
+#define PREFIX 3u /* 2 layers, max_seq 64, kv: dim 32, blocks of 4 tokens */
+#define NO_MODEL 9u
+#define PB_TOKENS 4u
+#define PB_MAX 16u                         /* blocks in max_seq */
+#define PB_BYTES (2u * 2 * PB_TOKENS * 32 * 4) /* f32 [2][2][4][32] */
+#define PB_PAYLOAD (LB_INSERT_HDR_SIZE + PB_BYTES)
 
 struct script {
 	uint8_t b[65536];
@@ -646,6 +668,296 @@ static void report(struct script *s, float drift, int lease_ref)
 	uint32_t aux;
 	memcpy(&aux, &drift, 4);
 	req(s, (struct lb_req){ .opcode = LB_OP_REPORT, .aux = aux }, NULL, 0, lease_ref);
+}
+
+/* ---- prefix blocks ---- */
+
+/* The keys of n blocks of a token sequence, as a client computes them (lb_block_keys): seed
+ * picks the tokens, and the first `shared` blocks' tokens are the same for every seed. */
+static void chain(uint32_t seed, uint32_t shared, uint64_t (*keys)[2], uint32_t n)
+{
+	int32_t t[LB_PREFIX_MAX_BLOCKS * PB_TOKENS];
+	if (n > LB_PREFIX_MAX_BLOCKS)
+		die("chain: %u blocks", n);
+	for (uint32_t i = 0; i < n * PB_TOKENS; i++)
+		t[i] = (int32_t)(i < shared * PB_TOKENS ? 1000 + i : seed * 100000 + i);
+	if (lb_block_keys(t, n * PB_TOKENS, PB_TOKENS, keys, n) != n)
+		die("lb_block_keys: not %u blocks", n);
+}
+
+/* A block header for block index of keys, the prefix model's geometry. */
+static struct lb_block_hdr block_hdr(const uint64_t (*keys)[2], uint32_t index)
+{
+	struct lb_block_hdr h = { .index = index, .dtype = 1, .ndim = 4,
+				  .shape = { 2, 2, PB_TOKENS, 32 }, .bytes = PB_BYTES };
+	memcpy(h.key, keys[index], sizeof(h.key));
+	if (index)
+		memcpy(h.parent, keys[index - 1], sizeof(h.parent));
+	return h;
+}
+
+/* INSERT_BLOCK of h at off (r's other fields as given, else the usual ones); the data written
+ * too when with_data, each float a function of the key. */
+static void insert_block_req(struct script *s, struct lb_req r, const struct lb_block_hdr *h,
+			     bool with_data)
+{
+	static uint8_t p[PB_PAYLOAD];
+	size_t n = LB_INSERT_HDR_SIZE;
+	memset(p, 0, sizeof(p));
+	memcpy(p, h, sizeof(*h));
+	if (with_data) {
+		for (uint32_t i = 0; i < PB_BYTES / 4; i++) {
+			float v = (float)(h->key[0] & 0xffff) + (float)i;
+			memcpy(p + n + 4 * i, &v, 4);
+		}
+		n += PB_BYTES;
+	}
+	r.opcode = LB_OP_INSERT_BLOCK;
+	if (!r.model_id)
+		r.model_id = PREFIX;
+	if (!r.seq_len)
+		r.seq_len = (h->index + 1) * PB_TOKENS;
+	if (!r.payload_len)
+		r.payload_len = PB_PAYLOAD;
+	req(s, r, p, n, -1);
+}
+
+static void insert_block(struct script *s, const uint64_t (*keys)[2], uint32_t index, uint32_t off,
+			 bool with_data)
+{
+	struct lb_block_hdr h = block_hdr(keys, index);
+	insert_block_req(s, (struct lb_req){ .payload_off = off }, &h, with_data);
+}
+
+/* LOOKUP_PREFIX of keys[0..n) at off; r's other fields as given. */
+static void lookup_prefix_req(struct script *s, struct lb_req r, const uint64_t (*keys)[2],
+			      uint32_t n)
+{
+	static uint8_t p[sizeof(struct lb_prefix_query) + 16 * (LB_PREFIX_MAX_BLOCKS + 1)];
+	struct lb_prefix_query q = { .n_keys = n };
+	if (n > LB_PREFIX_MAX_BLOCKS + 1)
+		die("lookup_prefix: %u keys", n);
+	memcpy(p, &q, sizeof(q));
+	memcpy(p + sizeof(q), keys, 16 * (size_t)n);
+	r.opcode = LB_OP_LOOKUP_PREFIX;
+	if (!r.model_id)
+		r.model_id = PREFIX;
+	if (!r.payload_len)
+		r.payload_len = (uint32_t)(sizeof(q) + 16 * n);
+	req(s, r, p, sizeof(q) + 16 * (size_t)n, -1);
+}
+
+static void lookup_prefix(struct script *s, const uint64_t (*keys)[2], uint32_t n, uint32_t off)
+{
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = off }, keys, n);
+}
+
+static void prefix_seeds(struct script *s)
+{
+	/* One key more than a lookup may bring: the last one stays 0, for the lookup of 257. */
+	static uint64_t a[LB_PREFIX_MAX_BLOCKS + 1][2], b[LB_PREFIX_MAX_BLOCKS + 1][2];
+
+	/* A chain of six blocks with their data, the longest run of eight keys (six), REPORT on
+	 * its lease (refused), RELEASE, RELEASE again (stale), and keys that start at block 1. */
+	begin(s, BANK_LRU);
+	chain(1, 0, a, 8);
+	for (uint32_t i = 0; i < 6; i++)
+		insert_block(s, (const uint64_t(*)[2])a, i, 4096 * i, true);
+	pump(s, true);
+	lookup_prefix(s, (const uint64_t(*)[2])a, 8, 65536);
+	pump(s, true);
+	report(s, 0.0f, 0);
+	release(s, 0);
+	release(s, 0);
+	lookup_prefix(s, (const uint64_t(*)[2])a + 1, 5, 65536);
+	pump(s, true);
+	done(s, "prefix-chain");
+
+	/* Two sequences that share their first two blocks: one tree. The second's blocks 0 and 1
+	 * are cached already; each finds its own five; two hits, two leases. Then keys that mix
+	 * the branches: block 3 of the second is at place 3, but not under the first's block 2. */
+	begin(s, BANK_DECAY);
+	chain(2, 2, a, 5);
+	chain(3, 2, b, 5);
+	for (uint32_t i = 0; i < 5; i++)
+		insert_block(s, (const uint64_t(*)[2])a, i, 4096 * i, i == 4);
+	for (uint32_t i = 0; i < 5; i++)
+		insert_block(s, (const uint64_t(*)[2])b, i, 32768 + 4096 * i, false);
+	pump(s, true);
+	lookup_prefix(s, (const uint64_t(*)[2])b, 5, 65536);
+	lookup_prefix(s, (const uint64_t(*)[2])a, 5, 65536 + 4096);
+	memcpy(a[3], b[3], sizeof(a[3]));
+	lookup_prefix(s, (const uint64_t(*)[2])a, 5, 65536 + 8192);
+	pump(s, true);
+	done(s, "prefix-branches");
+
+	/* The answers are written over the keys: the same request again reads them as keys (a
+	 * miss), and an insert served after a hit whose payload lies in its data (only its header
+	 * written) stores the answers. */
+	begin(s, BANK_LRU);
+	chain(4, 0, a, 3);
+	for (uint32_t i = 0; i < 3; i++)
+		insert_block(s, (const uint64_t(*)[2])a, i, 4096 * i, false);
+	pump(s, true);
+	lookup_prefix(s, (const uint64_t(*)[2])a, 3, 65536);
+	repeat(s, 1);
+	lookup_prefix(s, (const uint64_t(*)[2])a, 3, 65536 + 8192 + LB_INSERT_HDR_SIZE);
+	insert(s, SMALL, 0, 4, 91, 16, 65536 + 8192, false);
+	pump(s, true);
+	done(s, "prefix-answers-in-place");
+
+	/* Refusals, in the order of Ring protocol 6 and 10. */
+	begin(s, BANK_LRU);
+	chain(5, 0, a, 3);
+	insert_block(s, (const uint64_t(*)[2])a, 0, 0, false);
+	insert_block(s, (const uint64_t(*)[2])a, 0, 4096, false);        /* EEXIST */
+	insert_block(s, (const uint64_t(*)[2])a, 2, 8192, false);        /* ENOENT: no parent */
+	{
+		struct lb_block_hdr h = block_hdr((const uint64_t(*)[2])a, 1);
+		struct lb_block_hdr bad[12];
+		for (int i = 0; i < 12; i++)
+			bad[i] = h;
+		bad[0].key[0] = bad[0].key[1] = 0;         /* key 0, 0 */
+		bad[1].reserved = 1;
+		bad[2].dtype = 2;                          /* EINVAL (step 4): not the model's */
+		bad[2].bytes = PB_BYTES / 2;
+		bad[3].ndim = 3;
+		bad[3].shape[3] = 0;
+		bad[3].bytes = PB_BYTES / 32;
+		bad[4].shape[0] = 3;                       /* n_layers */
+		bad[4].bytes = PB_BYTES / 2 * 3;
+		bad[5].shape[2] = 8;                       /* block_tokens */
+		bad[5].shape[3] = 16;
+		bad[6].bytes = PB_BYTES + 4;               /* bytes against the shape */
+		bad[7].index = 0;                          /* block 0 with a parent */
+		bad[8].index = 2;                          /* the parent is at place 0: ENOENT */
+		bad[9].index = PB_MAX;                     /* past max_seq */
+		bad[10].parent[0] ^= 1;                    /* a parent not cached: ENOENT */
+		bad[11].shape[1] = 1;                      /* K without V */
+		bad[11].bytes = PB_BYTES / 2;
+		for (int i = 0; i < 12; i++) {
+			uint32_t seq = i == 8 ? 3 * PB_TOKENS : i == 9 ? (PB_MAX + 1) * PB_TOKENS : 0;
+			insert_block_req(s, (struct lb_req){ .payload_off = 16384 + 256u * i,
+							     .seq_len = seq }, &bad[i], false);
+		}
+		insert_block_req(s, (struct lb_req){ .payload_off = 20480, .seq_len = 3 }, &h, false);
+		insert_block_req(s, (struct lb_req){ .payload_off = 20736,
+						     .payload_len = PB_PAYLOAD - 1 }, &h, false);
+		insert_block_req(s, (struct lb_req){ .payload_off = 20992, .layer = 1 }, &h, false);
+		insert_block_req(s, (struct lb_req){ .payload_off = 21248, .lease = 7 }, &h, false);
+		insert_block_req(s, (struct lb_req){ .payload_off = 21504, .model_id = SMALL }, &h,
+				 false);                   /* a model without blocks */
+		insert_block_req(s, (struct lb_req){ .payload_off = 21760, .model_id = NO_MODEL }, &h,
+				 false);                   /* ESRCH */
+		stage(s, 22016, &h, sizeof(h));
+		stage(s, 22016 + 100, "x", 1);             /* the header area's unused bytes */
+		req(s, (struct lb_req){ .opcode = LB_OP_INSERT_BLOCK, .model_id = PREFIX,
+					.seq_len = 2 * PB_TOKENS, .payload_off = 22016,
+					.payload_len = PB_PAYLOAD }, NULL, 0, -1);
+		insert_block_req(s, (struct lb_req){ .payload_off = 22272 }, &h, true); /* at last */
+	}
+	/* Each at its own offset: a payload is read when the request is served. */
+	const uint64_t(*ka)[2] = (const uint64_t(*)[2])a;
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 32768, .model_id = SMALL }, ka, 2);
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 33024, .model_id = NO_MODEL }, ka, 2);
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 33280, .seq_len = 8 }, ka, 2);
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 33536, .layer = 1 }, ka, 2);
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 33792, .aux = 1 }, ka, 2);
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 34052 }, ka, 2); /* not a multiple of 8 */
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 34304, .payload_len = 8 + 16 * 2 + 8 },
+			  ka, 2);
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 34560, .payload_len = 8 + 16 }, ka,
+			  2);                               /* n_keys 2, room for one */
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 34816, .payload_len = 8 }, ka,
+			  0);                               /* no keys */
+	lookup_prefix_req(s, (struct lb_req){ .payload_off = 8388608 - 16 }, ka, 1); /* past staging */
+	{
+		uint8_t q[8 + 16] = { 1, 0, 0, 0, 1 };      /* reserved 1 */
+		memcpy(q + 8, a[0], 16);
+		req(s, (struct lb_req){ .opcode = LB_OP_LOOKUP_PREFIX, .model_id = PREFIX,
+					.payload_off = 36864, .payload_len = sizeof(q) }, q, sizeof(q), -1);
+	}
+	pump(s, true);
+	chain(6, 0, b, 2);
+	lookup_prefix(s, (const uint64_t(*)[2])b, 2, 40960); /* a miss */
+	lookup_prefix(s, (const uint64_t(*)[2])a + 1, 1, 40960 + 64); /* block 1 is not at 0 */
+	lookup_prefix(s, (const uint64_t(*)[2])a, 3, 40960 + 128);
+	pump(s, true);
+	done(s, "prefix-refusals");
+
+	/* The longest chain, max_seq / 4 = 16 blocks, and the one past it; a lookup of 256 keys
+	 * (the largest payload) whose first 16 are cached, and one of 257 (refused). */
+	begin(s, BANK_LRU);
+	chain(7, 0, a, LB_PREFIX_MAX_BLOCKS);
+	for (uint32_t i = 0; i <= PB_MAX; i++)
+		insert_block(s, (const uint64_t(*)[2])a, i, 4096 * i, false);
+	pump(s, true);
+	lookup_prefix(s, (const uint64_t(*)[2])a, LB_PREFIX_MAX_BLOCKS, 131072);
+	lookup_prefix(s, (const uint64_t(*)[2])a, LB_PREFIX_MAX_BLOCKS + 1, 139264);
+	pump(s, true);
+	done(s, "prefix-longest");
+
+	/* Leaves first: four chains of 12 blocks that share block 0, the first held by a prefix
+	 * hit's lease (and so the least recently used), then layer entries in a budget that holds
+	 * some 60 blocks: the held chain stays whole, the others lose their leaves. Then the
+	 * lease ends and more pressure takes the first chain's leaves too. */
+	for (int bank = BANK_LRU; bank <= BANK_DECAY; bank++) {
+		begin(s, (uint8_t)bank);
+		for (uint32_t c = 0; c < 4; c++) {
+			chain(10 + c, 1, a, 12);
+			for (uint32_t i = c ? 1 : 0; i < 12; i++)
+				insert_block(s, (const uint64_t(*)[2])a, i, 4096 * i, false);
+			pump(s, true);
+			if (c == 0) {
+				lookup_prefix(s, (const uint64_t(*)[2])a, 12, 65536);
+				pump(s, true);
+			}
+		}
+		for (uint32_t k = 0; k < 6; k++) {
+			insert(s, SMALL, 1, 16, 500 + k, 4096, 0, false);
+			pump(s, true);
+		}
+		chain(11, 1, b, 12);
+		lookup_prefix(s, (const uint64_t(*)[2])b, 12, 65536 + 4096);
+		chain(10, 1, a, 12);
+		lookup_prefix(s, (const uint64_t(*)[2])a, 12, 65536 + 8192);
+		pump(s, true);
+		release(s, 0);
+		release(s, 2);
+		for (uint32_t k = 0; k < 6; k++)
+			insert(s, SMALL, 2, 16, 600 + k, 4096, 32768 * k, false);
+		pump(s, true);
+		done(s, bank == BANK_LRU ? "prefix-evict-leaves-lru" : "prefix-evict-leaves-decay");
+	}
+
+	/* TTL 0: the lookup meets block 0 expired and drops it with its subtree (four
+	 * expirations); its child then has no parent; block 0 goes in again. */
+	begin(s, BANK_TTL0);
+	chain(20, 0, a, 4);
+	for (uint32_t i = 0; i < 4; i++)
+		insert_block(s, (const uint64_t(*)[2])a, i, 4096 * i, false);
+	pump(s, true);
+	lookup_prefix(s, (const uint64_t(*)[2])a, 4, 65536);
+	pump(s, true);
+	insert_block(s, (const uint64_t(*)[2])a, 1, 4096, false);
+	insert_block(s, (const uint64_t(*)[2])a, 0, 0, false);
+	pump(s, true);
+	done(s, "prefix-ttl-expire");
+
+	/* The lease limit: 4095 layer hits, then a prefix hit (the 4096th lease) and one more
+	 * (EBUSY: counted neither as hit nor miss). */
+	begin(s, BANK_LRU);
+	insert(s, SMALL, 0, 1, 70, 1, 0, true);
+	chain(21, 0, a, 2);
+	insert_block(s, (const uint64_t(*)[2])a, 0, 4096, false);
+	insert_block(s, (const uint64_t(*)[2])a, 1, 8192, false);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 1, 70, NULL, 0, 12288);
+	repeat(s, 4094);
+	pump(s, true);
+	lookup_prefix(s, (const uint64_t(*)[2])a, 2, 16384);
+	lookup_prefix(s, (const uint64_t(*)[2])a, 2, 16384 + 64);
+	pump(s, true);
+	done(s, "prefix-lease-limit");
 }
 
 static void ring_seeds(void)
@@ -801,7 +1113,7 @@ static void ring_seeds(void)
 	req(s, (struct lb_req){ .opcode = LB_OP_PING, .reserved = { 1, 0 } }, NULL, 0, -1);
 	req(s, (struct lb_req){ .opcode = LB_OP_PING, .reserved2 = 1 }, NULL, 0, -1);
 	req(s, (struct lb_req){ .opcode = 0 }, NULL, 0, -1);
-	req(s, (struct lb_req){ .opcode = 7 }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_MAX + 1 }, NULL, 0, -1);
 	req(s, (struct lb_req){ .opcode = 255 }, NULL, 0, -1);
 	req(s, (struct lb_req){ .opcode = LB_OP_PING, .layer = 1 }, NULL, 0, -1);
 	req(s, (struct lb_req){ .opcode = LB_OP_PING, .model_id = 1 }, NULL, 0, -1);
@@ -816,7 +1128,7 @@ static void ring_seeds(void)
 	begin(s, BANK_LRU);
 	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 4, 1, NULL, 0, 4); /* payload_off not a multiple of 8 */
 	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 4, 1, NULL, 0, (8u << 20) - 48); /* past staging */
-	lookup(s, LB_OP_LOOKUP_DEEPEST, 3, 0, 4, 1, NULL, 0, 0);     /* no such model: ESRCH */
+	lookup(s, LB_OP_LOOKUP_DEEPEST, NO_MODEL, 0, 4, 1, NULL, 0, 0); /* no such model: ESRCH */
 	lookup(s, LB_OP_LOOKUP_DEEPEST, 0, 0, 4, 1, NULL, 0, 0);     /* model 0 */
 	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 0, 1, NULL, 0, 0); /* seq_len 0 */
 	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 257, 1, NULL, 0, 0); /* above max_seq */
@@ -879,7 +1191,7 @@ static void ring_seeds(void)
 		r.layer = 4;
 		req(s, r, p, sizeof(p), -1);
 		r.layer = 0;
-		r.model_id = 9;
+		r.model_id = NO_MODEL;
 		req(s, r, p, sizeof(p), -1); /* ESRCH */
 		r.model_id = SMALL;
 		r.seq_len = 0;
@@ -906,6 +1218,7 @@ static void ring_seeds(void)
 	req(s, (struct lb_req){ .opcode = LB_OP_REPORT, .lease = 0 }, NULL, 0, -1);
 	pump(s, true);
 	done(s, "bad-leases");
+	prefix_seeds(s);
 	free(s);
 }
 
