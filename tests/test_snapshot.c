@@ -411,6 +411,7 @@ static uint8_t *image_and_bank(size_t *len, struct bank *b)
 static void end_refused(struct bank *b, uint8_t *img)
 {
 	assert_untouched(b);
+	assert_store_ok(b);
 	bank_free(b);
 	free(img);
 }
@@ -869,6 +870,7 @@ static void test_over_budget_keeps_the_most_valuable(void **state)
 
 	bank_make(&b, 4u << 20, 4 * need + need / 2, LBD_POLICY_LRU, 0);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_store_ok(&b);
 	assert_int_equal(st.entries, 4);
 	assert_int_equal(st.entries_skipped, 4);
 	struct lbp_stats_reply r = bank_stats(&b);
@@ -891,6 +893,7 @@ static void test_over_budget_keeps_the_most_valuable(void **state)
 	/* Under ttl, entries older than the ttl would expire at once: they are left out. */
 	bank_make(&b, 4u << 20, 0, LBD_POLICY_TTL, 1000000 /* 1 ms */);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_store_ok(&b);
 	assert_int_equal(st.entries, 0);
 	assert_int_equal(st.entries_skipped, 8);
 	bank_free(&b);
@@ -1023,6 +1026,7 @@ static void test_over_budget_keeps_whole_prefixes(void **state)
 	/* Under ttl, blocks older than the ttl are left out, and so is what is under them. */
 	bank_make(&b, 4u << 20, 0, LBD_POLICY_TTL, 1000000 /* 1 ms */);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_store_ok(&b);
 	assert_int_equal(st.entries, 0);
 	assert_int_equal(st.entries_skipped, 14);
 	bank_free(&b);
@@ -1041,6 +1045,7 @@ static void test_model_registered_differently_is_retired(void **state)
 	uint8_t *img = image_and_bank(&len, &b);
 
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), 0);
+	assert_store_ok(&b);
 	uint32_t a = model_id(&b, "alpha"), bb = model_id(&b, "beta");
 
 	struct lbp_register_model same = beta_desc();
@@ -1081,6 +1086,7 @@ static void test_model_registered_differently_is_retired(void **state)
 	bank_model(&b, &other);
 	struct lbd_snapshot_stats st;
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_store_ok(&b);
 	assert_int_equal(st.models_skipped, 1);
 	assert_int_equal(st.entries, 2 + SMALL_BLOCKS);
 	assert_int_equal(st.blocks, SMALL_BLOCKS);
