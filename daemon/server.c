@@ -364,9 +364,10 @@ static int write_snapshot(struct lbd_server *s, struct lbd_snapshot_stats *st, c
 	}
 	if (*err)
 		lbd_warn("%s", err); /* written, with a warning */
-	lbd_info("snapshot %s: %" PRIu64 " entries (%.1f MiB of data) of %u models written, %" PRIu64
-		 " bytes, in %" PRIu64 " ms", s->cfg->snapshot_path, st->entries,
-		 (double)st->data_bytes / (1 << 20), st->models, st->file_bytes, st->ms);
+	lbd_info("snapshot %s: %" PRIu64 " entries (%" PRIu64 " of them prefix blocks, %.1f MiB of"
+		 " data) of %u models written, %" PRIu64 " bytes, in %" PRIu64 " ms",
+		 s->cfg->snapshot_path, st->entries, st->blocks, (double)st->data_bytes / (1 << 20),
+		 st->models, st->file_bytes, st->ms);
 	return 0;
 }
 
@@ -1137,13 +1138,15 @@ static void restore_snapshot(struct lbd_server *s)
 	} else if (ret < 0) {
 		lbd_warn("snapshot %s rejected, starting empty: %s", path, err);
 	} else {
-		char out[96] = "";
+		char out[128] = "";
 		if (st.entries_skipped || st.models_skipped)
-			snprintf(out, sizeof(out), "; left out: %" PRIu64 " entries (budget, room or ttl), %u models",
+			snprintf(out, sizeof(out), "; left out: %" PRIu64 " entries (budget, room,"
+				 " ttl, or a block's parent left out), %u models",
 				 st.entries_skipped, st.models_skipped);
-		lbd_info("snapshot %s: %" PRIu64 " entries (%.1f MiB of data) of %u models restored in %"
-			 PRIu64 " ms, written %lld s ago%s", path, st.entries,
-			 (double)st.data_bytes / (1 << 20), st.models - st.models_skipped, st.ms,
+		lbd_info("snapshot %s: %" PRIu64 " entries (%" PRIu64 " of them prefix blocks, %.1f"
+			 " MiB of data) of %u models restored in %" PRIu64 " ms, written %lld s"
+			 " ago%s", path, st.entries, st.blocks, (double)st.data_bytes / (1 << 20),
+			 st.models - st.models_skipped, st.ms,
 			 (long long)(time(NULL) - (time_t)st.written_s), out);
 	}
 	/* Say now, not at stop, when the file cannot be written. */

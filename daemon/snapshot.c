@@ -30,12 +30,14 @@ enum {
 enum {
 	SM_NAME = 0, SM_WEIGHTS = 64, SM_N_LAYERS = 72, SM_HIDDEN = 76, SM_DTYPE = 80,
 	SM_MAX_SEQ = 84, SM_FP_CHUNKS = 88, SM_FP_BITS = 92, SM_FP_SEED = 96, SM_N_ENTRIES = 104,
-	SM_RESERVED = 112,
+	SM_KV_DIM = 112, SM_BLOCK_TOKENS = 116,
 };
 enum {
 	SE_MODEL = 0, SE_LAYER = 4, SE_DTYPE = 6, SE_SEQ_LEN = 8, SE_NDIM = 12, SE_SHAPE = 16,
 	SE_BYTES = 32, SE_FP = 40, SE_EXACT = 72, SE_DATA_SUM = 88, SE_IDLE = 96, SE_AGE = 104,
 	SE_SCORE = 112,
+	/* A block record (layer LB_ENTRY_LAYER_BLOCK) has these where a layer entry's fp is. */
+	SE_PARENT = 40, SE_INDEX = 56, SE_BLOCK_ZERO = 60,
 };
 /* Every record ends with the XXH3-64 of the bytes before it. */
 #define REC_SUM 120u
@@ -47,6 +49,9 @@ _Static_assert(LBD_SNAP_HDR_SIZE % LBD_SNAP_ALIGN == 0 && LBD_SNAP_MODEL_SIZE % 
 	       "entry records start aligned");
 _Static_assert(LBP_MAX_NAME < NAME_FIELD, "a name and its NUL fit the name field");
 _Static_assert(LBP_MAX_LAYERS <= UINT16_MAX + 1u, "a layer fits the 16-bit field");
+_Static_assert(LBP_MAX_LAYERS <= LB_ENTRY_LAYER_BLOCK, "no layer entry has a block's layer");
+_Static_assert(SE_BLOCK_ZERO + 12 == SE_EXACT && SE_FP + 8 * LB_FP_WORDS == SE_EXACT,
+	       "a block's parent, index and zero bytes fill the fingerprint's 32 bytes");
 
 /* ---- little-endian fields ---- */
 
@@ -166,6 +171,8 @@ static void encode_model(uint8_t *r, const struct lbp_register_model *d, uint64_
 	put32(r + SM_FP_BITS, d->fp.bits);
 	put64(r + SM_FP_SEED, d->fp.seed);
 	put64(r + SM_N_ENTRIES, n_entries);
+	put32(r + SM_KV_DIM, d->kv.dim);
+	put32(r + SM_BLOCK_TOKENS, d->kv.block_tokens);
 	seal(r);
 }
 
@@ -180,8 +187,14 @@ static void encode_entry(uint8_t *r, uint32_t model, const struct lbd_store_item
 	for (int i = 0; i < LB_MAX_NDIM; i++)
 		put32(r + SE_SHAPE + 4 * i, it->shape[i]);
 	put64(r + SE_BYTES, it->bytes);
-	for (int i = 0; i < LB_FP_WORDS; i++)
-		put64(r + SE_FP + 8 * i, it->fp[i]);
+	if (it->layer == LB_ENTRY_LAYER_BLOCK) {
+		put64(r + SE_PARENT, it->parent[0]);
+		put64(r + SE_PARENT + 8, it->parent[1]);
+		put32(r + SE_INDEX, it->index);
+	} else {
+		for (int i = 0; i < LB_FP_WORDS; i++)
+			put64(r + SE_FP + 8 * i, it->fp[i]);
+	}
 	put64(r + SE_EXACT, it->exact[0]);
 	put64(r + SE_EXACT + 8, it->exact[1]);
 	put64(r + SE_DATA_SUM, it->checksum);
@@ -412,7 +425,7 @@ struct plan {
 	struct lbd_leases held;             /* until plan_release: the entries stay unchanged */
 	struct lbd_store_item *items;
 	uint32_t n_items;
-	uint64_t n_entries, data_bytes, file_bytes;
+	uint64_t n_entries, n_blocks, data_bytes, file_bytes;
 };
 
 /* Model records in registry order, retired models (empty names) left out. */
@@ -440,6 +453,7 @@ static void plan_layout(struct plan *p)
 			continue;
 		p->per_model[r]++;
 		p->n_entries++;
+		p->n_blocks += it->layer == LB_ENTRY_LAYER_BLOCK;
 		p->data_bytes += it->bytes;
 		p->file_bytes += LBD_SNAP_ENTRY_SIZE + pad(it->bytes);
 	}
@@ -557,6 +571,7 @@ static void report_written(const char *path, const struct plan *p, uint64_t t0,
 		memset(out, 0, sizeof(*out));
 		out->models = p->n_models;
 		out->entries = p->n_entries;
+		out->blocks = p->n_blocks;
 		out->data_bytes = p->data_bytes;
 		out->file_bytes = p->file_bytes;
 		out->written_s = (uint64_t)time(NULL);
@@ -628,7 +643,20 @@ struct lentry {
 	struct lbd_store_item it; /* data points into the image */
 	uint32_t model;           /* index of its model record */
 	uint64_t off;             /* of its record in the image, for messages */
+	struct lentry *up;        /* a block's parent's record (check_chains); NULL: none */
 	double value;             /* to the store's policy */
+};
+
+/* An image as the loader reads it. */
+struct image {
+	const uint8_t *img;
+	size_t len;
+	uint32_t n_models;
+	uint64_t n_entries, data_bytes, written_s; /* as the header says */
+	uint64_t n_blocks;                         /* block records */
+	struct lmodel *models;                     /* [n_models] */
+	struct lentry *ents;                       /* [n_entries], in file order */
+	struct lentry **by;                        /* [n_entries]: the orders the checks need */
 };
 
 /* The model record at r, index i, into *lm. @return 0, or -EBADMSG with err set. */
@@ -636,6 +664,8 @@ static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *er
 {
 	struct lbp_register_model *d = &lm->d;
 	size_t name_len = strnlen((const char *)r + SM_NAME, NAME_FIELD);
+	const char *field = NULL;
+	char why[LBP_MAX_ERRMSG];
 
 	if (!sealed(r))
 		return lbu_fail(err, errlen, -EBADMSG, "model record %u: checksum mismatch", i);
@@ -653,6 +683,8 @@ static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *er
 	d->fp.bits = get32(r + SM_FP_BITS);
 	d->fp.seed = get64(r + SM_FP_SEED);
 	lm->n_entries = get64(r + SM_N_ENTRIES);
+	d->kv.dim = get32(r + SM_KV_DIM);
+	d->kv.block_tokens = get32(r + SM_BLOCK_TOKENS);
 	/* The ranges of REGISTER_MODEL (PROTOCOL.md 4.3): what a client could have registered. */
 	const char *bad = d->n_layers < 1 || d->n_layers > LBP_MAX_LAYERS ? "n_layers"
 			  : d->hidden < 1 || d->hidden > LBP_MAX_HIDDEN  ? "hidden"
@@ -660,7 +692,9 @@ static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *er
 			  : d->max_seq < 1 || d->max_seq > LBP_MAX_SEQ   ? "max_seq"
 			  : d->fp.chunks < 1 || d->fp.chunks > LBP_MAX_FP_CHUNKS ? "fp.chunks"
 			  : d->fp.bits != LBP_FP_BITS                    ? "fp.bits"
-			  : !zero(r + SM_RESERVED, 8)                    ? "reserved"
+			  : d->kv.dim > LBP_MAX_HIDDEN                   ? "kv.dim"
+			  : d->kv.block_tokens > LBP_MAX_BLOCK_TOKENS    ? "kv.block_tokens"
+			  : lbd_models_valid(d, &field, why, sizeof(why)) < 0 ? field
 									 : NULL;
 	if (bad)
 		return lbu_fail(err, errlen, -EBADMSG, "model record %u ('%s'): %s out of range", i,
@@ -668,23 +702,12 @@ static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *er
 	return 0;
 }
 
-/* The entry record at img + off into *e. @return 0, or -EBADMSG with err set. */
-static int check_entry(const uint8_t *img, size_t len, uint64_t off, uint64_t k,
-		       const struct lmodel *models, uint32_t n_models, struct lentry *e, char *err,
-		       size_t errlen)
+/* The fields of the entry record r into *e: a block's parent and index where a layer entry's
+ * fingerprint is. */
+static void decode_entry(const uint8_t *r, struct lentry *e)
 {
-	const uint8_t *r = img + off;
 	struct lbd_store_item *it = &e->it;
-	uint64_t elems = 1;
 
-	if (len - off < LBD_SNAP_ENTRY_SIZE)
-		return lbu_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
-				"): %zu bytes left for its 128-byte record", k, off, (size_t)(len - off));
-	if (!sealed(r))
-		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
-				"): record checksum mismatch", k, off);
-	memset(e, 0, sizeof(*e));
-	e->off = off;
 	e->model = get32(r + SE_MODEL);
 	it->layer = get16(r + SE_LAYER);
 	it->dtype = get16(r + SE_DTYPE);
@@ -693,26 +716,69 @@ static int check_entry(const uint8_t *img, size_t len, uint64_t off, uint64_t k,
 	for (int i = 0; i < LB_MAX_NDIM; i++)
 		it->shape[i] = get32(r + SE_SHAPE + 4 * i);
 	it->bytes = get64(r + SE_BYTES);
-	for (int i = 0; i < LB_FP_WORDS; i++)
-		it->fp[i] = get64(r + SE_FP + 8 * i);
+	if (it->layer == LB_ENTRY_LAYER_BLOCK) {
+		it->parent[0] = get64(r + SE_PARENT);
+		it->parent[1] = get64(r + SE_PARENT + 8);
+		it->index = get32(r + SE_INDEX);
+	} else {
+		for (int i = 0; i < LB_FP_WORDS; i++)
+			it->fp[i] = get64(r + SE_FP + 8 * i);
+	}
 	it->exact[0] = get64(r + SE_EXACT);
 	it->exact[1] = get64(r + SE_EXACT + 8);
 	it->checksum = get64(r + SE_DATA_SUM);
 	it->idle_ns = get64(r + SE_IDLE);
 	it->age_ns = get64(r + SE_AGE);
 	it->score = bits_dbl(get64(r + SE_SCORE));
+}
 
+/* A block record r against its model d: the model's geometry, ending within max_seq, a key,
+ * a parent exactly when it is not block 0, the zero bytes. @return the field out of range, or
+ * NULL. */
+static const char *block_bad(const struct lbp_register_model *d, const struct lbd_store_item *it,
+			     const uint8_t *r)
+{
+	uint64_t end = ((uint64_t)it->index + 1) * d->kv.block_tokens;
+
+	if (!d->kv.dim)
+		return "layer"; /* a block of a model without prefix blocks */
+	if (it->dtype != d->dtype)
+		return "dtype";
+	if (it->ndim != 4)
+		return "ndim";
+	if (it->shape[0] != d->n_layers || it->shape[1] != 2 ||
+	    it->shape[2] != d->kv.block_tokens || it->shape[3] != d->kv.dim)
+		return "shape";
+	if (end > d->max_seq)
+		return "index";
+	if (it->seq_len != end)
+		return "seq_len";
+	if (!it->exact[0] && !it->exact[1])
+		return "key";
+	if ((it->index == 0) != (!it->parent[0] && !it->parent[1]))
+		return "parent";
+	if (!zero(r + SE_BLOCK_ZERO, SE_EXACT - SE_BLOCK_ZERO))
+		return "reserved";
+	return NULL;
+}
+
+/* Every field of the decoded record r against its model and itself. @return the field out of
+ * range, or NULL. */
+static const char *entry_bad(const struct image *im, const struct lentry *e, const uint8_t *r)
+{
+	const struct lbd_store_item *it = &e->it;
 	const char *bad = NULL;
-	if (e->model >= n_models) {
-		bad = "model index";
-	} else {
-		const struct lbp_register_model *d = &models[e->model].d;
-		it->model_id = e->model; /* a record index until restored */
-		if (it->layer >= d->n_layers)
-			bad = "layer";
-		else if (it->seq_len < 1 || it->seq_len > d->max_seq)
-			bad = "seq_len";
-	}
+	uint64_t elems = 1;
+
+	if (e->model >= im->n_models)
+		return "model index";
+	const struct lbp_register_model *d = &im->models[e->model].d;
+	if (it->layer == LB_ENTRY_LAYER_BLOCK)
+		bad = block_bad(d, it, r);
+	else if (it->layer >= d->n_layers)
+		bad = "layer";
+	else if (it->seq_len < 1 || it->seq_len > d->max_seq)
+		bad = "seq_len";
 	if (!bad && !lbp_dtype_size(it->dtype))
 		bad = "dtype";
 	if (!bad && (it->ndim < 1 || it->ndim > LB_MAX_NDIM))
@@ -731,6 +797,28 @@ static int check_entry(const uint8_t *img, size_t len, uint64_t off, uint64_t k,
 		bad = "bytes (not the shape's)";
 	if (!bad && !(isfinite(it->score) && it->score >= 0))
 		bad = "score";
+	return bad;
+}
+
+/* Entry k, whose record is at off, into ents[k]. @return 0, or -EBADMSG with err set. */
+static int check_entry(const struct image *im, uint64_t off, uint64_t k, char *err, size_t errlen)
+{
+	const uint8_t *r = im->img + off;
+	struct lentry *e = &im->ents[k];
+	struct lbd_store_item *it = &e->it;
+	size_t len = im->len;
+
+	if (len - off < LBD_SNAP_ENTRY_SIZE)
+		return lbu_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
+				"): %zu bytes left for its 128-byte record", k, off, (size_t)(len - off));
+	if (!sealed(r))
+		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+				"): record checksum mismatch", k, off);
+	memset(e, 0, sizeof(*e));
+	e->off = off;
+	decode_entry(r, e);
+	it->model_id = e->model; /* a record index until restored */
+	const char *bad = entry_bad(im, e, r);
 	if (bad)
 		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64 "): %s out of range",
 				k, off, bad);
@@ -748,10 +836,21 @@ static int check_entry(const uint8_t *img, size_t len, uint64_t off, uint64_t k,
 	return 0;
 }
 
-/* Order by model, input (token hash), layer: one input's entries side by side. */
+/* The entry an element of a struct lentry * array points to: for qsort and bsearch. */
+static const struct lentry *deref(const void *p)
+{
+	return *(const struct lentry *const *)p;
+}
+
+static int cmp_off(const struct lentry *x, const struct lentry *y)
+{
+	return x->off < y->off ? -1 : x->off > y->off;
+}
+
+/* Layer entries by model, input (token hash), layer: one input's entries side by side. */
 static int cmp_key(const void *a, const void *b)
 {
-	const struct lentry *x = *(const struct lentry *const *)a, *y = *(const struct lentry *const *)b;
+	const struct lentry *x = deref(a), *y = deref(b);
 	if (x->model != y->model)
 		return x->model < y->model ? -1 : 1;
 	for (int i = 0; i < 2; i++)
@@ -759,20 +858,51 @@ static int cmp_key(const void *a, const void *b)
 			return x->it.exact[i] < y->it.exact[i] ? -1 : 1;
 	if (x->it.layer != y->it.layer)
 		return x->it.layer < y->it.layer ? -1 : 1;
-	return x->off < y->off ? -1 : x->off > y->off;
+	return cmp_off(x, y);
 }
 
-/* Most valuable first; ties in file order. */
+/* Blocks by model and key (only: what a parent is looked up by). */
+static int cmp_block(const void *a, const void *b)
+{
+	const struct lentry *x = deref(a), *y = deref(b);
+	if (x->model != y->model)
+		return x->model < y->model ? -1 : 1;
+	for (int i = 0; i < 2; i++)
+		if (x->it.exact[i] != y->it.exact[i])
+			return x->it.exact[i] < y->it.exact[i] ? -1 : 1;
+	return 0;
+}
+
+/* Blocks by model, key, then file order: one model's blocks of one key side by side. */
+static int cmp_block_off(const void *a, const void *b)
+{
+	int c = cmp_block(a, b);
+	return c ? c : cmp_off(deref(a), deref(b));
+}
+
+/* Deepest block first. */
+static int cmp_deep(const void *a, const void *b)
+{
+	const struct lentry *x = deref(a), *y = deref(b);
+	if (x->it.index != y->it.index)
+		return x->it.index > y->it.index ? -1 : 1;
+	return cmp_off(x, y);
+}
+
+/* Most valuable first; ties parent first (a block's index is above its parent's; a layer
+ * entry's is 0), then in file order. */
 static int cmp_value(const void *a, const void *b)
 {
-	const struct lentry *x = *(const struct lentry *const *)a, *y = *(const struct lentry *const *)b;
+	const struct lentry *x = deref(a), *y = deref(b);
 	if (x->value != y->value)
 		return x->value > y->value ? -1 : 1;
-	return x->off < y->off ? -1 : x->off > y->off;
+	if (x->it.index != y->it.index)
+		return x->it.index < y->it.index ? -1 : 1;
+	return cmp_off(x, y);
 }
 
-/* The entries of one input must agree on its length and fingerprint, and name each layer once:
- * a file whose writer broke that is not trusted at all. */
+/* The layer entries of one input must agree on its length and fingerprint, and name each
+ * layer once: a file whose writer broke that is not trusted at all. */
 static int check_inputs(struct lentry **by, uint64_t n, char *err, size_t errlen)
 {
 	qsort(by, n, sizeof(*by), cmp_key);
@@ -790,10 +920,44 @@ static int check_inputs(struct lentry **by, uint64_t n, char *err, size_t errlen
 	return 0;
 }
 
-/* Everything but the entries: the header and the model table. */
-static int check_head(const uint8_t *img, size_t len, uint32_t *n_models, uint64_t *n_entries,
-		      uint64_t *data_bytes, uint64_t *written_s, char *err, size_t errlen)
+/* The blocks of one model name each key once, and each block's parent (its model's block of
+ * its parent key, one place up) is in the file: no chain has a hole. by[0, n): the blocks;
+ * reasons name the first in file order. Sets each block's up. */
+static int check_chains(const struct image *im, struct lentry **by, uint64_t n, char *err,
+			size_t errlen)
 {
+	qsort(by, n, sizeof(*by), cmp_block_off);
+	for (uint64_t k = 1; k < n; k++)
+		if (cmp_block(&by[k - 1], &by[k]) == 0)
+			return lbu_fail(err, errlen, -EBADMSG, "entries at offsets %" PRIu64
+					" and %" PRIu64 ": the same block twice", by[k - 1]->off,
+					by[k]->off);
+	for (uint64_t k = 0; k < im->n_entries; k++) {
+		struct lentry *e = &im->ents[k], want = { .model = e->model }, *w = &want, **p;
+		if (e->it.layer != LB_ENTRY_LAYER_BLOCK || e->it.index == 0)
+			continue;
+		memcpy(want.it.exact, e->it.parent, sizeof(want.it.exact));
+		p = bsearch(&w, by, n, sizeof(*by), cmp_block);
+		if (!p)
+			return lbu_fail(err, errlen, -EBADMSG, "entry at offset %" PRIu64
+					": block %u without its parent in the file (a hole)",
+					e->off, e->it.index);
+		if ((*p)->it.index + 1 != e->it.index)
+			return lbu_fail(err, errlen, -EBADMSG, "entry at offset %" PRIu64
+					": block %u under block %u (offset %" PRIu64
+					"), not one place up", e->off, e->it.index, (*p)->it.index,
+					(*p)->off);
+		e->up = *p;
+	}
+	return 0;
+}
+
+/* Everything but the entries: the header and the model table. */
+static int check_head(struct image *im, char *err, size_t errlen)
+{
+	const uint8_t *img = im->img;
+	size_t len = im->len;
+
 	if (len < LBD_SNAP_HDR_SIZE)
 		return lbu_fail(err, errlen, -EBADMSG, "truncated: %zu bytes, shorter than the %u-byte header",
 				len, LBD_SNAP_HDR_SIZE);
@@ -817,45 +981,122 @@ static int check_head(const uint8_t *img, size_t len, uint32_t *n_models, uint64
 	if (file_bytes != len)
 		return lbu_fail(err, errlen, -EBADMSG, "%s: %zu bytes, the header says %" PRIu64,
 				len < file_bytes ? "truncated" : "bytes past the end", len, file_bytes);
-	*n_models = get32(img + SH_N_MODELS);
-	*n_entries = get64(img + SH_N_ENTRIES);
-	*data_bytes = get64(img + SH_DATA_BYTES);
-	*written_s = get64(img + SH_WRITTEN_S);
+	im->n_models = get32(img + SH_N_MODELS);
+	im->n_entries = get64(img + SH_N_ENTRIES);
+	im->data_bytes = get64(img + SH_DATA_BYTES);
+	im->written_s = get64(img + SH_WRITTEN_S);
 	/* Counts capped by what the file can hold, before anything is allocated from them. */
-	if (*n_models > LBD_MAX_MODELS)
-		return lbu_fail(err, errlen, -EBADMSG, "header: %u models, at most %u", *n_models, LBD_MAX_MODELS);
-	uint64_t head = LBD_SNAP_HDR_SIZE + (uint64_t)*n_models * LBD_SNAP_MODEL_SIZE;
-	if (head > len || *n_entries > (len - head) / LBD_SNAP_ENTRY_SIZE)
+	if (im->n_models > LBD_MAX_MODELS)
+		return lbu_fail(err, errlen, -EBADMSG, "header: %u models, at most %u",
+				im->n_models, LBD_MAX_MODELS);
+	uint64_t head = LBD_SNAP_HDR_SIZE + (uint64_t)im->n_models * LBD_SNAP_MODEL_SIZE;
+	if (head > len || im->n_entries > (len - head) / LBD_SNAP_ENTRY_SIZE)
 		return lbu_fail(err, errlen, -EBADMSG, "header: %u models and %" PRIu64
-				" entries do not fit in %zu bytes", *n_models, *n_entries, len);
+				" entries do not fit in %zu bytes", im->n_models, im->n_entries,
+				len);
 	return 0;
 }
 
-/* Register the image's models and restore its entries, most valuable first. */
-static void restore(struct lmodel *models, uint32_t n_models, struct lentry *ents, struct lentry **by,
-		    uint64_t n, struct lbd_models *m, struct lbd_store *st, struct lbd_snapshot_stats *out)
+/* Step 4: each model record, and no name twice. */
+static int check_models(struct image *im, char *err, size_t errlen)
 {
-	for (uint32_t i = 0; i < n_models; i++) {
+	for (uint32_t i = 0; i < im->n_models; i++) {
+		const uint8_t *r = im->img + LBD_SNAP_HDR_SIZE + (size_t)i * LBD_SNAP_MODEL_SIZE;
+		int ret = check_model(r, i, &im->models[i], err, errlen);
+		if (ret < 0)
+			return ret;
+		for (uint32_t j = 0; j < i; j++)
+			if (strcmp(im->models[j].d.name, im->models[i].d.name) == 0)
+				return lbu_fail(err, errlen, -EBADMSG, "model records %u and %u:"
+						" both '%s'", j, i, im->models[i].d.name);
+	}
+	return 0;
+}
+
+/* Steps 5 and 6: each entry, then the entries against the file's end, the header's and the
+ * models' counts, and each other (layer entries by input, blocks by chain). */
+static int check_entries(struct image *im, char *err, size_t errlen)
+{
+	uint64_t off = LBD_SNAP_HDR_SIZE + (uint64_t)im->n_models * LBD_SNAP_MODEL_SIZE, sum = 0;
+	uint64_t n = im->n_entries, n_layer = 0;
+	int ret;
+
+	for (uint64_t k = 0; k < n; k++) {
+		ret = check_entry(im, off, k, err, errlen);
+		if (ret < 0)
+			return ret;
+		im->models[im->ents[k].model].seen++;
+		sum += im->ents[k].it.bytes;
+		off += LBD_SNAP_ENTRY_SIZE + pad(im->ents[k].it.bytes);
+	}
+	if (off != im->len)
+		return lbu_fail(err, errlen, -EBADMSG, "%zu bytes after the last entry (offset %"
+				PRIu64 ")", (size_t)(im->len - off), off);
+	if (sum != im->data_bytes)
+		return lbu_fail(err, errlen, -EBADMSG, "the entries hold %" PRIu64 " data bytes,"
+				" the header says %" PRIu64, sum, im->data_bytes);
+	for (uint32_t i = 0; i < im->n_models; i++)
+		if (im->models[i].seen != im->models[i].n_entries)
+			return lbu_fail(err, errlen, -EBADMSG, "model record %u ('%s'): %" PRIu64
+					" entries, the file has %" PRIu64, i, im->models[i].d.name,
+					im->models[i].n_entries, im->models[i].seen);
+	/* Layer entries in by[0, n_layer), blocks after them: neither is checked as the other. */
+	for (uint64_t k = 0; k < n; k++)
+		if (im->ents[k].it.layer != LB_ENTRY_LAYER_BLOCK)
+			im->by[n_layer++] = &im->ents[k];
+	im->n_blocks = n - n_layer;
+	for (uint64_t k = 0, b = n_layer; k < n; k++)
+		if (im->ents[k].it.layer == LB_ENTRY_LAYER_BLOCK)
+			im->by[b++] = &im->ents[k];
+	ret = check_inputs(im->by, n_layer, err, errlen);
+	return ret < 0 ? ret : check_chains(im, im->by + n_layer, im->n_blocks, err, errlen);
+}
+
+/* Each block as valuable as the most valuable block under it, deepest first: a parent goes
+ * back before its children whatever the file says of them (a daemon's file says so already). */
+static void lift_values(struct image *im)
+{
+	struct lentry **by = im->by;
+	uint64_t n = 0;
+
+	for (uint64_t k = 0; k < im->n_entries; k++)
+		if (im->ents[k].it.layer == LB_ENTRY_LAYER_BLOCK)
+			by[n++] = &im->ents[k];
+	qsort(by, n, sizeof(*by), cmp_deep);
+	for (uint64_t k = 0; k < n; k++)
+		if (by[k]->up && by[k]->up->value < by[k]->value)
+			by[k]->up->value = by[k]->value;
+}
+
+/* Register the image's models and restore its entries, most valuable first. */
+static void restore(struct image *im, struct lbd_models *m, struct lbd_store *st,
+		    struct lbd_snapshot_stats *out)
+{
+	for (uint32_t i = 0; i < im->n_models; i++) {
 		const char *field;
 		char why[LBP_MAX_ERRMSG];
 		uint32_t id = 0;
-		if (lbd_models_restore(m, &models[i].d, &id, &field, why, sizeof(why)) < 0 ||
-		    lbd_store_add_model(st, id, &models[i].d) < 0) {
+		if (lbd_models_restore(m, &im->models[i].d, &id, &field, why, sizeof(why)) < 0 ||
+		    lbd_store_add_model(st, id, &im->models[i].d) < 0) {
 			out->models_skipped++;
 			continue;
 		}
-		models[i].id = id;
+		im->models[i].id = id;
 	}
-	for (uint64_t k = 0; k < n; k++) {
-		ents[k].it.model_id = models[ents[k].model].id;
-		ents[k].value = lbd_store_item_value(st, &ents[k].it);
-		by[k] = &ents[k];
+	for (uint64_t k = 0; k < im->n_entries; k++) {
+		im->ents[k].it.model_id = im->models[im->ents[k].model].id;
+		im->ents[k].value = lbd_store_item_value(st, &im->ents[k].it);
 	}
-	qsort(by, n, sizeof(*by), cmp_value);
-	for (uint64_t k = 0; k < n; k++) {
-		const struct lbd_store_item *it = &by[k]->it;
+	lift_values(im);
+	for (uint64_t k = 0; k < im->n_entries; k++)
+		im->by[k] = &im->ents[k];
+	qsort(im->by, im->n_entries, sizeof(*im->by), cmp_value);
+	/* A block whose parent was left out (budget, ttl) is -ENOENT: left out too. */
+	for (uint64_t k = 0; k < im->n_entries; k++) {
+		const struct lbd_store_item *it = &im->by[k]->it;
 		if (it->model_id && lbd_store_restore(st, it) == 0) {
 			out->entries++;
+			out->blocks += it->layer == LB_ENTRY_LAYER_BLOCK;
 			out->data_bytes += it->bytes;
 		} else {
 			out->entries_skipped++;
@@ -866,87 +1107,49 @@ static void restore(struct lmodel *models, uint32_t n_models, struct lentry *ent
 int lbd_snapshot_load_mem(const void *buf, size_t len, struct lbd_models *m, struct lbd_store *st,
 			  struct lbd_snapshot_stats *out, char *err, size_t errlen)
 {
-	const uint8_t *img = buf;
-	uint64_t t0 = lb_now_ns(), n_entries = 0, data_bytes = 0, sum = 0, written_s = 0;
+	uint64_t t0 = lb_now_ns();
+	struct image im = { .img = buf, .len = len };
 	struct lbd_snapshot_stats res = { 0 };
-	struct lmodel *models = NULL;
-	struct lentry *ents = NULL, **by = NULL;
-	uint32_t n_models = 0;
 	int ret;
 
-	if (!img && len)
+	if (!im.img && len)
 		return lbu_fail(err, errlen, -EBADMSG, "no image");
-	ret = check_head(img, len, &n_models, &n_entries, &data_bytes, &written_s, err, errlen);
+	ret = check_head(&im, err, errlen);
 	if (ret < 0)
 		return ret;
-	models = calloc(n_models ? n_models : 1, sizeof(*models));
-	ents = calloc(n_entries ? n_entries : 1, sizeof(*ents));
-	by = calloc(n_entries ? n_entries : 1, sizeof(*by));
-	if (!models || !ents || !by) {
-		ret = lbu_fail(err, errlen, -ENOMEM, "out of memory for %" PRIu64 " entries", n_entries);
+	im.models = calloc(im.n_models ? im.n_models : 1, sizeof(*im.models));
+	im.ents = calloc(im.n_entries ? im.n_entries : 1, sizeof(*im.ents));
+	im.by = calloc(im.n_entries ? im.n_entries : 1, sizeof(*im.by));
+	if (!im.models || !im.ents || !im.by) {
+		ret = lbu_fail(err, errlen, -ENOMEM, "out of memory for %" PRIu64 " entries",
+			       im.n_entries);
 		goto out;
 	}
-	for (uint32_t i = 0; i < n_models; i++) {
-		ret = check_model(img + LBD_SNAP_HDR_SIZE + (size_t)i * LBD_SNAP_MODEL_SIZE, i, &models[i],
-				  err, errlen);
-		if (ret < 0)
-			goto out;
-		for (uint32_t j = 0; j < i; j++)
-			if (strcmp(models[j].d.name, models[i].d.name) == 0) {
-				ret = lbu_fail(err, errlen, -EBADMSG, "model records %u and %u: both '%s'", j,
-					       i, models[i].d.name);
-				goto out;
-			}
-	}
-	uint64_t off = LBD_SNAP_HDR_SIZE + (uint64_t)n_models * LBD_SNAP_MODEL_SIZE;
-	for (uint64_t k = 0; k < n_entries; k++) {
-		ret = check_entry(img, len, off, k, models, n_models, &ents[k], err, errlen);
-		if (ret < 0)
-			goto out;
-		models[ents[k].model].seen++;
-		sum += ents[k].it.bytes;
-		off += LBD_SNAP_ENTRY_SIZE + pad(ents[k].it.bytes);
-		by[k] = &ents[k];
-	}
-	if (off != len) {
-		ret = lbu_fail(err, errlen, -EBADMSG, "%zu bytes after the last entry (offset %" PRIu64 ")",
-			       (size_t)(len - off), off);
-		goto out;
-	}
-	if (sum != data_bytes) {
-		ret = lbu_fail(err, errlen, -EBADMSG, "the entries hold %" PRIu64 " data bytes, the header says %"
-			       PRIu64, sum, data_bytes);
-		goto out;
-	}
-	for (uint32_t i = 0; i < n_models; i++)
-		if (models[i].seen != models[i].n_entries) {
-			ret = lbu_fail(err, errlen, -EBADMSG, "model record %u ('%s'): %" PRIu64
-				       " entries, the file has %" PRIu64, i, models[i].d.name,
-				       models[i].n_entries, models[i].seen);
-			goto out;
-		}
-	ret = check_inputs(by, n_entries, err, errlen);
+	ret = check_models(&im, err, errlen);
+	if (ret == 0)
+		ret = check_entries(&im, err, errlen);
 	if (ret < 0)
 		goto out;
 
 	/* Everything checked: from here on nothing is refused for what the file says. */
-	res.models = n_models;
+	res.models = im.n_models;
 	res.file_bytes = len;
-	res.written_s = written_s;
+	res.written_s = im.written_s;
 	if (m && st) {
-		restore(models, n_models, ents, by, n_entries, m, st, &res);
+		restore(&im, m, st, &res);
 	} else {
-		res.entries = n_entries;
-		res.data_bytes = data_bytes;
+		res.entries = im.n_entries;
+		res.blocks = im.n_blocks;
+		res.data_bytes = im.data_bytes;
 	}
 	res.ms = ms_since(t0);
 	if (out)
 		*out = res;
 	lbu_errf(err, errlen, "%s", "");
 out:
-	free(models);
-	free(ents);
-	free(by);
+	free(im.models);
+	free(im.ents);
+	free(im.by);
 	return ret;
 }
 

@@ -12,7 +12,7 @@
 
 /* The file format (PROTOCOL.md, "Snapshot file"): little-endian fixed-width fields. */
 #define LBD_SNAP_MAGIC "LBSNAPSH"     /* the first 8 bytes */
-#define LBD_SNAP_VERSION 1u
+#define LBD_SNAP_VERSION 2u           /* 2: prefix blocks */
 #define LBD_SNAP_HDR_SIZE 128u
 #define LBD_SNAP_MODEL_SIZE 128u
 #define LBD_SNAP_ENTRY_SIZE 128u
@@ -27,8 +27,10 @@ struct lbd_snapshot_stats {
 	uint32_t models;          /* model records in the file */
 	uint32_t models_skipped;  /* load: refused by the registry (a name taken by another
 				   * description) or without memory for their bank */
-	uint64_t entries;         /* entries written, or restored */
-	uint64_t entries_skipped; /* load: over the budget, no block, expired, of a skipped model */
+	uint64_t entries;         /* entries written, or restored (layer entries and blocks) */
+	uint64_t blocks;          /* of those, prefix blocks */
+	uint64_t entries_skipped; /* load: over the budget, no block, expired, of a skipped model,
+				   * a prefix block whose parent was skipped */
 	uint64_t data_bytes;      /* entry data bytes written, or restored */
 	uint64_t file_bytes;      /* size of the file */
 	uint64_t written_s;       /* load: when the file was written (Unix time, from its header) */
@@ -40,10 +42,12 @@ struct lbd_snapshot_stats {
 typedef void (*lbd_snapshot_progress_fn)(void *ctx, uint64_t done, uint64_t total);
 
 /*
- * Write every live entry of st, with the models of m it belongs to (retired ones left out),
- * to path: first to "path.tmp" (created anew, mode 0600) in LBD_SNAP_CHUNK writes through an
- * io_uring, LBD_SNAP_DEPTH in flight, then fsync, rename onto path and fsync of the folder, so
- * that path is always either the old file or the whole new one. Runs on the caller's thread,
+ * Write every live entry of st (layer entries and prefix blocks; a block whose parent is still
+ * being copied waits for the next snapshot: lbd_store_hold_all), with the models of m it
+ * belongs to (retired ones left out), to path: first to "path.tmp" (created anew, mode 0600)
+ * in LBD_SNAP_CHUNK writes through an io_uring, LBD_SNAP_DEPTH in flight, then fsync, rename
+ * onto path and fsync of the folder, so that path is always either the old file or the whole
+ * new one. Runs on the caller's thread,
  * which must own m (the daemon's loop thread); the service threads go on serving meanwhile:
  * the entries are held with leases for the write (lbd_store_hold_all). progress may be NULL.
  * @return 0 with *out filled (may be NULL); -errno with one line in err (errlen bytes), path
@@ -57,11 +61,13 @@ int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_
 /*
  * The loader's core, on a memory image of a file: check all of it first — the header, every
  * record, every checksum and range, the data of every entry, and that the entries agree with
- * each other and with their models — and only then, when m and st are not NULL, register its
- * models in m (provisionally: lbd_models_restore) and in st, and restore its entries into st,
- * the most valuable first by st's policy (lbd_store_item_value), each that still fits within
- * the budget. A file that fails a check changes nothing. buf need not be aligned. With m and st
- * NULL it only checks (a fuzzer's entry point).
+ * each other and with their models, every prefix block's parent in the file — and only then,
+ * when m and st are not NULL, register its models in m (provisionally: lbd_models_restore) and
+ * in st, and restore its entries into st, the most valuable first by st's policy
+ * (lbd_store_item_value; a block counts as the most valuable block of its subtree, and a
+ * parent goes before its children), each that still fits within the budget; a block whose
+ * parent was left out is left out too. A file that fails a check changes nothing. buf need
+ * not be aligned. With m and st NULL it only checks (a fuzzer's entry point).
  * @return 0 with *out filled (may be NULL); -EBADMSG (truncated, corrupted or inconsistent),
  *         -EPROTO (another format version or arena ABI), -ENOMEM; err (errlen bytes) then holds
  *         one line saying what is wrong and where.

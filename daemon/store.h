@@ -160,6 +160,10 @@ struct lbd_store_item {
  * no LBD_MAX_LEASES cap), so that none is evicted or changes until lbd_store_release_all(st,
  * ls). *items (malloc'd, the caller frees it) gets *n descriptions whose data point into the
  * arenas, valid while the leases are held. The leases count in the stats like clients'.
+ * A prefix block is described only when its parent is (one whose parent is still being
+ * copied waits for the next snapshot: the items never make a chain with a hole), with the
+ * smallest idle_ns and age_ns and the largest score of its subtree, so that no parent is worth
+ * less than a child of it (lbd_store_item_value).
  * @return 0, or -ENOMEM with nothing held.
  */
 int lbd_store_hold_all(struct lbd_store *st, struct lbd_leases *ls, struct lbd_store_item **items,

@@ -53,22 +53,52 @@ static void item_of(const struct lbd_store *st, uint32_t id, uint64_t now, struc
 	x->data = (const uint8_t *)h + LB_ENTRY_HDR_SIZE;
 }
 
-/* Lift every block's item by its children's, deepest first: a parent ends at least as valuable
- * as its whole subtree. slot[b]: the item of block slot b (NONE: none). */
-static void items_lift_blocks(const struct lbd_store *st, struct lbd_store_item *it, uint32_t n,
-			      const uint32_t *slot)
-{
-	uint32_t deepest = 0;
+/* A described block: its item, its slot, its place in the chain. */
+struct bref {
+	uint32_t index, item, blk;
+};
 
-	for (uint32_t k = 0; k < n; k++)
-		if (it[k].layer == LB_ENTRY_LAYER_BLOCK && it[k].index > deepest)
-			deepest = it[k].index;
-	for (uint32_t d = deepest; d > 0; d--)
-		for (uint32_t b = 0; b < st->blk_cap; b++) {
-			const struct block *k = &st->blk[b];
-			if (k->used && k->index == d && slot[b] != NONE && slot[k->parent] != NONE)
-				item_lift(&it[slot[k->parent]], &it[slot[b]]);
+static int bref_cmp(const void *a, const void *b)
+{
+	const struct bref *x = a, *y = b;
+	return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/*
+ * The blocks among the n items it, slot[b] the item of block slot b (NONE: none). A block goes
+ * when its parent is not described: a LIVE block can sit under a PENDING parent (inserted while
+ * the parent's data was still being copied), and a snapshot of it would have a hole. Every
+ * block left is lifted by its children, deepest first, so that a parent ends at least as
+ * valuable as its whole subtree. One pass each way over the blocks ordered by index, not one
+ * over every slot per depth. @return the items kept (it compacted, in its order), -ENOMEM.
+ */
+static int64_t items_blocks(const struct lbd_store *st, struct lbd_store_item *it, uint32_t n,
+			    uint32_t *slot)
+{
+	struct bref *r = malloc(sizeof(*r) * (n ? n : 1));
+	uint32_t nb = 0, kept = 0;
+
+	if (!r)
+		return -ENOMEM;
+	for (uint32_t b = 0; b < st->blk_cap; b++)
+		if (slot[b] != NONE)
+			r[nb++] = (struct bref){ st->blk[b].index, slot[b], b };
+	qsort(r, nb, sizeof(*r), bref_cmp);
+	for (uint32_t j = 0; j < nb; j++) {
+		uint32_t up = st->blk[r[j].blk].parent;
+		if (r[j].index > 0 && slot[up] == NONE) {
+			slot[r[j].blk] = NONE;
+			it[r[j].item].model_id = 0; /* no model has id 0: left out below */
 		}
+	}
+	for (uint32_t j = nb; j-- > 0;)
+		if (r[j].index > 0 && slot[r[j].blk] != NONE)
+			item_lift(&it[slot[st->blk[r[j].blk].parent]], &it[r[j].item]);
+	free(r);
+	for (uint32_t k = 0; k < n; k++)
+		if (it[k].model_id)
+			it[kept++] = it[k];
+	return kept;
 }
 
 int lbd_store_hold_all(struct lbd_store *st, struct lbd_leases *ls, struct lbd_store_item **items,
@@ -102,8 +132,11 @@ int lbd_store_hold_all(struct lbd_store *st, struct lbd_leases *ls, struct lbd_s
 			slot[st->e[id].owner] = k;
 		item_of(st, id, now, &it[k++]);
 	}
-	if (ret == 0)
-		items_lift_blocks(st, it, k, slot);
+	if (ret == 0) {
+		int64_t kept = items_blocks(st, it, k, slot);
+		ret = kept < 0 ? (int)kept : 0;
+		k = kept < 0 ? 0 : (uint32_t)kept;
+	}
 out:
 	store_unlock(st);
 	free(slot);

@@ -1,9 +1,11 @@
 /* The snapshot (daemon/snapshot.c, PROTOCOL.md "Snapshot file"): the documented layout, round
- * trips byte for byte, every truncation and every flipped bit refused with nothing restored,
- * foreign versions, sealed but inconsistent files, the budget keeping the most valuable
- * entries; then layerbankd itself: restart with --snapshot, bad files as one log line and an
- * empty start, a model registered differently after the restart, SNAPSHOT through the client
- * library and layerbank-ctl, and the warm restart's hit rate. */
+ * trips byte for byte, prefix blocks and their chains included, every truncation and every
+ * flipped bit refused with nothing restored, foreign versions, sealed but inconsistent files
+ * (a chain with a hole among them), the budget keeping the most valuable entries and, of the
+ * blocks, whole prefixes; then layerbankd itself: restart with --snapshot, prefixes found
+ * again, bad files as one log line and an empty start, a model registered differently after
+ * the restart, SNAPSHOT through the client library and layerbank-ctl, and the warm restart's
+ * hit rate. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -195,6 +197,101 @@ static int bank_check(struct bank *b, uint32_t model, uint32_t input, uint32_t l
 	return cpl.status;
 }
 
+/* ---- prefix blocks in a bank: block n's key is input n's token hash (input_keys), so that a
+ * file holds blocks and inputs of one model under the same 128 bits ---- */
+
+static void block_key(uint32_t id, uint64_t key[2])
+{
+	uint64_t fp[4];
+	input_keys(id, fp, key);
+}
+
+/* Block id (data from id) at index under parent (0: none, for index 0), of kv_dim and
+ * block_tokens as the model has them. @return the insert's status. */
+static int bank_block(struct bank *b, uint32_t model, uint32_t id, uint32_t parent,
+		      uint32_t index)
+{
+	const struct lbp_register_model *d = &b->m.desc[model - 1];
+	uint64_t bytes = (uint64_t)d->n_layers * 2 * d->kv.block_tokens * d->kv.dim * 4;
+	struct lb_req r = { .opcode = LB_OP_INSERT_BLOCK, .model_id = model,
+			    .seq_len = (index + 1) * d->kv.block_tokens,
+			    .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + bytes) };
+	struct lb_block_hdr h = { .index = index, .dtype = LBP_DTYPE_F32, .ndim = 4,
+				  .shape = { d->n_layers, 2, d->kv.block_tokens, d->kv.dim },
+				  .bytes = bytes };
+	struct lb_cpl cpl = { 0 };
+	uint8_t *data = malloc(bytes);
+
+	assert_non_null(data);
+	fill_data(data, bytes, id, LB_ENTRY_LAYER_BLOCK);
+	block_key(id, h.key);
+	if (parent)
+		block_key(parent, h.parent);
+	lbd_store_insert_block(b->st, 0, &r, &h, data, &cpl);
+	free(data);
+	return cpl.status;
+}
+
+/* Insert the chain of blocks ids[0..n) (each the next one's parent; those cached already are
+ * -EEXIST). @return the last status but -EEXIST. */
+static int bank_chain(struct bank *b, uint32_t model, const uint32_t *ids, uint32_t n)
+{
+	int ret = 0;
+	for (uint32_t i = 0; i < n && ret == 0; i++) {
+		ret = bank_block(b, model, ids[i], i ? ids[i - 1] : 0, i);
+		ret = ret == -EEXIST ? 0 : ret;
+	}
+	return ret;
+}
+
+/* LOOKUP_PREFIX of the chain ids[0..n): every block found checked, header and data, then the
+ * lease let go. @return the blocks found from block 0 (0: not even block 0). */
+static uint32_t bank_prefix(struct bank *b, uint32_t model, const uint32_t *ids, uint32_t n)
+{
+	const struct lbp_register_model *d = &b->m.desc[model - 1];
+	uint64_t bytes = (uint64_t)d->n_layers * 2 * d->kv.block_tokens * d->kv.dim * 4;
+	uint64_t keys[32][2];
+	struct lb_prefix_block out[32];
+	struct lbd_leases ls = { 0 };
+	struct lb_req r = { .opcode = LB_OP_LOOKUP_PREFIX, .model_id = model };
+	struct lb_cpl cpl = { 0 }, rel = { 0 };
+	uint8_t *want = malloc(bytes);
+
+	assert_true(n <= 32);
+	assert_non_null(want);
+	for (uint32_t i = 0; i < n; i++)
+		block_key(ids[i], keys[i]);
+	lbd_store_lookup_prefix(b->st, &ls, &r, (const uint64_t(*)[2])keys, n, out, &cpl);
+	assert_true(cpl.status == 0 || cpl.status == -ENOENT);
+	for (uint32_t i = 0; cpl.status == 0 && i < cpl.count; i++) {
+		const uint8_t *base = (const uint8_t *)b->arena.hdr + out[i].entry_off;
+		const struct lb_entry_hdr *eh = (const struct lb_entry_hdr *)base;
+		fill_data(want, bytes, ids[i], LB_ENTRY_LAYER_BLOCK);
+		assert_true(eh->magic == LB_ENTRY_MAGIC);
+		assert_int_equal(eh->layer, LB_ENTRY_LAYER_BLOCK);
+		assert_int_equal(eh->seq_len, (i + 1) * d->kv.block_tokens);
+		assert_true(eh->bytes == bytes);
+		assert_true(eh->key[0] == keys[i][0] && eh->key[1] == keys[i][1]);
+		assert_memory_equal(base + LB_ENTRY_HDR_SIZE, want, bytes);
+		assert_true(eh->checksum == XXH3_64bits(want, bytes));
+	}
+	if (cpl.status == 0) {
+		lbd_store_release(b->st, &ls, cpl.lease, &rel);
+		assert_int_equal(rel.status, 0);
+	}
+	lbd_leases_free(&ls);
+	free(want);
+	return cpl.status == 0 ? cpl.count : 0;
+}
+
+/* The store's invariants hold: no chain has a hole, the lists and bytes add up. */
+static void assert_store_ok(struct bank *b)
+{
+	char why[160] = "";
+	if (lbd_store_check(b->st, why, sizeof(why)) < 0)
+		fail_msg("store: %s", why);
+}
+
 static struct lbp_stats_reply bank_stats(struct bank *b)
 {
 	struct lbp_stats_reply r;
@@ -233,7 +330,8 @@ static void write_file(const char *path, const uint8_t *buf, size_t len)
 	close(fd);
 }
 
-/* ---- the small snapshot: two models, 14 entries, data not a multiple of 64 (padding) ---- */
+/* ---- the small snapshot: two models, 14 layer entries and 7 prefix blocks in two chains,
+ * data not a multiple of 64 (padding) ---- */
 
 #define A_LAYERS 4
 #define A_HIDDEN 8
@@ -241,13 +339,32 @@ static void write_file(const char *path, const uint8_t *buf, size_t len)
 #define B_LAYERS 2
 #define B_HIDDEN 4
 #define B_SEQ 5 /* 80 data bytes: 48 of padding */
-#define SMALL_ENTRIES 14
+#define B_KV 3
+#define B_TOKENS 2
+#define B_BLOCK (B_LAYERS * 2 * B_TOKENS * B_KV * 4) /* 96 data bytes: 32 of padding */
+#define SMALL_LAYER_ENTRIES 14
+#define SMALL_BLOCKS 7
+#define SMALL_ENTRIES (SMALL_LAYER_ENTRIES + SMALL_BLOCKS)
 #define SMALL_LEN (128 + 2 * 128 + SMALL_ENTRIES * (128 + 128))
+#define SMALL_DATA (12 * 96 + 2 * 80 + SMALL_BLOCKS * B_BLOCK)
+#define SMALL_BLOCK0 (128 + 2 * 128 + SMALL_LAYER_ENTRIES * 256) /* block 1's record */
+
+/* beta's chains: blocks 1, 2 shared, then 3, 4 on one and 5, 6, 7 on the other. Block 7's key
+ * is input 7's token hash, which beta holds layer entries of: a file may name an input and a
+ * block by the same bits, and neither is checked as the other. */
+static const uint32_t chain_a[] = { 1, 2, 3, 4 }, chain_b[] = { 1, 2, 5, 6, 7 };
+
+static struct lbp_register_model beta_desc(void)
+{
+	struct lbp_register_model d = desc("beta", 0xb2, B_LAYERS, B_HIDDEN);
+	d.kv = (struct lbp_kv_spec){ .dim = B_KV, .block_tokens = B_TOKENS };
+	return d;
+}
 
 static void small_fill(struct bank *b)
 {
 	struct lbp_register_model da = desc("alpha", 0xa1, A_LAYERS, A_HIDDEN);
-	struct lbp_register_model db = desc("beta", 0xb2, B_LAYERS, B_HIDDEN);
+	struct lbp_register_model db = beta_desc();
 	uint32_t a = bank_model(b, &da), bb = bank_model(b, &db);
 
 	for (uint32_t in = 0; in < 3; in++)
@@ -255,6 +372,8 @@ static void small_fill(struct bank *b)
 			assert_int_equal(bank_insert(b, a, in, l, A_SEQ, A_HIDDEN), 0);
 	for (uint32_t l = 0; l < B_LAYERS; l++)
 		assert_int_equal(bank_insert(b, bb, 7, l, B_SEQ, B_HIDDEN), 0);
+	assert_int_equal(bank_chain(b, bb, chain_a, 4), 0);
+	assert_int_equal(bank_chain(b, bb, chain_b, 5), 0);
 }
 
 /* Write the small snapshot to path; @return its image (*len bytes, malloc'd). */
@@ -269,9 +388,10 @@ static uint8_t *small_image(const char *path, size_t *len)
 	assert_int_equal(lbd_snapshot_write(path, &b.m, b.st, NULL, NULL, NULL, &st, err, sizeof(err)), 0);
 	assert_string_equal(err, "");
 	assert_int_equal(st.entries, SMALL_ENTRIES);
+	assert_int_equal(st.blocks, SMALL_BLOCKS);
 	assert_int_equal(st.models, 2);
 	assert_int_equal(st.file_bytes, SMALL_LEN);
-	assert_int_equal(st.data_bytes, 12 * 96 + 2 * 80);
+	assert_int_equal(st.data_bytes, SMALL_DATA);
 	/* Its leases are gone once written. */
 	assert_int_equal(bank_stats(&b).leases, 0);
 	bank_free(&b);
@@ -291,6 +411,7 @@ static uint8_t *image_and_bank(size_t *len, struct bank *b)
 static void end_refused(struct bank *b, uint8_t *img)
 {
 	assert_untouched(b);
+	assert_store_ok(b);
 	bank_free(b);
 	free(img);
 }
@@ -325,12 +446,12 @@ static void test_layout_is_the_documented_one(void **state)
 
 	assert_int_equal(len, SMALL_LEN);
 	assert_memory_equal(img, "LBSNAPSH", 8);
-	assert_int_equal(le(img + 8, 4), 1);             /* version */
+	assert_int_equal(le(img + 8, 4), 2);             /* version */
 	assert_int_equal(le(img + 12, 4), 128);          /* hdr_size */
 	assert_int_equal(le(img + 16, 4), LB_SHM_ABI_VERSION);
 	assert_int_equal(le(img + 20, 4), 2);            /* models */
 	assert_int_equal(le(img + 24, 8), SMALL_ENTRIES);
-	assert_int_equal(le(img + 32, 8), 12 * 96 + 2 * 80);
+	assert_int_equal(le(img + 32, 8), SMALL_DATA);
 	assert_int_equal(le(img + 40, 8), SMALL_LEN);
 	uint64_t written = le(img + 48, 8);
 	assert_true(written <= (uint64_t)time(NULL) && written + 60 >= (uint64_t)time(NULL));
@@ -352,13 +473,20 @@ static void test_layout_is_the_documented_one(void **state)
 	assert_int_equal(le(m + 92, 4), 256);
 	assert_int_equal(le(m + 96, 8), 7);
 	assert_int_equal(le(m + 104, 8), 12);
+	assert_int_equal(le(m + 112, 4), 0);             /* kv_dim: no prefix blocks */
+	assert_int_equal(le(m + 116, 4), 0);             /* block_tokens */
 	assert_true(le(m + 120, 8) == XXH3_64bits(m, 120));
 	assert_string_equal((const char *)m + 128, "beta");
-	assert_int_equal(le(m + 128 + 104, 8), 2);
+	assert_int_equal(le(m + 128 + 104, 8), 2 + SMALL_BLOCKS);
+	assert_int_equal(le(m + 128 + 112, 4), B_KV);
+	assert_int_equal(le(m + 128 + 116, 4), B_TOKENS);
 
-	/* Entry records: find the beta layer-1 entry by walking them, then check every field. */
+	/* Entry records: find the beta layer-1 entry and block 5 by walking them, then check every
+	 * field. */
 	size_t off = 128 + 2 * 128;
 	int found = 0;
+	const uint32_t tree[3] = { 1, 5, 7 };
+	uint64_t idle[3] = { 1, 2, 3 }, age[3] = { 4, 5, 6 };
 	for (int k = 0; k < SMALL_ENTRIES; k++) {
 		const uint8_t *e = img + off;
 		uint64_t bytes = le(e + 32, 8);
@@ -388,10 +516,46 @@ static void test_layout_is_the_documented_one(void **state)
 			assert_memory_equal(e + 128, want, bytes);
 			found++;
 		}
+		uint64_t key[2], parent[2];
+		block_key(5, key);
+		block_key(2, parent);
+		if (le(e + 4, 2) == 0xffff && le(e + 72, 8) == key[0] && le(e + 80, 8) == key[1]) {
+			assert_int_equal(le(e, 4), 1);       /* beta */
+			assert_int_equal(le(e + 6, 2), LBP_DTYPE_F32);
+			assert_int_equal(le(e + 8, 4), 3 * B_TOKENS);
+			assert_int_equal(le(e + 12, 4), 4);
+			const uint32_t shape[4] = { B_LAYERS, 2, B_TOKENS, B_KV };
+			for (int i = 0; i < 4; i++)
+				assert_int_equal(le(e + 16 + 4 * i, 4), shape[i]);
+			assert_int_equal(bytes, B_BLOCK);
+			assert_true(le(e + 40, 8) == parent[0] && le(e + 48, 8) == parent[1]);
+			assert_int_equal(le(e + 56, 4), 2);  /* index */
+			for (int i = 60; i < 72; i++)
+				assert_int_equal(e[i], 0);
+			double score;
+			uint64_t bits = le(e + 112, 8);
+			memcpy(&score, &bits, 8);
+			assert_true(score > 0.99 && score <= 1.0);
+			fill_data(want, bytes, 5, LB_ENTRY_LAYER_BLOCK);
+			assert_memory_equal(e + 128, want, bytes);
+			found++;
+		}
+		if (le(e + 4, 2) == 0xffff && le(e + 56, 4) == 0)
+			for (int i = 40; i < 72; i++)
+				assert_int_equal(e[i], 0); /* block 0: parent 0, 0 */
+		for (uint32_t j = 0; j < 3; j++) {
+			block_key(tree[j], key);
+			if (le(e + 4, 2) == 0xffff && le(e + 72, 8) == key[0])
+				idle[j] = le(e + 96, 8), age[j] = le(e + 104, 8);
+		}
 		off += 128 + ((bytes + 63) & ~63ull);
 	}
 	assert_int_equal(off, len);
-	assert_int_equal(found, 1);
+	assert_int_equal(found, 2);
+	/* A block is written as recent and young as the best block under it: 1 and 5 as 7, the
+	 * last one inserted. */
+	assert_true(idle[0] == idle[2] && idle[1] == idle[2]);
+	assert_true(age[0] == age[2] && age[1] == age[2]);
 	free(img);
 }
 
@@ -409,19 +573,23 @@ static void test_round_trip_restores_every_entry(void **state)
 	assert_int_equal(st.models, 2);
 	assert_int_equal(st.models_skipped, 0);
 	assert_int_equal(st.entries, SMALL_ENTRIES);
+	assert_int_equal(st.blocks, SMALL_BLOCKS);
 	assert_int_equal(st.entries_skipped, 0);
 	assert_int_equal(st.file_bytes, len);
+	assert_store_ok(&b);
 	/* The models are back as registered, provisionally until a client vouches for them. */
 	uint32_t a = model_id(&b, "alpha"), bb = model_id(&b, "beta");
 	assert_true(a && bb);
-	struct lbp_register_model da = desc("alpha", 0xa1, A_LAYERS, A_HIDDEN);
+	struct lbp_register_model da = desc("alpha", 0xa1, A_LAYERS, A_HIDDEN), db = beta_desc();
 	assert_memory_equal(&b.m.desc[a - 1], &da, sizeof(da));
+	assert_memory_equal(&b.m.desc[bb - 1], &db, sizeof(db));
 	assert_int_equal(b.m.provisional[a - 1], 1);
 	/* The store's accounting: each entry 256 bytes (header and data rounded to 64), counted
 	 * per layer, none as an insert, nothing leased, all within the budget. */
 	struct lbp_stats_reply r = bank_stats(&b);
 	struct lbp_model_stats_reply ms;
-	assert_int_equal(r.entries, SMALL_ENTRIES);
+	assert_int_equal(r.entries, SMALL_LAYER_ENTRIES);
+	assert_int_equal(r.blocks, SMALL_BLOCKS);
 	assert_int_equal(r.bytes_used, SMALL_ENTRIES * 256);
 	assert_int_equal(r.inserts, 0);
 	assert_int_equal(r.leases, 0);
@@ -439,17 +607,29 @@ static void test_round_trip_restores_every_entry(void **state)
 	for (uint32_t l = 0; l < B_LAYERS; l++)
 		assert_int_equal(bank_check(&b, bb, 7, l, B_SEQ, B_HIDDEN), 0);
 	assert_int_equal(bank_check(&b, a, 9, 0, A_SEQ, A_HIDDEN), -ENOENT);
+	/* Both chains whole again, found from block 0, and nothing past them. */
+	assert_int_equal(bank_prefix(&b, bb, chain_a, 4), 4);
+	assert_int_equal(bank_prefix(&b, bb, chain_b, 5), 5);
+	const uint32_t longer[] = { 1, 2, 3, 4, 8 }, other[] = { 2, 3 };
+	assert_int_equal(bank_prefix(&b, bb, longer, 5), 4);
+	assert_int_equal(bank_prefix(&b, bb, other, 2), 0);
 	/* Restored entries are ordinary ones: a second write holds the same. */
 	char again[320];
 	snprintf(again, sizeof(again), "%s/again.snap", env.dir);
 	assert_int_equal(lbd_snapshot_write(again, &b.m, b.st, NULL, NULL, NULL, &st, err, sizeof(err)), 0);
 	assert_int_equal(st.entries, SMALL_ENTRIES);
+	assert_int_equal(st.blocks, SMALL_BLOCKS);
 	assert_int_equal(st.file_bytes, len);
+	/* And a chain grows under restored blocks. */
+	assert_int_equal(bank_block(&b, bb, 8, 4, 4), 0);
+	assert_int_equal(bank_prefix(&b, bb, longer, 5), 5);
+	assert_store_ok(&b);
 	bank_free(&b);
 
 	/* Checking only (the fuzzer's entry point) restores nothing and needs no bank. */
 	assert_int_equal(lbd_snapshot_load_mem(img, len, NULL, NULL, &st, err, sizeof(err)), 0);
 	assert_int_equal(st.entries, SMALL_ENTRIES);
+	assert_int_equal(st.blocks, SMALL_BLOCKS);
 	free(img);
 }
 
@@ -517,7 +697,10 @@ static void test_every_flipped_bit_is_refused(void **state)
 		{ 384 + 10, "entry 0 (offset 384): record checksum mismatch" },
 		{ 384 + 128 + 5, "entry 0 (offset 384): data checksum mismatch" },
 		{ 384 + 128 + 100, "entry 0 (offset 384): padding not zero" },
-		{ len - 1, "padding not zero" },
+		{ SMALL_BLOCK0 + 40, "entry 14 (offset 3968): record checksum mismatch" },
+		{ SMALL_BLOCK0 + 128 + 95, "entry 14 (offset 3968): data checksum mismatch" },
+		{ SMALL_BLOCK0 + 128 + 96, "entry 14 (offset 3968): padding not zero" },
+		{ len - 1, "entry 20 (offset 5504): padding not zero" },
 	};
 	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
 		img[cases[k].at] ^= 0x10;
@@ -538,14 +721,17 @@ static void test_foreign_version_and_abi_are_refused(void **state)
 	char err[512];
 	uint8_t *img = image_and_bank(&len, &b);
 
-	put_le(img + 8, 2, 4);
+	/* Version 1, the format before prefix blocks: refused, not read as this one. */
+	put_le(img + 8, 1, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
-	assert_string_equal(err, "format version 2, this daemon reads version 1");
+	assert_string_equal(err, "format version 1, this daemon reads version 2");
 	/* A later version may move its checksum: the version is read first, unsealed or not. */
+	put_le(img + 8, 3, 4);
 	put_le(img + 120, 0, 8);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
-	put_le(img + 8, 1, 4);
+	assert_string_equal(err, "format version 3, this daemon reads version 2");
+	put_le(img + 8, 2, 4);
 	put_le(img + 16, LB_SHM_ABI_VERSION + 1, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
@@ -561,6 +747,10 @@ static void test_sealed_but_inconsistent_files_are_refused(void **state)
 	struct bank b;
 	char err[512];
 	const size_t m0 = 128, m1 = 256, e0 = 384, e1 = 384 + 256;
+	/* Block records in insertion order: blocks 1, 2, 3, 4, then 5, 6, 7 (chain_a, chain_b). */
+	const size_t b1 = SMALL_BLOCK0, b2 = b1 + 256, b3 = b1 + 512;
+	const size_t b5 = b1 + 1024, b6 = b1 + 1280;
+	uint64_t key[2];
 	uint8_t *orig = image_and_bank(&len, &b);
 	uint8_t *img = malloc(len + 64);
 
@@ -582,7 +772,11 @@ static void test_sealed_but_inconsistent_files_are_refused(void **state)
 	MUTATE("n_layers out of range", { put_le(img + m0 + 72, 0, 4); reseal(img + m0); });
 	MUTATE("n_layers out of range", { put_le(img + m0 + 72, 1025, 4); reseal(img + m0); });
 	MUTATE("fp.bits out of range", { put_le(img + m0 + 92, 128, 4); reseal(img + m0); });
-	MUTATE("reserved out of range", { img[m0 + 115] = 1; reseal(img + m0); });
+	MUTATE("kv.dim out of range", { put_le(img + m1 + 112, 65537, 4); reseal(img + m1); });
+	MUTATE("kv.block_tokens out of range", { put_le(img + m1 + 116, 1025, 4);
+						 reseal(img + m1); });
+	/* kv_dim without block_tokens: both 0, or both at least 1. */
+	MUTATE("('alpha'): kv.block_tokens out of range", { img[m0 + 112] = 5; reseal(img + m0); });
 	MUTATE("entries, the file has", { put_le(img + m0 + 104, 11, 8); reseal(img + m0); });
 	MUTATE("model index out of range", { put_le(img + e0, 2, 4); reseal(img + e0); });
 	MUTATE("layer out of range", { put_le(img + e0 + 4, A_LAYERS, 2); reseal(img + e0); });
@@ -591,6 +785,39 @@ static void test_sealed_but_inconsistent_files_are_refused(void **state)
 	MUTATE("shape out of range", { put_le(img + e0 + 24, 1, 4); reseal(img + e0); });
 	MUTATE("bytes (not the shape's)", { put_le(img + e0 + 20, A_HIDDEN + 1, 4); reseal(img + e0); });
 	MUTATE("score out of range", { put_le(img + e0 + 112, 0xfff8000000000000ull, 8); reseal(img + e0); });
+	/* A block record against its model: a model with blocks, the geometry, the place in the
+	 * chain, the key, the parent, the zero bytes. */
+	MUTATE("entry 14 (offset 3968): layer out of range", { put_le(img + b1, 0, 4);
+							       reseal(img + b1); });
+	MUTATE("dtype out of range", { put_le(img + b1 + 6, LBP_DTYPE_F16, 2); reseal(img + b1); });
+	MUTATE("ndim out of range", { put_le(img + b1 + 12, 3, 4); reseal(img + b1); });
+	MUTATE("shape out of range", { put_le(img + b1 + 28, B_KV + 1, 4); reseal(img + b1); });
+	MUTATE("index out of range", { put_le(img + b2 + 56, 128, 4); reseal(img + b2); });
+	MUTATE("seq_len out of range", { put_le(img + b2 + 8, 2 * B_TOKENS + 1, 4);
+					 reseal(img + b2); });
+	MUTATE("key out of range", { memset(img + b1 + 72, 0, 16); reseal(img + b1); });
+	MUTATE("parent out of range", { img[b1 + 40] = 1; reseal(img + b1); });
+	MUTATE("parent out of range", { memset(img + b2 + 40, 0, 16); reseal(img + b2); });
+	MUTATE("reserved out of range", { img[b1 + 65] = 1; reseal(img + b1); });
+	/* Chains: a parent that is not in the file, one that is not one place up, a key twice. */
+	MUTATE("entry at offset 4992: block 2 without its parent in the file (a hole)", {
+		block_key(9, key);
+		put_le(img + b5 + 40, key[0], 8);
+		put_le(img + b5 + 48, key[1], 8);
+		reseal(img + b5);
+	});
+	MUTATE("entry at offset 4480: block 2 under block 0 (offset 3968), not one place up", {
+		block_key(1, key);
+		put_le(img + b3 + 40, key[0], 8);
+		put_le(img + b3 + 48, key[1], 8);
+		reseal(img + b3);
+	});
+	MUTATE("entries at offsets 4992 and 5248: the same block twice", {
+		block_key(5, key);
+		put_le(img + b6 + 72, key[0], 8);
+		put_le(img + b6 + 80, key[1], 8);
+		reseal(img + b6);
+	});
 	/* The second entry claims the first one's layer of the same input. */
 	MUTATE("the same input and layer twice", {
 		put_le(img + e1 + 4, le(img + e0 + 4, 2), 2);
@@ -643,6 +870,7 @@ static void test_over_budget_keeps_the_most_valuable(void **state)
 
 	bank_make(&b, 4u << 20, 4 * need + need / 2, LBD_POLICY_LRU, 0);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_store_ok(&b);
 	assert_int_equal(st.entries, 4);
 	assert_int_equal(st.entries_skipped, 4);
 	struct lbp_stats_reply r = bank_stats(&b);
@@ -665,8 +893,142 @@ static void test_over_budget_keeps_the_most_valuable(void **state)
 	/* Under ttl, entries older than the ttl would expire at once: they are left out. */
 	bank_make(&b, 4u << 20, 0, LBD_POLICY_TTL, 1000000 /* 1 ms */);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_store_ok(&b);
 	assert_int_equal(st.entries, 0);
 	assert_int_equal(st.entries_skipped, 8);
+	bank_free(&b);
+}
+
+/* A file whose chain has a hole (block 2 of the shared prefix taken out, every count and
+ * checksum made to agree) is refused as a whole: nothing of it is restored. */
+static void test_file_with_a_hole_is_refused(void **state)
+{
+	(void)state;
+	size_t len;
+	struct bank b;
+	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
+	const size_t b2 = SMALL_BLOCK0 + 256, n = len - 256;
+	uint8_t *cut = malloc(n);
+
+	assert_non_null(cut);
+	memcpy(cut, img, b2);
+	memcpy(cut + b2, img + b2 + 256, len - b2 - 256);
+	put_le(cut + 24, SMALL_ENTRIES - 1, 8);
+	put_le(cut + 32, SMALL_DATA - B_BLOCK, 8);
+	put_le(cut + 40, n, 8);
+	reseal(cut);
+	put_le(cut + 256 + 104, 2 + SMALL_BLOCKS - 1, 8);
+	reseal(cut + 256);
+	/* Blocks 3 (chain a) and 5 (chain b) lost their parent: the first in the file is named. */
+	int ret = lbd_snapshot_load_mem(cut, n, &b.m, b.st, NULL, err, sizeof(err));
+	assert_int_equal(ret, -EBADMSG);
+	assert_string_equal(err, "entry at offset 4224: block 2 without its parent in the file"
+				 " (a hole)");
+	write_file(snap_path, cut, n);
+	ret = lbd_snapshot_load(snap_path, &b.m, b.st, NULL, err, sizeof(err));
+	assert_int_equal(ret, -EBADMSG);
+	assert_non_null(strstr(err, "a hole"));
+	/* The whole chain from there on gone too: a prefix, and accepted. */
+	size_t m = SMALL_BLOCK0 + 256;
+	memcpy(cut, img, m);
+	put_le(cut + 24, SMALL_LAYER_ENTRIES + 1, 8);
+	put_le(cut + 32, SMALL_DATA - (SMALL_BLOCKS - 1) * B_BLOCK, 8);
+	put_le(cut + 40, m, 8);
+	reseal(cut);
+	put_le(cut + 256 + 104, 3, 8);
+	reseal(cut + 256);
+	assert_int_equal(lbd_snapshot_load_mem(cut, m, &b.m, b.st, NULL, err, sizeof(err)), 0);
+	assert_int_equal(bank_stats(&b).blocks, 1);
+	assert_store_ok(&b);
+	free(cut);
+	bank_free(&b);
+	free(img);
+}
+
+/* Blocks under a budget that holds part of them: what is kept is whole prefixes (a block only
+ * with its parent), the most valuable first; a parent that a file says is worth less than its
+ * child still goes back first. */
+#define K_LAYERS 2
+#define K_KV 64
+#define K_TOKENS 4
+#define K_NEED (128 + K_LAYERS * 2 * K_TOKENS * K_KV * 4) /* 4224 bytes a block */
+
+static void test_over_budget_keeps_whole_prefixes(void **state)
+{
+	(void)state;
+	struct bank a, b;
+	struct lbd_snapshot_stats st;
+	struct lbp_register_model d = desc("k", 1, K_LAYERS, 16);
+	char err[512];
+	/* Chain x, then chain y sharing its first two blocks, hit afterwards: y is the recent
+	 * one. */
+	const uint32_t x[] = { 100, 101, 102, 103, 104, 105, 106, 107 };
+	const uint32_t y[] = { 100, 101, 200, 201, 202, 203, 204, 205 };
+	const struct timespec nap = { 0, 2000000 };
+	const enum lbd_policy pol[] = { LBD_POLICY_LRU, LBD_POLICY_DECAY };
+
+	d.kv = (struct lbp_kv_spec){ .dim = K_KV, .block_tokens = K_TOKENS };
+	bank_make(&a, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	uint32_t id = bank_model(&a, &d);
+	assert_int_equal(bank_chain(&a, id, x, 8), 0);
+	assert_int_equal(bank_chain(&a, id, y, 8), 0);
+	nanosleep(&nap, NULL);
+	assert_int_equal(bank_prefix(&a, id, y, 8), 8);
+	assert_int_equal(lbd_snapshot_write(snap_path, &a.m, a.st, NULL, NULL, NULL, &st, err,
+					    sizeof(err)), 0);
+	assert_int_equal(st.blocks, 14);
+	bank_free(&a);
+
+	/* Room for 8 blocks and a half: y whole; for 5 and a half: y's first 5; for 1: block 0. */
+	const struct {
+		uint32_t room, y, x; /* blocks the budget holds; of chain y, of x found after */
+	} cases[] = { { 8, 8, 2 }, { 5, 5, 2 }, { 1, 1, 1 } };
+	for (size_t p = 0; p < 2; p++) {
+		for (size_t c = 0; c < 3; c++) {
+			bank_make(&b, 4u << 20, cases[c].room * K_NEED + K_NEED / 2, pol[p], 0);
+			assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err,
+							   sizeof(err)), 0);
+			assert_int_equal(st.entries, cases[c].room);
+			assert_int_equal(st.entries_skipped, 14 - cases[c].room);
+			assert_store_ok(&b);
+			id = model_id(&b, "k");
+			assert_int_equal(bank_prefix(&b, id, y, 8), cases[c].y);
+			assert_int_equal(bank_prefix(&b, id, x, 8), cases[c].x);
+			bank_free(&b);
+		}
+	}
+
+	/* A file that says x's last block is the most valuable of all (not what a daemon writes:
+	 * its parents would say so too): x's chain goes back first, from block 0. */
+	size_t len;
+	uint8_t *img = read_file(snap_path, &len);
+	uint64_t key[2];
+	block_key(107, key);
+	for (size_t off = 256; off < len; off += 128 + ((le(img + off + 32, 8) + 63) & ~63ull))
+		if (le(img + off + 72, 8) == key[0] && le(img + off + 80, 8) == key[1]) {
+			double big = 1e6;
+			uint64_t bits;
+			memcpy(&bits, &big, 8);
+			put_le(img + off + 112, bits, 8);
+			reseal(img + off);
+		}
+	bank_make(&b, 4u << 20, 3 * K_NEED + K_NEED / 2, LBD_POLICY_DECAY, 0);
+	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.entries, 3);
+	assert_store_ok(&b);
+	id = model_id(&b, "k");
+	assert_int_equal(bank_prefix(&b, id, x, 8), 3);
+	assert_int_equal(bank_prefix(&b, id, y, 8), 2);
+	bank_free(&b);
+	free(img);
+
+	/* Under ttl, blocks older than the ttl are left out, and so is what is under them. */
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_TTL, 1000000 /* 1 ms */);
+	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_store_ok(&b);
+	assert_int_equal(st.entries, 0);
+	assert_int_equal(st.entries_skipped, 14);
 	bank_free(&b);
 }
 
@@ -683,9 +1045,10 @@ static void test_model_registered_differently_is_retired(void **state)
 	uint8_t *img = image_and_bank(&len, &b);
 
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), 0);
+	assert_store_ok(&b);
 	uint32_t a = model_id(&b, "alpha"), bb = model_id(&b, "beta");
 
-	struct lbp_register_model same = desc("beta", 0xb2, B_LAYERS, B_HIDDEN);
+	struct lbp_register_model same = beta_desc();
 	assert_int_equal(lbd_models_settle(&b.m, &same, why, sizeof(why)), 0);
 	assert_int_equal(lbd_models_register(&b.m, &same, &id, &field, why, sizeof(why)), 0);
 	assert_int_equal(id, bb);
@@ -704,13 +1067,16 @@ static void test_model_registered_differently_is_retired(void **state)
 	assert_int_equal(lbd_models_register(&b.m, &other, &id, &field, why, sizeof(why)), 1);
 	assert_true(id != a);
 	assert_int_equal(bank_stats(&b).entries, 2);
+	assert_int_equal(bank_stats(&b).blocks, SMALL_BLOCKS);
 	assert_int_equal(bank_check(&b, bb, 7, 1, B_SEQ, B_HIDDEN), 0);
+	assert_int_equal(bank_prefix(&b, bb, chain_b, 5), 5);
 	/* The retired description is gone for good; the new one is the registration now. */
 	struct lbp_register_model old = desc("alpha", 0xa1, A_LAYERS, A_HIDDEN);
 	assert_int_equal(lbd_models_settle(&b.m, &old, why, sizeof(why)), 0);
 	assert_int_equal(lbd_models_register(&b.m, &old, &id, &field, why, sizeof(why)), -EEXIST);
 	/* A confirmed model is not retired by a later, different registration. */
-	struct lbp_register_model beta2 = desc("beta", 0xb3, B_LAYERS, B_HIDDEN);
+	struct lbp_register_model beta2 = beta_desc();
+	beta2.weights_hash = 0xb3;
 	assert_int_equal(lbd_models_settle(&b.m, &beta2, why, sizeof(why)), 0);
 	assert_int_equal(lbd_models_register(&b.m, &beta2, &id, &field, why, sizeof(why)), -EEXIST);
 
@@ -720,9 +1086,24 @@ static void test_model_registered_differently_is_retired(void **state)
 	bank_model(&b, &other);
 	struct lbd_snapshot_stats st;
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_store_ok(&b);
 	assert_int_equal(st.models_skipped, 1);
-	assert_int_equal(st.entries, 2);
+	assert_int_equal(st.entries, 2 + SMALL_BLOCKS);
+	assert_int_equal(st.blocks, SMALL_BLOCKS);
 	assert_int_equal(st.entries_skipped, 12);
+	bank_free(&b);
+
+	/* Or with beta taken by another block geometry: beta's entries and blocks are skipped. */
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	struct lbp_register_model narrow = beta_desc();
+	narrow.kv.block_tokens = 4;
+	bank_model(&b, &narrow);
+	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.models_skipped, 1);
+	assert_int_equal(st.entries, 12);
+	assert_int_equal(st.blocks, 0);
+	assert_int_equal(st.entries_skipped, 2 + SMALL_BLOCKS);
+	assert_store_ok(&b);
 	bank_free(&b);
 	free(img);
 }
@@ -945,6 +1326,109 @@ static int notify_wait(int fd, const char *want, char *buf, size_t n, int timeou
 	return 0;
 }
 
+/* A decoder's prefix blocks: written at stop, restored at start, found again by
+ * lb_lookup_prefix with the same bytes; a chain cut short by the budget is cut at its end. */
+#define P_KV 16
+#define P_TOKENS 4
+#define P_BLOCK (D_LAYERS * 2 * P_TOKENS * P_KV * 4)
+
+static const struct lb_model_desc pmodel = {
+	.name = "snap-decoder", .weights_hash = 0xdec, .n_layers = D_LAYERS, .hidden = D_HIDDEN,
+	.dtype = LB_DTYPE_F32, .max_seq = 512, .fp_chunks = 4, .fp_seed = 3, .kv_dim = P_KV,
+	.block_tokens = P_TOKENS,
+};
+
+/* The keys of the first n blocks of sequence seq (tokens seq * 1000 + i). */
+static void p_keys(uint32_t seq, uint32_t n, uint64_t (*keys)[2])
+{
+	int32_t tok[16 * P_TOKENS];
+	assert_true(n <= 16);
+	for (uint32_t i = 0; i < n * P_TOKENS; i++)
+		tok[i] = (int32_t)(seq * 1000 + i);
+	assert_int_equal(lb_block_keys(tok, n * P_TOKENS, P_TOKENS, keys, n), n);
+}
+
+static void p_insert(struct lb_client *c, uint32_t model, uint32_t seq, uint32_t n)
+{
+	uint64_t keys[16][2];
+	p_keys(seq, n, keys);
+	for (uint32_t i = 0; i < n; i++) {
+		void *p = lb_insert_reserve(c, P_BLOCK);
+		assert_non_null(p);
+		fill_data(p, P_BLOCK, (uint32_t)keys[i][0], LB_ENTRY_LAYER_BLOCK);
+		assert_int_equal(lb_insert_block(c, model, keys[i], i ? keys[i - 1] : NULL, i), 0);
+	}
+}
+
+/* lb_lookup_prefix of sequence seq's first n blocks: the blocks found, each checked. */
+static int p_found(struct lb_client *c, uint32_t model, uint32_t seq, uint32_t n)
+{
+	uint64_t keys[16][2], lease = 0;
+	const void *blocks[16];
+	uint8_t want[P_BLOCK];
+	p_keys(seq, n, keys);
+	int got = lb_lookup_prefix(c, model, (const uint64_t(*)[2])keys, n, blocks, &lease);
+	if (got == -ENOENT)
+		return 0;
+	assert_true(got > 0 && (uint32_t)got <= n);
+	for (int i = 0; i < got; i++) {
+		fill_data(want, P_BLOCK, (uint32_t)keys[i][0], LB_ENTRY_LAYER_BLOCK);
+		assert_memory_equal(blocks[i], want, P_BLOCK);
+	}
+	assert_int_equal(lb_release(c, lease), 0);
+	return got;
+}
+
+static void test_daemon_restart_keeps_prefix_blocks(void **state)
+{
+	(void)state;
+	uint32_t model;
+
+	START("--snapshot", snap_path);
+	d_fill(2);
+	struct lb_client *c = connect_model(&pmodel, &model);
+	p_insert(c, model, 1, 6);
+	p_insert(c, model, 2, 3);
+	lb_close(c);
+	assert_true(lbt_daemon_stop(&env));
+	assert_int_equal(log_lines("17 entries (9 of them prefix blocks", "models written,", NULL),
+			 1);
+
+	START("--snapshot", snap_path);
+	assert_int_equal(log_lines("17 entries (9 of them prefix blocks", "restored", NULL), 1);
+	struct lb_stats st = d_stats();
+	assert_int_equal(st.blocks, 9);
+	assert_int_equal(st.entries, 8);
+	c = connect_model(&pmodel, &model);
+	assert_int_equal(p_found(c, model, 1, 8), 6);
+	assert_int_equal(p_found(c, model, 2, 3), 3);
+	assert_int_equal(p_found(c, model, 3, 3), 0);
+	/* The restored chain grows as any other. */
+	uint64_t keys[16][2];
+	p_keys(1, 7, keys);
+	void *p = lb_insert_reserve(c, P_BLOCK);
+	assert_non_null(p);
+	fill_data(p, P_BLOCK, (uint32_t)keys[6][0], LB_ENTRY_LAYER_BLOCK);
+	assert_int_equal(lb_insert_block(c, model, keys[6], keys[5], 6), 0);
+	assert_int_equal(p_found(c, model, 1, 8), 7);
+	lb_close(c);
+	assert_true(lbt_daemon_stop(&env));
+
+	/* A budget for 4 blocks (2176 bytes each) and not one layer entry (1152 bytes and more)
+	 * beside them: the most recent chain's first 4 blocks, and nothing else. */
+	START("--snapshot", snap_path, "--budget", "9704");
+	if (log_lines("4 entries (4 of them prefix blocks", "restored", "left out: 14 entries",
+		      NULL) != 1) {
+		lbt_cat(env.log);
+		fail_msg("not the 4 first blocks of the recent chain alone");
+	}
+	c = connect_model(&pmodel, &model);
+	assert_int_equal(p_found(c, model, 1, 8), 4);
+	assert_int_equal(p_found(c, model, 2, 3), 0);
+	lb_close(c);
+	assert_true(lbt_daemon_stop(&env));
+}
+
 /* Under a service manager: READY=1 only once the snapshot is restored, and while it is
  * written at stop, STOPPING=1 then EXTEND_TIMEOUT_USEC= with a STATUS= line. */
 static void test_ready_after_restore_and_stop_timeout_extended(void **state)
@@ -1156,8 +1640,37 @@ static void test_snapshot_message_and_ctl(void **state)
 	assert_true(lbt_daemon_stop(&env));
 }
 
-/* SNAPSHOT while a worker looks up and inserts through the rings: the service threads go on,
- * entries inserted meanwhile simply may or may not be in the file, and every file is whole. */
+/* A decoder worker in a child: the chains of 40 sequences, in an order its twin shares, so
+ * that both insert the same blocks at once (one's child under the other's parent while that is
+ * still being copied, sometimes). Exits 0, or 4 on an answer INSERT_BLOCK does not give. */
+static void p_worker(void)
+{
+	uint32_t model;
+	struct lb_client *c = NULL;
+	uint64_t keys[16][2];
+
+	if (lb_connect(env.sock, "decoder", &c) < 0 || lb_register_model(c, &pmodel, &model) < 0)
+		_exit(2);
+	for (uint32_t r = 0; r < 400; r++) {
+		uint32_t n = 1 + r % 12;
+		p_keys((r * 7u) % 40, n, keys);
+		for (uint32_t i = 0; i < n; i++) {
+			void *p = lb_insert_reserve(c, P_BLOCK);
+			if (!p)
+				_exit(4);
+			fill_data(p, P_BLOCK, (uint32_t)keys[i][0], LB_ENTRY_LAYER_BLOCK);
+			int ret = lb_insert_block(c, model, keys[i], i ? keys[i - 1] : NULL, i);
+			if (ret < 0 && ret != -EEXIST && ret != -ENOENT && ret != -ENOSPC)
+				_exit(4);
+		}
+	}
+	lb_close(c);
+	_exit(0);
+}
+
+/* SNAPSHOT while a worker looks up and inserts through the rings, and two decoders insert the
+ * same chains: the service threads go on, entries inserted meanwhile simply may or may not be
+ * in the file, and every file is whole, no chain in it with a hole. */
 static void test_snapshot_while_serving(void **state)
 {
 	(void)state;
@@ -1193,6 +1706,13 @@ static void test_snapshot_while_serving(void **state)
 		lb_close(c);
 		_exit(0);
 	}
+	pid_t dec[2];
+	for (int i = 0; i < 2; i++) {
+		dec[i] = lbt_fork(&env);
+		assert_true(dec[i] >= 0);
+		if (dec[i] == 0)
+			p_worker();
+	}
 	struct lb_client *c = connect_model(NULL, NULL);
 	for (int i = 0; i < 10; i++) {
 		struct lb_snapshot_info info;
@@ -1207,8 +1727,11 @@ static void test_snapshot_while_serving(void **state)
 	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
 	lb_close(c);
 	assert_int_equal(lbt_reap(&env, kid), 0); /* exited 0 */
+	assert_int_equal(lbt_reap(&env, dec[0]), 0);
+	assert_int_equal(lbt_reap(&env, dec[1]), 0);
 	printf("10 snapshots while serving: %" PRIu64 " hits, %" PRIu64 " inserts, %" PRIu64
-	       " evictions so far\n", st.hits, st.inserts, st.evictions);
+	       " evictions so far; %" PRIu64 " blocks\n", st.hits, st.inserts, st.evictions,
+	       st.blocks);
 	assert_true(lbt_daemon_stop(&env));
 	START("--snapshot", snap_path, "--budget", "1M");
 	assert_int_equal(log_lines("entries", "restored", NULL), 1);
@@ -1323,9 +1846,12 @@ int main(void)
 		TEST(test_foreign_version_and_abi_are_refused),
 		TEST(test_sealed_but_inconsistent_files_are_refused),
 		TEST(test_over_budget_keeps_the_most_valuable),
+		TEST(test_file_with_a_hole_is_refused),
+		TEST(test_over_budget_keeps_whole_prefixes),
 		TEST(test_model_registered_differently_is_retired),
 		TEST(test_failed_write_keeps_the_old_file),
 		TEST(test_daemon_restart_restores_the_cache),
+		TEST(test_daemon_restart_keeps_prefix_blocks),
 		TEST(test_ready_after_restore_and_stop_timeout_extended),
 		TEST(test_daemon_bad_snapshot_starts_empty),
 		TEST(test_daemon_different_model_is_skipped),

@@ -12,10 +12,14 @@
  * Checked for every input: the loader answers 0, -EBADMSG, -EPROTO or -ENOMEM, with one line in
  * err when it refuses; the check-only call (no registry, no store) and the real load agree; a
  * refused file leaves the registry and the store exactly as they were (empty). For an accepted
- * file, loaded into a fresh bank whose budget holds any input of the fuzzer's length: every
- * model registered, restored + skipped entries = the header's count, the store holds exactly
- * the restored entries, each as the file has it (keys, header, checksum, data), and each is
- * found by its token hash.
+ * file, read again here as PROTOCOL.md lays it out: no block key twice in a model, every
+ * block's parent (one place up) in the file. Loaded into a fresh bank whose budget holds any
+ * input of the fuzzer's length: every model registered, the store's invariants hold
+ * (lbd_store_check: no chain with a hole), restored + skipped entries = the header's count,
+ * and the store holds exactly the entries expected back (all of them, but under ttl those
+ * past the TTL and the blocks under them), each as the file has it (keys, parent and index,
+ * header, checksum, data); a layer entry is found by its token hash, a block by LOOKUP_PREFIX
+ * of its chain's keys, with its data.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -36,14 +40,17 @@
 
 #define ARENA_BYTES (2u << 20) /* made for every accepted input: small, so that it is quick */
 #define BUDGET (1u << 20)      /* more than any input's entries (libFuzzer -max_len: 4 KiB to 64 KiB) */
+#define TTL_NS 3600000000000ull /* the ttl policy's (bit 2) */
+#define MARGIN_NS 60000000000ull /* an entry this close to its TTL may expire before its lookup */
 
 /* Field offsets of PROTOCOL.md "Snapshot file", written out again here: the harness reads the
  * file as the specification says, not as the loader does. */
 enum {
 	H_VERSION = 8, H_N_MODELS = 20, H_N_ENTRIES = 24, H_CHECKSUM = 120,
 	E_MODEL = 0, E_LAYER = 4, E_DTYPE = 6, E_SEQ_LEN = 8, E_NDIM = 12, E_SHAPE = 16,
-	E_BYTES = 32, E_FP = 40, E_EXACT = 72, E_DATA_SUM = 88,
-	REC = 128,
+	E_BYTES = 32, E_FP = 40, E_EXACT = 72, E_DATA_SUM = 88, E_AGE = 104,
+	E_PARENT = 40, E_INDEX = 56, /* a block's (layer 0xffff), where a layer entry's fp is */
+	REC = 128, BLOCK = 0xffff,
 };
 
 #define fail(...) fuzz_broken("fuzz_snapshot", __VA_ARGS__)
@@ -104,7 +111,7 @@ static void bank_make(struct bank *b, enum lbd_policy policy)
 {
 	static const uint8_t boot[16] = { 0x5a };
 	struct lbd_store_cfg cfg = { .budget = BUDGET, .policy = policy, .drift_max = 0.05, .tau = 0.98,
-				     .half_life_ns = 300000000000ull, .ttl_ns = 3600000000000ull };
+				     .half_life_ns = 300000000000ull, .ttl_ns = TTL_NS };
 	char err[256];
 
 	memset(&b->m, 0, sizeof(b->m));
@@ -121,95 +128,249 @@ static void bank_free(struct bank *b)
 	lbd_arena_destroy(&b->arena);
 }
 
+/* The store's invariants (daemon/store.h lbd_store_check). */
+static void assert_store_ok(struct bank *b, const char *when)
+{
+	char why[160] = "";
+	if (lbd_store_check(b->st, why, sizeof(why)) < 0)
+		fail("store broken %s: %s", when, why);
+}
+
 static void assert_empty(struct bank *b, const char *why)
 {
 	struct lbp_stats_reply s;
 
 	memset(&s, 0, sizeof(s));
 	lbd_store_stats(b->st, &s);
-	if (b->m.count != 0 || s.entries != 0 || s.bytes_used != 0 || s.leases != 0)
-		fail("%s: %u models, %llu entries, %llu bytes, %llu leases after a refused file", why,
-		     b->m.count, (unsigned long long)s.entries, (unsigned long long)s.bytes_used,
+	if (b->m.count != 0 || s.entries != 0 || s.blocks != 0 || s.bytes_used != 0 ||
+	    s.leases != 0)
+		fail("%s: %u models, %llu entries, %llu blocks, %llu bytes, %llu leases after a"
+		     " refused file", why, b->m.count, (unsigned long long)s.entries,
+		     (unsigned long long)s.blocks, (unsigned long long)s.bytes_used,
 		     (unsigned long long)s.leases);
+	assert_store_ok(b, "after a refused file");
 }
 
-/* The accepted file's entry records, in file order. */
-static const uint8_t **file_entries(const uint8_t *f, uint64_t *n)
+/* One entry record of an accepted file, as read here from PROTOCOL.md. */
+struct frec {
+	const uint8_t *r;
+	uint32_t model, index;
+	uint64_t key[2], parent[2]; /* key: a block's, or a layer entry's token hash */
+	bool block;
+	bool expected;              /* the load must have put it back */
+	bool fresh;                 /* and a lookup finds it (under ttl: far from expiring) */
+	const struct frec *up;      /* a block's parent's record */
+};
+
+static const struct frec *deref(const void *p)
 {
-	uint64_t n_models = get(f + H_N_MODELS, 4), off = REC + REC * n_models;
-	const uint8_t **e;
+	return *(const struct frec *const *)p;
+}
+
+static int cmp_block(const void *a, const void *b)
+{
+	const struct frec *x = deref(a), *y = deref(b);
+	if (x->model != y->model)
+		return x->model < y->model ? -1 : 1;
+	for (int i = 0; i < 2; i++)
+		if (x->key[i] != y->key[i])
+			return x->key[i] < y->key[i] ? -1 : 1;
+	return 0;
+}
+
+static int cmp_index(const void *a, const void *b)
+{
+	const struct frec *x = deref(a), *y = deref(b);
+	return x->index < y->index ? -1 : x->index > y->index;
+}
+
+/* Every block's parent record, one place up; no key twice in a model: what the loader must
+ * have checked before it accepted the file. by: the n blocks. */
+static void link_blocks(const uint8_t *f, const struct frec **by, uint64_t n)
+{
+	qsort(by, n, sizeof(*by), cmp_block);
+	for (uint64_t k = 1; k < n; k++)
+		if (cmp_block(&by[k - 1], &by[k]) == 0)
+			fail("accepted a file with a block twice (offsets %lld and %lld)",
+			     (long long)(by[k - 1]->r - f), (long long)(by[k]->r - f));
+	for (uint64_t k = 0; k < n; k++) {
+		struct frec want = { .model = by[k]->model }, *w = &want;
+		const struct frec **p;
+		if (by[k]->index == 0)
+			continue;
+		memcpy(want.key, by[k]->parent, sizeof(want.key));
+		p = bsearch(&w, by, n, sizeof(*by), cmp_block);
+		if (!p || (*p)->index + 1 != by[k]->index)
+			fail("accepted a file whose block at offset %lld has no parent one place"
+			     " up", (long long)(by[k]->r - f));
+		((struct frec *)by[k])->up = *p;
+	}
+}
+
+/*
+ * The accepted file's entry records in file order (*n of them), each block's parent found, and
+ * which of them the load must have put back into a bank whose budget holds them all: every one,
+ * but under ttl none past the TTL and no block whose parent was left out.
+ */
+static struct frec *file_records(const uint8_t *f, bool ttl, uint64_t *n)
+{
+	uint64_t n_models = get(f + H_N_MODELS, 4), off = REC + REC * n_models, nb = 0;
+	struct frec *e;
+	const struct frec **by;
 
 	*n = get(f + H_N_ENTRIES, 8);
-	e = malloc((*n ? *n : 1) * sizeof(*e));
-	if (!e)
+	e = calloc(*n ? *n : 1, sizeof(*e));
+	by = malloc((*n ? *n : 1) * sizeof(*by));
+	if (!e || !by)
 		fail("out of memory");
 	for (uint64_t k = 0; k < *n; k++) {
-		e[k] = f + off;
-		off += REC + padded(get(f + off + E_BYTES, 8));
+		const uint8_t *r = f + off;
+		e[k] = (struct frec){ .r = r, .model = (uint32_t)get(r + E_MODEL, 4),
+				      .key = { get(r + E_EXACT, 8), get(r + E_EXACT + 8, 8) },
+				      .block = get(r + E_LAYER, 2) == BLOCK };
+		e[k].expected = !ttl || get(r + E_AGE, 8) <= TTL_NS;
+		e[k].fresh = !ttl || get(r + E_AGE, 8) <= TTL_NS - MARGIN_NS;
+		if (e[k].block) {
+			e[k].parent[0] = get(r + E_PARENT, 8);
+			e[k].parent[1] = get(r + E_PARENT + 8, 8);
+			e[k].index = (uint32_t)get(r + E_INDEX, 4);
+			by[nb++] = &e[k];
+		}
+		off += REC + padded(get(r + E_BYTES, 8));
 	}
+	link_blocks(f, by, nb);
+	qsort(by, nb, sizeof(*by), cmp_index); /* parents before children */
+	for (uint64_t k = 0; k < nb; k++)
+		if (by[k]->up) {
+			struct frec *x = (struct frec *)by[k];
+			x->expected = x->expected && x->up->expected;
+			x->fresh = x->fresh && x->up->fresh;
+		}
+	free(by);
 	return e;
 }
 
-/* Item it of the store is file entry r, as the file has it. */
-static bool same_entry(const struct lbd_store_item *it, const uint8_t *r)
+/* Item it of the store is file entry e, as the file has it. */
+static bool same_entry(const struct lbd_store_item *it, const struct frec *e)
 {
-	bool same = it->model_id == get(r + E_MODEL, 4) + 1 && it->layer == get(r + E_LAYER, 2) &&
+	const uint8_t *r = e->r;
+	bool same = it->model_id == e->model + 1 && it->layer == get(r + E_LAYER, 2) &&
 		    it->dtype == get(r + E_DTYPE, 2) && it->seq_len == get(r + E_SEQ_LEN, 4) &&
 		    it->ndim == get(r + E_NDIM, 4) && it->bytes == get(r + E_BYTES, 8) &&
-		    it->checksum == get(r + E_DATA_SUM, 8) && it->exact[0] == get(r + E_EXACT, 8) &&
-		    it->exact[1] == get(r + E_EXACT + 8, 8) &&
-		    memcmp(it->data, r + REC, it->bytes) == 0;
+		    it->checksum == get(r + E_DATA_SUM, 8) && it->exact[0] == e->key[0] &&
+		    it->exact[1] == e->key[1] && memcmp(it->data, r + REC, it->bytes) == 0;
 	for (int i = 0; i < LB_MAX_NDIM; i++)
 		same = same && it->shape[i] == get(r + E_SHAPE + 4 * i, 4);
 	for (int i = 0; i < LB_FP_WORDS; i++)
-		same = same && it->fp[i] == get(r + E_FP + 8 * i, 8);
-	return same;
+		same = same && it->fp[i] == (e->block ? 0 : get(r + E_FP + 8 * i, 8));
+	return same && it->parent[0] == e->parent[0] && it->parent[1] == e->parent[1] &&
+	       it->index == e->index;
 }
 
-/* The store holds exactly the restored entries, each one as the file has it, and each is found
- * by its token hash with its data. */
-static void check_restored(struct bank *b, const uint8_t *f, const struct lbd_snapshot_stats *ls)
+/* The entry at off in the arena holds file entry e's bytes. */
+static bool holds(struct bank *b, uint64_t off, const struct frec *e, uint64_t bytes)
+{
+	const uint8_t *base = (const uint8_t *)b->arena.hdr + off;
+	const struct lb_entry_hdr *eh = (const struct lb_entry_hdr *)base;
+	return eh->magic == LB_ENTRY_MAGIC && eh->bytes == bytes &&
+	       memcmp(base + LB_ENTRY_HDR_SIZE, e->r + REC, bytes) == 0;
+}
+
+/* Restored layer entry e (item it) is found by its token hash, with its data. */
+static void find_layer(struct bank *b, struct lbd_leases *ls, const struct lbd_store_item *it,
+		       const uint8_t *f, const struct frec *e)
+{
+	struct lb_req q = { .opcode = LB_OP_LOOKUP, .layer = (uint16_t)it->layer,
+			    .model_id = it->model_id, .seq_len = it->seq_len };
+	struct lb_query qy = { .n_thr = 0 };
+	struct lb_cpl cpl = { 0 }, rel = { 0 };
+
+	memcpy(qy.fp, it->fp, sizeof(qy.fp));
+	memcpy(qy.exact, it->exact, sizeof(qy.exact));
+	lbd_store_lookup(b->st, ls, &q, &qy, NULL, &cpl);
+	if (cpl.status != 0)
+		fail("restored entry at offset %lld not found: %d", (long long)(e->r - f),
+		     cpl.status);
+	if (!holds(b, cpl.entry_off, e, it->bytes))
+		fail("entry at offset %lld found with other data", (long long)(e->r - f));
+	lbd_store_release(b->st, ls, cpl.lease, &rel);
+	if (rel.status != 0)
+		fail("release of entry at offset %lld: %d", (long long)(e->r - f), rel.status);
+}
+
+/* Restored block e (item it) is found by LOOKUP_PREFIX of its chain's keys, from block 0, with
+ * its data (a chain longer than one LOOKUP_PREFIX reaches is not looked up). */
+static void find_block(struct bank *b, struct lbd_leases *ls, const struct lbd_store_item *it,
+		       const uint8_t *f, const struct frec *e)
+{
+	static uint64_t keys[LB_PREFIX_MAX_BLOCKS][2];
+	static struct lb_prefix_block out[LB_PREFIX_MAX_BLOCKS];
+	struct lb_req q = { .opcode = LB_OP_LOOKUP_PREFIX, .model_id = it->model_id };
+	struct lb_cpl cpl = { 0 }, rel = { 0 };
+	uint32_t n = e->index + 1;
+
+	if (e->index >= LB_PREFIX_MAX_BLOCKS)
+		return;
+	for (const struct frec *x = e; x; x = x->up)
+		memcpy(keys[x->index], x->key, sizeof(keys[0]));
+	lbd_store_lookup_prefix(b->st, ls, &q, (const uint64_t(*)[2])keys, n, out, &cpl);
+	if (cpl.status != 0 || cpl.count != n)
+		fail("restored block at offset %lld (index %u): prefix lookup %d, %u blocks",
+		     (long long)(e->r - f), e->index, cpl.status, cpl.count);
+	if (!holds(b, out[e->index].entry_off, e, it->bytes))
+		fail("block at offset %lld found with other data", (long long)(e->r - f));
+	lbd_store_release(b->st, ls, cpl.lease, &rel);
+	if (rel.status != 0)
+		fail("release of block at offset %lld: %d", (long long)(e->r - f), rel.status);
+}
+
+/* The store holds exactly the entries expected back (only some of them when the file is larger
+ * than the budget can surely hold), each one as the file has it, each found with its data: a
+ * layer entry by its token hash, a block by its chain. chk: what the check-only call said. */
+static void check_restored(struct bank *b, const uint8_t *f, size_t len, bool ttl,
+			   const struct lbd_snapshot_stats *ls,
+			   const struct lbd_snapshot_stats *chk)
 {
 	struct lbd_leases held = { 0 }, leases = { 0 };
 	struct lbd_store_item *items = NULL;
 	uint32_t n_items = 0;
-	uint64_t n;
-	const uint8_t **e = file_entries(f, &n);
+	uint64_t n, expected = 0, blocks = 0, in_file = 0;
+	bool all_fit = len <= BUDGET / 2; /* each entry needs no more than the file gives it */
+	struct frec *e = file_records(f, ttl, &n);
 	uint8_t *matched = calloc(n ? n : 1, 1);
 
 	if (!matched || lbd_store_hold_all(b->st, &held, &items, &n_items) < 0)
 		fail("out of memory");
-	if (n_items != ls->entries)
-		fail("the store holds %u entries, %llu said restored", n_items,
-		     (unsigned long long)ls->entries);
+	for (uint64_t k = 0; k < n; k++) {
+		expected += e[k].expected;
+		in_file += e[k].block;
+	}
+	if (chk->blocks != in_file)
+		fail("the file has %llu blocks, the check-only call said %llu",
+		     (unsigned long long)in_file, (unsigned long long)chk->blocks);
+	if (n_items != ls->entries || (all_fit ? ls->entries != expected : ls->entries > expected))
+		fail("the store holds %u entries, %llu said restored, %llu expected", n_items,
+		     (unsigned long long)ls->entries, (unsigned long long)expected);
 	for (uint32_t i = 0; i < n_items; i++) {
 		uint64_t k = 0;
-		while (k < n && (matched[k] || !same_entry(&items[i], e[k])))
+		while (k < n && (matched[k] || !same_entry(&items[i], &e[k])))
 			k++;
-		if (k == n)
-			fail("store entry %u (model %u layer %u, %llu bytes) is no entry of the file", i,
-			     items[i].model_id, items[i].layer, (unsigned long long)items[i].bytes);
+		if (k == n || !e[k].expected)
+			fail("store entry %u (model %u layer %u, %llu bytes) is %s", i,
+			     items[i].model_id, items[i].layer, (unsigned long long)items[i].bytes,
+			     k == n ? "no entry of the file" : "one the load should have left out");
 		matched[k] = 1;
-
-		struct lb_req q = { .opcode = LB_OP_LOOKUP, .layer = (uint16_t)items[i].layer,
-				    .model_id = items[i].model_id, .seq_len = items[i].seq_len };
-		struct lb_query qy = { .n_thr = 0 };
-		struct lb_cpl cpl = { 0 }, rel = { 0 };
-		memcpy(qy.fp, items[i].fp, sizeof(qy.fp));
-		memcpy(qy.exact, items[i].exact, sizeof(qy.exact));
-		lbd_store_lookup(b->st, &leases, &q, &qy, NULL, &cpl);
-		if (cpl.status != 0)
-			fail("restored entry %llu (offset %llu) not found: %d", (unsigned long long)k,
-			     (unsigned long long)(e[k] - f), cpl.status);
-		const uint8_t *base = (const uint8_t *)b->arena.hdr + cpl.entry_off;
-		const struct lb_entry_hdr *eh = (const struct lb_entry_hdr *)base;
-		if (eh->magic != LB_ENTRY_MAGIC || eh->bytes != items[i].bytes ||
-		    memcmp(base + LB_ENTRY_HDR_SIZE, e[k] + REC, eh->bytes) != 0)
-			fail("entry %llu found with other data", (unsigned long long)k);
-		lbd_store_release(b->st, &leases, cpl.lease, &rel);
-		if (rel.status != 0)
-			fail("release of entry %llu: %d", (unsigned long long)k, rel.status);
+		blocks += e[k].block;
+		if (!e[k].fresh)
+			continue;
+		if (e[k].block)
+			find_block(b, &leases, &items[i], f, &e[k]);
+		else
+			find_layer(b, &leases, &items[i], f, &e[k]);
 	}
+	if (blocks != ls->blocks)
+		fail("%llu blocks restored, %llu said", (unsigned long long)blocks,
+		     (unsigned long long)ls->blocks);
 	lbd_store_release_all(b->st, &held);
 	lbd_leases_free(&held);
 	lbd_leases_free(&leases);
@@ -264,6 +425,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	ret = lbd_snapshot_load_mem(f, len, &b.m, b.st, &ls, err2, sizeof(err2));
 	if (ret != 0)
 		fail("check-only accepted the file, the load answered %d (%s)", ret, err2);
+	assert_store_ok(&b, "after the load");
 	uint64_t n_entries = get(f + H_N_ENTRIES, 8);
 	if (ls.models != chk.models || ls.file_bytes != len || chk.entries != n_entries)
 		fail("stats disagree: models %u/%u, file %llu/%zu, entries %llu/%llu", ls.models,
@@ -275,14 +437,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (ls.entries + ls.entries_skipped != n_entries)
 		fail("%llu restored + %llu skipped of %llu entries", (unsigned long long)ls.entries,
 		     (unsigned long long)ls.entries_skipped, (unsigned long long)n_entries);
-	check_restored(&b, f, &ls);
+	check_restored(&b, f, len, policy == LBD_POLICY_TTL, &ls, &chk);
+	assert_store_ok(&b, "after the lookups");
 	struct lbp_stats_reply s;
 	memset(&s, 0, sizeof(s));
 	lbd_store_stats(b.st, &s);
-	if (s.entries != ls.entries || s.leases != 0)
-		fail("store holds %llu entries and %llu leases, %llu restored",
-		     (unsigned long long)s.entries, (unsigned long long)s.leases,
-		     (unsigned long long)ls.entries);
+	if (s.entries + s.blocks != ls.entries || s.blocks != ls.blocks || s.leases != 0)
+		fail("store holds %llu entries, %llu blocks and %llu leases, %llu restored (%llu"
+		     " blocks)", (unsigned long long)s.entries, (unsigned long long)s.blocks,
+		     (unsigned long long)s.leases, (unsigned long long)ls.entries,
+		     (unsigned long long)ls.blocks);
 	bank_free(&b);
 	free(f);
 	return 0;

@@ -5,9 +5,9 @@
  * release, evict, expire, hit the lease limit, fill the completion ring and fail each check of
  * Ring protocol 6, and insert and look up chains of prefix blocks (their keys from
  * lb_block_keys, so that they chain as a client's do), for fuzz_ring_entry; snapshot files of
- * every dtype and rank with up to three models, and files the loader's checks refuse, for
- * fuzz_snapshot; and fuzz_lbp_decode.dict, the body keys as they appear on the wire.
- * Deterministic: test_fuzz_corpus checks that the committed files are these.
+ * every dtype and rank with up to three models, with prefix blocks in chains, and files the
+ * loader's checks refuse, for fuzz_snapshot; and fuzz_lbp_decode.dict, the body keys as they
+ * appear on the wire. Deterministic: test_fuzz_corpus checks that the committed files are these.
  *
  * Usage: fuzz_corpus_gen DIR   (writes DIR/corpus/<target>/ and DIR/fuzz_lbp_decode.dict,
  * making the folders; tests/fuzz to regenerate the committed ones)
@@ -1235,6 +1235,7 @@ static void ring_seeds(void)
 struct snap {
 	uint8_t b[SNAP_MAX];
 	size_t n;                  /* bytes so far, the flag byte included */
+	size_t last;               /* the last entry record's offset */
 	uint32_t n_models;
 	uint64_t n_entries, data_bytes;
 	uint64_t model_entries[8];
@@ -1271,6 +1272,7 @@ static void snap_begin(struct snap *s, uint8_t flags)
 struct smodel {
 	const char *name;
 	uint32_t n_layers, hidden, dtype, max_seq, fp_chunks;
+	uint32_t kv_dim, block_tokens; /* prefix blocks: both 0 for none */
 };
 
 static void snap_model(struct snap *s, const struct smodel *m)
@@ -1285,7 +1287,26 @@ static void snap_model(struct snap *s, const struct smodel *m)
 	le_at(r + 88, m->fp_chunks, 4);
 	le_at(r + 92, 256, 4);
 	le_at(r + 96, 7, 8); /* fp_seed */
+	le_at(r + 112, m->kv_dim, 4);
+	le_at(r + 116, m->block_tokens, 4);
 	s->n_models++;
+}
+
+/* The end of an entry whose 128-byte record is at `at`: its data (bytes of them, made from
+ * seed), the padding, the data checksum, the record's own. */
+static void snap_data(struct snap *s, size_t at, uint64_t bytes, uint32_t seed, uint32_t model)
+{
+	uint8_t *d = snap_grow(s, (size_t)((bytes + 63) & ~63ull)), *r;
+	for (uint64_t i = 0; i < bytes; i++)
+		d[i] = (uint8_t)(seed + i);
+	s->last = at;
+	r = s->b + at;
+	le_at(r + 88, XXH3_64bits(d, bytes), 8);
+	seal_rec(r);
+	s->n_entries++;
+	s->data_bytes += bytes;
+	if (model < 8)
+		s->model_entries[model]++;
 }
 
 /* One entry of input `input` (its keys from key()) with shape dims[0..ndim-1]. */
@@ -1318,16 +1339,45 @@ static void snap_entry(struct snap *s, uint32_t model, uint16_t layer, uint16_t 
 	uint64_t bits;
 	memcpy(&bits, &score, 8);
 	le_at(r + 112, bits, 8);
-	uint8_t *d = snap_grow(s, (size_t)((bytes + 63) & ~63ull));
-	for (uint64_t i = 0; i < bytes; i++)
-		d[i] = (uint8_t)(input * 31u + layer * 7u + i);
-	r = s->b + at;
-	le_at(r + 88, XXH3_64bits(d, bytes), 8);
-	seal_rec(r);
-	s->n_entries++;
-	s->data_bytes += bytes;
-	if (model < 8)
-		s->model_entries[model]++;
+	snap_data(s, at, bytes, input * 31u + layer * 7u, model);
+}
+
+/*
+ * A prefix block of model record `model` (m: its registration), in PROTOCOL.md's block layout:
+ * layer 0xffff, the model's geometry, at `index` of its chain, its key that of input `id`
+ * (key()), under the block of key(parent) (ignored for index 0: parent 0, 0).
+ */
+static void snap_block(struct snap *s, uint32_t model, const struct smodel *m, uint32_t id,
+		       uint32_t parent, uint32_t index, uint64_t idle_ns, double score)
+{
+	uint64_t fp[4], exact[2], up[2] = { 0, 0 }, bits;
+	uint64_t bytes = (uint64_t)m->n_layers * 2 * m->block_tokens * m->kv_dim *
+			 (m->dtype == LBP_DTYPE_F32 ? 4u : 2u);
+	uint8_t *r = snap_grow(s, 128);
+	size_t at = (size_t)(r - s->b);
+	const uint32_t shape[4] = { m->n_layers, 2, m->block_tokens, m->kv_dim };
+
+	key(id, fp, exact);
+	if (index)
+		key(parent, fp, up);
+	le_at(r + 0, model, 4);
+	le_at(r + 4, 0xffff, 2);
+	le_at(r + 6, m->dtype, 2);
+	le_at(r + 8, (index + 1) * m->block_tokens, 4);
+	le_at(r + 12, 4, 4);
+	for (int i = 0; i < 4; i++)
+		le_at(r + 16 + 4 * i, shape[i], 4);
+	le_at(r + 32, bytes, 8);
+	le_at(r + 40, up[0], 8);
+	le_at(r + 48, up[1], 8);
+	le_at(r + 56, index, 4);
+	le_at(r + 72, exact[0], 8);
+	le_at(r + 80, exact[1], 8);
+	le_at(r + 96, idle_ns, 8);
+	le_at(r + 104, idle_ns * 3, 8); /* age_ns */
+	memcpy(&bits, &score, 8);
+	le_at(r + 112, bits, 8);
+	snap_data(s, at, bytes, id * 17u, model);
 }
 
 /* The header and the models' entry counts; the model records' checksums. */
@@ -1335,7 +1385,7 @@ static void snap_end(struct snap *s)
 {
 	uint8_t *h = s->b + 1;
 	memcpy(h, "LBSNAPSH", 8);
-	le_at(h + 8, 1, 4);
+	le_at(h + 8, 2, 4); /* version */
 	le_at(h + 12, 128, 4);
 	le_at(h + 16, LB_SHM_ABI_VERSION, 4);
 	le_at(h + 20, s->n_models, 4);
@@ -1355,18 +1405,109 @@ static void snap_end(struct snap *s)
 	}
 }
 
+/* Set n bytes at off of the last entry record to v, and seal the record again. */
+static void snap_fix(struct snap *s, size_t off, uint64_t v, unsigned n)
+{
+	le_at(s->b + s->last + off, v, n);
+	seal_rec(s->b + s->last);
+}
+
 static void snap_put(struct snap *s, const char *name)
 {
 	put(SNAP, name, s->b, s->n);
 }
 
+/* Files with prefix blocks: a tree of chains in any order, and what the chain checks refuse. */
+static void snapshot_block_seeds(struct snap *s, const struct smodel *tiny)
+{
+	static const struct smodel dec = { "decoder", 2, 8, LBP_DTYPE_F16, 32, 4, 3, 2 };
+	static const struct smodel wider = { "decoder", 2, 8, LBP_DTYPE_F16, 32, 4, 4, 2 };
+	static const struct smodel half_kv = { "kv-without-blocks", 2, 8, LBP_DTYPE_F16, 32, 4, 3, 0 };
+	const uint32_t d2[] = { 2, 8 };
+
+	/* Layer entries of input 1 beside a tree: 10-11-12-13 with 11-20-21 branching off, and a
+	 * chain 1-31 whose child comes first in the file and whose root's key is input 1's token
+	 * hash. Block 11 is past the ttl seed's TTL: under ttl its subtree stays out too. */
+	snap_begin(s, 1);
+	snap_model(s, tiny);
+	snap_model(s, &dec);
+	snap_entry(s, 1, 0, LBP_DTYPE_F16, 4, 1, 2, d2, 5, 1.0);
+	snap_entry(s, 1, 1, LBP_DTYPE_F16, 4, 1, 2, d2, 5, 1.0);
+	snap_block(s, 1, &dec, 10, 0, 0, 100, 3.0);
+	snap_block(s, 1, &dec, 11, 10, 1, 1300000000000ull, 2.5);
+	snap_block(s, 1, &dec, 12, 11, 2, 300, 2.0);
+	snap_block(s, 1, &dec, 13, 12, 3, 400, 0.5);
+	snap_block(s, 1, &dec, 20, 11, 2, 50, 4.0);
+	snap_block(s, 1, &dec, 21, 20, 3, 60, 1.0);
+	snap_block(s, 1, &dec, 31, 1, 1, 7, 1.0);
+	snap_block(s, 1, &dec, 1, 0, 0, 9, 0.0);
+	snap_end(s);
+	snap_put(s, "blocks");
+	s->b[0] = 2 | 1; /* decay order */
+	snap_put(s, "blocks-decay");
+	s->b[0] = 4 | 1; /* ttl */
+	snap_put(s, "blocks-ttl");
+	s->b[0] = 0; /* as is */
+	snap_put(s, "blocks-raw");
+
+	/* Refused: a hole, a key twice, a parent not one place up (Reading 6). */
+	const struct {
+		const char *name;
+		uint32_t id[3], parent[3], index[3];
+	} chains[] = {
+		{ "block-hole", { 10, 12, 0 }, { 0, 11, 0 }, { 0, 2, 0 } },
+		{ "block-twice", { 10, 11, 11 }, { 0, 10, 10 }, { 0, 1, 1 } },
+		{ "block-not-one-place-up", { 10, 11, 12 }, { 0, 10, 10 }, { 0, 1, 2 } },
+		{ "block-past-max-seq", { 10, 11, 0 }, { 0, 10, 0 }, { 0, 16, 0 } },
+	};
+	for (size_t c = 0; c < sizeof(chains) / sizeof(chains[0]); c++) {
+		snap_begin(s, 1);
+		snap_model(s, &dec);
+		for (int i = 0; i < 3 && chains[c].id[i]; i++)
+			snap_block(s, 0, &dec, chains[c].id[i], chains[c].parent[i],
+				   chains[c].index[i], 10, 1.0);
+		snap_end(s);
+		snap_put(s, chains[c].name);
+	}
+	/* Refused by a block's range checks (Reading 5) or its model's (Reading 4). */
+	snap_begin(s, 1);
+	snap_model(s, tiny);
+	snap_model(s, &dec);
+	snap_block(s, 0, &dec, 10, 0, 0, 10, 1.0);
+	snap_end(s);
+	snap_put(s, "block-of-model-without-kv");
+	snap_begin(s, 1);
+	snap_model(s, &dec);
+	snap_block(s, 0, &wider, 10, 0, 0, 10, 1.0);
+	snap_end(s);
+	snap_put(s, "block-geometry");
+	snap_begin(s, 1);
+	snap_model(s, &dec);
+	snap_block(s, 0, &dec, 10, 0, 0, 10, 1.0);
+	snap_fix(s, 40, 99, 8);
+	snap_end(s);
+	snap_put(s, "block-root-with-parent");
+	snap_begin(s, 1);
+	snap_model(s, &dec);
+	snap_block(s, 0, &dec, 10, 0, 0, 10, 1.0);
+	snap_fix(s, 64, 1, 1);
+	snap_end(s);
+	snap_put(s, "block-reserved");
+	snap_begin(s, 1);
+	snap_model(s, &half_kv);
+	snap_end(s);
+	snap_put(s, "model-kv-half");
+}
+
 static void snapshot_seeds(void)
 {
 	static struct snap s;
-	static const struct smodel tiny = { "tiny", 3, 4, LBP_DTYPE_F32, 8, 4 };
-	static const struct smodel half = { "half-precision", 6, 8, LBP_DTYPE_F16, 16, 2 };
+	static const struct smodel tiny = { "tiny", 3, 4, LBP_DTYPE_F32, 8, 4, 0, 0 };
+	static const struct smodel half = { "half-precision", 6, 8, LBP_DTYPE_F16, 16, 2, 0, 0 };
 	static const struct smodel wide = { "m", LBP_MAX_LAYERS, LBP_MAX_HIDDEN, LBP_DTYPE_BF16,
-					    LBP_MAX_SEQ, LBP_MAX_FP_CHUNKS };
+					    LBP_MAX_SEQ, LBP_MAX_FP_CHUNKS, LBP_MAX_HIDDEN,
+					    LBP_MAX_BLOCK_TOKENS };
+	static const struct smodel newline = { "tin\ny", 0, 4, LBP_DTYPE_F32, 8, 4, 0, 0 };
 	const uint32_t d2[] = { 2, 4 }, d1[] = { 5 }, d3[] = { 1, 2, 3 }, d4[] = { 2, 1, 1, 3 };
 
 	snap_begin(&s, 1);
@@ -1424,15 +1565,36 @@ static void snapshot_seeds(void)
 	snap_model(&s, &tiny);
 	snap_end(&s);
 	snap_put(&s, "model-name-twice");
+	/* A refused name holding a newline: the reason that quotes it is still one line. */
+	snap_begin(&s, 1);
+	snap_model(&s, &newline);
+	snap_end(&s);
+	snap_put(&s, "model-name-newline");
+	/* Two inputs with one fingerprint: each is found by its own token hash. */
+	uint64_t fp[4], exact[2];
+	key(1, fp, exact);
+	snap_begin(&s, 1);
+	snap_model(&s, &tiny);
+	snap_entry(&s, 0, 0, LBP_DTYPE_F32, 2, 1, 2, d2, 0, 0.0);
+	snap_entry(&s, 0, 0, LBP_DTYPE_F32, 2, 2, 2, d2, 0, 0.0);
+	for (int i = 0; i < 4; i++)
+		snap_fix(&s, 40 + 8 * i, fp[i], 8);
+	snap_end(&s);
+	snap_put(&s, "same-fingerprint");
 
-	/* Header checks: another version (checked before the checksum), a file cut short. */
+	snapshot_block_seeds(&s, &tiny);
+
+	/* Header checks: another version (checked before the checksum; 1 is the format before
+	 * prefix blocks), a file cut short. */
 	snap_begin(&s, 0);
 	snap_model(&s, &tiny);
 	snap_entry(&s, 0, 0, LBP_DTYPE_F32, 2, 1, 2, d2, 0, 0.0);
 	snap_end(&s);
-	le_at(s.b + 1 + 8, 2, 4);
-	snap_put(&s, "version-2");
 	le_at(s.b + 1 + 8, 1, 4);
+	snap_put(&s, "version-1");
+	le_at(s.b + 1 + 8, 3, 4);
+	snap_put(&s, "version-3");
+	le_at(s.b + 1 + 8, 2, 4);
 	s.n -= 64;
 	snap_put(&s, "truncated");
 	s.n = 1 + 100;
