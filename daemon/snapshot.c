@@ -732,7 +732,8 @@ static void decode_entry(const uint8_t *r, struct lentry *e)
 	it->score = bits_dbl(get64(r + SE_SCORE));
 }
 
-/* A block record r against its model d: the model's geometry, ending within max_seq, a key,
+/* A block record r against its model d: the model's geometry, ending within max_seq at a place
+ * LOOKUP_PREFIX reaches, a key,
  * a parent exactly when it is not block 0, the zero bytes. @return the field out of range, or
  * NULL. */
 static const char *block_bad(const struct lbp_register_model *d, const struct lbd_store_item *it,
@@ -749,7 +750,7 @@ static const char *block_bad(const struct lbp_register_model *d, const struct lb
 	if (it->shape[0] != d->n_layers || it->shape[1] != 2 ||
 	    it->shape[2] != d->kv.block_tokens || it->shape[3] != d->kv.dim)
 		return "shape";
-	if (end > d->max_seq)
+	if (end > d->max_seq || it->index >= LB_PREFIX_MAX_BLOCKS)
 		return "index";
 	if (it->seq_len != end)
 		return "seq_len";

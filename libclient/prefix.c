@@ -67,7 +67,10 @@ LB_EXPORT int lb_prefix_insert(struct lb_client *c, const struct lb_prefix_cfg *
 	if (!c || !cfg || !tokens || !kv || prefix_geometry(cfg, kv, &B) < 0)
 		return -EINVAL;
 	bytes = block_floats(kv) * sizeof(float);
-	for (uint32_t i = 0; i < n / B && i < kv->n_blocks; i++, memcpy(prev, key, sizeof(key))) {
+	/* Past LB_PREFIX_MAX_BLOCKS no lookup would find a block: the daemon refuses them. */
+	uint32_t end = n / B < kv->n_blocks ? n / B : kv->n_blocks;
+	end = end < LB_PREFIX_MAX_BLOCKS ? end : LB_PREFIX_MAX_BLOCKS;
+	for (uint32_t i = 0; i < end; i++, memcpy(prev, key, sizeof(key))) {
 		block_key(i ? prev : NULL, tokens + (size_t)i * B, B, key);
 		if (i < first)
 			continue;

@@ -377,6 +377,47 @@ static void test_prefix_run(void **state)
 	fix_close(&f);
 }
 
+/* The longest chain: LB_PREFIX_MAX_BLOCKS blocks, as many as a LOOKUP_PREFIX names. A block
+ * past it, which no lookup could find, is refused; lb_prefix_run inserts and reuses up to it. */
+static void test_chains_end_at_the_lookup_limit(void **state)
+{
+	(void)state;
+	enum { N = LB_PREFIX_MAX_BLOCKS + 44, L1 = LAYERS, KV1 = KV }; /* toy_layer's */
+	struct fix f;
+	uint32_t model;
+	static int32_t t[N];
+	static float own[N * L1 * 2 * KV1];
+	static const float *table[N];
+	static uint64_t keys[N][2];
+	struct lb_prefix_result res;
+
+	fix_open(&f, 8u << 20, &cfg_lru);
+	struct lb_model_desc d = { .name = "long-decoder", .weights_hash = 8, .n_layers = L1,
+				   .hidden = 4, .dtype = LB_DTYPE_F32, .max_seq = N,
+				   .kv_dim = KV1, .block_tokens = 1 };
+	assert_int_equal(lbip_bank_register(f.bank, &d, &model), 0);
+	tokens_of(t, N, 7, 0);
+	struct lb_kv_view kv = { L1, KV1, 1, N, table };
+	struct lb_prefix_cfg pc = { model, L1, KV1, 1 };
+	struct toy toy = { t, 0, 0 };
+	assert_int_equal(lb_prefix_run(f.c, &pc, t, N, own, &kv, toy_layer, &toy, &res), 0);
+	assert_int_equal(res.blocks_inserted, LB_PREFIX_MAX_BLOCKS);
+	lb_prefix_done(f.c, &res);
+	assert_int_equal(lb_prefix_run(f.c, &pc, t, N, own, &kv, toy_layer, &toy, &res), 0);
+	assert_int_equal(res.reused_tokens, LB_PREFIX_MAX_BLOCKS);
+	assert_int_equal(res.blocks_inserted, 0);
+	lb_prefix_done(f.c, &res);
+
+	lb_block_keys(t, N, 1, keys, N);
+	uint32_t i = LB_PREFIX_MAX_BLOCKS;
+	assert_non_null(lb_insert_reserve(f.c, L1 * 2 * KV1 * sizeof(float)));
+	assert_int_equal(lb_insert_block(f.c, model, keys[i], keys[i - 1], i), -EINVAL);
+	struct lbp_stats_reply st;
+	lbip_bank_stats(f.bank, &st);
+	assert_int_equal(st.blocks, LB_PREFIX_MAX_BLOCKS);
+	fix_close(&f);
+}
+
 /* Through a real layerbankd: a child process inserts a chain and exits; this process finds it,
  * zero copy, with the bytes the child wrote, and the daemon's counters agree. */
 static void test_across_processes(void **state)
@@ -425,6 +466,7 @@ int main(void)
 		cmocka_unit_test(test_leaves_go_first),
 		cmocka_unit_test(test_drops_take_subtrees),
 		cmocka_unit_test(test_prefix_run),
+		cmocka_unit_test(test_chains_end_at_the_lookup_limit),
 		cmocka_unit_test(test_across_processes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

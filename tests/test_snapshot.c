@@ -793,6 +793,14 @@ static void test_sealed_but_inconsistent_files_are_refused(void **state)
 	MUTATE("ndim out of range", { put_le(img + b1 + 12, 3, 4); reseal(img + b1); });
 	MUTATE("shape out of range", { put_le(img + b1 + 28, B_KV + 1, 4); reseal(img + b1); });
 	MUTATE("index out of range", { put_le(img + b2 + 56, 128, 4); reseal(img + b2); });
+	/* Within max_seq, but past the blocks a LOOKUP_PREFIX can name. */
+	MUTATE("index out of range", {
+		put_le(img + m1 + 84, 4096, 4); /* max_seq */
+		reseal(img + m1);
+		put_le(img + b2 + 56, LB_PREFIX_MAX_BLOCKS, 4);
+		put_le(img + b2 + 8, (LB_PREFIX_MAX_BLOCKS + 1) * B_TOKENS, 4);
+		reseal(img + b2);
+	});
 	MUTATE("seq_len out of range", { put_le(img + b2 + 8, 2 * B_TOKENS + 1, 4);
 					 reseal(img + b2); });
 	MUTATE("key out of range", { memset(img + b1 + 72, 0, 16); reseal(img + b1); });

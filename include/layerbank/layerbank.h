@@ -567,7 +567,8 @@ int lb_prefix_run(struct lb_client *c, const struct lb_prefix_cfg *cfg, const in
 
 /*
  * Insert the full blocks [first, n / block_tokens) of tokens[0..n) from kv (the caller's, or
- * cached: a cached block is skipped as -EEXIST), each after its parent, through lb_insert_reserve
+ * cached: a cached block is skipped as -EEXIST), up to the first LB_PREFIX_MAX_BLOCKS of the
+ * sequence (no lookup reaches further), each after its parent, through lb_insert_reserve
  * and lb_insert_block; -EEXIST, -ENOSPC and -EDQUOT skip a block (and, but for -EEXIST, those
  * after it: they would have no parent). For a sequence that grew (decoded tokens).
  * @return the blocks inserted; -EINVAL; another cache error (the caller goes on without it).

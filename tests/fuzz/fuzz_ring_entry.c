@@ -621,7 +621,7 @@ static unsigned expect_insert_block(const struct run *R, const struct lb_req *r,
 	uint64_t end = ((uint64_t)h->index + 1) * m->block_tokens;
 	if (!m->kv_dim || h->dtype != LB_DTYPE_F32 || h->ndim != 4 || h->shape[0] != m->n_layers ||
 	    h->shape[1] != 2 || h->shape[2] != m->block_tokens || h->shape[3] != m->kv_dim ||
-	    end > m->max_seq || r->seq_len != end)
+	    end > m->max_seq || r->seq_len != end || h->index >= LB_PREFIX_MAX_BLOCKS)
 		return S_INVAL;
 	v->valid = true;
 	/* Section 10, INSERT_BLOCK step 1: cached already; then the parent at its place. */
