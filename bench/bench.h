@@ -67,8 +67,82 @@ int lbb_cmp_u64(const void *a, const void *b);
 /* The median of v[0..n) (n > 0), which it sorts. */
 double lbb_median(double *v, size_t n);
 
+/* The p-quantile (0..1, nearest rank) of sorted[0..n); NAN when n is 0. */
+double lbb_pct(const double *sorted, size_t n, double p);
+
+struct json_object;
+/* A JSON number, or NULL (JSON null) when v is not finite. */
+struct json_object *lbb_json_num(double v);
+
 /* SIGTERM *pid, wait up to 10 s (then SIGKILL), reap it and set *pid to -1; nothing for -1. */
 void lbb_stop(pid_t *pid);
+
+/* Seconds of CLOCK_MONOTONIC. */
+double lbb_now_s(void);
+
+/* ---- bench_fleet.c: a fleet of `layerbank-worker serve` processes, for e2e and prefix ---- */
+
+#define LBB_FLEET_MAX_WORKERS 64
+#define LBB_FLEET_MAX_LAYERS 64
+
+/* How the fleet's workers cache: not at all, an in-process bank each (budget / workers bytes),
+ * or one layerbankd of the whole budget. */
+enum lbb_mode { LBB_NOCACHE = 0, LBB_PRIVATE = 1, LBB_SHARED = 2, LBB_N_MODES = 3 };
+/* "nocache", "private", "shared" */
+extern const char *const lbb_mode_name[LBB_N_MODES];
+
+struct lbb_fleet_cfg {
+	const char *model;     /* serve's --model */
+	const char *tokenizer; /* serve's --tokenizer */
+	int max_tokens;        /* serve's --max-tokens; 0: not given */
+	int workers;           /* 1..LBB_FLEET_MAX_WORKERS */
+	uint64_t budget;       /* the shared bank's bytes; a private bank's: budget / workers */
+	const char *tau;       /* --tau of the daemon and of caching workers; NULL: the default */
+};
+
+/*
+ * The fleet's folder, made by lbb_tempdir for benchmark bench ("e2e": it names the folder and
+ * starts every message), and its cleanup at exit, SIGINT and SIGTERM: the workers and the
+ * daemon stopped, the folder removed. SIGPIPE is ignored from then on. Call once.
+ */
+void lbb_fleet_init(const char *bench);
+
+/* Start layerbankd in the fleet's folder (budget cfg->budget, an arena with room for entry
+ * headers on top, --hugepages try, --threads 1, cfg->tau) and wait for its socket.
+ * @return 0; -errno, or -EIO after a one-line message and the daemon's log. */
+int lbb_fleet_daemon_start(const struct lbb_fleet_cfg *cfg);
+/* Stop the daemon; nothing when none runs. */
+void lbb_fleet_daemon_stop(void);
+/* The daemon's socket path (valid until the next call). */
+const char *lbb_fleet_socket(void);
+
+/*
+ * Start cfg->workers serve processes in mode m (for LBB_SHARED the daemon first), each with
+ * its log in the folder, and wait up to 300 s for each one's "ready ... layers=L ..." line.
+ * @return 0 and *layers (what every worker said); -errno after a one-line message (the logs of
+ * the workers that did not get ready shown). The caller stops the fleet either way.
+ */
+int lbb_fleet_start(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, int *layers);
+/* Stop the workers (end of input, then SIGTERM after 5 s) and the daemon. */
+void lbb_fleet_stop(void);
+
+/* A worker with no request in flight; -1 when every one is busy. */
+int lbb_fleet_idle(void);
+/* Send worker w the request line "ID<TAB>BODY" (body[0..len), no newline in it) and time it
+ * from now. @return 0; -errno after a one-line message and the worker's log. */
+int lbb_fleet_send(int w, uint64_t id, const char *body, size_t len);
+
+/* An answer of worker w to request id: rest is the line after the id (" ok ..." or
+ * " err ..."), writable; lat_ms the time from its send to its arrival.
+ * @return 0, or a negative errno that ends the run. */
+typedef int (*lbb_answer_fn)(void *ctx, int w, uint64_t id, char *rest, double lat_ms);
+/*
+ * Wait up to 1 s for answer lines and hand each to fn. A line that does not answer the
+ * worker's request in flight, a worker gone, and a request unanswered after 300 s end the run.
+ * @return the answers handed to fn (0 when none came); -errno after a one-line message and
+ * the worker's log; what fn returned when negative.
+ */
+int lbb_fleet_collect(lbb_answer_fn fn, void *ctx);
 
 /* ---- the benchmarks, one file each ---- */
 

@@ -6,7 +6,8 @@
  *   layerbank-bench snapshot ...   (bench_snapshot.c)
  *   layerbank-bench flush ...      (bench_flush.c)
  *   layerbank-bench churn ...      (bench_churn.c)
- * This file only dispatches; the helpers they share are in bench_util.c. */
+ * This file only dispatches; the helpers they share are in bench_util.c, the fleet of serve
+ * workers e2e runs in bench_fleet.c. */
 #include <stdio.h>
 #include <string.h>
 
