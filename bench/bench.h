@@ -144,6 +144,33 @@ typedef int (*lbb_answer_fn)(void *ctx, int w, uint64_t id, char *rest, double l
  */
 int lbb_fleet_collect(lbb_answer_fn fn, void *ctx);
 
+/* ---- bench_prefix_lookup.c: the ring figure of layerbank-bench prefix ---- */
+
+#define LBB_BLOCK_TOKENS 16  /* tokens of a prefix block, as the worker registers its decoder */
+#define LBB_LOOKUP_BLOCKS 32 /* blocks of the timed long hit */
+
+/* A decoder's shape, as a prefix block needs it. */
+struct lbb_prefix_geom {
+	uint32_t n_layers;
+	uint32_t dim;      /* hidden size */
+	uint32_t kv_dim;   /* one position's K (or V) row of a layer, floats */
+	uint32_t seq_len;  /* context */
+};
+
+struct lbb_lookup_fig {
+	double p50_us, p99_us;
+};
+
+/*
+ * Through the layerbankd at socket: register a model of geometry g, insert a chain of
+ * LBB_LOOKUP_BLOCKS blocks with lb_insert_block, then time lb_lookup_prefix of its keys and
+ * lb_release of the lease, 1,000 hits of warm-up, then 10 rounds of 2,000 hits of each length
+ * in turn: all the chain's blocks (*all) and the first alone (*one).
+ * @return 0; -errno after a one-line message (-ENOENT: a hit found fewer blocks).
+ */
+int lbb_prefix_lookup_time(const char *socket, const struct lbb_prefix_geom *g,
+			   struct lbb_lookup_fig *all, struct lbb_lookup_fig *one);
+
 /* ---- the benchmarks, one file each ---- */
 
 /* layerbank-bench ring (argv[0] "ring"): bench_ring.c. @return the exit status: 0, 1, 2. */
@@ -157,6 +184,11 @@ int bench_workload_main(int argc, char **argv);
 /* layerbank-bench e2e (argv[0] "e2e"): the fleet benchmark, bench_e2e.c.
  * @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_e2e_main(int argc, char **argv);
+
+/* layerbank-bench prefix (argv[0] "prefix"): the chat stream through a fleet of decoders without
+ * cache, with a private bank each and with the shared bank, bench_prefix.c.
+ * @return the exit status: 0, 1 run-time failure, 2 bad options. */
+int bench_prefix_main(int argc, char **argv);
 
 /* layerbank-bench snapshot (argv[0] "snapshot"): SNAPSHOT and the restore at start of a full
  * arena against plain file I/O, bench_snapshot.c. @return the exit status: 0, 1, 2. */
