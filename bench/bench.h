@@ -171,6 +171,20 @@ struct lbb_lookup_fig {
 int lbb_prefix_lookup_time(const char *socket, const struct lbb_prefix_geom *g,
 			   struct lbb_lookup_fig *all, struct lbb_lookup_fig *one);
 
+/* ---- bench_blockset.c: the prefix blocks a bank that never evicts nor fails would hold ---- */
+
+struct lbb_blockset;
+/* An empty set. @return it; NULL with errno ENOMEM. */
+struct lbb_blockset *lbb_blockset_new(void);
+/* NULL is fine. */
+void lbb_blockset_free(struct lbb_blockset *s);
+/* Add the keys of the full blocks (LBB_BLOCK_TOKENS each) of tokens[0..n), as a worker inserts
+ * what it prefilled and fed back. @return 0, -ENOMEM. */
+int lbb_blockset_add(struct lbb_blockset *s, const int32_t *tokens, uint32_t n);
+/* The tokens of tokens[0..n) a bank holding s would serve: its longest run of full blocks from
+ * the start found in s, at most n - 1 (lb_prefix_run computes the last position always). */
+uint32_t lbb_blockset_reusable(const struct lbb_blockset *s, const int32_t *tokens, uint32_t n);
+
 /* ---- the benchmarks, one file each ---- */
 
 /* layerbank-bench ring (argv[0] "ring"): bench_ring.c. @return the exit status: 0, 1, 2. */

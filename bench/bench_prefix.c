@@ -39,7 +39,10 @@ struct answer {
 	int ok;
 	int32_t prompt;         /* tokens sent (BOS included) */
 	int32_t reused;         /* of them, read from the bank */
+	uint32_t reusable;      /* of them, what a bank that never evicts nor fails would have held
+				 * when it was sent (lbb_blockset) */
 	uint32_t inserted;      /* blocks the worker inserted */
+	int worker;             /* the one it was sent to */
 	double ttft_ms, gen_ms; /* the worker's: to the first token, the whole request */
 	int32_t *out;           /* [n_out] the generated tokens */
 	uint32_t n_out;
@@ -50,9 +53,9 @@ struct run {
 	struct answer *a;       /* [requests] */
 	uint32_t first;         /* no request before it is still to be sent */
 	uint32_t done;          /* answered */
-	double wall_s, ttft_p50, ttft_p99, tokens_per_s, reused_share;
+	double wall_s, ttft_p50, ttft_p99, tokens_per_s, reused_share, reusable_share;
 	double ttft_sum_s, gen_sum_s;
-	uint64_t prompt_tokens, reused_tokens, generated, inserted;
+	uint64_t prompt_tokens, reused_tokens, reusable_tokens, generated, inserted;
 	unsigned errors;
 };
 
@@ -62,7 +65,9 @@ struct dispatch {
 	const struct lbw_chat *c;
 	const struct lbb_prefix_geom *g;
 	struct run *run;
-	int32_t *prompt;        /* [g->seq_len] */
+	struct lbb_blockset *bank[LBB_FLEET_MAX_WORKERS]; /* of each worker (private), of all
+							   * ([0], shared), none (nocache) */
+	int32_t *prompt;        /* [g->seq_len + LBW_CHAT_MAX_GEN] */
 	char *line;             /* a request's body: [line_cap] */
 	size_t line_cap;
 	double t0;
@@ -119,6 +124,52 @@ static int make_stream(const struct opts *o, const struct lbb_prefix_geom *g,
 	if (rc < 0)
 		fprintf(stderr, "layerbank-bench prefix: %s\n", err);
 	return rc < 0 ? -1 : 0;
+}
+
+/* ---- prompts and the model of the bank ---- */
+
+/* Request id's prompt into d->prompt, built from the answers of its conversation's earlier
+ * turns (an error's answer counts as empty). @return its length, or -EOVERFLOW after a
+ * message. */
+static int prompt_of(struct dispatch *d, uint32_t id)
+{
+	const struct lbw_chat_req *r = &d->c->r[id];
+	const int32_t *ans[LBW_CHAT_MAX_TURNS];
+	uint32_t len[LBW_CHAT_MAX_TURNS];
+	uint32_t dep = r->depends_on;
+	for (uint32_t t = r->turn; t-- > 0; dep = d->c->r[dep].depends_on) {
+		ans[t] = d->run->a[dep].out;
+		len[t] = d->run->a[dep].n_out;
+	}
+	int n = lbw_chat_prompt(d->c, id, ans, len, d->prompt, d->g->seq_len);
+	if (n < 1 || (uint32_t)n > d->g->seq_len) {
+		fprintf(stderr, "layerbank-bench prefix: request %u: a prompt of %d tokens, "
+				"outside the model's context of %u\n", id, n, d->g->seq_len);
+		return -EOVERFLOW;
+	}
+	return n;
+}
+
+/* The bank worker w reads and writes: its own, the shared one, or none. */
+static struct lbb_blockset *bank_of(const struct dispatch *d, int w)
+{
+	return d->bank[d->run->mode == LBB_PRIVATE ? w : 0];
+}
+
+/* What answered request id left in its worker's bank: the full blocks of its prompt and of
+ * the tokens it fed back (all it generated but the last). @return 0, -errno. */
+static int bank_add(struct dispatch *d, uint32_t id)
+{
+	const struct answer *a = &d->run->a[id];
+	struct lbb_blockset *bank = bank_of(d, a->worker);
+	if (!bank || !a->ok)
+		return 0;
+	int n = prompt_of(d, id);
+	if (n < 0)
+		return n;
+	uint32_t fed = a->n_out > 1 ? a->n_out - 1 : 0;
+	memcpy(d->prompt + n, a->out, fed * sizeof(int32_t));
+	return lbb_blockset_add(bank, d->prompt, (uint32_t)n + fed);
 }
 
 /* ---- answers ---- */
@@ -181,7 +232,7 @@ static int on_answer(void *ctx, int w, uint64_t id, char *rest, double lat_ms)
 		fprintf(stderr, "layerbank-bench prefix: bad answer '%llu%.120s'\n",
 			(unsigned long long)id, rest);
 	a->ok = rc == 0;
-	return rc;
+	return rc < 0 ? rc : bank_add(d, (uint32_t)id);
 }
 
 /* ---- dispatch ---- */
@@ -201,31 +252,15 @@ static long next_ready(struct run *run, const struct lbw_chat *c)
 	return -1;
 }
 
-/* Request id's body "gen:N<TAB>@ids" into d->line, its prompt built from the answers of the
- * conversation's earlier turns (an error's answer counts as empty). @return its length, or
- * -EOVERFLOW after a message. */
-static long request_body(struct dispatch *d, uint32_t id)
+/* Request id's body "gen:N<TAB>@ids" into d->line, of its prompt in d->prompt[0..n).
+ * @return its length. */
+static size_t request_body(struct dispatch *d, uint32_t id, int n)
 {
-	const struct lbw_chat_req *r = &d->c->r[id];
-	const int32_t *ans[LBW_CHAT_MAX_TURNS];
-	uint32_t len[LBW_CHAT_MAX_TURNS];
-	uint32_t dep = r->depends_on;
-	for (uint32_t t = r->turn; t-- > 0; dep = d->c->r[dep].depends_on) {
-		ans[t] = d->run->a[dep].out;
-		len[t] = d->run->a[dep].n_out;
-	}
-	int n = lbw_chat_prompt(d->c, id, ans, len, d->prompt, d->g->seq_len);
-	if (n < 1 || (uint32_t)n > d->g->seq_len) {
-		fprintf(stderr, "layerbank-bench prefix: request %u: a prompt of %d tokens, "
-				"outside the model's context of %u\n", id, n, d->g->seq_len);
-		return -EOVERFLOW;
-	}
-	d->run->a[id].prompt = n;
-	size_t k = (size_t)snprintf(d->line, d->line_cap, "gen:%u\t@", r->gen);
+	size_t k = (size_t)snprintf(d->line, d->line_cap, "gen:%u\t@", d->c->r[id].gen);
 	for (int i = 0; i < n; i++)
 		k += (size_t)snprintf(d->line + k, d->line_cap - k, i ? ",%d" : "%d",
 				      (int)d->prompt[i]);
-	return (long)k;
+	return k;
 }
 
 /* Send ready requests to idle workers while there are both. @return 0, -errno. */
@@ -234,11 +269,16 @@ static int send_ready(struct dispatch *d)
 	int w;
 	long id;
 	while ((w = lbb_fleet_idle()) >= 0 && (id = next_ready(d->run, d->c)) >= 0) {
-		long len = request_body(d, (uint32_t)id);
-		if (len < 0)
-			return (int)len;
-		d->run->a[id].state = IN_FLIGHT;
-		int rc = lbb_fleet_send(w, (uint64_t)id, d->line, (size_t)len);
+		struct answer *a = &d->run->a[id];
+		const struct lbb_blockset *bank = bank_of(d, w);
+		int n = prompt_of(d, (uint32_t)id);
+		if (n < 0)
+			return n;
+		a->prompt = n;
+		a->reusable = bank ? lbb_blockset_reusable(bank, d->prompt, (uint32_t)n) : 0;
+		a->worker = w;
+		a->state = IN_FLIGHT;
+		int rc = lbb_fleet_send(w, (uint64_t)id, d->line, request_body(d, (uint32_t)id, n));
 		if (rc < 0)
 			return rc;
 	}
@@ -268,6 +308,29 @@ static void progress(const struct dispatch *d, int final)
 
 /* ---- one run of the fleet ---- */
 
+/* d's buffers, and a model of each bank of its run's mode. @return 0, -ENOMEM. */
+static int dispatch_init(struct dispatch *d, int workers)
+{
+	enum lbb_mode m = d->run->mode;
+	int banks = m == LBB_PRIVATE ? workers : m == LBB_SHARED ? 1 : 0;
+	d->line_cap = (size_t)d->g->seq_len * 12 + 32;
+	d->line = malloc(d->line_cap);
+	d->prompt = malloc(((size_t)d->g->seq_len + LBW_CHAT_MAX_GEN) * sizeof(int32_t));
+	d->run->a = calloc(d->c->n, sizeof(*d->run->a));
+	for (int i = 0; i < banks; i++)
+		if (!(d->bank[i] = lbb_blockset_new()))
+			return -ENOMEM;
+	return d->line && d->prompt && d->run->a ? 0 : -ENOMEM;
+}
+
+static void dispatch_free(struct dispatch *d)
+{
+	for (int i = 0; i < LBB_FLEET_MAX_WORKERS; i++)
+		lbb_blockset_free(d->bank[i]);
+	free(d->prompt);
+	free(d->line);
+}
+
 static int run_mode(const struct opts *o, const struct lbw_chat *c,
 		    const struct lbb_prefix_geom *g, enum lbb_mode m, struct run *run)
 {
@@ -277,15 +340,12 @@ static int run_mode(const struct opts *o, const struct lbw_chat *c,
 		 o->llama ? LBW_LLAMA_110M_NAME : "/stories260K.bin");
 	struct lbb_fleet_cfg cfg = { .model = model, .tokenizer = tok, .workers = o->workers,
 				     .budget = o->budget };
-	struct dispatch d = { .o = o, .c = c, .g = g, .run = run,
-			      .line_cap = (size_t)g->seq_len * 12 + 32 };
-	int layers, rc = -ENOMEM;
+	struct dispatch d = { .o = o, .c = c, .g = g, .run = run };
+	int layers;
 	memset(run, 0, sizeof(*run));
 	run->mode = m;
-	run->a = calloc(c->n, sizeof(*run->a));
-	d.prompt = malloc((size_t)g->seq_len * sizeof(int32_t));
-	d.line = malloc(d.line_cap);
-	if (run->a && d.prompt && d.line)
+	int rc = dispatch_init(&d, o->workers);
+	if (rc == 0)
 		rc = lbb_fleet_start(&cfg, m, &layers);
 	d.t0 = lbb_now_s();
 	while (rc == 0 && run->done < c->n) {
@@ -300,8 +360,7 @@ static int run_mode(const struct opts *o, const struct lbw_chat *c,
 		progress(&d, 1);
 	}
 	lbb_fleet_stop();
-	free(d.prompt);
-	free(d.line);
+	dispatch_free(&d);
 	return rc;
 }
 
@@ -327,6 +386,7 @@ static void summarise(struct run *run, uint32_t n)
 		k++;
 		run->prompt_tokens += (uint64_t)a->prompt;
 		run->reused_tokens += (uint64_t)a->reused;
+		run->reusable_tokens += a->reusable;
 		run->generated += a->n_out;
 		run->inserted += a->inserted;
 		run->ttft_sum_s += a->ttft_ms / 1e3;
@@ -338,8 +398,9 @@ static void summarise(struct run *run, uint32_t n)
 	run->ttft_p99 = ttft ? lbb_pct(ttft, k, 0.99) : NAN;
 	free(ttft);
 	run->tokens_per_s = run->wall_s > 0 ? (double)run->generated / run->wall_s : NAN;
-	run->reused_share = run->prompt_tokens ? (double)run->reused_tokens /
-						 (double)run->prompt_tokens : NAN;
+	double prompt = (double)run->prompt_tokens;
+	run->reused_share = prompt > 0 ? (double)run->reused_tokens / prompt : NAN;
+	run->reusable_share = prompt > 0 ? (double)run->reusable_tokens / prompt : NAN;
 }
 
 /* Whether every request of run generated the tokens base did; the first that did not is named
@@ -399,6 +460,9 @@ static json_object *run_json(const struct run *r, uint32_t requests)
 			       json_object_new_int64((int64_t)r->prompt_tokens));
 	json_object_object_add(o, "reused_tokens",
 			       json_object_new_int64((int64_t)r->reused_tokens));
+	json_object_object_add(o, "reusable_tokens",
+			       json_object_new_int64((int64_t)r->reusable_tokens));
+	json_object_object_add(o, "reusable_token_share", lbb_json_num(r->reusable_share));
 	json_object_object_add(o, "generated_tokens", json_object_new_int64((int64_t)r->generated));
 	json_object_object_add(o, "blocks_inserted", json_object_new_int64((int64_t)r->inserted));
 	json_object_object_add(o, "ttft_sum_s", lbb_json_num(r->ttft_sum_s));
@@ -462,15 +526,16 @@ static void print_table(const struct report *rp)
 	       "stories260K", rp->g.seq_len, (unsigned long long)kv_bytes_per_token(&rp->g),
 	       (unsigned long long)(o->budget >> 20),
 	       (unsigned long long)(o->budget / (uint64_t)o->workers >> 20));
-	printf("  %-8s %12s %12s %9s %7s %13s %13s %8s %6s\n", "mode", "ttft p50 ms",
-	       "ttft p99 ms", "tokens/s", "reused", "prompt tokens", "reused tokens", "wall s",
-	       "errors");
+	printf("  %-8s %12s %12s %9s %7s %9s %13s %13s %8s %6s\n", "mode", "ttft p50 ms",
+	       "ttft p99 ms", "tokens/s", "reused", "reusable", "prompt tokens", "reused tokens",
+	       "wall s", "errors");
 	for (int m = 0; m < LBB_N_MODES; m++) {
 		const struct run *r = &rp->runs[m];
-		printf("  %-8s %12.2f %12.2f %9.1f %6.1f%% %13llu %13llu %8.1f %6u\n",
+		printf("  %-8s %12.2f %12.2f %9.1f %6.1f%% %8.1f%% %13llu %13llu %8.1f %6u\n",
 		       lbb_mode_name[m], r->ttft_p50, r->ttft_p99, r->tokens_per_s,
-		       r->reused_share * 100, (unsigned long long)r->prompt_tokens,
-		       (unsigned long long)r->reused_tokens, r->wall_s, r->errors);
+		       r->reused_share * 100, r->reusable_share * 100,
+		       (unsigned long long)r->prompt_tokens, (unsigned long long)r->reused_tokens,
+		       r->wall_s, r->errors);
 	}
 	printf("  ttft p50 speedup shared vs nocache: %.2fx, shared vs private: %.2fx\n",
 	       ratio(nc->ttft_p50, sh->ttft_p50), ratio(pv->ttft_p50, sh->ttft_p50));

@@ -34,7 +34,8 @@ int main(int argc, char **argv)
 		return bench_churn_main(argc - 1, argv + 1);
 	fprintf(stderr, "usage: layerbank-bench ring [--json] [--iters N] [--no-index]\n"
 			"       layerbank-bench kernels [--json] [--only gemm,ops,bert,stories]\n"
-			"       layerbank-bench workload [--chat] [--summary] [options: see --help]\n"
+			"       layerbank-bench workload [--chat] [--summary] "
+			"[options: see --help]\n"
 			"       layerbank-bench e2e [--json] [--plot FILE] [options: see --help]\n"
 			"       layerbank-bench prefix [--model stories260k|llama-110m] [--json] "
 			"[options: see --help]\n"

@@ -229,6 +229,10 @@ static void test_prefix_report(void **state)
 	assert_true(r_nc == 0);
 	assert_true(r_sh > 0);
 	assert_true(r_sh >= r_pv && r_pv >= r_nc);
+	/* A private bank holds at most what its own worker answered before: no more than the
+	 * benchmark's model of it, a bank that never evicts. */
+	assert_true(count(pv, "reused_tokens") <= count(pv, "reusable_tokens"));
+	assert_int_equal(count(nc, "reusable_tokens"), 0);
 	/* The same tokens generated, so the same prompts sent. */
 	assert_int_equal(count(pv, "prompt_tokens"), count(nc, "prompt_tokens"));
 	assert_int_equal(count(sh, "prompt_tokens"), count(nc, "prompt_tokens"));
