@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "layerbank/layerbank.h"
 #include "model_llama.h"
 #include "size.h"
 #include "tokenizer.h"
@@ -55,8 +56,12 @@ struct run {
 	uint32_t done;          /* answered */
 	double wall_s, ttft_p50, ttft_p99, tokens_per_s, reused_share, reusable_share;
 	double ttft_sum_s, gen_sum_s;
+	double computed_p50;    /* prompt tokens computed, p50 over the requests */
+	double same_worker;     /* share of later turns sent to the previous turn's worker */
 	uint64_t prompt_tokens, reused_tokens, reusable_tokens, generated, inserted;
 	unsigned errors;
+	struct lb_stats bank;   /* shared: the daemon's counters at the end */
+	int have_bank;
 };
 
 /* What the dispatcher of one run needs. */
@@ -308,6 +313,16 @@ static void progress(const struct dispatch *d, int final)
 
 /* ---- one run of the fleet ---- */
 
+/* The shared daemon's counters, read as a client of its own; nothing when it cannot be. */
+static void read_bank(struct run *run)
+{
+	struct lb_client *c;
+	if (lb_connect(lbb_fleet_socket(), "layerbank-bench-prefix", &c) < 0)
+		return;
+	run->have_bank = lb_stats(c, &run->bank, sizeof(run->bank)) == 0;
+	lb_close(c);
+}
+
 /* d's buffers, and a model of each bank of its run's mode. @return 0, -ENOMEM. */
 static int dispatch_init(struct dispatch *d, int workers)
 {
@@ -358,6 +373,8 @@ static int run_mode(const struct opts *o, const struct lbw_chat *c,
 	if (rc == 0) {
 		run->wall_s = lbb_now_s() - d.t0;
 		progress(&d, 1);
+		if (m == LBB_SHARED)
+			read_bank(run);
 	}
 	lbb_fleet_stop();
 	dispatch_free(&d);
@@ -372,18 +389,46 @@ static void free_run(struct run *run, uint32_t n)
 	run->a = NULL;
 }
 
-/* Time to first token, throughput and reuse of a finished run. */
-static void summarise(struct run *run, uint32_t n)
+/* The p50 and p99 of what of each answered request, into p[0], p[1]. */
+static void quantiles(const struct run *run, uint32_t n, double (*what)(const struct answer *),
+		      double *p)
 {
-	double *ttft = malloc((n ? n : 1) * sizeof(double));
+	double *v = malloc((n ? n : 1) * sizeof(double));
 	size_t k = 0;
-	for (uint32_t i = 0; i < n; i++) {
+	for (uint32_t i = 0; v && i < n; i++)
+		if (run->a[i].ok)
+			v[k++] = what(&run->a[i]);
+	if (v)
+		qsort(v, k, sizeof(double), lbb_cmp_double);
+	p[0] = v ? lbb_pct(v, k, 0.50) : NAN;
+	p[1] = v ? lbb_pct(v, k, 0.99) : NAN;
+	free(v);
+}
+
+static double ttft_of(const struct answer *a)
+{
+	return a->ttft_ms;
+}
+
+static double computed_of(const struct answer *a)
+{
+	return a->prompt - a->reused;
+}
+
+/* Time to first token, throughput and reuse of a finished run. */
+static void summarise(struct run *run, const struct lbw_chat *c)
+{
+	uint32_t later = 0, same = 0;
+	double p[2];
+	for (uint32_t i = 0; i < c->n; i++) {
 		const struct answer *a = &run->a[i];
+		uint32_t dep = c->r[i].depends_on;
+		if (dep != LBW_CHAT_NONE) {
+			later++;
+			same += a->worker == run->a[dep].worker;
+		}
 		if (!a->ok)
 			continue;
-		if (ttft)
-			ttft[k] = a->ttft_ms;
-		k++;
 		run->prompt_tokens += (uint64_t)a->prompt;
 		run->reused_tokens += (uint64_t)a->reused;
 		run->reusable_tokens += a->reusable;
@@ -392,11 +437,12 @@ static void summarise(struct run *run, uint32_t n)
 		run->ttft_sum_s += a->ttft_ms / 1e3;
 		run->gen_sum_s += a->gen_ms / 1e3;
 	}
-	if (ttft)
-		qsort(ttft, k, sizeof(double), lbb_cmp_double);
-	run->ttft_p50 = ttft ? lbb_pct(ttft, k, 0.50) : NAN;
-	run->ttft_p99 = ttft ? lbb_pct(ttft, k, 0.99) : NAN;
-	free(ttft);
+	quantiles(run, c->n, ttft_of, p);
+	run->ttft_p50 = p[0];
+	run->ttft_p99 = p[1];
+	quantiles(run, c->n, computed_of, p);
+	run->computed_p50 = p[0];
+	run->same_worker = later ? (double)same / later : NAN;
 	run->tokens_per_s = run->wall_s > 0 ? (double)run->generated / run->wall_s : NAN;
 	double prompt = (double)run->prompt_tokens;
 	run->reused_share = prompt > 0 ? (double)run->reused_tokens / prompt : NAN;
@@ -447,6 +493,20 @@ static double ratio(double a, double b)
 	return b > 0 ? a / b : NAN;
 }
 
+static json_object *bank_json(const struct lb_stats *b)
+{
+	json_object *o = json_object_new_object();
+	json_object_object_add(o, "blocks", json_object_new_int64((int64_t)b->blocks));
+	json_object_object_add(o, "bytes_used", json_object_new_int64((int64_t)b->bytes_used));
+	json_object_object_add(o, "evictions", json_object_new_int64((int64_t)b->evictions));
+	json_object_object_add(o, "prefix_hits", json_object_new_int64((int64_t)b->prefix_hits));
+	json_object_object_add(o, "prefix_misses",
+			       json_object_new_int64((int64_t)b->prefix_misses));
+	json_object_object_add(o, "blocks_served",
+			       json_object_new_int64((int64_t)b->blocks_served));
+	return o;
+}
+
 static json_object *run_json(const struct run *r, uint32_t requests)
 {
 	json_object *o = json_object_new_object();
@@ -465,9 +525,13 @@ static json_object *run_json(const struct run *r, uint32_t requests)
 	json_object_object_add(o, "reusable_token_share", lbb_json_num(r->reusable_share));
 	json_object_object_add(o, "generated_tokens", json_object_new_int64((int64_t)r->generated));
 	json_object_object_add(o, "blocks_inserted", json_object_new_int64((int64_t)r->inserted));
+	json_object_object_add(o, "computed_tokens_p50", lbb_json_num(r->computed_p50));
+	json_object_object_add(o, "same_worker_share", lbb_json_num(r->same_worker));
 	json_object_object_add(o, "ttft_sum_s", lbb_json_num(r->ttft_sum_s));
 	json_object_object_add(o, "busy_sum_s", lbb_json_num(r->gen_sum_s));
 	json_object_object_add(o, "wall_s", lbb_json_num(r->wall_s));
+	if (r->have_bank)
+		json_object_object_add(o, "bank", bank_json(&r->bank));
 	return o;
 }
 
@@ -537,6 +601,17 @@ static void print_table(const struct report *rp)
 		       (unsigned long long)r->prompt_tokens, (unsigned long long)r->reused_tokens,
 		       r->wall_s, r->errors);
 	}
+	printf("  computed prompt tokens p50: %.0f, %.0f, %.0f; later turns on the previous turn's "
+	       "worker: %.1f%%, %.1f%%, %.1f%%\n", nc->computed_p50, pv->computed_p50,
+	       sh->computed_p50, nc->same_worker * 100, pv->same_worker * 100,
+	       sh->same_worker * 100);
+	if (sh->have_bank)
+		printf("  shared bank at the end: %llu blocks, %llu MiB, %llu evicted; %llu prefix "
+		       "hits, %llu misses\n", (unsigned long long)sh->bank.blocks,
+		       (unsigned long long)(sh->bank.bytes_used >> 20),
+		       (unsigned long long)sh->bank.evictions,
+		       (unsigned long long)sh->bank.prefix_hits,
+		       (unsigned long long)sh->bank.prefix_misses);
 	printf("  ttft p50 speedup shared vs nocache: %.2fx, shared vs private: %.2fx\n",
 	       ratio(nc->ttft_p50, sh->ttft_p50), ratio(pv->ttft_p50, sh->ttft_p50));
 	printf("  outputs of private and shared identical to nocache's: %s\n",
@@ -690,7 +765,7 @@ static int measure(struct report *rp)
 	for (int m = 0; m < LBB_N_MODES && rc == 0; m++) {
 		rc = run_mode(rp->o, rp->c, &rp->g, (enum lbb_mode)m, &rp->runs[m]);
 		if (rc == 0)
-			summarise(&rp->runs[m], rp->c->n);
+			summarise(&rp->runs[m], rp->c);
 	}
 	if (rc == 0) {
 		const struct run *nc = &rp->runs[LBB_NOCACHE];
