@@ -161,15 +161,23 @@ struct lbb_lookup_fig {
 	double p50_us, p99_us;
 };
 
+struct lbb_prefix_figs {
+	struct lbb_lookup_fig hit;    /* a hit of LBB_LOOKUP_BLOCKS blocks, with its release */
+	struct lbb_lookup_fig hit1;   /* a hit of 1 block, with its release */
+	struct lbb_lookup_fig insert; /* a block's insert: reserve, copy in, lb_insert_block */
+};
+
 /*
- * Through the layerbankd at socket: register a model of geometry g, insert a chain of
- * LBB_LOOKUP_BLOCKS blocks with lb_insert_block, then time lb_lookup_prefix of its keys and
- * lb_release of the lease, 1,000 hits of warm-up, then 10 rounds of 2,000 hits of each length
- * in turn: all the chain's blocks (*all) and the first alone (*one).
+ * Through the layerbankd at socket (each call waiting up to 2 s): register a model of geometry
+ * g; insert 4 chains of LBB_LOOKUP_BLOCKS blocks of random tokens with lb_insert_block, each
+ * block copied into staging first, as a worker does, and timed (f->insert); then time
+ * lb_lookup_prefix of the first chain's keys and lb_release of the lease: 1,000 hits of
+ * warm-up, then 10 rounds of 2,000 hits of each length in turn, all its blocks (f->hit) and the
+ * first alone (f->hit1).
  * @return 0; -errno after a one-line message (-ENOENT: a hit found fewer blocks).
  */
 int lbb_prefix_lookup_time(const char *socket, const struct lbb_prefix_geom *g,
-			   struct lbb_lookup_fig *all, struct lbb_lookup_fig *one);
+			   struct lbb_prefix_figs *f);
 
 /* ---- bench_blockset.c: the prefix blocks a bank that never evicts nor fails would hold ---- */
 

@@ -1,6 +1,7 @@
 /*
- * layerbank-bench prefix, its ring figure: a prefix hit of LBB_LOOKUP_BLOCKS blocks (and of one)
- * through a running layerbankd, timed from lb_lookup_prefix to the end of lb_release.
+ * layerbank-bench prefix, its ring figures: a prefix hit of LBB_LOOKUP_BLOCKS blocks (and of one)
+ * through a running layerbankd, timed from lb_lookup_prefix to the end of lb_release; and a
+ * block's insert, from lb_insert_reserve to the end of lb_insert_block.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #define WARMUP 1000
 #define ROUNDS 10
 #define PER_ROUND 2000   /* lookups of each kind a round; the kinds alternate by round */
+#define INSERT_CHAINS 4  /* chains inserted and timed; the first one's is looked up */
 
 static uint64_t now_ns(void)
 {
@@ -23,37 +25,42 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-/* Register the geometry and insert a chain of LBB_LOOKUP_BLOCKS blocks, keys into keys.
- * @return 0, or -errno after a one-line message. */
-static int insert_chain(struct lb_client *c, const struct lbb_prefix_geom *g, uint32_t *model,
-			uint64_t (*keys)[2])
+/* Register a model of geometry g. @return 0, or -errno after a one-line message. */
+static int register_geom(struct lb_client *c, const struct lbb_prefix_geom *g, uint32_t *model)
 {
 	struct lb_model_desc d = { .name = "layerbank-bench-prefix", .weights_hash = 0x707265666978,
 				   .n_layers = g->n_layers, .hidden = g->dim, .dtype = LB_DTYPE_F32,
 				   .max_seq = g->seq_len, .kv_dim = g->kv_dim,
 				   .block_tokens = LBB_BLOCK_TOKENS };
-	int32_t tokens[LBB_LOOKUP_BLOCKS * LBB_BLOCK_TOKENS];
-	uint64_t s = 1, bytes = (uint64_t)g->n_layers * 2 * LBB_BLOCK_TOKENS * g->kv_dim * 4;
 	int rc = lb_register_model(c, &d, model);
-	if (rc < 0) {
+	if (rc < 0)
 		fprintf(stderr, "layerbank-bench prefix: register: %s\n", strerror(-rc));
-		return rc;
-	}
+	return rc;
+}
+
+/* Insert a chain of LBB_LOOKUP_BLOCKS blocks of random tokens drawn from seed, each block
+ * copied from src (bytes) into staging as lb_prefix_insert does; its keys into keys, each
+ * insert's µs (reserve, copy, lb_insert_block) into us. @return 0, or -errno after a message. */
+static int insert_chain(struct lb_client *c, uint32_t model, uint64_t seed, const void *src,
+			uint64_t bytes, uint64_t (*keys)[2], double *us)
+{
+	int32_t tokens[LBB_LOOKUP_BLOCKS * LBB_BLOCK_TOKENS];
 	for (size_t i = 0; i < sizeof(tokens) / sizeof(tokens[0]); i++)
-		tokens[i] = (int32_t)(lbu_splitmix64(&s) % 512);
+		tokens[i] = (int32_t)(lbu_splitmix64(&seed) % 512);
 	lb_block_keys(tokens, LBB_LOOKUP_BLOCKS * LBB_BLOCK_TOKENS, LBB_BLOCK_TOKENS, keys,
 		      LBB_LOOKUP_BLOCKS);
 	for (uint32_t i = 0; i < LBB_LOOKUP_BLOCKS; i++) {
-		float *buf = lb_insert_reserve(c, bytes);
+		uint64_t t0 = now_ns();
+		void *buf = lb_insert_reserve(c, bytes);
 		if (!buf) {
 			int e = errno;
 			fprintf(stderr, "layerbank-bench prefix: insert_reserve: %s\n",
 				strerror(e));
 			return -e;
 		}
-		for (uint64_t j = 0; j < bytes / 4; j++)
-			buf[j] = (float)(i + j % 97);
-		rc = lb_insert_block(c, *model, keys[i], keys[i ? i - 1 : 0], i);
+		memcpy(buf, src, bytes);
+		int rc = lb_insert_block(c, model, keys[i], keys[i ? i - 1 : 0], i);
+		us[i] = (double)(now_ns() - t0) / 1e3;
 		if (rc < 0) {
 			fprintf(stderr, "layerbank-bench prefix: insert block %u: %s\n", i,
 				strerror(-rc));
@@ -118,8 +125,29 @@ static int time_hits(struct lb_client *c, uint32_t model, const uint64_t (*keys)
 	return 0;
 }
 
+/* INSERT_CHAINS chains inserted and timed; the first one's keys into keys. */
+static int insert_all(struct lb_client *c, const struct lbb_prefix_geom *g, uint32_t model,
+		      uint64_t (*keys)[2], struct lbb_lookup_fig *insert)
+{
+	uint64_t bytes = (uint64_t)g->n_layers * 2 * LBB_BLOCK_TOKENS * g->kv_dim * sizeof(float);
+	uint64_t more[LBB_LOOKUP_BLOCKS][2];
+	float *src = malloc(bytes);
+	double *us = malloc(INSERT_CHAINS * LBB_LOOKUP_BLOCKS * sizeof(double));
+	int rc = src && us ? 0 : -ENOMEM;
+	for (uint64_t j = 0; src && j < bytes / sizeof(float); j++)
+		src[j] = (float)(j % 97);
+	for (int i = 0; i < INSERT_CHAINS && rc == 0; i++)
+		rc = insert_chain(c, model, (uint64_t)i + 1, src, bytes, i ? more : keys,
+				  us + i * LBB_LOOKUP_BLOCKS);
+	if (rc == 0)
+		*insert = figures(us, INSERT_CHAINS * LBB_LOOKUP_BLOCKS);
+	free(src);
+	free(us);
+	return rc;
+}
+
 int lbb_prefix_lookup_time(const char *socket, const struct lbb_prefix_geom *g,
-			   struct lbb_lookup_fig *all, struct lbb_lookup_fig *one)
+			   struct lbb_prefix_figs *f)
 {
 	struct lb_client *c;
 	uint64_t keys[LBB_LOOKUP_BLOCKS][2];
@@ -131,9 +159,11 @@ int lbb_prefix_lookup_time(const char *socket, const struct lbb_prefix_geom *g,
 	}
 	/* A call that waits for a descheduled daemon thread is timed, not failed. */
 	lb_set_wait_us(c, 2000000);
-	rc = insert_chain(c, g, &model, keys);
+	rc = register_geom(c, g, &model);
 	if (rc == 0)
-		rc = time_hits(c, model, (const uint64_t (*)[2])keys, all, one);
+		rc = insert_all(c, g, model, keys, &f->insert);
+	if (rc == 0)
+		rc = time_hits(c, model, (const uint64_t (*)[2])keys, &f->hit, &f->hit1);
 	lb_close(c);
 	return rc;
 }
