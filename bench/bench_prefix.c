@@ -91,11 +91,13 @@ static int model_geom(const struct opts *o, struct lbb_prefix_geom *g)
 	snprintf(path, sizeof(path), "%s/stories260K.bin", o->data);
 	if (!o->llama) {
 		int fd = open(path, O_RDONLY | O_CLOEXEC), rc = -EIO;
-		if (fd >= 0 && fstat(fd, &st) == 0 && read(fd, hdr, sizeof(hdr)) == sizeof(hdr))
+		ssize_t n = fd >= 0 && fstat(fd, &st) == 0 ? read(fd, hdr, sizeof(hdr)) : -1;
+		if (n == (ssize_t)sizeof(hdr))
 			rc = lbw_llama_check_header(hdr, (uint64_t)st.st_size, &cfg, err,
 						    sizeof(err));
 		else
-			snprintf(err, sizeof(err), "cannot read its header: %s", strerror(errno));
+			snprintf(err, sizeof(err), "cannot read its header: %s",
+				 n < 0 ? strerror(errno) : "the file is too short");
 		if (fd >= 0)
 			close(fd);
 		if (rc < 0) {
