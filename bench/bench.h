@@ -67,8 +67,131 @@ int lbb_cmp_u64(const void *a, const void *b);
 /* The median of v[0..n) (n > 0), which it sorts. */
 double lbb_median(double *v, size_t n);
 
+/* The p-quantile (0..1, nearest rank) of sorted[0..n); NAN when n is 0. */
+double lbb_pct(const double *sorted, size_t n, double p);
+
+struct json_object;
+/* A JSON number, or NULL (JSON null) when v is not finite. */
+struct json_object *lbb_json_num(double v);
+
 /* SIGTERM *pid, wait up to 10 s (then SIGKILL), reap it and set *pid to -1; nothing for -1. */
 void lbb_stop(pid_t *pid);
+
+/* Seconds of CLOCK_MONOTONIC. */
+double lbb_now_s(void);
+
+/* ---- bench_fleet.c: a fleet of `layerbank-worker serve` processes, for e2e and prefix ---- */
+
+#define LBB_FLEET_MAX_WORKERS 64
+#define LBB_FLEET_MAX_LAYERS 64
+
+/* How the fleet's workers cache: not at all, an in-process bank each (budget / workers bytes),
+ * or one layerbankd of the whole budget. */
+enum lbb_mode { LBB_NOCACHE = 0, LBB_PRIVATE = 1, LBB_SHARED = 2, LBB_N_MODES = 3 };
+/* "nocache", "private", "shared" */
+extern const char *const lbb_mode_name[LBB_N_MODES];
+
+struct lbb_fleet_cfg {
+	const char *model;     /* serve's --model */
+	const char *tokenizer; /* serve's --tokenizer */
+	int max_tokens;        /* serve's --max-tokens; 0: not given */
+	int workers;           /* 1..LBB_FLEET_MAX_WORKERS */
+	uint64_t budget;       /* the shared bank's bytes; a private bank's: budget / workers */
+	const char *tau;       /* --tau of the daemon and of caching workers; NULL: the default */
+};
+
+/*
+ * The fleet's folder, made by lbb_tempdir for benchmark bench ("e2e": it names the folder and
+ * starts every message), and its cleanup at exit, SIGINT and SIGTERM: the workers and the
+ * daemon stopped, the folder removed. SIGPIPE is ignored from then on. Call once.
+ */
+void lbb_fleet_init(const char *bench);
+
+/* Start layerbankd in the fleet's folder (budget cfg->budget, an arena with room for entry
+ * headers on top, --hugepages try, --threads 1, cfg->tau) and wait for its socket.
+ * @return 0; -errno, or -EIO after a one-line message and the daemon's log. */
+int lbb_fleet_daemon_start(const struct lbb_fleet_cfg *cfg);
+/* Stop the daemon; nothing when none runs. */
+void lbb_fleet_daemon_stop(void);
+/* The daemon's socket path (valid until the next call). */
+const char *lbb_fleet_socket(void);
+
+/*
+ * Start cfg->workers serve processes in mode m (for LBB_SHARED the daemon first), each with
+ * its log in the folder, and wait up to 300 s for each one's "ready ... layers=L ..." line.
+ * @return 0 and *layers (what every worker said); -errno after a one-line message (the logs of
+ * the workers that did not get ready shown). The caller stops the fleet either way.
+ */
+int lbb_fleet_start(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, int *layers);
+/* Stop the workers (end of input, then SIGTERM after 5 s) and the daemon. */
+void lbb_fleet_stop(void);
+
+/* A worker with no request in flight; -1 when every one is busy. */
+int lbb_fleet_idle(void);
+/* Send worker w the request line "ID<TAB>BODY" (body[0..len), no newline in it) and time it
+ * from now. @return 0; -errno after a one-line message and the worker's log. */
+int lbb_fleet_send(int w, uint64_t id, const char *body, size_t len);
+
+/* An answer of worker w to request id: rest is the line after the id (" ok ..." or
+ * " err ..."), writable; lat_ms the time from its send to its arrival.
+ * @return 0, or a negative errno that ends the run. */
+typedef int (*lbb_answer_fn)(void *ctx, int w, uint64_t id, char *rest, double lat_ms);
+/*
+ * Wait up to 1 s for answer lines and hand each to fn. A line that does not answer the
+ * worker's request in flight, a worker gone, and a request unanswered after 300 s end the run.
+ * @return the answers handed to fn (0 when none came); -errno after a one-line message and
+ * the worker's log; what fn returned when negative.
+ */
+int lbb_fleet_collect(lbb_answer_fn fn, void *ctx);
+
+/* ---- bench_prefix_lookup.c: the ring figure of layerbank-bench prefix ---- */
+
+#define LBB_BLOCK_TOKENS 16  /* tokens of a prefix block, as the worker registers its decoder */
+#define LBB_LOOKUP_BLOCKS 32 /* blocks of the timed long hit */
+
+/* A decoder's shape, as a prefix block needs it. */
+struct lbb_prefix_geom {
+	uint32_t n_layers;
+	uint32_t dim;      /* hidden size */
+	uint32_t kv_dim;   /* one position's K (or V) row of a layer, floats */
+	uint32_t seq_len;  /* context */
+};
+
+struct lbb_lookup_fig {
+	double p50_us, p99_us;
+};
+
+struct lbb_prefix_figs {
+	struct lbb_lookup_fig hit;    /* a hit of LBB_LOOKUP_BLOCKS blocks, with its release */
+	struct lbb_lookup_fig hit1;   /* a hit of 1 block, with its release */
+	struct lbb_lookup_fig insert; /* a block's insert: reserve, copy in, lb_insert_block */
+};
+
+/*
+ * Through the layerbankd at socket (each call waiting up to 2 s): register a model of geometry
+ * g; insert 4 chains of LBB_LOOKUP_BLOCKS blocks of random tokens with lb_insert_block, each
+ * block copied into staging first, as a worker does, and timed (f->insert); then time
+ * lb_lookup_prefix of the first chain's keys and lb_release of the lease: 1,000 hits of
+ * warm-up, then 10 rounds of 2,000 hits of each length in turn, all its blocks (f->hit) and the
+ * first alone (f->hit1).
+ * @return 0; -errno after a one-line message (-ENOENT: a hit found fewer blocks).
+ */
+int lbb_prefix_lookup_time(const char *socket, const struct lbb_prefix_geom *g,
+			   struct lbb_prefix_figs *f);
+
+/* ---- bench_blockset.c: the prefix blocks a bank that never evicts nor fails would hold ---- */
+
+struct lbb_blockset;
+/* An empty set. @return it; NULL with errno ENOMEM. */
+struct lbb_blockset *lbb_blockset_new(void);
+/* NULL is fine. */
+void lbb_blockset_free(struct lbb_blockset *s);
+/* Add the keys of the full blocks (LBB_BLOCK_TOKENS each) of tokens[0..n), as a worker inserts
+ * what it prefilled and fed back. @return 0, -ENOMEM. */
+int lbb_blockset_add(struct lbb_blockset *s, const int32_t *tokens, uint32_t n);
+/* The tokens of tokens[0..n) a bank holding s would serve: its longest run of full blocks from
+ * the start found in s, at most n - 1 (lb_prefix_run computes the last position always). */
+uint32_t lbb_blockset_reusable(const struct lbb_blockset *s, const int32_t *tokens, uint32_t n);
 
 /* ---- the benchmarks, one file each ---- */
 
@@ -83,6 +206,11 @@ int bench_workload_main(int argc, char **argv);
 /* layerbank-bench e2e (argv[0] "e2e"): the fleet benchmark, bench_e2e.c.
  * @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_e2e_main(int argc, char **argv);
+
+/* layerbank-bench prefix (argv[0] "prefix"): the chat stream through a fleet of decoders without
+ * cache, with a private bank each and with the shared bank, bench_prefix.c.
+ * @return the exit status: 0, 1 run-time failure, 2 bad options. */
+int bench_prefix_main(int argc, char **argv);
 
 /* layerbank-bench snapshot (argv[0] "snapshot"): SNAPSHOT and the restore at start of a full
  * arena against plain file I/O, bench_snapshot.c. @return the exit status: 0, 1, 2. */

@@ -1,6 +1,8 @@
 /* What the benchmarks share: starting and stopping the processes they measure, medians and
- * sorting, and the one way they give up. */
+ * sorting, JSON numbers, and the one way they give up. */
 #include <errno.h>
+#include <json-c/json.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,4 +112,16 @@ double lbb_median(double *v, size_t n)
 {
 	qsort(v, n, sizeof(*v), lbb_cmp_double);
 	return v[n / 2];
+}
+
+double lbb_pct(const double *sorted, size_t n, double p)
+{
+	return n ? sorted[(size_t)(p * (double)(n - 1) + 0.5)] : NAN;
+}
+
+/* ---- reports ---- */
+
+struct json_object *lbb_json_num(double v)
+{
+	return isfinite(v) ? json_object_new_double(v) : NULL;
 }

@@ -3,10 +3,12 @@
  *   layerbank-bench kernels [--json] [--only LIST] (bench_kernels.c)
  *   layerbank-bench workload ...   (bench_workload.c)
  *   layerbank-bench e2e ...        (bench_e2e.c)
+ *   layerbank-bench prefix ...     (bench_prefix.c, bench_prefix_lookup.c)
  *   layerbank-bench snapshot ...   (bench_snapshot.c)
  *   layerbank-bench flush ...      (bench_flush.c)
  *   layerbank-bench churn ...      (bench_churn.c)
- * This file only dispatches; the helpers they share are in bench_util.c. */
+ * This file only dispatches; the helpers they share are in bench_util.c, the fleet of serve
+ * workers e2e and prefix run in bench_fleet.c. */
 #include <stdio.h>
 #include <string.h>
 
@@ -22,6 +24,8 @@ int main(int argc, char **argv)
 		return bench_workload_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "e2e") == 0)
 		return bench_e2e_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "prefix") == 0)
+		return bench_prefix_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "snapshot") == 0)
 		return bench_snapshot_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "flush") == 0)
@@ -30,8 +34,11 @@ int main(int argc, char **argv)
 		return bench_churn_main(argc - 1, argv + 1);
 	fprintf(stderr, "usage: layerbank-bench ring [--json] [--iters N] [--no-index]\n"
 			"       layerbank-bench kernels [--json] [--only gemm,ops,bert,stories]\n"
-			"       layerbank-bench workload [--chat] [--summary] [options: see --help]\n"
+			"       layerbank-bench workload [--chat] [--summary] "
+			"[options: see --help]\n"
 			"       layerbank-bench e2e [--json] [--plot FILE] [options: see --help]\n"
+			"       layerbank-bench prefix [--model stories260k|llama-110m] [--json] "
+			"[options: see --help]\n"
 			"       layerbank-bench snapshot [--arena-size SIZE] [--dir DIR] [--json]\n"
 			"       layerbank-bench flush [--entries N] [--json]\n"
 			"       layerbank-bench churn [--json]\n");

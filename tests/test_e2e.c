@@ -1,7 +1,9 @@
 /*
  * The fleet end to end, in seconds: layerbank-bench e2e runs nocache, private and shared on a
- * short stories260K stream (real weights, real text) and its JSON report holds together; and
- * layerbank-worker serve answers bad requests with an error line and goes on.
+ * short stories260K stream (real weights, real text) and its JSON report holds together;
+ * layerbank-bench prefix does the same with a short chat stream, and the cached runs generate
+ * the uncached run's tokens; and layerbank-worker serve answers bad requests with an error line
+ * and goes on.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -151,6 +153,101 @@ static void test_bad_options(void **state)
 	assert_non_null(strstr(out, "LAYERBANK_DATA"));
 }
 
+/* prefix: a bad option is status 2 and names itself; missing data is status 1. */
+static void test_prefix_bad_options(void **state)
+{
+	(void)state;
+	static const struct {
+		const char *opt, *val;
+		int status;
+		const char *says;
+	} cases[] = {
+		{ "--model", "gpt-2", 2, "--model" },
+		{ "--workers", "0", 2, "--workers" },
+		{ "--conversations", "0", 2, "--conversations" },
+		{ "--budget", "1K", 2, "--budget" },
+		{ "--data", "/nonexistent", 1, "LAYERBANK_DATA" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *argv[] = { LB_BENCH_PATH, "prefix", cases[i].opt, cases[i].val, NULL };
+		int st = lbt_run(argv, out, sizeof(out));
+		assert_true(WIFEXITED(st));
+		if (WEXITSTATUS(st) != cases[i].status || !strstr(out, cases[i].says))
+			fail_msg("prefix %s %s: status %d, said '%s'", cases[i].opt, cases[i].val,
+				 WEXITSTATUS(st), out);
+	}
+}
+
+/* A prefix mode's figures hold together; returns its reused token share. */
+static double check_prefix_mode(json_object *m, int requests)
+{
+	assert_non_null(m);
+	assert_int_equal(json_object_get_int(get(m, "requests")), requests);
+	assert_int_equal(json_object_get_int(get(m, "errors")), 0);
+	long long prompt = count(m, "prompt_tokens"), reused = count(m, "reused_tokens");
+	assert_true(prompt > 0 && reused >= 0 && reused < prompt);
+	assert_close(num(m, "reused_token_share"), (double)reused / (double)prompt,
+		     "reused_token_share");
+	assert_close(num(m, "tokens_per_s") * num(m, "wall_s"),
+		     (double)count(m, "generated_tokens"), "tokens_per_s x wall_s");
+	assert_true(num(m, "ttft_p50_ms") > 0);
+	assert_true(num(m, "ttft_p99_ms") >= num(m, "ttft_p50_ms"));
+	return num(m, "reused_token_share");
+}
+
+/* prefix: the same chat stream three ways; the bank changes which tokens are computed, never
+ * which are generated. */
+static void test_prefix_report(void **state)
+{
+	(void)state;
+	const char *argv[] = { LB_BENCH_PATH, "prefix", "--model", "stories260k", "--workers", "2",
+			       "--conversations", "12", "--json", "--quiet", NULL };
+	int st = lbt_run(argv, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		printf("layerbank-bench prefix said:\n%s\n", out);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	const char *start = strchr(out, '{');
+	assert_non_null(start);
+	json_object *j = json_tokener_parse(start);
+	assert_non_null(j);
+	assert_string_equal(json_object_get_string(get(j, "model")), "stories260k");
+	assert_int_equal(json_object_get_int(get(j, "workers")), 2);
+	assert_int_equal(json_object_get_int(get(j, "conversations")), 12);
+	assert_int_equal(json_object_get_int(get(j, "max_tokens")), 512);
+	int requests = json_object_get_int(get(j, "requests"));
+	assert_true(requests >= 12);
+	/* stories260K: 5 layers, K and V rows of 32 floats */
+	assert_int_equal(count(j, "kv_bytes_per_token"), 5 * 2 * 32 * 4);
+	if (!json_object_get_boolean(get(j, "outputs_identical")))
+		fail_msg("the cached runs generated other tokens than the uncached run:\n%s", out);
+
+	json_object *nc = get(j, "nocache"), *pv = get(j, "private"), *sh = get(j, "shared");
+	double r_nc = check_prefix_mode(nc, requests), r_pv = check_prefix_mode(pv, requests);
+	double r_sh = check_prefix_mode(sh, requests);
+	assert_int_equal(count(nc, "reused_tokens"), 0);
+	assert_true(r_nc == 0);
+	assert_true(r_sh > 0);
+	assert_true(r_sh >= r_pv && r_pv >= r_nc);
+	/* A private bank holds at most what its own worker answered before: no more than the
+	 * benchmark's model of it, a bank that never evicts. */
+	assert_true(count(pv, "reused_tokens") <= count(pv, "reusable_tokens"));
+	assert_int_equal(count(nc, "reusable_tokens"), 0);
+	/* The same tokens generated, so the same prompts sent. */
+	assert_int_equal(count(pv, "prompt_tokens"), count(nc, "prompt_tokens"));
+	assert_int_equal(count(sh, "prompt_tokens"), count(nc, "prompt_tokens"));
+	assert_int_equal(count(pv, "generated_tokens"), count(nc, "generated_tokens"));
+	assert_int_equal(count(sh, "generated_tokens"), count(nc, "generated_tokens"));
+	assert_close(num(j, "ttft_speedup_shared_vs_nocache"),
+		     num(nc, "ttft_p50_ms") / num(sh, "ttft_p50_ms"), "speedup vs nocache");
+	assert_close(num(j, "ttft_speedup_shared_vs_private"),
+		     num(pv, "ttft_p50_ms") / num(sh, "ttft_p50_ms"), "speedup vs private");
+	assert_true(num(j, "prefix_lookup_us") > 0);
+	assert_true(num(j, "prefix_lookup_p99_us") >= num(j, "prefix_lookup_us"));
+	assert_true(num(j, "prefix_lookup_1block_us") > 0);
+	json_object_put(j);
+}
+
 /* serve: an answer per request, errors included, in order; end of input ends it. */
 static void test_serve_protocol(void **state)
 {
@@ -199,6 +296,8 @@ int main(void)
 		cmocka_unit_test(test_serve_protocol),
 		cmocka_unit_test(test_bad_options),
 		cmocka_unit_test(test_fleet_report),
+		cmocka_unit_test(test_prefix_bad_options),
+		cmocka_unit_test(test_prefix_report),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
