@@ -43,6 +43,7 @@ struct answer {
 	uint32_t reusable;      /* of them, what a bank that never evicts nor fails would have held
 				 * when it was sent (lbb_blockset) */
 	uint32_t inserted;      /* blocks the worker inserted */
+	int cache_lost;         /* its cache calls ended in an error (cache= not ok nor none) */
 	int worker;             /* the one it was sent to */
 	double ttft_ms, gen_ms; /* the worker's: to the first token, the whole request */
 	int32_t *out;           /* [n_out] the generated tokens */
@@ -60,6 +61,7 @@ struct run {
 	double same_worker;     /* share of later turns sent to the previous turn's worker */
 	uint64_t prompt_tokens, reused_tokens, reusable_tokens, generated, inserted;
 	unsigned errors;
+	unsigned cache_lost;    /* requests whose cache calls ended in an error (a time-out) */
 	struct lb_stats bank;   /* shared: the daemon's counters at the end */
 	int have_bank;
 };
@@ -205,10 +207,12 @@ static int parse_ok(const char *rest, uint32_t gen, struct answer *a)
 {
 	int prompt, reused, computed, used = 0;
 	double ttft_us, us;
+	char cache[32];
 	if (sscanf(rest, " ok gen prompt=%d reused=%d computed=%d inserted=%u ttft_us=%lf "
-		   "us=%lf out=%n", &prompt, &reused, &computed, &a->inserted, &ttft_us, &us,
-		   &used) != 6 || !used)
+		   "us=%lf cache=%31s out=%n", &prompt, &reused, &computed, &a->inserted, &ttft_us,
+		   &us, cache, &used) != 7 || !used)
 		return -EPROTO;
+	a->cache_lost = strcmp(cache, "ok") != 0 && strcmp(cache, "none") != 0;
 	if (prompt != a->prompt || reused < 0 || reused >= prompt || computed != prompt - reused)
 		return -EPROTO;
 	a->reused = reused;
@@ -217,7 +221,7 @@ static int parse_ok(const char *rest, uint32_t gen, struct answer *a)
 	return parse_out(rest + used, gen, a);
 }
 
-/* lbb_answer_fn: "ok gen prompt=P reused=R computed=C inserted=I ttft_us=T us=U out=ids" or
+/* lbb_answer_fn: "ok gen prompt=P reused=R computed=C inserted=I ttft_us=T us=U cache=S out=ids" or
  * "err MESSAGE" after the id. */
 static int on_answer(void *ctx, int w, uint64_t id, char *rest, double lat_ms)
 {
@@ -436,6 +440,7 @@ static void summarise(struct run *run, const struct lbw_chat *c)
 		run->reusable_tokens += a->reusable;
 		run->generated += a->n_out;
 		run->inserted += a->inserted;
+		run->cache_lost += (unsigned)a->cache_lost;
 		run->ttft_sum_s += a->ttft_ms / 1e3;
 		run->gen_sum_s += a->gen_ms / 1e3;
 	}
@@ -514,6 +519,7 @@ static json_object *run_json(const struct run *r, uint32_t requests)
 	json_object *o = json_object_new_object();
 	json_object_object_add(o, "requests", json_object_new_int((int)requests));
 	json_object_object_add(o, "errors", json_object_new_int((int)r->errors));
+	json_object_object_add(o, "cache_lost", json_object_new_int((int)r->cache_lost));
 	json_object_object_add(o, "ttft_p50_ms", lbb_json_num(r->ttft_p50));
 	json_object_object_add(o, "ttft_p99_ms", lbb_json_num(r->ttft_p99));
 	json_object_object_add(o, "tokens_per_s", lbb_json_num(r->tokens_per_s));
@@ -607,9 +613,9 @@ static void print_table(const struct report *rp)
 		       r->wall_s, r->errors);
 	}
 	printf("  computed prompt tokens p50: %.0f, %.0f, %.0f; later turns on the previous turn's "
-	       "worker: %.1f%%, %.1f%%, %.1f%%\n", nc->computed_p50, pv->computed_p50,
-	       sh->computed_p50, nc->same_worker * 100, pv->same_worker * 100,
-	       sh->same_worker * 100);
+	       "worker: %.1f%%, %.1f%%, %.1f%%; requests that lost the cache: %u, %u\n",
+	       nc->computed_p50, pv->computed_p50, sh->computed_p50, nc->same_worker * 100,
+	       pv->same_worker * 100, sh->same_worker * 100, pv->cache_lost, sh->cache_lost);
 	if (sh->have_bank)
 		printf("  shared bank at the end: %llu blocks, %llu MiB, %llu evicted; %llu prefix "
 		       "hits, %llu misses\n", (unsigned long long)sh->bank.blocks,

@@ -16,6 +16,7 @@
 #define LBI_REGISTER_WAIT_NS 100000000ull   /* past that budget, each REGISTER_MODEL: 100 ms */
 #define LBI_HUP_SLICE_NS 1000000ull         /* a wait looks at the socket this often: 1 ms */
 #define LBI_WAIT_NS 5000000ull              /* a synchronous call's wait, by default: 5 ms */
+#define LBI_PREFIX_WAIT_MAX_NS 1000000000ull /* the most a prefix call waits: 1 s */
 #define LBI_WAIT_ENV "LAYERBANK_WAIT_US"    /* overrides it at lb_connect */
 #define LBI_STALE_MAX 64u                   /* synchronous calls given up and still in flight */
 #define LBI_SYNC_TAG (1ull << 63)           /* user_data of synchronous calls */
@@ -84,6 +85,7 @@ struct lb_client {
 	uint32_t inflight;           /* requests pushed and not yet completed, stale ones too */
 	uint64_t spin_ns;
 	uint64_t wait_ns;            /* how long a synchronous call waits (lb_set_wait_us) */
+	uint64_t block_ns;           /* lb_prefix_run: computing one block took (0: not known) */
 	uint64_t sync_seq;
 	/* Synchronous calls that gave up waiting: their completions, when they come, are
 	 * swallowed (a hit's lease given back), never returned. */

@@ -391,9 +391,18 @@ static int unreserve(struct lb_client *c)
 	return -ECONNRESET;
 }
 
+/* A prefix call's wait: the client's, or computing one block if that takes longer (a miss
+ * costs at least that much compute). */
+static uint64_t prefix_wait_ns(const struct lb_client *c)
+{
+	return c->block_ns > c->wait_ns ? c->block_ns : c->wait_ns;
+}
+
 /* Send the reservation as op (INSERT, INSERT_BLOCK) with hdr (size bytes) in front of its data
- * and wait for the answer. r: the request's fields but the payload's. */
-static int commit_reserved(struct lb_client *c, struct lb_req *r, const void *hdr, size_t size)
+ * and wait for the answer, wait_ns and the copy's time. r: the request's fields but the
+ * payload's. */
+static int commit_reserved(struct lb_client *c, struct lb_req *r, const void *hdr, size_t size,
+			   uint64_t wait_ns)
 {
 	struct lb_result res;
 	uint64_t bytes = c->reserved_bytes;
@@ -414,7 +423,7 @@ static int commit_reserved(struct lb_client *c, struct lb_req *r, const void *hd
 	c->reserved_off = UINT64_MAX;
 	ret = push(c, r);
 	return ret < 0 ? ret
-		       : call(c, r->user_data, &res, c->wait_ns + (bytes >> 20) * INSERT_WAIT_NS_PER_MIB);
+		       : call(c, r->user_data, &res, wait_ns + (bytes >> 20) * INSERT_WAIT_NS_PER_MIB);
 }
 
 LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
@@ -434,7 +443,7 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 	h.bytes = c->reserved_bytes;
 	struct lb_req r = { .opcode = LB_OP_INSERT, .layer = (uint16_t)layer,
 			    .model_id = lbi_model_id(c, model_id), .seq_len = key->seq_len };
-	return commit_reserved(c, &r, &h, sizeof(h));
+	return commit_reserved(c, &r, &h, sizeof(h), c->wait_ns);
 }
 
 /* ---- prefix blocks ---- */
@@ -453,7 +462,7 @@ LB_EXPORT int lb_insert_block(struct lb_client *c, uint32_t model_id, const uint
 	if (c->reserved_off == UINT64_MAX || !key || (index && !parent))
 		return -EINVAL;
 	if (!d || !d->kv.dim || c->reserved_bytes != block_bytes(d) ||
-	    ((uint64_t)index + 1) * d->kv.block_tokens > d->max_seq) {
+	    ((uint64_t)index + 1) * d->kv.block_tokens > d->max_seq || index >= LB_PREFIX_MAX_BLOCKS) {
 		int ret = unreserve(c);
 		return ret < 0 ? ret : d ? -EINVAL : -EACCES;
 	}
@@ -464,7 +473,7 @@ LB_EXPORT int lb_insert_block(struct lb_client *c, uint32_t model_id, const uint
 		memcpy(h.parent, parent, sizeof(h.parent));
 	struct lb_req r = { .opcode = LB_OP_INSERT_BLOCK, .model_id = lbi_model_id(c, model_id),
 			    .seq_len = (index + 1) * d->kv.block_tokens };
-	return commit_reserved(c, &r, &h, sizeof(h));
+	return commit_reserved(c, &r, &h, sizeof(h), prefix_wait_ns(c));
 }
 
 /* Block i of a prefix hit, checked against what was asked (Ring protocol 9): where it is, that
@@ -514,7 +523,7 @@ LB_EXPORT int lb_lookup_prefix(struct lb_client *c, uint32_t model_id, const uin
 			    .payload_len = (uint32_t)len };
 	ret = push(c, &r);
 	if (ret == 0)
-		ret = call(c, r.user_data, &res, c->wait_ns);
+		ret = call(c, r.user_data, &res, prefix_wait_ns(c));
 	if (ret < 0)
 		return ret;
 	/* The answers, written over the keys, are read before staging is used again. */

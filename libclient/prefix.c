@@ -46,7 +46,8 @@ static int prefix_geometry(const struct lb_prefix_cfg *cfg, const struct lb_kv_v
 			   uint32_t *block_tokens)
 {
 	*block_tokens = cfg->block_tokens ? cfg->block_tokens : LB_BLOCK_TOKENS_DEFAULT;
-	if (!kv->block || !cfg->n_layers || !cfg->kv_dim || kv->n_layers != cfg->n_layers ||
+	if (!kv->block || !cfg->n_layers || !cfg->kv_dim || (cfg->flags & ~LB_PREFIX_DEFER_INSERT) ||
+	    kv->n_layers != cfg->n_layers ||
 	    kv->kv_dim != cfg->kv_dim || kv->block_tokens != *block_tokens)
 		return -EINVAL;
 	return 0;
@@ -95,6 +96,15 @@ LB_EXPORT void lb_prefix_done(struct lb_client *c, struct lb_prefix_result *res)
 		lb_release(c, res->lease);
 	if (res)
 		res->lease = 0;
+}
+
+/* What computing one block takes, for the least wait of a prefix call (lbi_prefix_wait_ns): a
+ * moving average of 4 runs, at most LBI_PREFIX_WAIT_MAX_NS. */
+static void learn_block_wait(struct lb_client *c, uint64_t ns)
+{
+	if (ns > LBI_PREFIX_WAIT_MAX_NS)
+		ns = LBI_PREFIX_WAIT_MAX_NS;
+	c->block_ns = c->block_ns ? (3 * c->block_ns + ns) / 4 : ns;
 }
 
 /* The longest cached prefix of tokens into kv (blocks [0, found) point into the arena): found,
@@ -154,6 +164,7 @@ LB_EXPORT int lb_prefix_run(struct lb_client *c, const struct lb_prefix_cfg *cfg
 	}
 	res->reused_tokens = p;
 	res->computed_tokens = n - p;
+	uint64_t t0 = lb_now_ns();
 	for (uint32_t l = 0; l < cfg->n_layers; l++) {
 		int rc = compute(ctx, l, p, n, kv);
 		if (rc < 0) {
@@ -161,7 +172,9 @@ LB_EXPORT int lb_prefix_run(struct lb_client *c, const struct lb_prefix_cfg *cfg
 			return rc;
 		}
 	}
-	if (c) {
+	if (c)
+		learn_block_wait(c, (lb_now_ns() - t0) * B / (n - p));
+	if (c && !(cfg->flags & LB_PREFIX_DEFER_INSERT)) {
 		int ins = lb_prefix_insert(c, cfg, tokens, n, kv, found);
 		if (ins >= 0)
 			res->blocks_inserted = (uint32_t)ins;

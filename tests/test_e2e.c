@@ -184,6 +184,7 @@ static double check_prefix_mode(json_object *m, int requests)
 	assert_non_null(m);
 	assert_int_equal(json_object_get_int(get(m, "requests")), requests);
 	assert_int_equal(json_object_get_int(get(m, "errors")), 0);
+	assert_true(json_object_get_int(get(m, "cache_lost")) >= 0);
 	long long prompt = count(m, "prompt_tokens"), reused = count(m, "reused_tokens");
 	assert_true(prompt > 0 && reused >= 0 && reused < prompt);
 	assert_close(num(m, "reused_token_share"), (double)reused / (double)prompt,

@@ -27,6 +27,7 @@
 #include "scorer.h"
 #include "testutil.h"
 #include "tokenizer.h"
+#include "serve.h"
 #include "workload.h"
 
 #define MODEL LB_DATA_DIR "/stories260K.bin"
@@ -195,6 +196,67 @@ static void test_prefix_written_by_decoding(void **state)
 	}
 }
 
+/* lbw_serve's answers to requests (one string, lines), malloc'd. */
+static char *serve(struct fix *f, struct lbw_cache *wc, const char *requests)
+{
+	char *out = NULL;
+	size_t len = 0;
+	FILE *in = fmemopen((void *)requests, strlen(requests), "r");
+	FILE *o = open_memstream(&out, &len);
+	assert_non_null(in);
+	assert_non_null(o);
+	assert_int_equal(lbw_serve(&f->sc, &f->t, wc, 512, "test", in, o), 0);
+	fclose(in);
+	fclose(o);
+	char *copy = strdup(out); /* gcc's -Wdangling-pointer takes the stream's buffer for ours */
+	free(out);
+	assert_non_null(copy);
+	return copy;
+}
+
+/*
+ * serve's generation requests: a text prompt, then the same as token ids with a new end, whose
+ * prompt blocks come from the first; the answers' fields and tokens agree with lbw_generate's
+ * run without a bank; bad requests are answered, not fatal.
+ */
+static void test_serve_gen(void **state)
+{
+	struct fix *f = *state;
+	static struct run plain;
+	int32_t p[MAX_TOK];
+	char req[8192], ids[8];
+	int n = lbw_tokenizer_encode(&f->t, f->p.p[11], 1, 0, p);
+	assert_true(n > 40);
+	/* "@ids": the text's tokens but the last, another one at its end */
+	int k = snprintf(req, sizeof(req), "1\tgen:12\t%s\n2\tgen:12\t@", f->p.p[11]);
+	p[n - 1] = 65;
+	for (int i = 0; i < n; i++)
+		k += snprintf(req + k, sizeof(req) - (size_t)k, i ? ",%d" : "%d", (int)p[i]);
+	snprintf(req + k, sizeof(req) - (size_t)k,
+		 "\n3\tgen:0\tx\n4\tgen:5\t@1,99999\n5\tgen:5\t@\n");
+	char *out = serve(f, &f->bank, req);
+	int prompt, reused, computed, used;
+	unsigned inserted;
+	char cache[16];
+	const char *l2 = strstr(out, "\n2 ok gen ");
+	assert_non_null(l2);
+	assert_int_equal(sscanf(l2 + 1, "2 ok gen prompt=%d reused=%d computed=%d inserted=%u "
+				"ttft_us=%*f us=%*f cache=%15s out=%n", &prompt, &reused,
+				&computed, &inserted, cache, &used), 5);
+	assert_int_equal(prompt, n);
+	assert_int_equal(reused, ((n - 1) / 16) * 16);
+	assert_int_equal(computed, n - reused);
+	assert_string_equal(cache, "ok");
+	gen(f, &f->plain, p, n, 12, &plain);
+	snprintf(ids, sizeof(ids), "%d", (int)plain.out[0]);
+	assert_memory_equal(l2 + 1 + used, ids, strlen(ids));
+	assert_non_null(strstr(out, "\n3 err malformed gen"));
+	assert_non_null(strstr(out, "\n4 err"));
+	assert_non_null(strstr(out, "\n5 err bad token ids"));
+	free(out);
+	(void)inserted;
+}
+
 /* Run the worker with args (NULL-terminated), stdout and stderr to files in dir. @return pid. */
 static pid_t worker_start(struct lbt_env *env, const char *const *args, const char *dir)
 {
@@ -336,6 +398,7 @@ int main(void)
 		cmocka_unit_test(test_prefixes_on_the_kernels),
 		cmocka_unit_test(test_prefixes_on_every_path),
 		cmocka_unit_test(test_prefix_written_by_decoding),
+		cmocka_unit_test(test_serve_gen),
 		cmocka_unit_test(test_cli_daemon_killed_mid_run),
 		cmocka_unit_test(test_cli_tiers_share_no_blocks),
 	};

@@ -11,10 +11,13 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "inproc.h"
 #include "layerbank/layerbank.h"
@@ -329,7 +332,7 @@ static void run_toy(struct lb_client *c, uint32_t model, const int32_t *tok, uin
 {
 	const float *table[MAX_BLOCKS];
 	struct lb_kv_view kv = { LAYERS, KV, B, MAX_BLOCKS, table };
-	struct lb_prefix_cfg pc = { model, LAYERS, KV, B };
+	struct lb_prefix_cfg pc = { model, LAYERS, KV, B, 0 };
 	struct toy t = { tok, 0, 0 };
 
 	assert_int_equal(lb_prefix_run(c, &pc, tok, n, own, &kv, toy_layer, &t, res), 0);
@@ -398,7 +401,7 @@ static void test_chains_end_at_the_lookup_limit(void **state)
 	assert_int_equal(lbip_bank_register(f.bank, &d, &model), 0);
 	tokens_of(t, N, 7, 0);
 	struct lb_kv_view kv = { L1, KV1, 1, N, table };
-	struct lb_prefix_cfg pc = { model, L1, KV1, 1 };
+	struct lb_prefix_cfg pc = { model, L1, KV1, 1, 0 };
 	struct toy toy = { t, 0, 0 };
 	assert_int_equal(lb_prefix_run(f.c, &pc, t, N, own, &kv, toy_layer, &toy, &res), 0);
 	assert_int_equal(res.blocks_inserted, LB_PREFIX_MAX_BLOCKS);
@@ -416,6 +419,122 @@ static void test_chains_end_at_the_lookup_limit(void **state)
 	lbip_bank_stats(f.bank, &st);
 	assert_int_equal(st.blocks, LB_PREFIX_MAX_BLOCKS);
 	fix_close(&f);
+}
+
+/* LB_PREFIX_DEFER_INSERT: the run inserts nothing; lb_prefix_insert from blocks_found inserts
+ * what it computed, and the next run reuses it. A flag not known is refused. */
+static void test_deferred_insert(void **state)
+{
+	(void)state;
+	struct fix f;
+	static float own[MAX_BLOCKS * BLOCK_FLOATS];
+	const float *table[MAX_BLOCKS];
+	int32_t t[64];
+	struct lb_prefix_result res;
+	struct lb_kv_view kv = { LAYERS, KV, B, MAX_BLOCKS, table };
+	struct lb_prefix_cfg pc = { 0, LAYERS, KV, B, LB_PREFIX_DEFER_INSERT };
+	struct lbp_stats_reply st;
+
+	fix_open(&f, 8u << 20, &cfg_lru);
+	pc.model_id = f.model;
+	tokens_of(t, 64, 9, 0);
+	struct toy toy = { t, 0, 0 };
+	assert_int_equal(lb_prefix_run(f.c, &pc, t, 6 * B + 2, own, &kv, toy_layer, &toy, &res), 0);
+	assert_int_equal(res.blocks_inserted, 0);
+	lbip_bank_stats(f.bank, &st);
+	assert_int_equal(st.blocks, 0);
+	assert_int_equal(lb_prefix_insert(f.c, &pc, t, 6 * B + 2, &kv, res.blocks_found), 6);
+	lb_prefix_done(f.c, &res);
+	assert_int_equal(lb_prefix_run(f.c, &pc, t, 6 * B + 2, own, &kv, toy_layer, &toy, &res), 0);
+	assert_int_equal(res.reused_tokens, 6 * B);
+	lb_prefix_done(f.c, &res);
+	pc.flags = 2;
+	assert_int_equal(lb_prefix_run(f.c, &pc, t, 8, own, &kv, toy_layer, &toy, &res), -EINVAL);
+	fix_close(&f);
+}
+
+/* A toy layer that takes 10 ms: computing costs more than a short wait for the daemon. */
+static int slow_layer(void *ctx, uint32_t l, uint32_t p, uint32_t n, const struct lb_kv_view *kv)
+{
+	usleep(10000);
+	return toy_layer(ctx, l, p, n, kv);
+}
+
+/* Every thread of pid stopped (kill returns before a running thread has stopped). */
+static void wait_stopped(pid_t pid)
+{
+	char path[64], line[512];
+	for (int tries = 0; tries < 5000; tries++) {
+		snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+		DIR *dir = opendir(path);
+		assert_non_null(dir);
+		struct dirent *e;
+		int running = 0;
+		while ((e = readdir(dir))) {
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(path, sizeof(path), "/proc/%d/task/%.16s/stat", (int)pid, e->d_name);
+			FILE *fp = fopen(path, "r");
+			if (!fp)
+				continue;
+			const char *st = fgets(line, sizeof(line), fp) ? strrchr(line, ')') : NULL;
+			running += !st || (st[2] != 'T' && st[2] != 't');
+			fclose(fp);
+		}
+		closedir(dir);
+		if (!running)
+			return;
+		usleep(1000);
+	}
+	fail_msg("daemon %d did not stop", (int)pid);
+}
+
+/*
+ * A prefix call waits at least as long as computing a block took: with the client's wait at
+ * 5 ms and a block that took 30 ms, a lookup on a stopped daemon gives up after 30 ms or more,
+ * not 5 (a lookup given up costs a block's compute, or more).
+ */
+static void test_prefix_calls_wait_a_block(void **state)
+{
+	(void)state;
+	struct lbt_env env;
+	static float own[MAX_BLOCKS * BLOCK_FLOATS];
+	const float *table[MAX_BLOCKS];
+	const void *blocks[1];
+	int32_t t[B];
+	uint64_t keys[1][2], lease = 0;
+	struct lb_prefix_result res;
+	struct fix f = { 0 };
+
+	lbt_env_make(&env);
+	assert_true(lbt_daemon_start(&env, LBT_ARGS(LBT_SMALL)) > 0);
+	struct lb_model_desc d = { .name = "slow-decoder", .weights_hash = 9, .n_layers = LAYERS,
+				   .hidden = 16, .dtype = LB_DTYPE_F32, .max_seq = MAX_BLOCKS * B,
+				   .kv_dim = KV, .block_tokens = B };
+	assert_int_equal(lbt_connect(&env, "slow", &f.c), 0);
+	assert_int_equal(lb_register_model(f.c, &d, &f.model), 0);
+	lb_set_wait_us(f.c, 5000);
+	tokens_of(t, B, 10, 0);
+	struct lb_kv_view kv = { LAYERS, KV, B, MAX_BLOCKS, table };
+	struct lb_prefix_cfg pc = { f.model, LAYERS, KV, B, LB_PREFIX_DEFER_INSERT };
+	struct toy toy = { t, 0, 0 };
+	assert_int_equal(lb_prefix_run(f.c, &pc, t, B, own, &kv, slow_layer, &toy, &res), 0);
+	lb_prefix_done(f.c, &res);
+
+	lb_block_keys(t, B, B, keys, 1);
+	assert_int_equal(kill(env.pid, SIGSTOP), 0);
+	wait_stopped(env.pid);
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	int rc = lb_lookup_prefix(f.c, f.model, (const uint64_t(*)[2])keys, 1, blocks, &lease);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	assert_int_equal(kill(env.pid, SIGCONT), 0);
+	assert_int_equal(rc, -ETIMEDOUT);
+	double ms = (double)(b.tv_sec - a.tv_sec) * 1e3 + (double)(b.tv_nsec - a.tv_nsec) / 1e6;
+	assert_true(ms >= 25.0);
+	lbt_close(&env, f.c);
+	assert_true(lbt_daemon_stop(&env));
+	lbt_env_remove(&env);
 }
 
 /* Through a real layerbankd: a child process inserts a chain and exits; this process finds it,
@@ -467,6 +586,8 @@ int main(void)
 		cmocka_unit_test(test_drops_take_subtrees),
 		cmocka_unit_test(test_prefix_run),
 		cmocka_unit_test(test_chains_end_at_the_lookup_limit),
+		cmocka_unit_test(test_deferred_insert),
+		cmocka_unit_test(test_prefix_calls_wait_a_block),
 		cmocka_unit_test(test_across_processes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -48,6 +48,21 @@ static struct lb_kv_view kv_of(const struct lbw_llama *m, struct lbw_llama_state
 				    .n_blocks = (uint32_t)s->n_blocks, .block = s->table };
 }
 
+/* The full blocks [first, n / B) of tokens into the bank, counted in pr; unless the run has
+ * lost the cache already. */
+static void insert_blocks(struct lbw_cache *wc, const struct lb_prefix_cfg *pc,
+			  const int32_t *tokens, int32_t n, const struct lb_kv_view *kv,
+			  uint32_t first, struct lb_prefix_result *pr)
+{
+	if (!wc->c || pr->cache_error)
+		return;
+	int ins = lb_prefix_insert(wc->c, pc, tokens, (uint32_t)n, kv, first);
+	if (ins > 0)
+		pr->blocks_inserted += (uint32_t)ins;
+	else if (ins < 0)
+		pr->cache_error = ins;
+}
+
 static int32_t greedy(const float *logits, int32_t vocab)
 {
 	return lbw_llama_argmax(logits, vocab);
@@ -89,7 +104,9 @@ int lbw_generate(struct lbw_scorer *sc, struct lbw_cache *wc, const int32_t *pro
 	if (!f.x)
 		return -ENOMEM;
 	struct lb_kv_view kv = kv_of(m, sc->state);
-	struct lb_prefix_cfg pc = { wc->cfg.model_id, kv.n_layers, kv.kv_dim, kv.block_tokens };
+	/* The prompt's blocks go to the bank after the first token, not in its time. */
+	struct lb_prefix_cfg pc = { wc->cfg.model_id, kv.n_layers, kv.kv_dim, kv.block_tokens,
+				    LB_PREFIX_DEFER_INSERT };
 	struct lb_prefix_result pr;
 	int rc = lb_prefix_run(wc->c, &pc, (const int32_t *)prompt, (uint32_t)n, sc->state->kv, &kv,
 			       prefill_layer, &f, &pr);
@@ -99,7 +116,10 @@ int lbw_generate(struct lbw_scorer *sc, struct lbw_cache *wc, const int32_t *pro
 		const float *lg = lbw_llama_head_row(m, sc->state, f.x + last);
 		int32_t first = next ? next(ctx, lg) : greedy(lg, m->cfg.vocab_size);
 		res->ttft_us = now_us() - t0;
+		insert_blocks(wc, &pc, prompt, n, &kv, pr.blocks_found, &pr);
 		got = decode(sc, n, max_new, first, next, ctx, out);
+	} else if (rc == 0) {
+		insert_blocks(wc, &pc, prompt, n, &kv, pr.blocks_found, &pr);
 	}
 	free(f.x);
 	/* The full blocks of what has K and V: the prompt and the tokens fed back (all but the
@@ -109,12 +129,7 @@ int lbw_generate(struct lbw_scorer *sc, struct lbw_cache *wc, const int32_t *pro
 		if (all) {
 			memcpy(all, prompt, (size_t)n * sizeof(int32_t));
 			memcpy(all + n, out, (size_t)(got - 1) * sizeof(int32_t));
-			int ins = lb_prefix_insert(wc->c, &pc, all, (uint32_t)fed, &kv,
-						   (uint32_t)n / LBW_LLAMA_BLOCK);
-			if (ins > 0)
-				pr.blocks_inserted += (uint32_t)ins;
-			else if (ins < 0 && !pr.cache_error)
-				pr.cache_error = ins;
+			insert_blocks(wc, &pc, all, fed, &kv, (uint32_t)n / LBW_LLAMA_BLOCK, &pr);
 			free(all);
 		}
 	}

@@ -172,9 +172,10 @@ static void serve_gen(struct lbw_scorer *sc, const struct lbw_tokenizer *t, stru
 		fprintf(out, "%" PRIu64 " err %s\n", id, err);
 		return;
 	}
+	const char *cache = !wc->c ? "none" : !r.cache_error ? "ok" : strerrorname_np(-r.cache_error);
 	fprintf(out, "%" PRIu64 " ok gen prompt=%d reused=%d computed=%d inserted=%u ttft_us=%.0f "
-		"us=%.0f out=", id, (int)r.prompt_tokens, (int)r.reused_tokens,
-		(int)r.computed_tokens, r.blocks_inserted, r.ttft_us, r.us);
+		"us=%.0f cache=%s out=", id, (int)r.prompt_tokens, (int)r.reused_tokens,
+		(int)r.computed_tokens, r.blocks_inserted, r.ttft_us, r.us, cache ? cache : "error");
 	for (int32_t i = 0; i < got; i++)
 		fprintf(out, i ? ",%d" : "%d", (int)gen[i]);
 	fputc('\n', out);

@@ -523,12 +523,18 @@ struct lb_prefix_cfg {
 	uint32_t n_layers;     /* as registered */
 	uint32_t kv_dim;       /* as registered */
 	uint32_t block_tokens; /* as registered (0: LB_BLOCK_TOKENS_DEFAULT) */
+	uint32_t flags;        /* LB_PREFIX_* */
 };
+/* lb_prefix_run inserts nothing: the caller inserts the blocks it computed with
+ * lb_prefix_insert(.., res->blocks_found) once it has what it waits for (the first token),
+ * so that copying them into the bank is not in its time to first token. */
+#define LB_PREFIX_DEFER_INSERT 1u
 LB_ABI_FIELD_LP64(struct lb_prefix_cfg, model_id, 0, 4);
 LB_ABI_FIELD_LP64(struct lb_prefix_cfg, n_layers, 4, 4);
 LB_ABI_FIELD_LP64(struct lb_prefix_cfg, kv_dim, 8, 4);
 LB_ABI_FIELD_LP64(struct lb_prefix_cfg, block_tokens, 12, 4);
-LB_ABI_SIZE_LP64(struct lb_prefix_cfg, 16);
+LB_ABI_FIELD_LP64(struct lb_prefix_cfg, flags, 16, 4);
+LB_ABI_SIZE_LP64(struct lb_prefix_cfg, 20);
 
 struct lb_prefix_result {
 	uint32_t reused_tokens;   /* positions whose K and V came from the cache: p */
@@ -554,10 +560,14 @@ LB_ABI_SIZE_LP64(struct lb_prefix_result, 32);
  *  2. kv->block[i] = the cached block i for i < found, else own + i * block floats (own: the
  *     caller's memory for kv->n_blocks blocks; kv's geometry and array are the caller's too);
  *     compute(ctx, l, p, n, kv) for every layer.
- *  3. The full blocks from p / block_tokens on are inserted (lb_prefix_insert).
+ *  3. The full blocks from p / block_tokens on are inserted (lb_prefix_insert), unless
+ *     cfg->flags has LB_PREFIX_DEFER_INSERT.
  * The hit's blocks stay readable through kv until lb_prefix_done, so that the caller can go on
  * decoding from them. c NULL runs plain (p = 0, nothing inserted), and so does the rest of a run
  * once a cache call fails with anything but a miss or a full cache (cache_error says which).
+ * A prefix call on c waits for the daemon at least as long as computing one block took in the
+ * client's earlier runs (a moving average, at most 1 s; at least lb_set_wait_us's wait): giving
+ * up sooner costs more compute than waiting.
  * @return 0; -EINVAL (NULL arguments, n 0, n above kv->n_blocks blocks, a cfg unlike kv's);
  *         compute's error (the lease given back first).
  */
