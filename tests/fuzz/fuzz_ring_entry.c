@@ -827,6 +827,8 @@ static void check_prefix_done(struct run *R, const struct lb_req *r, const struc
 	uint64_t at = r->payload_off + sizeof(struct lb_prefix_query);
 	for (uint32_t i = 0; i < k->count; i++) {
 		const struct blk *b = blk_find(R, r->model_id, v->keys[i]);
+		if (!b) /* within v->can: the model inserted every one of them */
+			broken(r, "prefix hit of block %u, which the model never inserted", i);
 		struct lb_prefix_block a = { .entry_off = b->off, .arena = 0 };
 		memcpy(R->shadow + at + (uint64_t)i * sizeof(a), &a, sizeof(a));
 		if (held)
