@@ -33,7 +33,7 @@ enum {
 	SM_KV_DIM = 112, SM_BLOCK_TOKENS = 116,
 };
 enum {
-	SE_MODEL = 0, SE_LAYER = 4, SE_DTYPE = 6, SE_SEQ_LEN = 8, SE_NDIM = 12, SE_SHAPE = 16,
+	SE_MODEL = 0, SE_LAYER = 4, SE_DTYPE = 6, SE_SEQ_LEN = 8, SE_NDIM = 12, SE_APPROX = 14, SE_SHAPE = 16,
 	SE_BYTES = 32, SE_FP = 40, SE_EXACT = 72, SE_DATA_SUM = 88, SE_IDLE = 96, SE_AGE = 104,
 	SE_SCORE = 112,
 	/* A block record (layer LB_ENTRY_LAYER_BLOCK) has these where a layer entry's fp is. */
@@ -183,7 +183,8 @@ static void encode_entry(uint8_t *r, uint32_t model, const struct lbd_store_item
 	put16(r + SE_LAYER, (uint16_t)it->layer);
 	put16(r + SE_DTYPE, (uint16_t)it->dtype);
 	put32(r + SE_SEQ_LEN, it->seq_len);
-	put32(r + SE_NDIM, it->ndim);
+	put16(r + SE_NDIM, (uint16_t)it->ndim);
+	put16(r + SE_APPROX, (uint16_t)it->approx);
 	for (int i = 0; i < LB_MAX_NDIM; i++)
 		put32(r + SE_SHAPE + 4 * i, it->shape[i]);
 	put64(r + SE_BYTES, it->bytes);
@@ -712,7 +713,8 @@ static void decode_entry(const uint8_t *r, struct lentry *e)
 	it->layer = get16(r + SE_LAYER);
 	it->dtype = get16(r + SE_DTYPE);
 	it->seq_len = get32(r + SE_SEQ_LEN);
-	it->ndim = get32(r + SE_NDIM);
+	it->ndim = get16(r + SE_NDIM);
+	it->approx = get16(r + SE_APPROX);
 	for (int i = 0; i < LB_MAX_NDIM; i++)
 		it->shape[i] = get32(r + SE_SHAPE + 4 * i);
 	it->bytes = get64(r + SE_BYTES);
@@ -784,6 +786,8 @@ static const char *entry_bad(const struct image *im, const struct lentry *e, con
 		bad = "dtype";
 	if (!bad && (it->ndim < 1 || it->ndim > LB_MAX_NDIM))
 		bad = "ndim";
+	if (!bad && (it->layer == LB_ENTRY_LAYER_BLOCK ? it->approx != 0 : it->approx > LB_FP_BITS))
+		bad = "approx";
 	/* The store's shape check (shape_ok, which lbd_store_restore applies again), step by step
 	 * so that the reason names the field. */
 	for (uint32_t i = 0; !bad && i < LB_MAX_NDIM; i++) {
@@ -965,9 +969,10 @@ static int check_head(struct image *im, char *err, size_t errlen)
 	if (memcmp(img + SH_MAGIC, LBD_SNAP_MAGIC, 8) != 0)
 		return lbu_fail(err, errlen, -EBADMSG, "not a layerbank snapshot (no %s magic)", LBD_SNAP_MAGIC);
 	/* The version before the checksum: another version may lay its header out otherwise. */
+	/* Version 2 is version 3 with every approx 0: its 32-bit ndim (1..4) left those bytes 0. */
 	uint32_t version = get32(img + SH_VERSION);
-	if (version != LBD_SNAP_VERSION)
-		return lbu_fail(err, errlen, -EPROTO, "format version %u, this daemon reads version %u",
+	if (version != LBD_SNAP_VERSION && version != 2)
+		return lbu_fail(err, errlen, -EPROTO, "format version %u, this daemon reads versions 2 and %u",
 				version, LBD_SNAP_VERSION);
 	if (!sealed(img))
 		return lbu_fail(err, errlen, -EBADMSG, "header checksum mismatch");

@@ -12,7 +12,7 @@
 
 /* The file format (PROTOCOL.md, "Snapshot file"): little-endian fixed-width fields. */
 #define LBD_SNAP_MAGIC "LBSNAPSH"     /* the first 8 bytes */
-#define LBD_SNAP_VERSION 2u           /* 2: prefix blocks */
+#define LBD_SNAP_VERSION 3u           /* 2: prefix blocks; 3: approx */
 #define LBD_SNAP_HDR_SIZE 128u
 #define LBD_SNAP_MODEL_SIZE 128u
 #define LBD_SNAP_ENTRY_SIZE 128u

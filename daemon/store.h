@@ -149,6 +149,7 @@ struct lbd_store_item {
 	uint64_t exact[2];             /* the input's token hash; a block's key */
 	uint64_t parent[2];            /* a block's parent's key (0, 0 for block 0); else 0 */
 	uint32_t index;                /* a block's place in its chain; else 0 */
+	uint32_t approx;               /* a layer entry's approx (0..LB_FP_BITS); a block's 0 */
 	uint64_t idle_ns;              /* since its last hit, or its insert */
 	uint64_t age_ns;               /* since its insert */
 	double score;                  /* the decay policy's hit score, decayed to now */

@@ -36,6 +36,7 @@ struct entry {
 	uint32_t bank;      /* model_id - 1 */
 	uint32_t next_free;
 	uint32_t account;   /* the inserting client's account charged with bytes; 0: none */
+	uint16_t approx;    /* K_LAYER: its insert's approx (0..LB_FP_BITS); 0 for a block */
 };
 
 /* A client's insert account (client-insert-bytes): the arena bytes its entries hold, from the
@@ -141,6 +142,13 @@ int store_grow(void **arr, uint32_t *cap, size_t elem, uint32_t *free_head, size
 struct bank *store_bank_of(struct lbd_store *st, uint32_t model_id);
 /* The threshold of layer l when a lookup brings none: the layer's own, else cfg.tau. */
 double store_layer_tau(const struct lbd_store *st, const struct bank *b, uint32_t l);
+
+/* How far an entry may be from a lookup's input: the fingerprint distance to its input plus
+ * its own approx (hamming distances obey the triangle inequality), capped at LB_FP_BITS. */
+static inline uint32_t store_distance(uint32_t dist, uint32_t approx)
+{
+	return dist + approx > LB_FP_BITS ? LB_FP_BITS : dist + approx;
+}
 double store_decayed_score(const struct lbd_store *st, const struct entry *e, uint64_t now);
 bool store_expired(const struct lbd_store *st, const struct entry *e, uint64_t now);
 struct lb_entry_hdr *store_entry_hdr(const struct lbd_store *st, unsigned arena, uint64_t off);

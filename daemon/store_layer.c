@@ -84,24 +84,27 @@ static uint32_t lookup_input(struct lbd_store *st, struct bank *b, const struct 
 		return id;
 	if (lbd_fpindex_nearest(b->fps, q->fp, max_d, good_d, accept_input, &ac, &id, dist) < 0)
 		return NONE;
+	/* Other tokens are never exact, even at fingerprint distance 0. */
+	*dist = *dist ? *dist : 1;
 	return id;
 }
 
-/* The deepest layer of input id a lookup may reuse at distance dist (LOOKUP: only its layer).
- * Expired entries met on the way are dropped. @return the layer, or -1. */
+/* The deepest layer of input id a lookup may reuse at distance dist (LOOKUP: only its layer),
+ * each layer's entry judged at dist plus its approx. Expired entries met on the way are
+ * dropped. @return the layer, or -1. */
 static int lookup_layer(struct lbd_store *st, const struct bank *b, const struct lb_req *r,
 			const struct lb_query *q, const float *thr, uint32_t id, uint32_t dist,
 			uint64_t now)
 {
 	const struct input *in = &st->in[id];
-	double sim = lbp_fp_similarity(dist);
 	int top = r->opcode == LB_OP_LOOKUP ? r->layer : (int)b->desc.n_layers - 1;
 	int bottom = r->opcode == LB_OP_LOOKUP ? r->layer : 0;
 
 	for (int l = top; l >= bottom; l--) {
 		uint32_t e = in->layer[l];
 		double tau = q->n_thr ? thr[l] : store_layer_tau(st, b, (uint32_t)l);
-		if (e == NONE || st->e[e].state != E_LIVE || sim < tau)
+		if (e == NONE || st->e[e].state != E_LIVE ||
+		    lbp_fp_similarity(store_distance(dist, st->e[e].approx)) < tau)
 			continue;
 		if (store_expired(st, &st->e[e], now)) {
 			st->c.expirations++;
@@ -171,9 +174,10 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 		cpl->status = -ENOENT;
 		goto out;
 	}
-	cpl->status = lookup_hit(st, ls, b, r, st->in[id].layer[layer], layer, now, cpl);
+	uint32_t eid = st->in[id].layer[layer];
+	cpl->status = lookup_hit(st, ls, b, r, eid, layer, now, cpl);
 	if (cpl->status == 0)
-		cpl->hamming = dist;
+		cpl->hamming = store_distance(dist, st->e[eid].approx);
 out:
 	store_unlock(st);
 }
@@ -182,26 +186,35 @@ out:
 
 bool lbd_store_insert_hdr_ok(const struct lb_req *r, const struct lb_insert_hdr *h)
 {
-	return r->payload_len >= LB_INSERT_HDR_SIZE &&
+	return r->payload_len >= LB_INSERT_HDR_SIZE && h->approx <= LB_FP_BITS && !h->reserved &&
 	       store_shape_ok(h->dtype, h->ndim, h->shape, h->bytes) &&
 	       h->bytes <= (uint64_t)r->payload_len - LB_INSERT_HDR_SIZE;
 }
 
 /*
- * Whether an input with these keys may take an entry of layer: *id is the cached input with
- * these tokens, or NONE. @return 0; -EINVAL (the same tokens cached at another length: a lying
- * client or a corrupt file); -EEXIST (that layer is cached).
+ * Whether an input with these keys may take an entry of layer with this approx. A LIVE entry
+ * of that layer computed less exactly gives way (unlinked here: its leases keep its memory
+ * until they end), so that an exact computation replaces an approximate one. @return 0;
+ * -EINVAL (the same tokens cached at another length: a lying client or a corrupt file);
+ * -EEXIST (that layer is cached at least as exactly, or being inserted).
  */
 static int input_check(struct lbd_store *st, struct bank *b, const uint64_t exact[2],
-		       uint32_t seq_len, uint32_t layer, uint32_t *id)
+		       uint32_t seq_len, uint32_t layer, uint32_t approx)
 {
-	if (lbd_exactmap_find(b->exact, exact, id) < 0) {
-		*id = NONE;
+	uint32_t id;
+
+	if (lbd_exactmap_find(b->exact, exact, &id) < 0)
 		return 0;
-	}
-	if (st->in[*id].seq_len != seq_len)
+	if (st->in[id].seq_len != seq_len)
 		return -EINVAL;
-	return st->in[*id].layer[layer] != NONE ? -EEXIST : 0;
+	uint32_t e = st->in[id].layer[layer];
+	if (e == NONE)
+		return 0;
+	if (st->e[e].state != E_LIVE || st->e[e].approx <= approx)
+		return -EEXIST;
+	st->c.invalidations++;
+	store_entry_unlink(st, e, NULL);
+	return 0;
 }
 
 /*
@@ -215,13 +228,12 @@ static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const str
 	uint64_t need = store_entry_need(h->bytes), off = 0;
 	struct bank *b = store_bank_of(st, r->model_id);
 	unsigned arena = 0;
-	uint32_t id;
 
 	if (!b || r->layer >= b->desc.n_layers || r->seq_len == 0 || r->seq_len > b->desc.max_seq) {
 		cpl->status = b ? -EINVAL : -ESRCH;
 		return NONE;
 	}
-	cpl->status = input_check(st, b, h->exact, r->seq_len, r->layer, &id);
+	cpl->status = input_check(st, b, h->exact, r->seq_len, r->layer, h->approx);
 	if (cpl->status < 0)
 		return NONE;
 	/* The client's quota before the budget: an insert it may not pay for evicts nothing. */
@@ -238,6 +250,7 @@ static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const str
 		cpl->status = -ENOMEM;
 		return NONE;
 	}
+	st->e[eid].approx = (uint16_t)h->approx;
 	store_entry_pending(st, eid, a, account);
 	return eid;
 }
@@ -284,7 +297,7 @@ void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_re
 	struct lb_entry_hdr tmpl = { .model_id = r->model_id, .layer = r->layer,
 				     .dtype = (uint16_t)h->dtype, .seq_len = r->seq_len,
 				     .ndim = h->ndim, .bytes = h->bytes,
-				     .key = { h->exact[0], h->exact[1] } };
+				     .key = { h->exact[0], h->exact[1] }, .approx = h->approx };
 	memcpy(tmpl.shape, h->shape, sizeof(tmpl.shape));
 	store_entry_publish(eh, &tmpl, data, false);
 

@@ -40,6 +40,7 @@ static void item_of(const struct lbd_store *st, uint32_t id, uint64_t now, struc
 		const struct input *in = &st->in[e->owner];
 		memcpy(x->fp, in->fp, sizeof(x->fp));
 		memcpy(x->exact, in->exact, sizeof(x->exact));
+		x->approx = e->approx;
 	} else {
 		const struct block *k = &st->blk[e->owner];
 		memcpy(x->exact, k->key, sizeof(x->exact));
@@ -175,9 +176,11 @@ static int restore_check(const struct lbd_store *st, const struct bank *b,
 		if (!d->kv.dim || it->dtype != d->dtype || it->ndim != 4 ||
 		    it->shape[0] != d->n_layers || it->shape[1] != 2 ||
 		    it->shape[2] != d->kv.block_tokens || it->shape[3] != d->kv.dim ||
-		    it->seq_len != end || end > d->max_seq || (!it->exact[0] && !it->exact[1]))
+		    it->seq_len != end || end > d->max_seq || (!it->exact[0] && !it->exact[1]) ||
+		    it->approx)
 			return -EINVAL;
-	} else if (it->layer >= d->n_layers || it->seq_len == 0 || it->seq_len > d->max_seq) {
+	} else if (it->layer >= d->n_layers || it->seq_len == 0 || it->seq_len > d->max_seq ||
+		   it->approx > LB_FP_BITS) {
 		return -EINVAL;
 	}
 	if (st->cfg.policy == LBD_POLICY_TTL && it->age_ns > st->cfg.ttl_ns)
@@ -261,10 +264,11 @@ int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
 	struct lb_entry_hdr tmpl = { .model_id = it->model_id, .layer = (uint16_t)it->layer,
 				     .dtype = (uint16_t)it->dtype, .seq_len = it->seq_len,
 				     .ndim = it->ndim, .bytes = it->bytes, .checksum = it->checksum,
-				     .key = { it->exact[0], it->exact[1] } };
+				     .key = { it->exact[0], it->exact[1] }, .approx = it->approx };
 	memcpy(tmpl.shape, it->shape, sizeof(tmpl.shape));
 	store_entry_publish(store_entry_hdr(st, arena, off), &tmpl, it->data, true);
 	restore_ages(&st->e[eid], it, now);
+	st->e[eid].approx = (uint16_t)it->approx;
 	store_entry_go_live(st, eid);
 out:
 	store_unlock(st);

@@ -426,15 +426,17 @@ static int commit_reserved(struct lb_client *c, struct lb_req *r, const void *hd
 		       : call(c, r->user_data, &res, wait_ns + (bytes >> 20) * INSERT_WAIT_NS_PER_MIB);
 }
 
-LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
-			       const struct lb_key *key, const struct lb_shape *shape)
+LB_EXPORT int lb_insert_commit_approx(struct lb_client *c, uint32_t model_id, uint32_t layer,
+				      const struct lb_key *key, const struct lb_shape *shape,
+				      uint32_t approx)
 {
 	struct lb_insert_hdr h;
 
 	if (c->reserved_off == UINT64_MAX || !key || !shape || shape->ndim < 1 ||
-	    shape->ndim > LB_MAX_NDIM || layer > UINT16_MAX)
+	    shape->ndim > LB_MAX_NDIM || layer > UINT16_MAX || approx > LB_FP_BITS)
 		return -EINVAL;
 	memset(&h, 0, sizeof(h));
+	h.approx = approx;
 	memcpy(h.fp, key->fp, sizeof(h.fp));
 	memcpy(h.exact, key->exact, sizeof(h.exact));
 	h.dtype = (uint32_t)shape->dtype;
@@ -444,6 +446,12 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 	struct lb_req r = { .opcode = LB_OP_INSERT, .layer = (uint16_t)layer,
 			    .model_id = lbi_model_id(c, model_id), .seq_len = key->seq_len };
 	return commit_reserved(c, &r, &h, sizeof(h), c->wait_ns);
+}
+
+LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
+			       const struct lb_key *key, const struct lb_shape *shape)
+{
+	return lb_insert_commit_approx(c, model_id, layer, key, shape, 0);
 }
 
 /* ---- prefix blocks ---- */

@@ -23,6 +23,7 @@ struct lem {
 	struct lb_lem_result *res;
 	struct lb_hit hit;            /* held while have_hit: until the layer above has read it */
 	int have_hit;
+	uint32_t approx;              /* of the inserts: the hit's hamming, 0 without a hit */
 };
 
 /* A miss-like answer keeps the cache; anything else stops using it for the rest of the run. */
@@ -160,6 +161,9 @@ static uint32_t lem_lookup(struct lem *m, uint32_t n)
 	m->have_hit = 1;
 	m->res->hit_layer = (int32_t)m->hit.layer;
 	m->res->hit_hamming = m->hit.hamming;
+	/* The layers computed on top of it are as far from exact as it is: their inserts say so,
+	 * and the daemon never serves them as exact (no compounding). */
+	m->approx = m->hit.hamming;
 	return m->hit.layer + 1;
 }
 
@@ -187,7 +191,7 @@ static float *lem_stage(struct lem *m, const float **cur, float *h, uint64_t byt
 static void lem_commit(struct lem *m, uint32_t l, uint32_t n)
 {
 	struct lb_shape shape = { .dtype = LB_DTYPE_F32, .ndim = 2, .dims = { n, m->cfg->hidden } };
-	int r = lb_insert_commit(m->c, m->cfg->model_id, l, &m->key, &shape);
+	int r = lb_insert_commit_approx(m->c, m->cfg->model_id, l, &m->key, &shape, m->approx);
 
 	if (r == 0)
 		m->res->layers_inserted++;

@@ -140,7 +140,7 @@ struct lbp_stats_reply {
 	uint64_t inserts;
 	uint64_t evictions;    /* entries dropped by the policy to make room */
 	uint64_t expirations;  /* entries dropped by their TTL */
-	uint64_t invalidations; /* entries dropped because a REPORT's drift was too large */
+	uint64_t invalidations; /* dropped: a REPORT's drift too large, or a more exact insert */
 	uint64_t entries;      /* live entries (one per cached layer of an input) */
 	uint64_t leases;       /* active leases */
 	uint64_t bytes_used;   /* arena bytes in live entries */

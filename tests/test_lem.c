@@ -1,6 +1,7 @@
 /*
  * The layer execution manager (lb_lem_run): hits at every depth give the plain result, inserts
- * follow cache_layers, revalidation REPORTs, a dead daemon only costs time; and score --cache of
+ * follow cache_layers, revalidation REPORTs, a dead daemon only costs time, approximations do
+ * not compound; and score --cache of
  * layerbank-worker on stories260K: the second run is a full hit with a bit-identical NLL.
  */
 #include <stdarg.h>
@@ -476,6 +477,92 @@ static void test_drift_invalidates(void **state)
 	assert_int_equal(st.leases, 0);
 }
 
+/*
+ * No compounding: layers computed on top of a near-duplicate's hit are inserted as approximate,
+ * so a repeat of the near-duplicate's own tokens gets them at the hit's distance, never as
+ * exact; a lookup that wants exact states misses them, and its exact computation replaces them.
+ */
+static void test_no_compounding(void **state)
+{
+	(void)state;
+	uint32_t id = toy_register();
+	struct toy_io x, y;
+	uint8_t low[TOY_LAYERS];
+	float exact_tau[TOY_LAYERS];
+	for (uint32_t l = 0; l < TOY_LAYERS; l++) {
+		low[l] = l <= 2;
+		exact_tau[l] = 1.0f;
+	}
+	toy_io(&x, 200);
+	/* y: other tokens, an embedding a hair from x's, so that its fingerprint is x's or next to it */
+	toy_io(&y, 201);
+	memcpy(y.emb, x.emb, sizeof(y.emb));
+	y.emb[0] += 1e-4f;
+	memcpy(y.want, y.emb, sizeof(y.emb));
+	toy_plain(y.want);
+	struct lb_lem_cfg xcfg = toy_cfg(id, low, 0), all = toy_cfg(id, NULL, 0);
+	struct lb_lem_cfg exact = all;
+	exact.tau = exact_tau;
+	struct lb_lem_result res;
+	struct toy t = { TOY_N, 0 };
+
+	assert_int_equal(toy_run(&x, &xcfg, toy_layer, &t, &res), 0);
+	assert_int_equal(res.layers_inserted, 3);
+
+	/* y reuses x's layer 2 (other tokens: at least 1 bit away) and inserts 3..5 on top */
+	assert_int_equal(toy_run(&y, &all, toy_layer, &t, &res), 0);
+	assert_int_equal(res.hit_layer, 2);
+	uint32_t h = res.hit_hamming;
+	assert_true(h >= 1 && h <= lb_fp_max_hamming(0.98));
+	assert_int_equal(res.layers_inserted, 3);
+	float approx_out[TOY_N * TOY_HIDDEN];
+	memcpy(approx_out, y.h, sizeof(approx_out));
+	assert_memory_equal(approx_out, x.want, sizeof(approx_out)); /* x's states, not y's */
+
+	/* a repeat of y's own tokens: its entries, reported as far as the hit they came from */
+	assert_int_equal(toy_run(&y, &all, toy_layer, &t, &res), 0);
+	assert_int_equal(res.hit_layer, TOY_LAYERS - 1);
+	assert_int_equal(res.hit_hamming, h);
+	assert_memory_equal(y.h, approx_out, sizeof(approx_out));
+
+	/* x, computed exactly, stays exact */
+	assert_int_equal(toy_run(&x, &xcfg, toy_layer, &t, &res), 0);
+	assert_int_equal(res.hit_layer, 2);
+	assert_int_equal(res.hit_hamming, 0);
+	assert_memory_equal(x.h, x.want, sizeof(x.h));
+
+	/* exact thresholds: y's approximate entries do not qualify; y is computed in full, and its
+	 * exact layers replace the approximate ones */
+	assert_int_equal(toy_run(&y, &exact, toy_layer, &t, &res), 0);
+	assert_int_equal(res.hit_layer, -1);
+	assert_int_equal(res.layers_computed, TOY_LAYERS);
+	assert_int_equal(res.layers_inserted, TOY_LAYERS);
+	assert_memory_equal(y.h, y.want, sizeof(y.h));
+	assert_int_equal(toy_run(&y, &exact, toy_layer, &t, &res), 0);
+	assert_int_equal(res.hit_layer, TOY_LAYERS - 1);
+	assert_int_equal(res.hit_hamming, 0);
+	assert_int_equal(res.layers_computed, 0);
+	assert_memory_equal(y.h, y.want, sizeof(y.h));
+
+	/* an insert no more exact than what is cached is refused; bad approx values too */
+	uint32_t n = TOY_N;
+	struct lb_key key = { .seq_len = n };
+	assert_int_equal(lb_fingerprint(toy_proj, y.emb, n, key.fp), 0);
+	lb_token_hash(y.tok, n, key.exact);
+	struct lb_shape shape = { .dtype = LB_DTYPE_F32, .ndim = 2, .dims = { n, TOY_HIDDEN } };
+	void *buf = lb_insert_reserve(client, sizeof(y.want));
+	assert_non_null(buf);
+	memcpy(buf, y.want, sizeof(y.want));
+	assert_int_equal(lb_insert_commit_approx(client, id, TOY_LAYERS - 1, &key, &shape, 3), -EEXIST);
+	buf = lb_insert_reserve(client, sizeof(y.want));
+	assert_non_null(buf);
+	assert_int_equal(lb_insert_commit_approx(client, id, TOY_LAYERS - 1, &key, &shape,
+						 LB_FP_BITS + 1), -EINVAL);
+	struct lb_stats st;
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	assert_int_equal(st.leases, 0);
+}
+
 /* ---- layerbank-worker score --cache ---- */
 
 static int run_worker(const char *const *args, char *out, size_t n)
@@ -599,6 +686,7 @@ int main(void)
 		TEST(test_daemon_killed_in_callback_miss),
 		cmocka_unit_test_prestate_setup_teardown(test_drift_invalidates, setup_drift,
 							 lbt_env_teardown, &env),
+		TEST(test_no_compounding),
 		TEST(test_score_cache_cli),
 	};
 	int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -139,6 +139,13 @@ static uint32_t model_id(const struct bank *b, const char *name)
 	return 0;
 }
 
+/* One entry of the small image is approximate (computed on a reuse 5 bits away), so that its
+ * approx travels through the file. */
+static uint32_t approx_of(uint32_t input, uint32_t layer)
+{
+	return input == 7 && layer == 1 ? 5 : 0;
+}
+
 static int bank_insert(struct bank *b, uint32_t model, uint32_t input, uint32_t layer,
 		       uint32_t seq_len, uint32_t hidden)
 {
@@ -147,7 +154,7 @@ static int bank_insert(struct bank *b, uint32_t model, uint32_t input, uint32_t 
 	struct lb_req r = { .opcode = LB_OP_INSERT, .layer = (uint16_t)layer, .model_id = model,
 			    .seq_len = seq_len, .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + bytes) };
 	struct lb_insert_hdr h = { .dtype = LBP_DTYPE_F32, .ndim = 2, .shape = { seq_len, hidden },
-				   .bytes = bytes };
+				   .bytes = bytes, .approx = approx_of(input, layer) };
 	struct lb_cpl cpl = { 0 };
 
 	assert_non_null(data);
@@ -189,6 +196,8 @@ static int bank_check(struct bank *b, uint32_t model, uint32_t input, uint32_t l
 		assert_true(eh->bytes == bytes);
 		assert_memory_equal(base + LB_ENTRY_HDR_SIZE, want, bytes);
 		assert_true(eh->checksum == XXH3_64bits(want, bytes));
+		assert_int_equal(eh->approx, approx_of(input, layer));
+		assert_int_equal(cpl.hamming, approx_of(input, layer)); /* the exact hash, + approx */
 		free(want);
 		lbd_store_release(b->st, &ls, cpl.lease, &rel);
 		assert_int_equal(rel.status, 0);
@@ -446,7 +455,7 @@ static void test_layout_is_the_documented_one(void **state)
 
 	assert_int_equal(len, SMALL_LEN);
 	assert_memory_equal(img, "LBSNAPSH", 8);
-	assert_int_equal(le(img + 8, 4), 2);             /* version */
+	assert_int_equal(le(img + 8, 4), 3);             /* version */
 	assert_int_equal(le(img + 12, 4), 128);          /* hdr_size */
 	assert_int_equal(le(img + 16, 4), LB_SHM_ABI_VERSION);
 	assert_int_equal(le(img + 20, 4), 2);            /* models */
@@ -499,7 +508,8 @@ static void test_layout_is_the_documented_one(void **state)
 			input_keys(7, fp, exact);
 			assert_int_equal(le(e + 6, 2), LBP_DTYPE_F32);
 			assert_int_equal(le(e + 8, 4), B_SEQ);
-			assert_int_equal(le(e + 12, 4), 2);
+			assert_int_equal(le(e + 12, 2), 2);
+			assert_int_equal(le(e + 14, 2), 5);  /* approx */
 			assert_int_equal(le(e + 16, 4), B_SEQ);
 			assert_int_equal(le(e + 20, 4), B_HIDDEN);
 			assert_int_equal(le(e + 24, 4), 0);
@@ -523,7 +533,8 @@ static void test_layout_is_the_documented_one(void **state)
 			assert_int_equal(le(e, 4), 1);       /* beta */
 			assert_int_equal(le(e + 6, 2), LBP_DTYPE_F32);
 			assert_int_equal(le(e + 8, 4), 3 * B_TOKENS);
-			assert_int_equal(le(e + 12, 4), 4);
+			assert_int_equal(le(e + 12, 2), 4);
+			assert_int_equal(le(e + 14, 2), 0);  /* approx */
 			const uint32_t shape[4] = { B_LAYERS, 2, B_TOKENS, B_KV };
 			for (int i = 0; i < 4; i++)
 				assert_int_equal(le(e + 16 + 4 * i, 4), shape[i]);
@@ -725,18 +736,56 @@ static void test_foreign_version_and_abi_are_refused(void **state)
 	put_le(img + 8, 1, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
-	assert_string_equal(err, "format version 1, this daemon reads version 2");
+	assert_string_equal(err, "format version 1, this daemon reads versions 2 and 3");
 	/* A later version may move its checksum: the version is read first, unsealed or not. */
-	put_le(img + 8, 3, 4);
+	put_le(img + 8, 4, 4);
 	put_le(img + 120, 0, 8);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
-	assert_string_equal(err, "format version 3, this daemon reads version 2");
-	put_le(img + 8, 2, 4);
+	assert_string_equal(err, "format version 4, this daemon reads versions 2 and 3");
+	put_le(img + 8, 3, 4);
 	put_le(img + 16, LB_SHM_ABI_VERSION + 1, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
 	assert_non_null(strstr(err, "arena ABI"));
 	end_refused(&b, img);
+}
+
+/* Version 2 (a 32-bit ndim, no approx) is read as version 3: its entries come back exact. */
+static void test_version_2_is_read(void **state)
+{
+	(void)state;
+	size_t len;
+	struct bank b;
+	struct lbd_snapshot_stats st;
+	char err[512];
+	uint8_t *img = image_and_bank(&len, &b);
+
+	/* What a version 2 daemon wrote for the same entries: approx 0 in every record. */
+	size_t off = 128 + 2 * 128;
+	for (int k = 0; k < SMALL_ENTRIES; k++) {
+		uint8_t *e = img + off;
+		put_le(e + 14, 0, 2);
+		reseal(e);
+		off += 128 + ((le(e + 32, 8) + 63) & ~63ull);
+	}
+	put_le(img + 8, 2, 4);
+	reseal(img);
+	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.entries, SMALL_ENTRIES);
+	assert_int_equal(st.entries_skipped, 0);
+	struct lbd_leases ls = { 0 };
+	struct lb_req r = { .opcode = LB_OP_LOOKUP, .layer = 1, .model_id = model_id(&b, "beta"),
+			    .seq_len = B_SEQ };
+	struct lb_query q = { .n_thr = 0 };
+	struct lb_cpl cpl = { 0 }, rel = { 0 };
+	input_keys(7, q.fp, q.exact);
+	lbd_store_lookup(b.st, &ls, &r, &q, NULL, &cpl);
+	assert_int_equal(cpl.status, 0);
+	assert_int_equal(cpl.hamming, 0);
+	lbd_store_release(b.st, &ls, cpl.lease, &rel);
+	lbd_leases_free(&ls);
+	bank_free(&b);
+	free(img);
 }
 
 /* Files whose checksums hold but whose content a daemon never writes: refused as a whole. */
@@ -785,12 +834,14 @@ static void test_sealed_but_inconsistent_files_are_refused(void **state)
 	MUTATE("shape out of range", { put_le(img + e0 + 24, 1, 4); reseal(img + e0); });
 	MUTATE("bytes (not the shape's)", { put_le(img + e0 + 20, A_HIDDEN + 1, 4); reseal(img + e0); });
 	MUTATE("score out of range", { put_le(img + e0 + 112, 0xfff8000000000000ull, 8); reseal(img + e0); });
+	MUTATE("approx out of range", { put_le(img + e0 + 14, LB_FP_BITS + 1, 2); reseal(img + e0); });
 	/* A block record against its model: a model with blocks, the geometry, the place in the
 	 * chain, the key, the parent, the zero bytes. */
 	MUTATE("entry 14 (offset 3968): layer out of range", { put_le(img + b1, 0, 4);
 							       reseal(img + b1); });
 	MUTATE("dtype out of range", { put_le(img + b1 + 6, LBP_DTYPE_F16, 2); reseal(img + b1); });
-	MUTATE("ndim out of range", { put_le(img + b1 + 12, 3, 4); reseal(img + b1); });
+	MUTATE("ndim out of range", { put_le(img + b1 + 12, 3, 2); reseal(img + b1); });
+	MUTATE("approx out of range", { put_le(img + b1 + 14, 1, 2); reseal(img + b1); }); /* blocks are exact */
 	MUTATE("shape out of range", { put_le(img + b1 + 28, B_KV + 1, 4); reseal(img + b1); });
 	MUTATE("index out of range", { put_le(img + b2 + 56, 128, 4); reseal(img + b2); });
 	/* Within max_seq, but past the blocks a LOOKUP_PREFIX can name. */
@@ -1487,7 +1538,7 @@ static void test_daemon_bad_snapshot_starts_empty(void **state)
 		{ "empty", 0, 1, "truncated" },
 		{ "flipped header byte", 33, 0, "header checksum mismatch" },
 		{ "flipped entry byte", len - 300, 0, "checksum mismatch" },
-		{ "foreign version", 8, 0, "format version" },
+		{ "foreign version", 9, 0, "format version" }, /* 3 + 256 */
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		printf("%s\n", cases[i].what);
@@ -1852,6 +1903,7 @@ int main(void)
 		TEST(test_every_truncation_is_refused),
 		TEST(test_every_flipped_bit_is_refused),
 		TEST(test_foreign_version_and_abi_are_refused),
+		TEST(test_version_2_is_read),
 		TEST(test_sealed_but_inconsistent_files_are_refused),
 		TEST(test_over_budget_keeps_the_most_valuable),
 		TEST(test_file_with_a_hole_is_refused),

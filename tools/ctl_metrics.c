@@ -109,7 +109,8 @@ static void print_metrics(FILE *out, const struct ctl_view *v)
 	u64(out, "layerbank_expirations_total", "counter",
 	    "Entries dropped because their TTL passed.", st->expirations);
 	u64(out, "layerbank_invalidations_total", "counter",
-	    "Entries dropped because a reported drift was above the limit.", st->invalidations);
+	    "Entries dropped because a reported drift was above the limit, or replaced by a more exact insert.",
+	    st->invalidations);
 	u64(out, "layerbank_entries", "gauge", "Live entries, one per cached layer of an input.",
 	    st->entries);
 	u64(out, "layerbank_leases", "gauge", "Leases held now, over all clients.", st->leases);

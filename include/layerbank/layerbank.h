@@ -116,7 +116,7 @@ struct lb_stats {
 	uint64_t hits, misses, inserts;
 	uint64_t evictions;      /* dropped by the policy to make room */
 	uint64_t expirations;    /* dropped by their TTL */
-	uint64_t invalidations;  /* dropped after a REPORT over the drift limit */
+	uint64_t invalidations;  /* dropped: a REPORT over the drift limit, a more exact insert */
 	uint64_t entries;        /* cached layer outputs */
 	uint64_t leases;         /* held by clients now */
 	uint64_t bytes_used, bytes_budget;
@@ -337,7 +337,9 @@ struct lb_hit {
 	uint64_t lease;     /* pass to lb_release (and lb_report) */
 	uint64_t checksum;  /* XXH3-64 of the bytes, computed by the daemon on its copy */
 	uint32_t layer;     /* the layer whose output this is */
-	uint32_t hamming;   /* fingerprint distance to the cached input (0: exact match) */
+	/* How far the data may be from this input's exact state, in fingerprint bits: the
+	 * distance to the cached input plus the entry's own approx (0: exact). */
+	uint32_t hamming;
 	enum lb_dtype dtype;
 	uint32_t ndim;
 	uint32_t shape[4];
@@ -356,7 +358,9 @@ LB_ABI_SIZE_LP64(struct lb_hit, 64);
 /*
  * The deepest layer whose cached output may be reused for this input: the nearest cached
  * input of the same length, and the deepest layer of it whose similarity is at least that
- * layer's threshold. tau: n_tau thresholds (layer 0 first; n_tau must be the model's n_layers),
+ * layer's threshold, the similarity of the distance plus the entry's approx
+ * (lb_insert_commit_approx): an entry computed on an approximate reuse never passes for exact,
+ * under its own tokens either. tau: n_tau thresholds (layer 0 first; n_tau must be the model's n_layers),
  * or NULL and 0 for the daemon's default.
  * @return 0 and *hit; -ENOENT (a miss); -ESRCH (unknown model); -EACCES (a model this client
  *         did not register); -EINVAL (bad argument);
@@ -389,13 +393,24 @@ LB_ABI_SIZE_LP64(struct lb_shape, 24);
 
 /*
  * Hand the reserved buffer to the daemon, which copies it into the arena as the output of
- * layer for key. @return 0; -EEXIST (already cached); -ENOSPC (no room: everything is
+ * layer for key, computed exactly from key's tokens (lb_insert_commit_approx otherwise).
+ * @return 0; -EEXIST (already cached); -ENOSPC (no room: everything is
  * leased); -EDQUOT (this client's entries hold its insert quota, layerbankd's
  * client-insert-bytes, already: it frees up as they are evicted); -EINVAL (shape, layer, no
  * reservation); -ESRCH; -EACCES (a model this client did not register); -ETIMEDOUT; -EPROTO.
  */
 int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
 		     const struct lb_key *key, const struct lb_shape *shape);
+
+/*
+ * lb_insert_commit of data computed on top of an approximate reuse: approx (1..LB_FP_BITS) is
+ * how far they may be from key's exact state, the hamming of the hit they were computed on
+ * (lb_lem_run does this). The daemon keeps it with the entry and adds it to the distance of
+ * every later lookup, so the entry never passes for exact; an exact insert of the same layer
+ * replaces it. approx 0 is lb_insert_commit. Same returns; -EINVAL for approx > LB_FP_BITS.
+ */
+int lb_insert_commit_approx(struct lb_client *c, uint32_t model_id, uint32_t layer,
+			    const struct lb_key *key, const struct lb_shape *shape, uint32_t approx);
 
 /* End a lease from a hit. @return 0, -EINVAL (unknown lease), -ETIMEDOUT. */
 int lb_release(struct lb_client *c, uint64_t lease);

@@ -154,6 +154,11 @@ struct lb_insert_hdr {
 	uint32_t ndim;              /* 1..LB_MAX_NDIM */
 	uint32_t shape[LB_MAX_NDIM]; /* unused dims 0; product * dtype size == bytes */
 	uint64_t bytes;
+	/* Upper bound, in fingerprint bits (0..LB_FP_BITS), of how far these data may be from an
+	 * exact computation of the input: 0 when computed exactly, else the distance of the
+	 * approximate reuse (a hit's hamming) they were computed on. */
+	uint32_t approx;
+	uint32_t reserved;          /* 0 */
 };
 LB_ABI_FIELD(struct lb_insert_hdr, fp, 0, 32);
 LB_ABI_FIELD(struct lb_insert_hdr, exact, 32, 16);
@@ -161,7 +166,9 @@ LB_ABI_FIELD(struct lb_insert_hdr, dtype, 48, 4);
 LB_ABI_FIELD(struct lb_insert_hdr, ndim, 52, 4);
 LB_ABI_FIELD(struct lb_insert_hdr, shape, 56, 16);
 LB_ABI_FIELD(struct lb_insert_hdr, bytes, 72, 8);
-_Static_assert(sizeof(struct lb_insert_hdr) == 80, "abi");
+LB_ABI_FIELD(struct lb_insert_hdr, approx, 80, 4);
+LB_ABI_FIELD(struct lb_insert_hdr, reserved, 84, 4);
+_Static_assert(sizeof(struct lb_insert_hdr) == 88, "abi");
 #define LB_INSERT_HDR_SIZE 128u /* data starts here, cache-line aligned */
 _Static_assert(sizeof(struct lb_insert_hdr) <= LB_INSERT_HDR_SIZE, "abi");
 
@@ -233,6 +240,8 @@ struct lb_entry_hdr {
 	uint64_t bytes;              /* data bytes after this header */
 	uint64_t checksum;           /* XXH3-64 of the data, computed on the arena copy */
 	uint64_t key[2];             /* the input's token hash; a block's chained key */
+	uint32_t approx;             /* the insert's approx: 0 exact (always for a block) */
+	uint32_t reserved;           /* 0 */
 };
 LB_ABI_FIELD(struct lb_entry_hdr, magic, 0, 8);
 LB_ABI_FIELD(struct lb_entry_hdr, model_id, 8, 4);
@@ -244,10 +253,12 @@ LB_ABI_FIELD(struct lb_entry_hdr, shape, 24, 16);
 LB_ABI_FIELD(struct lb_entry_hdr, bytes, 40, 8);
 LB_ABI_FIELD(struct lb_entry_hdr, checksum, 48, 8);
 LB_ABI_FIELD(struct lb_entry_hdr, key, 56, 16);
+LB_ABI_FIELD(struct lb_entry_hdr, approx, 72, 4);
+LB_ABI_FIELD(struct lb_entry_hdr, reserved, 76, 4);
 #define LB_ENTRY_MAGIC 0x5952544e45424cULL /* "LBENTRY" */
 #define LB_ENTRY_LAYER_BLOCK 0xffffu        /* layer of a prefix block entry */
 #define LB_ENTRY_HDR_SIZE 128u
-_Static_assert(sizeof(struct lb_entry_hdr) == 72, "abi");
+_Static_assert(sizeof(struct lb_entry_hdr) == 80, "abi");
 _Static_assert(sizeof(struct lb_entry_hdr) <= LB_ENTRY_HDR_SIZE, "abi");
 _Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8, "abi");
 

@@ -111,7 +111,7 @@ static unsigned status_bit(int32_t s)
 /* A successful insert, for the checks that an unevicted entry is found (and re-inserting it
  * refused). epoch: the drop epoch it was made in (below). */
 struct recent {
-	uint32_t model_id, seq_len, layer;
+	uint32_t model_id, seq_len, layer, approx;
 	uint64_t exact[2];
 	uint64_t epoch;
 };
@@ -492,7 +492,7 @@ static unsigned expect_lookup(const struct run *R, const struct lb_req *r, struc
 			const struct recent *x = &R->recent[i];
 			if (x->epoch == R->epoch && x->model_id == r->model_id &&
 			    x->seq_len == r->seq_len && x->exact[0] == v->q.exact[0] &&
-			    x->exact[1] == v->q.exact[1] &&
+			    x->exact[1] == v->q.exact[1] && !x->approx &&
 			    (r->opcode == LB_OP_LOOKUP_DEEPEST || x->layer == r->layer) &&
 			    (!e || x->layer > e->layer))
 				e = x;
@@ -528,7 +528,8 @@ static unsigned expect_insert(const struct run *R, const struct lb_req *r, struc
 	if (memcmp(R->shadow + r->payload_off + sizeof(v->h), zero, sizeof(zero)))
 		return S_INVAL;
 	if (!shape_valid(v->h.dtype, v->h.ndim, v->h.shape, v->h.bytes) ||
-	    v->h.bytes > r->payload_len - LB_INSERT_HDR_SIZE)
+	    v->h.bytes > r->payload_len - LB_INSERT_HDR_SIZE || v->h.approx > LBP_FP_BITS ||
+	    v->h.reserved)
 		return S_INVAL;
 	v->m = model_of(r->model_id);
 	if (!v->m)
@@ -544,8 +545,11 @@ static unsigned expect_insert(const struct run *R, const struct lb_req *r, struc
 		bool sure = !R->dirty && same->epoch == R->epoch;
 		if (same->seq_len != r->seq_len)
 			return sure ? S_INVAL : allowed | S_INVAL;
-		if (at_layer && at_layer->seq_len == r->seq_len)
+		/* A cached layer gives way only to a more exact insert ("No compounding"). */
+		if (at_layer && at_layer->seq_len == r->seq_len && at_layer->approx <= v->h.approx)
 			return sure && at_layer->epoch == R->epoch ? S_EXIST : allowed | S_EXIST;
+		if (at_layer && at_layer->seq_len == r->seq_len && !(sure && at_layer->epoch == R->epoch))
+			return allowed | S_EXIST;
 	}
 	return allowed;
 }
@@ -748,6 +752,7 @@ static void record_insert(struct run *R, const struct lb_req *r, const struct lb
 	e->model_id = r->model_id;
 	e->seq_len = r->seq_len;
 	e->layer = r->layer;
+	e->approx = h->approx;
 	memcpy(e->exact, h->exact, sizeof(e->exact));
 	e->epoch = R->epoch;
 }
@@ -781,9 +786,13 @@ static void check_lookup_done(struct run *R, const struct lb_req *r, const struc
 	if (k->hamming > LBP_FP_BITS || lbp_fp_similarity(k->hamming) < tau)
 		broken(r, "hit at hamming %u below the threshold %g of layer %u", k->hamming, tau,
 		       k->layer);
-	if (v->must_layer >= 0 && ((int)k->layer < v->must_layer || k->hamming != 0))
-		broken(r, "exact match hit at layer %u hamming %u, want layer >= %d and 0", k->layer,
-		       k->hamming, v->must_layer);
+	if (v->must_layer >= 0 && (int)k->layer < v->must_layer)
+		broken(r, "exact match hit at layer %u, want >= %d", k->layer, v->must_layer);
+	/* An exact-hash hit is as far as its entry's approx: 0 only for an exact entry. */
+	const struct recent *at = recent_of(R, r->model_id, v->q.exact, (int)k->layer);
+	if (v->must_layer >= 0 && at && at->epoch == R->epoch && !R->dirty && k->hamming != at->approx)
+		broken(r, "exact match hit at layer %u hamming %u, want its approx %u", k->layer,
+		       k->hamming, at->approx);
 	take_lease(R, r, k->lease);
 	check_entry(R, r, k);
 }
@@ -799,6 +808,7 @@ static void check_insert_done(struct run *R, const struct lb_req *r, const struc
 	const uint8_t *data = check_entry(R, r, k);
 	const struct lb_entry_hdr *e = entry_at(R, r, k->arena, k->entry_off);
 	if (data && (e->dtype != v->h.dtype || e->ndim != v->h.ndim || e->bytes != v->h.bytes ||
+		     e->approx != v->h.approx ||
 		     memcmp(e->shape, v->h.shape, sizeof(e->shape)) || !key_eq(e->key, v->h.exact) ||
 		     memcmp(data, R->shadow + r->payload_off + LB_INSERT_HDR_SIZE, v->h.bytes)))
 		broken(r, "inserted entry differs from the request's header or data");

@@ -47,7 +47,7 @@
  * file as the specification says, not as the loader does. */
 enum {
 	H_VERSION = 8, H_N_MODELS = 20, H_N_ENTRIES = 24, H_CHECKSUM = 120,
-	E_MODEL = 0, E_LAYER = 4, E_DTYPE = 6, E_SEQ_LEN = 8, E_NDIM = 12, E_SHAPE = 16,
+	E_MODEL = 0, E_LAYER = 4, E_DTYPE = 6, E_SEQ_LEN = 8, E_NDIM = 12, E_APPROX = 14, E_SHAPE = 16,
 	E_BYTES = 32, E_FP = 40, E_EXACT = 72, E_DATA_SUM = 88, E_AGE = 104,
 	E_PARENT = 40, E_INDEX = 56, /* a block's (layer 0xffff), where a layer entry's fp is */
 	REC = 128, BLOCK = 0xffff,
@@ -256,7 +256,8 @@ static bool same_entry(const struct lbd_store_item *it, const struct frec *e)
 	const uint8_t *r = e->r;
 	bool same = it->model_id == e->model + 1 && it->layer == get(r + E_LAYER, 2) &&
 		    it->dtype == get(r + E_DTYPE, 2) && it->seq_len == get(r + E_SEQ_LEN, 4) &&
-		    it->ndim == get(r + E_NDIM, 4) && it->bytes == get(r + E_BYTES, 8) &&
+		    it->ndim == get(r + E_NDIM, 2) && it->approx == get(r + E_APPROX, 2) &&
+		    it->bytes == get(r + E_BYTES, 8) &&
 		    it->checksum == get(r + E_DATA_SUM, 8) && it->exact[0] == e->key[0] &&
 		    it->exact[1] == e->key[1] && memcmp(it->data, r + REC, it->bytes) == 0;
 	for (int i = 0; i < LB_MAX_NDIM; i++)
@@ -276,21 +277,29 @@ static bool holds(struct bank *b, uint64_t off, const struct frec *e, uint64_t b
 	       memcmp(base + LB_ENTRY_HDR_SIZE, e->r + REC, bytes) == 0;
 }
 
-/* Restored layer entry e (item it) is found by its token hash, with its data. */
+/* Restored layer entry e (item it) is found by its token hash, with its data, as far as its
+ * approx says (a threshold of -1 takes any). */
 static void find_layer(struct bank *b, struct lbd_leases *ls, const struct lbd_store_item *it,
 		       const uint8_t *f, const struct frec *e)
 {
+	static float any[LBP_MAX_LAYERS];
+	uint32_t n_layers = b->m.desc[it->model_id - 1].n_layers;
 	struct lb_req q = { .opcode = LB_OP_LOOKUP, .layer = (uint16_t)it->layer,
 			    .model_id = it->model_id, .seq_len = it->seq_len };
-	struct lb_query qy = { .n_thr = 0 };
+	struct lb_query qy = { .n_thr = n_layers };
 	struct lb_cpl cpl = { 0 }, rel = { 0 };
 
+	for (uint32_t l = 0; l < n_layers; l++)
+		any[l] = -1.0f;
 	memcpy(qy.fp, it->fp, sizeof(qy.fp));
 	memcpy(qy.exact, it->exact, sizeof(qy.exact));
-	lbd_store_lookup(b->st, ls, &q, &qy, NULL, &cpl);
+	lbd_store_lookup(b->st, ls, &q, &qy, any, &cpl);
 	if (cpl.status != 0)
 		fail("restored entry at offset %lld not found: %d", (long long)(e->r - f),
 		     cpl.status);
+	if (cpl.hamming != it->approx)
+		fail("restored entry at offset %lld found at hamming %u, its approx is %u",
+		     (long long)(e->r - f), cpl.hamming, it->approx);
 	if (!holds(b, cpl.entry_off, e, it->bytes))
 		fail("entry at offset %lld found with other data", (long long)(e->r - f));
 	lbd_store_release(b->st, ls, cpl.lease, &rel);

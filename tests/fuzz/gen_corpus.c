@@ -1323,7 +1323,7 @@ static void snap_entry(struct snap *s, uint32_t model, uint16_t layer, uint16_t 
 	le_at(r + 4, layer, 2);
 	le_at(r + 6, dtype, 2);
 	le_at(r + 8, seq_len, 4);
-	le_at(r + 12, ndim, 4);
+	le_at(r + 12, ndim, 2); /* approx at 14: 0, exact */
 	for (uint32_t i = 0; i < ndim; i++) {
 		le_at(r + 16 + 4 * i, dims[i], 4);
 		elems *= dims[i];
@@ -1364,7 +1364,7 @@ static void snap_block(struct snap *s, uint32_t model, const struct smodel *m, u
 	le_at(r + 4, 0xffff, 2);
 	le_at(r + 6, m->dtype, 2);
 	le_at(r + 8, (index + 1) * m->block_tokens, 4);
-	le_at(r + 12, 4, 4);
+	le_at(r + 12, 4, 2); /* approx at 14: 0, as every block's */
 	for (int i = 0; i < 4; i++)
 		le_at(r + 16 + 4 * i, shape[i], 4);
 	le_at(r + 32, bytes, 8);
@@ -1385,7 +1385,7 @@ static void snap_end(struct snap *s)
 {
 	uint8_t *h = s->b + 1;
 	memcpy(h, "LBSNAPSH", 8);
-	le_at(h + 8, 2, 4); /* version */
+	le_at(h + 8, 3, 4); /* version */
 	le_at(h + 12, 128, 4);
 	le_at(h + 16, LB_SHM_ABI_VERSION, 4);
 	le_at(h + 20, s->n_models, 4);
@@ -1592,9 +1592,9 @@ static void snapshot_seeds(void)
 	snap_end(&s);
 	le_at(s.b + 1 + 8, 1, 4);
 	snap_put(&s, "version-1");
+	le_at(s.b + 1 + 8, 4, 4);
+	snap_put(&s, "version-4");
 	le_at(s.b + 1 + 8, 3, 4);
-	snap_put(&s, "version-3");
-	le_at(s.b + 1 + 8, 2, 4);
 	s.n -= 64;
 	snap_put(&s, "truncated");
 	s.n = 1 + 100;
