@@ -282,7 +282,7 @@ static void test_names(void **state)
 	(void)state;
 	struct lbw_workload_cfg c = lbw_workload_defaults();
 	assert_int_equal(c.n_requests, 400);
-	assert_true(c.p_exact == 0.65 && c.p_near == 0.20 && c.zipf_s == 1.0 && c.seed == 1);
+	assert_true(c.p_exact == 0.30 && c.p_near == 0.45 && c.zipf_s == 1.0 && c.seed == 1);
 	for (int k = 0; k < 3; k++)
 		assert_int_equal(lbw_req_kind_parse(lbw_req_kind_name((enum lbw_req_kind)k)), k);
 	assert_string_equal(lbw_req_kind_name(LBW_REQ_NEAR), "near");

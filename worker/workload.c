@@ -444,7 +444,7 @@ static int mutate(struct gen *g, const char *base, enum lbw_mutation *mut, char 
 struct lbw_workload_cfg lbw_workload_defaults(void)
 {
 	return (struct lbw_workload_cfg){
-		.n_requests = 400, .p_exact = 0.65, .p_near = 0.20, .zipf_s = 1.0, .seed = 1
+		.n_requests = 400, .p_exact = 0.30, .p_near = 0.45, .zipf_s = 1.0, .seed = 1
 	};
 }
 

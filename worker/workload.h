@@ -71,7 +71,8 @@ struct lbw_workload_cfg {
 	uint64_t seed;       /* every random choice follows from it */
 };
 
-/* n_requests 400, p_exact 0.65, p_near 0.20 (fresh 0.15), zipf_s 1.0, seed 1. */
+/* n_requests 400, p_exact 0.30, p_near 0.45 (fresh 0.25), zipf_s 1.0, seed 1: the design's
+ * realistic mix (DESIGN.md section 6: at most 30% exact repeats, at least 25% fresh). */
 struct lbw_workload_cfg lbw_workload_defaults(void);
 
 /* One request of the stream. */
