@@ -63,6 +63,17 @@ static void expect_close(const float *got, const float *want, int64_t n, double 
 	}
 }
 
+/* Fails at the first float of got [rows][width] whose bits differ from want's. */
+static void expect_rows_equal(const float *got, const float *want, int64_t rows, int64_t width,
+			      const char *what)
+{
+	for (int64_t i = 0; i < rows * width; i++)
+		if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
+			fail_msg("%s: row %lld column %lld: %.9g (%08x), want %.9g (%08x)", what,
+				 (long long)(i / width), (long long)(i % width), (double)got[i],
+				 *(const uint32_t *)&got[i], (double)want[i], *(const uint32_t *)&want[i]);
+}
+
 /*
  * Dot-product tolerance: |fast - ref| <= 4e-6 * sqrt(k) * (1 + |ref|), inputs in [-1, 1].
  * Both sums are fp32 in different orders (sequential vs 16 lanes + FMA). Each rounds ~k partial
@@ -267,6 +278,64 @@ static void test_gemm_epilogue(void **state)
 	check_gemm_ex(9, 150, 1537, 1, 1, LBK_ACT_GELU);
 	check_gemm_ex(128, 3072, 768, 1, 0, LBK_ACT_GELU);
 	check_gemm_ex(128, 768, 3072, 1, 1, LBK_ACT_NONE);
+}
+
+/*
+ * Row invariance: a GEMM over some rows of x, gathered, gives those rows of the GEMM over all of
+ * x bit for bit, with the residual and GELU epilogue too (each row's sums run in one order
+ * whatever tile holds it). A layer computed for chosen positions only builds on this.
+ */
+static void check_gemm_rows(int64_t m, int64_t n, int64_t k, const int64_t *rows, int64_t nr)
+{
+	float *x = rand_buf(m * k, 1, 0), *w = rand_buf(n * k, 1, 0), *bias = rand_buf(n, 1, 0);
+	float *res = rand_buf(m * n, 2, 0), *full = rand_buf(m * n, 1, 0);
+	float *xs = rand_buf(nr * k, 1, 0), *rs = rand_buf(nr * n, 1, 0), *ys = rand_buf(nr * n, 1, 0);
+	float *want = rand_buf(nr * n, 1, 0);
+	struct lbk_packed *p = lbk_pack(w, n, k);
+	assert_non_null(p);
+	for (int64_t r = 0; r < nr; r++) {
+		memcpy(xs + r * k, x + rows[r] * k, (size_t)k * sizeof(float));
+		memcpy(rs + r * n, res + rows[r] * n, (size_t)n * sizeof(float));
+	}
+	char what[128];
+	for (int epi = 0; epi < 2; epi++) {
+		enum lbk_act act = epi ? LBK_ACT_GELU : LBK_ACT_NONE;
+		lbk_gemm_ex(full, x, p, bias, epi ? res : NULL, m, 1, act);
+		lbk_gemm_ex(ys, xs, p, bias, epi ? rs : NULL, nr, 1, act);
+		for (int64_t r = 0; r < nr; r++)
+			memcpy(want + r * n, full + rows[r] * n, (size_t)n * sizeof(float));
+		snprintf(what, sizeof(what), "gemm rows m=%lld n=%lld k=%lld %lld rows epilogue=%d isa=%s",
+			 (long long)m, (long long)n, (long long)k, (long long)nr, epi,
+			 isa_name(lbk_isa()));
+		expect_rows_equal(ys, want, nr, n, what);
+	}
+	lbk_packed_free(p);
+	free(x);
+	free(w);
+	free(bias);
+	free(res);
+	free(full);
+	free(xs);
+	free(rs);
+	free(ys);
+	free(want);
+}
+
+static void test_gemm_rows(void **state)
+{
+	use_tier(state);
+	static const int64_t one[] = { 0 }, last[] = { 16 }, some[] = { 0, 3, 4, 5, 9, 15, 16 };
+	static const int64_t spread[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 40, 63, 64 };
+	static const struct {
+		int64_t m, n, k;
+		const int64_t *rows;
+		int64_t nr;
+	} cases[] = {
+		{ 17, 65, 129, one, 1 },   { 17, 65, 129, last, 1 }, { 17, 97, 769, some, 7 },
+		{ 65, 150, 1537, spread, 13 }, { 1, 7, 17, one, 1 },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+		check_gemm_rows(cases[i].m, cases[i].n, cases[i].k, cases[i].rows, cases[i].nr);
 }
 
 static void test_gemm_bert(void **state)
@@ -651,21 +720,6 @@ static void test_attention_strided(void **state)
 }
 
 /*
- * Causal rows do not depend on later rows: the first n rows of a causal lbk_attention over seq
- * positions equal, bit for bit, a call over those n positions alone (the property prefix reuse
- * builds on).
- */
-static void expect_rows_equal(const float *got, const float *want, int64_t rows, int64_t width,
-			      const char *what)
-{
-	for (int64_t i = 0; i < rows * width; i++)
-		if (memcmp(&got[i], &want[i], sizeof(float)) != 0)
-			fail_msg("%s: row %lld column %lld: %.9g (%08x), want %.9g (%08x)", what,
-				 (long long)(i / width), (long long)(i % width), (double)got[i],
-				 *(const uint32_t *)&got[i], (double)want[i], *(const uint32_t *)&want[i]);
-}
-
-/*
  * Regression: a row whose running output has cancelled to -0 (a denormal scaled to zero by the
  * online softmax) must not turn +0 when a later row of its query block makes the tile add the
  * P.V of keys the row cannot see (0 * v, +0 for v > 0). Row 32 of one head of size 1: key 0
@@ -685,6 +739,134 @@ static void test_attention_causal_signed_zero(void **state)
 	lbk_attention(o33, q, k, v, 33, 1, 1, 1, 1);
 	lbk_attention(o64, q, k, v, S, 1, 1, 1, 1);
 	expect_rows_equal(o64, o33, 33, 1, "causal rows 0..32 of 64 against a call over 33");
+}
+
+/* ---- attention of chosen rows ---- */
+
+/*
+ * lbk_attention_rows on rows pos[0..nr) of a sequence: the rows of lbk_attention_strided over the
+ * whole sequence bit for bit (K and V read with a row pad, the gathered queries and the outputs
+ * at strides of their own), with and without the attention scratch; lbk_attention_rows_ref the
+ * rows of lbk_attention_ref likewise, and the tier's rows within ATT_TOL of the reference's.
+ */
+static void check_attention_rows(int64_t seq, int64_t hs, int64_t nh, int64_t nkv, int causal,
+				 const int64_t *pos, int64_t nr)
+{
+	const int64_t w = nh * hs, kvw = nkv * hs, ldk = kvw + 3, ldq = w + 2, ldo = w + 1;
+	float *q = rand_buf(seq * w, 3, 0), *k = rand_buf(seq * ldk, 3, 0), *v = rand_buf(seq * ldk, 1, 0);
+	float *kc = rand_buf(seq * kvw, 1, 0), *vc = rand_buf(seq * kvw, 1, 0);
+	float *full = rand_buf(seq * w, 1, 0), *ref = rand_buf(seq * w, 1, 0);
+	float *qs = rand_buf(nr * ldq, 1, 0), *got = rand_buf(nr * ldo, 1, 0);
+	float *want = rand_buf(nr * w, 1, 0), *packed = rand_buf(nr * w, 1, 0);
+	for (int64_t t = 0; t < seq; t++) {
+		memcpy(kc + t * kvw, k + t * ldk, (size_t)kvw * sizeof(float));
+		memcpy(vc + t * kvw, v + t * ldk, (size_t)kvw * sizeof(float));
+	}
+	for (int64_t r = 0; r < nr; r++)
+		memcpy(qs + r * ldq, q + pos[r] * w, (size_t)w * sizeof(float));
+	lbk_attention_strided(full, w, q, w, k, ldk, v, ldk, seq, nh, nkv, hs, causal);
+	lbk_attention_ref(ref, q, kc, vc, seq, nh, nkv, hs, causal);
+	char what[128];
+	for (int pass = 0; pass < 3; pass++) {
+		const float *src = pass == 2 ? ref : full;
+		lbk_attention_scratch_limit(pass == 1 ? 0 : SIZE_MAX);
+		if (pass < 2)
+			lbk_attention_rows(got, ldo, qs, ldq, pos, nr, k, ldk, v, ldk, seq, nh, nkv, hs,
+					   causal);
+		else
+			lbk_attention_rows_ref(got, ldo, qs, ldq, pos, nr, kc, kvw, vc, kvw, seq, nh,
+					       nkv, hs, causal);
+		for (int64_t r = 0; r < nr; r++) {
+			memcpy(want + r * w, src + pos[r] * w, (size_t)w * sizeof(float));
+			memcpy(packed + r * w, got + r * ldo, (size_t)w * sizeof(float));
+		}
+		snprintf(what, sizeof(what),
+			 "attention rows %s seq=%lld hs=%lld heads=%lld/%lld causal=%d %lld rows isa=%s",
+			 pass == 0 ? "" : pass == 1 ? "no scratch" : "ref", (long long)seq, (long long)hs,
+			 (long long)nh, (long long)nkv, causal, (long long)nr, isa_name(lbk_isa()));
+		expect_rows_equal(packed, want, nr, w, what);
+		if (pass == 2) { /* the tier's rows against the reference's, as test_attention */
+			for (int64_t r = 0; r < nr; r++)
+				memcpy(packed + r * w, full + pos[r] * w, (size_t)w * sizeof(float));
+			expect_close(packed, want, nr * w, ATT_TOL, 1.0, what);
+		}
+	}
+	lbk_attention_scratch_limit(SIZE_MAX);
+	free(q);
+	free(k);
+	free(v);
+	free(kc);
+	free(vc);
+	free(full);
+	free(ref);
+	free(qs);
+	free(got);
+	free(want);
+	free(packed);
+}
+
+/* Row sets of a sequence of seq: the first, the last, both, every one, about a third at random. */
+static int64_t row_set(int which, int64_t seq, int64_t *pos)
+{
+	int64_t n = 0;
+	for (int64_t t = 0; t < seq; t++) {
+		int take = which == 0 ? t == 0
+			 : which == 1 ? t == seq - 1
+			 : which == 2 ? t == 0 || t == seq - 1
+			 : which == 3 ? 1
+				      : frand() < -0.33f;
+		if (take)
+			pos[n++] = t;
+	}
+	if (n == 0)
+		pos[n++] = seq / 2;
+	return n;
+}
+
+static void test_attention_rows(void **state)
+{
+	use_tier(state);
+	static const int64_t seqs[] = { 1, 7, 17, 40, 65, 129 };
+	static const int64_t hss[] = { 7, 16, 64 };
+	static const int64_t heads[][2] = { { 1, 1 }, { 4, 2 }, { 6, 1 } };
+	int64_t pos[129];
+	for (int a = 0; a < 6; a++)
+		for (int b = 0; b < 3; b++)
+			for (int c = 0; c < 3; c++)
+				for (int causal = 0; causal <= 1; causal++)
+					for (int which = 0; which < 5; which++) {
+						int64_t nr = row_set(which, seqs[a], pos);
+						check_attention_rows(seqs[a], hss[b], heads[c][0],
+								     heads[c][1], causal, pos, nr);
+					}
+}
+
+/* Rows not strictly ascending within the keys, or none: nothing is written. */
+static void test_attention_rows_refused(void **state)
+{
+	use_tier(state);
+	enum { S = 9, HS = 4 };
+	float *q = rand_buf(S * HS, 1, 0), *k = rand_buf(S * HS, 1, 0), *v = rand_buf(S * HS, 1, 0);
+	float out[S * HS], before[S * HS];
+	static const struct {
+		int64_t pos[3], nq, nkeys;
+	} bad[] = {
+		{ { 2, 1, 5 }, 3, S }, { { 2, 2, 5 }, 3, S }, { { 0, 3, 9 }, 3, S },
+		{ { -1, 3, 5 }, 3, S }, { { 0, 1, 2 }, 0, S }, { { 0, 1, 2 }, 3, 2 },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		for (int causal = 0; causal <= 1; causal++) {
+			for (int j = 0; j < S * HS; j++)
+				out[j] = before[j] = (float)j;
+			lbk_attention_rows(out, HS, q, HS, bad[i].pos, bad[i].nq, k, HS, v, HS,
+					   bad[i].nkeys, 1, 1, HS, causal);
+			lbk_attention_rows_ref(out, HS, q, HS, bad[i].pos, bad[i].nq, k, HS, v, HS,
+					       bad[i].nkeys, 1, 1, HS, causal);
+			assert_memory_equal(out, before, sizeof(out));
+		}
+	free(q);
+	free(k);
+	free(v);
 }
 
 /* ---- paged attention ---- */
@@ -1026,6 +1208,7 @@ int main(void)
 		TIERED(test_matmul_odd),
 		TIERED(test_gemm_odd),
 		TIERED(test_gemm_epilogue),
+		TIERED(test_gemm_rows),
 		cmocka_unit_test(test_gemm_bert),
 		cmocka_unit_test(test_gemv_bandwidth),
 		TIERED(test_softmax),
@@ -1036,6 +1219,8 @@ int main(void)
 		TIERED(test_attention),
 		TIERED(test_attention_strided),
 		TIERED(test_attention_causal_signed_zero),
+		TIERED(test_attention_rows),
+		TIERED(test_attention_rows_refused),
 		TIERED(test_attention_paged),
 		TIERED(test_attention_paged_guarded),
 		TIERED(test_attention_no_scratch),

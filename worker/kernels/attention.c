@@ -3,7 +3,7 @@
  * of blocks of positions (a contiguous sequence is one block): a two-pass plain-C reference, and
  * tiled AVX-512 and AVX2 variants (a block of query rows against blocks of keys held in vector
  * lanes, an online softmax, P.V with FMAs). lbk_attention, lbk_attention_strided and
- * lbk_attention_paged all run this one code.
+ * lbk_attention_paged and lbk_attention_rows all run this one code.
  */
 #include <math.h>
 #include <pthread.h>
@@ -30,9 +30,10 @@ struct att {
 	int64_t ldo, ldq, ldk, ldv;
 	int bshift;	  /* 2^bshift positions a block, 0..ONE_BLOCK */
 	int64_t pos0, nq; /* query rows: positions pos0 .. pos0+nq-1 */
-	int64_t nkeys;	  /* keys 0..nkeys-1: pos0 + nq when causal */
+	const int64_t *qpos; /* [nq] or NULL: row r's position instead of pos0 + r, ascending */
+	int64_t nkeys;	  /* keys 0..nkeys-1: past the last row's position when causal */
 	int64_t n_heads, n_kv_heads, hs;
-	int causal; /* row r sees keys 0..pos0+r; otherwise all nkeys (and pos0 is 0) */
+	int causal; /* row r sees keys 0..its position; otherwise all nkeys */
 };
 
 /* Position s's row (every kv head, ld floats apart) in a block table. */
@@ -52,7 +53,9 @@ static inline int64_t key_limit(const struct att *a, int64_t r)
 {
 	if (r > a->nq - 1)
 		r = a->nq - 1;
-	return a->causal ? a->pos0 + r + 1 : a->nkeys;
+	if (!a->causal)
+		return a->nkeys;
+	return (a->qpos ? a->qpos[r] : a->pos0 + r) + 1;
 }
 
 /*
@@ -110,7 +113,8 @@ static void attention_ref(const struct att *a)
  *   O[BQ][hs] = O c + P . V, a register tile per HC columns (broadcast p[r][j], FMA with v[j]);
  * and finally out = O / l. O lives in ob [BQ][hsp] (hsp: hs rounded up to HC), so the tiles
  * load and store it unmasked. A block's last rows past nq repeat row nq-1 and are dropped.
- * Causal blocks stop at the block's last row; each row masks the keys after it.
+ * Causal blocks stop at the key of the block's last row (rows ascend); each row masks the keys
+ * after its own position.
  *
  * Batch invariance: key blocks start at key 0 and hold BK keys whatever the call, so a key sits
  * in the same lane of the same block for every row that sees it, and each row's scores, max,
@@ -259,7 +263,7 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 	int64_t lim[BQ]; /* row r sees keys 0..lim[r]-1 */
 	for (int64_t q0 = 0; q0 < nq; q0 += BQ) {
 		const int64_t rows = nq - q0 < BQ ? nq - q0 : BQ;
-		const int64_t kend = a->causal ? a->pos0 + q0 + rows : a->nkeys;
+		const int64_t kend = key_limit(a, q0 + rows - 1); /* rows ascend */
 		const float *qr[BQ];
 		for (int r = 0; r < BQ; r++) {
 			qr[r] = a->q + (q0 + r < nq ? q0 + r : nq - 1) * a->ldq + h * hs;
@@ -372,7 +376,7 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 	int64_t lim[BQ];
 	for (int64_t q0 = 0; q0 < nq; q0 += BQ) {
 		const int64_t rows = nq - q0 < BQ ? nq - q0 : BQ;
-		const int64_t kend = a->causal ? a->pos0 + q0 + rows : a->nkeys;
+		const int64_t kend = key_limit(a, q0 + rows - 1); /* rows ascend */
 		const float *qr[BQ];
 		for (int r = 0; r < BQ; r++) {
 			qr[r] = a->q + (q0 + r < nq ? q0 + r : nq - 1) * a->ldq + h * hs;
@@ -603,5 +607,47 @@ void lbk_attention_paged_ref(float *out, int64_t ldo, const float *q, int64_t ld
 	struct att a;
 	if (att_paged(&a, out, ldo, q, ldq, pos0, nq, kblk, vblk, ldk, ldv, bshift, n_heads,
 		      n_kv_heads, hs))
+		attention_ref(&a);
+}
+
+/* The call lbk_attention_rows describes; 0 when its arguments leave nothing to do (pos not
+ * strictly ascending within 0..nkeys-1 among them). */
+static int att_rows(struct att *a, float *out, int64_t ldo, const float *q, int64_t ldq,
+		    const int64_t *pos, int64_t nq, const float *const *kb, int64_t ldk,
+		    const float *const *vb, int64_t ldv, int64_t nkeys, int64_t n_heads,
+		    int64_t n_kv_heads, int64_t hs, int causal)
+{
+	if (nq < 1 || !pos || pos[0] < 0 || pos[nq - 1] >= nkeys)
+		return 0;
+	for (int64_t r = 1; r < nq; r++)
+		if (pos[r] <= pos[r - 1])
+			return 0;
+	*a = att_contiguous(out, ldo, q, ldq, kb, ldk, vb, ldv, nq, n_heads, n_kv_heads, hs,
+			    causal);
+	a->qpos = pos;
+	a->nkeys = causal ? pos[nq - 1] + 1 : nkeys; /* no causal row sees past the last one */
+	return att_valid(a);
+}
+
+void lbk_attention_rows(float *out, int64_t ldo, const float *q, int64_t ldq, const int64_t *pos,
+			int64_t nq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+			int64_t nkeys, int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal)
+{
+	const float *kb = k, *vb = v;
+	struct att a;
+	if (att_rows(&a, out, ldo, q, ldq, pos, nq, &kb, ldk, &vb, ldv, nkeys, n_heads, n_kv_heads,
+		     hs, causal))
+		attention_run(&a);
+}
+
+void lbk_attention_rows_ref(float *out, int64_t ldo, const float *q, int64_t ldq,
+			    const int64_t *pos, int64_t nq, const float *k, int64_t ldk,
+			    const float *v, int64_t ldv, int64_t nkeys, int64_t n_heads,
+			    int64_t n_kv_heads, int64_t hs, int causal)
+{
+	const float *kb = k, *vb = v;
+	struct att a;
+	if (att_rows(&a, out, ldo, q, ldq, pos, nq, &kb, ldk, &vb, ldv, nkeys, n_heads, n_kv_heads,
+		     hs, causal))
 		attention_ref(&a);
 }

@@ -138,6 +138,31 @@ void lbk_attention_paged_ref(float *out, int64_t ldo, const float *q, int64_t ld
 			     int64_t n_kv_heads, int64_t hs);
 
 /*
+ * Attention of chosen query rows of a sequence: nq rows at positions pos[0] < pos[1] < ... <
+ * pos[nq-1] < nkeys, K and V the rows of keys 0..nkeys-1 as lbk_attention_strided takes them
+ * (head g of key s at k + s * ldk + g * hs, v likewise). Causal: row r sees keys 0..pos[r];
+ * otherwise all nkeys. Query row r, head h, is q + r * ldq + h * hs; its output out + r * ldo +
+ * h * hs. Grouped-query as lbk_attention, scale 1/sqrt(hs). Nothing is done for nq, n_heads,
+ * n_kv_heads or hs below 1, n_heads not a multiple of n_kv_heads, nkeys above 2^62, or pos not
+ * strictly ascending within 0..nkeys-1.
+ *
+ * Batch invariance as lbk_attention_paged's, bidirectional rows included: on one tier, row r is
+ * bit for bit row pos[r] of lbk_attention_strided over the same K and V (seq = nkeys, causal
+ * alike) whose query row pos[r] is this q row, whatever the other rows (provided, causal, the V
+ * rows of keys up to pos[nq-1] are finite). A layer can so compute some positions of a sequence
+ * alone and get the bits of the whole layer's. Cost: the keys' transpose per kv head (keys
+ * 0..pos[nq-1] causal, all nkeys otherwise), then nq rows of scores and P.V.
+ */
+void lbk_attention_rows(float *out, int64_t ldo, const float *q, int64_t ldq, const int64_t *pos,
+			int64_t nq, const float *k, int64_t ldk, const float *v, int64_t ldv,
+			int64_t nkeys, int64_t n_heads, int64_t n_kv_heads, int64_t hs, int causal);
+/* The plain-C reference, which the scalar tier runs: lbk_attention_ref's rows pos[r]. */
+void lbk_attention_rows_ref(float *out, int64_t ldo, const float *q, int64_t ldq,
+			    const int64_t *pos, int64_t nq, const float *k, int64_t ldk,
+			    const float *v, int64_t ldv, int64_t nkeys, int64_t n_heads,
+			    int64_t n_kv_heads, int64_t hs, int causal);
+
+/*
  * Scratch of the AVX-512 and AVX2 attention: one buffer per thread holding one kv head's K
  * transposed (hs x keys floats, keys rounded up to 32) and an 8-row output tile, about
  * 4 hs (keys + 8) bytes; kept from call to call (grown by half at least when a call needs more)
