@@ -614,6 +614,13 @@ void lb_prefix_done(struct lb_client *c, struct lb_prefix_result *res);
  */
 typedef int (*lb_layer_fn)(void *ctx, uint32_t layer, const float *in, float *out);
 
+/* Layer `layer` for the positions rows[0..n_rows) only (ascending, distinct, < n), given the
+ * whole input in [n][hidden]: out [n_rows][hidden] gets what lb_layer_fn's out would hold at
+ * those rows. Attention reads every position of in (a causal model's row p those up to p).
+ * @return 0 or a negative errno. */
+typedef int (*lb_rows_fn)(void *ctx, uint32_t layer, const float *in, uint32_t n,
+			  const uint32_t *rows, uint32_t n_rows, float *out);
+
 struct lb_lem_cfg {
 	uint32_t model_id;             /* from lb_register_model (unused when c is NULL) */
 	uint32_t n_layers;             /* 1..1024, as registered */
