@@ -146,11 +146,12 @@ void lbw_bert_init_random(struct lbw_bert *m, uint64_t seed)
 
 static void unpack(struct lbw_bert_layer_w *w)
 {
-	lbk_packed_free(w->pqkv);
+	lbk_packed_free(w->pq);
+	lbk_packed_free(w->pkv);
 	lbk_packed_free(w->po);
 	lbk_packed_free(w->p1);
 	lbk_packed_free(w->p2);
-	w->pqkv = w->po = w->p1 = w->p2 = NULL;
+	w->pq = w->pkv = w->po = w->p1 = w->p2 = NULL;
 }
 
 int lbw_bert_pack(struct lbw_bert *m)
@@ -159,11 +160,12 @@ int lbw_bert_pack(struct lbw_bert *m)
 	for (int l = 0; l < m->cfg.n_layers; l++) {
 		struct lbw_bert_layer_w *w = &m->layers[l];
 		unpack(w);
-		w->pqkv = lbk_pack(w->wqkv, 3 * h, h);
+		w->pq = lbk_pack(w->wqkv, h, h);
+		w->pkv = lbk_pack(w->wqkv + h * h, 2 * h, h);
 		w->po = lbk_pack(w->wo, h, h);
 		w->p1 = lbk_pack(w->w1, f, h);
 		w->p2 = lbk_pack(w->w2, h, f);
-		if (!w->pqkv || !w->po || !w->p1 || !w->p2) {
+		if (!w->pq || !w->pkv || !w->po || !w->p1 || !w->p2) {
 			unpack(w);
 			return -ENOMEM;
 		}
@@ -230,32 +232,42 @@ static size_t scratch_floats(const struct lbw_bert *m, int64_t n)
 	return (size_t)n * (size_t)(3 * m->cfg.hidden + 3 * m->cfg.hidden + m->cfg.ffn);
 }
 
-/* Attention of heads h0..h0+heads-1, read in place from qkv [n][3h] into att [n][h]. */
+/*
+ * Attention of heads h0..h0+heads-1 of nq query rows q [nq][h] over the keys and values of nkeys
+ * positions, kv [nkeys][2h] (K, then V), into att [nq][h]: every position (pos NULL, nq = nkeys)
+ * or the positions pos[0..nq) (lbk_attention_rows, bit for bit those rows of the former).
+ */
 struct attn_job {
 	float *att;
-	const float *qkv;
-	int64_t n, h, h0, heads, hs;
+	const float *q, *kv;
+	const int64_t *pos;
+	int64_t nq, nkeys, h, h0, heads, hs;
 	int causal;
 };
 
 static void *attn_run(void *arg)
 {
 	struct attn_job *j = arg;
-	const int64_t off = j->h0 * j->hs;
-	lbk_attention_strided(j->att + off, j->h, j->qkv + off, 3 * j->h, j->qkv + j->h + off,
-			      3 * j->h, j->qkv + 2 * j->h + off, 3 * j->h, j->n, j->heads, j->heads,
-			      j->hs, j->causal);
+	const int64_t off = j->h0 * j->hs, h = j->h;
+	if (j->pos)
+		lbk_attention_rows(j->att + off, h, j->q + off, h, j->pos, j->nq, j->kv + off, 2 * h,
+				   j->kv + h + off, 2 * h, j->nkeys, j->heads, j->heads, j->hs,
+				   j->causal);
+	else
+		lbk_attention_strided(j->att + off, h, j->q + off, h, j->kv + off, 2 * h,
+				      j->kv + h + off, 2 * h, j->nq, j->heads, j->heads, j->hs,
+				      j->causal);
 	return NULL;
 }
 
 #define LBW_ATTN_MAX_GROUPS 16
 
-/* att[n][h] = attention over qkv[n][3h], the heads split into up to threads groups run side by
- * side; each group reads its heads' columns of qkv and writes its columns of att. */
-static void attention_groups(const struct lbw_bert *m, int64_t n, const float *qkv, float *att,
-			     int threads)
+/* The attention of job (heads 0..heads-1 of the model), the heads split into up to threads
+ * groups run side by side; each group reads its heads' columns of q and kv and writes its
+ * columns of att. */
+static void attention_groups(const struct lbw_bert *m, struct attn_job job, int threads)
 {
-	const int64_t h = m->cfg.hidden, heads = m->cfg.heads, hs = h / heads;
+	const int64_t heads = m->cfg.heads;
 	int groups = threads < 1 ? 1 : threads;
 	if (groups > heads)
 		groups = (int)heads;
@@ -265,9 +277,9 @@ static void attention_groups(const struct lbw_bert *m, int64_t n, const float *q
 	pthread_t tid[LBW_ATTN_MAX_GROUPS];
 	int started[LBW_ATTN_MAX_GROUPS] = { 0 };
 	for (int g = 0; g < groups; g++) {
-		int64_t h0 = heads * g / groups, hg = heads * (g + 1) / groups - h0;
-		jobs[g] = (struct attn_job){ att, qkv, n, h, h0, hg, hs,
-					     m->cfg.style == LBW_STYLE_GPT2 };
+		jobs[g] = job;
+		jobs[g].h0 = heads * g / groups;
+		jobs[g].heads = heads * (g + 1) / groups - jobs[g].h0;
 	}
 	for (int g = 1; g < groups; g++)
 		started[g] = pthread_create(&tid[g], NULL, attn_run, &jobs[g]) == 0;
@@ -281,30 +293,20 @@ static void attention_groups(const struct lbw_bert *m, int64_t n, const float *q
 }
 
 /*
- * One layer with caller's scratch buf [scratch_floats(m, n)]; arguments already checked. The
+ * The rest of a layer after its attention att [n][h], for n rows whose input (the residual the
+ * attention adds to) is resid [n][h]: output projection and residual, norms, FFN, into out
+ * [n][h] (which may be resid: it is written last). Scratch res and x [n][h], ff [n][f]. The
  * residual adds and GELU run in the GEMMs' epilogues (lbk_gemm_ex), on the tiles in registers.
  */
-static void layer_run(const struct lbw_bert *m, int l, int64_t n, const float *in, float *out,
-		      int threads, float *buf)
+static void layer_tail(const struct lbw_bert *m, const struct lbw_bert_layer_w *w, int64_t n,
+		       const float *att, const float *resid, float *out, int threads, float *res,
+		       float *x, float *ff)
 {
-	const struct lbw_bert_layer_w *w = &m->layers[l];
 	const int64_t h = m->cfg.hidden;
 	const float eps = m->cfg.eps;
 	const int gpt2 = m->cfg.style == LBW_STYLE_GPT2;
-	/* qkv [n][3h]; att res x [n][h] each; ff [n][f] */
-	float *qkv = buf, *att = qkv + n * 3 * h, *res = att + n * h, *x = res + n * h;
-	float *ff = x + n * h;
-
-	/* attention block: GPT-2 normalises its input first (pre-LN) */
-	const float *a_in = in;
-	if (gpt2) {
-		layernorm_rows(x, in, w->ln1_g, w->ln1_b, n, h, eps);
-		a_in = x;
-	}
-	lbk_gemm(qkv, a_in, w->pqkv, w->bqkv, n, threads);
-	attention_groups(m, n, qkv, att, threads);
-	/* res = in + attention */
-	lbk_gemm_ex(res, att, w->po, w->bo, in, n, threads, LBK_ACT_NONE);
+	/* res = resid + attention */
+	lbk_gemm_ex(res, att, w->po, w->bo, resid, n, threads, LBK_ACT_NONE);
 	/* FFN on f_in; res is the residual it adds to (BERT's is its own normalised input) */
 	const float *f_in = res;
 	if (!gpt2) {
@@ -319,12 +321,37 @@ static void layer_run(const struct lbw_bert *m, int l, int64_t n, const float *i
 		layernorm_rows(out, out, w->ln2_g, w->ln2_b, n, h, eps);
 }
 
+/* One layer with caller's scratch buf [scratch_floats(m, n)]; arguments already checked. */
+static void layer_run(const struct lbw_bert *m, int l, int64_t n, const float *in, float *out,
+		      int threads, float *buf)
+{
+	const struct lbw_bert_layer_w *w = &m->layers[l];
+	const int64_t h = m->cfg.hidden;
+	const int gpt2 = m->cfg.style == LBW_STYLE_GPT2;
+	/* q att res x [n][h] each; kv [n][2h]; ff [n][f] */
+	float *q = buf, *att = q + n * h, *res = att + n * h, *x = res + n * h, *kv = x + n * h;
+	float *ff = kv + n * 2 * h;
+
+	/* attention block: GPT-2 normalises its input first (pre-LN) */
+	const float *a_in = in;
+	if (gpt2) {
+		layernorm_rows(x, in, w->ln1_g, w->ln1_b, n, h, m->cfg.eps);
+		a_in = x;
+	}
+	lbk_gemm(q, a_in, w->pq, w->bqkv, n, threads);
+	lbk_gemm(kv, a_in, w->pkv, w->bqkv + h, n, threads);
+	attention_groups(m, (struct attn_job){ .att = att, .q = q, .kv = kv, .nq = n, .nkeys = n,
+					       .h = h, .hs = h / m->cfg.heads, .causal = gpt2 },
+			 threads);
+	layer_tail(m, w, n, att, in, out, threads, res, x, ff);
+}
+
 static int layer_ok(const struct lbw_bert *m, int l, int64_t n)
 {
 	if (l < 0 || l >= m->cfg.n_layers || n < 1 || n > m->cfg.max_seq)
 		return 0;
 	const struct lbw_bert_layer_w *w = &m->layers[l];
-	return w->pqkv && w->po && w->p1 && w->p2;
+	return w->pq && w->pkv && w->po && w->p1 && w->p2;
 }
 
 int lbw_bert_layer(const struct lbw_bert *m, int l, int64_t n, const float *in, float *out,

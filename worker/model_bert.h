@@ -48,8 +48,10 @@ struct lbw_bert_layer_w {
 	float *b2;    /* [hidden] */
 	float *ln2_g; /* [hidden] BERT: output.LayerNorm; GPT-2: ln_2 */
 	float *ln2_b; /* [hidden] */
-	/* Packed copies of wqkv, wo, w1, w2, made by lbw_bert_pack; NULL before. */
-	struct lbk_packed *pqkv, *po, *p1, *p2;
+	/* Packed copies made by lbw_bert_pack, NULL before: wqkv's query rows (pq) and its key and
+	 * value rows (pkv) apart, so that a layer can project K and V for every position and Q for
+	 * some (lbw_bert_layer_rows); wo, w1, w2. */
+	struct lbk_packed *pq, *pkv, *po, *p1, *p2;
 };
 
 /*
