@@ -1,7 +1,8 @@
 /*
  * BERT / GPT-2 shaped encoders: the lbk_* forward against an independent fp64 forward on small
- * shapes, determinism of generated weights, safetensors round trips and hostile files, and
- * layerbank-worker score / serve on safetensors files written here, against the library.
+ * shapes, determinism of generated weights, safetensors round trips and hostile files,
+ * layerbank-worker score / serve on safetensors files written here, against the library, and a
+ * layer for chosen positions against the whole layer.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +19,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "kernels.h"
 #include "model_bert.h"
 #include "safetensors.h"
 #include "testutil.h"
@@ -952,6 +954,131 @@ static void test_cli_bad_files(void **state)
 	lbu_rmtree(dir);
 }
 
+/* ---- a layer for chosen positions (lbw_bert_layer_rows, lbw_scorer_rows) ---- */
+
+/* Fails unless got [n_rows][h] holds the rows rows[] of full [][h], bit for bit. */
+static void expect_rows(const float *got, const float *full, const uint32_t *rows,
+			uint32_t n_rows, int64_t h, const char *what)
+{
+	long long d = lbt_rows_diff(got, full, rows, n_rows, (size_t)h);
+	if (d >= 0) {
+		uint32_t r = (uint32_t)(d / h), col = (uint32_t)(d % h);
+		fail_msg("%s: row %u (position %u) column %u: %.9g, the whole layer's %.9g", what, r,
+			 rows[r], col, (double)got[d], (double)full[(int64_t)rows[r] * h + col]);
+	}
+}
+
+/* The tiers this CPU has, best first; LBK_ISA_SCALAR ends the list. */
+static int tiers(enum lbk_isa *out)
+{
+	lbk_force_isa(LBK_ISA_AVX512);
+	int k = 0;
+	for (int t = (int)lbk_isa(); t >= (int)LBK_ISA_SCALAR; t--)
+		out[k++] = (enum lbk_isa)t;
+	return k;
+}
+
+/*
+ * Layer by layer from the embedding of n tokens, on the tier in force: lbw_bert_layer_rows on
+ * every row set gives those rows of lbw_bert_layer's output bit for bit, on 1 and 3 threads,
+ * and in place (out = in).
+ */
+static void check_layer_rows(const struct lbw_bert *m, int64_t n)
+{
+	const int64_t h = m->cfg.hidden;
+	const size_t bytes = (size_t)n * (size_t)h * sizeof(float);
+	float *in = malloc(bytes), *full = malloc(bytes), *got = malloc(bytes);
+	uint32_t *rows = malloc((size_t)n * sizeof(uint32_t));
+	int32_t *tok = malloc((size_t)n * sizeof(int32_t));
+	assert_true(in && full && got && rows && tok);
+	tokens(tok, n, m->cfg.vocab);
+	assert_int_equal(lbw_bert_embed(m, n, tok, in), 0);
+	char what[160];
+	for (int l = 0; l < m->cfg.n_layers; l++) {
+		assert_int_equal(lbw_bert_layer(m, l, n, in, full, 1), 0);
+		for (int which = 0; which < LBT_ROW_SETS; which++) {
+			uint32_t nr = lbt_row_set(which, (uint32_t)n, (uint64_t)(7 * l + which), rows);
+			snprintf(what, sizeof(what), "%s hidden %d n %lld layer %d, %u rows (set %d), %s",
+				 m->cfg.style == LBW_STYLE_GPT2 ? "GPT-2" : "BERT", (int)h, (long long)n,
+				 l, nr, which, lbk_isa_name(lbk_isa()));
+			int threads = which % 2 ? 3 : 1;
+			assert_int_equal(lbw_bert_layer_rows(m, l, n, in, rows, nr, got, threads), 0);
+			expect_rows(got, full, rows, nr, h, what);
+			memcpy(got, in, bytes);
+			assert_int_equal(lbw_bert_layer_rows(m, l, n, got, rows, nr, got, 1), 0);
+			expect_rows(got, full, rows, nr, h, what);
+		}
+		memcpy(in, full, bytes);
+	}
+	free(in);
+	free(full);
+	free(got);
+	free(rows);
+	free(tok);
+}
+
+/* Both styles, a small shape (head size 16) and the CLI files' (head size 64), on every tier;
+ * n across the attention's query blocks (6, 8) and key blocks (16, 32). */
+static void test_layer_rows(void **state)
+{
+	(void)state;
+	static const int64_t ns_small[] = { 1, 9, 32 }, ns_cli[] = { 1, 40, 128 };
+	enum lbk_isa isa[3];
+	int n_isa = tiers(isa);
+	for (int style = 0; style < 2; style++)
+		for (int shape = 0; shape < 2; shape++) {
+			struct lbw_bert_config c = shape ? cli_shape(style) : small(style);
+			const int64_t *ns = shape ? ns_cli : ns_small;
+			struct lbw_bert *m = make_shaped(c, 5);
+			for (int t = 0; t < n_isa; t++) {
+				lbk_force_isa(isa[t]);
+				for (int i = 0; i < 3; i++)
+					check_layer_rows(m, ns[i]);
+			}
+			lbw_bert_free(m);
+		}
+	lbk_force_isa(LBK_ISA_AVX512);
+}
+
+/* What lbw_bert_layer_rows refuses (-EINVAL), out untouched. */
+static void test_layer_rows_refused(void **state)
+{
+	(void)state;
+	struct lbw_bert_config c = small(LBW_STYLE_GPT2);
+	struct lbw_bert *m = make_shaped(c, 3);
+	static const struct {
+		int l;
+		int64_t n;
+		uint32_t rows[3];
+		int64_t n_rows;
+	} bad[] = {
+		{ 0, 9, { 2, 1, 5 }, 3 },  /* not ascending */
+		{ 0, 9, { 2, 2, 5 }, 3 },  /* not distinct */
+		{ 0, 9, { 0, 3, 9 }, 3 },  /* a row at n */
+		{ 0, 9, { 0, 1, 2 }, 0 },  /* none */
+		{ 0, 2, { 0, 1, 2 }, 3 },  /* more than n */
+		{ 2, 9, { 0, 1, 2 }, 3 },  /* no layer 2 */
+		{ -1, 9, { 0, 1, 2 }, 3 }, /* nor -1 */
+		{ 0, 33, { 0, 1, 2 }, 3 }, /* n above max_seq */
+		{ 0, 0, { 0, 1, 2 }, 1 },  /* n 0 */
+	};
+	float *in = calloc(40 * 64, sizeof(float)), *out = malloc(40 * 64 * sizeof(float));
+	assert_true(in && out);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		memset(out, 0x5a, 40 * 64 * sizeof(float));
+		int rc = lbw_bert_layer_rows(m, bad[i].l, bad[i].n, in, bad[i].rows, bad[i].n_rows,
+					     out, 1);
+		if (rc != -EINVAL)
+			fail_msg("case %zu: %d, want -EINVAL", i, rc);
+		for (size_t j = 0; j < 40 * 64 * sizeof(float); j++)
+			assert_int_equal(((unsigned char *)out)[j], 0x5a);
+	}
+	assert_int_equal(lbw_bert_layer_rows(m, 0, 9, in, NULL, 1, out, 1), -EINVAL);
+	free(in);
+	free(out);
+	lbw_bert_free(m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -966,6 +1093,8 @@ int main(void)
 		cmocka_unit_test(test_cli_score_bert_file),
 		cmocka_unit_test(test_cli_file_identity),
 		cmocka_unit_test(test_cli_bad_files),
+		cmocka_unit_test(test_layer_rows),
+		cmocka_unit_test(test_layer_rows_refused),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -415,6 +415,36 @@ void lbt_fill_uniform(float *h, size_t n, uint64_t s)
 	}
 }
 
+uint32_t lbt_row_set(int which, uint32_t n, uint64_t seed, uint32_t *rows)
+{
+	uint32_t k = 0;
+	for (uint32_t t = 0; t < n; t++) {
+		seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+		int take = which == 0 ? t == 0
+			 : which == 1 ? t == n - 1
+			 : which == 2 ? t == 0 || t == n - 1
+			 : which == 3 ? 1
+			 : which == 4 ? (seed >> 33) % 3 == 0
+				      : t == n / 2;
+		if (take)
+			rows[k++] = t;
+	}
+	if (k == 0)
+		rows[k++] = n / 2;
+	return k;
+}
+
+long long lbt_rows_diff(const float *got, const float *full, const uint32_t *rows,
+			uint32_t n_rows, size_t width)
+{
+	for (uint32_t r = 0; r < n_rows; r++)
+		for (size_t i = 0; i < width; i++)
+			if (memcmp(&got[(size_t)r * width + i], &full[(size_t)rows[r] * width + i],
+				   sizeof(float)) != 0)
+				return (long long)((size_t)r * width + i);
+	return -1;
+}
+
 long lbt_cpu_ticks(pid_t pid)
 {
 	char path[64], buf[1024];

@@ -134,6 +134,18 @@ long lbt_cpu_ticks(pid_t pid);
 /* n floats in [-0.5, 0.5) from a 64-bit LCG started at s: a toy model's input. */
 void lbt_fill_uniform(float *h, size_t n, uint64_t s);
 
+/*
+ * The sets of positions a test of a layer for chosen positions (lb_rows_fn) runs, by which, 0 ..
+ * LBT_ROW_SETS - 1: the first of n, the last, both, every one, about a third drawn from seed (at
+ * least one), the middle one. rows [n], ascending. @return how many.
+ */
+#define LBT_ROW_SETS 6
+uint32_t lbt_row_set(int which, uint32_t n, uint64_t seed, uint32_t *rows);
+/* The first float of got [n_rows][width] whose bits differ from those of row rows[r] of full
+ * [][width], as r * width + column; -1 when every one is the same. */
+long long lbt_rows_diff(const float *got, const float *full, const uint32_t *rows,
+			uint32_t n_rows, size_t width);
+
 /* Print a file to stdout (a daemon log when a test fails). */
 void lbt_cat(const char *path);
 

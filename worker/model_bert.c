@@ -367,6 +367,78 @@ int lbw_bert_layer(const struct lbw_bert *m, int l, int64_t n, const float *in, 
 	return 0;
 }
 
+/* rows[0..n_rows) ascending below n, n_rows in 1..n. */
+static int rows_ok(int64_t n, const uint32_t *rows, int64_t n_rows)
+{
+	if (!rows || n_rows < 1 || n_rows > n || rows[n_rows - 1] >= n)
+		return 0;
+	for (int64_t r = 1; r < n_rows; r++)
+		if (rows[r] <= rows[r - 1])
+			return 0;
+	return 1;
+}
+
+/* dst [n_rows][h] = src's rows rows[0..n_rows); pos gets them as int64 when not NULL. */
+static void gather(float *dst, const float *src, const uint32_t *rows, int64_t n_rows, int64_t h,
+		   int64_t *pos)
+{
+	for (int64_t r = 0; r < n_rows; r++) {
+		memcpy(dst + r * h, src + (int64_t)rows[r] * h, (size_t)h * sizeof(float));
+		if (pos)
+			pos[r] = rows[r];
+	}
+}
+
+/*
+ * lbw_bert_layer_rows with scratch pos [R] (the rows as the kernel takes them) and buf (the
+ * sizes below), arguments checked: K and V of the nk positions the attention reads, then the
+ * rest on the R gathered rows. Every read of in comes before the tail writes out.
+ */
+static void layer_rows_run(const struct lbw_bert *m, int l, int64_t nk, const float *in,
+			   const uint32_t *rows, int64_t R, float *out, int threads, int64_t *pos,
+			   float *buf)
+{
+	const struct lbw_bert_layer_w *w = &m->layers[l];
+	const int64_t h = m->cfg.hidden;
+	const int gpt2 = m->cfg.style == LBW_STYLE_GPT2;
+	/* kv [nk][2h]; xn [nk][h] (GPT-2's normalised input); g rin q att res [R][h]; ff [R][f] */
+	float *kv = buf, *xn = kv + nk * 2 * h, *g = xn + (gpt2 ? nk * h : 0), *rin = g + R * h;
+	float *q = rin + R * h, *att = q + R * h, *res = att + R * h, *ff = res + R * h;
+
+	const float *a_in = in;
+	if (gpt2) {
+		layernorm_rows(xn, in, w->ln1_g, w->ln1_b, nk, h, m->cfg.eps);
+		a_in = xn;
+	}
+	lbk_gemm(kv, a_in, w->pkv, w->bqkv + h, nk, threads);
+	gather(g, a_in, rows, R, h, pos);
+	gather(rin, in, rows, R, h, NULL);
+	lbk_gemm(q, g, w->pq, w->bqkv, R, threads);
+	attention_groups(m, (struct attn_job){ .att = att, .q = q, .kv = kv, .pos = pos, .nq = R,
+					       .nkeys = nk, .h = h, .hs = h / m->cfg.heads,
+					       .causal = gpt2 },
+			 threads);
+	layer_tail(m, w, R, att, rin, out, threads, res, g, ff); /* g is free again: tail's x */
+}
+
+int lbw_bert_layer_rows(const struct lbw_bert *m, int l, int64_t n, const float *in,
+			const uint32_t *rows, int64_t n_rows, float *out, int threads)
+{
+	if (!layer_ok(m, l, n) || !rows_ok(n, rows, n_rows))
+		return -EINVAL;
+	const int gpt2 = m->cfg.style == LBW_STYLE_GPT2;
+	const size_t h = (size_t)m->cfg.hidden, R = (size_t)n_rows;
+	/* causal: no row reads past the last one's position */
+	const size_t nk = gpt2 ? (size_t)rows[n_rows - 1] + 1 : (size_t)n;
+	size_t floats = nk * (gpt2 ? 3 : 2) * h + R * (5 * h + (size_t)m->cfg.ffn);
+	int64_t *pos = malloc(R * sizeof(int64_t) + floats * sizeof(float));
+	if (!pos)
+		return -ENOMEM;
+	layer_rows_run(m, l, (int64_t)nk, in, rows, n_rows, out, threads, pos, (float *)(pos + R));
+	free(pos);
+	return 0;
+}
+
 int lbw_bert_forward(const struct lbw_bert *m, int64_t n, const int32_t *tokens, float *out,
 		     int threads)
 {

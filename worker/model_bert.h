@@ -96,6 +96,19 @@ int lbw_bert_embed(const struct lbw_bert *m, int64_t n, const int32_t *tokens, f
  */
 int lbw_bert_layer(const struct lbw_bert *m, int l, int64_t n, const float *in, float *out,
 		   int threads);
+/*
+ * Layer l for the positions rows[0..n_rows) of an input of n (ascending, distinct, below n)
+ * only: out [n_rows][hidden] gets, bit for bit, those rows of lbw_bert_layer's out from the same
+ * in [n][hidden], on the same tier. K and V are projected for every position the attention reads
+ * (all n; GPT-2, causal: those up to the last row), Q, attention, output projection, norms and
+ * FFN for the chosen rows only (lbk_attention_rows, and GEMMs over the gathered rows, which give
+ * a row the same sums as over all). out may be in: in is read before out is written. threads as
+ * lbw_bert_layer's.
+ * @return 0; -EINVAL (bad l or n, n_rows outside 1..n, rows not ascending below n, not
+ * packed); -ENOMEM (scratch).
+ */
+int lbw_bert_layer_rows(const struct lbw_bert *m, int l, int64_t n, const float *in,
+			const uint32_t *rows, int64_t n_rows, float *out, int threads);
 /* Embed, every layer, then lbw_bert_final: out[n][hidden] the last hidden states.
  * @return as lbw_bert_embed and lbw_bert_layer. */
 int lbw_bert_forward(const struct lbw_bert *m, int64_t n, const int32_t *tokens, float *out,
