@@ -1,7 +1,8 @@
 /*
  * The llama reference path: greedy output against llama2.c's golden text, scores against an
  * independent fp64 forward pass, tokenizer round trips, hostile checkpoint and tokenizer files,
- * the generated decoders (lbw_llama_generate, llama-110m) and the layerbank-worker command line.
+ * the generated decoders (lbw_llama_generate, llama-110m), the layerbank-worker command line, and
+ * a layer for chosen positions against the whole layer.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels.h"
 #include "model_llama.h"
 #include "testutil.h"
 #include "tokenizer.h"
@@ -1232,6 +1234,114 @@ static void test_cli_llama_110m_serve(void **state)
 	lbu_rmtree(dir);
 }
 
+/* ---------- a layer for chosen positions (lbw_llama_layer_rows, lbw_scorer_rows) ---------- */
+
+/* BOS and the first tokens of tinystories_val.txt, n of them into toks [n]. */
+static void text_tokens(const struct fixture *fx, int32_t n, int32_t *toks)
+{
+	char *text = slurp(VAL, NULL);
+	size_t cut = strlen(text) < 2000 ? strlen(text) : 2000; /* encoding is quadratic */
+	text[cut] = '\0';
+	int32_t *all = malloc((cut + 3) * sizeof(int32_t));
+	assert_non_null(all);
+	int got = lbw_tokenizer_encode(&fx->t, text, 1, 0, all);
+	assert_true(got >= n);
+	memcpy(toks, all, (size_t)n * sizeof(int32_t));
+	free(all);
+	free(text);
+}
+
+/* Fails unless got [n_rows][dim] holds the rows rows[] of full [][dim], bit for bit. */
+static void expect_rows(const float *got, const float *full, const uint32_t *rows,
+			uint32_t n_rows, int64_t dim, const char *what)
+{
+	long long d = lbt_rows_diff(got, full, rows, n_rows, (size_t)dim);
+	if (d >= 0) {
+		uint32_t r = (uint32_t)(d / dim), col = (uint32_t)(d % dim);
+		fail_msg("%s: row %u (position %u) column %u: %.9g, the whole layer's %.9g", what, r,
+			 rows[r], col, (double)got[d], (double)full[(int64_t)rows[r] * dim + col]);
+	}
+}
+
+/*
+ * Layers 0..layers-1 from the embedding of toks [n], on m's current path and tier: on every
+ * row set lbw_llama_layer_rows gives those rows of lbw_llama_layer_seq's output bit for bit, in
+ * place too, and leaves the state's KV blocks as the whole layer wrote them.
+ */
+static void check_layer_rows(const struct lbw_llama *m, const int32_t *toks, int32_t n,
+			     int32_t layers)
+{
+	struct lbw_llama_state s;
+	const int64_t dim = m->cfg.dim;
+	const size_t bytes = (size_t)n * (size_t)dim * sizeof(float);
+	assert_int_equal(lbw_llama_state_init(&s, &m->cfg), 0);
+	const size_t kvb = (size_t)s.n_blocks * s.block_floats * sizeof(float);
+	float *in = malloc(bytes), *full = malloc(bytes), *got = malloc(bytes), *kv = malloc(kvb);
+	uint32_t *rows = malloc((size_t)n * sizeof(uint32_t));
+	assert_true(in && full && got && kv && rows);
+	lbw_llama_embed_seq(m, toks, n, in);
+	char what[160];
+	for (int32_t l = 0; l < layers; l++) {
+		lbw_llama_layer_seq(m, &s, l, n, in, full);
+		memcpy(kv, s.kv, kvb);
+		for (int which = 0; which < LBT_ROW_SETS; which++) {
+			uint32_t nr = lbt_row_set(which, (uint32_t)n, (uint64_t)(11 * l + which), rows);
+			snprintf(what, sizeof(what), "dim %d n %d layer %d, %u rows (set %d), %s",
+				 (int)dim, (int)n, (int)l, nr, which,
+				 m->reference ? "reference" : lbk_isa_name(lbk_isa()));
+			assert_int_equal(lbw_llama_layer_rows(m, &s, l, n, in, rows, (int32_t)nr, got), 0);
+			expect_rows(got, full, rows, nr, dim, what);
+			memcpy(got, in, bytes);
+			assert_int_equal(lbw_llama_layer_rows(m, &s, l, n, got, rows, (int32_t)nr, got), 0);
+			expect_rows(got, full, rows, nr, dim, what);
+			assert_memory_equal(s.kv, kv, kvb);
+		}
+		memcpy(in, full, bytes);
+	}
+	free(in);
+	free(full);
+	free(got);
+	free(kv);
+	free(rows);
+	lbw_llama_state_free(&s);
+}
+
+/* stories260K on every tier and on the plain-C reference, n across the attention's query and
+ * key blocks; a generated shape of head size 16 and three query heads a KV head. */
+static void test_layer_rows(void **state)
+{
+	struct fixture *fx = *state;
+	static const int32_t ns[] = { 1, 7, 33, 200 };
+	int32_t toks[200];
+	text_tokens(fx, 200, toks);
+	lbk_force_isa(LBK_ISA_AVX512);
+	for (int t = (int)lbk_isa(); t >= (int)LBK_ISA_SCALAR; t--) {
+		lbk_force_isa((enum lbk_isa)t);
+		for (int i = 0; i < 4; i++)
+			check_layer_rows(&fx->m, toks, ns[i], fx->m.cfg.n_layers);
+	}
+	lbk_force_isa(LBK_ISA_AVX512);
+	lbw_llama_set_reference(&fx->m, 1);
+	check_layer_rows(&fx->m, toks, 33, fx->m.cfg.n_layers);
+	lbw_llama_set_reference(&fx->m, 0);
+
+	struct lbw_llama_config c = small_shape();
+	struct lbw_llama g;
+	generate_ok(&g, &c, 3);
+	check_layer_rows(&g, toks, 1, c.n_layers);
+	check_layer_rows(&g, toks, 64, c.n_layers);
+	lbw_llama_free(&g);
+}
+
+/* llama-110m (head size 64, 12 query heads on 4 KV heads) at 256 tokens, two layers. */
+static void test_layer_rows_llama_110m(void **state)
+{
+	struct fixture *fx = *state;
+	int32_t toks[256];
+	text_tokens(fx, 256, toks);
+	check_layer_rows(big_model(fx), toks, 256, 2);
+}
+
 int main(void)
 {
 	const char *need[] = { MODEL, TOK, GREEDY, VAL };
@@ -1258,6 +1368,8 @@ int main(void)
 		cmocka_unit_test(test_cli_llama_110m_generate),
 		cmocka_unit_test(test_cli_llama_110m_score),
 		cmocka_unit_test(test_cli_llama_110m_serve),
+		cmocka_unit_test(test_layer_rows),
+		cmocka_unit_test(test_layer_rows_llama_110m),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -651,6 +651,80 @@ void lbw_llama_layer_seq(const struct lbw_llama *m, struct lbw_llama_state *s, i
 			layer_at(m, s, out + (size_t)pos * dim, l, pos);
 }
 
+/*
+ * lbw_llama_layer_rows on the kernels, the layer of rows_lbk cut in two: K and V of positions
+ * 0..nk-1 from all of in, then the rest for the R gathered rows. @return 0; -1 when the scratch
+ * could not be allocated (nothing was changed).
+ */
+static int layer_rows_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l,
+			  const float *in, const uint32_t *rows, int32_t n_rows, float *out)
+{
+	const struct lbw_llama_config *c = &m->cfg;
+	int64_t dim = c->dim, hid = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size;
+	int64_t L = l, R = n_rows, nk = (int64_t)rows[n_rows - 1] + 1;
+	/* pos [R] int64 (2 floats each), then xb [nk][dim], kn vn [nk][kv_dim], x g q ao [R][dim],
+	 * hb hb2 [R][hid] */
+	float *buf = scratch(s, (size_t)(2 * R + nk * (dim + 2 * kv_dim) + R * (4 * dim + 2 * hid)));
+	if (!buf)
+		return -1;
+	int64_t *pos = (int64_t *)buf;
+	float *xb = buf + 2 * R, *kn = xb + nk * dim, *vn = kn + nk * kv_dim, *x = vn + nk * kv_dim;
+	float *g = x + R * dim, *q = g + R * dim, *ao = q + R * dim, *hb = ao + R * dim;
+	float *hb2 = hb + R * hid;
+	struct lbk_packed *const *P = m->packed + L * LBW_LLAMA_NMAT;
+
+	for (int64_t t = 0; t < nk; t++)
+		lbk_rmsnorm(xb + t * dim, in + t * dim, m->w.rms_att + L * dim, dim, 1e-5f);
+	lbk_gemm(kn, xb, P[LBW_LLAMA_WK], NULL, nk, 1);
+	lbk_gemm(vn, xb, P[LBW_LLAMA_WV], NULL, nk, 1);
+	for (int64_t t = 0; t < nk; t++) /* K alone: n_heads 0 */
+		lbk_rope(NULL, kn + t * kv_dim, t, 0, c->n_kv_heads, hs, 10000.0f);
+	for (int64_t r = 0; r < R; r++) {
+		pos[r] = rows[r];
+		memcpy(x + r * dim, in + pos[r] * dim, (size_t)dim * sizeof(float));
+		memcpy(g + r * dim, xb + pos[r] * dim, (size_t)dim * sizeof(float));
+	}
+	/* every read of in is done: out may be in from here on */
+	lbk_gemm(q, g, P[LBW_LLAMA_WQ], NULL, R, 1);
+	for (int64_t r = 0; r < R; r++) /* Q alone: n_kv_heads 0 */
+		lbk_rope(q + r * dim, NULL, pos[r], c->n_heads, 0, hs, 10000.0f);
+	lbk_attention_rows(ao, dim, q, dim, pos, R, kn, kv_dim, vn, kv_dim, nk, c->n_heads,
+			   c->n_kv_heads, hs, 1);
+	lbk_gemm(g, ao, P[LBW_LLAMA_WO], NULL, R, 1);
+	for (int64_t i = 0; i < R * dim; i++)
+		x[i] += g[i];
+
+	for (int64_t r = 0; r < R; r++)
+		lbk_rmsnorm(g + r * dim, x + r * dim, m->w.rms_ffn + L * dim, dim, 1e-5f);
+	lbk_gemm(hb, g, P[LBW_LLAMA_W1], NULL, R, 1);
+	lbk_gemm(hb2, g, P[LBW_LLAMA_W3], NULL, R, 1);
+	for (int64_t r = 0; r < R; r++)
+		lbk_silu_mul(hb + r * hid, hb2 + r * hid, hid);
+	lbk_gemm(g, hb, P[LBW_LLAMA_W2], NULL, R, 1);
+	for (int64_t i = 0; i < R * dim; i++)
+		out[i] = x[i] + g[i];
+	return 0;
+}
+
+int lbw_llama_layer_rows(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l,
+			 int32_t n, const float *in, const uint32_t *rows, int32_t n_rows,
+			 float *out)
+{
+	(void)n; /* causal: positions past the last row are never read */
+	if (!m->reference && m->packed)
+		return layer_rows_lbk(m, s, l, in, rows, n_rows, out) == 0 ? 0 : -ENOMEM;
+	/* The reference, and the kernels without packed weights: the whole layer, then the rows. */
+	size_t dim = (size_t)m->cfg.dim, nk = (size_t)rows[n_rows - 1] + 1;
+	float *all = malloc(nk * dim * sizeof(float));
+	if (!all)
+		return -ENOMEM;
+	lbw_llama_layer_seq(m, s, l, (int32_t)nk, in, all);
+	for (int32_t r = 0; r < n_rows; r++)
+		memcpy(out + (size_t)r * dim, all + (size_t)rows[r] * dim, dim * sizeof(float));
+	free(all);
+	return 0;
+}
+
 int lbw_llama_prefill(const struct lbw_llama *m, struct lbw_llama_state *s, const int32_t *tokens,
 		      int32_t pos0, int32_t n, float *x)
 {

@@ -210,6 +210,23 @@ double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
 			   const int32_t *tokens, int32_t n, const float *h, int32_t *top1);
 
 /*
+ * layer_seq for some positions only: out [n_rows][dim] gets, bit for bit, the rows rows[0..n_rows)
+ * (ascending, distinct, below n) of layer_seq's out from the same in [n][dim]. On the kernels,
+ * K and V (RMSNorm, projections, RoPE) are computed for positions 0..rows[n_rows - 1] (a causal
+ * row reads no later key), Q, attention (lbk_attention_rows), output projection and FFN for the
+ * chosen rows only, on their gathered rows (the packed lbk_gemm gives a row the same sums in any
+ * batch); K and V stay in the state's scratch, its KV blocks are not touched. The plain-C
+ * reference (and the kernels without packed weights) runs layer_seq over positions
+ * 0..rows[n_rows - 1] into a buffer of its own and copies the rows out: the same bits at the
+ * whole layer's cost, the state's own blocks of layer l written. out may be in: in is read
+ * before out is written. Arguments must be in range: l < n_layers, 1 <= n_rows <= n <= seq_len.
+ * @return 0; -ENOMEM (nothing written to out).
+ */
+int lbw_llama_layer_rows(const struct lbw_llama *m, struct lbw_llama_state *s, int32_t l,
+			 int32_t n, const float *in, const uint32_t *rows, int32_t n_rows,
+			 float *out);
+
+/*
  * One token at position pos through the whole model, as llama2.c's forward().
  * @return s->logits ([vocab_size]); NULL with errno EINVAL when token or pos is out of range.
  */
