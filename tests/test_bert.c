@@ -2,7 +2,8 @@
  * BERT / GPT-2 shaped encoders: the lbk_* forward against an independent fp64 forward on small
  * shapes, determinism of generated weights, safetensors round trips and hostile files,
  * layerbank-worker score / serve on safetensors files written here, against the library, and a
- * layer for chosen positions against the whole layer.
+ * layer for chosen positions against the whole layer (the model's, and the scorer's on files
+ * and on bert-base).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,8 +21,10 @@
 #include <unistd.h>
 
 #include "kernels.h"
+#include "layerbank/layerbank.h"
 #include "model_bert.h"
 #include "safetensors.h"
+#include "scorer.h"
 #include "testutil.h"
 #include "tokenizer.h"
 
@@ -1079,6 +1082,105 @@ static void test_layer_rows_refused(void **state)
 	lbw_bert_free(m);
 }
 
+/*
+ * The scorer's lb_rows_fn against its lb_layer_fn, layer by layer from the embedding of n
+ * tokens: rows = every position the same bytes as the whole layer; the row sets (drawn from
+ * sets, a mask of LBT_ROW_SETS bits) their rows.
+ */
+static void check_scorer_rows(struct lbw_scorer *sc, int32_t n, unsigned sets)
+{
+	const lb_rows_fn rows_fn = lbw_scorer_rows; /* it is one */
+	const size_t h = (size_t)sc->hidden, bytes = (size_t)n * h * sizeof(float);
+	float *in = malloc(bytes), *full = malloc(bytes), *got = malloc(bytes);
+	uint32_t *rows = malloc((size_t)n * sizeof(uint32_t));
+	int32_t *tok = malloc((size_t)n * sizeof(int32_t));
+	assert_true(in && full && got && rows && tok);
+	tokens(tok, n, sc->vocab);
+	lbw_scorer_embed(sc, tok, n, in);
+	char what[160];
+	for (int32_t l = 0; l < sc->n_layers; l++) {
+		assert_int_equal(lbw_scorer_layer(sc, (uint32_t)l, in, full), 0);
+		for (int which = 0; which < LBT_ROW_SETS; which++) {
+			if (!(sets >> which & 1))
+				continue;
+			uint32_t nr = lbt_row_set(which, (uint32_t)n, (uint64_t)(l + 100 * which), rows);
+			snprintf(what, sizeof(what), "%s n %d layer %d, %u rows (set %d)", sc->name,
+				 (int)n, (int)l, nr, which);
+			assert_int_equal(rows_fn(sc, (uint32_t)l, in, (uint32_t)n, rows, nr, got), 0);
+			expect_rows(got, full, rows, nr, (int64_t)h, what);
+			if (nr == (uint32_t)n)
+				assert_memory_equal(got, full, bytes);
+		}
+		memcpy(in, full, bytes);
+	}
+	free(in);
+	free(full);
+	free(got);
+	free(rows);
+	free(tok);
+}
+
+/* lbw_scorer_rows' refusals (-EINVAL) on an open scorer of n_layers layers and max_seq. */
+static void check_scorer_refusals(struct lbw_scorer *sc)
+{
+	const uint32_t L = (uint32_t)sc->n_layers, S = (uint32_t)sc->max_seq;
+	const struct {
+		uint32_t l, n, rows[3], n_rows;
+	} bad[] = {
+		{ 0, 9, { 2, 1, 5 }, 3 }, { 0, 9, { 2, 2, 5 }, 3 }, { 0, 9, { 0, 3, 9 }, 3 },
+		{ 0, 9, { 0, 1, 2 }, 0 }, { 0, 2, { 0, 1, 2 }, 3 }, { L, 9, { 0, 1, 2 }, 3 },
+		{ 0, S + 1, { 0, 1, 2 }, 3 }, { 0, 0, { 0, 1, 2 }, 1 },
+	};
+	float *in = calloc((size_t)(S + 1) * (size_t)sc->hidden, sizeof(float));
+	float out[3 * 1024];
+	assert_non_null(in);
+	assert_true(sc->hidden <= 1024);
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int rc = lbw_scorer_rows(sc, bad[i].l, in, bad[i].n, bad[i].rows, bad[i].n_rows, out);
+		if (rc != -EINVAL)
+			fail_msg("%s: refusal %zu: %d, want -EINVAL", sc->name, i, rc);
+	}
+	const uint32_t one = 0;
+	assert_int_equal(lbw_scorer_rows(sc, 0, NULL, 1, &one, 1, out), -EINVAL);
+	assert_int_equal(lbw_scorer_rows(sc, 0, in, 1, NULL, 1, out), -EINVAL);
+	assert_int_equal(lbw_scorer_rows(sc, 0, in, 1, &one, 1, NULL), -EINVAL);
+	free(in);
+}
+
+/* GPT-2- and BERT-style safetensors files as the worker opens them, on every row set. */
+static void test_scorer_rows_files(void **state)
+{
+	(void)state;
+	char dir[256], path[320], err[512];
+	lbt_mkdtemp(dir, sizeof(dir));
+	for (int style = 0; style < 2; style++) {
+		struct lbw_scorer sc;
+		snprintf(path, sizeof(path), "%s/%s.safetensors", dir, style ? "gpt2" : "bert");
+		write_model(path, cli_shape(style), 31);
+		if (lbw_scorer_open_safetensors(&sc, path, TOK_VOCAB, err, sizeof(err)) != 0)
+			fail_msg("%s", err);
+		check_scorer_rows(&sc, 1, 1u << 3);
+		check_scorer_rows(&sc, 77, (1u << LBT_ROW_SETS) - 1);
+		check_scorer_refusals(&sc);
+		lbw_scorer_close(&sc);
+	}
+	lbu_rmtree(dir);
+}
+
+/* bert-base (generated) at 128 tokens, as the worker serves it: the first and last positions,
+ * every one, about a third. */
+static void test_scorer_rows_bert_base(void **state)
+{
+	(void)state;
+	struct lbw_scorer sc;
+	char err[256];
+	if (lbw_scorer_open_bert(&sc, TOK_VOCAB, 1, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	check_scorer_rows(&sc, 128, 1u << 2 | 1u << 3 | 1u << 4);
+	check_scorer_refusals(&sc);
+	lbw_scorer_close(&sc);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1095,6 +1197,8 @@ int main(void)
 		cmocka_unit_test(test_cli_bad_files),
 		cmocka_unit_test(test_layer_rows),
 		cmocka_unit_test(test_layer_rows_refused),
+		cmocka_unit_test(test_scorer_rows_files),
+		cmocka_unit_test(test_scorer_rows_bert_base),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

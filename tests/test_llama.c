@@ -2,7 +2,7 @@
  * The llama reference path: greedy output against llama2.c's golden text, scores against an
  * independent fp64 forward pass, tokenizer round trips, hostile checkpoint and tokenizer files,
  * the generated decoders (lbw_llama_generate, llama-110m), the layerbank-worker command line, and
- * a layer for chosen positions against the whole layer.
+ * a layer for chosen positions against the whole layer (the model's and the scorer's).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,7 +23,9 @@
 #include <unistd.h>
 
 #include "kernels.h"
+#include "layerbank/layerbank.h"
 #include "model_llama.h"
+#include "scorer.h"
 #include "testutil.h"
 #include "tokenizer.h"
 
@@ -1342,6 +1344,57 @@ static void test_layer_rows_llama_110m(void **state)
 	check_layer_rows(big_model(fx), toks, 256, 2);
 }
 
+/*
+ * The scorer on stories260K as the worker opens it: its lb_rows_fn on every position the same
+ * bytes as its lb_layer_fn, on the row sets those rows, layer by layer; and its refusals.
+ */
+static void test_scorer_rows(void **state)
+{
+	struct fixture *fx = *state;
+	const lb_rows_fn rows_fn = lbw_scorer_rows; /* it is one */
+	struct lbw_scorer sc;
+	char err[256];
+	enum { N = 150 };
+	int32_t toks[N];
+	uint32_t rows[N];
+	static float in[N * 64], full[N * 64], got[N * 64];
+	text_tokens(fx, N, toks);
+	if (lbw_scorer_open_llama(&sc, MODEL, err, sizeof(err)) != 0)
+		fail_msg("%s", err);
+	assert_true(sc.hidden == 64);
+	lbw_scorer_embed(&sc, toks, N, in);
+	for (int32_t l = 0; l < sc.n_layers; l++) {
+		assert_int_equal(lbw_scorer_layer(&sc, (uint32_t)l, in, full), 0);
+		for (int which = 0; which < LBT_ROW_SETS; which++) {
+			uint32_t nr = lbt_row_set(which, N, (uint64_t)(l * 5 + which), rows);
+			assert_int_equal(rows_fn(&sc, (uint32_t)l, in, N, rows, nr, got), 0);
+			expect_rows(got, full, rows, nr, 64, "stories260K scorer");
+			if (nr == N)
+				assert_memory_equal(got, full, sizeof(full));
+		}
+		memcpy(in, full, sizeof(in));
+	}
+	const uint32_t L = (uint32_t)sc.n_layers, S = (uint32_t)sc.max_seq;
+	static const uint32_t r1[] = { 0 };
+	const struct {
+		uint32_t l, n, rows[3], n_rows;
+	} bad[] = {
+		{ 0, 9, { 2, 1, 5 }, 3 }, { 0, 9, { 2, 2, 5 }, 3 }, { 0, 9, { 0, 3, 9 }, 3 },
+		{ 0, 9, { 0, 1, 2 }, 0 }, { 0, 2, { 0, 1, 2 }, 3 }, { L, 9, { 0, 1, 2 }, 3 },
+		{ 0, S + 1, { 0, 1, 2 }, 3 }, { 0, 0, { 0, 1, 2 }, 1 },
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		int rc = lbw_scorer_rows(&sc, bad[i].l, in, bad[i].n, bad[i].rows, bad[i].n_rows, got);
+		if (rc != -EINVAL)
+			fail_msg("refusal %zu: %d, want -EINVAL", i, rc);
+	}
+	assert_int_equal(lbw_scorer_rows(&sc, 0, NULL, 1, r1, 1, got), -EINVAL);
+	assert_int_equal(lbw_scorer_rows(&sc, 0, in, 1, NULL, 1, got), -EINVAL);
+	assert_int_equal(lbw_scorer_rows(&sc, 0, in, 1, r1, 1, NULL), -EINVAL);
+	assert_int_equal(lbw_scorer_rows(NULL, 0, in, 1, r1, 1, got), -EINVAL);
+	lbw_scorer_close(&sc);
+}
+
 int main(void)
 {
 	const char *need[] = { MODEL, TOK, GREEDY, VAL };
@@ -1370,6 +1423,7 @@ int main(void)
 		cmocka_unit_test(test_cli_llama_110m_serve),
 		cmocka_unit_test(test_layer_rows),
 		cmocka_unit_test(test_layer_rows_llama_110m),
+		cmocka_unit_test(test_scorer_rows),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -200,6 +200,30 @@ int lbw_scorer_layer(void *ctx, uint32_t l, const float *in, float *out)
 	return lbw_bert_layer(sc->bert, (int)l, sc->n, in, out, 1);
 }
 
+/* rows[0..n_rows) ascending below n, n_rows in 1..n. */
+static int rows_ok(uint32_t n, const uint32_t *rows, uint32_t n_rows)
+{
+	if (n_rows < 1 || n_rows > n || rows[n_rows - 1] >= n)
+		return 0;
+	for (uint32_t r = 1; r < n_rows; r++)
+		if (rows[r] <= rows[r - 1])
+			return 0;
+	return 1;
+}
+
+int lbw_scorer_rows(void *ctx, uint32_t l, const float *in, uint32_t n, const uint32_t *rows,
+		    uint32_t n_rows, float *out)
+{
+	struct lbw_scorer *sc = ctx;
+	if (!sc || !in || !rows || !out || l >= (uint32_t)sc->n_layers || n < 1 ||
+	    n > (uint32_t)sc->max_seq || !rows_ok(n, rows, n_rows))
+		return -EINVAL;
+	if (sc->llama)
+		return lbw_llama_layer_rows(sc->llama, sc->state, (int32_t)l, (int32_t)n, in, rows,
+					    (int32_t)n_rows, out);
+	return lbw_bert_layer_rows(sc->bert, (int)l, n, in, rows, n_rows, out, 1);
+}
+
 double lbw_scorer_head(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, const float *h,
 		       int32_t *top1)
 {

@@ -1,6 +1,6 @@
 /*
- * A model as the fleet's worker scores text with it: embed, layers (lb_layer_fn, for lb_lem_run)
- * and a head giving the next-token NLL and top-1 at every position. Two families: a llama2.c
+ * A model as the fleet's worker scores text with it: embed, layers (lb_layer_fn, for lb_lem_run;
+ * lb_rows_fn, a layer for some positions only) and a head giving the next-token NLL and top-1 at every position. Two families: a llama2.c
  * checkpoint (or llama-110m, one generated from a seed), and encoders (a BERT-base-shaped one
  * with generated weights, compute-heavy, or a GPT-2- or BERT-style safetensors checkpoint),
  * whose head is the tied embedding over the tokenizer's vocabulary: a fixed readout to measure
@@ -72,6 +72,18 @@ void lbw_scorer_close(struct lbw_scorer *sc);
 void lbw_scorer_embed(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, float *h);
 /* lb_layer_fn over ctx = the scorer: layer l of the input last embedded. @return 0, -ENOMEM. */
 int lbw_scorer_layer(void *ctx, uint32_t l, const float *in, float *out);
+/*
+ * lb_rows_fn over ctx = the scorer: layer l for the positions rows[0..n_rows) (ascending,
+ * distinct, below n) of an input of n positions, in [n][hidden] (any input: not only the one last
+ * embedded), out [n_rows][hidden]: bit for bit those rows of lbw_scorer_layer's out from the same
+ * in, on the same kernel tier. Its cost is about n_rows / n of the layer's, plus K and V
+ * projected for every position attention reads (all n; a causal model's up to the last row):
+ * lbw_bert_layer_rows, lbw_llama_layer_rows. out may be in.
+ * @return 0; -EINVAL (l or n out of range, n_rows 0 or above n, rows not ascending below n, a
+ * NULL pointer); -ENOMEM.
+ */
+int lbw_scorer_rows(void *ctx, uint32_t l, const float *in, uint32_t n, const uint32_t *rows,
+		    uint32_t n_rows, float *out);
 /* The summed NLL of tokens[1..n-1] from the last layer's output h [n][hidden]; top1 (may be
  * NULL): [n - 1] the argmax after each position but the last. */
 double lbw_scorer_head(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, const float *h,
