@@ -225,6 +225,10 @@ int bench_flush_main(int argc, char **argv);
  * connects and disconnects, against quiet windows, bench_churn.c. @return 0, 1, 2. */
 int bench_churn_main(int argc, char **argv);
 
+/* layerbank-bench rows (argv[0] "rows"): one layer for chosen positions (lbw_scorer_rows)
+ * against the whole layer, bert-base and llama-110m, bench_rows.c. @return 0, 1, 2. */
+int bench_rows_main(int argc, char **argv);
+
 /* layerbank-bench kernels (argv[0] "kernels", argv[-1] main's argv[0]: it may re-execute
  * itself), bench_kernels.c. @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_kernels_main(int argc, char **argv);

@@ -1,6 +1,7 @@
 /* layerbank-bench: benchmarks that measure their baselines in the same run and print ratios.
  *   layerbank-bench ring [--json] [--iters N] (bench_ring.c)
  *   layerbank-bench kernels [--json] [--only LIST] (bench_kernels.c)
+ *   layerbank-bench rows [--json] [--reps N] [--only MODEL] (bench_rows.c)
  *   layerbank-bench workload ...   (bench_workload.c)
  *   layerbank-bench e2e ...        (bench_e2e.c)
  *   layerbank-bench prefix ...     (bench_prefix.c, bench_prefix_lookup.c)
@@ -20,6 +21,8 @@ int main(int argc, char **argv)
 		return bench_ring_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "kernels") == 0)
 		return bench_kernels_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "rows") == 0)
+		return bench_rows_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "workload") == 0)
 		return bench_workload_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "e2e") == 0)
@@ -34,6 +37,7 @@ int main(int argc, char **argv)
 		return bench_churn_main(argc - 1, argv + 1);
 	fprintf(stderr, "usage: layerbank-bench ring [--json] [--iters N] [--no-index]\n"
 			"       layerbank-bench kernels [--json] [--only gemm,ops,bert,stories]\n"
+			"       layerbank-bench rows [--json] [--reps N] [--only bert-base|llama-110m]\n"
 			"       layerbank-bench workload [--chat] [--summary] "
 			"[options: see --help]\n"
 			"       layerbank-bench e2e [--json] [--plot FILE] [options: see --help]\n"
