@@ -27,7 +27,7 @@
  */
 #define BATCH 32u
 #define FAIR_PASSES 64u
-#define MAX_WAITERS 128u   /* futex_waitv's limit: the control word and 127 clients */
+#define MAX_WAITERS 128u   /* futex_waitv's limit: the control word, the claim word, 126 clients */
 
 /* Owned by its thread, except the pending lists and ctl word, which the control thread
  * touches under mu. */
@@ -42,6 +42,8 @@ struct lbd_svc_thread {
 	_Atomic bool stop;
 	struct lbd_dpclient **c;              /* clients served, thread-private */
 	unsigned n, cap;
+	unsigned n_held;                      /* of them, with a lookup held (as of the last pass) */
+	uint64_t wake_ns;                     /* the earliest of their wake_ns */
 };
 
 /* ---- regions ---- */
@@ -128,9 +130,13 @@ bool lbd_dpclient_may_use(const struct lbd_dpclient *c, uint32_t model_id)
 	return (w >> ((model_id - 1) % 64)) & 1;
 }
 
-/* What the store holds for c: its leases and its insert account. */
+/* What the store holds for c: its leases and claims, a held lookup, its insert account. */
 static void dpclient_retire(struct lbd_store *st, struct lbd_dpclient *c)
 {
+	if (c->held.on) {
+		c->held.on = false;
+		lbd_store_unhold(st);
+	}
 	lbd_store_release_all(st, &c->leases);
 	lbd_leases_free(&c->leases);
 	lbd_store_account_close(st, c->account);
@@ -153,9 +159,11 @@ void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c)
 
 /* ---- one request ---- */
 
+/* Step 1 of the checks: the reserved fields zero, and flags only where defined. */
 static bool reserved_zero(const struct lb_req *r)
 {
-	return !r->flags && !r->reserved[0] && !r->reserved[1] && !r->reserved2;
+	uint8_t flags = r->opcode == LB_OP_LOOKUP_DEEPEST ? LB_REQ_SFLIGHT : 0;
+	return !(r->flags & ~flags) && !r->reserved[0] && !r->reserved[1] && !r->reserved2;
 }
 
 /* Payload bounds inside staging, overflow-safe. */
@@ -192,6 +200,26 @@ static void serve_ping(struct lbd_store *st, struct lbd_dpclient *c, const struc
 		out->status = -EINVAL;
 }
 
+/* A single-flight lookup: answered, or held (c->held) for another client's claim. */
+static void serve_sflight(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r,
+			  const struct lb_query *q, const float *thr, struct lb_cpl *out)
+{
+	uint64_t now = lb_now_ns();
+	struct lbd_hold h = { .wait_until = c->may_hold ? now + (uint64_t)r->aux * 1000 : 0 };
+	struct lbd_held *held = &c->held;
+
+	if (!lbd_store_lookup_sf(st, &c->leases, r, q, thr, &h, out))
+		return;
+	held->on = true;
+	held->r = *r;
+	held->q = *q;
+	memcpy(held->thr, thr, q->n_thr * sizeof(float));
+	held->since_ns = now;
+	held->until_ns = h.wait_until;
+	held->wake_ns = h.wake_ns;
+	held->seq = h.seq;
+}
+
 static void serve_lookup(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r,
 			 struct lb_cpl *out)
 {
@@ -200,7 +228,9 @@ static void serve_lookup(struct lbd_store *st, struct lbd_dpclient *c, const str
 		struct lb_query q;
 		float thr[LBP_MAX_LAYERS];
 	} p;
-	if (r->lease || r->aux || !payload_ok(c, r, sizeof(p.q), sizeof(p.q) + sizeof(p.thr)) ||
+	/* aux: single-flight's bound, 1 us .. LB_SFLIGHT_MAX_US, when a flag asks for it. */
+	bool aux_ok = r->flags ? r->aux >= 1 && r->aux <= LB_SFLIGHT_MAX_US : !r->aux;
+	if (r->lease || !aux_ok || !payload_ok(c, r, sizeof(p.q), sizeof(p.q) + sizeof(p.thr)) ||
 	    (r->payload_len - sizeof(p.q)) % sizeof(float)) {
 		out->status = -EINVAL;
 		return;
@@ -210,7 +240,11 @@ static void serve_lookup(struct lbd_store *st, struct lbd_dpclient *c, const str
 		out->status = -EINVAL;
 		return;
 	}
-	if (model_ok(st, c, r, out))
+	if (!model_ok(st, c, r, out))
+		return;
+	if (r->flags)
+		serve_sflight(st, c, r, &p.q, p.thr, out);
+	else
 		lbd_store_lookup(st, &c->leases, r, &p.q, p.thr, out);
 }
 
@@ -334,28 +368,62 @@ static void serve(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_
 	serve_op[r->opcode](st, c, r, out);
 }
 
-/* Serve up to max requests of one client. @return requests served. */
+/* Serve up to max requests of one client, stopping at one held. @return requests served
+ * (a held one counts: it was taken). */
 static unsigned serve_client(struct lbd_store *st, struct lbd_dpclient *c, unsigned max)
 {
-	unsigned done = 0;
+	unsigned done = 0, answered = 0;
 	struct lb_req r;
 	struct lb_cpl out;
 
-	while (done < max) {
+	while (done < max && !c->held.on) {
 		if (!lb_ring_sc_peek(&c->req))
 			break;
-		/* A full completion ring stops this client only: it must read before it gets more. */
+		/* A full completion ring stops this client only: it must read before it gets more.
+		 * The room stays there for a request held: only we produce. */
 		if (!lb_ring_sp_space(&c->cpl))
 			break;
 		lb_ring_sc_copy(&c->req, &r);
 		lb_ring_sc_release(&c->req);
 		serve(st, c, &r, &out);
-		lb_ring_sp_push(&c->cpl, &out); /* cannot fail: room was checked, and only we produce */
 		done++;
+		if (c->held.on)
+			break;
+		lb_ring_sp_push(&c->cpl, &out); /* cannot fail: room was checked, and only we produce */
+		answered++;
 	}
-	if (done)
+	if (answered)
 		lb_ring_sp_wake(&c->cpl);
 	return done;
+}
+
+/* c's held lookup, when its claim may have ended (the sequence moved) or its time came: served
+ * again, and answered unless it is held anew. @return 1 when it was answered. */
+static unsigned serve_held(struct lbd_store *st, struct lbd_dpclient *c, uint32_t seq, uint64_t now)
+{
+	struct lbd_held *held = &c->held;
+	struct lb_cpl out;
+
+	if (seq == held->seq && now < held->wake_ns)
+		return 0;
+	memset(&out, 0, sizeof(out));
+	out.user_data = held->r.user_data;
+	out.opcode = held->r.opcode;
+	struct lbd_hold h = { .wait_until = now < held->until_ns ? held->until_ns : 0 };
+	bool again = lbd_store_lookup_sf(st, &c->leases, &held->r, &held->q, held->thr, &h, &out);
+	lbd_store_unhold(st); /* after: while it is looked at, it still counts as held */
+	if (again) {
+		held->wake_ns = h.wake_ns;
+		held->seq = h.seq;
+		return 0;
+	}
+	held->on = false;
+	uint64_t waited = (lb_now_ns() - held->since_ns) / 1000;
+	out.sflight |= LB_CPL_WAITED;
+	out.waited_us = waited > UINT32_MAX ? UINT32_MAX : (uint32_t)waited;
+	lb_ring_sp_push(&c->cpl, &out); /* room: checked when it was taken, kept since */
+	lb_ring_sp_wake(&c->cpl);
+	return 1;
 }
 
 unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c)
@@ -363,9 +431,12 @@ unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c)
 	return serve_client(st, c, UINT32_MAX);
 }
 
-/* c has a request waiting and room for its completion: it could be served now. */
+/* c has a request waiting and room for its completion: it could be served now. A client with
+ * a held lookup is not: its later requests wait behind it. */
 static bool servable(const struct lbd_dpclient *c)
 {
+	if (c->held.on)
+		return false;
 	/* A1 (the completion ring, we produce): pairs with R1 in the client's lb_ring_sc_release. */
 	uint32_t cons_c = atomic_load_explicit(&c->cpl.sh->cons, memory_order_acquire);
 	return lb_ring_sc_peek(&c->req) && c->cpl.local - cons_c <= c->cpl.mask;
@@ -473,15 +544,38 @@ static void apply_pending(struct lbd_svc_thread *t)
 	}
 }
 
+/* A held lookup of t's is due: its claim sequence moved, or its time came. */
+static bool held_due(const struct lbd_svc_thread *t, uint32_t seq, uint64_t now)
+{
+	for (unsigned i = 0; t->n_held && i < t->n; i++) {
+		const struct lbd_held *h = &t->c[i]->held;
+		if (h->on && (h->seq != seq || now >= h->wake_ns))
+			return true;
+	}
+	return false;
+}
+
 static void sleep_on_doorbells(struct lbd_svc_thread *t)
 {
 	struct futex_waitv w[MAX_WAITERS];
+	_Atomic uint32_t *claim_seq = lbd_store_claim_seq(t->svc->store);
 	unsigned n = 0;
+	uint32_t seq = 0;
 
 	memset(w, 0, sizeof(w));
 	w[n].uaddr = (uintptr_t)&t->ctl;
 	w[n].val = atomic_load_explicit(&t->ctl, memory_order_relaxed);
 	w[n++].flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
+	if (t->n_held) {
+		/* A claim that ends bumps the word (under the store lock, where our lookups were
+		 * held) and wakes every sleeper while any lookup is held: a bump after this load
+		 * makes the wait return at once, one before it is seen by held_due. */
+		seq = atomic_load_explicit(claim_seq, memory_order_seq_cst);
+		w[n].uaddr = (uintptr_t)claim_seq;
+		w[n].val = seq;
+		w[n++].flags = FUTEX_32 | FUTEX_PRIVATE_FLAG;
+	}
+	unsigned first = n;
 	for (unsigned i = 0; i < t->n && n < MAX_WAITERS; i++) {
 		struct lb_ring_shared *sh = t->c[i]->req.sh;
 		w[n].uaddr = (uintptr_t)&sh->doorbell;
@@ -492,22 +586,51 @@ static void sleep_on_doorbells(struct lbd_svc_thread *t)
 	}
 	/* F2 (per ring): pairs with F1 in lb_ring_sp_wake; and with the fence in kick(). */
 	atomic_thread_fence(memory_order_seq_cst);
-	if (!atomic_load_explicit(&t->pending, memory_order_relaxed) && !has_work(t)) {
-		/* Beyond futex_waitv's limit, clients are polled every millisecond. */
+	uint64_t now = lb_now_ns();
+	if (!atomic_load_explicit(&t->pending, memory_order_relaxed) && !has_work(t) &&
+	    !held_due(t, seq, now)) {
+		/* Beyond futex_waitv's limit, clients are polled every millisecond; a held lookup
+		 * is looked at again at its wake time. */
+		uint64_t until = t->n_held ? t->wake_ns : UINT64_MAX;
+		if (t->n - (n - first) > 0 && until - now > 1000000)
+			until = now + 1000000;
 		struct timespec ts, *tsp = NULL;
-		if (t->n >= MAX_WAITERS) {
-			clock_gettime(CLOCK_MONOTONIC, &ts);
-			ts.tv_nsec += 1000000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
+		if (until != UINT64_MAX) {
+			ts.tv_sec = (time_t)(until / 1000000000ull);
+			ts.tv_nsec = (long)(until % 1000000000ull);
 			tsp = &ts;
 		}
 		syscall(SYS_futex_waitv, w, n, 0, tsp, CLOCK_MONOTONIC);
 	}
 	for (unsigned i = 0; i < t->n; i++)
 		atomic_store_explicit(&t->c[i]->req.sh->sleeping, 0, memory_order_relaxed);
+}
+
+/* One pass over t's clients: their held lookups that are due, then up to quantum requests of
+ * each. @return requests served; *busy: clients that had any. */
+static unsigned serve_pass(struct lbd_svc_thread *t, unsigned quantum, unsigned *busy)
+{
+	struct lbd_store *st = t->svc->store;
+	uint32_t seq = atomic_load_explicit(lbd_store_claim_seq(st), memory_order_acquire);
+	uint64_t now = t->n_held ? lb_now_ns() : 0, wake = UINT64_MAX;
+	unsigned done = 0, held = 0;
+
+	*busy = 0;
+	for (unsigned i = 0; i < t->n; i++) {
+		struct lbd_dpclient *c = t->c[i];
+		unsigned d = c->held.on ? serve_held(st, c, seq, now) : 0;
+		if (!c->held.on)
+			d += serve_client(st, c, quantum);
+		done += d;
+		*busy += d != 0;
+		if (c->held.on) {
+			held++;
+			wake = c->held.wake_ns < wake ? c->held.wake_ns : wake;
+		}
+	}
+	t->n_held = held;
+	t->wake_ns = wake;
+	return done;
 }
 
 static void *svc_main(void *arg)
@@ -520,17 +643,13 @@ static void *svc_main(void *arg)
 
 	/* A5: pairs with R5 in lbd_service_stop. */
 	while (!atomic_load_explicit(&t->stop, memory_order_acquire)) {
-		unsigned done = 0, busy = 0;
+		unsigned done, busy;
 		/* A6: pairs with R6 in kick; the lists themselves are read under t->mu. */
 		if (atomic_load_explicit(&t->pending, memory_order_acquire))
 			apply_pending(t);
 		/* The look for a second client costs a peek per client, once per batch. */
 		unsigned quantum = since_shared < FAIR_PASSES || servable_clients(t) > 1 ? 1 : BATCH;
-		for (unsigned i = 0; i < t->n; i++) {
-			unsigned d = serve_client(s->store, t->c[i], quantum);
-			done += d;
-			busy += d != 0;
-		}
+		done = serve_pass(t, quantum, &busy);
 		if (busy > 1)
 			since_shared = 0;
 		else if (since_shared < FAIR_PASSES)
@@ -638,6 +757,7 @@ void lbd_service_attach(struct lbd_service *s, struct lbd_dpclient *c)
 {
 	struct lbd_svc_thread *t = &s->t[s->next];
 	c->thread = s->next;
+	c->may_hold = true;
 	s->next = (s->next + 1) % s->n_threads;
 	pthread_mutex_lock(&t->mu);
 	c->next_pending = t->to_add;

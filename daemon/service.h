@@ -14,6 +14,24 @@
 #include "models.h"
 #include "store.h"
 
+/*
+ * A LOOKUP_DEEPEST held while another client computes its input (single-flight, PROTOCOL.md
+ * Ring protocol 15): taken off the ring, answered later. While one is held none of the client's
+ * later requests is taken, so that its completions stay in ring order; the service thread
+ * serves its other clients meanwhile and looks at this one again when a claim ends or at
+ * wake_ns. Owned by the client's service thread.
+ */
+struct lbd_held {
+	bool on;
+	struct lb_req r;
+	struct lb_query q;             /* the payload as copied out when the request was taken */
+	float thr[LBP_MAX_LAYERS];     /* q.n_thr of them */
+	uint64_t since_ns;             /* when it was taken */
+	uint64_t until_ns;             /* since_ns + its bound (aux us): held no longer */
+	uint64_t wake_ns;              /* look again by then: until_ns, or the claim's bound */
+	uint32_t seq;                  /* the store's claim sequence when it was held */
+};
+
 /* One client's data plane: its region and leases. Created by the control thread at HELLO,
  * then owned by one service thread until lbd_service_detach hands it back for freeing. */
 struct lbd_dpclient {
@@ -33,6 +51,11 @@ struct lbd_dpclient {
 	pid_t pid;
 	struct lbd_dpclient *next_pending;
 	unsigned thread;
+	/* Set when a service thread serves it (lbd_service_attach): only then may a request be
+	 * held, as only a service thread comes back to it. A client pumped by its own thread
+	 * (lbd_dpclient_pump, the in-process bank) gets its answers at once. */
+	bool may_hold;
+	struct lbd_held held;
 };
 
 struct lbd_svc_thread;
@@ -79,8 +102,8 @@ bool lbd_dpclient_may_use(const struct lbd_dpclient *c, uint32_t model_id);
 void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c);
 
 /* Serve every request waiting on c's ring, on the caller's thread: an in-process bank
- * (inproc/inproc.h) runs the daemon's own validation and store code this way.
- * @return requests served. */
+ * (inproc/inproc.h) runs the daemon's own validation and store code this way. No request is
+ * held (single-flight answers at once). @return requests served. */
 unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c);
 
 /* @return 0, or -errno (threads could not start). */

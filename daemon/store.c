@@ -811,6 +811,7 @@ int store_lease_take(struct lbd_store *st, struct lbd_leases *ls, const uint32_t
 	struct lbd_lease *l = &ls->slot[s];
 	ls->free_head = l->next;
 	l->used = 1;
+	l->claim = 0;
 	l->gen++;
 	l->entry = ids[0];
 	l->n_more = n - 1;
@@ -820,6 +821,24 @@ int store_lease_take(struct lbd_store *st, struct lbd_leases *ls, const uint32_t
 		lease_pin(st, ids[i]);
 	st->c.leases++;
 	/* Slot + 1 in the high half, so that no valid handle is 0. */
+	*handle = ((uint64_t)(s + 1) << 32) | l->gen;
+	return 0;
+}
+
+int store_lease_claim(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, uint32_t max,
+		      uint64_t *handle)
+{
+	int err = 0;
+	uint32_t s = lease_slot(ls, max, &err);
+
+	(void)st;
+	if (s == NONE)
+		return err;
+	struct lbd_lease *l = &ls->slot[s];
+	ls->free_head = l->next;
+	*l = (struct lbd_lease){ .entry = id, .gen = l->gen + 1, .used = 1, .claim = 1 };
+	ls->n_used++;
+	ls->n_claims++;
 	*handle = ((uint64_t)(s + 1) << 32) | l->gen;
 	return 0;
 }
@@ -844,6 +863,11 @@ static void lease_end(struct lbd_store *st, struct lbd_leases *ls, uint32_t s)
 	l->next = ls->free_head;
 	ls->free_head = s;
 	ls->n_used--;
+	if (l->claim) {
+		ls->n_claims--;
+		store_claim_end(st, l->entry);
+		return;
+	}
 	st->c.leases--;
 	lease_unpin(st, l->entry);
 	for (uint32_t i = 0; i < l->n_more; i++)
@@ -873,8 +897,10 @@ void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t leas
 	}
 	store_lock(st);
 	uint32_t s = lease_find(ls, lease);
-	/* A drift is of one layer's output: a prefix hit (exact blocks) has none to report. */
-	if (s == NONE || ls->slot[s].n_more || st->e[ls->slot[s].entry].kind != K_LAYER) {
+	/* A drift is of one layer's output: a prefix hit (exact blocks) has none to report, nor
+	 * has a claim. */
+	if (s == NONE || ls->slot[s].claim || ls->slot[s].n_more ||
+	    st->e[ls->slot[s].entry].kind != K_LAYER) {
 		cpl->status = -EINVAL;
 	} else if (drift > st->cfg.drift_max) {
 		uint32_t id = ls->slot[s].entry;
@@ -940,6 +966,7 @@ static void bank_free(struct bank *b)
 	lbd_fpindex_free(b->fps);
 	lbd_exactmap_free(b->exact);
 	lbd_exactmap_free(b->blocks);
+	lbd_exactmap_free(b->claims);
 	free(b->layer);
 	free(b->tau);
 	memset(b, 0, sizeof(*b));
@@ -977,7 +1004,7 @@ struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas, con
 	st->cfg = *cfg;
 	st->arenas = arenas;
 	st->n_arenas = n_arenas;
-	st->e_free = st->in_free = st->blk_free = st->acct_free = NONE;
+	st->e_free = st->in_free = st->blk_free = st->acct_free = st->cl_free = NONE;
 	st->rng = RNG_SEED;
 	for (unsigned i = 0; i < n_arenas; i++) {
 		const struct lb_arena_hdr *h = arenas[i].hdr;
@@ -1011,6 +1038,7 @@ void lbd_store_free(struct lbd_store *st)
 	free(st->live);
 	free(st->cand);
 	free(st->acct);
+	free(st->cl);
 	pthread_mutex_destroy(&st->lock);
 	free(st);
 }
@@ -1060,7 +1088,7 @@ bool lbd_store_has_model(struct lbd_store *st, uint32_t model_id)
 int lbd_store_clear(struct lbd_store *st)
 {
 	store_lock(st);
-	if (st->c.leases || st->pinned) {
+	if (st->c.leases || st->pinned || st->n_claims) {
 		store_unlock(st);
 		return -EBUSY;
 	}
@@ -1275,6 +1303,8 @@ int lbd_store_check(struct lbd_store *st, char *why, size_t n)
 	int ret = check_blocks(st, why, n);
 	if (ret == 0)
 		ret = check_lists(st, why, n);
+	if (ret == 0)
+		ret = store_claim_check(st, why, n);
 	store_unlock(st);
 	return ret;
 }

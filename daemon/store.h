@@ -24,22 +24,25 @@ struct lbd_store_cfg {
 };
 
 /* A client's leases. Owned by the service thread serving the client; every call that takes
- * one holds the store lock. A lease holds one entry, or the blocks of a prefix hit. */
+ * one holds the store lock. A lease holds one entry, or the blocks of a prefix hit, or a
+ * single-flight claim (the claim ends with it: RELEASE, or the client's end). */
 struct lbd_lease {
-	uint32_t entry;    /* entry slot (a prefix hit's first block) */
+	uint32_t entry;    /* entry slot (a prefix hit's first block); a claim's slot */
 	uint32_t gen;      /* bumped each time the slot is reused: stale handles are refused */
 	uint32_t next;     /* free list */
 	uint32_t n_more;   /* a prefix hit's other blocks */
 	uint32_t *more;    /* [n_more], malloc'd; NULL when none */
 	uint8_t used;
+	uint8_t claim;     /* entry is a claim, not an entry */
 };
 
 struct lbd_leases {
 	struct lbd_lease *slot;
 	uint32_t cap, n_used, free_head;
+	uint32_t n_claims; /* of n_used, the claims */
 };
 
-#define LBD_MAX_LEASES 4096u /* per client; a hit beyond it is refused with -EBUSY */
+#define LBD_MAX_LEASES 4096u /* per client, claims included; a hit beyond it is -EBUSY */
 
 struct lbd_store;
 
@@ -63,10 +66,37 @@ bool lbd_store_insert_hdr_ok(const struct lb_req *r, const struct lb_insert_hdr 
  * daemon's own copy of the request's payload for lookups; for INSERT it is the client's staging
  * (the data is copied into the arena and checksummed there; the header was copied by the
  * caller into *ins). Every field is validated here. Never fails as a call: errors go to
- * cpl->status.
+ * cpl->status. lbd_store_lookup is lbd_store_lookup_sf without a hold: single-flight flags
+ * (r->flags) are honoured, but the request is never held.
  */
 void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
 		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl);
+
+/*
+ * Single-flight (PROTOCOL.md, Ring protocol 15): a LOOKUP_DEEPEST with LB_REQ_CLAIM or
+ * LB_REQ_WAIT. hold: the request's terms, or NULL (it may not be held: a caller with no thread
+ * to look again, the in-process bank). @return false with cpl the answer (cpl->claim a claim
+ * taken, LB_CPL_BUSY when another client's claim on the input was live); true: hold the
+ * request, no answer yet, and serve it again once lbd_store_claim_seq moves from hold->seq or
+ * at hold->wake_ns; each true counts in lbd_store_held until lbd_store_unhold.
+ */
+struct lbd_hold {
+	uint64_t wait_until; /* in: it may be held until then (CLOCK_MONOTONIC ns); 0: not */
+	uint64_t wake_ns;    /* out: serve it again by then (its bound, or the claim's) */
+	uint32_t seq;        /* out: the claim sequence when it was held */
+};
+bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
+			 const struct lb_query *q, const float *thr, struct lbd_hold *hold,
+			 struct lb_cpl *cpl);
+/* A held request was served again, or its client left. */
+void lbd_store_unhold(struct lbd_store *st);
+/* Bumped (under the store lock) each time a claim ends or is found past its bound, with a
+ * FUTEX_WAKE (private, every waiter) while any request is held: a service thread with held
+ * requests sleeps on it. */
+_Atomic uint32_t *lbd_store_claim_seq(struct lbd_store *st);
+/* Claims alive (their holders' handles not yet released), past their bound or not. */
+uint32_t lbd_store_claims(struct lbd_store *st);
+
 /* account: the inserting client's (lbd_store_account_open), charged with the entry's bytes;
  * an insert beyond its limit is -EDQUOT. 0: none. */
 void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
@@ -111,7 +141,7 @@ void lbd_store_account_close(struct lbd_store *st, uint32_t id);
 /* Accounts alive (open, or closed with entries left) and the bytes charged to them all. */
 void lbd_store_account_stats(struct lbd_store *st, uint32_t *accounts, uint64_t *charged);
 
-/* End every lease of a client that went away. */
+/* End every lease and claim of a client that went away. */
 void lbd_store_release_all(struct lbd_store *st, struct lbd_leases *ls);
 void lbd_leases_free(struct lbd_leases *ls);
 
@@ -120,7 +150,8 @@ void lbd_leases_free(struct lbd_leases *ls);
  * Entry and input slots are handed out again in a new store's order and the allocator is left
  * with one free block, so the same requests get the same answers and offsets as in a new store.
  * For an in-process bank reused between independent runs (lbip_bank_clear).
- * @return 0; -EBUSY while a lease is held or an insert is being copied (nothing is dropped).
+ * @return 0; -EBUSY while a lease or a claim is held or an insert is being copied (nothing
+ * is dropped).
  */
 int lbd_store_clear(struct lbd_store *st);
 

@@ -83,10 +83,27 @@ struct block {
 	uint8_t used;
 };
 
+/*
+ * A single-flight claim (PROTOCOL.md, Ring protocol 15): its holder computes the input with this
+ * token hash, and other clients' lookups of it wait. Held by a lease slot of its holder's (the
+ * record goes when that lease ends); in its bank's claim map, found by lookups, from its taking
+ * until the lease ends or the deadline passes (whichever is first).
+ */
+struct claim {
+	uint64_t exact[2];
+	const struct lbd_leases *owner; /* the holder's leases: who it is */
+	uint64_t deadline_ns;           /* taken + the request's bound */
+	uint32_t bank;                  /* model_id - 1 */
+	uint32_t next_free;
+	uint8_t used;
+	uint8_t mapped;                 /* in the bank's claim map */
+};
+
 struct bank {
 	struct lbp_register_model desc;
 	struct lbd_fpindex *fps;
 	struct lbd_exactmap *exact;
+	struct lbd_exactmap *claims;   /* token hash -> claim slot; NULL until the first claim */
 	struct lbd_exactmap *blocks;   /* block key -> block slot; NULL without kv */
 	struct lbp_layer_stats *layer; /* [n_layers] */
 	double *tau;                   /* [n_layers]: the layer's own threshold, NAN: cfg.tau */
@@ -121,6 +138,11 @@ struct lbd_store {
 	uint64_t pinned;      /* bytes no eviction can free: leased LIVE and PENDING entries */
 	struct account *acct; /* [acct_cap], id = slot + 1 */
 	uint32_t acct_cap, acct_free;
+	struct claim *cl;     /* [cl_cap] */
+	uint32_t cl_cap, cl_free, n_claims;
+	/* Written under the lock; read without it by the service threads that sleep on it
+	 * (claim_seq) or decide to wake them (n_held: requests held now). */
+	_Atomic uint32_t claim_seq, n_held;
 	struct lbp_stats_reply c; /* data-plane counters */
 };
 
@@ -210,6 +232,26 @@ void store_entry_unlink(struct lbd_store *st, uint32_t id, struct tally *t);
  * -EBUSY (at the cap), -ENOMEM. */
 int store_lease_take(struct lbd_store *st, struct lbd_leases *ls, const uint32_t *ids, uint32_t n,
 		     uint32_t max, uint64_t *handle);
+
+/* A lease in ls on claim id (one more of ls's claims); max: ls's cap. @return 0, -EBUSY,
+ * -ENOMEM. */
+int store_lease_claim(struct lbd_store *st, struct lbd_leases *ls, uint32_t id, uint32_t max,
+		      uint64_t *handle);
+
+/* ---- single-flight claims (store_claim.c) ---- */
+
+/* The live claim on bank b's input exact, or NONE; one found past its deadline is unmapped
+ * (its waiters woken) and not returned. */
+uint32_t store_claim_find(struct lbd_store *st, struct bank *b, const uint64_t exact[2],
+			  uint64_t now);
+/* Claim bank b's input exact for ls until deadline_ns. @return 0 with the handle; -EBUSY (ls
+ * at its cap), -ENOMEM: no claim. */
+int store_claim_take(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
+		     const uint64_t exact[2], uint64_t deadline_ns, uint64_t *handle);
+/* The lease holding claim id ended: the claim ends (its waiters woken) and its slot is freed. */
+void store_claim_end(struct lbd_store *st, uint32_t id);
+/* The claims' part of lbd_store_check. */
+int store_claim_check(const struct lbd_store *st, char *why, size_t n);
 
 /* ---- prefix blocks (the tree: store.c) ---- */
 

@@ -147,12 +147,56 @@ static int lookup_hit(struct lbd_store *st, struct lbd_leases *ls, struct bank *
 	return 0;
 }
 
-void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
-		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl)
+/*
+ * Single-flight before the lookup (PROTOCOL.md, Ring protocol 15): another client's live claim
+ * on the input holds the request while it may wait (true), else makes the answer BUSY. *claim:
+ * the live claim on the input, whoever holds it, or NONE.
+ */
+static bool sf_hold(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
+		    const struct lb_req *r, const struct lb_query *q, struct lbd_hold *hold,
+		    uint64_t now, uint32_t *claim, struct lb_cpl *cpl)
+{
+	*claim = store_claim_find(st, b, q->exact, now);
+	if (*claim == NONE || st->cl[*claim].owner == ls)
+		return false;
+	/* A client that holds a claim is not held: two clients each waiting for the other's
+	 * claim would be freed by their bounds only. */
+	if ((r->flags & LB_REQ_WAIT) && hold && now < hold->wait_until && !ls->n_claims) {
+		uint64_t end = st->cl[*claim].deadline_ns;
+		hold->wake_ns = end < hold->wait_until ? end : hold->wait_until;
+		hold->seq = atomic_load_explicit(&st->claim_seq, memory_order_relaxed);
+		/* Under the lock, as claim_unmap's bump: see there. */
+		atomic_fetch_add_explicit(&st->n_held, 1, memory_order_seq_cst);
+		return true;
+	}
+	cpl->sflight |= LB_CPL_BUSY;
+	return false;
+}
+
+/* After the lookup: a CLAIM of an input that no client claims and the bank does not hold (no
+ * layer cached or being inserted), whether the answer is a miss or a near input's layer. A
+ * claim that cannot be had (the client's lease table full, no memory) is just not taken. */
+static void sf_claim(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
+		     const struct lb_req *r, const struct lb_query *q, uint32_t claim, uint64_t now,
+		     struct lb_cpl *cpl)
+{
+	uint32_t id;
+
+	if (!(r->flags & LB_REQ_CLAIM) || claim != NONE || (cpl->status && cpl->status != -ENOENT) ||
+	    lbd_exactmap_find(b->exact, q->exact, &id) == 0)
+		return;
+	if (store_claim_take(st, ls, b, q->exact, now + (uint64_t)r->aux * 1000, &cpl->claim) < 0)
+		cpl->claim = 0;
+}
+
+bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
+			 const struct lb_query *q, const float *thr, struct lbd_hold *hold,
+			 struct lb_cpl *cpl)
 {
 	uint64_t now = lb_now_ns();
-	uint32_t id, dist = 0, max_d = 0, good_d = 0;
+	uint32_t id, dist = 0, max_d = 0, good_d = 0, claim = NONE;
 	int layer = -1;
+	bool held = false;
 
 	store_lock(st);
 	struct bank *b = store_bank_of(st, r->model_id);
@@ -166,20 +210,31 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 	cpl->status = lookup_radius(st, b, r, q, thr, &max_d, &good_d);
 	if (cpl->status < 0)
 		goto out;
+	if (r->flags && (held = sf_hold(st, ls, b, r, q, hold, now, &claim, cpl)))
+		goto out;
 	id = lookup_input(st, b, r, q, max_d, good_d, &dist);
 	if (id != NONE)
 		layer = lookup_layer(st, b, r, q, thr, id, dist, now);
 	if (layer < 0) {
 		count_miss(st, b, r, 0);
 		cpl->status = -ENOENT;
-		goto out;
+	} else {
+		uint32_t eid = st->in[id].layer[layer];
+		cpl->status = lookup_hit(st, ls, b, r, eid, layer, now, cpl);
+		if (cpl->status == 0)
+			cpl->hamming = store_distance(dist, st->e[eid].approx);
 	}
-	uint32_t eid = st->in[id].layer[layer];
-	cpl->status = lookup_hit(st, ls, b, r, eid, layer, now, cpl);
-	if (cpl->status == 0)
-		cpl->hamming = store_distance(dist, st->e[eid].approx);
+	if (r->flags)
+		sf_claim(st, ls, b, r, q, claim, now, cpl);
 out:
 	store_unlock(st);
+	return held;
+}
+
+void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
+		      const struct lb_query *q, const float *thr, struct lb_cpl *cpl)
+{
+	lbd_store_lookup_sf(st, ls, r, q, thr, NULL, cpl);
 }
 
 /* ---- inserts ---- */

@@ -68,15 +68,25 @@ enum lb_op {
 #define LB_OP_MIN LB_OP_PING
 #define LB_OP_MAX LB_OP_INSERT_BLOCK
 
+/*
+ * Request flags, LOOKUP_DEEPEST only (single-flight, PROTOCOL.md Ring protocol 15); every other
+ * opcode takes none. With either, aux is the bound in microseconds, 1..LB_SFLIGHT_MAX_US: how
+ * long a claim taken lives at most, and how long the request may be held.
+ */
+#define LB_REQ_CLAIM 0x01u /* a miss of an input nobody computes: claim it (cpl.claim) */
+#define LB_REQ_WAIT 0x02u  /* another client claims the input: hold the lookup until it ends */
+#define LB_REQ_SFLIGHT (LB_REQ_CLAIM | LB_REQ_WAIT)
+#define LB_SFLIGHT_MAX_US 1000000u
+
 /* Request: client -> daemon. Every field is checked by the daemon on its own copy. */
 struct lb_req {
 	uint8_t opcode;      /* enum lb_op */
-	uint8_t flags;       /* none defined: must be 0 */
+	uint8_t flags;       /* LB_REQ_*: LOOKUP_DEEPEST only; else 0 */
 	uint16_t layer;      /* LOOKUP, INSERT: layer index; LOOKUP_DEEPEST: 0 */
 	uint32_t model_id;   /* from lb_register_model; 0 for PING, RELEASE, REPORT */
 	uint64_t user_data;  /* echoed in the completion */
 	uint32_t seq_len;    /* LOOKUP*, INSERT: tokens in the input */
-	uint32_t aux;        /* REPORT: drift (float bits) */
+	uint32_t aux;        /* REPORT: drift (float bits); LB_REQ_* set: the bound, us */
 	uint64_t lease;      /* RELEASE, REPORT: a lease from a hit or an insert */
 	uint32_t payload_off; /* offset of the payload inside the staging buffer */
 	uint32_t payload_len; /* bytes of payload; 0 when the opcode has none */
@@ -110,7 +120,10 @@ struct lb_cpl {
 	uint64_t entry_off;  /* hit/insert: offset of struct lb_entry_hdr in the arena */
 	uint32_t hamming;    /* hit: fingerprint distance to the entry (0 for an exact match) */
 	uint32_t count;      /* LOOKUP_PREFIX hit: blocks found, written to the payload */
-	uint64_t reserved[2];
+	/* LOOKUP_DEEPEST with LB_REQ_* flags only (0 otherwise): */
+	uint64_t claim;      /* a claim this lookup took (a handle like a lease: RELEASE it); 0 */
+	uint32_t waited_us;  /* held this long for another client's claim */
+	uint32_t sflight;    /* LB_CPL_WAITED, LB_CPL_BUSY */
 	uint32_t reserved1;
 	uint32_t stamp;      /* the ring's (LB_RING_STAMP_OFF) */
 };
@@ -123,10 +136,14 @@ LB_ABI_FIELD(struct lb_cpl, lease, 16, 8);
 LB_ABI_FIELD(struct lb_cpl, entry_off, 24, 8);
 LB_ABI_FIELD(struct lb_cpl, hamming, 32, 4);
 LB_ABI_FIELD(struct lb_cpl, count, 36, 4);
-LB_ABI_FIELD(struct lb_cpl, reserved, 40, 16);
+LB_ABI_FIELD(struct lb_cpl, claim, 40, 8);
+LB_ABI_FIELD(struct lb_cpl, waited_us, 48, 4);
+LB_ABI_FIELD(struct lb_cpl, sflight, 52, 4);
 LB_ABI_FIELD(struct lb_cpl, reserved1, 56, 4);
 LB_ABI_FIELD(struct lb_cpl, stamp, 60, 4);
 _Static_assert(sizeof(struct lb_cpl) == LB_RING_ENTRY_SIZE, "abi");
+#define LB_CPL_WAITED 0x01u /* the lookup was held for another client's claim */
+#define LB_CPL_BUSY 0x02u   /* answered while another client's claim on the input was live */
 
 #define LB_FP_WORDS 4 /* 256-bit SimHash */
 #define LB_MAX_NDIM 4

@@ -7,7 +7,10 @@
  * completion, in order, whose status is one that PROTOCOL.md (Ring protocol 6, 7, 8, 10, 11, 14)
  * allows, predicted by an independent model of the checks in their order; hits, inserts and
  * prefix hits name sound entries (a prefix hit's answers, written in place over its keys, each
- * the block asked for, with the data its insert sent). After each pump the STATS counters agree
+ * the block asked for, with the data its insert sent); single-flight lookups (LOOKUP_DEEPEST's
+ * CLAIM and WAIT flags, section 15) take a claim exactly when they may and must, never one on an
+ * input the bank surely holds or the client claims already, and are never held (a pumped client
+ * is answered at once, and it is the only client: never BUSY). After each pump the STATS counters agree
  * with the completions and the store's invariants hold (lbd_store_check: no chain of blocks has
  * a hole, the eviction candidates are the leaves); after each input, once every lease was
  * released, none is left, the per-layer counters add up to the totals, and a budget of one byte
@@ -57,6 +60,7 @@
 #define HELD_SLOTS 8192u      /* a lease set: twice LBD_MAX_LEASES keeps probes short */
 #define N_RECENT 64u          /* successful inserts remembered for the must-find checks */
 #define BLOCK_SLOTS 16384u    /* the block table: twice the inserts an input can make */
+#define CLAIM_SLOTS 16384u    /* the claimed keys: twice the lookups an input can make */
 #define PENDING_CAP 1024u     /* >= the request ring's entries */
 #define DIRTY_MAX 32u
 #define LOOKUP_MAX_PAYLOAD (sizeof(struct lb_query) + LBP_MAX_LAYERS * sizeof(float))
@@ -128,6 +132,16 @@ struct blk {
 	uint32_t pins;      /* prefix hits' leases held on it (not counted under ttl) */
 };
 
+/* An input key this input's lookups claimed (section 15), with the claims on it still held and
+ * the bound of the latest. */
+struct ckey {
+	uint32_t model_id;  /* 0: a free slot */
+	uint64_t exact[2];
+	uint32_t held;      /* claims on it not yet released */
+	uint64_t taken_ns;  /* the latest claim: when the harness saw it */
+	uint32_t aux;       /* and its bound, us */
+};
+
 /* A set of lease handles, each with a value: linear probing, deletion by backward shift (no
  * tombstones). */
 struct hset {
@@ -160,6 +174,11 @@ struct run {
 	uint32_t n_given;
 	struct hset held;    /* the leases held now; .n is what STATS leases must say */
 	struct hset pheld;   /* those of them that a prefix hit gave: the run's last block */
+	struct hset claims;  /* the claims held now (not leases to STATS): their ckey slot */
+	struct ckey *ckey;   /* [CLAIM_SLOTS] */
+	uint32_t *ckey_used; /* [CLAIM_SLOTS] the slots taken, to clear them at the end */
+	uint32_t n_ckey;
+	uint64_t layer_inserts; /* INSERTs that succeeded: all of them in recent[] while few */
 
 	struct recent recent[N_RECENT];
 	uint32_t n_recent;
@@ -174,6 +193,7 @@ struct run {
 	bool dirty;
 
 	uint64_t hits, misses, inserts, reports_over; /* inserts: of layers and blocks */
+	uint64_t pump_start, pump_end; /* the clock around the pump being checked */
 	uint64_t block_inserts, prefix_hits, prefix_misses, blocks_served;
 	uint64_t layer_lookups[N_MODELS]; /* expected sum of per-layer hits + misses */
 	bool touched[N_MODELS];           /* a lookup or insert of it reached the store */
@@ -185,6 +205,10 @@ static struct lb_cpl got[PENDING_CAP]; /* one pump's completions */
 static uint64_t given_leases[MAX_GIVEN];
 static uint64_t held_leases[HELD_SLOTS], prefix_leases[HELD_SLOTS]; /* empty between inputs */
 static uint32_t prefix_last[HELD_SLOTS];
+static uint64_t claim_handles[HELD_SLOTS];                           /* empty between inputs */
+static uint32_t claim_keys[HELD_SLOTS];
+static struct ckey ckeys[CLAIM_SLOTS];                               /* empty between inputs */
+static uint32_t ckeys_used[CLAIM_SLOTS];
 static struct blk blocks[BLOCK_SLOTS];                               /* empty between inputs */
 static uint32_t blocks_used[BLOCK_SLOTS];
 
@@ -384,6 +408,47 @@ static void blk_pin(struct run *R, uint32_t model_id, uint32_t last, int by)
 	}
 }
 
+/* ---- the claimed keys (section 15) ---- */
+
+static uint32_t ckey_home(uint32_t model_id, const uint64_t exact[2])
+{
+	return blk_home(model_id ^ 0x5a5a5a5au, exact) & (CLAIM_SLOTS - 1);
+}
+
+/* The record of model_id's input exact, or NULL when no lookup of this input claimed it. */
+static struct ckey *ckey_find(const struct run *R, uint32_t model_id, const uint64_t exact[2])
+{
+	for (uint32_t i = ckey_home(model_id, exact);; i = (i + 1) & (CLAIM_SLOTS - 1)) {
+		struct ckey *k = &R->ckey[i];
+		if (!k->model_id)
+			return NULL;
+		if (k->model_id == model_id && key_eq(k->exact, exact))
+			return k;
+	}
+}
+
+static struct ckey *ckey_put(struct run *R, uint32_t model_id, const uint64_t exact[2])
+{
+	struct ckey *k = ckey_find(R, model_id, exact);
+	if (k)
+		return k;
+	if (R->n_ckey >= CLAIM_SLOTS / 2)
+		broken(NULL, "more claims than an input can take");
+	uint32_t i = ckey_home(model_id, exact);
+	while (R->ckey[i].model_id)
+		i = (i + 1) & (CLAIM_SLOTS - 1);
+	R->ckey_used[R->n_ckey++] = i;
+	R->ckey[i].model_id = model_id;
+	memcpy(R->ckey[i].exact, exact, sizeof(R->ckey[i].exact));
+	return &R->ckey[i];
+}
+
+/* Leases and claims share the client's table of LBD_MAX_LEASES handles (section 11). */
+static uint32_t handles_held(const struct run *R)
+{
+	return R->held.n + R->claims.n;
+}
+
 /* ---- the reference checks (PROTOCOL.md, Ring protocol 6, 8, 10 and 14) ---- */
 
 static uint32_t dtype_size(uint32_t dtype)
@@ -452,6 +517,9 @@ static unsigned expect_lease_op(const struct run *R, const struct lb_req *r)
 		if (!isfinite(drift) || drift < 0)
 			return S_INVAL;
 	}
+	/* Section 15: a claim ends with RELEASE; it has nothing to REPORT. */
+	if (hset_has(&R->claims, r->lease))
+		return r->opcode == LB_OP_RELEASE ? S_OK : S_INVAL;
 	if (!hset_has(&R->held, r->lease))
 		return S_INVAL;
 	/* Section 10: a prefix hit's blocks are exact; REPORT on its lease is refused. */
@@ -460,8 +528,10 @@ static unsigned expect_lease_op(const struct run *R, const struct lb_req *r)
 
 static unsigned expect_lookup(const struct run *R, const struct lb_req *r, struct verdict *v)
 {
-	/* Step 2: zero fields, the payload in staging, the query consistent with its length. */
-	if (r->aux || r->lease || !payload_inside(R, r) ||
+	/* Step 2: zero fields (aux: the single-flight bound when a flag is set), the payload in
+	 * staging, the query consistent with its length. */
+	bool aux_bad = r->flags ? r->aux < 1 || r->aux > LB_SFLIGHT_MAX_US : r->aux != 0;
+	if (aux_bad || r->lease || !payload_inside(R, r) ||
 	    r->payload_len < sizeof(struct lb_query) || r->payload_len > LOOKUP_MAX_PAYLOAD ||
 	    (r->payload_len - sizeof(struct lb_query)) % sizeof(float))
 		return S_INVAL;
@@ -498,7 +568,7 @@ static unsigned expect_lookup(const struct run *R, const struct lb_req *r, struc
 				e = x;
 		}
 	}
-	unsigned allowed = S_NOMEM | (R->held.n >= LBD_MAX_LEASES ? S_BUSY : S_OK);
+	unsigned allowed = S_NOMEM | (handles_held(R) >= LBD_MAX_LEASES ? S_BUSY : S_OK);
 	if (e) {
 		v->must_layer = (int)e->layer;
 		return allowed;
@@ -597,7 +667,7 @@ static unsigned expect_lookup_prefix(const struct run *R, const struct lb_req *r
 	prefix_bounds(R, r->model_id, (const uint64_t(*)[2])v->keys, v->pq.n_keys, &v->must, &v->can);
 	if (!v->can)
 		return S_NOENT; /* an empty run: a miss, and no lease is asked for */
-	unsigned allowed = S_NOMEM | (R->held.n >= LBD_MAX_LEASES ? S_BUSY : S_OK);
+	unsigned allowed = S_NOMEM | (handles_held(R) >= LBD_MAX_LEASES ? S_BUSY : S_OK);
 	return v->must ? allowed : allowed | S_NOENT;
 }
 
@@ -654,9 +724,10 @@ static unsigned expect(const struct run *R, const struct lb_req *r, struct verdi
 	v->m = NULL;
 	v->must_layer = -1;
 	v->must = v->can = 0;
-	/* Step 1. */
-	if (r->flags || r->reserved[0] || r->reserved[1] || r->reserved2 || r->opcode < LB_OP_MIN ||
-	    r->opcode > LB_OP_MAX)
+	/* Step 1: flags only LOOKUP_DEEPEST's. */
+	uint8_t flags = r->opcode == LB_OP_LOOKUP_DEEPEST ? LB_REQ_SFLIGHT : 0;
+	if ((r->flags & ~flags) || r->reserved[0] || r->reserved[1] || r->reserved2 ||
+	    r->opcode < LB_OP_MIN || r->opcode > LB_OP_MAX)
 		return S_INVAL;
 	switch (r->opcode) {
 	case LB_OP_PING:
@@ -755,6 +826,7 @@ static void record_insert(struct run *R, const struct lb_req *r, const struct lb
 	e->approx = h->approx;
 	memcpy(e->exact, h->exact, sizeof(e->exact));
 	e->epoch = R->epoch;
+	R->layer_inserts++;
 }
 
 /* A hit's new lease: non-zero, not held already, within the client's limit. */
@@ -762,11 +834,49 @@ static void take_lease(struct run *R, const struct lb_req *r, uint64_t lease)
 {
 	if (!lease || hset_has(&R->held, lease))
 		broken(r, "hit with lease 0x%llx: zero or already held", (unsigned long long)lease);
-	if (R->held.n >= LBD_MAX_LEASES)
-		broken(r, "a hit beyond %u leases held", LBD_MAX_LEASES);
+	if (handles_held(R) >= LBD_MAX_LEASES)
+		broken(r, "a hit beyond %u leases and claims held", LBD_MAX_LEASES);
 	hset_add(&R->held, lease, 0);
 	if (R->n_given < MAX_GIVEN)
 		R->given[R->n_given++] = lease;
+}
+
+/* Section 15, for a lookup with CLAIM answered k (a miss, or a hit whose lease it holds now):
+ * a claim may be taken unless the client surely holds a live one on the input or the bank surely
+ * holds the input; it must be when neither may be so and there is room for its handle. */
+static void check_claim(struct run *R, const struct lb_req *r, const struct lb_cpl *k,
+			const struct verdict *v)
+{
+	const uint64_t *exact = v->q.exact;
+	struct ckey *ck = ckey_find(R, r->model_id, exact);
+	bool mine = ck && ck->held, mine_live = mine && R->pump_end < ck->taken_ns + ck->aux * 1000ull;
+	bool cached = false, maybe_cached = R->layer_inserts > N_RECENT;
+	const struct recent *e = recent_of(R, r->model_id, exact, -1);
+	if (e) {
+		maybe_cached = true;
+		cached = !R->dirty && R->kind != BANK_TTL0 && e->epoch == R->epoch;
+	}
+	bool may = !mine_live && !cached;
+	bool must = may && !mine && !maybe_cached && handles_held(R) < LBD_MAX_LEASES;
+	if (!k->claim) {
+		if (must)
+			broken(r, "no claim on an input nobody claims and the bank does not hold");
+		return;
+	}
+	if (!may)
+		broken(r, "a claim on an input %s", mine_live ? "this client claims already"
+							      : "the bank holds");
+	if (hset_has(&R->held, k->claim) || hset_has(&R->claims, k->claim) ||
+	    handles_held(R) >= LBD_MAX_LEASES)
+		broken(r, "claim handle 0x%llx: held already, or past %u handles",
+		       (unsigned long long)k->claim, LBD_MAX_LEASES);
+	ck = ckey_put(R, r->model_id, exact);
+	ck->held++;
+	ck->taken_ns = R->pump_start;
+	ck->aux = r->aux;
+	hset_add(&R->claims, k->claim, (uint32_t)(ck - R->ckey));
+	if (R->n_given < MAX_GIVEN)
+		R->given[R->n_given++] = k->claim;
 }
 
 static void check_lookup_done(struct run *R, const struct lb_req *r, const struct lb_cpl *k,
@@ -777,6 +887,8 @@ static void check_lookup_done(struct run *R, const struct lb_req *r, const struc
 		R->layer_lookups[m - models] += r->opcode == LB_OP_LOOKUP ? 1 : m->n_layers;
 	if (k->status == -ENOENT)
 		R->misses++;
+	if (k->status == -ENOENT && (r->flags & LB_REQ_CLAIM))
+		check_claim(R, r, k, v);
 	if (k->status)
 		return;
 	R->hits++;
@@ -795,6 +907,8 @@ static void check_lookup_done(struct run *R, const struct lb_req *r, const struc
 		       k->hamming, at->approx);
 	take_lease(R, r, k->lease);
 	check_entry(R, r, k);
+	if (r->flags & LB_REQ_CLAIM)
+		check_claim(R, r, k, v);
 }
 
 static void check_insert_done(struct run *R, const struct lb_req *r, const struct lb_cpl *k,
@@ -876,8 +990,14 @@ static void check_fields(const struct lb_req *r, const struct lb_cpl *k)
 	bool hit = ok && lookup, phit = ok && r->opcode == LB_OP_LOOKUP_PREFIX;
 	bool ins = ok && r->opcode == LB_OP_INSERT, bins = ok && r->opcode == LB_OP_INSERT_BLOCK;
 
-	if (k->reserved[0] || k->reserved[1] || k->reserved1)
+	if (k->reserved1)
 		broken(r, "completion with reserved fields set");
+	/* Section 15: a claim only for CLAIM's miss or hit; never held nor BUSY, as the client is
+	 * pumped and alone. */
+	if ((k->claim && (!(r->flags & LB_REQ_CLAIM) || (k->status && k->status != -ENOENT))) ||
+	    k->waited_us || k->sflight)
+		broken(r, "status %d with claim %llx waited_us %u sflight %u", k->status,
+		       (unsigned long long)k->claim, k->waited_us, k->sflight);
 	if ((!hit && !phit && k->lease) || (!hit && k->hamming) || (!phit && k->count) ||
 	    (!hit && !ins && k->layer) || (!hit && !ins && !bins && (k->arena || k->entry_off)))
 		broken(r, "status %d with fields set: arena %u layer %u lease %llx off %llu hamming %u "
@@ -918,6 +1038,12 @@ static void check_completion(struct run *R, const struct lb_req *r, const struct
 	case LB_OP_REPORT:
 		if (k->status)
 			return;
+		if (r->opcode == LB_OP_RELEASE && hset_has(&R->claims, r->lease)) {
+			int64_t at = hset_find(&R->claims, r->lease);
+			R->ckey[R->claims.val[at]].held--;
+			hset_del(&R->claims, r->lease);
+			return;
+		}
 		if (!hset_has(&R->held, r->lease))
 			broken(r, "lease op succeeded on a lease not held");
 		if (r->opcode == LB_OP_RELEASE) {
@@ -1028,7 +1154,9 @@ static void pump(struct run *R, bool take)
 	struct lbp_stats_reply st;
 	uint32_t n = 0;
 
+	R->pump_start = lb_now_ns();
 	R->c->pump(R->c->pump_ctx);
+	R->pump_end = lb_now_ns();
 	lbip_bank_stats(R->l, &st);
 	uint64_t drops = st.evictions + st.expirations + st.invalidations;
 	R->dirty = drops != R->drops_seen;
@@ -1174,14 +1302,20 @@ static void release_everything(struct run *R)
 	for (uint32_t i = 0; R->held.n && i < HELD_SLOTS; i++)
 		if (R->held.slot[i])
 			out[n++] = R->held.slot[i];
+	for (uint32_t i = 0; R->claims.n && i < HELD_SLOTS; i++)
+		if (R->claims.slot[i])
+			out[n++] = R->claims.slot[i];
 	for (uint32_t i = 0; i < n; i++) {
 		struct lb_req r = { .opcode = LB_OP_RELEASE, .lease = out[i], .user_data = i };
 		push(R, &r);
 	}
 	while (R->pend_n)
 		pump(R, true);
-	if (R->held.n || R->pheld.n)
-		broken(NULL, "%u leases held after releasing all", R->held.n);
+	if (R->held.n || R->pheld.n || R->claims.n)
+		broken(NULL, "%u leases and %u claims held after releasing all", R->held.n,
+		       R->claims.n);
+	if (lbd_store_claims(lbip_bank_store(R->l)))
+		broken(NULL, "the store keeps claims after all were released");
 	check_store(R);
 }
 
@@ -1290,6 +1424,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	R.pheld.val = prefix_last;
 	R.blk = blocks;
 	R.blk_used = blocks_used;
+	R.claims.slot = claim_handles;
+	R.claims.val = claim_keys;
+	R.ckey = ckeys;
+	R.ckey_used = ckeys_used;
 
 	while (in.n) {
 		uint8_t op = 0;
@@ -1331,5 +1469,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	for (uint32_t i = 0; i < R.n_blk; i++)
 		memset(&R.blk[R.blk_used[i]], 0, sizeof(R.blk[0]));
+	for (uint32_t i = 0; i < R.n_ckey; i++)
+		memset(&R.ckey[R.ckey_used[i]], 0, sizeof(R.ckey[0]));
 	return 0;
 }
