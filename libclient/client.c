@@ -572,6 +572,7 @@ int lbi_ready(struct lb_client *c)
 	}
 	set_timeouts(c->fd, LB_REPLY_TIMEOUT_NS);
 	c->lost = false;
+	c->sflight_off = false; /* the new daemon may have it */
 	c->reconnects++;
 	c->last_error[0] = '\0';
 	return 0;

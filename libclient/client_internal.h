@@ -86,6 +86,12 @@ struct lb_client {
 	uint64_t spin_ns;
 	uint64_t wait_ns;            /* how long a synchronous call waits (lb_set_wait_us) */
 	uint64_t block_ns;           /* lb_prefix_run: computing one block took (0: not known) */
+	uint64_t lem_tok_ns;         /* lb_lem_run: computing a layer for a token took (0: not known) */
+	bool sflight_off;            /* the daemon refused single-flight's flags (-EINVAL) */
+	/* The single-flight fields of the last LOOKUP_DEEPEST completion that had any, taken by
+	 * lb_poll for lb_lookup_sflight (the public lb_result has no room for them). */
+	uint64_t sf_tag, sf_claim;
+	uint32_t sf_waited_us, sf_flags;
 	uint64_t sync_seq;
 	/* Synchronous calls that gave up waiting: their completions, when they come, are
 	 * swallowed (a hit's lease given back), never returned. */

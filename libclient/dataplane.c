@@ -45,8 +45,10 @@ static int push(struct lb_client *c, const struct lb_req *r)
 	return 0;
 }
 
+/* flags and aux: a LOOKUP_DEEPEST's single-flight (LB_REQ_*, the bound in us), else 0. */
 static int submit_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint32_t layer,
-			const struct lb_key *key, const float *tau, uint32_t n_tau, uint64_t user_data)
+			const struct lb_key *key, const float *tau, uint32_t n_tau, uint8_t flags,
+			uint32_t aux, uint64_t user_data)
 {
 	struct lb_req r;
 	struct lb_query q;
@@ -68,6 +70,8 @@ static int submit_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint
 		memcpy(c->staging + off + sizeof(q), tau, n_tau * sizeof(float));
 	memset(&r, 0, sizeof(r));
 	r.opcode = op;
+	r.flags = flags;
+	r.aux = aux;
 	r.layer = (uint16_t)layer;
 	r.model_id = lbi_model_id(c, model_id);
 	r.user_data = user_data;
@@ -80,14 +84,14 @@ static int submit_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint
 LB_EXPORT int lb_submit_lookup_deepest(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
 				       const float *tau, uint32_t n_tau, uint64_t user_data)
 {
-	return submit_query(c, LB_OP_LOOKUP_DEEPEST, model_id, 0, key, tau, n_tau, user_data);
+	return submit_query(c, LB_OP_LOOKUP_DEEPEST, model_id, 0, key, tau, n_tau, 0, 0, user_data);
 }
 
 LB_EXPORT int lb_submit_lookup(struct lb_client *c, uint32_t model_id, uint32_t layer,
 			       const struct lb_key *key, const float *tau, uint32_t n_tau,
 			       uint64_t user_data)
 {
-	return submit_query(c, LB_OP_LOOKUP, model_id, layer, key, tau, n_tau, user_data);
+	return submit_query(c, LB_OP_LOOKUP, model_id, layer, key, tau, n_tau, 0, 0, user_data);
 }
 
 static int submit_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint32_t aux,
@@ -122,6 +126,12 @@ static void to_result(struct lb_client *c, const struct lb_cpl *k, struct lb_res
 	memset(out, 0, sizeof(*out));
 	out->user_data = k->user_data;
 	out->status = k->status;
+	if (k->opcode == LB_OP_LOOKUP_DEEPEST && (k->claim || k->sflight || k->waited_us)) {
+		c->sf_tag = k->user_data;
+		c->sf_claim = k->claim;
+		c->sf_waited_us = k->waited_us;
+		c->sf_flags = k->sflight;
+	}
 	if (k->status == 0 && k->opcode == LB_OP_LOOKUP_PREFIX) {
 		/* Its blocks are checked by lb_lookup_prefix, which reads the answers in staging. */
 		if (lbi_leases_add(&c->leases, k->lease) < 0)
@@ -229,6 +239,9 @@ LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, 
 			    (k.opcode == LB_OP_LOOKUP || k.opcode == LB_OP_LOOKUP_DEEPEST ||
 			     k.opcode == LB_OP_LOOKUP_PREFIX))
 				give_back(c, k.lease);
+			/* A claim nobody will compute for: the others must not wait for it. */
+			if (k.opcode == LB_OP_LOOKUP_DEEPEST && k.claim)
+				give_back(c, k.claim);
 			continue;
 		}
 		to_result(c, &k, &out[n++]);
@@ -283,12 +296,53 @@ static int sync_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint32
 	if (ret < 0)
 		return ret;
 	tag = sync_tag(c);
-	ret = submit_query(c, op, model_id, layer, key, tau, n_tau, tag);
+	ret = submit_query(c, op, model_id, layer, key, tau, n_tau, 0, 0, tag);
 	if (ret < 0)
 		return ret;
 	ret = call(c, tag, &res, c->wait_ns);
 	if (ret == 0)
 		*hit = res.hit;
+	return ret;
+}
+
+LB_EXPORT int lb_lookup_sflight(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
+				const float *tau, uint32_t n_tau, uint32_t flags, uint32_t bound_us,
+				struct lb_hit *hit, struct lb_sflight *sf)
+{
+	struct lb_result res;
+	uint64_t tag;
+	int ret;
+
+	_Static_assert(LB_SFLIGHT_CLAIM == LB_REQ_CLAIM && LB_SFLIGHT_WAIT == LB_REQ_WAIT &&
+			       LB_SFLIGHT_WAITED == LB_CPL_WAITED && LB_SFLIGHT_BUSY == LB_CPL_BUSY,
+		       "the API's flags are the ring's");
+	if (!hit || !sf || !flags || (flags & ~(uint32_t)LB_REQ_SFLIGHT) || !bound_us ||
+	    bound_us > LB_SFLIGHT_MAX_US)
+		return -EINVAL;
+	memset(sf, 0, sizeof(*sf));
+	ret = sync_ok(c);
+	if (ret < 0)
+		return ret;
+	tag = sync_tag(c);
+	ret = submit_query(c, LB_OP_LOOKUP_DEEPEST, model_id, 0, key, tau, n_tau, (uint8_t)flags,
+			   bound_us, tag);
+	if (ret < 0)
+		return ret;
+	/* The daemon answers by the bound at the latest: wait that, and the usual wait. */
+	ret = call(c, tag, &res, (uint64_t)bound_us * 1000 + c->wait_ns);
+	if (c->sf_tag == tag) {
+		sf->claim = c->sf_claim;
+		sf->waited_us = c->sf_waited_us;
+		sf->flags = c->sf_flags;
+		c->sf_tag = 0;
+	}
+	if (ret == 0)
+		*hit = res.hit;
+	else if (ret != -ENOENT && sf->claim) {
+		/* An answer this call cannot use (a hit that does not check): no claim either. */
+		lb_release(c, sf->claim);
+		sf->claim = 0;
+	}
 	return ret;
 }
 

@@ -2,6 +2,8 @@
  * The layer execution manager (LLMCache): look up the deepest reusable layer of an input, run
  * the layers above it through the caller's callback, insert the selected ones, revalidate a
  * sampled share of hits. Falls back to a plain forward pass whenever the cache is away.
+ * Single-flight: the lookup claims an input nobody computes, and waits for one another client
+ * computes, so that a fleet computes each new input once.
  */
 #include <errno.h>
 #include <math.h>
@@ -13,6 +15,13 @@
 
 #define LEM_MAX_LAYERS 1024u
 #define LEM_MAX_HIDDEN 65536u
+/* A single-flight bound: this many times what computing the input took recently, plus a
+ * margin. The claimant's compute is slowed by the same load as ours was, and a wait that runs
+ * out only costs the compute that waiting was to save, while a claim that runs out early makes
+ * a second computation; generous is cheap, as a claimant that dies releases its waiters at once
+ * and one that finishes releases them when it does. */
+#define SF_BOUND_FACTOR 4u
+#define SF_BOUND_MARGIN_NS 10000000ull
 
 /* One run's view of the cache: c stays NULL once any call failed (see lb_lem_run). */
 struct lem {
@@ -24,6 +33,8 @@ struct lem {
 	struct lb_hit hit;            /* held while have_hit: until the layer above has read it */
 	int have_hit;
 	uint32_t approx;              /* of the inserts: the hit's hamming, 0 without a hit */
+	uint64_t claim;               /* the input's single-flight claim, held until the run ends */
+	uint64_t compute_ns;          /* time in compute, for the next runs' bound */
 };
 
 /* A miss-like answer keeps the cache; anything else stops using it for the rest of the run. */
@@ -141,13 +152,59 @@ static void lem_key(struct lem *m, const int32_t *tokens, const float *h, uint32
 	m->key.seq_len = n;
 }
 
+/* The single-flight bound for an input of n tokens (lb_lem_run). */
+static uint32_t lem_sf_bound_us(const struct lem *m, uint32_t n)
+{
+	uint64_t per = m->client->lem_tok_ns;
+	if (!per)
+		return LB_SFLIGHT_MAX_US;
+	uint64_t ns = per * n * m->cfg->n_layers * SF_BOUND_FACTOR + SF_BOUND_MARGIN_NS;
+	return ns >= (uint64_t)LB_SFLIGHT_MAX_US * 1000 ? LB_SFLIGHT_MAX_US : (uint32_t)(ns / 1000);
+}
+
+/* Does the config insert any layer? Without, a claim would make the others wait for nothing. */
+static int lem_inserts(const struct lb_lem_cfg *cfg)
+{
+	if (!cfg->cache_layers)
+		return 1;
+	for (uint32_t l = 0; l < cfg->n_layers; l++)
+		if (cfg->cache_layers[l])
+			return 1;
+	return 0;
+}
+
+/* lb_lookup_deepest, with single-flight unless the config or the daemon has none. */
+static int lem_lookup_call(struct lem *m, uint32_t n)
+{
+	const struct lb_lem_cfg *cfg = m->cfg;
+	uint32_t n_tau = cfg->tau ? cfg->n_layers : 0;
+	struct lb_sflight sf;
+
+	/* An in-process bank (pump) has one client: nobody to wait for, nobody to wait for us. */
+	if (!(cfg->flags & LB_LEM_NO_SFLIGHT) && !m->c->sflight_off && !m->c->pump) {
+		uint32_t flags = LB_SFLIGHT_WAIT | (lem_inserts(cfg) ? LB_SFLIGHT_CLAIM : 0);
+		int rc = lb_lookup_sflight(m->c, cfg->model_id, &m->key, cfg->tau, n_tau, flags,
+					   lem_sf_bound_us(m, n), &m->hit, &sf);
+		if (rc != -EINVAL) {
+			m->claim = sf.claim;
+			m->res->waited_us = sf.waited_us;
+			m->res->sflight = (sf.claim ? LB_LEM_CLAIMED : 0) |
+					  (sf.flags & LB_SFLIGHT_WAITED ? LB_LEM_WAITED : 0) |
+					  (sf.flags & LB_SFLIGHT_BUSY ? LB_LEM_BUSY : 0);
+			return rc;
+		}
+		/* A daemon that predates single-flight refuses the flags (our arguments are
+		 * checked): without them from now on, until a reconnection. */
+		m->c->sflight_off = true;
+	}
+	return lb_lookup_deepest(m->c, cfg->model_id, &m->key, cfg->tau, n_tau, &m->hit);
+}
+
 /* Hold the deepest cached layer of the input in m->hit, if one fits.
  * @return the first layer to compute. */
 static uint32_t lem_lookup(struct lem *m, uint32_t n)
 {
-	const struct lb_lem_cfg *cfg = m->cfg;
-	int rc = lb_lookup_deepest(m->c, cfg->model_id, &m->key, cfg->tau, cfg->tau ? cfg->n_layers : 0,
-				   &m->hit);
+	int rc = lem_lookup_call(m, n);
 
 	if (rc != 0) {
 		if (rc != -ENOENT)
@@ -212,7 +269,9 @@ static int lem_layer(struct lem *m, uint32_t l, const float **cur, float *h, uin
 		st = lem_stage(m, cur, h, (uint64_t)n * cfg->hidden * sizeof(float));
 	if (st)
 		out = st;
+	uint64_t t0 = lb_now_ns();
 	rc = compute(ctx, l, *cur, out);
+	m->compute_ns += lb_now_ns() - t0;
 	m->res->layers_computed++;
 	if (m->have_hit && *cur == m->hit.data) {
 		lem_release(m, m->hit.lease);
@@ -231,6 +290,22 @@ static int lem_layer(struct lem *m, uint32_t l, const float **cur, float *h, uin
 	return 0;
 }
 
+/* The run is over: its claim released (the others wait no longer), what computing took
+ * learnt for the next runs' bounds. */
+static void lem_end(struct lem *m, uint32_t n)
+{
+	if (m->claim && (m->c || !gone(m->res->cache_error)))
+		lb_release(m->client, m->claim); /* a daemon that is gone took the claim with it */
+	m->claim = 0;
+	if (m->client && m->res->layers_computed) {
+		uint64_t per = m->compute_ns / ((uint64_t)m->res->layers_computed * n);
+		struct lb_client *c = m->client;
+		c->lem_tok_ns = c->lem_tok_ns ? (3 * c->lem_tok_ns + per) / 4 : per;
+		if (!c->lem_tok_ns)
+			c->lem_tok_ns = 1; /* known, and below 1 ns */
+	}
+}
+
 LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, const int32_t *tokens,
 			 uint32_t n, float *h, lb_layer_fn compute, void *ctx, struct lb_lem_result *res)
 {
@@ -238,7 +313,7 @@ LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, cons
 	struct lem m = { .c = c, .client = c, .cfg = cfg, .res = res ? res : &dummy };
 	uint32_t first = 0;   /* the first layer to compute */
 	const float *cur = h; /* the input of layer `first`: h, a hit's view or staging */
-	int rc;
+	int rc = 0;
 
 	if (!cfg || !tokens || !h || !compute || !n || !cfg->n_layers ||
 	    cfg->n_layers > LEM_MAX_LAYERS || !cfg->hidden || cfg->hidden > LEM_MAX_HIDDEN ||
@@ -254,7 +329,7 @@ LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, cons
 		rc = revalidate(&m, &m.hit, h, n, compute, ctx);
 		if (rc < 0) {
 			lem_release(&m, m.hit.lease);
-			return rc;
+			goto out;
 		}
 	}
 	if (m.have_hit)
@@ -262,11 +337,13 @@ LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, cons
 	for (uint32_t l = first; l < cfg->n_layers; l++) {
 		rc = lem_layer(&m, l, &cur, h, n, compute, ctx);
 		if (rc < 0)
-			return rc;
+			goto out;
 	}
 	if (cur != h)
 		memcpy(h, cur, (uint64_t)n * cfg->hidden * sizeof(float));
 	if (m.have_hit)
 		lem_release(&m, m.hit.lease);
-	return 0;
+out:
+	lem_end(&m, n);
+	return rc;
 }

@@ -434,6 +434,51 @@ void lb_set_spin_us(struct lb_client *c, uint32_t us);
  */
 void lb_set_wait_us(struct lb_client *c, uint32_t us);
 
+/* ---- single-flight: one client computes a new input, the others wait for its layers ---- */
+
+/*
+ * Flags of lb_lookup_sflight (PROTOCOL.md, Ring protocol 15):
+ * LB_SFLIGHT_CLAIM: when no client claims the input and the cache holds none of its layers, the
+ *   lookup claims it (sf->claim): other clients' LB_SFLIGHT_WAIT lookups of it wait until the
+ *   claim ends. Compute the input, insert its layers, then lb_release(c, sf->claim) — also when
+ *   giving up on it. A claim also ends when this connection does (the process's death included,
+ *   at once) and bound_us after it was taken.
+ * LB_SFLIGHT_WAIT: while another client claims the input, the daemon holds the lookup until that
+ *   claim ends (answering then from what the cache holds: normally the claimant's layers) or
+ *   bound_us pass; it holds no thread and no ring slot meanwhile, but this client's later
+ *   requests wait behind it. A client that holds a claim itself is answered at once.
+ * bound_us: 1..LB_SFLIGHT_MAX_US (1 s): the claim's life and the longest wait.
+ */
+#define LB_SFLIGHT_CLAIM 1u
+#define LB_SFLIGHT_WAIT 2u
+#define LB_SFLIGHT_MAX_US 1000000u
+/* sf->flags */
+#define LB_SFLIGHT_WAITED 1u /* the lookup waited for another client's claim (waited_us) */
+#define LB_SFLIGHT_BUSY 2u   /* another client's claim on the input was live when answered (the
+			      * wait ran out, or could not be): it is being computed elsewhere too */
+
+struct lb_sflight {
+	uint64_t claim;     /* the claim this lookup took, 0: none; lb_release it when done */
+	uint32_t waited_us; /* how long the daemon held the lookup */
+	uint32_t flags;     /* LB_SFLIGHT_WAITED, LB_SFLIGHT_BUSY */
+};
+LB_ABI_FIELD_LP64(struct lb_sflight, claim, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_sflight, waited_us, 8, 4);
+LB_ABI_FIELD_LP64(struct lb_sflight, flags, 12, 4);
+LB_ABI_SIZE_LP64(struct lb_sflight, 16);
+
+/*
+ * lb_lookup_deepest with single-flight flags (LB_SFLIGHT_CLAIM, LB_SFLIGHT_WAIT, either or
+ * both). Waits for the answer up to bound_us plus lb_set_wait_us's wait. *sf is filled whatever
+ * the answer (a claim comes with a miss or with a hit on a near input's layer).
+ * @return as lb_lookup_deepest: 0 and *hit; -ENOENT (a miss); ...; -EINVAL also for flags 0 or
+ *         unknown, bound_us out of range, or a daemon that predates single-flight (it refuses
+ *         the flags: look up without them).
+ */
+int lb_lookup_sflight(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
+		      const float *tau, uint32_t n_tau, uint32_t flags, uint32_t bound_us,
+		      struct lb_hit *hit, struct lb_sflight *sf);
+
 /* ---- asynchronous forms, for batching ---- */
 
 struct lb_result {
@@ -625,6 +670,7 @@ struct lb_lem_cfg {
 	uint32_t model_id;             /* from lb_register_model (unused when c is NULL) */
 	uint32_t n_layers;             /* 1..1024, as registered */
 	uint32_t hidden;               /* as registered; entries are f32 [n][hidden] */
+	uint32_t flags;                /* LB_LEM_* */
 	const struct lb_fp_proj *proj; /* the fingerprint projection, width hidden */
 	const float *tau;              /* n_layers lookup thresholds, or NULL: the daemon's */
 	const uint8_t *cache_layers;   /* n_layers flags: insert layer l when nonzero; NULL: all */
@@ -634,12 +680,15 @@ struct lb_lem_cfg {
 LB_ABI_FIELD_LP64(struct lb_lem_cfg, model_id, 0, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_cfg, n_layers, 4, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_cfg, hidden, 8, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_cfg, flags, 12, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_cfg, proj, 16, 8);
 LB_ABI_FIELD_LP64(struct lb_lem_cfg, tau, 24, 8);
 LB_ABI_FIELD_LP64(struct lb_lem_cfg, cache_layers, 32, 8);
 LB_ABI_FIELD_LP64(struct lb_lem_cfg, revalidate, 40, 8);
 LB_ABI_FIELD_LP64(struct lb_lem_cfg, seed, 48, 8);
 LB_ABI_SIZE_LP64(struct lb_lem_cfg, 56);
+/* Look up without single-flight: never claim an input nor wait for another client's. */
+#define LB_LEM_NO_SFLIGHT 1u
 
 struct lb_lem_result {
 	int32_t hit_layer;        /* the layer whose cached output was reused; -1: a miss */
@@ -649,6 +698,8 @@ struct lb_lem_result {
 	uint32_t revalidated;     /* layers recomputed to check a hit (not in layers_computed) */
 	uint32_t reports;         /* REPORTs sent */
 	int cache_error;          /* 0, or the error that made this run fall back to plain */
+	uint32_t sflight;         /* LB_LEM_CLAIMED, LB_LEM_WAITED, LB_LEM_BUSY */
+	uint32_t waited_us;       /* how long the lookup waited for another worker's claim */
 };
 LB_ABI_FIELD_LP64(struct lb_lem_result, hit_layer, 0, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_result, hit_hamming, 4, 4);
@@ -657,11 +708,25 @@ LB_ABI_FIELD_LP64(struct lb_lem_result, layers_inserted, 12, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_result, revalidated, 16, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_result, reports, 20, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_result, cache_error, 24, 4);
-LB_ABI_SIZE_LP64(struct lb_lem_result, 28);
+LB_ABI_FIELD_LP64(struct lb_lem_result, sflight, 28, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_result, waited_us, 32, 4);
+LB_ABI_SIZE_LP64(struct lb_lem_result, 36);
+#define LB_LEM_CLAIMED 1u /* this run claimed the input: the others waited for its layers */
+#define LB_LEM_WAITED 2u  /* its lookup waited for another worker computing the input */
+#define LB_LEM_BUSY 4u    /* another worker computed the input at the same time (the wait ran
+			   * out or could not be): this run computed it too */
 
 /*
  * Run the layers of one input of n tokens, reusing what the cache holds:
- *  1. key = lb_fingerprint(h) + lb_token_hash(tokens) + n; lb_lookup_deepest.
+ *  1. key = lb_fingerprint(h) + lb_token_hash(tokens) + n; lb_lookup_sflight with
+ *     LB_SFLIGHT_CLAIM and LB_SFLIGHT_WAIT (single-flight; lb_lookup_deepest with
+ *     LB_LEM_NO_SFLIGHT, or against a daemon that predates it): an input that another worker
+ *     is computing right now is waited for, and its layers reused, rather than computed twice;
+ *     an input nobody computes is claimed for the run (released once its layers are inserted,
+ *     whatever happens to the run). The wait's bound, also the claim's: four times what
+ *     computing the input took this client's recent runs (a moving average per layer and
+ *     token) plus 10 ms, at most 1 s (1 s until a run has been measured). res->sflight and
+ *     res->waited_us say what happened. Nothing is claimed when cache_layers selects no layer.
  *  2. On a hit at layer L (f32, [n][hidden], checked; anything else counts as a miss) the hit's
  *     arena view is the input of layer L + 1 (zero copy) and its lease is released as soon as
  *     layer L + 1 has read it. With probability revalidate, layer L is also recomputed from the

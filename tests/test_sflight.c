@@ -1,0 +1,522 @@
+/*
+ * Single-flight (PROTOCOL.md, Ring protocol 15): two clients that run one new input at once
+ * compute it once, the other waiting for its layers; a claimant SIGKILLed releases its waiter at
+ * once; a claim that never ends holds its waiters only until its bound, and a wait no longer
+ * than its own; a client that holds a claim, or asks about its own, is answered at once; and,
+ * labelled tsan, four threads running the same inputs in different orders compute each about
+ * once and always get the plain result.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "layerbank/layerbank.h"
+#include "testutil.h"
+
+#define LAYERS 6
+#define HIDDEN 16
+#define N 7
+#define SEED 42
+#define THREADS 4
+#define INPUTS 24
+
+static struct lbt_env env;
+static struct lb_fp_proj *proj;
+
+static int setup(void **state)
+{
+	lbt_env_setup(state);
+	return lbt_daemon_start(&env, LBT_ARGS(LBT_SMALL, "--threads", "2")) > 0 ? 0 : -1;
+}
+
+static double now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+static void sleep_ms(long ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+	while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+		;
+}
+
+/* ---- the toy model: layer l adds l + 1 to every element, taking ms milliseconds ---- */
+
+struct toy {
+	long ms;          /* each layer's time */
+	unsigned calls;
+};
+
+static int toy_layer(void *ctx, uint32_t layer, const float *in, float *out)
+{
+	struct toy *t = ctx;
+	if (t->ms)
+		sleep_ms(t->ms);
+	for (uint32_t i = 0; i < N * HIDDEN; i++)
+		out[i] = in[i] + (float)(layer + 1);
+	t->calls++;
+	return 0;
+}
+
+/* Input seed: its tokens, its embedding and what every layer makes of it. */
+struct input {
+	int32_t tok[N];
+	float emb[N * HIDDEN], want[N * HIDDEN], h[N * HIDDEN];
+};
+
+static void input_make(struct input *in, uint32_t seed)
+{
+	for (uint32_t i = 0; i < N; i++)
+		in->tok[i] = (int32_t)(seed * 100 + i);
+	lbt_fill_uniform(in->emb, N * HIDDEN, seed * 2654435761u + 1);
+	memcpy(in->want, in->emb, sizeof(in->emb));
+	for (uint32_t l = 0; l < LAYERS; l++)
+		for (uint32_t i = 0; i < N * HIDDEN; i++)
+			in->want[i] += (float)(l + 1);
+}
+
+static void key_of(const struct input *in, struct lb_key *k)
+{
+	memset(k, 0, sizeof(*k));
+	assert_int_equal(lb_fingerprint(proj, in->emb, N, k->fp), 0);
+	lb_token_hash(in->tok, N, k->exact);
+	k->seq_len = N;
+}
+
+static const struct lb_model_desc model = { .name = "sflight", .weights_hash = 5,
+					    .n_layers = LAYERS, .hidden = HIDDEN,
+					    .dtype = LB_DTYPE_F32, .max_seq = 64, .fp_chunks = 4,
+					    .fp_seed = SEED };
+
+/* A client of env's daemon with the model registered (*id). */
+static struct lb_client *open_client(const char *name, uint32_t *id)
+{
+	struct lb_client *c;
+	assert_int_equal(lbt_connect(&env, name, &c), 0);
+	assert_int_equal(lb_register_model(c, &model, id), 0);
+	if (!proj)
+		proj = lb_fp_proj_new(HIDDEN, 4, SEED, NULL);
+	assert_non_null(proj);
+	return c;
+}
+
+static struct lb_lem_cfg cfg_of(uint32_t id)
+{
+	return (struct lb_lem_cfg){ .model_id = id, .n_layers = LAYERS, .hidden = HIDDEN,
+				    .proj = proj, .seed = 1 };
+}
+
+/* Insert every layer of in's output, as a claimant does. */
+static void insert_all(struct lb_client *c, uint32_t id, const struct input *in)
+{
+	struct lb_key k;
+	float h[N * HIDDEN];
+	struct lb_shape shape = { .dtype = LB_DTYPE_F32, .ndim = 2, .dims = { N, HIDDEN } };
+	key_of(in, &k);
+	memcpy(h, in->emb, sizeof(h));
+	for (uint32_t l = 0; l < LAYERS; l++) {
+		for (uint32_t i = 0; i < N * HIDDEN; i++)
+			h[i] += (float)(l + 1);
+		void *buf = lb_insert_reserve(c, sizeof(h));
+		assert_non_null(buf);
+		memcpy(buf, h, sizeof(h));
+		assert_int_equal(lb_insert_commit(c, id, l, &k, &shape), 0);
+	}
+}
+
+/* ---- two clients, one input ---- */
+
+struct runner {
+	struct lb_client *c;
+	uint32_t id;
+	uint32_t seed;
+	long delay_ms;               /* before the run */
+	long layer_ms;
+	struct lb_lem_result res;
+	int rc;
+	int same;                    /* the output is the plain one */
+};
+
+static void *run_one(void *p)
+{
+	struct runner *r = p;
+	struct input in;
+	struct toy t = { r->layer_ms, 0 };
+	struct lb_lem_cfg cfg = cfg_of(r->id);
+	input_make(&in, r->seed);
+	memcpy(in.h, in.emb, sizeof(in.h));
+	if (r->delay_ms)
+		sleep_ms(r->delay_ms);
+	r->rc = lb_lem_run(r->c, &cfg, in.tok, N, in.h, toy_layer, &t, &r->res);
+	r->same = !memcmp(in.h, in.want, sizeof(in.h));
+	return NULL;
+}
+
+/* Two lb_lem_run of one new input at once (the second 20 ms later, each layer 30 ms): one
+ * claims and computes every layer, the other waits and reuses the top one, computing none. */
+static void test_one_computes_the_other_waits(void **state)
+{
+	(void)state;
+	struct runner r[2];
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++) {
+		r[i] = (struct runner){ .seed = 7, .delay_ms = 20 * i, .layer_ms = 30 };
+		r[i].c = open_client(i ? "second" : "first", &r[i].id);
+	}
+	for (int i = 0; i < 2; i++)
+		assert_int_equal(pthread_create(&th[i], NULL, run_one, &r[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	int owner = r[0].res.sflight & LB_LEM_CLAIMED ? 0 : 1;
+	const struct lb_lem_result *o = &r[owner].res, *w = &r[1 - owner].res;
+	printf("claimant: %u layers computed; waiter: waited %.1f ms, hit layer %d, %u computed\n",
+	       o->layers_computed, w->waited_us / 1e3, w->hit_layer, w->layers_computed);
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(r[i].rc, 0);
+		assert_true(r[i].same);
+		assert_int_equal(r[i].res.cache_error, 0);
+	}
+	assert_int_equal(o->sflight, LB_LEM_CLAIMED);
+	assert_int_equal(o->layers_computed, LAYERS);
+	assert_int_equal(o->layers_inserted, LAYERS);
+	assert_int_equal(w->sflight, LB_LEM_WAITED);
+	assert_int_equal(w->hit_layer, LAYERS - 1);
+	assert_int_equal(w->layers_computed, 0);
+	/* It waited for most of the claimant's 180 ms. */
+	assert_true(w->waited_us >= 60000);
+	struct lb_stats st;
+	assert_int_equal(lb_stats(r[0].c, &st, sizeof(st)), 0);
+	assert_int_equal(st.leases, 0);
+	assert_int_equal(st.inserts, LAYERS);
+}
+
+/* Without single-flight (LB_LEM_NO_SFLIGHT) nothing is claimed nor waited for. */
+static void test_opt_out(void **state)
+{
+	(void)state;
+	uint32_t id;
+	struct lb_client *c = open_client("plain", &id);
+	struct lb_lem_cfg cfg = cfg_of(id);
+	cfg.flags = LB_LEM_NO_SFLIGHT;
+	struct input in;
+	struct toy t = { 0, 0 };
+	struct lb_lem_result res;
+	input_make(&in, 8);
+	memcpy(in.h, in.emb, sizeof(in.h));
+	assert_int_equal(lb_lem_run(c, &cfg, in.tok, N, in.h, toy_layer, &t, &res), 0);
+	assert_memory_equal(in.h, in.want, sizeof(in.h));
+	assert_int_equal(res.sflight, 0);
+	assert_int_equal(res.layers_inserted, LAYERS);
+	/* and with it, the cached input is a plain hit: nothing to claim */
+	cfg.flags = 0;
+	memcpy(in.h, in.emb, sizeof(in.h));
+	assert_int_equal(lb_lem_run(c, &cfg, in.tok, N, in.h, toy_layer, &t, &res), 0);
+	assert_int_equal(res.sflight, 0);
+	assert_int_equal(res.hit_layer, LAYERS - 1);
+}
+
+/* ---- a claimant in another process ---- */
+
+/* Fork a process that claims input seed with bound_us and then sleeps: @return its pid once it
+ * holds the claim. */
+static pid_t claimant(uint32_t seed, uint32_t bound_us)
+{
+	int p[2];
+	assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+	pid_t pid = lbt_fork(&env);
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		struct lb_client *c;
+		uint32_t id;
+		struct input in;
+		struct lb_key k;
+		struct lb_hit hit;
+		struct lb_sflight sf;
+		close(p[0]);
+		if (lb_connect(env.sock, "claimant", &c) < 0 || lb_register_model(c, &model, &id) < 0)
+			_exit(3);
+		proj = lb_fp_proj_new(HIDDEN, 4, SEED, NULL);
+		input_make(&in, seed);
+		lb_token_hash(in.tok, N, k.exact);
+		lb_fingerprint(proj, in.emb, N, k.fp);
+		k.seq_len = N;
+		int rc = lb_lookup_sflight(c, id, &k, NULL, 0, LB_SFLIGHT_CLAIM, bound_us, &hit, &sf);
+		int ok = rc == -ENOENT && sf.claim != 0;
+		if (write(p[1], &ok, sizeof(ok)) != (ssize_t)sizeof(ok))
+			_exit(4);
+		for (;;)
+			pause();
+	}
+	close(p[1]);
+	int ok = 0;
+	struct pollfd pf = { .fd = p[0], .events = POLLIN };
+	assert_int_equal(poll(&pf, 1, 10000), 1);
+	assert_int_equal(read(p[0], &ok, sizeof(ok)), (ssize_t)sizeof(ok));
+	close(p[0]);
+	assert_true(ok);
+	return pid;
+}
+
+struct delayed_kill {
+	pid_t pid;
+	long ms;
+	double at;   /* when the signal went */
+};
+
+static void *kill_later(void *p)
+{
+	struct delayed_kill *k = p;
+	sleep_ms(k->ms);
+	k->at = now_ms();
+	kill(k->pid, SIGKILL);
+	return NULL;
+}
+
+/* The claimant SIGKILLed while we wait (bound 1 s): we are answered at once — a miss, with the
+ * claim now ours — not at the bound. */
+static void test_killed_claimant_releases_at_once(void **state)
+{
+	(void)state;
+	uint32_t id;
+	struct lb_client *c = open_client("waiter", &id);
+	pid_t pid = claimant(11, LB_SFLIGHT_MAX_US);
+	struct input in;
+	struct lb_key k;
+	struct lb_hit hit;
+	struct lb_sflight sf;
+	input_make(&in, 11);
+	key_of(&in, &k);
+
+	struct delayed_kill dk = { .pid = pid, .ms = 150 };
+	pthread_t th;
+	assert_int_equal(pthread_create(&th, NULL, kill_later, &dk), 0);
+	double t0 = now_ms();
+	int rc = lb_lookup_sflight(c, id, &k, NULL, 0, LB_SFLIGHT_CLAIM | LB_SFLIGHT_WAIT,
+				   LB_SFLIGHT_MAX_US, &hit, &sf);
+	double t1 = now_ms();
+	pthread_join(th, NULL);
+	assert_int_equal(lbt_reap(&env, pid), 128 + SIGKILL);
+	printf("waited %.1f ms in all, answered %.1f ms after the SIGKILL (bound 1000 ms)\n",
+	       t1 - t0, t1 - dk.at);
+	assert_int_equal(rc, -ENOENT);
+	assert_true(sf.claim != 0);
+	assert_int_equal(sf.flags, LB_SFLIGHT_WAITED);
+	assert_true(t1 >= dk.at);
+	/* The daemon learns of the death from the process's pidfd, at once: far below the
+	 * bound, and no longer than a loaded machine takes to tell it. */
+	assert_true(t1 - dk.at < 400);
+	assert_int_equal(lb_release(c, sf.claim), 0);
+}
+
+/* A claimant that lives on and never releases: its claim's bound (300 ms) ends the wait of a
+ * client that would wait 1 s, which then claims the input itself; and a client that waits
+ * only 200 ms for a claim of 1 s is answered at 200 ms, BUSY, without a claim. */
+static void test_stuck_claim_times_out_at_its_bound(void **state)
+{
+	(void)state;
+	uint32_t id;
+	struct lb_client *c = open_client("waiter", &id);
+	struct input in;
+	struct lb_key k;
+	struct lb_hit hit;
+	struct lb_sflight sf;
+
+	pid_t pid = claimant(12, 300000);
+	double t0 = now_ms();
+	input_make(&in, 12);
+	key_of(&in, &k);
+	int rc = lb_lookup_sflight(c, id, &k, NULL, 0, LB_SFLIGHT_CLAIM | LB_SFLIGHT_WAIT,
+				   LB_SFLIGHT_MAX_US, &hit, &sf);
+	double waited = now_ms() - t0;
+	printf("a claim of 300 ms held the waiter %.1f ms (daemon: %.1f ms)\n", waited,
+	       sf.waited_us / 1e3);
+	assert_int_equal(rc, -ENOENT);
+	assert_true(sf.claim != 0); /* the stuck claim is over: the input is ours to compute */
+	assert_int_equal(sf.flags, LB_SFLIGHT_WAITED);
+	/* The claim was taken before the wait began: less than 300 ms, but for a late timer. */
+	assert_true(sf.waited_us >= 200000 && sf.waited_us < 600000);
+	assert_true(waited < 900);
+	assert_int_equal(lb_release(c, sf.claim), 0);
+	lbt_kill(&env, pid);
+
+	pid = claimant(13, LB_SFLIGHT_MAX_US);
+	input_make(&in, 13);
+	key_of(&in, &k);
+	t0 = now_ms();
+	rc = lb_lookup_sflight(c, id, &k, NULL, 0, LB_SFLIGHT_CLAIM | LB_SFLIGHT_WAIT, 200000,
+			       &hit, &sf);
+	waited = now_ms() - t0;
+	printf("a wait of 200 ms for a claim of 1 s: %.1f ms (daemon: %.1f ms)\n", waited,
+	       sf.waited_us / 1e3);
+	assert_int_equal(rc, -ENOENT);
+	assert_int_equal(sf.claim, 0);
+	assert_int_equal(sf.flags, LB_SFLIGHT_WAITED | LB_SFLIGHT_BUSY);
+	assert_true(sf.waited_us >= 200000 && sf.waited_us < 600000);
+	lbt_kill(&env, pid);
+}
+
+/* Answered at once: a lookup of an input this client claims (no second claim, not BUSY); a
+ * client that holds a claim, waiting for another's (BUSY: two clients waiting for each other's
+ * claims would be freed by their bounds only); WAIT without CLAIM on an input nobody claims. */
+static void test_answered_at_once(void **state)
+{
+	(void)state;
+	uint32_t ia, ib;
+	struct lb_client *a = open_client("a", &ia), *b = open_client("b", &ib);
+	struct input x, y, z;
+	struct lb_key kx, ky, kz;
+	struct lb_hit hit;
+	struct lb_sflight sa, sb, s;
+	const uint32_t both = LB_SFLIGHT_CLAIM | LB_SFLIGHT_WAIT;
+	input_make(&x, 21);
+	input_make(&y, 22);
+	input_make(&z, 23);
+	key_of(&x, &kx);
+	key_of(&y, &ky);
+	key_of(&z, &kz);
+
+	assert_int_equal(lb_lookup_sflight(a, ia, &kx, NULL, 0, both, 500000, &hit, &sa), -ENOENT);
+	assert_true(sa.claim != 0);
+	assert_int_equal(lb_lookup_sflight(b, ib, &ky, NULL, 0, both, 500000, &hit, &sb), -ENOENT);
+	assert_true(sb.claim != 0);
+	double t0 = now_ms();
+	assert_int_equal(lb_lookup_sflight(a, ia, &kx, NULL, 0, both, 500000, &hit, &s), -ENOENT);
+	assert_int_equal(s.claim, 0);
+	assert_int_equal(s.flags, 0);
+	assert_int_equal(lb_lookup_sflight(a, ia, &ky, NULL, 0, both, 500000, &hit, &s), -ENOENT);
+	assert_int_equal(s.claim, 0);
+	assert_int_equal(s.flags, LB_SFLIGHT_BUSY);
+	assert_int_equal(lb_lookup_sflight(b, ib, &kz, NULL, 0, LB_SFLIGHT_WAIT, 500000, &hit, &s),
+			 -ENOENT);
+	assert_int_equal(s.claim, 0);
+	assert_int_equal(s.flags, 0);
+	assert_true(now_ms() - t0 < 400);
+	/* The claimant inserts and releases: a plain hit for everyone, nothing to claim. */
+	insert_all(a, ia, &x);
+	assert_int_equal(lb_release(a, sa.claim), 0);
+	assert_int_equal(lb_lookup_sflight(b, ib, &kx, NULL, 0, both, 500000, &hit, &s), 0);
+	assert_int_equal(hit.layer, LAYERS - 1);
+	assert_int_equal(s.claim, 0);
+	assert_int_equal(s.flags, 0);
+	assert_int_equal(lb_release(b, hit.lease), 0);
+	/* A claim's handle is no lease: nothing to REPORT; a second RELEASE is refused. */
+	assert_int_equal(lb_report(b, sb.claim, 0.0f), -EINVAL);
+	assert_int_equal(lb_release(b, sb.claim), 0);
+	assert_int_equal(lb_release(b, sb.claim), -EINVAL);
+	/* Bad arguments. */
+	assert_int_equal(lb_lookup_sflight(a, ia, &kz, NULL, 0, 0, 500000, &hit, &s), -EINVAL);
+	assert_int_equal(lb_lookup_sflight(a, ia, &kz, NULL, 0, 4, 500000, &hit, &s), -EINVAL);
+	assert_int_equal(lb_lookup_sflight(a, ia, &kz, NULL, 0, both, 0, &hit, &s), -EINVAL);
+	assert_int_equal(lb_lookup_sflight(a, ia, &kz, NULL, 0, both, LB_SFLIGHT_MAX_US + 1, &hit,
+					   &s), -EINVAL);
+}
+
+/* ---- many threads (tsan) ---- */
+
+struct fleet_worker {
+	uint32_t index;
+	struct lb_client *c;
+	uint32_t id;
+	unsigned computed_runs, busy, waited, claimed, wrong;
+	int rc;
+};
+
+static void *fleet_main(void *p)
+{
+	struct fleet_worker *w = p;
+	struct lb_lem_cfg cfg = cfg_of(w->id);
+	struct toy t = { 2, 0 };
+	struct input in;
+	/* Every thread runs every input; each starts at another place of the list, so that most
+	 * inputs are run by two or more threads close together. */
+	for (uint32_t j = 0; j < INPUTS && !w->rc; j++) {
+		uint32_t seed = 100 + (j + w->index * 2) % INPUTS;
+		struct lb_lem_result res;
+		input_make(&in, seed);
+		memcpy(in.h, in.emb, sizeof(in.h));
+		w->rc = lb_lem_run(w->c, &cfg, in.tok, N, in.h, toy_layer, &t, &res);
+		w->wrong += memcmp(in.h, in.want, sizeof(in.h)) != 0;
+		w->computed_runs += res.layers_computed > 0;
+		w->busy += !!(res.sflight & LB_LEM_BUSY);
+		w->waited += !!(res.sflight & LB_LEM_WAITED);
+		w->claimed += !!(res.sflight & LB_LEM_CLAIMED);
+		if (res.cache_error)
+			w->rc = res.cache_error;
+	}
+	return NULL;
+}
+
+static void test_threads(void **state)
+{
+	(void)state;
+	struct fleet_worker w[THREADS];
+	pthread_t th[THREADS];
+	unsigned computed = 0, busy = 0, waited = 0, claimed = 0;
+	for (uint32_t i = 0; i < THREADS; i++) {
+		w[i] = (struct fleet_worker){ .index = i };
+		w[i].c = open_client("fleet", &w[i].id);
+	}
+	for (uint32_t i = 0; i < THREADS; i++)
+		assert_int_equal(pthread_create(&th[i], NULL, fleet_main, &w[i]), 0);
+	for (uint32_t i = 0; i < THREADS; i++)
+		pthread_join(th[i], NULL);
+	for (uint32_t i = 0; i < THREADS; i++) {
+		assert_int_equal(w[i].rc, 0);
+		assert_int_equal(w[i].wrong, 0);
+		computed += w[i].computed_runs;
+		busy += w[i].busy;
+		waited += w[i].waited;
+		claimed += w[i].claimed;
+	}
+	printf("%u runs of %u inputs: %u computed (%u claimed, %u alongside a claimant), %u waited\n",
+	       THREADS * INPUTS, INPUTS, computed, claimed, busy, waited);
+	/* Each input is claimed once (nothing is evicted, no claim runs out unless its holder is
+	 * slower than four times its usual pace), and computed by its claimant only, unless a
+	 * wait ran out. */
+	assert_true(claimed >= INPUTS);
+	assert_int_equal(computed, claimed + busy);
+	assert_true(busy + (claimed - INPUTS) <= INPUTS / 4);
+	struct lb_stats st;
+	assert_int_equal(lb_stats(w[0].c, &st, sizeof(st)), 0);
+	assert_int_equal(st.leases, 0);
+	assert_int_equal(st.entries, INPUTS * LAYERS);
+}
+
+#define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, setup, lbt_env_teardown, &env)
+
+int main(int argc, char **argv)
+{
+	const struct CMUnitTest all[] = {
+		TEST(test_one_computes_the_other_waits),
+		TEST(test_opt_out),
+		TEST(test_killed_claimant_releases_at_once),
+		TEST(test_stuck_claim_times_out_at_its_bound),
+		TEST(test_answered_at_once),
+	};
+	const struct CMUnitTest threads[] = { TEST(test_threads) };
+	int rc;
+	/* `test_sflight threads`: the concurrency test, a test of its own (label tsan); the rest
+	 * measure times that a ThreadSanitizer build would stretch. */
+	if (argc > 1 && !strcmp(argv[1], "threads"))
+		rc = cmocka_run_group_tests(threads, NULL, NULL);
+	else
+		rc = cmocka_run_group_tests(all, NULL, NULL);
+	lb_fp_proj_free(proj);
+	return rc;
+}
