@@ -16,12 +16,12 @@
 #define LEM_MAX_LAYERS 1024u
 #define LEM_MAX_HIDDEN 65536u
 /* A single-flight bound: this many times what computing the input took recently, plus a
- * margin. The claimant's compute is slowed by the same load as ours was, and a wait that runs
- * out only costs the compute that waiting was to save, while a claim that runs out early makes
- * a second computation; generous is cheap, as a claimant that dies releases its waiters at once
- * and one that finishes releases them when it does. */
+ * margin for the scheduler (a worker that loses its CPU for a time slice or two on a loaded
+ * host: tens of ms, more than a small model's whole forward pass). A wait or a claim that runs
+ * out early makes a second computation, while a generous bound is cheap: a claimant that dies
+ * releases its waiters at once, and one that finishes releases them when it does. */
 #define SF_BOUND_FACTOR 4u
-#define SF_BOUND_MARGIN_NS 10000000ull
+#define SF_BOUND_MARGIN_NS 50000000ull
 
 /* One run's view of the cache: c stays NULL once any call failed (see lb_lem_run). */
 struct lem {

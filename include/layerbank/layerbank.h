@@ -725,7 +725,7 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 36);
  *     an input nobody computes is claimed for the run (released once its layers are inserted,
  *     whatever happens to the run). The wait's bound, also the claim's: four times what
  *     computing the input took this client's recent runs (a moving average per layer and
- *     token) plus 10 ms, at most 1 s (1 s until a run has been measured). res->sflight and
+ *     token) plus 50 ms, at most 1 s (1 s until a run has been measured). res->sflight and
  *     res->waited_us say what happened. Nothing is claimed when cache_layers selects no layer.
  *  2. On a hit at layer L (f32, [n][hidden], checked; anything else counts as a miss) the hit's
  *     arena view is the input of layer L + 1 (zero copy) and its lease is released as soon as
