@@ -98,6 +98,7 @@ struct lbb_fleet_cfg {
 	int workers;           /* 1..LBB_FLEET_MAX_WORKERS */
 	uint64_t budget;       /* the shared bank's bytes; a private bank's: budget / workers */
 	const char *tau;       /* --tau of the daemon and of caching workers; NULL: the default */
+	int no_sflight;        /* caching workers run with --no-sflight */
 };
 
 /*

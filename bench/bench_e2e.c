@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "layerbank/layerbank.h"
 #include "plot.h"
 #include "size.h"
 #include "workload.h"
@@ -28,6 +29,7 @@ struct opts {
 	const char *tau;        /* NULL: the bank's default */
 	int modes;              /* bit per enum lbb_mode */
 	int tau_sweep, json, quiet;
+	int no_sflight;         /* the cached modes' workers without single-flight */
 	const char *plot;
 	char data[512];
 	uint32_t min_chars, max_chars;
@@ -42,6 +44,9 @@ struct answer {
 	unsigned computed;      /* layers the worker's forward pass ran */
 	double lat_ms;          /* send to answer, seen by the dispatcher */
 	int32_t *top1;          /* [tokens - 1] */
+	unsigned sflight;       /* LB_LEM_* bits */
+	unsigned waited_us;     /* its lookup waited for another worker's claim */
+	double cstart_us, cend_us; /* when its layers ran (CLOCK_MONOTONIC); 0, 0: none */
 };
 
 struct run {
@@ -56,10 +61,14 @@ struct run {
 	double nll_per_token;
 	double nll_rel, top1;   /* against nocache; NAN when there is none */
 	unsigned errors;
+	uint32_t duplicates;    /* duplicate_computes (count_duplicates) */
+	uint32_t sf_waited;     /* requests whose lookup waited for another worker's claim */
+	uint32_t sf_busy;       /* requests computed alongside a claimant (the wait ran out) */
+	double sf_wait_ms;      /* the mean wait of those that waited */
 };
 
-/* lbb_answer_fn: "ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T top1=a,b,..." or
- * "err ..." after the id. */
+/* lbb_answer_fn: "ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T sflight=F
+ * waited=W compute=A-B top1=a,b,..." or "err ..." after the id. */
 static int on_answer(void *ctx, int w, uint64_t id, char *end, double lat_ms)
 {
 	struct run *run = ctx;
@@ -77,8 +86,9 @@ static int on_answer(void *ctx, int w, uint64_t id, char *end, double lat_ms)
 	double us;
 	int used = 0;
 	if (sscanf(end, " ok tokens=%d nll=%lf hit=%d hamming=%u computed=%u inserted=%u us=%lf "
-		   "top1=%n", &a->tokens, &a->nll, &a->hit, &hamming, &a->computed, &inserted, &us,
-		   &used) != 7 || !used || a->tokens < 2 || a->tokens > 1 << 20) {
+		   "sflight=%u waited=%u compute=%lf-%lf top1=%n", &a->tokens, &a->nll, &a->hit,
+		   &hamming, &a->computed, &inserted, &us, &a->sflight, &a->waited_us, &a->cstart_us,
+		   &a->cend_us, &used) != 11 || !used || a->tokens < 2 || a->tokens > 1 << 20) {
 		fprintf(stderr, "layerbank-bench e2e: bad answer '%llu%.120s'\n",
 			(unsigned long long)id, end);
 		return -EPROTO;
@@ -139,12 +149,55 @@ static void progress(const struct opts *o, const struct run *run, long done, lon
 
 /* ---- one run of the fleet ---- */
 
+/* A request that computed layers: its input and when. */
+struct computing {
+	const char *text;
+	double start, end;
+};
+
+static int cmp_computing(const void *pa, const void *pb)
+{
+	const struct computing *a = pa, *b = pb;
+	int c = strcmp(a->text, b->text);
+	return c ? c : (a->start > b->start) - (a->start < b->start);
+}
+
+/*
+ * duplicate_computes: the requests that computed a layer of their input while another request
+ * of the same input (the same text), which had started computing before, was computing it on
+ * another worker — the work single-flight exists to save, counted from the workers' own times
+ * (CLOCK_MONOTONIC, one host) the same way in every mode: in nocache and private it is what
+ * single-flight would have avoided, in shared what it did not. A request that waited and then
+ * reused its input's layers computed nothing and is no duplicate.
+ */
+static uint32_t count_duplicates(const struct run *run, const struct lbw_workload *wl)
+{
+	struct computing *c = malloc(wl->n * sizeof(*c));
+	uint32_t n = 0, dup = 0;
+	if (!c)
+		return UINT32_MAX;
+	for (uint32_t i = 0; i < wl->n; i++)
+		if (run->a[i].ok && run->a[i].computed)
+			c[n++] = (struct computing){ wl->r[i].text, run->a[i].cstart_us,
+						     run->a[i].cend_us };
+	qsort(c, n, sizeof(*c), cmp_computing);
+	double end = 0; /* of the earlier computations of the input */
+	for (uint32_t i = 0; i < n; i++) {
+		if (i == 0 || strcmp(c[i].text, c[i - 1].text))
+			end = 0;
+		dup += c[i].start < end;
+		end = c[i].end > end ? c[i].end : end;
+	}
+	free(c);
+	return dup;
+}
+
 /* Throughput, latency and reuse of a finished run. */
 static void summarise(struct run *run, const struct lbw_workload *wl, int layers)
 {
 	double *lat = malloc(wl->n * sizeof(double));
 	size_t n = 0;
-	double nll = 0, pred = 0, depth = 0;
+	double nll = 0, pred = 0, depth = 0, wait_ms = 0;
 	uint64_t computed = 0;
 	long reused[MAX_LAYERS];
 	for (uint32_t i = 0; i < wl->n; i++) {
@@ -158,7 +211,14 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 		pred += a->tokens - 1;
 		depth += a->hit + 1;
 		computed += a->computed;
+		if (a->sflight & LB_LEM_WAITED) {
+			run->sf_waited++;
+			wait_ms += a->waited_us / 1e3;
+		}
+		run->sf_busy += !!(a->sflight & LB_LEM_BUSY);
 	}
+	run->sf_wait_ms = run->sf_waited ? wait_ms / run->sf_waited : 0;
+	run->duplicates = count_duplicates(run, wl);
 	count_reuse(run, wl->n, layers, reused);
 	if (lat)
 		qsort(lat, n, sizeof(double), lbb_cmp_double);
@@ -216,7 +276,8 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 	else
 		snprintf(model, sizeof(model), "%s/stories260K.bin", o->data);
 	struct lbb_fleet_cfg cfg = { .model = model, .tokenizer = tok, .max_tokens = o->max_tokens,
-				     .workers = o->workers, .budget = o->budget, .tau = tau };
+				     .workers = o->workers, .budget = o->budget, .tau = tau,
+				     .no_sflight = o->no_sflight };
 	memset(run, 0, sizeof(*run));
 	run->mode = m;
 	run->tau = tau;
@@ -271,6 +332,10 @@ static json_object *run_json(const struct run *r, int layers)
 	json_object_object_add(o, "top1_agreement", lbb_json_num(r->top1));
 	json_object_object_add(o, "errors", json_object_new_int((int)r->errors));
 	json_object_object_add(o, "wall_s", lbb_json_num(r->wall_s));
+	json_object_object_add(o, "duplicate_computes", json_object_new_int64(r->duplicates));
+	json_object_object_add(o, "sflight_waited", json_object_new_int64(r->sf_waited));
+	json_object_object_add(o, "sflight_busy", json_object_new_int64(r->sf_busy));
+	json_object_object_add(o, "sflight_wait_ms_mean", lbb_json_num(r->sf_wait_ms));
 	return o;
 }
 
@@ -280,17 +345,21 @@ static const char *const tau_values[N_TAU] = { "0.70", "0.75", "0.80", "0.85", "
 
 static void print_modes(const struct run *runs, int have, int layers)
 {
-	printf("  %-8s %9s %9s %9s %8s %10s %12s %10s %6s\n", "mode", "req/s", "p50 ms", "p99 ms",
-	       "reuse", "depth", "nll change", "top-1", "errors");
+	printf("  %-8s %9s %9s %9s %8s %10s %12s %10s %6s %6s\n", "mode", "req/s", "p50 ms", "p99 ms",
+	       "reuse", "depth", "nll change", "top-1", "errors", "dup");
 	for (int m = 0; m < LBB_N_MODES; m++) {
 		if (!(have & 1 << m))
 			continue;
 		const struct run *r = &runs[m];
-		printf("  %-8s %9.2f %9.2f %9.2f %7.1f%% %7.2f/%-2d %+11.4f%% %9.3f%% %6u\n",
+		printf("  %-8s %9.2f %9.2f %9.2f %7.1f%% %7.2f/%-2d %+11.4f%% %9.3f%% %6u %6u\n",
 		       lbb_mode_name[m], r->rps, r->p50_ms, r->p99_ms, r->hit_rate * 100,
 		       r->mean_depth, layers, isfinite(r->nll_rel) ? r->nll_rel * 100 : 0.0,
-		       isfinite(r->top1) ? r->top1 * 100 : 100.0, r->errors);
+		       isfinite(r->top1) ? r->top1 * 100 : 100.0, r->errors, r->duplicates);
 	}
+	if (have & 1 << LBB_SHARED)
+		printf("  shared single-flight: %u requests waited (%.2f ms on average), %u computed "
+		       "alongside a claimant\n", runs[LBB_SHARED].sf_waited,
+		       runs[LBB_SHARED].sf_wait_ms, runs[LBB_SHARED].sf_busy);
 	for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++) {
 		if (!(have & 1 << m))
 			continue;
@@ -438,7 +507,7 @@ static void usage(FILE *f)
 		"[--max-tokens N]\n"
 		"         [--tau X] [--modes nocache,private,shared] [--tau-sweep] [--json] "
 		"[--plot FILE]\n"
-		"         [--data DIR] [--quiet]\n"
+		"         [--data DIR] [--no-sflight] [--quiet]\n"
 		"A fleet of layerbank-worker serve processes scores the same request stream "
 		"without a\n"
 		"cache, with a private in-process bank each (budget / workers bytes), and with\n"
@@ -450,7 +519,9 @@ static void usage(FILE *f)
 		"with\n"
 		"stories260K.bin, tok512.bin and tinystories_val.txt (default $LAYERBANK_DATA, "
 		"then\n"
-		"the source tree's ../shared/data).\n");
+		"the source tree's ../shared/data). --no-sflight: the caching workers compute an "
+		"input\n"
+		"another worker is computing rather than wait for it.\n");
 }
 
 static int bad(const char *opt, const char *v, const char *want)
@@ -492,6 +563,10 @@ static int parse(int argc, char **argv, struct opts *o)
 		}
 		if (!strcmp(a, "--quiet")) {
 			o->quiet = 1;
+			continue;
+		}
+		if (!strcmp(a, "--no-sflight")) {
+			o->no_sflight = 1;
 			continue;
 		}
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {

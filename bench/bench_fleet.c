@@ -182,6 +182,8 @@ static void worker_argv(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, const 
 		argv[n++] = "--tau";
 		argv[n++] = cfg->tau;
 	}
+	if (m != LBB_NOCACHE && cfg->no_sflight)
+		argv[n++] = "--no-sflight";
 	argv[n] = NULL;
 }
 

@@ -185,6 +185,7 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 		.cache_layers = wc->layers,
 		.revalidate = reval,
 		.seed = FP_SEED,
+		.flags = o->no_sflight ? LB_LEM_NO_SFLIGHT : 0,
 	};
 	return 0;
 }

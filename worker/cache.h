@@ -17,6 +17,7 @@ struct lbw_cache_opts {
 	const char *tau;          /* every layer's threshold (-1..1), or NULL: the bank's default */
 	const char *layers;       /* layers to insert: "all" (NULL) or indices "0,3,11" */
 	const char *revalidate;   /* share of hits to recompute, 0..1, or NULL: 0 */
+	int no_sflight;           /* lb_lem_run without single-flight (LB_LEM_NO_SFLIGHT) */
 };
 
 /* Owned by one thread. c NULL: no cache (none asked for, or it was away). */

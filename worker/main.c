@@ -77,9 +77,12 @@ static void usage(FILE *f)
 		"          'cache hit_layer H computed C inserted I' (H -1: a miss).\n"
 		"serve     reads requests 'ID<TAB>TEXT' from stdin, one per line, and answers each on\n"
 		"          stdout: 'ID ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T\n"
-		"          top1=a,b,...' (S the summed NLL of N-1 predictions, H the reused layer or\n"
-		"          -1, D its fingerprint distance, T microseconds of work, top1 the argmax after\n"
-		"          each position but the last) or 'ID err MESSAGE'. Prints 'ready ...' once the\n"
+		"          sflight=F waited=W compute=A-B top1=a,b,...' (S the summed NLL of N-1\n"
+		"          predictions, H the reused layer or -1, D its fingerprint distance, T\n"
+		"          microseconds of work, F single-flight: 1 claimed, 2 waited, 4 computed\n"
+		"          alongside another worker, W microseconds waited, A-B when the layers ran\n"
+		"          (CLOCK_MONOTONIC microseconds; 0-0: none), top1 the argmax after each\n"
+		"          position but the last) or 'ID err MESSAGE'. Prints 'ready ...' once the\n"
 		"          model is loaded; ends at end of input. --max-tokens cuts longer inputs.\n"
 		"          A decoder also takes 'ID<TAB>gen:N<TAB>PROMPT' (a text, or @ and token ids\n"
 		"          separated by commas): it generates N tokens greedily, reusing and\n"
@@ -97,6 +100,8 @@ static void usage(FILE *f)
 		"--cache-layers L     layers to insert: all (default) or a comma list of indices.\n"
 		"--revalidate P       recompute the top layer of a share P (0..1) of hits and report\n"
 		"                     the drift (default 0).\n"
+		"--no-sflight         no single-flight: an input another worker is computing is\n"
+		"                     computed again rather than waited for.\n"
 		"--tau X              similarity threshold of every layer's lookup (default: the\n"
 		"                     bank's).\n");
 }
@@ -183,6 +188,10 @@ static int parse(int argc, char **argv, struct opts *o)
 		const char *a = argv[i];
 		if (!strcmp(a, "--stats") && cmd == GEN) {
 			o->stats = 1;
+			continue;
+		}
+		if (!strcmp(a, "--no-sflight") && (cmd & (SCORE | SERVE))) {
+			o->cache.no_sflight = 1;
 			continue;
 		}
 		const char **slot = slot_of(o, a, cmd);

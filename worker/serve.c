@@ -20,6 +20,23 @@ static double now_us(void)
 	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
 }
 
+/* The layer callback, timed: when the first computed layer started and the last one ended. */
+struct timed {
+	struct lbw_scorer *sc;
+	double first_us, last_us;
+};
+
+static int timed_layer(void *ctx, uint32_t l, const float *in, float *out)
+{
+	struct timed *t = ctx;
+	double start = now_us();
+	int rc = lbw_scorer_layer(t->sc, l, in, out);
+	if (!t->first_us)
+		t->first_us = start;
+	t->last_us = now_us();
+	return rc;
+}
+
 int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
 		   const char *text, int32_t max_tokens, int cut, struct lbw_score *r, int32_t *top1,
 		   char *err, size_t errlen)
@@ -76,8 +93,11 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 	if (rc == 0 && !h)
 		rc = -ENOMEM;
 	if (rc == 0) {
+		struct timed tl = { sc, 0, 0 };
 		lbw_scorer_embed(sc, toks, n, h);
-		rc = lb_lem_run(wc->c, &wc->cfg, toks, (uint32_t)n, h, lbw_scorer_layer, sc, &r->lem);
+		rc = lb_lem_run(wc->c, &wc->cfg, toks, (uint32_t)n, h, timed_layer, &tl, &r->lem);
+		r->compute_start_us = tl.first_us;
+		r->compute_end_us = tl.last_us;
 		if (rc < 0)
 			snprintf(err, errlen, "layer computation: %s", strerror(-rc));
 	}
@@ -105,8 +125,10 @@ static void serve_score(struct lbw_scorer *sc, const struct lbw_tokenizer *t, st
 		return;
 	}
 	fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d hamming=%u computed=%u "
-		"inserted=%u us=%.0f top1=", id, (int)r.tokens, r.nll, (int)r.lem.hit_layer,
-		r.lem.hit_hamming, r.lem.layers_computed, r.lem.layers_inserted, r.us);
+		"inserted=%u us=%.0f sflight=%u waited=%u compute=%.0f-%.0f top1=", id,
+		(int)r.tokens, r.nll, (int)r.lem.hit_layer, r.lem.hit_hamming, r.lem.layers_computed,
+		r.lem.layers_inserted, r.us, r.lem.sflight, r.lem.waited_us, r.compute_start_us,
+		r.compute_end_us);
 	for (int32_t i = 0; i + 1 < r.tokens; i++)
 		fprintf(out, i ? ",%d" : "%d", (int)top1[i]);
 	fputc('\n', out);

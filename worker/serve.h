@@ -23,6 +23,9 @@ struct lbw_score {
 	double nll;               /* their summed negative log-likelihood, nats */
 	struct lb_lem_result lem; /* what the cache did */
 	double us;                /* microseconds from tokenizing to the last logit */
+	/* When the layers ran (CLOCK_MONOTONIC, us, comparable between processes): the start of
+	 * the first computed and the end of the last; both 0 when none was computed. */
+	double compute_start_us, compute_end_us;
 };
 
 /*
@@ -39,7 +42,10 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 /*
  * Serve: print "ready model=NAME layers=L hidden=H cache=MODE max_tokens=N" on out, then for each
  * line "ID<TAB>TEXT" of in (ID a decimal integer) one line on out, flushed:
- *   "ID ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T top1=a,b,..."
+ *   "ID ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T sflight=F waited=W
+ *    compute=A-B top1=a,b,..."
+ * (F: lb_lem_result's sflight bits, W its waited_us, A and B compute_start_us and
+ * compute_end_us, whole microseconds)
  * or "ID err MESSAGE" (ID "-" when the line had none). Bad requests never end the loop.
  * @return 0 at end of input; -EIO when out cannot be written; -ENOMEM.
  */
