@@ -3,7 +3,9 @@
  * limits) and a few frames each check of PROTOCOL.md section 2 rejects, for fuzz_lbp_decode;
  * scripts of ring requests (fuzz_ring_entry.c describes the format) that insert, hit, report,
  * release, evict, expire, hit the lease limit, fill the completion ring and fail each check of
- * Ring protocol 6, and insert and look up chains of prefix blocks (their keys from
+ * Ring protocol 6, claim inputs with single-flight's flags (Ring protocol 15: claims taken,
+ * refused, released, past their bound, at the handle limit), and insert and look up chains of
+ * prefix blocks (their keys from
  * lb_block_keys, so that they chain as a client's do), for fuzz_ring_entry; snapshot files of
  * every dtype and rank with up to three models, with prefix blocks in chains, and files the
  * loader's checks refuse, for fuzz_snapshot; and fuzz_lbp_decode.dict, the body keys as they
@@ -960,6 +962,105 @@ static void prefix_seeds(struct script *s)
 	done(s, "prefix-lease-limit");
 }
 
+/* ---- single-flight (Ring protocol 15) ---- */
+
+#define BOTH (LB_REQ_CLAIM | LB_REQ_WAIT)
+
+/* A LOOKUP_DEEPEST of SMALL with flags and aux, its keys given. */
+static void lookup_sf(struct script *s, uint32_t seq_len, const uint64_t fp[4],
+		      const uint64_t exact[2], uint8_t flags, uint32_t aux, uint32_t off)
+{
+	struct lb_query q = { .n_thr = 0 };
+	memcpy(q.fp, fp, sizeof(q.fp));
+	memcpy(q.exact, exact, sizeof(q.exact));
+	req(s, (struct lb_req){ .opcode = LB_OP_LOOKUP_DEEPEST, .flags = flags, .aux = aux,
+				.model_id = SMALL, .seq_len = seq_len, .payload_off = off,
+				.payload_len = sizeof(q) },
+	    &q, sizeof(q), -1);
+}
+
+static void lookup_sf_key(struct script *s, uint32_t seq_len, uint32_t k, uint8_t flags,
+			  uint32_t aux, uint32_t off)
+{
+	uint64_t fp[4], exact[2];
+	key(k, fp, exact);
+	lookup_sf(s, seq_len, fp, exact, flags, aux, off);
+}
+
+static void sflight_seeds(struct script *s)
+{
+	uint64_t fp[4], exact[2];
+
+	/* A miss claims (lease 0); the same client again takes no second claim; the layers go in,
+	 * the claim is released; then a plain hit, nothing to claim. */
+	begin(s, BANK_LRU);
+	lookup_sf_key(s, 4, 80, BOTH, 500000, 0);
+	lookup_sf_key(s, 4, 80, BOTH, 500000, 64);
+	pump(s, true);
+	for (uint16_t l = 0; l < 4; l++)
+		insert(s, SMALL, l, 4, 80, 16, 4096 + 256u * l, true);
+	release(s, 0);
+	lookup_sf_key(s, 4, 80, BOTH, 500000, 128);
+	pump(s, true);
+	done(s, "sflight-claim-insert-release");
+
+	/* A near input's layer (a fingerprint one bit away, another token hash): a hit, and the
+	 * claim of the input, which is not cached. WAIT alone claims nothing. */
+	begin(s, BANK_DECAY);
+	insert(s, SMALL, 2, 16, 81, 64, 0, true);
+	pump(s, true);
+	key(81, fp, exact);
+	fp[0] ^= 1;
+	exact[0] ^= 0x5555;
+	lookup_sf(s, 16, fp, exact, LB_REQ_WAIT, 1000, 4096);
+	lookup_sf(s, 16, fp, exact, LB_REQ_CLAIM, 1000000, 4160);
+	pump(s, true);
+	done(s, "sflight-claim-with-near-hit");
+
+	/* Refusals: an unknown flag, a flag on another opcode, a bound of 0 or past 1 s, a bound
+	 * without a flag; REPORT on a claim's handle, a second RELEASE of it. */
+	begin(s, BANK_LRU);
+	lookup_sf_key(s, 4, 82, 4, 1000, 0);
+	lookup_sf_key(s, 4, 82, BOTH | 0x80, 1000, 64);
+	lookup_sf_key(s, 4, 82, LB_REQ_CLAIM, 0, 128);
+	lookup_sf_key(s, 4, 82, LB_REQ_WAIT, LB_SFLIGHT_MAX_US + 1, 192);
+	lookup_sf_key(s, 4, 82, 0, 1000, 256);
+	req(s, (struct lb_req){ .opcode = LB_OP_PING, .flags = LB_REQ_CLAIM }, NULL, 0, -1);
+	req(s, (struct lb_req){ .opcode = LB_OP_RELEASE, .flags = LB_REQ_CLAIM }, NULL, 0, 0);
+	lookup_sf_key(s, 4, 82, LB_REQ_CLAIM, LB_SFLIGHT_MAX_US, 320);
+	pump(s, true);
+	report(s, 0.5f, 0);
+	release(s, 0);
+	release(s, 0);
+	pump(s, true);
+	done(s, "sflight-refusals");
+
+	/* A claim of 1 us is past its bound at once: the next CLAIM may take another one, the
+	 * first still held until released. */
+	begin(s, BANK_TTL0);
+	lookup_sf_key(s, 2, 83, LB_REQ_CLAIM, 1, 0);
+	pump(s, true);
+	lookup_sf_key(s, 2, 83, BOTH, 1, 64);
+	pump(s, true);
+	release(s, 1);
+	release(s, 0);
+	pump(s, true);
+	done(s, "sflight-claim-past-its-bound");
+
+	/* Leases and claims share the 4096 handles: 4095 hits, a claim (the 4096th), then a
+	 * CLAIM of another input (no claim) and a hit (EBUSY). */
+	begin(s, BANK_LRU);
+	insert(s, SMALL, 0, 1, 84, 1, 0, true);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 1, 84, NULL, 0, 4096);
+	repeat(s, 4094);
+	pump(s, true);
+	lookup_sf_key(s, 1, 85, BOTH, 1000000, 8192);
+	lookup_sf_key(s, 1, 86, BOTH, 1000000, 8192 + 64);
+	lookup(s, LB_OP_LOOKUP_DEEPEST, SMALL, 0, 1, 84, NULL, 0, 8192 + 128);
+	pump(s, true);
+	done(s, "sflight-handle-limit");
+}
+
 static void ring_seeds(void)
 {
 	struct script *s = malloc(sizeof(*s));
@@ -1219,6 +1320,7 @@ static void ring_seeds(void)
 	pump(s, true);
 	done(s, "bad-leases");
 	prefix_seeds(s);
+	sflight_seeds(s);
 	free(s);
 }
 
