@@ -447,11 +447,11 @@ void lb_set_wait_us(struct lb_client *c, uint32_t us);
  *   claim ends (answering then from what the cache holds: normally the claimant's layers) or
  *   bound_us pass; it holds no thread and no ring slot meanwhile, but this client's later
  *   requests wait behind it. A client that holds a claim itself is answered at once.
- * bound_us: 1..LB_SFLIGHT_MAX_US (1 s): the claim's life and the longest wait.
+ * bound_us: 1..LB_SFLIGHT_MAX_US (10 s): the claim's life and the longest wait.
  */
 #define LB_SFLIGHT_CLAIM 1u
 #define LB_SFLIGHT_WAIT 2u
-#define LB_SFLIGHT_MAX_US 1000000u
+#define LB_SFLIGHT_MAX_US 10000000u
 /* sf->flags */
 #define LB_SFLIGHT_WAITED 1u /* the lookup waited for another client's claim (waited_us) */
 #define LB_SFLIGHT_BUSY 2u   /* another client's claim on the input was live when answered (the
@@ -725,7 +725,7 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 36);
  *     an input nobody computes is claimed for the run (released once its layers are inserted,
  *     whatever happens to the run). The wait's bound, also the claim's: four times what
  *     computing the input took this client's recent runs (a moving average per layer and
- *     token) plus 50 ms, at most 1 s (1 s until a run has been measured). res->sflight and
+ *     token) plus 50 ms, at most 10 s (10 s until a run has been measured). res->sflight and
  *     res->waited_us say what happened. Nothing is claimed when cache_layers selects no layer.
  *  2. On a hit at layer L (f32, [n][hidden], checked; anything else counts as a miss) the hit's
  *     arena view is the input of layer L + 1 (zero copy) and its lease is released as soon as

@@ -76,7 +76,7 @@ enum lb_op {
 #define LB_REQ_CLAIM 0x01u /* a miss of an input nobody computes: claim it (cpl.claim) */
 #define LB_REQ_WAIT 0x02u  /* another client claims the input: hold the lookup until it ends */
 #define LB_REQ_SFLIGHT (LB_REQ_CLAIM | LB_REQ_WAIT)
-#define LB_SFLIGHT_MAX_US 1000000u
+#define LB_SFLIGHT_MAX_US 10000000u
 
 /* Request: client -> daemon. Every field is checked by the daemon on its own copy. */
 struct lb_req {

@@ -1017,7 +1017,7 @@ static void sflight_seeds(struct script *s)
 	pump(s, true);
 	done(s, "sflight-claim-with-near-hit");
 
-	/* Refusals: an unknown flag, a flag on another opcode, a bound of 0 or past 1 s, a bound
+	/* Refusals: an unknown flag, a flag on another opcode, a bound of 0 or past 10 s, a bound
 	 * without a flag; REPORT on a claim's handle, a second RELEASE of it. */
 	begin(s, BANK_LRU);
 	lookup_sf_key(s, 4, 82, 4, 1000, 0);
