@@ -864,7 +864,8 @@ static void lease_end(struct lbd_store *st, struct lbd_leases *ls, uint32_t s)
 	ls->free_head = s;
 	ls->n_used--;
 	if (l->claim) {
-		ls->n_claims--;
+		if (--ls->n_claims == 0)
+			ls->claims_until = 0;
 		store_claim_end(st, l->entry);
 		return;
 	}

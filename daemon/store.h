@@ -40,6 +40,7 @@ struct lbd_leases {
 	struct lbd_lease *slot;
 	uint32_t cap, n_used, free_head;
 	uint32_t n_claims; /* of n_used, the claims */
+	uint64_t claims_until; /* the latest bound of those claims; 0 when there is none */
 };
 
 #define LBD_MAX_LEASES 4096u /* per client, claims included; a hit beyond it is -EBUSY */

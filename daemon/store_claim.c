@@ -65,6 +65,8 @@ int store_claim_take(struct lbd_store *st, struct lbd_leases *ls, struct bank *b
 	*c = (struct claim){ .exact = { exact[0], exact[1] }, .owner = ls, .deadline_ns = deadline_ns,
 			     .bank = (uint32_t)(b - st->banks), .used = 1, .mapped = 1 };
 	st->n_claims++;
+	if (deadline_ns > ls->claims_until)
+		ls->claims_until = deadline_ns;
 	return 0;
 }
 

@@ -159,9 +159,11 @@ static bool sf_hold(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
 	*claim = store_claim_find(st, b, q->exact, now);
 	if (*claim == NONE || st->cl[*claim].owner == ls)
 		return false;
-	/* A client that holds a claim is not held: two clients each waiting for the other's
-	 * claim would be freed by their bounds only. */
-	if ((r->flags & LB_REQ_WAIT) && hold && now < hold->wait_until && !ls->n_claims) {
+	/* A client that holds a live claim is not held: two clients each waiting for the other's
+	 * claim would be freed by their bounds only. (Live: not past the latest bound of the claims
+	 * it holds. One past its bound holds nobody, so its holder may wait again.) */
+	if ((r->flags & LB_REQ_WAIT) && hold && now < hold->wait_until &&
+	    now >= ls->claims_until) {
 		uint64_t end = st->cl[*claim].deadline_ns;
 		hold->wake_ns = end < hold->wait_until ? end : hold->wait_until;
 		hold->seq = atomic_load_explicit(&st->claim_seq, memory_order_relaxed);

@@ -137,6 +137,11 @@ bool lbi_hung_up(const struct lb_client *c);
 uint32_t lbi_model_id(const struct lb_client *c, uint32_t app_id);
 /* The model the application registered as app_id, as registered; NULL when it did not. */
 const struct lbp_register_model *lbi_model_desc(const struct lb_client *c, uint32_t app_id);
+/* RELEASE lease (or a claim) without waiting: its completion is swallowed by a later call, as
+ * a stale call's. For a hit nobody waits for any more, and a claim at the end of its run.
+ * @return false when it could not be sent (no connection, the ring full, too many calls given
+ * up on already): with the connection the lease then stays until it ends. */
+bool lbi_give_back(struct lb_client *c, uint64_t lease);
 /* A lease of a lost connection let go by the application. @return true when it was one. */
 bool lbi_orphan_release(struct lb_client *c, uint64_t lease);
 /* The reservation into a lost connection's staging is over. */

@@ -182,16 +182,16 @@ static uint64_t sync_tag(struct lb_client *c)
 	return LBI_SYNC_TAG | (++c->sync_seq & ~LBI_SYNC_TAG);
 }
 
-/* A hit nobody waits for any more: release its lease, itself a request nobody waits for. With
- * the ring full or no room to remember it, the lease stays until the connection ends. */
-static void give_back(struct lb_client *c, uint64_t lease)
+bool lbi_give_back(struct lb_client *c, uint64_t lease)
 {
 	struct lb_req r = { .opcode = LB_OP_RELEASE, .lease = lease };
-	if (c->n_stale == LBI_STALE_MAX)
-		return;
+	if (!c->region || c->n_stale == LBI_STALE_MAX)
+		return false;
 	r.user_data = sync_tag(c);
-	if (push(c, &r) == 0)
-		c->stale[c->n_stale++] = r.user_data;
+	if (push(c, &r) < 0)
+		return false;
+	c->stale[c->n_stale++] = r.user_data;
+	return true;
 }
 
 LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, uint32_t timeout_us)
@@ -238,10 +238,10 @@ LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, 
 			if (k.status == 0 && k.lease &&
 			    (k.opcode == LB_OP_LOOKUP || k.opcode == LB_OP_LOOKUP_DEEPEST ||
 			     k.opcode == LB_OP_LOOKUP_PREFIX))
-				give_back(c, k.lease);
+				lbi_give_back(c, k.lease);
 			/* A claim nobody will compute for: the others must not wait for it. */
 			if (k.opcode == LB_OP_LOOKUP_DEEPEST && k.claim)
-				give_back(c, k.claim);
+				lbi_give_back(c, k.claim);
 			continue;
 		}
 		to_result(c, &k, &out[n++]);

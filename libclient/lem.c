@@ -294,8 +294,11 @@ static int lem_layer(struct lem *m, uint32_t l, const float **cur, float *h, uin
  * learnt for the next runs' bounds. */
 static void lem_end(struct lem *m, uint32_t n)
 {
-	if (m->claim && (m->c || !gone(m->res->cache_error)))
-		lb_release(m->client, m->claim); /* a daemon that is gone took the claim with it */
+	/* Also after a call of the run failed (a time-out: the daemon may be slow, not gone), or
+	 * the others would wait for this claim until its bound. Sent without waiting for the
+	 * answer, behind the run's inserts; a daemon that is gone took the claim with it. */
+	if (m->claim && !lbi_give_back(m->client, m->claim) && lb_connected(m->client))
+		lb_release(m->client, m->claim);
 	m->claim = 0;
 	if (m->client && m->res->layers_computed) {
 		uint64_t per = m->compute_ns / ((uint64_t)m->res->layers_computed * n);

@@ -446,7 +446,8 @@ void lb_set_wait_us(struct lb_client *c, uint32_t us);
  * LB_SFLIGHT_WAIT: while another client claims the input, the daemon holds the lookup until that
  *   claim ends (answering then from what the cache holds: normally the claimant's layers) or
  *   bound_us pass; it holds no thread and no ring slot meanwhile, but this client's later
- *   requests wait behind it. A client that holds a claim itself is answered at once.
+ *   requests wait behind it. A client that holds a claim itself (not past its bound) is
+ *   answered at once.
  * bound_us: 1..LB_SFLIGHT_MAX_US (10 s): the claim's life and the longest wait.
  */
 #define LB_SFLIGHT_CLAIM 1u
@@ -726,7 +727,8 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 36);
  *     whatever happens to the run). The wait's bound, also the claim's: four times what
  *     computing the input took this client's recent runs (a moving average per layer and
  *     token) plus 50 ms, at most 10 s (10 s until a run has been measured). res->sflight and
- *     res->waited_us say what happened. Nothing is claimed when cache_layers selects no layer.
+ *     res->waited_us say what happened. Nothing is claimed when cache_layers selects no layer,
+ *     and an in-process bank (one client) is asked plainly.
  *  2. On a hit at layer L (f32, [n][hidden], checked; anything else counts as a miss) the hit's
  *     arena view is the input of layer L + 1 (zero copy) and its lease is released as soon as
  *     layer L + 1 has read it. With probability revalidate, layer L is also recomputed from the
@@ -740,7 +742,8 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 36);
  * c NULL runs plain (every layer computed, nothing inserted). So does the rest of a run once
  * any lb_* call fails with something other than a miss (-ETIMEDOUT, -EPIPE, -ECONNRESET,
  * -ENOTCONN, -EPROTO, -ESRCH, -EBUSY, ...): the error is in res->cache_error, and the run still
- * succeeds. The manager keeps no state between runs; c is used by this thread only.
+ * succeeds. The manager keeps nothing between runs but, on c, the moving average of its
+ * compute time (for single-flight's bound); c is used by this thread only.
  * h: [n][hidden]; in: the embedding layer's output; out: the last layer's output.
  * res may be NULL.
  * A revalidation that cannot get memory or its inputs is skipped.
