@@ -27,7 +27,8 @@
  */
 #define BATCH 32u
 #define FAIR_PASSES 64u
-#define MAX_WAITERS 128u   /* futex_waitv's limit: the control word, the claim word, 126 clients */
+#define MAX_WAITERS 128u   /* futex_waitv's limit: the control word (and the claim word while a
+			    * lookup is held), then the clients */
 
 /* Owned by its thread, except the pending lists and ctl word, which the control thread
  * touches under mu. */
