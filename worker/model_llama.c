@@ -573,6 +573,28 @@ static void attention_rows(const struct lbw_llama *m, struct lbw_llama_state *s,
 }
 
 /*
+ * The FFN half of layer L for n rows x [n][dim] on the kernels: out = x + W2 (SiLU(W1 t) * W3 t),
+ * t = RMSNorm(x). Scratch t [n][dim], hb hb2 [n][hidden_dim]; out may be x. The whole layer and
+ * the layer for chosen rows share it, so both sum alike.
+ */
+static void ffn_lbk(const struct lbw_llama *m, int64_t L, int64_t n, const float *x, float *t,
+		    float *hb, float *hb2, float *out)
+{
+	int64_t dim = m->cfg.dim, hid = m->cfg.hidden_dim;
+	struct lbk_packed *const *P = m->packed + L * LBW_LLAMA_NMAT;
+
+	for (int64_t r = 0; r < n; r++)
+		lbk_rmsnorm(t + r * dim, x + r * dim, m->w.rms_ffn + L * dim, dim, 1e-5f);
+	lbk_gemm(hb, t, P[LBW_LLAMA_W1], NULL, n, 1);
+	lbk_gemm(hb2, t, P[LBW_LLAMA_W3], NULL, n, 1);
+	for (int64_t r = 0; r < n; r++)
+		lbk_silu_mul(hb + r * hid, hb2 + r * hid, hid);
+	lbk_gemm(t, hb, P[LBW_LLAMA_W2], NULL, n, 1);
+	for (int64_t i = 0; i < n * dim; i++)
+		out[i] = x[i] + t[i];
+}
+
+/*
  * Layer l of rows x [n][dim] at positions pos0.. on the kernels: the packed lbk_gemm for every
  * matrix (for one row too: a decode step sums as a prefill row does), row by row what is per
  * row (norms, RoPE, SiLU), K and V into the own blocks, lbk_attention_paged.
@@ -609,15 +631,7 @@ static int rows_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, int32_
 	for (int64_t i = 0; i < N * dim; i++)
 		x[i] += xb[i];
 
-	for (int64_t t = 0; t < N; t++)
-		lbk_rmsnorm(xb + t * dim, x + t * dim, m->w.rms_ffn + L * dim, dim, 1e-5f);
-	lbk_gemm(hb, xb, P[LBW_LLAMA_W1], NULL, N, 1);
-	lbk_gemm(hb2, xb, P[LBW_LLAMA_W3], NULL, N, 1);
-	for (int64_t t = 0; t < N; t++)
-		lbk_silu_mul(hb + t * hid, hb2 + t * hid, hid);
-	lbk_gemm(xb, hb, P[LBW_LLAMA_W2], NULL, N, 1);
-	for (int64_t i = 0; i < N * dim; i++)
-		x[i] += xb[i];
+	ffn_lbk(m, L, N, x, xb, hb, hb2, x);
 	return 0;
 }
 
@@ -694,15 +708,7 @@ static int layer_rows_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, 
 	for (int64_t i = 0; i < R * dim; i++)
 		x[i] += g[i];
 
-	for (int64_t r = 0; r < R; r++)
-		lbk_rmsnorm(g + r * dim, x + r * dim, m->w.rms_ffn + L * dim, dim, 1e-5f);
-	lbk_gemm(hb, g, P[LBW_LLAMA_W1], NULL, R, 1);
-	lbk_gemm(hb2, g, P[LBW_LLAMA_W3], NULL, R, 1);
-	for (int64_t r = 0; r < R; r++)
-		lbk_silu_mul(hb + r * hid, hb2 + r * hid, hid);
-	lbk_gemm(g, hb, P[LBW_LLAMA_W2], NULL, R, 1);
-	for (int64_t i = 0; i < R * dim; i++)
-		out[i] = x[i] + g[i];
+	ffn_lbk(m, L, R, x, g, hb, hb2, out);
 	return 0;
 }
 
