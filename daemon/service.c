@@ -163,7 +163,9 @@ void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c)
 /* Step 1 of the checks: the reserved fields zero, and flags only where defined. */
 static bool reserved_zero(const struct lb_req *r)
 {
-	uint8_t flags = r->opcode == LB_OP_LOOKUP_DEEPEST ? LB_REQ_SFLIGHT : 0;
+	uint8_t flags = r->opcode == LB_OP_LOOKUP_DEEPEST ? LB_REQ_SFLIGHT | LB_REQ_ANY_LEN
+			: r->opcode == LB_OP_LOOKUP	  ? LB_REQ_ANY_LEN
+							  : 0;
 	return !(r->flags & ~flags) && !r->reserved[0] && !r->reserved[1] && !r->reserved2;
 }
 
@@ -230,7 +232,8 @@ static void serve_lookup(struct lbd_store *st, struct lbd_dpclient *c, const str
 		float thr[LBP_MAX_LAYERS];
 	} p;
 	/* aux: single-flight's bound, 1 us .. LB_SFLIGHT_MAX_US, when a flag asks for it. */
-	bool aux_ok = r->flags ? r->aux >= 1 && r->aux <= LB_SFLIGHT_MAX_US : !r->aux;
+	bool sflight = r->flags & LB_REQ_SFLIGHT;
+	bool aux_ok = sflight ? r->aux >= 1 && r->aux <= LB_SFLIGHT_MAX_US : !r->aux;
 	if (r->lease || !aux_ok || !payload_ok(c, r, sizeof(p.q), sizeof(p.q) + sizeof(p.thr)) ||
 	    (r->payload_len - sizeof(p.q)) % sizeof(float)) {
 		out->status = -EINVAL;
@@ -243,7 +246,7 @@ static void serve_lookup(struct lbd_store *st, struct lbd_dpclient *c, const str
 	}
 	if (!model_ok(st, c, r, out))
 		return;
-	if (r->flags)
+	if (sflight)
 		serve_sflight(st, c, r, &p.q, p.thr, out);
 	else
 		lbd_store_lookup(st, &c->leases, r, &p.q, p.thr, out);

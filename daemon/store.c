@@ -594,7 +594,7 @@ static void copy_in(uint8_t *dst, const uint8_t *src, size_t n)
 }
 
 void store_entry_publish(struct lb_entry_hdr *h, const struct lb_entry_hdr *tmpl,
-			 const uint8_t *data, bool checksum_given)
+			 const uint8_t *data, const int32_t *tokens, bool checksum_given)
 {
 	const size_t body = offsetof(struct lb_entry_hdr, model_id); /* all but the magic */
 	uint8_t *dst = (uint8_t *)h + LB_ENTRY_HDR_SIZE;
@@ -603,6 +603,8 @@ void store_entry_publish(struct lb_entry_hdr *h, const struct lb_entry_hdr *tmpl
 	atomic_store_explicit(lb_entry_magic(h), 0, memory_order_relaxed);
 	memset((uint8_t *)h + body, 0, LB_ENTRY_HDR_SIZE - body);
 	copy_in(dst, data, tmpl->bytes);
+	if (tmpl->n_tokens)
+		memcpy(dst + lb_tokens_off(tmpl->bytes), tokens, (size_t)tmpl->n_tokens * sizeof(int32_t));
 	memcpy((uint8_t *)h + body, (const uint8_t *)tmpl + body, sizeof(*h) - body);
 	if (!checksum_given)
 		h->checksum = XXH3_64bits(dst, tmpl->bytes);

@@ -199,7 +199,7 @@ void lbd_store_insert_block(struct lbd_store *st, uint32_t account, const struct
 				     .ndim = h->ndim, .bytes = h->bytes,
 				     .key = { h->key[0], h->key[1] } };
 	memcpy(tmpl.shape, h->shape, sizeof(tmpl.shape));
-	store_entry_publish(eh, &tmpl, data, false);
+	store_entry_publish(eh, &tmpl, data, NULL, false);
 
 	store_lock(st);
 	block_commit(st, eid, gen, now, cpl);

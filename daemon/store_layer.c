@@ -14,19 +14,33 @@
 struct accept_ctx {
 	const struct lbd_store *st;
 	uint32_t seq_len;
-	int layer; /* -1: any cached layer */
+	int layer;    /* -1: any cached layer */
+	bool any_len; /* LB_REQ_ANY_LEN */
 };
+
+/* May entry e answer a lookup for other_len (an input of another length)? Only when it carries
+ * the token ids the client aligns with. */
+static bool entry_serves(const struct lbd_store *st, uint32_t e, bool other_len)
+{
+	return e != NONE && st->e[e].state == E_LIVE && (!other_len || st->e[e].tokens);
+}
 
 static bool accept_input(void *p, uint32_t id)
 {
 	const struct accept_ctx *a = p;
 	const struct input *in = &a->st->in[id];
-	if (!in->used || in->seq_len != a->seq_len)
+	bool other = in->seq_len != a->seq_len;
+
+	if (!in->used || (other && !a->any_len))
 		return false;
-	if (a->layer < 0)
+	if (a->layer >= 0)
+		return entry_serves(a->st, in->layer[a->layer], other);
+	if (!other)
 		return true;
-	uint32_t e = in->layer[a->layer];
-	return e != NONE && a->st->e[e].state == E_LIVE;
+	for (uint32_t l = 0; l < a->st->banks[in->bank].desc.n_layers; l++)
+		if (entry_serves(a->st, in->layer[l], true))
+			return true;
+	return false;
 }
 
 static void count_miss(struct lbd_store *st, struct bank *b, const struct lb_req *r, int from)
@@ -76,7 +90,8 @@ static int lookup_radius(const struct lbd_store *st, const struct bank *b, const
 static uint32_t lookup_input(struct lbd_store *st, struct bank *b, const struct lb_req *r,
 			     const struct lb_query *q, uint32_t max_d, uint32_t good_d, uint32_t *dist)
 {
-	struct accept_ctx ac = { st, r->seq_len, r->opcode == LB_OP_LOOKUP ? (int)r->layer : -1 };
+	struct accept_ctx ac = { st, r->seq_len, r->opcode == LB_OP_LOOKUP ? (int)r->layer : -1,
+				 r->flags & LB_REQ_ANY_LEN };
 	uint32_t id = NONE;
 
 	*dist = 0;
@@ -103,7 +118,7 @@ static int lookup_layer(struct lbd_store *st, const struct bank *b, const struct
 	for (int l = top; l >= bottom; l--) {
 		uint32_t e = in->layer[l];
 		double tau = q->n_thr ? thr[l] : store_layer_tau(st, b, (uint32_t)l);
-		if (e == NONE || st->e[e].state != E_LIVE ||
+		if (!entry_serves(st, e, in->seq_len != r->seq_len) ||
 		    lbp_fp_similarity(store_distance(dist, st->e[e].approx)) < tau)
 			continue;
 		if (store_expired(st, &st->e[e], now)) {
@@ -212,7 +227,7 @@ bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const stru
 	cpl->status = lookup_radius(st, b, r, q, thr, &max_d, &good_d);
 	if (cpl->status < 0)
 		goto out;
-	if (r->flags && (held = sf_hold(st, ls, b, r, q, hold, now, &claim, cpl)))
+	if ((r->flags & LB_REQ_SFLIGHT) && (held = sf_hold(st, ls, b, r, q, hold, now, &claim, cpl)))
 		goto out;
 	id = lookup_input(st, b, r, q, max_d, good_d, &dist);
 	if (id != NONE)
@@ -226,7 +241,7 @@ bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const stru
 		if (cpl->status == 0)
 			cpl->hamming = store_distance(dist, st->e[eid].approx);
 	}
-	if (r->flags)
+	if (r->flags & LB_REQ_SFLIGHT)
 		sf_claim(st, ls, b, r, q, claim, now, cpl);
 out:
 	store_unlock(st);
@@ -241,11 +256,45 @@ void lbd_store_lookup(struct lbd_store *st, struct lbd_leases *ls, const struct 
 
 /* ---- inserts ---- */
 
+/* The bytes an insert's data and token ids take from the payload's data start. */
+static uint64_t insert_body(const struct lb_insert_hdr *h)
+{
+	return h->n_tokens ? lb_tokens_off(h->bytes) + (uint64_t)h->n_tokens * sizeof(int32_t)
+			   : h->bytes;
+}
+
 bool lbd_store_insert_hdr_ok(const struct lb_req *r, const struct lb_insert_hdr *h)
 {
-	return r->payload_len >= LB_INSERT_HDR_SIZE && h->approx <= LB_FP_BITS && !h->reserved &&
+	return r->payload_len >= LB_INSERT_HDR_SIZE && h->approx <= LB_FP_BITS &&
+	       (!h->n_tokens || h->n_tokens == r->seq_len) &&
 	       store_shape_ok(h->dtype, h->ndim, h->shape, h->bytes) &&
-	       h->bytes <= (uint64_t)r->payload_len - LB_INSERT_HDR_SIZE;
+	       h->bytes <= (uint64_t)r->payload_len - LB_INSERT_HDR_SIZE &&
+	       insert_body(h) <= (uint64_t)r->payload_len - LB_INSERT_HDR_SIZE;
+}
+
+/*
+ * The insert's token ids, copied out of staging (the client may rewrite it meanwhile) and
+ * checked against its exact key: an entry never carries tokens that are not its input's.
+ * @return them (malloc'd), or NULL with *status -EINVAL (another input's) or -ENOMEM.
+ */
+static int32_t *insert_tokens(const struct lb_insert_hdr *h, const uint8_t *data, int32_t *status)
+{
+	size_t size = (size_t)h->n_tokens * sizeof(int32_t);
+	int32_t *t = malloc(size);
+	uint64_t key[2];
+
+	if (!t) {
+		*status = -ENOMEM;
+		return NULL;
+	}
+	memcpy(t, data + lb_tokens_off(h->bytes), size);
+	lbp_token_hash(t, h->n_tokens, key);
+	if (key[0] != h->exact[0] || key[1] != h->exact[1]) {
+		free(t);
+		*status = -EINVAL;
+		return NULL;
+	}
+	return t;
 }
 
 /*
@@ -282,7 +331,7 @@ static int input_check(struct lbd_store *st, struct bank *b, const uint64_t exac
 static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const struct lb_req *r,
 			       const struct lb_insert_hdr *h, uint64_t now, struct lb_cpl *cpl)
 {
-	uint64_t need = store_entry_need(h->bytes), off = 0;
+	uint64_t need = store_entry_need(insert_body(h)), off = 0;
 	struct bank *b = store_bank_of(st, r->model_id);
 	unsigned arena = 0;
 
@@ -308,6 +357,7 @@ static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const str
 		return NONE;
 	}
 	st->e[eid].approx = (uint16_t)h->approx;
+	st->e[eid].tokens = h->n_tokens != 0;
 	store_entry_pending(st, eid, a, account);
 	return eid;
 }
@@ -335,15 +385,18 @@ void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_re
 		      const struct lb_insert_hdr *h, const uint8_t *data, struct lb_cpl *cpl)
 {
 	uint64_t now = lb_now_ns();
+	int32_t *tokens = NULL, status = -EINVAL;
 
-	if (!lbd_store_insert_hdr_ok(r, h)) {
-		cpl->status = -EINVAL;
+	if (!lbd_store_insert_hdr_ok(r, h) ||
+	    (h->n_tokens && !(tokens = insert_tokens(h, data, &status)))) {
+		cpl->status = status;
 		return;
 	}
 	store_lock(st);
 	uint32_t eid = insert_reserve(st, account, r, h, now, cpl);
 	if (eid == NONE) {
 		store_unlock(st);
+		free(tokens);
 		return;
 	}
 	uint32_t gen = st->e[eid].gen;
@@ -354,9 +407,11 @@ void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_re
 	struct lb_entry_hdr tmpl = { .model_id = r->model_id, .layer = r->layer,
 				     .dtype = (uint16_t)h->dtype, .seq_len = r->seq_len,
 				     .ndim = h->ndim, .bytes = h->bytes,
-				     .key = { h->exact[0], h->exact[1] }, .approx = h->approx };
+				     .key = { h->exact[0], h->exact[1] }, .approx = h->approx,
+				     .n_tokens = h->n_tokens };
 	memcpy(tmpl.shape, h->shape, sizeof(tmpl.shape));
-	store_entry_publish(eh, &tmpl, data, false);
+	store_entry_publish(eh, &tmpl, data, tokens, false);
+	free(tokens);
 
 	store_lock(st);
 	insert_commit(st, eid, gen, r, now, cpl);

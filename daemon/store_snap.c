@@ -266,7 +266,7 @@ int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
 				     .ndim = it->ndim, .bytes = it->bytes, .checksum = it->checksum,
 				     .key = { it->exact[0], it->exact[1] }, .approx = it->approx };
 	memcpy(tmpl.shape, it->shape, sizeof(tmpl.shape));
-	store_entry_publish(store_entry_hdr(st, arena, off), &tmpl, it->data, true);
+	store_entry_publish(store_entry_hdr(st, arena, off), &tmpl, it->data, NULL, true);
 	restore_ages(&st->e[eid], it, now);
 	st->e[eid].approx = (uint16_t)it->approx;
 	store_entry_go_live(st, eid);

@@ -572,7 +572,8 @@ int lbi_ready(struct lb_client *c)
 	}
 	set_timeouts(c->fd, LB_REPLY_TIMEOUT_NS);
 	c->lost = false;
-	c->sflight_off = false; /* the new daemon may have it */
+	/* The new daemon may have them. */
+	c->sflight_off = c->any_len_off = c->tokens_off = false;
 	c->reconnects++;
 	c->last_error[0] = '\0';
 	return 0;

@@ -88,6 +88,8 @@ struct lb_client {
 	uint64_t block_ns;           /* lb_prefix_run: computing one block took (0: not known) */
 	uint64_t lem_tok_ns;         /* lb_lem_run: computing a layer for a token took (0: not known) */
 	bool sflight_off;            /* the daemon refused single-flight's flags (-EINVAL) */
+	bool any_len_off;            /* ... LB_REQ_ANY_LEN (-EINVAL) */
+	bool tokens_off;             /* ... inserts with token ids (-EINVAL) */
 	/* The single-flight fields of the last LOOKUP_DEEPEST completion that had any, taken by
 	 * lb_poll for lb_lookup_sflight (the public lb_result has no room for them). */
 	uint64_t sf_tag, sf_claim;
@@ -146,5 +148,13 @@ bool lbi_give_back(struct lb_client *c, uint64_t lease);
 bool lbi_orphan_release(struct lb_client *c, uint64_t lease);
 /* The reservation into a lost connection's staging is over. */
 void lbi_orphan_unreserve(struct lb_client *c);
+
+/*
+ * Align the token ids a[0..n) (a new input) with b[0..m) (a cached one): map[i] = the position of
+ * b that position i of a stands for, or -1 (an edit). A longest common subsequence: the common
+ * prefix and suffix, and between them, when small enough (4 Mi cells), a dynamic program.
+ * @return the positions aligned; -ENOMEM.
+ */
+int lbi_align(const int32_t *a, uint32_t n, const int32_t *b, uint32_t m, int32_t *map);
 
 #endif

@@ -146,8 +146,10 @@ static void to_result(struct lb_client *c, const struct lb_cpl *k, struct lb_res
 	if (k->arena < c->n_arenas && k->entry_off % 64 == 0 &&
 	    k->entry_off <= c->arenas[k->arena].bytes - LB_ENTRY_HDR_SIZE)
 		h = (const struct lb_entry_hdr *)((const uint8_t *)c->arenas[k->arena].base + k->entry_off);
-	if (!h || !lb_entry_live(h) ||
-	    h->bytes > c->arenas[k->arena].bytes - k->entry_off - LB_ENTRY_HDR_SIZE) {
+	uint64_t room = h ? c->arenas[k->arena].bytes - k->entry_off - LB_ENTRY_HDR_SIZE : 0;
+	if (!h || !lb_entry_live(h) || h->bytes > room ||
+	    (h->n_tokens && (h->n_tokens != h->seq_len ||
+			     lb_tokens_off(h->bytes) + (uint64_t)h->n_tokens * sizeof(int32_t) > room))) {
 		out->status = -EPROTO;
 		return;
 	}
@@ -316,8 +318,10 @@ LB_EXPORT int lb_lookup_sflight(struct lb_client *c, uint32_t model_id, const st
 	_Static_assert(LB_SFLIGHT_CLAIM == LB_REQ_CLAIM && LB_SFLIGHT_WAIT == LB_REQ_WAIT &&
 			       LB_SFLIGHT_WAITED == LB_CPL_WAITED && LB_SFLIGHT_BUSY == LB_CPL_BUSY,
 		       "the API's flags are the ring's");
-	if (!hit || !sf || !flags || (flags & ~(uint32_t)LB_REQ_SFLIGHT) || !bound_us ||
-	    bound_us > LB_SFLIGHT_MAX_US)
+	_Static_assert(LB_LOOKUP_ANY_LEN == LB_REQ_ANY_LEN, "the API's flag is the ring's");
+	bool sfl = flags & LB_REQ_SFLIGHT;
+	if (!hit || !sf || !flags || (flags & ~(uint32_t)(LB_REQ_SFLIGHT | LB_REQ_ANY_LEN)) ||
+	    (sfl ? !bound_us || bound_us > LB_SFLIGHT_MAX_US : bound_us != 0))
 		return -EINVAL;
 	memset(sf, 0, sizeof(*sf));
 	ret = sync_ok(c);
@@ -480,9 +484,24 @@ static int commit_reserved(struct lb_client *c, struct lb_req *r, const void *hd
 		       : call(c, r->user_data, &res, wait_ns + (bytes >> 20) * INSERT_WAIT_NS_PER_MIB);
 }
 
-LB_EXPORT int lb_insert_commit_approx(struct lb_client *c, uint32_t model_id, uint32_t layer,
-				      const struct lb_key *key, const struct lb_shape *shape,
-				      uint32_t approx)
+/* The data bytes of shape, or 0 when it has none or more than 2^63. */
+static uint64_t shape_bytes(const struct lb_shape *shape)
+{
+	uint64_t n = lbp_dtype_size(shape->dtype);
+
+	for (uint32_t i = 0; i < shape->ndim && n; i++) {
+		if (shape->dims[i] && n > (UINT64_MAX >> 1) / shape->dims[i])
+			return 0;
+		n *= shape->dims[i];
+	}
+	return n;
+}
+
+/* An INSERT of the reservation; with tokens (key->seq_len ids), the reservation holds the data
+ * of shape and room for them after it. */
+static int insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
+			 const struct lb_key *key, const struct lb_shape *shape, uint32_t approx,
+			 const int32_t *tokens)
 {
 	struct lb_insert_hdr h;
 
@@ -497,9 +516,55 @@ LB_EXPORT int lb_insert_commit_approx(struct lb_client *c, uint32_t model_id, ui
 	h.ndim = shape->ndim;
 	memcpy(h.shape, shape->dims, sizeof(uint32_t) * shape->ndim);
 	h.bytes = c->reserved_bytes;
+	if (tokens) {
+		h.bytes = shape_bytes(shape);
+		if (!h.bytes || !key->seq_len ||
+		    lb_insert_tokens_bytes(h.bytes, key->seq_len) != c->reserved_bytes) {
+			int ret = unreserve(c);
+			return ret < 0 ? ret : -EINVAL;
+		}
+		h.n_tokens = key->seq_len;
+		memcpy(c->staging + c->reserved_off + LB_INSERT_HDR_SIZE + lb_tokens_off(h.bytes),
+		       tokens, (size_t)key->seq_len * sizeof(int32_t));
+	}
 	struct lb_req r = { .opcode = LB_OP_INSERT, .layer = (uint16_t)layer,
 			    .model_id = lbi_model_id(c, model_id), .seq_len = key->seq_len };
 	return commit_reserved(c, &r, &h, sizeof(h), c->wait_ns);
+}
+
+LB_EXPORT int lb_insert_commit_approx(struct lb_client *c, uint32_t model_id, uint32_t layer,
+				      const struct lb_key *key, const struct lb_shape *shape,
+				      uint32_t approx)
+{
+	return insert_commit(c, model_id, layer, key, shape, approx, NULL);
+}
+
+LB_EXPORT uint64_t lb_insert_tokens_bytes(uint64_t bytes, uint32_t n)
+{
+	return lb_tokens_off(bytes) + (uint64_t)n * sizeof(int32_t);
+}
+
+LB_EXPORT int lb_insert_commit_tokens(struct lb_client *c, uint32_t model_id, uint32_t layer,
+				      const struct lb_key *key, const struct lb_shape *shape,
+				      uint32_t approx, const int32_t *tokens)
+{
+	if (!tokens)
+		return -EINVAL;
+	return insert_commit(c, model_id, layer, key, shape, approx, tokens);
+}
+
+LB_EXPORT const int32_t *lb_hit_tokens(const struct lb_hit *hit, uint32_t *n)
+{
+	*n = 0;
+	if (!hit || !hit->data)
+		return NULL;
+	/* Checked when the hit was made (to_result): n_tokens is seq_len, inside the arena. */
+	const struct lb_entry_hdr *h =
+		(const struct lb_entry_hdr *)((const uint8_t *)hit->data - LB_ENTRY_HDR_SIZE);
+	if (!h->n_tokens)
+		return NULL;
+	*n = h->n_tokens;
+	return (const int32_t *)((const uint8_t *)hit->data + lb_tokens_off(h->bytes));
 }
 
 LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,

@@ -5,7 +5,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <xxhash.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define FP_HAVE_X86 1
@@ -549,8 +548,6 @@ LB_EXPORT int lb_fingerprint(const struct lb_fp_proj *p, const float *emb, uint3
 
 LB_EXPORT void lb_token_hash(const int32_t *tokens, uint32_t n_tokens, uint64_t out[2])
 {
-	XXH128_hash_t h;
-
 	if (!out)
 		return;
 	if (!tokens && n_tokens) {
@@ -558,9 +555,7 @@ LB_EXPORT void lb_token_hash(const int32_t *tokens, uint32_t n_tokens, uint64_t 
 		out[0] = out[1] = 0;
 		return;
 	}
-	h = XXH3_128bits(tokens, (size_t)n_tokens * sizeof(*tokens));
-	out[0] = h.low64;
-	out[1] = h.high64;
+	lbp_token_hash(tokens, n_tokens, out);
 }
 
 LB_EXPORT uint32_t lb_fp_hamming(const uint64_t a[LB_FP_BITS / 64],

@@ -28,6 +28,11 @@ struct lem {
 	struct lb_client *c;
 	struct lb_client *client;     /* the caller's, kept when c is dropped: for its staging */
 	const struct lb_lem_cfg *cfg;
+	const int32_t *tokens;        /* the input's n */
+	uint32_t n;
+	lb_rows_fn rows;              /* NULL: no partial reuse (lb_lem_run) */
+	double recompute;             /* the share of aligned positions recomputed */
+	bool st_tokens;               /* the reservation has room for the tokens */
 	struct lb_key key;
 	struct lb_lem_result *res;
 	struct lb_hit hit;            /* held while have_hit: until the layer above has read it */
@@ -71,7 +76,7 @@ static float drift_of(const float *a, const float *b, uint64_t count)
 }
 
 /* Is hit an f32 [n][hidden] tensor of a layer of this model? */
-static int hit_fits(const struct lem *m, const struct lb_hit *hit, uint32_t n)
+static bool hit_fits(const struct lem *m, const struct lb_hit *hit, uint32_t n)
 {
 	uint64_t bytes = (uint64_t)n * m->cfg->hidden * sizeof(float);
 	if (!hit->data || hit->dtype != LB_DTYPE_F32 || hit->bytes != bytes ||
@@ -173,18 +178,29 @@ static int lem_inserts(const struct lb_lem_cfg *cfg)
 	return 0;
 }
 
-/* lb_lookup_deepest, with single-flight unless the config or the daemon has none. */
+/* lb_lookup_deepest, with single-flight unless the config or the daemon has none, of any
+ * length when the run can align (rows). */
 static int lem_lookup_call(struct lem *m, uint32_t n)
 {
 	const struct lb_lem_cfg *cfg = m->cfg;
 	uint32_t n_tau = cfg->tau ? cfg->n_layers : 0;
 	struct lb_sflight sf;
 
-	/* An in-process bank (pump) has one client: nobody to wait for, nobody to wait for us. */
-	if (!(cfg->flags & LB_LEM_NO_SFLIGHT) && !m->c->sflight_off && !m->c->pump) {
-		uint32_t flags = LB_SFLIGHT_WAIT | (lem_inserts(cfg) ? LB_SFLIGHT_CLAIM : 0);
+	for (;;) {
+		uint32_t flags = 0, bound = 0;
+		/* An in-process bank (pump) has one client: nobody to wait for, nobody to wait
+		 * for us. */
+		if (!(cfg->flags & LB_LEM_NO_SFLIGHT) && !m->c->sflight_off && !m->c->pump) {
+			flags = LB_SFLIGHT_WAIT | (lem_inserts(cfg) ? LB_SFLIGHT_CLAIM : 0);
+			bound = lem_sf_bound_us(m, n);
+		}
+		if (m->rows && !m->c->any_len_off)
+			flags |= LB_LOOKUP_ANY_LEN;
+		if (!flags)
+			return lb_lookup_deepest(m->c, cfg->model_id, &m->key, cfg->tau, n_tau,
+						 &m->hit);
 		int rc = lb_lookup_sflight(m->c, cfg->model_id, &m->key, cfg->tau, n_tau, flags,
-					   lem_sf_bound_us(m, n), &m->hit, &sf);
+					   bound, &m->hit, &sf);
 		if (rc != -EINVAL) {
 			m->claim = sf.claim;
 			m->res->waited_us = sf.waited_us;
@@ -193,25 +209,43 @@ static int lem_lookup_call(struct lem *m, uint32_t n)
 					  (sf.flags & LB_SFLIGHT_BUSY ? LB_LEM_BUSY : 0);
 			return rc;
 		}
-		/* A daemon that predates single-flight refuses the flags (our arguments are
-		 * checked): without them from now on, until a reconnection. */
-		m->c->sflight_off = true;
+		/* A daemon that predates a flag refuses it (our arguments are checked): without
+		 * it from now on, until a reconnection. */
+		if (flags & LB_LOOKUP_ANY_LEN)
+			m->c->any_len_off = true;
+		else
+			m->c->sflight_off = true;
 	}
-	return lb_lookup_deepest(m->c, cfg->model_id, &m->key, cfg->tau, n_tau, &m->hit);
 }
 
-/* Hold the deepest cached layer of the input in m->hit, if one fits.
+/* The cached input's tokens, when the hit is on another input that the run can align with
+ * (its layer 1 or deeper: layer 0 is computed whole anyway). */
+static const int32_t *lem_other_input(const struct lem *m, uint32_t *cm)
+{
+	const int32_t *ct = lb_hit_tokens(&m->hit, cm);
+
+	if (!m->rows || !ct || m->hit.layer < 1 || !hit_fits(m, &m->hit, *cm))
+		return NULL;
+	if (*cm == m->n && !memcmp(ct, m->tokens, (size_t)m->n * sizeof(*ct)))
+		return NULL; /* the same input: reused whole */
+	return ct;
+}
+
+/* Hold the deepest cached layer of the input in m->hit, if one fits; *ct (cm tokens) the
+ * cached input's tokens when the hit is to be aligned (lem_aligned), else NULL.
  * @return the first layer to compute. */
-static uint32_t lem_lookup(struct lem *m, uint32_t n)
+static uint32_t lem_lookup(struct lem *m, uint32_t n, const int32_t **ct, uint32_t *cm)
 {
 	int rc = lem_lookup_call(m, n);
 
+	*ct = NULL;
 	if (rc != 0) {
 		if (rc != -ENOENT)
 			lem_fail(m, rc);
 		return 0;
 	}
-	if (!hit_fits(m, &m->hit, n)) {
+	*ct = lem_other_input(m, cm);
+	if (!*ct && !hit_fits(m, &m->hit, n)) {
 		lem_release(m, m->hit.lease);
 		return 0;
 	}
@@ -221,6 +255,9 @@ static uint32_t lem_lookup(struct lem *m, uint32_t n)
 	/* The layers computed on top of it are as far from exact as it is: their inserts say so,
 	 * and the daemon never serves them as exact (no compounding). */
 	m->approx = m->hit.hamming;
+	if (*ct)
+		return 0;
+	m->res->reused = (float)(m->hit.layer + 1) / (float)m->cfg->n_layers;
 	return m->hit.layer + 1;
 }
 
@@ -233,8 +270,15 @@ static int lem_revalidate_drawn(const struct lem *m)
 	return u < m->cfg->revalidate;
 }
 
-/* Staging for the output of a layer to insert, or NULL: too large for staging, or busy (the
- * layer is then computed without inserting). */
+/* Staging for the output of a layer to insert (and the input's tokens after it, unless the
+ * daemon refuses them), or NULL: too large for staging, or busy (the layer is then computed
+ * without inserting). */
+static float *lem_reserve(struct lem *m, uint64_t bytes)
+{
+	m->st_tokens = !m->c->tokens_off;
+	return lb_insert_reserve(m->c, m->st_tokens ? lb_insert_tokens_bytes(bytes, m->n) : bytes);
+}
+
 static float *lem_stage(struct lem *m, const float **cur, float *h, uint64_t bytes)
 {
 	/* Staging is one buffer: an input still there moves to h first. */
@@ -242,18 +286,36 @@ static float *lem_stage(struct lem *m, const float **cur, float *h, uint64_t byt
 		memcpy(h, *cur, bytes);
 		*cur = h;
 	}
-	return lb_insert_reserve(m->c, bytes);
+	return lem_reserve(m, bytes);
 }
 
-static void lem_commit(struct lem *m, uint32_t l, uint32_t n)
+static void lem_commit(struct lem *m, uint32_t l, uint32_t n, uint32_t approx)
 {
 	struct lb_shape shape = { .dtype = LB_DTYPE_F32, .ndim = 2, .dims = { n, m->cfg->hidden } };
-	int r = lb_insert_commit_approx(m->c, m->cfg->model_id, l, &m->key, &shape, m->approx);
+	int r = m->st_tokens ? lb_insert_commit_tokens(m->c, m->cfg->model_id, l, &m->key, &shape,
+						       approx, m->tokens)
+			     : lb_insert_commit_approx(m->c, m->cfg->model_id, l, &m->key, &shape,
+						       approx);
 
 	if (r == 0)
 		m->res->layers_inserted++;
+	else if (r == -EINVAL && m->st_tokens)
+		m->c->tokens_off = true; /* a daemon that predates token ids: without them */
 	else if (r != -EEXIST && r != -ENOSPC && r != -EDQUOT)
 		lem_fail(m, r); /* a full cache or quota still serves lookups */
+}
+
+/* Insert layer l's output, computed elsewhere than in staging, when the config selects it. */
+static void lem_insert_copy(struct lem *m, uint32_t l, const float *out, uint32_t approx)
+{
+	uint64_t bytes = (uint64_t)m->n * m->cfg->hidden * sizeof(float);
+	float *st;
+
+	if (!m->c || (m->cfg->cache_layers && !m->cfg->cache_layers[l]) ||
+	    !(st = lem_reserve(m, bytes)))
+		return;
+	memcpy(st, out, bytes);
+	lem_commit(m, l, m->n, approx);
 }
 
 /* Run layer l from *cur, inserting its output when the config selects it; *cur becomes that
@@ -285,9 +347,161 @@ static int lem_layer(struct lem *m, uint32_t l, const float **cur, float *h, uin
 	if (rc < 0)
 		return rc;
 	if (st)
-		lem_commit(m, l, n);
+		lem_commit(m, l, n, m->approx);
 	*cur = out;
 	return 0;
+}
+
+/* A position of the input and how far its layer-0 state is from the cached input's. */
+struct dev {
+	float d;
+	uint32_t i;
+};
+
+static int dev_cmp(const void *pa, const void *pb)
+{
+	const struct dev *a = pa, *b = pb;
+	if (a->d != b->d)
+		return a->d < b->d ? 1 : -1; /* the largest first */
+	return a->i < b->i ? -1 : a->i > b->i;
+}
+
+/* Layer l of the cached input keyed x (cm tokens): held in *hit when it fits. */
+static bool lem_cached_layer(struct lem *m, const struct lb_key *x, uint32_t l, uint32_t cm,
+			     struct lb_hit *hit)
+{
+	int rc = lb_lookup(m->c, m->cfg->model_id, l, x, m->cfg->tau,
+			   m->cfg->tau ? m->cfg->n_layers : 0, hit);
+	if (rc < 0) {
+		if (rc != -ENOENT && gone(rc))
+			lem_fail(m, rc);
+		return false;
+	}
+	if (hit_fits(m, hit, cm) && hit->layer == l)
+		return true;
+	lem_release(m, hit->lease);
+	return false;
+}
+
+/*
+ * The positions recomputed at the reused layers (sel[i] set, rows[] ascending, *n_rows): every
+ * edited one (map -1), and the share m->recompute of the aligned ones whose layer-0 state (h,
+ * computed) deviates most from the cached input's (c0): CacheBlend's selective recompute, its
+ * signal measured on the layer computed whole anyway. @return 0, -ENOMEM.
+ */
+static int lem_select(struct lem *m, const int32_t *map, uint32_t aligned, const float *h,
+		      const float *c0, uint8_t *sel, uint32_t *rows, uint32_t *n_rows)
+{
+	uint32_t hid = m->cfg->hidden, k = 0;
+	uint32_t want = (uint32_t)ceil(m->recompute * aligned);
+	struct dev *d = malloc((aligned ? aligned : 1) * sizeof(*d));
+
+	if (!d)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < m->n; i++) {
+		sel[i] = map[i] < 0;
+		if (map[i] >= 0)
+			d[k++] = (struct dev){ drift_of(h + (uint64_t)i * hid,
+							c0 + (uint64_t)map[i] * hid, hid), i };
+	}
+	qsort(d, k, sizeof(*d), dev_cmp);
+	for (uint32_t j = 0; j < want && j < k; j++)
+		sel[d[j].i] = 1;
+	free(d);
+	*n_rows = 0;
+	for (uint32_t i = 0; i < m->n; i++)
+		if (sel[i])
+			rows[(*n_rows)++] = i;
+	return 0;
+}
+
+/*
+ * Partial reuse of m->hit, layer L of another input (ct, cm tokens), for this one: layer 0
+ * computed whole into h; then at layers 1..L the selected positions (lem_select) computed by
+ * rows from the state below, every other position taking the cached input's state at its
+ * aligned position. With every position selected (recompute 1) this is the plain forward pass,
+ * bit for bit, and its inserts are exact. The hit is released on return; so is every cached
+ * layer read. @return the first layer still to compute (h holds its input), or a negative errno
+ * from compute or rows.
+ */
+static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
+		       lb_layer_fn compute, void *ctx)
+{
+	const struct lb_lem_cfg *cfg = m->cfg;
+	uint32_t n = m->n, hid = cfg->hidden, L = m->hit.layer, n_rows = 0, l = 1;
+	int32_t *map = malloc((size_t)n * sizeof(*map));
+	uint32_t *rows = malloc((size_t)n * sizeof(*rows));
+	uint8_t *sel = malloc(n);
+	float *tmp = malloc((uint64_t)n * hid * sizeof(float));
+	struct lb_key x = m->key;
+	struct lb_hit c;
+	int aligned = -ENOMEM, rc;
+
+	if (map && rows && sel && tmp)
+		aligned = lbi_align(m->tokens, n, ct, cm, map);
+	lb_token_hash(ct, cm, x.exact);
+	x.seq_len = cm;
+	uint64_t t0 = lb_now_ns();
+	rc = compute(ctx, 0, h, h);
+	m->compute_ns += lb_now_ns() - t0;
+	m->res->layers_computed++;
+	if (rc < 0)
+		goto out;
+	lem_insert_copy(m, 0, h, 0);
+	/* Under half the positions aligned: another text, however near its fingerprint; what
+	 * it could give is mostly out of context. */
+	if (aligned <= 0 || (uint32_t)aligned * 2 < n || !m->c ||
+	    !lem_cached_layer(m, &x, 0, cm, &c))
+		goto out;
+	rc = lem_select(m, map, (uint32_t)aligned, h, c.data, sel, rows, &n_rows);
+	lem_release(m, c.lease);
+	if (rc < 0)
+		goto out;
+	/* Exact when every position is computed: what the cache gave is then not used. */
+	uint32_t approx = n_rows == n ? 0 : m->hit.hamming;
+	for (; l <= L && m->c; l++) {
+		const struct lb_hit *src = &m->hit;
+		if (l < L) {
+			if (!lem_cached_layer(m, &x, l, cm, &c))
+				break;
+			src = &c;
+		}
+		rc = m->rows(ctx, l, h, n, rows, n_rows, tmp);
+		if (rc == 0) {
+			const float *cd = src->data;
+			for (uint32_t i = 0, k = 0; i < n; i++)
+				memcpy(h + (uint64_t)i * hid,
+				       sel[i] ? tmp + (uint64_t)k++ * hid : cd + (uint64_t)map[i] * hid,
+				       hid * sizeof(float));
+		}
+		if (l < L)
+			lem_release(m, c.lease);
+		if (rc < 0)
+			goto out;
+		lem_insert_copy(m, l, h, approx);
+	}
+	m->approx = approx;
+	m->res->aligned = (uint32_t)aligned;
+	m->res->rows_computed = n_rows;
+	m->res->reused = (float)((double)(l - 1) * (n - n_rows) / ((double)n * cfg->n_layers));
+	if (l == 1)
+		m->res->hit_layer = -1; /* nothing of the cache was used */
+	else
+		m->res->hit_layer = (int32_t)(l - 1);
+out:
+	if (m->have_hit) {
+		lem_release(m, m->hit.lease);
+		m->have_hit = 0;
+	}
+	if (l == 1 && rc >= 0) {
+		m->res->hit_layer = -1;
+		m->approx = 0; /* layer 0 computed whole: the rest is the plain forward pass */
+	}
+	free(map);
+	free(rows);
+	free(sel);
+	free(tmp);
+	return rc < 0 ? rc : (int)l;
 }
 
 /* The run is over: its claim released (the others wait no longer), what computing took
@@ -309,25 +523,37 @@ static void lem_end(struct lem *m, uint32_t n)
 	}
 }
 
-LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, const int32_t *tokens,
-			 uint32_t n, float *h, lb_layer_fn compute, void *ctx, struct lb_lem_result *res)
+LB_EXPORT int lb_lem_run_rows(struct lb_client *c, const struct lb_lem_cfg *cfg,
+			      const int32_t *tokens, uint32_t n, float *h, lb_layer_fn compute,
+			      lb_rows_fn rows, double recompute, void *ctx,
+			      struct lb_lem_result *res)
 {
 	struct lb_lem_result dummy;
-	struct lem m = { .c = c, .client = c, .cfg = cfg, .res = res ? res : &dummy };
+	struct lem m = { .c = c, .client = c, .cfg = cfg, .res = res ? res : &dummy,
+			 .tokens = tokens, .n = n, .rows = rows, .recompute = recompute };
 	uint32_t first = 0;   /* the first layer to compute */
 	const float *cur = h; /* the input of layer `first`: h, a hit's view or staging */
+	const int32_t *ct = NULL;
+	uint32_t cm = 0;
 	int rc = 0;
 
 	if (!cfg || !tokens || !h || !compute || !n || !cfg->n_layers ||
 	    cfg->n_layers > LEM_MAX_LAYERS || !cfg->hidden || cfg->hidden > LEM_MAX_HIDDEN ||
-	    (c && !cfg->proj))
+	    (c && !cfg->proj) || !(recompute >= 0 && recompute <= 1))
 		return -EINVAL;
 	memset(m.res, 0, sizeof(*m.res));
 	m.res->hit_layer = -1;
 	if (m.c)
 		lem_key(&m, tokens, h, n);
 	if (m.c)
-		first = lem_lookup(&m, n);
+		first = lem_lookup(&m, n, &ct, &cm);
+	if (ct) {
+		rc = lem_aligned(&m, ct, cm, h, compute, ctx);
+		if (rc < 0)
+			goto out;
+		first = (uint32_t)rc;
+		rc = 0;
+	}
 	if (m.have_hit && m.c && cfg->revalidate > 0 && lem_revalidate_drawn(&m)) {
 		rc = revalidate(&m, &m.hit, h, n, compute, ctx);
 		if (rc < 0) {
@@ -349,4 +575,10 @@ LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, cons
 out:
 	lem_end(&m, n);
 	return rc;
+}
+
+LB_EXPORT int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, const int32_t *tokens,
+			 uint32_t n, float *h, lb_layer_fn compute, void *ctx, struct lb_lem_result *res)
+{
+	return lb_lem_run_rows(c, cfg, tokens, n, h, compute, NULL, 0, ctx, res);
 }

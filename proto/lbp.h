@@ -292,6 +292,10 @@ bool lbp_type_known(uint64_t t);
 
 #define LBP_FP_BITS 256u
 
+/* The exact-match key of n token ids: XXH3-128 of their bytes in native order (PROTOCOL.md,
+ * Fingerprint 7). out[0] the low, out[1] the high 64 bits. */
+void lbp_token_hash(const int32_t *tokens, uint32_t n, uint64_t out[2]);
+
 /* Similarity of two fingerprints hamming bits apart: cos(pi * hamming / 256), the double
  * nearest the exact value. */
 double lbp_fp_similarity(uint32_t hamming);

@@ -1,6 +1,9 @@
-/* layerbank fingerprint similarity: cos(pi * h / 256) to the last bit, shared by the daemon
- * and the client library so that both judge every threshold alike (PROTOCOL.md, Fingerprint). */
+/* layerbank fingerprint similarity (cos(pi * h / 256) to the last bit) and token hash, shared by
+ * the daemon and the client library so that both judge every threshold and key alike
+ * (PROTOCOL.md, Fingerprint). */
 #include "lbp.h"
+
+#include <xxhash.h>
 
 /*
  * cos(pi * h / 256) for h = 0..128, each the double nearest the exact value (computed with
@@ -77,4 +80,12 @@ uint32_t lbp_fp_max_hamming(double tau)
 			hi = mid;
 	}
 	return lo;
+}
+
+void lbp_token_hash(const int32_t *tokens, uint32_t n, uint64_t out[2])
+{
+	XXH128_hash_t h = XXH3_128bits(tokens, (size_t)n * sizeof(*tokens));
+
+	out[0] = h.low64;
+	out[1] = h.high64;
 }

@@ -318,7 +318,7 @@ static void test_hold_all_leaves_out_a_block_under_a_pending_parent(void **state
 				     .dtype = LBP_DTYPE_F32, .seq_len = KV_TOKENS, .ndim = 4,
 				     .shape = { KV_LAYERS, 2, KV_TOKENS, KV_DIM },
 				     .bytes = BLOCK_BYTES, .key = { key0[0], key0[1] } };
-	store_entry_publish(store_entry_hdr(st, a, off), &tmpl, data, false);
+	store_entry_publish(store_entry_hdr(st, a, off), &tmpl, data, NULL, false);
 	store_lock(st);
 	store_entry_copied(st, eid, gen, lb_now_ns());
 	store_entry_go_live(st, eid);

@@ -14,8 +14,13 @@
 #include "scorer.h"
 
 #define FP_SEED 0x6c61796572ull /* "layer" */
-/* 64 chunks of a few tokens each: with 4, unrelated paragraphs of a length look alike (cos > 0.9). */
-#define FP_CHUNKS 64
+/* 4 chunks: a word added or removed moves every later token by one place, which a fingerprint
+ * of many small chunks sees as a new text (64 chunks: 94 bits apart for one word in 36 tokens;
+ * 4 chunks: 16), so near inputs of another length would never be found. The fingerprint only
+ * proposes a candidate: alignment decides what is reused (lem's half-aligned rule), and with
+ * --recompute off, where a same-length hit is reused whole, unrelated paragraphs of one length
+ * can come within a loose tau (cos > 0.9 was seen). */
+#define FP_CHUNKS 4
 
 /* A finite number, whole string. @return 0 or -1. */
 static int parse_real(const char *v, double *out)
@@ -107,6 +112,13 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 	}
 	if (o->revalidate && (parse_real(o->revalidate, &reval) < 0 || reval < 0 || reval > 1)) {
 		fprintf(stderr, "%s: bad --revalidate '%s' (0..1)\n", who, o->revalidate);
+		return -1;
+	}
+	wc->align = !o->recompute || strcmp(o->recompute, "off") != 0;
+	wc->recompute = LBW_RECOMPUTE_DEFAULT;
+	if (wc->align && o->recompute &&
+	    (parse_real(o->recompute, &wc->recompute) < 0 || wc->recompute < 0 || wc->recompute > 1)) {
+		fprintf(stderr, "%s: bad --recompute '%s' (0..1, or off)\n", who, o->recompute);
 		return -1;
 	}
 	wc->layers = malloc((size_t)L);

@@ -18,7 +18,13 @@ struct lbw_cache_opts {
 	const char *layers;       /* layers to insert: "all" (NULL) or indices "0,3,11" */
 	const char *revalidate;   /* share of hits to recompute, 0..1, or NULL: 0 */
 	int no_sflight;           /* lb_lem_run without single-flight (LB_LEM_NO_SFLIGHT) */
+	/* Partial reuse of near inputs of any length (lb_lem_run_rows): the share of aligned
+	 * positions recomputed, 0..1, or "off" (whole inputs of the same length only); NULL:
+	 * LBW_RECOMPUTE_DEFAULT. */
+	const char *recompute;
 };
+
+#define LBW_RECOMPUTE_DEFAULT 0.15
 
 /* Owned by one thread. c NULL: no cache (none asked for, or it was away). */
 struct lbw_cache {
@@ -28,6 +34,8 @@ struct lbw_cache {
 	struct lb_lem_cfg cfg;    /* refers to proj, tau and layers */
 	float *tau;
 	uint8_t *layers;
+	int align;                /* partial reuse on (lb_lem_run_rows) */
+	double recompute;         /* its share, when on */
 };
 
 /*

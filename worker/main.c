@@ -102,6 +102,10 @@ static void usage(FILE *f)
 		"                     the drift (default 0).\n"
 		"--no-sflight         no single-flight: an input another worker is computing is\n"
 		"                     computed again rather than waited for.\n"
+		"--recompute R|off    partial reuse of a near input of any length: its positions are\n"
+		"                     aligned by token, the edited ones and the share R (0..1) of the\n"
+		"                     others that deviate most are recomputed (default 0.15; 1: exact).\n"
+		"                     off: only inputs of the same length, reused whole.\n"
 		"--tau X              similarity threshold of every layer's lookup (default: the\n"
 		"                     bank's).\n");
 }
@@ -161,6 +165,7 @@ static const char **slot_of(struct opts *o, const char *a, int cmd)
 		{ "--cache-layers", SCORE | SERVE, offsetof(struct opts, cache.layers) },
 		{ "--revalidate", SCORE | SERVE, offsetof(struct opts, cache.revalidate) },
 		{ "--tau", SCORE | SERVE, offsetof(struct opts, cache.tau) },
+		{ "--recompute", SCORE | SERVE, offsetof(struct opts, cache.recompute) },
 	};
 	for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
 		if (!strcmp(a, tab[i].name) && (tab[i].cmds & cmd))
@@ -253,10 +258,10 @@ static int parse(int argc, char **argv, struct opts *o)
 			return -1;
 		}
 	}
-	if ((o->cache.layers || o->cache.revalidate || o->cache.tau) && !o->cache.socket &&
-	    !o->private_s) {
-		fprintf(stderr, "layerbank-worker %s: --cache-layers, --revalidate and --tau need "
-				"--cache or --private-cache\n", o->cmd);
+	if ((o->cache.layers || o->cache.revalidate || o->cache.tau || o->cache.recompute) &&
+	    !o->cache.socket && !o->private_s) {
+		fprintf(stderr, "layerbank-worker %s: --cache-layers, --revalidate, --tau and "
+				"--recompute need --cache or --private-cache\n", o->cmd);
 		return -1;
 	}
 	return 0;

@@ -37,6 +37,18 @@ static int timed_layer(void *ctx, uint32_t l, const float *in, float *out)
 	return rc;
 }
 
+static int timed_rows(void *ctx, uint32_t l, const float *in, uint32_t n, const uint32_t *rows,
+		      uint32_t n_rows, float *out)
+{
+	struct timed *t = ctx;
+	double start = now_us();
+	int rc = lbw_scorer_rows(t->sc, l, in, n, rows, n_rows, out);
+	if (!t->first_us)
+		t->first_us = start;
+	t->last_us = now_us();
+	return rc;
+}
+
 int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct lbw_cache *wc,
 		   const char *text, int32_t max_tokens, int cut, struct lbw_score *r, int32_t *top1,
 		   char *err, size_t errlen)
@@ -95,7 +107,8 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 	if (rc == 0) {
 		struct timed tl = { sc, 0, 0 };
 		lbw_scorer_embed(sc, toks, n, h);
-		rc = lb_lem_run(wc->c, &wc->cfg, toks, (uint32_t)n, h, timed_layer, &tl, &r->lem);
+		rc = lb_lem_run_rows(wc->c, &wc->cfg, toks, (uint32_t)n, h, timed_layer,
+				     wc->align ? timed_rows : NULL, wc->recompute, &tl, &r->lem);
 		r->compute_start_us = tl.first_us;
 		r->compute_end_us = tl.last_us;
 		if (rc < 0)
@@ -125,10 +138,11 @@ static void serve_score(struct lbw_scorer *sc, const struct lbw_tokenizer *t, st
 		return;
 	}
 	fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d hamming=%u computed=%u "
-		"inserted=%u us=%.0f sflight=%u waited=%u compute=%.0f-%.0f top1=", id,
+		"inserted=%u us=%.0f sflight=%u waited=%u compute=%.0f-%.0f reused=%.4f aligned=%u "
+		"rows=%u top1=", id,
 		(int)r.tokens, r.nll, (int)r.lem.hit_layer, r.lem.hit_hamming, r.lem.layers_computed,
 		r.lem.layers_inserted, r.us, r.lem.sflight, r.lem.waited_us, r.compute_start_us,
-		r.compute_end_us);
+		r.compute_end_us, (double)r.lem.reused, r.lem.aligned, r.lem.rows_computed);
 	for (int32_t i = 0; i + 1 < r.tokens; i++)
 		fprintf(out, i ? ",%d" : "%d", (int)top1[i]);
 	fputc('\n', out);

@@ -412,6 +412,26 @@ int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
 int lb_insert_commit_approx(struct lb_client *c, uint32_t model_id, uint32_t layer,
 			    const struct lb_key *key, const struct lb_shape *shape, uint32_t approx);
 
+/*
+ * lb_insert_commit_approx with the input's token ids (key->seq_len of them, hashing to
+ * key->exact), which the entry keeps after its data: a lookup of another length
+ * (LB_LOOKUP_ANY_LEN) may then find it and align with it. The reservation must hold the data
+ * and room for them: lb_insert_reserve(c, lb_insert_tokens_bytes(data bytes, seq_len)).
+ * Same returns; -EINVAL also for tokens that do not hash to key->exact (the daemon checks), a
+ * reservation too small, or a daemon that predates token ids (insert without).
+ */
+int lb_insert_commit_tokens(struct lb_client *c, uint32_t model_id, uint32_t layer,
+			    const struct lb_key *key, const struct lb_shape *shape, uint32_t approx,
+			    const int32_t *tokens);
+
+/* The reservation lb_insert_commit_tokens needs for data bytes and n token ids. */
+uint64_t lb_insert_tokens_bytes(uint64_t bytes, uint32_t n);
+
+/* The token ids of a hit's cached input, *n of them (its length, the hit's shape[0] for a
+ * layer's [tokens][hidden]), valid as long as the hit; NULL with *n 0 when its entry carries
+ * none. */
+const int32_t *lb_hit_tokens(const struct lb_hit *hit, uint32_t *n);
+
 /* End a lease from a hit. @return 0, -EINVAL (unknown lease), -ETIMEDOUT. */
 int lb_release(struct lb_client *c, uint64_t lease);
 
@@ -453,6 +473,14 @@ void lb_set_wait_us(struct lb_client *c, uint32_t us);
 #define LB_SFLIGHT_CLAIM 1u
 #define LB_SFLIGHT_WAIT 2u
 #define LB_SFLIGHT_MAX_US 10000000u
+/*
+ * Also a flag of lb_lookup_sflight, alone or with the others (PROTOCOL.md, Ring protocol 16):
+ * the nearest cached input may have another length than key->seq_len, when its entries carry
+ * its token ids (inserted with lb_insert_commit_tokens): lb_hit_tokens gives them, for the
+ * caller to align its positions with the hit's. A hit's shape then says its length. Alone, it
+ * takes bound_us 0.
+ */
+#define LB_LOOKUP_ANY_LEN 4u
 /* sf->flags */
 #define LB_SFLIGHT_WAITED 1u /* the lookup waited for another client's claim (waited_us) */
 #define LB_SFLIGHT_BUSY 2u   /* another client's claim on the input was live when answered (the
@@ -470,11 +498,12 @@ LB_ABI_SIZE_LP64(struct lb_sflight, 16);
 
 /*
  * lb_lookup_deepest with single-flight flags (LB_SFLIGHT_CLAIM, LB_SFLIGHT_WAIT, either or
- * both). Waits for the answer up to bound_us plus lb_set_wait_us's wait. *sf is filled whatever
- * the answer (a claim comes with a miss or with a hit on a near input's layer).
+ * both), and LB_LOOKUP_ANY_LEN. Waits for the answer up to bound_us plus lb_set_wait_us's wait.
+ * *sf is filled whatever the answer (a claim comes with a miss or with a hit on a near input's
+ * layer).
  * @return as lb_lookup_deepest: 0 and *hit; -ENOENT (a miss); ...; -EINVAL also for flags 0 or
- *         unknown, bound_us out of range, or a daemon that predates single-flight (it refuses
- *         the flags: look up without them).
+ *         unknown, bound_us out of range (0 without single-flight's flags), or a daemon that
+ *         predates a flag (it refuses it: look up without).
  */
 int lb_lookup_sflight(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
 		      const float *tau, uint32_t n_tau, uint32_t flags, uint32_t bound_us,
@@ -701,6 +730,11 @@ struct lb_lem_result {
 	int cache_error;          /* 0, or the error that made this run fall back to plain */
 	uint32_t sflight;         /* LB_LEM_CLAIMED, LB_LEM_WAITED, LB_LEM_BUSY */
 	uint32_t waited_us;       /* how long the lookup waited for another worker's claim */
+	/* Partial reuse (lb_lem_run_rows), 0 otherwise: */
+	uint32_t aligned;         /* positions aligned with the cached input's */
+	uint32_t rows_computed;   /* positions computed at each reused layer */
+	/* The share of the run's layer-positions (n_layers * n) taken from the cache, 0..1. */
+	float reused;
 };
 LB_ABI_FIELD_LP64(struct lb_lem_result, hit_layer, 0, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_result, hit_hamming, 4, 4);
@@ -711,7 +745,10 @@ LB_ABI_FIELD_LP64(struct lb_lem_result, reports, 20, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_result, cache_error, 24, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_result, sflight, 28, 4);
 LB_ABI_FIELD_LP64(struct lb_lem_result, waited_us, 32, 4);
-LB_ABI_SIZE_LP64(struct lb_lem_result, 36);
+LB_ABI_FIELD_LP64(struct lb_lem_result, aligned, 36, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_result, rows_computed, 40, 4);
+LB_ABI_FIELD_LP64(struct lb_lem_result, reused, 44, 4);
+LB_ABI_SIZE_LP64(struct lb_lem_result, 48);
 #define LB_LEM_CLAIMED 1u /* this run claimed the input: the others waited for its layers */
 #define LB_LEM_WAITED 2u  /* its lookup waited for another worker computing the input */
 #define LB_LEM_BUSY 4u    /* another worker computed the input at the same time (the wait ran
@@ -752,6 +789,33 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 36);
  */
 int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, const int32_t *tokens, uint32_t n,
 	       float *h, lb_layer_fn compute, void *ctx, struct lb_lem_result *res);
+
+/*
+ * lb_lem_run, and partial reuse of a near input of any length (PROTOCOL.md, Ring protocol 16):
+ *  - The lookup may find a cached input of another length or other tokens (LB_LOOKUP_ANY_LEN),
+ *    deepest layer L >= 1. Its positions are aligned with the run's by a diff of the token ids
+ *    (a longest common subsequence). Under half of the run's positions aligned, the hit is not
+ *    used (another text, whatever its fingerprint): the run computes every layer.
+ *  - Layer 0 is computed whole. The positions recomputed at layers 1..L: every edited one (not
+ *    aligned), and the share `recompute` (0..1) of the aligned ones whose layer-0 state deviates
+ *    most (1 - cosine) from the cached input's at the aligned position (CacheBlend's selective
+ *    recompute). At each layer 1..L, rows computes those from the state below; every other
+ *    position takes the cached input's output of that layer at its aligned position. Layers
+ *    above L run through compute. Any cached layer 0..L - 1 missing ends the reuse there.
+ *  - Approximate unless every position is recomputed: the inserts of layers 1 and up carry the
+ *    hit's hamming as approx (layer 0 is exact). With recompute 1, or every position edited,
+ *    the result is the plain forward pass's, bit for bit (rows must give what compute gives at
+ *    those rows), and inserted as exact.
+ *  - res->aligned, rows_computed and reused say what was reused.
+ * Every insert of a run carries the input's token ids (lb_insert_commit_tokens) so that later
+ * runs can align with it; lb_lem_run's too. A hit of the same tokens is reused whole, as by
+ * lb_lem_run; so is one of the same length whose entry carries no token ids. Revalidation
+ * applies to such whole hits only. rows NULL is lb_lem_run.
+ * @return as lb_lem_run; -EINVAL also for recompute outside 0..1; rows' errors as compute's.
+ */
+int lb_lem_run_rows(struct lb_client *c, const struct lb_lem_cfg *cfg, const int32_t *tokens,
+		    uint32_t n, float *h, lb_layer_fn compute, lb_rows_fn rows, double recompute,
+		    void *ctx, struct lb_lem_result *res);
 
 #ifdef __cplusplus
 }

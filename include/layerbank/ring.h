@@ -76,12 +76,16 @@ enum lb_op {
 #define LB_REQ_CLAIM 0x01u /* a miss of an input nobody computes: claim it (cpl.claim) */
 #define LB_REQ_WAIT 0x02u  /* another client claims the input: hold the lookup until it ends */
 #define LB_REQ_SFLIGHT (LB_REQ_CLAIM | LB_REQ_WAIT)
+/* LOOKUP_DEEPEST and LOOKUP (PROTOCOL.md, Ring protocol 16): a cached input of another length may
+ * answer, if the entry found carries its token ids (for the client to align them with its own);
+ * without the flag only an input of seq_len tokens does. */
+#define LB_REQ_ANY_LEN 0x04u
 #define LB_SFLIGHT_MAX_US 10000000u
 
 /* Request: client -> daemon. Every field is checked by the daemon on its own copy. */
 struct lb_req {
 	uint8_t opcode;      /* enum lb_op */
-	uint8_t flags;       /* LB_REQ_*: LOOKUP_DEEPEST only; else 0 */
+	uint8_t flags;       /* LB_REQ_*: LOOKUP_DEEPEST (all), LOOKUP (ANY_LEN); else 0 */
 	uint16_t layer;      /* LOOKUP, INSERT: layer index; LOOKUP_DEEPEST: 0 */
 	uint32_t model_id;   /* from lb_register_model; 0 for PING, RELEASE, REPORT */
 	uint64_t user_data;  /* echoed in the completion */
@@ -163,7 +167,8 @@ LB_ABI_FIELD(struct lb_query, n_thr, 48, 4);
 LB_ABI_FIELD(struct lb_query, reserved, 52, 4);
 _Static_assert(sizeof(struct lb_query) == 56, "abi");
 
-/* Insert payload, in staging: this header, then bytes of data (64-byte aligned start). */
+/* Insert payload, in staging: this header, then bytes of data (64-byte aligned start), then
+ * n_tokens token ids (int32) at lb_tokens_off(bytes) from the data's start. */
 struct lb_insert_hdr {
 	uint64_t fp[LB_FP_WORDS];
 	uint64_t exact[2];
@@ -175,7 +180,9 @@ struct lb_insert_hdr {
 	 * exact computation of the input: 0 when computed exactly, else the distance of the
 	 * approximate reuse (a hit's hamming) they were computed on. */
 	uint32_t approx;
-	uint32_t reserved;          /* 0 */
+	/* 0, or seq_len: the input's token ids follow the data, and must hash to exact. They let a
+	 * lookup of another length (LB_REQ_ANY_LEN) find the entry and align with its positions. */
+	uint32_t n_tokens;
 };
 LB_ABI_FIELD(struct lb_insert_hdr, fp, 0, 32);
 LB_ABI_FIELD(struct lb_insert_hdr, exact, 32, 16);
@@ -184,7 +191,7 @@ LB_ABI_FIELD(struct lb_insert_hdr, ndim, 52, 4);
 LB_ABI_FIELD(struct lb_insert_hdr, shape, 56, 16);
 LB_ABI_FIELD(struct lb_insert_hdr, bytes, 72, 8);
 LB_ABI_FIELD(struct lb_insert_hdr, approx, 80, 4);
-LB_ABI_FIELD(struct lb_insert_hdr, reserved, 84, 4);
+LB_ABI_FIELD(struct lb_insert_hdr, n_tokens, 84, 4);
 _Static_assert(sizeof(struct lb_insert_hdr) == 88, "abi");
 #define LB_INSERT_HDR_SIZE 128u /* data starts here, cache-line aligned */
 _Static_assert(sizeof(struct lb_insert_hdr) <= LB_INSERT_HDR_SIZE, "abi");
@@ -258,7 +265,7 @@ struct lb_entry_hdr {
 	uint64_t checksum;           /* XXH3-64 of the data, computed on the arena copy */
 	uint64_t key[2];             /* the input's token hash; a block's chained key */
 	uint32_t approx;             /* the insert's approx: 0 exact (always for a block) */
-	uint32_t reserved;           /* 0 */
+	uint32_t n_tokens;           /* 0, or seq_len: its token ids at lb_tokens_off(bytes) */
 };
 LB_ABI_FIELD(struct lb_entry_hdr, magic, 0, 8);
 LB_ABI_FIELD(struct lb_entry_hdr, model_id, 8, 4);
@@ -271,13 +278,20 @@ LB_ABI_FIELD(struct lb_entry_hdr, bytes, 40, 8);
 LB_ABI_FIELD(struct lb_entry_hdr, checksum, 48, 8);
 LB_ABI_FIELD(struct lb_entry_hdr, key, 56, 16);
 LB_ABI_FIELD(struct lb_entry_hdr, approx, 72, 4);
-LB_ABI_FIELD(struct lb_entry_hdr, reserved, 76, 4);
+LB_ABI_FIELD(struct lb_entry_hdr, n_tokens, 76, 4);
 #define LB_ENTRY_MAGIC 0x5952544e45424cULL /* "LBENTRY" */
 #define LB_ENTRY_LAYER_BLOCK 0xffffu        /* layer of a prefix block entry */
 #define LB_ENTRY_HDR_SIZE 128u
 _Static_assert(sizeof(struct lb_entry_hdr) == 80, "abi");
 _Static_assert(sizeof(struct lb_entry_hdr) <= LB_ENTRY_HDR_SIZE, "abi");
 _Static_assert(sizeof(_Atomic uint64_t) == 8 && _Alignof(_Atomic uint64_t) == 8, "abi");
+
+/* Where an entry's (or an insert's) token ids start, in bytes from its data's start: after the
+ * data, 4-byte aligned. */
+static inline uint64_t lb_tokens_off(uint64_t bytes)
+{
+	return (bytes + 3) & ~(uint64_t)3;
+}
 
 /* The magic as the atomic word both sides treat it as (entry headers are 64-byte aligned). */
 static inline _Atomic uint64_t *lb_entry_magic(const struct lb_entry_hdr *h)

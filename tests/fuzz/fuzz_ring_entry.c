@@ -530,7 +530,8 @@ static unsigned expect_lookup(const struct run *R, const struct lb_req *r, struc
 {
 	/* Step 2: zero fields (aux: the single-flight bound when a flag is set), the payload in
 	 * staging, the query consistent with its length. */
-	bool aux_bad = r->flags ? r->aux < 1 || r->aux > LB_SFLIGHT_MAX_US : r->aux != 0;
+	bool aux_bad = r->flags & LB_REQ_SFLIGHT ? r->aux < 1 || r->aux > LB_SFLIGHT_MAX_US
+						 : r->aux != 0;
 	if (aux_bad || r->lease || !payload_inside(R, r) ||
 	    r->payload_len < sizeof(struct lb_query) || r->payload_len > LOOKUP_MAX_PAYLOAD ||
 	    (r->payload_len - sizeof(struct lb_query)) % sizeof(float))
@@ -597,17 +598,29 @@ static unsigned expect_insert(const struct run *R, const struct lb_req *r, struc
 	memcpy(&v->h, R->shadow + r->payload_off, sizeof(v->h));
 	if (memcmp(R->shadow + r->payload_off + sizeof(v->h), zero, sizeof(zero)))
 		return S_INVAL;
+	/* Section 8: the token ids, when any, one per token, after the data, in the payload. */
+	uint64_t body = v->h.n_tokens ? ((v->h.bytes + 3) & ~3ull) + 4ull * v->h.n_tokens
+				      : v->h.bytes;
 	if (!shape_valid(v->h.dtype, v->h.ndim, v->h.shape, v->h.bytes) ||
 	    v->h.bytes > r->payload_len - LB_INSERT_HDR_SIZE || v->h.approx > LBP_FP_BITS ||
-	    v->h.reserved)
+	    (v->h.n_tokens && v->h.n_tokens != r->seq_len) ||
+	    body > r->payload_len - LB_INSERT_HDR_SIZE)
 		return S_INVAL;
 	v->m = model_of(r->model_id);
 	if (!v->m)
 		return S_SRCH;
+	/* Section 10, INSERT: token ids must hash to the exact key. */
+	if (v->h.n_tokens) {
+		XXH128_hash_t th = XXH3_128bits(R->shadow + r->payload_off + LB_INSERT_HDR_SIZE +
+						    (body - 4ull * v->h.n_tokens),
+						4ull * v->h.n_tokens);
+		if (th.low64 != v->h.exact[0] || th.high64 != v->h.exact[1])
+			return S_INVAL | S_NOMEM;
+	}
 	if (r->layer >= v->m->n_layers || !r->seq_len || r->seq_len > v->m->max_seq)
 		return S_INVAL;
 	v->valid = true;
-	unsigned allowed = room(R, entry_need(v->h.bytes), 0);
+	unsigned allowed = room(R, entry_need(body), 0);
 	/* Section 10, INSERT step 1: an input with that token hash exists. */
 	const struct recent *same = recent_of(R, r->model_id, v->h.exact, -1);
 	if (same) {
@@ -724,8 +737,10 @@ static unsigned expect(const struct run *R, const struct lb_req *r, struct verdi
 	v->m = NULL;
 	v->must_layer = -1;
 	v->must = v->can = 0;
-	/* Step 1: flags only LOOKUP_DEEPEST's. */
-	uint8_t flags = r->opcode == LB_OP_LOOKUP_DEEPEST ? LB_REQ_SFLIGHT : 0;
+	/* Step 1: flags only LOOKUP_DEEPEST's (all) and LOOKUP's (ANY_LEN). */
+	uint8_t flags = r->opcode == LB_OP_LOOKUP_DEEPEST ? LB_REQ_SFLIGHT | LB_REQ_ANY_LEN
+			: r->opcode == LB_OP_LOOKUP	  ? LB_REQ_ANY_LEN
+							  : 0;
 	if ((r->flags & ~flags) || r->reserved[0] || r->reserved[1] || r->reserved2 ||
 	    r->opcode < LB_OP_MIN || r->opcode > LB_OP_MAX)
 		return S_INVAL;
@@ -784,14 +799,24 @@ static const uint8_t *check_entry(const struct run *R, const struct lb_req *r, c
 	const struct lb_arena_map *a = &R->c->arenas[0];
 	if (R->dirty)
 		return NULL;
+	/* A lookup of any length (section 16) finds other lengths only with their token ids. */
+	bool other_ok = r->opcode != LB_OP_INSERT && (r->flags & LB_REQ_ANY_LEN) && e->n_tokens;
 	if (e->magic != LB_ENTRY_MAGIC || e->model_id != r->model_id || e->layer != k->layer ||
-	    e->seq_len != r->seq_len || e->bytes > a->bytes - k->entry_off - LB_ENTRY_HDR_SIZE)
-		broken(r, "entry header at %llu: magic %llx model %u layer %u seq_len %u bytes %llu",
-		       (unsigned long long)k->entry_off, (unsigned long long)e->magic, e->model_id,
-		       e->layer, e->seq_len, (unsigned long long)e->bytes);
+	    (e->seq_len != r->seq_len && !other_ok) || (e->n_tokens && e->n_tokens != e->seq_len) ||
+	    e->bytes > a->bytes - k->entry_off - LB_ENTRY_HDR_SIZE ||
+	    lb_tokens_off(e->bytes) + 4ull * e->n_tokens > a->bytes - k->entry_off - LB_ENTRY_HDR_SIZE)
+		broken(r, "entry header at %llu: magic %llx model %u layer %u seq_len %u bytes %llu "
+		       "tokens %u", (unsigned long long)k->entry_off, (unsigned long long)e->magic,
+		       e->model_id, e->layer, e->seq_len, (unsigned long long)e->bytes, e->n_tokens);
 	const uint8_t *data = (const uint8_t *)e + LB_ENTRY_HDR_SIZE;
 	if (XXH3_64bits(data, e->bytes) != e->checksum)
 		broken(r, "entry at %llu: checksum does not match its data", (unsigned long long)k->entry_off);
+	if (e->n_tokens) {
+		XXH128_hash_t th = XXH3_128bits(data + lb_tokens_off(e->bytes), 4ull * e->n_tokens);
+		if (th.low64 != e->key[0] || th.high64 != e->key[1])
+			broken(r, "entry at %llu: its token ids do not hash to its key",
+			       (unsigned long long)k->entry_off);
+	}
 	return data;
 }
 
@@ -922,10 +947,13 @@ static void check_insert_done(struct run *R, const struct lb_req *r, const struc
 	const uint8_t *data = check_entry(R, r, k);
 	const struct lb_entry_hdr *e = entry_at(R, r, k->arena, k->entry_off);
 	if (data && (e->dtype != v->h.dtype || e->ndim != v->h.ndim || e->bytes != v->h.bytes ||
-		     e->approx != v->h.approx ||
+		     e->approx != v->h.approx || e->n_tokens != v->h.n_tokens ||
 		     memcmp(e->shape, v->h.shape, sizeof(e->shape)) || !key_eq(e->key, v->h.exact) ||
-		     memcmp(data, R->shadow + r->payload_off + LB_INSERT_HDR_SIZE, v->h.bytes)))
-		broken(r, "inserted entry differs from the request's header or data");
+		     memcmp(data, R->shadow + r->payload_off + LB_INSERT_HDR_SIZE, v->h.bytes) ||
+		     memcmp(data + lb_tokens_off(v->h.bytes),
+			    R->shadow + r->payload_off + LB_INSERT_HDR_SIZE + lb_tokens_off(v->h.bytes),
+			    4ull * v->h.n_tokens)))
+		broken(r, "inserted entry differs from the request's header, data or tokens");
 	record_insert(R, r, &v->h);
 }
 
