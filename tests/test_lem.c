@@ -1,7 +1,9 @@
 /*
  * The layer execution manager (lb_lem_run): hits at every depth give the plain result, inserts
  * follow cache_layers, revalidation REPORTs, a dead daemon only costs time, approximations do
- * not compound; and score --cache of
+ * not compound; partial reuse of another length (lb_lem_run_rows) on stories260K: recomputing
+ * every position gives the plain result bit for bit, anything less is never served as exact,
+ * entries carry token ids the daemon checks; and score --cache of
  * layerbank-worker on stories260K: the second run is a full hit with a bit-identical NLL.
  */
 #include <stdarg.h>
@@ -20,7 +22,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client_internal.h"
 #include "layerbank/layerbank.h"
+#include "scorer.h"
 #include "testutil.h"
 
 #define MODEL LB_DATA_DIR "/stories260K.bin"
@@ -669,6 +673,223 @@ static void test_score_cache_cli(void **state)
 	assert_int_equal(ins, 0);
 }
 
+/* lbi_align: a diff of token ids, common prefix and suffix, a longest common subsequence. */
+static void test_align(void **state)
+{
+	(void)state;
+	const int32_t a[] = { 1, 2, 3, 9, 4, 5, 6 }, b[] = { 1, 2, 3, 4, 5, 7, 6 };
+	int32_t map[8];
+
+	/* a has a 9 that b lacks, b a 7 that a lacks */
+	assert_int_equal(lbi_align(a, 7, b, 7, map), 6);
+	const int32_t want[] = { 0, 1, 2, -1, 3, 4, 6 };
+	assert_memory_equal(map, want, sizeof(want));
+	/* nothing in common; one empty side */
+	const int32_t c[] = { 8, 8 };
+	assert_int_equal(lbi_align(c, 2, a, 7, map), 0);
+	assert_int_equal(map[0], -1);
+	assert_int_equal(map[1], -1);
+	/* a swap of two words: one of them aligns */
+	const int32_t d[] = { 1, 5, 3, 4, 2, 6 }, e[] = { 1, 2, 3, 4, 5, 6 };
+	assert_int_equal(lbi_align(d, 6, e, 6, map), 4);
+	assert_int_equal(map[0], 0);
+	assert_int_equal(map[5], 5);
+}
+
+/* A key of the toy input io (its fingerprint, tokens, length). */
+static struct lb_key toy_key(const struct toy_io *io)
+{
+	struct lb_key key = { .seq_len = TOY_N };
+	assert_int_equal(lb_fingerprint(toy_proj, io->emb, TOY_N, key.fp), 0);
+	lb_token_hash(io->tok, TOY_N, key.exact);
+	return key;
+}
+
+/* Inserts with token ids: the daemon refuses ids that are not the key's; a lookup of another
+ * length (LB_LOOKUP_ANY_LEN) finds an entry with ids, never one without, and never without the
+ * flag. */
+static void test_tokens_and_any_len(void **state)
+{
+	(void)state;
+	uint32_t id = toy_register();
+	struct toy_io x, y;
+	struct lb_shape shape = { .dtype = LB_DTYPE_F32, .ndim = 2, .dims = { TOY_N, TOY_HIDDEN } };
+	uint64_t need = lb_insert_tokens_bytes(sizeof(x.want), TOY_N);
+	struct lb_hit hit;
+	struct lb_sflight sf;
+	uint32_t n;
+
+	toy_io(&x, 300);
+	toy_io(&y, 301);
+	struct lb_key kx = toy_key(&x), ky = toy_key(&y);
+	/* y's ids under x's key: refused */
+	float *buf = lb_insert_reserve(client, need);
+	assert_non_null(buf);
+	memcpy(buf, x.want, sizeof(x.want));
+	assert_int_equal(lb_insert_commit_tokens(client, id, 0, &kx, &shape, 0, y.tok), -EINVAL);
+	/* a reservation without room for them: refused before anything is sent */
+	buf = lb_insert_reserve(client, sizeof(x.want));
+	assert_non_null(buf);
+	assert_int_equal(lb_insert_commit_tokens(client, id, 0, &kx, &shape, 0, x.tok), -EINVAL);
+	/* x without ids: found at its length only */
+	buf = lb_insert_reserve(client, sizeof(x.want));
+	memcpy(buf, x.want, sizeof(x.want));
+	assert_int_equal(lb_insert_commit(client, id, 0, &kx, &shape), 0);
+	struct lb_key other = kx;
+	other.seq_len = TOY_N + 1;
+	other.exact[0] ^= 1;
+	assert_int_equal(lb_lookup_sflight(client, id, &other, NULL, 0, LB_LOOKUP_ANY_LEN, 0, &hit,
+					   &sf), -ENOENT);
+	assert_int_equal(lb_lookup_sflight(client, id, &other, NULL, 0, LB_LOOKUP_ANY_LEN, 5, &hit,
+					   &sf), -EINVAL); /* a bound without single-flight */
+	/* y with ids, at x's fingerprint: found by the other length with the flag, not without */
+	memcpy(ky.fp, kx.fp, sizeof(ky.fp));
+	buf = lb_insert_reserve(client, need);
+	memcpy(buf, y.want, sizeof(y.want));
+	assert_int_equal(lb_insert_commit_tokens(client, id, 0, &ky, &shape, 0, y.tok), 0);
+	assert_int_equal(lb_lookup_deepest(client, id, &other, NULL, 0, &hit), -ENOENT);
+	assert_int_equal(lb_lookup_sflight(client, id, &other, NULL, 0, LB_LOOKUP_ANY_LEN, 0, &hit,
+					   &sf), 0);
+	assert_int_equal(hit.shape[0], TOY_N);
+	assert_memory_equal(hit.data, y.want, sizeof(y.want));
+	const int32_t *t = lb_hit_tokens(&hit, &n);
+	assert_int_equal(n, TOY_N);
+	assert_memory_equal(t, y.tok, sizeof(y.tok));
+	assert_int_equal(lb_release(client, hit.lease), 0);
+	/* x's entry has none */
+	assert_int_equal(lb_lookup_deepest(client, id, &kx, NULL, 0, &hit), 0);
+	assert_null(lb_hit_tokens(&hit, &n));
+	assert_int_equal(n, 0);
+	assert_int_equal(lb_release(client, hit.lease), 0);
+}
+
+/* stories260K, registered with the bank; its fingerprint projection. */
+struct real {
+	struct lbw_scorer sc;
+	struct lb_fp_proj *proj;
+	float tau[16];
+	struct lb_lem_cfg cfg;
+};
+
+static void real_open(struct real *r)
+{
+	char err[160];
+	assert_int_equal(lbw_scorer_open_llama(&r->sc, MODEL, err, sizeof(err)), 0);
+	assert_int_equal(lbt_connect(&env, "test_lem", &client), 0);
+	struct lb_model_desc d = { .name = "s260-align", .weights_hash = r->sc.weights_hash,
+				   .n_layers = (uint32_t)r->sc.n_layers,
+				   .hidden = (uint32_t)r->sc.hidden, .dtype = LB_DTYPE_F32,
+				   .max_seq = (uint32_t)r->sc.max_seq, .fp_chunks = 4, .fp_seed = 9 };
+	uint32_t id = 0;
+	assert_int_equal(lb_register_model(client, &d, &id), 0);
+	r->proj = lb_fp_proj_new((uint32_t)r->sc.hidden, 4, 9, NULL);
+	assert_non_null(r->proj);
+	assert_true(r->sc.n_layers <= 16);
+	/* Any fingerprint distance: the test is about what alignment does with a candidate. */
+	for (int l = 0; l < r->sc.n_layers; l++)
+		r->tau[l] = -1.0f;
+	r->cfg = (struct lb_lem_cfg){ .model_id = id, .n_layers = (uint32_t)r->sc.n_layers,
+				      .hidden = (uint32_t)r->sc.hidden, .proj = r->proj,
+				      .tau = r->tau, .flags = LB_LEM_NO_SFLIGHT };
+}
+
+/* Run tokens through the model: with the bank (c) and partial reuse at recompute, or plain
+ * (c NULL). h gets the last layer's output. */
+static void real_run(struct real *r, struct lb_client *c, const int32_t *tok, uint32_t n,
+		     double recompute, float *h, struct lb_lem_result *res)
+{
+	lbw_scorer_embed(&r->sc, tok, (int32_t)n, h);
+	assert_int_equal(lb_lem_run_rows(c, &r->cfg, tok, n, h, lbw_scorer_layer,
+					 lbw_scorer_rows, recompute, &r->sc, res), 0);
+	assert_int_equal(res->cache_error, 0);
+}
+
+/* The acceptance test of partial reuse: a different-length input reusing a cached one with
+ * every position recomputed is the plain forward pass bit for bit, and inserted as exact; with
+ * fewer recomputed it reuses, and its entries never pass for exact. */
+static void test_aligned_reuse(void **state)
+{
+	(void)state;
+	struct real r;
+	real_open(&r);
+	enum { NA = 40, NB = 42, NC = 39 };
+	int32_t a[NA], b[NB], c[NC];
+	uint64_t s = 77;
+	for (int i = 0; i < NA; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		a[i] = 1 + (int32_t)((s >> 33) % 500);
+	}
+	/* b: two tokens inserted in the middle; c: one removed, one changed */
+	memcpy(b, a, 20 * sizeof(int32_t));
+	b[20] = 7;
+	b[21] = 8;
+	memcpy(b + 22, a + 20, 20 * sizeof(int32_t));
+	memcpy(c, a, 10 * sizeof(int32_t));
+	memcpy(c + 10, a + 11, 29 * sizeof(int32_t));
+	c[30] = 9;
+	size_t hid = (size_t)r.sc.hidden;
+	float *h = malloc(NB * hid * sizeof(float)), *want = malloc(NB * hid * sizeof(float));
+	assert_non_null(h);
+	assert_non_null(want);
+	struct lb_lem_result res;
+	int L = r.sc.n_layers;
+
+	real_run(&r, client, a, NA, 1.0, h, &res); /* cached, with its token ids */
+	assert_int_equal(res.hit_layer, -1);
+	assert_int_equal(res.layers_inserted, L);
+
+	real_run(&r, NULL, b, NB, 1.0, want, &res);
+	real_run(&r, client, b, NB, 1.0, h, &res);
+	assert_int_equal(res.hit_layer, L - 1); /* a's layers 1..L-1 used... */
+	assert_int_equal(res.aligned, NA);
+	assert_int_equal(res.rows_computed, NB); /* ...with every position recomputed */
+	assert_int_equal(res.layers_computed, 1);
+	assert_memory_equal(h, want, NB * hid * sizeof(float));
+	/* inserted as exact: b's own lookup is at distance 0 */
+	struct lb_key kb = { .seq_len = NB };
+	lb_token_hash(b, NB, kb.exact);
+	struct lb_hit hit;
+	assert_int_equal(lb_lookup_deepest(client, r.cfg.model_id, &kb, r.tau, (uint32_t)L, &hit), 0);
+	assert_int_equal(hit.layer, (uint32_t)L - 1);
+	assert_int_equal(hit.hamming, 0);
+	assert_memory_equal(hit.data, want, NB * hid * sizeof(float));
+	assert_int_equal(lb_release(client, hit.lease), 0);
+
+	/* c with the default share: reused in part, approximate, and recorded so */
+	real_run(&r, NULL, c, NC, 0, want, &res);
+	real_run(&r, client, c, NC, 0.15, h, &res);
+	assert_int_equal(res.hit_layer, L - 1);
+	assert_true(res.hit_hamming >= 1);
+	assert_true(res.aligned >= NC - 2);
+	assert_true(res.rows_computed < NC);
+	assert_true(res.reused > 0.5f && res.reused < 1.0f);
+	assert_true(memcmp(h, want, NC * hid * sizeof(float)) != 0);
+	struct lb_key kc = { .seq_len = NC };
+	lb_token_hash(c, NC, kc.exact);
+	assert_int_equal(lb_lookup_deepest(client, r.cfg.model_id, &kc, r.tau, (uint32_t)L, &hit), 0);
+	assert_int_equal(hit.hamming, res.hit_hamming); /* never 0: not exact */
+	assert_int_equal(lb_release(client, hit.lease), 0);
+	/* ...and an exact threshold takes only its layer 0 (computed whole, inserted exact): the
+	 * rest is computed, exactly */
+	float exact[16];
+	for (int l = 0; l < L; l++)
+		exact[l] = 1.0f;
+	r.cfg.tau = exact;
+	real_run(&r, client, c, NC, 0.15, h, &res);
+	assert_int_equal(res.hit_layer, 0);
+	assert_int_equal(res.hit_hamming, 0);
+	assert_int_equal(res.layers_computed, L - 1);
+	assert_memory_equal(h, want, NC * hid * sizeof(float));
+
+	struct lb_stats st;
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	assert_int_equal(st.leases, 0);
+	free(h);
+	free(want);
+	lb_fp_proj_free(r.proj);
+	lbw_scorer_close(&r.sc);
+}
+
 #define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, setup, lbt_env_teardown, &env)
 
 int main(void)
@@ -679,6 +900,9 @@ int main(void)
 
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_plain_and_bad_args),
+		cmocka_unit_test(test_align),
+		TEST(test_tokens_and_any_len),
+		TEST(test_aligned_reuse),
 		TEST(test_hit_at_every_depth),
 		TEST(test_insert_quota_is_not_an_error),
 		TEST(test_revalidate_reports),
