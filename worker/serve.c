@@ -138,11 +138,10 @@ static void serve_score(struct lbw_scorer *sc, const struct lbw_tokenizer *t, st
 		return;
 	}
 	fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d hamming=%u computed=%u "
-		"inserted=%u us=%.0f sflight=%u waited=%u compute=%.0f-%.0f reused=%.4f aligned=%u "
-		"rows=%u top1=", id,
+		"inserted=%u us=%.0f sflight=%u waited=%u compute=%.0f-%.0f reused=%.4f top1=", id,
 		(int)r.tokens, r.nll, (int)r.lem.hit_layer, r.lem.hit_hamming, r.lem.layers_computed,
 		r.lem.layers_inserted, r.us, r.lem.sflight, r.lem.waited_us, r.compute_start_us,
-		r.compute_end_us, (double)r.lem.reused, r.lem.aligned, r.lem.rows_computed);
+		r.compute_end_us, (double)r.lem.reused);
 	for (int32_t i = 0; i + 1 < r.tokens; i++)
 		fprintf(out, i ? ",%d" : "%d", (int)top1[i]);
 	fputc('\n', out);
