@@ -218,17 +218,21 @@ static int lem_lookup_call(struct lem *m, uint32_t n)
 	}
 }
 
-/* The cached input's tokens, when the hit is on another input that the run can align with
- * (its layer 1 or deeper: layer 0 is computed whole anyway). */
-static const int32_t *lem_other_input(const struct lem *m, uint32_t *cm)
-{
-	const int32_t *ct = lb_hit_tokens(&m->hit, cm);
+/* What a run with partial reuse (rows) does with its hit. */
+enum use { USE_WHOLE, USE_ALIGNED, USE_NONE };
 
-	if (!m->rows || !ct || m->hit.layer < 1 || !hit_fits(m, &m->hit, *cm))
-		return NULL;
-	if (*cm == m->n && !memcmp(ct, m->tokens, (size_t)m->n * sizeof(*ct)))
-		return NULL; /* the same input: reused whole */
-	return ct;
+/* USE_ALIGNED with the cached input's tokens (*ct, *cm) for a hit on another input that the
+ * run can align with; USE_NONE for one it cannot (its layer 0 only: layer 0 is computed whole
+ * anyway, and taking another input's states whole is what alignment is there to avoid);
+ * USE_WHOLE for the same tokens, and without rows or token ids (lb_lem_run's reuse). */
+static enum use lem_use(const struct lem *m, const int32_t **ct, uint32_t *cm)
+{
+	*ct = lb_hit_tokens(&m->hit, cm);
+	if (!m->rows || !*ct)
+		return USE_WHOLE;
+	if (*cm == m->n && !memcmp(*ct, m->tokens, (size_t)m->n * sizeof(**ct)))
+		return USE_WHOLE;
+	return m->hit.layer >= 1 && hit_fits(m, &m->hit, *cm) ? USE_ALIGNED : USE_NONE;
 }
 
 /* Hold the deepest cached layer of the input in m->hit, if one fits; *ct (cm tokens) the
@@ -244,8 +248,10 @@ static uint32_t lem_lookup(struct lem *m, uint32_t n, const int32_t **ct, uint32
 			lem_fail(m, rc);
 		return 0;
 	}
-	*ct = lem_other_input(m, cm);
-	if (!*ct && !hit_fits(m, &m->hit, n)) {
+	enum use use = lem_use(m, ct, cm);
+	if (use != USE_ALIGNED)
+		*ct = NULL;
+	if (use == USE_NONE || (use == USE_WHOLE && !hit_fits(m, &m->hit, n))) {
 		lem_release(m, m->hit.lease);
 		return 0;
 	}
