@@ -881,6 +881,16 @@ static void test_aligned_reuse(void **state)
 	assert_int_equal(res.layers_computed, L - 1);
 	assert_memory_equal(h, want, NC * hid * sizeof(float));
 
+	/* another input's layer 0 alone (the only layer a threshold lets through) is never taken
+	 * whole: b, with c's one change too, is computed in full */
+	b[31] = 9;
+	exact[0] = -1.0f;
+	real_run(&r, NULL, b, NB, 0, want, &res);
+	real_run(&r, client, b, NB, 0.15, h, &res);
+	assert_int_equal(res.hit_layer, -1);
+	assert_int_equal(res.layers_computed, L);
+	assert_memory_equal(h, want, NB * hid * sizeof(float));
+
 	struct lb_stats st;
 	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
 	assert_int_equal(st.leases, 0);
