@@ -33,12 +33,16 @@ enum {
 	SM_KV_DIM = 112, SM_BLOCK_TOKENS = 116,
 };
 enum {
-	SE_MODEL = 0, SE_LAYER = 4, SE_DTYPE = 6, SE_SEQ_LEN = 8, SE_NDIM = 12, SE_APPROX = 14, SE_SHAPE = 16,
-	SE_BYTES = 32, SE_FP = 40, SE_EXACT = 72, SE_DATA_SUM = 88, SE_IDLE = 96, SE_AGE = 104,
-	SE_SCORE = 112,
+	SE_MODEL = 0, SE_LAYER = 4, SE_DTYPE = 6, SE_SEQ_LEN = 8, SE_NDIM = 12, SE_FLAGS = 13,
+	SE_APPROX = 14, SE_SHAPE = 16, SE_BYTES = 32, SE_FP = 40, SE_EXACT = 72, SE_DATA_SUM = 88,
+	SE_IDLE = 96, SE_AGE = 104, SE_SCORE = 112,
 	/* A block record (layer LB_ENTRY_LAYER_BLOCK) has these where a layer entry's fp is. */
 	SE_PARENT = 40, SE_INDEX = 56, SE_BLOCK_ZERO = 60,
 };
+/* An entry record's flags (version 4; before it, byte 13 was the high byte of a 16-bit ndim,
+ * so always 0). */
+#define SE_F_TOKENS 0x01u /* a layer entry's seq_len token ids follow its data */
+#define SE_F_MASK SE_F_TOKENS
 /* Every record ends with the XXH3-64 of the bytes before it. */
 #define REC_SUM 120u
 #define NAME_FIELD 64u
@@ -52,6 +56,7 @@ _Static_assert(LBP_MAX_LAYERS <= UINT16_MAX + 1u, "a layer fits the 16-bit field
 _Static_assert(LBP_MAX_LAYERS <= LB_ENTRY_LAYER_BLOCK, "no layer entry has a block's layer");
 _Static_assert(SE_BLOCK_ZERO + 12 == SE_EXACT && SE_FP + 8 * LB_FP_WORDS == SE_EXACT,
 	       "a block's parent, index and zero bytes fill the fingerprint's 32 bytes");
+_Static_assert(LB_MAX_NDIM <= UINT8_MAX, "ndim fits its byte");
 
 /* ---- little-endian fields ---- */
 
@@ -183,7 +188,8 @@ static void encode_entry(uint8_t *r, uint32_t model, const struct lbd_store_item
 	put16(r + SE_LAYER, (uint16_t)it->layer);
 	put16(r + SE_DTYPE, (uint16_t)it->dtype);
 	put32(r + SE_SEQ_LEN, it->seq_len);
-	put16(r + SE_NDIM, (uint16_t)it->ndim);
+	r[SE_NDIM] = (uint8_t)it->ndim;
+	r[SE_FLAGS] = it->tokens ? SE_F_TOKENS : 0;
 	put16(r + SE_APPROX, (uint16_t)it->approx);
 	for (int i = 0; i < LB_MAX_NDIM; i++)
 		put32(r + SE_SHAPE + 4 * i, it->shape[i]);
@@ -455,8 +461,8 @@ static void plan_layout(struct plan *p)
 		p->per_model[r]++;
 		p->n_entries++;
 		p->n_blocks += it->layer == LB_ENTRY_LAYER_BLOCK;
-		p->data_bytes += it->bytes;
-		p->file_bytes += LBD_SNAP_ENTRY_SIZE + pad(it->bytes);
+		p->data_bytes += lbd_store_item_body(it);
+		p->file_bytes += LBD_SNAP_ENTRY_SIZE + pad(lbd_store_item_body(it));
 	}
 }
 
@@ -508,7 +514,28 @@ static int w_create(struct writer *w, const char *tmp, const char **step)
 	return 0;
 }
 
-/* The header, the model records, then each entry's record, data and padding. */
+/* One entry: its record, its data, its token ids (if any) after the zeros up to
+ * lb_tokens_off, then zeros up to a multiple of LBD_SNAP_ALIGN. it is held: its data and ids
+ * do not change while they are read from the arena. */
+static int emit_entry(struct writer *w, uint32_t model, const struct lbd_store_item *it)
+{
+	uint8_t rec[LBD_SNAP_ENTRY_SIZE];
+	uint64_t body = lbd_store_item_body(it);
+	int ret;
+
+	encode_entry(rec, model, it);
+	ret = w_emit(w, rec, LBD_SNAP_ENTRY_SIZE);
+	if (ret == 0)
+		ret = w_emit(w, it->data, it->bytes);
+	if (ret == 0 && it->tokens) {
+		ret = w_emit(w, NULL, lb_tokens_off(it->bytes) - it->bytes);
+		if (ret == 0)
+			ret = w_emit(w, it->tokens, (uint64_t)it->seq_len * sizeof(int32_t));
+	}
+	return ret < 0 ? ret : w_emit(w, NULL, pad(body) - body);
+}
+
+/* The header, the model records, then each entry. */
 static int emit_image(struct writer *w, const struct plan *p, const struct lbd_models *m,
 		      const uint8_t boot_id[16])
 {
@@ -524,16 +551,9 @@ static int emit_image(struct writer *w, const struct plan *p, const struct lbd_m
 		ret = w_emit(w, rec, LBD_SNAP_MODEL_SIZE);
 	}
 	for (uint32_t k = 0; ret == 0 && k < p->n_items; k++) {
-		const struct lbd_store_item *it = &p->items[k];
-		int32_t r = plan_record_of(p, it);
-		if (r < 0)
-			continue;
-		encode_entry(rec, (uint32_t)r, it);
-		ret = w_emit(w, rec, LBD_SNAP_ENTRY_SIZE);
-		if (ret == 0)
-			ret = w_emit(w, it->data, it->bytes); /* held: unchanged while we read */
-		if (ret == 0)
-			ret = w_emit(w, NULL, pad(it->bytes) - it->bytes);
+		int32_t r = plan_record_of(p, &p->items[k]);
+		if (r >= 0)
+			ret = emit_entry(w, (uint32_t)r, &p->items[k]);
 	}
 	return ret;
 }
@@ -641,8 +661,9 @@ struct lmodel {
 };
 
 struct lentry {
-	struct lbd_store_item it; /* data points into the image */
+	struct lbd_store_item it; /* data and tokens point into the image */
 	uint32_t model;           /* index of its model record */
+	uint8_t flags;            /* SE_F_*, as the record says */
 	uint64_t off;             /* of its record in the image, for messages */
 	struct lentry *up;        /* a block's parent's record (check_chains); NULL: none */
 	double value;             /* to the store's policy */
@@ -652,12 +673,15 @@ struct lentry {
 struct image {
 	const uint8_t *img;
 	size_t len;
+	uint32_t version;                          /* 2..LBD_SNAP_VERSION */
 	uint32_t n_models;
 	uint64_t n_entries, data_bytes, written_s; /* as the header says */
 	uint64_t n_blocks;                         /* block records */
 	struct lmodel *models;                     /* [n_models] */
 	struct lentry *ents;                       /* [n_entries], in file order */
 	struct lentry **by;                        /* [n_entries]: the orders the checks need */
+	int32_t *ids;                              /* [ids_cap]: an entry's token ids, aligned */
+	uint32_t ids_cap;
 };
 
 /* The model record at r, index i, into *lm. @return 0, or -EBADMSG with err set. */
@@ -713,7 +737,8 @@ static void decode_entry(const uint8_t *r, struct lentry *e)
 	it->layer = get16(r + SE_LAYER);
 	it->dtype = get16(r + SE_DTYPE);
 	it->seq_len = get32(r + SE_SEQ_LEN);
-	it->ndim = get16(r + SE_NDIM);
+	it->ndim = r[SE_NDIM];
+	e->flags = r[SE_FLAGS];
 	it->approx = get16(r + SE_APPROX);
 	for (int i = 0; i < LB_MAX_NDIM; i++)
 		it->shape[i] = get32(r + SE_SHAPE + 4 * i);
@@ -784,8 +809,13 @@ static const char *entry_bad(const struct image *im, const struct lentry *e, con
 		bad = "seq_len";
 	if (!bad && !lbp_dtype_size(it->dtype))
 		bad = "dtype";
-	if (!bad && (it->ndim < 1 || it->ndim > LB_MAX_NDIM))
+	/* Before version 4 the flags byte was ndim's high byte: 0 for any ndim in range. */
+	if (!bad && (it->ndim < 1 || it->ndim > LB_MAX_NDIM || (im->version < 4 && e->flags)))
 		bad = "ndim";
+	if (!bad && (e->flags & ~SE_F_MASK))
+		bad = "flags (unknown bits)";
+	if (!bad && (e->flags & SE_F_TOKENS) && it->layer == LB_ENTRY_LAYER_BLOCK)
+		bad = "flags (token ids on a prefix block)";
 	if (!bad && (it->layer == LB_ENTRY_LAYER_BLOCK ? it->approx != 0 : it->approx > LB_FP_BITS))
 		bad = "approx";
 	/* The store's shape check (shape_ok, which lbd_store_restore applies again), step by step
@@ -805,8 +835,58 @@ static const char *entry_bad(const struct image *im, const struct lentry *e, con
 	return bad;
 }
 
-/* Entry k, whose record is at off, into ents[k]. @return 0, or -EBADMSG with err set. */
-static int check_entry(const struct image *im, uint64_t off, uint64_t k, char *err, size_t errlen)
+/* Whether the n token ids at p (any alignment: the image's) hash to key; they are copied to
+ * im->ids first, for lbp_token_hash reads int32s. @return 1, 0, or -ENOMEM. */
+static int tokens_match(struct image *im, const uint8_t *p, uint32_t n, const uint64_t key[2])
+{
+	uint64_t h[2];
+
+	if (n > im->ids_cap) {
+		int32_t *ids = realloc(im->ids, (size_t)n * sizeof(*ids));
+		if (!ids)
+			return -ENOMEM;
+		im->ids = ids;
+		im->ids_cap = n;
+	}
+	memcpy(im->ids, p, (size_t)n * sizeof(*im->ids));
+	lbp_token_hash(im->ids, n, h);
+	return h[0] == key[0] && h[1] == key[1];
+}
+
+/* The data section of entry k (record at off, fields in range): its data against
+ * data_checksum, its token ids against its exact key, the zeros around them. @return 0, or
+ * -EBADMSG or -ENOMEM with err set. */
+static int check_body(struct image *im, uint64_t off, uint64_t k, char *err, size_t errlen)
+{
+	struct lbd_store_item *it = &im->ents[k].it;
+	uint64_t body = lbd_store_item_body(it);
+	const uint8_t *d = it->data;
+	int match;
+
+	if (XXH3_64bits(d, it->bytes) != it->checksum)
+		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+				"): data checksum mismatch", k, off);
+	if (it->tokens) {
+		if (!zero(d + it->bytes, lb_tokens_off(it->bytes) - it->bytes))
+			return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+					"): padding before its token ids not zero", k, off);
+		match = tokens_match(im, it->tokens, it->seq_len, it->exact);
+		if (match < 0)
+			return lbu_fail(err, errlen, match, "out of memory for the %u token ids of entry %"
+					PRIu64, it->seq_len, k);
+		if (!match)
+			return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+					"): token ids that do not hash to its exact key", k, off);
+	}
+	if (!zero(d + body, pad(body) - body))
+		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
+				"): padding not zero", k, off);
+	return 0;
+}
+
+/* Entry k, whose record is at off, into ents[k]. @return 0, or -EBADMSG or -ENOMEM with err
+ * set. */
+static int check_entry(struct image *im, uint64_t off, uint64_t k, char *err, size_t errlen)
 {
 	const uint8_t *r = im->img + off;
 	struct lentry *e = &im->ents[k];
@@ -827,18 +907,17 @@ static int check_entry(const struct image *im, uint64_t off, uint64_t k, char *e
 	if (bad)
 		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64 "): %s out of range",
 				k, off, bad);
+	/* In range: bytes below 2^63, seq_len at most LBP_MAX_SEQ; body and its padding cannot wrap. */
 	uint64_t left = len - off - LBD_SNAP_ENTRY_SIZE;
-	if (it->bytes > left || pad(it->bytes) > left)
-		return lbu_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
-				"): %" PRIu64 " data bytes, %" PRIu64 " left", k, off, it->bytes, left);
 	it->data = r + LBD_SNAP_ENTRY_SIZE;
-	if (XXH3_64bits(it->data, it->bytes) != it->checksum)
-		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
-				"): data checksum mismatch", k, off);
-	if (!zero(it->data + it->bytes, pad(it->bytes) - it->bytes))
-		return lbu_fail(err, errlen, -EBADMSG, "entry %" PRIu64 " (offset %" PRIu64
-				"): padding not zero", k, off);
-	return 0;
+	if (e->flags & SE_F_TOKENS)
+		it->tokens = it->data + lb_tokens_off(it->bytes);
+	uint64_t body = lbd_store_item_body(it);
+	if (body > left || pad(body) > left)
+		return lbu_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
+				"): %" PRIu64 " data bytes%s, %" PRIu64 " left", k, off, body,
+				it->tokens ? " with its token ids" : "", left);
+	return check_body(im, off, k, err, errlen);
 }
 
 /* The entry an element of a struct lentry * array points to: for qsort and bsearch. */
@@ -969,11 +1048,13 @@ static int check_head(struct image *im, char *err, size_t errlen)
 	if (memcmp(img + SH_MAGIC, LBD_SNAP_MAGIC, 8) != 0)
 		return lbu_fail(err, errlen, -EBADMSG, "not a layerbank snapshot (no %s magic)", LBD_SNAP_MAGIC);
 	/* The version before the checksum: another version may lay its header out otherwise. */
-	/* Version 2 is version 3 with every approx 0: its 32-bit ndim (1..4) left those bytes 0. */
+	/* Version 2 is version 3 with every approx 0: its 32-bit ndim (1..4) left those bytes 0.
+	 * Version 3 is version 4 without token ids: its 16-bit ndim left the flags byte 0. */
 	uint32_t version = get32(img + SH_VERSION);
-	if (version != LBD_SNAP_VERSION && version != 2)
-		return lbu_fail(err, errlen, -EPROTO, "format version %u, this daemon reads versions 2 and %u",
+	if (version < 2 || version > LBD_SNAP_VERSION)
+		return lbu_fail(err, errlen, -EPROTO, "format version %u, this daemon reads versions 2 to %u",
 				version, LBD_SNAP_VERSION);
+	im->version = version;
 	if (!sealed(img))
 		return lbu_fail(err, errlen, -EBADMSG, "header checksum mismatch");
 	uint32_t abi = get32(img + SH_SHM_ABI);
@@ -1032,8 +1113,8 @@ static int check_entries(struct image *im, char *err, size_t errlen)
 		if (ret < 0)
 			return ret;
 		im->models[im->ents[k].model].seen++;
-		sum += im->ents[k].it.bytes;
-		off += LBD_SNAP_ENTRY_SIZE + pad(im->ents[k].it.bytes);
+		sum += lbd_store_item_body(&im->ents[k].it);
+		off += LBD_SNAP_ENTRY_SIZE + pad(lbd_store_item_body(&im->ents[k].it));
 	}
 	if (off != im->len)
 		return lbu_fail(err, errlen, -EBADMSG, "%zu bytes after the last entry (offset %"
@@ -1103,7 +1184,7 @@ static void restore(struct image *im, struct lbd_models *m, struct lbd_store *st
 		if (it->model_id && lbd_store_restore(st, it) == 0) {
 			out->entries++;
 			out->blocks += it->layer == LB_ENTRY_LAYER_BLOCK;
-			out->data_bytes += it->bytes;
+			out->data_bytes += lbd_store_item_body(it);
 		} else {
 			out->entries_skipped++;
 		}
@@ -1156,6 +1237,7 @@ out:
 	free(im.models);
 	free(im.ents);
 	free(im.by);
+	free(im.ids);
 	return ret;
 }
 

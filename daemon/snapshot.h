@@ -12,7 +12,7 @@
 
 /* The file format (PROTOCOL.md, "Snapshot file"): little-endian fixed-width fields. */
 #define LBD_SNAP_MAGIC "LBSNAPSH"     /* the first 8 bytes */
-#define LBD_SNAP_VERSION 3u           /* 2: prefix blocks; 3: approx */
+#define LBD_SNAP_VERSION 4u           /* 2: prefix blocks; 3: approx; 4: token ids */
 #define LBD_SNAP_HDR_SIZE 128u
 #define LBD_SNAP_MODEL_SIZE 128u
 #define LBD_SNAP_ENTRY_SIZE 128u
@@ -31,7 +31,8 @@ struct lbd_snapshot_stats {
 	uint64_t blocks;          /* of those, prefix blocks */
 	uint64_t entries_skipped; /* load: over the budget, no block, expired, of a skipped model,
 				   * a prefix block whose parent was skipped */
-	uint64_t data_bytes;      /* entry data bytes written, or restored */
+	uint64_t data_bytes;      /* entry data bytes written, or restored, token ids included
+				   * (lbd_store_item_body) */
 	uint64_t file_bytes;      /* size of the file */
 	uint64_t written_s;       /* load: when the file was written (Unix time, from its header) */
 	uint64_t ms;              /* time taken, in milliseconds */

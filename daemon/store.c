@@ -594,7 +594,7 @@ static void copy_in(uint8_t *dst, const uint8_t *src, size_t n)
 }
 
 void store_entry_publish(struct lb_entry_hdr *h, const struct lb_entry_hdr *tmpl,
-			 const uint8_t *data, const int32_t *tokens, bool checksum_given)
+			 const uint8_t *data, const void *tokens, bool checksum_given)
 {
 	const size_t body = offsetof(struct lb_entry_hdr, model_id); /* all but the magic */
 	uint8_t *dst = (uint8_t *)h + LB_ENTRY_HDR_SIZE;

@@ -186,7 +186,15 @@ struct lbd_store_item {
 	uint64_t age_ns;               /* since its insert */
 	double score;                  /* the decay policy's hit score, decayed to now */
 	const uint8_t *data;           /* bytes bytes */
+	/* A layer entry's input's token ids (LB_REQ_ANY_LEN): seq_len int32 in the machine's order,
+	 * as the arena holds them at lb_tokens_off(bytes) after its data; any alignment (a
+	 * snapshot image's); NULL: none (always for a block). */
+	const uint8_t *tokens;
 };
+
+/* The bytes of an item's data and token ids, as an entry holds them from its data's start
+ * (store_entry_need of it is the entry's size): bytes, or lb_tokens_off(bytes) + 4 seq_len. */
+uint64_t lbd_store_item_body(const struct lbd_store_item *it);
 
 /*
  * Hold every live entry for a snapshot: one lease each in ls (which, unlike a client's, has
@@ -209,15 +217,17 @@ double lbd_store_item_value(const struct lbd_store *st, const struct lbd_store_i
 /*
  * Put an entry back, as it was when lbd_store_hold_all described it (its ages and score carry
  * over): the store's checks of an insert, then room without any eviction, within the budget.
- * The data is copied under the store lock: meant for start-up, before clients are served.
- * checksum is trusted: the caller checked it against the data.
+ * The data (and the token ids) are copied under the store lock: meant for start-up, before
+ * clients are served. checksum and tokens are trusted: the caller checked the one against
+ * the data and the other against exact (lbp_token_hash), as an insert does.
  * A prefix block goes back under its parent, which must be back already (restore parents
  * first: lbd_store_item_value ranks a parent at least as high as its children).
  * @return 0; -ESRCH (no bank for model_id); -EINVAL (layer or seq_len out of the model's
  *         range, shape inconsistent with bytes, the input cached with another seq_len, a
- *         block's geometry not the model's); -EEXIST (that input has that layer, or the block
- *         is back); -ENOENT (a block whose parent is not back); -ENOSPC (not within the
- *         budget, or no block fits); -ETIME (policy ttl: it would expire at once); -ENOMEM.
+ *         block's geometry not the model's, token ids on a block); -EEXIST (that input has
+ *         that layer, or the block is back); -ENOENT (a block whose parent is not back);
+ *         -ENOSPC (not within the budget, or no block fits); -ETIME (policy ttl: it would
+ *         expire at once); -ENOMEM.
  */
 int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it);
 

@@ -219,13 +219,13 @@ void store_entry_abandon(struct lbd_store *st, uint32_t eid);
 /* A placed entry is found by lookups from now on (its owner says where). */
 void store_entry_go_live(struct lbd_store *st, uint32_t eid);
 /*
- * Write an entry at h: its data (and tmpl->n_tokens token ids from tokens after it), then its
- * header as tmpl has it, then the magic. The checksum (of the data) is tmpl's when
- * checksum_given, else computed on the arena copy. Needs no lock: the entry is PENDING (or the
- * store is not serving yet).
+ * Write an entry at h: its data (and tmpl->n_tokens token ids from tokens after it: int32 in
+ * the machine's order, at any alignment), then its header as tmpl has it, then the magic. The
+ * checksum (of the data) is tmpl's when checksum_given, else computed on the arena copy. Needs
+ * no lock: the entry is PENDING (or the store is not serving yet).
  */
 void store_entry_publish(struct lb_entry_hdr *h, const struct lb_entry_hdr *tmpl,
-			 const uint8_t *data, const int32_t *tokens, bool checksum_given);
+			 const uint8_t *data, const void *tokens, bool checksum_given);
 /* Take a LIVE entry out of the index (a block with its subtree), adding to t (may be NULL);
  * free what no lease holds. */
 void store_entry_unlink(struct lbd_store *st, uint32_t id, struct tally *t);

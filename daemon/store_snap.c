@@ -41,6 +41,10 @@ static void item_of(const struct lbd_store *st, uint32_t id, uint64_t now, struc
 		memcpy(x->fp, in->fp, sizeof(x->fp));
 		memcpy(x->exact, in->exact, sizeof(x->exact));
 		x->approx = e->approx;
+		/* Its seq_len ids (the header's n_tokens), written before it went live like the
+		 * header, unchanged since. */
+		if (e->tokens)
+			x->tokens = (const uint8_t *)h + LB_ENTRY_HDR_SIZE + lb_tokens_off(h->bytes);
 	} else {
 		const struct block *k = &st->blk[e->owner];
 		memcpy(x->exact, k->key, sizeof(x->exact));
@@ -151,6 +155,12 @@ out:
 	return 0;
 }
 
+uint64_t lbd_store_item_body(const struct lbd_store_item *it)
+{
+	return it->tokens ? lb_tokens_off(it->bytes) + (uint64_t)it->seq_len * sizeof(int32_t)
+			  : it->bytes;
+}
+
 double lbd_store_item_value(const struct lbd_store *st, const struct lbd_store_item *it)
 {
 	switch (st->cfg.policy) {
@@ -177,7 +187,7 @@ static int restore_check(const struct lbd_store *st, const struct bank *b,
 		    it->shape[0] != d->n_layers || it->shape[1] != 2 ||
 		    it->shape[2] != d->kv.block_tokens || it->shape[3] != d->kv.dim ||
 		    it->seq_len != end || end > d->max_seq || (!it->exact[0] && !it->exact[1]) ||
-		    it->approx)
+		    it->approx || it->tokens)
 			return -EINVAL;
 	} else if (it->layer >= d->n_layers || it->seq_len == 0 || it->seq_len > d->max_seq ||
 		   it->approx > LB_FP_BITS) {
@@ -238,7 +248,7 @@ static int restore_exists(struct lbd_store *st, struct bank *b, const struct lbd
 
 int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
 {
-	uint64_t now = lb_now_ns(), off = 0, need = store_entry_need(it->bytes);
+	uint64_t now = lb_now_ns(), off = 0, need = store_entry_need(lbd_store_item_body(it));
 	unsigned arena = 0;
 	int ret;
 
@@ -264,11 +274,13 @@ int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
 	struct lb_entry_hdr tmpl = { .model_id = it->model_id, .layer = (uint16_t)it->layer,
 				     .dtype = (uint16_t)it->dtype, .seq_len = it->seq_len,
 				     .ndim = it->ndim, .bytes = it->bytes, .checksum = it->checksum,
-				     .key = { it->exact[0], it->exact[1] }, .approx = it->approx };
+				     .key = { it->exact[0], it->exact[1] }, .approx = it->approx,
+				     .n_tokens = it->tokens ? it->seq_len : 0 };
 	memcpy(tmpl.shape, it->shape, sizeof(tmpl.shape));
-	store_entry_publish(store_entry_hdr(st, arena, off), &tmpl, it->data, NULL, true);
+	store_entry_publish(store_entry_hdr(st, arena, off), &tmpl, it->data, it->tokens, true);
 	restore_ages(&st->e[eid], it, now);
 	st->e[eid].approx = (uint16_t)it->approx;
+	st->e[eid].tokens = it->tokens != NULL;
 	store_entry_go_live(st, eid);
 out:
 	store_unlock(st);

@@ -455,7 +455,7 @@ static void test_layout_is_the_documented_one(void **state)
 
 	assert_int_equal(len, SMALL_LEN);
 	assert_memory_equal(img, "LBSNAPSH", 8);
-	assert_int_equal(le(img + 8, 4), 3);             /* version */
+	assert_int_equal(le(img + 8, 4), 4);             /* version */
 	assert_int_equal(le(img + 12, 4), 128);          /* hdr_size */
 	assert_int_equal(le(img + 16, 4), LB_SHM_ABI_VERSION);
 	assert_int_equal(le(img + 20, 4), 2);            /* models */
@@ -508,7 +508,8 @@ static void test_layout_is_the_documented_one(void **state)
 			input_keys(7, fp, exact);
 			assert_int_equal(le(e + 6, 2), LBP_DTYPE_F32);
 			assert_int_equal(le(e + 8, 4), B_SEQ);
-			assert_int_equal(le(e + 12, 2), 2);
+			assert_int_equal(e[12], 2);          /* ndim */
+			assert_int_equal(e[13], 0);          /* flags: no token ids */
 			assert_int_equal(le(e + 14, 2), 5);  /* approx */
 			assert_int_equal(le(e + 16, 4), B_SEQ);
 			assert_int_equal(le(e + 20, 4), B_HIDDEN);
@@ -533,7 +534,8 @@ static void test_layout_is_the_documented_one(void **state)
 			assert_int_equal(le(e, 4), 1);       /* beta */
 			assert_int_equal(le(e + 6, 2), LBP_DTYPE_F32);
 			assert_int_equal(le(e + 8, 4), 3 * B_TOKENS);
-			assert_int_equal(le(e + 12, 2), 4);
+			assert_int_equal(e[12], 4);          /* ndim */
+			assert_int_equal(e[13], 0);          /* flags */
 			assert_int_equal(le(e + 14, 2), 0);  /* approx */
 			const uint32_t shape[4] = { B_LAYERS, 2, B_TOKENS, B_KV };
 			for (int i = 0; i < 4; i++)
@@ -736,13 +738,13 @@ static void test_foreign_version_and_abi_are_refused(void **state)
 	put_le(img + 8, 1, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
-	assert_string_equal(err, "format version 1, this daemon reads versions 2 and 3");
+	assert_string_equal(err, "format version 1, this daemon reads versions 2 to 4");
 	/* A later version may move its checksum: the version is read first, unsealed or not. */
-	put_le(img + 8, 4, 4);
+	put_le(img + 8, 5, 4);
 	put_le(img + 120, 0, 8);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
-	assert_string_equal(err, "format version 4, this daemon reads versions 2 and 3");
-	put_le(img + 8, 3, 4);
+	assert_string_equal(err, "format version 5, this daemon reads versions 2 to 4");
+	put_le(img + 8, 4, 4);
 	put_le(img + 16, LB_SHM_ABI_VERSION + 1, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
@@ -750,42 +752,66 @@ static void test_foreign_version_and_abi_are_refused(void **state)
 	end_refused(&b, img);
 }
 
-/* Version 2 (a 32-bit ndim, no approx) is read as version 3: its entries come back exact. */
-static void test_version_2_is_read(void **state)
+/* Versions 2 (a 32-bit ndim, no approx) and 3 (a 16-bit ndim, no flags) are read as version 4:
+ * their ndim's high bytes are version 4's flags (none: no token ids) and version 3's approx. The
+ * small image has no token ids, so it is what either wrote for the same entries but for the
+ * version and, for version 2, approx 0 in every record. */
+static void test_versions_2_and_3_are_read(void **state)
 {
 	(void)state;
 	size_t len;
 	struct bank b;
 	struct lbd_snapshot_stats st;
 	char err[512];
-	uint8_t *img = image_and_bank(&len, &b);
+	uint8_t *orig = image_and_bank(&len, &b), *img = malloc(len);
+	const struct {
+		uint32_t version, approx; /* beta's input 7, layer 1: its approx as read back */
+	} cases[] = { { 2, 0 }, { 3, 5 } };
 
-	/* What a version 2 daemon wrote for the same entries: approx 0 in every record. */
-	size_t off = 128 + 2 * 128;
-	for (int k = 0; k < SMALL_ENTRIES; k++) {
-		uint8_t *e = img + off;
-		put_le(e + 14, 0, 2);
-		reseal(e);
-		off += 128 + ((le(e + 32, 8) + 63) & ~63ull);
+	assert_non_null(img);
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		memcpy(img, orig, len);
+		for (size_t off = 128 + 2 * 128, k = 0; k < SMALL_ENTRIES; k++) {
+			uint8_t *e = img + off;
+			assert_int_equal(e[13], 0); /* an older writer's 16 or 32-bit ndim */
+			if (cases[c].version == 2)
+				put_le(e + 14, 0, 2);
+			reseal(e);
+			off += 128 + ((le(e + 32, 8) + 63) & ~63ull);
+		}
+		put_le(img + 8, cases[c].version, 4);
+		reseal(img);
+		assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, &st, err, sizeof(err)), 0);
+		assert_int_equal(st.entries, SMALL_ENTRIES);
+		assert_int_equal(st.entries_skipped, 0);
+		assert_store_ok(&b);
+		struct lbd_leases ls = { 0 };
+		struct lb_req r = { .opcode = LB_OP_LOOKUP, .layer = 1,
+				    .model_id = model_id(&b, "beta"), .seq_len = B_SEQ };
+		struct lb_query q = { .n_thr = 0 };
+		struct lb_cpl cpl = { 0 }, rel = { 0 };
+		input_keys(7, q.fp, q.exact);
+		lbd_store_lookup(b.st, &ls, &r, &q, NULL, &cpl);
+		assert_int_equal(cpl.status, 0);
+		assert_int_equal(cpl.hamming, cases[c].approx);
+		const struct lb_entry_hdr *eh =
+			(const struct lb_entry_hdr *)((const uint8_t *)b.arena.hdr + cpl.entry_off);
+		assert_int_equal(eh->n_tokens, 0);
+		lbd_store_release(b.st, &ls, cpl.lease, &rel);
+		lbd_leases_free(&ls);
+		bank_free(&b);
+		bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+		/* Byte 13 was the high byte of their ndim: not 0, an ndim out of range. */
+		img[128 + 2 * 128 + 13] = 1;
+		reseal(img + 128 + 2 * 128);
+		assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)),
+				 -EBADMSG);
+		assert_string_equal(err, "entry 0 (offset 384): ndim out of range");
+		assert_untouched(&b);
 	}
-	put_le(img + 8, 2, 4);
-	reseal(img);
-	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, &st, err, sizeof(err)), 0);
-	assert_int_equal(st.entries, SMALL_ENTRIES);
-	assert_int_equal(st.entries_skipped, 0);
-	struct lbd_leases ls = { 0 };
-	struct lb_req r = { .opcode = LB_OP_LOOKUP, .layer = 1, .model_id = model_id(&b, "beta"),
-			    .seq_len = B_SEQ };
-	struct lb_query q = { .n_thr = 0 };
-	struct lb_cpl cpl = { 0 }, rel = { 0 };
-	input_keys(7, q.fp, q.exact);
-	lbd_store_lookup(b.st, &ls, &r, &q, NULL, &cpl);
-	assert_int_equal(cpl.status, 0);
-	assert_int_equal(cpl.hamming, 0);
-	lbd_store_release(b.st, &ls, cpl.lease, &rel);
-	lbd_leases_free(&ls);
 	bank_free(&b);
 	free(img);
+	free(orig);
 }
 
 /* Files whose checksums hold but whose content a daemon never writes: refused as a whole. */
@@ -835,6 +861,11 @@ static void test_sealed_but_inconsistent_files_are_refused(void **state)
 	MUTATE("bytes (not the shape's)", { put_le(img + e0 + 20, A_HIDDEN + 1, 4); reseal(img + e0); });
 	MUTATE("score out of range", { put_le(img + e0 + 112, 0xfff8000000000000ull, 8); reseal(img + e0); });
 	MUTATE("approx out of range", { put_le(img + e0 + 14, LB_FP_BITS + 1, 2); reseal(img + e0); });
+	/* Flags: bit 0 (token ids follow) is the only one. */
+	MUTATE("entry 0 (offset 384): flags (unknown bits) out of range", { img[e0 + 13] = 2;
+									     reseal(img + e0); });
+	MUTATE("entry 0 (offset 384): flags (unknown bits) out of range", { img[e0 + 13] = 0x81;
+									     reseal(img + e0); });
 	/* A block record against its model: a model with blocks, the geometry, the place in the
 	 * chain, the key, the parent, the zero bytes. */
 	MUTATE("entry 14 (offset 3968): layer out of range", { put_le(img + b1, 0, 4);
@@ -842,6 +873,11 @@ static void test_sealed_but_inconsistent_files_are_refused(void **state)
 	MUTATE("dtype out of range", { put_le(img + b1 + 6, LBP_DTYPE_F16, 2); reseal(img + b1); });
 	MUTATE("ndim out of range", { put_le(img + b1 + 12, 3, 2); reseal(img + b1); });
 	MUTATE("approx out of range", { put_le(img + b1 + 14, 1, 2); reseal(img + b1); }); /* blocks are exact */
+	/* A block never carries token ids. */
+	MUTATE("entry 14 (offset 3968): flags (token ids on a prefix block) out of range", {
+		img[b1 + 13] = 1;
+		reseal(img + b1);
+	});
 	MUTATE("shape out of range", { put_le(img + b1 + 28, B_KV + 1, 4); reseal(img + b1); });
 	MUTATE("index out of range", { put_le(img + b2 + 56, 128, 4); reseal(img + b2); });
 	/* Within max_seq, but past the blocks a LOOKUP_PREFIX can name. */
@@ -1198,6 +1234,265 @@ static void test_failed_write_keeps_the_old_file(void **state)
 	free(img);
 }
 
+/* ---- entries with their input's token ids (LB_REQ_ANY_LEN): one model in f16, input 1 with
+ * ids at both layers, input 2 without, at layer 0 ---- */
+
+#define T_LAYERS 2
+#define T_HIDDEN 3
+#define T_SEQ 5                        /* 30 data bytes (f16): ids at 32, 2 bytes of padding */
+#define T_DATA (T_SEQ * T_HIDDEN * 2)
+#define T_BODY (32 + 4 * T_SEQ)       /* 52: data, padding to 4, ids; then 12 bytes to 64 */
+#define T_LEN (128 + 128 + 3 * (128 + 64))
+#define T_REC0 256                     /* input 1, layer 0: the first record */
+
+/* Input n's token ids (large ones, so that their byte order shows) and their hash. */
+static void t_tokens(uint32_t input, uint32_t seq_len, int32_t *tok, uint64_t exact[2])
+{
+	for (uint32_t i = 0; i < seq_len; i++)
+		tok[i] = (int32_t)(0x01020304u * input + 0x100u * i);
+	lbp_token_hash(tok, seq_len, exact);
+}
+
+/* Insert input's layer, its ids after its data when with_ids. @return the insert's status. */
+static int t_insert(struct bank *b, uint32_t model, uint32_t input, uint32_t layer, bool with_ids)
+{
+	uint8_t payload[T_BODY];
+	int32_t tok[T_SEQ];
+	uint64_t body = with_ids ? T_BODY : T_DATA;
+	struct lb_req r = { .opcode = LB_OP_INSERT, .layer = (uint16_t)layer, .model_id = model,
+			    .seq_len = T_SEQ, .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + body) };
+	struct lb_insert_hdr h = { .dtype = LBP_DTYPE_F16, .ndim = 2, .shape = { T_SEQ, T_HIDDEN },
+				   .bytes = T_DATA, .n_tokens = with_ids ? T_SEQ : 0 };
+	struct lb_cpl cpl = { 0 };
+	uint64_t exact[2];
+
+	memset(payload, 0, sizeof(payload));
+	fill_data(payload, T_DATA, input, layer);
+	t_tokens(input, T_SEQ, tok, exact);
+	memcpy(payload + lb_tokens_off(T_DATA), tok, sizeof(tok));
+	input_keys(input, h.fp, h.exact);
+	memcpy(h.exact, exact, sizeof(h.exact));
+	lbd_store_insert(b->st, 0, &r, &h, payload, &cpl);
+	return cpl.status;
+}
+
+/* LOOKUP of input's layer at seq_len with flags; on a hit, the entry found is input's (its data)
+ * and carries its ids exactly when with_ids. @return the lookup's status. */
+static int t_lookup(struct bank *b, uint32_t model, uint32_t input, uint32_t layer,
+		    uint32_t seq_len, uint8_t flags, bool with_ids)
+{
+	struct lbd_leases ls = { 0 };
+	struct lb_req r = { .opcode = LB_OP_LOOKUP, .flags = flags, .layer = (uint16_t)layer,
+			    .model_id = model, .seq_len = seq_len };
+	struct lb_query q = { .n_thr = 0 };
+	struct lb_cpl cpl = { 0 }, rel = { 0 };
+	int32_t tok[T_SEQ + 2];
+	uint8_t want[T_DATA];
+
+	input_keys(input, q.fp, q.exact);
+	t_tokens(input, seq_len, tok, q.exact); /* another length: other tokens, another hash */
+	lbd_store_lookup(b->st, &ls, &r, &q, NULL, &cpl);
+	if (cpl.status == 0) {
+		const uint8_t *base = (const uint8_t *)b->arena.hdr + cpl.entry_off;
+		const struct lb_entry_hdr *eh = (const struct lb_entry_hdr *)base;
+		fill_data(want, T_DATA, input, layer);
+		t_tokens(input, T_SEQ, tok, q.exact);
+		assert_int_equal(eh->seq_len, T_SEQ);
+		assert_true(eh->bytes == T_DATA);
+		assert_true(eh->key[0] == q.exact[0] && eh->key[1] == q.exact[1]);
+		assert_memory_equal(base + LB_ENTRY_HDR_SIZE, want, T_DATA);
+		assert_int_equal(eh->n_tokens, with_ids ? T_SEQ : 0);
+		if (with_ids)
+			assert_memory_equal(base + LB_ENTRY_HDR_SIZE + lb_tokens_off(T_DATA), tok,
+					    sizeof(int32_t) * T_SEQ);
+		lbd_store_release(b->st, &ls, cpl.lease, &rel);
+		assert_int_equal(rel.status, 0);
+	}
+	lbd_leases_free(&ls);
+	return cpl.status;
+}
+
+/* Write the image of the three entries to path, with the writer's stats checked. @return it. */
+static uint8_t *t_image(const char *path, struct bank *b, size_t *len)
+{
+	struct lbd_snapshot_stats st;
+	char err[512];
+
+	assert_int_equal(lbd_snapshot_write(path, &b->m, b->st, NULL, NULL, NULL, &st, err,
+					    sizeof(err)), 0);
+	assert_int_equal(st.entries, 3);
+	assert_int_equal(st.data_bytes, 2 * T_BODY + T_DATA);
+	assert_int_equal(st.file_bytes, T_LEN);
+	uint8_t *img = read_file(path, len);
+	assert_int_equal(*len, T_LEN);
+	return img;
+}
+
+/* An entry's token ids go into the file after its data (record flag 1, PROTOCOL.md "Snapshot
+ * file" 4) and come back with it: in its header and after its data, and a lookup of another
+ * length with LB_REQ_ANY_LEN finds it, as before the restart; an entry without them stays
+ * without. */
+static void test_token_ids_round_trip(void **state)
+{
+	(void)state;
+	struct bank a, b;
+	struct lbd_snapshot_stats st;
+	struct lbp_register_model d = desc("t", 0x70, T_LAYERS, T_HIDDEN);
+	char err[512];
+	size_t len;
+	int32_t tok[T_SEQ];
+	uint64_t exact[2];
+
+	d.dtype = LBP_DTYPE_F16;
+	bank_make(&a, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	uint32_t id = bank_model(&a, &d);
+	assert_int_equal(t_insert(&a, id, 1, 0, true), 0);
+	assert_int_equal(t_insert(&a, id, 1, 1, true), 0);
+	assert_int_equal(t_insert(&a, id, 2, 0, false), 0);
+	assert_int_equal(t_lookup(&a, id, 1, 1, T_SEQ + 2, LB_REQ_ANY_LEN, true), 0);
+	uint8_t *img = t_image(snap_path, &a, &len);
+	bank_free(&a);
+
+	/* The file: each record's flags, then its data, zeros to 4, the ids as the arena held
+	 * them, zeros to 64. */
+	t_tokens(1, T_SEQ, tok, exact);
+	for (size_t off = T_REC0; off < len; off += 128 + 64) {
+		const uint8_t *e = img + off;
+		bool ids = le(e + 72, 8) == exact[0] && le(e + 80, 8) == exact[1];
+		uint8_t want[T_DATA];
+		assert_int_equal(e[12], 2);
+		assert_int_equal(e[13], ids ? 1 : 0);
+		assert_int_equal(le(e + 32, 8), T_DATA);
+		fill_data(want, T_DATA, ids ? 1 : 2, (uint32_t)le(e + 4, 2));
+		assert_memory_equal(e + 128, want, T_DATA);
+		if (ids) {
+			assert_true(e[128 + T_DATA] == 0 && e[128 + T_DATA + 1] == 0);
+			assert_memory_equal(e + 128 + 32, tok, sizeof(tok));
+		}
+		for (size_t i = ids ? T_BODY : T_DATA; i < 64; i++)
+			assert_int_equal(e[128 + i], 0);
+	}
+	assert_int_equal(le(img + 32, 8), 2 * T_BODY + T_DATA); /* data_bytes: ids included */
+
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.entries, 3);
+	assert_int_equal(st.data_bytes, 2 * T_BODY + T_DATA);
+	assert_store_ok(&b);
+	assert_int_equal(bank_stats(&b).bytes_used, 3 * 192); /* 128 + 52 or 30, to 64 */
+	id = model_id(&b, "t");
+	assert_int_equal(t_lookup(&b, id, 1, 0, T_SEQ, 0, true), 0);
+	assert_int_equal(t_lookup(&b, id, 1, 1, T_SEQ, 0, true), 0);
+	assert_int_equal(t_lookup(&b, id, 2, 0, T_SEQ, 0, false), 0);
+	/* Another length: with LB_REQ_ANY_LEN, only the entries with ids answer. */
+	assert_int_equal(t_lookup(&b, id, 1, 1, T_SEQ + 2, LB_REQ_ANY_LEN, true), 0);
+	assert_int_equal(t_lookup(&b, id, 1, 0, T_SEQ - 1, LB_REQ_ANY_LEN, true), 0);
+	assert_int_equal(t_lookup(&b, id, 1, 1, T_SEQ + 2, 0, true), -ENOENT);
+	assert_int_equal(t_lookup(&b, id, 2, 0, T_SEQ + 2, LB_REQ_ANY_LEN, false), -ENOENT);
+	/* Written again from the restored entries: the same records (in another order, their
+	 * value's) but for their times, the same data sections. */
+	char again[320];
+	size_t len2;
+	snprintf(again, sizeof(again), "%s/again.snap", env.dir);
+	uint8_t *img2 = t_image(again, &b, &len2);
+	for (size_t off2 = T_REC0; off2 < len2; off2 += 128 + 64) {
+		size_t off = T_REC0;
+		while (off < len && memcmp(img + off + 72, img2 + off2 + 72, 16) != 0) /* exact */
+			off += 128 + 64;
+		while (off < len && le(img + off + 4, 2) != le(img2 + off2 + 4, 2)) /* layer */
+			off += 128 + 64;
+		assert_true(off < len);
+		assert_memory_equal(img2 + off2, img + off, 96); /* up to idle_ns */
+		assert_memory_equal(img2 + off2 + 128, img + off + 128, 64);
+	}
+	free(img2);
+	bank_free(&b);
+	free(img);
+}
+
+/* A file whose token ids are not the entry's input's, or not where the format puts them, is
+ * refused as a whole; so is every truncation and every flipped bit of a file with ids. */
+static void test_bad_token_ids_are_refused(void **state)
+{
+	(void)state;
+	struct bank a, b;
+	struct lbp_register_model d = desc("t", 0x70, T_LAYERS, T_HIDDEN);
+	char err[512];
+	size_t len;
+	const size_t e0 = T_REC0, ids = T_REC0 + 128 + 32;
+
+	d.dtype = LBP_DTYPE_F16;
+	bank_make(&a, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	uint32_t id = bank_model(&a, &d);
+	assert_int_equal(t_insert(&a, id, 1, 0, true), 0);
+	assert_int_equal(t_insert(&a, id, 1, 1, true), 0);
+	assert_int_equal(t_insert(&a, id, 2, 0, false), 0);
+	uint8_t *orig = t_image(snap_path, &a, &len), *img = malloc(len);
+	bank_free(&a);
+	assert_non_null(img);
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	assert_true(le(orig + e0 + 72, 8) != 0 && orig[e0 + 13] == 1); /* input 1's, with ids */
+
+	const struct {
+		size_t at;     /* byte to change */
+		uint8_t flip;  /* its bits to flip */
+		bool seal;     /* reseal its record (the header always) */
+		uint32_t version;
+		const char *says;
+	} cases[] = {
+		{ ids + 5, 0x77, false, 4, "entry 0 (offset 256): token ids that do not hash to its"
+					   " exact key" },
+		{ ids + 4 * T_SEQ - 1, 0x80, false, 4, "token ids that do not hash" },
+		{ e0 + 72, 0x5a, true, 4, "entry 0 (offset 256): token ids that do not hash" },
+		{ ids - 1, 1, false, 4, "entry 0 (offset 256): padding before its token ids not zero" },
+		{ ids + 4 * T_SEQ, 1, false, 4, "entry 0 (offset 256): padding not zero" },
+		/* Version 3 had no flags: its byte 13 was ndim's high byte. */
+		{ e0 + 13, 0, true, 3, "entry 0 (offset 256): ndim out of range" },
+		/* Flags and layout disagree: without the flag, the ids are padding. */
+		{ e0 + 13, 1, true, 4, "entry 0 (offset 256): padding not zero" },
+	};
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		memcpy(img, orig, len);
+		img[cases[c].at] ^= cases[c].flip;
+		put_le(img + 8, cases[c].version, 4);
+		if (cases[c].seal)
+			reseal(img + e0);
+		reseal(img);
+		int ret = lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err));
+		if (ret != -EBADMSG || !strstr(err, cases[c].says))
+			fail_msg("case %zu: %d '%s', not '%s'", c, ret, err, cases[c].says);
+		assert_untouched(&b);
+	}
+	for (size_t cut = 0; cut < len; cut++) {
+		uint8_t *part = malloc(cut ? cut : 1); /* exactly cut bytes: ASan sees a read past */
+		assert_non_null(part);
+		memcpy(part, orig, cut);
+		int ret = lbd_snapshot_load_mem(part, cut, &b.m, b.st, NULL, err, sizeof(err));
+		free(part);
+		if (ret != -EBADMSG || !strstr(err, "truncated"))
+			fail_msg("cut at %zu: %d '%s'", cut, ret, err);
+	}
+	for (size_t i = 0; i < len; i++)
+		for (int bit = 0; bit < 8; bit += 3) {
+			orig[i] ^= (uint8_t)(1u << bit);
+			int ret = lbd_snapshot_load_mem(orig, len, &b.m, b.st, NULL, err, sizeof(err));
+			orig[i] ^= (uint8_t)(1u << bit);
+			if (ret != -EBADMSG && ret != -EPROTO)
+				fail_msg("bit %d of byte %zu flipped: %d '%s'", bit, i, ret, err);
+		}
+	assert_untouched(&b);
+	/* The image itself is good, and the ids need no alignment of it. */
+	uint8_t *odd = malloc(len + 1);
+	assert_non_null(odd);
+	memcpy(odd + 1, orig, len);
+	assert_int_equal(lbd_snapshot_load_mem(odd + 1, len, &b.m, b.st, NULL, err, sizeof(err)), 0);
+	assert_int_equal(t_lookup(&b, model_id(&b, "t"), 1, 1, T_SEQ + 2, LB_REQ_ANY_LEN, true), 0);
+	free(odd);
+	bank_free(&b);
+	free(img);
+	free(orig);
+}
+
 /* ---- layerbankd with --snapshot ---- */
 
 #define D_LAYERS 4
@@ -1538,7 +1833,7 @@ static void test_daemon_bad_snapshot_starts_empty(void **state)
 		{ "empty", 0, 1, "truncated" },
 		{ "flipped header byte", 33, 0, "header checksum mismatch" },
 		{ "flipped entry byte", len - 300, 0, "checksum mismatch" },
-		{ "foreign version", 9, 0, "format version" }, /* 3 + 256 */
+		{ "foreign version", 9, 0, "format version" }, /* 4 + 256 */
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		printf("%s\n", cases[i].what);
@@ -1903,13 +2198,15 @@ int main(void)
 		TEST(test_every_truncation_is_refused),
 		TEST(test_every_flipped_bit_is_refused),
 		TEST(test_foreign_version_and_abi_are_refused),
-		TEST(test_version_2_is_read),
+		TEST(test_versions_2_and_3_are_read),
 		TEST(test_sealed_but_inconsistent_files_are_refused),
 		TEST(test_over_budget_keeps_the_most_valuable),
 		TEST(test_file_with_a_hole_is_refused),
 		TEST(test_over_budget_keeps_whole_prefixes),
 		TEST(test_model_registered_differently_is_retired),
 		TEST(test_failed_write_keeps_the_old_file),
+		TEST(test_token_ids_round_trip),
+		TEST(test_bad_token_ids_are_refused),
 		TEST(test_daemon_restart_restores_the_cache),
 		TEST(test_daemon_restart_keeps_prefix_blocks),
 		TEST(test_ready_after_restore_and_stop_timeout_extended),
