@@ -1,7 +1,8 @@
 /*
  * layerbank-bench e2e: a fleet of `layerbank-worker serve` processes scores one request stream
  * three ways — no cache, a private in-process bank each, layerbankd's shared bank — and reports
- * throughput, latency, reuse per layer and fidelity against the uncached run.
+ * throughput, latency, reuse per layer and fidelity against the uncached run, in all and by
+ * kind of request.
  */
 #include <errno.h>
 #include <json-c/json.h>
@@ -47,11 +48,28 @@ struct answer {
 	unsigned sflight;       /* LB_LEM_* bits */
 	unsigned waited_us;     /* its lookup waited for another worker's claim */
 	double cstart_us, cend_us; /* when its layers ran (CLOCK_MONOTONIC); 0, 0: none */
+	double reused;          /* share of the work it did not compute, 0..1 (on_answer) */
+};
+
+/*
+ * The kinds of request by_kind reports, in its order: exact repeats, fresh texts, then the
+ * near-duplicates of each mutation (KIND_NEAR + mut - 1, WORD_SWAP first).
+ */
+enum { KIND_EXACT, KIND_FRESH, KIND_NEAR, N_KINDS = KIND_NEAR + LBW_MUT_COUNT - 1 };
+#define KIND_ALL (-1) /* every request: the run's own figures */
+
+/* What the requests of one kind saw in a run. */
+struct kind_stats {
+	uint32_t requests;      /* of the kind in the stream */
+	double hit_rate;        /* share of its answered requests with any reuse; NAN: none */
+	double reused;          /* their mean answer.reused; NAN: none answered */
+	double nll_rel, top1;   /* fidelity_of over them; NAN: no nocache run, or none */
 };
 
 struct run {
 	enum lbb_mode mode;
 	const char *tau;
+	int layers;             /* the model's, as its workers said when ready */
 	struct answer *a;       /* [requests] */
 	double wall_s, rps, p50_ms, p99_ms;
 	double hit_by_layer[MAX_LAYERS]; /* share of requests that reused layer l's output */
@@ -65,38 +83,96 @@ struct run {
 	uint32_t sf_waited;     /* requests whose lookup waited for another worker's claim */
 	uint32_t sf_busy;       /* requests computed alongside a claimant (the wait ran out) */
 	double sf_wait_ms;      /* the mean wait of those that waited */
+	struct kind_stats by_kind[N_KINDS];
 };
 
+/* r's kind (KIND_*); a NEAR request's mut is a mutation, never NONE (lbw_workload_make). */
+static int kind_of(const struct lbw_request *r)
+{
+	if (r->kind == LBW_REQ_EXACT)
+		return KIND_EXACT;
+	if (r->kind == LBW_REQ_FRESH)
+		return KIND_FRESH;
+	return KIND_NEAR + (int)r->mut - 1;
+}
+
+/* by_kind's key of kind k: "exact", "fresh", then lbw_mutation_name's ("word_swap", ...). */
+static const char *kind_name(int k)
+{
+	if (k == KIND_EXACT)
+		return lbw_req_kind_name(LBW_REQ_EXACT);
+	if (k == KIND_FRESH)
+		return lbw_req_kind_name(LBW_REQ_FRESH);
+	return lbw_mutation_name((enum lbw_mutation)(k - KIND_NEAR + 1));
+}
+
+/*
+ * Take serve's optional field reused=F (the share of layer-rows the request did not compute,
+ * 0..1) out of answer ans, wherever it stands, so that the other fields parse alike with and
+ * without it. @return 1 and *reused; 0 absent; -EPROTO malformed, out of range or repeated.
+ */
+static int take_reused(char *ans, double *reused)
+{
+	char *f = strstr(ans, " reused="), *e;
+	if (!f)
+		return 0;
+	errno = 0;
+	*reused = strtod(f + 8, &e);
+	if (errno || e == f + 8 || (*e != ' ' && *e != '\0') || !(*reused >= 0 && *reused <= 1))
+		return -EPROTO;
+	memmove(f, e, strlen(e) + 1);
+	return strstr(ans, " reused=") ? -EPROTO : 1;
+}
+
+/* Request id answered with an error (what: the worker's " err ..." or ours): counted, the first
+ * three shown; the run goes on. @return 0. */
+static int error_answer(struct run *run, uint64_t id, const char *what)
+{
+	run->a[id].ok = 0;
+	run->a[id].hit = -1;
+	run->errors++;
+	if (run->errors <= 3)
+		fprintf(stderr, "layerbank-bench e2e: request %llu:%.160s\n",
+			(unsigned long long)id, what);
+	return 0;
+}
+
 /* lbb_answer_fn: "ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T sflight=F
- * waited=W compute=A-B top1=a,b,..." or "err ..." after the id. */
+ * waited=W compute=A-B ... top1=a,b,..." (and maybe reused=F: take_reused) or "err ..." after
+ * the id. Without reused=, the share of the work reused is 1 - computed / layers. */
 static int on_answer(void *ctx, int w, uint64_t id, char *end, double lat_ms)
 {
 	struct run *run = ctx;
 	struct answer *a = &run->a[id];
 	(void)w;
 	a->lat_ms = lat_ms;
-	if (strncmp(end, " ok ", 4) != 0) {
-		run->errors++;
-		if (run->errors <= 3)
-			fprintf(stderr, "layerbank-bench e2e: request %llu:%s\n",
-				(unsigned long long)id, end);
-		return 0;
-	}
+	if (strncmp(end, " ok ", 4) != 0)
+		return error_answer(run, id, end);
+	int has_reused = take_reused(end, &a->reused);
+	if (has_reused < 0)
+		return error_answer(run, id, " ok, but with a malformed reused= (one, in 0..1)");
 	unsigned inserted, hamming;
 	double us;
 	int used = 0;
-	if (sscanf(end, " ok tokens=%d nll=%lf hit=%d hamming=%u computed=%u inserted=%u us=%lf "
-		   "sflight=%u waited=%u compute=%lf-%lf top1=%n", &a->tokens, &a->nll, &a->hit,
-		   &hamming, &a->computed, &inserted, &us, &a->sflight, &a->waited_us, &a->cstart_us,
-		   &a->cend_us, &used) != 11 || !used || a->tokens < 2 || a->tokens > 1 << 20) {
+	int got = sscanf(end, " ok tokens=%d nll=%lf hit=%d hamming=%u computed=%u inserted=%u "
+			 "us=%lf sflight=%u waited=%u compute=%lf-%lf%n", &a->tokens, &a->nll,
+			 &a->hit, &hamming, &a->computed, &inserted, &us, &a->sflight,
+			 &a->waited_us, &a->cstart_us, &a->cend_us, &used);
+	/* top1= is last; fields between it and compute= that we do not read are skipped */
+	const char *list = got == 11 && used ? strstr(end + used, " top1=") : NULL;
+	if (!list || a->tokens < 2 || a->tokens > 1 << 20) {
 		fprintf(stderr, "layerbank-bench e2e: bad answer '%llu%.120s'\n",
 			(unsigned long long)id, end);
 		return -EPROTO;
 	}
+	if (a->computed > (unsigned)run->layers)
+		return error_answer(run, id, " ok, but computed= passes the model's layers");
+	if (!has_reused)
+		a->reused = 1.0 - (double)a->computed / run->layers;
 	a->top1 = malloc((size_t)(a->tokens - 1) * sizeof(int32_t));
 	if (!a->top1)
 		return -ENOMEM;
-	const char *p = end + used;
+	const char *p = list + 6;
 	for (int i = 0; i < a->tokens - 1; i++) {
 		char *e;
 		long v = strtol(p, &e, 10);
@@ -192,6 +268,29 @@ static uint32_t count_duplicates(const struct run *run, const struct lbw_workloa
 	return dup;
 }
 
+/* run->by_kind's requests, hit rates and reuse; their fidelity is fidelity()'s. */
+static void summarise_kinds(struct run *run, const struct lbw_workload *wl)
+{
+	uint32_t answered[N_KINDS] = { 0 }, hits[N_KINDS] = { 0 };
+	double reused[N_KINDS] = { 0 };
+	for (uint32_t i = 0; i < wl->n; i++) {
+		const struct answer *a = &run->a[i];
+		int k = kind_of(&wl->r[i]);
+		run->by_kind[k].requests++;
+		if (!a->ok)
+			continue;
+		answered[k]++;
+		hits[k] += a->hit >= 0;
+		reused[k] += a->reused;
+	}
+	for (int k = 0; k < N_KINDS; k++) {
+		struct kind_stats *s = &run->by_kind[k];
+		s->hit_rate = answered[k] ? (double)hits[k] / answered[k] : NAN;
+		s->reused = answered[k] ? reused[k] / answered[k] : NAN;
+		s->nll_rel = s->top1 = NAN;
+	}
+}
+
 /* Throughput, latency and reuse of a finished run. */
 static void summarise(struct run *run, const struct lbw_workload *wl, int layers)
 {
@@ -233,15 +332,22 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 	for (int l = 0; l < layers; l++)
 		run->hit_by_layer[l] = n ? (double)reused[l] / (double)n : 0;
 	run->nll_rel = run->top1 = NAN;
+	summarise_kinds(run, wl);
 }
 
-/* Fidelity of run against the uncached answers base. */
-static void fidelity(struct run *run, const struct run *base, uint32_t n)
+/*
+ * Fidelity of run against the uncached answers base over the requests of kind (KIND_ALL:
+ * all), those answered in both with as many tokens: *nll_rel the relative change of their
+ * summed NLL, *top1 the share of positions whose argmax is base's. NAN: no such request.
+ */
+static void fidelity_of(const struct run *run, const struct run *base,
+			const struct lbw_workload *wl, int kind, double *nll_rel, double *top1)
 {
 	double nll = 0, nll0 = 0, same = 0, total = 0;
-	for (uint32_t i = 0; i < n; i++) {
+	for (uint32_t i = 0; i < wl->n; i++) {
 		const struct answer *a = &run->a[i], *b = &base->a[i];
-		if (!a->ok || !b->ok || a->tokens != b->tokens)
+		if (!a->ok || !b->ok || a->tokens != b->tokens ||
+		    (kind != KIND_ALL && kind_of(&wl->r[i]) != kind))
 			continue;
 		nll += a->nll;
 		nll0 += b->nll;
@@ -249,8 +355,16 @@ static void fidelity(struct run *run, const struct run *base, uint32_t n)
 			same += a->top1[k] == b->top1[k];
 		total += a->tokens - 1;
 	}
-	run->nll_rel = nll0 > 0 ? nll / nll0 - 1.0 : NAN;
-	run->top1 = total > 0 ? same / total : NAN;
+	*nll_rel = nll0 > 0 ? nll / nll0 - 1.0 : NAN;
+	*top1 = total > 0 ? same / total : NAN;
+}
+
+/* Fidelity of run against the uncached answers base: over all its requests and by kind. */
+static void fidelity(struct run *run, const struct run *base, const struct lbw_workload *wl)
+{
+	fidelity_of(run, base, wl, KIND_ALL, &run->nll_rel, &run->top1);
+	for (int k = 0; k < N_KINDS; k++)
+		fidelity_of(run, base, wl, k, &run->by_kind[k].nll_rel, &run->by_kind[k].top1);
 }
 
 /* Send the next requests of wl to the idle workers. @return 0, -errno. */
@@ -287,6 +401,7 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 	for (uint32_t i = 0; i < wl->n; i++)
 		run->a[i].hit = -1;
 	int rc = lbb_fleet_start(&cfg, m, layers);
+	run->layers = *layers;
 	double t0 = lbb_now_s();
 	uint32_t next = 0, done = 0;
 	while (rc == 0 && done < wl->n) {
@@ -315,6 +430,23 @@ static void free_run(struct run *run, uint32_t n)
 
 /* ---- reporting ---- */
 
+/* by_kind: an object per kind, in KIND_* order. */
+static json_object *kinds_json(const struct run *r)
+{
+	json_object *o = json_object_new_object();
+	for (int k = 0; k < N_KINDS; k++) {
+		const struct kind_stats *s = &r->by_kind[k];
+		json_object *e = json_object_new_object();
+		json_object_object_add(e, "requests", json_object_new_int64(s->requests));
+		json_object_object_add(e, "hit_rate", lbb_json_num(s->hit_rate));
+		json_object_object_add(e, "reused", lbb_json_num(s->reused));
+		json_object_object_add(e, "nll_rel_change", lbb_json_num(s->nll_rel));
+		json_object_object_add(e, "top1_agreement", lbb_json_num(s->top1));
+		json_object_object_add(o, kind_name(k), e);
+	}
+	return o;
+}
+
 static json_object *run_json(const struct run *r, int layers)
 {
 	json_object *o = json_object_new_object(), *h = json_object_new_array();
@@ -336,6 +468,8 @@ static json_object *run_json(const struct run *r, int layers)
 	json_object_object_add(o, "sflight_waited", json_object_new_int64(r->sf_waited));
 	json_object_object_add(o, "sflight_busy", json_object_new_int64(r->sf_busy));
 	json_object_object_add(o, "sflight_wait_ms_mean", lbb_json_num(r->sf_wait_ms));
+	if (r->mode != LBB_NOCACHE)
+		json_object_object_add(o, "by_kind", kinds_json(r));
 	return o;
 }
 
@@ -370,6 +504,53 @@ static void print_modes(const struct run *runs, int have, int layers)
 	}
 }
 
+/* A cell of the by-kind table: v x 100 with prec decimals (and its sign when sign is set) and a
+ * %, right in width columns; "-" for NAN. */
+static void print_pct(double v, int prec, int sign, int width)
+{
+	char s[32];
+	if (isfinite(v))
+		snprintf(s, sizeof(s), sign ? "%+.*f%%" : "%.*f%%", prec, v * 100);
+	else
+		snprintf(s, sizeof(s), "-");
+	printf(" %*s", width, s);
+}
+
+/* The cached modes by kind of request (by_kind): hit rate, work reused, NLL change and top-1
+ * agreement against nocache; a row per kind, a group of columns per mode. */
+static void print_kinds(const struct run *runs, int have)
+{
+	const struct run *first = NULL;
+	for (int m = LBB_PRIVATE; m < LBB_N_MODES && !first; m++)
+		first = have & 1 << m ? &runs[m] : NULL;
+	if (!first)
+		return;
+	/* a group of 36 columns per mode after the 19 of kind and n; its name over its first */
+	int col = printf("  by kind:"), g = 0;
+	for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++)
+		if (have & 1 << m)
+			col += printf("%*s%s", 21 + 36 * g++ - col, "", lbb_mode_name[m]);
+	printf("\n  %-10s %6s", "kind", "n");
+	for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++)
+		if (have & 1 << m)
+			printf("  %7s %7s %9s %8s", "hit", "reused", "nll chg", "top-1");
+	printf("\n");
+	for (int k = 0; k < N_KINDS; k++) {
+		printf("  %-10s %6u", kind_name(k), first->by_kind[k].requests);
+		for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++) {
+			if (!(have & 1 << m))
+				continue;
+			const struct kind_stats *s = &runs[m].by_kind[k];
+			printf(" ");
+			print_pct(s->hit_rate, 1, 0, 7);
+			print_pct(s->reused, 1, 0, 7);
+			print_pct(s->nll_rel, 3, 1, 9);
+			print_pct(s->top1, 2, 0, 8);
+		}
+		printf("\n");
+	}
+}
+
 static void print_table(const struct opts *o, const struct run *runs, int have, int layers,
 			const struct lbw_workload *wl, const struct run *sweep, int n_sweep)
 {
@@ -387,6 +568,7 @@ static void print_table(const struct opts *o, const struct run *runs, int have, 
 		printf("  speedup shared vs nocache: %.2fx\n", sh->rps / nc->rps);
 	if ((have & 1 << LBB_SHARED) && (have & 1 << LBB_PRIVATE))
 		printf("  speedup shared vs private: %.2fx\n", sh->rps / pv->rps);
+	print_kinds(runs, have);
 	if (!n_sweep)
 		return;
 	printf("  tau sweep (shared): %6s %8s %8s %12s %10s\n", "tau", "reuse", "depth",
@@ -699,7 +881,7 @@ int bench_e2e_main(int argc, char **argv)
 		if (rc == 0) {
 			summarise(&runs[m], &wl, layers);
 			if (m != LBB_NOCACHE && (have & 1 << LBB_NOCACHE))
-				fidelity(&runs[m], &runs[LBB_NOCACHE], wl.n);
+				fidelity(&runs[m], &runs[LBB_NOCACHE], &wl);
 			have |= 1 << m;
 		}
 	}
@@ -707,7 +889,7 @@ int bench_e2e_main(int argc, char **argv)
 		rc = run_fleet(&o, LBB_SHARED, tau_values[i], &wl, &layers, &sweep[i]);
 		if (rc == 0) {
 			summarise(&sweep[i], &wl, layers);
-			fidelity(&sweep[i], &runs[LBB_NOCACHE], wl.n);
+			fidelity(&sweep[i], &runs[LBB_NOCACHE], &wl);
 			n_sweep++;
 		}
 	}

@@ -84,6 +84,57 @@ static void check_mode(json_object *m, int layers)
 	assert_true(count(m, "sflight_waited") >= 0 && count(m, "sflight_busy") >= 0);
 }
 
+/* A share in the report: a number in [0, 1], or null when its kind had no request. */
+static void check_share(json_object *kind, const char *key, long long requests)
+{
+	json_object *v = get(kind, key);
+	if (!requests) {
+		assert_null(v);
+		return;
+	}
+	assert_non_null(v);
+	double d = json_object_get_double(v);
+	if (!(d >= 0 && d <= 1))
+		fail_msg("by_kind %s: %g, outside [0, 1]", key, d);
+}
+
+/*
+ * A cached mode's by_kind: exact, fresh and a kind per near-duplicate mutation, whose requests are
+ * the mix's (the mutations' add up to its near); shares in [0, 1], null for a kind without
+ * requests; the kinds' hit rates, weighted by their requests, the mode's hit rate.
+ */
+static void check_kinds(json_object *m, json_object *mix)
+{
+	static const char *const kinds[] = { "exact", "fresh", "word_swap", "typo",
+					     "punct", "case",  "append",    "remove" };
+	const size_t n_kinds = sizeof(kinds) / sizeof(kinds[0]);
+	json_object *by = get(m, "by_kind");
+	assert_int_equal(json_object_object_length(by), n_kinds);
+	long long total = 0, near = 0;
+	double hits = 0;
+	for (size_t i = 0; i < n_kinds; i++) {
+		json_object *k = get(by, kinds[i]);
+		long long n = count(k, "requests");
+		assert_true(n >= 0);
+		total += n;
+		near += i >= 2 ? n : 0;
+		check_share(k, "hit_rate", n);
+		check_share(k, "reused", n);
+		check_share(k, "top1_agreement", n);
+		if (n) {
+			assert_non_null(get(k, "nll_rel_change"));
+			hits += (double)n * num(k, "hit_rate");
+		} else {
+			assert_null(get(k, "nll_rel_change"));
+		}
+	}
+	assert_int_equal(total, REQUESTS);
+	assert_int_equal(count(get(by, "exact"), "requests"), count(mix, "exact"));
+	assert_int_equal(count(get(by, "fresh"), "requests"), count(mix, "fresh"));
+	assert_int_equal(near, count(mix, "near"));
+	assert_close(hits / REQUESTS, num(m, "hit_rate"), "hit_rate, against by_kind's");
+}
+
 static void test_fleet_report(void **state)
 {
 	(void)state;
@@ -120,6 +171,12 @@ static void test_fleet_report(void **state)
 	check_mode(pv, layers);
 	check_mode(sh, layers);
 	assert_true(num(nc, "mean_reused_depth") == 0);
+	/* Reuse and fidelity by kind of request, for the cached modes only. */
+	assert_false(json_object_object_get_ex(nc, "by_kind", NULL));
+	check_kinds(pv, mix);
+	check_kinds(sh, mix);
+	/* Every worker sees the shared bank: exact repeats are found in it. */
+	assert_true(num(get(get(sh, "by_kind"), "exact"), "hit_rate") > 0);
 	/* Exact repeats are over half the stream: the shared bank must serve a good part of it. */
 	assert_true(num(sh, "hit_rate") > 0.25);
 	assert_true(num(sh, "mean_reused_depth") > 1.0);
