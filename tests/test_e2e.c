@@ -57,16 +57,20 @@ static long long count(json_object *o, const char *key)
 }
 
 /* A mode's figures hold together: its throughput is the requests over its wall time, and each
- * request computed every layer it did not reuse. */
+ * request computed every layer it did not reuse, and layer 0 too when it reused the layers
+ * above only in part (lb_lem_run_rows computes layer 0 whole to align the rows). */
 static void check_mode(json_object *m, int layers)
 {
 	assert_non_null(m);
 	assert_int_equal(json_object_get_int(get(m, "errors")), 0);
 	assert_true(num(m, "rps") > 0);
 	assert_close(num(m, "rps") * num(m, "wall_s"), REQUESTS, "rps x wall_s");
-	assert_close((double)count(m, "layers_computed"),
-		     REQUESTS * (layers - num(m, "mean_reused_depth")),
-		     "layers computed, against requests x (layers - mean reused depth)");
+	double computed = (double)count(m, "layers_computed");
+	double unreused = REQUESTS * (layers - num(m, "mean_reused_depth"));
+	double partial = REQUESTS * num(m, "hit_rate"); /* at most every request with a hit */
+	if (!(computed >= unreused - 1e-6 && computed <= unreused + partial + 1e-6))
+		fail_msg("layers computed %.0f, want requests x (layers - mean reused depth) %.2f, "
+			 "plus at most one per hit", computed, unreused);
 	assert_true(num(m, "p50_ms") > 0);
 	assert_true(num(m, "p99_ms") >= num(m, "p50_ms"));
 	json_object *h = get(m, "hit_rate_by_layer");
