@@ -99,6 +99,8 @@ struct lbb_fleet_cfg {
 	uint64_t budget;       /* the shared bank's bytes; a private bank's: budget / workers */
 	const char *tau;       /* --tau of the daemon and of caching workers; NULL: the default */
 	int no_sflight;        /* caching workers run with --no-sflight */
+	const char *recompute; /* caching workers' --recompute (R or off); NULL: the default */
+	const char *spin_us;   /* layerbankd's --spin-us; NULL: the default */
 };
 
 /*

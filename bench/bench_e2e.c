@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "cache.h"
 #include "layerbank/layerbank.h"
 #include "plot.h"
 #include "size.h"
@@ -31,6 +32,8 @@ struct opts {
 	int modes;              /* bit per enum lbb_mode */
 	int tau_sweep, json, quiet;
 	int no_sflight;         /* the cached modes' workers without single-flight */
+	const char *recompute;  /* the cached modes' workers' --recompute; NULL: their default */
+	const char *spin_us;    /* layerbankd's --spin-us; NULL: its default */
 	const char *plot;
 	char data[512];
 	uint32_t min_chars, max_chars;
@@ -391,7 +394,8 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 		snprintf(model, sizeof(model), "%s/stories260K.bin", o->data);
 	struct lbb_fleet_cfg cfg = { .model = model, .tokenizer = tok, .max_tokens = o->max_tokens,
 				     .workers = o->workers, .budget = o->budget, .tau = tau,
-				     .no_sflight = o->no_sflight };
+				     .no_sflight = o->no_sflight, .recompute = o->recompute,
+				     .spin_us = o->spin_us };
 	memset(run, 0, sizeof(*run));
 	run->mode = m;
 	run->tau = tau;
@@ -591,6 +595,12 @@ static void print_json(const struct opts *o, const struct lbw_workload *wl, cons
 	json_object_object_add(j, "max_tokens", json_object_new_int(o->max_tokens));
 	json_object_object_add(j, "budget_bytes", json_object_new_int64((int64_t)o->budget));
 	json_object_object_add(j, "tau", o->tau ? json_object_new_double(atof(o->tau)) : NULL);
+	/* The workers': off, or the share. */
+	json_object_object_add(j, "recompute",
+			       o->recompute && !strcmp(o->recompute, "off")
+				       ? json_object_new_string("off")
+				       : json_object_new_double(o->recompute ? atof(o->recompute)
+									     : LBW_RECOMPUTE_DEFAULT));
 	json_object_object_add(mix, "fresh", json_object_new_int((int)wl->count[LBW_REQ_FRESH]));
 	json_object_object_add(mix, "exact", json_object_new_int((int)wl->count[LBW_REQ_EXACT]));
 	json_object_object_add(mix, "near", json_object_new_int((int)wl->count[LBW_REQ_NEAR]));
@@ -689,7 +699,7 @@ static void usage(FILE *f)
 		"[--max-tokens N]\n"
 		"         [--tau X] [--modes nocache,private,shared] [--tau-sweep] [--json] "
 		"[--plot FILE]\n"
-		"         [--data DIR] [--no-sflight] [--quiet]\n"
+		"         [--data DIR] [--no-sflight] [--recompute R|off] [--spin-us N] [--quiet]\n"
 		"A fleet of layerbank-worker serve processes scores the same request stream "
 		"without a\n"
 		"cache, with a private in-process bank each (budget / workers bytes), and with\n"
@@ -703,7 +713,11 @@ static void usage(FILE *f)
 		"then\n"
 		"the source tree's ../shared/data). --no-sflight: the caching workers compute an "
 		"input\n"
-		"another worker is computing rather than wait for it.\n");
+		"another worker is computing rather than wait for it. --recompute: the caching "
+		"workers'\n"
+		"partial reuse of near inputs of any length (layerbank-worker --recompute; default "
+		"%.2f).\n"
+		"--spin-us: layerbankd's (default 50).\n", LBW_RECOMPUTE_DEFAULT);
 }
 
 static int bad(const char *opt, const char *v, const char *want)
@@ -794,6 +808,14 @@ static int parse(int argc, char **argv, struct opts *o)
 			if (num(val, 2, 512, &v) < 0 || v != floor(v))
 				return bad(a, val, "2..512");
 			max_tokens = (long)v;
+		} else if (!strcmp(a, "--recompute")) {
+			if (strcmp(val, "off") && num(val, 0, 1, &v) < 0)
+				return bad(a, val, "0..1 or off");
+			o->recompute = val;
+		} else if (!strcmp(a, "--spin-us")) {
+			if (num(val, 0, 1e6, &v) < 0 || v != floor(v))
+				return bad(a, val, "0..1000000");
+			o->spin_us = val;
 		} else if (!strcmp(a, "--tau")) {
 			if (num(val, -1, 1, &v) < 0)
 				return bad(a, val, "-1..1");

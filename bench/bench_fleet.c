@@ -136,6 +136,10 @@ int lbb_fleet_daemon_start(const struct lbb_fleet_cfg *cfg)
 		argv[n++] = "--tau";
 		argv[n++] = cfg->tau;
 	}
+	if (cfg->spin_us) {
+		argv[n++] = "--spin-us";
+		argv[n++] = cfg->spin_us;
+	}
 	argv[n] = NULL;
 	fleet.daemon = lbb_spawn(argv, log);
 	if (fleet.daemon < 0)
@@ -184,6 +188,10 @@ static void worker_argv(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, const 
 	}
 	if (m != LBB_NOCACHE && cfg->no_sflight)
 		argv[n++] = "--no-sflight";
+	if (m != LBB_NOCACHE && cfg->recompute) {
+		argv[n++] = "--recompute";
+		argv[n++] = cfg->recompute;
+	}
 	argv[n] = NULL;
 }
 
