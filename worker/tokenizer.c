@@ -129,6 +129,16 @@ static int32_t lookup(const struct lbw_tokenizer *t, const char *str)
 	return r ? r->id : -1;
 }
 
+/* The token that a followed by b spell, or -1; buf: room for both pieces. */
+static int32_t merged(const struct lbw_tokenizer *t, int32_t a, int32_t b, char *buf)
+{
+	const char *sa = t->vocab[a], *sb = t->vocab[b];
+	size_t la = strlen(sa), lb = strlen(sb);
+	memcpy(buf, sa, la);
+	memcpy(buf + la, sb, lb + 1);
+	return lookup(t, buf);
+}
+
 int lbw_tokenizer_encode(const struct lbw_tokenizer *t, const char *text, int bos, int eos,
 			 int32_t *tokens)
 {
@@ -167,29 +177,40 @@ int lbw_tokenizer_encode(const struct lbw_tokenizer *t, const char *text, int bo
 		}
 		len = 0;
 	}
-	/* merge the best-scoring adjacent pair until none is in the vocabulary */
+	/* Merge the best-scoring adjacent pair (the leftmost of equals) until none is in the
+	 * vocabulary. pair[i]: the token tokens[i] and tokens[i + 1] merge into, or -1; a merge
+	 * changes only the pairs beside it, so each is looked up once, not once per merge (a
+	 * paragraph of 500 characters took 1.8 million string compares). */
+	int32_t *pair = n > 1 ? malloc((size_t)(n - 1) * sizeof(*pair)) : NULL;
+	if (n > 1 && !pair) {
+		free(buf);
+		return -ENOMEM;
+	}
+	for (int32_t i = 0; i < n - 1; i++)
+		pair[i] = merged(t, tokens[i], tokens[i + 1], buf);
 	for (;;) {
 		float best_score = -1e10f;
-		int32_t best_id = -1, best_idx = -1;
+		int32_t best_idx = -1;
 		for (int32_t i = 0; i < n - 1; i++) {
-			const char *a = t->vocab[tokens[i]], *b = t->vocab[tokens[i + 1]];
-			size_t la = strlen(a), lb = strlen(b);
-			memcpy(buf, a, la);
-			memcpy(buf + la, b, lb + 1);
-			int32_t id = lookup(t, buf);
-			if (id != -1 && t->scores[id] > best_score) {
-				best_score = t->scores[id];
-				best_id = id;
+			if (pair[i] != -1 && t->scores[pair[i]] > best_score) {
+				best_score = t->scores[pair[i]];
 				best_idx = i;
 			}
 		}
 		if (best_idx == -1)
 			break;
-		tokens[best_idx] = best_id;
-		for (int32_t i = best_idx + 1; i < n - 1; i++)
-			tokens[i] = tokens[i + 1];
+		tokens[best_idx] = pair[best_idx];
+		memmove(tokens + best_idx + 1, tokens + best_idx + 2,
+			(size_t)(n - best_idx - 2) * sizeof(*tokens));
+		memmove(pair + best_idx, pair + best_idx + 1,
+			(size_t)(n - best_idx - 2) * sizeof(*pair));
 		n--;
+		if (best_idx > 0)
+			pair[best_idx - 1] = merged(t, tokens[best_idx - 1], tokens[best_idx], buf);
+		if (best_idx < n - 1)
+			pair[best_idx] = merged(t, tokens[best_idx], tokens[best_idx + 1], buf);
 	}
+	free(pair);
 	if (eos)
 		tokens[n++] = LBW_TOK_EOS;
 	free(buf);
