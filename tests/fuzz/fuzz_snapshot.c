@@ -4,22 +4,26 @@
  *
  * Input: byte 0 is a set of flags, the rest is the file.
  *   bit 0  reseal: before loading, recompute every checksum the layout reaches (the header's,
- *          each model record's, each entry's data checksum, then its record's), walking the
- *          file as PROTOCOL.md lays it out, as far as it fits. Without it almost every mutation
- *          stops at a checksum; with it the fuzzer reaches the range and consistency checks.
+ *          each model record's, each entry's data checksum, the token hash of an entry with
+ *          token ids as its exact key, then its record's), walking the file as PROTOCOL.md lays
+ *          it out, as far as it fits. Without it almost every mutation stops at a checksum;
+ *          with it the fuzzer reaches the range and consistency checks.
  *   bit 1  policy decay instead of lru, for the restore order (bit 2: ttl, 1 hour).
  *
  * Checked for every input: the loader answers 0, -EBADMSG, -EPROTO or -ENOMEM, with one line in
  * err when it refuses; the check-only call (no registry, no store) and the real load agree; a
  * refused file leaves the registry and the store exactly as they were (empty). For an accepted
  * file, read again here as PROTOCOL.md lays it out: no block key twice in a model, every
- * block's parent (one place up) in the file. Loaded into a fresh bank whose budget holds any
+ * block's parent (one place up) in the file, token ids only on layer entries and hashing to
+ * their key, no other flag. Loaded into a fresh bank whose budget holds any
  * input of the fuzzer's length: every model registered, the store's invariants hold
  * (lbd_store_check: no chain with a hole), restored + skipped entries = the header's count,
  * and the store holds exactly the entries expected back (all of them, but under ttl those
  * past the TTL and the blocks under them), each as the file has it (keys, parent and index,
- * header, checksum, data); a layer entry is found by its token hash, a block by LOOKUP_PREFIX
- * of its chain's keys, with its data.
+ * header, checksum, data, token ids); a layer entry is found by its token hash, a block by
+ * LOOKUP_PREFIX of its chain's keys, with its data (and its ids); a layer entry with token ids
+ * is found by a lookup of another length with LB_REQ_ANY_LEN too, and whatever of another
+ * length answers it carries ids that hash to its key.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -47,10 +51,12 @@
  * file as the specification says, not as the loader does. */
 enum {
 	H_VERSION = 8, H_N_MODELS = 20, H_N_ENTRIES = 24, H_CHECKSUM = 120,
-	E_MODEL = 0, E_LAYER = 4, E_DTYPE = 6, E_SEQ_LEN = 8, E_NDIM = 12, E_APPROX = 14, E_SHAPE = 16,
-	E_BYTES = 32, E_FP = 40, E_EXACT = 72, E_DATA_SUM = 88, E_AGE = 104,
+	E_MODEL = 0, E_LAYER = 4, E_DTYPE = 6, E_SEQ_LEN = 8, E_NDIM = 12, E_FLAGS = 13,
+	E_APPROX = 14, E_SHAPE = 16, E_BYTES = 32, E_FP = 40, E_EXACT = 72, E_DATA_SUM = 88,
+	E_AGE = 104,
 	E_PARENT = 40, E_INDEX = 56, /* a block's (layer 0xffff), where a layer entry's fp is */
 	REC = 128, BLOCK = 0xffff,
+	F_TOKENS = 1, /* flags: seq_len token ids follow the data, at its length rounded up to 4 */
 };
 
 #define fail(...) fuzz_broken("fuzz_snapshot", __VA_ARGS__)
@@ -79,6 +85,21 @@ static uint64_t padded(uint64_t n)
 	return (n + 63) & ~(uint64_t)63;
 }
 
+/* Where the token ids of the entry record r start from its data's start, when it has them. */
+static uint64_t ids_off(const uint8_t *r)
+{
+	return (get(r + E_BYTES, 8) + 3) & ~(uint64_t)3;
+}
+
+/* The entry record r's data section but its last padding: its data, or its data and token ids
+ * (version 4 flags). Only for a record whose bytes fit the file (no wrap). */
+static uint64_t body(const uint8_t *r)
+{
+	if (!(r[E_FLAGS] & F_TOKENS))
+		return get(r + E_BYTES, 8);
+	return ids_off(r) + 4 * get(r + E_SEQ_LEN, 4);
+}
+
 /* Every checksum the layout reaches, recomputed in place (bit 0 of the flags). */
 static void reseal(uint8_t *f, size_t len)
 {
@@ -91,12 +112,19 @@ static void reseal(uint8_t *f, size_t len)
 	for (uint64_t k = 0; k < n_entries && off <= len && len - off >= REC; k++) {
 		uint8_t *r = f + off;
 		uint64_t bytes = get(r + E_BYTES, 8), left = len - off - REC;
+		bool fits = bytes <= left && body(r) <= left;
 		if (bytes <= left)
 			put64(r + E_DATA_SUM, XXH3_64bits(r + REC, bytes));
+		if (fits && (r[E_FLAGS] & F_TOKENS)) {
+			/* The token hash ("Fingerprint" 7): XXH3-128 of the ids' bytes, low half first. */
+			XXH128_hash_t h = XXH3_128bits(r + REC + ids_off(r), 4 * get(r + E_SEQ_LEN, 4));
+			put64(r + E_EXACT, h.low64);
+			put64(r + E_EXACT + 8, h.high64);
+		}
 		seal(r);
-		if (bytes > left)
+		if (!fits)
 			break;
-		off += REC + padded(bytes);
+		off += REC + padded(body(r));
 	}
 	seal(f); /* last: the header's checksum covers nothing the loop changes, but keep one order */
 }
@@ -207,6 +235,23 @@ static void link_blocks(const uint8_t *f, const struct frec **by, uint64_t n)
 	}
 }
 
+/* The flags of an accepted file's entry record r: token ids only on a layer entry, hashing to
+ * its key (the token hash, XXH3-128 of their bytes), and no other bit: what the loader must
+ * have checked. */
+static void check_flags(const uint8_t *f, const uint8_t *r)
+{
+	if (r[E_FLAGS] & ~F_TOKENS)
+		fail("accepted a file whose entry at offset %lld has flags 0x%x",
+		     (long long)(r - f), r[E_FLAGS]);
+	if (!(r[E_FLAGS] & F_TOKENS))
+		return;
+	XXH128_hash_t h = XXH3_128bits(r + REC + ids_off(r), 4 * get(r + E_SEQ_LEN, 4));
+	if (get(r + E_LAYER, 2) == BLOCK || get(r + E_EXACT, 8) != h.low64 ||
+	    get(r + E_EXACT + 8, 8) != h.high64)
+		fail("accepted a file whose entry at offset %lld has token ids that are not its"
+		     " key's, or is a block with token ids", (long long)(r - f));
+}
+
 /*
  * The accepted file's entry records in file order (*n of them), each block's parent found, and
  * which of them the load must have put back into a bank whose budget holds them all: every one,
@@ -228,6 +273,7 @@ static struct frec *file_records(const uint8_t *f, bool ttl, uint64_t *n)
 		e[k] = (struct frec){ .r = r, .model = (uint32_t)get(r + E_MODEL, 4),
 				      .key = { get(r + E_EXACT, 8), get(r + E_EXACT + 8, 8) },
 				      .block = get(r + E_LAYER, 2) == BLOCK };
+		check_flags(f, r);
 		e[k].expected = !ttl || get(r + E_AGE, 8) <= TTL_NS;
 		e[k].fresh = !ttl || get(r + E_AGE, 8) <= TTL_NS - MARGIN_NS;
 		if (e[k].block) {
@@ -236,7 +282,7 @@ static struct frec *file_records(const uint8_t *f, bool ttl, uint64_t *n)
 			e[k].index = (uint32_t)get(r + E_INDEX, 4);
 			by[nb++] = &e[k];
 		}
-		off += REC + padded(get(r + E_BYTES, 8));
+		off += REC + padded(body(r));
 	}
 	link_blocks(f, by, nb);
 	qsort(by, nb, sizeof(*by), cmp_index); /* parents before children */
@@ -254,9 +300,12 @@ static struct frec *file_records(const uint8_t *f, bool ttl, uint64_t *n)
 static bool same_entry(const struct lbd_store_item *it, const struct frec *e)
 {
 	const uint8_t *r = e->r;
+	bool ids = r[E_FLAGS] & F_TOKENS;
 	bool same = it->model_id == e->model + 1 && it->layer == get(r + E_LAYER, 2) &&
 		    it->dtype == get(r + E_DTYPE, 2) && it->seq_len == get(r + E_SEQ_LEN, 4) &&
-		    it->ndim == get(r + E_NDIM, 2) && it->approx == get(r + E_APPROX, 2) &&
+		    it->ndim == r[E_NDIM] && it->approx == get(r + E_APPROX, 2) &&
+		    (it->tokens != NULL) == ids &&
+		    (!ids || memcmp(it->tokens, r + REC + ids_off(r), 4 * (size_t)it->seq_len) == 0) &&
 		    it->bytes == get(r + E_BYTES, 8) &&
 		    it->checksum == get(r + E_DATA_SUM, 8) && it->exact[0] == e->key[0] &&
 		    it->exact[1] == e->key[1] && memcmp(it->data, r + REC, it->bytes) == 0;
@@ -268,32 +317,72 @@ static bool same_entry(const struct lbd_store_item *it, const struct frec *e)
 	       it->index == e->index;
 }
 
-/* The entry at off in the arena holds file entry e's bytes. */
+/* The entry at off in the arena holds file entry e's bytes, and its token ids if it has any. */
 static bool holds(struct bank *b, uint64_t off, const struct frec *e, uint64_t bytes)
 {
 	const uint8_t *base = (const uint8_t *)b->arena.hdr + off;
 	const struct lb_entry_hdr *eh = (const struct lb_entry_hdr *)base;
+	bool ids = e->r[E_FLAGS] & F_TOKENS;
 	return eh->magic == LB_ENTRY_MAGIC && eh->bytes == bytes &&
-	       memcmp(base + LB_ENTRY_HDR_SIZE, e->r + REC, bytes) == 0;
+	       memcmp(base + LB_ENTRY_HDR_SIZE, e->r + REC, bytes) == 0 &&
+	       eh->n_tokens == (ids ? eh->seq_len : 0) &&
+	       (!ids || memcmp(base + LB_ENTRY_HDR_SIZE + ids_off(e->r), e->r + REC + ids_off(e->r),
+			       4 * (size_t)eh->seq_len) == 0);
 }
 
-/* Restored layer entry e (item it) is found by its token hash, with its data, as far as its
- * approx says (a threshold of -1 takes any). */
-static void find_layer(struct bank *b, struct lbd_leases *ls, const struct lbd_store_item *it,
-		       const uint8_t *f, const struct frec *e)
+/* An ANY_LEN hit of another length than seq_len at off carries its input's ids: as many as
+ * its seq_len, hashing to its key. */
+static bool carries_ids(struct bank *b, uint64_t off, uint32_t seq_len)
+{
+	const uint8_t *base = (const uint8_t *)b->arena.hdr + off;
+	const struct lb_entry_hdr *eh = (const struct lb_entry_hdr *)base;
+	if (eh->seq_len == seq_len)
+		return true;
+	XXH128_hash_t h = XXH3_128bits(base + LB_ENTRY_HDR_SIZE + ((eh->bytes + 3) & ~(uint64_t)3),
+				       4 * (size_t)eh->seq_len);
+	return eh->n_tokens == eh->seq_len && eh->key[0] == h.low64 && eh->key[1] == h.high64;
+}
+
+/* A LOOKUP of restored layer entry e's layer (item it) at seq_len with flags, e's keys (its
+ * token hash inverted when not exact, so that only its fingerprint matches) and a threshold of
+ * -1 for every layer (any distance). @return the completion; its lease let go (the entry it
+ * names stays readable: check_restored holds every entry). */
+static struct lb_cpl lookup_layer(struct bank *b, struct lbd_leases *ls,
+				  const struct lbd_store_item *it, uint32_t seq_len, uint8_t flags,
+				  bool exact, const uint8_t *f, const struct frec *e)
 {
 	static float any[LBP_MAX_LAYERS];
 	uint32_t n_layers = b->m.desc[it->model_id - 1].n_layers;
-	struct lb_req q = { .opcode = LB_OP_LOOKUP, .layer = (uint16_t)it->layer,
-			    .model_id = it->model_id, .seq_len = it->seq_len };
+	struct lb_req q = { .opcode = LB_OP_LOOKUP, .flags = flags, .layer = (uint16_t)it->layer,
+			    .model_id = it->model_id, .seq_len = seq_len };
 	struct lb_query qy = { .n_thr = n_layers };
 	struct lb_cpl cpl = { 0 }, rel = { 0 };
 
 	for (uint32_t l = 0; l < n_layers; l++)
 		any[l] = -1.0f;
 	memcpy(qy.fp, it->fp, sizeof(qy.fp));
-	memcpy(qy.exact, it->exact, sizeof(qy.exact));
+	qy.exact[0] = exact ? it->exact[0] : ~it->exact[0];
+	qy.exact[1] = exact ? it->exact[1] : ~it->exact[1];
 	lbd_store_lookup(b->st, ls, &q, &qy, any, &cpl);
+	if (cpl.status == 0) {
+		lbd_store_release(b->st, ls, cpl.lease, &rel);
+		if (rel.status != 0)
+			fail("release of a hit for entry at offset %lld: %d", (long long)(e->r - f),
+			     rel.status);
+	}
+	return cpl;
+}
+
+/* Restored layer entry e (item it) is found by its token hash, with its data, as far as its
+ * approx says (a threshold of -1 takes any); with token ids, also by a lookup of another
+ * length with LB_REQ_ANY_LEN (not necessarily e: another entry of the layer at the same
+ * fingerprint distance may answer, but whatever answers at another length carries its ids). */
+static void find_layer(struct bank *b, struct lbd_leases *ls, const struct lbd_store_item *it,
+		       const uint8_t *f, const struct frec *e)
+{
+	uint32_t max_seq = b->m.desc[it->model_id - 1].max_seq;
+	struct lb_cpl cpl = lookup_layer(b, ls, it, it->seq_len, 0, true, f, e);
+
 	if (cpl.status != 0)
 		fail("restored entry at offset %lld not found: %d", (long long)(e->r - f),
 		     cpl.status);
@@ -302,9 +391,16 @@ static void find_layer(struct bank *b, struct lbd_leases *ls, const struct lbd_s
 		     (long long)(e->r - f), cpl.hamming, it->approx);
 	if (!holds(b, cpl.entry_off, e, it->bytes))
 		fail("entry at offset %lld found with other data", (long long)(e->r - f));
-	lbd_store_release(b->st, ls, cpl.lease, &rel);
-	if (rel.status != 0)
-		fail("release of entry at offset %lld: %d", (long long)(e->r - f), rel.status);
+	if (!it->tokens || max_seq < 2)
+		return;
+	uint32_t other = it->seq_len > 1 ? it->seq_len - 1 : 2;
+	cpl = lookup_layer(b, ls, it, other, LB_REQ_ANY_LEN, false, f, e);
+	if (cpl.status != 0)
+		fail("restored entry at offset %lld, with token ids, not found at length %u with"
+		     " ANY_LEN: %d", (long long)(e->r - f), other, cpl.status);
+	if (!carries_ids(b, cpl.entry_off, other))
+		fail("an ANY_LEN lookup at length %u answered an entry of another length without"
+		     " its token ids (for entry at offset %lld)", other, (long long)(e->r - f));
 }
 
 /* Restored block e (item it) is found by LOOKUP_PREFIX of its chain's keys, from block 0, with

@@ -7,8 +7,8 @@
  * refused, released, past their bound, at the handle limit), and insert and look up chains of
  * prefix blocks (their keys from
  * lb_block_keys, so that they chain as a client's do), for fuzz_ring_entry; snapshot files of
- * every dtype and rank with up to three models, with prefix blocks in chains, and files the
- * loader's checks refuse, for fuzz_snapshot; and fuzz_lbp_decode.dict, the body keys as they
+ * every dtype and rank with up to three models, with prefix blocks in chains, with token ids,
+ * in version 3, and files the loader's checks refuse, for fuzz_snapshot; and fuzz_lbp_decode.dict, the body keys as they
  * appear on the wire. Deterministic: test_fuzz_corpus checks that the committed files are these.
  *
  * Usage: fuzz_corpus_gen DIR   (writes DIR/corpus/<target>/ and DIR/fuzz_lbp_decode.dict,
@@ -1395,37 +1395,64 @@ static void snap_model(struct snap *s, const struct smodel *m)
 }
 
 /* The end of an entry whose 128-byte record is at `at`: its data (bytes of them, made from
- * seed), the padding, the data checksum, the record's own. */
-static void snap_data(struct snap *s, size_t at, uint64_t bytes, uint32_t seed, uint32_t model)
+ * seed), then, when n_ids, the zeros up to a multiple of 4 and n_ids token ids (ids, written
+ * little-endian) after it, the padding, the data checksum, the record's own. */
+static void snap_data(struct snap *s, size_t at, uint64_t bytes, uint32_t seed, uint32_t model,
+		      const int32_t *ids, uint32_t n_ids)
 {
-	uint8_t *d = snap_grow(s, (size_t)((bytes + 63) & ~63ull)), *r;
+	uint64_t ids_off = (bytes + 3) & ~3ull, body = n_ids ? ids_off + 4ull * n_ids : bytes;
+	uint8_t *d = snap_grow(s, (size_t)((body + 63) & ~63ull)), *r;
 	for (uint64_t i = 0; i < bytes; i++)
 		d[i] = (uint8_t)(seed + i);
+	for (uint32_t i = 0; i < n_ids; i++)
+		le_at(d + ids_off + 4 * i, (uint32_t)ids[i], 4);
 	s->last = at;
 	r = s->b + at;
 	le_at(r + 88, XXH3_64bits(d, bytes), 8);
 	seal_rec(r);
 	s->n_entries++;
-	s->data_bytes += bytes;
+	s->data_bytes += body;
 	if (model < 8)
 		s->model_entries[model]++;
 }
 
-/* One entry of input `input` (its keys from key()) with shape dims[0..ndim-1]. */
-static void snap_entry(struct snap *s, uint32_t model, uint16_t layer, uint16_t dtype,
-		       uint32_t seq_len, uint32_t input, uint32_t ndim, const uint32_t *dims,
-		       uint64_t idle_ns, double score)
+/* Token ids for input `input` (seq_len of them, some large, some negative), and their token
+ * hash ("Fingerprint" 7: XXH3-128 of their bytes, on the little-endian machines layerbank runs
+ * on), which is the exact key of an entry that carries them. */
+static void snap_ids(uint32_t input, uint32_t seq_len, int32_t *ids, uint64_t exact[2])
+{
+	uint8_t b[4 * 64];
+	if (seq_len > 64)
+		die("snapshot seed with %u token ids", seq_len);
+	for (uint32_t i = 0; i < seq_len; i++) {
+		ids[i] = (int32_t)(0x9e3779b9u * (input + 1) + 7919u * i);
+		le_at(b + 4 * i, (uint32_t)ids[i], 4);
+	}
+	XXH128_hash_t h = XXH3_128bits(b, 4 * (size_t)seq_len);
+	exact[0] = h.low64;
+	exact[1] = h.high64;
+}
+
+/* One entry of input `input` (its keys from key(); with_ids: its token hash that of its ids,
+ * snap_ids, which follow its data) with shape dims[0..ndim-1]. */
+static void snap_entry_ids(struct snap *s, uint32_t model, uint16_t layer, uint16_t dtype,
+			   uint32_t seq_len, uint32_t input, uint32_t ndim, const uint32_t *dims,
+			   uint64_t idle_ns, double score, bool with_ids)
 {
 	uint64_t fp[4], exact[2], elems = 1;
+	int32_t ids[64];
 	uint8_t *r = snap_grow(s, 128);
 	size_t at = (size_t)(r - s->b);
 
 	key(input, fp, exact);
+	if (with_ids)
+		snap_ids(input, seq_len, ids, exact);
 	le_at(r + 0, model, 4);
 	le_at(r + 4, layer, 2);
 	le_at(r + 6, dtype, 2);
 	le_at(r + 8, seq_len, 4);
-	le_at(r + 12, ndim, 2); /* approx at 14: 0, exact */
+	r[12] = (uint8_t)ndim;
+	r[13] = with_ids ? 1 : 0; /* flags: token ids follow; approx at 14: 0, exact */
 	for (uint32_t i = 0; i < ndim; i++) {
 		le_at(r + 16 + 4 * i, dims[i], 4);
 		elems *= dims[i];
@@ -1441,7 +1468,15 @@ static void snap_entry(struct snap *s, uint32_t model, uint16_t layer, uint16_t 
 	uint64_t bits;
 	memcpy(&bits, &score, 8);
 	le_at(r + 112, bits, 8);
-	snap_data(s, at, bytes, input * 31u + layer * 7u, model);
+	snap_data(s, at, bytes, input * 31u + layer * 7u, model, ids, with_ids ? seq_len : 0);
+}
+
+/* One entry of input `input` without token ids. */
+static void snap_entry(struct snap *s, uint32_t model, uint16_t layer, uint16_t dtype,
+		       uint32_t seq_len, uint32_t input, uint32_t ndim, const uint32_t *dims,
+		       uint64_t idle_ns, double score)
+{
+	snap_entry_ids(s, model, layer, dtype, seq_len, input, ndim, dims, idle_ns, score, false);
 }
 
 /*
@@ -1466,7 +1501,7 @@ static void snap_block(struct snap *s, uint32_t model, const struct smodel *m, u
 	le_at(r + 4, 0xffff, 2);
 	le_at(r + 6, m->dtype, 2);
 	le_at(r + 8, (index + 1) * m->block_tokens, 4);
-	le_at(r + 12, 4, 2); /* approx at 14: 0, as every block's */
+	r[12] = 4; /* ndim; flags at 13 and approx at 14: 0, as every block's */
 	for (int i = 0; i < 4; i++)
 		le_at(r + 16 + 4 * i, shape[i], 4);
 	le_at(r + 32, bytes, 8);
@@ -1479,7 +1514,7 @@ static void snap_block(struct snap *s, uint32_t model, const struct smodel *m, u
 	le_at(r + 104, idle_ns * 3, 8); /* age_ns */
 	memcpy(&bits, &score, 8);
 	le_at(r + 112, bits, 8);
-	snap_data(s, at, bytes, id * 17u, model);
+	snap_data(s, at, bytes, id * 17u, model, NULL, 0);
 }
 
 /* The header and the models' entry counts; the model records' checksums. */
@@ -1487,7 +1522,7 @@ static void snap_end(struct snap *s)
 {
 	uint8_t *h = s->b + 1;
 	memcpy(h, "LBSNAPSH", 8);
-	le_at(h + 8, 3, 4); /* version */
+	le_at(h + 8, 4, 4); /* version */
 	le_at(h + 12, 128, 4);
 	le_at(h + 16, LB_SHM_ABI_VERSION, 4);
 	le_at(h + 20, s->n_models, 4);
@@ -1601,6 +1636,58 @@ static void snapshot_block_seeds(struct snap *s, const struct smodel *tiny)
 	snap_put(s, "model-kv-half");
 }
 
+/* Files with token ids after layer entries' data (version 4 flags), and what their checks
+ * refuse. */
+static void snapshot_token_seeds(struct snap *s, const struct smodel *tiny,
+				 const struct smodel *half)
+{
+	const uint32_t d2[] = { 2, 4 }, odd[] = { 3, 1 }; /* f16 [3][1]: 6 bytes, ids at 8 */
+
+	/* Input 9 of half with ids at two layers (data not a multiple of 4), input 2 of tiny
+	 * without, input 3 of tiny with, beside it at another layer; input 4 of tiny shares input
+	 * 3's fingerprint at the length ANY_LEN lookups of input 3 ask for, without ids. */
+	snap_begin(s, 1);
+	snap_model(s, tiny);
+	snap_model(s, half);
+	snap_entry_ids(s, 1, 0, LBP_DTYPE_F16, 3, 9, 2, odd, 5, 1.0, true);
+	snap_entry_ids(s, 1, 4, LBP_DTYPE_F16, 3, 9, 2, odd, 9, 0.5, true);
+	snap_entry(s, 0, 0, LBP_DTYPE_F32, 2, 2, 2, d2, 7, 1.0);
+	snap_entry_ids(s, 0, 1, LBP_DTYPE_F32, 2, 3, 2, d2, 3, 2.0, true);
+	snap_entry_ids(s, 0, 1, LBP_DTYPE_F32, 1, 4, 1, (const uint32_t[]){ 4 }, 3, 2.0, false);
+	uint64_t fp[4], exact[2];
+	key(3, fp, exact);
+	for (int i = 0; i < 4; i++)
+		snap_fix(s, 40 + 8 * i, fp[i], 8);
+	snap_end(s);
+	snap_put(s, "token-ids");
+	s->b[0] = 4 | 1; /* ttl */
+	snap_put(s, "token-ids-ttl");
+	s->b[0] = 0; /* as is */
+	snap_put(s, "token-ids-raw");
+
+	/* Refused: ids that are not the key's (as is: a reseal would make them the key's), a
+	 * block with the flag, flags the format does not have, the flag in a version 3 file. */
+	snap_begin(s, 0);
+	snap_model(s, tiny);
+	snap_entry_ids(s, 0, 1, LBP_DTYPE_F32, 2, 3, 2, d2, 3, 2.0, true);
+	snap_fix(s, 72, 1, 1);
+	snap_end(s);
+	snap_put(s, "token-ids-not-the-key");
+	snap_begin(s, 1);
+	snap_model(s, tiny);
+	snap_entry(s, 0, 0, LBP_DTYPE_F32, 2, 2, 2, d2, 7, 1.0);
+	snap_fix(s, 13, 2, 1);
+	snap_end(s);
+	snap_put(s, "flags-unknown");
+	snap_begin(s, 1);
+	snap_model(s, tiny);
+	snap_entry_ids(s, 0, 1, LBP_DTYPE_F32, 2, 3, 2, d2, 3, 2.0, true);
+	snap_end(s);
+	le_at(s->b + 1 + 8, 3, 4);
+	seal_rec(s->b + 1);
+	snap_put(s, "version-3-flags");
+}
+
 static void snapshot_seeds(void)
 {
 	static struct snap s;
@@ -1685,18 +1772,23 @@ static void snapshot_seeds(void)
 	snap_put(&s, "same-fingerprint");
 
 	snapshot_block_seeds(&s, &tiny);
+	snapshot_token_seeds(&s, &tiny, &half);
 
 	/* Header checks: another version (checked before the checksum; 1 is the format before
-	 * prefix blocks), a file cut short. */
+	 * prefix blocks), version 3 (read as 4 without token ids), a file cut short. */
 	snap_begin(&s, 0);
 	snap_model(&s, &tiny);
 	snap_entry(&s, 0, 0, LBP_DTYPE_F32, 2, 1, 2, d2, 0, 0.0);
 	snap_end(&s);
 	le_at(s.b + 1 + 8, 1, 4);
 	snap_put(&s, "version-1");
-	le_at(s.b + 1 + 8, 4, 4);
-	snap_put(&s, "version-4");
+	le_at(s.b + 1 + 8, 5, 4);
+	snap_put(&s, "version-5");
 	le_at(s.b + 1 + 8, 3, 4);
+	seal_rec(s.b + 1);
+	snap_put(&s, "version-3");
+	le_at(s.b + 1 + 8, 4, 4);
+	seal_rec(s.b + 1);
 	s.n -= 64;
 	snap_put(&s, "truncated");
 	s.n = 1 + 100;
