@@ -8,8 +8,9 @@
  * prefix blocks (their keys from
  * lb_block_keys, so that they chain as a client's do), for fuzz_ring_entry; snapshot files of
  * every dtype and rank with up to three models, with prefix blocks in chains, with token ids,
- * in version 3, and files the loader's checks refuse, for fuzz_snapshot; and fuzz_lbp_decode.dict, the body keys as they
- * appear on the wire. Deterministic: test_fuzz_corpus checks that the committed files are these.
+ * in version 3, and files the loader's checks refuse, for fuzz_snapshot; and
+ * fuzz_lbp_decode.dict, the body keys as they appear on the wire. Deterministic:
+ * test_fuzz_corpus checks that the committed files are these.
  *
  * Usage: fuzz_corpus_gen DIR   (writes DIR/corpus/<target>/ and DIR/fuzz_lbp_decode.dict,
  * making the folders; tests/fuzz to regenerate the committed ones)
