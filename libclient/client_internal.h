@@ -20,6 +20,7 @@
 #define LBI_WAIT_ENV "LAYERBANK_WAIT_US"    /* overrides it at lb_connect */
 #define LBI_STALE_MAX 64u                   /* synchronous calls given up and still in flight */
 #define LBI_SYNC_TAG (1ull << 63)           /* user_data of synchronous calls */
+#define LBI_TOKENS_TAG (1ull << 62)         /* ... of a deferred insert with token ids */
 
 struct lb_arena_map {
 	int fd;
@@ -144,6 +145,19 @@ const struct lbp_register_model *lbi_model_desc(const struct lb_client *c, uint3
  * @return false when it could not be sent (no connection, the ring full, too many calls given
  * up on already): with the connection the lease then stays until it ends. */
 bool lbi_give_back(struct lb_client *c, uint64_t lease);
+/*
+ * lb_insert_commit_tokens (tokens) or lb_insert_commit_approx (tokens NULL) without waiting for
+ * the answer: the insert is sent and its completion swallowed by a later call, as a stale
+ * call's (an old daemon's refusal of token ids sets tokens_off then). The reservation's bytes
+ * stay in staging until then. Falls back to waiting when too many calls are outstanding.
+ * @return 0 (sent, or inserted); a refusal when it waited; -EINVAL, -ENOTCONN, -EAGAIN as those.
+ */
+int lbi_insert_deferred(struct lb_client *c, uint32_t model_id, uint32_t layer,
+			const struct lb_key *key, const struct lb_shape *shape, uint32_t approx,
+			const int32_t *tokens);
+/* Wait up to wait_ns for every request in flight (deferred inserts, give-backs) to complete.
+ * @return 0 when none is left; -ETIMEDOUT; a lost connection's error. */
+int lbi_drain(struct lb_client *c, uint64_t wait_ns);
 /* A lease of a lost connection let go by the application. @return true when it was one. */
 bool lbi_orphan_release(struct lb_client *c, uint64_t lease);
 /* The reservation into a lost connection's staging is over. */

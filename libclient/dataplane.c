@@ -181,7 +181,7 @@ static bool stale_take(struct lb_client *c, uint64_t user_data)
 
 static uint64_t sync_tag(struct lb_client *c)
 {
-	return LBI_SYNC_TAG | (++c->sync_seq & ~LBI_SYNC_TAG);
+	return LBI_SYNC_TAG | (++c->sync_seq & ~(LBI_SYNC_TAG | LBI_TOKENS_TAG));
 }
 
 bool lbi_give_back(struct lb_client *c, uint64_t lease)
@@ -237,6 +237,10 @@ LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, 
 			break;
 		c->inflight--;
 		if (c->n_stale && stale_take(c, k.user_data)) {
+			/* A daemon that predates token ids refused a deferred insert's. */
+			if ((k.user_data & LBI_TOKENS_TAG) && k.opcode == LB_OP_INSERT &&
+			    k.status == -EINVAL)
+				c->tokens_off = true;
 			if (k.status == 0 && k.lease &&
 			    (k.opcode == LB_OP_LOOKUP || k.opcode == LB_OP_LOOKUP_DEEPEST ||
 			     k.opcode == LB_OP_LOOKUP_PREFIX))
@@ -457,10 +461,11 @@ static uint64_t prefix_wait_ns(const struct lb_client *c)
 }
 
 /* Send the reservation as op (INSERT, INSERT_BLOCK) with hdr (size bytes) in front of its data
- * and wait for the answer, wait_ns and the copy's time. r: the request's fields but the
- * payload's. */
+ * and wait for the answer, wait_ns and the copy's time; deferred (a tag with LBI_SYNC_TAG): do
+ * not wait, the completion is swallowed later, as a stale call's. r: the request's fields but
+ * the payload's. */
 static int commit_reserved(struct lb_client *c, struct lb_req *r, const void *hdr, size_t size,
-			   uint64_t wait_ns)
+			   uint64_t wait_ns, uint64_t deferred)
 {
 	struct lb_result res;
 	uint64_t bytes = c->reserved_bytes;
@@ -477,11 +482,18 @@ static int commit_reserved(struct lb_client *c, struct lb_req *r, const void *hd
 	memcpy(c->staging + c->reserved_off, hdr, size);
 	r->payload_off = (uint32_t)c->reserved_off;
 	r->payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + bytes);
-	r->user_data = sync_tag(c);
+	/* sync_ok left room for one stale call; a deferred one keeps room for a call's own. */
+	if (deferred && c->n_stale + 1 >= LBI_STALE_MAX)
+		deferred = 0;
+	r->user_data = deferred ? deferred : sync_tag(c);
 	c->reserved_off = UINT64_MAX;
 	ret = push(c, r);
-	return ret < 0 ? ret
-		       : call(c, r->user_data, &res, wait_ns + (bytes >> 20) * INSERT_WAIT_NS_PER_MIB);
+	if (ret < 0 || deferred) {
+		if (ret == 0)
+			c->stale[c->n_stale++] = r->user_data;
+		return ret;
+	}
+	return call(c, r->user_data, &res, wait_ns + (bytes >> 20) * INSERT_WAIT_NS_PER_MIB);
 }
 
 /* The data bytes of shape, or 0 when it has none or more than 2^63. */
@@ -501,7 +513,7 @@ static uint64_t shape_bytes(const struct lb_shape *shape)
  * of shape and room for them after it. */
 static int insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
 			 const struct lb_key *key, const struct lb_shape *shape, uint32_t approx,
-			 const int32_t *tokens)
+			 const int32_t *tokens, bool deferred)
 {
 	struct lb_insert_hdr h;
 
@@ -529,14 +541,39 @@ static int insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,
 	}
 	struct lb_req r = { .opcode = LB_OP_INSERT, .layer = (uint16_t)layer,
 			    .model_id = lbi_model_id(c, model_id), .seq_len = key->seq_len };
-	return commit_reserved(c, &r, &h, sizeof(h), c->wait_ns);
+	uint64_t tag = deferred ? sync_tag(c) | (tokens ? LBI_TOKENS_TAG : 0) : 0;
+	return commit_reserved(c, &r, &h, sizeof(h), c->wait_ns, tag);
+}
+
+int lbi_insert_deferred(struct lb_client *c, uint32_t model_id, uint32_t layer,
+			const struct lb_key *key, const struct lb_shape *shape, uint32_t approx,
+			const int32_t *tokens)
+{
+	return insert_commit(c, model_id, layer, key, shape, approx, tokens, true);
+}
+
+int lbi_drain(struct lb_client *c, uint64_t wait_ns)
+{
+	uint64_t start = lb_now_ns();
+	struct lb_result res;
+
+	while (c->inflight) {
+		uint64_t waited = lb_now_ns() - start;
+		if (waited >= wait_ns)
+			return -ETIMEDOUT;
+		/* Only stale completions are in flight when this is called: lb_poll swallows them. */
+		int n = lb_poll(c, &res, 1, (uint32_t)((wait_ns - waited + 999) / 1000));
+		if (n < 0)
+			return n;
+	}
+	return 0;
 }
 
 LB_EXPORT int lb_insert_commit_approx(struct lb_client *c, uint32_t model_id, uint32_t layer,
 				      const struct lb_key *key, const struct lb_shape *shape,
 				      uint32_t approx)
 {
-	return insert_commit(c, model_id, layer, key, shape, approx, NULL);
+	return insert_commit(c, model_id, layer, key, shape, approx, NULL, false);
 }
 
 LB_EXPORT uint64_t lb_insert_tokens_bytes(uint64_t bytes, uint32_t n)
@@ -550,7 +587,7 @@ LB_EXPORT int lb_insert_commit_tokens(struct lb_client *c, uint32_t model_id, ui
 {
 	if (!tokens)
 		return -EINVAL;
-	return insert_commit(c, model_id, layer, key, shape, approx, tokens);
+	return insert_commit(c, model_id, layer, key, shape, approx, tokens, false);
 }
 
 LB_EXPORT const int32_t *lb_hit_tokens(const struct lb_hit *hit, uint32_t *n)
@@ -600,7 +637,7 @@ LB_EXPORT int lb_insert_block(struct lb_client *c, uint32_t model_id, const uint
 		memcpy(h.parent, parent, sizeof(h.parent));
 	struct lb_req r = { .opcode = LB_OP_INSERT_BLOCK, .model_id = lbi_model_id(c, model_id),
 			    .seq_len = (index + 1) * d->kv.block_tokens };
-	return commit_reserved(c, &r, &h, sizeof(h), prefix_wait_ns(c));
+	return commit_reserved(c, &r, &h, sizeof(h), prefix_wait_ns(c), 0);
 }
 
 /* Block i of a prefix hit, checked against what was asked (Ring protocol 9): where it is, that

@@ -89,7 +89,7 @@ static bool hit_fits(const struct lem *m, const struct lb_hit *hit, uint32_t n)
 
 static void lem_release(struct lem *m, uint64_t lease)
 {
-	if (!m->c)
+	if (!m->c || lbi_give_back(m->c, lease)) /* nothing to wait for */
 		return;
 	int rc = lb_release(m->c, lease);
 	if (rc < 0 && rc != -EINVAL)
@@ -282,7 +282,12 @@ static int lem_revalidate_drawn(const struct lem *m)
 static float *lem_reserve(struct lem *m, uint64_t bytes)
 {
 	m->st_tokens = !m->c->tokens_off;
-	return lb_insert_reserve(m->c, m->st_tokens ? lb_insert_tokens_bytes(bytes, m->n) : bytes);
+	uint64_t size = m->st_tokens ? lb_insert_tokens_bytes(bytes, m->n) : bytes;
+	float *st = lb_insert_reserve(m->c, size);
+	/* Staging holds the inserts not yet answered: once they are, it is free again. */
+	if (!st && errno == EBUSY && m->c->inflight && lbi_drain(m->c, m->c->wait_ns) == 0)
+		st = lb_insert_reserve(m->c, size);
+	return st;
 }
 
 static float *lem_stage(struct lem *m, const float **cur, float *h, uint64_t bytes)
@@ -298,10 +303,12 @@ static float *lem_stage(struct lem *m, const float **cur, float *h, uint64_t byt
 static void lem_commit(struct lem *m, uint32_t l, uint32_t n, uint32_t approx)
 {
 	struct lb_shape shape = { .dtype = LB_DTYPE_F32, .ndim = 2, .dims = { n, m->cfg->hidden } };
-	int r = m->st_tokens ? lb_insert_commit_tokens(m->c, m->cfg->model_id, l, &m->key, &shape,
-						       approx, m->tokens)
-			     : lb_insert_commit_approx(m->c, m->cfg->model_id, l, &m->key, &shape,
-						       approx);
+	/* Not waited for: the daemon's copy runs while the next layer is computed, and the run
+	 * pays no round trip per layer (on a host whose cores the workers keep busy, each could
+	 * cost a scheduler's time slice). Its refusals (cached already, no room, the quota) are
+	 * not errors anyway; an old daemon's refusal of token ids turns them off. */
+	int r = lbi_insert_deferred(m->c, m->cfg->model_id, l, &m->key, &shape, approx,
+				    m->st_tokens ? m->tokens : NULL);
 
 	if (r == 0)
 		m->res->layers_inserted++;

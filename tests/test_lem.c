@@ -212,6 +212,7 @@ static void test_hit_at_every_depth(void **state)
 		assert_int_equal(res.layers_computed, 0);
 	}
 	struct lb_stats st;
+	assert_int_equal(lb_ping(client), 0); /* after what the runs sent without waiting */
 	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
 	assert_int_equal(st.leases, 0); /* every lease released */
 }
@@ -237,14 +238,20 @@ static void test_insert_quota_is_not_an_error(void **state)
 	assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
 	assert_memory_equal(io.h, io.want, sizeof(io.h));
 	assert_int_equal(res.layers_computed, TOY_LAYERS);
-	assert_int_equal(res.layers_inserted, 3);
+	/* Handed over without waiting: the daemon took the first three, refused the others
+	 * (which a ring call made after them, served in order, waits for). */
+	assert_int_equal(res.layers_inserted, TOY_LAYERS);
 	assert_int_equal(res.cache_error, 0);
-	/* The next run reuses layer 2 and inserts nothing more. */
+	assert_int_equal(lb_ping(client), 0); /* after what the runs sent without waiting */
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	assert_int_equal(st.quota_refusals, 3);
+	assert_int_equal(st.entries, 3);
+	/* The next run reuses layer 2, and the quota refuses the layers above again. */
 	assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
 	assert_memory_equal(io.h, io.want, sizeof(io.h));
 	assert_int_equal(res.hit_layer, 2);
-	assert_int_equal(res.layers_inserted, 0);
 	assert_int_equal(res.cache_error, 0);
+	assert_int_equal(lb_ping(client), 0); /* after what the runs sent without waiting */
 	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
 	assert_int_equal(st.quota_refusals, 3 + 3);
 	assert_int_equal(st.entries, 3);
@@ -278,6 +285,7 @@ static void test_revalidate_reports(void **state)
 		assert_int_equal(res.cache_error, 0);
 	}
 	struct lb_stats st;
+	assert_int_equal(lb_ping(client), 0); /* after what the runs sent without waiting */
 	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
 	assert_int_equal(st.invalidations, 0);
 	assert_int_equal(st.leases, 0);
@@ -330,8 +338,8 @@ static int killer_layer(void *ctx, uint32_t layer, const float *in, float *out)
 
 /*
  * A first run inserts layers 0..1 of input seed (or nothing, miss 1); the second run (every layer
- * flagged) kills the daemon while computing layer 2: it completes plain, in bounded time, and
- * reports the fallback; a third run with the same client completes plain too.
+ * flagged) kills the daemon while computing layer 2: it completes, right, in bounded time; a
+ * third run with the same client completes plain and reports the fallback.
  */
 static void kill_during_run(uint32_t seed, int miss)
 {
@@ -359,17 +367,16 @@ static void kill_during_run(uint32_t seed, int miss)
 	assert_true(k.killed);
 	assert_true(dt < 5.0); /* no hang: a failed call or two, each at most ~1 s */
 	assert_memory_equal(io.h, io.want, sizeof(io.h));
-	assert_true(res.cache_error < 0);
+	/* Past the kill the run waits on the daemon for nothing (its inserts are not waited
+	 * for), so it may or may not have seen the death (res.cache_error): the next run does. */
 	if (miss) {
 		assert_int_equal(res.hit_layer, -1);
 		assert_int_equal(res.layers_computed, TOY_LAYERS);
 		assert_int_equal(k.t.calls, TOY_LAYERS);
-		assert_true(res.layers_inserted <= 2); /* layers 0 and 1, before the kill */
 	} else {
 		assert_int_equal(res.hit_layer, 1);
 		assert_int_equal(res.layers_computed, TOY_LAYERS - 2);
 		assert_int_equal(k.t.calls, TOY_LAYERS - 2);
-		assert_int_equal(res.layers_inserted, 0);
 	}
 
 	/* the next run of the same client: plain from the start */
@@ -425,6 +432,7 @@ static int drift_toy_layer(void *ctx, uint32_t layer, const float *in, float *ou
 static uint64_t invalidations(void)
 {
 	struct lb_stats st;
+	assert_int_equal(lb_ping(client), 0); /* after what the runs sent without waiting */
 	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
 	return st.invalidations;
 }
@@ -478,6 +486,7 @@ static void test_drift_invalidates(void **state)
 	assert_int_equal(res.cache_error, 0);
 	assert_int_equal(invalidations(), 1);
 	struct lb_stats st;
+	assert_int_equal(lb_ping(client), 0); /* after what the runs sent without waiting */
 	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
 	assert_int_equal(st.leases, 0);
 }
@@ -564,6 +573,7 @@ static void test_no_compounding(void **state)
 	assert_int_equal(lb_insert_commit_approx(client, id, TOY_LAYERS - 1, &key, &shape,
 						 LB_FP_BITS + 1), -EINVAL);
 	struct lb_stats st;
+	assert_int_equal(lb_ping(client), 0); /* after what the runs sent without waiting */
 	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
 	assert_int_equal(st.leases, 0);
 }
@@ -892,6 +902,7 @@ static void test_aligned_reuse(void **state)
 	assert_memory_equal(h, want, NB * hid * sizeof(float));
 
 	struct lb_stats st;
+	assert_int_equal(lb_ping(client), 0); /* after what the runs sent without waiting */
 	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
 	assert_int_equal(st.leases, 0);
 	free(h);

@@ -224,6 +224,8 @@ static void test_one_computes_the_other_waits(void **state)
 	assert_int_equal(w->layers_computed, 0);
 	assert_true(w->waited_us > 0);
 	struct lb_stats st;
+	for (int i = 0; i < 2; i++) /* after what the runs sent without waiting */
+		assert_int_equal(lb_ping(r[i].c), 0);
 	assert_int_equal(lb_stats(r[0].c, &st, sizeof(st)), 0);
 	assert_int_equal(st.leases, 0);
 	assert_int_equal(st.inserts, LAYERS);
@@ -498,8 +500,8 @@ static int stopping_layer(void *ctx, uint32_t layer, const float *in, float *out
 }
 
 /*
- * A run whose calls time out still ends its claim: here the daemon stops (SIGSTOP) during the
- * run, so the first insert times out and the run goes on without the cache; the daemon, slow
+ * A run whose daemon is stopped still ends its claim: here the daemon stops (SIGSTOP) during the
+ * run, its inserts (not waited for) and the claim's release wait in the ring; the daemon, slow
  * rather than gone, comes back (SIGCONT) and must find the claim released behind the run's
  * inserts, or the others would wait for it until its bound (10 s on a client's first run).
  */
@@ -522,7 +524,8 @@ static void test_timed_out_run_releases_its_claim(void **state)
 	printf("the run: sflight %u, cache error %d, %u layers inserted\n", res.sflight,
 	       res.cache_error, res.layers_inserted);
 	assert_int_equal(res.sflight, LB_LEM_CLAIMED);
-	assert_int_equal(res.cache_error, -ETIMEDOUT);
+	/* Its inserts are not waited for: the run may end without having waited on the daemon. */
+	assert_true(res.cache_error == 0 || res.cache_error == -ETIMEDOUT);
 
 	struct lb_key k;
 	struct lb_hit hit;
@@ -653,6 +656,8 @@ static void test_threads(void **state)
 	assert_true(computed >= INPUTS);
 	assert_true(computed - INPUTS <= INPUTS / 4);
 	struct lb_stats st;
+	for (uint32_t i = 0; i < THREADS; i++) /* after what the runs sent without waiting */
+		assert_int_equal(lb_ping(w[i].c), 0);
 	assert_int_equal(lb_stats(w[0].c, &st, sizeof(st)), 0);
 	assert_int_equal(st.leases, 0);
 	assert_int_equal(st.entries, INPUTS * LAYERS);

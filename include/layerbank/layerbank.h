@@ -724,7 +724,7 @@ struct lb_lem_result {
 	int32_t hit_layer;        /* the layer whose cached output was reused; -1: a miss */
 	uint32_t hit_hamming;     /* fingerprint distance of that hit */
 	uint32_t layers_computed; /* layers of the forward pass run by compute */
-	uint32_t layers_inserted; /* of those, committed to the cache */
+	uint32_t layers_inserted; /* of those, handed to the cache (not waited for: see step 3) */
 	uint32_t revalidated;     /* layers recomputed to check a hit (not in layers_computed) */
 	uint32_t reports;         /* REPORTs sent */
 	int cache_error;          /* 0, or the error that made this run fall back to plain */
@@ -772,8 +772,12 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 48);
  *     cached output of layer L - 1 (lb_lookup; from h when L = 0; skipped when L - 1 is not
  *     cached) and the drift 1 - cosine(recomputed, cached) is sent with lb_report.
  *  3. Layers L + 1 .. n_layers - 1 run through compute; a layer flagged in cache_layers is
- *     computed straight into lb_insert_reserve's staging and lb_insert_commit'ed (-EEXIST,
- *     -ENOSPC and -EDQUOT are not errors: the layer is just not inserted).
+ *     computed straight into lb_insert_reserve's staging and committed without waiting for the
+ *     answer (the daemon copies it while the next layer is computed; each wait would be a
+ *     round trip, a scheduler's time slice on a host whose cores the workers keep busy). Its
+ *     refusals (-EEXIST, -ENOSPC, -EDQUOT) are not errors: the layer is just not cached. A later
+ *     call on c (lb_ping, say) is served after them. Releases of leases are not waited for
+ *     either.
  * A hit provides hidden states only, never a KV cache: a decoder's compute recomputes whatever
  * attention state the layers above the hit need.
  * c NULL runs plain (every layer computed, nothing inserted). So does the rest of a run once
