@@ -756,18 +756,52 @@ void lbw_llama_embed_seq(const struct lbw_llama *m, const int32_t *tokens, int32
 		       dim * sizeof(float));
 }
 
+/* lbw_llama_nll, and lbw_llama_argmax into *arg (when not NULL), in one pass over the logits
+ * for both: the same values, bit for bit. */
+static double nll_argmax(const float *logits, int32_t vocab, int32_t target, int32_t *arg)
+{
+	int32_t best = 0;
+	for (int32_t i = 1; i < vocab; i++)
+		if (logits[i] > logits[best])
+			best = i;
+	double max = logits[best], sum = 0.0;
+	for (int32_t i = 0; i < vocab; i++)
+		sum += exp((double)logits[i] - max);
+	if (arg)
+		*arg = best;
+	return -((double)logits[target] - max - log(sum));
+}
+
 double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
 			   const int32_t *tokens, int32_t n, const float *h, int32_t *top1)
 {
-	size_t dim = (size_t)m->cfg.dim;
+	const struct llama_ops *k = ops_of(m);
+	size_t dim = (size_t)m->cfg.dim, vocab = (size_t)m->cfg.vocab_size;
+	size_t rows = n > 1 ? (size_t)n - 1 : 0;
 	double sum = 0.0;
-	for (int32_t pos = 0; pos + 1 < n; pos++) {
-		memcpy(s->x, h + (size_t)pos * dim, dim * sizeof(float));
-		const float *lg = lbw_llama_head(m, s);
-		sum += lbw_llama_nll(lg, m->cfg.vocab_size, tokens[pos + 1]);
-		if (top1)
-			top1[pos] = lbw_llama_argmax(lg, m->cfg.vocab_size);
+	/* The head of every position as one matrix product: a GEMV a position read the whole
+	 * classifier once per token (it was the larger part of a stories260K worker's time). */
+	float *x = rows ? malloc(rows * dim * sizeof(float)) : NULL;
+	float *lg = rows ? malloc(rows * vocab * sizeof(float)) : NULL;
+	if (!x || !lg) {
+		free(x);
+		free(lg);
+		for (size_t pos = 0; pos < rows; pos++) {
+			const float *l = lbw_llama_head_row(m, s, h + pos * dim);
+			sum += lbw_llama_nll(l, m->cfg.vocab_size, tokens[pos + 1]);
+			if (top1)
+				top1[pos] = lbw_llama_argmax(l, m->cfg.vocab_size);
+		}
+		return sum;
 	}
+	for (size_t pos = 0; pos < rows; pos++)
+		k->rmsnorm(x + pos * dim, h + pos * dim, m->w.rms_final, m->cfg.dim, 1e-5f);
+	k->matmul(lg, x, m->w.wcls, NULL, (int64_t)rows, m->cfg.vocab_size, m->cfg.dim);
+	for (size_t pos = 0; pos < rows; pos++)
+		sum += nll_argmax(lg + pos * vocab, m->cfg.vocab_size, tokens[pos + 1],
+				  top1 ? top1 + pos : NULL);
+	free(x);
+	free(lg);
 	return sum;
 }
 
