@@ -199,7 +199,9 @@ float *lbw_llama_head(const struct lbw_llama *m, struct lbw_llama_state *s);
  * layer_seq: layer l for positions 0..n-1 at once (lbw_llama_rows), in, out [n][dim] (in may
  *   equal out); bit-identical to lbw_llama_layer run position by position, on every path.
  * score_seq: the summed NLL of tokens[1..n-1] from the last layer's output h [n][dim] (final
- *   RMSNorm and classifier per position; uses s->x and s->logits), as lbw_llama_prompt sums it;
+ *   RMSNorm per position, the classifier as one matrix product over the positions: its logits
+ *   may differ in their last bits from lbw_llama_head's, one position at a time, which
+ *   lbw_llama_prompt sums; the same input always gives the same bits);
  *   top1 (may be NULL): [n - 1], the argmax prediction after each position but the last.
  * Arguments must be in range: 1 <= n <= seq_len, tokens < vocab_size, l < n_layers.
  */
