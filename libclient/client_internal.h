@@ -90,6 +90,7 @@ struct lb_client {
 	uint64_t lem_tok_ns;         /* lb_lem_run: computing a layer for a token took (0: not known) */
 	bool sflight_off;            /* the daemon refused single-flight's flags (-EINVAL) */
 	bool any_len_off;            /* ... LB_REQ_ANY_LEN (-EINVAL) */
+	bool unrung;                 /* requests pushed without ringing the doorbell (lbi_wake) */
 	bool tokens_off;             /* ... inserts with token ids (-EINVAL) */
 	/* The single-flight fields of the last LOOKUP_DEEPEST completion that had any, taken by
 	 * lb_poll for lb_lookup_sflight (the public lb_result has no room for them). */
@@ -145,9 +146,12 @@ const struct lbp_register_model *lbi_model_desc(const struct lb_client *c, uint3
  * @return false when it could not be sent (no connection, the ring full, too many calls given
  * up on already): with the connection the lease then stays until it ends. */
 bool lbi_give_back(struct lb_client *c, uint64_t lease);
+/* lbi_give_back without ringing the daemon's doorbell (as lbi_insert_deferred). */
+bool lbi_give_back_quiet(struct lb_client *c, uint64_t lease);
 /*
  * lb_insert_commit_tokens (tokens) or lb_insert_commit_approx (tokens NULL) without waiting for
- * the answer: the insert is sent and its completion swallowed by a later call, as a stale
+ * the answer, nor ringing the daemon's doorbell (the next request that does, or lbi_wake, gets
+ * it served): the insert is sent and its completion swallowed by a later call, as a stale
  * call's (an old daemon's refusal of token ids sets tokens_off then). The reservation's bytes
  * stay in staging until then. Falls back to waiting when too many calls are outstanding.
  * @return 0 (sent, or inserted); a refusal when it waited; -EINVAL, -ENOTCONN, -EAGAIN as those.
@@ -155,6 +159,8 @@ bool lbi_give_back(struct lb_client *c, uint64_t lease);
 int lbi_insert_deferred(struct lb_client *c, uint32_t model_id, uint32_t layer,
 			const struct lb_key *key, const struct lb_shape *shape, uint32_t approx,
 			const int32_t *tokens);
+/* Ring the daemon's doorbell for requests pushed without (deferred inserts), if any. */
+void lbi_wake(struct lb_client *c);
 /* Wait up to wait_ns for every request in flight (deferred inserts, give-backs) to complete.
  * @return 0 when none is left; -ETIMEDOUT; a lost connection's error. */
 int lbi_drain(struct lb_client *c, uint64_t wait_ns);

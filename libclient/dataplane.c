@@ -33,16 +33,35 @@ static uint64_t stage(struct lb_client *c, uint64_t bytes)
 
 /* ---- requests ---- */
 
-static int push(struct lb_client *c, const struct lb_req *r)
+/* Push r, and ring the daemon's doorbell unless quiet (a request nobody waits for: the next
+ * rung push, or lbi_wake, wakes the daemon for it too). */
+static int push_quiet(struct lb_client *c, const struct lb_req *r, bool quiet)
 {
 	if (!lb_ring_sp_push(&c->req, r))
 		return -EAGAIN;
 	c->inflight++;
-	if (c->pump)
+	if (c->pump) {
 		c->pump(c->pump_ctx);
-	else
+	} else if (quiet) {
+		c->unrung = true;
+	} else {
+		c->unrung = false;
 		lb_ring_sp_wake(&c->req);
+	}
 	return 0;
+}
+
+static int push(struct lb_client *c, const struct lb_req *r)
+{
+	return push_quiet(c, r, false);
+}
+
+void lbi_wake(struct lb_client *c)
+{
+	if (c->unrung && c->region) {
+		c->unrung = false;
+		lb_ring_sp_wake(&c->req);
+	}
 }
 
 /* flags and aux: a LOOKUP_DEEPEST's single-flight (LB_REQ_*, the bound in us), else 0. */
@@ -184,16 +203,26 @@ static uint64_t sync_tag(struct lb_client *c)
 	return LBI_SYNC_TAG | (++c->sync_seq & ~(LBI_SYNC_TAG | LBI_TOKENS_TAG));
 }
 
-bool lbi_give_back(struct lb_client *c, uint64_t lease)
+static bool give_back(struct lb_client *c, uint64_t lease, bool quiet)
 {
 	struct lb_req r = { .opcode = LB_OP_RELEASE, .lease = lease };
 	if (!c->region || c->n_stale == LBI_STALE_MAX)
 		return false;
 	r.user_data = sync_tag(c);
-	if (push(c, &r) < 0)
+	if (push_quiet(c, &r, quiet) < 0)
 		return false;
 	c->stale[c->n_stale++] = r.user_data;
 	return true;
+}
+
+bool lbi_give_back(struct lb_client *c, uint64_t lease)
+{
+	return give_back(c, lease, false);
+}
+
+bool lbi_give_back_quiet(struct lb_client *c, uint64_t lease)
+{
+	return give_back(c, lease, true);
 }
 
 LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, uint32_t timeout_us)
@@ -487,7 +516,7 @@ static int commit_reserved(struct lb_client *c, struct lb_req *r, const void *hd
 		deferred = 0;
 	r->user_data = deferred ? deferred : sync_tag(c);
 	c->reserved_off = UINT64_MAX;
-	ret = push(c, r);
+	ret = push_quiet(c, r, deferred != 0);
 	if (ret < 0 || deferred) {
 		if (ret == 0)
 			c->stale[c->n_stale++] = r->user_data;

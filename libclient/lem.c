@@ -89,7 +89,7 @@ static bool hit_fits(const struct lem *m, const struct lb_hit *hit, uint32_t n)
 
 static void lem_release(struct lem *m, uint64_t lease)
 {
-	if (!m->c || lbi_give_back(m->c, lease)) /* nothing to wait for */
+	if (!m->c || lbi_give_back_quiet(m->c, lease)) /* nothing to wait for */
 		return;
 	int rc = lb_release(m->c, lease);
 	if (rc < 0 && rc != -EINVAL)
@@ -521,12 +521,17 @@ out:
  * learnt for the next runs' bounds. */
 static void lem_end(struct lem *m, uint32_t n)
 {
+
 	/* Also after a call of the run failed (a time-out: the daemon may be slow, not gone), or
 	 * the others would wait for this claim until its bound. Sent without waiting for the
 	 * answer, behind the run's inserts; a daemon that is gone took the claim with it. */
 	if (m->claim && !lbi_give_back(m->client, m->claim) && lb_connected(m->client))
 		lb_release(m->client, m->claim);
 	m->claim = 0;
+	/* The run's inserts and releases went without a doorbell: one wake-up of the daemon serves
+	 * them all (the claim's release above rang it already, when there was one). */
+	if (m->client)
+		lbi_wake(m->client);
 	if (m->client && m->res->layers_computed) {
 		uint64_t per = m->compute_ns / ((uint64_t)m->res->layers_computed * n);
 		struct lb_client *c = m->client;
