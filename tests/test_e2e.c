@@ -145,13 +145,11 @@ static void test_fleet_report(void **state)
 	char dir[200], png[300];
 	lbt_mkdtemp(dir, sizeof(dir));
 	snprintf(png, sizeof(png), "%s/fleet.png", dir);
-	/* The stream the fidelity bounds below were set on (65% exact repeats, 20% near), not the
-	 * design's realistic default: on that (30% exact, 45% near) these 80 requests give an NLL
-	 * change of -0.57% and top-1 99.6%, outside the +-0.5% that near-duplicate reuse must
-	 * reach (the open near-duplicate work; its test will run the default). */
+	/* The design's realistic mix (the default: 30% exact repeats, 45% near-duplicates of the
+	 * six kinds, 25% fresh). Measured: shared NLL +0.009%, top-1 99.87%, 70% of requests
+	 * reusing something (five runs alike). */
 	const char *argv[] = { LB_BENCH_PATH, "e2e", "--model", "stories260k", "--workers", "2",
-			       "--requests", "80", "--exact", "0.65", "--near", "0.20", "--json",
-			       "--quiet", "--plot", png, NULL };
+			       "--requests", "80", "--json", "--quiet", "--plot", png, NULL };
 	int st = lbt_run(argv, out, sizeof(out));
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		printf("layerbank-bench e2e said:\n%s\n", out);
@@ -181,13 +179,34 @@ static void test_fleet_report(void **state)
 	check_kinds(sh, mix);
 	/* Every worker sees the shared bank: exact repeats are found in it. */
 	assert_true(num(get(get(sh, "by_kind"), "exact"), "hit_rate") > 0);
-	/* Exact repeats are over half the stream: the shared bank must serve a good part of it. */
+	/* Exact repeats and near-duplicates are three quarters of the stream: the shared bank must
+	 * serve a good part of it... */
 	assert_true(num(sh, "hit_rate") > 0.25);
 	assert_true(num(sh, "mean_reused_depth") > 1.0);
-	/* Fidelity at the default tau: the acceptance figures of the fleet benchmark. */
+	/* ...near-duplicates too, in part (any length, aligned by token): some of the work of
+	 * those with a word added or removed is reused, and not all of it. */
+	json_object *by = get(sh, "by_kind");
+	double near_hits = 0, near_reused = 0, near_n = 0;
+	static const char *const near_kinds[] = { "word_swap", "typo", "punct", "case", "append",
+						  "remove" };
+	for (size_t i = 0; i < sizeof(near_kinds) / sizeof(near_kinds[0]); i++) {
+		json_object *k = get(by, near_kinds[i]);
+		double n = (double)count(k, "requests");
+		if (!n)
+			continue;
+		near_n += n;
+		near_hits += n * num(k, "hit_rate");
+		near_reused += n * num(k, "reused");
+	}
+	assert_true(near_n > 0);
+	assert_true(near_hits / near_n > 0.2);
+	assert_true(near_reused > 0 && near_reused < near_hits);
+	/* Fidelity at the default tau and recompute share: the acceptance figures of the fleet
+	 * benchmark, on the realistic mix. */
 	assert_true(fabs(num(sh, "nll_rel_change")) <= 0.005);
 	assert_true(num(sh, "top1_agreement") >= 0.99);
 	assert_true(fabs(num(pv, "nll_rel_change")) <= 0.005);
+	assert_true(num(pv, "top1_agreement") >= 0.99);
 	/* Each speedup is the ratio of the two modes' throughputs; how large it is, is the
 	 * benchmark's to show. The work behind it: without a cache every request computes every
 	 * layer, with the shared bank fewer are computed. */
