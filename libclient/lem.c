@@ -379,18 +379,24 @@ static int dev_cmp(const void *pa, const void *pb)
 	return a->i < b->i ? -1 : a->i > b->i;
 }
 
-/* Layer l of the cached input keyed x (cm tokens): held in *hit when it fits. */
-static bool lem_cached_layer(struct lem *m, const struct lb_key *x, uint32_t l, uint32_t cm,
-			     struct lb_hit *hit)
+/* Layer l of the cached input keyed x, of tokens ct (cm of them): held in *hit when it fits.
+ * Only that input's: a lookup whose exact key is gone (evicted) answers with the nearest
+ * fingerprint's, maybe another input of that length, whose states at the aligned positions
+ * would be another text's. */
+static bool lem_cached_layer(struct lem *m, const struct lb_key *x, const int32_t *ct,
+			     uint32_t l, uint32_t cm, struct lb_hit *hit)
 {
 	int rc = lb_lookup(m->c, m->cfg->model_id, l, x, m->cfg->tau,
 			   m->cfg->tau ? m->cfg->n_layers : 0, hit);
+	uint32_t hn;
 	if (rc < 0) {
 		if (rc != -ENOENT && gone(rc))
 			lem_fail(m, rc);
 		return false;
 	}
-	if (hit_fits(m, hit, cm) && hit->layer == l)
+	const int32_t *ht = lb_hit_tokens(hit, &hn);
+	if (hit_fits(m, hit, cm) && hit->layer == l && ht && hn == cm &&
+	    !memcmp(ht, ct, (size_t)cm * sizeof(*ct)))
 		return true;
 	lem_release(m, hit->lease);
 	return false;
@@ -464,7 +470,7 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 	/* Under half the positions aligned: another text, however near its fingerprint; what
 	 * it could give is mostly out of context. */
 	if (aligned <= 0 || (uint32_t)aligned * 2 < n || !m->c ||
-	    !lem_cached_layer(m, &x, 0, cm, &c))
+	    !lem_cached_layer(m, &x, ct, 0, cm, &c))
 		goto out;
 	rc = lem_select(m, map, (uint32_t)aligned, h, c.data, sel, rows, &n_rows);
 	lem_release(m, c.lease);
@@ -475,7 +481,7 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 	for (; l <= L && m->c; l++) {
 		const struct lb_hit *src = &m->hit;
 		if (l < L) {
-			if (!lem_cached_layer(m, &x, l, cm, &c))
+			if (!lem_cached_layer(m, &x, ct, l, cm, &c))
 				break;
 			src = &c;
 		}

@@ -911,6 +911,45 @@ static void test_aligned_reuse(void **state)
 	lbw_scorer_close(&r.sc);
 }
 
+/* The layers of the cached input that a partial reuse reads below its hit are that input's:
+ * when one is gone (flushed here), the reuse ends there, and never takes another input's states
+ * (a lookup whose exact key is gone answers with the nearest fingerprint of that length). */
+static void test_aligned_reuse_reads_one_input(void **state)
+{
+	(void)state;
+	struct real r;
+	real_open(&r);
+	enum { N = 40 };
+	int32_t a[N], b[N], c[N];
+	uint64_t s = 91;
+	for (int i = 0; i < N; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		a[i] = 1 + (int32_t)((s >> 33) % 500);
+		b[i] = 1 + (int32_t)((s >> 13) % 500); /* another text of that length */
+	}
+	memcpy(c, a, sizeof(c));
+	c[N - 1] = a[N - 1] == 3 ? 4 : 3; /* a with its last token changed */
+	size_t hid = (size_t)r.sc.hidden;
+	float *h = malloc(N * hid * sizeof(float)), *want = malloc(N * hid * sizeof(float));
+	assert_non_null(h);
+	assert_non_null(want);
+	struct lb_lem_result res;
+
+	real_run(&r, client, a, N, 0, h, &res);
+	assert_int_equal(lb_flush(client, r.cfg.model_id, 1, NULL), 0); /* a's layer 1 */
+	real_run(&r, client, b, N, 0, h, &res);
+	assert_int_equal(res.hit_layer, -1); /* nothing of b aligns with a */
+	real_run(&r, NULL, c, N, 0, want, &res);
+	real_run(&r, client, c, N, 0, h, &res);
+	assert_int_equal(res.hit_layer, -1);
+	assert_int_equal(res.layers_computed, r.sc.n_layers);
+	assert_memory_equal(h, want, N * hid * sizeof(float));
+	free(h);
+	free(want);
+	lb_fp_proj_free(r.proj);
+	lbw_scorer_close(&r.sc);
+}
+
 #define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, setup, lbt_env_teardown, &env)
 
 int main(void)
@@ -924,6 +963,7 @@ int main(void)
 		cmocka_unit_test(test_align),
 		TEST(test_tokens_and_any_len),
 		TEST(test_aligned_reuse),
+		TEST(test_aligned_reuse_reads_one_input),
 		TEST(test_hit_at_every_depth),
 		TEST(test_insert_quota_is_not_an_error),
 		TEST(test_revalidate_reports),
