@@ -387,6 +387,12 @@ LB_EXPORT void lb_close(struct lb_client *c)
 {
 	if (!c)
 		return;
+	/* Requests sent without waiting (lb_lem_run's inserts) are served before the goodbye,
+	 * which the daemon may read first: a worker that exits after its last run loses none. */
+	if (c->region && c->inflight && c->inflight == c->n_stale) {
+		lbi_wake(c);
+		(void)lbi_drain(c, c->wait_ns);
+	}
 	if (c->fd >= 0) {
 		struct lbp_msg bye = { .type = LBP_BYE };
 		int len = lbp_encode(&bye, c->buf, sizeof(c->buf));

@@ -485,7 +485,8 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 				break;
 			src = &c;
 		}
-		rc = m->rows(ctx, l, h, n, rows, n_rows, tmp);
+		/* None selected (a cut text, recompute 0): every position is the cached one's. */
+		rc = n_rows ? m->rows(ctx, l, h, n, rows, n_rows, tmp) : 0;
 		if (rc == 0) {
 			const float *cd = src->data;
 			for (uint32_t i = 0, k = 0; i < n; i++)

@@ -891,6 +891,15 @@ static void test_aligned_reuse(void **state)
 	assert_int_equal(res.layers_computed, L - 1);
 	assert_memory_equal(h, want, NC * hid * sizeof(float));
 
+	/* a cut of a with nothing recomputed but layer 0: every position is aligned, none
+	 * selected, every reused layer taken from a's */
+	r.cfg.tau = r.tau;
+	real_run(&r, client, a + 1, NA - 1, 0, h, &res);
+	assert_int_equal(res.hit_layer, L - 1);
+	assert_int_equal(res.aligned, NA - 1);
+	assert_int_equal(res.rows_computed, 0);
+	r.cfg.tau = exact;
+
 	/* another input's layer 0 alone (the only layer a threshold lets through) is never taken
 	 * whole: b, with c's one change too, is computed in full */
 	b[31] = 9;
@@ -936,6 +945,7 @@ static void test_aligned_reuse_reads_one_input(void **state)
 	struct lb_lem_result res;
 
 	real_run(&r, client, a, N, 0, h, &res);
+	assert_int_equal(lb_ping(client), 0); /* a's inserts are in */
 	assert_int_equal(lb_flush(client, r.cfg.model_id, 1, NULL), 0); /* a's layer 1 */
 	real_run(&r, client, b, N, 0, h, &res);
 	assert_int_equal(res.hit_layer, -1); /* nothing of b aligns with a */
