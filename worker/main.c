@@ -91,7 +91,7 @@ static void usage(FILE *f)
 		"          out=a,b,...' (S: ok, none, or the error that ended its cache calls).\n"
 		"\n"
 		"CACHE OPTIONS (score, serve): a prefill resumes from the deepest cached layer's hidden\n"
-		"states (an approximate reuse for near-duplicates; layers above it are recomputed).\n"
+		"states (layers above it are recomputed); a near-duplicate's in part (--recompute).\n"
 		"generate and serve's gen requests take --cache and --private-cache for prefix blocks.\n"
 		"--cache SOCKET       layerbankd's shared bank. Without a daemon there: one warning,\n"
 		"                     and the work goes on without cache.\n"
