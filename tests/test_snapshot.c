@@ -646,6 +646,43 @@ static void test_round_trip_restores_every_entry(void **state)
 	free(img);
 }
 
+/* Every prefix of img (len bytes) is refused as truncated, in one line, and leaves b as it was. */
+static void refuse_every_cut(const uint8_t *img, size_t len, struct bank *b)
+{
+	char err[512];
+
+	for (size_t cut = 0; cut < len; cut++) {
+		/* A heap copy of exactly cut bytes: ASan sees any read past it. */
+		uint8_t *part = malloc(cut ? cut : 1);
+		assert_non_null(part);
+		memcpy(part, img, cut);
+		int ret = lbd_snapshot_load_mem(part, cut, &b->m, b->st, NULL, err, sizeof(err));
+		free(part);
+		if (ret != -EBADMSG || !strstr(err, "truncated"))
+			fail_msg("cut at %zu: %d '%s'", cut, ret, err);
+		assert_null(strchr(err, '\n'));
+	}
+	assert_untouched(b);
+}
+
+/* img with one bit flipped, each byte in turn (bits 0, 3, 6), is refused and leaves b as it
+ * was; img is as it came. */
+static void refuse_every_flip(uint8_t *img, size_t len, struct bank *b)
+{
+	char err[512];
+
+	for (size_t i = 0; i < len; i++) {
+		for (int bit = 0; bit < 8; bit += 3) {
+			img[i] ^= (uint8_t)(1u << bit);
+			int ret = lbd_snapshot_load_mem(img, len, &b->m, b->st, NULL, err, sizeof(err));
+			img[i] ^= (uint8_t)(1u << bit);
+			if (ret != -EBADMSG && ret != -EPROTO)
+				fail_msg("bit %d of byte %zu flipped: %d '%s'", bit, i, ret, err);
+		}
+	}
+	assert_untouched(b);
+}
+
 /* Every prefix of the file is refused as truncated, and leaves the bank as it was. */
 static void test_every_truncation_is_refused(void **state)
 {
@@ -655,18 +692,7 @@ static void test_every_truncation_is_refused(void **state)
 	char err[512];
 	uint8_t *img = image_and_bank(&len, &b);
 
-	for (size_t cut = 0; cut < len; cut++) {
-		/* A heap copy of exactly cut bytes: ASan sees any read past it. */
-		uint8_t *part = malloc(cut ? cut : 1);
-		assert_non_null(part);
-		memcpy(part, img, cut);
-		int ret = lbd_snapshot_load_mem(part, cut, &b.m, b.st, NULL, err, sizeof(err));
-		free(part);
-		if (ret != -EBADMSG || !strstr(err, "truncated"))
-			fail_msg("cut at %zu: %d '%s'", cut, ret, err);
-		assert_null(strchr(err, '\n'));
-	}
-	assert_untouched(&b);
+	refuse_every_cut(img, len, &b);
 	/* A file cut by something else than us: the same through the file loader. */
 	write_file(snap_path, img, len - 100);
 	assert_int_equal(lbd_snapshot_load(snap_path, &b.m, b.st, NULL, err, sizeof(err)), -EBADMSG);
@@ -686,16 +712,7 @@ static void test_every_flipped_bit_is_refused(void **state)
 	char err[512];
 	uint8_t *img = image_and_bank(&len, &b);
 
-	for (size_t i = 0; i < len; i++) {
-		for (int bit = 0; bit < 8; bit += 3) {
-			img[i] ^= (uint8_t)(1u << bit);
-			int ret = lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err));
-			img[i] ^= (uint8_t)(1u << bit);
-			if (ret != -EBADMSG && ret != -EPROTO)
-				fail_msg("bit %d of byte %zu flipped: %d '%s'", bit, i, ret, err);
-		}
-	}
-	assert_untouched(&b);
+	refuse_every_flip(img, len, &b);
 	/* And the messages say where. */
 	const struct {
 		size_t at;
@@ -1463,24 +1480,8 @@ static void test_bad_token_ids_are_refused(void **state)
 			fail_msg("case %zu: %d '%s', not '%s'", c, ret, err, cases[c].says);
 		assert_untouched(&b);
 	}
-	for (size_t cut = 0; cut < len; cut++) {
-		uint8_t *part = malloc(cut ? cut : 1); /* exactly cut bytes: ASan sees a read past */
-		assert_non_null(part);
-		memcpy(part, orig, cut);
-		int ret = lbd_snapshot_load_mem(part, cut, &b.m, b.st, NULL, err, sizeof(err));
-		free(part);
-		if (ret != -EBADMSG || !strstr(err, "truncated"))
-			fail_msg("cut at %zu: %d '%s'", cut, ret, err);
-	}
-	for (size_t i = 0; i < len; i++)
-		for (int bit = 0; bit < 8; bit += 3) {
-			orig[i] ^= (uint8_t)(1u << bit);
-			int ret = lbd_snapshot_load_mem(orig, len, &b.m, b.st, NULL, err, sizeof(err));
-			orig[i] ^= (uint8_t)(1u << bit);
-			if (ret != -EBADMSG && ret != -EPROTO)
-				fail_msg("bit %d of byte %zu flipped: %d '%s'", bit, i, ret, err);
-		}
-	assert_untouched(&b);
+	refuse_every_cut(orig, len, &b);
+	refuse_every_flip(orig, len, &b);
 	/* The image itself is good, and the ids need no alignment of it. */
 	uint8_t *odd = malloc(len + 1);
 	assert_non_null(odd);
