@@ -167,13 +167,17 @@ static uint32_t lem_sf_bound_us(const struct lem *m, uint32_t n)
 	return ns >= (uint64_t)LB_SFLIGHT_MAX_US * 1000 ? LB_SFLIGHT_MAX_US : (uint32_t)(ns / 1000);
 }
 
+/* Does the config insert layer l? */
+static bool lem_inserts_layer(const struct lb_lem_cfg *cfg, uint32_t l)
+{
+	return !cfg->cache_layers || cfg->cache_layers[l];
+}
+
 /* Does the config insert any layer? Without, a claim would make the others wait for nothing. */
 static int lem_inserts(const struct lb_lem_cfg *cfg)
 {
-	if (!cfg->cache_layers)
-		return 1;
 	for (uint32_t l = 0; l < cfg->n_layers; l++)
-		if (cfg->cache_layers[l])
+		if (lem_inserts_layer(cfg, l))
 			return 1;
 	return 0;
 }
@@ -324,7 +328,7 @@ static void lem_insert_copy(struct lem *m, uint32_t l, const float *out, uint32_
 	uint64_t bytes = (uint64_t)m->n * m->cfg->hidden * sizeof(float);
 	float *st;
 
-	if (!m->c || (m->cfg->cache_layers && !m->cfg->cache_layers[l]) ||
+	if (!m->c || !lem_inserts_layer(m->cfg, l) ||
 	    !(st = lem_reserve(m, bytes)))
 		return;
 	memcpy(st, out, bytes);
@@ -340,7 +344,7 @@ static int lem_layer(struct lem *m, uint32_t l, const float **cur, float *h, uin
 	float *out = h, *st = NULL;
 	int rc;
 
-	if (m->c && (!cfg->cache_layers || cfg->cache_layers[l]))
+	if (m->c && lem_inserts_layer(cfg, l))
 		st = lem_stage(m, cur, h, (uint64_t)n * cfg->hidden * sizeof(float));
 	if (st)
 		out = st;

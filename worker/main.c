@@ -104,11 +104,12 @@ static void usage(FILE *f)
 		"                     computed again rather than waited for.\n"
 		"--recompute R|off    partial reuse of a near input of any length: its positions are\n"
 		"                     aligned by token, the edited ones and the share R (0..1) of the\n"
-		"                     others that deviate most are recomputed (default 0.15; 1: exact).\n"
+		"                     others that deviate most are recomputed (default %.2g; 1: exact).\n"
 		"                     off: only exact repeats are reused (with --tau X, near inputs\n"
 		"                     of the same length too, reused whole).\n"
 		"--tau X              similarity threshold of every layer's lookup (default: the\n"
-		"                     bank's).\n");
+		"                     bank's).\n",
+		LBW_RECOMPUTE_DEFAULT);
 }
 
 struct opts {
