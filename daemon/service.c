@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "spare.h"
 
 /*
  * Requests taken from one client before looking at the next. While two or more clients have
@@ -641,8 +642,11 @@ static void *svc_main(void *arg)
 {
 	struct lbd_svc_thread *t = arg;
 	struct lbd_service *s = t->svc;
-	uint64_t idle_since = lb_now_ns();
+	uint64_t idle_since = lb_now_ns(), spin_ns = 0;
 	unsigned idle_polls = 0;
+	struct lbu_spare spare;
+
+	lbu_spare_open(&spare);
 	unsigned since_shared = FAIR_PASSES; /* passes since two clients had requests in one */
 
 	/* A5: pairs with R5 in lbd_service_stop. */
@@ -664,9 +668,11 @@ static void *svc_main(void *arg)
 		}
 		/* The spin budget starts at the first idle poll; the clock is read once per
 		 * LB_SPIN_CHECK polls, since each read delays the next poll. */
-		if (idle_polls++ == 0)
+		if (idle_polls++ == 0) {
 			idle_since = lb_now_ns();
-		uint64_t spin_ns = atomic_load_explicit(&s->spin_ns, memory_order_relaxed);
+			spin_ns = lbu_spare_spin(&spare, atomic_load_explicit(&s->spin_ns,
+									memory_order_relaxed), idle_since);
+		}
 		if (spin_ns &&
 		    (idle_polls % LB_SPIN_CHECK != 0 || lb_now_ns() - idle_since < spin_ns)) {
 			lb_cpu_relax();
@@ -675,6 +681,7 @@ static void *svc_main(void *arg)
 		sleep_on_doorbells(t);
 		idle_polls = 0;
 	}
+	lbu_spare_close(&spare);
 	apply_pending(t);
 	for (unsigned i = 0; i < t->n; i++)
 		lbd_dpclient_free(s->store, t->c[i]);

@@ -238,6 +238,7 @@ static struct lb_client *client_new(void)
 	c->reserved_off = UINT64_MAX;
 	c->reserve_orphan = -1;
 	c->spin_ns = 50000;
+	lbu_spare_open(&c->spare);
 	c->wait_ns = LBI_WAIT_NS;
 	const char *w = getenv(LBI_WAIT_ENV);
 	char *end;
@@ -405,6 +406,7 @@ LB_EXPORT void lb_close(struct lb_client *c)
 	free(c->orphans);
 	free(c->models);
 	lbi_leases_free(&c->leases);
+	lbu_spare_close(&c->spare);
 	free(c);
 }
 

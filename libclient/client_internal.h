@@ -8,6 +8,7 @@
 #include "layerbank/layerbank.h"
 #include "layerbank/ring.h"
 #include "lbp.h"
+#include "spare.h"
 
 #define LB_EXPORT __attribute__((visibility("default")))
 
@@ -84,7 +85,8 @@ struct lb_client {
 	uint64_t reserved_off;       /* lb_insert_reserve: the payload's offset, or UINT64_MAX */
 	uint64_t reserved_bytes;
 	uint32_t inflight;           /* requests pushed and not yet completed, stale ones too */
-	uint64_t spin_ns;
+	uint64_t spin_ns;            /* the most a wait spins (lb_set_spin_us) */
+	struct lbu_spare spare;      /* ... and only while a CPU is spare */
 	uint64_t wait_ns;            /* how long a synchronous call waits (lb_set_wait_us) */
 	uint64_t block_ns;           /* lb_prefix_run: computing one block took (0: not known) */
 	uint64_t lem_tok_ns;         /* lb_lem_run: computing a layer for a token took (0: not known) */

@@ -235,7 +235,8 @@ LB_EXPORT int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, 
 	if (max && timeout_us) {
 		/* In slices, looking at the socket between them: a daemon that died never rings
 		 * the doorbell, and a worker must learn of it in a millisecond, not a time-out. */
-		uint64_t now = lb_now_ns(), deadline = now + (uint64_t)timeout_us * 1000, spin = c->spin_ns;
+		uint64_t now = lb_now_ns(), deadline = now + (uint64_t)timeout_us * 1000;
+		uint64_t spin = lbu_spare_spin(&c->spare, c->spin_ns, now);
 		for (;;) {
 			uint64_t left = deadline - now;
 			int64_t ready = lb_ring_sc_wait(&c->cpl, spin, left < LBI_HUP_SLICE_NS ? left : LBI_HUP_SLICE_NS);

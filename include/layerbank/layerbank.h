@@ -442,7 +442,8 @@ int lb_report(struct lb_client *c, uint64_t lease, float drift);
 /* A round trip through the rings. @return 0, -ETIMEDOUT. */
 int lb_ping(struct lb_client *c);
 
-/* How long a wait spins before it sleeps (default 50 us). */
+/* How long a wait spins at most before it sleeps (default 50 us); while every CPU of the machine
+ * is busy (/proc/loadavg's running count), 2 us at most. */
 void lb_set_spin_us(struct lb_client *c, uint32_t us);
 
 /*
