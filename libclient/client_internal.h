@@ -163,6 +163,20 @@ int lbi_insert_deferred(struct lb_client *c, uint32_t model_id, uint32_t layer,
 			const int32_t *tokens);
 /* Ring the daemon's doorbell for requests pushed without (deferred inserts), if any. */
 void lbi_wake(struct lb_client *c);
+/*
+ * LOOKUPs of layers 0..n-1 for key, in flight together behind one doorbell, tagged tags[0..n):
+ * the caller may compute while the daemon answers, then collects them with lbi_lookups_wait
+ * and makes no other call in between. @return how many were sent (from layer 0; fewer when the
+ * ring or staging filled), 0 when none could be; -EBUSY (a call of the application's in
+ * flight, or not room to give them up), -EINVAL, -ENOTCONN.
+ */
+int lbi_lookups_submit(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
+		       const float *tau, uint32_t n_tau, uint32_t n, uint64_t *tags);
+/* The answers of lbi_lookups_submit's n lookups: rcs[i] as lb_lookup's, hits[i] when 0. Those
+ * not answered within the synchronous wait answer -ETIMEDOUT, and their leases are given back
+ * when they come. */
+void lbi_lookups_wait(struct lb_client *c, const uint64_t *tags, uint32_t n, struct lb_hit *hits,
+		      int *rcs);
 /* Wait up to wait_ns for every request in flight (deferred inserts, give-backs) to complete.
  * @return 0 when none is left; -ETIMEDOUT; a lost connection's error. */
 int lbi_drain(struct lb_client *c, uint64_t wait_ns);

@@ -65,11 +65,11 @@ void lbi_wake(struct lb_client *c)
 }
 
 /* flags and aux: a LOOKUP_DEEPEST's single-flight (LB_REQ_*, the bound in us), else 0. */
-static int submit_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint32_t layer,
-			const struct lb_key *key, const float *tau, uint32_t n_tau, uint8_t flags,
-			uint32_t aux, uint64_t user_data)
+/* The request of a query, its payload staged. @return 0; -EINVAL, -ENOTCONN, -EAGAIN. */
+static int query_req(struct lb_client *c, uint8_t op, uint32_t model_id, uint32_t layer,
+		     const struct lb_key *key, const float *tau, uint32_t n_tau, uint8_t flags,
+		     uint32_t aux, uint64_t user_data, struct lb_req *r)
 {
-	struct lb_req r;
 	struct lb_query q;
 	uint64_t len = sizeof(q) + (uint64_t)n_tau * sizeof(float), off;
 
@@ -87,17 +87,26 @@ static int submit_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint
 	memcpy(c->staging + off, &q, sizeof(q));
 	if (n_tau)
 		memcpy(c->staging + off + sizeof(q), tau, n_tau * sizeof(float));
-	memset(&r, 0, sizeof(r));
-	r.opcode = op;
-	r.flags = flags;
-	r.aux = aux;
-	r.layer = (uint16_t)layer;
-	r.model_id = lbi_model_id(c, model_id);
-	r.user_data = user_data;
-	r.seq_len = key->seq_len;
-	r.payload_off = (uint32_t)off;
-	r.payload_len = (uint32_t)len;
-	return push(c, &r);
+	memset(r, 0, sizeof(*r));
+	r->opcode = op;
+	r->flags = flags;
+	r->aux = aux;
+	r->layer = (uint16_t)layer;
+	r->model_id = lbi_model_id(c, model_id);
+	r->user_data = user_data;
+	r->seq_len = key->seq_len;
+	r->payload_off = (uint32_t)off;
+	r->payload_len = (uint32_t)len;
+	return 0;
+}
+
+static int submit_query(struct lb_client *c, uint8_t op, uint32_t model_id, uint32_t layer,
+			const struct lb_key *key, const float *tau, uint32_t n_tau, uint8_t flags,
+			uint32_t aux, uint64_t user_data)
+{
+	struct lb_req r;
+	int ret = query_req(c, op, model_id, layer, key, tau, n_tau, flags, aux, user_data, &r);
+	return ret < 0 ? ret : push(c, &r);
 }
 
 LB_EXPORT int lb_submit_lookup_deepest(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
@@ -382,6 +391,64 @@ LB_EXPORT int lb_lookup_sflight(struct lb_client *c, uint32_t model_id, const st
 		sf->claim = 0;
 	}
 	return ret;
+}
+
+int lbi_lookups_submit(struct lb_client *c, uint32_t model_id, const struct lb_key *key,
+		       const float *tau, uint32_t n_tau, uint32_t n, uint64_t *tags)
+{
+	int ret = sync_ok(c);
+	uint32_t sent = 0;
+
+	if (ret < 0)
+		return ret;
+	if (n > LBI_STALE_MAX - c->n_stale)
+		return -EBUSY; /* each may have to be given up */
+	for (; sent < n; sent++) {
+		tags[sent] = sync_tag(c);
+		struct lb_req r;
+		ret = query_req(c, LB_OP_LOOKUP, model_id, sent, key, tau, n_tau, 0, 0, tags[sent],
+				&r);
+		if (ret == 0)
+			ret = push_quiet(c, &r, true);
+		if (ret < 0)
+			break;
+	}
+	lbi_wake(c);
+	return sent ? (int)sent : ret == -EAGAIN ? 0 : ret;
+}
+
+void lbi_lookups_wait(struct lb_client *c, const uint64_t *tags, uint32_t n, struct lb_hit *hits,
+		      int *rcs)
+{
+	uint64_t start = lb_now_ns();
+	uint32_t left = n;
+	struct lb_result res;
+
+	for (uint32_t i = 0; i < n; i++)
+		rcs[i] = -ETIMEDOUT;
+	while (left) {
+		uint64_t waited = lb_now_ns() - start;
+		int got = waited < c->wait_ns
+				  ? lb_poll(c, &res, 1, (uint32_t)((c->wait_ns - waited + 999) / 1000))
+				  : -ETIMEDOUT;
+		if (got < 0) {
+			/* Given up: their completions are swallowed, their leases given back. */
+			for (uint32_t i = 0; i < n; i++)
+				if (rcs[i] == -ETIMEDOUT) {
+					rcs[i] = got;
+					if (got == -ETIMEDOUT)
+						c->stale[c->n_stale++] = tags[i]; /* room: submit */
+				}
+			return;
+		}
+		for (uint32_t i = 0; got && i < n; i++)
+			if (rcs[i] == -ETIMEDOUT && res.user_data == tags[i]) {
+				rcs[i] = res.status;
+				if (res.status == 0)
+					hits[i] = res.hit;
+				left--;
+			}
+	}
 }
 
 LB_EXPORT int lb_lookup_deepest(struct lb_client *c, uint32_t model_id, const struct lb_key *key,

@@ -89,7 +89,14 @@ static bool hit_fits(const struct lem *m, const struct lb_hit *hit, uint32_t n)
 
 static void lem_release(struct lem *m, uint64_t lease)
 {
-	if (!m->c || lbi_give_back_quiet(m->c, lease)) /* nothing to wait for */
+	/* Also once the run stopped using the cache after a time-out: the daemon may be slow,
+	 * not gone, and would keep the lease until the connection ends. */
+	if (!m->c) {
+		if (m->client && lb_connected(m->client))
+			(void)lbi_give_back_quiet(m->client, lease);
+		return;
+	}
+	if (lbi_give_back_quiet(m->c, lease)) /* nothing to wait for */
 		return;
 	int rc = lb_release(m->c, lease);
 	if (rc < 0 && rc != -EINVAL)
@@ -383,15 +390,13 @@ static int dev_cmp(const void *pa, const void *pb)
 	return a->i < b->i ? -1 : a->i > b->i;
 }
 
-/* Layer l of the cached input keyed x, of tokens ct (cm of them): held in *hit when it fits.
- * Only that input's: a lookup whose exact key is gone (evicted) answers with the nearest
- * fingerprint's, maybe another input of that length, whose states at the aligned positions
- * would be another text's. */
-static bool lem_cached_layer(struct lem *m, const struct lb_key *x, const int32_t *ct,
-			     uint32_t l, uint32_t cm, struct lb_hit *hit)
+/* Whether hit (rc its lookup's answer) is layer l of the cached input, of tokens ct (cm of
+ * them); one that is not is released. Only that input's: a lookup whose exact key is gone
+ * (evicted) answers with the nearest fingerprint's, maybe another input of that length, whose
+ * states at the aligned positions would be another text's. */
+static bool lem_is_cached_layer(struct lem *m, int rc, const struct lb_hit *hit,
+				const int32_t *ct, uint32_t l, uint32_t cm)
 {
-	int rc = lb_lookup(m->c, m->cfg->model_id, l, x, m->cfg->tau,
-			   m->cfg->tau ? m->cfg->n_layers : 0, hit);
 	uint32_t hn;
 	if (rc < 0) {
 		if (rc != -ENOENT && gone(rc))
@@ -404,6 +409,16 @@ static bool lem_cached_layer(struct lem *m, const struct lb_key *x, const int32_
 		return true;
 	lem_release(m, hit->lease);
 	return false;
+}
+
+/* Layer l of the cached input keyed x, of tokens ct (cm of them), looked up alone: held in
+ * *hit when it is that input's (lem_is_cached_layer). */
+static bool lem_cached_layer(struct lem *m, const struct lb_key *x, const int32_t *ct,
+			     uint32_t l, uint32_t cm, struct lb_hit *hit)
+{
+	int rc = lb_lookup(m->c, m->cfg->model_id, l, x, m->cfg->tau,
+			   m->cfg->tau ? m->cfg->n_layers : 0, hit);
+	return lem_is_cached_layer(m, rc, hit, ct, l, cm);
 }
 
 /*
@@ -456,28 +471,47 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 	uint32_t *rows = malloc((size_t)n * sizeof(*rows));
 	uint8_t *sel = malloc(n);
 	float *tmp = malloc((uint64_t)n * hid * sizeof(float));
+	/* The cached input's layers 0..L-1, asked for together before layer 0 is computed, so
+	 * the daemon answers while the worker computes; beyond what one batch may hold (sent),
+	 * one lookup each. held[i]: ch[i] is that input's layer i, under lease. */
+	uint64_t *tags = malloc((size_t)L * sizeof(*tags));
+	struct lb_hit *ch = malloc((size_t)L * sizeof(*ch));
+	int *crc = malloc((size_t)L * sizeof(*crc));
+	bool *held = calloc(L ? L : 1, sizeof(*held));
 	struct lb_key x = m->key;
-	struct lb_hit c;
-	int aligned = -ENOMEM, rc;
+	int aligned = -ENOMEM, rc = 0, sent = 0;
 
-	if (map && rows && sel && tmp)
+	if (map && rows && sel && tmp && (!L || (tags && ch && crc && held)))
 		aligned = lbi_align(m->tokens, n, ct, cm, map);
 	lb_token_hash(ct, cm, x.exact);
 	x.seq_len = cm;
+	/* Under half the positions aligned: another text, however near its fingerprint; what
+	 * it could give is mostly out of context. */
+	bool usable = aligned > 0 && (uint32_t)aligned * 2 >= n && m->c;
+	if (usable && L) {
+		sent = lbi_lookups_submit(m->c, cfg->model_id, &x, cfg->tau,
+					  cfg->tau ? cfg->n_layers : 0, L, tags);
+		if (sent < 0 && gone(sent))
+			lem_fail(m, sent);
+		if (sent < 0)
+			sent = 0;
+	}
 	uint64_t t0 = lb_now_ns();
 	rc = compute(ctx, 0, h, h);
 	m->compute_ns += lb_now_ns() - t0;
 	m->res->layers_computed++;
+	if (sent) {
+		lbi_lookups_wait(m->c, tags, (uint32_t)sent, ch, crc);
+		for (int i = 0; i < sent; i++)
+			held[i] = lem_is_cached_layer(m, crc[i], &ch[i], ct, (uint32_t)i, cm);
+	}
 	if (rc < 0)
 		goto out;
 	lem_insert_copy(m, 0, h, 0);
-	/* Under half the positions aligned: another text, however near its fingerprint; what
-	 * it could give is mostly out of context. */
-	if (aligned <= 0 || (uint32_t)aligned * 2 < n || !m->c ||
-	    !lem_cached_layer(m, &x, ct, 0, cm, &c))
+	if (!usable || !m->c ||
+	    !(sent ? held[0] : L && (held[0] = lem_cached_layer(m, &x, ct, 0, cm, &ch[0]))))
 		goto out;
-	rc = lem_select(m, map, (uint32_t)aligned, h, c.data, sel, rows, &n_rows);
-	lem_release(m, c.lease);
+	rc = lem_select(m, map, (uint32_t)aligned, h, ch[0].data, sel, rows, &n_rows);
 	if (rc < 0)
 		goto out;
 	/* Exact when every position is computed: what the cache gave is then not used. */
@@ -485,9 +519,11 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 	for (; l <= L && m->c; l++) {
 		const struct lb_hit *src = &m->hit;
 		if (l < L) {
-			if (!lem_cached_layer(m, &x, ct, l, cm, &c))
+			if (l >= (uint32_t)sent)
+				held[l] = lem_cached_layer(m, &x, ct, l, cm, &ch[l]);
+			if (!held[l])
 				break;
-			src = &c;
+			src = &ch[l];
 		}
 		/* None selected (a cut text, recompute 0): every position is the cached one's. */
 		rc = n_rows ? m->rows(ctx, l, h, n, rows, n_rows, tmp) : 0;
@@ -498,8 +534,6 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 				       sel[i] ? tmp + (uint64_t)k++ * hid : cd + (uint64_t)map[i] * hid,
 				       hid * sizeof(float));
 		}
-		if (l < L)
-			lem_release(m, c.lease);
 		if (rc < 0)
 			goto out;
 		lem_insert_copy(m, l, h, approx);
@@ -513,6 +547,9 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 	else
 		m->res->hit_layer = (int32_t)(l - 1);
 out:
+	for (uint32_t i = 0; held && i < L; i++)
+		if (held[i])
+			lem_release(m, ch[i].lease);
 	if (m->have_hit) {
 		lem_release(m, m->hit.lease);
 		m->have_hit = 0;
@@ -525,6 +562,10 @@ out:
 	free(rows);
 	free(sel);
 	free(tmp);
+	free(tags);
+	free(ch);
+	free(crc);
+	free(held);
 	return rc < 0 ? rc : (int)l;
 }
 
