@@ -98,6 +98,10 @@ static void lem_release(struct lem *m, uint64_t lease)
 	}
 	if (lbi_give_back_quiet(m->c, lease)) /* nothing to wait for */
 		return;
+	/* Too many sent without waiting for: the daemon answers them first. */
+	if (m->c->inflight && lbi_drain(m->c, m->c->wait_ns) == 0 &&
+	    lbi_give_back_quiet(m->c, lease))
+		return;
 	int rc = lb_release(m->c, lease);
 	if (rc < 0 && rc != -EINVAL)
 		lem_fail(m, rc);
@@ -533,6 +537,10 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 				memcpy(h + (uint64_t)i * hid,
 				       sel[i] ? tmp + (uint64_t)k++ * hid : cd + (uint64_t)map[i] * hid,
 				       hid * sizeof(float));
+		}
+		if (l < L) {
+			lem_release(m, ch[l].lease);
+			held[l] = false;
 		}
 		if (rc < 0)
 			goto out;

@@ -920,6 +920,96 @@ static void test_aligned_reuse(void **state)
 	lbw_scorer_close(&r.sc);
 }
 
+/* A position-wise toy of many layers for partial reuse: layer l adds l + 1, row by row, to an
+ * embedding that is a function of the token, so a reuse of aligned positions is exact. */
+enum { DEEP_LAYERS = 80, DEEP_HIDDEN = 8, DEEP_N = 12 };
+
+static int deep_rows(void *ctx, uint32_t l, const float *in, uint32_t n, const uint32_t *rows,
+		     uint32_t n_rows, float *o)
+{
+	(void)ctx;
+	(void)n;
+	for (uint32_t k = 0; k < n_rows; k++)
+		for (uint32_t j = 0; j < DEEP_HIDDEN; j++)
+			o[k * DEEP_HIDDEN + j] = in[rows[k] * DEEP_HIDDEN + j] + (float)(l + 1);
+	return 0;
+}
+
+static int deep_layer(void *ctx, uint32_t l, const float *in, float *o)
+{
+	uint32_t rows[DEEP_N + 1], n = *(const uint32_t *)ctx;
+	for (uint32_t i = 0; i < n; i++)
+		rows[i] = i;
+	float tmp[(DEEP_N + 1) * DEEP_HIDDEN];
+	deep_rows(ctx, l, in, n, rows, n, tmp);
+	memcpy(o, tmp, (size_t)n * DEEP_HIDDEN * sizeof(float));
+	return 0;
+}
+
+static void deep_embed(const int32_t *tok, uint32_t n, float *h)
+{
+	for (uint32_t i = 0; i < n; i++)
+		for (uint32_t j = 0; j < DEEP_HIDDEN; j++)
+			h[i * DEEP_HIDDEN + j] = (float)((tok[i] * 7 + (int32_t)j * 3) % 11) / 11.0f;
+}
+
+/* A partial reuse of a model deeper than one batch of lookups holds: the cached input's lower
+ * layers come in a batch, the rest one by one; every one is that input's, every lease is given
+ * back, and with nothing recomputed but the edits the position-wise toy is exact. */
+static void test_aligned_reuse_deep(void **state)
+{
+	(void)state;
+	assert_int_equal(lbt_connect(&env, "test_lem", &client), 0);
+	struct lb_model_desc d = { .name = "deep", .weights_hash = 8, .n_layers = DEEP_LAYERS,
+				   .hidden = DEEP_HIDDEN, .dtype = LB_DTYPE_F32, .max_seq = 64,
+				   .fp_chunks = 4, .fp_seed = TOY_SEED };
+	uint32_t id = 0;
+	assert_int_equal(lb_register_model(client, &d, &id), 0);
+	struct lb_fp_proj *proj = lb_fp_proj_new(DEEP_HIDDEN, 4, TOY_SEED, NULL);
+	assert_non_null(proj);
+	float tau[DEEP_LAYERS];
+	for (int l = 0; l < DEEP_LAYERS; l++)
+		tau[l] = -1.0f;
+	struct lb_lem_cfg cfg = { .model_id = id, .n_layers = DEEP_LAYERS, .hidden = DEEP_HIDDEN,
+				  .proj = proj, .tau = tau, .flags = LB_LEM_NO_SFLIGHT };
+	int32_t a[DEEP_N], b[DEEP_N + 1];
+	for (int i = 0; i < DEEP_N; i++)
+		a[i] = 3 + i * 5;
+	memcpy(b, a, 6 * sizeof(int32_t)); /* b: a with one token added in the middle */
+	b[6] = 99;
+	memcpy(b + 7, a + 6, 6 * sizeof(int32_t));
+	float h[(DEEP_N + 1) * DEEP_HIDDEN], want[(DEEP_N + 1) * DEEP_HIDDEN];
+	struct lb_lem_result res;
+	uint32_t n = DEEP_N;
+
+	deep_embed(a, DEEP_N, h);
+	assert_int_equal(lb_lem_run_rows(client, &cfg, a, DEEP_N, h, deep_layer, deep_rows, 0, &n,
+					 &res), 0);
+	assert_int_equal(res.layers_inserted, DEEP_LAYERS);
+	assert_int_equal(lb_ping(client), 0);
+
+	n = DEEP_N + 1;
+	deep_embed(b, n, want);
+	deep_layer(&n, 0, want, want);
+	for (uint32_t l = 1; l < DEEP_LAYERS; l++)
+		deep_layer(&n, l, want, want);
+	deep_embed(b, n, h);
+	assert_int_equal(lb_lem_run_rows(client, &cfg, b, n, h, deep_layer, deep_rows, 0, &n, &res),
+			 0);
+	assert_int_equal(res.cache_error, 0);
+	assert_int_equal(res.hit_layer, DEEP_LAYERS - 1);
+	assert_int_equal(res.aligned, DEEP_N);
+	assert_int_equal(res.rows_computed, 1);
+	assert_int_equal(res.layers_computed, 1);
+	assert_memory_equal(h, want, sizeof(want));
+
+	struct lb_stats st;
+	assert_int_equal(lb_ping(client), 0);
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	assert_int_equal(st.leases, 0);
+	lb_fp_proj_free(proj);
+}
+
 /* The layers of the cached input that a partial reuse reads below its hit are that input's:
  * when one is gone (flushed here), the reuse ends there, and never takes another input's states
  * (a lookup whose exact key is gone answers with the nearest fingerprint of that length). */
@@ -973,6 +1063,7 @@ int main(void)
 		cmocka_unit_test(test_align),
 		TEST(test_tokens_and_any_len),
 		TEST(test_aligned_reuse),
+		TEST(test_aligned_reuse_deep),
 		TEST(test_aligned_reuse_reads_one_input),
 		TEST(test_hit_at_every_depth),
 		TEST(test_insert_quota_is_not_an_error),
