@@ -242,10 +242,11 @@ enum use { USE_WHOLE, USE_ALIGNED, USE_NONE };
  * USE_WHOLE for the same tokens, and without rows or token ids (lb_lem_run's reuse). */
 static enum use lem_use(const struct lem *m, const int32_t **ct, uint32_t *cm)
 {
+	bool cont = m->cfg->flags & LB_LEM_CONTINUE; /* a whole hit would leave layers unseen */
 	*ct = lb_hit_tokens(&m->hit, cm);
 	if (!m->rows || !*ct)
-		return USE_WHOLE;
-	if (*cm == m->n && !memcmp(*ct, m->tokens, (size_t)m->n * sizeof(**ct)))
+		return cont ? USE_NONE : USE_WHOLE;
+	if (!cont && *cm == m->n && !memcmp(*ct, m->tokens, (size_t)m->n * sizeof(**ct)))
 		return USE_WHOLE;
 	return m->hit.layer >= 1 && hit_fits(m, &m->hit, *cm) ? USE_ALIGNED : USE_NONE;
 }
@@ -450,6 +451,8 @@ static int lem_select(struct lem *m, const int32_t *map, uint32_t aligned, const
 	for (uint32_t j = 0; j < want && j < k; j++)
 		sel[d[j].i] = 1;
 	free(d);
+	if (m->cfg->flags & LB_LEM_CONTINUE)
+		sel[m->n - 1] = 1; /* generation reads it, and K and V of all positions come with it */
 	*n_rows = 0;
 	for (uint32_t i = 0; i < m->n; i++)
 		if (sel[i])
@@ -458,13 +461,92 @@ static int lem_select(struct lem *m, const int32_t *map, uint32_t aligned, const
 }
 
 /*
- * Partial reuse of m->hit, layer L of another input (ct, cm tokens), for this one: layer 0
- * computed whole into h; then at layers 1..L the selected positions (lem_select) computed by
- * rows from the state below, every other position taking the cached input's state at its
- * aligned position. With every position selected (recompute 1) this is the plain forward pass,
- * bit for bit, and its inserts are exact. The hit is released on return; so is every cached
- * layer read. @return the first layer still to compute (h holds its input), or a negative errno
- * from compute or rows.
+ * The cached input's layers 0..L-1 that a partial reuse reads: asked for together before layer
+ * 0 is computed, so that the daemon answers while the worker computes (sent of them, what one
+ * batch may hold); those beyond, one lookup each when needed. held[i]: ch[i] is that input's
+ * layer i, under lease.
+ */
+struct lem_src {
+	struct lb_key x;   /* the cached input's key */
+	const int32_t *ct; /* its tokens */
+	uint32_t cm, L;
+	int sent;
+	uint64_t *tags;
+	struct lb_hit *ch;
+	int *crc;
+	bool *held;
+};
+
+/* For the cached input of tokens ct (cm of them), whose layer L is m->hit. @return 0, -ENOMEM. */
+static int src_open(const struct lem *m, struct lem_src *s, const int32_t *ct, uint32_t cm)
+{
+	uint32_t L = m->hit.layer, k = L ? L : 1;
+	*s = (struct lem_src){ .x = m->key, .ct = ct, .cm = cm, .L = L };
+	lb_token_hash(ct, cm, s->x.exact);
+	s->x.seq_len = cm;
+	s->tags = malloc(k * sizeof(*s->tags));
+	s->ch = malloc(k * sizeof(*s->ch));
+	s->crc = malloc(k * sizeof(*s->crc));
+	s->held = calloc(k, sizeof(*s->held));
+	return s->tags && s->ch && s->crc && s->held ? 0 : -ENOMEM;
+}
+
+static void src_ask(struct lem *m, struct lem_src *s)
+{
+	const struct lb_lem_cfg *cfg = m->cfg;
+	if (!s->L)
+		return;
+	s->sent = lbi_lookups_submit(m->c, cfg->model_id, &s->x, cfg->tau,
+				     cfg->tau ? cfg->n_layers : 0, s->L, s->tags);
+	if (s->sent < 0 && gone(s->sent))
+		lem_fail(m, s->sent);
+	if (s->sent < 0)
+		s->sent = 0;
+}
+
+static void src_collect(struct lem *m, struct lem_src *s)
+{
+	if (!s->sent)
+		return;
+	lbi_lookups_wait(m->c, s->tags, (uint32_t)s->sent, s->ch, s->crc);
+	for (int i = 0; i < s->sent; i++)
+		s->held[i] = lem_is_cached_layer(m, s->crc[i], &s->ch[i], s->ct, (uint32_t)i, s->cm);
+}
+
+/* Layer l < L of the cached input, or NULL when it is not there (any more). */
+static const struct lb_hit *src_layer(struct lem *m, struct lem_src *s, uint32_t l)
+{
+	if (l >= (uint32_t)s->sent && m->c)
+		s->held[l] = lem_cached_layer(m, &s->x, s->ct, l, s->cm, &s->ch[l]);
+	return s->held[l] ? &s->ch[l] : NULL;
+}
+
+static void src_done(struct lem *m, struct lem_src *s, uint32_t l)
+{
+	if (s->held && l < s->L && s->held[l]) {
+		lem_release(m, s->ch[l].lease);
+		s->held[l] = false;
+	}
+}
+
+static void src_close(struct lem *m, struct lem_src *s)
+{
+	for (uint32_t l = 0; l < s->L; l++)
+		src_done(m, s, l);
+	free(s->tags);
+	free(s->ch);
+	free(s->crc);
+	free(s->held);
+}
+
+/*
+ * Partial reuse of m->hit, layer L of another input (ct, cm tokens; or the same tokens with
+ * LB_LEM_CONTINUE), for this one: layer 0 computed whole into h; then at layers 1..L the
+ * selected positions (lem_select) computed by rows from the state below, every other position
+ * taking the cached input's state at its aligned position. With every position selected
+ * (recompute 1) this is the plain forward pass, bit for bit, and its inserts are exact. The
+ * hit is released on return; so is every cached layer read. @return the first layer still to
+ * compute (h holds its input), or a negative errno from compute or rows.
  */
 static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 		       lb_layer_fn compute, void *ctx)
@@ -475,73 +557,46 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 	uint32_t *rows = malloc((size_t)n * sizeof(*rows));
 	uint8_t *sel = malloc(n);
 	float *tmp = malloc((uint64_t)n * hid * sizeof(float));
-	/* The cached input's layers 0..L-1, asked for together before layer 0 is computed, so
-	 * the daemon answers while the worker computes; beyond what one batch may hold (sent),
-	 * one lookup each. held[i]: ch[i] is that input's layer i, under lease. */
-	uint64_t *tags = malloc((size_t)L * sizeof(*tags));
-	struct lb_hit *ch = malloc((size_t)L * sizeof(*ch));
-	int *crc = malloc((size_t)L * sizeof(*crc));
-	bool *held = calloc(L ? L : 1, sizeof(*held));
-	struct lb_key x = m->key;
-	int aligned = -ENOMEM, rc = 0, sent = 0;
+	struct lem_src src;
+	int aligned = -ENOMEM, rc = src_open(m, &src, ct, cm);
+	const struct lb_hit *c0;
 
-	if (map && rows && sel && tmp && (!L || (tags && ch && crc && held)))
+	if (map && rows && sel && tmp && rc == 0)
 		aligned = lbi_align(m->tokens, n, ct, cm, map);
-	lb_token_hash(ct, cm, x.exact);
-	x.seq_len = cm;
 	/* Under half the positions aligned: another text, however near its fingerprint; what
 	 * it could give is mostly out of context. */
 	bool usable = aligned > 0 && (uint32_t)aligned * 2 >= n && m->c;
-	if (usable && L) {
-		sent = lbi_lookups_submit(m->c, cfg->model_id, &x, cfg->tau,
-					  cfg->tau ? cfg->n_layers : 0, L, tags);
-		if (sent < 0 && gone(sent))
-			lem_fail(m, sent);
-		if (sent < 0)
-			sent = 0;
-	}
+	if (usable)
+		src_ask(m, &src);
 	uint64_t t0 = lb_now_ns();
 	rc = compute(ctx, 0, h, h);
 	m->compute_ns += lb_now_ns() - t0;
 	m->res->layers_computed++;
-	if (sent) {
-		lbi_lookups_wait(m->c, tags, (uint32_t)sent, ch, crc);
-		for (int i = 0; i < sent; i++)
-			held[i] = lem_is_cached_layer(m, crc[i], &ch[i], ct, (uint32_t)i, cm);
-	}
+	src_collect(m, &src);
 	if (rc < 0)
 		goto out;
 	lem_insert_copy(m, 0, h, 0);
-	if (!usable || !m->c ||
-	    !(sent ? held[0] : L && (held[0] = lem_cached_layer(m, &x, ct, 0, cm, &ch[0]))))
+	if (!usable || !L || !(c0 = src_layer(m, &src, 0)))
 		goto out;
-	rc = lem_select(m, map, (uint32_t)aligned, h, ch[0].data, sel, rows, &n_rows);
+	rc = lem_select(m, map, (uint32_t)aligned, h, c0->data, sel, rows, &n_rows);
 	if (rc < 0)
 		goto out;
 	/* Exact when every position is computed: what the cache gave is then not used. */
 	uint32_t approx = n_rows == n ? 0 : m->hit.hamming;
 	for (; l <= L && m->c; l++) {
-		const struct lb_hit *src = &m->hit;
-		if (l < L) {
-			if (l >= (uint32_t)sent)
-				held[l] = lem_cached_layer(m, &x, ct, l, cm, &ch[l]);
-			if (!held[l])
-				break;
-			src = &ch[l];
-		}
+		const struct lb_hit *cl = l < L ? src_layer(m, &src, l) : &m->hit;
+		if (!cl)
+			break;
 		/* None selected (a cut text, recompute 0): every position is the cached one's. */
 		rc = n_rows ? m->rows(ctx, l, h, n, rows, n_rows, tmp) : 0;
 		if (rc == 0) {
-			const float *cd = src->data;
+			const float *cd = cl->data;
 			for (uint32_t i = 0, k = 0; i < n; i++)
 				memcpy(h + (uint64_t)i * hid,
 				       sel[i] ? tmp + (uint64_t)k++ * hid : cd + (uint64_t)map[i] * hid,
 				       hid * sizeof(float));
 		}
-		if (l < L) {
-			lem_release(m, ch[l].lease);
-			held[l] = false;
-		}
+		src_done(m, &src, l);
 		if (rc < 0)
 			goto out;
 		lem_insert_copy(m, l, h, approx);
@@ -550,14 +605,9 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 	m->res->aligned = (uint32_t)aligned;
 	m->res->rows_computed = n_rows;
 	m->res->reused = (float)((double)(l - 1) * (n - n_rows) / ((double)n * cfg->n_layers));
-	if (l == 1)
-		m->res->hit_layer = -1; /* nothing of the cache was used */
-	else
-		m->res->hit_layer = (int32_t)(l - 1);
+	m->res->hit_layer = l == 1 ? -1 : (int32_t)(l - 1); /* -1: nothing of the cache used */
 out:
-	for (uint32_t i = 0; held && i < L; i++)
-		if (held[i])
-			lem_release(m, ch[i].lease);
+	src_close(m, &src);
 	if (m->have_hit) {
 		lem_release(m, m->hit.lease);
 		m->have_hit = 0;
@@ -570,10 +620,6 @@ out:
 	free(rows);
 	free(sel);
 	free(tmp);
-	free(tags);
-	free(ch);
-	free(crc);
-	free(held);
 	return rc < 0 ? rc : (int)l;
 }
 
@@ -617,7 +663,9 @@ LB_EXPORT int lb_lem_run_rows(struct lb_client *c, const struct lb_lem_cfg *cfg,
 
 	if (!cfg || !tokens || !h || !compute || !n || !cfg->n_layers ||
 	    cfg->n_layers > LEM_MAX_LAYERS || !cfg->hidden || cfg->hidden > LEM_MAX_HIDDEN ||
-	    (c && !cfg->proj) || !(recompute >= 0 && recompute <= 1))
+	    (c && !cfg->proj) || !(recompute >= 0 && recompute <= 1) ||
+	    (cfg->flags & ~(LB_LEM_NO_SFLIGHT | LB_LEM_CONTINUE)) ||
+	    ((cfg->flags & LB_LEM_CONTINUE) && !rows))
 		return -EINVAL;
 	memset(m.res, 0, sizeof(*m.res));
 	m.res->hit_layer = -1;

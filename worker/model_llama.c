@@ -691,8 +691,12 @@ static int layer_rows_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, 
 		lbk_rmsnorm(xb + t * dim, in + t * dim, m->w.rms_att + L * dim, dim, 1e-5f);
 	lbk_gemm(kn, xb, P[LBW_LLAMA_WK], NULL, nk, 1);
 	lbk_gemm(vn, xb, P[LBW_LLAMA_WV], NULL, nk, 1);
-	for (int64_t t = 0; t < nk; t++) /* K alone: n_heads 0 */
+	for (int64_t t = 0; t < nk; t++) { /* K alone: n_heads 0 */
 		lbk_rope(NULL, kn + t * kv_dim, t, 0, c->n_kv_heads, hs, 10000.0f);
+		/* the state's, as layer_seq leaves them: a decoder may continue from here */
+		memcpy(kv_row_own(s, kv_dim, L, 0, t), kn + t * kv_dim, (size_t)kv_dim * sizeof(float));
+		memcpy(kv_row_own(s, kv_dim, L, 1, t), vn + t * kv_dim, (size_t)kv_dim * sizeof(float));
+	}
 	for (int64_t r = 0; r < R; r++) {
 		pos[r] = rows[r];
 		memcpy(x + r * dim, in + pos[r] * dim, (size_t)dim * sizeof(float));

@@ -217,10 +217,10 @@ double lbw_llama_score_seq(const struct lbw_llama *m, struct lbw_llama_state *s,
  * K and V (RMSNorm, projections, RoPE) are computed for positions 0..rows[n_rows - 1] (a causal
  * row reads no later key), Q, attention (lbk_attention_rows), output projection and FFN for the
  * chosen rows only, on their gathered rows (the packed lbk_gemm gives a row the same sums in any
- * batch); K and V stay in the state's scratch, its KV blocks are not touched. The plain-C
- * reference (and the kernels without packed weights) runs layer_seq over positions
- * 0..rows[n_rows - 1] into a buffer of its own and copies the rows out: the same bits at the
- * whole layer's cost, the state's own blocks of layer l written. out may be in: in is read
+ * batch). Either way K and V of positions 0..rows[n_rows - 1] at layer l go to the state's own
+ * blocks, as layer_seq's: a decoder can continue from them. The plain-C reference (and the
+ * kernels without packed weights) runs layer_seq over those positions into a buffer of its
+ * own and copies the rows out: the same bits at the whole layer's cost. out may be in: in is read
  * before out is written. Arguments must be in range: l < n_layers, 1 <= n_rows <= n <= seq_len.
  * @return 0; -ENOMEM (nothing written to out).
  */

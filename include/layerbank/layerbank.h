@@ -720,6 +720,12 @@ LB_ABI_FIELD_LP64(struct lb_lem_cfg, seed, 48, 8);
 LB_ABI_SIZE_LP64(struct lb_lem_cfg, 56);
 /* Look up without single-flight: never claim an input nor wait for another client's. */
 #define LB_LEM_NO_SFLIGHT 1u
+/* The run is a decoder's prefill that generation continues from: every layer passes through
+ * compute or rows with the last position among the rows, so the callbacks see every layer's
+ * input at every position (K and V for the decode). A hit on the same tokens is then reused
+ * position by position too (exact, approx 0), never taken whole; a hit without token ids is
+ * not used. Needs rows (lb_lem_run_rows). */
+#define LB_LEM_CONTINUE 2u
 
 struct lb_lem_result {
 	int32_t hit_layer;        /* the layer whose cached output was reused; -1: a miss */
@@ -780,7 +786,7 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 48);
  *     call on c (lb_ping, say) is served after them. Releases of leases are not waited for
  *     either.
  * A hit provides hidden states only, never a KV cache: a decoder's compute recomputes whatever
- * attention state the layers above the hit need.
+ * attention state the layers above the hit need (LB_LEM_CONTINUE: at every layer).
  * c NULL runs plain (every layer computed, nothing inserted). So does the rest of a run once
  * any lb_* call fails with something other than a miss (-ETIMEDOUT, -EPIPE, -ECONNRESET,
  * -ENOTCONN, -EPROTO, -ESRCH, -EBUSY, ...): the error is in res->cache_error, and the run still
@@ -790,7 +796,8 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 48);
  * res may be NULL.
  * A revalidation that cannot get memory or its inputs is skipped.
  * @return 0; -EINVAL (NULL cfg, tokens, h or compute, n 0, n_layers or hidden 0 or too large,
- *         no proj while c is set); compute's error (the lease, if any, released first).
+ *         no proj while c is set, unknown flags, LB_LEM_CONTINUE without rows); compute's
+ *         error (the lease, if any, released first).
  */
 int lb_lem_run(struct lb_client *c, const struct lb_lem_cfg *cfg, const int32_t *tokens, uint32_t n,
 	       float *h, lb_layer_fn compute, void *ctx, struct lb_lem_result *res);
