@@ -206,11 +206,15 @@ static int parse_out(const char *p, uint32_t max, struct answer *a)
 static int parse_ok(const char *rest, uint32_t gen, struct answer *a)
 {
 	int prompt, reused, computed, used = 0;
-	double ttft_us, us;
+	double ttft_us, us, near;
+	unsigned approx;
 	char cache[32];
 	if (sscanf(rest, " ok gen prompt=%d reused=%d computed=%d inserted=%u ttft_us=%lf "
-		   "us=%lf cache=%31s out=%n", &prompt, &reused, &computed, &a->inserted, &ttft_us,
-		   &us, cache, &used) != 7 || !used)
+		   "us=%lf cache=%31s near=%lf approx=%u out=%n", &prompt, &reused, &computed,
+		   &a->inserted, &ttft_us, &us, cache, &near, &approx, &used) != 9 || !used)
+		return -EPROTO;
+	/* this benchmark's workers reuse exact prefixes only */
+	if (near != 0 || approx)
 		return -EPROTO;
 	a->cache_lost = strcmp(cache, "ok") != 0 && strcmp(cache, "none") != 0;
 	if (prompt != a->prompt || reused < 0 || reused >= prompt || computed != prompt - reused)
@@ -221,8 +225,8 @@ static int parse_ok(const char *rest, uint32_t gen, struct answer *a)
 	return parse_out(rest + used, gen, a);
 }
 
-/* lbb_answer_fn: "ok gen prompt=P reused=R computed=C inserted=I ttft_us=T us=U cache=S out=ids" or
- * "err MESSAGE" after the id. */
+/* lbb_answer_fn: "ok gen prompt=P reused=R computed=C inserted=I ttft_us=T us=U cache=S near=N
+ * approx=A out=ids" or "err MESSAGE" after the id. */
 static int on_answer(void *ctx, int w, uint64_t id, char *rest, double lat_ms)
 {
 	struct dispatch *d = ctx;

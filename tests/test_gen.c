@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,6 +197,117 @@ static void test_prefix_written_by_decoding(void **state)
 	}
 }
 
+/* A near prompt of paragraph i: one token changed a third of the way in, and one added at
+ * three quarters (its exact prefix covers a third: the near path's case). */
+static int near_prompt(struct fix *f, uint32_t i, int32_t *a, int *na, int32_t *b)
+{
+	*na = para_tokens(f, i, a, 120);
+	int n = *na, at = n / 3, add = 3 * n / 4;
+	memcpy(b, a, (size_t)n * sizeof(int32_t));
+	b[at] = a[at] == 100 ? 101 : 100;
+	memmove(b + add + 1, b + add, (size_t)(n - add) * sizeof(int32_t));
+	b[add] = 200;
+	return n + 1;
+}
+
+/* The continuation of a plain run forced on another: how often that one's argmax agrees, and
+ * the NLL of the forced tokens under it. */
+struct forced {
+	const int32_t *want;
+	int n, i, agree;
+	double nll;
+};
+
+static int32_t force(void *ctx, const float *logits)
+{
+	struct forced *x = ctx;
+	int32_t t = x->want[x->i < x->n ? x->i : x->n - 1];
+	x->agree += lbw_llama_argmax(logits, 512) == t;
+	x->nll += lbw_llama_nll(logits, 512, t);
+	x->i++;
+	return t;
+}
+
+/* A generation of n tokens after prompt on wc, forced onto plain's continuation `want`. */
+static void forced_run(struct fix *f, struct lbw_cache *wc, const int32_t *prompt, int n,
+		       const struct run *want, struct forced *x, struct lbw_gen_result *r)
+{
+	int32_t out[MAX_TOK];
+	*x = (struct forced){ .want = want->out, .n = want->got };
+	int got = lbw_generate(&f->sc, wc, prompt, n, want->got, force, x, out, r);
+	assert_int_equal(r->cache_error, 0);
+	assert_true(got >= 1);
+}
+
+/*
+ * --gen-recompute: a prompt near a cached one (an edit before its half: the exact prefix
+ * covers a third) is prefilled by partial reuse. With every position recomputed (1) the text
+ * and logits are the plain ones, bit for bit, and its blocks go to the bank; with the default
+ * share (LBW_GEN_RECOMPUTE_DEFAULT) a third of the prefill is reused, it says how far from exact
+ * it is, no block of it is cached, and the continuation the plain run generates stays the
+ * likely one: top-1 and NLL of the forced continuation, printed and held to the fidelity
+ * budget.
+ */
+static void test_near_prompts(void **state)
+{
+	struct fix *f = *state;
+	static struct run plain, exact, seed;
+	struct lbw_cache one, part;
+	char r1[] = "1", rd[16];
+	snprintf(rd, sizeof(rd), "%g", LBW_GEN_RECOMPUTE_DEFAULT);
+	struct lbw_cache_opts o1 = { .private_bytes = 64u << 20, .gen_recompute = r1 };
+	struct lbw_cache_opts od = { .private_bytes = 64u << 20, .gen_recompute = rd };
+	assert_int_equal(lbw_cache_open(&one, &o1, &f->sc, "test_gen"), 0);
+	assert_int_equal(lbw_cache_open(&part, &od, &f->sc, "test_gen"), 0);
+	int32_t a[MAX_TOK], b[MAX_TOK];
+	double nll_plain = 0, nll_near = 0, reused = 0;
+	int agree = 0, total = 0, prompts = 0;
+
+	for (uint32_t i = 300; i < 340; i++) {
+		int na, nb = near_prompt(f, i, a, &na, b);
+		if (na < 24)
+			continue;
+		prompts++;
+		gen(f, &one, a, na, 8, &seed); /* the near prompt's states, cached by the near path */
+		assert_int_equal(seed.r.near_aligned, 0);
+		gen(f, &part, a, na, 8, &seed);
+		gen(f, &f->plain, b, nb, 32, &plain);
+		gen(f, &one, b, nb, 32, &exact);
+		assert_true(exact.r.near_aligned >= (uint32_t)na - 2);
+		assert_int_equal(exact.r.near_approx, 0);
+		assert_int_equal(exact.got, plain.got);
+		assert_memory_equal(exact.out, plain.out, (size_t)plain.got * sizeof(int32_t));
+		assert_memory_equal(exact.logits, plain.logits,
+				    (size_t)plain.n_logits * sizeof(plain.logits[0]));
+		assert_true(exact.r.blocks_inserted > 0);
+
+		struct forced fp, fn;
+		struct lbw_gen_result rp, rn;
+		forced_run(f, &f->plain, b, nb, &plain, &fp, &rp);
+		forced_run(f, &part, b, nb, &plain, &fn, &rn);
+		assert_true(rn.near_aligned >= (uint32_t)na - 2);
+		assert_true(rn.near_approx >= 1);
+		assert_true(rn.near_reused > 0.2f);
+		assert_int_equal(rn.blocks_inserted, 0);
+		assert_int_equal(fp.agree, fp.i); /* the plain run forced onto its own text */
+		nll_plain += fp.nll;
+		nll_near += fn.nll;
+		agree += fn.agree;
+		total += fn.i;
+		reused += rn.near_reused;
+	}
+	double dn = (nll_near - nll_plain) / nll_plain, top1 = (double)agree / total;
+	printf("near prompts: %d, %d continuation tokens; reused %.1f%% of the prefill; NLL change "
+	       "%+.3f%%, top-1 agreement %.2f%% (recompute %s)\n", prompts, total,
+	       100 * reused / prompts, 100 * dn, 100 * top1, rd);
+	assert_true(prompts >= 20);
+	/* the fidelity budget of the e2e stream (bench/README.md): NLL within 0.5%, top-1 99% */
+	assert_true(fabs(dn) <= 0.005);
+	assert_true(top1 >= 0.99);
+	lbw_cache_close(&one);
+	lbw_cache_close(&part);
+}
+
 /* lbw_serve's answers to requests (one string, lines), malloc'd. */
 static char *serve(struct fix *f, struct lbw_cache *wc, const char *requests)
 {
@@ -241,8 +353,8 @@ static void test_serve_gen(void **state)
 	const char *l2 = strstr(out, "\n2 ok gen ");
 	assert_non_null(l2);
 	assert_int_equal(sscanf(l2 + 1, "2 ok gen prompt=%d reused=%d computed=%d inserted=%u "
-				"ttft_us=%*f us=%*f cache=%15s out=%n", &prompt, &reused,
-				&computed, &inserted, cache, &used), 5);
+				"ttft_us=%*f us=%*f cache=%15s near=0.0000 approx=0 out=%n",
+				&prompt, &reused, &computed, &inserted, cache, &used), 5);
 	assert_int_equal(prompt, n);
 	assert_int_equal(reused, ((n - 1) / 16) * 16);
 	assert_int_equal(computed, n - reused);
@@ -399,6 +511,7 @@ int main(void)
 		cmocka_unit_test(test_prefixes_on_every_path),
 		cmocka_unit_test(test_prefix_written_by_decoding),
 		cmocka_unit_test(test_serve_gen),
+		cmocka_unit_test(test_near_prompts),
 		cmocka_unit_test(test_cli_daemon_killed_mid_run),
 		cmocka_unit_test(test_cli_tiers_share_no_blocks),
 	};

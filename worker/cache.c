@@ -122,6 +122,16 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 		fprintf(stderr, "%s: bad --recompute '%s' (0..1, or off)\n", who, o->recompute);
 		return -1;
 	}
+	wc->gen_near = o->gen_recompute && strcmp(o->gen_recompute, "off") != 0;
+	wc->gen_recompute = LBW_GEN_RECOMPUTE_DEFAULT;
+	if (wc->gen_near &&
+	    (!sc->kv_dim || (strcmp(o->gen_recompute, "on") != 0 &&
+			     (parse_real(o->gen_recompute, &wc->gen_recompute) < 0 ||
+			      wc->gen_recompute < 0 || wc->gen_recompute > 1)))) {
+		fprintf(stderr, "%s: bad --gen-recompute '%s' (0..1, on or off; a decoder's)\n", who,
+			o->gen_recompute);
+		return -1;
+	}
 	wc->layers = malloc((size_t)L);
 	/* Without partial reuse a near hit is taken whole, and the fingerprint's 4 chunks find
 	 * unrelated texts of one length near (FP_CHUNKS): exact repeats only, unless asked. */

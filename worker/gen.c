@@ -3,12 +3,14 @@
 #include "gen.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "cache.h"
 #include "layerbank/layerbank.h"
+#include "layerbank/ring.h" /* LB_PREFIX_MAX_BLOCKS */
 #include "model_llama.h"
 #include "scorer.h"
 #include "tokenizer.h"
@@ -87,6 +89,58 @@ static int32_t decode(struct lbw_scorer *sc, int32_t n, int32_t max_new, int32_t
 	return got;
 }
 
+/* Whether the bank holds an exact prefix of at least half of tokens[0..n): one LOOKUP_PREFIX,
+ * its lease given back at once (lb_prefix_run looks again). */
+static bool exact_half(struct lbw_cache *wc, const struct lb_prefix_cfg *pc,
+		       const int32_t *tokens, int32_t n)
+{
+	uint64_t keys[LB_PREFIX_MAX_BLOCKS][2], lease = 0;
+	const void *blocks[LB_PREFIX_MAX_BLOCKS];
+	uint32_t nb = lb_block_keys(tokens, (uint32_t)n, pc->block_tokens, keys, LB_PREFIX_MAX_BLOCKS);
+	if (nb > LB_PREFIX_MAX_BLOCKS)
+		nb = LB_PREFIX_MAX_BLOCKS;
+	if (2ull * nb * pc->block_tokens < (uint64_t)n)
+		return false;
+	int found = lb_lookup_prefix(wc->c, pc->model_id, (const uint64_t(*)[2])keys, nb, blocks,
+				     &lease);
+	if (found <= 0)
+		return false;
+	lb_release(wc->c, lease);
+	return 2ull * (uint64_t)found * pc->block_tokens >= (uint64_t)n;
+}
+
+/*
+ * Prefill f's prompt (n tokens): through lb_prefix_run, its exact cached prefix read and the
+ * rest computed; or, with --gen-recompute and an exact prefix of under half the prompt, by
+ * partial reuse of a near prompt's cached hidden states (lb_lem_run_rows with LB_LEM_CONTINUE:
+ * every layer leaves K and V of every position in the state). f->x gets the last layer's rows
+ * from position pr->reused_tokens on. @return as lb_prefix_run; *exact: the state is the plain
+ * forward's, bit for bit (its blocks may go to the bank).
+ */
+static int prefill(struct lbw_scorer *sc, struct lbw_cache *wc, const struct lb_prefix_cfg *pc,
+		   struct lb_kv_view *kv, struct prefill *f, int32_t n, struct lb_prefix_result *pr,
+		   struct lbw_gen_result *res, bool *exact)
+{
+	*exact = true;
+	if (!wc->c || !wc->gen_near || exact_half(wc, pc, f->tokens, n))
+		return lb_prefix_run(wc->c, pc, f->tokens, (uint32_t)n, sc->state->kv, kv,
+				     prefill_layer, f, pr);
+	struct lb_lem_cfg cfg = wc->cfg;
+	struct lb_lem_result lr;
+	cfg.flags |= LB_LEM_CONTINUE;
+	memset(pr, 0, sizeof(*pr));
+	lbw_scorer_embed(sc, f->tokens, n, f->x);
+	int rc = lb_lem_run_rows(wc->c, &cfg, f->tokens, (uint32_t)n, f->x, lbw_scorer_layer,
+				 lbw_scorer_rows, wc->gen_recompute, sc, &lr);
+	pr->computed_tokens = (uint32_t)n;
+	pr->cache_error = lr.cache_error;
+	*exact = lr.hit_layer < 0 || lr.hit_hamming == 0 || lr.rows_computed == (uint32_t)n;
+	res->near_reused = lr.reused;
+	res->near_aligned = lr.aligned;
+	res->near_approx = *exact ? 0 : lr.hit_hamming;
+	return rc;
+}
+
 int lbw_generate(struct lbw_scorer *sc, struct lbw_cache *wc, const int32_t *prompt, int32_t n,
 		 int32_t max_new, lbw_next_fn next, void *ctx, int32_t *out,
 		 struct lbw_gen_result *res)
@@ -108,23 +162,24 @@ int lbw_generate(struct lbw_scorer *sc, struct lbw_cache *wc, const int32_t *pro
 	struct lb_prefix_cfg pc = { wc->cfg.model_id, kv.n_layers, kv.kv_dim, kv.block_tokens,
 				    LB_PREFIX_DEFER_INSERT };
 	struct lb_prefix_result pr;
-	int rc = lb_prefix_run(wc->c, &pc, (const int32_t *)prompt, (uint32_t)n, sc->state->kv, &kv,
-			       prefill_layer, &f, &pr);
+	bool exact;
+	int rc = prefill(sc, wc, &pc, &kv, &f, n, &pr, res, &exact);
 	int32_t got = 0;
 	if (rc == 0 && max_new > 0) {
 		size_t last = (size_t)(n - 1 - (int32_t)pr.reused_tokens) * (size_t)m->cfg.dim;
 		const float *lg = lbw_llama_head_row(m, sc->state, f.x + last);
 		int32_t first = next ? next(ctx, lg) : greedy(lg, m->cfg.vocab_size);
 		res->ttft_us = now_us() - t0;
-		insert_blocks(wc, &pc, prompt, n, &kv, pr.blocks_found, &pr);
+		if (exact)
+			insert_blocks(wc, &pc, prompt, n, &kv, pr.blocks_found, &pr);
 		got = decode(sc, n, max_new, first, next, ctx, out);
-	} else if (rc == 0) {
+	} else if (rc == 0 && exact) {
 		insert_blocks(wc, &pc, prompt, n, &kv, pr.blocks_found, &pr);
 	}
 	free(f.x);
 	/* The full blocks of what has K and V: the prompt and the tokens fed back (all but the
-	 * last generated). */
-	if (rc == 0 && wc->c && got > 1) {
+	 * last generated); none after an approximate prefill, since blocks are served as exact. */
+	if (rc == 0 && wc->c && exact && got > 1) {
 		int32_t fed = n + got - 1, *all = malloc((size_t)fed * sizeof(int32_t));
 		if (all) {
 			memcpy(all, prompt, (size_t)n * sizeof(int32_t));

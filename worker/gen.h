@@ -1,6 +1,8 @@
 /* Generation from a decoder with exact prefix reuse: the prompt's longest cached prefix of
  * blocks is read from the bank (zero copy), only the rest is prefilled, tokens are decoded, and
- * the full blocks of the prompt and of what was fed back are inserted for the next turn. */
+ * the full blocks of the prompt and of what was fed back are inserted for the next turn. With
+ * --gen-recompute, a prompt that no exact prefix covers by half is prefilled by partial reuse
+ * of a near prompt's hidden states instead (approximate, and said so). */
 #ifndef LAYERBANK_WORKER_GEN_H
 #define LAYERBANK_WORKER_GEN_H
 
@@ -18,6 +20,11 @@ struct lbw_gen_result {
 	double ttft_us;           /* from the start to the first token sampled */
 	double us;                /* the whole run */
 	int cache_error;          /* 0, or the cache's error: the run went on without it */
+	/* A prefill by partial reuse of a near prompt (--gen-recompute): the share of its
+	 * layer-positions taken from the bank, and how far from exact it may be (0: exact). */
+	float near_reused;
+	uint32_t near_approx;
+	uint32_t near_aligned;    /* its positions aligned with the near prompt's (0: none) */
 };
 
 /* Choose the next token from a position's logits ([vocab]); may print it. */
@@ -29,7 +36,11 @@ typedef int32_t (*lbw_next_fn)(void *ctx, const float *logits);
  * into out, each but the last fed back, stopping at BOS (not stored) or at the model's
  * context. Then the full blocks of the prompt and of the tokens fed back are inserted and the
  * hit's blocks given back. The text, logits and tokens are the same with and without the
- * cache, bit for bit (the forward is batch-invariant: lbw_llama_rows).
+ * cache, bit for bit (the forward is batch-invariant: lbw_llama_rows); but when wc->gen_near
+ * and no cached exact prefix covers half the prompt: then it is prefilled by lb_lem_run_rows
+ * (LB_LEM_CONTINUE), partial reuse of a near prompt's hidden states with the share
+ * wc->gen_recompute of positions recomputed, res->near_reused and res->near_approx say how
+ * much and how far from exact, and no block of an approximate run goes to the bank.
  * @return the tokens generated; -EINVAL (not a decoder, n outside 1..the context, a token out
  * of the vocabulary); -ENOMEM.
  */

@@ -69,8 +69,10 @@ static void usage(FILE *f)
 		"          --cache or --private-cache the prompt's longest cached prefix (whole\n"
 		"          blocks of 16 tokens: every layer's exact K and V) is read from the bank\n"
 		"          and the full blocks of the prompt and of the tokens fed back are\n"
-		"          inserted; the text is the same bit for bit. stderr then gets 'cache\n"
-		"          prompt_tokens=P reused_tokens=R computed_tokens=C ttft_ms=X'.\n"
+		"          inserted; the text is the same bit for bit (but with --gen-recompute:\n"
+		"          below). stderr then gets 'cache\n"
+		"          prompt_tokens=P reused_tokens=R computed_tokens=C ttft_ms=X near=S\n"
+		"          approx=A'.\n"
 		"score     prints 'tokens N predicted P nll_per_token X': N tokens with BOS, P = N-1,\n"
 		"          X the mean negative log-likelihood (nats). The file is read whole; one\n"
 		"          trailing newline is dropped. With a cache, a second line\n"
@@ -87,12 +89,14 @@ static void usage(FILE *f)
 		"          A decoder also takes 'ID<TAB>gen:N<TAB>PROMPT' (a text, or @ and token ids\n"
 		"          separated by commas): it generates N tokens greedily, reusing and\n"
 		"          inserting prefix blocks as generate does, and answers 'ID ok gen\n"
-		"          prompt=P reused=R computed=C inserted=I ttft_us=F us=T cache=S\n"
-		"          out=a,b,...' (S: ok, none, or the error that ended its cache calls).\n"
+		"          prompt=P reused=R computed=C inserted=I ttft_us=F us=T cache=S near=N\n"
+		"          approx=A out=a,b,...' (S: ok, none, or the error that ended its cache\n"
+		"          calls; N, A: --gen-recompute's share reused and distance, 0 without).\n"
 		"\n"
 		"CACHE OPTIONS (score, serve): a prefill resumes from the deepest cached layer's hidden\n"
 		"states (layers above it are recomputed); a near-duplicate's in part (--recompute).\n"
-		"generate and serve's gen requests take --cache and --private-cache for prefix blocks.\n"
+		"generate and serve's gen requests take --cache and --private-cache for prefix blocks,\n"
+		"and --gen-recompute.\n"
 		"--cache SOCKET       layerbankd's shared bank. Without a daemon there: one warning,\n"
 		"                     and the work goes on without cache.\n"
 		"--private-cache SIZE an in-process bank of SIZE bytes (K, M, G suffixes) run by this\n"
@@ -108,8 +112,14 @@ static void usage(FILE *f)
 		"                     off: only exact repeats are reused (with --tau X, near inputs\n"
 		"                     of the same length too, reused whole).\n"
 		"--tau X              similarity threshold of every layer's lookup (default: the\n"
-		"                     bank's).\n",
-		LBW_RECOMPUTE_DEFAULT);
+		"                     bank's).\n"
+		"--gen-recompute R|on|off  a decoder's prompt that no cached exact prefix covers by\n"
+		"                     half is prefilled by partial reuse of a near prompt, as\n"
+		"                     --recompute with share R (on: %.2g); its text may then differ\n"
+		"                     from the plain one (the answer says near=SHARE approx=BITS) and\n"
+		"                     none of its blocks is cached. off (default): exact prefixes\n"
+		"                     only, the same text bit for bit.\n",
+		LBW_RECOMPUTE_DEFAULT, LBW_GEN_RECOMPUTE_DEFAULT);
 }
 
 struct opts {
@@ -168,6 +178,7 @@ static const char **slot_of(struct opts *o, const char *a, int cmd)
 		{ "--revalidate", SCORE | SERVE, offsetof(struct opts, cache.revalidate) },
 		{ "--tau", SCORE | SERVE, offsetof(struct opts, cache.tau) },
 		{ "--recompute", SCORE | SERVE, offsetof(struct opts, cache.recompute) },
+		{ "--gen-recompute", GEN | SERVE, offsetof(struct opts, cache.gen_recompute) },
 	};
 	for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
 		if (!strcmp(a, tab[i].name) && (tab[i].cmds & cmd))
@@ -260,10 +271,11 @@ static int parse(int argc, char **argv, struct opts *o)
 			return -1;
 		}
 	}
-	if ((o->cache.layers || o->cache.revalidate || o->cache.tau || o->cache.recompute) &&
-	    !o->cache.socket && !o->private_s) {
-		fprintf(stderr, "layerbank-worker %s: --cache-layers, --revalidate, --tau and "
-				"--recompute need --cache or --private-cache\n", o->cmd);
+	if ((o->cache.layers || o->cache.revalidate || o->cache.tau || o->cache.recompute ||
+	     o->cache.gen_recompute) && !o->cache.socket && !o->private_s) {
+		fprintf(stderr, "layerbank-worker %s: --cache-layers, --revalidate, --tau, "
+				"--recompute and --gen-recompute need --cache or --private-cache\n",
+			o->cmd);
 		return -1;
 	}
 	return 0;
@@ -335,8 +347,9 @@ static void generate_report(const struct opts *o, const struct lbw_cache *wc,
 {
 	if (wc->c) {
 		fprintf(stderr, "cache prompt_tokens=%d reused_tokens=%d computed_tokens=%d "
-				"ttft_ms=%.3f\n", (int)r->prompt_tokens, (int)r->reused_tokens,
-			(int)r->computed_tokens, r->ttft_us / 1e3);
+				"ttft_ms=%.3f near=%.4f approx=%u\n", (int)r->prompt_tokens,
+			(int)r->reused_tokens, (int)r->computed_tokens, r->ttft_us / 1e3,
+			(double)r->near_reused, r->near_approx);
 		if (r->cache_error)
 			fprintf(stderr, "layerbank-worker generate: warning: prefix cache lost mid-run "
 					"(%s); finished without it\n", strerror(-r->cache_error));

@@ -209,8 +209,9 @@ static void serve_gen(struct lbw_scorer *sc, const struct lbw_tokenizer *t, stru
 	}
 	const char *cache = !wc->c ? "none" : !r.cache_error ? "ok" : strerrorname_np(-r.cache_error);
 	fprintf(out, "%" PRIu64 " ok gen prompt=%d reused=%d computed=%d inserted=%u ttft_us=%.0f "
-		"us=%.0f cache=%s out=", id, (int)r.prompt_tokens, (int)r.reused_tokens,
-		(int)r.computed_tokens, r.blocks_inserted, r.ttft_us, r.us, cache ? cache : "error");
+		"us=%.0f cache=%s near=%.4f approx=%u out=", id, (int)r.prompt_tokens,
+		(int)r.reused_tokens, (int)r.computed_tokens, r.blocks_inserted, r.ttft_us, r.us,
+		cache ? cache : "error", (double)r.near_reused, r.near_approx);
 	for (int32_t i = 0; i < got; i++)
 		fprintf(out, i ? ",%d" : "%d", (int)gen[i]);
 	fputc('\n', out);
