@@ -215,6 +215,10 @@ int bench_e2e_main(int argc, char **argv);
  * @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_prefix_main(int argc, char **argv);
 
+/* layerbank-bench gen-near: generation after the design's stream, exact prefixes against
+ * --gen-recompute (bench_gen_near.c). */
+int bench_gen_near_main(int argc, char **argv);
+
 /* layerbank-bench snapshot (argv[0] "snapshot"): SNAPSHOT and the restore at start of a full
  * arena against plain file I/O, bench_snapshot.c. @return the exit status: 0, 1, 2. */
 int bench_snapshot_main(int argc, char **argv);

@@ -5,6 +5,7 @@
  *   layerbank-bench workload ...   (bench_workload.c)
  *   layerbank-bench e2e ...        (bench_e2e.c)
  *   layerbank-bench prefix ...     (bench_prefix.c, bench_prefix_lookup.c)
+ *   layerbank-bench gen-near ...   (bench_gen_near.c)
  *   layerbank-bench snapshot ...   (bench_snapshot.c)
  *   layerbank-bench flush ...      (bench_flush.c)
  *   layerbank-bench churn ...      (bench_churn.c)
@@ -29,6 +30,8 @@ int main(int argc, char **argv)
 		return bench_e2e_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "prefix") == 0)
 		return bench_prefix_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "gen-near") == 0)
+		return bench_gen_near_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "snapshot") == 0)
 		return bench_snapshot_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "flush") == 0)
@@ -42,6 +45,8 @@ int main(int argc, char **argv)
 			"[options: see --help]\n"
 			"       layerbank-bench e2e [--json] [--plot FILE] [options: see --help]\n"
 			"       layerbank-bench prefix [--model stories260k|llama-110m] [--json] "
+			"[options: see --help]\n"
+			"       layerbank-bench gen-near [--model stories260k|llama-110m] [--json] "
 			"[options: see --help]\n"
 			"       layerbank-bench snapshot [--arena-size SIZE] [--dir DIR] [--json]\n"
 			"       layerbank-bench flush [--entries N] [--json]\n"

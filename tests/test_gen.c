@@ -210,31 +210,13 @@ static int near_prompt(struct fix *f, uint32_t i, int32_t *a, int *na, int32_t *
 	return n + 1;
 }
 
-/* The continuation of a plain run forced on another: how often that one's argmax agrees, and
- * the NLL of the forced tokens under it. */
-struct forced {
-	const int32_t *want;
-	int n, i, agree;
-	double nll;
-};
-
-static int32_t force(void *ctx, const float *logits)
-{
-	struct forced *x = ctx;
-	int32_t t = x->want[x->i < x->n ? x->i : x->n - 1];
-	x->agree += lbw_llama_argmax(logits, 512) == t;
-	x->nll += lbw_llama_nll(logits, 512, t);
-	x->i++;
-	return t;
-}
-
 /* A generation of n tokens after prompt on wc, forced onto plain's continuation `want`. */
 static void forced_run(struct fix *f, struct lbw_cache *wc, const int32_t *prompt, int n,
-		       const struct run *want, struct forced *x, struct lbw_gen_result *r)
+		       const struct run *want, struct lbw_forced *x, struct lbw_gen_result *r)
 {
 	int32_t out[MAX_TOK];
-	*x = (struct forced){ .want = want->out, .n = want->got };
-	int got = lbw_generate(&f->sc, wc, prompt, n, want->got, force, x, out, r);
+	*x = (struct lbw_forced){ .want = want->out, .n = want->got, .vocab = 512 };
+	int got = lbw_generate(&f->sc, wc, prompt, n, want->got, lbw_forced_next, x, out, r);
 	assert_int_equal(r->cache_error, 0);
 	assert_true(got >= 1);
 }
@@ -281,7 +263,7 @@ static void test_near_prompts(void **state)
 				    (size_t)plain.n_logits * sizeof(plain.logits[0]));
 		assert_true(exact.r.blocks_inserted > 0);
 
-		struct forced fp, fn;
+		struct lbw_forced fp, fn;
 		struct lbw_gen_result rp, rn;
 		forced_run(f, &f->plain, b, nb, &plain, &fp, &rp);
 		forced_run(f, &part, b, nb, &plain, &fn, &rn);
@@ -289,11 +271,11 @@ static void test_near_prompts(void **state)
 		assert_true(rn.near_approx >= 1);
 		assert_true(rn.near_reused > 0.2f);
 		assert_int_equal(rn.blocks_inserted, 0);
-		assert_int_equal(fp.agree, fp.i); /* the plain run forced onto its own text */
+		assert_int_equal(fp.agree, fp.fed); /* the plain run forced onto its own text */
 		nll_plain += fp.nll;
 		nll_near += fn.nll;
 		agree += fn.agree;
-		total += fn.i;
+		total += fn.fed;
 		reused += rn.near_reused;
 	}
 	double dn = (nll_near - nll_plain) / nll_plain, top1 = (double)agree / total;

@@ -65,6 +65,16 @@ static void insert_blocks(struct lbw_cache *wc, const struct lb_prefix_cfg *pc,
 		pr->cache_error = ins;
 }
 
+int32_t lbw_forced_next(void *ctx, const float *logits)
+{
+	struct lbw_forced *x = ctx;
+	int32_t t = x->want[x->fed < x->n ? x->fed : x->n - 1];
+	x->agree += lbw_llama_argmax(logits, x->vocab) == t;
+	x->nll += lbw_llama_nll(logits, x->vocab, t);
+	x->fed++;
+	return t;
+}
+
 static int32_t greedy(const float *logits, int32_t vocab)
 {
 	return lbw_llama_argmax(logits, vocab);

@@ -30,6 +30,17 @@ struct lbw_gen_result {
 /* Choose the next token from a position's logits ([vocab]); may print it. */
 typedef int32_t (*lbw_next_fn)(void *ctx, const float *logits);
 
+/* A generation's fidelity against another's text: lbw_forced_next feeds want[0..n) whatever
+ * the logits say (the last token again past n), counting how often their argmax agreed and the
+ * NLL of the tokens fed. Zero it but for want, n and vocab. */
+struct lbw_forced {
+	const int32_t *want;
+	int32_t n, vocab;
+	int32_t fed, agree;
+	double nll;
+};
+int32_t lbw_forced_next(void *ctx, const float *logits);
+
 /*
  * Generate after prompt[0..n) (BOS first, tokens < vocab): prefill it through lb_prefix_run on
  * wc (plain when wc->c is NULL), then sample up to max_new tokens with next (greedy when NULL)
