@@ -12,6 +12,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -1010,6 +1011,170 @@ static void test_aligned_reuse_deep(void **state)
 	lb_fp_proj_free(proj);
 }
 
+/* The deep toy's layer, with the daemon stopped (SIGSTOP) or killed when layer 0 is computed:
+ * while the batch of the cached input's layers is in flight. */
+struct deep_fault {
+	uint32_t n;
+	int sig, done;
+};
+
+static int deep_fault_layer(void *ctx, uint32_t l, const float *in, float *o)
+{
+	struct deep_fault *f = ctx;
+	if (l == 0 && f->sig && !f->done) {
+		f->done = 1;
+		if (f->sig == SIGKILL)
+			kill_daemon();
+		else
+			assert_int_equal(kill(env.pid, f->sig), 0);
+	}
+	return deep_layer(&f->n, l, in, o);
+}
+
+/* A daemon that stops or dies while a partial reuse's batch of lookups may still be in flight
+ * (sent before layer 0 is computed; the signal comes from that computation): the run ends in
+ * bounded time with the plain result; once a stopped daemon goes on, every lease the run was
+ * answered with after giving up is given back. */
+static void deep_fault_run(int sig)
+{
+	assert_int_equal(lbt_connect(&env, "test_lem", &client), 0);
+	struct lb_model_desc d = { .name = "deep-fault", .weights_hash = 9, .n_layers = 6,
+				   .hidden = DEEP_HIDDEN, .dtype = LB_DTYPE_F32, .max_seq = 64,
+				   .fp_chunks = 4, .fp_seed = TOY_SEED };
+	uint32_t id = 0;
+	assert_int_equal(lb_register_model(client, &d, &id), 0);
+	struct lb_fp_proj *proj = lb_fp_proj_new(DEEP_HIDDEN, 4, TOY_SEED, NULL);
+	assert_non_null(proj);
+	float tau[6] = { -1, -1, -1, -1, -1, -1 };
+	struct lb_lem_cfg cfg = { .model_id = id, .n_layers = 6, .hidden = DEEP_HIDDEN,
+				  .proj = proj, .tau = tau, .flags = LB_LEM_NO_SFLIGHT };
+	int32_t a[DEEP_N], b[DEEP_N + 1];
+	for (int i = 0; i < DEEP_N; i++)
+		a[i] = 3 + i * 5;
+	memcpy(b, a, 6 * sizeof(int32_t));
+	b[6] = 99;
+	memcpy(b + 7, a + 6, 6 * sizeof(int32_t));
+	float h[(DEEP_N + 1) * DEEP_HIDDEN], want[(DEEP_N + 1) * DEEP_HIDDEN];
+	struct lb_lem_result res;
+	struct deep_fault f = { DEEP_N, 0, 0 };
+
+	deep_embed(a, DEEP_N, h);
+	assert_int_equal(lb_lem_run_rows(client, &cfg, a, DEEP_N, h, deep_fault_layer,
+					 deep_rows, 0, &f, &res), 0);
+	assert_int_equal(lb_ping(client), 0);
+	f = (struct deep_fault){ DEEP_N + 1, sig, 0 };
+	deep_embed(b, DEEP_N + 1, want);
+	for (uint32_t l = 0; l < 6; l++)
+		deep_layer(&f.n, l, want, want);
+	deep_embed(b, DEEP_N + 1, h);
+	lb_set_wait_us(client, 200000);
+	double t0 = now_s();
+	assert_int_equal(lb_lem_run_rows(client, &cfg, b, DEEP_N + 1, h, deep_fault_layer,
+					 deep_rows, 0, &f, &res), 0);
+	assert_true(now_s() - t0 < 5.0);
+	assert_true(f.done);
+	assert_memory_equal(h, want, sizeof(want)); /* the toy is exact, reused or not */
+	/* The daemon may have answered the batch before the signal: then the run reused, and a
+	 * stopped daemon is noticed by the next call, not by this run. */
+	assert_true(res.cache_error < 0 || res.hit_layer == 5);
+	if (sig == SIGKILL)
+		assert_true(res.cache_error < 0 || res.layers_computed == 1);
+	if (sig == SIGSTOP) {
+		assert_int_equal(kill(env.pid, SIGCONT), 0);
+		lb_set_wait_us(client, 2000000);
+		struct lb_stats st;
+		assert_int_equal(lb_ping(client), 0); /* behind every answer given up on */
+		assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+		assert_int_equal(st.leases, 0);
+	}
+	lb_fp_proj_free(proj);
+}
+
+static void test_aligned_reuse_daemon_stopped(void **state)
+{
+	(void)state;
+	deep_fault_run(SIGSTOP);
+}
+
+/* SIGSTOP the daemon and wait until every thread of it has stopped (a spinning service thread
+ * stops at its next interrupt, and serves rings until then). */
+static void stop_daemon(void)
+{
+	assert_int_equal(kill(env.pid, SIGSTOP), 0);
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)env.pid);
+	for (int tries = 0; tries < 1000; tries++) {
+		DIR *d = opendir(path);
+		assert_non_null(d);
+		int running = 0;
+		for (struct dirent *e; (e = readdir(d));) {
+			char stat[384], buf[256];
+			if (e->d_name[0] == '.')
+				continue;
+			snprintf(stat, sizeof(stat), "%s/%s/stat", path, e->d_name);
+			FILE *f = fopen(stat, "r");
+			/* "tid (comm) S ...": the state after the last ')' */
+			if (f && fgets(buf, sizeof(buf), f)) {
+				const char *p = strrchr(buf, ')');
+				running += p && p[1] == ' ' && p[2] != 'T' && p[2] != 't';
+			}
+			if (f)
+				fclose(f);
+		}
+		closedir(d);
+		if (!running)
+			return;
+		usleep(1000);
+	}
+	fail_msg("the daemon did not stop");
+}
+
+/* A batch of lookups given up on (the daemon stopped: each answers -ETIMEDOUT) has its hits
+ * given back once the daemon goes on, and the client makes calls again. */
+static void test_lookups_given_up(void **state)
+{
+	(void)state;
+	uint32_t id = toy_register();
+	struct toy_io io;
+	toy_io(&io, 97);
+	struct lb_lem_cfg cfg = toy_cfg(id, NULL, 0);
+	struct lb_lem_result res;
+	struct toy t = { TOY_N, 0 };
+	assert_int_equal(toy_run(&io, &cfg, toy_layer, &t, &res), 0);
+	assert_int_equal(lb_ping(client), 0);
+	struct lb_key k = toy_key(&io);
+	uint64_t tags[4];
+	struct lb_hit hits[4];
+	int rcs[4];
+
+	assert_int_equal(lbi_lookups_submit(client, id, &k, NULL, 0, 4, tags), 4);
+	lbi_lookups_wait(client, tags, 4, hits, rcs);
+	for (int i = 0; i < 4; i++) { /* the daemon answered: each is that layer */
+		assert_int_equal(rcs[i], 0);
+		assert_int_equal(hits[i].layer, (uint32_t)i);
+		assert_int_equal(lb_release(client, hits[i].lease), 0);
+	}
+	stop_daemon();
+	lb_set_wait_us(client, 100000);
+	assert_int_equal(lbi_lookups_submit(client, id, &k, NULL, 0, 4, tags), 4);
+	lbi_lookups_wait(client, tags, 4, hits, rcs);
+	for (int i = 0; i < 4; i++)
+		assert_int_equal(rcs[i], -ETIMEDOUT);
+	assert_int_equal(kill(env.pid, SIGCONT), 0);
+	lb_set_wait_us(client, 2000000);
+	struct lb_stats st;
+	assert_int_equal(lb_ping(client), 0); /* served after the four, whose leases go back */
+	assert_int_equal(lb_ping(client), 0); /* ...and after those give-backs */
+	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);
+	assert_int_equal(st.leases, 0);
+}
+
+static void test_aligned_reuse_daemon_killed(void **state)
+{
+	(void)state;
+	deep_fault_run(SIGKILL);
+}
+
 /* The layers of the cached input that a partial reuse reads below its hit are that input's:
  * when one is gone (flushed here), the reuse ends there, and never takes another input's states
  * (a lookup whose exact key is gone answers with the nearest fingerprint of that length). */
@@ -1064,6 +1229,9 @@ int main(void)
 		TEST(test_tokens_and_any_len),
 		TEST(test_aligned_reuse),
 		TEST(test_aligned_reuse_deep),
+		TEST(test_aligned_reuse_daemon_stopped),
+		TEST(test_aligned_reuse_daemon_killed),
+		TEST(test_lookups_given_up),
 		TEST(test_aligned_reuse_reads_one_input),
 		TEST(test_hit_at_every_depth),
 		TEST(test_insert_quota_is_not_an_error),
