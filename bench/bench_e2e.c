@@ -2,7 +2,8 @@
  * layerbank-bench e2e: a fleet of `layerbank-worker serve` processes scores one request stream
  * three ways — no cache, a private in-process bank each, layerbankd's shared bank — and reports
  * throughput, latency, reuse per layer and fidelity against the uncached run, in all and by
- * kind of request.
+ * kind of request: of next-token predictions for causal models, of masked tokens for
+ * bidirectional encoders (the workers mask every request the same way in every mode, mlm.h).
  */
 #include <errno.h>
 #include <json-c/json.h>
@@ -15,15 +16,23 @@
 #include "bench.h"
 #include "cache.h"
 #include "layerbank/layerbank.h"
+#include "mlm.h"
 #include "plot.h"
+#include "safetensors.h"
 #include "size.h"
 #include "workload.h"
 
 #define MAX_WORKERS LBB_FLEET_MAX_WORKERS
 #define MAX_LAYERS LBB_FLEET_MAX_LAYERS
 
+enum model { M_STORIES, M_BERT_BASE, M_FILE };
+
 struct opts {
-	int bert;               /* --model bert-base; else stories260k */
+	enum model model;       /* --model stories260k, bert-base or a safetensors FILE */
+	const char *file;       /* M_FILE: its path */
+	char name[128];         /* what the report calls the model */
+	int masked;             /* a bidirectional encoder: fidelity of masked tokens */
+	int positions;          /* M_FILE: its position table's rows */
 	int workers;
 	struct lbw_workload_cfg wl;
 	uint64_t budget;        /* the shared bank's bytes; private banks get budget / workers */
@@ -43,11 +52,12 @@ struct opts {
 struct answer {
 	int ok;
 	int tokens;
+	int predicted;          /* predictions scored: next tokens, or masked ones */
 	double nll;
 	int hit;                /* deepest reused layer, -1: none */
 	unsigned computed;      /* layers the worker's forward pass ran */
 	double lat_ms;          /* send to answer, seen by the dispatcher */
-	int32_t *top1;          /* [tokens - 1] */
+	int32_t *top1;          /* [predicted] */
 	unsigned sflight;       /* LB_LEM_* bits */
 	unsigned waited_us;     /* its lookup waited for another worker's claim */
 	double cstart_us, cend_us; /* when its layers ran (CLOCK_MONOTONIC); 0, 0: none */
@@ -79,7 +89,8 @@ struct run {
 	double hit_rate;        /* share of requests with any reuse */
 	double mean_depth;      /* layers reused per request */
 	uint64_t computed;      /* layers run by the workers' forward passes, all answers */
-	double nll_per_token;
+	uint64_t predicted;     /* predictions scored, all answers */
+	double nll_per_token;   /* per prediction */
 	double nll_rel, top1;   /* against nocache; NAN when there is none */
 	unsigned errors;
 	uint32_t duplicates;    /* duplicate_computes (count_duplicates) */
@@ -141,8 +152,9 @@ static int error_answer(struct run *run, uint64_t id, const char *what)
 }
 
 /* lbb_answer_fn: "ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T sflight=F
- * waited=W compute=A-B ... top1=a,b,..." (and maybe reused=F: take_reused) or "err ..." after
- * the id. Without reused=, the share of the work reused is 1 - computed / layers. */
+ * waited=W compute=A-B ... predicted=P top1=a,b,..." (and maybe reused=F: take_reused) or
+ * "err ..." after the id. Without reused=, the share of the work reused is 1 - computed /
+ * layers. */
 static int on_answer(void *ctx, int w, uint64_t id, char *end, double lat_ms)
 {
 	struct run *run = ctx;
@@ -161,9 +173,14 @@ static int on_answer(void *ctx, int w, uint64_t id, char *end, double lat_ms)
 			 "us=%lf sflight=%u waited=%u compute=%lf-%lf%n", &a->tokens, &a->nll,
 			 &a->hit, &hamming, &a->computed, &inserted, &us, &a->sflight,
 			 &a->waited_us, &a->cstart_us, &a->cend_us, &used);
-	/* top1= is last; fields between it and compute= that we do not read are skipped */
-	const char *list = got == 11 && used ? strstr(end + used, " top1=") : NULL;
-	if (!list || a->tokens < 2 || a->tokens > 1 << 20) {
+	/* predicted= and top1= come last; fields between them and compute= are skipped */
+	const char *pred = got == 11 && used ? strstr(end + used, " predicted=") : NULL;
+	int pused = 0;
+	if (pred && (sscanf(pred, " predicted=%d%n", &a->predicted, &pused) != 1 || !pused))
+		pred = NULL;
+	const char *list = pred ? strstr(pred + pused, " top1=") : NULL;
+	if (!list || a->tokens < 2 || a->tokens > 1 << 20 || a->predicted < 1 ||
+	    a->predicted >= a->tokens) {
 		fprintf(stderr, "layerbank-bench e2e: bad answer '%llu%.120s'\n",
 			(unsigned long long)id, end);
 		return -EPROTO;
@@ -172,11 +189,11 @@ static int on_answer(void *ctx, int w, uint64_t id, char *end, double lat_ms)
 		return error_answer(run, id, " ok, but computed= passes the model's layers");
 	if (!has_reused)
 		a->reused = 1.0 - (double)a->computed / run->layers;
-	a->top1 = malloc((size_t)(a->tokens - 1) * sizeof(int32_t));
+	a->top1 = malloc((size_t)a->predicted * sizeof(int32_t));
 	if (!a->top1)
 		return -ENOMEM;
 	const char *p = list + 6;
-	for (int i = 0; i < a->tokens - 1; i++) {
+	for (int i = 0; i < a->predicted; i++) {
 		char *e;
 		long v = strtol(p, &e, 10);
 		if (e == p || (*e != ',' && *e != '\0')) {
@@ -310,7 +327,7 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 			lat[n] = a->lat_ms;
 		n++;
 		nll += a->nll;
-		pred += a->tokens - 1;
+		pred += a->predicted;
 		depth += a->hit + 1;
 		computed += a->computed;
 		if (a->sflight & LB_LEM_WAITED) {
@@ -328,6 +345,7 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 	run->p99_ms = lat ? lbb_pct(lat, n, 0.99) : NAN;
 	free(lat);
 	run->rps = run->wall_s > 0 ? (double)wl->n / run->wall_s : 0;
+	run->predicted = (uint64_t)pred;
 	run->nll_per_token = pred ? nll / pred : NAN;
 	run->mean_depth = n ? depth / (double)n : 0;
 	run->computed = computed;
@@ -340,8 +358,10 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 
 /*
  * Fidelity of run against the uncached answers base over the requests of kind (KIND_ALL:
- * all), those answered in both with as many tokens: *nll_rel the relative change of their
- * summed NLL, *top1 the share of positions whose argmax is base's. NAN: no such request.
+ * all), those answered in both with as many tokens and predictions (the same positions of
+ * the same input: masked encoders mask a request alike in every run): *nll_rel the relative
+ * change of their summed NLL, *top1 the share of predictions whose argmax is base's. NAN: no
+ * such request.
  */
 static void fidelity_of(const struct run *run, const struct run *base,
 			const struct lbw_workload *wl, int kind, double *nll_rel, double *top1)
@@ -349,14 +369,14 @@ static void fidelity_of(const struct run *run, const struct run *base,
 	double nll = 0, nll0 = 0, same = 0, total = 0;
 	for (uint32_t i = 0; i < wl->n; i++) {
 		const struct answer *a = &run->a[i], *b = &base->a[i];
-		if (!a->ok || !b->ok || a->tokens != b->tokens ||
+		if (!a->ok || !b->ok || a->tokens != b->tokens || a->predicted != b->predicted ||
 		    (kind != KIND_ALL && kind_of(&wl->r[i]) != kind))
 			continue;
 		nll += a->nll;
 		nll0 += b->nll;
-		for (int k = 0; k < a->tokens - 1; k++)
+		for (int k = 0; k < a->predicted; k++)
 			same += a->top1[k] == b->top1[k];
-		total += a->tokens - 1;
+		total += a->predicted;
 	}
 	*nll_rel = nll0 > 0 ? nll / nll0 - 1.0 : NAN;
 	*top1 = total > 0 ? same / total : NAN;
@@ -388,8 +408,10 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 {
 	char model[600], tok[600];
 	snprintf(tok, sizeof(tok), "%s/tok512.bin", o->data);
-	if (o->bert)
+	if (o->model == M_BERT_BASE)
 		snprintf(model, sizeof(model), "bert-base");
+	else if (o->model == M_FILE)
+		snprintf(model, sizeof(model), "%s", o->file);
 	else
 		snprintf(model, sizeof(model), "%s/stories260K.bin", o->data);
 	struct lbb_fleet_cfg cfg = { .model = model, .tokenizer = tok, .max_tokens = o->max_tokens,
@@ -463,6 +485,7 @@ static json_object *run_json(const struct run *r, int layers)
 	json_object_object_add(o, "hit_rate", lbb_json_num(r->hit_rate));
 	json_object_object_add(o, "mean_reused_depth", lbb_json_num(r->mean_depth));
 	json_object_object_add(o, "layers_computed", json_object_new_int64((int64_t)r->computed));
+	json_object_object_add(o, "predicted", json_object_new_int64((int64_t)r->predicted));
 	json_object_object_add(o, "nll_per_token", lbb_json_num(r->nll_per_token));
 	json_object_object_add(o, "nll_rel_change", lbb_json_num(r->nll_rel));
 	json_object_object_add(o, "top1_agreement", lbb_json_num(r->top1));
@@ -564,9 +587,15 @@ static void print_table(const struct opts *o, const struct run *runs, int have, 
 	       "seed %llu), model %s, max %d tokens, budget %llu MiB (private: %llu MiB each)\n",
 	       o->workers, wl->n, wl->count[LBW_REQ_FRESH], wl->count[LBW_REQ_EXACT],
 	       wl->count[LBW_REQ_NEAR], o->wl.zipf_s, (unsigned long long)o->wl.seed,
-	       o->bert ? "bert-base (generated)" : "stories260K", o->max_tokens,
+	       o->model == M_BERT_BASE ? "bert-base (generated)" : o->name, o->max_tokens,
 	       (unsigned long long)(o->budget >> 20),
 	       (unsigned long long)(o->budget / (uint64_t)o->workers >> 20));
+	if (o->masked)
+		printf("fidelity: masked tokens (%d%% of each request's positions after BOS, at least "
+		       "one, masked with token %d alike in every run)\n", LBW_MLM_PERCENT,
+		       LBW_MLM_MASK_ID);
+	else
+		printf("fidelity: next-token predictions at every position\n");
 	print_modes(runs, have, layers);
 	if ((have & 1 << LBB_SHARED) && (have & 1 << LBB_NOCACHE))
 		printf("  speedup shared vs nocache: %.2fx\n", sh->rps / nc->rps);
@@ -589,8 +618,9 @@ static void print_json(const struct opts *o, const struct lbw_workload *wl, cons
 	json_object *j = json_object_new_object(), *mix = json_object_new_object();
 	json_object_object_add(j, "workers", json_object_new_int(o->workers));
 	json_object_object_add(j, "requests", json_object_new_int((int)wl->n));
-	json_object_object_add(j, "model",
-			       json_object_new_string(o->bert ? "bert-base" : "stories260k"));
+	json_object_object_add(j, "model", json_object_new_string(o->name));
+	json_object_object_add(j, "fidelity",
+			       json_object_new_string(o->masked ? "masked_tokens" : "next_token"));
 	json_object_object_add(j, "layers", json_object_new_int(layers));
 	json_object_object_add(j, "max_tokens", json_object_new_int(o->max_tokens));
 	json_object_object_add(j, "budget_bytes", json_object_new_int64((int64_t)o->budget));
@@ -693,7 +723,7 @@ static int write_plot(const struct opts *o, const struct run *runs, int have, in
 static void usage(FILE *f)
 {
 	fprintf(f,
-		"usage: layerbank-bench e2e [--model stories260k|bert-base] [--workers N] "
+		"usage: layerbank-bench e2e [--model stories260k|bert-base|FILE] [--workers N] "
 		"[--requests N]\n"
 		"         [--exact P] [--near P] [--zipf S] [--seed N] [--budget BYTES] "
 		"[--max-tokens N]\n"
@@ -707,16 +737,15 @@ static void usage(FILE *f)
 		"exact 0.30,\n"
 		"near 0.45 (fresh the rest), zipf 1.0, seed 1; stories260k: 2000 requests, "
 		"budget 64M,\n"
-		"512 tokens; bert-base: 400 requests, budget 256M, 128 tokens. --data: the folder "
-		"with\n"
-		"stories260K.bin, tok512.bin and tinystories_val.txt (default $LAYERBANK_DATA, "
-		"then\n"
-		"the source tree's ../shared/data). --no-sflight: the caching workers compute an "
-		"input\n"
-		"another worker is computing rather than wait for it. --recompute: the caching "
-		"workers'\n"
-		"partial reuse of near inputs of any length (layerbank-worker --recompute; default "
-		"%.2f).\n"
+		"512 tokens; bert-base: 400 requests, budget 256M, 128 tokens; FILE (a GPT-2- or\n"
+		"BERT-style safetensors checkpoint): 2000 requests, budget 256M, its positions (at\n"
+		"most 512). Fidelity is of next tokens, or of masked tokens for a bidirectional\n"
+		"encoder (bert-base, BERT-style files): 15%% of each request's positions after BOS\n"
+		"masked alike in every run. --data: the folder with stories260K.bin, tok512.bin and\n"
+		"tinystories_val.txt (default $LAYERBANK_DATA, then the source tree's\n"
+		"../shared/data). --no-sflight: the caching workers compute an input another worker\n"
+		"is computing rather than wait for it. --recompute: the caching workers' partial\n"
+		"reuse of near inputs of any length (layerbank-worker --recompute; default %.2f).\n"
 		"--spin-us: layerbankd's (default 50).\n", LBW_RECOMPUTE_DEFAULT);
 }
 
@@ -775,9 +804,11 @@ static int parse(int argc, char **argv, struct opts *o)
 		}
 		i++;
 		if (!strcmp(a, "--model")) {
-			if (strcmp(val, "stories260k") && strcmp(val, "bert-base"))
-				return bad(a, val, "stories260k or bert-base");
-			o->bert = !strcmp(val, "bert-base");
+			o->model = !strcmp(val, "stories260k") ? M_STORIES :
+				   !strcmp(val, "bert-base") ? M_BERT_BASE : M_FILE;
+			if (o->model == M_FILE && access(val, R_OK) < 0)
+				return bad(a, val, "stories260k, bert-base or a safetensors file");
+			o->file = val;
 		} else if (!strcmp(a, "--workers")) {
 			if (num(val, 1, MAX_WORKERS, &v) < 0 || v != floor(v))
 				return bad(a, val, "1..64");
@@ -848,15 +879,67 @@ static int parse(int argc, char **argv, struct opts *o)
 		fprintf(stderr, "layerbank-bench e2e: --exact + --near must not exceed 1\n");
 		return -1;
 	}
-	o->wl.n_requests = (uint32_t)(requests > 0 ? requests : o->bert ? 400 : 2000);
-	o->max_tokens = (int)(max_tokens > 0 ? max_tokens : o->bert ? 128 : 512);
+	int bert = o->model == M_BERT_BASE;
+	o->wl.n_requests = (uint32_t)(requests > 0 ? requests : bert ? 400 : 2000);
+	if (max_tokens > 0)
+		o->max_tokens = (int)max_tokens;
+	else /* a file's default, its positions, is known once it is read (open_model) */
+		o->max_tokens = bert ? 128 : o->model == M_FILE ? 0 : 512;
 	if (!have_budget)
-		o->budget = o->bert ? 256ull << 20 : 64ull << 20;
+		o->budget = o->model != M_STORIES ? 256ull << 20 : 64ull << 20;
 	if (o->budget / (uint64_t)o->workers < (64u << 10)) {
 		fprintf(stderr, "layerbank-bench e2e: --budget too small for %d private banks\n",
 			o->workers);
 		return -1;
 	}
+	return 0;
+}
+
+/*
+ * The model's name in the report and its kind of fidelity; a FILE read whole as the workers
+ * will read it, so that a bad one is one line here, not four workers' logs.
+ * @return 0, or -1 after saying why.
+ */
+static int open_model(struct opts *o)
+{
+	if (o->model == M_STORIES) {
+		snprintf(o->name, sizeof(o->name), "stories260k");
+		return 0;
+	}
+	if (o->model == M_BERT_BASE) {
+		snprintf(o->name, sizeof(o->name), "bert-base");
+		o->masked = 1;
+		return 0;
+	}
+	char err[512];
+	struct lbw_bert *m;
+	if (lbw_st_sniff(o->file) != 1) {
+		fprintf(stderr, "layerbank-bench e2e: --model %s: not a safetensors file (e2e takes "
+				"stories260k, bert-base or a GPT-2- or BERT-style safetensors "
+				"checkpoint)\n", o->file);
+		return -1;
+	}
+	if (lbw_bert_load_safetensors(o->file, 0, &m, err, sizeof(err)) < 0) {
+		fprintf(stderr, "layerbank-bench e2e: --model %s\n", err);
+		return -1;
+	}
+	int vocab = m->cfg.vocab, positions = m->cfg.max_seq;
+	o->masked = m->cfg.style == LBW_STYLE_BERT;
+	lbw_bert_free(m);
+	if (positions < 2) {
+		fprintf(stderr, "layerbank-bench e2e: --model %s: %d positions, too few to score\n",
+			o->file, positions);
+		return -1;
+	}
+	if (vocab < 512) {
+		fprintf(stderr, "layerbank-bench e2e: --model %s: a vocabulary of %d tokens; "
+				"tok512.bin's ids reach 511\n", o->file, vocab);
+		return -1;
+	}
+	const char *base = strrchr(o->file, '/');
+	snprintf(o->name, sizeof(o->name), "%s", base ? base + 1 : o->file);
+	if (!o->max_tokens)
+		o->max_tokens = positions < 512 ? positions : 512;
 	return 0;
 }
 
@@ -866,6 +949,8 @@ int bench_e2e_main(int argc, char **argv)
 	char err[256], path[600];
 	if (parse(argc, argv, &o) < 0)
 		return 2;
+	if (open_model(&o) < 0)
+		return 1;
 	const char *need[] = { "stories260K.bin", "tok512.bin", "tinystories_val.txt" };
 	for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
 		snprintf(path, sizeof(path), "%s/%s", o.data, need[i]);

@@ -22,6 +22,7 @@
 
 #include "kernels.h"
 #include "layerbank/layerbank.h"
+#include "mlm.h"
 #include "model_bert.h"
 #include "safetensors.h"
 #include "scorer.h"
@@ -282,6 +283,65 @@ static void test_generate_deterministic(void **state)
 	lbw_bert_free(a);
 	lbw_bert_free(b);
 	lbw_bert_free(d);
+}
+
+/* Positions p with lo <= p <= hi in a[0..n). */
+static int count_in(const int32_t *a, int n, int lo, int hi)
+{
+	int c = 0;
+	for (int i = 0; i < n; i++)
+		c += a[i] >= lo && a[i] <= hi;
+	return c;
+}
+
+/*
+ * lbw_mlm_select: 15% of the positions after BOS (rounded, at least one), in increasing order,
+ * the same for the same tokens; a token changed at q changes the keys of q - 1..q + 1 only, so
+ * outside them the two selections differ by at most those three positions.
+ */
+static void test_mlm_select(void **state)
+{
+	(void)state;
+	int32_t tok[200], pos[200], pos2[200];
+	uint64_t x = 3;
+	for (int i = 0; i < 200; i++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		tok[i] = i ? (int32_t)(3 + (x >> 33) % 509) : 1;
+	}
+	static const struct {
+		int n, m;
+	} cases[] = { { 0, 0 }, { 1, 0 }, { 2, 1 }, { 4, 1 }, { 11, 2 }, { 21, 3 }, { 128, 19 },
+		      { 200, 30 } };
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		int n = cases[c].n, m = lbw_mlm_select(tok, n, LBW_MLM_SEED, pos);
+		assert_int_equal(m, cases[c].m);
+		for (int i = 0; i < m; i++) {
+			assert_true(pos[i] >= 1 && pos[i] < n);
+			assert_true(i == 0 || pos[i] > pos[i - 1]);
+		}
+		assert_int_equal(lbw_mlm_select(tok, n, LBW_MLM_SEED, pos2), m);
+		assert_memory_equal(pos, pos2, (size_t)m * sizeof(int32_t));
+	}
+	int m = lbw_mlm_select(tok, 200, LBW_MLM_SEED, pos);
+	assert_int_equal(lbw_mlm_select(tok, 200, LBW_MLM_SEED + 1, pos2), m);
+	assert_true(memcmp(pos, pos2, (size_t)m * sizeof(int32_t)) != 0); /* another seed */
+	for (int q = 1; q < 200; q += 7) {
+		int32_t was = tok[q];
+		tok[q] = was == 3 ? 4 : 3;
+		assert_int_equal(lbw_mlm_select(tok, 200, LBW_MLM_SEED, pos2), m);
+		tok[q] = was;
+		int same = 0;
+		for (int i = 0, j = 0; i < m && j < m;) {
+			if (pos[i] == pos2[j] && (pos[i] < q - 1 || pos[i] > q + 1))
+				same++;
+			if (pos[i] <= pos2[j])
+				i++;
+			else
+				j++;
+		}
+		int outside = m - count_in(pos, m, q - 1, q + 1);
+		assert_true(outside - same <= 3);
+	}
 }
 
 static void test_bad_arguments(void **state)
@@ -684,9 +744,29 @@ static void write_model(const char *path, struct lbw_bert_config c, uint64_t see
 	lbw_bert_free(m);
 }
 
-/* The summed NLL of text as the worker scores it: BOS and the text's tokens, the library's
- * forward of the file, then log-softmax over the first TOK_VOCAB embedding rows in fp64. */
-static double ref_nll(const char *path, const char *text, int *n_out)
+/* The log-softmax of target over the first TOK_VOCAB embedding rows of m against y [hidden],
+ * in fp64. */
+static double ref_nll_at(const struct lbw_bert *m, const float *y, int32_t target)
+{
+	const int64_t h = m->cfg.hidden;
+	double mx = -INFINITY, se = 0, lg[TOK_VOCAB];
+	for (int v = 0; v < TOK_VOCAB; v++) {
+		double d = 0;
+		for (int64_t k = 0; k < h; k++)
+			d += (double)y[k] * m->wte[v * h + k];
+		lg[v] = d;
+		mx = fmax(mx, d);
+	}
+	for (int v = 0; v < TOK_VOCAB; v++)
+		se += exp(lg[v] - mx);
+	return mx + log(se) - lg[target];
+}
+
+/* The summed NLL of text as the worker scores it, from the library's forward of the file and
+ * an fp64 head over the first TOK_VOCAB embedding rows: BOS and the text's tokens; GPT-2 style
+ * on each next token, BERT style on the tokens lbw_mlm_select picks, masked in the input, at
+ * their own position. *n_out: tokens; *pred_out: predictions. */
+static double ref_nll(const char *path, const char *text, int *n_out, int *pred_out)
 {
 	struct lbw_tokenizer t;
 	struct lbw_bert *m = NULL;
@@ -697,24 +777,27 @@ static double ref_nll(const char *path, const char *text, int *n_out)
 	assert_true(n >= 2 && n <= 128);
 	assert_int_equal(lbw_bert_load_safetensors(path, 0, &m, err, sizeof(err)), 0);
 	const int64_t h = m->cfg.hidden;
+	int32_t pos[128], label[128], pred = 0;
+	if (m->cfg.style == LBW_STYLE_BERT) {
+		pred = lbw_mlm_select(tok, n, LBW_MLM_SEED, pos);
+		assert_true(pred >= 1 && pred < n);
+		for (int i = 0; i < pred; i++) {
+			label[i] = tok[pos[i]];
+			tok[pos[i]] = LBW_MLM_MASK_ID;
+		}
+	} else {
+		for (pred = 0; pred + 1 < n; pred++) {
+			pos[pred] = pred;
+			label[pred] = tok[pred + 1];
+		}
+	}
 	float *y = malloc((size_t)n * (size_t)h * sizeof(float));
 	assert_int_equal(lbw_bert_forward(m, n, tok, y, 1), 0);
-	double sum = 0, *lg = malloc(TOK_VOCAB * sizeof(double));
-	for (int pos = 0; pos + 1 < n; pos++) {
-		double mx = -INFINITY, se = 0;
-		for (int v = 0; v < TOK_VOCAB; v++) {
-			double d = 0;
-			for (int64_t k = 0; k < h; k++)
-				d += (double)y[pos * h + k] * m->wte[v * h + k];
-			lg[v] = d;
-			mx = fmax(mx, d);
-		}
-		for (int v = 0; v < TOK_VOCAB; v++)
-			se += exp(lg[v] - mx);
-		sum += mx + log(se) - lg[tok[pos + 1]];
-	}
+	double sum = 0;
+	for (int i = 0; i < pred; i++)
+		sum += ref_nll_at(m, y + pos[i] * h, label[i]);
 	*n_out = n;
-	free(lg);
+	*pred_out = pred;
 	free(y);
 	free(tok);
 	lbw_bert_free(m);
@@ -763,8 +846,8 @@ static void cli_scores(enum lbw_bert_style style)
 	snprintf(req, sizeof(req), "%s/requests", dir);
 	write_model(path, cli_shape(style), 21);
 	spit(txt, CLI_TEXT "\n");
-	int n;
-	double want = ref_nll(path, CLI_TEXT, &n);
+	int n, pred;
+	double want = ref_nll(path, CLI_TEXT, &n, &pred);
 
 	const char *a[] = { "score", "--model", path, "--tokenizer", TOK, "--text-file", txt,
 			    NULL };
@@ -775,13 +858,15 @@ static void cli_scores(enum lbw_bert_style style)
 	double per;
 	assert_int_equal(sscanf(out, "tokens %d predicted %d nll_per_token %lf", &tokens,
 				&predicted, &per), 3);
-	printf("%s: %d tokens, nll_per_token %.6f, fp64 reference %.6f: |diff| %.1e, tolerance "
-	       "%.0e\n", style ? "GPT-2" : "BERT", tokens, per, want / (n - 1),
-	       fabs(per - want / (n - 1)), CLI_TOL);
+	printf("%s: %d tokens, %d predicted, nll_per_token %.6f, fp64 reference %.6f: |diff| %.1e, "
+	       "tolerance %.0e\n", style ? "GPT-2" : "BERT", tokens, predicted, per, want / pred,
+	       fabs(per - want / pred), CLI_TOL);
 	assert_int_equal(tokens, n);
-	assert_int_equal(predicted, n - 1);
-	assert_true(fabs(per - want / (n - 1)) <= CLI_TOL);
-	assert_true(want / (n - 1) > 0.5); /* not a uniform head: ln 512 is 6.24 */
+	/* GPT-2 style: every next token; BERT style: 15% of the 32 after BOS (4.8), masked */
+	assert_int_equal(predicted, style == LBW_STYLE_GPT2 ? n - 1 : 5);
+	assert_int_equal(predicted, pred);
+	assert_true(fabs(per - want / pred) <= CLI_TOL);
+	assert_true(want / pred > 0.5); /* not a uniform head: ln 512 is 6.24 */
 
 	/* one serve session, the same text twice: a miss, then a hit at the top layer */
 	spit(req, "1\t" CLI_TEXT "\n2\t" CLI_TEXT "\n");
@@ -796,15 +881,21 @@ static void cli_scores(enum lbw_bert_style style)
 	const char *r1 = strstr(out, "\n1 ok "), *r2 = strstr(out, "\n2 ok ");
 	assert_non_null(r1);
 	assert_non_null(r2);
-	int t1, t2, hit1, hit2;
+	int t1, t2, hit1, hit2, p1, p2;
 	double nll1, nll2;
-	assert_int_equal(sscanf(r1, "\n1 ok tokens=%d nll=%lf hit=%d", &t1, &nll1, &hit1), 3);
-	assert_int_equal(sscanf(r2, "\n2 ok tokens=%d nll=%lf hit=%d", &t2, &nll2, &hit2), 3);
+	assert_int_equal(sscanf(r1, "\n1 ok tokens=%d nll=%lf hit=%d"
+				" %*s %*s %*s %*s %*s %*s %*s %*s predicted=%d",
+				&t1, &nll1, &hit1, &p1), 4);
+	assert_int_equal(sscanf(r2, "\n2 ok tokens=%d nll=%lf hit=%d"
+				" %*s %*s %*s %*s %*s %*s %*s %*s predicted=%d",
+				&t2, &nll2, &hit2, &p2), 4);
 	assert_int_equal(t1, n);
 	assert_int_equal(t2, n);
+	assert_int_equal(p1, pred);
+	assert_int_equal(p2, pred);
 	assert_int_equal(hit1, -1);
 	assert_int_equal(hit2, 1); /* the top of 2 layers */
-	assert_true(fabs(nll1 - want) <= CLI_TOL * (n - 1));
+	assert_true(fabs(nll1 - want) <= CLI_TOL * pred);
 	assert_true(nll1 == nll2); /* the hit gives the top layer's own output */
 	lbu_rmtree(dir);
 }
@@ -1187,6 +1278,7 @@ int main(void)
 		cmocka_unit_test(test_bert_matches_fp64),
 		cmocka_unit_test(test_gpt2_matches_fp64),
 		cmocka_unit_test(test_generate_deterministic),
+		cmocka_unit_test(test_mlm_select),
 		cmocka_unit_test(test_bad_arguments),
 		cmocka_unit_test(test_safetensors_gpt2_roundtrip),
 		cmocka_unit_test(test_safetensors_bert_roundtrip),

@@ -162,6 +162,7 @@ static void test_fleet_report(void **state)
 	assert_int_equal(json_object_get_int(get(j, "workers")), 2);
 	assert_int_equal(json_object_get_int(get(j, "requests")), REQUESTS);
 	assert_string_equal(json_object_get_string(get(j, "model")), "stories260k");
+	assert_string_equal(json_object_get_string(get(j, "fidelity")), "next_token");
 	int layers = json_object_get_int(get(j, "layers"));
 	assert_int_equal(layers, 5);
 	json_object *mix = get(j, "mix");
@@ -275,6 +276,38 @@ static void test_bad_options(void **state)
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 1);
 	assert_non_null(strstr(out, "LAYERBANK_DATA"));
+	/* --model: neither a known model nor a file (2); a file that is no checkpoint, or a broken
+	 * one (1, one line naming it) */
+	char dir[200], junk[300], cut[300];
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(junk, sizeof(junk), "%s/junk.bin", dir);
+	snprintf(cut, sizeof(cut), "%s/cut.safetensors", dir);
+	FILE *f = fopen(junk, "w");
+	assert_non_null(f);
+	fputs("not a model at all\n", f);
+	fclose(f);
+	f = fopen(cut, "w");
+	assert_non_null(f);
+	fwrite("\x40\0\0\0\0\0\0\0{\"a\":", 1, 13, f);
+	fclose(f);
+	const struct {
+		const char *model;
+		int status;
+		const char *says;
+	} cases[] = {
+		{ "stories260K", 2, "bad --model 'stories260K'" },
+		{ junk, 1, "not a safetensors file" },
+		{ cut, 1, "cut.safetensors" },
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		const char *c[] = { LB_BENCH_PATH, "e2e", "--model", cases[i].model, NULL };
+		st = lbt_run(c, out, sizeof(out));
+		assert_true(WIFEXITED(st));
+		if (WEXITSTATUS(st) != cases[i].status || !strstr(out, cases[i].says))
+			fail_msg("e2e --model %s: status %d, said '%s'", cases[i].model,
+				 WEXITSTATUS(st), out);
+	}
+	lbu_rmtree(dir);
 }
 
 /* prefix: a bad option is status 2 and names itself; missing data is status 1. */
@@ -398,19 +431,26 @@ static void test_serve_protocol(void **state)
 	assert_non_null(a9);
 	assert_true(r < a7 && a7 < bad && bad < a8 && a8 < a9);
 	/* the repeat is served from the worker's bank: deepest layer, same NLL and top-1 */
-	int hit7, hit9;
+	int hit7, hit9, tok7, pred7;
 	char nll7[64], nll9[64];
-	assert_int_equal(sscanf(a7, "\n7 ok tokens=%*d nll=%63s hit=%d", nll7, &hit7), 2);
+	assert_int_equal(sscanf(a7, "\n7 ok tokens=%d nll=%63s hit=%d"
+				" %*s %*s %*s %*s %*s %*s %*s %*s predicted=%d",
+				&tok7, nll7, &hit7, &pred7), 4);
 	assert_int_equal(sscanf(a9, "\n9 ok tokens=%*d nll=%63s hit=%d", nll9, &hit9), 2);
 	assert_int_equal(hit7, -1);
 	assert_int_equal(hit9, 4);
 	assert_string_equal(nll7, nll9);
+	assert_int_equal(pred7, tok7 - 1); /* a decoder predicts every next token */
 	const char *t7 = strstr(a7, "top1="), *t9 = strstr(a9, "top1=");
 	assert_non_null(t7);
 	assert_non_null(t9);
 	size_t n7 = strcspn(t7, "\n"), n9 = strcspn(t9, "\n");
 	assert_int_equal(n7, n9);
 	assert_memory_equal(t7, t9, n7);
+	int commas = 0;
+	for (size_t i = 0; i < n7; i++)
+		commas += t7[i] == ',';
+	assert_int_equal(commas + 1, pred7);
 }
 
 int main(void)

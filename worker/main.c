@@ -51,7 +51,9 @@ static void usage(FILE *f)
 		"                         from --seed (default 1; at a temperature above 0\n"
 		"                         generate's sampler takes it too).\n"
 		"          score and serve also take encoders, scored through their tied\n"
-		"          embedding over the tokenizer's 512 tokens (generate refuses them):\n"
+		"          embedding over the tokenizer's 512 tokens (generate refuses them);\n"
+		"          a BERT-style (bidirectional) one on 15%% of the positions after\n"
+		"          BOS (at least one), masked with token 0, at their own position:\n"
 		"          F.safetensors  a GPT-2- or BERT-style checkpoint: F32 tensors with\n"
 		"                         Hugging Face names (the style follows them), heads =\n"
 		"                         hidden / 64, a vocabulary of 512 or more. Told by its\n"
@@ -73,18 +75,20 @@ static void usage(FILE *f)
 		"          below). stderr then gets 'cache\n"
 		"          prompt_tokens=P reused_tokens=R computed_tokens=C ttft_ms=X near=S\n"
 		"          approx=A'.\n"
-		"score     prints 'tokens N predicted P nll_per_token X': N tokens with BOS, P = N-1,\n"
-		"          X the mean negative log-likelihood (nats). The file is read whole; one\n"
+		"score     prints 'tokens N predicted P nll_per_token X': N tokens with BOS, P = N-1\n"
+		"          next tokens (the masked ones for a BERT-style encoder), X their mean\n"
+		"          negative log-likelihood (nats). The file is read whole; one\n"
 		"          trailing newline is dropped. With a cache, a second line\n"
 		"          'cache hit_layer H computed C inserted I' (H -1: a miss).\n"
 		"serve     reads requests 'ID<TAB>TEXT' from stdin, one per line, and answers each on\n"
 		"          stdout: 'ID ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T\n"
-		"          sflight=F waited=W compute=A-B top1=a,b,...' (S the summed NLL of N-1\n"
-		"          predictions, H the reused layer or -1, D its fingerprint distance, T\n"
-		"          microseconds of work, F single-flight: 1 claimed, 2 waited, 4 computed\n"
-		"          alongside another worker, W microseconds waited, A-B when the layers ran\n"
-		"          (CLOCK_MONOTONIC microseconds; 0-0: none), top1 the argmax after each\n"
-		"          position but the last) or 'ID err MESSAGE'. Prints 'ready ...' once the\n"
+		"          sflight=F waited=W compute=A-B reused=R predicted=P top1=a,b,...' (S the\n"
+		"          summed NLL of P predictions, as score makes them, H the reused layer or\n"
+		"          -1, D its fingerprint distance, T microseconds of work, F single-flight:\n"
+		"          1 claimed, 2 waited, 4 computed alongside another worker, W microseconds\n"
+		"          waited, A-B when the layers ran (CLOCK_MONOTONIC microseconds; 0-0:\n"
+		"          none), R the share of layer-positions reused, top1 the argmax of each\n"
+		"          prediction) or 'ID err MESSAGE'. Prints 'ready ...' once the\n"
 		"          model is loaded; ends at end of input. --max-tokens cuts longer inputs.\n"
 		"          A decoder also takes 'ID<TAB>gen:N<TAB>PROMPT' (a text, or @ and token ids\n"
 		"          separated by commas): it generates N tokens greedily, reusing and\n"
@@ -490,8 +494,8 @@ static int score(const struct opts *o, struct lbw_scorer *sc, const struct lbw_t
 		fprintf(stderr, "layerbank-worker score: %s: %s\n", o->text_file, err);
 		return EXIT_LOAD;
 	}
-	printf("tokens %d predicted %d nll_per_token %.6f\n", r.tokens, r.tokens - 1,
-	       r.nll / (double)(r.tokens - 1));
+	printf("tokens %d predicted %d nll_per_token %.6f\n", r.tokens, r.predicted,
+	       r.nll / (double)r.predicted);
 	if (o->cache.socket || o->cache.private_bytes) {
 		printf("cache hit_layer %d computed %u inserted %u\n", (int)r.lem.hit_layer,
 		       r.lem.layers_computed, r.lem.layers_inserted);

@@ -98,6 +98,7 @@ static int wrap_bert(struct lbw_scorer *sc, struct lbw_bert *m, int32_t vocab, c
 	sc->hidden = c->hidden;
 	sc->max_seq = c->max_seq;
 	sc->vocab = vocab;
+	sc->mlm = c->style == LBW_STYLE_BERT;
 	return 0;
 }
 
@@ -224,22 +225,42 @@ int lbw_scorer_rows(void *ctx, uint32_t l, const float *in, uint32_t n, const ui
 	return lbw_bert_layer_rows(sc->bert, (int)l, n, in, rows, n_rows, out, 1);
 }
 
-double lbw_scorer_head(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, const float *h,
-		       int32_t *top1)
+const float *lbw_scorer_logits(struct lbw_scorer *sc, const float *h, int32_t n)
 {
-	if (sc->llama)
-		return lbw_llama_score_seq(sc->llama, sc->state, tokens, n, h, top1);
 	if (sc->final) {
 		lbw_bert_final(sc->bert, n, h, sc->final);
 		h = sc->final;
 	}
 	lbk_gemm(sc->logits, h, sc->head_w, NULL, n, 1);
+	return sc->logits;
+}
+
+double lbw_scorer_head(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, const float *h,
+		       int32_t *top1)
+{
+	if (sc->llama)
+		return lbw_llama_score_seq(sc->llama, sc->state, tokens, n, h, top1);
+	const float *logits = lbw_scorer_logits(sc, h, n);
 	double sum = 0;
 	for (int32_t pos = 0; pos + 1 < n; pos++) {
-		const float *lg = sc->logits + (size_t)pos * (size_t)sc->vocab;
+		const float *lg = logits + (size_t)pos * (size_t)sc->vocab;
 		sum += lbw_llama_nll(lg, sc->vocab, tokens[pos + 1]);
 		if (top1)
 			top1[pos] = lbw_llama_argmax(lg, sc->vocab);
+	}
+	return sum;
+}
+
+double lbw_scorer_head_masked(struct lbw_scorer *sc, const float *h, int32_t n,
+			      const int32_t *pos, const int32_t *labels, int32_t m, int32_t *top1)
+{
+	const float *logits = lbw_scorer_logits(sc, h, n);
+	double sum = 0;
+	for (int32_t i = 0; i < m; i++) {
+		const float *lg = logits + (size_t)pos[i] * (size_t)sc->vocab;
+		sum += lbw_llama_nll(lg, sc->vocab, labels[i]);
+		if (top1)
+			top1[i] = lbw_llama_argmax(lg, sc->vocab);
 	}
 	return sum;
 }

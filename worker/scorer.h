@@ -1,10 +1,12 @@
 /*
  * A model as the fleet's worker scores text with it: embed, layers (lb_layer_fn, for lb_lem_run;
- * lb_rows_fn, a layer for some positions only) and a head giving the next-token NLL and top-1 at every position. Two families: a llama2.c
- * checkpoint (or llama-110m, one generated from a seed), and encoders (a BERT-base-shaped one
- * with generated weights, compute-heavy, or a GPT-2- or BERT-style safetensors checkpoint),
- * whose head is the tied embedding over the tokenizer's vocabulary: a fixed readout to measure
- * fidelity by.
+ * lb_rows_fn, a layer for some positions only) and a head giving NLLs and top-1 tokens. Two
+ * families: a llama2.c checkpoint (or llama-110m, one generated from a seed), and encoders (a
+ * BERT-base-shaped one with generated weights, compute-heavy, or a GPT-2- or BERT-style
+ * safetensors checkpoint), whose head is the tied embedding over the tokenizer's vocabulary: a
+ * fixed readout to measure fidelity by. Causal models (llama, GPT-2 style) are scored on the
+ * next token at every position; bidirectional ones (BERT style), which see the next token, on
+ * masked tokens (mlm.h) at their own position.
  */
 #ifndef LAYERBANK_WORKER_SCORER_H
 #define LAYERBANK_WORKER_SCORER_H
@@ -28,6 +30,8 @@ struct lbw_scorer {
 	const float *emb;        /* [vocab][hidden] token embedding rows: the fingerprint is
 				  * centred on their mean */
 	int32_t n;               /* tokens of the input being run: set by lbw_scorer_embed */
+	int32_t mlm;             /* 1: bidirectional, scored on masked tokens
+				  * (lbw_scorer_head_masked); 0: causal, on next tokens */
 	struct lbw_llama *llama; /* one of llama and bert is set; owned */
 	struct lbw_llama_state *state;
 	struct lbw_bert *bert;
@@ -84,9 +88,18 @@ int lbw_scorer_layer(void *ctx, uint32_t l, const float *in, float *out);
  */
 int lbw_scorer_rows(void *ctx, uint32_t l, const float *in, uint32_t n, const uint32_t *rows,
 		    uint32_t n_rows, float *out);
-/* The summed NLL of tokens[1..n-1] from the last layer's output h [n][hidden]; top1 (may be
- * NULL): [n - 1] the argmax after each position but the last. */
+/* The summed NLL of tokens[1..n-1] from the last layer's output h [n][hidden], each token
+ * predicted at the position before it; top1 (may be NULL): [n - 1] the argmax after each
+ * position but the last. For causal models (sc->mlm 0). */
 double lbw_scorer_head(struct lbw_scorer *sc, const int32_t *tokens, int32_t n, const float *h,
 		       int32_t *top1);
+/* An encoder's logits from the last layer's output h [n][hidden]: sc->logits [n][vocab], the
+ * head's input (h, after ln_f for GPT-2 style) times the tied embedding's first vocab rows. */
+const float *lbw_scorer_logits(struct lbw_scorer *sc, const float *h, int32_t n);
+/* The summed NLL of labels[i] at position pos[i] (i < m; positions in 0..n-1 whose input token
+ * was the mask), each predicted at its own position from the last layer's output h [n][hidden];
+ * top1 (may be NULL): [m] the argmax at each. For bidirectional encoders (sc->mlm 1). */
+double lbw_scorer_head_masked(struct lbw_scorer *sc, const float *h, int32_t n,
+			      const int32_t *pos, const int32_t *labels, int32_t m, int32_t *top1);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "cache.h"
 #include "gen.h"
+#include "mlm.h"
 #include "scorer.h"
 #include "tokenizer.h"
 
@@ -104,6 +105,15 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 	float *h = rc ? NULL : malloc((size_t)n * (size_t)sc->hidden * sizeof(float));
 	if (rc == 0 && !h)
 		rc = -ENOMEM;
+	/* pos [n], labels [n]: the masked positions and their tokens (bidirectional encoders) */
+	int32_t *pos = rc || !sc->mlm ? NULL : malloc(2 * (size_t)n * sizeof(int32_t));
+	int32_t m = 0, *labels = pos ? pos + n : NULL;
+	if (rc == 0 && sc->mlm && (!pos || (m = lbw_mlm_select(toks, n, LBW_MLM_SEED, pos)) < 0))
+		rc = -ENOMEM;
+	for (int32_t i = 0; rc == 0 && i < m; i++) {
+		labels[i] = toks[pos[i]];
+		toks[pos[i]] = LBW_MLM_MASK_ID;
+	}
 	if (rc == 0) {
 		struct timed tl = { sc, 0, 0 };
 		lbw_scorer_embed(sc, toks, n, h);
@@ -115,10 +125,13 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 			snprintf(err, errlen, "layer computation: %s", strerror(-rc));
 	}
 	if (rc == 0) {
-		r->nll = lbw_scorer_head(sc, toks, n, h, top1);
+		r->nll = sc->mlm ? lbw_scorer_head_masked(sc, h, n, pos, labels, m, top1)
+				 : lbw_scorer_head(sc, toks, n, h, top1);
 		r->tokens = n;
+		r->predicted = sc->mlm ? m : n - 1;
 		r->us = now_us() - start;
 	}
+	free(pos);
 	free(h);
 	free(toks);
 	return rc;
@@ -138,11 +151,11 @@ static void serve_score(struct lbw_scorer *sc, const struct lbw_tokenizer *t, st
 		return;
 	}
 	fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d hamming=%u computed=%u "
-		"inserted=%u us=%.0f sflight=%u waited=%u compute=%.0f-%.0f reused=%.4f top1=", id,
-		(int)r.tokens, r.nll, (int)r.lem.hit_layer, r.lem.hit_hamming, r.lem.layers_computed,
-		r.lem.layers_inserted, r.us, r.lem.sflight, r.lem.waited_us, r.compute_start_us,
-		r.compute_end_us, (double)r.lem.reused);
-	for (int32_t i = 0; i + 1 < r.tokens; i++)
+		"inserted=%u us=%.0f sflight=%u waited=%u compute=%.0f-%.0f reused=%.4f predicted=%d "
+		"top1=", id, (int)r.tokens, r.nll, (int)r.lem.hit_layer, r.lem.hit_hamming,
+		r.lem.layers_computed, r.lem.layers_inserted, r.us, r.lem.sflight, r.lem.waited_us,
+		r.compute_start_us, r.compute_end_us, (double)r.lem.reused, (int)r.predicted);
+	for (int32_t i = 0; i < r.predicted; i++)
 		fprintf(out, i ? ",%d" : "%d", (int)top1[i]);
 	fputc('\n', out);
 }

@@ -19,7 +19,9 @@ struct lbw_cache;
 #define LBW_SERVE_MAX_LINE (64u << 10)
 
 struct lbw_score {
-	int32_t tokens;           /* scored, BOS included: tokens - 1 predictions */
+	int32_t tokens;           /* run through the model, BOS included */
+	int32_t predicted;        /* tokens scored: tokens - 1 next tokens (a causal model), or
+				   * the masked ones (a bidirectional encoder, mlm.h) */
 	double nll;               /* their summed negative log-likelihood, nats */
 	struct lb_lem_result lem; /* what the cache did */
 	double us;                /* microseconds from tokenizing to the last logit */
@@ -31,7 +33,10 @@ struct lbw_score {
 /*
  * Tokenize text (BOS first), run the layers through lb_lem_run on wc (plain when wc->c is NULL)
  * and score it. An input of more than max_tokens tokens is cut to max_tokens when cut is set,
- * refused otherwise. top1 (may be NULL): [max_tokens - 1] the argmax after each position.
+ * refused otherwise. A bidirectional encoder (sc->mlm) gets the input with the positions
+ * lbw_mlm_select picks (seed LBW_MLM_SEED) replaced by LBW_MLM_MASK_ID: its layers, its
+ * fingerprint and the cache only ever see the masked input, and the head scores the original
+ * tokens there. top1 (may be NULL): [max_tokens - 1] the argmax of each prediction.
  * @return 0; -EINVAL with err saying why (no text, too long, a token outside the model's
  * vocabulary); -ENOMEM; an error of the layer computation.
  */
@@ -43,9 +48,10 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
  * Serve: print "ready model=NAME layers=L hidden=H cache=MODE max_tokens=N" on out, then for each
  * line "ID<TAB>TEXT" of in (ID a decimal integer) one line on out, flushed:
  *   "ID ok tokens=N nll=S hit=H hamming=D computed=C inserted=I us=T sflight=F waited=W
- *    compute=A-B top1=a,b,..."
- * (F: lb_lem_result's sflight bits, W its waited_us, A and B compute_start_us and
- * compute_end_us, whole microseconds)
+ *    compute=A-B reused=R predicted=P top1=a,b,..."
+ * (as lbw_score_text scores it: P predictions, their summed NLL S and P top-1 tokens; F:
+ * lb_lem_result's sflight bits, W its waited_us, A and B compute_start_us and compute_end_us,
+ * whole microseconds; R the share of layer-positions reused)
  * or "ID err MESSAGE" (ID "-" when the line had none). Bad requests never end the loop.
  * @return 0 at end of input; -EIO when out cannot be written; -ENOMEM.
  */
