@@ -1,6 +1,7 @@
 /*
  * The scoring stream: determinism, kind shares, Zipf popularity against its exact weights, the
- * shape of every mutation, bad configurations, corpus exhaustion and the corpus loader.
+ * shape of every mutation, bad configurations, corpus exhaustion, the corpus loader and its split
+ * (no paragraph of the training part is ever a request).
  * The chat stream: determinism (also of layerbank-bench's output), system prompt lengths and
  * popularity, paragraphs used once, dependencies, exact token prefixes, bad configurations and
  * options.
@@ -28,7 +29,8 @@
 #define TOK LB_DATA_DIR "/tok512.bin"
 #define MIN_CHARS 100
 #define MAX_CHARS 600
-/* Requests of the statistical tests; their fresh share (0.10) stays well inside the corpus. */
+/* Requests of the statistical tests; their fresh share (0.05: about 1,000 documents) stays well
+ * inside the corpus's 1,623 paragraphs of MIN_CHARS..MAX_CHARS. */
 #define N_STAT 20000u
 
 static struct lbw_paragraphs corpus; /* VAL, paragraphs of MIN_CHARS..MAX_CHARS */
@@ -68,7 +70,7 @@ static struct lbw_workload_cfg stat_cfg(double zipf_s, uint64_t seed)
 	struct lbw_workload_cfg c = lbw_workload_defaults();
 	c.n_requests = N_STAT;
 	c.p_exact = 0.6;
-	c.p_near = 0.3;
+	c.p_near = 0.35;
 	c.zipf_s = zipf_s;
 	c.seed = seed;
 	return c;
@@ -255,26 +257,165 @@ static void check_stream(const struct lbw_paragraphs *p, const struct lbw_worklo
 	free(seen);
 }
 
-/* The loader against an independent read of the same file. */
-static void test_corpus_matches_file(void **state)
+/* The paragraphs of VAL read independently of the loader, non-blank lines in file order: the
+ * evaluation part (the first LBW_EVAL_PARAGRAPHS) into eval, the training part into train. */
+struct split {
+	char **eval, **train;
+	uint32_t n_eval, n_train;
+};
+
+static int cmp_str(const void *a, const void *b)
 {
-	(void)state;
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void read_split(struct split *sp)
+{
 	FILE *f = fopen(VAL, "r");
 	static char line[1 << 16];
-	uint32_t n = 0;
 	assert_non_null(f);
+	memset(sp, 0, sizeof(*sp));
+	sp->eval = calloc(LBW_EVAL_PARAGRAPHS, sizeof(char *));
+	sp->train = calloc(1 << 16, sizeof(char *));
+	assert_non_null(sp->eval);
+	assert_non_null(sp->train);
 	while (fgets(line, sizeof(line), f)) {
 		size_t l = strcspn(line, "\r\n");
 		line[l] = '\0';
+		if (strspn(line, " ") == l) /* blank: not a paragraph */
+			continue;
+		assert_true(sp->n_train < 1 << 16);
+		if (sp->n_eval < LBW_EVAL_PARAGRAPHS)
+			sp->eval[sp->n_eval++] = strdup(line);
+		else
+			sp->train[sp->n_train++] = strdup(line);
+	}
+	fclose(f);
+}
+
+static void free_split(struct split *sp)
+{
+	for (uint32_t i = 0; i < sp->n_eval; i++)
+		free(sp->eval[i]);
+	for (uint32_t i = 0; i < sp->n_train; i++)
+		free(sp->train[i]);
+	free(sp->eval);
+	free(sp->train);
+}
+
+/* The loader against an independent read of the same file: the corpus is the evaluation part's
+ * paragraphs of MIN_CHARS..MAX_CHARS, in file order:
+ * 1,623 of the first 2,000 of tinystories_val.txt's 4,356 paragraphs. */
+static void test_corpus_matches_file(void **state)
+{
+	(void)state;
+	struct split sp;
+	read_split(&sp);
+	assert_int_equal(sp.n_eval, LBW_EVAL_PARAGRAPHS);
+	assert_int_equal(sp.n_eval + sp.n_train, 4356);
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < sp.n_eval; i++) {
+		size_t l = strlen(sp.eval[i]);
 		if (l < MIN_CHARS || l > MAX_CHARS)
 			continue;
 		assert_true(n < corpus.n);
-		assert_string_equal(corpus.p[n], line);
+		assert_string_equal(corpus.p[n], sp.eval[i]);
 		n++;
 	}
-	fclose(f);
 	assert_int_equal(n, corpus.n);
-	assert_true(corpus.n > 1000);
+	assert_int_equal(corpus.n, 1623);
+	/* the whole evaluation part, without a length window */
+	struct lbw_paragraphs all;
+	char err[256];
+	assert_int_equal(lbw_paragraphs_load(VAL, 0, 0, &all, err, sizeof(err)), 0);
+	assert_int_equal(all.n, LBW_EVAL_PARAGRAPHS);
+	for (uint32_t i = 0; i < all.n; i++)
+		assert_string_equal(all.p[i], sp.eval[i]);
+	lbw_paragraphs_free(&all);
+	free_split(&sp);
+}
+
+/* texts[0..n) hold no paragraph of the training part (sorted train). */
+static void assert_held_out(const struct split *sp, char *const *texts, uint32_t n,
+			    const char *what)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (bsearch(&texts[i], sp->train, sp->n_train, sizeof(char *), cmp_str))
+			fail_msg("%s %u is a paragraph of the training part: %s", what, i, texts[i]);
+}
+
+/*
+ * No paragraph of the training part is ever a request: the default scoring streams of the
+ * benchmarks (e2e's 2,000 requests, with 25% and with 50% fresh, which fit in the evaluation
+ * part) and the default chat stream are made of the evaluation part only.
+ */
+static void test_training_part_held_out(void **state)
+{
+	(void)state;
+	struct split sp;
+	read_split(&sp);
+	qsort(sp.train, sp.n_train, sizeof(char *), cmp_str);
+	assert_held_out(&sp, corpus.p, corpus.n, "corpus paragraph");
+	static const double fresh[] = { 0.15, 0.25, 0.50 };
+	for (size_t k = 0; k < sizeof(fresh) / sizeof(fresh[0]); k++) {
+		struct lbw_workload_cfg c = lbw_workload_defaults();
+		struct lbw_workload w;
+		c.n_requests = 2000;
+		c.p_near = 0.20;
+		c.p_exact = 1.0 - 0.20 - fresh[k];
+		make(&corpus, &c, &w);
+		char **texts = malloc(w.n * sizeof(char *));
+		assert_non_null(texts);
+		for (uint32_t i = 0; i < w.n; i++) {
+			assert_true(w.r[i].doc < corpus.n);
+			texts[i] = w.r[i].text;
+		}
+		assert_held_out(&sp, texts, w.n, "request");
+		free(texts);
+		lbw_workload_free(&w);
+	}
+	struct lbw_chat_cfg cc = lbw_chat_defaults();
+	struct lbw_chat ch;
+	char err[256];
+	assert_int_equal(lbw_chat_make(&corpus, &tok, &cc, &ch, err, sizeof(err)), 0);
+	for (uint32_t i = 0; i < ch.n; i++)
+		assert_held_out(&sp, &ch.r[i].text, 1, "chat turn");
+	for (uint32_t s = 0; s < ch.n_sys; s++)
+		for (uint32_t k = 0; k < ch.sys[s].n_paras; k++)
+			assert_held_out(&sp, &corpus.p[ch.sys[s].paras[k]], 1, "system prompt paragraph");
+	lbw_chat_free(&ch);
+	free_split(&sp);
+}
+
+/* A corpus file of more than LBW_EVAL_PARAGRAPHS paragraphs keeps its first ones, counted
+ * without its blank lines, whatever the length window. */
+static void test_loader_split(void **state)
+{
+	(void)state;
+	char dir[256], path[300], err[256];
+	struct lbw_paragraphs p;
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(path, sizeof(path), "%s/c.txt", dir);
+	FILE *f = fopen(path, "w");
+	assert_non_null(f);
+	for (uint32_t i = 0; i < LBW_EVAL_PARAGRAPHS + 10; i++) {
+		const char *what = i >= LBW_EVAL_PARAGRAPHS ? "a paragraph of the training part" :
+				   i % 2 ? "a long paragraph" : "short";
+		fprintf(f, "%s%s %u\n", i % 3 ? "" : "\n  \n", what, i);
+	}
+	assert_int_equal(fclose(f), 0);
+	assert_int_equal(lbw_paragraphs_load(path, 0, 0, &p, err, sizeof(err)), 0);
+	assert_int_equal(p.n, LBW_EVAL_PARAGRAPHS);
+	assert_string_equal(p.p[p.n - 1], "a long paragraph 1999");
+	lbw_paragraphs_free(&p);
+	assert_int_equal(lbw_paragraphs_load(path, 18, 0, &p, err, sizeof(err)), 0);
+	assert_int_equal(p.n, LBW_EVAL_PARAGRAPHS / 2);
+	assert_string_equal(p.p[p.n - 1], "a long paragraph 1999");
+	lbw_paragraphs_free(&p);
+	/* the only lines of the window are in the training part */
+	assert_int_equal(lbw_paragraphs_load(path, 22, 0, &p, err, sizeof(err)), -EINVAL);
+	assert_non_null(strstr(err, "among its first 2000 paragraphs"));
+	lbu_rmtree(dir);
 }
 
 static void test_names(void **state)
@@ -812,30 +953,30 @@ static void test_chat_system_prompts(void **state)
 	assert_null(w.sys);
 }
 
-/* n short generated paragraphs (about 12 tokens each), written to a folder that is removed
- * again, loaded into *p. */
+/* n short generated paragraphs (about 12 tokens each), made in memory as lbw_paragraphs_load
+ * would have loaded them from a file: a corpus file keeps only its first LBW_EVAL_PARAGRAPHS. */
 static void short_corpus(uint32_t n, struct lbw_paragraphs *p)
 {
 	static const char *const words[] = { "cat", "dog", "sun", "tree", "ball", "red",
 					     "big", "ran", "saw", "home", "park", "bird" };
-	char dir[256], path[300], err[256];
-	lbt_mkdtemp(dir, sizeof(dir));
-	snprintf(path, sizeof(path), "%s/short.txt", dir);
-	FILE *f = fopen(path, "w");
-	assert_non_null(f);
+	const size_t per = 64; /* "Line %u:" and six words of at most 4 letters, ".", NUL */
+	p->mem = malloc((size_t)n * per);
+	p->p = malloc((size_t)n * sizeof(char *));
+	assert_non_null(p->mem);
+	assert_non_null(p->p);
+	p->n = n;
 	uint64_t x = 7;
+	size_t off = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		fprintf(f, "Line %u:", i);
+		p->p[i] = p->mem + off;
+		off += (size_t)sprintf(p->mem + off, "Line %u:", i);
 		for (int k = 0; k < 6; k++) {
 			x = x * 6364136223846793005ull + 1442695040888963407ull;
-			fprintf(f, " %s", words[(x >> 33) % 12]);
+			off += (size_t)sprintf(p->mem + off, " %s", words[(x >> 33) % 12]);
 		}
-		fprintf(f, ".\n");
+		off += (size_t)sprintf(p->mem + off, ".") + 1;
+		assert_true(off <= (size_t)(i + 1) * per);
 	}
-	assert_int_equal(fclose(f), 0);
-	assert_int_equal(lbw_paragraphs_load(path, 1, 0, p, err, sizeof(err)), 0);
-	lbu_rmtree(dir);
-	assert_int_equal(p->n, n);
 }
 
 /*
@@ -1318,6 +1459,8 @@ int main(void)
 		LBT_SKIP("data file %s is absent", TOK);
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_corpus_matches_file),
+		cmocka_unit_test(test_training_part_held_out),
+		cmocka_unit_test(test_loader_split),
 		cmocka_unit_test(test_names),
 		cmocka_unit_test(test_same_seed_same_stream),
 		cmocka_unit_test(test_shares_and_mutations),

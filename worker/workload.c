@@ -132,10 +132,11 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 		return rc;
 
 	/* Compact the kept lines, each NUL-terminated, to the front of b. A line written never
-	 * outgrows the bytes read for it: its '\n' (or the spare byte) takes the NUL. */
+	 * outgrows the bytes read for it: its '\n' (or the spare byte) takes the NUL. The training
+	 * part, from non-blank line LBW_EVAL_PARAGRAPHS on, is never read. */
 	size_t w = 0, i = 0;
-	uint32_t n = 0;
-	while (i < len) {
+	uint32_t n = 0, numbered = 0;
+	while (i < len && numbered < LBW_EVAL_PARAGRAPHS) {
 		size_t start = w, nonblank = 0;
 		for (; i < len && b[i] != '\n'; i++) {
 			char c = b[i];
@@ -148,6 +149,7 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 		}
 		i++; /* the '\n' */
 		size_t l = w - start;
+		numbered += nonblank != 0;
 		if (nonblank && l >= min_chars && (!max_chars || l <= max_chars)) {
 			b[w++] = '\0';
 			n++;
@@ -157,11 +159,12 @@ int lbw_paragraphs_load(const char *path, uint32_t min_chars, uint32_t max_chars
 	}
 	if (!n) {
 		if (max_chars)
-			lbu_errf(err, errlen, "corpus %s: no line of %u..%u chars, the selection is empty",
-				path, min_chars, max_chars);
+			lbu_errf(err, errlen, "corpus %s: no line of %u..%u chars among its first %u "
+				"paragraphs, the selection is empty", path, min_chars, max_chars,
+				LBW_EVAL_PARAGRAPHS);
 		else
-			lbu_errf(err, errlen, "corpus %s: no line of %u or more chars, the selection is empty",
-				path, min_chars);
+			lbu_errf(err, errlen, "corpus %s: no line of %u or more chars among its first %u "
+				"paragraphs, the selection is empty", path, min_chars, LBW_EVAL_PARAGRAPHS);
 		free(b);
 		return -EINVAL;
 	}

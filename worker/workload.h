@@ -41,6 +41,17 @@ enum lbw_mutation {
 	LBW_MUT_COUNT
 };
 
+/*
+ * The corpus split. A corpus file's paragraphs are its non-blank lines (as lbw_paragraphs_load
+ * reads them), numbered from 0 in file order. The first LBW_EVAL_PARAGRAPHS are its evaluation
+ * part, the only ones lbw_paragraphs_load keeps, so the only ones any request stream (and so any
+ * benchmark or end-to-end run) is made of; the rest are the training part, the text the shipped
+ * encoder was trained on (tools/train_encoder.py takes the same split). tinystories_val.txt has
+ * 4,356 paragraphs: 2,000 for evaluation (1,623 of them of 100..600 chars) and 2,356 for
+ * training. A corpus of at most LBW_EVAL_PARAGRAPHS paragraphs is all evaluation.
+ */
+#define LBW_EVAL_PARAGRAPHS 2000u
+
 /* The corpus: immutable after lbw_paragraphs_load; freed by lbw_paragraphs_free. */
 struct lbw_paragraphs {
 	char **p;   /* [n] NUL-terminated lines, in file order; point into mem */
@@ -49,10 +60,12 @@ struct lbw_paragraphs {
 };
 
 /*
- * Read a text file (at most LBW_CORPUS_MAX_BYTES) and keep its lines of min_chars..max_chars
- * bytes (max_chars 0: no upper bound), in file order. Every '\r' is removed and every '\t' and
- * NUL byte becomes a space before a line is measured; lines of spaces only count as empty and
- * are dropped. A kept line holds no '\n', '\r' or '\t'.
+ * Read a text file (at most LBW_CORPUS_MAX_BYTES) and keep the lines of its evaluation part
+ * (the first LBW_EVAL_PARAGRAPHS non-blank lines) of min_chars..max_chars bytes (max_chars 0: no
+ * upper bound), in file order; the training part after them is never kept. Every '\r' is
+ * removed and every '\t' and NUL byte becomes a space before a line is measured; lines of
+ * spaces only count as empty (blank: they are dropped and not numbered). A kept line holds no
+ * '\n', '\r' or '\t'.
  * err (may be NULL) receives one line saying what is wrong. On failure *out is zeroed.
  * @return 0; -EINVAL NULL argument, min_chars > max_chars (max_chars != 0), or no line in the
  * window; -errno from open, fstat or read; -EFBIG file larger than LBW_CORPUS_MAX_BYTES;
