@@ -101,6 +101,7 @@ struct lbb_fleet_cfg {
 	int no_sflight;        /* caching workers run with --no-sflight */
 	const char *recompute; /* caching workers' --recompute (R or off); NULL: the default */
 	const char *spin_us;   /* layerbankd's --spin-us; NULL: the default */
+	int shadow;            /* caching workers run with --shadow */
 };
 
 /*

@@ -27,6 +27,10 @@
 
 enum model { M_STORIES, M_BERT_BASE, M_FILE };
 
+/* --shadow's default drift target: layerbankd's default --drift-max, past which a REPORTed
+ * drift invalidates an entry. */
+#define DRIFT_TARGET 0.05
+
 struct opts {
 	enum model model;       /* --model stories260k, bert-base or a safetensors FILE */
 	const char *file;       /* M_FILE: its path */
@@ -43,6 +47,8 @@ struct opts {
 	int no_sflight;         /* the cached modes' workers without single-flight */
 	const char *recompute;  /* the cached modes' workers' --recompute; NULL: their default */
 	const char *spin_us;    /* layerbankd's --spin-us; NULL: its default */
+	int shadow;             /* --shadow: every reuse checked against the plain computation */
+	double drift_target;    /* a reuse drifting past it is a false hit (--drift-target) */
 	const char *plot;
 	char data[512];
 	uint32_t min_chars, max_chars;
@@ -62,6 +68,14 @@ struct answer {
 	unsigned waited_us;     /* its lookup waited for another worker's claim */
 	double cstart_us, cend_us; /* when its layers ran (CLOCK_MONOTONIC); 0, 0: none */
 	double reused;          /* share of the work it did not compute, 0..1 (on_answer) */
+	int shadowed;           /* --shadow's figures came with it: */
+	double drift;           /* the largest drift of a last-layer state from the plain one */
+	int changed;            /* predictions whose top-1 the reuse changed */
+};
+
+/* --shadow: reuses (requests that reused anything) and false hits among them. */
+struct shadow_count {
+	uint32_t hits, false_hits;
 };
 
 /*
@@ -98,6 +112,9 @@ struct run {
 	uint32_t sf_busy;       /* requests computed alongside a claimant (the wait ran out) */
 	double sf_wait_ms;      /* the mean wait of those that waited */
 	struct kind_stats by_kind[N_KINDS];
+	int shadow;             /* the caching workers ran with --shadow */
+	double drift_target;
+	struct shadow_count sh, sh_layer[MAX_LAYERS], sh_kind[N_KINDS]; /* by hit layer, kind */
 };
 
 /* r's kind (KIND_*); a NEAR request's mut is a mutation, never NONE (lbw_workload_make). */
@@ -179,6 +196,10 @@ static int on_answer(void *ctx, int w, uint64_t id, char *end, double lat_ms)
 	if (pred && (sscanf(pred, " predicted=%d%n", &a->predicted, &pused) != 1 || !pused))
 		pred = NULL;
 	const char *list = pred ? strstr(pred + pused, " top1=") : NULL;
+	const char *sh = pred ? strstr(end + used, " shadow_drift=") : NULL;
+	a->shadowed = sh && sh < pred &&
+		      sscanf(sh, " shadow_drift=%lf shadow_changed=%d", &a->drift, &a->changed) == 2 &&
+		      a->drift >= 0 && a->drift <= 2 && a->changed >= 0;
 	if (!list || a->tokens < 2 || a->tokens > 1 << 20 || a->predicted < 1 ||
 	    a->predicted >= a->tokens) {
 		fprintf(stderr, "layerbank-bench e2e: bad answer '%llu%.120s'\n",
@@ -311,6 +332,28 @@ static void summarise_kinds(struct run *run, const struct lbw_workload *wl)
 	}
 }
 
+/* --shadow's counts: every request that reused anything, and those whose reuse changed a top-1
+ * prediction or drifted past the target, in all, by hit layer and by kind. A reuse the worker
+ * sent no shadow figures for is an error of the run. */
+static void summarise_shadow(struct run *run, const struct lbw_workload *wl)
+{
+	for (uint32_t i = 0; run->shadow && i < wl->n; i++) {
+		const struct answer *a = &run->a[i];
+		if (!a->ok || a->hit < 0)
+			continue;
+		if (!a->shadowed) {
+			run->errors++;
+			continue;
+		}
+		int bad = a->changed > 0 || a->drift > run->drift_target, k = kind_of(&wl->r[i]);
+		struct shadow_count *c[3] = { &run->sh, &run->sh_layer[a->hit], &run->sh_kind[k] };
+		for (int j = 0; j < 3; j++) {
+			c[j]->hits++;
+			c[j]->false_hits += (uint32_t)bad;
+		}
+	}
+}
+
 /* Throughput, latency and reuse of a finished run. */
 static void summarise(struct run *run, const struct lbw_workload *wl, int layers)
 {
@@ -354,6 +397,7 @@ static void summarise(struct run *run, const struct lbw_workload *wl, int layers
 		run->hit_by_layer[l] = n ? (double)reused[l] / (double)n : 0;
 	run->nll_rel = run->top1 = NAN;
 	summarise_kinds(run, wl);
+	summarise_shadow(run, wl);
 }
 
 /*
@@ -417,9 +461,11 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 	struct lbb_fleet_cfg cfg = { .model = model, .tokenizer = tok, .max_tokens = o->max_tokens,
 				     .workers = o->workers, .budget = o->budget, .tau = tau,
 				     .no_sflight = o->no_sflight, .recompute = o->recompute,
-				     .spin_us = o->spin_us };
+				     .spin_us = o->spin_us, .shadow = o->shadow };
 	memset(run, 0, sizeof(*run));
 	run->mode = m;
+	run->shadow = o->shadow && m != LBB_NOCACHE;
+	run->drift_target = o->drift_target;
 	run->tau = tau;
 	run->a = calloc(wl->n, sizeof(*run->a));
 	if (!run->a)
@@ -473,6 +519,29 @@ static json_object *kinds_json(const struct run *r)
 	return o;
 }
 
+static json_object *rate_json(const struct shadow_count *c)
+{
+	return lbb_json_num(c->hits ? (double)c->false_hits / c->hits : NAN);
+}
+
+/* false_hit_rate (--shadow): false hits among the reuses, in all, by hit layer and by kind. */
+static json_object *shadow_json(const struct run *r, int layers)
+{
+	json_object *o = json_object_new_object(), *l = json_object_new_array();
+	json_object *k = json_object_new_object();
+	json_object_object_add(o, "drift_target", lbb_json_num(r->drift_target));
+	json_object_object_add(o, "hits", json_object_new_int64(r->sh.hits));
+	json_object_object_add(o, "false_hits", json_object_new_int64(r->sh.false_hits));
+	json_object_object_add(o, "rate", rate_json(&r->sh));
+	for (int i = 0; i < layers; i++)
+		json_object_array_add(l, rate_json(&r->sh_layer[i]));
+	for (int i = 0; i < N_KINDS; i++)
+		json_object_object_add(k, kind_name(i), rate_json(&r->sh_kind[i]));
+	json_object_object_add(o, "by_layer", l);
+	json_object_object_add(o, "by_kind", k);
+	return o;
+}
+
 static json_object *run_json(const struct run *r, int layers)
 {
 	json_object *o = json_object_new_object(), *h = json_object_new_array();
@@ -497,6 +566,8 @@ static json_object *run_json(const struct run *r, int layers)
 	json_object_object_add(o, "sflight_wait_ms_mean", lbb_json_num(r->sf_wait_ms));
 	if (r->mode != LBB_NOCACHE)
 		json_object_object_add(o, "by_kind", kinds_json(r));
+	if (r->shadow)
+		json_object_object_add(o, "false_hit_rate", shadow_json(r, layers));
 	return o;
 }
 
@@ -578,6 +649,38 @@ static void print_kinds(const struct run *runs, int have)
 	}
 }
 
+static void print_rate(const struct shadow_count *c)
+{
+	if (c->hits)
+		printf(" %5.1f%% of %-4u", 100.0 * c->false_hits / c->hits, c->hits);
+	else
+		printf(" %5s    %-4s", "-", "");
+}
+
+/* --shadow: false hits among the reuses of each cached mode, by hit layer and by kind. */
+static void print_shadow(const struct run *runs, int have, int layers)
+{
+	for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++) {
+		const struct run *r = &runs[m];
+		if (!(have & 1 << m) || !r->shadow)
+			continue;
+		printf("  %s false hits (a top-1 changed or drift > %.3g):", lbb_mode_name[m],
+		       r->drift_target);
+		print_rate(&r->sh);
+		printf("\n    by hit layer:");
+		for (int l = 0; l < layers; l++) {
+			printf("\n      %-8d", l);
+			print_rate(&r->sh_layer[l]);
+		}
+		printf("\n    by kind:");
+		for (int k = 0; k < N_KINDS; k++) {
+			printf("\n      %-10s", kind_name(k));
+			print_rate(&r->sh_kind[k]);
+		}
+		printf("\n");
+	}
+}
+
 static void print_table(const struct opts *o, const struct run *runs, int have, int layers,
 			const struct lbw_workload *wl, const struct run *sweep, int n_sweep)
 {
@@ -602,6 +705,7 @@ static void print_table(const struct opts *o, const struct run *runs, int have, 
 	if ((have & 1 << LBB_SHARED) && (have & 1 << LBB_PRIVATE))
 		printf("  speedup shared vs private: %.2fx\n", sh->rps / pv->rps);
 	print_kinds(runs, have);
+	print_shadow(runs, have, layers);
 	if (!n_sweep)
 		return;
 	printf("  tau sweep (shared): %6s %8s %8s %12s %10s\n", "tau", "reuse", "depth",
@@ -730,6 +834,7 @@ static void usage(FILE *f)
 		"         [--tau X] [--modes nocache,private,shared] [--tau-sweep] [--json] "
 		"[--plot FILE]\n"
 		"         [--data DIR] [--no-sflight] [--recompute R|off] [--spin-us N] [--quiet]\n"
+		"         [--shadow] [--drift-target X]\n"
 		"A fleet of layerbank-worker serve processes scores the same request stream "
 		"without a\n"
 		"cache, with a private in-process bank each (budget / workers bytes), and with\n"
@@ -746,7 +851,12 @@ static void usage(FILE *f)
 		"../shared/data). --no-sflight: the caching workers compute an input another worker\n"
 		"is computing rather than wait for it. --recompute: the caching workers' partial\n"
 		"reuse of near inputs of any length (layerbank-worker --recompute; default %.2f).\n"
-		"--spin-us: layerbankd's (default 50).\n", LBW_RECOMPUTE_DEFAULT);
+		"--spin-us: layerbankd's (default 50). --shadow: the caching workers compute every\n"
+		"request that reused anything plainly too; a reuse that changed a top-1 prediction\n"
+		"or drifted past --drift-target (1 - cosine of a last-layer state, default %.2g) is\n"
+		"a false hit, reported in all, by hit layer and by kind (JSON: false_hit_rate);\n"
+		"their throughput then includes that computation.\n",
+		LBW_RECOMPUTE_DEFAULT, DRIFT_TARGET);
 }
 
 static int bad(const char *opt, const char *v, const char *want)
@@ -774,6 +884,7 @@ static int parse(int argc, char **argv, struct opts *o)
 	o->modes = 7;
 	o->min_chars = 100;
 	o->max_chars = 600;
+	o->drift_target = DRIFT_TARGET;
 	const char *env = getenv("LAYERBANK_DATA");
 	snprintf(o->data, sizeof(o->data), "%s", env && *env ? env : LB_DATA_DIR);
 	for (int i = 1; i < argc; i++) {
@@ -792,6 +903,10 @@ static int parse(int argc, char **argv, struct opts *o)
 		}
 		if (!strcmp(a, "--no-sflight")) {
 			o->no_sflight = 1;
+			continue;
+		}
+		if (!strcmp(a, "--shadow")) {
+			o->shadow = 1;
 			continue;
 		}
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -817,6 +932,9 @@ static int parse(int argc, char **argv, struct opts *o)
 			if (num(val, 1, 1e6, &v) < 0 || v != floor(v))
 				return bad(a, val, "1..1000000");
 			requests = (long)v;
+		} else if (!strcmp(a, "--drift-target")) {
+			if (num(val, 0, 2, &o->drift_target) < 0)
+				return bad(a, val, "0..2");
 		} else if (!strcmp(a, "--exact")) {
 			if (num(val, 0, 1, &o->wl.p_exact) < 0)
 				return bad(a, val, "0..1");

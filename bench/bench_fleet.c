@@ -188,6 +188,8 @@ static void worker_argv(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, const 
 	}
 	if (m != LBB_NOCACHE && cfg->no_sflight)
 		argv[n++] = "--no-sflight";
+	if (m != LBB_NOCACHE && cfg->shadow)
+		argv[n++] = "--shadow";
 	if (m != LBB_NOCACHE && cfg->recompute) {
 		argv[n++] = "--recompute";
 		argv[n++] = cfg->recompute;

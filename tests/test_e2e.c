@@ -263,6 +263,56 @@ static void test_fleet_single_flight(void **state)
 	json_object_put(j);
 }
 
+/* e2e --shadow on a short stream of two workers, nocache and shared, with args; its report. */
+static json_object *shadow_run(const char *recompute)
+{
+	const char *argv[] = { LB_BENCH_PATH, "e2e", "--workers", "2", "--requests", "160",
+			       "--modes", "nocache,shared", "--recompute", recompute, "--shadow",
+			       "--json", "--quiet", NULL };
+	int st = lbt_run(argv, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		printf("layerbank-bench e2e said:\n%s\n", out);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	json_object *j = json_tokener_parse(strchr(out, '{'));
+	assert_non_null(j);
+	return j;
+}
+
+/*
+ * Shadow mode: every reuse of the shared bank computed plainly too. Exact repeats only
+ * (--recompute off: the threshold 1, so every reuse is of an exact entry) change nothing, so
+ * none is a false hit; with partial reuse the report counts its reuses and false hits, in all,
+ * by hit layer (one rate per layer) and by kind.
+ */
+static void test_fleet_shadow(void **state)
+{
+	(void)state;
+	json_object *j = shadow_run("off");
+	json_object *f = get(get(j, "shared"), "false_hit_rate");
+	printf("exact repeats only: %lld reuses, %lld false hits\n", count(f, "hits"),
+	       count(f, "false_hits"));
+	assert_true(count(f, "hits") > 10);
+	assert_int_equal(count(f, "false_hits"), 0);
+	json_object *none = NULL; /* the uncached mode reuses nothing to check */
+	assert_false(json_object_object_get_ex(get(j, "nocache"), "false_hit_rate", &none));
+	json_object_put(j);
+
+	j = shadow_run("0.15");
+	f = get(get(j, "shared"), "false_hit_rate");
+	long long hits = count(f, "hits"), bad = count(f, "false_hits");
+	printf("partial reuse: %lld reuses, %lld false hits\n", hits, bad);
+	assert_true(hits > 10);
+	assert_true(bad >= 0 && bad <= hits);
+	assert_true(fabs(num(f, "rate") - (double)bad / (double)hits) < 1e-9);
+	assert_true(fabs(num(f, "drift_target") - 0.05) < 1e-12);
+	json_object *by_layer = get(f, "by_layer");
+	assert_int_equal(json_object_array_length(by_layer), 5);
+	json_object *by_kind = get(f, "by_kind");
+	assert_int_equal(json_object_object_length(by_kind), 8);
+	json_object_put(j);
+}
+
 static void test_bad_options(void **state)
 {
 	(void)state;
@@ -462,6 +512,7 @@ int main(void)
 		cmocka_unit_test(test_bad_options),
 		cmocka_unit_test(test_fleet_report),
 		cmocka_unit_test(test_fleet_single_flight),
+		cmocka_unit_test(test_fleet_shadow),
 		cmocka_unit_test(test_prefix_bad_options),
 		cmocka_unit_test(test_prefix_report),
 	};

@@ -122,6 +122,7 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 		fprintf(stderr, "%s: bad --recompute '%s' (0..1, or off)\n", who, o->recompute);
 		return -1;
 	}
+	wc->shadow = o->shadow;
 	wc->gen_near = o->gen_recompute && strcmp(o->gen_recompute, "off") != 0;
 	wc->gen_recompute = LBW_GEN_RECOMPUTE_DEFAULT;
 	if (wc->gen_near &&

@@ -18,6 +18,7 @@ struct lbw_cache_opts {
 	const char *layers;       /* layers to insert: "all" (NULL) or indices "0,3,11" */
 	const char *revalidate;   /* share of hits to recompute, 0..1, or NULL: 0 */
 	int no_sflight;           /* lb_lem_run without single-flight (LB_LEM_NO_SFLIGHT) */
+	int shadow;               /* every reuse checked against the plain computation */
 	/* Partial reuse of near inputs of any length (lb_lem_run_rows): the share of aligned
 	 * positions recomputed, 0..1, or "off" (whole inputs of the same length only); NULL:
 	 * LBW_RECOMPUTE_DEFAULT. */
@@ -50,6 +51,7 @@ struct lbw_cache {
 	uint8_t *layers;
 	int align;                /* partial reuse on (lb_lem_run_rows) */
 	double recompute;         /* its share, when on */
+	int shadow;               /* --shadow (lbw_score_text) */
 	int gen_near;             /* generation's partial reuse on (lbw_generate) */
 	double gen_recompute;     /* its share */
 };

@@ -110,6 +110,10 @@ static void usage(FILE *f)
 		"                     the drift (default 0).\n"
 		"--no-sflight         no single-flight: an input another worker is computing is\n"
 		"                     computed again rather than waited for.\n"
+		"--shadow             a request that reused something is computed plainly too; serve\n"
+		"                     answers shadow_drift=D shadow_changed=K after reused= (D the\n"
+		"                     largest 1 - cosine of a last-layer state from the plain one, K\n"
+		"                     the predictions whose top-1 differs).\n"
 		"--recompute R|off    partial reuse of a near input of any length: its positions are\n"
 		"                     aligned by token, the edited ones and the share R (0..1) of the\n"
 		"                     others that deviate most are recomputed (default %.2g; 1: exact).\n"
@@ -214,6 +218,10 @@ static int parse(int argc, char **argv, struct opts *o)
 		}
 		if (!strcmp(a, "--no-sflight") && (cmd & (SCORE | SERVE))) {
 			o->cache.no_sflight = 1;
+			continue;
+		}
+		if (!strcmp(a, "--shadow") && (cmd & (SCORE | SERVE))) {
+			o->cache.shadow = 1;
 			continue;
 		}
 		const char **slot = slot_of(o, a, cmd);

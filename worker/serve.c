@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -47,6 +48,52 @@ static int timed_rows(void *ctx, uint32_t l, const float *in, uint32_t n, const 
 	if (!t->first_us)
 		t->first_us = start;
 	t->last_us = now_us();
+	return rc;
+}
+
+/* 1 - cosine(a, b) in double; 0 when either is the zero vector. */
+static double drift_of(const float *a, const float *b, size_t n)
+{
+	double ab = 0, aa = 0, bb = 0;
+	for (size_t i = 0; i < n; i++) {
+		ab += (double)a[i] * b[i];
+		aa += (double)a[i] * a[i];
+		bb += (double)b[i] * b[i];
+	}
+	return aa > 0 && bb > 0 ? 1 - ab / sqrt(aa * bb) : 0;
+}
+
+/* --shadow: toks (masked as the run was) computed plainly, compared with the run's last-layer
+ * states h and predictions top1 (may be NULL) into r. @return 0, -ENOMEM, a layer's error. */
+static int shadow_check(struct lbw_scorer *sc, const int32_t *toks, int32_t n, const float *h,
+			const int32_t *pos, const int32_t *labels, int32_t m, const int32_t *top1,
+			struct lbw_score *r)
+{
+	size_t hid = (size_t)sc->hidden;
+	float *p = malloc((size_t)n * hid * sizeof(float));
+	int32_t *t1 = malloc(((size_t)r->predicted + 1) * sizeof(int32_t));
+	int rc = p && t1 ? 0 : -ENOMEM;
+	if (rc == 0)
+		lbw_scorer_embed(sc, toks, n, p);
+	for (int32_t l = 0; rc == 0 && l < sc->n_layers; l++)
+		rc = lbw_scorer_layer(sc, (uint32_t)l, p, p);
+	if (rc == 0) {
+		r->shadow = 1;
+		r->shadow_drift = 0;
+		for (int32_t i = 0; i < n; i++) {
+			double d = drift_of(h + (size_t)i * hid, p + (size_t)i * hid, hid);
+			r->shadow_drift = d > r->shadow_drift ? d : r->shadow_drift;
+		}
+		if (sc->mlm)
+			(void)lbw_scorer_head_masked(sc, p, n, pos, labels, m, t1);
+		else
+			(void)lbw_scorer_head(sc, toks, n, p, t1);
+		r->shadow_changed = 0;
+		for (int32_t i = 0; top1 && i < r->predicted; i++)
+			r->shadow_changed += t1[i] != top1[i];
+	}
+	free(p);
+	free(t1);
 	return rc;
 }
 
@@ -130,6 +177,8 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 		r->tokens = n;
 		r->predicted = sc->mlm ? m : n - 1;
 		r->us = now_us() - start;
+		if (wc->shadow && r->lem.hit_layer >= 0)
+			rc = shadow_check(sc, toks, n, h, pos, labels, m, top1, r);
 	}
 	free(pos);
 	free(h);
@@ -150,11 +199,16 @@ static void serve_score(struct lbw_scorer *sc, const struct lbw_tokenizer *t, st
 		fprintf(out, "%" PRIu64 " err %s\n", id, err);
 		return;
 	}
+	char shadow[64] = "";
+	if (r.shadow)
+		snprintf(shadow, sizeof(shadow), " shadow_drift=%.6g shadow_changed=%d",
+			 r.shadow_drift, (int)r.shadow_changed);
 	fprintf(out, "%" PRIu64 " ok tokens=%d nll=%.17g hit=%d hamming=%u computed=%u "
-		"inserted=%u us=%.0f sflight=%u waited=%u compute=%.0f-%.0f reused=%.4f predicted=%d "
-		"top1=", id, (int)r.tokens, r.nll, (int)r.lem.hit_layer, r.lem.hit_hamming,
-		r.lem.layers_computed, r.lem.layers_inserted, r.us, r.lem.sflight, r.lem.waited_us,
-		r.compute_start_us, r.compute_end_us, (double)r.lem.reused, (int)r.predicted);
+		"inserted=%u us=%.0f sflight=%u waited=%u compute=%.0f-%.0f reused=%.4f%s "
+		"predicted=%d top1=", id, (int)r.tokens, r.nll, (int)r.lem.hit_layer,
+		r.lem.hit_hamming, r.lem.layers_computed, r.lem.layers_inserted, r.us, r.lem.sflight,
+		r.lem.waited_us, r.compute_start_us, r.compute_end_us, (double)r.lem.reused, shadow,
+		(int)r.predicted);
 	for (int32_t i = 0; i < r.predicted; i++)
 		fprintf(out, i ? ",%d" : "%d", (int)top1[i]);
 	fputc('\n', out);

@@ -28,6 +28,12 @@ struct lbw_score {
 	/* When the layers ran (CLOCK_MONOTONIC, us, comparable between processes): the start of
 	 * the first computed and the end of the last; both 0 when none was computed. */
 	double compute_start_us, compute_end_us;
+	/* --shadow, after a run that reused something: the same input computed plainly too. The
+	 * largest drift (1 - cosine) of a position's last-layer state from the plain one, and the
+	 * predictions whose top-1 differs (counted when top1 was asked for). */
+	int shadow;
+	double shadow_drift;
+	int32_t shadow_changed;
 };
 
 /*
