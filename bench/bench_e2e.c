@@ -112,6 +112,8 @@ struct run {
 	uint32_t sf_busy;       /* requests computed alongside a claimant (the wait ran out) */
 	double sf_wait_ms;      /* the mean wait of those that waited */
 	struct kind_stats by_kind[N_KINDS];
+	int have_tau;           /* tau_by_layer was read */
+	double tau_by_layer[MAX_LAYERS]; /* the thresholds in force at the run's end */
 	int shadow;             /* the caching workers ran with --shadow */
 	double drift_target;
 	struct shadow_count sh, sh_layer[MAX_LAYERS], sh_kind[N_KINDS]; /* by hit layer, kind */
@@ -447,6 +449,40 @@ static int dispatch(const struct lbw_workload *wl, uint32_t *next)
 	return 0;
 }
 
+/*
+ * The thresholds in force at the end of a shared run, per layer, into run->tau_by_layer: the
+ * workers' --tau when they had one (their lookups bring it), else the daemon's, its tau and
+ * the tau.MODEL.LAYER settings of the one model the fleet registered. Nothing when the daemon
+ * cannot be asked.
+ */
+static void read_taus(struct run *run, const char *tau, int layers)
+{
+	if (tau) {
+		for (int l = 0; l < layers; l++)
+			run->tau_by_layer[l] = atof(tau);
+		run->have_tau = 1;
+		return;
+	}
+	struct lb_client *c = NULL;
+	struct lb_config_item items[MAX_LAYERS + 16];
+	if (lb_connect(lbb_fleet_socket(), "layerbank-bench e2e", &c) < 0)
+		return;
+	int n = lb_config_get(c, NULL, items, MAX_LAYERS + 16);
+	for (int i = 0; i < n && i < MAX_LAYERS + 16; i++)
+		if (!strcmp(items[i].key, "tau"))
+			for (int l = 0; l < layers; l++)
+				run->tau_by_layer[l] = atof(items[i].value);
+	for (int i = 0; i < n && i < MAX_LAYERS + 16; i++) {
+		const char *dot = strrchr(items[i].key, '.');
+		char *end;
+		long l = dot && !strncmp(items[i].key, "tau.", 4) ? strtol(dot + 1, &end, 10) : -1;
+		if (l >= 0 && l < layers && !*end)
+			run->tau_by_layer[l] = atof(items[i].value);
+	}
+	run->have_tau = n > 0;
+	lb_close(c);
+}
+
 static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 		     const struct lbw_workload *wl, int *layers, struct run *run)
 {
@@ -487,6 +523,8 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 	if (rc == 0) {
 		run->wall_s = lbb_now_s() - t0;
 		progress(o, run, done, wl->n, t0, *layers, 1);
+		if (m == LBB_SHARED)
+			read_taus(run, tau, *layers);
 	}
 	lbb_fleet_stop();
 	return rc;
@@ -568,6 +606,12 @@ static json_object *run_json(const struct run *r, int layers)
 		json_object_object_add(o, "by_kind", kinds_json(r));
 	if (r->shadow)
 		json_object_object_add(o, "false_hit_rate", shadow_json(r, layers));
+	if (r->have_tau) {
+		json_object *t = json_object_new_array();
+		for (int l = 0; l < layers; l++)
+			json_object_array_add(t, lbb_json_num(r->tau_by_layer[l]));
+		json_object_object_add(o, "tau_by_layer", t);
+	}
 	return o;
 }
 

@@ -180,6 +180,13 @@ static void test_fleet_report(void **state)
 	check_kinds(sh, mix);
 	/* Every worker sees the shared bank: exact repeats are found in it. */
 	assert_true(num(get(get(sh, "by_kind"), "exact"), "hit_rate") > 0);
+	/* The thresholds in force at the end, read from the daemon: its default for every layer. */
+	json_object *taus = get(sh, "tau_by_layer");
+	assert_int_equal(json_object_array_length(taus), layers);
+	for (int l = 0; l < layers; l++)
+		assert_true(fabs(json_object_get_double(json_object_array_get_idx(taus, l)) - 0.98) <
+			    1e-6);
+	assert_false(json_object_object_get_ex(pv, "tau_by_layer", NULL));
 	/* Exact repeats and near-duplicates are three quarters of the stream: the shared bank must
 	 * serve a good part of it... */
 	assert_true(num(sh, "hit_rate") > 0.25);
