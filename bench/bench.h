@@ -102,6 +102,7 @@ struct lbb_fleet_cfg {
 	const char *recompute; /* caching workers' --recompute (R or off); NULL: the default */
 	const char *spin_us;   /* layerbankd's --spin-us; NULL: the default */
 	int shadow;            /* caching workers run with --shadow */
+	const char *fp_chunks; /* caching workers' --fp-chunks; NULL: the default */
 };
 
 /*

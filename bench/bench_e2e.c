@@ -48,6 +48,7 @@ struct opts {
 	const char *recompute;  /* the cached modes' workers' --recompute; NULL: their default */
 	const char *spin_us;    /* layerbankd's --spin-us; NULL: its default */
 	int shadow;             /* --shadow: every reuse checked against the plain computation */
+	const char *fp_chunks;  /* the caching workers' --fp-chunks; NULL: their default, 4 */
 	double drift_target;    /* a reuse drifting past it is a false hit (--drift-target) */
 	const char *plot;
 	char data[512];
@@ -497,7 +498,8 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 	struct lbb_fleet_cfg cfg = { .model = model, .tokenizer = tok, .max_tokens = o->max_tokens,
 				     .workers = o->workers, .budget = o->budget, .tau = tau,
 				     .no_sflight = o->no_sflight, .recompute = o->recompute,
-				     .spin_us = o->spin_us, .shadow = o->shadow };
+				     .spin_us = o->spin_us, .shadow = o->shadow,
+				     .fp_chunks = o->fp_chunks };
 	memset(run, 0, sizeof(*run));
 	run->mode = m;
 	run->shadow = o->shadow && m != LBB_NOCACHE;
@@ -767,6 +769,15 @@ static void print_json(const struct opts *o, const struct lbw_workload *wl, cons
 	json_object_object_add(j, "workers", json_object_new_int(o->workers));
 	json_object_object_add(j, "requests", json_object_new_int((int)wl->n));
 	json_object_object_add(j, "model", json_object_new_string(o->name));
+	/* How the caching workers find what to reuse: exact token hashes only (--recompute off,
+	 * threshold 1), or a fingerprint of the embedding pooled whole (mean) or in chunks. */
+	json_object *fp = json_object_new_object();
+	int chunks = o->fp_chunks ? atoi(o->fp_chunks) : 4;
+	int exact = o->recompute && !strcmp(o->recompute, "off") && !o->tau;
+	json_object_object_add(fp, "method", json_object_new_string(exact ? "exact_hash" :
+				chunks == 1 ? "mean_pooled" : "chunk_pooled"));
+	json_object_object_add(fp, "chunks", json_object_new_int(chunks));
+	json_object_object_add(j, "fingerprint", fp);
 	json_object_object_add(j, "fidelity",
 			       json_object_new_string(o->masked ? "masked_tokens" : "next_token"));
 	json_object_object_add(j, "layers", json_object_new_int(layers));
@@ -878,7 +889,7 @@ static void usage(FILE *f)
 		"         [--tau X] [--modes nocache,private,shared] [--tau-sweep] [--json] "
 		"[--plot FILE]\n"
 		"         [--data DIR] [--no-sflight] [--recompute R|off] [--spin-us N] [--quiet]\n"
-		"         [--shadow] [--drift-target X]\n"
+		"         [--shadow] [--drift-target X] [--fp-chunks N]\n"
 		"A fleet of layerbank-worker serve processes scores the same request stream "
 		"without a\n"
 		"cache, with a private in-process bank each (budget / workers bytes), and with\n"
@@ -899,7 +910,9 @@ static void usage(FILE *f)
 		"request that reused anything plainly too; a reuse that changed a top-1 prediction\n"
 		"or drifted past --drift-target (1 - cosine of a last-layer state, default %.2g) is\n"
 		"a false hit, reported in all, by hit layer and by kind (JSON: false_hit_rate);\n"
-		"their throughput then includes that computation.\n",
+		"their throughput then includes that computation. --fp-chunks: the caching workers'\n"
+		"fingerprint chunks (default 4; 1: plain mean pooling); with --recompute off only\n"
+		"exact token hashes are reused (JSON: fingerprint).\n",
 		LBW_RECOMPUTE_DEFAULT, DRIFT_TARGET);
 }
 
@@ -976,6 +989,10 @@ static int parse(int argc, char **argv, struct opts *o)
 			if (num(val, 1, 1e6, &v) < 0 || v != floor(v))
 				return bad(a, val, "1..1000000");
 			requests = (long)v;
+		} else if (!strcmp(a, "--fp-chunks")) {
+			if (num(val, 1, 64, &v) < 0 || v != floor(v))
+				return bad(a, val, "1..64");
+			o->fp_chunks = val;
 		} else if (!strcmp(a, "--drift-target")) {
 			if (num(val, 0, 2, &o->drift_target) < 0)
 				return bad(a, val, "0..2");

@@ -190,6 +190,10 @@ static void worker_argv(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, const 
 		argv[n++] = "--no-sflight";
 	if (m != LBB_NOCACHE && cfg->shadow)
 		argv[n++] = "--shadow";
+	if (m != LBB_NOCACHE && cfg->fp_chunks) {
+		argv[n++] = "--fp-chunks";
+		argv[n++] = cfg->fp_chunks;
+	}
 	if (m != LBB_NOCACHE && cfg->recompute) {
 		argv[n++] = "--recompute";
 		argv[n++] = cfg->recompute;

@@ -301,6 +301,8 @@ static void test_fleet_shadow(void **state)
 	       count(f, "false_hits"));
 	assert_true(count(f, "hits") > 10);
 	assert_int_equal(count(f, "false_hits"), 0);
+	assert_string_equal(json_object_get_string(get(get(j, "fingerprint"), "method")),
+			    "exact_hash");
 	json_object *none = NULL; /* the uncached mode reuses nothing to check */
 	assert_false(json_object_object_get_ex(get(j, "nocache"), "false_hit_rate", &none));
 	json_object_put(j);
@@ -308,6 +310,9 @@ static void test_fleet_shadow(void **state)
 	j = shadow_run("0.15");
 	f = get(get(j, "shared"), "false_hit_rate");
 	long long hits = count(f, "hits"), bad = count(f, "false_hits");
+	assert_string_equal(json_object_get_string(get(get(j, "fingerprint"), "method")),
+			    "chunk_pooled");
+	assert_int_equal(count(get(j, "fingerprint"), "chunks"), 4);
 	printf("partial reuse: %lld reuses, %lld false hits\n", hits, bad);
 	assert_true(hits > 10);
 	assert_true(bad >= 0 && bad <= hits);

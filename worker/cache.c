@@ -22,6 +22,7 @@
  * come within tau 0.98 (measured on the e2e stream: NLL +40%): off is exact repeats only,
  * unless --tau asks for more. */
 #define FP_CHUNKS 4
+#define FP_CHUNKS_MAX 64
 
 /* A finite number, whole string. @return 0 or -1. */
 static int parse_real(const char *v, double *out)
@@ -70,7 +71,7 @@ void lbw_cache_close(struct lbw_cache *wc)
 }
 
 /* The projection is centred on the mean embedding row, where token embeddings cluster. */
-static struct lb_fp_proj *projection(const struct lbw_scorer *sc)
+static struct lb_fp_proj *projection(const struct lbw_scorer *sc, uint32_t chunks)
 {
 	float *center = calloc((size_t)sc->hidden, sizeof(float));
 	double *acc = calloc((size_t)sc->hidden, sizeof(double));
@@ -81,7 +82,7 @@ static struct lb_fp_proj *projection(const struct lbw_scorer *sc)
 				acc[j] += sc->emb[(size_t)v * (size_t)sc->hidden + (size_t)j];
 		for (int32_t j = 0; j < sc->hidden; j++)
 			center[j] = (float)(acc[j] / (double)sc->vocab);
-		p = lb_fp_proj_new((uint32_t)sc->hidden, FP_CHUNKS, FP_SEED, center);
+		p = lb_fp_proj_new((uint32_t)sc->hidden, chunks, FP_SEED, center);
 	}
 	free(center);
 	free(acc);
@@ -133,6 +134,18 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 			o->gen_recompute);
 		return -1;
 	}
+	wc->fp_chunks = FP_CHUNKS;
+	if (o->fp_chunks) {
+		char *end;
+		errno = 0;
+		unsigned long c = strtoul(o->fp_chunks, &end, 10);
+		if (errno || end == o->fp_chunks || *end || c < 1 || c > FP_CHUNKS_MAX) {
+			fprintf(stderr, "%s: bad --fp-chunks '%s' (1..%d)\n", who, o->fp_chunks,
+				FP_CHUNKS_MAX);
+			return -1;
+		}
+		wc->fp_chunks = (uint32_t)c;
+	}
 	wc->layers = malloc((size_t)L);
 	/* Without partial reuse a near hit is taken whole, and the fingerprint's 4 chunks find
 	 * unrelated texts of one length near (FP_CHUNKS): exact repeats only, unless asked. */
@@ -140,7 +153,7 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 	if (exact_only)
 		tau = 1.0;
 	wc->tau = o->tau || exact_only ? malloc((size_t)L * sizeof(float)) : NULL;
-	wc->proj = projection(sc);
+	wc->proj = projection(sc, wc->fp_chunks);
 	if (!wc->layers || ((o->tau || exact_only) && !wc->tau) || !wc->proj) {
 		fprintf(stderr, "%s: out of memory\n", who);
 		lbw_cache_close(wc);
@@ -169,7 +182,7 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 		.hidden = (uint32_t)sc->hidden,
 		.dtype = LB_DTYPE_F32,
 		.max_seq = (uint32_t)sc->max_seq,
-		.fp_chunks = FP_CHUNKS,
+		.fp_chunks = wc->fp_chunks,
 		.fp_seed = FP_SEED,
 		/* A decoder's prefix blocks: the llama state's layout (generate, serve's gen). */
 		.kv_dim = (uint32_t)sc->kv_dim,

@@ -19,6 +19,8 @@ struct lbw_cache_opts {
 	const char *revalidate;   /* share of hits to recompute, 0..1, or NULL: 0 */
 	int no_sflight;           /* lb_lem_run without single-flight (LB_LEM_NO_SFLIGHT) */
 	int shadow;               /* every reuse checked against the plain computation */
+	/* The fingerprint's chunks, 1..64 (1: plain mean pooling), or NULL: 4 (cache.c says why). */
+	const char *fp_chunks;
 	/* Partial reuse of near inputs of any length (lb_lem_run_rows): the share of aligned
 	 * positions recomputed, 0..1, or "off" (whole inputs of the same length only); NULL:
 	 * LBW_RECOMPUTE_DEFAULT. */
@@ -52,6 +54,7 @@ struct lbw_cache {
 	int align;                /* partial reuse on (lb_lem_run_rows) */
 	double recompute;         /* its share, when on */
 	int shadow;               /* --shadow (lbw_score_text) */
+	uint32_t fp_chunks;       /* the fingerprint's chunks */
 	int gen_near;             /* generation's partial reuse on (lbw_generate) */
 	double gen_recompute;     /* its share */
 };

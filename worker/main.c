@@ -121,6 +121,8 @@ static void usage(FILE *f)
 		"                     of the same length too, reused whole).\n"
 		"--tau X              similarity threshold of every layer's lookup (default: the\n"
 		"                     bank's).\n"
+		"--fp-chunks N        the fingerprint pools the embedding in N chunks, 1..64 (default\n"
+		"                     4; 1: plain mean pooling). Every worker of a bank must agree.\n"
 		"--gen-recompute R|on|off  a decoder's prompt that no cached exact prefix covers by\n"
 		"                     half is prefilled by partial reuse of a near prompt, as\n"
 		"                     --recompute with share R (on: %.2g); its text may then differ\n"
@@ -187,6 +189,7 @@ static const char **slot_of(struct opts *o, const char *a, int cmd)
 		{ "--tau", SCORE | SERVE, offsetof(struct opts, cache.tau) },
 		{ "--recompute", SCORE | SERVE, offsetof(struct opts, cache.recompute) },
 		{ "--gen-recompute", GEN | SERVE, offsetof(struct opts, cache.gen_recompute) },
+		{ "--fp-chunks", GEN | SCORE | SERVE, offsetof(struct opts, cache.fp_chunks) },
 	};
 	for (size_t i = 0; i < sizeof(tab) / sizeof(tab[0]); i++)
 		if (!strcmp(a, tab[i].name) && (tab[i].cmds & cmd))
@@ -284,10 +287,10 @@ static int parse(int argc, char **argv, struct opts *o)
 		}
 	}
 	if ((o->cache.layers || o->cache.revalidate || o->cache.tau || o->cache.recompute ||
-	     o->cache.gen_recompute) && !o->cache.socket && !o->private_s) {
+	     o->cache.gen_recompute || o->cache.fp_chunks) && !o->cache.socket && !o->private_s) {
 		fprintf(stderr, "layerbank-worker %s: --cache-layers, --revalidate, --tau, "
-				"--recompute and --gen-recompute need --cache or --private-cache\n",
-			o->cmd);
+				"--recompute, --gen-recompute and --fp-chunks need --cache or "
+				"--private-cache\n", o->cmd);
 		return -1;
 	}
 	return 0;
