@@ -56,6 +56,22 @@ static long long count(json_object *o, const char *key)
 	return (long long)json_object_get_int64(get(o, key));
 }
 
+/* Run layerbank-bench with argv (its JSON report asked for), which must succeed (what it said is
+ * shown when it does not); the report, parsed. */
+static json_object *bench_json(const char *const *argv)
+{
+	int st = lbt_run(argv, out, sizeof(out));
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		printf("layerbank-bench %s said:\n%s\n", argv[1], out);
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	const char *start = strchr(out, '{');
+	assert_non_null(start);
+	json_object *j = json_tokener_parse(start);
+	assert_non_null(j);
+	return j;
+}
+
 /* A mode's figures hold together: its throughput is the requests over its wall time, and each
  * request computed every layer it did not reuse, and layer 0 too when it reused the layers
  * above only in part (lb_lem_run_rows computes layer 0 whole to align the rows). */
@@ -150,15 +166,7 @@ static void test_fleet_report(void **state)
 	 * reusing something (five runs alike). */
 	const char *argv[] = { LB_BENCH_PATH, "e2e", "--model", "stories260k", "--workers", "2",
 			       "--requests", "80", "--json", "--quiet", "--plot", png, NULL };
-	int st = lbt_run(argv, out, sizeof(out));
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		printf("layerbank-bench e2e said:\n%s\n", out);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
-	const char *start = strchr(out, '{');
-	assert_non_null(start);
-	json_object *j = json_tokener_parse(start);
-	assert_non_null(j);
+	json_object *j = bench_json(argv);
 	assert_int_equal(json_object_get_int(get(j, "workers")), 2);
 	assert_int_equal(json_object_get_int(get(j, "requests")), REQUESTS);
 	assert_string_equal(json_object_get_string(get(j, "model")), "stories260k");
@@ -251,13 +259,7 @@ static void test_fleet_single_flight(void **state)
 	const char *argv[] = { LB_BENCH_PATH, "e2e", "--model", "stories260k", "--workers", "4",
 			       "--requests", "120", "--exact", "0.95", "--near", "0", "--zipf", "3",
 			       "--modes", "nocache,shared", "--json", "--quiet", NULL };
-	int st = lbt_run(argv, out, sizeof(out));
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		printf("layerbank-bench e2e said:\n%s\n", out);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
-	json_object *j = json_tokener_parse(strchr(out, '{'));
-	assert_non_null(j);
+	json_object *j = bench_json(argv);
 	json_object *nc = get(j, "nocache"), *sh = get(j, "shared");
 	long long dup_nc = count(nc, "duplicate_computes"), dup_sh = count(sh, "duplicate_computes");
 	printf("duplicate computes: nocache %lld, shared %lld (%lld waited, %lld alongside a "
@@ -276,14 +278,7 @@ static json_object *shadow_run(const char *recompute)
 	const char *argv[] = { LB_BENCH_PATH, "e2e", "--workers", "2", "--requests", "160",
 			       "--modes", "nocache,shared", "--recompute", recompute, "--shadow",
 			       "--json", "--quiet", NULL };
-	int st = lbt_run(argv, out, sizeof(out));
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		printf("layerbank-bench e2e said:\n%s\n", out);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
-	json_object *j = json_tokener_parse(strchr(out, '{'));
-	assert_non_null(j);
-	return j;
+	return bench_json(argv);
 }
 
 /*
@@ -422,15 +417,7 @@ static void test_prefix_report(void **state)
 	(void)state;
 	const char *argv[] = { LB_BENCH_PATH, "prefix", "--model", "stories260k", "--workers", "2",
 			       "--conversations", "12", "--json", "--quiet", NULL };
-	int st = lbt_run(argv, out, sizeof(out));
-	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		printf("layerbank-bench prefix said:\n%s\n", out);
-	assert_true(WIFEXITED(st));
-	assert_int_equal(WEXITSTATUS(st), 0);
-	const char *start = strchr(out, '{');
-	assert_non_null(start);
-	json_object *j = json_tokener_parse(start);
-	assert_non_null(j);
+	json_object *j = bench_json(argv);
 	assert_string_equal(json_object_get_string(get(j, "model")), "stories260k");
 	assert_int_equal(json_object_get_int(get(j, "workers")), 2);
 	assert_int_equal(json_object_get_int(get(j, "conversations")), 12);
