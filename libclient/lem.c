@@ -58,8 +58,7 @@ static int gone(int err)
 	       err == -EPROTO;
 }
 
-/* 1 - cosine(a, b) in double, clamped to >= 0; 0 when both are zero vectors. */
-static float drift_of(const float *a, const float *b, uint64_t count)
+LB_EXPORT float lb_drift(const float *a, const float *b, uint64_t count)
 {
 	double ab = 0, aa = 0, bb = 0;
 	for (uint64_t i = 0; i < count; i++) {
@@ -142,7 +141,7 @@ static int revalidate(struct lem *m, const struct lb_hit *hit, const float *emb,
 		rc = compute(ctx, hit->layer, in, fresh);
 		if (rc == 0) {
 			m->res->revalidated++;
-			int r = lb_report(m->c, hit->lease, drift_of(fresh, hit->data, count));
+			int r = lb_report(m->c, hit->lease, lb_drift(fresh, hit->data, count));
 			if (r == 0)
 				m->res->reports++;
 			else if (r != -EINVAL)
@@ -444,7 +443,7 @@ static int lem_select(struct lem *m, const int32_t *map, uint32_t aligned, const
 	for (uint32_t i = 0; i < m->n; i++) {
 		sel[i] = map[i] < 0;
 		if (map[i] >= 0)
-			d[k++] = (struct dev){ drift_of(h + (uint64_t)i * hid,
+			d[k++] = (struct dev){ lb_drift(h + (uint64_t)i * hid,
 							c0 + (uint64_t)map[i] * hid, hid), i };
 	}
 	qsort(d, k, sizeof(*d), dev_cmp);

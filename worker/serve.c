@@ -4,7 +4,6 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -51,18 +50,6 @@ static int timed_rows(void *ctx, uint32_t l, const float *in, uint32_t n, const 
 	return rc;
 }
 
-/* 1 - cosine(a, b) in double; 0 when either is the zero vector. */
-static double drift_of(const float *a, const float *b, size_t n)
-{
-	double ab = 0, aa = 0, bb = 0;
-	for (size_t i = 0; i < n; i++) {
-		ab += (double)a[i] * b[i];
-		aa += (double)a[i] * a[i];
-		bb += (double)b[i] * b[i];
-	}
-	return aa > 0 && bb > 0 ? 1 - ab / sqrt(aa * bb) : 0;
-}
-
 /* --shadow: toks (masked as the run was) computed plainly, compared with the run's last-layer
  * states h and predictions top1 (may be NULL) into r. @return 0, -ENOMEM, a layer's error. */
 static int shadow_check(struct lbw_scorer *sc, const int32_t *toks, int32_t n, const float *h,
@@ -81,7 +68,7 @@ static int shadow_check(struct lbw_scorer *sc, const int32_t *toks, int32_t n, c
 		r->shadow = 1;
 		r->shadow_drift = 0;
 		for (int32_t i = 0; i < n; i++) {
-			double d = drift_of(h + (size_t)i * hid, p + (size_t)i * hid, hid);
+			double d = lb_drift(h + (size_t)i * hid, p + (size_t)i * hid, hid);
 			r->shadow_drift = d > r->shadow_drift ? d : r->shadow_drift;
 		}
 		if (sc->mlm)

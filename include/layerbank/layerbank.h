@@ -439,6 +439,10 @@ int lb_release(struct lb_client *c, uint64_t lease);
  * >= 0); above its limit the entry is invalidated. The lease stays held. Same returns. */
 int lb_report(struct lb_client *c, uint64_t lease, float drift);
 
+/* The drift lb_report and lb_lem_run's revalidation measure: 1 - cosine(a, b) over count
+ * floats, in double, clamped to >= 0; 0 when both are zero vectors, 1 when one is. */
+float lb_drift(const float *a, const float *b, uint64_t count);
+
 /* A round trip through the rings. @return 0, -ETIMEDOUT. */
 int lb_ping(struct lb_client *c);
 
