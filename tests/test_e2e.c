@@ -434,11 +434,18 @@ static void test_prefix_report(void **state)
 	double r_sh = check_prefix_mode(sh, requests);
 	assert_int_equal(count(nc, "reused_tokens"), 0);
 	assert_true(r_nc == 0);
-	assert_true(r_sh > 0);
-	assert_true(r_sh >= r_pv && r_pv >= r_nc);
-	/* A private bank holds at most what its own worker answered before: no more than the
-	 * benchmark's model of it, a bank that never evicts. */
+	assert_true(r_sh > 0 && r_pv >= r_nc);
+	/* Neither bank's reuse bounds the other's: which turns of other conversations were
+	 * answered before a turn was sent depends on the run's schedule. Each is held to the
+	 * benchmark's model of it, a bank that never evicts holding what was answered before. A
+	 * private bank holds at most what its own worker answered; the shared bank holds at least
+	 * what any worker answered (a turn's blocks go in before its answer) unless a cache call
+	 * gave up on the daemon, which cache_lost counts. */
 	assert_true(count(pv, "reused_tokens") <= count(pv, "reusable_tokens"));
+	if (json_object_get_int(get(sh, "cache_lost")) == 0 &&
+	    count(sh, "reused_tokens") < count(sh, "reusable_tokens"))
+		fail_msg("shared bank: %lld tokens reused of %lld held before", count(sh, "reused_tokens"),
+			 count(sh, "reusable_tokens"));
 	assert_int_equal(count(nc, "reusable_tokens"), 0);
 	/* The same tokens generated, so the same prompts sent. */
 	assert_int_equal(count(pv, "prompt_tokens"), count(nc, "prompt_tokens"));
