@@ -35,6 +35,7 @@ void lbd_config_defaults(struct lbd_config *c)
 	c->ttl_s = LBD_DEFAULT_TTL_S;
 	c->half_life_s = LBD_DEFAULT_HALF_LIFE_S;
 	c->drift_max = LBD_DEFAULT_DRIFT_MAX;
+	c->drift_target = LBD_DEFAULT_DRIFT_TARGET;
 	c->tau = LBD_DEFAULT_TAU;
 	c->budget = 0;
 	c->socket_mode = LBD_DEFAULT_SOCKET_MODE;
@@ -52,6 +53,7 @@ void lbd_config_store_cfg(const struct lbd_config *c, struct lbd_store_cfg *out)
 		.ttl_ns = (uint64_t)c->ttl_s * 1000000000ull,
 		.half_life_ns = (uint64_t)c->half_life_s * 1000000000ull,
 		.drift_max = c->drift_max,
+		.drift_target = c->drift_target,
 		.tau = c->tau,
 	};
 }
@@ -229,6 +231,12 @@ static int set_half_life(struct lbd_config *c, const char *v, const char *who, c
 static int set_drift_max(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
 {
 	return set_real(&c->drift_max, v, 0, 1e9, who, err, errlen);
+}
+
+static int set_drift_target(struct lbd_config *c, const char *v, const char *who, char *err,
+			    size_t errlen)
+{
+	return set_real(&c->drift_target, v, 0, 1, who, err, errlen);
 }
 
 static int set_tau(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
@@ -497,6 +505,7 @@ enum {
 	OPT_TTL,
 	OPT_HALF_LIFE,
 	OPT_DRIFT_MAX,
+	OPT_DRIFT_TARGET,
 	OPT_TAU,
 	OPT_BUDGET,
 	OPT_SNAPSHOT,
@@ -533,6 +542,7 @@ static const struct config_key keys[] = {
 	{ "ttl", OPT_TTL, required_argument, "seconds", set_ttl },
 	{ "half-life", OPT_HALF_LIFE, required_argument, "seconds", set_half_life },
 	{ "drift-max", OPT_DRIFT_MAX, required_argument, "a number", set_drift_max },
+	{ "drift-target", OPT_DRIFT_TARGET, required_argument, "a number 0..1", set_drift_target },
 	{ "tau", OPT_TAU, required_argument, "a similarity -1..1", set_tau },
 	{ "budget", OPT_BUDGET, required_argument, "a size", set_budget },
 	{ "snapshot", OPT_SNAPSHOT, required_argument, "a file path or 'none'", set_snapshot },
@@ -573,6 +583,7 @@ static const struct option long_options[] = {
 	{ "ttl", required_argument, NULL, OPT_TTL },
 	{ "half-life", required_argument, NULL, OPT_HALF_LIFE },
 	{ "drift-max", required_argument, NULL, OPT_DRIFT_MAX },
+	{ "drift-target", required_argument, NULL, OPT_DRIFT_TARGET },
 	{ "tau", required_argument, NULL, OPT_TAU },
 	{ "budget", required_argument, NULL, OPT_BUDGET },
 	{ "snapshot", required_argument, NULL, OPT_SNAPSHOT },
@@ -923,6 +934,9 @@ void lbd_config_usage(FILE *out)
 		"      --ttl S              ttl policy: entries expire after S seconds (default %u)\n"
 		"      --half-life S        decay policy: a hit counts half after S seconds (default %u)\n"
 		"      --drift-max X        a REPORT above X invalidates the entry (default %g)\n"
+		"      --drift-target X     adapt each layer's threshold so that the mean drift its\n"
+		"                           REPORTed approximate reuses show settles at X, 0..1;\n"
+		"                           0: --tau for every layer (default %g)\n"
 		"      --tau X              similarity needed for reuse when a lookup brings no\n"
 		"                           thresholds, -1..1 (default %g)\n"
 		"      --budget SIZE        bytes entries may use (default 0: the whole arena)\n"
@@ -954,5 +968,5 @@ void lbd_config_usage(FILE *out)
 		"Exit status: 0 clean stop, 1 start-up or runtime failure, 2 bad option or config.\n",
 		LBD_DEFAULT_SOCKET, max, size, LBD_MAX_NUMA_NODE, LBD_DEFAULT_THREADS,
 		LBD_DEFAULT_SPIN_US, LBD_DEFAULT_TTL_S, LBD_DEFAULT_HALF_LIFE_S, LBD_DEFAULT_DRIFT_MAX,
-		LBD_DEFAULT_TAU, staging);
+		LBD_DEFAULT_DRIFT_TARGET, LBD_DEFAULT_TAU, staging);
 }

@@ -28,6 +28,8 @@
 #define LBD_DEFAULT_TAU 0.98
 #define LBD_DEFAULT_POLICY LBD_POLICY_LRU
 #define LBD_DEFAULT_DRIFT_MAX 0.05
+/* 0: fixed thresholds until the fleet benchmark has chosen a target (bench/README.md). */
+#define LBD_DEFAULT_DRIFT_TARGET 0.0
 #define LBD_DEFAULT_TTL_S 3600u
 #define LBD_DEFAULT_HALF_LIFE_S 300u
 #define LBD_DEFAULT_SOCKET_MODE 0660u
@@ -57,6 +59,7 @@ struct lbd_config {
 	unsigned ttl_s;               /* TTL policy */
 	unsigned half_life_s;         /* decay policy */
 	double drift_max;             /* REPORT drift above this invalidates the entry */
+	double drift_target;          /* the thresholds' controllers aim here; 0: tau (adapt.h) */
 	double tau;                   /* default similarity threshold, -1..1 */
 	uint64_t budget;              /* bytes entries may use, 0: the whole arena */
 	char snapshot_path[PATH_MAX]; /* absolute; "" (the default, "none"): no snapshot */

@@ -18,9 +18,12 @@
 #define TAU_DEFAULT "default" /* the value that gives a layer back to the global tau */
 
 /* The global settings, by their config-file key, in the order CONFIG_GET "" lists them. */
-enum gkey { G_TAU, G_BUDGET, G_POLICY, G_SPIN_US, G_TTL, G_HALF_LIFE, G_DRIFT_MAX, N_GKEYS };
-static const char *const gnames[N_GKEYS] = { "tau", "budget", "policy", "spin-us",
-					     "ttl", "half-life", "drift-max" };
+enum gkey {
+	G_TAU, G_BUDGET, G_POLICY, G_SPIN_US, G_TTL, G_HALF_LIFE, G_DRIFT_MAX, G_DRIFT_TARGET,
+	N_GKEYS
+};
+static const char *const gnames[N_GKEYS] = { "tau", "budget", "policy", "spin-us", "ttl",
+					     "half-life", "drift-max", "drift-target" };
 
 /* The global key named by key ('_' for '-' accepted), or -1. */
 static int gkey_find(const char *key)
@@ -58,6 +61,7 @@ static void current(const struct lbd_runtime *rt, struct lbd_config *c, struct l
 	c->ttl_s = (unsigned)(sc->ttl_ns / NS_PER_S);
 	c->half_life_s = (unsigned)(sc->half_life_ns / NS_PER_S);
 	c->drift_max = sc->drift_max;
+	c->drift_target = sc->drift_target;
 }
 
 static void gvalue(const struct lbd_runtime *rt, int g, char *buf, size_t n)
@@ -91,6 +95,9 @@ static void gvalue(const struct lbd_runtime *rt, int g, char *buf, size_t n)
 		return;
 	case G_DRIFT_MAX:
 		fmt_real(buf, n, c.drift_max);
+		return;
+	case G_DRIFT_TARGET:
+		fmt_real(buf, n, c.drift_target);
 		return;
 	case N_GKEYS:
 		break;
@@ -129,8 +136,7 @@ static int parse_layer_key(const struct lbd_runtime *rt, const char *key, uint32
 	if (!*model_id)
 		return lbu_fail(err, errlen, -ENOENT, "'%s': no model named '%.*s'", key,
 				(int)(dot - name), name);
-	double tau[1];
-	int n = lbd_store_layer_taus(rt->store, *model_id, tau, 0);
+	int n = lbd_store_layer_taus(rt->store, *model_id, NULL, NULL, NULL, 0);
 	if (n < 0)
 		return lbu_fail(err, errlen, -ENOENT, "'%s': model '%.*s' has no bank", key,
 				(int)(dot - name), name);
@@ -165,18 +171,17 @@ static void emit(struct lister *ls, const char *key, const char *value)
 static void emit_layers(const struct lbd_runtime *rt, struct lister *ls, uint32_t model_id,
 			bool own_only)
 {
-	static double tau[LBP_MAX_LAYERS]; /* the loop thread's only: 8 KiB off the stack */
+	/* the loop thread's only: 16 KiB off the stack */
+	static double own[LBP_MAX_LAYERS], in_force[LBP_MAX_LAYERS];
 	const char *name = rt->models->desc[model_id - 1].name;
 	char key[LBP_MAX_CONFIG_KEY + 1], value[32];
-	struct lbd_store_cfg sc;
-	int n = lbd_store_layer_taus(rt->store, model_id, tau, LBP_MAX_LAYERS);
+	int n = lbd_store_layer_taus(rt->store, model_id, own, in_force, NULL, LBP_MAX_LAYERS);
 
-	lbd_store_get_cfg(rt->store, &sc);
 	for (int l = 0; l < n; l++) {
-		if (own_only && isnan(tau[l]))
+		if (own_only && isnan(own[l]))
 			continue;
 		snprintf(key, sizeof(key), TAU_PREFIX "%s.%d", name, l);
-		fmt_real(value, sizeof(value), isnan(tau[l]) ? sc.tau : tau[l]);
+		fmt_real(value, sizeof(value), in_force[l]);
 		emit(ls, key, value);
 	}
 }
@@ -185,7 +190,7 @@ static int unknown(const char *key, char *err, size_t errlen)
 {
 	return lbu_fail(err, errlen, -ENOENT,
 			"unknown setting '%s' (settings: tau, tau.MODEL.LAYER, budget, policy, "
-			"spin-us, ttl, half-life, drift-max)", key);
+			"spin-us, ttl, half-life, drift-max, drift-target)", key);
 }
 
 int lbd_runtime_get(const struct lbd_runtime *rt, const char *key, uint32_t first,
@@ -216,18 +221,16 @@ int lbd_runtime_get(const struct lbd_runtime *rt, const char *key, uint32_t firs
 	/* A whole model's name first: "tau.bert.3" lists model "bert.3" if there is one. */
 	const char *name = key + strlen(TAU_PREFIX);
 	uint32_t id = model_by_name(rt->models, name, strlen(name)), layer;
-	if (id && lbd_store_layer_taus(rt->store, id, NULL, 0) >= 0) {
+	if (id && lbd_store_layer_taus(rt->store, id, NULL, NULL, NULL, 0) >= 0) {
 		emit_layers(rt, &ls, id, false);
 		return 0;
 	}
 	int ret = parse_layer_key(rt, key, &id, &layer, err, errlen);
 	if (ret < 0)
 		return ret;
-	static double tau[LBP_MAX_LAYERS];
-	struct lbd_store_cfg sc;
-	lbd_store_get_cfg(rt->store, &sc);
-	lbd_store_layer_taus(rt->store, id, tau, LBP_MAX_LAYERS);
-	fmt_real(value, sizeof(value), isnan(tau[layer]) ? sc.tau : tau[layer]);
+	static double in_force[LBP_MAX_LAYERS];
+	lbd_store_layer_taus(rt->store, id, NULL, in_force, NULL, LBP_MAX_LAYERS);
+	fmt_real(value, sizeof(value), in_force[layer]);
 	emit(&ls, key, value);
 	return 0;
 }

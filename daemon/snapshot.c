@@ -25,8 +25,11 @@
 enum {
 	SH_MAGIC = 0, SH_VERSION = 8, SH_HDR_SIZE = 12, SH_SHM_ABI = 16, SH_N_MODELS = 20,
 	SH_N_ENTRIES = 24, SH_DATA_BYTES = 32, SH_FILE_BYTES = 40, SH_WRITTEN_S = 48,
-	SH_BOOT_ID = 56, SH_MODEL_SIZE = 72, SH_ENTRY_SIZE = 76, SH_RESERVED = 80,
+	SH_BOOT_ID = 56, SH_MODEL_SIZE = 72, SH_ENTRY_SIZE = 76, SH_THR_BYTES = 80,
+	SH_RESERVED = 88, SH_RESERVED_V4 = 80, /* version 5 took 80..87 of the reserved bytes */
 };
+/* A threshold block's layer record (version 5): a controller (adapt.h). */
+enum { ST_RADIUS = 0, ST_REPORTS = 8, ST_OVER = 16, ST_DRIFT_SUM = 24 };
 enum {
 	SM_NAME = 0, SM_WEIGHTS = 64, SM_N_LAYERS = 72, SM_HIDDEN = 76, SM_DTYPE = 80,
 	SM_MAX_SEQ = 84, SM_FP_CHUNKS = 88, SM_FP_BITS = 92, SM_FP_SEED = 96, SM_N_ENTRIES = 104,
@@ -143,8 +146,8 @@ static uint64_t ms_since(uint64_t t0)
 
 /* ---- records ---- */
 
-static void encode_header(uint8_t *h, uint32_t n_models, uint64_t n_entries, uint64_t data_bytes,
-			  uint64_t file_bytes, const uint8_t boot_id[16])
+static void encode_header(uint8_t *h, uint32_t n_models, uint64_t thr_bytes, uint64_t n_entries,
+			  uint64_t data_bytes, uint64_t file_bytes, const uint8_t boot_id[16])
 {
 	memset(h, 0, LBD_SNAP_HDR_SIZE);
 	memcpy(h + SH_MAGIC, LBD_SNAP_MAGIC, 8);
@@ -160,7 +163,29 @@ static void encode_header(uint8_t *h, uint32_t n_models, uint64_t n_entries, uin
 		memcpy(h + SH_BOOT_ID, boot_id, 16);
 	put32(h + SH_MODEL_SIZE, LBD_SNAP_MODEL_SIZE);
 	put32(h + SH_ENTRY_SIZE, LBD_SNAP_ENTRY_SIZE);
+	put64(h + SH_THR_BYTES, thr_bytes);
 	seal(h);
+}
+
+/* A model's threshold block: its layers' controllers, their checksum, zeros to 64 bytes. */
+static uint64_t thr_block_bytes(uint32_t n_layers)
+{
+	return pad((uint64_t)n_layers * LBD_SNAP_THR_SIZE + 8);
+}
+
+/* The block of n controllers a into b (thr_block_bytes(n) bytes). */
+static void encode_thr(uint8_t *b, const struct lbd_adapt *a, uint32_t n)
+{
+	uint64_t len = (uint64_t)n * LBD_SNAP_THR_SIZE;
+	memset(b, 0, thr_block_bytes(n));
+	for (uint32_t l = 0; l < n; l++) {
+		uint8_t *r = b + (uint64_t)l * LBD_SNAP_THR_SIZE;
+		put64(r + ST_RADIUS, dbl_bits(a[l].radius));
+		put64(r + ST_REPORTS, a[l].reports);
+		put64(r + ST_OVER, a[l].over);
+		put64(r + ST_DRIFT_SUM, dbl_bits(a[l].drift_sum));
+	}
+	put64(b + len, XXH3_64bits(b, len));
 }
 
 static void encode_model(uint8_t *r, const struct lbp_register_model *d, uint64_t n_entries)
@@ -429,6 +454,8 @@ struct plan {
 	int32_t rec_of[LBD_MAX_MODELS + 1]; /* model id -> its model record; -1: left out */
 	uint64_t per_model[LBD_MAX_MODELS]; /* entries per model record */
 	uint32_t n_models;
+	struct lbd_adapt *thr[LBD_MAX_MODELS]; /* per model record: its layers' controllers */
+	uint64_t thr_bytes;                 /* the threshold blocks' */
 	struct lbd_leases held;             /* until plan_release: the entries stay unchanged */
 	struct lbd_store_item *items;
 	uint32_t n_items;
@@ -449,10 +476,31 @@ static int32_t plan_record_of(const struct plan *p, const struct lbd_store_item 
 	return it->model_id > LBD_MAX_MODELS ? -1 : p->rec_of[it->model_id];
 }
 
+/* Each model record's controllers, as the store has them now (a model without a bank: as
+ * they start). @return 0, -ENOMEM. */
+static int plan_thresholds(struct plan *p, const struct lbd_models *m, struct lbd_store *st)
+{
+	for (uint32_t i = 0; i < m->count; i++) {
+		int32_t r = p->rec_of[i + 1];
+		uint32_t n = m->desc[i].n_layers;
+		if (r < 0)
+			continue;
+		p->thr[r] = malloc(sizeof(*p->thr[r]) * n);
+		if (!p->thr[r])
+			return -ENOMEM;
+		if (lbd_store_layer_taus(st, i + 1, NULL, NULL, p->thr[r], n) < 0)
+			for (uint32_t l = 0; l < n; l++)
+				lbd_adapt_init(&p->thr[r][l]);
+		p->thr_bytes += thr_block_bytes(n);
+	}
+	return 0;
+}
+
 /* The layout is known before the first byte: the header can say how long the file is. */
 static void plan_layout(struct plan *p)
 {
-	p->file_bytes = LBD_SNAP_HDR_SIZE + (uint64_t)p->n_models * LBD_SNAP_MODEL_SIZE;
+	p->file_bytes = LBD_SNAP_HDR_SIZE + (uint64_t)p->n_models * LBD_SNAP_MODEL_SIZE +
+			p->thr_bytes;
 	for (uint32_t k = 0; k < p->n_items; k++) {
 		const struct lbd_store_item *it = &p->items[k];
 		int32_t r = plan_record_of(p, it);
@@ -471,6 +519,8 @@ static void plan_release(struct plan *p, struct lbd_store *st)
 	lbd_store_release_all(st, &p->held);
 	lbd_leases_free(&p->held);
 	free(p->items);
+	for (uint32_t r = 0; r < p->n_models; r++)
+		free(p->thr[r]);
 }
 
 /* Name the step that failed, for the message. @return -errno. */
@@ -535,14 +585,16 @@ static int emit_entry(struct writer *w, uint32_t model, const struct lbd_store_i
 	return ret < 0 ? ret : w_emit(w, NULL, pad(body) - body);
 }
 
-/* The header, the model records, then each entry. */
+/* The header, the model records, each entry, then the models' threshold blocks. */
 static int emit_image(struct writer *w, const struct plan *p, const struct lbd_models *m,
 		      const uint8_t boot_id[16])
 {
+	static uint8_t thr[LBP_MAX_LAYERS * LBD_SNAP_THR_SIZE + LBD_SNAP_ALIGN]; /* the loop thread's */
 	uint8_t rec[LBD_SNAP_ENTRY_SIZE];
 	int ret;
 
-	encode_header(rec, p->n_models, p->n_entries, p->data_bytes, p->file_bytes, boot_id);
+	encode_header(rec, p->n_models, p->thr_bytes, p->n_entries, p->data_bytes, p->file_bytes,
+		      boot_id);
 	ret = w_emit(w, rec, LBD_SNAP_HDR_SIZE);
 	for (uint32_t i = 0; ret == 0 && i < m->count; i++) {
 		if (p->rec_of[i + 1] < 0)
@@ -554,6 +606,12 @@ static int emit_image(struct writer *w, const struct plan *p, const struct lbd_m
 		int32_t r = plan_record_of(p, &p->items[k]);
 		if (r >= 0)
 			ret = emit_entry(w, (uint32_t)r, &p->items[k]);
+	}
+	for (uint32_t i = 0; ret == 0 && i < m->count; i++) {
+		if (p->rec_of[i + 1] < 0)
+			continue;
+		encode_thr(thr, p->thr[p->rec_of[i + 1]], m->desc[i].n_layers);
+		ret = w_emit(w, thr, thr_block_bytes(m->desc[i].n_layers));
 	}
 	return ret;
 }
@@ -623,6 +681,12 @@ int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_
 	if (ret < 0)
 		return lbu_fail(err, errlen, ret, "snapshot not written: cannot hold the entries: %s (%s)",
 				strerror(-ret), path);
+	ret = plan_thresholds(&p, m, st);
+	if (ret < 0) {
+		plan_release(&p, st);
+		return lbu_fail(err, errlen, ret, "snapshot not written: no memory for the thresholds (%s)",
+				path);
+	}
 	plan_layout(&p);
 	w.total = p.file_bytes;
 	ret = w_init(&w, &step);
@@ -655,6 +719,7 @@ int lbd_snapshot_write(const char *path, const struct lbd_models *m, struct lbd_
 
 struct lmodel {
 	struct lbp_register_model d;
+	const uint8_t *thr; /* its threshold block in the image (version 5); NULL: none */
 	uint64_t n_entries; /* as the record says; checked against the entries */
 	uint64_t seen;
 	uint32_t id;        /* in the registry, once restored; 0: skipped */
@@ -675,6 +740,7 @@ struct image {
 	size_t len;
 	uint32_t version;                          /* 2..LBD_SNAP_VERSION */
 	uint32_t n_models;
+	uint64_t thr_bytes;                        /* as the header says (version 5), else 0 */
 	uint64_t n_entries, data_bytes, written_s; /* as the header says */
 	uint64_t n_blocks;                         /* block records */
 	struct lmodel *models;                     /* [n_models] */
@@ -891,7 +957,7 @@ static int check_entry(struct image *im, uint64_t off, uint64_t k, char *err, si
 	const uint8_t *r = im->img + off;
 	struct lentry *e = &im->ents[k];
 	struct lbd_store_item *it = &e->it;
-	size_t len = im->len;
+	size_t len = im->len - im->thr_bytes; /* the entries' end (check_head: no wrap) */
 
 	if (len - off < LBD_SNAP_ENTRY_SIZE)
 		return lbu_fail(err, errlen, -EBADMSG, "truncated in entry %" PRIu64 " (offset %" PRIu64
@@ -1061,9 +1127,11 @@ static int check_head(struct image *im, char *err, size_t errlen)
 	if (abi != LB_SHM_ABI_VERSION)
 		return lbu_fail(err, errlen, -EPROTO, "written by a daemon of arena ABI %u, this one has ABI %u",
 				abi, LB_SHM_ABI_VERSION);
+	unsigned reserved = version >= 5 ? SH_RESERVED : SH_RESERVED_V4;
 	if (get32(img + SH_HDR_SIZE) != LBD_SNAP_HDR_SIZE || get32(img + SH_MODEL_SIZE) != LBD_SNAP_MODEL_SIZE ||
-	    get32(img + SH_ENTRY_SIZE) != LBD_SNAP_ENTRY_SIZE || !zero(img + SH_RESERVED, REC_SUM - SH_RESERVED))
+	    get32(img + SH_ENTRY_SIZE) != LBD_SNAP_ENTRY_SIZE || !zero(img + reserved, REC_SUM - reserved))
 		return lbu_fail(err, errlen, -EBADMSG, "header: record sizes not 128, or reserved bytes not zero");
+	im->thr_bytes = version >= 5 ? get64(img + SH_THR_BYTES) : 0;
 	uint64_t file_bytes = get64(img + SH_FILE_BYTES);
 	if (file_bytes != len)
 		return lbu_fail(err, errlen, -EBADMSG, "%s: %zu bytes, the header says %" PRIu64,
@@ -1077,10 +1145,51 @@ static int check_head(struct image *im, char *err, size_t errlen)
 		return lbu_fail(err, errlen, -EBADMSG, "header: %u models, at most %u",
 				im->n_models, LBD_MAX_MODELS);
 	uint64_t head = LBD_SNAP_HDR_SIZE + (uint64_t)im->n_models * LBD_SNAP_MODEL_SIZE;
-	if (head > len || im->n_entries > (len - head) / LBD_SNAP_ENTRY_SIZE)
-		return lbu_fail(err, errlen, -EBADMSG, "header: %u models and %" PRIu64
-				" entries do not fit in %zu bytes", im->n_models, im->n_entries,
-				len);
+	if (head > len || im->thr_bytes > len - head ||
+	    im->n_entries > (len - head - im->thr_bytes) / LBD_SNAP_ENTRY_SIZE)
+		return lbu_fail(err, errlen, -EBADMSG, "header: %u models, %" PRIu64 " bytes of "
+				"thresholds and %" PRIu64 " entries do not fit in %zu bytes",
+				im->n_models, im->thr_bytes, im->n_entries, len);
+	return 0;
+}
+
+/* Step 5 (version 5): the threshold blocks at the end of the file, one per model record in
+ * its order, exactly thr_bytes long; each block's checksum, each controller in range, its
+ * padding zero. */
+static int check_thresholds(struct image *im, char *err, size_t errlen)
+{
+	uint64_t off = im->len - im->thr_bytes, want = 0;
+
+	if (im->version < 5)
+		return 0;
+	for (uint32_t i = 0; i < im->n_models; i++)
+		want += thr_block_bytes(im->models[i].d.n_layers);
+	if (want != im->thr_bytes)
+		return lbu_fail(err, errlen, -EBADMSG, "header: %" PRIu64 " bytes of thresholds, "
+				"the models' layers take %" PRIu64, im->thr_bytes, want);
+	for (uint32_t i = 0; i < im->n_models; i++) {
+		uint32_t n = im->models[i].d.n_layers;
+		uint64_t len = (uint64_t)n * LBD_SNAP_THR_SIZE;
+		const uint8_t *b = im->img + off;
+		if (get64(b + len) != XXH3_64bits(b, len))
+			return lbu_fail(err, errlen, -EBADMSG, "model record %u ('%s'): threshold "
+					"block checksum mismatch (offset %" PRIu64 ")", i,
+					im->models[i].d.name, off);
+		if (!zero(b + len + 8, thr_block_bytes(n) - len - 8))
+			return lbu_fail(err, errlen, -EBADMSG, "model record %u ('%s'): threshold "
+					"block padding not zero", i, im->models[i].d.name);
+		for (uint32_t l = 0; l < n; l++) {
+			const uint8_t *r = b + (uint64_t)l * LBD_SNAP_THR_SIZE;
+			struct lbd_adapt a = { bits_dbl(get64(r + ST_RADIUS)), get64(r + ST_REPORTS),
+					       get64(r + ST_OVER), bits_dbl(get64(r + ST_DRIFT_SUM)) };
+			if (!lbd_adapt_valid(&a))
+				return lbu_fail(err, errlen, -EBADMSG, "model record %u ('%s'): layer "
+						"%u's threshold controller out of range", i,
+						im->models[i].d.name, l);
+		}
+		im->models[i].thr = b;
+		off += thr_block_bytes(n);
+	}
 	return 0;
 }
 
@@ -1105,6 +1214,7 @@ static int check_models(struct image *im, char *err, size_t errlen)
 static int check_entries(struct image *im, char *err, size_t errlen)
 {
 	uint64_t off = LBD_SNAP_HDR_SIZE + (uint64_t)im->n_models * LBD_SNAP_MODEL_SIZE, sum = 0;
+	uint64_t end = im->len - im->thr_bytes;
 	uint64_t n = im->n_entries, n_layer = 0;
 	int ret;
 
@@ -1116,9 +1226,9 @@ static int check_entries(struct image *im, char *err, size_t errlen)
 		sum += lbd_store_item_body(&im->ents[k].it);
 		off += LBD_SNAP_ENTRY_SIZE + pad(lbd_store_item_body(&im->ents[k].it));
 	}
-	if (off != im->len)
+	if (off != end)
 		return lbu_fail(err, errlen, -EBADMSG, "%zu bytes after the last entry (offset %"
-				PRIu64 ")", (size_t)(im->len - off), off);
+				PRIu64 ")", (size_t)(end - off), off);
 	if (sum != im->data_bytes)
 		return lbu_fail(err, errlen, -EBADMSG, "the entries hold %" PRIu64 " data bytes,"
 				" the header says %" PRIu64, sum, im->data_bytes);
@@ -1155,6 +1265,21 @@ static void lift_values(struct image *im)
 			by[k]->up->value = by[k]->value;
 }
 
+/* A model's controllers from its threshold block (checked), when the file has one. */
+static void restore_thresholds(const struct lmodel *lm, struct lbd_store *st)
+{
+	static struct lbd_adapt a[LBP_MAX_LAYERS]; /* the loop thread's */
+
+	if (!lm->thr)
+		return;
+	for (uint32_t l = 0; l < lm->d.n_layers; l++) {
+		const uint8_t *r = lm->thr + (uint64_t)l * LBD_SNAP_THR_SIZE;
+		a[l] = (struct lbd_adapt){ bits_dbl(get64(r + ST_RADIUS)), get64(r + ST_REPORTS),
+					   get64(r + ST_OVER), bits_dbl(get64(r + ST_DRIFT_SUM)) };
+	}
+	lbd_store_adapt_set(st, lm->id, a, lm->d.n_layers);
+}
+
 /* Register the image's models and restore its entries, most valuable first. */
 static void restore(struct image *im, struct lbd_models *m, struct lbd_store *st,
 		    struct lbd_snapshot_stats *out)
@@ -1169,6 +1294,7 @@ static void restore(struct image *im, struct lbd_models *m, struct lbd_store *st
 			continue;
 		}
 		im->models[i].id = id;
+		restore_thresholds(&im->models[i], st);
 	}
 	for (uint64_t k = 0; k < im->n_entries; k++) {
 		im->ents[k].it.model_id = im->models[im->ents[k].model].id;
@@ -1213,6 +1339,8 @@ int lbd_snapshot_load_mem(const void *buf, size_t len, struct lbd_models *m, str
 		goto out;
 	}
 	ret = check_models(&im, err, errlen);
+	if (ret == 0)
+		ret = check_thresholds(&im, err, errlen);
 	if (ret == 0)
 		ret = check_entries(&im, err, errlen);
 	if (ret < 0)

@@ -12,11 +12,13 @@
 
 /* The file format (PROTOCOL.md, "Snapshot file"): little-endian fixed-width fields. */
 #define LBD_SNAP_MAGIC "LBSNAPSH"     /* the first 8 bytes */
-#define LBD_SNAP_VERSION 4u           /* 2: prefix blocks; 3: approx; 4: token ids */
+#define LBD_SNAP_VERSION 5u           /* 2: prefix blocks; 3: approx; 4: token ids;
+				       * 5: the thresholds' controllers */
 #define LBD_SNAP_HDR_SIZE 128u
 #define LBD_SNAP_MODEL_SIZE 128u
 #define LBD_SNAP_ENTRY_SIZE 128u
 #define LBD_SNAP_ALIGN 64u            /* entry records start at multiples of this */
+#define LBD_SNAP_THR_SIZE 32u         /* a layer's record in a threshold block (version 5) */
 
 /* The writer: chunks of this size, this many in flight at once. */
 #define LBD_SNAP_CHUNK (4u << 20)

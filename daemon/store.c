@@ -816,13 +816,14 @@ int store_lease_take(struct lbd_store *st, struct lbd_leases *ls, const uint32_t
 	l->claim = 0;
 	l->gen++;
 	l->entry = ids[0];
+	l->hamming = 0;
 	l->n_more = n - 1;
 	l->more = more;
 	ls->n_used++;
 	for (uint32_t i = 0; i < n; i++)
 		lease_pin(st, ids[i]);
 	st->c.leases++;
-	/* Slot + 1 in the high half, so that no valid handle is 0. */
+	/* Slot + 1 in the high half, so that no valid handle is 0 (store_lease_of). */
 	*handle = ((uint64_t)(s + 1) << 32) | l->gen;
 	return 0;
 }
@@ -891,6 +892,8 @@ void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lea
 	store_unlock(st);
 }
 
+static void bank_radius(const struct lbd_store *st, struct bank *b);
+
 void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
 		      struct lb_cpl *cpl)
 {
@@ -905,8 +908,15 @@ void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t leas
 	if (s == NONE || ls->slot[s].claim || ls->slot[s].n_more ||
 	    st->e[ls->slot[s].entry].kind != K_LAYER) {
 		cpl->status = -EINVAL;
-	} else if (drift > st->cfg.drift_max) {
-		uint32_t id = ls->slot[s].entry;
+		store_unlock(st);
+		return;
+	}
+	uint32_t id = ls->slot[s].entry;
+	struct bank *b = &st->banks[st->e[id].bank];
+	if (lbd_adapt_report(&b->adapt[st->e[id].layer], ls->slot[s].hamming, drift,
+			     st->cfg.drift_target) && st->cfg.drift_target > 0)
+		bank_radius(st, b);
+	if (drift > st->cfg.drift_max) {
 		if (st->e[id].state == E_LIVE) {
 			/* The lease holder keeps its bytes; nobody else gets this entry again. */
 			st->c.invalidations++;
@@ -943,10 +953,13 @@ struct bank *store_bank_of(struct lbd_store *st, uint32_t model_id)
 	return &st->banks[model_id - 1];
 }
 
-/* The threshold of layer l when a lookup brings none: the layer's own, else the default. */
 double store_layer_tau(const struct lbd_store *st, const struct bank *b, uint32_t l)
 {
-	return isnan(b->tau[l]) ? st->cfg.tau : b->tau[l];
+	if (!isnan(b->tau[l]))
+		return b->tau[l];
+	if (st->cfg.drift_target > 0)
+		return lbp_fp_similarity(lbd_adapt_max_hamming(&b->adapt[l]));
+	return st->cfg.tau;
 }
 
 /* LOOKUP_DEEPEST's radii without thresholds: the loosest layer's to search, the tightest
@@ -972,6 +985,7 @@ static void bank_free(struct bank *b)
 	lbd_exactmap_free(b->claims);
 	free(b->layer);
 	free(b->tau);
+	free(b->adapt);
 	memset(b, 0, sizeof(*b));
 }
 
@@ -983,12 +997,15 @@ static int bank_init(struct lbd_store *st, struct bank *b, const struct lbp_regi
 	b->blocks = d->kv.dim ? lbd_exactmap_new(1024) : NULL;
 	b->layer = calloc(d->n_layers, sizeof(*b->layer));
 	b->tau = malloc(d->n_layers * sizeof(*b->tau));
-	if (!b->fps || !b->exact || (d->kv.dim && !b->blocks) || !b->layer || !b->tau) {
+	b->adapt = malloc(d->n_layers * sizeof(*b->adapt));
+	if (!b->fps || !b->exact || (d->kv.dim && !b->blocks) || !b->layer || !b->tau || !b->adapt) {
 		bank_free(b);
 		return -ENOMEM;
 	}
-	for (uint32_t l = 0; l < d->n_layers; l++)
+	for (uint32_t l = 0; l < d->n_layers; l++) {
 		b->tau[l] = NAN;
+		lbd_adapt_init(&b->adapt[l]);
+	}
 	b->desc = *d;
 	bank_radius(st, b);
 	return 0;
@@ -1233,8 +1250,15 @@ int lbd_store_model_stats(struct lbd_store *st, uint32_t model_id, uint32_t firs
 		r->n_layers = b->desc.n_layers;
 		r->first_layer = first_layer;
 		r->n = 0;
-		for (uint32_t l = first_layer; l < b->desc.n_layers && r->n < LBP_MAX_STATS_LAYERS; l++)
-			r->layers[r->n++] = b->layer[l];
+		for (uint32_t l = first_layer; l < b->desc.n_layers && r->n < LBP_MAX_STATS_LAYERS; l++) {
+			struct lbp_layer_stats *o = &r->layers[r->n++];
+			const struct lbd_adapt *a = &b->adapt[l];
+			*o = b->layer[l];
+			o->max_hamming = lbp_fp_max_hamming(store_layer_tau(st, b, l));
+			o->reports = a->reports;
+			o->reports_over = a->over;
+			o->drift_micro = (uint64_t)llround(a->drift_sum * 1e6);
+		}
 	}
 	store_unlock(st);
 	return ret;
@@ -1326,7 +1350,7 @@ uint64_t lbd_store_configure(struct lbd_store *st, const struct lbd_store_cfg *c
 	uint64_t now = lb_now_ns(), evicted = 0;
 
 	store_lock(st);
-	bool tau_changed = cfg->tau != st->cfg.tau;
+	bool tau_changed = cfg->tau != st->cfg.tau || cfg->drift_target != st->cfg.drift_target;
 	st->cfg = *cfg;
 	snprintf(st->c.policy, sizeof(st->c.policy), "%s", lbd_policy_name(cfg->policy));
 	if (tau_changed)
@@ -1342,7 +1366,8 @@ uint64_t lbd_store_configure(struct lbd_store *st, const struct lbd_store_cfg *c
 	return evicted;
 }
 
-int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *tau, uint32_t n)
+int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *own, double *in_force,
+			 struct lbd_adapt *ctl, uint32_t n)
 {
 	int ret;
 
@@ -1352,8 +1377,36 @@ int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *tau, u
 		ret = -ESRCH;
 	} else {
 		ret = (int)b->desc.n_layers;
-		if (n)
-			memcpy(tau, b->tau, sizeof(*tau) * (n < b->desc.n_layers ? n : b->desc.n_layers));
+		for (uint32_t l = 0; l < n && l < b->desc.n_layers; l++) {
+			if (own)
+				own[l] = b->tau[l];
+			if (in_force)
+				in_force[l] = store_layer_tau(st, b, l);
+			if (ctl)
+				ctl[l] = b->adapt[l];
+		}
+	}
+	store_unlock(st);
+	return ret;
+}
+
+int lbd_store_adapt_set(struct lbd_store *st, uint32_t model_id, const struct lbd_adapt *in,
+			uint32_t n)
+{
+	int ret = 0;
+
+	store_lock(st);
+	struct bank *b = store_bank_of(st, model_id);
+	if (!b)
+		ret = -ESRCH;
+	else if (n > b->desc.n_layers)
+		ret = -EINVAL;
+	for (uint32_t l = 0; ret == 0 && l < n; l++)
+		if (!lbd_adapt_valid(&in[l]))
+			ret = -EINVAL;
+	if (ret == 0) {
+		memcpy(b->adapt, in, sizeof(*in) * n);
+		bank_radius(st, b);
 	}
 	store_unlock(st);
 	return ret;

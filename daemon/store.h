@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "adapt.h"
 #include "arena.h"
 #include "layerbank/ring.h"
 #include "lbp.h"
@@ -21,6 +22,9 @@ struct lbd_store_cfg {
 	uint64_t half_life_ns;    /* decay policy: a hit's weight halves in this time */
 	double drift_max;         /* a REPORT above this invalidates the entry */
 	double tau;               /* similarity threshold when a lookup brings none */
+	double drift_target;      /* > 0: REPORTs steer each layer's threshold so that the mean
+				   * drift of its approximate reuses settles here (adapt.h), for
+				   * layers without a threshold of their own; 0: tau */
 };
 
 /* A client's leases. Owned by the service thread serving the client; every call that takes
@@ -32,6 +36,8 @@ struct lbd_lease {
 	uint32_t next;     /* free list */
 	uint32_t n_more;   /* a prefix hit's other blocks */
 	uint32_t *more;    /* [n_more], malloc'd; NULL when none */
+	uint16_t hamming;  /* a layer hit's fingerprint distance (approx included): what its
+			    * REPORT tells the layer's threshold controller */
 	uint8_t used;
 	uint8_t claim;     /* entry is a claim, not an entry */
 };
@@ -103,7 +109,10 @@ uint32_t lbd_store_claims(struct lbd_store *st);
 void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
 		      const struct lb_insert_hdr *ins, const uint8_t *data, struct lb_cpl *cpl);
 void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, struct lb_cpl *cpl);
-/* REPORT: -EINVAL for a prefix hit's lease (exact blocks drift by nothing). */
+/* REPORT: -EINVAL for a prefix hit's lease (exact blocks drift by nothing). A drift above
+ * cfg.drift_max invalidates the entry; one of an approximate hit (distance >= 1) also feeds its
+ * layer's threshold controller (adapt.h), which moves the layer's threshold when
+ * cfg.drift_target is set. */
 void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
 		      struct lb_cpl *cpl);
 
@@ -250,10 +259,18 @@ void lbd_store_get_cfg(struct lbd_store *st, struct lbd_store_cfg *out);
  */
 uint64_t lbd_store_configure(struct lbd_store *st, const struct lbd_store_cfg *cfg);
 
-/* The per-layer thresholds of a model into tau (the first n; tau may be NULL when n is 0):
- * NAN for a layer that follows cfg.tau. @return the model's layer count; -ESRCH (no such
- * model). */
-int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *tau, uint32_t n);
+/* The per-layer thresholds of a model, the first n layers' (any array may be NULL): own, the
+ * layer's own or NAN for one that follows the default (cfg.tau, or its controller's with
+ * cfg.drift_target set); in_force, what lookups that bring none meet; ctl, its controller
+ * (adapt.h; a snapshot's). @return the model's layer count; -ESRCH (no such model). */
+int lbd_store_layer_taus(struct lbd_store *st, uint32_t model_id, double *own, double *in_force,
+			 struct lbd_adapt *ctl, uint32_t n);
+
+/* Set the first n controllers of a model (a snapshot's, read back); each must be
+ * lbd_adapt_valid. @return 0; -ESRCH (no such model); -EINVAL (n above its layers, or one
+ * invalid: none set). */
+int lbd_store_adapt_set(struct lbd_store *st, uint32_t model_id, const struct lbd_adapt *in,
+			uint32_t n);
 
 /* Give a layer its own threshold (-1..1), or NAN: follow cfg.tau again, for lookups of the
  * model that bring no thresholds. @return 0; -ESRCH (no such model); -EINVAL (layer, tau). */

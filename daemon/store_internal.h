@@ -8,6 +8,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+
+#include "adapt.h"
 #include <stdint.h>
 
 #include "store.h"
@@ -107,7 +109,8 @@ struct bank {
 	struct lbd_exactmap *claims;   /* token hash -> claim slot; NULL until the first claim */
 	struct lbd_exactmap *blocks;   /* block key -> block slot; NULL without kv */
 	struct lbp_layer_stats *layer; /* [n_layers] */
-	double *tau;                   /* [n_layers]: the layer's own threshold, NAN: cfg.tau */
+	double *tau;                   /* [n_layers]: the layer's own threshold, NAN: the default */
+	struct lbd_adapt *adapt;       /* [n_layers]: threshold controllers, fed by REPORT */
 	uint32_t max_d_default;        /* radius for the thresholds in effect: the loosest layer's */
 	uint32_t good_d_default;       /* and the tightest layer's: within it every layer's is met */
 	bool retired;                  /* lbd_store_drop_model: answers as no model; its memory
@@ -163,7 +166,8 @@ static inline void store_unlock(struct lbd_store *st)
 int store_grow(void **arr, uint32_t *cap, size_t elem, uint32_t *free_head, size_t next_off);
 
 struct bank *store_bank_of(struct lbd_store *st, uint32_t model_id);
-/* The threshold of layer l when a lookup brings none: the layer's own, else cfg.tau. */
+/* The threshold of layer l when a lookup brings none: the layer's own, else its controller's
+ * with cfg.drift_target set, else cfg.tau. */
 double store_layer_tau(const struct lbd_store *st, const struct bank *b, uint32_t l);
 
 /* How far an entry may be from a lookup's input: the fingerprint distance to its input plus
@@ -229,6 +233,12 @@ void store_entry_publish(struct lb_entry_hdr *h, const struct lb_entry_hdr *tmpl
 /* Take a LIVE entry out of the index (a block with its subtree), adding to t (may be NULL);
  * free what no lease holds. */
 void store_entry_unlink(struct lbd_store *st, uint32_t id, struct tally *t);
+
+/* The lease of a handle store_lease_take gave and that has not ended. */
+static inline struct lbd_lease *store_lease_of(struct lbd_leases *ls, uint64_t handle)
+{
+	return &ls->slot[(handle >> 32) - 1];
+}
 
 /* A lease in ls on each of the n entries ids (one handle for all); max: ls's cap. @return 0,
  * -EBUSY (at the cap), -ENOMEM. */

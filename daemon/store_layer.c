@@ -133,8 +133,8 @@ static int lookup_layer(struct lbd_store *st, const struct bank *b, const struct
 	return -1;
 }
 
-/* A hit on entry eid at layer: its lease, its place for the policy, the counters. @return 0
- * with cpl filled, or the lease's error (-EBUSY, -ENOMEM). */
+/* A hit on entry eid at layer, at distance cpl->hamming: its lease, its place for the policy,
+ * the counters. @return 0 with cpl filled, or the lease's error (-EBUSY, -ENOMEM). */
 static int lookup_hit(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
 		      const struct lb_req *r, uint32_t eid, int layer, uint64_t now, struct lb_cpl *cpl)
 {
@@ -156,6 +156,7 @@ static int lookup_hit(struct lbd_store *st, struct lbd_leases *ls, struct bank *
 		for (uint32_t l = (uint32_t)layer + 1; l < b->desc.n_layers; l++)
 			b->layer[l].misses++;
 	}
+	store_lease_of(ls, cpl->lease)->hamming = (uint16_t)cpl->hamming;
 	cpl->arena = e->arena;
 	cpl->layer = (uint16_t)layer;
 	cpl->entry_off = e->off;
@@ -237,9 +238,10 @@ bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const stru
 		cpl->status = -ENOENT;
 	} else {
 		uint32_t eid = st->in[id].layer[layer];
+		cpl->hamming = store_distance(dist, st->e[eid].approx);
 		cpl->status = lookup_hit(st, ls, b, r, eid, layer, now, cpl);
-		if (cpl->status == 0)
-			cpl->hamming = store_distance(dist, st->e[eid].approx);
+		if (cpl->status < 0)
+			cpl->hamming = 0;
 	}
 	if (r->flags & LB_REQ_SFLIGHT)
 		sf_claim(st, ls, b, r, q, claim, now, cpl);

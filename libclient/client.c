@@ -702,8 +702,31 @@ LB_EXPORT int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size)
 	return 0;
 }
 
-LB_EXPORT int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name,
-			     struct lb_layer_stats *out, uint32_t max)
+/* What one MODEL_STATS_REPLY layer gives the caller: layer i of out. */
+typedef void (*layer_fill_fn)(void *out, uint32_t i, const struct lbp_layer_stats *l);
+
+static void fill_stats(void *out, uint32_t i, const struct lbp_layer_stats *l)
+{
+	((struct lb_layer_stats *)out)[i] = (struct lb_layer_stats){ l->hits, l->misses, l->inserts,
+								     l->evictions, l->entries,
+								     l->bytes, l->leases };
+}
+
+static void fill_tau(void *out, uint32_t i, const struct lbp_layer_stats *l)
+{
+	((struct lb_layer_tau *)out)[i] = (struct lb_layer_tau){
+		.tau = lb_fp_similarity((uint32_t)l->max_hamming),
+		.max_hamming = (uint32_t)l->max_hamming,
+		.reports = l->reports,
+		.reports_over = l->reports_over,
+		.drift_sum = (double)l->drift_micro * 1e-6,
+	};
+}
+
+/* Every page of MODEL_STATS_REPLY up to max layers, each layer through fill into out.
+ * @return the model's layer count, or as lb_model_stats. */
+static int model_layers(struct lb_client *c, uint32_t model_id, char *name, void *out,
+			uint32_t max, layer_fill_fn fill)
 {
 	struct lbp_msg req = { .type = LBP_MODEL_STATS }, rep;
 	uint32_t first = 0, n_layers = 0;
@@ -724,17 +747,25 @@ LB_EXPORT int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name,
 		n_layers = r->n_layers;
 		if (first == 0 && name)
 			memcpy(name, r->name, LB_NAME_MAX + 1);
-		for (uint32_t i = 0; i < r->n && first + i < max; i++) {
-			const struct lbp_layer_stats *l = &r->layers[i];
-			out[first + i] = (struct lb_layer_stats){ l->hits, l->misses, l->inserts,
-								  l->evictions, l->entries, l->bytes,
-								  l->leases };
-		}
+		for (uint32_t i = 0; i < r->n && first + i < max; i++)
+			fill(out, first + i, &r->layers[i]);
 		if (r->n == 0)
 			break;
 		first += r->n;
 	} while (first < n_layers && first < max);
 	return (int)n_layers;
+}
+
+LB_EXPORT int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name,
+			     struct lb_layer_stats *out, uint32_t max)
+{
+	return model_layers(c, model_id, name, out, max, fill_stats);
+}
+
+LB_EXPORT int lb_model_taus(struct lb_client *c, uint32_t model_id, struct lb_layer_tau *out,
+			    uint32_t max)
+{
+	return model_layers(c, model_id, NULL, out, max, fill_tau);
 }
 
 LB_EXPORT int lb_snapshot(struct lb_client *c, struct lb_snapshot_info *out)

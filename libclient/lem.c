@@ -107,51 +107,27 @@ static void lem_release(struct lem *m, uint64_t lease)
 }
 
 /*
- * Recompute layer L of a hit from its input (the embedding when L = 0, else the cached output of
- * L - 1) and REPORT the drift. Skipped silently when that input or memory is missing.
+ * Check the state a run reused at layer L (used: the hit's view, or what a partial reuse
+ * assembled there) against the plain forward pass: layers 0..L recomputed from the input's
+ * embedding (emb, the caller's copy, computed over in place), the drift REPORTed on the hit's
+ * lease, so that the daemon learns how far reuses at this distance drift (its threshold
+ * controller). @return 0, or compute's error.
  */
-static int revalidate(struct lem *m, const struct lb_hit *hit, const float *emb, uint32_t n,
+static int revalidate(struct lem *m, uint32_t L, const float *used, float *emb,
 		      lb_layer_fn compute, void *ctx)
 {
-	const struct lb_lem_cfg *cfg = m->cfg;
-	uint64_t count = (uint64_t)n * cfg->hidden;
-	struct lb_hit prev;
-	const float *in = emb;
-	int have_prev = 0, rc = 0;
-
-	if (hit->layer > 0) {
-		rc = lb_lookup(m->c, cfg->model_id, hit->layer - 1, &m->key, cfg->tau,
-			       cfg->tau ? cfg->n_layers : 0, &prev);
-		if (rc < 0) {
-			/* Revalidation is optional: only a daemon that is gone ends the cache for
-			 * this run (and then the caller's lease went with the connection). */
-			if (gone(rc))
-				lem_fail(m, rc);
-			return 0;
-		}
-		have_prev = 1;
-		if (!hit_fits(m, &prev, n) || prev.layer != hit->layer - 1) {
-			lem_release(m, prev.lease);
-			return 0;
-		}
-		in = prev.data;
+	for (uint32_t l = 0; l <= L; l++) {
+		int rc = compute(ctx, l, emb, emb);
+		if (rc < 0)
+			return rc;
 	}
-	float *fresh = malloc(count * sizeof(float));
-	if (fresh) {
-		rc = compute(ctx, hit->layer, in, fresh);
-		if (rc == 0) {
-			m->res->revalidated++;
-			int r = lb_report(m->c, hit->lease, lb_drift(fresh, hit->data, count));
-			if (r == 0)
-				m->res->reports++;
-			else if (r != -EINVAL)
-				lem_fail(m, r);
-		}
-		free(fresh);
-	}
-	if (have_prev)
-		lem_release(m, prev.lease);
-	return rc;
+	m->res->revalidated += L + 1;
+	int r = lb_report(m->c, m->hit.lease, lb_drift(emb, used, (uint64_t)m->n * m->cfg->hidden));
+	if (r == 0)
+		m->res->reports++;
+	else if (r != -EINVAL)
+		lem_fail(m, r);
+	return 0;
 }
 
 /* Fingerprint and token hash of the input: the key of every lookup and insert of this run. */
@@ -543,9 +519,10 @@ static void src_close(struct lem *m, struct lem_src *s)
  * LB_LEM_CONTINUE), for this one: layer 0 computed whole into h; then at layers 1..L the
  * selected positions (lem_select) computed by rows from the state below, every other position
  * taking the cached input's state at its aligned position. With every position selected
- * (recompute 1) this is the plain forward pass, bit for bit, and its inserts are exact. The
- * hit is released on return; so is every cached layer read. @return the first layer still to
- * compute (h holds its input), or a negative errno from compute or rows.
+ * (recompute 1) this is the plain forward pass, bit for bit, and its inserts are exact. Every
+ * cached layer read is released on return; the hit is kept for the caller's revalidation.
+ * @return the first layer still to compute (h holds its input), or a negative errno from
+ * compute or rows.
  */
 static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 		       lb_layer_fn compute, void *ctx)
@@ -607,10 +584,6 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 	m->res->hit_layer = l == 1 ? -1 : (int32_t)(l - 1); /* -1: nothing of the cache used */
 out:
 	src_close(m, &src);
-	if (m->have_hit) {
-		lem_release(m, m->hit.lease);
-		m->have_hit = 0;
-	}
 	if (l == 1 && rc >= 0) {
 		m->res->hit_layer = -1;
 		m->approx = 0; /* layer 0 computed whole: the rest is the plain forward pass */
@@ -658,6 +631,7 @@ LB_EXPORT int lb_lem_run_rows(struct lb_client *c, const struct lb_lem_cfg *cfg,
 	const float *cur = h; /* the input of layer `first`: h, a hit's view or staging */
 	const int32_t *ct = NULL;
 	uint32_t cm = 0;
+	float *emb = NULL; /* the input's embedding, kept for a revalidation */
 	int rc = 0;
 
 	if (!cfg || !tokens || !h || !compute || !n || !cfg->n_layers ||
@@ -672,15 +646,28 @@ LB_EXPORT int lb_lem_run_rows(struct lb_client *c, const struct lb_lem_cfg *cfg,
 		lem_key(&m, tokens, h, n);
 	if (m.c)
 		first = lem_lookup(&m, n, &ct, &cm);
+	/* A decoder's compute leaves K and V behind (LB_LEM_CONTINUE): recomputing its layers
+	 * would replace what the run serves. */
+	if (m.have_hit && m.c && cfg->revalidate > 0 && !(cfg->flags & LB_LEM_CONTINUE) &&
+	    lem_revalidate_drawn(&m))
+		emb = malloc((uint64_t)n * cfg->hidden * sizeof(float));
+	if (emb)
+		memcpy(emb, h, (uint64_t)n * cfg->hidden * sizeof(float));
 	if (ct) {
 		rc = lem_aligned(&m, ct, cm, h, compute, ctx);
+		first = rc > 0 ? (uint32_t)rc : 0;
+		/* Only a reuse up to the hit's layer is that layer's to report. */
+		if (rc >= 0 && emb && m.res->hit_layer >= 0 && first - 1 == m.hit.layer)
+			rc = revalidate(&m, first - 1, h, emb, compute, ctx);
+		if (m.have_hit) {
+			lem_release(&m, m.hit.lease);
+			m.have_hit = 0;
+		}
 		if (rc < 0)
 			goto out;
-		first = (uint32_t)rc;
 		rc = 0;
-	}
-	if (m.have_hit && m.c && cfg->revalidate > 0 && lem_revalidate_drawn(&m)) {
-		rc = revalidate(&m, &m.hit, h, n, compute, ctx);
+	} else if (emb) {
+		rc = revalidate(&m, m.hit.layer, m.hit.data, emb, compute, ctx);
 		if (rc < 0) {
 			lem_release(&m, m.hit.lease);
 			goto out;
@@ -698,6 +685,7 @@ LB_EXPORT int lb_lem_run_rows(struct lb_client *c, const struct lb_lem_cfg *cfg,
 	if (m.have_hit)
 		lem_release(&m, m.hit.lease);
 out:
+	free(emb);
 	lem_end(&m, n);
 	return rc;
 }

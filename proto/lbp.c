@@ -164,6 +164,10 @@ static const struct field layer_f[] = {
 	UINT(struct lbp_layer_stats, entries, 0, UINT64_MAX),
 	UINT(struct lbp_layer_stats, bytes, 0, UINT64_MAX),
 	UINT(struct lbp_layer_stats, leases, 0, UINT64_MAX),
+	UINT(struct lbp_layer_stats, max_hamming, 0, LBP_FP_BITS),
+	UINT(struct lbp_layer_stats, reports, 0, UINT64_MAX),
+	UINT(struct lbp_layer_stats, reports_over, 0, UINT64_MAX),
+	UINT(struct lbp_layer_stats, drift_micro, 0, UINT64_MAX),
 };
 static const struct table layer_t = TABLE(layer_f);
 

@@ -160,6 +160,9 @@ struct lbp_model_stats {
 
 struct lbp_layer_stats {
 	uint64_t hits, misses, inserts, evictions, entries, bytes, leases;
+	/* The layer's threshold: the radius in force for lookups that bring none (0..256), and its
+	 * controller's reports (PROTOCOL.md 4.8). */
+	uint64_t max_hamming, reports, reports_over, drift_micro;
 };
 
 struct lbp_model_stats_reply {

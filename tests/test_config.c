@@ -771,7 +771,7 @@ static void test_file_errors(void **state)
 	expect_file_err(fx, "socket = /tmp/a\n\nbogus = 1\n", 3,
 			"unknown key 'bogus' (keys: socket, arena-size, hugepages, numa-node, "
 			"foreground, log-level, threads, spin-us, policy, ttl, half-life, drift-max, "
-			"tau, budget, snapshot, socket-mode, socket-group, model-allow, "
+			"drift-target, tau, budget, snapshot, socket-mode, socket-group, model-allow, "
 			"client-staging-max, client-insert-bytes)");
 	expect_file_err(fx, "# comment\nconfig = /etc/other.conf\n", 2, "unknown key 'config'");
 	expect_file_err(fx, "--socket = /tmp/a\n", 1, "unknown key '--socket'");

@@ -382,7 +382,7 @@ static void test_config_round_trips_and_effects(void **state)
 	/* Defaults, as layerbankd documents them. */
 	assert_int_equal(ctl(out, sizeof(out), "config", "get", NULL), 0);
 	assert_string_equal(out, "tau = 0.98\nbudget = 16380K\npolicy = lru\nspin-us = 50\n"
-				 "ttl = 3600\nhalf-life = 300\ndrift-max = 0.05\n");
+				 "ttl = 3600\nhalf-life = 300\ndrift-max = 0.05\ndrift-target = 0\n");
 
 	/* A layer's own threshold applies to lookups that bring none. Input 0 is cached; a
 	 * neighbour 20 bits away (similarity 0.97) is too far for 0.98 everywhere. */
@@ -429,8 +429,8 @@ static void test_config_round_trips_and_effects(void **state)
 	/* Every setting: the global ones, then the layers with their own threshold. */
 	assert_int_equal(ctl(out, sizeof(out), "config", "get", NULL), 0);
 	assert_string_equal(out, "tau = 0.9\nbudget = 2M\npolicy = lru\nspin-us = 25\nttl = 60\n"
-				 "half-life = 45\ndrift-max = 0.25\ntau.alpha.0 = -1\n"
-				 "tau.alpha.2 = 0.5\n");
+				 "half-life = 45\ndrift-max = 0.25\ndrift-target = 0\n"
+				 "tau.alpha.0 = -1\ntau.alpha.2 = 0.5\n");
 	assert_int_equal(ctl(out, sizeof(out), "config", "get", "tau.alpha", NULL), 0);
 	assert_string_equal(out, "tau.alpha.0 = -1\ntau.alpha.1 = 0.9\ntau.alpha.2 = 0.5\n"
 				 "tau.alpha.3 = 0.9\n");
@@ -440,7 +440,7 @@ static void test_config_round_trips_and_effects(void **state)
 	assert_null(strstr(out, "tau.alpha"));
 	/* Through the library, with its own limits. */
 	struct lb_config_item items[3], now;
-	assert_int_equal(lb_config_get(c, NULL, items, 3), 7);
+	assert_int_equal(lb_config_get(c, NULL, items, 3), 8);
 	assert_string_equal(items[2].key, "policy");
 	assert_int_equal(lb_config_get(c, "tau.alpha", NULL, 0), 4);
 	assert_int_equal(lb_config_set(c, "drift_max", "1e-2", &now), 0);
@@ -466,7 +466,7 @@ static void test_config_round_trips_and_effects(void **state)
 	assert_contains(out, "tau.big.0 = 0.75\n");
 	assert_contains(out, "tau.big.39 = 0.75\n");
 	assert_null(strstr(out, "tau.big.40"));
-	assert_int_equal(lb_config_get(c, "", NULL, 0), 7 + 40);
+	assert_int_equal(lb_config_get(c, "", NULL, 0), 8 + 40);
 
 	/* Refusals: one line, status 1, nothing changed. */
 	static const struct {
@@ -845,6 +845,87 @@ static double jnum(json_object *o, const char *key)
 	if (json_object_is_type(v, json_type_boolean))
 		return json_object_get_boolean(v);
 	return json_object_get_double(v);
+}
+
+/* REPORTs on approximate hits feed each layer's controller: counted always, its threshold moved
+ * once a drift target is set (then in force, in stats, --json and the metrics); a report on an
+ * exact hit (distance 0) is not its input. */
+static void test_adaptive_thresholds(void **state)
+{
+	struct lb_client *c;
+	struct lb_hit h;
+	struct lb_layer_tau t[4];
+	char out[16384];
+
+	(void)state;
+	start_daemon();
+	assert_int_equal(lb_connect(env.sock, "adapt-test", &c), 0);
+	uint32_t a = add_model(c, "alpha", 4);
+	insert_inputs(c, a, 0, 1, 4);
+	struct lb_key k0 = key_of(0), near = near_key(0, 10); /* similarity 0.99 */
+	/* Fixed thresholds: the report is counted, the threshold stays tau's. */
+	assert_int_equal(lb_lookup(c, a, 2, &near, NULL, 0, &h), 0);
+	assert_int_equal(h.hamming, 10);
+	assert_int_equal(lb_report(c, h.lease, 0.02f), 0);
+	assert_int_equal(lb_release(c, h.lease), 0);
+	assert_int_equal(lb_lookup(c, a, 2, &k0, NULL, 0, &h), 0);
+	assert_int_equal(h.hamming, 0);
+	assert_int_equal(lb_report(c, h.lease, 0.04f), 0); /* exact: not the controller's */
+	assert_int_equal(lb_release(c, h.lease), 0);
+	assert_int_equal(lb_model_taus(c, a, t, 4), 4);
+	assert_true(t[2].reports == 1 && t[2].reports_over == 0 && t[1].reports == 0);
+	assert_true(fabs(t[2].drift_sum - 0.02) < 1e-6);
+	for (int l = 0; l < 4; l++)
+		assert_true(t[l].tau == 0.98 || t[l].max_hamming == lb_fp_max_hamming(0.98));
+	/* A target: every layer at its controller's start, then layer 2 tightened by a report
+	 * 40 times the target (8 bits at most) and counted over it. Each drift stays below
+	 * drift-max, which would invalidate the entry. */
+	assert_int_equal(ctl(out, sizeof(out), "config", "set", "drift-target", "0.001", NULL), 0);
+	assert_string_equal(out, "drift-target = 0.001\n");
+	assert_int_equal(lb_model_taus(c, a, t, 4), 4);
+	uint32_t start = lb_fp_max_hamming(0.90);
+	for (int l = 0; l < 4; l++)
+		assert_int_equal(t[l].max_hamming, start);
+	assert_int_equal(lb_lookup(c, a, 2, &near, NULL, 0, &h), 0);
+	assert_int_equal(lb_report(c, h.lease, 0.04f), 0);
+	assert_int_equal(lb_release(c, h.lease), 0);
+	assert_int_equal(lb_model_taus(c, a, t, 4), 4);
+	assert_int_equal(t[2].max_hamming, start - 8);
+	assert_true(t[2].tau == lb_fp_similarity(start - 8));
+	assert_true(t[2].reports == 2 && t[2].reports_over == 1);
+	assert_int_equal(t[3].max_hamming, start);
+	/* What lookups meet: a neighbour 30 bits away reaches layer 3, no more layer 2. */
+	struct lb_key far = near_key(0, start - 6);
+	assert_int_equal(lb_lookup(c, a, 3, &far, NULL, 0, &h), 0);
+	assert_int_equal(lb_release(c, h.lease), 0);
+	assert_int_equal(lb_lookup(c, a, 2, &far, NULL, 0, &h), -ENOENT);
+	/* config get tau.alpha shows the thresholds in force. */
+	assert_int_equal(ctl(out, sizeof(out), "config", "get", "tau.alpha", NULL), 0);
+	char line[128];
+	snprintf(line, sizeof(line), "tau.alpha.2 = %.14g", lb_fp_similarity(start - 8));
+	assert_contains(out, line);
+	/* stats, --json and the metrics show them per layer. */
+	assert_int_equal(ctl(out, sizeof(out), "stats", NULL), 0);
+	assert_contains(out, "tau  reports     drift");
+	assert_contains(out, "  0.030000\n"); /* layer 2: (0.02 + 0.04) / 2 */
+	assert_int_equal(ctl(out, sizeof(out), "stats", "--json", NULL), 0);
+	json_object *j = json_tokener_parse(out);
+	assert_non_null(j);
+	json_object *l2 = json_object_array_get_idx(
+		json_object_object_get(json_object_array_get_idx(json_object_object_get(j, "per_model"),
+								 0), "layers"), 2);
+	assert_int_equal(json_object_get_int(json_object_object_get(l2, "drift_reports")), 2);
+	assert_int_equal(json_object_get_int(json_object_object_get(l2, "drift_reports_over")), 1);
+	assert_int_equal(json_object_get_int(json_object_object_get(l2, "max_hamming")), start - 8);
+	json_object_put(j);
+	assert_int_equal(ctl(out, sizeof(out), "metrics", NULL), 0);
+	assert_contains(out, "layerbank_layer_drift_reports_total{model=\"alpha\",layer=\"2\"} 2\n");
+	assert_contains(out, "layerbank_layer_drift_reports_over_total{model=\"alpha\",layer=\"2\"} 1\n");
+	assert_contains(out, "layerbank_layer_drift_total{model=\"alpha\",layer=\"2\"} 0.06\n");
+	snprintf(line, sizeof(line), "layerbank_layer_tau{model=\"alpha\",layer=\"3\"} %.9g\n",
+		 lb_fp_similarity(start));
+	assert_contains(out, line);
+	lb_close(c);
 }
 
 static void test_metrics_exposition_format_and_figures(void **state)
@@ -1290,6 +1371,7 @@ int main(int argc, char **argv)
 		TEST(test_config_policy_ttl_starts_the_sweep),
 		TEST(test_admin_messages_need_root_or_the_daemons_user),
 		TEST(test_metrics_exposition_format_and_figures),
+		TEST(test_adaptive_thresholds),
 		TEST(test_top_without_a_terminal),
 		TEST(test_stats_shows_a_hostile_name_harmlessly),
 	};

@@ -18,6 +18,7 @@ struct ctl_model {
 	uint32_t id, n_layers;
 	char name[LB_NAME_MAX + 1];
 	struct lb_layer_stats *layer; /* [n_layers], owned */
+	struct lb_layer_tau *tau;     /* [n_layers], owned: thresholds and drift reports */
 };
 
 /* The daemon's figures at one moment: STATS, then MODEL_STATS of every model. */

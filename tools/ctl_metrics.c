@@ -51,10 +51,14 @@ static void u64(FILE *out, const char *name, const char *type, const char *help,
 }
 
 /* One per-layer family: a sample per layer of every model. */
-enum lfield { L_HITS, L_MISSES, L_INSERTS, L_EVICTIONS, L_ENTRIES, L_BYTES, L_LEASES };
+enum lfield {
+	L_HITS, L_MISSES, L_INSERTS, L_EVICTIONS, L_ENTRIES, L_BYTES, L_LEASES,
+	L_REPORTS, L_REPORTS_OVER, L_TAU, L_DRIFT_SUM, /* the last two are not whole numbers */
+};
 
-static uint64_t layer_value(const struct lb_layer_stats *x, enum lfield f)
+static uint64_t layer_value(const struct ctl_model *m, uint32_t l, enum lfield f)
 {
+	const struct lb_layer_stats *x = &m->layer[l];
 	switch (f) {
 	case L_HITS: return x->hits;
 	case L_MISSES: return x->misses;
@@ -63,6 +67,11 @@ static uint64_t layer_value(const struct lb_layer_stats *x, enum lfield f)
 	case L_ENTRIES: return x->entries;
 	case L_BYTES: return x->bytes;
 	case L_LEASES: return x->leases;
+	case L_REPORTS: return m->tau[l].reports;
+	case L_REPORTS_OVER: return m->tau[l].reports_over;
+	case L_TAU:
+	case L_DRIFT_SUM:
+		break;
 	}
 	return 0;
 }
@@ -76,7 +85,13 @@ static void per_layer(FILE *out, const struct ctl_view *v, const char *name, con
 		for (uint32_t l = 0; l < m->n_layers; l++) {
 			fprintf(out, "%s{model=\"", name);
 			put_label(out, m->name);
-			fprintf(out, "\",layer=\"%u\"} %" PRIu64 "\n", l, layer_value(&m->layer[l], f));
+			fprintf(out, "\",layer=\"%u\"} ", l);
+			if (f == L_TAU)
+				fprintf(out, "%.9g\n", m->tau[l].tau);
+			else if (f == L_DRIFT_SUM)
+				fprintf(out, "%.9g\n", m->tau[l].drift_sum);
+			else
+				fprintf(out, "%" PRIu64 "\n", layer_value(m, l, f));
 		}
 	}
 }
@@ -151,6 +166,16 @@ static void print_metrics(FILE *out, const struct ctl_view *v)
 		  L_BYTES);
 	per_layer(out, v, "layerbank_layer_leases", "gauge",
 		  "Leases held now on this layer's entries.", L_LEASES);
+	per_layer(out, v, "layerbank_layer_tau", "gauge",
+		  "The threshold lookups that bring none meet at this layer (adaptive with drift-target).",
+		  L_TAU);
+	per_layer(out, v, "layerbank_layer_drift_reports_total", "counter",
+		  "REPORTed drifts of approximate reuses of this layer, its threshold controller's input.",
+		  L_REPORTS);
+	per_layer(out, v, "layerbank_layer_drift_reports_over_total", "counter",
+		  "Of those, the ones past the drift target in force.", L_REPORTS_OVER);
+	per_layer(out, v, "layerbank_layer_drift_total", "counter",
+		  "The sum of those reported drifts (divided by the reports: their mean).", L_DRIFT_SUM);
 }
 
 int ctl_cmd_metrics(const char *sock, int argc, char **argv)

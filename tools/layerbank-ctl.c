@@ -94,8 +94,10 @@ int ctl_usage_error(const char *cmd, const char *fmt, ...)
 
 void ctl_view_free(struct ctl_view *v)
 {
-	for (uint32_t i = 0; i < v->n_models; i++)
+	for (uint32_t i = 0; i < v->n_models; i++) {
 		free(v->models[i].layer);
+		free(v->models[i].tau);
+	}
 	free(v->models);
 	memset(v, 0, sizeof(*v));
 }
@@ -103,6 +105,7 @@ void ctl_view_free(struct ctl_view *v)
 int ctl_view_read(struct lb_client *c, struct ctl_view *v)
 {
 	static struct lb_layer_stats scratch[1024]; /* LBP_MAX_LAYERS: the most a model has */
+	static struct lb_layer_tau taus[1024];
 	int ret;
 
 	ctl_view_free(v);
@@ -121,12 +124,21 @@ int ctl_view_read(struct lb_client *c, struct ctl_view *v)
 		if (ret < 0)
 			return ret;
 		m->layer = malloc(sizeof(*m->layer) * (size_t)(ret ? ret : 1));
-		if (!m->layer)
+		m->tau = calloc((size_t)(ret ? ret : 1), sizeof(*m->tau));
+		if (!m->layer || !m->tau) {
+			free(m->layer);
+			free(m->tau);
 			return -ENOMEM;
+		}
 		m->id = id;
 		m->n_layers = (uint32_t)ret;
 		memcpy(m->layer, scratch, sizeof(*m->layer) * m->n_layers);
 		v->n_models++;
+		ret = lb_model_taus(c, id, taus, 1024);
+		if (ret < 0 && ret != -ESRCH)
+			return ret;
+		if (ret == (int)m->n_layers)
+			memcpy(m->tau, taus, sizeof(*m->tau) * m->n_layers);
 	}
 	return 0;
 }
@@ -167,6 +179,13 @@ static json_object *model_json(const struct ctl_model *m)
 		json_object_object_add(j, "entries", json_object_new_uint64(x->entries));
 		json_object_object_add(j, "bytes", json_object_new_uint64(x->bytes));
 		json_object_object_add(j, "leases", json_object_new_uint64(x->leases));
+		const struct lb_layer_tau *t = &m->tau[l];
+		json_object_object_add(j, "tau", json_object_new_double(t->tau));
+		json_object_object_add(j, "max_hamming", json_object_new_uint64(t->max_hamming));
+		json_object_object_add(j, "drift_reports", json_object_new_uint64(t->reports));
+		json_object_object_add(j, "drift_reports_over", json_object_new_uint64(t->reports_over));
+		json_object_object_add(j, "drift_mean", t->reports ? json_object_new_double(
+					       t->drift_sum / (double)t->reports) : NULL);
 		json_object_array_add(layers, j);
 	}
 	json_object_object_add(o, "layers", layers);
@@ -180,15 +199,20 @@ static void model_table(const struct ctl_model *m)
 	/* A client chose the name: no escape sequence of its reaches the terminal. */
 	printf("\nmodel %u '%s', %u layers\n", m->id, lbu_printable(m->name, name, sizeof(name)),
 	       m->n_layers);
-	printf("  %5s %10s %10s %6s %9s %9s %8s %9s %7s\n", "layer", "hits", "misses", "hit%",
-	       "inserts", "evicted", "entries", "MiB", "leases");
+	printf("  %5s %10s %10s %6s %9s %9s %8s %9s %7s %6s %8s %9s\n", "layer", "hits", "misses",
+	       "hit%", "inserts", "evicted", "entries", "MiB", "leases", "tau", "reports", "drift");
 	for (uint32_t l = 0; l < m->n_layers; l++) {
 		const struct lb_layer_stats *x = &m->layer[l];
+		const struct lb_layer_tau *t = &m->tau[l];
 		uint64_t n = x->hits + x->misses;
 		printf("  %5u %10" PRIu64 " %10" PRIu64 " %6.1f %9" PRIu64 " %9" PRIu64 " %8" PRIu64
-		       " %9.1f %7" PRIu64 "\n", l, x->hits, x->misses,
+		       " %9.1f %7" PRIu64 " %6.3f %8" PRIu64, l, x->hits, x->misses,
 		       n ? 100.0 * (double)x->hits / (double)n : 0.0, x->inserts, x->evictions,
-		       x->entries, (double)x->bytes / (1 << 20), x->leases);
+		       x->entries, (double)x->bytes / (1 << 20), x->leases, t->tau, t->reports);
+		if (t->reports)
+			printf(" %9.6f\n", t->drift_sum / (double)t->reports);
+		else
+			printf(" %9s\n", "-");
 	}
 }
 

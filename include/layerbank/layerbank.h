@@ -189,6 +189,31 @@ LB_ABI_SIZE_LP64(struct lb_layer_stats, 56);
 int lb_model_stats(struct lb_client *c, uint32_t model_id, char *name, struct lb_layer_stats *out,
 		   uint32_t max);
 
+/* One layer's threshold and what its controller was fed: the REPORTs of approximate reuses
+ * (fingerprint distance >= 1) of this layer (PROTOCOL.md, Ring protocol 14). */
+struct lb_layer_tau {
+	double tau;            /* in force for lookups that bring none: lb_fp_similarity(max_hamming) */
+	uint32_t max_hamming;  /* the largest fingerprint distance it accepts */
+	uint32_t reserved;     /* 0 */
+	uint64_t reports;      /* approximate reuses of this layer reported */
+	uint64_t reports_over; /* of them, drifting past the daemon's drift-target then */
+	double drift_sum;      /* the sum of their drifts (to a millionth each) */
+};
+LB_ABI_FIELD_LP64(struct lb_layer_tau, tau, 0, 8);
+LB_ABI_FIELD_LP64(struct lb_layer_tau, max_hamming, 8, 4);
+LB_ABI_FIELD_LP64(struct lb_layer_tau, reserved, 12, 4);
+LB_ABI_FIELD_LP64(struct lb_layer_tau, reports, 16, 8);
+LB_ABI_FIELD_LP64(struct lb_layer_tau, reports_over, 24, 8);
+LB_ABI_FIELD_LP64(struct lb_layer_tau, drift_sum, 32, 8);
+LB_ABI_SIZE_LP64(struct lb_layer_tau, 40);
+
+/*
+ * The thresholds of model model_id's layers, up to max of them into out; with the daemon's
+ * drift-target set they are its controllers' (adaptive), else its tau or a layer's own.
+ * @return the model's layer count (which may exceed max); as lb_model_stats otherwise.
+ */
+int lb_model_taus(struct lb_client *c, uint32_t model_id, struct lb_layer_tau *out, uint32_t max);
+
 /* What a snapshot wrote. */
 struct lb_snapshot_info {
 	uint64_t entries; /* cached entries in the file */
@@ -709,7 +734,7 @@ struct lb_lem_cfg {
 	const struct lb_fp_proj *proj; /* the fingerprint projection, width hidden */
 	const float *tau;              /* n_layers lookup thresholds, or NULL: the daemon's */
 	const uint8_t *cache_layers;   /* n_layers flags: insert layer l when nonzero; NULL: all */
-	double revalidate;             /* 0..1: share of hits whose top layer is recomputed */
+	double revalidate;             /* 0..1: share of hits checked against the plain forward */
 	uint64_t seed;                 /* of the revalidation draw, mixed with the input's hash */
 };
 LB_ABI_FIELD_LP64(struct lb_lem_cfg, model_id, 0, 4);
@@ -736,7 +761,7 @@ struct lb_lem_result {
 	uint32_t hit_hamming;     /* fingerprint distance of that hit */
 	uint32_t layers_computed; /* layers of the forward pass run by compute */
 	uint32_t layers_inserted; /* of those, handed to the cache (not waited for: see step 3) */
-	uint32_t revalidated;     /* layers recomputed to check a hit (not in layers_computed) */
+	uint32_t revalidated;     /* layers recomputed to check a reuse (not in layers_computed) */
 	uint32_t reports;         /* REPORTs sent */
 	int cache_error;          /* 0, or the error that made this run fall back to plain */
 	uint32_t sflight;         /* LB_LEM_CLAIMED, LB_LEM_WAITED, LB_LEM_BUSY */
@@ -779,9 +804,11 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 48);
  *     and an in-process bank (one client) is asked plainly.
  *  2. On a hit at layer L (f32, [n][hidden], checked; anything else counts as a miss) the hit's
  *     arena view is the input of layer L + 1 (zero copy) and its lease is released as soon as
- *     layer L + 1 has read it. With probability revalidate, layer L is also recomputed from the
- *     cached output of layer L - 1 (lb_lookup; from h when L = 0; skipped when L - 1 is not
- *     cached) and the drift 1 - cosine(recomputed, cached) is sent with lb_report.
+ *     layer L + 1 has read it. With probability revalidate (drawn per input and hit), the
+ *     state reused at layer L (the hit's; a partial reuse's, as assembled there) is checked:
+ *     layers 0..L recomputed from h in a copy, and their drift from it, lb_drift, sent with
+ *     lb_report (the daemon's threshold controller learns from it). Not with LB_LEM_CONTINUE:
+ *     a decoder's compute would replace the K and V the run serves.
  *  3. Layers L + 1 .. n_layers - 1 run through compute; a layer flagged in cache_layers is
  *     computed straight into lb_insert_reserve's staging and committed without waiting for the
  *     answer (the daemon copies it while the next layer is computed; each wait would be a

@@ -17,7 +17,8 @@
  * evicts everything (nothing is held any more).
  *
  * Input: byte 0 picks the bank (eviction lru, decay, or ttl 0: every entry expired when looked
- * up); then records, each led by one byte whose low 3 bits say what follows:
+ * up, or lru with adaptive thresholds: REPORTs on approximate hits move each layer's, anywhere
+ * down to the controllers' loosest); then records, each led by one byte whose low 3 bits say what follows:
  *   0 REQ        60 bytes of request (the stamp is the ring's), u16 n, n bytes written into
  *                staging at the request's payload_off (cut at the end of staging); pushed
  *   1 REQ_LEASE  u8 k, then as REQ; the lease field is the k-th lease handed out in this
@@ -55,6 +56,7 @@
 #define BUDGET (128u << 10)   /* small: a few inserts already evict */
 #define DRIFT_MAX 0.05
 #define TAU 0.98
+#define DRIFT_TARGET 0.001 /* BANK_ADAPT's: most reports move a threshold */
 #define MAX_REQUESTS 8192u    /* per input, repeats included: enough for the lease limit */
 #define MAX_GIVEN 8192u       /* leases remembered per input for REQ_LEASE */
 #define HELD_SLOTS 8192u      /* a lease set: twice LBD_MAX_LEASES keeps probes short */
@@ -67,7 +69,7 @@
 #define KEY_BYTES 16u         /* a block key in a LOOKUP_PREFIX payload */
 #define PREFIX_MAX_PAYLOAD (sizeof(struct lb_prefix_query) + KEY_BYTES * LB_PREFIX_MAX_BLOCKS)
 
-enum bank_kind { BANK_LRU, BANK_DECAY, BANK_TTL0, N_BANKS };
+enum bank_kind { BANK_LRU, BANK_DECAY, BANK_TTL0, BANK_ADAPT, N_BANKS };
 
 struct model {
 	const char *name;
@@ -245,6 +247,8 @@ static struct lbip_bank *bank_new(enum bank_kind kind)
 		cfg.policy = LBD_POLICY_TTL;
 		cfg.ttl_ns = 0;
 	}
+	if (kind == BANK_ADAPT)
+		cfg.drift_target = DRIFT_TARGET;
 	struct lbip_bank *l = lbip_bank_new(BUDGET, &cfg, err, sizeof(err));
 	if (!l)
 		broken(NULL, "cannot make a bank: %s", err);
@@ -920,7 +924,12 @@ static void check_lookup_done(struct run *R, const struct lb_req *r, const struc
 	R->hits++;
 	if (k->layer >= m->n_layers || (r->opcode == LB_OP_LOOKUP && k->layer != r->layer))
 		broken(r, "hit at layer %u", k->layer);
-	double tau = v->q.n_thr ? (double)v->thr[k->layer] : TAU;
+	/* The daemon's threshold: TAU, or with adaptive ones anything down to the loosest. */
+	double tau = TAU;
+	if (v->q.n_thr)
+		tau = v->thr[k->layer];
+	else if (R->kind == BANK_ADAPT)
+		tau = lbp_fp_similarity((uint32_t)LBD_ADAPT_MAX_RADIUS);
 	if (k->hamming > LBP_FP_BITS || lbp_fp_similarity(k->hamming) < tau)
 		broken(r, "hit at hamming %u below the threshold %g of layer %u", k->hamming, tau,
 		       k->layer);

@@ -50,7 +50,8 @@
 /* Field offsets of PROTOCOL.md "Snapshot file", written out again here: the harness reads the
  * file as the specification says, not as the loader does. */
 enum {
-	H_VERSION = 8, H_N_MODELS = 20, H_N_ENTRIES = 24, H_CHECKSUM = 120,
+	H_VERSION = 8, H_N_MODELS = 20, H_N_ENTRIES = 24, H_THR_BYTES = 80, H_CHECKSUM = 120,
+	M_N_LAYERS = 72, THR_REC = 32, /* a model record's layers; a threshold block's records */
 	E_MODEL = 0, E_LAYER = 4, E_DTYPE = 6, E_SEQ_LEN = 8, E_NDIM = 12, E_FLAGS = 13,
 	E_APPROX = 14, E_SHAPE = 16, E_BYTES = 32, E_FP = 40, E_EXACT = 72, E_DATA_SUM = 88,
 	E_AGE = 104,
@@ -125,6 +126,15 @@ static void reseal(uint8_t *f, size_t len)
 		if (!fits)
 			break;
 		off += REC + padded(body(r));
+	}
+	/* Version 5: the threshold blocks, the file's last thr_bytes, one per model record. */
+	uint64_t thr = get(f + H_VERSION, 4) >= 5 ? get(f + H_THR_BYTES, 8) : 0, t = len - thr;
+	for (uint64_t i = 0; thr && thr <= len && i < n_models && REC * (i + 2) <= len; i++) {
+		uint64_t n = THR_REC * get(f + REC * (i + 1) + M_N_LAYERS, 4);
+		if (n + 8 > len - t)
+			break;
+		put64(f + t + n, XXH3_64bits(f + t, n));
+		t += padded(n + 8);
 	}
 	seal(f); /* last: the header's checksum covers nothing the loop changes, but keep one order */
 }

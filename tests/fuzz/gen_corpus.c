@@ -146,8 +146,10 @@ static struct lbp_msg msg(enum lbp_type t)
 		strcpy(m.u.mstats_reply.name, "bert-base");
 		m.u.mstats_reply.n_layers = 12;
 		m.u.mstats_reply.n = 2;
-		m.u.mstats_reply.layers[0] = (struct lbp_layer_stats){ 5, 1, 6, 0, 6, 393216, 1 };
-		m.u.mstats_reply.layers[1] = (struct lbp_layer_stats){ 4, 2, 6, 1, 5, 327680, 0 };
+		m.u.mstats_reply.layers[0] = (struct lbp_layer_stats){ 5, 1, 6, 0, 6, 393216, 1,
+								       16, 3, 1, 41000 };
+		m.u.mstats_reply.layers[1] = (struct lbp_layer_stats){ 4, 2, 6, 1, 5, 327680, 0,
+								       20, 0, 0, 0 };
 		break;
 	case LBP_LOOKUP:
 		m.u.lookup = (struct lbp_lookup){ 1, 128, 1, 2, 3, 4, 5, 6 };
@@ -289,7 +291,8 @@ static void decode_seeds(void)
 	m.u.mstats_reply.first_layer = 960;
 	m.u.mstats_reply.n = LBP_MAX_STATS_LAYERS;
 	for (unsigned i = 0; i < LBP_MAX_STATS_LAYERS; i++)
-		m.u.mstats_reply.layers[i] = (struct lbp_layer_stats){ i, UINT64_MAX, 1, 0, i, 0, 0 };
+		m.u.mstats_reply.layers[i] = (struct lbp_layer_stats){ i, UINT64_MAX, 1, 0, i, 0, 0,
+								       LBP_FP_BITS, UINT64_MAX, i, 0 };
 	put_msg("model-stats-reply-64-layers", &m);
 
 	m = msg(LBP_ERROR);
@@ -1342,6 +1345,7 @@ struct snap {
 	uint32_t n_models;
 	uint64_t n_entries, data_bytes;
 	uint64_t model_entries[8];
+	uint64_t thr_bytes;        /* version 5's threshold blocks (snap_thresholds); 0: version 4 */
 };
 
 static void le_at(uint8_t *p, uint64_t v, unsigned bytes)
@@ -1518,12 +1522,37 @@ static void snap_block(struct snap *s, uint32_t model, const struct smodel *m, u
 	snap_data(s, at, bytes, id * 17u, model, NULL, 0);
 }
 
+/* Version 5's threshold blocks after the entries: per model record, its layers' controllers
+ * (radius 4..52.75 bits, reports, over, drift sum), their checksum, zeros to 64 bytes. */
+static void snap_thresholds(struct snap *s)
+{
+	size_t start = s->n;
+	for (uint32_t i = 0; i < s->n_models; i++) {
+		const uint8_t *m = s->b + 1 + 128 + 128 * (size_t)i;
+		uint32_t nl = (uint32_t)m[72] | (uint32_t)m[73] << 8 | (uint32_t)m[74] << 16;
+		uint64_t n = 32ull * nl, bits;
+		uint8_t *b = snap_grow(s, (size_t)((n + 8 + 63) & ~63ull));
+		for (uint32_t l = 0; l < nl; l++) {
+			double radius = 4.0 + 3.25 * (l % 16), drift = 0.01 * (l + 1);
+			memcpy(&bits, &radius, 8);
+			le_at(b + 32 * l, bits, 8);
+			le_at(b + 32 * l + 8, 5 + l, 8);  /* reports */
+			le_at(b + 32 * l + 16, l % 6, 8); /* over */
+			memcpy(&bits, &drift, 8);
+			le_at(b + 32 * l + 24, bits, 8);
+		}
+		le_at(b + n, XXH3_64bits(b, n), 8);
+	}
+	s->thr_bytes = s->n - start;
+}
+
 /* The header and the models' entry counts; the model records' checksums. */
 static void snap_end(struct snap *s)
 {
 	uint8_t *h = s->b + 1;
 	memcpy(h, "LBSNAPSH", 8);
-	le_at(h + 8, 4, 4); /* version */
+	le_at(h + 8, s->thr_bytes ? 5 : 4, 4); /* version */
+	le_at(h + 80, s->thr_bytes, 8);
 	le_at(h + 12, 128, 4);
 	le_at(h + 16, LB_SHM_ABI_VERSION, 4);
 	le_at(h + 20, s->n_models, 4);
@@ -1721,6 +1750,10 @@ static void snapshot_seeds(void)
 	snap_put(&s, "one-model-decay");
 	s.b[0] = 4 | 1; /* ttl order */
 	snap_put(&s, "one-model-ttl");
+	s.b[0] = 1;
+	snap_thresholds(&s); /* version 5: the controllers after the entries */
+	snap_end(&s);
+	snap_put(&s, "one-model-thresholds");
 
 	/* Three models, every dtype, every rank, data that needs padding and data that does not. */
 	snap_begin(&s, 1);
