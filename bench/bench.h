@@ -103,6 +103,8 @@ struct lbb_fleet_cfg {
 	const char *spin_us;   /* layerbankd's --spin-us; NULL: the default */
 	int shadow;            /* caching workers run with --shadow */
 	const char *fp_chunks; /* caching workers' --fp-chunks; NULL: the default */
+	const char *drift_target; /* layerbankd's --drift-target (adaptive thresholds); NULL: none */
+	const char *revalidate;   /* caching workers' --revalidate; NULL: none */
 };
 
 /*

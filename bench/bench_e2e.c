@@ -30,6 +30,8 @@ enum model { M_STORIES, M_BERT_BASE, M_FILE };
 /* --shadow's default drift target: layerbankd's default --drift-max, past which a REPORTed
  * drift invalidates an entry. */
 #define DRIFT_TARGET 0.05
+/* --adaptive's default share of reuses the caching workers check against the plain forward. */
+#define REVALIDATE "0.1"
 
 struct opts {
 	enum model model;       /* --model stories260k, bert-base or a safetensors FILE */
@@ -50,6 +52,8 @@ struct opts {
 	int shadow;             /* --shadow: every reuse checked against the plain computation */
 	const char *fp_chunks;  /* the caching workers' --fp-chunks; NULL: their default, 4 */
 	double drift_target;    /* a reuse drifting past it is a false hit (--drift-target) */
+	int adaptive;           /* --adaptive: the shared bank's thresholds adapt to drift_target */
+	const char *revalidate; /* the caching workers' --revalidate under --adaptive */
 	const char *plot;
 	char data[512];
 	uint32_t min_chars, max_chars;
@@ -118,6 +122,9 @@ struct run {
 	int shadow;             /* the caching workers ran with --shadow */
 	double drift_target;
 	struct shadow_count sh, sh_layer[MAX_LAYERS], sh_kind[N_KINDS]; /* by hit layer, kind */
+	int adaptive;           /* the daemon adapted its thresholds (--adaptive) */
+	/* What its controllers were fed by half of the stream, and by its end. */
+	struct lb_layer_tau ctl_half[MAX_LAYERS], ctl_end[MAX_LAYERS];
 };
 
 /* r's kind (KIND_*); a NEAR request's mut is a mutation, never NONE (lbw_workload_make). */
@@ -450,38 +457,42 @@ static int dispatch(const struct lbw_workload *wl, uint32_t *next)
 	return 0;
 }
 
+/* The daemon's per-layer thresholds and controllers (the fleet's one model, id 1) into out;
+ * zeros when it cannot be asked. @return 0, or -1 then. */
+static int read_controllers(struct lb_layer_tau *out, int layers)
+{
+	struct lb_client *c = NULL;
+	int rc = -1;
+	memset(out, 0, sizeof(*out) * (size_t)layers);
+	if (lb_connect(lbb_fleet_socket(), "layerbank-bench e2e", &c) < 0)
+		return -1;
+	if (lb_model_taus(c, 1, out, (uint32_t)layers) == layers)
+		rc = 0;
+	else
+		memset(out, 0, sizeof(*out) * (size_t)layers);
+	lb_close(c);
+	return rc;
+}
+
 /*
  * The thresholds in force at the end of a shared run, per layer, into run->tau_by_layer: the
- * workers' --tau when they had one (their lookups bring it), else the daemon's, its tau and
- * the tau.MODEL.LAYER settings of the one model the fleet registered. Nothing when the daemon
- * cannot be asked.
+ * workers' --tau when they had one (their lookups bring it), else the daemon's (its tau, a
+ * layer's own, or its controller's). Nothing when the daemon cannot be asked.
  */
 static void read_taus(struct run *run, const char *tau, int layers)
 {
+	struct lb_layer_tau t[MAX_LAYERS];
 	if (tau) {
 		for (int l = 0; l < layers; l++)
 			run->tau_by_layer[l] = atof(tau);
 		run->have_tau = 1;
 		return;
 	}
-	struct lb_client *c = NULL;
-	struct lb_config_item items[MAX_LAYERS + 16];
-	if (lb_connect(lbb_fleet_socket(), "layerbank-bench e2e", &c) < 0)
+	if (read_controllers(t, layers) < 0)
 		return;
-	int n = lb_config_get(c, NULL, items, MAX_LAYERS + 16);
-	for (int i = 0; i < n && i < MAX_LAYERS + 16; i++)
-		if (!strcmp(items[i].key, "tau"))
-			for (int l = 0; l < layers; l++)
-				run->tau_by_layer[l] = atof(items[i].value);
-	for (int i = 0; i < n && i < MAX_LAYERS + 16; i++) {
-		const char *dot = strrchr(items[i].key, '.');
-		char *end;
-		long l = dot && !strncmp(items[i].key, "tau.", 4) ? strtol(dot + 1, &end, 10) : -1;
-		if (l >= 0 && l < layers && !*end)
-			run->tau_by_layer[l] = atof(items[i].value);
-	}
-	run->have_tau = n > 0;
-	lb_close(c);
+	for (int l = 0; l < layers; l++)
+		run->tau_by_layer[l] = t[l].tau;
+	run->have_tau = 1;
 }
 
 static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
@@ -500,10 +511,19 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 				     .no_sflight = o->no_sflight, .recompute = o->recompute,
 				     .spin_us = o->spin_us, .shadow = o->shadow,
 				     .fp_chunks = o->fp_chunks };
+	/* --adaptive: the shared run at the drift target, its workers revalidating; a fixed
+	 * tau (the sweep's) is the comparison, never adapted. */
+	char target[32];
+	snprintf(target, sizeof(target), "%.17g", o->drift_target);
+	if (o->adaptive && m == LBB_SHARED && !tau) {
+		cfg.drift_target = target;
+		cfg.revalidate = o->revalidate;
+	}
 	memset(run, 0, sizeof(*run));
 	run->mode = m;
 	run->shadow = o->shadow && m != LBB_NOCACHE;
 	run->drift_target = o->drift_target;
+	run->adaptive = cfg.drift_target != NULL;
 	run->tau = tau;
 	run->a = calloc(wl->n, sizeof(*run->a));
 	if (!run->a)
@@ -518,7 +538,10 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 		rc = dispatch(wl, &next);
 		int got = rc < 0 ? rc : lbb_fleet_collect(on_answer, run);
 		rc = got < 0 ? got : 0;
+		uint32_t before = done;
 		done += got > 0 ? (uint32_t)got : 0;
+		if (rc == 0 && run->adaptive && before < wl->n / 2 && done >= wl->n / 2)
+			read_controllers(run->ctl_half, *layers);
 		if (rc == 0)
 			progress(o, run, done, wl->n, t0, *layers, 0);
 	}
@@ -527,6 +550,8 @@ static int run_fleet(const struct opts *o, enum lbb_mode m, const char *tau,
 		progress(o, run, done, wl->n, t0, *layers, 1);
 		if (m == LBB_SHARED)
 			read_taus(run, tau, *layers);
+		if (run->adaptive)
+			read_controllers(run->ctl_end, *layers);
 	}
 	lbb_fleet_stop();
 	return rc;
@@ -580,6 +605,49 @@ static json_object *shadow_json(const struct run *r, int layers)
 	json_object_object_add(o, "by_layer", l);
 	json_object_object_add(o, "by_kind", k);
 	return o;
+}
+
+/* The mean drift the controllers of layers saw between two readings (all layers together);
+ * *reports gets how many reports that is. NAN: none. */
+static double drift_between(const struct lb_layer_tau *a, const struct lb_layer_tau *b, int layers,
+			    uint64_t *reports)
+{
+	double sum = 0;
+	*reports = 0;
+	for (int l = 0; l < layers; l++) {
+		*reports += b[l].reports - a[l].reports;
+		sum += b[l].drift_sum - a[l].drift_sum;
+	}
+	return *reports ? sum / (double)*reports : NAN;
+}
+
+/* adaptive (--adaptive): each layer's threshold at the end, and what its controller was fed,
+ * in all and in the second half of the stream (after it converged). */
+static json_object *adaptive_json(const struct run *r, const struct opts *o, int layers)
+{
+	static const struct lb_layer_tau none[MAX_LAYERS];
+	json_object *a = json_object_new_object(), *arr = json_object_new_array();
+	uint64_t n;
+	json_object_object_add(a, "drift_target", lbb_json_num(r->drift_target));
+	json_object_object_add(a, "revalidate", json_object_new_double(atof(o->revalidate)));
+	for (int l = 0; l < layers; l++) {
+		const struct lb_layer_tau *h = &r->ctl_half[l], *e = &r->ctl_end[l];
+		json_object *x = json_object_new_object();
+		json_object_object_add(x, "tau", lbb_json_num(e->tau));
+		json_object_object_add(x, "max_hamming", json_object_new_int((int)e->max_hamming));
+		json_object_object_add(x, "reports", json_object_new_int64((int64_t)e->reports));
+		json_object_object_add(x, "reports_over", json_object_new_int64((int64_t)e->reports_over));
+		json_object_object_add(x, "drift_mean", lbb_json_num(drift_between(none + l, e, 1, &n)));
+		json_object_object_add(x, "drift_mean_second_half",
+				       lbb_json_num(drift_between(h, e, 1, &n)));
+		json_object_object_add(x, "reports_second_half", json_object_new_int64((int64_t)n));
+		json_object_array_add(arr, x);
+	}
+	json_object_object_add(a, "layers", arr);
+	json_object_object_add(a, "drift_mean_second_half",
+			       lbb_json_num(drift_between(r->ctl_half, r->ctl_end, layers, &n)));
+	json_object_object_add(a, "reports_second_half", json_object_new_int64((int64_t)n));
+	return a;
 }
 
 static json_object *run_json(const struct run *r, int layers)
@@ -727,6 +795,71 @@ static void print_shadow(const struct run *runs, int have, int layers)
 	}
 }
 
+/*
+ * The fixed thresholds' frontier at the adaptive run's fidelity: of the sweep's points (|NLL
+ * change|, layers reused per request), those that reuse more than every more faithful one,
+ * joined by straight lines (a threshold between two of them would land about there), read at
+ * the adaptive run's |NLL change|; before the most faithful point, that point's depth; past the
+ * last, the last's.
+ */
+static double frontier_depth(const struct run *ad, const struct run *sweep, int n_sweep)
+{
+	double x[N_TAU], y[N_TAU], at = fabs(ad->nll_rel);
+	int n = 0, used[N_TAU] = { 0 };
+	for (int k = 0; k < n_sweep; k++) { /* by |NLL change|, ascending */
+		int best = -1;
+		for (int i = 0; i < n_sweep; i++)
+			if (!used[i] && (best < 0 || fabs(sweep[i].nll_rel) < fabs(sweep[best].nll_rel)))
+				best = i;
+		used[best] = 1;
+		if (n == 0 || sweep[best].mean_depth > y[n - 1]) {
+			x[n] = fabs(sweep[best].nll_rel);
+			y[n++] = sweep[best].mean_depth;
+		}
+	}
+	if (n == 0)
+		return NAN;
+	if (at <= x[0])
+		return y[0];
+	for (int i = 1; i < n; i++)
+		if (at <= x[i])
+			return y[i - 1] + (y[i] - y[i - 1]) * (at - x[i - 1]) / (x[i] - x[i - 1]);
+	return y[n - 1];
+}
+
+/* --adaptive: each layer's threshold at the end and the drift its controller saw. */
+/* Of the sweep's fixed thresholds, those at least as faithful as the adaptive run (|NLL
+ * change| and top-1 agreement no worse): the one that reused the most layers per request.
+ * @return its index; -1 when none is as faithful. */
+static int best_fixed(const struct run *ad, const struct run *sweep, int n_sweep)
+{
+	int best = -1;
+	for (int i = 0; i < n_sweep; i++)
+		if (fabs(sweep[i].nll_rel) <= fabs(ad->nll_rel) && sweep[i].top1 >= ad->top1 &&
+		    (best < 0 || sweep[i].mean_depth > sweep[best].mean_depth))
+			best = i;
+	return best;
+}
+
+static void print_adaptive(const struct run *sh, int layers)
+{
+	static const struct lb_layer_tau none[MAX_LAYERS];
+	uint64_t n, n2;
+	double all = drift_between(none, sh->ctl_end, layers, &n);
+	double second = drift_between(sh->ctl_half, sh->ctl_end, layers, &n2);
+	printf("  adaptive thresholds (drift target %.3g): mean drift %.4f over %llu reports, "
+	       "%.4f over the %llu of the second half\n", sh->drift_target, all,
+	       (unsigned long long)n, second, (unsigned long long)n2);
+	printf("    %-6s %6s %8s %8s %7s %12s\n", "layer", "tau", "radius", "reports", "over",
+	       "drift 2nd half");
+	for (int l = 0; l < layers; l++) {
+		const struct lb_layer_tau *e = &sh->ctl_end[l];
+		printf("    %-6d %6.3f %8u %8llu %7llu %12.4f\n", l, e->tau, e->max_hamming,
+		       (unsigned long long)e->reports, (unsigned long long)e->reports_over,
+		       drift_between(&sh->ctl_half[l], e, 1, &n));
+	}
+}
+
 static void print_table(const struct opts *o, const struct run *runs, int have, int layers,
 			const struct lbw_workload *wl, const struct run *sweep, int n_sweep)
 {
@@ -752,6 +885,9 @@ static void print_table(const struct opts *o, const struct run *runs, int have, 
 		printf("  speedup shared vs private: %.2fx\n", sh->rps / pv->rps);
 	print_kinds(runs, have);
 	print_shadow(runs, have, layers);
+	int ad = (have & 1 << LBB_SHARED) && sh->adaptive;
+	if (ad)
+		print_adaptive(sh, layers);
 	if (!n_sweep)
 		return;
 	printf("  tau sweep (shared): %6s %8s %8s %12s %10s\n", "tau", "reuse", "depth",
@@ -760,6 +896,19 @@ static void print_table(const struct opts *o, const struct run *runs, int have, 
 		printf("  %19s %6s %7.1f%% %8.2f %+11.4f%% %9.3f%%\n", "", tau_values[i],
 		       sweep[i].hit_rate * 100, sweep[i].mean_depth, sweep[i].nll_rel * 100,
 		       sweep[i].top1 * 100);
+	if (ad) {
+		int b = best_fixed(sh, sweep, n_sweep);
+		printf("  adaptive: depth %.2f, nll change %+.4f%%, top-1 %.3f%%; ", sh->mean_depth,
+		       sh->nll_rel * 100, sh->top1 * 100);
+		if (b < 0)
+			printf("no fixed tau of the sweep is as faithful; ");
+		else
+			printf("the most a fixed tau as faithful reused: depth %.2f (tau %s); ",
+			       sweep[b].mean_depth, tau_values[b]);
+		double f = frontier_depth(sh, sweep, n_sweep);
+		printf("the fixed taus' frontier there: depth %.3f: %s\n", f,
+		       sh->mean_depth >= f ? "on or above it" : "below it");
+	}
 }
 
 static void print_json(const struct opts *o, const struct lbw_workload *wl, const struct run *runs,
@@ -816,6 +965,24 @@ static void print_json(const struct opts *o, const struct lbw_workload *wl, cons
 		}
 		json_object_object_add(j, "tau_sweep", a);
 	}
+	int ad = (have & 1 << LBB_SHARED) && sh->adaptive;
+	json_object_object_add(j, "adaptive", ad ? adaptive_json(sh, o, layers) : NULL);
+	if (ad && n_sweep) {
+		/* The adaptive point against the sweep: at its fidelity, the most a fixed threshold
+		 * reused (layers per request). */
+		json_object *c = json_object_new_object();
+		int b = best_fixed(sh, sweep, n_sweep);
+		json_object_object_add(c, "best_fixed_tau",
+				       b < 0 ? NULL : json_object_new_double(atof(tau_values[b])));
+		json_object_object_add(c, "best_fixed_depth",
+				       b < 0 ? NULL : lbb_json_num(sweep[b].mean_depth));
+		json_object_object_add(c, "frontier_depth",
+				       lbb_json_num(frontier_depth(sh, sweep, n_sweep)));
+		json_object_object_add(c, "adaptive_depth", lbb_json_num(sh->mean_depth));
+		json_object_object_add(c, "on_or_above", json_object_new_boolean(
+					       sh->mean_depth >= frontier_depth(sh, sweep, n_sweep)));
+		json_object_object_add(j, "adaptive_vs_sweep", c);
+	}
 	puts(json_object_to_json_string_ext(j, JSON_C_TO_STRING_PLAIN));
 	json_object_put(j);
 }
@@ -858,7 +1025,17 @@ static int write_plot(const struct opts *o, const struct run *runs, int have, in
 	struct bplot_series s_tau[] = { { "requests reusing a layer %", hit, tx, n_sweep },
 					{ "top-1 agreement %", agree, tx, n_sweep },
 					{ "|NLL change| x10 %", dnll, tx, n_sweep } };
-	struct bplot_panel panels[4] = {
+	/* Reuse against fidelity: each fixed threshold of the sweep, and the adaptive run. */
+	const struct run *sh = &runs[LBB_SHARED];
+	int ad = (have & 1 << LBB_SHARED) && sh->adaptive && n_sweep;
+	double fx[N_TAU], fy[N_TAU], ax[1] = { fabs(sh->nll_rel) * 100 }, ay[1] = { sh->mean_depth };
+	for (int i = 0; i < n_sweep; i++) {
+		fx[i] = fabs(sweep[i].nll_rel) * 100;
+		fy[i] = sweep[i].mean_depth;
+	}
+	struct bplot_series s_front[] = { { "fixed tau (0.70 .. 0.98)", fy, fx, n_sweep },
+					  { "adaptive", ay, ax, 1 } };
+	struct bplot_panel panels[5] = {
 		{ .title = "Throughput", .ylabel = "requests/s", .kind = BPLOT_BARS,
 		  .series = s_rps, .n_series = 1, .categories = cats },
 		{ .title = "Latency", .ylabel = "ms", .kind = BPLOT_BARS, .series = s_lat,
@@ -867,9 +1044,13 @@ static int write_plot(const struct opts *o, const struct run *runs, int have, in
 		  .kind = BPLOT_LINES, .series = s_layer, .n_series = nl, .ymin = 0, .ymax = 100 },
 		{ .title = "tau sweep (shared)", .xlabel = "tau", .ylabel = "%",
 		  .kind = BPLOT_LINES, .series = s_tau, .n_series = 3, .ymin = 0, .ymax = 100 },
+		{ .title = "Reuse against fidelity (shared)", .xlabel = "|NLL change| %",
+		  .ylabel = "layers reused per request", .kind = BPLOT_LINES, .series = s_front,
+		  .n_series = 2 },
 	};
 	char err[256];
-	int rc = bplot_write_png(o->plot, panels, n_sweep ? 4 : 3, 2, 560, 380, err, sizeof(err));
+	int n_panels = n_sweep ? 4 + ad : 3;
+	int rc = bplot_write_png(o->plot, panels, n_panels, 2, 560, 380, err, sizeof(err));
 	if (rc < 0)
 		fprintf(stderr, "layerbank-bench e2e: --plot %s: %s\n", o->plot, err);
 	else if (!o->quiet)
@@ -889,7 +1070,7 @@ static void usage(FILE *f)
 		"         [--tau X] [--modes nocache,private,shared] [--tau-sweep] [--json] "
 		"[--plot FILE]\n"
 		"         [--data DIR] [--no-sflight] [--recompute R|off] [--spin-us N] [--quiet]\n"
-		"         [--shadow] [--drift-target X] [--fp-chunks N]\n"
+		"         [--shadow] [--drift-target X] [--fp-chunks N] [--adaptive] [--revalidate R]\n"
 		"A fleet of layerbank-worker serve processes scores the same request stream "
 		"without a\n"
 		"cache, with a private in-process bank each (budget / workers bytes), and with\n"
@@ -912,8 +1093,13 @@ static void usage(FILE *f)
 		"a false hit, reported in all, by hit layer and by kind (JSON: false_hit_rate);\n"
 		"their throughput then includes that computation. --fp-chunks: the caching workers'\n"
 		"fingerprint chunks (default 4; 1: plain mean pooling); with --recompute off only\n"
-		"exact token hashes are reused (JSON: fingerprint).\n",
-		LBW_RECOMPUTE_DEFAULT, DRIFT_TARGET);
+		"exact token hashes are reused (JSON: fingerprint). --adaptive: the shared bank's\n"
+		"thresholds adapt (layerbankd --drift-target, the --drift-target here) to what its\n"
+		"workers revalidate (a share R of their reuses checked against the plain forward,\n"
+		"default %s); JSON: adaptive, each layer's controller by half of the stream and\n"
+		"at its end; with --tau-sweep the plot shows the adaptive point among the fixed\n"
+		"thresholds' reuse and fidelity.\n",
+		LBW_RECOMPUTE_DEFAULT, DRIFT_TARGET, REVALIDATE);
 }
 
 static int bad(const char *opt, const char *v, const char *want)
@@ -942,6 +1128,7 @@ static int parse(int argc, char **argv, struct opts *o)
 	o->min_chars = 100;
 	o->max_chars = 600;
 	o->drift_target = DRIFT_TARGET;
+	o->revalidate = REVALIDATE;
 	const char *env = getenv("LAYERBANK_DATA");
 	snprintf(o->data, sizeof(o->data), "%s", env && *env ? env : LB_DATA_DIR);
 	for (int i = 1; i < argc; i++) {
@@ -964,6 +1151,10 @@ static int parse(int argc, char **argv, struct opts *o)
 		}
 		if (!strcmp(a, "--shadow")) {
 			o->shadow = 1;
+			continue;
+		}
+		if (!strcmp(a, "--adaptive")) {
+			o->adaptive = 1;
 			continue;
 		}
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -994,8 +1185,12 @@ static int parse(int argc, char **argv, struct opts *o)
 				return bad(a, val, "1..64");
 			o->fp_chunks = val;
 		} else if (!strcmp(a, "--drift-target")) {
-			if (num(val, 0, 2, &o->drift_target) < 0)
-				return bad(a, val, "0..2");
+			if (num(val, 0, 1, &o->drift_target) < 0)
+				return bad(a, val, "0..1");
+		} else if (!strcmp(a, "--revalidate")) {
+			if (num(val, 0, 1, &v) < 0)
+				return bad(a, val, "0..1");
+			o->revalidate = val;
 		} else if (!strcmp(a, "--exact")) {
 			if (num(val, 0, 1, &o->wl.p_exact) < 0)
 				return bad(a, val, "0..1");

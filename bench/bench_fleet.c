@@ -128,7 +128,7 @@ int lbb_fleet_daemon_start(const struct lbb_fleet_cfg *cfg)
 	/* Room for the allocator's rounding and entry headers on top of the entries' budget. */
 	snprintf(arena, sizeof(arena), "%llu",
 		 (unsigned long long)(cfg->budget + cfg->budget / 8 + (16u << 20)));
-	const char *argv[20] = { LB_DAEMON_PATH, "--foreground", "--socket", sock,
+	const char *argv[24] = { LB_DAEMON_PATH, "--foreground", "--socket", sock,
 				 "--arena-size", arena, "--budget", budget, "--hugepages", "try",
 				 "--threads", "1" };
 	int n = 12;
@@ -139,6 +139,10 @@ int lbb_fleet_daemon_start(const struct lbb_fleet_cfg *cfg)
 	if (cfg->spin_us) {
 		argv[n++] = "--spin-us";
 		argv[n++] = cfg->spin_us;
+	}
+	if (cfg->drift_target) {
+		argv[n++] = "--drift-target";
+		argv[n++] = cfg->drift_target;
 	}
 	argv[n] = NULL;
 	fleet.daemon = lbb_spawn(argv, log);
@@ -158,7 +162,7 @@ void lbb_fleet_daemon_stop(void)
 
 /* ---- the workers ---- */
 
-/* serve's command line for mode m into argv (room for 20). */
+/* serve's command line for mode m into argv (room for 24). */
 static void worker_argv(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, const char **argv,
 			char *maxt, char *priv)
 {
@@ -198,13 +202,17 @@ static void worker_argv(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, const 
 		argv[n++] = "--recompute";
 		argv[n++] = cfg->recompute;
 	}
+	if (m != LBB_NOCACHE && cfg->revalidate) {
+		argv[n++] = "--revalidate";
+		argv[n++] = cfg->revalidate;
+	}
 	argv[n] = NULL;
 }
 
 static int start_worker(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, int i)
 {
 	char maxt[16], priv[32], log[128];
-	const char *argv[20];
+	const char *argv[24];
 	int in[2], out[2];
 	worker_argv(cfg, m, argv, maxt, priv);
 	snprintf(log, sizeof(log), "%s/worker%d.log", fleet.dir, i);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -188,12 +189,13 @@ static void test_fleet_report(void **state)
 	check_kinds(sh, mix);
 	/* Every worker sees the shared bank: exact repeats are found in it. */
 	assert_true(num(get(get(sh, "by_kind"), "exact"), "hit_rate") > 0);
-	/* The thresholds in force at the end, read from the daemon: its default for every layer. */
+	/* The thresholds in force at the end, read from the daemon: its default for every layer,
+	 * 0.98, as lookups meet it: the similarity of the largest distance it admits, 16 bits. */
 	json_object *taus = get(sh, "tau_by_layer");
 	assert_int_equal(json_object_array_length(taus), layers);
 	for (int l = 0; l < layers; l++)
-		assert_true(fabs(json_object_get_double(json_object_array_get_idx(taus, l)) - 0.98) <
-			    1e-6);
+		assert_true(fabs(json_object_get_double(json_object_array_get_idx(taus, l)) -
+				 cos(acos(-1.0) * 16 / 256)) < 1e-9);
 	assert_false(json_object_object_get_ex(pv, "tau_by_layer", NULL));
 	/* Exact repeats and near-duplicates are three quarters of the stream: the shared bank must
 	 * serve a good part of it... */
@@ -318,6 +320,59 @@ static void test_fleet_shadow(void **state)
 	json_object *by_kind = get(f, "by_kind");
 	assert_int_equal(json_object_object_length(by_kind), 8);
 	json_object_put(j);
+}
+
+/*
+ * --adaptive: the shared run's daemon adapts its thresholds to what the workers revalidate. The
+ * report holds together: the controllers were fed (reports from the revalidated reuses), their
+ * thresholds are the ones in force at the end (tau_by_layer), the second half's figures are
+ * part of the whole; against the sweep, on_or_above says whether the adaptive depth reaches the
+ * fixed thresholds' frontier; the plot gets its fifth panel.
+ */
+static void test_fleet_adaptive(void **state)
+{
+	(void)state;
+	char dir[200], png[300];
+	lbt_mkdtemp(dir, sizeof(dir));
+	snprintf(png, sizeof(png), "%s/adaptive.png", dir);
+	const char *argv[] = { LB_BENCH_PATH, "e2e", "--workers", "2", "--requests", "300",
+			       "--modes", "nocache,shared", "--adaptive", "--drift-target", "0.002",
+			       "--revalidate", "0.5", "--tau-sweep", "--plot", png, "--json",
+			       "--quiet", NULL };
+	json_object *j = bench_json(argv);
+	json_object *a = get(j, "adaptive"), *layers = get(a, "layers");
+	assert_true(fabs(num(a, "drift_target") - 0.002) < 1e-12);
+	assert_true(fabs(num(a, "revalidate") - 0.5) < 1e-12);
+	assert_int_equal(json_object_array_length(layers), 5);
+	long long reports = 0, second = 0;
+	const double pi = acos(-1.0); /* a SimHash distance h: similarity cos(pi h / 256) */
+	json_object *taus = get(get(j, "shared"), "tau_by_layer");
+	for (int l = 0; l < 5; l++) {
+		json_object *x = json_object_array_get_idx(layers, l);
+		double tau = num(x, "tau");
+		assert_true(tau >= cos(pi * 64 / 256) - 1e-9 && tau <= 1);
+		assert_true(fabs(tau - cos(pi * (double)count(x, "max_hamming") / 256)) < 1e-9);
+		assert_true(fabs(tau - json_object_get_double(json_object_array_get_idx(taus, l))) <
+			    1e-9);
+		assert_true(count(x, "reports_over") <= count(x, "reports"));
+		assert_true(count(x, "reports_second_half") <= count(x, "reports"));
+		reports += count(x, "reports");
+		second += count(x, "reports_second_half");
+	}
+	printf("adaptive: %lld reports, %lld in the second half\n", reports, second);
+	assert_true(reports > 0);
+	assert_int_equal(count(a, "reports_second_half"), second);
+	json_object *c = get(j, "adaptive_vs_sweep");
+	double depth = num(c, "adaptive_depth"), frontier = num(c, "frontier_depth");
+	assert_true(fabs(depth - num(get(j, "shared"), "mean_reused_depth")) < 1e-12);
+	assert_int_equal(json_object_get_boolean(get(c, "on_or_above")), depth >= frontier);
+	assert_int_equal(json_object_array_length(get(j, "tau_sweep")), 7);
+	struct stat s;
+	assert_int_equal(stat(png, &s), 0);
+	assert_true(s.st_size > 1000);
+	json_object_put(j);
+	unlink(png);
+	rmdir(dir);
 }
 
 static void test_bad_options(void **state)
@@ -519,6 +574,7 @@ int main(void)
 		cmocka_unit_test(test_fleet_report),
 		cmocka_unit_test(test_fleet_single_flight),
 		cmocka_unit_test(test_fleet_shadow),
+		cmocka_unit_test(test_fleet_adaptive),
 		cmocka_unit_test(test_prefix_bad_options),
 		cmocka_unit_test(test_prefix_report),
 	};
