@@ -4,10 +4,12 @@
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
 
-# Debian 12 packages the build and the tests need.
+# Debian 12 packages the build and the tests need. tmux: test_ctl_top drives layerbank-ctl top
+# in it; python3, git: scripts/check-tree; python3-torch, python3-numpy: test_encoder_torch
+# checks the committed encoder against the torch model of tools/train_encoder.py.
 LB_PACKAGES=(build-essential cmake pkg-config liburing-dev libnuma-dev libmsgpack-dev
 	libcmocka-dev libjson-c-dev libxxhash-dev libopenblas-dev zlib1g-dev libsystemd-dev
-	tmux python3 git) # tmux: test_ctl_top drives layerbank-ctl top in it; python3, git: scripts/check-tree
+	tmux python3 git python3-torch python3-numpy)
 # A clang build (CI's sanitizer runs, scripts/fuzz) needs its runtimes too: ASan, UBSan, TSan
 # and libFuzzer (-fsanitize=fuzzer) are in libclang-rt-14-dev; llvm-14 has llvm-symbolizer,
 # which puts file and line into the sanitizers' and libFuzzer's reports.

@@ -1,8 +1,9 @@
 /*
  * The fleet end to end, in seconds: layerbank-bench e2e runs nocache, private and shared on a
- * short stories260K stream (real weights, real text) and its JSON report holds together; on a
- * stream of repeats, single-flight keeps the shared bank's workers from computing an input
- * another one is computing;
+ * short stories260K stream (real weights, real text) and on the trained encoder (masked-token
+ * fidelity), and its JSON reports hold together; bad --model files are refused; on a stream of
+ * repeats, single-flight keeps the shared bank's workers from computing an input another one is
+ * computing;
  * layerbank-bench prefix does the same with a short chat stream, and the cached runs generate
  * the uncached run's tokens; and layerbank-worker serve answers bad requests with an error line
  * and goes on.
@@ -27,6 +28,11 @@
 #define MODEL LB_DATA_DIR "/stories260K.bin"
 #define TOK LB_DATA_DIR "/tok512.bin"
 #define REQUESTS 80
+#define ENCODER LB_SOURCE_DIR "/models/tinystories-mlm.safetensors"
+/* The trained encoder's fidelity at the default tau on this short stream: masked-token
+ * predictions of near-duplicates come from reused states (bench/README.md has the full run). */
+#define ENCODER_NLL_TOL 0.05
+#define ENCODER_TOP1_MIN 0.95
 
 static char out[1 << 20];
 
@@ -375,6 +381,42 @@ static void test_fleet_adaptive(void **state)
 	rmdir(dir);
 }
 
+/*
+ * The trained encoder (models/tinystories-mlm.safetensors) through the same fleet: fidelity of
+ * masked tokens, the same predictions in every mode (each request masked alike), reuse by the
+ * shared bank, and a model that predicts masked tokens far better than chance (ln 512 = 6.24
+ * nats).
+ */
+static void test_fleet_report_encoder(void **state)
+{
+	(void)state;
+	if (access(ENCODER, R_OK) != 0) {
+		printf("SKIP: %s is absent\n", ENCODER);
+		skip();
+	}
+	const char *argv[] = { LB_BENCH_PATH, "e2e", "--model", ENCODER, "--workers", "2",
+			       "--requests", "80", "--json", "--quiet", NULL };
+	json_object *j = bench_json(argv);
+	assert_string_equal(json_object_get_string(get(j, "model")), "tinystories-mlm.safetensors");
+	assert_string_equal(json_object_get_string(get(j, "fidelity")), "masked_tokens");
+	assert_int_equal(json_object_get_int(get(j, "layers")), 4);
+	assert_int_equal(json_object_get_int(get(j, "max_tokens")), 256); /* its positions */
+	json_object *nc = get(j, "nocache"), *pv = get(j, "private"), *sh = get(j, "shared");
+	check_mode(nc, 4);
+	check_mode(pv, 4);
+	check_mode(sh, 4);
+	assert_true(count(nc, "predicted") > REQUESTS);
+	assert_int_equal(count(pv, "predicted"), count(nc, "predicted"));
+	assert_int_equal(count(sh, "predicted"), count(nc, "predicted"));
+	assert_true(num(nc, "nll_per_token") < 3.0);
+	assert_true(num(sh, "hit_rate") > 0.25);
+	assert_true(num(sh, "mean_reused_depth") > 1.0);
+	assert_true(count(sh, "layers_computed") < count(nc, "layers_computed"));
+	assert_true(fabs(num(sh, "nll_rel_change")) <= ENCODER_NLL_TOL);
+	assert_true(num(sh, "top1_agreement") >= ENCODER_TOP1_MIN);
+	json_object_put(j);
+}
+
 static void test_bad_options(void **state)
 {
 	(void)state;
@@ -575,6 +617,7 @@ int main(void)
 		cmocka_unit_test(test_fleet_single_flight),
 		cmocka_unit_test(test_fleet_shadow),
 		cmocka_unit_test(test_fleet_adaptive),
+		cmocka_unit_test(test_fleet_report_encoder),
 		cmocka_unit_test(test_prefix_bad_options),
 		cmocka_unit_test(test_prefix_report),
 	};
