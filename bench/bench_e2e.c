@@ -938,7 +938,8 @@ static void print_json(const struct opts *o, const struct lbw_workload *wl, cons
 			       o->recompute && !strcmp(o->recompute, "off")
 				       ? json_object_new_string("off")
 				       : json_object_new_double(o->recompute ? atof(o->recompute)
-									     : LBW_RECOMPUTE_DEFAULT));
+							 : o->masked ? LBW_RECOMPUTE_DEFAULT_BIDIR
+								     : LBW_RECOMPUTE_DEFAULT));
 	json_object_object_add(mix, "fresh", json_object_new_int((int)wl->count[LBW_REQ_FRESH]));
 	json_object_object_add(mix, "exact", json_object_new_int((int)wl->count[LBW_REQ_EXACT]));
 	json_object_object_add(mix, "near", json_object_new_int((int)wl->count[LBW_REQ_NEAR]));
@@ -1086,7 +1087,8 @@ static void usage(FILE *f)
 		"tinystories_val.txt (default $LAYERBANK_DATA, then the source tree's\n"
 		"../shared/data). --no-sflight: the caching workers compute an input another worker\n"
 		"is computing rather than wait for it. --recompute: the caching workers' partial\n"
-		"reuse of near inputs of any length (layerbank-worker --recompute; default %.2f).\n"
+		"reuse of near inputs of any length (layerbank-worker --recompute; default %.2f, an\n"
+		"encoder's %.2f).\n"
 		"--spin-us: layerbankd's (default 50). --shadow: the caching workers compute every\n"
 		"request that reused anything plainly too; a reuse that changed a top-1 prediction\n"
 		"or drifted past --drift-target (1 - cosine of a last-layer state, default %.2g) is\n"
@@ -1099,7 +1101,7 @@ static void usage(FILE *f)
 		"default %s); JSON: adaptive, each layer's controller by half of the stream and\n"
 		"at its end; with --tau-sweep the plot shows the adaptive point among the fixed\n"
 		"thresholds' reuse and fidelity.\n",
-		LBW_RECOMPUTE_DEFAULT, DRIFT_TARGET, REVALIDATE);
+		LBW_RECOMPUTE_DEFAULT, LBW_RECOMPUTE_DEFAULT_BIDIR, DRIFT_TARGET, REVALIDATE);
 }
 
 static int bad(const char *opt, const char *v, const char *want)

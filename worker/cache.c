@@ -117,7 +117,7 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 		return -1;
 	}
 	wc->align = !o->recompute || strcmp(o->recompute, "off") != 0;
-	wc->recompute = LBW_RECOMPUTE_DEFAULT;
+	wc->recompute = sc->mlm ? LBW_RECOMPUTE_DEFAULT_BIDIR : LBW_RECOMPUTE_DEFAULT;
 	if (wc->align && o->recompute &&
 	    (parse_real(o->recompute, &wc->recompute) < 0 || wc->recompute < 0 || wc->recompute > 1)) {
 		fprintf(stderr, "%s: bad --recompute '%s' (0..1, or off)\n", who, o->recompute);

@@ -23,7 +23,7 @@ struct lbw_cache_opts {
 	const char *fp_chunks;
 	/* Partial reuse of near inputs of any length (lb_lem_run_rows): the share of aligned
 	 * positions recomputed, 0..1, or "off" (whole inputs of the same length only); NULL:
-	 * LBW_RECOMPUTE_DEFAULT. */
+	 * LBW_RECOMPUTE_DEFAULT, LBW_RECOMPUTE_DEFAULT_BIDIR for a bidirectional encoder. */
 	const char *recompute;
 	/* Generation: a prompt whose exact cached prefix covers under half of it is prefilled by
 	 * partial reuse of a near prompt with this share recomputed (0..1, or "on":
@@ -35,6 +35,12 @@ struct lbw_cache_opts {
  * stories260K within half the fidelity budget against no cache, |NLL change| <= 0.25% and top-1
  * >= 99.5% (bench/README.md): 0 gave -0.33% and 99.04%, 0.05 99.38%, 0.15 -0.03% and 99.61%. */
 #define LBW_RECOMPUTE_DEFAULT 0.15
+/* A bidirectional encoder's: every position's state depends on every other, so an edit reaches
+ * all of them. The smallest of 0.15, 0.3 and 0.5 that kept the trained encoder
+ * (models/tinystories-mlm.safetensors) within half its budget, |NLL change| <= 0.25% of the
+ * masked tokens, on the design's mix: 0.15 gave +0.61% and 98.68% top-1, 0.3 +0.48% and 99.05%,
+ * 0.5 +0.15% and 99.43% (bench/README.md). */
+#define LBW_RECOMPUTE_DEFAULT_BIDIR 0.5
 
 /* Generation's share (--gen-recompute on), higher than scoring's: a continuation reads the
  * prefill's last positions, which follow the edit. The smallest of 0, 0.15, 0.3 and 0.5 whose

@@ -118,7 +118,8 @@ static void usage(FILE *f)
 		"                     the predictions whose top-1 differs).\n"
 		"--recompute R|off    partial reuse of a near input of any length: its positions are\n"
 		"                     aligned by token, the edited ones and the share R (0..1) of the\n"
-		"                     others that deviate most are recomputed (default %.2g; 1: exact).\n"
+		"                     others that deviate most are recomputed (default %.2g, a\n"
+		"                     bidirectional encoder's %.2g; 1: exact).\n"
 		"                     off: only exact repeats are reused (with --tau X, near inputs\n"
 		"                     of the same length too, reused whole).\n"
 		"--tau X              similarity threshold of every layer's lookup (default: the\n"
@@ -131,7 +132,7 @@ static void usage(FILE *f)
 		"                     from the plain one (the answer says near=SHARE approx=BITS) and\n"
 		"                     none of its blocks is cached. off (default): exact prefixes\n"
 		"                     only, the same text bit for bit.\n",
-		LBW_RECOMPUTE_DEFAULT, LBW_GEN_RECOMPUTE_DEFAULT);
+		LBW_RECOMPUTE_DEFAULT, LBW_RECOMPUTE_DEFAULT_BIDIR, LBW_GEN_RECOMPUTE_DEFAULT);
 }
 
 struct opts {
