@@ -131,7 +131,7 @@ static void reseal(uint8_t *f, size_t len)
 	uint64_t thr = get(f + H_VERSION, 4) >= 5 ? get(f + H_THR_BYTES, 8) : 0, t = len - thr;
 	for (uint64_t i = 0; thr && thr <= len && i < n_models && REC * (i + 2) <= len; i++) {
 		uint64_t n = THR_REC * get(f + REC * (i + 1) + M_N_LAYERS, 4);
-		if (n + 8 > len - t)
+		if (t > len || n + 8 > len - t) /* t passes len once a block's padding did */
 			break;
 		put64(f + t + n, XXH3_64bits(f + t, n));
 		t += padded(n + 8);
