@@ -607,16 +607,16 @@ static json_object *shadow_json(const struct run *r, int layers)
 	return o;
 }
 
-/* The mean drift the controllers of layers saw between two readings (all layers together);
- * *reports gets how many reports that is. NAN: none. */
+/* The mean drift the controllers of layers saw between two readings (all layers together; a
+ * NULL: from the start); *reports gets how many reports that is. NAN: none. */
 static double drift_between(const struct lb_layer_tau *a, const struct lb_layer_tau *b, int layers,
 			    uint64_t *reports)
 {
 	double sum = 0;
 	*reports = 0;
 	for (int l = 0; l < layers; l++) {
-		*reports += b[l].reports - a[l].reports;
-		sum += b[l].drift_sum - a[l].drift_sum;
+		*reports += b[l].reports - (a ? a[l].reports : 0);
+		sum += b[l].drift_sum - (a ? a[l].drift_sum : 0);
 	}
 	return *reports ? sum / (double)*reports : NAN;
 }
@@ -625,7 +625,6 @@ static double drift_between(const struct lb_layer_tau *a, const struct lb_layer_
  * in all and in the second half of the stream (after it converged). */
 static json_object *adaptive_json(const struct run *r, const struct opts *o, int layers)
 {
-	static const struct lb_layer_tau none[MAX_LAYERS];
 	json_object *a = json_object_new_object(), *arr = json_object_new_array();
 	uint64_t n;
 	json_object_object_add(a, "drift_target", lbb_json_num(r->drift_target));
@@ -637,7 +636,7 @@ static json_object *adaptive_json(const struct run *r, const struct opts *o, int
 		json_object_object_add(x, "max_hamming", json_object_new_int((int)e->max_hamming));
 		json_object_object_add(x, "reports", json_object_new_int64((int64_t)e->reports));
 		json_object_object_add(x, "reports_over", json_object_new_int64((int64_t)e->reports_over));
-		json_object_object_add(x, "drift_mean", lbb_json_num(drift_between(none + l, e, 1, &n)));
+		json_object_object_add(x, "drift_mean", lbb_json_num(drift_between(NULL, e, 1, &n)));
 		json_object_object_add(x, "drift_mean_second_half",
 				       lbb_json_num(drift_between(h, e, 1, &n)));
 		json_object_object_add(x, "reports_second_half", json_object_new_int64((int64_t)n));
@@ -843,9 +842,8 @@ static int best_fixed(const struct run *ad, const struct run *sweep, int n_sweep
 
 static void print_adaptive(const struct run *sh, int layers)
 {
-	static const struct lb_layer_tau none[MAX_LAYERS];
 	uint64_t n, n2;
-	double all = drift_between(none, sh->ctl_end, layers, &n);
+	double all = drift_between(NULL, sh->ctl_end, layers, &n);
 	double second = drift_between(sh->ctl_half, sh->ctl_end, layers, &n2);
 	printf("  adaptive thresholds (drift target %.3g): mean drift %.4f over %llu reports, "
 	       "%.4f over the %llu of the second half\n", sh->drift_target, all,

@@ -913,8 +913,9 @@ void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t leas
 	}
 	uint32_t id = ls->slot[s].entry;
 	struct bank *b = &st->banks[st->e[id].bank];
+	/* Only with a target does a report move the threshold (and then the bank's radii). */
 	if (lbd_adapt_report(&b->adapt[st->e[id].layer], ls->slot[s].hamming, drift,
-			     st->cfg.drift_target) && st->cfg.drift_target > 0)
+			     st->cfg.drift_target))
 		bank_radius(st, b);
 	if (drift > st->cfg.drift_max) {
 		if (st->e[id].state == E_LIVE) {

@@ -875,8 +875,10 @@ static void test_adaptive_thresholds(void **state)
 	assert_int_equal(lb_model_taus(c, a, t, 4), 4);
 	assert_true(t[2].reports == 1 && t[2].reports_over == 0 && t[1].reports == 0);
 	assert_true(fabs(t[2].drift_sum - 0.02) < 1e-6);
-	for (int l = 0; l < 4; l++)
-		assert_true(t[l].tau == 0.98 || t[l].max_hamming == lb_fp_max_hamming(0.98));
+	for (int l = 0; l < 4; l++) {
+		assert_int_equal(t[l].max_hamming, lb_fp_max_hamming(0.98));
+		assert_true(t[l].tau == lb_fp_similarity(t[l].max_hamming));
+	}
 	/* A target: every layer at its controller's start, then layer 2 tightened by a report
 	 * 40 times the target (8 bits at most) and counted over it. Each drift stays below
 	 * drift-max, which would invalidate the entry. */
