@@ -166,6 +166,7 @@ static bool reserved_zero(const struct lb_req *r)
 {
 	uint8_t flags = r->opcode == LB_OP_LOOKUP_DEEPEST ? LB_REQ_SFLIGHT | LB_REQ_ANY_LEN
 			: r->opcode == LB_OP_LOOKUP	  ? LB_REQ_ANY_LEN
+			: r->opcode == LB_OP_REPORT	  ? LB_REQ_AT_LAYER
 							  : 0;
 	return !(r->flags & ~flags) && !r->reserved[0] && !r->reserved[1] && !r->reserved2;
 }
@@ -289,8 +290,8 @@ static void serve_lease_op(struct lbd_store *st, struct lbd_dpclient *c, const s
 {
 	float drift;
 
-	if (r->model_id || r->payload_off || r->payload_len || r->layer || r->seq_len ||
-	    (r->opcode == LB_OP_RELEASE && r->aux)) {
+	if (r->model_id || r->payload_off || r->payload_len || r->seq_len ||
+	    (r->layer && !(r->flags & LB_REQ_AT_LAYER)) || (r->opcode == LB_OP_RELEASE && r->aux)) {
 		out->status = -EINVAL;
 		return;
 	}
@@ -299,7 +300,8 @@ static void serve_lease_op(struct lbd_store *st, struct lbd_dpclient *c, const s
 		return;
 	}
 	memcpy(&drift, &r->aux, sizeof(drift));
-	lbd_store_report(st, &c->leases, r->lease, drift, out);
+	lbd_store_report(st, &c->leases, r->lease, r->flags & LB_REQ_AT_LAYER ? r->layer : -1, drift,
+			 out);
 }
 
 /* The keys are copied out, and a hit's answers written over them (Ring protocol 8): the

@@ -894,8 +894,8 @@ void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lea
 
 static void bank_radius(const struct lbd_store *st, struct bank *b);
 
-void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
-		      struct lb_cpl *cpl)
+void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, int layer,
+		      float drift, struct lb_cpl *cpl)
 {
 	if (!isfinite(drift) || drift < 0) {
 		cpl->status = -EINVAL;
@@ -906,18 +906,20 @@ void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t leas
 	/* A drift is of one layer's output: a prefix hit (exact blocks) has none to report, nor
 	 * has a claim. */
 	if (s == NONE || ls->slot[s].claim || ls->slot[s].n_more ||
-	    st->e[ls->slot[s].entry].kind != K_LAYER) {
+	    st->e[ls->slot[s].entry].kind != K_LAYER ||
+	    (layer >= 0 && (uint32_t)layer > st->e[ls->slot[s].entry].layer)) {
 		cpl->status = -EINVAL;
 		store_unlock(st);
 		return;
 	}
 	uint32_t id = ls->slot[s].entry;
 	struct bank *b = &st->banks[st->e[id].bank];
+	bool own = layer < 0 || (uint32_t)layer == st->e[id].layer;
 	/* Only with a target does a report move the threshold (and then the bank's radii). */
-	if (lbd_adapt_report(&b->adapt[st->e[id].layer], ls->slot[s].hamming, drift,
-			     st->cfg.drift_target))
+	if (lbd_adapt_report(&b->adapt[own ? st->e[id].layer : (uint32_t)layer],
+			     ls->slot[s].hamming, drift, st->cfg.drift_target))
 		bank_radius(st, b);
-	if (drift > st->cfg.drift_max) {
+	if (own && drift > st->cfg.drift_max) {
 		if (st->e[id].state == E_LIVE) {
 			/* The lease holder keeps its bytes; nobody else gets this entry again. */
 			st->c.invalidations++;

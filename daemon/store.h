@@ -112,9 +112,11 @@ void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lea
 /* REPORT: -EINVAL for a prefix hit's lease (exact blocks drift by nothing). A drift above
  * cfg.drift_max invalidates the entry; one of an approximate hit (distance >= 1) also feeds its
  * layer's threshold controller (adapt.h), which moves the layer's threshold when
- * cfg.drift_target is set. */
-void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, float drift,
-		      struct lb_cpl *cpl);
+ * cfg.drift_target is set. layer: -1, the entry's own; else the layer (at most the entry's,
+ * else -EINVAL) whose controller the drift feeds, of the same input reused to that depth; a
+ * layer below the entry's invalidates nothing, its entry not being the one leased. */
+void lbd_store_report(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, int layer,
+		      float drift, struct lb_cpl *cpl);
 
 /* An INSERT_BLOCK's header agrees with itself and its payload: key not 0, dtype, shape and
  * bytes (Ring protocol 8); the model's block geometry is checked by lbd_store_insert_block. */

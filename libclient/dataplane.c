@@ -123,7 +123,7 @@ LB_EXPORT int lb_submit_lookup(struct lb_client *c, uint32_t model_id, uint32_t 
 }
 
 static int submit_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint32_t aux,
-			   uint64_t user_data)
+			   int layer, uint64_t user_data)
 {
 	struct lb_req r;
 	/* A lease from a daemon that is gone ends here: its mapping may go, nothing is sent. */
@@ -137,13 +137,17 @@ static int submit_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint
 	r.opcode = op;
 	r.lease = lease;
 	r.aux = aux;
+	if (layer >= 0) {
+		r.flags = LB_REQ_AT_LAYER;
+		r.layer = (uint16_t)layer;
+	}
 	r.user_data = user_data;
 	return push(c, &r);
 }
 
 LB_EXPORT int lb_submit_release(struct lb_client *c, uint64_t lease, uint64_t user_data)
 {
-	return submit_lease_op(c, LB_OP_RELEASE, lease, 0, user_data);
+	return submit_lease_op(c, LB_OP_RELEASE, lease, 0, -1, user_data);
 }
 
 /* ---- completions ---- */
@@ -463,7 +467,7 @@ LB_EXPORT int lb_lookup(struct lb_client *c, uint32_t model_id, uint32_t layer, 
 	return sync_query(c, LB_OP_LOOKUP, model_id, layer, key, tau, n_tau, hit);
 }
 
-static int sync_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint32_t aux)
+static int sync_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint32_t aux, int layer)
 {
 	struct lb_result res;
 	uint64_t tag;
@@ -472,7 +476,7 @@ static int sync_lease_op(struct lb_client *c, uint8_t op, uint64_t lease, uint32
 	if (ret < 0)
 		return ret;
 	tag = sync_tag(c);
-	ret = submit_lease_op(c, op, lease, aux, tag);
+	ret = submit_lease_op(c, op, lease, aux, layer, tag);
 	return ret < 0 ? ret : call(c, tag, &res, c->wait_ns);
 }
 
@@ -480,21 +484,34 @@ LB_EXPORT int lb_release(struct lb_client *c, uint64_t lease)
 {
 	if (lbi_orphan_release(c, lease))
 		return 0; /* its daemon is gone, and so is the lease */
-	return sync_lease_op(c, LB_OP_RELEASE, lease, 0);
+	return sync_lease_op(c, LB_OP_RELEASE, lease, 0, -1);
 }
 
-LB_EXPORT int lb_report(struct lb_client *c, uint64_t lease, float drift)
+/* A REPORT on lease: of the entry's own layer (layer -1), or of layer. */
+static int report(struct lb_client *c, uint64_t lease, int layer, float drift)
 {
 	uint32_t bits;
 	if (!(drift >= 0) || isinf(drift))
 		return -EINVAL;
 	memcpy(&bits, &drift, sizeof(bits));
-	return sync_lease_op(c, LB_OP_REPORT, lease, bits);
+	return sync_lease_op(c, LB_OP_REPORT, lease, bits, layer);
+}
+
+LB_EXPORT int lb_report(struct lb_client *c, uint64_t lease, float drift)
+{
+	return report(c, lease, -1, drift);
+}
+
+LB_EXPORT int lb_report_layer(struct lb_client *c, uint64_t lease, uint32_t layer, float drift)
+{
+	if (layer >= LBP_MAX_LAYERS)
+		return -EINVAL;
+	return report(c, lease, (int)layer, drift);
 }
 
 LB_EXPORT int lb_ping(struct lb_client *c)
 {
-	return sync_lease_op(c, LB_OP_PING, 0, 0);
+	return sync_lease_op(c, LB_OP_PING, 0, 0, -1);
 }
 
 LB_EXPORT void lb_set_spin_us(struct lb_client *c, uint32_t us)

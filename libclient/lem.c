@@ -40,6 +40,7 @@ struct lem {
 	uint32_t approx;              /* of the inserts: the hit's hamming, 0 without a hit */
 	uint64_t claim;               /* the input's single-flight claim, held until the run ends */
 	uint64_t compute_ns;          /* time in compute, for the next runs' bound */
+	float *kept;                  /* a partial reuse to revalidate: its layers (revalidate) */
 };
 
 /* A miss-like answer keeps the cache; anything else stops using it for the rest of the run. */
@@ -106,27 +107,43 @@ static void lem_release(struct lem *m, uint64_t lease)
 		lem_fail(m, rc);
 }
 
+/* REPORT drift on lease, of layer (-1: the entry's own); a refusal concerns that report alone. */
+static void lem_report(struct lem *m, uint64_t lease, int layer, float drift)
+{
+	int r = layer < 0 ? lb_report(m->c, lease, drift)
+			  : lb_report_layer(m->c, lease, (uint32_t)layer, drift);
+	if (r == 0)
+		m->res->reports++;
+	else if (r != -EINVAL)
+		lem_fail(m, r);
+}
+
 /*
  * Check the state a run reused at layer L (used: the hit's view, or what a partial reuse
  * assembled there) against the plain forward pass: layers 0..L recomputed from the input's
  * embedding (emb, the caller's copy, computed over in place), the drift REPORTed on the hit's
  * lease, so that the daemon learns how far reuses at this distance drift (its threshold
- * controller). @return 0, or compute's error.
+ * controller). kept (a partial reuse: what it assembled at layers 1..L-1, layer l at
+ * kept + l n hidden; else NULL): each of those layers' drift is reported too, as the drift a
+ * reuse stopping there would have had; without them a layer's controller would hear only from
+ * the reuses that stop at it, and the shallow ones from almost none. @return 0, or compute's
+ * error.
  */
 static int revalidate(struct lem *m, uint32_t L, const float *used, float *emb,
-		      lb_layer_fn compute, void *ctx)
+		      const float *kept, lb_layer_fn compute, void *ctx)
 {
+	uint64_t count = (uint64_t)m->n * m->cfg->hidden;
+
 	for (uint32_t l = 0; l <= L; l++) {
 		int rc = compute(ctx, l, emb, emb);
 		if (rc < 0)
 			return rc;
+		if (kept && l >= 1 && l < L && m->c)
+			lem_report(m, m->hit.lease, (int)l, lb_drift(emb, kept + l * count, count));
 	}
 	m->res->revalidated += L + 1;
-	int r = lb_report(m->c, m->hit.lease, lb_drift(emb, used, (uint64_t)m->n * m->cfg->hidden));
-	if (r == 0)
-		m->res->reports++;
-	else if (r != -EINVAL)
-		lem_fail(m, r);
+	if (m->c)
+		lem_report(m, m->hit.lease, -1, lb_drift(emb, used, count));
 	return 0;
 }
 
@@ -571,6 +588,8 @@ static int lem_aligned(struct lem *m, const int32_t *ct, uint32_t cm, float *h,
 				memcpy(h + (uint64_t)i * hid,
 				       sel[i] ? tmp + (uint64_t)k++ * hid : cd + (uint64_t)map[i] * hid,
 				       hid * sizeof(float));
+			if (m->kept && l < L)
+				memcpy(m->kept + (uint64_t)l * n * hid, h, (uint64_t)n * hid * sizeof(float));
 		}
 		src_done(m, &src, l);
 		if (rc < 0)
@@ -653,12 +672,16 @@ LB_EXPORT int lb_lem_run_rows(struct lb_client *c, const struct lb_lem_cfg *cfg,
 		emb = malloc((uint64_t)n * cfg->hidden * sizeof(float));
 	if (emb)
 		memcpy(emb, h, (uint64_t)n * cfg->hidden * sizeof(float));
+	/* A partial reuse's layers below the hit's, kept for their reports (slot 0 unused: layer
+	 * 0 is computed whole); without the memory they go unreported. */
+	if (emb && ct && m.hit.layer >= 2)
+		m.kept = malloc((uint64_t)m.hit.layer * n * cfg->hidden * sizeof(float));
 	if (ct) {
 		rc = lem_aligned(&m, ct, cm, h, compute, ctx);
 		first = rc > 0 ? (uint32_t)rc : 0;
 		/* Only a reuse up to the hit's layer is that layer's to report. */
 		if (rc >= 0 && emb && m.res->hit_layer >= 0 && first - 1 == m.hit.layer)
-			rc = revalidate(&m, first - 1, h, emb, compute, ctx);
+			rc = revalidate(&m, first - 1, h, emb, m.kept, compute, ctx);
 		if (m.have_hit) {
 			lem_release(&m, m.hit.lease);
 			m.have_hit = 0;
@@ -667,7 +690,7 @@ LB_EXPORT int lb_lem_run_rows(struct lb_client *c, const struct lb_lem_cfg *cfg,
 			goto out;
 		rc = 0;
 	} else if (emb) {
-		rc = revalidate(&m, m.hit.layer, m.hit.data, emb, compute, ctx);
+		rc = revalidate(&m, m.hit.layer, m.hit.data, emb, NULL, compute, ctx);
 		if (rc < 0) {
 			lem_release(&m, m.hit.lease);
 			goto out;
@@ -686,6 +709,7 @@ LB_EXPORT int lb_lem_run_rows(struct lb_client *c, const struct lb_lem_cfg *cfg,
 		lem_release(&m, m.hit.lease);
 out:
 	free(emb);
+	free(m.kept);
 	lem_end(&m, n);
 	return rc;
 }

@@ -927,6 +927,29 @@ static void test_adaptive_thresholds(void **state)
 	snprintf(line, sizeof(line), "layerbank_layer_tau{model=\"alpha\",layer=\"3\"} %.9g\n",
 		 lb_fp_similarity(start));
 	assert_contains(out, line);
+	/* A revalidated partial reuse reports the layers below its hit's on the hit's lease: each
+	 * feeds its own layer's controller at the hit's distance, and invalidates nothing however
+	 * far it drifted (drift-max 0.05); a layer above the entry's is refused. */
+	struct lb_stats st0, st1;
+	assert_int_equal(lb_stats(c, &st0, sizeof(st0)), 0);
+	assert_int_equal(lb_lookup(c, a, 3, &near, NULL, 0, &h), 0);
+	assert_int_equal(h.hamming, 10);
+	for (int i = 0; i < 4; i++) /* 0.25 bit each */
+		assert_int_equal(lb_report_layer(c, h.lease, 1, 0.0f), 0);
+	assert_int_equal(lb_report_layer(c, h.lease, 0, 0.5f), 0);
+	assert_int_equal(lb_report_layer(c, h.lease, 4, 0.0f), -EINVAL);
+	assert_int_equal(lb_report_layer(c, h.lease, 1, -1.0f), -EINVAL);
+	assert_int_equal(lb_release(c, h.lease), 0);
+	assert_int_equal(lb_model_taus(c, a, t, 4), 4);
+	assert_true(t[1].reports == 4 && t[1].reports_over == 0 && t[1].drift_sum == 0);
+	assert_int_equal(t[1].max_hamming, start + 1);
+	assert_true(t[0].reports == 1 && t[0].reports_over == 1);
+	assert_int_equal(t[0].max_hamming, start - 8);
+	assert_true(t[3].reports == 0 && t[3].max_hamming == start);
+	assert_int_equal(lb_stats(c, &st1, sizeof(st1)), 0);
+	assert_int_equal(st1.invalidations, st0.invalidations);
+	assert_int_equal(lb_lookup(c, a, 3, &near, NULL, 0, &h), 0); /* still there */
+	assert_int_equal(lb_release(c, h.lease), 0);
 	lb_close(c);
 }
 

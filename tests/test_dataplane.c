@@ -1111,6 +1111,9 @@ static void test_hostile_ring_entries_get_error_completions(void **state)
 		{ "report negative drift", REQ(.opcode = LB_OP_REPORT, .aux = float_bits(-0.5f), .lease = 1), -EINVAL },
 		{ "report unknown lease", REQ(.opcode = LB_OP_REPORT, .aux = float_bits(0.5f), .lease = 0x0000000100000007ull), -EINVAL },
 		{ "report with seq_len", REQ(.opcode = LB_OP_REPORT, .seq_len = 1, .aux = float_bits(0.5f), .lease = 1), -EINVAL },
+		{ "report with layer, no AT_LAYER", REQ(.opcode = LB_OP_REPORT, .layer = 1, .aux = float_bits(0.5f), .lease = 1), -EINVAL },
+		{ "release with AT_LAYER", REQ(.opcode = LB_OP_RELEASE, .flags = LB_REQ_AT_LAYER, .lease = 1), -EINVAL },
+		{ "lookup with AT_LAYER", REQ(.opcode = LB_OP_LOOKUP, .flags = LB_REQ_AT_LAYER, .model_id = mid, .seq_len = E_SEQ, .payload_len = ql), -EINVAL },
 	};
 #undef REQ
 	const size_t n_cases = sizeof(cases) / sizeof(cases[0]);

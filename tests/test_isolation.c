@@ -639,7 +639,7 @@ static void test_quota_accounting_in_the_store(void **state)
 	lbd_store_lookup(st, &leases, &lr, &q, NULL, &cpl);
 	assert_int_equal(cpl.status, 0);
 	uint64_t lease = cpl.lease;
-	lbd_store_report(st, &leases, lease, 0.5f, &cpl);
+	lbd_store_report(st, &leases, lease, -1, 0.5f, &cpl);
 	assert_int_equal(cpl.status, 0);
 	CHECK_BALANCE(2);
 	assert_int_equal(sr.entries, 2);

@@ -1005,6 +1005,28 @@ static void test_aligned_reuse_deep(void **state)
 	assert_int_equal(res.layers_computed, 1);
 	assert_memory_equal(h, want, sizeof(want));
 
+	/* Revalidated, a partial reuse reports every layer it assembled (1..L: layer 0 is
+	 * computed whole), each to its own layer's controller, at the hit's distance. */
+	int32_t c[DEEP_N + 1];
+	memcpy(c, b, sizeof(b));
+	c[2] = 98;
+	cfg.revalidate = 1.0;
+	deep_embed(c, n, h);
+	assert_int_equal(lb_lem_run_rows(client, &cfg, c, n, h, deep_layer, deep_rows, 0, &n, &res),
+			 0);
+	assert_int_equal(res.cache_error, 0);
+	assert_int_equal(res.hit_layer, DEEP_LAYERS - 1);
+	assert_true(res.rows_computed >= 1 && res.rows_computed < n);
+	assert_int_equal(res.revalidated, DEEP_LAYERS);
+	assert_int_equal(res.reports, DEEP_LAYERS - 1);
+	assert_true(res.hit_hamming >= 1);
+	struct lb_layer_tau t[DEEP_LAYERS];
+	assert_int_equal(lb_model_taus(client, id, t, DEEP_LAYERS), DEEP_LAYERS);
+	for (uint32_t l = 0; l < DEEP_LAYERS; l++) {
+		assert_int_equal(t[l].reports, l >= 1);
+		assert_true(t[l].drift_sum == 0); /* the toy's alignment is exact */
+	}
+
 	struct lb_stats st;
 	assert_int_equal(lb_ping(client), 0);
 	assert_int_equal(lb_stats(client, &st, sizeof(st)), 0);

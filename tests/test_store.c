@@ -155,7 +155,7 @@ static int get_small(struct lbd_store *st, struct lbd_leases *ls, uint32_t input
 	lbd_store_lookup(st, ls, &r, &q, NULL, &cpl);
 	if (cpl.status == 0) {
 		if (invalidate)
-			lbd_store_report(st, ls, cpl.lease, 1.0f, &done);
+			lbd_store_report(st, ls, cpl.lease, -1, 1.0f, &done);
 		if (!invalidate || done.status == 0)
 			lbd_store_release(st, ls, cpl.lease, &done);
 	}

@@ -464,6 +464,12 @@ int lb_release(struct lb_client *c, uint64_t lease);
  * >= 0); above its limit the entry is invalidated. The lease stays held. Same returns. */
 int lb_report(struct lb_client *c, uint64_t lease, float drift);
 
+/* The drift of layer `layer` (at most the leased entry's) when the hit's cached input was reused
+ * to that depth: it feeds that layer's threshold controller and invalidates nothing but, at
+ * the entry's own layer, as lb_report does. What a revalidation of a partial reuse measures at
+ * every layer it assembled. Same returns; -EINVAL also for a layer above the entry's. */
+int lb_report_layer(struct lb_client *c, uint64_t lease, uint32_t layer, float drift);
+
 /* The drift lb_report and lb_lem_run's revalidation measure: 1 - cosine(a, b) over count
  * floats, in double, clamped to >= 0; 0 when both are zero vectors, 1 when one is. */
 float lb_drift(const float *a, const float *b, uint64_t count);
@@ -807,7 +813,8 @@ LB_ABI_SIZE_LP64(struct lb_lem_result, 48);
  *     layer L + 1 has read it. With probability revalidate (drawn per input and hit), the
  *     state reused at layer L (the hit's; a partial reuse's, as assembled there) is checked:
  *     layers 0..L recomputed from h in a copy, and their drift from it, lb_drift, sent with
- *     lb_report (the daemon's threshold controller learns from it). Not with LB_LEM_CONTINUE:
+ *     lb_report (the daemon's threshold controller learns from it); a partial reuse also
+ *     sends, with lb_report_layer, the drift of each layer 1..L-1 it assembled. Not with LB_LEM_CONTINUE:
  *     a decoder's compute would replace the K and V the run serves.
  *  3. Layers L + 1 .. n_layers - 1 run through compute; a layer flagged in cache_layers is
  *     computed straight into lb_insert_reserve's staging and committed without waiting for the

@@ -80,13 +80,18 @@ enum lb_op {
  * answer, if the entry found carries its token ids (for the client to align them with its own);
  * without the flag only an input of seq_len tokens does. */
 #define LB_REQ_ANY_LEN 0x04u
+/* REPORT (PROTOCOL.md, Ring protocol 10): the drift is of layer `layer`, at most the leased
+ * entry's, of the same cached input reused to that depth; without the flag `layer` is 0 and the
+ * drift is of the entry's own layer. */
+#define LB_REQ_AT_LAYER 0x08u
 #define LB_SFLIGHT_MAX_US 10000000u
 
 /* Request: client -> daemon. Every field is checked by the daemon on its own copy. */
 struct lb_req {
 	uint8_t opcode;      /* enum lb_op */
-	uint8_t flags;       /* LB_REQ_*: LOOKUP_DEEPEST (all), LOOKUP (ANY_LEN); else 0 */
-	uint16_t layer;      /* LOOKUP, INSERT: layer index; LOOKUP_DEEPEST: 0 */
+	uint8_t flags;       /* LB_REQ_*: LOOKUP_DEEPEST (all but AT_LAYER), LOOKUP (ANY_LEN),
+			      * REPORT (AT_LAYER); else 0 */
+	uint16_t layer;      /* LOOKUP, INSERT, REPORT with AT_LAYER: layer index; else 0 */
 	uint32_t model_id;   /* from lb_register_model; 0 for PING, RELEASE, REPORT */
 	uint64_t user_data;  /* echoed in the completion */
 	uint32_t seq_len;    /* LOOKUP*, INSERT: tokens in the input */

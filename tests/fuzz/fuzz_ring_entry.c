@@ -207,7 +207,7 @@ static struct lb_req pending_reqs[PENDING_CAP];
 static struct lb_cpl got[PENDING_CAP]; /* one pump's completions */
 static uint64_t given_leases[MAX_GIVEN];
 static uint64_t held_leases[HELD_SLOTS], prefix_leases[HELD_SLOTS]; /* empty between inputs */
-static uint32_t prefix_last[HELD_SLOTS];
+static uint32_t prefix_last[HELD_SLOTS], held_layers[HELD_SLOTS];
 static uint64_t claim_handles[HELD_SLOTS];                           /* empty between inputs */
 static uint32_t claim_keys[HELD_SLOTS];
 static struct ckey ckeys[CLAIM_SLOTS];                               /* empty between inputs */
@@ -513,8 +513,8 @@ struct verdict {
 
 static unsigned expect_lease_op(const struct run *R, const struct lb_req *r)
 {
-	if (r->layer || r->model_id || r->seq_len || r->payload_len || r->payload_off ||
-	    (r->opcode == LB_OP_RELEASE && r->aux))
+	if ((r->layer && !(r->flags & LB_REQ_AT_LAYER)) || r->model_id || r->seq_len ||
+	    r->payload_len || r->payload_off || (r->opcode == LB_OP_RELEASE && r->aux))
 		return S_INVAL;
 	if (r->opcode == LB_OP_REPORT) {
 		float drift;
@@ -527,8 +527,13 @@ static unsigned expect_lease_op(const struct run *R, const struct lb_req *r)
 		return r->opcode == LB_OP_RELEASE ? S_OK : S_INVAL;
 	if (!hset_has(&R->held, r->lease))
 		return S_INVAL;
-	/* Section 10: a prefix hit's blocks are exact; REPORT on its lease is refused. */
-	return r->opcode == LB_OP_REPORT && hset_has(&R->pheld, r->lease) ? S_INVAL : S_OK;
+	/* Section 10: a prefix hit's blocks are exact; REPORT on its lease is refused, and so is
+	 * one naming a layer above its entry's. */
+	if (r->opcode == LB_OP_REPORT && hset_has(&R->pheld, r->lease))
+		return S_INVAL;
+	if ((r->flags & LB_REQ_AT_LAYER) && r->layer > R->held.val[hset_find(&R->held, r->lease)])
+		return S_INVAL;
+	return S_OK;
 }
 
 static unsigned expect_lookup(const struct run *R, const struct lb_req *r, struct verdict *v)
@@ -742,9 +747,11 @@ static unsigned expect(const struct run *R, const struct lb_req *r, struct verdi
 	v->m = NULL;
 	v->must_layer = -1;
 	v->must = v->can = 0;
-	/* Step 1: flags only LOOKUP_DEEPEST's (all) and LOOKUP's (ANY_LEN). */
+	/* Step 1: flags only LOOKUP_DEEPEST's (all but AT_LAYER), LOOKUP's (ANY_LEN) and
+	 * REPORT's (AT_LAYER). */
 	uint8_t flags = r->opcode == LB_OP_LOOKUP_DEEPEST ? LB_REQ_SFLIGHT | LB_REQ_ANY_LEN
 			: r->opcode == LB_OP_LOOKUP	  ? LB_REQ_ANY_LEN
+			: r->opcode == LB_OP_REPORT	  ? LB_REQ_AT_LAYER
 							  : 0;
 	if ((r->flags & ~flags) || r->reserved[0] || r->reserved[1] || r->reserved2 ||
 	    r->opcode < LB_OP_MIN || r->opcode > LB_OP_MAX)
@@ -859,14 +866,15 @@ static void record_insert(struct run *R, const struct lb_req *r, const struct lb
 	R->layer_inserts++;
 }
 
-/* A hit's new lease: non-zero, not held already, within the client's limit. */
-static void take_lease(struct run *R, const struct lb_req *r, uint64_t lease)
+/* A hit's new lease: non-zero, not held already, within the client's limit; held with the
+ * layer of its entry (a REPORT with AT_LAYER may name at most that one). */
+static void take_lease(struct run *R, const struct lb_req *r, uint64_t lease, uint32_t layer)
 {
 	if (!lease || hset_has(&R->held, lease))
 		broken(r, "hit with lease 0x%llx: zero or already held", (unsigned long long)lease);
 	if (handles_held(R) >= LBD_MAX_LEASES)
 		broken(r, "a hit beyond %u leases and claims held", LBD_MAX_LEASES);
-	hset_add(&R->held, lease, 0);
+	hset_add(&R->held, lease, layer);
 	if (R->n_given < MAX_GIVEN)
 		R->given[R->n_given++] = lease;
 }
@@ -940,7 +948,7 @@ static void check_lookup_done(struct run *R, const struct lb_req *r, const struc
 	if (v->must_layer >= 0 && at && at->epoch == R->epoch && !R->dirty && k->hamming != at->approx)
 		broken(r, "exact match hit at layer %u hamming %u, want its approx %u", k->layer,
 		       k->hamming, at->approx);
-	take_lease(R, r, k->lease);
+	take_lease(R, r, k->lease, k->layer);
 	check_entry(R, r, k);
 	if (r->flags & LB_REQ_CLAIM)
 		check_claim(R, r, k, v);
@@ -984,7 +992,7 @@ static void check_prefix_done(struct run *R, const struct lb_req *r, const struc
 	if (k->count < v->must || k->count > v->can || !k->count)
 		broken(r, "prefix hit of %u blocks, the model says %u..%u of %u keys", k->count,
 		       v->must, v->can, v->pq.n_keys);
-	take_lease(R, r, k->lease);
+	take_lease(R, r, k->lease, 0);
 	R->prefix_hits++;
 	R->blocks_served += k->count;
 	uint64_t at = r->payload_off + sizeof(struct lb_prefix_query);
@@ -1093,9 +1101,12 @@ static void check_completion(struct run *R, const struct lb_req *r, const struct
 				hset_del(&R->pheld, r->lease);
 			}
 		} else {
+			/* Only a drift of the entry's own layer may invalidate it. */
 			float drift;
 			memcpy(&drift, &r->aux, sizeof(drift));
-			R->reports_over += drift > DRIFT_MAX;
+			R->reports_over += drift > DRIFT_MAX &&
+					   (!(r->flags & LB_REQ_AT_LAYER) ||
+					    r->layer == R->held.val[hset_find(&R->held, r->lease)]);
 		}
 		return;
 	}
@@ -1461,6 +1472,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	R.pending = pending_reqs;
 	R.given = given_leases;
 	R.held.slot = held_leases;
+	R.held.val = held_layers;
 	R.pheld.slot = prefix_leases;
 	R.pheld.val = prefix_last;
 	R.blk = blocks;

@@ -669,11 +669,19 @@ static void release(struct script *s, int lease_ref)
 	req(s, (struct lb_req){ .opcode = LB_OP_RELEASE }, NULL, 0, lease_ref);
 }
 
-static void report(struct script *s, float drift, int lease_ref)
+/* A REPORT of drift on a lease; layer >= 0: of that layer (AT_LAYER), else the entry's own. */
+static void report_at(struct script *s, float drift, int layer, int lease_ref)
 {
 	uint32_t aux;
 	memcpy(&aux, &drift, 4);
-	req(s, (struct lb_req){ .opcode = LB_OP_REPORT, .aux = aux }, NULL, 0, lease_ref);
+	req(s, (struct lb_req){ .opcode = LB_OP_REPORT, .aux = aux,
+				.flags = layer >= 0 ? LB_REQ_AT_LAYER : 0,
+				.layer = layer >= 0 ? (uint16_t)layer : 0 }, NULL, 0, lease_ref);
+}
+
+static void report(struct script *s, float drift, int lease_ref)
+{
+	report_at(s, drift, -1, lease_ref);
 }
 
 /* ---- prefix blocks ---- */
@@ -1176,6 +1184,20 @@ static void ring_seeds(void)
 	release(s, 0);
 	pump(s, true);
 	done(s, "report-invalidates");
+
+	/* Reports of the layers below a hit's (AT_LAYER): a large drift there invalidates
+	 * nothing; a layer above the entry's is refused. */
+	begin(s, BANK_LRU);
+	insert(s, SMALL, 2, 3, 41, 3, 0, true);
+	lookup(s, LB_OP_LOOKUP, SMALL, 2, 3, 41, NULL, 0, 4096);
+	pump(s, true);
+	report_at(s, 1.0f, 0, 0);
+	report_at(s, 0.0f, 2, 0);
+	report_at(s, 0.0f, 3, 0);
+	lookup(s, LB_OP_LOOKUP, SMALL, 2, 3, 41, NULL, 0, 4096);
+	release(s, 0);
+	pump(s, true);
+	done(s, "report-at-layer");
 
 	/* The same layer twice (EEXIST), the same tokens at another length (EINVAL), too large. */
 	begin(s, BANK_LRU);
