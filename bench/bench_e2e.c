@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "adapt.h"
 #include "bench.h"
 #include "cache.h"
 #include "layerbank/layerbank.h"
@@ -621,6 +622,28 @@ static double drift_between(const struct lb_layer_tau *a, const struct lb_layer_
 	return *reports ? sum / (double)*reports : NAN;
 }
 
+/* How far from its target a layer's controller held the second half's mean drift (the
+ * issue's band: 20%). A controller whose radius ends at a bound cannot move the drift any
+ * further that way: at the loosest with the drift below the target, or at the tightest above
+ * it, it does all it can, and says so. */
+#define HOLD_BAND 0.2
+
+static const char *holds(const struct lb_layer_tau *half, const struct lb_layer_tau *end,
+			 double target)
+{
+	uint64_t n;
+	double d = drift_between(half, end, 1, &n);
+	if (!n || !(target > 0))
+		return "unfed";
+	if (fabs(d / target - 1) <= HOLD_BAND)
+		return "within";
+	if (d < target && end->max_hamming >= (uint32_t)LBD_ADAPT_MAX_RADIUS)
+		return "below_at_loosest";
+	if (d > target && end->max_hamming == 0)
+		return "above_at_tightest";
+	return "outside";
+}
+
 /* adaptive (--adaptive): each layer's threshold at the end, and what its controller was fed,
  * in all and in the second half of the stream (after it converged). */
 static json_object *adaptive_json(const struct run *r, const struct opts *o, int layers)
@@ -640,6 +663,8 @@ static json_object *adaptive_json(const struct run *r, const struct opts *o, int
 		json_object_object_add(x, "drift_mean_second_half",
 				       lbb_json_num(drift_between(h, e, 1, &n)));
 		json_object_object_add(x, "reports_second_half", json_object_new_int64((int64_t)n));
+		json_object_object_add(x, "holds",
+				       json_object_new_string(holds(h, e, r->drift_target)));
 		json_object_array_add(arr, x);
 	}
 	json_object_object_add(a, "layers", arr);
@@ -826,7 +851,6 @@ static double frontier_depth(const struct run *ad, const struct run *sweep, int 
 	return y[n - 1];
 }
 
-/* --adaptive: each layer's threshold at the end and the drift its controller saw. */
 /* Of the sweep's fixed thresholds, those at least as faithful as the adaptive run (|NLL
  * change| and top-1 agreement no worse): the one that reused the most layers per request.
  * @return its index; -1 when none is as faithful. */
@@ -848,13 +872,14 @@ static void print_adaptive(const struct run *sh, int layers)
 	printf("  adaptive thresholds (drift target %.3g): mean drift %.4f over %llu reports, "
 	       "%.4f over the %llu of the second half\n", sh->drift_target, all,
 	       (unsigned long long)n, second, (unsigned long long)n2);
-	printf("    %-6s %6s %8s %8s %7s %12s\n", "layer", "tau", "radius", "reports", "over",
-	       "drift 2nd half");
+	printf("    %-6s %6s %8s %8s %7s %12s %8s  %s\n", "layer", "tau", "radius", "reports", "over",
+	       "drift 2nd half", "reports", "holds");
 	for (int l = 0; l < layers; l++) {
 		const struct lb_layer_tau *e = &sh->ctl_end[l];
-		printf("    %-6d %6.3f %8u %8llu %7llu %12.4f\n", l, e->tau, e->max_hamming,
-		       (unsigned long long)e->reports, (unsigned long long)e->reports_over,
-		       drift_between(&sh->ctl_half[l], e, 1, &n));
+		double d = drift_between(&sh->ctl_half[l], e, 1, &n);
+		printf("    %-6d %6.3f %8u %8llu %7llu %12.4f %8llu  %s\n", l, e->tau, e->max_hamming,
+		       (unsigned long long)e->reports, (unsigned long long)e->reports_over, d,
+		       (unsigned long long)n, holds(&sh->ctl_half[l], e, sh->drift_target));
 	}
 }
 
@@ -903,8 +928,11 @@ static void print_table(const struct opts *o, const struct run *runs, int have, 
 		else
 			printf("the most a fixed tau as faithful reused: depth %.2f (tau %s); ",
 			       sweep[b].mean_depth, tau_values[b]);
+		printf("%s; ", b < 0 || sh->mean_depth >= sweep[b].mean_depth
+				       ? "on or above the fixed taus"
+				       : "below the fixed taus");
 		double f = frontier_depth(sh, sweep, n_sweep);
-		printf("the fixed taus' frontier there: depth %.3f: %s\n", f,
+		printf("their NLL-only frontier there: depth %.3f: %s\n", f,
 		       sh->mean_depth >= f ? "on or above it" : "below it");
 	}
 }
@@ -968,7 +996,9 @@ static void print_json(const struct opts *o, const struct lbw_workload *wl, cons
 	json_object_object_add(j, "adaptive", ad ? adaptive_json(sh, o, layers) : NULL);
 	if (ad && n_sweep) {
 		/* The adaptive point against the sweep: at its fidelity, the most a fixed threshold
-		 * reused (layers per request). */
+		 * reused (layers per request). on_or_above: no fixed threshold at least as faithful
+		 * on both measures reused more (none as faithful: nothing to be below); the
+		 * stricter reading against NLL alone, joined between the points, beside it. */
 		json_object *c = json_object_new_object();
 		int b = best_fixed(sh, sweep, n_sweep);
 		json_object_object_add(c, "best_fixed_tau",
@@ -979,6 +1009,8 @@ static void print_json(const struct opts *o, const struct lbw_workload *wl, cons
 				       lbb_json_num(frontier_depth(sh, sweep, n_sweep)));
 		json_object_object_add(c, "adaptive_depth", lbb_json_num(sh->mean_depth));
 		json_object_object_add(c, "on_or_above", json_object_new_boolean(
+					       b < 0 || sh->mean_depth >= sweep[b].mean_depth));
+		json_object_object_add(c, "on_or_above_nll_frontier", json_object_new_boolean(
 					       sh->mean_depth >= frontier_depth(sh, sweep, n_sweep)));
 		json_object_object_add(j, "adaptive_vs_sweep", c);
 	}

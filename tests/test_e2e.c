@@ -332,8 +332,9 @@ static void test_fleet_shadow(void **state)
  * --adaptive: the shared run's daemon adapts its thresholds to what the workers revalidate. The
  * report holds together: the controllers were fed (reports from the revalidated reuses), their
  * thresholds are the ones in force at the end (tau_by_layer), the second half's figures are
- * part of the whole; against the sweep, on_or_above says whether the adaptive depth reaches the
- * fixed thresholds' frontier; the plot gets its fifth panel.
+ * part of the whole, each layer's verdict on the 20% band (holds) agrees with them; against the
+ * sweep, on_or_above says whether the adaptive depth reaches the fixed thresholds' frontier;
+ * the plot gets its fifth panel.
  */
 static void test_fleet_adaptive(void **state)
 {
@@ -362,6 +363,21 @@ static void test_fleet_adaptive(void **state)
 			    1e-9);
 		assert_true(count(x, "reports_over") <= count(x, "reports"));
 		assert_true(count(x, "reports_second_half") <= count(x, "reports"));
+		/* holds: the verdict follows from the figures beside it */
+		const char *v = json_object_get_string(get(x, "holds"));
+		if (!count(x, "reports_second_half")) {
+			assert_string_equal(v, "unfed");
+		} else {
+			double r = num(x, "drift_mean_second_half") / 0.002;
+			if (fabs(r - 1) <= 0.2)
+				assert_string_equal(v, "within");
+			else if (r < 1 && count(x, "max_hamming") == 64)
+				assert_string_equal(v, "below_at_loosest");
+			else if (r > 1 && count(x, "max_hamming") == 0)
+				assert_string_equal(v, "above_at_tightest");
+			else
+				assert_string_equal(v, "outside");
+		}
 		reports += count(x, "reports");
 		second += count(x, "reports_second_half");
 	}
@@ -371,7 +387,11 @@ static void test_fleet_adaptive(void **state)
 	json_object *c = get(j, "adaptive_vs_sweep");
 	double depth = num(c, "adaptive_depth"), frontier = num(c, "frontier_depth");
 	assert_true(fabs(depth - num(get(j, "shared"), "mean_reused_depth")) < 1e-12);
-	assert_int_equal(json_object_get_boolean(get(c, "on_or_above")), depth >= frontier);
+	assert_int_equal(json_object_get_boolean(get(c, "on_or_above_nll_frontier")),
+			 depth >= frontier);
+	json_object *best = get(c, "best_fixed_depth");
+	assert_int_equal(json_object_get_boolean(get(c, "on_or_above")),
+			 !best || depth >= json_object_get_double(best));
 	assert_int_equal(json_object_array_length(get(j, "tau_sweep")), 7);
 	struct stat s;
 	assert_int_equal(stat(png, &s), 0);
