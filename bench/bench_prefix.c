@@ -95,7 +95,7 @@ static int model_geom(const struct opts *o, struct lbb_prefix_geom *g)
 		int fd = open(path, O_RDONLY | O_CLOEXEC), rc = -EIO;
 		ssize_t n = fd >= 0 && fstat(fd, &st) == 0 ? read(fd, hdr, sizeof(hdr)) : -1;
 		if (n == (ssize_t)sizeof(hdr))
-			rc = lbw_llama_check_header(hdr, (uint64_t)st.st_size, &cfg, err,
+			rc = lbw_llama_check_header(hdr, NULL, (uint64_t)st.st_size, &cfg, err,
 						    sizeof(err));
 		else
 			snprintf(err, sizeof(err), "cannot read its header: %s",

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,8 +99,10 @@ static char **paragraphs(const char *text)
 
 struct ref {
 	int dim, hid, nl, nh, nkv, vocab, seq, hs, kvd;
+	int mode, ns; /* FusedKV (model_llama.h): 0 plain, 1 lite, 2 fused; storage layers */
 	double *all;
 	double *emb, *rms_att, *wq, *wk, *wv, *wo, *rms_ffn, *w1, *w2, *w3, *rms_final, *wcls;
+	double *coef; /* fused: per reconstruction layer a, a' [kvd / 2], b, b' [kvd] */
 };
 
 static void ref_load(struct ref *r, const char *path)
@@ -117,6 +120,15 @@ static void ref_load(struct ref *r, const char *path)
 	r->seq = h[6];
 	r->hs = r->dim / r->nh;
 	r->kvd = r->nkv * r->hs;
+	r->mode = 0;
+	r->ns = r->nl;
+	if (len >= 44 && !memcmp(raw + len - 16, "LBFK", 4)) { /* read as the format says */
+		uint32_t f[3];
+		memcpy(f, raw + len - 12, sizeof(f));
+		r->mode = (int)f[1];
+		r->ns = (int)f[2];
+		len -= 16;
+	}
 	size_t nf = (len - 28) / 4;
 	r->all = malloc(nf * sizeof(double));
 	assert_non_null(r->all);
@@ -131,8 +143,8 @@ static void ref_load(struct ref *r, const char *path)
 	r->emb = p; p += (size_t)r->vocab * d;
 	r->rms_att = p; p += L * d;
 	r->wq = p; p += L * d * d;
-	r->wk = p; p += L * kv * d;
-	r->wv = p; p += L * kv * d;
+	r->wk = p; p += (size_t)r->ns * kv * d;
+	r->wv = p; p += (size_t)r->ns * kv * d;
 	r->wo = p; p += L * d * d;
 	r->rms_ffn = p; p += L * d;
 	r->w1 = p; p += L * hd * d;
@@ -141,6 +153,12 @@ static void ref_load(struct ref *r, const char *path)
 	r->rms_final = p; p += d;
 	p += (size_t)r->seq * (size_t)r->hs;
 	r->wcls = h[5] > 0 ? r->emb : p;
+	if (h[5] <= 0)
+		p += (size_t)r->vocab * d;
+	r->coef = r->mode == 2 ? p : NULL;
+	if (r->mode == 2)
+		p += (size_t)(r->nl - r->ns) * 3 * kv;
+	assert_true(p == r->all + nf);
 }
 
 static void ref_mv(double *out, const double *w, const double *x, int rows, int cols)
@@ -180,12 +198,24 @@ static double ref_nll(const struct ref *r, const int32_t *toks, int n)
 			double *kl = kc + (size_t)l * (size_t)n * (size_t)kvd;
 			double *vl = vc + (size_t)l * (size_t)n * (size_t)kvd;
 			double *k = kl + (size_t)pos * (size_t)kvd, *v = vl + (size_t)pos * (size_t)kvd;
+			bool store = l < r->ns;
 			ref_norm(xb, x, r->rms_att + (size_t)l * (size_t)d, d);
 			ref_mv(q, r->wq + (size_t)l * (size_t)d * (size_t)d, xb, d, d);
-			ref_mv(k, r->wk + (size_t)l * (size_t)kvd * (size_t)d, xb, kvd, d);
-			ref_mv(v, r->wv + (size_t)l * (size_t)kvd * (size_t)d, xb, kvd, d);
+			if (store) {
+				ref_mv(k, r->wk + (size_t)l * (size_t)kvd * (size_t)d, xb, kvd, d);
+				ref_mv(v, r->wv + (size_t)l * (size_t)kvd * (size_t)d, xb, kvd, d);
+			} else { /* rebuilt from layers 0 and ns - 1, K after their rotation */
+				size_t at = (size_t)pos * (size_t)kvd, ln = (size_t)(r->ns - 1) * (size_t)n * (size_t)kvd;
+				const double *c = r->coef ? r->coef + (size_t)(l - r->ns) * 3 * (size_t)kvd : NULL;
+				for (int i = 0; i < kvd; i++) {
+					double k0 = kc[at + (size_t)i], kn = kc[ln + at + (size_t)i];
+					double v0 = vc[at + (size_t)i], vn = vc[ln + at + (size_t)i];
+					k[i] = c ? c[i / 2] * k0 + c[kvd / 2 + i / 2] * kn : kn;
+					v[i] = c ? c[kvd + i] * v0 + c[2 * kvd + i] * vn : v0;
+				}
+			}
 			/* rotate each (even, odd) pair of every head by pos * 10000^(-j/hs) */
-			for (int vec = 0; vec < 2; vec++) {
+			for (int vec = 0; vec < (store ? 2 : 1); vec++) {
 				double *a = vec ? k : q;
 				int len = vec ? kvd : d;
 				for (int i = 0; i < len; i += 2) {
@@ -650,20 +680,20 @@ static void test_bad_checkpoints(void **state)
 		/* the same check without a file */
 		struct lbw_llama_config c;
 		memcpy(hdr + bad[i].field, &bad[i].value, 4);
-		assert_int_equal(lbw_llama_check_header(hdr, len, &c, NULL, 0), -EINVAL);
+		assert_int_equal(lbw_llama_check_header(hdr, NULL, len, &c, NULL, 0), -EINVAL);
 	}
 	/* an odd head size: dim 6, heads 2 -> head_size 3 */
 	int32_t odd[7] = { 6, 8, 1, 2, 2, 300, 4 };
 	struct lbw_llama_config c;
-	assert_int_equal(lbw_llama_check_header(odd, 1 << 20, &c, err, sizeof(err)), -EINVAL);
+	assert_int_equal(lbw_llama_check_header(odd, NULL, 1 << 20, &c, err, sizeof(err)), -EINVAL);
 	assert_non_null(strstr(err, "odd"));
 	/* the real header and size pass */
-	assert_int_equal(lbw_llama_check_header((const int32_t *)good, len, &c, NULL, 0), 0);
+	assert_int_equal(lbw_llama_check_header((const int32_t *)good, NULL, len, &c, NULL, 0), 0);
 	/* an unshared classifier needs vocab*dim more floats */
 	int32_t uns[7];
 	memcpy(uns, good, sizeof(uns));
 	uns[5] = -512;
-	assert_int_equal(lbw_llama_check_header(uns, len + 512 * 64 * 4, &c, NULL, 0), 0);
+	assert_int_equal(lbw_llama_check_header(uns, NULL, len + 512 * 64 * 4, &c, NULL, 0), 0);
 	assert_false(c.shared_classifier);
 
 	/* missing file, directory */
@@ -1395,6 +1425,162 @@ static void test_scorer_rows(void **state)
 	lbw_scorer_close(&sc);
 }
 
+/* An odd FusedKV shape: 5 layers, 2 of them storing K and V. */
+static struct lbw_llama_config fusedkv_shape(int mode)
+{
+	return (struct lbw_llama_config){ .dim = 48, .hidden_dim = 70, .n_layers = 5, .n_heads = 6,
+					  .n_kv_heads = 3, .vocab_size = 512, .seq_len = 64,
+					  .kv_mode = mode, .kv_layers = 2 };
+}
+
+/* Loading path must fail with -EINVAL and a message holding want. */
+static void expect_refused(const char *path, const char *want)
+{
+	struct lbw_llama m;
+	char err[512] = "";
+	assert_int_equal(lbw_llama_load(&m, path, err, sizeof(err)), -EINVAL);
+	if (!strstr(err, want))
+		fail_msg("%s: message '%s' lacks '%s'", path, err, want);
+}
+
+/*
+ * FusedKV checkpoints (model_llama.h), lite and fused, on an odd shape: written and loaded back
+ * byte for byte; every path (the plain-C reference, each kernel tier, the layer for chosen
+ * rows) agrees with the fp64 reference forward, which rebuilds the reconstruction layers' K and V
+ * from the format's definition; fused with a = 0, a' = 1, b = 1, b' = 0 is lite bit for bit; a
+ * damaged footer or size is refused with a clear message; the worker scores one and refuses to
+ * cache it.
+ */
+static void test_fusedkv_checkpoints(void **state)
+{
+	struct fixture *fx = *state;
+	char dir[256], path[300], bad[320];
+	static char out[4096];
+	int32_t toks[64];
+	text_tokens(fx, 64, toks);
+	lbt_mkdtemp(dir, sizeof(dir));
+	struct lbw_llama g[3];
+	for (int mode = LBW_KV_LITE; mode <= LBW_KV_FUSED; mode++) {
+		struct lbw_llama_config c = fusedkv_shape(mode);
+		struct lbw_llama *m = &g[mode], back;
+		char err[256];
+		generate_ok(m, &c, 7);
+		assert_int_equal(m->cfg.kv_mode, mode);
+		assert_int_equal(m->cfg.kv_layers, 2);
+		snprintf(path, sizeof(path), "%s/fkv%d.bin", dir, mode);
+		spit(path, m->data, m->data_size);
+		if (lbw_llama_load(&back, path, err, sizeof(err)) < 0)
+			fail_msg("%s", err);
+		assert_memory_equal(&back.cfg, &m->cfg, sizeof(m->cfg));
+		assert_int_equal(back.data_size, m->data_size);
+		assert_memory_equal(back.data, m->data, m->data_size);
+		lbw_llama_free(&back);
+
+		struct ref r;
+		ref_load(&r, path);
+		assert_int_equal(r.mode, mode);
+		struct lbw_llama_state s;
+		assert_int_equal(lbw_llama_state_init(&s, &m->cfg), 0);
+		for (int n = 2; n <= 64; n += 31) {
+			double want = ref_nll(&r, toks, n) / (n - 1);
+			for (int t = (int)lbk_isa(); t >= (int)LBK_ISA_SCALAR - 1; t--) {
+				double got = 0;
+				if (t < (int)LBK_ISA_SCALAR)
+					lbw_llama_set_reference(m, 1);
+				else
+					lbk_force_isa((enum lbk_isa)t);
+				lbw_llama_state_reset(&s);
+				assert_int_equal(lbw_llama_prompt(m, &s, toks, n, NULL, &got), 0);
+				if (fabs(got / (n - 1) - want) > 1e-4)
+					fail_msg("mode %d, %d tokens, %s: nll %.6f, fp64 reference %.6f",
+						 mode, n, m->reference ? "reference" : lbk_isa_name(lbk_isa()),
+						 got / (n - 1), want);
+				lbw_llama_set_reference(m, 0);
+			}
+			lbk_force_isa(LBK_ISA_AVX512);
+		}
+		check_layer_rows(m, toks, 40, c.n_layers);
+		lbw_llama_state_free(&s);
+		free(r.all);
+	}
+
+	/* fused with the weights of lite's remap gives lite's logits, bit for bit */
+	float *coef = (float *)(uintptr_t)g[LBW_KV_FUSED].w.kv_coef;
+	int64_t kv = g[LBW_KV_FUSED].cfg.kv_dim;
+	for (int64_t i = 0; i < 3; i++) {
+		float *a = coef + i * 3 * kv;
+		for (int64_t j = 0; j < kv / 2; j++)
+			a[j] = 0, a[kv / 2 + j] = 1;
+		for (int64_t j = 0; j < kv; j++)
+			a[kv + j] = 1, a[2 * kv + j] = 0;
+	}
+	size_t lb = 24 * (size_t)g[1].cfg.vocab_size * sizeof(float);
+	float *lg1 = malloc(lb), *lg2 = malloc(lb);
+	int32_t t1[24], t2[24];
+	assert_true(lg1 && lg2);
+	greedy_tokens(&g[LBW_KV_LITE], 24, t1, lg1);
+	greedy_tokens(&g[LBW_KV_FUSED], 24, t2, lg2);
+	assert_memory_equal(lg1, lg2, lb);
+	assert_memory_equal(t1, t2, sizeof(t1));
+	free(lg1);
+	free(lg2);
+
+	/* damaged files: each refused with what is wrong */
+	const struct lbw_llama *f = &g[LBW_KV_FUSED];
+	snprintf(path, sizeof(path), "%s/fkv2.bin", dir);
+	snprintf(bad, sizeof(bad), "%s/bad.bin", dir);
+	uint8_t *img = malloc(f->data_size);
+	assert_non_null(img);
+	const struct {
+		size_t at;
+		uint32_t value;
+		const char *want;
+	} field[] = {
+		{ 4, 2, "version 2" }, { 8, 3, "mode 3" }, { 12, 0, "0 storage layers" },
+		{ 12, 5, "5 storage layers" },
+	};
+	for (size_t i = 0; i < sizeof(field) / sizeof(field[0]); i++) {
+		memcpy(img, f->data, f->data_size);
+		memcpy(img + f->data_size - 16 + field[i].at, &field[i].value, 4);
+		spit(bad, img, f->data_size);
+		expect_refused(bad, field[i].want);
+	}
+	/* a coefficient short, the footer kept: the section's size does not add up */
+	memcpy(img, f->data, f->data_size);
+	memmove(img + f->data_size - 20, img + f->data_size - 16, 16);
+	spit(bad, img, f->data_size - 4);
+	expect_refused(bad, "FusedKV checkpoint size");
+	/* cut inside the footer: neither a FusedKV nor a legacy checkpoint */
+	spit(bad, f->data, f->data_size - 4);
+	expect_refused(bad, "truncated or not a llama2.c checkpoint");
+	/* lite told fused: the coefficients it lacks */
+	memcpy(img, g[LBW_KV_LITE].data, g[LBW_KV_LITE].data_size);
+	uint32_t two = 2;
+	memcpy(img + g[LBW_KV_LITE].data_size - 8, &two, 4);
+	spit(bad, img, g[LBW_KV_LITE].data_size);
+	expect_refused(bad, "FusedKV checkpoint size");
+	free(img);
+
+	/* the worker scores it, and refuses to cache it rather than serve it wrong */
+	char txt[320];
+	snprintf(txt, sizeof(txt), "%s/t.txt", dir);
+	spit(txt, "Once upon a time there was a cat.", 33);
+	const char *score[] = { "score", "--model", path, "--tokenizer", TOK, "--text-file", txt,
+				NULL };
+	int st = run_worker(score, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_non_null(strstr(out, "nll_per_token"));
+	const char *cached[] = { "score", "--model", path, "--tokenizer", TOK, "--text-file", txt,
+				 "--private-cache", "16M", NULL };
+	st = run_worker(cached, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
+	assert_non_null(strstr(out, "FusedKV checkpoint cannot be cached"));
+
+	lbw_llama_free(&g[LBW_KV_LITE]);
+	lbw_llama_free(&g[LBW_KV_FUSED]);
+	lbu_rmtree(dir);
+}
+
 int main(void)
 {
 	const char *need[] = { MODEL, TOK, GREEDY, VAL };
@@ -1424,6 +1610,7 @@ int main(void)
 		cmocka_unit_test(test_layer_rows),
 		cmocka_unit_test(test_layer_rows_llama_110m),
 		cmocka_unit_test(test_scorer_rows),
+		cmocka_unit_test(test_fusedkv_checkpoints),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }

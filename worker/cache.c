@@ -108,6 +108,15 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 	int32_t L = sc->n_layers;
 	double tau = 0, reval = 0;
 	memset(wc, 0, sizeof(*wc));
+	/* A FusedKV model's blocks hold its storage layers alone, a geometry the bank does not
+	 * register yet, and its reconstruction layers need those layers' K and V, which a reuse
+	 * of hidden states skips: refused rather than served wrong. */
+	if ((o->socket || o->private_bytes) && sc->llama &&
+	    sc->llama->cfg.kv_mode != LBW_KV_PLAIN) {
+		fprintf(stderr, "%s: a FusedKV checkpoint cannot be cached yet; run it without "
+				"--cache and --private-cache\n", who);
+		return -1;
+	}
 	if (o->tau && (parse_real(o->tau, &tau) < 0 || tau < -1 || tau > 1)) {
 		fprintf(stderr, "%s: bad --tau '%s' (-1..1)\n", who, o->tau);
 		return -1;

@@ -44,7 +44,7 @@ static int prefill_layer(void *ctx, uint32_t l, uint32_t p, uint32_t n,
 /* The view of the state's K and V that lb_prefix_run fills (the state's table). */
 static struct lb_kv_view kv_of(const struct lbw_llama *m, struct lbw_llama_state *s)
 {
-	return (struct lb_kv_view){ .n_layers = (uint32_t)m->cfg.n_layers,
+	return (struct lb_kv_view){ .n_layers = (uint32_t)m->cfg.kv_layers,
 				    .kv_dim = (uint32_t)m->cfg.kv_dim,
 				    .block_tokens = LBW_LLAMA_BLOCK,
 				    .n_blocks = (uint32_t)s->n_blocks, .block = s->table };

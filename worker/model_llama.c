@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,7 +30,7 @@ static uint64_t weight_floats(const struct lbw_llama_config *c)
 	uint64_t n = V * dim;          /* token_embedding */
 	n += L * dim;                  /* rms_att */
 	n += L * dim * dim;            /* wq */
-	n += 2 * L * kv * dim;         /* wk, wv */
+	n += 2 * (uint64_t)c->kv_layers * kv * dim; /* wk, wv */
 	n += L * dim * dim;            /* wo */
 	n += L * dim;                  /* rms_ffn */
 	n += 3 * L * hid * dim;        /* w1, w2, w3 */
@@ -37,6 +38,8 @@ static uint64_t weight_floats(const struct lbw_llama_config *c)
 	n += (uint64_t)c->seq_len * (uint64_t)c->head_size; /* freq_cis real + imag, [seq][hs/2] each */
 	if (!c->shared_classifier)
 		n += V * dim;          /* wcls */
+	if (c->kv_mode == LBW_KV_FUSED)
+		n += (L - (uint64_t)c->kv_layers) * 3 * kv; /* kv_coef */
 	return n;
 }
 
@@ -91,18 +94,61 @@ static int parse_header(const int32_t hdr[7], struct lbw_llama_config *cfg, char
 		return -EINVAL;
 	}
 	c.kv_dim = c.n_kv_heads * c.head_size;
+	c.kv_mode = LBW_KV_PLAIN;
+	c.kv_layers = c.n_layers;
 	*cfg = c;
 	return 0;
 }
 
-int lbw_llama_check_header(const int32_t hdr[7], uint64_t file_size, struct lbw_llama_config *cfg,
-			   char *err, size_t errlen)
+/* The FusedKV footer (model_llama.h) into c: its mode and storage layers. */
+static int parse_footer(const uint8_t *footer, struct lbw_llama_config *c, char *err,
+			size_t errlen)
+{
+	uint32_t version, mode, n;
+	memcpy(&version, footer + 4, 4);
+	memcpy(&mode, footer + 8, 4);
+	memcpy(&n, footer + 12, 4);
+	if (version != LBW_FUSEDKV_VERSION) {
+		lbu_errf(err, errlen, "FusedKV section version %u: this build reads version %d",
+			 version, LBW_FUSEDKV_VERSION);
+		return -EINVAL;
+	}
+	if (mode != LBW_KV_LITE && mode != LBW_KV_FUSED) {
+		lbu_errf(err, errlen, "FusedKV section: mode %u (must be 1 lite or 2 fused)", mode);
+		return -EINVAL;
+	}
+	if (n < 1 || n >= (uint32_t)c->n_layers) {
+		lbu_errf(err, errlen, "FusedKV section: %u storage layers (must be 1..%d for %d layers)",
+			 n, (int)c->n_layers - 1, (int)c->n_layers);
+		return -EINVAL;
+	}
+	c->kv_mode = (int)mode;
+	c->kv_layers = (int32_t)n;
+	return 0;
+}
+
+int lbw_llama_check_header(const int32_t hdr[7], const uint8_t *footer, uint64_t file_size,
+			   struct lbw_llama_config *cfg, char *err, size_t errlen)
 {
 	struct lbw_llama_config c;
 	int rc = parse_header(hdr, &c, err, errlen);
 	if (rc < 0)
 		return rc;
 	uint64_t want = LBW_LLAMA_HEADER_BYTES + 4 * weight_floats(&c);
+	if (file_size != want && footer && !memcmp(footer, LBW_FUSEDKV_MAGIC, 4)) {
+		rc = parse_footer(footer, &c, err, errlen);
+		if (rc < 0)
+			return rc;
+		want = LBW_LLAMA_HEADER_BYTES + 4 * weight_floats(&c) + LBW_FUSEDKV_FOOTER_BYTES;
+		if (file_size != want) {
+			lbu_errf(err, errlen,
+				 "FusedKV checkpoint size %llu bytes, but its header and section (%s, %d "
+				 "of %d layers storing K and V) imply %llu: truncated or damaged",
+				 (unsigned long long)file_size, c.kv_mode == LBW_KV_LITE ? "lite" : "fused",
+				 (int)c.kv_layers, (int)c.n_layers, (unsigned long long)want);
+			return -EINVAL;
+		}
+	}
 	if (file_size != want) {
 		lbu_errf(err, errlen,
 			"checkpoint size %llu bytes, but its header (dim %d hidden %d layers %d heads %d/%d "
@@ -125,8 +171,8 @@ static void map_weights(struct lbw_llama *m)
 	m->w.token_embedding = p; p += V * dim;
 	m->w.rms_att = p; p += L * dim;
 	m->w.wq = p; p += L * dim * dim;
-	m->w.wk = p; p += L * kv * dim;
-	m->w.wv = p; p += L * kv * dim;
+	m->w.wk = p; p += (uint64_t)c->kv_layers * kv * dim;
+	m->w.wv = p; p += (uint64_t)c->kv_layers * kv * dim;
 	m->w.wo = p; p += L * dim * dim;
 	m->w.rms_ffn = p; p += L * dim;
 	m->w.w1 = p; p += L * hid * dim;
@@ -135,6 +181,9 @@ static void map_weights(struct lbw_llama *m)
 	m->w.rms_final = p; p += dim;
 	p += (uint64_t)c->seq_len * (uint64_t)c->head_size; /* freq_cis real + imag */
 	m->w.wcls = c->shared_classifier ? m->w.token_embedding : p;
+	if (!c->shared_classifier)
+		p += V * dim;
+	m->w.kv_coef = c->kv_mode == LBW_KV_FUSED ? p : NULL;
 }
 
 /* Pack every layer matrix once for lbk_gemm. Out of memory leaves m->packed NULL: the prefill
@@ -150,15 +199,19 @@ static void pack_weights(struct lbw_llama *m)
 	for (int64_t l = 0; l < c->n_layers; l++) {
 		struct lbk_packed **p = m->packed + l * LBW_LLAMA_NMAT;
 		p[LBW_LLAMA_WQ] = lbk_pack(m->w.wq + l * dim * dim, dim, dim);
-		p[LBW_LLAMA_WK] = lbk_pack(m->w.wk + l * kv * dim, kv, dim);
-		p[LBW_LLAMA_WV] = lbk_pack(m->w.wv + l * kv * dim, kv, dim);
+		if (l < c->kv_layers) { /* a reconstruction layer has no K and V of its own */
+			p[LBW_LLAMA_WK] = lbk_pack(m->w.wk + l * kv * dim, kv, dim);
+			p[LBW_LLAMA_WV] = lbk_pack(m->w.wv + l * kv * dim, kv, dim);
+		}
 		p[LBW_LLAMA_WO] = lbk_pack(m->w.wo + l * dim * dim, dim, dim);
 		p[LBW_LLAMA_W1] = lbk_pack(m->w.w1 + l * hid * dim, hid, dim);
 		p[LBW_LLAMA_W2] = lbk_pack(m->w.w2 + l * dim * hid, dim, hid);
 		p[LBW_LLAMA_W3] = lbk_pack(m->w.w3 + l * hid * dim, hid, dim);
 	}
 	for (int64_t i = 0; i < nmat; i++) {
-		if (!m->packed[i]) {
+		int64_t l = i / LBW_LLAMA_NMAT, k = i % LBW_LLAMA_NMAT;
+		bool none = l >= c->kv_layers && (k == LBW_LLAMA_WK || k == LBW_LLAMA_WV);
+		if (!m->packed[i] && !none) {
 			for (int64_t j = 0; j < nmat; j++)
 				lbk_packed_free(m->packed[j]);
 			free(m->packed);
@@ -177,6 +230,8 @@ int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errl
 {
 	struct stat st;
 	int32_t hdr[7];
+	uint8_t footer[LBW_FUSEDKV_FOOTER_BYTES];
+	bool has_footer = false;
 	int rc;
 
 	memset(m, 0, sizeof(*m));
@@ -208,7 +263,17 @@ int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errl
 		rc = -EIO;
 		goto out;
 	}
-	rc = lbw_llama_check_header(hdr, (uint64_t)st.st_size, &m->cfg, err, errlen);
+	if ((uint64_t)st.st_size >= LBW_LLAMA_HEADER_BYTES + sizeof(footer)) {
+		r = pread(fd, footer, sizeof(footer), st.st_size - (off_t)sizeof(footer));
+		if (r != (ssize_t)sizeof(footer)) {
+			lbu_errf(err, errlen, "cannot read the end of checkpoint %s", path);
+			rc = -EIO;
+			goto out;
+		}
+		has_footer = true;
+	}
+	rc = lbw_llama_check_header(hdr, has_footer ? footer : NULL, (uint64_t)st.st_size, &m->cfg,
+				    err, errlen);
 	if (rc < 0)
 		goto out;
 	m->data_size = (size_t)st.st_size;
@@ -232,8 +297,10 @@ int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errl
 		}
 		got += (size_t)r;
 	}
-	/* The header read first must be the header loaded (the file may change under us). */
-	if (memcmp(m->data, hdr, sizeof(hdr))) {
+	/* The header and footer read first must be those loaded (the file may change under us). */
+	if (memcmp(m->data, hdr, sizeof(hdr)) ||
+	    (has_footer && memcmp((char *)m->data + m->data_size - sizeof(footer), footer,
+				  sizeof(footer)))) {
 		lbu_errf(err, errlen, "checkpoint %s changed while being read", path);
 		rc = -EIO;
 		goto out;
@@ -253,16 +320,17 @@ struct lbw_llama_config lbw_llama_config_110m(void)
 	return (struct lbw_llama_config){ .dim = 768, .hidden_dim = 2048, .n_layers = 12,
 					  .n_heads = 12, .n_kv_heads = 4, .vocab_size = 512,
 					  .seq_len = 2048, .head_size = 64, .kv_dim = 256,
-					  .shared_classifier = 1 };
+					  .shared_classifier = 1, .kv_layers = 12 };
 }
 
 /* Every float after the header, in the file's order: matrices and the embedding drawn from
- * ~N(0, LBW_LLAMA_GEN_STD), RMSNorm gains 1, the unused freq_cis tables 0. */
+ * ~N(0, LBW_LLAMA_GEN_STD), RMSNorm gains 1, the unused freq_cis tables 0, a fused model's
+ * K and V weights from ~N(0, 1). */
 static void fill_weights(struct lbw_llama *m, uint64_t seed)
 {
 	const struct lbw_llama_config *c = &m->cfg;
 	uint64_t dim = (uint64_t)c->dim, hid = (uint64_t)c->hidden_dim, L = (uint64_t)c->n_layers;
-	uint64_t kv = (uint64_t)c->kv_dim, V = (uint64_t)c->vocab_size;
+	uint64_t kv = (uint64_t)c->kv_dim, V = (uint64_t)c->vocab_size, S = (uint64_t)c->kv_layers;
 	const float sd = LBW_LLAMA_GEN_STD;
 	const struct {
 		uint64_t n;
@@ -272,8 +340,8 @@ static void fill_weights(struct lbw_llama *m, uint64_t seed)
 		{ V * dim, sd, 0 },       /* token_embedding, also the classifier */
 		{ L * dim, 0, 1 },        /* rms_att */
 		{ L * dim * dim, sd, 0 }, /* wq */
-		{ L * kv * dim, sd, 0 },  /* wk */
-		{ L * kv * dim, sd, 0 },  /* wv */
+		{ S * kv * dim, sd, 0 },  /* wk */
+		{ S * kv * dim, sd, 0 },  /* wv */
 		{ L * dim * dim, sd, 0 }, /* wo */
 		{ L * dim, 0, 1 },        /* rms_ffn */
 		{ L * hid * dim, sd, 0 }, /* w1 */
@@ -281,6 +349,7 @@ static void fill_weights(struct lbw_llama *m, uint64_t seed)
 		{ L * hid * dim, sd, 0 }, /* w3 */
 		{ dim, 0, 1 },            /* rms_final */
 		{ (uint64_t)c->seq_len * (uint64_t)c->head_size, 0, 0 }, /* freq_cis real + imag */
+		{ c->kv_mode == LBW_KV_FUSED ? (L - S) * 3 * kv : 0, 1, 0 }, /* kv_coef */
 	};
 	float *p = (float *)((char *)m->data + LBW_LLAMA_HEADER_BYTES);
 	uint64_t state = seed;
@@ -323,7 +392,17 @@ int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, 
 	int rc = parse_header(hdr, &m->cfg, err, errlen);
 	if (rc < 0)
 		return rc;
-	m->data_size = LBW_LLAMA_HEADER_BYTES + 4 * weight_floats(&m->cfg);
+	bool fkv = cfg->kv_mode != LBW_KV_PLAIN;
+	uint8_t footer[LBW_FUSEDKV_FOOTER_BYTES] = LBW_FUSEDKV_MAGIC;
+	if (fkv) {
+		uint32_t f[3] = { LBW_FUSEDKV_VERSION, (uint32_t)cfg->kv_mode, (uint32_t)cfg->kv_layers };
+		memcpy(footer + 4, f, sizeof(f));
+		rc = parse_footer(footer, &m->cfg, err, errlen);
+		if (rc < 0)
+			return rc;
+	}
+	m->data_size = LBW_LLAMA_HEADER_BYTES + 4 * weight_floats(&m->cfg) +
+		       (fkv ? sizeof(footer) : 0);
 	m->data = malloc(m->data_size);
 	if (!m->data) {
 		lbu_errf(err, errlen, "out of memory for %zu bytes of generated weights",
@@ -333,6 +412,8 @@ int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, 
 	}
 	prefault(m->data, m->data_size);
 	memcpy(m->data, hdr, sizeof(hdr));
+	if (fkv) /* the file's image, footer included: it can be written out and loaded back */
+		memcpy((char *)m->data + m->data_size - sizeof(footer), footer, sizeof(footer));
 	fill_weights(m, seed);
 	map_weights(m);
 	pack_weights(m);
@@ -356,7 +437,7 @@ int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_confi
 
 	memset(s, 0, sizeof(*s));
 	s->n_blocks = (c->seq_len + LBW_LLAMA_BLOCK - 1) / LBW_LLAMA_BLOCK;
-	s->block_floats = (uint64_t)c->n_layers * 2 * LBW_LLAMA_BLOCK * (uint64_t)c->kv_dim;
+	s->block_floats = (uint64_t)c->kv_layers * 2 * LBW_LLAMA_BLOCK * (uint64_t)c->kv_dim;
 	s->x = calloc(dim, sizeof(float));
 	s->xb = calloc(dim, sizeof(float));
 	s->xb2 = calloc(dim, sizeof(float));
@@ -368,8 +449,13 @@ int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_confi
 	s->kv = calloc((size_t)s->n_blocks * s->block_floats, sizeof(float));
 	s->table = calloc((size_t)s->n_blocks, sizeof(*s->table));
 	s->blk = calloc(2 * (size_t)s->n_blocks, sizeof(*s->blk));
+	s->krow = calloc((size_t)c->kv_dim, sizeof(float));
+	if (c->kv_mode == LBW_KV_FUSED)
+		s->fused = calloc((size_t)s->n_blocks * 2 * LBW_LLAMA_BLOCK * (size_t)c->kv_dim,
+				  sizeof(float));
 	if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->att || !s->logits ||
-	    !s->kv || !s->table || !s->blk) {
+	    !s->kv || !s->table || !s->blk || !s->krow ||
+	    (c->kv_mode == LBW_KV_FUSED && !s->fused)) {
 		lbw_llama_state_free(s);
 		return -ENOMEM;
 	}
@@ -396,6 +482,8 @@ void lbw_llama_state_free(struct lbw_llama_state *s)
 	free(s->kv);
 	free(s->table);
 	free(s->blk);
+	free(s->krow);
+	free(s->fused);
 	free(s->scratch);
 	memset(s, 0, sizeof(*s));
 }
@@ -420,6 +508,45 @@ static float *kv_row_own(const struct lbw_llama_state *s, int64_t kv_dim, int64_
 	if (s->table[t / B] != own)
 		abort(); /* a write into a cached block: the caller broke the contract above */
 	return own + ((2 * l + v) * B + t % B) * kv_dim;
+}
+
+/*
+ * Where layer l attends: the storage layers its K and V rows are read from (kl, vl: l itself,
+ * or for a reconstruction layer kv_layers - 1 and 0, FusedKV-Lite's remap), and a fused
+ * reconstruction layer's weights (coef: a, a' [kv_dim / 2], b, b' [kv_dim]; else NULL).
+ */
+struct kv_src {
+	int64_t kl, vl;
+	const float *coef;
+};
+
+static struct kv_src kv_src_of(const struct lbw_llama *m, int64_t l)
+{
+	const struct lbw_llama_config *c = &m->cfg;
+	if (l < c->kv_layers)
+		return (struct kv_src){ l, l, NULL };
+	const float *coef = c->kv_mode == LBW_KV_FUSED
+				    ? m->w.kv_coef + (l - c->kv_layers) * 3 * (int64_t)c->kv_dim
+				    : NULL;
+	return (struct kv_src){ c->kv_layers - 1, 0, coef };
+}
+
+/* Channels c0..c0+len-1 of a fused reconstruction layer's K (v 0: a K_0 + a' K_{n-1}, one
+ * weight per rotary pair) or V (v 1: b V_0 + b' V_{n-1}) at position t, into out. */
+static void fused_row(const struct lbw_llama_state *s, int64_t kv_dim, const struct kv_src *src,
+		      int v, int64_t t, int64_t c0, int64_t len, float *out)
+{
+	const float *r0 = kv_row(s, kv_dim, 0, v, t) + c0;
+	const float *rn = kv_row(s, kv_dim, src->kl, v, t) + c0;
+	if (!v) {
+		const float *a = src->coef, *a2 = src->coef + kv_dim / 2;
+		for (int64_t i = 0; i < len; i++)
+			out[i] = a[(c0 + i) / 2] * r0[i] + a2[(c0 + i) / 2] * rn[i];
+	} else {
+		const float *b = src->coef + kv_dim, *b2 = src->coef + 2 * kv_dim;
+		for (int64_t i = 0; i < len; i++)
+			out[i] = b[c0 + i] * r0[i] + b2[c0 + i] * rn[i];
+	}
 }
 
 /* RoPE exactly as llama2.c computes it (float powf/cosf/sinf): the reference path's. */
@@ -493,14 +620,20 @@ static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float
 	int64_t dim = c->dim, hid = c->hidden_dim, kv_dim = c->kv_dim, hs = c->head_size;
 	int64_t kv_mul = c->n_heads / c->n_kv_heads;
 	int64_t L = l;
-	float *k = kv_row_own(s, kv_dim, L, 0, pos), *v = kv_row_own(s, kv_dim, L, 1, pos);
+	struct kv_src src = kv_src_of(m, L);
 
-	/* attention: QKV of the normed stream, K and V straight into the cache */
+	/* attention: QKV of the normed stream, K and V straight into the cache (a reconstruction
+	 * layer: Q alone) */
 	k_->rmsnorm(s->xb, x, w->rms_att + L * dim, dim, 1e-5f);
 	k_->matmul(s->q, s->xb, w->wq + L * dim * dim, NULL, 1, dim, dim);
-	k_->matmul(k, s->xb, w->wk + L * kv_dim * dim, NULL, 1, kv_dim, dim);
-	k_->matmul(v, s->xb, w->wv + L * kv_dim * dim, NULL, 1, kv_dim, dim);
-	k_->rope(s->q, k, pos, c->n_heads, c->n_kv_heads, hs, 10000.0f);
+	if (L < c->kv_layers) {
+		float *k = kv_row_own(s, kv_dim, L, 0, pos), *v = kv_row_own(s, kv_dim, L, 1, pos);
+		k_->matmul(k, s->xb, w->wk + L * kv_dim * dim, NULL, 1, kv_dim, dim);
+		k_->matmul(v, s->xb, w->wv + L * kv_dim * dim, NULL, 1, kv_dim, dim);
+		k_->rope(s->q, k, pos, c->n_heads, c->n_kv_heads, hs, 10000.0f);
+	} else {
+		k_->rope(s->q, NULL, pos, c->n_heads, 0, hs, 10000.0f);
+	}
 
 	/* grouped-query attention over positions 0..pos */
 	float scale = sqrtf((float)hs);
@@ -509,7 +642,11 @@ static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float
 		float *att = s->att + h * (int64_t)c->seq_len;
 		int64_t koff = (h / kv_mul) * hs;
 		for (int64_t t = 0; t <= pos; t++) {
-			const float *kt = kv_row(s, kv_dim, L, 0, t) + koff;
+			const float *kt = kv_row(s, kv_dim, src.kl, 0, t) + koff;
+			if (src.coef) {
+				fused_row(s, kv_dim, &src, 0, t, koff, hs, s->krow);
+				kt = s->krow;
+			}
 			float score = 0.0f;
 			for (int64_t i = 0; i < hs; i++)
 				score += q[i] * kt[i];
@@ -519,7 +656,11 @@ static void layer_at(const struct lbw_llama *m, struct lbw_llama_state *s, float
 		float *xb = s->xb + h * hs;
 		memset(xb, 0, (size_t)hs * sizeof(float));
 		for (int64_t t = 0; t <= pos; t++) {
-			const float *vt = kv_row(s, kv_dim, L, 1, t) + koff;
+			const float *vt = kv_row(s, kv_dim, src.vl, 1, t) + koff;
+			if (src.coef) {
+				fused_row(s, kv_dim, &src, 1, t, koff, hs, s->krow);
+				vt = s->krow;
+			}
 			float a = att[t];
 			for (int64_t i = 0; i < hs; i++)
 				xb[i] += a * vt[i];
@@ -562,10 +703,22 @@ static void attention_rows(const struct lbw_llama *m, struct lbw_llama_state *s,
 	const struct lbw_llama_config *c = &m->cfg;
 	int64_t B = LBW_LLAMA_BLOCK, kv_dim = c->kv_dim, blocks = (pos0 + n + B - 1) / B;
 	const float **kb = s->blk, **vb = s->blk + s->n_blocks;
+	struct kv_src src = kv_src_of(m, l);
 
 	for (int64_t i = 0; i < blocks; i++) {
-		kb[i] = s->table[i] + 2 * l * B * kv_dim;
-		vb[i] = s->table[i] + (2 * l + 1) * B * kv_dim;
+		kb[i] = s->table[i] + 2 * src.kl * B * kv_dim;
+		vb[i] = s->table[i] + (2 * src.vl + 1) * B * kv_dim;
+	}
+	if (src.coef) { /* rebuilt beside the blocks, for positions 0..pos0+n-1 */
+		for (int64_t t = 0; t < pos0 + n; t++) {
+			float *f = s->fused + ((t / B) * 2 * B + t % B) * kv_dim;
+			fused_row(s, kv_dim, &src, 0, t, 0, kv_dim, f);
+			fused_row(s, kv_dim, &src, 1, t, 0, kv_dim, f + B * kv_dim);
+		}
+		for (int64_t i = 0; i < blocks; i++) {
+			kb[i] = s->fused + i * 2 * B * kv_dim;
+			vb[i] = kb[i] + B * kv_dim;
+		}
 	}
 	_Static_assert(LBW_LLAMA_BLOCK == 16, "bshift below");
 	lbk_attention_paged(ao, c->dim, q, c->dim, pos0, n, kb, vb, kv_dim, kv_dim, 4, c->n_heads,
@@ -616,9 +769,15 @@ static int rows_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, int32_
 	for (int64_t t = 0; t < N; t++)
 		lbk_rmsnorm(xb + t * dim, x + t * dim, m->w.rms_att + L * dim, dim, 1e-5f);
 	lbk_gemm(q, xb, P[LBW_LLAMA_WQ], NULL, N, 1);
-	lbk_gemm(kn, xb, P[LBW_LLAMA_WK], NULL, N, 1);
-	lbk_gemm(vn, xb, P[LBW_LLAMA_WV], NULL, N, 1);
+	if (L < c->kv_layers) {
+		lbk_gemm(kn, xb, P[LBW_LLAMA_WK], NULL, N, 1);
+		lbk_gemm(vn, xb, P[LBW_LLAMA_WV], NULL, N, 1);
+	}
 	for (int64_t t = 0; t < N; t++) {
+		if (L >= c->kv_layers) { /* a reconstruction layer: Q alone */
+			lbk_rope(q + t * dim, NULL, pos0 + t, c->n_heads, 0, hs, 10000.0f);
+			continue;
+		}
 		lbk_rope(q + t * dim, kn + t * kv_dim, pos0 + t, c->n_heads, c->n_kv_heads, hs,
 			 10000.0f);
 		memcpy(kv_row_own(s, kv_dim, L, 0, pos0 + t), kn + t * kv_dim,
@@ -689,9 +848,24 @@ static int layer_rows_lbk(const struct lbw_llama *m, struct lbw_llama_state *s, 
 
 	for (int64_t t = 0; t < nk; t++)
 		lbk_rmsnorm(xb + t * dim, in + t * dim, m->w.rms_att + L * dim, dim, 1e-5f);
-	lbk_gemm(kn, xb, P[LBW_LLAMA_WK], NULL, nk, 1);
-	lbk_gemm(vn, xb, P[LBW_LLAMA_WV], NULL, nk, 1);
-	for (int64_t t = 0; t < nk; t++) { /* K alone: n_heads 0 */
+	if (L >= c->kv_layers) { /* a reconstruction layer reads the storage layers' */
+		struct kv_src src = kv_src_of(m, L);
+		for (int64_t t = 0; t < nk; t++) {
+			if (src.coef) {
+				fused_row(s, kv_dim, &src, 0, t, 0, kv_dim, kn + t * kv_dim);
+				fused_row(s, kv_dim, &src, 1, t, 0, kv_dim, vn + t * kv_dim);
+				continue;
+			}
+			memcpy(kn + t * kv_dim, kv_row(s, kv_dim, src.kl, 0, t),
+			       (size_t)kv_dim * sizeof(float));
+			memcpy(vn + t * kv_dim, kv_row(s, kv_dim, src.vl, 1, t),
+			       (size_t)kv_dim * sizeof(float));
+		}
+	} else {
+		lbk_gemm(kn, xb, P[LBW_LLAMA_WK], NULL, nk, 1);
+		lbk_gemm(vn, xb, P[LBW_LLAMA_WV], NULL, nk, 1);
+	}
+	for (int64_t t = 0; t < nk && L < c->kv_layers; t++) { /* K alone: n_heads 0 */
 		lbk_rope(NULL, kn + t * kv_dim, t, 0, c->n_kv_heads, hs, 10000.0f);
 		/* the state's, as layer_seq leaves them: a decoder may continue from here */
 		memcpy(kv_row_own(s, kv_dim, L, 0, t), kn + t * kv_dim, (size_t)kv_dim * sizeof(float));

@@ -18,6 +18,28 @@
 /* Bytes of the legacy header: 7 int32. */
 #define LBW_LLAMA_HEADER_BYTES 28
 
+/*
+ * FusedKV checkpoints (arXiv 2512.03870): the legacy checkpoint of an L-layer model whose
+ * layers 0..n-1 store their K and V (storage layers) and whose layers n..L-1 (reconstruction
+ * layers) have no K and V projections and attend over K and V rebuilt from layers 0 and n-1:
+ *   lite:  K_i = K_{n-1},                        V_i = V_0;
+ *   fused: K_i = a_i . K_0 + a'_i . K_{n-1},     V_i = b_i . V_0 + b'_i . V_{n-1}
+ * (elementwise; K after RoPE, so the two channels 2j, 2j+1 of each rotary pair share one key
+ * weight). The file, little-endian int32 and float32 throughout:
+ *   - the 7-int32 header, as legacy (n_layers = L);
+ *   - the tensors in legacy order, except that wk and wv hold the n storage layers only
+ *     ([n][kv_dim][dim] each);
+ *   - fused only, for each reconstruction layer i = n..L-1 in turn: a_i [kv_dim / 2] (one per
+ *     rotary pair, the weight on K_0), a'_i [kv_dim / 2] (on K_{n-1}), b_i [kv_dim] (on V_0),
+ *     b'_i [kv_dim] (on V_{n-1});
+ *   - a 16-byte footer: magic "LBFK", version (1), mode (1 lite, 2 fused), n (1..L-1).
+ * A file whose size is exactly the legacy one for its header is a plain checkpoint.
+ */
+#define LBW_FUSEDKV_MAGIC "LBFK"
+#define LBW_FUSEDKV_VERSION 1
+#define LBW_FUSEDKV_FOOTER_BYTES 16
+enum lbw_kv_mode { LBW_KV_PLAIN = 0, LBW_KV_LITE = 1, LBW_KV_FUSED = 2 };
+
 struct lbw_llama_config {
 	int32_t dim;        /* transformer width */
 	int32_t hidden_dim; /* FFN width */
@@ -29,6 +51,8 @@ struct lbw_llama_config {
 	int32_t head_size;  /* dim / n_heads, even */
 	int32_t kv_dim;     /* n_kv_heads * head_size */
 	int shared_classifier; /* 1: wcls is the token embedding (positive vocab_size in the file) */
+	int kv_mode;        /* enum lbw_kv_mode */
+	int32_t kv_layers;  /* layers that store K and V: n_layers, or a FusedKV model's n */
 };
 
 /* Pointers into the loaded file (read-only after loading). */
@@ -36,8 +60,8 @@ struct lbw_llama_weights {
 	const float *token_embedding; /* [vocab_size][dim] */
 	const float *rms_att;         /* [n_layers][dim] */
 	const float *wq;              /* [n_layers][dim][dim] (out = n_heads * head_size) */
-	const float *wk;              /* [n_layers][kv_dim][dim] */
-	const float *wv;              /* [n_layers][kv_dim][dim] */
+	const float *wk;              /* [kv_layers][kv_dim][dim] */
+	const float *wv;              /* [kv_layers][kv_dim][dim] */
 	const float *wo;              /* [n_layers][dim][dim] */
 	const float *rms_ffn;         /* [n_layers][dim] */
 	const float *w1;              /* [n_layers][hidden_dim][dim] */
@@ -46,6 +70,9 @@ struct lbw_llama_weights {
 	const float *rms_final;       /* [dim] */
 	/* then freq_cis real and imag, each [seq_len][head_size / 2], unused */
 	const float *wcls;            /* [vocab_size][dim] */
+	/* LBW_KV_FUSED: [n_layers - kv_layers][3 kv_dim], per reconstruction layer a [kv_dim / 2],
+	 * a' [kv_dim / 2], b [kv_dim], b' [kv_dim]; else NULL */
+	const float *kv_coef;
 };
 
 struct lbk_packed;
@@ -81,7 +108,9 @@ void lbw_llama_set_reference(struct lbw_llama *m, int on);
 
 /*
  * Activations and the KV of one sequence. Owned by one thread at a time. The K and V rows of
- * position t, layer l: table[t / B] + ((2 l) B + t % B) kv_dim, V at (2 l + 1); table[i] is the
+ * position t, storage layer l (every layer but a FusedKV model's reconstruction layers, which
+ * read theirs from layers 0 and kv_layers - 1):
+ * table[t / B] + ((2 l) B + t % B) kv_dim, V at (2 l + 1); table[i] is the
  * state's own block i (kv + i * block_floats) unless a caller pointed it at a cached, read-only
  * block holding the same positions (a prefix hit), which is then never written.
  */
@@ -94,22 +123,27 @@ struct lbw_llama_state {
 	float *q;           /* [dim] */
 	float *att;         /* [n_heads][seq_len] */
 	float *logits;      /* [vocab_size] */
-	float *kv;          /* [n_blocks][n_layers][2][LBW_LLAMA_BLOCK][kv_dim]: the own blocks */
+	float *kv;          /* [n_blocks][kv_layers][2][LBW_LLAMA_BLOCK][kv_dim]: the own blocks */
 	const float **table; /* [n_blocks] */
 	int32_t n_blocks;   /* seq_len rounded up to blocks */
 	uint64_t block_floats; /* of one block: n_layers * 2 * LBW_LLAMA_BLOCK * kv_dim */
+	float *krow;        /* [kv_dim]: a fused reconstruction layer's K or V row, rebuilt */
+	float *fused;       /* LBW_KV_FUSED: [n_blocks][2][LBW_LLAMA_BLOCK][kv_dim], a
+			     * reconstruction layer's K and V rebuilt for the kernels; else NULL */
 	float *scratch;     /* the row-major layer's, grown as rows need it */
 	size_t scratch_floats;
 	const float **blk;  /* [2][n_blocks] one layer's K and V block pointers */
 };
 
 /*
- * Check a header against the caps and shape rules and the file size it implies.
- * hdr: the 7 int32 as stored. On success fills cfg.
- * @return 0; -EINVAL with a reason in err (bad field, or file_size not exactly what it implies).
+ * Check a header against the caps and shape rules and the file size it implies: a plain
+ * checkpoint's, or with footer (the file's last LBW_FUSEDKV_FOOTER_BYTES, NULL when it has
+ * fewer) a FusedKV checkpoint's. hdr: the 7 int32 as stored. On success fills cfg.
+ * @return 0; -EINVAL with a reason in err (bad field, bad FusedKV footer, or file_size not
+ * exactly what they imply).
  */
-int lbw_llama_check_header(const int32_t hdr[7], uint64_t file_size, struct lbw_llama_config *cfg,
-			   char *err, size_t errlen);
+int lbw_llama_check_header(const int32_t hdr[7], const uint8_t *footer, uint64_t file_size,
+			   struct lbw_llama_config *cfg, char *err, size_t errlen);
 
 /*
  * Read the checkpoint at path into memory and validate it.
@@ -140,9 +174,11 @@ struct lbw_llama_config lbw_llama_config_110m(void);
  * llama2.c legacy checkpoint (header, then the weights; written to a file, lbw_llama_load reads
  * it back as this model), m->w points into it, the classifier is the token embedding and the
  * layer matrices are packed. Of cfg the seven header fields are read (head_size, kv_dim and
- * shared_classifier follow from them). Every matrix and the embedding are ~N(0,
- * LBW_LLAMA_GEN_STD) from lbw_randn, in the file's order from one splitmix64 state seeded with
- * seed; the RMSNorm gains are 1; the unused freq_cis tables 0. Same cfg and seed, same bytes.
+ * shared_classifier follow from them), and kv_mode with kv_layers: a FusedKV model's m->data
+ * ends with its footer. Every matrix and the embedding are ~N(0, LBW_LLAMA_GEN_STD) from
+ * lbw_randn, in the file's order from one splitmix64 state seeded with seed; the RMSNorm gains
+ * are 1; the unused freq_cis tables 0; a fused model's K and V weights ~N(0, 1). Same cfg and
+ * seed, same bytes.
  * err (may be NULL) receives one line.
  * @return 0; -EINVAL a shape lbw_llama_check_header would refuse; -ENOMEM.
  */
