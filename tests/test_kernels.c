@@ -1177,6 +1177,82 @@ static void test_attention_no_scratch(void **state)
 					check_no_scratch(seqs[a], hss[b], heads[c][0], heads[c][1], causal);
 }
 
+/*
+ * The fused variant (FusedKV), causal over seq keys in blocks of 2^bshift, each tier with and
+ * without its scratch: bit for bit the plain call of the tier over K and V rebuilt beforehand
+ * (a K + a2 K2, b V + b2 V2, each product rounded, then the sum), and within ATT_TOL of its
+ * reference, which is the plain reference's bits over them; with a = 0, a2 = 1, b = 1, b2 = 0,
+ * plain attention over K2 and V bit for bit.
+ */
+static void check_fused(int64_t seq, int64_t hs, int64_t nh, int64_t nkv, int bshift)
+{
+	const int64_t w = nh * hs, kvw = nkv * hs, B = (int64_t)1 << bshift;
+	const int64_t nb = (seq + B - 1) / B;
+	float *q = rand_buf(seq * w, 3, 0), *k = rand_buf(nb * B * kvw, 3, 0);
+	float *k2 = rand_buf(nb * B * kvw, 3, 0), *v = rand_buf(nb * B * kvw, 1, 0);
+	float *v2 = rand_buf(nb * B * kvw, 1, 0), *kf = rand_buf(nb * B * kvw, 1, 0);
+	float *vf = rand_buf(nb * B * kvw, 1, 0), *cf = rand_buf(4 * kvw, 1, 0.5f);
+	float *want = rand_buf(seq * w, 1, 0), *got = rand_buf(seq * w, 1, 0);
+	float *ref = rand_buf(seq * w, 1, 0);
+	const float **tab = malloc((size_t)(6 * nb) * sizeof(*tab));
+	assert_non_null(tab);
+	for (int64_t i = 0; i < nb; i++) {
+		tab[i] = k + i * B * kvw, tab[nb + i] = v + i * B * kvw;
+		tab[2 * nb + i] = k2 + i * B * kvw, tab[3 * nb + i] = v2 + i * B * kvw;
+		tab[4 * nb + i] = kf + i * B * kvw, tab[5 * nb + i] = vf + i * B * kvw;
+	}
+	struct lbk_fused f = { tab + 2 * nb, tab + 3 * nb, cf, cf + kvw, cf + 2 * kvw, cf + 3 * kvw };
+	for (int64_t s = 0; s < seq; s++)
+		for (int64_t c = 0; c < kvw; c++) { /* products as statements: never an FMA */
+			float p = f.a[c] * k[s * kvw + c], r = f.a2[c] * k2[s * kvw + c];
+			kf[s * kvw + c] = p + r;
+			p = f.b[c] * v[s * kvw + c];
+			r = f.b2[c] * v2[s * kvw + c];
+			vf[s * kvw + c] = p + r;
+		}
+	char what[160];
+	snprintf(what, sizeof(what), "fused seq=%lld hs=%lld heads=%lld/%lld bshift=%d isa=%s",
+		 (long long)seq, (long long)hs, (long long)nh, (long long)nkv, bshift,
+		 isa_name(lbk_isa()));
+	lbk_attention_paged_fused_ref(ref, w, q, w, 0, seq, tab, tab + nb, kvw, kvw, bshift, nh, nkv,
+				      hs, &f);
+	lbk_attention_paged_ref(want, w, q, w, 0, seq, tab + 4 * nb, tab + 5 * nb, kvw, kvw, bshift,
+				nh, nkv, hs);
+	expect_rows_equal(ref, want, seq, w, what);
+	lbk_attention_paged(want, w, q, w, 0, seq, tab + 4 * nb, tab + 5 * nb, kvw, kvw, bshift, nh,
+			    nkv, hs);
+	for (int scratch = 1; scratch >= 0; scratch--) {
+		lbk_attention_scratch_limit(scratch ? SIZE_MAX : 0);
+		lbk_attention_paged_fused(got, w, q, w, 0, seq, tab, tab + nb, kvw, kvw, bshift, nh, nkv,
+					  hs, &f);
+		expect_rows_equal(got, want, seq, w, what);
+		expect_close(got, ref, seq * w, ATT_TOL, 1.0, what);
+	}
+	lbk_attention_scratch_limit(SIZE_MAX);
+	for (int64_t c = 0; c < kvw; c++)
+		cf[c] = 0, cf[kvw + c] = 1, cf[2 * kvw + c] = 1, cf[3 * kvw + c] = 0;
+	lbk_attention_paged_fused(got, w, q, w, 0, seq, tab, tab + nb, kvw, kvw, bshift, nh, nkv, hs,
+				  &f);
+	lbk_attention_paged(want, w, q, w, 0, seq, tab + 2 * nb, tab + nb, kvw, kvw, bshift, nh, nkv,
+			    hs);
+	expect_rows_equal(got, want, seq, w, what);
+	free(tab);
+	free(q), free(k), free(k2), free(v), free(v2), free(kf), free(vf), free(cf);
+	free(want), free(got), free(ref);
+}
+
+static void test_attention_paged_fused(void **state)
+{
+	use_tier(state);
+	static const int64_t seqs[] = { 1, 7, 33, 100 };
+	static const int64_t hss[] = { 1, 7, 17, 64, 80 };
+	static const int64_t heads[][2] = { { 1, 1 }, { 4, 2 }, { 6, 3 } };
+	for (int a = 0; a < 4; a++)
+		for (int b = 0; b < 5; b++)
+			for (int h = 0; h < 3; h++)
+				check_fused(seqs[a], hss[b], heads[h][0], heads[h][1], a % 2 ? 4 : 3);
+}
+
 static void *attention_in_thread(void *arg)
 {
 	float *buf = arg; /* q k v out, [40][2][17] each */
@@ -1224,6 +1300,7 @@ int main(void)
 		TIERED(test_attention_paged),
 		TIERED(test_attention_paged_guarded),
 		TIERED(test_attention_no_scratch),
+		TIERED(test_attention_paged_fused),
 		TIERED(test_attention_thread_scratch),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1504,9 +1504,13 @@ static void test_fusedkv_checkpoints(void **state)
 		free(r.all);
 	}
 
-	/* fused with the weights of lite's remap gives lite's logits, bit for bit */
-	float *coef = (float *)(uintptr_t)g[LBW_KV_FUSED].w.kv_coef;
-	int64_t kv = g[LBW_KV_FUSED].cfg.kv_dim;
+	/* fused with the weights of lite's remap gives lite's logits, bit for bit, on each path */
+	const struct lbw_llama *fz = &g[LBW_KV_FUSED];
+	uint8_t *asl = malloc(fz->data_size);
+	assert_non_null(asl);
+	memcpy(asl, fz->data, fz->data_size);
+	float *coef = (float *)(asl + ((const char *)fz->w.kv_coef - (const char *)fz->data));
+	int64_t kv = fz->cfg.kv_dim;
 	for (int64_t i = 0; i < 3; i++) {
 		float *a = coef + i * 3 * kv;
 		for (int64_t j = 0; j < kv / 2; j++)
@@ -1514,14 +1518,25 @@ static void test_fusedkv_checkpoints(void **state)
 		for (int64_t j = 0; j < kv; j++)
 			a[kv + j] = 1, a[2 * kv + j] = 0;
 	}
+	snprintf(bad, sizeof(bad), "%s/aslite.bin", dir);
+	spit(bad, asl, fz->data_size);
+	free(asl);
+	struct lbw_llama al;
+	assert_int_equal(lbw_llama_load(&al, bad, NULL, 0), 0);
 	size_t lb = 24 * (size_t)g[1].cfg.vocab_size * sizeof(float);
 	float *lg1 = malloc(lb), *lg2 = malloc(lb);
 	int32_t t1[24], t2[24];
 	assert_true(lg1 && lg2);
-	greedy_tokens(&g[LBW_KV_LITE], 24, t1, lg1);
-	greedy_tokens(&g[LBW_KV_FUSED], 24, t2, lg2);
-	assert_memory_equal(lg1, lg2, lb);
-	assert_memory_equal(t1, t2, sizeof(t1));
+	for (int ref = 0; ref <= 1; ref++) {
+		lbw_llama_set_reference(&g[LBW_KV_LITE], ref);
+		lbw_llama_set_reference(&al, ref);
+		greedy_tokens(&g[LBW_KV_LITE], 24, t1, lg1);
+		greedy_tokens(&al, 24, t2, lg2);
+		assert_memory_equal(lg1, lg2, lb);
+		assert_memory_equal(t1, t2, sizeof(t1));
+	}
+	lbw_llama_set_reference(&g[LBW_KV_LITE], 0);
+	lbw_llama_free(&al);
 	free(lg1);
 	free(lg2);
 

@@ -186,6 +186,28 @@ static void map_weights(struct lbw_llama *m)
 	m->w.kv_coef = c->kv_mode == LBW_KV_FUSED ? p : NULL;
 }
 
+/* A fused model's weights per channel for the kernels (m->fused_w). @return 0, -ENOMEM. */
+static int expand_fused(struct lbw_llama *m)
+{
+	const struct lbw_llama_config *c = &m->cfg;
+	int64_t kv = c->kv_dim, nr = c->n_layers - c->kv_layers;
+	if (c->kv_mode != LBW_KV_FUSED)
+		return 0;
+	m->fused_w = malloc((size_t)(nr * 4 * kv) * sizeof(float));
+	if (!m->fused_w)
+		return -ENOMEM;
+	for (int64_t r = 0; r < nr; r++) {
+		const float *in = m->w.kv_coef + r * 3 * kv;
+		float *out = m->fused_w + r * 4 * kv;
+		for (int64_t i = 0; i < kv; i++) {
+			out[i] = in[i / 2];                  /* a */
+			out[kv + i] = in[kv / 2 + i / 2];    /* a' */
+		}
+		memcpy(out + 2 * kv, in + kv, (size_t)(2 * kv) * sizeof(float)); /* b, b' */
+	}
+	return 0;
+}
+
 /* Pack every layer matrix once for lbk_gemm. Out of memory leaves m->packed NULL: the prefill
  * then runs position by position on the GEMV, which needs no packing. */
 static void pack_weights(struct lbw_llama *m)
@@ -307,7 +329,9 @@ int lbw_llama_load(struct lbw_llama *m, const char *path, char *err, size_t errl
 	}
 	map_weights(m);
 	pack_weights(m);
-	rc = 0;
+	rc = expand_fused(m);
+	if (rc < 0)
+		lbu_errf(err, errlen, "out of memory for a FusedKV model's weights");
 out:
 	close(fd);
 	if (rc < 0)
@@ -417,6 +441,11 @@ int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, 
 	fill_weights(m, seed);
 	map_weights(m);
 	pack_weights(m);
+	if (expand_fused(m) < 0) {
+		lbu_errf(err, errlen, "out of memory for a FusedKV model's weights");
+		lbw_llama_free(m);
+		return -ENOMEM;
+	}
 	return 0;
 }
 
@@ -427,6 +456,7 @@ void lbw_llama_free(struct lbw_llama *m)
 			lbk_packed_free(m->packed[i]);
 		free(m->packed);
 	}
+	free(m->fused_w);
 	free(m->data);
 	memset(m, 0, sizeof(*m));
 }
@@ -450,12 +480,9 @@ int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_confi
 	s->table = calloc((size_t)s->n_blocks, sizeof(*s->table));
 	s->blk = calloc(2 * (size_t)s->n_blocks, sizeof(*s->blk));
 	s->krow = calloc((size_t)c->kv_dim, sizeof(float));
-	if (c->kv_mode == LBW_KV_FUSED)
-		s->fused = calloc((size_t)s->n_blocks * 2 * LBW_LLAMA_BLOCK * (size_t)c->kv_dim,
-				  sizeof(float));
+	s->blk2 = calloc(2 * (size_t)s->n_blocks, sizeof(*s->blk2));
 	if (!s->x || !s->xb || !s->xb2 || !s->hb || !s->hb2 || !s->q || !s->att || !s->logits ||
-	    !s->kv || !s->table || !s->blk || !s->krow ||
-	    (c->kv_mode == LBW_KV_FUSED && !s->fused)) {
+	    !s->kv || !s->table || !s->blk || !s->krow || !s->blk2) {
 		lbw_llama_state_free(s);
 		return -ENOMEM;
 	}
@@ -483,7 +510,7 @@ void lbw_llama_state_free(struct lbw_llama_state *s)
 	free(s->table);
 	free(s->blk);
 	free(s->krow);
-	free(s->fused);
+	free(s->blk2);
 	free(s->scratch);
 	memset(s, 0, sizeof(*s));
 }
@@ -538,14 +565,13 @@ static void fused_row(const struct lbw_llama_state *s, int64_t kv_dim, const str
 {
 	const float *r0 = kv_row(s, kv_dim, 0, v, t) + c0;
 	const float *rn = kv_row(s, kv_dim, src->kl, v, t) + c0;
-	if (!v) {
-		const float *a = src->coef, *a2 = src->coef + kv_dim / 2;
-		for (int64_t i = 0; i < len; i++)
-			out[i] = a[(c0 + i) / 2] * r0[i] + a2[(c0 + i) / 2] * rn[i];
-	} else {
-		const float *b = src->coef + kv_dim, *b2 = src->coef + 2 * kv_dim;
-		for (int64_t i = 0; i < len; i++)
-			out[i] = b[c0 + i] * r0[i] + b2[c0 + i] * rn[i];
+	/* each product a statement of its own: never contracted into an FMA, so these round as
+	 * the fused attention kernel does (lbk_attention_paged_fused) */
+	for (int64_t i = 0; i < len; i++) {
+		float p = v ? src->coef[kv_dim + c0 + i] * r0[i] : src->coef[(c0 + i) / 2] * r0[i];
+		float r = v ? src->coef[2 * kv_dim + c0 + i] * rn[i]
+			    : src->coef[kv_dim / 2 + (c0 + i) / 2] * rn[i];
+		out[i] = p + r;
 	}
 }
 
@@ -709,20 +735,23 @@ static void attention_rows(const struct lbw_llama *m, struct lbw_llama_state *s,
 		kb[i] = s->table[i] + 2 * src.kl * B * kv_dim;
 		vb[i] = s->table[i] + (2 * src.vl + 1) * B * kv_dim;
 	}
-	if (src.coef) { /* rebuilt beside the blocks, for positions 0..pos0+n-1 */
-		for (int64_t t = 0; t < pos0 + n; t++) {
-			float *f = s->fused + ((t / B) * 2 * B + t % B) * kv_dim;
-			fused_row(s, kv_dim, &src, 0, t, 0, kv_dim, f);
-			fused_row(s, kv_dim, &src, 1, t, 0, kv_dim, f + B * kv_dim);
-		}
-		for (int64_t i = 0; i < blocks; i++) {
-			kb[i] = s->fused + i * 2 * B * kv_dim;
-			vb[i] = kb[i] + B * kv_dim;
-		}
-	}
 	_Static_assert(LBW_LLAMA_BLOCK == 16, "bshift below");
-	lbk_attention_paged(ao, c->dim, q, c->dim, pos0, n, kb, vb, kv_dim, kv_dim, 4, c->n_heads,
-			    c->n_kv_heads, c->head_size);
+	if (!src.coef) {
+		lbk_attention_paged(ao, c->dim, q, c->dim, pos0, n, kb, vb, kv_dim, kv_dim, 4,
+				    c->n_heads, c->n_kv_heads, c->head_size);
+		return;
+	}
+	/* fused: K_0 and V_0 (kb, vb), K_{n-1} and V_{n-1} (blk2), rebuilt in the kernel */
+	const float **k2 = s->blk2, **v2 = s->blk2 + s->n_blocks;
+	const float *w = m->fused_w + (l - c->kv_layers) * 4 * kv_dim;
+	for (int64_t i = 0; i < blocks; i++) {
+		k2[i] = kb[i]; /* K_{n-1}; vb is V_0 already */
+		v2[i] = s->table[i] + (2 * src.kl + 1) * B * kv_dim;
+		kb[i] = s->table[i];
+	}
+	struct lbk_fused f = { k2, v2, w, w + kv_dim, w + 2 * kv_dim, w + 3 * kv_dim };
+	lbk_attention_paged_fused(ao, c->dim, q, c->dim, pos0, n, kb, vb, kv_dim, kv_dim, 4,
+				  c->n_heads, c->n_kv_heads, c->head_size, &f);
 }
 
 /*

@@ -93,6 +93,10 @@ struct lbw_llama {
 	/* [n_layers * LBW_LLAMA_NMAT], packed once at load for the layer-major prefill; owned.
 	 * NULL (packing ran out of memory): the prefill runs position by position. */
 	struct lbk_packed **packed;
+	/* LBW_KV_FUSED: [n_layers - kv_layers][4][kv_dim], the weights a, a', b, b' of each
+	 * reconstruction layer per channel (a and a' repeated over each rotary pair), as the fused
+	 * attention kernel takes them; else NULL. Owned. */
+	float *fused_w;
 	int reference; /* 1: the plain-C forward (the kernels' baseline), 0: the lbk_* kernels */
 };
 
@@ -128,8 +132,7 @@ struct lbw_llama_state {
 	int32_t n_blocks;   /* seq_len rounded up to blocks */
 	uint64_t block_floats; /* of one block: n_layers * 2 * LBW_LLAMA_BLOCK * kv_dim */
 	float *krow;        /* [kv_dim]: a fused reconstruction layer's K or V row, rebuilt */
-	float *fused;       /* LBW_KV_FUSED: [n_blocks][2][LBW_LLAMA_BLOCK][kv_dim], a
-			     * reconstruction layer's K and V rebuilt for the kernels; else NULL */
+	const float **blk2; /* [2][n_blocks]: a fused layer's second K and V block pointers */
 	float *scratch;     /* the row-major layer's, grown as rows need it */
 	size_t scratch_floats;
 	const float **blk;  /* [2][n_blocks] one layer's K and V block pointers */

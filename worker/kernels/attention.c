@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "simd.h"
 
 /* bshift of a contiguous sequence: one block holds every position an int64_t index reaches. */
@@ -34,12 +35,43 @@ struct att {
 	int64_t nkeys;	  /* keys 0..nkeys-1: past the last row's position when causal */
 	int64_t n_heads, n_kv_heads, hs;
 	int causal; /* row r sees keys 0..its position; otherwise all nkeys */
+	const struct lbk_fused *f; /* NULL, or K and V rebuilt from two sources (kernels.h) */
 };
 
 /* Position s's row (every kv head, ld floats apart) in a block table. */
 static inline const float *kv_row(const float *const *blk, int bshift, int64_t ld, int64_t s)
 {
 	return blk[s >> bshift] + (s & (((int64_t)1 << bshift) - 1)) * ld;
+}
+
+/* x y + z w, each product rounded, then the sum: the products are separate statements, which
+ * no compiler contracts into an FMA (clang would within one expression), so that the scalar
+ * path and the vector one (mul, mul, add) round alike. */
+static inline float sum_of_products(float x, float y, float z, float w)
+{
+	float p = x * y;
+	float r = z * w;
+	return p + r;
+}
+
+/* Channel c (kv head * hs + i) of key s: K's, or a fused layer's a K + a2 K2. */
+static inline float key_at(const struct att *a, int64_t s, int64_t c)
+{
+	float k = kv_row(a->kblk, a->bshift, a->ldk, s)[c];
+	if (!a->f)
+		return k;
+	return sum_of_products(a->f->a[c], k, a->f->a2[c],
+			       kv_row(a->f->k2blk, a->bshift, a->ldk, s)[c]);
+}
+
+/* Channel c of value s, likewise. */
+static inline float value_at(const struct att *a, int64_t s, int64_t c)
+{
+	float v = kv_row(a->vblk, a->bshift, a->ldv, s)[c];
+	if (!a->f)
+		return v;
+	return sum_of_products(a->f->b[c], v, a->f->b2[c],
+			       kv_row(a->f->v2blk, a->bshift, a->ldv, s)[c]);
 }
 
 /* The first position of the block after position s's. */
@@ -75,10 +107,9 @@ static void attention_ref(const struct att *a)
 			const int64_t kvh = h / group;
 			float max_val = -INFINITY;
 			for (int64_t s = 0; s < end; s++) {
-				const float *ks = kv_row(a->kblk, a->bshift, a->ldk, s) + kvh * hs;
 				float score = 0.0f;
 				for (int64_t i = 0; i < hs; i++)
-					score += qt[i] * ks[i];
+					score += qt[i] * key_at(a, s, kvh * hs + i);
 				score *= scale;
 				if (score > max_val)
 					max_val = score;
@@ -87,15 +118,13 @@ static void attention_ref(const struct att *a)
 				ot[i] = 0.0f;
 			float sum = 0.0f;
 			for (int64_t s = 0; s < end; s++) {
-				const float *ks = kv_row(a->kblk, a->bshift, a->ldk, s) + kvh * hs;
-				const float *vs = kv_row(a->vblk, a->bshift, a->ldv, s) + kvh * hs;
 				float score = 0.0f;
 				for (int64_t i = 0; i < hs; i++)
-					score += qt[i] * ks[i];
+					score += qt[i] * key_at(a, s, kvh * hs + i);
 				float p = expf(score * scale - max_val);
 				sum += p;
 				for (int64_t i = 0; i < hs; i++)
-					ot[i] += p * vs[i];
+					ot[i] += p * value_at(a, s, kvh * hs + i);
 			}
 			for (int64_t i = 0; i < hs; i++)
 				ot[i] /= sum;
@@ -215,6 +244,12 @@ static void transpose_k(float *kt, int64_t ldkt, const struct att *a, int64_t kv
 	for (int64_t s0 = 0; s0 < a->nkeys; s0 += TS) {
 		const int64_t n = a->nkeys - s0 < TS ? a->nkeys - s0 : TS;
 		const float *ks[TS];
+		if (a->f) { /* rebuilt as they are transposed */
+			for (int64_t i = 0; i < hs; i++)
+				for (int64_t j = 0; j < n; j++)
+					kt[i * ldkt + s0 + j] = key_at(a, s0 + j, kvh * hs + i);
+			continue;
+		}
 		for (int64_t j = 0; j < n; j++)
 			ks[j] = kv_row(a->kblk, a->bshift, a->ldk, s0 + j) + kvh * hs;
 		for (int64_t i = 0; i < hs; i++)
@@ -234,7 +269,7 @@ static void tile_k(float *tile, int64_t bk, const struct att *a, int64_t kvh, in
 	for (int64_t j = 0; j < nk; j++) {
 		const float *ks = kv_row(a->kblk, a->bshift, a->ldk, k0 + j) + kvh * a->hs + i0;
 		for (int64_t i = 0; i < ni; i++)
-			tile[i * bk + j] = ks[i];
+			tile[i * bk + j] = a->f ? key_at(a, k0 + j, kvh * a->hs + i0 + i) : ks[i];
 	}
 	for (int64_t i = 0; i < ni; i++)
 		for (int64_t j = nk; j < bk; j++)
@@ -325,14 +360,31 @@ static LBK_TARGET_AVX512 void head_avx512(const struct att *a, int64_t h, const 
 					o[r][0] = _mm512_mul_ps(cr, _mm512_load_ps(oc + r * ldob));
 					o[r][1] = _mm512_mul_ps(cr, _mm512_load_ps(oc + r * ldob + 16));
 				}
+				/* a fused layer's value weights of these columns (else unused) */
+				const int64_t cc = kvh * hs + c0;
+				__m512 b0 = _mm512_setzero_ps(), b1 = b0, c0v = b0, c1v = b0;
+				if (a->f) {
+					b0 = _mm512_maskz_loadu_ps(mk0, a->f->b + cc);
+					b1 = _mm512_maskz_loadu_ps(mk1, a->f->b + cc + 16);
+					c0v = _mm512_maskz_loadu_ps(mk0, a->f->b2 + cc);
+					c1v = _mm512_maskz_loadu_ps(mk1, a->f->b2 + cc + 16);
+				}
 				/* keys k0+j0 .. k0+j1-1: a run of rows of one block */
 				for (int64_t j0 = 0, j1; j0 < nk; j0 = j1) {
-					const float *vj = kv_row(a->vblk, a->bshift, a->ldv, k0 + j0) + kvh * hs + c0;
+					const float *vj = kv_row(a->vblk, a->bshift, a->ldv, k0 + j0) + cc;
+					const float *wj = a->f ? kv_row(a->f->v2blk, a->bshift, a->ldv, k0 + j0) + cc
+							       : vj;
 					j1 = block_end(a->bshift, k0 + j0) - k0;
 					j1 = j1 < nk ? j1 : nk;
-					for (int64_t j = j0; j < j1; j++, vj += a->ldv) {
+					for (int64_t j = j0; j < j1; j++, vj += a->ldv, wj += a->ldv) {
 						__m512 v0 = _mm512_maskz_loadu_ps(mk0, vj);
 						__m512 v1 = _mm512_maskz_loadu_ps(mk1, vj + 16);
+						if (a->f) { /* b V + b2 V2 as value_at rounds it */
+							v0 = _mm512_add_ps(_mm512_mul_ps(b0, v0),
+									   _mm512_mul_ps(c0v, _mm512_maskz_loadu_ps(mk0, wj)));
+							v1 = _mm512_add_ps(_mm512_mul_ps(b1, v1),
+									   _mm512_mul_ps(c1v, _mm512_maskz_loadu_ps(mk1, wj + 16)));
+						}
 						LBK_UNROLL
 						for (int r = 0; r < BQ; r++) {
 							__m512 p = _mm512_set1_ps(pb[r][j]);
@@ -436,14 +488,31 @@ static LBK_TARGET_AVX2 void head_avx2(const struct att *a, int64_t h, const floa
 					o[r][0] = _mm256_mul_ps(cr, _mm256_load_ps(oc + r * ldob));
 					o[r][1] = _mm256_mul_ps(cr, _mm256_load_ps(oc + r * ldob + 8));
 				}
+				/* a fused layer's value weights of these columns (else unused) */
+				const int64_t cc = kvh * hs + c0;
+				__m256 b0 = _mm256_setzero_ps(), b1 = b0, c0v = b0, c1v = b0;
+				if (a->f) {
+					b0 = _mm256_maskload_ps(a->f->b + cc, mk0);
+					b1 = _mm256_maskload_ps(a->f->b + cc + 8, mk1);
+					c0v = _mm256_maskload_ps(a->f->b2 + cc, mk0);
+					c1v = _mm256_maskload_ps(a->f->b2 + cc + 8, mk1);
+				}
 				/* keys k0+j0 .. k0+j1-1: a run of rows of one block */
 				for (int64_t j0 = 0, j1; j0 < nk; j0 = j1) {
-					const float *vj = kv_row(a->vblk, a->bshift, a->ldv, k0 + j0) + kvh * hs + c0;
+					const float *vj = kv_row(a->vblk, a->bshift, a->ldv, k0 + j0) + cc;
+					const float *wj = a->f ? kv_row(a->f->v2blk, a->bshift, a->ldv, k0 + j0) + cc
+							       : vj;
 					j1 = block_end(a->bshift, k0 + j0) - k0;
 					j1 = j1 < nk ? j1 : nk;
-					for (int64_t j = j0; j < j1; j++, vj += a->ldv) {
+					for (int64_t j = j0; j < j1; j++, vj += a->ldv, wj += a->ldv) {
 						__m256 v0 = _mm256_maskload_ps(vj, mk0);
 						__m256 v1 = _mm256_maskload_ps(vj + 8, mk1);
+						if (a->f) { /* b V + b2 V2 as value_at rounds it */
+							v0 = _mm256_add_ps(_mm256_mul_ps(b0, v0),
+									   _mm256_mul_ps(c0v, _mm256_maskload_ps(wj, mk0)));
+							v1 = _mm256_add_ps(_mm256_mul_ps(b1, v1),
+									   _mm256_mul_ps(c1v, _mm256_maskload_ps(wj + 8, mk1)));
+						}
 						LBK_UNROLL
 						for (int r = 0; r < BQ; r++) {
 							__m256 p = _mm256_broadcast_ss(&pb[r][j]);
@@ -608,6 +677,33 @@ void lbk_attention_paged_ref(float *out, int64_t ldo, const float *q, int64_t ld
 	if (att_paged(&a, out, ldo, q, ldq, pos0, nq, kblk, vblk, ldk, ldv, bshift, n_heads,
 		      n_kv_heads, hs))
 		attention_ref(&a);
+}
+
+void lbk_attention_paged_fused(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t pos0,
+			       int64_t nq, const float *const *kblk, const float *const *vblk,
+			       int64_t ldk, int64_t ldv, int bshift, int64_t n_heads,
+			       int64_t n_kv_heads, int64_t hs, const struct lbk_fused *f)
+{
+	struct att a;
+	if (f && att_paged(&a, out, ldo, q, ldq, pos0, nq, kblk, vblk, ldk, ldv, bshift, n_heads,
+			   n_kv_heads, hs)) {
+		a.f = f;
+		attention_run(&a);
+	}
+}
+
+void lbk_attention_paged_fused_ref(float *out, int64_t ldo, const float *q, int64_t ldq,
+				   int64_t pos0, int64_t nq, const float *const *kblk,
+				   const float *const *vblk, int64_t ldk, int64_t ldv, int bshift,
+				   int64_t n_heads, int64_t n_kv_heads, int64_t hs,
+				   const struct lbk_fused *f)
+{
+	struct att a;
+	if (f && att_paged(&a, out, ldo, q, ldq, pos0, nq, kblk, vblk, ldk, ldv, bshift, n_heads,
+			   n_kv_heads, hs)) {
+		a.f = f;
+		attention_ref(&a);
+	}
 }
 
 /* The call lbk_attention_rows describes; 0 when its arguments leave nothing to do (pos not

@@ -138,6 +138,35 @@ void lbk_attention_paged_ref(float *out, int64_t ldo, const float *q, int64_t ld
 			     int64_t n_kv_heads, int64_t hs);
 
 /*
+ * A FusedKV reconstruction layer's operands (arXiv 2512.03870): keys a . K + a2 . K2 and values
+ * b . V + b2 . V2, elementwise over a row's n_kv_heads * hs channels (a, a2, b, b2 of that many
+ * floats), K2 and V2 read through their own block tables with the same bshift, ldk and ldv.
+ */
+struct lbk_fused {
+	const float *const *k2blk, *const *v2blk;
+	const float *a, *a2, *b, *b2;
+};
+
+/*
+ * lbk_attention_paged over the keys and values f rebuilds, rebuilt inside the kernel as it reads
+ * them (the keys once per kv head as it transposes them, the values as it sums them), never
+ * stored. Same rules, batch invariance included. Each rebuilt element is rounded as C rounds
+ * a * k + a2 * k2 without contraction (each product, then the sum), so the result is, bit for
+ * bit on each tier, lbk_attention_paged's over K and V rebuilt that way beforehand; with a = 0,
+ * a2 = 1, b = 1, b2 = 0, lbk_attention_paged's over K2 and V.
+ */
+void lbk_attention_paged_fused(float *out, int64_t ldo, const float *q, int64_t ldq, int64_t pos0,
+			       int64_t nq, const float *const *kblk, const float *const *vblk,
+			       int64_t ldk, int64_t ldv, int bshift, int64_t n_heads,
+			       int64_t n_kv_heads, int64_t hs, const struct lbk_fused *f);
+/* Its plain-C reference, which the scalar tier runs. */
+void lbk_attention_paged_fused_ref(float *out, int64_t ldo, const float *q, int64_t ldq,
+				   int64_t pos0, int64_t nq, const float *const *kblk,
+				   const float *const *vblk, int64_t ldk, int64_t ldv, int bshift,
+				   int64_t n_heads, int64_t n_kv_heads, int64_t hs,
+				   const struct lbk_fused *f);
+
+/*
  * Attention of chosen query rows of a sequence: nq rows at positions pos[0] < pos[1] < ... <
  * pos[nq-1] < nkeys, K and V the rows of keys 0..nkeys-1 as lbk_attention_strided takes them
  * (head g of key s at k + s * ldk + g * hs, v likewise). Causal: row r sees keys 0..pos[r];
