@@ -2,8 +2,9 @@
  * FusedKV checkpoints, the C worker against the torch model of tools/train_fusedkv.py, two
  * implementations of the format (worker/model_llama.h) written apart: the same
  * `nll_per_token` within 1e-4 from `layerbank-worker score` and the script's `--eval-text`, on
- * stories260K, on its training-free lite conversion (the script's `--convert-lite`), and on
- * models the C generator writes (plain, lite, fused with weights ~N(0, 1), an odd shape).
+ * stories260K, on its training-free lite conversion (the script's `--convert-lite`), on the
+ * committed uptrained checkpoints (models/stories260K-{control,lite,fused}.bin), and on models
+ * the C generator writes (plain, lite, fused with weights ~N(0, 1), an odd shape).
  * SKIP (77) where /usr/bin/python3 has no torch or numpy.
  */
 #include <stdarg.h>
@@ -85,6 +86,13 @@ static void test_c_matches_torch(void **state)
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		fail_msg("--convert-lite: %s", out);
 	both_agree(dir, path, "stories260K, training-free lite");
+	static const char *const trained[] = { "control", "lite", "fused" };
+	for (int i = 0; i < 3; i++) {
+		char what[64];
+		snprintf(path, sizeof(path), LB_SOURCE_DIR "/models/stories260K-%s.bin", trained[i]);
+		snprintf(what, sizeof(what), "uptrained %s", trained[i]);
+		both_agree(dir, path, what);
+	}
 
 	static const char *const names[] = { "generated plain", "generated lite", "generated fused" };
 	for (int mode = LBW_KV_PLAIN; mode <= LBW_KV_FUSED; mode++) {
