@@ -49,7 +49,7 @@ static double nll_of(const char *const *argv)
 	static char out[8192];
 	int st = lbt_run(argv, out, sizeof(out));
 	const char *at = strstr(out, "nll_per_token ");
-	double x;
+	double x = NAN;
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0 || !at || sscanf(at, "nll_per_token %lf", &x) != 1)
 		fail_msg("%s %s: status %d: %s", argv[0], argv[1], st, out);
 	return x;
