@@ -81,7 +81,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.dont_write_bytecode = True  # importing the sibling script leaves nothing in tools/
 sys.path.insert(0, HERE)
-import train_encoder as enc  # noqa: E402  Tokenizer, split, need_torch, sha256
+import train_encoder as enc  # noqa: E402  Tokenizer, split, need_torch, sha256, batches
 
 HEADER_BYTES = 28
 FOOTER = struct.Struct("<4siii")       # magic, version, mode, n
@@ -92,7 +92,7 @@ EPS, THETA = 1e-5, 10000.0
 
 SEED = 1
 STEPS = 1500
-BATCH_TOKENS = 4096
+BATCH_TOKENS = enc.BATCH_TOKENS  # train_encoder.batches cuts the batches: 4,096
 LR, COEF_LR_MULT, WARMUP = 5e-4, 20.0, 60
 DISTILL = 0.5
 EVAL_BATCH_TOKENS = 8192
@@ -458,22 +458,6 @@ def eval_text(text_path, path, data):
 # ---- training ----
 
 
-def batches(seqs, gen):
-    """seqs shuffled, cut into runs of similar length whose padded size stays within
-    BATCH_TOKENS, the runs shuffled: [[sequence]]. Deterministic for a generator state."""
-    import torch
-    order = sorted(torch.randperm(len(seqs), generator=gen).tolist(), key=lambda i: len(seqs[i]))
-    out, cur = [], []
-    for i in order:
-        if cur and (len(cur) + 1) * len(seqs[i]) > BATCH_TOKENS:
-            out.append(cur)
-            cur = []
-        cur.append(seqs[i])
-    if cur:
-        out.append(cur)
-    return [out[i] for i in torch.randperm(len(out), generator=gen).tolist()]
-
-
 def padded(batch):
     """(tokens [b][t], mask [b][t - 1] of the positions that predict a real token)."""
     import torch
@@ -535,7 +519,7 @@ def train(args):
     model.train()
     while step < steps:
         if not queue:
-            queue = batches(seqs, gen)
+            queue = enc.batches(seqs, gen)  # length-sorted runs, shuffled
             epoch += 1
         x, m = padded(queue.pop())
         logits = model(x)[:, :-1][m]
