@@ -25,7 +25,7 @@
 
 #define MODEL LB_SOURCE_DIR "/models/tinystories-mlm.safetensors"
 #define SCRIPT LB_SOURCE_DIR "/tools/train_encoder.py"
-#define PYTHON "/usr/bin/python3"
+#define PYTHON LBT_PYTHON
 #define VAL LB_DATA_DIR "/tinystories_val.txt"
 #define TOK LB_DATA_DIR "/tok512.bin"
 #define VOCAB 512
@@ -174,12 +174,7 @@ int main(void)
 {
 	if (access(MODEL, R_OK) || access(VAL, R_OK) || access(TOK, R_OK))
 		LBT_SKIP("%s or the shipped data in %s is absent", MODEL, LB_DATA_DIR);
-	static char out[4096];
-	const char *argv[] = { PYTHON, "-c", "import numpy, torch", NULL };
-	int st = access(PYTHON, X_OK) == 0 ? lbt_run(argv, out, sizeof(out)) : -1;
-	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		LBT_SKIP("%s cannot import torch and numpy (apt-get install python3-torch "
-			 "python3-numpy): %s", PYTHON, st == -1 ? "no such program" : out);
+	lbt_need_torch();
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_c_matches_torch),
 	};

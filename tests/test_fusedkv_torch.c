@@ -24,7 +24,7 @@
 #include "testutil.h"
 
 #define SCRIPT LB_SOURCE_DIR "/tools/train_fusedkv.py"
-#define PYTHON "/usr/bin/python3"
+#define PYTHON LBT_PYTHON
 #define MODEL LB_DATA_DIR "/stories260K.bin"
 #define TOK LB_DATA_DIR "/tok512.bin"
 
@@ -115,12 +115,7 @@ int main(void)
 {
 	if (access(MODEL, R_OK) || access(TOK, R_OK))
 		LBT_SKIP("the shipped data in %s is absent", LB_DATA_DIR);
-	static char out[4096];
-	const char *argv[] = { PYTHON, "-c", "import numpy, torch", NULL };
-	int st = access(PYTHON, X_OK) == 0 ? lbt_run(argv, out, sizeof(out)) : -1;
-	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-		LBT_SKIP("%s cannot import torch and numpy (apt-get install python3-torch "
-			 "python3-numpy): %s", PYTHON, st == -1 ? "no such program" : out);
+	lbt_need_torch();
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_c_matches_torch),
 	};

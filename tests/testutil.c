@@ -465,3 +465,13 @@ long lbt_cpu_ticks(pid_t pid)
 		return -1;
 	return (long)(ut + stt);
 }
+
+void lbt_need_torch(void)
+{
+	static char out[4096];
+	const char *argv[] = { LBT_PYTHON, "-c", "import numpy, torch", NULL };
+	int st = access(LBT_PYTHON, X_OK) == 0 ? lbt_run(argv, out, sizeof(out)) : -1;
+	if (st == -1 || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		LBT_SKIP("%s cannot import torch and numpy (apt-get install python3-torch "
+			 "python3-numpy): %s", LBT_PYTHON, st == -1 ? "no such program" : out);
+}

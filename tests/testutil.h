@@ -128,6 +128,11 @@ int lbt_run_args(const char *const *head, const char *const *tail, char *out, si
 /* The same with a variadic caller's arguments, up to a NULL, as the tail. */
 int lbt_vrun(const char *const *head, char *out, size_t n, va_list ap);
 
+/* The Python the torch tests run: Debian's, not a user's shim. */
+#define LBT_PYTHON "/usr/bin/python3"
+/* Exit with LBT_SKIP_CODE, saying why, unless LBT_PYTHON imports torch and numpy. */
+void lbt_need_torch(void);
+
 /* CPU time (user + system, in clock ticks) pid has used; -1 when unreadable. */
 long lbt_cpu_ticks(pid_t pid);
 
