@@ -37,6 +37,7 @@ static int differs(const struct lbp_register_model *e, const struct lbp_register
 		{ "fp.seed", e->fp.seed, d->fp.seed, 1 },
 		{ "kv.dim", e->kv.dim, d->kv.dim, 0 },
 		{ "kv.block_tokens", e->kv.block_tokens, d->kv.block_tokens, 0 },
+		{ "kv.layers", e->kv.layers, d->kv.layers, 0 },
 	};
 	for (size_t k = 0; k < sizeof(f) / sizeof(f[0]); k++) {
 		if (f[k].have == f[k].want)
@@ -54,12 +55,21 @@ static int differs(const struct lbp_register_model *e, const struct lbp_register
 int lbd_models_valid(const struct lbp_register_model *d, const char **field, char *why,
 		     size_t whylen)
 {
-	if ((d->kv.dim == 0) == (d->kv.block_tokens == 0))
-		return 0;
-	*field = "kv.block_tokens";
-	snprintf(why, whylen, "model '%s': kv.block_tokens %u with kv.dim %u (both 0: no prefix "
-		 "blocks; else both at least 1)", d->name, d->kv.block_tokens, d->kv.dim);
-	return -EINVAL;
+	bool blocks = d->kv.dim != 0;
+	if ((d->kv.block_tokens != 0) != blocks) {
+		*field = "kv.block_tokens";
+		snprintf(why, whylen, "model '%s': kv.block_tokens %u with kv.dim %u (both 0: no "
+			 "prefix blocks; else both at least 1)", d->name, d->kv.block_tokens, d->kv.dim);
+		return -EINVAL;
+	}
+	if (blocks ? d->kv.layers < 1 || d->kv.layers > d->n_layers : d->kv.layers != 0) {
+		*field = "kv.layers";
+		snprintf(why, whylen, "model '%s': kv.layers %u with kv.dim %u and n_layers %u (0 "
+			 "without prefix blocks; else 1..n_layers)", d->name, d->kv.layers, d->kv.dim,
+			 d->n_layers);
+		return -EINVAL;
+	}
+	return 0;
 }
 
 static int add(struct lbd_models *m, const struct lbp_register_model *d, uint8_t provisional,

@@ -18,8 +18,9 @@ struct lbd_models {
 	uint32_t count;
 };
 
-/* What the codec's ranges cannot say: kv.dim and kv.block_tokens both 0 (no prefix blocks) or
- * both at least 1. @return 0; -EINVAL with *field and why set. */
+/* What the codec's ranges cannot say: kv.dim, kv.block_tokens and kv.layers all 0 (no prefix
+ * blocks), or all at least 1 and kv.layers at most n_layers. @return 0; -EINVAL with *field and
+ * why set. */
 int lbd_models_valid(const struct lbp_register_model *d, const char **field, char *why,
 		     size_t whylen);
 

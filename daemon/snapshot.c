@@ -34,6 +34,7 @@ enum {
 	SM_NAME = 0, SM_WEIGHTS = 64, SM_N_LAYERS = 72, SM_HIDDEN = 76, SM_DTYPE = 80,
 	SM_MAX_SEQ = 84, SM_FP_CHUNKS = 88, SM_FP_BITS = 92, SM_FP_SEED = 96, SM_N_ENTRIES = 104,
 	SM_KV_DIM = 112, SM_BLOCK_TOKENS = 116,
+	SM_KV_LAYERS = 118, /* version 6; before it, the high half of a 4-byte block_tokens */
 };
 enum {
 	SE_MODEL = 0, SE_LAYER = 4, SE_DTYPE = 6, SE_SEQ_LEN = 8, SE_NDIM = 12, SE_FLAGS = 13,
@@ -202,7 +203,8 @@ static void encode_model(uint8_t *r, const struct lbp_register_model *d, uint64_
 	put64(r + SM_FP_SEED, d->fp.seed);
 	put64(r + SM_N_ENTRIES, n_entries);
 	put32(r + SM_KV_DIM, d->kv.dim);
-	put32(r + SM_BLOCK_TOKENS, d->kv.block_tokens);
+	put16(r + SM_BLOCK_TOKENS, (uint16_t)d->kv.block_tokens);
+	put16(r + SM_KV_LAYERS, (uint16_t)d->kv.layers);
 	seal(r);
 }
 
@@ -751,7 +753,8 @@ struct image {
 };
 
 /* The model record at r, index i, into *lm. @return 0, or -EBADMSG with err set. */
-static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *err, size_t errlen)
+static int check_model(const uint8_t *r, uint32_t version, uint32_t i, struct lmodel *lm, char *err,
+		       size_t errlen)
 {
 	struct lbp_register_model *d = &lm->d;
 	size_t name_len = strnlen((const char *)r + SM_NAME, NAME_FIELD);
@@ -775,7 +778,9 @@ static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *er
 	d->fp.seed = get64(r + SM_FP_SEED);
 	lm->n_entries = get64(r + SM_N_ENTRIES);
 	d->kv.dim = get32(r + SM_KV_DIM);
-	d->kv.block_tokens = get32(r + SM_BLOCK_TOKENS);
+	/* Before version 6 a model's blocks held all its layers. */
+	d->kv.block_tokens = version >= 6 ? get16(r + SM_BLOCK_TOKENS) : get32(r + SM_BLOCK_TOKENS);
+	d->kv.layers = version >= 6 ? get16(r + SM_KV_LAYERS) : d->kv.dim ? d->n_layers : 0;
 	/* The ranges of REGISTER_MODEL (PROTOCOL.md 4.3): what a client could have registered. */
 	const char *bad = d->n_layers < 1 || d->n_layers > LBP_MAX_LAYERS ? "n_layers"
 			  : d->hidden < 1 || d->hidden > LBP_MAX_HIDDEN  ? "hidden"
@@ -785,6 +790,7 @@ static int check_model(const uint8_t *r, uint32_t i, struct lmodel *lm, char *er
 			  : d->fp.bits != LBP_FP_BITS                    ? "fp.bits"
 			  : d->kv.dim > LBP_MAX_HIDDEN                   ? "kv.dim"
 			  : d->kv.block_tokens > LBP_MAX_BLOCK_TOKENS    ? "kv.block_tokens"
+			  : d->kv.layers > LBP_MAX_LAYERS                ? "kv.layers"
 			  : lbd_models_valid(d, &field, why, sizeof(why)) < 0 ? field
 									 : NULL;
 	if (bad)
@@ -840,7 +846,7 @@ static const char *block_bad(const struct lbp_register_model *d, const struct lb
 		return "dtype";
 	if (it->ndim != 4)
 		return "ndim";
-	if (it->shape[0] != d->n_layers || it->shape[1] != 2 ||
+	if (it->shape[0] != d->kv.layers || it->shape[1] != 2 ||
 	    it->shape[2] != d->kv.block_tokens || it->shape[3] != d->kv.dim)
 		return "shape";
 	if (end > d->max_seq || it->index >= LB_PREFIX_MAX_BLOCKS)
@@ -1198,7 +1204,7 @@ static int check_models(struct image *im, char *err, size_t errlen)
 {
 	for (uint32_t i = 0; i < im->n_models; i++) {
 		const uint8_t *r = im->img + LBD_SNAP_HDR_SIZE + (size_t)i * LBD_SNAP_MODEL_SIZE;
-		int ret = check_model(r, i, &im->models[i], err, errlen);
+		int ret = check_model(r, im->version, i, &im->models[i], err, errlen);
 		if (ret < 0)
 			return ret;
 		for (uint32_t j = 0; j < i; j++)

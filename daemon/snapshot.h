@@ -12,8 +12,8 @@
 
 /* The file format (PROTOCOL.md, "Snapshot file"): little-endian fixed-width fields. */
 #define LBD_SNAP_MAGIC "LBSNAPSH"     /* the first 8 bytes */
-#define LBD_SNAP_VERSION 5u           /* 2: prefix blocks; 3: approx; 4: token ids;
-				       * 5: the thresholds' controllers */
+#define LBD_SNAP_VERSION 6u           /* 2: prefix blocks; 3: approx; 4: token ids;
+				       * 5: the thresholds' controllers; 6: kv_layers */
 #define LBD_SNAP_HDR_SIZE 128u
 #define LBD_SNAP_MODEL_SIZE 128u
 #define LBD_SNAP_ENTRY_SIZE 128u

@@ -89,14 +89,14 @@ void lbd_store_lookup_prefix(struct lbd_store *st, struct lbd_leases *ls, const 
 	store_unlock(st);
 }
 
-/* The model's block geometry: [n_layers][2][block_tokens][kv_dim] of its dtype, ending within
+/* The model's block geometry: [kv.layers][2][block_tokens][kv_dim] of its dtype, ending within
  * max_seq, at a place a LOOKUP_PREFIX can reach. */
 static bool block_fits(const struct bank *b, const struct lb_req *r, const struct lb_block_hdr *h)
 {
 	const struct lbp_register_model *d = &b->desc;
 	uint64_t end = ((uint64_t)h->index + 1) * d->kv.block_tokens;
 
-	return h->dtype == d->dtype && h->ndim == 4 && h->shape[0] == d->n_layers &&
+	return h->dtype == d->dtype && h->ndim == 4 && h->shape[0] == d->kv.layers &&
 	       h->shape[1] == 2 && h->shape[2] == d->kv.block_tokens && h->shape[3] == d->kv.dim &&
 	       end <= d->max_seq && r->seq_len == end && h->index < LB_PREFIX_MAX_BLOCKS;
 }

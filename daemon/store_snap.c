@@ -184,7 +184,7 @@ static int restore_check(const struct lbd_store *st, const struct bank *b,
 	if (it->layer == LB_ENTRY_LAYER_BLOCK) {
 		uint64_t end = ((uint64_t)it->index + 1) * d->kv.block_tokens;
 		if (!d->kv.dim || it->dtype != d->dtype || it->ndim != 4 ||
-		    it->shape[0] != d->n_layers || it->shape[1] != 2 ||
+		    it->shape[0] != d->kv.layers || it->shape[1] != 2 ||
 		    it->shape[2] != d->kv.block_tokens || it->shape[3] != d->kv.dim ||
 		    it->seq_len != end || end > d->max_seq || (!it->exact[0] && !it->exact[1]) ||
 		    it->approx || it->tokens)

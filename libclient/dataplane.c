@@ -729,7 +729,7 @@ LB_EXPORT int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t 
 /* Data bytes of one block of the model d. */
 static uint64_t block_bytes(const struct lbp_register_model *d)
 {
-	return (uint64_t)d->n_layers * 2 * d->kv.block_tokens * d->kv.dim * lbp_dtype_size(d->dtype);
+	return (uint64_t)d->kv.layers * 2 * d->kv.block_tokens * d->kv.dim * lbp_dtype_size(d->dtype);
 }
 
 LB_EXPORT int lb_insert_block(struct lb_client *c, uint32_t model_id, const uint64_t key[2],
@@ -745,7 +745,7 @@ LB_EXPORT int lb_insert_block(struct lb_client *c, uint32_t model_id, const uint
 		return ret < 0 ? ret : d ? -EINVAL : -EACCES;
 	}
 	struct lb_block_hdr h = { .key = { key[0], key[1] }, .index = index, .dtype = d->dtype,
-				  .ndim = 4, .shape = { d->n_layers, 2, d->kv.block_tokens, d->kv.dim },
+				  .ndim = 4, .shape = { d->kv.layers, 2, d->kv.block_tokens, d->kv.dim },
 				  .bytes = c->reserved_bytes };
 	if (index)
 		memcpy(h.parent, parent, sizeof(h.parent));

@@ -41,13 +41,14 @@ LB_EXPORT uint32_t lb_block_keys(const int32_t *tokens, uint32_t n_tokens, uint3
 	return full;
 }
 
-/* The geometry cfg and kv agree on, with the default block size filled in. @return 0, -EINVAL. */
+/* The geometry cfg and kv agree on, with the default block size filled in: the blocks hold
+ * kv->n_layers of the cfg->n_layers layers computed. @return 0, -EINVAL. */
 static int prefix_geometry(const struct lb_prefix_cfg *cfg, const struct lb_kv_view *kv,
 			   uint32_t *block_tokens)
 {
 	*block_tokens = cfg->block_tokens ? cfg->block_tokens : LB_BLOCK_TOKENS_DEFAULT;
 	if (!kv->block || !cfg->n_layers || !cfg->kv_dim || (cfg->flags & ~LB_PREFIX_DEFER_INSERT) ||
-	    kv->n_layers != cfg->n_layers ||
+	    !kv->n_layers || kv->n_layers > cfg->n_layers ||
 	    kv->kv_dim != cfg->kv_dim || kv->block_tokens != *block_tokens)
 		return -EINVAL;
 	return 0;

@@ -104,6 +104,7 @@ static const struct table fp_t = TABLE(fp_f);
 static const struct field kv_f[] = {
 	UINT(struct lbp_kv_spec, dim, 0, LBP_MAX_HIDDEN),
 	UINT(struct lbp_kv_spec, block_tokens, 0, LBP_MAX_BLOCK_TOKENS),
+	UINT(struct lbp_kv_spec, layers, 0, LBP_MAX_LAYERS),
 };
 static const struct table kv_t = TABLE(kv_f);
 
@@ -621,6 +622,7 @@ int lbp_register_from_desc(const struct lb_model_desc *d, struct lbp_register_mo
 	r->kv.dim = d->kv_dim;
 	/* The default only where blocks are asked for: block_tokens without kv_dim is refused. */
 	r->kv.block_tokens = d->kv_dim && !d->block_tokens ? LB_BLOCK_TOKENS_DEFAULT : d->block_tokens;
+	r->kv.layers = d->kv_dim && !d->kv_layers ? d->n_layers : d->kv_layers;
 	return 0;
 }
 

@@ -11,7 +11,7 @@
 #include "layerbank/layerbank.h"
 #include "layerbank/shm.h"
 
-#define LBP_VERSION 2u /* 2: REGISTER_MODEL kv, STATS_REPLY prefix counters */
+#define LBP_VERSION 3u /* 2: REGISTER_MODEL kv, STATS_REPLY prefix counters; 3: kv.layers */
 #define LBP_MAX_FRAME 65536u    /* bytes; a longer frame is rejected unread */
 #define LBP_MAX_NAME 63u        /* bytes of a model or client name, no NUL on the wire */
 #define LBP_MAX_ARENAS 8u       /* arena fds in one WELCOME */
@@ -98,11 +98,12 @@ struct lbp_fp_spec {
 	uint64_t seed;
 };
 
-/* Prefix blocks: both 0 for a model without them; else dim >= 1 and block_tokens >= 1 (the
- * registry checks the pair, lbd_models_register). */
+/* Prefix blocks: all 0 for a model without them; else dim >= 1, block_tokens >= 1 and layers
+ * 1..n_layers (the registry checks them together, lbd_models_valid). */
 struct lbp_kv_spec {
 	uint32_t dim;          /* one position's K (or V) row of a layer: 0..LBP_MAX_HIDDEN */
 	uint32_t block_tokens; /* 0..LBP_MAX_BLOCK_TOKENS */
+	uint32_t layers;       /* layers a block holds, 0..LBP_MAX_LAYERS: the first ones */
 };
 
 struct lbp_register_model {

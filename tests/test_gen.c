@@ -23,6 +23,8 @@
 
 #include "cache.h"
 #include "gen.h"
+#include "inproc.h"
+#include "lbp.h" /* struct lbp_stats_reply */
 #include "kernels.h"
 #include "model_llama.h"
 #include "scorer.h"
@@ -170,13 +172,12 @@ static void test_prefixes_on_every_path(void **state)
 
 /* A prompt whose prefix was written by decode steps (a generation's own blocks): the next turn
  * of a conversation finds it, and gets what a plain run gets. */
-static void test_prefix_written_by_decoding(void **state)
+static void check_decoded(struct fix *f, uint32_t first_para, uint32_t count)
 {
-	struct fix *f = *state;
 	static struct run first, plain, cached;
 	int32_t p[MAX_TOK];
 
-	for (uint32_t i = 70; i < 76; i++) {
+	for (uint32_t i = first_para; i < first_para + count; i++) {
 		int n = para_tokens(f, i, p, 60);
 		gen(f, &f->bank, p, n, 80, &first);
 		/* the next turn: the prompt, the answer fed back, a new paragraph */
@@ -194,6 +195,58 @@ static void test_prefix_written_by_decoding(void **state)
 		assert_memory_equal(plain.out, cached.out, (size_t)plain.got * sizeof(int32_t));
 		assert_memory_equal(plain.logits, cached.logits,
 				    (size_t)plain.n_logits * sizeof(plain.logits[0]));
+	}
+}
+
+static void test_prefix_written_by_decoding(void **state)
+{
+	check_decoded(*state, 70, 6);
+}
+
+/*
+ * The uptrained FusedKV checkpoints (models/, tools/train_fusedkv.py): Lite, whose
+ * reconstruction layers read the storage layers' K and V through remapped pointers, and FusedKV,
+ * whose attention kernel fuses them. Their blocks hold the storage layers alone, and generation
+ * with the bank is generation without it, bit for bit: shared prefixes, and the next turn over
+ * decoded blocks. Their hidden states are not cached, so --gen-recompute is refused.
+ */
+static void test_fusedkv_checkpoints(void **state)
+{
+	struct fix *f = *state;
+	const char *names[] = { "lite", "fused" };
+	static struct fix g;
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char path[512], err[256];
+		snprintf(path, sizeof(path), LB_SOURCE_DIR "/models/stories260K-%s.bin", names[i]);
+		memset(&g, 0, sizeof(g));
+		g.t = f->t; /* borrowed: not freed here */
+		g.p = f->p;
+		if (lbw_scorer_open_llama(&g.sc, path, err, sizeof(err)) < 0)
+			fail_msg("%s: %s", path, err);
+		const struct lbw_llama_config *c = &g.sc.llama->cfg;
+		assert_true(c->kv_mode != LBW_KV_PLAIN && c->kv_layers < c->n_layers);
+		struct lbw_cache_opts o = { .private_bytes = 64u << 20 };
+		assert_int_equal(lbw_cache_open(&g.bank, &o, &g.sc, "test_gen"), 0);
+		assert_true(g.bank.blocks_only && g.bank.c && !lbw_cache_states(&g.bank));
+
+		check_prefixes(&g, 80, 8);
+		check_decoded(&g, 90, 3);
+		struct lbp_stats_reply st;
+		lbip_bank_stats(g.bank.bank, &st);
+		uint64_t stored = (uint64_t)c->kv_layers * 2 * LBW_LLAMA_BLOCK * c->kv_dim * 4;
+		assert_true(st.blocks > 0 && st.entries == 0);
+		if (st.bytes_used / st.blocks < stored ||
+		    st.bytes_used / st.blocks >= stored * c->n_layers / c->kv_layers)
+			fail_msg("%s: %llu bytes a block, its %d storage layers' K and V are %llu",
+				 names[i], (unsigned long long)(st.bytes_used / st.blocks),
+				 (int)c->kv_layers, (unsigned long long)stored);
+		lbw_cache_close(&g.bank);
+
+		struct lbw_cache near;
+		struct lbw_cache_opts on = { .private_bytes = 1u << 20, .gen_recompute = "on" };
+		assert_int_equal(lbw_cache_open(&near, &on, &g.sc, "test_gen"), -1);
+		lbw_scorer_close(&g.sc);
 	}
 }
 
@@ -492,6 +545,7 @@ int main(void)
 		cmocka_unit_test(test_prefixes_on_the_kernels),
 		cmocka_unit_test(test_prefixes_on_every_path),
 		cmocka_unit_test(test_prefix_written_by_decoding),
+		cmocka_unit_test(test_fusedkv_checkpoints),
 		cmocka_unit_test(test_serve_gen),
 		cmocka_unit_test(test_near_prompts),
 		cmocka_unit_test(test_cli_daemon_killed_mid_run),

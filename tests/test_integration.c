@@ -188,23 +188,29 @@ static void raw_call(int fd, const struct lbp_msg *m, struct lbp_msg *back)
 /* REGISTER_MODEL as sent, in order, on one connection: what the daemon answers. */
 static const struct kv_case {
 	const char *name;
-	uint32_t dim, block_tokens;
+	uint32_t dim, block_tokens, layers; /* of bert's 12 layers */
 	int code;          /* 0: MODEL; else ERROR's code */
 	const char *field; /* ERROR's field */
 	bool created;      /* MODEL's */
 } kv_cases[] = {
-	{ "encoder", 0, 0, 0, NULL, true }, /* no prefix blocks */
-	{ "decoder", 128, 16, 0, NULL, true },
-	{ "decoder", 128, 16, 0, NULL, false },
-	{ "widest", LBP_MAX_HIDDEN, LBP_MAX_BLOCK_TOKENS, 0, NULL, true },
-	/* Both 0 or both at least 1: ranges the codec takes, pairs the registry refuses. */
-	{ "rows-no-blocks", 128, 0, EINVAL, "kv.block_tokens", false },
-	{ "blocks-no-rows", 0, 16, EINVAL, "kv.block_tokens", false },
-	{ "decoder", 128, 0, EINVAL, "kv.block_tokens", false }, /* before the name's parameters */
+	{ "encoder", 0, 0, 0, 0, NULL, true }, /* no prefix blocks */
+	{ "decoder", 128, 16, 12, 0, NULL, true },
+	{ "decoder", 128, 16, 12, 0, NULL, false },
+	{ "widest", LBP_MAX_HIDDEN, LBP_MAX_BLOCK_TOKENS, 12, 0, NULL, true },
+	{ "fusedkv", 128, 16, 6, 0, NULL, true }, /* blocks of its 6 storage layers */
+	{ "one-kv-layer", 128, 16, 1, 0, NULL, true },
+	/* All 0 or all at least 1: ranges the codec takes, sets the registry refuses. */
+	{ "rows-no-blocks", 128, 0, 12, EINVAL, "kv.block_tokens", false },
+	{ "blocks-no-rows", 0, 16, 12, EINVAL, "kv.block_tokens", false },
+	{ "blocks-no-layers", 128, 16, 0, EINVAL, "kv.layers", false },
+	{ "layers-no-blocks", 0, 0, 3, EINVAL, "kv.layers", false },
+	{ "too-many-layers", 128, 16, 13, EINVAL, "kv.layers", false },
+	{ "decoder", 128, 0, 12, EINVAL, "kv.block_tokens", false }, /* before the name's parameters */
 	/* The same name with another kv is another model: the first field that differs. */
-	{ "decoder", 64, 16, EEXIST, "kv.dim", false },
-	{ "decoder", 128, 32, EEXIST, "kv.block_tokens", false },
-	{ "encoder", 128, 16, EEXIST, "kv.dim", false },
+	{ "decoder", 64, 16, 12, EEXIST, "kv.dim", false },
+	{ "decoder", 128, 32, 12, EEXIST, "kv.block_tokens", false },
+	{ "decoder", 128, 16, 6, EEXIST, "kv.layers", false },
+	{ "encoder", 128, 16, 12, EEXIST, "kv.dim", false },
 };
 
 static void test_register_model_kv_pairs(void **state)
@@ -221,7 +227,7 @@ static void test_register_model_kv_pairs(void **state)
 		m = (struct lbp_msg){ .type = LBP_REGISTER_MODEL };
 		assert_int_equal(lbp_register_from_desc(&bert, &m.u.reg), 0);
 		strcpy(m.u.reg.name, k->name);
-		m.u.reg.kv = (struct lbp_kv_spec){ k->dim, k->block_tokens };
+		m.u.reg.kv = (struct lbp_kv_spec){ k->dim, k->block_tokens, k->layers };
 		raw_call(fd, &m, &back); /* an ERROR leaves the connection open: the next call works */
 		if (k->code) {
 			if (back.type != LBP_ERROR || back.u.error.code != k->code ||
@@ -237,7 +243,7 @@ static void test_register_model_kv_pairs(void **state)
 	m = (struct lbp_msg){ .type = LBP_STATS };
 	raw_call(fd, &m, &back);
 	assert_int_equal(back.type, LBP_STATS_REPLY);
-	assert_int_equal(back.u.stats.models, 3);
+	assert_int_equal(back.u.stats.models, 5);
 	close(fd);
 }
 

@@ -1576,20 +1576,32 @@ static void test_fusedkv_checkpoints(void **state)
 	expect_refused(bad, "FusedKV checkpoint size");
 	free(img);
 
-	/* the worker scores it, and refuses to cache it rather than serve it wrong */
-	char txt[320];
+	/* The worker scores it; with a cache it scores the same and says that its hidden states
+	 * are not cached (its reconstruction layers could not resume from them); reusing them for
+	 * generation is refused. */
+	char txt[320], plain[4096];
 	snprintf(txt, sizeof(txt), "%s/t.txt", dir);
 	spit(txt, "Once upon a time there was a cat.", 33);
 	const char *score[] = { "score", "--model", path, "--tokenizer", TOK, "--text-file", txt,
 				NULL };
-	int st = run_worker(score, out, sizeof(out));
+	int st = run_worker(score, plain, sizeof(plain));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-	assert_non_null(strstr(out, "nll_per_token"));
+	const char *at = strstr(plain, "nll_per_token");
+	assert_non_null(at);
+	char nll[80];
+	snprintf(nll, sizeof(nll), "%.*s", (int)strcspn(at, "\n"), at);
 	const char *cached[] = { "score", "--model", path, "--tokenizer", TOK, "--text-file", txt,
 				 "--private-cache", "16M", NULL };
 	st = run_worker(cached, out, sizeof(out));
+	assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	assert_non_null(strstr(out, "hidden states are not cached"));
+	assert_non_null(strstr(out, "cache hit_layer -1"));
+	assert_non_null(strstr(out, nll)); /* the same figure */
+	const char *near[] = { "generate", "--model", path, "--tokenizer", TOK, "--prompt", "Once",
+			       "--private-cache", "16M", "--gen-recompute", "on", NULL };
+	st = run_worker(near, out, sizeof(out));
 	assert_true(WIFEXITED(st) && WEXITSTATUS(st) != 0);
-	assert_non_null(strstr(out, "FusedKV checkpoint cannot be cached"));
+	assert_non_null(strstr(out, "--gen-recompute reuses hidden states"));
 
 	lbw_llama_free(&g[LBW_KV_LITE]);
 	lbw_llama_free(&g[LBW_KV_FUSED]);

@@ -348,6 +348,82 @@ static void run_toy(struct lb_client *c, uint32_t model, const int32_t *tok, uin
 	assert_int_equal(res->lease, 0);
 }
 
+/* A model whose last layer keeps no K and V of its own and reads layer 0's (a FusedKV-Lite
+ * reconstruction layer): registered with kv_layers 2 of its 3 layers, its blocks hold those two,
+ * lb_prefix_run still computes all three, and a run from cached blocks gives the last layer's
+ * rows of the plain run. */
+struct lite {
+	struct toy toy;
+	float last[64]; /* layer 2's output of each position computed: sums over layer 0's K */
+};
+
+static int lite_layer(void *ctx, uint32_t l, uint32_t p, uint32_t n, const struct lb_kv_view *kv)
+{
+	struct lite *x = ctx;
+	if (l < 2)
+		return toy_layer(&x->toy, l, p, n, kv);
+	for (uint32_t i = p; i < n; i++) {
+		float acc = 0;
+		for (uint32_t t = 0; t <= i; t++)
+			acc += lb_kv_row(kv, 0, 0, t)[1] + lb_kv_row(kv, 1, 1, t)[2];
+		x->last[i] = acc;
+	}
+	return 0;
+}
+
+static void test_blocks_of_fewer_layers(void **state)
+{
+	(void)state;
+	enum { KV_LAYERS = 2, FLOATS = KV_LAYERS * 2 * B * KV, N = 5 * B + 2 };
+	static float own[MAX_BLOCKS * FLOATS];
+	const float *table[MAX_BLOCKS];
+	int32_t t[64];
+	char err[256] = "";
+	struct lb_prefix_result res;
+	struct lite plain = { 0 }, got = { 0 };
+	struct lbip_bank *bank = lbip_bank_new(8u << 20, &cfg_lru, err, sizeof(err));
+	assert_non_null(bank);
+	struct lb_client *c = lbip_bank_client(bank);
+	struct lb_model_desc d = { .name = "toy-lite", .weights_hash = 7, .n_layers = LAYERS,
+				   .hidden = 16, .dtype = LB_DTYPE_F32, .max_seq = MAX_BLOCKS * B,
+				   .kv_dim = KV, .block_tokens = B, .kv_layers = KV_LAYERS };
+	uint32_t model;
+	assert_int_equal(lbip_bank_register(bank, &d, &model), 0);
+	struct lb_kv_view kv = { KV_LAYERS, KV, B, MAX_BLOCKS, table };
+	struct lb_prefix_cfg pc = { model, LAYERS, KV, B, 0 };
+	tokens_of(t, 64, 12, 0);
+
+	plain.toy.tok = got.toy.tok = t;
+	assert_int_equal(lb_prefix_run(NULL, &pc, t, N, own, &kv, lite_layer, &plain, &res), 0);
+	assert_int_equal(plain.toy.calls, KV_LAYERS);
+	assert_int_equal(lb_prefix_run(c, &pc, t, N, own, &kv, lite_layer, &got, &res), 0);
+	assert_int_equal(res.blocks_inserted, N / B);
+	assert_int_equal(res.cache_error, 0);
+	lb_prefix_done(c, &res);
+	struct lbp_stats_reply st;
+	lbip_bank_stats(bank, &st);
+	assert_int_equal(st.blocks, N / B);
+	assert_true(st.bytes_used / st.blocks >= FLOATS * sizeof(float));
+	assert_true(st.bytes_used / st.blocks < LAYERS * 2 * B * KV * sizeof(float));
+
+	memset(got.last, 0, sizeof(got.last));
+	assert_int_equal(lb_prefix_run(c, &pc, t, N, own, &kv, lite_layer, &got, &res), 0);
+	assert_int_equal(res.reused_tokens, N / B * B);
+	assert_memory_equal(got.last + res.reused_tokens, plain.last + res.reused_tokens,
+			    (N - res.reused_tokens) * sizeof(float));
+	lb_prefix_done(c, &res);
+
+	/* Blocks of every layer are not this model's: refused by the daemon; a view of more
+	 * layers than the run computes, by the client. */
+	uint64_t keys[2][2];
+	lb_block_keys(t, 2 * B, B, keys, 2);
+	assert_non_null(lb_insert_reserve(c, LAYERS * 2 * B * KV * sizeof(float)));
+	assert_int_equal(lb_insert_block(c, model, keys[0], NULL, 0), -EINVAL);
+	kv.n_layers = LAYERS + 1;
+	assert_int_equal(lb_prefix_run(c, &pc, t, N, own, &kv, lite_layer, &got, &res), -EINVAL);
+	lbip_bank_free(bank);
+}
+
 /* lb_prefix_run: the plain run (no client), a first run that inserts, a second that reuses;
  * every run's K and V the same bits; prompts that end on a block edge and inside one. */
 static void test_prefix_run(void **state)
@@ -589,6 +665,7 @@ int main(void)
 		cmocka_unit_test(test_leaves_go_first),
 		cmocka_unit_test(test_drops_take_subtrees),
 		cmocka_unit_test(test_prefix_run),
+		cmocka_unit_test(test_blocks_of_fewer_layers),
 		cmocka_unit_test(test_chains_end_at_the_lookup_limit),
 		cmocka_unit_test(test_deferred_insert),
 		cmocka_unit_test(test_prefix_calls_wait_a_block),

@@ -67,6 +67,7 @@ static struct lbp_msg sample(enum lbp_type t)
 		m.u.reg.fp.seed = 7;
 		m.u.reg.kv.dim = 4096; /* 32 KV heads of 128 */
 		m.u.reg.kv.block_tokens = 16;
+		m.u.reg.kv.layers = 16; /* a FusedKV model's storage layers */
 		break;
 	case LBP_MODEL:
 		m.u.model.model_id = 3;
@@ -255,6 +256,7 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.reg.fp.seed = UINT64_MAX;
 	m.u.reg.kv.dim = LBP_MAX_HIDDEN;
 	m.u.reg.kv.block_tokens = LBP_MAX_BLOCK_TOKENS;
+	m.u.reg.kv.layers = LBP_MAX_LAYERS;
 	out[n++] = m;
 	strcpy(m.u.reg.name, "x");
 	m.u.reg.weights_hash = 0;
@@ -266,6 +268,7 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.reg.fp.seed = 0;
 	m.u.reg.kv.dim = 0; /* no prefix blocks: an encoder */
 	m.u.reg.kv.block_tokens = 0;
+	m.u.reg.kv.layers = 0;
 	out[n++] = m;
 
 	m = sample(LBP_MODEL);
@@ -397,6 +400,7 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		assert_true(a->u.reg.fp.seed == b->u.reg.fp.seed);
 		assert_int_equal(a->u.reg.kv.dim, b->u.reg.kv.dim);
 		assert_int_equal(a->u.reg.kv.block_tokens, b->u.reg.kv.block_tokens);
+		assert_int_equal(a->u.reg.kv.layers, b->u.reg.kv.layers);
 		break;
 	case LBP_MODEL:
 		assert_int_equal(a->u.model.model_id, b->u.model.model_id);
@@ -996,7 +1000,7 @@ static void test_decode_rejects_frames_over_max_frame(void **state)
 }
 
 /* MODEL {model_id: 3, created: true}, byte for byte as PROTOCOL.md's example shows it. */
-#define MODEL_FRAME 0x93, 0x02, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, \
+#define MODEL_FRAME 0x93, 0x03, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, \
 		    0xa7, 'c', 'r', 'e', 'a', 't', 'e', 'd', 0xc3
 static const uint8_t model_frame[] = { MODEL_FRAME };
 #define MODEL_LEN sizeof(model_frame)
@@ -1078,12 +1082,16 @@ static const struct frame_case bad_frames[] = {
 	BAD_BYTE("reserved", 0xc1),
 	BAD_BYTE("float", 0x93, 0xca, 0x3f, 0x80, 0, 0, 5, 0x80),
 
-	/* Other versions: -EPROTO, unless it is no version at all. Version 1, the protocol before
-	 * prefix blocks, is one of them: a whole, once valid version 1 frame is refused as such. */
-	REFUSE(-EPROTO, "version", "unsupported version 1 (want 2)", "version 1 MODEL", 0x93, 0x01,
+	/* Other versions: -EPROTO, unless it is no version at all. Versions 1 (before prefix
+	 * blocks) and 2 (before kv.layers) are among them: a whole, once valid frame of either is
+	 * refused as such. */
+	REFUSE(-EPROTO, "version", "unsupported version 1 (want 3)", "version 1 MODEL", 0x93, 0x01,
 	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
 	       'a', 't', 'e', 'd', 0xc3),
-	REFUSE(-EPROTO, "version", "unsupported version 3 (want 2)", "version 3", 0x93, 3, 5, 0x80),
+	REFUSE(-EPROTO, "version", "unsupported version 2 (want 3)", "version 2 MODEL", 0x93, 0x02,
+	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
+	       'a', 't', 'e', 'd', 0xc3),
+	REFUSE(-EPROTO, "version", "unsupported version 4 (want 3)", "version 4", 0x93, 4, 5, 0x80),
 	VERSION(-EPROTO, "version 1", 0x93, 1, 5, 0x80),
 	VERSION(-EPROTO, "version 0", 0x93, 0, 5, 0x80),
 	VERSION(-EPROTO, "version 127", 0x93, 0x7f, 5, 0x80),
@@ -1375,8 +1383,8 @@ static const struct range_case ranges[] = {
 	RU(REGISTER_MODEL, "fp.bits", reg.fp.bits, W_U32, 512, false),
 	RU(REGISTER_MODEL, "fp.seed", reg.fp.seed, W_U64, UINT64_MAX, true),
 	RS(REGISTER_MODEL, "fp.seed", reg.fp.seed, W_U64, INT64_MIN, false),
-	/* The codec checks each of kv's ranges alone: that dim and block_tokens are both 0 or both
-	 * at least 1 is the registry's rule (lbd_models_valid), so a lone 0 decodes here. */
+	/* The codec checks each of kv's ranges alone: that dim, block_tokens and layers are all 0
+	 * or all at least 1 is the registry's rule (lbd_models_valid), so a lone 0 decodes here. */
 	RU(REGISTER_MODEL, "kv.dim", reg.kv.dim, W_U32, 0, true),
 	RU(REGISTER_MODEL, "kv.dim", reg.kv.dim, W_U32, 1, true),
 	RU(REGISTER_MODEL, "kv.dim", reg.kv.dim, W_U32, LBP_MAX_HIDDEN, true),
@@ -1390,6 +1398,10 @@ static const struct range_case ranges[] = {
 	   false),
 	RU(REGISTER_MODEL, "kv.block_tokens", reg.kv.block_tokens, W_U32, UINT64_MAX, false),
 	RS(REGISTER_MODEL, "kv.block_tokens", reg.kv.block_tokens, W_U32, -16, false),
+	RU(REGISTER_MODEL, "kv.layers", reg.kv.layers, W_U32, 0, true),
+	RU(REGISTER_MODEL, "kv.layers", reg.kv.layers, W_U32, LBP_MAX_LAYERS, true),
+	RU(REGISTER_MODEL, "kv.layers", reg.kv.layers, W_U32, LBP_MAX_LAYERS + 1, false),
+	RS(REGISTER_MODEL, "kv.layers", reg.kv.layers, W_U32, -1, false),
 
 	RU(MODEL, "model_id", model.model_id, W_U32, 0, false),
 	RU(MODEL, "model_id", model.model_id, W_U32, 1, true),
@@ -1845,6 +1857,36 @@ static void test_encode_reports_short_buffer_without_overrun(void **state)
 	}
 }
 
+/* lb_register_model's description into REGISTER_MODEL's body: the defaults a client may leave
+ * out (fp_chunks, block_tokens, kv_layers) filled in only where prefix blocks are asked for; a
+ * kv_layers without kv_dim passed on for the registry to refuse. */
+static void test_register_from_desc_fills_the_defaults(void **state)
+{
+	(void)state;
+	const struct {
+		uint32_t kv_dim, block_tokens, kv_layers; /* the description's */
+		uint32_t dim, tokens, layers;              /* the body's kv */
+	} cases[] = {
+		{ 0, 0, 0, 0, 0, 0 },                     /* an encoder */
+		{ 64, 0, 0, 64, LB_BLOCK_TOKENS_DEFAULT, 12 }, /* every layer's K and V */
+		{ 64, 8, 6, 64, 8, 6 },                   /* a FusedKV model's 6 storage layers */
+		{ 0, 0, 6, 0, 0, 6 },                     /* refused by the registry, not here */
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct lb_model_desc d = { .name = "m", .n_layers = 12, .hidden = 768,
+					   .dtype = LB_DTYPE_F32, .max_seq = 512,
+					   .kv_dim = cases[i].kv_dim,
+					   .block_tokens = cases[i].block_tokens,
+					   .kv_layers = cases[i].kv_layers };
+		struct lbp_register_model r;
+		assert_int_equal(lbp_register_from_desc(&d, &r), 0);
+		assert_int_equal(r.fp.chunks, 4);
+		if (r.kv.dim != cases[i].dim || r.kv.block_tokens != cases[i].tokens ||
+		    r.kv.layers != cases[i].layers)
+			fail_msg("case %zu: kv %u/%u/%u", i, r.kv.dim, r.kv.block_tokens, r.kv.layers);
+	}
+}
+
 /* PROTOCOL.md's example frame: the encoder's bytes, which the decoder takes. */
 static void test_encode_emits_the_documented_bytes(void **state)
 {
@@ -2050,6 +2092,7 @@ int main(void)
 		cmocka_unit_test(test_encode_rejects_unknown_type),
 		cmocka_unit_test(test_encode_reports_short_buffer_without_overrun),
 		cmocka_unit_test(test_encode_emits_the_documented_bytes),
+		cmocka_unit_test(test_register_from_desc_fills_the_defaults),
 		cmocka_unit_test(test_make_error_truncates_and_normalises),
 		cmocka_unit_test(test_type_names),
 		cmocka_unit_test(test_arena_hdr_accepts_valid_headers),

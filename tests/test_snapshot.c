@@ -221,12 +221,12 @@ static int bank_block(struct bank *b, uint32_t model, uint32_t id, uint32_t pare
 		      uint32_t index)
 {
 	const struct lbp_register_model *d = &b->m.desc[model - 1];
-	uint64_t bytes = (uint64_t)d->n_layers * 2 * d->kv.block_tokens * d->kv.dim * 4;
+	uint64_t bytes = (uint64_t)d->kv.layers * 2 * d->kv.block_tokens * d->kv.dim * 4;
 	struct lb_req r = { .opcode = LB_OP_INSERT_BLOCK, .model_id = model,
 			    .seq_len = (index + 1) * d->kv.block_tokens,
 			    .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + bytes) };
 	struct lb_block_hdr h = { .index = index, .dtype = LBP_DTYPE_F32, .ndim = 4,
-				  .shape = { d->n_layers, 2, d->kv.block_tokens, d->kv.dim },
+				  .shape = { d->kv.layers, 2, d->kv.block_tokens, d->kv.dim },
 				  .bytes = bytes };
 	struct lb_cpl cpl = { 0 };
 	uint8_t *data = malloc(bytes);
@@ -258,7 +258,7 @@ static int bank_chain(struct bank *b, uint32_t model, const uint32_t *ids, uint3
 static uint32_t bank_prefix(struct bank *b, uint32_t model, const uint32_t *ids, uint32_t n)
 {
 	const struct lbp_register_model *d = &b->m.desc[model - 1];
-	uint64_t bytes = (uint64_t)d->n_layers * 2 * d->kv.block_tokens * d->kv.dim * 4;
+	uint64_t bytes = (uint64_t)d->kv.layers * 2 * d->kv.block_tokens * d->kv.dim * 4;
 	uint64_t keys[32][2];
 	struct lb_prefix_block out[32];
 	struct lbd_leases ls = { 0 };
@@ -369,7 +369,7 @@ static const uint32_t chain_a[] = { 1, 2, 3, 4 }, chain_b[] = { 1, 2, 5, 6, 7 };
 static struct lbp_register_model beta_desc(void)
 {
 	struct lbp_register_model d = desc("beta", 0xb2, B_LAYERS, B_HIDDEN);
-	d.kv = (struct lbp_kv_spec){ .dim = B_KV, .block_tokens = B_TOKENS };
+	d.kv = (struct lbp_kv_spec){ .dim = B_KV, .block_tokens = B_TOKENS, .layers = B_LAYERS };
 	return d;
 }
 
@@ -448,14 +448,23 @@ static void reseal(uint8_t *p)
 	put_le(p + 120, XXH3_64bits(p, 120), 8);
 }
 
-/* img (*len bytes) as a version 4 writer wrote it: no threshold blocks at its end (*len
- * shortened), the header's thr_bytes reserved zeros again, version 4; the header resealed. */
-static void strip_thresholds(uint8_t *img, size_t *len)
+/* img (*len bytes) as a writer of version (2..5) wrote it, but for what changed in its entry
+ * records: model records with a 4-byte block_tokens (no kv_layers) before version 6, resealed;
+ * before version 5 no threshold blocks at its end (*len shortened) and the header's thr_bytes
+ * reserved zeros again; the version; the header resealed. */
+static void as_version(uint8_t *img, size_t *len, uint32_t version)
 {
-	*len -= le(img + 80, 8);
-	put_le(img + 80, 0, 8);
-	put_le(img + 40, *len, 8);
-	put_le(img + 8, 4, 4);
+	for (uint64_t i = 0; i < le(img + 20, 4); i++) {
+		uint8_t *m = img + 128 + 128 * i;
+		put_le(m + 118, 0, 2);
+		reseal(m);
+	}
+	if (version < 5) {
+		*len -= le(img + 80, 8);
+		put_le(img + 80, 0, 8);
+		put_le(img + 40, *len, 8);
+	}
+	put_le(img + 8, version, 4);
 	reseal(img);
 }
 
@@ -469,7 +478,7 @@ static void test_layout_is_the_documented_one(void **state)
 
 	assert_int_equal(len, SMALL_LEN);
 	assert_memory_equal(img, "LBSNAPSH", 8);
-	assert_int_equal(le(img + 8, 4), 5);             /* version */
+	assert_int_equal(le(img + 8, 4), 6);             /* version */
 	assert_int_equal(le(img + 12, 4), 128);          /* hdr_size */
 	assert_int_equal(le(img + 16, 4), LB_SHM_ABI_VERSION);
 	assert_int_equal(le(img + 20, 4), 2);            /* models */
@@ -498,12 +507,14 @@ static void test_layout_is_the_documented_one(void **state)
 	assert_int_equal(le(m + 96, 8), 7);
 	assert_int_equal(le(m + 104, 8), 12);
 	assert_int_equal(le(m + 112, 4), 0);             /* kv_dim: no prefix blocks */
-	assert_int_equal(le(m + 116, 4), 0);             /* block_tokens */
+	assert_int_equal(le(m + 116, 2), 0);             /* block_tokens */
+	assert_int_equal(le(m + 118, 2), 0);             /* kv_layers */
 	assert_true(le(m + 120, 8) == XXH3_64bits(m, 120));
 	assert_string_equal((const char *)m + 128, "beta");
 	assert_int_equal(le(m + 128 + 104, 8), 2 + SMALL_BLOCKS);
 	assert_int_equal(le(m + 128 + 112, 4), B_KV);
-	assert_int_equal(le(m + 128 + 116, 4), B_TOKENS);
+	assert_int_equal(le(m + 128 + 116, 2), B_TOKENS);
+	assert_int_equal(le(m + 128 + 118, 2), B_LAYERS);
 
 	/* Entry records: find the beta layer-1 entry and block 5 by walking them, then check every
 	 * field. */
@@ -836,18 +847,81 @@ static void test_foreign_version_and_abi_are_refused(void **state)
 	put_le(img + 8, 1, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
-	assert_string_equal(err, "format version 1, this daemon reads versions 2 to 5");
+	assert_string_equal(err, "format version 1, this daemon reads versions 2 to 6");
 	/* A later version may move its checksum: the version is read first, unsealed or not. */
-	put_le(img + 8, 6, 4);
+	put_le(img + 8, 7, 4);
 	put_le(img + 120, 0, 8);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
-	assert_string_equal(err, "format version 6, this daemon reads versions 2 to 5");
-	put_le(img + 8, 5, 4);
+	assert_string_equal(err, "format version 7, this daemon reads versions 2 to 6");
+	put_le(img + 8, 6, 4);
 	put_le(img + 16, LB_SHM_ABI_VERSION + 1, 4);
 	reseal(img);
 	assert_int_equal(lbd_snapshot_load_mem(img, len, &b.m, b.st, NULL, err, sizeof(err)), -EPROTO);
 	assert_non_null(strstr(err, "arena ABI"));
 	end_refused(&b, img);
+}
+
+/* A model whose blocks hold fewer layers than it has (a FusedKV model's storage layers): its
+ * kv_layers goes through the file (version 6) and its blocks are checked against it. A version
+ * 5 reader's view of the same file, blocks of every layer, refuses those blocks. */
+static void test_blocks_of_fewer_layers(void **state)
+{
+	(void)state;
+	struct bank a, b;
+	struct lbd_snapshot_stats st;
+	char err[512];
+	size_t len;
+	struct lbp_register_model d = desc("fused", 0xf5, 4, 8);
+	d.kv = (struct lbp_kv_spec){ .dim = 3, .block_tokens = 2, .layers = 2 };
+	const uint32_t chain[] = { 11, 12, 13 };
+
+	bank_make(&a, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	uint32_t id = bank_model(&a, &d);
+	assert_int_equal(bank_chain(&a, id, chain, 3), 0);
+	assert_int_equal(lbd_snapshot_write(snap_path, &a.m, a.st, NULL, NULL, NULL, &st, err,
+					    sizeof(err)), 0);
+	assert_int_equal(st.blocks, 3);
+	bank_free(&a);
+	uint8_t *orig = read_file(snap_path, &len), *img = malloc(len);
+	assert_non_null(img);
+	assert_int_equal(le(orig + 128 + 72, 4), 4);  /* n_layers */
+	assert_int_equal(le(orig + 128 + 118, 2), 2); /* kv_layers */
+	assert_int_equal(le(orig + 256 + 16, 4), 2);  /* the first block's shape[0] */
+	assert_int_equal(le(orig + 256 + 32, 8), 2 * 2 * 2 * 3 * 4);
+
+	bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+	assert_int_equal(lbd_snapshot_load_mem(orig, len, &b.m, b.st, &st, err, sizeof(err)), 0);
+	assert_int_equal(st.entries, 3);
+	assert_int_equal(b.m.desc[model_id(&b, "fused") - 1].kv.layers, 2);
+	assert_int_equal(bank_prefix(&b, model_id(&b, "fused"), chain, 3), 3);
+	assert_store_ok(&b);
+	bank_free(&b);
+
+	const struct {
+		uint32_t version, kv_layers;
+		const char *says;
+	} cases[] = {
+		{ 6, 5, "model record 0 ('fused'): kv.layers out of range" }, /* above n_layers */
+		{ 6, 0, "model record 0 ('fused'): kv.layers out of range" }, /* with kv_dim */
+		{ 5, 0, "entry 0 (offset 256): shape out of range" },          /* read as 4 layers */
+	};
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		size_t n = len;
+		memcpy(img, orig, len);
+		if (cases[c].version < 6) {
+			as_version(img, &n, cases[c].version);
+		} else {
+			put_le(img + 128 + 118, cases[c].kv_layers, 2);
+			reseal(img + 128);
+		}
+		bank_make(&b, 4u << 20, 0, LBD_POLICY_LRU, 0);
+		int ret = lbd_snapshot_load_mem(img, n, &b.m, b.st, NULL, err, sizeof(err));
+		if (ret != -EBADMSG || strcmp(err, cases[c].says))
+			fail_msg("case %zu: %d '%s', not '%s'", c, ret, err, cases[c].says);
+		end_refused(&b, NULL);
+	}
+	free(img);
+	free(orig);
 }
 
 /* Versions 2 (a 32-bit ndim, no approx) and 3 (a 16-bit ndim, no flags) are read as version 4:
@@ -871,7 +945,7 @@ static void test_versions_2_and_3_are_read(void **state)
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
 		size_t n = len;
 		memcpy(img, orig, len);
-		strip_thresholds(img, &n);
+		as_version(img, &n, 4);
 		for (size_t off = 128 + 2 * 128, k = 0; k < SMALL_ENTRIES; k++) {
 			uint8_t *e = img + off;
 			assert_int_equal(e[13], 0); /* an older writer's 16 or 32-bit ndim */
@@ -886,6 +960,10 @@ static void test_versions_2_and_3_are_read(void **state)
 		assert_int_equal(st.entries, SMALL_ENTRIES);
 		assert_int_equal(st.entries_skipped, 0);
 		assert_store_ok(&b);
+		/* Their blocks held every layer. */
+		assert_int_equal(b.m.desc[model_id(&b, "beta") - 1].kv.layers, B_LAYERS);
+		assert_int_equal(b.m.desc[model_id(&b, "alpha") - 1].kv.layers, 0);
+		assert_int_equal(bank_prefix(&b, model_id(&b, "beta"), chain_b, 5), 5);
 		struct lbd_leases ls = { 0 };
 		struct lb_req r = { .opcode = LB_OP_LOOKUP, .layer = 1,
 				    .model_id = model_id(&b, "beta"), .seq_len = B_SEQ };
@@ -1178,7 +1256,7 @@ static void test_over_budget_keeps_whole_prefixes(void **state)
 	const struct timespec nap = { 0, 2000000 };
 	const enum lbd_policy pol[] = { LBD_POLICY_LRU, LBD_POLICY_DECAY };
 
-	d.kv = (struct lbp_kv_spec){ .dim = K_KV, .block_tokens = K_TOKENS };
+	d.kv = (struct lbp_kv_spec){ .dim = K_KV, .block_tokens = K_TOKENS, .layers = K_LAYERS };
 	bank_make(&a, 4u << 20, 0, LBD_POLICY_LRU, 0);
 	uint32_t id = bank_model(&a, &d);
 	assert_int_equal(bank_chain(&a, id, x, 8), 0);
@@ -1570,9 +1648,7 @@ static void test_bad_token_ids_are_refused(void **state)
 		size_t n = len;
 		memcpy(img, orig, len);
 		img[cases[c].at] ^= cases[c].flip;
-		if (cases[c].version < 5)
-			strip_thresholds(img, &n);
-		put_le(img + 8, cases[c].version, 4);
+		as_version(img, &n, cases[c].version);
 		if (cases[c].seal)
 			reseal(img + e0);
 		reseal(img);
@@ -2302,6 +2378,7 @@ int main(void)
 		TEST(test_foreign_version_and_abi_are_refused),
 		TEST(test_thresholds_survive_a_restart),
 		TEST(test_versions_2_and_3_are_read),
+		TEST(test_blocks_of_fewer_layers),
 		TEST(test_sealed_but_inconsistent_files_are_refused),
 		TEST(test_over_budget_keeps_the_most_valuable),
 		TEST(test_file_with_a_hole_is_refused),

@@ -294,7 +294,7 @@ static void test_hold_all_leaves_out_a_block_under_a_pending_parent(void **state
 	unsigned a;
 	char err[256];
 
-	d.kv = (struct lbp_kv_spec){ .dim = KV_DIM, .block_tokens = KV_TOKENS };
+	d.kv = (struct lbp_kv_spec){ .dim = KV_DIM, .block_tokens = KV_TOKENS, .layers = KV_LAYERS };
 	assert_int_equal(lbd_arena_create(&arena, 4u << 20, -1, LBD_HP_OFF, boot, 0, err,
 					  sizeof(err)), 0);
 	struct lbd_store *st = lbd_store_new(&arena, 1, &cfg);

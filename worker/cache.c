@@ -108,15 +108,7 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 	int32_t L = sc->n_layers;
 	double tau = 0, reval = 0;
 	memset(wc, 0, sizeof(*wc));
-	/* A FusedKV model's blocks hold its storage layers alone, a geometry the bank does not
-	 * register yet, and its reconstruction layers need those layers' K and V, which a reuse
-	 * of hidden states skips: refused rather than served wrong. */
-	if ((o->socket || o->private_bytes) && sc->llama &&
-	    sc->llama->cfg.kv_mode != LBW_KV_PLAIN) {
-		fprintf(stderr, "%s: a FusedKV checkpoint cannot be cached yet; run it without "
-				"--cache and --private-cache\n", who);
-		return -1;
-	}
+	wc->blocks_only = sc->llama && sc->llama->cfg.kv_mode != LBW_KV_PLAIN;
 	if (o->tau && (parse_real(o->tau, &tau) < 0 || tau < -1 || tau > 1)) {
 		fprintf(stderr, "%s: bad --tau '%s' (-1..1)\n", who, o->tau);
 		return -1;
@@ -134,6 +126,12 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 	}
 	wc->shadow = o->shadow;
 	wc->gen_near = o->gen_recompute && strcmp(o->gen_recompute, "off") != 0;
+	if (wc->gen_near && wc->blocks_only) {
+		fprintf(stderr, "%s: --gen-recompute reuses hidden states, which a FusedKV "
+				"checkpoint's reconstruction layers cannot resume from (its prefix "
+				"blocks are reused without it)\n", who);
+		return -1;
+	}
 	wc->gen_recompute = LBW_GEN_RECOMPUTE_DEFAULT;
 	if (wc->gen_near &&
 	    (!sc->kv_dim || (strcmp(o->gen_recompute, "on") != 0 &&
@@ -196,6 +194,7 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 		/* A decoder's prefix blocks: the llama state's layout (generate, serve's gen). */
 		.kv_dim = (uint32_t)sc->kv_dim,
 		.block_tokens = sc->kv_dim ? LBW_LLAMA_BLOCK : 0,
+		.kv_layers = sc->llama ? (uint32_t)sc->llama->cfg.kv_layers : 0,
 	};
 	uint32_t model_id = 0;
 	int rc;

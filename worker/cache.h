@@ -63,7 +63,18 @@ struct lbw_cache {
 	uint32_t fp_chunks;       /* the fingerprint's chunks */
 	int gen_near;             /* generation's partial reuse on (lbw_generate) */
 	double gen_recompute;     /* its share */
+	/* Prefix blocks only, no hidden states (lbw_cache_states): a FusedKV model's
+	 * reconstruction layers read the storage layers' K and V, which resuming from a cached
+	 * layer's hidden states would skip. */
+	int blocks_only;
 };
+
+/* The client hidden-state reuse (lb_lem_run*) goes through: wc->c, or NULL (plain runs) for a
+ * model whose hidden states are not cached. */
+static inline struct lb_client *lbw_cache_states(const struct lbw_cache *wc)
+{
+	return wc->blocks_only ? NULL : wc->c;
+}
 
 /*
  * Open the cache o asks for and register sc's model with it. A daemon that cannot be reached

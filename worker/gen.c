@@ -168,9 +168,10 @@ int lbw_generate(struct lbw_scorer *sc, struct lbw_cache *wc, const int32_t *pro
 	if (!f.x)
 		return -ENOMEM;
 	struct lb_kv_view kv = kv_of(m, sc->state);
-	/* The prompt's blocks go to the bank after the first token, not in its time. */
-	struct lb_prefix_cfg pc = { wc->cfg.model_id, kv.n_layers, kv.kv_dim, kv.block_tokens,
-				    LB_PREFIX_DEFER_INSERT };
+	/* The prompt's blocks go to the bank after the first token, not in its time. Every layer
+	 * is computed; the blocks hold the storage layers' K and V (kv's n_layers). */
+	struct lb_prefix_cfg pc = { wc->cfg.model_id, (uint32_t)m->cfg.n_layers, kv.kv_dim,
+				    kv.block_tokens, LB_PREFIX_DEFER_INSERT };
 	struct lb_prefix_result pr;
 	bool exact;
 	int rc = prefill(sc, wc, &pc, &kv, &f, n, &pr, res, &exact);

@@ -46,7 +46,8 @@ static void usage(FILE *f)
 		"       layerbank-worker serve --model M --tokenizer T [--max-tokens N] [CACHE OPTIONS]\n"
 		"\n"
 		"--model   for every command: a llama2.c checkpoint (stories260K.bin; a\n"
-		"          FusedKV one too, lite or fused, uncached for now), or\n"
+		"          FusedKV one too, lite or fused: prefix blocks cached, hidden\n"
+		"          states not), or\n"
 		"          llama-110m     llama-shaped (12 layers, dim 768, 12/4 heads, FFN\n"
 		"                         2048, 512 tokens, 2048 positions), weights generated\n"
 		"                         from --seed (default 1; at a temperature above 0\n"
@@ -511,6 +512,9 @@ static int score(const struct opts *o, struct lbw_scorer *sc, const struct lbw_t
 	}
 	printf("tokens %d predicted %d nll_per_token %.6f\n", r.tokens, r.predicted,
 	       r.nll / (double)r.predicted);
+	if (wc->blocks_only && wc->c)
+		fprintf(stderr, "layerbank-worker score: note: a FusedKV checkpoint's hidden states "
+				"are not cached (generate reuses its prefix blocks)\n");
 	if (o->cache.socket || o->cache.private_bytes) {
 		printf("cache hit_layer %d computed %u inserted %u\n", (int)r.lem.hit_layer,
 		       r.lem.layers_computed, r.lem.layers_inserted);

@@ -151,7 +151,7 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 	if (rc == 0) {
 		struct timed tl = { sc, 0, 0 };
 		lbw_scorer_embed(sc, toks, n, h);
-		rc = lb_lem_run_rows(wc->c, &wc->cfg, toks, (uint32_t)n, h, timed_layer,
+		rc = lb_lem_run_rows(lbw_cache_states(wc), &wc->cfg, toks, (uint32_t)n, h, timed_layer,
 				     wc->align ? timed_rows : NULL, wc->recompute, &tl, &r->lem);
 		r->compute_start_us = tl.first_us;
 		r->compute_end_us = tl.last_us;

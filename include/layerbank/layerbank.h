@@ -74,6 +74,9 @@ struct lb_model_desc {
 	 * head_size, 1..65536; 0 for a model without prefix blocks (encoders). */
 	uint32_t kv_dim;
 	uint32_t block_tokens; /* tokens of a block, 1..1024; 0 means LB_BLOCK_TOKENS_DEFAULT */
+	/* Layers whose K and V a block holds, 1..n_layers; 0 means n_layers. Fewer for a model
+	 * whose other layers rebuild theirs from these (a FusedKV model's storage layers). */
+	uint32_t kv_layers;
 };
 LB_ABI_FIELD_LP64(struct lb_model_desc, name, 0, 8);
 LB_ABI_FIELD_LP64(struct lb_model_desc, weights_hash, 8, 8);
@@ -85,7 +88,8 @@ LB_ABI_FIELD_LP64(struct lb_model_desc, fp_chunks, 32, 4);
 LB_ABI_FIELD_LP64(struct lb_model_desc, fp_seed, 40, 8);
 LB_ABI_FIELD_LP64(struct lb_model_desc, kv_dim, 48, 4);
 LB_ABI_FIELD_LP64(struct lb_model_desc, block_tokens, 52, 4);
-LB_ABI_SIZE_LP64(struct lb_model_desc, 56);
+LB_ABI_FIELD_LP64(struct lb_model_desc, kv_layers, 56, 4);
+LB_ABI_SIZE_LP64(struct lb_model_desc, 64);
 
 #define LB_BLOCK_TOKENS_DEFAULT 16u
 
@@ -572,9 +576,10 @@ int lb_poll(struct lb_client *c, struct lb_result *out, unsigned max, uint32_t t
 
 /*
  * A causal model's input is cut into blocks of block_tokens tokens (the model's registration).
- * Block i holds, for every layer, the K (after RoPE) and V rows of positions [i B, (i + 1) B),
- * f32 [n_layers][2][block_tokens][kv_dim]: K of layer l at (2 l) B kv_dim floats, V at
- * (2 l + 1) B kv_dim. Its key names the whole prefix of tokens [0, (i + 1) B): a chained
+ * Block i holds, for each of the registration's kv_layers layers (all, unless the model
+ * rebuilds some layers' K and V from others), the K (after RoPE) and V rows of positions
+ * [i B, (i + 1) B), f32 [kv_layers][2][block_tokens][kv_dim]: K of layer l at (2 l) B kv_dim
+ * floats, V at (2 l + 1) B kv_dim. Its key names the whole prefix of tokens [0, (i + 1) B): a chained
  * XXH3-128 (PROTOCOL.md, Ring protocol 14). A causal model's states before the first differing
  * token are exact, so a cached prefix is reused as is: no approximation.
  */
@@ -600,7 +605,7 @@ int lb_lookup_prefix(struct lb_client *c, uint32_t model_id, const uint64_t (*ke
 
 /*
  * Insert block index of a prefix from the buffer lb_insert_reserve gave (its data, bytes of
- * n_layers * 2 * block_tokens * kv_dim f32 as registered): key is its key, parent the key of
+ * kv_layers * 2 * block_tokens * kv_dim f32 as registered): key is its key, parent the key of
  * block index - 1 (ignored for block 0). The parent must be cached: a chain has no holes.
  * @return 0; -EEXIST (cached already); -ENOENT (the parent is not cached); -ENOSPC; -EDQUOT;
  *         -EINVAL (no reservation, a size that is not the model's block size, a model without
@@ -613,7 +618,7 @@ int lb_insert_block(struct lb_client *c, uint32_t model_id, const uint64_t key[2
  * layout above. Cached blocks point into the arena (read-only); the caller's own into its
  * memory. */
 struct lb_kv_view {
-	uint32_t n_layers;
+	uint32_t n_layers; /* layers a block holds: the registration's kv_layers */
 	uint32_t kv_dim;
 	uint32_t block_tokens;
 	uint32_t n_blocks;   /* entries of block: the longest sequence, in blocks */
@@ -646,7 +651,7 @@ typedef int (*lb_prefix_fn)(void *ctx, uint32_t layer, uint32_t p, uint32_t n,
 
 struct lb_prefix_cfg {
 	uint32_t model_id;     /* from lb_register_model (unused when c is NULL) */
-	uint32_t n_layers;     /* as registered */
+	uint32_t n_layers;     /* as registered: compute runs each; the blocks may hold fewer */
 	uint32_t kv_dim;       /* as registered */
 	uint32_t block_tokens; /* as registered (0: LB_BLOCK_TOKENS_DEFAULT) */
 	uint32_t flags;        /* LB_PREFIX_* */
@@ -680,7 +685,8 @@ LB_ABI_SIZE_LP64(struct lb_prefix_result, 32);
 
 /*
  * Prefill tokens[0..n), reusing the longest cached prefix (lb_prefix_cfg: the model as
- * registered, its geometry equal to kv's):
+ * registered; kv's kv_dim and block_tokens equal, its n_layers the registration's kv_layers,
+ * at most cfg's):
  *  1. lb_block_keys, lb_lookup_prefix: the first p = min(found * block_tokens, n - 1) positions
  *     are cached (the last position is always computed: its output is what a caller wants).
  *  2. kv->block[i] = the cached block i for i < found, else own + i * block floats (own: the

@@ -74,15 +74,16 @@ enum bank_kind { BANK_LRU, BANK_DECAY, BANK_TTL0, BANK_ADAPT, N_BANKS };
 struct model {
 	const char *name;
 	uint32_t n_layers, max_seq;
-	uint32_t kv_dim, block_tokens; /* prefix blocks; 0: none */
-	uint32_t id;                   /* as registered: the same in every bank */
+	uint32_t kv_dim, block_tokens, kv_layers; /* prefix blocks; 0: none */
+	uint32_t id; /* as registered: the same in every bank */
 };
 
 static struct model models[] = {
-	{ "fuzz-small", 4, 256, 0, 0, 0 },
-	{ "fuzz-deep", LBP_MAX_LAYERS, LBP_MAX_SEQ, 0, 0, 0 }, /* the largest threshold payload */
-	/* Blocks of f32 [2][2][4][32], 2 KiB: some 60 fit the budget; chains of up to 16. */
-	{ "fuzz-prefix", 2, 64, 32, 4, 0 },
+	{ "fuzz-small", 4, 256, 0, 0, 0, 0 },
+	{ "fuzz-deep", LBP_MAX_LAYERS, LBP_MAX_SEQ, 0, 0, 0, 0 }, /* the largest threshold payload */
+	/* Blocks of f32 [2][2][4][32], 2 KiB, of 2 of its 3 layers (a FusedKV model's storage
+	 * layers): some 60 fit the budget; chains of up to 16. */
+	{ "fuzz-prefix", 3, 64, 32, 4, 2, 0 },
 };
 #define N_MODELS (sizeof(models) / sizeof(models[0]))
 #define KV_MODEL 2 /* the one with blocks */
@@ -257,7 +258,8 @@ static struct lbip_bank *bank_new(enum bank_kind kind)
 					   .n_layers = models[i].n_layers, .hidden = 64,
 					   .dtype = LB_DTYPE_F32, .max_seq = models[i].max_seq,
 					   .fp_chunks = 4, .fp_seed = 9, .kv_dim = models[i].kv_dim,
-					   .block_tokens = models[i].block_tokens };
+					   .block_tokens = models[i].block_tokens,
+					   .kv_layers = models[i].kv_layers };
 		uint32_t id;
 		if (lbip_bank_register(l, &d, &id) < 0)
 			broken(NULL, "cannot register %s", d.name);
@@ -281,10 +283,10 @@ static uint32_t prefix_model(void)
 	return models[KV_MODEL].id;
 }
 
-/* A block's data bytes (section 14: f32 [n_layers][2][block_tokens][kv_dim]). */
+/* A block's data bytes (section 14: f32 [kv.layers][2][block_tokens][kv_dim]). */
 static uint64_t block_bytes(const struct model *m)
 {
-	return (uint64_t)m->n_layers * 2 * m->block_tokens * m->kv_dim * sizeof(float);
+	return (uint64_t)m->kv_layers * 2 * m->block_tokens * m->kv_dim * sizeof(float);
 }
 
 /* What an entry of bytes occupies (section 9). */
@@ -716,7 +718,7 @@ static unsigned expect_insert_block(const struct run *R, const struct lb_req *r,
 	if (!m)
 		return S_SRCH;
 	uint64_t end = ((uint64_t)h->index + 1) * m->block_tokens;
-	if (!m->kv_dim || h->dtype != LB_DTYPE_F32 || h->ndim != 4 || h->shape[0] != m->n_layers ||
+	if (!m->kv_dim || h->dtype != LB_DTYPE_F32 || h->ndim != 4 || h->shape[0] != m->kv_layers ||
 	    h->shape[1] != 2 || h->shape[2] != m->block_tokens || h->shape[3] != m->kv_dim ||
 	    end > m->max_seq || r->seq_len != end || h->index >= LB_PREFIX_MAX_BLOCKS)
 		return S_INVAL;
@@ -837,7 +839,7 @@ static void check_block_entry(const struct run *R, const struct lb_req *r, const
 {
 	const struct model *m = model_of(b->model_id);
 	const struct lb_entry_hdr *e = entry_at(R, r, 0, b->off);
-	const uint32_t shape[LB_MAX_NDIM] = { m->n_layers, 2, m->block_tokens, m->kv_dim };
+	const uint32_t shape[LB_MAX_NDIM] = { m->kv_layers, 2, m->block_tokens, m->kv_dim };
 
 	if (e->magic != LB_ENTRY_MAGIC || e->model_id != b->model_id ||
 	    e->layer != LB_ENTRY_LAYER_BLOCK || !key_eq(e->key, b->key) ||

@@ -106,7 +106,7 @@ static struct lbp_msg msg(enum lbp_type t)
 		m.u.reg.dtype = LBP_DTYPE_F32;
 		m.u.reg.max_seq = 512;
 		m.u.reg.fp = (struct lbp_fp_spec){ 64, 256, 3 };
-		m.u.reg.kv = (struct lbp_kv_spec){ 32, 16 }; /* 4 KV heads of 8 */
+		m.u.reg.kv = (struct lbp_kv_spec){ 32, 16, 5 }; /* 4 KV heads of 8 */
 		break;
 	case LBP_MODEL:
 		m.u.model.model_id = 3;
@@ -272,11 +272,14 @@ static void decode_seeds(void)
 	m.u.reg.dtype = LBP_DTYPE_BF16;
 	m.u.reg.max_seq = LBP_MAX_SEQ;
 	m.u.reg.fp.seed = UINT64_MAX;
-	m.u.reg.kv = (struct lbp_kv_spec){ LBP_MAX_HIDDEN, LBP_MAX_BLOCK_TOKENS };
+	m.u.reg.kv = (struct lbp_kv_spec){ LBP_MAX_HIDDEN, LBP_MAX_BLOCK_TOKENS, LBP_MAX_LAYERS };
 	put_msg("register-model-max", &m);
 	m = msg(LBP_REGISTER_MODEL);
-	m.u.reg.kv = (struct lbp_kv_spec){ 0, 0 }; /* an encoder: no prefix blocks */
+	m.u.reg.kv = (struct lbp_kv_spec){ 0, 0, 0 }; /* an encoder: no prefix blocks */
 	put_msg("register-model-no-kv", &m);
+	m = msg(LBP_REGISTER_MODEL);
+	m.u.reg.kv.layers = 3; /* a FusedKV model's storage layers: 3 of its 5 */
+	put_msg("register-model-fusedkv", &m);
 
 	m = msg(LBP_STATS_REPLY);
 	m.u.stats.page_size = 2097152;
@@ -838,7 +841,7 @@ static void prefix_seeds(struct script *s)
 		bad[3].ndim = 3;
 		bad[3].shape[3] = 0;
 		bad[3].bytes = PB_BYTES / 32;
-		bad[4].shape[0] = 3;                       /* n_layers */
+		bad[4].shape[0] = 3;                       /* all 3 layers, not kv.layers' 2 */
 		bad[4].bytes = PB_BYTES / 2 * 3;
 		bad[5].shape[2] = 8;                       /* block_tokens */
 		bad[5].shape[3] = 16;
