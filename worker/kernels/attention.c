@@ -548,6 +548,58 @@ static void head(enum lbk_isa isa, const struct att *a, int64_t h, const float *
 		head_avx2(a, h, kt, ldkt, ob, ldob, cb, ce);
 }
 
+/*
+ * A fused call's keys and values rebuilt once, as key_at and value_at round them, into kf and vf
+ * [nkeys][n_kv_heads * hs]; *b is a's call on them as one block each, nothing left to fuse, so
+ * that the heads read them as a plain layer's (rebuilt inside the heads, a kv head's keys were
+ * made again for each head of its group and its values for each head and query block).
+ */
+/* out[c] = w[c] x[c] + w2[c] y[c] for c < n, each product rounded, then the sum
+ * (sum_of_products), 16 lanes at a time. */
+static LBK_TARGET_AVX512 void fuse_row_avx512(float *out, const float *w, const float *x,
+					      const float *w2, const float *y, int64_t n)
+{
+	for (int64_t c = 0; c < n; c += 16) {
+		const __mmask16 k = lbk_mask16(n - c);
+		__m512 p = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w + c), _mm512_maskz_loadu_ps(k, x + c));
+		__m512 r = _mm512_mul_ps(_mm512_maskz_loadu_ps(k, w2 + c),
+					 _mm512_maskz_loadu_ps(k, y + c));
+		_mm512_mask_storeu_ps(out + c, k, _mm512_add_ps(p, r));
+	}
+}
+
+static void fuse_row(enum lbk_isa isa, float *out, const float *w, const float *x,
+		     const float *w2, const float *y, int64_t n)
+{
+	if (isa == LBK_ISA_AVX512) {
+		fuse_row_avx512(out, w, x, w2, y, n);
+		return;
+	}
+	for (int64_t c = 0; c < n; c++)
+		out[c] = sum_of_products(w[c], x[c], w2[c], y[c]);
+}
+
+static void rebuild(const struct att *a, enum lbk_isa isa, float *kf, float *vf,
+		    const float **kb, const float **vb, struct att *b)
+{
+	const int64_t kvd = a->n_kv_heads * a->hs;
+	const struct lbk_fused *f = a->f;
+	for (int64_t s = 0; s < a->nkeys; s++) {
+		fuse_row(isa, kf + s * kvd, f->a, kv_row(a->kblk, a->bshift, a->ldk, s), f->a2,
+			 kv_row(f->k2blk, a->bshift, a->ldk, s), kvd);
+		fuse_row(isa, vf + s * kvd, f->b, kv_row(a->vblk, a->bshift, a->ldv, s), f->b2,
+			 kv_row(f->v2blk, a->bshift, a->ldv, s), kvd);
+	}
+	*kb = kf;
+	*vb = vf;
+	*b = *a;
+	b->kblk = kb;
+	b->vblk = vb;
+	b->ldk = b->ldv = kvd;
+	b->bshift = ONE_BLOCK;
+	b->f = NULL;
+}
+
 /* The tiled variant of isa: from the thread's scratch, or without it (the same bits). */
 static void attention_tiled(const struct att *a, enum lbk_isa isa)
 {
@@ -561,18 +613,29 @@ static void attention_tiled(const struct att *a, enum lbk_isa isa)
 	if (ldkt % 256 == 0)
 		ldkt += bk;
 	const int64_t group = a->n_heads / a->n_kv_heads;
-	/* kt [hs][ldkt], then ob [bq][hsp]: both multiples of 16 floats (64 bytes) */
-	int64_t kt_floats, bytes;
+	/* kt [hs][ldkt], then ob [bq][hsp]: both multiples of 16 floats (64 bytes); a fused call's
+	 * rebuilt keys and values after them */
+	int64_t kt_floats, bytes, kv_floats = 0;
 	float *kt = NULL;
 	if (!__builtin_mul_overflow(hs, ldkt, &kt_floats) &&
 	    !__builtin_add_overflow(kt_floats, bq * hsp, &bytes) &&
+	    (!a->f || (!__builtin_mul_overflow(a->nkeys, a->n_kv_heads * hs, &kv_floats) &&
+		       !__builtin_add_overflow(bytes, 2 * kv_floats, &bytes))) &&
 	    !__builtin_mul_overflow(bytes, (int64_t)sizeof(float), &bytes))
 		kt = scratch((size_t)bytes);
 	if (kt) {
-		for (int64_t kvh = 0; kvh < a->n_kv_heads; kvh++) {
-			transpose_k(kt, ldkt, a, kvh);
+		struct att b;
+		const float *kb, *vb;
+		const struct att *p = a;
+		if (a->f) {
+			float *kf = kt + kt_floats + bq * hsp;
+			rebuild(a, isa, kf, kf + kv_floats, &kb, &vb, &b);
+			p = &b;
+		}
+		for (int64_t kvh = 0; kvh < p->n_kv_heads; kvh++) {
+			transpose_k(kt, ldkt, p, kvh);
 			for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
-				head(isa, a, h, kt, ldkt, kt + kt_floats, hsp, 0, hs);
+				head(isa, p, h, kt, ldkt, kt + kt_floats, hsp, 0, hs);
 		}
 		return;
 	}
