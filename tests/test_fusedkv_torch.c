@@ -13,6 +13,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,6 +87,22 @@ static void test_c_matches_torch(void **state)
 	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
 		fail_msg("--convert-lite: %s", out);
 	both_agree(dir, path, "stories260K, training-free lite");
+	/* The C conversion (lbw_llama_lite, which layerbank-bench fusedkv makes) writes the same
+	 * bytes as the script's. */
+	struct lbw_llama plain, lite, file;
+	char why[256];
+	assert_int_equal(lbw_llama_load(&plain, MODEL, why, sizeof(why)), 0);
+	assert_int_equal(lbw_llama_lite(&lite, &plain, plain.cfg.n_layers / 2, why, sizeof(why)), 0);
+	assert_int_equal(lbw_llama_load(&file, path, why, sizeof(why)), 0);
+	assert_int_equal(lite.data_size, file.data_size);
+	assert_memory_equal(lite.data, file.data, file.data_size);
+	lbw_llama_free(&file);
+	assert_int_equal(lbw_llama_lite(&file, &lite, 1, why, sizeof(why)), -EINVAL); /* not plain */
+	assert_int_equal(lbw_llama_lite(&file, &plain, 0, why, sizeof(why)), -EINVAL);
+	assert_int_equal(lbw_llama_lite(&file, &plain, plain.cfg.n_layers, why, sizeof(why)),
+			 -EINVAL);
+	lbw_llama_free(&plain);
+	lbw_llama_free(&lite);
 	static const char *const trained[] = { "control", "lite", "fused" };
 	for (int i = 0; i < 3; i++) {
 		char what[64];

@@ -402,17 +402,13 @@ static void prefault(void *p, size_t n)
 		(void)madvise((void *)a, e - a, MADV_POPULATE_WRITE);
 }
 
-int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, uint64_t seed,
-		       char *err, size_t errlen)
+/* m's image for the shape of hdr (llama2.c's seven header fields) and cfg's kv_mode and
+ * kv_layers: the header and a FusedKV model's footer written, the weights left to the caller.
+ * @return 0; -EINVAL; -ENOMEM (m freed). */
+static int image_new(struct lbw_llama *m, const int32_t hdr[7], const struct lbw_llama_config *cfg,
+		     char *err, size_t errlen)
 {
-	int32_t hdr[7] = { cfg->dim,        cfg->hidden_dim, cfg->n_layers, cfg->n_heads,
-			   cfg->n_kv_heads, cfg->vocab_size, cfg->seq_len };
 	memset(m, 0, sizeof(*m));
-	if (cfg->vocab_size <= 0) {
-		lbu_errf(err, errlen, "bad shape: vocab_size = %d (must be 1..%d)",
-			 (int)cfg->vocab_size, LBW_LLAMA_MAX_VOCAB);
-		return -EINVAL;
-	}
 	int rc = parse_header(hdr, &m->cfg, err, errlen);
 	if (rc < 0)
 		return rc;
@@ -429,16 +425,20 @@ int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, 
 		       (fkv ? sizeof(footer) : 0);
 	m->data = malloc(m->data_size);
 	if (!m->data) {
-		lbu_errf(err, errlen, "out of memory for %zu bytes of generated weights",
-			 m->data_size);
+		lbu_errf(err, errlen, "out of memory for %zu bytes of weights", m->data_size);
 		lbw_llama_free(m);
 		return -ENOMEM;
 	}
 	prefault(m->data, m->data_size);
-	memcpy(m->data, hdr, sizeof(hdr));
+	memcpy(m->data, hdr, 7 * sizeof(int32_t));
 	if (fkv) /* the file's image, footer included: it can be written out and loaded back */
 		memcpy((char *)m->data + m->data_size - sizeof(footer), footer, sizeof(footer));
-	fill_weights(m, seed);
+	return 0;
+}
+
+/* m's weights written: point into them, pack them. @return 0; -ENOMEM (m freed). */
+static int image_finish(struct lbw_llama *m, char *err, size_t errlen)
+{
 	map_weights(m);
 	pack_weights(m);
 	if (expand_fused(m) < 0) {
@@ -447,6 +447,70 @@ int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, 
 		return -ENOMEM;
 	}
 	return 0;
+}
+
+int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, uint64_t seed,
+		       char *err, size_t errlen)
+{
+	int32_t hdr[7] = { cfg->dim,        cfg->hidden_dim, cfg->n_layers, cfg->n_heads,
+			   cfg->n_kv_heads, cfg->vocab_size, cfg->seq_len };
+	memset(m, 0, sizeof(*m));
+	if (cfg->vocab_size <= 0) {
+		lbu_errf(err, errlen, "bad shape: vocab_size = %d (must be 1..%d)",
+			 (int)cfg->vocab_size, LBW_LLAMA_MAX_VOCAB);
+		return -EINVAL;
+	}
+	int rc = image_new(m, hdr, cfg, err, errlen);
+	if (rc < 0)
+		return rc;
+	fill_weights(m, seed);
+	return image_finish(m, err, errlen);
+}
+
+int lbw_llama_lite(struct lbw_llama *m, const struct lbw_llama *in, int32_t n, char *err,
+		   size_t errlen)
+{
+	const struct lbw_llama_config *c = &in->cfg;
+	memset(m, 0, sizeof(*m));
+	if (c->kv_mode != LBW_KV_PLAIN || n < 1 || n >= c->n_layers) {
+		lbu_errf(err, errlen, "training-free Lite needs a plain model and 1 <= n < %d "
+			 "storage layers (n = %d)", (int)c->n_layers, (int)n);
+		return -EINVAL;
+	}
+	struct lbw_llama_config lite = *c;
+	lite.kv_mode = LBW_KV_LITE;
+	lite.kv_layers = n;
+	int rc = image_new(m, (const int32_t *)in->data, &lite, err, errlen);
+	if (rc < 0)
+		return rc;
+	/* In the file's order, each part of in's image copied; of wk and wv the first n layers. */
+	uint64_t dim = (uint64_t)c->dim, hid = (uint64_t)c->hidden_dim, L = (uint64_t)c->n_layers;
+	uint64_t kv = (uint64_t)c->kv_dim, V = (uint64_t)c->vocab_size;
+	const struct {
+		uint64_t out, in;
+	} part[] = {
+		{ V * dim, V * dim },                   /* token_embedding */
+		{ L * dim, L * dim },                   /* rms_att */
+		{ L * dim * dim, L * dim * dim },       /* wq */
+		{ n * kv * dim, L * kv * dim },         /* wk */
+		{ n * kv * dim, L * kv * dim },         /* wv */
+		{ L * dim * dim, L * dim * dim },       /* wo */
+		{ L * dim, L * dim },                   /* rms_ffn */
+		{ 3 * L * hid * dim, 3 * L * hid * dim }, /* w1, w2, w3 */
+		{ dim, dim },                           /* rms_final */
+		{ (uint64_t)c->seq_len * (uint64_t)c->head_size,
+		  (uint64_t)c->seq_len * (uint64_t)c->head_size }, /* freq_cis */
+		{ c->shared_classifier ? 0 : V * dim, c->shared_classifier ? 0 : V * dim }, /* wcls */
+	};
+	float *o = (float *)((char *)m->data + LBW_LLAMA_HEADER_BYTES);
+	const float *i = (const float *)((const char *)in->data + LBW_LLAMA_HEADER_BYTES);
+	for (size_t k = 0; k < sizeof(part) / sizeof(part[0]); k++) {
+		memcpy(o, i, part[k].out * sizeof(float));
+		o += part[k].out;
+		i += part[k].in;
+	}
+	m->reference = in->reference;
+	return image_finish(m, err, errlen);
 }
 
 void lbw_llama_free(struct lbw_llama *m)

@@ -188,6 +188,16 @@ struct lbw_llama_config lbw_llama_config_110m(void);
 int lbw_llama_generate(struct lbw_llama *m, const struct lbw_llama_config *cfg, uint64_t seed,
 		       char *err, size_t errlen);
 
+/*
+ * Training-free FusedKV-Lite of the plain model in (loaded or generated): m is in with only its
+ * first n layers' K and V projections, the layers past them reading layer n-1's keys and layer
+ * 0's values (a LBW_KV_LITE file's image in m->data, as tools/train_fusedkv.py --convert-lite
+ * writes it for n = n_layers / 2). m is a model of its own (in may be freed).
+ * @return 0; -EINVAL (in not plain, n outside 1..n_layers - 1) with err; -ENOMEM.
+ */
+int lbw_llama_lite(struct lbw_llama *m, const struct lbw_llama *in, int32_t n, char *err,
+		   size_t errlen);
+
 /* Allocate a state (KV cache for cfg->seq_len positions). @return 0, -ENOMEM. */
 int lbw_llama_state_init(struct lbw_llama_state *s, const struct lbw_llama_config *cfg);
 void lbw_llama_state_free(struct lbw_llama_state *s);
