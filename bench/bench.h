@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "layerbank/layerbank.h" /* struct lb_stats */
+
 /* One row of the index benchmark: an index of `entries` fingerprints. */
 struct lbb_index_row {
 	uint32_t entries;
@@ -122,6 +124,8 @@ int lbb_fleet_daemon_start(const struct lbb_fleet_cfg *cfg);
 void lbb_fleet_daemon_stop(void);
 /* The daemon's socket path (valid until the next call). */
 const char *lbb_fleet_socket(void);
+/* The fleet's folder, removed at exit with what the benchmark put in it. */
+const char *lbb_fleet_dir(void);
 
 /*
  * Start cfg->workers serve processes in mode m (for LBB_SHARED the daemon first), each with
@@ -186,6 +190,42 @@ struct lbb_prefix_figs {
 int lbb_prefix_lookup_time(const char *socket, const struct lbb_prefix_geom *g,
 			   struct lbb_prefix_figs *f);
 
+/* ---- bench_prefix.c, for layerbank-bench fusedkv: the chat stream through a fleet ---- */
+
+struct lbw_chat;
+struct lbw_chat_cfg;
+struct lbw_paragraphs;
+
+/* The chat stream of cfg (chat), fitted to a context of seq_len tokens, from data's
+ * tinystories_val.txt and tok512.bin into *para (the paragraphs it refers to) and *c.
+ * @return 0, or -1 after a one-line message. */
+int lbb_prefix_chat(const char *data, const struct lbw_chat_cfg *chat, uint32_t seq_len,
+		    struct lbw_paragraphs *para, struct lbw_chat *c);
+
+struct lbb_stream_cfg {
+	const char *model; /* the workers' --model: a checkpoint file or llama-110m */
+	const char *data;  /* the folder of tok512.bin */
+	int workers;       /* 1..LBB_FLEET_MAX_WORKERS */
+	uint64_t budget;   /* the shared bank's bytes; a private bank's: budget / workers */
+	uint32_t seq_len;  /* the model's context, which the stream was fitted to */
+	int quiet;         /* no progress lines */
+};
+
+struct lbb_stream_figs {
+	double reused_share, reusable_share; /* of the prompt tokens */
+	double ttft_p50_ms, tokens_per_s;
+	uint64_t prompt_tokens, reused_tokens;
+	unsigned errors, cache_lost;
+	int have_bank;
+	struct lb_stats bank; /* shared: the daemon's counters at the end */
+};
+
+/* The chat stream c through a fleet of cfg's `layerbank-worker serve` decoders in mode m, as
+ * layerbank-bench prefix runs each mode (each turn sent once the turn it continues is answered).
+ * @return 0 and *out; -errno after a one-line message. */
+int lbb_prefix_stream(const struct lbb_stream_cfg *cfg, const struct lbw_chat *c,
+		      enum lbb_mode m, struct lbb_stream_figs *out);
+
 /* ---- bench_blockset.c: the prefix blocks a bank that never evicts nor fails would hold ---- */
 
 struct lbb_blockset;
@@ -218,6 +258,10 @@ int bench_e2e_main(int argc, char **argv);
  * cache, with a private bank each and with the shared bank, bench_prefix.c.
  * @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_prefix_main(int argc, char **argv);
+
+/* layerbank-bench fusedkv (argv[0] "fusedkv"): stories260K against its FusedKV checkpoints,
+ * bench_fusedkv.c. @return the exit status: 0, 1 run-time failure, 2 bad options. */
+int bench_fusedkv_main(int argc, char **argv);
 
 /* layerbank-bench gen-near: generation after the design's stream, exact prefixes against
  * --gen-recompute (bench_gen_near.c). */

@@ -112,6 +112,11 @@ static void show_log(const char *path)
 
 /* ---- the daemon ---- */
 
+const char *lbb_fleet_dir(void)
+{
+	return fleet.dir;
+}
+
 const char *lbb_fleet_socket(void)
 {
 	static char sock[128];

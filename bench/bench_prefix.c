@@ -27,6 +27,7 @@
 
 struct opts {
 	int llama;              /* --model llama-110m; else stories260k */
+	const char *model_file; /* serve's --model: NULL for the --model's */
 	int workers;
 	struct lbw_chat_cfg chat;
 	uint64_t budget;        /* the shared bank's bytes; private banks get budget / workers */
@@ -112,18 +113,17 @@ static int model_geom(const struct opts *o, struct lbb_prefix_geom *g)
 	return 0;
 }
 
-/* The chat stream of the options, fitted to the context. @return 0, or -1 after a message. */
-static int make_stream(const struct opts *o, const struct lbb_prefix_geom *g,
-		       struct lbw_paragraphs *para, struct lbw_chat *c)
+int lbb_prefix_chat(const char *data, const struct lbw_chat_cfg *chat, uint32_t seq_len,
+		    struct lbw_paragraphs *para, struct lbw_chat *c)
 {
 	char path[600], err[512];
 	struct lbw_tokenizer t;
-	struct lbw_chat_cfg cfg = o->chat;
-	cfg.max_tokens = g->seq_len;
-	snprintf(path, sizeof(path), "%s/tinystories_val.txt", o->data);
+	struct lbw_chat_cfg cfg = *chat;
+	cfg.max_tokens = seq_len;
+	snprintf(path, sizeof(path), "%s/tinystories_val.txt", data);
 	int rc = lbw_paragraphs_load(path, 100, 600, para, err, sizeof(err));
 	if (rc == 0) {
-		snprintf(path, sizeof(path), "%s/tok512.bin", o->data);
+		snprintf(path, sizeof(path), "%s/tok512.bin", data);
 		rc = lbw_tokenizer_load(&t, path, 512, err, sizeof(err));
 	}
 	if (rc == 0) {
@@ -361,8 +361,11 @@ static int run_mode(const struct opts *o, const struct lbw_chat *c,
 {
 	char model[600], tok[600];
 	snprintf(tok, sizeof(tok), "%s/tok512.bin", o->data);
-	snprintf(model, sizeof(model), "%s%s", o->llama ? "" : o->data,
-		 o->llama ? LBW_LLAMA_110M_NAME : "/stories260K.bin");
+	if (o->model_file)
+		snprintf(model, sizeof(model), "%s", o->model_file);
+	else
+		snprintf(model, sizeof(model), "%s%s", o->llama ? "" : o->data,
+			 o->llama ? LBW_LLAMA_110M_NAME : "/stories260K.bin");
 	struct lbb_fleet_cfg cfg = { .model = model, .tokenizer = tok, .workers = o->workers,
 				     .budget = o->budget };
 	struct dispatch d = { .o = o, .c = c, .g = g, .run = run };
@@ -480,6 +483,28 @@ static int same_outputs(const struct run *run, const struct run *base, const str
 		return 0;
 	}
 	return 1;
+}
+
+int lbb_prefix_stream(const struct lbb_stream_cfg *cfg, const struct lbw_chat *c,
+		      enum lbb_mode m, struct lbb_stream_figs *out)
+{
+	struct opts o = { .model_file = cfg->model, .workers = cfg->workers,
+			  .budget = cfg->budget, .quiet = cfg->quiet };
+	struct lbb_prefix_geom g = { .seq_len = cfg->seq_len };
+	struct run run;
+	snprintf(o.data, sizeof(o.data), "%s", cfg->data);
+	int rc = run_mode(&o, c, &g, m, &run);
+	if (rc == 0) {
+		summarise(&run, c);
+		*out = (struct lbb_stream_figs){
+			.reused_share = run.reused_share, .reusable_share = run.reusable_share,
+			.ttft_p50_ms = run.ttft_p50, .tokens_per_s = run.tokens_per_s,
+			.prompt_tokens = run.prompt_tokens, .reused_tokens = run.reused_tokens,
+			.errors = run.errors, .cache_lost = run.cache_lost,
+			.have_bank = run.have_bank, .bank = run.bank };
+	}
+	free_run(&run, c->n);
+	return rc;
 }
 
 /* ---- reporting ---- */
@@ -805,7 +830,7 @@ int bench_prefix_main(int argc, char **argv)
 	if (parse(argc, argv, &o) < 0)
 		return 2;
 	if (check_data(&o) < 0 || model_geom(&o, &rp.g) < 0 ||
-	    make_stream(&o, &rp.g, &para, &c) < 0) {
+	    lbb_prefix_chat(o.data, &o.chat, rp.g.seq_len, &para, &c) < 0) {
 		lbw_paragraphs_free(&para);
 		return 1;
 	}

@@ -6,6 +6,7 @@
  *   layerbank-bench e2e ...        (bench_e2e.c)
  *   layerbank-bench prefix ...     (bench_prefix.c, bench_prefix_lookup.c)
  *   layerbank-bench gen-near ...   (bench_gen_near.c)
+ *   layerbank-bench fusedkv ...    (bench_fusedkv.c)
  *   layerbank-bench snapshot ...   (bench_snapshot.c)
  *   layerbank-bench flush ...      (bench_flush.c)
  *   layerbank-bench churn ...      (bench_churn.c)
@@ -30,6 +31,8 @@ int main(int argc, char **argv)
 		return bench_e2e_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "prefix") == 0)
 		return bench_prefix_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "fusedkv") == 0)
+		return bench_fusedkv_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "gen-near") == 0)
 		return bench_gen_near_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "snapshot") == 0)
@@ -48,6 +51,7 @@ int main(int argc, char **argv)
 			"[options: see --help]\n"
 			"       layerbank-bench gen-near [--model stories260k|llama-110m] [--json] "
 			"[options: see --help]\n"
+			"       layerbank-bench fusedkv [--json] [options: see --help]\n"
 			"       layerbank-bench snapshot [--arena-size SIZE] [--dir DIR] [--json]\n"
 			"       layerbank-bench flush [--entries N] [--json]\n"
 			"       layerbank-bench churn [--json]\n");

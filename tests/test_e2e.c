@@ -484,29 +484,37 @@ static void test_bad_options(void **state)
 	lbu_rmtree(dir);
 }
 
+/* An option of a benchmark given alone, the exit status it gets and what its message names. */
+struct bad_option {
+	const char *opt, *val;
+	int status;
+	const char *says;
+};
+
+static void check_bad_options(const char *bench, const struct bad_option *cases, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		const char *argv[] = { LB_BENCH_PATH, bench, cases[i].opt, cases[i].val, NULL };
+		int st = lbt_run(argv, out, sizeof(out));
+		assert_true(WIFEXITED(st));
+		if (WEXITSTATUS(st) != cases[i].status || !strstr(out, cases[i].says))
+			fail_msg("%s %s %s: status %d, said '%s'", bench, cases[i].opt, cases[i].val,
+				 WEXITSTATUS(st), out);
+	}
+}
+
 /* prefix: a bad option is status 2 and names itself; missing data is status 1. */
 static void test_prefix_bad_options(void **state)
 {
 	(void)state;
-	static const struct {
-		const char *opt, *val;
-		int status;
-		const char *says;
-	} cases[] = {
+	static const struct bad_option cases[] = {
 		{ "--model", "gpt-2", 2, "--model" },
 		{ "--workers", "0", 2, "--workers" },
 		{ "--conversations", "0", 2, "--conversations" },
 		{ "--budget", "1K", 2, "--budget" },
 		{ "--data", "/nonexistent", 1, "LAYERBANK_DATA" },
 	};
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		const char *argv[] = { LB_BENCH_PATH, "prefix", cases[i].opt, cases[i].val, NULL };
-		int st = lbt_run(argv, out, sizeof(out));
-		assert_true(WIFEXITED(st));
-		if (WEXITSTATUS(st) != cases[i].status || !strstr(out, cases[i].says))
-			fail_msg("prefix %s %s: status %d, said '%s'", cases[i].opt, cases[i].val,
-				 WEXITSTATUS(st), out);
-	}
+	check_bad_options("prefix", cases, sizeof(cases) / sizeof(cases[0]));
 }
 
 /* A prefix mode's figures hold together; returns its reused token share. */
@@ -579,6 +587,64 @@ static void test_prefix_report(void **state)
 	json_object_put(j);
 }
 
+/* fusedkv: a bad option is status 2 and names itself; missing checkpoints are status 1. */
+static void test_fusedkv_bad_options(void **state)
+{
+	(void)state;
+	static const struct bad_option cases[] = {
+		{ "--budget", "1K", 2, "--budget" },
+		{ "--sweep", "4M,x", 2, "--sweep" },
+		{ "--rounds", "0", 2, "--rounds" },
+		{ "--paragraphs", "2001", 2, "--paragraphs" },
+		{ "--models", "/nonexistent", 1, "--models" },
+	};
+	check_bad_options("fusedkv", cases, sizeof(cases) / sizeof(cases[0]));
+}
+
+/* fusedkv: five models in order, their K and V bytes from their storage layers, figures that
+ * hold together, the budget's reuse in the sweep's table. */
+static void test_fusedkv_report(void **state)
+{
+	(void)state;
+	const char *argv[] = { LB_BENCH_PATH, "fusedkv", "--paragraphs", "20", "--sequences", "1",
+			       "--rounds", "2", "--workers", "2", "--conversations", "6",
+			       "--sweep", "64M", "--json", "--quiet", NULL };
+	static const char *const names[] = { "original", "control", "lite_free", "lite", "fused" };
+	json_object *j = bench_json(argv);
+	assert_int_equal(count(j, "heldout_paragraphs"), 20);
+	assert_int_equal(count(j, "decode_positions"), 512);
+	assert_int_equal(count(j, "budget_bytes"), 2 << 20);
+	json_object *ms = get(j, "models");
+	assert_int_equal(json_object_array_length(ms), 5);
+	json_object *ctrl = json_object_array_get_idx(ms, 1);
+	for (size_t i = 0; i < 5; i++) {
+		json_object *m = json_object_array_get_idx(ms, i);
+		assert_string_equal(json_object_get_string(get(m, "name")), names[i]);
+		int fkv = i >= 2;
+		/* stories260K: 5 layers of K and V rows of 32 floats; the FusedKV ones keep 2 */
+		assert_int_equal(count(m, "kv_layers"), fkv ? 2 : 5);
+		assert_int_equal(count(m, "kv_bytes_per_token"), (fkv ? 2 : 5) * 2 * 32 * 4);
+		assert_close(num(m, "kv_bytes_ratio"), fkv ? 0.4 : 1.0, "kv_bytes_ratio");
+		assert_true(num(m, "nll_heldout") > 0.5 && num(m, "nll_heldout") < 6);
+		assert_true(count(m, "predicted_tokens") > 20);
+		assert_close(num(m, "nll_vs_control"), num(m, "nll_heldout") / num(ctrl, "nll_heldout") - 1,
+			     "nll_vs_control");
+		assert_true(num(m, "decode_tok_s") > 0 && num(m, "decode_ratio") > 0);
+		double share = num(m, "reused_token_share");
+		assert_true(share >= 0 && share < 1);
+		json_object *by = get(m, "reused_token_share_by_budget");
+		assert_int_equal(json_object_object_length(by), 2);
+		assert_close(num(by, "2097152"), share, "reused_token_share_by_budget");
+		double big = num(by, "67108864");
+		assert_true(big >= 0 && big < 1);
+	}
+	assert_close(num(json_object_array_get_idx(ms, 0), "decode_ratio"), 1.0, "decode_ratio");
+	/* the original's weights with 3 layers' K and V taken away score worse */
+	assert_true(num(json_object_array_get_idx(ms, 2), "nll_heldout") >
+		    num(json_object_array_get_idx(ms, 0), "nll_heldout"));
+	json_object_put(j);
+}
+
 /* serve: an answer per request, errors included, in order; end of input ends it. */
 static void test_serve_protocol(void **state)
 {
@@ -640,6 +706,8 @@ int main(void)
 		cmocka_unit_test(test_fleet_report_encoder),
 		cmocka_unit_test(test_prefix_bad_options),
 		cmocka_unit_test(test_prefix_report),
+		cmocka_unit_test(test_fusedkv_bad_options),
+		cmocka_unit_test(test_fusedkv_report),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
