@@ -305,14 +305,21 @@ static void print_table(const struct opts *o, const struct model *m, const struc
 		       (double)kv_bytes(&m[i]) / (double)kv_bytes(&m[0]), m[i].decode_tok_s,
 		       m[i].decode_ratio, 100 * m[i].stream[0].reused_share);
 	if (o->n_budgets > 1) {
+		uint32_t order[MAX_BUDGETS]; /* the budgets, smallest first */
+		for (uint32_t b = 0; b < o->n_budgets; b++) {
+			uint32_t k = b;
+			for (; k > 0 && o->budget[order[k - 1]] > o->budget[b]; k--)
+				order[k] = order[k - 1];
+			order[k] = b;
+		}
 		printf("  reused token share by bank budget:");
 		for (uint32_t b = 0; b < o->n_budgets; b++)
-			printf(" %8llu MiB", (unsigned long long)(o->budget[b] >> 20));
+			printf(" %8llu MiB", (unsigned long long)(o->budget[order[b]] >> 20));
 		printf("\n");
 		for (int i = 0; i < N_MODELS; i++) {
 			printf("    %-10s                       ", m[i].name);
 			for (uint32_t b = 0; b < o->n_budgets; b++)
-				printf(" %11.1f%%", 100 * m[i].stream[b].reused_share);
+				printf(" %11.1f%%", 100 * m[i].stream[order[b]].reused_share);
 			printf("\n");
 		}
 	}
