@@ -7,18 +7,11 @@
   /usr/bin/python3 tools/train_fusedkv.py --eval FILE [--data DIR]
   /usr/bin/python3 tools/train_fusedkv.py --eval-text FILE.txt CHECKPOINT [--data DIR]
 
-The network is llama2.c's (run.c; worker/model_llama.c computes the same), here in torch,
-float32, batched over sequences with full causal attention: RMSNorm (eps 1e-5), RoPE on the
-channel pairs (i, i + 1) of q and k with freq 1 / 10000 ** ((i % head_size) / head_size),
-grouped-query attention (query head h reads kv head h // (n_heads / n_kv_heads)) scaled by
-1/sqrt(head_size), SwiGLU FFN w2(silu(w1 x) * w3 x), final RMSNorm, the classifier the token
-embedding (or wcls when the header's vocab_size is negative). FusedKV checkpoints are the format
-of worker/model_llama.h ("FusedKV checkpoints"), with n = L // 2 storage layers (stories260K:
-L = 5, n = 2; layers 2..4 rebuild their K and V from layers 0 and 1):
-  plain    the legacy checkpoint, every layer with its own K and V;
-  lite     K_i = K_{n-1}, V_i = V_0 (no wk, wv for layers n..L-1);
-  fused    K_i = a_i K_0 + a'_i K_{n-1} (post-RoPE, one weight per rotary pair),
-           V_i = b_i V_0 + b'_i V_{n-1}, learnt; they start as lite (a 0, a' 1, b 1, b' 0).
+The network (llama2.c's, in torch) and the checkpoint format (legacy llama2.c and FusedKV: plain,
+lite, fused; worker/model_llama.h) are python/layerbank/llama.py's, the package's port of
+stories260K, which this script imports by its file. A FusedKV model made here has n = L // 2
+storage layers (stories260K: L = 5, n = 2; layers 2..4 rebuild their K and V from layers 0 and
+1), and fused's coefficients start as lite (a 0, a' 1, b 1, b' 0).
 
 Data: tinystories_val.txt, split as tools/train_encoder.py and worker/workload.h split it (its
 split(), imported): the first EVAL_PARAGRAPHS (2,000) paragraphs are held out and only
@@ -71,7 +64,7 @@ A checkpoint that is neither legacy for its header nor a valid FusedKV file is r
 a message and exit status 1.
 """
 import argparse
-import math
+import importlib.util
 import os
 import struct
 import sys
@@ -79,16 +72,25 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.dont_write_bytecode = True  # importing the sibling script leaves nothing in tools/
+sys.dont_write_bytecode = True  # importing these modules leaves nothing in tools/ or python/
 sys.path.insert(0, HERE)
 import train_encoder as enc  # noqa: E402  Tokenizer, split, need_torch, sha256, batches
 
-HEADER_BYTES = 28
-FOOTER = struct.Struct("<4siii")       # magic, version, mode, n
-MAGIC, VERSION = b"LBFK", 1
-PLAIN, LITE, FUSED = 0, 1, 2           # worker/model_llama.h: enum lbw_kv_mode
-MODE_NAMES = {PLAIN: "plain", LITE: "lite", FUSED: "fused"}
-EPS, THETA = 1e-5, 10000.0
+
+def import_llama():
+    """python/layerbank/llama.py (the format and the torch model) as module layerbank_llama."""
+    # By its file, not `import layerbank.llama`: that runs the package's __init__ first, which
+    # loads the C library through ctypes, absent from a tree not built (or failing in it),
+    # while this script needs the pure-Python module alone.
+    spec = importlib.util.spec_from_file_location(
+        "layerbank_llama", os.path.join(ROOT, "python", "layerbank", "llama.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # before it runs, as an import registers it
+    spec.loader.exec_module(mod)
+    return mod
+
+
+llama = import_llama()
 
 SEED = 1
 STEPS = 1500
@@ -99,253 +101,14 @@ EVAL_BATCH_TOKENS = 8192
 MID_TOKENS = (50, 300)  # tests/test_llama.c's window for the 1.3-1.45 of shared/data/README.md
 
 
-class CheckpointError(Exception):
-    pass
-
-
-# ---- the file: legacy llama2.c and FusedKV ----
-
-
-class Config:
-    """The header's shape, checked as worker/model_llama.c's parse_header checks it."""
-
-    FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "seq_len")
-    CAPS = (1 << 16, 1 << 18, 1024, 1 << 16, 1 << 16, 1 << 20, 1 << 20)
-
-    def __init__(self, hdr):
-        self.hdr = tuple(hdr)
-        self.dim, self.hidden_dim, self.n_layers, self.n_heads, self.n_kv_heads, v, \
-            self.seq_len = hdr
-        self.shared_classifier = v > 0
-        self.vocab_size = abs(v)
-        for name, cap in zip(self.FIELDS, self.CAPS):
-            x = getattr(self, name)
-            if not 1 <= x <= cap:
-                raise CheckpointError(f"bad checkpoint header: {name} = {x} (must be 1..{cap})")
-        if self.dim % self.n_heads:
-            raise CheckpointError(f"bad checkpoint header: dim {self.dim} not a multiple of "
-                                  f"n_heads {self.n_heads}")
-        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
-            raise CheckpointError(f"bad checkpoint header: n_heads {self.n_heads} not a multiple "
-                                  f"of n_kv_heads {self.n_kv_heads}")
-        self.head_size = self.dim // self.n_heads
-        if self.head_size % 2:
-            raise CheckpointError(f"bad checkpoint header: head_size {self.head_size} is odd "
-                                  "(RoPE needs pairs)")
-        self.kv_dim = self.n_kv_heads * self.head_size
-
-    def layout(self, kv_layers):
-        """(name, shape) of every tensor in file order, wk and wv for kv_layers layers."""
-        d, h, L, kv, V = self.dim, self.hidden_dim, self.n_layers, self.kv_dim, self.vocab_size
-        out = [("token_embedding", (V, d)), ("rms_att", (L, d)), ("wq", (L, d, d)),
-               ("wk", (kv_layers, kv, d)), ("wv", (kv_layers, kv, d)), ("wo", (L, d, d)),
-               ("rms_ffn", (L, d)), ("w1", (L, h, d)), ("w2", (L, d, h)), ("w3", (L, h, d)),
-               ("rms_final", (d,)), ("freq_cis", (2, self.seq_len, self.head_size // 2))]
-        if not self.shared_classifier:
-            out.append(("wcls", (V, d)))
-        return out
-
-    def coef_layout(self):
-        """(name, shape) of one reconstruction layer's coefficients (fused), in file order."""
-        kv = self.kv_dim
-        return [("a", (kv // 2,)), ("a2", (kv // 2,)), ("b", (kv,)), ("b2", (kv,))]
-
-    def size(self, mode, n):
-        """Bytes of the file of mode with n storage layers."""
-        L = self.n_layers
-        floats = sum(math.prod(s) for _, s in self.layout(L if mode == PLAIN else n))
-        if mode == FUSED:
-            floats += (L - n) * 3 * self.kv_dim
-        return HEADER_BYTES + 4 * floats + (FOOTER.size if mode != PLAIN else 0)
-
-
-def storage_layers(n_layers):
-    return n_layers // 2
-
-
-def read_checkpoint(path):
-    """(cfg, tensors {name: float32 array}, mode, n) of a legacy or FusedKV file; a file that is
-    neither raises CheckpointError naming path. Fused's coefficients are a, a2, b, b2
-    [L - n][...]."""
-    try:
-        data = open(path, "rb").read()
-    except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {e.strerror}")
-    try:
-        return parse_checkpoint(data)
-    except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}")
-
-
-def parse_checkpoint(data):
-    import numpy as np
-    if len(data) < HEADER_BYTES:
-        raise CheckpointError(f"{len(data)} bytes, shorter than the 28-byte header")
-    cfg = Config(struct.unpack_from("<7i", data, 0))
-    L = cfg.n_layers
-    legacy = cfg.size(PLAIN, L)
-    if len(data) == legacy:
-        mode, n = PLAIN, L
-    else:
-        if len(data) < HEADER_BYTES + FOOTER.size:
-            raise CheckpointError(f"{len(data)} bytes: not the {legacy} its header implies for a "
-                                  "legacy checkpoint, and too short for a FusedKV footer")
-        magic, version, mode, n = FOOTER.unpack_from(data, len(data) - FOOTER.size)
-        if magic != MAGIC:
-            raise CheckpointError(f"{len(data)} bytes, but its header implies {legacy} for a "
-                                  f"legacy checkpoint and it has no FusedKV footer (magic "
-                                  f"{magic!r}, not {MAGIC!r}): truncated or not a checkpoint")
-        if version != VERSION:
-            raise CheckpointError(f"FusedKV footer: version {version}, this script reads {VERSION}")
-        if mode not in (LITE, FUSED):
-            raise CheckpointError(f"FusedKV footer: mode {mode} (must be 1 lite or 2 fused)")
-        if not 1 <= n <= L - 1:
-            raise CheckpointError(f"FusedKV footer: n {n} (must be 1..{L - 1} for {L} layers)")
-        want = cfg.size(mode, n)
-        if len(data) != want:
-            raise CheckpointError(f"{len(data)} bytes, but a {MODE_NAMES[mode]} checkpoint of "
-                                  f"this header with n = {n} has {want}")
-    t, off = {}, HEADER_BYTES
-    for name, shape in cfg.layout(n if mode != PLAIN else L):
-        k = math.prod(shape)
-        t[name] = np.frombuffer(data, "<f4", k, off).reshape(shape).copy()
-        off += 4 * k
-    if mode == FUSED:
-        coef = {name: [] for name, _ in cfg.coef_layout()}
-        for _ in range(n, L):
-            for name, shape in cfg.coef_layout():
-                coef[name].append(np.frombuffer(data, "<f4", shape[0], off).copy())
-                off += 4 * shape[0]
-        for name, rows in coef.items():
-            t[name] = np.stack(rows)
-    return cfg, t, mode, n
-
-
-def write_checkpoint(path, cfg, t, mode, n):
-    """t as read_checkpoint returns it; wk and wv hold L layers (plain) or at least n (their
-    first n are written). Written whole to path.tmp, then renamed."""
-    L = cfg.n_layers
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<7i", *cfg.hdr))
-        for name, shape in cfg.layout(L if mode == PLAIN else n):
-            a = t[name][:shape[0]] if name in ("wk", "wv") else t[name]
-            if tuple(a.shape) != shape:
-                raise ValueError(f"{name} has shape {a.shape}, the file wants {shape}")
-            f.write(a.astype("<f4").tobytes())
-        if mode == FUSED:
-            for i in range(L - n):
-                for name, _ in cfg.coef_layout():
-                    f.write(t[name][i].astype("<f4").tobytes())
-        if mode != PLAIN:
-            f.write(FOOTER.pack(MAGIC, VERSION, mode, n))
-    os.replace(tmp, path)
-    size, want = os.path.getsize(path), cfg.size(mode, n)
-    if size != want:
-        raise ValueError(f"{path}: wrote {size} bytes, the format says {want}")
-    return size
-
-
-# ---- the model ----
-
-
-def model_class():
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    def rmsnorm(x, w):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + EPS) * w
-
-    class Llama(nn.Module):
-        """llama2.c's forward over batches of sequences; mode and n as in the file."""
-
-        def __init__(self, cfg, t, mode, n):
-            super().__init__()
-            self.cfg, self.mode = cfg, mode
-            self.n = n if mode != PLAIN else cfg.n_layers
-            names = [nm for nm, _ in cfg.layout(self.n)]
-            if mode == FUSED:
-                names += [nm for nm, _ in cfg.coef_layout()]
-            for nm in names:
-                if nm == "freq_cis":  # unused by the forward, kept for the file
-                    self.register_buffer(nm, torch.from_numpy(t[nm].copy()))
-                else:
-                    setattr(self, nm, nn.Parameter(torch.from_numpy(t[nm].copy())))
-            hs = cfg.head_size
-            # llama2.c in float: 1.0f / powf(10000.0f, (float)head_dim / (float)hs)
-            i = torch.arange(0, hs, 2, dtype=torch.float32)
-            self.register_buffer("freq", 1.0 / torch.pow(torch.tensor(THETA), i / hs))
-
-        def tensors(self):
-            """{name: float32 array} for write_checkpoint."""
-            return {k: v.detach().numpy() for k, v in
-                    list(self.named_parameters()) + [("freq_cis", self.freq_cis)]}
-
-        def rope(self, x, t):
-            """x [b][t][heads][hs] rotated by position: pairs (2j, 2j+1) of every head."""
-            val = torch.arange(t, dtype=torch.float32)[:, None] * self.freq  # [t][hs/2]
-            c, s = val.cos()[None, :, None, :], val.sin()[None, :, None, :]
-            x0, x1 = x[..., 0::2], x[..., 1::2]
-            return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), -1).flatten(-2)
-
-        def kv_of(self, l, ks, vs):
-            """K and V [b][t][kv_dim] layer l attends over, from the storage layers' ks, vs."""
-            n = self.n
-            if l < n:
-                return ks[l], vs[l]
-            if self.mode == LITE:
-                return ks[n - 1], vs[0]
-            i = l - n
-            a, a2 = self.a[i].repeat_interleave(2), self.a2[i].repeat_interleave(2)
-            return a * ks[0] + a2 * ks[n - 1], self.b[i] * vs[0] + self.b2[i] * vs[n - 1]
-
-        def forward(self, toks):
-            """toks [b][t] -> logits [b][t][vocab]. Causal: padding after a sequence's end
-            changes none of its positions."""
-            c = self.cfg
-            b, t = toks.shape
-            H, KVH, hs = c.n_heads, c.n_kv_heads, c.head_size
-            causal = torch.ones(t, t, dtype=torch.bool).triu(1)
-            x = self.token_embedding[toks]
-            ks, vs = [], []
-            for l in range(c.n_layers):
-                xb = rmsnorm(x, self.rms_att[l])
-                q = self.rope((xb @ self.wq[l].T).view(b, t, H, hs), t)
-                if l < self.n:
-                    k = self.rope((xb @ self.wk[l].T).view(b, t, KVH, hs), t).reshape(b, t, -1)
-                    ks.append(k)
-                    vs.append(xb @ self.wv[l].T)
-                k, v = self.kv_of(l, ks, vs)
-                # query head h = g * (H / KVH) + r reads kv head g: [b][g][r][t][hs] against
-                # [b][g][1][t][hs], broadcast
-                q = q.view(b, t, KVH, H // KVH, hs).permute(0, 2, 3, 1, 4)
-                k = k.view(b, t, KVH, 1, hs).permute(0, 2, 3, 4, 1)
-                v = v.view(b, t, KVH, 1, hs).permute(0, 2, 3, 1, 4)
-                s = (q @ k).div_(math.sqrt(hs)).masked_fill_(causal, float("-inf"))
-                a = s.softmax(-1) @ v
-                x = x + a.permute(0, 3, 1, 2, 4).reshape(b, t, c.dim) @ self.wo[l].T
-                xb = rmsnorm(x, self.rms_ffn[l])
-                x = x + (F.silu(xb @ self.w1[l].T) * (xb @ self.w3[l].T)) @ self.w2[l].T
-            x = rmsnorm(x, self.rms_final)
-            return x @ (self.token_embedding if c.shared_classifier else self.wcls).T
-
-    return Llama
-
-
-def load_model(path):
-    cfg, t, mode, n = read_checkpoint(path)
-    return model_class()(cfg, t, mode, n)
-
-
 def to_lite_or_fused(cfg, t, mode):
     """The plain tensors t made mode's (lite or fused) with n = L // 2: the reconstruction
     layers' wk and wv dropped, fused's coefficients at lite's behaviour."""
     import numpy as np
-    L, n, kv = cfg.n_layers, storage_layers(cfg.n_layers), cfg.kv_dim
+    L, n, kv = cfg.n_layers, llama.storage_layers(cfg.n_layers), cfg.kv_dim
     out = dict(t)
     out["wk"], out["wv"] = t["wk"][:n].copy(), t["wv"][:n].copy()
-    if mode == FUSED:
+    if mode == llama.FUSED:
         out["a"] = np.zeros((L - n, kv // 2), np.float32)
         out["a2"] = np.ones((L - n, kv // 2), np.float32)
         out["b"] = np.ones((L - n, kv), np.float32)
@@ -362,8 +125,8 @@ def tokenizer(data, cfg):
     try:
         return enc.Tokenizer(path, cfg.vocab_size)
     except (ValueError, struct.error) as e:
-        raise CheckpointError(f"{path} is not a tokenizer of the model's {cfg.vocab_size} "
-                              f"tokens: {e}")
+        raise llama.CheckpointError(f"{path} is not a tokenizer of the model's "
+                                    f"{cfg.vocab_size} tokens: {e}")
 
 
 def score_tokens(text, tok, cfg, cut):
@@ -412,7 +175,7 @@ def nll_sums(model, seqs):
 
 def evaluate(path, data):
     enc.need_torch()
-    model = load_model(path).eval()
+    model = llama.load(path)
     cfg = model.cfg
     tok = tokenizer(data, cfg)
     held_out, _ = enc.split(os.path.join(data, "tinystories_val.txt"))
@@ -422,7 +185,7 @@ def evaluate(path, data):
     nll = sum(sums) / predicted
     per_para = sum(x / (len(s) - 1) for x, s in zip(sums, seqs)) / len(seqs)
     mid = [(x, len(s) - 1) for x, s in zip(sums, seqs) if MID_TOKENS[0] <= len(s) <= MID_TOKENS[1]]
-    print(f"{path}: {MODE_NAMES[model.mode]}" + (f" n {model.n}" if model.mode else "") +
+    print(f"{path}: {llama.MODE_NAMES[model.mode]}" + (f" n {model.n}" if model.mode else "") +
           f"; held-out: {len(seqs)} paragraphs of tinystories_val.txt, {predicted} predicted "
           f"tokens: nll_per_token {nll:.4f} (total / tokens; mean of the paragraphs' "
           f"{per_para:.4f}; the {len(mid)} of {MID_TOKENS[0]}..{MID_TOKENS[1]} tokens "
@@ -443,7 +206,7 @@ def eval_text(text_path, path, data):
     if text.endswith(b"\n"):  # main.c's read_text drops one final newline
         text = text[:-1]
     enc.need_torch()
-    model = load_model(path).eval()
+    model = llama.load(path)
     tok = tokenizer(data, model.cfg)
     toks = score_tokens(text, tok, model.cfg, False)
     if isinstance(toks, str):
@@ -477,17 +240,17 @@ def train(args):
     torch.manual_seed(args.seed)
     torch.use_deterministic_algorithms(True)
     t0 = time.time()
-    mode = {"control": PLAIN, "lite": LITE, "fused": FUSED}[args.mode]
+    mode = {"control": llama.PLAIN, "lite": llama.LITE, "fused": llama.FUSED}[args.mode]
     base = os.path.join(args.data, "stories260K.bin")
-    cfg, t, base_mode, _ = read_checkpoint(base)
-    if base_mode != PLAIN:
-        raise CheckpointError(f"{base}: uptraining starts from a plain checkpoint")
-    Llama = model_class()
-    teacher = Llama(cfg, t, PLAIN, cfg.n_layers).eval()
+    cfg, t, base_mode, _ = llama.read_checkpoint(base)
+    if base_mode != llama.PLAIN:
+        raise llama.CheckpointError(f"{base}: uptraining starts from a plain checkpoint")
+    Llama = llama.model_class()
+    teacher = Llama(cfg, t, llama.PLAIN, cfg.n_layers).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     n = cfg.n_layers
-    if mode != PLAIN:
+    if mode != llama.PLAIN:
         t, n = to_lite_or_fused(cfg, t, mode)
     model = Llama(cfg, t, mode, n)
 
@@ -496,7 +259,7 @@ def train(args):
     seqs = [s for s in (score_tokens(p, tok, cfg, True) for p in train_part)
             if isinstance(s, list)]
     n_tok = sum(len(s) for s in seqs)
-    print(f"{args.mode}: {MODE_NAMES[mode]}" + (f" with n = {n} storage layers of "
+    print(f"{args.mode}: {llama.MODE_NAMES[mode]}" + (f" with n = {n} storage layers of "
           f"{cfg.n_layers}" if mode else f", {cfg.n_layers} layers") +
           f"; text: {len(seqs)} training paragraphs of tinystories_val.txt ({n_tok} tokens, "
           f"{len(held_out)} held out); {args.steps} steps of at most {BATCH_TOKENS} tokens, "
@@ -544,8 +307,8 @@ def train(args):
                   f"({time.process_time():.0f} s of CPU)", flush=True)
             ce_sum = kl_sum = 0.0
             count = 0
-    size = write_checkpoint(args.out, cfg, model.tensors(), mode, n)
-    if mode == FUSED:
+    size = llama.write_checkpoint(args.out, cfg, model.tensors(), mode, n)
+    if mode == llama.FUSED:
         for i in range(cfg.n_layers - n):
             a, a2 = model.a[i].detach(), model.a2[i].detach()
             b, b2 = model.b[i].detach(), model.b2[i].detach()
@@ -563,14 +326,14 @@ def train(args):
 
 
 def convert_lite(src, dst):
-    cfg, t, mode, _ = read_checkpoint(src)
-    if mode != PLAIN:
-        raise CheckpointError(f"{src} is already {MODE_NAMES[mode]}: --convert-lite takes a "
-                              "plain checkpoint")
-    lite, n = to_lite_or_fused(cfg, t, LITE)
-    size = write_checkpoint(dst, cfg, lite, LITE, n)
+    cfg, t, mode, _ = llama.read_checkpoint(src)
+    if mode != llama.PLAIN:
+        raise llama.CheckpointError(f"{src} is already {llama.MODE_NAMES[mode]}: "
+                                    "--convert-lite takes a plain checkpoint")
+    lite, n = to_lite_or_fused(cfg, t, llama.LITE)
+    size = llama.write_checkpoint(dst, cfg, lite, llama.LITE, n)
     print(f"wrote {dst}: lite, n = {n} of {cfg.n_layers} layers, {size} bytes "
-          f"({cfg.size(PLAIN, cfg.n_layers)} plain), sha256 {enc.sha256(dst)}")
+          f"({cfg.size(llama.PLAIN, cfg.n_layers)} plain), sha256 {enc.sha256(dst)}")
 
 
 def default_data():
@@ -611,7 +374,7 @@ def main():
             evaluate(args.eval, args.data)
         else:
             train(args)
-    except CheckpointError as e:
+    except llama.CheckpointError as e:
         print(f"train_fusedkv.py: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # the tokenizer or the corpus
