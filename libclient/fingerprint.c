@@ -5,6 +5,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define FP_HAVE_X86 1
@@ -544,6 +545,11 @@ LB_EXPORT int lb_fingerprint(const struct lb_fp_proj *p, const float *emb, uint3
 			     uint64_t out[LB_FP_BITS / 64])
 {
 	return lbi_fingerprint_path(p, emb, n_tokens, out, LBI_FP_AUTO);
+}
+
+LB_EXPORT uint64_t lb_hash64(const void *data, uint64_t bytes)
+{
+	return data || !bytes ? XXH3_64bits(data, (size_t)bytes) : 0;
 }
 
 LB_EXPORT void lb_token_hash(const int32_t *tokens, uint32_t n_tokens, uint64_t out[2])

@@ -333,6 +333,10 @@ void lb_fp_proj_free(struct lb_fp_proj *p);
 int lb_fingerprint(const struct lb_fp_proj *p, const float *emb, uint32_t n_tokens,
 		   uint64_t out[LB_FP_BITS / 64]);
 
+/* XXH3-64 of bytes (0 for NULL with bytes > 0): what layerbank-worker registers as a checkpoint
+ * file's weights_hash, so that a client in another language can register the same model. */
+uint64_t lb_hash64(const void *data, uint64_t bytes);
+
 /* XXH3-128 of the token ids: the exact-match key. out[0] low, out[1] high 64 bits. */
 void lb_token_hash(const int32_t *tokens, uint32_t n_tokens, uint64_t out[2]);
 
