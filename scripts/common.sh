@@ -5,8 +5,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build}
 
 # Debian 12 packages the build and the tests need. tmux: test_ctl_top drives layerbank-ctl top
-# in it; python3, git: scripts/check-tree; python3-torch, python3-numpy: test_encoder_torch
-# checks the committed encoder against the torch model of tools/train_encoder.py.
+# in it; python3, git: scripts/check-tree; python3-torch, python3-numpy: the Python package
+# (test_python) and test_encoder_torch, which checks the committed encoder against the torch
+# model of tools/train_encoder.py.
 LB_PACKAGES=(build-essential cmake pkg-config liburing-dev libnuma-dev libmsgpack-dev
 	libcmocka-dev libjson-c-dev libxxhash-dev libopenblas-dev zlib1g-dev libsystemd-dev
 	tmux python3 git python3-torch python3-numpy)
