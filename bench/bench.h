@@ -263,6 +263,10 @@ int bench_prefix_main(int argc, char **argv);
  * bench_fusedkv.c. @return the exit status: 0, 1 run-time failure, 2 bad options. */
 int bench_fusedkv_main(int argc, char **argv);
 
+/* layerbank-bench python (argv[0] "python"): a hit from Python against the same from C,
+ * bench_python.c and bench/py_hit.py. @return the exit status: 0, 1, 2. */
+int bench_python_main(int argc, char **argv);
+
 /* layerbank-bench gen-near: generation after the design's stream, exact prefixes against
  * --gen-recompute (bench_gen_near.c). */
 int bench_gen_near_main(int argc, char **argv);

@@ -7,6 +7,7 @@
  *   layerbank-bench prefix ...     (bench_prefix.c, bench_prefix_lookup.c)
  *   layerbank-bench gen-near ...   (bench_gen_near.c)
  *   layerbank-bench fusedkv ...    (bench_fusedkv.c)
+ *   layerbank-bench python ...     (bench_python.c, py_hit.py)
  *   layerbank-bench snapshot ...   (bench_snapshot.c)
  *   layerbank-bench flush ...      (bench_flush.c)
  *   layerbank-bench churn ...      (bench_churn.c)
@@ -31,6 +32,8 @@ int main(int argc, char **argv)
 		return bench_e2e_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "prefix") == 0)
 		return bench_prefix_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "python") == 0)
+		return bench_python_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "fusedkv") == 0)
 		return bench_fusedkv_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "gen-near") == 0)
@@ -52,6 +55,7 @@ int main(int argc, char **argv)
 			"       layerbank-bench gen-near [--model stories260k|llama-110m] [--json] "
 			"[options: see --help]\n"
 			"       layerbank-bench fusedkv [--json] [options: see --help]\n"
+			"       layerbank-bench python [--iters N] [--json]\n"
 			"       layerbank-bench snapshot [--arena-size SIZE] [--dir DIR] [--json]\n"
 			"       layerbank-bench flush [--entries N] [--json]\n"
 			"       layerbank-bench churn [--json]\n");
