@@ -1,0 +1,356 @@
+/*
+ * The second tier's Redis Cluster routing (daemon/l2_cluster.c): the key slot of the
+ * specification's examples, the seed list, and against a real cluster of three masters on
+ * loopback in a folder of the test's own (redis-server --cluster-enabled yes, redis-cli --cluster
+ * create): the slot map, keys spread over the nodes, a MOVED after a slot changed owner, an ASK
+ * while a slot migrates, and a killed master whose slots fail while the others serve on.
+ * SKIP (77) without redis-server and redis-cli.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "io.h"
+#include "l2_cluster.h"
+#include "testutil.h"
+
+#define MASTERS 3
+#define REDIS_SERVER "/usr/bin/redis-server" /* Debian's */
+#define REDIS_CLI "/usr/bin/redis-cli"
+
+static struct {
+	char dir[256];
+	int port[MASTERS];
+	pid_t pid[MASTERS];
+	char id[MASTERS][64];
+} cl;
+
+/* ---- without a cluster ---- */
+
+static void test_slots_are_the_specifications(void **state)
+{
+	(void)state;
+	assert_int_equal(lbd_cluster_slot("123456789", 9), 0x31c3); /* the spec's CRC16 check */
+	assert_int_equal(lbd_cluster_slot("", 0), 0);
+	/* hash tags: the bytes between the first { and the first } after it, when any */
+	uint16_t u = lbd_cluster_slot("user1000", 8);
+	assert_int_equal(lbd_cluster_slot("{user1000}.following", 20), u);
+	assert_int_equal(lbd_cluster_slot("{user1000}.followers", 20), u);
+	assert_int_equal(lbd_cluster_slot("foo{}{bar}", 10), lbd_cluster_slot("foo{}{bar}", 10));
+	assert_int_not_equal(lbd_cluster_slot("foo{}{bar}", 10), lbd_cluster_slot("bar", 3));
+	assert_int_equal(lbd_cluster_slot("foo{{bar}}zap", 13), lbd_cluster_slot("{bar", 4));
+	assert_int_equal(lbd_cluster_slot("foo{bar}{zap}", 13), lbd_cluster_slot("bar", 3));
+	assert_int_equal(lbd_cluster_slot("x{y", 3), lbd_cluster_slot("x{y", 3));
+}
+
+static void test_seed_lists(void **state)
+{
+	(void)state;
+	static const char *const bad[] = { "", "host", "host:", ":7000", "h:0", "h:65536",
+					   "h:7000x", "redis-cluster://", "h:1,,h:2" };
+	char err[256];
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		struct lbd_cluster *c = lbd_cluster_new(bad[i], 100, err, sizeof(err));
+		if (c)
+			fail_msg("seeds '%s' taken", bad[i]);
+		assert_true(err[0] != '\0');
+	}
+	struct lbd_cluster *c = lbd_cluster_new("redis-cluster://127.0.0.1:7000,[::1]:7001,h:7002",
+						100, err, sizeof(err));
+	assert_non_null(c);
+	assert_string_equal(lbd_cluster_owner(c, 5), ""); /* not read yet */
+	lbd_cluster_free(c);
+}
+
+/* ---- a real cluster ---- */
+
+/* A port p with p and p + 10000 (the cluster bus) free on loopback. */
+static int free_port(uint64_t *seed)
+{
+	for (;;) {
+		int p = 20000 + (int)((*seed = *seed * 6364136223846793005ull + 1442695040888963407ull) >>
+				     33) % 20000;
+		int ok = 1;
+		for (int k = 0; k < 2 && ok; k++) {
+			int fd = socket(AF_INET, SOCK_STREAM, 0);
+			struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)(p + k * 10000)),
+						 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+			ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+			if (fd >= 0)
+				close(fd);
+		}
+		if (ok)
+			return p;
+	}
+}
+
+/* redis-cli -p port ARGS..., its output into out. @return its exit status (-1: not run). */
+static int cli(int port, char *out, size_t n, ...)
+{
+	const char *argv[24] = { REDIS_CLI, "-h", "127.0.0.1", "-p", NULL };
+	char p[16];
+	snprintf(p, sizeof(p), "%d", port);
+	argv[4] = p;
+	int k = 5;
+	va_list ap;
+	va_start(ap, n);
+	for (const char *a; k < 23 && (a = va_arg(ap, const char *));)
+		argv[k++] = a;
+	va_end(ap);
+	argv[k] = NULL;
+	int st = lbt_run(argv, out, n);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static int cluster_up(void **state)
+{
+	(void)state;
+	char out[4096], cfg[512], port[16], dir[400];
+	if (access(REDIS_SERVER, X_OK) || access(REDIS_CLI, X_OK)) {
+		printf("SKIP: redis-server and redis-cli are needed (Debian: redis-server, "
+		       "redis-tools; scripts/test installs them)\n");
+		exit(77);
+	}
+	lbt_mkdtemp(cl.dir, sizeof(cl.dir));
+	uint64_t seed = (uint64_t)getpid() * 2654435761u ^ (uint64_t)time(NULL);
+	for (int i = 0; i < MASTERS; i++) {
+		cl.port[i] = free_port(&seed);
+		snprintf(port, sizeof(port), "%d", cl.port[i]);
+		snprintf(dir, sizeof(dir), "%s/%d", cl.dir, cl.port[i]);
+		snprintf(cfg, sizeof(cfg), "%s/nodes.conf", dir);
+		char log[512];
+		snprintf(log, sizeof(log), "%s/redis.log", dir);
+		assert_int_equal(mkdir(dir, 0700), 0);
+		const char *argv[] = { REDIS_SERVER, "--port", port, "--bind", "127.0.0.1",
+				       "--cluster-enabled", "yes", "--cluster-config-file", cfg,
+				       "--cluster-node-timeout", "2000",
+				       "--cluster-require-full-coverage", "no", "--dir", dir,
+				       "--save", "", "--appendonly", "no", "--logfile", log,
+				       "--daemonize", "no", NULL };
+		pid_t pid = fork();
+		if (pid == 0) {
+			execvp(argv[0], (char *const *)argv);
+			_exit(127);
+		}
+		cl.pid[i] = pid;
+	}
+	for (int i = 0; i < MASTERS; i++)
+		for (int t = 0; t < 500 && cli(cl.port[i], out, sizeof(out), "PING", NULL); t++)
+			usleep(10000);
+	char a[MASTERS][32];
+	for (int i = 0; i < MASTERS; i++)
+		snprintf(a[i], sizeof(a[i]), "127.0.0.1:%d", cl.port[i]);
+	if (cli(cl.port[0], out, sizeof(out), "--cluster", "create", a[0], a[1], a[2],
+		"--cluster-yes", NULL))
+		fail_msg("redis-cli --cluster create: %s", out);
+	for (int i = 0; i < MASTERS; i++) {
+		int ok = 0;
+		for (int t = 0; t < 500 && !ok; t++) {
+			ok = cli(cl.port[i], out, sizeof(out), "CLUSTER", "INFO", NULL) == 0 &&
+			     strstr(out, "cluster_state:ok");
+			if (!ok)
+				usleep(20000);
+		}
+		assert_true(ok);
+		assert_int_equal(cli(cl.port[i], out, sizeof(out), "CLUSTER", "MYID", NULL), 0);
+		out[strcspn(out, "\r\n")] = '\0';
+		snprintf(cl.id[i], sizeof(cl.id[i]), "%.63s", out);
+	}
+	return 0;
+}
+
+static int cluster_down(void **state)
+{
+	(void)state;
+	for (int i = 0; i < MASTERS; i++)
+		if (cl.pid[i] > 0) {
+			kill(cl.pid[i], SIGKILL);
+			waitpid(cl.pid[i], NULL, 0);
+			cl.pid[i] = 0;
+		}
+	lbu_rmtree(cl.dir);
+	return 0;
+}
+
+/* The master whose port owns addr ("127.0.0.1:port"). */
+static int master_of(const char *addr)
+{
+	for (int i = 0; i < MASTERS; i++) {
+		char a[32];
+		snprintf(a, sizeof(a), "127.0.0.1:%d", cl.port[i]);
+		if (!strcmp(a, addr))
+			return i;
+	}
+	fail_msg("'%s' is none of the masters", addr);
+	return -1;
+}
+
+static redisReply *cmd(struct lbd_cluster *c, const char *verb, const char *key, const char *val)
+{
+	const char *argv[3] = { verb, key, val };
+	size_t len[3] = { strlen(verb), strlen(key), val ? strlen(val) : 0 };
+	char err[256];
+	redisReply *r = lbd_cluster_command(c, key, strlen(key), val ? 3 : 2, argv, len, err,
+					    sizeof(err));
+	if (!r)
+		fail_msg("%s %s: %s", verb, key, err);
+	return r;
+}
+
+/* A key of slot owned by master m, not used before (n counts up). */
+static void key_on(struct lbd_cluster *c, int m, int *n, char *key, size_t size)
+{
+	for (;; (*n)++) {
+		snprintf(key, size, "probe:%d", *n);
+		if (master_of(lbd_cluster_owner(c, lbd_cluster_slot(key, strlen(key)))) == m) {
+			(*n)++;
+			return;
+		}
+	}
+}
+
+static void test_keys_spread_over_the_masters(void **state)
+{
+	(void)state;
+	char err[256], key[32], val[32], out[256];
+	struct lbd_cluster *c = lbd_cluster_new("127.0.0.1:1,", 500, err, sizeof(err));
+	assert_null(c); /* a trailing comma names an empty seed */
+	snprintf(key, sizeof(key), "127.0.0.1:%d", cl.port[1]);
+	c = lbd_cluster_new(key, 500, err, sizeof(err));
+	assert_non_null(c);
+	assert_int_equal(lbd_cluster_refresh(c, err, sizeof(err)), 16384);
+	for (int i = 0; i < 300; i++) {
+		snprintf(key, sizeof(key), "k:%d", i);
+		snprintf(val, sizeof(val), "v%d", i * 7);
+		redisReply *r = cmd(c, "SET", key, val);
+		assert_int_equal(r->type, REDIS_REPLY_STATUS);
+		freeReplyObject(r);
+	}
+	for (int i = 0; i < 300; i++) {
+		snprintf(key, sizeof(key), "k:%d", i);
+		snprintf(val, sizeof(val), "v%d", i * 7);
+		redisReply *r = cmd(c, "GET", key, NULL);
+		assert_int_equal(r->type, REDIS_REPLY_STRING);
+		assert_string_equal(r->str, val);
+		freeReplyObject(r);
+	}
+	for (int i = 0; i < MASTERS; i++) {
+		assert_int_equal(cli(cl.port[i], out, sizeof(out), "DBSIZE", NULL), 0);
+		assert_true(atoi(out) > 50); /* about a third each */
+	}
+	lbd_cluster_free(c);
+}
+
+static void set_slot(uint16_t slot, const char *how, int node, int on)
+{
+	char s[8], out[256];
+	snprintf(s, sizeof(s), "%u", slot);
+	if (cli(cl.port[on], out, sizeof(out), "CLUSTER", "SETSLOT", s, how, cl.id[node], NULL) ||
+	    !strstr(out, "OK"))
+		fail_msg("CLUSTER SETSLOT %s %s %s on %d: %s", s, how, cl.id[node], on, out);
+}
+
+static void test_moved_and_ask_are_followed(void **state)
+{
+	(void)state;
+	char err[256], key[32], addr[32], out[256];
+	int n = 0;
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", cl.port[0]);
+	struct lbd_cluster *c = lbd_cluster_new(addr, 500, err, sizeof(err));
+	assert_int_equal(lbd_cluster_refresh(c, err, sizeof(err)), 16384);
+
+	/* MOVED: a key's (empty) slot given from master 0 to master 1 behind the map's back */
+	key_on(c, 0, &n, key, sizeof(key));
+	uint16_t slot = lbd_cluster_slot(key, strlen(key));
+	for (int on = 0; on < MASTERS; on++)
+		set_slot(slot, "NODE", 1, on == 0 ? 1 : on == 1 ? 0 : 2);
+	redisReply *r = cmd(c, "SET", key, "moved");
+	assert_int_equal(r->type, REDIS_REPLY_STATUS);
+	freeReplyObject(r);
+	assert_int_equal(master_of(lbd_cluster_owner(c, slot)), 1);
+	assert_int_equal(cli(cl.port[1], out, sizeof(out), "GET", key, NULL), 0);
+	assert_non_null(strstr(out, "moved"));
+
+	/* ASK: a slot migrating from master 0 to master 2; a key master 0 lacks goes to 2 */
+	key_on(c, 0, &n, key, sizeof(key));
+	slot = lbd_cluster_slot(key, strlen(key));
+	set_slot(slot, "IMPORTING", 0, 2);
+	set_slot(slot, "MIGRATING", 2, 0);
+	r = cmd(c, "SET", key, "asked");
+	assert_int_equal(r->type, REDIS_REPLY_STATUS);
+	freeReplyObject(r);
+	assert_int_equal(master_of(lbd_cluster_owner(c, slot)), 0); /* ASK leaves the map */
+	assert_int_equal(cli(cl.port[0], out, sizeof(out), "EXISTS", key, NULL), 0);
+	assert_int_equal(atoi(out), 0);
+	for (int on = 0; on < MASTERS; on++)
+		set_slot(slot, "NODE", 2, on == 0 ? 2 : on == 2 ? 0 : 1);
+	r = cmd(c, "GET", key, NULL); /* a MOVED now, to where the key is */
+	assert_int_equal(r->type, REDIS_REPLY_STRING);
+	assert_string_equal(r->str, "asked");
+	freeReplyObject(r);
+	lbd_cluster_free(c);
+}
+
+static void test_killed_master_fails_its_slots_only(void **state)
+{
+	(void)state;
+	char err[256], key[32], other[32], addr[96];
+	int n = 1000;
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d,127.0.0.1:%d", cl.port[2], cl.port[0]);
+	struct lbd_cluster *c = lbd_cluster_new(addr, 300, err, sizeof(err));
+	assert_int_equal(lbd_cluster_refresh(c, err, sizeof(err)), 16384);
+	key_on(c, 2, &n, key, sizeof(key));
+	key_on(c, 0, &n, other, sizeof(other));
+	redisReply *r = cmd(c, "SET", key, "x");
+	freeReplyObject(r);
+	kill(cl.pid[2], SIGKILL);
+	waitpid(cl.pid[2], NULL, 0);
+	cl.pid[2] = 0;
+	const char *argv[] = { "GET", key };
+	size_t len[] = { 3, strlen(key) };
+	struct timespec t0, t1;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	r = lbd_cluster_command(c, key, strlen(key), 2, argv, len, err, sizeof(err));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	assert_null(r);
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", cl.port[2]);
+	assert_non_null(strstr(err, addr));
+	assert_true((t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000 < 2000);
+	/* the first seed is the dead one: the map comes from the next */
+	assert_int_equal(lbd_cluster_refresh(c, err, sizeof(err)), 16384);
+	for (int i = 0; i < 20; i++) {
+		r = cmd(c, "SET", other, "still");
+		assert_int_equal(r->type, REDIS_REPLY_STATUS);
+		freeReplyObject(r);
+	}
+	lbd_cluster_free(c);
+}
+
+int main(void)
+{
+	const struct CMUnitTest plain[] = {
+		cmocka_unit_test(test_slots_are_the_specifications),
+		cmocka_unit_test(test_seed_lists),
+	};
+	const struct CMUnitTest real[] = {
+		cmocka_unit_test(test_keys_spread_over_the_masters),
+		cmocka_unit_test(test_moved_and_ask_are_followed),
+		cmocka_unit_test(test_killed_master_fails_its_slots_only),
+	};
+	int rc = cmocka_run_group_tests(plain, NULL, NULL);
+	return rc ? rc : cmocka_run_group_tests(real, cluster_up, cluster_down);
+}
