@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "io.h"
+#include "l2.h"
 #include "l2_cluster.h"
 #include "testutil.h"
 
@@ -305,6 +306,120 @@ static void test_moved_and_ask_are_followed(void **state)
 	lbd_cluster_free(c);
 }
 
+/* ---- the tier's thread over the cluster ---- */
+
+struct got {
+	int calls, hits;
+	uint8_t data[256];
+	size_t bytes;
+};
+
+static void on_fetch(void *ctx, const struct lbd_l2_record *rec)
+{
+	struct got *g = ctx;
+	g->calls++;
+	if (rec) {
+		g->hits++;
+		g->bytes = (size_t)rec->payload_bytes < sizeof(g->data) ? (size_t)rec->payload_bytes
+								       : sizeof(g->data);
+		memcpy(g->data, rec->payload, g->bytes);
+	}
+}
+
+/* Record i of model m: a layer entry of 4 tokens x 8 floats, under *key. */
+static uint8_t *record_of(uint64_t m, int i, char *key, size_t *len, struct lbd_l2_want *w)
+{
+	struct lb_insert_hdr h = { .exact = { (uint64_t)i, 0x5eed }, .dtype = LB_DTYPE_F32, .ndim = 2,
+				   .shape = { 4, 8 }, .bytes = 4 * 8 * 4 };
+	float data[32];
+	for (int k = 0; k < 32; k++)
+		data[k] = (float)(i * 100 + k);
+	lbd_l2_key_layer(key, m, h.exact, 3);
+	*w = (struct lbd_l2_want){ m, LBD_L2_LAYER, { h.exact[0], h.exact[1] }, 3 };
+	return lbd_l2_encode_layer(m, 3, 4, &h, data, NULL, len);
+}
+
+static void test_tier_writes_behind_and_reads_through(void **state)
+{
+	(void)state;
+	char seeds[96], err[256], key[LBD_L2_KEY_MAX];
+	snprintf(seeds, sizeof(seeds), "redis-cluster://127.0.0.1:%d", cl.port[0]);
+	struct lbd_l2_cfg cfg = { .seeds = seeds, .timeout_ms = 500 };
+	struct lbd_l2 *t = lbd_l2_start(&cfg, err, sizeof(err));
+	assert_non_null(t);
+	const uint64_t m = 0x6d6f64656cull;
+	struct lbd_l2_want w;
+	size_t len;
+	for (int i = 0; i < 60; i++) {
+		uint8_t *rec = record_of(m, i, key, &len, &w);
+		assert_true(lbd_l2_put(t, key, rec, len));
+	}
+	assert_true(lbd_l2_drain(t, 10000));
+	struct lbd_l2_stats st;
+	lbd_l2_stats(t, &st);
+	assert_int_equal(st.written, 60);
+	assert_int_equal(st.queue_bytes, 0);
+	assert_true(st.up);
+
+	static struct got g[60];
+	for (int i = 0; i < 60; i++) {
+		uint8_t *r = record_of(m, i, key, &len, &w);
+		free(r);
+		assert_true(lbd_l2_fetch(t, key, &w, on_fetch, &g[i]));
+	}
+	assert_true(lbd_l2_drain(t, 10000));
+	lbd_l2_stats(t, &st);
+	if (st.fetched != 60)
+		fail_msg("fetched %llu, misses %llu, rejected %llu, errors %llu",
+			 (unsigned long long)st.fetched, (unsigned long long)st.fetch_misses,
+			 (unsigned long long)st.rejected, (unsigned long long)st.fetch_errors);
+	for (int i = 0; i < 60; i++) {
+		assert_int_equal(g[i].hits, 1);
+		assert_int_equal(g[i].bytes, 128);
+		float first;
+		memcpy(&first, g[i].data, 4);
+		assert_true(first == (float)(i * 100));
+	}
+	/* missing, another model's, and garbage under a record's key: never believed */
+	struct got miss = { 0 }, other = { 0 }, junk = { 0 };
+	uint8_t *r = record_of(m, 999, key, &len, &w);
+	free(r);
+	assert_true(lbd_l2_fetch(t, key, &w, on_fetch, &miss));
+	r = record_of(m + 1, 1000, key, &len, &w);
+	assert_true(lbd_l2_put(t, key, r, len));
+	w.model = m;
+	assert_true(lbd_l2_fetch(t, key, &w, on_fetch, &other));
+	struct lbd_cluster *c = lbd_cluster_new(seeds, 500, err, sizeof(err));
+	r = record_of(m, 1001, key, &len, &w);
+	r[LBD_L2_PREAMBLE + 100] ^= 1; /* a bit of the data */
+	const char *argv[3] = { "SET", key, (const char *)r };
+	size_t alen[3] = { 3, strlen(key), len };
+	redisReply *rep = lbd_cluster_command(c, key, strlen(key), 3, argv, alen, err, sizeof(err));
+	assert_non_null(rep);
+	freeReplyObject(rep);
+	free(r);
+	lbd_cluster_free(c);
+	assert_true(lbd_l2_fetch(t, key, &w, on_fetch, &junk));
+	assert_true(lbd_l2_drain(t, 10000));
+	assert_int_equal(miss.calls + other.calls + junk.calls, 3);
+	assert_int_equal(miss.hits + other.hits + junk.hits, 0);
+	lbd_l2_stats(t, &st);
+	assert_int_equal(st.fetched, 60);
+	assert_int_equal(st.fetch_misses, 1);
+	assert_int_equal(st.rejected, 2);
+	lbd_l2_stop(t);
+
+	/* a queue of 100 bytes takes no record of 184: dropped and counted, not grown */
+	cfg.queue_bytes = 100;
+	t = lbd_l2_start(&cfg, err, sizeof(err));
+	r = record_of(m, 1, key, &len, &w);
+	assert_false(lbd_l2_put(t, key, r, len));
+	lbd_l2_stats(t, &st);
+	assert_int_equal(st.dropped, 1);
+	assert_int_equal(st.queue_records, 0);
+	lbd_l2_stop(t);
+}
+
 static void test_killed_master_fails_its_slots_only(void **state)
 {
 	(void)state;
@@ -337,6 +452,27 @@ static void test_killed_master_fails_its_slots_only(void **state)
 		assert_int_equal(r->type, REDIS_REPLY_STATUS);
 		freeReplyObject(r);
 	}
+	/* the tier: writes to the dead master's slots fail and are counted, the others land */
+	char seeds[96], rkey[LBD_L2_KEY_MAX];
+	snprintf(seeds, sizeof(seeds), "127.0.0.1:%d,127.0.0.1:%d", cl.port[2], cl.port[1]);
+	struct lbd_l2_cfg cfg = { .seeds = seeds, .timeout_ms = 300 };
+	struct lbd_l2 *t = lbd_l2_start(&cfg, err, sizeof(err));
+	assert_non_null(t);
+	int dead = 0;
+	for (int i = 0; i < 40; i++) {
+		struct lbd_l2_want w;
+		size_t rlen;
+		uint8_t *rec = record_of(7, 5000 + i, rkey, &rlen, &w);
+		dead += master_of(lbd_cluster_owner(c, lbd_cluster_slot(rkey, strlen(rkey)))) == 2;
+		assert_true(lbd_l2_put(t, rkey, rec, rlen));
+	}
+	assert_true(dead > 0 && dead < 40);
+	assert_true(lbd_l2_drain(t, 30000));
+	struct lbd_l2_stats st;
+	lbd_l2_stats(t, &st);
+	assert_int_equal(st.write_errors, dead);
+	assert_int_equal(st.written, 40 - dead);
+	lbd_l2_stop(t);
 	lbd_cluster_free(c);
 }
 
@@ -349,6 +485,7 @@ int main(void)
 	const struct CMUnitTest real[] = {
 		cmocka_unit_test(test_keys_spread_over_the_masters),
 		cmocka_unit_test(test_moved_and_ask_are_followed),
+		cmocka_unit_test(test_tier_writes_behind_and_reads_through),
 		cmocka_unit_test(test_killed_master_fails_its_slots_only),
 	};
 	int rc = cmocka_run_group_tests(plain, NULL, NULL);

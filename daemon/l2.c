@@ -1,0 +1,271 @@
+/* The second tier's thread: l2.h says what it does. One FIFO of jobs (writes and reads) under
+ * one mutex; the thread takes them one at a time, so a read queued after a write of the same key
+ * sees it. */
+#include "l2.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "errf.h"
+#include "l2_cluster.h"
+
+struct job {
+	struct job *next;
+	char key[LBD_L2_KEY_MAX];
+	uint8_t *record; /* a write's; NULL for a read */
+	size_t len;
+	struct lbd_l2_want want; /* a read's */
+	lbd_l2_fetch_fn fn;
+	void *ctx;
+};
+
+struct lbd_l2 {
+	struct lbd_cluster *cluster;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t work, idle;
+	struct job *head, *tail;
+	bool stop, busy;
+	uint64_t queue_cap;
+	uint32_t max_fetches;
+	struct lbd_l2_stats st; /* under mu */
+};
+
+static void job_free(struct job *j)
+{
+	free(j->record);
+	free(j);
+}
+
+/* A write: SET key record. */
+static void do_put(struct lbd_l2 *t, struct job *j, bool *up)
+{
+	char err[256];
+	const char *argv[3] = { "SET", j->key, (const char *)j->record };
+	size_t len[3] = { 3, strlen(j->key), j->len };
+	redisReply *r = lbd_cluster_command(t->cluster, j->key, len[1], 3, argv, len, err,
+					    sizeof(err));
+	bool ok = r && r->type == REDIS_REPLY_STATUS;
+	*up = r != NULL;
+	if (r)
+		freeReplyObject(r);
+	pthread_mutex_lock(&t->mu);
+	if (ok)
+		t->st.written++;
+	else
+		t->st.write_errors++;
+	pthread_mutex_unlock(&t->mu);
+}
+
+/* A read: GET key, the record checked, the callback called either way. */
+static void do_get(struct lbd_l2 *t, struct job *j, bool *up)
+{
+	char err[256];
+	const char *argv[2] = { "GET", j->key };
+	size_t len[2] = { 3, strlen(j->key) };
+	redisReply *r = lbd_cluster_command(t->cluster, j->key, len[1], 2, argv, len, err,
+					    sizeof(err));
+	struct lbd_l2_record rec;
+	int kind = !r ? 0 : r->type == REDIS_REPLY_NIL ? 1
+			 : r->type != REDIS_REPLY_STRING ? 0
+			 : lbd_l2_decode((const uint8_t *)r->str, r->len, &j->want, &rec, err,
+					 sizeof(err)) == 0 ? 3 : 2;
+	*up = r != NULL;
+	pthread_mutex_lock(&t->mu);
+	uint64_t *count[] = { &t->st.fetch_errors, &t->st.fetch_misses, &t->st.rejected,
+			      &t->st.fetched };
+	(*count[kind])++;
+	pthread_mutex_unlock(&t->mu);
+	j->fn(j->ctx, kind == 3 ? &rec : NULL);
+	if (r)
+		freeReplyObject(r);
+}
+
+static void *tier_main(void *arg)
+{
+	struct lbd_l2 *t = arg;
+	pthread_mutex_lock(&t->mu);
+	for (;;) {
+		while (!t->head && !t->stop)
+			pthread_cond_wait(&t->work, &t->mu);
+		if (t->stop)
+			break;
+		struct job *j = t->head;
+		t->head = j->next;
+		if (!t->head)
+			t->tail = NULL;
+		if (j->record) {
+			t->st.queue_bytes -= j->len;
+			t->st.queue_records--;
+		} else {
+			t->st.fetches_waiting--;
+		}
+		t->busy = true;
+		pthread_mutex_unlock(&t->mu);
+		bool up = false;
+		if (j->record)
+			do_put(t, j, &up);
+		else
+			do_get(t, j, &up);
+		job_free(j);
+		pthread_mutex_lock(&t->mu);
+		t->st.up = up;
+		t->busy = false;
+		if (!t->head)
+			pthread_cond_broadcast(&t->idle);
+	}
+	pthread_mutex_unlock(&t->mu);
+	return NULL;
+}
+
+struct lbd_l2 *lbd_l2_start(const struct lbd_l2_cfg *cfg, char *err, size_t errlen)
+{
+	struct lbd_l2 *t = calloc(1, sizeof(*t));
+	if (!t) {
+		lbu_errf(err, errlen, "out of memory");
+		return NULL;
+	}
+	t->cluster = lbd_cluster_new(cfg->seeds, cfg->timeout_ms ? cfg->timeout_ms : 200, err,
+				     errlen);
+	if (!t->cluster) {
+		free(t);
+		return NULL;
+	}
+	t->queue_cap = cfg->queue_bytes ? cfg->queue_bytes : 64ull << 20;
+	t->max_fetches = cfg->max_fetches ? cfg->max_fetches : 1024;
+	pthread_mutex_init(&t->mu, NULL);
+	pthread_cond_init(&t->work, NULL);
+	pthread_cond_init(&t->idle, NULL);
+	int rc = pthread_create(&t->thread, NULL, tier_main, t);
+	if (rc) {
+		lbu_errf(err, errlen, "the tier's thread: %s", strerror(rc));
+		lbd_cluster_free(t->cluster);
+		free(t);
+		return NULL;
+	}
+	return t;
+}
+
+void lbd_l2_stop(struct lbd_l2 *t)
+{
+	if (!t)
+		return;
+	pthread_mutex_lock(&t->mu);
+	t->stop = true;
+	pthread_cond_signal(&t->work);
+	pthread_mutex_unlock(&t->mu);
+	pthread_join(t->thread, NULL);
+	for (struct job *j = t->head, *next; j; j = next) {
+		next = j->next;
+		if (!j->record)
+			j->fn(j->ctx, NULL);
+		job_free(j);
+	}
+	lbd_cluster_free(t->cluster);
+	pthread_cond_destroy(&t->work);
+	pthread_cond_destroy(&t->idle);
+	pthread_mutex_destroy(&t->mu);
+	free(t);
+}
+
+/* Append j, unless its queue is full. @return whether it was. */
+static bool enqueue(struct lbd_l2 *t, struct job *j)
+{
+	bool ok;
+	pthread_mutex_lock(&t->mu);
+	if (j->record) {
+		ok = t->st.queue_bytes + j->len <= t->queue_cap;
+		if (ok) {
+			t->st.queue_bytes += j->len;
+			t->st.queue_records++;
+		} else {
+			t->st.dropped++;
+		}
+	} else {
+		ok = t->st.fetches_waiting < t->max_fetches;
+		if (ok)
+			t->st.fetches_waiting++;
+		else
+			t->st.fetch_errors++;
+	}
+	if (ok) {
+		if (t->tail)
+			t->tail->next = j;
+		else
+			t->head = j;
+		t->tail = j;
+		pthread_cond_signal(&t->work);
+	}
+	pthread_mutex_unlock(&t->mu);
+	return ok;
+}
+
+bool lbd_l2_put(struct lbd_l2 *t, const char *key, uint8_t *record, size_t len)
+{
+	struct job *j = calloc(1, sizeof(*j));
+	if (!j || strlen(key) >= sizeof(j->key)) {
+		free(j);
+		free(record);
+		pthread_mutex_lock(&t->mu);
+		t->st.dropped++;
+		pthread_mutex_unlock(&t->mu);
+		return false;
+	}
+	strcpy(j->key, key);
+	j->record = record;
+	j->len = len;
+	if (enqueue(t, j))
+		return true;
+	job_free(j);
+	return false;
+}
+
+bool lbd_l2_fetch(struct lbd_l2 *t, const char *key, const struct lbd_l2_want *want,
+		  lbd_l2_fetch_fn fn, void *ctx)
+{
+	struct job *j = calloc(1, sizeof(*j));
+	if (!j || strlen(key) >= sizeof(j->key)) {
+		free(j);
+		pthread_mutex_lock(&t->mu);
+		t->st.fetch_errors++;
+		pthread_mutex_unlock(&t->mu);
+		return false;
+	}
+	strcpy(j->key, key);
+	j->want = *want;
+	j->fn = fn;
+	j->ctx = ctx;
+	if (enqueue(t, j))
+		return true;
+	free(j);
+	return false;
+}
+
+void lbd_l2_stats(struct lbd_l2 *t, struct lbd_l2_stats *out)
+{
+	pthread_mutex_lock(&t->mu);
+	*out = t->st;
+	pthread_mutex_unlock(&t->mu);
+}
+
+bool lbd_l2_drain(struct lbd_l2 *t, uint32_t timeout_ms)
+{
+	struct timespec until;
+	clock_gettime(CLOCK_REALTIME, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&t->mu);
+	int rc = 0;
+	while ((t->head || t->busy) && rc == 0)
+		rc = pthread_cond_timedwait(&t->idle, &t->mu, &until);
+	bool done = !t->head && !t->busy;
+	pthread_mutex_unlock(&t->mu);
+	return done;
+}

@@ -1,0 +1,59 @@
+/* The second tier's thread: a bounded write-behind queue of records to SET, and reads (GET) whose
+ * records are checked (l2_record.h) before a callback gets them, both against a Redis Cluster
+ * (l2_cluster.h). Nothing here waits on the network but the tier's own thread: a full queue
+ * drops (counted), a node down fails its jobs (counted) and is tried again on the next ones. */
+#ifndef LBD_L2_H
+#define LBD_L2_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "l2_record.h"
+
+struct lbd_l2_cfg {
+	const char *seeds;      /* "redis-cluster://host:port[,host:port...]" */
+	uint32_t timeout_ms;    /* a node's answer, at most (0: 200) */
+	uint64_t queue_bytes;   /* records waiting to be written, at most (0: 64 MiB) */
+	uint32_t max_fetches;   /* reads waiting, at most (0: 1024) */
+};
+
+struct lbd_l2_stats {
+	bool up;                 /* the last command reached its node */
+	uint64_t queue_bytes, queue_records, fetches_waiting;
+	uint64_t written;        /* records SET */
+	uint64_t dropped;        /* records not queued: the queue was full */
+	uint64_t write_errors;   /* records whose SET failed (a node down, an error reply) */
+	uint64_t fetched;        /* records read and believed */
+	uint64_t fetch_misses;   /* keys the cluster did not hold */
+	uint64_t rejected;       /* records read and refused (lbd_l2_decode) */
+	uint64_t fetch_errors;   /* reads that failed, or were not queued */
+};
+
+/* What a read hands its callback, in the tier's thread: the record (valid during the call),
+ * or NULL when the key was missing, unreadable or refused. */
+typedef void (*lbd_l2_fetch_fn)(void *ctx, const struct lbd_l2_record *rec);
+
+struct lbd_l2;
+
+/* Start the tier's thread for cfg. @return it; NULL with err (a bad seed list, no memory). */
+struct lbd_l2 *lbd_l2_start(const struct lbd_l2_cfg *cfg, char *err, size_t errlen);
+/* Stop it: what is still queued is dropped (counted), waiting reads get NULL. NULL is fine. */
+void lbd_l2_stop(struct lbd_l2 *t);
+
+/* Queue record (len bytes, malloc'd: the tier owns it from now) under key for writing.
+ * @return true; false when the queue is full (the record freed, counted as dropped). */
+bool lbd_l2_put(struct lbd_l2 *t, const char *key, uint8_t *record, size_t len);
+
+/* Queue a read of key, checked against want; fn(ctx, record or NULL) runs in the tier's thread.
+ * @return true; false when too many reads wait (fn is not called, counted). */
+bool lbd_l2_fetch(struct lbd_l2 *t, const char *key, const struct lbd_l2_want *want,
+		  lbd_l2_fetch_fn fn, void *ctx);
+
+void lbd_l2_stats(struct lbd_l2 *t, struct lbd_l2_stats *out);
+
+/* Wait until nothing is queued or in flight (tests, and a clean stop). @return true when it
+ * got there within timeout_ms. */
+bool lbd_l2_drain(struct lbd_l2 *t, uint32_t timeout_ms);
+
+#endif
