@@ -492,6 +492,25 @@ static int set_snapshot(struct lbd_config *c, const char *v, const char *who, ch
 	return 0;
 }
 
+/* The second tier's seed nodes, "redis-cluster://host:port[,host:port...]", or "none". Only
+ * the form is checked here: the tier (l2_cluster.c) reads the list when the daemon starts. */
+static int set_l2(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
+{
+	static const char scheme[] = "redis-cluster://";
+	if (strcmp(v, "none") == 0) {
+		c->l2[0] = '\0';
+		return 0;
+	}
+	if (strncmp(v, scheme, sizeof(scheme) - 1) || !v[sizeof(scheme) - 1] ||
+	    strlen(v) >= sizeof(c->l2) || !strchr(v + sizeof(scheme) - 1, ':')) {
+		lbu_errf(err, errlen, "%s: '%.200s' is not redis-cluster://HOST:PORT[,HOST:PORT...] "
+			 "(under %zu bytes) or 'none'", who, v, sizeof(c->l2));
+		return -EINVAL;
+	}
+	memcpy(c->l2, v, strlen(v) + 1);
+	return 0;
+}
+
 /* getopt_long values for options without a short form: above any char. */
 enum {
 	OPT_ARENA_SIZE = 256,
@@ -515,6 +534,7 @@ enum {
 	OPT_MODEL_ALLOW,
 	OPT_STAGING_MAX,
 	OPT_INSERT_BYTES,
+	OPT_L2,
 };
 
 /* The keys a config file may set, which are also the options taking a value or a flag. */
@@ -551,6 +571,7 @@ static const struct config_key keys[] = {
 	{ "model-allow", OPT_MODEL_ALLOW, required_argument, "MODEL USER[,USER...]", set_model_allow },
 	{ "client-staging-max", OPT_STAGING_MAX, required_argument, "a size", set_staging_max },
 	{ "client-insert-bytes", OPT_INSERT_BYTES, required_argument, "a size", set_insert_bytes },
+	{ "l2", OPT_L2, required_argument, "redis-cluster://HOST:PORT[,...] or 'none'", set_l2 },
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -592,6 +613,7 @@ static const struct option long_options[] = {
 	{ "model-allow", required_argument, NULL, OPT_MODEL_ALLOW },
 	{ "client-staging-max", required_argument, NULL, OPT_STAGING_MAX },
 	{ "client-insert-bytes", required_argument, NULL, OPT_INSERT_BYTES },
+	{ "l2", required_argument, NULL, OPT_L2 },
 	{ "config", required_argument, NULL, 'c' },
 	{ "help", no_argument, NULL, 'h' },
 	{ "version", no_argument, NULL, OPT_VERSION },
@@ -952,6 +974,10 @@ void lbd_config_usage(FILE *out)
 		"      --client-insert-bytes SIZE\n"
 		"                           arena bytes one client's entries may hold at once; more\n"
 		"                           is refused with EDQUOT (default 0: no limit)\n"
+		"      --l2 redis-cluster://HOST:PORT[,HOST:PORT...]\n"
+		"                           a second tier on a Redis Cluster (its seed nodes): inserts\n"
+		"                           are written behind to it, and a miss asks it for the next\n"
+		"                           request (PROTOCOL.md, Second tier); 'none' (the default)\n"
 		"  -c, --config FILE        read 'key = value' lines first; the keys are the long\n"
 		"                           options above without dashes (foreground = true|false),\n"
 		"                           and the command line wins over the file\n"

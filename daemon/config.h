@@ -69,6 +69,7 @@ struct lbd_config {
 	unsigned n_allow;
 	uint64_t client_staging_max;  /* largest staging a client is granted, a multiple of 4096 */
 	uint64_t client_insert_bytes; /* arena bytes one client's entries may hold; 0: no limit */
+	char l2[1024];                /* the second tier's seeds (redis-cluster://...); "": none */
 	bool check_only;              /* --check-config: validate, print, exit 0 (no file key) */
 };
 

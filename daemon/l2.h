@@ -52,6 +52,12 @@ bool lbd_l2_fetch(struct lbd_l2 *t, const char *key, const struct lbd_l2_want *w
 
 void lbd_l2_stats(struct lbd_l2 *t, struct lbd_l2_stats *out);
 
+struct lbd_store;
+/* Wire t to st (l2_store.c): what st inserts is written behind, a lookup st misses asks t for
+ * the input's deepest layer, whose record is inserted into st when it checks. One tier a
+ * process. @return 0. */
+int lbd_l2_attach(struct lbd_l2 *t, struct lbd_store *st);
+
 /* Wait until nothing is queued or in flight (tests, and a clean stop). @return true when it
  * got there within timeout_ms. */
 bool lbd_l2_drain(struct lbd_l2 *t, uint32_t timeout_ms);

@@ -8,8 +8,10 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "l2.h"
 #include "log.h"
 #include "server.h"
+#include "store.h"
 
 /* Classic double fork; the start-up errors were already reported on the terminal. */
 static int detach(void)
@@ -75,7 +77,24 @@ int main(int argc, char **argv)
 		}
 		lbd_log_setup(cfg.log_level, 1);
 	}
+	/* The second tier's thread, started after the fork of detach(), which keeps none. */
+	struct lbd_l2 *l2 = NULL;
+	if (cfg.l2[0]) {
+		struct lbd_l2_cfg l2cfg = { .seeds = cfg.l2 };
+		l2 = lbd_l2_start(&l2cfg, err, sizeof(err));
+		if (!l2) {
+			lbd_err("--l2 %s: %s", cfg.l2, err);
+			lbd_server_teardown(&server);
+			return 1;
+		}
+		lbd_l2_attach(l2, server.store);
+		lbd_info("second tier: %s", cfg.l2);
+	}
 	ret = lbd_server_run(&server);
+	if (l2) {
+		lbd_store_set_tier(server.store, NULL);
+		lbd_l2_stop(l2);
+	}
 	lbd_server_teardown(&server);
 	lbd_info("stopped");
 	lbd_log_flush(1);

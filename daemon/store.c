@@ -1044,6 +1044,16 @@ struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas, con
 	return st;
 }
 
+void lbd_store_set_tier(struct lbd_store *st, const struct lbd_store_tier *t)
+{
+	store_lock(st);
+	if (t)
+		st->tier = *t;
+	else
+		memset(&st->tier, 0, sizeof(st->tier));
+	store_unlock(st);
+}
+
 void lbd_store_free(struct lbd_store *st)
 {
 	if (!st)

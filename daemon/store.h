@@ -54,6 +54,26 @@ struct lbd_leases {
 struct lbd_store;
 
 /* @return NULL with errno. The arenas stay owned by the caller and must outlive the store. */
+/*
+ * A second tier's hooks (the daemon's l2.c, wired by its main): put_layer and put_block after an
+ * insert made its entry live, miss after a lookup found nothing. They run in the caller's thread
+ * after the store's lock is let go, with a copy of the model's registration, and must not wait:
+ * they hand work to the tier's own thread. Inserts of account 0 (the daemon's own: what the tier
+ * fetched, a snapshot) are not put back.
+ */
+struct lbd_store_tier {
+	void *ctx;
+	void (*put_layer)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+			  const struct lb_insert_hdr *h, const uint8_t *data, const int32_t *tokens);
+	void (*put_block)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+			  const struct lb_block_hdr *h, const uint8_t *data);
+	void (*miss)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+		     const struct lb_query *q);
+};
+
+/* Set (or with NULL clear) the tier's hooks; before the service threads start. */
+void lbd_store_set_tier(struct lbd_store *st, const struct lbd_store_tier *t);
+
 struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas,
 				const struct lbd_store_cfg *cfg);
 void lbd_store_free(struct lbd_store *st);

@@ -201,7 +201,12 @@ void lbd_store_insert_block(struct lbd_store *st, uint32_t account, const struct
 	memcpy(tmpl.shape, h->shape, sizeof(tmpl.shape));
 	store_entry_publish(eh, &tmpl, data, NULL, false);
 
+	struct lbp_register_model d;
 	store_lock(st);
 	block_commit(st, eid, gen, now, cpl);
+	bool put = cpl->status == 0 &&
+		   store_tier_wants(st, st->tier.put_block != NULL, account, r->model_id, &d);
 	store_unlock(st);
+	if (put)
+		st->tier.put_block(st->tier.ctx, &d, r, h, data);
 }

@@ -148,7 +148,19 @@ struct lbd_store {
 	 * (claim_seq) or decide to wake them (n_held: requests held now). */
 	_Atomic uint32_t claim_seq, n_held;
 	struct lbp_stats_reply c; /* data-plane counters */
+	struct lbd_store_tier tier; /* its hooks all NULL: no second tier */
 };
+
+/* The registration of model_id into *d, under the lock, when the tier has that hook (hooked)
+ * and the insert is not the daemon's own (account 0). */
+static inline bool store_tier_wants(const struct lbd_store *st, bool hooked, uint32_t account,
+				    uint32_t model_id, struct lbp_register_model *d)
+{
+	if (!hooked || !account || model_id == 0 || model_id > st->n_banks)
+		return false;
+	*d = st->banks[model_id - 1].desc;
+	return d->n_layers != 0;
+}
 
 /* What a drop took: the entries unlinked (a block's subtree counts whole), their bytes, how
  * many of them a lease still holds. */

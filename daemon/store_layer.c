@@ -245,8 +245,14 @@ bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const stru
 	}
 	if (r->flags & LB_REQ_SFLIGHT)
 		sf_claim(st, ls, b, r, q, claim, now, cpl);
-out:
+out:;
+	struct lbp_register_model d;
+	/* a miss the tier may answer for the next request (account 1: any client's) */
+	bool ask = cpl->status == -ENOENT && !held &&
+		   store_tier_wants(st, st->tier.miss != NULL, 1, r->model_id, &d);
 	store_unlock(st);
+	if (ask)
+		st->tier.miss(st->tier.ctx, &d, r, q);
 	return held;
 }
 
@@ -413,10 +419,15 @@ void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_re
 				     .n_tokens = h->n_tokens };
 	memcpy(tmpl.shape, h->shape, sizeof(tmpl.shape));
 	store_entry_publish(eh, &tmpl, data, tokens, false);
-	free(tokens);
 
+	struct lbp_register_model d;
 	store_lock(st);
 	insert_commit(st, eid, gen, r, now, cpl);
+	bool put = cpl->status == 0 &&
+		   store_tier_wants(st, st->tier.put_layer != NULL, account, r->model_id, &d);
 	store_unlock(st);
+	if (put)
+		st->tier.put_layer(st->tier.ctx, &d, r, h, data, tokens);
+	free(tokens);
 }
 

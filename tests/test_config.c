@@ -414,6 +414,9 @@ static void test_isolation_options(void **state)
 	EXPECT_BAD("--client-staging-max: '8G'", "--client-staging-max", "8G");
 	EXPECT_BAD("--client-insert-bytes: '2T' is not a size up to 1T", "--client-insert-bytes", "2T");
 	EXPECT_BAD("--client-insert-bytes: 'lots'", "--client-insert-bytes", "lots");
+	EXPECT_BAD("--l2: 'redis://h:1' is not redis-cluster://HOST:PORT", "--l2", "redis://h:1");
+	EXPECT_BAD("--l2: 'redis-cluster://' is not", "--l2", "redis-cluster://");
+	EXPECT_BAD("--l2: 'redis-cluster://host' is not", "--l2", "redis-cluster://host");
 }
 
 static void expect_file_err(struct fixture *fx, const char *text, int line, const char *want);
@@ -772,7 +775,7 @@ static void test_file_errors(void **state)
 			"unknown key 'bogus' (keys: socket, arena-size, hugepages, numa-node, "
 			"foreground, log-level, threads, spin-us, policy, ttl, half-life, drift-max, "
 			"drift-target, tau, budget, snapshot, socket-mode, socket-group, model-allow, "
-			"client-staging-max, client-insert-bytes)");
+			"client-staging-max, client-insert-bytes, l2)");
 	expect_file_err(fx, "# comment\nconfig = /etc/other.conf\n", 2, "unknown key 'config'");
 	expect_file_err(fx, "--socket = /tmp/a\n", 1, "unknown key '--socket'");
 	expect_file_err(fx, "hugepages = try\nforeground\n", 2, "'foreground' has no '='");

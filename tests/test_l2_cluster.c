@@ -13,6 +13,8 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,6 +27,7 @@
 #include <unistd.h>
 
 #include "io.h"
+#include "layerbank/layerbank.h"
 #include "l2.h"
 #include "l2_cluster.h"
 #include "testutil.h"
@@ -420,6 +423,79 @@ static void test_tier_writes_behind_and_reads_through(void **state)
 	lbd_l2_stop(t);
 }
 
+/* ---- two daemons, two hosts' banks, one cluster ---- */
+
+static pid_t daemon_with_l2(const char *sock, const char *log)
+{
+	char l2[128];
+	snprintf(l2, sizeof(l2), "redis-cluster://127.0.0.1:%d,127.0.0.1:%d", cl.port[0], cl.port[1]);
+	const char *argv[] = { LB_DAEMON_PATH, "-f", "-s", sock, "--arena-size", "32M", "--hugepages",
+			       "off", "--threads", "1", "--l2", l2, NULL };
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open(log, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execv(argv[0], (char *const *)argv);
+		_exit(127);
+	}
+	for (int i = 0; i < 500 && access(sock, F_OK); i++)
+		usleep(10000);
+	assert_int_equal(access(sock, F_OK), 0);
+	return pid;
+}
+
+static void test_a_second_host_hits_through_the_tier(void **state)
+{
+	(void)state;
+	char sa[320], sb[320], la[320], lb[320];
+	snprintf(sa, sizeof(sa), "%s/a.sock", cl.dir);
+	snprintf(sb, sizeof(sb), "%s/b.sock", cl.dir);
+	snprintf(la, sizeof(la), "%s/a.log", cl.dir);
+	snprintf(lb, sizeof(lb), "%s/b.log", cl.dir);
+	pid_t a = daemon_with_l2(sa, la), b = daemon_with_l2(sb, lb);
+	struct lb_client *ca, *cb;
+	assert_int_equal(lb_connect(sa, "host-a", &ca), 0);
+	assert_int_equal(lb_connect(sb, "host-b", &cb), 0);
+	lb_set_wait_us(ca, 1000000);
+	lb_set_wait_us(cb, 1000000);
+	struct lb_model_desc d = { .name = "two-hosts", .weights_hash = 77, .n_layers = 4,
+				   .hidden = 32, .dtype = LB_DTYPE_F32, .max_seq = 64 };
+	uint32_t ma, mb;
+	assert_int_equal(lb_register_model(ca, &d, &ma), 0);
+	assert_int_equal(lb_register_model(cb, &d, &mb), 0);
+	struct lb_key key = { .fp = { 1, 2, 3, 4 }, .seq_len = 8 };
+	int32_t tok[8] = { 5, 6, 7, 8, 9, 10, 11, 12 };
+	lb_token_hash(tok, 8, key.exact);
+	float *buf = lb_insert_reserve(ca, 8 * 32 * 4);
+	assert_non_null(buf);
+	for (int i = 0; i < 8 * 32; i++)
+		buf[i] = (float)i * 0.25f;
+	struct lb_shape shape = { LB_DTYPE_F32, 2, { 8, 32 } };
+	assert_int_equal(lb_insert_commit(ca, ma, 3, &key, &shape), 0);
+	/* host b misses, asks the tier, and a later lookup hits the same bytes, locally */
+	struct lb_hit hit;
+	int rc = -ENOENT;
+	for (int i = 0; i < 250 && rc == -ENOENT; i++) {
+		rc = lb_lookup_deepest(cb, mb, &key, NULL, 0, &hit);
+		if (rc == -ENOENT)
+			usleep(20000);
+	}
+	if (rc)
+		fail_msg("host b never hit: %d (logs %s, %s)", rc, la, lb);
+	assert_int_equal(hit.layer, 3);
+	assert_int_equal(hit.hamming, 0);
+	for (int i = 0; i < 8 * 32; i++)
+		assert_true(((const float *)hit.data)[i] == (float)i * 0.25f);
+	assert_int_equal(lb_release(cb, hit.lease), 0);
+	lb_close(ca);
+	lb_close(cb);
+	kill(a, SIGTERM);
+	kill(b, SIGTERM);
+	assert_int_equal(waitpid(a, NULL, 0), a);
+	assert_int_equal(waitpid(b, NULL, 0), b);
+}
+
 static void test_killed_master_fails_its_slots_only(void **state)
 {
 	(void)state;
@@ -486,6 +562,7 @@ int main(void)
 		cmocka_unit_test(test_keys_spread_over_the_masters),
 		cmocka_unit_test(test_moved_and_ask_are_followed),
 		cmocka_unit_test(test_tier_writes_behind_and_reads_through),
+		cmocka_unit_test(test_a_second_host_hits_through_the_tier),
 		cmocka_unit_test(test_killed_master_fails_its_slots_only),
 	};
 	int rc = cmocka_run_group_tests(plain, NULL, NULL);

@@ -1,0 +1,108 @@
+/* The second tier wired to a store (l2.h: lbd_l2_attach): the store's hooks encode what it
+ * inserted and queue it for writing, and on a miss queue a read of the input's deepest layer,
+ * whose checked record is inserted into the store as account 0 (not written back), so that the
+ * next lookup of that input hits. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "l2.h"
+#include "store.h"
+
+struct fetch {
+	struct lbd_store *st;
+	uint32_t model_id;
+};
+
+static void put_layer(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+		      const struct lb_insert_hdr *h, const uint8_t *data, const int32_t *tokens)
+{
+	char key[LBD_L2_KEY_MAX];
+	size_t len;
+	uint64_t m = lbd_l2_model_hash(d);
+	uint8_t *rec = lbd_l2_encode_layer(m, r->layer, r->seq_len, h, data, tokens, &len);
+	lbd_l2_key_layer(key, m, h->exact, r->layer);
+	if (rec)
+		lbd_l2_put(ctx, key, rec, len);
+}
+
+static void put_block(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+		      const struct lb_block_hdr *h, const uint8_t *data)
+{
+	char key[LBD_L2_KEY_MAX];
+	size_t len;
+	uint64_t m = lbd_l2_model_hash(d);
+	uint8_t *rec = lbd_l2_encode_block(m, r->seq_len, h, data, &len);
+	lbd_l2_key_block(key, m, h->key);
+	if (rec)
+		lbd_l2_put(ctx, key, rec, len);
+}
+
+/* A checked record into the store, as the client that made it inserted it. */
+static void fetched(void *ctx, const struct lbd_l2_record *rec)
+{
+	struct fetch *f = ctx;
+	if (rec && rec->kind == LBD_L2_LAYER) {
+		uint64_t body = rec->ins.n_tokens ? lb_tokens_off(rec->ins.bytes) +
+							    4ull * rec->ins.n_tokens
+						  : rec->ins.bytes;
+		uint8_t *buf = calloc(1, body ? (size_t)body : 1);
+		if (buf) {
+			memcpy(buf, rec->payload, (size_t)rec->ins.bytes);
+			if (rec->ins.n_tokens)
+				memcpy(buf + lb_tokens_off(rec->ins.bytes), rec->payload + rec->ins.bytes,
+				       4ull * rec->ins.n_tokens);
+			struct lb_req r = { .opcode = LB_OP_INSERT, .model_id = f->model_id,
+					    .layer = (uint16_t)rec->layer, .seq_len = rec->seq_len,
+					    .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + body) };
+			struct lb_cpl cpl = { 0 };
+			if (LB_INSERT_HDR_SIZE + body <= UINT32_MAX)
+				lbd_store_insert(f->st, 0, &r, &rec->ins, buf, &cpl);
+			free(buf);
+		}
+	}
+	free(f);
+}
+
+struct attach {
+	struct lbd_l2 *t;
+	struct lbd_store *st;
+};
+
+static void miss(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+		 const struct lb_query *q)
+{
+	struct attach *a = ctx;
+	struct fetch *f = malloc(sizeof(*f));
+	if (!f)
+		return;
+	*f = (struct fetch){ a->st, r->model_id };
+	char key[LBD_L2_KEY_MAX];
+	uint64_t m = lbd_l2_model_hash(d);
+	uint32_t layer = d->n_layers - 1; /* the deepest: reuse starts after it */
+	lbd_l2_key_layer(key, m, q->exact, layer);
+	struct lbd_l2_want w = { m, LBD_L2_LAYER, { q->exact[0], q->exact[1] }, layer };
+	if (!lbd_l2_fetch(a->t, key, &w, fetched, f))
+		free(f);
+}
+
+/* put hooks get the tier; miss gets the pair */
+static void put_layer_a(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+			const struct lb_insert_hdr *h, const uint8_t *data, const int32_t *tokens)
+{
+	put_layer(((struct attach *)ctx)->t, d, r, h, data, tokens);
+}
+
+static void put_block_a(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+			const struct lb_block_hdr *h, const uint8_t *data)
+{
+	put_block(((struct attach *)ctx)->t, d, r, h, data);
+}
+
+int lbd_l2_attach(struct lbd_l2 *t, struct lbd_store *st)
+{
+	static struct attach a; /* one tier a daemon */
+	a = (struct attach){ t, st };
+	struct lbd_store_tier hooks = { &a, put_layer_a, put_block_a, miss };
+	lbd_store_set_tier(st, &hooks);
+	return 0;
+}
