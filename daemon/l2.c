@@ -203,18 +203,27 @@ static bool enqueue(struct lbd_l2 *t, struct job *j)
 	return ok;
 }
 
+/* A job for key; NULL (no memory, a key too long) with *failed counted. */
+static struct job *job_new(struct lbd_l2 *t, const char *key, uint64_t *failed)
+{
+	struct job *j = strlen(key) < sizeof(j->key) ? calloc(1, sizeof(*j)) : NULL;
+	if (j) {
+		strcpy(j->key, key);
+		return j;
+	}
+	pthread_mutex_lock(&t->mu);
+	(*failed)++;
+	pthread_mutex_unlock(&t->mu);
+	return NULL;
+}
+
 bool lbd_l2_put(struct lbd_l2 *t, const char *key, uint8_t *record, size_t len)
 {
-	struct job *j = calloc(1, sizeof(*j));
-	if (!j || strlen(key) >= sizeof(j->key)) {
-		free(j);
+	struct job *j = job_new(t, key, &t->st.dropped);
+	if (!j) {
 		free(record);
-		pthread_mutex_lock(&t->mu);
-		t->st.dropped++;
-		pthread_mutex_unlock(&t->mu);
 		return false;
 	}
-	strcpy(j->key, key);
 	j->record = record;
 	j->len = len;
 	if (enqueue(t, j))
@@ -226,15 +235,9 @@ bool lbd_l2_put(struct lbd_l2 *t, const char *key, uint8_t *record, size_t len)
 bool lbd_l2_fetch(struct lbd_l2 *t, const char *key, const struct lbd_l2_want *want,
 		  lbd_l2_fetch_fn fn, void *ctx)
 {
-	struct job *j = calloc(1, sizeof(*j));
-	if (!j || strlen(key) >= sizeof(j->key)) {
-		free(j);
-		pthread_mutex_lock(&t->mu);
-		t->st.fetch_errors++;
-		pthread_mutex_unlock(&t->mu);
+	struct job *j = job_new(t, key, &t->st.fetch_errors);
+	if (!j)
 		return false;
-	}
-	strcpy(j->key, key);
 	j->want = *want;
 	j->fn = fn;
 	j->ctx = ctx;

@@ -13,28 +13,35 @@ struct fetch {
 	uint32_t model_id;
 };
 
+struct attach {
+	struct lbd_l2 *t;
+	struct lbd_store *st;
+};
+
 static void put_layer(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
 		      const struct lb_insert_hdr *h, const uint8_t *data, const int32_t *tokens)
 {
+	struct attach *a = ctx;
 	char key[LBD_L2_KEY_MAX];
 	size_t len;
 	uint64_t m = lbd_l2_model_hash(d);
 	uint8_t *rec = lbd_l2_encode_layer(m, r->layer, r->seq_len, h, data, tokens, &len);
 	lbd_l2_key_layer(key, m, h->exact, r->layer);
 	if (rec)
-		lbd_l2_put(ctx, key, rec, len);
+		lbd_l2_put(a->t, key, rec, len);
 }
 
 static void put_block(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
 		      const struct lb_block_hdr *h, const uint8_t *data)
 {
+	struct attach *a = ctx;
 	char key[LBD_L2_KEY_MAX];
 	size_t len;
 	uint64_t m = lbd_l2_model_hash(d);
 	uint8_t *rec = lbd_l2_encode_block(m, r->seq_len, h, data, &len);
 	lbd_l2_key_block(key, m, h->key);
 	if (rec)
-		lbd_l2_put(ctx, key, rec, len);
+		lbd_l2_put(a->t, key, rec, len);
 }
 
 /* A checked record into the store, as the client that made it inserted it. */
@@ -63,11 +70,6 @@ static void fetched(void *ctx, const struct lbd_l2_record *rec)
 	free(f);
 }
 
-struct attach {
-	struct lbd_l2 *t;
-	struct lbd_store *st;
-};
-
 static void miss(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
 		 const struct lb_query *q)
 {
@@ -85,24 +87,11 @@ static void miss(void *ctx, const struct lbp_register_model *d, const struct lb_
 		free(f);
 }
 
-/* put hooks get the tier; miss gets the pair */
-static void put_layer_a(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
-			const struct lb_insert_hdr *h, const uint8_t *data, const int32_t *tokens)
-{
-	put_layer(((struct attach *)ctx)->t, d, r, h, data, tokens);
-}
-
-static void put_block_a(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
-			const struct lb_block_hdr *h, const uint8_t *data)
-{
-	put_block(((struct attach *)ctx)->t, d, r, h, data);
-}
-
 int lbd_l2_attach(struct lbd_l2 *t, struct lbd_store *st)
 {
 	static struct attach a; /* one tier a daemon */
 	a = (struct attach){ t, st };
-	struct lbd_store_tier hooks = { &a, put_layer_a, put_block_a, miss };
+	struct lbd_store_tier hooks = { &a, put_layer, put_block, miss };
 	lbd_store_set_tier(st, &hooks);
 	return 0;
 }
