@@ -1,5 +1,5 @@
-/* The worker's layer cache: connect (or make an in-process bank), register, build the
- * fingerprint projection and the per-layer options of lb_lem_run. */
+/* The worker's layer cache: connect (or make an in-process bank, or reach a Redis server),
+ * register, build the fingerprint projection and the per-layer options of lb_lem_run. */
 #include "cache.h"
 
 #include <errno.h>
@@ -11,6 +11,7 @@
 #include "inproc.h"
 #include "kernels.h"
 #include "model_llama.h"
+#include "redis_cache.h"
 #include "scorer.h"
 
 #define FP_SEED 0x6c61796572ull /* "layer" */
@@ -64,6 +65,7 @@ void lbw_cache_close(struct lbw_cache *wc)
 		lbip_bank_free(wc->bank); /* frees its client too */
 	else
 		lb_close(wc->c);
+	lbw_redis_close(wc->redis);
 	lb_fp_proj_free(wc->proj);
 	free(wc->tau);
 	free(wc->layers);
@@ -87,6 +89,37 @@ static struct lb_fp_proj *projection(const struct lbw_scorer *sc, uint32_t chunk
 	free(center);
 	free(acc);
 	return p;
+}
+
+/* The name sc's model registers (and a Redis peer's keys hold). A decoder's prefix blocks are
+ * reused as exact: only between workers whose forwards give the same bits, so on one kernel
+ * tier (the tiers round differently). The tier, or "ref" for the plain-C forward, is part of
+ * its name. */
+static void model_name(const struct lbw_scorer *sc, char name[LB_NAME_MAX + 1])
+{
+	if (sc->kv_dim)
+		snprintf(name, LB_NAME_MAX + 1, "%.*s@%s", (int)(LB_NAME_MAX - 7), sc->name,
+			 sc->llama && sc->llama->reference ? "ref" : lbk_isa_name(lbk_isa()));
+	else
+		snprintf(name, LB_NAME_MAX + 1, "%s", sc->name);
+}
+
+/* The plain Redis peer at addr. @return 0 (a server that does not answer: a warning, and
+ * redis NULL); -1 after one line on stderr for a bad address or no memory. */
+static int open_redis(struct lbw_cache *wc, const char *addr, const struct lbw_scorer *sc,
+		      const char *name, const char *who)
+{
+	char err[512];
+	struct lbw_redis_model m = { name, sc->weights_hash, (uint32_t)sc->n_layers,
+				     (uint32_t)sc->hidden };
+	wc->redis = lbw_redis_open(addr, &m, err, sizeof(err));
+	if (wc->redis || errno == EHOSTUNREACH) {
+		if (!wc->redis)
+			fprintf(stderr, "%s: warning: %s; running without cache\n", who, err);
+		return 0;
+	}
+	fprintf(stderr, "%s: %s\n", who, err);
+	return -1;
 }
 
 /* The in-process bank, with the daemon's defaults for everything but the budget. */
@@ -173,15 +206,8 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 	for (int32_t l = 0; wc->tau && l < L; l++)
 		wc->tau[l] = (float)tau;
 
-	/* A decoder's prefix blocks are reused as exact: only between workers whose forwards give
-	 * the same bits, so on one kernel tier (the tiers round differently). The tier, or "ref"
-	 * for the plain-C forward, is part of the name it registers. */
 	char name[LB_NAME_MAX + 1];
-	if (sc->kv_dim)
-		snprintf(name, sizeof(name), "%.*s@%s", (int)(LB_NAME_MAX - 7), sc->name,
-			 sc->llama && sc->llama->reference ? "ref" : lbk_isa_name(lbk_isa()));
-	else
-		snprintf(name, sizeof(name), "%s", sc->name);
+	model_name(sc, name);
 	struct lb_model_desc d = {
 		.name = name,
 		.weights_hash = sc->weights_hash,
@@ -212,6 +238,11 @@ int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const s
 				why ? why : "");
 			lb_close(wc->c);
 			wc->c = NULL;
+		}
+	} else if (o->redis) {
+		if (open_redis(wc, o->redis, sc, name, who) < 0) {
+			lbw_cache_close(wc);
+			return -1;
 		}
 	} else if (o->private_bytes) {
 		if (open_private(wc, o->private_bytes, who) < 0) {

@@ -1,6 +1,7 @@
-/* The worker's side of the layer cache: layerbankd's shared bank at a socket, or an in-process
- * bank of the worker's own (the fleet benchmark's `private` mode), and the lb_lem_run
- * configuration for one model: fingerprint projection, thresholds, layers to insert. */
+/* The worker's side of the layer cache: layerbankd's shared bank at a socket, an in-process
+ * bank of the worker's own (the fleet benchmark's `private` mode) or a plain Redis server
+ * (`redis`, redis_cache.h), and the lb_lem_run configuration for one model: fingerprint
+ * projection, thresholds, layers to insert. */
 #ifndef LAYERBANK_WORKER_CACHE_H
 #define LAYERBANK_WORKER_CACHE_H
 
@@ -9,11 +10,14 @@
 #include "layerbank/layerbank.h"
 
 struct lbip_bank;
+struct lbw_redis;
 struct lbw_scorer;
 
 struct lbw_cache_opts {
 	const char *socket;       /* layerbankd's socket, or NULL */
 	uint64_t private_bytes;   /* else, when > 0: an in-process bank with this budget */
+	const char *redis;        /* else, when set: a Redis server, HOST:PORT (exact values of
+				   * the deepest layer only; the options below but shadow unused) */
 	const char *tau;          /* every layer's threshold (-1..1), or NULL: the bank's default */
 	const char *layers;       /* layers to insert: "all" (NULL) or indices "0,3,11" */
 	const char *revalidate;   /* share of hits to recompute, 0..1, or NULL: 0 */
@@ -49,9 +53,10 @@ struct lbw_cache_opts {
  * +0.88% and 97.3%, 0.5 +0.29% and 99.2% (reusing 38% of the prefill). */
 #define LBW_GEN_RECOMPUTE_DEFAULT 0.5
 
-/* Owned by one thread. c NULL: no cache (none asked for, or it was away). */
+/* Owned by one thread. c NULL: no layerbank cache (none asked for, or it was away). */
 struct lbw_cache {
 	struct lb_client *c;
+	struct lbw_redis *redis;  /* the plain peer instead (c NULL), or NULL */
 	struct lbip_bank *bank;   /* the in-process bank, when private */
 	struct lb_fp_proj *proj;
 	struct lb_lem_cfg cfg;    /* refers to proj, tau and layers */
@@ -77,8 +82,9 @@ static inline struct lb_client *lbw_cache_states(const struct lbw_cache *wc)
 }
 
 /*
- * Open the cache o asks for and register sc's model with it. A daemon that cannot be reached
- * is a warning on stderr (who: the program's name) and a run without cache (c NULL).
+ * Open the cache o asks for and register sc's model with it. A daemon or a Redis server that
+ * cannot be reached is a warning on stderr (who: the program's name) and a run without cache
+ * (c and redis NULL).
  * @return 0; -1 after one line on stderr for a bad option or no memory.
  */
 int lbw_cache_open(struct lbw_cache *wc, const struct lbw_cache_opts *o, const struct lbw_scorer *sc,

@@ -19,6 +19,7 @@
 #include "gen.h"
 #include "size.h"
 #include "model_llama.h"
+#include "redis_cache.h"
 #include "safetensors.h"
 #include "sampler.h"
 #include "scorer.h"
@@ -107,6 +108,15 @@ static void usage(FILE *f)
 		"                     and the work goes on without cache.\n"
 		"--private-cache SIZE an in-process bank of SIZE bytes (K, M, G suffixes) run by this\n"
 		"                     worker alone, with the daemon's code and defaults.\n"
+		"--redis HOST:PORT    (score, serve) a plain Redis server instead, as a user without\n"
+		"                     layerbank shares layer outputs: the deepest layer's output of\n"
+		"                     an exact input (model, token hash, length) is GET before the\n"
+		"                     forward pass, whole (hit=L-1) or not at all, and SET after one;\n"
+		"                     no near-duplicate, no partial reuse. A value that fails its\n"
+		"                     checks (length; magic, model, shape, xxh64 of the payload) is a\n"
+		"                     miss. Without a server there: one warning, no cache. At the end\n"
+		"                     stderr gets 'redis hits=H misses=M refused=R stored=S errors=E'.\n"
+		"                     Of the options below it takes --shadow only.\n"
 		"--cache-layers L     layers to insert: all (default) or a comma list of indices.\n"
 		"--revalidate P       check a share P (0..1) of reuses against the plain forward pass\n"
 		"                     (the layers up to the one reused) and report the drift, which\n"
@@ -189,6 +199,7 @@ static const char **slot_of(struct opts *o, const char *a, int cmd)
 		{ "--seed", GEN | SCORE | SERVE, offsetof(struct opts, seed_s) },
 		{ "--private-cache", GEN | SCORE | SERVE, offsetof(struct opts, private_s) },
 		{ "--cache", GEN | SCORE | SERVE, offsetof(struct opts, cache.socket) },
+		{ "--redis", SCORE | SERVE, offsetof(struct opts, cache.redis) },
 		{ "--cache-layers", SCORE | SERVE, offsetof(struct opts, cache.layers) },
 		{ "--revalidate", SCORE | SERVE, offsetof(struct opts, cache.revalidate) },
 		{ "--tau", SCORE | SERVE, offsetof(struct opts, cache.tau) },
@@ -279,9 +290,9 @@ static int parse(int argc, char **argv, struct opts *o)
 		}
 		o->sample_seed = (uint64_t)seed;
 	}
-	if (o->cache.socket && o->private_s) {
-		fprintf(stderr, "layerbank-worker %s: --cache and --private-cache exclude each other\n",
-			o->cmd);
+	if (!!o->cache.socket + !!o->private_s + !!o->cache.redis > 1) {
+		fprintf(stderr, "layerbank-worker %s: --cache, --private-cache and --redis exclude "
+				"each other\n", o->cmd);
 		return -1;
 	}
 	if (o->private_s) {
@@ -515,7 +526,7 @@ static int score(const struct opts *o, struct lbw_scorer *sc, const struct lbw_t
 	if (wc->blocks_only && wc->c)
 		fprintf(stderr, "layerbank-worker score: note: a FusedKV checkpoint's hidden states "
 				"are not cached (generate reuses its prefix blocks)\n");
-	if (o->cache.socket || o->cache.private_bytes) {
+	if (o->cache.socket || o->cache.private_bytes || o->cache.redis) {
 		printf("cache hit_layer %d computed %u inserted %u\n", (int)r.lem.hit_layer,
 		       r.lem.layers_computed, r.lem.layers_inserted);
 		if (r.lem.cache_error)
@@ -638,9 +649,17 @@ int main(int argc, char **argv)
 		} else if (!strcmp(o.cmd, "score")) {
 			rc = score(&o, &sc, &t, &wc);
 		} else {
-			const char *mode = wc.bank ? "private" : wc.c ? "shared" : "none";
+			const char *mode = wc.bank ? "private" : wc.c ? "shared" :
+					   wc.redis ? "redis" : "none";
 			int32_t cap = max_tokens && max_tokens < sc.max_seq ? (int32_t)max_tokens : sc.max_seq;
 			rc = lbw_serve(&sc, &t, &wc, cap, mode, stdin, stdout) < 0 ? EXIT_LOAD : 0;
+		}
+		if (wc.redis) {
+			const struct lbw_redis_stats *st = lbw_redis_stats(wc.redis);
+			fprintf(stderr, "redis hits=%llu misses=%llu refused=%llu stored=%llu "
+					"errors=%llu\n", (unsigned long long)st->hits,
+				(unsigned long long)st->misses, (unsigned long long)st->refused,
+				(unsigned long long)st->stored, (unsigned long long)st->errors);
 		}
 		lbw_cache_close(&wc);
 	}

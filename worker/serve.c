@@ -11,6 +11,7 @@
 #include "cache.h"
 #include "gen.h"
 #include "mlm.h"
+#include "redis_cache.h"
 #include "scorer.h"
 #include "tokenizer.h"
 
@@ -47,6 +48,30 @@ static int timed_rows(void *ctx, uint32_t l, const float *in, uint32_t n, const 
 	if (!t->first_us)
 		t->first_us = start;
 	t->last_us = now_us();
+	return rc;
+}
+
+/*
+ * The layers of toks (n of them, embedded in h) through wc: a plain Redis peer's value of the
+ * deepest layer, exact inputs only, the forward pass skipped on a hit and its result stored
+ * after a miss; else lb_lem_run_rows on layerbank's cache (plain without one). @return as
+ * lb_lem_run_rows.
+ */
+static int run_layers(struct lbw_scorer *sc, struct lbw_cache *wc, const int32_t *toks, int32_t n,
+		      float *h, struct timed *tl, struct lb_lem_result *res)
+{
+	int got = wc->redis ? lbw_redis_get(wc->redis, toks, (uint32_t)n, h) : 0;
+	if (got == 1) {
+		*res = (struct lb_lem_result){ .hit_layer = sc->n_layers - 1, .reused = 1.0f };
+		return 0;
+	}
+	int rc = lb_lem_run_rows(lbw_cache_states(wc), &wc->cfg, toks, (uint32_t)n, h, timed_layer,
+				 wc->align ? timed_rows : NULL, wc->recompute, tl, res);
+	if (rc == 0 && wc->redis) {
+		int put = lbw_redis_put(wc->redis, toks, (uint32_t)n, h);
+		res->layers_inserted = put == 0;
+		res->cache_error = got < 0 ? got : put;
+	}
 	return rc;
 }
 
@@ -151,8 +176,7 @@ int lbw_score_text(struct lbw_scorer *sc, const struct lbw_tokenizer *t, struct 
 	if (rc == 0) {
 		struct timed tl = { sc, 0, 0 };
 		lbw_scorer_embed(sc, toks, n, h);
-		rc = lb_lem_run_rows(lbw_cache_states(wc), &wc->cfg, toks, (uint32_t)n, h, timed_layer,
-				     wc->align ? timed_rows : NULL, wc->recompute, &tl, &r->lem);
+		rc = run_layers(sc, wc, toks, n, h, &tl, &r->lem);
 		r->compute_start_us = tl.first_us;
 		r->compute_end_us = tl.last_us;
 		if (rc < 0)

@@ -37,8 +37,9 @@ struct lbw_score {
 };
 
 /*
- * Tokenize text (BOS first), run the layers through lb_lem_run on wc (plain when wc->c is NULL)
- * and score it. An input of more than max_tokens tokens is cut to max_tokens when cut is set,
+ * Tokenize text (BOS first), run the layers through lb_lem_run on wc (plain when wc->c is NULL;
+ * with wc->redis, the deepest layer's output of the exact input from the Redis peer, a hit
+ * answered as hit_layer n_layers - 1 and nothing computed) and score it. An input of more than max_tokens tokens is cut to max_tokens when cut is set,
  * refused otherwise. A bidirectional encoder (sc->mlm) gets the input with the positions
  * lbw_mlm_select picks (seed LBW_MLM_SEED) replaced by LBW_MLM_MASK_ID: its layers, its
  * fingerprint and the cache only ever see the masked input, and the head scores the original
