@@ -88,10 +88,16 @@ double lbb_now_s(void);
 #define LBB_FLEET_MAX_LAYERS 64
 
 /* How the fleet's workers cache: not at all, an in-process bank each (budget / workers bytes),
- * or one layerbankd of the whole budget. */
-enum lbb_mode { LBB_NOCACHE = 0, LBB_PRIVATE = 1, LBB_SHARED = 2, LBB_N_MODES = 3 };
-/* "nocache", "private", "shared" */
-extern const char *const lbb_mode_name[LBB_N_MODES];
+ * one layerbankd of the whole budget, or one plain Redis server of the whole budget (serve
+ * --redis: exact inputs' deepest layer only, the peer a user without layerbank would pick;
+ * e2e's, not prefix's: it serves no prefix blocks). */
+enum lbb_mode { LBB_NOCACHE = 0, LBB_PRIVATE = 1, LBB_SHARED = 2, LBB_REDIS = 3 };
+/* layerbank's own modes, LBB_NOCACHE..LBB_SHARED: those every fleet benchmark runs */
+#define LBB_N_MODES 3
+/* with the plain peer after them */
+#define LBB_N_ALL_MODES 4
+/* "nocache", "private", "shared", "redis" */
+extern const char *const lbb_mode_name[LBB_N_ALL_MODES];
 
 struct lbb_fleet_cfg {
 	const char *model;     /* serve's --model */
@@ -116,6 +122,9 @@ struct lbb_fleet_cfg {
  */
 void lbb_fleet_init(const char *bench);
 
+/* The Redis server LBB_REDIS runs: $LAYERBANK_REDIS_SERVER, else /usr/bin/redis-server. */
+const char *lbb_fleet_redis_server(void);
+
 /* Start layerbankd in the fleet's folder (budget cfg->budget, an arena with room for entry
  * headers on top, --hugepages try, --threads 1, cfg->tau) and wait for its socket.
  * @return 0; -errno, or -EIO after a one-line message and the daemon's log. */
@@ -128,13 +137,17 @@ const char *lbb_fleet_socket(void);
 const char *lbb_fleet_dir(void);
 
 /*
- * Start cfg->workers serve processes in mode m (for LBB_SHARED the daemon first), each with
- * its log in the folder, and wait up to 300 s for each one's "ready ... layers=L ..." line.
+ * Start cfg->workers serve processes in mode m (for LBB_SHARED the daemon first; for LBB_REDIS
+ * lbb_fleet_redis_server() in a folder of its own in the fleet's, on a free loopback port,
+ * --maxmemory cfg->budget with allkeys-lru, no persistence, answering PING), each with its log
+ * in the folder, and wait up to 300 s for each one's "ready ... layers=L ... cache=MODE" line
+ * (MODE what m asks for: a worker that found no cache ends the run).
  * @return 0 and *layers (what every worker said); -errno after a one-line message (the logs of
  * the workers that did not get ready shown). The caller stops the fleet either way.
  */
 int lbb_fleet_start(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, int *layers);
-/* Stop the workers (end of input, then SIGTERM after 5 s) and the daemon. */
+/* Stop the workers (end of input, then SIGTERM after 5 s), the daemon and the Redis server
+ * (its folder removed). */
 void lbb_fleet_stop(void);
 
 /* A worker with no request in flight; -1 when every one is busy. */

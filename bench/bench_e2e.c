@@ -1,6 +1,8 @@
 /*
  * layerbank-bench e2e: a fleet of `layerbank-worker serve` processes scores one request stream
- * three ways — no cache, a private in-process bank each, layerbankd's shared bank — and reports
+ * three ways — no cache, a private in-process bank each, layerbankd's shared bank — and a
+ * fourth, the plain peer a user without layerbank would pick: one Redis server holding exact
+ * inputs' last-layer outputs (serve --redis) — and reports
  * throughput, latency, reuse per layer and fidelity against the uncached run, in all and by
  * kind of request: of next-token predictions for causal models, of masked tokens for
  * bidirectional encoders (the workers mask every request the same way in every mode, mlm.h).
@@ -46,6 +48,7 @@ struct opts {
 	int max_tokens;
 	const char *tau;        /* NULL: the bank's default */
 	int modes;              /* bit per enum lbb_mode */
+	const char *redis_skipped; /* why the redis mode did not run, or NULL */
 	int tau_sweep, json, quiet;
 	int no_sflight;         /* the cached modes' workers without single-flight */
 	const char *recompute;  /* the cached modes' workers' --recompute; NULL: their default */
@@ -717,7 +720,7 @@ static void print_modes(const struct run *runs, int have, int layers)
 {
 	printf("  %-8s %9s %9s %9s %8s %10s %12s %10s %6s %6s\n", "mode", "req/s", "p50 ms", "p99 ms",
 	       "reuse", "depth", "nll change", "top-1", "errors", "dup");
-	for (int m = 0; m < LBB_N_MODES; m++) {
+	for (int m = 0; m < LBB_N_ALL_MODES; m++) {
 		if (!(have & 1 << m))
 			continue;
 		const struct run *r = &runs[m];
@@ -730,7 +733,7 @@ static void print_modes(const struct run *runs, int have, int layers)
 		printf("  shared single-flight: %u requests waited (%.2f ms on average), %u computed "
 		       "alongside a claimant\n", runs[LBB_SHARED].sf_waited,
 		       runs[LBB_SHARED].sf_wait_ms, runs[LBB_SHARED].sf_busy);
-	for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++) {
+	for (int m = LBB_PRIVATE; m < LBB_N_ALL_MODES; m++) {
 		if (!(have & 1 << m))
 			continue;
 		printf("  %-8s reused %% by layer:", lbb_mode_name[m]);
@@ -757,23 +760,23 @@ static void print_pct(double v, int prec, int sign, int width)
 static void print_kinds(const struct run *runs, int have)
 {
 	const struct run *first = NULL;
-	for (int m = LBB_PRIVATE; m < LBB_N_MODES && !first; m++)
+	for (int m = LBB_PRIVATE; m < LBB_N_ALL_MODES && !first; m++)
 		first = have & 1 << m ? &runs[m] : NULL;
 	if (!first)
 		return;
 	/* a group of 36 columns per mode after the 19 of kind and n; its name over its first */
 	int col = printf("  by kind:"), g = 0;
-	for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++)
+	for (int m = LBB_PRIVATE; m < LBB_N_ALL_MODES; m++)
 		if (have & 1 << m)
 			col += printf("%*s%s", 21 + 36 * g++ - col, "", lbb_mode_name[m]);
 	printf("\n  %-10s %6s", "kind", "n");
-	for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++)
+	for (int m = LBB_PRIVATE; m < LBB_N_ALL_MODES; m++)
 		if (have & 1 << m)
 			printf("  %7s %7s %9s %8s", "hit", "reused", "nll chg", "top-1");
 	printf("\n");
 	for (int k = 0; k < N_KINDS; k++) {
 		printf("  %-10s %6u", kind_name(k), first->by_kind[k].requests);
-		for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++) {
+		for (int m = LBB_PRIVATE; m < LBB_N_ALL_MODES; m++) {
 			if (!(have & 1 << m))
 				continue;
 			const struct kind_stats *s = &runs[m].by_kind[k];
@@ -798,7 +801,7 @@ static void print_rate(const struct shadow_count *c)
 /* --shadow: false hits among the reuses of each cached mode, by hit layer and by kind. */
 static void print_shadow(const struct run *runs, int have, int layers)
 {
-	for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++) {
+	for (int m = LBB_PRIVATE; m < LBB_N_ALL_MODES; m++) {
 		const struct run *r = &runs[m];
 		if (!(have & 1 << m) || !r->shadow)
 			continue;
@@ -887,7 +890,7 @@ static void print_table(const struct opts *o, const struct run *runs, int have, 
 			const struct lbw_workload *wl, const struct run *sweep, int n_sweep)
 {
 	const struct run *nc = &runs[LBB_NOCACHE], *pv = &runs[LBB_PRIVATE];
-	const struct run *sh = &runs[LBB_SHARED];
+	const struct run *sh = &runs[LBB_SHARED], *rd = &runs[LBB_REDIS];
 	printf("fleet: %d workers, %u requests (%u fresh, %u exact, %u near; zipf %.2f, "
 	       "seed %llu), model %s, max %d tokens, budget %llu MiB (private: %llu MiB each)\n",
 	       o->workers, wl->n, wl->count[LBW_REQ_FRESH], wl->count[LBW_REQ_EXACT],
@@ -906,6 +909,10 @@ static void print_table(const struct opts *o, const struct run *runs, int have, 
 		printf("  speedup shared vs nocache: %.2fx\n", sh->rps / nc->rps);
 	if ((have & 1 << LBB_SHARED) && (have & 1 << LBB_PRIVATE))
 		printf("  speedup shared vs private: %.2fx\n", sh->rps / pv->rps);
+	if ((have & 1 << LBB_SHARED) && (have & 1 << LBB_REDIS))
+		printf("  shared vs redis: %.2fx throughput\n", sh->rps / rd->rps);
+	if (o->redis_skipped)
+		printf("  redis: skipped (%s)\n", o->redis_skipped);
 	print_kinds(runs, have);
 	print_shadow(runs, have, layers);
 	int ad = (have & 1 << LBB_SHARED) && sh->adaptive;
@@ -972,16 +979,20 @@ static void print_json(const struct opts *o, const struct lbw_workload *wl, cons
 	json_object_object_add(mix, "zipf_s", json_object_new_double(o->wl.zipf_s));
 	json_object_object_add(mix, "seed", json_object_new_int64((int64_t)o->wl.seed));
 	json_object_object_add(j, "mix", mix);
-	for (int m = 0; m < LBB_N_MODES; m++)
+	for (int m = 0; m < LBB_N_ALL_MODES; m++)
 		json_object_object_add(j, lbb_mode_name[m],
 				       have & 1 << m ? run_json(&runs[m], layers) : NULL);
+	json_object_object_add(j, "redis_skipped", o->redis_skipped ?
+			       json_object_new_string(o->redis_skipped) : NULL);
 	const struct run *nc = &runs[LBB_NOCACHE], *pv = &runs[LBB_PRIVATE];
-	const struct run *sh = &runs[LBB_SHARED];
-	int sn = (have & 5) == 5, sp = (have & 6) == 6;
+	const struct run *sh = &runs[LBB_SHARED], *rd = &runs[LBB_REDIS];
+	int sn = (have & 5) == 5, sp = (have & 6) == 6, sr = (have & 12) == 12;
 	json_object_object_add(j, "speedup_shared_vs_nocache",
 			       sn ? lbb_json_num(sh->rps / nc->rps) : NULL);
 	json_object_object_add(j, "speedup_shared_vs_private",
 			       sp ? lbb_json_num(sh->rps / pv->rps) : NULL);
+	json_object_object_add(j, "ratio_shared_vs_redis",
+			       sr ? lbb_json_num(sh->rps / rd->rps) : NULL);
 	if (n_sweep) {
 		json_object *a = json_object_new_array();
 		for (int i = 0; i < n_sweep; i++) {
@@ -1021,10 +1032,10 @@ static void print_json(const struct opts *o, const struct lbw_workload *wl, cons
 static int write_plot(const struct opts *o, const struct run *runs, int have, int layers,
 		      const struct run *sweep, int n_sweep)
 {
-	double rps[LBB_N_MODES], p50[LBB_N_MODES], p99[LBB_N_MODES];
-	const char *cats[LBB_N_MODES];
+	double rps[LBB_N_ALL_MODES], p50[LBB_N_ALL_MODES], p99[LBB_N_ALL_MODES];
+	const char *cats[LBB_N_ALL_MODES];
 	int nc = 0;
-	for (int m = 0; m < LBB_N_MODES; m++)
+	for (int m = 0; m < LBB_N_ALL_MODES; m++)
 		if (have & 1 << m) {
 			cats[nc] = lbb_mode_name[m];
 			rps[nc] = runs[m].rps;
@@ -1034,12 +1045,12 @@ static int write_plot(const struct opts *o, const struct run *runs, int have, in
 		}
 	struct bplot_series s_rps[] = { { "requests/s", rps, NULL, nc } };
 	struct bplot_series s_lat[] = { { "p50", p50, NULL, nc }, { "p99", p99, NULL, nc } };
-	double lx[MAX_LAYERS], ly[LBB_N_MODES][MAX_LAYERS];
-	struct bplot_series s_layer[LBB_N_MODES];
+	double lx[MAX_LAYERS], ly[LBB_N_ALL_MODES][MAX_LAYERS];
+	struct bplot_series s_layer[LBB_N_ALL_MODES];
 	int nl = 0;
 	for (int l = 0; l < layers; l++)
 		lx[l] = l;
-	for (int m = LBB_PRIVATE; m < LBB_N_MODES; m++)
+	for (int m = LBB_PRIVATE; m < LBB_N_ALL_MODES; m++)
 		if (have & 1 << m) {
 			for (int l = 0; l < layers; l++)
 				ly[m][l] = runs[m].hit_by_layer[l] * 100;
@@ -1098,15 +1109,19 @@ static void usage(FILE *f)
 		"[--requests N]\n"
 		"         [--exact P] [--near P] [--zipf S] [--seed N] [--budget BYTES] "
 		"[--max-tokens N]\n"
-		"         [--tau X] [--modes nocache,private,shared] [--tau-sweep] [--json] "
-		"[--plot FILE]\n"
-		"         [--data DIR] [--no-sflight] [--recompute R|off] [--spin-us N] [--quiet]\n"
+		"         [--tau X] [--modes nocache,private,shared,redis] [--tau-sweep] [--json]\n"
+		"         [--plot FILE]"
+		" [--data DIR] [--no-sflight] [--recompute R|off] [--spin-us N] [--quiet]\n"
 		"         [--shadow] [--drift-target X] [--fp-chunks N] [--adaptive] [--revalidate R]\n"
 		"A fleet of layerbank-worker serve processes scores the same request stream "
 		"without a\n"
 		"cache, with a private in-process bank each (budget / workers bytes), and with\n"
-		"layerbankd's shared bank (budget bytes). Defaults: stories260k, 4 workers, "
-		"exact 0.30,\n"
+		"layerbankd's shared bank (budget bytes); --modes redis: with one Redis server\n"
+		"(budget bytes of maxmemory, allkeys-lru) holding exact inputs' last-layer outputs,\n"
+		"as a user without layerbank would share them (layerbank-worker --redis; the server\n"
+		"is $LAYERBANK_REDIS_SERVER, else /usr/bin/redis-server: without it the mode is\n"
+		"skipped, saying so); the report adds 'shared vs redis'. Defaults: --modes\n"
+		"nocache,private,shared, stories260k, 4 workers, exact 0.30,\n"
 		"near 0.45 (fresh the rest), zipf 1.0, seed 1; stories260k: 2000 requests, "
 		"budget 64M,\n"
 		"512 tokens; bert-base: 400 requests, budget 256M, 128 tokens; FILE (a GPT-2- or\n"
@@ -1147,6 +1162,8 @@ static int num(const char *v, double lo, double hi, double *out)
 	*out = strtod(v, &end);
 	return errno || end == v || *end || !isfinite(*out) || *out < lo || *out > hi ? -1 : 0;
 }
+
+#define MODES_WANT "a comma list of nocache, private, shared, redis"
 
 static int parse(int argc, char **argv, struct opts *o)
 {
@@ -1262,15 +1279,15 @@ static int parse(int argc, char **argv, struct opts *o)
 			char tmp[64];
 			snprintf(tmp, sizeof(tmp), "%s", val);
 			for (char *s = strtok(tmp, ","); s; s = strtok(NULL, ",")) {
-				int m = !strcmp(s, "nocache") ? 0 : !strcmp(s, "private") ? 1 :
-					!strcmp(s, "shared") ? 2 : -1;
+				int m = LBB_N_ALL_MODES;
+				while (--m >= 0 && strcmp(s, lbb_mode_name[m]))
+					;
 				if (m < 0)
-					return bad(a, val,
-						   "a comma list of nocache, private, shared");
+					return bad(a, val, MODES_WANT);
 				o->modes |= 1 << m;
 			}
-			if (!o->modes)
-				return bad(a, val, "a comma list of nocache, private, shared");
+			if (!o->modes || strlen(val) >= sizeof(tmp))
+				return bad(a, val, MODES_WANT);
 		} else if (!strcmp(a, "--plot")) {
 			o->plot = val;
 		} else if (!strcmp(a, "--data")) {
@@ -1349,6 +1366,21 @@ static int open_model(struct opts *o)
 	return 0;
 }
 
+/* The redis mode without its server: one line saying so, in o->redis_skipped for the report.
+ * @return 1 then, 0 when it can run. */
+static int redis_missing(struct opts *o)
+{
+	static char why[600];
+	const char *srv = lbb_fleet_redis_server();
+	if (access(srv, X_OK) == 0)
+		return 0;
+	snprintf(why, sizeof(why), "%s: %s; Debian's package redis-server has it", srv,
+		 strerror(errno));
+	fprintf(stderr, "layerbank-bench e2e: mode redis skipped: %s\n", why);
+	o->redis_skipped = why;
+	return 1;
+}
+
 int bench_e2e_main(int argc, char **argv)
 {
 	struct opts o;
@@ -1381,14 +1413,14 @@ int bench_e2e_main(int argc, char **argv)
 
 	lbb_fleet_init("e2e");
 
-	struct run runs[LBB_N_MODES], sweep[N_TAU];
+	struct run runs[LBB_N_ALL_MODES], sweep[N_TAU];
 	int have = 0, layers = 0, n_sweep = 0;
 	memset(runs, 0, sizeof(runs));
 	memset(sweep, 0, sizeof(sweep));
 	/* nocache first: it is the reference of every fidelity figure. */
 	int want = o.modes | (o.tau_sweep ? 1 << LBB_NOCACHE : 0);
-	for (int m = 0; m < LBB_N_MODES && rc == 0; m++) {
-		if (!(want & 1 << m))
+	for (int m = 0; m < LBB_N_ALL_MODES && rc == 0; m++) {
+		if (!(want & 1 << m) || (m == LBB_REDIS && redis_missing(&o)))
 			continue;
 		rc = run_fleet(&o, (enum lbb_mode)m, o.tau, &wl, &layers, &runs[m]);
 		if (rc == 0) {
@@ -1414,7 +1446,7 @@ int bench_e2e_main(int argc, char **argv)
 		if (o.plot)
 			rc = write_plot(&o, runs, have, layers, sweep, n_sweep);
 	}
-	for (int m = 0; m < LBB_N_MODES; m++)
+	for (int m = 0; m < LBB_N_ALL_MODES; m++)
 		free_run(&runs[m], wl.n);
 	for (int i = 0; i < N_TAU; i++)
 		free_run(&sweep[i], wl.n);

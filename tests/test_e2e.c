@@ -6,7 +6,8 @@
  * computing;
  * layerbank-bench prefix does the same with a short chat stream, and the cached runs generate
  * the uncached run's tokens; and layerbank-worker serve answers bad requests with an error line
- * and goes on.
+ * and goes on. `test_e2e redis`: the redis mode beside shared (77 without redis-server); without
+ * its server the mode is skipped with a reason.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -437,6 +438,74 @@ static void test_fleet_report_encoder(void **state)
 	json_object_put(j);
 }
 
+/*
+ * The plain peer beside the shared bank on the design's mix: a Redis server holding exact
+ * inputs' last layer, so its hits are whole (every layer reused, nothing computed), found among
+ * exact repeats only, and change nothing (NLL and top-1 as nocache's, bit for bit); the report
+ * puts it beside shared, in JSON and in text.
+ */
+static void test_fleet_redis(void **state)
+{
+	(void)state;
+	const char *argv[] = { LB_BENCH_PATH, "e2e", "--model", "stories260k", "--workers", "2",
+			       "--requests", "80", "--modes", "nocache,shared,redis", "--json",
+			       "--quiet", NULL };
+	json_object *j = bench_json(argv);
+	int layers = json_object_get_int(get(j, "layers"));
+	json_object *nc = get(j, "nocache"), *sh = get(j, "shared"), *rd = get(j, "redis");
+	assert_null(get(j, "private"));
+	assert_null(get(j, "redis_skipped"));
+	check_mode(nc, layers);
+	check_mode(sh, layers);
+	check_mode(rd, layers);
+	check_kinds(rd, get(j, "mix"));
+	json_object *by = get(rd, "by_kind");
+	assert_true(num(rd, "hit_rate") > 0);
+	assert_true(num(get(by, "exact"), "hit_rate") > 0);
+	assert_true(num(get(by, "fresh"), "hit_rate") == 0);
+	/* whole hits: every layer reused, none computed */
+	assert_close(num(rd, "mean_reused_depth"), num(rd, "hit_rate") * layers, "redis depth");
+	assert_int_equal(count(rd, "layers_computed"),
+			 llround(REQUESTS * (1 - num(rd, "hit_rate"))) * layers);
+	assert_true(num(rd, "nll_rel_change") == 0);
+	assert_true(num(rd, "top1_agreement") == 1);
+	assert_close(num(j, "ratio_shared_vs_redis"), num(sh, "rps") / num(rd, "rps"),
+		     "ratio_shared_vs_redis");
+	json_object_put(j);
+	/* the text report: both side by side, and their ratio */
+	const char *text[] = { LB_BENCH_PATH, "e2e", "--workers", "2", "--requests", "40",
+			       "--modes", "shared,redis", "--quiet", NULL };
+	int st = lbt_run(text, out, sizeof(out));
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 0);
+	double ratio = 0;
+	const char *line = strstr(out, "  shared vs redis: ");
+	assert_non_null(line);
+	assert_int_equal(sscanf(line, "  shared vs redis: %lfx throughput", &ratio), 1);
+	assert_true(ratio > 0);
+	assert_non_null(strstr(out, "\n  shared "));
+	assert_non_null(strstr(out, "\n  redis "));
+}
+
+/* Without its server the redis mode is skipped, in one line saying why, and the rest runs. */
+static void test_redis_absent(void **state)
+{
+	(void)state;
+	setenv("LAYERBANK_REDIS_SERVER", "/nonexistent/redis-server", 1);
+	const char *argv[] = { LB_BENCH_PATH, "e2e", "--workers", "1", "--requests", "20",
+			       "--modes", "nocache,redis", "--json", "--quiet", NULL };
+	json_object *j = bench_json(argv);
+	unsetenv("LAYERBANK_REDIS_SERVER");
+	assert_non_null(strstr(out, "layerbank-bench e2e: mode redis skipped: "
+				    "/nonexistent/redis-server: No such file or directory"));
+	assert_non_null(get(j, "nocache"));
+	assert_null(get(j, "redis"));
+	assert_null(get(j, "ratio_shared_vs_redis"));
+	assert_non_null(strstr(json_object_get_string(get(j, "redis_skipped")),
+			       "/nonexistent/redis-server"));
+	json_object_put(j);
+}
+
 static void test_bad_options(void **state)
 {
 	(void)state;
@@ -445,6 +514,12 @@ static void test_bad_options(void **state)
 	assert_true(WIFEXITED(st));
 	assert_int_equal(WEXITSTATUS(st), 2);
 	assert_non_null(strstr(out, "--workers"));
+	const char *m[] = { LB_BENCH_PATH, "e2e", "--modes", "shared,memcached", NULL };
+	st = lbt_run(m, out, sizeof(out));
+	assert_true(WIFEXITED(st));
+	assert_int_equal(WEXITSTATUS(st), 2);
+	assert_non_null(strstr(out, "bad --modes 'shared,memcached' (a comma list of nocache, "
+				    "private, shared, redis)"));
 	const char *b[] = { LB_BENCH_PATH, "e2e", "--data", "/nonexistent", NULL };
 	st = lbt_run(b, out, sizeof(out));
 	assert_true(WIFEXITED(st));
@@ -692,13 +767,20 @@ static void test_serve_protocol(void **state)
 	assert_int_equal(commas + 1, pred7);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
 	if (access(MODEL, R_OK) || access(TOK, R_OK) || access(LB_DATA_DIR "/tinystories_val.txt", R_OK))
 		LBT_SKIP("the shipped data is not at %s", LB_DATA_DIR);
+	if (argc > 1 && !strcmp(argv[1], "redis")) {
+		if (access("/usr/bin/redis-server", X_OK))
+			LBT_SKIP("/usr/bin/redis-server is needed (Debian: redis-server)");
+		const struct CMUnitTest redis[] = { cmocka_unit_test(test_fleet_redis) };
+		return cmocka_run_group_tests(redis, NULL, NULL);
+	}
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_serve_protocol),
 		cmocka_unit_test(test_bad_options),
+		cmocka_unit_test(test_redis_absent),
 		cmocka_unit_test(test_fleet_report),
 		cmocka_unit_test(test_fleet_single_flight),
 		cmocka_unit_test(test_fleet_shadow),
