@@ -88,10 +88,13 @@ int main(int argc, char **argv)
 			return 1;
 		}
 		lbd_l2_attach(l2, server.store);
+		lbd_server_set_tier(&server, l2, lbd_l2_stats);
 		lbd_info("second tier: %s", cfg.l2);
 	}
 	ret = lbd_server_run(&server);
 	if (l2) {
+		/* Run returned: no STATS is being answered, and none reads the tier from here on. */
+		lbd_server_set_tier(&server, NULL, NULL);
 		lbd_store_set_tier(server.store, NULL);
 		lbd_l2_stop(l2);
 	}

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "errf.h"
+#include "l2.h" /* struct lbd_l2_stats: the tier's code is not linked here */
 #include "log.h"
 #include "sd.h"
 #include "snapshot.h"
@@ -170,6 +171,35 @@ static void conn_error(struct lbd_conn *c, bool fatal, int code, const char *fie
 
 /* ---- messages ---- */
 
+void lbd_server_set_tier(struct lbd_server *s, struct lbd_l2 *t, lbd_l2_stats_fn stats)
+{
+	s->l2 = t && stats ? t : NULL;
+	s->l2_stats = s->l2 ? stats : NULL;
+}
+
+/* The second tier's part of STATS: "off" and zeros without one. */
+static void fill_l2_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
+{
+	struct lbd_l2_stats l2;
+
+	if (!s->l2) {
+		snprintf(r->l2, sizeof(r->l2), "off");
+		return;
+	}
+	s->l2_stats(s->l2, &l2);
+	snprintf(r->l2, sizeof(r->l2), "%s", l2.up ? "up" : "down");
+	r->l2_queue_bytes = l2.queue_bytes;
+	r->l2_queue_records = l2.queue_records;
+	r->l2_fetches_waiting = l2.fetches_waiting;
+	r->l2_written = l2.written;
+	r->l2_dropped = l2.dropped;
+	r->l2_write_errors = l2.write_errors;
+	r->l2_fetched = l2.fetched;
+	r->l2_fetch_misses = l2.fetch_misses;
+	r->l2_rejected = l2.rejected;
+	r->l2_fetch_errors = l2.fetch_errors;
+}
+
 static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 {
 	struct timespec now;
@@ -187,6 +217,7 @@ static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 	r->models = s->models.count;
 	r->threads = s->cfg->threads;
 	lbd_store_stats(s->store, r);
+	fill_l2_stats(s, r);
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	r->uptime_s = (uint64_t)(now.tv_sec - s->started.tv_sec);
 }

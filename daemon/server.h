@@ -21,6 +21,10 @@
 #define LBD_STATUS_PERIOD_S 5
 
 struct lbd_conn;
+struct lbd_l2;
+struct lbd_l2_stats;
+/* lbd_l2_stats (l2.h), handed over by main: lbd_core does not link the tier, which builds on it. */
+typedef void (*lbd_l2_stats_fn)(struct lbd_l2 *t, struct lbd_l2_stats *out);
 
 /* Owned by the daemon's main thread, which runs the loop and every callback. */
 struct lbd_server {
@@ -38,6 +42,9 @@ struct lbd_server {
 	unsigned n_arenas;
 	struct lbd_models models;
 	struct lbd_store *store;
+	/* The second tier (--l2), for STATS only: lbd_server_set_tier. NULL: none. */
+	struct lbd_l2 *l2;
+	lbd_l2_stats_fn l2_stats;
 	struct lbd_service service;
 	bool service_running;
 	struct lbd_region_limits limits;
@@ -75,6 +82,12 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
  * STATUS= line every LBD_STATUS_PERIOD_S, WATCHDOG=1 from the loop and STOPPING=1 on SIGTERM.
  * @return 0 on a clean stop, -errno when the loop failed. */
 int lbd_server_run(struct lbd_server *s);
+
+/* Report tier t in STATS through stats (lbd_l2_stats); NULL, NULL: no tier ("off"). STATS is
+ * answered by the loop, on the thread that runs lbd_server_run: set the tier before run and
+ * clear it after run returned and before the tier stops, from that thread, and no STATS can
+ * meet a stopped tier (no lock needed). */
+void lbd_server_set_tier(struct lbd_server *s, struct lbd_l2 *t, lbd_l2_stats_fn stats);
 
 /* Close every connection, unlink the socket (unless systemd passed it), free the arenas.
  * Safe after a failed setup. */

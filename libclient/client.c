@@ -698,6 +698,18 @@ LB_EXPORT int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size)
 	st.prefix_hits = rep.u.stats.prefix_hits;
 	st.prefix_misses = rep.u.stats.prefix_misses;
 	st.blocks_served = rep.u.stats.blocks_served;
+	_Static_assert(sizeof(st.l2) == sizeof(rep.u.stats.l2), "the tier's state, NUL included");
+	memcpy(st.l2, rep.u.stats.l2, sizeof(st.l2));
+	st.l2_queue_bytes = rep.u.stats.l2_queue_bytes;
+	st.l2_queue_records = rep.u.stats.l2_queue_records;
+	st.l2_fetches_waiting = rep.u.stats.l2_fetches_waiting;
+	st.l2_written = rep.u.stats.l2_written;
+	st.l2_dropped = rep.u.stats.l2_dropped;
+	st.l2_write_errors = rep.u.stats.l2_write_errors;
+	st.l2_fetched = rep.u.stats.l2_fetched;
+	st.l2_fetch_misses = rep.u.stats.l2_fetch_misses;
+	st.l2_rejected = rep.u.stats.l2_rejected;
+	st.l2_fetch_errors = rep.u.stats.l2_fetch_errors;
 	memcpy(out, &st, size < sizeof(st) ? size : sizeof(st));
 	return 0;
 }

@@ -21,8 +21,8 @@
 #define WALK_MAX_DEPTH 8u
 #define WALK_MAX_OBJECTS 4096u
 
-/* Keys in the largest body (STATS_REPLY has 25). */
-#define MAX_KEYS 32u
+/* Keys in the largest body (STATS_REPLY has 36). */
+#define MAX_KEYS 40u
 
 enum fkind {
 	F_UINT,   /* uint32_t or uint64_t (by size), min..max */
@@ -150,6 +150,17 @@ static const struct field stats_f[] = {
 	UINT(struct lbp_stats_reply, prefix_hits, 0, UINT64_MAX),
 	UINT(struct lbp_stats_reply, prefix_misses, 0, UINT64_MAX),
 	UINT(struct lbp_stats_reply, blocks_served, 0, UINT64_MAX),
+	STR(struct lbp_stats_reply, l2, 1),
+	UINT(struct lbp_stats_reply, l2_queue_bytes, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, l2_queue_records, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, l2_fetches_waiting, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, l2_written, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, l2_dropped, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, l2_write_errors, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, l2_fetched, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, l2_fetch_misses, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, l2_rejected, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, l2_fetch_errors, 0, UINT64_MAX),
 };
 
 static const struct field mstats_f[] = {

@@ -11,7 +11,8 @@
 #include "layerbank/layerbank.h"
 #include "layerbank/shm.h"
 
-#define LBP_VERSION 3u /* 2: REGISTER_MODEL kv, STATS_REPLY prefix counters; 3: kv.layers */
+#define LBP_VERSION 4u /* 2: REGISTER_MODEL kv, STATS_REPLY prefix counters; 3: kv.layers;
+			* 4: STATS_REPLY the second tier's state and counters */
 #define LBP_MAX_FRAME 65536u    /* bytes; a longer frame is rejected unread */
 #define LBP_MAX_NAME 63u        /* bytes of a model or client name, no NUL on the wire */
 #define LBP_MAX_ARENAS 8u       /* arena fds in one WELCOME */
@@ -25,6 +26,7 @@
 #define LBP_MAX_RING 65536u          /* entries of a ring (LB_RING_MAX_ENTRIES) */
 #define LBP_MAX_STATS_LAYERS 64u     /* layers in one MODEL_STATS_REPLY */
 #define LBP_MAX_POLICY 15u           /* bytes of an eviction policy name */
+#define LBP_MAX_L2_STATE 7u          /* bytes of the second tier's state: off, up or down */
 #define LBP_MAX_CONFIG_KEY 127u      /* bytes of a setting's name: "tau." + a model name + ".1023" fits */
 #define LBP_MAX_CONFIG_VALUE 63u     /* bytes of a setting's value */
 #define LBP_MAX_CONFIG_ITEMS 32u     /* settings in one CONFIG_REPLY */
@@ -152,6 +154,20 @@ struct lbp_stats_reply {
 	uint64_t prefix_hits;    /* LOOKUP_PREFIX answered with at least block 0 */
 	uint64_t prefix_misses;  /* LOOKUP_PREFIX without even block 0 */
 	uint64_t blocks_served;  /* blocks those hits gave out */
+	/* The second tier (layerbankd --l2; daemon/l2.h, struct lbd_l2_stats): "off" without one,
+	 * and then every count below is 0; "up" when its last command reached its node, else
+	 * "down". */
+	char l2[LBP_MAX_L2_STATE + 1];
+	uint64_t l2_queue_bytes;     /* records waiting to be written, their bytes */
+	uint64_t l2_queue_records;
+	uint64_t l2_fetches_waiting; /* reads queued, not yet sent */
+	uint64_t l2_written;         /* records SET */
+	uint64_t l2_dropped;         /* records not queued: the queue was full */
+	uint64_t l2_write_errors;    /* records whose SET failed */
+	uint64_t l2_fetched;         /* records read and believed (inserted here) */
+	uint64_t l2_fetch_misses;    /* keys the cluster did not hold */
+	uint64_t l2_rejected;        /* records read and refused by their checks */
+	uint64_t l2_fetch_errors;    /* reads that failed, or were not queued */
 };
 
 struct lbp_model_stats {

@@ -99,6 +99,17 @@ static struct lbp_msg sample(enum lbp_type t)
 		m.u.stats.prefix_hits = 70;
 		m.u.stats.prefix_misses = 30;
 		m.u.stats.blocks_served = 420;
+		strcpy(m.u.stats.l2, "up");
+		m.u.stats.l2_queue_bytes = 5u << 20;
+		m.u.stats.l2_queue_records = 40;
+		m.u.stats.l2_fetches_waiting = 3;
+		m.u.stats.l2_written = 900;
+		m.u.stats.l2_dropped = 7;
+		m.u.stats.l2_write_errors = 8;
+		m.u.stats.l2_fetched = 60;
+		m.u.stats.l2_fetch_misses = 110;
+		m.u.stats.l2_rejected = 2;
+		m.u.stats.l2_fetch_errors = 9;
 		break;
 	case LBP_MODEL_STATS:
 		m.u.mstats.model_id = 2;
@@ -296,10 +307,16 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.stats.quota_refusals = UINT64_MAX;
 	m.u.stats.blocks = m.u.stats.prefix_hits = m.u.stats.prefix_misses = UINT64_MAX;
 	m.u.stats.blocks_served = UINT64_MAX;
+	fill(m.u.stats.l2, LBP_MAX_L2_STATE, 's');
+	m.u.stats.l2_queue_bytes = m.u.stats.l2_queue_records = UINT64_MAX;
+	m.u.stats.l2_fetches_waiting = m.u.stats.l2_written = m.u.stats.l2_dropped = UINT64_MAX;
+	m.u.stats.l2_write_errors = m.u.stats.l2_fetched = m.u.stats.l2_fetch_misses = UINT64_MAX;
+	m.u.stats.l2_rejected = m.u.stats.l2_fetch_errors = UINT64_MAX;
 	out[n++] = m;
 	memset(&m.u.stats, 0, sizeof(m.u.stats));
 	m.u.stats.page_size = 4096;
 	strcpy(m.u.stats.policy, "l");
+	strcpy(m.u.stats.l2, "off");
 	out[n++] = m;
 
 	m = sample(LBP_ERROR);
@@ -432,6 +449,17 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		assert_true(a->u.stats.prefix_hits == b->u.stats.prefix_hits);
 		assert_true(a->u.stats.prefix_misses == b->u.stats.prefix_misses);
 		assert_true(a->u.stats.blocks_served == b->u.stats.blocks_served);
+		assert_string_equal(a->u.stats.l2, b->u.stats.l2);
+		assert_true(a->u.stats.l2_queue_bytes == b->u.stats.l2_queue_bytes);
+		assert_true(a->u.stats.l2_queue_records == b->u.stats.l2_queue_records);
+		assert_true(a->u.stats.l2_fetches_waiting == b->u.stats.l2_fetches_waiting);
+		assert_true(a->u.stats.l2_written == b->u.stats.l2_written);
+		assert_true(a->u.stats.l2_dropped == b->u.stats.l2_dropped);
+		assert_true(a->u.stats.l2_write_errors == b->u.stats.l2_write_errors);
+		assert_true(a->u.stats.l2_fetched == b->u.stats.l2_fetched);
+		assert_true(a->u.stats.l2_fetch_misses == b->u.stats.l2_fetch_misses);
+		assert_true(a->u.stats.l2_rejected == b->u.stats.l2_rejected);
+		assert_true(a->u.stats.l2_fetch_errors == b->u.stats.l2_fetch_errors);
 		break;
 	case LBP_MODEL_STATS:
 		assert_memory_equal(&a->u.mstats, &b->u.mstats, sizeof(a->u.mstats));
@@ -1000,7 +1028,7 @@ static void test_decode_rejects_frames_over_max_frame(void **state)
 }
 
 /* MODEL {model_id: 3, created: true}, byte for byte as PROTOCOL.md's example shows it. */
-#define MODEL_FRAME 0x93, 0x03, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, \
+#define MODEL_FRAME 0x93, 0x04, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, \
 		    0xa7, 'c', 'r', 'e', 'a', 't', 'e', 'd', 0xc3
 static const uint8_t model_frame[] = { MODEL_FRAME };
 #define MODEL_LEN sizeof(model_frame)
@@ -1083,15 +1111,18 @@ static const struct frame_case bad_frames[] = {
 	BAD_BYTE("float", 0x93, 0xca, 0x3f, 0x80, 0, 0, 5, 0x80),
 
 	/* Other versions: -EPROTO, unless it is no version at all. Versions 1 (before prefix
-	 * blocks) and 2 (before kv.layers) are among them: a whole, once valid frame of either is
-	 * refused as such. */
-	REFUSE(-EPROTO, "version", "unsupported version 1 (want 3)", "version 1 MODEL", 0x93, 0x01,
+	 * blocks), 2 (before kv.layers) and 3 (before STATS_REPLY's second tier) are among them: a
+	 * whole, once valid frame of each is refused as such. */
+	REFUSE(-EPROTO, "version", "unsupported version 1 (want 4)", "version 1 MODEL", 0x93, 0x01,
 	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
 	       'a', 't', 'e', 'd', 0xc3),
-	REFUSE(-EPROTO, "version", "unsupported version 2 (want 3)", "version 2 MODEL", 0x93, 0x02,
+	REFUSE(-EPROTO, "version", "unsupported version 2 (want 4)", "version 2 MODEL", 0x93, 0x02,
 	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
 	       'a', 't', 'e', 'd', 0xc3),
-	REFUSE(-EPROTO, "version", "unsupported version 4 (want 3)", "version 4", 0x93, 4, 5, 0x80),
+	REFUSE(-EPROTO, "version", "unsupported version 3 (want 4)", "version 3 MODEL", 0x93, 0x03,
+	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
+	       'a', 't', 'e', 'd', 0xc3),
+	REFUSE(-EPROTO, "version", "unsupported version 5 (want 4)", "version 5", 0x93, 5, 5, 0x80),
 	VERSION(-EPROTO, "version 1", 0x93, 1, 5, 0x80),
 	VERSION(-EPROTO, "version 0", 0x93, 0, 5, 0x80),
 	VERSION(-EPROTO, "version 127", 0x93, 0x7f, 5, 0x80),
@@ -1432,6 +1463,26 @@ static const struct range_case ranges[] = {
 	RS(STATS_REPLY, "prefix_misses", stats.prefix_misses, W_U64, INT64_MIN, false),
 	RU(STATS_REPLY, "blocks_served", stats.blocks_served, W_U64, UINT64_MAX, true),
 	RS(STATS_REPLY, "blocks_served", stats.blocks_served, W_U64, -1, false),
+	RU(STATS_REPLY, "l2_queue_bytes", stats.l2_queue_bytes, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "l2_queue_bytes", stats.l2_queue_bytes, W_U64, -1, false),
+	RU(STATS_REPLY, "l2_queue_records", stats.l2_queue_records, W_U64, 0, true),
+	RS(STATS_REPLY, "l2_queue_records", stats.l2_queue_records, W_U64, -1, false),
+	RU(STATS_REPLY, "l2_fetches_waiting", stats.l2_fetches_waiting, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "l2_fetches_waiting", stats.l2_fetches_waiting, W_U64, -1, false),
+	RU(STATS_REPLY, "l2_written", stats.l2_written, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "l2_written", stats.l2_written, W_U64, INT64_MIN, false),
+	RU(STATS_REPLY, "l2_dropped", stats.l2_dropped, W_U64, 0, true),
+	RS(STATS_REPLY, "l2_dropped", stats.l2_dropped, W_U64, -1, false),
+	RU(STATS_REPLY, "l2_write_errors", stats.l2_write_errors, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "l2_write_errors", stats.l2_write_errors, W_U64, -1, false),
+	RU(STATS_REPLY, "l2_fetched", stats.l2_fetched, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "l2_fetched", stats.l2_fetched, W_U64, -1, false),
+	RU(STATS_REPLY, "l2_fetch_misses", stats.l2_fetch_misses, W_U64, 0, true),
+	RS(STATS_REPLY, "l2_fetch_misses", stats.l2_fetch_misses, W_U64, -1, false),
+	RU(STATS_REPLY, "l2_rejected", stats.l2_rejected, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "l2_rejected", stats.l2_rejected, W_U64, -1, false),
+	RU(STATS_REPLY, "l2_fetch_errors", stats.l2_fetch_errors, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "l2_fetch_errors", stats.l2_fetch_errors, W_U64, -1, false),
 
 	RU(ERROR, "code", error.code, W_I32, 0, false),
 	RU(ERROR, "code", error.code, W_I32, 1, true),
@@ -1613,6 +1664,11 @@ static const struct str_case strs[] = {
 	   false, false, "too long"),
 	SC(CONFIG_REPLY, "items[0].value", config_reply.items[0].value, 5, true, false,
 	   "embedded nul"),
+	SC(STATS_REPLY, "l2", stats.l2, 0, false, false, "empty"),
+	SC(STATS_REPLY, "l2", stats.l2, 1, false, true, NULL),
+	SC(STATS_REPLY, "l2", stats.l2, LBP_MAX_L2_STATE, false, true, NULL),
+	SC(STATS_REPLY, "l2", stats.l2, LBP_MAX_L2_STATE + 1, false, false, "too long"),
+	SC(STATS_REPLY, "l2", stats.l2, 2, true, false, "embedded nul"),
 };
 
 static void test_decode_checks_string_lengths_and_nul(void **state)

@@ -131,6 +131,18 @@ struct lb_stats {
 	uint64_t prefix_hits;    /* LOOKUP_PREFIX answered with at least the first block */
 	uint64_t prefix_misses;  /* LOOKUP_PREFIX that found not even the first */
 	uint64_t blocks_served;  /* blocks handed out by the hits */
+	/* the second tier (layerbankd --l2): "off" without one (every count below 0), "up" when
+	 * its last command reached its node, "down" when it did not or none was sent yet */
+	char l2[8];
+	uint64_t l2_queue_bytes, l2_queue_records; /* records waiting to be written behind */
+	uint64_t l2_fetches_waiting; /* reads waiting for the tier's thread */
+	uint64_t l2_written;         /* records written */
+	uint64_t l2_dropped;         /* records not queued: the queue was full */
+	uint64_t l2_write_errors;    /* records whose write failed */
+	uint64_t l2_fetched;         /* records read back, checked and cached here */
+	uint64_t l2_fetch_misses;    /* reads of keys the tier did not hold */
+	uint64_t l2_rejected;        /* records read back and refused by their checks */
+	uint64_t l2_fetch_errors;    /* reads that failed, or found no room in the queue */
 };
 LB_ABI_FIELD_LP64(struct lb_stats, page_size, 0, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, arena_bytes, 8, 8);
@@ -157,7 +169,18 @@ LB_ABI_FIELD_LP64(struct lb_stats, blocks, 160, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, prefix_hits, 168, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, prefix_misses, 176, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, blocks_served, 184, 8);
-LB_ABI_SIZE_LP64(struct lb_stats, 192);
+LB_ABI_FIELD_LP64(struct lb_stats, l2, 192, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_queue_bytes, 200, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_queue_records, 208, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_fetches_waiting, 216, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_written, 224, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_dropped, 232, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_write_errors, 240, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_fetched, 248, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_fetch_misses, 256, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_rejected, 264, 8);
+LB_ABI_FIELD_LP64(struct lb_stats, l2_fetch_errors, 272, 8);
+LB_ABI_SIZE_LP64(struct lb_stats, 280);
 
 /*
  * Read the daemon's counters into *out; size is sizeof(*out) as the caller was compiled,

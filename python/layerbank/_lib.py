@@ -53,11 +53,16 @@ class Stats(ctypes.Structure):
                 ("bytes_budget", ctypes.c_uint64), ("fragmentation", ctypes.c_double),
                 ("quota_refusals", ctypes.c_uint64), ("blocks", ctypes.c_uint64),
                 ("prefix_hits", ctypes.c_uint64), ("prefix_misses", ctypes.c_uint64),
-                ("blocks_served", ctypes.c_uint64)]
+                ("blocks_served", ctypes.c_uint64), ("l2", ctypes.c_char * 8),
+                ("l2_queue_bytes", ctypes.c_uint64), ("l2_queue_records", ctypes.c_uint64),
+                ("l2_fetches_waiting", ctypes.c_uint64), ("l2_written", ctypes.c_uint64),
+                ("l2_dropped", ctypes.c_uint64), ("l2_write_errors", ctypes.c_uint64),
+                ("l2_fetched", ctypes.c_uint64), ("l2_fetch_misses", ctypes.c_uint64),
+                ("l2_rejected", ctypes.c_uint64), ("l2_fetch_errors", ctypes.c_uint64)]
 
 
 # What each struct measures in include/layerbank/layerbank.h (LB_ABI_SIZE_LP64).
-ABI_SIZES = {Key: 56, HitC: 64, Shape: 24, ModelDesc: 64}
+ABI_SIZES = {Key: 56, HitC: 64, Shape: 24, ModelDesc: 64, Stats: 280}
 
 
 def _candidates():

@@ -132,6 +132,17 @@ static struct lbp_msg msg(enum lbp_type t)
 		m.u.stats.prefix_hits = 12;
 		m.u.stats.prefix_misses = 3;
 		m.u.stats.blocks_served = 57;
+		strcpy(m.u.stats.l2, "up");
+		m.u.stats.l2_queue_bytes = 3u << 20;
+		m.u.stats.l2_queue_records = 24;
+		m.u.stats.l2_fetches_waiting = 2;
+		m.u.stats.l2_written = 456;
+		m.u.stats.l2_dropped = 1;
+		m.u.stats.l2_write_errors = 2;
+		m.u.stats.l2_fetched = 30;
+		m.u.stats.l2_fetch_misses = 70;
+		m.u.stats.l2_rejected = 1;
+		m.u.stats.l2_fetch_errors = 3;
 		break;
 	case LBP_ERROR:
 		m.u.error.code = EBADMSG;
@@ -287,7 +298,16 @@ static void decode_seeds(void)
 	m.u.stats.hits = m.u.stats.bytes_budget = m.u.stats.blocks_served = UINT64_MAX;
 	strcpy(m.u.stats.policy, "decay");
 	m.u.stats.fragmentation_ppm = 1000000;
+	strcpy(m.u.stats.l2, "down");
+	m.u.stats.l2_queue_bytes = m.u.stats.l2_written = m.u.stats.l2_fetch_errors = UINT64_MAX;
 	put_msg("stats-reply-max", &m);
+	m = msg(LBP_STATS_REPLY); /* a daemon without a second tier: "off", its counts 0 */
+	strcpy(m.u.stats.l2, "off");
+	m.u.stats.l2_queue_bytes = m.u.stats.l2_queue_records = m.u.stats.l2_fetches_waiting = 0;
+	m.u.stats.l2_written = m.u.stats.l2_dropped = m.u.stats.l2_write_errors = 0;
+	m.u.stats.l2_fetched = m.u.stats.l2_fetch_misses = m.u.stats.l2_rejected = 0;
+	m.u.stats.l2_fetch_errors = 0;
+	put_msg("stats-reply-no-tier", &m);
 
 	m = msg(LBP_MODEL_STATS_REPLY);
 	m.u.mstats_reply.n_layers = LBP_MAX_LAYERS;
@@ -325,11 +345,14 @@ static void decode_seeds(void)
 					'l', 'a', 'y', 'e', 'r', 0xcd, 0x03, 0xff };
 	raw("model-stats-str8-keys", str8, sizeof(str8));
 
-	/* Rejected, one per check. Version 1 is the protocol before prefix blocks. */
+	/* Rejected, one per check. Version 1 is the protocol before prefix blocks, 3 the one
+	 * before the second tier's counters in STATS_REPLY, 5 a later one. */
 	static const uint8_t v1[] = { 0x93, 0x01, 0x05, 0x80 };
 	raw("bad-version-1", v1, sizeof(v1));
 	static const uint8_t v3[] = { 0x93, 0x03, 0x05, 0x80 };
 	raw("bad-version-3", v3, sizeof(v3));
+	static const uint8_t v5[] = { 0x93, 0x05, 0x05, 0x80 };
+	raw("bad-version-5", v5, sizeof(v5));
 	static const uint8_t vneg[] = { 0x93, 0xff, 0x05, 0x80 };
 	raw("bad-version-negative", vneg, sizeof(vneg));
 	static const uint8_t v64[] = { 0xdc, 0x00, 0x03, 0xcf, 1, 0, 0, 0, 0, 0, 0, 0, 0x05, 0x80 };

@@ -184,6 +184,8 @@ class TestApi(unittest.TestCase):
         s = self.c.stats()
         for k in ("entries", "hits", "misses", "leases", "bytes_used", "policy", "blocks"):
             self.assertIn(k, s)
+        self.assertEqual(s["l2"], "off")  # no second tier: its counts are 0
+        self.assertEqual(s["l2_written"] + s["l2_fetched"] + s["l2_queue_records"], 0)
         self.assertTrue(self.c.connected)
         self.assertEqual(self.c.reconnects, 0)
 
