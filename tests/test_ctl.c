@@ -1,8 +1,8 @@
 /* layerbank-ctl's administrative and monitoring commands against a live layerbankd: flush (all,
  * one model, one layer; entries under lease stay valid until released), config set and get
  * (round trips, effects on lookups, eviction and expiry, refusals, who may), metrics (the
- * Prometheus text format checked line by line, figures equal to stats --json), and top without
- * a terminal. `test_ctl top` drives top in tmux (SKIP without tmux). */
+ * Prometheus text format checked line by line, figures equal to stats --json), the second tier
+ * shown "off" in each without one, and top without a terminal. `test_ctl top` drives top in tmux (SKIP without tmux). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -953,6 +953,22 @@ static void test_adaptive_thresholds(void **state)
 	lb_close(c);
 }
 
+/* The second tier's counts: metric family and stats --json key (STATS_REPLY's). */
+static const struct {
+	const char *metric, *key;
+} l2_figures[] = {
+	{ "layerbank_l2_queue_bytes", "l2_queue_bytes" },
+	{ "layerbank_l2_queue_records", "l2_queue_records" },
+	{ "layerbank_l2_fetches_waiting", "l2_fetches_waiting" },
+	{ "layerbank_l2_written_total", "l2_written" },
+	{ "layerbank_l2_dropped_total", "l2_dropped" },
+	{ "layerbank_l2_write_errors_total", "l2_write_errors" },
+	{ "layerbank_l2_fetched_total", "l2_fetched" },
+	{ "layerbank_l2_fetch_misses_total", "l2_fetch_misses" },
+	{ "layerbank_l2_rejected_total", "l2_rejected" },
+	{ "layerbank_l2_fetch_errors_total", "l2_fetch_errors" },
+};
+
 static void test_metrics_exposition_format_and_figures(void **state)
 {
 	/* A name with every character that needs escaping, and one that is not UTF-8. */
@@ -1032,6 +1048,10 @@ static void test_metrics_exposition_format_and_figures(void **state)
 			fail_msg("%s = %g, stats --json %s = %g", figures[i].metric, s->value,
 				 figures[i].key, jnum(o, figures[i].key));
 	}
+	for (size_t i = 0; i < sizeof(l2_figures) / sizeof(l2_figures[0]); i++)
+		if (find_sample(&x, l2_figures[i].metric, "", "")->value != jnum(o, l2_figures[i].key))
+			fail_msg("%s differs from stats --json %s", l2_figures[i].metric,
+				 l2_figures[i].key);
 	assert_true(find_sample(&x, "layerbank_leases", "", "")->value == 2);
 	assert_true(find_sample(&x, "layerbank_clients", "", "")->value == 2);
 	assert_true(find_sample(&x, "layerbank_hits_total", "", "")->value == 2);
@@ -1137,6 +1157,48 @@ static void test_stats_shows_a_hostile_name_harmlessly(void **state)
 	assert_null(strchr(out, '\033'));
 	assert_null(strchr(out, '\177'));
 	lb_close(c);
+	stop_daemon();
+}
+
+/* A daemon without a second tier says so in every view: one line of stats, "l2": "off" with
+ * every l2_ count 0 in --json and lb_stats, the tier's gauges and counters 0 in the metrics. */
+static void test_no_second_tier_is_off_everywhere(void **state)
+{
+	static char out[1 << 16];
+	static struct exposition x;
+	struct lb_client *c;
+
+	(void)state;
+	start_daemon();
+	assert_int_equal(lb_connect(env.sock, "l2-test", &c), 0);
+	struct lb_stats st = stats(c);
+	assert_string_equal(st.l2, "off");
+	static const uint8_t zero[sizeof(st) - offsetof(struct lb_stats, l2_queue_bytes)];
+	assert_memory_equal(&st.l2_queue_bytes, zero, sizeof(zero));
+	lb_close(c);
+
+	assert_int_equal(ctl(out, sizeof(out), "stats", NULL), 0);
+	const char *line = strstr(out, "second tier");
+	if (!line || strncmp(line, "second tier  off\n", 17) != 0 || strstr(line + 17, "tier"))
+		fail_msg("not one line 'second tier  off':\n%s", out);
+
+	assert_int_equal(ctl(out, sizeof(out), "stats", "--json", NULL), 0);
+	json_object *o = json_tokener_parse(out), *l2;
+	assert_non_null(o);
+	assert_true(json_object_object_get_ex(o, "l2", &l2));
+	assert_string_equal(json_object_get_string(l2), "off");
+	for (size_t i = 0; i < sizeof(l2_figures) / sizeof(l2_figures[0]); i++)
+		if (jnum(o, l2_figures[i].key) != 0)
+			fail_msg("stats --json %s is not 0 without a tier", l2_figures[i].key);
+	json_object_put(o);
+
+	assert_int_equal(ctl(out, sizeof(out), "metrics", NULL), 0);
+	parse_exposition(out, &x);
+	assert_true(find_sample(&x, "layerbank_l2_enabled", "", "")->value == 0);
+	assert_true(find_sample(&x, "layerbank_l2_up", "", "")->value == 0);
+	for (size_t i = 0; i < sizeof(l2_figures) / sizeof(l2_figures[0]); i++)
+		if (find_sample(&x, l2_figures[i].metric, "", "")->value != 0)
+			fail_msg("%s is not 0 without a tier", l2_figures[i].metric);
 	stop_daemon();
 }
 
@@ -1399,6 +1461,7 @@ int main(int argc, char **argv)
 		TEST(test_adaptive_thresholds),
 		TEST(test_top_without_a_terminal),
 		TEST(test_stats_shows_a_hostile_name_harmlessly),
+		TEST(test_no_second_tier_is_off_everywhere),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -96,6 +96,42 @@ static void per_layer(FILE *out, const struct ctl_view *v, const char *name, con
 	}
 }
 
+/* The second tier: every family whether or not there is one (0 without), so that a scraper's
+ * series do not come and go; layerbank_l2_enabled tells "off" from "down". */
+static void print_l2(FILE *out, const struct lb_stats *st)
+{
+	bool on = strcmp(st->l2, "off") != 0;
+
+	u64(out, "layerbank_l2_enabled", "gauge",
+	    "1 when the daemon has a second tier (--l2), else 0.", on);
+	u64(out, "layerbank_l2_up", "gauge",
+	    "1 when the second tier's last command reached its node; 0 when it did not or none "
+	    "was sent yet, and without a tier.",
+	    strcmp(st->l2, "up") == 0);
+	u64(out, "layerbank_l2_queue_records", "gauge",
+	    "Records queued to be written behind to the second tier.", st->l2_queue_records);
+	u64(out, "layerbank_l2_queue_bytes", "gauge",
+	    "Bytes of the records queued to be written behind to the second tier.",
+	    st->l2_queue_bytes);
+	u64(out, "layerbank_l2_fetches_waiting", "gauge",
+	    "Reads of the second tier waiting for its thread.", st->l2_fetches_waiting);
+	u64(out, "layerbank_l2_written_total", "counter",
+	    "Records written to the second tier.", st->l2_written);
+	u64(out, "layerbank_l2_dropped_total", "counter",
+	    "Records not written because the queue was full.", st->l2_dropped);
+	u64(out, "layerbank_l2_write_errors_total", "counter",
+	    "Records whose write to the second tier failed.", st->l2_write_errors);
+	u64(out, "layerbank_l2_fetched_total", "counter",
+	    "Records read back from the second tier, checked and cached here.", st->l2_fetched);
+	u64(out, "layerbank_l2_fetch_misses_total", "counter",
+	    "Reads of keys the second tier did not hold.", st->l2_fetch_misses);
+	u64(out, "layerbank_l2_rejected_total", "counter",
+	    "Records read back and refused by their checks.", st->l2_rejected);
+	u64(out, "layerbank_l2_fetch_errors_total", "counter",
+	    "Reads of the second tier that failed, or found no room in its queue.",
+	    st->l2_fetch_errors);
+}
+
 static void print_metrics(FILE *out, const struct ctl_view *v)
 {
 	const struct lb_stats *st = &v->st;
@@ -145,6 +181,7 @@ static void print_metrics(FILE *out, const struct ctl_view *v)
 	    "Prefix lookups that found not even the first block.", st->prefix_misses);
 	u64(out, "layerbank_blocks_served_total", "counter", "Blocks the prefix hits gave out.",
 	    st->blocks_served);
+	print_l2(out, st);
 
 	family(out, "layerbank_model_layers", "gauge", "Layers of each registered model.");
 	for (uint32_t i = 0; i < v->n_models; i++) {

@@ -266,6 +266,28 @@ static void draw_away(struct top *tp)
 	    mono_s() - tp->away_since);
 }
 
+/* The second tier: its state and queue, what it writes and reads per second, and what it
+ * lost (dropped, failed, rejected: totals, which should stay 0). */
+static void l2_row(struct top *tp)
+{
+	const struct lb_stats *st = &tp->cur.st;
+	const struct lb_stats *ps = tp->have_prev ? &tp->prev.st : NULL;
+	char state[sizeof(st->l2)], wr[24], rd[24], ms[24];
+
+	lbu_printable(st->l2, state, sizeof(state));
+	if (strcmp(state, "off") == 0) {
+		row(&tp->f, "second tier off");
+		return;
+	}
+	fmt_rate(wr, sizeof(wr), st->l2_written, ps ? ps->l2_written : 0, tp->dt, ps);
+	fmt_rate(rd, sizeof(rd), st->l2_fetched, ps ? ps->l2_fetched : 0, tp->dt, ps);
+	fmt_rate(ms, sizeof(ms), st->l2_fetch_misses, ps ? ps->l2_fetch_misses : 0, tp->dt, ps);
+	row(&tp->f, "second tier %s  queue %" PRIu64 " (%.1f MiB)  written/s %s  fetched/s %s"
+	    "  missed/s %s  dropped %" PRIu64 "  failed %" PRIu64 "  rejected %" PRIu64, state,
+	    st->l2_queue_records, (double)st->l2_queue_bytes / (1 << 20), wr, rd, ms,
+	    st->l2_dropped, st->l2_write_errors + st->l2_fetch_errors, st->l2_rejected);
+}
+
 static void draw(struct top *tp)
 {
 	const struct lb_stats *st = &tp->cur.st;
@@ -308,6 +330,7 @@ static void draw(struct top *tp)
 	row(f, "cache %" PRIu64 " entries  %.1f of %.1f MiB%s  leases %" PRIu64
 	    "  fragmentation %.1f%%", st->entries, (double)st->bytes_used / (1 << 20),
 	    (double)st->bytes_budget / (1 << 20), b, st->leases, 100.0 * st->fragmentation);
+	l2_row(tp);
 	row(f, "%s", "");
 	row(f, "%-*s %-*s" RIGHT_FMT, LABEL_W, "", bar_width(f) ? bar_width(f) + 2 : 0,
 	    bar_width(f) ? "hit rate since start" : "", "hit%", "now%", "lookups/s", "entries",

@@ -216,6 +216,51 @@ static void model_table(const struct ctl_model *m)
 	}
 }
 
+/* The second tier's keys, as STATS_REPLY names them: "l2" its state, zeros when "off". */
+static void add_l2_json(json_object *o, const struct lb_stats *st)
+{
+	const struct {
+		const char *key;
+		uint64_t v;
+	} n[] = {
+		{ "l2_queue_bytes", st->l2_queue_bytes },
+		{ "l2_queue_records", st->l2_queue_records },
+		{ "l2_fetches_waiting", st->l2_fetches_waiting },
+		{ "l2_written", st->l2_written },
+		{ "l2_dropped", st->l2_dropped },
+		{ "l2_write_errors", st->l2_write_errors },
+		{ "l2_fetched", st->l2_fetched },
+		{ "l2_fetch_misses", st->l2_fetch_misses },
+		{ "l2_rejected", st->l2_rejected },
+		{ "l2_fetch_errors", st->l2_fetch_errors },
+	};
+	json_object_object_add(o, "l2", json_object_new_string(st->l2));
+	for (size_t i = 0; i < sizeof(n) / sizeof(n[0]); i++)
+		json_object_object_add(o, n[i].key, json_object_new_uint64(n[i].v));
+}
+
+/* The second tier in the table: one line when there is none, else its state and queue, what
+ * it wrote behind and what it read back. */
+static void print_l2_table(const struct lb_stats *st)
+{
+	char state[sizeof(st->l2)];
+
+	/* A string from the daemon: no control byte of it reaches the terminal. */
+	lbu_printable(st->l2, state, sizeof(state));
+	if (strcmp(state, "off") == 0) {
+		printf("%-12s off\n", "second tier");
+		return;
+	}
+	printf("%-12s %s, %" PRIu64 " records (%.1f MiB) queued to write, %" PRIu64
+	       " reads waiting\n", "second tier", state, st->l2_queue_records,
+	       (double)st->l2_queue_bytes / (1 << 20), st->l2_fetches_waiting);
+	printf("%-12s %" PRIu64 " written, %" PRIu64 " dropped (queue full), %" PRIu64 " failed\n",
+	       "tier writes", st->l2_written, st->l2_dropped, st->l2_write_errors);
+	printf("%-12s %" PRIu64 " fetched, %" PRIu64 " missed, %" PRIu64 " rejected, %" PRIu64
+	       " failed\n", "tier reads", st->l2_fetched, st->l2_fetch_misses, st->l2_rejected,
+	       st->l2_fetch_errors);
+}
+
 static void print_stats_json(const struct ctl_view *v)
 {
 	const struct lb_stats *st = &v->st;
@@ -247,6 +292,7 @@ static void print_stats_json(const struct ctl_view *v)
 	json_object_object_add(o, "prefix_hits", json_object_new_uint64(st->prefix_hits));
 	json_object_object_add(o, "prefix_misses", json_object_new_uint64(st->prefix_misses));
 	json_object_object_add(o, "blocks_served", json_object_new_uint64(st->blocks_served));
+	add_l2_json(o, st);
 	json_object_object_add(o, "per_model", models);
 	puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
@@ -276,6 +322,7 @@ static void print_stats_table(const struct lb_stats *st)
 	printf("%-12s %" PRIu64 " blocks cached; %" PRIu64 " lookups, %.1f%% hit, %" PRIu64
 	       " blocks served\n", "prefixes", st->blocks, asked,
 	       asked ? 100.0 * (double)st->prefix_hits / (double)asked : 0.0, st->blocks_served);
+	print_l2_table(st);
 }
 
 int ctl_cmd_stats(const char *sock, int argc, char **argv)
