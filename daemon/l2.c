@@ -1,6 +1,6 @@
-/* The second tier's thread: l2.h says what it does. One FIFO of jobs (writes and reads) under
- * one mutex; the thread takes them one at a time, so a read queued after a write of the same key
- * sees it. */
+/* The second tier's thread: l2.h says what it does. Two FIFOs under one mutex, reads and
+ * writes; the thread takes one job at a time, a read before any write, since a lookup may be
+ * waiting for it while a write only has to land some time. */
 #include "l2.h"
 
 #include <errno.h>
@@ -22,12 +22,17 @@ struct job {
 	void *ctx;
 };
 
+struct fifo {
+	struct job *head, *tail;
+};
+
 struct lbd_l2 {
 	struct lbd_cluster *cluster;
+	uint32_t timeout_ms;
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t work, idle;
-	struct job *head, *tail;
+	struct fifo reads, writes;
 	bool stop, busy;
 	uint64_t queue_cap;
 	uint32_t max_fetches;
@@ -74,14 +79,37 @@ static void do_get(struct lbd_l2 *t, struct job *j, bool *up)
 			 : lbd_l2_decode((const uint8_t *)r->str, r->len, &j->want, &rec, err,
 					 sizeof(err)) == 0 ? 3 : 2;
 	*up = r != NULL;
+	if (!j->fn(j->ctx, kind == 3 ? &rec : NULL) && kind == 3)
+		kind = 2;
+	if (r)
+		freeReplyObject(r);
 	pthread_mutex_lock(&t->mu);
 	uint64_t *count[] = { &t->st.fetch_errors, &t->st.fetch_misses, &t->st.rejected,
 			      &t->st.fetched };
 	(*count[kind])++;
 	pthread_mutex_unlock(&t->mu);
-	j->fn(j->ctx, kind == 3 ? &rec : NULL);
-	if (r)
-		freeReplyObject(r);
+}
+
+static void fifo_push(struct fifo *q, struct job *j)
+{
+	if (q->tail)
+		q->tail->next = j;
+	else
+		q->head = j;
+	q->tail = j;
+}
+
+static struct job *fifo_pop(struct fifo *q)
+{
+	struct job *j = q->head;
+	if (j && !(q->head = j->next))
+		q->tail = NULL;
+	return j;
+}
+
+static bool queued(const struct lbd_l2 *t)
+{
+	return t->reads.head || t->writes.head;
 }
 
 static void *tier_main(void *arg)
@@ -89,14 +117,15 @@ static void *tier_main(void *arg)
 	struct lbd_l2 *t = arg;
 	pthread_mutex_lock(&t->mu);
 	for (;;) {
-		while (!t->head && !t->stop)
+		while (!queued(t) && !t->stop)
 			pthread_cond_wait(&t->work, &t->mu);
 		if (t->stop)
 			break;
-		struct job *j = t->head;
-		t->head = j->next;
-		if (!t->head)
-			t->tail = NULL;
+		struct job *j = fifo_pop(&t->reads);
+		if (!j)
+			j = fifo_pop(&t->writes); /* queued(t): there is one */
+		if (!j)
+			continue;
 		if (j->record) {
 			t->st.queue_bytes -= j->len;
 			t->st.queue_records--;
@@ -114,7 +143,7 @@ static void *tier_main(void *arg)
 		pthread_mutex_lock(&t->mu);
 		t->st.up = up;
 		t->busy = false;
-		if (!t->head)
+		if (!queued(t))
 			pthread_cond_broadcast(&t->idle);
 	}
 	pthread_mutex_unlock(&t->mu);
@@ -134,6 +163,7 @@ struct lbd_l2 *lbd_l2_start(const struct lbd_l2_cfg *cfg, char *err, size_t errl
 		free(t);
 		return NULL;
 	}
+	t->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : 200;
 	t->queue_cap = cfg->queue_bytes ? cfg->queue_bytes : 64ull << 20;
 	t->max_fetches = cfg->max_fetches ? cfg->max_fetches : 1024;
 	pthread_mutex_init(&t->mu, NULL);
@@ -158,8 +188,7 @@ void lbd_l2_stop(struct lbd_l2 *t)
 	pthread_cond_signal(&t->work);
 	pthread_mutex_unlock(&t->mu);
 	pthread_join(t->thread, NULL);
-	for (struct job *j = t->head, *next; j; j = next) {
-		next = j->next;
+	for (struct job *j; (j = fifo_pop(&t->reads)) || (j = fifo_pop(&t->writes));) {
 		if (!j->record)
 			j->fn(j->ctx, NULL);
 		job_free(j);
@@ -192,11 +221,7 @@ static bool enqueue(struct lbd_l2 *t, struct job *j)
 			t->st.fetch_errors++;
 	}
 	if (ok) {
-		if (t->tail)
-			t->tail->next = j;
-		else
-			t->head = j;
-		t->tail = j;
+		fifo_push(j->record ? &t->writes : &t->reads, j);
 		pthread_cond_signal(&t->work);
 	}
 	pthread_mutex_unlock(&t->mu);
@@ -247,6 +272,11 @@ bool lbd_l2_fetch(struct lbd_l2 *t, const char *key, const struct lbd_l2_want *w
 	return false;
 }
 
+uint32_t lbd_l2_timeout_ms(const struct lbd_l2 *t)
+{
+	return t->timeout_ms;
+}
+
 void lbd_l2_stats(struct lbd_l2 *t, struct lbd_l2_stats *out)
 {
 	pthread_mutex_lock(&t->mu);
@@ -266,9 +296,9 @@ bool lbd_l2_drain(struct lbd_l2 *t, uint32_t timeout_ms)
 	}
 	pthread_mutex_lock(&t->mu);
 	int rc = 0;
-	while ((t->head || t->busy) && rc == 0)
+	while ((queued(t) || t->busy) && rc == 0)
 		rc = pthread_cond_timedwait(&t->idle, &t->mu, &until);
-	bool done = !t->head && !t->busy;
+	bool done = !queued(t) && !t->busy;
 	pthread_mutex_unlock(&t->mu);
 	return done;
 }

@@ -26,13 +26,14 @@ struct lbd_l2_stats {
 	uint64_t write_errors;   /* records whose SET failed (a node down, an error reply) */
 	uint64_t fetched;        /* records read and believed */
 	uint64_t fetch_misses;   /* keys the cluster did not hold */
-	uint64_t rejected;       /* records read and refused (lbd_l2_decode) */
+	uint64_t rejected;       /* records read and refused (lbd_l2_decode, or the callback) */
 	uint64_t fetch_errors;   /* reads that failed, or were not queued */
 };
 
 /* What a read hands its callback, in the tier's thread: the record (valid during the call),
- * or NULL when the key was missing, unreadable or refused. */
-typedef void (*lbd_l2_fetch_fn)(void *ctx, const struct lbd_l2_record *rec);
+ * or NULL when the key was missing, unreadable or refused. @return whether it took the record:
+ * one it did not (the store refused it) counts as rejected, not fetched. */
+typedef bool (*lbd_l2_fetch_fn)(void *ctx, const struct lbd_l2_record *rec);
 
 struct lbd_l2;
 
@@ -51,11 +52,13 @@ bool lbd_l2_fetch(struct lbd_l2 *t, const char *key, const struct lbd_l2_want *w
 		  lbd_l2_fetch_fn fn, void *ctx);
 
 void lbd_l2_stats(struct lbd_l2 *t, struct lbd_l2_stats *out);
+/* A node's answer, at most (cfg.timeout_ms or its default). */
+uint32_t lbd_l2_timeout_ms(const struct lbd_l2 *t);
 
 struct lbd_store;
 /* Wire t to st (l2_store.c): what st inserts is written behind, a lookup st misses asks t for
- * the input's deepest layer, whose record is inserted into st when it checks. One tier a
- * process. @return 0. */
+ * the input's deepest layer (once, under a claim: store.h, struct lbd_store_tier), whose record
+ * is inserted into st when it checks. One tier a process. @return 0. */
 int lbd_l2_attach(struct lbd_l2 *t, struct lbd_store *st);
 
 /* Wait until nothing is queued or in flight (tests, and a clean stop). @return true when it

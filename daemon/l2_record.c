@@ -106,6 +106,17 @@ uint8_t *lbd_l2_encode_block(uint64_t model, uint32_t seq_len, const struct lb_b
 		      h->bytes, NULL, 0, len);
 }
 
+bool lbd_l2_layer_fits(const struct lbp_register_model *d, uint32_t seq_len,
+		       const struct lb_insert_hdr *h)
+{
+	uint64_t elems = 1;
+	for (uint32_t i = 0; i < h->ndim && i < 4; i++)
+		elems *= h->shape[i];
+	return h->dtype == d->dtype && h->ndim >= 1 && h->ndim <= 4 &&
+	       h->shape[h->ndim - 1] == d->hidden && elems == (uint64_t)seq_len * d->hidden &&
+	       h->bytes == elems * lbp_dtype_size(d->dtype);
+}
+
 int lbd_l2_decode(const uint8_t *buf, size_t len, const struct lbd_l2_want *want,
 		  struct lbd_l2_record *out, char *why, size_t whylen)
 {

@@ -17,6 +17,7 @@
 #ifndef LBD_L2_RECORD_H
 #define LBD_L2_RECORD_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -34,6 +35,12 @@ enum lbd_l2_kind { LBD_L2_LAYER = 1, LBD_L2_BLOCK = 2 };
  * little-endian in the order of struct lbp_register_model: equal on every host that registers
  * the same model, different for any field that differs. */
 uint64_t lbd_l2_model_hash(const struct lbp_register_model *d);
+
+/* Whether a layer entry of seq_len positions (its header h) has the model's geometry, the only
+ * one the tier carries: d's dtype, rows of hidden elements (the last dimension), seq_len of
+ * them. An entry of another geometry stays in its host's bank; a record of one is refused. */
+bool lbd_l2_layer_fits(const struct lbp_register_model *d, uint32_t seq_len,
+		       const struct lb_insert_hdr *h);
 
 /* "lb2:{MODEL:EXACT}:LAYER" of a layer entry and "lb2:{MODEL:KEY}:b" of a block, in hex, into
  * out (LBD_L2_KEY_MAX bytes). @return its length. */

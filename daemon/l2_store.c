@@ -1,7 +1,8 @@
 /* The second tier wired to a store (l2.h: lbd_l2_attach): the store's hooks encode what it
  * inserted and queue it for writing, and on a miss queue a read of the input's deepest layer,
- * whose checked record is inserted into the store as account 0 (not written back), so that the
- * next lookup of that input hits. */
+ * whose checked record is inserted into the store as account 0 (not written back) before the
+ * miss's claim ends, so that the lookups held for it, and the next ones, hit. */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +12,8 @@
 struct fetch {
 	struct lbd_store *st;
 	uint32_t model_id;
+	uint64_t claim; /* the store's claim on the input, ended when the fetch is */
+	struct lbp_register_model d;
 };
 
 struct attach {
@@ -24,6 +27,8 @@ static void put_layer(void *ctx, const struct lbp_register_model *d, const struc
 	struct attach *a = ctx;
 	char key[LBD_L2_KEY_MAX];
 	size_t len;
+	if (!lbd_l2_layer_fits(d, r->seq_len, h))
+		return;
 	uint64_t m = lbd_l2_model_hash(d);
 	uint8_t *rec = lbd_l2_encode_layer(m, r->layer, r->seq_len, h, data, tokens, &len);
 	lbd_l2_key_layer(key, m, h->exact, r->layer);
@@ -44,11 +49,13 @@ static void put_block(void *ctx, const struct lbp_register_model *d, const struc
 		lbd_l2_put(a->t, key, rec, len);
 }
 
-/* A checked record into the store, as the client that made it inserted it. */
-static void fetched(void *ctx, const struct lbd_l2_record *rec)
+/* A checked record into the store, as the client that made it inserted it. @return whether
+ * the store took it (or held the entry already). */
+static bool fetched(void *ctx, const struct lbd_l2_record *rec)
 {
 	struct fetch *f = ctx;
-	if (rec && rec->kind == LBD_L2_LAYER) {
+	bool took = false;
+	if (rec && rec->kind == LBD_L2_LAYER && lbd_l2_layer_fits(&f->d, rec->seq_len, &rec->ins)) {
 		uint64_t body = rec->ins.n_tokens ? lb_tokens_off(rec->ins.bytes) +
 							    4ull * rec->ins.n_tokens
 						  : rec->ins.bytes;
@@ -62,36 +69,48 @@ static void fetched(void *ctx, const struct lbd_l2_record *rec)
 					    .layer = (uint16_t)rec->layer, .seq_len = rec->seq_len,
 					    .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + body) };
 			struct lb_cpl cpl = { 0 };
-			if (LB_INSERT_HDR_SIZE + body <= UINT32_MAX)
+			if (LB_INSERT_HDR_SIZE + body <= UINT32_MAX) {
 				lbd_store_insert(f->st, 0, &r, &rec->ins, buf, &cpl);
+				took = cpl.status == 0 || cpl.status == -EEXIST;
+			}
 			free(buf);
 		}
 	}
+	lbd_store_tier_done(f->st, f->claim);
 	free(f);
+	return took;
 }
 
 static void miss(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
-		 const struct lb_query *q)
+		 const struct lb_query *q, uint32_t layer, uint64_t claim)
 {
 	struct attach *a = ctx;
 	struct fetch *f = malloc(sizeof(*f));
-	if (!f)
+	if (!f) {
+		lbd_store_tier_done(a->st, claim);
 		return;
-	*f = (struct fetch){ a->st, r->model_id };
+	}
+	*f = (struct fetch){ a->st, r->model_id, claim, *d };
 	char key[LBD_L2_KEY_MAX];
 	uint64_t m = lbd_l2_model_hash(d);
-	uint32_t layer = d->n_layers - 1; /* the deepest: reuse starts after it */
 	lbd_l2_key_layer(key, m, q->exact, layer);
 	struct lbd_l2_want w = { m, LBD_L2_LAYER, { q->exact[0], q->exact[1] }, layer };
-	if (!lbd_l2_fetch(a->t, key, &w, fetched, f))
+	if (!lbd_l2_fetch(a->t, key, &w, fetched, f)) {
+		lbd_store_tier_done(a->st, claim);
 		free(f);
+	}
 }
 
 int lbd_l2_attach(struct lbd_l2 *t, struct lbd_store *st)
 {
 	static struct attach a; /* one tier a daemon */
 	a = (struct attach){ t, st };
-	struct lbd_store_tier hooks = { &a, put_layer, put_block, miss };
+	/* A fetch waits behind the fetches queued before it, not behind writes (l2.c), and is
+	 * answered or failed within the node timeout: past twice that, its claim holds no
+	 * lookup any more. */
+	uint64_t us = 2000ull * lbd_l2_timeout_ms(t);
+	struct lbd_store_tier hooks = { &a, us < LB_SFLIGHT_MAX_US ? (uint32_t)us : LB_SFLIGHT_MAX_US,
+					put_layer, put_block, miss };
 	lbd_store_set_tier(st, &hooks);
 	return 0;
 }

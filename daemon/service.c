@@ -223,6 +223,7 @@ static void serve_sflight(struct lbd_store *st, struct lbd_dpclient *c, const st
 	held->until_ns = h.wait_until;
 	held->wake_ns = h.wake_ns;
 	held->seq = h.seq;
+	held->tier_asked = h.tier_asked;
 }
 
 static void serve_lookup(struct lbd_store *st, struct lbd_dpclient *c, const struct lb_req *r,
@@ -416,12 +417,14 @@ static unsigned serve_held(struct lbd_store *st, struct lbd_dpclient *c, uint32_
 	memset(&out, 0, sizeof(out));
 	out.user_data = held->r.user_data;
 	out.opcode = held->r.opcode;
-	struct lbd_hold h = { .wait_until = now < held->until_ns ? held->until_ns : 0 };
+	struct lbd_hold h = { .wait_until = now < held->until_ns ? held->until_ns : 0,
+			      .tier_asked = held->tier_asked };
 	bool again = lbd_store_lookup_sf(st, &c->leases, &held->r, &held->q, held->thr, &h, &out);
 	lbd_store_unhold(st); /* after: while it is looked at, it still counts as held */
 	if (again) {
 		held->wake_ns = h.wake_ns;
 		held->seq = h.seq;
+		held->tier_asked = h.tier_asked;
 		return 0;
 	}
 	held->on = false;

@@ -30,6 +30,7 @@ struct lbd_held {
 	uint64_t until_ns;             /* since_ns + its bound (aux us): held no longer */
 	uint64_t wake_ns;              /* look again by then: until_ns, or the claim's bound */
 	uint32_t seq;                  /* the store's claim sequence when it was held */
+	bool tier_asked;               /* lbd_hold's: the second tier was asked for its input */
 };
 
 /* One client's data plane: its region and leases. Created by the control thread at HELLO,

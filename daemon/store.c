@@ -1054,10 +1054,17 @@ void lbd_store_set_tier(struct lbd_store *st, const struct lbd_store_tier *t)
 	store_unlock(st);
 }
 
+void lbd_store_tier_done(struct lbd_store *st, uint64_t claim)
+{
+	struct lb_cpl cpl = { 0 };
+	lbd_store_release(st, &st->tier_leases, claim, &cpl);
+}
+
 void lbd_store_free(struct lbd_store *st)
 {
 	if (!st)
 		return;
+	lbd_leases_free(&st->tier_leases);
 	for (uint32_t i = 0; i < st->in_cap; i++)
 		free(st->in[i].layer);
 	for (uint32_t i = 0; i < st->n_banks; i++)

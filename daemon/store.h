@@ -55,21 +55,33 @@ struct lbd_store;
 
 /* @return NULL with errno. The arenas stay owned by the caller and must outlive the store. */
 /*
- * A second tier's hooks (the daemon's l2.c, wired by its main): put_layer and put_block after an
- * insert made its entry live, miss after a lookup found nothing. They run in the caller's thread
- * after the store's lock is let go, with a copy of the model's registration, and must not wait:
- * they hand work to the tier's own thread. Inserts of account 0 (the daemon's own: what the tier
- * fetched, a snapshot) are not put back.
+ * A second tier's hooks (the daemon's l2_store.c, wired by its main): put_layer and put_block
+ * after an insert made its entry live, miss after a lookup found nothing. They run in the
+ * caller's thread after the store's lock is let go, with a copy of the model's registration, and
+ * must not wait: they hand work to the tier's own thread. Inserts of account 0 (the daemon's
+ * own: what the tier fetched, a snapshot) are not put back.
+ *
+ * A miss is asked of the tier once per input at a time: the store claims the input for the tier
+ * (single-flight, PROTOCOL.md Ring protocol 15) for at most claim_us, so that lookups which may
+ * wait are held until the fetch ends, as for a client computing it, and other misses of the
+ * input do not fetch it again. The hook gets the claim, and the tier ends it with
+ * lbd_store_tier_done once what it fetched (if anything) is inserted; a hook that cannot queue
+ * the fetch ends it at once.
  */
 struct lbd_store_tier {
 	void *ctx;
+	uint32_t claim_us; /* a fetch's claim on its input, at most: 1..LB_SFLIGHT_MAX_US */
 	void (*put_layer)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
 			  const struct lb_insert_hdr *h, const uint8_t *data, const int32_t *tokens);
 	void (*put_block)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
 			  const struct lb_block_hdr *h, const uint8_t *data);
 	void (*miss)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
-		     const struct lb_query *q);
+		     const struct lb_query *q, uint32_t layer, uint64_t claim);
 };
+
+/* The tier's fetch of a miss ended (the claim the miss hook got): lookups held for it are served
+ * again. Any thread. */
+void lbd_store_tier_done(struct lbd_store *st, uint64_t claim);
 
 /* Set (or with NULL clear) the tier's hooks; before the service threads start. */
 void lbd_store_set_tier(struct lbd_store *st, const struct lbd_store_tier *t);
@@ -111,6 +123,7 @@ struct lbd_hold {
 	uint64_t wait_until; /* in: it may be held until then (CLOCK_MONOTONIC ns); 0: not */
 	uint64_t wake_ns;    /* out: serve it again by then (its bound, or the claim's) */
 	uint32_t seq;        /* out: the claim sequence when it was held */
+	bool tier_asked;     /* in/out: the tier was asked for this request's input (once) */
 };
 bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
 			 const struct lb_query *q, const float *thr, struct lbd_hold *hold,

@@ -149,6 +149,7 @@ struct lbd_store {
 	_Atomic uint32_t claim_seq, n_held;
 	struct lbp_stats_reply c; /* data-plane counters */
 	struct lbd_store_tier tier; /* its hooks all NULL: no second tier */
+	struct lbd_leases tier_leases; /* the claims of the tier's fetches (lbd_store_tier_done) */
 };
 
 /* The registration of model_id into *d, under the lock, when the tier has that hook (hooked)

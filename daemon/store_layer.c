@@ -207,6 +207,41 @@ static void sf_claim(struct lbd_store *st, struct lbd_leases *ls, struct bank *b
 		cpl->claim = 0;
 }
 
+/* A miss asked of the second tier (lbd_store_tier), after the lock is let go. */
+struct tier_ask {
+	bool on;
+	uint32_t layer;
+	uint64_t claim;
+	struct lbp_register_model d;
+};
+
+/*
+ * A miss the tier may answer, unless this request asked it before or the input is claimed
+ * already (a client computes it, or the tier fetches it) or known (its layers are being
+ * inserted): the tier claims the input and, once the lock is let go, is asked for its deepest
+ * layer (LOOKUP: the layer asked). A lookup that may wait is held for that claim, as for a
+ * client's (sf_hold). @return true: held.
+ */
+static bool tier_ask(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
+		     const struct lb_req *r, const struct lb_query *q, struct lbd_hold *hold,
+		     uint64_t now, uint32_t *claim, struct tier_ask *ask, struct lb_cpl *cpl)
+{
+	uint32_t id;
+
+	if ((hold && hold->tier_asked) ||
+	    !store_tier_wants(st, st->tier.miss != NULL, 1, r->model_id, &ask->d) ||
+	    store_claim_find(st, b, q->exact, now) != NONE ||
+	    lbd_exactmap_find(b->exact, q->exact, &id) == 0 ||
+	    store_claim_take(st, &st->tier_leases, b, q->exact,
+			     now + (uint64_t)st->tier.claim_us * 1000, &ask->claim) < 0)
+		return false;
+	ask->on = true;
+	ask->layer = r->opcode == LB_OP_LOOKUP ? r->layer : b->desc.n_layers - 1u;
+	if (hold)
+		hold->tier_asked = true;
+	return (r->flags & LB_REQ_SFLIGHT) && sf_hold(st, ls, b, r, q, hold, now, claim, cpl);
+}
+
 bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const struct lb_req *r,
 			 const struct lb_query *q, const float *thr, struct lbd_hold *hold,
 			 struct lb_cpl *cpl)
@@ -215,6 +250,7 @@ bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const stru
 	uint32_t id, dist = 0, max_d = 0, good_d = 0, claim = NONE;
 	int layer = -1;
 	bool held = false;
+	struct tier_ask ask = { .on = false };
 
 	store_lock(st);
 	struct bank *b = store_bank_of(st, r->model_id);
@@ -234,6 +270,8 @@ bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const stru
 	if (id != NONE)
 		layer = lookup_layer(st, b, r, q, thr, id, dist, now);
 	if (layer < 0) {
+		if ((held = tier_ask(st, ls, b, r, q, hold, now, &claim, &ask, cpl)))
+			goto out; /* counted when it is served again */
 		count_miss(st, b, r, 0);
 		cpl->status = -ENOENT;
 	} else {
@@ -245,14 +283,10 @@ bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const stru
 	}
 	if (r->flags & LB_REQ_SFLIGHT)
 		sf_claim(st, ls, b, r, q, claim, now, cpl);
-out:;
-	struct lbp_register_model d;
-	/* a miss the tier may answer for the next request (account 1: any client's) */
-	bool ask = cpl->status == -ENOENT && !held &&
-		   store_tier_wants(st, st->tier.miss != NULL, 1, r->model_id, &d);
+out:
 	store_unlock(st);
-	if (ask)
-		st->tier.miss(st->tier.ctx, &d, r, q);
+	if (ask.on)
+		st->tier.miss(st->tier.ctx, &ask.d, r, q, ask.layer, ask.claim);
 	return held;
 }
 
