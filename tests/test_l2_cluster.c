@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "io.h"
+#include "redis_proc.h"
 #include "rng.h"
 #include "layerbank/layerbank.h"
 #include "l2.h"
@@ -34,13 +35,11 @@
 #include "testutil.h"
 
 #define MASTERS 3
-#define REDIS_SERVER "/usr/bin/redis-server" /* Debian's */
-#define REDIS_CLI "/usr/bin/redis-cli"
 
 static struct {
 	char dir[256];
+	struct lbu_redis r;
 	int port[MASTERS];
-	pid_t pid[MASTERS];
 	char id[MASTERS][64];
 } cl;
 
@@ -83,110 +82,46 @@ static void test_seed_lists(void **state)
 
 /* ---- a real cluster ---- */
 
-/* A port p with p and p + 10000 (the cluster bus) free on loopback. */
-static int free_port(uint64_t *seed)
-{
-	for (;;) {
-		int p = 20000 + (int)((*seed = *seed * 6364136223846793005ull + 1442695040888963407ull) >>
-				     33) % 20000;
-		int ok = 1;
-		for (int k = 0; k < 2 && ok; k++) {
-			int fd = socket(AF_INET, SOCK_STREAM, 0);
-			struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)(p + k * 10000)),
-						 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-			ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-			if (fd >= 0)
-				close(fd);
-		}
-		if (ok)
-			return p;
-	}
-}
-
-/* redis-cli -p port ARGS..., its output into out. @return its exit status (-1: not run). */
-static int cli(int port, char *out, size_t n, ...)
-{
-	const char *argv[24] = { REDIS_CLI, "-h", "127.0.0.1", "-p", NULL };
-	char p[16];
-	snprintf(p, sizeof(p), "%d", port);
-	argv[4] = p;
-	int k = 5;
-	va_list ap;
-	va_start(ap, n);
-	for (const char *a; k < 23 && (a = va_arg(ap, const char *));)
-		argv[k++] = a;
-	va_end(ap);
-	argv[k] = NULL;
-	int st = lbt_run(argv, out, n);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static int cluster_up(void **state)
 {
 	(void)state;
-	char out[4096], cfg[512], port[16], dir[400];
-	if (access(REDIS_SERVER, X_OK) || access(REDIS_CLI, X_OK)) {
+	char err[512], out[256];
+	if (!lbu_redis_available()) {
 		printf("SKIP: redis-server and redis-cli are needed (Debian: redis-server, "
 		       "redis-tools; scripts/test installs them)\n");
 		exit(77);
 	}
 	lbt_mkdtemp(cl.dir, sizeof(cl.dir));
-	uint64_t seed = (uint64_t)getpid() * 2654435761u ^ (uint64_t)time(NULL);
+	if (lbu_redis_start(&cl.r, cl.dir, MASTERS, true, 0, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
+	const char *myid[] = { "CLUSTER", "MYID", NULL };
 	for (int i = 0; i < MASTERS; i++) {
-		cl.port[i] = free_port(&seed);
-		snprintf(port, sizeof(port), "%d", cl.port[i]);
-		snprintf(dir, sizeof(dir), "%s/%d", cl.dir, cl.port[i]);
-		snprintf(cfg, sizeof(cfg), "%s/nodes.conf", dir);
-		char log[512];
-		snprintf(log, sizeof(log), "%s/redis.log", dir);
-		assert_int_equal(mkdir(dir, 0700), 0);
-		const char *argv[] = { REDIS_SERVER, "--port", port, "--bind", "127.0.0.1",
-				       "--cluster-enabled", "yes", "--cluster-config-file", cfg,
-				       "--cluster-node-timeout", "2000",
-				       "--cluster-require-full-coverage", "no", "--dir", dir,
-				       "--save", "", "--appendonly", "no", "--logfile", log,
-				       "--daemonize", "no", NULL };
-		pid_t pid = fork();
-		if (pid == 0) {
-			execvp(argv[0], (char *const *)argv);
-			_exit(127);
-		}
-		cl.pid[i] = pid;
-	}
-	for (int i = 0; i < MASTERS; i++)
-		for (int t = 0; t < 500 && cli(cl.port[i], out, sizeof(out), "PING", NULL); t++)
-			usleep(10000);
-	char a[MASTERS][32];
-	for (int i = 0; i < MASTERS; i++)
-		snprintf(a[i], sizeof(a[i]), "127.0.0.1:%d", cl.port[i]);
-	if (cli(cl.port[0], out, sizeof(out), "--cluster", "create", a[0], a[1], a[2],
-		"--cluster-yes", NULL))
-		fail_msg("redis-cli --cluster create: %s", out);
-	for (int i = 0; i < MASTERS; i++) {
-		int ok = 0;
-		for (int t = 0; t < 500 && !ok; t++) {
-			ok = cli(cl.port[i], out, sizeof(out), "CLUSTER", "INFO", NULL) == 0 &&
-			     strstr(out, "cluster_state:ok");
-			if (!ok)
-				usleep(20000);
-		}
-		assert_true(ok);
-		assert_int_equal(cli(cl.port[i], out, sizeof(out), "CLUSTER", "MYID", NULL), 0);
+		cl.port[i] = cl.r.port[i];
+		assert_int_equal(lbu_redis_cli(cl.port[i], out, sizeof(out), myid), 0);
 		out[strcspn(out, "\r\n")] = '\0';
 		snprintf(cl.id[i], sizeof(cl.id[i]), "%.63s", out);
 	}
 	return 0;
 }
 
+/* redis-cli -p port ARGS... (NULL-terminated), its output into out. @return its status. */
+static int cli(int port, char *out, size_t n, ...)
+{
+	const char *args[24];
+	int k = 0;
+	va_list ap;
+	va_start(ap, n);
+	for (const char *a; k < 23 && (a = va_arg(ap, const char *));)
+		args[k++] = a;
+	va_end(ap);
+	args[k] = NULL;
+	return lbu_redis_cli(port, out, n, args);
+}
+
 static int cluster_down(void **state)
 {
 	(void)state;
-	for (int i = 0; i < MASTERS; i++)
-		if (cl.pid[i] > 0) {
-			kill(cl.pid[i], SIGKILL);
-			waitpid(cl.pid[i], NULL, 0);
-			cl.pid[i] = 0;
-		}
+	lbu_redis_stop(&cl.r);
 	lbu_rmtree(cl.dir);
 	return 0;
 }
@@ -460,9 +395,7 @@ static void test_killed_master_fails_its_slots_only(void **state)
 	key_on(c, 0, &n, other, sizeof(other));
 	redisReply *r = cmd(c, "SET", key, "x");
 	freeReplyObject(r);
-	kill(cl.pid[2], SIGKILL);
-	waitpid(cl.pid[2], NULL, 0);
-	cl.pid[2] = 0;
+	lbu_redis_kill(&cl.r, 2);
 	const char *argv[] = { "GET", key };
 	size_t len[] = { 3, strlen(key) };
 	struct timespec t0, t1;
@@ -680,9 +613,7 @@ static void test_two_hosts_share_through_the_tier(void **state)
 	}
 
 	/* a master goes */
-	kill(cl.pid[1], SIGKILL);
-	waitpid(cl.pid[1], NULL, 0);
-	cl.pid[1] = 0;
+	lbu_redis_kill(&cl.r, 1);
 	for (int i = 0; i < N; i++) {
 		double ms;
 		assert_int_equal(lookup_waiting(ca, ma, &key[i], i, &ms, NULL), 0);
