@@ -115,7 +115,11 @@ static bool queued(const struct lbd_l2 *t)
 static void *tier_main(void *arg)
 {
 	struct lbd_l2 *t = arg;
+	char err[256];
+	/* The slot map read at once: the state says from the start whether the cluster answers. */
+	bool up = lbd_cluster_refresh(t->cluster, err, sizeof(err)) > 0;
 	pthread_mutex_lock(&t->mu);
+	t->st.up = up;
 	for (;;) {
 		while (!queued(t) && !t->stop)
 			pthread_cond_wait(&t->work, &t->mu);
@@ -134,7 +138,7 @@ static void *tier_main(void *arg)
 		}
 		t->busy = true;
 		pthread_mutex_unlock(&t->mu);
-		bool up = false;
+		up = false;
 		if (j->record)
 			do_put(t, j, &up);
 		else

@@ -19,7 +19,8 @@ struct lbd_l2_cfg {
 };
 
 struct lbd_l2_stats {
-	bool up;                 /* the last command reached its node */
+	bool up;                 /* the last command (at first: reading the slot map) reached
+				  * its node */
 	uint64_t queue_bytes, queue_records, fetches_waiting;
 	uint64_t written;        /* records SET */
 	uint64_t dropped;        /* records not queued: the queue was full */

@@ -642,6 +642,25 @@ static void test_two_hosts_share_through_the_tier(void **state)
 		assert_int_equal(lookup_waiting(cb, mb, &dead, 101, &ms, NULL), -ENOENT);
 		printf("host b, an input on the dead master: a miss in %.2f ms\n", ms);
 	}
+	/* what the operator sees: the tier's counters in STATS */
+	struct lb_stats sta, stb;
+	assert_int_equal(lb_stats(ca, &sta, sizeof(sta)), 0);
+	for (int w = 0; w < 200 && sta.l2_write_errors == 0; w++) {
+		usleep(10000);
+		assert_int_equal(lb_stats(ca, &sta, sizeof(sta)), 0);
+	}
+	assert_int_equal(lb_stats(cb, &stb, sizeof(stb)), 0);
+	printf("host a: tier %s, %llu written, %llu write errors; host b: %llu fetched, %llu "
+	       "missing, %llu rejected, %llu failed\n", sta.l2,
+	       (unsigned long long)sta.l2_written, (unsigned long long)sta.l2_write_errors,
+	       (unsigned long long)stb.l2_fetched, (unsigned long long)stb.l2_fetch_misses,
+	       (unsigned long long)stb.l2_rejected, (unsigned long long)stb.l2_fetch_errors);
+	assert_true(sta.l2_written >= N + 1);
+	assert_true(sta.l2_write_errors >= 1);   /* the input on the dead master */
+	assert_true(stb.l2_fetched >= N + 1);    /* N, and the one on the live master */
+	assert_int_equal(stb.l2_rejected, 4);    /* garbage, the wrong shape: two lookups each */
+	assert_true(stb.l2_fetch_errors >= 3);   /* the dead master's, once per lookup */
+	assert_int_equal(stb.l2_written, 0);     /* what it fetched is not written back */
 	lbd_cluster_free(c);
 	lb_close(ca);
 	lb_close(cb);

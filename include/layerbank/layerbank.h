@@ -132,7 +132,7 @@ struct lb_stats {
 	uint64_t prefix_misses;  /* LOOKUP_PREFIX that found not even the first */
 	uint64_t blocks_served;  /* blocks handed out by the hits */
 	/* the second tier (layerbankd --l2): "off" without one (every count below 0), "up" when
-	 * its last command reached its node, "down" when it did not or none was sent yet */
+	 * its last command (at first: reading the slot map) reached its node, "down" when not */
 	char l2[8];
 	uint64_t l2_queue_bytes, l2_queue_records; /* records waiting to be written behind */
 	uint64_t l2_fetches_waiting; /* reads waiting for the tier's thread */
