@@ -122,9 +122,6 @@ struct lbb_fleet_cfg {
  */
 void lbb_fleet_init(const char *bench);
 
-/* The Redis server LBB_REDIS runs: $LAYERBANK_REDIS_SERVER, else /usr/bin/redis-server. */
-const char *lbb_fleet_redis_server(void);
-
 /* Start layerbankd in the fleet's folder (budget cfg->budget, an arena with room for entry
  * headers on top, --hugepages try, --threads 1, cfg->tau) and wait for its socket.
  * @return 0; -errno, or -EIO after a one-line message and the daemon's log. */
@@ -138,8 +135,8 @@ const char *lbb_fleet_dir(void);
 
 /*
  * Start cfg->workers serve processes in mode m (for LBB_SHARED the daemon first; for LBB_REDIS
- * lbb_fleet_redis_server() in a folder of its own in the fleet's, on a free loopback port,
- * --maxmemory cfg->budget with allkeys-lru, no persistence, answering PING), each with its log
+ * a Redis server, lbu_redis_start's: files in the fleet's folder, a free loopback port,
+ * --maxmemory cfg->budget with allkeys-lru, nothing saved, answering PING), each with its log
  * in the folder, and wait up to 300 s for each one's "ready ... layers=L ... cache=MODE" line
  * (MODE what m asks for: a worker that found no cache ends the run).
  * @return 0 and *layers (what every worker said); -errno after a one-line message (the logs of

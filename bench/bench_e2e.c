@@ -21,6 +21,7 @@
 #include "layerbank/layerbank.h"
 #include "mlm.h"
 #include "plot.h"
+#include "redis_proc.h"
 #include "safetensors.h"
 #include "size.h"
 #include "workload.h"
@@ -1118,9 +1119,9 @@ static void usage(FILE *f)
 		"cache, with a private in-process bank each (budget / workers bytes), and with\n"
 		"layerbankd's shared bank (budget bytes); --modes redis: with one Redis server\n"
 		"(budget bytes of maxmemory, allkeys-lru) holding exact inputs' last-layer outputs,\n"
-		"as a user without layerbank would share them (layerbank-worker --redis; the server\n"
-		"is $LAYERBANK_REDIS_SERVER, else /usr/bin/redis-server: without it the mode is\n"
-		"skipped, saying so); the report adds 'shared vs redis'. Defaults: --modes\n"
+		"as a user without layerbank would share them (layerbank-worker --redis; without\n"
+		"/usr/bin/redis-server and redis-cli the mode is skipped, saying so); the report\n"
+		"adds 'shared vs redis'. Defaults: --modes\n"
 		"nocache,private,shared, stories260k, 4 workers, exact 0.30,\n"
 		"near 0.45 (fresh the rest), zipf 1.0, seed 1; stories260k: 2000 requests, "
 		"budget 64M,\n"
@@ -1370,12 +1371,10 @@ static int open_model(struct opts *o)
  * @return 1 then, 0 when it can run. */
 static int redis_missing(struct opts *o)
 {
-	static char why[600];
-	const char *srv = lbb_fleet_redis_server();
-	if (access(srv, X_OK) == 0)
+	static const char why[] = LBU_REDIS_SERVER " and " LBU_REDIS_CLI " are needed (Debian: "
+				  "redis-server, redis-tools)";
+	if (lbu_redis_available())
 		return 0;
-	snprintf(why, sizeof(why), "%s: %s; Debian's package redis-server has it", srv,
-		 strerror(errno));
 	fprintf(stderr, "layerbank-bench e2e: mode redis skipped: %s\n", why);
 	o->redis_skipped = why;
 	return 1;

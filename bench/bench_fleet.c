@@ -4,24 +4,20 @@
  * ready handshake, requests out and answer lines in through poll, and everything stopped at
  * exit and on signals.
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <hiredis/hiredis.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
 #include "io.h"
+#include "redis_proc.h"
 
 #define READY_TIMEOUT_S 300    /* a worker generating BERT-base weights takes a few seconds */
 #define REPLY_TIMEOUT_S 300
@@ -31,10 +27,6 @@
 const char *const lbb_mode_name[LBB_N_ALL_MODES] = { "nocache", "private", "shared", "redis" };
 /* What a worker of each mode says in its ready line: cache=... */
 static const char *const cache_said[LBB_N_ALL_MODES] = { "none", "private", "shared", "redis" };
-
-#define REDIS_SERVER "/usr/bin/redis-server" /* Debian's */
-#define REDIS_TRIES 3          /* ports tried: another process may take a free one first */
-#define REDIS_WAIT_S 10
 
 struct worker {
 	pid_t pid;
@@ -50,12 +42,10 @@ static struct {
 	const char *bench;
 	char dir[64];
 	pid_t daemon;
-	pid_t redis;
-	int redis_port;
-	char redis_dir[96];     /* in dir; "" when none */
+	struct lbu_redis redis; /* its files in dir/PORT; redis.n 0 when none runs */
 	struct worker w[LBB_FLEET_MAX_WORKERS];
 	int n;
-} fleet = { .daemon = -1, .redis = -1 };
+} fleet = { .daemon = -1 };
 
 double lbb_now_s(void)
 {
@@ -89,19 +79,11 @@ static void stop_workers(void)
 	fleet.n = 0;
 }
 
-static void redis_stop(void)
-{
-	lbb_stop(&fleet.redis);
-	if (fleet.redis_dir[0])
-		lbu_rmtree(fleet.redis_dir);
-	fleet.redis_dir[0] = '\0';
-}
-
 void lbb_fleet_stop(void)
 {
 	stop_workers();
 	lbb_stop(&fleet.daemon);
-	redis_stop();
+	lbu_redis_stop(&fleet.redis);
 }
 
 static void cleanup(void)
@@ -191,95 +173,15 @@ void lbb_fleet_daemon_stop(void)
 
 /* ---- the plain peer: a Redis server ---- */
 
-const char *lbb_fleet_redis_server(void)
-{
-	const char *e = getenv("LAYERBANK_REDIS_SERVER");
-	return e && *e ? e : REDIS_SERVER;
-}
-
-/* A loopback port nothing listens on now (Redis refuses port 0). @return it, or -errno. */
-static int free_port(void)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
-	int rc = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-		 getsockname(fd, (struct sockaddr *)&a, &len) == 0 ? ntohs(a.sin_port) : -errno;
-	close(fd);
-	return rc;
-}
-
-/* Whether the server on port answers PING with PONG. */
-static int redis_pong(int port)
-{
-	struct timeval tv = { 1, 0 };
-	redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-	redisReply *r = c && !c->err ? redisCommand(c, "PING") : NULL;
-	int ok = r && r->type == REDIS_REPLY_STATUS && !strcmp(r->str, "PONG");
-	if (r)
-		freeReplyObject(r);
-	if (c)
-		redisFree(c);
-	return ok;
-}
-
-/* One try: the server on a free port, until it answers PING. @return 0; -EAGAIN it exited (the
- * port taken, maybe); -errno. */
-static int redis_try(const struct lbb_fleet_cfg *cfg, const char *log)
-{
-	char port[16], mem[32];
-	int p = free_port();
-	if (p < 0)
-		return p;
-	snprintf(port, sizeof(port), "%d", p);
-	snprintf(mem, sizeof(mem), "%llu", (unsigned long long)cfg->budget);
-	const char *argv[] = { lbb_fleet_redis_server(), "--port", port, "--bind", "127.0.0.1",
-			       "--dir", fleet.redis_dir, "--save", "", "--appendonly", "no",
-			       "--maxmemory", mem, "--maxmemory-policy", "allkeys-lru",
-			       "--daemonize", "no", NULL };
-	fleet.redis = lbb_spawn(argv, log);
-	if (fleet.redis < 0)
-		return -errno;
-	for (int i = 0; i < REDIS_WAIT_S * 50; i++) {
-		if (redis_pong(p)) {
-			fleet.redis_port = p;
-			return 0;
-		}
-		if (waitpid(fleet.redis, NULL, WNOHANG) == fleet.redis) {
-			fleet.redis = -1;
-			return -EAGAIN;
-		}
-		lbb_sleep_ms(20);
-	}
-	lbb_stop(&fleet.redis);
-	return -ETIMEDOUT;
-}
-
-/* Start the Redis server LBB_REDIS's workers share, in its folder. @return 0; -errno after a
- * one-line message and the server's log. */
+/* Start the Redis server LBB_REDIS's workers share (util/redis_proc.h). @return 0; -EIO after a
+ * one-line message. */
 static int redis_start(const struct lbb_fleet_cfg *cfg)
 {
-	char log[160];
-	snprintf(fleet.redis_dir, sizeof(fleet.redis_dir), "%s/redis", fleet.dir);
-	snprintf(log, sizeof(log), "%s/redis.log", fleet.dir);
-	if (mkdir(fleet.redis_dir, 0700) < 0 && errno != EEXIST) {
-		int e = errno;
-		fprintf(stderr, "layerbank-bench %s: cannot make %s: %s\n", fleet.bench,
-			fleet.redis_dir, strerror(e));
-		fleet.redis_dir[0] = '\0';
-		return -e;
-	}
-	int rc = -EAGAIN;
-	for (int t = 0; t < REDIS_TRIES && rc == -EAGAIN; t++)
-		rc = redis_try(cfg, log);
-	if (rc < 0) {
-		fprintf(stderr, "layerbank-bench %s: %s did not start: %s\n", fleet.bench,
-			lbb_fleet_redis_server(), rc == -EAGAIN ? "it exited" : strerror(-rc));
-		show_log(log);
-	}
-	return rc;
+	char err[512];
+	if (lbu_redis_start(&fleet.redis, fleet.dir, 1, false, cfg->budget, err, sizeof(err)) == 0)
+		return 0;
+	fprintf(stderr, "layerbank-bench %s: %s\n", fleet.bench, err);
+	return -EIO;
 }
 
 /* ---- the workers ---- */
@@ -290,7 +192,7 @@ static void worker_argv(const struct lbb_fleet_cfg *cfg, enum lbb_mode m, const 
 {
 	snprintf(maxt, 16, "%d", cfg->max_tokens);
 	if (m == LBB_REDIS)
-		snprintf(priv, 32, "127.0.0.1:%d", fleet.redis_port);
+		snprintf(priv, 32, "127.0.0.1:%d", fleet.redis.port[0]);
 	else
 		snprintf(priv, 32, "%llu", (unsigned long long)(cfg->budget / (uint64_t)cfg->workers));
 	/* layerbank's caches take its options; the plain peer takes --shadow only */

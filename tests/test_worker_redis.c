@@ -4,7 +4,7 @@
  * under the input's key that fails any check (its length, each header field, its payload's
  * checksum) is never used but counted as refused, and the worker's own SET replaces it; bad
  * addresses are refused in one line, an absent server is a warning. SKIP (77) without
- * /usr/bin/redis-server.
+ * Debian's redis-server and redis-cli (util/redis_proc.h starts the server).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,22 +12,18 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-#include <arpa/inet.h>
 #include <hiredis/hiredis.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "layerbank/layerbank.h"
 #include "redis_cache.h"
+#include "redis_proc.h"
 #include "testutil.h"
 
-#define REDIS_SERVER "/usr/bin/redis-server" /* Debian's */
 #define MODEL LB_DATA_DIR "/stories260K.bin"
 #define TOK LB_DATA_DIR "/tok512.bin"
 #define TEXT "Once upon a time there was a cat who liked the sun."
@@ -35,54 +31,25 @@
 
 static struct {
 	char dir[200];
-	pid_t pid;
-	int port;
+	struct lbu_redis r;
 	char addr[32];
 	redisContext *c;
-} rs = { .pid = -1 };
+} rs;
 
 static char out[1 << 16];
-
-/* A loopback port nothing listens on now. */
-static int free_port(void)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-	socklen_t len = sizeof(a);
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	assert_true(fd >= 0);
-	assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-	assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-	close(fd);
-	return ntohs(a.sin_port);
-}
 
 static int server_up(void **state)
 {
 	(void)state;
-	char port[16];
+	char err[512];
 	lbt_mkdtemp(rs.dir, sizeof(rs.dir));
-	rs.port = free_port();
-	snprintf(port, sizeof(port), "%d", rs.port);
-	snprintf(rs.addr, sizeof(rs.addr), "127.0.0.1:%d", rs.port);
-	const char *argv[] = { REDIS_SERVER, "--port", port, "--bind", "127.0.0.1", "--dir", rs.dir,
-			       "--save", "", "--appendonly", "no", "--daemonize", "no",
-			       "--loglevel", "warning", NULL };
-	rs.pid = fork();
-	assert_true(rs.pid >= 0);
-	if (rs.pid == 0) {
-		execv(argv[0], (char *const *)argv);
-		_exit(127);
-	}
-	struct timeval tv = { 1, 0 };
-	for (int t = 0; t < 500 && !rs.c; t++) {
-		rs.c = redisConnectWithTimeout("127.0.0.1", rs.port, tv);
-		if (rs.c && rs.c->err) {
-			redisFree(rs.c);
-			rs.c = NULL;
-			usleep(10000);
-		}
-	}
+	if (lbu_redis_start(&rs.r, rs.dir, 1, false, 0, err, sizeof(err)) < 0)
+		fail_msg("%s", err);
+	snprintf(rs.addr, sizeof(rs.addr), "127.0.0.1:%d", rs.r.port[0]);
+	struct timeval tv = { 2, 0 };
+	rs.c = redisConnectWithTimeout("127.0.0.1", rs.r.port[0], tv);
 	assert_non_null(rs.c);
+	assert_int_equal(rs.c->err, 0);
 	return 0;
 }
 
@@ -92,11 +59,7 @@ static int server_down(void **state)
 	if (rs.c)
 		redisFree(rs.c);
 	rs.c = NULL;
-	if (rs.pid > 0) {
-		kill(rs.pid, SIGKILL);
-		waitpid(rs.pid, NULL, 0);
-		rs.pid = -1;
-	}
+	lbu_redis_stop(&rs.r);
 	lbu_rmtree(rs.dir);
 	return 0;
 }
@@ -334,8 +297,7 @@ static void test_bad_addresses(void **state)
 	st = lbt_run(gen, out, sizeof(out));
 	assert_int_equal(WEXITSTATUS(st), 2);
 	assert_non_null(strstr(out, "unknown option '--redis'"));
-	char away[32];
-	snprintf(away, sizeof(away), "127.0.0.1:%d", free_port());
+	const char *away = "127.0.0.1:1"; /* tcpmux: nothing listens there */
 	const char *absent[] = { "/bin/sh", "-c", NULL, NULL };
 	char cmdline[1024];
 	snprintf(cmdline, sizeof(cmdline), "printf '1\\t%s\\n' | %s serve --model %s --tokenizer %s "
@@ -351,9 +313,9 @@ static void test_bad_addresses(void **state)
 
 int main(void)
 {
-	if (access(REDIS_SERVER, X_OK))
-		LBT_SKIP("%s is needed (Debian: redis-server; scripts/test installs it)",
-			 REDIS_SERVER);
+	if (!lbu_redis_available())
+		LBT_SKIP("%s and %s are needed (Debian: redis-server, redis-tools; scripts/test "
+			 "installs them)", LBU_REDIS_SERVER, LBU_REDIS_CLI);
 	if (access(MODEL, R_OK) || access(TOK, R_OK))
 		LBT_SKIP("the shipped data is not at %s", LB_DATA_DIR);
 	const struct CMUnitTest tests[] = {
