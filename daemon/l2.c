@@ -1,6 +1,7 @@
-/* The second tier's thread: l2.h says what it does. Two FIFOs under one mutex, reads and
- * writes; the thread takes one job at a time, a read before any write, since a lookup may be
- * waiting for it while a write only has to land some time. */
+/* The second tier's thread: l2.h says what it does. Three FIFOs under one mutex: reads a lookup
+ * may be waiting for, reads of an input's other layers, and writes; the thread takes one job at
+ * a time in that order of precedence, since a held lookup waits for the first while the others
+ * only have to land some time. */
 #include "l2.h"
 
 #include <errno.h>
@@ -12,12 +13,23 @@
 #include "errf.h"
 #include "l2_cluster.h"
 
+enum job_kind {
+	J_GET,    /* a record, then (near) the nearest input's through the band sets */
+	J_LAYERS, /* layers 0..n-1 of an input, one GET each */
+	J_PUT,    /* SET key record */
+	J_INDEX,  /* SADD of a member to its bands' sets */
+};
+
 struct job {
 	struct job *next;
+	enum job_kind kind;
 	char key[LBD_L2_KEY_MAX];
-	uint8_t *record; /* a write's; NULL for a read */
-	size_t len;
-	struct lbd_l2_want want; /* a read's */
+	uint8_t *record; /* J_PUT's record, J_INDEX's member */
+	size_t len;      /* their bytes: what the write queue counts */
+	struct lbd_l2_want want;
+	struct lbd_l2_near near;
+	bool has_near;
+	uint32_t n;      /* J_LAYERS: the layers */
 	lbd_l2_fetch_fn fn;
 	void *ctx;
 };
@@ -32,7 +44,7 @@ struct lbd_l2 {
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t work, idle;
-	struct fifo reads, writes;
+	struct fifo reads, layers, writes;
 	bool stop, busy;
 	uint64_t queue_cap;
 	uint32_t max_fetches;
@@ -45,49 +57,187 @@ static void job_free(struct job *j)
 	free(j);
 }
 
-/* A write: SET key record. */
-static void do_put(struct lbd_l2 *t, struct job *j, bool *up)
+static void count(struct lbd_l2 *t, uint64_t *counter, uint64_t n)
 {
-	char err[256];
-	const char *argv[3] = { "SET", j->key, (const char *)j->record };
-	size_t len[3] = { 3, strlen(j->key), j->len };
-	redisReply *r = lbd_cluster_command(t->cluster, j->key, len[1], 3, argv, len, err,
-					    sizeof(err));
-	bool ok = r && r->type == REDIS_REPLY_STATUS;
-	*up = r != NULL;
-	if (r)
-		freeReplyObject(r);
 	pthread_mutex_lock(&t->mu);
-	if (ok)
-		t->st.written++;
-	else
-		t->st.write_errors++;
+	*counter += n;
 	pthread_mutex_unlock(&t->mu);
 }
 
-/* A read: GET key, the record checked, the callback called either way. */
-static void do_get(struct lbd_l2 *t, struct job *j, bool *up)
+static redisReply *command(struct lbd_l2 *t, const char *key, int argc, const char **argv,
+			   const size_t *len, bool *up)
 {
 	char err[256];
-	const char *argv[2] = { "GET", j->key };
-	size_t len[2] = { 3, strlen(j->key) };
-	redisReply *r = lbd_cluster_command(t->cluster, j->key, len[1], 2, argv, len, err,
+	redisReply *r = lbd_cluster_command(t->cluster, key, strlen(key), argc, argv, len, err,
 					    sizeof(err));
-	struct lbd_l2_record rec;
-	int kind = !r ? 0 : r->type == REDIS_REPLY_NIL ? 1
-			 : r->type != REDIS_REPLY_STRING ? 0
-			 : lbd_l2_decode((const uint8_t *)r->str, r->len, &j->want, &rec, err,
-					 sizeof(err)) == 0 ? 3 : 2;
 	*up = r != NULL;
-	if (!j->fn(j->ctx, kind == 3 ? &rec : NULL) && kind == 3)
-		kind = 2;
+	return r;
+}
+
+/* A write: SET key record. */
+static void do_put(struct lbd_l2 *t, struct job *j, bool *up)
+{
+	const char *argv[3] = { "SET", j->key, (const char *)j->record };
+	size_t len[3] = { 3, strlen(j->key), j->len };
+	redisReply *r = command(t, j->key, 3, argv, len, up);
+	bool ok = r && r->type == REDIS_REPLY_STATUS;
 	if (r)
 		freeReplyObject(r);
-	pthread_mutex_lock(&t->mu);
-	uint64_t *count[] = { &t->st.fetch_errors, &t->st.fetch_misses, &t->st.rejected,
-			      &t->st.fetched };
-	(*count[kind])++;
-	pthread_mutex_unlock(&t->mu);
+	count(t, ok ? &t->st.written : &t->st.write_errors, 1);
+}
+
+/* An input into its bands' sets, each on its own slot: one that fails (its node down) costs
+ * that band only, the others are still tried. Counted as one record written when every band
+ * landed, else one write error. */
+/* The band commands of fingerprint fp (verb, then the member for SADD), one a band, into cmd,
+ * pipelined; the replies into r. */
+static void bands(struct lbd_l2 *t, const char *verb, uint64_t model, const uint64_t fp[4],
+		  const uint8_t *member, redisReply **r)
+{
+	char key[LBD_L2_BANDS][LBD_L2_KEY_MAX];
+	const char *argv[LBD_L2_BANDS][3];
+	size_t len[LBD_L2_BANDS][3];
+	struct lbd_cluster_cmd cmd[LBD_L2_BANDS];
+	for (uint32_t b = 0; b < LBD_L2_BANDS; b++) {
+		size_t kl = lbd_l2_key_band(key[b], model, b, lbd_l2_band(fp, b));
+		argv[b][0] = verb;
+		argv[b][1] = key[b];
+		argv[b][2] = (const char *)member;
+		len[b][0] = strlen(verb);
+		len[b][1] = kl;
+		len[b][2] = LBD_L2_MEMBER;
+		cmd[b] = (struct lbd_cluster_cmd){ key[b], kl, member ? 3 : 2, argv[b], len[b] };
+	}
+	lbd_cluster_pipeline(t->cluster, cmd, LBD_L2_BANDS, r);
+}
+
+/* An input into its bands' sets, each on its own slot: one that fails (its node down) costs
+ * that band only. Counted as one record written when every band landed, else one write
+ * error. */
+static void do_index(struct lbd_l2 *t, struct job *j, bool *up)
+{
+	struct lbd_l2_member m;
+	redisReply *r[LBD_L2_BANDS] = { NULL };
+	uint32_t failed = lbd_l2_member_decode(j->record, j->len, &m) < 0 ? LBD_L2_BANDS : 0;
+	if (!failed)
+		bands(t, "SADD", j->want.model, m.fp, j->record, r);
+	for (uint32_t b = 0; b < LBD_L2_BANDS; b++) {
+		failed += !r[b] || r[b]->type != REDIS_REPLY_INTEGER;
+		*up |= r[b] != NULL;
+		if (r[b])
+			freeReplyObject(r[b]);
+	}
+	count(t, failed ? &t->st.write_errors : &t->st.written, 1);
+}
+
+/* What a reply holding a record (or not) is: 0 failed, 1 missing, 2 refused, 3 believed. */
+static int read_reply(const redisReply *r, const struct lbd_l2_want *want, struct lbd_l2_record *rec)
+{
+	char why[128];
+	if (!r)
+		return 0;
+	if (r->type == REDIS_REPLY_NIL)
+		return 1;
+	if (r->type != REDIS_REPLY_STRING)
+		return 0;
+	return lbd_l2_decode((const uint8_t *)r->str, r->len, want, rec, why, sizeof(why)) == 0 ? 3
+												: 2;
+}
+
+/* Hand rec (kind 3) or NULL to the callback and count what it was. */
+static void deliver(struct lbd_l2 *t, struct job *j, int kind, const struct lbd_l2_record *rec,
+		    bool last)
+{
+	if (!j->fn(j->ctx, kind == 3 ? rec : NULL, last) && kind == 3)
+		kind = 2;
+	uint64_t *counter[] = { &t->st.fetch_errors, &t->st.fetch_misses, &t->st.rejected,
+				&t->st.fetched };
+	count(t, counter[kind], 1);
+}
+
+/* The nearest input to j->near in the band sets, not j's own, into *best. @return whether
+ * one was within the radius; *failed when a set could not be read. */
+static bool nearest(struct lbd_l2 *t, const struct job *j, struct lbd_l2_member *best,
+		    bool *failed, bool *up)
+{
+	redisReply *r[LBD_L2_BANDS];
+	uint32_t best_d = UINT32_MAX;
+	bands(t, "SMEMBERS", j->want.model, j->near.fp, NULL, r);
+	for (uint32_t b = 0; b < LBD_L2_BANDS; b++) {
+		*up |= r[b] != NULL;
+		if (!r[b] || r[b]->type != REDIS_REPLY_ARRAY) {
+			*failed = true;
+			if (r[b])
+				freeReplyObject(r[b]);
+			continue;
+		}
+		for (size_t i = 0; i < r[b]->elements; i++) {
+			const redisReply *e = r[b]->element[i];
+			struct lbd_l2_member m;
+			if (e->type != REDIS_REPLY_STRING ||
+			    lbd_l2_member_decode((const uint8_t *)e->str, e->len, &m) < 0 ||
+			    (m.exact[0] == j->want.key[0] && m.exact[1] == j->want.key[1]) ||
+			    (!j->near.any_len && m.seq_len != j->near.seq_len))
+				continue;
+			uint32_t d = 0;
+			for (int w = 0; w < 4; w++)
+				d += (uint32_t)__builtin_popcountll(m.fp[w] ^ j->near.fp[w]);
+			if (d <= j->near.max_d && d < best_d) {
+				best_d = d;
+				*best = m;
+			}
+		}
+		freeReplyObject(r[b]);
+	}
+	return best_d != UINT32_MAX;
+}
+
+/* A read: GET key, checked; when the cluster lacks it and the job has near terms, the nearest
+ * input's record of the same layer. The callback is called once either way. */
+static void do_get(struct lbd_l2 *t, struct job *j, bool *up)
+{
+	const char *argv[2] = { "GET", j->key };
+	size_t len[2] = { 3, strlen(j->key) };
+	redisReply *r = command(t, j->key, 2, argv, len, up);
+	struct lbd_l2_record rec;
+	int kind = read_reply(r, &j->want, &rec);
+	if (kind == 1 && j->has_near) {
+		struct lbd_l2_member m;
+		bool failed = false;
+		freeReplyObject(r);
+		r = NULL;
+		if (nearest(t, j, &m, &failed, up)) {
+			j->want.key[0] = m.exact[0];
+			j->want.key[1] = m.exact[1];
+			lbd_l2_key_layer(j->key, j->want.model, m.exact, j->want.layer);
+			argv[1] = j->key;
+			len[1] = strlen(j->key);
+			r = command(t, j->key, 2, argv, len, up);
+			kind = read_reply(r, &j->want, &rec);
+		} else {
+			kind = failed ? 0 : 1;
+		}
+	}
+	deliver(t, j, kind, &rec, true);
+	if (r)
+		freeReplyObject(r);
+}
+
+/* The next of an input's layers (j->want.layer, from 0 to j->n - 1), one GET at a time: a
+ * read a lookup waits for never queues behind more than one layer. @return whether the job
+ * has more to read (the caller queues it again). */
+static bool do_layer(struct lbd_l2 *t, struct job *j, bool *up)
+{
+	const char *argv[2] = { "GET", j->key };
+	size_t len[2] = { 3, lbd_l2_key_layer(j->key, j->want.model, j->want.key, j->want.layer) };
+	redisReply *r = command(t, j->key, 2, argv, len, up);
+	struct lbd_l2_record rec;
+	bool last = j->want.layer + 1 >= j->n;
+	deliver(t, j, read_reply(r, &j->want, &rec), &rec, last);
+	if (r)
+		freeReplyObject(r);
+	j->want.layer++;
+	return !last;
 }
 
 static void fifo_push(struct fifo *q, struct job *j)
@@ -109,7 +259,7 @@ static struct job *fifo_pop(struct fifo *q)
 
 static bool queued(const struct lbd_l2 *t)
 {
-	return t->reads.head || t->writes.head;
+	return t->reads.head || t->layers.head || t->writes.head;
 }
 
 static void *tier_main(void *arg)
@@ -127,10 +277,12 @@ static void *tier_main(void *arg)
 			break;
 		struct job *j = fifo_pop(&t->reads);
 		if (!j)
+			j = fifo_pop(&t->layers);
+		if (!j)
 			j = fifo_pop(&t->writes); /* queued(t): there is one */
 		if (!j)
 			continue;
-		if (j->record) {
+		if (j->kind == J_PUT || j->kind == J_INDEX) {
 			t->st.queue_bytes -= j->len;
 			t->st.queue_records--;
 		} else {
@@ -139,12 +291,23 @@ static void *tier_main(void *arg)
 		t->busy = true;
 		pthread_mutex_unlock(&t->mu);
 		up = false;
-		if (j->record)
+		bool again = false;
+		if (j->kind == J_GET)
+			do_get(t, j, &up);
+		else if (j->kind == J_LAYERS)
+			again = do_layer(t, j, &up);
+		else if (j->kind == J_PUT)
 			do_put(t, j, &up);
 		else
-			do_get(t, j, &up);
-		job_free(j);
+			do_index(t, j, &up);
 		pthread_mutex_lock(&t->mu);
+		if (again) {
+			j->next = NULL;
+			fifo_push(&t->layers, j);
+			t->st.fetches_waiting++;
+		} else {
+			job_free(j);
+		}
 		t->st.up = up;
 		t->busy = false;
 		if (!queued(t))
@@ -192,9 +355,10 @@ void lbd_l2_stop(struct lbd_l2 *t)
 	pthread_cond_signal(&t->work);
 	pthread_mutex_unlock(&t->mu);
 	pthread_join(t->thread, NULL);
-	for (struct job *j; (j = fifo_pop(&t->reads)) || (j = fifo_pop(&t->writes));) {
-		if (!j->record)
-			j->fn(j->ctx, NULL);
+	for (struct job *j; (j = fifo_pop(&t->reads)) || (j = fifo_pop(&t->layers)) ||
+			    (j = fifo_pop(&t->writes));) {
+		if (j->fn)
+			j->fn(j->ctx, NULL, true);
 		job_free(j);
 	}
 	lbd_cluster_free(t->cluster);
@@ -209,7 +373,7 @@ static bool enqueue(struct lbd_l2 *t, struct job *j)
 {
 	bool ok;
 	pthread_mutex_lock(&t->mu);
-	if (j->record) {
+	if (j->kind == J_PUT || j->kind == J_INDEX) {
 		ok = t->st.queue_bytes + j->len <= t->queue_cap;
 		if (ok) {
 			t->st.queue_bytes += j->len;
@@ -225,7 +389,8 @@ static bool enqueue(struct lbd_l2 *t, struct job *j)
 			t->st.fetch_errors++;
 	}
 	if (ok) {
-		fifo_push(j->record ? &t->writes : &t->reads, j);
+		fifo_push(j->kind == J_GET ? &t->reads : j->kind == J_LAYERS ? &t->layers : &t->writes,
+			  j);
 		pthread_cond_signal(&t->work);
 	}
 	pthread_mutex_unlock(&t->mu);
@@ -246,34 +411,76 @@ static struct job *job_new(struct lbd_l2 *t, const char *key, uint64_t *failed)
 	return NULL;
 }
 
-bool lbd_l2_put(struct lbd_l2 *t, const char *key, uint8_t *record, size_t len)
+/* Queue a write job of kind with its bytes (malloc'd: owned from now). */
+static bool queue_write(struct lbd_l2 *t, enum job_kind kind, const char *key, uint64_t model,
+			uint8_t *bytes, size_t len)
 {
 	struct job *j = job_new(t, key, &t->st.dropped);
 	if (!j) {
-		free(record);
+		free(bytes);
 		return false;
 	}
-	j->record = record;
+	j->kind = kind;
+	j->record = bytes;
 	j->len = len;
+	j->want.model = model;
 	if (enqueue(t, j))
 		return true;
 	job_free(j);
 	return false;
 }
 
-bool lbd_l2_fetch(struct lbd_l2 *t, const char *key, const struct lbd_l2_want *want,
-		  lbd_l2_fetch_fn fn, void *ctx)
+bool lbd_l2_put(struct lbd_l2 *t, const char *key, uint8_t *record, size_t len)
 {
-	struct job *j = job_new(t, key, &t->st.fetch_errors);
-	if (!j)
-		return false;
-	j->want = *want;
+	return queue_write(t, J_PUT, key, 0, record, len);
+}
+
+bool lbd_l2_index(struct lbd_l2 *t, uint64_t model, const struct lbd_l2_member *m)
+{
+	uint8_t *b = malloc(LBD_L2_MEMBER);
+	if (b)
+		lbd_l2_member_encode(b, m);
+	else
+		count(t, &t->st.dropped, 1);
+	return b && queue_write(t, J_INDEX, "", model, b, LBD_L2_MEMBER);
+}
+
+/* Queue a read job. */
+static bool queue_read(struct lbd_l2 *t, struct job *j, lbd_l2_fetch_fn fn, void *ctx)
+{
 	j->fn = fn;
 	j->ctx = ctx;
 	if (enqueue(t, j))
 		return true;
 	free(j);
 	return false;
+}
+
+bool lbd_l2_fetch(struct lbd_l2 *t, const char *key, const struct lbd_l2_want *want,
+		  const struct lbd_l2_near *near, lbd_l2_fetch_fn fn, void *ctx)
+{
+	struct job *j = job_new(t, key, &t->st.fetch_errors);
+	if (!j)
+		return false;
+	j->kind = J_GET;
+	j->want = *want;
+	if (near) {
+		j->near = *near;
+		j->has_near = true;
+	}
+	return queue_read(t, j, fn, ctx);
+}
+
+bool lbd_l2_fetch_layers(struct lbd_l2 *t, uint64_t model, const uint64_t exact[2], uint32_t n,
+			 lbd_l2_fetch_fn fn, void *ctx)
+{
+	struct job *j = n ? job_new(t, "", &t->st.fetch_errors) : NULL;
+	if (!j)
+		return false;
+	j->kind = J_LAYERS;
+	j->want = (struct lbd_l2_want){ model, LBD_L2_LAYER, { exact[0], exact[1] }, 0 };
+	j->n = n;
+	return queue_read(t, j, fn, ctx);
 }
 
 uint32_t lbd_l2_timeout_ms(const struct lbd_l2 *t)

@@ -1,5 +1,6 @@
-/* The second tier's thread: a bounded write-behind queue of records to SET, and reads (GET) whose
- * records are checked (l2_record.h) before a callback gets them, both against a Redis Cluster
+/* The second tier's thread: a bounded write-behind queue of records to SET (and inputs to add
+ * to the band sets of the fingerprint index), and reads (GET, MGET, SMEMBERS) whose records are
+ * checked (l2_record.h) before a callback gets them, all against a Redis Cluster
  * (l2_cluster.h). Nothing here waits on the network but the tier's own thread: a full queue
  * drops (counted), a node down fails its jobs (counted) and is tried again on the next ones. */
 #ifndef LBD_L2_H
@@ -22,7 +23,7 @@ struct lbd_l2_stats {
 	bool up;                 /* the last command (at first: reading the slot map) reached
 				  * its node */
 	uint64_t queue_bytes, queue_records, fetches_waiting;
-	uint64_t written;        /* records SET */
+	uint64_t written;        /* records SET, and inputs added to their band sets */
 	uint64_t dropped;        /* records not queued: the queue was full */
 	uint64_t write_errors;   /* records whose SET failed (a node down, an error reply) */
 	uint64_t fetched;        /* records read and believed */
@@ -32,9 +33,19 @@ struct lbd_l2_stats {
 };
 
 /* What a read hands its callback, in the tier's thread: the record (valid during the call),
- * or NULL when the key was missing, unreadable or refused. @return whether it took the record:
- * one it did not (the store refused it) counts as rejected, not fetched. */
-typedef bool (*lbd_l2_fetch_fn)(void *ctx, const struct lbd_l2_record *rec);
+ * or NULL when the key was missing, unreadable or refused; last: the read's last call.
+ * @return whether it took the record: one it did not (the store refused it) counts as
+ * rejected, not fetched. */
+typedef bool (*lbd_l2_fetch_fn)(void *ctx, const struct lbd_l2_record *rec, bool last);
+
+/* A read's near terms: when the cluster lacks the key, the nearest input within max_d bits of
+ * fp in the band sets (l2_record.h), of seq_len positions unless any_len, is read instead
+ * (its record, of the layer asked). */
+struct lbd_l2_near {
+	uint64_t fp[4];
+	uint32_t max_d, seq_len;
+	bool any_len;
+};
 
 struct lbd_l2;
 
@@ -47,10 +58,20 @@ void lbd_l2_stop(struct lbd_l2 *t);
  * @return true; false when the queue is full (the record freed, counted as dropped). */
 bool lbd_l2_put(struct lbd_l2 *t, const char *key, uint8_t *record, size_t len);
 
-/* Queue a read of key, checked against want; fn(ctx, record or NULL) runs in the tier's thread.
+/* Queue the input m (of model) into its bands' sets, as a write. @return as lbd_l2_put. */
+bool lbd_l2_index(struct lbd_l2 *t, uint64_t model, const struct lbd_l2_member *m);
+
+/* Queue a read of key, checked against want, ahead of everything else (a lookup may be
+ * waiting); with near (NULL: exact only), the nearest input's record when key is missing.
+ * fn(ctx, record or NULL, true) runs once in the tier's thread.
  * @return true; false when too many reads wait (fn is not called, counted). */
 bool lbd_l2_fetch(struct lbd_l2 *t, const char *key, const struct lbd_l2_want *want,
-		  lbd_l2_fetch_fn fn, void *ctx);
+		  const struct lbd_l2_near *near, lbd_l2_fetch_fn fn, void *ctx);
+/* Queue a read of layers 0..n-1 of input exact, behind the reads of lbd_l2_fetch (which go
+ * ahead of it between its layers) and ahead of the writes: fn once per layer, in order, the last
+ * with last set. @return as lbd_l2_fetch. */
+bool lbd_l2_fetch_layers(struct lbd_l2 *t, uint64_t model, const uint64_t exact[2], uint32_t n,
+			 lbd_l2_fetch_fn fn, void *ctx);
 
 void lbd_l2_stats(struct lbd_l2 *t, struct lbd_l2_stats *out);
 /* A node's answer, at most (cfg.timeout_ms or its default). */

@@ -271,6 +271,55 @@ redisReply *lbd_cluster_command(struct lbd_cluster *c, const void *key, size_t k
 	return NULL;
 }
 
+void lbd_cluster_pipeline(struct lbd_cluster *c, const struct lbd_cluster_cmd *cmd, size_t n,
+			  redisReply **out)
+{
+	char err[256];
+	bool *again = calloc(n ? n : 1, sizeof(*again));
+	memset(out, 0, n * sizeof(*out));
+	if (!again || (!c->mapped && lbd_cluster_refresh(c, err, sizeof(err)) < 0)) {
+		free(again);
+		return;
+	}
+	for (int i = 0; i < c->n; i++) {
+		size_t sent = 0;
+		redisContext *x = NULL;
+		for (size_t k = 0; k < n; k++) {
+			if (c->owner[lbd_cluster_slot(cmd[k].key, cmd[k].keylen)] != i)
+				continue;
+			if (!x && !(x = node_ctx(c, i, err, sizeof(err))))
+				break; /* the node is down: its commands fail */
+			if (redisAppendCommandArgv(x, cmd[k].argc, cmd[k].argv, cmd[k].argvlen) != REDIS_OK)
+				break;
+			sent++;
+		}
+		/* the replies in the order sent; a broken connection fails the rest */
+		for (size_t k = 0; k < n && sent; k++) {
+			if (c->owner[lbd_cluster_slot(cmd[k].key, cmd[k].keylen)] != i)
+				continue;
+			sent--;
+			void *r = NULL;
+			if (redisGetReply(x, &r) != REDIS_OK || !r) {
+				node_drop(&c->node[i]);
+				break;
+			}
+			bool is_ask;
+			if (redirection(c, r, &is_ask) >= 0) {
+				freeReplyObject(r);
+				again[k] = true;
+			} else {
+				out[k] = r;
+			}
+		}
+	}
+	/* what was redirected goes again on its own, which follows the redirection */
+	for (size_t k = 0; k < n; k++)
+		if (again[k])
+			out[k] = lbd_cluster_command(c, cmd[k].key, cmd[k].keylen, cmd[k].argc,
+						     cmd[k].argv, cmd[k].argvlen, err, sizeof(err));
+	free(again);
+}
+
 const char *lbd_cluster_owner(const struct lbd_cluster *c, uint16_t slot)
 {
 	int i = slot < LBD_CLUSTER_SLOTS ? c->owner[slot] : -1;

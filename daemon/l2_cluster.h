@@ -51,6 +51,24 @@ int lbd_cluster_refresh(struct lbd_cluster *c, char *err, size_t errlen);
 redisReply *lbd_cluster_command(struct lbd_cluster *c, const void *key, size_t keylen, int argc,
 				const char **argv, const size_t *argvlen, char *err, size_t errlen);
 
+/* One command of a pipeline: argv[0..argc) for the node that owns key. */
+struct lbd_cluster_cmd {
+	const void *key;
+	size_t keylen;
+	int argc;
+	const char **argv;
+	const size_t *argvlen;
+};
+
+/*
+ * cmd[0..n) pipelined: each node's commands sent at once, then their replies read, one round trip
+ * a node rather than one a command. A reply that redirects (MOVED, ASK) is sent again on its own
+ * by lbd_cluster_command, which follows it. out[k]: cmd[k]'s reply (freeReplyObject), or NULL
+ * when it failed (its slot without owner, its node down or its connection broken).
+ */
+void lbd_cluster_pipeline(struct lbd_cluster *c, const struct lbd_cluster_cmd *cmd, size_t n,
+			  redisReply **out);
+
 /* "host:port" of the node that owns slot now ("" when none), for tests and the tier's stats. */
 const char *lbd_cluster_owner(const struct lbd_cluster *c, uint16_t slot);
 

@@ -53,6 +53,33 @@ size_t lbd_l2_key_layer(char *out, uint64_t model, const uint64_t exact[2], uint
 				"}:%" PRIu32, model, exact[1], exact[0], layer);
 }
 
+size_t lbd_l2_key_band(char *out, uint64_t model, uint32_t band, uint32_t value)
+{
+	return (size_t)snprintf(out, LBD_L2_KEY_MAX, "lb2:{%016" PRIx64 ":f:%02" PRIx32 ":%04" PRIx32
+				"}", model, band, value);
+}
+
+void lbd_l2_member_encode(uint8_t out[LBD_L2_MEMBER], const struct lbd_l2_member *m)
+{
+	put(out, m->exact[0], 8);
+	put(out + 8, m->exact[1], 8);
+	for (int w = 0; w < 4; w++)
+		put(out + 16 + 8 * w, m->fp[w], 8);
+	put(out + 48, m->seq_len, 4);
+}
+
+int lbd_l2_member_decode(const uint8_t *buf, size_t len, struct lbd_l2_member *m)
+{
+	if (!buf || len != LBD_L2_MEMBER)
+		return -EBADMSG;
+	m->exact[0] = get(buf, 8);
+	m->exact[1] = get(buf + 8, 8);
+	for (int w = 0; w < 4; w++)
+		m->fp[w] = get(buf + 16 + 8 * w, 8);
+	m->seq_len = (uint32_t)get(buf + 48, 4);
+	return 0;
+}
+
 size_t lbd_l2_key_block(char *out, uint64_t model, const uint64_t key[2])
 {
 	return (size_t)snprintf(out, LBD_L2_KEY_MAX, "lb2:{%016" PRIx64 ":%016" PRIx64 "%016" PRIx64

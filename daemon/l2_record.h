@@ -47,6 +47,33 @@ bool lbd_l2_layer_fits(const struct lbp_register_model *d, uint32_t seq_len,
 size_t lbd_l2_key_layer(char *out, uint64_t model, const uint64_t exact[2], uint32_t layer);
 size_t lbd_l2_key_block(char *out, uint64_t model, const uint64_t key[2]);
 
+/*
+ * The fingerprint index in the cluster (PROTOCOL.md, "Second tier", 5): the deepest layer's
+ * inputs by band. A 256-bit fingerprint is LBD_L2_BANDS bands of 16 bits; an input is a member
+ * of the set "lb2:{MODEL:f:BB:VVVV}" of each band BB (2 hex digits) and its value there VVVV (4);
+ * two fingerprints fewer than LBD_L2_BANDS bits apart share a band's value (pigeonhole), so the
+ * union of a query's sets holds every input within 15 bits, and most further ones.
+ * A member is 52 bytes: the input's exact key, its fingerprint and seq_len, little-endian.
+ */
+#define LBD_L2_BANDS 16u
+#define LBD_L2_MEMBER 52u
+
+struct lbd_l2_member {
+	uint64_t exact[2];
+	uint64_t fp[4];
+	uint32_t seq_len;
+};
+
+/* Band b's value of fp. */
+static inline uint32_t lbd_l2_band(const uint64_t fp[4], uint32_t b)
+{
+	return (uint32_t)(fp[b / 4] >> (16 * (b % 4))) & 0xffffu;
+}
+size_t lbd_l2_key_band(char *out, uint64_t model, uint32_t band, uint32_t value);
+void lbd_l2_member_encode(uint8_t out[LBD_L2_MEMBER], const struct lbd_l2_member *m);
+/* @return 0, -EBADMSG for anything but LBD_L2_MEMBER bytes. */
+int lbd_l2_member_decode(const uint8_t *buf, size_t len, struct lbd_l2_member *m);
+
 /* The record of a layer entry (tokens: NULL, or h->n_tokens ids) or of a block, malloc'd, its
  * length in *len. @return it; NULL when there is no memory. */
 uint8_t *lbd_l2_encode_layer(uint64_t model, uint32_t layer, uint32_t seq_len,

@@ -10,9 +10,12 @@
 #include "store.h"
 
 struct fetch {
+	struct lbd_l2 *t;
 	struct lbd_store *st;
 	uint32_t model_id;
-	uint64_t claim; /* the store's claim on the input, ended when the fetch is */
+	uint64_t claim; /* the store's claim on the input, ended when the fetch is; 0: none */
+	bool miss;      /* the miss's read (else the other layers') */
+	uint64_t exact[2]; /* the input missed */
 	struct lbp_register_model d;
 };
 
@@ -32,8 +35,12 @@ static void put_layer(void *ctx, const struct lbp_register_model *d, const struc
 	uint64_t m = lbd_l2_model_hash(d);
 	uint8_t *rec = lbd_l2_encode_layer(m, r->layer, r->seq_len, h, data, tokens, &len);
 	lbd_l2_key_layer(key, m, h->exact, r->layer);
-	if (rec)
-		lbd_l2_put(a->t, key, rec, len);
+	if (rec && lbd_l2_put(a->t, key, rec, len) && r->layer + 1u == d->n_layers) {
+		/* the deepest layer: what a near lookup elsewhere starts from */
+		struct lbd_l2_member mb = { { h->exact[0], h->exact[1] },
+					    { h->fp[0], h->fp[1], h->fp[2], h->fp[3] }, r->seq_len };
+		lbd_l2_index(a->t, m, &mb);
+	}
 }
 
 static void put_block(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
@@ -49,11 +56,10 @@ static void put_block(void *ctx, const struct lbp_register_model *d, const struc
 		lbd_l2_put(a->t, key, rec, len);
 }
 
-/* A checked record into the store, as the client that made it inserted it. @return whether
- * the store took it (or held the entry already). */
-static bool fetched(void *ctx, const struct lbd_l2_record *rec)
+/* A checked record into the store, as the client that made it inserted it. @return whether the
+ * store took it (or held the entry already). */
+static bool insert(const struct fetch *f, const struct lbd_l2_record *rec)
 {
-	struct fetch *f = ctx;
 	bool took = false;
 	if (rec && rec->kind == LBD_L2_LAYER && lbd_l2_layer_fits(&f->d, rec->seq_len, &rec->ins)) {
 		uint64_t body = rec->ins.n_tokens ? lb_tokens_off(rec->ins.bytes) +
@@ -76,13 +82,43 @@ static bool fetched(void *ctx, const struct lbd_l2_record *rec)
 			free(buf);
 		}
 	}
-	lbd_store_tier_done(f->st, f->claim);
-	free(f);
+	return took;
+}
+
+/*
+ * What a read brought into the store. After a miss's deepest layer, a read of the input's other
+ * layers, which a partial reuse aligns with: in the background for the input missed (its whole
+ * hit needs the deepest only), before the claim ends for a near input (the lookups held for it
+ * reuse it partially). The claim ends when nothing more is read for it.
+ */
+static bool fetched(void *ctx, const struct lbd_l2_record *rec, bool last)
+{
+	struct fetch *f = ctx;
+	bool took = insert(f, rec);
+	uint64_t claim = f->claim;
+	if (f->miss && took && rec->layer + 1 == f->d.n_layers && rec->layer > 0) {
+		bool near = rec->ins.exact[0] != f->exact[0] || rec->ins.exact[1] != f->exact[1];
+		struct fetch *rest = malloc(sizeof(*rest));
+		if (rest) {
+			*rest = *f;
+			rest->miss = false;
+			rest->claim = near ? claim : 0;
+			if (lbd_l2_fetch_layers(f->t, lbd_l2_model_hash(&f->d), rec->ins.exact,
+						rec->layer, fetched, rest))
+				claim = rest->claim ? 0 : claim; /* handed over */
+			else
+				free(rest);
+		}
+	}
+	if (claim && (f->miss || last))
+		lbd_store_tier_done(f->st, claim);
+	if (last)
+		free(f);
 	return took;
 }
 
 static void miss(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
-		 const struct lb_query *q, uint32_t layer, uint64_t claim)
+		 const struct lb_query *q, uint32_t layer, uint32_t max_d, uint64_t claim)
 {
 	struct attach *a = ctx;
 	struct fetch *f = malloc(sizeof(*f));
@@ -90,12 +126,17 @@ static void miss(void *ctx, const struct lbp_register_model *d, const struct lb_
 		lbd_store_tier_done(a->st, claim);
 		return;
 	}
-	*f = (struct fetch){ a->st, r->model_id, claim, *d };
+	*f = (struct fetch){ a->t, a->st, r->model_id, claim, true, { q->exact[0], q->exact[1] },
+			     *d };
 	char key[LBD_L2_KEY_MAX];
 	uint64_t m = lbd_l2_model_hash(d);
 	lbd_l2_key_layer(key, m, q->exact, layer);
 	struct lbd_l2_want w = { m, LBD_L2_LAYER, { q->exact[0], q->exact[1] }, layer };
-	if (!lbd_l2_fetch(a->t, key, &w, fetched, f)) {
+	/* a near input may serve a lookup of the deepest layer, as in the bank */
+	struct lbd_l2_near near = { { q->fp[0], q->fp[1], q->fp[2], q->fp[3] }, max_d, r->seq_len,
+				    (r->flags & LB_REQ_ANY_LEN) != 0 };
+	bool deepest = r->opcode == LB_OP_LOOKUP_DEEPEST && max_d > 0;
+	if (!lbd_l2_fetch(a->t, key, &w, deepest ? &near : NULL, fetched, f)) {
 		lbd_store_tier_done(a->st, claim);
 		free(f);
 	}

@@ -64,9 +64,10 @@ struct lbd_store;
  * A miss is asked of the tier once per input at a time: the store claims the input for the tier
  * (single-flight, PROTOCOL.md Ring protocol 15) for at most claim_us, so that lookups which may
  * wait are held until the fetch ends, as for a client computing it, and other misses of the
- * input do not fetch it again. The hook gets the claim, and the tier ends it with
- * lbd_store_tier_done once what it fetched (if anything) is inserted; a hook that cannot queue
- * the fetch ends it at once.
+ * input do not fetch it again. The hook gets the layer to read, the lookup's fingerprint radius
+ * (max_d: a near input's entry may serve it, as in the bank) and the claim, and the tier ends it
+ * with lbd_store_tier_done once what it fetched (if anything) is inserted; a hook that cannot
+ * queue the fetch ends it at once.
  */
 struct lbd_store_tier {
 	void *ctx;
@@ -76,7 +77,7 @@ struct lbd_store_tier {
 	void (*put_block)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
 			  const struct lb_block_hdr *h, const uint8_t *data);
 	void (*miss)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
-		     const struct lb_query *q, uint32_t layer, uint64_t claim);
+		     const struct lb_query *q, uint32_t layer, uint32_t max_d, uint64_t claim);
 };
 
 /* The tier's fetch of a miss ended (the claim the miss hook got): lookups held for it are served

@@ -165,8 +165,8 @@ static int lookup_hit(struct lbd_store *st, struct lbd_leases *ls, struct bank *
 
 /*
  * Single-flight before the lookup (PROTOCOL.md, Ring protocol 15): another client's live claim
- * on the input holds the request while it may wait (true), else makes the answer BUSY. *claim:
- * the live claim on the input, whoever holds it, or NONE.
+ * on the input holds the request while it may wait for it (true: WAIT for a client's claim,
+ * TIER for the second tier's), else makes the answer BUSY. *claim: the live claim on the input, whoever holds it, or NONE.
  */
 static bool sf_hold(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
 		    const struct lb_req *r, const struct lb_query *q, struct lbd_hold *hold,
@@ -178,8 +178,9 @@ static bool sf_hold(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
 	/* A client that holds a live claim is not held: two clients each waiting for the other's
 	 * claim would be freed by their bounds only. (Live: not past the latest bound of the claims
 	 * it holds. One past its bound holds nobody, so its holder may wait again.) */
-	if ((r->flags & LB_REQ_WAIT) && hold && now < hold->wait_until &&
-	    now >= ls->claims_until) {
+	bool tier = st->cl[*claim].owner == &st->tier_leases;
+	bool may = r->flags & (tier ? LB_REQ_TIER : LB_REQ_WAIT);
+	if (may && hold && now < hold->wait_until && now >= ls->claims_until) {
 		uint64_t end = st->cl[*claim].deadline_ns;
 		hold->wake_ns = end < hold->wait_until ? end : hold->wait_until;
 		hold->seq = atomic_load_explicit(&st->claim_seq, memory_order_relaxed);
@@ -210,7 +211,7 @@ static void sf_claim(struct lbd_store *st, struct lbd_leases *ls, struct bank *b
 /* A miss asked of the second tier (lbd_store_tier), after the lock is let go. */
 struct tier_ask {
 	bool on;
-	uint32_t layer;
+	uint32_t layer, max_d;
 	uint64_t claim;
 	struct lbp_register_model d;
 };
@@ -286,7 +287,7 @@ bool lbd_store_lookup_sf(struct lbd_store *st, struct lbd_leases *ls, const stru
 out:
 	store_unlock(st);
 	if (ask.on)
-		st->tier.miss(st->tier.ctx, &ask.d, r, q, ask.layer, ask.claim);
+		st->tier.miss(st->tier.ctx, &ask.d, r, q, ask.layer, max_d, ask.claim);
 	return held;
 }
 

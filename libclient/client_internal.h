@@ -92,6 +92,7 @@ struct lb_client {
 	uint64_t lem_tok_ns;         /* lb_lem_run: computing a layer for a token took (0: not known) */
 	bool sflight_off;            /* the daemon refused single-flight's flags (-EINVAL) */
 	bool any_len_off;            /* ... LB_REQ_ANY_LEN (-EINVAL) */
+	bool tier_off;               /* ... LB_REQ_TIER (-EINVAL) */
 	bool unrung;                 /* requests pushed without ringing the doorbell (lbi_wake) */
 	bool tokens_off;             /* ... inserts with token ids (-EINVAL) */
 	/* The single-flight fields of the last LOOKUP_DEEPEST completion that had any, taken by

@@ -365,7 +365,8 @@ LB_EXPORT int lb_lookup_sflight(struct lb_client *c, uint32_t model_id, const st
 	_Static_assert(LB_SFLIGHT_CLAIM == LB_REQ_CLAIM && LB_SFLIGHT_WAIT == LB_REQ_WAIT &&
 			       LB_SFLIGHT_WAITED == LB_CPL_WAITED && LB_SFLIGHT_BUSY == LB_CPL_BUSY,
 		       "the API's flags are the ring's");
-	_Static_assert(LB_LOOKUP_ANY_LEN == LB_REQ_ANY_LEN, "the API's flag is the ring's");
+	_Static_assert(LB_LOOKUP_ANY_LEN == LB_REQ_ANY_LEN && LB_SFLIGHT_TIER == LB_REQ_TIER,
+		       "the API's flags are the ring's");
 	bool sfl = flags & LB_REQ_SFLIGHT;
 	if (!hit || !sf || !flags || (flags & ~(uint32_t)(LB_REQ_SFLIGHT | LB_REQ_ANY_LEN)) ||
 	    (sfl ? !bound_us || bound_us > LB_SFLIGHT_MAX_US : bound_us != 0))

@@ -22,6 +22,12 @@
  * releases its waiters at once, and one that finishes releases them when it does. */
 #define SF_BOUND_FACTOR 4u
 #define SF_BOUND_MARGIN_NS 50000000ull
+/* A lookup waits for the daemon's second tier (LB_SFLIGHT_TIER) when computing the input would
+ * take at least this long by what computing took recently: a fetch from the cluster takes
+ * 1-4 ms on a loaded host (layerbank-bench l2: a BERT-base entry, 128 x 768 floats), so a model
+ * cheaper than that loses by waiting (stories260K, well under 1 ms a request), while BERT-base
+ * (over 30 ms) gains. Unknown (no run timed yet): no wait. */
+#define LEM_TIER_MIN_NS 10000000ull
 
 /* One run's view of the cache: c stays NULL once any call failed (see lb_lem_run). */
 struct lem {
@@ -200,6 +206,9 @@ static int lem_lookup_call(struct lem *m, uint32_t n)
 		if (!(cfg->flags & LB_LEM_NO_SFLIGHT) && !m->c->sflight_off && !m->c->pump) {
 			flags = LB_SFLIGHT_WAIT | (lem_inserts(cfg) ? LB_SFLIGHT_CLAIM : 0);
 			bound = lem_sf_bound_us(m, n);
+			if (!m->c->tier_off &&
+			    m->client->lem_tok_ns * n * cfg->n_layers >= LEM_TIER_MIN_NS)
+				flags |= LB_SFLIGHT_TIER;
 		}
 		if (m->rows && !m->c->any_len_off)
 			flags |= LB_LOOKUP_ANY_LEN;
@@ -218,7 +227,9 @@ static int lem_lookup_call(struct lem *m, uint32_t n)
 		}
 		/* A daemon that predates a flag refuses it (our arguments are checked): without
 		 * it from now on, until a reconnection. */
-		if (flags & LB_LOOKUP_ANY_LEN)
+		if (flags & LB_SFLIGHT_TIER)
+			m->c->tier_off = true;
+		else if (flags & LB_LOOKUP_ANY_LEN)
 			m->c->any_len_off = true;
 		else
 			m->c->sflight_off = true;

@@ -192,6 +192,33 @@ static void test_keys_spread_over_the_masters(void **state)
 		assert_int_equal(cli(cl.port[i], out, sizeof(out), "DBSIZE", NULL), 0);
 		assert_true(atoi(out) > 50); /* about a third each */
 	}
+	/* the same keys read back in one pipeline, a missing one among them: replies in order */
+	enum { P = 40 };
+	char pk[P][32];
+	const char *argv[P][2];
+	size_t len[P][2];
+	struct lbd_cluster_cmd pc[P];
+	redisReply *rep[P];
+	for (int i = 0; i < P; i++) {
+		snprintf(pk[i], sizeof(pk[i]), i == 17 ? "none:%d" : "k:%d", i * 7);
+		argv[i][0] = "GET";
+		argv[i][1] = pk[i];
+		len[i][0] = 3;
+		len[i][1] = strlen(pk[i]);
+		pc[i] = (struct lbd_cluster_cmd){ pk[i], len[i][1], 2, argv[i], len[i] };
+	}
+	lbd_cluster_pipeline(c, pc, P, rep);
+	for (int i = 0; i < P; i++) {
+		assert_non_null(rep[i]);
+		if (i == 17) {
+			assert_int_equal(rep[i]->type, REDIS_REPLY_NIL);
+		} else {
+			snprintf(val, sizeof(val), "v%d", i * 7 * 7);
+			assert_int_equal(rep[i]->type, REDIS_REPLY_STRING);
+			assert_string_equal(rep[i]->str, val);
+		}
+		freeReplyObject(rep[i]);
+	}
 	lbd_cluster_free(c);
 }
 
@@ -253,9 +280,10 @@ struct got {
 	size_t bytes;
 };
 
-static bool on_fetch(void *ctx, const struct lbd_l2_record *rec)
+static bool on_fetch(void *ctx, const struct lbd_l2_record *rec, bool last)
 {
 	struct got *g = ctx;
+	assert_true(last);
 	g->calls++;
 	if (rec) {
 		g->hits++;
@@ -305,7 +333,7 @@ static void test_tier_writes_behind_and_reads_through(void **state)
 	for (int i = 0; i < 60; i++) {
 		uint8_t *r = record_of(m, i, key, &len, &w);
 		free(r);
-		assert_true(lbd_l2_fetch(t, key, &w, on_fetch, &g[i]));
+		assert_true(lbd_l2_fetch(t, key, &w, NULL, on_fetch, &g[i]));
 	}
 	assert_true(lbd_l2_drain(t, 10000));
 	lbd_l2_stats(t, &st);
@@ -324,12 +352,12 @@ static void test_tier_writes_behind_and_reads_through(void **state)
 	struct got miss = { 0 }, other = { 0 }, junk = { 0 };
 	uint8_t *r = record_of(m, 999, key, &len, &w);
 	free(r);
-	assert_true(lbd_l2_fetch(t, key, &w, on_fetch, &miss));
+	assert_true(lbd_l2_fetch(t, key, &w, NULL, on_fetch, &miss));
 	r = record_of(m + 1, 1000, key, &len, &w);
 	assert_true(lbd_l2_put(t, key, r, len));
 	assert_true(lbd_l2_drain(t, 10000)); /* reads go first: the write lands before the read */
 	w.model = m;
-	assert_true(lbd_l2_fetch(t, key, &w, on_fetch, &other));
+	assert_true(lbd_l2_fetch(t, key, &w, NULL, on_fetch, &other));
 	struct lbd_cluster *c = lbd_cluster_new(seeds, 500, err, sizeof(err));
 	r = record_of(m, 1001, key, &len, &w);
 	r[LBD_L2_PREAMBLE + 100] ^= 1; /* a bit of the data */
@@ -340,7 +368,7 @@ static void test_tier_writes_behind_and_reads_through(void **state)
 	freeReplyObject(rep);
 	free(r);
 	lbd_cluster_free(c);
-	assert_true(lbd_l2_fetch(t, key, &w, on_fetch, &junk));
+	assert_true(lbd_l2_fetch(t, key, &w, NULL, on_fetch, &junk));
 	assert_true(lbd_l2_drain(t, 10000));
 	assert_int_equal(miss.calls + other.calls + junk.calls, 3);
 	assert_int_equal(miss.hits + other.hits + junk.hits, 0);
@@ -488,7 +516,7 @@ static int lookup_waiting(struct lb_client *c, uint32_t model, const struct lb_k
 	struct lb_sflight sf;
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	int rc = lb_lookup_sflight(c, model, key, NULL, 0, LB_SFLIGHT_WAIT, 2000000, &hit, &sf);
+	int rc = lb_lookup_sflight(c, model, key, NULL, 0, LB_SFLIGHT_WAIT | LB_SFLIGHT_TIER, 2000000, &hit, &sf);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	*ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
 	if (flags)
@@ -568,8 +596,26 @@ static void test_two_hosts_share_through_the_tier(void **state)
 		if (!in_cluster(c, rkey))
 			fail_msg("input %d never reached the cluster (log %s)", i, la);
 	}
-	/* host b hits each on its first lookup, held while its daemon fetched it */
-	for (int i = 0; i < N; i++) {
+	/* without LB_SFLIGHT_TIER a lookup is not held for the tier, even one that would wait for a
+	 * client's claim: a miss at once, and the fetch it started serves the next lookup */
+	{
+		struct lb_hit hit;
+		struct lb_sflight sf;
+		assert_int_equal(lb_lookup_sflight(cb, mb, &key[0], NULL, 0, LB_SFLIGHT_WAIT, 2000000,
+						   &hit, &sf), -ENOENT);
+		assert_false(sf.flags & LB_SFLIGHT_WAITED);
+		int rc = -ENOENT;
+		for (int w = 0; w < 200 && rc == -ENOENT; w++) {
+			rc = lb_lookup_deepest(cb, mb, &key[0], NULL, 0, &hit);
+			if (rc == -ENOENT)
+				usleep(10000);
+		}
+		assert_int_equal(rc, 0);
+		assert_true(((const float *)hit.data)[7] == value_of(0, 7));
+		assert_int_equal(lb_release(cb, hit.lease), 0);
+	}
+	/* with it, host b hits each on its first lookup, held while its daemon fetched it */
+	for (int i = 1; i < N; i++) {
 		double ms;
 		uint32_t flags;
 		assert_int_equal(lookup_waiting(cb, mb, &key[i], i, &ms, &flags), 0);
@@ -578,6 +624,65 @@ static void test_two_hosts_share_through_the_tier(void **state)
 		assert_int_equal(lookup_waiting(cb, mb, &key[i], i, &ms, &flags), 0);
 		assert_false(flags & LB_SFLIGHT_WAITED); /* now local */
 	}
+
+	/* a near input: host b looks up y, 3 fingerprint bits from x (other tokens), which host a
+	 * inserted with its lower layers; x's deepest layer comes through the band sets and serves
+	 * y at distance 3, x's other layers (what a partial reuse aligns with) already there */
+	struct lb_key x, y;
+	char band[LBD_L2_KEY_MAX];
+	input_on(c, m, 0, &n, &x, tok, rkey);
+	for (int l = 0; l < 3; l++) {
+		float *lo = lb_insert_reserve(ca, 8 * 32 * 4);
+		assert_non_null(lo);
+		for (int k = 0; k < 8 * 32; k++)
+			lo[k] = (float)(l * 10 + k);
+		struct lb_shape shape = { LB_DTYPE_F32, 2, { 8, 32 } };
+		assert_int_equal(lb_insert_commit(ca, ma, (uint32_t)l, &x, &shape), 0);
+	}
+	insert_input(ca, ma, &x, 50);
+	/* the record, and its last band on a live master (master 2 is dead by now) */
+	for (uint32_t k = LBD_L2_BANDS; k-- > 0;) {
+		lbd_l2_key_band(band, m, k, lbd_l2_band(x.fp, k));
+		if (master_of(lbd_cluster_owner(c, lbd_cluster_slot(band, strlen(band)))) != 2)
+			break;
+	}
+	for (int w = 0; w < 500 && !(in_cluster(c, rkey) && in_cluster(c, band)); w++)
+		usleep(10000);
+	assert_true(in_cluster(c, rkey) && in_cluster(c, band));
+	y = x;
+	for (int t = 0; t < 8; t++)
+		tok[t] = -1 - t;
+	lb_token_hash(tok, 8, y.exact);
+	y.fp[0] ^= 1ull << 3;
+	y.fp[1] ^= 1ull << 6;
+	y.fp[3] ^= 1ull << 63;
+	struct lb_stats before, after;
+	assert_int_equal(lb_stats(cb, &before, sizeof(before)), 0);
+	{
+		struct lb_hit hit;
+		struct lb_sflight sf;
+		assert_int_equal(lb_lookup_sflight(cb, mb, &y, NULL, 0, LB_SFLIGHT_WAIT | LB_SFLIGHT_TIER, 2000000,
+						   &hit, &sf), 0);
+		assert_true(sf.flags & LB_SFLIGHT_WAITED);
+		assert_int_equal(hit.layer, 3);
+		assert_int_equal(hit.hamming, 3);
+		for (int k = 0; k < 8 * 32; k++)
+			assert_true(((const float *)hit.data)[k] == value_of(50, k));
+		assert_int_equal(lb_release(cb, hit.lease), 0);
+	}
+	for (int l = 0; l < 3; l++) {
+		struct lb_hit hit;
+		assert_int_equal(lb_lookup(cb, mb, (uint32_t)l, &x, NULL, 0, &hit), 0);
+		assert_int_equal(hit.hamming, 0);
+		assert_true(((const float *)hit.data)[5] == (float)(l * 10 + 5));
+		assert_int_equal(lb_release(cb, hit.lease), 0);
+	}
+	do {
+		usleep(10000);
+		assert_int_equal(lb_stats(cb, &after, sizeof(after)), 0);
+	} while (after.l2_fetched < before.l2_fetched + 4 && after.uptime_s < before.uptime_s + 10);
+	assert_int_equal(after.l2_fetched, before.l2_fetched + 4); /* layer 3, then 0..2 */
+	assert_int_equal(after.l2_fetch_misses, before.l2_fetch_misses + 0);
 
 	/* garbage, and a well-formed record of a shape not the model's: misses, never served */
 	struct lb_key bad[2];
@@ -601,7 +706,7 @@ static void test_two_hosts_share_through_the_tier(void **state)
 			double ms;
 			struct lb_hit hit;
 			struct lb_sflight sf;
-			int rc = lb_lookup_sflight(cb, mb, &bad[g], NULL, 0, LB_SFLIGHT_WAIT, 2000000,
+			int rc = lb_lookup_sflight(cb, mb, &bad[g], NULL, 0, LB_SFLIGHT_WAIT | LB_SFLIGHT_TIER, 2000000,
 						   &hit, &sf);
 			if (rc == 0)
 				fail_msg("garbage %d served: layer %d, shape %u x %u, hamming %u", g,
@@ -649,15 +754,20 @@ static void test_two_hosts_share_through_the_tier(void **state)
 		usleep(10000);
 		assert_int_equal(lb_stats(ca, &sta, sizeof(sta)), 0);
 	}
+	/* a read is counted once its callback returned, after the lookup it served may have */
 	assert_int_equal(lb_stats(cb, &stb, sizeof(stb)), 0);
+	for (int w = 0; w < 200 && stb.l2_fetch_errors < 3; w++) {
+		usleep(10000);
+		assert_int_equal(lb_stats(cb, &stb, sizeof(stb)), 0);
+	}
 	printf("host a: tier %s, %llu written, %llu write errors; host b: %llu fetched, %llu "
 	       "missing, %llu rejected, %llu failed\n", sta.l2,
 	       (unsigned long long)sta.l2_written, (unsigned long long)sta.l2_write_errors,
 	       (unsigned long long)stb.l2_fetched, (unsigned long long)stb.l2_fetch_misses,
 	       (unsigned long long)stb.l2_rejected, (unsigned long long)stb.l2_fetch_errors);
-	assert_true(sta.l2_written >= N + 1);
+	assert_true(sta.l2_written >= N + 5); /* the inputs, x and its 3 lower layers, live */
 	assert_true(sta.l2_write_errors >= 1);   /* the input on the dead master */
-	assert_true(stb.l2_fetched >= N + 1);    /* N, and the one on the live master */
+	assert_true(stb.l2_fetched >= N + 5);    /* N, x's 4 layers, the one on the live master */
 	assert_int_equal(stb.l2_rejected, 4);    /* garbage, the wrong shape: two lookups each */
 	assert_true(stb.l2_fetch_errors >= 3);   /* the dead master's, once per lookup */
 	assert_int_equal(stb.l2_written, 0);     /* what it fetched is not written back */

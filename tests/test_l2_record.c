@@ -179,12 +179,48 @@ static void test_model_hash_and_keys(void **state)
 	assert_string_equal(k1, "lb2:{000000000000feed:00000000000000020000000000000001}:b");
 }
 
+/* The fingerprint index's bands and members (PROTOCOL.md, Second tier, 5). */
+static void test_bands_and_members(void **state)
+{
+	(void)state;
+	const uint64_t fp[4] = { 0x0123456789abcdefull, 0xfedcba9876543210ull, 0, ~0ull };
+	assert_int_equal(lbd_l2_band(fp, 0), 0xcdef);
+	assert_int_equal(lbd_l2_band(fp, 3), 0x0123);
+	assert_int_equal(lbd_l2_band(fp, 4), 0x3210);
+	assert_int_equal(lbd_l2_band(fp, 8), 0);
+	assert_int_equal(lbd_l2_band(fp, 15), 0xffff);
+	char key[LBD_L2_KEY_MAX];
+	lbd_l2_key_band(key, 0xabcull, 15, 0x3210);
+	assert_string_equal(key, "lb2:{0000000000000abc:f:0f:3210}");
+	/* fewer than LBD_L2_BANDS bits apart: some band's value is the same */
+	uint64_t near[4] = { fp[0], fp[1], fp[2], fp[3] };
+	for (uint32_t b = 0; b + 1 < LBD_L2_BANDS; b++)
+		near[b / 4] ^= 1ull << (16 * (b % 4) + b);
+	int shared = 0;
+	for (uint32_t b = 0; b < LBD_L2_BANDS; b++)
+		shared += lbd_l2_band(fp, b) == lbd_l2_band(near, b);
+	assert_int_equal(shared, 1);
+
+	struct lbd_l2_member m = { { 1, 2 }, { fp[0], fp[1], fp[2], fp[3] }, 77 }, back;
+	uint8_t buf[LBD_L2_MEMBER + 1];
+	lbd_l2_member_encode(buf, &m);
+	assert_int_equal(lbd_l2_member_decode(buf, LBD_L2_MEMBER, &back), 0);
+	assert_memory_equal(back.exact, m.exact, sizeof(m.exact)); /* not the struct: padding */
+	assert_memory_equal(back.fp, m.fp, sizeof(m.fp));
+	assert_int_equal(back.seq_len, 77);
+	assert_int_equal(buf[0], 1); /* little-endian */
+	assert_int_equal(lbd_l2_member_decode(buf, LBD_L2_MEMBER - 1, &back), -EBADMSG);
+	assert_int_equal(lbd_l2_member_decode(buf, LBD_L2_MEMBER + 1, &back), -EBADMSG);
+	assert_int_equal(lbd_l2_member_decode(NULL, LBD_L2_MEMBER, &back), -EBADMSG);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_round_trips),
 		cmocka_unit_test(test_bad_records_are_refused),
 		cmocka_unit_test(test_model_hash_and_keys),
+		cmocka_unit_test(test_bands_and_members),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

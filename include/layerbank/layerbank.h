@@ -539,6 +539,15 @@ void lb_set_wait_us(struct lb_client *c, uint32_t us);
  */
 #define LB_SFLIGHT_CLAIM 1u
 #define LB_SFLIGHT_WAIT 2u
+/*
+ * LB_SFLIGHT_TIER: when the cache misses and the daemon has a second tier (layerbankd --l2), the
+ *   daemon fetches the input (or the nearest input within the lookup's radius) from it; the
+ *   lookup is held until that fetch ends, within bound_us, and answered from what it brought:
+ *   an input another host computed, here on the first lookup. Without the flag the fetch still
+ *   runs and serves the lookups that come after. Worth it when computing the input costs more
+ *   than a fetch (PROTOCOL.md, "Second tier" 4, has the figures); lb_lem_run sets it so.
+ */
+#define LB_SFLIGHT_TIER 16u
 #define LB_SFLIGHT_MAX_US 10000000u
 /*
  * Also a flag of lb_lookup_sflight, alone or with the others (PROTOCOL.md, Ring protocol 16):

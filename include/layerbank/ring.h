@@ -75,7 +75,10 @@ enum lb_op {
  */
 #define LB_REQ_CLAIM 0x01u /* a miss of an input nobody computes: claim it (cpl.claim) */
 #define LB_REQ_WAIT 0x02u  /* another client claims the input: hold the lookup until it ends */
-#define LB_REQ_SFLIGHT (LB_REQ_CLAIM | LB_REQ_WAIT)
+/* the daemon fetches the input from its second tier: hold the lookup until that ends
+ * (PROTOCOL.md, Second tier, 4) */
+#define LB_REQ_TIER 0x10u
+#define LB_REQ_SFLIGHT (LB_REQ_CLAIM | LB_REQ_WAIT | LB_REQ_TIER)
 /* LOOKUP_DEEPEST and LOOKUP (PROTOCOL.md, Ring protocol 16): a cached input of another length may
  * answer, if the entry found carries its token ids (for the client to align them with its own);
  * without the flag only an input of seq_len tokens does. */
