@@ -252,6 +252,10 @@ uint32_t lbb_blockset_reusable(const struct lbb_blockset *s, const int32_t *toke
 
 /* ---- the benchmarks, one file each ---- */
 
+/* layerbank-bench l2 (argv[0] "l2"): the second tier on a Redis Cluster, bench_l2.c.
+ * @return the exit status: 0, 1 run-time failure, 2 bad options. */
+int bench_l2_main(int argc, char **argv);
+
 /* layerbank-bench ring (argv[0] "ring"): bench_ring.c. @return the exit status: 0, 1, 2. */
 int bench_ring_main(int argc, char **argv);
 

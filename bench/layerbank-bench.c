@@ -44,6 +44,8 @@ int main(int argc, char **argv)
 		return bench_flush_main(argc - 1, argv + 1);
 	if (argc >= 2 && strcmp(argv[1], "churn") == 0)
 		return bench_churn_main(argc - 1, argv + 1);
+	if (argc >= 2 && strcmp(argv[1], "l2") == 0)
+		return bench_l2_main(argc - 1, argv + 1);
 	fprintf(stderr, "usage: layerbank-bench ring [--json] [--iters N] [--no-index]\n"
 			"       layerbank-bench kernels [--json] [--only gemm,ops,bert,stories]\n"
 			"       layerbank-bench rows [--json] [--reps N] [--only bert-base|llama-110m]\n"
@@ -58,6 +60,7 @@ int main(int argc, char **argv)
 			"       layerbank-bench python [--iters N] [--json]\n"
 			"       layerbank-bench snapshot [--arena-size SIZE] [--dir DIR] [--json]\n"
 			"       layerbank-bench flush [--entries N] [--json]\n"
-			"       layerbank-bench churn [--json]\n");
+			"       layerbank-bench churn [--json]\n"
+			"       layerbank-bench l2 [--json] [--entries N] [--requests N] [--seed S]\n");
 	return 2;
 }
