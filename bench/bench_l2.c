@@ -106,6 +106,7 @@ struct entry_figs {
 	double l2_hit_us, l2_hit_p90_us; /* the tier idle */
 	double l2_busy_us;               /* back to back: behind the lower layers still read */
 	double local_hit_us, recompute_us;
+	double write_mb_s;               /* host 1's records written behind, paced per input */
 };
 
 /* Host c's fetched records, once they reach at least n (or 10 s passed). */
@@ -177,6 +178,7 @@ static void entry_figures(int n, struct entry_figs *f)
 	if (!key)
 		lbb_die(NAME, "malloc", ENOMEM);
 	uint64_t s = 0x12;
+	double t_write = lbb_now_s();
 	for (int e = 0; e < 2 * n; e++) { /* every layer inserted, as a worker does */
 		for (int i = 0; i < BERT_TOKENS; i++)
 			tok[i] = (int32_t)(lbu_splitmix64(&s) % 512);
@@ -198,6 +200,8 @@ static void entry_figures(int n, struct entry_figs *f)
 		 * each layer's record, and the input in its band sets */
 		wait_written(c1, (uint64_t)(e + 1) * (BERT_LAYERS + 1));
 	}
+	f->write_mb_s = 2.0 * n * BERT_LAYERS * (double)(rows * sizeof(float)) / 1048576.0 /
+			(lbb_now_s() - t_write);
 	uint64_t got = fetched_reach(c2, 0);
 	for (int e = 0; e < n; e++) { /* each after the tier read the last one's other layers */
 		l2[e] = tier_lookup(c2, m2, &key[e]);
@@ -488,6 +492,7 @@ int bench_l2_main(int argc, char **argv)
 		json_object_object_add(j, "l2_hit_busy_us", lbb_json_num(ef.l2_busy_us));
 		json_object_object_add(j, "local_hit_us", lbb_json_num(ef.local_hit_us));
 		json_object_object_add(j, "recompute_us", lbb_json_num(ef.recompute_us));
+		json_object_object_add(j, "write_mib_s", lbb_json_num(ef.write_mb_s));
 		json_object_object_add(j, "ratio_l2_hit_vs_recompute",
 				       lbb_json_num(ef.l2_hit_us / ef.recompute_us));
 		json_object_object_add(j, "requests", json_object_new_int((int)w.n));
@@ -514,6 +519,8 @@ int bench_l2_main(int argc, char **argv)
 		printf("    recompute (12 layers, one thread)    %9.1f us\n", ef.recompute_us);
 		printf("    tier hit / recompute                 %9.2f%%\n",
 		       ef.l2_hit_us / ef.recompute_us * 100);
+		printf("    host 1 writing behind (insert, SET)  %9.1f MiB/s of entries\n",
+		       ef.write_mb_s);
 		printf("  two hosts, %u requests of the design's mix (seed %llu): the first half on "
 		       "host 1, then alternating\n", w.n, (unsigned long long)wcfg.seed);
 		for (int m = 0; m < 2; m++)

@@ -688,7 +688,7 @@ static void test_two_hosts_share_through_the_tier(void **state)
 	struct lb_key bad[2];
 	for (int g = 0; g < 2; g++) {
 		input_on(c, m, 0, &n, &bad[g], tok, rkey);
-		uint8_t junk[600];
+		uint8_t junk[16 * 16 * 4]; /* garbage; the wrong shape's data */
 		for (size_t k = 0; k < sizeof(junk); k++)
 			junk[k] = (uint8_t)(k * 7 + 3);
 		if (g == 0) {
