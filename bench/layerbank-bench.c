@@ -61,6 +61,6 @@ int main(int argc, char **argv)
 			"       layerbank-bench snapshot [--arena-size SIZE] [--dir DIR] [--json]\n"
 			"       layerbank-bench flush [--entries N] [--json]\n"
 			"       layerbank-bench churn [--json]\n"
-			"       layerbank-bench l2 [--json] [--entries N] [--requests N] [--seed S]\n");
+			"       layerbank-bench l2 [--json] [--entries N] [--requests N] [--seed S] [--fleet M]\n");
 	return 2;
 }
