@@ -16,6 +16,7 @@
 enum job_kind {
 	J_GET,    /* a record, then (near) the nearest input's through the band sets */
 	J_LAYERS, /* layers 0..n-1 of an input, one GET each */
+	J_BLOCKS, /* blocks keys[0..n) of a prefix, one GET each, up to the first not had */
 	J_PUT,    /* SET key record */
 	J_INDEX,  /* SADD of a member to its bands' sets */
 };
@@ -29,7 +30,9 @@ struct job {
 	struct lbd_l2_want want;
 	struct lbd_l2_near near;
 	bool has_near;
-	uint32_t n;      /* J_LAYERS: the layers */
+	uint32_t n;      /* J_LAYERS: the layers; J_BLOCKS: the keys */
+	uint64_t (*keys)[2]; /* J_BLOCKS': keys[i] is the next */
+	uint32_t i;
 	lbd_l2_fetch_fn fn;
 	void *ctx;
 };
@@ -54,6 +57,7 @@ struct lbd_l2 {
 static void job_free(struct job *j)
 {
 	free(j->record);
+	free(j->keys);
 	free(j);
 }
 
@@ -144,8 +148,9 @@ static int read_reply(const redisReply *r, const struct lbd_l2_want *want, struc
 												: 2;
 }
 
-/* Hand rec (kind 3) or NULL to the callback and count what it was. */
-static void deliver(struct lbd_l2 *t, struct job *j, int kind, const struct lbd_l2_record *rec,
+/* Hand rec (kind 3) or NULL to the callback and count what it was. @return whether the
+ * callback took a record. */
+static bool deliver(struct lbd_l2 *t, struct job *j, int kind, const struct lbd_l2_record *rec,
 		    bool last)
 {
 	if (!j->fn(j->ctx, kind == 3 ? rec : NULL, last) && kind == 3)
@@ -153,6 +158,7 @@ static void deliver(struct lbd_l2 *t, struct job *j, int kind, const struct lbd_
 	uint64_t *counter[] = { &t->st.fetch_errors, &t->st.fetch_misses, &t->st.rejected,
 				&t->st.fetched };
 	count(t, counter[kind], 1);
+	return kind == 3;
 }
 
 /* The nearest input to j->near in the band sets, not j's own, into *best. @return whether
@@ -240,6 +246,27 @@ static bool do_layer(struct lbd_l2 *t, struct job *j, bool *up)
 	return !last;
 }
 
+/* The next block of a prefix (keys[j->i]); the chain stops at the first the cluster lacks or
+ * the callback refuses (a block needs its parent). @return whether there is more. */
+static bool do_block(struct lbd_l2 *t, struct job *j, bool *up)
+{
+	uint32_t i = j->i++;
+	j->want.key[0] = j->keys[i][0];
+	j->want.key[1] = j->keys[i][1];
+	const char *argv[2] = { "GET", j->key };
+	size_t len[2] = { 3, lbd_l2_key_block(j->key, j->want.model, j->keys[i]) };
+	redisReply *r = command(t, j->key, 2, argv, len, up);
+	struct lbd_l2_record rec;
+	int kind = read_reply(r, &j->want, &rec);
+	bool last = i + 1 >= j->n || kind != 3;
+	bool took = deliver(t, j, kind, &rec, last);
+	if (r)
+		freeReplyObject(r);
+	if (!last && !took)
+		j->fn(j->ctx, NULL, true); /* the chain broke: the callback's last call */
+	return !last && took;
+}
+
 static void fifo_push(struct fifo *q, struct job *j)
 {
 	if (q->tail)
@@ -296,6 +323,8 @@ static void *tier_main(void *arg)
 			do_get(t, j, &up);
 		else if (j->kind == J_LAYERS)
 			again = do_layer(t, j, &up);
+		else if (j->kind == J_BLOCKS)
+			again = do_block(t, j, &up);
 		else if (j->kind == J_PUT)
 			do_put(t, j, &up);
 		else
@@ -389,7 +418,9 @@ static bool enqueue(struct lbd_l2 *t, struct job *j)
 			t->st.fetch_errors++;
 	}
 	if (ok) {
-		fifo_push(j->kind == J_GET ? &t->reads : j->kind == J_LAYERS ? &t->layers : &t->writes,
+		fifo_push(j->kind == J_GET ? &t->reads
+			  : j->kind == J_LAYERS || j->kind == J_BLOCKS ? &t->layers
+								       : &t->writes,
 			  j);
 		pthread_cond_signal(&t->work);
 	}
@@ -481,6 +512,29 @@ bool lbd_l2_fetch_layers(struct lbd_l2 *t, uint64_t model, const uint64_t exact[
 	j->want = (struct lbd_l2_want){ model, LBD_L2_LAYER, { exact[0], exact[1] }, 0 };
 	j->n = n;
 	return queue_read(t, j, fn, ctx);
+}
+
+bool lbd_l2_fetch_blocks(struct lbd_l2 *t, uint64_t model, const uint64_t (*keys)[2], uint32_t n,
+			 lbd_l2_fetch_fn fn, void *ctx)
+{
+	struct job *j = n ? job_new(t, "", &t->st.fetch_errors) : NULL;
+	if (!j)
+		return false;
+	if (!(j->keys = malloc(sizeof(*j->keys) * n))) {
+		count(t, &t->st.fetch_errors, 1);
+		free(j);
+		return false;
+	}
+	memcpy(j->keys, keys, sizeof(*j->keys) * n);
+	j->kind = J_BLOCKS;
+	j->want = (struct lbd_l2_want){ model, LBD_L2_BLOCK, { 0, 0 }, 0 };
+	j->n = n;
+	j->fn = fn;
+	j->ctx = ctx;
+	if (enqueue(t, j))
+		return true;
+	job_free(j);
+	return false;
 }
 
 uint32_t lbd_l2_timeout_ms(const struct lbd_l2 *t)

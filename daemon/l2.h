@@ -74,6 +74,12 @@ bool lbd_l2_fetch_layers(struct lbd_l2 *t, uint64_t model, const uint64_t exact[
 			 lbd_l2_fetch_fn fn, void *ctx);
 
 void lbd_l2_stats(struct lbd_l2 *t, struct lbd_l2_stats *out);
+/* Queue a read of a prefix's blocks keys[0..n) (copied), in order, beside the reads of other
+ * layers: fn once per block, the last call with last set; it stops at the first block the
+ * cluster lacks, or fn refuses. @return as lbd_l2_fetch. */
+bool lbd_l2_fetch_blocks(struct lbd_l2 *t, uint64_t model, const uint64_t (*keys)[2], uint32_t n,
+			 lbd_l2_fetch_fn fn, void *ctx);
+
 /* A node's answer, at most (cfg.timeout_ms or its default). */
 uint32_t lbd_l2_timeout_ms(const struct lbd_l2 *t);
 

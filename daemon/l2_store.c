@@ -1,7 +1,8 @@
 /* The second tier wired to a store (l2.h: lbd_l2_attach): the store's hooks encode what it
- * inserted and queue it for writing, and on a miss queue a read of the input's deepest layer,
- * whose checked record is inserted into the store as account 0 (not written back) before the
- * miss's claim ends, so that the lookups held for it, and the next ones, hit. */
+ * inserted and queue it for writing, and on a miss queue a read of the input's deepest layer (or
+ * of a prefix's next blocks), whose checked records are inserted into the store as account 0
+ * (not written back) before the miss's claim ends, so that the lookups held for it, and the
+ * next ones, hit. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,6 +143,59 @@ static void miss(void *ctx, const struct lbp_register_model *d, const struct lb_
 	}
 }
 
+/* A prefix's blocks being read, in order from block index. */
+struct prefix_fetch {
+	struct lbd_store *st;
+	uint32_t model_id;
+	uint64_t claim;     /* the store's, on the first block asked */
+	uint32_t index;     /* the next block's place in the chain */
+	uint64_t parent[2]; /* its parent's key; 0, 0 for block 0 */
+};
+
+/* A checked block into the store when it is the next of the chain asked, as the client that made
+ * it inserted it (the store checks the model's geometry and that the parent is cached). */
+static bool fetched_block(void *ctx, const struct lbd_l2_record *rec, bool last)
+{
+	struct prefix_fetch *f = ctx;
+	bool took = false;
+	if (rec && rec->kind == LBD_L2_BLOCK && rec->blk.index == f->index &&
+	    rec->blk.parent[0] == f->parent[0] && rec->blk.parent[1] == f->parent[1] &&
+	    LB_INSERT_HDR_SIZE + rec->blk.bytes <= UINT32_MAX) {
+		struct lb_req r = { .opcode = LB_OP_INSERT_BLOCK, .model_id = f->model_id,
+				    .layer = LB_ENTRY_LAYER_BLOCK, .seq_len = rec->seq_len,
+				    .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + rec->blk.bytes) };
+		struct lb_cpl cpl = { 0 };
+		lbd_store_insert_block(f->st, 0, &r, &rec->blk, rec->payload, &cpl);
+		took = cpl.status == 0 || cpl.status == -EEXIST;
+		if (took) {
+			f->index++;
+			f->parent[0] = rec->blk.key[0];
+			f->parent[1] = rec->blk.key[1];
+		}
+	}
+	if (last) {
+		lbd_store_tier_done(f->st, f->claim);
+		free(f);
+	}
+	return took;
+}
+
+static void miss_blocks(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+			const uint64_t (*keys)[2], uint32_t from, uint32_t n, uint64_t claim)
+{
+	struct attach *a = ctx;
+	struct prefix_fetch *f = malloc(sizeof(*f));
+	if (f) {
+		*f = (struct prefix_fetch){ a->st, r->model_id, claim, from,
+					    { from ? keys[from - 1][0] : 0, from ? keys[from - 1][1] : 0 } };
+		if (lbd_l2_fetch_blocks(a->t, lbd_l2_model_hash(d), keys + from, n - from,
+					fetched_block, f))
+			return;
+		free(f);
+	}
+	lbd_store_tier_done(a->st, claim);
+}
+
 int lbd_l2_attach(struct lbd_l2 *t, struct lbd_store *st)
 {
 	static struct attach a; /* one tier a daemon */
@@ -151,7 +205,7 @@ int lbd_l2_attach(struct lbd_l2 *t, struct lbd_store *st)
 	 * lookup any more. */
 	uint64_t us = 2000ull * lbd_l2_timeout_ms(t);
 	struct lbd_store_tier hooks = { &a, us < LB_SFLIGHT_MAX_US ? (uint32_t)us : LB_SFLIGHT_MAX_US,
-					put_layer, put_block, miss };
+					put_layer, put_block, miss, miss_blocks };
 	lbd_store_set_tier(st, &hooks);
 	return 0;
 }

@@ -78,6 +78,11 @@ struct lbd_store_tier {
 			  const struct lb_block_hdr *h, const uint8_t *data);
 	void (*miss)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
 		     const struct lb_query *q, uint32_t layer, uint32_t max_d, uint64_t claim);
+	/* A LOOKUP_PREFIX found blocks [0, from) of keys[0..n) (from < n): the tier may bring the
+	 * next ones, in order, under a claim on keys[from] (ended as a miss's). Never waited for:
+	 * what it brings serves the next lookup. */
+	void (*miss_blocks)(void *ctx, const struct lbp_register_model *d, const struct lb_req *r,
+			    const uint64_t (*keys)[2], uint32_t from, uint32_t n, uint64_t claim);
 };
 
 /* The tier's fetch of a miss ended (the claim the miss hook got): lookups held for it are served

@@ -74,6 +74,16 @@ void lbd_store_lookup_prefix(struct lbd_store *st, struct lbd_leases *ls, const 
 	}
 	if (found)
 		cpl->status = store_lease_take(st, ls, ids, found, LBD_MAX_LEASES, &cpl->lease);
+	/* the blocks after the run: the tier's, if it holds them and nobody fetches them yet */
+	struct lbp_register_model d;
+	uint64_t claim = 0;
+	uint32_t id;
+	bool ask = b && found < n &&
+		   store_tier_wants(st, st->tier.miss_blocks != NULL, 1, r->model_id, &d) &&
+		   store_claim_find(st, b, keys[found], now) == NONE &&
+		   lbd_exactmap_find(b->blocks, keys[found], &id) < 0 &&
+		   store_claim_take(st, &st->tier_leases, b, keys[found],
+				    now + (uint64_t)st->tier.claim_us * 1000, &claim) == 0;
 	if (found && cpl->status == 0) {
 		for (uint32_t i = 0; i < found; i++) {
 			struct entry *e = &st->e[ids[i]];
@@ -87,6 +97,8 @@ void lbd_store_lookup_prefix(struct lbd_store *st, struct lbd_leases *ls, const 
 		cpl->count = found;
 	}
 	store_unlock(st);
+	if (ask)
+		st->tier.miss_blocks(st->tier.ctx, &d, r, keys, found, n, claim);
 }
 
 /* The model's block geometry: [kv.layers][2][block_tokens][kv_dim] of its dtype, ending within

@@ -684,6 +684,64 @@ static void test_two_hosts_share_through_the_tier(void **state)
 	assert_int_equal(after.l2_fetched, before.l2_fetched + 4); /* layer 3, then 0..2 */
 	assert_int_equal(after.l2_fetch_misses, before.l2_fetch_misses + 0);
 
+	/* a decoder's prefix blocks: host b's LOOKUP_PREFIX misses, the tier brings the chain in
+	 * order, and the next lookup has every block, identical */
+	{
+		enum { NB = 3, BT = 4, KVD = 8 };
+		struct lb_model_desc pd = { .name = "two-hosts-decoder", .weights_hash = 78,
+					    .n_layers = 2, .hidden = 16, .dtype = LB_DTYPE_F32,
+					    .max_seq = 64, .kv_dim = KVD, .block_tokens = BT };
+		uint32_t pa, pb;
+		assert_int_equal(lb_register_model(ca, &pd, &pa), 0);
+		assert_int_equal(lb_register_model(cb, &pd, &pb), 0);
+		struct lbp_register_model preg;
+		assert_int_equal(lbp_register_from_desc(&pd, &preg), 0);
+		uint64_t pm = lbd_l2_model_hash(&preg), bk[NB][2];
+		int32_t pt[NB * BT];
+		char bkey[NB][LBD_L2_KEY_MAX];
+		for (int seed = 0;; seed++) { /* every block on a live master */
+			for (int t = 0; t < NB * BT; t++)
+				pt[t] = seed * 100 + t;
+			assert_int_equal(lb_block_keys(pt, NB * BT, BT, bk, NB), NB);
+			int live = 0;
+			for (int i = 0; i < NB; i++) {
+				lbd_l2_key_block(bkey[i], pm, bk[i]);
+				live += master_of(lbd_cluster_owner(
+						c, lbd_cluster_slot(bkey[i], strlen(bkey[i])))) != 2;
+			}
+			if (live == NB)
+				break;
+		}
+		size_t floats = 2 * 2 * BT * KVD; /* [kv.layers 2][K, V][BT][kv_dim] */
+		for (int i = 0; i < NB; i++) {
+			float *buf = lb_insert_reserve(ca, floats * 4);
+			assert_non_null(buf);
+			for (size_t k = 0; k < floats; k++)
+				buf[k] = (float)(i * 1000) + (float)k;
+			assert_int_equal(lb_insert_block(ca, pa, bk[i], i ? bk[i - 1] : NULL,
+							 (uint32_t)i), 0);
+		}
+		for (int w = 0; w < 500 && !in_cluster(c, bkey[NB - 1]); w++)
+			usleep(10000);
+		const void *blocks[NB];
+		uint64_t lease;
+		assert_int_equal(lb_lookup_prefix(cb, pb, (const uint64_t(*)[2])bk, NB, blocks, &lease),
+				 -ENOENT);
+		int got = -ENOENT;
+		for (int w = 0; w < 200 && got != NB; w++) {
+			got = lb_lookup_prefix(cb, pb, (const uint64_t(*)[2])bk, NB, blocks, &lease);
+			if (got > 0 && got != NB)
+				assert_int_equal(lb_release(cb, lease), 0);
+			if (got != NB)
+				usleep(10000);
+		}
+		assert_int_equal(got, NB);
+		for (int i = 0; i < NB; i++)
+			for (size_t k = 0; k < floats; k++)
+				assert_true(((const float *)blocks[i])[k] == (float)(i * 1000) + (float)k);
+		assert_int_equal(lb_release(cb, lease), 0);
+	}
+
 	/* garbage, and a well-formed record of a shape not the model's: misses, never served */
 	struct lb_key bad[2];
 	for (int g = 0; g < 2; g++) {
