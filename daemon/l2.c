@@ -78,21 +78,40 @@ static redisReply *command(struct lbd_l2 *t, const char *key, int argc, const ch
 	return r;
 }
 
-/* A write: SET key record. */
-static void do_put(struct lbd_l2 *t, struct job *j, bool *up)
+/* Writes taken together, pipelined: one round trip a node rather than one a record. */
+#define PUT_BATCH 16
+#define PUT_BATCH_BYTES (8u << 20)
+
+/* The writes j[0..n): SET key record each, pipelined. */
+static void do_puts(struct lbd_l2 *t, struct job **j, size_t n, bool *up)
 {
-	const char *argv[3] = { "SET", j->key, (const char *)j->record };
-	size_t len[3] = { 3, strlen(j->key), j->len };
-	redisReply *r = command(t, j->key, 3, argv, len, up);
-	bool ok = r && r->type == REDIS_REPLY_STATUS;
-	if (r)
-		freeReplyObject(r);
-	count(t, ok ? &t->st.written : &t->st.write_errors, 1);
+	const char *argv[PUT_BATCH][3];
+	size_t len[PUT_BATCH][3];
+	struct lbd_cluster_cmd cmd[PUT_BATCH];
+	redisReply *r[PUT_BATCH];
+	uint64_t ok = 0;
+	for (size_t i = 0; i < n; i++) {
+		argv[i][0] = "SET";
+		argv[i][1] = j[i]->key;
+		argv[i][2] = (const char *)j[i]->record;
+		len[i][0] = 3;
+		len[i][1] = strlen(j[i]->key);
+		len[i][2] = j[i]->len;
+		cmd[i] = (struct lbd_cluster_cmd){ j[i]->key, len[i][1], 3, argv[i], len[i] };
+	}
+	lbd_cluster_pipeline(t->cluster, cmd, n, r);
+	for (size_t i = 0; i < n; i++) {
+		ok += r[i] && r[i]->type == REDIS_REPLY_STATUS;
+		*up |= r[i] != NULL;
+		if (r[i])
+			freeReplyObject(r[i]);
+	}
+	pthread_mutex_lock(&t->mu);
+	t->st.written += ok;
+	t->st.write_errors += n - ok;
+	pthread_mutex_unlock(&t->mu);
 }
 
-/* An input into its bands' sets, each on its own slot: one that fails (its node down) costs
- * that band only, the others are still tried. Counted as one record written when every band
- * landed, else one write error. */
 /* The band commands of fingerprint fp (verb, then the member for SADD), one a band, into cmd,
  * pipelined; the replies into r. */
 static void bands(struct lbd_l2 *t, const char *verb, uint64_t model, const uint64_t fp[4],
@@ -302,7 +321,8 @@ static void *tier_main(void *arg)
 			pthread_cond_wait(&t->work, &t->mu);
 		if (t->stop)
 			break;
-		struct job *j = fifo_pop(&t->reads);
+		struct job *j = fifo_pop(&t->reads), *puts[PUT_BATCH];
+		size_t n_puts = 0;
 		if (!j)
 			j = fifo_pop(&t->layers);
 		if (!j)
@@ -315,6 +335,18 @@ static void *tier_main(void *arg)
 		} else {
 			t->st.fetches_waiting--;
 		}
+		if (j->kind == J_PUT) { /* with the writes queued right behind it */
+			size_t bytes = j->len;
+			puts[n_puts++] = j;
+			while (n_puts < PUT_BATCH && t->writes.head && t->writes.head->kind == J_PUT &&
+			       bytes + t->writes.head->len <= PUT_BATCH_BYTES) {
+				struct job *w = fifo_pop(&t->writes);
+				bytes += w->len;
+				t->st.queue_bytes -= w->len;
+				t->st.queue_records--;
+				puts[n_puts++] = w;
+			}
+		}
 		t->busy = true;
 		pthread_mutex_unlock(&t->mu);
 		up = false;
@@ -326,9 +358,11 @@ static void *tier_main(void *arg)
 		else if (j->kind == J_BLOCKS)
 			again = do_block(t, j, &up);
 		else if (j->kind == J_PUT)
-			do_put(t, j, &up);
+			do_puts(t, puts, n_puts, &up);
 		else
 			do_index(t, j, &up);
+		for (size_t i = 1; i < n_puts; i++)
+			job_free(puts[i]); /* puts[0] is j */
 		pthread_mutex_lock(&t->mu);
 		if (again) {
 			j->next = NULL;

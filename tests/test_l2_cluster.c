@@ -531,6 +531,23 @@ static int lookup_waiting(struct lb_client *c, uint32_t model, const struct lb_k
 	return rc;
 }
 
+/* Wait until c's tier has no read waiting and its read counters stood still for 50 ms; its
+ * stats into *st. */
+static void tier_idle(struct lb_client *c, struct lb_stats *st)
+{
+	uint64_t last = UINT64_MAX;
+	for (int w = 0; w < 200; w++) {
+		assert_int_equal(lb_stats(c, st, sizeof(*st)), 0);
+		uint64_t reads = st->l2_fetched + st->l2_fetch_misses + st->l2_rejected +
+				 st->l2_fetch_errors;
+		if (st->l2_fetches_waiting == 0 && reads == last)
+			return;
+		last = reads;
+		usleep(50000);
+	}
+	fail_msg("the tier never went idle");
+}
+
 /* SET key val (len bytes) straight into the cluster, as anyone with access could. */
 static void set_raw(struct lbd_cluster *c, const char *key, const void *val, size_t len)
 {
@@ -657,7 +674,7 @@ static void test_two_hosts_share_through_the_tier(void **state)
 	y.fp[1] ^= 1ull << 6;
 	y.fp[3] ^= 1ull << 63;
 	struct lb_stats before, after;
-	assert_int_equal(lb_stats(cb, &before, sizeof(before)), 0);
+	tier_idle(cb, &before); /* the reads of the inputs' other layers above have ended */
 	{
 		struct lb_hit hit;
 		struct lb_sflight sf;
