@@ -331,13 +331,13 @@ struct model_run {
 	double speedup, ratio; /* host 2's time against no cache; its hit rate against host 1's */
 };
 
-static void model_run(struct model_run *r, int bert, const struct lbw_tokenizer *t,
-		      const struct lbw_workload *w)
+static void model_run(struct model_run *r, int bert, const char *data,
+		      const struct lbw_tokenizer *t, const struct lbw_workload *w)
 {
 	char err[512], path[600];
 	struct lbw_scorer sc;
 	int rc;
-	snprintf(path, sizeof(path), "%s/stories260K.bin", LB_DATA_DIR);
+	snprintf(path, sizeof(path), "%s/stories260K.bin", data);
 	rc = bert ? lbw_scorer_open_bert(&sc, 512, 1, err, sizeof(err))
 		  : lbw_scorer_open_llama(&sc, path, err, sizeof(err));
 	if (rc < 0)
@@ -355,11 +355,14 @@ static void model_run(struct model_run *r, int bert, const struct lbw_tokenizer 
 	struct lbw_cache_opts plain = { 0 };
 	if (lbw_cache_open(&none, &plain, &sc, "layerbank-bench l2") < 0)
 		lbb_die(NAME, "the uncached scorer", EIO);
+	fprintf(stderr, "layerbank-bench l2: %s, %u requests without cache\n", r->name, w->n);
 	for (uint32_t i = 0; i < w->n; i++)
 		if (score(&sc, t, &none, w->r[i].text, &ref[i]) < 0)
 			lbb_die(NAME, "scoring a request without cache", EIO);
 	lbw_cache_close(&none);
+	fprintf(stderr, "layerbank-bench l2: %s, two hosts with the tier\n", r->name);
 	fleet(&sc, t, w, ref, got, 0, &r->tier);
+	fprintf(stderr, "layerbank-bench l2: %s, two hosts without it\n", r->name);
 	fleet(&sc, t, w, ref, got, 2, &r->alone);
 	r->speedup = r->tier.host2_us > 0 ? r->tier.nocache_us / r->tier.host2_us : 0;
 	r->ratio = r->tier.host1_hit_rate > 0 ? r->tier.host2_hit_rate / r->tier.host1_hit_rate : 0;
@@ -414,11 +417,12 @@ static void run_print(const struct model_run *r)
 static void usage(FILE *to)
 {
 	fprintf(to, "usage: layerbank-bench l2 [--json] [--entries N] [--requests N] [--seed S]\n"
-		    "                          [--fleet stories260k|bert-base|both]\n"
+		    "                          [--fleet stories260k|bert-base|both] [--data DIR]\n"
 		    "  the second tier on a Redis Cluster of three masters on loopback, layerbankd\n"
 		    "  for two hosts: a BERT-base entry's miss served from the cluster against a local\n"
 		    "  hit and recomputing it (--entries, default 20), then a two-host fleet on the\n"
-		    "  design's mix (--requests, default 400; --seed, default 1) of each model\n");
+		    "  design's mix (--requests, default 400; --seed, default 1) of each model\n"
+		    "  (stories260K, its tokenizer and text from --data, default ../shared/data)\n");
 }
 
 int bench_l2_main(int argc, char **argv)
@@ -428,10 +432,12 @@ int bench_l2_main(int argc, char **argv)
 					      { "requests", required_argument, NULL, 'r' },
 					      { "seed", required_argument, NULL, 's' },
 					      { "fleet", required_argument, NULL, 'f' },
+					      { "data", required_argument, NULL, 'd' },
 					      { "help", no_argument, NULL, 'h' },
 					      { NULL, 0, NULL, 0 } };
 	struct lbw_workload_cfg wcfg = lbw_workload_defaults();
 	int json = 0, entries = 20, opt, fleets = 3; /* bit 0 stories260K, bit 1 bert-base */
+	const char *data = LB_DATA_DIR;
 	char *end, err[512], path[600];
 	while ((opt = getopt_long(argc, argv, "", opts, NULL)) != -1) {
 		long v = 0;
@@ -446,7 +452,9 @@ int bench_l2_main(int argc, char **argv)
 				return 2;
 			}
 		}
-		if (opt == 'f') {
+		if (opt == 'd') {
+			data = optarg;
+		} else if (opt == 'f') {
 			fleets = !strcmp(optarg, "stories260k") ? 1 : !strcmp(optarg, "bert-base") ? 2
 				 : !strcmp(optarg, "both") ? 3 : 0;
 			if (!fleets) {
@@ -482,23 +490,24 @@ int bench_l2_main(int argc, char **argv)
 
 	struct entry_figs ef;
 	hosts_start();
+	fprintf(stderr, "layerbank-bench l2: %d BERT-base entries through the cluster\n", entries);
 	entry_figures(entries, &ef);
 
 	struct lbw_tokenizer t;
 	struct lbw_paragraphs para;
 	struct lbw_workload w;
 	int rc;
-	snprintf(path, sizeof(path), "%s/tok512.bin", LB_DATA_DIR);
+	snprintf(path, sizeof(path), "%s/tok512.bin", data);
 	if ((rc = lbw_tokenizer_load(&t, path, 512, err, sizeof(err))) < 0)
 		lbb_die(NAME, err, -rc);
-	snprintf(path, sizeof(path), "%s/tinystories_val.txt", LB_DATA_DIR);
+	snprintf(path, sizeof(path), "%s/tinystories_val.txt", data);
 	if ((rc = lbw_paragraphs_load(path, 100, 600, &para, err, sizeof(err))) < 0 ||
 	    (rc = lbw_workload_make(&para, &wcfg, &w, err, sizeof(err))) < 0)
 		lbb_die(NAME, err, -rc);
 	struct model_run runs[2] = { { .name = "stories260K" }, { .name = "bert-base" } };
 	for (int m = 0; m < 2; m++)
 		if (fleets & (1 << m))
-			model_run(&runs[m], m == 1, &t, &w);
+			model_run(&runs[m], m == 1, data, &t, &w);
 
 	if (json) {
 		struct json_object *j = json_object_new_object();
