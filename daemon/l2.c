@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "errf.h"
+#include "fpindex.h"
 #include "l2_cluster.h"
 
 enum job_kind {
@@ -156,7 +157,8 @@ static void do_index(struct lbd_l2 *t, struct job *j, bool *up)
 }
 
 /* What a reply holding a record (or not) is: 0 failed, 1 missing, 2 refused, 3 believed. */
-static int read_reply(const redisReply *r, const struct lbd_l2_want *want, struct lbd_l2_record *rec)
+static int read_reply(const redisReply *r, const struct lbd_l2_want *want,
+		      struct lbd_l2_record *rec)
 {
 	char why[128];
 	if (!r)
@@ -167,6 +169,18 @@ static int read_reply(const redisReply *r, const struct lbd_l2_want *want, struc
 		return 0;
 	return lbd_l2_decode((const uint8_t *)r->str, r->len, want, rec, why, sizeof(why)) == 0 ? 3
 												: 2;
+}
+
+/* GET j->key (len bytes), its record checked against j->want into *rec: *kind as read_reply
+ * says. @return the reply, which rec points into (freeReplyObject once delivered); NULL. */
+static redisReply *get(struct lbd_l2 *t, struct job *j, size_t len, struct lbd_l2_record *rec,
+		       int *kind, bool *up)
+{
+	const char *argv[2] = { "GET", j->key };
+	size_t lens[2] = { 3, len };
+	redisReply *r = command(t, j->key, 2, argv, lens, up);
+	*kind = read_reply(r, &j->want, rec);
+	return r;
 }
 
 /* Hand rec (kind 3) or NULL to the callback and count what it was. @return whether the
@@ -206,9 +220,7 @@ static bool nearest(struct lbd_l2 *t, const struct job *j, struct lbd_l2_member 
 			    (m.exact[0] == j->want.key[0] && m.exact[1] == j->want.key[1]) ||
 			    (!j->near.any_len && m.seq_len != j->near.seq_len))
 				continue;
-			uint32_t d = 0;
-			for (int w = 0; w < 4; w++)
-				d += (uint32_t)__builtin_popcountll(m.fp[w] ^ j->near.fp[w]);
+			uint32_t d = lbd_fp_hamming(m.fp, j->near.fp);
 			if (d <= j->near.max_d && d < best_d) {
 				best_d = d;
 				*best = m;
@@ -223,11 +235,9 @@ static bool nearest(struct lbd_l2 *t, const struct job *j, struct lbd_l2_member 
  * input's record of the same layer. The callback is called once either way. */
 static void do_get(struct lbd_l2 *t, struct job *j, bool *up)
 {
-	const char *argv[2] = { "GET", j->key };
-	size_t len[2] = { 3, strlen(j->key) };
-	redisReply *r = command(t, j->key, 2, argv, len, up);
 	struct lbd_l2_record rec;
-	int kind = read_reply(r, &j->want, &rec);
+	int kind;
+	redisReply *r = get(t, j, strlen(j->key), &rec, &kind, up);
 	if (kind == 1 && j->has_near) {
 		struct lbd_l2_member m;
 		bool failed = false;
@@ -236,11 +246,8 @@ static void do_get(struct lbd_l2 *t, struct job *j, bool *up)
 		if (nearest(t, j, &m, &failed, up)) {
 			j->want.key[0] = m.exact[0];
 			j->want.key[1] = m.exact[1];
-			lbd_l2_key_layer(j->key, j->want.model, m.exact, j->want.layer);
-			argv[1] = j->key;
-			len[1] = strlen(j->key);
-			r = command(t, j->key, 2, argv, len, up);
-			kind = read_reply(r, &j->want, &rec);
+			size_t len = lbd_l2_key_layer(j->key, j->want.model, m.exact, j->want.layer);
+			r = get(t, j, len, &rec, &kind, up);
 		} else {
 			kind = failed ? 0 : 1;
 		}
@@ -255,12 +262,12 @@ static void do_get(struct lbd_l2 *t, struct job *j, bool *up)
  * has more to read (the caller queues it again). */
 static bool do_layer(struct lbd_l2 *t, struct job *j, bool *up)
 {
-	const char *argv[2] = { "GET", j->key };
-	size_t len[2] = { 3, lbd_l2_key_layer(j->key, j->want.model, j->want.key, j->want.layer) };
-	redisReply *r = command(t, j->key, 2, argv, len, up);
 	struct lbd_l2_record rec;
+	int kind;
+	size_t len = lbd_l2_key_layer(j->key, j->want.model, j->want.key, j->want.layer);
+	redisReply *r = get(t, j, len, &rec, &kind, up);
 	bool last = j->want.layer + 1 >= j->n;
-	deliver(t, j, read_reply(r, &j->want, &rec), &rec, last);
+	deliver(t, j, kind, &rec, last);
 	if (r)
 		freeReplyObject(r);
 	j->want.layer++;
@@ -274,11 +281,9 @@ static bool do_block(struct lbd_l2 *t, struct job *j, bool *up)
 	uint32_t i = j->i++;
 	j->want.key[0] = j->keys[i][0];
 	j->want.key[1] = j->keys[i][1];
-	const char *argv[2] = { "GET", j->key };
-	size_t len[2] = { 3, lbd_l2_key_block(j->key, j->want.model, j->keys[i]) };
-	redisReply *r = command(t, j->key, 2, argv, len, up);
 	struct lbd_l2_record rec;
-	int kind = read_reply(r, &j->want, &rec);
+	int kind;
+	redisReply *r = get(t, j, lbd_l2_key_block(j->key, j->want.model, j->keys[i]), &rec, &kind, up);
 	bool last = i + 1 >= j->n || kind != 3;
 	bool took = deliver(t, j, kind, &rec, last);
 	if (r)

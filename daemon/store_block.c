@@ -80,10 +80,8 @@ void lbd_store_lookup_prefix(struct lbd_store *st, struct lbd_leases *ls, const 
 	uint32_t id;
 	bool ask = b && found < n &&
 		   store_tier_wants(st, st->tier.miss_blocks != NULL, 1, r->model_id, &d) &&
-		   store_claim_find(st, b, keys[found], now) == NONE &&
 		   lbd_exactmap_find(b->blocks, keys[found], &id) < 0 &&
-		   store_claim_take(st, &st->tier_leases, b, keys[found],
-				    now + (uint64_t)st->tier.claim_us * 1000, &claim) == 0;
+		   store_tier_claim(st, b, keys[found], now, &claim) == 0;
 	if (found && cpl->status == 0) {
 		for (uint32_t i = 0; i < found; i++) {
 			struct entry *e = &st->e[ids[i]];

@@ -70,6 +70,15 @@ int store_claim_take(struct lbd_store *st, struct lbd_leases *ls, struct bank *b
 	return 0;
 }
 
+int store_tier_claim(struct lbd_store *st, struct bank *b, const uint64_t key[2], uint64_t now,
+		     uint64_t *handle)
+{
+	if (store_claim_find(st, b, key, now) != NONE)
+		return -EBUSY;
+	return store_claim_take(st, &st->tier_leases, b, key,
+				now + (uint64_t)st->tier.claim_us * 1000, handle);
+}
+
 void store_claim_end(struct lbd_store *st, uint32_t id)
 {
 	struct claim *c = &st->cl[id];

@@ -273,6 +273,11 @@ uint32_t store_claim_find(struct lbd_store *st, struct bank *b, const uint64_t e
  * at its cap), -ENOMEM: no claim. */
 int store_claim_take(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
 		     const uint64_t exact[2], uint64_t deadline_ns, uint64_t *handle);
+/* A claim of the second tier's on key in bank b (a miss's fetch; lbd_store_tier_done ends it),
+ * for the tier's claim_us, unless a claim on key is live. @return 0 and *handle; -EBUSY (claimed
+ * already), -ENOMEM. */
+int store_tier_claim(struct lbd_store *st, struct bank *b, const uint64_t key[2], uint64_t now,
+		     uint64_t *handle);
 /* The lease holding claim id ended: the claim ends (its waiters woken) and its slot is freed. */
 void store_claim_end(struct lbd_store *st, uint32_t id);
 /* The claims' part of lbd_store_check. */

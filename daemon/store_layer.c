@@ -166,7 +166,8 @@ static int lookup_hit(struct lbd_store *st, struct lbd_leases *ls, struct bank *
 /*
  * Single-flight before the lookup (PROTOCOL.md, Ring protocol 15): another client's live claim
  * on the input holds the request while it may wait for it (true: WAIT for a client's claim,
- * TIER for the second tier's), else makes the answer BUSY. *claim: the live claim on the input, whoever holds it, or NONE.
+ * TIER for the second tier's), else makes the answer BUSY. *claim: the live claim on the input,
+ * whoever holds it, or NONE.
  */
 static bool sf_hold(struct lbd_store *st, struct lbd_leases *ls, struct bank *b,
 		    const struct lb_req *r, const struct lb_query *q, struct lbd_hold *hold,
@@ -231,10 +232,8 @@ static bool tier_ask(struct lbd_store *st, struct lbd_leases *ls, struct bank *b
 
 	if ((hold && hold->tier_asked) ||
 	    !store_tier_wants(st, st->tier.miss != NULL, 1, r->model_id, &ask->d) ||
-	    store_claim_find(st, b, q->exact, now) != NONE ||
 	    lbd_exactmap_find(b->exact, q->exact, &id) == 0 ||
-	    store_claim_take(st, &st->tier_leases, b, q->exact,
-			     now + (uint64_t)st->tier.claim_us * 1000, &ask->claim) < 0)
+	    store_tier_claim(st, b, q->exact, now, &ask->claim) < 0)
 		return false;
 	ask->on = true;
 	ask->layer = r->opcode == LB_OP_LOOKUP ? r->layer : b->desc.n_layers - 1u;
