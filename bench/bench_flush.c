@@ -56,7 +56,7 @@ static int fill(struct lbd_store *st, uint32_t n)
 					   .bytes = DATA };
 		struct lb_cpl cpl = { 0 };
 		keys(i, h.fp, h.exact);
-		lbd_store_insert(st, 0, &r, &h, data, &cpl);
+		lbd_store_insert(st, LBD_INSERTER_DAEMON, &r, &h, data, &cpl);
 		if (cpl.status != 0)
 			return cpl.status;
 	}

@@ -203,6 +203,7 @@ static void reset(struct lbd_arena *a)
 	a->bytes = 0;
 	a->page_size = 0;
 	a->node = -1;
+	a->tenant = 0;
 	a->huge = false;
 }
 

@@ -20,6 +20,7 @@ struct lbd_arena {
 	size_t bytes;             /* mapping size, a multiple of page_size */
 	size_t page_size;
 	int node;                 /* -1: not bound */
+	unsigned tenant;          /* whose entries it holds (0: the shared tenant); set by its owner */
 	bool huge;
 };
 

@@ -426,6 +426,70 @@ const struct lbd_model_allow *lbd_config_model_allow(const struct lbd_config *c,
 	return NULL;
 }
 
+static bool lists_name(const struct lbd_model_allow *a, uint32_t uid)
+{
+	for (uint32_t i = 0; i < a->n_uids; i++)
+		if (a->uids[i] == uid)
+			return true;
+	return false;
+}
+
+static bool same_users(const struct lbd_model_allow *a, const struct lbd_model_allow *b)
+{
+	for (uint32_t i = 0; i < a->n_uids; i++)
+		if (!lists_name(b, a->uids[i]))
+			return false;
+	for (uint32_t i = 0; i < b->n_uids; i++)
+		if (!lists_name(a, b->uids[i]))
+			return false;
+	return true;
+}
+
+/* The tenant of allow line i: 1 + the lists before the first one with i's users that are the
+ * first of theirs. */
+static unsigned line_tenant(const struct lbd_config *c, unsigned i)
+{
+	unsigned t = 0;
+
+	for (unsigned j = 0; j <= i; j++) {
+		bool first = true;
+		for (unsigned k = 0; k < j && first; k++)
+			first = !same_users(&c->allow[k], &c->allow[j]);
+		if (!first)
+			continue;
+		t++;
+		if (same_users(&c->allow[j], &c->allow[i]))
+			return t;
+	}
+	return t; /* not reached: line i is the first of its users or follows one */
+}
+
+unsigned lbd_config_tenants(const struct lbd_config *c)
+{
+	unsigned n = 1;
+
+	for (unsigned i = 0; i < c->n_allow; i++)
+		if (line_tenant(c, i) == n)
+			n++;
+	return n;
+}
+
+unsigned lbd_config_tenant_of(const struct lbd_config *c, const char *model)
+{
+	const struct lbd_model_allow *a = lbd_config_model_allow(c, model);
+	return a ? line_tenant(c, (unsigned)(a - c->allow)) : 0;
+}
+
+bool lbd_config_tenant_admits(const struct lbd_config *c, unsigned t, uint32_t uid)
+{
+	if (t == 0)
+		return true;
+	for (unsigned i = 0; i < c->n_allow; i++)
+		if (line_tenant(c, i) == t)
+			return lists_name(&c->allow[i], uid);
+	return false;
+}
+
 /* Whole pages, within what HELLO can ask for (LBP_MAX_STAGING). */
 static int set_staging_max(struct lbd_config *c, const char *v, const char *who, char *err,
 			   size_t errlen)

@@ -103,6 +103,17 @@ int lbd_config_load_file(struct lbd_config *c, const char *path, char *err, size
 /* The allow-list of model name, or NULL when the model is open to every client. */
 const struct lbd_model_allow *lbd_config_model_allow(const struct lbd_config *c, const char *model);
 
+/*
+ * Tenants: the models of one allow-list (one set of uids, however written) form a tenant,
+ * numbered from 1 in the order of their first model-allow line; the models without a list form
+ * the shared tenant 0. Each tenant's entries live in arenas of its own, and a client is given
+ * the arenas of the tenants it may read only.
+ */
+unsigned lbd_config_tenants(const struct lbd_config *c); /* the shared one included */
+unsigned lbd_config_tenant_of(const struct lbd_config *c, const char *model);
+/* Whether uid may read tenant t's arenas: t is the shared tenant, or its list names uid. */
+bool lbd_config_tenant_admits(const struct lbd_config *c, unsigned t, uint32_t uid);
+
 /* The usage text printed by --help. */
 void lbd_config_usage(FILE *out);
 

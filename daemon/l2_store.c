@@ -77,7 +77,7 @@ static bool insert(const struct fetch *f, const struct lbd_l2_record *rec)
 					    .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + body) };
 			struct lb_cpl cpl = { 0 };
 			if (LB_INSERT_HDR_SIZE + body <= UINT32_MAX) {
-				lbd_store_insert(f->st, 0, &r, &rec->ins, buf, &cpl);
+				lbd_store_insert(f->st, LBD_INSERTER_DAEMON, &r, &rec->ins, buf, &cpl);
 				took = cpl.status == 0 || cpl.status == -EEXIST;
 			}
 			free(buf);
@@ -165,7 +165,7 @@ static bool fetched_block(void *ctx, const struct lbd_l2_record *rec, bool last)
 				    .layer = LB_ENTRY_LAYER_BLOCK, .seq_len = rec->seq_len,
 				    .payload_len = (uint32_t)(LB_INSERT_HDR_SIZE + rec->blk.bytes) };
 		struct lb_cpl cpl = { 0 };
-		lbd_store_insert_block(f->st, 0, &r, &rec->blk, rec->payload, &cpl);
+		lbd_store_insert_block(f->st, LBD_INSERTER_DAEMON, &r, &rec->blk, rec->payload, &cpl);
 		took = cpl.status == 0 || cpl.status == -EEXIST;
 		if (took) {
 			f->index++;

@@ -222,6 +222,15 @@ static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 	r->uptime_s = (uint64_t)(now.tv_sec - s->started.tv_sec);
 }
 
+/* The node a client says it runs on, if it has arenas here; else -1 (no preference). */
+static int home_node(const struct lbd_server *s, int32_t node)
+{
+	for (unsigned k = 0; node >= 0 && k < s->n_nodes; k++)
+		if (s->nodes[k] == node)
+			return node;
+	return -1;
+}
+
 static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 {
 	struct lbd_server *s = c->s;
@@ -259,25 +268,30 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 	c->client_id = s->next_client_id++;
 	s->n_clients++;
 	memcpy(c->name, h->name, sizeof(c->name));
-	lbd_info("client %" PRIu64 " '%s' (pid %d uid %u) said HELLO", c->client_id, c->name,
-		 (int)c->cred.pid, (unsigned)c->cred.uid);
+	c->dp->node = home_node(s, h->numa_node);
+	lbd_info("client %" PRIu64 " '%s' (pid %d uid %u node %d) said HELLO", c->client_id, c->name,
+		 (int)c->cred.pid, (unsigned)c->cred.uid, c->dp->node);
 
-	m.u.welcome.client_id = c->client_id;
-	memcpy(m.u.welcome.boot_id, s->boot_id, sizeof(s->boot_id));
-	m.u.welcome.page_size = s->arenas[0].page_size;
-	m.u.welcome.n_arenas = s->n_arenas;
+	struct lbp_welcome *w = &m.u.welcome;
+	w->client_id = c->client_id;
+	memcpy(w->boot_id, s->boot_id, sizeof(s->boot_id));
+	/* The arenas of the tenants the peer may read, and no others: it can map nothing else. */
 	for (unsigned i = 0; i < s->n_arenas; i++) {
-		m.u.welcome.arenas[i].bytes = s->arenas[i].bytes;
-		m.u.welcome.arenas[i].numa_node = s->arenas[i].node;
-		fds[i] = s->arenas[i].fd;
+		const struct lbd_arena *a = &s->arenas[i];
+		if (!lbd_config_tenant_admits(s->cfg, a->tenant, (uint32_t)c->cred.uid))
+			continue;
+		w->arenas[w->n_arenas] = (struct lbp_arena_desc){
+			.bytes = a->bytes, .numa_node = a->node, .index = i, .tenant = a->tenant };
+		fds[w->n_arenas++] = a->fd;
 	}
-	m.u.welcome.region.req_entries = c->dp->layout.req_entries;
-	m.u.welcome.region.cpl_entries = c->dp->layout.cpl_entries;
-	m.u.welcome.region.staging_bytes = c->dp->layout.staging_bytes;
-	m.u.welcome.region.bytes = c->dp->bytes;
-	fds[s->n_arenas] = c->dp->fd;
+	w->page_size = s->arenas[w->arenas[0].index].page_size;
+	w->region.req_entries = c->dp->layout.req_entries;
+	w->region.cpl_entries = c->dp->layout.cpl_entries;
+	w->region.staging_bytes = c->dp->layout.staging_bytes;
+	w->region.bytes = c->dp->bytes;
+	fds[w->n_arenas] = c->dp->fd;
 	lbd_service_attach(&s->service, c->dp);
-	conn_reply(c, &m, fds, s->n_arenas + 1);
+	conn_reply(c, &m, fds, w->n_arenas + 1);
 }
 
 /* The model's allow-list (model-allow) names the peer's uid, or the model has none. Root and
@@ -892,31 +906,51 @@ static void on_watchdog(struct lbd_op *op, int res)
 
 /* ---- setup ---- */
 
+static unsigned tenant_of(const void *cfg, const char *model)
+{
+	return lbd_config_tenant_of(cfg, model);
+}
+
+/* One arena per tenant and node, tenant-major (arena t * n_nodes + k is tenant t's on node k),
+ * each an even share of arena-size. */
 static int setup_arenas(struct lbd_server *s, char *err, size_t errlen)
 {
-	int nodes[LBD_MAX_ARENAS];
-	unsigned n = 0;
+	unsigned n = 0, tenants = lbd_config_tenants(s->cfg);
 
 	if (s->cfg->numa_node != LBD_NUMA_ALL) {
-		nodes[n++] = s->cfg->numa_node;
+		s->nodes[n++] = s->cfg->numa_node;
 	} else if (numa_available() < 0) {
-		nodes[n++] = -1; /* no NUMA support: one unbound arena */
+		s->nodes[n++] = -1; /* no NUMA support: unbound arenas */
 	} else {
 		for (int node = 0; node <= numa_max_node() && n < LBD_MAX_ARENAS; node++)
 			if (numa_bitmask_isbitset(numa_all_nodes_ptr, (unsigned)node))
-				nodes[n++] = node;
+				s->nodes[n++] = node;
 		if (n == 0)
-			nodes[n++] = -1;
+			s->nodes[n++] = -1;
 	}
-	for (unsigned i = 0; i < n; i++) {
-		/* The size is the total: each node gets its share, rounded up by the arena. */
-		size_t share = (size_t)((s->cfg->arena_size + n - 1) / n);
-		int ret = lbd_arena_create(&s->arenas[i], share, nodes[i], s->cfg->hugepages,
-					   s->boot_id, i, err, errlen);
-		if (ret < 0)
-			return ret;
-		s->n_arenas++;
+	s->n_nodes = n;
+	if (tenants * n > LBD_MAX_ARENAS) {
+		snprintf(err, errlen, "%u tenants (the shared one and %u distinct model-allow lists) on "
+			 "%u NUMA nodes make %u arenas, at most %u: give models that may share memory "
+			 "one list, or use --numa-node", tenants, tenants - 1, n, tenants * n,
+			 LBD_MAX_ARENAS);
+		return -EINVAL;
 	}
+	/* The size is the total: each arena gets its share, rounded up by the arena. */
+	size_t share = (size_t)((s->cfg->arena_size + tenants * n - 1) / (tenants * n));
+	for (unsigned t = 0; t < tenants; t++)
+		for (unsigned k = 0; k < n; k++) {
+			struct lbd_arena *a = &s->arenas[s->n_arenas];
+			int ret = lbd_arena_create(a, share, s->nodes[k], s->cfg->hugepages,
+						   s->boot_id, s->n_arenas, err, errlen);
+			if (ret < 0)
+				return ret;
+			a->tenant = t;
+			s->n_arenas++;
+		}
+	if (tenants > 1)
+		lbd_info("%u tenants (models without an allow-list, and %u lists): %zu MiB of arena "
+			 "each on each of %u nodes", tenants, tenants - 1, s->arenas[0].bytes >> 20, n);
 	return 0;
 }
 
@@ -1149,6 +1183,7 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 		snprintf(err, errlen, "cannot set up the store: %s", strerror(errno));
 		return -ENOMEM;
 	}
+	lbd_store_set_tenants(s->store, tenant_of, cfg);
 	/* The default staging, 8 MiB, is clamped to client-staging-max like any wish. */
 	s->limits = (struct lbd_region_limits){ .ring_default = 256, .ring_max = LBP_MAX_RING,
 						 .staging_default = 8u << 20,
@@ -1212,7 +1247,11 @@ int lbd_server_run(struct lbd_server *s)
 	if (s->cfg->snapshot_path[0])
 		restore_snapshot(s);
 	/* Threads start here, after any detaching fork: a fork keeps only the calling thread. */
-	ret = lbd_service_start(&s->service, s->store, s->cfg->threads, (uint64_t)s->cfg->spin_us * 1000);
+	if (s->cfg->threads < s->n_nodes)
+		lbd_warn("%u service threads for %u NUMA nodes: threads are not pinned to nodes (give "
+			 "--threads %u or more)", s->cfg->threads, s->n_nodes, s->n_nodes);
+	ret = lbd_service_start(&s->service, s->store, s->cfg->threads,
+				(uint64_t)s->cfg->spin_us * 1000, s->nodes, s->n_nodes);
 	if (ret < 0) {
 		lbd_err("cannot start service threads: %s", strerror(-ret));
 		return ret;

@@ -38,8 +38,10 @@ struct lbd_server {
 	char listen_path[108];  /* what listen_fd is bound to, for the log */
 	uint8_t boot_id[16];
 	struct timespec started; /* CLOCK_MONOTONIC */
-	struct lbd_arena arenas[LBD_MAX_ARENAS];
+	struct lbd_arena arenas[LBD_MAX_ARENAS]; /* tenant-major: t * n_nodes + k on nodes[k] */
 	unsigned n_arenas;
+	int nodes[LBD_MAX_ARENAS]; /* the NUMA nodes with arenas; { -1 }: not bound */
+	unsigned n_nodes;
 	struct lbd_models models;
 	struct lbd_store *store;
 	/* The second tier (--l2), for STATS only: lbd_server_set_tier. NULL: none. */

@@ -5,7 +5,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/futex.h>
+#include <numa.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,7 @@ struct lbd_svc_thread {
 	struct lbd_service *svc;
 	pthread_t tid;
 	bool started;
+	int node;                             /* the clients of this node come here; -1: any */
 	pthread_mutex_t mu;
 	struct lbd_dpclient *to_add, *to_del; /* pending, under mu */
 	_Atomic uint32_t pending;             /* lists non-empty, or stop */
@@ -103,6 +106,7 @@ struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint3
 	lb_ring_view_init(&c->cpl, c->base + c->layout.cpl_off, c->layout.cpl_entries);
 	c->client_id = client_id;
 	c->pid = pid;
+	c->node = -1;
 	return c;
 fail:
 	e = errno;
@@ -282,7 +286,7 @@ static void serve_insert(struct lbd_store *st, struct lbd_dpclient *c, const str
 		return;
 	}
 	if (model_ok(st, c, r, out))
-		lbd_store_insert(st, c->account, r, &h,
+		lbd_store_insert(st, (struct lbd_inserter){ c->account, c->node }, r, &h,
 				 staging_of(c) + r->payload_off + LB_INSERT_HDR_SIZE, out);
 }
 
@@ -345,7 +349,7 @@ static void serve_insert_block(struct lbd_store *st, struct lbd_dpclient *c,
 		return;
 	}
 	if (model_ok(st, c, r, out))
-		lbd_store_insert_block(st, c->account, r, &h,
+		lbd_store_insert_block(st, (struct lbd_inserter){ c->account, c->node }, r, &h,
 				       staging_of(c) + r->payload_off + LB_INSERT_HDR_SIZE, out);
 }
 
@@ -704,7 +708,30 @@ static void kick(struct lbd_svc_thread *t)
 	syscall(SYS_futex, &t->ctl, FUTEX_WAKE | FUTEX_PRIVATE_FLAG, 1, NULL, NULL, 0);
 }
 
-int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_threads, uint64_t spin_ns)
+/* Keep thread t on the CPUs of its node, where its clients run and their entries live. A
+ * failure costs locality, not service: one warning. */
+static void pin(struct lbd_svc_thread *t)
+{
+	struct bitmask *cpus = numa_allocate_cpumask();
+	cpu_set_t set;
+	int ret = -1;
+
+	CPU_ZERO(&set);
+	if (cpus && numa_node_to_cpus(t->node, cpus) == 0) {
+		for (unsigned i = 0; i < cpus->size && i < CPU_SETSIZE; i++)
+			if (numa_bitmask_isbitset(cpus, i))
+				CPU_SET(i, &set);
+		ret = CPU_COUNT(&set) ? pthread_setaffinity_np(t->tid, sizeof(set), &set) : -1;
+	}
+	if (cpus)
+		numa_free_cpumask(cpus);
+	if (ret != 0)
+		lbd_warn("service thread of node %d: cannot pin it to the node's CPUs: it runs anywhere",
+			 t->node);
+}
+
+int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_threads,
+		      uint64_t spin_ns, const int *nodes, unsigned n_nodes)
 {
 	memset(s, 0, sizeof(*s));
 	s->store = st;
@@ -720,6 +747,8 @@ int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_th
 	for (unsigned i = 0; i < n_threads; i++) {
 		struct lbd_svc_thread *t = &s->t[i];
 		t->svc = s;
+		/* A thread per node at least, or the nodes share them all. */
+		t->node = n_nodes && n_threads >= n_nodes ? nodes[i % n_nodes] : -1;
 		pthread_mutex_init(&t->mu, NULL);
 		int ret = pthread_create(&t->tid, NULL, svc_main, t);
 		if (ret) {
@@ -727,6 +756,8 @@ int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_th
 			return -ret;
 		}
 		t->started = true;
+		if (t->node >= 0)
+			pin(t);
 	}
 	return 0;
 }
@@ -771,10 +802,18 @@ void lbd_service_stop(struct lbd_service *s)
 
 void lbd_service_attach(struct lbd_service *s, struct lbd_dpclient *c)
 {
-	struct lbd_svc_thread *t = &s->t[s->next];
-	c->thread = s->next;
+	unsigned k = s->next;
+
+	/* Round robin over the threads of the client's node, if it has any. */
+	for (unsigned i = 0; c->node >= 0 && i < s->n_threads; i++)
+		if (s->t[(s->next + i) % s->n_threads].node == c->node) {
+			k = (s->next + i) % s->n_threads;
+			break;
+		}
+	struct lbd_svc_thread *t = &s->t[k];
+	c->thread = k;
 	c->may_hold = true;
-	s->next = (s->next + 1) % s->n_threads;
+	s->next = (k + 1) % s->n_threads;
 	pthread_mutex_lock(&t->mu);
 	c->next_pending = t->to_add;
 	t->to_add = c;

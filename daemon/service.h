@@ -48,6 +48,7 @@ struct lbd_dpclient {
 	struct lb_ring_view cpl;     /* we produce */
 	struct lbd_leases leases;
 	uint32_t account;    /* its insert account in the store (client-insert-bytes); 0: none */
+	int node;            /* the NUMA node it runs on (HELLO), its inserts' home; -1: unknown */
 	uint64_t client_id;
 	pid_t pid;
 	struct lbd_dpclient *next_pending;
@@ -107,8 +108,11 @@ void lbd_dpclient_free(struct lbd_store *st, struct lbd_dpclient *c);
  * held (single-flight answers at once). @return requests served. */
 unsigned lbd_dpclient_pump(struct lbd_store *st, struct lbd_dpclient *c);
 
-/* @return 0, or -errno (threads could not start). */
-int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_threads, uint64_t spin_ns);
+/* nodes[n_nodes]: the NUMA nodes with arenas (-1: not bound). With at least one thread per node,
+ * thread i serves the clients of nodes[i % n_nodes] and runs on that node's CPUs; with fewer,
+ * every thread serves every client, unpinned. @return 0, or -errno (threads could not start). */
+int lbd_service_start(struct lbd_service *s, struct lbd_store *st, unsigned n_threads,
+		      uint64_t spin_ns, const int *nodes, unsigned n_nodes);
 /* How long an idle thread spins before it sleeps, from its next idle poll on (a sleeping
  * thread keeps sleeping until a doorbell rings). */
 void lbd_service_set_spin(struct lbd_service *s, uint64_t spin_ns);
@@ -117,7 +121,7 @@ uint64_t lbd_service_spin(const struct lbd_service *s);
 /* Stop and join the threads, freeing every client still attached. */
 void lbd_service_stop(struct lbd_service *s);
 
-/* Hand c to a service thread. */
+/* Hand c to a service thread: one of c->node's, if any. */
 void lbd_service_attach(struct lbd_service *s, struct lbd_dpclient *c);
 /* The client went away: its thread releases its leases and frees it. c must not be used
  * after this call. */

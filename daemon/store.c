@@ -141,22 +141,27 @@ static void list_del(struct lbd_store *st, uint32_t *list, uint32_t *n, size_t p
 int store_live_reserve(struct lbd_store *st)
 {
 	uint32_t need = st->n_live + st->n_pending + 1;
-	if (list_room(&st->live, &st->live_cap, need) < 0 ||
-	    list_room(&st->cand, &st->cand_cap, need) < 0)
+	if (list_room(&st->live, &st->live_cap, need) < 0)
 		return -ENOMEM;
+	/* Any tenant's list may have to take every entry: tenants are few. */
+	for (unsigned t = 0; t < st->n_tenants; t++)
+		if (list_room(&st->ten[t].cand, &st->ten[t].cand_cap, need) < 0)
+			return -ENOMEM;
 	return 0;
 }
 
 void store_cand_add(struct lbd_store *st, uint32_t id)
 {
+	struct tenant *t = store_tenant_of(st, &st->e[id]);
 	if (st->e[id].cand_pos == NONE)
-		list_add(st, st->cand, &st->n_cand, st->cand_cap, offsetof(struct entry, cand_pos), id);
+		list_add(st, t->cand, &t->n_cand, t->cand_cap, offsetof(struct entry, cand_pos), id);
 }
 
 void store_cand_del(struct lbd_store *st, uint32_t id)
 {
+	struct tenant *t = store_tenant_of(st, &st->e[id]);
 	if (st->e[id].cand_pos != NONE)
-		list_del(st, st->cand, &st->n_cand, offsetof(struct entry, cand_pos), id);
+		list_del(st, t->cand, &t->n_cand, offsetof(struct entry, cand_pos), id);
 }
 
 /* ---- insert accounts ---- */
@@ -404,6 +409,9 @@ static void entry_free(struct lbd_store *st, uint32_t id)
 		list_del(st, st->live, &st->n_live, offsetof(struct entry, live_pos), id);
 	lbd_alloc_put(st->alloc[e->arena], e->off);
 	st->c.bytes_used -= e->bytes;
+	store_tenant_of(st, e)->used -= e->bytes;
+	st->ac[e->arena].bytes_used -= e->bytes;
+	st->ac[e->arena].entries--;
 	uncharge(st, e);
 	store_entry_put(st, id);
 }
@@ -479,6 +487,10 @@ static uint32_t entry_place(struct lbd_store *st, uint8_t kind, uint32_t bank, u
 	e->off = off;
 	e->bytes = need;
 	st->c.bytes_used += need;
+	store_tenant_of(st, e)->used += need;
+	st->ac[arena].bytes_used += need;
+	st->ac[arena].entries++;
+	st->ac[arena].inserts++;
 	return eid;
 }
 
@@ -628,29 +640,35 @@ static double victim_score(const struct lbd_store *st, const struct entry *e, ui
 	return (double)e->last_ns;
 }
 
-/* Evict one unleased candidate chosen by the policy from a sample. @return 0, -ENOSPC. */
-static int evict_one(struct lbd_store *st, uint64_t now)
+/* Evict one unleased candidate of tenant t chosen by the policy from a sample: one in arena
+ * home if the sample has one (home -1: any). @return 0, -ENOSPC. */
+static int evict_one(struct lbd_store *st, unsigned t, int home, uint64_t now)
 {
-	uint32_t best = NONE, n = st->n_cand;
+	const struct tenant *ten = &st->ten[t];
+	uint32_t best = NONE, n = ten->n_cand;
+	bool best_home = false;
 	double best_score = 0;
 
 	for (uint32_t k = 0; k < (n < SAMPLE ? n : SAMPLE); k++) {
 		/* Below SAMPLE candidates look at every one: exact policy for small caches. */
-		uint32_t id = st->cand[n <= SAMPLE ? k : (uint32_t)(rnd(st) % n)];
+		uint32_t id = ten->cand[n <= SAMPLE ? k : (uint32_t)(rnd(st) % n)];
 		const struct entry *e = &st->e[id];
 		if (e->leases)
 			continue;
+		bool at_home = home < 0 || e->arena == (unsigned)home;
 		double s = victim_score(st, e, now);
-		if (best == NONE || s < best_score) {
+		if (best == NONE || (at_home && !best_home) ||
+		    (at_home == best_home && s < best_score)) {
 			best = id;
 			best_score = s;
+			best_home = at_home;
 		}
 	}
 	if (best == NONE && n > SAMPLE) {
 		/* The sample was all leased: scan for any candidate before giving up. */
 		for (uint32_t k = 0; k < n && best == NONE; k++)
-			if (!st->e[st->cand[k]].leases)
-				best = st->cand[k];
+			if (!st->e[ten->cand[k]].leases)
+				best = ten->cand[k];
 	}
 	if (best == NONE)
 		return -ENOSPC;
@@ -661,27 +679,58 @@ static int evict_one(struct lbd_store *st, uint64_t now)
 	return 0;
 }
 
-int store_alloc_any(struct lbd_store *st, uint64_t need, unsigned *arena, uint64_t *off)
+/* The arena of tenant t on node, or -1 (node -1, or no such arena). */
+static int home_arena(const struct lbd_store *st, unsigned t, int node)
 {
+	for (unsigned i = 0; node >= 0 && i < st->n_arenas; i++)
+		if (st->arenas[i].tenant == t && st->arenas[i].node == node)
+			return (int)i;
+	return -1;
+}
+
+int store_alloc_in(struct lbd_store *st, unsigned tenant, int node, uint64_t need,
+		   unsigned *arena, uint64_t *off)
+{
+	int home = home_arena(st, tenant, node);
+
+	if (home >= 0 && lbd_alloc_get(st->alloc[home], need, off) == 0) {
+		*arena = (unsigned)home;
+		return 0;
+	}
 	for (unsigned i = 0; i < st->n_arenas; i++)
-		if (lbd_alloc_get(st->alloc[i], need, off) == 0) {
+		if (st->arenas[i].tenant == tenant && (int)i != home &&
+		    lbd_alloc_get(st->alloc[i], need, off) == 0) {
 			*arena = i;
+			if (home >= 0)
+				st->ac[home].remote++;
 			return 0;
 		}
 	return -ENOSPC;
 }
 
-int store_make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned *arena,
-		    uint64_t *off)
+uint64_t store_tenant_budget(const struct lbd_store *st, unsigned t)
 {
+	if (st->n_tenants == 1)
+		return st->c.bytes_budget;
+	return (uint64_t)((long double)st->c.bytes_budget * st->ten[t].data_bytes / st->data_bytes);
+}
+
+int store_make_room(struct lbd_store *st, const struct bank *b, int node, uint64_t need,
+		    uint64_t now, unsigned *arena, uint64_t *off)
+{
+	const struct tenant *t = &st->ten[b->tenant];
+	uint64_t budget = store_tenant_budget(st, b->tenant);
+	int home = home_arena(st, b->tenant, node);
+
 	/* What eviction cannot free is not worth evicting for: fail before dropping anything. */
-	if (st->pinned >= st->c.bytes_budget || need > st->c.bytes_budget - st->pinned)
+	if (st->pinned >= st->c.bytes_budget || need > st->c.bytes_budget - st->pinned ||
+	    need > budget)
 		return -ENOSPC;
 	for (int round = 0; round < MAX_EVICT_ROUNDS; round++) {
-		if (st->c.bytes_used + need <= st->c.bytes_budget &&
-		    store_alloc_any(st, need, arena, off) == 0)
+		if (t->used + need <= budget &&
+		    store_alloc_in(st, b->tenant, node, need, arena, off) == 0)
 			return 0;
-		if (evict_one(st, now) < 0)
+		if (evict_one(st, b->tenant, home, now) < 0)
 			return -ENOSPC;
 	}
 	return -ENOSPC;
@@ -1032,16 +1081,40 @@ struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas, con
 	for (unsigned i = 0; i < n_arenas; i++) {
 		const struct lb_arena_hdr *h = arenas[i].hdr;
 		st->alloc[i] = lbd_alloc_new(arenas[i].hdr, h->data_off, h->data_bytes & ~(uint64_t)(LBD_ALLOC_ALIGN - 1));
-		if (!st->alloc[i]) {
+		if (!st->alloc[i] || arenas[i].tenant >= LBP_MAX_ARENAS) {
 			lbd_store_free(st);
 			return NULL;
 		}
 		data += h->data_bytes;
+		st->ten[arenas[i].tenant].data_bytes += h->data_bytes;
+		if (arenas[i].tenant >= st->n_tenants)
+			st->n_tenants = arenas[i].tenant + 1;
 	}
+	/* Every tenant up to the largest holds an arena: none can be without room. */
+	for (unsigned t = 0; t < st->n_tenants; t++)
+		if (!st->ten[t].data_bytes) {
+			lbd_store_free(st);
+			return NULL;
+		}
 	st->data_bytes = data;
 	st->c.bytes_budget = cfg->budget && cfg->budget < data ? cfg->budget : data;
 	snprintf(st->c.policy, sizeof(st->c.policy), "%s", lbd_policy_name(cfg->policy));
 	return st;
+}
+
+void lbd_store_set_tenants(struct lbd_store *st, lbd_tenant_of_fn fn, const void *ctx)
+{
+	store_lock(st);
+	st->tenant_of = fn;
+	st->tenant_ctx = ctx;
+	store_unlock(st);
+}
+
+void lbd_store_arena_counts(struct lbd_store *st, struct lbd_arena_counts *out)
+{
+	store_lock(st);
+	memcpy(out, st->ac, sizeof(*out) * st->n_arenas);
+	store_unlock(st);
 }
 
 void lbd_store_set_tier(struct lbd_store *st, const struct lbd_store_tier *t)
@@ -1076,7 +1149,8 @@ void lbd_store_free(struct lbd_store *st)
 	free(st->in);
 	free(st->blk);
 	free(st->live);
-	free(st->cand);
+	for (unsigned t = 0; t < st->n_tenants; t++)
+		free(st->ten[t].cand);
 	free(st->acct);
 	free(st->cl);
 	pthread_mutex_destroy(&st->lock);
@@ -1100,8 +1174,13 @@ int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lb
 		st->banks = nb;
 		st->n_banks = model_id;
 	}
-	if (!st->banks[model_id - 1].desc.n_layers)
-		ret = bank_init(st, &st->banks[model_id - 1], d);
+	if (!st->banks[model_id - 1].desc.n_layers) {
+		unsigned t = st->tenant_of ? st->tenant_of(st->tenant_ctx, d->name) : 0;
+		/* A tenant without arenas would have nowhere to put its entries. */
+		ret = t < st->n_tenants ? bank_init(st, &st->banks[model_id - 1], d) : -EINVAL;
+		if (ret == 0)
+			st->banks[model_id - 1].tenant = t;
+	}
 out:
 	store_unlock(st);
 	return ret;
@@ -1146,6 +1225,8 @@ int lbd_store_clear(struct lbd_store *st)
 	memcpy(policy, st->c.policy, sizeof(policy));
 	memset(&st->c, 0, sizeof(st->c));
 	st->c.bytes_budget = budget;
+	/* Every entry went: the arenas hold nothing, and their counts start again with st->c's. */
+	memset(st->ac, 0, sizeof(st->ac));
 	memcpy(st->c.policy, policy, sizeof(policy));
 	st->rng = RNG_SEED;
 	store_unlock(st);
@@ -1320,7 +1401,8 @@ static int check_blocks(const struct lbd_store *st, char *why, size_t n)
  * when LIVE, or DOOMED and leased. */
 static int check_lists(const struct lbd_store *st, char *why, size_t n)
 {
-	uint64_t used = 0, live = 0, cand = 0;
+	uint64_t used = 0, live = 0, cand = 0, t_cand = 0, t_used = 0;
+	uint64_t a_used[LBP_MAX_ARENAS] = { 0 }, a_entries[LBP_MAX_ARENAS] = { 0 };
 
 	for (uint32_t i = 0; i < st->e_cap; i++) {
 		const struct entry *e = &st->e[i];
@@ -1329,18 +1411,28 @@ static int check_lists(const struct lbd_store *st, char *why, size_t n)
 		bool is_live = e->state == E_LIVE || (e->state == E_DOOMED && e->leases);
 		if (e->state == E_FREE)
 			continue;
+		const struct tenant *t = &st->ten[st->arenas[e->arena].tenant];
 		used += e->bytes;
 		live += is_live;
 		cand += is_cand;
+		a_used[e->arena] += e->bytes;
+		a_entries[e->arena]++;
 		if (is_cand != (e->cand_pos != NONE) ||
-		    (e->cand_pos != NONE && st->cand[e->cand_pos] != i))
+		    (e->cand_pos != NONE && t->cand[e->cand_pos] != i))
 			return bad(why, n, "candidate list wrong", i);
 		if (is_live != (e->live_pos != NONE) ||
 		    (e->live_pos != NONE && st->live[e->live_pos] != i))
 			return bad(why, n, "live list wrong", i);
 	}
-	if (live != st->n_live || cand != st->n_cand || used != st->c.bytes_used)
+	for (unsigned t = 0; t < st->n_tenants; t++) {
+		t_cand += st->ten[t].n_cand;
+		t_used += st->ten[t].used;
+	}
+	if (live != st->n_live || cand != t_cand || used != st->c.bytes_used || used != t_used)
 		return bad(why, n, "list lengths or bytes_used wrong", NONE);
+	for (unsigned a = 0; a < st->n_arenas; a++)
+		if (a_used[a] != st->ac[a].bytes_used || a_entries[a] != st->ac[a].entries)
+			return bad(why, n, "an arena's bytes or entries wrong", NONE);
 	return 0;
 }
 
@@ -1380,8 +1472,9 @@ uint64_t lbd_store_configure(struct lbd_store *st, const struct lbd_store_cfg *c
 	st->c.bytes_budget = cfg->budget && cfg->budget < st->data_bytes ? cfg->budget : st->data_bytes;
 	/* Down to the new budget as an insert would make room: by the policy, never an entry
 	 * under lease or being inserted; what those hold stays over the budget until they end. */
-	while (st->c.bytes_used > st->c.bytes_budget && evict_one(st, now) == 0)
-		evicted++;
+	for (unsigned t = 0; t < st->n_tenants; t++)
+		while (st->ten[t].used > store_tenant_budget(st, t) && evict_one(st, t, -1, now) == 0)
+			evicted++;
 	store_unlock(st);
 	return evicted;
 }

@@ -92,9 +92,37 @@ void lbd_store_tier_done(struct lbd_store *st, uint64_t claim);
 /* Set (or with NULL clear) the tier's hooks; before the service threads start. */
 void lbd_store_set_tier(struct lbd_store *st, const struct lbd_store_tier *t);
 
+/* The arenas' tenants (lbd_arena.tenant) partition them: each tenant's entries live in its own
+ * arenas only, and its share of the budget is its arenas' share of the data bytes. */
 struct lbd_store *lbd_store_new(struct lbd_arena *arenas, unsigned n_arenas,
 				const struct lbd_store_cfg *cfg);
 void lbd_store_free(struct lbd_store *st);
+
+/* The tenant a model's entries belong to, by its name (lbd_config_tenant_of): a tenant some arena
+ * has, else the model is refused its bank. */
+typedef unsigned (*lbd_tenant_of_fn)(const void *ctx, const char *model);
+/* Before any model is added. NULL: every model is the shared tenant's (0). */
+void lbd_store_set_tenants(struct lbd_store *st, lbd_tenant_of_fn fn, const void *ctx);
+
+/* Who inserts: the client's insert account (lbd_store_account_open; 0: none, the daemon's own
+ * inserts) and the NUMA node it runs on, whose arena takes the entry while it has room (-1:
+ * no preference). */
+struct lbd_inserter {
+	uint32_t account;
+	int node;
+};
+#define LBD_INSERTER_DAEMON ((struct lbd_inserter){ .account = 0, .node = -1 })
+
+/* What one arena holds and served, for STATS per node. */
+struct lbd_arena_counts {
+	uint64_t bytes_used;  /* its entries' bytes, as bytes_used counts them */
+	uint64_t entries;     /* entries in its memory (layer entries and prefix blocks) */
+	uint64_t hits;        /* lookups answered from it (a prefix: its first block's arena) */
+	uint64_t inserts;     /* entries placed in it */
+	uint64_t remote;      /* inserts of its node's clients placed in another arena: no room */
+};
+/* out[n_arenas]. */
+void lbd_store_arena_counts(struct lbd_store *st, struct lbd_arena_counts *out);
 
 /* Make a bank for a registered model (idempotent). @return 0, -ENOMEM, -EINVAL. */
 int lbd_store_add_model(struct lbd_store *st, uint32_t model_id, const struct lbp_register_model *d);
@@ -143,9 +171,8 @@ _Atomic uint32_t *lbd_store_claim_seq(struct lbd_store *st);
 /* Claims alive (their holders' handles not yet released), past their bound or not. */
 uint32_t lbd_store_claims(struct lbd_store *st);
 
-/* account: the inserting client's (lbd_store_account_open), charged with the entry's bytes;
- * an insert beyond its limit is -EDQUOT. 0: none. */
-void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+/* who.account is charged with the entry's bytes; an insert beyond its limit is -EDQUOT. */
+void lbd_store_insert(struct lbd_store *st, struct lbd_inserter who, const struct lb_req *r,
 		      const struct lb_insert_hdr *ins, const uint8_t *data, struct lb_cpl *cpl);
 void lbd_store_release(struct lbd_store *st, struct lbd_leases *ls, uint64_t lease, struct lb_cpl *cpl);
 /* REPORT: -EINVAL for a prefix hit's lease (exact blocks drift by nothing). A drift above
@@ -172,11 +199,11 @@ void lbd_store_lookup_prefix(struct lbd_store *st, struct lbd_leases *ls, const 
 			     struct lb_cpl *cpl);
 /*
  * INSERT_BLOCK (Ring protocol 10): h (copied out) and its data in the client's staging (copied
- * into the arena and checksummed there), charged to account. cpl: status 0 with arena and
+ * into the arena and checksummed there), charged to who.account. cpl: status 0 with arena and
  * entry_off, -EEXIST, -ENOENT (the parent is not cached, or went while this one was copied),
  * -EINVAL (a geometry not the model's), -ESRCH, -EDQUOT, -ENOSPC, -ENOMEM.
  */
-void lbd_store_insert_block(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+void lbd_store_insert_block(struct lbd_store *st, struct lbd_inserter who, const struct lb_req *r,
 			    const struct lb_block_hdr *h, const uint8_t *data, struct lb_cpl *cpl);
 
 /*

@@ -91,6 +91,7 @@ void lbd_store_lookup_prefix(struct lbd_store *st, struct lbd_leases *ls, const 
 			out[i] = (struct lb_prefix_block){ .entry_off = e->off, .arena = e->arena };
 		}
 		st->c.prefix_hits++;
+		st->ac[st->e[ids[0]].arena].hits++;
 		st->c.blocks_served += found;
 		cpl->count = found;
 	}
@@ -128,7 +129,7 @@ static int block_parent(struct lbd_store *st, struct bank *b, const struct lb_bl
 /* An INSERT_BLOCK's first phase, under the lock: the checks, the parent held so that making
  * room cannot evict it, the quota, room, and a PENDING entry linked under the parent.
  * @return the entry, or NONE with cpl->status set. */
-static uint32_t block_reserve(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+static uint32_t block_reserve(struct lbd_store *st, struct lbd_inserter who, const struct lb_req *r,
 			      const struct lb_block_hdr *h, uint64_t now, struct lb_cpl *cpl)
 {
 	uint64_t need = store_entry_need(h->bytes), off = 0;
@@ -144,12 +145,12 @@ static uint32_t block_reserve(struct lbd_store *st, uint32_t account, const stru
 		cpl->status = block_parent(st, b, h, &parent);
 	if (cpl->status < 0)
 		return NONE;
-	struct account *a = store_quota(st, account, need, &cpl->status);
+	struct account *a = store_quota(st, who.account, need, &cpl->status);
 	if (cpl->status < 0)
 		return NONE;
 	if (parent != NONE)
 		store_block_hold(st, parent);
-	cpl->status = store_make_room(st, need, now, &arena, &off);
+	cpl->status = store_make_room(st, b, who.node, need, now, &arena, &off);
 	uint32_t eid = cpl->status < 0 ? NONE
 				       : store_block_place(st, b, h->key, h->index, parent, arena, off,
 							   need);
@@ -160,7 +161,7 @@ static uint32_t block_reserve(struct lbd_store *st, uint32_t account, const stru
 			cpl->status = -ENOMEM;
 		return NONE;
 	}
-	store_entry_pending(st, eid, a, account);
+	store_entry_pending(st, eid, a, who.account);
 	return eid;
 }
 
@@ -184,7 +185,7 @@ static void block_commit(struct lbd_store *st, uint32_t eid, uint32_t gen, uint6
 	cpl->entry_off = e->off;
 }
 
-void lbd_store_insert_block(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+void lbd_store_insert_block(struct lbd_store *st, struct lbd_inserter who, const struct lb_req *r,
 			    const struct lb_block_hdr *h, const uint8_t *data, struct lb_cpl *cpl)
 {
 	uint64_t now = lb_now_ns();
@@ -194,7 +195,7 @@ void lbd_store_insert_block(struct lbd_store *st, uint32_t account, const struct
 		return;
 	}
 	store_lock(st);
-	uint32_t eid = block_reserve(st, account, r, h, now, cpl);
+	uint32_t eid = block_reserve(st, who, r, h, now, cpl);
 	if (eid == NONE) {
 		store_unlock(st);
 		return;
@@ -215,7 +216,7 @@ void lbd_store_insert_block(struct lbd_store *st, uint32_t account, const struct
 	store_lock(st);
 	block_commit(st, eid, gen, now, cpl);
 	bool put = cpl->status == 0 &&
-		   store_tier_wants(st, st->tier.put_block != NULL, account, r->model_id, &d);
+		   store_tier_wants(st, st->tier.put_block != NULL, who.account, r->model_id, &d);
 	store_unlock(st);
 	if (put)
 		st->tier.put_block(st->tier.ctx, &d, r, h, data);

@@ -25,7 +25,7 @@ struct entry {
 	uint32_t gen;
 	uint32_t leases;
 	uint32_t live_pos;  /* in st->live, while LIVE, or DOOMED and leased */
-	uint32_t cand_pos;  /* in st->cand, while an eviction candidate, else NONE */
+	uint32_t cand_pos;  /* in its tenant's cand, while an eviction candidate, else NONE */
 	uint64_t off;       /* of struct lb_entry_hdr in its arena */
 	uint64_t bytes;     /* allocated */
 	uint64_t created_ns, last_ns;
@@ -115,6 +115,17 @@ struct bank {
 	uint32_t good_d_default;       /* and the tightest layer's: within it every layer's is met */
 	bool retired;                  /* lbd_store_drop_model: answers as no model; its memory
 					* stays for inserts that were copying when it went */
+	unsigned tenant;               /* whose arenas hold its entries (lbd_store_set_tenants) */
+};
+
+/* A tenant's share of the store: its arenas' data areas, the bytes its entries hold, and its
+ * eviction candidates (LIVE layer entries and LIVE leaf blocks in its arenas): an insert makes
+ * room by evicting its own tenant's entries only. */
+struct tenant {
+	uint64_t data_bytes;
+	uint64_t used;
+	uint32_t *cand;
+	uint32_t n_cand, cand_cap;
 };
 
 struct lbd_store {
@@ -135,8 +146,11 @@ struct lbd_store {
 	uint32_t *live;       /* LIVE or DOOMED-but-leased entries: what FLUSH and the rest walk */
 	uint32_t n_live, live_cap;
 	uint32_t n_pending;   /* PENDING entries: live_cap > n_live + n_pending (live_reserve) */
-	uint32_t *cand;       /* eviction candidates: LIVE layer entries and LIVE leaf blocks */
-	uint32_t n_cand, cand_cap;
+	struct tenant ten[LBP_MAX_ARENAS]; /* n_tenants of them: 1 + the largest arena tenant */
+	unsigned n_tenants;
+	struct lbd_arena_counts ac[LBP_MAX_ARENAS]; /* per arena, for STATS per node */
+	lbd_tenant_of_fn tenant_of;       /* model name -> tenant; NULL: every model the shared one */
+	const void *tenant_ctx;
 	uint64_t rng;
 	uint64_t data_bytes;  /* the arenas' data areas: the largest budget */
 	uint64_t pinned;      /* bytes no eviction can free: leased LIVE and PENDING entries */
@@ -210,11 +224,22 @@ void store_cand_del(struct lbd_store *st, uint32_t id);
 /* The client's quota for need more bytes: its account (NULL: none), or NULL with *err -EDQUOT
  * (counted). */
 struct account *store_quota(struct lbd_store *st, uint32_t account, uint64_t need, int *err);
-/* Room for need bytes by the policy. @return 0 with the block; -ENOSPC. */
-int store_make_room(struct lbd_store *st, uint64_t need, uint64_t now, unsigned *arena,
-		    uint64_t *off);
-/* A block of need bytes without any eviction. @return 0; -ENOSPC. */
-int store_alloc_any(struct lbd_store *st, uint64_t need, unsigned *arena, uint64_t *off);
+/* Room for need bytes of b's tenant by the policy, on node's arena while it has room (then on
+ * the tenant's others, counted as remote; node -1: any), evicting the tenant's entries (those on
+ * node's arena first) when none has. @return 0 with the block; -ENOSPC. */
+int store_make_room(struct lbd_store *st, const struct bank *b, int node, uint64_t need,
+		    uint64_t now, unsigned *arena, uint64_t *off);
+/* A block of need bytes in tenant's arenas without any eviction, node's first (-1: any).
+ * @return 0; -ENOSPC. */
+int store_alloc_in(struct lbd_store *st, unsigned tenant, int node, uint64_t need,
+		   unsigned *arena, uint64_t *off);
+/* Tenant t's part of the budget: its arenas' part of the data bytes. */
+uint64_t store_tenant_budget(const struct lbd_store *st, unsigned t);
+/* The tenant of entry e: its arena's. */
+static inline struct tenant *store_tenant_of(struct lbd_store *st, const struct entry *e)
+{
+	return &st->ten[st->arenas[e->arena].tenant];
+}
 /*
  * A new entry in the block at (arena, off) of need bytes, counted as used, its room in the lists
  * reserved, not yet PENDING nor LIVE: of layer for the input with these keys (made if none is

@@ -148,6 +148,7 @@ static int lookup_hit(struct lbd_store *st, struct lbd_leases *ls, struct bank *
 	e->score = store_decayed_score(st, e, now) + 1.0;
 	e->score_ns = now;
 	st->c.hits++;
+	st->ac[e->arena].hits++;
 	if (r->opcode == LB_OP_LOOKUP) {
 		b->layer[layer].hits++;
 	} else {
@@ -370,7 +371,7 @@ static int input_check(struct lbd_store *st, struct bank *b, const uint64_t exac
  * client's quota, room made by the policy, and a PENDING entry that no lookup finds and no
  * eviction takes while its data is copied. @return the entry, or NONE with cpl->status set.
  */
-static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+static uint32_t insert_reserve(struct lbd_store *st, struct lbd_inserter who, const struct lb_req *r,
 			       const struct lb_insert_hdr *h, uint64_t now, struct lb_cpl *cpl)
 {
 	uint64_t need = store_entry_need(insert_body(h)), off = 0;
@@ -385,10 +386,10 @@ static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const str
 	if (cpl->status < 0)
 		return NONE;
 	/* The client's quota before the budget: an insert it may not pay for evicts nothing. */
-	struct account *a = store_quota(st, account, need, &cpl->status);
+	struct account *a = store_quota(st, who.account, need, &cpl->status);
 	if (cpl->status < 0)
 		return NONE;
-	cpl->status = store_make_room(st, need, now, &arena, &off);
+	cpl->status = store_make_room(st, b, who.node, need, now, &arena, &off);
 	if (cpl->status < 0)
 		return NONE;
 	/* make_room may have evicted the input found above: the place looks again. */
@@ -400,7 +401,7 @@ static uint32_t insert_reserve(struct lbd_store *st, uint32_t account, const str
 	}
 	st->e[eid].approx = (uint16_t)h->approx;
 	st->e[eid].tokens = h->n_tokens != 0;
-	store_entry_pending(st, eid, a, account);
+	store_entry_pending(st, eid, a, who.account);
 	return eid;
 }
 
@@ -423,7 +424,7 @@ static void insert_commit(struct lbd_store *st, uint32_t eid, uint32_t gen, cons
 	cpl->entry_off = e->off;
 }
 
-void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_req *r,
+void lbd_store_insert(struct lbd_store *st, struct lbd_inserter who, const struct lb_req *r,
 		      const struct lb_insert_hdr *h, const uint8_t *data, struct lb_cpl *cpl)
 {
 	uint64_t now = lb_now_ns();
@@ -435,7 +436,7 @@ void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_re
 		return;
 	}
 	store_lock(st);
-	uint32_t eid = insert_reserve(st, account, r, h, now, cpl);
+	uint32_t eid = insert_reserve(st, who, r, h, now, cpl);
 	if (eid == NONE) {
 		store_unlock(st);
 		free(tokens);
@@ -458,7 +459,7 @@ void lbd_store_insert(struct lbd_store *st, uint32_t account, const struct lb_re
 	store_lock(st);
 	insert_commit(st, eid, gen, r, now, cpl);
 	bool put = cpl->status == 0 &&
-		   store_tier_wants(st, st->tier.put_layer != NULL, account, r->model_id, &d);
+		   store_tier_wants(st, st->tier.put_layer != NULL, who.account, r->model_id, &d);
 	store_unlock(st);
 	if (put)
 		st->tier.put_layer(st->tier.ctx, &d, r, h, data, tokens);

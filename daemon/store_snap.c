@@ -260,10 +260,13 @@ int lbd_store_restore(struct lbd_store *st, const struct lbd_store_item *it)
 	if (ret == 0)
 		ret = restore_exists(st, b, it);
 	/* No eviction: what is restored first was chosen as the more valuable. */
-	if (ret == 0 && (need > st->c.bytes_budget || st->c.bytes_used > st->c.bytes_budget - need))
-		ret = -ENOSPC;
+	if (ret == 0) {
+		uint64_t budget = store_tenant_budget(st, b->tenant);
+		if (need > budget || st->ten[b->tenant].used > budget - need)
+			ret = -ENOSPC;
+	}
 	if (ret == 0)
-		ret = store_alloc_any(st, need, &arena, &off);
+		ret = store_alloc_in(st, b->tenant, -1, need, &arena, &off);
 	if (ret < 0)
 		goto out;
 	uint32_t eid = restore_place(st, b, it, arena, off, need, &ret);

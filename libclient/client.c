@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -176,6 +177,8 @@ static void region_unmap(struct lb_client *c)
 	c->region_fd = -1;
 }
 
+/* Arena i of WELCOME goes to c->arenas[its index]: completions name arenas by index, and the
+ * arenas of tenants we may not read are holes (fd -1, nothing mapped). */
 static int map_arenas(struct lb_client *c, const struct lbp_welcome *w, const int *fds, unsigned n)
 {
 	if (n != w->n_arenas + 1) {
@@ -191,20 +194,30 @@ static int map_arenas(struct lb_client *c, const struct lbp_welcome *w, const in
 		close_fds(fds, n);
 		return ret;
 	}
+	for (unsigned k = 0; k < LBP_MAX_ARENAS; k++)
+		c->arenas[k] = (struct lb_arena_map){ .fd = -1 };
 	for (unsigned i = 0; i < n; i++) {
-		struct lb_arena_map *a = &c->arenas[i];
+		unsigned idx = w->arenas[i].index;
+		struct lb_arena_map *a = &c->arenas[idx];
 		const char *why = NULL;
 		struct stat st;
 
+		if (i && idx <= w->arenas[i - 1].index) {
+			/* Rising: no slot is taken twice, so no fd is lost. */
+			snprintf(c->last_error, sizeof(c->last_error),
+				 "WELCOME's arena %u: index %u not above the one before", i, idx);
+			close_fds(fds + i, n - i);
+			return -EPROTO;
+		}
 		a->fd = fds[i];
-		c->n_arenas = i + 1;
+		c->n_arenas = idx + 1;
 		if (fstat(a->fd, &st) < 0 || (uint64_t)st.st_size != w->arenas[i].bytes) {
 			why = "size differs from WELCOME";
 		} else {
 			void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, a->fd, 0);
 			if (p == MAP_FAILED) {
 				int e = errno;
-				snprintf(c->last_error, sizeof(c->last_error), "mmap arena %u: %s", i,
+				snprintf(c->last_error, sizeof(c->last_error), "mmap arena %u: %s", idx,
 					 strerror(e));
 				close_fds(fds + i + 1, n - i - 1);
 				return -e;
@@ -215,12 +228,12 @@ static int map_arenas(struct lb_client *c, const struct lbp_welcome *w, const in
 			if (lbp_arena_hdr_check(h, a->bytes, &why) == 0) {
 				if (memcmp(h->boot_id, w->boot_id, sizeof(h->boot_id)) != 0)
 					why = "boot id differs from WELCOME";
-				else if (h->arena_index != i)
-					why = "arena_index differs from its position in WELCOME";
+				else if (h->arena_index != idx)
+					why = "arena_index differs from its index in WELCOME";
 			}
 		}
 		if (why) {
-			snprintf(c->last_error, sizeof(c->last_error), "arena %u: %s", i, why);
+			snprintf(c->last_error, sizeof(c->last_error), "arena %u: %s", idx, why);
 			close_fds(fds + i + 1, n - i - 1);
 			return -EPROTO;
 		}
@@ -253,7 +266,8 @@ static void unmap_arenas(struct lb_arena_map *a, unsigned n)
 	for (unsigned i = 0; i < n; i++) {
 		if (a[i].base)
 			munmap((void *)(uintptr_t)a[i].base, a[i].bytes);
-		close(a[i].fd);
+		if (a[i].fd >= 0)
+			close(a[i].fd);
 	}
 }
 
@@ -277,6 +291,23 @@ static void set_timeouts(int fd, uint64_t ns)
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 }
 
+/* $LAYERBANK_NUMA_NODE, else the node of the CPU we run on now; -1 when neither says. A node
+ * the daemon has no arena on is its to ignore. */
+static int32_t numa_node(void)
+{
+	const char *v = getenv(LB_NUMA_NODE_ENV);
+	unsigned cpu, node;
+	char *end;
+
+	if (v && *v) {
+		long n = strtol(v, &end, 10);
+		return !*end && n >= 0 && n <= INT32_MAX ? (int32_t)n : -1;
+	}
+	if (syscall(SYS_getcpu, &cpu, &node, NULL) < 0 || node > INT32_MAX)
+		return -1;
+	return (int32_t)node;
+}
+
 /* Socket and HELLO, every wait bounded by timeout_ns. On failure the caller calls drop_conn.
  * @return 0 or as lb_connect. */
 static int start_conn(struct lb_client *c, uint64_t timeout_ns)
@@ -294,6 +325,7 @@ static int start_conn(struct lb_client *c, uint64_t timeout_ns)
 		return errno == EINPROGRESS || errno == EAGAIN ? -ETIMEDOUT : -errno;
 	req.u.hello.shm_abi = LB_SHM_ABI_VERSION;
 	memcpy(req.u.hello.name, c->name, strlen(c->name) + 1);
+	req.u.hello.numa_node = numa_node();
 	return send_msg(c, &req);
 }
 
@@ -931,5 +963,7 @@ LB_EXPORT const void *lb_arena_base(const struct lb_client *c, unsigned i, size_
 
 LB_EXPORT int lb_arena_fd(const struct lb_client *c, unsigned i)
 {
-	return i < c->n_arenas ? c->arenas[i].fd : -EINVAL;
+	if (i >= c->n_arenas)
+		return -EINVAL;
+	return c->arenas[i].fd >= 0 ? c->arenas[i].fd : -EACCES;
 }

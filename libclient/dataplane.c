@@ -175,7 +175,8 @@ static void to_result(struct lb_client *c, const struct lb_cpl *k, struct lb_res
 	if (k->status != 0 || (k->opcode != LB_OP_LOOKUP && k->opcode != LB_OP_LOOKUP_DEEPEST))
 		return;
 	const struct lb_entry_hdr *h = NULL;
-	if (k->arena < c->n_arenas && k->entry_off % 64 == 0 &&
+	/* A hole (another tenant's arena) has no base and 0 bytes: refused before the subtraction. */
+	if (k->arena < c->n_arenas && c->arenas[k->arena].base && k->entry_off % 64 == 0 &&
 	    k->entry_off <= c->arenas[k->arena].bytes - LB_ENTRY_HDR_SIZE)
 		h = (const struct lb_entry_hdr *)((const uint8_t *)c->arenas[k->arena].base + k->entry_off);
 	uint64_t room = h ? c->arenas[k->arena].bytes - k->entry_off - LB_ENTRY_HDR_SIZE : 0;
@@ -762,7 +763,8 @@ static const void *prefix_block(const struct lb_client *c, const struct lbp_regi
 {
 	uint64_t bytes = block_bytes(d);
 
-	if (a->arena >= c->n_arenas || a->reserved || a->entry_off % 64 ||
+	if (a->arena >= c->n_arenas || !c->arenas[a->arena].base || a->reserved ||
+	    a->entry_off % 64 ||
 	    a->entry_off > c->arenas[a->arena].bytes - LB_ENTRY_HDR_SIZE ||
 	    bytes > c->arenas[a->arena].bytes - a->entry_off - LB_ENTRY_HDR_SIZE)
 		return NULL;

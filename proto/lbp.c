@@ -69,6 +69,7 @@ static const struct field hello_f[] = {
 	UINT(struct lbp_hello, req_entries, 0, LBP_MAX_RING),
 	UINT(struct lbp_hello, cpl_entries, 0, LBP_MAX_RING),
 	UINT(struct lbp_hello, staging_bytes, 0, LBP_MAX_STAGING),
+	INT(struct lbp_hello, numa_node, -1, INT32_MAX),
 };
 
 static const struct field region_f[] = {
@@ -82,6 +83,8 @@ static const struct table region_t = TABLE(region_f);
 static const struct field arena_f[] = {
 	KIND(struct lbp_arena_desc, bytes, F_ARENA),
 	INT(struct lbp_arena_desc, numa_node, -1, INT32_MAX),
+	UINT(struct lbp_arena_desc, index, 0, LBP_MAX_ARENAS - 1),
+	UINT(struct lbp_arena_desc, tenant, 0, LBP_MAX_ARENAS - 1),
 };
 static const struct table arena_t = TABLE(arena_f);
 
@@ -306,7 +309,7 @@ FITS(config_item_f);
 FITS(config_reply_f);
 FITS(config_set_f);
 _Static_assert(FSIZE(struct lbp_welcome, n_arenas) == sizeof(uint32_t), "F_ARRAY count");
-_Static_assert(LBP_MAX_ARENAS <= 9, "arena paths \"arenas[N].\" assume one digit");
+_Static_assert(LBP_MAX_ARENAS <= 99, "arena paths \"arenas[NN].numa_node\" fit a fault's field");
 _Static_assert(FSIZE(struct lbp_config_reply, n) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(sizeof(((struct lbp_error *)0)->field) == sizeof(((struct lbp_fault *)0)->field),
 	       "a fault's field travels in an ERROR");

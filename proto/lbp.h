@@ -11,11 +11,13 @@
 #include "layerbank/layerbank.h"
 #include "layerbank/shm.h"
 
-#define LBP_VERSION 4u /* 2: REGISTER_MODEL kv, STATS_REPLY prefix counters; 3: kv.layers;
-			* 4: STATS_REPLY the second tier's state and counters */
+#define LBP_VERSION 5u /* 2: REGISTER_MODEL kv, STATS_REPLY prefix counters; 3: kv.layers;
+			* 4: STATS_REPLY the second tier's state and counters;
+			* 5: STATS_REPLY per node and tenants; HELLO numa_node, WELCOME arena index
+			* and tenant */
 #define LBP_MAX_FRAME 65536u    /* bytes; a longer frame is rejected unread */
 #define LBP_MAX_NAME 63u        /* bytes of a model or client name, no NUL on the wire */
-#define LBP_MAX_ARENAS 8u       /* arena fds in one WELCOME */
+#define LBP_MAX_ARENAS 32u      /* arenas of a daemon (tenants x nodes), fds in one WELCOME */
 #define LBP_MAX_ERRMSG 200u     /* bytes of an ERROR message */
 #define LBP_MAX_LAYERS 1024u
 #define LBP_MAX_HIDDEN 65536u
@@ -69,11 +71,14 @@ struct lbp_hello {
 	uint32_t req_entries;         /* wished request ring size, 0: the daemon's default */
 	uint32_t cpl_entries;         /* wished completion ring size, 0: default */
 	uint64_t staging_bytes;       /* wished staging buffer size, 0: default */
+	int32_t numa_node;            /* the node the client runs on, its inserts' home; -1: unknown */
 };
 
 struct lbp_arena_desc {
 	uint64_t bytes;
 	int32_t numa_node; /* -1: not bound */
+	uint32_t index;    /* the arena's number, as completions name it (its header's arena_index) */
+	uint32_t tenant;   /* 0: the shared tenant (models without an allow-list) */
 };
 
 /* The client's region as granted (lb_region_layout computes the offsets from these). */
@@ -89,7 +94,7 @@ struct lbp_welcome {
 	uint8_t boot_id[16];
 	uint64_t page_size;
 	uint32_t n_arenas; /* 1..LBP_MAX_ARENAS; n_arenas + 1 fds travel with the frame: the
-			    * arenas in order, then the client's region */
+			    * arenas the client may read, by rising index, then the client's region */
 	struct lbp_arena_desc arenas[LBP_MAX_ARENAS];
 	struct lbp_region_desc region;
 };

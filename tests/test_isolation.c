@@ -604,7 +604,7 @@ static void test_quota_accounting_in_the_store(void **state)
 		memcpy(h_.fp, k_.fp, sizeof(h_.fp));                                             \
 		memcpy(h_.exact, k_.exact, sizeof(h_.exact));                                    \
 		struct lb_cpl c_ = { 0 };                                                        \
-		lbd_store_insert(st, acct, &r_, &h_, data, &c_);                                 \
+		lbd_store_insert(st, (struct lbd_inserter){ acct, -1 }, &r_, &h_, data, &c_);                                 \
 		assert_int_equal(c_.status, want);                                               \
 	} while (0)
 #define CHECK_BALANCE(want_accounts)                                                             \

@@ -1734,17 +1734,17 @@ static void test_arena_count_limits(void **state)
 	dom_load(&d, &m);
 	arr = dom_find(&d, "arenas", NULL, NULL);
 	arr->via.array.size = 0;
-	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "arenas", "out of range 1..8",
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "arenas", "out of range 1..32",
 		     "0 arenas");
 	one = arr->via.array.ptr[0];
 	for (unsigned i = 0; i <= LBP_MAX_ARENAS; i++)
 		elems[i] = one;
 	arr->via.array.ptr = elems;
 	arr->via.array.size = LBP_MAX_ARENAS + 1;
-	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "arenas", "out of range 1..8",
-		     "9 arenas");
+	expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, "arenas", "out of range 1..32",
+		     "33 arenas");
 	arr->via.array.size = LBP_MAX_ARENAS;
-	expect_fault(dom_decode(&d, NULL, &f), 0, &f, "", "", "8 arenas");
+	expect_fault(dom_decode(&d, NULL, &f), 0, &f, "", "", "32 arenas");
 	dom_free(&d);
 
 	m.u.welcome.n_arenas = 0;

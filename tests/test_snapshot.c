@@ -160,7 +160,7 @@ static int bank_insert(struct bank *b, uint32_t model, uint32_t input, uint32_t 
 	assert_non_null(data);
 	fill_data(data, bytes, input, layer);
 	input_keys(input, h.fp, h.exact);
-	lbd_store_insert(b->st, 0, &r, &h, data, &cpl);
+	lbd_store_insert(b->st, LBD_INSERTER_DAEMON, &r, &h, data, &cpl);
 	free(data);
 	return cpl.status;
 }
@@ -236,7 +236,7 @@ static int bank_block(struct bank *b, uint32_t model, uint32_t id, uint32_t pare
 	block_key(id, h.key);
 	if (parent)
 		block_key(parent, h.parent);
-	lbd_store_insert_block(b->st, 0, &r, &h, data, &cpl);
+	lbd_store_insert_block(b->st, LBD_INSERTER_DAEMON, &r, &h, data, &cpl);
 	free(data);
 	return cpl.status;
 }
@@ -1477,7 +1477,7 @@ static int t_insert(struct bank *b, uint32_t model, uint32_t input, uint32_t lay
 	memcpy(payload + lb_tokens_off(T_DATA), tok, sizeof(tok));
 	input_keys(input, h.fp, h.exact);
 	memcpy(h.exact, exact, sizeof(h.exact));
-	lbd_store_insert(b->st, 0, &r, &h, payload, &cpl);
+	lbd_store_insert(b->st, LBD_INSERTER_DAEMON, &r, &h, payload, &cpl);
 	return cpl.status;
 }
 

@@ -53,7 +53,7 @@ static void *inserter(void *p)
 		struct lb_cpl cpl = { 0 };
 		h.exact[0] = k + 1;
 		h.fp[0] = k;
-		lbd_store_insert(r->st, 0, &req, &h, r->data, &cpl);
+		lbd_store_insert(r->st, LBD_INSERTER_DAEMON, &req, &h, r->data, &cpl);
 		if (cpl.status == 0)
 			r->ok++;
 		atomic_store(&r->inserting, 1);
@@ -140,7 +140,7 @@ static int put_small(struct lbd_store *st, uint32_t input)
 	struct lb_cpl cpl = { 0 };
 
 	keys(input, h.fp, h.exact);
-	lbd_store_insert(st, 0, &r, &h, data, &cpl);
+	lbd_store_insert(st, LBD_INSERTER_DAEMON, &r, &h, data, &cpl);
 	return cpl.status;
 }
 
@@ -249,7 +249,7 @@ static int put_block(struct lbd_store *st, uint64_t key, uint64_t parent, uint32
 				  .bytes = BLOCK_BYTES };
 	struct lb_cpl cpl = { 0 };
 
-	lbd_store_insert_block(st, 0, &r, &h, data, &cpl);
+	lbd_store_insert_block(st, LBD_INSERTER_DAEMON, &r, &h, data, &cpl);
 	return cpl.status;
 }
 
@@ -302,7 +302,7 @@ static void test_hold_all_leaves_out_a_block_under_a_pending_parent(void **state
 	assert_int_equal(lbd_store_add_model(st, 1, &d), 0);
 
 	store_lock(st);
-	assert_int_equal(store_alloc_any(st, need, &a, &off), 0);
+	assert_int_equal(store_alloc_in(st, 0, -1, need, &a, &off), 0);
 	uint32_t eid = store_block_place(st, store_bank_of(st, 1), key0, 0, NONE, a, off, need);
 	assert_true(eid != NONE);
 	store_entry_pending(st, eid, NULL, 0);

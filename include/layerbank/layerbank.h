@@ -18,6 +18,9 @@ extern "C" {
 
 #define LB_DEFAULT_SOCKET "/run/layerbank/layerbankd.sock"
 #define LB_SOCKET_ENV "LAYERBANK_SOCKET"
+/* The NUMA node a client tells the daemon at connect, whose arena takes its inserts while it has
+ * room: this variable's number if set, else the node of the CPU lb_connect runs on. */
+#define LB_NUMA_NODE_ENV "LAYERBANK_NUMA_NODE"
 #define LB_NAME_MAX 63
 
 struct lb_client;
@@ -321,12 +324,14 @@ int lb_config_get(struct lb_client *c, const char *key, struct lb_config_item *o
  */
 int lb_config_set(struct lb_client *c, const char *key, const char *value, struct lb_config_item *now);
 
-/* Number of arenas mapped and the read-only base and size of arena i (NULL when out of range). */
+/* Arenas by the index hits name them with: one past the highest mapped, and the read-only base
+ * and size of arena i. NULL (and size 0) when out of range, or when i is another tenant's: the
+ * daemon gives a client only the arenas of the models it may use (PROTOCOL.md 4.2). */
 unsigned lb_arena_count(const struct lb_client *c);
 const void *lb_arena_base(const struct lb_client *c, unsigned i, size_t *bytes);
 
-/* The fd of arena i, for tests and tools that check its protection; -EINVAL when out of range.
- * The fd stays owned by c. */
+/* The fd of arena i, for tests and tools that check its protection; -EINVAL when out of range,
+ * -EACCES for another tenant's. The fd stays owned by c. */
 int lb_arena_fd(const struct lb_client *c, unsigned i);
 
 /* ---- fingerprints (LLMCache input fingerprint; specified in proto/PROTOCOL.md) ---- */

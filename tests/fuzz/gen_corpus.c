@@ -94,8 +94,8 @@ static struct lbp_msg msg(enum lbp_type t)
 			m.u.welcome.boot_id[i] = (uint8_t)(i * 17);
 		m.u.welcome.page_size = 2097152;
 		m.u.welcome.n_arenas = 2;
-		m.u.welcome.arenas[0] = (struct lbp_arena_desc){ 1ull << 30, 0 };
-		m.u.welcome.arenas[1] = (struct lbp_arena_desc){ 1ull << 30, -1 };
+		m.u.welcome.arenas[0] = (struct lbp_arena_desc){ 1ull << 30, 0, 0, 0 };
+		m.u.welcome.arenas[1] = (struct lbp_arena_desc){ 1ull << 30, -1, 3, 1 };
 		m.u.welcome.region = (struct lbp_region_desc){ 256, 256, 8388608, 8433664 };
 		break;
 	case LBP_REGISTER_MODEL:
@@ -272,9 +272,10 @@ static void decode_seeds(void)
 	m.u.welcome.n_arenas = LBP_MAX_ARENAS;
 	for (unsigned i = 0; i < LBP_MAX_ARENAS; i++)
 		m.u.welcome.arenas[i] = (struct lbp_arena_desc){ UINT64_MAX - 4095 - 4096ull * i,
-								 i % 2 ? -1 : INT32_MAX };
+								 i % 2 ? -1 : INT32_MAX, i,
+								 LBP_MAX_ARENAS - 1 - i };
 	m.u.welcome.region = (struct lbp_region_desc){ LBP_MAX_RING, 8, LBP_MAX_STAGING, 4096 };
-	put_msg("welcome-8-arenas", &m);
+	put_msg("welcome-max-arenas", &m);
 
 	m = msg(LBP_REGISTER_MODEL);
 	memset(m.u.reg.name, 'n', LBP_MAX_NAME);
