@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -22,6 +23,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/stat.h>
@@ -855,6 +857,140 @@ static void test_allow_list_with_two_uids(void **state)
 	assert_true(lbt_daemon_stop(&env));
 }
 
+/* ---- tenants: what a client can map ---- */
+
+#define MARK 32 /* bytes of a marker: random, so that no other byte string matches it */
+
+struct tenant_kid {
+	const char *model;       /* the kid's model, on an allow-list naming its uid */
+	uint32_t inserts;        /* entries it inserts, full of its marker; 0: it only looks */
+	uint8_t own[MARK];       /* its tenant's marker */
+	uint8_t other[MARK];     /* the other tenant's: nothing it can map may hold it */
+	uint8_t shared[MARK];    /* the open model's, in the shared tenant's arenas */
+	pid_t daemon;
+};
+
+/* Occurrences of marker m in every file descriptor this process holds that maps (the arenas,
+ * the region, anything else): everything a client can map without ptrace rights over the
+ * daemon. */
+static uint64_t scan_fds(const uint8_t m[MARK])
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *de;
+	uint64_t found = 0;
+
+	if (!d)
+		return UINT64_MAX;
+	while ((de = readdir(d))) {
+		struct stat st;
+		int fd = atoi(de->d_name);
+		if (de->d_name[0] == '.' || fd == dirfd(d) || fstat(fd, &st) < 0 ||
+		    !S_ISREG(st.st_mode) || st.st_size == 0)
+			continue;
+		const uint8_t *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+		if (p == MAP_FAILED)
+			continue;
+		for (const uint8_t *q = p, *end = p + st.st_size;
+		     (q = memmem(q, (size_t)(end - q), m, MARK)); q += MARK)
+			found++;
+		munmap((void *)(uintptr_t)p, (size_t)st.st_size);
+	}
+	closedir(d);
+	return found;
+}
+
+/* Layer 0 of input id of model_id, its data marker m over and over. */
+static int insert_marked(struct lb_client *c, uint32_t model_id, uint64_t id, const uint8_t m[MARK])
+{
+	struct lb_key k;
+	uint8_t *buf = lb_insert_reserve(c, SEQ * HIDDEN * 4);
+	if (!buf)
+		return -errno;
+	for (unsigned i = 0; i < SEQ * HIDDEN * 4; i += MARK)
+		memcpy(buf + i, m, MARK);
+	key_make(&k, id);
+	struct lb_shape sh = { .dtype = LB_DTYPE_F32, .ndim = 2, .dims = { SEQ, HIDDEN } };
+	return lb_insert_commit(c, model_id, 0, &k, &sh);
+}
+
+/* Inserts its entries, then finds its own and the shared tenant's markers in what it can map
+ * and never the other tenant's, nor a way into the daemon's descriptors. */
+static int kid_tenant(void *arg)
+{
+	const struct tenant_kid *k = arg;
+	struct lb_model_desc m = model_named(k->model);
+	struct lb_client *c = NULL;
+	uint32_t id = 0;
+	char path[64];
+
+	KID_CHECK(lb_connect(env.sock, k->model, &c) == 0);
+	KID_CHECK(lb_register_model(c, &m, &id) == 0);
+	for (uint32_t i = 0; i < k->inserts; i++)
+		KID_CHECK(insert_marked(c, id, 1000 + i, k->own) == 0);
+	/* Three tenants on one node: arena 0 is the shared one, then one per tenant. */
+	unsigned readable = 0;
+	for (unsigned i = 0; i < lb_arena_count(c); i++)
+		readable += lb_arena_base(c, i, NULL) != NULL;
+	KID_CHECK(readable == 2);
+	KID_CHECK(lb_arena_count(c) >= 2 && lb_arena_fd(c, 0) >= 0);
+	KID_CHECK(scan_fds(k->own) >= (uint64_t)(k->inserts ? k->inserts : 1) * (SEQ * HIDDEN * 4 / MARK));
+	KID_CHECK(scan_fds(k->shared) >= SEQ * HIDDEN * 4 / MARK);
+	KID_CHECK(scan_fds(k->other) == 0);
+	/* Nor through the daemon's own descriptors or memory: another uid's, ptrace-protected. */
+	snprintf(path, sizeof(path), "/proc/%d/fd/3", (int)k->daemon);
+	KID_CHECK(open(path, O_RDONLY) < 0 && (errno == EACCES || errno == EPERM));
+	snprintf(path, sizeof(path), "/proc/%d/mem", (int)k->daemon);
+	KID_CHECK(open(path, O_RDONLY) < 0 && (errno == EACCES || errno == EPERM));
+	lb_close(c);
+	return 0;
+}
+
+/* Two tenants (4242's model; 4243's two models, one list between them) and the shared one: each
+ * client is given the arenas it may read, and scanning all it can map finds its own tenant's
+ * entries and the shared ones, never the other tenant's. Root, on no list, gets the shared
+ * arenas only. */
+static void test_tenants_cannot_map_each_other(void **state)
+{
+	(void)state;
+	struct tenant_kid a = { .model = "alpha", .inserts = 8 }, b = { .model = "beta", .inserts = 8 };
+	uint8_t shared[MARK];
+
+	assert_int_equal(getrandom(shared, MARK, 0), MARK);
+	assert_int_equal(getrandom(a.own, MARK, 0), MARK);
+	assert_int_equal(getrandom(b.own, MARK, 0), MARK);
+	memcpy(a.other, b.own, MARK);
+	memcpy(b.other, a.own, MARK);
+	memcpy(a.shared, shared, MARK);
+	memcpy(b.shared, shared, MARK);
+	assert_int_equal(chmod(env.dir, 0711), 0);
+	START_DAEMON("--socket-mode", "0666", "--model-allow", "alpha 4242", "--model-allow",
+		     "beta 4243", "--model-allow", "gamma 4243");
+	a.daemon = b.daemon = env.pid;
+
+	struct lb_client *root = client("root");
+	struct lb_model_desc pub = model_named("public"), gamma = model_named("gamma");
+	uint32_t pub_id = 0, gid = 0;
+	assert_int_equal(lb_register_model(root, &pub, &pub_id), 0);
+	assert_int_equal(insert_marked(root, pub_id, 1, shared), 0);
+	assert_int_equal(lb_register_model(root, &gamma, &gid), -EACCES);
+	assert_int_equal(lb_arena_count(root), 1); /* the shared tenant's, on one node */
+	assert_true(scan_fds(shared) >= SEQ * HIDDEN * 4 / MARK); /* the arena and our staging */
+
+	assert_int_equal(lbt_reap(&env, spawn_as(4243, 4243, kid_tenant, &b)), 0);
+	assert_int_equal(lbt_reap(&env, spawn_as(4242, 4242, kid_tenant, &a)), 0);
+	b.inserts = 0; /* again, now that alpha's entries are in: still none of them */
+	assert_int_equal(lbt_reap(&env, spawn_as(4243, 4243, kid_tenant, &b)), 0);
+	/* Nor does root, on no list, see either tenant's. */
+	assert_int_equal(scan_fds(a.own), 0);
+	assert_int_equal(scan_fds(b.own), 0);
+
+	struct lb_stats st;
+	stats(root, &st);
+	assert_int_equal(st.entries, 17);
+	lbt_close(&env, root);
+	assert_true(lbt_daemon_stop(&env));
+}
+
 #define TEST(f) cmocka_unit_test_prestate_setup_teardown(f, lbt_env_setup, lbt_env_teardown, &env)
 
 int main(int argc, char **argv)
@@ -866,6 +1002,7 @@ int main(int argc, char **argv)
 		const struct CMUnitTest root_tests[] = {
 			TEST(test_socket_group_refuses_non_members),
 			TEST(test_allow_list_with_two_uids),
+			TEST(test_tenants_cannot_map_each_other),
 		};
 		return cmocka_run_group_tests(root_tests, NULL, NULL);
 	}
