@@ -328,12 +328,129 @@ static void test_hold_all_leaves_out_a_block_under_a_pending_parent(void **state
 	lbd_arena_destroy(&arena);
 }
 
+/* ---- placement: tenants and nodes ---- */
+
+#define PLACE_BYTES (64u << 10)
+
+static unsigned place_tenant_of(const void *ctx, const char *model)
+{
+	(void)ctx;
+	return strcmp(model, "secret") == 0 ? 1 : 0;
+}
+
+/* Insert input k of model_id (layer 0, PLACE_BYTES) for a client of node. @return its cpl. */
+static struct lb_cpl place(struct lbd_store *st, uint32_t model_id, int node, uint64_t k,
+			   const uint8_t *data)
+{
+	struct lb_req req = { .opcode = LB_OP_INSERT, .model_id = model_id, .seq_len = 256,
+			      .payload_len = LB_INSERT_HDR_SIZE + PLACE_BYTES };
+	struct lb_insert_hdr h = { .dtype = LBP_DTYPE_F32, .ndim = 2, .shape = { 256, 64 },
+				   .bytes = PLACE_BYTES, .exact = { k, model_id }, .fp = { k } };
+	struct lb_cpl cpl = { 0 };
+	lbd_store_insert(st, (struct lbd_inserter){ .account = 0, .node = node }, &req, &h, data,
+			 &cpl);
+	return cpl;
+}
+
+static void counts(struct lbd_store *st, struct lbd_arena_counts c[4])
+{
+	char why[256];
+	if (lbd_store_check(st, why, sizeof(why)) != 0)
+		fail_msg("store check: %s", why);
+	lbd_store_arena_counts(st, c);
+}
+
+/*
+ * Four arenas: tenants 0 and 1, each on nodes 0 and 1 (arena 2t + node). A client's inserts go
+ * to its node's arena of its model's tenant until it is full, then to the tenant's other one,
+ * counted as remote; once both are full an insert evicts, its node's entries first, and never
+ * another tenant's.
+ */
+static void test_inserts_go_to_their_node_and_tenant(void **state)
+{
+	(void)state;
+	static const uint8_t boot[16] = { 3 };
+	struct lbd_arena arenas[4];
+	struct lbd_store_cfg cfg = { .policy = LBD_POLICY_LRU, .ttl_ns = 1, .half_life_ns = 1,
+				     .drift_max = 0.05, .tau = 0.98 };
+	struct lbd_arena_counts c[4];
+	struct lbp_register_model open = model(1), secret = model(2);
+	uint8_t *data = calloc(1, PLACE_BYTES);
+	char err[256];
+
+	assert_non_null(data);
+	for (unsigned i = 0; i < 4; i++) {
+		assert_int_equal(lbd_arena_create(&arenas[i], 1u << 20, -1, LBD_HP_OFF, boot, i, err,
+						  sizeof(err)), 0);
+		arenas[i].node = (int)(i % 2); /* as if bound: placement reads only this */
+		arenas[i].tenant = i / 2;
+	}
+	struct lbd_store *st = lbd_store_new(arenas, 4, &cfg);
+	assert_non_null(st);
+	lbd_store_set_tenants(st, place_tenant_of, NULL);
+	snprintf(open.name, sizeof(open.name), "open");
+	snprintf(secret.name, sizeof(secret.name), "secret");
+	assert_int_equal(lbd_store_add_model(st, 1, &open), 0);
+	assert_int_equal(lbd_store_add_model(st, 2, &secret), 0);
+
+	/* The secret tenant: node 0's client into arena 2, node 1's into arena 3. */
+	assert_int_equal(place(st, 2, 0, 1, data).arena, 2);
+	assert_int_equal(place(st, 2, 1, 2, data).arena, 3);
+	struct lb_cpl k = place(st, 2, -1, 3, data);
+	assert_int_equal(k.status, 0);
+	assert_true(k.arena == 2 || k.arena == 3);
+
+	/* Node 0's client fills arena 0, then spills into arena 1, counted as node 0's remote. */
+	uint64_t key = 100;
+	unsigned fit = 0;
+	for (; key < 200; key++) {
+		k = place(st, 1, 0, key, data);
+		assert_int_equal(k.status, 0);
+		if (k.arena != 0) {
+			assert_int_equal(k.arena, 1);
+			fit = (unsigned)(key - 100);
+			break;
+		}
+	}
+	counts(st, c);
+	assert_true(fit >= 10); /* about 1 MiB of 64 KiB entries */
+	assert_int_equal(c[0].entries, fit);
+	assert_int_equal(c[0].remote, 1);
+	assert_int_equal(c[1].inserts, 1);
+	assert_int_equal(c[1].remote, 0);
+	/* Node 1's client fills the rest of arena 1; then every insert evicts. The policy alone
+	 * (LRU) would take node 0's entries, the oldest; its node's own go first. */
+	uint64_t evictions = 0;
+	for (key++; key < 400; key++) {
+		counts(st, c);
+		uint64_t before = c[0].entries + c[1].entries;
+		k = place(st, 1, 1, key, data);
+		assert_int_equal(k.status, 0);
+		assert_int_equal(k.arena, 1);
+		counts(st, c);
+		evictions += c[0].entries + c[1].entries == before;
+	}
+	assert_true(evictions > 100);
+	assert_int_equal(c[0].entries, fit);
+	assert_int_equal(c[1].remote, 0);
+	/* The other tenant was never touched: its three entries stay, and so do its counts. */
+	counts(st, c);
+	assert_int_equal(c[2].entries + c[3].entries, 3);
+	assert_int_equal(c[2].inserts + c[3].inserts, 3);
+	assert_int_equal(c[2].remote + c[3].remote, 0);
+	lbd_store_free(st);
+	for (unsigned i = 0; i < 4; i++)
+		lbd_arena_destroy(&arenas[i]);
+	free(data);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_models_registered_during_inserts),
 		cmocka_unit_test(test_flush_in_batches_beside_a_busy_thread),
 		cmocka_unit_test(test_hold_all_leaves_out_a_block_under_a_pending_parent),
+		cmocka_unit_test(test_inserts_go_to_their_node_and_tenant),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
