@@ -691,6 +691,60 @@ int lbi_client_model(struct lb_client *c, const struct lbp_register_model *r, ui
 	return 0;
 }
 
+void lbi_stats_from_reply(const struct lbp_stats_reply *r, struct lb_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->page_size = r->page_size;
+	st->arena_bytes = r->arena_bytes;
+	st->numa_nodes = r->numa_nodes;
+	st->hugepages = r->hugepages;
+	st->clients = r->clients;
+	st->models = r->models;
+	st->uptime_s = r->uptime_s;
+	st->threads = r->threads;
+	memcpy(st->policy, r->policy, sizeof(st->policy));
+	st->hits = r->hits;
+	st->misses = r->misses;
+	st->inserts = r->inserts;
+	st->evictions = r->evictions;
+	st->expirations = r->expirations;
+	st->invalidations = r->invalidations;
+	st->entries = r->entries;
+	st->leases = r->leases;
+	st->bytes_used = r->bytes_used;
+	st->bytes_budget = r->bytes_budget;
+	st->fragmentation = r->fragmentation_ppm / 1e6;
+	st->quota_refusals = r->quota_refusals;
+	st->blocks = r->blocks;
+	st->prefix_hits = r->prefix_hits;
+	st->prefix_misses = r->prefix_misses;
+	st->blocks_served = r->blocks_served;
+	_Static_assert(sizeof(st->l2) == sizeof(r->l2), "the tier's state, NUL included");
+	memcpy(st->l2, r->l2, sizeof(st->l2));
+	st->l2_queue_bytes = r->l2_queue_bytes;
+	st->l2_queue_records = r->l2_queue_records;
+	st->l2_fetches_waiting = r->l2_fetches_waiting;
+	st->l2_written = r->l2_written;
+	st->l2_dropped = r->l2_dropped;
+	st->l2_write_errors = r->l2_write_errors;
+	st->l2_fetched = r->l2_fetched;
+	st->l2_fetch_misses = r->l2_fetch_misses;
+	st->l2_rejected = r->l2_rejected;
+	st->l2_fetch_errors = r->l2_fetch_errors;
+	st->tenants = r->tenants;
+	_Static_assert(LB_MAX_NODES == LBP_MAX_NODES, "every row the protocol can carry");
+	st->n_nodes = r->n_nodes < LB_MAX_NODES ? r->n_nodes : LB_MAX_NODES; /* the decoder's range */
+	for (uint32_t i = 0; i < st->n_nodes; i++) {
+		const struct lbp_node_stats *n = &r->nodes[i];
+		st->nodes[i] = (struct lb_node_stats){ .node = n->node, .clients = n->clients,
+							.arena_bytes = n->arena_bytes,
+							.bytes_used = n->bytes_used,
+							.entries = n->entries, .hits = n->hits,
+							.inserts = n->inserts,
+							.remote_inserts = n->remote_inserts };
+	}
+}
+
 LB_EXPORT int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size)
 {
 	struct lbp_msg req = { .type = LBP_STATS }, rep;
@@ -704,44 +758,7 @@ LB_EXPORT int lb_stats(struct lb_client *c, struct lb_stats *out, size_t size)
 		return ret;
 	if (rep.type != LBP_STATS_REPLY)
 		return -EPROTO;
-	memset(&st, 0, sizeof(st));
-	st.page_size = rep.u.stats.page_size;
-	st.arena_bytes = rep.u.stats.arena_bytes;
-	st.numa_nodes = rep.u.stats.numa_nodes;
-	st.hugepages = rep.u.stats.hugepages;
-	st.clients = rep.u.stats.clients;
-	st.models = rep.u.stats.models;
-	st.uptime_s = rep.u.stats.uptime_s;
-	st.threads = rep.u.stats.threads;
-	memcpy(st.policy, rep.u.stats.policy, sizeof(st.policy));
-	st.hits = rep.u.stats.hits;
-	st.misses = rep.u.stats.misses;
-	st.inserts = rep.u.stats.inserts;
-	st.evictions = rep.u.stats.evictions;
-	st.expirations = rep.u.stats.expirations;
-	st.invalidations = rep.u.stats.invalidations;
-	st.entries = rep.u.stats.entries;
-	st.leases = rep.u.stats.leases;
-	st.bytes_used = rep.u.stats.bytes_used;
-	st.bytes_budget = rep.u.stats.bytes_budget;
-	st.fragmentation = rep.u.stats.fragmentation_ppm / 1e6;
-	st.quota_refusals = rep.u.stats.quota_refusals;
-	st.blocks = rep.u.stats.blocks;
-	st.prefix_hits = rep.u.stats.prefix_hits;
-	st.prefix_misses = rep.u.stats.prefix_misses;
-	st.blocks_served = rep.u.stats.blocks_served;
-	_Static_assert(sizeof(st.l2) == sizeof(rep.u.stats.l2), "the tier's state, NUL included");
-	memcpy(st.l2, rep.u.stats.l2, sizeof(st.l2));
-	st.l2_queue_bytes = rep.u.stats.l2_queue_bytes;
-	st.l2_queue_records = rep.u.stats.l2_queue_records;
-	st.l2_fetches_waiting = rep.u.stats.l2_fetches_waiting;
-	st.l2_written = rep.u.stats.l2_written;
-	st.l2_dropped = rep.u.stats.l2_dropped;
-	st.l2_write_errors = rep.u.stats.l2_write_errors;
-	st.l2_fetched = rep.u.stats.l2_fetched;
-	st.l2_fetch_misses = rep.u.stats.l2_fetch_misses;
-	st.l2_rejected = rep.u.stats.l2_rejected;
-	st.l2_fetch_errors = rep.u.stats.l2_fetch_errors;
+	lbi_stats_from_reply(&rep.u.stats, &st);
 	memcpy(out, &st, size < sizeof(st) ? size : sizeof(st));
 	return 0;
 }

@@ -186,6 +186,10 @@ bool lbi_orphan_release(struct lb_client *c, uint64_t lease);
 /* The reservation into a lost connection's staging is over. */
 void lbi_orphan_unreserve(struct lb_client *c);
 
+/* A STATS_REPLY as lb_stats gives it, in *out zeroed first (rows past n_nodes stay zero); a
+ * count of rows past LB_MAX_NODES, which the decoder never lets through, is cut to it. */
+void lbi_stats_from_reply(const struct lbp_stats_reply *r, struct lb_stats *out);
+
 /*
  * Align the token ids a[0..n) (a new input) with b[0..m) (a cached one): map[i] = the position of
  * b that position i of a stands for, or -1 (an edit). A longest common subsequence: the common

@@ -21,7 +21,7 @@
 #define WALK_MAX_DEPTH 8u
 #define WALK_MAX_OBJECTS 4096u
 
-/* Keys in the largest body (STATS_REPLY has 36). */
+/* Keys in the largest body (STATS_REPLY has 38). */
 #define MAX_KEYS 40u
 
 enum fkind {
@@ -127,6 +127,18 @@ static const struct field model_f[] = {
 	KIND(struct lbp_model, created, F_BOOL),
 };
 
+static const struct field node_f[] = {
+	INT(struct lbp_node_stats, node, -1, INT32_MAX),
+	UINT(struct lbp_node_stats, arena_bytes, 0, UINT64_MAX),
+	UINT(struct lbp_node_stats, bytes_used, 0, UINT64_MAX),
+	UINT(struct lbp_node_stats, entries, 0, UINT64_MAX),
+	UINT(struct lbp_node_stats, hits, 0, UINT64_MAX),
+	UINT(struct lbp_node_stats, inserts, 0, UINT64_MAX),
+	UINT(struct lbp_node_stats, remote_inserts, 0, UINT64_MAX),
+	UINT(struct lbp_node_stats, clients, 0, UINT32_MAX),
+};
+static const struct table node_t = TABLE(node_f);
+
 static const struct field stats_f[] = {
 	KIND(struct lbp_stats_reply, page_size, F_PAGE),
 	UINT(struct lbp_stats_reply, arena_bytes, 0, UINT64_MAX),
@@ -164,6 +176,9 @@ static const struct field stats_f[] = {
 	UINT(struct lbp_stats_reply, l2_fetch_misses, 0, UINT64_MAX),
 	UINT(struct lbp_stats_reply, l2_rejected, 0, UINT64_MAX),
 	UINT(struct lbp_stats_reply, l2_fetch_errors, 0, UINT64_MAX),
+	UINT(struct lbp_stats_reply, tenants, 0, UINT32_MAX),
+	{ "nodes", F_ARRAY, offsetof(struct lbp_stats_reply, nodes), 0, 0, LBP_MAX_NODES, &node_t,
+	  sizeof(struct lbp_node_stats), offsetof(struct lbp_stats_reply, n_nodes) },
 };
 
 static const struct field mstats_f[] = {
@@ -293,6 +308,7 @@ FITS(fp_f);
 FITS(kv_f);
 FITS(reg_f);
 FITS(model_f);
+FITS(node_f);
 FITS(stats_f);
 FITS(error_f);
 FITS(region_f);
@@ -311,6 +327,7 @@ FITS(config_set_f);
 _Static_assert(FSIZE(struct lbp_welcome, n_arenas) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(LBP_MAX_ARENAS <= 99, "arena paths \"arenas[NN].numa_node\" fit a fault's field");
 _Static_assert(FSIZE(struct lbp_config_reply, n) == sizeof(uint32_t), "F_ARRAY count");
+_Static_assert(FSIZE(struct lbp_stats_reply, n_nodes) == sizeof(uint32_t), "F_ARRAY count");
 _Static_assert(sizeof(((struct lbp_error *)0)->field) == sizeof(((struct lbp_fault *)0)->field),
 	       "a fault's field travels in an ERROR");
 

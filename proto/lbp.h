@@ -29,6 +29,7 @@
 #define LBP_MAX_STATS_LAYERS 64u     /* layers in one MODEL_STATS_REPLY */
 #define LBP_MAX_POLICY 15u           /* bytes of an eviction policy name */
 #define LBP_MAX_L2_STATE 7u          /* bytes of the second tier's state: off, up or down */
+#define LBP_MAX_NODES 16u            /* per-node rows in one STATS_REPLY */
 #define LBP_MAX_CONFIG_KEY 127u      /* bytes of a setting's name: "tau." + a model name + ".1023" fits */
 #define LBP_MAX_CONFIG_VALUE 63u     /* bytes of a setting's value */
 #define LBP_MAX_CONFIG_ITEMS 32u     /* settings in one CONFIG_REPLY */
@@ -133,6 +134,20 @@ struct lbp_model {
 	bool created;      /* false: the model existed and matched */
 };
 
+/* One NUMA node's part of STATS_REPLY (PROTOCOL.md 4.5): its arenas, what lives and happens
+ * in them, and the clients that run on it. */
+struct lbp_node_stats {
+	int32_t node;              /* NUMA node; -1: arenas not bound to a node */
+	uint64_t arena_bytes;      /* bytes of the node's arenas, over all tenants */
+	uint64_t bytes_used;       /* arena bytes in live entries there */
+	uint64_t entries;          /* live entries there (layer entries and prefix blocks) */
+	uint64_t hits;             /* lookups answered from entries there */
+	uint64_t inserts;          /* entries placed there */
+	uint64_t remote_inserts;   /* inserts by clients of this node placed on another node: its
+				    * arenas had no room */
+	uint32_t clients;          /* connected clients that said (HELLO) they run on this node */
+};
+
 struct lbp_stats_reply {
 	uint64_t page_size;
 	uint64_t arena_bytes;  /* sum over arenas */
@@ -173,6 +188,13 @@ struct lbp_stats_reply {
 	uint64_t l2_fetch_misses;    /* keys the cluster did not hold */
 	uint64_t l2_rejected;        /* records read and refused by their checks */
 	uint64_t l2_fetch_errors;    /* reads that failed, or were not queued */
+	/* Tenants with arenas of their own, the shared one included: >= 1 from a running daemon,
+	 * but 0 is in range (PROTOCOL.md 4.5), as for numa_nodes. */
+	uint32_t tenants;
+	/* One row per NUMA node the daemon keeps arenas on; 0: no per-node figures. numa_nodes
+	 * above counts arenas, not these rows. */
+	uint32_t n_nodes; /* 0..LBP_MAX_NODES */
+	struct lbp_node_stats nodes[LBP_MAX_NODES];
 };
 
 struct lbp_model_stats {

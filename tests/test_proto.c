@@ -110,6 +110,20 @@ static struct lbp_msg sample(enum lbp_type t)
 		m.u.stats.l2_fetch_misses = 110;
 		m.u.stats.l2_rejected = 2;
 		m.u.stats.l2_fetch_errors = 9;
+		m.u.stats.tenants = 3;
+		/* Two nodes, each with half of what the totals above count. */
+		m.u.stats.n_nodes = 2;
+		for (unsigned i = 0; i < 2; i++) {
+			struct lbp_node_stats *nd = &m.u.stats.nodes[i];
+			nd->node = (int32_t)i;
+			nd->arena_bytes = 3ull * MIB2;
+			nd->bytes_used = 1u << 29;
+			nd->entries = 170; /* (entries + blocks) / 2 */
+			nd->hits = 600 - 200 * i;
+			nd->inserts = 150;
+			nd->remote_inserts = 4 * i;
+			nd->clients = 2 + i;
+		}
 		break;
 	case LBP_MODEL_STATS:
 		m.u.mstats.model_id = 2;
@@ -197,6 +211,19 @@ static struct lbp_msg sample(enum lbp_type t)
 		break;
 	}
 	return m;
+}
+
+/* A node row with every count at its largest. */
+static struct lbp_node_stats max_node(int32_t node)
+{
+	struct lbp_node_stats n;
+
+	memset(&n, 0, sizeof(n)); /* padding too: decoded rows compare with memcmp */
+	n.node = node;
+	n.arena_bytes = n.bytes_used = n.entries = n.hits = UINT64_MAX;
+	n.inserts = n.remote_inserts = UINT64_MAX;
+	n.clients = UINT32_MAX;
+	return n;
 }
 
 /* Every type typical, then every type at its upper and lower limits. @return the count. */
@@ -312,12 +339,20 @@ static size_t all_samples(struct lbp_msg *out)
 	m.u.stats.l2_fetches_waiting = m.u.stats.l2_written = m.u.stats.l2_dropped = UINT64_MAX;
 	m.u.stats.l2_write_errors = m.u.stats.l2_fetched = m.u.stats.l2_fetch_misses = UINT64_MAX;
 	m.u.stats.l2_rejected = m.u.stats.l2_fetch_errors = UINT64_MAX;
+	m.u.stats.tenants = UINT32_MAX;
+	m.u.stats.n_nodes = LBP_MAX_NODES;
+	for (unsigned i = 0; i < LBP_MAX_NODES; i++)
+		m.u.stats.nodes[i] = max_node(i % 2 ? -1 : INT32_MAX - (int32_t)i);
+	out[n++] = m;
+	m.u.stats.n_nodes = 1; /* one node, as most machines have */
+	m.u.stats.nodes[0] = max_node(0);
+	memset(&m.u.stats.nodes[1], 0, sizeof(m.u.stats.nodes[1]));
 	out[n++] = m;
 	memset(&m.u.stats, 0, sizeof(m.u.stats));
 	m.u.stats.page_size = 4096;
 	strcpy(m.u.stats.policy, "l");
 	strcpy(m.u.stats.l2, "off");
-	out[n++] = m;
+	out[n++] = m; /* tenants 0 and no nodes: a daemon that counts neither */
 
 	m = sample(LBP_ERROR);
 	m.u.error.code = INT32_MAX;
@@ -379,7 +414,7 @@ static size_t all_samples(struct lbp_msg *out)
 	return n;
 }
 
-#define MAX_SAMPLES 52
+#define MAX_SAMPLES 56
 
 static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 {
@@ -460,6 +495,19 @@ static void assert_msg_equal(const struct lbp_msg *a, const struct lbp_msg *b)
 		assert_true(a->u.stats.l2_fetch_misses == b->u.stats.l2_fetch_misses);
 		assert_true(a->u.stats.l2_rejected == b->u.stats.l2_rejected);
 		assert_true(a->u.stats.l2_fetch_errors == b->u.stats.l2_fetch_errors);
+		assert_int_equal(a->u.stats.tenants, b->u.stats.tenants);
+		assert_int_equal(a->u.stats.n_nodes, b->u.stats.n_nodes);
+		for (unsigned i = 0; i < a->u.stats.n_nodes; i++) {
+			const struct lbp_node_stats *x = &a->u.stats.nodes[i], *y = &b->u.stats.nodes[i];
+			assert_int_equal(x->node, y->node);
+			assert_true(x->arena_bytes == y->arena_bytes);
+			assert_true(x->bytes_used == y->bytes_used);
+			assert_true(x->entries == y->entries);
+			assert_true(x->hits == y->hits);
+			assert_true(x->inserts == y->inserts);
+			assert_true(x->remote_inserts == y->remote_inserts);
+			assert_int_equal(x->clients, y->clients);
+		}
 		break;
 	case LBP_MODEL_STATS:
 		assert_memory_equal(&a->u.mstats, &b->u.mstats, sizeof(a->u.mstats));
@@ -1028,7 +1076,7 @@ static void test_decode_rejects_frames_over_max_frame(void **state)
 }
 
 /* MODEL {model_id: 3, created: true}, byte for byte as PROTOCOL.md's example shows it. */
-#define MODEL_FRAME 0x93, 0x04, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, \
+#define MODEL_FRAME 0x93, 0x05, 0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, \
 		    0xa7, 'c', 'r', 'e', 'a', 't', 'e', 'd', 0xc3
 static const uint8_t model_frame[] = { MODEL_FRAME };
 #define MODEL_LEN sizeof(model_frame)
@@ -1111,18 +1159,21 @@ static const struct frame_case bad_frames[] = {
 	BAD_BYTE("float", 0x93, 0xca, 0x3f, 0x80, 0, 0, 5, 0x80),
 
 	/* Other versions: -EPROTO, unless it is no version at all. Versions 1 (before prefix
-	 * blocks), 2 (before kv.layers) and 3 (before STATS_REPLY's second tier) are among them: a
-	 * whole, once valid frame of each is refused as such. */
-	REFUSE(-EPROTO, "version", "unsupported version 1 (want 4)", "version 1 MODEL", 0x93, 0x01,
+	 * blocks), 2 (before kv.layers), 3 (before STATS_REPLY's second tier) and 4 (before its
+	 * nodes and tenants) are among them: a whole, once valid frame of each is refused as such. */
+	REFUSE(-EPROTO, "version", "unsupported version 1 (want 5)", "version 1 MODEL", 0x93, 0x01,
 	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
 	       'a', 't', 'e', 'd', 0xc3),
-	REFUSE(-EPROTO, "version", "unsupported version 2 (want 4)", "version 2 MODEL", 0x93, 0x02,
+	REFUSE(-EPROTO, "version", "unsupported version 2 (want 5)", "version 2 MODEL", 0x93, 0x02,
 	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
 	       'a', 't', 'e', 'd', 0xc3),
-	REFUSE(-EPROTO, "version", "unsupported version 3 (want 4)", "version 3 MODEL", 0x93, 0x03,
+	REFUSE(-EPROTO, "version", "unsupported version 3 (want 5)", "version 3 MODEL", 0x93, 0x03,
 	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
 	       'a', 't', 'e', 'd', 0xc3),
-	REFUSE(-EPROTO, "version", "unsupported version 5 (want 4)", "version 5", 0x93, 5, 5, 0x80),
+	REFUSE(-EPROTO, "version", "unsupported version 4 (want 5)", "version 4 MODEL", 0x93, 0x04,
+	       0x04, 0x82, 0xa8, 'm', 'o', 'd', 'e', 'l', '_', 'i', 'd', 0x03, 0xa7, 'c', 'r', 'e',
+	       'a', 't', 'e', 'd', 0xc3),
+	REFUSE(-EPROTO, "version", "unsupported version 6 (want 5)", "version 6", 0x93, 6, 5, 0x80),
 	VERSION(-EPROTO, "version 1", 0x93, 1, 5, 0x80),
 	VERSION(-EPROTO, "version 0", 0x93, 0, 5, 0x80),
 	VERSION(-EPROTO, "version 127", 0x93, 0x7f, 5, 0x80),
@@ -1483,6 +1534,37 @@ static const struct range_case ranges[] = {
 	RS(STATS_REPLY, "l2_rejected", stats.l2_rejected, W_U64, -1, false),
 	RU(STATS_REPLY, "l2_fetch_errors", stats.l2_fetch_errors, W_U64, UINT64_MAX, true),
 	RS(STATS_REPLY, "l2_fetch_errors", stats.l2_fetch_errors, W_U64, -1, false),
+	RU(STATS_REPLY, "tenants", stats.tenants, W_U32, 0, true),
+	RU(STATS_REPLY, "tenants", stats.tenants, W_U32, 1, true),
+	RU(STATS_REPLY, "tenants", stats.tenants, W_U32, UINT32_MAX, true),
+	RU(STATS_REPLY, "tenants", stats.tenants, W_U32, UINT32_MAX + 1ull, false),
+	RS(STATS_REPLY, "tenants", stats.tenants, W_U32, -1, false),
+	RS(STATS_REPLY, "nodes[0].node", stats.nodes[0].node, W_I32, -1, true),
+	RU(STATS_REPLY, "nodes[0].node", stats.nodes[0].node, W_I32, 0, true),
+	RU(STATS_REPLY, "nodes[1].node", stats.nodes[1].node, W_I32, INT32_MAX, true),
+	RS(STATS_REPLY, "nodes[1].node", stats.nodes[1].node, W_I32, -2, false),
+	RS(STATS_REPLY, "nodes[1].node", stats.nodes[1].node, W_I32, INT32_MIN, false),
+	RS(STATS_REPLY, "nodes[0].node", stats.nodes[0].node, W_I32, INT64_MIN, false),
+	RU(STATS_REPLY, "nodes[0].node", stats.nodes[0].node, W_I32, INT32_MAX + 1ull, false),
+	RU(STATS_REPLY, "nodes[1].node", stats.nodes[1].node, W_I32, UINT64_MAX, false),
+	RU(STATS_REPLY, "nodes[0].arena_bytes", stats.nodes[0].arena_bytes, W_U64, 0, true),
+	RU(STATS_REPLY, "nodes[0].arena_bytes", stats.nodes[0].arena_bytes, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "nodes[0].arena_bytes", stats.nodes[0].arena_bytes, W_U64, -1, false),
+	RU(STATS_REPLY, "nodes[1].bytes_used", stats.nodes[1].bytes_used, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "nodes[1].bytes_used", stats.nodes[1].bytes_used, W_U64, -1, false),
+	RU(STATS_REPLY, "nodes[0].entries", stats.nodes[0].entries, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "nodes[0].entries", stats.nodes[0].entries, W_U64, INT64_MIN, false),
+	RU(STATS_REPLY, "nodes[1].hits", stats.nodes[1].hits, W_U64, 0, true),
+	RS(STATS_REPLY, "nodes[1].hits", stats.nodes[1].hits, W_U64, -1, false),
+	RU(STATS_REPLY, "nodes[0].inserts", stats.nodes[0].inserts, W_U64, UINT64_MAX, true),
+	RS(STATS_REPLY, "nodes[0].inserts", stats.nodes[0].inserts, W_U64, -1, false),
+	RU(STATS_REPLY, "nodes[1].remote_inserts", stats.nodes[1].remote_inserts, W_U64, UINT64_MAX,
+	   true),
+	RS(STATS_REPLY, "nodes[1].remote_inserts", stats.nodes[1].remote_inserts, W_U64, -1, false),
+	RU(STATS_REPLY, "nodes[0].clients", stats.nodes[0].clients, W_U32, 0, true),
+	RU(STATS_REPLY, "nodes[1].clients", stats.nodes[1].clients, W_U32, UINT32_MAX, true),
+	RU(STATS_REPLY, "nodes[1].clients", stats.nodes[1].clients, W_U32, UINT32_MAX + 1ull, false),
+	RS(STATS_REPLY, "nodes[0].clients", stats.nodes[0].clients, W_U32, -1, false),
 
 	RU(ERROR, "code", error.code, W_I32, 0, false),
 	RU(ERROR, "code", error.code, W_I32, 1, true),
@@ -1790,12 +1872,85 @@ static void test_config_item_count_limits(void **state)
 	assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
 }
 
+/* The arrays the two tests above do not cover, MODEL_STATS_REPLY's layers and STATS_REPLY's
+ * nodes (arenas and items keep their own tests: WELCOME is being changed elsewhere). */
+static const struct {
+	enum lbp_type type;
+	const char *key;
+	size_t elems; /* of element 0 in struct lbp_msg */
+	size_t size;  /* of an element */
+	size_t count; /* of the uint32_t count */
+	uint32_t max;
+	const char *range; /* how the fault's reason starts */
+} arrays[] = {
+	{ LBP_MODEL_STATS_REPLY, "layers", OFF(mstats_reply.layers), sizeof(struct lbp_layer_stats),
+	  OFF(mstats_reply.n), LBP_MAX_STATS_LAYERS, "out of range 0..64" },
+	{ LBP_STATS_REPLY, "nodes", OFF(stats.nodes), sizeof(struct lbp_node_stats),
+	  OFF(stats.n_nodes), LBP_MAX_NODES, "out of range 0..16" },
+};
+
+/* Each array: one element past its largest count refused by the decoder and the encoder; the
+ * largest count and none accepted, every element decoded in its place; an element that is not
+ * a map named by its index. */
+static void test_array_count_limits(void **state)
+{
+	msgpack_object elems[LBP_MAX_STATS_LAYERS + 1];
+	static char buf[LBP_MAX_FRAME];
+	struct lbp_msg m, out;
+	struct lbp_fault f;
+	msgpack_object *arr;
+	uint32_t n_src, n_out;
+	struct dom d;
+
+	(void)state;
+	for (size_t a = 0; a < sizeof(arrays) / sizeof(arrays[0]); a++) {
+		const char *what = arrays[a].key;
+		char field[32];
+
+		assert_true(arrays[a].max < sizeof(elems) / sizeof(elems[0]));
+		m = sample(arrays[a].type);
+		memcpy(&n_src, (char *)&m + arrays[a].count, sizeof(n_src));
+		assert_true(n_src >= 2);
+		dom_load(&d, &m);
+		arr = dom_find(&d, arrays[a].key, NULL, NULL);
+		for (uint32_t i = 0; i <= arrays[a].max; i++)
+			elems[i] = arr->via.array.ptr[i % n_src];
+		arr->via.array.ptr = elems;
+		arr->via.array.size = arrays[a].max + 1;
+		expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, arrays[a].key, arrays[a].range,
+			     what);
+		arr->via.array.size = arrays[a].max;
+		expect_fault(dom_decode(&d, &out, &f), 0, &f, "", "", what);
+		memcpy(&n_out, (char *)&out + arrays[a].count, sizeof(n_out));
+		assert_int_equal(n_out, arrays[a].max);
+		for (uint32_t i = 0; i < arrays[a].max; i++)
+			assert_memory_equal((char *)&out + arrays[a].elems + i * arrays[a].size,
+					    (char *)&m + arrays[a].elems + i % n_src * arrays[a].size,
+					    arrays[a].size);
+		arr->via.array.size = 0;
+		expect_fault(dom_decode(&d, &out, &f), 0, &f, "", "", what);
+		memcpy(&n_out, (char *)&out + arrays[a].count, sizeof(n_out));
+		assert_int_equal(n_out, 0);
+		arr->via.array.size = 2;
+		elems[1] = (msgpack_object)O_STR("x", 1);
+		path_fmt(field, sizeof(field), "%s[1]", arrays[a].key);
+		expect_fault(dom_decode(&d, NULL, &f), -EBADMSG, &f, field, "wrong type", what);
+		dom_free(&d);
+
+		for (int k = 0; k < 2; k++) {
+			uint32_t n = k ? UINT32_MAX : arrays[a].max + 1;
+			memcpy((char *)&m + arrays[a].count, &n, sizeof(n));
+			assert_int_equal(lbp_encode(&m, buf, sizeof(buf)), -EINVAL);
+		}
+	}
+}
+
 /* PROTOCOL.md 2.3 quotes the largest frames' sizes; the walk's limits must hold them. */
 static void test_largest_frames_are_as_documented(void **state)
 {
 	struct lbp_msg s[MAX_SAMPLES];
 	char buf[LBP_MAX_FRAME];
-	size_t n = all_samples(s), cfg = 0, mst = 0;
+	size_t n = all_samples(s), cfg = 0, mst = 0, st = 0;
 
 	(void)state;
 	for (size_t i = 0; i < n; i++) {
@@ -1804,10 +1959,20 @@ static void test_largest_frames_are_as_documented(void **state)
 			cfg = len;
 		if (s[i].type == LBP_MODEL_STATS_REPLY && len > mst)
 			mst = len;
+		if (s[i].type != LBP_STATS_REPLY)
+			continue;
+		/* Longer still: the longer page size, every node number in 5 bytes. */
+		s[i].u.stats.page_size = MIB2;
+		for (unsigned k = 0; k < s[i].u.stats.n_nodes; k++)
+			s[i].u.stats.nodes[k].node = INT32_MAX;
+		len = enc(&s[i], buf, sizeof(buf));
+		st = len > st ? len : st;
 	}
-	printf("largest CONFIG_REPLY %zu bytes, MODEL_STATS_REPLY %zu bytes\n", cfg, mst);
+	printf("largest CONFIG_REPLY %zu bytes, MODEL_STATS_REPLY %zu bytes, STATS_REPLY %zu bytes\n",
+	       cfg, mst, st);
 	assert_int_equal(cfg, 6595);
 	assert_true(mst <= 12281);
+	assert_int_equal(st, 2922);
 }
 
 /* Small deterministic fuzzing: whatever the decoder accepts, the encoder must accept too. */
@@ -2143,6 +2308,7 @@ int main(void)
 		cmocka_unit_test(test_encode_rejects_unterminated_and_empty_strings),
 		cmocka_unit_test(test_arena_count_limits),
 		cmocka_unit_test(test_config_item_count_limits),
+		cmocka_unit_test(test_array_count_limits),
 		cmocka_unit_test(test_largest_frames_are_as_documented),
 		cmocka_unit_test(test_decode_survives_mutated_frames),
 		cmocka_unit_test(test_encode_rejects_unknown_type),

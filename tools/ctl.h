@@ -1,8 +1,11 @@
 /* layerbank-ctl: what its commands share (the connection, error lines, one reading of the
- * daemon's figures) and the commands themselves, one file each. */
+ * daemon's figures: ctl.c), the commands themselves, one file each, and the views they draw
+ * of a reading, which test_ctl also draws of readings made up. Together the library lbctl;
+ * layerbank-ctl.c is the command line. */
 #ifndef LAYERBANK_TOOLS_CTL_H
 #define LAYERBANK_TOOLS_CTL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -47,6 +50,18 @@ void ctl_view_free(struct ctl_view *v);
 
 /* The model named name, else the one whose id name spells in decimal. NULL: none. */
 const struct ctl_model *ctl_view_model(const struct ctl_view *v, const char *name);
+
+/* The views of a reading, as the commands print them: stats as a table or as one JSON object
+ * (--json); metrics in the Prometheus text format. */
+void ctl_stats_print(FILE *out, const struct ctl_view *v, bool json);
+void ctl_metrics_print(FILE *out, const struct ctl_view *v);
+
+/* One frame of top for a terminal of rows x cols, as drawn for the daemon at sock (NULL: the
+ * default path) read every interval seconds: cur's figures, with rates against prev over dt
+ * seconds (prev NULL: none yet). @return the frame, cursor moves and text, NUL-terminated and
+ * to be freed; NULL without memory. */
+char *ctl_top_frame(const char *sock, double interval, const struct ctl_view *cur,
+		    const struct ctl_view *prev, double dt, int rows, int cols);
 
 /* The commands: argv[0] is the command's name. @return the exit status. */
 int ctl_cmd_stats(const char *sock, int argc, char **argv);

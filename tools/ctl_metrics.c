@@ -132,7 +132,7 @@ static void print_l2(FILE *out, const struct lb_stats *st)
 	    st->l2_fetch_errors);
 }
 
-static void print_metrics(FILE *out, const struct ctl_view *v)
+void ctl_metrics_print(FILE *out, const struct ctl_view *v)
 {
 	const struct lb_stats *st = &v->st;
 
@@ -229,7 +229,7 @@ int ctl_cmd_metrics(const char *sock, int argc, char **argv)
 	if (ret < 0) {
 		ret = ctl_fail(c, "metrics", ret);
 	} else {
-		print_metrics(stdout, &v);
+		ctl_metrics_print(stdout, &v);
 		ret = fflush(stdout) == 0 ? CTL_OK : ctl_fail(NULL, "metrics", -EIO);
 	}
 	ctl_view_free(&v);

@@ -371,6 +371,25 @@ out:
 	fb_put(f, "\033[J", 3); /* erase below the last row */
 }
 
+char *ctl_top_frame(const char *sock, double interval, const struct ctl_view *cur,
+		    const struct ctl_view *prev, double dt, int rows, int cols)
+{
+	/* The views are copied shallowly: draw reads them, nothing here frees them. */
+	struct top tp = { .sock = sock, .interval = interval, .cur = *cur, .dt = dt,
+			  .term = { .rows = rows, .cols = cols } };
+
+	if (prev) {
+		tp.prev = *prev;
+		tp.have_prev = true;
+	}
+	draw(&tp);
+	fb_put(&tp.f, "", 1);
+	if (tp.f.len && tp.f.buf[tp.f.len - 1] == '\0')
+		return tp.f.buf;
+	free(tp.f.buf); /* a short frame: realloc failed on the way */
+	return NULL;
+}
+
 static double mono_s(void)
 {
 	struct timespec ts;

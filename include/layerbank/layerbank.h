@@ -109,10 +109,35 @@ LB_ABI_SIZE_LP64(struct lb_model_desc, 64);
  */
 int lb_register_model(struct lb_client *c, const struct lb_model_desc *desc, uint32_t *model_id);
 
+#define LB_MAX_NODES 16 /* per-node rows of struct lb_stats */
+
+/* One NUMA node's figures in struct lb_stats: the control protocol's (PROTOCOL.md 4.5), clients
+ * placed second so that the struct has no hole. */
+struct lb_node_stats {
+	int32_t node;            /* NUMA node; -1: arenas not bound to a node */
+	uint32_t clients;        /* connected clients that said (HELLO) they run on this node */
+	uint64_t arena_bytes;    /* bytes of the node's arenas, over all tenants */
+	uint64_t bytes_used;     /* arena bytes in live entries there */
+	uint64_t entries;        /* live entries there (layer entries and prefix blocks) */
+	uint64_t hits;           /* lookups answered from entries there */
+	uint64_t inserts;        /* entries placed there */
+	uint64_t remote_inserts; /* inserts by clients of this node placed on another node: its
+				  * arenas had no room */
+};
+LB_ABI_FIELD_LP64(struct lb_node_stats, node, 0, 4);
+LB_ABI_FIELD_LP64(struct lb_node_stats, clients, 4, 4);
+LB_ABI_FIELD_LP64(struct lb_node_stats, arena_bytes, 8, 8);
+LB_ABI_FIELD_LP64(struct lb_node_stats, bytes_used, 16, 8);
+LB_ABI_FIELD_LP64(struct lb_node_stats, entries, 24, 8);
+LB_ABI_FIELD_LP64(struct lb_node_stats, hits, 32, 8);
+LB_ABI_FIELD_LP64(struct lb_node_stats, inserts, 40, 8);
+LB_ABI_FIELD_LP64(struct lb_node_stats, remote_inserts, 48, 8);
+LB_ABI_SIZE_LP64(struct lb_node_stats, 56);
+
 struct lb_stats {
 	uint64_t page_size;   /* bytes of the arena's pages: 2097152 with hugepages, else 4096 */
 	uint64_t arena_bytes; /* over all arenas */
-	uint32_t numa_nodes;  /* arenas in use, one per node */
+	uint32_t numa_nodes;  /* arenas in use (not nodes: see nodes below) */
 	bool hugepages;
 	uint32_t clients;
 	uint32_t models;
@@ -146,6 +171,13 @@ struct lb_stats {
 	uint64_t l2_fetch_misses;    /* reads of keys the tier did not hold */
 	uint64_t l2_rejected;        /* records read back and refused by their checks */
 	uint64_t l2_fetch_errors;    /* reads that failed, or found no room in the queue */
+	/* tenants and NUMA nodes */
+	uint32_t tenants; /* tenants with arenas of their own, the shared one included: >= 1, but
+			   * 0 from a daemon that does not count them */
+	uint32_t n_nodes; /* rows of nodes, 0..LB_MAX_NODES; 0: the daemon keeps no per-node
+			   * figures */
+	struct lb_node_stats nodes[LB_MAX_NODES]; /* one per NUMA node the daemon keeps arenas on,
+						   * by node number (-1 first) */
 };
 LB_ABI_FIELD_LP64(struct lb_stats, page_size, 0, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, arena_bytes, 8, 8);
@@ -183,7 +215,10 @@ LB_ABI_FIELD_LP64(struct lb_stats, l2_fetched, 248, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, l2_fetch_misses, 256, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, l2_rejected, 264, 8);
 LB_ABI_FIELD_LP64(struct lb_stats, l2_fetch_errors, 272, 8);
-LB_ABI_SIZE_LP64(struct lb_stats, 280);
+LB_ABI_FIELD_LP64(struct lb_stats, tenants, 280, 4);
+LB_ABI_FIELD_LP64(struct lb_stats, n_nodes, 284, 4);
+LB_ABI_FIELD_LP64(struct lb_stats, nodes, 288, 896);
+LB_ABI_SIZE_LP64(struct lb_stats, 1184);
 
 /*
  * Read the daemon's counters into *out; size is sizeof(*out) as the caller was compiled,

@@ -486,16 +486,14 @@ class Client:
         return int(_c.lb_reconnects(self._live()))
 
     def stats(self) -> dict:
-        """The daemon's counters (lb_stats) as a dict."""
+        """The daemon's counters (lb_stats) as a dict: "tenants", and "nodes" a list of one
+        dict per NUMA node (node, clients, arena_bytes, bytes_used, entries, hits, inserts,
+        remote_inserts), empty when the daemon keeps no per-node figures."""
         s = _lib.Stats()
         rc = _c.lb_stats(self._live(), _ct.byref(s), _ct.sizeof(s))
         if rc < 0:
             raise _error(rc, "stats", self)
-        out = {}
-        for name, _ in _lib.Stats._fields_:
-            v = getattr(s, name)
-            out[name] = v.decode() if isinstance(v, bytes) else v
-        return out
+        return s.to_dict()
 
     def register_model(self, name: str, n_layers: int, hidden: int, dtype: str = "f32",
                        weights_hash: int = 0, max_seq: int = 512, fp_chunks: int = 4,

@@ -11,6 +11,7 @@ import os
 LB_FP_BITS = 256
 LB_NAME_MAX = 63
 LB_PREFIX_MAX_BLOCKS = 256
+LB_MAX_NODES = 16
 
 
 class Key(ctypes.Structure):
@@ -40,6 +41,13 @@ class ModelDesc(ctypes.Structure):
                 ("kv_layers", ctypes.c_uint32)]
 
 
+class NodeStats(ctypes.Structure):
+    _fields_ = [("node", ctypes.c_int32), ("clients", ctypes.c_uint32),
+                ("arena_bytes", ctypes.c_uint64), ("bytes_used", ctypes.c_uint64),
+                ("entries", ctypes.c_uint64), ("hits", ctypes.c_uint64),
+                ("inserts", ctypes.c_uint64), ("remote_inserts", ctypes.c_uint64)]
+
+
 class Stats(ctypes.Structure):
     _fields_ = [("page_size", ctypes.c_uint64), ("arena_bytes", ctypes.c_uint64),
                 ("numa_nodes", ctypes.c_uint32), ("hugepages", ctypes.c_bool),
@@ -58,11 +66,27 @@ class Stats(ctypes.Structure):
                 ("l2_fetches_waiting", ctypes.c_uint64), ("l2_written", ctypes.c_uint64),
                 ("l2_dropped", ctypes.c_uint64), ("l2_write_errors", ctypes.c_uint64),
                 ("l2_fetched", ctypes.c_uint64), ("l2_fetch_misses", ctypes.c_uint64),
-                ("l2_rejected", ctypes.c_uint64), ("l2_fetch_errors", ctypes.c_uint64)]
+                ("l2_rejected", ctypes.c_uint64), ("l2_fetch_errors", ctypes.c_uint64),
+                ("tenants", ctypes.c_uint32), ("n_nodes", ctypes.c_uint32),
+                ("nodes", NodeStats * LB_MAX_NODES)]
+
+    def to_dict(self) -> dict:
+        """Every figure by its name; strings as str; "nodes" a list of the n_nodes rows in use,
+        each a dict of NodeStats' fields (n_nodes itself is that list's length)."""
+        out = {}
+        for name, _ in self._fields_:
+            if name == "n_nodes":
+                continue
+            v = getattr(self, name)
+            if name == "nodes":
+                v = [{k: getattr(n, k) for k, _ in NodeStats._fields_}
+                     for n in v[:min(self.n_nodes, LB_MAX_NODES)]]
+            out[name] = v.decode() if isinstance(v, bytes) else v
+        return out
 
 
 # What each struct measures in include/layerbank/layerbank.h (LB_ABI_SIZE_LP64).
-ABI_SIZES = {Key: 56, HitC: 64, Shape: 24, ModelDesc: 64, Stats: 280}
+ABI_SIZES = {Key: 56, HitC: 64, Shape: 24, ModelDesc: 64, NodeStats: 56, Stats: 1184}
 
 
 def _candidates():

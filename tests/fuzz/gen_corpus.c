@@ -143,6 +143,10 @@ static struct lbp_msg msg(enum lbp_type t)
 		m.u.stats.l2_fetch_misses = 70;
 		m.u.stats.l2_rejected = 1;
 		m.u.stats.l2_fetch_errors = 3;
+		m.u.stats.tenants = 2;
+		m.u.stats.n_nodes = 2; /* arenas on node 0, and unbound ones */
+		m.u.stats.nodes[0] = (struct lbp_node_stats){ -1, 1u << 29, 1u << 19, 200, 300, 250, 0, 1 };
+		m.u.stats.nodes[1] = (struct lbp_node_stats){ 0, 1u << 29, 1u << 19, 320, 600, 250, 7, 3 };
 		break;
 	case LBP_ERROR:
 		m.u.error.code = EBADMSG;
@@ -216,6 +220,35 @@ static const char *type_file(enum lbp_type t)
 static void raw(const char *name, const void *p, size_t n)
 {
 	put(DECODE, name, p, n);
+}
+
+/* A node row with every count at its largest. */
+static struct lbp_node_stats max_node(int32_t node)
+{
+	return (struct lbp_node_stats){ node, UINT64_MAX, UINT64_MAX, UINT64_MAX, UINT64_MAX,
+					UINT64_MAX, UINT64_MAX, UINT32_MAX };
+}
+
+/* STATS_REPLY m (LBP_MAX_NODES rows, all of one length) with a 17th row: nodes is the body's
+ * last key, so its rows end the frame; the array16 header grows to 17 and the last row is
+ * written once more. */
+static void put_nodes_17(const struct lbp_msg *full)
+{
+	struct lbp_msg m = *full;
+	static uint8_t bad[LBP_MAX_FRAME];
+	size_t n16, n15, row;
+
+	n16 = encode(&m);
+	memcpy(bad, frame, n16);
+	m.u.stats.n_nodes = LBP_MAX_NODES - 1;
+	n15 = encode(&m);
+	row = n16 - n15 - 2; /* 15 rows have a fixarray header, 16 an array16 one */
+	uint8_t *hdr = bad + n16 - LBP_MAX_NODES * row - 3;
+	if (hdr[0] != 0xdc || hdr[1] != 0 || hdr[2] != LBP_MAX_NODES)
+		die("no array16 of %u nodes at the end of STATS_REPLY", LBP_MAX_NODES);
+	hdr[2] = LBP_MAX_NODES + 1;
+	memcpy(bad + n16, bad + n16 - row, row);
+	raw("bad-nodes-17", bad, n16 + row);
 }
 
 /* A frame written by hand with msgpack-c: [version, type, {key: value...}]. */
@@ -301,7 +334,12 @@ static void decode_seeds(void)
 	m.u.stats.fragmentation_ppm = 1000000;
 	strcpy(m.u.stats.l2, "down");
 	m.u.stats.l2_queue_bytes = m.u.stats.l2_written = m.u.stats.l2_fetch_errors = UINT64_MAX;
+	m.u.stats.tenants = UINT32_MAX;
+	m.u.stats.n_nodes = LBP_MAX_NODES;
+	for (unsigned i = 0; i < LBP_MAX_NODES; i++)
+		m.u.stats.nodes[i] = max_node(INT32_MAX - (int32_t)i);
 	put_msg("stats-reply-max", &m);
+	put_nodes_17(&m);
 	m = msg(LBP_STATS_REPLY); /* a daemon without a second tier: "off", its counts 0 */
 	strcpy(m.u.stats.l2, "off");
 	m.u.stats.l2_queue_bytes = m.u.stats.l2_queue_records = m.u.stats.l2_fetches_waiting = 0;
@@ -309,6 +347,10 @@ static void decode_seeds(void)
 	m.u.stats.l2_fetched = m.u.stats.l2_fetch_misses = m.u.stats.l2_rejected = 0;
 	m.u.stats.l2_fetch_errors = 0;
 	put_msg("stats-reply-no-tier", &m);
+	m = msg(LBP_STATS_REPLY); /* a daemon that counts neither tenants nor nodes */
+	m.u.stats.tenants = 0;
+	m.u.stats.n_nodes = 0;
+	put_msg("stats-reply-no-nodes", &m);
 
 	m = msg(LBP_MODEL_STATS_REPLY);
 	m.u.mstats_reply.n_layers = LBP_MAX_LAYERS;
@@ -347,13 +389,16 @@ static void decode_seeds(void)
 	raw("model-stats-str8-keys", str8, sizeof(str8));
 
 	/* Rejected, one per check. Version 1 is the protocol before prefix blocks, 3 the one
-	 * before the second tier's counters in STATS_REPLY, 5 a later one. */
+	 * before the second tier's counters in STATS_REPLY, 4 the one before its nodes and
+	 * tenants, 6 a later one. */
 	static const uint8_t v1[] = { 0x93, 0x01, 0x05, 0x80 };
 	raw("bad-version-1", v1, sizeof(v1));
 	static const uint8_t v3[] = { 0x93, 0x03, 0x05, 0x80 };
 	raw("bad-version-3", v3, sizeof(v3));
-	static const uint8_t v5[] = { 0x93, 0x05, 0x05, 0x80 };
-	raw("bad-version-5", v5, sizeof(v5));
+	static const uint8_t v4[] = { 0x93, 0x04, 0x05, 0x80 };
+	raw("bad-version-4", v4, sizeof(v4));
+	static const uint8_t v6[] = { 0x93, 0x06, 0x05, 0x80 };
+	raw("bad-version-6", v6, sizeof(v6));
 	static const uint8_t vneg[] = { 0x93, 0xff, 0x05, 0x80 };
 	raw("bad-version-negative", vneg, sizeof(vneg));
 	static const uint8_t v64[] = { 0xdc, 0x00, 0x03, 0xcf, 1, 0, 0, 0, 0, 0, 0, 0, 0x05, 0x80 };

@@ -186,8 +186,30 @@ class TestApi(unittest.TestCase):
             self.assertIn(k, s)
         self.assertEqual(s["l2"], "off")  # no second tier: its counts are 0
         self.assertEqual(s["l2_written"] + s["l2_fetched"] + s["l2_queue_records"], 0)
+        self.assertIsInstance(s["tenants"], int)
+        self.assertIsInstance(s["nodes"], list)  # empty from a daemon without per-node figures
+        self.assertNotIn("n_nodes", s)
         self.assertTrue(self.c.connected)
         self.assertEqual(self.c.reconnects, 0)
+
+    def test_stats_dict_has_the_nodes_in_use(self):
+        # A reply made here: the daemon may not report per-node figures yet.
+        s = _lib.Stats()
+        s.tenants, s.n_nodes = 3, 2
+        s.nodes[0] = _lib.NodeStats(-1, 1, 4096, 0, 0, 0, 0, 0)
+        s.nodes[1] = _lib.NodeStats(1, 2, 1 << 30, 1 << 20, 40, 900, 45, 2**64 - 1)
+        s.nodes[2] = _lib.NodeStats(7, 9, 9, 9, 9, 9, 9, 9)  # past n_nodes: not shown
+        d = s.to_dict()
+        self.assertEqual(d["tenants"], 3)
+        self.assertEqual(d["nodes"], [
+            {"node": -1, "clients": 1, "arena_bytes": 4096, "bytes_used": 0, "entries": 0,
+             "hits": 0, "inserts": 0, "remote_inserts": 0},
+            {"node": 1, "clients": 2, "arena_bytes": 1 << 30, "bytes_used": 1 << 20,
+             "entries": 40, "hits": 900, "inserts": 45, "remote_inserts": 2**64 - 1}])
+        s.n_nodes = 0
+        self.assertEqual(s.to_dict()["nodes"], [])
+        s.n_nodes = 1000  # more than the struct holds: its rows only
+        self.assertEqual(len(s.to_dict()["nodes"]), _lib.LB_MAX_NODES)
 
 
 if __name__ == "__main__":
