@@ -200,6 +200,31 @@ static void fill_l2_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 	r->l2_fetch_errors = l2.fetch_errors;
 }
 
+/* A row per node: its arenas over all tenants, and the clients that said they run on it. */
+static void fill_node_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
+{
+	struct lbd_arena_counts ac[LBD_MAX_ARENAS];
+
+	lbd_store_arena_counts(s->store, ac);
+	r->n_nodes = s->n_nodes < LBP_MAX_NODES ? s->n_nodes : LBP_MAX_NODES;
+	for (unsigned k = 0; k < r->n_nodes; k++) {
+		struct lbp_node_stats *n = &r->nodes[k];
+		n->node = s->nodes[k];
+		for (unsigned i = 0; i < s->n_arenas; i++) {
+			if (s->arenas[i].node != n->node)
+				continue;
+			n->arena_bytes += s->arenas[i].bytes;
+			n->bytes_used += ac[i].bytes_used;
+			n->entries += ac[i].entries;
+			n->hits += ac[i].hits;
+			n->inserts += ac[i].inserts;
+			n->remote_inserts += ac[i].remote;
+		}
+		for (const struct lbd_conn *c = s->conns; c; c = c->next)
+			n->clients += c->hello && !c->ended && c->dp && c->dp->node == n->node;
+	}
+}
+
 static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 {
 	struct timespec now;
@@ -213,6 +238,8 @@ static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 		r->hugepages = r->hugepages && s->arenas[i].huge;
 	}
 	r->numa_nodes = s->n_arenas;
+	r->tenants = lbd_config_tenants(s->cfg);
+	fill_node_stats(s, r);
 	r->clients = s->n_clients;
 	r->models = s->models.count;
 	r->threads = s->cfg->threads;

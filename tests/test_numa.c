@@ -247,7 +247,7 @@ static void node_cpus(int node, char *out, size_t n)
 static void test_service_threads_run_on_their_node(void **state)
 {
 	(void)state;
-	char want[2][64], path[96], line[256];
+	char want[2][64], path[320], line[256];
 	unsigned found[2] = { 0, 0 };
 
 	assert_true(lbt_daemon_start(&env, LBT_ARGS(ARENA_ARGS)) > 0);

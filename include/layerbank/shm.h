@@ -40,7 +40,7 @@ struct lb_arena_hdr {
 	uint64_t page_size;   /* 2097152 (hugetlb) or 4096 */
 	uint8_t boot_id[16];  /* random per daemon start: tells a restarted daemon apart */
 	int32_t numa_node;    /* node the memory is bound to, -1 when not bound */
-	uint32_t arena_index; /* position of this arena in WELCOME's fd list */
+	uint32_t arena_index; /* the arena's index, as completions and WELCOME name it */
 	uint64_t data_off;    /* start of the data area, LB_SHM_DATA_ALIGN-aligned */
 	uint64_t data_bytes;  /* data_off + data_bytes <= arena_bytes */
 	uint64_t reserved[7]; /* zero */
