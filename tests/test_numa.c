@@ -251,6 +251,10 @@ static void test_service_threads_run_on_their_node(void **state)
 	unsigned found[2] = { 0, 0 };
 
 	assert_true(lbt_daemon_start(&env, LBT_ARGS(ARENA_ARGS)) > 0);
+	/* Listening comes before the threads start; an answer after them. */
+	struct lb_client *c = NULL;
+	assert_int_equal(lbt_connect(&env, "threads", &c), 0);
+	assert_int_equal(lb_ping(c), 0);
 	node_cpus(0, want[0], sizeof(want[0]));
 	node_cpus(1, want[1], sizeof(want[1]));
 	snprintf(path, sizeof(path), "/proc/%d/task", (int)env.pid);
@@ -267,6 +271,7 @@ static void test_service_threads_run_on_their_node(void **state)
 				char *v = line + 18;
 				v += strspn(v, " \t");
 				v[strcspn(v, "\n")] = '\0';
+				print_message("thread %s: CPUs %s\n", de->d_name, v);
 				for (int k = 0; k < 2; k++)
 					found[k] += strcmp(v, want[k]) == 0;
 			}
@@ -276,6 +281,11 @@ static void test_service_threads_run_on_their_node(void **state)
 	closedir(d);
 	print_message("threads on node 0's CPUs (%s): %u, on node 1's (%s): %u\n", want[0],
 		      found[0], want[1], found[1]);
+	if (found[0] != 1 || found[1] != 1) {
+		char cmd[300];
+		snprintf(cmd, sizeof(cmd), "cat %s", env.log);
+		(void)system(cmd);
+	}
 	assert_int_equal(found[0], 1);
 	assert_int_equal(found[1], 1);
 	assert_true(lbt_daemon_stop(&env));
