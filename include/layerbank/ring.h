@@ -126,7 +126,7 @@ struct lb_cpl {
 	uint64_t user_data;  /* from the request */
 	int32_t status;      /* 0 hit/done, -ENOENT miss, other -errno for a refused request */
 	uint8_t opcode;
-	uint8_t arena;       /* hit/insert: arena index (WELCOME order) */
+	uint8_t arena;       /* hit/insert: the arena, by its WELCOME index (lb_arena_base) */
 	uint16_t layer;      /* hit: the layer found (deepest for LOOKUP_DEEPEST) */
 	uint64_t lease;      /* hit: lease to RELEASE; 0 otherwise (an insert holds none) */
 	uint64_t entry_off;  /* hit/insert: offset of struct lb_entry_hdr in the arena */
@@ -223,7 +223,7 @@ _Static_assert(sizeof(struct lb_prefix_query) == 8, "abi");
 
 struct lb_prefix_block {
 	uint64_t entry_off; /* of the block's struct lb_entry_hdr */
-	uint32_t arena;     /* its arena, by its position in WELCOME */
+	uint32_t arena;     /* its arena, by its WELCOME index (lb_arena_base) */
 	uint32_t reserved;  /* 0 */
 };
 LB_ABI_FIELD(struct lb_prefix_block, entry_off, 0, 8);
