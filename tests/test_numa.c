@@ -164,6 +164,34 @@ static void test_arenas_are_bound_page_by_page(void **state)
 	assert_true(lbt_daemon_stop(&env));
 }
 
+/* With a tenant (an allow-list of another uid), an arena per tenant and node: root, on no list,
+ * is given the shared tenant's two, each on its node; a model of that list goes to its own. */
+static void test_tenants_have_arenas_on_each_node(void **state)
+{
+	(void)state;
+	struct lb_client *c = NULL;
+	struct lb_stats st;
+
+	assert_true(lbt_daemon_start(&env, LBT_ARGS(ARENA_ARGS, "--model-allow", "secret 4242")) > 0);
+	assert_int_equal(lbt_connect(&env, "root", &c), 0);
+	assert_int_equal(lb_arena_count(c), 2); /* arenas 0 and 1: tenant 0 on nodes 0 and 1 */
+	for (unsigned i = 0; i < 2; i++) {
+		size_t bytes;
+		const struct lb_arena_hdr *h = lb_arena_base(c, i, &bytes);
+		assert_non_null(h);
+		assert_int_equal(bytes, 32u << 20);
+		assert_int_equal(page_node(h), (int)i);
+		assert_int_equal(h->numa_node, (int)i);
+	}
+	assert_int_equal(lb_arena_fd(c, 2), -EINVAL); /* not even counted: tenant 1's come after */
+	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
+	assert_int_equal(st.tenants, 2);
+	assert_int_equal(st.n_nodes, 2);
+	assert_int_equal(node_stats(&st, 0)->arena_bytes, 64u << 20); /* both tenants' */
+	assert_int_equal(node_stats(&st, 1)->arena_bytes, 64u << 20);
+	assert_true(lbt_daemon_stop(&env));
+}
+
 /* A client on node 1 inserts into node 1's arena; one that says node 0 ($LAYERBANK_NUMA_NODE)
  * into node 0's; node 1's arena full, its inserts go to node 0's, counted as remote. */
 static void test_inserts_go_to_their_node(void **state)
@@ -303,6 +331,7 @@ int main(void)
 			 "tests/test_numa.sh's guest has");
 	const struct CMUnitTest tests[] = {
 		TEST(test_arenas_are_bound_page_by_page),
+		TEST(test_tenants_have_arenas_on_each_node),
 		TEST(test_inserts_go_to_their_node),
 		TEST(test_service_threads_run_on_their_node),
 	};
