@@ -2,7 +2,9 @@
  * one model, one layer; entries under lease stay valid until released), config set and get
  * (round trips, effects on lookups, eviction and expiry, refusals, who may), metrics (the
  * Prometheus text format checked line by line, figures equal to stats --json), the second tier
- * shown "off" in each without one, and top without a terminal. `test_ctl top` drives top in tmux (SKIP without tmux). */
+ * shown "off" in each without one, the tenants and the rows per NUMA node alike in every view
+ * (the daemon's, and a STATS_REPLY made up, drawn by the views' library), and top without a
+ * terminal. `test_ctl top` drives top in tmux (SKIP without tmux). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -23,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client_internal.h" /* lbi_stats_from_reply: a reply no daemon sends yet */
+#include "ctl.h"
 #include "layerbank/layerbank.h"
 #include "lbp.h"
 #include "testutil.h"
@@ -654,6 +658,7 @@ struct sample {
 	char model[256]; /* label values, unescaped; "" when absent */
 	char layer[16];
 	char policy[32];
+	char node[16];
 	int n_labels;
 	double value;
 };
@@ -732,6 +737,8 @@ static const char *parse_labels(const char *p, struct sample *s, unsigned lineno
 			put(s->layer, sizeof(s->layer), value);
 		else if (strcmp(label, "policy") == 0)
 			put(s->policy, sizeof(s->policy), value);
+		else if (strcmp(label, "node") == 0)
+			put(s->node, sizeof(s->node), value);
 		else
 			fail_msg("line %u: unexpected label %s", lineno, label);
 		s->n_labels++;
@@ -824,10 +831,33 @@ static const struct sample *find_sample(const struct exposition *x, const char *
 {
 	for (unsigned i = 0; i < x->n; i++)
 		if (strcmp(x->s[i].name, name) == 0 && strcmp(x->s[i].model, model) == 0 &&
-		    strcmp(x->s[i].layer, layer) == 0)
+		    strcmp(x->s[i].layer, layer) == 0 && !x->s[i].node[0])
 			return &x->s[i];
 	fail_msg("no sample %s{model=\"%s\",layer=\"%s\"}", name, model, layer);
 	abort(); /* fail_msg does not return; the compiler must know there is no NULL */
+}
+
+/* The samples of a per-node family: how many, and the one labelled node (NULL: not there). */
+static const struct sample *find_node(const struct exposition *x, const char *name, int32_t node,
+				      unsigned *n)
+{
+	const struct sample *found = NULL;
+	char want[16];
+
+	snprintf(want, sizeof(want), "%d", node);
+	*n = 0;
+	for (unsigned i = 0; i < x->n; i++) {
+		if (strcmp(x->s[i].name, name) != 0)
+			continue;
+		if (x->s[i].n_labels != 1 || !x->s[i].node[0])
+			fail_msg("%s without exactly its node label", name);
+		(*n)++;
+		if (strcmp(x->s[i].node, want) == 0)
+			found = &x->s[i];
+	}
+	if (!family_of((struct exposition *)x, name))
+		fail_msg("no family %s", name);
+	return found;
 }
 
 static void wait_clients(struct lb_client *c, uint32_t n)
@@ -994,6 +1024,7 @@ static void test_metrics_exposition_format_and_figures(void **state)
 		{ "layerbank_used_bytes", "bytes_used" },
 		{ "layerbank_budget_bytes", "bytes_budget" },
 		{ "layerbank_quota_refusals_total", "quota_refusals" },
+		{ "layerbank_tenants", "tenants" },
 	};
 	static const struct {
 		const char *metric, *key;
@@ -1202,6 +1233,310 @@ static void test_no_second_tier_is_off_everywhere(void **state)
 	for (size_t i = 0; i < sizeof(l2_figures) / sizeof(l2_figures[0]); i++)
 		if (find_sample(&x, l2_figures[i].metric, "", "")->value != 0)
 			fail_msg("%s is not 0 without a tier", l2_figures[i].metric);
+	stop_daemon();
+}
+
+/* ================= tenants and NUMA nodes ================= */
+
+/* A row's figures: its metric family, its key in stats --json (STATS_REPLY's) and its field. */
+static const struct {
+	const char *metric, *key;
+	size_t off, size; /* in struct lb_node_stats */
+} node_figures[] = {
+#define NF(metric, key, field) \
+	{ metric, key, offsetof(struct lb_node_stats, field), sizeof(((struct lb_node_stats *)0)->field) }
+	NF("layerbank_node_arena_bytes", "arena_bytes", arena_bytes),
+	NF("layerbank_node_used_bytes", "bytes_used", bytes_used),
+	NF("layerbank_node_entries", "entries", entries),
+	NF("layerbank_node_hits_total", "hits", hits),
+	NF("layerbank_node_inserts_total", "inserts", inserts),
+	NF("layerbank_node_remote_inserts_total", "remote_inserts", remote_inserts),
+	NF("layerbank_node_clients", "clients", clients),
+#undef NF
+};
+#define N_NODE_FIGURES (sizeof(node_figures) / sizeof(node_figures[0]))
+
+static uint64_t node_figure(const struct lb_node_stats *n, size_t f)
+{
+	uint32_t v32;
+	uint64_t v64;
+
+	if (node_figures[f].size == sizeof(v32)) {
+		memcpy(&v32, (const char *)n + node_figures[f].off, sizeof(v32));
+		return v32;
+	}
+	memcpy(&v64, (const char *)n + node_figures[f].off, sizeof(v64));
+	return v64;
+}
+
+/* Whether figure f of a row may differ between two readings of a live daemon: its counts and
+ * clients move (each layerbank-ctl is a client), its arenas do not. */
+static bool moves(size_t f)
+{
+	return strcmp(node_figures[f].key, "arena_bytes") != 0;
+}
+
+/* stats' table: "tenants" among the totals, and the rows per node below them, none when the
+ * reading has none. exact: every figure as in st (a reading made up), else tenants, the node
+ * numbers and arena sizes only (a live daemon, read again by each command). */
+static void check_nodes_table(const struct lb_stats *st, const char *table, bool exact)
+{
+	char want[64];
+
+	snprintf(want, sizeof(want), "\ntenants      %u\n", st->tenants);
+	assert_contains(table, want);
+	const char *p = strstr(table, "\nper NUMA node");
+	if (!st->n_nodes) {
+		if (p || strstr(table, "arena MiB"))
+			fail_msg("rows per node without any in the reading:\n%s", table);
+		return;
+	}
+	if (!p || !(p = strstr(p, "\n  ")) || !(p = strchr(p + 1, '\n')))
+		fail_msg("no table of nodes:\n%s", table);
+	for (uint32_t i = 0; i < st->n_nodes; i++) {
+		const struct lb_node_stats *n = &st->nodes[i];
+		uint64_t entries, hits, inserts, remote;
+		unsigned clients;
+		double arena, used;
+		int node;
+
+		if (sscanf(p + 1, "%d %lf %lf %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %u", &node,
+			   &arena, &used, &entries, &hits, &inserts, &remote, &clients) != 8)
+			fail_msg("node row %u does not read: %.80s", i, p + 1);
+		assert_int_equal(node, n->node);
+		assert_true(fabs(arena - (double)n->arena_bytes / (1 << 20)) <= 0.05);
+		if (exact)
+			assert_true(fabs(used - (double)n->bytes_used / (1 << 20)) <= 0.05 &&
+				    entries == n->entries && hits == n->hits && inserts == n->inserts &&
+				    remote == n->remote_inserts && clients == n->clients);
+		p = strchr(p + 1, '\n');
+		assert_non_null(p);
+	}
+	if (strncmp(p, "\n  ", 3) == 0)
+		fail_msg("more node rows than the reading's %u:\n%s", st->n_nodes, table);
+}
+
+/* stats --json: "tenants", and "nodes" with one object of STATS_REPLY's eight keys per row. */
+static void check_nodes_json(const struct lb_stats *st, const char *json, bool exact)
+{
+	json_object *o = json_tokener_parse(json), *nodes, *v;
+
+	assert_non_null(o);
+	assert_true(jnum(o, "tenants") == st->tenants);
+	assert_false(json_object_object_get_ex(o, "n_nodes", &v)); /* the array's length says it */
+	assert_true(json_object_object_get_ex(o, "nodes", &nodes));
+	assert_true(json_object_is_type(nodes, json_type_array));
+	assert_int_equal(json_object_array_length(nodes), st->n_nodes);
+	for (uint32_t i = 0; i < st->n_nodes; i++) {
+		json_object *j = json_object_array_get_idx(nodes, i);
+		assert_int_equal(json_object_object_length(j), 1 + N_NODE_FIGURES);
+		assert_true(json_object_object_get_ex(j, "node", &v));
+		assert_int_equal(json_object_get_int(v), st->nodes[i].node);
+		for (size_t f = 0; f < N_NODE_FIGURES; f++) {
+			if (!json_object_object_get_ex(j, node_figures[f].key, &v))
+				fail_msg("nodes[%u] has no %s", i, node_figures[f].key);
+			if ((exact || !moves(f)) &&
+			    json_object_get_uint64(v) != node_figure(&st->nodes[i], f))
+				fail_msg("nodes[%u].%s = %" PRIu64 ", want %" PRIu64, i,
+					 node_figures[f].key, json_object_get_uint64(v),
+					 node_figure(&st->nodes[i], f));
+		}
+	}
+	json_object_put(o);
+}
+
+/* metrics: layerbank_tenants, and each per-node family with one sample per row, labelled
+ * node="N", present (HELP and TYPE) without rows too. */
+static void check_nodes_metrics(const struct lb_stats *st, char *text, bool exact)
+{
+	static struct exposition x;
+
+	parse_exposition(text, &x);
+	assert_true(find_sample(&x, "layerbank_tenants", "", "")->value == st->tenants);
+	for (size_t f = 0; f < N_NODE_FIGURES; f++) {
+		for (uint32_t i = 0; i < st->n_nodes; i++) {
+			unsigned n;
+			const struct sample *s = find_node(&x, node_figures[f].metric,
+							   st->nodes[i].node, &n);
+			if (!s || n != st->n_nodes)
+				fail_msg("%s: %u samples, none for node %d", node_figures[f].metric, n,
+					 st->nodes[i].node);
+			if ((exact || !moves(f)) && s->value != (double)node_figure(&st->nodes[i], f))
+				fail_msg("%s{node=\"%d\"} = %g", node_figures[f].metric,
+					 st->nodes[i].node, s->value);
+		}
+		unsigned n;
+		find_node(&x, node_figures[f].metric, INT32_MIN, &n);
+		assert_int_equal(n, st->n_nodes);
+	}
+}
+
+/* The views' library draws a STATS_REPLY with three rows, the largest figures among them, as
+ * lb_stats gives it: the table, --json and the metrics show every row and figure, and tenants. */
+static void test_views_show_every_node_row(void **state)
+{
+	struct lbp_stats_reply r;
+	struct ctl_view v;
+	char *out;
+	size_t len;
+
+	(void)state;
+	memset(&r, 0, sizeof(r));
+	r.page_size = 2097152;
+	r.arena_bytes = (512ull + 1024 + 2) << 20;
+	r.numa_nodes = 4; /* arenas: two tenants' on node 0 */
+	strcpy(r.policy, "lru");
+	strcpy(r.l2, "off");
+	r.tenants = 3;
+	r.n_nodes = 3;
+	r.nodes[0] = (struct lbp_node_stats){ -1, 512ull << 20, 3u << 19, 10, UINT64_MAX, 20, 0, 0 };
+	r.nodes[1] = (struct lbp_node_stats){ 0, 1ull << 30, 700ull << 20, 123456, 5000, 900, 3, 4 };
+	r.nodes[2] = (struct lbp_node_stats){ 7, 2u << 20, 0, 0, 0, 0, UINT64_MAX, UINT32_MAX };
+	memset(&v, 0, sizeof(v));
+	lbi_stats_from_reply(&r, &v.st);
+	assert_int_equal(v.st.tenants, 3);
+	assert_int_equal(v.st.n_nodes, 3);
+	for (uint32_t i = 0; i < 3; i++) {
+		const struct lb_node_stats *n = &v.st.nodes[i];
+		const struct lbp_node_stats *w = &r.nodes[i];
+		assert_true(n->node == w->node && n->clients == w->clients &&
+			    n->arena_bytes == w->arena_bytes && n->bytes_used == w->bytes_used &&
+			    n->entries == w->entries && n->hits == w->hits && n->inserts == w->inserts &&
+			    n->remote_inserts == w->remote_inserts);
+	}
+	static const struct lb_node_stats zero;
+	assert_memory_equal(&v.st.nodes[3], &zero, sizeof(zero)); /* rows past n_nodes */
+
+	for (int view = 0; view < 3; view++) {
+		FILE *f = open_memstream(&out, &len);
+		assert_non_null(f);
+		if (view < 2)
+			ctl_stats_print(f, &v, view == 1);
+		else
+			ctl_metrics_print(f, &v);
+		assert_int_equal(fclose(f), 0);
+		if (view == 0) {
+			check_nodes_table(&v.st, out, true);
+			printf("%s", strstr(out, "\ntenants"));
+		} else if (view == 1) {
+			check_nodes_json(&v.st, out, true);
+		} else {
+			check_nodes_metrics(&v.st, out, true);
+		}
+		free(out);
+	}
+	/* No rows: no table, an empty list, families without samples. */
+	v.st.n_nodes = 0;
+	for (int view = 0; view < 3; view++) {
+		FILE *f = open_memstream(&out, &len);
+		assert_non_null(f);
+		if (view < 2)
+			ctl_stats_print(f, &v, view == 1);
+		else
+			ctl_metrics_print(f, &v);
+		assert_int_equal(fclose(f), 0);
+		if (view == 0)
+			check_nodes_table(&v.st, out, true);
+		else if (view == 1)
+			check_nodes_json(&v.st, out, true);
+		else
+			check_nodes_metrics(&v.st, out, true);
+		free(out);
+	}
+}
+
+/* The rows of a frame of top: "\033[N;1H" text "\033[K" each. @return how many. */
+static unsigned frame_rows(const char *frame, char rows[][256], unsigned max)
+{
+	unsigned n = 0;
+	int r, at;
+
+	while (sscanf(frame, "\033[%d;1H%n", &r, &at) == 1) {
+		const char *end = strstr(frame + at, "\033[K");
+		assert_non_null(end);
+		assert_true(n < max && r == (int)n + 1 && end - (frame + at) < 256);
+		memcpy(rows[n], frame + at, (size_t)(end - (frame + at)));
+		rows[n++][end - (frame + at)] = '\0';
+		frame = end + 3;
+	}
+	assert_string_equal(frame, "\033[J");
+	return n;
+}
+
+/* top: one row per node below the second tier's, hits and inserts per second against the
+ * same node's row in the reading before (none for a node new since), none without rows. */
+static void test_top_draws_a_row_per_node(void **state)
+{
+	static char rows[64][256];
+	struct ctl_view cur, prev;
+	unsigned n, at = 0;
+	char *frame;
+
+	(void)state;
+	memset(&cur, 0, sizeof(cur));
+	strcpy(cur.st.policy, "lru");
+	strcpy(cur.st.l2, "off");
+	cur.st.n_nodes = 3;
+	cur.st.nodes[0] = (struct lb_node_stats){ .node = -1, .clients = 0, .arena_bytes = 512ull << 20,
+						  .bytes_used = 3u << 19, .entries = 10, .hits = 100,
+						  .inserts = 20 };
+	cur.st.nodes[1] = (struct lb_node_stats){ .node = 0, .clients = 4, .arena_bytes = 1ull << 30,
+						  .bytes_used = 700ull << 20, .entries = 123456,
+						  .hits = 5000, .inserts = 900, .remote_inserts = 3 };
+	cur.st.nodes[2] = (struct lb_node_stats){ .node = 7, .clients = 1, .arena_bytes = 2u << 20 };
+	prev = cur;
+	prev.st.n_nodes = 2; /* node 7 is new */
+	prev.st.nodes[1].hits -= 50;
+	prev.st.nodes[1].inserts -= 10;
+	prev.models = cur.models = NULL;
+
+	frame = ctl_top_frame("/run/test.sock", 1.0, &cur, &prev, 2.0, 40, 200);
+	assert_non_null(frame);
+	n = frame_rows(frame, rows, 64);
+	free(frame);
+	while (at < n && strncmp(rows[at], "second tier", 11) != 0)
+		at++;
+	assert_true(at + 4 < n);
+	assert_string_equal(rows[at + 1], "node -1   1.5 of 512.0 MiB  entries 10  hits/s 0.0  "
+					  "inserts/s 0.0  remote 0  clients 0");
+	assert_string_equal(rows[at + 2], "node 0    700.0 of 1024.0 MiB  entries 123456  hits/s 25.0"
+					  "  inserts/s 5.0  remote 3  clients 4");
+	assert_string_equal(rows[at + 3], "node 7    0.0 of 2.0 MiB  entries 0  hits/s -  inserts/s -"
+					  "  remote 0  clients 1");
+	assert_string_equal(rows[at + 4], "");
+
+	cur.st.n_nodes = 0;
+	frame = ctl_top_frame("/run/test.sock", 1.0, &cur, NULL, 0, 40, 200);
+	assert_non_null(frame);
+	n = frame_rows(frame, rows, 64);
+	free(frame);
+	for (at = 0; at < n && strncmp(rows[at], "second tier", 11) != 0; at++)
+		;
+	assert_true(at + 1 < n);
+	assert_string_equal(rows[at + 1], "");
+	for (unsigned i = 0; i < n; i++)
+		assert_true(strncmp(rows[i], "node ", 5) != 0);
+}
+
+/* A real daemon's rows and tenants, the same in lb_stats, stats, --json and the metrics: none
+ * from a daemon that keeps no per-node figures (today's), one per node from one that does. */
+static void test_live_daemon_nodes_agree_in_every_view(void **state)
+{
+	static char out[1 << 16];
+	struct lb_client *c;
+
+	(void)state;
+	start_daemon();
+	assert_int_equal(lb_connect(env.sock, "nodes-test", &c), 0);
+	struct lb_stats st = stats(c);
+	assert_true(st.n_nodes <= LB_MAX_NODES);
+	assert_int_equal(ctl(out, sizeof(out), "stats", NULL), 0);
+	check_nodes_table(&st, out, false);
+	assert_int_equal(ctl(out, sizeof(out), "stats", "--json", NULL), 0);
+	check_nodes_json(&st, out, false);
+	assert_int_equal(ctl(out, sizeof(out), "metrics", NULL), 0);
+	check_nodes_metrics(&st, out, false);
+	lb_close(c);
 	stop_daemon();
 }
 
@@ -1465,6 +1800,9 @@ int main(int argc, char **argv)
 		TEST(test_top_without_a_terminal),
 		TEST(test_stats_shows_a_hostile_name_harmlessly),
 		TEST(test_no_second_tier_is_off_everywhere),
+		TEST(test_views_show_every_node_row),
+		TEST(test_top_draws_a_row_per_node),
+		TEST(test_live_daemon_nodes_agree_in_every_view),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* layerbank-ctl metrics: the daemon's figures in the Prometheus text exposition format,
- * version 0.0.4: every STATS figure and the per-model, per-layer counters, each family with
- * its # HELP and # TYPE lines, counters named *_total. */
+ * version 0.0.4: every STATS figure (those of each NUMA node labelled node="N") and the
+ * per-model, per-layer counters, each family with its # HELP and # TYPE lines, counters named
+ * *_total. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -132,6 +133,55 @@ static void print_l2(FILE *out, const struct lb_stats *st)
 	    st->l2_fetch_errors);
 }
 
+/* One per-node family: a sample per row, labelled node="N" (-1: arenas bound to no node);
+ * the family's HELP and TYPE lines also without rows, as the per-layer ones without models. */
+enum nfield { N_ARENA, N_USED, N_ENTRIES, N_HITS, N_INSERTS, N_REMOTE, N_CLIENTS };
+
+static uint64_t node_value(const struct lb_node_stats *n, enum nfield f)
+{
+	switch (f) {
+	case N_ARENA: return n->arena_bytes;
+	case N_USED: return n->bytes_used;
+	case N_ENTRIES: return n->entries;
+	case N_HITS: return n->hits;
+	case N_INSERTS: return n->inserts;
+	case N_REMOTE: return n->remote_inserts;
+	case N_CLIENTS: return n->clients;
+	}
+	return 0;
+}
+
+static void per_node(FILE *out, const struct lb_stats *st, const char *name, const char *type,
+		     const char *help, enum nfield f)
+{
+	family(out, name, type, help);
+	for (uint32_t i = 0; i < st->n_nodes && i < LB_MAX_NODES; i++)
+		fprintf(out, "%s{node=\"%d\"} %" PRIu64 "\n", name, st->nodes[i].node,
+			node_value(&st->nodes[i], f));
+}
+
+/* The tenants, and the figures of each NUMA node. */
+static void print_nodes(FILE *out, const struct lb_stats *st)
+{
+	u64(out, "layerbank_tenants", "gauge",
+	    "Tenants with arenas of their own, the shared one included.", st->tenants);
+	per_node(out, st, "layerbank_node_arena_bytes", "gauge",
+		 "Bytes of the arenas on this NUMA node, over all tenants.", N_ARENA);
+	per_node(out, st, "layerbank_node_used_bytes", "gauge",
+		 "Arena bytes on this node held by live entries and entries being inserted.", N_USED);
+	per_node(out, st, "layerbank_node_entries", "gauge",
+		 "Live entries on this node: layer entries and prefix blocks.", N_ENTRIES);
+	per_node(out, st, "layerbank_node_hits_total", "counter",
+		 "Lookups answered from entries on this node.", N_HITS);
+	per_node(out, st, "layerbank_node_inserts_total", "counter",
+		 "Entries placed on this node.", N_INSERTS);
+	per_node(out, st, "layerbank_node_remote_inserts_total", "counter",
+		 "Inserts by this node's clients placed on another node: this node's arenas had "
+		 "no room.", N_REMOTE);
+	per_node(out, st, "layerbank_node_clients", "gauge",
+		 "Connected clients that said they run on this node.", N_CLIENTS);
+}
+
 void ctl_metrics_print(FILE *out, const struct ctl_view *v)
 {
 	const struct lb_stats *st = &v->st;
@@ -182,6 +232,7 @@ void ctl_metrics_print(FILE *out, const struct ctl_view *v)
 	u64(out, "layerbank_blocks_served_total", "counter", "Blocks the prefix hits gave out.",
 	    st->blocks_served);
 	print_l2(out, st);
+	print_nodes(out, st);
 
 	family(out, "layerbank_model_layers", "gauge", "Layers of each registered model.");
 	for (uint32_t i = 0; i < v->n_models; i++) {

@@ -106,6 +106,45 @@ static void print_l2_table(FILE *out, const struct lb_stats *st)
 	       st->l2_fetch_errors);
 }
 
+/* "tenants", and "nodes": one object per row, keys as STATS_REPLY names them. */
+static void add_nodes_json(json_object *o, const struct lb_stats *st)
+{
+	json_object *nodes = json_object_new_array();
+
+	for (uint32_t i = 0; i < st->n_nodes && i < LB_MAX_NODES; i++) {
+		const struct lb_node_stats *n = &st->nodes[i];
+		json_object *j = json_object_new_object();
+		json_object_object_add(j, "node", json_object_new_int(n->node));
+		json_object_object_add(j, "arena_bytes", json_object_new_uint64(n->arena_bytes));
+		json_object_object_add(j, "bytes_used", json_object_new_uint64(n->bytes_used));
+		json_object_object_add(j, "entries", json_object_new_uint64(n->entries));
+		json_object_object_add(j, "hits", json_object_new_uint64(n->hits));
+		json_object_object_add(j, "inserts", json_object_new_uint64(n->inserts));
+		json_object_object_add(j, "remote_inserts", json_object_new_uint64(n->remote_inserts));
+		json_object_object_add(j, "clients", json_object_new_uint64(n->clients));
+		json_object_array_add(nodes, j);
+	}
+	json_object_object_add(o, "tenants", json_object_new_uint64(st->tenants));
+	json_object_object_add(o, "nodes", nodes);
+}
+
+/* The rows per NUMA node below the totals, when the daemon sends any. */
+static void print_nodes_table(FILE *out, const struct lb_stats *st)
+{
+	if (!st->n_nodes)
+		return;
+	fprintf(out, "\nper NUMA node (-1: arenas bound to no node)\n");
+	fprintf(out, "  %5s %10s %10s %10s %12s %10s %8s %7s\n", "node", "arena MiB", "used MiB",
+		"entries", "hits", "inserts", "remote", "clients");
+	for (uint32_t i = 0; i < st->n_nodes && i < LB_MAX_NODES; i++) {
+		const struct lb_node_stats *n = &st->nodes[i];
+		fprintf(out, "  %5d %10.1f %10.1f %10" PRIu64 " %12" PRIu64 " %10" PRIu64 " %8" PRIu64
+			" %7u\n", n->node, (double)n->arena_bytes / (1 << 20),
+			(double)n->bytes_used / (1 << 20), n->entries, n->hits, n->inserts,
+			n->remote_inserts, n->clients);
+	}
+}
+
 static void print_stats_json(FILE *out, const struct ctl_view *v)
 {
 	const struct lb_stats *st = &v->st;
@@ -138,6 +177,7 @@ static void print_stats_json(FILE *out, const struct ctl_view *v)
 	json_object_object_add(o, "prefix_misses", json_object_new_uint64(st->prefix_misses));
 	json_object_object_add(o, "blocks_served", json_object_new_uint64(st->blocks_served));
 	add_l2_json(o, st);
+	add_nodes_json(o, st);
 	json_object_object_add(o, "per_model", models);
 	fprintf(out, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
 	json_object_put(o);
@@ -151,6 +191,7 @@ static void print_stats_table(FILE *out, const struct lb_stats *st)
 	fprintf(out, "%-12s %u\n", "numa nodes", st->numa_nodes);
 	fprintf(out, "%-12s %u\n", "clients", st->clients);
 	fprintf(out, "%-12s %u\n", "models", st->models);
+	fprintf(out, "%-12s %u\n", "tenants", st->tenants);
 	fprintf(out, "%-12s %" PRIu64 " s\n", "uptime", st->uptime_s);
 	fprintf(out, "%-12s %u, eviction policy %s\n", "threads", st->threads, st->policy);
 	uint64_t looked = st->hits + st->misses;
@@ -168,6 +209,7 @@ static void print_stats_table(FILE *out, const struct lb_stats *st)
 	       " blocks served\n", "prefixes", st->blocks, asked,
 	       asked ? 100.0 * (double)st->prefix_hits / (double)asked : 0.0, st->blocks_served);
 	print_l2_table(out, st);
+	print_nodes_table(out, st);
 }
 
 void ctl_stats_print(FILE *out, const struct ctl_view *v, bool json)

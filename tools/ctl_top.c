@@ -1,5 +1,6 @@
-/* layerbank-ctl top: a live view of the daemon, read and redrawn every interval: totals,
- * then per model and per layer the hit rate as a bar, lookups/s, entries, bytes and leases.
+/* layerbank-ctl top: a live view of the daemon, read and redrawn every interval: totals, the
+ * second tier, a line per NUMA node, then per model and per layer the hit rate as a bar,
+ * lookups/s, entries, bytes and leases.
  * Plain termios and ANSI escapes (alternate screen, cursor moves, erase line); it fits
  * whatever TIOCGWINSZ says and drops the bars, then cuts lines, when the terminal is small.
  * The terminal is put back on q, SIGINT, SIGTERM, SIGHUP, ^Z and on any error. A daemon that
@@ -288,6 +289,36 @@ static void l2_row(struct top *tp)
 	    st->l2_dropped, st->l2_write_errors + st->l2_fetch_errors, st->l2_rejected);
 }
 
+/* The row of node in an earlier reading, for rates; NULL when it had none. */
+static const struct lb_node_stats *prev_node(const struct lb_stats *ps, int32_t node)
+{
+	for (uint32_t i = 0; ps && i < ps->n_nodes && i < LB_MAX_NODES; i++)
+		if (ps->nodes[i].node == node)
+			return &ps->nodes[i];
+	return NULL;
+}
+
+/* One row per NUMA node, when the daemon sends them: its arenas' use, entries, hits and
+ * inserts per second, the inserts its clients had to place elsewhere (a total, which should
+ * stay 0) and its clients. */
+static void node_rows(struct top *tp)
+{
+	const struct lb_stats *st = &tp->cur.st;
+	const struct lb_stats *ps = tp->have_prev ? &tp->prev.st : NULL;
+
+	for (uint32_t i = 0; i < st->n_nodes && i < LB_MAX_NODES; i++) {
+		const struct lb_node_stats *n = &st->nodes[i], *pn = prev_node(ps, n->node);
+		char hits[24], ins[24];
+
+		fmt_rate(hits, sizeof(hits), n->hits, pn ? pn->hits : 0, tp->dt, pn != NULL);
+		fmt_rate(ins, sizeof(ins), n->inserts, pn ? pn->inserts : 0, tp->dt, pn != NULL);
+		row(&tp->f, "node %-3d  %.1f of %.1f MiB  entries %" PRIu64 "  hits/s %s  inserts/s %s"
+		    "  remote %" PRIu64 "  clients %u", n->node, (double)n->bytes_used / (1 << 20),
+		    (double)n->arena_bytes / (1 << 20), n->entries, hits, ins, n->remote_inserts,
+		    n->clients);
+	}
+}
+
 static void draw(struct top *tp)
 {
 	const struct lb_stats *st = &tp->cur.st;
@@ -331,6 +362,7 @@ static void draw(struct top *tp)
 	    "  fragmentation %.1f%%", st->entries, (double)st->bytes_used / (1 << 20),
 	    (double)st->bytes_budget / (1 << 20), b, st->leases, 100.0 * st->fragmentation);
 	l2_row(tp);
+	node_rows(tp);
 	row(f, "%s", "");
 	row(f, "%-*s %-*s" RIGHT_FMT, LABEL_W, "", bar_width(f) ? bar_width(f) + 2 : 0,
 	    bar_width(f) ? "hit rate since start" : "", "hit%", "now%", "lookups/s", "entries",
