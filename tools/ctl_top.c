@@ -298,7 +298,7 @@ static const struct lb_node_stats *prev_node(const struct lb_stats *ps, int32_t 
 	return NULL;
 }
 
-/* One row per NUMA node, when the daemon sends them: its arenas' use, entries, hits and
+/* One row per NUMA node when the daemon has more than one: its arenas' use, entries, hits and
  * inserts per second, the inserts its clients had to place elsewhere (a total, which should
  * stay 0) and its clients. */
 static void node_rows(struct top *tp)
@@ -306,7 +306,8 @@ static void node_rows(struct top *tp)
 	const struct lb_stats *st = &tp->cur.st;
 	const struct lb_stats *ps = tp->have_prev ? &tp->prev.st : NULL;
 
-	for (uint32_t i = 0; i < st->n_nodes && i < LB_MAX_NODES; i++) {
+	/* One node's row would repeat the cache row: rows only where there is a choice. */
+	for (uint32_t i = 0; st->n_nodes > 1 && i < st->n_nodes && i < LB_MAX_NODES; i++) {
 		const struct lb_node_stats *n = &st->nodes[i], *pn = prev_node(ps, n->node);
 		char hits[24], ins[24];
 
