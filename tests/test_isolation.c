@@ -568,7 +568,8 @@ static void test_insert_quota(void **state)
 
 /* The store's accounts, exactly: the bytes charged to all accounts equal the bytes of the
  * entries in the arena through inserts, evictions, an invalidated entry held by a lease,
- * quota refusals and the inserter's exit; an account goes with its last entry. */
+ * quota refusals and the inserter's exit; an account goes with its last entry; an owner's
+ * account (a uid's) is one for all its opens, and found again while it holds entries. */
 static void test_quota_accounting_in_the_store(void **state)
 {
 	(void)state;
@@ -670,6 +671,46 @@ static void test_quota_accounting_in_the_store(void **state)
 	lbd_store_account_close(st, b);
 	lbd_store_account_close(st, c);
 	CHECK_BALANCE(2);
+
+	/* Accounts by owner (the daemon's: one per uid, key uid + 1): two joins, one account; it
+	 * lives on after both closed while it holds entries, and the owner's next join finds it
+	 * with its charge; another owner has its own. */
+	uint32_t u1 = lbd_store_account_join(st, 1001, 2 * need);
+	uint32_t u2 = lbd_store_account_join(st, 1001, 2 * need);
+	assert_true(u1 && u1 == u2 && u1 != b && u1 != c);
+	CHECK_BALANCE(3);
+	INSERT(u1, 40, 0);
+	INSERT(u2, 41, 0);
+	INSERT(u1, 42, -EDQUOT);
+	lbd_store_account_close(st, u1);
+	lbd_store_account_close(st, u2);
+	CHECK_BALANCE(3); /* closed twice, charged still */
+	uint32_t u3 = lbd_store_account_join(st, 1001, 2 * need);
+	assert_int_equal(u3, u1);
+	INSERT(u3, 42, -EDQUOT);
+	uint32_t v = lbd_store_account_join(st, 1002, 2 * need);
+	assert_true(v && v != u1);
+	CHECK_BALANCE(4);
+	INSERT(v, 50, 0);
+	/* An account of its own and no limit evicts all the rest: b's and c's accounts go with
+	 * their last entries; u's stays while it is open, and goes when closed. */
+	uint32_t w = lbd_store_account_open(st, 0);
+	for (uint64_t i = 0; i < 8; i++)
+		INSERT(w, 60 + i, 0);
+	CHECK_BALANCE(3);
+	assert_int_equal(charged, 8 * need);
+	lbd_store_account_close(st, u3);
+	CHECK_BALANCE(2);
+	/* Gone: the owner's next join makes a new account, its quota whole. */
+	uint32_t u4 = lbd_store_account_join(st, 1001, 2 * need);
+	CHECK_BALANCE(3);
+	INSERT(u4, 70, 0);
+	INSERT(u4, 71, 0);
+	INSERT(u4, 72, -EDQUOT);
+	lbd_store_account_close(st, u4);
+	lbd_store_account_close(st, v);
+	lbd_store_account_close(st, w);
+	CHECK_BALANCE(2); /* w's 6 entries and u4's 2 */
 	lbd_store_release_all(st, &leases);
 	lbd_leases_free(&leases);
 	lbd_store_free(st);
