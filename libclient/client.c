@@ -342,6 +342,10 @@ int lbi_client_local(const struct lbp_welcome *w, const int *fds, unsigned n, vo
 	return 0;
 }
 
+/* Why this thread's last lb_connect failed, as the daemon said it: lb_last_error(NULL). The
+ * client it was said to is gone by the time lb_connect returns. */
+static _Thread_local char connect_error[sizeof(((struct lb_client *)0)->last_error)];
+
 LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_client **out)
 {
 	struct sockaddr_un sa;
@@ -349,6 +353,7 @@ LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_cl
 	int ret;
 
 	*out = NULL;
+	connect_error[0] = '\0';
 	if (!socket_path)
 		socket_path = getenv(LB_SOCKET_ENV);
 	if (!socket_path || !*socket_path)
@@ -367,6 +372,7 @@ LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_cl
 	if (ret == 0)
 		ret = finish_conn(c);
 	if (ret < 0) {
+		memcpy(connect_error, c->last_error, sizeof(connect_error));
 		lb_close(c);
 		return ret;
 	}
@@ -599,7 +605,7 @@ LB_EXPORT bool lb_connected(const struct lb_client *c)
 
 LB_EXPORT const char *lb_last_error(const struct lb_client *c)
 {
-	return c ? c->last_error : "";
+	return c ? c->last_error : connect_error;
 }
 
 LB_EXPORT int lb_register_model(struct lb_client *c, const struct lb_model_desc *d, uint32_t *model_id)

@@ -31,7 +31,11 @@ struct lb_client;
  * @return 0 and *out set; -ENOENT/-ECONNREFUSED (no daemon there), -EACCES (socket
  *         permissions), -EPROTO (protocol or arena ABI mismatch), -ENAMETOOLONG (path or
  *         name too long), -ETIMEDOUT (the daemon did not answer within 5 s), -ENOMEM,
- *         other -errno from socket calls.
+ *         -EUSERS (this uid holds as many connections as the daemon allows one uid:
+ *         layerbankd's max-connections-per-uid), -ENOBUFS (this uid's connections hold all
+ *         the staging the daemon allows one uid: staging-per-uid), other -errno from socket
+ *         calls or from the daemon's ERROR. lb_last_error(NULL) then says why, in the
+ *         daemon's words when it answered ("" when it did not).
  */
 int lb_connect(const char *socket_path, const char *name, struct lb_client **out);
 
@@ -55,7 +59,9 @@ bool lb_connected(const struct lb_client *c);
 uint32_t lb_reconnects(const struct lb_client *c);
 
 /* The daemon's last error reply to c, a one-line message ("" when none). Valid until the next
- * call on c. */
+ * call on c. NULL: the daemon's answer to the calling thread's last lb_connect, when that
+ * failed ("" when it succeeded, or failed without an answer); valid until its next
+ * lb_connect. */
 const char *lb_last_error(const struct lb_client *c);
 
 enum lb_dtype { LB_DTYPE_F32 = 1, LB_DTYPE_F16 = 2, LB_DTYPE_BF16 = 3 };
