@@ -24,6 +24,7 @@
 #include "log.h"
 #include "sd.h"
 #include "snapshot.h"
+#include "uids.h"
 
 struct lbd_conn {
 	struct lbd_op op;      /* the connection's recv or send: one at a time */
@@ -43,6 +44,9 @@ struct lbd_conn {
 	bool cred_ok;          /* SO_PEERCRED answered: cred is the peer's, not a placeholder */
 	char name[LBP_MAX_NAME + 1];
 	struct lbd_dpclient *dp; /* its data plane, once HELLO made one */
+	struct lbd_uid_use *uid_use;       /* its uid's counts, given back by conn_end; NULL: none */
+	enum lbd_uid_verdict uid_verdict;  /* counted as a connection, or to be refused at HELLO */
+	uint64_t staging;                  /* its region's staging, counted in uid_use->staging */
 	struct lbd_leases sock_leases; /* LOOKUP over the socket: taken and ended at once */
 	struct msghdr msg;
 	struct iovec iov;
@@ -92,6 +96,8 @@ static void conn_end(struct lbd_conn *c)
 	c->ended = true;
 	if (c->hello)
 		s->n_clients--;
+	lbd_uids_leave(&s->uids, c->uid_use, c->uid_verdict, c->staging);
+	c->uid_use = NULL;
 	if (c->dp)
 		lbd_service_detach(&s->service, c->dp);
 	c->dp = NULL;
@@ -222,6 +228,48 @@ static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 	r->uptime_s = (uint64_t)(now.tv_sec - s->started.tv_sec);
 }
 
+/* ---- limits per uid (uids.h; tests/fault/ISOLATION.md) ---- */
+
+/* Why a connection past max-connections-per-uid is refused. */
+static void uid_limit_text(const struct lbd_conn *c, char *text, size_t n)
+{
+	unsigned max = c->s->cfg->conns_per_uid;
+	snprintf(text, n, "uid %u already holds %u connections, the most one uid may hold "
+		 "(max-connections-per-uid = %u)", (unsigned)c->cred.uid, max, max);
+}
+
+/* A connection accepted past its uid's limit: its first frame gets the refusal. @return true
+ * when c was refused. */
+static bool refuse_past_uid_limit(struct lbd_conn *c)
+{
+	char text[LBP_MAX_ERRMSG];
+
+	if (c->uid_verdict != LBD_UID_REFUSE)
+		return false;
+	uid_limit_text(c, text, sizeof(text));
+	conn_error(c, true, EUSERS, "", text);
+	return true;
+}
+
+/* The staging c's region is granted: its wish within the daemon's bounds, cut to what its
+ * uid's staging-per-uid leaves. @return the bytes, or 0 when too little is left and c was
+ * refused (ENOBUFS). */
+static uint64_t grant_staging(struct lbd_conn *c, uint64_t wish)
+{
+	const struct lbd_server *s = c->s;
+	uint64_t cap = s->cfg->staging_per_uid;
+	uint64_t grant = lbd_uids_staging_grant(c->uid_use, cap, lbd_region_staging(&s->limits, wish));
+	char text[LBP_MAX_ERRMSG];
+
+	if (grant)
+		return grant;
+	snprintf(text, sizeof(text), "uid %u's connections hold %" PRIu64 " of the %" PRIu64
+		 " staging bytes one uid may have (staging-per-uid); a connection needs %u",
+		 (unsigned)c->cred.uid, c->uid_use->staging, cap, LBD_STAGING_MIN);
+	conn_error(c, true, ENOBUFS, "staging_bytes", text);
+	return 0;
+}
+
 static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 {
 	struct lbd_server *s = c->s;
@@ -233,13 +281,18 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 		conn_error(c, true, EPROTO, "type", "HELLO sent twice");
 		return;
 	}
+	if (refuse_past_uid_limit(c))
+		return;
 	if (h->shm_abi != LB_SHM_ABI_VERSION) {
 		snprintf(text, sizeof(text), "arena ABI %u is not supported; this daemon has ABI %u",
 			 h->shm_abi, LB_SHM_ABI_VERSION);
 		conn_error(c, true, EPROTO, "shm_abi", text);
 		return;
 	}
-	c->dp = lbd_dpclient_new(&s->limits, h->req_entries, h->cpl_entries, h->staging_bytes,
+	uint64_t staging = grant_staging(c, h->staging_bytes);
+	if (!staging)
+		return;
+	c->dp = lbd_dpclient_new(&s->limits, h->req_entries, h->cpl_entries, staging,
 				 s->next_client_id, c->cred.pid);
 	if (!c->dp) {
 		int e = errno ? errno : ENOMEM;
@@ -247,8 +300,11 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 		conn_error(c, true, e, "staging_bytes", text);
 		return;
 	}
-	/* Every client has an account, limited or not: its entries' bytes are counted alike. */
-	c->dp->account = lbd_store_account_open(s->store, s->cfg->client_insert_bytes);
+	/* Every client has an account, limited or not: its entries' bytes are counted alike. One
+	 * per uid (the key uid + 1), which a new connection of the uid opens again while its
+	 * entries are charged to it. */
+	c->dp->account = lbd_store_account_join(s->store, (uint64_t)c->cred.uid + 1,
+						s->cfg->insert_bytes_per_uid);
 	if (!c->dp->account) {
 		lbd_dpclient_free(s->store, c->dp);
 		c->dp = NULL;
@@ -258,6 +314,8 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 	c->hello = true;
 	c->client_id = s->next_client_id++;
 	s->n_clients++;
+	c->staging = staging;
+	c->uid_use->staging += staging;
 	memcpy(c->name, h->name, sizeof(c->name));
 	lbd_info("client %" PRIu64 " '%s' (pid %d uid %u) said HELLO", c->client_id, c->name,
 		 (int)c->cred.pid, (unsigned)c->cred.uid);
@@ -735,6 +793,38 @@ static bool conn_watch_pid(struct lbd_conn *c)
 
 /* ---- accept and signals ---- */
 
+/*
+ * Count c, just accepted, against its uid's max-connections-per-uid. One past the limit is
+ * kept, unwatched (no pidfd), until its HELLO, which refuse_past_uid_limit answers; when
+ * LBD_UID_REFUSING_MAX of its uid wait already, or without memory, it is told at once as far
+ * as its socket takes it (its HELLO may not have come yet) and closed.
+ * @return false when c was closed and freed.
+ */
+static bool conn_admit(struct lbd_conn *c)
+{
+	struct lbd_server *s = c->s;
+	char text[LBP_MAX_ERRMSG];
+	struct lbp_msg m;
+
+	c->uid_use = lbd_uids_admit(&s->uids, (uint32_t)c->cred.uid, s->cfg->conns_per_uid,
+				    &c->uid_verdict);
+	if (c->uid_verdict != LBD_UID_DROP)
+		return true;
+	if (c->uid_use)
+		uid_limit_text(c, text, sizeof(text));
+	else
+		snprintf(text, sizeof(text), "out of memory");
+	lbd_warn("connection of pid %d uid %u refused at once: %s", (int)c->cred.pid,
+		 (unsigned)c->cred.uid, text);
+	lbp_make_error(&m, c->uid_use ? EUSERS : ENOMEM, "", "%s", text);
+	int len = lbp_encode(&m, c->tx, sizeof(c->tx));
+	if (len > 0)
+		(void)!send(c->fd, c->tx, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	close(c->fd);
+	free(c);
+	return false;
+}
+
 static void arm_accept(struct lbd_server *s)
 {
 	if (lbd_loop_accept(&s->loop, s->listen_fd, &s->accept_op) < 0) {
@@ -774,6 +864,8 @@ static void on_accept(struct lbd_op *op, int res)
 		c->cred.uid = (uid_t)-1;
 		c->cred.gid = (gid_t)-1;
 	}
+	if (!conn_admit(c))
+		return;
 	c->next = s->conns;
 	if (s->conns)
 		s->conns->prev = c;
@@ -781,7 +873,7 @@ static void on_accept(struct lbd_op *op, int res)
 	s->n_conns++;
 	lbd_debug("connection from pid %d uid %u gid %u", (int)c->cred.pid, (unsigned)c->cred.uid,
 		  (unsigned)c->cred.gid);
-	if (conn_watch_pid(c))
+	if (c->uid_verdict == LBD_UID_REFUSE || conn_watch_pid(c))
 		conn_recv(c);
 }
 
@@ -1149,10 +1241,11 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 		snprintf(err, errlen, "cannot set up the store: %s", strerror(errno));
 		return -ENOMEM;
 	}
-	/* The default staging, 8 MiB, is clamped to client-staging-max like any wish. */
+	/* The default staging, 8 MiB, is clamped to staging-per-uid like any wish (and cut to
+	 * what the uid's other connections leave of it: grant_staging). */
 	s->limits = (struct lbd_region_limits){ .ring_default = 256, .ring_max = LBP_MAX_RING,
 						 .staging_default = 8u << 20,
-						 .staging_max = cfg->client_staging_max };
+						 .staging_max = cfg->staging_per_uid };
 	return s->socket_inherited ? 0 : setup_socket(s, err, errlen);
 }
 
@@ -1277,6 +1370,7 @@ void lbd_server_teardown(struct lbd_server *s)
 	if (s->service_running)
 		lbd_service_stop(&s->service);
 	s->service_running = false;
+	lbd_uids_free(&s->uids);
 	lbd_store_free(s->store);
 	s->store = NULL;
 	if (s->listen_fd >= 0)

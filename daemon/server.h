@@ -15,6 +15,7 @@
 #include "runtime.h"
 #include "service.h"
 #include "store.h"
+#include "uids.h"
 
 #define LBD_MAX_CONNS 1024u
 #define LBD_MAX_ARENAS LBP_MAX_ARENAS
@@ -60,6 +61,7 @@ struct lbd_server {
 	struct lbd_conn *conns;  /* doubly linked list of connections, ended ones until freed */
 	unsigned n_conns;
 	unsigned n_clients;      /* connections past HELLO and not ended */
+	struct lbd_uids uids;    /* connections and staging per uid (max-connections-per-uid...) */
 	bool pidfd_ok;           /* pidfd_open works here: client processes are watched */
 	struct lbd_op cancel_op; /* completions of cancels: the cancelled op reports itself */
 	uint64_t next_client_id;
