@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -833,6 +834,21 @@ static void arm_accept(struct lbd_server *s)
 	}
 }
 
+/* Accept again in LBD_ACCEPT_PAUSE_MS. */
+static void arm_accept_later(struct lbd_server *s)
+{
+	s->accept_pause_ts.tv_sec = 0;
+	s->accept_pause_ts.tv_nsec = LBD_ACCEPT_PAUSE_MS * 1000000ll;
+	if (lbd_loop_timeout(&s->loop, &s->accept_pause_ts, &s->accept_pause_op) < 0)
+		arm_accept(s);
+}
+
+static void on_accept_pause(struct lbd_op *op, int res)
+{
+	(void)res; /* -ETIME: the pause is over */
+	arm_accept(container_of(op, struct lbd_server, accept_pause_op));
+}
+
 static void on_accept(struct lbd_op *op, int res)
 {
 	struct lbd_server *s = container_of(op, struct lbd_server, accept_op);
@@ -840,9 +856,14 @@ static void on_accept(struct lbd_op *op, int res)
 	socklen_t len = sizeof(c->cred);
 
 	if (res < 0) {
-		/* EMFILE and friends: the pending connection stays queued; say so and go on. */
+		/* EMFILE and friends: the pending connection stays queued; say so and go on, after
+		 * a pause when descriptors or memory ran out: accepting again at once would fail at
+		 * once, a busy loop (100% of a CPU) until a connection ends. */
 		lbd_warn("accept failed: %s", strerror(-res));
-		arm_accept(s);
+		if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM)
+			arm_accept_later(s);
+		else
+			arm_accept(s);
 		return;
 	}
 	arm_accept(s);
@@ -1168,6 +1189,24 @@ static int setup_socket(struct lbd_server *s, char *err, size_t errlen)
 	return 0;
 }
 
+/* Each connection holds up to three descriptors (its socket, its process's pidfd, its region's
+ * memfd): raise the soft RLIMIT_NOFILE toward what LBD_MAX_CONNS of them need, as far as the
+ * hard limit lets (a login's soft limit is often 1024; layerbankd.service sets 8192). */
+static void raise_fd_limit(void)
+{
+	const rlim_t need = LBD_MAX_CONNS * 3 + 64;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
+		return;
+	rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < need)
+		lbd_info("RLIMIT_NOFILE %llu: room for about %llu connections, not %u (raise the "
+			 "hard limit: LimitNOFILE= under systemd)", (unsigned long long)rl.rlim_cur,
+			 (unsigned long long)(rl.rlim_cur > 64 ? (rl.rlim_cur - 64) / 3 : 0),
+			 LBD_MAX_CONNS);
+}
+
 /* Socket activation: systemd created, bound and owns the socket (layerbankd.socket); it
  * stays when we stop, so the next connection starts us again. @return 0 or -errno. */
 static int take_inherited_socket(struct lbd_server *s, char *err, size_t errlen)
@@ -1204,6 +1243,7 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	s->signal_fd = -1;
 	s->next_client_id = 1;
 	s->accept_op.fn = on_accept;
+	s->accept_pause_op.fn = on_accept_pause;
 	s->signal_op.fn = on_signal;
 	s->sweep_op.fn = on_sweep;
 	s->status_op.fn = on_status;
@@ -1227,6 +1267,7 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 		snprintf(err, errlen, "getrandom: %s", strerror(errno));
 		return -EIO;
 	}
+	raise_fd_limit();
 	/* The inherited socket first: a wrong one is an error before any memory is taken. */
 	ret = take_inherited_socket(s, err, errlen);
 	if (ret < 0)

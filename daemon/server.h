@@ -20,6 +20,7 @@
 #define LBD_MAX_CONNS 1024u
 #define LBD_MAX_ARENAS LBP_MAX_ARENAS
 #define LBD_STATUS_PERIOD_S 5
+#define LBD_ACCEPT_PAUSE_MS 10 /* after an accept that failed for want of descriptors */
 
 struct lbd_conn;
 struct lbd_l2;
@@ -66,6 +67,8 @@ struct lbd_server {
 	struct lbd_op cancel_op; /* completions of cancels: the cancelled op reports itself */
 	uint64_t next_client_id;
 	struct lbd_op accept_op;
+	struct lbd_op accept_pause_op; /* a pause before accepting again when descriptors ran out */
+	struct __kernel_timespec accept_pause_ts;
 	struct lbd_op signal_op;
 	struct signalfd_siginfo siginfo; /* target of the pending signalfd read */
 	bool stopping;           /* a signal said stop: a snapshot written now extends systemd's
