@@ -306,6 +306,11 @@ static int finish_conn(struct lb_client *c)
 	unsigned n_fds = 0;
 	int ret = recv_reply(c, &rep, fds, LBP_MAX_ARENAS + 1, &n_fds);
 
+	/* A daemon that refused us without reading our HELLO (too many connections of our uid
+	 * waiting to be refused, PROTOCOL.md 4.1) closed with it unread, and the kernel reports
+	 * that as ECONNRESET before the ERROR it sent: read once more for the ERROR. */
+	if (ret == -ECONNRESET)
+		ret = recv_reply(c, &rep, fds, LBP_MAX_ARENAS + 1, &n_fds);
 	if (ret < 0)
 		return ret;
 	if (rep.type != LBP_WELCOME) {

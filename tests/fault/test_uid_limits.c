@@ -34,6 +34,8 @@
 #define DEFAULT_LIMIT 64  /* max-connections-per-uid's default (daemon/config.h) */
 #define A_CLIENTS 4       /* of uid A's admitted connections, full liblayerbank clients */
 #define B_IDS 200         /* the other uid's inputs: all fit the arena, none is evicted */
+#define SILENT_WAIT 16    /* LBD_UID_REFUSING_MAX: refused connections that may wait for HELLO */
+#define SILENT 20         /* uid A's connections past the limit that send no HELLO */
 
 static struct lbt_env env; /* every test's fixture: daemon, clients, child processes */
 
@@ -170,6 +172,9 @@ struct storm {
 	int bad_text;                  /* refusals without the documented field and text */
 	int served;                    /* admitted raw connections that answered STATS after */
 	int lb_refused;                /* lb_connect past the limit: -EUSERS with the text */
+	int silent_waited, silent_dropped; /* of SILENT connections without HELLO: refused at their
+					    * late HELLO, refused at once (ERROR without HELLO) */
+	int lb_refused_at_once;        /* lb_connect while SILENT_WAIT wait: -EUSERS with the text */
 	char first_text[LBP_MAX_ERRMSG + 1];
 	double refusal_p50_us, refusal_p99_us, refusal_max_us; /* connect to ERROR */
 	double storm_ms;
@@ -244,6 +249,31 @@ static int kid_storm(void *arg)
 	r.lb_refused = ret == -EUSERS && !late && strstr(lb_last_error(NULL), want);
 	if (!r.lb_refused)
 		fprintf(stderr, "lb_connect past the limit: %d '%s'\n", ret, lb_last_error(NULL));
+	/* SILENT more that say nothing: the first SILENT_WAIT wait for their HELLO to be refused,
+	 * the others are refused at once (their ERROR comes unasked), and so is an lb_connect
+	 * meanwhile, whose HELLO the daemon may leave unread. */
+	static int silent[SILENT];
+	for (int i = 0; i < SILENT; i++)
+		KID_CHECK((silent[i] = raw_open()) >= 0);
+	for (int i = SILENT_WAIT; i < SILENT; i++) {
+		struct lbp_fault fault;
+		struct lbp_msg back;
+		ssize_t n = recv(silent[i], raw_buf, sizeof(raw_buf), 0);
+		r.silent_dropped += n > 0 && lbp_decode(raw_buf, (size_t)n, &back, &fault) == 0 &&
+				    back.type == LBP_ERROR && back.u.error.code == EUSERS &&
+				    strstr(back.u.error.message, want);
+	}
+	ret = lb_connect(env.sock, "at-once", &late);
+	r.lb_refused_at_once = ret == -EUSERS && !late && strstr(lb_last_error(NULL), want);
+	if (!r.lb_refused_at_once)
+		fprintf(stderr, "lb_connect refused at once: %d '%s'\n", ret, lb_last_error(NULL));
+	for (int i = 0; i < SILENT_WAIT; i++) {
+		struct lbp_msg back;
+		r.silent_waited += raw_hello(silent[i], 4096, &back) == 0 &&
+				   back.type == LBP_ERROR && back.u.error.code == EUSERS;
+	}
+	for (int i = 0; i < SILENT; i++)
+		close(silent[i]);
 	r.refusal_max_us = n_ref ? quantile(refusal_us, n_ref, 1.0) : 0;
 	r.refusal_p50_us = quantile(refusal_us, n_ref, 0.5);
 	r.refusal_p99_us = quantile(refusal_us, n_ref, 0.99);
@@ -460,6 +490,12 @@ static void test_thousand_connections_of_one_uid(void **state)
 	assert_int_equal(r.bad_text, 0);
 	assert_int_equal(r.served, DEFAULT_LIMIT - A_CLIENTS);
 	assert_true(r.lb_refused);
+	printf("%d more without HELLO: %d refused at their late HELLO, %d at once; lb_connect then "
+	       "%s\n", SILENT, r.silent_waited, r.silent_dropped,
+	       r.lb_refused_at_once ? "-EUSERS with the text" : "not refused as it should");
+	assert_int_equal(r.silent_waited, SILENT_WAIT);
+	assert_int_equal(r.silent_dropped, SILENT - SILENT_WAIT);
+	assert_true(r.lb_refused_at_once);
 	assert_int_equal(st.clients, 1 + 2 + DEFAULT_LIMIT); /* the monitor, the other uid's, A's */
 	assert_true(fds_storm <= fds_most);
 	assert_true(o.n_ins > 0 && o.hits > 0);
