@@ -294,7 +294,10 @@ static int start_conn(struct lb_client *c, uint64_t timeout_ns)
 		return errno == EINPROGRESS || errno == EAGAIN ? -ETIMEDOUT : -errno;
 	req.u.hello.shm_abi = LB_SHM_ABI_VERSION;
 	memcpy(req.u.hello.name, c->name, strlen(c->name) + 1);
-	return send_msg(c, &req);
+	int ret = send_msg(c, &req);
+	/* A daemon that refused us at accept (too many connections of our uid, PROTOCOL.md 4.1)
+	 * may have closed already: its ERROR is still there for finish_conn to read. */
+	return ret == -EPIPE || ret == -ECONNRESET ? 0 : ret;
 }
 
 /* WELCOME and the mappings, after start_conn. On failure the caller calls drop_conn.
