@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -382,21 +383,55 @@ static void other_call(struct other *o)
 	lbf_sleep_us(50);
 }
 
-/* The daemon's control thread (its main thread) from /proc: ns on a CPU and ns runnable but
- * waiting for one (schedstat); false when /proc cannot tell. */
-static bool control_thread_times(uint64_t *run_ns, uint64_t *wait_ns)
+/* Time on a CPU and runnable but waiting for one (schedstat), in ns, of the daemon's control
+ * thread (its main thread), of its other threads together (service threads, reaper), and of
+ * the test's own thread (the other uid's client): where a slow call's time went. */
+struct sched_times {
+	uint64_t run[3], wait[3];
+};
+
+static bool task_sched(pid_t pid, const char *tid, uint64_t *run, uint64_t *wait)
 {
-	char path[64];
-	unsigned long long run, wait;
-	snprintf(path, sizeof(path), "/proc/%d/task/%d/schedstat", (int)env.pid, (int)env.pid);
+	char path[96];
+	unsigned long long r, w;
+	snprintf(path, sizeof(path), "/proc/%d/task/%s/schedstat", (int)pid, tid);
 	FILE *f = fopen(path, "r");
 	if (!f)
 		return false;
-	int n = fscanf(f, "%llu %llu", &run, &wait);
+	int n = fscanf(f, "%llu %llu", &r, &w);
 	fclose(f);
-	*run_ns = run;
-	*wait_ns = wait;
+	*run += r;
+	*wait += w;
 	return n == 2;
+}
+
+static bool sched_times(struct sched_times *t)
+{
+	char path[64], main_tid[16], self[16];
+	memset(t, 0, sizeof(*t));
+	snprintf(main_tid, sizeof(main_tid), "%d", (int)env.pid);
+	snprintf(self, sizeof(self), "%d", (int)gettid());
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)env.pid);
+	DIR *d = opendir(path);
+	if (!d)
+		return false;
+	for (struct dirent *e; (e = readdir(d));)
+		if (e->d_name[0] != '.' && strcmp(e->d_name, main_tid) != 0)
+			task_sched(env.pid, e->d_name, &t->run[1], &t->wait[1]);
+	closedir(d);
+	return task_sched(env.pid, main_tid, &t->run[0], &t->wait[0]) &&
+	       task_sched(getpid(), self, &t->run[2], &t->wait[2]);
+}
+
+static void sched_print(const struct sched_times *a, const struct sched_times *b)
+{
+	static const char *const who[] = { "the daemon's control thread", "its other threads",
+					   "the other uid's client" };
+	printf("during it, on a CPU / runnable waiting for one:");
+	for (int i = 0; i < 3; i++)
+		printf("%s %s %.1f / %.1f ms", i ? ";" : "", who[i], (double)(b->run[i] - a->run[i]) / 1e6,
+		       (double)(b->wait[i] - a->wait[i]) / 1e6);
+	printf("\n");
 }
 
 static void timed_init(struct timed *t)
@@ -440,8 +475,8 @@ static void test_thousand_connections_of_one_uid(void **state)
 	assert_int_equal(pipe2(result, O_CLOEXEC), 0);
 	assert_int_equal(pipe2(go, O_CLOEXEC), 0);
 	struct storm_kid k = { started[1], result[1], go[0] };
-	uint64_t run0 = 0, wait0 = 0, run1 = 0, wait1 = 0;
-	bool sched = control_thread_times(&run0, &wait0);
+	struct sched_times s0, s1;
+	bool sched = sched_times(&s0);
 	pid_t kid = spawn_as(UID_A, kid_storm, &k);
 	char byte;
 	assert_int_equal(read(started[0], &byte, 1), 1);
@@ -457,7 +492,7 @@ static void test_thousand_connections_of_one_uid(void **state)
 		other_call(&o);
 	struct storm r;
 	assert_int_equal(read(result[0], &r, sizeof(r)), (ssize_t)sizeof(r));
-	sched = sched && control_thread_times(&run1, &wait1);
+	sched = sched && sched_times(&s1);
 	struct lb_stats st;
 	assert_int_equal(lb_stats(mon, &st, sizeof(st)), 0);
 	/* Uid A holds its 1,000 sockets still; the daemon, only the admitted ones: a socket, a
@@ -475,8 +510,7 @@ static void test_thousand_connections_of_one_uid(void **state)
 	       quiet_connect_ms, connect_ms, (unsigned long long)o.n_ins,
 	       (unsigned long long)o.hits);
 	if (sched)
-		printf("the daemon's control thread meanwhile: %.1f ms on a CPU, %.1f ms runnable "
-		       "waiting for one\n", (double)(run1 - run0) / 1e6, (double)(wait1 - wait0) / 1e6);
+		sched_print(&s0, &s1);
 	timed_print("other uid, quiet: data", &quiet.data);
 	timed_print("other uid, quiet: STATS", &quiet.stats);
 	timed_print("other uid, storm: data", &o.data);
