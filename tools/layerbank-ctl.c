@@ -319,7 +319,7 @@ static void print_stats_table(const struct lb_stats *st)
 	       st->bytes_budget >> 20, st->leases, 100.0 * st->fragmentation);
 	printf("%-12s %" PRIu64 " evicted, %" PRIu64 " expired, %" PRIu64 " invalidated\n", "dropped",
 	       st->evictions, st->expirations, st->invalidations);
-	printf("%-12s %" PRIu64 " inserts over a client's quota\n", "refused", st->quota_refusals);
+	printf("%-12s %" PRIu64 " inserts over their user's quota\n", "refused", st->quota_refusals);
 	uint64_t asked = st->prefix_hits + st->prefix_misses;
 	printf("%-12s %" PRIu64 " blocks cached; %" PRIu64 " lookups, %.1f%% hit, %" PRIu64
 	       " blocks served\n", "prefixes", st->blocks, asked,

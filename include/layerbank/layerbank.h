@@ -131,7 +131,7 @@ struct lb_stats {
 	uint64_t leases;         /* held by clients now */
 	uint64_t bytes_used, bytes_budget;
 	double fragmentation;    /* of the free arena space, 0..1 */
-	uint64_t quota_refusals; /* inserts refused with -EDQUOT: over a client's insert quota */
+	uint64_t quota_refusals; /* inserts refused with -EDQUOT: over a user's insert quota */
 	/* prefix blocks */
 	uint64_t blocks;         /* cached prefix blocks (not counted in entries) */
 	uint64_t prefix_hits;    /* LOOKUP_PREFIX answered with at least the first block */
@@ -457,8 +457,9 @@ LB_ABI_SIZE_LP64(struct lb_shape, 24);
  * Hand the reserved buffer to the daemon, which copies it into the arena as the output of
  * layer for key, computed exactly from key's tokens (lb_insert_commit_approx otherwise).
  * @return 0; -EEXIST (already cached); -ENOSPC (no room: everything is
- * leased); -EDQUOT (this client's entries hold its insert quota, layerbankd's
- * client-insert-bytes, already: it frees up as they are evicted); -EINVAL (shape, layer, no
+ * leased); -EDQUOT (the entries of this client's user, from all its connections, hold its
+ * insert quota, layerbankd's insert-bytes-per-uid, already: it frees up as they are
+ * evicted); -EINVAL (shape, layer, no
  * reservation); -ESRCH; -EACCES (a model this client did not register); -ETIMEDOUT; -EPROTO.
  */
 int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,

@@ -69,7 +69,7 @@ class AlreadyCached(Error):
 
 
 class NoSpace(Error):
-    """ENOSPC or EDQUOT: no room in the bank, or this client's insert quota is used up."""
+    """ENOSPC or EDQUOT: no room in the bank, or this user's insert quota is used up."""
 
 
 class InvalidArgument(Error, ValueError):
