@@ -235,8 +235,9 @@ static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 static void uid_limit_text(const struct lbd_conn *c, char *text, size_t n)
 {
 	unsigned max = c->s->cfg->conns_per_uid;
-	snprintf(text, n, "uid %u already holds %u connections, the most one uid may hold "
-		 "(max-connections-per-uid = %u)", (unsigned)c->cred.uid, max, max);
+	snprintf(text, n, "uid %u already holds %u connection%s, the most one uid may hold "
+		 "(max-connections-per-uid = %u)", (unsigned)c->cred.uid, max, max == 1 ? "" : "s",
+		 max);
 }
 
 /* A connection accepted past its uid's limit: its first frame gets the refusal. @return true
