@@ -41,8 +41,9 @@ void lbd_config_defaults(struct lbd_config *c)
 	c->socket_mode = LBD_DEFAULT_SOCKET_MODE;
 	c->socket_gid = LBD_SOCKET_GROUP_OWN;
 	c->n_allow = 0;
-	c->client_staging_max = LBD_DEFAULT_STAGING_MAX;
-	c->client_insert_bytes = 0;
+	c->staging_per_uid = LBD_DEFAULT_STAGING_MAX;
+	c->insert_bytes_per_uid = 0;
+	c->conns_per_uid = LBD_DEFAULT_CONNS_PER_UID;
 }
 
 void lbd_config_store_cfg(const struct lbd_config *c, struct lbd_store_cfg *out)
@@ -501,7 +502,7 @@ static int set_staging_max(struct lbd_config *c, const char *v, const char *who,
 		lbu_errf(err, errlen, "%s: '%s' is not a multiple of 4096 from 4096 to 4G", who, v);
 		return -EINVAL;
 	}
-	c->client_staging_max = size;
+	c->staging_per_uid = size;
 	return 0;
 }
 
@@ -515,8 +516,14 @@ static int set_insert_bytes(struct lbd_config *c, const char *v, const char *who
 		lbu_errf(err, errlen, "%s: '%s' is not a size up to 1T (0: no limit)", who, v);
 		return -EINVAL;
 	}
-	c->client_insert_bytes = size;
+	c->insert_bytes_per_uid = size;
 	return 0;
+}
+
+static int set_conns_per_uid(struct lbd_config *c, const char *v, const char *who, char *err,
+			     size_t errlen)
+{
+	return set_uint(&c->conns_per_uid, v, 1, LBD_MAX_CONNS_PER_UID, who, err, errlen);
 }
 
 /* A file the daemon writes at stop and reads at start; "none" for no snapshot. A relative
@@ -599,6 +606,7 @@ enum {
 	OPT_STAGING_MAX,
 	OPT_INSERT_BYTES,
 	OPT_L2,
+	OPT_CONNS_PER_UID,
 };
 
 /* The keys a config file may set, which are also the options taking a value or a flag. */
@@ -633,9 +641,15 @@ static const struct config_key keys[] = {
 	{ "socket-mode", OPT_SOCKET_MODE, required_argument, "an octal mode such as 0660", set_socket_mode },
 	{ "socket-group", OPT_SOCKET_GROUP, required_argument, "a group name or gid", set_socket_group },
 	{ "model-allow", OPT_MODEL_ALLOW, required_argument, "MODEL USER[,USER...]", set_model_allow },
+	{ "staging-per-uid", OPT_STAGING_MAX, required_argument, "a size", set_staging_max },
+	{ "insert-bytes-per-uid", OPT_INSERT_BYTES, required_argument, "a size", set_insert_bytes },
+	{ "max-connections-per-uid", OPT_CONNS_PER_UID, required_argument, "a number of connections",
+	  set_conns_per_uid },
+	{ "l2", OPT_L2, required_argument, "redis-cluster://HOST:PORT[,...] or 'none'", set_l2 },
+	/* Synonyms: the names of the first two before they were per uid. Not listed, and the same
+	 * key as the name above them (a file may set only one of the two). */
 	{ "client-staging-max", OPT_STAGING_MAX, required_argument, "a size", set_staging_max },
 	{ "client-insert-bytes", OPT_INSERT_BYTES, required_argument, "a size", set_insert_bytes },
-	{ "l2", OPT_L2, required_argument, "redis-cluster://HOST:PORT[,...] or 'none'", set_l2 },
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -675,6 +689,9 @@ static const struct option long_options[] = {
 	{ "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
 	{ "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
 	{ "model-allow", required_argument, NULL, OPT_MODEL_ALLOW },
+	{ "staging-per-uid", required_argument, NULL, OPT_STAGING_MAX },
+	{ "insert-bytes-per-uid", required_argument, NULL, OPT_INSERT_BYTES },
+	{ "max-connections-per-uid", required_argument, NULL, OPT_CONNS_PER_UID },
 	{ "client-staging-max", required_argument, NULL, OPT_STAGING_MAX },
 	{ "client-insert-bytes", required_argument, NULL, OPT_INSERT_BYTES },
 	{ "l2", required_argument, NULL, OPT_L2 },
@@ -769,6 +786,8 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 			char list[512] = "";
 			size_t used = 0;
 			for (size_t i = 0; i < N_KEYS; i++) {
+				if (key_by_val(keys[i].val) != &keys[i])
+					continue; /* a synonym */
 				int w = snprintf(list + used, sizeof(list) - used, "%s%s", i ? ", " : "",
 						 keys[i].name);
 				if (w > 0 && (size_t)w < sizeof(list) - used)
@@ -778,7 +797,7 @@ static int load_lines(struct lbd_config *c, FILE *f, const char *path, char *err
 				list);
 			return -EINVAL;
 		}
-		size_t ki = (size_t)(k - keys);
+		size_t ki = (size_t)(key_by_val(k->val) - keys); /* a synonym is its key */
 		if (first_line[ki] && !KEY_REPEATS(k)) {
 			lbu_errf(err, errlen, "%s:%u: %s: set again (first on line %u)", path, lineno,
 				name, first_line[ki]);
@@ -880,7 +899,9 @@ static void bad_option(const char *arg, int ret, char *err, size_t errlen)
 	if (ret == ':') {
 		if (optopt == 'c')
 			lbu_errf(err, errlen, "--config: missing value (a file)");
-		else if ((k = key_by_val(optopt)))
+		else if ((k = key_by_val(optopt)) && strncmp(arg, "--", 2) == 0)
+			lbu_errf(err, errlen, "%s: missing value (%s)", arg, k->what); /* as given */
+		else if (k)
 			lbu_errf(err, errlen, "--%s: missing value (%s)", k->name, k->what);
 		else
 			lbu_errf(err, errlen, "'%s': missing value", arg);
@@ -971,9 +992,13 @@ int lbd_config_parse_args(struct lbd_config *c, int argc, char **argv, char *err
 	optind = 0;
 	opterr = 0;
 	bool allow_from_cli = false;
-	while ((ret = getopt_long(argc, argv, short_options, long_options, NULL)) != -1) {
+	int idx = -1;
+	while ((ret = getopt_long(argc, argv, short_options, long_options, &idx)) != -1) {
 		const struct config_key *k = key_by_val(ret);
 		char who[64];
+		/* Named as given: a synonym's message names the synonym. */
+		const char *given = idx >= 0 ? long_options[idx].name : k ? k->name : "";
+		idx = -1;
 
 		if (ret == OPT_CHECK_CONFIG) {
 			tmp.check_only = true;
@@ -986,7 +1011,7 @@ int lbd_config_parse_args(struct lbd_config *c, int argc, char **argv, char *err
 			tmp.n_allow = 0;
 			allow_from_cli = true;
 		}
-		snprintf(who, sizeof(who), "--%s", k->name);
+		snprintf(who, sizeof(who), "--%s", given);
 		if (k->set(&tmp, k->has_arg ? optarg : "true", who, err, errlen) < 0)
 			return -EINVAL;
 	}
@@ -1033,11 +1058,18 @@ void lbd_config_usage(FILE *out)
 		"      --model-allow 'MODEL USER[,USER...]'\n"
 		"                           only these users (names or uids) may register MODEL;\n"
 		"                           repeat per model; a model without a list is open to all\n"
-		"      --client-staging-max SIZE\n"
-		"                           largest staging buffer one client is given (default %s)\n"
-		"      --client-insert-bytes SIZE\n"
-		"                           arena bytes one client's entries may hold at once; more\n"
-		"                           is refused with EDQUOT (default 0: no limit)\n"
+		"      --max-connections-per-uid N\n"
+		"                           connections one user (uid) may hold at once, 1..%u; one\n"
+		"                           more is refused at its HELLO with EUSERS (default %u)\n"
+		"      --staging-per-uid SIZE\n"
+		"                           staging buffers granted to one user's connections in all\n"
+		"                           (one gets at most what is left; none left: ENOBUFS), a\n"
+		"                           multiple of 4096 up to 4G (default %s; old name\n"
+		"                           --client-staging-max)\n"
+		"      --insert-bytes-per-uid SIZE\n"
+		"                           arena bytes one user's entries may hold at once; more\n"
+		"                           is refused with EDQUOT (default 0: no limit; old name\n"
+		"                           --client-insert-bytes)\n"
 		"      --l2 redis-cluster://HOST:PORT[,HOST:PORT...]\n"
 		"                           a second tier on a Redis Cluster (its seed nodes): inserts\n"
 		"                           are written behind to it, and a miss asks it for the next\n"
@@ -1058,5 +1090,6 @@ void lbd_config_usage(FILE *out)
 		"Exit status: 0 clean stop, 1 start-up or runtime failure, 2 bad option or config.\n",
 		LBD_DEFAULT_SOCKET, max, size, LBD_MAX_NUMA_NODE, LBD_DEFAULT_THREADS,
 		LBD_DEFAULT_SPIN_US, LBD_DEFAULT_TTL_S, LBD_DEFAULT_HALF_LIFE_S, LBD_DEFAULT_DRIFT_MAX,
-		LBD_DEFAULT_DRIFT_TARGET, LBD_DEFAULT_TAU, staging);
+		LBD_DEFAULT_DRIFT_TARGET, LBD_DEFAULT_TAU, LBD_MAX_CONNS_PER_UID,
+		LBD_DEFAULT_CONNS_PER_UID, staging);
 }

@@ -38,6 +38,12 @@
 #define LBD_MAX_ALLOW_UIDS 32u         /* users on one model-allow line */
 #define LBD_DEFAULT_STAGING_MAX (1ull << 30)
 #define LBD_MAX_STAGING_MAX (1ull << 32) /* LBP_MAX_STAGING */
+/* A host runs a worker per GPU or a few per core: 64 connections of one user is more than any
+ * such fleet needs, yet small enough that one user cannot take the daemon's 1,024
+ * (LBD_MAX_CONNS) from the others, and 64 default stagings (8 MiB) fit the default
+ * staging-per-uid (1 GiB) with room to spare. */
+#define LBD_DEFAULT_CONNS_PER_UID 64u
+#define LBD_MAX_CONNS_PER_UID 1024u /* LBD_MAX_CONNS */
 
 /* The uids that may register one model (model-allow); a model without one is open to all. */
 struct lbd_model_allow {
@@ -67,8 +73,12 @@ struct lbd_config {
 	int64_t socket_gid;           /* its group, or LBD_SOCKET_GROUP_OWN */
 	struct lbd_model_allow allow[LBD_MAX_ALLOW_MODELS]; /* model-allow lines, n_allow used */
 	unsigned n_allow;
-	uint64_t client_staging_max;  /* largest staging a client is granted, a multiple of 4096 */
-	uint64_t client_insert_bytes; /* arena bytes one client's entries may hold; 0: no limit */
+	/* Limits per uid (SO_PEERCRED), shared by all the connections of one user: */
+	uint64_t staging_per_uid;     /* staging its live connections are granted in all, a
+				       * multiple of 4096 (staging-per-uid, client-staging-max) */
+	uint64_t insert_bytes_per_uid; /* arena bytes its entries may hold; 0: no limit
+					* (insert-bytes-per-uid, client-insert-bytes) */
+	unsigned conns_per_uid;       /* connections it may hold at once (max-connections-per-uid) */
 	char l2[1024];                /* the second tier's seeds (redis-cluster://...); "": none */
 	bool check_only;              /* --check-config: validate, print, exit 0 (no file key) */
 };

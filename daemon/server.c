@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -24,6 +25,7 @@
 #include "log.h"
 #include "sd.h"
 #include "snapshot.h"
+#include "uids.h"
 
 struct lbd_conn {
 	struct lbd_op op;      /* the connection's recv or send: one at a time */
@@ -43,6 +45,9 @@ struct lbd_conn {
 	bool cred_ok;          /* SO_PEERCRED answered: cred is the peer's, not a placeholder */
 	char name[LBP_MAX_NAME + 1];
 	struct lbd_dpclient *dp; /* its data plane, once HELLO made one */
+	struct lbd_uid_use *uid_use;       /* its uid's counts, given back by conn_end; NULL: none */
+	enum lbd_uid_verdict uid_verdict;  /* counted as a connection, or to be refused at HELLO */
+	uint64_t staging;                  /* its region's staging, counted in uid_use->staging */
 	struct lbd_leases sock_leases; /* LOOKUP over the socket: taken and ended at once */
 	struct msghdr msg;
 	struct iovec iov;
@@ -92,6 +97,8 @@ static void conn_end(struct lbd_conn *c)
 	c->ended = true;
 	if (c->hello)
 		s->n_clients--;
+	lbd_uids_leave(&s->uids, c->uid_use, c->uid_verdict, c->staging);
+	c->uid_use = NULL;
 	if (c->dp)
 		lbd_service_detach(&s->service, c->dp);
 	c->dp = NULL;
@@ -258,6 +265,49 @@ static int home_node(const struct lbd_server *s, int32_t node)
 	return -1;
 }
 
+/* ---- limits per uid (uids.h; tests/fault/ISOLATION.md) ---- */
+
+/* Why a connection past max-connections-per-uid is refused. */
+static void uid_limit_text(const struct lbd_conn *c, char *text, size_t n)
+{
+	unsigned max = c->s->cfg->conns_per_uid;
+	snprintf(text, n, "uid %u already holds %u connection%s, the most one uid may hold "
+		 "(max-connections-per-uid = %u)", (unsigned)c->cred.uid, max, max == 1 ? "" : "s",
+		 max);
+}
+
+/* A connection accepted past its uid's limit: its first frame gets the refusal. @return true
+ * when c was refused. */
+static bool refuse_past_uid_limit(struct lbd_conn *c)
+{
+	char text[LBP_MAX_ERRMSG];
+
+	if (c->uid_verdict != LBD_UID_REFUSE)
+		return false;
+	uid_limit_text(c, text, sizeof(text));
+	conn_error(c, true, EUSERS, "", text);
+	return true;
+}
+
+/* The staging c's region is granted: its wish within the daemon's bounds, cut to what its
+ * uid's staging-per-uid leaves. @return the bytes, or 0 when too little is left and c was
+ * refused (ENOBUFS). */
+static uint64_t grant_staging(struct lbd_conn *c, uint64_t wish)
+{
+	const struct lbd_server *s = c->s;
+	uint64_t cap = s->cfg->staging_per_uid;
+	uint64_t grant = lbd_uids_staging_grant(c->uid_use, cap, lbd_region_staging(&s->limits, wish));
+	char text[LBP_MAX_ERRMSG];
+
+	if (grant)
+		return grant;
+	snprintf(text, sizeof(text), "uid %u's connections hold %" PRIu64 " of the %" PRIu64
+		 " staging bytes one uid may have (staging-per-uid); a connection needs %u",
+		 (unsigned)c->cred.uid, c->uid_use->staging, cap, LBD_STAGING_MIN);
+	conn_error(c, true, ENOBUFS, "staging_bytes", text);
+	return 0;
+}
+
 static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 {
 	struct lbd_server *s = c->s;
@@ -269,13 +319,18 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 		conn_error(c, true, EPROTO, "type", "HELLO sent twice");
 		return;
 	}
+	if (refuse_past_uid_limit(c))
+		return;
 	if (h->shm_abi != LB_SHM_ABI_VERSION) {
 		snprintf(text, sizeof(text), "arena ABI %u is not supported; this daemon has ABI %u",
 			 h->shm_abi, LB_SHM_ABI_VERSION);
 		conn_error(c, true, EPROTO, "shm_abi", text);
 		return;
 	}
-	c->dp = lbd_dpclient_new(&s->limits, h->req_entries, h->cpl_entries, h->staging_bytes,
+	uint64_t staging = grant_staging(c, h->staging_bytes);
+	if (!staging)
+		return;
+	c->dp = lbd_dpclient_new(&s->limits, h->req_entries, h->cpl_entries, staging,
 				 s->next_client_id, c->cred.pid);
 	if (!c->dp) {
 		int e = errno ? errno : ENOMEM;
@@ -283,8 +338,11 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 		conn_error(c, true, e, "staging_bytes", text);
 		return;
 	}
-	/* Every client has an account, limited or not: its entries' bytes are counted alike. */
-	c->dp->account = lbd_store_account_open(s->store, s->cfg->client_insert_bytes);
+	/* Every client has an account, limited or not: its entries' bytes are counted alike. One
+	 * per uid (the key uid + 1), which a new connection of the uid opens again while its
+	 * entries are charged to it. */
+	c->dp->account = lbd_store_account_join(s->store, (uint64_t)c->cred.uid + 1,
+						s->cfg->insert_bytes_per_uid);
 	if (!c->dp->account) {
 		lbd_dpclient_free(s->store, c->dp);
 		c->dp = NULL;
@@ -294,6 +352,8 @@ static void on_hello(struct lbd_conn *c, const struct lbp_hello *h)
 	c->hello = true;
 	c->client_id = s->next_client_id++;
 	s->n_clients++;
+	c->staging = staging;
+	c->uid_use->staging += staging;
 	memcpy(c->name, h->name, sizeof(c->name));
 	c->dp->node = home_node(s, h->numa_node);
 	lbd_info("client %" PRIu64 " '%s' (pid %d uid %u node %d) said HELLO", c->client_id, c->name,
@@ -776,12 +836,59 @@ static bool conn_watch_pid(struct lbd_conn *c)
 
 /* ---- accept and signals ---- */
 
+/*
+ * Count c, just accepted, against its uid's max-connections-per-uid. One past the limit is
+ * kept, unwatched (no pidfd), until its HELLO, which refuse_past_uid_limit answers; when
+ * LBD_UID_REFUSING_MAX of its uid wait already, or without memory, it is told at once as far
+ * as its socket takes it (its HELLO may not have come yet) and closed.
+ * @return false when c was closed and freed.
+ */
+static bool conn_admit(struct lbd_conn *c)
+{
+	struct lbd_server *s = c->s;
+	char text[LBP_MAX_ERRMSG];
+	struct lbp_msg m;
+
+	c->uid_use = lbd_uids_admit(&s->uids, (uint32_t)c->cred.uid, s->cfg->conns_per_uid,
+				    &c->uid_verdict);
+	if (c->uid_verdict != LBD_UID_DROP)
+		return true;
+	if (c->uid_use)
+		uid_limit_text(c, text, sizeof(text));
+	else
+		snprintf(text, sizeof(text), "out of memory");
+	lbd_warn("connection of pid %d uid %u refused at once: %s", (int)c->cred.pid,
+		 (unsigned)c->cred.uid, text);
+	lbp_make_error(&m, c->uid_use ? EUSERS : ENOMEM, "", "%s", text);
+	int len = lbp_encode(&m, c->tx, sizeof(c->tx));
+	if (len > 0)
+		(void)!send(c->fd, c->tx, (size_t)len, MSG_DONTWAIT | MSG_NOSIGNAL);
+	close(c->fd);
+	free(c);
+	return false;
+}
+
 static void arm_accept(struct lbd_server *s)
 {
 	if (lbd_loop_accept(&s->loop, s->listen_fd, &s->accept_op) < 0) {
 		lbd_err("cannot queue accept: stopping");
 		s->loop.stop = true;
 	}
+}
+
+/* Accept again in LBD_ACCEPT_PAUSE_MS. */
+static void arm_accept_later(struct lbd_server *s)
+{
+	s->accept_pause_ts.tv_sec = 0;
+	s->accept_pause_ts.tv_nsec = LBD_ACCEPT_PAUSE_MS * 1000000ll;
+	if (lbd_loop_timeout(&s->loop, &s->accept_pause_ts, &s->accept_pause_op) < 0)
+		arm_accept(s);
+}
+
+static void on_accept_pause(struct lbd_op *op, int res)
+{
+	(void)res; /* -ETIME: the pause is over */
+	arm_accept(container_of(op, struct lbd_server, accept_pause_op));
 }
 
 static void on_accept(struct lbd_op *op, int res)
@@ -791,9 +898,14 @@ static void on_accept(struct lbd_op *op, int res)
 	socklen_t len = sizeof(c->cred);
 
 	if (res < 0) {
-		/* EMFILE and friends: the pending connection stays queued; say so and go on. */
+		/* EMFILE and friends: the pending connection stays queued; say so and go on, after
+		 * a pause when descriptors or memory ran out: accepting again at once would fail at
+		 * once, a busy loop (100% of a CPU) until a connection ends. */
 		lbd_warn("accept failed: %s", strerror(-res));
-		arm_accept(s);
+		if (res == -EMFILE || res == -ENFILE || res == -ENOBUFS || res == -ENOMEM)
+			arm_accept_later(s);
+		else
+			arm_accept(s);
 		return;
 	}
 	arm_accept(s);
@@ -815,6 +927,8 @@ static void on_accept(struct lbd_op *op, int res)
 		c->cred.uid = (uid_t)-1;
 		c->cred.gid = (gid_t)-1;
 	}
+	if (!conn_admit(c))
+		return;
 	c->next = s->conns;
 	if (s->conns)
 		s->conns->prev = c;
@@ -822,7 +936,7 @@ static void on_accept(struct lbd_op *op, int res)
 	s->n_conns++;
 	lbd_debug("connection from pid %d uid %u gid %u", (int)c->cred.pid, (unsigned)c->cred.uid,
 		  (unsigned)c->cred.gid);
-	if (conn_watch_pid(c))
+	if (c->uid_verdict == LBD_UID_REFUSE || conn_watch_pid(c))
 		conn_recv(c);
 }
 
@@ -1137,6 +1251,24 @@ static int setup_socket(struct lbd_server *s, char *err, size_t errlen)
 	return 0;
 }
 
+/* Each connection holds up to three descriptors (its socket, its process's pidfd, its region's
+ * memfd): raise the soft RLIMIT_NOFILE toward what LBD_MAX_CONNS of them need, as far as the
+ * hard limit lets (a login's soft limit is often 1024; layerbankd.service sets 8192). */
+static void raise_fd_limit(void)
+{
+	const rlim_t need = LBD_MAX_CONNS * 3 + 64;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur >= need)
+		return;
+	rl.rlim_cur = rl.rlim_max < need ? rl.rlim_max : need;
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < need)
+		lbd_info("RLIMIT_NOFILE %llu: room for about %llu connections, not %u (raise the "
+			 "hard limit: LimitNOFILE= under systemd)", (unsigned long long)rl.rlim_cur,
+			 (unsigned long long)(rl.rlim_cur > 64 ? (rl.rlim_cur - 64) / 3 : 0),
+			 LBD_MAX_CONNS);
+}
+
 /* Socket activation: systemd created, bound and owns the socket (layerbankd.socket); it
  * stays when we stop, so the next connection starts us again. @return 0 or -errno. */
 static int take_inherited_socket(struct lbd_server *s, char *err, size_t errlen)
@@ -1173,6 +1305,7 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 	s->signal_fd = -1;
 	s->next_client_id = 1;
 	s->accept_op.fn = on_accept;
+	s->accept_pause_op.fn = on_accept_pause;
 	s->signal_op.fn = on_signal;
 	s->sweep_op.fn = on_sweep;
 	s->status_op.fn = on_status;
@@ -1196,6 +1329,7 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 		snprintf(err, errlen, "getrandom: %s", strerror(errno));
 		return -EIO;
 	}
+	raise_fd_limit();
 	/* The inherited socket first: a wrong one is an error before any memory is taken. */
 	ret = take_inherited_socket(s, err, errlen);
 	if (ret < 0)
@@ -1211,10 +1345,11 @@ int lbd_server_setup(struct lbd_server *s, const struct lbd_config *cfg, char *e
 		return -ENOMEM;
 	}
 	lbd_store_set_tenants(s->store, tenant_of, cfg);
-	/* The default staging, 8 MiB, is clamped to client-staging-max like any wish. */
+	/* The default staging, 8 MiB, is clamped to staging-per-uid like any wish (and cut to
+	 * what the uid's other connections leave of it: grant_staging). */
 	s->limits = (struct lbd_region_limits){ .ring_default = 256, .ring_max = LBP_MAX_RING,
 						 .staging_default = 8u << 20,
-						 .staging_max = cfg->client_staging_max };
+						 .staging_max = cfg->staging_per_uid };
 	return s->socket_inherited ? 0 : setup_socket(s, err, errlen);
 }
 
@@ -1343,6 +1478,7 @@ void lbd_server_teardown(struct lbd_server *s)
 	if (s->service_running)
 		lbd_service_stop(&s->service);
 	s->service_running = false;
+	lbd_uids_free(&s->uids);
 	lbd_store_free(s->store);
 	s->store = NULL;
 	if (s->listen_fd >= 0)

@@ -15,10 +15,12 @@
 #include "runtime.h"
 #include "service.h"
 #include "store.h"
+#include "uids.h"
 
 #define LBD_MAX_CONNS 1024u
 #define LBD_MAX_ARENAS LBP_MAX_ARENAS
 #define LBD_STATUS_PERIOD_S 5
+#define LBD_ACCEPT_PAUSE_MS 10 /* after an accept that failed for want of descriptors */
 
 struct lbd_conn;
 struct lbd_l2;
@@ -62,10 +64,13 @@ struct lbd_server {
 	struct lbd_conn *conns;  /* doubly linked list of connections, ended ones until freed */
 	unsigned n_conns;
 	unsigned n_clients;      /* connections past HELLO and not ended */
+	struct lbd_uids uids;    /* connections and staging per uid (max-connections-per-uid...) */
 	bool pidfd_ok;           /* pidfd_open works here: client processes are watched */
 	struct lbd_op cancel_op; /* completions of cancels: the cancelled op reports itself */
 	uint64_t next_client_id;
 	struct lbd_op accept_op;
+	struct lbd_op accept_pause_op; /* a pause before accepting again when descriptors ran out */
+	struct __kernel_timespec accept_pause_ts;
 	struct lbd_op signal_op;
 	struct signalfd_siginfo siginfo; /* target of the pending signalfd read */
 	bool stopping;           /* a signal said stop: a snapshot written now extends systemd's

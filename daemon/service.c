@@ -53,6 +53,13 @@ struct lbd_svc_thread {
 
 /* ---- regions ---- */
 
+uint64_t lbd_region_staging(const struct lbd_region_limits *lim, uint64_t staging_bytes)
+{
+	uint64_t sb = staging_bytes ? staging_bytes : lim->staging_default;
+	sb = sb > lim->staging_max ? lim->staging_max : sb;
+	return (sb + 4095) & ~4095ull;
+}
+
 struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint32_t req_entries,
 				      uint32_t cpl_entries, uint64_t staging_bytes, uint64_t client_id,
 				      pid_t pid)
@@ -73,9 +80,7 @@ struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint3
 		rq += rq & -rq;
 	while (cq & (cq - 1))
 		cq += cq & -cq;
-	uint64_t sb = staging_bytes ? staging_bytes : lim->staging_default;
-	sb = sb > lim->staging_max ? lim->staging_max : sb;
-	sb = (sb + 4095) & ~4095ull;
+	uint64_t sb = lbd_region_staging(lim, staging_bytes);
 
 	c->bytes = lb_region_layout(&c->layout, rq, cq, sb);
 	if (!c->bytes) {

@@ -47,7 +47,8 @@ struct lbd_dpclient {
 	struct lb_ring_view req;     /* we consume */
 	struct lb_ring_view cpl;     /* we produce */
 	struct lbd_leases leases;
-	uint32_t account;    /* its insert account in the store (client-insert-bytes); 0: none */
+	uint32_t account;    /* its uid's insert account in the store (insert-bytes-per-uid,
+			      * lbd_store_account_join); 0: none */
 	int node;            /* the NUMA node it runs on (HELLO), its inserts' home; -1: unknown */
 	uint64_t client_id;
 	pid_t pid;
@@ -87,7 +88,12 @@ struct lbd_region_limits {
 	uint64_t staging_default, staging_max;
 };
 
-/* Create a client's region (memfd, mapped, rings initialised). @return NULL with errno. */
+/* The staging a wish of staging_bytes (0: the default) is granted within lim: clamped, then
+ * rounded up to whole pages. */
+uint64_t lbd_region_staging(const struct lbd_region_limits *lim, uint64_t staging_bytes);
+
+/* Create a client's region (memfd, mapped, rings initialised); its staging as
+ * lbd_region_staging grants it. @return NULL with errno. */
 struct lbd_dpclient *lbd_dpclient_new(const struct lbd_region_limits *lim, uint32_t req_entries,
 				      uint32_t cpl_entries, uint64_t staging_bytes, uint64_t client_id,
 				      pid_t pid);

@@ -189,7 +189,7 @@ static void uncharge(struct lbd_store *st, struct entry *e)
 	if (!a || a->used < e->bytes)
 		abort(); /* every charge is given back once, to a live account */
 	a->used -= e->bytes;
-	if (!a->open && a->used == 0)
+	if (!a->opens && a->used == 0)
 		account_put(st, e->account);
 	e->account = 0;
 }
@@ -1260,18 +1260,31 @@ int64_t lbd_store_drop_model(struct lbd_store *st, uint32_t model_id)
 
 /* ---- insert accounts ---- */
 
-uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit)
+/* The live account of owner (not 0), or 0. Under the store lock. */
+static uint32_t account_find(const struct lbd_store *st, uint64_t owner)
 {
-	uint32_t id = 0;
+	for (uint32_t i = 0; i < st->acct_cap; i++)
+		if (st->acct[i].in_use && st->acct[i].owner == owner)
+			return i + 1;
+	return 0;
+}
+
+uint32_t lbd_store_account_join(struct lbd_store *st, uint64_t owner, uint64_t limit)
+{
+	uint32_t id;
 
 	store_lock(st);
-	if (st->acct_free != NONE ||
-	    store_grow((void **)&st->acct, &st->acct_cap, sizeof(*st->acct), &st->acct_free,
-		       offsetof(struct account, next_free)) == 0) {
+	id = owner ? account_find(st, owner) : 0;
+	if (id) {
+		st->acct[id - 1].opens++;
+		st->acct[id - 1].limit = limit;
+	} else if (st->acct_free != NONE ||
+		   store_grow((void **)&st->acct, &st->acct_cap, sizeof(*st->acct), &st->acct_free,
+			      offsetof(struct account, next_free)) == 0) {
 		struct account *a = &st->acct[st->acct_free];
 		id = st->acct_free + 1;
 		st->acct_free = a->next_free;
-		*a = (struct account){ .limit = limit, .open = 1, .in_use = 1 };
+		*a = (struct account){ .limit = limit, .owner = owner, .opens = 1, .in_use = 1 };
 	}
 	store_unlock(st);
 	if (!id)
@@ -1279,15 +1292,17 @@ uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit)
 	return id;
 }
 
+uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit)
+{
+	return lbd_store_account_join(st, 0, limit);
+}
+
 void lbd_store_account_close(struct lbd_store *st, uint32_t id)
 {
 	store_lock(st);
 	struct account *a = account_of(st, id);
-	if (a && a->open) {
-		a->open = 0;
-		if (a->used == 0)
-			account_put(st, id);
-	}
+	if (a && a->opens && --a->opens == 0 && a->used == 0)
+		account_put(st, id);
 	store_unlock(st);
 }
 

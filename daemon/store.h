@@ -207,14 +207,20 @@ void lbd_store_insert_block(struct lbd_store *st, struct lbd_inserter who, const
 			    const struct lb_block_hdr *h, const uint8_t *data, struct lb_cpl *cpl);
 
 /*
- * A client's insert account: the arena bytes (headers and alignment included, as bytes_used
- * counts them) of the entries it inserted, from the insert until each entry's memory is
- * freed. limit: the most it may hold, 0 for no limit. @return the account's id (>= 1), or 0
- * with errno ENOMEM.
+ * An insert account: the arena bytes (headers and alignment included, as bytes_used counts
+ * them) of the entries inserted under it, from the insert until each entry's memory is freed.
+ * limit: the most it may hold, 0 for no limit. lbd_store_account_open makes an account of its
+ * own; lbd_store_account_join(owner) opens owner's account (the daemon's owner: a uid + 1)
+ * once more while it lives (opened and not closed as often, or holding entries), so that the
+ * entries of owner's earlier clients stay charged to its later ones, and takes the new limit;
+ * else it makes one for owner (owner 0: as lbd_store_account_open). Each open is closed once.
+ * @return the account's id (>= 1), or 0 with errno ENOMEM.
  */
 uint32_t lbd_store_account_open(struct lbd_store *st, uint64_t limit);
-/* The client left. Its entries keep their charge; the account goes with the last of them.
- * 0 is a no-op. */
+uint32_t lbd_store_account_join(struct lbd_store *st, uint64_t owner, uint64_t limit);
+/* One open of the account ends (a client left). Its entries keep their charge; the account
+ * goes when it is closed as often as it was opened and its last entry has gone. 0 is a
+ * no-op. */
 void lbd_store_account_close(struct lbd_store *st, uint32_t id);
 /* Accounts alive (open, or closed with entries left) and the bytes charged to them all. */
 void lbd_store_account_stats(struct lbd_store *st, uint32_t *accounts, uint64_t *charged);

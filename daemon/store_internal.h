@@ -42,15 +42,18 @@ struct entry {
 	uint16_t approx;    /* K_LAYER: its insert's approx (0..LB_FP_BITS); 0 for a block */
 };
 
-/* A client's insert account (client-insert-bytes): the arena bytes its entries hold, from the
+/* An insert account (insert-bytes-per-uid): the arena bytes its entries hold, from the
  * insert until the memory is freed (evicted, expired, invalidated or flushed, and the last
- * lease on it ended). It outlives the client: entries stay after their inserter left and give
- * their bytes back as they go; the account goes with the last of them. */
+ * lease on it ended). The daemon keeps one per uid, shared by the uid's connections (owner:
+ * the uid + 1). It outlives its clients: entries stay after their inserters left and give
+ * their bytes back as they go; the account goes when no client has it open and its last
+ * entry has gone, and until then a new client of its owner opens it again. */
 struct account {
 	uint64_t used;      /* sum of bytes of the entries charged to it */
 	uint64_t limit;     /* 0: no limit */
+	uint64_t owner;     /* lbd_store_account_join's key; 0: an account of its own */
 	uint32_t next_free;
-	uint8_t open;       /* its client is still connected */
+	uint32_t opens;     /* opens not yet closed: clients that may charge it */
 	uint8_t in_use;
 };
 

@@ -326,7 +326,10 @@ static int start_conn(struct lb_client *c, uint64_t timeout_ns)
 	req.u.hello.shm_abi = LB_SHM_ABI_VERSION;
 	memcpy(req.u.hello.name, c->name, strlen(c->name) + 1);
 	req.u.hello.numa_node = numa_node();
-	return send_msg(c, &req);
+	int ret = send_msg(c, &req);
+	/* A daemon that refused us at accept (too many connections of our uid, PROTOCOL.md 4.1)
+	 * may have closed already: its ERROR is still there for finish_conn to read. */
+	return ret == -EPIPE || ret == -ECONNRESET ? 0 : ret;
 }
 
 /* WELCOME and the mappings, after start_conn. On failure the caller calls drop_conn.
@@ -338,6 +341,11 @@ static int finish_conn(struct lb_client *c)
 	unsigned n_fds = 0;
 	int ret = recv_reply(c, &rep, fds, LBP_MAX_ARENAS + 1, &n_fds);
 
+	/* A daemon that refused us without reading our HELLO (too many connections of our uid
+	 * waiting to be refused, PROTOCOL.md 4.1) closed with it unread, and the kernel reports
+	 * that as ECONNRESET before the ERROR it sent: read once more for the ERROR. */
+	if (ret == -ECONNRESET)
+		ret = recv_reply(c, &rep, fds, LBP_MAX_ARENAS + 1, &n_fds);
 	if (ret < 0)
 		return ret;
 	if (rep.type != LBP_WELCOME) {
@@ -374,6 +382,10 @@ int lbi_client_local(const struct lbp_welcome *w, const int *fds, unsigned n, vo
 	return 0;
 }
 
+/* Why this thread's last lb_connect failed, as the daemon said it: lb_last_error(NULL). The
+ * client it was said to is gone by the time lb_connect returns. */
+static _Thread_local char connect_error[sizeof(((struct lb_client *)0)->last_error)];
+
 LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_client **out)
 {
 	struct sockaddr_un sa;
@@ -381,6 +393,7 @@ LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_cl
 	int ret;
 
 	*out = NULL;
+	connect_error[0] = '\0';
 	if (!socket_path)
 		socket_path = getenv(LB_SOCKET_ENV);
 	if (!socket_path || !*socket_path)
@@ -399,6 +412,7 @@ LB_EXPORT int lb_connect(const char *socket_path, const char *name, struct lb_cl
 	if (ret == 0)
 		ret = finish_conn(c);
 	if (ret < 0) {
+		memcpy(connect_error, c->last_error, sizeof(connect_error));
 		lb_close(c);
 		return ret;
 	}
@@ -631,7 +645,7 @@ LB_EXPORT bool lb_connected(const struct lb_client *c)
 
 LB_EXPORT const char *lb_last_error(const struct lb_client *c)
 {
-	return c ? c->last_error : "";
+	return c ? c->last_error : connect_error;
 }
 
 LB_EXPORT int lb_register_model(struct lb_client *c, const struct lb_model_desc *d, uint32_t *model_id)

@@ -169,7 +169,7 @@ struct lbp_stats_reply {
 	uint64_t bytes_used;   /* arena bytes in live entries */
 	uint64_t bytes_budget; /* bytes entries may use */
 	uint32_t fragmentation_ppm; /* of the free arena space, parts per million */
-	uint64_t quota_refusals; /* inserts refused with EDQUOT (client-insert-bytes) */
+	uint64_t quota_refusals; /* inserts refused with EDQUOT (insert-bytes-per-uid) */
 	uint64_t blocks;         /* live prefix blocks (not in entries) */
 	uint64_t prefix_hits;    /* LOOKUP_PREFIX answered with at least block 0 */
 	uint64_t prefix_misses;  /* LOOKUP_PREFIX without even block 0 */

@@ -343,7 +343,8 @@ static void test_data_plane_options(void **state)
 	EXPECT_BAD("--budget: '12Q'", "--budget", "12Q");
 }
 
-/* Socket access, model allow-lists and per-client quotas: defaults, good values, each bound. */
+/* Socket access, model allow-lists and limits per uid: defaults, good values, each bound; the
+ * old names of the staging and insert limits as synonyms of the new. */
 static void test_isolation_options(void **state)
 {
 	(void)state;
@@ -354,23 +355,34 @@ static void test_isolation_options(void **state)
 	assert_int_equal(c.socket_mode, 0660);
 	assert_int_equal(c.socket_gid, LBD_SOCKET_GROUP_OWN);
 	assert_int_equal(c.n_allow, 0);
-	assert_int_equal(c.client_staging_max, 1ull << 30);
-	assert_int_equal(c.client_insert_bytes, 0);
+	assert_int_equal(c.staging_per_uid, 1ull << 30);
+	assert_int_equal(c.insert_bytes_per_uid, 0);
+	assert_int_equal(c.conns_per_uid, 64);
 	assert_null(lbd_config_model_allow(&c, "any"));
 
 	assert_int_equal(PARSE(&c, err, "--socket-mode", "600", "--socket-group", "0",
 			       "--client-staging-max", "64M", "--client-insert-bytes", "1G"), 0);
 	assert_int_equal(c.socket_mode, 0600);
 	assert_int_equal(c.socket_gid, 0);
-	assert_int_equal(c.client_staging_max, 64ull << 20);
-	assert_int_equal(c.client_insert_bytes, 1ull << 30);
+	assert_int_equal(c.staging_per_uid, 64ull << 20);
+	assert_int_equal(c.insert_bytes_per_uid, 1ull << 30);
+	assert_int_equal(PARSE(&c, err, "--staging-per-uid", "32M", "--insert-bytes-per-uid", "2G",
+			       "--max-connections-per-uid", "1"), 0);
+	assert_int_equal(c.staging_per_uid, 32ull << 20);
+	assert_int_equal(c.insert_bytes_per_uid, 2ull << 30);
+	assert_int_equal(c.conns_per_uid, 1);
+	/* A synonym is the same key: the last one given wins. */
+	assert_int_equal(PARSE(&c, err, "--staging-per-uid", "32M", "--client-staging-max", "16M",
+			       "--max-connections-per-uid", "1024"), 0);
+	assert_int_equal(c.staging_per_uid, 16ull << 20);
+	assert_int_equal(c.conns_per_uid, 1024);
 	assert_int_equal(PARSE(&c, err, "--socket-mode", "0777", "--socket-group", "root"), 0);
 	assert_int_equal(c.socket_mode, 0777);
 	assert_int_equal(c.socket_gid, 0);
 	assert_int_equal(PARSE(&c, err, "--socket-group", "4294967294", "--socket-group", "none"), 0);
 	assert_int_equal(c.socket_gid, LBD_SOCKET_GROUP_OWN);
 	assert_int_equal(PARSE(&c, err, "--client-staging-max", "4096", "--client-staging-max", "4G"), 0);
-	assert_int_equal(c.client_staging_max, 4ull << 30);
+	assert_int_equal(c.staging_per_uid, 4ull << 30);
 
 	/* Users by name or uid; a model name may hold blanks (the users follow the last one). */
 	assert_int_equal(PARSE(&c, err, "--model-allow", "secret root,4242", "--model-allow",
@@ -414,6 +426,17 @@ static void test_isolation_options(void **state)
 	EXPECT_BAD("--client-staging-max: '8G'", "--client-staging-max", "8G");
 	EXPECT_BAD("--client-insert-bytes: '2T' is not a size up to 1T", "--client-insert-bytes", "2T");
 	EXPECT_BAD("--client-insert-bytes: 'lots'", "--client-insert-bytes", "lots");
+	/* Messages name the option as given, synonym or not. */
+	EXPECT_BAD("--staging-per-uid: '5000' is not a multiple of 4096 from 4096 to 4G",
+		   "--staging-per-uid", "5000");
+	EXPECT_BAD("--insert-bytes-per-uid: '2T' is not a size up to 1T", "--insert-bytes-per-uid", "2T");
+	EXPECT_BAD("--max-connections-per-uid: '0' is not a whole number 1..1024",
+		   "--max-connections-per-uid", "0");
+	EXPECT_BAD("--max-connections-per-uid: '1025' is not a whole number 1..1024",
+		   "--max-connections-per-uid", "1025");
+	EXPECT_BAD("--max-connections-per-uid: '-1'", "--max-connections-per-uid", "-1");
+	EXPECT_BAD("--max-connections-per-uid: 'many'", "--max-connections-per-uid", "many");
+	EXPECT_BAD("--client-staging-max: missing value (a size)", "--client-staging-max");
 	EXPECT_BAD("--l2: 'redis://h:1' is not redis-cluster://HOST:PORT", "--l2", "redis://h:1");
 	EXPECT_BAD("--l2: 'redis-cluster://' is not", "--l2", "redis-cluster://");
 	EXPECT_BAD("--l2: 'redis-cluster://host' is not", "--l2", "redis-cluster://host");
@@ -453,6 +476,17 @@ static void test_file_model_allow(void **state)
 	expect_file_err(fx, "socket-mode = 0660\nsocket-mode = 0600\n", 2,
 			"socket-mode: set again (first on line 1)");
 	expect_file_err(fx, "model-allow = alpha\n", 1, "model-allow: 'alpha' is not 'MODEL USER");
+	/* A key's old name is the key: set once, under either name. */
+	expect_file_err(fx, "staging-per-uid = 1G\nclient-staging-max = 2G\n", 2,
+			"client-staging-max: set again (first on line 1)");
+	expect_file_err(fx, "max-connections-per-uid = 0\n", 1,
+			"max-connections-per-uid: '0' is not a whole number 1..1024");
+	path = write_file(fx, "old.conf", "client-insert-bytes = 64M\nclient-staging-max = 8M\n"
+			  "max-connections-per-uid = 8\n");
+	assert_int_equal(PARSE(&c, err, "--config", path), 0);
+	assert_int_equal(c.insert_bytes_per_uid, 64ull << 20);
+	assert_int_equal(c.staging_per_uid, 8ull << 20);
+	assert_int_equal(c.conns_per_uid, 8);
 }
 
 /* --snapshot: absolute as given, relative made absolute from the working folder (the daemon
@@ -585,7 +619,8 @@ static void test_usage_lists_every_option(void **state)
 		"--socket", "--arena-size", "--hugepages", "--numa-node", "--foreground",
 		"--log-level", "--config", "--help", "--version", "--snapshot", LBD_DEFAULT_SOCKET,
 		"--socket-mode", "--socket-group", "--model-allow", "--client-staging-max",
-		"--client-insert-bytes", "default 0660",
+		"--client-insert-bytes", "--staging-per-uid", "--insert-bytes-per-uid",
+		"--max-connections-per-uid", "(default 64)", "default 0660",
 		"default 1G", "default try", "default all", "default info", "without dashes",
 	};
 
@@ -775,7 +810,7 @@ static void test_file_errors(void **state)
 			"unknown key 'bogus' (keys: socket, arena-size, hugepages, numa-node, "
 			"foreground, log-level, threads, spin-us, policy, ttl, half-life, drift-max, "
 			"drift-target, tau, budget, snapshot, socket-mode, socket-group, model-allow, "
-			"client-staging-max, client-insert-bytes, l2)");
+			"staging-per-uid, insert-bytes-per-uid, max-connections-per-uid, l2)");
 	expect_file_err(fx, "# comment\nconfig = /etc/other.conf\n", 2, "unknown key 'config'");
 	expect_file_err(fx, "--socket = /tmp/a\n", 1, "unknown key '--socket'");
 	expect_file_err(fx, "hugepages = try\nforeground\n", 2, "'foreground' has no '='");

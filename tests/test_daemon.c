@@ -1,5 +1,6 @@
 /* layerbankd as a user runs it: options and exit codes, hugepages require/try, stats through
- * layerbank-ctl, socket lifecycle, and an idle daemon that uses no CPU. */
+ * layerbank-ctl, socket lifecycle, and an idle daemon (or one out of descriptors) that uses no
+ * CPU. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -10,7 +11,10 @@
 #include <json-c/json.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -153,6 +157,54 @@ static void test_idle_daemon_uses_no_cpu(void **state)
 	assert_true(lbt_daemon_stop(&env));
 }
 
+/* In the daemon's process: 40 descriptors at most, hard limit too (it raises the soft one). */
+static void few_descriptors(void)
+{
+	struct rlimit rl = { 40, 40 };
+	if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+		_exit(126);
+}
+
+/* Out of descriptors, the daemon pauses between accepts instead of retrying at once (it spun a
+ * CPU at 100%, 198 ticks in 2 s, before); the connections wait in the backlog and are served
+ * once descriptors are free again. */
+static void test_accept_without_descriptors_does_not_spin(void **state)
+{
+	(void)state;
+	const struct lbt_daemon_opts o = {
+		.args = LBT_ARGS("--arena-size", "4M", "--hugepages", "off", "--threads", "1",
+				 "--max-connections-per-uid", "1024"),
+		.in_child = few_descriptors,
+	};
+	int fds[64];
+	pid_t pid = lbt_daemon_start_opts(&env, &o);
+	assert_true(pid > 0);
+	for (int i = 0; i < 64; i++) {
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		fds[i] = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		memcpy(sa.sun_path, env.sock, strlen(env.sock) + 1);
+		assert_int_equal(connect(fds[i], (struct sockaddr *)&sa, sizeof(sa)), 0);
+	}
+	usleep(200 * 1000);
+	long before = lbt_cpu_ticks(pid);
+	sleep(1);
+	long after = lbt_cpu_ticks(pid);
+	printf("daemon out of descriptors, 64 connections waiting: %ld ticks of CPU in 1 s\n",
+	       after - before);
+	assert_true(after - before <= 10);
+	for (int i = 0; i < 64; i++)
+		close(fds[i]);
+	/* Descriptors free again: a new client is served. */
+	struct lb_client *c = NULL;
+	for (int i = 0; lb_connect(env.sock, "after", &c) < 0; i++) {
+		assert_true(i < 100);
+		usleep(50 * 1000);
+	}
+	assert_int_equal(lb_ping(c), 0);
+	lb_close(c);
+	assert_true(lbt_daemon_stop(&env));
+}
+
 /* A second daemon on a live socket is refused; a stale socket file is reused. */
 static void test_socket_in_use_refused_stale_reclaimed(void **state)
 {
@@ -216,6 +268,7 @@ int main(int argc, char **argv)
 		TEST(test_bad_options_exit_2),
 		TEST(test_hugepage_shortage_require_fails_try_falls_back),
 		TEST(test_idle_daemon_uses_no_cpu),
+		TEST(test_accept_without_descriptors_does_not_spin),
 		TEST(test_socket_in_use_refused_stale_reclaimed),
 		TEST(test_ctl_table_and_no_daemon),
 	};

@@ -1,5 +1,5 @@
 /* Isolation between clients: the socket's mode and group, per-model allow-lists of uids on
- * REGISTER_MODEL and on the data plane, per-client quotas on staging and on inserted bytes
+ * REGISTER_MODEL and on the data plane, per-uid limits on staging and on inserted bytes
  * (their accounting through eviction, invalidation, leases and the client's exit).
  * `test_isolation root` runs the parts that need other uids (fork, setgid/setuid): the kernel
  * refusing a non-member, and two uids against one allow-list; it exits 77 when not root. */
@@ -453,21 +453,51 @@ static void test_data_plane_refuses_unregistered_model_ids(void **state)
 
 /* ---- quotas ---- */
 
-/* HELLO's staging wish is capped at client-staging-max, the default 8 MiB too. */
+/* Wait up to 3 s until the daemon holds n connections (its socket descriptors, the listening
+ * one aside): those the test closed have ended there and given back what they held. */
+static void wait_conns(int n)
+{
+	char path[64], link[64];
+	int got = -1;
+
+	for (int i = 0; i < 300; i++) {
+		snprintf(path, sizeof(path), "/proc/%d/fd", (int)env.pid);
+		DIR *d = opendir(path);
+		assert_non_null(d);
+		got = -1;
+		for (struct dirent *e; (e = readdir(d));) {
+			char fdpath[sizeof(path) + sizeof(e->d_name) + 1];
+			snprintf(fdpath, sizeof(fdpath), "%s/%s", path, e->d_name);
+			ssize_t len = readlink(fdpath, link, sizeof(link) - 1);
+			if (len > 0 && (link[len] = '\0', strncmp(link, "socket:", 7) == 0))
+				got++;
+		}
+		closedir(d);
+		if (got == n)
+			return;
+		usleep(10000);
+	}
+	fail_msg("the daemon holds %d connections, not %d", got, n);
+}
+
+/* HELLO's staging wish is capped at staging-per-uid (old name client-staging-max), the
+ * default 8 MiB too. The cap is the sum over one uid's connections: each one here is closed,
+ * and ended in the daemon, before the next (test_staging_shared_by_one_uids_connections). */
 static void test_staging_capped_by_client_staging_max(void **state)
 {
 	(void)state;
+	static const struct {
+		uint64_t wish, granted;
+	} cases[] = { { 1ull << 32, 65536 }, { 0, 65536 }, { 5000, 8192 } };
+
 	START_DAEMON("--client-staging-max", "64K");
-	int fd = raw_open();
-	assert_true(fd >= 0);
-	assert_int_equal(raw_hello(fd, 1ull << 32), 65536);
-	close(fd);
-	fd = raw_open();
-	assert_int_equal(raw_hello(fd, 0), 65536);
-	close(fd);
-	fd = raw_open();
-	assert_int_equal(raw_hello(fd, 5000), 8192);
-	close(fd);
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int fd = raw_open();
+		assert_true(fd >= 0);
+		assert_int_equal(raw_hello(fd, cases[i].wish), cases[i].granted);
+		close(fd);
+		wait_conns(0);
+	}
 
 	struct lb_client *c = client("small");
 	assert_null(lb_insert_reserve(c, 65536));
@@ -477,17 +507,63 @@ static void test_staging_capped_by_client_staging_max(void **state)
 	assert_true(lbt_daemon_stop(&env));
 }
 
-/* client-insert-bytes: a client's entries hold at most that many arena bytes. The insert past
- * it is -EDQUOT (counted in STATS, evicting nothing); other clients have their own; the bytes
- * come back when the policy evicts the entries, also after their inserter left, and when they
- * are flushed (a leased one when its lease ends). */
+/* Two connections of one uid share staging-per-uid: the second gets what the first leaves,
+ * a third finds none and is refused (ENOBUFS, the numbers in the message, for lb_connect
+ * too); staging comes back when a connection ends. */
+static void test_staging_shared_by_one_uids_connections(void **state)
+{
+	(void)state;
+	START_DAEMON("--staging-per-uid", "96K");
+	int a = raw_open(), b = raw_open(), c = raw_open();
+	assert_true(a >= 0 && b >= 0 && c >= 0);
+	assert_int_equal(raw_hello(a, 40000), 40960);
+	assert_int_equal(raw_hello(b, 0), 98304 - 40960); /* the default 8 MiB, cut to what is left */
+
+	struct lbp_msg m = { .type = LBP_HELLO }, back;
+	m.u.hello.shm_abi = LB_SHM_ABI_VERSION;
+	assert_int_equal(raw_call(c, &m, &back), 0);
+	assert_int_equal(back.type, LBP_ERROR);
+	assert_int_equal(back.u.error.code, ENOBUFS);
+	assert_string_equal(back.u.error.field, "staging_bytes");
+	char want[160];
+	snprintf(want, sizeof(want), "uid %u's connections hold 98304 of the 98304 staging bytes "
+		 "one uid may have (staging-per-uid)", (unsigned)getuid());
+	if (!strstr(back.u.error.message, want))
+		fail_msg("'%s' lacks '%s'", back.u.error.message, want);
+	assert_int_equal(recv(c, raw_buf, sizeof(raw_buf), 0), 0); /* then closed */
+	close(c);
+	struct lb_client *lc = NULL;
+	assert_int_equal(lb_connect(env.sock, "late", &lc), -ENOBUFS);
+	assert_null(lc);
+	if (!strstr(lb_last_error(NULL), want))
+		fail_msg("lb_last_error(NULL) '%s' lacks '%s'", lb_last_error(NULL), want);
+
+	close(a); /* its 40 KiB come back */
+	wait_conns(1);
+	assert_int_equal(lb_connect(env.sock, "later", &lc), 0);
+	assert_string_equal(lb_last_error(NULL), "");
+	assert_null(lb_insert_reserve(lc, 40960 - LB_INSERT_HDR_SIZE + 1));
+	assert_int_equal(errno, ENOBUFS);
+	assert_non_null(lb_insert_reserve(lc, 40960 - LB_INSERT_HDR_SIZE));
+	lb_close(lc);
+	close(b);
+	assert_true(lbt_daemon_stop(&env));
+}
+
+/* insert-bytes-per-uid (old name client-insert-bytes): one uid's entries hold at most that
+ * many arena bytes, whichever of its connections inserted them. The insert past it is -EDQUOT
+ * (counted in STATS, evicting nothing); the bytes come back when the policy evicts the
+ * entries, also after their inserters left, and when they are flushed (a leased one when its
+ * lease ends). Each uid has a quota of its own: test_uid_limits (tests/fault) as root. */
 static void test_insert_quota(void **state)
 {
 	(void)state;
-	char quota[32], budget[32];
+	char quota[32], budget[32], small[32];
+	struct lb_config_item now;
 
 	snprintf(quota, sizeof(quota), "%u", 4 * ENTRY_BYTES);
 	snprintf(budget, sizeof(budget), "%u", 6 * ENTRY_BYTES);
+	snprintf(small, sizeof(small), "%u", 2 * ENTRY_BYTES);
 	START_DAEMON("--client-insert-bytes", quota, "--budget", budget);
 	struct lb_client *a = client("a"), *b = client("b");
 	struct lb_model_desc m = model_named("quota");
@@ -496,67 +572,55 @@ static void test_insert_quota(void **state)
 
 	assert_int_equal(lb_register_model(a, &m, &id), 0);
 	assert_int_equal(lb_register_model(b, &m, &id), 0);
-	for (uint64_t i = 0; i < 4; i++)
+	for (uint64_t i = 0; i < 3; i++)
 		assert_int_equal(insert(a, id, 100 + i), 0);
+	assert_int_equal(insert(b, id, 103), 0); /* one quota, whichever connection inserts */
 	assert_int_equal(insert(a, id, 104), -EDQUOT);
-	assert_int_equal(insert(a, id, 105), -EDQUOT);
+	assert_int_equal(insert(b, id, 105), -EDQUOT); /* alone, b would have had room */
 	stats(a, &st);
 	assert_int_equal(st.quota_refusals, 2);
 	assert_int_equal(st.entries, 4);
 	assert_int_equal(st.evictions, 0);
 	assert_int_equal(lookup(a, id, 103), 0); /* reads are not limited */
 
-	/* b has a quota of its own; past the budget its inserts evict a's oldest two. */
-	for (uint64_t i = 0; i < 4; i++)
-		assert_int_equal(insert(b, id, 200 + i), 0);
-	stats(a, &st);
-	assert_int_equal(st.entries, 6);
-	assert_int_equal(st.evictions, 2);
-	assert_int_equal(insert(b, id, 204), -EDQUOT);
-	/* a got exactly the evicted two back (its other two used last, so that b's go next). */
+	/* The policy evicts two (a lower budget for a moment, as an administrator may set): the
+	 * uid gets exactly their bytes back. 102 and 103 were used last, so 100 and 101 go. */
 	assert_int_equal(lookup(a, id, 102), 0);
-	assert_int_equal(lookup(a, id, 103), 0);
-	assert_int_equal(insert(a, id, 110), 0);
-	assert_int_equal(insert(a, id, 111), 0);
-	assert_int_equal(insert(a, id, 112), -EDQUOT);
+	assert_int_equal(lb_config_set(a, "budget", small, &now), 0);
+	assert_int_equal(lb_config_set(a, "budget", budget, &now), 0);
 	stats(a, &st);
-	assert_int_equal(st.quota_refusals, 4);
-	assert_int_equal(st.evictions, 4); /* two of b's went for them */
+	assert_int_equal(st.entries, 2);
+	assert_int_equal(st.evictions, 2);
+	assert_int_equal(insert(b, id, 110), 0);
+	assert_int_equal(insert(a, id, 111), 0);
+	assert_int_equal(insert(b, id, 112), -EDQUOT);
+	stats(a, &st);
+	assert_int_equal(st.quota_refusals, 3);
 
-	/* a leaves with four entries in the arena; c's and then e's inserts evict them all
-	 * (b's two first), charging a's closed account back down to nothing. */
+	/* a leaves: the uid's entries stay charged to it, and b is still at the quota. */
 	lbt_close(&env, a);
-	struct lb_client *c = client("c"), *e = client("e");
-	assert_int_equal(lb_register_model(c, &m, &id), 0);
-	assert_int_equal(lb_register_model(e, &m, &id), 0);
-	for (uint64_t i = 0; i < 4; i++)
-		assert_int_equal(insert(c, id, 300 + i), 0);
-	for (uint64_t i = 0; i < 2; i++)
-		assert_int_equal(insert(e, id, 500 + i), 0);
-	stats(c, &st);
-	assert_int_equal(st.entries, 6);
-	assert_int_equal(st.evictions, 10);
-	assert_int_equal(st.bytes_used, 6ull * ENTRY_BYTES);
-	for (uint64_t i = 0; i < 4; i++)
-		assert_int_equal(lookup(c, id, 300 + i), 0);
-	for (uint64_t i = 0; i < 4; i++)
-		assert_int_equal(lookup(c, id, 100 + i), -ENOENT);
+	assert_int_equal(insert(b, id, 113), -EDQUOT);
+	/* Everyone leaves: the entries stay, and so does their charge: the uid's next client
+	 * finds its quota used, not whole (a user cannot renew it by reconnecting). */
 	lbt_close(&env, b);
-	lbt_close(&env, c);
-	lbt_close(&env, e);
-	/* Everyone left: the entries stay, and a new client's quota is whole. */
 	struct lb_client *d = client("d");
 	assert_int_equal(lb_register_model(d, &m, &id), 0);
-	for (uint64_t i = 0; i < 4; i++)
+	assert_int_equal(insert(d, id, 400), -EDQUOT);
+	/* The policy evicts two of them with nobody of the uid that inserted them connected
+	 * (d connected after b left: the evictions below happen while d alone is there, which is
+	 * the same account): d gets their bytes. */
+	assert_int_equal(lb_config_set(d, "budget", small, &now), 0);
+	assert_int_equal(lb_config_set(d, "budget", budget, &now), 0);
+	for (uint64_t i = 0; i < 2; i++)
 		assert_int_equal(insert(d, id, 400 + i), 0);
-	assert_int_equal(insert(d, id, 404), -EDQUOT);
+	assert_int_equal(insert(d, id, 402), -EDQUOT);
 
 	/* A flush gives the bytes back too; an entry flushed under a lease holds its bytes, and
-	 * its inserter's quota, until the lease ends. */
+	 * its uid's quota, until the lease ends. */
 	assert_int_equal(lookup_held(d, id, 400), 0);
 	struct lb_flush_result fr;
 	assert_int_equal(lb_flush(d, 0, -1, &fr), 0); /* the test runs as the daemon's user */
-	assert_int_equal(fr.entries, 6);
+	assert_int_equal(fr.entries, 4);
 	assert_int_equal(fr.leased, 1);
 	for (uint64_t i = 0; i < 3; i++)
 		assert_int_equal(insert(d, id, 410 + i), 0);
@@ -570,7 +634,8 @@ static void test_insert_quota(void **state)
 
 /* The store's accounts, exactly: the bytes charged to all accounts equal the bytes of the
  * entries in the arena through inserts, evictions, an invalidated entry held by a lease,
- * quota refusals and the inserter's exit; an account goes with its last entry. */
+ * quota refusals and the inserter's exit; an account goes with its last entry; an owner's
+ * account (a uid's) is one for all its opens, and found again while it holds entries. */
 static void test_quota_accounting_in_the_store(void **state)
 {
 	(void)state;
@@ -672,6 +737,46 @@ static void test_quota_accounting_in_the_store(void **state)
 	lbd_store_account_close(st, b);
 	lbd_store_account_close(st, c);
 	CHECK_BALANCE(2);
+
+	/* Accounts by owner (the daemon's: one per uid, key uid + 1): two joins, one account; it
+	 * lives on after both closed while it holds entries, and the owner's next join finds it
+	 * with its charge; another owner has its own. */
+	uint32_t u1 = lbd_store_account_join(st, 1001, 2 * need);
+	uint32_t u2 = lbd_store_account_join(st, 1001, 2 * need);
+	assert_true(u1 && u1 == u2 && u1 != b && u1 != c);
+	CHECK_BALANCE(3);
+	INSERT(u1, 40, 0);
+	INSERT(u2, 41, 0);
+	INSERT(u1, 42, -EDQUOT);
+	lbd_store_account_close(st, u1);
+	lbd_store_account_close(st, u2);
+	CHECK_BALANCE(3); /* closed twice, charged still */
+	uint32_t u3 = lbd_store_account_join(st, 1001, 2 * need);
+	assert_int_equal(u3, u1);
+	INSERT(u3, 42, -EDQUOT);
+	uint32_t v = lbd_store_account_join(st, 1002, 2 * need);
+	assert_true(v && v != u1);
+	CHECK_BALANCE(4);
+	INSERT(v, 50, 0);
+	/* An account of its own and no limit evicts all the rest: b's and c's accounts go with
+	 * their last entries; u's stays while it is open, and goes when closed. */
+	uint32_t w = lbd_store_account_open(st, 0);
+	for (uint64_t i = 0; i < 8; i++)
+		INSERT(w, 60 + i, 0);
+	CHECK_BALANCE(3);
+	assert_int_equal(charged, 8 * need);
+	lbd_store_account_close(st, u3);
+	CHECK_BALANCE(2);
+	/* Gone: the owner's next join makes a new account, its quota whole. */
+	uint32_t u4 = lbd_store_account_join(st, 1001, 2 * need);
+	CHECK_BALANCE(3);
+	INSERT(u4, 70, 0);
+	INSERT(u4, 71, 0);
+	INSERT(u4, 72, -EDQUOT);
+	lbd_store_account_close(st, u4);
+	lbd_store_account_close(st, v);
+	lbd_store_account_close(st, w);
+	CHECK_BALANCE(2); /* w's 6 entries and u4's 2 */
 	lbd_store_release_all(st, &leases);
 	lbd_leases_free(&leases);
 	lbd_store_free(st);
@@ -1013,6 +1118,7 @@ int main(int argc, char **argv)
 		TEST(test_allow_list_refuses_registration),
 		TEST(test_data_plane_refuses_unregistered_model_ids),
 		TEST(test_staging_capped_by_client_staging_max),
+		TEST(test_staging_shared_by_one_uids_connections),
 		TEST(test_insert_quota),
 		cmocka_unit_test(test_quota_accounting_in_the_store),
 	};

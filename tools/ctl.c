@@ -22,10 +22,12 @@ int ctl_connect(const char *sock, struct lb_client **c)
 	int ret = lb_connect(sock, "layerbank-ctl", c);
 
 	if (ret < 0) {
-		fprintf(stderr, "layerbank-ctl: cannot connect to %s: %s%s\n", ctl_socket_path(sock),
+		const char *why = lb_last_error(NULL); /* the daemon's refusal, as EUSERS's */
+		fprintf(stderr, "layerbank-ctl: cannot connect to %s: %s%s%s%s\n", ctl_socket_path(sock),
 			strerror(-ret),
 			ret == -ENOENT || ret == -ECONNREFUSED ? " (is layerbankd running?)" :
-			ret == -EACCES ? " (join the socket's group, usually layerbank)" : "");
+			ret == -EACCES ? " (join the socket's group, usually layerbank)" : "",
+			*why ? ": " : "", why);
 		return CTL_FAIL;
 	}
 	return CTL_OK;

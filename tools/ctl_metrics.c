@@ -222,7 +222,7 @@ void ctl_metrics_print(FILE *out, const struct ctl_view *v)
 	       "Of the free arena space, 1 - largest free block / free bytes.");
 	fprintf(out, "layerbank_fragmentation_ratio %.6f\n", st->fragmentation);
 	u64(out, "layerbank_quota_refusals_total", "counter",
-	    "Inserts refused because the client's entries held its insert quota.", st->quota_refusals);
+	    "Inserts refused because their user's entries held its insert quota.", st->quota_refusals);
 	u64(out, "layerbank_blocks", "gauge", "Live prefix blocks (not counted in entries).",
 	    st->blocks);
 	u64(out, "layerbank_prefix_hits_total", "counter",

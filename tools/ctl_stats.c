@@ -203,7 +203,7 @@ static void print_stats_table(FILE *out, const struct lb_stats *st)
 	       st->bytes_budget >> 20, st->leases, 100.0 * st->fragmentation);
 	fprintf(out, "%-12s %" PRIu64 " evicted, %" PRIu64 " expired, %" PRIu64 " invalidated\n", "dropped",
 	       st->evictions, st->expirations, st->invalidations);
-	fprintf(out, "%-12s %" PRIu64 " inserts over a client's quota\n", "refused", st->quota_refusals);
+	fprintf(out, "%-12s %" PRIu64 " inserts over their user's quota\n", "refused", st->quota_refusals);
 	uint64_t asked = st->prefix_hits + st->prefix_misses;
 	fprintf(out, "%-12s %" PRIu64 " blocks cached; %" PRIu64 " lookups, %.1f%% hit, %" PRIu64
 	       " blocks served\n", "prefixes", st->blocks, asked,

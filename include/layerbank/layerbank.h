@@ -34,7 +34,11 @@ struct lb_client;
  * @return 0 and *out set; -ENOENT/-ECONNREFUSED (no daemon there), -EACCES (socket
  *         permissions), -EPROTO (protocol or arena ABI mismatch), -ENAMETOOLONG (path or
  *         name too long), -ETIMEDOUT (the daemon did not answer within 5 s), -ENOMEM,
- *         other -errno from socket calls.
+ *         -EUSERS (this uid holds as many connections as the daemon allows one uid:
+ *         layerbankd's max-connections-per-uid), -ENOBUFS (this uid's connections hold all
+ *         the staging the daemon allows one uid: staging-per-uid), other -errno from socket
+ *         calls or from the daemon's ERROR. lb_last_error(NULL) then says why, in the
+ *         daemon's words when it answered ("" when it did not).
  */
 int lb_connect(const char *socket_path, const char *name, struct lb_client **out);
 
@@ -58,7 +62,9 @@ bool lb_connected(const struct lb_client *c);
 uint32_t lb_reconnects(const struct lb_client *c);
 
 /* The daemon's last error reply to c, a one-line message ("" when none). Valid until the next
- * call on c. */
+ * call on c. NULL: the daemon's answer to the calling thread's last lb_connect, when that
+ * failed ("" when it succeeded, or failed without an answer); valid until its next
+ * lb_connect. */
 const char *lb_last_error(const struct lb_client *c);
 
 enum lb_dtype { LB_DTYPE_F32 = 1, LB_DTYPE_F16 = 2, LB_DTYPE_BF16 = 3 };
@@ -153,7 +159,7 @@ struct lb_stats {
 	uint64_t leases;         /* held by clients now */
 	uint64_t bytes_used, bytes_budget;
 	double fragmentation;    /* of the free arena space, 0..1 */
-	uint64_t quota_refusals; /* inserts refused with -EDQUOT: over a client's insert quota */
+	uint64_t quota_refusals; /* inserts refused with -EDQUOT: over a user's insert quota */
 	/* prefix blocks */
 	uint64_t blocks;         /* cached prefix blocks (not counted in entries) */
 	uint64_t prefix_hits;    /* LOOKUP_PREFIX answered with at least the first block */
@@ -491,8 +497,9 @@ LB_ABI_SIZE_LP64(struct lb_shape, 24);
  * Hand the reserved buffer to the daemon, which copies it into the arena as the output of
  * layer for key, computed exactly from key's tokens (lb_insert_commit_approx otherwise).
  * @return 0; -EEXIST (already cached); -ENOSPC (no room: everything is
- * leased); -EDQUOT (this client's entries hold its insert quota, layerbankd's
- * client-insert-bytes, already: it frees up as they are evicted); -EINVAL (shape, layer, no
+ * leased); -EDQUOT (the entries of this client's user, from all its connections, hold its
+ * insert quota, layerbankd's insert-bytes-per-uid, already: it frees up as they are
+ * evicted); -EINVAL (shape, layer, no
  * reservation); -ESRCH; -EACCES (a model this client did not register); -ETIMEDOUT; -EPROTO.
  */
 int lb_insert_commit(struct lb_client *c, uint32_t model_id, uint32_t layer,

@@ -69,7 +69,7 @@ class AlreadyCached(Error):
 
 
 class NoSpace(Error):
-    """ENOSPC or EDQUOT: no room in the bank, or this client's insert quota is used up."""
+    """ENOSPC or EDQUOT: no room in the bank, or this user's insert quota is used up."""
 
 
 class InvalidArgument(Error, ValueError):
@@ -439,8 +439,12 @@ class Client:
                            name.encode() if name else b"python", _ct.byref(p))
         if rc < 0:
             cls = ConnectError if -rc not in (_errno.EINVAL, _errno.ENAMETOOLONG) else None
-            raise _error(rc, f"connect to {socket or _os.environ.get('LAYERBANK_SOCKET') or DEFAULT_SOCKET}",
+            err = _error(rc, f"connect to {socket or _os.environ.get('LAYERBANK_SOCKET') or DEFAULT_SOCKET}",
                          cls=cls)
+            why = _c.lb_last_error(None)  # the daemon's refusal (EUSERS...), if it gave one
+            if why:
+                err = type(err)(err.errno, f"{err} ({why.decode(errors='replace')})")
+            raise err
         self._c = p.value
         if wait_us is not None:
             _c.lb_set_wait_us(self._c, int(wait_us))
