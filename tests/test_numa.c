@@ -112,8 +112,9 @@ static const struct lb_node_stats *node_stats(const struct lb_stats *st, int nod
 	for (uint32_t i = 0; i < st->n_nodes; i++)
 		if (st->nodes[i].node == node)
 			return &st->nodes[i];
+	static const struct lb_node_stats none; /* fail_msg does not return; the compiler cannot tell */
 	fail_msg("no STATS row for node %d", node);
-	return NULL;
+	return &none;
 }
 
 /* Each node's arena takes its hugepages from that node, and every page of it, as a client maps

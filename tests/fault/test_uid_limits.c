@@ -392,7 +392,7 @@ struct sched_times {
 
 static bool task_sched(pid_t pid, const char *tid, uint64_t *run, uint64_t *wait)
 {
-	char path[96];
+	char path[320]; /* a d_name is up to 255 bytes */
 	unsigned long long r, w;
 	snprintf(path, sizeof(path), "/proc/%d/task/%s/schedstat", (int)pid, tid);
 	FILE *f = fopen(path, "r");
