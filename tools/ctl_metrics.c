@@ -189,7 +189,7 @@ void ctl_metrics_print(FILE *out, const struct ctl_view *v)
 	u64(out, "layerbank_page_size_bytes", "gauge", "Smallest page size among the arenas.",
 	    st->page_size);
 	u64(out, "layerbank_arena_bytes", "gauge", "Shared memory of all arenas.", st->arena_bytes);
-	u64(out, "layerbank_numa_nodes", "gauge", "Arenas in use, one per NUMA node.",
+	u64(out, "layerbank_numa_nodes", "gauge", "Arenas in use, one per tenant and NUMA node.",
 	    st->numa_nodes);
 	u64(out, "layerbank_hugepages", "gauge",
 	    "1 when every arena is on 2 MiB pages, 0 on the 4 KiB fallback.", st->hugepages);

@@ -188,7 +188,8 @@ static void print_stats_table(FILE *out, const struct lb_stats *st)
 	fprintf(out, "%-12s %" PRIu64 " bytes (%s)\n", "page size", st->page_size,
 	       st->hugepages ? "hugetlb" : "no hugepages: 4 KiB fallback");
 	fprintf(out, "%-12s %" PRIu64 " MiB in %u arena(s)\n", "arena", st->arena_bytes >> 20, st->numa_nodes);
-	fprintf(out, "%-12s %u\n", "numa nodes", st->numa_nodes);
+	/* numa_nodes counts arenas (one per tenant and node); a daemon of version 4 sends no rows. */
+	fprintf(out, "%-12s %u\n", "numa nodes", st->n_nodes ? st->n_nodes : st->numa_nodes);
 	fprintf(out, "%-12s %u\n", "clients", st->clients);
 	fprintf(out, "%-12s %u\n", "models", st->models);
 	fprintf(out, "%-12s %u\n", "tenants", st->tenants);
