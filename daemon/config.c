@@ -211,7 +211,15 @@ static int set_real(double *out, const char *v, double min, double max, const ch
 
 static int set_threads(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
 {
-	return set_uint(&c->threads, v, 1, LBD_MAX_THREADS, who, err, errlen);
+	if (strcmp(v, "auto") == 0) {
+		c->threads = LBD_THREADS_AUTO;
+		return 0;
+	}
+	int ret = set_uint(&c->threads, v, 1, LBD_MAX_THREADS, who, err, errlen);
+	if (ret < 0)
+		lbu_errf(err, errlen, "%s: '%s' is not a whole number 1..%u, nor 'auto'", who, v,
+			 LBD_MAX_THREADS);
+	return ret;
 }
 
 static int set_spin_us(struct lbd_config *c, const char *v, const char *who, char *err, size_t errlen)
@@ -628,7 +636,7 @@ static const struct config_key keys[] = {
 	{ "numa-node", OPT_NUMA_NODE, required_argument, "a node number 0..1023 or 'all'", set_numa_node },
 	{ "foreground", 'f', no_argument, "true|false|yes|no|1|0", set_foreground },
 	{ "log-level", OPT_LOG_LEVEL, required_argument, "error|warn|info|debug", set_log_level },
-	{ "threads", OPT_THREADS, required_argument, "a number of threads", set_threads },
+	{ "threads", OPT_THREADS, required_argument, "a number of threads or 'auto'", set_threads },
 	{ "spin-us", OPT_SPIN_US, required_argument, "microseconds", set_spin_us },
 	{ "policy", OPT_POLICY, required_argument, "lru|decay|ttl", set_policy },
 	{ "ttl", OPT_TTL, required_argument, "seconds", set_ttl },
@@ -1037,7 +1045,8 @@ void lbd_config_usage(FILE *out)
 		"      --numa-node N|all    one arena on node N (0..%d), or one per node (default all)\n"
 		"  -f, --foreground         stay attached and log to stderr (default: detach, syslog)\n"
 		"      --log-level LEVEL    error|warn|info|debug (default info)\n"
-		"      --threads N          service threads polling client rings (default %u)\n"
+		"      --threads N|auto     service threads polling client rings; auto: one per NUMA\n"
+		"                           node in use, each on its node's CPUs (default auto)\n"
 		"      --spin-us N          a service thread spins up to N microseconds before it\n"
 		"                           sleeps, 2 at most while all CPUs are busy; 0 sleeps at\n"
 		"                           once: slower, no CPU while idle (default %u)\n"
@@ -1088,7 +1097,7 @@ void lbd_config_usage(FILE *out)
 		"listening SOCK_SEQPACKET unix socket systemd passes ($LISTEN_FDS=1) instead of binding\n"
 		"--socket, and leaves the file in place at exit; any other passed fds are an error (1).\n"
 		"Exit status: 0 clean stop, 1 start-up or runtime failure, 2 bad option or config.\n",
-		LBD_DEFAULT_SOCKET, max, size, LBD_MAX_NUMA_NODE, LBD_DEFAULT_THREADS,
+		LBD_DEFAULT_SOCKET, max, size, LBD_MAX_NUMA_NODE,
 		LBD_DEFAULT_SPIN_US, LBD_DEFAULT_TTL_S, LBD_DEFAULT_HALF_LIFE_S, LBD_DEFAULT_DRIFT_MAX,
 		LBD_DEFAULT_DRIFT_TARGET, LBD_DEFAULT_TAU, LBD_MAX_CONNS_PER_UID,
 		LBD_DEFAULT_CONNS_PER_UID, staging);

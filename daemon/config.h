@@ -17,7 +17,10 @@
 #define LBD_DEFAULT_ARENA_SIZE (1ull << 30)
 #define LBD_MAX_ARENA_SIZE (1ull << 40)
 #define LBD_NUMA_ALL (-1)
-#define LBD_DEFAULT_THREADS 1u
+/* threads = auto: one service thread per NUMA node in use, each on its node's CPUs (one on a
+ * machine of one node). */
+#define LBD_THREADS_AUTO 0u
+#define LBD_DEFAULT_THREADS LBD_THREADS_AUTO
 #define LBD_MAX_THREADS 64u
 #define LBD_DEFAULT_SPIN_US 50u
 #define LBD_MAX_SPIN_US 1000000u
@@ -59,7 +62,7 @@ struct lbd_config {
 	int numa_node;                /* LBD_NUMA_ALL or a node number */
 	bool foreground;
 	enum lbd_log_level log_level;
-	unsigned threads;             /* service threads, 1..LBD_MAX_THREADS */
+	unsigned threads;             /* service threads, 1..LBD_MAX_THREADS, or LBD_THREADS_AUTO */
 	unsigned spin_us;             /* a service thread spins this long before sleeping */
 	enum lbd_policy policy;
 	unsigned ttl_s;               /* TTL policy */

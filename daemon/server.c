@@ -249,7 +249,7 @@ static void fill_stats(const struct lbd_server *s, struct lbp_stats_reply *r)
 	fill_node_stats(s, r);
 	r->clients = s->n_clients;
 	r->models = s->models.count;
-	r->threads = s->cfg->threads;
+	r->threads = s->threads;
 	lbd_store_stats(s->store, r);
 	fill_l2_stats(s, r);
 	clock_gettime(CLOCK_MONOTONIC, &now);
@@ -1409,10 +1409,11 @@ int lbd_server_run(struct lbd_server *s)
 	if (s->cfg->snapshot_path[0])
 		restore_snapshot(s);
 	/* Threads start here, after any detaching fork: a fork keeps only the calling thread. */
-	if (s->cfg->threads < s->n_nodes)
+	s->threads = s->cfg->threads == LBD_THREADS_AUTO ? s->n_nodes : s->cfg->threads;
+	if (s->threads < s->n_nodes)
 		lbd_warn("%u service threads for %u NUMA nodes: threads are not pinned to nodes (give "
-			 "--threads %u or more)", s->cfg->threads, s->n_nodes, s->n_nodes);
-	ret = lbd_service_start(&s->service, s->store, s->cfg->threads,
+			 "--threads %u or more, or auto)", s->threads, s->n_nodes, s->n_nodes);
+	ret = lbd_service_start(&s->service, s->store, s->threads,
 				(uint64_t)s->cfg->spin_us * 1000, s->nodes, s->n_nodes);
 	if (ret < 0) {
 		lbd_err("cannot start service threads: %s", strerror(-ret));

@@ -44,6 +44,7 @@ struct lbd_server {
 	unsigned n_arenas;
 	int nodes[LBD_MAX_ARENAS]; /* the NUMA nodes with arenas; { -1 }: not bound */
 	unsigned n_nodes;
+	unsigned threads;          /* service threads: cfg->threads, or n_nodes for auto */
 	struct lbd_models models;
 	struct lbd_store *store;
 	/* The second tier (--l2), for STATS only: lbd_server_set_tier. NULL: none. */

@@ -327,8 +327,10 @@ static void test_data_plane_options(void **state)
 	assert_int_equal(c.ttl_s, 1);
 	assert_int_equal(PARSE(&c, err, "--tau", "-1"), 0);
 
-	EXPECT_BAD("--threads: '0' is not a whole number 1..64", "--threads", "0");
-	EXPECT_BAD("--threads: '65' is not a whole number 1..64", "--threads", "65");
+	assert_int_equal(PARSE(&c, err, "--threads", "3", "--threads", "auto"), 0);
+	assert_int_equal(c.threads, LBD_THREADS_AUTO);
+	EXPECT_BAD("--threads: '0' is not a whole number 1..64, nor 'auto'", "--threads", "0");
+	EXPECT_BAD("--threads: '65' is not a whole number 1..64, nor 'auto'", "--threads", "65");
 	EXPECT_BAD("--threads: 'two'", "--threads", "two");
 	EXPECT_BAD("--spin-us: '1000001'", "--spin-us", "1000001");
 	EXPECT_BAD("--spin-us: '-5'", "--spin-us", "-5");

@@ -30,8 +30,9 @@ static struct lbt_env env;
 #define HIDDEN 1024
 #define SEQ 256
 #define ENTRY_DATA (SEQ * HIDDEN * 4) /* 1 MiB */
-/* 64 MiB of arena per node: 32 hugepages each of the guest's 64 per node. */
-#define ARENA_ARGS "--arena-size", "128M", "--hugepages", "require", "--threads", "2"
+/* 64 MiB of arena per node: 32 hugepages each of the guest's 64 per node. The threads are the
+ * default's, auto: one per node. */
+#define ARENA_ARGS "--arena-size", "128M", "--hugepages", "require"
 
 static struct lb_model_desc model(void)
 {
@@ -272,7 +273,7 @@ static void node_cpus(int node, char *out, size_t n)
 	numa_free_cpumask(b);
 }
 
-/* With a service thread per node, each runs on its node's CPUs only. */
+/* By default a service thread per node, each on its node's CPUs only. */
 static void test_service_threads_run_on_their_node(void **state)
 {
 	(void)state;
@@ -317,6 +318,9 @@ static void test_service_threads_run_on_their_node(void **state)
 	}
 	assert_int_equal(found[0], 1);
 	assert_int_equal(found[1], 1);
+	struct lb_stats st;
+	assert_int_equal(lb_stats(c, &st, sizeof(st)), 0);
+	assert_int_equal(st.threads, 2);
 	assert_true(lbt_daemon_stop(&env));
 }
 
