@@ -1,5 +1,6 @@
 /* layerbank transformer kernels (lbk_*): fp32, AVX-512 and AVX2 variants with a plain-C
- * reference beside each, dispatched by CPUID at run time (AVX-512, then AVX2, then scalar).
+ * reference beside each, dispatched by CPUID at run time (AVX-512, then AVX2, then scalar),
+ * and a bf16 GEMM on AVX512_BF16.
  * Shapes are given in comments as in llama2.c; index math is 64-bit. */
 #ifndef LAYERBANK_KERNELS_H
 #define LAYERBANK_KERNELS_H
