@@ -37,6 +37,25 @@ double lbb_core_round_trip_us(void);
 /* One core's fp32 FMA peak in GFLOP/s on the tier lbk_isa() picks (AVX-512 or AVX2): the best
  * of 15 runs of independent FMA chains, one thread. @return -1 on the scalar tier. */
 double lbb_fma_peak_gflops(void);
+/* One core's vdpbf16ps peak in GFLOP/s (2 flops per bf16 multiply-add, 64 an instruction),
+ * measured as lbb_fma_peak_gflops; -1 when lbk_has_bf16() says no. */
+double lbb_bf16_peak_gflops(void);
+
+/* ---- bench_dnnl.c (only with libdnnl-dev: LB_HAVE_DNNL) ---- */
+
+/* A oneDNN matmul y[m][n] = x[m][k] . W^T (W [n][k] row-major): bf16 (bf16 nonzero) or f32 source
+ * and weights, f32 destination. x is converted and W reordered into the layout oneDNN picks
+ * once, here. @return NULL (errno EINVAL) when oneDNN refuses, or ENOMEM. */
+struct lbb_dnnl_mm;
+struct lbb_dnnl_mm *lbb_dnnl_mm_new(int64_t m, int64_t n, int64_t k, int bf16, const float *x,
+				    const float *w);
+/* One product on threads OpenMP threads. @return 0, or -EIO when oneDNN fails. */
+int lbb_dnnl_mm_run(struct lbb_dnnl_mm *d, int threads);
+/* The implementation oneDNN chose (dnnl_query_impl_info_str), e.g. "brg:avx512_core_bf16". */
+const char *lbb_dnnl_mm_impl(const struct lbb_dnnl_mm *d);
+/* Its output [m][n], valid after a run. */
+const float *lbb_dnnl_mm_y(const struct lbb_dnnl_mm *d);
+void lbb_dnnl_mm_free(struct lbb_dnnl_mm *d);
 
 /* ---- bench_util.c ---- */
 

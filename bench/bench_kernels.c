@@ -1,6 +1,6 @@
-/* layerbank-bench kernels: packed GEMM against OpenBLAS, the lbk_* kernels one by one on each
- * instruction-set tier, the BERT-base forward against PyTorch and stories260K generation
- * against the plain-C forward. */
+/* layerbank-bench kernels: packed GEMM against OpenBLAS and oneDNN, the bf16 GEMM against
+ * oneDNN's bf16 matmul, the lbk_* kernels one by one on each instruction-set tier, the BERT-base
+ * forward against PyTorch and stories260K generation against the plain-C forward. */
 #include <errno.h>
 #include <fcntl.h>
 #include <json-c/json.h>
@@ -62,6 +62,42 @@ static void run_ours(void *a)
 	struct gemm_arg *g = a;
 	lbk_gemm(g->y, g->x, g->p, NULL, g->m, g->threads);
 }
+
+struct bf16_arg {
+	float *y;
+	const float *x;
+	const struct lbk_packed_bf16 *p;
+	int64_t m;
+};
+
+static void run_ours_bf16(void *a)
+{
+	struct bf16_arg *g = a;
+	lbk_gemm_bf16(g->y, g->x, g->p, NULL, g->m, 1);
+}
+
+#ifdef LB_HAVE_DNNL
+struct dnnl_arg {
+	struct lbb_dnnl_mm *d;
+	int threads;
+};
+
+static void run_dnnl(void *a)
+{
+	struct dnnl_arg *g = a;
+	if (lbb_dnnl_mm_run(g->d, g->threads) != 0)
+		lbb_die("kernels", "oneDNN matmul", EIO);
+}
+
+/* The largest |a - b| over n floats. */
+static double max_diff(const float *a, const float *b, int64_t n)
+{
+	double worst = 0;
+	for (int64_t i = 0; i < n; i++)
+		worst = fmax(worst, fabs(a[i] - b[i]));
+	return worst;
+}
+#endif
 
 #ifdef LB_HAVE_OPENBLAS
 static void run_openblas(void *a)
@@ -534,13 +570,22 @@ int bench_kernels_main(int argc, char **argv)
 	struct row {
 		int64_t n, k;
 		int threads;
-		double ours, blas;
+		double ours, blas, dnnl;
 	} rows[6];
+	/* bf16: lbk_gemm_bf16 against oneDNN's bf16 matmul, one thread (only where the CPU has
+	 * AVX512_BF16: the fallback is a plain-C loop, not worth timing) */
+	struct brow {
+		int64_t n, k;
+		double ours, dnnl;
+	} brows[3];
 	const int64_t m = SEQ;
-	int nr = 0;
-	/* The ceiling the GEMM figures are read against: one core's FMA peak, measured now (the
-	 * clock of these vCPUs moves with what else runs); t threads have t times it. */
+	int nr = 0, nb = 0;
+	char dnnl_f32_impl[128] = "", dnnl_bf16_impl[128] = "";
+	/* The ceilings the GEMM figures are read against: one core's FMA and vdpbf16ps peaks,
+	 * measured now (the clock of these vCPUs moves with what else runs); t threads have t
+	 * times them. */
 	double peak = (parts & PART_GEMM) ? lbb_fma_peak_gflops() : -1;
+	double bf16_peak = (parts & PART_GEMM) ? lbb_bf16_peak_gflops() : -1;
 	for (int s = 0; s < 3 && (parts & PART_GEMM); s++) {
 		int64_t n = shapes[s][0], k = shapes[s][1];
 		float *x = malloc((size_t)(m * k) * sizeof(float)), *w = malloc((size_t)(n * k) * sizeof(float));
@@ -559,7 +604,7 @@ int bench_kernels_main(int argc, char **argv)
 			struct gemm_arg g = { y, x, w, p, m, n, k, threads };
 			double flop = 2.0 * (double)m * (double)n * (double)k;
 			struct row *rw = &rows[nr++];
-			*rw = (struct row){ n, k, threads, flop / time_median(run_ours, &g, 20, 0.5) * 1e-9, -1 };
+			*rw = (struct row){ n, k, threads, flop / time_median(run_ours, &g, 20, 0.5) * 1e-9, -1, -1 };
 #ifdef LB_HAVE_OPENBLAS
 			openblas_set_num_threads(threads);
 			g.y = y2;
@@ -570,6 +615,47 @@ int bench_kernels_main(int argc, char **argv)
 			if (worst > 1e-2)
 				fprintf(stderr, "layerbank-bench: GEMM %lldx%lldx%lld differs from OpenBLAS by %g\n",
 					(long long)m, (long long)n, (long long)k, worst);
+#endif
+#ifdef LB_HAVE_DNNL
+			struct lbb_dnnl_mm *d = lbb_dnnl_mm_new(m, n, k, 0, x, w);
+			if (d) {
+				struct dnnl_arg da = { d, threads };
+				rw->dnnl = flop / time_median(run_dnnl, &da, 20, 0.5) * 1e-9;
+				snprintf(dnnl_f32_impl, sizeof(dnnl_f32_impl), "%s", lbb_dnnl_mm_impl(d));
+				double dd = max_diff(y, lbb_dnnl_mm_y(d), m * n);
+				if (dd > 1e-2)
+					fprintf(stderr, "layerbank-bench: GEMM %lldx%lldx%lld differs from oneDNN by %g\n",
+						(long long)m, (long long)n, (long long)k, dd);
+				lbb_dnnl_mm_free(d);
+			} else {
+				fprintf(stderr, "layerbank-bench: oneDNN refused the f32 matmul\n");
+			}
+#endif
+		}
+		if (lbk_has_bf16()) {
+			double flop = 2.0 * (double)m * (double)n * (double)k;
+			struct lbk_packed_bf16 *pb = lbk_pack_bf16(w, n, k);
+			if (!pb)
+				lbb_die("kernels", "lbk_pack_bf16", errno);
+			struct bf16_arg ba = { y, x, pb, m };
+			struct brow *br = &brows[nb++];
+			*br = (struct brow){ n, k, flop / time_median(run_ours_bf16, &ba, 20, 0.5) * 1e-9, -1 };
+			lbk_packed_bf16_free(pb);
+#ifdef LB_HAVE_DNNL
+			struct lbb_dnnl_mm *d = lbb_dnnl_mm_new(m, n, k, 1, x, w);
+			if (d) {
+				struct dnnl_arg da = { d, 1 };
+				br->dnnl = flop / time_median(run_dnnl, &da, 20, 0.5) * 1e-9;
+				snprintf(dnnl_bf16_impl, sizeof(dnnl_bf16_impl), "%s", lbb_dnnl_mm_impl(d));
+				/* the same bf16 inputs, fp32 sums in other orders */
+				double worst = max_diff(y, lbb_dnnl_mm_y(d), m * n);
+				if (worst > 1e-2)
+					fprintf(stderr, "layerbank-bench: bf16 GEMM %lldx%lldx%lld differs from oneDNN by %g\n",
+						(long long)m, (long long)n, (long long)k, worst);
+				lbb_dnnl_mm_free(d);
+			} else {
+				fprintf(stderr, "layerbank-bench: oneDNN refused the bf16 matmul\n");
+			}
 #endif
 		}
 		lbk_packed_free(p);
@@ -657,6 +743,9 @@ int bench_kernels_main(int argc, char **argv)
 			json_object_object_add(r, "ours_gflops", json_object_new_double(rows[i].ours));
 			json_object_object_add(r, "openblas_gflops", json_num(rows[i].blas));
 			json_object_object_add(r, "ratio", rows[i].blas > 0 ? json_object_new_double(rows[i].ours / rows[i].blas) : NULL);
+			json_object_object_add(r, "onednn_gflops", json_num(rows[i].dnnl));
+			json_object_object_add(r, "ratio_onednn",
+					       rows[i].dnnl > 0 ? json_object_new_double(rows[i].ours / rows[i].dnnl) : NULL);
 			double top = peak * rows[i].threads;
 			json_object_object_add(r, "ours_of_peak", json_num(peak > 0 ? rows[i].ours / top : -1));
 			json_object_object_add(r, "openblas_of_peak",
@@ -665,6 +754,23 @@ int bench_kernels_main(int argc, char **argv)
 		}
 		json_object_object_add(o, "gemm", ga);
 		json_object_object_add(o, "fma_peak_gflops", json_num(peak));
+		json_object *gb = json_object_new_array();
+		for (int i = 0; i < nb; i++) {
+			json_object *r = json_object_new_object();
+			json_object_object_add(r, "m", json_object_new_int64(m));
+			json_object_object_add(r, "n", json_object_new_int64(brows[i].n));
+			json_object_object_add(r, "k", json_object_new_int64(brows[i].k));
+			json_object_object_add(r, "threads", json_object_new_int(1));
+			json_object_object_add(r, "ours_gflops", json_object_new_double(brows[i].ours));
+			json_object_object_add(r, "onednn_gflops", json_num(brows[i].dnnl));
+			json_object_object_add(r, "ratio", brows[i].dnnl > 0 ? json_object_new_double(brows[i].ours / brows[i].dnnl) : NULL);
+			json_object_object_add(r, "ours_of_peak", json_num(bf16_peak > 0 ? brows[i].ours / bf16_peak : -1));
+			json_object_array_add(gb, r);
+		}
+		json_object_object_add(o, "gemm_bf16", gb);
+		json_object_object_add(o, "bf16_peak_gflops", json_num(bf16_peak));
+		json_object_object_add(o, "onednn_f32_impl", dnnl_f32_impl[0] ? json_object_new_string(dnnl_f32_impl) : NULL);
+		json_object_object_add(o, "onednn_bf16_impl", dnnl_bf16_impl[0] ? json_object_new_string(dnnl_bf16_impl) : NULL);
 		json_object_object_add(o, "openblas_coretype", core ? json_object_new_string(core) : NULL);
 		json_object_object_add(o, "kernels", (parts & PART_OPS) ? ops_json() : NULL);
 		json_object *bo = NULL, *to = NULL, *ro = NULL, *tto = NULL, *tro = NULL;
@@ -715,8 +821,8 @@ int bench_kernels_main(int argc, char **argv)
 			printf("FMA peak: none on the scalar tier\n");
 		printf("GEMM y[M][N] = x[M][K] . W^T, M = %lld (BERT-base at seq %d); OpenBLAS core: %s\n",
 		       (long long)m, SEQ, core ? core : "(not built with OpenBLAS)");
-		printf("  %6s %6s %7s %12s %7s %16s %7s %8s\n", "N", "K", "threads", "ours GF/s", "% peak",
-		       "OpenBLAS GF/s", "% peak", "ratio");
+		printf("  %6s %6s %7s %12s %7s %16s %7s %8s %14s %8s\n", "N", "K", "threads", "ours GF/s", "% peak",
+		       "OpenBLAS GF/s", "% peak", "ratio", "oneDNN GF/s", "ratio");
 		for (int i = 0; i < nr; i++) {
 			double top = peak * rows[i].threads;
 			char ours_pc[16] = "      -", blas_pc[16] = "      -";
@@ -724,10 +830,26 @@ int bench_kernels_main(int argc, char **argv)
 				snprintf(ours_pc, sizeof(ours_pc), "%6.1f%%", 100 * rows[i].ours / top);
 			if (peak > 0 && rows[i].blas > 0)
 				snprintf(blas_pc, sizeof(blas_pc), "%6.1f%%", 100 * rows[i].blas / top);
-			printf("  %6lld %6lld %7d %12.1f %7s %16.1f %7s %7.2fx\n", (long long)rows[i].n,
+			printf("  %6lld %6lld %7d %12.1f %7s %16.1f %7s %7.2fx %14.1f %7.2fx\n", (long long)rows[i].n,
 			       (long long)rows[i].k, rows[i].threads, rows[i].ours, ours_pc, rows[i].blas,
-			       blas_pc, rows[i].blas > 0 ? rows[i].ours / rows[i].blas : 0.0);
+			       blas_pc, rows[i].blas > 0 ? rows[i].ours / rows[i].blas : 0.0, rows[i].dnnl,
+			       rows[i].dnnl > 0 ? rows[i].ours / rows[i].dnnl : 0.0);
 		}
+		printf("oneDNN f32 implementation: %s\n", dnnl_f32_impl[0] ? dnnl_f32_impl : "(not built with oneDNN)");
+		if (bf16_peak > 0)
+			printf("vdpbf16ps peak of one core (independent chains, 64 flops an instruction): %.1f GFLOP/s\n",
+			       bf16_peak);
+		else
+			printf("bf16 GEMM: skipped (no AVX512_BF16 on this tier: lbk_gemm_bf16 runs its plain-C fallback)\n");
+		if (nb > 0) {
+			printf("bf16 GEMM (lbk_gemm_bf16: x converted per call; oneDNN: bf16 x given), 1 thread; "
+			       "oneDNN bf16 implementation: %s\n", dnnl_bf16_impl[0] ? dnnl_bf16_impl : "(not built with oneDNN)");
+			printf("  %6s %6s %12s %7s %14s %8s\n", "N", "K", "ours GF/s", "% peak", "oneDNN GF/s", "ratio");
+		}
+		for (int i = 0; i < nb; i++)
+			printf("  %6lld %6lld %12.1f %6.1f%% %14.1f %7.2fx\n", (long long)brows[i].n,
+			       (long long)brows[i].k, brows[i].ours, 100 * brows[i].ours / bf16_peak, brows[i].dnnl,
+			       brows[i].dnnl > 0 ? brows[i].ours / brows[i].dnnl : 0.0);
 	}
 	if (parts & PART_OPS)
 		ops_print();

@@ -1,5 +1,6 @@
 /* layerbank-bench, peak module: one core's fp32 FMA peak on the instruction-set tier the lbk_*
- * kernels run with — independent FMA chains in registers, nothing loaded or stored. */
+ * kernels run with, and its bf16 dot-product (vdpbf16ps) peak — independent chains in
+ * registers, nothing loaded or stored. */
 #include "bench.h"
 
 #include <immintrin.h>
@@ -74,14 +75,32 @@ __attribute__((target("avx2,fma"))) static void fma256(long iters)
 	sink = f[0] + f[7];
 }
 
-double lbb_fma_peak_gflops(void)
+/*
+ * iters iterations of CHAINS vdpbf16ps, each 16 lanes x 2 bf16 products added into an fp32
+ * chain. The operands (bf16 of 1e-7 and 1, from the volatile) keep the chains finite and normal.
+ */
+__attribute__((target("avx512bf16,avx512f,avx512bw"))) static void dpbf16_512(long iters)
 {
-	enum lbk_isa isa = lbk_isa();
-	if (isa == LBK_ISA_SCALAR)
-		return -1;
-	void (*run)(long) = isa == LBK_ISA_AVX512 ? fma512 : fma256;
-	/* flops of one iteration: chains x lanes x 2 (a multiply and an add) */
-	double flop = isa == LBK_ISA_AVX512 ? CHAINS * 16 * 2 : CHAINS2 * 8 * 2;
+	__m512 acc[CHAINS];
+	const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(seed[0] * 1e-7f),
+					       _mm512_set1_ps(seed[0] * 1e-7f));
+	const __m512bh y = _mm512_cvtne2ps_pbh(_mm512_set1_ps(seed[0]), _mm512_set1_ps(seed[0]));
+	for (int c = 0; c < CHAINS; c++)
+		acc[c] = _mm512_set1_ps(seed[c]);
+	for (long i = 0; i < iters; i++) {
+		UNROLL
+		for (int c = 0; c < CHAINS; c++)
+			acc[c] = _mm512_dpbf16_ps(acc[c], x, y);
+	}
+	__m512 s = acc[0];
+	for (int c = 1; c < CHAINS; c++)
+		s = _mm512_add_ps(s, acc[c]);
+	sink = _mm512_reduce_add_ps(s);
+}
+
+/* GFLOP/s of run(iters), flop flops an iteration: the best of RUNS runs of about RUN_S. */
+static double best_gflops(void (*run)(long), double flop)
+{
 	long iters = 1000;
 	double t;
 	/* grow the run until it lasts RUN_S (the first calls also warm the clock up) */
@@ -102,4 +121,22 @@ double lbb_fma_peak_gflops(void)
 			best = t;
 	}
 	return flop * (double)iters / best * 1e-9;
+}
+
+double lbb_fma_peak_gflops(void)
+{
+	enum lbk_isa isa = lbk_isa();
+	if (isa == LBK_ISA_SCALAR)
+		return -1;
+	/* flops of one iteration: chains x lanes x 2 (a multiply and an add) */
+	return isa == LBK_ISA_AVX512 ? best_gflops(fma512, CHAINS * 16 * 2)
+				     : best_gflops(fma256, CHAINS2 * 8 * 2);
+}
+
+double lbb_bf16_peak_gflops(void)
+{
+	if (!lbk_has_bf16())
+		return -1;
+	/* an instruction: 16 lanes x 2 bf16 multiply-adds x 2 flops = 64 */
+	return best_gflops(dpbf16_512, CHAINS * 16 * 2 * 2);
 }

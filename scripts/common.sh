@@ -8,10 +8,12 @@ BUILD=${BUILD:-$ROOT/build}
 # in it; python3, git: scripts/check-tree; python3-torch, python3-numpy: the Python package
 # (test_python) and test_encoder_torch, which checks the committed encoder against the torch
 # model of tools/train_encoder.py; hiredis, redis-server, redis-tools: the second tier on Redis
-# Cluster (test_l2_cluster starts a cluster of its own).
+# Cluster (test_l2_cluster starts a cluster of its own); libdnnl-dev: oneDNN 2.x, the baseline of
+# layerbank-bench kernels' f32 and bf16 GEMM rows (linked into the benchmark only).
 LB_PACKAGES=(build-essential cmake pkg-config liburing-dev libnuma-dev libmsgpack-dev
 	libcmocka-dev libjson-c-dev libxxhash-dev libopenblas-dev zlib1g-dev libsystemd-dev
-	tmux python3 git python3-torch python3-numpy libhiredis-dev redis-server redis-tools)
+	tmux python3 git python3-torch python3-numpy libhiredis-dev redis-server redis-tools
+	libdnnl-dev)
 # A clang build (CI's sanitizer runs, scripts/fuzz) needs its runtimes too: ASan, UBSan, TSan
 # and libFuzzer (-fsanitize=fuzzer) are in libclang-rt-14-dev; llvm-14 has llvm-symbolizer,
 # which puts file and line into the sanitizers' and libFuzzer's reports.

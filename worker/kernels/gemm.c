@@ -376,8 +376,9 @@ static LBK_TARGET_AVX2 void gemm_avx2(const struct gemm_op *g, int64_t p0, int64
 	}
 }
 
-static void gemm_range(const struct gemm_op *g, int64_t p0, int64_t p1)
+static void gemm_range(const void *op, int64_t p0, int64_t p1)
 {
+	const struct gemm_op *g = op;
 	switch (lbk_isa()) {
 	case LBK_ISA_AVX512:
 		gemm_avx512(g, p0, p1);
@@ -390,16 +391,18 @@ static void gemm_range(const struct gemm_op *g, int64_t p0, int64_t p1)
 	}
 }
 
-/* One thread's share: panels [p0, p1). Owned by the calling lbk_gemm_ex until joined. */
+/* One thread's share: panels [p0, p1) of op, run by fn. Owned by the calling lbk_run_panels
+ * until joined. */
 struct gemm_job {
-	const struct gemm_op *g;
+	lbk_panel_fn *fn;
+	const void *op;
 	int64_t p0, p1;
 };
 
 static void *gemm_thread(void *arg)
 {
 	struct gemm_job *j = arg;
-	gemm_range(j->g, j->p0, j->p1);
+	j->fn(j->op, j->p0, j->p1);
 	return NULL;
 }
 
@@ -407,7 +410,7 @@ static void *gemm_thread(void *arg)
 
 /*
  * Persistent pool: workers 1..LBK_MAX_THREADS-1, started on first need and parked on a
- * condition variable for the life of the process. One lbk_gemm call at a time owns the pool
+ * condition variable for the life of the process. One lbk_run_panels call at a time owns the pool
  * (pool_owner); a concurrent caller that finds it taken spawns threads for its call instead.
  */
 static pthread_mutex_t pool_owner = PTHREAD_MUTEX_INITIALIZER;
@@ -503,19 +506,23 @@ void lbk_gemm_ex(float *y, const float *x, const struct lbk_packed *w, const flo
 	if (m <= 0 || !w)
 		return;
 	const struct gemm_op g = { y, x, w, bias, res, m, act == LBK_ACT_GELU ? act : LBK_ACT_NONE };
-	int64_t panels = w->panels;
+	lbk_run_panels(gemm_range, &g, w->panels, threads);
+}
+
+void lbk_run_panels(lbk_panel_fn *fn, const void *op, int64_t panels, int threads)
+{
 	if (threads > LBK_MAX_THREADS)
 		threads = LBK_MAX_THREADS;
 	if (threads > panels)
 		threads = (int)panels;
 	if (threads <= 1) {
-		gemm_range(&g, 0, panels);
+		fn(op, 0, panels);
 		return;
 	}
 	/* Contiguous panel ranges: thread t writes columns of its panels only. */
 	struct gemm_job jobs[LBK_MAX_THREADS];
 	for (int t = 0; t < threads; t++)
-		jobs[t] = (struct gemm_job){ &g, panels * t / threads, panels * (t + 1) / threads };
+		jobs[t] = (struct gemm_job){ fn, op, panels * t / threads, panels * (t + 1) / threads };
 	if (pool_run(jobs, threads) != 0)
 		spawn_run(jobs, threads);
 }

@@ -1,5 +1,6 @@
 /* layerbank transformer kernels (lbk_*): fp32, AVX-512 and AVX2 variants with a plain-C
- * reference beside each, dispatched by CPUID at run time (AVX-512, then AVX2, then scalar).
+ * reference beside each, dispatched by CPUID at run time (AVX-512, then AVX2, then scalar),
+ * and a bf16 GEMM on AVX512_BF16.
  * Shapes are given in comments as in llama2.c; index math is 64-bit. */
 #ifndef LAYERBANK_KERNELS_H
 #define LAYERBANK_KERNELS_H
@@ -31,6 +32,38 @@ void lbk_packed_free(struct lbk_packed *p);
 /* y[m][n] = x[m][k] . W^T (+ bias), on up to threads threads (1: the caller's only). */
 void lbk_gemm(float *y, const float *x, const struct lbk_packed *w, const float *bias, int64_t m,
 	      int threads);
+
+/*
+ * ---- bf16 GEMM: W rounded to bfloat16 once when packed, x rounded per call, fp32 sums ----
+ * Rounding is vcvtne2ps2bf16's: to nearest even, a zero or denormal to the zero of its sign, a
+ * NaN quiet. Each output is the fp32 sum over k pairs (2p, 2p+1) in order, each pair added as
+ * vdpbf16ps adds it: first the product of elements 2p+1, then that of 2p (bf16 products are
+ * exact in fp32); the bias last. Products or sums in the fp32 denormal range may differ
+ * (vdpbf16ps flushes them to zero). With normal values the fallback gives lbk_gemm_bf16_ref's
+ * bits, and so does the vdpbf16ps kernel on a CPU that adds as the SDM specifies (Zen 5 does:
+ * tests/test_kernels_bf16 counts it); the tests hold it to fp32 summation error of them.
+ */
+
+/* Nonzero when lbk_gemm_bf16 runs its vdpbf16ps kernel: the CPU has AVX512_BF16 (CPUID leaf 7
+ * subleaf 1 EAX bit 5, with the zmm state enabled by the OS) and lbk_isa() is LBK_ISA_AVX512
+ * ($LBK_ISA=avx2 or scalar, or lbk_force_isa below it, turn it off). Otherwise lbk_gemm_bf16 runs
+ * a plain-C loop over the same packed panels (lbk_gemm_bf16_ref's sums, far slower). */
+int lbk_has_bf16(void);
+/* f rounded to bfloat16 (its upper 16 bits) as described above. */
+uint16_t lbk_bf16_round(float f);
+
+/* W [n][k] rounded to bf16 and packed once into the vdpbf16ps kernel's panels. NULL with errno
+ * EINVAL (w NULL, n or k below 1) or ENOMEM. */
+struct lbk_packed_bf16;
+struct lbk_packed_bf16 *lbk_pack_bf16(const float *w, int64_t n, int64_t k);
+void lbk_packed_bf16_free(struct lbk_packed_bf16 *p);
+/* y[m][n] = bf16(x[m][k]) . bf16(W)^T (+ bias[n], fp32, when not NULL), on up to threads threads.
+ * Every thread count gives the same bits. Nothing is done for m below 1 or w NULL. */
+void lbk_gemm_bf16(float *y, const float *x, const struct lbk_packed_bf16 *w, const float *bias,
+		   int64_t m, int threads);
+/* The plain-C reference, from the unpacked fp32 W [n][k]. */
+void lbk_gemm_bf16_ref(float *y, const float *x, const float *w, const float *bias, int64_t m,
+		       int64_t n, int64_t k);
 
 /* What lbk_gemm_ex applies to each output last. */
 enum lbk_act {
